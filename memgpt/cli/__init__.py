@@ -1,0 +1,1 @@
+"""The `memgpt` command line: one module per noun, heavy imports inside commands."""

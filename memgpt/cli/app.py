@@ -1,0 +1,59 @@
+"""The root `memgpt` command. Verb groups mirror the seed: `memgpt load directory`,
+`memgpt list sources`, `memgpt delete source`."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from memgpt import __version__
+from memgpt.cli import config as config_cli
+from memgpt.cli import sources as sources_cli
+
+app = typer.Typer(
+    name="memgpt",
+    help="Stateful LLM agents with tiered memory; archival memory and data sources in Milvus.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+load_app = typer.Typer(help="Load data into a source (stored in Milvus).", no_args_is_help=True)
+list_app = typer.Typer(help="List sources.", no_args_is_help=True)
+delete_app = typer.Typer(help="Delete sources.", no_args_is_help=True)
+
+app.command("configure")(config_cli.configure)
+app.command("search")(sources_cli.search)
+load_app.command("directory")(sources_cli.load_directory)
+list_app.command("sources")(sources_cli.list_sources)
+delete_app.command("source")(sources_cli.delete_source)
+app.add_typer(load_app, name="load")
+app.add_typer(list_app, name="list")
+app.add_typer(delete_app, name="delete")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"memgpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Stateful LLM agents with tiered memory; archival memory and data sources in Milvus."""
+
+
+def main() -> None:
+    """Entry point: domain errors become one line on stderr and exit code 1, never a traceback."""
+    from memgpt.errors import MemGPTError
+
+    try:
+        app()
+    except MemGPTError as exc:
+        from memgpt.cli.common import err_console
+
+        err_console.print(f"error: {exc}", markup=False)
+        sys.exit(1)

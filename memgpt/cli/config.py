@@ -1,0 +1,221 @@
+"""`memgpt configure`: the seed's prompts, and a flag for every prompt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from memgpt.cli.common import console, home_and_config, interactive
+from memgpt.config import Config, display_path, is_server_uri, resolve_milvus_uri, save_config
+from memgpt.errors import ConfigError
+
+# Vector sizes of OpenAI's embedding models, so configure needs no network call for them.
+_KNOWN_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
+def _ask(prompt: Any) -> Any:
+    """Run a questionary prompt; Ctrl-C or Esc cancels configure without saving."""
+    answer = prompt.ask()
+    if answer is None:
+        raise typer.Exit(1)
+    return answer
+
+
+def _milvus(config: Config, uri: str | None, token: str | None, ask: bool, home_default: str) -> None:
+    import questionary
+
+    if uri is None and ask:
+        shown = config.milvus.uri or home_default
+        uri = (
+            _ask(questionary.text(f"Enter the Milvus connection URI (Default: {home_default}):", default=shown)).strip()
+            or home_default
+        )
+    if uri is not None:
+        config.milvus.uri = uri.strip()
+    resolved_is_server = is_server_uri(config.milvus.uri)
+    if token is None and ask and resolved_is_server:
+        token = _ask(questionary.password("Enter the Milvus token (user:password or API key; empty for none):"))
+    if token is not None:
+        config.milvus.token = token
+
+
+def _embedding(
+    config: Config, provider: str | None, model: str | None, endpoint: str | None, dim: int | None, ask: bool
+) -> None:
+    import questionary
+
+    settings = config.embedding
+    if provider is None and ask:
+        provider = _ask(
+            questionary.select(
+                "Select embedding provider:",
+                choices=[
+                    questionary.Choice("local (all-MiniLM-L6-v2, offline, no API key)", value="local"),
+                    questionary.Choice("openai (or any OpenAI-compatible endpoint: Ollama, vLLM...)", value="openai"),
+                ],
+                default="local" if settings.provider == "local" else "openai",
+            )
+        )
+    if provider is not None and provider != settings.provider:
+        if provider not in ("local", "openai"):
+            raise ConfigError(f"--embedding-provider must be local or openai, not {provider!r}")
+        settings.provider = provider  # type: ignore[assignment]
+        settings.model = "all-MiniLM-L6-v2" if provider == "local" else "text-embedding-3-small"
+        settings.endpoint = ""
+    if settings.provider == "local":
+        settings.model, settings.dimensions, settings.endpoint = "all-MiniLM-L6-v2", 384, ""
+        return
+    if model is None and ask:
+        model = _ask(questionary.text("Enter the embedding model:", default=settings.model)).strip()
+    if endpoint is None and ask:
+        endpoint = _ask(
+            questionary.text("Enter the embedding endpoint (empty for api.openai.com):", default=settings.endpoint)
+        ).strip()
+    settings.model = model or settings.model
+    if endpoint is not None:
+        settings.endpoint = endpoint
+    settings.dimensions = dim or _KNOWN_DIMENSIONS.get(settings.model) or _probe_dimensions(config)
+
+
+def _probe_dimensions(config: Config) -> int:
+    """Ask the endpoint once; its answer is the dimension every collection of this model gets."""
+    from memgpt.embeddings.openai import OpenAIEmbeddings
+    from memgpt.errors import EmbeddingError
+
+    settings = config.embedding
+    try:
+        probe = OpenAIEmbeddings(settings.model, dimensions=1, endpoint=settings.endpoint, api_key=settings.api_key)
+        return len(probe.embed_batch(["dimension probe"])[0])
+    except EmbeddingError as exc:
+        raise ConfigError(f"{exc}; check the endpoint, or pass --embedding-dim to skip this check") from exc
+
+
+def _llm(
+    config: Config,
+    provider: str | None,
+    model: str | None,
+    endpoint: str | None,
+    window: int | None,
+    ask: bool,
+) -> None:
+    import questionary
+
+    from memgpt.llm.presets import PRESETS
+
+    settings = config.llm
+    if provider is None and ask:
+        provider = _ask(questionary.select("Select LLM provider:", choices=list(PRESETS), default=settings.provider))
+    if provider is not None and provider != settings.provider:
+        if provider not in PRESETS:
+            raise ConfigError(f"--llm-provider must be one of {', '.join(PRESETS)}, not {provider!r}")
+        preset = PRESETS[provider]
+        settings.provider, settings.endpoint = provider, preset.endpoint
+        settings.model, settings.context_window = preset.default_model, preset.context_window
+    if model is None and ask:
+        model = _ask(questionary.text("Enter the LLM model:", default=settings.model)).strip()
+    if endpoint is None and ask:
+        endpoint = _ask(questionary.text("Enter the LLM endpoint:", default=settings.endpoint)).strip()
+    if window is None and ask:
+        window = int(
+            _ask(
+                questionary.text(
+                    "Enter the model's context window (tokens):",
+                    default=str(settings.context_window),
+                    validate=lambda v: (v.isdigit() and int(v) >= 1024) or "a whole number of at least 1024",
+                )
+            )
+        )
+    settings.model = model or settings.model
+    if endpoint is not None:
+        settings.endpoint = endpoint
+    if window is not None:
+        if window < 1024:
+            raise ConfigError("--llm-context-window must be at least 1024 tokens")
+        settings.context_window = window
+
+
+def _check_milvus(config: Config, home_path: Any) -> str:
+    """Open the configured Milvus now, so a bad URI fails here and not in the middle of a load."""
+    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+
+    uri = config.milvus_uri(home_path)
+    connection = MilvusConnection(MilvusTarget(uri, config.milvus.token))
+    try:
+        connection.ping()
+    finally:
+        connection.close()
+    return uri
+
+
+def configure(
+    archival_storage: str | None = typer.Option(
+        None, "--archival-storage", help="Storage backend for archival data: milvus."
+    ),
+    milvus_uri: str | None = typer.Option(
+        None,
+        "--milvus-uri",
+        help="A Milvus Lite file (~/.memgpt/milvus.db) or a server URI (http://host:19530).",
+    ),
+    milvus_token: str | None = typer.Option(
+        None, "--milvus-token", help="Token or user:password for a secured Milvus server."
+    ),
+    embedding_provider: str | None = typer.Option(
+        None, "--embedding-provider", help="local (offline) or openai (any OpenAI-compatible endpoint)."
+    ),
+    embedding_model: str | None = typer.Option(
+        None, "--embedding-model", help="Embedding model name (openai provider)."
+    ),
+    embedding_endpoint: str | None = typer.Option(
+        None, "--embedding-endpoint", help="OpenAI-compatible base URL for embeddings."
+    ),
+    embedding_dim: int | None = typer.Option(
+        None, "--embedding-dim", min=1, help="Embedding dimension (skips probing the endpoint)."
+    ),
+    llm_provider: str | None = typer.Option(
+        None,
+        "--llm-provider",
+        help="openai, anthropic, azure, ollama, vllm, lmstudio, llamacpp, groq, openrouter, openai-compatible.",
+    ),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="LLM model name."),
+    llm_endpoint: str | None = typer.Option(None, "--llm-endpoint", help="LLM base URL."),
+    llm_context_window: int | None = typer.Option(
+        None, "--llm-context-window", help="The model's context window in tokens."
+    ),
+    no_prompt: bool = typer.Option(False, "--no-prompt", help="Never ask; keep current values for options not given."),
+) -> None:
+    """Choose storage (Milvus Lite or a Milvus server), the embedding model and the LLM."""
+    import questionary
+
+    home, config = home_and_config()
+    ask = interactive() and not no_prompt
+    if archival_storage is None and ask:
+        archival_storage = _ask(
+            questionary.select("Select storage backend for archival data:", choices=["milvus"], default="milvus")
+        )
+    if archival_storage not in (None, "milvus"):
+        raise ConfigError(f"--archival-storage must be milvus, not {archival_storage!r}")
+    default_uri = display_path(home / "milvus.db")
+    _milvus(config, milvus_uri, milvus_token, ask, default_uri)
+    resolve_milvus_uri(config.milvus.uri or str(home / "milvus.db"))  # a bad file name fails before any prompt below
+    _embedding(config, embedding_provider, embedding_model, embedding_endpoint, embedding_dim, ask)
+    _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask)
+
+    uri = _check_milvus(config, home)
+    path = save_config(config, home)
+    kind = "Milvus server" if is_server_uri(uri) else "Milvus Lite"
+    console.print(f"Saved {display_path(path)}", markup=False)
+    console.print(f"  archival storage: milvus at {display_path(uri)} ({kind})", markup=False)
+    emb = config.embedding
+    where = f" at {emb.endpoint}" if emb.endpoint else ""
+    console.print(f"  embeddings: {emb.provider} {emb.model}{where} ({emb.dimensions} dims)", markup=False)
+    llm = config.llm
+    console.print(
+        f"  LLM: {llm.provider} {llm.model or '(no model set)'} at {llm.endpoint or 'default endpoint'}, "
+        f"context window {llm.context_window}",
+        markup=False,
+    )

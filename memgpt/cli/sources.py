@@ -1,0 +1,235 @@
+"""Data sources from the shell: load, list, search, delete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from memgpt.cli.common import confirm, console, embedding_model, err_console, open_storage, warn
+from memgpt.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from memgpt.data.ingest import LoadReport
+
+
+class _ProgressListener:
+    """Draws the seed's "Loading files" bar plus a bar for passages as they are embedded."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.files: TaskID | None = None
+        self.passages: TaskID | None = None
+
+    def files_found(self, count: int) -> None:
+        self.files = self.progress.add_task("Loading files", total=count, unit="file")
+
+    def file_started(self, path: Path) -> None: ...
+
+    def passages_planned(self, count: int) -> None:
+        if self.passages is None:
+            self.passages = self.progress.add_task("Embedding passages", total=0, unit="passage")
+        task = self.progress.tasks[self.passages]
+        self.progress.update(self.passages, total=(task.total or 0) + count)
+
+    def passages_embedded(self, count: int) -> None:
+        if self.passages is not None:
+            self.progress.advance(self.passages, count)
+
+    def file_finished(self, path: Path) -> None:
+        if self.files is not None:
+            self.progress.advance(self.files)
+
+    def warn(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}:"),
+        TaskProgressColumn(),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("["),
+        TimeElapsedColumn(),
+        TextColumn("<"),
+        TimeRemainingColumn(),
+        TextColumn("]"),
+        console=err_console,
+    )
+
+
+def load_directory(
+    name: str = typer.Option(..., "--name", help="Name of the source to create or add to."),
+    input_files: list[Path] = typer.Option(
+        None, "--input-files", help="A file to load (repeat for more).", show_default=False
+    ),
+    input_dir: Path | None = typer.Option(None, "--input-dir", help="Load every supported file in this folder."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also load files in subfolders of --input-dir."),
+    extensions: str = typer.Option(
+        "",
+        "--extensions",
+        help="Comma-separated extensions to take from --input-dir, e.g. .pdf,.md (default: all supported).",
+    ),
+    description: str = typer.Option("", "--description", help="What the source is about."),
+) -> None:
+    """Load files into a data source: parse, chunk, embed and store them in Milvus."""
+    from memgpt.data.ingest import SourceLoader, collect_files
+
+    if not input_files and input_dir is None:
+        raise UserError("give --input-files FILE (repeatable) or --input-dir DIR")
+    wanted = [e.strip() for e in extensions.split(",") if e.strip()] or None
+    paths = collect_files(input_files or [], input_dir, recursive=recursive, extensions=wanted)
+    if not paths:
+        raise UserError(f"no supported files found in {input_dir}")
+    with open_storage() as (storage, config):
+        model = embedding_model(config)
+        with _progress() as progress:
+            loader = SourceLoader(
+                storage,
+                model,
+                chunk_size=config.embedding.chunk_size,
+                chunk_overlap=config.embedding.chunk_overlap,
+                listener=_ProgressListener(progress),
+            )
+            report = loader.load(name, paths, description=description)
+    raise typer.Exit(_summarize(report))
+
+
+def _summarize(report: LoadReport) -> int:
+    console.print(
+        f"Loaded {report.passages} passages and {report.documents} documents from {report.source}",
+        markup=False,
+    )
+    if report.unchanged:
+        console.print(f"{len(report.unchanged)} file(s) already loaded and unchanged: skipped", markup=False)
+    for path, twin in report.duplicates:
+        console.print(f"{path}: same content as {twin}, already loaded: skipped", markup=False)
+    if report.failures:
+        err_console.print(f"{len(report.failures)} file(s) could not be loaded (warnings above)", markup=False)
+    if report.aborted:
+        err_console.print(f"error: {report.aborted}; run the same command again to finish", markup=False)
+    if report.interrupted:
+        err_console.print(
+            "Interrupted: nothing half-loaded is visible; run the same command again to finish.", markup=False
+        )
+        return 130
+    return 0 if report.ok else 1
+
+
+def list_sources(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List data sources with their documents, passages and embedding model."""
+    with open_storage() as (storage, _config):
+        sources = storage.metadata.list_sources(storage.user_id)
+    if as_json:
+        rows = [
+            {
+                "name": s.name,
+                "documents": s.documents,
+                "passages": s.passages,
+                "embedding_model": s.embedding_model,
+                "embedding_dim": s.embedding_dim,
+                "created_at": s.created_at.isoformat(),
+                "incomplete_documents": s.incomplete_documents,
+                "status": s.status,
+            }
+            for s in sources
+        ]
+        console.print_json(json.dumps(rows))
+        return
+    if not sources:
+        console.print(
+            "No sources yet. Create one with `memgpt load directory --name NAME --input-files FILE`.",
+            markup=False,
+        )
+        return
+    from rich.table import Table
+
+    table = Table("Name", "Documents", "Passages", "Embedding model", "Created")
+    for s in sources:
+        table.add_row(
+            s.name,
+            str(s.documents),
+            str(s.passages),
+            f"{s.embedding_model} ({s.embedding_dim})",
+            s.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+    for s in sources:
+        if s.status == "deleting":
+            warn(f"source {s.name!r} was only partly deleted; finish with `memgpt delete source {s.name!r} -y`")
+        elif s.incomplete_documents:
+            warn(f"source {s.name!r} has {s.incomplete_documents} unfinished document(s); rerun its `memgpt load`")
+
+
+def delete_source(
+    name: str = typer.Argument(..., help="Name of the source."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a data source and all its passages."""
+    from memgpt.data.sources import delete_source as remove
+    from memgpt.data.sources import get_source
+
+    with open_storage() as (storage, _config):
+        source = get_source(storage, name)
+        question = f"Delete source {source.name!r} ({source.documents} documents, {source.passages} passages)?"
+        if not confirm(question, assume_yes=yes):
+            console.print("Nothing deleted.")
+            return
+        deleted = remove(storage, source)
+    console.print(f"Deleted source {source.name!r} and {deleted} passages", markup=False)
+
+
+def search(
+    source: str = typer.Argument(..., help="Name of the source."),
+    query: str = typer.Argument(..., help="What to look for."),
+    k: int = typer.Option(5, "-k", "--top-k", min=1, max=100, help="How many passages to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Search a data source by meaning and print the best passages."""
+    from memgpt.data.sources import get_source, search_source
+
+    with open_storage() as (storage, config):
+        found = get_source(storage, source)
+        hits = search_source(storage, found, embedding_model(config), query, k=k)
+    if as_json:
+        rows = [
+            {
+                "score": round(h.score, 4),
+                "text": h.passage.text,
+                "document_id": h.passage.document_id,
+                **h.passage.metadata,
+            }
+            for h in hits
+        ]
+        console.print_json(json.dumps(rows))
+        return
+    if not hits:
+        console.print(f"No passages in {found.name!r} match.", markup=False)
+        return
+    from rich.table import Table
+
+    table = Table("Score", "Document", "Text", show_lines=True)
+    for hit in hits:
+        meta = hit.passage.metadata
+        where = meta.get("file_name", "?") + (f" p.{meta['page']}" if meta.get("page") else "")
+        table.add_row(f"{hit.score:.3f}", where, hit.passage.text)
+    console.print(table)

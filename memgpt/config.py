@@ -1,0 +1,151 @@
+"""The one typed configuration, stored as TOML in the memgpt home folder.
+
+Read at the edges (CLI, server) and passed down; nothing below the CLI calls ``load_config``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from memgpt.errors import ConfigError
+
+HOME_ENV = "MEMGPT_HOME"
+CONFIG_FILE = "config.toml"
+DEFAULT_MILVUS_FILE = "milvus.db"
+# pymilvus treats only "*.db" paths as Milvus Lite, and milvus-lite 2.5 refuses other file names.
+_LITE_NAME = re.compile(r"^[A-Za-z0-9.\-_]{1,33}\.db$")
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+
+
+def memgpt_home() -> Path:
+    """``$MEMGPT_HOME`` or ``~/.memgpt``: every piece of user state lives under it."""
+    raw = os.environ.get(HOME_ENV)
+    return Path(raw).expanduser().resolve() if raw else Path.home() / ".memgpt"
+
+
+def display_path(path: Path | str) -> str:
+    """Show paths under the user's home with ``~`` as the seed's prompts do."""
+    text = str(path)
+    home = str(Path.home())
+    return "~" + text[len(home) :] if text == home or text.startswith(home + os.sep) else text
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.strip().lower().startswith(_SERVER_SCHEMES)
+
+
+def resolve_milvus_uri(uri: str) -> str:
+    """Expand ``~`` and variables in a Milvus Lite path; pass server URIs through.
+
+    Raises ConfigError for a Lite file name that milvus-lite cannot open.
+    """
+    uri = uri.strip()
+    if not uri:
+        raise ConfigError("the Milvus URI is empty: give a file path such as ~/.memgpt/milvus.db or http://host:19530")
+    if is_server_uri(uri):
+        return uri
+    path = Path(os.path.expandvars(uri)).expanduser().resolve()
+    if not _LITE_NAME.match(path.name):
+        raise ConfigError(
+            f"Milvus Lite file name {path.name!r} is not allowed: it must end in .db and use at most 36 "
+            "letters, digits, '.', '-' or '_' (e.g. ~/.memgpt/milvus.db)"
+        )
+    return str(path)
+
+
+class MilvusSettings(BaseModel):
+    uri: str = ""  # empty means <home>/milvus.db
+    token: str = ""  # "user:password" or an API key, for secured servers and Zilliz Cloud
+
+
+class EmbeddingSettings(BaseModel):
+    provider: Literal["local", "openai"] = "local"
+    model: str = "all-MiniLM-L6-v2"
+    endpoint: str = ""  # OpenAI-compatible base URL for provider "openai"; empty means api.openai.com
+    api_key: str = ""  # empty means $OPENAI_API_KEY
+    dimensions: int = Field(default=384, gt=0)
+    max_tokens: int = Field(default=0, ge=0)  # 0 means the model's own input limit
+    chunk_size: int = Field(default=250, ge=16)  # tokens of the embedding model's tokenizer
+    chunk_overlap: int = Field(default=25, ge=0)
+    batch_size: int = Field(default=0, ge=0, le=2048)  # 0 means the model's own best batch size
+
+
+class LLMSettings(BaseModel):
+    provider: str = "openai"
+    model: str = "gpt-4o-mini"
+    endpoint: str = ""  # empty means the provider's default
+    api_key: str = ""  # empty means the provider's environment variable
+    context_window: int = Field(default=128_000, ge=1024)
+
+
+class Config(BaseModel):
+    """Everything ``memgpt configure`` asks for."""
+
+    user_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    archival_storage: Literal["milvus"] = "milvus"
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    metadata_url: str = ""  # SQLAlchemy URL; empty means SQLite in the home folder
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    default_persona: str = "sam_pov"
+    default_human: str = "basic"
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id_is_plain(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", value):
+            raise ValueError("user_id must be 1-64 letters, digits, '-' or '_'")
+        return value
+
+    def milvus_uri(self, home: Path) -> str:
+        return resolve_milvus_uri(self.milvus.uri or str(home / DEFAULT_MILVUS_FILE))
+
+    def metadata_database_url(self, home: Path) -> str:
+        return self.metadata_url or f"sqlite:///{home / 'metadata.sqlite'}"
+
+
+def config_path(home: Path) -> Path:
+    return home / CONFIG_FILE
+
+
+def load_config(home: Path | None = None) -> Config:
+    """The saved config; on first use, the defaults, saved so the user id stays the same."""
+    home = home or memgpt_home()
+    path = config_path(home)
+    if not path.exists():
+        config = Config()
+        save_config(config, home)
+        return config
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return Config.model_validate(data)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix it or run `memgpt configure`") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}; fix it or run `memgpt configure`") from exc
+
+
+def save_config(config: Config, home: Path | None = None) -> Path:
+    """Write atomically with owner-only permissions: the file may hold API keys."""
+    import tomli_w
+
+    home = home or memgpt_home()
+    home.mkdir(parents=True, exist_ok=True)
+    path = config_path(home)
+    tmp = path.with_suffix(".toml.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        tomli_w.dump(config.model_dump(mode="json"), handle)
+    os.replace(tmp, path)
+    return path

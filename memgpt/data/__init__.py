@@ -1,0 +1,1 @@
+"""External data: files to documents to passages in Milvus."""

@@ -1,0 +1,289 @@
+"""Loading files into a source: read, parse, chunk, embed, write.
+
+Idempotent and crash-safe. Document and passage ids are hashes of the source, the file's content
+and how it was chunked, so a repeated load rewrites the same rows. A file's documents are recorded
+as PENDING before any passage is written and made READY in one transaction after all are written;
+searches hide every document that is not READY, so an interrupted load leaves nothing half-visible,
+and running the same load again finishes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memgpt.data.chunking import Chunker
+from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, parse, read_bytes
+from memgpt.embeddings.base import EmbeddingModel
+from memgpt.errors import BackendError, InputFileError, UserError
+from memgpt.storage import Storage
+from memgpt.storage.base import PassageStore
+from memgpt.storage.filters import is_in
+from memgpt.types import Document, DocumentStatus, Passage, Source, utc_now
+
+_WRITE_WINDOW = 256  # passages embedded and written together: bounds memory on huge files
+_DELETE_BATCH = 500
+
+
+@dataclass
+class LoadReport:
+    source: str
+    passages: int = 0
+    documents: int = 0
+    files_loaded: int = 0
+    unchanged: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, already loaded as)
+    failures: list[InputFileError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    aborted: str = ""  # why the load stopped early (embedding endpoint or storage failure)
+    interrupted: bool = False
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("parse", "embed", "insert"), 0.0))
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failures or self.aborted or self.interrupted)
+
+
+class LoadListener:
+    """Progress hooks; the CLI draws bars with them. Every hook is optional."""
+
+    def files_found(self, count: int) -> None: ...
+    def file_started(self, path: Path) -> None: ...
+    def passages_planned(self, count: int) -> None: ...
+    def passages_embedded(self, count: int) -> None: ...
+    def file_finished(self, path: Path) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+def collect_files(
+    input_files: Sequence[Path] = (),
+    input_dir: Path | None = None,
+    *,
+    recursive: bool = False,
+    extensions: Iterable[str] | None = None,
+) -> list[Path]:
+    """Files named explicitly are always taken (and fail later if unreadable); files in a directory
+    are filtered by extension and hidden files are skipped."""
+    wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or SUPPORTED_EXTENSIONS)}
+    found: list[Path] = [p.expanduser() for p in input_files]
+    if input_dir is not None:
+        directory = input_dir.expanduser()
+        if not directory.is_dir():
+            raise UserError(f"{directory}: not a directory")
+        pattern = "**/*" if recursive else "*"
+        found.extend(
+            sorted(
+                p
+                for p in directory.glob(pattern)
+                if p.is_file()
+                and p.suffix.lower() in wanted
+                and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+            )
+        )
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(str(path.resolve()), path)
+    return list(unique.values())
+
+
+def validate_source_name(name: str) -> str:
+    stripped = name.strip()
+    if not stripped:
+        raise UserError("a source name cannot be empty")
+    if len(stripped) > 256:
+        raise UserError("a source name can be at most 256 characters")
+    if any(ord(ch) < 32 for ch in stripped):
+        raise UserError("a source name must be one line without control characters")
+    return stripped
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
+
+
+class SourceLoader:
+    """Loads files into one source with one embedding model."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        model: EmbeddingModel,
+        *,
+        chunk_size: int,
+        chunk_overlap: int,
+        listener: LoadListener | None = None,
+    ) -> None:
+        self.storage = storage
+        self.model = model
+        size = min(chunk_size, model.max_input_tokens)
+        overlap = min(chunk_overlap, size // 2 - 1)
+        self.chunker = Chunker(model.count_tokens, size, overlap)
+        self.signature = f"{model.model_id}/{model.dimensions}/c{size}/o{overlap}/l{LOADER_VERSION}"
+        self.listener = listener or LoadListener()
+        self._store: PassageStore = storage.passages(model.model_id, model.dimensions)
+
+    # -- sources ------------------------------------------------------------------------------
+    def _source(self, name: str, description: str) -> tuple[Source, bool]:
+        metadata = self.storage.metadata
+        existing = metadata.get_source(self.storage.user_id, name)
+        if existing is None:
+            source = Source(
+                id=uuid.uuid4().hex,
+                name=name,
+                user_id=self.storage.user_id,
+                embedding_model=self.model.model_id,
+                embedding_dim=self.model.dimensions,
+                created_at=utc_now(),
+                description=description,
+            )
+            return metadata.create_source(source), True
+        if existing.status == "deleting":
+            raise UserError(f"source {name!r} is being deleted; finish with `memgpt delete source {name!r} -y`")
+        if (existing.embedding_model, existing.embedding_dim) != (self.model.model_id, self.model.dimensions):
+            raise UserError(
+                f"source {name!r} was embedded with {existing.embedding_model} ({existing.embedding_dim} dims) but "
+                f"the configured model is {self.model.model_id} ({self.model.dimensions} dims); load into a new "
+                "source name or switch the model back with `memgpt configure`"
+            )
+        return existing, False
+
+    # -- the load -----------------------------------------------------------------------------
+    def load(self, name: str, paths: Sequence[Path], *, description: str = "") -> LoadReport:
+        name = validate_source_name(name)
+        report = LoadReport(source=name)
+        source, created = self._source(name, description)
+        self.listener.files_found(len(paths))
+        try:
+            self._finish_deletions(source)
+            for path in paths:
+                self.listener.file_started(path)
+                try:
+                    self._load_file(source, path, report)
+                except InputFileError as exc:
+                    report.failures.append(exc)
+                    self.listener.warn(str(exc))
+                self.listener.file_finished(path)
+        except BackendError as exc:
+            report.aborted = str(exc)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        if report.documents:
+            self._store.flush()
+        if created and not report.interrupted and not self.storage.metadata.documents(source.id):
+            self.storage.metadata.delete_source(source.id)  # never leave an empty source behind
+        return report
+
+    def _load_file(self, source: Source, path: Path, report: LoadReport) -> None:
+        started = time.perf_counter()
+        data = read_bytes(path)
+        sha = hashlib.sha256(data).hexdigest()
+        key = str(path.resolve())
+        metadata = self.storage.metadata
+        existing = metadata.documents(source.id, file_path=key)
+        if existing and all(
+            d.status is DocumentStatus.READY and d.file_sha256 == sha and d.signature == self.signature
+            for d in existing
+        ):
+            report.unchanged.append(str(path))
+            return
+        twin = metadata.ready_file_with_hash(source.id, sha, self.signature)
+        if twin and twin != key:
+            report.duplicates.append((str(path), twin))
+            self._retire([d.id for d in existing])  # this path's older content is superseded
+            return
+        parsed = parse(path, data)
+        for warning in parsed.warnings:
+            report.warnings.append(warning)
+            self.listener.warn(warning)
+        documents, passages = self._plan(source, path, key, sha, len(data), parsed.units)
+        report.seconds["parse"] += time.perf_counter() - started
+        if not passages:
+            raise InputFileError(str(path), "no text in it")
+
+        metadata.add_pending(documents)
+        self.listener.passages_planned(len(passages))
+        for start in range(0, len(passages), _WRITE_WINDOW):
+            window = passages[start : start + _WRITE_WINDOW]
+            began = time.perf_counter()
+            vectors = self.model.embed_multi([p.text for p in window], on_progress=self.listener.passages_embedded)
+            embedded = time.perf_counter()
+            self._store.upsert([_with_embedding(p, v) for p, v in zip(window, vectors, strict=True)])
+            report.seconds["embed"] += embedded - began
+            report.seconds["insert"] += time.perf_counter() - embedded
+
+        new_ids = [d.id for d in documents]
+        metadata.publish(new_ids, [d.id for d in existing if d.id not in set(new_ids)])
+        self._finish_deletions(source)
+        report.files_loaded += 1
+        report.documents += len(documents)
+        report.passages += len(passages)
+
+    def _plan(
+        self, source: Source, path: Path, key: str, sha: str, size: int, units: Sequence
+    ) -> tuple[list[Document], list[Passage]]:
+        documents: list[Document] = []
+        passages: list[Passage] = []
+        now = utc_now()
+        for index, unit in enumerate(units):
+            chunks = self.chunker.split(unit.text)
+            if not chunks:
+                continue
+            doc_id = _digest(source.id, sha, self.signature, unit.unit if unit.unit is not None else index)
+            documents.append(
+                Document(
+                    id=doc_id,
+                    source_id=source.id,
+                    file_path=key,
+                    file_name=path.name,
+                    file_sha256=sha,
+                    file_size=size,
+                    unit=unit.unit,
+                    n_passages=len(chunks),
+                    signature=self.signature,
+                    created_at=now,
+                )
+            )
+            meta = {"file_name": path.name, "file_path": key}
+            if unit.unit is not None:
+                meta["page"] = unit.unit
+            passages.extend(
+                Passage(
+                    id=_digest(doc_id, number),
+                    text=chunk,
+                    user_id=source.user_id,
+                    source_id=source.id,
+                    document_id=doc_id,
+                    chunk_index=number,
+                    created_at=now,
+                    metadata=meta,
+                )
+                for number, chunk in enumerate(chunks)
+            )
+        return documents, passages
+
+    # -- cleanup ------------------------------------------------------------------------------
+    def _finish_deletions(self, source: Source) -> None:
+        """Complete replacements an earlier, interrupted load started."""
+        stale = self.storage.metadata.documents_with_status(source.id, DocumentStatus.DELETING)
+        self._purge([d.id for d in stale])
+
+    def _retire(self, document_ids: list[str]) -> None:
+        if document_ids:
+            self.storage.metadata.publish([], document_ids)
+            self._purge(document_ids)
+
+    def _purge(self, document_ids: list[str]) -> None:
+        for start in range(0, len(document_ids), _DELETE_BATCH):
+            batch = document_ids[start : start + _DELETE_BATCH]
+            self._store.delete(is_in("document_id", batch))
+            self.storage.metadata.delete_documents(batch)
+
+
+def _with_embedding(passage: Passage, vector: list[float]) -> Passage:
+    from dataclasses import replace
+
+    return replace(passage, embedding=vector)

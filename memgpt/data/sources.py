@@ -1,0 +1,44 @@
+"""What can be done with a loaded source besides loading: find, search, delete."""
+
+from __future__ import annotations
+
+from memgpt.embeddings.base import EmbeddingModel
+from memgpt.errors import NotFoundError, UserError
+from memgpt.storage import Storage
+from memgpt.storage.filters import Filter, all_of, eq, not_in
+from memgpt.types import SearchHit, Source
+
+
+def get_source(storage: Storage, name: str) -> Source:
+    source = storage.metadata.get_source(storage.user_id, name)
+    if source is None:
+        known = ", ".join(repr(s.name) for s in storage.metadata.list_sources(storage.user_id)) or "none yet"
+        raise NotFoundError(f"no source named {name!r} (sources: {known}); create it with `memgpt load`")
+    return source
+
+
+def visible_passages(storage: Storage, source: Source) -> Filter:
+    """Passages of ``source`` that belong to fully loaded documents only."""
+    hidden = storage.metadata.hidden_document_ids([source.id])
+    return all_of(eq("user_id", source.user_id), eq("source_id", source.id), not_in("document_id", hidden))
+
+
+def search_source(storage: Storage, source: Source, model: EmbeddingModel, query: str, *, k: int) -> list[SearchHit]:
+    if (source.embedding_model, source.embedding_dim) != (model.model_id, model.dimensions):
+        raise UserError(
+            f"source {source.name!r} was embedded with {source.embedding_model}, but the configured model is "
+            f"{model.model_id}; switch back with `memgpt configure`"
+        )
+    if not query.strip():
+        raise UserError("the search query is empty")
+    store = storage.passages(source.embedding_model, source.embedding_dim)
+    return store.search(model.embed(query), limit=k, where=visible_passages(storage, source))
+
+
+def delete_source(storage: Storage, source: Source) -> int:
+    """Hide the source, delete its passages, then its rows; rerunning finishes an interrupted delete."""
+    storage.metadata.mark_source_deleting(source.id)
+    store = storage.passages(source.embedding_model, source.embedding_dim)
+    deleted = store.delete(all_of(eq("user_id", source.user_id), eq("source_id", source.id)))
+    storage.metadata.delete_source(source.id)
+    return deleted

