@@ -46,9 +46,30 @@ def _looks_binary(text: str) -> bool:
     return "\x00" in sample or control / len(sample) > 0.01
 
 
+def _mostly_latin(text: str) -> bool:
+    """Western text has a few accented letters; other scripts read as cp1252 are almost all accents."""
+    letters = [ch for ch in text[:20_000] if ch.isalpha()]
+    return bool(letters) and sum(1 for ch in letters if ord(ch) > 127) / len(letters) <= 0.3
+
+
+def _legacy_decode(data: bytes) -> tuple[str, str] | None:
+    """Text and encoding for non-UTF-8 data. cp1252 first: it is what most such files are, and
+    charset detection often mistakes it for a Baltic or Central European code page."""
+    try:
+        text = data.decode("cp1252")
+        if _mostly_latin(text):
+            return text, "cp1252"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    return (str(best), best.encoding) if best is not None else None
+
+
 def decode_text(data: bytes, path: Path) -> tuple[str, str | None]:
     """Text and an optional warning. UTF-8 (with or without BOM) and UTF-16 with BOM are exact;
-    anything else is decoded by charset detection and flagged."""
+    anything else is decoded by best guess and flagged."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16"), None
     if b"\x00" in data[:8192]:
@@ -56,12 +77,10 @@ def decode_text(data: bytes, path: Path) -> tuple[str, str | None]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(data).best()
-        if best is None or _looks_binary(str(best)):
+        guess = _legacy_decode(data)
+        if guess is None or _looks_binary(guess[0]):
             raise _fail(path, "binary data or an unknown text encoding; save it as UTF-8") from None
-        return str(best), f"{path.name} is not UTF-8; read it as {best.encoding}"
+        return guess[0], f"{path.name} is not UTF-8; read it as {guess[1]}"
     if _looks_binary(text):
         raise _fail(path, "binary data, not text (wrong extension?)")
     return text, None

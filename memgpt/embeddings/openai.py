@@ -60,9 +60,11 @@ class OpenAIEmbeddings(EmbeddingModel):
         try:
             response = self._openai().embeddings.create(model=self.model_id, input=list(texts), **options)
         except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            detail = body.get("message") or exc.message
             raise EmbeddingError(
                 f"embedding endpoint {self.endpoint or 'api.openai.com'} answered {exc.status_code}: "
-                f"{_first_line(exc.message)}"
+                f"{_first_line(str(detail))}"
             ) from exc
         except openai.APIError as exc:
             where = self.endpoint or "api.openai.com"

@@ -11,11 +11,12 @@ import fcntl
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from memgpt.config import display_path, is_server_uri
 from memgpt.errors import SchemaMismatchError, StorageError, StorageLockedError
@@ -76,45 +77,90 @@ def collection_name(model: str, dimensions: int) -> str:
     return f"memgpt_passages_{slug}_{dimensions}"
 
 
-def _lock_path(db_file: Path) -> Path:
-    return db_file.parent / f".{db_file.name}.lock"
+class _LiteLocks:
+    """memgpt's own per-file lock for Milvus Lite, shared by every connection in this process.
 
-
-def _lite_is_locked(db_file: Path) -> bool:
-    """True when another process holds milvus-lite's lock on ``db_file``.
-
-    Only called after this process failed to open the file: probing while this process holds the
-    lock would release it (POSIX locks are per process).
+    milvus-lite locks ``.<name>.lock`` itself, but a process that fails to open the file deletes that
+    lock file on its way out, letting a third process in. Our lock file is never deleted, and a
+    ``flock`` on it is held for as long as this process has the database open.
     """
-    lock = _lock_path(db_file)
-    if not lock.exists():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.lockf(handle, fcntl.LOCK_UN)
-    return False
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[str, tuple[IO[str], int]] = {}
+
+    def acquire(self, db_file: Path) -> None:
+        key = str(db_file)
+        with self._guard:
+            if key in self._held:
+                handle, count = self._held[key]
+                self._held[key] = (handle, count + 1)
+                return
+            handle = open(db_file.parent / f".{db_file.name}.memgpt.lock", "a")  # noqa: SIM115 - held open
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                handle.close()
+                raise StorageLockedError(
+                    f"another memgpt process is using {display_path(db_file)} — close it or use a Milvus server"
+                ) from exc
+            self._held[key] = (handle, 1)
+
+    def release(self, db_file: Path) -> None:
+        key = str(db_file)
+        with self._guard:
+            if key not in self._held:
+                return
+            handle, count = self._held.pop(key)
+            if count > 1:
+                self._held[key] = (handle, count - 1)
+                return
+            _stop_lite_server(db_file)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+_lite_locks = _LiteLocks()
+
+
+def _stop_lite_server(db_file: Path) -> None:
+    """Stop this process's Milvus Lite server for ``db_file``; closing a client does not."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    if str(db_file.resolve()) in getattr(server_manager_instance, "_servers", {}):
+        server_manager_instance.release_server(str(db_file))
+
+
+class _DropLiteIteratorNotice(logging.Filter):
+    """pymilvus warns on every iterator over Milvus Lite that it uses a client-side timestamp; harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
 
 
 def connect(target: MilvusTarget) -> Any:
     """A ``MilvusClient`` for ``target``, with failures turned into one actionable message."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
+    pymilvus_logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
+    if not any(isinstance(f, _DropLiteIteratorNotice) for f in pymilvus_logger.filters):
+        pymilvus_logger.addFilter(_DropLiteIteratorNotice())
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
+    where = display_path(target.uri)
     if target.is_lite:
         db_file = Path(target.uri)
         db_file.parent.mkdir(parents=True, exist_ok=True)
+        _lite_locks.acquire(db_file)
     try:
         return MilvusClient(uri=target.uri, token=target.token, timeout=10)
     except MilvusException as exc:
-        if target.is_lite and _lite_is_locked(Path(target.uri)):
+        if target.is_lite:
+            _lite_locks.release(Path(target.uri))
             raise StorageLockedError(
-                f"another memgpt process is using {display_path(target.uri)} — close it or use a Milvus server"
+                f"cannot open {where}: another program is using it, or it is damaged — close the other program "
+                "or use a Milvus server"
             ) from exc
-        where = display_path(target.uri)
         raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
 
 
@@ -333,14 +379,5 @@ class MilvusConnection:
         with contextlib.suppress(Exception):  # closing is best effort; the process may be exiting
             self._client.close()
         if self.target.is_lite:
-            _release_lite(self.target.uri)
+            _lite_locks.release(Path(self.target.uri))
         self._stores.clear()
-
-
-def _release_lite(uri: str) -> None:
-    """Stop this process's Milvus Lite server so the file lock is freed for other processes."""
-    with contextlib.suppress(ImportError):
-        from milvus_lite.server_manager import server_manager_instance
-
-        if str(Path(uri).resolve()) in getattr(server_manager_instance, "_servers", {}):
-            server_manager_instance.release_server(uri)

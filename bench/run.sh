@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One command for every figure in the README's benchmark section:
+#   bash bench/run.sh            (add --quick for a 0.5 MB corpus and 10k passages only)
+# Prints markdown tables. The pure-Python Milvus Lite 3.x conflicts with the 2.5 default, so it is
+# measured from its own virtualenv in bench/.venv-lite3.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/_venv.sh"
+cd "$ROOT"
+corpus_mb=5
+sizes=10000,100000
+if [ "${1:-}" = "--quick" ]; then corpus_mb=0.5; sizes=10000; fi
+
+LITE3="$ROOT/bench/.venv-lite3"
+if [ ! -x "$LITE3/bin/python" ]; then
+  "$PY" -m venv "$LITE3"
+  "$LITE3/bin/pip" install --quiet --disable-pip-version-check pymilvus==3.0.2 milvus-lite==3.2.2 numpy "pydantic>=2.7"
+fi
+
+echo "### Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+"$VENV/bin/python" bench/load_bench.py --corpus-mb "$corpus_mb"
+echo
+echo "### Archival search (filtered by user and 2 of 10 sources; query embedding excluded)"
+echo
+"$VENV/bin/python" bench/search_bench.py --label "milvus-lite 2.5.1 (default)" --sizes "$sizes" --header
+PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" --sizes "$sizes"

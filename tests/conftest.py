@@ -1,0 +1,75 @@
+"""Shared fixtures: every test gets its own memgpt home; Milvus Lite and SQLite are real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memgpt.config import load_config
+from memgpt.data.ingest import LoadReport, SourceLoader
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.storage import Storage
+
+DATA = Path(__file__).parent / "data"
+PAPER = DATA / "memgpt_research_paper.pdf"
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the developer's ~/.memgpt or a shared tiktoken cache."""
+    monkeypatch.setenv("MEMGPT_HOME", str(tmp_path_factory.mktemp("unused-home")))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path_factory.mktemp("tiktoken")))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("MEMGPT_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def storage(home: Path) -> Iterator[Storage]:
+    opened = Storage(load_config(home), home)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="session")
+def model() -> LocalMiniLM:
+    return LocalMiniLM()
+
+
+def loader(storage: Storage, model: LocalMiniLM, **kwargs: object) -> SourceLoader:
+    config = load_config(Path(os.environ["MEMGPT_HOME"]))
+    return SourceLoader(
+        storage,
+        model,
+        chunk_size=config.embedding.chunk_size,
+        chunk_overlap=config.embedding.chunk_overlap,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def load(storage: Storage, model: LocalMiniLM, name: str, *paths: Path) -> LoadReport:
+    return loader(storage, model).load(name, list(paths))
+
+
+def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real `memgpt` command in a child process, with no terminal."""
+    env = {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "memgpt", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        check=False,
+    )

@@ -1,0 +1,171 @@
+"""The seed's commands through the real `memgpt` executable, with no terminal attached."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+from tests.conftest import DATA, PAPER, run_cli
+
+
+def test_help_and_version(home: Path) -> None:
+    result = run_cli("--help", home=home)
+    assert result.returncode == 0
+    for command in ("configure", "load", "list", "delete", "search"):
+        assert command in result.stdout
+    assert run_cli("--version", home=home).stdout.startswith("memgpt ")
+
+
+def test_configure_with_flags_as_in_the_seed(home: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # so "~" is a temporary folder
+    result = run_cli(
+        "configure",
+        "--archival-storage",
+        "milvus",
+        "--milvus-uri",
+        "~/.memgpt/milvus.db",
+        "--llm-provider",
+        "ollama",
+        "--llm-model",
+        "llama3.1",
+        "--llm-context-window",
+        "8192",
+        home=home,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "archival storage: milvus at ~/.memgpt/milvus.db (Milvus Lite)" in result.stdout
+    saved = tomllib.loads((home / "config.toml").read_text())
+    assert saved["milvus"]["uri"] == "~/.memgpt/milvus.db"
+    assert saved["llm"] | {"api_key": ""} == {
+        "provider": "ollama",
+        "model": "llama3.1",
+        "endpoint": "http://localhost:11434/v1",
+        "api_key": "",
+        "context_window": 8192,
+    }
+    assert (tmp_path / ".memgpt" / "milvus.db").exists()  # opened at configure time, "~" expanded
+
+
+def test_configure_refuses_what_cannot_work(home: Path) -> None:
+    for args, message in [
+        (["--milvus-uri", "http://127.0.0.1:1"], "cannot connect to Milvus at http://127.0.0.1:1"),
+        (["--milvus-uri", str(home / "no-suffix")], "must end in .db"),
+        (["--archival-storage", "chroma"], "--archival-storage must be milvus"),
+        (["--llm-provider", "nope"], "--llm-provider must be one of"),
+        (
+            [
+                "--embedding-provider",
+                "openai",
+                "--embedding-model",
+                "x",
+                "--embedding-endpoint",
+                "http://127.0.0.1:1/v1",
+            ],
+            "check the endpoint, or pass --embedding-dim",
+        ),
+    ]:
+        result = run_cli("configure", *args, home=home)
+        assert result.returncode == 1, args
+        assert message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.stderr
+        if (home / "config.toml").exists():
+            assert "127.0.0.1:1" not in (home / "config.toml").read_text()
+
+
+def test_the_seed_load_list_search_delete(home: Path, tmp_path: Path, monkeypatch) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    shutil.copy(PAPER, workdir / "memgpt_research_paper.pdf")
+    monkeypatch.chdir(workdir)
+    result = run_cli(
+        "load", "directory", "--name", "memgpt_research_paper", "--input-files=memgpt_research_paper.pdf", home=home
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = re.fullmatch(r"Loaded (\d+) passages and 13 documents from memgpt_research_paper\n", result.stdout)
+    assert loaded, result.stdout
+    passages = int(loaded[1])
+    assert "Loading files" in result.stderr
+
+    listed = json.loads(run_cli("list", "sources", "--json", home=home).stdout)
+    assert [(s["name"], s["documents"], s["passages"], s["embedding_model"]) for s in listed] == [
+        ("memgpt_research_paper", 13, passages, "all-MiniLM-L6-v2")
+    ]
+    table = run_cli("list", "sources", home=home).stdout
+    assert "memgpt_research_paper" in table and str(passages) in table
+
+    found = json.loads(
+        run_cli("search", "memgpt_research_paper", "deep memory retrieval", "-k", "5", "--json", home=home).stdout
+    )
+    assert len(found) == 5
+    assert found[0]["file_name"] == "memgpt_research_paper.pdf" and 1 <= found[0]["page"] <= 13
+    assert any("deep memory retrieval" in row["text"].lower() for row in found)
+    shown = run_cli("search", "memgpt_research_paper", "deep memory retrieval", home=home).stdout
+    assert "memgpt_research_paper.pdf p." in shown
+
+    again = run_cli(
+        "load", "directory", "--name", "memgpt_research_paper", "--input-files=memgpt_research_paper.pdf", home=home
+    )
+    assert again.returncode == 0
+    assert "Loaded 0 passages and 0 documents" in again.stdout and "unchanged" in again.stdout
+
+    refused = run_cli("delete", "source", "memgpt_research_paper", home=home)
+    assert refused.returncode == 1 and "pass -y" in refused.stderr
+    deleted = run_cli("delete", "source", "memgpt_research_paper", "-y", home=home)
+    assert deleted.returncode == 0
+    assert f"Deleted source 'memgpt_research_paper' and {passages} passages" in deleted.stdout
+    assert json.loads(run_cli("list", "sources", "--json", home=home).stdout) == []
+
+
+def test_load_reports_failures_in_the_exit_code(home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"not a pdf at all")
+    result = run_cli(
+        "load",
+        "directory",
+        "--name",
+        "docs",
+        "--input-files",
+        str(DATA / "test.md"),
+        "--input-files",
+        str(bad),
+        home=home,
+    )
+    assert result.returncode == 1
+    assert "Loaded" in result.stdout and "and 1 documents from docs" in result.stdout
+    assert f"warning: {bad}: not a valid PDF" in result.stderr
+    assert "1 file(s) could not be loaded" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_input_dir_with_extensions(home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(DATA / "test.md", folder / "a.md")
+    shutil.copy(DATA / "test.json", folder / "b.json")
+    shutil.copy(DATA / "philosophical_question.txt", folder / "nested" / "c.txt")
+    result = run_cli(
+        "load",
+        "directory",
+        "--name",
+        "dir",
+        "--input-dir",
+        str(folder),
+        "--recursive",
+        "--extensions",
+        ".md,.txt",
+        home=home,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"and 2 documents from dir", result.stdout)
+    missing = run_cli("load", "directory", "--name", "dir", "--input-dir", str(tmp_path / "nope"), home=home)
+    assert missing.returncode == 1 and "not a directory" in missing.stderr
+
+
+def test_unknown_source_is_one_line(home: Path) -> None:
+    result = run_cli("search", "ghost", "anything", home=home)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no source named 'ghost' (sources: none yet); create it with `memgpt load`"

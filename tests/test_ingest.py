@@ -1,0 +1,175 @@
+"""Loading real files into Milvus Lite: counts, search, reloads, replacements and bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from memgpt.data.ingest import LoadListener, collect_files
+from memgpt.data.sources import delete_source, get_source, search_source, visible_passages
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.errors import NotFoundError, UserError
+from memgpt.storage import Storage
+from memgpt.storage.filters import eq
+from tests.conftest import DATA, PAPER, load, loader
+
+
+def milvus_count(storage: Storage, source_id: str) -> int:
+    return storage.passages("all-MiniLM-L6-v2", 384).count(eq("source_id", source_id))
+
+
+def test_the_seed_paper(storage: Storage, model: LocalMiniLM) -> None:
+    report = load(storage, model, "memgpt_research_paper", PAPER)
+    assert report.ok
+    assert report.documents == 13
+    assert 60 <= report.passages <= 120
+    source = get_source(storage, "memgpt_research_paper")
+    assert (source.documents, source.passages) == (13, report.passages)
+    assert milvus_count(storage, source.id) == report.passages
+
+    hits = search_source(storage, source, model, "deep memory retrieval", k=5)
+    assert len(hits) == 5
+    assert any("deep memory retrieval" in h.passage.text.lower() for h in hits)
+    top = hits[0].passage
+    assert top.metadata["file_name"] == "memgpt_research_paper.pdf"
+    assert 1 <= top.metadata["page"] <= 13
+
+
+def test_reload_is_a_no_op_and_never_duplicates(storage: Storage, model: LocalMiniLM) -> None:
+    first = load(storage, model, "paper", PAPER)
+    again = load(storage, model, "paper", PAPER)
+    assert again.ok and again.passages == 0 and again.unchanged == [str(PAPER)]
+    source = get_source(storage, "paper")
+    assert milvus_count(storage, source.id) == first.passages == source.passages
+
+
+def test_same_content_under_another_name_is_not_loaded_twice(
+    storage: Storage, model: LocalMiniLM, tmp_path: Path
+) -> None:
+    copy = tmp_path / "renamed.pdf"
+    shutil.copy(PAPER, copy)
+    first = load(storage, model, "paper", PAPER)
+    second = load(storage, model, "paper", copy)
+    assert second.passages == 0 and second.duplicates == [(str(copy), str(PAPER.resolve()))]
+    assert get_source(storage, "paper").passages == first.passages
+
+
+def test_files_are_added_to_an_existing_source_and_changed_files_replaced(
+    storage: Storage, model: LocalMiniLM, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\nThe archival memory lives in Milvus. " * 5)
+    load(storage, model, "mixed", notes)
+    load(storage, model, "mixed", DATA / "philosophical_question.txt")
+    source = get_source(storage, "mixed")
+    assert source.documents == 2
+
+    notes.write_text("# Notes\n\nRecall memory keeps every message ever sent. " * 200)
+    changed = load(storage, model, "mixed", notes)
+    assert changed.documents == 1 and changed.passages > 1
+    source = get_source(storage, "mixed")
+    assert source.documents == 2
+    assert milvus_count(storage, source.id) == source.passages
+    texts = [h.passage.text for h in search_source(storage, source, model, "archival memory lives in Milvus", k=20)]
+    assert not any("lives in Milvus" in t for t in texts)  # the old content is gone
+    assert storage.metadata.hidden_document_ids([source.id]) == []
+
+
+def test_bad_files_are_reported_and_the_rest_still_load(storage: Storage, model: LocalMiniLM, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.pdf"
+    junk.write_bytes(b"\x00\x01garbage" * 100)
+    warnings: list[str] = []
+
+    class Collect(LoadListener):
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+    paths = [empty, DATA / "test.md", junk, tmp_path / "missing.txt", DATA / "encrypted.pdf"]
+    report = loader(storage, model, listener=Collect()).load("partly", paths)
+    assert not report.ok
+    assert report.documents == 1
+    assert sorted(Path(f.path).name for f in report.failures) == [
+        "empty.txt",
+        "encrypted.pdf",
+        "junk.pdf",
+        "missing.txt",
+    ]
+    assert len(warnings) == 4 and all("\n" not in w for w in warnings)
+    assert get_source(storage, "partly").documents == 1
+
+
+def test_a_load_where_everything_fails_leaves_no_empty_source(
+    storage: Storage, model: LocalMiniLM, tmp_path: Path
+) -> None:
+    report = load(storage, model, "nothing", tmp_path / "missing.pdf")
+    assert report.failures and report.documents == 0
+    with pytest.raises(NotFoundError):
+        get_source(storage, "nothing")
+
+
+def test_quoted_names_work_and_stay_apart(storage: Storage, model: LocalMiniLM) -> None:
+    load(storage, model, 'it\'s "x"', DATA / "philosophical_question.txt")
+    load(storage, model, 'it\'s "x" or 1==1', DATA / "test.json")
+    quoted = get_source(storage, 'it\'s "x"')
+    hits = search_source(storage, quoted, model, "glossary markup language", k=50)
+    assert hits and {h.passage.source_id for h in hits} == {quoted.id}
+    assert all("Glossary" not in h.passage.text for h in hits)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "two\nlines"])
+def test_invalid_source_names(storage: Storage, model: LocalMiniLM, name: str) -> None:
+    with pytest.raises(UserError, match="source name"):
+        load(storage, model, name, DATA / "test.md")
+
+
+def test_delete_removes_every_passage(storage: Storage, model: LocalMiniLM) -> None:
+    load(storage, model, "doomed", DATA / "long_test.txt")
+    load(storage, model, "kept", DATA / "test.md")
+    doomed = get_source(storage, "doomed")
+    assert milvus_count(storage, doomed.id) > 0
+    assert delete_source(storage, doomed) == doomed.passages
+    assert milvus_count(storage, doomed.id) == 0
+    assert [s.name for s in storage.metadata.list_sources(storage.user_id)] == ["kept"]
+    kept = get_source(storage, "kept")
+    assert milvus_count(storage, kept.id) == kept.passages
+
+
+def test_a_source_keeps_its_embedding_model(storage: Storage, model: LocalMiniLM) -> None:
+    load(storage, model, "paper", DATA / "test.md")
+
+    class OtherModel(LocalMiniLM):
+        model_id = "other-model"
+
+    with pytest.raises(UserError, match="was embedded with all-MiniLM-L6-v2"):
+        load(storage, OtherModel(), "paper", DATA / "test.json")
+    with pytest.raises(UserError, match="configured model is other-model"):
+        search_source(storage, get_source(storage, "paper"), OtherModel(), "x", k=1)
+
+
+def test_collect_files_filters_directories(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ["a.pdf", "b.md", "c.exe", "sub/d.txt", ".hidden/e.txt", ".f.md"]:
+        (tmp_path / name).write_text("x")
+    flat = collect_files(input_dir=tmp_path)
+    assert [p.name for p in flat] == ["a.pdf", "b.md"]
+    deep = collect_files(input_dir=tmp_path, recursive=True, extensions=["txt", ".PDF"])
+    assert sorted(p.name for p in deep) == ["a.pdf", "d.txt"]
+    explicit = collect_files([tmp_path / "c.exe", tmp_path / "c.exe"])
+    assert [p.name for p in explicit] == ["c.exe"]
+    with pytest.raises(UserError, match="not a directory"):
+        collect_files(input_dir=tmp_path / "a.pdf")
+
+
+def test_hidden_documents_are_excluded_from_search(storage: Storage, model: LocalMiniLM) -> None:
+    load(storage, model, "paper", PAPER)
+    source = get_source(storage, "paper")
+    page_five = next(d for d in storage.metadata.documents(source.id) if d.unit == 5)
+    storage.metadata.publish([], [page_five.id])  # as if a replacement were half done
+    hits = search_source(storage, source, model, "deep memory retrieval DMR task", k=30)
+    assert hits and all(h.passage.document_id != page_five.id for h in hits)
+    assert str(visible_passages(storage, source)).count(page_five.id) == 1

@@ -1,0 +1,82 @@
+"""A load killed or interrupted mid-way leaves nothing half-visible, and running it again finishes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from memgpt.config import load_config
+from memgpt.data.sources import get_source, search_source
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.storage import Storage
+from memgpt.storage.filters import eq
+from tests.conftest import DATA, PAPER, run_cli
+
+FILES = [DATA / "long_test.txt", PAPER]
+
+
+def start_load(home: Path) -> subprocess.Popen[str]:
+    args = ["load", "directory", "--name", "big"]
+    for path in FILES:
+        args += ["--input-files", str(path)]
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "memgpt", *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def wait_for_pending(home: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the loader has recorded documents it is still writing."""
+    db = home / "metadata.sqlite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            with sqlite3.connect(db) as conn:
+                try:
+                    pending = conn.execute("select count(*) from documents where status = 'pending'").fetchone()[0]
+                except sqlite3.OperationalError:
+                    pending = 0
+            if pending:
+                time.sleep(1.5)  # let some passages reach Milvus
+                return
+        time.sleep(0.05)
+    pytest.fail("the load never got to writing passages")
+
+
+def check_consistent(home: Path, model: LocalMiniLM, *, complete: bool) -> None:
+    with Storage(load_config(home), home) as storage:
+        source = get_source(storage, "big")
+        store = storage.passages(model.model_id, model.dimensions)
+        hidden = storage.metadata.hidden_document_ids([source.id])
+        assert bool(hidden) != complete
+        for hit in search_source(storage, source, model, "Enrico Letta prime minister", k=50):
+            assert hit.passage.document_id not in hidden
+        if complete:
+            assert store.count(eq("source_id", source.id)) == source.passages
+            assert source.documents == 14
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMiniLM, how: signal.Signals) -> None:
+    home.mkdir(parents=True)
+    proc = start_load(home)
+    wait_for_pending(home, proc)
+    proc.send_signal(how)
+    _out, err = proc.communicate(timeout=60)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "Interrupted" in err and "Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    check_consistent(home, model, complete=False)
+
+    again = run_cli("load", "directory", "--name", "big", *[f"--input-files={p}" for p in FILES], home=home)
+    assert again.returncode == 0, again.stderr
+    check_consistent(home, model, complete=True)

@@ -1,0 +1,155 @@
+"""Real files in, text out; every bad file is one clear InputFileError naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memgpt.data.loaders import parse, read_bytes, reflow_pdf_text
+from memgpt.errors import InputFileError
+from tests.conftest import DATA, PAPER, REPO
+
+
+def read(path: Path):
+    return parse(path, read_bytes(path))
+
+
+def test_pdf_gives_one_unit_per_page_with_clean_text() -> None:
+    parsed = read(PAPER)
+    assert [u.unit for u in parsed.units] == list(range(1, 14))
+    first = parsed.units[0].text
+    assert first.startswith("MemGPT: Towards LLMs as Operating Systems")
+    assert "revolutionized AI" in first  # PDFium's soft hyphen removed, the line joined
+    assert "\x02" not in "".join(u.text for u in parsed.units)
+
+
+def test_reflow_joins_lines_and_keeps_sentence_breaks() -> None:
+    raw = "The quick brown\r\nfox jumps.\r\nstate-of-the-\r\nart models\r\n\r\nNew para"
+    assert reflow_pdf_text(raw) == "The quick brown fox jumps.\nstate-of-the-art models\nNew para"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("test.md", "h1 Heading"),
+        ("long_test.txt", "Enrico Letta"),
+        ("philosophical_question.txt", "unexamined assumptions"),
+        ("test.json", "glossary.GlossDiv.GlossList.GlossEntry.GlossTerm: Standard Generalized Markup Language"),
+        ("test.csv", "Index: 1; Name: Smart Fan Iron Cooker Go Wireless Portable; Description: Catch enough role"),
+    ],
+)
+def test_text_formats(name: str, expected: str) -> None:
+    parsed = read(DATA / name)
+    assert len(parsed.units) == 1
+    assert expected in parsed.units[0].text
+    assert not parsed.warnings
+
+
+def test_html_drops_scripts_and_keeps_text(tmp_path: Path) -> None:
+    page = tmp_path / "page.html"
+    page.write_text(
+        "<html><head><style>p{}</style><script>var x=1</script></head>"
+        "<body><h1>Title</h1><p>Hello <b>world</b>.</p></body></html>"
+    )
+    text = read(page).units[0].text
+    assert "Title" in text and "Hello" in text and "world" in text
+    assert "var x" not in text and "p{}" not in text
+
+
+def test_docx_paragraphs_and_tables(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("Virtual context management pages memory.")
+    table = document.add_table(rows=1, cols=2)
+    table.rows[0].cells[0].text = "tier"
+    table.rows[0].cells[1].text = "archival"
+    path = tmp_path / "notes.docx"
+    document.save(str(path))
+    text = read(path).units[0].text
+    assert "Virtual context management" in text
+    assert "tier | archival" in text
+
+
+def test_jsonl_records(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"q": "what", "a": 1}\n\n{"q": "why", "tags": ["x", "y"]}\n')
+    assert read(path).units[0].text == "q: what\na: 1\n\nq: why\ntags: x, y"
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [("Café crème, naïve façade — déjà vu. ", "cp1252"), ("Привет, как дела? Это тест кодировки. ", "cp1251")],
+)
+def test_non_utf8_text_is_read_with_a_warning(tmp_path: Path, text: str, encoding: str) -> None:
+    path = tmp_path / "legacy.txt"
+    path.write_bytes((text * 20).encode(encoding))
+    parsed = read(path)
+    assert parsed.units[0].text.startswith(text)
+    assert parsed.warnings and "legacy.txt is not UTF-8; read it as" in parsed.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.txt", b"", "empty file"),
+        ("blank.md", b"   \n\n  ", "no text in it"),
+        ("junk.txt", bytes(range(256)) * 40, "binary data"),
+        ("junk.pdf", b"%PDF-1.4 this is not really a pdf" * 10, "not a valid PDF"),
+        ("broken.json", b'{"a": 1,', "invalid JSON at line 1"),
+        ("broken.docx", b"PK\x03\x04 not a zip", "not a valid .docx"),
+    ],
+)
+def test_bad_files_fail_with_a_named_reason(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputFileError) as caught:
+        read(path)
+    assert str(path) in str(caught.value)
+    assert reason in caught.value.reason
+
+
+def test_encrypted_pdf() -> None:
+    with pytest.raises(InputFileError, match="encrypted PDF"):
+        read(DATA / "encrypted.pdf")
+
+
+def test_truncated_pdf(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pdf"
+    path.write_bytes(PAPER.read_bytes()[:5000])
+    with pytest.raises(InputFileError, match="not a valid PDF"):
+        read(path)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="no such file"):
+        read_bytes(tmp_path / "nope.pdf")
+    with pytest.raises(InputFileError, match="is a directory"):
+        read_bytes(tmp_path)
+
+
+def test_unreadable_file_names_the_permission_problem(tmp_path: Path) -> None:
+    """Run as an unprivileged user when we are root, since root reads any file."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hidden")
+    secret.chmod(0o000)
+    code = (
+        "import sys; from pathlib import Path; from memgpt.data.loaders import read_bytes\n"
+        "try:\n    read_bytes(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)"
+    )
+    command = [sys.executable, "-c", code, str(secret)]
+    if os.geteuid() == 0:
+        os.chmod(tmp_path, 0o755)
+        for parent in tmp_path.parents:
+            if parent == Path("/"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o005)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert f"{secret}: permission denied; make it readable" in out.stdout, out.stderr

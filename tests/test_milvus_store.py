@@ -1,0 +1,149 @@
+"""The passage-store contract, run on real Milvus Lite files (the server joins in issue 4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from memgpt.errors import SchemaMismatchError, StorageError
+from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, not_in
+from memgpt.storage.milvus import MilvusConnection, MilvusPassageStore, MilvusTarget
+from memgpt.types import Passage
+
+DIM = 8
+HOSTILE = ['it\'s "x"', "back\\slash", 'x" or source_id != "', "end\\", '" || 1==1 || "', "ü 中 tab\there"]
+
+
+def unit(index: int) -> list[float]:
+    """Distinct directions on a quarter circle: passage i is the i-th closest to unit(0)."""
+    angle = index * (math.pi / 2) / 3000
+    return [math.cos(angle), math.sin(angle)] + [0.0] * (DIM - 2)
+
+
+def passage(i: int, **fields: object) -> Passage:
+    base: dict[str, object] = {
+        "id": f"p{i}",
+        "text": f"passage number {i}",
+        "user_id": "alice",
+        "source_id": "s1",
+        "document_id": f"d{i // 10}",
+        "chunk_index": i % 10,
+        "created_at": datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=i),
+        "metadata": {"file_name": "f.txt", "page": i},
+        "embedding": unit(i),
+    }
+    base.update(fields)
+    return Passage(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def connection(tmp_path: Path) -> Iterator[MilvusConnection]:
+    conn = MilvusConnection(MilvusTarget(str(tmp_path / "milvus.db")))
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def store(connection: MilvusConnection) -> MilvusPassageStore:
+    return connection.passages("test-model", DIM)
+
+
+def test_upsert_is_idempotent(store: MilvusPassageStore) -> None:
+    store.upsert([passage(i) for i in range(25)])
+    store.upsert([passage(i) for i in range(25)])
+    assert store.count() == 25
+    store.upsert([passage(3, text="replaced")])
+    assert store.count() == 25
+    assert store.query(eq("id", "p3"), limit=5)[0].text == "replaced"
+
+
+def test_search_ranks_by_cosine_and_round_trips_fields(store: MilvusPassageStore) -> None:
+    store.upsert([passage(i) for i in range(20)])
+    hits = store.search(unit(5), limit=3)
+    assert [h.passage.id for h in hits] in (["p5", "p4", "p6"], ["p5", "p6", "p4"])
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    found = hits[0].passage
+    original = passage(int(found.id[1:]))
+    assert found.created_at == original.created_at
+    assert found.metadata == original.metadata
+    assert (found.user_id, found.source_id, found.document_id, found.chunk_index) == (
+        "alice",
+        "s1",
+        original.document_id,
+        original.chunk_index,
+    )
+
+
+def test_search_paging_and_filters(store: MilvusPassageStore) -> None:
+    store.upsert([passage(i) for i in range(30)])
+    first = store.search(unit(0), limit=5)
+    second = store.search(unit(0), limit=5, offset=5)
+    assert [h.passage.id for h in first + second] == [f"p{i}" for i in range(10)]
+    only_d1 = store.search(unit(0), limit=50, where=eq("document_id", "d1"))
+    assert {h.passage.id for h in only_d1} == {f"p{i}" for i in range(10, 20)}
+    without = store.search(unit(0), limit=50, where=not_in("document_id", ["d0", "d1"]))
+    assert {h.passage.document_id for h in without} == {"d2"}
+    january = store.query(
+        between("created_at", None, int(datetime(2024, 1, 5, tzinfo=UTC).timestamp() * 1000)), limit=50
+    )
+    assert {p.id for p in january} == {"p0", "p1", "p2", "p3", "p4"}
+
+
+def test_hostile_values_match_exactly_and_never_widen(store: MilvusPassageStore) -> None:
+    rows = [passage(i, id=f"h{i}", source_id=value) for i, value in enumerate(HOSTILE)]
+    store.upsert([*rows, passage(100, source_id="plain")])
+    for i, value in enumerate(HOSTILE):
+        assert [p.id for p in store.query(eq("source_id", value), limit=50)] == [f"h{i}"]
+        hits = store.search(unit(0), limit=50, where=eq("source_id", value))
+        assert [h.passage.id for h in hits] == [f"h{i}"]
+    assert store.count(is_in("source_id", ["nothing", 'x" or 1==1 or "'])) == 0
+    assert store.delete(eq("source_id", HOSTILE[2])) == 1
+    assert store.count() == len(HOSTILE)
+
+
+def test_delete_and_refuse_empty_filter(store: MilvusPassageStore) -> None:
+    store.upsert([passage(i) for i in range(20)])
+    with pytest.raises(StorageError, match="empty filter"):
+        store.delete(MATCH_ALL)
+    assert store.delete(all_of(eq("user_id", "alice"), eq("document_id", "d0"))) == 10
+    assert store.count() == 10
+    assert store.count(is_in("document_id", [])) == 0
+
+
+def test_iterate_returns_everything(store: MilvusPassageStore) -> None:
+    store.upsert([passage(i) for i in range(2500)])
+    store.flush()
+    seen = [p.id for batch in store.iterate(batch_size=700) for p in batch]
+    assert len(seen) == len(set(seen)) == 2500
+
+
+def test_wrong_dimension_is_a_clear_error(store: MilvusPassageStore) -> None:
+    with pytest.raises(StorageError, match="dimension 3, expected 8"):
+        store.upsert([passage(0, embedding=[1.0, 0.0, 0.0])])
+    with pytest.raises(StorageError, match="dimension 2"):
+        store.search([1.0, 0.0], limit=1)
+
+
+def test_models_never_share_a_collection(connection: MilvusConnection) -> None:
+    a = connection.passages("model-a", DIM)
+    b = connection.passages("model-b", DIM)
+    c = connection.passages("model-a", 4)
+    assert len({a.collection, b.collection, c.collection}) == 3
+    a.upsert([passage(1)])
+    assert b.count() == 0
+
+
+def test_foreign_or_mismatched_collection_is_refused(connection: MilvusConnection) -> None:
+    store = connection.passages("model-a", DIM)
+    client = store._client
+    client.create_collection("memgpt_passages_model_x_8", dimension=DIM)
+    with pytest.raises(SchemaMismatchError, match="not created by memgpt"):
+        MilvusPassageStore(client, connection.target, model="model-x", dimensions=DIM)
+    # Same collection name, different model string: the description tells them apart.
+    with pytest.raises(SchemaMismatchError, match="holds model-a vectors"):
+        MilvusPassageStore(client, connection.target, model="model_a", dimensions=DIM)

@@ -1,0 +1,105 @@
+"""The OpenAI-compatible embedding provider against a local HTTP server the test starts."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from memgpt.embeddings.openai import OpenAIEmbeddings
+from memgpt.errors import EmbeddingError
+from tests.conftest import DATA, run_cli
+
+
+class EmbeddingServer(ThreadingHTTPServer):
+    dimension = 16
+    fail_with: int | None = None
+    requests: list[dict]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: EmbeddingServer
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(body)
+        if self.server.fail_with:
+            self._reply(self.server.fail_with, {"error": {"message": "model not found", "type": "invalid_request"}})
+            return
+        data = []
+        for index, text in enumerate(body["input"]):
+            vector = [0.0] * self.server.dimension
+            vector[len(text) % self.server.dimension] = 1.0
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        self._reply(
+            200,
+            {
+                "object": "list",
+                "data": data[::-1],
+                "model": body["model"],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            },
+        )
+
+    def _reply(self, status: int, payload: dict) -> None:
+        raw = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: object) -> None: ...
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddingServer]:
+    httpd = EmbeddingServer(("127.0.0.1", 0), Handler)
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+
+
+def endpoint(server: EmbeddingServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def test_vectors_come_back_in_input_order(server: EmbeddingServer) -> None:
+    model = OpenAIEmbeddings("nomic-embed-text", dimensions=16, endpoint=endpoint(server), batch_size=2)
+    vectors = model.embed_multi(["a", "bbb", "cc", "dddd", "e"])
+    assert [v.index(1.0) for v in vectors] == [1, 3, 2, 4, 1]
+    assert sum(len(r["input"]) for r in server.requests) == 5 and max(len(r["input"]) for r in server.requests) == 2
+
+
+def test_wrong_dimension_and_errors_are_clear(server: EmbeddingServer) -> None:
+    model = OpenAIEmbeddings("nomic-embed-text", dimensions=768, endpoint=endpoint(server))
+    with pytest.raises(EmbeddingError, match="dimension 16, expected 768"):
+        model.embed("x")
+    server.fail_with = 404
+    with pytest.raises(EmbeddingError, match="answered 404: model not found"):
+        OpenAIEmbeddings("missing", dimensions=16, endpoint=endpoint(server)).embed("x")
+
+
+def test_configure_probes_the_dimension_and_load_uses_the_endpoint(server: EmbeddingServer, home: Path) -> None:
+    configured = run_cli(
+        "configure",
+        "--embedding-provider",
+        "openai",
+        "--embedding-model",
+        "nomic-embed-text",
+        "--embedding-endpoint",
+        endpoint(server),
+        home=home,
+    )
+    assert configured.returncode == 0, configured.stderr
+    assert f"embeddings: openai nomic-embed-text at {endpoint(server)} (16 dims)" in configured.stdout
+    loaded = run_cli("load", "directory", "--name", "remote", "--input-files", str(DATA / "test.md"), home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    listed = json.loads(run_cli("list", "sources", "--json", home=home).stdout)
+    assert listed[0]["embedding_model"] == "nomic-embed-text" and listed[0]["embedding_dim"] == 16
