@@ -24,6 +24,10 @@ def visible_passages(storage: Storage, source: Source) -> Filter:
 
 
 def search_source(storage: Storage, source: Source, model: EmbeddingModel, query: str, *, k: int) -> list[SearchHit]:
+    if source.status == "deleting":
+        raise UserError(
+            f"source {source.name!r} is being deleted; finish with `memgpt delete source {source.name!r} -y`"
+        )
     if (source.embedding_model, source.embedding_dim) != (model.model_id, model.dimensions):
         raise UserError(
             f"source {source.name!r} was embedded with {source.embedding_model}, but the configured model is "

@@ -68,22 +68,25 @@ def eq(field: str, value: str | int) -> Filter:
     return Filter(f"{_check_field(field, INT_FIELDS)} == {_int(value)}")
 
 
+def _values(field: str, values: Iterable[str]) -> tuple[str, list[str]]:
+    items = list(values)
+    return _check_field(field, STRING_FIELDS), items
+
+
+def _list(items: list[str]) -> str:
+    return "[" + ", ".join(quote(v) for v in items) + "]"
+
+
 def is_in(field: str, values: Iterable[str]) -> Filter:
     """``field in [...]``; an empty list matches nothing."""
-    items = list(values)
-    _check_field(field, STRING_FIELDS)
-    if not items:
-        return Filter(f'{field} == "" and {field} != ""')
-    return Filter(f"{field} in [{', '.join(quote(v) for v in items)}]")
+    field, items = _values(field, values)
+    return Filter(f"{field} in {_list(items)}" if items else f'{field} == "" and {field} != ""')
 
 
 def not_in(field: str, values: Iterable[str]) -> Filter:
     """``field not in [...]``; an empty list matches everything."""
-    items = list(values)
-    _check_field(field, STRING_FIELDS)
-    if not items:
-        return MATCH_ALL
-    return Filter(f"{field} not in [{', '.join(quote(v) for v in items)}]")
+    field, items = _values(field, values)
+    return Filter(f"{field} not in {_list(items)}") if items else MATCH_ALL
 
 
 def between(field: str, start: int | None = None, end: int | None = None) -> Filter:

@@ -195,10 +195,6 @@ class MetadataStore:
             )
         return source
 
-    def source_status(self, source_id: str) -> str | None:
-        with self.session() as s:
-            return s.scalar(select(SourceRow.status).where(SourceRow.id == source_id))
-
     def mark_source_deleting(self, source_id: str) -> None:
         with self.session() as s:
             s.execute(update(SourceRow).where(SourceRow.id == source_id).values(status="deleting"))
