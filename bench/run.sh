@@ -21,5 +21,8 @@ echo "### Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -
 echo
 echo "### Archival search (filtered by user and 2 of 10 sources; query embedding excluded)"
 echo
-"$VENV/bin/python" bench/search_bench.py --label "milvus-lite 2.5.1 (default)" --sizes "$sizes" --header
-PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" --sizes "$sizes"
+mapfile -t vectors < <("$VENV/bin/python" bench/vectors.py --count "${sizes##*,}")
+common=(--vectors "${vectors[0]}" --queries "${vectors[1]}" --sizes "$sizes")
+"$VENV/bin/python" bench/search_bench.py --label "milvus-lite 2.5.1 (default)" "${common[@]}" --header
+"$VENV/bin/python" bench/search_bench.py --label "milvus-lite 2.5.1" --index AUTOINDEX "${common[@]}"
+PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" "${common[@]}"

@@ -1,9 +1,10 @@
 """Archival search latency (query embedding excluded) and bulk insert throughput on Milvus Lite.
 
-Usage: python bench/search_bench.py --label "milvus-lite 2.5.1" [--sizes 10000,100000] [--queries 200]
-Runs memgpt's own MilvusPassageStore on synthetic unit vectors (384 dims, the default model's size);
-every query carries the filter an agent's archival search uses (user and its sources). Recall@10 is
-measured against exact cosine similarity computed with NumPy.
+Usage: python bench/search_bench.py --label NAME --vectors V.npy --queries Q.npy [--sizes 10000,100000]
+       [--index FLAT|AUTOINDEX]
+Runs memgpt's own MilvusPassageStore on the vectors from bench/vectors.py; every query carries the
+filter an agent's archival search uses (its user and 2 of 10 sources). Recall@10 is measured against
+exact cosine similarity computed with NumPy over the passages the filter allows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,17 +31,24 @@ SOURCES = 10  # passages spread over 10 sources; the agent has 2 of them attache
 TEXT = "MemGPT manages a hierarchy of memory tiers to give an LLM the illusion of unbounded context. " * 6
 
 
-def vectors(count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    data = rng.standard_normal((count, DIM)).astype(np.float32)
-    return data / np.linalg.norm(data, axis=1, keepdims=True)
+@dataclass(frozen=True)
+class IndexOverride(MilvusTarget):
+    """The same store with another Lite index, to measure the alternative memgpt does not use."""
+
+    index_type: str = "AUTOINDEX"
+
+    @property
+    def index_params(self) -> dict[str, object]:
+        return {"index_type": self.index_type, "metric_type": "COSINE"}
 
 
-def run(label: str, size: int, queries: int) -> dict[str, str | int | float]:
-    data = vectors(size, seed=size)
+def run(label: str, data: np.ndarray, probes: np.ndarray, index: str | None) -> dict[str, str | int | float]:
+    size = len(data)
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as tmp:
-        connection = MilvusConnection(MilvusTarget(str(Path(tmp) / "bench.db")))
+        uri = str(Path(tmp) / "bench.db")
+        target = IndexOverride(uri, index_type=index) if index else MilvusTarget(uri)
+        connection = MilvusConnection(target)
         store = connection.passages("bench-model", DIM)
         began = time.perf_counter()
         batch = 2000
@@ -65,7 +74,6 @@ def run(label: str, size: int, queries: int) -> dict[str, str | int | float]:
 
         where = all_of(eq("user_id", "u1"), is_in("source_id", ["s1", "s2"]))
         attached = np.array([i % SOURCES in (1, 2) for i in range(size)])
-        probes = vectors(queries + 10, seed=7)
         for q in probes[:10]:  # warm-up
             store.search(q.tolist(), limit=10, where=where)
         latencies, recalls = [], []
@@ -80,6 +88,7 @@ def run(label: str, size: int, queries: int) -> dict[str, str | int | float]:
     latencies.sort()
     return {
         "backend": label,
+        "index": index or target.index_params["index_type"],
         "passages": f"{size:,}",
         "insert passages/s": f"{size / insert_seconds:,.0f}",
         "search p50 ms": round(statistics.median(latencies), 2),
@@ -91,12 +100,15 @@ def run(label: str, size: int, queries: int) -> dict[str, str | int | float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", required=True)
+    parser.add_argument("--vectors", type=Path, required=True)
+    parser.add_argument("--queries", type=Path, required=True)
     parser.add_argument("--sizes", default="10000,100000")
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--index", default=None, help="override memgpt's Lite index (e.g. AUTOINDEX)")
     parser.add_argument("--header", action="store_true", help="print the table header first")
     args = parser.parse_args()
+    data, probes = np.load(args.vectors), np.load(args.queries)
     for size in (int(s) for s in args.sizes.split(",")):
-        row = run(args.label, size, args.queries)
+        row = run(args.label, data[:size], probes, args.index)
         if args.header:
             print("| " + " | ".join(row) + " |")
             print("|" + "---|" * len(row))
