@@ -13,11 +13,11 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memgpt.data.chunking import Chunker
-from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, parse, read_bytes
+from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import BackendError, InputFileError, UserError
 from memgpt.storage import Storage
@@ -211,7 +211,7 @@ class SourceLoader:
             began = time.perf_counter()
             vectors = self.model.embed_multi([p.text for p in window], on_progress=self.listener.passages_embedded)
             embedded = time.perf_counter()
-            self._store.upsert([_with_embedding(p, v) for p, v in zip(window, vectors, strict=True)])
+            self._store.upsert([replace(p, embedding=v) for p, v in zip(window, vectors, strict=True)])
             report.seconds["embed"] += embedded - began
             report.seconds["insert"] += time.perf_counter() - embedded
 
@@ -223,7 +223,7 @@ class SourceLoader:
         report.passages += len(passages)
 
     def _plan(
-        self, source: Source, path: Path, key: str, sha: str, size: int, units: Sequence
+        self, source: Source, path: Path, key: str, sha: str, size: int, units: Sequence[TextUnit]
     ) -> tuple[list[Document], list[Passage]]:
         documents: list[Document] = []
         passages: list[Passage] = []
@@ -281,9 +281,3 @@ class SourceLoader:
             batch = document_ids[start : start + _DELETE_BATCH]
             self._store.delete(is_in("document_id", batch))
             self.storage.metadata.delete_documents(batch)
-
-
-def _with_embedding(passage: Passage, vector: list[float]) -> Passage:
-    from dataclasses import replace
-
-    return replace(passage, embedding=vector)
