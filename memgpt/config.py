@@ -78,11 +78,17 @@ class EmbeddingSettings(BaseModel):
 
 
 class LLMSettings(BaseModel):
-    provider: str = "openai"
-    model: str = "gpt-4o-mini"
-    endpoint: str = ""  # empty means the provider's default
-    api_key: str = ""  # empty means the provider's environment variable
-    context_window: int = Field(default=128_000, ge=1024)
+    """Empty values mean "not chosen": the provider's preset or the conventional environment
+    variables (OPENAI_API_KEY, OPENAI_BASE_URL, ANTHROPIC_API_KEY) fill them in at run time."""
+
+    provider: str = ""
+    model: str = ""
+    endpoint: str = ""
+    api_key: str = ""
+    context_window: int = Field(default=0, ge=0)
+    function_calling: Literal["native", "json"] = "native"  # "json" for models without tool calling
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    azure_api_version: str = "2024-10-21"
 
 
 class Config(BaseModel):

@@ -49,3 +49,19 @@ class SchemaMismatchError(StorageError, UserError):
 
 class EmbeddingError(BackendError):
     """The embedding model failed or returned vectors of the wrong shape."""
+
+
+class LLMError(BackendError):
+    """The LLM endpoint failed in a way retrying did not fix."""
+
+
+class LLMRetryableError(LLMError):
+    """Rate limits, timeouts and 5xx answers: worth another try after a pause."""
+
+
+class ContextWindowExceededError(LLMError):
+    """The provider refused the request as longer than the model's context window."""
+
+
+class ToolError(MemGPTError):
+    """A tool call the model made cannot be carried out; the message is sent back to the model."""

@@ -79,3 +79,65 @@ class SearchHit:
 
     passage: Passage
     score: float
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call as the model wrote it; ``arguments`` is the raw JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """One entry of an agent's history, kept forever in recall memory.
+
+    ``content`` of an assistant message is the model's inner monologue; what it tells the user goes
+    through the ``send_message`` tool call.
+    """
+
+    id: str
+    agent_id: str
+    role: Role
+    content: str
+    created_at: datetime = field(default_factory=utc_now)
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""  # the function a TOOL message answers
+
+
+@dataclass(frozen=True)
+class Block:
+    """A named piece of core memory, always in the prompt, limited in characters."""
+
+    label: str
+    value: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """What identifies an agent and how it runs; its memory lives in blocks, messages and Milvus."""
+
+    id: str
+    name: str
+    user_id: str
+    persona: str
+    human: str
+    system_prompt: str
+    llm_model: str
+    context_window: int
+    embedding_model: str
+    embedding_dim: int
+    created_at: datetime = field(default_factory=utc_now)
+    summary: str = ""  # recursive summary of messages evicted from the context window
+    heartbeats_paused_until: datetime | None = None

@@ -109,7 +109,9 @@ def _llm(
 
     settings = config.llm
     if provider is None and ask:
-        provider = _ask(questionary.select("Select LLM provider:", choices=list(PRESETS), default=settings.provider))
+        provider = _ask(
+            questionary.select("Select LLM provider:", choices=list(PRESETS), default=settings.provider or "openai")
+        )
     if provider is not None and provider != settings.provider:
         if provider not in PRESETS:
             raise ConfigError(f"--llm-provider must be one of {', '.join(PRESETS)}, not {provider!r}")
@@ -215,7 +217,7 @@ def configure(
     console.print(f"  embeddings: {emb.provider} {emb.model}{where} ({emb.dimensions} dims)", markup=False)
     llm = config.llm
     console.print(
-        f"  LLM: {llm.provider} {llm.model or '(no model set)'} at {llm.endpoint or 'default endpoint'}, "
-        f"context window {llm.context_window}",
+        f"  LLM: {llm.provider or 'from the environment'} {llm.model or '(default model)'} at "
+        f"{llm.endpoint or 'the default endpoint'}, context window {llm.context_window or 'the default'}",
         markup=False,
     )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -70,8 +71,75 @@ def _0001_sources_and_documents(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _0002_agents(conn: Connection) -> None:
+    meta = MetaData()
+    Table("sources", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "agents",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("user_id", String(64), nullable=False, index=True),
+        Column("name", String(256), nullable=False),
+        Column("persona", String(256), nullable=False),
+        Column("human", String(256), nullable=False),
+        Column("system_prompt", Text, nullable=False),
+        Column("llm_model", String(256), nullable=False),
+        Column("context_window", Integer, nullable=False),
+        Column("embedding_model", String(256), nullable=False),
+        Column("embedding_dim", Integer, nullable=False),
+        Column("summary", Text, nullable=False),
+        Column("heartbeats_paused_until", DateTime(timezone=True), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("user_id", "name", name="uq_agents_user_name"),
+    )
+    Table(
+        "blocks",
+        meta,
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+        Column("label", String(64), primary_key=True),
+        Column("value", Text, nullable=False),
+        Column("char_limit", Integer, nullable=False),
+    )
+    Table(
+        "messages",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+        Column("seq", Integer, nullable=False),
+        Column("role", String(16), nullable=False),
+        Column("content", Text, nullable=False),
+        Column("tool_calls", Text, nullable=False),
+        Column("tool_call_id", String(128), nullable=False),
+        Column("name", String(128), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("in_context", Boolean, nullable=False),
+        Column("search_text", Text, nullable=False),
+        Index("ix_messages_agent_seq", "agent_id", "seq"),
+        Index("ix_messages_agent_created", "agent_id", "created_at"),
+    )
+    Table(
+        "agent_sources",
+        meta,
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+        Column("source_id", String(64), ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True),
+        Column("attached_at", DateTime(timezone=True), nullable=False),
+    )
+    Table(
+        "templates",
+        meta,
+        Column("user_id", String(64), primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("name", String(256), primary_key=True),
+        Column("text", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    for name in ("agents", "blocks", "messages", "agent_sources", "templates"):
+        meta.tables[name].create(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
+    ("0002_agents", _0002_agents),
 ]
 
 

@@ -1,0 +1,1 @@
+"""The MemGPT agent: its step loop, its functions and its prompts."""

@@ -1,0 +1,254 @@
+"""The MemGPT step loop.
+
+One turn: the user's message is stored first (it is never lost), then steps run until the model
+stops asking for heartbeats. Each step assembles the context window (system prompt, memory
+statistics, summary, core memory, recent messages), calls the LLM with the tools, runs the tool
+calls and stores the whole step in one transaction. The loop is a generator of events, so the CLI,
+streaming and a REST server can share it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from memgpt.agent.context import HEARTBEAT, LOGIN, SYSTEM_ALERT, count_tokens, system_message, timestamp, to_chat
+from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
+from memgpt.agent.tools import Tool, parse_arguments
+from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError
+from memgpt.llm.base import ChatMessage, Completion, LLMClient
+from memgpt.memory.archival import ArchivalMemory
+from memgpt.memory.core import CoreMemory
+from memgpt.memory.recall import RecallMemory
+from memgpt.memory.summarize import summarize
+from memgpt.storage.agents import AgentStore, StepChanges
+from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
+
+logger = logging.getLogger(__name__)
+
+PRESSURE_FRACTION = 0.75  # warn the model to save what matters
+KEEP_AFTER_EVICTION = 0.5  # after a summary, recent messages fill at most this share of the window
+MAX_PAUSE_MINUTES = 360
+FAILED = "[This is an automated system message hidden from the user] Function call failed, returning control"
+CHAINED = (
+    "[This is an automated system message hidden from the user] "
+    "Function called using request_heartbeat=true, returning control"
+)
+PRESSURE_ALERT = (
+    "Warning: the conversation history will soon reach its maximum length and be trimmed. Save anything "
+    "important from recent messages to core or archival memory now."
+)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Agent:
+    """A loaded agent. Not thread-safe: one turn at a time."""
+
+    def __init__(
+        self,
+        state: AgentState,
+        *,
+        agents: AgentStore,
+        archival: ArchivalMemory,
+        llm: LLMClient,
+        tools: Sequence[Tool],
+        max_steps: int = 10,
+        source_names: Callable[[], list[str]] = list,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.state = state
+        self.agents = agents
+        self.llm = llm
+        self.tools = {tool.name: tool for tool in tools}
+        self.max_steps = max_steps
+        self.core = CoreMemory(agents.blocks(state.id))
+        self.recall = RecallMemory(agents, state.id)
+        self.archival = archival
+        self._source_names = source_names
+        self._clock = clock
+        self._paused_until: datetime | bool | None = False
+        self._warned = False
+
+    # -- the AgentContext the tools see -----------------------------------------------------------
+    def pause_heartbeats(self, minutes: int) -> str:
+        if not 0 <= minutes <= MAX_PAUSE_MINUTES:
+            raise ToolError(f"minutes must be between 0 and {MAX_PAUSE_MINUTES}")
+        until = self._clock() + timedelta(minutes=minutes)
+        self._paused_until = until if minutes else None
+        return f"Timed heartbeats paused until {timestamp(until)}." if minutes else "Timed heartbeats resumed."
+
+    def heartbeats_paused(self) -> bool:
+        until = self.state.heartbeats_paused_until
+        return until is not None and until > self._clock()
+
+    # -- turns ----------------------------------------------------------------------------------
+    def send(self, text: str) -> Iterator[Event]:
+        """The person's message, then the agent's steps until it waits for the user again."""
+        yield from self._turn(self._message(Role.USER, text))
+
+    def login(self) -> Iterator[Event]:
+        """The first event of a new session: the agent greets the user."""
+        last = "Never (first login)" if self.agents.count_messages(self.state.id) == 0 else "earlier"
+        yield from self._turn(self._message(Role.USER, last, name=LOGIN))
+
+    def heartbeat(self, reason: str) -> Iterator[Event]:
+        """A timed or manual heartbeat: the agent gets a step without a user message."""
+        yield from self._turn(self._message(Role.USER, reason, name=HEARTBEAT))
+
+    def alert(self, text: str) -> Iterator[Event]:
+        yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT))
+
+    def _message(self, role: Role, content: str, **fields: object) -> Message:
+        return Message(
+            id=new_id(), agent_id=self.state.id, role=role, content=content, created_at=self._clock(), **fields
+        )  # type: ignore[arg-type]
+
+    def _turn(self, opening: Message) -> Iterator[Event]:
+        self.agents.append(self.state.id, [opening])  # stored before any LLM call: never lost
+        for _ in range(self.max_steps):
+            reason = yield from self._step()
+            if reason is None:
+                return
+            self.agents.append(self.state.id, [self._message(Role.USER, reason, name=HEARTBEAT)])
+        yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
+
+    # -- one step -------------------------------------------------------------------------------
+    def context(self) -> list[ChatMessage]:
+        messages = self.agents.in_context(self.state.id)
+        system = system_message(
+            self.state,
+            self.core.render(),
+            recall_count=self.recall.count(),
+            archival_count=self.archival.count(),
+            sources=self._source_names(),
+            now=self._clock(),
+        )
+        return [system, *(to_chat(m) for m in messages)]
+
+    def context_tokens(self) -> int:
+        return count_tokens(self.llm.model, self.context(), [t.spec() for t in self.tools.values()])
+
+    def _reserve(self) -> int:
+        """Room left for the model's answer."""
+        return min(4096, self.state.context_window // 8)
+
+    def _step(self) -> Generator[Event, None, str | None]:
+        """Returns why to run another step (a heartbeat), or None when the turn is over."""
+        specs = [t.spec() for t in self.tools.values()]
+        tokens = self.context_tokens()
+        if tokens + self._reserve() > self.state.context_window:
+            yield from self.summarize()
+        elif tokens > PRESSURE_FRACTION * self.state.context_window and not self._warned:
+            self._warned = True
+            self.agents.append(self.state.id, [self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
+            yield SystemNotice("memory pressure: the context window is over 75% full")
+        try:
+            completion = self.llm.complete(self.context(), specs)
+        except ContextWindowExceededError:
+            yield from self.summarize(force=True)
+            completion = self.llm.complete(self.context(), specs)
+        return (yield from self._act(completion))
+
+    def _act(self, completion: Completion) -> Generator[Event, None, str | None]:
+        thought = completion.content.strip()
+        calls = completion.tool_calls
+        if not calls:
+            # A model that answers without calling send_message still reaches the user.
+            if thought:
+                yield Reply(thought)
+            self._commit([self._message(Role.ASSISTANT, completion.content)])
+            return None
+        if thought:
+            yield Thought(thought)
+        stored = [self._message(Role.ASSISTANT, completion.content, tool_calls=tuple(calls))]
+        reason: str | None = None
+        for call in calls:
+            result, ok, chain = yield from self._run(call)
+            stored.append(self._message(Role.TOOL, result, tool_call_id=call.id, name=call.name))
+            if not ok:
+                reason = FAILED
+            elif chain and reason is None:
+                reason = CHAINED
+        self._commit(stored)
+        return reason
+
+    def _run(self, call: ToolCall) -> Generator[Event, None, tuple[str, bool, bool]]:
+        """Runs one call; returns the tool message content, whether it worked, and whether to chain."""
+        arguments: dict[str, object] = {}
+        try:
+            tool = self.tools.get(call.name)
+            if tool is None:
+                raise ToolError(f"there is no function named {call.name!r}; available: {', '.join(self.tools)}")
+            arguments = parse_arguments(call.arguments)
+            if not tool.ends_turn:  # a reply is shown as the reply itself
+                yield FunctionCall(call.name, arguments)
+            text = tool.call(self, arguments)
+            ok = True
+        except ToolError as exc:
+            text, ok = f"Error: {exc}", False
+        except MemGPTError as exc:  # storage or embedding trouble inside a tool: the model may retry
+            text, ok = f"Error: {exc}", False
+        except Exception as exc:
+            logger.exception("tool %s raised", call.name)
+            text, ok = f"Error: {type(exc).__name__}: {exc}", False
+        if ok and call.name == "send_message":
+            yield Reply(str(arguments.get("message", "")))
+        else:
+            yield FunctionResult(call.name, ok, text)
+        chain = bool(arguments.get("request_heartbeat")) and ok
+        envelope = {"status": "OK" if ok else "Failed", "message": text, "time": timestamp(self._clock())}
+        return json.dumps(envelope, ensure_ascii=False), ok, chain
+
+    def _commit(self, messages: list[Message]) -> None:
+        changed = [b for b in self.core.blocks if b.label in self.core.changed]
+        self.agents.commit_step(
+            self.state.id,
+            StepChanges(messages=messages, blocks=changed, heartbeats_paused_until=self._paused_until),
+        )
+        self.core.changed.clear()
+        if self._paused_until is not False:
+            self.state = replace(self.state, heartbeats_paused_until=self._paused_until or None)
+            self._paused_until = False
+
+    # -- context window management ----------------------------------------------------------------
+    def summarize(self, *, force: bool = False) -> Iterator[Event]:
+        """Fold the oldest messages into the summary and take them out of the window (recall keeps them)."""
+        messages = self.agents.in_context(self.state.id)
+        specs = [t.spec() for t in self.tools.values()]
+        target = int(self.state.context_window * KEEP_AFTER_EVICTION)
+        base = count_tokens(self.llm.model, self.context()[:1], specs)
+        keep_from = len(messages)
+        used = base
+        while keep_from > 0:
+            size = count_tokens(self.llm.model, [to_chat(messages[keep_from - 1])])
+            if used + size > target and keep_from < len(messages):
+                break
+            used += size
+            keep_from -= 1
+        if force and keep_from == 0:
+            keep_from = len(messages) // 2  # the provider disagrees with our count: halve, keep the newest
+        # Never start the window with tool results whose call was evicted.
+        while keep_from < len(messages) - 1 and messages[keep_from].role is Role.TOOL:
+            keep_from += 1
+        evicted = messages[:keep_from]
+        if not evicted:
+            if force:
+                raise LLMError(
+                    "the model still reports its context window exceeded with nothing left to summarize: the latest "
+                    "message, or the system prompt with core memory, is too long for this model's window"
+                )
+            return
+        summary = summarize(self.llm, self.state.summary, [to_chat(m) for m in evicted])
+        self.agents.commit_step(self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary))
+        self.state = replace(self.state, summary=summary)
+        self._warned = False
+        yield SystemNotice(
+            f"summarized {len(evicted)} older messages to free the context window; all remain searchable in recall"
+        )

@@ -1,0 +1,93 @@
+"""Archival memory: the agent's own passages plus every attached source, searched by meaning.
+
+Attaching a source links it (a filter on its id); nothing is copied, and detaching unlinks it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC
+
+from memgpt.data.chunking import Chunker
+from memgpt.embeddings.base import EmbeddingModel
+from memgpt.errors import ToolError
+from memgpt.memory.paging import PAGE_SIZE, Page, check_page
+from memgpt.storage import Storage
+from memgpt.storage.agents import AgentStore
+from memgpt.storage.filters import Filter, all_of, eq, is_in, not_in
+from memgpt.types import AgentState, Passage, SearchHit, utc_now
+
+# Milvus serves at most 16,384 results of one search; deeper pages need a narrower query.
+_MAX_RESULTS = 16_384
+
+
+class ArchivalMemory:
+    def __init__(self, storage: Storage, agents: AgentStore, state: AgentState, model: EmbeddingModel) -> None:
+        self._storage = storage
+        self._agents = agents
+        self._state = state
+        self._model = model
+        self._store = storage.passages(state.embedding_model, state.embedding_dim)
+        size = min(250, model.max_input_tokens)
+        self._chunker = Chunker(model.count_tokens, size, 25)
+
+    def _where(self) -> Filter:
+        """The agent's own passages or those of its attached sources, fully loaded documents only."""
+        sources = self._agents.attached(self._state.id)
+        mine = eq("agent_id", self._state.id)
+        scope = mine | is_in("source_id", sources) if sources else mine
+        hidden = self._storage.metadata.hidden_document_ids(sources)
+        return all_of(eq("user_id", self._state.user_id), scope, not_in("document_id", hidden))
+
+    def count(self) -> int:
+        return self._store.count(self._where())
+
+    def insert(self, content: str) -> int:
+        """Store ``content`` (split if it is longer than the model takes); returns the passage count."""
+        if not content.strip():
+            raise ToolError("content is empty; nothing was stored")
+        chunks = self._chunker.split(content)
+        vectors = self._model.embed_multi(chunks)
+        now = utc_now()
+        self._store.upsert(
+            [
+                Passage(
+                    id=uuid.uuid4().hex,
+                    text=chunk,
+                    user_id=self._state.user_id,
+                    agent_id=self._state.id,
+                    chunk_index=index,
+                    created_at=now,
+                    embedding=vector,
+                )
+                for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True))
+            ]
+        )
+        return len(chunks)
+
+    def search_hits(self, query: str, *, limit: int, offset: int = 0) -> list[SearchHit]:
+        return self._store.search(self._model.embed(query), limit=limit, offset=offset, where=self._where())
+
+    def search(self, query: str, page: int | None = 0) -> Page:
+        if not query.strip():
+            raise ToolError("query is empty: describe what to look for")
+        number = check_page(page)
+        if (number + 1) * PAGE_SIZE > _MAX_RESULTS:
+            raise ToolError(f"page {number} is too deep; search with more specific words instead")
+        where = self._where()
+        total = self._store.count(where)
+        hits = self._store.search(self._model.embed(query), limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where)
+        return Page([_describe(h) for h in hits], min(total, _MAX_RESULTS), number)
+
+
+def _describe(hit: SearchHit) -> str:
+    passage = hit.passage
+    stamp = passage.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    origin = ""
+    if passage.metadata.get("file_name"):
+        origin = (
+            f" ({passage.metadata['file_name']}"
+            + (f", page {passage.metadata['page']}" if "page" in passage.metadata else "")
+            + ")"
+        )
+    return f"[{stamp}]{origin} {passage.text}"

@@ -1,0 +1,68 @@
+"""Core memory: named blocks always in the prompt, each with a character limit the agent edits within."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from memgpt.errors import ToolError
+from memgpt.types import Block
+
+DEFAULT_LIMIT = 2000
+
+
+class CoreMemory:
+    """Edits are checked before anything changes: a refused edit leaves the block as it was."""
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self._blocks = {b.label: b for b in blocks}
+        self.changed: set[str] = set()
+
+    @property
+    def blocks(self) -> list[Block]:
+        return list(self._blocks.values())
+
+    def get(self, label: str) -> Block:
+        block = self._blocks.get(label)
+        if block is None:
+            known = ", ".join(sorted(self._blocks))
+            raise ToolError(f"there is no core memory block named {label!r}; the blocks are: {known}")
+        return block
+
+    def _set(self, block: Block, value: str) -> Block:
+        if len(value) > block.limit:
+            raise ToolError(
+                f"edit refused: the {block.label} block would hold {len(value)} characters, over its limit of "
+                f"{block.limit}. Nothing was changed. Make room with core_memory_replace (shorten or drop old "
+                "lines) or store details in archival memory instead."
+            )
+        updated = replace(block, value=value)
+        self._blocks[block.label] = updated
+        self.changed.add(block.label)
+        return updated
+
+    def append(self, label: str, content: str) -> Block:
+        block = self.get(label)
+        if not content.strip():
+            raise ToolError("content is empty; nothing was appended")
+        value = f"{block.value}\n{content}" if block.value else content
+        return self._set(block, value)
+
+    def replace(self, label: str, old_content: str, new_content: str) -> Block:
+        block = self.get(label)
+        if not old_content:
+            raise ToolError("old_content is empty; give the exact text to replace (use core_memory_append to add)")
+        count = block.value.count(old_content)
+        if count == 0:
+            raise ToolError(
+                f"old_content was not found in the {label} block; nothing was changed. Copy the exact text "
+                "from the block, including punctuation and case."
+            )
+        return self._set(block, block.value.replace(old_content, new_content))
+
+    def render(self) -> str:
+        parts = []
+        for block in self._blocks.values():
+            parts.append(
+                f'<{block.label} characters="{len(block.value)}/{block.limit}">\n{block.value}\n</{block.label}>'
+            )
+        return "\n".join(parts)

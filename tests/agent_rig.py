@@ -1,0 +1,68 @@
+"""An agent wired to real storage (Milvus Lite, SQLite), the real embedding model and the scripted LLM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from memgpt.agent.agent import Agent
+from memgpt.agent.events import Event, Reply
+from memgpt.agent.manager import create_agent, open_agent
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.llm.openai_compat import OpenAICompatible
+from memgpt.storage import Storage
+from memgpt.storage.agents import AgentStore
+from tests.scripted_llm import ScriptedLLM
+
+
+@dataclass
+class Rig:
+    storage: Storage
+    model: LocalMiniLM
+    llm: ScriptedLLM
+    agents: AgentStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.agents = AgentStore(self.storage.metadata)
+
+    def client(self, context_window: int = 16_000, timeout: float = 30.0) -> OpenAICompatible:
+        client = OpenAICompatible(
+            model="scripted", context_window=context_window, endpoint=self.llm.url, timeout=timeout
+        )
+        client.backoff_seconds = 0.01
+        return client
+
+    def create(self, name: str = "tester", persona: str = "sam_pov", context_window: int = 16_000) -> Agent:
+        create_agent(
+            self.agents,
+            user_id=self.storage.user_id,
+            name=name,
+            persona=persona,
+            human="basic",
+            model="scripted",
+            context_window=context_window,
+            embedding=self.model,
+        )
+        return self.open(name, context_window=context_window)
+
+    def open(
+        self, name: str = "tester", *, context_window: int = 16_000, timeout: float = 30.0, **options: Any
+    ) -> Agent:
+        state = self.agents.get(self.storage.user_id, name)
+        assert state is not None
+        agent, warnings = open_agent(
+            self.storage, self.agents, state, llm=self.client(context_window, timeout), embedding=self.model, **options
+        )
+        assert not warnings
+        return agent
+
+
+def replies(events: list[Event]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Reply)]
+
+
+def tool_results(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON envelopes of the tool messages in one recorded LLM request."""
+    import json
+
+    return [json.loads(m["content"]) for m in request["messages"] if m["role"] == "tool"]

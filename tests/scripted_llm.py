@@ -1,0 +1,122 @@
+"""A scripted OpenAI-compatible chat server: the one fake in the test suite.
+
+It serves POST /v1/chat/completions over real HTTP, answers from a script and records every request,
+so the agent loop, the openai SDK and our retry logic all run for real. Summarization requests (no
+tools, our summarizer's instructions) are answered automatically, so scripts need not predict them.
+
+Script entries:
+  {"tool": "send_message", "args": {...}, "content": "thought"}   one tool call
+  {"calls": [("name", {...}), ...], "content": "..."}              several tool calls
+  {"raw_tool": "name", "raw_arguments": "{not json"}                malformed arguments
+  {"content": "plain text"}                                        no tool call
+  {"status": 429} / {"status": 500}                                an error answer
+  {"delay": 3.0, ...}                                              wait before answering
+  a callable taking the request body and returning one of the above
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from memgpt.memory.summarize import INSTRUCTIONS as SUMMARY_INSTRUCTIONS
+
+Entry = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
+SUMMARY_PREFIX = SUMMARY_INSTRUCTIONS.split("{")[0]
+
+
+class ScriptedLLM:
+    def __init__(self) -> None:
+        self.script: deque[Entry] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.summaries: list[dict[str, Any]] = []
+        self.summary_text = "Summary: the user and I talked at length; the first topic was the codeword."
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def add(self, *entries: Entry) -> ScriptedLLM:
+        self.script.extend(entries)
+        return self
+
+    def reply(self, message: str, thought: str = "", **more: Any) -> ScriptedLLM:
+        return self.add({"tool": "send_message", "args": {"message": message}, "content": thought, **more})
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- answering ----------------------------------------------------------------------------
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        system = body["messages"][0].get("content") or ""
+        if not body.get("tools") and system.startswith(SUMMARY_PREFIX):
+            self.summaries.append(body)
+            return 200, _completion(self.summary_text, [])
+        self.requests.append(body)
+        if not self.script:
+            return 500, {"error": {"message": "the test script has no more answers", "type": "server_error"}}
+        entry = self.script.popleft()
+        if callable(entry):
+            entry = entry(body)
+        if entry.get("delay"):
+            time.sleep(entry["delay"])
+        if "status" in entry:
+            return entry["status"], {
+                "error": {"message": entry.get("message", "scripted error"), "type": "error", "code": entry.get("code")}
+            }
+        calls: list[tuple[str, str]] = []
+        if "tool" in entry:
+            calls.append((entry["tool"], json.dumps(entry.get("args", {}))))
+        for name, args in entry.get("calls", []):
+            calls.append((name, json.dumps(args)))
+        if "raw_tool" in entry:
+            calls.append((entry["raw_tool"], entry["raw_arguments"]))
+        return 200, _completion(entry.get("content", ""), calls)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        llm = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, payload = llm.answer(body)
+                raw = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+            def log_message(self, *args: object) -> None: ...
+
+        return Handler
+
+
+def _completion(content: str, calls: list[tuple[str, str]]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [
+            {"id": f"call_{uuid.uuid4().hex[:10]}", "type": "function", "function": {"name": n, "arguments": a}}
+            for n, a in calls
+        ]
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:10]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "scripted",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }

@@ -1,0 +1,256 @@
+"""The agent loop over real HTTP against the scripted LLM, with real Milvus Lite and SQLite."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from memgpt.agent.events import FunctionCall, FunctionResult, Reply, SystemNotice, Thought
+from memgpt.agent.manager import attach_source, detach_source
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.errors import LLMError
+from memgpt.storage import Storage
+from tests.agent_rig import Rig, replies, tool_results
+from tests.conftest import PAPER, load
+from tests.scripted_llm import ScriptedLLM
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
+    return Rig(storage, model, llm)
+
+
+def test_a_turn_reaches_the_user_and_everything_is_recorded(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.reply("Hello Chad!", thought="A new user. Greet them.")
+    events = list(agent.send("hi there"))
+    assert [type(e) for e in events] == [Thought, Reply]
+    assert replies(events) == ["Hello Chad!"]
+
+    request = rig.llm.requests[0]
+    assert request["model"] == "scripted"
+    names = {t["function"]["name"] for t in request["tools"]}
+    assert names == {
+        "send_message",
+        "pause_heartbeats",
+        "core_memory_append",
+        "core_memory_replace",
+        "conversation_search",
+        "conversation_search_date",
+        "archival_memory_insert",
+        "archival_memory_search",
+    }
+    system = request["messages"][0]["content"]
+    assert "My name is Sam." in system and "First name: Chad" in system
+    assert "1 previous messages between you and the user are stored in recall memory" in system  # this one
+    user = json.loads(request["messages"][-1]["content"])
+    assert user["type"] == "user_message" and user["message"] == "hi there"
+    assert rig.agents.count_messages(agent.state.id) == 3  # user, assistant call, tool result
+
+
+def test_heartbeats_chain_steps_and_core_memory_persists(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add(
+        {
+            "tool": "core_memory_append",
+            "args": {"name": "human", "content": "Loves sailing.", "request_heartbeat": True},
+            "content": "Note that.",
+        }
+    )
+    rig.llm.reply("Sailing, nice!")
+    events = list(agent.send("I love sailing"))
+    assert replies(events) == ["Sailing, nice!"]
+    assert len(rig.llm.requests) == 2
+    assert "Loves sailing." in rig.llm.requests[1]["messages"][0]["content"]  # the new core memory is in the prompt
+    heartbeat = json.loads(rig.llm.requests[1]["messages"][-1]["content"])
+    assert heartbeat["type"] == "heartbeat"
+
+    reopened = rig.open()
+    assert "Loves sailing." in reopened.core.get("human").value
+
+
+def test_core_memory_limits_are_enforced_before_anything_changes(rig: Rig) -> None:
+    agent = rig.create()
+    before = agent.core.get("human").value
+    rig.llm.add(
+        {"tool": "core_memory_append", "args": {"name": "human", "content": "x" * 5000, "request_heartbeat": True}}
+    )
+    rig.llm.add(
+        {
+            "tool": "core_memory_replace",
+            "args": {"name": "human", "old_content": "not there", "new_content": "y", "request_heartbeat": True},
+        }
+    )
+    rig.llm.reply("Sorry, my notes are full.")
+    events = list(agent.send("remember this essay"))
+    failures = [e for e in events if isinstance(e, FunctionResult) and not e.ok]
+    assert len(failures) == 2
+    assert "over its limit of 2000" in failures[0].text and "Nothing was changed" in failures[0].text
+    assert "old_content was not found" in failures[1].text
+    assert tool_results(rig.llm.requests[1])[-1]["status"] == "Failed"
+    assert rig.open().core.get("human").value == before
+
+
+def test_archival_insert_and_search_page_without_caching(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"tool": "archival_memory_search", "args": {"query": "favourite colour", "request_heartbeat": True}})
+    rig.llm.add(
+        {
+            "tool": "archival_memory_insert",
+            "args": {"content": "Chad's favourite colour is teal.", "request_heartbeat": True},
+        }
+    )
+    rig.llm.add({"tool": "archival_memory_search", "args": {"query": "favourite colour", "request_heartbeat": True}})
+    rig.llm.reply("Teal!")
+    list(agent.send("what is my favourite colour? it is teal"))
+    first = tool_results(rig.llm.requests[1])[-1]["message"]
+    again = tool_results(rig.llm.requests[3])[-1]["message"]
+    assert first == "No results found."
+    assert again.startswith("Showing 1 of 1 results (page 0 of 0):")
+    assert "Chad's favourite colour is teal." in again
+    assert "1 total memories are stored in archival memory" in rig.llm.requests[3]["messages"][0]["content"]
+
+
+def test_attached_source_is_searched_and_paged_then_detached(rig: Rig, storage: Storage, model: LocalMiniLM) -> None:
+    report = load(storage, model, "memgpt_research_paper", PAPER)
+    agent = rig.create(persona="memgpt_doc")
+    source, fresh = attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")
+    assert fresh and not attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")[1]
+    assert agent.archival.count() == report.passages  # linked, not copied
+
+    rig.llm.add(
+        {"tool": "archival_memory_search", "args": {"query": "deep memory retrieval", "request_heartbeat": True}}
+    )
+    rig.llm.add(
+        {
+            "tool": "archival_memory_search",
+            "args": {"query": "deep memory retrieval", "page": 1, "request_heartbeat": True},
+        }
+    )
+    rig.llm.reply("MemGPT is evaluated on deep memory retrieval.")
+    list(agent.send("What does the paper evaluate?"))
+    page0 = tool_results(rig.llm.requests[1])[-1]["message"]
+    page1 = tool_results(rig.llm.requests[2])[-1]["message"]
+    last = (report.passages - 1) // 5
+    assert page0.startswith(f"Showing 5 of {report.passages} results (page 0 of {last}):")
+    assert page1.startswith(f"Showing 5 of {report.passages} results (page 1 of {last}):")
+    assert "memgpt_research_paper.pdf, page" in page0
+    assert "deep memory retrieval" in (page0 + page1).lower()
+    assert (
+        "Data sources attached to your archival memory: memgpt_research_paper"
+        in (rig.llm.requests[1]["messages"][0]["content"])
+    )
+
+    detach_source(storage, rig.agents, agent.state, "memgpt_research_paper")
+    assert agent.archival.count() == 0
+    assert storage.passages(model.model_id, model.dimensions).count() == report.passages  # the source is intact
+
+
+def test_conversation_search_by_words_and_dates(rig: Rig) -> None:
+    agent = rig.create()
+    for text in ["the codeword is PERIWINKLE", "nothing much", "more chatter"]:
+        rig.llm.reply("ok")
+        list(agent.send(text))
+    today = agent.state.created_at.date().isoformat()
+    rig.llm.add({"tool": "conversation_search", "args": {"query": "periwinkle", "request_heartbeat": True}})
+    rig.llm.add(
+        {
+            "tool": "conversation_search_date",
+            "args": {"start_date": today, "end_date": today, "request_heartbeat": True},
+        }
+    )
+    rig.llm.add(
+        {
+            "tool": "conversation_search_date",
+            "args": {"start_date": "tomorrow", "end_date": today, "request_heartbeat": True},
+        }
+    )
+    rig.llm.reply("It was periwinkle.")
+    list(agent.send("what was the codeword?"))
+    by_words = tool_results(rig.llm.requests[4])[-1]["message"]
+    assert by_words.startswith("Showing 1 of 1 results (page 0 of 0):")
+    assert "user: the codeword is PERIWINKLE" in by_words
+    by_date = tool_results(rig.llm.requests[5])[-1]["message"]
+    assert by_date.startswith("Showing 5 of 8 results (page 0 of 1):")
+    bad = tool_results(rig.llm.requests[6])[-1]
+    assert bad["status"] == "Failed" and "is not a date" in bad["message"]
+
+
+def test_model_mistakes_come_back_as_errors_it_can_fix(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"raw_tool": "send_message", "raw_arguments": '{"message": "unterminated'})
+    rig.llm.add({"tool": "no_such_function", "args": {}})
+    rig.llm.add({"tool": "archival_memory_search", "args": {"page": "zero"}})
+    rig.llm.add({"raw_tool": "send_message", "raw_arguments": "{&#34;message&#34;: &#34;fixed&#34;}"})
+    events = list(agent.send("hello"))
+    assert replies(events) == ["fixed"]
+    results = tool_results(rig.llm.requests[3])
+    assert [r["status"] for r in results] == ["Failed", "Failed", "Failed"]
+    assert "not a JSON object" in results[0]["message"]
+    assert "there is no function named 'no_such_function'" in results[1]["message"]
+    assert "bad arguments for archival_memory_search" in results[2]["message"]
+
+
+def test_rate_limits_and_server_errors_are_retried(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"status": 429, "message": "slow down"}, {"status": 503})
+    rig.llm.reply("made it")
+    assert replies(list(agent.send("hi"))) == ["made it"]
+    assert len(rig.llm.requests) == 3
+
+
+def test_a_timeout_is_retried(rig: Rig) -> None:
+    rig.create()
+    agent = rig.open(timeout=1.0)
+    rig.llm.add({"delay": 2.5, "tool": "send_message", "args": {"message": "too late"}})
+    rig.llm.reply("on time")
+    assert replies(list(agent.send("hi"))) == ["on time"]
+
+
+def test_persistent_failure_is_one_clear_error_and_the_message_is_kept(rig: Rig) -> None:
+    agent = rig.create()
+    agent.llm.max_retries = 1
+    rig.llm.add({"status": 500}, {"status": 500})
+    with pytest.raises(LLMError, match="answered 500"):
+        list(agent.send("are you there?"))
+    kept = rig.agents.last_messages(agent.state.id, 1)[0]
+    assert kept.content == "are you there?"
+
+
+def test_plain_text_answers_reach_the_user_and_runaway_chains_stop(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"content": "Just text, no function."})
+    assert replies(list(agent.send("hi"))) == ["Just text, no function."]
+    agent.max_steps = 3
+    rig.llm.add(*[{"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}] * 3)
+    events = list(agent.send("loop"))
+    assert isinstance(events[-1], SystemNotice) and "stopped after 3 steps" in events[-1].text
+
+
+def test_function_calls_are_shown_with_their_arguments(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"tool": "archival_memory_search", "args": {"query": "cats", "request_heartbeat": True}})
+    rig.llm.reply("none")
+    events = list(agent.send("cats?"))
+    calls = [e for e in events if isinstance(e, FunctionCall)]
+    assert calls[0].name == "archival_memory_search" and calls[0].arguments["query"] == "cats"
+
+
+def test_pause_heartbeats_is_recorded(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"tool": "pause_heartbeats", "args": {"minutes": 30}})
+    list(agent.send("I'm going out"))
+    assert rig.open().heartbeats_paused()
+    rig.llm.add({"tool": "pause_heartbeats", "args": {"minutes": 999}})
+    rig.llm.reply("I can pause for at most six hours.")
+    events = list(agent.send("again"))
+    assert any(isinstance(e, FunctionResult) and "between 0 and 360" in e.text for e in events)
