@@ -123,7 +123,7 @@ def test_archival_insert_and_search_page_without_caching(rig: Rig) -> None:
 def test_attached_source_is_searched_and_paged_then_detached(rig: Rig, storage: Storage, model: LocalMiniLM) -> None:
     report = load(storage, model, "memgpt_research_paper", PAPER)
     agent = rig.create(persona="memgpt_doc")
-    source, fresh = attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")
+    _source, fresh = attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")
     assert fresh and not attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")[1]
     assert agent.archival.count() == report.passages  # linked, not copied
 

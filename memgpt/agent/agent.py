@@ -112,12 +112,57 @@ class Agent:
 
     def _turn(self, opening: Message) -> Iterator[Event]:
         self.agents.append(self.state.id, [opening])  # stored before any LLM call: never lost
+        yield from self._chain()
+
+    def _chain(self) -> Iterator[Event]:
         for _ in range(self.max_steps):
             reason = yield from self._step()
             if reason is None:
                 return
             self.agents.append(self.state.id, [self._message(Role.USER, reason, name=HEARTBEAT)])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
+
+    # -- editing history (the chat's /pop, /retry, /rethink, /rewrite) ---------------------------
+    def pop(self, count: int) -> int:
+        """Delete the newest ``count`` messages, never leaving a function call without its result."""
+        messages = self.agents.in_context(self.state.id)
+        cut = max(0, len(messages) - count)
+        while 0 < cut < len(messages) and messages[cut].role is Role.TOOL:
+            cut -= 1
+        removed = messages[cut:]
+        self.agents.remove([m.id for m in removed])
+        return len(removed)
+
+    def retry(self) -> Iterator[Event]:
+        """Drop the agent's answer to the last user message and let it answer again."""
+        messages = self.agents.in_context(self.state.id)
+        last_user = max((i for i, m in enumerate(messages) if m.role is Role.USER and not m.name), default=None)
+        if last_user is None:
+            yield SystemNotice("there is no user message to retry")
+            return
+        self.agents.remove([m.id for m in messages[last_user + 1 :]])
+        yield from self._chain()
+
+    def _last_assistant(self, *, with_reply: bool = False) -> Message:
+        for message in reversed(self.agents.in_context(self.state.id)):
+            if message.role is Role.ASSISTANT and (
+                not with_reply or any(c.name == "send_message" for c in message.tool_calls)
+            ):
+                return message
+        raise ToolError("there is no reply to change yet" if with_reply else "there is no thought to change yet")
+
+    def rethink(self, thought: str) -> None:
+        """Replace the inner monologue of the latest assistant message."""
+        self.agents.replace_content(replace(self._last_assistant(), content=thought))
+
+    def rewrite(self, text: str) -> None:
+        """Replace what the latest send_message said."""
+        message = self._last_assistant(with_reply=True)
+        calls = tuple(
+            replace(c, arguments=json.dumps({"message": text}, ensure_ascii=False)) if c.name == "send_message" else c
+            for c in message.tool_calls
+        )
+        self.agents.replace_content(replace(message, tool_calls=calls))
 
     # -- one step -------------------------------------------------------------------------------
     def context(self) -> list[ChatMessage]:

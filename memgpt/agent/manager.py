@@ -21,16 +21,12 @@ from memgpt.storage.agents import AgentStore
 from memgpt.storage.filters import all_of, eq
 from memgpt.types import AgentState, Block, Source, utc_now
 
-_ADJECTIVES = (
-    "Polite Brave Calm Clever Curious Gentle Happy Honest Jolly Kind Lively Lucky Merry Mighty Nimble Noble "
-    "Patient Proud Quiet Quick Shiny Silly Sunny Swift Tidy Wise Witty Zesty Bold Bright Cosmic Daring Eager "
-    "Fuzzy Golden Humble Jazzy Loyal Mellow Plucky Rustic Snappy Spry Stellar Velvet Vivid"
-).split()
-_NOUNS = (
-    "Butterfly Otter Falcon Panda Fox Heron Koala Lynx Marmot Narwhal Owl Penguin Quokka Raven Salmon Tiger "
-    "Walrus Badger Beaver Comet Dolphin Ember Finch Gecko Harbor Iris Jaguar Kestrel Lantern Maple Nebula "
-    "Orchid Pebble Quasar Robin Sparrow Tulip Unicorn Violet Willow Yak Zephyr"
-).split()
+_ADJECTIVES = """Polite Brave Calm Clever Curious Gentle Happy Honest Jolly Kind Lively Lucky Merry Mighty Nimble
+Noble Patient Proud Quiet Quick Shiny Silly Sunny Swift Tidy Wise Witty Zesty Bold Bright Cosmic Daring Eager Fuzzy
+Golden Humble Jazzy Loyal Mellow Plucky Rustic Snappy Spry Stellar Velvet Vivid""".split()  # noqa: SIM905
+_NOUNS = """Butterfly Otter Falcon Panda Fox Heron Koala Lynx Marmot Narwhal Owl Penguin Quokka Raven Salmon Tiger
+Walrus Badger Beaver Comet Dolphin Ember Finch Gecko Harbor Iris Jaguar Kestrel Lantern Maple Nebula Orchid Pebble
+Quasar Robin Sparrow Tulip Unicorn Violet Willow Yak Zephyr""".split()  # noqa: SIM905
 
 
 def friendly_name(taken: set[str], rng: random.Random | None = None) -> str:
@@ -85,7 +81,7 @@ def create_agent(
     persona_text = template_text(agents, user_id, "persona", persona)
     human_text = template_text(agents, user_id, "human", human)
     state = AgentState(
-        id=uuid.uuid4().hex,
+        id=str(uuid.uuid4()),
         name=name,
         user_id=user_id,
         persona=persona,

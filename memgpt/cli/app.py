@@ -8,6 +8,7 @@ import sys
 import typer
 
 from memgpt import __version__
+from memgpt.cli import agents as agents_cli
 from memgpt.cli import config as config_cli
 from memgpt.cli import sources as sources_cli
 
@@ -20,17 +21,28 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 load_app = typer.Typer(help="Load data into a source (stored in Milvus).", no_args_is_help=True)
-list_app = typer.Typer(help="List sources.", no_args_is_help=True)
-delete_app = typer.Typer(help="Delete sources.", no_args_is_help=True)
+list_app = typer.Typer(help="List agents, sources, personas or humans.", no_args_is_help=True)
+delete_app = typer.Typer(help="Delete an agent or a source.", no_args_is_help=True)
+add_app = typer.Typer(help="Add a persona or a human profile.", no_args_is_help=True)
 
 app.command("configure")(config_cli.configure)
+app.command("run")(agents_cli.run)
+app.command("attach")(agents_cli.attach)
+app.command("detach")(agents_cli.detach)
 app.command("search")(sources_cli.search)
 load_app.command("directory")(sources_cli.load_directory)
+list_app.command("agents")(agents_cli.list_agents)
 list_app.command("sources")(sources_cli.list_sources)
+list_app.command("personas")(agents_cli.list_personas)
+list_app.command("humans")(agents_cli.list_humans)
+delete_app.command("agent")(agents_cli.delete_agent)
 delete_app.command("source")(sources_cli.delete_source)
+add_app.command("persona")(agents_cli.add_persona)
+add_app.command("human")(agents_cli.add_human)
 app.add_typer(load_app, name="load")
 app.add_typer(list_app, name="list")
 app.add_typer(delete_app, name="delete")
+app.add_typer(add_app, name="add")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,251 @@
+"""The terminal chat of `memgpt run`: showing events, reading input, slash commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+
+from memgpt.agent.agent import PRESSURE_ALERT
+from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
+from memgpt.cli.common import console, interactive
+from memgpt.errors import MemGPTError, ToolError, UserError
+
+if TYPE_CHECKING:
+    from memgpt.agent.agent import Agent
+    from memgpt.storage import Storage
+    from memgpt.storage.agents import AgentStore
+
+PROMPT = "> Enter your message: "
+_MEMORY_VERBS = {
+    "archival_memory_search": "searching memory with",
+    "conversation_search": "searching memory with",
+    "conversation_search_date": "searching memory with",
+    "archival_memory_insert": "updating memory with",
+    "core_memory_append": "updating memory with",
+    "core_memory_replace": "updating memory with",
+}
+
+
+def show(event: Event) -> None:
+    if isinstance(event, Thought):
+        console.print(f"[italic bright_black]💭 {escape(event.text)}[/]")
+    elif isinstance(event, Reply):
+        console.print(f"[bold yellow]🤖 {escape(event.text)}[/]")
+    elif isinstance(event, FunctionCall):
+        verb = _MEMORY_VERBS.get(event.name)
+        if verb:
+            console.print(f"[red]⚡🧠 {escape('[function]')} {verb} {event.name}[/]")
+        else:
+            args = json.dumps({k: v for k, v in event.arguments.items() if k != "request_heartbeat"})
+            console.print(f"[red]⚡ {escape('[function]')} running {escape(event.name)}({escape(args)})[/]")
+    elif isinstance(event, FunctionResult):
+        if not event.ok:
+            console.print(f"[red]⚡ {escape('[function]')} {escape(event.name)} failed: {escape(event.text)}[/]")
+    elif isinstance(event, SystemNotice):
+        console.print(f"[bright_black]ℹ {escape(event.text)}[/]")
+
+
+def play(events: Iterator[Event]) -> None:
+    """Show events as they come, with a spinner while the agent waits for the LLM."""
+    while True:
+        if interactive():
+            with console.status("[bright_black]thinking...[/]", spinner="dots"):
+                event = next(events, None)
+        else:
+            event = next(events, None)
+        if event is None:
+            return
+        show(event)
+
+
+@dataclass
+class Chat:
+    agent: Agent
+    storage: Storage
+    agents: AgentStore
+    heartbeat_minutes: float = 0
+
+    # -- input ----------------------------------------------------------------------------------
+    def loop(self) -> None:
+        from prompt_toolkit import PromptSession
+
+        session: PromptSession[str] = PromptSession()
+        while True:
+            try:
+                line = self._read(session)
+            except (EOFError, KeyboardInterrupt):
+                console.print("Bye.")
+                return
+            if line is None:
+                if not self.agent.heartbeats_paused():
+                    play(
+                        self.agent.heartbeat(
+                            "[This is an automated system message hidden from the user] Timed "
+                            "heartbeat: the user has been idle."
+                        )
+                    )
+                continue
+            if not self.handle(line):
+                return
+
+    def _read(self, session: object) -> str | None:
+        """A line from the user, or None when a timed heartbeat is due first."""
+        timeout = self.heartbeat_minutes * 60 if self.heartbeat_minutes > 0 else None
+
+        async def ask() -> str:
+            return await asyncio.wait_for(session.prompt_async(PROMPT), timeout)  # type: ignore[attr-defined]
+
+        try:
+            return asyncio.run(ask())
+        except TimeoutError:
+            return None
+
+    def handle(self, line: str) -> bool:
+        """Run one message or command; False when the chat should end."""
+        text = line.strip()
+        if not text:
+            return True
+        try:
+            if text.startswith("/"):
+                return self.command(text)
+            play(self.agent.send(text))
+        except ToolError as exc:
+            console.print(f"{exc}", markup=False)
+        except UserError as exc:
+            console.print(f"error: {exc}", markup=False)
+        except MemGPTError as exc:
+            console.print(f"error: {exc} (your message is saved; /retry to try again)", markup=False)
+        return True
+
+    # -- slash commands -------------------------------------------------------------------------
+    def command(self, text: str) -> bool:
+        name, _, argument = text.partition(" ")
+        handler = self.commands().get(name.lower())
+        if handler is None:
+            console.print(f"Unknown command {name} — type /help to see the commands", markup=False)
+            return True
+        return handler(argument.strip()) is not False
+
+    def commands(self) -> dict[str, Callable[[str], bool | None]]:
+        return {
+            "/exit": lambda _: False,
+            "/quit": lambda _: False,
+            "/save": lambda _: console.print("Saved (memgpt also saves after every step)."),
+            "/help": self.help,
+            "/attach": self.attach,
+            "/detach": self.detach,
+            "/memory": self.memory,
+            "/dump": self.dump,
+            "/pop": self.pop,
+            "/retry": lambda _: play(self.agent.retry()),
+            "/rethink": self.rethink,
+            "/rewrite": self.rewrite,
+            "/summarize": lambda _: play(self.agent.summarize(force=True)),
+            "/heartbeat": lambda _: play(
+                self.agent.heartbeat(
+                    "[This is an automated system message hidden from the user] Heartbeat sent by the user."
+                )
+            ),
+            "/memorywarning": lambda _: play(self.agent.alert(PRESSURE_ALERT)),
+        }
+
+    def help(self, _: str) -> None:
+        lines = [
+            "/attach [SOURCE]   attach a data source to archival memory",
+            "/detach [SOURCE]   detach a data source",
+            "/memory            show core memory and memory statistics",
+            "/dump [N]          show the last N messages (default 10)",
+            "/pop [N]           delete the last N messages (default 3)",
+            "/retry             let the agent answer your last message again",
+            "/rethink TEXT      replace the agent's last inner thought",
+            "/rewrite TEXT      replace the agent's last reply",
+            "/summarize         summarize older messages out of the context window now",
+            "/heartbeat         send the agent a heartbeat",
+            "/memorywarning     send the agent a memory-pressure warning",
+            "/save              save (memgpt saves after every step anyway)",
+            "/exit              leave the chat",
+        ]
+        console.print("\n".join(lines), markup=False)
+
+    def _pick(self, names: list[str], argument: str, question: str, empty: str) -> str | None:
+        if argument:
+            return argument
+        if not names:
+            console.print(empty, markup=False)
+            return None
+        if not interactive():
+            raise UserError(f"{question.rstrip(':')}: give the name after the command")
+        import questionary
+
+        return questionary.select(question, choices=names).ask()
+
+    def attach(self, argument: str) -> None:
+        from rich.progress import Progress
+
+        from memgpt.agent.manager import attach_source
+
+        attached = set(self.agents.attached(self.agent.state.id))
+        names = [s.name for s in self.storage.metadata.list_sources(self.agent.state.user_id) if s.id not in attached]
+        name = self._pick(
+            names, argument, "Select data source", "No data sources to attach; create one with `memgpt load directory`."
+        )
+        if name is None:
+            return
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task("Attaching", total=1)
+            source, fresh = attach_source(self.storage, self.agents, self.agent.state, name)
+            progress.advance(task)
+        if fresh:
+            console.print(f"Attached {source.name} ({source.passages} passages) to archival memory", markup=False)
+        else:
+            console.print(f"{source.name} was already attached", markup=False)
+
+    def detach(self, argument: str) -> None:
+        from memgpt.agent.manager import detach_source
+
+        by_id = {s.id: s.name for s in self.storage.metadata.list_sources(self.agent.state.user_id)}
+        names = [by_id[i] for i in self.agents.attached(self.agent.state.id) if i in by_id]
+        name = self._pick(names, argument, "Select data source to detach", "No data sources are attached.")
+        if name is not None:
+            source = detach_source(self.storage, self.agents, self.agent.state, name)
+            console.print(f"Detached {source.name}", markup=False)
+
+    def memory(self, _: str) -> None:
+        agent = self.agent
+        console.print(agent.core.render(), markup=False)
+        console.print(
+            f"recall: {agent.recall.count()} messages · archival: {agent.archival.count()} passages · context: "
+            f"{agent.context_tokens()}/{agent.state.context_window} tokens",
+            markup=False,
+        )
+
+    def dump(self, argument: str) -> None:
+        from memgpt.memory.recall import describe
+
+        count = int(argument) if argument.isdigit() else 10
+        for message in self.agents.last_messages(self.agent.state.id, count):
+            if message.role.value in ("user", "assistant"):
+                console.print(describe(message), markup=False)
+            else:
+                console.print(f"  ↳ {message.name}: {message.content[:300]}", markup=False)
+
+    def pop(self, argument: str) -> None:
+        removed = self.agent.pop(int(argument) if argument.isdigit() else 3)
+        console.print(f"Removed {removed} messages", markup=False)
+
+    def rethink(self, argument: str) -> None:
+        if not argument:
+            raise UserError("/rethink needs the new thought: /rethink TEXT")
+        self.agent.rethink(argument)
+        console.print("Changed the last thought", markup=False)
+
+    def rewrite(self, argument: str) -> None:
+        if not argument:
+            raise UserError("/rewrite needs the new reply: /rewrite TEXT")
+        self.agent.rewrite(argument)
+        console.print("Changed the last reply", markup=False)

@@ -1,0 +1,255 @@
+"""`memgpt run` and the agent commands through the real executable, against the scripted LLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pytest
+
+from memgpt.config import load_config
+from memgpt.storage import Storage
+from memgpt.storage.agents import AgentStore
+from tests.conftest import PAPER, run_cli
+from tests.scripted_llm import ScriptedLLM
+from tests.test_configure_interactive import question
+
+SEED_QUESTION = "The paper I loaded into your archival memory is called MemGPT. Can you tell me more about it?"
+
+
+@pytest.fixture
+def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    yield server
+    server.close()
+
+
+def stored_messages(home: Path, agent: str) -> list[Any]:
+    with Storage(load_config(home), home) as storage:
+        agents = AgentStore(storage.metadata)
+        state = agents.get(storage.user_id, agent)
+        assert state is not None
+        return agents.last_messages(state.id, 1000)
+
+
+def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
+    loaded = run_cli("load", "directory", "--name", "memgpt_research_paper", f"--input-files={PAPER}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    llm.reply("Hi, I am an existing agent.")
+    assert run_cli("run", "--agent", "Earlier", "--message", "hello", home=home).returncode == 0
+
+    seen: dict[str, Any] = {}
+
+    def answer_from_search(body: dict[str, Any]) -> dict[str, Any]:
+        seen["request"] = body
+        return {
+            "tool": "send_message",
+            "content": "Based on the found results, MemGPT manages memory tiers.",
+            "args": {"message": "Certainly, Chad. MemGPT manages different storage tiers, like an OS."},
+        }
+
+    llm.reply(
+        "Greetings Chad! I'm MemGPT. How may I assist you today?", thought="Interesting, I've got a first-time user."
+    )
+    llm.add(
+        {
+            "tool": "archival_memory_search",
+            "args": {"query": "MemGPT overview", "request_heartbeat": True},
+            "content": "Chad would like to know more about the paper. Time to search the archival memory.",
+        }
+    )
+    llm.add(answer_from_search)
+
+    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "memgpt", "run", "--persona", "memgpt_doc"],
+        env=env,
+        encoding="utf-8",
+        timeout=90,
+        dimensions=(50, 220),
+        cwd=str(tmp_path),
+    )
+    try:
+        child.expect(question("Would you like to select an existing agent?"))
+        child.sendline("n")
+        child.expect_exact("🧬 Creating new agent...")
+        child.expect_exact("->  🤖 Using persona profile: 'memgpt_doc'")
+        child.expect_exact("->  🧑 Using human profile: 'basic'")
+        child.expect(r"🎉 Created new agent '([A-Z][a-z]+[A-Z][a-z]+)' \(id=[0-9a-f-]{36}\)")
+        child.expect_exact("Hit enter to begin (will request first MemGPT message)")
+        child.sendline("")
+        child.expect_exact("💭 Interesting, I've got a first-time user.")
+        child.expect_exact("🤖 Greetings Chad! I'm MemGPT. How may I assist you today?")
+        child.expect_exact("> Enter your message:")
+        child.sendline("/attach")
+        child.expect(question("Select data source"))
+        child.send("\r")
+        child.expect(r"Attached memgpt_research_paper \(\d+ passages\) to archival memory")
+        child.expect_exact("> Enter your message:")
+        child.sendline(SEED_QUESTION)
+        child.expect_exact("⚡🧠 [function] searching memory with archival_memory_search")
+        child.expect_exact("💭 Based on the found results, MemGPT manages memory tiers.")
+        child.expect_exact("🤖 Certainly, Chad. MemGPT manages different storage tiers, like an OS.")
+        child.expect_exact("> Enter your message:")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+
+    results = [json.loads(m["content"]) for m in seen["request"]["messages"] if m["role"] == "tool"]
+    found = results[-1]["message"]
+    assert found.startswith("Showing 5 of")
+    assert "memgpt_research_paper.pdf, page" in found
+    assert re.search(r"virtual context|memory|LLM", found)
+    user_turn = [m for m in seen["request"]["messages"] if m["role"] == "user"]
+    assert any(SEED_QUESTION in m["content"] for m in user_turn)
+
+
+def test_no_llm_configured_is_one_line_before_anything_is_created(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    result = run_cli("run", "--agent", "x", "--message", "hi", home=home)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no LLM configured: set OPENAI_API_KEY")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert json.loads(run_cli("list", "agents", "--json", home=home).stdout) == []
+
+
+def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
+    llm.reply("first answer", thought="first thought")
+    llm.reply("second answer")
+    llm.reply("retried answer")
+    script = "\n".join(
+        [
+            "hello",
+            "/memory",
+            "/rethink a better thought",
+            "/rewrite a better answer",
+            "/dump 3",
+            "again",
+            "/retry",
+            "/pop 3",
+            "/dump 10",
+            "/nonsense",
+            "/exit",
+            "never sent",
+        ]
+    )
+    result = run_cli("run", "--agent", "Piper", home=home, stdin=script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "🤖 first answer" in out and "🤖 second answer" in out and "🤖 retried answer" in out
+    assert '<persona characters="' in out and "recall: " in out
+    assert "assistant: a better thought | said: a better answer" in out
+    assert "Removed 3 messages" in out
+    assert "Unknown command /nonsense — type /help to see the commands" in out
+    assert len(llm.requests) == 3  # "never sent" was after /exit
+    assert "never sent" not in json.dumps(llm.requests)
+    contents = [m.content for m in stored_messages(home, "Piper")]
+    assert "again" not in contents and "hello" in contents  # /pop 3 took "again" and its retried answer
+
+
+def test_agent_commands(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
+    assert run_cli("load", "directory", "--name", "notes", f"--input-files={PAPER}", home=home).returncode == 0
+    persona = tmp_path / "pirate.txt"
+    persona.write_text("I am a pirate. Arr.")
+    assert run_cli("add", "persona", "--name", "pirate", "--file", str(persona), home=home).returncode == 0
+    assert run_cli("add", "human", "--name", "ann", "--text", "Name: Ann", home=home).returncode == 0
+    personas = json.loads(run_cli("list", "personas", "--json", home=home).stdout)
+    assert {"sam_pov", "memgpt_doc", "memgpt_starter", "pirate"} <= set(personas)
+    assert {"basic", "cs_phd", "ann"} <= set(json.loads(run_cli("list", "humans", "--json", home=home).stdout))
+
+    llm.reply("Arr!")
+    made = run_cli("run", "--agent", "Pete", "--persona", "pirate", "--human", "ann", "--message", "hi", home=home)
+    assert made.returncode == 0, made.stderr
+    assert "I am a pirate. Arr." in llm.requests[0]["messages"][0]["content"]
+    assert "Name: Ann" in llm.requests[0]["messages"][0]["content"]
+
+    attached = run_cli("attach", "--agent", "Pete", "--data-source", "notes", home=home)
+    assert attached.returncode == 0 and "Attached notes (" in attached.stdout
+    again = run_cli("attach", "--agent", "Pete", "--data-source", "notes", home=home)
+    assert "already attached" in again.stdout
+    listed = json.loads(run_cli("list", "agents", "--json", home=home).stdout)
+    assert [(a["name"], a["persona"], a["human"], a["sources"]) for a in listed] == [("Pete", "pirate", "ann", 1)]
+    assert run_cli("detach", "--agent", "Pete", "--data-source", "notes", home=home).returncode == 0
+    missing = run_cli("detach", "--agent", "Pete", "--data-source", "notes", home=home)
+    assert missing.returncode == 1 and "is not attached" in missing.stderr
+
+    unknown = run_cli("run", "--agent", "Nope", "--persona", "ghost", "--message", "x", home=home)
+    assert unknown.returncode == 1 and "no persona named 'ghost'" in unknown.stderr
+
+    refused = run_cli("delete", "agent", "Pete", home=home)
+    assert refused.returncode == 1 and "pass -y" in refused.stderr
+    assert run_cli("delete", "agent", "Pete", "-y", home=home).returncode == 0
+    assert json.loads(run_cli("list", "agents", "--json", home=home).stdout) == []
+    assert json.loads(run_cli("list", "sources", "--json", home=home).stdout)[0]["name"] == "notes"
+
+
+def test_user_tools_from_the_tools_folder(home: Path, llm: ScriptedLLM) -> None:
+    tools = home / "tools"
+    tools.mkdir(parents=True)
+    (tools / "weather.py").write_text(
+        "def get_weather(city: str, days: int = 1) -> str:\n"
+        '    """Look up the weather forecast.\n\n    Args:\n        city: Name of the city.\n'
+        '        days: How many days ahead.\n    """\n'
+        '    return f"Sunny in {city} for {days} days"\n\n'
+        'def broken(x: int) -> int:\n    """Always fails."""\n    raise RuntimeError("boom")\n'
+    )
+    (tools / "bad.py").write_text("def oops(:\n")
+    llm.add({"tool": "get_weather", "args": {"city": "Oslo", "days": "2", "request_heartbeat": True}})
+    llm.add({"tool": "broken", "args": {"x": 1, "request_heartbeat": True}})
+    llm.reply("It will be sunny.")
+    result = run_cli("run", "--agent", "Tooly", "--message", "weather in Oslo?", home=home)
+    assert result.returncode == 0, result.stderr
+    assert "warning: " in result.stdout and "bad.py: cannot import it (SyntaxError" in result.stdout
+    schema = next(t for t in llm.requests[0]["tools"] if t["function"]["name"] == "get_weather")["function"]
+    assert schema["description"] == "Look up the weather forecast."
+    assert schema["parameters"]["properties"]["city"] == {"type": "string", "description": "Name of the city."}
+    assert schema["parameters"]["required"] == ["city", "request_heartbeat"]
+    first = json.loads([m for m in llm.requests[1]["messages"] if m["role"] == "tool"][-1]["content"])
+    assert first == {"status": "OK", "message": "Sunny in Oslo for 2 days", "time": first["time"]}
+    second = json.loads([m for m in llm.requests[2]["messages"] if m["role"] == "tool"][-1]["content"])
+    assert second["status"] == "Failed" and second["message"] == "Error: RuntimeError: boom"
+    assert "⚡ [function] running get_weather" in result.stdout
+
+
+def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path, llm: ScriptedLLM) -> None:
+    llm.reply("first")
+    assert run_cli("run", "--agent", "Sturdy", "--message", "one", home=home).returncode == 0
+    llm.add({"delay": 60, "tool": "send_message", "args": {"message": "never delivered"}})
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memgpt", "run", "--agent", "Sturdy", "--message", "two"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(llm.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(llm.requests) == 2, "the second turn never reached the LLM"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    contents = [m.content for m in stored_messages(home, "Sturdy")]
+    assert contents[-1] == "two"  # the user's message survived the kill; no half step was stored
+    llm.reply("back again")
+    after = run_cli("run", "--agent", "Sturdy", "--message", "three", home=home)
+    assert after.returncode == 0, after.stderr
+    assert "🤖 back again" in after.stdout
+    last_request = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+    assert any('"two"' in c for c in last_request) and any('"three"' in c for c in last_request)
