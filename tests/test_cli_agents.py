@@ -180,8 +180,9 @@ def test_agent_commands(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
 
     attached = run_cli("attach", "--agent", "Pete", "--data-source", "notes", home=home)
     assert attached.returncode == 0 and "Attached notes (" in attached.stdout
-    again = run_cli("attach", "--agent", "Pete", "--data-source", "notes", home=home)
-    assert "already attached" in again.stdout
+    llm.reply("Arr again!")
+    again = run_cli("run", "--agent", "Pete", "--attach", "notes", "--message", "hi", home=home)
+    assert "notes was already attached" in again.stdout and "🤖 Arr again!" in again.stdout
     listed = json.loads(run_cli("list", "agents", "--json", home=home).stdout)
     assert [(a["name"], a["persona"], a["human"], a["sources"]) for a in listed] == [("Pete", "pirate", "ann", 1)]
     assert run_cli("detach", "--agent", "Pete", "--data-source", "notes", home=home).returncode == 0

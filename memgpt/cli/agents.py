@@ -92,6 +92,9 @@ def run(
     heartbeat_minutes: float = typer.Option(
         0, "--heartbeat-minutes", help="Send a timed heartbeat after this many idle minutes (0: never)."
     ),
+    attach: list[str] = typer.Option(
+        None, "--attach", help="Attach this data source first, as /attach would (repeatable).", show_default=False
+    ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
     from memgpt.agent.manager import get_agent, open_agent
@@ -120,6 +123,8 @@ def run(
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)
         chat = Chat(loaded, storage, agents, heartbeat_minutes=heartbeat_minutes)
+        for source in attach or []:
+            chat.attach(source)
         if message is not None:
             chat.handle(message)
             return
