@@ -254,3 +254,35 @@ def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path,
     assert "🤖 back again" in after.stdout
     last_request = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
     assert any('"two"' in c for c in last_request) and any('"three"' in c for c in last_request)
+
+
+def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
+    llm.add(
+        {
+            "tool": "archival_memory_insert",
+            "args": {"content": "The user went quiet.", "request_heartbeat": False},
+            "content": "The user is idle; I'll make a note.",
+        }
+    )
+    llm.add({"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."})
+    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "memgpt", "run", "--agent", "Idle", "--first", "--heartbeat-minutes", "0.03"],
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 200),
+        cwd=str(tmp_path),
+    )
+    try:
+        child.expect_exact("💭 The user is idle; I'll make a note.")
+        child.expect_exact("💭 Let them be for an hour.")
+        time.sleep(5)  # paused: no further heartbeat may reach the LLM
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert len(llm.requests) == 2
+    beat = json.loads(llm.requests[0]["messages"][-1]["content"])
+    assert beat["type"] == "heartbeat" and "Timed heartbeat" in beat["reason"]

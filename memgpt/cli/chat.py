@@ -120,6 +120,8 @@ class Chat:
             console.print(f"error: {exc}", markup=False)
         except MemGPTError as exc:
             console.print(f"error: {exc} (your message is saved; /retry to try again)", markup=False)
+        except KeyboardInterrupt:
+            console.print("interrupted (your message is saved; /retry lets the agent answer it)", markup=False)
         return True
 
     # -- slash commands -------------------------------------------------------------------------

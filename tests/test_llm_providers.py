@@ -1,0 +1,211 @@
+"""Provider adapters: JSON-mode function calling over the scripted server, Anthropic's wire format
+against a local Messages-API stand-in, and how settings and environment pick a provider."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from memgpt.config import LLMSettings
+from memgpt.errors import ConfigError, ContextWindowExceededError, LLMRetryableError
+from memgpt.llm import create_llm, resolve_llm
+from memgpt.llm.anthropic import AnthropicClient, to_anthropic
+from memgpt.llm.base import ToolSpec
+from memgpt.llm.json_mode import JsonFunctionClient, extract_json
+from memgpt.llm.openai_compat import OpenAICompatible
+from tests.scripted_llm import ScriptedLLM
+
+TOOLS = [
+    ToolSpec(
+        "send_message",
+        "Send a message.",
+        {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]},
+    )
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '{"function": "send_message", "params": {"message": "hi"}}',
+            {"function": "send_message", "params": {"message": "hi"}},
+        ),
+        ('Sure!\n```json\n{"function": "f", "params": {"a": 1,},}\n```', {"function": "f", "params": {"a": 1}}),
+        ("{'function': 'f', 'params': {'a': 'b'}}", {"function": "f", "params": {"a": "b"}}),
+        ('text {"not": "closed"', None),
+        (
+            '{"function": "f", "params": {"message": "a } brace"}}',
+            {"function": "f", "params": {"message": "a } brace"}},
+        ),
+    ],
+)
+def test_extract_json_is_tolerant(text: str, expected: dict[str, Any] | None) -> None:
+    assert extract_json(text) == expected
+
+
+def test_json_mode_turns_text_into_a_tool_call() -> None:
+    server = ScriptedLLM()
+    try:
+        server.add(
+            {
+                "content": 'OK: {"function": "send_message", "params": {"inner_thoughts": "be nice", '
+                '"message": "Hello!"}}'
+            }
+        )
+        client = JsonFunctionClient(OpenAICompatible(model="tiny", context_window=4096, endpoint=server.url))
+        history = [
+            {"role": "system", "content": "You are MemGPT."},
+            {
+                "role": "assistant",
+                "content": "thinking",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "send_message", "arguments": '{"message": "x"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": '{"status": "OK"}'},
+            {"role": "user", "content": "hi"},
+        ]
+        completion = client.complete(history, TOOLS)
+        assert completion.content == "be nice"
+        assert completion.tool_calls[0].name == "send_message"
+        assert json.loads(completion.tool_calls[0].arguments) == {"message": "Hello!"}
+        sent = server.requests[0]
+        assert "tools" not in sent
+        assert "- send_message: Send a message." in sent["messages"][0]["content"]
+        assert [m["role"] for m in sent["messages"]] == ["system", "assistant", "user", "user"]
+        assert json.loads(sent["messages"][1]["content"])["params"]["inner_thoughts"] == "thinking"
+    finally:
+        server.close()
+
+
+class AnthropicStandIn(ThreadingHTTPServer):
+    replies: list[tuple[int, dict[str, Any]]]
+    bodies: list[dict[str, Any]]
+    headers_seen: list[dict[str, str]]
+
+
+@pytest.fixture
+def anthropic() -> Iterator[AnthropicStandIn]:
+    class Handler(BaseHTTPRequestHandler):
+        server: AnthropicStandIn
+
+        def do_POST(self) -> None:
+            self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.server.headers_seen.append(dict(self.headers))
+            status, payload = self.server.replies.pop(0)
+            raw = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None: ...
+
+    server = AnthropicStandIn(("127.0.0.1", 0), Handler)
+    server.replies, server.bodies, server.headers_seen = [], [], []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_anthropic_messages_and_tool_use(anthropic: AnthropicStandIn) -> None:
+    anthropic.replies.append(
+        (
+            200,
+            {
+                "content": [
+                    {"type": "text", "text": "Let me answer."},
+                    {"type": "tool_use", "id": "tu_1", "name": "send_message", "input": {"message": "Hi!"}},
+                ],
+                "usage": {"input_tokens": 10, "output_tokens": 5},
+            },
+        )
+    )
+    client = AnthropicClient(
+        model="claude-x",
+        context_window=200_000,
+        api_key="k",
+        endpoint=f"http://127.0.0.1:{anthropic.server_address[1]}",
+    )
+    history = [
+        {"role": "system", "content": "You are MemGPT."},
+        {"role": "user", "content": "one"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "archival_memory_search", "arguments": '{"query": "q"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "results"},
+        {"role": "user", "content": "two"},
+    ]
+    completion = client.complete(history, TOOLS)
+    assert completion.content == "Let me answer."
+    assert (completion.tool_calls[0].name, json.loads(completion.tool_calls[0].arguments)) == (
+        "send_message",
+        {"message": "Hi!"},
+    )
+    body = anthropic.bodies[0]
+    assert body["system"] == "You are MemGPT." and body["model"] == "claude-x"
+    assert [t["role"] for t in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][2]["content"][0] == {"type": "tool_result", "tool_use_id": "c1", "content": "results"}
+    assert body["tools"][0]["input_schema"]["required"] == ["message"]
+    assert anthropic.headers_seen[0]["x-api-key"] == "k"
+
+
+def test_anthropic_errors(anthropic: AnthropicStandIn) -> None:
+    client = AnthropicClient(
+        model="m", context_window=1000, api_key="k", endpoint=f"http://127.0.0.1:{anthropic.server_address[1]}"
+    )
+    anthropic.replies.append((529, {"error": {"message": "Overloaded"}}))
+    with pytest.raises(LLMRetryableError, match="529: Overloaded"):
+        client.request([{"role": "user", "content": "x"}], ())
+    anthropic.replies.append((400, {"error": {"message": "prompt is too long: 300000 tokens > 200000 maximum"}}))
+    with pytest.raises(ContextWindowExceededError):
+        client.request([{"role": "user", "content": "x"}], ())
+
+
+def test_alternation_is_repaired_for_anthropic() -> None:
+    system, turns = to_anthropic(
+        [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    )
+    assert system == ""
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"]
+    assert len(turns[2]["content"]) == 2
+
+
+def test_environment_fills_in_only_what_the_config_leaves_open() -> None:
+    assert resolve_llm(LLMSettings(), {"OPENAI_API_KEY": "sk"}).provider == "openai"
+    assert resolve_llm(LLMSettings(), {"ANTHROPIC_API_KEY": "a"}).provider == "anthropic"
+    local = resolve_llm(LLMSettings(), {"OPENAI_BASE_URL": "http://localhost:8000/v1"})
+    assert (local.provider, local.endpoint, local.api_key) == ("openai", "http://localhost:8000/v1", "")
+    explicit = LLMSettings(provider="ollama", model="llama3.1")
+    resolved = resolve_llm(explicit, {"OPENAI_BASE_URL": "http://elsewhere/v1", "OPENAI_API_KEY": "sk"})
+    assert (resolved.endpoint, resolved.model, resolved.context_window) == (
+        "http://localhost:11434/v1",
+        "llama3.1",
+        8192,
+    )
+    pinned = LLMSettings(provider="openai", endpoint="http://mine/v1", model="m", context_window=4096)
+    assert resolve_llm(pinned, {"OPENAI_BASE_URL": "http://env/v1"}).endpoint == "http://mine/v1"
+    with pytest.raises(ConfigError, match="no LLM configured"):
+        resolve_llm(LLMSettings(), {})
+    with pytest.raises(ConfigError, match="anthropic needs an API key: set ANTHROPIC_API_KEY"):
+        resolve_llm(LLMSettings(provider="anthropic"), {})
+    assert isinstance(create_llm(LLMSettings(function_calling="json"), env={"OPENAI_API_KEY": "k"}), JsonFunctionClient)
