@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from memgpt.memory.summarize import INSTRUCTIONS as SUMMARY_INSTRUCTIONS
+from tests.http_json import read_json, send_json
 
 Entry = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
 SUMMARY_PREFIX = SUMMARY_INSTRUCTIONS.split("{")[0]
@@ -88,17 +89,7 @@ class ScriptedLLM:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, payload = llm.answer(body)
-                raw = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(raw)))
-                    self.end_headers()
-                    self.wfile.write(raw)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout test)
+                send_json(self, *llm.answer(read_json(self)))
 
             def log_message(self, *args: object) -> None: ...
 

@@ -18,6 +18,7 @@ from memgpt.llm.anthropic import AnthropicClient, to_anthropic
 from memgpt.llm.base import ToolSpec
 from memgpt.llm.json_mode import JsonFunctionClient, extract_json
 from memgpt.llm.openai_compat import OpenAICompatible
+from tests.http_json import read_json, send_json
 from tests.scripted_llm import ScriptedLLM
 
 TOOLS = [
@@ -100,15 +101,9 @@ def anthropic() -> Iterator[AnthropicStandIn]:
         server: AnthropicStandIn
 
         def do_POST(self) -> None:
-            self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.server.bodies.append(read_json(self))
             self.server.headers_seen.append(dict(self.headers))
-            status, payload = self.server.replies.pop(0)
-            raw = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            send_json(self, *self.server.replies.pop(0))
 
         def log_message(self, *args: object) -> None: ...
 

@@ -13,6 +13,7 @@ import pytest
 from memgpt.embeddings.openai import OpenAIEmbeddings
 from memgpt.errors import EmbeddingError
 from tests.conftest import DATA, run_cli
+from tests.http_json import read_json, send_json
 
 
 class EmbeddingServer(ThreadingHTTPServer):
@@ -25,17 +26,18 @@ class Handler(BaseHTTPRequestHandler):
     server: EmbeddingServer
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = read_json(self)
         self.server.requests.append(body)
         if self.server.fail_with:
-            self._reply(self.server.fail_with, {"error": {"message": "model not found", "type": "invalid_request"}})
+            send_json(self, self.server.fail_with, {"error": {"message": "model not found", "type": "invalid_request"}})
             return
         data = []
         for index, text in enumerate(body["input"]):
             vector = [0.0] * self.server.dimension
             vector[len(text) % self.server.dimension] = 1.0
             data.append({"object": "embedding", "index": index, "embedding": vector})
-        self._reply(
+        send_json(
+            self,
             200,
             {
                 "object": "list",
@@ -44,14 +46,6 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": 1, "total_tokens": 1},
             },
         )
-
-    def _reply(self, status: int, payload: dict) -> None:
-        raw = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
 
     def log_message(self, *args: object) -> None: ...
 

@@ -135,6 +135,10 @@ def searchable_text(message: Message) -> str:
     return " ".join(p for p in parts if p).lower()
 
 
+def _calls_json(message: Message) -> str:
+    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls])
+
+
 def _message(row: MessageRow) -> Message:
     calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(row.tool_calls or "[]"))
     return Message(
@@ -215,20 +219,13 @@ class AgentStore:
     def list(self, user_id: str) -> list[AgentSummary]:
         with self._session() as s:
             rows = s.scalars(select(AgentRow).where(AgentRow.user_id == user_id).order_by(AgentRow.created_at)).all()
-            counts = dict(
-                s.execute(
-                    select(MessageRow.agent_id, func.count())
-                    .where(MessageRow.agent_id.in_([r.id for r in rows]))
-                    .group_by(MessageRow.agent_id)
-                ).all()
-            )
-            sources = dict(
-                s.execute(
-                    select(AgentSourceRow.agent_id, func.count())
-                    .where(AgentSourceRow.agent_id.in_([r.id for r in rows]))
-                    .group_by(AgentSourceRow.agent_id)
-                ).all()
-            )
+            ids = [r.id for r in rows]
+
+            def per_agent(table: type[MessageRow] | type[AgentSourceRow]) -> dict[str, int]:
+                query = select(table.agent_id, func.count()).where(table.agent_id.in_(ids)).group_by(table.agent_id)
+                return {agent: int(n) for agent, n in s.execute(query).all()}
+
+            counts, sources = per_agent(MessageRow), per_agent(AgentSourceRow)
             return [AgentSummary(_state(r), int(counts.get(r.id, 0)), int(sources.get(r.id, 0))) for r in rows]
 
     def delete(self, agent_id: str) -> None:
@@ -266,9 +263,7 @@ class AgentStore:
                     seq=last + offset,
                     role=message.role.value,
                     content=message.content,
-                    tool_calls=json.dumps(
-                        [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls]
-                    ),
+                    tool_calls=_calls_json(message),
                     tool_call_id=message.tool_call_id,
                     name=message.name,
                     created_at=message.created_at,
@@ -323,9 +318,7 @@ class AgentStore:
             row = s.get(MessageRow, message.id)
             if row is not None:
                 row.content = message.content
-                row.tool_calls = json.dumps(
-                    [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls]
-                )
+                row.tool_calls = _calls_json(message)
                 row.search_text = searchable_text(message)
 
     def count_messages(self, agent_id: str) -> int:
