@@ -63,6 +63,7 @@ def resolve_milvus_uri(uri: str) -> str:
 class MilvusSettings(BaseModel):
     uri: str = ""  # empty means <home>/milvus.db
     token: str = ""  # "user:password" or an API key, for secured servers and Zilliz Cloud
+    database: str = ""  # a Milvus database on a server; empty means "default"
 
 
 class EmbeddingSettings(BaseModel):

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from memgpt.config import load_config
+from memgpt.config import load_config, save_config
 from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
+
+pytest_plugins = ["tests.milvus_server"]
 
 DATA = Path(__file__).parent / "data"
 PAPER = DATA / "memgpt_research_paper.pdf"
@@ -36,6 +38,25 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def storage(home: Path) -> Iterator[Storage]:
+    opened = Storage(load_config(home), home)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(params=["lite", "server"])
+def backend(request: pytest.FixtureRequest, home: Path) -> str:
+    """Run the test on Milvus Lite and on the real Milvus server; returns which."""
+    if request.param == "server":
+        config = load_config(home)
+        config.milvus.uri = request.getfixturevalue("milvus_server")
+        config.milvus.database = request.getfixturevalue("server_database")
+        save_config(config, home)
+    return str(request.param)
+
+
+@pytest.fixture
+def any_storage(backend: str, home: Path) -> Iterator[Storage]:
+    """Storage on the backend under test (see ``backend``)."""
     opened = Storage(load_config(home), home)
     yield opened
     opened.close()

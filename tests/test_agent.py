@@ -29,6 +29,12 @@ def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
     return Rig(storage, model, llm)
 
 
+@pytest.fixture
+def any_rig(any_storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
+    """The agent on Milvus Lite and on the real Milvus server."""
+    return Rig(any_storage, model, llm)
+
+
 def test_a_turn_reaches_the_user_and_everything_is_recorded(rig: Rig) -> None:
     agent = rig.create()
     rig.llm.reply("Hello Chad!", thought="A new user. Greet them.")
@@ -100,7 +106,8 @@ def test_core_memory_limits_are_enforced_before_anything_changes(rig: Rig) -> No
     assert rig.open().core.get("human").value == before
 
 
-def test_archival_insert_and_search_page_without_caching(rig: Rig) -> None:
+def test_archival_insert_and_search_page_without_caching(any_rig: Rig) -> None:
+    rig = any_rig
     agent = rig.create()
     rig.llm.add({"tool": "archival_memory_search", "args": {"query": "favourite colour", "request_heartbeat": True}})
     rig.llm.add(
@@ -120,7 +127,8 @@ def test_archival_insert_and_search_page_without_caching(rig: Rig) -> None:
     assert "1 total memories are stored in archival memory" in rig.llm.requests[3]["messages"][0]["content"]
 
 
-def test_attached_source_is_searched_and_paged_then_detached(rig: Rig, storage: Storage, model: LocalMiniLM) -> None:
+def test_attached_source_is_searched_and_paged_then_detached(any_rig: Rig, model: LocalMiniLM) -> None:
+    rig, storage = any_rig, any_rig.storage
     report = load(storage, model, "memgpt_research_paper", PAPER)
     agent = rig.create(persona="memgpt_doc")
     _source, fresh = attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")

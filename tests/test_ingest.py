@@ -20,16 +20,16 @@ def milvus_count(storage: Storage, source_id: str) -> int:
     return storage.passages("all-MiniLM-L6-v2", 384).count(eq("source_id", source_id))
 
 
-def test_the_seed_paper(storage: Storage, model: LocalMiniLM) -> None:
-    report = load(storage, model, "memgpt_research_paper", PAPER)
+def test_the_seed_paper(any_storage: Storage, model: LocalMiniLM) -> None:
+    report = load(any_storage, model, "memgpt_research_paper", PAPER)
     assert report.ok
     assert report.documents == 13
     assert 60 <= report.passages <= 120
-    source = get_source(storage, "memgpt_research_paper")
+    source = get_source(any_storage, "memgpt_research_paper")
     assert (source.documents, source.passages) == (13, report.passages)
-    assert milvus_count(storage, source.id) == report.passages
+    assert milvus_count(any_storage, source.id) == report.passages
 
-    hits = search_source(storage, source, model, "deep memory retrieval", k=5)
+    hits = search_source(any_storage, source, model, "deep memory retrieval", k=5)
     assert len(hits) == 5
     assert any("deep memory retrieval" in h.passage.text.lower() for h in hits)
     top = hits[0].passage
@@ -37,12 +37,12 @@ def test_the_seed_paper(storage: Storage, model: LocalMiniLM) -> None:
     assert 1 <= top.metadata["page"] <= 13
 
 
-def test_reload_is_a_no_op_and_never_duplicates(storage: Storage, model: LocalMiniLM) -> None:
-    first = load(storage, model, "paper", PAPER)
-    again = load(storage, model, "paper", PAPER)
+def test_reload_is_a_no_op_and_never_duplicates(any_storage: Storage, model: LocalMiniLM) -> None:
+    first = load(any_storage, model, "paper", PAPER)
+    again = load(any_storage, model, "paper", PAPER)
     assert again.ok and again.passages == 0 and again.unchanged == [str(PAPER)]
-    source = get_source(storage, "paper")
-    assert milvus_count(storage, source.id) == first.passages == source.passages
+    source = get_source(any_storage, "paper")
+    assert milvus_count(any_storage, source.id) == first.passages == source.passages
 
 
 def test_same_content_under_another_name_is_not_loaded_twice(
@@ -57,24 +57,24 @@ def test_same_content_under_another_name_is_not_loaded_twice(
 
 
 def test_files_are_added_to_an_existing_source_and_changed_files_replaced(
-    storage: Storage, model: LocalMiniLM, tmp_path: Path
+    any_storage: Storage, model: LocalMiniLM, tmp_path: Path
 ) -> None:
     notes = tmp_path / "notes.md"
     notes.write_text("# Notes\n\nThe archival memory lives in Milvus. " * 5)
-    load(storage, model, "mixed", notes)
-    load(storage, model, "mixed", DATA / "philosophical_question.txt")
-    source = get_source(storage, "mixed")
+    load(any_storage, model, "mixed", notes)
+    load(any_storage, model, "mixed", DATA / "philosophical_question.txt")
+    source = get_source(any_storage, "mixed")
     assert source.documents == 2
 
     notes.write_text("# Notes\n\nRecall memory keeps every message ever sent. " * 200)
-    changed = load(storage, model, "mixed", notes)
+    changed = load(any_storage, model, "mixed", notes)
     assert changed.documents == 1 and changed.passages > 1
-    source = get_source(storage, "mixed")
+    source = get_source(any_storage, "mixed")
     assert source.documents == 2
-    assert milvus_count(storage, source.id) == source.passages
-    texts = [h.passage.text for h in search_source(storage, source, model, "archival memory lives in Milvus", k=20)]
+    assert milvus_count(any_storage, source.id) == source.passages
+    texts = [h.passage.text for h in search_source(any_storage, source, model, "archival memory lives in Milvus", k=20)]
     assert not any("lives in Milvus" in t for t in texts)  # the old content is gone
-    assert storage.metadata.hidden_document_ids([source.id]) == []
+    assert any_storage.metadata.hidden_document_ids([source.id]) == []
 
 
 def test_bad_files_are_reported_and_the_rest_still_load(storage: Storage, model: LocalMiniLM, tmp_path: Path) -> None:
@@ -111,31 +111,31 @@ def test_a_load_where_everything_fails_leaves_no_empty_source(
         get_source(storage, "nothing")
 
 
-def test_quoted_names_work_and_stay_apart(storage: Storage, model: LocalMiniLM) -> None:
-    load(storage, model, 'it\'s "x"', DATA / "philosophical_question.txt")
-    load(storage, model, 'it\'s "x" or 1==1', DATA / "test.json")
-    quoted = get_source(storage, 'it\'s "x"')
-    hits = search_source(storage, quoted, model, "glossary markup language", k=50)
+def test_quoted_names_work_and_stay_apart(any_storage: Storage, model: LocalMiniLM) -> None:
+    load(any_storage, model, 'it\'s "x"', DATA / "philosophical_question.txt")
+    load(any_storage, model, 'it\'s "x" or 1==1', DATA / "test.json")
+    quoted = get_source(any_storage, 'it\'s "x"')
+    hits = search_source(any_storage, quoted, model, "glossary markup language", k=50)
     assert hits and {h.passage.source_id for h in hits} == {quoted.id}
     assert all("Glossary" not in h.passage.text for h in hits)
 
 
 @pytest.mark.parametrize("name", ["", "   ", "two\nlines"])
-def test_invalid_source_names(storage: Storage, model: LocalMiniLM, name: str) -> None:
+def test_invalid_source_names(any_storage: Storage, model: LocalMiniLM, name: str) -> None:
     with pytest.raises(UserError, match="source name"):
-        load(storage, model, name, DATA / "test.md")
+        load(any_storage, model, name, DATA / "test.md")
 
 
-def test_delete_removes_every_passage(storage: Storage, model: LocalMiniLM) -> None:
-    load(storage, model, "doomed", DATA / "long_test.txt")
-    load(storage, model, "kept", DATA / "test.md")
-    doomed = get_source(storage, "doomed")
-    assert milvus_count(storage, doomed.id) > 0
-    assert delete_source(storage, doomed) == doomed.passages
-    assert milvus_count(storage, doomed.id) == 0
-    assert [s.name for s in storage.metadata.list_sources(storage.user_id)] == ["kept"]
-    kept = get_source(storage, "kept")
-    assert milvus_count(storage, kept.id) == kept.passages
+def test_delete_removes_every_passage(any_storage: Storage, model: LocalMiniLM) -> None:
+    load(any_storage, model, "doomed", DATA / "long_test.txt")
+    load(any_storage, model, "kept", DATA / "test.md")
+    doomed = get_source(any_storage, "doomed")
+    assert milvus_count(any_storage, doomed.id) > 0
+    assert delete_source(any_storage, doomed) == doomed.passages
+    assert milvus_count(any_storage, doomed.id) == 0
+    assert [s.name for s in any_storage.metadata.list_sources(any_storage.user_id)] == ["kept"]
+    kept = get_source(any_storage, "kept")
+    assert milvus_count(any_storage, kept.id) == kept.passages
 
 
 def test_a_source_keeps_its_embedding_model(storage: Storage, model: LocalMiniLM) -> None:
@@ -165,11 +165,11 @@ def test_collect_files_filters_directories(tmp_path: Path) -> None:
         collect_files(input_dir=tmp_path / "a.pdf")
 
 
-def test_hidden_documents_are_excluded_from_search(storage: Storage, model: LocalMiniLM) -> None:
-    load(storage, model, "paper", PAPER)
-    source = get_source(storage, "paper")
-    page_five = next(d for d in storage.metadata.documents(source.id) if d.unit == 5)
-    storage.metadata.publish([], [page_five.id])  # as if a replacement were half done
-    hits = search_source(storage, source, model, "deep memory retrieval DMR task", k=30)
+def test_hidden_documents_are_excluded_from_search(any_storage: Storage, model: LocalMiniLM) -> None:
+    load(any_storage, model, "paper", PAPER)
+    source = get_source(any_storage, "paper")
+    page_five = next(d for d in any_storage.metadata.documents(source.id) if d.unit == 5)
+    any_storage.metadata.publish([], [page_five.id])  # as if a replacement were half done
+    hits = search_source(any_storage, source, model, "deep memory retrieval DMR task", k=30)
     assert hits and all(h.passage.document_id != page_five.id for h in hits)
-    assert str(visible_passages(storage, source)).count(page_five.id) == 1
+    assert str(visible_passages(any_storage, source)).count(page_five.id) == 1

@@ -1,4 +1,4 @@
-"""The passage-store contract, run on real Milvus Lite files (the server joins in issue 4)."""
+"""The passage-store contract, run on a real Milvus Lite file and on a real Milvus server."""
 
 from __future__ import annotations
 
@@ -41,8 +41,14 @@ def passage(i: int, **fields: object) -> Passage:
 
 
 @pytest.fixture
-def connection(tmp_path: Path) -> Iterator[MilvusConnection]:
-    conn = MilvusConnection(MilvusTarget(str(tmp_path / "milvus.db")))
+def connection(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MilvusConnection]:
+    if backend == "server":
+        target = MilvusTarget(
+            request.getfixturevalue("milvus_server"), database=request.getfixturevalue("server_database")
+        )
+    else:
+        target = MilvusTarget(str(tmp_path / "milvus.db"))
+    conn = MilvusConnection(target)
     yield conn
     conn.close()
 

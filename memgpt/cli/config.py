@@ -146,7 +146,7 @@ def _check_milvus(config: Config, home_path: Any) -> str:
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget
 
     uri = config.milvus_uri(home_path)
-    connection = MilvusConnection(MilvusTarget(uri, config.milvus.token))
+    connection = MilvusConnection(MilvusTarget(uri, config.milvus.token, config.milvus.database))
     try:
         connection.ping()
     finally:

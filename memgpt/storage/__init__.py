@@ -24,6 +24,7 @@ class Storage:
         self.metadata: MetadataStore = MetadataStore(config.metadata_database_url(home))
         self._milvus_uri = config.milvus_uri(home)
         self._milvus_token = config.milvus.token
+        self._milvus_database = config.milvus.database
         self._vectors: MilvusConnection | None = None
 
     @property
@@ -31,7 +32,7 @@ class Storage:
         if self._vectors is None:
             from memgpt.storage.milvus import MilvusConnection, MilvusTarget
 
-            self._vectors = MilvusConnection(MilvusTarget(self._milvus_uri, self._milvus_token))
+            self._vectors = MilvusConnection(MilvusTarget(self._milvus_uri, self._milvus_token, self._milvus_database))
         return self._vectors
 
     def passages(self, model_id: str, dimensions: int) -> PassageStore:

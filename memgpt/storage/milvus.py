@@ -52,6 +52,7 @@ class MilvusTarget:
 
     uri: str
     token: str = ""
+    database: str = ""
 
     @property
     def is_lite(self) -> bool:
@@ -156,9 +157,13 @@ def connect(target: MilvusTarget) -> Any:
         _lite_locks.acquire(db_file)
     # Milvus Lite is a local socket: client keepalive pings only earn "too_many_pings" GOAWAYs from it
     # during long loads (seen here mid-way through a 5 MB load), so they are turned off there.
-    options = {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}}
+    options: dict[str, Any] = {}
+    if target.is_lite:
+        options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
+    elif target.database:
+        options["db_name"] = target.database
     try:
-        return MilvusClient(uri=target.uri, token=target.token, timeout=10, **(options if target.is_lite else {}))
+        return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
     except MilvusException as exc:
         if target.is_lite:
             _lite_locks.release(Path(target.uri))
