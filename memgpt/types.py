@@ -71,11 +71,13 @@ class Passage:
     created_at: datetime = field(default_factory=utc_now)
     metadata: dict[str, Any] = field(default_factory=dict)
     embedding: list[float] | None = None
+    kind: str = "archival"  # or "recall": a message indexed for conversation_search
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One search result. ``score`` is cosine similarity in [-1, 1]; higher is better."""
+    """One search result; higher ``score`` is better. Dense search: cosine similarity in [-1, 1].
+    Hybrid search: a reciprocal-rank-fusion score (about 0.01-0.04). Keyword search: BM25 relevance."""
 
     passage: Passage
     score: float

@@ -146,10 +146,102 @@ def test_models_never_share_a_collection(connection: MilvusConnection) -> None:
 
 def test_foreign_or_mismatched_collection_is_refused(connection: MilvusConnection) -> None:
     store = connection.passages("model-a", DIM)
-    client = store._client
-    client.create_collection("memgpt_passages_model_x_8", dimension=DIM)
+    client = connection.client
+    client.create_collection("memgpt_v2_model_x_8", dimension=DIM)
     with pytest.raises(SchemaMismatchError, match="not created by memgpt"):
-        MilvusPassageStore(client, connection.target, model="model-x", dimensions=DIM)
+        MilvusPassageStore(client, connection.target, connection.capabilities, model="model-x", dimensions=DIM)
     # Same collection name, different model string: the description tells them apart.
     with pytest.raises(SchemaMismatchError, match="holds model-a vectors"):
-        MilvusPassageStore(client, connection.target, model="model_a", dimensions=DIM)
+        MilvusPassageStore(client, connection.target, connection.capabilities, model="model_a", dimensions=DIM)
+    assert store.count() == 0
+
+
+def test_a_first_release_collection_is_migrated_on_open(connection: MilvusConnection) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    client = connection.client
+    legacy = "memgpt_passages_old_model_8"
+    old = MilvusClient.create_schema(
+        auto_id=False, enable_dynamic_field=False, description="memgpt passages schema=1 model=old-model dim=8"
+    )
+    old.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    old.add_field("text", DataType.VARCHAR, max_length=65535)
+    old.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
+    for name in ("user_id", "source_id", "document_id", "agent_id"):
+        old.add_field(name, DataType.VARCHAR, max_length=64)
+    old.add_field("chunk_index", DataType.INT64)
+    old.add_field("created_at", DataType.INT64)
+    old.add_field("metadata", DataType.JSON)
+    index = client.prepare_index_params()
+    index.add_index(field_name="embedding", index_type="FLAT", metric_type="COSINE")
+    client.create_collection(legacy, schema=old, index_params=index, consistency_level="Strong")
+    rows = [_row_v1(i) for i in range(1200)]
+    client.insert(legacy, rows)
+    store = connection.passages("old-model", DIM)
+    assert not client.has_collection(legacy)
+    assert store.count() == 1200
+    assert store.count(eq("kind", "archival")) == 1200
+    moved = store.query(eq("id", "p7"), limit=1)[0]
+    assert (moved.text, moved.source_id, moved.metadata) == ("passage number 7", "s1", {"page": 7})
+    assert [h.passage.id for h in store.search(unit(7), limit=1)] == ["p7"]
+
+
+def _row_v1(i: int) -> dict[str, object]:
+    return {
+        "id": f"p{i}",
+        "text": f"passage number {i}",
+        "embedding": unit(i),
+        "user_id": "alice",
+        "source_id": "s1",
+        "document_id": f"d{i // 10}",
+        "agent_id": "",
+        "chunk_index": i % 10,
+        "created_at": 1_700_000_000_000 + i,
+        "metadata": {"page": i},
+    }
+
+
+def test_hybrid_search_finds_exact_words_where_bm25_exists(store: MilvusPassageStore, backend: str) -> None:
+    assert store.search(unit(0), limit=5, text="anything") == []  # an empty collection is no error
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    store.upsert([passage(i, text=f"note about {words[i % 10]} number {i}") for i in range(40)])
+    store.upsert([passage(999, text="the secret codeword is periwinkle", embedding=unit(2900))])
+    dense = store.search(unit(0), limit=5, text=None)
+    assert "p999" not in [h.passage.id for h in dense]  # far away by meaning
+    hybrid = store.search(unit(0), limit=5, text="periwinkle codeword")
+    if not store.supports_hybrid:
+        assert [h.passage.id for h in hybrid] == [h.passage.id for h in dense]  # dense only, no error
+        pytest.skip(f"this Milvus ({backend}) has no BM25; hybrid search falls back to dense, checked above")
+    assert "p999" in [h.passage.id for h in hybrid]
+    keyword = store.keyword_search("periwinkle", limit=3)
+    assert [h.passage.id for h in keyword] == ["p999"]
+    filtered = store.search(unit(0), limit=5, text="periwinkle", where=eq("document_id", "d0"))
+    assert all(h.passage.document_id == "d0" for h in filtered)
+
+
+def test_pages_past_the_search_window(store: MilvusPassageStore) -> None:
+    from memgpt.storage.milvus import MAX_WINDOW
+
+    store.upsert([passage(i) for i in range(60)])
+    store.flush()
+    near_end = store.search(unit(0), limit=5, offset=MAX_WINDOW - 2)  # through the search iterator
+    assert near_end == []  # only 60 passages exist: past the end is empty, not an error
+    deep = store._deep(unit(0), limit=5, offset=10, where=MATCH_ALL)
+    assert [h.passage.id for h in deep] == [f"p{i}" for i in range(10, 15)]
+
+
+@pytest.mark.parametrize(
+    ("version", "bm25", "partition_key"),
+    [
+        ("v2.3.5-lite", False, False),
+        ("v2.4.15", False, True),
+        ("v2.5.4", True, True),
+        ("Zilliz Cloud Vector Database(Compatible with Milvus 2.5)", True, True),
+        ("unknown", False, False),
+    ],
+)
+def test_capabilities_follow_the_server_version(version: str, bm25: bool, partition_key: bool) -> None:
+    from memgpt.storage.milvus import Capabilities
+
+    found = Capabilities.of_server(version)
+    assert (found.bm25, found.partition_key) == (bm25, partition_key)

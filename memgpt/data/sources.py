@@ -20,7 +20,9 @@ def get_source(storage: Storage, name: str) -> Source:
 def visible_passages(storage: Storage, source: Source) -> Filter:
     """Passages of ``source`` that belong to fully loaded documents only."""
     hidden = storage.metadata.hidden_document_ids([source.id])
-    return all_of(eq("user_id", source.user_id), eq("source_id", source.id), not_in("document_id", hidden))
+    return all_of(
+        eq("user_id", source.user_id), eq("kind", "archival"), eq("source_id", source.id), not_in("document_id", hidden)
+    )
 
 
 def search_source(storage: Storage, source: Source, model: EmbeddingModel, query: str, *, k: int) -> list[SearchHit]:
@@ -36,7 +38,7 @@ def search_source(storage: Storage, source: Source, model: EmbeddingModel, query
     if not query.strip():
         raise UserError("the search query is empty")
     store = storage.passages(source.embedding_model, source.embedding_dim)
-    return store.search(model.embed(query), limit=k, where=visible_passages(storage, source))
+    return store.search(model.embed(query), text=query, limit=k, where=visible_passages(storage, source))
 
 
 def delete_source(storage: Storage, source: Source) -> int:

@@ -17,9 +17,6 @@ from memgpt.storage.agents import AgentStore
 from memgpt.storage.filters import Filter, all_of, eq, is_in, not_in
 from memgpt.types import AgentState, Passage, SearchHit, utc_now
 
-# Milvus serves at most 16,384 results of one search; deeper pages need a narrower query.
-_MAX_RESULTS = 16_384
-
 
 class ArchivalMemory:
     def __init__(self, storage: Storage, agents: AgentStore, state: AgentState, model: EmbeddingModel) -> None:
@@ -37,7 +34,7 @@ class ArchivalMemory:
         mine = eq("agent_id", self._state.id)
         scope = mine | is_in("source_id", sources) if sources else mine
         hidden = self._storage.metadata.hidden_document_ids(sources)
-        return all_of(eq("user_id", self._state.user_id), scope, not_in("document_id", hidden))
+        return all_of(eq("user_id", self._state.user_id), eq("kind", "archival"), scope, not_in("document_id", hidden))
 
     def count(self) -> int:
         return self._store.count(self._where())
@@ -65,19 +62,18 @@ class ArchivalMemory:
         )
         return len(chunks)
 
-    def search_hits(self, query: str, *, limit: int, offset: int = 0) -> list[SearchHit]:
-        return self._store.search(self._model.embed(query), limit=limit, offset=offset, where=self._where())
-
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():
             raise ToolError("query is empty: describe what to look for")
         number = check_page(page)
-        if (number + 1) * PAGE_SIZE > _MAX_RESULTS:
-            raise ToolError(f"page {number} is too deep; search with more specific words instead")
         where = self._where()
         total = self._store.count(where)
-        hits = self._store.search(self._model.embed(query), limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where)
-        return Page([_describe(h) for h in hits], min(total, _MAX_RESULTS), number)
+        if total == 0:
+            return Page([], 0, number)
+        hits = self._store.search(
+            self._model.embed(query), text=query, limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where
+        )
+        return Page([_describe(h) for h in hits], total, number)
 
 
 def _describe(hit: SearchHit) -> str:

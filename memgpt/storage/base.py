@@ -32,9 +32,15 @@ class PassageStore(ABC):
 
     @abstractmethod
     def search(
-        self, vector: Sequence[float], *, limit: int, where: Filter = MATCH_ALL, offset: int = 0
+        self,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        where: Filter = MATCH_ALL,
+        offset: int = 0,
+        text: str | None = None,
     ) -> list[SearchHit]:
-        """Nearest passages by cosine similarity, best first."""
+        """Best passages first: by meaning, and also by the words of ``text`` where ``supports_hybrid``."""
 
     @abstractmethod
     def query(self, where: Filter, *, limit: int, offset: int = 0) -> list[Passage]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-STRING_FIELDS = frozenset({"id", "source_id", "document_id", "agent_id", "user_id"})
+STRING_FIELDS = frozenset({"id", "kind", "source_id", "document_id", "agent_id", "user_id"})
 INT_FIELDS = frozenset({"chunk_index", "created_at"})
 
 

@@ -1,0 +1,56 @@
+"""Milvus, the passage store: Milvus Lite (a local file) and Milvus servers share this code.
+
+This package is the only place that imports pymilvus; what differs between deployments is read from
+:class:`Capabilities`, never from ``if uri.startswith(...)`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from memgpt.storage.milvus.client import (
+    Capabilities,
+    MilvusTarget,
+    connect,
+    detect,
+    milvus_errors,
+    release,
+)
+from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name
+from memgpt.storage.milvus.store import MilvusPassageStore
+
+__all__ = ["MAX_WINDOW", "Capabilities", "MilvusConnection", "MilvusPassageStore", "MilvusTarget", "collection_name"]
+
+
+class MilvusConnection:
+    """One client per process and target; hands out a store per embedding space."""
+
+    def __init__(self, target: MilvusTarget) -> None:
+        self.target = target
+        self._client = connect(target)
+        self.capabilities = detect(self._client, target)
+        self._stores: dict[str, MilvusPassageStore] = {}
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def passages(self, model: str, dimensions: int) -> MilvusPassageStore:
+        key = f"{model}/{dimensions}"
+        if key not in self._stores:
+            self._stores[key] = MilvusPassageStore(
+                self._client, self.target, self.capabilities, model=model, dimensions=dimensions
+            )
+        return self._stores[key]
+
+    def ping(self) -> list[str]:
+        """Round-trip to the server; returns the collection names."""
+        with milvus_errors("list collections"):
+            return list(self._client.list_collections())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing is best effort; the process may be exiting
+            self._client.close()
+        release(self.target)
+        self._stores.clear()

@@ -1,0 +1,162 @@
+"""The passage collection's schema, how it is named and described, and migrations between versions.
+
+Schema 2 (current): every field typed; ``kind`` tells archival passages from recall messages; where the
+deployment has BM25, ``text`` is analysed and a BM25 function fills ``sparse`` for full-text and hybrid
+search; on servers ``user_id`` is the partition key, so one user's searches touch only their partitions.
+Schema 1 (the first release) lacked ``kind`` and ``sparse``; it is migrated on open.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from memgpt.errors import SchemaMismatchError
+from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+ID_LENGTH = 64
+TEXT_MAX_BYTES = 65_535
+MAX_WINDOW = 16_384  # Milvus caps offset + limit of one search or query here
+FIELDS = [
+    "id",
+    "kind",
+    "text",
+    "user_id",
+    "source_id",
+    "document_id",
+    "agent_id",
+    "chunk_index",
+    "created_at",
+    "metadata",
+]
+_DESCRIPTION = re.compile(r"memgpt passages schema=(\d+) model=(.*?) dim=(\d+)(?: hybrid=([01]))?$")
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")[:180] or "model"
+
+
+def collection_name(model: str, dimensions: int) -> str:
+    """One collection per embedding space, so vectors of different models never mix."""
+    return f"memgpt_v{SCHEMA_VERSION}_{_slug(model)}_{dimensions}"
+
+
+def legacy_collection_name(model: str, dimensions: int) -> str:
+    return f"memgpt_passages_{_slug(model)}_{dimensions}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What an existing (or about to be created) collection has."""
+
+    version: int
+    model: str
+    dimensions: int
+    hybrid: bool
+
+    def description(self) -> str:
+        return (
+            f"memgpt passages schema={self.version} model={self.model} dim={self.dimensions} hybrid={int(self.hybrid)}"
+        )
+
+
+def read_layout(client: Any, collection: str) -> Layout:
+    with milvus_errors(f"describe collection {collection}"):
+        info = client.describe_collection(collection)
+    found = _DESCRIPTION.match(info.get("description", "") or "")
+    if not found:
+        raise SchemaMismatchError(
+            f"Milvus collection {collection} was not created by memgpt; drop it or use another database"
+        )
+    return Layout(int(found[1]), found[2], int(found[3]), found[4] == "1")
+
+
+def create(client: Any, target: MilvusTarget, capabilities: Capabilities, collection: str, layout: Layout) -> None:
+    from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=layout.description())
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
+    schema.add_field("kind", DataType.VARCHAR, max_length=16)  # "archival" or "recall"
+    text_options: dict[str, Any] = {"enable_analyzer": True} if layout.hybrid else {}
+    schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES, **text_options)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=layout.dimensions)
+    if layout.hybrid:
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=["sparse"],
+            )
+        )
+    schema.add_field("user_id", DataType.VARCHAR, max_length=ID_LENGTH, is_partition_key=capabilities.partition_key)
+    for name in ("source_id", "document_id", "agent_id"):
+        schema.add_field(name, DataType.VARCHAR, max_length=ID_LENGTH)
+    schema.add_field("chunk_index", DataType.INT64)
+    schema.add_field("created_at", DataType.INT64)  # milliseconds since the epoch, UTC
+    schema.add_field("metadata", DataType.JSON)  # file name, page, role: shown, never filtered on
+    index = client.prepare_index_params()
+    index.add_index(field_name="embedding", **target.index_params)
+    if layout.hybrid:
+        index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    with milvus_errors(f"create collection {collection}"):
+        client.create_collection(collection, schema=schema, index_params=index, consistency_level="Strong")
+    logger.info("created Milvus collection %s (%s)", collection, layout.description())
+
+
+def check(layout: Layout, collection: str, model: str, dimensions: int) -> None:
+    if layout.version != SCHEMA_VERSION:
+        raise SchemaMismatchError(
+            f"Milvus collection {collection} has passage schema v{layout.version}, this memgpt reads "
+            f"v{SCHEMA_VERSION}; upgrade memgpt"
+        )
+    if (layout.model, layout.dimensions) != (model, dimensions):
+        raise SchemaMismatchError(
+            f"Milvus collection {collection} holds {layout.model} vectors of dimension {layout.dimensions}, not "
+            f"{model}/{dimensions}; check the embedding settings in `memgpt configure`"
+        )
+
+
+def migrate_v1(client: Any, legacy: str, target: str, write: Any) -> int:
+    """Copy a schema-1 collection into ``target`` through ``write`` (an upsert), then drop it.
+
+    Upserts are idempotent, so an interrupted migration is simply run again; the old collection is
+    dropped only after the copy's count matches.
+    """
+    copied = 0
+    fields = [
+        "id",
+        "text",
+        "embedding",
+        "user_id",
+        "source_id",
+        "document_id",
+        "agent_id",
+        "chunk_index",
+        "created_at",
+        "metadata",
+    ]
+    with milvus_errors(f"migrate collection {legacy}"):
+        client.load_collection(legacy)
+        expected = int(client.query(legacy, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        iterator = client.query_iterator(legacy, batch_size=1000, filter="", output_fields=fields)
+        try:
+            while batch := iterator.next():
+                write([{**row, "kind": "archival"} for row in batch])
+                copied += len(batch)
+        finally:
+            iterator.close()
+        found = int(client.query(target, filter='kind == "archival"', output_fields=["count(*)"])[0]["count(*)"])
+        if found < expected:
+            raise SchemaMismatchError(
+                f"migrating {legacy} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
+            )
+        client.drop_collection(legacy)
+    logger.warning("migrated %d passages from %s to %s", copied, legacy, target)
+    return copied

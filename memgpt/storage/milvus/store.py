@@ -1,0 +1,274 @@
+"""One Milvus collection of passages (one embedding space): writes, dense, keyword and hybrid search."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from memgpt.errors import StorageError
+from memgpt.storage.base import PassageStore
+from memgpt.storage.filters import MATCH_ALL, Filter
+from memgpt.storage.milvus import schema
+from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
+from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
+from memgpt.types import Passage, SearchHit
+
+logger = logging.getLogger(__name__)
+
+_WRITE_BATCH = 1000
+_RRF_K = 60  # the usual reciprocal-rank-fusion constant: ranks matter, raw scores do not
+_ITERATOR_BATCH = 1000
+
+
+def _to_millis(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _row(passage: Passage, dimensions: int) -> dict[str, Any]:
+    if passage.embedding is None or len(passage.embedding) != dimensions:
+        got = "none" if passage.embedding is None else len(passage.embedding)
+        raise StorageError(f"passage {passage.id} has an embedding of dimension {got}, expected {dimensions}")
+    if len(passage.text.encode("utf-8")) > TEXT_MAX_BYTES:
+        raise StorageError(f"passage {passage.id} is longer than {TEXT_MAX_BYTES} bytes; chunk it first")
+    return {
+        "id": passage.id,
+        "kind": passage.kind,
+        "text": passage.text,
+        "embedding": list(passage.embedding),
+        "user_id": passage.user_id,
+        "source_id": passage.source_id,
+        "document_id": passage.document_id,
+        "agent_id": passage.agent_id,
+        "chunk_index": passage.chunk_index,
+        "created_at": _to_millis(passage.created_at),
+        "metadata": passage.metadata,
+    }
+
+
+def _passage(entity: dict[str, Any], fallback_id: Any = None) -> Passage:
+    return Passage(
+        id=str(entity.get("id", fallback_id)),
+        text=entity["text"],
+        user_id=entity["user_id"],
+        source_id=entity["source_id"],
+        document_id=entity["document_id"],
+        agent_id=entity["agent_id"],
+        chunk_index=int(entity["chunk_index"]),
+        created_at=datetime.fromtimestamp(entity["created_at"] / 1000, UTC),
+        metadata=dict(entity.get("metadata") or {}),
+        kind=entity.get("kind", "archival"),
+    )
+
+
+def _hits(results: Any) -> list[SearchHit]:
+    return [SearchHit(_passage(hit["entity"], hit.get("id")), float(hit["distance"])) for hit in results[0]]
+
+
+class MilvusPassageStore(PassageStore):
+    """Passages of one embedding model. Collections of the first schema are migrated on open."""
+
+    def __init__(
+        self, client: Any, target: MilvusTarget, capabilities: Capabilities, *, model: str, dimensions: int
+    ) -> None:
+        self._client = client
+        self._target = target
+        self.model = model
+        self.dimensions = dimensions
+        self.collection = schema.collection_name(model, dimensions)
+        self.supports_partition_key = capabilities.partition_key
+        self.supports_hybrid = self._open(capabilities)
+
+    def _open(self, capabilities: Capabilities) -> bool:
+        """Create or check the collection (migrating a schema-1 one); returns whether it has BM25."""
+        legacy = schema.legacy_collection_name(self.model, self.dimensions)
+        with milvus_errors(f"open collection {self.collection}"):
+            exists = self._client.has_collection(self.collection)
+            has_legacy = self._client.has_collection(legacy)
+        if has_legacy:  # checked before anything is created, so a foreign collection changes nothing
+            old = schema.read_layout(self._client, legacy)
+            schema.check(
+                Layout(schema.SCHEMA_VERSION, old.model, old.dimensions, False), legacy, self.model, self.dimensions
+            )
+        if exists:
+            layout = schema.read_layout(self._client, self.collection)
+            schema.check(layout, self.collection, self.model, self.dimensions)
+            with milvus_errors(f"load collection {self.collection}"):
+                self._client.load_collection(self.collection)
+        else:
+            layout = Layout(schema.SCHEMA_VERSION, self.model, self.dimensions, capabilities.bm25)
+            schema.create(self._client, self._target, capabilities, self.collection, layout)
+        if has_legacy:
+            schema.migrate_v1(self._client, legacy, self.collection, self._write_rows)
+        return layout.hybrid
+
+    # -- writes -------------------------------------------------------------------------------
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        with milvus_errors(f"write {len(rows)} passages"):
+            for start in range(0, len(rows), _WRITE_BATCH):
+                self._client.upsert(self.collection, rows[start : start + _WRITE_BATCH])
+
+    def upsert(self, passages: Sequence[Passage]) -> None:
+        self._write_rows([_row(p, self.dimensions) for p in passages])
+
+    def delete(self, where: Filter) -> int:
+        """Returns how many passages matched: Milvus Lite reports the deleted ids, but a server's
+        ``delete_count`` is 0 for filtered deletes on a partition-key collection (seen on 2.3.5)."""
+        if not where.expr:
+            raise StorageError("refusing to delete passages with an empty filter")
+        matched = self.count(where)
+        with milvus_errors("delete passages"):
+            self._client.delete(self.collection, filter=where.expr)
+        return matched
+
+    def flush(self) -> None:
+        """Seal what was written: Milvus Lite searches growing segments much more slowly."""
+        with milvus_errors("flush"):
+            self._client.flush(self.collection)
+
+    # -- search -------------------------------------------------------------------------------
+    def search(
+        self,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        where: Filter = MATCH_ALL,
+        offset: int = 0,
+        text: str | None = None,
+    ) -> list[SearchHit]:
+        if len(vector) != self.dimensions:
+            raise StorageError(f"query vector has dimension {len(vector)}, collection expects {self.dimensions}")
+        if limit <= 0:
+            return []
+        if offset + limit > MAX_WINDOW:
+            return self._deep(vector, limit=limit, offset=offset, where=where)
+        if text and text.strip() and self.supports_hybrid:
+            return self._hybrid(vector, text, limit=limit, offset=offset, where=where)
+        with milvus_errors("search passages"):
+            results = self._client.search(
+                self.collection,
+                data=[list(vector)],
+                anns_field="embedding",
+                limit=limit,
+                offset=offset,
+                filter=where.expr,
+                output_fields=FIELDS,
+                search_params=self._target.search_params(offset + limit),
+            )
+        return _hits(results)
+
+    def _hybrid(self, vector: Sequence[float], text: str, *, limit: int, offset: int, where: Filter) -> list[SearchHit]:
+        """Dense and BM25 candidates fused by reciprocal rank (RRF scores: small, higher is better)."""
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        candidates = min(MAX_WINDOW, max(64, 2 * (offset + limit)))
+        requests = [
+            AnnSearchRequest(
+                data=[list(vector)],
+                anns_field="embedding",
+                limit=candidates,
+                expr=where.expr or None,
+                param=self._target.search_params(candidates),
+            ),
+            AnnSearchRequest(
+                data=[text],
+                anns_field="sparse",
+                limit=candidates,
+                expr=where.expr or None,
+                param={"metric_type": "BM25"},
+            ),
+        ]
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            results = self._client.hybrid_search(
+                self.collection, requests, RRFRanker(_RRF_K), limit=limit, offset=offset, output_fields=FIELDS
+            )
+        except MilvusException as exc:
+            # Milvus Lite 2.5.1 fails BM25 on a collection with no text yet ("NaN or Inf value").
+            if "NaN or Inf" not in str(exc):
+                raise StorageError(f"Milvus failed to run a hybrid search: {exc}") from exc
+            return self.search(vector, limit=limit, offset=offset, where=where)
+        return _hits(results)
+
+    def keyword_search(self, text: str, *, limit: int, where: Filter = MATCH_ALL) -> list[SearchHit]:
+        """BM25 full-text search alone. Scores are BM25 relevance: higher is better, unbounded."""
+        if not self.supports_hybrid:
+            raise StorageError(f"collection {self.collection} has no full-text index on this Milvus")
+        with milvus_errors("run a full-text search"):
+            results = self._client.search(
+                self.collection,
+                data=[text],
+                anns_field="sparse",
+                limit=limit,
+                filter=where.expr,
+                output_fields=FIELDS,
+                search_params={"metric_type": "BM25"},
+            )
+        return _hits(results)
+
+    def _deep(self, vector: Sequence[float], *, limit: int, offset: int, where: Filter) -> list[SearchHit]:
+        """Pages past Milvus's 16,384-result window, through a search iterator (dense ranking)."""
+        with milvus_errors("page through search results"):
+            iterator = self._client.search_iterator(
+                self.collection,
+                data=[list(vector)],
+                batch_size=_ITERATOR_BATCH,
+                filter=where.expr or None,
+                limit=offset + limit,
+                output_fields=FIELDS,
+                search_params=self._target.search_params(_ITERATOR_BATCH),
+                anns_field="embedding",
+            )
+        found: list[SearchHit] = []
+        seen = 0
+        try:
+            while len(found) < limit:
+                with milvus_errors("page through search results"):
+                    batch = iterator.next()
+                if not batch:
+                    break
+                for hit in batch:
+                    if seen >= offset and len(found) < limit:
+                        entity = hit.get("entity", hit) if isinstance(hit, dict) else hit.fields
+                        found.append(SearchHit(_passage(entity, hit.get("id")), float(hit["distance"])))
+                    seen += 1
+        finally:
+            iterator.close()
+        return found
+
+    # -- reads --------------------------------------------------------------------------------
+    def query(self, where: Filter, *, limit: int, offset: int = 0) -> list[Passage]:
+        if offset + limit > MAX_WINDOW:
+            raise StorageError(f"query window offset+limit must be at most {MAX_WINDOW}; use iterate()")
+        with milvus_errors("query passages"):
+            rows = self._client.query(
+                self.collection, filter=where.expr, output_fields=FIELDS, limit=limit, offset=offset
+            )
+        return [_passage(row) for row in rows]
+
+    def iterate(self, where: Filter = MATCH_ALL, *, batch_size: int = 1000) -> Iterator[list[Passage]]:
+        with milvus_errors("iterate passages"):
+            iterator = self._client.query_iterator(
+                self.collection, batch_size=batch_size, filter=where.expr, output_fields=FIELDS
+            )
+        try:
+            while True:
+                with milvus_errors("iterate passages"):
+                    batch = iterator.next()
+                if not batch:
+                    return
+                yield [_passage(row) for row in batch]
+        finally:
+            iterator.close()
+
+    def count(self, where: Filter = MATCH_ALL) -> int:
+        with milvus_errors("count passages"):
+            rows = self._client.query(self.collection, filter=where.expr, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def close(self) -> None:
+        """The connection owns the client; see ``MilvusConnection.close``."""
