@@ -67,7 +67,7 @@ def test_long_conversation_stays_in_the_window_and_loses_nothing(rig: Rig) -> No
     rig.llm.reply("It was aquamarine.")
     list(agent.send("What was the first codeword?"))
     found = tool_results(rig.llm.requests[-1])[-1]["message"]
-    assert "Showing 1 of 1" in found and "AQUAMARINE" in found
+    assert "AQUAMARINE" in found.splitlines()[1]  # the best match, though long evicted from the window
 
 
 def test_provider_overflow_error_triggers_a_summary_and_a_retry(rig: Rig) -> None:

@@ -57,6 +57,7 @@ class Agent:
         *,
         agents: AgentStore,
         archival: ArchivalMemory,
+        recall: RecallMemory | None = None,
         llm: LLMClient,
         tools: Sequence[Tool],
         max_steps: int = 10,
@@ -69,7 +70,7 @@ class Agent:
         self.tools = {tool.name: tool for tool in tools}
         self.max_steps = max_steps
         self.core = CoreMemory(agents.blocks(state.id))
-        self.recall = RecallMemory(agents, state.id)
+        self.recall = recall or RecallMemory(agents, state)
         self.archival = archival
         self._source_names = source_names
         self._clock = clock
@@ -129,8 +130,9 @@ class Agent:
         cut = max(0, len(messages) - count)
         while 0 < cut < len(messages) and messages[cut].role is Role.TOOL:
             cut -= 1
-        removed = messages[cut:]
-        self.agents.remove([m.id for m in removed])
+        removed = [m.id for m in messages[cut:]]
+        self.agents.remove(removed)
+        self.recall.forget(removed)
         return len(removed)
 
     def retry(self) -> Iterator[Event]:
@@ -140,7 +142,9 @@ class Agent:
         if last_user is None:
             yield SystemNotice("there is no user message to retry")
             return
-        self.agents.remove([m.id for m in messages[last_user + 1 :]])
+        dropped = [m.id for m in messages[last_user + 1 :]]
+        self.agents.remove(dropped)
+        self.recall.forget(dropped)
         yield from self._chain()
 
     def _last_assistant(self, *, with_reply: bool = False) -> Message:
@@ -258,6 +262,7 @@ class Agent:
             StepChanges(messages=messages, blocks=changed, heartbeats_paused_until=self._paused_until),
         )
         self.core.changed.clear()
+        self.recall.sync()
         if self._paused_until is not False:
             self.state = replace(self.state, heartbeats_paused_until=self._paused_until or None)
             self._paused_until = False

@@ -16,6 +16,7 @@ from memgpt.errors import NotFoundError, UserError
 from memgpt.llm.base import LLMClient
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import DEFAULT_LIMIT
+from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.storage import Storage
 from memgpt.storage.agents import AgentStore
 from memgpt.storage.filters import all_of, eq
@@ -128,13 +129,23 @@ def open_agent(
         extra, warnings = load_user_tools(tools_folder, [t.name for t in tools])
         tools += extra
     archival = ArchivalMemory(storage, agents, state, embedding)
+    store = storage.passages(state.embedding_model, state.embedding_dim)
+    recall = RecallMemory(agents, state, RecallIndex(store, embedding))
+    recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
 
     def source_names() -> list[str]:
         names = {s.id: s.name for s in storage.metadata.list_sources(state.user_id)}
         return [names[i] for i in agents.attached(state.id) if i in names]
 
     agent = Agent(
-        state, agents=agents, archival=archival, llm=llm, tools=tools, max_steps=max_steps, source_names=source_names
+        state,
+        agents=agents,
+        archival=archival,
+        recall=recall,
+        llm=llm,
+        tools=tools,
+        max_steps=max_steps,
+        source_names=source_names,
     )
     return agent, warnings
 

@@ -1,30 +1,50 @@
-"""Recall memory: every message ever exchanged, searchable by words and by date, paged."""
+"""Recall memory: every message ever exchanged, searchable by words and meaning, and by date, paged.
+
+SQL holds every message (the source of truth, and the date search). Conversational messages are also
+indexed in Milvus (``kind == "recall"``) so ``conversation_search`` ranks them by meaning and, where
+the deployment has BM25, by their words. Indexing runs after each step and catches up on anything a
+crash or an offline embedding endpoint left out.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
-from memgpt.errors import ToolError
+from memgpt.embeddings.base import EmbeddingModel
+from memgpt.errors import MemGPTError, ToolError
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage.agents import AgentStore
-from memgpt.types import Message, Role
+from memgpt.storage.base import PassageStore
+from memgpt.storage.filters import all_of, eq, is_in
+from memgpt.types import AgentState, Message, Passage, Role
+
+logger = logging.getLogger(__name__)
+_INDEX_BATCH = 256
+
+
+def readable(message: Message) -> str:
+    """What a person would remember of a message: the words, not the JSON around them."""
+    if message.role is Role.USER:
+        return message.content
+    text = message.content
+    for call in message.tool_calls:
+        if call.name != "send_message":
+            continue
+        try:
+            said = json.loads(call.arguments).get("message", "")
+        except (json.JSONDecodeError, AttributeError):
+            said = call.arguments
+        text = f"{text} | said: {said}".strip(" |")
+    return text
 
 
 def describe(message: Message) -> str:
-    """One line per message, with when it was said: what a person would want to find again."""
     stamp = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if message.role is Role.USER:
-        return f"[{stamp}] user: {message.content}"
-    said = [c.arguments for c in message.tool_calls if c.name == "send_message"]
-    text = message.content
-    if said:
-        import json
-
-        try:
-            text = f"{text} | said: {json.loads(said[0]).get('message', '')}".strip(" |")
-        except (json.JSONDecodeError, AttributeError):
-            text = f"{text} | said: {said[0]}"
-    return f"[{stamp}] assistant: {text}"
+    who = "user" if message.role is Role.USER else "assistant"
+    return f"[{stamp}] {who}: {readable(message)}"
 
 
 def parse_date(value: str, *, end: bool) -> datetime:
@@ -40,20 +60,82 @@ def parse_date(value: str, *, end: bool) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+@dataclass
+class RecallIndex:
+    """The Milvus side of recall memory."""
+
+    store: PassageStore
+    model: EmbeddingModel
+
+    def add(self, state: AgentState, messages: list[Message]) -> None:
+        texts = [readable(m) or "(empty)" for m in messages]
+        vectors = self.model.embed_multi(texts)
+        self.store.upsert(
+            [
+                Passage(
+                    id=m.id,
+                    text=text,
+                    user_id=state.user_id,
+                    agent_id=state.id,
+                    kind="recall",
+                    created_at=m.created_at,
+                    metadata={"role": m.role.value},
+                    embedding=vector,
+                )
+                for m, text, vector in zip(messages, texts, vectors, strict=True)
+            ]
+        )
+
+
 class RecallMemory:
-    def __init__(self, agents: AgentStore, agent_id: str) -> None:
+    def __init__(self, agents: AgentStore, state: AgentState, index: RecallIndex | None = None) -> None:
         self._agents = agents
-        self._agent_id = agent_id
+        self._state = state
+        self._index = index
 
     def count(self) -> int:
-        return self._agents.count_messages(self._agent_id)
+        return self._agents.count_messages(self._state.id)
+
+    def sync(self) -> int:
+        """Index what is not indexed yet; failures are logged and retried next time (SQL keeps all)."""
+        if self._index is None:
+            return 0
+        done = 0
+        try:
+            while batch := self._agents.unindexed(self._state.id, _INDEX_BATCH):
+                self._index.add(self._state, batch)
+                self._agents.mark_indexed([m.id for m in batch])
+                done += len(batch)
+        except MemGPTError as exc:
+            logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
+        return done
+
+    def forget(self, message_ids: list[str]) -> None:
+        """Drop deleted messages (the user's /pop) from the index too."""
+        if self._index is not None and message_ids:
+            self._index.store.delete(all_of(eq("agent_id", self._state.id), is_in("id", message_ids)))
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():
             raise ToolError("query is empty: give words to look for")
         number = check_page(page)
-        found, total = self._agents.search_messages(self._agent_id, query, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
-        return Page([describe(m) for m in found], total, number)
+        if self._index is not None:
+            self.sync()
+        if self._index is None or self._agents.unindexed(self._state.id, 1):  # index unreachable: SQL words
+            found, total = self._agents.search_messages(
+                self._state.id, query, offset=number * PAGE_SIZE, limit=PAGE_SIZE
+            )
+            return Page([describe(m) for m in found], total, number)
+        where = all_of(eq("user_id", self._state.user_id), eq("kind", "recall"), eq("agent_id", self._state.id))
+        store = self._index.store
+        total = store.count(where)
+        if total == 0:
+            return Page([], 0, number)
+        hits = store.search(
+            self._index.model.embed(query), text=query, limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where
+        )
+        messages = self._agents.messages_by_id([h.passage.id for h in hits])
+        return Page([describe(messages[h.passage.id]) for h in hits if h.passage.id in messages], total, number)
 
     def search_dates(self, start_date: str, end_date: str, page: int | None = 0) -> Page:
         start, end = parse_date(start_date, end=False), parse_date(end_date, end=True)
@@ -63,6 +145,6 @@ class RecallMemory:
             raise ToolError("that date range is too wide")
         number = check_page(page)
         found, total = self._agents.messages_between(
-            self._agent_id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE
+            self._state.id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE
         )
         return Page([describe(m) for m in found], total, number)

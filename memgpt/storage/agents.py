@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -61,6 +62,7 @@ class MessageRow(Base):
     __table_args__ = (
         Index("ix_messages_agent_seq", "agent_id", "seq"),
         Index("ix_messages_agent_created", "agent_id", "created_at"),
+        Index("ix_messages_agent_indexed", "agent_id", "indexed"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -74,6 +76,7 @@ class MessageRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     in_context: Mapped[bool] = mapped_column(Boolean)
     search_text: Mapped[str] = mapped_column(Text)  # lower-cased readable text, for recall search
+    indexed: Mapped[bool] = mapped_column(Boolean, default=False)  # also in Milvus for recall search
 
 
 class AgentSourceRow(Base):
@@ -151,6 +154,12 @@ def _message(row: MessageRow) -> Message:
         tool_call_id=row.tool_call_id,
         name=row.name,
     )
+
+
+def _conversational() -> Any:
+    """User messages the person typed (system alerts are user-role messages with a name) and replies."""
+    typed = (MessageRow.role == Role.USER.value) & (MessageRow.name == "")
+    return or_(typed, MessageRow.role == Role.ASSISTANT.value)
 
 
 def _escape_like(term: str) -> str:
@@ -269,6 +278,7 @@ class AgentStore:
                     created_at=message.created_at,
                     in_context=True,
                     search_text=searchable_text(message),
+                    indexed=False,
                 )
             )
 
@@ -320,6 +330,7 @@ class AgentStore:
                 row.content = message.content
                 row.tool_calls = _calls_json(message)
                 row.search_text = searchable_text(message)
+                row.indexed = False  # changed text: index it again
 
     def count_messages(self, agent_id: str) -> int:
         with self._session() as s:
@@ -336,11 +347,28 @@ class AgentStore:
     ) -> tuple[list[Message], int]:
         return self._page(agent_id, [MessageRow.created_at >= start, MessageRow.created_at <= end], offset, limit)
 
+    def unindexed(self, agent_id: str, limit: int) -> list[Message]:
+        """Conversational messages not yet in the Milvus recall index, oldest first."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(MessageRow)
+                .where(MessageRow.agent_id == agent_id, _conversational(), MessageRow.indexed.is_(False))
+                .order_by(MessageRow.seq)
+                .limit(limit)
+            )
+            return [_message(r) for r in rows]
+
+    def mark_indexed(self, message_ids: Sequence[str]) -> None:
+        with self._session() as s:
+            s.execute(update(MessageRow).where(MessageRow.id.in_(list(message_ids))).values(indexed=True))
+
+    def messages_by_id(self, message_ids: Sequence[str]) -> dict[str, Message]:
+        with self._session() as s:
+            rows = s.scalars(select(MessageRow).where(MessageRow.id.in_(list(message_ids))))
+            return {r.id: _message(r) for r in rows}
+
     def _page(self, agent_id: str, conditions: list, offset: int, limit: int) -> tuple[list[Message], int]:
-        # User messages the person typed (system alerts are user-role messages with a name) and replies.
-        typed = (MessageRow.role == Role.USER.value) & (MessageRow.name == "")
-        conversational = or_(typed, MessageRow.role == Role.ASSISTANT.value)
-        where = [MessageRow.agent_id == agent_id, conversational, *conditions]
+        where = [MessageRow.agent_id == agent_id, _conversational(), *conditions]
         with self._session() as s:
             total = int(s.scalar(select(func.count()).select_from(MessageRow).where(*where)) or 0)
             rows = s.scalars(select(MessageRow).where(*where).order_by(MessageRow.seq).offset(offset).limit(limit))

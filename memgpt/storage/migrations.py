@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     select,
+    text,
 )
 
 _ledger_metadata = MetaData()
@@ -137,9 +138,16 @@ def _0002_agents(conn: Connection) -> None:
         meta.tables[name].create(conn)
 
 
+def _0003_messages_indexed(conn: Connection) -> None:
+    """Messages are also indexed in Milvus for recall search; this marks which ones are."""
+    conn.execute(text("ALTER TABLE messages ADD COLUMN indexed BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(text("CREATE INDEX ix_messages_agent_indexed ON messages (agent_id, indexed)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
+    ("0003_messages_indexed", _0003_messages_indexed),
 ]
 
 
