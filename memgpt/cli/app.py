@@ -26,6 +26,7 @@ delete_app = typer.Typer(help="Delete an agent or a source.", no_args_is_help=Tr
 add_app = typer.Typer(help="Add a persona or a human profile.", no_args_is_help=True)
 
 app.command("configure")(config_cli.configure)
+app.command("migrate")(config_cli.migrate)
 app.command("run")(agents_cli.run)
 app.command("attach")(agents_cli.attach)
 app.command("detach")(agents_cli.detach)

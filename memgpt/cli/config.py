@@ -221,3 +221,60 @@ def configure(
         f"{llm.endpoint or 'the default endpoint'}, context window {llm.context_window or 'the default'}",
         markup=False,
     )
+
+
+def migrate(
+    to: str = typer.Option(..., "--to", help="The Milvus server to move to, e.g. http://localhost:19530."),
+    token: str = typer.Option("", "--token", help="Token or user:password for the target server."),
+    database: str = typer.Option("", "--database", help="Database on the target server (default: default)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Copy every passage to another Milvus (e.g. from Milvus Lite to a server), then switch to it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from memgpt.cli.common import confirm, err_console
+    from memgpt.storage.migrate import migrate as copy_all
+    from memgpt.storage.migrate import plan
+    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+
+    home, config = home_and_config()
+    here = config.milvus_uri(home)
+    there = resolve_milvus_uri(to)
+    if (there, database) == (here, config.milvus.database):
+        raise ConfigError(f"memgpt already uses {display_path(there)}")
+    source = MilvusConnection(MilvusTarget(here, config.milvus.token, config.milvus.database))
+    try:
+        target = MilvusConnection(MilvusTarget(there, token, database))
+        try:
+            spaces = plan(source)
+            total = sum(spaces.values())
+            if not confirm(
+                f"Copy {total} passages from {display_path(here)} to {display_path(there)} and switch to it?",
+                assume_yes=yes,
+            ):
+                console.print("Nothing copied.")
+                return
+            with Progress(
+                TextColumn("Migrating passages"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            ) as progress:
+                task = progress.add_task("migrate", total=total)
+                report = copy_all(source, target, on_progress=lambda n: progress.advance(task, n))
+        finally:
+            target.close()
+    finally:
+        source.close()
+    for space, (before, after) in report.counts.items():
+        console.print(f"  {space}: {before} passages here, {after} at the target", markup=False)
+    if not report.complete:
+        raise ConfigError("the target has fewer passages than the source; config unchanged — run migrate again")
+    config.milvus.uri, config.milvus.token, config.milvus.database = to, token, database
+    save_config(config, home)
+    console.print(
+        f"Copied {report.copied} passages ({report.skipped} were there already); memgpt now uses "
+        f"{display_path(there)}. The old data stays at {display_path(here)}.",
+        markup=False,
+    )

@@ -47,7 +47,9 @@ class PassageStore(ABC):
         """Passages matching ``where`` without ranking (embeddings not returned)."""
 
     @abstractmethod
-    def iterate(self, where: Filter = MATCH_ALL, *, batch_size: int = 1000) -> Iterator[list[Passage]]:
+    def iterate(
+        self, where: Filter = MATCH_ALL, *, batch_size: int = 1000, with_embeddings: bool = False
+    ) -> Iterator[list[Passage]]:
         """Every matching passage, in batches, however many there are."""
 
     @abstractmethod

@@ -17,7 +17,7 @@ from memgpt.storage.milvus.client import (
     milvus_errors,
     release,
 )
-from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name
+from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, read_layout
 from memgpt.storage.milvus.store import MilvusPassageStore
 
 __all__ = ["MAX_WINDOW", "Capabilities", "MilvusConnection", "MilvusPassageStore", "MilvusTarget", "collection_name"]
@@ -43,6 +43,15 @@ class MilvusConnection:
                 self._client, self.target, self.capabilities, model=model, dimensions=dimensions
             )
         return self._stores[key]
+
+    def spaces(self) -> list[tuple[str, int]]:
+        """(model, dimensions) of every memgpt passage collection here, first-release ones included."""
+        found = []
+        for name in self.ping():
+            if name.startswith(("memgpt_v", "memgpt_passages_")):
+                layout = read_layout(self._client, name)
+                found.append((layout.model, layout.dimensions))
+        return sorted(set(found))
 
     def ping(self) -> list[str]:
         """Round-trip to the server; returns the collection names."""

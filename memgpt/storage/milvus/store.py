@@ -61,6 +61,7 @@ def _passage(entity: dict[str, Any], fallback_id: Any = None) -> Passage:
         created_at=datetime.fromtimestamp(entity["created_at"] / 1000, UTC),
         metadata=dict(entity.get("metadata") or {}),
         kind=entity.get("kind", "archival"),
+        embedding=[float(v) for v in entity["embedding"]] if "embedding" in entity else None,
     )
 
 
@@ -250,10 +251,13 @@ class MilvusPassageStore(PassageStore):
             )
         return [_passage(row) for row in rows]
 
-    def iterate(self, where: Filter = MATCH_ALL, *, batch_size: int = 1000) -> Iterator[list[Passage]]:
+    def iterate(
+        self, where: Filter = MATCH_ALL, *, batch_size: int = 1000, with_embeddings: bool = False
+    ) -> Iterator[list[Passage]]:
+        fields = [*FIELDS, "embedding"] if with_embeddings else FIELDS
         with milvus_errors("iterate passages"):
             iterator = self._client.query_iterator(
-                self.collection, batch_size=batch_size, filter=where.expr, output_fields=FIELDS
+                self.collection, batch_size=batch_size, filter=where.expr, output_fields=fields
             )
         try:
             while True:

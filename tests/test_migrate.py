@@ -1,0 +1,60 @@
+"""`memgpt migrate --to URI`: from Milvus Lite to the real server, resumable, then everything works there."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from memgpt.config import load_config, save_config
+from tests.conftest import PAPER, run_cli
+from tests.scripted_llm import ScriptedLLM
+
+
+def test_move_up_to_a_server(
+    home: Path, milvus_server: str, server_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = ScriptedLLM()
+    monkeypatch.setenv("OPENAI_BASE_URL", llm.url)
+    try:
+        assert run_cli("load", "directory", "--name", "paper", f"--input-files={PAPER}", home=home).returncode == 0
+        llm.add({"tool": "archival_memory_insert", "args": {"content": "Chad keeps bees.", "request_heartbeat": True}})
+        llm.reply("Noted.")
+        assert run_cli("run", "--agent", "Keeper", "--message", "I keep bees", home=home).returncode == 0
+        before = json.loads(run_cli("list", "sources", "--json", home=home).stdout)
+        lite = load_config(home).milvus_uri(home)
+
+        moved = run_cli("migrate", "--to", milvus_server, "--database", server_database, "-y", home=home)
+        assert moved.returncode == 0, moved.stderr
+        copied = int(re.search(r"Copied (\d+) passages \(0 were there already\)", moved.stdout)[1])
+        assert copied == before[0]["passages"] + 1 + 3  # the paper, the agent's memory, 3 recall entries
+        config = load_config(home)
+        assert (config.milvus.uri, config.milvus.database) == (milvus_server, server_database)
+        assert json.loads(run_cli("list", "sources", "--json", home=home).stdout) == before
+        found = json.loads(run_cli("search", "paper", "deep memory retrieval", "--json", home=home).stdout)
+        assert found and found[0]["file_name"] == "memgpt_research_paper.pdf"
+
+        llm.add({"tool": "archival_memory_search", "args": {"query": "bees", "request_heartbeat": True}})
+        llm.reply("You keep bees.")
+        assert run_cli("run", "--agent", "Keeper", "--message", "what do I keep?", home=home).returncode == 0
+        result = json.loads([m for m in llm.requests[-1]["messages"] if m["role"] == "tool"][-1]["content"])
+        assert "Chad keeps bees." in result["message"]
+
+        again = run_cli("migrate", "--to", milvus_server, "--database", server_database, "-y", home=home)
+        assert again.returncode == 1 and "already uses" in again.stderr
+        config.milvus.uri, config.milvus.database = lite, ""  # back to Lite: a second run copies nothing
+        save_config(config, home)
+        resumed = run_cli("migrate", "--to", milvus_server, "--database", server_database, "-y", home=home)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"Copied 0 passages ({copied} were there already)" in resumed.stdout
+    finally:
+        llm.close()
+
+
+def test_unreachable_target_changes_nothing(home: Path) -> None:
+    assert run_cli("list", "sources", home=home).returncode == 0
+    result = run_cli("migrate", "--to", "http://127.0.0.1:1", "-y", home=home)
+    assert result.returncode == 1 and "cannot connect to Milvus at http://127.0.0.1:1" in result.stderr
+    assert load_config(home).milvus.uri == ""
