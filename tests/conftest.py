@@ -16,6 +16,7 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 
 pytest_plugins = ["tests.milvus_server"]
+from tests.milvus_server import TOKEN  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 PAPER = DATA / "memgpt_research_paper.pdf"
@@ -50,6 +51,7 @@ def backend(request: pytest.FixtureRequest, home: Path) -> str:
         config = load_config(home)
         config.milvus.uri = request.getfixturevalue("milvus_server")
         config.milvus.database = request.getfixturevalue("server_database")
+        config.milvus.token = TOKEN
         save_config(config, home)
     return str(request.param)
 

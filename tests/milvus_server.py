@@ -31,12 +31,16 @@ def _executable() -> str | None:
     return str(beside) if beside.exists() else shutil.which("milvus-server")
 
 
+# The server runs with authentication on, so every server test also proves the token reaches it.
+TOKEN = "root:Milvus"
+
+
 def _ready(uri: str) -> bool:
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
     try:
-        client = MilvusClient(uri=uri, timeout=2)
+        client = MilvusClient(uri=uri, token=TOKEN, timeout=2)
         client.list_collections()
         client.close()
         return True
@@ -54,7 +58,17 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = open(data / "server.log", "w")  # noqa: SIM115 - open for the whole session
     process = subprocess.Popen(
         # Strong reads wait for the time tick; 20 ms keeps them fast (the default is 200 ms).
-        [executable, "--data", str(data), "--proxy-port", str(port), "--extra-config", "proxy.timeTickInterval=20"],
+        [
+            executable,
+            "--data",
+            str(data),
+            "--proxy-port",
+            str(port),
+            "--authorization-enabled",
+            "true",
+            "--extra-config",
+            "proxy.timeTickInterval=20",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -86,10 +100,10 @@ def server_database(milvus_server: str) -> Iterator[str]:
     from pymilvus import MilvusClient
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = MilvusClient(uri=milvus_server)
+    admin = MilvusClient(uri=milvus_server, token=TOKEN)
     admin.create_database(name)
     yield name
-    scoped = MilvusClient(uri=milvus_server, db_name=name)
+    scoped = MilvusClient(uri=milvus_server, token=TOKEN, db_name=name)
     for collection in scoped.list_collections():
         scoped.drop_collection(collection)
     scoped.close()

@@ -10,6 +10,7 @@ import pytest
 
 from memgpt.config import load_config, save_config
 from tests.conftest import PAPER, run_cli
+from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
 
 
@@ -26,7 +27,9 @@ def test_move_up_to_a_server(
         before = json.loads(run_cli("list", "sources", "--json", home=home).stdout)
         lite = load_config(home).milvus_uri(home)
 
-        moved = run_cli("migrate", "--to", milvus_server, "--database", server_database, "-y", home=home)
+        moved = run_cli(
+            "migrate", "--to", milvus_server, "--database", server_database, "--token", TOKEN, "-y", home=home
+        )
         assert moved.returncode == 0, moved.stderr
         copied = int(re.search(r"Copied (\d+) passages \(0 were there already\)", moved.stdout)[1])
         assert copied == before[0]["passages"] + 1 + 3  # the paper, the agent's memory, 3 recall entries
@@ -42,11 +45,15 @@ def test_move_up_to_a_server(
         result = json.loads([m for m in llm.requests[-1]["messages"] if m["role"] == "tool"][-1]["content"])
         assert "Chad keeps bees." in result["message"]
 
-        again = run_cli("migrate", "--to", milvus_server, "--database", server_database, "-y", home=home)
+        again = run_cli(
+            "migrate", "--to", milvus_server, "--database", server_database, "--token", TOKEN, "-y", home=home
+        )
         assert again.returncode == 1 and "already uses" in again.stderr
         config.milvus.uri, config.milvus.database = lite, ""  # back to Lite: a second run copies nothing
         save_config(config, home)
-        resumed = run_cli("migrate", "--to", milvus_server, "--database", server_database, "-y", home=home)
+        resumed = run_cli(
+            "migrate", "--to", milvus_server, "--database", server_database, "--token", TOKEN, "-y", home=home
+        )
         assert resumed.returncode == 0, resumed.stderr
         assert f"Copied 0 passages ({copied} were there already)" in resumed.stdout
     finally:
@@ -58,3 +65,13 @@ def test_unreachable_target_changes_nothing(home: Path) -> None:
     result = run_cli("migrate", "--to", "http://127.0.0.1:1", "-y", home=home)
     assert result.returncode == 1 and "cannot connect to Milvus at http://127.0.0.1:1" in result.stderr
     assert load_config(home).milvus.uri == ""
+
+
+def test_secured_server_needs_the_right_token(home: Path, milvus_server: str) -> None:
+    wrong = run_cli("configure", "--milvus-uri", milvus_server, "--milvus-token", "root:wrong", home=home)
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith(f"error: cannot connect to Milvus at {milvus_server}")
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    right = run_cli("configure", "--milvus-uri", milvus_server, "--milvus-token", TOKEN, home=home)
+    assert right.returncode == 0, right.stderr
+    assert "(Milvus server)" in right.stdout

@@ -13,6 +13,7 @@ from memgpt.errors import SchemaMismatchError, StorageError
 from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, not_in
 from memgpt.storage.milvus import MilvusConnection, MilvusPassageStore, MilvusTarget
 from memgpt.types import Passage
+from tests.milvus_server import TOKEN
 
 DIM = 8
 HOSTILE = ['it\'s "x"', "back\\slash", 'x" or source_id != "', "end\\", '" || 1==1 || "', "ü 中 tab\there"]
@@ -44,7 +45,7 @@ def passage(i: int, **fields: object) -> Passage:
 def connection(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MilvusConnection]:
     if backend == "server":
         target = MilvusTarget(
-            request.getfixturevalue("milvus_server"), database=request.getfixturevalue("server_database")
+            request.getfixturevalue("milvus_server"), TOKEN, database=request.getfixturevalue("server_database")
         )
     else:
         target = MilvusTarget(str(tmp_path / "milvus.db"))
