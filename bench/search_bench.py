@@ -10,6 +10,7 @@ exact cosine similarity computed with NumPy over the passages the filter allows.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,12 +43,27 @@ class IndexOverride(MilvusTarget):
         return {"index_type": self.index_type, "metric_type": "COSINE"}
 
 
-def run(label: str, data: np.ndarray, probes: np.ndarray, index: str | None) -> dict[str, str | int | float]:
+def wait_for_index(connection: MilvusConnection, collection: str) -> None:
+    """A server builds indexes in the background; measure searches only once they are built."""
+    client = connection.client
+    while True:
+        info = client.describe_index(collection, "embedding")
+        if int(info.get("pending_index_rows", 0)) == 0 and info.get("state", "Finished") == "Finished":
+            return
+        time.sleep(2)
+
+
+def run(
+    label: str, data: np.ndarray, probes: np.ndarray, index: str | None, server: tuple[str, str] | None
+) -> dict[str, str | int | float]:
     size = len(data)
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory() as tmp:
         uri = str(Path(tmp) / "bench.db")
-        target = IndexOverride(uri, index_type=index) if index else MilvusTarget(uri)
+        if server:
+            target = MilvusTarget(server[0], server[1])
+        else:
+            target = IndexOverride(uri, index_type=index) if index else MilvusTarget(uri)
         connection = MilvusConnection(target)
         store = connection.passages("bench-model", DIM)
         began = time.perf_counter()
@@ -71,6 +87,8 @@ def run(label: str, data: np.ndarray, probes: np.ndarray, index: str | None) -> 
             )
         store.flush()
         insert_seconds = time.perf_counter() - began
+        if server:
+            wait_for_index(connection, store.collection)
 
         where = all_of(eq("user_id", "u1"), is_in("source_id", ["s1", "s2"]))
         attached = np.array([i % SOURCES in (1, 2) for i in range(size)])
@@ -84,6 +102,8 @@ def run(label: str, data: np.ndarray, probes: np.ndarray, index: str | None) -> 
             scores = np.where(attached, data @ q, -2.0)
             exact = {f"p{i}" for i in np.argsort(-scores)[:10]}
             recalls.append(len(exact & {h.passage.id for h in hits}) / 10)
+        if server:
+            connection.client.drop_collection(store.collection)
         connection.close()
     latencies.sort()
     return {
@@ -104,16 +124,30 @@ def main() -> None:
     parser.add_argument("--queries", type=Path, required=True)
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--index", default=None, help="override memgpt's Lite index (e.g. AUTOINDEX)")
+    parser.add_argument("--server", action="store_true", help="start a Milvus server (pip package milvus) and use it")
     parser.add_argument("--header", action="store_true", help="print the table header first")
     args = parser.parse_args()
-    data, probes = np.load(args.vectors), np.load(args.queries)
-    for size in (int(s) for s in args.sizes.split(",")):
-        row = run(args.label, data[:size], probes, args.index)
-        if args.header:
-            print("| " + " | ".join(row) + " |")
-            print("|" + "---|" * len(row))
-            args.header = False
-        print("| " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
+    data, probes = np.load(args.vectors, mmap_mode="r"), np.load(args.queries)
+    process = None
+    server = None
+    if args.server:
+        from tests.milvus_server import TOKEN, start_server, stop_server
+
+        scratch = tempfile.mkdtemp(prefix="memgpt-bench-milvus-")
+        process, uri = start_server(Path(scratch))
+        server = (uri, TOKEN)
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            row = run(args.label, np.asarray(data[:size]), probes, args.index, server)
+            if args.header:
+                print("| " + " | ".join(row) + " |")
+                print("|" + "---|" * len(row))
+                args.header = False
+            print("| " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
+    finally:
+        if process is not None:
+            stop_server(process)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

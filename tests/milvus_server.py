@@ -6,6 +6,7 @@ so tests never see each other's collections.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -48,14 +49,13 @@ def _ready(uri: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def start_server(data: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `milvus-server` (authentication on) and wait until it answers; raises RuntimeError."""
     executable = _executable()
     if executable is None:
-        pytest.skip("milvus-server is not installed (pip install milvus==2.3.5, part of memgpt[dev] on Linux x86_64)")
-    data = tmp_path_factory.mktemp("milvus-server")
-    port = _free_port()
-    log = open(data / "server.log", "w")  # noqa: SIM115 - open for the whole session
+        raise FileNotFoundError("milvus-server is not installed (pip install milvus==2.3.5)")
+    port = port or _free_port()
+    log = open(data / "server.log", "w")  # noqa: SIM115 - the server writes to it for its lifetime
     process = subprocess.Popen(
         # Strong reads wait for the time tick; 20 ms keeps them fast (the default is 200 ms).
         [
@@ -77,21 +77,36 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     deadline = time.monotonic() + 120
     while not _ready(uri):
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            stop_server(process)
             tail = (data / "server.log").read_text(errors="replace")[-2000:]
-            pytest.fail(
+            raise RuntimeError(
                 "the Milvus server did not start (is another one running? this package runs one instance per "
                 f"machine; see {data}/logs):\n{tail}"
             )
         time.sleep(0.5)
-    yield uri
-    os.killpg(process.pid, signal.SIGINT)
+    return process, uri
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if _executable() is None:
+        pytest.skip("milvus-server is not installed (pip install milvus==2.3.5, part of memgpt[dev] on Linux x86_64)")
+    try:
+        process, uri = start_server(tmp_path_factory.mktemp("milvus-server"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield uri
+    stop_server(process)
 
 
 @pytest.fixture

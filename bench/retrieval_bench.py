@@ -1,0 +1,77 @@
+"""Retrieval quality: dense vs BM25 vs hybrid archival search on a labelled query set.
+
+Usage: python bench/retrieval_bench.py
+Loads tests/data into Milvus Lite with the default local model, then asks every question in
+bench/retrieval_queries.json; a hit is relevant when its text contains the labelled answer.
+Prints recall@5, recall@10 and MRR@10 per mode.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from memgpt.config import Config
+from memgpt.data.ingest import SourceLoader
+from memgpt.data.sources import get_source, visible_passages
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.storage import Storage
+
+ROOT = Path(__file__).resolve().parent.parent
+QUERIES = ROOT / "bench" / "retrieval_queries.json"
+K = 10
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main() -> None:
+    queries = json.loads(QUERIES.read_text())
+    files = sorted({ROOT / "tests" / "data" / q["file"] for q in queries})
+    model = LocalMiniLM()
+    config = Config()
+    with tempfile.TemporaryDirectory() as tmp, Storage(config, Path(tmp)) as storage:
+        loader = SourceLoader(
+            storage, model, chunk_size=config.embedding.chunk_size, chunk_overlap=config.embedding.chunk_overlap
+        )
+        report = loader.load("bench", files)
+        assert report.ok, report.failures
+        source = get_source(storage, "bench")
+        where = visible_passages(storage, source)
+        store = storage.passages(model.model_id, model.dimensions)
+        all_texts = [_flat(p.text) for batch in store.iterate(where) for p in batch]
+        ranks: dict[str, list[int | None]] = {"dense": [], "BM25": [], "hybrid": []}
+        unanswerable = 0
+        for query in queries:
+            answer = _flat(query["answer"])
+            if not any(answer in text for text in all_texts):
+                unanswerable += 1  # the answer was cut across two passages
+            vector = model.embed(query["question"])
+            results = {
+                "dense": store.search(vector, limit=K, where=where),
+                "BM25": store.keyword_search(query["question"], limit=K, where=where),
+                "hybrid": store.search(vector, text=query["question"], limit=K, where=where),
+            }
+            for mode, hits in results.items():
+                found = [i for i, hit in enumerate(hits) if answer in _flat(hit.passage.text)]
+                ranks[mode].append(found[0] + 1 if found else None)
+    print(
+        f"\n### Retrieval quality ({len(queries)} labelled questions over {len(files)} files, "
+        f"{report.passages} passages; {unanswerable} answers split across passages)\n"
+    )
+    print("| mode | recall@5 | recall@10 | MRR@10 |")
+    print("|---|---|---|---|")
+    for mode, found in ranks.items():
+        r5 = sum(1 for r in found if r and r <= 5) / len(found)
+        r10 = sum(1 for r in found if r) / len(found)
+        mrr = sum(1 / r for r in found if r) / len(found)
+        print(f"| {mode} | {r5:.3f} | {r10:.3f} | {mrr:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
