@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One command for every figure in the README's benchmark section:
-#   bash bench/run.sh            (add --quick for a 0.5 MB corpus and 10k passages only)
+#   bash bench/run.sh            (add --quick for a 0.5 MB corpus, 10k passages, no 1M run)
 # Prints markdown tables. The pure-Python Milvus Lite 3.x conflicts with the 2.5 default, so it is
 # measured from its own virtualenv in bench/.venv-lite3.
 set -euo pipefail
+MEMGPT_EXTRAS="[dev]"  # brings the Milvus server package
 source "$(dirname "$0")/../scripts/_venv.sh"
 cd "$ROOT"
 corpus_mb=5
 sizes=10000,100000
-if [ "${1:-}" = "--quick" ]; then corpus_mb=0.5; sizes=10000; fi
+server_sizes=100000,1000000
+if [ "${1:-}" = "--quick" ]; then corpus_mb=0.5; sizes=10000; server_sizes=10000; fi
 
 LITE3="$ROOT/bench/.venv-lite3"
 if [ ! -x "$LITE3/bin/python" ]; then
@@ -26,3 +28,11 @@ common=(--vectors "${vectors[0]}" --queries "${vectors[1]}" --sizes "$sizes")
 "$VENV/bin/python" bench/search_bench.py --label "milvus-lite 2.5.1 (default)" "${common[@]}" --header
 "$VENV/bin/python" bench/search_bench.py --label "milvus-lite 2.5.1" --index AUTOINDEX "${common[@]}"
 PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" "${common[@]}"
+echo
+"$VENV/bin/python" bench/retrieval_bench.py
+echo
+echo "### Archival search on a Milvus server (HNSW; same filter and vectors)"
+echo
+mapfile -t big < <("$VENV/bin/python" bench/vectors.py --count "${server_sizes##*,}")
+"$VENV/bin/python" bench/search_bench.py --label "milvus 2.3.5 server" --server --header \
+  --vectors "${big[0]}" --queries "${big[1]}" --sizes "$server_sizes"

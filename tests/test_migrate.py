@@ -67,11 +67,20 @@ def test_unreachable_target_changes_nothing(home: Path) -> None:
     assert load_config(home).milvus.uri == ""
 
 
-def test_secured_server_needs_the_right_token(home: Path, milvus_server: str) -> None:
+def test_secured_server_needs_the_right_token(home: Path, milvus_server: str, server_database: str) -> None:
     wrong = run_cli("configure", "--milvus-uri", milvus_server, "--milvus-token", "root:wrong", home=home)
     assert wrong.returncode == 1
     assert wrong.stderr.startswith(f"error: cannot connect to Milvus at {milvus_server}")
     assert len(wrong.stderr.strip().splitlines()) == 1
-    right = run_cli("configure", "--milvus-uri", milvus_server, "--milvus-token", TOKEN, home=home)
+    right = run_cli(
+        "configure",
+        "--milvus-uri",
+        milvus_server,
+        "--milvus-token",
+        TOKEN,
+        "--milvus-database",
+        server_database,
+        home=home,
+    )
     assert right.returncode == 0, right.stderr
-    assert "(Milvus server)" in right.stdout
+    assert f"(Milvus server, database {server_database})" in right.stdout

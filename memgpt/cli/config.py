@@ -166,6 +166,9 @@ def configure(
     milvus_token: str | None = typer.Option(
         None, "--milvus-token", help="Token or user:password for a secured Milvus server."
     ),
+    milvus_database: str | None = typer.Option(
+        None, "--milvus-database", help="Database on the Milvus server (default: default)."
+    ),
     embedding_provider: str | None = typer.Option(
         None, "--embedding-provider", help="local (offline) or openai (any OpenAI-compatible endpoint)."
     ),
@@ -203,6 +206,8 @@ def configure(
         raise ConfigError(f"--archival-storage must be milvus, not {archival_storage!r}")
     default_uri = display_path(home / "milvus.db")
     _milvus(config, milvus_uri, milvus_token, ask, default_uri)
+    if milvus_database is not None:
+        config.milvus.database = milvus_database.strip()
     resolve_milvus_uri(config.milvus.uri or str(home / "milvus.db"))  # a bad file name fails before any prompt below
     _embedding(config, embedding_provider, embedding_model, embedding_endpoint, embedding_dim, ask)
     _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask)
@@ -211,7 +216,8 @@ def configure(
     path = save_config(config, home)
     kind = "Milvus server" if is_server_uri(uri) else "Milvus Lite"
     console.print(f"Saved {display_path(path)}", markup=False)
-    console.print(f"  archival storage: milvus at {display_path(uri)} ({kind})", markup=False)
+    database = f", database {config.milvus.database}" if config.milvus.database else ""
+    console.print(f"  archival storage: milvus at {display_path(uri)} ({kind}{database})", markup=False)
     emb = config.embedding
     where = f" at {emb.endpoint}" if emb.endpoint else ""
     console.print(f"  embeddings: {emb.provider} {emb.model}{where} ({emb.dimensions} dims)", markup=False)
