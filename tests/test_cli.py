@@ -54,6 +54,7 @@ def test_configure_refuses_what_cannot_work(home: Path) -> None:
         (["--milvus-uri", "http://127.0.0.1:1"], "cannot connect to Milvus at http://127.0.0.1:1"),
         (["--milvus-uri", str(home / "no-suffix")], "must end in .db"),
         (["--archival-storage", "chroma"], "--archival-storage must be milvus"),
+        (["--milvus-database", "team"], "--milvus-database needs a Milvus server URI"),
         (["--llm-provider", "nope"], "--llm-provider must be one of"),
         (
             [

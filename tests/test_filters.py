@@ -1,6 +1,6 @@
 import pytest
 
-from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, not_in, quote
+from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, not_in, quote
 
 
 def test_quote_escapes_quotes_and_backslashes() -> None:
@@ -33,3 +33,29 @@ def test_combinators() -> None:
 
 def test_empty_in_matches_nothing_rather_than_everything() -> None:
     assert is_in("source_id", []).expr == 'source_id == "" and source_id != ""'
+
+
+def test_search_form_compares_keys_and_the_exact_predicate_agrees() -> None:
+    where = all_of(eq("user_id", 'u"1'), eq("kind", "archival"), is_in("source_id", ["a", "b"]) | eq("agent_id", "x"))
+    user = key_of('u"1')
+    assert where.keyed == (
+        f"((user_key == {user}) and (kind_key == {key_of('archival')})) and "
+        f"((source_key in [{key_of('a')}, {key_of('b')}]) or (agent_key == {key_of('x')}))"
+    )
+    row = {"user_id": 'u"1', "kind": "archival", "source_id": "b", "agent_id": "", "document_id": "d"}
+    assert where.matches(row)
+    assert not where.matches({**row, "user_id": "u1"})
+    assert not where.matches({**row, "source_id": "c"})
+    assert where.matches({**row, "source_id": "c", "agent_id": "x"})
+    # Fields without keys keep their exact form in searches too.
+    assert eq("document_id", "d").keyed == eq("document_id", "d").expr
+    assert between("created_at", 5, 9).matches({"created_at": 9})
+    assert not between("created_at", 5, 9).matches({"created_at": 10})
+    assert not not_in("source_id", ["a"]).matches(row | {"source_id": "a"})
+    assert not is_in("source_id", []).matches(row)
+
+
+def test_keys_are_stable_signed_64_bit() -> None:
+    assert key_of("archival") == key_of("archival") != key_of("recall")
+    assert all(-(2**63) <= key_of(v) < 2**63 for v in ["", "x", "é" * 100])
+    assert key_of("archival") == 5421183928539397098  # stored in collections: must never change

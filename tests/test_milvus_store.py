@@ -148,7 +148,7 @@ def test_models_never_share_a_collection(connection: MilvusConnection) -> None:
 def test_foreign_or_mismatched_collection_is_refused(connection: MilvusConnection) -> None:
     store = connection.passages("model-a", DIM)
     client = connection.client
-    client.create_collection("memgpt_v2_model_x_8", dimension=DIM)
+    client.create_collection("memgpt_v3_model_x_8", dimension=DIM)
     with pytest.raises(SchemaMismatchError, match="not created by memgpt"):
         MilvusPassageStore(client, connection.target, connection.capabilities, model="model-x", dimensions=DIM)
     # Same collection name, different model string: the description tells them apart.
@@ -185,6 +185,37 @@ def test_a_first_release_collection_is_migrated_on_open(connection: MilvusConnec
     moved = store.query(eq("id", "p7"), limit=1)[0]
     assert (moved.text, moved.source_id, moved.metadata) == ("passage number 7", "s1", {"page": 7})
     assert [h.passage.id for h in store.search(unit(7), limit=1)] == ["p7"]
+
+
+def test_a_schema_2_collection_is_migrated_on_open_keeping_kinds(connection: MilvusConnection) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    client = connection.client
+    old_name = "memgpt_v2_old_model_8"
+    old = MilvusClient.create_schema(
+        auto_id=False, enable_dynamic_field=False, description="memgpt passages schema=2 model=old-model dim=8 hybrid=0"
+    )
+    old.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    old.add_field("kind", DataType.VARCHAR, max_length=16)
+    old.add_field("text", DataType.VARCHAR, max_length=65535)
+    old.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
+    for name in ("user_id", "source_id", "document_id", "agent_id"):
+        old.add_field(name, DataType.VARCHAR, max_length=64)
+    old.add_field("chunk_index", DataType.INT64)
+    old.add_field("created_at", DataType.INT64)
+    old.add_field("metadata", DataType.JSON)
+    index = client.prepare_index_params()
+    index.add_index(field_name="embedding", index_type="FLAT", metric_type="COSINE")
+    client.create_collection(old_name, schema=old, index_params=index, consistency_level="Strong")
+    client.insert(old_name, [{**_row_v1(i), "kind": "recall" if i % 2 else "archival"} for i in range(300)])
+    store = connection.passages("old-model", DIM)
+    assert not client.has_collection(old_name)
+    assert (store.count(eq("kind", "archival")), store.count(eq("kind", "recall"))) == (150, 150)
+    # Searches filter on the keys the migration computed.
+    hits = store.search(unit(7), limit=3, where=all_of(eq("user_id", "alice"), eq("kind", "recall")))
+    assert hits[0].passage.id == "p7"
+    assert all(h.passage.kind == "recall" for h in hits)
+    assert store.search(unit(7), limit=3, where=eq("user_id", "bob")) == []
 
 
 def _row_v1(i: int) -> dict[str, object]:

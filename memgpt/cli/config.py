@@ -209,6 +209,10 @@ def configure(
     if milvus_database is not None:
         config.milvus.database = milvus_database.strip()
     resolve_milvus_uri(config.milvus.uri or str(home / "milvus.db"))  # a bad file name fails before any prompt below
+    if config.milvus.database and not is_server_uri(config.milvus.uri):
+        raise ConfigError(
+            "--milvus-database needs a Milvus server URI (http://host:19530); Milvus Lite has a single database"
+        )
     _embedding(config, embedding_provider, embedding_model, embedding_endpoint, embedding_dim, ask)
     _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask)
 

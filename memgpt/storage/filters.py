@@ -3,15 +3,41 @@
 Field names are checked against the passage schema and every value is escaped, so a value can never
 widen a filter. Values should be internal ids: user-facing names are resolved in SQL first (Milvus
 Lite 2.5 cannot even match a newline inside a string literal).
+
+Each filter comes in two forms. ``expr`` compares the string fields themselves and is exact: queries,
+counts and deletes use it. ``keyed`` compares 64-bit keys of the fields searches filter on (user,
+kind, agent, source) -- on a Milvus server, comparing 1M strings per search costs more than the
+vector search itself (measured in bench/: 12.3 ms vs 8.4 ms p50 at 1M). A key is a BLAKE2b digest,
+so a collision takes ~2^64 tries to craft; still, search hits are re-checked against the exact
+predicate (``matches``) before anyone sees them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
 
 STRING_FIELDS = frozenset({"id", "kind", "source_id", "document_id", "agent_id", "user_id"})
 INT_FIELDS = frozenset({"chunk_index", "created_at"})
+KEYED_FIELDS = {"user_id": "user_key", "kind": "kind_key", "agent_id": "agent_key", "source_id": "source_key"}
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+def key_of(value: str) -> int:
+    """The signed 64-bit key stored beside a keyed string field."""
+    return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
+
+
+def _always(_: Mapping[str, Any]) -> bool:
+    return True
+
+
+def _never(_: Mapping[str, Any]) -> bool:
+    return False
 
 
 def quote(value: str) -> str:
@@ -40,6 +66,8 @@ class Filter:
     """An immutable, already-safe boolean expression. Combine with ``&`` and ``|``."""
 
     expr: str
+    keyed: str = ""  # the same condition on key fields where it can be; see the module docstring
+    matches: Predicate = dataclass_field(default=_always, compare=False, repr=False)
 
     def __and__(self, other: Filter) -> Filter:
         return _combine("and", self, other)
@@ -59,17 +87,27 @@ def _combine(op: str, left: Filter, right: Filter) -> Filter:
         return right
     if not right.expr:
         return left
-    return Filter(f"({left.expr}) {op} ({right.expr})")
+    lm, rm = left.matches, right.matches
+    return Filter(
+        f"({left.expr}) {op} ({right.expr})",
+        f"({left.keyed}) {op} ({right.keyed})",
+        (lambda e: lm(e) and rm(e)) if op == "and" else (lambda e: lm(e) or rm(e)),
+    )
 
 
 def eq(field: str, value: str | int) -> Filter:
     if isinstance(value, str):
-        return Filter(f"{_check_field(field, STRING_FIELDS)} == {quote(value)}")
-    return Filter(f"{_check_field(field, INT_FIELDS)} == {_int(value)}")
+        expr = f"{_check_field(field, STRING_FIELDS)} == {quote(value)}"
+        keyed = f"{KEYED_FIELDS[field]} == {key_of(value)}" if field in KEYED_FIELDS else expr
+        return Filter(expr, keyed, lambda e: e.get(field) == value)
+    expr = f"{_check_field(field, INT_FIELDS)} == {_int(value)}"
+    return Filter(expr, expr, lambda e: e.get(field) == value)
 
 
 def _values(field: str, values: Iterable[str]) -> tuple[str, list[str]]:
     items = list(values)
+    for item in items:
+        quote(item)  # type and control-character checks, before any form is built
     return _check_field(field, STRING_FIELDS), items
 
 
@@ -77,16 +115,31 @@ def _list(items: list[str]) -> str:
     return "[" + ", ".join(quote(v) for v in items) + "]"
 
 
+def _keys(items: list[str]) -> str:
+    return "[" + ", ".join(str(key_of(v)) for v in items) + "]"
+
+
 def is_in(field: str, values: Iterable[str]) -> Filter:
     """``field in [...]``; an empty list matches nothing."""
     field, items = _values(field, values)
-    return Filter(f"{field} in {_list(items)}" if items else f'{field} == "" and {field} != ""')
+    if not items:
+        nothing = f'{field} == "" and {field} != ""'
+        return Filter(nothing, nothing, _never)
+    expr = f"{field} in {_list(items)}"
+    keyed = f"{KEYED_FIELDS[field]} in {_keys(items)}" if field in KEYED_FIELDS else expr
+    allowed = frozenset(items)
+    return Filter(expr, keyed, lambda e: e.get(field) in allowed)
 
 
 def not_in(field: str, values: Iterable[str]) -> Filter:
     """``field not in [...]``; an empty list matches everything."""
     field, items = _values(field, values)
-    return Filter(f"{field} not in {_list(items)}") if items else MATCH_ALL
+    if not items:
+        return MATCH_ALL
+    expr = f"{field} not in {_list(items)}"
+    keyed = f"{KEYED_FIELDS[field]} not in {_keys(items)}" if field in KEYED_FIELDS else expr
+    excluded = frozenset(items)
+    return Filter(expr, keyed, lambda e: e.get(field) not in excluded)
 
 
 def between(field: str, start: int | None = None, end: int | None = None) -> Filter:
@@ -97,7 +150,10 @@ def between(field: str, start: int | None = None, end: int | None = None) -> Fil
         parts.append(f"{field} >= {_int(start)}")
     if end is not None:
         parts.append(f"{field} <= {_int(end)}")
-    return Filter(" and ".join(parts))
+    expr = " and ".join(parts)
+    low = start if start is not None else -(2**63)
+    high = end if end is not None else 2**63 - 1
+    return Filter(expr, expr, lambda e: low <= int(e.get(field, low - 1)) <= high) if expr else MATCH_ALL
 
 
 def all_of(*filters: Filter) -> Filter:

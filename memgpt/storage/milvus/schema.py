@@ -1,9 +1,11 @@
 """The passage collection's schema, how it is named and described, and migrations between versions.
 
-Schema 2 (current): every field typed; ``kind`` tells archival passages from recall messages; where the
+Schema 3 (current): every field typed; ``kind`` tells archival passages from recall messages; where the
 deployment has BM25, ``text`` is analysed and a BM25 function fills ``sparse`` for full-text and hybrid
-search; on servers ``user_id`` is the partition key, so one user's searches touch only their partitions.
-Schema 1 (the first release) lacked ``kind`` and ``sparse``; it is migrated on open.
+search. The fields searches filter on (user, kind, agent, source) each have a 64-bit key beside them
+(see ``memgpt.storage.filters``); on servers ``user_key`` is the partition key, so one user's searches
+touch only their partitions. Schema 2 lacked the keys, schema 1 also ``kind`` and ``sparse``; both are
+copied into a schema-3 collection on open.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from memgpt.errors import SchemaMismatchError
+from memgpt.storage.filters import KEYED_FIELDS
 from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ID_LENGTH = 64
 TEXT_MAX_BYTES = 65_535
 MAX_WINDOW = 16_384  # Milvus caps offset + limit of one search or query here
@@ -46,8 +49,9 @@ def collection_name(model: str, dimensions: int) -> str:
     return f"memgpt_v{SCHEMA_VERSION}_{_slug(model)}_{dimensions}"
 
 
-def legacy_collection_name(model: str, dimensions: int) -> str:
-    return f"memgpt_passages_{_slug(model)}_{dimensions}"
+def legacy_collection_names(model: str, dimensions: int) -> list[str]:
+    """Collections of earlier schemas for the same embedding space, oldest first."""
+    return [f"memgpt_passages_{_slug(model)}_{dimensions}", f"memgpt_v2_{_slug(model)}_{dimensions}"]
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,11 @@ def create(client: Any, target: MilvusTarget, capabilities: Capabilities, collec
                 output_field_names=["sparse"],
             )
         )
-    schema.add_field("user_id", DataType.VARCHAR, max_length=ID_LENGTH, is_partition_key=capabilities.partition_key)
-    for name in ("source_id", "document_id", "agent_id"):
+    for name in ("user_id", "source_id", "document_id", "agent_id"):
         schema.add_field(name, DataType.VARCHAR, max_length=ID_LENGTH)
+    for name in KEYED_FIELDS.values():
+        partition = name == "user_key" and capabilities.partition_key
+        schema.add_field(name, DataType.INT64, is_partition_key=partition)
     schema.add_field("chunk_index", DataType.INT64)
     schema.add_field("created_at", DataType.INT64)  # milliseconds since the epoch, UTC
     schema.add_field("metadata", DataType.JSON)  # file name, page, role: shown, never filtered on
@@ -123,40 +129,31 @@ def check(layout: Layout, collection: str, model: str, dimensions: int) -> None:
         )
 
 
-def migrate_v1(client: Any, legacy: str, target: str, write: Any) -> int:
-    """Copy a schema-1 collection into ``target`` through ``write`` (an upsert), then drop it.
+def migrate(client: Any, old: str, target: str, write: Any) -> int:
+    """Copy an earlier-schema collection into ``target`` through ``write``, then drop it.
 
-    Upserts are idempotent, so an interrupted migration is simply run again; the old collection is
-    dropped only after the copy's count matches.
+    ``write`` takes rows as read (schema 1 has no ``kind``: its passages are archival) and writes them
+    in the current schema. Upserts are idempotent, so an interrupted migration is simply run again;
+    the old collection is dropped only once ``target`` holds at least as many passages.
     """
     copied = 0
-    fields = [
-        "id",
-        "text",
-        "embedding",
-        "user_id",
-        "source_id",
-        "document_id",
-        "agent_id",
-        "chunk_index",
-        "created_at",
-        "metadata",
-    ]
-    with milvus_errors(f"migrate collection {legacy}"):
-        client.load_collection(legacy)
-        expected = int(client.query(legacy, filter="", output_fields=["count(*)"])[0]["count(*)"])
-        iterator = client.query_iterator(legacy, batch_size=1000, filter="", output_fields=fields)
+    with milvus_errors(f"migrate collection {old}"):
+        client.load_collection(old)
+        have = {f["name"] for f in client.describe_collection(old)["fields"]}
+        fields = [name for name in (*FIELDS, "embedding") if name in have]
+        expected = int(client.query(old, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        iterator = client.query_iterator(old, batch_size=1000, filter="", output_fields=fields)
         try:
             while batch := iterator.next():
-                write([{**row, "kind": "archival"} for row in batch])
+                write([{"kind": "archival", **row} for row in batch])
                 copied += len(batch)
         finally:
             iterator.close()
-        found = int(client.query(target, filter='kind == "archival"', output_fields=["count(*)"])[0]["count(*)"])
+        found = int(client.query(target, filter="", output_fields=["count(*)"])[0]["count(*)"])
         if found < expected:
             raise SchemaMismatchError(
-                f"migrating {legacy} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
+                f"migrating {old} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
             )
-        client.drop_collection(legacy)
-    logger.warning("migrated %d passages from %s to %s", copied, legacy, target)
+        client.drop_collection(old)
+    logger.warning("migrated %d passages from %s to %s", copied, old, target)
     return copied

@@ -9,7 +9,7 @@ from typing import Any
 
 from memgpt.errors import StorageError
 from memgpt.storage.base import PassageStore
-from memgpt.storage.filters import MATCH_ALL, Filter
+from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, key_of
 from memgpt.storage.milvus import schema
 from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
 from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
@@ -49,6 +49,11 @@ def _row(passage: Passage, dimensions: int) -> dict[str, Any]:
     }
 
 
+def _with_keys(row: dict[str, Any]) -> dict[str, Any]:
+    """The row plus the 64-bit keys searches filter on (see ``memgpt.storage.filters``)."""
+    return {**row, **{key: key_of(row[name]) for name, key in KEYED_FIELDS.items()}}
+
+
 def _passage(entity: dict[str, Any], fallback_id: Any = None) -> Passage:
     return Passage(
         id=str(entity.get("id", fallback_id)),
@@ -65,8 +70,20 @@ def _passage(entity: dict[str, Any], fallback_id: Any = None) -> Passage:
     )
 
 
-def _hits(results: Any) -> list[SearchHit]:
-    return [SearchHit(_passage(hit["entity"], hit.get("id")), float(hit["distance"])) for hit in results[0]]
+def _hits(results: Any, where: Filter) -> list[SearchHit]:
+    """Search hits that pass the exact filter: searches filter on keys (see ``memgpt.storage.filters``)."""
+    kept = [
+        SearchHit(_passage(hit["entity"], hit.get("id")), float(hit["distance"]))
+        for hit in results[0]
+        if _passes(where, hit["entity"], hit.get("id"))
+    ]
+    if len(kept) < len(results[0]):
+        logger.error("dropped %d search hits whose 64-bit keys collided with the filter", len(results[0]) - len(kept))
+    return kept
+
+
+def _passes(where: Filter, entity: dict[str, Any], hit_id: Any) -> bool:
+    return where.matches(entity if "id" in entity else {**entity, "id": hit_id})
 
 
 class MilvusPassageStore(PassageStore):
@@ -82,17 +99,21 @@ class MilvusPassageStore(PassageStore):
         self.collection = schema.collection_name(model, dimensions)
         self.supports_partition_key = capabilities.partition_key
         self.supports_hybrid = self._open(capabilities)
+        self._caught_up = False  # whether a Strong search has run yet; see MilvusTarget.search_consistency
 
     def _open(self, capabilities: Capabilities) -> bool:
-        """Create or check the collection (migrating a schema-1 one); returns whether it has BM25."""
-        legacy = schema.legacy_collection_name(self.model, self.dimensions)
+        """Create or check the collection (migrating earlier-schema ones); returns whether it has BM25."""
         with milvus_errors(f"open collection {self.collection}"):
             exists = self._client.has_collection(self.collection)
-            has_legacy = self._client.has_collection(legacy)
-        if has_legacy:  # checked before anything is created, so a foreign collection changes nothing
-            old = schema.read_layout(self._client, legacy)
+            legacy = [
+                name
+                for name in schema.legacy_collection_names(self.model, self.dimensions)
+                if self._client.has_collection(name)
+            ]
+        for name in legacy:  # checked before anything is created, so a foreign collection changes nothing
+            old = schema.read_layout(self._client, name)
             schema.check(
-                Layout(schema.SCHEMA_VERSION, old.model, old.dimensions, False), legacy, self.model, self.dimensions
+                Layout(schema.SCHEMA_VERSION, old.model, old.dimensions, False), name, self.model, self.dimensions
             )
         if exists:
             layout = schema.read_layout(self._client, self.collection)
@@ -102,15 +123,16 @@ class MilvusPassageStore(PassageStore):
         else:
             layout = Layout(schema.SCHEMA_VERSION, self.model, self.dimensions, capabilities.bm25)
             schema.create(self._client, self._target, capabilities, self.collection, layout)
-        if has_legacy:
-            schema.migrate_v1(self._client, legacy, self.collection, self._write_rows)
+        for name in legacy:
+            schema.migrate(self._client, name, self.collection, self._write_rows)
         return layout.hybrid
 
     # -- writes -------------------------------------------------------------------------------
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        keyed = [_with_keys(row) for row in rows]
         with milvus_errors(f"write {len(rows)} passages"):
-            for start in range(0, len(rows), _WRITE_BATCH):
-                self._client.upsert(self.collection, rows[start : start + _WRITE_BATCH])
+            for start in range(0, len(keyed), _WRITE_BATCH):
+                self._client.upsert(self.collection, keyed[start : start + _WRITE_BATCH])
 
     def upsert(self, passages: Sequence[Passage]) -> None:
         self._write_rows([_row(p, self.dimensions) for p in passages])
@@ -131,6 +153,9 @@ class MilvusPassageStore(PassageStore):
             self._client.flush(self.collection)
 
     # -- search -------------------------------------------------------------------------------
+    def _read_options(self) -> dict[str, Any]:
+        return self._target.search_consistency(self._caught_up)
+
     def search(
         self,
         vector: Sequence[float],
@@ -155,11 +180,13 @@ class MilvusPassageStore(PassageStore):
                 anns_field="embedding",
                 limit=limit,
                 offset=offset,
-                filter=where.expr,
+                filter=where.keyed,
                 output_fields=FIELDS,
                 search_params=self._target.search_params(offset + limit),
+                **self._read_options(),
             )
-        return _hits(results)
+        self._caught_up = True
+        return _hits(results, where)
 
     def _hybrid(self, vector: Sequence[float], text: str, *, limit: int, offset: int, where: Filter) -> list[SearchHit]:
         """Dense and BM25 candidates fused by reciprocal rank (RRF scores: small, higher is better)."""
@@ -171,14 +198,14 @@ class MilvusPassageStore(PassageStore):
                 data=[list(vector)],
                 anns_field="embedding",
                 limit=candidates,
-                expr=where.expr or None,
+                expr=where.keyed or None,
                 param=self._target.search_params(candidates),
             ),
             AnnSearchRequest(
                 data=[text],
                 anns_field="sparse",
                 limit=candidates,
-                expr=where.expr or None,
+                expr=where.keyed or None,
                 param={"metric_type": "BM25"},
             ),
         ]
@@ -186,14 +213,21 @@ class MilvusPassageStore(PassageStore):
 
         try:
             results = self._client.hybrid_search(
-                self.collection, requests, RRFRanker(_RRF_K), limit=limit, offset=offset, output_fields=FIELDS
+                self.collection,
+                requests,
+                RRFRanker(_RRF_K),
+                limit=limit,
+                offset=offset,
+                output_fields=FIELDS,
+                **self._read_options(),
             )
+            self._caught_up = True
         except MilvusException as exc:
             # Milvus Lite 2.5.1 fails BM25 on a collection with no text yet ("NaN or Inf value").
             if "NaN or Inf" not in str(exc):
                 raise StorageError(f"Milvus failed to run a hybrid search: {exc}") from exc
             return self.search(vector, limit=limit, offset=offset, where=where)
-        return _hits(results)
+        return _hits(results, where)
 
     def keyword_search(self, text: str, *, limit: int, where: Filter = MATCH_ALL) -> list[SearchHit]:
         """BM25 full-text search alone. Scores are BM25 relevance: higher is better, unbounded."""
@@ -205,11 +239,13 @@ class MilvusPassageStore(PassageStore):
                 data=[text],
                 anns_field="sparse",
                 limit=limit,
-                filter=where.expr,
+                filter=where.keyed,
                 output_fields=FIELDS,
                 search_params={"metric_type": "BM25"},
+                **self._read_options(),
             )
-        return _hits(results)
+        self._caught_up = True
+        return _hits(results, where)
 
     def _deep(self, vector: Sequence[float], *, limit: int, offset: int, where: Filter) -> list[SearchHit]:
         """Pages past Milvus's 16,384-result window, through a search iterator (dense ranking)."""
@@ -218,7 +254,7 @@ class MilvusPassageStore(PassageStore):
                 self.collection,
                 data=[list(vector)],
                 batch_size=_ITERATOR_BATCH,
-                filter=where.expr or None,
+                filter=where.keyed or None,
                 limit=offset + limit,
                 output_fields=FIELDS,
                 search_params=self._target.search_params(_ITERATOR_BATCH),
@@ -233,8 +269,11 @@ class MilvusPassageStore(PassageStore):
                 if not batch:
                     break
                 for hit in batch:
+                    entity = hit.get("entity", hit) if isinstance(hit, dict) else hit.fields
+                    if not _passes(where, entity, hit.get("id")):
+                        logger.error("dropped a search hit whose 64-bit keys collided with the filter")
+                        continue
                     if seen >= offset and len(found) < limit:
-                        entity = hit.get("entity", hit) if isinstance(hit, dict) else hit.fields
                         found.append(SearchHit(_passage(entity, hit.get("id")), float(hit["distance"])))
                     seen += 1
         finally:
