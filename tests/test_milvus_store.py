@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memgpt.errors import SchemaMismatchError, StorageError
-from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, not_in
+from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, not_in
 from memgpt.storage.milvus import MilvusConnection, MilvusPassageStore, MilvusTarget
 from memgpt.types import Passage
 from tests.milvus_server import TOKEN
@@ -277,3 +277,20 @@ def test_capabilities_follow_the_server_version(version: str, bm25: bool, partit
 
     found = Capabilities.of_server(version)
     assert (found.bm25, found.partition_key) == (bm25, partition_key)
+
+
+def test_a_row_whose_keys_collide_is_never_shown_to_the_wrong_user(store: MilvusPassageStore) -> None:
+    """Searches filter on 64-bit keys; a row carrying alice's key but mallory's id (what a crafted
+    collision would look like) is dropped by the exact re-check, in plain and deep-paged search."""
+    from memgpt.storage.milvus.store import _row, _with_keys
+
+    store.upsert([passage(i, user_id="alice") for i in range(3)])
+    forged = _with_keys(_row(passage(99, user_id="mallory", embedding=unit(0)), DIM))
+    forged["user_key"] = key_of("alice")
+    store._client.upsert(store.collection, [forged])
+    alice = eq("user_id", "alice")
+    assert store.count(alice) == 3  # exact string filters never see it
+    assert [h.passage.id for h in store.search(unit(0), limit=10, where=alice)] == ["p0", "p1", "p2"]
+    deep = store._deep(unit(0), limit=10, offset=0, where=alice)  # the search-iterator path
+    assert [h.passage.id for h in deep] == ["p0", "p1", "p2"]
+    assert [h.passage.id for h in store.search(unit(0), limit=1, where=eq("user_id", "mallory"))] == []
