@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,25 +158,30 @@ def test_foreign_or_mismatched_collection_is_refused(connection: MilvusConnectio
     assert store.count() == 0
 
 
-def test_a_first_release_collection_is_migrated_on_open(connection: MilvusConnection) -> None:
+def _create_old_collection(client: Any, name: str, description: str, *, with_kind: bool) -> None:
+    """A collection laid out as an earlier memgpt made it (schema 1 has no ``kind``)."""
     from pymilvus import DataType, MilvusClient
 
-    client = connection.client
-    legacy = "memgpt_passages_old_model_8"
-    old = MilvusClient.create_schema(
-        auto_id=False, enable_dynamic_field=False, description="memgpt passages schema=1 model=old-model dim=8"
-    )
+    old = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
     old.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    if with_kind:
+        old.add_field("kind", DataType.VARCHAR, max_length=16)
     old.add_field("text", DataType.VARCHAR, max_length=65535)
     old.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
-    for name in ("user_id", "source_id", "document_id", "agent_id"):
-        old.add_field(name, DataType.VARCHAR, max_length=64)
+    for field in ("user_id", "source_id", "document_id", "agent_id"):
+        old.add_field(field, DataType.VARCHAR, max_length=64)
     old.add_field("chunk_index", DataType.INT64)
     old.add_field("created_at", DataType.INT64)
     old.add_field("metadata", DataType.JSON)
     index = client.prepare_index_params()
     index.add_index(field_name="embedding", index_type="FLAT", metric_type="COSINE")
-    client.create_collection(legacy, schema=old, index_params=index, consistency_level="Strong")
+    client.create_collection(name, schema=old, index_params=index, consistency_level="Strong")
+
+
+def test_a_first_release_collection_is_migrated_on_open(connection: MilvusConnection) -> None:
+    client = connection.client
+    legacy = "memgpt_passages_old_model_8"
+    _create_old_collection(client, legacy, "memgpt passages schema=1 model=old-model dim=8", with_kind=False)
     rows = [_row_v1(i) for i in range(1200)]
     client.insert(legacy, rows)
     store = connection.passages("old-model", DIM)
@@ -188,25 +194,9 @@ def test_a_first_release_collection_is_migrated_on_open(connection: MilvusConnec
 
 
 def test_a_schema_2_collection_is_migrated_on_open_keeping_kinds(connection: MilvusConnection) -> None:
-    from pymilvus import DataType, MilvusClient
-
     client = connection.client
     old_name = "memgpt_v2_old_model_8"
-    old = MilvusClient.create_schema(
-        auto_id=False, enable_dynamic_field=False, description="memgpt passages schema=2 model=old-model dim=8 hybrid=0"
-    )
-    old.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-    old.add_field("kind", DataType.VARCHAR, max_length=16)
-    old.add_field("text", DataType.VARCHAR, max_length=65535)
-    old.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
-    for name in ("user_id", "source_id", "document_id", "agent_id"):
-        old.add_field(name, DataType.VARCHAR, max_length=64)
-    old.add_field("chunk_index", DataType.INT64)
-    old.add_field("created_at", DataType.INT64)
-    old.add_field("metadata", DataType.JSON)
-    index = client.prepare_index_params()
-    index.add_index(field_name="embedding", index_type="FLAT", metric_type="COSINE")
-    client.create_collection(old_name, schema=old, index_params=index, consistency_level="Strong")
+    _create_old_collection(client, old_name, "memgpt passages schema=2 model=old-model dim=8 hybrid=0", with_kind=True)
     client.insert(old_name, [{**_row_v1(i), "kind": "recall" if i % 2 else "archival"} for i in range(300)])
     store = connection.passages("old-model", DIM)
     assert not client.has_collection(old_name)

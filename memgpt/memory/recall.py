@@ -96,19 +96,19 @@ class RecallMemory:
     def count(self) -> int:
         return self._agents.count_messages(self._state.id)
 
-    def sync(self) -> int:
-        """Index what is not indexed yet; failures are logged and retried next time (SQL keeps all)."""
+    def sync(self) -> bool:
+        """Index what is not indexed yet; returns whether the index now holds every message. Failures
+        are logged and retried next time (SQL keeps all)."""
         if self._index is None:
-            return 0
-        done = 0
+            return False
         try:
             while batch := self._agents.unindexed(self._state.id, _INDEX_BATCH):
                 self._index.add(self._state, batch)
                 self._agents.mark_indexed([m.id for m in batch])
-                done += len(batch)
         except MemGPTError as exc:
             logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
-        return done
+            return False
+        return True
 
     def forget(self, message_ids: list[str]) -> None:
         """Drop deleted messages (the user's /pop) from the index too."""
@@ -119,9 +119,7 @@ class RecallMemory:
         if not query.strip():
             raise ToolError("query is empty: give words to look for")
         number = check_page(page)
-        if self._index is not None:
-            self.sync()
-        if self._index is None or self._agents.unindexed(self._state.id, 1):  # index unreachable: SQL words
+        if self._index is None or not self.sync():  # no index, or it is unreachable: SQL word search
             found, total = self._agents.search_messages(
                 self._state.id, query, offset=number * PAGE_SIZE, limit=PAGE_SIZE
             )

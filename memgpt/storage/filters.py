@@ -66,8 +66,8 @@ class Filter:
     """An immutable, already-safe boolean expression. Combine with ``&`` and ``|``."""
 
     expr: str
-    keyed: str = ""  # the same condition on key fields where it can be; see the module docstring
-    matches: Predicate = dataclass_field(default=_always, compare=False, repr=False)
+    keyed: str  # the same condition on key fields where it can be; see the module docstring
+    matches: Predicate = dataclass_field(compare=False, repr=False)
 
     def __and__(self, other: Filter) -> Filter:
         return _combine("and", self, other)
@@ -79,7 +79,7 @@ class Filter:
         return self.expr
 
 
-MATCH_ALL = Filter("")
+MATCH_ALL = Filter("", "", _always)
 
 
 def _combine(op: str, left: Filter, right: Filter) -> Filter:
