@@ -293,3 +293,25 @@ def test_recall_index_catches_up_and_forgets_popped_messages(rig: Rig, storage: 
 
 def all_of_recall(agent: Agent) -> Filter:
     return all_of(eq("kind", "recall"), eq("agent_id", agent.state.id))
+
+
+def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
+    rig: Rig, storage: Storage, model: LocalMiniLM
+) -> None:
+    from sqlalchemy import update
+
+    from memgpt.embeddings.openai import OpenAIEmbeddings
+    from memgpt.memory.recall import RecallIndex, RecallMemory
+    from memgpt.storage.agents import MessageRow
+
+    agent = rig.create()
+    rig.llm.reply("noted")
+    list(agent.send("my cat is called Periwinkle"))
+    with storage.metadata.session() as s:  # a message the index never got
+        s.execute(update(MessageRow).values(indexed=False))
+    offline = OpenAIEmbeddings("any", dimensions=model.dimensions, endpoint="http://127.0.0.1:1/v1")
+    store = storage.passages(model.model_id, model.dimensions)
+    recall = RecallMemory(rig.agents, agent.state, RecallIndex(store, offline))
+    assert recall.sync() is False
+    page = recall.search("periwinkle")
+    assert page.total == 1 and "my cat is called Periwinkle" in page.items[0]
