@@ -92,6 +92,14 @@ class LLMSettings(BaseModel):
     azure_api_version: str = "2024-10-21"
 
 
+class ServerSettings(BaseModel):
+    """`memgpt server`: where it listens by default and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8283, ge=1, le=65535)
+    max_upload_mb: float = Field(default=50, gt=0)  # largest request body (file uploads, agent files)
+
+
 class Config(BaseModel):
     """Everything ``memgpt configure`` asks for."""
 
@@ -101,6 +109,7 @@ class Config(BaseModel):
     metadata_url: str = ""  # SQLAlchemy URL; empty means SQLite in the home folder
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     default_persona: str = "sam_pov"
     default_human: str = "basic"
 

@@ -22,6 +22,10 @@ class NotFoundError(UserError):
     """A named thing (source, agent, file) does not exist."""
 
 
+class ConflictError(UserError):
+    """The request clashes with what exists: a taken name, or an agent busy with another turn."""
+
+
 class InputFileError(UserError):
     """One input file cannot be loaded; other files still can."""
 

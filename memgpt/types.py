@@ -143,3 +143,26 @@ class AgentState:
     created_at: datetime = field(default_factory=utc_now)
     summary: str = ""  # recursive summary of messages evicted from the context window
     heartbeats_paused_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    """Someone whose agents and sources are kept apart from everyone else's. The home's own user (the
+    config's ``user_id``, who runs the CLI) is the administrator of a server on that home."""
+
+    id: str
+    name: str
+    created_at: datetime = field(default_factory=utc_now)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A server API key as stored: only its prefix and a digest, never the key itself."""
+
+    id: str
+    user_id: str
+    name: str
+    prefix: str  # the first characters of the key, so a person can tell keys apart
+    created_at: datetime = field(default_factory=utc_now)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None

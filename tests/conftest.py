@@ -17,6 +17,7 @@ from memgpt.storage import Storage
 
 pytest_plugins = ["tests.milvus_server"]
 from tests.milvus_server import TOKEN  # noqa: E402
+from tests.server_rig import LiveServer  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 PAPER = DATA / "memgpt_research_paper.pdf"
@@ -96,3 +97,11 @@ def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = No
         input=stdin,
         check=False,
     )
+
+
+@pytest.fixture
+def live_server(home: Path) -> Iterator[LiveServer]:
+    """A real server (uvicorn, loopback) on this test's home; see tests/server_rig.py."""
+    server = LiveServer(home, load_config(home))
+    yield server
+    server.stop()

@@ -2,7 +2,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, inspect
 
-import memgpt.storage.agents  # noqa: F401 - registers the agent tables on Base
+import memgpt.storage.agents  # registers the agent tables on Base
+import memgpt.storage.users  # noqa: F401 - and the server's users and keys
 from memgpt.storage.migrations import MIGRATIONS, apply_migrations
 from memgpt.storage.sql import Base, MetadataStore
 
@@ -21,7 +22,7 @@ def test_migrations_build_exactly_the_orm_schema(tmp_path: Path) -> None:
         assert {i.name for i in table.indexes} <= indexes, table.name
     assert inspector.get_unique_constraints("sources")[0]["column_names"] == ["user_id", "name"]
     assert {t.name for t in Base.metadata.sorted_tables} <= set(inspector.get_table_names())
-    assert len(Base.metadata.sorted_tables) == 7
+    assert len(Base.metadata.sorted_tables) == 9
 
 
 def test_migrations_are_recorded_and_applied_once(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import typer
 from memgpt import __version__
 from memgpt.cli import agents as agents_cli
 from memgpt.cli import config as config_cli
+from memgpt.cli import server as server_cli
 from memgpt.cli import sources as sources_cli
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ load_app = typer.Typer(help="Load data into a source (stored in Milvus).", no_ar
 list_app = typer.Typer(help="List agents, sources, personas or humans.", no_args_is_help=True)
 delete_app = typer.Typer(help="Delete an agent or a source.", no_args_is_help=True)
 add_app = typer.Typer(help="Add a persona or a human profile.", no_args_is_help=True)
+user_app = typer.Typer(help="Users of `memgpt server` (each with their own agents and sources).", no_args_is_help=True)
+key_app = typer.Typer(help="API keys of `memgpt server` users.", no_args_is_help=True)
 
 app.command("configure")(config_cli.configure)
 app.command("migrate")(config_cli.migrate)
@@ -31,6 +34,12 @@ app.command("run")(agents_cli.run)
 app.command("attach")(agents_cli.attach)
 app.command("detach")(agents_cli.detach)
 app.command("search")(sources_cli.search)
+app.command("server")(server_cli.serve)
+user_app.command("create")(server_cli.user_create)
+user_app.command("list")(server_cli.user_list)
+key_app.command("create")(server_cli.key_create)
+key_app.command("list")(server_cli.key_list)
+key_app.command("revoke")(server_cli.key_revoke)
 load_app.command("directory")(sources_cli.load_directory)
 list_app.command("agents")(agents_cli.list_agents)
 list_app.command("sources")(sources_cli.list_sources)
@@ -44,6 +53,8 @@ app.add_typer(load_app, name="load")
 app.add_typer(list_app, name="list")
 app.add_typer(delete_app, name="delete")
 app.add_typer(add_app, name="add")
+app.add_typer(user_app, name="user")
+app.add_typer(key_app, name="key")
 
 
 def _version(value: bool) -> None:

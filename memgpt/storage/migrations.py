@@ -144,10 +144,36 @@ def _0003_messages_indexed(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_messages_agent_indexed ON messages (agent_id, indexed)"))
 
 
+def _0005_users_and_api_keys(conn: Connection) -> None:
+    """Users of a `memgpt server` and their API keys (stored as digests only)."""
+    meta = MetaData()
+    Table(
+        "users",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("name", String(256), nullable=False, unique=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    Table(
+        "api_keys",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("user_id", String(64), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+        Column("name", String(256), nullable=False),
+        Column("prefix", String(32), nullable=False, index=True),
+        Column("digest", String(64), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("last_used_at", DateTime(timezone=True), nullable=True),
+        Column("revoked_at", DateTime(timezone=True), nullable=True),
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
     ("0003_messages_indexed", _0003_messages_indexed),
+    ("0005_users_and_api_keys", _0005_users_and_api_keys),
 ]
 
 

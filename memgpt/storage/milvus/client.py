@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
@@ -96,14 +97,16 @@ class _LiteLocks:
                 handle, count = self._held[key]
                 self._held[key] = (handle, count + 1)
                 return
-            handle = open(db_file.parent / f".{db_file.name}.memgpt.lock", "a")  # noqa: SIM115 - held open
+            path = db_file.parent / f".{db_file.name}.memgpt.lock"
+            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 handle.close()
-                raise StorageLockedError(
-                    f"another memgpt process is using {display_path(db_file)} — close it or use a Milvus server"
-                ) from exc
+                raise StorageLockedError(_locked_message(db_file, path)) from exc
+            handle.truncate(0)  # say who holds it, for the message another process prints
+            handle.write(json.dumps({"pid": os.getpid(), "holder": _holder}))
+            handle.flush()
             self._held[key] = (handle, 1)
 
     def release(self, db_file: Path) -> None:
@@ -121,6 +124,31 @@ class _LiteLocks:
 
 
 _lite_locks = _LiteLocks()
+# What this process is, as other processes are told when they find the Lite file taken; a server says so.
+_holder = ""
+
+
+def announce_holder(description: str) -> None:
+    """Describe this process to others that find its Milvus Lite file locked (e.g. a server's URL)."""
+    global _holder
+    _holder = description
+
+
+def _locked_message(db_file: Path, lock_path: Path) -> str:
+    where = display_path(db_file)
+    try:
+        note = json.loads(lock_path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        note = {}
+    holder = str(note.get("holder") or "") if isinstance(note, dict) else ""
+    pid = note.get("pid") if isinstance(note, dict) else None
+    if holder.startswith("memgpt server"):
+        return (
+            f"a {holder} (pid {pid}) owns {where} while it runs: use its API, stop it, or configure a Milvus server "
+            "URI (`memgpt configure --milvus-uri http://host:19530`) so several processes can share the data"
+        )
+    who = f" ({holder}, pid {pid})" if holder else (f" (pid {pid})" if pid else "")
+    return f"another memgpt process{who} is using {where} — close it or use a Milvus server"
 
 
 def _stop_lite_server(db_file: Path) -> None:

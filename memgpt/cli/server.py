@@ -1,0 +1,187 @@
+"""`memgpt server`, and the users and API keys it serves: `memgpt user ...`, `memgpt key ...`."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import typer
+
+from memgpt.cli.common import console, err_console, home_and_config
+from memgpt.errors import UserError
+
+if TYPE_CHECKING:
+    from memgpt.config import Config
+    from memgpt.storage.users import UserStore
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
+@contextmanager
+def _users() -> Iterator[tuple[UserStore, Config]]:
+    """The user store on the home's metadata database (the home's own user always exists in it)."""
+    from memgpt.server.state import OWNER_NAME
+    from memgpt.storage.sql import MetadataStore
+    from memgpt.storage.users import UserStore
+
+    home, config = home_and_config()
+    metadata = MetadataStore(config.metadata_database_url(home))
+    try:
+        users = UserStore(metadata)
+        users.ensure(config.user_id, OWNER_NAME)
+        yield users, config
+    finally:
+        metadata.close()
+
+
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1, loopback only)."),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Port to listen on (default 8283)."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64, help="Server processes (more than 1 needs a Milvus server)."
+    ),
+) -> None:
+    """Serve agents over HTTP: Letta's /v1 API (letta-client works) and an OpenAI-compatible endpoint."""
+    import uvicorn
+
+    from memgpt.config import is_server_uri
+    from memgpt.server.app import URL_ENV, create_app, open_state
+
+    with _users() as (users, _config):
+        has_keys = users.any_active_key()
+    home, config = home_and_config()
+    host = host or config.server.host
+    port = port or config.server.port
+    if not _loopback(host) and not has_keys:
+        raise UserError(
+            f"refusing to listen on {host} while no API key exists: create one first with `memgpt key create` "
+            "(or `memgpt user create NAME`), or listen on 127.0.0.1"
+        )
+    if workers > 1 and not is_server_uri(config.milvus_uri(home)):
+        raise UserError(
+            "--workers needs a Milvus server: Milvus Lite lets one process open its file; configure one with "
+            "`memgpt configure --milvus-uri http://host:19530` (and `memgpt migrate --to` to move your data)"
+        )
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    os.environ[URL_ENV] = url
+    if workers == 1:
+        app = create_app(state=open_state(home, config))  # errors here are one line, before anything listens
+    else:
+        open_state(home, config).storage.close()  # the same check, then every worker opens its own
+    console.print(
+        f"memgpt server on {url} (API docs at {url}/docs, OpenAI-compatible at {url}/openai/v1)", markup=False
+    )
+    if not has_keys:
+        err_console.print(
+            "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
+        )
+    target: object = app if workers == 1 else "memgpt.server.app:create_app"
+    uvicorn.run(target, host=host, port=port, workers=workers, factory=workers > 1, log_level="info")  # type: ignore[arg-type]
+
+
+# -- users -----------------------------------------------------------------------------------------
+def user_create(name: str = typer.Argument(..., help="Name of the new user.")) -> None:
+    """Create a server user and print their first API key (shown once)."""
+    with _users() as (users, _config):
+        user = users.create(name)
+        _key, secret = users.create_key(user.id, "first key")
+    console.print(f"Created user {user.name!r} (id={user.id})", markup=False)
+    console.print(f"API key: {secret}", markup=False)
+    console.print("Keep it now: it is not stored and cannot be shown again.", markup=False)
+
+
+def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List server users."""
+    with _users() as (users, config):
+        found = users.list()
+        keys = users.keys()
+    active = {u.id: sum(1 for k in keys if k.user_id == u.id and k.revoked_at is None) for u in found}
+    rows = [
+        {
+            "name": u.name,
+            "id": u.id,
+            "owner": u.id == config.user_id,
+            "active_keys": active[u.id],
+            "created_at": u.created_at.isoformat(),
+        }
+        for u in found
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table("Name", "Id", "Keys", "Created")
+    for row, user in zip(rows, found, strict=True):
+        name = f"{user.name} (owner)" if row["owner"] else user.name
+        table.add_row(name, user.id, str(row["active_keys"]), user.created_at.astimezone().strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+# -- keys ------------------------------------------------------------------------------------------
+def key_create(
+    user: str | None = typer.Option(None, "--user", help="User name or id (default: you, the home's owner)."),
+    name: str = typer.Option("", "--name", help="A label to tell keys apart."),
+) -> None:
+    """Create an API key (shown once)."""
+    with _users() as (users, config):
+        owner = users.find(user) if user else users.find(config.user_id)
+        key, secret = users.create_key(owner.id, name)
+    console.print(f"API key for {owner.name!r}: {secret}", markup=False)
+    console.print(f"(id {key.id}) Keep it now: it is not stored and cannot be shown again.", markup=False)
+
+
+def key_list(
+    user: str | None = typer.Option(None, "--user", help="Only this user's keys (name or id)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List API keys (their prefixes; the keys themselves are never stored)."""
+    with _users() as (users, _config):
+        names = {u.id: u.name for u in users.list()}
+        keys = users.keys(users.find(user).id if user else None)
+    rows = [
+        {
+            "id": k.id,
+            "user": names.get(k.user_id, k.user_id),
+            "name": k.name,
+            "prefix": k.prefix,
+            "created_at": k.created_at.isoformat(),
+            "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+            "revoked": k.revoked_at is not None,
+        }
+        for k in keys
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table("Id", "User", "Name", "Key", "Last used", "Status")
+    for row in rows:
+        used = str(row["last_used_at"] or "never")[:16].replace("T", " ")
+        table.add_row(
+            row["id"], row["user"], row["name"], f"{row['prefix']}...", used, "revoked" if row["revoked"] else "active"
+        )
+    console.print(table)
+
+
+def key_revoke(key: str = typer.Argument(..., help="Key id (key-...) or the key's shown prefix (sk-...).")) -> None:
+    """Revoke an API key: requests with it are refused from now on."""
+    with _users() as (users, _config):
+        revoked = users.revoke_key(key.strip())
+    console.print(f"Revoked key {revoked.id} ({revoked.prefix}...)", markup=False)

@@ -1,0 +1,75 @@
+"""The application factory: ``create_app()`` opens the home's storage once and mounts every router.
+
+`memgpt server` builds the app itself (one process) or lets uvicorn call ``create_app`` in each worker
+(``--workers N``); either way the home comes from ``$MEMGPT_HOME`` unless given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from memgpt import __version__
+from memgpt.config import Config, load_config, memgpt_home
+from memgpt.server import errors
+from memgpt.server.state import OWNER_NAME, ServerState
+
+logger = logging.getLogger(__name__)
+URL_ENV = "MEMGPT_SERVER_URL"  # set by `memgpt server` so the Milvus Lite lock can say where the API is
+THREADS = 200  # sync routes and agent turns run in worker threads; a turn holds one for its whole length
+
+
+def open_state(home: Path, config: Config) -> ServerState:
+    """Open the home's storage for serving. Milvus Lite is opened now, so the server owns the file (and its
+    lock says so) from the start rather than at the first request that needs it."""
+    from memgpt.storage import Storage
+    from memgpt.storage.milvus.client import announce_holder
+    from memgpt.storage.users import UserStore
+
+    announce_holder(f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
+    storage = Storage(config, home)
+    try:
+        owner = UserStore(storage.metadata).ensure(config.user_id, OWNER_NAME)
+        storage.vectors  # noqa: B018 - connect now: fail at start-up, and hold the Lite file while running
+    except BaseException:
+        storage.close()
+        raise
+    return ServerState(home=home, config=config, storage=storage, owner=owner)
+
+
+def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
+    """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
+    from memgpt.server.routes import admin, health
+
+    if state is None:
+        home = home or memgpt_home()
+        state = open_state(home, config or load_config(home))
+    opened = state
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        try:
+            yield
+        finally:
+            opened.storage.close()
+
+    app = FastAPI(
+        title="memgpt",
+        version=__version__,
+        description="Stateful LLM agents with tiered memory (Letta's /v1 API shape; an OpenAI-compatible endpoint).",
+        lifespan=lifespan,
+    )
+    app.state.memgpt = state
+    errors.install(app)
+    app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
+    for module in (health, admin):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,123 @@
+"""Every failure becomes a JSON error in Letta's shape, ``{"detail": ...}``, never a traceback.
+
+Our exception tree says who must act (``memgpt.errors``); here it becomes a status code. Letta's client
+retries 408/409/429/5xx by itself, so answers that another try cannot fix carry ``x-should-retry: false``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from memgpt.errors import (
+    BackendError,
+    ConflictError,
+    LLMError,
+    MemGPTError,
+    NotFoundError,
+    StorageLockedError,
+    UserError,
+)
+
+logger = logging.getLogger(__name__)
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    retry = {} if status in (409, 429, 503) else NO_RETRY
+    return JSONResponse({"detail": detail}, status_code=status, headers={**retry, **(headers or {})})
+
+
+def status_of(exc: MemGPTError) -> int:
+    """The HTTP status for one of our own errors (most specific class first)."""
+    for kind, status in (
+        (NotFoundError, 404),
+        (ConflictError, 409),
+        (StorageLockedError, 503),
+        (UserError, 400),
+        (LLMError, 502),
+        (BackendError, 503),
+    ):
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's list of problems, without echoing whole request bodies back."""
+    problems = []
+    for item in exc.errors():
+        problem = {k: item[k] for k in ("type", "loc", "msg") if k in item}
+        if "input" in item and isinstance(item["input"], str | int | float | bool) and len(str(item["input"])) <= 200:
+            problem["input"] = item["input"]
+        problems.append(problem)
+    return problems
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(MemGPTError)
+    async def _ours(_: Request, exc: MemGPTError) -> JSONResponse:
+        status = status_of(exc)
+        if status >= 500:
+            logger.warning("%s: %s", type(exc).__name__, exc)
+        return error(status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(422, _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, exc.detail, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, f"internal server error ({type(exc).__name__}); the server log has the details")
+
+
+def _too_large(limit: int) -> StarletteHTTPException:
+    return StarletteHTTPException(
+        413,
+        f"request body is larger than the server's limit of {limit / 1_000_000:g} MB "
+        "(server.max_upload_mb in the server's config.toml)",
+    )
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, whether or not a Content-Length is sent.
+
+    A body that grows past the limit while being read raises an HTTPException from ``receive``, which
+    FastAPI passes through its body parsing untouched, so the error handlers above answer it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            exc = _too_large(self.limit)
+            await error(exc.status_code, exc.detail)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _too_large(self.limit)
+            return message
+
+        await self.app(scope, counted, send)

@@ -1,0 +1,84 @@
+"""What one server process holds for its lifetime, and the request dependencies that reach it.
+
+Nothing here knows who is asking: the user comes from the request's API key alone (``current_user``),
+and every route passes that user's id down explicitly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from memgpt.config import Config
+from memgpt.types import User
+
+if TYPE_CHECKING:
+    from memgpt.embeddings.base import EmbeddingModel
+    from memgpt.storage import Storage
+    from memgpt.storage.users import UserStore
+
+OWNER_NAME = "owner"  # the name the home's own user gets in the users table
+MISSING_KEY = (
+    "missing API key: send 'Authorization: Bearer sk-...' (create a key with `memgpt key create` or "
+    "`memgpt user create NAME` on the server's machine)"
+)
+BAD_KEY = "invalid or revoked API key"
+
+
+@dataclass
+class ServerState:
+    """The server's one storage (shared by every request and thread), config and the home's own user."""
+
+    home: Path
+    config: Config
+    storage: Storage
+    owner: User
+    _embedding: EmbeddingModel | None = field(default=None, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def users(self) -> UserStore:
+        from memgpt.storage.users import UserStore
+
+        return UserStore(self.storage.metadata)
+
+    def embedding(self) -> EmbeddingModel:
+        """The configured embedding model, loaded once per process on first use."""
+        with self._guard:
+            if self._embedding is None:
+                from memgpt.embeddings import embedding_model
+
+                self._embedding = embedding_model(self.config.embedding)
+            return self._embedding
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.memgpt  # type: ignore[no-any-return]
+
+
+def current_user(request: Request) -> User:
+    """The user the request's API key belongs to; 401 without a valid key."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, MISSING_KEY, headers={"WWW-Authenticate": "Bearer"})
+    user = server_state(request).users.authenticate(token)
+    if user is None:
+        raise HTTPException(401, BAD_KEY, headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def admin_user(user: Annotated[User, Depends(current_user)], request: Request) -> User:
+    """Only the home's own user (who runs `memgpt` on the server's machine) administers it."""
+    if user.id != server_state(request).owner.id:
+        raise HTTPException(403, "only the server's owner (the home's own user) may manage users and keys")
+    return user
+
+
+State = Annotated[ServerState, Depends(server_state)]
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(admin_user)]

@@ -1,0 +1,204 @@
+"""Users of a `memgpt server` and their API keys.
+
+A key is shown once, when it is created, and stored only as a SHA-256 digest beside a short prefix.
+Keys are 256 random bits, so a plain digest is as good as a slow password hash; looking a key up by its
+prefix and comparing digests with ``hmac.compare_digest`` keeps the comparison constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, select, update
+from sqlalchemy.orm import Mapped, mapped_column
+
+from memgpt.errors import NotFoundError, StorageError, UserError
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.types import ApiKey, User, utc_now
+
+KEY_PREFIX = "sk-"
+_SHOWN = 12  # characters of a key kept in clear: "sk-" and 9 random ones
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    prefix: Mapped[str] = mapped_column(String(32), index=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+def _user(row: UserRow) -> User:
+    return User(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def _key(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def validate_user_name(name: str) -> str:
+    stripped = name.strip()
+    if not stripped or len(stripped) > 256 or any(ord(c) < 32 for c in stripped):
+        raise UserError("a user name must be 1-256 characters on one line")
+    return stripped
+
+
+class UserStore:
+    """Users and API keys; every method is one transaction."""
+
+    def __init__(self, metadata: MetadataStore) -> None:
+        self._metadata = metadata
+
+    # -- users ------------------------------------------------------------------------------------
+    def ensure(self, user_id: str, name: str) -> User:
+        """The user with this id, created under ``name`` if it does not exist yet (the home's own user)."""
+        with self._metadata.session() as s:
+            row = s.get(UserRow, user_id)
+            if row is None:
+                taken = s.scalar(select(UserRow.id).where(UserRow.name == name))
+                row = UserRow(id=user_id, name=name if taken is None else f"{name}-{user_id[:8]}", created_at=utc_now())
+                s.add(row)
+            return _user(row)
+
+    def create(self, name: str) -> User:
+        name = validate_user_name(name)
+        user = User(id=f"user-{uuid.uuid4()}", name=name)
+        try:
+            with self._metadata.session() as s:
+                s.add(UserRow(id=user.id, name=user.name, created_at=user.created_at))
+        except StorageError as exc:  # a duplicate name is refused by the unique constraint
+            if self.by_name(name) is not None:
+                raise UserError(f"a user named {name!r} already exists") from exc
+            raise
+        return user
+
+    def get(self, user_id: str) -> User | None:
+        with self._metadata.session() as s:
+            row = s.get(UserRow, user_id)
+            return _user(row) if row else None
+
+    def by_name(self, name: str) -> User | None:
+        with self._metadata.session() as s:
+            row = s.scalar(select(UserRow).where(UserRow.name == name.strip()))
+            return _user(row) if row else None
+
+    def find(self, name_or_id: str) -> User:
+        """A user by name or id; NotFoundError naming the known users otherwise."""
+        found = self.get(name_or_id.strip()) or self.by_name(name_or_id)
+        if found is None:
+            known = ", ".join(sorted(u.name for u in self.list())) or "none yet"
+            raise NotFoundError(f"no user named {name_or_id.strip()!r} (users: {known})")
+        return found
+
+    def list(self) -> list[User]:
+        with self._metadata.session() as s:
+            return [_user(r) for r in s.scalars(select(UserRow).order_by(UserRow.created_at, UserRow.id))]
+
+    def delete(self, user_id: str) -> None:
+        """Remove a user and their keys (their agents and sources are the caller's to delete first)."""
+        with self._metadata.session() as s:
+            row = s.get(UserRow, user_id)
+            if row is None:
+                raise NotFoundError(f"no user with id {user_id!r}")
+            s.execute(update(ApiKeyRow).where(ApiKeyRow.user_id == user_id).values(revoked_at=utc_now()))
+            s.delete(row)
+
+    # -- keys -------------------------------------------------------------------------------------
+    def create_key(self, user_id: str, name: str = "") -> tuple[ApiKey, str]:
+        """A new key for the user: the stored record and the secret, which is never available again."""
+        if self.get(user_id) is None:
+            raise NotFoundError(f"no user with id {user_id!r}")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(id=f"key-{uuid.uuid4().hex[:16]}", user_id=user_id, name=name.strip(), prefix=secret[:_SHOWN])
+        try:
+            with self._metadata.session() as s:
+                s.add(
+                    ApiKeyRow(
+                        id=key.id,
+                        user_id=user_id,
+                        name=key.name,
+                        prefix=key.prefix,
+                        digest=_digest(secret),
+                        created_at=key.created_at,
+                    )
+                )
+        except StorageError as exc:
+            if self.get(user_id) is None:  # the user was deleted in between
+                raise NotFoundError(f"no user with id {user_id!r}") from exc
+            raise
+        return key, secret
+
+    def keys(self, user_id: str | None = None) -> list[ApiKey]:
+        with self._metadata.session() as s:
+            query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+            if user_id is not None:
+                query = query.where(ApiKeyRow.user_id == user_id)
+            return [_key(r) for r in s.scalars(query)]
+
+    def revoke_key(self, key_id: str, *, user_id: str | None = None) -> ApiKey:
+        """Revoke a key by id or by its shown prefix (only the user's own when ``user_id`` is given)."""
+        with self._metadata.session() as s:
+            query = select(ApiKeyRow).where((ApiKeyRow.id == key_id) | (ApiKeyRow.prefix == key_id))
+            if user_id is not None:
+                query = query.where(ApiKeyRow.user_id == user_id)
+            rows = s.scalars(query).all()
+            if len(rows) != 1:
+                raise NotFoundError(f"no API key {key_id!r}" if not rows else f"{key_id!r} names several keys")
+            row = rows[0]
+            if row.revoked_at is None:
+                row.revoked_at = utc_now()
+            return _key(row)
+
+    def any_active_key(self) -> bool:
+        with self._metadata.session() as s:
+            return s.scalar(select(ApiKeyRow.id).where(ApiKeyRow.revoked_at.is_(None)).limit(1)) is not None
+
+    def authenticate(self, secret: str) -> User | None:
+        """The user a key belongs to, or None for an unknown or revoked key."""
+        if not secret.startswith(KEY_PREFIX) or len(secret) < _SHOWN + 8:
+            return None
+        digest = _digest(secret)
+        with self._metadata.session() as s:
+            candidates = s.scalars(
+                select(ApiKeyRow).where(ApiKeyRow.prefix == secret[:_SHOWN], ApiKeyRow.revoked_at.is_(None))
+            ).all()
+            match = None
+            for row in candidates:  # compare every candidate: the time taken does not say which matched
+                if hmac.compare_digest(row.digest, digest):
+                    match = row
+            if match is None:
+                return None
+            now = utc_now()
+            if match.last_used_at is None or (now - match.last_used_at).total_seconds() > 60:
+                match.last_used_at = now  # at most one write a minute per key
+            user = s.get(UserRow, match.user_id)
+            return _user(user) if user else None

@@ -1,0 +1,69 @@
+"""A real `memgpt server` for tests: the app served by uvicorn on a free loopback port, in this process (so
+tests can also look at its storage), plus API keys made the way `memgpt key create` makes them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from memgpt.config import Config
+from memgpt.server.app import create_app, open_state
+from memgpt.server.state import ServerState
+from memgpt.storage.users import UserStore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    home: Path
+    config: Config
+    state: ServerState = field(init=False)
+    port: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state = open_state(self.home, self.config)
+        self.port = free_port()
+        settings = uvicorn.Config(
+            create_app(state=self.state), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self._server = uvicorn.Server(settings)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def users(self) -> UserStore:
+        return self.state.users
+
+    def key(self, user_name: str | None = None) -> str:
+        """A new API key for ``user_name`` (created if missing), or for the owner."""
+        if user_name is None:
+            return self.users.create_key(self.state.owner.id)[1]
+        user = self.users.by_name(user_name) or self.users.create(user_name)
+        return self.users.create_key(user.id)[1]
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

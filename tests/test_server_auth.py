@@ -1,0 +1,175 @@
+"""`memgpt server`'s front door: API keys decide the user, the owner administers, bad requests are 4xx JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from memgpt.config import load_config, save_config
+from tests.conftest import run_cli
+from tests.server_rig import LiveServer, auth, free_port
+
+
+def test_health_needs_no_key_and_ignores_one(live_server: LiveServer) -> None:
+    for headers in ({}, auth("sk-not-a-key")):
+        response = httpx.get(f"{live_server.url}/v1/health/", headers=headers)
+        assert response.status_code == 200
+        assert response.json()["status"] == "ok"
+
+
+def test_every_other_request_needs_a_valid_key(live_server: LiveServer) -> None:
+    url = f"{live_server.url}/v1/admin/users"
+    missing = httpx.get(url)
+    assert missing.status_code == 401
+    assert "Authorization: Bearer" in missing.json()["detail"]
+    assert missing.headers["x-should-retry"] == "false"
+    for bad in ("sk-not-a-key", "Bearer", live_server.key()[:-1] + "x", "x" * 5000):
+        assert httpx.get(url, headers=auth(bad)).status_code == 401, bad
+    assert httpx.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
+
+
+def test_a_revoked_key_stops_working_at_once(live_server: LiveServer) -> None:
+    key = live_server.key()
+    url = f"{live_server.url}/v1/admin/users"
+    assert httpx.get(url, headers=auth(key)).status_code == 200
+    live_server.users.revoke_key(key[:12])
+    assert httpx.get(url, headers=auth(key)).status_code == 401
+
+
+def test_only_the_owner_administers_users_and_keys(live_server: LiveServer) -> None:
+    owner = auth(live_server.key())
+    created = httpx.post(f"{live_server.url}/v1/admin/users", json={"name": "alice"}, headers=owner)
+    assert created.status_code == 201, created.text
+    alice = created.json()
+    assert alice["name"] == "alice" and alice["key"]["key"].startswith("sk-")
+    alice_key = auth(alice["key"]["key"])
+    # Alice's key is valid (not 401) but she is not the owner.
+    assert httpx.get(f"{live_server.url}/v1/admin/users", headers=alice_key).status_code == 403
+    listed = httpx.get(f"{live_server.url}/v1/admin/users", headers=owner).json()
+    assert {u["name"]: u["is_owner"] for u in listed} == {"owner": True, "alice": False}
+    assert "key" not in json.dumps(listed)  # keys are never listed
+    extra = httpx.post(f"{live_server.url}/v1/admin/users/alice/keys", json={"name": "laptop"}, headers=owner)
+    assert extra.status_code == 201
+    keys = httpx.get(f"{live_server.url}/v1/admin/users/{alice['id']}/keys", headers=owner).json()
+    assert sorted(k["name"] for k in keys) == ["first key", "laptop"]
+    assert all("digest" not in k and "key" not in k for k in keys)
+    revoked = httpx.delete(f"{live_server.url}/v1/admin/keys/{alice['key']['id']}", headers=owner)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert httpx.get(f"{live_server.url}/v1/admin/users", headers=alice_key).status_code == 401
+    duplicate = httpx.post(f"{live_server.url}/v1/admin/users", json={"name": "alice"}, headers=owner)
+    assert duplicate.status_code == 400 and "already exists" in duplicate.json()["detail"]
+    unknown = httpx.get(f"{live_server.url}/v1/admin/users/nobody/keys", headers=owner)
+    assert unknown.status_code == 404
+
+
+def test_keys_are_stored_as_digests_only(live_server: LiveServer) -> None:
+    key = live_server.key()
+    from sqlalchemy import text
+
+    with live_server.state.storage.metadata.session() as s:
+        stored = " ".join(str(v) for row in s.execute(text("select * from api_keys")) for v in row)
+    assert key not in stored and key[:12] in stored
+
+
+def test_bad_requests_are_4xx_json(live_server: LiveServer) -> None:
+    owner = auth(live_server.key())
+    url = f"{live_server.url}/v1/admin/users"
+    broken = httpx.post(url, content=b'{"name": ', headers={**owner, "content-type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["detail"][0]["type"] == "json_invalid"
+    wrong = httpx.post(url, json={"name": 42}, headers=owner)
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "name"]
+    assert httpx.get(f"{live_server.url}/v1/nothing-here", headers=owner).status_code == 404
+
+
+def test_request_bodies_over_the_limit_are_refused(home: Path) -> None:
+    config = load_config(home)
+    config.server.max_upload_mb = 0.001  # 1,000 bytes
+    save_config(config, home)
+    server = LiveServer(home, config)
+    try:
+        owner = auth(server.key())
+        url = f"{server.url}/v1/admin/users"
+        big = {"name": "x" * 2000}
+        declared = httpx.post(url, json=big, headers=owner)
+        assert declared.status_code == 413
+        assert "server.max_upload_mb" in declared.json()["detail"]
+
+        def chunks():  # no Content-Length: the body is counted as it arrives
+            yield b'{"name": "'
+            for _ in range(20):
+                yield b"y" * 100
+            yield b'"}'
+
+        streamed = httpx.post(url, content=chunks(), headers={**owner, "content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert httpx.post(url, json={"name": "small"}, headers=owner).status_code == 201
+    finally:
+        server.stop()
+
+
+def test_user_and_key_commands(home: Path) -> None:
+    created = run_cli("user", "create", "carol", home=home)
+    assert created.returncode == 0, created.stderr
+    secret = next(w for w in created.stdout.split() if w.startswith("sk-"))
+    listed = json.loads(run_cli("key", "list", "--json", home=home).stdout)
+    assert [(k["user"], k["prefix"], k["revoked"]) for k in listed] == [("carol", secret[:12], False)]
+    assert secret not in run_cli("key", "list", home=home).stdout
+    users = json.loads(run_cli("user", "list", "--json", home=home).stdout)
+    assert {u["name"]: u["owner"] for u in users} == {"owner": True, "carol": False}
+    assert run_cli("key", "revoke", secret[:12], home=home).returncode == 0
+    assert json.loads(run_cli("key", "list", "--json", home=home).stdout)[0]["revoked"] is True
+    again = run_cli("user", "create", "carol", home=home)
+    assert again.returncode == 1 and again.stderr.strip() == "error: a user named 'carol' already exists"
+    missing = run_cli("key", "create", "--user", "dave", home=home)
+    assert missing.returncode == 1 and "no user named 'dave'" in missing.stderr
+    assert "Traceback" not in missing.stderr + again.stderr
+
+
+def test_server_refuses_what_would_be_unsafe_or_cannot_work(home: Path) -> None:
+    exposed = run_cli("server", "--host", "0.0.0.0", "--port", str(free_port()), home=home, timeout=60)
+    assert exposed.returncode == 1
+    assert "refusing to listen on 0.0.0.0 while no API key exists" in exposed.stderr
+    workers = run_cli("server", "--workers", "2", "--port", str(free_port()), home=home, timeout=60)
+    assert workers.returncode == 1 and "--workers needs a Milvus server" in workers.stderr
+    assert "Traceback" not in exposed.stderr + workers.stderr
+
+
+def test_a_running_server_owns_the_lite_file_and_the_cli_says_so(home: Path, tmp_path: Path) -> None:
+    import os
+
+    port = free_port()
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "memgpt", "server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health/").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start: {server.stdout.read() if server.stdout else ''}")
+            time.sleep(0.2)
+        note = tmp_path / "note.txt"
+        note.write_text("hello")
+        load = run_cli("load", "directory", "--name", "notes", "--input-files", str(note), home=home)
+        assert load.returncode == 1
+        assert f"a memgpt server at http://127.0.0.1:{port}" in load.stderr
+        assert "use its API" in load.stderr and "Traceback" not in load.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "No API keys yet" in (server.stdout.read() if server.stdout else "")
