@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from memgpt.agent.context import count_tokens
 from memgpt.agent.events import SystemNotice
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import LLMError
 from memgpt.llm.base import ToolSpec
 from memgpt.storage import Storage
+from memgpt.tokens import count_tokens
 from tests.agent_rig import Rig, tool_results
 from tests.scripted_llm import ScriptedLLM
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from memgpt.agent.context import HEARTBEAT, LOGIN, SYSTEM_ALERT, count_tokens, system_message, timestamp, to_chat
+from memgpt.agent.context import HEARTBEAT, LOGIN, SYSTEM_ALERT, system_message, timestamp, to_chat
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
-from memgpt.agent.tools import Tool, parse_arguments
+from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
 from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError
 from memgpt.llm.base import ChatMessage, Completion, LLMClient
 from memgpt.memory.archival import ArchivalMemory
@@ -26,6 +26,7 @@ from memgpt.memory.core import CoreMemory
 from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
 from memgpt.storage.agents import AgentStore, StepChanges
+from memgpt.tokens import count_tokens
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
 logger = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ class Agent:
             yield Reply(str(arguments.get("message", "")))
         else:
             yield FunctionResult(call.name, ok, text)
-        chain = bool(arguments.get("request_heartbeat")) and ok
+        chain = bool(arguments.get(REQUEST_HEARTBEAT)) and ok
         envelope = {"status": "OK" if ok else "Failed", "message": text, "time": timestamp(self._clock())}
         return json.dumps(envelope, ensure_ascii=False), ok, chain
 

@@ -1,4 +1,4 @@
-"""Turning stored state into the chat messages sent to the LLM, and counting their tokens."""
+"""Turning stored state into the chat messages sent to the LLM."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from memgpt.llm.base import ChatMessage, ToolSpec
-from memgpt.tokens import encoding_for_model
+from memgpt.llm.base import ChatMessage
 from memgpt.types import AgentState, Message, Role
 
 # User-role messages that the system, not the person, sent; Message.name says which.
 HEARTBEAT, SYSTEM_ALERT, LOGIN = "heartbeat", "system_alert", "login"
-_PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's own counting guide estimates
 
 
 def timestamp(moment: datetime) -> str:
@@ -72,15 +70,3 @@ def system_message(
         core,
     ]
     return {"role": "system", "content": "\n".join(lines)}
-
-
-def count_tokens(model: str, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> int:
-    encoding = encoding_for_model(model)
-    total = 0
-    for message in messages:
-        total += _PER_MESSAGE_TOKENS + len(encoding.encode(message.get("content") or "", disallowed_special=()))
-        if message.get("tool_calls"):
-            total += len(encoding.encode(json.dumps(message["tool_calls"]), disallowed_special=()))
-    if tools:
-        total += len(encoding.encode(json.dumps([t.openai() for t in tools]), disallowed_special=()))
-    return total

@@ -27,8 +27,9 @@ from memgpt.memory.recall import RecallMemory
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT = "request_heartbeat"
-HEARTBEAT_DOC = (
+# The argument every tool but send_message takes: whether the model wants another step right after this call.
+REQUEST_HEARTBEAT = "request_heartbeat"
+REQUEST_HEARTBEAT_DOC = (
     "Request an immediate heartbeat after the function runs. Set to true to chain another step "
     "(for example to read the result and then reply); false to wait for the user."
 )
@@ -66,7 +67,7 @@ class Tool:
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
             )
             raise ToolError(f"bad arguments for {self.name}: {problems}") from exc
-        values = {k: v for k, v in args.model_dump().items() if k != HEARTBEAT}
+        values = {k: v for k, v in args.model_dump().items() if k != REQUEST_HEARTBEAT}
         result = self.function(agent, **values) if self.wants_agent else self.function(**values)
         return "None" if result is None else str(result)
 
@@ -134,7 +135,7 @@ def tool_from_function(
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (hints[parameter.name], default)
     if heartbeat:
-        fields[HEARTBEAT] = (bool, False)
+        fields[REQUEST_HEARTBEAT] = (bool, False)
     model = create_model(f"{name}_arguments", **fields)  # type: ignore[call-overload]
     schema = _strip_titles(model.model_json_schema())
     properties = schema.get("properties", {})
@@ -142,8 +143,8 @@ def tool_from_function(
         if arg in properties:
             properties[arg]["description"] = text
     if heartbeat:
-        properties[HEARTBEAT]["description"] = HEARTBEAT_DOC
-        schema["required"] = [*schema.get("required", []), HEARTBEAT]
+        properties[REQUEST_HEARTBEAT]["description"] = REQUEST_HEARTBEAT_DOC
+        schema["required"] = [*schema.get("required", []), REQUEST_HEARTBEAT]
     parameters = {"type": "object", "properties": properties, "required": schema.get("required", [])}
     if "$defs" in schema:
         parameters["$defs"] = schema["$defs"]

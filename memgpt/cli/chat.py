@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from memgpt.agent.agent import PRESSURE_ALERT
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
+from memgpt.agent.tools import REQUEST_HEARTBEAT
 from memgpt.cli.common import console, interactive
 from memgpt.errors import MemGPTError, ToolError, UserError
 
@@ -41,7 +42,7 @@ def show(event: Event) -> None:
         if verb:
             console.print(f"[red]⚡🧠 {escape('[function]')} {verb} {event.name}[/]")
         else:
-            args = json.dumps({k: v for k, v in event.arguments.items() if k != "request_heartbeat"})
+            args = json.dumps({k: v for k, v in event.arguments.items() if k != REQUEST_HEARTBEAT})
             console.print(f"[red]⚡ {escape('[function]')} running {escape(event.name)}({escape(args)})[/]")
     elif isinstance(event, FunctionResult):
         if not event.ok:

@@ -243,9 +243,8 @@ def migrate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from memgpt.cli.common import confirm, err_console
-    from memgpt.storage.migrate import migrate as copy_all
-    from memgpt.storage.migrate import plan
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+    from memgpt.storage.transfer import plan, transfer
 
     home, config = home_and_config()
     here = config.milvus_uri(home)
@@ -272,7 +271,7 @@ def migrate(
                 console=err_console,
             ) as progress:
                 task = progress.add_task("migrate", total=total)
-                report = copy_all(source, target, on_progress=lambda n: progress.advance(task, n))
+                report = transfer(source, target, on_progress=lambda n: progress.advance(task, n))
         finally:
             target.close()
     finally:

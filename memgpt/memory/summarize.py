@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from memgpt.llm.base import ChatMessage, LLMClient
+from memgpt.tokens import count_tokens
 
 INSTRUCTIONS = (
     "You maintain the running summary of a conversation between an AI agent and a user; older parts of the "
@@ -19,8 +20,6 @@ def summarize(
     llm: LLMClient, previous: str, excerpt: Sequence[ChatMessage], *, words: int = 300, budget_tokens: int = 0
 ) -> str:
     """One summary of ``previous`` plus ``excerpt``; an excerpt too long for one call is folded in parts."""
-    from memgpt.agent.context import count_tokens
-
     budget = budget_tokens or int(llm.context_window * 0.6)
     lines = [_line(m) for m in excerpt]
     parts: list[list[str]] = [[]]

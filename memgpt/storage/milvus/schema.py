@@ -1,4 +1,4 @@
-"""The passage collection's schema, how it is named and described, and migrations between versions.
+"""The passage collection's schema, how it is named and described, and upgrades from earlier versions.
 
 Schema 3 (current): every field typed; ``kind`` tells archival passages from recall messages; where the
 deployment has BM25, ``text`` is analysed and a BM25 function fills ``sparse`` for full-text and hybrid
@@ -129,15 +129,15 @@ def check(layout: Layout, collection: str, model: str, dimensions: int) -> None:
         )
 
 
-def migrate(client: Any, old: str, target: str, write: Any) -> int:
+def upgrade(client: Any, old: str, target: str, write: Any) -> int:
     """Copy an earlier-schema collection into ``target`` through ``write``, then drop it.
 
     ``write`` takes rows as read (schema 1 has no ``kind``: its passages are archival) and writes them
-    in the current schema. Upserts are idempotent, so an interrupted migration is simply run again;
+    in the current schema. Upserts are idempotent, so an interrupted upgrade is simply run again;
     the old collection is dropped only once ``target`` holds at least as many passages.
     """
     copied = 0
-    with milvus_errors(f"migrate collection {old}"):
+    with milvus_errors(f"upgrade collection {old}"):
         client.load_collection(old)
         have = {f["name"] for f in client.describe_collection(old)["fields"]}
         fields = [name for name in (*FIELDS, "embedding") if name in have]
@@ -152,8 +152,8 @@ def migrate(client: Any, old: str, target: str, write: Any) -> int:
         found = int(client.query(target, filter="", output_fields=["count(*)"])[0]["count(*)"])
         if found < expected:
             raise SchemaMismatchError(
-                f"migrating {old} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
+                f"upgrading {old} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
             )
         client.drop_collection(old)
-    logger.warning("migrated %d passages from %s to %s", copied, old, target)
+    logger.warning("upgraded %d passages from %s to %s", copied, old, target)
     return copied

@@ -87,7 +87,7 @@ def _passes(where: Filter, entity: dict[str, Any], hit_id: Any) -> bool:
 
 
 class MilvusPassageStore(PassageStore):
-    """Passages of one embedding model. Collections of the first schema are migrated on open."""
+    """Passages of one embedding model. Collections of earlier schemas are upgraded on open."""
 
     def __init__(
         self, client: Any, target: MilvusTarget, capabilities: Capabilities, *, model: str, dimensions: int
@@ -102,7 +102,7 @@ class MilvusPassageStore(PassageStore):
         self._caught_up = False  # whether a Strong search has run yet; see MilvusTarget.search_consistency
 
     def _open(self, capabilities: Capabilities) -> bool:
-        """Create or check the collection (migrating earlier-schema ones); returns whether it has BM25."""
+        """Create or check the collection (upgrading earlier-schema ones); returns whether it has BM25."""
         with milvus_errors(f"open collection {self.collection}"):
             exists = self._client.has_collection(self.collection)
             legacy = [
@@ -124,7 +124,7 @@ class MilvusPassageStore(PassageStore):
             layout = Layout(schema.SCHEMA_VERSION, self.model, self.dimensions, capabilities.bm25)
             schema.create(self._client, self._target, capabilities, self.collection, layout)
         for name in legacy:
-            schema.migrate(self._client, name, self.collection, self._write_rows)
+            schema.upgrade(self._client, name, self.collection, self._write_rows)
         return layout.hybrid
 
     # -- writes -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Moving every passage from one Milvus to another (Milvus Lite to a server, usually).
 
 Batched and resumable: a batch whose ids are all present at the target already is skipped, and
-upserts are idempotent, so an interrupted migration is simply run again. Counts are compared per
+upserts are idempotent, so an interrupted transfer is simply run again. Counts are compared per
 embedding space at the end; the caller switches the config only when they match.
 """
 
@@ -17,7 +17,7 @@ _BATCH = 1000
 
 
 @dataclass
-class MigrationReport:
+class TransferReport:
     copied: int = 0
     skipped: int = 0
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # space: (source count, target count)
@@ -28,14 +28,14 @@ class MigrationReport:
 
 
 def plan(source: MilvusConnection) -> dict[tuple[str, int], int]:
-    """Passages to move per (model, dimensions); opening a store also migrates an old schema."""
+    """Passages to move per (model, dimensions); opening a store also upgrades an old schema."""
     return {space: source.passages(*space).count() for space in source.spaces()}
 
 
-def migrate(
+def transfer(
     source: MilvusConnection, target: MilvusConnection, *, on_progress: Callable[[int], None] | None = None
-) -> MigrationReport:
-    report = MigrationReport()
+) -> TransferReport:
+    report = TransferReport()
     for model, dimensions in source.spaces():
         origin = source.passages(model, dimensions)
         destination = target.passages(model, dimensions)
