@@ -41,7 +41,7 @@ def measure(name: str, files: list[Path], home: Path, model: LocalMiniLM, repeat
             assert report.ok, report.failures
         source = storage.metadata.get_source(storage.user_id, f"{name} #0")
         assert source is not None
-        store = storage.passages(model.model_id, model.dimensions)
+        store = storage.passages(model.space)
         texts = [p.text for batch in store.iterate(eq("source_id", source.id)) for p in batch]
         raw: list[float] = []
         for _ in range(repeats):

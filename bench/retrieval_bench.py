@@ -43,7 +43,7 @@ def main() -> None:
         assert report.ok, report.failures
         source = get_source(storage, "bench")
         where = visible_passages(storage, source)
-        store = storage.passages(model.model_id, model.dimensions)
+        store = storage.passages(model.space)
         all_texts = [_flat(p.text) for batch in store.iterate(where) for p in batch]
         ranks: dict[str, list[int | None]] = {"dense": [], "BM25": [], "hybrid": []}
         unanswerable = 0

@@ -162,7 +162,7 @@ def test_attached_source_is_searched_and_paged_then_detached(any_rig: Rig, model
 
     detach_source(storage, rig.agents, agent.state, "memgpt_research_paper")
     assert agent.archival.count() == 0
-    source_passages = storage.passages(model.model_id, model.dimensions).count(eq("kind", "archival"))
+    source_passages = storage.passages(model.space).count(eq("kind", "archival"))
     assert source_passages == report.passages  # the source is intact
 
 
@@ -278,7 +278,7 @@ def test_recall_index_catches_up_and_forgets_popped_messages(rig: Rig, storage: 
     for text in ["one", "two"]:
         rig.llm.reply(f"reply to {text}")
         list(agent.send(text))
-    store = storage.passages(model.model_id, model.dimensions)
+    store = storage.passages(model.space)
     recall = all_of_recall(agent)
     assert store.count(recall) == 4  # two typed messages, two replies; no tool results or alerts
 
@@ -310,7 +310,7 @@ def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
     with storage.metadata.session() as s:  # a message the index never got
         s.execute(update(MessageRow).values(indexed=False))
     offline = OpenAIEmbeddings("any", dimensions=model.dimensions, endpoint="http://127.0.0.1:1/v1")
-    store = storage.passages(model.model_id, model.dimensions)
+    store = storage.passages(model.space)
     recall = RecallMemory(rig.agents, agent.state, RecallIndex(store, offline))
     assert recall.sync() is False
     page = recall.search("periwinkle")

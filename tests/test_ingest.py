@@ -13,11 +13,12 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import NotFoundError, UserError
 from memgpt.storage import Storage
 from memgpt.storage.filters import eq
+from memgpt.types import EmbeddingSpace
 from tests.conftest import DATA, PAPER, load, loader
 
 
 def milvus_count(storage: Storage, source_id: str) -> int:
-    return storage.passages("all-MiniLM-L6-v2", 384).count(eq("source_id", source_id))
+    return storage.passages(EmbeddingSpace("all-MiniLM-L6-v2", 384)).count(eq("source_id", source_id))
 
 
 def test_the_seed_paper(any_storage: Storage, model: LocalMiniLM) -> None:

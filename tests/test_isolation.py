@@ -75,7 +75,7 @@ def test_users_never_see_or_touch_each_other(tenants: tuple[Storage, Storage], m
         text = bob_agent.archival.search("vault code secret", page).render("results")
         assert "4711" not in text and "Letta" not in text
 
-    store = alice.passages(model.model_id, model.dimensions)
+    store = alice.passages(model.space)
     delete_source(alice, mine)
     assert store.count(eq("source_id", mine.id)) == 0
     assert store.count(eq("source_id", theirs.id)) == theirs.passages

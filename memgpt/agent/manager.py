@@ -90,8 +90,8 @@ def create_agent(
         system_prompt=prompts.system_prompt(),
         llm_model=model,
         context_window=context_window,
-        embedding_model=embedding.model_id,
-        embedding_dim=embedding.dimensions,
+        embedding_model=embedding.space.model,
+        embedding_dim=embedding.space.dimensions,
         created_at=utc_now(),
     )
     limit = max(DEFAULT_LIMIT, len(persona_text), len(human_text))
@@ -118,18 +118,16 @@ def open_agent(
     max_steps: int = 10,
 ) -> tuple[Agent, list[str]]:
     """A runnable agent and one-line warnings about user tools that could not be loaded."""
-    if (state.embedding_model, state.embedding_dim) != (embedding.model_id, embedding.dimensions):
-        raise UserError(
-            f"agent {state.name!r} stores memories with {state.embedding_model}, but the configured embedding model "
-            f"is {embedding.model_id}; switch back with `memgpt configure`"
-        )
+    state.space.ensure_same(
+        embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
+    )
     tools = builtin_tools()
     warnings: list[str] = []
     if tools_folder is not None:
         extra, warnings = load_user_tools(tools_folder, [t.name for t in tools])
         tools += extra
     archival = ArchivalMemory(storage, agents, state, embedding)
-    store = storage.passages(state.embedding_model, state.embedding_dim)
+    store = storage.passages(state.space)
     recall = RecallMemory(agents, state, RecallIndex(store, embedding))
     recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
 
@@ -153,11 +151,12 @@ def open_agent(
 def attach_source(storage: Storage, agents: AgentStore, state: AgentState, source_name: str) -> tuple[Source, bool]:
     """Link a source to the agent's archival memory; (source, False) when it was attached already."""
     source = get_source(storage, source_name)
-    if (source.embedding_model, source.embedding_dim) != (state.embedding_model, state.embedding_dim):
-        raise UserError(
-            f"source {source.name!r} was embedded with {source.embedding_model} but agent {state.name!r} uses "
-            f"{state.embedding_model}; load the files again into a new source with the agent's model"
-        )
+    source.space.ensure_same(
+        state.space,
+        owner=f"source {source.name!r}",
+        user=f"the model of agent {state.name!r}",
+        fix="load the files again into a new source with the agent's model",
+    )
     return source, agents.attach(state.id, source.id)
 
 
@@ -170,7 +169,7 @@ def detach_source(storage: Storage, agents: AgentStore, state: AgentState, sourc
 
 def delete_agent(storage: Storage, agents: AgentStore, state: AgentState) -> int:
     """Delete the agent, its messages and its own archival passages (attached sources stay)."""
-    store = storage.passages(state.embedding_model, state.embedding_dim)
+    store = storage.passages(state.space)
     deleted = store.delete(all_of(eq("user_id", state.user_id), eq("agent_id", state.id)))
     agents.delete(state.id)
     return deleted

@@ -10,13 +10,6 @@ from memgpt.cli.common import console, home_and_config, interactive
 from memgpt.config import Config, display_path, is_server_uri, resolve_milvus_uri, save_config
 from memgpt.errors import ConfigError
 
-# Vector sizes of OpenAI's embedding models, so configure needs no network call for them.
-_KNOWN_DIMENSIONS = {
-    "text-embedding-3-small": 1536,
-    "text-embedding-3-large": 3072,
-    "text-embedding-ada-002": 1536,
-}
-
 
 def _ask(prompt: Any) -> Any:
     """Run a questionary prompt; Ctrl-C or Esc cancels configure without saving."""
@@ -49,6 +42,8 @@ def _embedding(
 ) -> None:
     import questionary
 
+    from memgpt.embeddings.openai import KNOWN_DIMENSIONS
+
     settings = config.embedding
     if provider is None and ask:
         provider = _ask(
@@ -79,7 +74,7 @@ def _embedding(
     settings.model = model or settings.model
     if endpoint is not None:
         settings.endpoint = endpoint
-    settings.dimensions = dim or _KNOWN_DIMENSIONS.get(settings.model) or _probe_dimensions(config)
+    settings.dimensions = dim or KNOWN_DIMENSIONS.get(settings.model) or _probe_dimensions(config)
 
 
 def _probe_dimensions(config: Config) -> int:

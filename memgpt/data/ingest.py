@@ -124,7 +124,7 @@ class SourceLoader:
         self.chunker = Chunker(model.count_tokens, size, overlap)
         self.signature = f"{model.model_id}/{model.dimensions}/c{size}/o{overlap}/l{LOADER_VERSION}"
         self.listener = listener or LoadListener()
-        self._store: PassageStore = storage.passages(model.model_id, model.dimensions)
+        self._store: PassageStore = storage.passages(model.space)
 
     # -- sources ------------------------------------------------------------------------------
     def _source(self, name: str, description: str) -> tuple[Source, bool]:
@@ -143,12 +143,11 @@ class SourceLoader:
             return metadata.create_source(source), True
         if existing.status == "deleting":
             raise UserError(f"source {name!r} is being deleted; finish with `memgpt delete source {name!r} -y`")
-        if (existing.embedding_model, existing.embedding_dim) != (self.model.model_id, self.model.dimensions):
-            raise UserError(
-                f"source {name!r} was embedded with {existing.embedding_model} ({existing.embedding_dim} dims) but "
-                f"the configured model is {self.model.model_id} ({self.model.dimensions} dims); load into a new "
-                "source name or switch the model back with `memgpt configure`"
-            )
+        existing.space.ensure_same(
+            self.model.space,
+            owner=f"source {name!r}",
+            fix="load into a new source name or switch the model back with `memgpt configure`",
+        )
         return existing, False
 
     # -- the load -----------------------------------------------------------------------------

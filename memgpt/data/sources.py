@@ -30,21 +30,17 @@ def search_source(storage: Storage, source: Source, model: EmbeddingModel, query
         raise UserError(
             f"source {source.name!r} is being deleted; finish with `memgpt delete source {source.name!r} -y`"
         )
-    if (source.embedding_model, source.embedding_dim) != (model.model_id, model.dimensions):
-        raise UserError(
-            f"source {source.name!r} was embedded with {source.embedding_model}, but the configured model is "
-            f"{model.model_id}; switch back with `memgpt configure`"
-        )
+    source.space.ensure_same(model.space, owner=f"source {source.name!r}", fix="switch back with `memgpt configure`")
     if not query.strip():
         raise UserError("the search query is empty")
-    store = storage.passages(source.embedding_model, source.embedding_dim)
+    store = storage.passages(source.space)
     return store.search(model.embed(query), text=query, limit=k, where=visible_passages(storage, source))
 
 
 def delete_source(storage: Storage, source: Source) -> int:
     """Hide the source, delete its passages, then its rows; rerunning finishes an interrupted delete."""
     storage.metadata.mark_source_deleting(source.id)
-    store = storage.passages(source.embedding_model, source.embedding_dim)
+    store = storage.passages(source.space)
     deleted = store.delete(all_of(eq("user_id", source.user_id), eq("source_id", source.id)))
     storage.metadata.delete_source(source.id)
     return deleted

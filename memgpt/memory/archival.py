@@ -24,7 +24,7 @@ class ArchivalMemory:
         self._agents = agents
         self._state = state
         self._model = model
-        self._store = storage.passages(state.embedding_model, state.embedding_dim)
+        self._store = storage.passages(state.space)
         size = min(250, model.max_input_tokens)
         self._chunker = Chunker(model.count_tokens, size, 25)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memgpt.config import Config
+from memgpt.types import EmbeddingSpace
 
 if TYPE_CHECKING:
     from memgpt.storage.base import PassageStore
@@ -35,8 +36,8 @@ class Storage:
             self._vectors = MilvusConnection(MilvusTarget(self._milvus_uri, self._milvus_token, self._milvus_database))
         return self._vectors
 
-    def passages(self, model_id: str, dimensions: int) -> PassageStore:
-        return self.vectors.passages(model_id, dimensions)
+    def passages(self, space: EmbeddingSpace) -> PassageStore:
+        return self.vectors.passages(space)
 
     def close(self) -> None:
         if self._vectors is not None:

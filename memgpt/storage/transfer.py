@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from memgpt.storage.filters import is_in
 from memgpt.storage.milvus import MilvusConnection
+from memgpt.types import EmbeddingSpace
 
 _BATCH = 1000
 
@@ -20,25 +21,25 @@ _BATCH = 1000
 class TransferReport:
     copied: int = 0
     skipped: int = 0
-    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # space: (source count, target count)
+    counts: dict[EmbeddingSpace, tuple[int, int]] = field(default_factory=dict)  # (source count, target count)
 
     @property
     def complete(self) -> bool:
         return all(target >= source for source, target in self.counts.values())
 
 
-def plan(source: MilvusConnection) -> dict[tuple[str, int], int]:
-    """Passages to move per (model, dimensions); opening a store also upgrades an old schema."""
-    return {space: source.passages(*space).count() for space in source.spaces()}
+def plan(source: MilvusConnection) -> dict[EmbeddingSpace, int]:
+    """Passages to move per embedding space; opening a store also upgrades an old schema."""
+    return {space: source.passages(space).count() for space in source.spaces()}
 
 
 def transfer(
     source: MilvusConnection, target: MilvusConnection, *, on_progress: Callable[[int], None] | None = None
 ) -> TransferReport:
     report = TransferReport()
-    for model, dimensions in source.spaces():
-        origin = source.passages(model, dimensions)
-        destination = target.passages(model, dimensions)
+    for space in source.spaces():
+        origin = source.passages(space)
+        destination = target.passages(space)
         for batch in origin.iterate(batch_size=_BATCH, with_embeddings=True):
             ids = [p.id for p in batch]
             if destination.count(is_in("id", ids)) == len(ids):
@@ -49,5 +50,5 @@ def transfer(
             if on_progress:
                 on_progress(len(batch))
         destination.flush()
-        report.counts[f"{model}/{dimensions}"] = (origin.count(), destination.count())
+        report.counts[space] = (origin.count(), destination.count())
     return report

@@ -19,6 +19,7 @@ from memgpt.storage.milvus.client import (
 )
 from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, read_layout
 from memgpt.storage.milvus.store import MilvusPassageStore
+from memgpt.types import EmbeddingSpace
 
 __all__ = ["MAX_WINDOW", "Capabilities", "MilvusConnection", "MilvusPassageStore", "MilvusTarget", "collection_name"]
 
@@ -30,28 +31,24 @@ class MilvusConnection:
         self.target = target
         self._client = connect(target)
         self.capabilities = detect(self._client, target)
-        self._stores: dict[str, MilvusPassageStore] = {}
+        self._stores: dict[EmbeddingSpace, MilvusPassageStore] = {}
 
     @property
     def client(self) -> Any:
         return self._client
 
-    def passages(self, model: str, dimensions: int) -> MilvusPassageStore:
-        key = f"{model}/{dimensions}"
-        if key not in self._stores:
-            self._stores[key] = MilvusPassageStore(
-                self._client, self.target, self.capabilities, model=model, dimensions=dimensions
-            )
-        return self._stores[key]
+    def passages(self, space: EmbeddingSpace) -> MilvusPassageStore:
+        if space not in self._stores:
+            self._stores[space] = MilvusPassageStore(self._client, self.target, self.capabilities, space)
+        return self._stores[space]
 
-    def spaces(self) -> list[tuple[str, int]]:
-        """(model, dimensions) of every memgpt passage collection here, first-release ones included."""
-        found = []
+    def spaces(self) -> list[EmbeddingSpace]:
+        """The embedding space of every memgpt passage collection here, first-release ones included."""
+        found = set()
         for name in self.ping():
             if name.startswith(("memgpt_v", "memgpt_passages_")):
-                layout = read_layout(self._client, name)
-                found.append((layout.model, layout.dimensions))
-        return sorted(set(found))
+                found.add(read_layout(self._client, name).space)
+        return sorted(found)
 
     def ping(self) -> list[str]:
         """Round-trip to the server; returns the collection names."""
