@@ -18,6 +18,8 @@ from memgpt.storage import Storage
 pytest_plugins = ["tests.milvus_server"]
 from tests.milvus_server import TOKEN  # noqa: E402
 
+# The user of the library-level tests; storage serves any user, the CLI passes the config's.
+USER = "tester"
 DATA = Path(__file__).parent / "data"
 PAPER = DATA / "memgpt_research_paper.pdf"
 REPO = Path(__file__).parent.parent
@@ -69,19 +71,20 @@ def model() -> LocalMiniLM:
     return LocalMiniLM()
 
 
-def loader(storage: Storage, model: LocalMiniLM, **kwargs: object) -> SourceLoader:
+def loader(storage: Storage, model: LocalMiniLM, *, user_id: str = USER, **kwargs: object) -> SourceLoader:
     config = load_config(Path(os.environ["MEMGPT_HOME"]))
     return SourceLoader(
         storage,
         model,
+        user_id=user_id,
         chunk_size=config.embedding.chunk_size,
         chunk_overlap=config.embedding.chunk_overlap,
         **kwargs,  # type: ignore[arg-type]
     )
 
 
-def load(storage: Storage, model: LocalMiniLM, name: str, *paths: Path) -> LoadReport:
-    return loader(storage, model).load(name, list(paths))
+def load(storage: Storage, model: LocalMiniLM, name: str, *paths: Path, user_id: str = USER) -> LoadReport:
+    return loader(storage, model, user_id=user_id).load(name, list(paths))
 
 
 def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

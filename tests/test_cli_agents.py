@@ -18,7 +18,6 @@ import pytest
 
 from memgpt.config import load_config
 from memgpt.storage import Storage
-from memgpt.storage.agents import AgentStore
 from tests.conftest import PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
@@ -37,11 +36,11 @@ def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedLLM]:
 
 
 def stored_messages(home: Path, agent: str) -> list[Any]:
-    with Storage(load_config(home), home) as storage:
-        agents = AgentStore(storage.metadata)
-        state = agents.get(storage.user_id, agent)
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        state = storage.agents.get(config.user_id, agent)
         assert state is not None
-        return agents.last_messages(state.id, 1000)
+        return storage.messages.last(state.id, 1000)
 
 
 def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, inspect
 
-import memgpt.storage.agents  # noqa: F401 - registers the agent tables on Base
+from memgpt.storage import agents, attachments, messages, templates  # noqa: F401 - register their tables on Base
 from memgpt.storage.migrations import MIGRATIONS, apply_migrations
 from memgpt.storage.sql import Base, MetadataStore
 

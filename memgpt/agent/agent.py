@@ -25,7 +25,8 @@ from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import CoreMemory
 from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
-from memgpt.storage.agents import AgentStore, StepChanges
+from memgpt.storage import Storage
+from memgpt.storage.agents import StepChanges
 from memgpt.tokens import count_tokens
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
@@ -50,13 +51,13 @@ def new_id() -> str:
 
 
 class Agent:
-    """A loaded agent. Not thread-safe: one turn at a time."""
+    """A loaded agent, the only holder of its ``AgentState``. Not thread-safe: one turn at a time."""
 
     def __init__(
         self,
         state: AgentState,
         *,
-        agents: AgentStore,
+        storage: Storage,
         archival: ArchivalMemory,
         recall: RecallMemory | None = None,
         llm: LLMClient,
@@ -66,12 +67,12 @@ class Agent:
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.state = state
-        self.agents = agents
+        self.storage = storage
         self.llm = llm
         self.tools = {tool.name: tool for tool in tools}
         self.max_steps = max_steps
-        self.core = CoreMemory(agents.blocks(state.id))
-        self.recall = recall or RecallMemory(agents, state)
+        self.core = CoreMemory(storage.agents.blocks(state.id))
+        self.recall = recall or RecallMemory(storage, agent_id=state.id, user_id=state.user_id)
         self.archival = archival
         self._source_names = source_names
         self._clock = clock
@@ -97,7 +98,7 @@ class Agent:
 
     def login(self) -> Iterator[Event]:
         """The first event of a new session: the agent greets the user."""
-        last = "Never (first login)" if self.agents.count_messages(self.state.id) == 0 else "earlier"
+        last = "Never (first login)" if self.recall.count() == 0 else "earlier"
         yield from self._turn(self._message(Role.USER, last, name=LOGIN))
 
     def heartbeat(self, reason: str) -> Iterator[Event]:
@@ -113,7 +114,7 @@ class Agent:
         )  # type: ignore[arg-type]
 
     def _turn(self, opening: Message) -> Iterator[Event]:
-        self.agents.append(self.state.id, [opening])  # stored before any LLM call: never lost
+        self.storage.messages.append(self.state.id, [opening])  # stored before any LLM call: never lost
         yield from self._chain()
 
     def _chain(self) -> Iterator[Event]:
@@ -121,35 +122,35 @@ class Agent:
             reason = yield from self._step()
             if reason is None:
                 return
-            self.agents.append(self.state.id, [self._message(Role.USER, reason, name=HEARTBEAT)])
+            self.storage.messages.append(self.state.id, [self._message(Role.USER, reason, name=HEARTBEAT)])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
 
     # -- editing history (the chat's /pop, /retry, /rethink, /rewrite) ---------------------------
     def pop(self, count: int) -> int:
         """Delete the newest ``count`` messages, never leaving a function call without its result."""
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         cut = max(0, len(messages) - count)
         while 0 < cut < len(messages) and messages[cut].role is Role.TOOL:
             cut -= 1
         removed = [m.id for m in messages[cut:]]
-        self.agents.remove(removed)
+        self.storage.messages.remove(self.state.id, removed)
         self.recall.forget(removed)
         return len(removed)
 
     def retry(self) -> Iterator[Event]:
         """Drop the agent's answer to the last user message and let it answer again."""
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         last_user = max((i for i, m in enumerate(messages) if m.role is Role.USER and not m.name), default=None)
         if last_user is None:
             yield SystemNotice("there is no user message to retry")
             return
         dropped = [m.id for m in messages[last_user + 1 :]]
-        self.agents.remove(dropped)
+        self.storage.messages.remove(self.state.id, dropped)
         self.recall.forget(dropped)
         yield from self._chain()
 
     def _last_assistant(self, *, with_reply: bool = False) -> Message:
-        for message in reversed(self.agents.in_context(self.state.id)):
+        for message in reversed(self.storage.messages.in_context(self.state.id)):
             if message.role is Role.ASSISTANT and (
                 not with_reply or any(c.name == "send_message" for c in message.tool_calls)
             ):
@@ -158,7 +159,7 @@ class Agent:
 
     def rethink(self, thought: str) -> None:
         """Replace the inner monologue of the latest assistant message."""
-        self.agents.replace_content(replace(self._last_assistant(), content=thought))
+        self.storage.messages.replace(replace(self._last_assistant(), content=thought))
 
     def rewrite(self, text: str) -> None:
         """Replace what the latest send_message said."""
@@ -167,11 +168,11 @@ class Agent:
             replace(c, arguments=json.dumps({"message": text}, ensure_ascii=False)) if c.name == "send_message" else c
             for c in message.tool_calls
         )
-        self.agents.replace_content(replace(message, tool_calls=calls))
+        self.storage.messages.replace(replace(message, tool_calls=calls))
 
     # -- one step -------------------------------------------------------------------------------
     def context(self) -> list[ChatMessage]:
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         system = system_message(
             self.state,
             self.core.render(),
@@ -197,7 +198,7 @@ class Agent:
             yield from self.summarize()
         elif tokens > PRESSURE_FRACTION * self.state.context_window and not self._warned:
             self._warned = True
-            self.agents.append(self.state.id, [self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
+            self.storage.messages.append(self.state.id, [self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
             yield SystemNotice("memory pressure: the context window is over 75% full")
         try:
             completion = self.llm.complete(self.context(), specs)
@@ -258,7 +259,7 @@ class Agent:
 
     def _commit(self, messages: list[Message]) -> None:
         changed = [b for b in self.core.blocks if b.label in self.core.changed]
-        self.agents.commit_step(
+        self.storage.agents.commit_step(
             self.state.id,
             StepChanges(messages=messages, blocks=changed, heartbeats_paused_until=self._paused_until),
         )
@@ -271,7 +272,7 @@ class Agent:
     # -- context window management ----------------------------------------------------------------
     def summarize(self, *, force: bool = False) -> Iterator[Event]:
         """Fold the oldest messages into the summary and take them out of the window (recall keeps them)."""
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         specs = [t.spec() for t in self.tools.values()]
         target = int(self.state.context_window * KEEP_AFTER_EVICTION)
         base = count_tokens(self.llm.model, self.context()[:1], specs)
@@ -297,7 +298,9 @@ class Agent:
                 )
             return
         summary = summarize(self.llm, self.state.summary, [to_chat(m) for m in evicted])
-        self.agents.commit_step(self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary))
+        self.storage.agents.commit_step(
+            self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary)
+        )
         self.state = replace(self.state, summary=summary)
         self._warned = False
         yield SystemNotice(

@@ -18,9 +18,9 @@ from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import DEFAULT_LIMIT
 from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.storage import Storage
-from memgpt.storage.agents import AgentStore
+from memgpt.storage.agents import AgentSummary
 from memgpt.storage.filters import all_of, eq
-from memgpt.types import AgentState, Block, Source, utc_now
+from memgpt.types import AgentState, Block, EmbeddingSpace, Source, utc_now
 
 _ADJECTIVES = """Polite Brave Calm Clever Curious Gentle Happy Honest Jolly Kind Lively Lucky Merry Mighty Nimble
 Noble Patient Proud Quiet Quick Shiny Silly Sunny Swift Tidy Wise Witty Zesty Bold Bright Cosmic Daring Eager Fuzzy
@@ -40,22 +40,23 @@ def friendly_name(taken: set[str], rng: random.Random | None = None) -> str:
     return f"{rng.choice(_ADJECTIVES)}{rng.choice(_NOUNS)}{uuid.uuid4().hex[:4]}"
 
 
-def template_text(agents: AgentStore, user_id: str, kind: str, name: str) -> str:
+def template_text(storage: Storage, user_id: str, kind: str, name: str) -> str:
     """A persona or human by name: the user's own first, then the shipped ones."""
-    text = agents.template(user_id, kind, name)
+    text = storage.templates.get(user_id, kind, name)
     if text is not None:
         return text
     shipped = prompts.shipped(kind)
     if name in shipped:
         return shipped[name]
-    known = sorted({*shipped, *agents.templates(user_id, kind)})
+    known = sorted({*shipped, *storage.templates.all(user_id, kind)})
     raise NotFoundError(
         f"no {kind} named {name!r} (available: {', '.join(known)}); add one with `memgpt add {kind} --name {name} ...`"
     )
 
 
-def template_names(agents: AgentStore, user_id: str, kind: str) -> dict[str, str]:
-    return {**prompts.shipped(kind), **agents.templates(user_id, kind)}
+def template_names(storage: Storage, user_id: str, kind: str) -> dict[str, str]:
+    """Name to text of every persona (or human) the user can choose: shipped ones, then their own."""
+    return {**prompts.shipped(kind), **storage.templates.all(user_id, kind)}
 
 
 def validate_agent_name(name: str) -> str:
@@ -66,7 +67,7 @@ def validate_agent_name(name: str) -> str:
 
 
 def create_agent(
-    agents: AgentStore,
+    storage: Storage,
     *,
     user_id: str,
     name: str,
@@ -74,13 +75,13 @@ def create_agent(
     human: str,
     model: str,
     context_window: int,
-    embedding: EmbeddingModel,
+    embedding: EmbeddingSpace,
 ) -> AgentState:
     name = validate_agent_name(name)
-    if agents.get(user_id, name) is not None:
+    if storage.agents.get(user_id, name) is not None:
         raise UserError(f"an agent named {name!r} already exists; pick another name or run it with --agent")
-    persona_text = template_text(agents, user_id, "persona", persona)
-    human_text = template_text(agents, user_id, "human", human)
+    persona_text = template_text(storage, user_id, "persona", persona)
+    human_text = template_text(storage, user_id, "human", human)
     state = AgentState(
         id=str(uuid.uuid4()),
         name=name,
@@ -90,26 +91,29 @@ def create_agent(
         system_prompt=prompts.system_prompt(),
         llm_model=model,
         context_window=context_window,
-        embedding_model=embedding.space.model,
-        embedding_dim=embedding.space.dimensions,
+        embedding_model=embedding.model,
+        embedding_dim=embedding.dimensions,
         created_at=utc_now(),
     )
     limit = max(DEFAULT_LIMIT, len(persona_text), len(human_text))
     blocks = [Block("persona", persona_text, limit), Block("human", human_text, limit)]
-    return agents.create(state, blocks, [])
+    return storage.agents.create(state, blocks)
 
 
-def get_agent(agents: AgentStore, user_id: str, name: str) -> AgentState:
-    state = agents.get(user_id, name)
+def get_agent(storage: Storage, user_id: str, name: str) -> AgentState:
+    state = storage.agents.get(user_id, name)
     if state is None:
-        known = ", ".join(sorted(agents.names(user_id))) or "none yet"
+        known = ", ".join(sorted(storage.agents.names(user_id))) or "none yet"
         raise NotFoundError(f"no agent named {name!r} (agents: {known})")
     return state
 
 
+def list_agents(storage: Storage, user_id: str) -> list[AgentSummary]:
+    return storage.agents.list(user_id)
+
+
 def open_agent(
     storage: Storage,
-    agents: AgentStore,
     state: AgentState,
     *,
     llm: LLMClient,
@@ -126,18 +130,18 @@ def open_agent(
     if tools_folder is not None:
         extra, warnings = load_user_tools(tools_folder, [t.name for t in tools])
         tools += extra
-    archival = ArchivalMemory(storage, agents, state, embedding)
-    store = storage.passages(state.space)
-    recall = RecallMemory(agents, state, RecallIndex(store, embedding))
+    archival = ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
+    index = RecallIndex(storage.passages(state.space), embedding)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index)
     recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
 
     def source_names() -> list[str]:
         names = {s.id: s.name for s in storage.metadata.list_sources(state.user_id)}
-        return [names[i] for i in agents.attached(state.id) if i in names]
+        return [names[i] for i in storage.attachments.source_ids(state.id) if i in names]
 
     agent = Agent(
         state,
-        agents=agents,
+        storage=storage,
         archival=archival,
         recall=recall,
         llm=llm,
@@ -148,30 +152,30 @@ def open_agent(
     return agent, warnings
 
 
-def attach_source(storage: Storage, agents: AgentStore, state: AgentState, source_name: str) -> tuple[Source, bool]:
-    """Link a source to the agent's archival memory; (source, False) when it was attached already."""
-    source = get_source(storage, source_name)
+def attach_source(storage: Storage, state: AgentState, source_name: str) -> tuple[Source, bool]:
+    """Link one of the agent's user's sources to its archival memory; (source, False) when it was attached already."""
+    source = get_source(storage, state.user_id, source_name)
     source.space.ensure_same(
         state.space,
         owner=f"source {source.name!r}",
         user=f"the model of agent {state.name!r}",
         fix="load the files again into a new source with the agent's model",
     )
-    return source, agents.attach(state.id, source.id)
+    return source, storage.attachments.attach(state.id, source.id)
 
 
-def detach_source(storage: Storage, agents: AgentStore, state: AgentState, source_name: str) -> Source:
-    source = get_source(storage, source_name)
-    if not agents.detach(state.id, source.id):
+def detach_source(storage: Storage, state: AgentState, source_name: str) -> Source:
+    source = get_source(storage, state.user_id, source_name)
+    if not storage.attachments.detach(state.id, source.id):
         raise UserError(f"source {source.name!r} is not attached to agent {state.name!r}")
     return source
 
 
-def delete_agent(storage: Storage, agents: AgentStore, state: AgentState) -> int:
+def delete_agent(storage: Storage, state: AgentState) -> int:
     """Delete the agent, its messages and its own archival passages (attached sources stay)."""
     store = storage.passages(state.space)
     deleted = store.delete(all_of(eq("user_id", state.user_id), eq("agent_id", state.id)))
-    agents.delete(state.id)
+    storage.agents.delete(state.id)
     return deleted
 
 

@@ -15,19 +15,12 @@ from memgpt.errors import UserError
 if TYPE_CHECKING:
     from memgpt.config import Config
     from memgpt.storage import Storage
-    from memgpt.storage.agents import AgentStore
     from memgpt.types import AgentState
 
 
-def _store(storage: Storage) -> AgentStore:
-    from memgpt.storage.agents import AgentStore
-
-    return AgentStore(storage.metadata)
-
-
-def _choose_existing(agents: AgentStore, user_id: str) -> AgentState | None:
+def _choose_existing(storage: Storage, user_id: str) -> AgentState | None:
     """The seed's question, asked only at a terminal and only when agents exist."""
-    summaries = agents.list(user_id)
+    summaries = storage.agents.list(user_id)
     if not summaries or not interactive():
         return None
     import questionary
@@ -42,7 +35,7 @@ def _choose_existing(agents: AgentStore, user_id: str) -> AgentState | None:
 
 
 def _create(
-    agents: AgentStore,
+    storage: Storage,
     config: Config,
     user_id: str,
     *,
@@ -60,24 +53,24 @@ def _create(
     console.print(f"->  🤖 Using persona profile: '{persona}'", markup=False)
     console.print(f"->  🧑 Using human profile: '{human}'", markup=False)
     state = create_agent(
-        agents,
+        storage,
         user_id=user_id,
-        name=name or friendly_name(agents.names(user_id)),
+        name=name or friendly_name(storage.agents.names(user_id)),
         persona=persona,
         human=human,
         model=chosen_model,
         context_window=window,
-        embedding=embedding_model(config),
+        embedding=embedding_model(config).space,
     )
     console.print(f"🎉 Created new agent '{state.name}' (id={state.id})", markup=False)
     return state
 
 
-def _resume_banner(agents: AgentStore, state: AgentState) -> None:
+def _resume_banner(storage: Storage, state: AgentState) -> None:
     from memgpt.memory.recall import describe
 
     console.print(f"\n🔁 Using existing agent '{state.name}' (id={state.id})", markup=False)
-    for message in agents.last_messages(state.id, 6):
+    for message in storage.messages.last(state.id, 6):
         if message.role.value in ("user", "assistant") and not message.name:
             console.print(f"[bright_black]{describe(message)}[/]", markup=True, highlight=False)
 
@@ -104,25 +97,25 @@ def run(
 
     with open_storage() as (storage, config):
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
-        agents = _store(storage)
-        state = agents.get(storage.user_id, agent) if agent else _choose_existing(agents, storage.user_id)
+        user_id = config.user_id
+        state = storage.agents.get(user_id, agent) if agent else _choose_existing(storage, user_id)
         created = state is None
         if state is None:
-            state = _create(agents, config, storage.user_id, name=agent, persona=persona, human=human, model=model)
+            state = _create(storage, config, user_id, name=agent, persona=persona, human=human, model=model)
         else:
             if persona or human:
                 console.print("(--persona and --human only apply to new agents)", markup=False)
             if model and model != state.llm_model:
-                agents.set_model(state.id, model, state.context_window)
-                state = get_agent(agents, storage.user_id, state.name)
-            _resume_banner(agents, state)
+                storage.agents.update(state.id, llm_model=model)
+                state = get_agent(storage, user_id, state.name)
+            _resume_banner(storage, state)
         llm = create_llm(config.llm, model=state.llm_model, context_window=state.context_window)
         loaded, warnings = open_agent(
-            storage, agents, state, llm=llm, embedding=embedding_model(config), tools_folder=memgpt_home() / "tools"
+            storage, state, llm=llm, embedding=embedding_model(config), tools_folder=memgpt_home() / "tools"
         )
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)
-        chat = Chat(loaded, storage, agents, heartbeat_minutes=heartbeat_minutes)
+        chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes)
         for source in attach or []:
             chat.attach(source)
         if message is not None:
@@ -141,8 +134,10 @@ def run(
 
 def list_agents(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List agents with their persona, model and memory size."""
-    with open_storage() as (storage, _config):
-        summaries = _store(storage).list(storage.user_id)
+    from memgpt.agent.manager import list_agents as summaries_of
+
+    with open_storage() as (storage, config):
+        summaries = summaries_of(storage, config.user_id)
     if as_json:
         console.print_json(
             json.dumps(
@@ -184,8 +179,8 @@ def list_agents(as_json: bool = typer.Option(False, "--json", help="Print JSON i
 def _list_templates(kind: str, as_json: bool) -> None:
     from memgpt.agent.manager import template_names
 
-    with open_storage() as (storage, _config):
-        found = template_names(_store(storage), storage.user_id, kind)
+    with open_storage() as (storage, config):
+        found = template_names(storage, config.user_id, kind)
     if as_json:
         console.print_json(json.dumps(found))
         return
@@ -217,8 +212,8 @@ def _add_template(kind: str, name: str, text: str | None, file: Path | None) -> 
             raise UserError(f"{file}: cannot read it as UTF-8 text ({exc})") from exc
     if not name.strip() or not (text or "").strip():
         raise UserError(f"the {kind} name and text cannot be empty")
-    with open_storage() as (storage, _config):
-        _store(storage).save_template(storage.user_id, kind, name.strip(), (text or "").strip())
+    with open_storage() as (storage, config):
+        storage.templates.save(config.user_id, kind, name.strip(), (text or "").strip())
     console.print(f"Saved {kind} '{name.strip()}'", markup=False)
 
 
@@ -248,13 +243,12 @@ def delete_agent(
     from memgpt.agent.manager import delete_agent as remove
     from memgpt.agent.manager import get_agent
 
-    with open_storage() as (storage, _config):
-        agents = _store(storage)
-        state = get_agent(agents, storage.user_id, name)
+    with open_storage() as (storage, config):
+        state = get_agent(storage, config.user_id, name)
         if not confirm(f"Delete agent {state.name!r} and all its memories?", assume_yes=yes):
             console.print("Nothing deleted.")
             return
-        passages = remove(storage, agents, state)
+        passages = remove(storage, state)
     console.print(f"Deleted agent {state.name!r} and {passages} archival passages", markup=False)
 
 
@@ -265,9 +259,8 @@ def attach(
     """Attach a data source to an agent's archival memory (a link: nothing is copied)."""
     from memgpt.agent.manager import attach_source, get_agent
 
-    with open_storage() as (storage, _config):
-        agents = _store(storage)
-        source, fresh = attach_source(storage, agents, get_agent(agents, storage.user_id, agent), data_source)
+    with open_storage() as (storage, config):
+        source, fresh = attach_source(storage, get_agent(storage, config.user_id, agent), data_source)
     if fresh:
         console.print(f"Attached {source.name} ({source.passages} passages) to agent '{agent}'", markup=False)
     else:
@@ -281,7 +274,6 @@ def detach(
     """Detach a data source from an agent."""
     from memgpt.agent.manager import detach_source, get_agent
 
-    with open_storage() as (storage, _config):
-        agents = _store(storage)
-        source = detach_source(storage, agents, get_agent(agents, storage.user_id, agent), data_source)
+    with open_storage() as (storage, config):
+        source = detach_source(storage, get_agent(storage, config.user_id, agent), data_source)
     console.print(f"Detached {source.name} from agent '{agent}'", markup=False)

@@ -19,7 +19,6 @@ from memgpt.errors import MemGPTError, ToolError, UserError
 if TYPE_CHECKING:
     from memgpt.agent.agent import Agent
     from memgpt.storage import Storage
-    from memgpt.storage.agents import AgentStore
 
 PROMPT = "> Enter your message: "
 _MEMORY_VERBS = {
@@ -68,7 +67,6 @@ def play(events: Iterator[Event]) -> None:
 class Chat:
     agent: Agent
     storage: Storage
-    agents: AgentStore
     heartbeat_minutes: float = 0
 
     # -- input ----------------------------------------------------------------------------------
@@ -192,7 +190,7 @@ class Chat:
 
         from memgpt.agent.manager import attach_source
 
-        attached = set(self.agents.attached(self.agent.state.id))
+        attached = set(self.storage.attachments.source_ids(self.agent.state.id))
         names = [s.name for s in self.storage.metadata.list_sources(self.agent.state.user_id) if s.id not in attached]
         name = self._pick(
             names, argument, "Select data source", "No data sources to attach; create one with `memgpt load directory`."
@@ -201,7 +199,7 @@ class Chat:
             return
         with Progress(console=console, transient=False) as progress:
             task = progress.add_task("Attaching", total=1)
-            source, fresh = attach_source(self.storage, self.agents, self.agent.state, name)
+            source, fresh = attach_source(self.storage, self.agent.state, name)
             progress.advance(task)
         if fresh:
             console.print(f"Attached {source.name} ({source.passages} passages) to archival memory", markup=False)
@@ -212,10 +210,10 @@ class Chat:
         from memgpt.agent.manager import detach_source
 
         by_id = {s.id: s.name for s in self.storage.metadata.list_sources(self.agent.state.user_id)}
-        names = [by_id[i] for i in self.agents.attached(self.agent.state.id) if i in by_id]
+        names = [by_id[i] for i in self.storage.attachments.source_ids(self.agent.state.id) if i in by_id]
         name = self._pick(names, argument, "Select data source to detach", "No data sources are attached.")
         if name is not None:
-            source = detach_source(self.storage, self.agents, self.agent.state, name)
+            source = detach_source(self.storage, self.agent.state, name)
             console.print(f"Detached {source.name}", markup=False)
 
     def memory(self, _: str) -> None:
@@ -231,7 +229,7 @@ class Chat:
         from memgpt.memory.recall import describe
 
         count = int(argument) if argument.isdigit() else 10
-        for message in self.agents.last_messages(self.agent.state.id, count):
+        for message in self.storage.messages.last(self.agent.state.id, count):
             if message.role.value in ("user", "assistant"):
                 console.print(describe(message), markup=False)
             else:

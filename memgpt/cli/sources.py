@@ -104,6 +104,7 @@ def load_directory(
             loader = SourceLoader(
                 storage,
                 model,
+                user_id=config.user_id,
                 chunk_size=config.embedding.chunk_size,
                 chunk_overlap=config.embedding.chunk_overlap,
                 listener=_ProgressListener(progress),
@@ -137,8 +138,10 @@ def list_sources(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List data sources with their documents, passages and embedding model."""
-    with open_storage() as (storage, _config):
-        sources = storage.metadata.list_sources(storage.user_id)
+    from memgpt.data.sources import list_sources as sources_of
+
+    with open_storage() as (storage, config):
+        sources = sources_of(storage, config.user_id)
     if as_json:
         rows = [
             {
@@ -188,8 +191,8 @@ def delete_source(
     from memgpt.data.sources import delete_source as remove
     from memgpt.data.sources import get_source
 
-    with open_storage() as (storage, _config):
-        source = get_source(storage, name)
+    with open_storage() as (storage, config):
+        source = get_source(storage, config.user_id, name)
         question = f"Delete source {source.name!r} ({source.documents} documents, {source.passages} passages)?"
         if not confirm(question, assume_yes=yes):
             console.print("Nothing deleted.")
@@ -208,7 +211,7 @@ def search(
     from memgpt.data.sources import get_source, search_source
 
     with open_storage() as (storage, config):
-        found = get_source(storage, source)
+        found = get_source(storage, config.user_id, source)
         hits = search_source(storage, found, embedding_model(config), query, k=k)
     if as_json:
         rows = [

@@ -106,19 +106,21 @@ def _digest(*parts: object) -> str:
 
 
 class SourceLoader:
-    """Loads files into one source with one embedding model."""
+    """Loads files into one of ``user_id``'s sources with one embedding model."""
 
     def __init__(
         self,
         storage: Storage,
         model: EmbeddingModel,
         *,
+        user_id: str,
         chunk_size: int,
         chunk_overlap: int,
         listener: LoadListener | None = None,
     ) -> None:
         self.storage = storage
         self.model = model
+        self.user_id = user_id
         size = min(chunk_size, model.max_input_tokens)
         overlap = min(chunk_overlap, size // 2 - 1)
         self.chunker = Chunker(model.count_tokens, size, overlap)
@@ -129,12 +131,12 @@ class SourceLoader:
     # -- sources ------------------------------------------------------------------------------
     def _source(self, name: str, description: str) -> tuple[Source, bool]:
         metadata = self.storage.metadata
-        existing = metadata.get_source(self.storage.user_id, name)
+        existing = metadata.get_source(self.user_id, name)
         if existing is None:
             source = Source(
                 id=uuid.uuid4().hex,
                 name=name,
-                user_id=self.storage.user_id,
+                user_id=self.user_id,
                 embedding_model=self.model.model_id,
                 embedding_dim=self.model.dimensions,
                 created_at=utc_now(),

@@ -9,12 +9,17 @@ from memgpt.storage.filters import Filter, all_of, eq, not_in
 from memgpt.types import SearchHit, Source
 
 
-def get_source(storage: Storage, name: str) -> Source:
-    source = storage.metadata.get_source(storage.user_id, name)
+def get_source(storage: Storage, user_id: str, name: str) -> Source:
+    source = storage.metadata.get_source(user_id, name)
     if source is None:
-        known = ", ".join(repr(s.name) for s in storage.metadata.list_sources(storage.user_id)) or "none yet"
+        known = ", ".join(repr(s.name) for s in storage.metadata.list_sources(user_id)) or "none yet"
         raise NotFoundError(f"no source named {name!r} (sources: {known}); create it with `memgpt load`")
     return source
+
+
+def list_sources(storage: Storage, user_id: str) -> list[Source]:
+    """The user's sources, oldest first, with their document and passage counts."""
+    return storage.metadata.list_sources(user_id)
 
 
 def visible_passages(storage: Storage, source: Source) -> Filter:

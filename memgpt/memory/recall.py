@@ -16,10 +16,10 @@ from datetime import UTC, datetime, time, timedelta
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import MemGPTError, ToolError
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
-from memgpt.storage.agents import AgentStore
+from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq, is_in
-from memgpt.types import AgentState, Message, Passage, Role
+from memgpt.types import Message, Passage, Role
 
 logger = logging.getLogger(__name__)
 _INDEX_BATCH = 256
@@ -67,7 +67,7 @@ class RecallIndex:
     store: PassageStore
     model: EmbeddingModel
 
-    def add(self, state: AgentState, messages: list[Message]) -> None:
+    def add(self, user_id: str, messages: list[Message]) -> None:
         texts = [readable(m) or "(empty)" for m in messages]
         vectors = self.model.embed_multi(texts)
         self.store.upsert(
@@ -75,8 +75,8 @@ class RecallIndex:
                 Passage(
                     id=m.id,
                     text=text,
-                    user_id=state.user_id,
-                    agent_id=state.id,
+                    user_id=user_id,
+                    agent_id=m.agent_id,
                     kind="recall",
                     created_at=m.created_at,
                     metadata={"role": m.role.value},
@@ -88,13 +88,16 @@ class RecallIndex:
 
 
 class RecallMemory:
-    def __init__(self, agents: AgentStore, state: AgentState, index: RecallIndex | None = None) -> None:
-        self._agents = agents
-        self._state = state
+    """One agent's message history; ``index`` is None where only the SQL word search is wanted."""
+
+    def __init__(self, storage: Storage, *, agent_id: str, user_id: str, index: RecallIndex | None = None) -> None:
+        self._messages = storage.messages
+        self.agent_id = agent_id
+        self.user_id = user_id
         self._index = index
 
     def count(self) -> int:
-        return self._agents.count_messages(self._state.id)
+        return self._messages.count(self.agent_id)
 
     def sync(self) -> bool:
         """Index what is not indexed yet; returns whether the index now holds every message. Failures
@@ -102,9 +105,9 @@ class RecallMemory:
         if self._index is None:
             return False
         try:
-            while batch := self._agents.unindexed(self._state.id, _INDEX_BATCH):
-                self._index.add(self._state, batch)
-                self._agents.mark_indexed([m.id for m in batch])
+            while batch := self._messages.unindexed(self.agent_id, _INDEX_BATCH):
+                self._index.add(self.user_id, batch)
+                self._messages.mark_indexed(self.agent_id, [m.id for m in batch])
         except MemGPTError as exc:
             logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
             return False
@@ -113,18 +116,16 @@ class RecallMemory:
     def forget(self, message_ids: list[str]) -> None:
         """Drop deleted messages (the user's /pop) from the index too."""
         if self._index is not None and message_ids:
-            self._index.store.delete(all_of(eq("agent_id", self._state.id), is_in("id", message_ids)))
+            self._index.store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", message_ids)))
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():
             raise ToolError("query is empty: give words to look for")
         number = check_page(page)
         if self._index is None or not self.sync():  # no index, or it is unreachable: SQL word search
-            found, total = self._agents.search_messages(
-                self._state.id, query, offset=number * PAGE_SIZE, limit=PAGE_SIZE
-            )
+            found, total = self._messages.search(self.agent_id, query, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
             return Page([describe(m) for m in found], total, number)
-        where = all_of(eq("user_id", self._state.user_id), eq("kind", "recall"), eq("agent_id", self._state.id))
+        where = all_of(eq("user_id", self.user_id), eq("kind", "recall"), eq("agent_id", self.agent_id))
         store = self._index.store
         total = store.count(where)
         if total == 0:
@@ -132,7 +133,7 @@ class RecallMemory:
         hits = store.search(
             self._index.model.embed(query), text=query, limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where
         )
-        messages = self._agents.messages_by_id([h.passage.id for h in hits])
+        messages = self._messages.by_id(self.agent_id, [h.passage.id for h in hits])
         return Page([describe(messages[h.passage.id]) for h in hits if h.passage.id in messages], total, number)
 
     def search_dates(self, start_date: str, end_date: str, page: int | None = 0) -> Page:
@@ -142,7 +143,5 @@ class RecallMemory:
         if end - start > timedelta(days=36_500):
             raise ToolError("that date range is too wide")
         number = check_page(page)
-        found, total = self._agents.messages_between(
-            self._state.id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE
-        )
+        found, total = self._messages.between(self.agent_id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
         return Page([describe(m) for m in found], total, number)

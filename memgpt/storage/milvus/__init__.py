@@ -7,6 +7,7 @@ This package is the only place that imports pymilvus; what differs between deplo
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from memgpt.storage.milvus.client import (
@@ -25,22 +26,24 @@ __all__ = ["MAX_WINDOW", "Capabilities", "MilvusConnection", "MilvusPassageStore
 
 
 class MilvusConnection:
-    """One client per process and target; hands out a store per embedding space."""
+    """One client per process and target; hands out one store per embedding space, safely from any thread."""
 
     def __init__(self, target: MilvusTarget) -> None:
         self.target = target
         self._client = connect(target)
         self.capabilities = detect(self._client, target)
         self._stores: dict[EmbeddingSpace, MilvusPassageStore] = {}
+        self._lock = threading.Lock()  # one store per space: opening one may create or upgrade its collection
 
     @property
     def client(self) -> Any:
         return self._client
 
     def passages(self, space: EmbeddingSpace) -> MilvusPassageStore:
-        if space not in self._stores:
-            self._stores[space] = MilvusPassageStore(self._client, self.target, self.capabilities, space)
-        return self._stores[space]
+        with self._lock:
+            if space not in self._stores:
+                self._stores[space] = MilvusPassageStore(self._client, self.target, self.capabilities, space)
+            return self._stores[space]
 
     def spaces(self) -> list[EmbeddingSpace]:
         """The embedding space of every memgpt passage collection here, first-release ones included."""
@@ -59,4 +62,5 @@ class MilvusConnection:
         with contextlib.suppress(Exception):  # closing is best effort; the process may be exiting
             self._client.close()
         release(self.target)
-        self._stores.clear()
+        with self._lock:
+            self._stores.clear()
