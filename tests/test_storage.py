@@ -9,6 +9,7 @@ from collections.abc import Callable
 from memgpt.agent.manager import create_agent
 from memgpt.storage import Storage
 from memgpt.storage.filters import eq
+from memgpt.storage.messages import StoredMessage
 from memgpt.types import EmbeddingSpace, Message, Passage, Role
 
 THREADS = 8
@@ -58,7 +59,7 @@ def test_threads_write_agents_messages_and_passages_for_many_users(storage: Stor
         )
         for n in range(5):
             message = Message(uuid.uuid4().hex, state.id, Role.USER, f"message {n} of {user}")
-            storage.messages.append(state.id, [message])
+            storage.messages.append(state.id, [StoredMessage(message, message.content, searchable=True)])
         vector = [1.0, float(i), 0.0, 0.0]
         storage.passages(SPACE).upsert([Passage(uuid.uuid4().hex, f"note of {user}", user, embedding=vector)])
 

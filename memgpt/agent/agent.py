@@ -16,13 +16,14 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from memgpt.agent.context import HEARTBEAT, LOGIN, SYSTEM_ALERT, system_message, timestamp, to_chat
+from memgpt.agent.context import system_message
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
 from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError
 from memgpt.llm.base import ChatMessage, Completion, LLMClient
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import CoreMemory
+from memgpt.memory.messages import HEARTBEAT, LOGIN, SEND_MESSAGE, SYSTEM_ALERT, stored, timestamp, to_chat
 from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
 from memgpt.storage import Storage
@@ -114,7 +115,7 @@ class Agent:
         )  # type: ignore[arg-type]
 
     def _turn(self, opening: Message) -> Iterator[Event]:
-        self.storage.messages.append(self.state.id, [opening])  # stored before any LLM call: never lost
+        self.recall.append([opening])  # stored before any LLM call: never lost
         yield from self._chain()
 
     def _chain(self) -> Iterator[Event]:
@@ -122,7 +123,7 @@ class Agent:
             reason = yield from self._step()
             if reason is None:
                 return
-            self.storage.messages.append(self.state.id, [self._message(Role.USER, reason, name=HEARTBEAT)])
+            self.recall.append([self._message(Role.USER, reason, name=HEARTBEAT)])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
 
     # -- editing history (the chat's /pop, /retry, /rethink, /rewrite) ---------------------------
@@ -133,8 +134,7 @@ class Agent:
         while 0 < cut < len(messages) and messages[cut].role is Role.TOOL:
             cut -= 1
         removed = [m.id for m in messages[cut:]]
-        self.storage.messages.remove(self.state.id, removed)
-        self.recall.forget(removed)
+        self.recall.remove(removed)
         return len(removed)
 
     def retry(self) -> Iterator[Event]:
@@ -145,30 +145,29 @@ class Agent:
             yield SystemNotice("there is no user message to retry")
             return
         dropped = [m.id for m in messages[last_user + 1 :]]
-        self.storage.messages.remove(self.state.id, dropped)
-        self.recall.forget(dropped)
+        self.recall.remove(dropped)
         yield from self._chain()
 
     def _last_assistant(self, *, with_reply: bool = False) -> Message:
         for message in reversed(self.storage.messages.in_context(self.state.id)):
             if message.role is Role.ASSISTANT and (
-                not with_reply or any(c.name == "send_message" for c in message.tool_calls)
+                not with_reply or any(c.name == SEND_MESSAGE for c in message.tool_calls)
             ):
                 return message
         raise ToolError("there is no reply to change yet" if with_reply else "there is no thought to change yet")
 
     def rethink(self, thought: str) -> None:
         """Replace the inner monologue of the latest assistant message."""
-        self.storage.messages.replace(replace(self._last_assistant(), content=thought))
+        self.recall.replace(replace(self._last_assistant(), content=thought))
 
     def rewrite(self, text: str) -> None:
         """Replace what the latest send_message said."""
         message = self._last_assistant(with_reply=True)
         calls = tuple(
-            replace(c, arguments=json.dumps({"message": text}, ensure_ascii=False)) if c.name == "send_message" else c
+            replace(c, arguments=json.dumps({"message": text}, ensure_ascii=False)) if c.name == SEND_MESSAGE else c
             for c in message.tool_calls
         )
-        self.storage.messages.replace(replace(message, tool_calls=calls))
+        self.recall.replace(replace(message, tool_calls=calls))
 
     # -- one step -------------------------------------------------------------------------------
     def context(self) -> list[ChatMessage]:
@@ -198,7 +197,7 @@ class Agent:
             yield from self.summarize()
         elif tokens > PRESSURE_FRACTION * self.state.context_window and not self._warned:
             self._warned = True
-            self.storage.messages.append(self.state.id, [self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
+            self.recall.append([self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
             yield SystemNotice("memory pressure: the context window is over 75% full")
         try:
             completion = self.llm.complete(self.context(), specs)
@@ -249,7 +248,7 @@ class Agent:
         except Exception as exc:
             logger.exception("tool %s raised", call.name)
             text, ok = f"Error: {type(exc).__name__}: {exc}", False
-        if ok and call.name == "send_message":
+        if ok and call.name == SEND_MESSAGE:
             yield Reply(str(arguments.get("message", "")))
         else:
             yield FunctionResult(call.name, ok, text)
@@ -261,7 +260,9 @@ class Agent:
         changed = [b for b in self.core.blocks if b.label in self.core.changed]
         self.storage.agents.commit_step(
             self.state.id,
-            StepChanges(messages=messages, blocks=changed, heartbeats_paused_until=self._paused_until),
+            StepChanges(
+                messages=[stored(m) for m in messages], blocks=changed, heartbeats_paused_until=self._paused_until
+            ),
         )
         self.core.changed.clear()
         self.recall.sync()
@@ -297,7 +298,7 @@ class Agent:
                     "message, or the system prompt with core memory, is too long for this model's window"
                 )
             return
-        summary = summarize(self.llm, self.state.summary, [to_chat(m) for m in evicted])
+        summary = summarize(self.llm, self.state.summary, evicted)
         self.storage.agents.commit_step(
             self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary)
         )

@@ -67,11 +67,11 @@ def _create(
 
 
 def _resume_banner(storage: Storage, state: AgentState) -> None:
-    from memgpt.memory.recall import describe
+    from memgpt.memory.messages import describe, is_conversational
 
     console.print(f"\n🔁 Using existing agent '{state.name}' (id={state.id})", markup=False)
     for message in storage.messages.last(state.id, 6):
-        if message.role.value in ("user", "assistant") and not message.name:
+        if is_conversational(message):
             console.print(f"[bright_black]{describe(message)}[/]", markup=True, highlight=False)
 
 

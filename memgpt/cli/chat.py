@@ -226,7 +226,7 @@ class Chat:
         )
 
     def dump(self, argument: str) -> None:
-        from memgpt.memory.recall import describe
+        from memgpt.memory.messages import describe
 
         count = int(argument) if argument.isdigit() else 10
         for message in self.storage.messages.last(self.agent.state.id, count):

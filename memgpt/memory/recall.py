@@ -3,48 +3,30 @@
 SQL holds every message (the source of truth, and the date search). Conversational messages are also
 indexed in Milvus (``kind == "recall"``) so ``conversation_search`` ranks them by meaning and, where
 the deployment has BM25, by their words. Indexing runs after each step and catches up on anything a
-crash or an offline embedding endpoint left out.
+crash or an offline embedding endpoint left out. What a message's text is: ``memgpt.memory.messages``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import MemGPTError, ToolError
+from memgpt.memory.messages import describe, search_text, stored
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq, is_in
-from memgpt.types import Message, Passage, Role
+from memgpt.types import Message, Passage
 
 logger = logging.getLogger(__name__)
 _INDEX_BATCH = 256
-
-
-def readable(message: Message) -> str:
-    """What a person would remember of a message: the words, not the JSON around them."""
-    if message.role is Role.USER:
-        return message.content
-    text = message.content
-    for call in message.tool_calls:
-        if call.name != "send_message":
-            continue
-        try:
-            said = json.loads(call.arguments).get("message", "")
-        except (json.JSONDecodeError, AttributeError):
-            said = call.arguments
-        text = f"{text} | said: {said}".strip(" |")
-    return text
-
-
-def describe(message: Message) -> str:
-    stamp = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    who = "user" if message.role is Role.USER else "assistant"
-    return f"[{stamp}] {who}: {readable(message)}"
+# An embedding needs some text: an agent message with neither a thought nor words to the person (it only
+# called a tool) is indexed under this, so it still counts where the SQL record does.
+_NO_WORDS = "(empty)"
 
 
 def parse_date(value: str, *, end: bool) -> datetime:
@@ -68,7 +50,7 @@ class RecallIndex:
     model: EmbeddingModel
 
     def add(self, user_id: str, messages: list[Message]) -> None:
-        texts = [readable(m) or "(empty)" for m in messages]
+        texts = [search_text(m) or _NO_WORDS for m in messages]
         vectors = self.model.embed_multi(texts)
         self.store.upsert(
             [
@@ -99,6 +81,20 @@ class RecallMemory:
     def count(self) -> int:
         return self._messages.count(self.agent_id)
 
+    def append(self, messages: Sequence[Message]) -> None:
+        """Record messages outside a step's commit (the user's message before any LLM call, heartbeats)."""
+        self._messages.append(self.agent_id, [stored(m) for m in messages])
+
+    def replace(self, message: Message) -> None:
+        """Record a message's edited content or tool calls; the index picks the new text up at the next sync."""
+        self._messages.replace(stored(message))
+
+    def remove(self, message_ids: list[str]) -> None:
+        """Delete messages for good (the user's /pop and /retry), from SQL and from the index."""
+        self._messages.remove(self.agent_id, message_ids)
+        if self._index is not None and message_ids:
+            self._index.store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", message_ids)))
+
     def sync(self) -> bool:
         """Index what is not indexed yet; returns whether the index now holds every message. Failures
         are logged and retried next time (SQL keeps all)."""
@@ -112,11 +108,6 @@ class RecallMemory:
             logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
             return False
         return True
-
-    def forget(self, message_ids: list[str]) -> None:
-        """Drop deleted messages (the user's /pop) from the index too."""
-        if self._index is not None and message_ids:
-            self._index.store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", message_ids)))
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():

@@ -10,9 +10,9 @@ from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, dele
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
-from memgpt.storage.messages import MessageRow, write_messages
+from memgpt.storage.messages import MessageRow, StoredMessage, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
-from memgpt.types import AgentState, Block, Message
+from memgpt.types import AgentState, Block
 
 
 class AgentRow(Base):
@@ -54,7 +54,7 @@ class AgentSummary:
 class StepChanges:
     """Everything one agent step changes, written in one transaction."""
 
-    messages: Sequence[Message] = ()
+    messages: Sequence[StoredMessage] = ()
     blocks: Sequence[Block] = ()
     evicted_ids: Sequence[str] = ()
     summary: str | None = None

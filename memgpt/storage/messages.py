@@ -1,17 +1,18 @@
 """Every message of every agent (recall memory's record), in the metadata database.
 
 SQL is the source of truth for messages and serves the date search and the word search that stands in
-while the Milvus recall index is unreachable.
+while the Milvus recall index is unreachable. Which messages those searches see, and by what text, is
+decided in ``memgpt.memory.messages`` and handed in with each message (``StoredMessage``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, or_, select, update
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
@@ -36,22 +37,18 @@ class MessageRow(Base):
     name: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     in_context: Mapped[bool] = mapped_column(Boolean)
-    search_text: Mapped[str] = mapped_column(Text)  # lower-cased readable text, for recall search
+    search_text: Mapped[str] = mapped_column(Text)  # the text recall search matches, lower-cased
     indexed: Mapped[bool] = mapped_column(Boolean, default=False)  # also in Milvus for recall search
+    searchable: Mapped[bool] = mapped_column(Boolean, default=False)  # recall searches may return it
 
 
-def searchable_text(message: Message) -> str:
-    """What recall search matches: the words a person would remember, not JSON syntax."""
-    parts = [message.content]
-    for call in message.tool_calls:
-        try:
-            arguments = json.loads(call.arguments)
-        except json.JSONDecodeError:
-            parts.append(call.arguments)
-            continue
-        if isinstance(arguments, dict):
-            parts.extend(str(v) for k, v in arguments.items() if k != "request_heartbeat")
-    return " ".join(p for p in parts if p).lower()
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message with what memory decided about searching it; storage keeps both as handed."""
+
+    message: Message
+    search_text: str = ""
+    searchable: bool = False
 
 
 def _calls_json(message: Message) -> str:
@@ -72,20 +69,15 @@ def _message(row: MessageRow) -> Message:
     )
 
 
-def _conversational() -> Any:
-    """User messages the person typed (system alerts are user-role messages with a name) and replies."""
-    typed = (MessageRow.role == Role.USER.value) & (MessageRow.name == "")
-    return or_(typed, MessageRow.role == Role.ASSISTANT.value)
-
-
 def _escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def write_messages(s: Session, agent_id: str, messages: Sequence[Message]) -> None:
+def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage]) -> None:
     """Append ``messages`` after the agent's last one, in the caller's transaction."""
     last = s.scalar(select(func.max(MessageRow.seq)).where(MessageRow.agent_id == agent_id)) or 0
-    for offset, message in enumerate(messages, start=1):
+    for offset, entry in enumerate(messages, start=1):
+        message = entry.message
         s.add(
             MessageRow(
                 id=message.id,
@@ -98,8 +90,9 @@ def write_messages(s: Session, agent_id: str, messages: Sequence[Message]) -> No
                 name=message.name,
                 created_at=message.created_at,
                 in_context=True,
-                search_text=searchable_text(message),
+                search_text=entry.search_text.lower(),  # LIKE ignores case only for ASCII on SQLite
                 indexed=False,
+                searchable=entry.searchable,
             )
         )
 
@@ -110,7 +103,7 @@ class MessageStore:
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
 
-    def append(self, agent_id: str, messages: Sequence[Message]) -> None:
+    def append(self, agent_id: str, messages: Sequence[StoredMessage]) -> None:
         with self._metadata.session() as s:
             write_messages(s, agent_id, messages)
 
@@ -139,14 +132,16 @@ class MessageStore:
                 delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
             )
 
-    def replace(self, message: Message) -> None:
+    def replace(self, entry: StoredMessage) -> None:
         """Store a message's new content and tool calls (the chat's /rethink and /rewrite)."""
+        message = entry.message
         with self._metadata.session() as s:
             row = s.get(MessageRow, message.id)
             if row is not None and row.agent_id == message.agent_id:
                 row.content = message.content
                 row.tool_calls = _calls_json(message)
-                row.search_text = searchable_text(message)
+                row.search_text = entry.search_text.lower()
+                row.searchable = entry.searchable
                 row.indexed = False  # changed text: index it again
 
     def count(self, agent_id: str) -> int:
@@ -154,7 +149,7 @@ class MessageStore:
             return int(s.scalar(select(func.count()).where(MessageRow.agent_id == agent_id)) or 0)
 
     def search(self, agent_id: str, query: str, *, offset: int, limit: int) -> tuple[list[Message], int]:
-        """User and assistant messages containing every word of ``query`` (any case), oldest first."""
+        """Searchable messages whose search text contains every word of ``query`` (any case), oldest first."""
         terms = [t for t in query.lower().split() if t]
         conditions = [MessageRow.search_text.like(f"%{_escape_like(t)}%", escape="\\") for t in terms]
         return self._page(agent_id, conditions, offset, limit)
@@ -165,11 +160,11 @@ class MessageStore:
         return self._page(agent_id, [MessageRow.created_at >= start, MessageRow.created_at <= end], offset, limit)
 
     def unindexed(self, agent_id: str, limit: int) -> list[Message]:
-        """Conversational messages not yet in the Milvus recall index, oldest first."""
+        """Searchable messages not yet in the Milvus recall index, oldest first."""
         with self._metadata.session() as s:
             rows = s.scalars(
                 select(MessageRow)
-                .where(MessageRow.agent_id == agent_id, _conversational(), MessageRow.indexed.is_(False))
+                .where(MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), MessageRow.indexed.is_(False))
                 .order_by(MessageRow.seq)
                 .limit(limit)
             )
@@ -191,7 +186,7 @@ class MessageStore:
             return {r.id: _message(r) for r in rows}
 
     def _page(self, agent_id: str, conditions: list, offset: int, limit: int) -> tuple[list[Message], int]:
-        where = [MessageRow.agent_id == agent_id, _conversational(), *conditions]
+        where = [MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), *conditions]
         with self._metadata.session() as s:
             total = int(s.scalar(select(func.count()).select_from(MessageRow).where(*where)) or 0)
             rows = s.scalars(select(MessageRow).where(*where).order_by(MessageRow.seq).offset(offset).limit(limit))

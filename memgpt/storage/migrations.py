@@ -144,10 +144,22 @@ def _0003_messages_indexed(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_messages_agent_indexed ON messages (agent_id, indexed)"))
 
 
+def _0004_messages_searchable(conn: Connection) -> None:
+    """Memory decides which messages recall search returns and hands their text to storage. Rows written
+    before keep the rule storage applied itself: what the person typed (user messages without a name)
+    and every assistant message. Their search text stays as it was; the others' is emptied."""
+    conn.execute(text("ALTER TABLE messages ADD COLUMN searchable BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(
+        text("UPDATE messages SET searchable = TRUE WHERE (role = 'user' AND name = '') OR role = 'assistant'")
+    )
+    conn.execute(text("UPDATE messages SET search_text = '' WHERE NOT searchable"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
     ("0003_messages_indexed", _0003_messages_indexed),
+    ("0004_messages_searchable", _0004_messages_searchable),
 ]
 
 
