@@ -339,3 +339,25 @@ def test_an_agent_stays_in_its_embedding_space(rig: Rig, model: LocalMiniLM) -> 
         "all-MiniLM-L6-v2 (384 dims); load the files again into a new source with the agent's model"
     )
     assert rig.storage.attachments.source_ids(agent.state.id) == []
+
+
+def test_resolve_agent_finds_by_name_or_id_creates_and_switches_model(rig: Rig, model: LocalMiniLM) -> None:
+    from memgpt.agent.manager import NewAgent, resolve_agent, update_agent
+
+    new = NewAgent("sam_pov", "basic", "scripted", 16_000, model.space)
+    made, created = resolve_agent(rig.storage, rig.user_id, "  Ann  ", new=new)
+    assert created and made.name == "Ann"
+    assert resolve_agent(rig.storage, rig.user_id, "Ann", new=new) == (made, False)
+    assert resolve_agent(rig.storage, rig.user_id, made.id, new=new) == (made, False)
+    switched, created = resolve_agent(rig.storage, rig.user_id, "Ann", new=new, model="bigger")
+    assert not created and switched.llm_model == "bigger" and switched.id == made.id
+    other, created = resolve_agent(rig.storage, "someone-else", made.id, new=new)
+    assert created and other.id != made.id  # another user's id is not found: a new agent gets that text as name
+    friendly, created = resolve_agent(rig.storage, rig.user_id, None, new=new)
+    assert created and friendly.name not in ("Ann", made.id)
+    with pytest.raises(UserError, match="an agent name must be 1-256 characters"):
+        resolve_agent(rig.storage, rig.user_id, "", new=new)
+    renamed = update_agent(rig.storage, switched, name=" Anna ", context_window=32_000)
+    assert (renamed.name, renamed.context_window, renamed.llm_model) == ("Anna", 32_000, "bigger")
+    with pytest.raises(UserError, match="already exists"):
+        update_agent(rig.storage, friendly, name="Anna")

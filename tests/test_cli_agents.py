@@ -18,7 +18,7 @@ import pytest
 
 from memgpt.config import load_config
 from memgpt.storage import Storage
-from tests.conftest import PAPER, run_cli
+from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
 
@@ -285,3 +285,45 @@ def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: Scri
     assert len(llm.requests) == 2
     beat = json.loads(llm.requests[0]["messages"][-1]["content"])
     assert beat["type"] == "heartbeat" and "Timed heartbeat" in beat["reason"]
+
+
+def test_names_are_stripped_on_lookup_and_empty_names_refused(home: Path, llm: ScriptedLLM) -> None:
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    llm.reply("Hi!")
+    assert run_cli("run", "--agent", "Pete", "--message", "hi", home=home).returncode == 0
+
+    llm.reply("Hi again!")
+    again = run_cli("run", "--agent", "  Pete  ", "--message", "hi", home=home)
+    assert again.returncode == 0, again.stderr
+    assert "Using existing agent 'Pete'" in again.stdout
+    attached = run_cli("attach", "--agent", " Pete ", "--data-source", "  notes  ", home=home)
+    assert attached.returncode == 0, attached.stderr
+    assert "Attached notes (" in attached.stdout and "to agent 'Pete'" in attached.stdout
+    found = run_cli("search", " notes ", "memory", "--json", home=home)
+    assert found.returncode == 0 and json.loads(found.stdout)
+
+    for args, message in [
+        (["run", "--agent", "", "--message", "hi"], "error: an agent name must be 1-256 characters on one line"),
+        (["run", "--agent", "   ", "--message", "hi"], "error: an agent name must be 1-256 characters on one line"),
+        (["attach", "--agent", "Pete", "--data-source", " "], "error: a source name cannot be empty"),
+        (["search", "", "memory"], "error: a source name cannot be empty"),
+        (["delete", "source", "  ", "-y"], "error: a source name cannot be empty"),
+    ]:
+        refused = run_cli(*args, home=home)
+        assert refused.returncode == 1, args
+        assert refused.stderr.strip() == message, refused.stderr
+    assert [a["name"] for a in json.loads(run_cli("list", "agents", "--json", home=home).stdout)] == ["Pete"]
+    assert len(llm.requests) == 2  # the refused runs never reached the LLM
+
+
+def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
+    from memgpt.cli.chat import COMMANDS
+
+    result = run_cli("run", "--agent", "Helper", home=home, stdin="/help\n/quit\n/help\n")
+    assert result.returncode == 0, result.stderr
+    shown = [line for line in result.stdout.splitlines() if line.startswith("/")]
+    assert [line.split()[0] for line in shown] == [c.name for c in COMMANDS]  # once: /quit ended the chat
+    assert "/attach [SOURCE]   attach a data source to archival memory" in shown
+    assert "/exit              leave the chat (also /quit)" in shown
+    assert not llm.requests

@@ -36,11 +36,12 @@ logger = logging.getLogger(__name__)
 PRESSURE_FRACTION = 0.75  # warn the model to save what matters
 KEEP_AFTER_EVICTION = 0.5  # after a summary, recent messages fill at most this share of the window
 MAX_PAUSE_MINUTES = 360
-FAILED = "[This is an automated system message hidden from the user] Function call failed, returning control"
-CHAINED = (
-    "[This is an automated system message hidden from the user] "
-    "Function called using request_heartbeat=true, returning control"
-)
+# MemGPT's protocol: why the agent gets a step the person did not ask for.
+_HIDDEN = "[This is an automated system message hidden from the user] "
+FAILED = _HIDDEN + "Function call failed, returning control"
+CHAINED = _HIDDEN + "Function called using request_heartbeat=true, returning control"
+TIMED_HEARTBEAT = _HIDDEN + "Timed heartbeat: the user has been idle."
+USER_HEARTBEAT = _HIDDEN + "Heartbeat sent by the user."
 PRESSURE_ALERT = (
     "Warning: the conversation history will soon reach its maximum length and be trimmed. Save anything "
     "important from recent messages to core or archival memory now."
@@ -103,11 +104,24 @@ class Agent:
         yield from self._turn(self._message(Role.USER, last, name=LOGIN))
 
     def heartbeat(self, reason: str) -> Iterator[Event]:
-        """A timed or manual heartbeat: the agent gets a step without a user message."""
+        """A heartbeat: the agent gets a step without a user message."""
         yield from self._turn(self._message(Role.USER, reason, name=HEARTBEAT))
+
+    def timed_heartbeat(self) -> Iterator[Event]:
+        """The person has been idle: a step for the agent, unless it paused its heartbeats."""
+        if not self.heartbeats_paused():
+            yield from self.heartbeat(TIMED_HEARTBEAT)
+
+    def user_heartbeat(self) -> Iterator[Event]:
+        """The person asked the agent to take a step (the chat's /heartbeat)."""
+        yield from self.heartbeat(USER_HEARTBEAT)
 
     def alert(self, text: str) -> Iterator[Event]:
         yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT))
+
+    def memory_warning(self) -> Iterator[Event]:
+        """The memory-pressure alert the agent gets near a full context window, on request (/memorywarning)."""
+        yield from self.alert(PRESSURE_ALERT)
 
     def _message(self, role: Role, content: str, **fields: object) -> Message:
         return Message(

@@ -1,9 +1,13 @@
-"""Creating, loading, attaching and deleting agents: what both the CLI and a server need."""
+"""What can be done with agents, as plain functions the CLI and a server both call: create, find by name
+or id, resolve ("which agent": find or create), list, update, delete, attach and detach sources, open for
+chatting; and the personas and humans new agents start from. Every function that looks up a user's data
+takes the user id."""
 
 from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from memgpt.agent import prompts
@@ -59,7 +63,19 @@ def template_names(storage: Storage, user_id: str, kind: str) -> dict[str, str]:
     return {**prompts.shipped(kind), **storage.templates.all(user_id, kind)}
 
 
+def save_template(storage: Storage, user_id: str, kind: str, name: str, text: str) -> str:
+    """Add or replace one of the user's personas or humans; returns its (stripped) name."""
+    if kind not in prompts.KINDS:
+        raise UserError(f"a template is a persona or a human, not {kind!r}")
+    name, text = name.strip(), text.strip()
+    if not name or not text:
+        raise UserError(f"the {kind} name and text cannot be empty")
+    storage.templates.save(user_id, kind, name, text)
+    return name
+
+
 def validate_agent_name(name: str) -> str:
+    """The name without surrounding blanks; refused when empty, too long or on several lines."""
     stripped = name.strip()
     if not stripped or len(stripped) > 256 or any(ord(c) < 32 for c in stripped):
         raise UserError("an agent name must be 1-256 characters on one line")
@@ -100,12 +116,84 @@ def create_agent(
     return storage.agents.create(state, blocks)
 
 
-def get_agent(storage: Storage, user_id: str, name: str) -> AgentState:
-    state = storage.agents.get(user_id, name)
+def find_agent(storage: Storage, user_id: str, ref: str) -> AgentState | None:
+    """The user's agent named ``ref`` (blanks around it ignored), else the one with that id."""
+    name = validate_agent_name(ref)
+    return storage.agents.get(user_id, name) or storage.agents.by_id(user_id, name)
+
+
+def get_agent(storage: Storage, user_id: str, ref: str) -> AgentState:
+    """Like ``find_agent``, but a missing agent is a NotFoundError listing the user's agents."""
+    state = find_agent(storage, user_id, ref)
     if state is None:
         known = ", ".join(sorted(storage.agents.names(user_id))) or "none yet"
-        raise NotFoundError(f"no agent named {name!r} (agents: {known})")
+        raise NotFoundError(f"no agent named {ref.strip()!r} (agents: {known})")
     return state
+
+
+@dataclass(frozen=True)
+class NewAgent:
+    """How to make an agent when the one asked for does not exist yet."""
+
+    persona: str
+    human: str
+    model: str
+    context_window: int
+    embedding: EmbeddingSpace
+
+
+def resolve_agent(
+    storage: Storage, user_id: str, ref: str | None, *, new: NewAgent, model: str | None = None
+) -> tuple[AgentState, bool]:
+    """Which agent to run: the user's agent named (or with the id) ``ref``, else a new one named ``ref``,
+    or a friendly name when ``ref`` is None. ``model`` switches an existing agent to another LLM model.
+    Returns the agent and whether it was created now."""
+    state = find_agent(storage, user_id, ref) if ref is not None else None
+    if state is None:
+        name = ref if ref is not None else friendly_name(storage.agents.names(user_id))
+        created = create_agent(
+            storage,
+            user_id=user_id,
+            name=name,
+            persona=new.persona,
+            human=new.human,
+            model=model or new.model,
+            context_window=new.context_window,
+            embedding=new.embedding,
+        )
+        return created, True
+    if model and model != state.llm_model:
+        state = update_agent(storage, state, model=model)
+    return state, False
+
+
+def update_agent(
+    storage: Storage,
+    state: AgentState,
+    *,
+    name: str | None = None,
+    model: str | None = None,
+    context_window: int | None = None,
+) -> AgentState:
+    """Change what may change after creation (name, LLM model, context window); returns the new state."""
+    fields: dict[str, str | int] = {}
+    if name is not None and name.strip() != state.name:
+        fields["name"] = validate_agent_name(name)
+        if storage.agents.get(state.user_id, fields["name"]) is not None:
+            raise UserError(f"an agent named {fields['name']!r} already exists; pick another name")
+    if model is not None:
+        if not model.strip():
+            raise UserError("the model name cannot be empty")
+        fields["llm_model"] = model.strip()
+    if context_window is not None:
+        if context_window < 1024:
+            raise UserError("the context window must be at least 1024 tokens")
+        fields["context_window"] = context_window
+    storage.agents.update(state.id, **fields)
+    updated = storage.agents.by_id(state.user_id, state.id)
+    if updated is None:
+        raise NotFoundError(f"agent {state.name!r} was deleted meanwhile")
+    return updated
 
 
 def list_agents(storage: Storage, user_id: str) -> list[AgentSummary]:

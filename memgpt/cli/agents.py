@@ -9,17 +9,20 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import confirm, console, embedding_model, interactive, open_storage
+from memgpt.cli.common import JsonOption, YesOption, confirm, console, embedding_model, interactive, open_storage
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
+    from memgpt.agent.agent import Agent
+    from memgpt.agent.manager import NewAgent
+    from memgpt.cli.chat import Chat
     from memgpt.config import Config
     from memgpt.storage import Storage
     from memgpt.types import AgentState
 
 
-def _choose_existing(storage: Storage, user_id: str) -> AgentState | None:
-    """The seed's question, asked only at a terminal and only when agents exist."""
+def _choose_existing(storage: Storage, user_id: str) -> str | None:
+    """The seed's question, asked only at a terminal and only when agents exist; the chosen agent's id."""
     summaries = storage.agents.list(user_id)
     if not summaries or not interactive():
         return None
@@ -31,39 +34,27 @@ def _choose_existing(storage: Storage, user_id: str) -> AgentState | None:
     chosen = questionary.select("Select agent:", choices=names).ask()
     if chosen is None:
         raise typer.Exit(1)
-    return next(s.state for s in summaries if s.state.name == chosen)
+    return next(s.state.id for s in summaries if s.state.name == chosen)
 
 
-def _create(
-    storage: Storage,
-    config: Config,
-    user_id: str,
-    *,
-    name: str | None,
-    persona: str | None,
-    human: str | None,
-    model: str | None,
-) -> AgentState:
-    from memgpt.agent.manager import create_agent, default_agent_settings, friendly_name
+def _new_agent(config: Config, persona: str | None, human: str | None, model: str | None) -> NewAgent:
+    from memgpt.agent.manager import NewAgent, default_agent_settings
 
     chosen_model, window = default_agent_settings(config, model)
-    persona = persona or config.default_persona
-    human = human or config.default_human
-    console.print("\n🧬 Creating new agent...", markup=False)
-    console.print(f"->  🤖 Using persona profile: '{persona}'", markup=False)
-    console.print(f"->  🧑 Using human profile: '{human}'", markup=False)
-    state = create_agent(
-        storage,
-        user_id=user_id,
-        name=name or friendly_name(storage.agents.names(user_id)),
-        persona=persona,
-        human=human,
+    return NewAgent(
+        persona=persona or config.default_persona,
+        human=human or config.default_human,
         model=chosen_model,
         context_window=window,
         embedding=embedding_model(config).space,
     )
+
+
+def _created_banner(state: AgentState) -> None:
+    console.print("\n🧬 Creating new agent...", markup=False)
+    console.print(f"->  🤖 Using persona profile: '{state.persona}'", markup=False)
+    console.print(f"->  🧑 Using human profile: '{state.human}'", markup=False)
     console.print(f"🎉 Created new agent '{state.name}' (id={state.id})", markup=False)
-    return state
 
 
 def _resume_banner(storage: Storage, state: AgentState) -> None:
@@ -73,6 +64,24 @@ def _resume_banner(storage: Storage, state: AgentState) -> None:
     for message in storage.messages.last(state.id, 6):
         if is_conversational(message):
             console.print(f"[bright_black]{describe(message)}[/]", markup=True, highlight=False)
+
+
+def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> None:
+    """One message (--message), the lines piped on stdin, or the interactive chat."""
+    from memgpt.cli.chat import play
+
+    if message is not None:
+        chat.handle(message)
+        return
+    if not interactive():
+        for line in sys.stdin:
+            if not chat.handle(line):
+                break
+        return
+    if greet:
+        input("\nHit enter to begin (will request first MemGPT message)\n")
+        play(agent.login())
+    chat.loop()
 
 
 def run(
@@ -90,24 +99,21 @@ def run(
     ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
-    from memgpt.agent.manager import get_agent, open_agent
-    from memgpt.cli.chat import Chat, play
+    from memgpt.agent.manager import open_agent, resolve_agent
+    from memgpt.cli.chat import Chat
     from memgpt.config import memgpt_home
     from memgpt.llm import create_llm, resolve_llm
 
     with open_storage() as (storage, config):
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
-        user_id = config.user_id
-        state = storage.agents.get(user_id, agent) if agent else _choose_existing(storage, user_id)
-        created = state is None
-        if state is None:
-            state = _create(storage, config, user_id, name=agent, persona=persona, human=human, model=model)
+        ref = agent if agent is not None else _choose_existing(storage, config.user_id)
+        new = _new_agent(config, persona, human, model)
+        state, created = resolve_agent(storage, config.user_id, ref, new=new, model=model)
+        if created:
+            _created_banner(state)
         else:
             if persona or human:
                 console.print("(--persona and --human only apply to new agents)", markup=False)
-            if model and model != state.llm_model:
-                storage.agents.update(state.id, llm_model=model)
-                state = get_agent(storage, user_id, state.name)
             _resume_banner(storage, state)
         llm = create_llm(config.llm, model=state.llm_model, context_window=state.context_window)
         loaded, warnings = open_agent(
@@ -118,21 +124,10 @@ def run(
         chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes)
         for source in attach or []:
             chat.attach(source)
-        if message is not None:
-            chat.handle(message)
-            return
-        if not interactive():
-            for line in sys.stdin:
-                if not chat.handle(line):
-                    break
-            return
-        if created and not first:
-            input("\nHit enter to begin (will request first MemGPT message)\n")
-            play(loaded.login())
-        chat.loop()
+        _converse(chat, loaded, message=message, greet=created and not first)
 
 
-def list_agents(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def list_agents(as_json: JsonOption = False) -> None:
     """List agents with their persona, model and memory size."""
     from memgpt.agent.manager import list_agents as summaries_of
 
@@ -192,17 +187,19 @@ def _list_templates(kind: str, as_json: bool) -> None:
     console.print(table)
 
 
-def list_personas(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def list_personas(as_json: JsonOption = False) -> None:
     """List personas (shipped and your own)."""
     _list_templates("persona", as_json)
 
 
-def list_humans(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def list_humans(as_json: JsonOption = False) -> None:
     """List human profiles (shipped and your own)."""
     _list_templates("human", as_json)
 
 
 def _add_template(kind: str, name: str, text: str | None, file: Path | None) -> None:
+    from memgpt.agent.manager import save_template
+
     if (text is None) == (file is None):
         raise UserError(f"give the {kind} as --text TEXT or --file FILE (one of them)")
     if file is not None:
@@ -210,11 +207,9 @@ def _add_template(kind: str, name: str, text: str | None, file: Path | None) -> 
             text = file.expanduser().read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{file}: cannot read it as UTF-8 text ({exc})") from exc
-    if not name.strip() or not (text or "").strip():
-        raise UserError(f"the {kind} name and text cannot be empty")
     with open_storage() as (storage, config):
-        storage.templates.save(config.user_id, kind, name.strip(), (text or "").strip())
-    console.print(f"Saved {kind} '{name.strip()}'", markup=False)
+        saved = save_template(storage, config.user_id, kind, name, text or "")
+    console.print(f"Saved {kind} '{saved}'", markup=False)
 
 
 def add_persona(
@@ -235,10 +230,7 @@ def add_human(
     _add_template("human", name, text, file)
 
 
-def delete_agent(
-    name: str = typer.Argument(..., help="Name of the agent."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-) -> None:
+def delete_agent(name: str = typer.Argument(..., help="Name of the agent."), yes: YesOption = False) -> None:
     """Delete an agent with its messages and its own archival memories (attached sources stay)."""
     from memgpt.agent.manager import delete_agent as remove
     from memgpt.agent.manager import get_agent
@@ -260,11 +252,12 @@ def attach(
     from memgpt.agent.manager import attach_source, get_agent
 
     with open_storage() as (storage, config):
-        source, fresh = attach_source(storage, get_agent(storage, config.user_id, agent), data_source)
+        state = get_agent(storage, config.user_id, agent)
+        source, fresh = attach_source(storage, state, data_source)
     if fresh:
-        console.print(f"Attached {source.name} ({source.passages} passages) to agent '{agent}'", markup=False)
+        console.print(f"Attached {source.name} ({source.passages} passages) to agent '{state.name}'", markup=False)
     else:
-        console.print(f"{source.name} was already attached to agent '{agent}'", markup=False)
+        console.print(f"{source.name} was already attached to agent '{state.name}'", markup=False)
 
 
 def detach(
@@ -275,5 +268,6 @@ def detach(
     from memgpt.agent.manager import detach_source, get_agent
 
     with open_storage() as (storage, config):
-        source = detach_source(storage, get_agent(storage, config.user_id, agent), data_source)
-    console.print(f"Detached {source.name} from agent '{agent}'", markup=False)
+        state = get_agent(storage, config.user_id, agent)
+        source = detach_source(storage, state, data_source)
+    console.print(f"Detached {source.name} from agent '{state.name}'", markup=False)

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from memgpt.cli.common import console, home_and_config, interactive
+from memgpt.cli.common import YesOption, console, home_and_config, interactive
 from memgpt.config import Config, display_path, is_server_uri, resolve_milvus_uri, save_config
 from memgpt.errors import ConfigError
 
@@ -136,19 +136,6 @@ def _llm(
         settings.context_window = window
 
 
-def _check_milvus(config: Config, home_path: Any) -> str:
-    """Open the configured Milvus now, so a bad URI fails here and not in the middle of a load."""
-    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
-
-    uri = config.milvus_uri(home_path)
-    connection = MilvusConnection(MilvusTarget(uri, config.milvus.token, config.milvus.database))
-    try:
-        connection.ping()
-    finally:
-        connection.close()
-    return uri
-
-
 def configure(
     archival_storage: str | None = typer.Option(
         None, "--archival-storage", help="Storage backend for archival data: milvus."
@@ -191,6 +178,8 @@ def configure(
     """Choose storage (Milvus Lite or a Milvus server), the embedding model and the LLM."""
     import questionary
 
+    from memgpt.storage import check_milvus, milvus_target
+
     home, config = home_and_config()
     ask = interactive() and not no_prompt
     if archival_storage is None and ask:
@@ -211,7 +200,9 @@ def configure(
     _embedding(config, embedding_provider, embedding_model, embedding_endpoint, embedding_dim, ask)
     _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask)
 
-    uri = _check_milvus(config, home)
+    target = milvus_target(config, home)
+    check_milvus(target)  # a bad URI or token fails here, not in the middle of a load
+    uri = target.uri
     path = save_config(config, home)
     kind = "Milvus server" if is_server_uri(uri) else "Milvus Lite"
     console.print(f"Saved {display_path(path)}", markup=False)
@@ -232,53 +223,39 @@ def migrate(
     to: str = typer.Option(..., "--to", help="The Milvus server to move to, e.g. http://localhost:19530."),
     token: str = typer.Option("", "--token", help="Token or user:password for the target server."),
     database: str = typer.Option("", "--database", help="Database on the target server (default: default)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    yes: YesOption = False,
 ) -> None:
     """Copy every passage to another Milvus (e.g. from Milvus Lite to a server), then switch to it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from memgpt.cli.common import confirm, err_console
-    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
-    from memgpt.storage.transfer import plan, transfer
+    from memgpt.storage import milvus_target
+    from memgpt.storage.transfer import Transfer
 
     home, config = home_and_config()
-    here = config.milvus_uri(home)
-    there = resolve_milvus_uri(to)
-    if (there, database) == (here, config.milvus.database):
-        raise ConfigError(f"memgpt already uses {display_path(there)}")
-    source = MilvusConnection(MilvusTarget(here, config.milvus.token, config.milvus.database))
-    try:
-        target = MilvusConnection(MilvusTarget(there, token, database))
-        try:
-            spaces = plan(source)
-            total = sum(spaces.values())
-            if not confirm(
-                f"Copy {total} passages from {display_path(here)} to {display_path(there)} and switch to it?",
-                assume_yes=yes,
-            ):
-                console.print("Nothing copied.")
-                return
-            with Progress(
-                TextColumn("Migrating passages"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err_console,
-            ) as progress:
-                task = progress.add_task("migrate", total=total)
-                report = transfer(source, target, on_progress=lambda n: progress.advance(task, n))
-        finally:
-            target.close()
-    finally:
-        source.close()
+    resolve_milvus_uri(to)  # empty, or a file name Milvus Lite refuses: one line before anything opens
+    moved = config.model_copy(deep=True)
+    moved.milvus.uri, moved.milvus.token, moved.milvus.database = to, token, database
+    here, there = milvus_target(config, home), milvus_target(moved, home)
+    if (there.uri, there.database) == (here.uri, here.database):
+        raise ConfigError(f"memgpt already uses {display_path(there.uri)}")
+    with Transfer(here, there) as transfer:
+        total = sum(transfer.plan().values())
+        question = f"Copy {total} passages from {display_path(here.uri)} to {display_path(there.uri)} and switch to it?"
+        if not confirm(question, assume_yes=yes):
+            console.print("Nothing copied.")
+            return
+        columns = (TextColumn("Migrating passages"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console) as progress:
+            task = progress.add_task("migrate", total=total)
+            report = transfer.run(on_progress=lambda n: progress.advance(task, n))
     for space, (before, after) in report.counts.items():
         console.print(f"  {space}: {before} passages here, {after} at the target", markup=False)
     if not report.complete:
         raise ConfigError("the target has fewer passages than the source; config unchanged — run migrate again")
-    config.milvus.uri, config.milvus.token, config.milvus.database = to, token, database
-    save_config(config, home)
+    save_config(moved, home)
     console.print(
         f"Copied {report.copied} passages ({report.skipped} were there already); memgpt now uses "
-        f"{display_path(there)}. The old data stays at {display_path(here)}.",
+        f"{display_path(there.uri)}. The old data stays at {display_path(here.uri)}.",
         markup=False,
     )

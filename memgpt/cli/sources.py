@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import confirm, console, embedding_model, err_console, open_storage, warn
+from memgpt.cli.common import JsonOption, YesOption, confirm, console, embedding_model, err_console, open_storage, warn
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -134,9 +134,7 @@ def _summarize(report: LoadReport) -> int:
     return 0 if report.ok else 1
 
 
-def list_sources(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
+def list_sources(as_json: JsonOption = False) -> None:
     """List data sources with their documents, passages and embedding model."""
     from memgpt.data.sources import list_sources as sources_of
 
@@ -183,10 +181,7 @@ def list_sources(
             warn(f"source {s.name!r} has {s.incomplete_documents} unfinished document(s); rerun its `memgpt load`")
 
 
-def delete_source(
-    name: str = typer.Argument(..., help="Name of the source."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-) -> None:
+def delete_source(name: str = typer.Argument(..., help="Name of the source."), yes: YesOption = False) -> None:
     """Delete a data source and all its passages."""
     from memgpt.data.sources import delete_source as remove
     from memgpt.data.sources import get_source
@@ -205,7 +200,7 @@ def search(
     source: str = typer.Argument(..., help="Name of the source."),
     query: str = typer.Argument(..., help="What to look for."),
     k: int = typer.Option(5, "-k", "--top-k", min=1, max=100, help="How many passages to show."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: JsonOption = False,
 ) -> None:
     """Search a data source by meaning and print the best passages."""
     from memgpt.data.sources import get_source, search_source

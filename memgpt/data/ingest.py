@@ -18,6 +18,7 @@ from pathlib import Path
 
 from memgpt.data.chunking import Chunker
 from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes
+from memgpt.data.sources import validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import BackendError, InputFileError, UserError
 from memgpt.storage import Storage
@@ -88,17 +89,6 @@ def collect_files(
     for path in found:
         unique.setdefault(str(path.resolve()), path)
     return list(unique.values())
-
-
-def validate_source_name(name: str) -> str:
-    stripped = name.strip()
-    if not stripped:
-        raise UserError("a source name cannot be empty")
-    if len(stripped) > 256:
-        raise UserError("a source name can be at most 256 characters")
-    if any(ord(ch) < 32 for ch in stripped):
-        raise UserError("a source name must be one line without control characters")
-    return stripped
 
 
 def _digest(*parts: object) -> str:

@@ -1,4 +1,4 @@
-"""What can be done with a loaded source besides loading: find, search, delete."""
+"""What can be done with a user's sources besides loading them (data/ingest.py): find, list, search, delete."""
 
 from __future__ import annotations
 
@@ -9,7 +9,21 @@ from memgpt.storage.filters import Filter, all_of, eq, not_in
 from memgpt.types import SearchHit, Source
 
 
+def validate_source_name(name: str) -> str:
+    """The name without surrounding blanks; refused when empty, too long or on several lines."""
+    stripped = name.strip()
+    if not stripped:
+        raise UserError("a source name cannot be empty")
+    if len(stripped) > 256:
+        raise UserError("a source name can be at most 256 characters")
+    if any(ord(ch) < 32 for ch in stripped):
+        raise UserError("a source name must be one line without control characters")
+    return stripped
+
+
 def get_source(storage: Storage, user_id: str, name: str) -> Source:
+    """The user's source named ``name`` (blanks around it ignored)."""
+    name = validate_source_name(name)
     source = storage.metadata.get_source(user_id, name)
     if source is None:
         known = ", ".join(repr(s.name) for s in storage.metadata.list_sources(user_id)) or "none yet"

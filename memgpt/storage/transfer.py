@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from memgpt.storage.filters import is_in
-from memgpt.storage.milvus import MilvusConnection
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
 from memgpt.types import EmbeddingSpace
 
 _BATCH = 1000
@@ -28,27 +28,47 @@ class TransferReport:
         return all(target >= source for source, target in self.counts.values())
 
 
-def plan(source: MilvusConnection) -> dict[EmbeddingSpace, int]:
-    """Passages to move per embedding space; opening a store also upgrades an old schema."""
-    return {space: source.passages(space).count() for space in source.spaces()}
+class Transfer:
+    """Both ends of a transfer, connected on creation (a bad target fails here) and closed together."""
 
+    def __init__(self, source: MilvusTarget, target: MilvusTarget) -> None:
+        self._source = MilvusConnection(source)
+        try:
+            self._target = MilvusConnection(target)
+        except BaseException:
+            self._source.close()
+            raise
 
-def transfer(
-    source: MilvusConnection, target: MilvusConnection, *, on_progress: Callable[[int], None] | None = None
-) -> TransferReport:
-    report = TransferReport()
-    for space in source.spaces():
-        origin = source.passages(space)
-        destination = target.passages(space)
-        for batch in origin.iterate(batch_size=_BATCH, with_embeddings=True):
-            ids = [p.id for p in batch]
-            if destination.count(is_in("id", ids)) == len(ids):
-                report.skipped += len(batch)
-            else:
-                destination.upsert(batch)
-                report.copied += len(batch)
-            if on_progress:
-                on_progress(len(batch))
-        destination.flush()
-        report.counts[space] = (origin.count(), destination.count())
-    return report
+    def plan(self) -> dict[EmbeddingSpace, int]:
+        """Passages to move per embedding space; opening a store also upgrades an old schema."""
+        return {space: self._source.passages(space).count() for space in self._source.spaces()}
+
+    def run(self, *, on_progress: Callable[[int], None] | None = None) -> TransferReport:
+        report = TransferReport()
+        for space in self._source.spaces():
+            origin = self._source.passages(space)
+            destination = self._target.passages(space)
+            for batch in origin.iterate(batch_size=_BATCH, with_embeddings=True):
+                ids = [p.id for p in batch]
+                if destination.count(is_in("id", ids)) == len(ids):
+                    report.skipped += len(batch)
+                else:
+                    destination.upsert(batch)
+                    report.copied += len(batch)
+                if on_progress:
+                    on_progress(len(batch))
+            destination.flush()
+            report.counts[space] = (origin.count(), destination.count())
+        return report
+
+    def close(self) -> None:
+        try:
+            self._target.close()
+        finally:
+            self._source.close()
+
+    def __enter__(self) -> Transfer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
