@@ -5,6 +5,7 @@ Read at the edges (CLI, server) and passed down; nothing below the CLI calls ``l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -127,9 +128,7 @@ def load_config(home: Path | None = None) -> Config:
     home = home or memgpt_home()
     path = config_path(home)
     if not path.exists():
-        config = Config()
-        save_config(config, home)
-        return config
+        _create_first_config(home)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         return Config.model_validate(data)
@@ -141,6 +140,30 @@ def load_config(home: Path | None = None) -> Config:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{path}: {where}: {first['msg']}; fix it or run `memgpt configure`") from exc
+
+
+def _create_first_config(home: Path) -> None:
+    """Save the defaults unless another process got there first: two commands started together on a
+    new home must end up with one user id, so the file is linked into place, which never replaces."""
+    import tempfile
+
+    import tomli_w
+
+    home.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            tomli_w.dump(Config().model_dump(mode="json"), handle)
+        try:
+            os.link(tmp, config_path(home))
+        except FileExistsError:
+            pass  # another process's defaults won: read those
+        except OSError:  # a file system without hard links
+            if not config_path(home).exists():
+                os.replace(tmp, config_path(home))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def save_config(config: Config, home: Path | None = None) -> Path:

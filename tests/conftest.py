@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own memgpt home; Milvus Lite and SQLite are real."""
+"""Shared fixtures: every test gets its own memgpt home; Milvus Lite, SQLite and PostgreSQL are real."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 
-pytest_plugins = ["tests.milvus_server"]
+pytest_plugins = ["tests.milvus_server", "tests.postgres"]
 from tests.milvus_server import TOKEN  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -37,8 +37,28 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def metadata_url(request: pytest.FixtureRequest, home: Path) -> str:
+    """Run the test with the metadata database on SQLite and on the real PostgreSQL; returns its URL.
+
+    Tests and modules opt in (``pytest.mark.usefixtures("metadata_url")``); the home's config says
+    which, so the CLI in a child process uses it too."""
+    config = load_config(home)
+    if request.param == "postgres":
+        config.metadata_url = request.getfixturevalue("postgres_url")
+        save_config(config, home)
+    return config.metadata_database_url(home)
+
+
+def _opened_on_metadata_backend(request: pytest.FixtureRequest) -> None:
+    """Storage fixtures open after ``metadata_url`` has chosen the database, whatever the fixture order."""
+    if "metadata_url" in request.fixturenames:
+        request.getfixturevalue("metadata_url")
+
+
 @pytest.fixture
-def storage(home: Path) -> Iterator[Storage]:
+def storage(request: pytest.FixtureRequest, home: Path) -> Iterator[Storage]:
+    _opened_on_metadata_backend(request)
     opened = Storage(load_config(home), home)
     yield opened
     opened.close()
@@ -57,8 +77,9 @@ def backend(request: pytest.FixtureRequest, home: Path) -> str:
 
 
 @pytest.fixture
-def any_storage(backend: str, home: Path) -> Iterator[Storage]:
+def any_storage(request: pytest.FixtureRequest, backend: str, home: Path) -> Iterator[Storage]:
     """Storage on the backend under test (see ``backend``)."""
+    _opened_on_metadata_backend(request)
     opened = Storage(load_config(home), home)
     yield opened
     opened.close()
