@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memgpt.config import load_config, save_config
+from memgpt.config import Config, load_config, save_config
 from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
@@ -43,11 +43,12 @@ def metadata_url(request: pytest.FixtureRequest, home: Path) -> str:
 
     Tests and modules opt in (``pytest.mark.usefixtures("metadata_url")``); the home's config says
     which, so the CLI in a child process uses it too."""
+    if request.param == "sqlite":
+        return Config().metadata_database_url(home)  # the default: the home stays new
     config = load_config(home)
-    if request.param == "postgres":
-        config.metadata_url = request.getfixturevalue("postgres_url")
-        save_config(config, home)
-    return config.metadata_database_url(home)
+    config.metadata_url = request.getfixturevalue("postgres_url")
+    save_config(config, home)
+    return config.metadata_url
 
 
 def _opened_on_metadata_backend(request: pytest.FixtureRequest) -> None:

@@ -12,13 +12,13 @@ from sqlalchemy import Engine, Inspector, inspect, text
 import memgpt.storage.agents  # noqa: F401 - registers the agent tables on Base
 from memgpt.errors import SchemaMismatchError
 from memgpt.storage.migrations import MIGRATIONS, apply_migrations
-from memgpt.storage.sql import Base, MetadataStore, create_metadata_engine, metadata_url
+from memgpt.storage.sql import Base, MetadataStore, create_metadata_engine, parse_metadata_url
 
 pytestmark = pytest.mark.usefixtures("metadata_url")
 
 
 def engine_for(url: str) -> Engine:
-    return create_metadata_engine(metadata_url(url))
+    return create_metadata_engine(parse_metadata_url(url))
 
 
 @contextmanager
@@ -35,8 +35,7 @@ def schema(inspector: Inspector, engine: Engine, table: str) -> dict[str, Any]:
     """What a table's shape is made of, comparable between two databases of one kind."""
     return {
         "columns": {
-            c["name"]: (c["type"].compile(dialect=engine.dialect), c["nullable"])
-            for c in inspector.get_columns(table)
+            c["name"]: (c["type"].compile(dialect=engine.dialect), c["nullable"]) for c in inspector.get_columns(table)
         },
         "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
         "indexes": {(i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in inspector.get_indexes(table)},
@@ -140,4 +139,3 @@ def test_a_database_from_a_newer_memgpt_is_refused_in_one_line(metadata_url: str
     engine.dispose()
     with pytest.raises(SchemaMismatchError, match=r"upgraded by a newer memgpt \(migration 0099_from_the_future\)"):
         MetadataStore(metadata_url)
-

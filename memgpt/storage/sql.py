@@ -135,7 +135,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def metadata_url(url: str) -> URL:
+def parse_metadata_url(url: str) -> URL:
     """Parse a metadata URL; ``postgresql://`` and ``postgres://`` (as hosting providers print them)
     mean psycopg 3, the PostgreSQL driver memgpt installs."""
     for scheme in ("postgresql://", "postgres://"):
@@ -205,7 +205,7 @@ class MetadataStore:
     def __init__(self, url: str) -> None:
         from memgpt.storage.migrations import apply_migrations
 
-        parsed = metadata_url(url)
+        parsed = parse_metadata_url(url)
         try:
             self.engine = create_metadata_engine(parsed)
         except (SQLAlchemyError, ImportError) as exc:  # an unknown dialect, or its driver is not installed
