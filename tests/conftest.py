@@ -51,6 +51,19 @@ def metadata_url(request: pytest.FixtureRequest, home: Path) -> str:
     return config.metadata_url
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test run on both Milvus backends pairs PostgreSQL with the Milvus server only, as a deployment
+    that scales out would: the metadata code is the same beside Milvus Lite, and it saves the time."""
+    paired, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None) and item.callspec.params
+        redundant = bool(params) and params.get("metadata_url") == "postgres" and params.get("backend") == "lite"
+        (dropped if redundant else paired).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = paired
+
+
 def _opened_on_metadata_backend(request: pytest.FixtureRequest) -> None:
     """Storage fixtures open after ``metadata_url`` has chosen the database, whatever the fixture order."""
     if "metadata_url" in request.fixturenames:

@@ -17,6 +17,8 @@ from memgpt.storage import Storage
 from tests.agent_rig import Rig, tool_results
 from tests.scripted_llm import ScriptedLLM
 
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+
 WINDOW = 6000
 
 

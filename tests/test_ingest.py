@@ -15,6 +15,8 @@ from memgpt.storage import Storage
 from memgpt.storage.filters import eq
 from tests.conftest import DATA, PAPER, load, loader
 
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+
 
 def milvus_count(storage: Storage, source_id: str) -> int:
     return storage.passages("all-MiniLM-L6-v2", 384).count(eq("source_id", source_id))

@@ -7,14 +7,18 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from memgpt.errors import StorageError
+from memgpt.storage import Storage
+from memgpt.storage.agents import AgentStore
 from memgpt.storage.migrations import MIGRATIONS
 from memgpt.storage.sql import MetadataStore, create_metadata_engine, parse_metadata_url
+from memgpt.types import AgentState, Message, Role, Source, utc_now
 from tests.conftest import REPO, run_cli
 from tests.postgres import PASSWORD, PostgresServer
 
@@ -164,8 +168,6 @@ def test_a_url_that_is_not_one_is_one_line() -> None:
 
 def test_a_dropped_connection_is_replaced_before_use(server: PostgresServer, postgres_url: str) -> None:
     """A server restart or an idle timeout kills pooled connections: the next call must still work."""
-    from memgpt.types import Source, utc_now
-
     store = MetadataStore(postgres_url)
     store.create_source(Source("id", "before", "u", "m", 4, utc_now()))
     database = parse_metadata_url(postgres_url).database
@@ -184,3 +186,54 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_the_parametrized_tests_really_use_the_database_they_name(metadata_url: str, storage: Storage) -> None:
+    """Guards the fixture wiring: a "postgres" run silently on SQLite would prove nothing."""
+    expected = "sqlite" if metadata_url.startswith("sqlite") else "postgresql"
+    assert storage.metadata.engine.dialect.name == expected
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_ties_in_time_are_ordered_by_name(storage: Storage) -> None:
+    """SQLite and PostgreSQL return rows with equal sort keys in different orders; lists must not."""
+    agents = AgentStore(storage.metadata)
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for name in ("c", "a", "b"):
+        storage.metadata.create_source(Source(f"id-{name}", name, "u", "m", 4, moment))
+        agents.create(_agent(f"agent-{name}", name, moment), [], [])
+    assert [s.name for s in storage.metadata.list_sources("u")] == ["a", "b", "c"]
+    assert [a.state.name for a in agents.list("u")] == ["a", "b", "c"]
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_recall_word_search_takes_like_wildcards_literally(storage: Storage) -> None:
+    agents = AgentStore(storage.metadata)
+    agents.create(_agent("a1", "searcher", utc_now()), [], [])
+    texts = ["100% sure", "100 percent sure", "snake_case", "snakeXcase", r"back\slash", "backslash"]
+    agents.append("a1", [Message(f"m{i}", "a1", Role.USER, t) for i, t in enumerate(texts)])
+
+    def found(query: str) -> list[str]:
+        return [m.content for m in agents.search_messages("a1", query, offset=0, limit=10)[0]]
+
+    assert found("100%") == ["100% sure"]
+    assert found("snake_case") == ["snake_case"]
+    assert found("\\") == [r"back\slash"]
+    assert found("SURE") == ["100% sure", "100 percent sure"]
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_times_come_back_in_utc_and_date_search_crosses_zones(storage: Storage) -> None:
+    agents = AgentStore(storage.metadata)
+    agents.create(_agent("a1", "clock", utc_now()), [], [])
+    oslo = timezone(timedelta(hours=1))
+    agents.append("a1", [Message("m1", "a1", Role.USER, "late", created_at=datetime(2026, 1, 2, 0, 30, tzinfo=oslo))])
+    stored = agents.last_messages("a1", 1)[0].created_at
+    assert stored == datetime(2026, 1, 1, 23, 30, tzinfo=UTC) and stored.tzinfo == UTC
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    hits, total = agents.messages_between("a1", day, day + timedelta(days=1), offset=0, limit=5)
+    assert total == 1 and hits[0].content == "late"
+
+
+def _agent(agent_id: str, name: str, created_at: datetime) -> AgentState:
+    return AgentState(agent_id, name, "u", "sam", "basic", "system", "model", 8000, "m", 4, created_at=created_at)

@@ -227,7 +227,8 @@ class AgentStore:
 
     def list(self, user_id: str) -> list[AgentSummary]:
         with self._session() as s:
-            rows = s.scalars(select(AgentRow).where(AgentRow.user_id == user_id).order_by(AgentRow.created_at)).all()
+            query = select(AgentRow).where(AgentRow.user_id == user_id)
+            rows = s.scalars(query.order_by(AgentRow.created_at, AgentRow.name)).all()
             ids = [r.id for r in rows]
 
             def per_agent(table: type[MessageRow] | type[AgentSourceRow]) -> dict[str, int]:
@@ -396,7 +397,7 @@ class AgentStore:
                 s.scalars(
                     select(AgentSourceRow.source_id)
                     .where(AgentSourceRow.agent_id == agent_id)
-                    .order_by(AgentSourceRow.attached_at)
+                    .order_by(AgentSourceRow.attached_at, AgentSourceRow.source_id)
                 )
             )
 

@@ -246,7 +246,8 @@ class MetadataStore:
 
     def list_sources(self, user_id: str) -> list[Source]:
         with self.session() as s:
-            rows = s.scalars(select(SourceRow).where(SourceRow.user_id == user_id).order_by(SourceRow.created_at)).all()
+            query = select(SourceRow).where(SourceRow.user_id == user_id)
+            rows = s.scalars(query.order_by(SourceRow.created_at, SourceRow.name)).all()
             counts = self._counts(s, [r.id for r in rows])
             return [_source(r, counts) for r in rows]
 
@@ -298,7 +299,9 @@ class MetadataStore:
             query = select(DocumentRow).where(DocumentRow.source_id == source_id)
             if file_path is not None:
                 query = query.where(DocumentRow.file_path == file_path)
-            return [_document(r) for r in s.scalars(query.order_by(DocumentRow.file_path, DocumentRow.unit))]
+            # NULLs sort first on SQLite and last on PostgreSQL unless told; id breaks ties between versions
+            query = query.order_by(DocumentRow.file_path, DocumentRow.unit.asc().nulls_first(), DocumentRow.id)
+            return [_document(r) for r in s.scalars(query)]
 
     def ready_file_with_hash(self, source_id: str, sha256: str, signature: str) -> str | None:
         """The path of an already loaded file with this content, if any."""
