@@ -237,3 +237,15 @@ def test_times_come_back_in_utc_and_date_search_crosses_zones(storage: Storage) 
 
 def _agent(agent_id: str, name: str, created_at: datetime) -> AgentState:
     return AgentState(agent_id, name, "u", "sam", "basic", "system", "model", 8000, "m", 4, created_at=created_at)
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_tool_call_ids_and_names_of_any_length_are_kept(storage: Storage) -> None:
+    """They come from the LLM: a server's long ids or a model's invented function name must not fail
+    the step on PostgreSQL (which enforces VARCHAR lengths) when SQLite would have kept them."""
+    agents = AgentStore(storage.metadata)
+    agents.create(_agent("a1", "caller", utc_now()), [], [])
+    long_id, long_name = "call_" + "x" * 300, "an_invented_function_" + "y" * 300
+    agents.append("a1", [Message("m1", "a1", Role.TOOL, "{}", tool_call_id=long_id, name=long_name)])
+    kept = agents.last_messages("a1", 1)[0]
+    assert (kept.tool_call_id, kept.name) == (long_id, long_name)

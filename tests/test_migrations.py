@@ -103,7 +103,8 @@ def test_an_older_database_is_upgraded_in_place(metadata_url: str) -> None:
 
 
 def test_messages_written_before_recall_indexing_are_kept_and_marked_unindexed(metadata_url: str) -> None:
-    """Migration 0003 adds a NOT NULL column to a table that already has rows."""
+    """Migration 0003 adds a NOT NULL column to a table that already has rows; 0004 retypes two columns
+    (on SQLite by rebuilding the table)."""
     engine = engine_for(metadata_url)
     with engine.begin() as conn:
         for _name, migrate in MIGRATIONS[:2]:
@@ -125,9 +126,12 @@ def test_messages_written_before_recall_indexing_are_kept_and_marked_unindexed(m
                 "'2026-01-01', true, 'hello from before')"
             )
         )
-    assert apply_migrations(engine) == ["0003_messages_indexed"]
+    assert apply_migrations(engine) == ["0003_messages_indexed", "0004_messages_unbounded_tool_fields"]
     with engine.connect() as conn:
-        assert conn.execute(text("select content, indexed from messages")).one() == ("hello from before", False)
+        assert conn.execute(text("select content, seq, indexed from messages")).one() == ("hello from before", 1, False)
+    with engine.begin() as conn:  # the rebuilt table (SQLite) still cascades from its agent
+        conn.execute(text("delete from agents"))
+        assert conn.execute(text("select count(*) from messages")).scalar() == 0
     engine.dispose()
 
 

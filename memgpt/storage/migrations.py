@@ -152,10 +152,50 @@ def _0003_messages_indexed(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_messages_agent_indexed ON messages (agent_id, indexed)"))
 
 
+def _0004_messages_unbounded_tool_fields(conn: Connection) -> None:
+    """A tool call's id and function name come from the LLM: TEXT, not VARCHAR(128), which PostgreSQL
+    enforces (a long id or an invented name failed the step there while SQLite kept it)."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(text("ALTER TABLE messages ALTER COLUMN tool_call_id TYPE TEXT, ALTER COLUMN name TYPE TEXT"))
+        return
+    # SQLite cannot change a column's type: rebuild the table (nothing references it) in this transaction.
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "messages_rebuilt",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+        Column("seq", Integer, nullable=False),
+        Column("role", String(16), nullable=False),
+        Column("content", Text, nullable=False),
+        Column("tool_calls", Text, nullable=False),
+        Column("tool_call_id", Text, nullable=False),
+        Column("name", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("in_context", Boolean, nullable=False),
+        Column("search_text", Text, nullable=False),
+        Column("indexed", Boolean, nullable=False, server_default=text("FALSE")),
+    ).create(conn)
+    columns = (
+        "id, agent_id, seq, role, content, tool_calls, tool_call_id, name, created_at, in_context, search_text, indexed"
+    )
+    conn.execute(text(f"INSERT INTO messages_rebuilt ({columns}) SELECT {columns} FROM messages"))
+    conn.execute(text("DROP TABLE messages"))
+    conn.execute(text("ALTER TABLE messages_rebuilt RENAME TO messages"))
+    for name, columns in (
+        ("seq", "agent_id, seq"),
+        ("created", "agent_id, created_at"),
+        ("indexed", "agent_id, indexed"),
+    ):
+        conn.execute(text(f"CREATE INDEX ix_messages_agent_{name} ON messages ({columns})"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
     ("0003_messages_indexed", _0003_messages_indexed),
+    ("0004_messages_unbounded_tool_fields", _0004_messages_unbounded_tool_fields),
 ]
 
 
