@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Inspector, inspect, text
+from sqlalchemy import Connection, Engine, Inspector, inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 import memgpt.storage.agents  # noqa: F401 - registers the agent tables on Base
 from memgpt.errors import SchemaMismatchError
@@ -143,3 +144,25 @@ def test_a_database_from_a_newer_memgpt_is_refused_in_one_line(metadata_url: str
     engine.dispose()
     with pytest.raises(SchemaMismatchError, match=r"upgraded by a newer memgpt \(migration 0099_from_the_future\)"):
         MetadataStore(metadata_url)
+
+
+def test_a_failing_migration_leaves_nothing_half_done(metadata_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A migration and its ledger row commit together: DDL included, on SQLite as on PostgreSQL."""
+    import memgpt.storage.migrations as migrations
+
+    def breaks_halfway(conn: Connection) -> None:
+        conn.execute(text("CREATE TABLE half_done (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO agents_that_do_not_exist VALUES (1)"))
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, ("0999_breaks_halfway", breaks_halfway)])
+    engine = engine_for(metadata_url)
+    with pytest.raises(SQLAlchemyError):
+        apply_migrations(engine)
+    inspector = inspect(engine)
+    assert "half_done" not in inspector.get_table_names()
+    with engine.connect() as conn:
+        ledger = sorted(conn.scalars(text("select name from schema_migrations")))
+    assert ledger == [name for name, _ in MIGRATIONS]  # the ones before it stay applied
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    assert apply_migrations(engine) == []
+    engine.dispose()

@@ -10,6 +10,7 @@ the database itself and then re-reads the ledger, so whoever waited finds the wo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from memgpt.errors import SchemaMismatchError
 
@@ -262,6 +264,7 @@ def _sqlite_exclusive(engine: Engine) -> Iterator[Connection]:
         try:
             yield conn
         except BaseException:
-            conn.exec_driver_sql("ROLLBACK")
+            with contextlib.suppress(SQLAlchemyError):  # SQLite may have rolled back already (disk full)
+                conn.exec_driver_sql("ROLLBACK")
             raise
         conn.exec_driver_sql("COMMIT")
