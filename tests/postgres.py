@@ -29,7 +29,8 @@ import pytest
 USER = "memgpt"
 PASSWORD = "memgpt-test-password"
 # Durability is not what these tests check: without fsync a database is created in milliseconds.
-_FAST = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+# Sessions default to a zone with a half-hour offset, so anything that assumes UTC shows up.
+_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "timezone=Asia/Kolkata")
 
 
 def find_binaries() -> Path | None:
@@ -135,7 +136,7 @@ def start_postgres(binaries: Path) -> PostgresServer:
         raise RuntimeError(f"initdb failed:\n{initdb.stdout}{initdb.stderr}")
     port = _free_port()
     command = [str(binaries / "postgres"), "-D", str(directory / "data"), "-p", str(port), "-h", "127.0.0.1"]
-    command += ["-k", str(directory), *(arg for setting in _FAST for arg in ("-c", setting))]
+    command += ["-k", str(directory), *(arg for setting in _SETTINGS for arg in ("-c", setting))]
     log = open(directory / "server.log", "wb")  # noqa: SIM115 - the server writes to it for its lifetime
     process = subprocess.Popen(
         command,
