@@ -125,9 +125,10 @@ class ScriptedLLM:
 
             def do_GET(self) -> None:
                 llm.gets.append(self.path)
-                if self.path == "/v1/models":
+                path = self.path.split("?")[0]
+                if path == "/v1/models":
                     self._send(200, {"object": "list", "data": llm.models})
-                elif self.path == "/props" and llm.props is not None:
+                elif path == "/props" and llm.props is not None:
                     self._send(200, llm.props)
                 else:
                     self._send(404, {"error": {"message": "File Not Found", "type": "not_found_error"}})
