@@ -105,6 +105,13 @@ def test_configure_checks_the_llm_and_learns_its_window(llm: ScriptedLLM, home: 
     pinned = run_cli("configure", "--llm-model", "qwen", "--llm-context-window", "8000", home=home)
     assert pinned.returncode == 0, pinned.stderr
     assert tomllib.loads((home / "config.toml").read_text())["llm"]["context_window"] == 8000
+    llm.models = [{"id": "qwen"}]  # says nothing about its window: not OpenAI's 128k either
+    behind = run_cli(
+        "configure", "--llm-provider", "openai", "--llm-endpoint", llm.url, "--llm-model", "qwen", home=home
+    )
+    assert behind.returncode == 0, behind.stderr
+    assert "context window not given (using 8192; --llm-context-window sets it)" in behind.stdout
+    assert tomllib.loads((home / "config.toml").read_text())["llm"]["context_window"] == 8192
 
 
 def test_configure_refuses_an_llm_it_cannot_use(llm: ScriptedLLM, home: Path) -> None:

@@ -130,6 +130,11 @@ def _llm(
     settings.model = model or settings.model
     if endpoint is not None:
         settings.endpoint = endpoint
+        if window is None and settings.provider in PRESETS and endpoint != PRESETS[settings.provider].endpoint:
+            # Another server than the provider's own: its hosted models' window would be a guess (the check
+            # below takes the server's word where it gives one).
+            unknown = PRESETS["openai-compatible"].context_window
+            settings.context_window = min(settings.context_window or unknown, unknown)
     checked = _check_llm(config, window_given=window is not None) if check else None
     if window is None and ask:
         window = int(
@@ -287,7 +292,11 @@ def configure(
         markup=False,
     )
     if checked is not None:
-        said = f"{checked.context_window} from {checked.window_source}" if checked.context_window else "not given"
+        said = (
+            f"{checked.context_window} from {checked.window_source}"
+            if checked.context_window
+            else f"not given (using {llm.context_window}; --llm-context-window sets it)"
+        )
         console.print(f"  LLM check: {checked.endpoint} answered; context window {said}", markup=False)
 
 
