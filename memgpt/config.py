@@ -11,7 +11,7 @@ import re
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -23,6 +23,8 @@ DEFAULT_MILVUS_FILE = "milvus.db"
 # pymilvus treats only "*.db" paths as Milvus Lite, and milvus-lite 2.5 refuses other file names.
 _LITE_NAME = re.compile(r"^[A-Za-z0-9.\-_]{1,33}\.db$")
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+ToolChoicePolicy = Literal["auto", "required", "auto_then_send_message", "send_message"]
+TOOL_CHOICES: tuple[str, ...] = get_args(ToolChoicePolicy)
 
 
 def memgpt_home() -> Path:
@@ -89,7 +91,12 @@ class LLMSettings(BaseModel):
     api_key: str = ""
     context_window: int = Field(default=0, ge=0)
     function_calling: Literal["native", "json"] = "native"  # "json" for models without tool calling
-    timeout_seconds: float = Field(default=120.0, gt=0)
+    # What the model may answer with: "auto" (text or a function call), "required" (a call; llama.cpp
+    # refuses it), "auto_then_send_message" (auto, and on a reply with neither text nor a call ask once
+    # more naming send_message: for small local models) or "send_message" (always; the agent only talks).
+    tool_choice: ToolChoicePolicy | Literal[""] = ""  # empty: the provider's preset
+    timeout_seconds: float = Field(default=120.0, gt=0)  # the most one LLM call may take, retries included
+    attempt_timeout_seconds: float = Field(default=0.0, ge=0)  # one request; 0 means all of timeout_seconds
     azure_api_version: str = "2024-10-21"
 
 

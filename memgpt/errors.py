@@ -56,7 +56,11 @@ class LLMError(BackendError):
 
 
 class LLMRetryableError(LLMError):
-    """Rate limits, timeouts and 5xx answers: worth another try after a pause."""
+    """Rate limits, timeouts, 5xx and garbled answers: worth another try after a pause."""
+
+
+class LLMTimeoutError(LLMRetryableError):
+    """The endpoint did not answer in time."""
 
 
 class ContextWindowExceededError(LLMError):

