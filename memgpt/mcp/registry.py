@@ -74,8 +74,10 @@ class ServerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_transport(self) -> ServerSpec:
-        if bool(self.command) == bool(self.url):
-            raise ValueError("give either a command to start (after --) or --url, not both")
+        if not self.command and not self.url:
+            raise ValueError("give the command that starts the server (after --) or its --url")
+        if self.command and self.url:
+            raise ValueError("give a command or a URL, not both")
         if self.url and not self.url.lower().startswith(("http://", "https://")):
             raise ValueError(f"the URL must start with http:// or https:// (got {self.url!r})")
         if self.url and (self.args or self.env):
