@@ -1,10 +1,11 @@
 """A small MCP server built with the SDK's MCPServer, for the MCP tests, that can misbehave on request.
 
-    python tests/mcp_fixture.py stdio [--tag TAG] [--start exit|hang]
+    python tests/mcp_fixture.py stdio [--tag TAG] [--start exit|hang] [--linger]
     python tests/mcp_fixture.py http PORT [--api-key KEY]
 
 ``--tag`` only marks the command line, so a test can find the process; ``--start`` makes it exit or
-hang before it answers anything; ``--api-key`` makes the HTTP server refuse requests without the
+hang before it answers anything; ``--linger`` keeps it alive for a minute after its stdin closes (a
+server slow to exit, which only a signal stops); ``--api-key`` makes the HTTP server refuse requests without the
 header ``X-Api-Key: KEY`` (401).
 """
 
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("port", nargs="?", type=int, default=0)
     parser.add_argument("--tag", default="")
     parser.add_argument("--start", choices=["exit", "hang"], default=None)
+    parser.add_argument("--linger", action="store_true")
     parser.add_argument("--api-key", default="")
     args = parser.parse_args()
     if args.start == "exit":
@@ -166,6 +168,8 @@ def main() -> None:
     server = build()
     if args.transport == "stdio":
         server.run()
+        if args.linger:
+            time.sleep(60)
         return
     import uvicorn
 

@@ -48,6 +48,12 @@ def refused(*args: str, home: Path) -> str:
     return lines[0]
 
 
+def test_the_cli_imports_the_sdk_only_when_a_server_is_used() -> None:
+    script = "import sys\nfrom memgpt.cli import app\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'mcp'))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_add_list_remove_keep_secrets_private(home: Path) -> None:
     tag = "cli-" + uuid.uuid4().hex
     with http_fixture() as (url, _process):
@@ -152,7 +158,7 @@ def test_run_stops_its_servers_when_it_ends_or_is_killed(home: Path, llm: Script
 
     def note_running_server(body: dict[str, Any]) -> dict[str, Any]:
         seen["alive"] = alive_with(tag)
-        return {"tool": "fx__crash", "args": {}}
+        return {"calls": [("fx__chatter", {}), ("fx__crash", {})]}
 
     llm.add(note_running_server)
     llm.add({"tool": "fx__echo", "args": {"text": "back again", "request_heartbeat": True}})
@@ -161,6 +167,7 @@ def test_run_stops_its_servers_when_it_ends_or_is_killed(home: Path, llm: Script
     assert len(seen["alive"]) == 1
     assert "⚡ [function] fx__crash failed: Error: MCP server 'fx' closed the connection during crash" in result.stdout
     assert "🤖 The server crashed once and came back." in result.stdout
+    assert result.stderr == ""  # neither the server's stderr nor the SDK's log of its stray output
     assert json.loads([m for m in llm.requests[2]["messages"] if m["role"] == "tool"][-1]["content"])["status"] == "OK"
     assert alive_with(tag) == []
 

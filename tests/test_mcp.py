@@ -4,6 +4,8 @@ the SDK) and mcp-server-time from PyPI, with the scripted LLM checking what the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from memgpt.mcp.registry import ServerSpec
 from memgpt.mcp.tools import VALID_NAME, exposed_name, mcp_tools
 from memgpt.storage import Storage
 from tests.agent_rig import Rig, replies, tool_results
+from tests.conftest import REPO
 from tests.mcp_helpers import (
     API_KEY,
     alive_with,
@@ -229,15 +232,28 @@ def test_servers_that_cannot_start_cost_one_line_each_and_leave_nothing_running(
     assert wait_until(lambda: alive_with(tag) == [], 10)
 
 
-def test_closing_stops_the_stdio_servers(tag: str) -> None:
-    clients = MCPClients(
-        [stdio_spec("a", fixture_command("--tag", tag)), stdio_spec("b", fixture_command("--tag", tag))]
-    )
+def test_closing_stops_the_stdio_servers_even_one_that_lingers(tag: str) -> None:
+    specs = [stdio_spec("a", fixture_command("--tag", tag)), stdio_spec("b", fixture_command("--tag", tag, "--linger"))]
+    clients = MCPClients(specs)
     assert clients.start() == {}
     assert len(alive_with(tag)) == 2
     clients.close()
     assert alive_with(tag) == []
     clients.close()  # twice is harmless
+
+
+def test_a_process_that_forgets_to_close_still_stops_its_servers(tag: str) -> None:
+    script = (
+        "from memgpt.mcp.client import MCPClients\n"
+        "from tests.mcp_helpers import fixture_command, stdio_spec\n"
+        f"clients = MCPClients([stdio_spec('fx', fixture_command('--tag', {tag!r}, '--linger'))])\n"
+        "assert clients.start() == {}\n"
+        "print(clients.call('fx', 'pid', {}).text)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 0
+    assert alive_with(tag) == []  # stopped on the way out, not a minute later
 
 
 def test_stderr_goes_to_the_log_file_not_the_terminal(
