@@ -123,6 +123,7 @@ def test_bad_input_is_one_line_and_changes_nothing(home: Path) -> None:
 def test_run_with_the_time_server(home: Path, llm: ScriptedLLM) -> None:
     ok("mcp", "add", "time", "--", *time_command(), home=home)
     ok("mcp", "add", "broken", "--", "no-such-mcp-server-anywhere", home=home)
+    ok("mcp", "add", "slow", "--startup-timeout", "1", "--", *fixture_command("--start", "hang"), home=home)
     llm.add(
         {
             "tool": "time__get_current_time",
@@ -131,9 +132,13 @@ def test_run_with_the_time_server(home: Path, llm: ScriptedLLM) -> None:
         }
     )
     llm.reply("It is evening in Tokyo.")
-    result = ok("run", "--agent", "Clock", "--mcp", "time", "--mcp", "broken", "-m", "time in Tokyo?", home=home)
+    result = ok(
+        "run", "--agent", "Clock", "--mcp", "time", "--mcp", "broken", "--mcp", "slow", "-m", "time?", home=home
+    )
     out = result.stdout
     assert "warning: MCP server 'broken' is not available: cannot start 'no-such-mcp-server-anywhere'" in out
+    assert "warning: MCP server 'slow' is not available: did not answer within 1 s" in out
+    assert result.stderr == ""
     assert '⚡ [function] running time__get_current_time({"timezone": "Asia/Tokyo"})' in out
     assert "🤖 It is evening in Tokyo." in out
     names = {t["function"]["name"] for t in llm.requests[0]["tools"]}
@@ -143,7 +148,7 @@ def test_run_with_the_time_server(home: Path, llm: ScriptedLLM) -> None:
     assert envelope["status"] == "OK" and json.loads(envelope["message"])["timezone"] == "Asia/Tokyo"
 
     assert refused("run", "--agent", "Clock", "--mcp", "nope", "-m", "hi", home=home) == (
-        "error: no MCP server named 'nope' (servers: broken, time); add it with `memgpt mcp add nope -- COMMAND`"
+        "error: no MCP server named 'nope' (servers: broken, slow, time); add it with `memgpt mcp add nope -- COMMAND`"
     )
     # Without --mcp the agent has no MCP tools.
     llm.reply("No clock here.")

@@ -110,7 +110,10 @@ class _Connection:
 
     async def open(self) -> None:
         ready: asyncio.Future[list[RemoteTool]] = asyncio.get_running_loop().create_future()
+        # Mark its exception as seen even when nobody waits any more (a timeout), or asyncio prints it.
+        ready.add_done_callback(lambda done: done.cancelled() or done.exception())
         log_start = self._log_size()
+        self._http_refusal = ""
         self._task = asyncio.create_task(self._hold(ready), name=f"mcp-{self.spec.name}")
         try:
             async with asyncio.timeout(self.startup_timeout):
@@ -126,6 +129,7 @@ class _Connection:
             raise MCPServerError(f"{why}{self._stderr_hint(log_start)}") from exc
 
     async def _hold(self, ready: asyncio.Future[list[RemoteTool]]) -> None:
+        client: mcp.Client | None = None
         try:
             with anyio.CancelScope() as self._scope:
                 async with AsyncExitStack() as stack:
@@ -140,7 +144,8 @@ class _Connection:
             else:
                 logger.debug("MCP server %s: session ended: %s", self.spec.name, type(exc).__name__)
         finally:
-            self._client = None
+            if self._client is client:  # not a newer session's, started after this one was given up
+                self._client = None
             if not ready.done():
                 ready.set_exception(MCPServerError("closed while starting"))
 
@@ -309,8 +314,8 @@ def _describe_start(spec: ServerSpec, error: BaseException, http_refusal: str = 
                 if spec.transport == "stdio"
                 else (f"closed the connection before it answered ({exc.message})")
             )
-        if exc.code == mcp_types.REQUEST_TIMEOUT:
-            return f"did not answer within {spec.startup_timeout_seconds:g} s"
+        if exc.code == mcp_types.REQUEST_TIMEOUT:  # the handshake ran into the per-request timeout
+            return f"did not answer within {spec.timeout_seconds:g} s"
         return f"refused the connection: {exc.message}"
     if isinstance(exc, ValidationError):
         return f"answered with something that is not MCP ({_first(exc)})"
