@@ -178,11 +178,17 @@ def save_config(config: Config, home: Path | None = None) -> Path:
     import tomli_w
 
     home = home or memgpt_home()
-    home.mkdir(parents=True, exist_ok=True)
     path = config_path(home)
-    tmp = path.with_suffix(".toml.tmp")
+    write_private(path, tomli_w.dumps(config.model_dump(mode="json")).encode("utf-8"))
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a file only its owner can read (0600): it may hold secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a leftover file would keep its own, maybe wider, permissions
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        tomli_w.dump(config.model_dump(mode="json"), handle)
+        handle.write(data)
     os.replace(tmp, path)
-    return path

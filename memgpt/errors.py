@@ -51,6 +51,10 @@ class EmbeddingError(BackendError):
     """The embedding model failed or returned vectors of the wrong shape."""
 
 
+class MCPServerError(BackendError):
+    """An MCP server could not be started or reached, or broke the protocol."""
+
+
 class LLMError(BackendError):
     """The LLM endpoint failed in a way retrying did not fix."""
 
