@@ -23,6 +23,7 @@ from pathlib import Path
 from memgpt.agent.manager import create_agent
 from memgpt.config import Config
 from memgpt.embeddings.base import EmbeddingModel
+from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.paging import PAGE_SIZE
 from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.storage import Storage
@@ -35,6 +36,14 @@ from memgpt.types import Message, Role, SearchHit, ToolCall
 _SHOWN = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\] (user|assistant):")
 
 Shown = list[list[str]]  # ranked items, each the benchmark message ids it shows
+Model = EmbeddingModel
+
+
+def local_model() -> Model:
+    """memgpt's default embedding model, loaded once (the first embedding pays for the load)."""
+    model = LocalMiniLM()
+    model.embed("warm up")
+    return model
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench.recall_adapter import RecallHome, Shown, Turn
-from memgpt.embeddings.local import LocalMiniLM
+from bench.recall_adapter import Model, RecallHome, Shown, Turn, local_model
 
 DATA = Path(__file__).resolve().parent / "recall"
 CATEGORIES = ("fact", "short_answer", "paraphrase", "date", "name", "aggregation", "changed")
@@ -212,7 +211,7 @@ class Run:
     sessions: int = 0
 
 
-def run_conversation(conversation: Conversation, questions: Sequence[Question], model: LocalMiniLM, run: Run) -> None:
+def run_conversation(conversation: Conversation, questions: Sequence[Question], model: Model, run: Run) -> None:
     with tempfile.TemporaryDirectory() as tmp, RecallHome(Path(tmp), model) as home:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"{conversation.id}: writing and indexing", total=len(conversation.turns))
@@ -319,8 +318,7 @@ def main() -> None:
         sys.exit(f"error: no conversation {', '.join(unknown)} (have: {', '.join(conversations)})")
     if args.misses and args.misses not in {v.name for v in VARIANTS}:
         sys.exit(f"error: no variant {args.misses!r} (have: {', '.join(v.name for v in VARIANTS)})")
-    model = LocalMiniLM()
-    model.embed("warm up")
+    model = local_model()
     run = Run()
     for name in chosen:
         run_conversation(conversations[name], [q for q in questions if q.conversation == name], model, run)
