@@ -18,6 +18,8 @@ from tests.agent_rig import Rig, replies, tool_results
 from tests.conftest import DATA, PAPER, load
 from tests.scripted_llm import ScriptedLLM
 
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+
 
 @pytest.fixture
 def llm() -> Iterator[ScriptedLLM]:

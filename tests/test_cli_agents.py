@@ -127,6 +127,7 @@ def test_no_llm_configured_is_one_line_before_anything_is_created(home: Path, mo
     assert json.loads(run_cli("list", "agents", "--json", home=home).stdout) == []
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first answer", thought="first thought")
     llm.reply("second answer")
@@ -161,6 +162,7 @@ def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
     assert "again" not in contents and "hello" in contents  # /pop 3 took "again" and its retried answer
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_agent_commands(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
     assert run_cli("load", "directory", "--name", "notes", f"--input-files={PAPER}", home=home).returncode == 0
     persona = tmp_path / "pirate.txt"
@@ -226,6 +228,7 @@ def test_user_tools_from_the_tools_folder(home: Path, llm: ScriptedLLM) -> None:
     assert "⚡ [function] running get_weather" in result.stdout
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first")
     assert run_cli("run", "--agent", "Sturdy", "--message", "one", home=home).returncode == 0
@@ -255,6 +258,7 @@ def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path,
     assert any('"two"' in c for c in last_request) and any('"three"' in c for c in last_request)
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
     llm.add(
         {

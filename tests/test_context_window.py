@@ -17,6 +17,8 @@ from memgpt.tokens import count_tokens
 from tests.agent_rig import Rig, tool_results
 from tests.scripted_llm import ScriptedLLM
 
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+
 WINDOW = 6000
 
 

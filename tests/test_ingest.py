@@ -16,6 +16,8 @@ from memgpt.storage.filters import eq
 from memgpt.types import EmbeddingSpace
 from tests.conftest import DATA, PAPER, USER, load, loader
 
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+
 
 def milvus_count(storage: Storage, source_id: str) -> int:
     return storage.passages(EmbeddingSpace("all-MiniLM-L6-v2", 384)).count(eq("source_id", source_id))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from memgpt.agent import prompts
 from memgpt.agent.agent import Agent
-from memgpt.agent.tools import builtin_tools, load_user_tools
+from memgpt.agent.tools import Tool, builtin_tools, load_user_tools
 from memgpt.config import Config
 from memgpt.data.sources import get_source
 from memgpt.embeddings.base import EmbeddingModel
@@ -207,9 +208,14 @@ def open_agent(
     llm: LLMClient,
     embedding: EmbeddingModel,
     tools_folder: Path | None = None,
+    extra_tools: Sequence[Tool] = (),
     max_steps: int = 10,
 ) -> tuple[Agent, list[str]]:
-    """A runnable agent and one-line warnings about user tools that could not be loaded."""
+    """A runnable agent and one-line warnings about tools that could not be loaded.
+
+    ``extra_tools`` (for example an MCP server's) come after MemGPT's and the user's; one whose name
+    is taken already is skipped with a warning.
+    """
     state.space.ensure_same(
         embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
     )
@@ -218,6 +224,11 @@ def open_agent(
     if tools_folder is not None:
         extra, warnings = load_user_tools(tools_folder, [t.name for t in tools])
         tools += extra
+    for tool in extra_tools:
+        if any(t.name == tool.name for t in tools):
+            warnings.append(f"{tool.name} is already a tool; skipped")
+        else:
+            tools.append(tool)
     archival = ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
     index = RecallIndex(storage.passages(state.space), embedding)
     recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import logging
 import re
 import typing
@@ -286,20 +285,13 @@ def load_user_tools(folder: Path, reserved: Iterable[str]) -> tuple[list[Tool], 
 
 
 def parse_arguments(raw: str) -> dict[str, Any]:
-    """The model's argument text as a dict, forgiving HTML-escaped quotes and code fences."""
-    import html
+    """The model's argument text as a dict (the LLM adapters already normalise what they can)."""
+    from memgpt.llm.arguments import load_arguments
 
-    from memgpt.llm.json_mode import extract_json
-
-    text = (raw or "").strip() or "{}"
-    for candidate in (text, html.unescape(text)):
-        try:
-            value = json.loads(candidate)
-        except json.JSONDecodeError:
-            value = extract_json(candidate)
-        if isinstance(value, dict):
-            return value
-    raise ToolError(f"the arguments are not a JSON object: {text[:200]}")
+    value = load_arguments(raw)
+    if value is None:
+        raise ToolError(f"the arguments are not a JSON object: {(raw or '').strip()[:200]}")
+    return value
 
 
 def tools_by_name(tools: Iterable[Tool]) -> dict[str, Tool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,15 +98,20 @@ def run(
     attach: list[str] = typer.Option(
         None, "--attach", help="Attach this data source first, as /attach would (repeatable).", show_default=False
     ),
+    mcp: list[str] = typer.Option(
+        None, "--mcp", help="Give the agent this MCP server's tools for this run (repeatable).", show_default=False
+    ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
     from memgpt.agent.manager import open_agent, resolve_agent
     from memgpt.cli.chat import Chat
+    from memgpt.cli.mcp import tools_for_run
     from memgpt.config import memgpt_home
     from memgpt.llm import create_llm, resolve_llm
 
-    with open_storage() as (storage, config):
+    with open_storage() as (storage, config), ExitStack() as stack:
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
+        mcp_tools = stack.enter_context(tools_for_run(mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model)
         state, created = resolve_agent(storage, config.user_id, ref, new=new, model=model)
@@ -117,7 +123,12 @@ def run(
             _resume_banner(storage, state)
         llm = create_llm(config.llm, model=state.llm_model, context_window=state.context_window)
         loaded, warnings = open_agent(
-            storage, state, llm=llm, embedding=embedding_model(config), tools_folder=memgpt_home() / "tools"
+            storage,
+            state,
+            llm=llm,
+            embedding=embedding_model(config),
+            tools_folder=memgpt_home() / "tools",
+            extra_tools=mcp_tools,
         )
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)

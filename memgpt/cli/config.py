@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from memgpt.cli.common import YesOption, console, home_and_config, interactive
-from memgpt.config import Config, display_path, is_server_uri, resolve_milvus_uri, save_config
+from memgpt.config import TOOL_CHOICES, Config, display_path, is_server_uri, resolve_milvus_uri, save_config
 from memgpt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from memgpt.llm.probe import LLMCheck
 
 
 def _ask(prompt: Any) -> Any:
@@ -97,7 +100,9 @@ def _llm(
     endpoint: str | None,
     window: int | None,
     ask: bool,
-) -> None:
+    *,
+    check: bool = False,
+) -> LLMCheck | None:
     import questionary
 
     from memgpt.llm.presets import PRESETS
@@ -117,6 +122,15 @@ def _llm(
         model = _ask(questionary.text("Enter the LLM model:", default=settings.model)).strip()
     if endpoint is None and ask:
         endpoint = _ask(questionary.text("Enter the LLM endpoint:", default=settings.endpoint)).strip()
+    settings.model = model or settings.model
+    if endpoint is not None:
+        settings.endpoint = endpoint
+        if window is None and settings.provider in PRESETS and endpoint != PRESETS[settings.provider].endpoint:
+            # Another server than the provider's own: its hosted models' window would be a guess (the check
+            # below takes the server's word where it gives one).
+            unknown = PRESETS["openai-compatible"].context_window
+            settings.context_window = min(settings.context_window or unknown, unknown)
+    checked = _check_llm(config, window_given=window is not None) if check else None
     if window is None and ask:
         window = int(
             _ask(
@@ -127,13 +141,44 @@ def _llm(
                 )
             )
         )
-    settings.model = model or settings.model
-    if endpoint is not None:
-        settings.endpoint = endpoint
     if window is not None:
         if window < 1024:
             raise ConfigError("--llm-context-window must be at least 1024 tokens")
         settings.context_window = window
+    return checked
+
+
+def _check_llm(config: Config, *, window_given: bool) -> LLMCheck:
+    """Ask the LLM endpoint what it serves, so a server that is down or a wrong model fails here and
+    not at the first message; take the model and the context window from it where it says them."""
+    from memgpt.errors import LLMError
+    from memgpt.llm import resolve_llm
+    from memgpt.llm.probe import check_llm
+
+    skip = "pass --no-llm-check to save without checking"
+    try:
+        checked = check_llm(resolve_llm(config.llm, require_model=False))
+    except ConfigError as exc:  # e.g. a hosted provider without its API key
+        raise ConfigError(f"{exc}, or {skip}") from exc
+    except LLMError as exc:
+        raise ConfigError(f"{exc}; start the server or fix --llm-endpoint, or {skip}") from exc
+    if checked.problem:
+        raise ConfigError(f"{checked.problem}; choose one with --llm-model, or {skip}")
+    config.llm.model = config.llm.model or checked.model
+    if checked.context_window and not window_given:
+        config.llm.context_window = checked.context_window
+    return checked
+
+
+def _llm_options(config: Config, function_calling: str | None, tool_choice: str | None) -> None:
+    if function_calling is not None:
+        if function_calling not in ("native", "json"):
+            raise ConfigError(f"--function-calling must be native or json, not {function_calling!r}")
+        config.llm.function_calling = function_calling  # type: ignore[assignment]
+    if tool_choice is not None:
+        if tool_choice not in TOOL_CHOICES:
+            raise ConfigError(f"--tool-choice must be one of {', '.join(TOOL_CHOICES)}, not {tool_choice!r}")
+        config.llm.tool_choice = tool_choice  # type: ignore[assignment]
 
 
 def configure(
@@ -171,7 +216,19 @@ def configure(
     llm_model: str | None = typer.Option(None, "--llm-model", help="LLM model name."),
     llm_endpoint: str | None = typer.Option(None, "--llm-endpoint", help="LLM base URL."),
     llm_context_window: int | None = typer.Option(
-        None, "--llm-context-window", help="The model's context window in tokens."
+        None, "--llm-context-window", help="The model's context window in tokens (default: as the server says)."
+    ),
+    function_calling: str | None = typer.Option(
+        None, "--function-calling", help="native (the API's tool calls) or json (for models without them)."
+    ),
+    tool_choice: str | None = typer.Option(
+        None,
+        "--tool-choice",
+        help="auto, required, auto_then_send_message (local servers' default: asks again when a reply is "
+        "empty) or send_message.",
+    ),
+    no_llm_check: bool = typer.Option(
+        False, "--no-llm-check", help="Save the LLM settings without asking the endpoint (e.g. offline)."
     ),
     no_prompt: bool = typer.Option(False, "--no-prompt", help="Never ask; keep current values for options not given."),
 ) -> None:
@@ -198,7 +255,10 @@ def configure(
             "--milvus-database needs a Milvus server URI (http://host:19530); Milvus Lite has a single database"
         )
     _embedding(config, embedding_provider, embedding_model, embedding_endpoint, embedding_dim, ask)
-    _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask)
+    _llm_options(config, function_calling, tool_choice)
+    llm_flags = (llm_provider, llm_model, llm_endpoint, llm_context_window, function_calling, tool_choice)
+    check = not no_llm_check and (ask or any(flag is not None for flag in llm_flags))
+    checked = _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask, check=check)
 
     target = milvus_target(config, home)
     check_milvus(target)  # a bad URI or token fails here, not in the middle of a load
@@ -217,6 +277,13 @@ def configure(
         f"{llm.endpoint or 'the default endpoint'}, context window {llm.context_window or 'the default'}",
         markup=False,
     )
+    if checked is not None:
+        said = (
+            f"{checked.context_window} from {checked.window_source}"
+            if checked.context_window
+            else f"not given (using {llm.context_window}; --llm-context-window sets it)"
+        )
+        console.print(f"  LLM check: {checked.endpoint} answered; context window {said}", markup=False)
 
 
 def migrate(

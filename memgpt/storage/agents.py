@@ -136,7 +136,8 @@ class AgentStore:
     def list(self, user_id: str) -> list[AgentSummary]:
         """The user's agents, oldest first, with how many messages and attached sources each has."""
         with self._metadata.session() as s:
-            rows = s.scalars(select(AgentRow).where(AgentRow.user_id == user_id).order_by(AgentRow.created_at)).all()
+            query = select(AgentRow).where(AgentRow.user_id == user_id)
+            rows = s.scalars(query.order_by(AgentRow.created_at, AgentRow.name)).all()
             ids = [r.id for r in rows]
 
             def per_agent(table: type[MessageRow] | type[AgentSourceRow]) -> dict[str, int]:

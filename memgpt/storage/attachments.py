@@ -48,6 +48,6 @@ class AttachmentStore:
                 s.scalars(
                     select(AgentSourceRow.source_id)
                     .where(AgentSourceRow.agent_id == agent_id)
-                    .order_by(AgentSourceRow.attached_at)
+                    .order_by(AgentSourceRow.attached_at, AgentSourceRow.source_id)
                 )
             )

@@ -33,8 +33,8 @@ class MessageRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     tool_calls: Mapped[str] = mapped_column(Text)  # JSON list of {id, name, arguments}
-    tool_call_id: Mapped[str] = mapped_column(String(128))
-    name: Mapped[str] = mapped_column(String(128))
+    tool_call_id: Mapped[str] = mapped_column(Text)  # from the LLM: any length
+    name: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     in_context: Mapped[bool] = mapped_column(Boolean)
     search_text: Mapped[str] = mapped_column(Text)  # the text recall search matches, lower-cased
