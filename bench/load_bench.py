@@ -32,16 +32,20 @@ def measure(name: str, files: list[Path], home: Path, model: LocalMiniLM, repeat
     loads: list[tuple[float, dict[str, float], int]] = []
     with Storage(config, home) as storage:
         loader = SourceLoader(
-            storage, model, chunk_size=config.embedding.chunk_size, chunk_overlap=config.embedding.chunk_overlap
+            storage,
+            model,
+            user_id=config.user_id,
+            chunk_size=config.embedding.chunk_size,
+            chunk_overlap=config.embedding.chunk_overlap,
         )
         for attempt in range(repeats):
             began = time.perf_counter()
             report = loader.load(f"{name} #{attempt}", files)
             loads.append((time.perf_counter() - began, report.seconds, report.passages))
             assert report.ok, report.failures
-        source = storage.metadata.get_source(storage.user_id, f"{name} #0")
+        source = storage.metadata.get_source(config.user_id, f"{name} #0")
         assert source is not None
-        store = storage.passages(model.model_id, model.dimensions)
+        store = storage.passages(model.space)
         texts = [p.text for batch in store.iterate(eq("source_id", source.id)) for p in batch]
         raw: list[float] = []
         for _ in range(repeats):

@@ -37,13 +37,17 @@ def main() -> None:
     config = Config()
     with tempfile.TemporaryDirectory() as tmp, Storage(config, Path(tmp)) as storage:
         loader = SourceLoader(
-            storage, model, chunk_size=config.embedding.chunk_size, chunk_overlap=config.embedding.chunk_overlap
+            storage,
+            model,
+            user_id=config.user_id,
+            chunk_size=config.embedding.chunk_size,
+            chunk_overlap=config.embedding.chunk_overlap,
         )
         report = loader.load("bench", files)
         assert report.ok, report.failures
-        source = get_source(storage, "bench")
+        source = get_source(storage, config.user_id, "bench")
         where = visible_passages(storage, source)
-        store = storage.passages(model.model_id, model.dimensions)
+        store = storage.passages(model.space)
         all_texts = [_flat(p.text) for batch in store.iterate(where) for p in batch]
         ranks: dict[str, list[int | None]] = {"dense": [], "BM25": [], "hybrid": []}
         unanswerable = 0

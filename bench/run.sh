@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for every figure in the README's benchmark section:
-#   bash bench/run.sh            (add --quick for a 0.5 MB corpus, 10k passages, no 1M run)
+#   bash bench/run.sh            (add --quick for a 0.5 MB corpus, 10k passages, no 1M run, one recall conversation)
 # Prints markdown tables. The pure-Python Milvus Lite 3.x conflicts with the 2.5 default, so it is
 # measured from its own virtualenv in bench/.venv-lite3.
 set -euo pipefail
@@ -10,7 +10,8 @@ cd "$ROOT"
 corpus_mb=5
 sizes=10000,100000
 server_sizes=100000,1000000
-if [ "${1:-}" = "--quick" ]; then corpus_mb=0.5; sizes=10000; server_sizes=10000; fi
+recall=()
+if [ "${1:-}" = "--quick" ]; then corpus_mb=0.5; sizes=10000; server_sizes=10000; recall=(--quick); fi
 
 LITE3="$ROOT/bench/.venv-lite3"
 if [ ! -x "$LITE3/bin/python" ]; then
@@ -30,6 +31,8 @@ common=(--vectors "${vectors[0]}" --queries "${vectors[1]}" --sizes "$sizes")
 PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" "${common[@]}"
 echo
 "$VENV/bin/python" bench/retrieval_bench.py
+echo
+"$VENV/bin/python" bench/recall_bench.py "${recall[@]}"
 echo
 echo "### Archival search on a Milvus server (HNSW; same filter and vectors)"
 echo

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memgpt.storage.filters import all_of, eq, is_in
 from memgpt.storage.milvus import MilvusConnection, MilvusTarget
-from memgpt.types import Passage
+from memgpt.types import EmbeddingSpace, Passage
 
 DIM = 384
 SOURCES = 10  # passages spread over 10 sources; the agent has 2 of them attached
@@ -77,7 +77,7 @@ def run(
         else:
             target = IndexOverride(uri, index_type=index) if index else MilvusTarget(uri)
         connection = MilvusConnection(target)
-        store = connection.passages("bench-model", DIM)
+        store = connection.passages(EmbeddingSpace("bench-model", DIM))
         began = time.perf_counter()
         batch = 2000
         for start in range(0, size, batch):

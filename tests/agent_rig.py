@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from memgpt.agent.agent import Agent
@@ -11,7 +11,7 @@ from memgpt.agent.manager import create_agent, open_agent
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.llm.openai_compat import OpenAICompatible
 from memgpt.storage import Storage
-from memgpt.storage.agents import AgentStore
+from tests.conftest import USER
 from tests.scripted_llm import ScriptedLLM
 
 
@@ -20,10 +20,7 @@ class Rig:
     storage: Storage
     model: LocalMiniLM
     llm: ScriptedLLM
-    agents: AgentStore = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.agents = AgentStore(self.storage.metadata)
+    user_id: str = USER
 
     def client(self, context_window: int = 16_000, timeout: float = 30.0) -> OpenAICompatible:
         client = OpenAICompatible(
@@ -34,24 +31,24 @@ class Rig:
 
     def create(self, name: str = "tester", persona: str = "sam_pov", context_window: int = 16_000) -> Agent:
         create_agent(
-            self.agents,
-            user_id=self.storage.user_id,
+            self.storage,
+            user_id=self.user_id,
             name=name,
             persona=persona,
             human="basic",
             model="scripted",
             context_window=context_window,
-            embedding=self.model,
+            embedding=self.model.space,
         )
         return self.open(name, context_window=context_window)
 
     def open(
         self, name: str = "tester", *, context_window: int = 16_000, timeout: float = 30.0, **options: Any
     ) -> Agent:
-        state = self.agents.get(self.storage.user_id, name)
+        state = self.storage.agents.get(self.user_id, name)
         assert state is not None
         agent, warnings = open_agent(
-            self.storage, self.agents, state, llm=self.client(context_window, timeout), embedding=self.model, **options
+            self.storage, state, llm=self.client(context_window, timeout), embedding=self.model, **options
         )
         assert not warnings
         return agent

@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own memgpt home; Milvus Lite and SQLite are real."""
+"""Shared fixtures: every test gets its own memgpt home; Milvus Lite, SQLite and PostgreSQL are real."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from memgpt.config import load_config, save_config
+from memgpt.config import Config, load_config, save_config
 from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 
-pytest_plugins = ["tests.milvus_server"]
+pytest_plugins = ["tests.milvus_server", "tests.postgres", "tests.local_llm"]
 from tests.milvus_server import TOKEN  # noqa: E402
 from tests.server_rig import LiveServer  # noqa: E402
 
+# The user of the library-level tests; storage serves any user, the CLI passes the config's.
+USER = "tester"
 DATA = Path(__file__).parent / "data"
 PAPER = DATA / "memgpt_research_paper.pdf"
 REPO = Path(__file__).parent.parent
@@ -38,8 +40,42 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def metadata_url(request: pytest.FixtureRequest, home: Path) -> str:
+    """Run the test with the metadata database on SQLite and on the real PostgreSQL; returns its URL.
+
+    Tests and modules opt in (``pytest.mark.usefixtures("metadata_url")``); the home's config says
+    which, so the CLI in a child process uses it too."""
+    if request.param == "sqlite":
+        return Config().metadata_database_url(home)  # the default: the home stays new
+    config = load_config(home)
+    config.metadata_url = request.getfixturevalue("postgres_url")
+    save_config(config, home)
+    return config.metadata_url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test run on both Milvus backends pairs PostgreSQL with the Milvus server only, as a deployment
+    that scales out would: the metadata code is the same beside Milvus Lite, and it saves the time."""
+    paired, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None) and item.callspec.params
+        redundant = bool(params) and params.get("metadata_url") == "postgres" and params.get("backend") == "lite"
+        (dropped if redundant else paired).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = paired
+
+
+def _opened_on_metadata_backend(request: pytest.FixtureRequest) -> None:
+    """Storage fixtures open after ``metadata_url`` has chosen the database, whatever the fixture order."""
+    if "metadata_url" in request.fixturenames:
+        request.getfixturevalue("metadata_url")
+
+
 @pytest.fixture
-def storage(home: Path) -> Iterator[Storage]:
+def storage(request: pytest.FixtureRequest, home: Path) -> Iterator[Storage]:
+    _opened_on_metadata_backend(request)
     opened = Storage(load_config(home), home)
     yield opened
     opened.close()
@@ -58,8 +94,9 @@ def backend(request: pytest.FixtureRequest, home: Path) -> str:
 
 
 @pytest.fixture
-def any_storage(backend: str, home: Path) -> Iterator[Storage]:
+def any_storage(request: pytest.FixtureRequest, backend: str, home: Path) -> Iterator[Storage]:
     """Storage on the backend under test (see ``backend``)."""
+    _opened_on_metadata_backend(request)
     opened = Storage(load_config(home), home)
     yield opened
     opened.close()
@@ -70,19 +107,20 @@ def model() -> LocalMiniLM:
     return LocalMiniLM()
 
 
-def loader(storage: Storage, model: LocalMiniLM, **kwargs: object) -> SourceLoader:
+def loader(storage: Storage, model: LocalMiniLM, *, user_id: str = USER, **kwargs: object) -> SourceLoader:
     config = load_config(Path(os.environ["MEMGPT_HOME"]))
     return SourceLoader(
         storage,
         model,
+        user_id=user_id,
         chunk_size=config.embedding.chunk_size,
         chunk_overlap=config.embedding.chunk_overlap,
         **kwargs,  # type: ignore[arg-type]
     )
 
 
-def load(storage: Storage, model: LocalMiniLM, name: str, *paths: Path) -> LoadReport:
-    return loader(storage, model).load(name, list(paths))
+def load(storage: Storage, model: LocalMiniLM, name: str, *paths: Path, user_id: str = USER) -> LoadReport:
+    return loader(storage, model, user_id=user_id).load(name, list(paths))
 
 
 def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,10 +12,13 @@ def read_json(handler: BaseHTTPRequestHandler) -> Any:
 
 
 def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
-    raw = json.dumps(payload).encode()
+    send_raw(handler, status, json.dumps(payload).encode(), "application/json")
+
+
+def send_raw(handler: BaseHTTPRequestHandler, status: int, raw: bytes, content_type: str) -> None:
     try:
         handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(raw)))
         handler.end_headers()
         handler.wfile.write(raw)

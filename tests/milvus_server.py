@@ -7,12 +7,15 @@ so tests never see each other's collections.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -78,11 +81,14 @@ def start_server(data: Path, port: int | None = None) -> tuple[subprocess.Popen[
     while not _ready(uri):
         if process.poll() is not None or time.monotonic() > deadline:
             stop_server(process)
+            logs = " ".join(f.read_text(errors="replace") for f in data.rglob("*.log"))
+            if "2380: bind: address already in use" in logs:
+                raise RuntimeError(
+                    "another milvus-server runs on this machine (its embedded etcd holds 127.0.0.1:2380, one per "
+                    "machine): stop it, or let this run share it (tests/milvus_server.py shares its own)"
+                )
             tail = (data / "server.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(
-                "the Milvus server did not start (is another one running? this package runs one instance per "
-                f"machine; see {data}/logs):\n{tail}"
-            )
+            raise RuntimeError(f"the Milvus server did not start (see {data}/logs):\n{tail}")
         time.sleep(0.5)
     return process, uri
 
@@ -97,16 +103,84 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+# milvus-server runs once per machine (its embedded etcd always binds 127.0.0.1:2380), so test sessions
+# running at the same time (several worktrees, several developers' runs) share one: the first starts it, each
+# holds a shared flock on USERS while it uses it, and the last one out stops it.
+SHARED = Path(tempfile.gettempdir()) / "memgpt-test-milvus-server"
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # reap it if this process started it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running() -> dict[str, object] | None:
+    try:
+        info = json.loads((SHARED / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(info, dict) and _alive(int(info["pid"])) and _ready(str(info["uri"])):
+        return info
+    return None
+
+
+def _stop_shared(info: dict[str, object]) -> None:
+    pid = int(info["pid"])  # type: ignore[call-overload]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    shutil.rmtree(str(info["data"]), ignore_errors=True)
+    (SHARED / "server.json").unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def milvus_server() -> Iterator[str]:
     if _executable() is None:
         pytest.skip("milvus-server is not installed (pip install milvus==2.3.5, part of memgpt[dev] on Linux x86_64)")
-    try:
-        process, uri = start_server(tmp_path_factory.mktemp("milvus-server"))
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield uri
-    stop_server(process)
+    SHARED.mkdir(exist_ok=True)
+    with open(SHARED / "start.lock", "a") as mutex, open(SHARED / "users.lock", "a") as users:
+        fcntl.flock(mutex, fcntl.LOCK_EX)
+        try:
+            info = _running()
+            if info is None:
+                stale = SHARED / "server.json"
+                if stale.exists():  # left by a session that was killed: its server is gone or broken
+                    with contextlib.suppress(OSError, ValueError, KeyError):
+                        _stop_shared(json.loads(stale.read_text()))
+                data = SHARED / f"data-{uuid.uuid4().hex[:8]}"
+                data.mkdir()
+                try:
+                    process, uri = start_server(data)
+                except RuntimeError as exc:
+                    pytest.fail(str(exc))
+                info = {"pid": process.pid, "uri": uri, "data": str(data)}
+                (SHARED / "server.json").write_text(json.dumps(info))
+            fcntl.flock(users, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(mutex, fcntl.LOCK_UN)
+        yield str(info["uri"])
+        fcntl.flock(mutex, fcntl.LOCK_EX)
+        try:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted only when no other session uses it
+            except OSError:
+                return
+            _stop_shared(info)
+        finally:
+            fcntl.flock(users, fcntl.LOCK_UN)
+            fcntl.flock(mutex, fcntl.LOCK_UN)
 
 
 @pytest.fixture

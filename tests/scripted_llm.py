@@ -8,10 +8,16 @@ Script entries:
   {"tool": "send_message", "args": {...}, "content": "thought"}   one tool call
   {"calls": [("name", {...}), ...], "content": "..."}              several tool calls
   {"raw_tool": "name", "raw_arguments": "{not json"}                malformed arguments
-  {"content": "plain text"}                                        no tool call
+  {"content": "plain text"}                                        no tool call ("" for an empty reply)
   {"status": 429} / {"status": 500}                                an error answer
   {"delay": 3.0, ...}                                              wait before answering
+  {"hang": True}                                                   never answer (until the server closes)
+  {"body": "<html>...", "content_type": "text/html"}               exactly this body, status 200 (or "status")
+  {"json": {...}}                                                  exactly this JSON object, status 200
   a callable taking the request body and returning one of the above
+
+GET /v1/models answers from ``models``; GET /props and POST /api/show (llama.cpp's and Ollama's own
+routes) answer from ``props`` and ``show`` when set, else 404.
 """
 
 from __future__ import annotations
@@ -22,13 +28,22 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from memgpt.memory.summarize import INSTRUCTIONS as SUMMARY_INSTRUCTIONS
-from tests.http_json import read_json, send_json
+from tests.http_json import read_json, send_json, send_raw
 
 Entry = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A body sent exactly as written."""
+
+    body: str
+    content_type: str
 SUMMARY_PREFIX = SUMMARY_INSTRUCTIONS.split("{")[0]
 
 
@@ -38,6 +53,11 @@ class ScriptedLLM:
         self.requests: list[dict[str, Any]] = []
         self.summaries: list[dict[str, Any]] = []
         self.summary_text = "Summary: the user and I talked at length; the first topic was the codeword."
+        self.models: list[dict[str, Any]] = [{"id": "scripted", "object": "model", "owned_by": "tests"}]
+        self.props: dict[str, Any] | None = None
+        self.show: dict[str, Any] | None = None
+        self.gets: list[str] = []
+        self._closed = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -54,11 +74,12 @@ class ScriptedLLM:
         return self.add({"tool": "send_message", "args": {"message": message}, "content": thought, **more})
 
     def close(self) -> None:
+        self._closed.set()
         self._server.shutdown()
         self._server.server_close()
 
     # -- answering ----------------------------------------------------------------------------
-    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def answer(self, body: dict[str, Any]) -> tuple[int, Any]:
         system = body["messages"][0].get("content") or ""
         if not body.get("tools") and system.startswith(SUMMARY_PREFIX):
             self.summaries.append(body)
@@ -71,6 +92,12 @@ class ScriptedLLM:
             entry = entry(body)
         if entry.get("delay"):
             time.sleep(entry["delay"])
+        if entry.get("hang"):
+            self._closed.wait()
+        if "body" in entry:
+            return entry.get("status", 200), Raw(entry["body"], entry.get("content_type", "application/json"))
+        if "json" in entry:
+            return 200, entry["json"]
         if "status" in entry:
             return entry["status"], {
                 "error": {"message": entry.get("message", "scripted error"), "type": "error", "code": entry.get("code")}
@@ -89,7 +116,28 @@ class ScriptedLLM:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                send_json(self, *llm.answer(read_json(self)))
+                body = read_json(self)
+                if self.path == "/api/show":
+                    llm.gets.append(self.path)
+                    self._send(*((200, llm.show) if llm.show is not None else (404, {"error": "not found"})))
+                else:
+                    self._send(*llm.answer(body))
+
+            def do_GET(self) -> None:
+                llm.gets.append(self.path)
+                path = self.path.split("?")[0]
+                if path == "/v1/models":
+                    self._send(200, {"object": "list", "data": llm.models})
+                elif path == "/props" and llm.props is not None:
+                    self._send(200, llm.props)
+                else:
+                    self._send(404, {"error": {"message": "File Not Found", "type": "not_found_error"}})
+
+            def _send(self, status: int, payload: Any) -> None:
+                if isinstance(payload, Raw):
+                    send_raw(self, status, payload.body.encode(), payload.content_type)
+                else:
+                    send_json(self, status, payload)
 
             def log_message(self, *args: object) -> None: ...
 

@@ -11,12 +11,14 @@ from memgpt.agent.agent import Agent
 from memgpt.agent.events import FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.manager import attach_source, detach_source
 from memgpt.embeddings.local import LocalMiniLM
-from memgpt.errors import LLMError
+from memgpt.errors import LLMError, UserError
 from memgpt.storage import Storage
 from memgpt.storage.filters import Filter, all_of, eq
 from tests.agent_rig import Rig, replies, tool_results
-from tests.conftest import PAPER, load
+from tests.conftest import DATA, PAPER, load
 from tests.scripted_llm import ScriptedLLM
+
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def test_a_turn_reaches_the_user_and_everything_is_recorded(rig: Rig) -> None:
     assert "1 previous messages between you and the user are stored in recall memory" in system  # this one
     user = json.loads(request["messages"][-1]["content"])
     assert user["type"] == "user_message" and user["message"] == "hi there"
-    assert rig.agents.count_messages(agent.state.id) == 3  # user, assistant call, tool result
+    assert rig.storage.messages.count(agent.state.id) == 3  # user, assistant call, tool result
 
 
 def test_heartbeats_chain_steps_and_core_memory_persists(rig: Rig) -> None:
@@ -133,8 +135,8 @@ def test_attached_source_is_searched_and_paged_then_detached(any_rig: Rig, model
     rig, storage = any_rig, any_rig.storage
     report = load(storage, model, "memgpt_research_paper", PAPER)
     agent = rig.create(persona="memgpt_doc")
-    _source, fresh = attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")
-    assert fresh and not attach_source(storage, rig.agents, agent.state, "memgpt_research_paper")[1]
+    _source, fresh = attach_source(storage, agent.state, "memgpt_research_paper")
+    assert fresh and not attach_source(storage, agent.state, "memgpt_research_paper")[1]
     assert agent.archival.count() == report.passages  # linked, not copied
 
     rig.llm.add(
@@ -160,9 +162,9 @@ def test_attached_source_is_searched_and_paged_then_detached(any_rig: Rig, model
         in (rig.llm.requests[1]["messages"][0]["content"])
     )
 
-    detach_source(storage, rig.agents, agent.state, "memgpt_research_paper")
+    detach_source(storage, agent.state, "memgpt_research_paper")
     assert agent.archival.count() == 0
-    source_passages = storage.passages(model.model_id, model.dimensions).count(eq("kind", "archival"))
+    source_passages = storage.passages(model.space).count(eq("kind", "archival"))
     assert source_passages == report.passages  # the source is intact
 
 
@@ -235,7 +237,7 @@ def test_persistent_failure_is_one_clear_error_and_the_message_is_kept(rig: Rig)
     rig.llm.add({"status": 500}, {"status": 500})
     with pytest.raises(LLMError, match="answered 500"):
         list(agent.send("are you there?"))
-    kept = rig.agents.last_messages(agent.state.id, 1)[0]
+    kept = rig.storage.messages.last(agent.state.id, 1)[0]
     assert kept.content == "are you there?"
 
 
@@ -272,13 +274,13 @@ def test_pause_heartbeats_is_recorded(rig: Rig) -> None:
 def test_recall_index_catches_up_and_forgets_popped_messages(rig: Rig, storage: Storage, model: LocalMiniLM) -> None:
     from sqlalchemy import update
 
-    from memgpt.storage.agents import MessageRow
+    from memgpt.storage.messages import MessageRow
 
     agent = rig.create()
     for text in ["one", "two"]:
         rig.llm.reply(f"reply to {text}")
         list(agent.send(text))
-    store = storage.passages(model.model_id, model.dimensions)
+    store = storage.passages(model.space)
     recall = all_of_recall(agent)
     assert store.count(recall) == 4  # two typed messages, two replies; no tool results or alerts
 
@@ -286,7 +288,7 @@ def test_recall_index_catches_up_and_forgets_popped_messages(rig: Rig, storage: 
         s.execute(update(MessageRow).values(indexed=False))
     store.delete(recall)
     reopened = rig.open()
-    assert store.count(recall) == 4 and not rig.agents.unindexed(agent.state.id, 10)
+    assert store.count(recall) == 4 and not rig.storage.messages.unindexed(agent.state.id, 10)
     assert reopened.pop(3) == 3  # "two", its call and its tool result
     assert store.count(recall) == 2
 
@@ -302,7 +304,7 @@ def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
 
     from memgpt.embeddings.openai import OpenAIEmbeddings
     from memgpt.memory.recall import RecallIndex, RecallMemory
-    from memgpt.storage.agents import MessageRow
+    from memgpt.storage.messages import MessageRow
 
     agent = rig.create()
     rig.llm.reply("noted")
@@ -310,8 +312,54 @@ def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
     with storage.metadata.session() as s:  # a message the index never got
         s.execute(update(MessageRow).values(indexed=False))
     offline = OpenAIEmbeddings("any", dimensions=model.dimensions, endpoint="http://127.0.0.1:1/v1")
-    store = storage.passages(model.model_id, model.dimensions)
-    recall = RecallMemory(rig.agents, agent.state, RecallIndex(store, offline))
+    store = storage.passages(model.space)
+    index = RecallIndex(store, offline)
+    recall = RecallMemory(storage, agent_id=agent.state.id, user_id=agent.state.user_id, index=index)
     assert recall.sync() is False
     page = recall.search("periwinkle")
     assert page.total == 1 and "my cat is called Periwinkle" in page.items[0]
+
+
+def test_an_agent_stays_in_its_embedding_space(rig: Rig, model: LocalMiniLM) -> None:
+    from memgpt.agent.manager import open_agent
+
+    class OtherModel(LocalMiniLM):
+        model_id = "other-model"
+
+    agent = rig.create()
+    with pytest.raises(UserError) as opened:
+        open_agent(rig.storage, agent.state, llm=rig.client(), embedding=OtherModel())
+    assert str(opened.value) == (
+        "the memory of agent 'tester' was embedded with all-MiniLM-L6-v2 (384 dims), but the configured model is "
+        "other-model (384 dims); switch back with `memgpt configure`"
+    )
+    load(rig.storage, OtherModel(), "other", DATA / "test.md")
+    with pytest.raises(UserError) as attached:
+        attach_source(rig.storage, agent.state, "other")
+    assert str(attached.value) == (
+        "source 'other' was embedded with other-model (384 dims), but the model of agent 'tester' is "
+        "all-MiniLM-L6-v2 (384 dims); load the files again into a new source with the agent's model"
+    )
+    assert rig.storage.attachments.source_ids(agent.state.id) == []
+
+
+def test_resolve_agent_finds_by_name_or_id_creates_and_switches_model(rig: Rig, model: LocalMiniLM) -> None:
+    from memgpt.agent.manager import NewAgent, resolve_agent, update_agent
+
+    new = NewAgent("sam_pov", "basic", "scripted", 16_000, model.space)
+    made, created = resolve_agent(rig.storage, rig.user_id, "  Ann  ", new=new)
+    assert created and made.name == "Ann"
+    assert resolve_agent(rig.storage, rig.user_id, "Ann", new=new) == (made, False)
+    assert resolve_agent(rig.storage, rig.user_id, made.id, new=new) == (made, False)
+    switched, created = resolve_agent(rig.storage, rig.user_id, "Ann", new=new, model="bigger")
+    assert not created and switched.llm_model == "bigger" and switched.id == made.id
+    other, created = resolve_agent(rig.storage, "someone-else", made.id, new=new)
+    assert created and other.id != made.id  # another user's id is not found: a new agent gets that text as name
+    friendly, created = resolve_agent(rig.storage, rig.user_id, None, new=new)
+    assert created and friendly.name not in ("Ann", made.id)
+    with pytest.raises(UserError, match="an agent name must be 1-256 characters"):
+        resolve_agent(rig.storage, rig.user_id, "", new=new)
+    renamed = update_agent(rig.storage, switched, name=" Anna ", context_window=32_000)
+    assert (renamed.name, renamed.context_window, renamed.llm_model) == ("Anna", 32_000, "bigger")
+    with pytest.raises(UserError, match="already exists"):
+        update_agent(rig.storage, friendly, name="Anna")

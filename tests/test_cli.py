@@ -33,6 +33,7 @@ def test_configure_with_flags_as_in_the_seed(home: Path, tmp_path: Path, monkeyp
         "llama3.1",
         "--llm-context-window",
         "8192",
+        "--no-llm-check",  # no Ollama runs here; tests/test_llm_check.py covers the check
         home=home,
     )
     assert result.returncode == 0, result.stderr

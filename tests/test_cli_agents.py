@@ -18,8 +18,7 @@ import pytest
 
 from memgpt.config import load_config
 from memgpt.storage import Storage
-from memgpt.storage.agents import AgentStore
-from tests.conftest import PAPER, run_cli
+from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
 
@@ -37,11 +36,11 @@ def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedLLM]:
 
 
 def stored_messages(home: Path, agent: str) -> list[Any]:
-    with Storage(load_config(home), home) as storage:
-        agents = AgentStore(storage.metadata)
-        state = agents.get(storage.user_id, agent)
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        state = storage.agents.get(config.user_id, agent)
         assert state is not None
-        return agents.last_messages(state.id, 1000)
+        return storage.messages.last(state.id, 1000)
 
 
 def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
@@ -128,6 +127,7 @@ def test_no_llm_configured_is_one_line_before_anything_is_created(home: Path, mo
     assert json.loads(run_cli("list", "agents", "--json", home=home).stdout) == []
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first answer", thought="first thought")
     llm.reply("second answer")
@@ -162,6 +162,7 @@ def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
     assert "again" not in contents and "hello" in contents  # /pop 3 took "again" and its retried answer
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_agent_commands(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
     assert run_cli("load", "directory", "--name", "notes", f"--input-files={PAPER}", home=home).returncode == 0
     persona = tmp_path / "pirate.txt"
@@ -227,6 +228,7 @@ def test_user_tools_from_the_tools_folder(home: Path, llm: ScriptedLLM) -> None:
     assert "⚡ [function] running get_weather" in result.stdout
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first")
     assert run_cli("run", "--agent", "Sturdy", "--message", "one", home=home).returncode == 0
@@ -256,6 +258,7 @@ def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path,
     assert any('"two"' in c for c in last_request) and any('"three"' in c for c in last_request)
 
 
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
     llm.add(
         {
@@ -286,3 +289,45 @@ def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: Scri
     assert len(llm.requests) == 2
     beat = json.loads(llm.requests[0]["messages"][-1]["content"])
     assert beat["type"] == "heartbeat" and "Timed heartbeat" in beat["reason"]
+
+
+def test_names_are_stripped_on_lookup_and_empty_names_refused(home: Path, llm: ScriptedLLM) -> None:
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    llm.reply("Hi!")
+    assert run_cli("run", "--agent", "Pete", "--message", "hi", home=home).returncode == 0
+
+    llm.reply("Hi again!")
+    again = run_cli("run", "--agent", "  Pete  ", "--message", "hi", home=home)
+    assert again.returncode == 0, again.stderr
+    assert "Using existing agent 'Pete'" in again.stdout
+    attached = run_cli("attach", "--agent", " Pete ", "--data-source", "  notes  ", home=home)
+    assert attached.returncode == 0, attached.stderr
+    assert "Attached notes (" in attached.stdout and "to agent 'Pete'" in attached.stdout
+    found = run_cli("search", " notes ", "memory", "--json", home=home)
+    assert found.returncode == 0 and json.loads(found.stdout)
+
+    for args, message in [
+        (["run", "--agent", "", "--message", "hi"], "error: an agent name must be 1-256 characters on one line"),
+        (["run", "--agent", "   ", "--message", "hi"], "error: an agent name must be 1-256 characters on one line"),
+        (["attach", "--agent", "Pete", "--data-source", " "], "error: a source name cannot be empty"),
+        (["search", "", "memory"], "error: a source name cannot be empty"),
+        (["delete", "source", "  ", "-y"], "error: a source name cannot be empty"),
+    ]:
+        refused = run_cli(*args, home=home)
+        assert refused.returncode == 1, args
+        assert refused.stderr.strip() == message, refused.stderr
+    assert [a["name"] for a in json.loads(run_cli("list", "agents", "--json", home=home).stdout)] == ["Pete"]
+    assert len(llm.requests) == 2  # the refused runs never reached the LLM
+
+
+def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
+    from memgpt.cli.chat import COMMANDS
+
+    result = run_cli("run", "--agent", "Helper", home=home, stdin="/help\n/quit\n/help\n")
+    assert result.returncode == 0, result.stderr
+    shown = [line for line in result.stdout.splitlines() if line.startswith("/")]
+    assert [line.split()[0] for line in shown] == [c.name for c in COMMANDS]  # once: /quit ended the chat
+    assert "/attach [SOURCE]   attach a data source to archival memory" in shown
+    assert "/exit              leave the chat (also /quit)" in shown
+    assert not llm.requests

@@ -23,7 +23,7 @@ def test_prompts_in_the_seeds_words(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "MEMGPT_HOME": str(tmp_path / ".memgpt"), "TERM": "xterm"}
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "memgpt", "configure"],
+        ["-m", "memgpt", "configure", "--no-llm-check"],  # no Ollama runs here; test_llm_check covers the check
         env=env,
         encoding="utf-8",
         timeout=PROMPT_TIMEOUT,

@@ -8,14 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from memgpt.agent.context import count_tokens
 from memgpt.agent.events import SystemNotice
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import LLMError
 from memgpt.llm.base import ToolSpec
 from memgpt.storage import Storage
+from memgpt.tokens import count_tokens
 from tests.agent_rig import Rig, tool_results
 from tests.scripted_llm import ScriptedLLM
+
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 
 WINDOW = 6000
 
@@ -59,9 +61,9 @@ def test_long_conversation_stays_in_the_window_and_loses_nothing(rig: Rig) -> No
     first = rig.llm.requests[-1]["messages"][1]
     assert first["role"] != "tool"  # never a tool result without its call
 
-    stored = rig.agents.count_messages(agent.state.id)
+    stored = rig.storage.messages.count(agent.state.id)
     assert stored >= turns * 3
-    assert len(rig.agents.in_context(agent.state.id)) < stored
+    assert len(rig.storage.messages.in_context(agent.state.id)) < stored
 
     rig.llm.add({"tool": "conversation_search", "args": {"query": "aquamarine", "request_heartbeat": True}})
     rig.llm.reply("It was aquamarine.")
@@ -97,7 +99,8 @@ def test_summary_survives_a_restart(rig: Rig) -> None:
     assert rig.llm.summaries
     reopened = rig.open(context_window=WINDOW)
     assert reopened.state.summary == rig.llm.summary_text
-    assert len(rig.agents.in_context(agent.state.id)) == len(rig.agents.in_context(reopened.state.id))
+    messages = rig.storage.messages
+    assert len(messages.in_context(agent.state.id)) == len(messages.in_context(reopened.state.id))
 
 
 def test_unrecoverable_overflow_is_a_clear_error(rig: Rig) -> None:
@@ -105,4 +108,4 @@ def test_unrecoverable_overflow_is_a_clear_error(rig: Rig) -> None:
     rig.llm.add(*[{"status": 400, "message": "maximum context length exceeded"}] * 3)
     with pytest.raises(LLMError, match="nothing left to summarize"):
         list(agent.send("short"))
-    assert rig.agents.in_context(agent.state.id)[-1].content == "short"  # the message stays
+    assert rig.storage.messages.in_context(agent.state.id)[-1].content == "short"  # the message stays

@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from memgpt.data.ingest import LoadListener, collect_files
-from memgpt.data.sources import delete_source, get_source, search_source, visible_passages
+from memgpt.data.sources import delete_source, get_source, list_sources, search_source, visible_passages
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import NotFoundError, UserError
 from memgpt.storage import Storage
 from memgpt.storage.filters import eq
-from tests.conftest import DATA, PAPER, load, loader
+from memgpt.types import EmbeddingSpace
+from tests.conftest import DATA, PAPER, USER, load, loader
+
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 
 
 def milvus_count(storage: Storage, source_id: str) -> int:
-    return storage.passages("all-MiniLM-L6-v2", 384).count(eq("source_id", source_id))
+    return storage.passages(EmbeddingSpace("all-MiniLM-L6-v2", 384)).count(eq("source_id", source_id))
 
 
 def test_the_seed_paper(any_storage: Storage, model: LocalMiniLM) -> None:
@@ -25,7 +28,7 @@ def test_the_seed_paper(any_storage: Storage, model: LocalMiniLM) -> None:
     assert report.ok
     assert report.documents == 13
     assert 60 <= report.passages <= 120
-    source = get_source(any_storage, "memgpt_research_paper")
+    source = get_source(any_storage, USER, "memgpt_research_paper")
     assert (source.documents, source.passages) == (13, report.passages)
     assert milvus_count(any_storage, source.id) == report.passages
 
@@ -41,7 +44,7 @@ def test_reload_is_a_no_op_and_never_duplicates(any_storage: Storage, model: Loc
     first = load(any_storage, model, "paper", PAPER)
     again = load(any_storage, model, "paper", PAPER)
     assert again.ok and again.passages == 0 and again.unchanged == [str(PAPER)]
-    source = get_source(any_storage, "paper")
+    source = get_source(any_storage, USER, "paper")
     assert milvus_count(any_storage, source.id) == first.passages == source.passages
 
 
@@ -53,7 +56,7 @@ def test_same_content_under_another_name_is_not_loaded_twice(
     first = load(storage, model, "paper", PAPER)
     second = load(storage, model, "paper", copy)
     assert second.passages == 0 and second.duplicates == [(str(copy), str(PAPER.resolve()))]
-    assert get_source(storage, "paper").passages == first.passages
+    assert get_source(storage, USER, "paper").passages == first.passages
 
 
 def test_files_are_added_to_an_existing_source_and_changed_files_replaced(
@@ -63,13 +66,13 @@ def test_files_are_added_to_an_existing_source_and_changed_files_replaced(
     notes.write_text("# Notes\n\nThe archival memory lives in Milvus. " * 5)
     load(any_storage, model, "mixed", notes)
     load(any_storage, model, "mixed", DATA / "philosophical_question.txt")
-    source = get_source(any_storage, "mixed")
+    source = get_source(any_storage, USER, "mixed")
     assert source.documents == 2
 
     notes.write_text("# Notes\n\nRecall memory keeps every message ever sent. " * 200)
     changed = load(any_storage, model, "mixed", notes)
     assert changed.documents == 1 and changed.passages > 1
-    source = get_source(any_storage, "mixed")
+    source = get_source(any_storage, USER, "mixed")
     assert source.documents == 2
     assert milvus_count(any_storage, source.id) == source.passages
     texts = [h.passage.text for h in search_source(any_storage, source, model, "archival memory lives in Milvus", k=20)]
@@ -99,7 +102,7 @@ def test_bad_files_are_reported_and_the_rest_still_load(storage: Storage, model:
         "missing.txt",
     ]
     assert len(warnings) == 4 and all("\n" not in w for w in warnings)
-    assert get_source(storage, "partly").documents == 1
+    assert get_source(storage, USER, "partly").documents == 1
 
 
 def test_a_load_where_everything_fails_leaves_no_empty_source(
@@ -108,13 +111,13 @@ def test_a_load_where_everything_fails_leaves_no_empty_source(
     report = load(storage, model, "nothing", tmp_path / "missing.pdf")
     assert report.failures and report.documents == 0
     with pytest.raises(NotFoundError):
-        get_source(storage, "nothing")
+        get_source(storage, USER, "nothing")
 
 
 def test_quoted_names_work_and_stay_apart(any_storage: Storage, model: LocalMiniLM) -> None:
     load(any_storage, model, 'it\'s "x"', DATA / "philosophical_question.txt")
     load(any_storage, model, 'it\'s "x" or 1==1', DATA / "test.json")
-    quoted = get_source(any_storage, 'it\'s "x"')
+    quoted = get_source(any_storage, USER, 'it\'s "x"')
     hits = search_source(any_storage, quoted, model, "glossary markup language", k=50)
     assert hits and {h.passage.source_id for h in hits} == {quoted.id}
     assert all("Glossary" not in h.passage.text for h in hits)
@@ -129,12 +132,12 @@ def test_invalid_source_names(any_storage: Storage, model: LocalMiniLM, name: st
 def test_delete_removes_every_passage(any_storage: Storage, model: LocalMiniLM) -> None:
     load(any_storage, model, "doomed", DATA / "long_test.txt")
     load(any_storage, model, "kept", DATA / "test.md")
-    doomed = get_source(any_storage, "doomed")
+    doomed = get_source(any_storage, USER, "doomed")
     assert milvus_count(any_storage, doomed.id) > 0
     assert delete_source(any_storage, doomed) == doomed.passages
     assert milvus_count(any_storage, doomed.id) == 0
-    assert [s.name for s in any_storage.metadata.list_sources(any_storage.user_id)] == ["kept"]
-    kept = get_source(any_storage, "kept")
+    assert [s.name for s in list_sources(any_storage, USER)] == ["kept"]
+    kept = get_source(any_storage, USER, "kept")
     assert milvus_count(any_storage, kept.id) == kept.passages
 
 
@@ -147,7 +150,7 @@ def test_a_source_keeps_its_embedding_model(storage: Storage, model: LocalMiniLM
     with pytest.raises(UserError, match="was embedded with all-MiniLM-L6-v2"):
         load(storage, OtherModel(), "paper", DATA / "test.json")
     with pytest.raises(UserError, match="configured model is other-model"):
-        search_source(storage, get_source(storage, "paper"), OtherModel(), "x", k=1)
+        search_source(storage, get_source(storage, USER, "paper"), OtherModel(), "x", k=1)
 
 
 def test_collect_files_filters_directories(tmp_path: Path) -> None:
@@ -167,7 +170,7 @@ def test_collect_files_filters_directories(tmp_path: Path) -> None:
 
 def test_hidden_documents_are_excluded_from_search(any_storage: Storage, model: LocalMiniLM) -> None:
     load(any_storage, model, "paper", PAPER)
-    source = get_source(any_storage, "paper")
+    source = get_source(any_storage, USER, "paper")
     page_five = next(d for d in any_storage.metadata.documents(source.id) if d.unit == 5)
     any_storage.metadata.publish([], [page_five.id])  # as if a replacement were half done
     hits = search_source(any_storage, source, model, "deep memory retrieval DMR task", k=30)

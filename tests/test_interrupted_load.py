@@ -51,9 +51,10 @@ def wait_for_pending(home: Path, proc: subprocess.Popen[str]) -> None:
 
 
 def check_consistent(home: Path, model: LocalMiniLM, *, complete: bool) -> None:
-    with Storage(load_config(home), home) as storage:
-        source = get_source(storage, "big")
-        store = storage.passages(model.model_id, model.dimensions)
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        source = get_source(storage, config.user_id, "big")
+        store = storage.passages(model.space)
         hidden = storage.metadata.hidden_document_ids([source.id])
         assert bool(hidden) != complete
         for hit in search_source(storage, source, model, "Enrico Letta prime minister", k=50):

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from memgpt.config import LLMSettings
-from memgpt.errors import ConfigError, ContextWindowExceededError, LLMRetryableError
+from memgpt.errors import ConfigError, ContextWindowExceededError, LLMError, LLMRetryableError
 from memgpt.llm import create_llm, resolve_llm
 from memgpt.llm.anthropic import AnthropicClient, to_anthropic
 from memgpt.llm.base import ToolSpec
 from memgpt.llm.json_mode import JsonFunctionClient, extract_json
 from memgpt.llm.openai_compat import OpenAICompatible
-from tests.http_json import read_json, send_json
-from tests.scripted_llm import ScriptedLLM
+from tests.http_json import read_json, send_json, send_raw
+from tests.scripted_llm import Raw, ScriptedLLM
 
 TOOLS = [
     ToolSpec(
@@ -90,7 +90,7 @@ def test_json_mode_turns_text_into_a_tool_call() -> None:
 
 
 class AnthropicStandIn(ThreadingHTTPServer):
-    replies: list[tuple[int, dict[str, Any]]]
+    replies: list[tuple[int, Any]]
     bodies: list[dict[str, Any]]
     headers_seen: list[dict[str, str]]
 
@@ -103,7 +103,11 @@ def anthropic() -> Iterator[AnthropicStandIn]:
         def do_POST(self) -> None:
             self.server.bodies.append(read_json(self))
             self.server.headers_seen.append(dict(self.headers))
-            send_json(self, *self.server.replies.pop(0))
+            status, payload = self.server.replies.pop(0)
+            if isinstance(payload, Raw):
+                send_raw(self, status, payload.body.encode(), payload.content_type)
+            else:
+                send_json(self, status, payload)
 
         def log_message(self, *args: object) -> None: ...
 
@@ -174,6 +178,70 @@ def test_anthropic_errors(anthropic: AnthropicStandIn) -> None:
     anthropic.replies.append((400, {"error": {"message": "prompt is too long: 300000 tokens > 200000 maximum"}}))
     with pytest.raises(ContextWindowExceededError):
         client.request([{"role": "user", "content": "x"}], ())
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "message"),
+    [
+        ((200, Raw('{"content": [{"type": "text", "text": "Hel', "text/plain")), LLMRetryableError, "not valid JSON"),
+        ((200, Raw("<html><body>Welcome</body></html>", "text/html")), LLMError, "answered with an HTML page"),
+        (
+            (200, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            LLMRetryableError,
+            "answered 200 with an error: Overloaded",
+        ),
+        ((200, {"id": "msg_1", "content": "just a string"}), LLMRetryableError, "without content blocks"),
+        (
+            (200, {"content": [{"type": "tool_use", "id": "tu_1", "input": {}}]}),
+            LLMRetryableError,
+            "a tool_use block without a name",
+        ),
+        ((500, ["not", "an", "object"]), LLMRetryableError, 'answered 500: ["not", "an", "object"]'),
+        ((502, Raw("<html>Bad Gateway</html>", "text/html")), LLMRetryableError, "answered 502: an HTML page"),
+        ((400, {"error": {"type": "invalid_request_error"}}), LLMError, "answered 400: invalid_request_error"),
+    ],
+)
+def test_anthropic_unexpected_replies_are_one_line(
+    anthropic: AnthropicStandIn, reply: tuple[int, Any], error: type[Exception], message: str
+) -> None:
+    endpoint = f"http://127.0.0.1:{anthropic.server_address[1]}"
+    client = AnthropicClient(model="m", context_window=1000, api_key="k", endpoint=endpoint)
+    anthropic.replies.append(reply)
+    with pytest.raises(error) as raised:
+        client.request([{"role": "user", "content": "x"}], TOOLS)
+    assert message in str(raised.value) and str(raised.value).startswith(endpoint)
+    assert "\n" not in str(raised.value)
+
+
+def test_anthropic_tool_choice_usage_and_arguments(anthropic: AnthropicStandIn) -> None:
+    endpoint = f"http://127.0.0.1:{anthropic.server_address[1]}"
+    client = AnthropicClient(model="m", context_window=1000, api_key="k", endpoint=endpoint)
+    client.tool_choice = "auto_then_send_message"
+    anthropic.replies.append((200, {"content": [], "stop_reason": "end_turn", "usage": {"input_tokens": 5}}))
+    anthropic.replies.append(
+        (
+            200,
+            {
+                "content": [{"type": "tool_use", "id": "tu_1", "name": "send_message", "input": {"message": "Hi!"}}],
+                "stop_reason": "tool_use",
+                "usage": {
+                    "input_tokens": 12,
+                    "cache_creation_input_tokens": 100,
+                    "cache_read_input_tokens": 2000,
+                    "output_tokens": 7,
+                },
+            },
+        )
+    )
+    answer = client.complete([{"role": "user", "content": "x"}], TOOLS)
+    assert [b["tool_choice"] for b in anthropic.bodies] == [{"type": "auto"}, {"type": "tool", "name": "send_message"}]
+    assert answer.empty_replies == 1 and answer.finish_reason == "tool_use"
+    assert (answer.prompt_tokens, answer.cached_tokens, answer.completion_tokens) == (2112, 2000, 7)
+    assert json.loads(answer.tool_calls[0].arguments) == {"message": "Hi!"}
+    client.tool_choice = "required"
+    anthropic.replies.append((200, {"content": [{"type": "text", "text": "ok"}]}))
+    client.complete([{"role": "user", "content": "x"}], TOOLS)
+    assert anthropic.bodies[-1]["tool_choice"] == {"type": "any"}
 
 
 def test_alternation_is_repaired_for_anthropic() -> None:

@@ -13,7 +13,7 @@ import pytest
 from memgpt.errors import SchemaMismatchError, StorageError
 from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, not_in
 from memgpt.storage.milvus import MilvusConnection, MilvusPassageStore, MilvusTarget
-from memgpt.types import Passage
+from memgpt.types import EmbeddingSpace, Passage
 from tests.milvus_server import TOKEN
 
 DIM = 8
@@ -57,7 +57,7 @@ def connection(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 @pytest.fixture
 def store(connection: MilvusConnection) -> MilvusPassageStore:
-    return connection.passages("test-model", DIM)
+    return connection.passages(EmbeddingSpace("test-model", DIM))
 
 
 def test_upsert_is_idempotent(store: MilvusPassageStore) -> None:
@@ -138,23 +138,23 @@ def test_wrong_dimension_is_a_clear_error(store: MilvusPassageStore) -> None:
 
 
 def test_models_never_share_a_collection(connection: MilvusConnection) -> None:
-    a = connection.passages("model-a", DIM)
-    b = connection.passages("model-b", DIM)
-    c = connection.passages("model-a", 4)
+    a = connection.passages(EmbeddingSpace("model-a", DIM))
+    b = connection.passages(EmbeddingSpace("model-b", DIM))
+    c = connection.passages(EmbeddingSpace("model-a", 4))
     assert len({a.collection, b.collection, c.collection}) == 3
     a.upsert([passage(1)])
     assert b.count() == 0
 
 
 def test_foreign_or_mismatched_collection_is_refused(connection: MilvusConnection) -> None:
-    store = connection.passages("model-a", DIM)
+    store = connection.passages(EmbeddingSpace("model-a", DIM))
     client = connection.client
     client.create_collection("memgpt_v3_model_x_8", dimension=DIM)
     with pytest.raises(SchemaMismatchError, match="not created by memgpt"):
-        MilvusPassageStore(client, connection.target, connection.capabilities, model="model-x", dimensions=DIM)
+        MilvusPassageStore(client, connection.target, connection.capabilities, EmbeddingSpace("model-x", DIM))
     # Same collection name, different model string: the description tells them apart.
     with pytest.raises(SchemaMismatchError, match="holds model-a vectors"):
-        MilvusPassageStore(client, connection.target, connection.capabilities, model="model_a", dimensions=DIM)
+        MilvusPassageStore(client, connection.target, connection.capabilities, EmbeddingSpace("model_a", DIM))
     assert store.count() == 0
 
 
@@ -184,7 +184,7 @@ def test_a_first_release_collection_is_migrated_on_open(connection: MilvusConnec
     _create_old_collection(client, legacy, "memgpt passages schema=1 model=old-model dim=8", with_kind=False)
     rows = [_row_v1(i) for i in range(1200)]
     client.insert(legacy, rows)
-    store = connection.passages("old-model", DIM)
+    store = connection.passages(EmbeddingSpace("old-model", DIM))
     assert not client.has_collection(legacy)
     assert store.count() == 1200
     assert store.count(eq("kind", "archival")) == 1200
@@ -198,7 +198,7 @@ def test_a_schema_2_collection_is_migrated_on_open_keeping_kinds(connection: Mil
     old_name = "memgpt_v2_old_model_8"
     _create_old_collection(client, old_name, "memgpt passages schema=2 model=old-model dim=8 hybrid=0", with_kind=True)
     client.insert(old_name, [{**_row_v1(i), "kind": "recall" if i % 2 else "archival"} for i in range(300)])
-    store = connection.passages("old-model", DIM)
+    store = connection.passages(EmbeddingSpace("old-model", DIM))
     assert not client.has_collection(old_name)
     assert (store.count(eq("kind", "archival")), store.count(eq("kind", "recall"))) == (150, 150)
     # Searches filter on the keys the migration computed.

@@ -16,16 +16,19 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from memgpt.agent.context import HEARTBEAT, LOGIN, SYSTEM_ALERT, count_tokens, system_message, timestamp, to_chat
+from memgpt.agent.context import system_message
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
-from memgpt.agent.tools import Tool, parse_arguments
+from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
 from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError
 from memgpt.llm.base import ChatMessage, Completion, LLMClient
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import CoreMemory
+from memgpt.memory.messages import HEARTBEAT, LOGIN, SEND_MESSAGE, SYSTEM_ALERT, stored, timestamp, to_chat
 from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
-from memgpt.storage.agents import AgentStore, StepChanges
+from memgpt.storage import Storage
+from memgpt.storage.agents import StepChanges
+from memgpt.tokens import count_tokens
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
 logger = logging.getLogger(__name__)
@@ -33,11 +36,12 @@ logger = logging.getLogger(__name__)
 PRESSURE_FRACTION = 0.75  # warn the model to save what matters
 KEEP_AFTER_EVICTION = 0.5  # after a summary, recent messages fill at most this share of the window
 MAX_PAUSE_MINUTES = 360
-FAILED = "[This is an automated system message hidden from the user] Function call failed, returning control"
-CHAINED = (
-    "[This is an automated system message hidden from the user] "
-    "Function called using request_heartbeat=true, returning control"
-)
+# MemGPT's protocol: why the agent gets a step the person did not ask for.
+_HIDDEN = "[This is an automated system message hidden from the user] "
+FAILED = _HIDDEN + "Function call failed, returning control"
+CHAINED = _HIDDEN + "Function called using request_heartbeat=true, returning control"
+TIMED_HEARTBEAT = _HIDDEN + "Timed heartbeat: the user has been idle."
+USER_HEARTBEAT = _HIDDEN + "Heartbeat sent by the user."
 PRESSURE_ALERT = (
     "Warning: the conversation history will soon reach its maximum length and be trimmed. Save anything "
     "important from recent messages to core or archival memory now."
@@ -49,13 +53,13 @@ def new_id() -> str:
 
 
 class Agent:
-    """A loaded agent. Not thread-safe: one turn at a time."""
+    """A loaded agent, the only holder of its ``AgentState``. Not thread-safe: one turn at a time."""
 
     def __init__(
         self,
         state: AgentState,
         *,
-        agents: AgentStore,
+        storage: Storage,
         archival: ArchivalMemory,
         recall: RecallMemory | None = None,
         llm: LLMClient,
@@ -65,12 +69,12 @@ class Agent:
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.state = state
-        self.agents = agents
+        self.storage = storage
         self.llm = llm
         self.tools = {tool.name: tool for tool in tools}
         self.max_steps = max_steps
-        self.core = CoreMemory(agents.blocks(state.id))
-        self.recall = recall or RecallMemory(agents, state)
+        self.core = CoreMemory(storage.agents.blocks(state.id))
+        self.recall = recall or RecallMemory(storage, agent_id=state.id, user_id=state.user_id)
         self.archival = archival
         self._source_names = source_names
         self._clock = clock
@@ -96,15 +100,28 @@ class Agent:
 
     def login(self) -> Iterator[Event]:
         """The first event of a new session: the agent greets the user."""
-        last = "Never (first login)" if self.agents.count_messages(self.state.id) == 0 else "earlier"
+        last = "Never (first login)" if self.recall.count() == 0 else "earlier"
         yield from self._turn(self._message(Role.USER, last, name=LOGIN))
 
     def heartbeat(self, reason: str) -> Iterator[Event]:
-        """A timed or manual heartbeat: the agent gets a step without a user message."""
+        """A heartbeat: the agent gets a step without a user message."""
         yield from self._turn(self._message(Role.USER, reason, name=HEARTBEAT))
+
+    def timed_heartbeat(self) -> Iterator[Event]:
+        """The person has been idle: a step for the agent, unless it paused its heartbeats."""
+        if not self.heartbeats_paused():
+            yield from self.heartbeat(TIMED_HEARTBEAT)
+
+    def user_heartbeat(self) -> Iterator[Event]:
+        """The person asked the agent to take a step (the chat's /heartbeat)."""
+        yield from self.heartbeat(USER_HEARTBEAT)
 
     def alert(self, text: str) -> Iterator[Event]:
         yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT))
+
+    def memory_warning(self) -> Iterator[Event]:
+        """The memory-pressure alert the agent gets near a full context window, on request (/memorywarning)."""
+        yield from self.alert(PRESSURE_ALERT)
 
     def _message(self, role: Role, content: str, **fields: object) -> Message:
         return Message(
@@ -112,7 +129,7 @@ class Agent:
         )  # type: ignore[arg-type]
 
     def _turn(self, opening: Message) -> Iterator[Event]:
-        self.agents.append(self.state.id, [opening])  # stored before any LLM call: never lost
+        self.recall.append([opening])  # stored before any LLM call: never lost
         yield from self._chain()
 
     def _chain(self) -> Iterator[Event]:
@@ -120,57 +137,55 @@ class Agent:
             reason = yield from self._step()
             if reason is None:
                 return
-            self.agents.append(self.state.id, [self._message(Role.USER, reason, name=HEARTBEAT)])
+            self.recall.append([self._message(Role.USER, reason, name=HEARTBEAT)])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
 
     # -- editing history (the chat's /pop, /retry, /rethink, /rewrite) ---------------------------
     def pop(self, count: int) -> int:
         """Delete the newest ``count`` messages, never leaving a function call without its result."""
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         cut = max(0, len(messages) - count)
         while 0 < cut < len(messages) and messages[cut].role is Role.TOOL:
             cut -= 1
         removed = [m.id for m in messages[cut:]]
-        self.agents.remove(removed)
-        self.recall.forget(removed)
+        self.recall.remove(removed)
         return len(removed)
 
     def retry(self) -> Iterator[Event]:
         """Drop the agent's answer to the last user message and let it answer again."""
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         last_user = max((i for i, m in enumerate(messages) if m.role is Role.USER and not m.name), default=None)
         if last_user is None:
             yield SystemNotice("there is no user message to retry")
             return
         dropped = [m.id for m in messages[last_user + 1 :]]
-        self.agents.remove(dropped)
-        self.recall.forget(dropped)
+        self.recall.remove(dropped)
         yield from self._chain()
 
     def _last_assistant(self, *, with_reply: bool = False) -> Message:
-        for message in reversed(self.agents.in_context(self.state.id)):
+        for message in reversed(self.storage.messages.in_context(self.state.id)):
             if message.role is Role.ASSISTANT and (
-                not with_reply or any(c.name == "send_message" for c in message.tool_calls)
+                not with_reply or any(c.name == SEND_MESSAGE for c in message.tool_calls)
             ):
                 return message
         raise ToolError("there is no reply to change yet" if with_reply else "there is no thought to change yet")
 
     def rethink(self, thought: str) -> None:
         """Replace the inner monologue of the latest assistant message."""
-        self.agents.replace_content(replace(self._last_assistant(), content=thought))
+        self.recall.replace(replace(self._last_assistant(), content=thought))
 
     def rewrite(self, text: str) -> None:
         """Replace what the latest send_message said."""
         message = self._last_assistant(with_reply=True)
         calls = tuple(
-            replace(c, arguments=json.dumps({"message": text}, ensure_ascii=False)) if c.name == "send_message" else c
+            replace(c, arguments=json.dumps({"message": text}, ensure_ascii=False)) if c.name == SEND_MESSAGE else c
             for c in message.tool_calls
         )
-        self.agents.replace_content(replace(message, tool_calls=calls))
+        self.recall.replace(replace(message, tool_calls=calls))
 
     # -- one step -------------------------------------------------------------------------------
     def context(self) -> list[ChatMessage]:
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         system = system_message(
             self.state,
             self.core.render(),
@@ -196,7 +211,7 @@ class Agent:
             yield from self.summarize()
         elif tokens > PRESSURE_FRACTION * self.state.context_window and not self._warned:
             self._warned = True
-            self.agents.append(self.state.id, [self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
+            self.recall.append([self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
             yield SystemNotice("memory pressure: the context window is over 75% full")
         try:
             completion = self.llm.complete(self.context(), specs)
@@ -247,19 +262,21 @@ class Agent:
         except Exception as exc:
             logger.exception("tool %s raised", call.name)
             text, ok = f"Error: {type(exc).__name__}: {exc}", False
-        if ok and call.name == "send_message":
+        if ok and call.name == SEND_MESSAGE:
             yield Reply(str(arguments.get("message", "")))
         else:
             yield FunctionResult(call.name, ok, text)
-        chain = bool(arguments.get("request_heartbeat")) and ok
+        chain = bool(arguments.get(REQUEST_HEARTBEAT)) and ok
         envelope = {"status": "OK" if ok else "Failed", "message": text, "time": timestamp(self._clock())}
         return json.dumps(envelope, ensure_ascii=False), ok, chain
 
     def _commit(self, messages: list[Message]) -> None:
         changed = [b for b in self.core.blocks if b.label in self.core.changed]
-        self.agents.commit_step(
+        self.storage.agents.commit_step(
             self.state.id,
-            StepChanges(messages=messages, blocks=changed, heartbeats_paused_until=self._paused_until),
+            StepChanges(
+                messages=[stored(m) for m in messages], blocks=changed, heartbeats_paused_until=self._paused_until
+            ),
         )
         self.core.changed.clear()
         self.recall.sync()
@@ -270,7 +287,7 @@ class Agent:
     # -- context window management ----------------------------------------------------------------
     def summarize(self, *, force: bool = False) -> Iterator[Event]:
         """Fold the oldest messages into the summary and take them out of the window (recall keeps them)."""
-        messages = self.agents.in_context(self.state.id)
+        messages = self.storage.messages.in_context(self.state.id)
         specs = [t.spec() for t in self.tools.values()]
         target = int(self.state.context_window * KEEP_AFTER_EVICTION)
         base = count_tokens(self.llm.model, self.context()[:1], specs)
@@ -295,8 +312,10 @@ class Agent:
                     "message, or the system prompt with core memory, is too long for this model's window"
                 )
             return
-        summary = summarize(self.llm, self.state.summary, [to_chat(m) for m in evicted])
-        self.agents.commit_step(self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary))
+        summary = summarize(self.llm, self.state.summary, evicted)
+        self.storage.agents.commit_step(
+            self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary)
+        )
         self.state = replace(self.state, summary=summary)
         self._warned = False
         yield SystemNotice(

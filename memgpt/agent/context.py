@@ -1,50 +1,13 @@
-"""Turning stored state into the chat messages sent to the LLM, and counting their tokens."""
+"""The system message: the agent's prompt, memory statistics, summary and core memory, rendered for the LLM."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from memgpt.llm.base import ChatMessage, ToolSpec
-from memgpt.tokens import encoding_for_model
-from memgpt.types import AgentState, Message, Role
-
-# User-role messages that the system, not the person, sent; Message.name says which.
-HEARTBEAT, SYSTEM_ALERT, LOGIN = "heartbeat", "system_alert", "login"
-_PER_MESSAGE_TOKENS = 4  # role and separators, as OpenAI's own counting guide estimates
-
-
-def timestamp(moment: datetime) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %I:%M:%S %p %Z").strip()
-
-
-def user_payload(message: Message) -> str:
-    """MemGPT's JSON envelope, so the model can tell the person from system events and see the time."""
-    when = timestamp(message.created_at)
-    if message.name == HEARTBEAT:
-        body = {"type": "heartbeat", "reason": message.content, "time": when}
-    elif message.name == SYSTEM_ALERT:
-        body = {"type": "system_alert", "message": message.content, "time": when}
-    elif message.name == LOGIN:
-        body = {"type": "login", "last_login": message.content, "time": when}
-    else:
-        body = {"type": "user_message", "message": message.content, "time": when}
-    return json.dumps(body, ensure_ascii=False)
-
-
-def to_chat(message: Message) -> ChatMessage:
-    if message.role is Role.USER:
-        return {"role": "user", "content": user_payload(message)}
-    if message.role is Role.TOOL:
-        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
-    chat: ChatMessage = {"role": message.role.value, "content": message.content}
-    if message.tool_calls:
-        chat["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    return chat
+from memgpt.llm.base import ChatMessage
+from memgpt.memory.messages import timestamp
+from memgpt.types import AgentState
 
 
 def system_message(
@@ -72,15 +35,3 @@ def system_message(
         core,
     ]
     return {"role": "system", "content": "\n".join(lines)}
-
-
-def count_tokens(model: str, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> int:
-    encoding = encoding_for_model(model)
-    total = 0
-    for message in messages:
-        total += _PER_MESSAGE_TOKENS + len(encoding.encode(message.get("content") or "", disallowed_special=()))
-        if message.get("tool_calls"):
-            total += len(encoding.encode(json.dumps(message["tool_calls"]), disallowed_special=()))
-    if tools:
-        total += len(encoding.encode(json.dumps([t.openai() for t in tools]), disallowed_special=()))
-    return total

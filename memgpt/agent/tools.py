@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import logging
 import re
 import typing
@@ -27,8 +26,9 @@ from memgpt.memory.recall import RecallMemory
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT = "request_heartbeat"
-HEARTBEAT_DOC = (
+# The argument every tool but send_message takes: whether the model wants another step right after this call.
+REQUEST_HEARTBEAT = "request_heartbeat"
+REQUEST_HEARTBEAT_DOC = (
     "Request an immediate heartbeat after the function runs. Set to true to chain another step "
     "(for example to read the result and then reply); false to wait for the user."
 )
@@ -66,7 +66,7 @@ class Tool:
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
             )
             raise ToolError(f"bad arguments for {self.name}: {problems}") from exc
-        values = {k: v for k, v in args.model_dump().items() if k != HEARTBEAT}
+        values = {k: v for k, v in args.model_dump().items() if k != REQUEST_HEARTBEAT}
         result = self.function(agent, **values) if self.wants_agent else self.function(**values)
         return "None" if result is None else str(result)
 
@@ -134,7 +134,7 @@ def tool_from_function(
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (hints[parameter.name], default)
     if heartbeat:
-        fields[HEARTBEAT] = (bool, False)
+        fields[REQUEST_HEARTBEAT] = (bool, False)
     model = create_model(f"{name}_arguments", **fields)  # type: ignore[call-overload]
     schema = _strip_titles(model.model_json_schema())
     properties = schema.get("properties", {})
@@ -142,8 +142,8 @@ def tool_from_function(
         if arg in properties:
             properties[arg]["description"] = text
     if heartbeat:
-        properties[HEARTBEAT]["description"] = HEARTBEAT_DOC
-        schema["required"] = [*schema.get("required", []), HEARTBEAT]
+        properties[REQUEST_HEARTBEAT]["description"] = REQUEST_HEARTBEAT_DOC
+        schema["required"] = [*schema.get("required", []), REQUEST_HEARTBEAT]
     parameters = {"type": "object", "properties": properties, "required": schema.get("required", [])}
     if "$defs" in schema:
         parameters["$defs"] = schema["$defs"]
@@ -285,20 +285,13 @@ def load_user_tools(folder: Path, reserved: Iterable[str]) -> tuple[list[Tool], 
 
 
 def parse_arguments(raw: str) -> dict[str, Any]:
-    """The model's argument text as a dict, forgiving HTML-escaped quotes and code fences."""
-    import html
+    """The model's argument text as a dict (the LLM adapters already normalise what they can)."""
+    from memgpt.llm.arguments import load_arguments
 
-    from memgpt.llm.json_mode import extract_json
-
-    text = (raw or "").strip() or "{}"
-    for candidate in (text, html.unescape(text)):
-        try:
-            value = json.loads(candidate)
-        except json.JSONDecodeError:
-            value = extract_json(candidate)
-        if isinstance(value, dict):
-            return value
-    raise ToolError(f"the arguments are not a JSON object: {text[:200]}")
+    value = load_arguments(raw)
+    if value is None:
+        raise ToolError(f"the arguments are not a JSON object: {(raw or '').strip()[:200]}")
+    return value
 
 
 def tools_by_name(tools: Iterable[Tool]) -> dict[str, Tool]:

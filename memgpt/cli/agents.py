@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import confirm, console, embedding_model, interactive, open_storage
+from memgpt.cli.common import JsonOption, YesOption, confirm, console, embedding_model, interactive, open_storage
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
+    from memgpt.agent.agent import Agent
+    from memgpt.agent.manager import NewAgent
+    from memgpt.cli.chat import Chat
     from memgpt.config import Config
     from memgpt.storage import Storage
-    from memgpt.storage.agents import AgentStore
     from memgpt.types import AgentState
 
 
-def _store(storage: Storage) -> AgentStore:
-    from memgpt.storage.agents import AgentStore
-
-    return AgentStore(storage.metadata)
-
-
-def _choose_existing(agents: AgentStore, user_id: str) -> AgentState | None:
-    """The seed's question, asked only at a terminal and only when agents exist."""
-    summaries = agents.list(user_id)
+def _choose_existing(storage: Storage, user_id: str) -> str | None:
+    """The seed's question, asked only at a terminal and only when agents exist; the chosen agent's id."""
+    summaries = storage.agents.list(user_id)
     if not summaries or not interactive():
         return None
     import questionary
@@ -38,48 +35,54 @@ def _choose_existing(agents: AgentStore, user_id: str) -> AgentState | None:
     chosen = questionary.select("Select agent:", choices=names).ask()
     if chosen is None:
         raise typer.Exit(1)
-    return next(s.state for s in summaries if s.state.name == chosen)
+    return next(s.state.id for s in summaries if s.state.name == chosen)
 
 
-def _create(
-    agents: AgentStore,
-    config: Config,
-    user_id: str,
-    *,
-    name: str | None,
-    persona: str | None,
-    human: str | None,
-    model: str | None,
-) -> AgentState:
-    from memgpt.agent.manager import create_agent, default_agent_settings, friendly_name
+def _new_agent(config: Config, persona: str | None, human: str | None, model: str | None) -> NewAgent:
+    from memgpt.agent.manager import NewAgent, default_agent_settings
 
     chosen_model, window = default_agent_settings(config, model)
-    persona = persona or config.default_persona
-    human = human or config.default_human
-    console.print("\n🧬 Creating new agent...", markup=False)
-    console.print(f"->  🤖 Using persona profile: '{persona}'", markup=False)
-    console.print(f"->  🧑 Using human profile: '{human}'", markup=False)
-    state = create_agent(
-        agents,
-        user_id=user_id,
-        name=name or friendly_name(agents.names(user_id)),
-        persona=persona,
-        human=human,
+    return NewAgent(
+        persona=persona or config.default_persona,
+        human=human or config.default_human,
         model=chosen_model,
         context_window=window,
-        embedding=embedding_model(config),
+        embedding=embedding_model(config).space,
     )
+
+
+def _created_banner(state: AgentState) -> None:
+    console.print("\n🧬 Creating new agent...", markup=False)
+    console.print(f"->  🤖 Using persona profile: '{state.persona}'", markup=False)
+    console.print(f"->  🧑 Using human profile: '{state.human}'", markup=False)
     console.print(f"🎉 Created new agent '{state.name}' (id={state.id})", markup=False)
-    return state
 
 
-def _resume_banner(agents: AgentStore, state: AgentState) -> None:
-    from memgpt.memory.recall import describe
+def _resume_banner(storage: Storage, state: AgentState) -> None:
+    from memgpt.memory.messages import describe, is_conversational
 
     console.print(f"\n🔁 Using existing agent '{state.name}' (id={state.id})", markup=False)
-    for message in agents.last_messages(state.id, 6):
-        if message.role.value in ("user", "assistant") and not message.name:
+    for message in storage.messages.last(state.id, 6):
+        if is_conversational(message):
             console.print(f"[bright_black]{describe(message)}[/]", markup=True, highlight=False)
+
+
+def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> None:
+    """One message (--message), the lines piped on stdin, or the interactive chat."""
+    from memgpt.cli.chat import play
+
+    if message is not None:
+        chat.handle(message)
+        return
+    if not interactive():
+        for line in sys.stdin:
+            if not chat.handle(line):
+                break
+        return
+    if greet:
+        input("\nHit enter to begin (will request first MemGPT message)\n")
+        play(agent.login())
+    chat.loop()
 
 
 def run(
@@ -95,54 +98,52 @@ def run(
     attach: list[str] = typer.Option(
         None, "--attach", help="Attach this data source first, as /attach would (repeatable).", show_default=False
     ),
+    mcp: list[str] = typer.Option(
+        None, "--mcp", help="Give the agent this MCP server's tools for this run (repeatable).", show_default=False
+    ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
-    from memgpt.agent.manager import get_agent, open_agent
-    from memgpt.cli.chat import Chat, play
+    from memgpt.agent.manager import open_agent, resolve_agent
+    from memgpt.cli.chat import Chat
+    from memgpt.cli.mcp import tools_for_run
     from memgpt.config import memgpt_home
     from memgpt.llm import create_llm, resolve_llm
 
-    with open_storage() as (storage, config):
+    with open_storage() as (storage, config), ExitStack() as stack:
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
-        agents = _store(storage)
-        state = agents.get(storage.user_id, agent) if agent else _choose_existing(agents, storage.user_id)
-        created = state is None
-        if state is None:
-            state = _create(agents, config, storage.user_id, name=agent, persona=persona, human=human, model=model)
+        mcp_tools = stack.enter_context(tools_for_run(mcp or []))  # stopped before storage closes
+        ref = agent if agent is not None else _choose_existing(storage, config.user_id)
+        new = _new_agent(config, persona, human, model)
+        state, created = resolve_agent(storage, config.user_id, ref, new=new, model=model)
+        if created:
+            _created_banner(state)
         else:
             if persona or human:
                 console.print("(--persona and --human only apply to new agents)", markup=False)
-            if model and model != state.llm_model:
-                agents.set_model(state.id, model, state.context_window)
-                state = get_agent(agents, storage.user_id, state.name)
-            _resume_banner(agents, state)
+            _resume_banner(storage, state)
         llm = create_llm(config.llm, model=state.llm_model, context_window=state.context_window)
         loaded, warnings = open_agent(
-            storage, agents, state, llm=llm, embedding=embedding_model(config), tools_folder=memgpt_home() / "tools"
+            storage,
+            state,
+            llm=llm,
+            embedding=embedding_model(config),
+            tools_folder=memgpt_home() / "tools",
+            extra_tools=mcp_tools,
         )
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)
-        chat = Chat(loaded, storage, agents, heartbeat_minutes=heartbeat_minutes)
+        chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes)
         for source in attach or []:
             chat.attach(source)
-        if message is not None:
-            chat.handle(message)
-            return
-        if not interactive():
-            for line in sys.stdin:
-                if not chat.handle(line):
-                    break
-            return
-        if created and not first:
-            input("\nHit enter to begin (will request first MemGPT message)\n")
-            play(loaded.login())
-        chat.loop()
+        _converse(chat, loaded, message=message, greet=created and not first)
 
 
-def list_agents(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def list_agents(as_json: JsonOption = False) -> None:
     """List agents with their persona, model and memory size."""
-    with open_storage() as (storage, _config):
-        summaries = _store(storage).list(storage.user_id)
+    from memgpt.agent.manager import list_agents as summaries_of
+
+    with open_storage() as (storage, config):
+        summaries = summaries_of(storage, config.user_id)
     if as_json:
         console.print_json(
             json.dumps(
@@ -184,8 +185,8 @@ def list_agents(as_json: bool = typer.Option(False, "--json", help="Print JSON i
 def _list_templates(kind: str, as_json: bool) -> None:
     from memgpt.agent.manager import template_names
 
-    with open_storage() as (storage, _config):
-        found = template_names(_store(storage), storage.user_id, kind)
+    with open_storage() as (storage, config):
+        found = template_names(storage, config.user_id, kind)
     if as_json:
         console.print_json(json.dumps(found))
         return
@@ -197,17 +198,19 @@ def _list_templates(kind: str, as_json: bool) -> None:
     console.print(table)
 
 
-def list_personas(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def list_personas(as_json: JsonOption = False) -> None:
     """List personas (shipped and your own)."""
     _list_templates("persona", as_json)
 
 
-def list_humans(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def list_humans(as_json: JsonOption = False) -> None:
     """List human profiles (shipped and your own)."""
     _list_templates("human", as_json)
 
 
 def _add_template(kind: str, name: str, text: str | None, file: Path | None) -> None:
+    from memgpt.agent.manager import save_template
+
     if (text is None) == (file is None):
         raise UserError(f"give the {kind} as --text TEXT or --file FILE (one of them)")
     if file is not None:
@@ -215,11 +218,9 @@ def _add_template(kind: str, name: str, text: str | None, file: Path | None) -> 
             text = file.expanduser().read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{file}: cannot read it as UTF-8 text ({exc})") from exc
-    if not name.strip() or not (text or "").strip():
-        raise UserError(f"the {kind} name and text cannot be empty")
-    with open_storage() as (storage, _config):
-        _store(storage).save_template(storage.user_id, kind, name.strip(), (text or "").strip())
-    console.print(f"Saved {kind} '{name.strip()}'", markup=False)
+    with open_storage() as (storage, config):
+        saved = save_template(storage, config.user_id, kind, name, text or "")
+    console.print(f"Saved {kind} '{saved}'", markup=False)
 
 
 def add_persona(
@@ -240,21 +241,17 @@ def add_human(
     _add_template("human", name, text, file)
 
 
-def delete_agent(
-    name: str = typer.Argument(..., help="Name of the agent."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-) -> None:
+def delete_agent(name: str = typer.Argument(..., help="Name of the agent."), yes: YesOption = False) -> None:
     """Delete an agent with its messages and its own archival memories (attached sources stay)."""
     from memgpt.agent.manager import delete_agent as remove
     from memgpt.agent.manager import get_agent
 
-    with open_storage() as (storage, _config):
-        agents = _store(storage)
-        state = get_agent(agents, storage.user_id, name)
+    with open_storage() as (storage, config):
+        state = get_agent(storage, config.user_id, name)
         if not confirm(f"Delete agent {state.name!r} and all its memories?", assume_yes=yes):
             console.print("Nothing deleted.")
             return
-        passages = remove(storage, agents, state)
+        passages = remove(storage, state)
     console.print(f"Deleted agent {state.name!r} and {passages} archival passages", markup=False)
 
 
@@ -265,13 +262,13 @@ def attach(
     """Attach a data source to an agent's archival memory (a link: nothing is copied)."""
     from memgpt.agent.manager import attach_source, get_agent
 
-    with open_storage() as (storage, _config):
-        agents = _store(storage)
-        source, fresh = attach_source(storage, agents, get_agent(agents, storage.user_id, agent), data_source)
+    with open_storage() as (storage, config):
+        state = get_agent(storage, config.user_id, agent)
+        source, fresh = attach_source(storage, state, data_source)
     if fresh:
-        console.print(f"Attached {source.name} ({source.passages} passages) to agent '{agent}'", markup=False)
+        console.print(f"Attached {source.name} ({source.passages} passages) to agent '{state.name}'", markup=False)
     else:
-        console.print(f"{source.name} was already attached to agent '{agent}'", markup=False)
+        console.print(f"{source.name} was already attached to agent '{state.name}'", markup=False)
 
 
 def detach(
@@ -281,7 +278,7 @@ def detach(
     """Detach a data source from an agent."""
     from memgpt.agent.manager import detach_source, get_agent
 
-    with open_storage() as (storage, _config):
-        agents = _store(storage)
-        source = detach_source(storage, agents, get_agent(agents, storage.user_id, agent), data_source)
-    console.print(f"Detached {source.name} from agent '{agent}'", markup=False)
+    with open_storage() as (storage, config):
+        state = get_agent(storage, config.user_id, agent)
+        source = detach_source(storage, state, data_source)
+    console.print(f"Detached {source.name} from agent '{state.name}'", markup=False)

@@ -10,6 +10,7 @@ import typer
 from memgpt import __version__
 from memgpt.cli import agents as agents_cli
 from memgpt.cli import config as config_cli
+from memgpt.cli import mcp as mcp_cli
 from memgpt.cli import server as server_cli
 from memgpt.cli import sources as sources_cli
 
@@ -27,6 +28,7 @@ delete_app = typer.Typer(help="Delete an agent or a source.", no_args_is_help=Tr
 add_app = typer.Typer(help="Add a persona or a human profile.", no_args_is_help=True)
 user_app = typer.Typer(help="Users of `memgpt server` (each with their own agents and sources).", no_args_is_help=True)
 key_app = typer.Typer(help="API keys of `memgpt server` users.", no_args_is_help=True)
+mcp_app = typer.Typer(help="MCP servers whose tools agents can use (memgpt run --mcp NAME).", no_args_is_help=True)
 
 app.command("configure")(config_cli.configure)
 app.command("migrate")(config_cli.migrate)
@@ -49,12 +51,16 @@ delete_app.command("agent")(agents_cli.delete_agent)
 delete_app.command("source")(sources_cli.delete_source)
 add_app.command("persona")(agents_cli.add_persona)
 add_app.command("human")(agents_cli.add_human)
+mcp_app.command("add")(mcp_cli.add)
+mcp_app.command("list")(mcp_cli.list_servers)
+mcp_app.command("remove")(mcp_cli.remove)
 app.add_typer(load_app, name="load")
 app.add_typer(list_app, name="list")
 app.add_typer(delete_app, name="delete")
 app.add_typer(add_app, name="add")
 app.add_typer(user_app, name="user")
 app.add_typer(key_app, name="key")
+app.add_typer(mcp_app, name="mcp")
 
 
 def _version(value: bool) -> None:

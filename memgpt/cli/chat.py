@@ -10,15 +10,14 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from memgpt.agent.agent import PRESSURE_ALERT
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
+from memgpt.agent.tools import REQUEST_HEARTBEAT
 from memgpt.cli.common import console, interactive
 from memgpt.errors import MemGPTError, ToolError, UserError
 
 if TYPE_CHECKING:
     from memgpt.agent.agent import Agent
     from memgpt.storage import Storage
-    from memgpt.storage.agents import AgentStore
 
 PROMPT = "> Enter your message: "
 _MEMORY_VERBS = {
@@ -41,7 +40,7 @@ def show(event: Event) -> None:
         if verb:
             console.print(f"[red]⚡🧠 {escape('[function]')} {verb} {event.name}[/]")
         else:
-            args = json.dumps({k: v for k, v in event.arguments.items() if k != "request_heartbeat"})
+            args = json.dumps({k: v for k, v in event.arguments.items() if k != REQUEST_HEARTBEAT})
             console.print(f"[red]⚡ {escape('[function]')} running {escape(event.name)}({escape(args)})[/]")
     elif isinstance(event, FunctionResult):
         if not event.ok:
@@ -67,7 +66,6 @@ def play(events: Iterator[Event]) -> None:
 class Chat:
     agent: Agent
     storage: Storage
-    agents: AgentStore
     heartbeat_minutes: float = 0
 
     # -- input ----------------------------------------------------------------------------------
@@ -82,13 +80,7 @@ class Chat:
                 console.print("Bye.")
                 return
             if line is None:
-                if not self.agent.heartbeats_paused():
-                    play(
-                        self.agent.heartbeat(
-                            "[This is an automated system message hidden from the user] Timed "
-                            "heartbeat: the user has been idle."
-                        )
-                    )
+                play(self.agent.timed_heartbeat())
                 continue
             if not self.handle(line):
                 return
@@ -127,51 +119,17 @@ class Chat:
     # -- slash commands -------------------------------------------------------------------------
     def command(self, text: str) -> bool:
         name, _, argument = text.partition(" ")
-        handler = self.commands().get(name.lower())
-        if handler is None:
+        found = next((c for c in COMMANDS if name.lower() in (c.name, *c.aliases)), None)
+        if found is None:
             console.print(f"Unknown command {name} — type /help to see the commands", markup=False)
             return True
-        return handler(argument.strip()) is not False
-
-    def commands(self) -> dict[str, Callable[[str], bool | None]]:
-        return {
-            "/exit": lambda _: False,
-            "/quit": lambda _: False,
-            "/save": lambda _: console.print("Saved (memgpt also saves after every step)."),
-            "/help": self.help,
-            "/attach": self.attach,
-            "/detach": self.detach,
-            "/memory": self.memory,
-            "/dump": self.dump,
-            "/pop": self.pop,
-            "/retry": lambda _: play(self.agent.retry()),
-            "/rethink": self.rethink,
-            "/rewrite": self.rewrite,
-            "/summarize": lambda _: play(self.agent.summarize(force=True)),
-            "/heartbeat": lambda _: play(
-                self.agent.heartbeat(
-                    "[This is an automated system message hidden from the user] Heartbeat sent by the user."
-                )
-            ),
-            "/memorywarning": lambda _: play(self.agent.alert(PRESSURE_ALERT)),
-        }
+        return found.run(self, argument.strip()) is not False
 
     def help(self, _: str) -> None:
-        lines = [
-            "/attach [SOURCE]   attach a data source to archival memory",
-            "/detach [SOURCE]   detach a data source",
-            "/memory            show core memory and memory statistics",
-            "/dump [N]          show the last N messages (default 10)",
-            "/pop [N]           delete the last N messages (default 3)",
-            "/retry             let the agent answer your last message again",
-            "/rethink TEXT      replace the agent's last inner thought",
-            "/rewrite TEXT      replace the agent's last reply",
-            "/summarize         summarize older messages out of the context window now",
-            "/heartbeat         send the agent a heartbeat",
-            "/memorywarning     send the agent a memory-pressure warning",
-            "/save              save (memgpt saves after every step anyway)",
-            "/exit              leave the chat",
-        ]
+        lines = []
+        for c in COMMANDS:
+            also = f" (also {', '.join(c.aliases)})" if c.aliases else ""
+            lines.append(f"{c.name} {c.hint}".ljust(19) + c.help + also)
         console.print("\n".join(lines), markup=False)
 
     def _pick(self, names: list[str], argument: str, question: str, empty: str) -> str | None:
@@ -190,9 +148,11 @@ class Chat:
         from rich.progress import Progress
 
         from memgpt.agent.manager import attach_source
+        from memgpt.data.sources import list_sources
 
-        attached = set(self.agents.attached(self.agent.state.id))
-        names = [s.name for s in self.storage.metadata.list_sources(self.agent.state.user_id) if s.id not in attached]
+        state = self.agent.state
+        attached = set(self.storage.attachments.source_ids(state.id))
+        names = [s.name for s in list_sources(self.storage, state.user_id) if s.id not in attached]
         name = self._pick(
             names, argument, "Select data source", "No data sources to attach; create one with `memgpt load directory`."
         )
@@ -200,7 +160,7 @@ class Chat:
             return
         with Progress(console=console, transient=False) as progress:
             task = progress.add_task("Attaching", total=1)
-            source, fresh = attach_source(self.storage, self.agents, self.agent.state, name)
+            source, fresh = attach_source(self.storage, state, name)
             progress.advance(task)
         if fresh:
             console.print(f"Attached {source.name} ({source.passages} passages) to archival memory", markup=False)
@@ -209,12 +169,14 @@ class Chat:
 
     def detach(self, argument: str) -> None:
         from memgpt.agent.manager import detach_source
+        from memgpt.data.sources import list_sources
 
-        by_id = {s.id: s.name for s in self.storage.metadata.list_sources(self.agent.state.user_id)}
-        names = [by_id[i] for i in self.agents.attached(self.agent.state.id) if i in by_id]
+        state = self.agent.state
+        by_id = {s.id: s.name for s in list_sources(self.storage, state.user_id)}
+        names = [by_id[i] for i in self.storage.attachments.source_ids(state.id) if i in by_id]
         name = self._pick(names, argument, "Select data source to detach", "No data sources are attached.")
         if name is not None:
-            source = detach_source(self.storage, self.agents, self.agent.state, name)
+            source = detach_source(self.storage, state, name)
             console.print(f"Detached {source.name}", markup=False)
 
     def memory(self, _: str) -> None:
@@ -227,14 +189,17 @@ class Chat:
         )
 
     def dump(self, argument: str) -> None:
-        from memgpt.memory.recall import describe
+        from memgpt.memory.messages import describe
 
         count = int(argument) if argument.isdigit() else 10
-        for message in self.agents.last_messages(self.agent.state.id, count):
+        for message in self.storage.messages.last(self.agent.state.id, count):
             if message.role.value in ("user", "assistant"):
                 console.print(describe(message), markup=False)
             else:
                 console.print(f"  ↳ {message.name}: {message.content[:300]}", markup=False)
+
+    def save(self, _: str) -> None:
+        console.print("Saved (memgpt also saves after every step).")
 
     def pop(self, argument: str) -> None:
         removed = self.agent.pop(int(argument) if argument.isdigit() else 3)
@@ -251,3 +216,39 @@ class Chat:
             raise UserError("/rewrite needs the new reply: /rewrite TEXT")
         self.agent.rewrite(argument)
         console.print("Changed the last reply", markup=False)
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    """One chat command: dispatch and /help both read this table."""
+
+    name: str
+    hint: str  # how its argument is written, "" for none
+    help: str
+    run: Callable[[Chat, str], bool | None]  # returns False to end the chat
+    aliases: tuple[str, ...] = ()
+
+
+COMMANDS: tuple[SlashCommand, ...] = (
+    SlashCommand("/attach", "[SOURCE]", "attach a data source to archival memory", Chat.attach),
+    SlashCommand("/detach", "[SOURCE]", "detach a data source", Chat.detach),
+    SlashCommand("/memory", "", "show core memory and memory statistics", Chat.memory),
+    SlashCommand("/dump", "[N]", "show the last N messages (default 10)", Chat.dump),
+    SlashCommand("/pop", "[N]", "delete the last N messages (default 3)", Chat.pop),
+    SlashCommand("/retry", "", "let the agent answer your last message again", lambda c, _: play(c.agent.retry())),
+    SlashCommand("/rethink", "TEXT", "replace the agent's last inner thought", Chat.rethink),
+    SlashCommand("/rewrite", "TEXT", "replace the agent's last reply", Chat.rewrite),
+    SlashCommand(
+        "/summarize",
+        "",
+        "summarize older messages out of the context window now",
+        lambda c, _: play(c.agent.summarize(force=True)),
+    ),
+    SlashCommand("/heartbeat", "", "send the agent a heartbeat", lambda c, _: play(c.agent.user_heartbeat())),
+    SlashCommand(
+        "/memorywarning", "", "send the agent a memory-pressure warning", lambda c, _: play(c.agent.memory_warning())
+    ),
+    SlashCommand("/save", "", "save (memgpt saves after every step anyway)", Chat.save),
+    SlashCommand("/help", "", "show these commands", Chat.help),
+    SlashCommand("/exit", "", "leave the chat", lambda c, _: False, aliases=("/quit",)),
+)

@@ -1,4 +1,4 @@
-"""What every command shares: consoles, reading the config, opening storage, confirmation."""
+"""What every command shares: consoles, options, reading the config, opening storage, confirmation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+import typer
 from rich.console import Console
 
 from memgpt.errors import UserError
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Options several commands take, defined once: `as_json: JsonOption = False`.
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
 def interactive() -> bool:

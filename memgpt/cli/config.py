@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from memgpt.cli.common import console, home_and_config, interactive
-from memgpt.config import Config, display_path, is_server_uri, resolve_milvus_uri, save_config
+from memgpt.cli.common import YesOption, console, home_and_config, interactive
+from memgpt.config import TOOL_CHOICES, Config, display_path, is_server_uri, resolve_milvus_uri, save_config
 from memgpt.errors import ConfigError
 
-# Vector sizes of OpenAI's embedding models, so configure needs no network call for them.
-_KNOWN_DIMENSIONS = {
-    "text-embedding-3-small": 1536,
-    "text-embedding-3-large": 3072,
-    "text-embedding-ada-002": 1536,
-}
+if TYPE_CHECKING:
+    from memgpt.llm.probe import LLMCheck
 
 
 def _ask(prompt: Any) -> Any:
@@ -49,6 +45,8 @@ def _embedding(
 ) -> None:
     import questionary
 
+    from memgpt.embeddings.openai import KNOWN_DIMENSIONS
+
     settings = config.embedding
     if provider is None and ask:
         provider = _ask(
@@ -79,7 +77,7 @@ def _embedding(
     settings.model = model or settings.model
     if endpoint is not None:
         settings.endpoint = endpoint
-    settings.dimensions = dim or _KNOWN_DIMENSIONS.get(settings.model) or _probe_dimensions(config)
+    settings.dimensions = dim or KNOWN_DIMENSIONS.get(settings.model) or _probe_dimensions(config)
 
 
 def _probe_dimensions(config: Config) -> int:
@@ -102,7 +100,9 @@ def _llm(
     endpoint: str | None,
     window: int | None,
     ask: bool,
-) -> None:
+    *,
+    check: bool = False,
+) -> LLMCheck | None:
     import questionary
 
     from memgpt.llm.presets import PRESETS
@@ -122,6 +122,15 @@ def _llm(
         model = _ask(questionary.text("Enter the LLM model:", default=settings.model)).strip()
     if endpoint is None and ask:
         endpoint = _ask(questionary.text("Enter the LLM endpoint:", default=settings.endpoint)).strip()
+    settings.model = model or settings.model
+    if endpoint is not None:
+        settings.endpoint = endpoint
+        if window is None and settings.provider in PRESETS and endpoint != PRESETS[settings.provider].endpoint:
+            # Another server than the provider's own: its hosted models' window would be a guess (the check
+            # below takes the server's word where it gives one).
+            unknown = PRESETS["openai-compatible"].context_window
+            settings.context_window = min(settings.context_window or unknown, unknown)
+    checked = _check_llm(config, window_given=window is not None) if check else None
     if window is None and ask:
         window = int(
             _ask(
@@ -132,26 +141,44 @@ def _llm(
                 )
             )
         )
-    settings.model = model or settings.model
-    if endpoint is not None:
-        settings.endpoint = endpoint
     if window is not None:
         if window < 1024:
             raise ConfigError("--llm-context-window must be at least 1024 tokens")
         settings.context_window = window
+    return checked
 
 
-def _check_milvus(config: Config, home_path: Any) -> str:
-    """Open the configured Milvus now, so a bad URI fails here and not in the middle of a load."""
-    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+def _check_llm(config: Config, *, window_given: bool) -> LLMCheck:
+    """Ask the LLM endpoint what it serves, so a server that is down or a wrong model fails here and
+    not at the first message; take the model and the context window from it where it says them."""
+    from memgpt.errors import LLMError
+    from memgpt.llm import resolve_llm
+    from memgpt.llm.probe import check_llm
 
-    uri = config.milvus_uri(home_path)
-    connection = MilvusConnection(MilvusTarget(uri, config.milvus.token, config.milvus.database))
+    skip = "pass --no-llm-check to save without checking"
     try:
-        connection.ping()
-    finally:
-        connection.close()
-    return uri
+        checked = check_llm(resolve_llm(config.llm, require_model=False))
+    except ConfigError as exc:  # e.g. a hosted provider without its API key
+        raise ConfigError(f"{exc}, or {skip}") from exc
+    except LLMError as exc:
+        raise ConfigError(f"{exc}; start the server or fix --llm-endpoint, or {skip}") from exc
+    if checked.problem:
+        raise ConfigError(f"{checked.problem}; choose one with --llm-model, or {skip}")
+    config.llm.model = config.llm.model or checked.model
+    if checked.context_window and not window_given:
+        config.llm.context_window = checked.context_window
+    return checked
+
+
+def _llm_options(config: Config, function_calling: str | None, tool_choice: str | None) -> None:
+    if function_calling is not None:
+        if function_calling not in ("native", "json"):
+            raise ConfigError(f"--function-calling must be native or json, not {function_calling!r}")
+        config.llm.function_calling = function_calling  # type: ignore[assignment]
+    if tool_choice is not None:
+        if tool_choice not in TOOL_CHOICES:
+            raise ConfigError(f"--tool-choice must be one of {', '.join(TOOL_CHOICES)}, not {tool_choice!r}")
+        config.llm.tool_choice = tool_choice  # type: ignore[assignment]
 
 
 def configure(
@@ -189,12 +216,26 @@ def configure(
     llm_model: str | None = typer.Option(None, "--llm-model", help="LLM model name."),
     llm_endpoint: str | None = typer.Option(None, "--llm-endpoint", help="LLM base URL."),
     llm_context_window: int | None = typer.Option(
-        None, "--llm-context-window", help="The model's context window in tokens."
+        None, "--llm-context-window", help="The model's context window in tokens (default: as the server says)."
+    ),
+    function_calling: str | None = typer.Option(
+        None, "--function-calling", help="native (the API's tool calls) or json (for models without them)."
+    ),
+    tool_choice: str | None = typer.Option(
+        None,
+        "--tool-choice",
+        help="auto, required, auto_then_send_message (local servers' default: asks again when a reply is "
+        "empty) or send_message.",
+    ),
+    no_llm_check: bool = typer.Option(
+        False, "--no-llm-check", help="Save the LLM settings without asking the endpoint (e.g. offline)."
     ),
     no_prompt: bool = typer.Option(False, "--no-prompt", help="Never ask; keep current values for options not given."),
 ) -> None:
     """Choose storage (Milvus Lite or a Milvus server), the embedding model and the LLM."""
     import questionary
+
+    from memgpt.storage import check_milvus, milvus_target
 
     home, config = home_and_config()
     ask = interactive() and not no_prompt
@@ -214,9 +255,14 @@ def configure(
             "--milvus-database needs a Milvus server URI (http://host:19530); Milvus Lite has a single database"
         )
     _embedding(config, embedding_provider, embedding_model, embedding_endpoint, embedding_dim, ask)
-    _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask)
+    _llm_options(config, function_calling, tool_choice)
+    llm_flags = (llm_provider, llm_model, llm_endpoint, llm_context_window, function_calling, tool_choice)
+    check = not no_llm_check and (ask or any(flag is not None for flag in llm_flags))
+    checked = _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask, check=check)
 
-    uri = _check_milvus(config, home)
+    target = milvus_target(config, home)
+    check_milvus(target)  # a bad URI or token fails here, not in the middle of a load
+    uri = target.uri
     path = save_config(config, home)
     kind = "Milvus server" if is_server_uri(uri) else "Milvus Lite"
     console.print(f"Saved {display_path(path)}", markup=False)
@@ -231,60 +277,52 @@ def configure(
         f"{llm.endpoint or 'the default endpoint'}, context window {llm.context_window or 'the default'}",
         markup=False,
     )
+    if checked is not None:
+        said = (
+            f"{checked.context_window} from {checked.window_source}"
+            if checked.context_window
+            else f"not given (using {llm.context_window}; --llm-context-window sets it)"
+        )
+        console.print(f"  LLM check: {checked.endpoint} answered; context window {said}", markup=False)
 
 
 def migrate(
     to: str = typer.Option(..., "--to", help="The Milvus server to move to, e.g. http://localhost:19530."),
     token: str = typer.Option("", "--token", help="Token or user:password for the target server."),
     database: str = typer.Option("", "--database", help="Database on the target server (default: default)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    yes: YesOption = False,
 ) -> None:
     """Copy every passage to another Milvus (e.g. from Milvus Lite to a server), then switch to it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from memgpt.cli.common import confirm, err_console
-    from memgpt.storage.migrate import migrate as copy_all
-    from memgpt.storage.migrate import plan
-    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+    from memgpt.storage import milvus_target
+    from memgpt.storage.transfer import Transfer
 
     home, config = home_and_config()
-    here = config.milvus_uri(home)
-    there = resolve_milvus_uri(to)
-    if (there, database) == (here, config.milvus.database):
-        raise ConfigError(f"memgpt already uses {display_path(there)}")
-    source = MilvusConnection(MilvusTarget(here, config.milvus.token, config.milvus.database))
-    try:
-        target = MilvusConnection(MilvusTarget(there, token, database))
-        try:
-            spaces = plan(source)
-            total = sum(spaces.values())
-            if not confirm(
-                f"Copy {total} passages from {display_path(here)} to {display_path(there)} and switch to it?",
-                assume_yes=yes,
-            ):
-                console.print("Nothing copied.")
-                return
-            with Progress(
-                TextColumn("Migrating passages"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err_console,
-            ) as progress:
-                task = progress.add_task("migrate", total=total)
-                report = copy_all(source, target, on_progress=lambda n: progress.advance(task, n))
-        finally:
-            target.close()
-    finally:
-        source.close()
+    resolve_milvus_uri(to)  # empty, or a file name Milvus Lite refuses: one line before anything opens
+    moved = config.model_copy(deep=True)
+    moved.milvus.uri, moved.milvus.token, moved.milvus.database = to, token, database
+    here, there = milvus_target(config, home), milvus_target(moved, home)
+    if (there.uri, there.database) == (here.uri, here.database):
+        raise ConfigError(f"memgpt already uses {display_path(there.uri)}")
+    with Transfer(here, there) as transfer:
+        total = sum(transfer.plan().values())
+        question = f"Copy {total} passages from {display_path(here.uri)} to {display_path(there.uri)} and switch to it?"
+        if not confirm(question, assume_yes=yes):
+            console.print("Nothing copied.")
+            return
+        columns = (TextColumn("Migrating passages"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console) as progress:
+            task = progress.add_task("migrate", total=total)
+            report = transfer.run(on_progress=lambda n: progress.advance(task, n))
     for space, (before, after) in report.counts.items():
         console.print(f"  {space}: {before} passages here, {after} at the target", markup=False)
     if not report.complete:
         raise ConfigError("the target has fewer passages than the source; config unchanged — run migrate again")
-    config.milvus.uri, config.milvus.token, config.milvus.database = to, token, database
-    save_config(config, home)
+    save_config(moved, home)
     console.print(
         f"Copied {report.copied} passages ({report.skipped} were there already); memgpt now uses "
-        f"{display_path(there)}. The old data stays at {display_path(here)}.",
+        f"{display_path(there.uri)}. The old data stays at {display_path(here.uri)}.",
         markup=False,
     )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import console, err_console, home_and_config
+from memgpt.cli.common import JsonOption, console, err_console, home_and_config, open_storage
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -34,19 +34,12 @@ def _loopback(host: str) -> bool:
 
 @contextmanager
 def _users() -> Iterator[tuple[UserStore, Config]]:
-    """The user store on the home's metadata database (the home's own user always exists in it)."""
+    """The home's user store (the home's own user always exists in it) and its config."""
     from memgpt.server.state import OWNER_NAME
-    from memgpt.storage.sql import MetadataStore
-    from memgpt.storage.users import UserStore
 
-    home, config = home_and_config()
-    metadata = MetadataStore(config.metadata_database_url(home))
-    try:
-        users = UserStore(metadata)
-        users.ensure(config.user_id, OWNER_NAME)
-        yield users, config
-    finally:
-        metadata.close()
+    with open_storage() as (storage, config):
+        storage.users.ensure(config.user_id, OWNER_NAME)
+        yield storage.users, config
 
 
 def serve(
@@ -105,7 +98,7 @@ def user_create(name: str = typer.Argument(..., help="Name of the new user.")) -
     console.print("Keep it now: it is not stored and cannot be shown again.", markup=False)
 
 
-def user_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def user_list(as_json: JsonOption = False) -> None:
     """List server users."""
     with _users() as (users, config):
         found = users.list()
@@ -148,7 +141,7 @@ def key_create(
 
 def key_list(
     user: str | None = typer.Option(None, "--user", help="Only this user's keys (name or id)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: JsonOption = False,
 ) -> None:
     """List API keys (their prefixes; the keys themselves are never stored)."""
     with _users() as (users, _config):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import confirm, console, embedding_model, err_console, open_storage, warn
+from memgpt.cli.common import JsonOption, YesOption, confirm, console, embedding_model, err_console, open_storage, warn
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ def load_directory(
             loader = SourceLoader(
                 storage,
                 model,
+                user_id=config.user_id,
                 chunk_size=config.embedding.chunk_size,
                 chunk_overlap=config.embedding.chunk_overlap,
                 listener=_ProgressListener(progress),
@@ -133,12 +134,12 @@ def _summarize(report: LoadReport) -> int:
     return 0 if report.ok else 1
 
 
-def list_sources(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
+def list_sources(as_json: JsonOption = False) -> None:
     """List data sources with their documents, passages and embedding model."""
-    with open_storage() as (storage, _config):
-        sources = storage.metadata.list_sources(storage.user_id)
+    from memgpt.data.sources import list_sources as sources_of
+
+    with open_storage() as (storage, config):
+        sources = sources_of(storage, config.user_id)
     if as_json:
         rows = [
             {
@@ -180,16 +181,13 @@ def list_sources(
             warn(f"source {s.name!r} has {s.incomplete_documents} unfinished document(s); rerun its `memgpt load`")
 
 
-def delete_source(
-    name: str = typer.Argument(..., help="Name of the source."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-) -> None:
+def delete_source(name: str = typer.Argument(..., help="Name of the source."), yes: YesOption = False) -> None:
     """Delete a data source and all its passages."""
     from memgpt.data.sources import delete_source as remove
     from memgpt.data.sources import get_source
 
-    with open_storage() as (storage, _config):
-        source = get_source(storage, name)
+    with open_storage() as (storage, config):
+        source = get_source(storage, config.user_id, name)
         question = f"Delete source {source.name!r} ({source.documents} documents, {source.passages} passages)?"
         if not confirm(question, assume_yes=yes):
             console.print("Nothing deleted.")
@@ -202,13 +200,13 @@ def search(
     source: str = typer.Argument(..., help="Name of the source."),
     query: str = typer.Argument(..., help="What to look for."),
     k: int = typer.Option(5, "-k", "--top-k", min=1, max=100, help="How many passages to show."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: JsonOption = False,
 ) -> None:
     """Search a data source by meaning and print the best passages."""
     from memgpt.data.sources import get_source, search_source
 
     with open_storage() as (storage, config):
-        found = get_source(storage, source)
+        found = get_source(storage, config.user_id, source)
         hits = search_source(storage, found, embedding_model(config), query, k=k)
     if as_json:
         rows = [

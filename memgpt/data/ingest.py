@@ -18,6 +18,7 @@ from pathlib import Path
 
 from memgpt.data.chunking import Chunker
 from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes
+from memgpt.data.sources import validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import BackendError, InputFileError, UserError
 from memgpt.storage import Storage
@@ -90,51 +91,42 @@ def collect_files(
     return list(unique.values())
 
 
-def validate_source_name(name: str) -> str:
-    stripped = name.strip()
-    if not stripped:
-        raise UserError("a source name cannot be empty")
-    if len(stripped) > 256:
-        raise UserError("a source name can be at most 256 characters")
-    if any(ord(ch) < 32 for ch in stripped):
-        raise UserError("a source name must be one line without control characters")
-    return stripped
-
-
 def _digest(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
 class SourceLoader:
-    """Loads files into one source with one embedding model."""
+    """Loads files into one of ``user_id``'s sources with one embedding model."""
 
     def __init__(
         self,
         storage: Storage,
         model: EmbeddingModel,
         *,
+        user_id: str,
         chunk_size: int,
         chunk_overlap: int,
         listener: LoadListener | None = None,
     ) -> None:
         self.storage = storage
         self.model = model
+        self.user_id = user_id
         size = min(chunk_size, model.max_input_tokens)
         overlap = min(chunk_overlap, size // 2 - 1)
         self.chunker = Chunker(model.count_tokens, size, overlap)
         self.signature = f"{model.model_id}/{model.dimensions}/c{size}/o{overlap}/l{LOADER_VERSION}"
         self.listener = listener or LoadListener()
-        self._store: PassageStore = storage.passages(model.model_id, model.dimensions)
+        self._store: PassageStore = storage.passages(model.space)
 
     # -- sources ------------------------------------------------------------------------------
     def _source(self, name: str, description: str) -> tuple[Source, bool]:
         metadata = self.storage.metadata
-        existing = metadata.get_source(self.storage.user_id, name)
+        existing = metadata.get_source(self.user_id, name)
         if existing is None:
             source = Source(
                 id=uuid.uuid4().hex,
                 name=name,
-                user_id=self.storage.user_id,
+                user_id=self.user_id,
                 embedding_model=self.model.model_id,
                 embedding_dim=self.model.dimensions,
                 created_at=utc_now(),
@@ -143,12 +135,11 @@ class SourceLoader:
             return metadata.create_source(source), True
         if existing.status == "deleting":
             raise UserError(f"source {name!r} is being deleted; finish with `memgpt delete source {name!r} -y`")
-        if (existing.embedding_model, existing.embedding_dim) != (self.model.model_id, self.model.dimensions):
-            raise UserError(
-                f"source {name!r} was embedded with {existing.embedding_model} ({existing.embedding_dim} dims) but "
-                f"the configured model is {self.model.model_id} ({self.model.dimensions} dims); load into a new "
-                "source name or switch the model back with `memgpt configure`"
-            )
+        existing.space.ensure_same(
+            self.model.space,
+            owner=f"source {name!r}",
+            fix="load into a new source name or switch the model back with `memgpt configure`",
+        )
         return existing, False
 
     # -- the load -----------------------------------------------------------------------------

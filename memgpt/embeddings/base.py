@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from memgpt.errors import EmbeddingError
+from memgpt.types import EmbeddingSpace
 
 Vector = list[float]
 
@@ -22,6 +23,11 @@ class EmbeddingModel(ABC):
     dimensions: int
     max_input_tokens: int
     batch_size: int = 32
+
+    @property
+    def space(self) -> EmbeddingSpace:
+        """Where this model's vectors live: they are comparable only with vectors of the same space."""
+        return EmbeddingSpace(self.model_id, self.dimensions)
 
     @abstractmethod
     def embed_batch(self, texts: Sequence[str]) -> list[Vector]:

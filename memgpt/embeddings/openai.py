@@ -12,6 +12,12 @@ from memgpt.tokens import encoding_for_model
 
 # Input limits of OpenAI's embedding models, in cl100k tokens.
 _OPENAI_LIMIT = 8191
+# Vector sizes of OpenAI's embedding models, so configuring one needs no network call.
+KNOWN_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
 _TOKEN_MARGIN = 0.9  # other servers' tokenizers differ from cl100k; stay clear of their limit
 
 

@@ -27,11 +27,15 @@ class ResolvedLLM:
     endpoint: str
     api_key: str
     context_window: int
+    tool_choice: str = "auto"  # the policy, one of memgpt.config.TOOL_CHOICES
 
 
-def resolve_llm(settings: LLMSettings, env: Mapping[str, str] | None = None) -> ResolvedLLM:
+def resolve_llm(
+    settings: LLMSettings, env: Mapping[str, str] | None = None, *, require_model: bool = True
+) -> ResolvedLLM:
     """Fill what the user did not set from the conventional environment variables, then the
-    provider's preset. Anything set explicitly in the config wins."""
+    provider's preset. Anything set explicitly in the config wins. ``require_model=False`` lets the
+    model stay empty (configure asks the server which one it serves)."""
     env = os.environ if env is None else env
     provider = settings.provider
     if not provider:
@@ -55,9 +59,16 @@ def resolve_llm(settings: LLMSettings, env: Mapping[str, str] | None = None) -> 
     if not endpoint:
         raise ConfigError(f"the {provider} provider needs an endpoint: `memgpt configure --llm-endpoint URL`")
     model = settings.model or preset.default_model
-    if not model:
+    if not model and require_model:
         raise ConfigError(f"no model set for {provider}: `memgpt configure --llm-model NAME`")
-    return ResolvedLLM(provider, model, endpoint, api_key, settings.context_window or preset.context_window)
+    return ResolvedLLM(
+        provider,
+        model,
+        endpoint,
+        api_key,
+        settings.context_window or preset.context_window,
+        settings.tool_choice or preset.tool_choice,
+    )
 
 
 def create_llm(
@@ -66,6 +77,8 @@ def create_llm(
     resolved = resolve_llm(settings, env)
     chosen_model = model or resolved.model
     window = context_window or resolved.context_window
+    # One request may use the whole budget unless the user set a shorter per-request limit.
+    timeout = min(settings.attempt_timeout_seconds or settings.timeout_seconds, settings.timeout_seconds)
     client: LLMClient
     if resolved.provider == "anthropic":
         from memgpt.llm.anthropic import AnthropicClient
@@ -75,7 +88,8 @@ def create_llm(
             context_window=window,
             api_key=resolved.api_key,
             endpoint=resolved.endpoint,
-            timeout=settings.timeout_seconds,
+            timeout=timeout,
+            deadline=settings.timeout_seconds,
         )
     else:
         from memgpt.llm.openai_compat import OpenAICompatible
@@ -85,11 +99,13 @@ def create_llm(
             context_window=window,
             endpoint=resolved.endpoint,
             api_key=resolved.api_key,
-            timeout=settings.timeout_seconds,
+            timeout=timeout,
+            deadline=settings.timeout_seconds,
             azure_api_version=settings.azure_api_version if resolved.provider == "azure" else "",
         )
     if settings.function_calling == "json":
         from memgpt.llm.json_mode import JsonFunctionClient
 
         client = JsonFunctionClient(client)
+    client.tool_choice = resolved.tool_choice
     return client

@@ -6,8 +6,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError
-from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolSpec
+from memgpt.errors import LLMError, LLMRetryableError, LLMTimeoutError
+from memgpt.llm.arguments import load_arguments, normalise_arguments
+from memgpt.llm.base import AUTO, ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
+from memgpt.llm.replies import count, error_detail, error_in_body, json_body, looks_like_html, one_line, status_error
 from memgpt.types import ToolCall
 
 API_VERSION = "2023-06-01"
@@ -33,10 +35,10 @@ def to_anthropic(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, A
         elif role == "assistant":
             blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
             for call in message.get("tool_calls") or []:
-                try:
-                    arguments = json.loads(call["function"]["arguments"] or "{}")
-                except json.JSONDecodeError:
-                    arguments = {"_unparsed": call["function"]["arguments"]}
+                raw = call["function"]["arguments"]
+                arguments = load_arguments(raw)
+                if arguments is None:
+                    arguments = {"_unparsed": raw}
                 blocks.append(
                     {"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": arguments}
                 )
@@ -57,16 +59,28 @@ class AnthropicClient(LLMClient):
         api_key: str,
         endpoint: str = "",
         timeout: float = 120.0,
+        deadline: float = 120.0,
         max_output_tokens: int = 4096,
     ) -> None:
+        """``timeout`` bounds one request, ``deadline`` one ``complete`` call with its retries."""
         self.model = model
         self.context_window = context_window
         self.endpoint = (endpoint or "https://api.anthropic.com").rstrip("/")
+        self.timeout, self.deadline = timeout, deadline
         self._api_key = api_key
-        self._timeout = timeout
         self._max_output_tokens = max_output_tokens
 
-    def request(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec]) -> Completion:
+    def headers(self) -> dict[str, str]:
+        return {"x-api-key": self._api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+
+    def request(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        *,
+        choice: ToolChoice = AUTO,
+        timeout: float = 120.0,
+    ) -> Completion:
         import httpx
 
         system, turns = to_anthropic(messages)
@@ -77,33 +91,71 @@ class AnthropicClient(LLMClient):
             payload["tools"] = [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
             ]
-        headers = {"x-api-key": self._api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+            payload["tool_choice"] = _tool_choice(choice)
         try:
-            response = httpx.post(f"{self.endpoint}/v1/messages", json=payload, headers=headers, timeout=self._timeout)
+            response = httpx.post(f"{self.endpoint}/v1/messages", json=payload, headers=self.headers(), timeout=timeout)
         except httpx.TimeoutException as exc:
-            raise LLMRetryableError(f"{self.endpoint}: timed out after {self._timeout:.0f}s") from exc
+            raise LLMTimeoutError(f"{self.endpoint} did not answer within {timeout:.0f} s") from exc
         except httpx.TransportError as exc:
-            raise LLMRetryableError(f"{self.endpoint}: {exc}") from exc
+            raise LLMRetryableError(f"cannot reach {self.endpoint}: {one_line(exc)}") from exc
         if response.status_code != 200:
-            self._raise(response)
-        body = response.json()
-        text = "".join(b.get("text", "") for b in body.get("content", []) if b.get("type") == "text")
-        calls = tuple(
-            ToolCall(id=b["id"], name=b["name"], arguments=json.dumps(b.get("input") or {}))
-            for b in body.get("content", [])
-            if b.get("type") == "tool_use"
-        )
-        usage = body.get("usage") or {}
-        return Completion(text, calls, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+            raise _status_error(response, self.endpoint)
+        return parse_message(response.text, self.endpoint)
 
-    def _raise(self, response: Any) -> None:
-        try:
-            detail = response.json().get("error", {}).get("message", response.text)
-        except ValueError:
-            detail = response.text
-        status = response.status_code
-        if status in (429, 529) or status >= 500:
-            raise LLMRetryableError(f"Anthropic answered {status}: {detail}")
-        if "too long" in detail.lower() or ("context" in detail.lower() and "exceed" in detail.lower()):
-            raise ContextWindowExceededError(f"Anthropic: {detail}")
-        raise LLMError(f"Anthropic answered {status}: {detail}")
+
+def _tool_choice(choice: ToolChoice) -> dict[str, str]:
+    if choice.mode == "function":
+        return {"type": "tool", "name": choice.name}
+    return {"type": "any" if choice.mode == "required" else "auto"}
+
+
+def _status_error(response: Any, where: str) -> LLMError:
+    text = response.text
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        body = None
+    if isinstance(body, dict):
+        detail = error_detail(body.get("error", body))
+    else:
+        detail = "an HTML page" if looks_like_html(text) else one_line(text or "no detail given")
+    return status_error(response.status_code, detail, where)
+
+
+def parse_message(text: str, where: str) -> Completion:
+    """A Messages-API reply body as a Completion; anything unexpected is one clear error."""
+    body = json_body(text, where)
+    if body.get("type") == "error" or (body.get("error") and "content" not in body):
+        raise error_in_body(body.get("error"), where)
+    blocks = body.get("content")
+    if not isinstance(blocks, list):
+        raise LLMRetryableError(f"{where} sent a reply without content blocks: {one_line(text, 120)}")
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for block in blocks:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))  # type: ignore[union-attr]
+        elif kind == "tool_use":
+            name = block.get("name")  # type: ignore[union-attr]
+            if not isinstance(name, str) or not name.strip():
+                raise LLMRetryableError(f"{where} sent a tool_use block without a name: {one_line(block, 120)}")
+            calls.append(
+                ToolCall(
+                    id=str(block.get("id") or f"toolu_{len(calls)}"),  # type: ignore[union-attr]
+                    name=name.strip(),
+                    arguments=normalise_arguments(block.get("input") or {}),  # type: ignore[union-attr]
+                )
+            )
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    cached = count(usage.get("cache_read_input_tokens"))
+    # input_tokens leaves out what was read from or written to the prompt cache: the prompt is all three.
+    prompt = count(usage.get("input_tokens")) + count(usage.get("cache_creation_input_tokens")) + cached
+    return Completion(
+        content="".join(texts),
+        tool_calls=tuple(calls),
+        prompt_tokens=prompt,
+        completion_tokens=count(usage.get("output_tokens")),
+        cached_tokens=cached,
+        finish_reason=str(body.get("stop_reason") or ""),
+    )

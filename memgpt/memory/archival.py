@@ -13,28 +13,29 @@ from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import ToolError
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage import Storage
-from memgpt.storage.agents import AgentStore
 from memgpt.storage.filters import Filter, all_of, eq, is_in, not_in
-from memgpt.types import AgentState, Passage, SearchHit, utc_now
+from memgpt.types import Passage, SearchHit, utc_now
 
 
 class ArchivalMemory:
-    def __init__(self, storage: Storage, agents: AgentStore, state: AgentState, model: EmbeddingModel) -> None:
+    """One agent's archival memory, in ``model``'s embedding space (the agent's, checked when it is opened)."""
+
+    def __init__(self, storage: Storage, model: EmbeddingModel, *, agent_id: str, user_id: str) -> None:
         self._storage = storage
-        self._agents = agents
-        self._state = state
         self._model = model
-        self._store = storage.passages(state.embedding_model, state.embedding_dim)
+        self.agent_id = agent_id
+        self.user_id = user_id
+        self._store = storage.passages(model.space)
         size = min(250, model.max_input_tokens)
         self._chunker = Chunker(model.count_tokens, size, 25)
 
     def _where(self) -> Filter:
         """The agent's own passages or those of its attached sources, fully loaded documents only."""
-        sources = self._agents.attached(self._state.id)
-        mine = eq("agent_id", self._state.id)
+        sources = self._storage.attachments.source_ids(self.agent_id)
+        mine = eq("agent_id", self.agent_id)
         scope = mine | is_in("source_id", sources) if sources else mine
         hidden = self._storage.metadata.hidden_document_ids(sources)
-        return all_of(eq("user_id", self._state.user_id), eq("kind", "archival"), scope, not_in("document_id", hidden))
+        return all_of(eq("user_id", self.user_id), eq("kind", "archival"), scope, not_in("document_id", hidden))
 
     def count(self) -> int:
         return self._store.count(self._where())
@@ -51,8 +52,8 @@ class ArchivalMemory:
                 Passage(
                     id=uuid.uuid4().hex,
                     text=chunk,
-                    user_id=self._state.user_id,
-                    agent_id=self._state.id,
+                    user_id=self.user_id,
+                    agent_id=self.agent_id,
                     chunk_index=index,
                     created_at=now,
                     embedding=vector,

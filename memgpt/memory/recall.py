@@ -3,48 +3,30 @@
 SQL holds every message (the source of truth, and the date search). Conversational messages are also
 indexed in Milvus (``kind == "recall"``) so ``conversation_search`` ranks them by meaning and, where
 the deployment has BM25, by their words. Indexing runs after each step and catches up on anything a
-crash or an offline embedding endpoint left out.
+crash or an offline embedding endpoint left out. What a message's text is: ``memgpt.memory.messages``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import MemGPTError, ToolError
+from memgpt.memory.messages import describe, search_text, stored
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
-from memgpt.storage.agents import AgentStore
+from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq, is_in
-from memgpt.types import AgentState, Message, Passage, Role
+from memgpt.types import Message, Passage
 
 logger = logging.getLogger(__name__)
 _INDEX_BATCH = 256
-
-
-def readable(message: Message) -> str:
-    """What a person would remember of a message: the words, not the JSON around them."""
-    if message.role is Role.USER:
-        return message.content
-    text = message.content
-    for call in message.tool_calls:
-        if call.name != "send_message":
-            continue
-        try:
-            said = json.loads(call.arguments).get("message", "")
-        except (json.JSONDecodeError, AttributeError):
-            said = call.arguments
-        text = f"{text} | said: {said}".strip(" |")
-    return text
-
-
-def describe(message: Message) -> str:
-    stamp = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    who = "user" if message.role is Role.USER else "assistant"
-    return f"[{stamp}] {who}: {readable(message)}"
+# An embedding needs some text: an agent message with neither a thought nor words to the person (it only
+# called a tool) is indexed under this, so it still counts where the SQL record does.
+_NO_WORDS = "(empty)"
 
 
 def parse_date(value: str, *, end: bool) -> datetime:
@@ -67,16 +49,16 @@ class RecallIndex:
     store: PassageStore
     model: EmbeddingModel
 
-    def add(self, state: AgentState, messages: list[Message]) -> None:
-        texts = [readable(m) or "(empty)" for m in messages]
+    def add(self, user_id: str, messages: list[Message]) -> None:
+        texts = [search_text(m) or _NO_WORDS for m in messages]
         vectors = self.model.embed_multi(texts)
         self.store.upsert(
             [
                 Passage(
                     id=m.id,
                     text=text,
-                    user_id=state.user_id,
-                    agent_id=state.id,
+                    user_id=user_id,
+                    agent_id=m.agent_id,
                     kind="recall",
                     created_at=m.created_at,
                     metadata={"role": m.role.value},
@@ -88,13 +70,30 @@ class RecallIndex:
 
 
 class RecallMemory:
-    def __init__(self, agents: AgentStore, state: AgentState, index: RecallIndex | None = None) -> None:
-        self._agents = agents
-        self._state = state
+    """One agent's message history; ``index`` is None where only the SQL word search is wanted."""
+
+    def __init__(self, storage: Storage, *, agent_id: str, user_id: str, index: RecallIndex | None = None) -> None:
+        self._messages = storage.messages
+        self.agent_id = agent_id
+        self.user_id = user_id
         self._index = index
 
     def count(self) -> int:
-        return self._agents.count_messages(self._state.id)
+        return self._messages.count(self.agent_id)
+
+    def append(self, messages: Sequence[Message]) -> None:
+        """Record messages outside a step's commit (the user's message before any LLM call, heartbeats)."""
+        self._messages.append(self.agent_id, [stored(m) for m in messages])
+
+    def replace(self, message: Message) -> None:
+        """Record a message's edited content or tool calls; the index picks the new text up at the next sync."""
+        self._messages.replace(stored(message))
+
+    def remove(self, message_ids: list[str]) -> None:
+        """Delete messages for good (the user's /pop and /retry), from SQL and from the index."""
+        self._messages.remove(self.agent_id, message_ids)
+        if self._index is not None and message_ids:
+            self._index.store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", message_ids)))
 
     def sync(self) -> bool:
         """Index what is not indexed yet; returns whether the index now holds every message. Failures
@@ -102,29 +101,22 @@ class RecallMemory:
         if self._index is None:
             return False
         try:
-            while batch := self._agents.unindexed(self._state.id, _INDEX_BATCH):
-                self._index.add(self._state, batch)
-                self._agents.mark_indexed([m.id for m in batch])
+            while batch := self._messages.unindexed(self.agent_id, _INDEX_BATCH):
+                self._index.add(self.user_id, batch)
+                self._messages.mark_indexed(self.agent_id, [m.id for m in batch])
         except MemGPTError as exc:
             logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
             return False
         return True
-
-    def forget(self, message_ids: list[str]) -> None:
-        """Drop deleted messages (the user's /pop) from the index too."""
-        if self._index is not None and message_ids:
-            self._index.store.delete(all_of(eq("agent_id", self._state.id), is_in("id", message_ids)))
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():
             raise ToolError("query is empty: give words to look for")
         number = check_page(page)
         if self._index is None or not self.sync():  # no index, or it is unreachable: SQL word search
-            found, total = self._agents.search_messages(
-                self._state.id, query, offset=number * PAGE_SIZE, limit=PAGE_SIZE
-            )
+            found, total = self._messages.search(self.agent_id, query, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
             return Page([describe(m) for m in found], total, number)
-        where = all_of(eq("user_id", self._state.user_id), eq("kind", "recall"), eq("agent_id", self._state.id))
+        where = all_of(eq("user_id", self.user_id), eq("kind", "recall"), eq("agent_id", self.agent_id))
         store = self._index.store
         total = store.count(where)
         if total == 0:
@@ -132,7 +124,7 @@ class RecallMemory:
         hits = store.search(
             self._index.model.embed(query), text=query, limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where
         )
-        messages = self._agents.messages_by_id([h.passage.id for h in hits])
+        messages = self._messages.by_id(self.agent_id, [h.passage.id for h in hits])
         return Page([describe(messages[h.passage.id]) for h in hits if h.passage.id in messages], total, number)
 
     def search_dates(self, start_date: str, end_date: str, page: int | None = 0) -> Page:
@@ -142,7 +134,5 @@ class RecallMemory:
         if end - start > timedelta(days=36_500):
             raise ToolError("that date range is too wide")
         number = check_page(page)
-        found, total = self._agents.messages_between(
-            self._state.id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE
-        )
+        found, total = self._messages.between(self.agent_id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
         return Page([describe(m) for m in found], total, number)

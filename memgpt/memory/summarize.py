@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from memgpt.llm.base import ChatMessage, LLMClient
+from memgpt.memory.messages import summary_line
+from memgpt.tokens import count_tokens
+from memgpt.types import Message
 
 INSTRUCTIONS = (
     "You maintain the running summary of a conversation between an AI agent and a user; older parts of the "
@@ -16,13 +18,11 @@ INSTRUCTIONS = (
 
 
 def summarize(
-    llm: LLMClient, previous: str, excerpt: Sequence[ChatMessage], *, words: int = 300, budget_tokens: int = 0
+    llm: LLMClient, previous: str, excerpt: Sequence[Message], *, words: int = 300, budget_tokens: int = 0
 ) -> str:
     """One summary of ``previous`` plus ``excerpt``; an excerpt too long for one call is folded in parts."""
-    from memgpt.agent.context import count_tokens
-
     budget = budget_tokens or int(llm.context_window * 0.6)
-    lines = [_line(m) for m in excerpt]
+    lines = [summary_line(m) for m in excerpt]
     parts: list[list[str]] = [[]]
     used = 0
     for line in lines:
@@ -43,19 +43,3 @@ def summarize(
         ]
         summary = llm.complete(prompt).content.strip() or summary
     return summary
-
-
-def _line(message: ChatMessage) -> str:
-    role = message["role"]
-    content = message.get("content") or ""
-    if role == "user":
-        try:
-            body = json.loads(content)
-            content = body.get("message") or body.get("reason") or content
-            role = "user" if body.get("type") == "user_message" else "system"
-        except (json.JSONDecodeError, AttributeError):
-            pass
-    calls = " ".join(
-        f"[called {c['function']['name']} {c['function']['arguments']}]" for c in message.get("tool_calls") or []
-    )
-    return f"{role}: {content} {calls}".strip()

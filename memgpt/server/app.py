@@ -29,12 +29,11 @@ def open_state(home: Path, config: Config) -> ServerState:
     lock says so) from the start rather than at the first request that needs it."""
     from memgpt.storage import Storage
     from memgpt.storage.milvus.client import announce_holder
-    from memgpt.storage.users import UserStore
 
     announce_holder(f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
     storage = Storage(config, home)
     try:
-        owner = UserStore(storage.metadata).ensure(config.user_id, OWNER_NAME)
+        owner = storage.users.ensure(config.user_id, OWNER_NAME)
         storage.vectors  # noqa: B018 - connect now: fail at start-up, and hold the Lite file while running
     except BaseException:
         storage.close()

@@ -42,9 +42,7 @@ class ServerState:
 
     @property
     def users(self) -> UserStore:
-        from memgpt.storage.users import UserStore
-
-        return UserStore(self.storage.metadata)
+        return self.storage.users
 
     def embedding(self) -> EmbeddingModel:
         """The configured embedding model, loaded once per process on first use."""

@@ -2,46 +2,89 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memgpt.config import Config
+from memgpt.types import EmbeddingSpace
 
 if TYPE_CHECKING:
+    from memgpt.storage.agents import AgentStore
+    from memgpt.storage.attachments import AttachmentStore
     from memgpt.storage.base import PassageStore
-    from memgpt.storage.milvus import MilvusConnection
+    from memgpt.storage.messages import MessageStore
+    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
     from memgpt.storage.sql import MetadataStore
+    from memgpt.storage.templates import TemplateStore
+    from memgpt.storage.users import UserStore
+
+
+def milvus_target(config: Config, home: Path) -> MilvusTarget:
+    """The Milvus the config points at."""
+    from memgpt.storage.milvus import MilvusTarget
+
+    return MilvusTarget(config.milvus_uri(home), config.milvus.token, config.milvus.database)
+
+
+def check_milvus(target: MilvusTarget) -> None:
+    """Connect to ``target`` and list its collections, so a bad URI or token fails now, in one line."""
+    from memgpt.storage.milvus import MilvusConnection
+
+    connection = MilvusConnection(target)
+    try:
+        connection.ping()
+    finally:
+        connection.close()
 
 
 class Storage:
-    """Both stores of one memgpt home. Milvus is connected on first use: listing sources
-    needs only SQL, and opening Milvus Lite costs most of a second and takes its file lock."""
+    """Every store of one memgpt home, built once and safe to share between threads.
+
+    SQL stores, one per table family: ``metadata`` (sources and documents), ``agents`` (agents and their
+    blocks), ``messages``, ``attachments`` (sources linked to agents), ``templates`` (a user's personas
+    and humans) and ``users`` (a server's users and their API keys). Passages live in Milvus, connected on
+    first use: listing sources needs only SQL, and opening Milvus Lite costs most of a second and takes its
+    file lock.
+
+    Storage serves every user alike: each call that reads or writes a user's data names the user.
+    """
 
     def __init__(self, config: Config, home: Path) -> None:
+        from memgpt.storage.agents import AgentStore
+        from memgpt.storage.attachments import AttachmentStore
+        from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
+        from memgpt.storage.templates import TemplateStore
+        from memgpt.storage.users import UserStore
 
-        self.user_id = config.user_id
         self.metadata: MetadataStore = MetadataStore(config.metadata_database_url(home))
-        self._milvus_uri = config.milvus_uri(home)
-        self._milvus_token = config.milvus.token
-        self._milvus_database = config.milvus.database
+        self.agents: AgentStore = AgentStore(self.metadata)
+        self.messages: MessageStore = MessageStore(self.metadata)
+        self.attachments: AttachmentStore = AttachmentStore(self.metadata)
+        self.templates: TemplateStore = TemplateStore(self.metadata)
+        self.users: UserStore = UserStore(self.metadata)
+        self.milvus_target = milvus_target(config, home)
         self._vectors: MilvusConnection | None = None
+        self._lock = threading.Lock()
 
     @property
     def vectors(self) -> MilvusConnection:
-        if self._vectors is None:
-            from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+        with self._lock:
+            if self._vectors is None:
+                from memgpt.storage.milvus import MilvusConnection
 
-            self._vectors = MilvusConnection(MilvusTarget(self._milvus_uri, self._milvus_token, self._milvus_database))
-        return self._vectors
+                self._vectors = MilvusConnection(self.milvus_target)
+            return self._vectors
 
-    def passages(self, model_id: str, dimensions: int) -> PassageStore:
-        return self.vectors.passages(model_id, dimensions)
+    def passages(self, space: EmbeddingSpace) -> PassageStore:
+        return self.vectors.passages(space)
 
     def close(self) -> None:
-        if self._vectors is not None:
-            self._vectors.close()
-            self._vectors = None
+        with self._lock:
+            if self._vectors is not None:
+                self._vectors.close()
+                self._vectors = None
         self.metadata.close()
 
     def __enter__(self) -> Storage:

@@ -2,11 +2,17 @@
 
 Each migration carries its own snapshot of the DDL it needs, so a fresh database and an upgraded
 one end up identical; tests compare the result with the ORM models in ``sql.py``.
+
+Several processes may open a new or old database at the same moment (two commands, several server
+workers): each migration runs with its ledger row in one transaction that first takes a lock held by
+the database itself and then re-reads the ledger, so whoever waited finds the work done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -24,9 +30,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
     select,
     text,
 )
+from sqlalchemy.exc import SQLAlchemyError
+
+from memgpt.errors import SchemaMismatchError
 
 _ledger_metadata = MetaData()
 LEDGER = Table(
@@ -144,7 +154,57 @@ def _0003_messages_indexed(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_messages_agent_indexed ON messages (agent_id, indexed)"))
 
 
-def _0005_users_and_api_keys(conn: Connection) -> None:
+def _0004_messages_unbounded_tool_fields(conn: Connection) -> None:
+    """A tool call's id and function name come from the LLM: TEXT, not VARCHAR(128), which PostgreSQL
+    enforces (a long id or an invented name failed the step there while SQLite kept it)."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(text("ALTER TABLE messages ALTER COLUMN tool_call_id TYPE TEXT, ALTER COLUMN name TYPE TEXT"))
+        return
+    # SQLite cannot change a column's type: rebuild the table (nothing references it) in this transaction.
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "messages_rebuilt",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+        Column("seq", Integer, nullable=False),
+        Column("role", String(16), nullable=False),
+        Column("content", Text, nullable=False),
+        Column("tool_calls", Text, nullable=False),
+        Column("tool_call_id", Text, nullable=False),
+        Column("name", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("in_context", Boolean, nullable=False),
+        Column("search_text", Text, nullable=False),
+        Column("indexed", Boolean, nullable=False, server_default=text("FALSE")),
+    ).create(conn)
+    columns = (
+        "id, agent_id, seq, role, content, tool_calls, tool_call_id, name, created_at, in_context, search_text, indexed"
+    )
+    conn.execute(text(f"INSERT INTO messages_rebuilt ({columns}) SELECT {columns} FROM messages"))
+    conn.execute(text("DROP TABLE messages"))
+    conn.execute(text("ALTER TABLE messages_rebuilt RENAME TO messages"))
+    for name, columns in (
+        ("seq", "agent_id, seq"),
+        ("created", "agent_id, created_at"),
+        ("indexed", "agent_id, indexed"),
+    ):
+        conn.execute(text(f"CREATE INDEX ix_messages_agent_{name} ON messages ({columns})"))
+
+
+def _0005_messages_searchable(conn: Connection) -> None:
+    """Memory decides which messages recall search returns and hands their text to storage. Rows written
+    before keep the rule storage applied itself: what the person typed (user messages without a name)
+    and every assistant message. Their search text stays as it was; the others' is emptied."""
+    conn.execute(text("ALTER TABLE messages ADD COLUMN searchable BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(
+        text("UPDATE messages SET searchable = TRUE WHERE (role = 'user' AND name = '') OR role = 'assistant'")
+    )
+    conn.execute(text("UPDATE messages SET search_text = '' WHERE NOT searchable"))
+
+
+def _0006_users_and_api_keys(conn: Connection) -> None:
     """Users of a `memgpt server` and their API keys (stored as digests only)."""
     meta = MetaData()
     Table(
@@ -173,21 +233,76 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
     ("0003_messages_indexed", _0003_messages_indexed),
-    ("0005_users_and_api_keys", _0005_users_and_api_keys),
+    ("0004_messages_unbounded_tool_fields", _0004_messages_unbounded_tool_fields),
+    ("0005_messages_searchable", _0005_messages_searchable),
+    ("0006_users_and_api_keys", _0006_users_and_api_keys),
 ]
 
 
 def apply_migrations(engine: Engine) -> list[str]:
-    """Apply what is missing, each in its own transaction; returns the names applied now."""
-    _ledger_metadata.create_all(engine)
+    """Apply what is missing, each with its ledger row in one locked transaction; returns the names
+    applied now (by this call: what another process applied meanwhile is not counted)."""
+    if not _pending(_applied(engine)):
+        return []  # the common case: one read, no lock
     applied_now = []
-    with engine.connect() as conn:
-        done = set(conn.scalars(select(LEDGER.c.name)))
-    for name, migrate in MIGRATIONS:
-        if name in done:
-            continue
-        with engine.begin() as conn:
+    while True:
+        with _migration_lock(engine) as conn:
+            _ledger_metadata.create_all(conn)  # checks first, inside the lock
+            pending = _pending(set(conn.scalars(select(LEDGER.c.name))))
+            if not pending:
+                return applied_now
+            name, migrate = pending[0]
             migrate(conn)
             conn.execute(LEDGER.insert().values(name=name, applied_at=datetime.now(UTC)))
         applied_now.append(name)
-    return applied_now
+
+
+def _applied(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(LEDGER.name):
+            return set()
+        return set(conn.scalars(select(LEDGER.c.name)))
+
+
+def _pending(applied: set[str]) -> list[tuple[str, Callable[[Connection], None]]]:
+    unknown = applied - {name for name, _ in MIGRATIONS}
+    if unknown:
+        raise SchemaMismatchError(
+            f"the metadata database was upgraded by a newer memgpt (migration {max(unknown)}); upgrade memgpt to use it"
+        )
+    return [(name, migrate) for name, migrate in MIGRATIONS if name not in applied]
+
+
+# Any fixed number: PostgreSQL advisory locks are per database, so this only serializes memgpt's migrations.
+_ADVISORY_LOCK_KEY = 0x6D656D677074  # "memgpt"
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    """One transaction that holds the database's migration lock until it commits or rolls back."""
+    if engine.dialect.name == "sqlite":
+        with _sqlite_exclusive(engine) as conn:
+            yield conn
+        return
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+        yield conn
+
+
+@contextmanager
+def _sqlite_exclusive(engine: Engine) -> Iterator[Connection]:
+    """BEGIN EXCLUSIVE: other writers wait (busy_timeout), and SQLite's DDL is transactional.
+
+    The driver's own implicit transactions would commit DDL early and cannot take the lock, so the
+    connection is put in driver autocommit and the transaction is written out by hand."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(SQLAlchemyError):  # SQLite may have rolled back already (disk full)
+                conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")

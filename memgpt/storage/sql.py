@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Engine,
     ForeignKey,
     Index,
     Integer,
@@ -26,10 +27,12 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    make_url,
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from memgpt.errors import StorageError
@@ -126,10 +129,74 @@ def _document(row: DocumentRow) -> Document:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL itself may wait for another process
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def parse_metadata_url(url: str) -> URL:
+    """Parse a metadata URL; ``postgresql://`` and ``postgres://`` (as hosting providers print them)
+    mean psycopg 3, the PostgreSQL driver memgpt installs."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url.removeprefix(scheme)
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise StorageError(
+            f"metadata_url {url!r} is not a database URL (e.g. postgresql://user:password@host/db)"
+        ) from exc
+
+
+def create_metadata_engine(url: URL) -> Engine:
+    """An engine with the options each database needs: SQLite waits for other processes' writes;
+    PostgreSQL checks pooled connections before use (servers restart) and gives up connecting in 10 s."""
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.get_backend_name() == "postgresql":
+        defaults = {"connect_timeout": 10, "application_name": "memgpt"}
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            pool_recycle=1800,
+            connect_args={k: v for k, v in defaults.items() if k not in url.query},
+        )
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own first line, without SQLAlchemy's statement and background link."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _cannot_open(url: URL, exc: Exception) -> StorageError:
+    where = url.render_as_string(hide_password=True)
+    reason = _reason(exc)
+    if url.get_backend_name() == "postgresql" and isinstance(exc, OperationalError):
+        server = f"{url.host or 'localhost'}:{url.port or 5432}"
+        detail = reason.split("FATAL:", 1)[-1].strip()
+        if "password authentication failed" in reason or "no pg_hba.conf entry" in reason:
+            return StorageError(
+                f"PostgreSQL at {server} refused the login ({detail}): fix the user or password in metadata_url"
+            )
+        if "does not exist" in reason and "database" in reason:
+            return StorageError(
+                f"PostgreSQL at {server}: {detail}: create it (createdb {url.database}) or fix metadata_url"
+            )
+        if "Connection refused" in reason or "failed to resolve host" in reason or "timeout expired" in reason:
+            return StorageError(
+                f"cannot reach PostgreSQL at {server} ({detail.removeprefix('connection failed: ')}):"
+                " is it running there? Check metadata_url"
+            )
+    return StorageError(f"cannot open the metadata database {where}: {reason}")
 
 
 class MetadataStore:
@@ -138,15 +205,19 @@ class MetadataStore:
     def __init__(self, url: str) -> None:
         from memgpt.storage.migrations import apply_migrations
 
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        parsed = parse_metadata_url(url)
         try:
-            self.engine = create_engine(url, future=True)
-            if self.engine.dialect.name == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.engine = create_metadata_engine(parsed)
+        except (SQLAlchemyError, ImportError) as exc:  # an unknown dialect, or its driver is not installed
+            raise _cannot_open(parsed, exc) from exc
+        try:
             apply_migrations(self.engine)
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot open the metadata database {url}: {exc.__class__.__name__}: {exc}") from exc
+            self.engine.dispose()
+            raise _cannot_open(parsed, exc) from exc
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -157,7 +228,7 @@ class MetadataStore:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StorageError(f"metadata database error: {exc}") from exc
+            raise StorageError(f"metadata database error: {_reason(exc)}") from exc
         except BaseException:
             session.rollback()
             raise
@@ -175,7 +246,8 @@ class MetadataStore:
 
     def list_sources(self, user_id: str) -> list[Source]:
         with self.session() as s:
-            rows = s.scalars(select(SourceRow).where(SourceRow.user_id == user_id).order_by(SourceRow.created_at)).all()
+            query = select(SourceRow).where(SourceRow.user_id == user_id)
+            rows = s.scalars(query.order_by(SourceRow.created_at, SourceRow.name)).all()
             counts = self._counts(s, [r.id for r in rows])
             return [_source(r, counts) for r in rows]
 
@@ -227,7 +299,9 @@ class MetadataStore:
             query = select(DocumentRow).where(DocumentRow.source_id == source_id)
             if file_path is not None:
                 query = query.where(DocumentRow.file_path == file_path)
-            return [_document(r) for r in s.scalars(query.order_by(DocumentRow.file_path, DocumentRow.unit))]
+            # NULLs sort first on SQLite and last on PostgreSQL unless told; id breaks ties between versions
+            query = query.order_by(DocumentRow.file_path, DocumentRow.unit.asc().nulls_first(), DocumentRow.id)
+            return [_document(r) for r in s.scalars(query)]
 
     def ready_file_with_hash(self, source_id: str, sha256: str, signature: str) -> str | None:
         """The path of an already loaded file with this content, if any."""

@@ -7,6 +7,7 @@ This package is the only place that imports pymilvus; what differs between deplo
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from memgpt.storage.milvus.client import (
@@ -19,39 +20,38 @@ from memgpt.storage.milvus.client import (
 )
 from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, read_layout
 from memgpt.storage.milvus.store import MilvusPassageStore
+from memgpt.types import EmbeddingSpace
 
 __all__ = ["MAX_WINDOW", "Capabilities", "MilvusConnection", "MilvusPassageStore", "MilvusTarget", "collection_name"]
 
 
 class MilvusConnection:
-    """One client per process and target; hands out a store per embedding space."""
+    """One client per process and target; hands out one store per embedding space, safely from any thread."""
 
     def __init__(self, target: MilvusTarget) -> None:
         self.target = target
         self._client = connect(target)
         self.capabilities = detect(self._client, target)
-        self._stores: dict[str, MilvusPassageStore] = {}
+        self._stores: dict[EmbeddingSpace, MilvusPassageStore] = {}
+        self._lock = threading.Lock()  # one store per space: opening one may create or upgrade its collection
 
     @property
     def client(self) -> Any:
         return self._client
 
-    def passages(self, model: str, dimensions: int) -> MilvusPassageStore:
-        key = f"{model}/{dimensions}"
-        if key not in self._stores:
-            self._stores[key] = MilvusPassageStore(
-                self._client, self.target, self.capabilities, model=model, dimensions=dimensions
-            )
-        return self._stores[key]
+    def passages(self, space: EmbeddingSpace) -> MilvusPassageStore:
+        with self._lock:
+            if space not in self._stores:
+                self._stores[space] = MilvusPassageStore(self._client, self.target, self.capabilities, space)
+            return self._stores[space]
 
-    def spaces(self) -> list[tuple[str, int]]:
-        """(model, dimensions) of every memgpt passage collection here, first-release ones included."""
-        found = []
+    def spaces(self) -> list[EmbeddingSpace]:
+        """The embedding space of every memgpt passage collection here, first-release ones included."""
+        found = set()
         for name in self.ping():
             if name.startswith(("memgpt_v", "memgpt_passages_")):
-                layout = read_layout(self._client, name)
-                found.append((layout.model, layout.dimensions))
-        return sorted(set(found))
+                found.add(read_layout(self._client, name).space)
+        return sorted(found)
 
     def ping(self) -> list[str]:
         """Round-trip to the server; returns the collection names."""
@@ -62,4 +62,5 @@ class MilvusConnection:
         with contextlib.suppress(Exception):  # closing is best effort; the process may be exiting
             self._client.close()
         release(self.target)
-        self._stores.clear()
+        with self._lock:
+            self._stores.clear()

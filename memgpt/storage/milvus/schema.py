@@ -1,4 +1,4 @@
-"""The passage collection's schema, how it is named and described, and migrations between versions.
+"""The passage collection's schema, how it is named and described, and upgrades from earlier versions.
 
 Schema 3 (current): every field typed; ``kind`` tells archival passages from recall messages; where the
 deployment has BM25, ``text`` is analysed and a BM25 function fills ``sparse`` for full-text and hybrid
@@ -18,6 +18,7 @@ from typing import Any
 from memgpt.errors import SchemaMismatchError
 from memgpt.storage.filters import KEYED_FIELDS
 from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
+from memgpt.types import EmbeddingSpace
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,15 @@ def _slug(model: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")[:180] or "model"
 
 
-def collection_name(model: str, dimensions: int) -> str:
+def collection_name(space: EmbeddingSpace) -> str:
     """One collection per embedding space, so vectors of different models never mix."""
-    return f"memgpt_v{SCHEMA_VERSION}_{_slug(model)}_{dimensions}"
+    return f"memgpt_v{SCHEMA_VERSION}_{_slug(space.model)}_{space.dimensions}"
 
 
-def legacy_collection_names(model: str, dimensions: int) -> list[str]:
+def legacy_collection_names(space: EmbeddingSpace) -> list[str]:
     """Collections of earlier schemas for the same embedding space, oldest first."""
-    return [f"memgpt_passages_{_slug(model)}_{dimensions}", f"memgpt_v2_{_slug(model)}_{dimensions}"]
+    slug = f"{_slug(space.model)}_{space.dimensions}"
+    return [f"memgpt_passages_{slug}", f"memgpt_v2_{slug}"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class Layout:
     model: str
     dimensions: int
     hybrid: bool
+
+    @property
+    def space(self) -> EmbeddingSpace:
+        return EmbeddingSpace(self.model, self.dimensions)
 
     def description(self) -> str:
         return (
@@ -116,28 +122,28 @@ def create(client: Any, target: MilvusTarget, capabilities: Capabilities, collec
     logger.info("created Milvus collection %s (%s)", collection, layout.description())
 
 
-def check(layout: Layout, collection: str, model: str, dimensions: int) -> None:
+def check(layout: Layout, collection: str, space: EmbeddingSpace) -> None:
     if layout.version != SCHEMA_VERSION:
         raise SchemaMismatchError(
             f"Milvus collection {collection} has passage schema v{layout.version}, this memgpt reads "
             f"v{SCHEMA_VERSION}; upgrade memgpt"
         )
-    if (layout.model, layout.dimensions) != (model, dimensions):
+    if layout.space != space:
         raise SchemaMismatchError(
             f"Milvus collection {collection} holds {layout.model} vectors of dimension {layout.dimensions}, not "
-            f"{model}/{dimensions}; check the embedding settings in `memgpt configure`"
+            f"{space}; check the embedding settings in `memgpt configure`"
         )
 
 
-def migrate(client: Any, old: str, target: str, write: Any) -> int:
+def upgrade(client: Any, old: str, target: str, write: Any) -> int:
     """Copy an earlier-schema collection into ``target`` through ``write``, then drop it.
 
     ``write`` takes rows as read (schema 1 has no ``kind``: its passages are archival) and writes them
-    in the current schema. Upserts are idempotent, so an interrupted migration is simply run again;
+    in the current schema. Upserts are idempotent, so an interrupted upgrade is simply run again;
     the old collection is dropped only once ``target`` holds at least as many passages.
     """
     copied = 0
-    with milvus_errors(f"migrate collection {old}"):
+    with milvus_errors(f"upgrade collection {old}"):
         client.load_collection(old)
         have = {f["name"] for f in client.describe_collection(old)["fields"]}
         fields = [name for name in (*FIELDS, "embedding") if name in have]
@@ -152,8 +158,8 @@ def migrate(client: Any, old: str, target: str, write: Any) -> int:
         found = int(client.query(target, filter="", output_fields=["count(*)"])[0]["count(*)"])
         if found < expected:
             raise SchemaMismatchError(
-                f"migrating {old} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
+                f"upgrading {old} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
             )
         client.drop_collection(old)
-    logger.warning("migrated %d passages from %s to %s", copied, old, target)
+    logger.warning("upgraded %d passages from %s to %s", copied, old, target)
     return copied

@@ -13,7 +13,7 @@ from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, key_of
 from memgpt.storage.milvus import schema
 from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
 from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
-from memgpt.types import Passage, SearchHit
+from memgpt.types import EmbeddingSpace, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
 
@@ -87,44 +87,40 @@ def _passes(where: Filter, entity: dict[str, Any], hit_id: Any) -> bool:
 
 
 class MilvusPassageStore(PassageStore):
-    """Passages of one embedding model. Collections of the first schema are migrated on open."""
+    """Passages of one embedding model. Collections of earlier schemas are upgraded on open."""
 
-    def __init__(
-        self, client: Any, target: MilvusTarget, capabilities: Capabilities, *, model: str, dimensions: int
-    ) -> None:
+    def __init__(self, client: Any, target: MilvusTarget, capabilities: Capabilities, space: EmbeddingSpace) -> None:
         self._client = client
         self._target = target
-        self.model = model
-        self.dimensions = dimensions
-        self.collection = schema.collection_name(model, dimensions)
+        self.space = space
+        self.dimensions = space.dimensions
+        self.collection = schema.collection_name(space)
         self.supports_partition_key = capabilities.partition_key
         self.supports_hybrid = self._open(capabilities)
         self._caught_up = False  # whether a Strong search has run yet; see MilvusTarget.search_consistency
 
     def _open(self, capabilities: Capabilities) -> bool:
-        """Create or check the collection (migrating earlier-schema ones); returns whether it has BM25."""
+        """Create or check the collection (upgrading earlier-schema ones); returns whether it has BM25."""
         with milvus_errors(f"open collection {self.collection}"):
             exists = self._client.has_collection(self.collection)
             legacy = [
                 name
-                for name in schema.legacy_collection_names(self.model, self.dimensions)
+                for name in schema.legacy_collection_names(self.space)
                 if self._client.has_collection(name)
             ]
         for name in legacy:  # checked before anything is created, so a foreign collection changes nothing
             old = schema.read_layout(self._client, name)
-            schema.check(
-                Layout(schema.SCHEMA_VERSION, old.model, old.dimensions, False), name, self.model, self.dimensions
-            )
+            schema.check(Layout(schema.SCHEMA_VERSION, old.model, old.dimensions, False), name, self.space)
         if exists:
             layout = schema.read_layout(self._client, self.collection)
-            schema.check(layout, self.collection, self.model, self.dimensions)
+            schema.check(layout, self.collection, self.space)
             with milvus_errors(f"load collection {self.collection}"):
                 self._client.load_collection(self.collection)
         else:
-            layout = Layout(schema.SCHEMA_VERSION, self.model, self.dimensions, capabilities.bm25)
+            layout = Layout(schema.SCHEMA_VERSION, self.space.model, self.dimensions, capabilities.bm25)
             schema.create(self._client, self._target, capabilities, self.collection, layout)
         for name in legacy:
-            schema.migrate(self._client, name, self.collection, self._write_rows)
+            schema.upgrade(self._client, name, self.collection, self._write_rows)
         return layout.hybrid
 
     # -- writes -------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""What an endpoint sent back, as JSON or as one clear error line naming the endpoint.
+
+Shared by the adapters: a body that is not JSON, an HTML page where JSON was expected, an error
+object inside a 200, and HTTP statuses all become LLMError (or LLMRetryableError where another try
+can help: 429, 5xx, a truncated body), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError
+
+_OVERFLOW_HINTS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context length",
+    "too many tokens",
+    "exceeds the available context",
+    "prompt is too long",
+    "context window",
+)
+_SPACES = re.compile(r"\s+")
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    flat = _SPACES.sub(" ", str(text)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def looks_like_html(text: str) -> bool:
+    return text.lstrip()[:1] == "<"
+
+
+def json_body(text: str, where: str) -> dict[str, Any]:
+    """The reply body as a JSON object. An HTML page means a wrong URL (not worth retrying); an empty,
+    truncated or otherwise broken body is retried."""
+    if not text.strip():
+        raise LLMRetryableError(f"{where} sent an empty reply")
+    if looks_like_html(text):
+        raise LLMError(
+            f"{where} answered with an HTML page, not JSON: check that the endpoint is the API's base URL "
+            "(often ending in /v1)"
+        )
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LLMRetryableError(
+            f"{where} sent a reply that is not valid JSON ({exc.msg} at character {exc.pos} of {len(text)}): "
+            f"{one_line(text, 80)}"
+        ) from exc
+    except RecursionError as exc:
+        raise LLMRetryableError(f"{where} sent JSON nested too deeply to read") from exc
+    if not isinstance(body, dict):
+        raise LLMRetryableError(f"{where} sent JSON that is not an object: {one_line(text, 80)}")
+    return body
+
+
+def error_detail(error: object) -> str:
+    """The message inside an error object, which servers shape in several ways."""
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("error") or error.get("detail")
+        if isinstance(message, dict | list):
+            return error_detail(message)
+        return one_line(message or error.get("type") or "no detail given")
+    return one_line(error) if error not in (None, "") else "no detail given"
+
+
+def status_error(status: int, detail: str, where: str, said: str = "") -> LLMError:
+    """The error for an HTTP status (or an error code inside a 200) with the server's own detail."""
+    detail = one_line(detail) or "no detail given"
+    said = said or f"answered {status}"
+    if status == 429:
+        return LLMRetryableError(f"{where} {said}: {detail}")
+    if any(hint in detail.lower() for hint in _OVERFLOW_HINTS):
+        return ContextWindowExceededError(f"{where}: {detail}")
+    if status >= 500:
+        return LLMRetryableError(f"{where} {said}: {detail}")
+    if status in (401, 403):
+        return LLMError(f"{where} refused the API key ({status}): {detail}")
+    if status == 404:
+        return LLMError(f"{where} {said}: {detail} (check the endpoint and the model name)")
+    return LLMError(f"{where} {said}: {detail}")
+
+
+def error_in_body(error: object, where: str) -> LLMError:
+    """An error object sent with status 200 (OpenRouter and some proxies do): its own code decides,
+    and without one it counts as a server error worth another try."""
+    code = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+    said = "answered 200 with an error" + (f" (code {code})" if code not in (None, "") else "")
+    return status_error(status, error_detail(error), where, said)
+
+
+def count(value: object) -> int:
+    """A token count from a usage object: 0 when absent or not a whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -1,0 +1,53 @@
+"""Which sources are attached to which agent's archival memory: a link, nothing is copied."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, delete, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.types import utc_now
+
+
+class AgentSourceRow(Base):
+    __tablename__ = "agent_sources"
+
+    agent_id: Mapped[str] = mapped_column(String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(64), ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+    attached_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AttachmentStore:
+    """Agent-source links. Every method is one transaction."""
+
+    def __init__(self, metadata: MetadataStore) -> None:
+        self._metadata = metadata
+
+    def attach(self, agent_id: str, source_id: str) -> bool:
+        """Link a source; False when it was already attached."""
+        with self._metadata.session() as s:
+            if s.get(AgentSourceRow, (agent_id, source_id)) is not None:
+                return False
+            s.add(AgentSourceRow(agent_id=agent_id, source_id=source_id, attached_at=utc_now()))
+            return True
+
+    def detach(self, agent_id: str, source_id: str) -> bool:
+        """Unlink a source; False when it was not attached."""
+        with self._metadata.session() as s:
+            result = s.execute(
+                delete(AgentSourceRow).where(AgentSourceRow.agent_id == agent_id, AgentSourceRow.source_id == source_id)
+            )
+            return bool(result.rowcount)
+
+    def source_ids(self, agent_id: str) -> list[str]:
+        """The agent's attached sources, in the order they were attached."""
+        with self._metadata.session() as s:
+            return list(
+                s.scalars(
+                    select(AgentSourceRow.source_id)
+                    .where(AgentSourceRow.agent_id == agent_id)
+                    .order_by(AgentSourceRow.attached_at, AgentSourceRow.source_id)
+                )
+            )

@@ -1,0 +1,193 @@
+"""Every message of every agent (recall memory's record), in the metadata database.
+
+SQL is the source of truth for messages and serves the date search and the word search that stands in
+while the Milvus recall index is unreachable. Which messages those searches see, and by what text, is
+decided in ``memgpt.memory.messages`` and handed in with each message (``StoredMessage``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.types import Message, Role, ToolCall
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_agent_seq", "agent_id", "seq"),
+        Index("ix_messages_agent_created", "agent_id", "created_at"),
+        Index("ix_messages_agent_indexed", "agent_id", "indexed"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64), ForeignKey("agents.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    tool_calls: Mapped[str] = mapped_column(Text)  # JSON list of {id, name, arguments}
+    tool_call_id: Mapped[str] = mapped_column(Text)  # from the LLM: any length
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    in_context: Mapped[bool] = mapped_column(Boolean)
+    search_text: Mapped[str] = mapped_column(Text)  # the text recall search matches, lower-cased
+    indexed: Mapped[bool] = mapped_column(Boolean, default=False)  # also in Milvus for recall search
+    searchable: Mapped[bool] = mapped_column(Boolean, default=False)  # recall searches may return it
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message with what memory decided about searching it; storage keeps both as handed."""
+
+    message: Message
+    search_text: str = ""
+    searchable: bool = False
+
+
+def _calls_json(message: Message) -> str:
+    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls])
+
+
+def _message(row: MessageRow) -> Message:
+    calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(row.tool_calls or "[]"))
+    return Message(
+        id=row.id,
+        agent_id=row.agent_id,
+        role=Role(row.role),
+        content=row.content,
+        created_at=row.created_at,
+        tool_calls=calls,
+        tool_call_id=row.tool_call_id,
+        name=row.name,
+    )
+
+
+def _escape_like(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage]) -> None:
+    """Append ``messages`` after the agent's last one, in the caller's transaction."""
+    last = s.scalar(select(func.max(MessageRow.seq)).where(MessageRow.agent_id == agent_id)) or 0
+    for offset, entry in enumerate(messages, start=1):
+        message = entry.message
+        s.add(
+            MessageRow(
+                id=message.id,
+                agent_id=agent_id,
+                seq=last + offset,
+                role=message.role.value,
+                content=message.content,
+                tool_calls=_calls_json(message),
+                tool_call_id=message.tool_call_id,
+                name=message.name,
+                created_at=message.created_at,
+                in_context=True,
+                search_text=entry.search_text.lower(),  # LIKE ignores case only for ASCII on SQLite
+                indexed=False,
+                searchable=entry.searchable,
+            )
+        )
+
+
+class MessageStore:
+    """Messages by agent. Every method is one transaction; ids passed in are scoped to the agent."""
+
+    def __init__(self, metadata: MetadataStore) -> None:
+        self._metadata = metadata
+
+    def append(self, agent_id: str, messages: Sequence[StoredMessage]) -> None:
+        with self._metadata.session() as s:
+            write_messages(s, agent_id, messages)
+
+    def in_context(self, agent_id: str) -> list[Message]:
+        """The messages in the agent's context window, oldest first."""
+        with self._metadata.session() as s:
+            rows = s.scalars(
+                select(MessageRow)
+                .where(MessageRow.agent_id == agent_id, MessageRow.in_context.is_(True))
+                .order_by(MessageRow.seq)
+            )
+            return [_message(r) for r in rows]
+
+    def last(self, agent_id: str, count: int) -> list[Message]:
+        """The newest ``count`` messages, oldest first."""
+        with self._metadata.session() as s:
+            rows = s.scalars(
+                select(MessageRow).where(MessageRow.agent_id == agent_id).order_by(MessageRow.seq.desc()).limit(count)
+            ).all()
+            return [_message(r) for r in reversed(rows)]
+
+    def remove(self, agent_id: str, message_ids: Sequence[str]) -> None:
+        """Delete messages outright: only for the user's explicit /pop, never for eviction."""
+        with self._metadata.session() as s:
+            s.execute(
+                delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
+            )
+
+    def replace(self, entry: StoredMessage) -> None:
+        """Store a message's new content and tool calls (the chat's /rethink and /rewrite)."""
+        message = entry.message
+        with self._metadata.session() as s:
+            row = s.get(MessageRow, message.id)
+            if row is not None and row.agent_id == message.agent_id:
+                row.content = message.content
+                row.tool_calls = _calls_json(message)
+                row.search_text = entry.search_text.lower()
+                row.searchable = entry.searchable
+                row.indexed = False  # changed text: index it again
+
+    def count(self, agent_id: str) -> int:
+        with self._metadata.session() as s:
+            return int(s.scalar(select(func.count()).where(MessageRow.agent_id == agent_id)) or 0)
+
+    def search(self, agent_id: str, query: str, *, offset: int, limit: int) -> tuple[list[Message], int]:
+        """Searchable messages whose search text contains every word of ``query`` (any case), oldest first."""
+        terms = [t for t in query.lower().split() if t]
+        conditions = [MessageRow.search_text.like(f"%{_escape_like(t)}%", escape="\\") for t in terms]
+        return self._page(agent_id, conditions, offset, limit)
+
+    def between(
+        self, agent_id: str, start: datetime, end: datetime, *, offset: int, limit: int
+    ) -> tuple[list[Message], int]:
+        return self._page(agent_id, [MessageRow.created_at >= start, MessageRow.created_at <= end], offset, limit)
+
+    def unindexed(self, agent_id: str, limit: int) -> list[Message]:
+        """Searchable messages not yet in the Milvus recall index, oldest first."""
+        with self._metadata.session() as s:
+            rows = s.scalars(
+                select(MessageRow)
+                .where(MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), MessageRow.indexed.is_(False))
+                .order_by(MessageRow.seq)
+                .limit(limit)
+            )
+            return [_message(r) for r in rows]
+
+    def mark_indexed(self, agent_id: str, message_ids: Sequence[str]) -> None:
+        with self._metadata.session() as s:
+            s.execute(
+                update(MessageRow)
+                .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
+                .values(indexed=True)
+            )
+
+    def by_id(self, agent_id: str, message_ids: Sequence[str]) -> dict[str, Message]:
+        with self._metadata.session() as s:
+            rows = s.scalars(
+                select(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
+            )
+            return {r.id: _message(r) for r in rows}
+
+    def _page(self, agent_id: str, conditions: list, offset: int, limit: int) -> tuple[list[Message], int]:
+        where = [MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), *conditions]
+        with self._metadata.session() as s:
+            total = int(s.scalar(select(func.count()).select_from(MessageRow).where(*where)) or 0)
+            rows = s.scalars(select(MessageRow).where(*where).order_by(MessageRow.seq).offset(offset).limit(limit))
+            return [_message(r) for r in rows], total

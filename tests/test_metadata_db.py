@@ -1,0 +1,251 @@
+"""The metadata database under several processes at once, and when it cannot be reached."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from memgpt.errors import StorageError
+from memgpt.storage import Storage
+from memgpt.storage.agents import AgentStore
+from memgpt.storage.migrations import MIGRATIONS
+from memgpt.storage.sql import MetadataStore, create_metadata_engine, parse_metadata_url
+from memgpt.types import AgentState, Message, Role, Source, utc_now
+from tests.conftest import REPO, run_cli
+from tests.postgres import PASSWORD, PostgresServer
+
+# Imports everything first, then waits for the go file, so all children open the store in the same
+# few milliseconds; then each writes a row, as a command would.
+OPEN_STORE = """
+import os, sys, time
+from memgpt.storage.sql import MetadataStore
+from memgpt.types import Source, utc_now
+url, go, n = sys.argv[1], sys.argv[2], sys.argv[3]
+open(f"{go}.{n}.ready", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.001)
+store = MetadataStore(url)
+store.create_source(Source(f"id{n}", f"s{n}", "u", "m", 4, utc_now()))
+store.close()
+"""
+
+RUN_CLI = """
+import os, sys, time
+from memgpt.cli.app import main
+import memgpt.storage.agents  # loaded lazily by the command: imported before the start line, not after
+go, n = sys.argv[1], sys.argv[2]
+open(f"{go}.{n}.ready", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.001)
+sys.argv = ["memgpt", *sys.argv[3:]]
+main()
+"""
+
+
+def start_together(commands: list[list[str]], go: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
+    """Start children that each write ``<go>.<n>.ready`` once imported, then release them all at once."""
+    children = [
+        subprocess.Popen(c, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(go.parent.glob(f"{go.name}.*.ready"))) < len(children):
+        if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+            break  # a child died early: its exit code and stderr say why below
+        time.sleep(0.01)
+    go.touch()
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(child.args, child.returncode, out, err))
+    return results
+
+
+def test_eight_processes_open_a_new_database_at_the_same_moment(metadata_url: str, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    commands = [[sys.executable, "-c", OPEN_STORE, metadata_url, str(go), str(n)] for n in range(8)]
+    results = start_together(commands, go, dict(os.environ))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stderr == ""
+    engine = create_metadata_engine(parse_metadata_url(metadata_url))
+    with engine.connect() as conn:
+        ledger = list(conn.scalars(text("select name from schema_migrations order by name")))
+        sources = sorted(conn.scalars(text("select name from sources")))
+    engine.dispose()
+    assert ledger == [name for name, _ in MIGRATIONS]
+    assert sources == [f"s{n}" for n in range(8)]
+
+
+def test_eight_commands_on_a_new_home_all_work_as_one_user(metadata_url: str, home: Path, tmp_path: Path) -> None:
+    """The issue's report: two commands at once on a new home failed with "table schema_migrations
+    already exists". Every one must run, on the same user id (the config is created once)."""
+    if metadata_url.startswith("sqlite"):
+        assert not (home / "config.toml").exists()  # a truly new home: config and database both
+    env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
+    go = tmp_path / "go"
+    commands = [
+        [sys.executable, "-c", RUN_CLI, str(go), str(n), "add", "human", "--name", f"h{n}", "--text", "x"]
+        for n in range(8)
+    ]
+    results = start_together(commands, go, env)
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    listed = json.loads(run_cli("list", "humans", "--json", home=home).stdout)
+    assert {f"h{n}" for n in range(8)} <= set(listed)
+
+
+@pytest.fixture
+def server(postgres_server: PostgresServer) -> PostgresServer:
+    return postgres_server
+
+
+def test_postgresql_unreachable_is_one_line(server: PostgresServer, tmp_path: Path) -> None:
+    closed = PostgresServer(server.process, server.directory, port=_closed_port())
+    with pytest.raises(StorageError) as caught:
+        MetadataStore(closed.url())
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach PostgreSQL at 127.0.0.1:{closed.port} (")
+    assert "is it running there? Check metadata_url" in message
+    assert "\n" not in message and "sqlalche.me" not in message
+
+
+def test_postgresql_wrong_password_is_one_line_without_the_password(server: PostgresServer) -> None:
+    with pytest.raises(StorageError) as caught:
+        MetadataStore(server.url(password="not-the-password"))
+    message = str(caught.value)
+    assert message == (
+        f"PostgreSQL at 127.0.0.1:{server.port} refused the login (password authentication failed for user "
+        '"memgpt"): fix the user or password in metadata_url'
+    )
+
+
+def test_postgresql_missing_database_says_how_to_create_it(server: PostgresServer) -> None:
+    with pytest.raises(StorageError) as caught:
+        MetadataStore(server.url("no_such_db"))
+    assert str(caught.value) == (
+        f'PostgreSQL at 127.0.0.1:{server.port}: database "no_such_db" does not exist: create it '
+        "(createdb no_such_db) or fix metadata_url"
+    )
+
+
+def test_the_cli_says_it_in_one_line_and_hides_the_password(server: PostgresServer, home: Path) -> None:
+    from memgpt.config import load_config, save_config
+
+    config = load_config(home)
+    config.metadata_url = server.url("no_such_db").replace("+psycopg", "")  # as users paste it
+    save_config(config, home)
+    result = run_cli("list", "sources", home=home)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f'error: PostgreSQL at 127.0.0.1:{server.port}: database "no_such_db" does not exist: create it '
+        "(createdb no_such_db) or fix metadata_url"
+    ]
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_urls_as_users_write_them(postgres_url: str) -> None:
+    """``postgresql://`` and ``postgres://`` mean the psycopg 3 driver memgpt ships."""
+    for scheme in ("postgresql://", "postgres://"):
+        store = MetadataStore(postgres_url.replace("postgresql+psycopg://", scheme))
+        assert store.engine.dialect.driver == "psycopg"
+        assert store.list_sources("u") == []
+        store.close()
+
+
+def test_a_url_that_is_not_one_is_one_line() -> None:
+    with pytest.raises(StorageError, match=r"^metadata_url 'not a url' is not a database URL"):
+        MetadataStore("not a url")
+
+
+def test_a_dropped_connection_is_replaced_before_use(server: PostgresServer, postgres_url: str) -> None:
+    """A server restart or an idle timeout kills pooled connections: the next call must still work."""
+    store = MetadataStore(postgres_url)
+    store.create_source(Source("id", "before", "u", "m", 4, utc_now()))
+    database = parse_metadata_url(postgres_url).database
+    with server.admin() as admin:
+        killed = admin.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = %s", (database,)
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    assert [s.name for s in store.list_sources("u")] == ["before"]
+    store.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_parametrized_tests_really_use_the_database_they_name(metadata_url: str, storage: Storage) -> None:
+    """Guards the fixture wiring: a "postgres" run silently on SQLite would prove nothing."""
+    expected = "sqlite" if metadata_url.startswith("sqlite") else "postgresql"
+    assert storage.metadata.engine.dialect.name == expected
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_ties_in_time_are_ordered_by_name(storage: Storage) -> None:
+    """SQLite and PostgreSQL return rows with equal sort keys in different orders; lists must not."""
+    agents = AgentStore(storage.metadata)
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for name in ("c", "a", "b"):
+        storage.metadata.create_source(Source(f"id-{name}", name, "u", "m", 4, moment))
+        agents.create(_agent(f"agent-{name}", name, moment), [], [])
+    assert [s.name for s in storage.metadata.list_sources("u")] == ["a", "b", "c"]
+    assert [a.state.name for a in agents.list("u")] == ["a", "b", "c"]
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_recall_word_search_takes_like_wildcards_literally(storage: Storage) -> None:
+    agents = AgentStore(storage.metadata)
+    agents.create(_agent("a1", "searcher", utc_now()), [], [])
+    texts = ["100% sure", "100 percent sure", "snake_case", "snakeXcase", r"back\slash", "backslash"]
+    agents.append("a1", [Message(f"m{i}", "a1", Role.USER, t) for i, t in enumerate(texts)])
+
+    def found(query: str) -> list[str]:
+        return [m.content for m in agents.search_messages("a1", query, offset=0, limit=10)[0]]
+
+    assert found("100%") == ["100% sure"]
+    assert found("snake_case") == ["snake_case"]
+    assert found("\\") == [r"back\slash"]
+    assert found("SURE") == ["100% sure", "100 percent sure"]
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_times_come_back_in_utc_and_date_search_crosses_zones(storage: Storage) -> None:
+    agents = AgentStore(storage.metadata)
+    agents.create(_agent("a1", "clock", utc_now()), [], [])
+    oslo = timezone(timedelta(hours=1))
+    agents.append("a1", [Message("m1", "a1", Role.USER, "late", created_at=datetime(2026, 1, 2, 0, 30, tzinfo=oslo))])
+    stored = agents.last_messages("a1", 1)[0].created_at
+    assert stored == datetime(2026, 1, 1, 23, 30, tzinfo=UTC) and stored.tzinfo == UTC
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    hits, total = agents.messages_between("a1", day, day + timedelta(days=1), offset=0, limit=5)
+    assert total == 1 and hits[0].content == "late"
+
+
+def _agent(agent_id: str, name: str, created_at: datetime) -> AgentState:
+    return AgentState(agent_id, name, "u", "sam", "basic", "system", "model", 8000, "m", 4, created_at=created_at)
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_tool_call_ids_and_names_of_any_length_are_kept(storage: Storage) -> None:
+    """They come from the LLM: a server's long ids or a model's invented function name must not fail
+    the step on PostgreSQL (which enforces VARCHAR lengths) when SQLite would have kept them."""
+    agents = AgentStore(storage.metadata)
+    agents.create(_agent("a1", "caller", utc_now()), [], [])
+    long_id, long_name = "call_" + "x" * 300, "an_invented_function_" + "y" * 300
+    agents.append("a1", [Message("m1", "a1", Role.TOOL, "{}", tool_call_id=long_id, name=long_name)])
+    kept = agents.last_messages("a1", 1)[0]
+    assert (kept.tool_call_id, kept.name) == (long_id, long_name)
