@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import text
 
 from memgpt.errors import StorageError
+from memgpt.memory.messages import stored
 from memgpt.storage import Storage
-from memgpt.storage.agents import AgentStore
 from memgpt.storage.migrations import MIGRATIONS
 from memgpt.storage.sql import MetadataStore, create_metadata_engine, parse_metadata_url
 from memgpt.types import AgentState, Message, Role, Source, utc_now
@@ -197,24 +197,24 @@ def test_the_parametrized_tests_really_use_the_database_they_name(metadata_url: 
 @pytest.mark.usefixtures("metadata_url")
 def test_ties_in_time_are_ordered_by_name(storage: Storage) -> None:
     """SQLite and PostgreSQL return rows with equal sort keys in different orders; lists must not."""
-    agents = AgentStore(storage.metadata)
+    agents = storage.agents
     moment = datetime(2026, 1, 1, tzinfo=UTC)
     for name in ("c", "a", "b"):
         storage.metadata.create_source(Source(f"id-{name}", name, "u", "m", 4, moment))
-        agents.create(_agent(f"agent-{name}", name, moment), [], [])
+        agents.create(_agent(f"agent-{name}", name, moment), [])
     assert [s.name for s in storage.metadata.list_sources("u")] == ["a", "b", "c"]
     assert [a.state.name for a in agents.list("u")] == ["a", "b", "c"]
 
 
 @pytest.mark.usefixtures("metadata_url")
 def test_recall_word_search_takes_like_wildcards_literally(storage: Storage) -> None:
-    agents = AgentStore(storage.metadata)
-    agents.create(_agent("a1", "searcher", utc_now()), [], [])
+    agents, messages = storage.agents, storage.messages
+    agents.create(_agent("a1", "searcher", utc_now()), [])
     texts = ["100% sure", "100 percent sure", "snake_case", "snakeXcase", r"back\slash", "backslash"]
-    agents.append("a1", [Message(f"m{i}", "a1", Role.USER, t) for i, t in enumerate(texts)])
+    messages.append("a1", [stored(Message(f"m{i}", "a1", Role.USER, t)) for i, t in enumerate(texts)])
 
     def found(query: str) -> list[str]:
-        return [m.content for m in agents.search_messages("a1", query, offset=0, limit=10)[0]]
+        return [m.content for m in messages.search("a1", query, offset=0, limit=10)[0]]
 
     assert found("100%") == ["100% sure"]
     assert found("snake_case") == ["snake_case"]
@@ -224,14 +224,15 @@ def test_recall_word_search_takes_like_wildcards_literally(storage: Storage) -> 
 
 @pytest.mark.usefixtures("metadata_url")
 def test_times_come_back_in_utc_and_date_search_crosses_zones(storage: Storage) -> None:
-    agents = AgentStore(storage.metadata)
-    agents.create(_agent("a1", "clock", utc_now()), [], [])
+    agents, messages = storage.agents, storage.messages
+    agents.create(_agent("a1", "clock", utc_now()), [])
     oslo = timezone(timedelta(hours=1))
-    agents.append("a1", [Message("m1", "a1", Role.USER, "late", created_at=datetime(2026, 1, 2, 0, 30, tzinfo=oslo))])
-    stored = agents.last_messages("a1", 1)[0].created_at
-    assert stored == datetime(2026, 1, 1, 23, 30, tzinfo=UTC) and stored.tzinfo == UTC
+    late = Message("m1", "a1", Role.USER, "late", created_at=datetime(2026, 1, 2, 0, 30, tzinfo=oslo))
+    messages.append("a1", [stored(late)])
+    kept = messages.last("a1", 1)[0].created_at
+    assert kept == datetime(2026, 1, 1, 23, 30, tzinfo=UTC) and kept.tzinfo == UTC
     day = datetime(2026, 1, 1, tzinfo=UTC)
-    hits, total = agents.messages_between("a1", day, day + timedelta(days=1), offset=0, limit=5)
+    hits, total = messages.between("a1", day, day + timedelta(days=1), offset=0, limit=5)
     assert total == 1 and hits[0].content == "late"
 
 
@@ -243,9 +244,9 @@ def _agent(agent_id: str, name: str, created_at: datetime) -> AgentState:
 def test_tool_call_ids_and_names_of_any_length_are_kept(storage: Storage) -> None:
     """They come from the LLM: a server's long ids or a model's invented function name must not fail
     the step on PostgreSQL (which enforces VARCHAR lengths) when SQLite would have kept them."""
-    agents = AgentStore(storage.metadata)
-    agents.create(_agent("a1", "caller", utc_now()), [], [])
+    agents, messages = storage.agents, storage.messages
+    agents.create(_agent("a1", "caller", utc_now()), [])
     long_id, long_name = "call_" + "x" * 300, "an_invented_function_" + "y" * 300
-    agents.append("a1", [Message("m1", "a1", Role.TOOL, "{}", tool_call_id=long_id, name=long_name)])
-    kept = agents.last_messages("a1", 1)[0]
+    messages.append("a1", [stored(Message("m1", "a1", Role.TOOL, "{}", tool_call_id=long_id, name=long_name))])
+    kept = messages.last("a1", 1)[0]
     assert (kept.tool_call_id, kept.name) == (long_id, long_name)

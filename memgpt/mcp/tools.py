@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from memgpt.agent.tools import HEARTBEAT, HEARTBEAT_DOC, Tool
+from memgpt.agent.tools import REQUEST_HEARTBEAT, REQUEST_HEARTBEAT_DOC, Tool
 from memgpt.errors import ToolError
 
 if TYPE_CHECKING:
@@ -57,8 +57,8 @@ def _parameters(schema: dict[str, Any]) -> dict[str, Any]:
     parameters.pop("$schema", None)
     parameters["type"] = "object"
     properties = parameters.setdefault("properties", {})
-    properties[HEARTBEAT] = {"type": "boolean", "description": HEARTBEAT_DOC}
-    parameters["required"] = [*(r for r in parameters.get("required", []) if r != HEARTBEAT), HEARTBEAT]
+    properties[REQUEST_HEARTBEAT] = {"type": "boolean", "description": REQUEST_HEARTBEAT_DOC}
+    parameters["required"] = [*(r for r in parameters.get("required", []) if r != REQUEST_HEARTBEAT), REQUEST_HEARTBEAT]
     return parameters
 
 
@@ -81,9 +81,9 @@ def mcp_tools(clients: MCPClients, reserved: set[str]) -> tuple[list[Tool], list
     warnings: list[str] = []
     taken = set(reserved)
     for remote in clients.tools():
-        if HEARTBEAT in remote.input_schema.get("properties", {}):
+        if REQUEST_HEARTBEAT in remote.input_schema.get("properties", {}):
             warnings.append(
-                f"MCP server {remote.server!r}: tool {remote.name!r} has its own {HEARTBEAT} argument, "
+                f"MCP server {remote.server!r}: tool {remote.name!r} has its own {REQUEST_HEARTBEAT} argument, "
                 "which MemGPT reserves; skipped"
             )
             continue
