@@ -35,6 +35,10 @@ class InputFileError(UserError):
         self.reason = reason
 
 
+class UnsupportedFileTypeError(UserError):
+    """A file of a kind memgpt cannot read (an upload is refused before anything is stored)."""
+
+
 class BackendError(MemGPTError):
     """A dependency failed while running."""
 

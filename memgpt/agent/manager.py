@@ -251,9 +251,12 @@ def open_agent(
     return agent, warnings
 
 
-def attach_source(storage: Storage, state: AgentState, source_name: str) -> tuple[Source, bool]:
-    """Link one of the agent's user's sources to its archival memory; (source, False) when it was attached already."""
-    source = get_source(storage, state.user_id, source_name)
+def attach_source(storage: Storage, state: AgentState, source: Source | str) -> tuple[Source, bool]:
+    """Link one of the agent's user's sources (or the one named so) to its archival memory; (source, False)
+    when it was attached already."""
+    source = _users_source(storage, state, source)
+    if source.status == "deleting":
+        raise UserError(f"source {source.name!r} is being deleted; it cannot be attached")
     source.space.ensure_same(
         state.space,
         owner=f"source {source.name!r}",
@@ -263,11 +266,25 @@ def attach_source(storage: Storage, state: AgentState, source_name: str) -> tupl
     return source, storage.attachments.attach(state.id, source.id)
 
 
-def detach_source(storage: Storage, state: AgentState, source_name: str) -> Source:
-    source = get_source(storage, state.user_id, source_name)
+def detach_source(storage: Storage, state: AgentState, source: Source | str) -> Source:
+    source = _users_source(storage, state, source)
     if not storage.attachments.detach(state.id, source.id):
         raise UserError(f"source {source.name!r} is not attached to agent {state.name!r}")
     return source
+
+
+def _users_source(storage: Storage, state: AgentState, source: Source | str) -> Source:
+    if isinstance(source, str):
+        return get_source(storage, state.user_id, source)
+    if source.user_id != state.user_id:
+        raise NotFoundError(f"no source named {source.name!r}")
+    return source
+
+
+def attached_sources(storage: Storage, state: AgentState) -> list[Source]:
+    """The sources linked to the agent's archival memory, in the order they were attached."""
+    sources = {s.id: s for s in storage.metadata.list_sources(state.user_id)}
+    return [sources[i] for i in storage.attachments.source_ids(state.id) if i in sources]
 
 
 def delete_agent(storage: Storage, state: AgentState) -> int:

@@ -22,6 +22,7 @@ from memgpt.errors import (
     MemGPTError,
     NotFoundError,
     StorageLockedError,
+    UnsupportedFileTypeError,
     UserError,
 )
 
@@ -40,6 +41,7 @@ def status_of(exc: MemGPTError) -> int:
         (NotFoundError, 404),
         (ConflictError, 409),
         (StorageLockedError, 503),
+        (UnsupportedFileTypeError, 415),
         (UserError, 400),
         (LLMError, 502),
         (BackendError, 503),
