@@ -26,6 +26,10 @@ class ConflictError(UserError):
     """The request clashes with what exists: a taken name, or an agent busy with another turn."""
 
 
+class AlreadyExistsError(ConflictError):
+    """A name (or file) that exists already: another try cannot help, unlike a busy agent."""
+
+
 class InputFileError(UserError):
     """One input file cannot be loaded; other files still can."""
 

@@ -22,6 +22,11 @@ def is_mine(owner: str) -> bool:
     return owner == this_process()
 
 
+def is_local(owner: str) -> bool:
+    """``owner`` runs (or ran) on this machine."""
+    return owner.partition(":")[0] == socket.gethostname()
+
+
 def is_dead(owner: str) -> bool:
     """True when ``owner`` is a process of this machine that no longer runs (or an empty owner). Owners on
     other machines are never known to be dead."""

@@ -22,7 +22,7 @@ from memgpt.data.ingest import LoadListener, LoadReport, SourceLoader
 from memgpt.data.loaders import SUPPORTED_EXTENSIONS, parse, read_bytes
 from memgpt.data.sources import remove_stored
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import ConflictError, InputFileError, NotFoundError, UnsupportedFileTypeError, UserError
+from memgpt.errors import AlreadyExistsError, InputFileError, NotFoundError, UnsupportedFileTypeError, UserError
 from memgpt.owners import this_process
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq, is_in
@@ -112,7 +112,7 @@ def take_upload(
     same_name = [f for f in storage.files.list(source.id) if f.file_name == name]
     if same_name:
         if duplicate_handling is DuplicateHandling.ERROR:
-            raise ConflictError(f"file {name!r} already exists in folder {source.name!r}")
+            raise AlreadyExistsError(f"file {name!r} already exists in folder {source.name!r}")
         if duplicate_handling is DuplicateHandling.SKIP:
             return Upload(same_name[0], skipped=True)
         if duplicate_handling is DuplicateHandling.REPLACE:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import ConflictError, NotFoundError, UserError
+from memgpt.errors import AlreadyExistsError, NotFoundError, UserError
 from memgpt.storage import Storage
 from memgpt.storage.filters import Filter, all_of, eq, not_in
 from memgpt.types import EmbeddingSpace, SearchHit, Source, utc_now
@@ -64,7 +64,7 @@ def create_source(
     """An empty source, to load files into later; a taken name is a conflict."""
     source = new_source(user_id, name, space, description, instructions=instructions, metadata=metadata)
     if storage.metadata.get_source(user_id, source.name) is not None:
-        raise ConflictError(f"a source named {source.name!r} already exists; pick another name")
+        raise AlreadyExistsError(f"a source named {source.name!r} already exists; pick another name")
     return storage.metadata.create_source(source)
 
 

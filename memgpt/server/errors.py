@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memgpt.errors import (
+    AlreadyExistsError,
     BackendError,
     ConflictError,
     LLMError,
@@ -68,7 +69,7 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        return error(status, str(exc))
+        return error(status, str(exc), NO_RETRY if isinstance(exc, AlreadyExistsError) else None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, delete, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.messages import MessageRow, StoredMessage, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
-from memgpt.types import AgentState, Block
+from memgpt.types import AgentState, Block, utc_now
 
 
 class AgentRow(Base):
@@ -95,7 +95,17 @@ class AgentStore:
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
 
-    def create(self, state: AgentState, blocks: Sequence[Block]) -> AgentState:
+    def create(
+        self,
+        state: AgentState,
+        blocks: Sequence[Block],
+        *,
+        history: Sequence[StoredMessage] = (),
+        out_of_context: Sequence[str] = (),
+        source_ids: Sequence[str] = (),
+    ) -> AgentState:
+        """A new agent with its blocks and, in the same transaction (an imported agent exists whole or not at
+        all), earlier messages (those in ``out_of_context`` only in recall) and attached sources."""
         with self._metadata.session() as s:
             s.add(
                 AgentRow(
@@ -116,6 +126,19 @@ class AgentStore:
             )
             s.flush()
             _write_blocks(s, state.id, blocks)
+            if history:
+                write_messages(s, state.id, history)
+                s.flush()
+            if out_of_context:
+                s.execute(
+                    update(MessageRow)
+                    .where(MessageRow.agent_id == state.id, MessageRow.id.in_(list(out_of_context)))
+                    .values(in_context=False)
+                )
+            now = utc_now()
+            for order, source_id in enumerate(source_ids):  # attached in this order
+                attached = now + timedelta(microseconds=order)
+                s.add(AgentSourceRow(agent_id=state.id, source_id=source_id, attached_at=attached))
         return state
 
     def get(self, user_id: str, name: str) -> AgentState | None:
