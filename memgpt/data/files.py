@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq, is_in
 from memgpt.types import DocumentStatus, EmbeddingSpace, FileRecord, FileStatus, Source
 
+_WORD = re.compile(r"\S+")
 UPLOADS = "files"  # the folder under the home where uploads are kept
 _DELETE_BATCH = 500
 
@@ -233,16 +235,18 @@ def file_text(storage: Storage, source: Source, record: FileRecord) -> str | Non
     return "\n\n".join(pages)
 
 
-def join_chunks(chunks: list[str], longest_overlap: int = 2000, shortest_overlap: int = 16) -> str:
-    """Chunks in order back into one text: the overlap each chunk repeats from the one before is dropped
-    where it matches exactly (and is long enough not to be chance), otherwise chunks are joined by a line
-    break."""
+def join_chunks(chunks: list[str], longest_overlap: int = 400, shortest_overlap: int = 3) -> str:
+    """Chunks in order back into one text. Each chunk repeats the end of the one before (the chunker's
+    overlap, possibly with other white space): the longest run of words, at least ``shortest_overlap``
+    of them, that ends one chunk and starts the next is kept once; without one, chunks are joined by a
+    line break."""
     text = chunks[0]
     for chunk in chunks[1:]:
-        overlap = 0
-        for size in range(min(len(chunk), len(text), longest_overlap), shortest_overlap - 1, -1):
-            if text.endswith(chunk[:size]):
-                overlap = size
-                break
-        text = text + chunk[overlap:] if overlap else f"{text}\n{chunk}"
+        tail = text.split()[-longest_overlap:]
+        words = list(_WORD.finditer(chunk))
+        head = [w.group() for w in words[:longest_overlap]]
+        overlap = next(
+            (n for n in range(min(len(tail), len(head)), shortest_overlap - 1, -1) if tail[-n:] == head[:n]), 0
+        )
+        text = text + chunk[words[overlap - 1].end() :] if overlap else f"{text}\n{chunk}"
     return text
