@@ -26,6 +26,14 @@ class ConflictError(UserError):
     """The request clashes with what exists: a taken name, or an agent busy with another turn."""
 
 
+class AgentBusyError(ConflictError):
+    """The agent is running another turn; another try after ``retry_after`` seconds may succeed."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InputFileError(UserError):
     """One input file cannot be loaded; other files still can."""
 

@@ -43,7 +43,7 @@ def open_state(home: Path, config: Config) -> ServerState:
 
 def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
     """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
-    from memgpt.server.routes import admin, health
+    from memgpt.server.routes import admin, agents, health, messages, passages
 
     if state is None:
         home = home or memgpt_home()
@@ -58,7 +58,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         try:
             yield
         finally:
-            opened.storage.close()
+            opened.close()
 
     app = FastAPI(
         title="memgpt",
@@ -69,6 +69,6 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.state.memgpt = state
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
-    for module in (health, admin):
+    for module in (health, admin, agents, passages, messages):
         app.include_router(module.router)
     return app

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget
     from memgpt.storage.sql import MetadataStore
     from memgpt.storage.templates import TemplateStore
+    from memgpt.storage.turns import TurnStore
     from memgpt.storage.users import UserStore
 
 
@@ -43,7 +44,8 @@ class Storage:
 
     SQL stores, one per table family: ``metadata`` (sources and documents), ``agents`` (agents and their
     blocks), ``messages``, ``attachments`` (sources linked to agents), ``templates`` (a user's personas
-    and humans) and ``users`` (a server's users and their API keys). Passages live in Milvus, connected on
+    and humans), ``users`` (a server's users and their API keys) and ``turns`` (which agent runs a turn where,
+    and a record of each turn). Passages live in Milvus, connected on
     first use: listing sources needs only SQL, and opening Milvus Lite costs most of a second and takes its
     file lock.
 
@@ -56,6 +58,7 @@ class Storage:
         from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
         from memgpt.storage.templates import TemplateStore
+        from memgpt.storage.turns import TurnStore
         from memgpt.storage.users import UserStore
 
         self.metadata: MetadataStore = MetadataStore(config.metadata_database_url(home))
@@ -64,6 +67,7 @@ class Storage:
         self.attachments: AttachmentStore = AttachmentStore(self.metadata)
         self.templates: TemplateStore = TemplateStore(self.metadata)
         self.users: UserStore = UserStore(self.metadata)
+        self.turns: TurnStore = TurnStore(self.metadata)
         self.milvus_target = milvus_target(config, home)
         self._vectors: MilvusConnection | None = None
         self._lock = threading.Lock()
