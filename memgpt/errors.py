@@ -30,6 +30,14 @@ class AlreadyExistsError(ConflictError):
     """A name (or file) that exists already: another try cannot help, unlike a busy agent."""
 
 
+class AgentBusyError(ConflictError):
+    """The agent is running another turn; another try after ``retry_after`` seconds may succeed."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InputFileError(UserError):
     """One input file cannot be loaded; other files still can."""
 

@@ -183,11 +183,14 @@ class Message:
 
 @dataclass(frozen=True)
 class Block:
-    """A named piece of core memory, always in the prompt, limited in characters."""
+    """A named piece of core memory, always in the prompt, limited in characters. A ``read_only`` block is
+    shown to the agent but its own edits are refused (people may still change it)."""
 
     label: str
     value: str
     limit: int
+    description: str = ""
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,11 @@ class AgentState:
     created_at: datetime = field(default_factory=utc_now)
     summary: str = ""  # recursive summary of messages evicted from the context window
     heartbeats_paused_until: datetime | None = None
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tools: tuple[str, ...] | None = None  # the functions it may call by name; None: every one there is
+    updated_at: datetime | None = None
 
     @property
     def space(self) -> EmbeddingSpace:

@@ -115,6 +115,8 @@ def test_lettas_example_files_import_into_agents_that_run(
     ]
     assert sorted(result.tools_without_equivalent) == dropped
     assert sorted(result.custom_tools) == custom
+    assert state.tools is None  # every MemGPT tool: the report says which of the file's they stand in for
+    assert blocks["persona"].read_only == (file_name == "deep_research_agent.af")
     # Letta's compiled system message is regenerated from memgpt's prompt, not kept as a message.
     assert state.system_prompt == prompts.system_prompt()
     assert result.messages == 0 and storage.messages.count(state.id) == 0
@@ -164,6 +166,9 @@ def test_an_export_imports_back_whole(rig: Rig, storage: Storage, model: LocalMi
     load(storage, model, "docs", DATA / "test.md", DATA / "philosophical_question.txt")
     attach_source(storage, state, "docs")
     storage.agents.commit_step(state.id, StepChanges(summary="Chad talked about his cat."))
+    tools = ("archival_memory_insert", "archival_memory_search", "core_memory_append", "send_message")
+    described = {"description": "Chad's companion", "tags": ("home", "pets"), "metadata": {"k": 1}, "tools": tools}
+    storage.agents.update(state.id, **described)
     state = storage.agents.get(USER, "sam")
     assert state is not None
     old_history = storage.messages.last(state.id, 100)
@@ -189,6 +194,8 @@ def test_an_export_imports_back_whole(rig: Rig, storage: Storage, model: LocalMi
     assert new.name == "sam_2" and new.id != state.id
     assert new.summary == "Chad talked about his cat." and new.system_prompt == state.system_prompt
     assert (new.persona, new.human) == (state.persona, state.human)
+    assert {k: getattr(new, k) for k in described} == described
+    assert sorted(t["name"] for t in document["tools"]) == list(tools)
     assert storage.agents.blocks(new.id) == storage.agents.blocks(state.id)
     assert "Has a cat, Miso." in {b.label: b.value for b in storage.agents.blocks(new.id)}["human"]
 

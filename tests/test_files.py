@@ -158,10 +158,10 @@ def test_file_names_and_types_are_checked() -> None:
 def test_files_loaded_before_the_files_table_get_rows(metadata_url: str) -> None:
     engine = create_metadata_engine(parse_metadata_url(metadata_url))
     with engine.begin() as conn:
-        for _name, migrate in MIGRATIONS[:6]:
+        for _name, migrate in MIGRATIONS[:7]:
             migrate(conn)
         conn.execute(text("create table schema_migrations (name varchar(128) primary key, applied_at timestamp)"))
-        for name, _ in MIGRATIONS[:6]:
+        for name, _ in MIGRATIONS[:7]:
             conn.execute(text(f"insert into schema_migrations values ('{name}', '2026-01-01')"))
         conn.execute(text("insert into sources values ('s1', 'u', 'old', '', 'm', 4, 'ready', '2026-01-01')"))
         for doc, path, status, passages in (
@@ -176,7 +176,7 @@ def test_files_loaded_before_the_files_table_get_rows(metadata_url: str) -> None
                     f"{passages}, 'sig', '{status}', '2026-01-02')"
                 )
             )
-    assert apply_migrations(engine) == ["0007_files"]
+    assert apply_migrations(engine) == ["0008_files"]
     with engine.connect() as conn:
         columns = "path, file_name, status, total_chunks, chunks_embedded, error_message"
         rows = conn.execute(text(f"select {columns} from files order by path")).all()

@@ -88,7 +88,8 @@ def export_agent(
             text = file_text(storage, source, record) if record.status is FileStatus.COMPLETED else None
             if text is not None:
                 files.append(_file_entry(record, f"file-{len(files)}", f"source-{number}", text))
-    tools = sorted(builtin_tools(), key=lambda t: t.name)
+    chosen = set(state.tools) if state.tools is not None else None
+    tools = sorted((t for t in builtin_tools() if chosen is None or t.name in chosen), key=lambda t: t.name)
     agent = {
         "name": state.name,
         "memory_blocks": [],
@@ -98,15 +99,15 @@ def export_agent(
         "folder_ids": None,
         "block_ids": [f"block-{n}" for n in range(len(blocks))],
         "tool_rules": [],
-        "tags": [],
+        "tags": list(state.tags),
         "agent_type": "memgpt_agent",
         "initial_message_sequence": None,
         "include_base_tools": False,
         "include_multi_agent_tools": False,
         "include_base_tool_rules": False,
         "include_default_source": False,
-        "description": None,
-        "metadata": None,
+        "description": state.description or None,
+        "metadata": state.metadata or None,
         "llm_config": llm_config(state.llm_model, state.context_window),
         "embedding_config": embedding_config(state.space, chunk_size),
         "model": None,
@@ -135,7 +136,14 @@ def export_agent(
         EXTENSION_KEY: {
             "version": EXTENSION_VERSION,
             "archival_passages": {"agent-0": passages},
-            "agents": {"agent-0": {"persona": state.persona, "human": state.human, "summary": state.summary}},
+            "agents": {
+                "agent-0": {
+                    "persona": state.persona,
+                    "human": state.human,
+                    "summary": state.summary,
+                    "tools": list(state.tools) if state.tools is not None else None,
+                }
+            },
         },
     }
 
@@ -421,6 +429,11 @@ def _import_agent(
         embedding_dim=settings.embedding.dimensions,
         created_at=utc_now(),
         summary=extras.summary if extras else "",
+        description=agent.description or "",
+        tags=tuple(dict.fromkeys(agent.tags or ())),
+        metadata=dict(agent.metadata or {}),
+        tools=tuple(extras.tools) if extras and extras.tools is not None else None,
+        updated_at=utc_now(),
     )
     result = ImportedAgent(state)
     _map_tools(document, agent, result)
@@ -464,9 +477,8 @@ def _blocks(document: AgentFile, agent: FileAgent, notes: list[str]) -> list[Blo
         if entry.label in blocks:
             notes.append(f"a second block labelled {entry.label!r} was left out")
             continue
-        blocks[entry.label] = Block(entry.label, entry.value, max(entry.limit or DEFAULT_LIMIT, len(entry.value)))
-        if entry.read_only:
-            notes.append(f"block {entry.label!r} was read-only; memgpt lets the agent edit it")
+        limit = max(entry.limit or DEFAULT_LIMIT, len(entry.value))
+        blocks[entry.label] = Block(entry.label, entry.value, limit, entry.description or "", bool(entry.read_only))
     for label in ("persona", "human"):
         if label not in blocks:
             blocks[label] = Block(label, "", DEFAULT_LIMIT)

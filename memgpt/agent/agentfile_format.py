@@ -36,6 +36,7 @@ class FileBlock(_Entry):
     label: str = Field(min_length=1, max_length=64)
     value: str = ""
     limit: int | None = Field(default=None, gt=0)
+    description: str | None = None
     read_only: bool | None = False
 
 
@@ -71,6 +72,9 @@ class FileFile(_Entry):
 class FileAgent(_Entry):
     name: str = Field(min_length=1)
     system: str | None = None
+    description: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
     llm_config: dict[str, Any] | None = None
     block_ids: list[str] = Field(default_factory=list)
     tool_ids: list[str] = Field(default_factory=list)
@@ -95,6 +99,7 @@ class AgentExtras(BaseModel):
     persona: str = ""
     human: str = ""
     summary: str = ""
+    tools: list[str] | None = None  # the functions it may call; None: every one there is
 
 
 class Extension(BaseModel):
@@ -291,8 +296,8 @@ def block_entry(block: Block, entry_id: str) -> dict[str, Any]:
         "label": block.label,
         "value": block.value,
         "limit": block.limit,
-        "description": None,
-        "read_only": False,
+        "description": block.description or None,
+        "read_only": block.read_only,
         "metadata": {},
         "is_template": False,
         "preserve_on_migration": False,

@@ -44,7 +44,7 @@ def open_state(home: Path, config: Config) -> ServerState:
 def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
     """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
     from memgpt.server.jobs import FileJobs
-    from memgpt.server.routes import admin, agentfile, folders, health
+    from memgpt.server.routes import admin, agentfile, agents, folders, health, messages, passages
 
     if state is None:
         home = home or memgpt_home()
@@ -62,7 +62,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
             yield
         finally:
             await anyio.to_thread.run_sync(jobs.stop)
-            opened.storage.close()
+            opened.close()
 
     app = FastAPI(
         title="memgpt",
@@ -74,6 +74,6 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.state.file_jobs = jobs
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
-    for module in (health, admin, folders, agentfile):
+    for module in (health, admin, agentfile, agents, passages, messages, folders):
         app.include_router(module.router)
     return app

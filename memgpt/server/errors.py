@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memgpt.errors import (
+    AgentBusyError,
     AlreadyExistsError,
     BackendError,
     ConflictError,
@@ -64,6 +65,12 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(AgentBusyError)
+    async def _busy(_: Request, exc: AgentBusyError) -> JSONResponse:
+        # Letta's client waits Retry-After seconds and sends again by itself (twice by default).
+        detail = {"code": "AGENT_BUSY", "message": str(exc)}
+        return error(409, detail, {"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(MemGPTError)
     async def _ours(_: Request, exc: MemGPTError) -> JSONResponse:
         status = status_of(exc)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget
     from memgpt.storage.sql import MetadataStore
     from memgpt.storage.templates import TemplateStore
+    from memgpt.storage.turns import TurnStore
     from memgpt.storage.users import UserStore
 
 
@@ -44,8 +45,9 @@ class Storage:
 
     SQL stores, one per table family: ``metadata`` (sources and documents), ``files`` (a source's files
     and how their loads went), ``agents`` (agents and their blocks), ``messages``, ``attachments``
-    (sources linked to agents), ``templates`` (a user's personas and humans) and ``users`` (a server's
-    users and their API keys). Passages live in Milvus, connected on
+    (sources linked to agents), ``templates`` (a user's personas and humans), ``users`` (a server's users
+    and their API keys) and ``turns`` (which agent runs a turn where, and a record of each turn). Passages
+    live in Milvus, connected on
     first use: listing sources needs only SQL, and opening Milvus Lite costs most of a second and takes its
     file lock.
 
@@ -59,6 +61,7 @@ class Storage:
         from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
         from memgpt.storage.templates import TemplateStore
+        from memgpt.storage.turns import TurnStore
         from memgpt.storage.users import UserStore
 
         self.metadata: MetadataStore = MetadataStore(config.metadata_database_url(home))
@@ -68,6 +71,7 @@ class Storage:
         self.attachments: AttachmentStore = AttachmentStore(self.metadata)
         self.templates: TemplateStore = TemplateStore(self.metadata)
         self.users: UserStore = UserStore(self.metadata)
+        self.turns: TurnStore = TurnStore(self.metadata)
         self.milvus_target = milvus_target(config, home)
         self._vectors: MilvusConnection | None = None
         self._lock = threading.Lock()

@@ -231,7 +231,61 @@ def _0006_users_and_api_keys(conn: Connection) -> None:
     meta.create_all(conn)
 
 
-def _0007_files(conn: Connection) -> None:
+def _0007_agents_for_the_api(conn: Connection) -> None:
+    """What Letta's API lets people set on an agent (description, tags, metadata, its tools) and on a block
+    (description, read-only); one running turn per agent across server processes (a lease row) and a
+    record of each turn (a run) so a client's retry finds the turn it already started."""
+    for column in (
+        "description TEXT NOT NULL DEFAULT ''",
+        "metadata TEXT NOT NULL DEFAULT '{}'",
+        "tools TEXT",
+        "updated_at TIMESTAMP",
+    ):
+        conn.execute(text(f"ALTER TABLE agents ADD COLUMN {_timestamp(conn, column)}"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN description TEXT NOT NULL DEFAULT ''"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN read_only BOOLEAN NOT NULL DEFAULT FALSE"))
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "agent_tags",
+        meta,
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+        Column("tag", String(256), primary_key=True),
+        Index("ix_agent_tags_tag", "tag"),
+    )
+    Table(
+        "agent_leases",
+        meta,
+        Column("agent_id", String(64), primary_key=True),
+        Column("owner", String(256), nullable=False),
+        Column("run_id", String(64), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("cancel_requested", Boolean, nullable=False),
+    )
+    Table(
+        "agent_runs",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("agent_id", String(64), nullable=False),
+        Column("digest", String(64), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("stop_reason", String(64), nullable=False),
+        Column("response", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("finished_at", DateTime(timezone=True), nullable=True),
+        Index("ix_agent_runs_agent_created", "agent_id", "created_at"),
+    )
+    for name in ("agent_tags", "agent_leases", "agent_runs"):
+        meta.tables[name].create(conn)
+
+
+def _timestamp(conn: Connection, column: str) -> str:
+    """A timezone-aware timestamp column in this database's words."""
+    zoned = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    return column.replace("TIMESTAMP", zoned)
+
+
+def _0008_files(conn: Connection) -> None:
     """Files of a source with their load progress (a server's uploads and `memgpt load`'s files), and a
     source's instructions and metadata (Letta's folders have both). Files loaded before get a row each."""
     conn.execute(text("ALTER TABLE sources ADD COLUMN instructions TEXT NOT NULL DEFAULT ''"))
@@ -322,7 +376,8 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0004_messages_unbounded_tool_fields", _0004_messages_unbounded_tool_fields),
     ("0005_messages_searchable", _0005_messages_searchable),
     ("0006_users_and_api_keys", _0006_users_and_api_keys),
-    ("0007_files", _0007_files),
+    ("0007_agents_for_the_api", _0007_agents_for_the_api),
+    ("0008_files", _0008_files),
 ]
 
 

@@ -18,7 +18,8 @@ from memgpt.agent.agentfile import (
     import_settings,
 )
 from memgpt.agent.agentfile_format import read_agent_file
-from memgpt.errors import NotFoundError, UserError
+from memgpt.errors import UserError
+from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.common import EmbeddingConfig, configured_space
 from memgpt.server.state import CurrentUser, ServerState, State
 
@@ -72,9 +73,7 @@ def export_file(
     attached folders with their files' text, and its archival passages under the key ``memgpt``."""
     if use_legacy_format:
         raise UserError("the legacy agent file format is not supported; leave out use_legacy_format")
-    agent = state.storage.agents.by_id(user.id, agent_id)
-    if agent is None:
-        raise NotFoundError(f"no agent with id {agent_id!r}")
+    agent = find_agent(state, user.id, agent_id)
     document = export_agent(
         state.storage, agent, chunk_size=state.config.embedding.chunk_size, scrub_messages=scrub_messages
     )

@@ -17,13 +17,14 @@ from memgpt.config import EmbeddingSettings
 from memgpt.data import files as folder_files
 from memgpt.data.files import DuplicateHandling
 from memgpt.data.sources import create_source, delete_source, list_sources, source_by_id
-from memgpt.errors import NotFoundError, UserError
+from memgpt.errors import UserError
 from memgpt.server.jobs import FileJobs
 from memgpt.server.paging import Order, page
+from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.common import EmbeddingConfig, configured_space
 from memgpt.server.schemas.folders import FileMetadataOut, FolderCreate, FolderOut
 from memgpt.server.state import CurrentUser, ServerState, State
-from memgpt.types import AgentState, FileRecord, Source
+from memgpt.types import FileRecord, Source
 
 router = APIRouter(tags=["folders"])
 
@@ -36,13 +37,6 @@ Jobs = Annotated[FileJobs, Depends(file_jobs)]
 After = Annotated[str | None, Query(description="Only items after this id, in the requested order")]
 Before = Annotated[str | None, Query(description="Only items before this id, in the requested order")]
 OrderBy = Annotated[Literal["created_at"], Query()]
-
-
-def _agent(state: ServerState, user_id: str, agent_id: str) -> AgentState:
-    found = state.storage.agents.by_id(user_id, agent_id)
-    if found is None:
-        raise NotFoundError(f"no agent with id {agent_id!r}")
-    return found
 
 
 def _check_embedding(body: FolderCreate, settings: EmbeddingSettings) -> None:
@@ -214,13 +208,13 @@ def delete_file(folder_id: str, file_id: str, state: State, user: CurrentUser, j
 @router.patch("/v1/agents/{agent_id}/folders/attach/{folder_id}")
 def attach_folder(agent_id: str, folder_id: str, state: State, user: CurrentUser) -> None:
     """Link the folder to the agent's archival memory (nothing is copied)."""
-    agent = _agent(state, user.id, agent_id)
+    agent = find_agent(state, user.id, agent_id)
     manager.attach_source(state.storage, agent, source_by_id(state.storage, user.id, folder_id))
 
 
 @router.patch("/v1/agents/{agent_id}/folders/detach/{folder_id}")
 def detach_folder(agent_id: str, folder_id: str, state: State, user: CurrentUser) -> None:
-    agent = _agent(state, user.id, agent_id)
+    agent = find_agent(state, user.id, agent_id)
     manager.detach_source(state.storage, agent, source_by_id(state.storage, user.id, folder_id))
 
 
@@ -235,7 +229,7 @@ def list_agent_folders(
     order: Order = "desc",
     order_by: OrderBy = "created_at",
 ) -> list[FolderOut]:
-    agent = _agent(state, user.id, agent_id)
+    agent = find_agent(state, user.id, agent_id)
     sources = sorted(manager.attached_sources(state.storage, agent), key=lambda s: (s.created_at, s.id))
     chosen = page(sources, key=lambda s: s.id, after=after, before=before, limit=limit, order=order)
     return [_folder(state, s) for s in chosen]

@@ -7,12 +7,13 @@ agent's model as an ``LlmConfig``; both are built from our own records and the s
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from memgpt.config import EmbeddingSettings
-from memgpt.types import EmbeddingSpace
+from memgpt.types import EmbeddingSpace, Source
 
 # Our LLM providers as Letta's ``model_endpoint_type`` enum names them (every other one speaks OpenAI's API).
 LLM_ENDPOINT_TYPES = {
@@ -127,4 +128,31 @@ class ToolOut(BaseModel):
             tool_type=kind,
             json_schema={"name": name, "description": description, "parameters": parameters},
             tags=[kind],
+        )
+
+
+class SourceOut(BaseModel):
+    """A source (Letta calls it a folder; ``agents.folders.list`` and ``AgentState.sources`` show these)."""
+
+    id: str
+    name: str
+    embedding_config: EmbeddingConfig
+    description: str | None = None
+    instructions: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    vector_db_provider: str = "native"
+
+    @classmethod
+    def of(cls, source: Source, settings: EmbeddingSettings) -> SourceOut:
+        return cls(
+            id=source.id,
+            name=source.name,
+            embedding_config=EmbeddingConfig.of(source.space, settings),
+            description=source.description or None,
+            instructions=source.instructions or None,
+            metadata=source.metadata,
+            created_at=source.created_at,
+            updated_at=source.created_at,
         )

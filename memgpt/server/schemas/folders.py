@@ -8,23 +8,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from memgpt.config import EmbeddingSettings
-from memgpt.server.schemas.common import EmbeddingConfig, configured_space
+from memgpt.server.schemas.common import SourceOut, configured_space
 from memgpt.types import FileRecord, Source
 
 
-class FolderOut(BaseModel):
-    """Letta's ``Folder`` (also its ``Source``, as in ``agents.folders.list``), plus what memgpt counts."""
+class FolderOut(SourceOut):
+    """Letta's ``Folder`` (also its ``Source``, as ``agents.folders.list`` shows them), plus what memgpt counts
+    and, when the folder cannot be used here, why."""
 
-    id: str
-    name: str
-    description: str | None = None
-    instructions: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    embedding_config: EmbeddingConfig
-    created_at: datetime
-    updated_at: datetime
-    vector_db_provider: Literal["native"] = "native"
-    # memgpt's own
     documents: int = 0
     passages: int = 0
     warning: str | None = Field(
@@ -43,14 +34,7 @@ class FolderOut(BaseModel):
         elif source.status == "deleting":
             warning = "only partly deleted: delete it again to finish"
         return cls(
-            id=source.id,
-            name=source.name,
-            description=source.description or None,
-            instructions=source.instructions or None,
-            metadata=source.metadata,
-            embedding_config=EmbeddingConfig.of(source.space, settings),
-            created_at=source.created_at,
-            updated_at=source.created_at,
+            **SourceOut.of(source, settings).model_dump(),
             documents=source.documents,
             passages=source.passages,
             warning=warning,
