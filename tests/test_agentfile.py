@@ -32,6 +32,7 @@ from tests.agent_rig import Rig, replies
 from tests.conftest import DATA, USER, load, run_cli
 from tests.scripted_llm import ScriptedLLM
 
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 AGENT_FILES = DATA / "agent-files"
 LETTA_FILES = sorted(p.name for p in AGENT_FILES.glob("*.af"))
 
@@ -333,3 +334,51 @@ def test_export_and_import_commands(home: Path, tmp_path: Path) -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
     missing = run_cli("export", "agent", "nobody", home=home)
     assert missing.returncode == 1 and "no agent named 'nobody'" in missing.stderr
+
+
+def test_lettas_messages_become_memgpt_history(storage: Storage, settings: ImportSettings) -> None:
+    """Letta wraps what the user says in MemGPT's JSON envelope, keeps inner thoughts as content parts and may
+    list a tool call without its result in context: the history reads as memgpt's own, and a call and its
+    result are in the context window together or not at all."""
+
+    def message(number: int, role: str, content: object, **more: object) -> dict[str, object]:
+        return {"id": f"message-{number}", "role": role, "content": content,
+                "created_at": f"2026-01-01T00:00:{number:02d}+00:00", **more}
+
+    search = {"name": "conversation_search", "arguments": '{"query": "x"}'}
+    call = {"id": "call-1", "type": "function", "function": search}
+    orphan = {"id": "call-2", "type": "function", "function": {"name": "send_message", "arguments": "{}"}}
+    messages = [
+        message(9, "user", [{"type": "text", "text": json.dumps({"type": "user_message", "message": "Hi there"})}]),
+        message(0, "system", [{"type": "text", "text": "compiled prompt"}]),
+        message(10, "user", json.dumps({"type": "heartbeat", "reason": "wake up"})),
+        message(11, "assistant", [{"type": "reasoning", "reasoning": "Search first."}], tool_calls=[call]),
+        message(12, "tool", '{"status": "OK"}', tool_call_id="call-1", name="conversation_search"),
+        message(13, "assistant", [{"type": "text", "text": "Say hi."}], tool_calls=[orphan]),
+        message(14, "approval", [{"type": "text", "text": "approve?"}]),
+        message(15, "tool", "late result", tool_call_id="call-9"),
+    ]
+    document = {
+        "agents": [
+            {
+                "id": "agent-0",
+                "name": "chatty",
+                "messages": messages,
+                "in_context_message_ids": [f"message-{n}" for n in (0, 9, 11, 12, 13, 15)],
+            }
+        ]
+    }
+    result = imported(storage, json.dumps(json.dumps(document)), settings)  # encoded twice, as Letta wrote some
+    history = storage.messages.last(result.state.id, 100)
+    assert [(m.role, m.content, m.name) for m in history] == [
+        (Role.USER, "Hi there", ""),
+        (Role.USER, "wake up", "heartbeat"),
+        (Role.ASSISTANT, "Search first.", ""),
+        (Role.TOOL, '{"status": "OK"}', "conversation_search"),
+        (Role.ASSISTANT, "Say hi.", ""),
+        (Role.TOOL, "late result", ""),
+    ]
+    assert history[2].tool_calls[0].name == "conversation_search" and history[3].tool_call_id == "call-1"
+    in_context = [m.content for m in storage.messages.in_context(result.state.id)]
+    # The call whose result is missing, and the result whose call is missing, stay in recall only.
+    assert in_context == ["Hi there", "Search first.", '{"status": "OK"}']

@@ -20,8 +20,7 @@ from memgpt.agent.agentfile import (
 from memgpt.agent.agentfile_format import read_agent_file
 from memgpt.errors import UserError
 from memgpt.server.routes.agents import find_agent
-from memgpt.server.schemas.common import EmbeddingConfig, configured_space
-from memgpt.server.state import CurrentUser, ServerState, State
+from memgpt.server.state import CurrentUser, State
 
 router = APIRouter(tags=["agents"])
 
@@ -80,23 +79,6 @@ def export_file(
     return Response(export_text(document), media_type="application/json")
 
 
-def _model_name(handle: str | None) -> str | None:
-    """``provider/model`` or a bare model name, as the model memgpt runs the agent on."""
-    if not handle or not handle.strip():
-        return None
-    return handle.strip().split("/", 1)[-1]
-
-
-def _check_embedding(state: ServerState, *handles: str | None) -> None:
-    space = configured_space(state.config.embedding)
-    ours = EmbeddingConfig.of(space, state.config.embedding).handle
-    for handle in handles:
-        if handle and handle.strip() not in (ours, space.model) and handle.strip().split("/", 1)[-1] != space.model:
-            raise UserError(
-                f"this server embeds with {ours}; imported agents are embedded again with it, not {handle.strip()}"
-            )
-
-
 def _secrets(value: str | None, field: str) -> None:
     if value is None or not value.strip():
         return
@@ -130,7 +112,8 @@ def import_file(
 ) -> ImportResult:
     """Make new agents from an Agent File (Letta's or memgpt's); all of it or, on any error, nothing.
     Tools map to MemGPT's by name; tools that carry code are never installed (the answer lists them)."""
-    _check_embedding(state, embedding, override_embedding_handle, x_override_embedding_model)
+    for handle in (embedding, override_embedding_handle, x_override_embedding_model):
+        state.models().check_embedding(handle, None)  # imported agents are embedded again with the server's
     _secrets(secrets, "secrets")
     _secrets(env_vars_json, "env_vars_json")
     document = read_agent_file(file.file.read(), file.filename or "the agent file")
@@ -139,7 +122,7 @@ def import_file(
         copy_suffix=append_copy_suffix,
         on_clash=on_name_clash,
         strip_messages=strip_messages,
-        model=_model_name(override_model_handle or model),
+        model=state.models().model_for(handle) if (handle := override_model_handle or model) else None,
     )
     settings = import_settings(state.home, state.config, state.embedding())
     imported = import_agent_file(state.storage, document, user_id=user.id, settings=settings, options=options)

@@ -13,15 +13,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from memgpt.agent import manager
-from memgpt.config import EmbeddingSettings
 from memgpt.data import files as folder_files
 from memgpt.data.files import DuplicateHandling
 from memgpt.data.sources import create_source, delete_source, list_sources, source_by_id
-from memgpt.errors import UserError
 from memgpt.server.jobs import FileJobs
 from memgpt.server.paging import Order, page
 from memgpt.server.routes.agents import find_agent
-from memgpt.server.schemas.common import EmbeddingConfig, configured_space
+from memgpt.server.schemas.common import configured_space
 from memgpt.server.schemas.folders import FileMetadataOut, FolderCreate, FolderOut
 from memgpt.server.state import CurrentUser, ServerState, State
 from memgpt.types import FileRecord, Source
@@ -37,24 +35,6 @@ Jobs = Annotated[FileJobs, Depends(file_jobs)]
 After = Annotated[str | None, Query(description="Only items after this id, in the requested order")]
 Before = Annotated[str | None, Query(description="Only items before this id, in the requested order")]
 OrderBy = Annotated[Literal["created_at"], Query()]
-
-
-def _check_embedding(body: FolderCreate, settings: EmbeddingSettings) -> None:
-    """A folder can only use the server's own embedding model (its passages must be comparable with the
-    queries the server embeds)."""
-    space = configured_space(settings)
-    ours = EmbeddingConfig.of(space, settings)
-    handle = (body.embedding or "").strip()
-    asked = handle if handle and handle != ours.handle and handle.split("/", 1)[-1] != space.model else None
-    config = body.embedding_config or {}
-    model, dims = config.get("embedding_model"), config.get("embedding_dim")
-    if (model and model != space.model) or (dims and dims != space.dimensions):
-        asked = f"{model or space.model} ({dims or space.dimensions} dims)"
-    if asked:
-        raise UserError(
-            f"this server embeds with {ours.handle} ({space.dimensions} dims), not {asked}: leave out "
-            f"embedding and embedding_config, or pass embedding={ours.handle!r}"
-        )
 
 
 def _folder(state: ServerState, source: Source) -> FolderOut:
@@ -85,7 +65,7 @@ def list_folders(
 @router.post("/v1/folders", response_model=FolderOut, include_in_schema=False)
 def create_folder(body: FolderCreate, state: State, user: CurrentUser) -> FolderOut:
     """An empty folder on the server's embedding model; upload files into it."""
-    _check_embedding(body, state.config.embedding)
+    state.models().check_embedding(body.embedding, body.embedding_config)  # folders use the server's model
     source = create_source(
         state.storage,
         user.id,
