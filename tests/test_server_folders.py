@@ -276,6 +276,18 @@ def test_deleting_a_folder_unlinks_it_and_removes_its_files(server: LiveServer) 
     assert not (server.home / "files" / folder.id).exists()
     assert server.state.storage.files.list(folder.id) == []
 
+    # Deleted while its file loads: the load stops first, so nothing of it is written afterwards.
+    busy = client.folders.create(name="busy")
+    loading = client.folders.files.upload(busy.id, file=PAPER.open("rb"))
+    while client.folders.files.retrieve(loading.id, folder_id=busy.id).processing_status != "embedding":
+        time.sleep(0.05)
+    client.folders.delete(busy.id)
+    after = client.folders.create(name="after")
+    queued = client.folders.files.upload(after.id, file=(DATA / "test.md").open("rb"))
+    assert wait_until_loaded(client, after.id, queued.id)[0].processing_status == "completed"  # ran after it
+    assert store.count(eq("source_id", busy.id)) == 0
+    assert not (server.home / "files" / busy.id).exists()
+
 
 def test_files_loaded_with_memgpt_load_show_in_the_folder(server: LiveServer, model: LocalMiniLM) -> None:
     storage = server.state.storage
