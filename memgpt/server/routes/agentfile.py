@@ -111,7 +111,9 @@ def import_file(
     x_override_embedding_model: Annotated[str | None, Header()] = None,
 ) -> ImportResult:
     """Make new agents from an Agent File (Letta's or memgpt's); all of it or, on any error, nothing.
-    Tools map to MemGPT's by name; tools that carry code are never installed (the answer lists them)."""
+    Tools map to MemGPT's by name; tools that carry code are never installed (the answer lists them), so
+    ``override_existing_tools`` changes nothing; ``secrets`` and ``env_vars_json`` are checked, not kept;
+    ``project_id`` is ignored. ``on_name_clash`` (memgpt's own) says what a taken name does."""
     for handle in (embedding, override_embedding_handle, x_override_embedding_model):
         state.models().check_embedding(handle, None)  # imported agents are embedded again with the server's
     _secrets(secrets, "secrets")
