@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,37 @@ def _counting_tokenizer() -> Any:
     return tokenizer
 
 
+# BERT's tokenizer cuts text at whitespace and around every punctuation character before WordPiece sees
+# it, and its normalizer works character by character, so a text's token count is the sum of the counts
+# of its words and ASCII punctuation marks. Counting words once and summing from a cache makes chunking
+# (which counts overlapping stretches of the same text over and over) many times faster.
+_PIECES = re.compile(r"[^ \n!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")
+_PIECE_CACHE_LIMIT = 200_000
+_MAX_WORD = 100  # max_input_chars_per_word in tokenizer.json
+_piece_counts: dict[str, int] = {}
+
+
+def _count(text: str) -> int:
+    global _piece_counts
+    counts = _piece_counts  # a full cache is replaced, never cleared, so other threads keep theirs
+    pieces = _PIECES.findall(text)
+    try:
+        return sum(map(counts.__getitem__, pieces))
+    except KeyError:
+        pass
+    if len(counts) > _PIECE_CACHE_LIMIT:
+        counts = _piece_counts = {}
+    missing = list({piece for piece in pieces if piece not in counts})
+    # WordPiece reads a word of over 100 letters and digits as one [UNK]: no need to tokenize a long blob.
+    unknown = [piece for piece in missing if len(piece) > _MAX_WORD and piece.isascii() and piece.isalnum()]
+    counts.update(dict.fromkeys(unknown, 1))
+    missing = [piece for piece in missing if piece not in counts]
+    encodings = _counting_tokenizer().encode_batch(missing, add_special_tokens=False)
+    for piece, encoding in zip(missing, encodings, strict=True):
+        counts[piece] = len(encoding.ids)
+    return sum(map(counts.__getitem__, pieces))
+
+
 class LocalMiniLM(EmbeddingModel):
     """Mean-pooled, L2-normalised all-MiniLM-L6-v2, as sentence-transformers computes it."""
 
@@ -85,4 +117,4 @@ class LocalMiniLM(EmbeddingModel):
         return pooled.astype(np.float32).tolist()
 
     def count_tokens(self, text: str) -> int:
-        return len(_counting_tokenizer().encode(text, add_special_tokens=False).ids)
+        return _count(text)
