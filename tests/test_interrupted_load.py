@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from memgpt.config import load_config
+from memgpt.config import load_config, save_config
 from memgpt.data.sources import get_source, search_source
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
@@ -80,3 +80,37 @@ def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMi
     again = run_cli("load", "directory", "--name", "big", *[f"--input-files={p}" for p in FILES], home=home)
     assert again.returncode == 0, again.stderr
     check_consistent(home, model, complete=True)
+
+
+def test_ctrl_c_during_the_first_file_leaves_no_source_behind(home: Path, model: LocalMiniLM) -> None:
+    home.mkdir(parents=True)
+    config = load_config(home)
+    config.embedding.chunk_size, config.embedding.chunk_overlap = 16, 0  # small passages: windows reach Milvus
+    save_config(config, home)
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memgpt",
+            "load",
+            "directory",
+            "--name",
+            "first",
+            f"--input-files={DATA / 'long_test.txt'}",
+        ],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    wait_for_pending(home, proc)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    with Storage(load_config(home), home) as storage:
+        assert storage.metadata.list_sources(storage.user_id) == []
+        with sqlite3.connect(home / "metadata.sqlite") as conn:
+            assert conn.execute("select count(*) from documents").fetchone()[0] == 0
+        assert storage.passages(model.model_id, model.dimensions).count() == 0

@@ -107,6 +107,8 @@ def load_directory(
                 chunk_size=config.embedding.chunk_size,
                 chunk_overlap=config.embedding.chunk_overlap,
                 listener=_ProgressListener(progress),
+                max_file_bytes=int(config.embedding.max_file_mb * 1e6),
+                max_text_bytes=int(config.embedding.max_text_mb * 1e6),
             )
             report = loader.load(name, paths, description=description)
     raise typer.Exit(_summarize(report))
