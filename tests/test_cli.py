@@ -197,3 +197,14 @@ def test_ctrl_c_at_start_up_says_interrupted(home: Path, module: str, command: l
     assert result.returncode == 130, result.stderr
     assert "Interrupted" in result.stderr
     assert "Traceback" not in result.stderr and "reinstall" not in result.stderr
+
+
+def test_search_where_milvus_holds_nothing_is_quiet(home: Path) -> None:
+    """As after a fresh Milvus file: `[]` without Milvus Lite's C++ assertion or pymilvus's traceback."""
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    (home / "milvus.db").unlink()
+    result = run_cli("search", "notes", "heading", home=home)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "No passages in 'notes' match.\n"
+    assert result.stderr == ""

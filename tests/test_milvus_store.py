@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -284,3 +286,24 @@ def test_a_row_whose_keys_collide_is_never_shown_to_the_wrong_user(store: Milvus
     deep = store._deep(unit(0), limit=10, offset=0, where=alice)  # the search-iterator path
     assert [h.passage.id for h in deep] == ["p0", "p1", "p2"]
     assert [h.passage.id for h in store.search(unit(0), limit=1, where=eq("user_id", "mallory"))] == []
+
+
+def test_text_search_of_an_empty_lite_collection_is_silent(tmp_path: Path) -> None:
+    """Milvus Lite fails BM25 on a collection without rows; its server process printed a C++ assertion and
+    pymilvus a traceback around the correct empty answer. A child process, so its stderr is all seen."""
+    code = (
+        "import sys\n"
+        "from memgpt.storage.milvus import MilvusConnection, MilvusTarget\n"
+        "from memgpt.storage.filters import eq\n"
+        "conn = MilvusConnection(MilvusTarget(sys.argv[1]))\n"
+        "store = conn.passages('test-model', 8)\n"
+        "vector = [1.0] + [0.0] * 7\n"
+        "print(store.search(vector, limit=5, text='anything', where=eq('agent_id', 'a')),\n"
+        "      store.keyword_search('anything', limit=5), store.search(vector, limit=5, text='x'))\n"
+        "conn.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "milvus.db")], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "[] [] []", out.stderr
+    assert out.stderr == ""
