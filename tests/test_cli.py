@@ -208,3 +208,32 @@ def test_search_where_milvus_holds_nothing_is_quiet(home: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "No passages in 'notes' match.\n"
     assert result.stderr == ""
+
+
+def run_at_width(*args: str, home: Path, columns: int) -> str:
+    """The command's output as an 80-column terminal or a pipe would get it."""
+    env = {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": str(columns), "NO_COLOR": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "memgpt", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_tables_never_cut_the_names_people_type(home: Path) -> None:
+    source = "memgpt_research_paper_with_appendix_2024"  # 40 characters: "memgpt_research…" before
+    persona = "a_persona_with_quite_a_long_name_indeed"
+    huge = "n" * 120  # wider than the terminal: folded over lines, never cut
+    for name in (source, huge):
+        loaded = run_cli("load", "directory", "--name", name, f"--input-files={DATA / 'test.md'}", home=home)
+        assert loaded.returncode == 0, loaded.stderr
+    assert run_cli("add", "persona", "--name", persona, "--text", "I help.", home=home).returncode == 0
+
+    sources = run_at_width("list", "sources", home=home, columns=80)
+    assert "…" not in sources
+    assert any(f"│ {source} " in line for line in sources.splitlines())  # whole, on one line
+    assert "".join(line.split("│")[1].strip() for line in sources.splitlines() if line.startswith("│ n")) == huge
+    personas = run_at_width("list", "personas", home=home, columns=80)
+    assert "…" not in personas and f"│ {persona} " in personas
+    found = run_at_width("search", source, "heading", home=home, columns=80)
+    assert "…" not in found and "test.md" in found

@@ -286,3 +286,13 @@ def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: Scri
     assert len(llm.requests) == 2
     beat = json.loads(llm.requests[0]["messages"][-1]["content"])
     assert beat["type"] == "heartbeat" and "Timed heartbeat" in beat["reason"]
+
+
+def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> None:
+    from tests.test_cli import run_at_width
+
+    name = "ResearchAssistantForPapers2024"  # 30 characters beside six other columns
+    llm.reply("Hello.")
+    assert run_cli("run", "--agent", name, "--message", "hi", home=home).returncode == 0
+    table = run_at_width("list", "agents", home=home, columns=80)
+    assert "…" not in table and f"│ {name} " in table

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import confirm, console, embedding_model, err_console, open_storage, warn
+from memgpt.cli.common import confirm, console, embedding_model, err_console, names_table, open_storage, warn
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -163,9 +163,7 @@ def list_sources(
             markup=False,
         )
         return
-    from rich.table import Table
-
-    table = Table("Name", "Documents", "Passages", "Embedding model", "Created")
+    table = names_table("Name", "Documents", "Passages", "Embedding model", "Created", names=[s.name for s in sources])
     for s in sources:
         table.add_row(
             s.name,
@@ -227,9 +225,9 @@ def search(
     if not hits:
         console.print(f"No passages in {found.name!r} match.", markup=False)
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("Score", "Document", "Text", show_lines=True)
+    table = Table("Score", Column("Document", overflow="fold"), Column("Text", overflow="fold"), show_lines=True)
     for hit in hits:
         meta = hit.passage.metadata
         where = meta.get("file_name", "?") + (f" p.{meta['page']}" if meta.get("page") else "")
