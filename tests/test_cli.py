@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, PAPER, run_cli
+from tests.conftest import DATA, PAPER, REPO, run_cli
 from tests.test_embeddings import CTRL_C_DURING_IMPORT
 
 
@@ -237,3 +237,57 @@ def test_tables_never_cut_the_names_people_type(home: Path) -> None:
     assert "…" not in personas and f"│ {persona} " in personas
     found = run_at_width("search", source, "heading", home=home, columns=80)
     assert "…" not in found and "test.md" in found
+
+
+def run_unprivileged(*args: str, home: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`memgpt` as a user that file modes bind: root writes anywhere, so as root it runs as nobody."""
+    command = [sys.executable, "-m", "memgpt", *args]
+    if os.geteuid() == 0:
+        for folder in [tmp_path, *tmp_path.parents]:
+            os.chmod(folder, os.stat(folder).st_mode | 0o005)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    env = {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+
+
+def make_read_only(*paths: Path) -> None:
+    """Readable by anyone (as the owner's own files are to the owner), writable by no one."""
+    for path in paths:
+        for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+            item.chmod(0o555 if item.is_dir() else 0o444)
+
+
+def test_a_read_only_home_says_which_path_and_what_to_do(home: Path, tmp_path: Path) -> None:
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    make_read_only(home)
+    for args in (["list", "sources"], ["search", "notes", "heading"]):
+        result = run_unprivileged(*args, home=home, tmp_path=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"error: cannot write the metadata database at {home / 'metadata.sqlite'}: ")
+        assert "is read-only; make it writable, or set MEMGPT_HOME to a writable folder" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+    fresh = tmp_path / "locked" / "home"
+    fresh.parent.mkdir()
+    make_read_only(fresh.parent)
+    result = run_unprivileged("list", "sources", home=fresh, tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot write the configuration at {fresh / 'config.toml'}: the folder {fresh.parent} is read-only; "
+        "make it writable, or set MEMGPT_HOME to a writable folder\n"
+    )
+
+
+def test_a_read_only_milvus_lite_file_says_so(home: Path, tmp_path: Path) -> None:
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    for item in [home, *home.iterdir()]:  # the home stays writable for whoever runs the command
+        item.chmod(0o777 if item.is_dir() else 0o666)
+    make_read_only(home / "milvus.db")
+    result = run_unprivileged("search", "notes", "heading", home=home, tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot write the Milvus Lite database at {home / 'milvus.db'}: the file {home / 'milvus.db'} is "
+        "read-only; make it writable, or choose another Milvus Lite file with `memgpt configure`\n"
+    )

@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from memgpt.config import HOME_REMEDY, read_only_message
 from memgpt.errors import StorageError
 from memgpt.types import Document, DocumentStatus, Source, utc_now
 
@@ -132,22 +133,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _first_line(exc: Exception) -> str:
+    """The driver's own message, without SQLAlchemy's statement dump and "Background on this error" link."""
+    reason = getattr(exc, "orig", None) or exc
+    return f"{type(reason).__name__}: {str(reason).strip().splitlines()[0] if str(reason).strip() else ''}"
+
+
 class MetadataStore:
     """Sources and documents. Every method is one transaction."""
 
     def __init__(self, url: str) -> None:
         from memgpt.storage.migrations import apply_migrations
 
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._file = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
         try:
+            if self._file is not None:
+                self._file.parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(url, future=True)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             apply_migrations(self.engine)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"cannot open the metadata database {url}: {exc.__class__.__name__}: {exc}") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(
+                self._read_only() or f"cannot open the metadata database {url}: {_first_line(exc)}"
+            ) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _read_only(self) -> str | None:
+        """SQLite writes the database file and, in WAL mode, files beside it: a read-only file or folder
+        shows only as "unable to open database file" or "attempt to write a readonly database"."""
+        if self._file is None:
+            return None
+        return read_only_message(self._file, "the metadata database", HOME_REMEDY)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -157,7 +174,7 @@ class MetadataStore:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StorageError(f"metadata database error: {exc}") from exc
+            raise StorageError(self._read_only() or f"metadata database error: {_first_line(exc)}") from exc
         except BaseException:
             session.rollback()
             raise
