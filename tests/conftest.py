@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Before anything loads pymilvus: memgpt turns gRPC's fork support off there (see memgpt/storage/milvus),
+# and this process forks too (pexpect, in the terminal tests) while holding Milvus clients of other tests.
+import memgpt.storage.milvus  # noqa: F401
 from memgpt.config import load_config, save_config
 from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM

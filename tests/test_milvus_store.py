@@ -16,6 +16,7 @@ from memgpt.errors import SchemaMismatchError, StorageError
 from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, not_in
 from memgpt.storage.milvus import MilvusConnection, MilvusPassageStore, MilvusTarget
 from memgpt.types import Passage
+from tests.conftest import REPO
 from tests.milvus_server import TOKEN
 
 DIM = 8
@@ -307,3 +308,44 @@ def test_text_search_of_an_empty_lite_collection_is_silent(tmp_path: Path) -> No
     )
     assert out.stdout.strip() == "[] [] []", out.stderr
     assert out.stderr == ""
+
+
+FORK_WHILE_CONNECTED = """
+import sys, threading
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+import pexpect
+
+conn = MilvusConnection(MilvusTarget(sys.argv[1]))
+store = conn.passages("test-model", 8)
+done = threading.Event()
+
+def busy():
+    while not done.is_set():
+        store.count()
+
+threading.Thread(target=busy, daemon=True).start()
+crashed = []
+for attempt in range(int(sys.argv[2])):
+    child = pexpect.spawn("/bin/echo", ["ok"], timeout=60)
+    output = child.read().decode(errors="replace")
+    child.close()
+    if child.signalstatus is not None or "ok" not in output:
+        crashed.append(f"spawn {attempt}: signal {child.signalstatus}: {output.strip()[:200]}")
+done.set()
+conn.close()
+print("\\n".join(crashed) or "none crashed")
+"""
+
+
+def test_a_process_holding_a_milvus_client_can_fork_children(tmp_path: Path) -> None:
+    """gRPC's fork support restarts its poller in a forked child, and a child that closes its descriptors
+    before exec (pexpect, as the pty tests use it) then aborts with "epoll_wait ... Bad file descriptor":
+    9 of 200 spawns died so before memgpt turned the support off. How `memgpt run` "died at start-up"."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_CONNECTED, str(tmp_path / "milvus.db"), "150"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert out.stdout.strip() == "none crashed", out.stdout + out.stderr
