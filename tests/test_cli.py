@@ -291,3 +291,36 @@ def test_a_read_only_milvus_lite_file_says_so(home: Path, tmp_path: Path) -> Non
         f"error: cannot write the Milvus Lite database at {home / 'milvus.db'}: the file {home / 'milvus.db'} is "
         "read-only; make it writable, or choose another Milvus Lite file with `memgpt configure`\n"
     )
+
+
+def test_bad_files_in_a_folder_cost_only_themselves(home: Path, tmp_path: Path) -> None:
+    """The fault suite's crashers through the real command: each is one line, the rest loads, exit 1."""
+    import zipfile
+
+    import docx
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DATA / "test.md", folder / "good.md")
+    (folder / "deep.json").write_text("[" * 6000 + "]" * 6000)
+    (folder / "big.csv").write_text('title,body\nlong,"' + "x" * 140_000 + '"\n')  # over 131,072
+    document = docx.Document()
+    document.add_paragraph("fine")
+    document.save(str(tmp_path / "ok.docx"))
+    with zipfile.ZipFile(tmp_path / "ok.docx") as source, zipfile.ZipFile(folder / "junk.docx", "w") as target:
+        for item in source.infolist():
+            target.writestr(item, b"<<<junk" if item.filename == "word/document.xml" else source.read(item))
+    (folder / "loop.txt").symlink_to(folder / "loop.txt")
+    os.mkfifo(folder / "pipe.txt")
+    result = run_cli("load", "directory", "--name", "mixed", f"--input-dir={folder}", home=home, timeout=600)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Loaded" in result.stdout and "and 2 documents from mixed" in result.stdout  # good.md, big.csv
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert sorted(Path(line.split(": ")[1]).name for line in warnings) == [
+        "deep.json",
+        "junk.docx",
+        "loop.txt",
+        "pipe.txt",
+    ]
+    assert "4 file(s) could not be loaded" in result.stderr
