@@ -83,6 +83,7 @@ def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMi
 
 
 def test_ctrl_c_during_the_first_file_leaves_no_source_behind(home: Path, model: LocalMiniLM) -> None:
+    """Ctrl-C as a terminal sends it: to the whole process group, so the Milvus Lite server gets it too."""
     home.mkdir(parents=True)
     config = load_config(home)
     config.embedding.chunk_size, config.embedding.chunk_overlap = 16, 0  # small passages: windows reach Milvus
@@ -103,9 +104,10 @@ def test_ctrl_c_during_the_first_file_leaves_no_source_behind(home: Path, model:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a shell gives a command
     )
     wait_for_pending(home, proc)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import re
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,7 +161,8 @@ def connect(target: MilvusTarget) -> Any:
     elif target.database:
         options["db_name"] = target.database
     try:
-        return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
+        with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
+            return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
     except MilvusException as exc:
         if target.is_lite:
             _lite_locks.release(Path(target.uri))
@@ -183,6 +185,22 @@ def _check_writable(db_file: Path) -> None:
     reason = read_only_message(db_file, "the Milvus Lite database", remedy)
     if reason:
         raise StorageError(reason)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT while pymilvus starts the Milvus Lite server process, which inherits the mask.
+
+    A terminal's Ctrl-C goes to the whole foreground process group, and the server (a child in the
+    same group) died of it: every later Milvus call failed, including the clean-up of an interrupted
+    load. The server ends when memgpt releases the file anyway. A Ctrl-C meanwhile stays pending and
+    reaches memgpt as soon as the block ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _reason(exc: Exception) -> str:
