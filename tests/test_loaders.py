@@ -245,3 +245,29 @@ def test_whatever_a_parser_raises_costs_only_that_file(tmp_path: Path, monkeypat
     path.write_text("<p>x</p>")
     with pytest.raises(InputFileError, match=r"cannot read it as \.html \(AssertionError: a parser bug"):
         read(path)
+
+
+def test_an_unreadable_subfolder_is_named(tmp_path: Path) -> None:
+    """A folder that --input-dir cannot list is one failure naming it (as an unprivileged user)."""
+    top = tmp_path / "docs"
+    (top / "private").mkdir(parents=True)
+    (top / "a.md").write_text("readable")
+    (top / "private").chmod(0o000)
+    code = (
+        "import sys; from pathlib import Path; from memgpt.data.ingest import collect_files\n"
+        "from memgpt.data.loaders import read_bytes\n"
+        "for path in collect_files(input_dir=Path(sys.argv[1]), recursive=True):\n"
+        "    try:\n        read_bytes(path); print(path.name, 'ok')\n    except Exception as e:\n        print(e)"
+    )
+    command = [sys.executable, "-c", code, str(top)]
+    if os.geteuid() == 0:
+        for folder in [top, *top.parents]:
+            os.chmod(folder, os.stat(folder).st_mode | 0o005)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert out.stdout.splitlines() == [
+        "a.md ok",
+        f"{top / 'private'}: is a folder that cannot be read (permission denied); make it readable",
+    ], out.stderr

@@ -327,6 +327,8 @@ _FILE_KINDS = {
 
 def _not_regular(path: Path, mode: int) -> InputFileError:
     kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    if stat.S_ISDIR(mode) and not os.access(path, os.R_OK | os.X_OK):
+        return _fail(path, "is a folder that cannot be read (permission denied); make it readable")
     if stat.S_ISDIR(mode):
         return _fail(path, "is a directory; use --input-dir")
     return _fail(path, f"is {kind}, not a regular file; give the path of a file")
