@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +40,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "home"
     monkeypatch.setenv("MEMGPT_HOME", str(path))
     return path
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder anyone may enter, for tests that run a command as another user (file modes do
+    not bind root). Not under pytest's own: every pytest session started as root resets that to 0o700,
+    which on a machine running several suites at once locks the other user out mid-test."""
+    path = Path(tempfile.mkdtemp(prefix="memgpt-open-"))
+    path.chmod(0o755)
+    yield path
+    for folder, _dirs, _files in os.walk(path):
+        os.chmod(folder, 0o755)  # tests leave folders read-only
+    shutil.rmtree(path)
 
 
 @pytest.fixture

@@ -239,12 +239,11 @@ def test_tables_never_cut_the_names_people_type(home: Path) -> None:
     assert "…" not in found and "test.md" in found
 
 
-def run_unprivileged(*args: str, home: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """`memgpt` as a user that file modes bind: root writes anywhere, so as root it runs as nobody."""
+def run_unprivileged(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """`memgpt` as a user that file modes bind: root writes anywhere, so as root it runs as nobody
+    (``home`` must then be in ``open_tmp``)."""
     command = [sys.executable, "-m", "memgpt", *args]
     if os.geteuid() == 0:
-        for folder in [tmp_path, *tmp_path.parents]:
-            os.chmod(folder, os.stat(folder).st_mode | 0o005)
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     env = {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": "200"}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
@@ -257,21 +256,22 @@ def make_read_only(*paths: Path) -> None:
             item.chmod(0o555 if item.is_dir() else 0o444)
 
 
-def test_a_read_only_home_says_which_path_and_what_to_do(home: Path, tmp_path: Path) -> None:
+def test_a_read_only_home_says_which_path_and_what_to_do(open_tmp: Path) -> None:
+    home = open_tmp / "home"
     loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
     assert loaded.returncode == 0, loaded.stderr
     make_read_only(home)
     for args in (["list", "sources"], ["search", "notes", "heading"]):
-        result = run_unprivileged(*args, home=home, tmp_path=tmp_path)
+        result = run_unprivileged(*args, home=home)
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith(f"error: cannot write the metadata database at {home / 'metadata.sqlite'}: ")
         assert "is read-only; make it writable, or set MEMGPT_HOME to a writable folder" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
-    fresh = tmp_path / "locked" / "home"
+    fresh = open_tmp / "locked" / "home"
     fresh.parent.mkdir()
     make_read_only(fresh.parent)
-    result = run_unprivileged("list", "sources", home=fresh, tmp_path=tmp_path)
+    result = run_unprivileged("list", "sources", home=fresh)
     assert result.returncode == 1
     assert result.stderr == (
         f"error: cannot write the configuration at {fresh / 'config.toml'}: the folder {fresh.parent} is read-only; "
@@ -279,13 +279,14 @@ def test_a_read_only_home_says_which_path_and_what_to_do(home: Path, tmp_path: P
     )
 
 
-def test_a_read_only_milvus_lite_file_says_so(home: Path, tmp_path: Path) -> None:
+def test_a_read_only_milvus_lite_file_says_so(open_tmp: Path) -> None:
+    home = open_tmp / "home"
     loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
     assert loaded.returncode == 0, loaded.stderr
     for item in [home, *home.iterdir()]:  # the home stays writable for whoever runs the command
         item.chmod(0o777 if item.is_dir() else 0o666)
     make_read_only(home / "milvus.db")
-    result = run_unprivileged("search", "notes", "heading", home=home, tmp_path=tmp_path)
+    result = run_unprivileged("search", "notes", "heading", home=home)
     assert result.returncode == 1
     assert result.stderr == (
         f"error: cannot write the Milvus Lite database at {home / 'milvus.db'}: the file {home / 'milvus.db'} is "

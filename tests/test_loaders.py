@@ -134,8 +134,9 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_bytes(tmp_path)
 
 
-def test_unreadable_file_names_the_permission_problem(tmp_path: Path) -> None:
+def test_unreadable_file_names_the_permission_problem(open_tmp: Path) -> None:
     """Run as an unprivileged user when we are root, since root reads any file."""
+    tmp_path = open_tmp
     secret = tmp_path / "secret.txt"
     secret.write_text("hidden")
     secret.chmod(0o000)
@@ -145,11 +146,6 @@ def test_unreadable_file_names_the_permission_problem(tmp_path: Path) -> None:
     )
     command = [sys.executable, "-c", code, str(secret)]
     if os.geteuid() == 0:
-        os.chmod(tmp_path, 0o755)
-        for parent in tmp_path.parents:
-            if parent == Path("/"):
-                break
-            os.chmod(parent, os.stat(parent).st_mode | 0o005)
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     out = subprocess.run(
         command, capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
@@ -247,9 +243,9 @@ def test_whatever_a_parser_raises_costs_only_that_file(tmp_path: Path, monkeypat
         read(path)
 
 
-def test_an_unreadable_subfolder_is_named(tmp_path: Path) -> None:
+def test_an_unreadable_subfolder_is_named(open_tmp: Path) -> None:
     """A folder that --input-dir cannot list is one failure naming it (as an unprivileged user)."""
-    top = tmp_path / "docs"
+    top = open_tmp / "docs"
     (top / "private").mkdir(parents=True)
     (top / "a.md").write_text("readable")
     (top / "private").chmod(0o000)
@@ -261,8 +257,6 @@ def test_an_unreadable_subfolder_is_named(tmp_path: Path) -> None:
     )
     command = [sys.executable, "-c", code, str(top)]
     if os.geteuid() == 0:
-        for folder in [top, *top.parents]:
-            os.chmod(folder, os.stat(folder).st_mode | 0o005)
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     out = subprocess.run(
         command, capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
