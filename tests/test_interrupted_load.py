@@ -32,18 +32,19 @@ def start_load(home: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_for_pending(home: Path, proc: subprocess.Popen[str]) -> None:
-    """Until the loader has recorded documents it is still writing."""
+def wait_for_pending(home: Path, proc: subprocess.Popen[str], *, after_a_file: bool = False) -> None:
+    """Until the loader has recorded documents it is still writing; with ``after_a_file``, only once a
+    file is done before them (a source with nothing done yet is removed on Ctrl-C)."""
     db = home / "metadata.sqlite"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if db.exists():
             with sqlite3.connect(db) as conn:
                 try:
-                    pending = conn.execute("select count(*) from documents where status = 'pending'").fetchone()[0]
+                    counts = dict(conn.execute("select status, count(*) from documents group by status").fetchall())
                 except sqlite3.OperationalError:
-                    pending = 0
-            if pending:
+                    counts = {}
+            if counts.get("pending") and (counts.get("ready") or not after_a_file):
                 time.sleep(1.5)  # let some passages reach Milvus
                 return
         time.sleep(0.05)
@@ -67,7 +68,7 @@ def check_consistent(home: Path, model: LocalMiniLM, *, complete: bool) -> None:
 def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMiniLM, how: signal.Signals) -> None:
     home.mkdir(parents=True)
     proc = start_load(home)
-    wait_for_pending(home, proc)
+    wait_for_pending(home, proc, after_a_file=True)
     proc.send_signal(how)
     _out, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
