@@ -195,8 +195,11 @@ def _create_first_config(home: Path) -> None:
 
     import tomli_w
 
-    home.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    except OSError as exc:
+        raise _cannot_write(config_path(home), "the configuration", exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             tomli_w.dump(Config().model_dump(mode="json"), handle)
@@ -210,6 +213,11 @@ def _create_first_config(home: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _cannot_write(path: Path, what: str, exc: OSError) -> ConfigError:
+    reason = read_only_message(path, what, HOME_REMEDY)
+    return ConfigError(reason or f"cannot write {display_path(path)}: {exc.strerror or exc}")
 
 
 def save_config(config: Config, home: Path | None = None) -> Path:
@@ -230,8 +238,7 @@ def write_private(path: Path, data: bytes, *, what: str = "the file") -> None:
         tmp.unlink(missing_ok=True)  # a leftover file would keep its own, maybe wider, permissions
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
-        reason = read_only_message(path, what, HOME_REMEDY)
-        raise ConfigError(reason or f"cannot write {display_path(path)}: {exc.strerror or exc}") from exc
+        raise _cannot_write(path, what, exc) from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
