@@ -20,6 +20,7 @@ from memgpt.agent.agentfile import (
 )
 from memgpt.agent.agentfile_format import read_agent_file
 from memgpt.agent.manager import attach_source, attached_sources
+from memgpt.config import EmbeddingSettings
 from memgpt.data.sources import get_source
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import AlreadyExistsError, InputFileError
@@ -51,7 +52,7 @@ def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
 
 @pytest.fixture
 def settings(home: Path, model: LocalMiniLM) -> ImportSettings:
-    return ImportSettings(home, model, chunk_size=250, chunk_overlap=25, llm_model="scripted", context_window=16_000)
+    return ImportSettings(home, model, EmbeddingSettings(), llm_model="scripted", context_window=16_000)
 
 
 def imported(storage: Storage, path: Path | str, settings: ImportSettings, **options: object) -> ImportedAgent:

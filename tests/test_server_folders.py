@@ -375,9 +375,10 @@ def test_agent_files_import_and_export_through_the_client(server: LiveServer, ll
     assert before == {a.id for a in client.agents.list()}
 
 
-def test_a_huge_agent_file_is_refused_with_413(home: Path, llm: ScriptedLLM) -> None:
+def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedLLM) -> None:
     config = with_llm(home, llm)
     config.server.max_upload_mb = 0.02  # 20,000 bytes; the smallest example file has 24,427
+    config.embedding.max_file_mb = 0.001  # the loader's own limit per file, as for `memgpt load`
     save_config(config, home)
     live = LiveServer(home, config)
     try:
@@ -386,6 +387,10 @@ def test_a_huge_agent_file_is_refused_with_413(home: Path, llm: ScriptedLLM) -> 
             client.agents.import_file(file=(AGENT_FILES / "memgpt_agent_with_convo.af").open("rb"))
         assert refused.value.status_code == 413 and "server.max_upload_mb" in refused.value.body["detail"]
         assert client.agents.list().items == []
+        folder = client.folders.create(name="small")
+        big = client.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb"))
+        failed, _ = wait_until_loaded(client, folder.id, big.id)
+        assert failed.processing_status == "error" and "max_file_mb" in failed.error_message
     finally:
         live.stop()
 

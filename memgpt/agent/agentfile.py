@@ -42,7 +42,7 @@ from memgpt.agent.agentfile_format import (
 from memgpt.agent.context import system_message
 from memgpt.agent.manager import attached_sources, default_agent_settings, delete_agent, validate_agent_name
 from memgpt.agent.tools import builtin_tools
-from memgpt.config import Config
+from memgpt.config import Config, EmbeddingSettings
 from memgpt.data.files import DuplicateHandling, file_text, load_file, take_upload
 from memgpt.data.ingest import LoadListener
 from memgpt.data.sources import create_source, delete_source
@@ -220,13 +220,12 @@ class ImportOptions:
 
 @dataclass(frozen=True)
 class ImportSettings:
-    """What the home provides: where uploads go, the embedding model, chunking, and the LLM model new
-    agents run on (None: the one the file names)."""
+    """What the home provides: where uploads go, the embedding model and how files are loaded with it, and
+    the LLM model new agents run on (None: the one the file names)."""
 
     home: Path
     embedding: EmbeddingModel
-    chunk_size: int
-    chunk_overlap: int
+    loading: EmbeddingSettings
     llm_model: str | None = None
     context_window: int = 8192
 
@@ -237,8 +236,7 @@ def import_settings(home: Path, config: Config, embedding: EmbeddingModel) -> Im
         model, window = default_agent_settings(config, None)
     except ConfigError:
         model, window = None, 8192
-    settings = config.embedding
-    return ImportSettings(home, embedding, settings.chunk_size, settings.chunk_overlap, model, window)
+    return ImportSettings(home, embedding, config.embedding, model, window)
 
 
 @dataclass
@@ -371,15 +369,7 @@ def _load_text(
         duplicate_handling=DuplicateHandling.SUFFIX,
         original_name=name,
     )
-    load_file(
-        storage,
-        settings.embedding,
-        source,
-        upload.record,
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-        listener=listener,
-    )
+    load_file(storage, settings.embedding, source, upload.record, settings=settings.loading, listener=listener)
     return storage.files.get(upload.record.id) or upload.record
 
 

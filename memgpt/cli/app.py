@@ -82,7 +82,9 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: domain errors become one line on stderr and exit code 1, never a traceback."""
+    """Entry point: domain errors become one line on stderr and exit code 1, never a traceback;
+    Ctrl-C becomes "Interrupted" and exit code 130."""
+    from memgpt.cli import interrupted
     from memgpt.errors import MemGPTError
 
     try:
@@ -92,3 +94,11 @@ def main() -> None:
 
         err_console.print(f"error: {exc}", markup=False)
         sys.exit(1)
+    except SystemExit as exc:
+        # Typer turns a KeyboardInterrupt into a silent exit 130; a command that handled Ctrl-C itself
+        # (and said so) exits 130 without one.
+        if exc.code == 130 and exc.__context__ is not None and isinstance(exc.__context__.__cause__, KeyboardInterrupt):
+            interrupted()
+        raise
+    except KeyboardInterrupt:
+        interrupted()

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
+from memgpt.config import EmbeddingSettings
 from memgpt.data.filerecords import file_key, mime_type, new_file_id
 from memgpt.data.ingest import LoadListener, LoadReport, SourceLoader
 from memgpt.data.loaders import SUPPORTED_EXTENSIONS, parse, read_bytes
@@ -165,18 +166,20 @@ def load_file(
     source: Source,
     record: FileRecord,
     *,
-    chunk_size: int,
-    chunk_overlap: int,
+    settings: EmbeddingSettings,
     listener: LoadListener | None = None,
 ) -> LoadReport:
-    """Load one recorded file into its source with the loader `memgpt load` uses; its row says how it went."""
+    """Load one recorded file into its source with the loader and limits `memgpt load` uses; its row says
+    how it went."""
     loader = SourceLoader(
         storage,
         model,
         user_id=source.user_id,
-        chunk_size=chunk_size,
-        chunk_overlap=chunk_overlap,
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
         listener=listener,
+        max_file_bytes=int(settings.max_file_mb * 1e6),
+        max_text_bytes=int(settings.max_text_mb * 1e6),
     )
     return loader.load(source.name, [Path(record.path)], into=source)
 

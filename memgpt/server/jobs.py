@@ -146,15 +146,8 @@ class FileJobs:
         if source.space != model.space:
             self._fail(file_id, f"folder {source.name!r} was embedded with {source.space}, not {model.space}")
             return
-        settings = self.state.config.embedding
         report = load_file(
-            storage,
-            model,
-            source,
-            record,
-            chunk_size=settings.chunk_size,
-            chunk_overlap=settings.chunk_overlap,
-            listener=_Watch(self, file_id),
+            storage, model, source, record, settings=self.state.config.embedding, listener=_Watch(self, file_id)
         )
         if report.aborted and self.should_stop(file_id) and self._stopping:
             # Shut down midway: queue it for the next start (the loader had marked it as failed).

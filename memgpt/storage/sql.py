@@ -36,6 +36,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from memgpt.config import HOME_REMEDY, read_only_message
 from memgpt.errors import StorageError
 from memgpt.types import Document, DocumentStatus, Source, utc_now
 
@@ -211,19 +212,32 @@ class MetadataStore:
         from memgpt.storage.migrations import apply_migrations
 
         parsed = parse_metadata_url(url)
+        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        self._file = Path(database) if database and database != ":memory:" else None
         try:
             self.engine = create_metadata_engine(parsed)
-        except (SQLAlchemyError, ImportError) as exc:  # an unknown dialect, or its driver is not installed
-            raise _cannot_open(parsed, exc) from exc
+        except (SQLAlchemyError, ImportError, OSError) as exc:  # an unknown dialect, no driver, a read-only home
+            raise self._open_error(parsed, exc) from exc
         try:
             apply_migrations(self.engine)
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise _cannot_open(parsed, exc) from exc
+            raise self._open_error(parsed, exc) from exc
         except BaseException:
             self.engine.dispose()
             raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _open_error(self, url: URL, exc: Exception) -> StorageError:
+        read_only = self._read_only()
+        return StorageError(read_only) if read_only else _cannot_open(url, exc)
+
+    def _read_only(self) -> str | None:
+        """SQLite writes the database file and, in WAL mode, files beside it: a read-only file or folder
+        shows only as "unable to open database file" or "attempt to write a readonly database"."""
+        if self._file is None:
+            return None
+        return read_only_message(self._file, "the metadata database", HOME_REMEDY)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -233,7 +247,7 @@ class MetadataStore:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StorageError(f"metadata database error: {_reason(exc)}") from exc
+            raise StorageError(self._read_only() or f"metadata database error: {_reason(exc)}") from exc
         except BaseException:
             session.rollback()
             raise
