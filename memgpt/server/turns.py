@@ -189,7 +189,12 @@ class TurnRunner:
 
     def __init__(self, state: ServerState, timing: Timing | None = None) -> None:
         self.state = state
-        self.timing = timing or Timing()
+        settings = state.config.server
+        self.timing = timing or Timing(
+            lease_ttl=settings.lease_seconds,
+            renew_every=settings.lease_seconds / 3,
+            busy_wait=settings.busy_wait_seconds,
+        )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
         self._guard = threading.Lock()
         self._stopping = threading.Event()
