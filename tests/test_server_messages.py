@@ -166,7 +166,7 @@ def test_streaming_sends_each_step_as_it_is_stored(letta: Letta, agent_id: str, 
 
     # The other entry point, and the wire format itself.
     llm.reply("Again.", thought="t")
-    with pytest.warns(DeprecationWarning):  # letta-client marks the older entry point deprecated
+    with pytest.warns(DeprecationWarning, match="deprecated"):  # letta-client marks the older entry point deprecated
         stream = letta.agents.messages.stream(agent_id, messages=[{"role": "user", "content": "again"}])
     with stream:
         assert [i.message_type for i in stream][-3:] == ["assistant_message", "stop_reason", "usage_statistics"]
