@@ -322,6 +322,24 @@ def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
     assert letta.agents.messages.create(agent_id, input="now").messages[-1].content == "Free again."
 
 
+def test_a_block_edit_during_a_turn_waits_for_it_and_is_not_overwritten(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    note = {"name": "human", "content": "Loves sailing.", "request_heartbeat": False}
+    llm.add({"tool": "core_memory_append", "args": note, "content": "Note it.", "delay": 1.5})
+    sender = threading.Thread(target=letta.agents.messages.create, args=(agent_id,), kwargs={"input": "I sail"})
+    sender.start()
+    while not llm.requests:
+        time.sleep(0.02)
+    edited = letta.agents.blocks.update("human", agent_id=agent_id, value="Name: Chad B.")
+    assert server.state.storage.turns.running_run(agent_id) is None  # it waited for the turn to end
+    sender.join(30)
+    assert edited.value == "Name: Chad B."
+    assert letta.agents.blocks.retrieve("human", agent_id=agent_id).value == "Name: Chad B."
+    history = letta.agents.messages.list(agent_id, include_return_message_types=["tool_return_message"]).items
+    assert history[0].status == "success"  # the agent's append happened first
+
+
 def test_different_agents_run_at_the_same_time(server: LiveServer, letta: Letta, llm: ScriptedLLM) -> None:
     spans: list[tuple[float, float]] = []
 
