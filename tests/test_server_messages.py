@@ -322,6 +322,24 @@ def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
     assert letta.agents.messages.create(agent_id, input="now").messages[-1].content == "Free again."
 
 
+def test_a_turn_longer_than_its_lease_keeps_renewing_it(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    server.timing(lease_ttl=1.0, renew_every=0.2, busy_wait=0.2, retry_after=1, ping_every=0.3)
+    llm.reply("Slow answer.", delay=3.0)
+    sender = threading.Thread(target=letta.agents.messages.create, args=(agent_id,), kwargs={"input": "slow"})
+    sender.start()
+    while not llm.requests:
+        time.sleep(0.02)
+    time.sleep(1.5)  # past the lease's first expiry
+    late = httpx.post(
+        f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "late"}, headers=auth(letta.api_key)
+    )
+    assert late.status_code == 409
+    sender.join(30)
+    assert user_messages(server, agent_id) == ["slow"]
+
+
 def test_a_block_edit_during_a_turn_waits_for_it_and_is_not_overwritten(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:
