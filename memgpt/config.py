@@ -136,6 +136,10 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8283, ge=1, le=65535)
     max_upload_mb: float = Field(default=50, gt=0)  # largest request body (file uploads, agent files)
+    busy_wait_seconds: float = Field(default=5, ge=0)  # a send waits this long for the agent's running turn, then 409
+    # A turn's hold on its agent, renewed while it runs; a server that vanished holds its agents this long at
+    # most (a dead process on the same host is noticed at once).
+    lease_seconds: float = Field(default=30, ge=3)
 
 
 class Config(BaseModel):

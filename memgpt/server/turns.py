@@ -189,12 +189,27 @@ class TurnRunner:
 
     def __init__(self, state: ServerState, timing: Timing | None = None) -> None:
         self.state = state
-        self.timing = timing or Timing()
+        settings = state.config.server
+        self._timing = timing or Timing(
+            lease_ttl=settings.lease_seconds,
+            renew_every=settings.lease_seconds / 3,
+            busy_wait=settings.busy_wait_seconds,
+        )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
         self._guard = threading.Lock()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
         self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
         self._renewer.start()
+
+    @property
+    def timing(self) -> Timing:
+        return self._timing
+
+    @timing.setter
+    def timing(self, timing: Timing) -> None:
+        self._timing = timing
+        self._wake.set()
 
     @property
     def _turns(self) -> Any:
@@ -329,7 +344,11 @@ class TurnRunner:
             turn.finish(reason, usage, error)
 
     def _renew_leases(self) -> None:
-        while not self._stopping.wait(self.timing.renew_every):
+        while True:
+            self._wake.wait(self.timing.renew_every)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             with self._guard:
                 held = list(self._active.items())
             for agent_id, (turn, owner) in held:
@@ -339,6 +358,8 @@ class TurnRunner:
                         turn.cancel.set()
                 except MemGPTError as exc:
                     logger.warning("cannot renew the lease of agent %s: %s", agent_id, exc)
+                except Exception:  # the renewer must live on, or every running turn loses its agent
+                    logger.exception("renewing the lease of agent %s failed", agent_id)
 
     # -- cancelling -------------------------------------------------------------------------------
     def cancel(self, agent_id: str, run_ids: Sequence[str] | None = None) -> dict[str, str]:
@@ -356,6 +377,7 @@ class TurnRunner:
     def close(self, grace: float = 10.0) -> None:
         """Ask running turns to stop after their current step and give them ``grace`` seconds to."""
         self._stopping.set()
+        self._wake.set()
         with self._guard:
             running = [turn for turn, _ in self._active.values()]
         for turn in running:

@@ -53,7 +53,8 @@ def _text(body: SendRequest) -> tuple[str, str]:
 
 
 async def _start(request: Request, agent_id: str, body: SendRequest, state: ServerState, user_id: str) -> Turn:
-    find_agent(state, user_id, agent_id)
+    """The turn for this send (a new one, or the one a retried request started); in a worker thread, since
+    it may wait for the agent's running turn and opens the agent from storage."""
     role, text = _text(body)
     raw = json.loads(await request.body() or b"{}")
     retry = request.headers.get("x-stainless-retry-count", "0").strip()
@@ -69,7 +70,12 @@ async def _start(request: Request, agent_id: str, body: SendRequest, state: Serv
             body.use_assistant_message, body.assistant_message_tool_name, body.assistant_message_tool_kwarg
         ),
     )
-    return await anyio.to_thread.run_sync(state.turns().start, turn_input)
+
+    def begin() -> Turn:
+        find_agent(state, user_id, agent_id)  # before anything else: another user's agent is a plain 404
+        return state.turns().start(turn_input)
+
+    return await anyio.to_thread.run_sync(begin)
 
 
 def _rendering(use: bool, name: str, kwarg: str) -> Rendering:
