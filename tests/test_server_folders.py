@@ -19,7 +19,7 @@ import httpx
 import pytest
 from letta_client import APIStatusError, BadRequestError, ConflictError, Letta, NotFoundError
 
-from memgpt.config import Config, load_config, save_config
+from memgpt.config import load_config, save_config
 from memgpt.data.ingest import SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
@@ -29,20 +29,10 @@ from memgpt.storage.sql import MetadataStore
 from memgpt.types import EmbeddingSpace, FileRecord, FileStatus
 from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, auth, free_port
+from tests.server_rig import LiveServer, auth, free_port, use_scripted_llm
 
 AGENT_FILES = DATA / "agent-files"
 SPACE = EmbeddingSpace("all-MiniLM-L6-v2", 384)
-
-
-def with_llm(home: Path, llm: ScriptedLLM) -> Config:
-    config = load_config(home)
-    config.llm.provider = "openai-compatible"
-    config.llm.endpoint = llm.url
-    config.llm.model = "scripted"
-    config.llm.context_window = 16_000
-    save_config(config, home)
-    return config
 
 
 @pytest.fixture
@@ -56,7 +46,7 @@ def llm() -> Iterator[ScriptedLLM]:
 def server(request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
     if "metadata_url" in request.fixturenames:  # the database is chosen before the server opens it
         request.getfixturevalue("metadata_url")
-    live = LiveServer(home, with_llm(home, llm))
+    live = LiveServer(home, use_scripted_llm(home, llm.url))
     yield live
     live.stop()
 
@@ -376,7 +366,7 @@ def test_agent_files_import_and_export_through_the_client(server: LiveServer, ll
 
 
 def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedLLM) -> None:
-    config = with_llm(home, llm)
+    config = use_scripted_llm(home, llm.url)
     config.server.max_upload_mb = 0.02  # 20,000 bytes; the smallest example file has 24,427
     config.embedding.max_file_mb = 0.001  # the loader's own limit per file, as for `memgpt load`
     save_config(config, home)
