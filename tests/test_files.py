@@ -138,7 +138,11 @@ def test_uploads_are_stored_under_the_home_and_named_safely(storage: Storage, ho
         take_upload(storage, home, source, "x.md", io.BytesIO(b"x"), space=other)
     with pytest.raises(UserError, match="empty"):
         take_upload(storage, home, source, "empty.md", io.BytesIO(b""), space=space)
+    replace = DuplicateHandling.REPLACE
+    with pytest.raises(UserError, match="empty"):  # refused before the file it would replace is touched
+        take_upload(storage, home, source, "notes.md", io.BytesIO(b""), space=space, duplicate_handling=replace)
     assert "empty.md" not in {f.file_name for f in storage.files.list(source.id)}
+    assert "notes.md" in {f.file_name for f in storage.files.list(source.id)}
     delete_source(storage, source)
     assert not (home / "files" / source.id).exists()
 

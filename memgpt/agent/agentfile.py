@@ -347,7 +347,7 @@ def _import_sources(
         sources[entry.id] = source
         files[entry.id] = []
         for file in (f for f in document.files if f.source_id == entry.id):
-            if file.content is None:
+            if not (file.content or "").strip():
                 notes.append(f"file {file.file_name!r} has no text in the agent file; not loaded")
                 continue
             files[entry.id].append(_load_text(storage, source, file.file_name, file.content, settings, listener))

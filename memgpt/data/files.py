@@ -24,7 +24,14 @@ from memgpt.data.ingest import LoadListener, LoadReport, SourceLoader
 from memgpt.data.loaders import SUPPORTED_EXTENSIONS, parse, read_bytes
 from memgpt.data.sources import remove_stored
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import AlreadyExistsError, InputFileError, NotFoundError, UnsupportedFileTypeError, UserError
+from memgpt.errors import (
+    AlreadyExistsError,
+    InputFileError,
+    NotFoundError,
+    StorageError,
+    UnsupportedFileTypeError,
+    UserError,
+)
 from memgpt.owners import this_process
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq, is_in
@@ -113,24 +120,22 @@ def take_upload(
     check_supported(name)
     check_loadable(source, space)
     same_name = [f for f in storage.files.list(source.id) if f.file_name == name]
-    if same_name:
-        if duplicate_handling is DuplicateHandling.ERROR:
-            raise AlreadyExistsError(f"file {name!r} already exists in folder {source.name!r}")
-        if duplicate_handling is DuplicateHandling.SKIP:
-            return Upload(same_name[0], skipped=True)
-        if duplicate_handling is DuplicateHandling.REPLACE:
-            cancel([f.id for f in same_name])
-            for old in same_name:
-                delete_file(storage, source, old)
-        else:
-            name = _free_name(name, {f.file_name for f in storage.files.list(source.id)})
+    if same_name and duplicate_handling is DuplicateHandling.ERROR:
+        raise AlreadyExistsError(f"file {name!r} already exists in folder {source.name!r}")
+    if same_name and duplicate_handling is DuplicateHandling.SKIP:
+        return Upload(same_name[0], skipped=True)
+    if same_name and duplicate_handling is DuplicateHandling.SUFFIX:
+        name = _free_name(name, {f.file_name for f in storage.files.list(source.id)})
     file_id = new_file_id()
     folder = uploads_folder(home) / source.id / file_id
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         size = _write(content, folder / name)
         if size == 0:
             raise UserError(f"{name}: the uploaded file is empty")
+        if same_name and duplicate_handling is DuplicateHandling.REPLACE:  # only once the new one is here
+            cancel([f.id for f in same_name])
+            for old in same_name:
+                delete_file(storage, source, old)
         record = FileRecord(
             id=file_id,
             source_id=source.id,
@@ -151,13 +156,17 @@ def take_upload(
 
 def _write(content: BinaryIO, target: Path) -> int:
     """Copy the upload to ``target`` (whole or not at all); its size in bytes."""
-    partial = target.with_name(target.name + ".part")
-    with open(partial, "wb") as handle:
-        shutil.copyfileobj(content, handle, length=1 << 20)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, target)
-    return target.stat().st_size
+    partial = target.parent / ".partial"  # the folder is the file's own; its name may be as long as allowed
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as handle:
+            shutil.copyfileobj(content, handle, length=1 << 20)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+        return target.stat().st_size
+    except OSError as exc:
+        raise StorageError(f"cannot store the upload in {target.parent}: {exc.strerror or exc}") from exc
 
 
 def load_file(

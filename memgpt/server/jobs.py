@@ -64,6 +64,7 @@ class FileJobs:
         self.state = state
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memgpt-load")
         self._guard = threading.Condition()
+        self._queued: set[str] = set()
         self._cancelled: set[str] = set()
         self._running: str | None = None
         self._stopping = False
@@ -99,6 +100,8 @@ class FileJobs:
 
     # -- work -----------------------------------------------------------------------------------
     def submit(self, file_id: str) -> None:
+        with self._guard:
+            self._queued.add(file_id)
         self._pool.submit(self._run, file_id)
 
     def should_stop(self, file_id: str) -> bool:
@@ -112,11 +115,12 @@ class FileJobs:
         if not wanted:
             return
         with self._guard:
-            self._cancelled |= wanted
+            self._cancelled |= wanted & (self._queued | {self._running})  # only what this process will load
             self._guard.wait_for(lambda: self._running not in wanted, timeout=CANCEL_WAIT_SECONDS)
 
     def _run(self, file_id: str) -> None:
         with self._guard:
+            self._queued.discard(file_id)
             if self._stopping or file_id in self._cancelled:
                 self._cancelled.discard(file_id)
                 return
