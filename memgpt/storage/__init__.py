@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from memgpt.storage.agents import AgentStore
     from memgpt.storage.attachments import AttachmentStore
     from memgpt.storage.base import PassageStore
+    from memgpt.storage.mcp_servers import AgentMCPServerStore
     from memgpt.storage.messages import MessageStore
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget
     from memgpt.storage.sql import MetadataStore
@@ -42,10 +43,10 @@ class Storage:
     """Every store of one memgpt home, built once and safe to share between threads.
 
     SQL stores, one per table family: ``metadata`` (sources and documents), ``agents`` (agents and their
-    blocks), ``messages``, ``attachments`` (sources linked to agents), ``templates`` (a user's personas
-    and humans) and ``users`` (a server's users and their API keys). Passages live in Milvus, connected on
-    first use: listing sources needs only SQL, and opening Milvus Lite costs most of a second and takes its
-    file lock.
+    blocks), ``messages``, ``attachments`` (sources linked to agents), ``mcp_servers`` (MCP servers an
+    agent uses), ``templates`` (a user's personas and humans) and ``users`` (a server's users and their
+    API keys). Passages live in Milvus, connected on first use: listing sources needs only SQL, and opening
+    Milvus Lite costs most of a second and takes its file lock.
 
     Storage serves every user alike: each call that reads or writes a user's data names the user.
     """
@@ -53,6 +54,7 @@ class Storage:
     def __init__(self, config: Config, home: Path) -> None:
         from memgpt.storage.agents import AgentStore
         from memgpt.storage.attachments import AttachmentStore
+        from memgpt.storage.mcp_servers import AgentMCPServerStore
         from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
         from memgpt.storage.templates import TemplateStore
@@ -62,6 +64,7 @@ class Storage:
         self.agents: AgentStore = AgentStore(self.metadata)
         self.messages: MessageStore = MessageStore(self.metadata)
         self.attachments: AttachmentStore = AttachmentStore(self.metadata)
+        self.mcp_servers: AgentMCPServerStore = AgentMCPServerStore(self.metadata)
         self.templates: TemplateStore = TemplateStore(self.metadata)
         self.users: UserStore = UserStore(self.metadata)
         self.milvus_target = milvus_target(config, home)

@@ -10,6 +10,7 @@ from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, dele
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
+from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import MessageRow, StoredMessage, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import AgentState, Block
@@ -157,9 +158,9 @@ class AgentStore:
                 s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**fields))
 
     def delete(self, agent_id: str) -> None:
-        """The agent with its blocks, messages and attachments (sources themselves stay)."""
+        """The agent with its blocks, messages and attachments (sources and MCP servers themselves stay)."""
         with self._metadata.session() as s:
-            for table in (MessageRow, BlockRow, AgentSourceRow):
+            for table in (MessageRow, BlockRow, AgentSourceRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 

@@ -229,6 +229,20 @@ def _0006_users_and_api_keys(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _0007_agent_mcp_servers(conn: Connection) -> None:
+    """The MCP servers each agent uses (by name; the servers themselves are in the home's mcp.toml)."""
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "agent_mcp_servers",
+        meta,
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+        Column("server_name", String(64), primary_key=True),
+        Column("attached_at", DateTime(timezone=True), nullable=False),
+    )
+    meta.tables["agent_mcp_servers"].create(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -236,6 +250,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0004_messages_unbounded_tool_fields", _0004_messages_unbounded_tool_fields),
     ("0005_messages_searchable", _0005_messages_searchable),
     ("0006_users_and_api_keys", _0006_users_and_api_keys),
+    ("0007_agent_mcp_servers", _0007_agent_mcp_servers),
 ]
 
 
