@@ -201,6 +201,25 @@ def list_agents(storage: Storage, user_id: str) -> list[AgentSummary]:
     return storage.agents.list(user_id)
 
 
+@dataclass(frozen=True)
+class AgentMemory:
+    """An agent's recall and archival memory as its tools search and fill them (core memory is its
+    stored blocks: ``storage.agents.blocks``, edited through ``memory.core``)."""
+
+    recall: RecallMemory
+    archival: ArchivalMemory
+
+
+def open_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel) -> AgentMemory:
+    """The agent's memory with ``embedding``, which must be the model its memory was written with."""
+    state.space.ensure_same(
+        embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
+    )
+    archival = ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
+    index = RecallIndex(storage.passages(state.space), embedding)
+    return AgentMemory(RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index), archival)
+
+
 def open_agent(
     storage: Storage,
     state: AgentState,
@@ -216,9 +235,7 @@ def open_agent(
     ``extra_tools`` (for example an MCP server's) come after MemGPT's and the user's; one whose name
     is taken already is skipped with a warning.
     """
-    state.space.ensure_same(
-        embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
-    )
+    memory = open_memory(storage, state, embedding)
     tools = builtin_tools()
     warnings: list[str] = []
     if tools_folder is not None:
@@ -229,10 +246,7 @@ def open_agent(
             warnings.append(f"{tool.name} is already a tool; skipped")
         else:
             tools.append(tool)
-    archival = ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
-    index = RecallIndex(storage.passages(state.space), embedding)
-    recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index)
-    recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
+    memory.recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
 
     def source_names() -> list[str]:
         names = {s.id: s.name for s in storage.metadata.list_sources(state.user_id)}
@@ -241,8 +255,8 @@ def open_agent(
     agent = Agent(
         state,
         storage=storage,
-        archival=archival,
-        recall=recall,
+        archival=memory.archival,
+        recall=memory.recall,
         llm=llm,
         tools=tools,
         max_steps=max_steps,

@@ -43,7 +43,7 @@ def open_state(home: Path, config: Config) -> ServerState:
 
 def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
     """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
-    from memgpt.server.routes import admin, health
+    from memgpt.server.routes import admin, health, mcp_memory, mcp_servers
 
     if state is None:
         home = home or memgpt_home()
@@ -69,6 +69,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.state.memgpt = state
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
-    for module in (health, admin):
+    for module in (health, admin, mcp_servers):
         app.include_router(module.router)
+    mcp_memory.mount(app, state)  # /mcp: the memory tools for MCP clients
     return app

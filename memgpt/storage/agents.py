@@ -169,6 +169,17 @@ class AgentStore:
             rows = s.scalars(select(BlockRow).where(BlockRow.agent_id == agent_id).order_by(BlockRow.label))
             return [Block(r.label, r.value, r.char_limit) for r in rows]
 
+    def swap_block_value(self, agent_id: str, label: str, expected: str, value: str) -> bool:
+        """Set a block's value if it still is ``expected`` (an edit made outside a step, e.g. over MCP);
+        False when it changed meanwhile and nothing was written."""
+        with self._metadata.session() as s:
+            result = s.execute(
+                update(BlockRow)
+                .where(BlockRow.agent_id == agent_id, BlockRow.label == label, BlockRow.value == expected)
+                .values(value=value)
+            )
+            return bool(result.rowcount)
+
     def commit_step(self, agent_id: str, changes: StepChanges) -> None:
         """A step is stored whole or not at all: its messages, blocks, evictions and agent fields."""
         with self._metadata.session() as s:
