@@ -78,11 +78,12 @@ class ServerPool:
         self._closed = False
 
     def _sessions(self) -> MCPClients:
-        if self._clients is None:
-            from memgpt.mcp.client import MCPClients  # the SDK: imported only once a server is wanted
+        with self._lock:
+            if self._clients is None:
+                from memgpt.mcp.client import MCPClients  # the SDK: imported only once a server is wanted
 
-            self._clients = MCPClients([], log_dir=self.home / LOGS)
-        return self._clients
+                self._clients = MCPClients([], log_dir=self.home / LOGS)
+            return self._clients
 
     def agent_tools(self, storage: Storage, state: AgentState) -> tuple[list[Tool], list[str]]:
         """The tools of the servers attached to the agent, for ``open_agent(extra_tools=...)``, and one
