@@ -19,6 +19,8 @@ from memgpt.types import User
 if TYPE_CHECKING:
     from memgpt.embeddings.base import EmbeddingModel
     from memgpt.mcp.pool import ServerPool
+    from memgpt.server.models import ServedModels
+    from memgpt.server.turns import TurnRunner
     from memgpt.storage import Storage
     from memgpt.storage.users import UserStore
 
@@ -40,6 +42,8 @@ class ServerState:
     owner: User
     _embedding: EmbeddingModel | None = field(default=None, repr=False)
     _mcp: ServerPool | None = field(default=None, repr=False)
+    _models: ServedModels | None = field(default=None, repr=False)
+    _turns: TurnRunner | None = field(default=None, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -54,6 +58,33 @@ class ServerState:
 
                 self._embedding = embedding_model(self.config.embedding)
             return self._embedding
+
+    def models(self) -> ServedModels:
+        """What agents here can run on: the LLM endpoint's models and the embedding space."""
+        with self._guard:
+            if self._models is None:
+                from memgpt.server.models import ServedModels
+
+                self._models = ServedModels(self.config)
+            return self._models
+
+    def turns(self) -> TurnRunner:
+        """This process's agent turns (started on first use)."""
+        with self._guard:
+            if self._turns is None:
+                from memgpt.server.turns import TurnRunner
+
+                self._turns = TurnRunner(self)
+            return self._turns
+
+    def close(self) -> None:
+        """Let running turns finish their step, stop the agents' MCP servers, then close storage."""
+        with self._guard:
+            turns, self._turns = self._turns, None
+        if turns is not None:
+            turns.close()
+        self.stop_mcp()
+        self.storage.close()
 
     def mcp(self) -> ServerPool:
         """The MCP servers agents use, started on first use and shared by every turn of this process. A

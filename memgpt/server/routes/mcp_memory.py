@@ -68,8 +68,7 @@ def _caller_of(default_agent: str | None) -> Callable[[Any], Caller]:
 
 
 def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None) -> None:
-    """Serve the memory tools at ``/mcp`` on ``app``; the SDK's request handling runs, and the agents'
-    MCP servers (``state.mcp()``) stop, with the app's lifespan."""
+    """Serve the memory tools at ``/mcp`` on ``app``; the SDK's request handling runs with the app's lifespan."""
     from memgpt.mcp.serve import http_endpoint, memory_server
 
     server = memory_server(state.storage, state.embedding, _caller_of(default_agent))
@@ -79,24 +78,21 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
 
     @asynccontextmanager
     async def lifespan(application: Any) -> AsyncIterator[Any]:
-        try:
-            async with running(), inner(application) as value:
-                yield value
-        finally:
-            await anyio.to_thread.run_sync(state.stop_mcp)
+        async with running(), inner(application) as value:
+            yield value
 
     app.router.lifespan_context = lifespan
 
 
 def standalone_app(state: ServerState, *, default_agent: str | None = None) -> FastAPI:
-    """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the storage closes with the app."""
+    """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            state.storage.close()
+            await anyio.to_thread.run_sync(state.close)
 
     app = FastAPI(title="memgpt MCP", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.memgpt = state
