@@ -4,6 +4,7 @@ mid-chat with /mcp, and shared by every agent of a process (the pool a server's 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import threading
 import uuid
@@ -13,11 +14,14 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from memgpt.agent.agentfile import ImportSettings, export_agent, export_text, import_agent_file
+from memgpt.agent.agentfile_format import read_agent_file
 from memgpt.agent.manager import create_agent, delete_agent
+from memgpt.config import EmbeddingSettings
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import NotFoundError, UserError
 from memgpt.mcp.pool import ServerPool, attach_server, attached_servers, detach_server
-from memgpt.mcp.registry import add_server, replace_server
+from memgpt.mcp.registry import ServerSpec, add_server, remove_server, replace_server
 from memgpt.storage import Storage
 from memgpt.types import AgentState
 from tests.conftest import USER, run_cli
@@ -197,3 +201,84 @@ def test_a_server_that_fails_to_start_is_tried_again_only_after_a_while(home: Pa
         assert starts.read_text() == "xx"
     finally:
         pool.close()
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_an_agent_file_carries_its_mcp_servers_without_secrets_and_attaches_only_the_same_ones(
+    storage: Storage, model: LocalMiniLM, home: Path
+) -> None:
+    """Decision: an export names the agent's MCP servers with their command or URL (Letta's ``mcp_servers``
+    entries) and never a secret; an import attaches a server only when this home has one registered under
+    that name running the same thing, and never registers one (a file must not make a machine run a
+    command); each other server is one note saying what to do."""
+    secret = "s-" + uuid.uuid4().hex
+    add_server(home, stdio_spec("time", time_command(), env={"TOKEN": secret}))
+    add_server(home, ServerSpec(name="web", url="http://127.0.0.1:9/mcp", headers={"Authorization": secret}))
+    add_server(home, stdio_spec("gone", fixture_command()))
+    state = new_agent(storage, model, "Sam")
+    for name in ("web", "time", "gone"):
+        attach_server(storage, home, state, name)
+    remove_server(home, "gone")  # attached, no longer added: exported by name only
+
+    document = export_agent(storage, state, chunk_size=250, home=home)
+    text = export_text(document)
+    assert secret not in text and "TOKEN" not in text and "Authorization" not in text
+    assert document["memgpt"]["agents"]["agent-0"]["mcp_servers"] == ["web", "time", "gone"]
+    entries = {e["server_name"]: e for e in document["mcp_servers"]}
+    assert set(entries) == {"web", "time"} and {e["id"] for e in entries.values()} == {"mcp_server-0", "mcp_server-1"}
+    assert (entries["web"]["server_type"], entries["web"]["server_url"]) == ("streamable_http", "http://127.0.0.1:9/mcp")
+    stdio = entries["time"]["stdio_config"]
+    assert entries["time"]["server_type"] == "stdio" and [stdio["command"], *stdio["args"]] == time_command()
+
+    settings = ImportSettings(home, model, EmbeddingSettings(), llm_model="scripted", context_window=16_000)
+    (same,) = import_agent_file(storage, read_agent_file(text, "sam.af"), user_id=USER, settings=settings)
+    assert same.mcp_servers == ["web", "time"]
+    assert attached_servers(storage, same.state) == ["web", "time"]
+    assert [n for n in same.notes if "MCP" in n] == [
+        "MCP server 'gone' is not attached: it is not added here (add it with `memgpt mcp add gone ...`, with its "
+        "secrets, which files never carry; on a server its owner registers it), then attach it (/mcp attach gone)"
+    ]
+
+    # Another home's 'web' is another server: not attached. A server it lacks is named with its command.
+    replace_server(home, ServerSpec(name="web", url="http://127.0.0.1:9/other"))
+    remove_server(home, "time")
+    (other,) = import_agent_file(storage, read_agent_file(text, "sam.af"), user_id=USER, settings=settings)
+    assert other.mcp_servers == [] and attached_servers(storage, other.state) == []
+    notes = [n for n in other.notes if "MCP" in n]
+    assert notes[0] == (
+        "MCP server 'web' is not attached: the one added here under that name runs something else than the "
+        "file's (http://127.0.0.1:9/mcp); attach it (/mcp attach web) if it is the same server"
+    )
+    added = f"add it with `memgpt mcp add time -- {shlex.join(time_command())}`, with its secrets"
+    assert notes[1].startswith(f"MCP server 'time' is not attached: it is not added here ({added}")
+    assert len(notes) == 3 and "'gone'" in notes[2]
+    assert storage.mcp_servers.names(other.state.id) == []
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_letta_file_links_servers_through_its_mcp_tools(storage: Storage, model: LocalMiniLM, home: Path) -> None:
+    """Letta attaches an MCP server's tools (tool_type external_mcp, tagged mcp:SERVER), not the server."""
+    add_server(home, stdio_spec("time", time_command()))
+    add_server(home, stdio_spec("fx", fixture_command()))
+    command = time_command()
+    letta = {
+        "agents": [{"id": "agent-0", "name": "letta", "tool_ids": ["tool-0", "tool-1"], "block_ids": []}],
+        "tools": [
+            {"id": "tool-0", "name": "send_message", "tool_type": "letta_core"},
+            {"id": "tool-1", "name": "get_current_time", "tool_type": "external_mcp", "tags": ["mcp:time"]},
+        ],
+        "mcp_servers": [
+            {
+                "id": "mcp_server-0",
+                "server_type": "stdio",
+                "server_name": "time",
+                "stdio_config": {"command": command[0], "args": command[1:]},
+            },
+            {"id": "mcp_server-1", "server_type": "stdio", "server_name": "fx", "stdio_config": None},
+        ],
+    }
+    settings = ImportSettings(home, model, EmbeddingSettings(), llm_model="scripted", context_window=16_000)
+    (result,) = import_agent_file(storage, read_agent_file(json.dumps(letta), "l.af"), user_id=USER, settings=settings)
+    assert result.mcp_servers == ["time"]  # fx: in the file, but none of this agent's tools come from it
+    assert result.tools_without_equivalent == [] and "get_current_time" not in result.tools_mapped
+    assert not [n for n in result.notes if "MCP" in n]
