@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,10 +15,10 @@ from letta_client import Letta, NotFoundError, PermissionDeniedError
 from memgpt.agent.manager import create_agent
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.types import AgentState
-from tests.agent_rig import Rig, replies, tool_results
+from tests.agent_rig import tool_results
 from tests.mcp_helpers import API_KEY, alive_with, fixture_command, http_fixture, time_command, wait_until
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, auth
+from tests.server_rig import LiveServer, auth, use_scripted_llm
 
 SECRET = "s-" + uuid.uuid4().hex  # an environment value that must never come back from the API
 
@@ -159,40 +160,47 @@ def test_users_attach_servers_to_their_own_agents_only(live_server: LiveServer, 
     assert detached.status_code == 200 and detached.json()["missing"] == []
 
 
-def test_a_turn_on_the_server_gets_the_agents_servers_tools(
-    live_server: LiveServer, model: LocalMiniLM, llm: ScriptedLLM
-) -> None:
-    """What the turn runner does: open the agent with ``state.mcp().agent_tools(...)`` as extra tools. The
-    server stays running between turns and agents (one process), and stops with the server."""
-    tag = "srv-mcp-" + uuid.uuid4().hex
-    owner_key = live_server.key()
-    alice_key = live_server.key("alice")
-    alice_agent = agent_of(live_server, "alice", "Ally", model)
-    bob_agent = agent_of(live_server, None, "Bob", model)
-    command = fixture_command("--tag", tag)
-    client(live_server, owner_key).mcp_servers.create(
-        server_name="fx", config={"command": command[0], "args": command[1:]}
-    )
-    httpx.patch(f"{live_server.url}/v1/agents/{alice_agent.id}/mcp-servers/attach/fx", headers=auth(alice_key))
+def offered(request: dict[str, object]) -> set[str]:
+    return {t["function"]["name"] for t in request.get("tools") or []}  # type: ignore[index,union-attr]
 
-    storage = live_server.state.storage
-    pool = live_server.state.mcp()
-    tools, warnings = pool.agent_tools(storage, alice_agent)
-    assert warnings == [] and "fx__echo" in {t.name for t in tools}
-    rig = Rig(storage, model, llm, user_id=alice_agent.user_id)
-    agent = rig.open("Ally", extra_tools=tools)
-    llm.add({"tool": "fx__echo", "args": {"text": "hello from the server", "request_heartbeat": True}})
-    llm.reply("It echoed.")
-    assert replies(list(agent.send("echo something"))) == ["It echoed."]
-    assert tool_results(llm.requests[1])[-1] == {
-        "status": "OK",
-        "message": "hello from the server",
-        "time": tool_results(llm.requests[1])[-1]["time"],
-    }
-    # A second turn (the agent opened again) shares the running server; Bob's agent has none of its tools.
-    again, _ = pool.agent_tools(storage, alice_agent)
-    assert {t.name for t in again} == {t.name for t in tools}
-    assert len(alive_with(tag)) == 1
-    assert pool.agent_tools(storage, bob_agent) == ([], [])
-    live_server.stop()
+
+def test_a_turn_on_the_server_calls_the_agents_mcp_tools(home: Path, model: LocalMiniLM, llm: ScriptedLLM) -> None:
+    """messages.create through letta-client: the turn runner opens the agent with its servers' tools, the
+    model's call goes through the SDK to the server and its result comes back; the server keeps running
+    between turns (one process, one start), another user's agent never gets its tools, and it stops with
+    the server."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        tag = "srv-mcp-" + uuid.uuid4().hex
+        alice_key = server.key("alice")
+        alice_agent = agent_of(server, "alice", "Ally", model)
+        bob_agent = agent_of(server, None, "Bob", model)
+        command = fixture_command("--tag", tag)
+        client(server, server.key()).mcp_servers.create(
+            server_name="fx", config={"command": command[0], "args": command[1:]}
+        )
+        attach = f"{server.url}/v1/agents/{alice_agent.id}/mcp-servers/attach/fx"
+        assert httpx.patch(attach, headers=auth(alice_key)).status_code == 200
+
+        alice = client(server, alice_key)
+        llm.add({"tool": "fx__echo", "args": {"text": "hello from the server", "request_heartbeat": True}})
+        llm.reply("It echoed.")
+        response = alice.agents.messages.create(alice_agent.id, input="echo something")
+        assert response.messages[-1].content == "It echoed."
+        call = next(m for m in response.messages if m.message_type == "tool_call_message")
+        assert call.tool_call.name == "fx__echo"
+        assert "fx__echo" in offered(llm.requests[0])
+        result = tool_results(llm.requests[1])[-1]
+        assert (result["status"], result["message"]) == ("OK", "hello from the server")
+
+        llm.reply("Still here.")
+        assert alice.agents.messages.create(alice_agent.id, input="again").messages[-1].content == "Still here."
+        assert "fx__echo" in offered(llm.requests[-1]) and len(alive_with(tag)) == 1  # started once
+
+        llm.reply("Hi Bob.")
+        bob = client(server, server.key())
+        assert bob.agents.messages.create(bob_agent.id, input="hi").messages[-1].content == "Hi Bob."
+        assert "fx__echo" not in offered(llm.requests[-1])
+    finally:
+        server.stop()
     assert wait_until(lambda: alive_with(tag) == [], 20)
