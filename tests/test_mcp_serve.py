@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ import anyio.to_thread
 import httpx
 import mcp
 import pytest
+from letta_client import Letta
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -29,11 +31,12 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.server.state import BAD_KEY, MISSING_KEY
 from memgpt.storage import Storage
+from memgpt.storage.turns import new_owner
 from memgpt.types import AgentState
 from tests.agent_rig import Rig, tool_results
 from tests.conftest import DATA, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, free_port
+from tests.server_rig import LiveServer, free_port, use_scripted_llm
 
 TOOLS = [
     "archival_memory_search",
@@ -183,6 +186,17 @@ def test_stdio_serves_the_only_agent_or_asks_which(home: Path, storage: Storage,
         new_agent(storage, model, "Stranger", "someone-else")
         async with stdio(home, "--agent", "Beta") as session:
             assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Beta':")
+            # A turn holds Beta (a `memgpt server` on the same storage): an edit waits, then is refused.
+            beta = storage.agents.get(owner, "Beta")
+            assert beta is not None
+            turn = new_owner()
+            assert storage.turns.acquire(beta.id, turn, "run-elsewhere", 60)
+            busy = await session.refused("core_memory_append", name="human", content="Likes tea.")
+            assert "the agent is busy with a turn; try the edit again in a moment" in busy
+            assert "Likes tea." not in storage.agents.blocks(beta.id)[0].value
+            storage.turns.release(beta.id, turn)
+            await session.ok("core_memory_append", name="human", content="Likes tea.")
+            assert storage.turns.running_run(beta.id) is None  # the edit's own hold is gone
 
     anyio.run(use)
     wrong = run_cli("mcp", "serve", "--agent", "Stranger", home=home, stdin="")
@@ -278,3 +292,33 @@ def test_http_standalone(home: Path, storage: Storage, model: LocalMiniLM) -> No
         process.terminate()
         out, _ = process.communicate(timeout=30)
     assert f"memgpt MCP server on http://127.0.0.1:{port}/mcp" in out
+
+
+def test_http_block_edits_wait_for_the_agents_turn_on_the_server(
+    home: Path, model: LocalMiniLM, llm: ScriptedLLM
+) -> None:
+    """Mounted in `memgpt server`, a core memory edit waits for the agent's running turn (as the REST API's
+    block edits do): neither the turn's own edit of the block nor the client's is lost."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        sam = new_agent(server.state.storage, model, "Sam", server.state.owner.id)
+        note = {"name": "human", "content": "Loves sailing.", "request_heartbeat": False}
+        llm.add({"tool": "core_memory_append", "args": note, "content": "Note it.", "delay": 1.5})
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0)
+        sender = threading.Thread(target=letta.agents.messages.create, args=(sam.id,), kwargs={"input": "I sail"})
+        sender.start()
+        while not llm.requests:
+            time.sleep(0.02)
+
+        async def edit() -> None:
+            async with http(f"{server.url}/mcp?agent=Sam", key) as session:
+                await session.ok("core_memory_append", name="human", content="Drinks tea.")
+
+        anyio.run(edit)
+        assert server.state.storage.turns.running_run(sam.id) is None  # it waited for the turn to end
+        sender.join(30)
+        human = {b.label: b.value for b in server.state.storage.agents.blocks(sam.id)}["human"]
+        assert human.endswith("Loves sailing.\nDrinks tea.")
+    finally:
+        server.stop()

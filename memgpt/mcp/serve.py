@@ -14,8 +14,9 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from memgpt.data.sources import get_source
 from memgpt.data.sources import list_sources as sources_of
 from memgpt.data.sources import search_source as search_in
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import MemGPTError, NotFoundError, UserError
+from memgpt.errors import AgentBusyError, MemGPTError, NotFoundError, UserError
 from memgpt.memory.core import CoreMemory, edit_stored
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Block
@@ -46,6 +47,9 @@ INSTRUCTIONS = (
     "archival_memory_insert; core memory blocks are always in the agent's prompt: keep them short."
 )
 MAX_SOURCE_HITS = 20
+LEASE_SECONDS = 30.0  # an edit's hold on the agent; a process that dies holding it is taken over after this
+BUSY_WAIT = 5.0  # how long an edit waits for the agent's running turn
+Guard = Callable[[str], AbstractContextManager[None]]  # holds an agent (by id) while its blocks are edited
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,24 @@ def _as_tool_errors() -> Iterator[None]:
         raise MCPToolError(str(exc)) from exc
 
 
+@contextmanager
+def lease_guard(storage: Storage, agent_id: str, *, wait: float = BUSY_WAIT) -> Iterator[None]:
+    """Hold the agent's turn lease (the one `memgpt server` turns take, in SQL) for a block edit, so that a
+    turn running elsewhere on the same storage neither overwrites the edit nor is overwritten by it."""
+    from memgpt.storage.turns import new_owner
+
+    owner = new_owner()
+    deadline = time.monotonic() + wait
+    while not storage.turns.acquire(agent_id, owner, "", LEASE_SECONDS):
+        if time.monotonic() >= deadline:
+            raise AgentBusyError("the agent is busy with a turn; try the edit again in a moment", 2)
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        storage.turns.release(agent_id, owner)
+
+
 def _describe_block(block: Block, verb: str) -> str:
     return f"{verb} the {block.label} block ({len(block.value)}/{block.limit} characters):\n{block.value}"
 
@@ -112,10 +134,23 @@ class _Memory:
 
 
 def memory_server(
-    storage: Storage, embedding: Callable[[], EmbeddingModel], caller: Callable[[Context], Caller]
+    storage: Storage,
+    embedding: Callable[[], EmbeddingModel],
+    caller: Callable[[Context], Caller],
+    *,
+    guard: Guard | None = None,
 ) -> MCPServer:
-    """The MCP server with the memory tools; ``caller`` says who asks for each call."""
+    """The MCP server with the memory tools; ``caller`` says who asks for each call. Block edits wait for
+    the agent's running turn under ``guard`` (default: its lease in ``storage``; a server passes its own
+    turns' hold) and are refused after a few seconds, as the REST API's are."""
     memory = _Memory(storage, embedding, caller)
+    hold: Guard = guard or (lambda agent_id: lease_guard(storage, agent_id))
+
+    def edit(ctx: Context, change: Callable[[CoreMemory], Block]) -> str:
+        with _as_tool_errors():
+            agent_id = memory.agent(ctx).id
+            with hold(agent_id):
+                return _describe_block(edit_stored(storage, agent_id, change), "Updated")
 
     def archival_memory_search(query: str, ctx: Context, page: int = 0) -> str:
         """Search the agent's archival memory (its saved notes and attached data sources) by meaning.
@@ -175,9 +210,7 @@ def memory_server(
             name: The block to add to (persona or human, or another block core_memory_read shows).
             content: The text to add.
         """
-        with _as_tool_errors():
-            block = edit_stored(storage, memory.agent(ctx).id, lambda core: core.append(name, content))
-            return _describe_block(block, "Updated")
+        return edit(ctx, lambda core: core.append(name, content))
 
     def core_memory_replace(name: str, old_content: str, new_content: str, ctx: Context) -> str:
         """Replace text in one of the agent's core memory blocks (an empty new_content deletes it). Refused,
@@ -188,11 +221,7 @@ def memory_server(
             old_content: The exact text to replace.
             new_content: The text to put in its place.
         """
-        with _as_tool_errors():
-            block = edit_stored(
-                storage, memory.agent(ctx).id, lambda core: core.replace(name, old_content, new_content)
-            )
-            return _describe_block(block, "Updated")
+        return edit(ctx, lambda core: core.replace(name, old_content, new_content))
 
     def list_sources(ctx: Context) -> str:
         """List the data sources (loaded documents) of the agent's user, and which are attached to the

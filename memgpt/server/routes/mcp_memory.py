@@ -71,7 +71,12 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
     """Serve the memory tools at ``/mcp`` on ``app``; the SDK's request handling runs with the app's lifespan."""
     from memgpt.mcp.serve import http_endpoint, memory_server
 
-    server = memory_server(state.storage, state.embedding, _caller_of(default_agent))
+    server = memory_server(
+        state.storage,
+        state.embedding,
+        _caller_of(default_agent),
+        guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
+    )
     endpoint, running = http_endpoint(server)
     app.router.routes.append(Route(PATH, endpoint=_KeyAuth(endpoint, state)))
     inner = app.router.lifespan_context
