@@ -17,7 +17,7 @@ from sqlalchemy import text
 from memgpt.agent.agentfile import ImportSettings, export_agent, export_text, import_agent_file
 from memgpt.agent.agentfile_format import read_agent_file
 from memgpt.agent.manager import create_agent, delete_agent
-from memgpt.config import EmbeddingSettings
+from memgpt.config import EmbeddingSettings, load_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import NotFoundError, UserError
 from memgpt.mcp.pool import ServerPool, attach_server, attached_servers, detach_server
@@ -35,10 +35,10 @@ def tag() -> str:
     return "mcp-attach-" + uuid.uuid4().hex
 
 
-def new_agent(storage: Storage, model: LocalMiniLM, name: str) -> AgentState:
+def new_agent(storage: Storage, model: LocalMiniLM, name: str, user_id: str = USER) -> AgentState:
     return create_agent(
         storage,
-        user_id=USER,
+        user_id=user_id,
         name=name,
         persona="sam_pov",
         human="basic",
@@ -253,6 +253,20 @@ def test_an_agent_file_carries_its_mcp_servers_without_secrets_and_attaches_only
     assert notes[1].startswith(f"MCP server 'time' is not attached: it is not added here ({added}")
     assert len(notes) == 3 and "'gone'" in notes[2]
     assert storage.mcp_servers.names(other.state.id) == []
+
+
+def test_export_and_import_commands_carry_the_servers(storage: Storage, model: LocalMiniLM, home: Path) -> None:
+    secret = "s-" + uuid.uuid4().hex
+    add_server(home, stdio_spec("time", time_command(), env={"TOKEN": secret}))
+    attach_server(storage, home, new_agent(storage, model, "Sam", load_config(home).user_id), "time")
+    target = home / "sam.af"
+    exported = ok("export", "agent", "Sam", "-o", str(target), home=home)
+    assert "MCP servers (commands and URLs, without their secrets): time" in exported.stdout
+    document = json.loads(target.read_text(encoding="utf-8"))
+    assert [e["server_name"] for e in document["mcp_servers"]] == ["time"] and secret not in target.read_text()
+    (result,) = json.loads(ok("import", str(target), "--json", home=home).stdout)
+    assert result["name"] == "Sam_2" and result["mcp_servers_attached"] == ["time"]
+    assert storage.mcp_servers.names(result["id"]) == ["time"]
 
 
 @pytest.mark.usefixtures("metadata_url")
