@@ -2,15 +2,18 @@
 
 An export holds the agent (its system prompt, model and context window), its core-memory blocks, its
 messages (the compiled system message first, then every message with which are in the context window),
-MemGPT's tools, the sources attached to it with their files' text, and, under memgpt's own top-level key,
-its archival passages and running summary. Embeddings are never exported: an import embeds again with the
-home's model.
+MemGPT's tools, the sources attached to it with their files' text, the MCP servers attached to it (Letta's
+``mcp_servers`` entries: the command or URL, never environment values, headers or tokens), and, under
+memgpt's own top-level key, its archival passages, running summary and the names of its MCP servers.
+Embeddings are never exported: an import embeds again with the home's model.
 
 An import makes a new agent of each agent in the file, all or nothing: blocks with their limits, messages
 in order as recall history (the compiled system message is regenerated), tools mapped by name to MemGPT's
 (custom tools carry code, which is never run or installed: they are reported), sources created afresh with
-their files loaded by the home's loader, and archival passages. Everything it could not carry over is
-reported in one line each.
+their files loaded by the home's loader, and archival passages. MCP servers are attached when the home has
+a server registered under the same name that runs the same command or URL; an import never registers one (a
+file must not make a machine run a command: that is for `memgpt mcp add`, or the server's owner), so each
+other server is reported with what to do. Everything it could not carry over is reported in one line each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shlex
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from memgpt.agent.agentfile_format import (
     EXTENSION_VERSION,
     AgentFile,
     FileAgent,
+    FileMCPServer,
     block_entry,
     embedding_config,
     llm_config,
@@ -70,9 +75,10 @@ _PASSAGE_WINDOW = 256
 
 # -- export ---------------------------------------------------------------------------------------
 def export_agent(
-    storage: Storage, state: AgentState, *, chunk_size: int, scrub_messages: bool = False
+    storage: Storage, state: AgentState, *, chunk_size: int, scrub_messages: bool = False, home: Path | None = None
 ) -> dict[str, Any]:
-    """The agent as an Agent File document (``json.dumps`` it, or use ``export_text``)."""
+    """The agent as an Agent File document (``json.dumps`` it, or use ``export_text``); the commands or URLs
+    of its MCP servers come from ``home``'s registry (without it, or for one no longer added, only names)."""
     blocks = storage.agents.blocks(state.id)
     sources = attached_sources(storage, state)
     passages = _own_passages(storage, state)
@@ -90,6 +96,7 @@ def export_agent(
                 files.append(_file_entry(record, f"file-{len(files)}", f"source-{number}", text))
     chosen = set(state.tools) if state.tools is not None else None
     tools = sorted((t for t in builtin_tools() if chosen is None or t.name in chosen), key=lambda t: t.name)
+    mcp_names = storage.mcp_servers.names(state.id)
     agent = {
         "name": state.name,
         "memory_blocks": [],
@@ -130,7 +137,7 @@ def export_agent(
         "files": files,
         "sources": source_entries,
         "tools": [tool_entry(t.name, t.description, t.parameters, f"tool-{n}") for n, t in enumerate(tools)],
-        "mcp_servers": [],
+        "mcp_servers": _mcp_server_entries(mcp_names, home),
         "metadata": {"exported_by": f"memgpt {__version__}"},
         "created_at": utc_now().isoformat(),
         EXTENSION_KEY: {
@@ -142,10 +149,35 @@ def export_agent(
                     "human": state.human,
                     "summary": state.summary,
                     "tools": list(state.tools) if state.tools is not None else None,
+                    "mcp_servers": mcp_names,
                 }
             },
         },
     }
+
+
+def _mcp_server_entries(names: Sequence[str], home: Path | None) -> list[dict[str, Any]]:
+    """Letta's entries for the registered ones of ``names``: what runs, never a secret."""
+    if not names or home is None:
+        return []
+    from memgpt.mcp.registry import load_servers
+
+    try:
+        registry = load_servers(home)
+    except ConfigError as exc:
+        logger.warning("MCP servers exported by name only: %s", exc)
+        return []
+    entries = []
+    for name in (n for n in names if n in registry):
+        spec = registry[name]
+        entry: dict[str, Any] = {"id": f"mcp_server-{len(entries)}", "server_name": name, "metadata_": None}
+        if spec.url:
+            entry.update(server_type="streamable_http", server_url=spec.url, stdio_config=None)
+        else:
+            stdio = {"server_name": name, "type": "stdio", "command": spec.command, "args": list(spec.args)}
+            entry.update(server_type="stdio", server_url=None, stdio_config=stdio)
+        entries.append(entry)
+    return entries
 
 
 def export_text(document: dict[str, Any]) -> str:
@@ -247,6 +279,7 @@ class ImportedAgent:
     tools_mapped: dict[str, list[str]] = field(default_factory=dict)
     tools_without_equivalent: list[str] = field(default_factory=list)
     custom_tools: list[str] = field(default_factory=list)  # carry code: never run or installed
+    mcp_servers: list[str] = field(default_factory=list)  # attached: registered here, running the same thing
     files: list[FileRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -435,8 +468,8 @@ def _import_agent(
         result.notes.append(f"runs on {model} (the file's agent ran on {file_model})")
     if agent.tool_rules:
         result.notes.append(f"{len(agent.tool_rules)} tool rule(s) not imported: memgpt agents have none")
-    if document.groups or document.mcp_servers:
-        result.notes.append("multi-agent groups and MCP servers are not imported (add MCP servers: `memgpt mcp add`)")
+    if document.groups:
+        result.notes.append("multi-agent groups are not imported")
     made.passage_owners.append(state)
     result.passages = _restore_passages(storage, document, agent, state, settings.embedding)
     storage.agents.create(
@@ -447,12 +480,53 @@ def _import_agent(
         source_ids=[sources[sid].id for sid in agent.sources if sid in sources],
     )
     made.agents.append(state)
+    _attach_mcp_servers(storage, settings.home, document.mcp_servers_of(agent), state, result)
     result.messages = len(history)
     return result
 
 
+def _attach_mcp_servers(
+    storage: Storage, home: Path, servers: Sequence[FileMCPServer], state: AgentState, result: ImportedAgent
+) -> None:
+    """Attach the file's MCP servers that this home registers under the same name for the same command or URL;
+    a note for each other one."""
+    if not servers:
+        return
+    from memgpt.mcp.registry import load_servers
+
+    try:
+        registry = load_servers(home)
+    except ConfigError as exc:
+        result.notes.append(f"MCP servers not attached ({', '.join(s.server_name for s in servers)}): {exc}")
+        return
+    for server in servers:
+        name = server.server_name
+        spec = registry.get(name)
+        what = shlex.join(server.command) if server.command else (server.server_url or "")
+        if spec is None:
+            how = f"`memgpt mcp add {name} -- {what}`" if server.command else f"`memgpt mcp add {name} --url {what}`"
+            result.notes.append(
+                f"MCP server {name!r} is not attached: it is not added here (add it with "
+                f"{how if what else f'`memgpt mcp add {name} ...`'}, with its secrets, which files never carry; "
+                f"on a server its owner registers it), then attach it (/mcp attach {name})"
+            )
+            continue
+        ours = [spec.command, *spec.args] if spec.command else spec.url
+        theirs = server.command or (server.server_url or "").strip() or None
+        if theirs is not None and theirs != ours:
+            result.notes.append(
+                f"MCP server {name!r} is not attached: the one added here under that name runs something else "
+                f"than the file's ({what}); attach it (/mcp attach {name}) if it is the same server"
+            )
+            continue
+        storage.mcp_servers.attach(state.id, name)
+        result.mcp_servers.append(name)
+
+
 def _map_tools(document: AgentFile, agent: FileAgent, result: ImportedAgent) -> None:
     for tool in document.tools_of(agent):
+        if tool.mcp_server:
+            continue  # an MCP server's tool: it comes with the server (see _attach_mcp_servers)
         if tool.name in TOOL_EQUIVALENTS:
             result.tools_mapped[tool.name] = list(TOOL_EQUIVALENTS[tool.name])
         elif tool.source_code:

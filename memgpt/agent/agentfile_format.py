@@ -22,6 +22,7 @@ from memgpt.types import Block, EmbeddingSpace, Message, Role, Source, ToolCall
 EXTENSION_KEY = "memgpt"
 EXTENSION_VERSION = 1
 LISTS = ("agents", "groups", "blocks", "files", "sources", "tools", "mcp_servers")
+MCP_TOOL_TYPE = "external_mcp"  # Letta's tool_type of a tool an MCP server provides
 _ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT, "tool": Role.TOOL, "function": Role.TOOL}
 _ENVELOPES = {"user_message": "", "heartbeat": HEARTBEAT, "system_alert": SYSTEM_ALERT, "login": LOGIN}
 
@@ -44,6 +45,34 @@ class FileTool(_Entry):
     name: str = Field(min_length=1)
     tool_type: str | None = None
     source_code: str | None = None
+    tags: list[str] | None = None
+
+    @property
+    def mcp_server(self) -> str | None:
+        """The MCP server a Letta MCP tool comes from (Letta tags them ``mcp:SERVER``), else None."""
+        if self.tool_type != MCP_TOOL_TYPE:
+            return None
+        return next((t.removeprefix("mcp:") for t in self.tags or () if t.startswith("mcp:")), None)
+
+
+class FileMCPServer(_Entry):
+    """An MCP server as Letta writes it: a command (``stdio_config``) or a URL, never its secrets (Letta and
+    memgpt both leave environment values, headers and tokens out)."""
+
+    server_name: str = ""
+    server_type: str | None = None
+    server_url: str | None = None
+    stdio_config: dict[str, Any] | None = None
+
+    @property
+    def command(self) -> list[str]:
+        """The command and its arguments ([] for a URL server)."""
+        config = self.stdio_config or {}
+        command = config.get("command")
+        args = config.get("args") or []
+        if not isinstance(command, str) or not command or not isinstance(args, list):
+            return []
+        return [command, *(str(a) for a in args)]
 
 
 class FileMessage(_Entry):
@@ -100,6 +129,7 @@ class AgentExtras(BaseModel):
     human: str = ""
     summary: str = ""
     tools: list[str] | None = None  # the functions it may call; None: every one there is
+    mcp_servers: list[str] | None = None  # the names of the MCP servers attached to it
 
 
 class Extension(BaseModel):
@@ -119,7 +149,7 @@ class AgentFile(BaseModel):
     sources: list[FileSource] = Field(default_factory=list)
     files: list[FileFile] = Field(default_factory=list)
     groups: list[dict[str, Any]] = Field(default_factory=list)
-    mcp_servers: list[dict[str, Any]] = Field(default_factory=list)
+    mcp_servers: list[FileMCPServer] = Field(default_factory=list)
     memgpt: Extension | None = None
 
     @model_validator(mode="after")
@@ -155,6 +185,20 @@ class AgentFile(BaseModel):
 
     def extras_of(self, agent: FileAgent) -> AgentExtras | None:
         return self.memgpt.agents.get(agent.id) if self.memgpt else None
+
+    def mcp_servers_of(self, agent: FileAgent) -> list[FileMCPServer]:
+        """The MCP servers the agent used, by name: memgpt's own list, else the servers of the agent's MCP
+        tools (how Letta links them), else every server of a file with one agent. A name the file has no
+        entry for comes back with only its name."""
+        extras = self.extras_of(agent)
+        if extras is not None and extras.mcp_servers is not None:
+            names = extras.mcp_servers
+        else:
+            names = [n for n in (t.mcp_server for t in self.tools_of(agent)) if n]
+            if not names and len(self.agents) == 1:
+                names = [s.server_name for s in self.mcp_servers if s.server_name]
+        by_name = {s.server_name: s for s in self.mcp_servers if s.server_name}
+        return [by_name.get(n) or FileMCPServer(id=n, server_name=n) for n in dict.fromkeys(names)]
 
     def passages_of(self, agent: FileAgent) -> list[ArchivalEntry]:
         return self.memgpt.archival_passages.get(agent.id, []) if self.memgpt else []

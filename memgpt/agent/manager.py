@@ -347,6 +347,22 @@ def check_tool_names(names: Sequence[str], *, tools_folder: Path | None = None) 
     return list(names)
 
 
+@dataclass(frozen=True)
+class AgentMemory:
+    """An agent's recall and archival memory as its tools search and fill them (core memory is its
+    stored blocks: ``storage.agents.blocks``, edited through ``memory.core``)."""
+
+    recall: RecallMemory
+    archival: ArchivalMemory
+
+
+def open_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel) -> AgentMemory:
+    """The agent's memory with ``embedding``, which must be the model its memory was written with."""
+    archival = archival_memory(storage, state, embedding)
+    index = RecallIndex(storage.passages(state.space), embedding)
+    return AgentMemory(RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index), archival)
+
+
 def open_agent(
     storage: Storage,
     state: AgentState,
@@ -358,11 +374,9 @@ def open_agent(
     max_steps: int = 10,
 ) -> tuple[Agent, list[str]]:
     """A runnable agent and one-line warnings about tools that could not be loaded (see ``agent_tools``)."""
-    archival = archival_memory(storage, state, embedding)
+    memory = open_memory(storage, state, embedding)
     tools, warnings = agent_tools(state, tools_folder=tools_folder, extra_tools=extra_tools)
-    index = RecallIndex(storage.passages(state.space), embedding)
-    recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index)
-    recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
+    memory.recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
 
     def source_names() -> list[str]:
         names = {s.id: s.name for s in storage.metadata.list_sources(state.user_id)}
@@ -371,8 +385,8 @@ def open_agent(
     agent = Agent(
         state,
         storage=storage,
-        archival=archival,
-        recall=recall,
+        archival=memory.archival,
+        recall=memory.recall,
         llm=llm,
         tools=tools,
         max_steps=max_steps,

@@ -26,9 +26,12 @@ def export_agent(
     from memgpt.agent.manager import get_agent
     from memgpt.config import write_private
 
+    home, _ = home_and_config()
     with open_storage() as (storage, config):
         state = get_agent(storage, config.user_id, name)
-        document = export(storage, state, chunk_size=config.embedding.chunk_size, scrub_messages=scrub_messages)
+        document = export(
+            storage, state, chunk_size=config.embedding.chunk_size, scrub_messages=scrub_messages, home=home
+        )
     target = output or Path(f"{state.name}.af")
     try:
         write_private(target, export_text(document).encode("utf-8"))  # it holds the whole conversation
@@ -41,6 +44,11 @@ def export_agent(
         f"passages, {len(document['sources'])} sources with {len(document['files'])} files",
         markup=False,
     )
+    mcp = document["memgpt"]["agents"]["agent-0"]["mcp_servers"]
+    if mcp:
+        console.print(
+            f"MCP servers (commands and URLs, without their secrets): {', '.join(mcp)}", markup=False, highlight=False
+        )
 
 
 def import_file(
@@ -96,6 +104,7 @@ def _as_dict(agent: ImportedAgent) -> dict[str, object]:
         "tools_mapped": agent.tools_mapped,
         "tools_without_equivalent": agent.tools_without_equivalent,
         "custom_tools_not_installed": agent.custom_tools,
+        "mcp_servers_attached": agent.mcp_servers,
         "notes": agent.notes,
     }
 
@@ -117,5 +126,7 @@ def _report(agent: ImportedAgent) -> None:
             f"custom tools not installed: {', '.join(agent.custom_tools)} (they carry code, which memgpt never runs "
             "from an agent file; review it and save it in ~/.memgpt/tools/ to use it)"
         )
+    if agent.mcp_servers:
+        console.print(f"MCP servers attached: {', '.join(agent.mcp_servers)}", markup=False)
     for note in agent.notes:
         warn(note)

@@ -108,19 +108,22 @@ def run(
         None, "--attach", help="Attach this data source first, as /attach would (repeatable).", show_default=False
     ),
     mcp: list[str] = typer.Option(
-        None, "--mcp", help="Give the agent this MCP server's tools for this run (repeatable).", show_default=False
+        None,
+        "--mcp",
+        help="Give the agent this MCP server's tools for this run only (repeatable; /mcp attach keeps one).",
+        show_default=False,
     ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
     from memgpt.agent.manager import open_agent, resolve_agent
     from memgpt.cli.chat import Chat
-    from memgpt.cli.mcp import tools_for_run
+    from memgpt.cli.mcp import chat_servers
     from memgpt.config import memgpt_home
     from memgpt.llm import create_llm, resolve_llm
 
     with open_storage() as (storage, config), ExitStack() as stack:
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
-        mcp_tools = stack.enter_context(tools_for_run(mcp or []))  # stopped before storage closes
+        servers = stack.enter_context(chat_servers(storage, mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model)
         state, created = resolve_agent(storage, config.user_id, ref, new=new, model=model)
@@ -137,11 +140,11 @@ def run(
             llm=llm,
             embedding=embedding_model(config),
             tools_folder=memgpt_home() / "tools",
-            extra_tools=mcp_tools,
+            extra_tools=servers.start(state),
         )
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)
-        chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes)
+        chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes, mcp=servers)
         for source in attach or []:
             chat.attach(source)
         _converse(chat, loaded, message=message, greet=created and not first)

@@ -29,8 +29,11 @@ delete_app = typer.Typer(help="Delete an agent or a source.", no_args_is_help=Tr
 add_app = typer.Typer(help="Add a persona or a human profile.", no_args_is_help=True)
 user_app = typer.Typer(help="Users of `memgpt server` (each with their own agents and sources).", no_args_is_help=True)
 key_app = typer.Typer(help="API keys of `memgpt server` users.", no_args_is_help=True)
+mcp_app = typer.Typer(
+    help="MCP servers whose tools agents use (/mcp attach NAME), and memgpt's memory served over MCP.",
+    no_args_is_help=True,
+)
 export_app = typer.Typer(help="Export an agent to an Agent File (.af).", no_args_is_help=True)
-mcp_app = typer.Typer(help="MCP servers whose tools agents can use (memgpt run --mcp NAME).", no_args_is_help=True)
 
 app.command("configure")(config_cli.configure)
 app.command("migrate")(config_cli.migrate)
@@ -58,6 +61,7 @@ add_app.command("human")(agents_cli.add_human)
 mcp_app.command("add")(mcp_cli.add)
 mcp_app.command("list")(mcp_cli.list_servers)
 mcp_app.command("remove")(mcp_cli.remove)
+mcp_app.command("serve")(mcp_cli.serve)
 app.add_typer(load_app, name="load")
 app.add_typer(list_app, name="list")
 app.add_typer(delete_app, name="delete")

@@ -17,6 +17,7 @@ from memgpt.errors import MemGPTError, ToolError, UserError
 
 if TYPE_CHECKING:
     from memgpt.agent.agent import Agent
+    from memgpt.cli.mcp import ChatServers
     from memgpt.storage import Storage
 
 PROMPT = "> Enter your message: "
@@ -67,6 +68,7 @@ class Chat:
     agent: Agent
     storage: Storage
     heartbeat_minutes: float = 0
+    mcp: ChatServers | None = None
 
     # -- input ----------------------------------------------------------------------------------
     def loop(self) -> None:
@@ -179,6 +181,31 @@ class Chat:
             source = detach_source(self.storage, state, name)
             console.print(f"Detached {source.name}", markup=False)
 
+    def mcp_servers(self, argument: str) -> None:
+        """/mcp lists the agent's MCP servers; /mcp attach NAME and /mcp detach NAME change them."""
+        if self.mcp is None:
+            raise UserError("MCP servers are not available in this chat")
+        verb, _, name = argument.partition(" ")
+        if verb not in ("", "attach", "detach"):
+            raise UserError("use /mcp, /mcp attach NAME or /mcp detach NAME")
+        if not verb:
+            self.mcp.show(self.agent)
+            return
+        attaching = verb == "attach"
+        question = "Select MCP server" + ("" if attaching else " to detach")
+        empty = (
+            "No MCP servers to attach; add one with `memgpt mcp add NAME -- COMMAND`."
+            if attaching
+            else "No MCP servers are attached."
+        )
+        chosen = self._pick(self.mcp.choices(self.agent, attaching), name.strip(), question, empty)
+        if chosen is None:
+            return
+        if attaching:
+            self.mcp.attach(self.agent, chosen)
+        else:
+            self.mcp.detach(self.agent, chosen)
+
     def memory(self, _: str) -> None:
         agent = self.agent
         console.print(agent.core.render(), markup=False)
@@ -232,6 +259,9 @@ class SlashCommand:
 COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("/attach", "[SOURCE]", "attach a data source to archival memory", Chat.attach),
     SlashCommand("/detach", "[SOURCE]", "detach a data source", Chat.detach),
+    SlashCommand(
+        "/mcp", "[VERB NAME]", "list the agent's MCP servers; /mcp attach NAME or /mcp detach NAME", Chat.mcp_servers
+    ),
     SlashCommand("/memory", "", "show core memory and memory statistics", Chat.memory),
     SlashCommand("/dump", "[N]", "show the last N messages (default 10)", Chat.dump),
     SlashCommand("/pop", "[N]", "delete the last N messages (default 3)", Chat.pop),

@@ -1,23 +1,29 @@
-"""`memgpt mcp add|list|remove`: MCP servers whose tools an agent can use with `memgpt run --mcp NAME`."""
+"""`memgpt mcp add|list|remove|serve`: MCP servers whose tools agents use (attached with /mcp attach, or
+for one run with `memgpt run --mcp NAME`), and memgpt's own memory served to MCP clients."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from memgpt.cli.common import console, interactive
+from memgpt.cli.common import console, embedding_model, home_and_config, interactive
 
 if TYPE_CHECKING:
+    from memgpt.agent.agent import Agent
     from memgpt.agent.tools import Tool
     from memgpt.mcp.client import MCPClients
+    from memgpt.mcp.pool import ServerPool
     from memgpt.mcp.registry import ServerSpec
-
-LOGS = "logs"  # stdio servers' stderr goes to <home>/logs/mcp-NAME.log, never into the chat
+    from memgpt.storage import Storage
+    from memgpt.types import AgentState
 
 
 def _home() -> Path:
@@ -85,6 +91,7 @@ def list_servers(
 ) -> None:
     """List MCP servers and their tools (each server is started briefly to ask it)."""
     from memgpt.mcp.client import MCPClients
+    from memgpt.mcp.pool import LOGS
     from memgpt.mcp.registry import load_servers
 
     home = _home()
@@ -125,27 +132,184 @@ def _report(spec: ServerSpec, clients: MCPClients, error: str | None) -> dict[st
     return {**spec.masked(), "tools": tools, "error": error}
 
 
-@contextmanager
-def tools_for_run(names: Sequence[str]) -> Iterator[list[Tool]]:
-    """Start the named servers for one `memgpt run` and yield their tools; they stop when it ends.
+@dataclass
+class ChatServers:
+    """The MCP servers of one `memgpt run`: those attached to the agent and those given with --mcp (for
+    this run only). The chat's /mcp lists, attaches and detaches them; they stop when the run ends."""
 
-    An unknown name stops the run before anything starts; a server that fails to start costs a warning.
-    """
-    if not names:
-        yield []
-        return
-    from memgpt.mcp.client import MCPClients
-    from memgpt.mcp.registry import load_servers, pick_servers
-    from memgpt.mcp.tools import mcp_tools
+    pool: ServerPool
+    storage: Storage
+    for_run: list[str]
 
-    home = _home()
-    specs = pick_servers(load_servers(home), names)
-    with MCPClients(specs, log_dir=home / LOGS) as clients:
+    def start(self, state: AgentState) -> list[Tool]:
+        """Start the agent's servers and return their tools; one warning line per server that cannot."""
+        from memgpt.mcp.pool import attached_servers
+
         with _waiting("starting MCP servers"):
-            failures = clients.start()
-        for name, why in failures.items():
-            console.print(f"warning: MCP server '{name}' is not available: {why}", markup=False)
-        tools, warnings = mcp_tools(clients, set())
+            tools, warnings = self.pool.tools([*attached_servers(self.storage, state), *self.for_run])
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)
-        yield tools
+        return tools
+
+    def show(self, agent: Agent) -> None:
+        """/mcp: the agent's servers and the tools each gave it."""
+        from memgpt.mcp.pool import attached_servers
+
+        attached = attached_servers(self.storage, agent.state)
+        names = list(dict.fromkeys([*attached, *self.for_run]))
+        if not names:
+            console.print("No MCP servers. Attach one with /mcp attach NAME (see `memgpt mcp list`).", markup=False)
+            return
+        for name in names:
+            how = "attached" if name in attached else "this run only (--mcp)"
+            tools = _tools_of(agent, name)
+            state = f"{len(tools)} tools: {', '.join(tools)}" if tools else "not available"
+            console.print(f"{name} ({how}): {state}", markup=False)
+
+    def attach(self, agent: Agent, name: str) -> None:
+        """/mcp attach NAME: remember the server for the agent and give it the server's tools now."""
+        from memgpt.mcp.pool import attach_server
+
+        spec, fresh = attach_server(self.storage, _home(), agent.state, name)
+        if not fresh:
+            console.print(f"MCP server '{spec.name}' was already attached", markup=False)
+            return
+        with _waiting(f"starting MCP server {spec.name}"):
+            tools, warnings = self.pool.tools([spec.name], reserved=set(agent.tools))
+        for tool in tools:
+            agent.tools.setdefault(tool.name, tool)
+        for warning in warnings:
+            console.print(f"warning: {warning}", markup=False)
+        given = ", ".join(t.name for t in tools) or "none yet"
+        console.print(
+            f"Attached MCP server '{spec.name}' to agent '{agent.state.name}' (tools: {given}); "
+            "it is started whenever this agent runs",
+            markup=False,
+        )
+
+    def detach(self, agent: Agent, name: str) -> None:
+        """/mcp detach NAME: forget the server for the agent and take its tools away now."""
+        from memgpt.mcp.pool import detach_server
+
+        name = detach_server(self.storage, agent.state, name)
+        if name in self.for_run:
+            console.print(f"Detached MCP server '{name}'; its tools stay for this run (--mcp {name})", markup=False)
+            return
+        for tool in _tools_of(agent, name):
+            del agent.tools[tool]
+        self.pool.stop(name)
+        console.print(f"Detached MCP server '{name}' from agent '{agent.state.name}'", markup=False)
+
+    def choices(self, agent: Agent, attaching: bool) -> list[str]:
+        from memgpt.mcp.pool import attached_servers
+
+        attached = attached_servers(self.storage, agent.state)
+        if not attaching:
+            return attached
+        from memgpt.mcp.registry import load_servers
+
+        return [name for name in load_servers(_home()) if name not in attached]
+
+
+def _tools_of(agent: Agent, server: str) -> list[str]:
+    from memgpt.mcp.tools import SEPARATOR
+
+    prefix = f"{server}{SEPARATOR}"
+    return [name for name in agent.tools if name.startswith(prefix)]
+
+
+@contextmanager
+def chat_servers(storage: Storage, for_run: Sequence[str]) -> Iterator[ChatServers]:
+    """The MCP servers of one `memgpt run`; an unknown --mcp name stops it before anything starts, and
+    every server started is stopped when it ends."""
+    from memgpt.mcp.pool import ServerPool
+    from memgpt.mcp.registry import load_servers, pick_servers
+
+    home = _home()
+    names = [spec.name for spec in pick_servers(load_servers(home), for_run)] if for_run else []
+    pool = ServerPool(home, retry_seconds=0)  # a person asked: always try again
+    try:
+        yield ChatServers(pool, storage, names)
+    finally:
+        pool.close()
+
+
+class Transport(StrEnum):
+    stdio = "stdio"
+    http = "http"
+
+
+def serve(
+    agent: str | None = typer.Option(
+        None, "--agent", help="Agent whose memory to serve (default: your only agent; over HTTP, ?agent=NAME)."
+    ),
+    transport: Transport = typer.Option(
+        Transport.stdio, "--transport", help="stdio for a local MCP client; http for remote ones (API keys)."
+    ),
+    host: str | None = typer.Option(None, "--host", help="HTTP: address to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="HTTP: port to listen on (default 8283)."),
+) -> None:
+    """Serve an agent's memory to MCP clients (Claude Desktop, Cursor...): archival, recall, core memory, sources."""
+    if transport is Transport.http:
+        _serve_http(agent, host, port)
+        return
+    if host is not None or port is not None:
+        from memgpt.errors import UserError
+
+        raise UserError("--host and --port apply to --transport http")
+    _serve_stdio(agent)
+
+
+def _serve_stdio(agent: str | None) -> None:
+    """The home's own user over stdin/stdout. Nothing else may be written to stdout: it is the protocol."""
+    import anyio
+
+    from memgpt.agent.manager import get_agent
+    from memgpt.mcp.serve import Caller, memory_server, run_stdio
+    from memgpt.storage import Storage
+    from memgpt.storage.milvus.client import STDIO_MCP_HOLDER, announce_holder
+
+    home, config = home_and_config()
+    announce_holder(STDIO_MCP_HOLDER)  # what `memgpt run` is told while this holds the Milvus Lite file
+    with Storage(config, home) as storage:
+        if agent is not None:
+            agent = get_agent(storage, config.user_id, agent).name  # a wrong name fails now, in one line
+        caller = Caller(config.user_id, agent, "start `memgpt mcp serve` with --agent NAME")
+        server = memory_server(storage, lambda: embedding_model(config), lambda _ctx: caller)
+        with suppress(KeyboardInterrupt):  # Ctrl-C in a terminal: stop quietly
+            anyio.run(run_stdio, server)
+
+
+def _serve_http(agent: str | None, host: str | None, port: int | None) -> None:
+    """Only /mcp, with the API keys of `memgpt server` (which serves /mcp beside its REST API too)."""
+    import uvicorn
+
+    from memgpt.cli.server import _loopback, _users
+    from memgpt.errors import UserError
+    from memgpt.server.app import URL_ENV, open_state
+    from memgpt.server.routes.mcp_memory import PATH, standalone_app
+
+    with _users() as (users, _config):
+        has_keys = users.any_active_key()
+    home, config = home_and_config()
+    host = host or config.server.host
+    port = port or config.server.port
+    if not _loopback(host) and not has_keys:
+        raise UserError(
+            f"refusing to listen on {host} while no API key exists: create one first with `memgpt key create`, "
+            "or listen on 127.0.0.1"
+        )
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    os.environ[URL_ENV] = url
+    app = standalone_app(open_state(home, config), default_agent=agent)
+    console.print(
+        f"memgpt MCP server on {url}{PATH} (send 'Authorization: Bearer sk-...'; pick an agent with ?agent=NAME)",
+        markup=False,
+    )
+    if not has_keys:
+        from memgpt.cli.common import err_console
+
+        err_console.print(
+            "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
+        )
+    uvicorn.run(app, host=host, port=port, log_level="info")

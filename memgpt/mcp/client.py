@@ -107,6 +107,7 @@ class _Connection:
         self._task: asyncio.Task[None] | None = None
         self._scope: anyio.CancelScope | None = None
         self._http_refusal = ""  # the last HTTP error status: the SDK's error for it does not name it
+        self._restarting = asyncio.Lock()  # several agents' calls may find it dead at once: start it once
 
     async def open(self) -> None:
         ready: asyncio.Future[list[RemoteTool]] = asyncio.get_running_loop().create_future()
@@ -195,11 +196,15 @@ class _Connection:
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> ToolOutput:
         if self._client is None:  # it died during an earlier call: start it again
-            await self.close()
-            try:
-                await self.open()
-            except MCPServerError as exc:
-                raise MCPServerError(f"MCP server {self.spec.name!r} could not be started again: {exc}") from exc
+            async with self._restarting:
+                if self._client is None:
+                    await self.close()
+                    try:
+                        await self.open()
+                    except MCPServerError as exc:
+                        raise MCPServerError(
+                            f"MCP server {self.spec.name!r} could not be started again: {exc}"
+                        ) from exc
         client = self._client
         if client is None:
             raise MCPServerError(f"MCP server {self.spec.name!r} is not running")
@@ -337,11 +342,12 @@ def _close_forgotten() -> None:
 
 @dataclass(eq=False)  # identity: kept in a WeakSet
 class MCPClients:
-    """Sessions with a set of MCP servers for one agent run; one tool call at a time.
+    """Sessions with a set of MCP servers, safe to call from several threads at once.
 
     ``start`` connects to every server at once and returns a one-line reason for each that could not
-    start (its tools are then missing, the others work). A server that dies mid-call costs that call
-    an error and is started again on its next call.
+    start (its tools are then missing, the others work); ``add`` and ``remove`` change the set later
+    (a chat's /mcp attach and detach). A server that dies mid-call costs that call an error and is
+    started again on its next call.
     """
 
     specs: Sequence[ServerSpec]
@@ -364,20 +370,50 @@ class MCPClients:
 
     def start(self) -> dict[str, str]:
         """Connect to every server; returns {server: why it could not start} for those that failed."""
+        return self._open(list(self._connections.values()))
+
+    def add(self, specs: Sequence[ServerSpec]) -> dict[str, str]:
+        """Start more servers (each name once; a running one is left alone); returns failures like ``start``."""
+        fresh = []
+        for spec in specs:
+            if spec.name not in self._connections:
+                timeout = self.startup_timeout or spec.startup_timeout_seconds
+                self._connections[spec.name] = connection = _Connection(spec, self.log_dir, timeout)
+                fresh.append(connection)
+        return self._open(fresh)
+
+    def remove(self, name: str) -> None:
+        """Stop one server (a stdio server's process ends); its tools fail from now on."""
+        connection = self._connections.pop(name, None)
+        if connection is not None:
+            self._close([connection])
+
+    def names(self) -> list[str]:
+        return list(self._connections)
+
+    def spec(self, name: str) -> ServerSpec | None:
+        connection = self._connections.get(name)
+        return connection.spec if connection else None
+
+    def _open(self, connections: list[_Connection]) -> dict[str, str]:
+        if not connections:
+            return {}
 
         async def open_all() -> list[BaseException | None]:
-            return await asyncio.gather(*(c.open() for c in self._connections.values()), return_exceptions=True)
+            return await asyncio.gather(*(c.open() for c in connections), return_exceptions=True)
 
-        longest = max((c.startup_timeout for c in self._connections.values()), default=0.0)
+        longest = max(c.startup_timeout for c in connections)
         outcomes = self._loop.run(open_all(), longest + _GRACE_SECONDS)
         failures: dict[str, str] = {}
-        for name, outcome in zip(self._connections, outcomes, strict=True):
+        for connection, outcome in zip(connections, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                failures[name] = str(outcome) if isinstance(outcome, MCPServerError) else repr(outcome)
+                failures[connection.spec.name] = (
+                    str(outcome) if isinstance(outcome, MCPServerError) else repr(outcome)
+                )
         return failures
 
     def tools(self, server: str | None = None) -> list[RemoteTool]:
-        return [t for c in self._connections.values() if server in (None, c.spec.name) for t in c.tools]
+        return [t for c in list(self._connections.values()) if server in (None, c.spec.name) for t in c.tools]
 
     def call(self, server: str, tool: str, arguments: dict[str, Any]) -> ToolOutput:
         """Run one tool; MCPServerError (one line) when the server fails, hangs or answers junk."""
@@ -395,6 +431,9 @@ class MCPClients:
         connections = list(self._connections.values())
         self._connections.clear()
         _OPEN.discard(self)
+        self._close(connections)
+
+    def _close(self, connections: list[_Connection]) -> None:
         if not connections:
             return
 

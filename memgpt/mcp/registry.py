@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -195,22 +196,53 @@ def new_spec(
         raise UserError(_one_line(exc)) from exc
 
 
+@contextmanager
+def _editing(home: Path) -> Iterator[dict[str, ServerSpec]]:
+    """The servers, to change in place; written back when the block ends without an error. Edits wait
+    for each other (a lock file beside mcp.toml), so two at once (the CLI and a server's API, two
+    admins) never lose one."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / f".{SERVERS_FILE}.lock", "a+", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        servers = load_servers(home)
+        yield servers
+        save_servers(home, servers.values())
+
+
 def add_server(home: Path, spec: ServerSpec) -> Path:
-    servers = load_servers(home)
-    if spec.name in servers:
-        raise UserError(
-            f"an MCP server named {spec.name!r} exists; remove it first with `memgpt mcp remove {spec.name}`"
-        )
-    return save_servers(home, [*servers.values(), spec])
+    with _editing(home) as servers:
+        if spec.name in servers:
+            raise UserError(
+                f"an MCP server named {spec.name!r} exists; remove it first with `memgpt mcp remove {spec.name}`"
+            )
+        servers[spec.name] = spec
+    return servers_path(home)
+
+
+def replace_server(home: Path, spec: ServerSpec) -> None:
+    """Change an added server's settings (its name stays)."""
+    with _editing(home) as servers:
+        if spec.name not in servers:
+            raise NotFoundError(f"no MCP server named {spec.name!r} ({_known(servers)})")
+        servers[spec.name] = spec
 
 
 def remove_server(home: Path, name: str) -> ServerSpec:
-    servers = load_servers(home)
-    removed = servers.pop(name, None)
-    if removed is None:
-        raise NotFoundError(f"no MCP server named {name!r} ({_known(servers)})")
-    save_servers(home, servers.values())
+    with _editing(home) as servers:
+        removed = servers.pop(name, None)
+        if removed is None:
+            raise NotFoundError(f"no MCP server named {name!r} ({_known(servers)})")
     return removed
+
+
+def get_server(home: Path, name: str) -> ServerSpec:
+    """One added server; NotFoundError naming the others."""
+    servers = load_servers(home)
+    if name not in servers:
+        raise NotFoundError(f"no MCP server named {name!r} ({_known(servers)})")
+    return servers[name]
 
 
 def pick_servers(servers: dict[str, ServerSpec], names: Iterable[str]) -> list[ServerSpec]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -75,12 +76,16 @@ def adapt(clients: MCPClients, remote: RemoteTool, name: str) -> Tool:
     return Tool(name, description, _parameters(remote.input_schema), _PassThrough, call)
 
 
-def mcp_tools(clients: MCPClients, reserved: set[str]) -> tuple[list[Tool], list[str]]:
-    """The tools of every started server, and a warning for each one that cannot be offered."""
+def mcp_tools(
+    clients: MCPClients, reserved: set[str], servers: Sequence[str] | None = None
+) -> tuple[list[Tool], list[str]]:
+    """The tools of every started server (or of ``servers`` only), and a warning for each one that
+    cannot be offered."""
     tools: list[Tool] = []
     warnings: list[str] = []
     taken = set(reserved)
-    for remote in clients.tools():
+    remotes = clients.tools() if servers is None else [t for name in servers for t in clients.tools(name)]
+    for remote in remotes:
         if REQUEST_HEARTBEAT in remote.input_schema.get("properties", {}):
             warnings.append(
                 f"MCP server {remote.server!r}: tool {remote.name!r} has its own {REQUEST_HEARTBEAT} argument, "

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from memgpt.errors import ToolError
+from memgpt.errors import StorageError, ToolError
 from memgpt.types import Block
+
+if TYPE_CHECKING:
+    from memgpt.storage import Storage
 
 DEFAULT_LIMIT = 2000
 
@@ -68,3 +73,16 @@ class CoreMemory:
                 f'<{block.label} characters="{len(block.value)}/{block.limit}">\n{block.value}\n</{block.label}>'
             )
         return "\n".join(parts)
+
+
+def edit_stored(storage: Storage, agent_id: str, edit: Callable[[CoreMemory], Block], *, attempts: int = 5) -> Block:
+    """Apply one ``CoreMemory`` edit (append, replace: same checks and limits as the agent's tools) to the
+    stored blocks, outside an agent step. Written only if the block did not change meanwhile, else the
+    edit is made again on the new value; the agent's next step sees it."""
+    for _ in range(attempts):
+        core = CoreMemory(storage.agents.blocks(agent_id))
+        before = {b.label: b.value for b in core.blocks}
+        block = edit(core)
+        if storage.agents.swap_block_value(agent_id, block.label, before[block.label], block.value):
+            return block
+    raise StorageError(f"core memory block kept changing during {attempts} tries; try again")

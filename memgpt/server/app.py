@@ -44,7 +44,17 @@ def open_state(home: Path, config: Config) -> ServerState:
 def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
     """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
     from memgpt.server.jobs import FileJobs
-    from memgpt.server.routes import admin, agentfile, agents, folders, health, messages, passages
+    from memgpt.server.routes import (
+        admin,
+        agentfile,
+        agents,
+        folders,
+        health,
+        mcp_memory,
+        mcp_servers,
+        messages,
+        passages,
+    )
 
     if state is None:
         home = home or memgpt_home()
@@ -74,6 +84,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.state.file_jobs = jobs
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
-    for module in (health, admin, agentfile, agents, passages, messages, folders):
+    for module in (health, admin, agentfile, agents, passages, messages, folders, mcp_servers):
         app.include_router(module.router)
+    mcp_memory.mount(app, state)  # /mcp: the memory tools for MCP clients
     return app

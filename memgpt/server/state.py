@@ -18,6 +18,7 @@ from memgpt.types import User
 
 if TYPE_CHECKING:
     from memgpt.embeddings.base import EmbeddingModel
+    from memgpt.mcp.pool import ServerPool
     from memgpt.server.models import ServedModels
     from memgpt.server.turns import TurnRunner
     from memgpt.storage import Storage
@@ -40,6 +41,7 @@ class ServerState:
     storage: Storage
     owner: User
     _embedding: EmbeddingModel | None = field(default=None, repr=False)
+    _mcp: ServerPool | None = field(default=None, repr=False)
     _models: ServedModels | None = field(default=None, repr=False)
     _turns: TurnRunner | None = field(default=None, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -76,12 +78,30 @@ class ServerState:
             return self._turns
 
     def close(self) -> None:
-        """Let running turns finish their step, then close storage."""
+        """Let running turns finish their step, stop the agents' MCP servers, then close storage."""
         with self._guard:
             turns, self._turns = self._turns, None
         if turns is not None:
             turns.close()
+        self.stop_mcp()
         self.storage.close()
+
+    def mcp(self) -> ServerPool:
+        """The MCP servers agents use, started on first use and shared by every turn of this process. A
+        turn opens its agent with ``open_agent(..., extra_tools=state.mcp().agent_tools(storage, agent)[0])``."""
+        with self._guard:
+            if self._mcp is None:
+                from memgpt.mcp.pool import ServerPool
+
+                self._mcp = ServerPool(self.home)
+            return self._mcp
+
+    def stop_mcp(self) -> None:
+        """Stop the MCP servers started for agents (at shutdown)."""
+        with self._guard:
+            pool, self._mcp = self._mcp, None
+        if pool is not None:
+            pool.close()
 
 
 def server_state(request: Request) -> ServerState:

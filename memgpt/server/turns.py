@@ -272,15 +272,17 @@ class TurnRunner:
         except ConfigError as exc:
             raise LLMError(f"the server's LLM is not configured ({exc})") from exc
         meter = UsageMeter(inner)
+        mcp_tools, mcp_warnings = self.state.mcp().agent_tools(self.state.storage, state)
         agent, warnings = open_agent(
             self.state.storage,
             state,
             llm=meter,
             embedding=self.state.embedding(),
             tools_folder=self.state.home / "tools",
+            extra_tools=mcp_tools,
             max_steps=request.max_steps,
         )
-        for warning in warnings:
+        for warning in mcp_warnings + warnings:
             logger.warning("agent %s: %s", state.id, warning)
         return agent, meter
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from memgpt.storage.attachments import AttachmentStore
     from memgpt.storage.base import PassageStore
     from memgpt.storage.files import FileStore
+    from memgpt.storage.mcp_servers import AgentMCPServerStore
     from memgpt.storage.messages import MessageStore
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget
     from memgpt.storage.sql import MetadataStore
@@ -45,11 +46,10 @@ class Storage:
 
     SQL stores, one per table family: ``metadata`` (sources and documents), ``files`` (a source's files
     and how their loads went), ``agents`` (agents and their blocks), ``messages``, ``attachments``
-    (sources linked to agents), ``templates`` (a user's personas and humans), ``users`` (a server's users
-    and their API keys) and ``turns`` (which agent runs a turn where, and a record of each turn). Passages
-    live in Milvus, connected on
-    first use: listing sources needs only SQL, and opening Milvus Lite costs most of a second and takes its
-    file lock.
+    (sources linked to agents), ``mcp_servers`` (MCP servers an agent uses), ``templates`` (a user's
+    personas and humans), ``users`` (a server's users and their API keys) and ``turns`` (which agent runs
+    a turn where, and a record of each turn). Passages live in Milvus, connected on first use: listing
+    sources needs only SQL, and opening Milvus Lite costs most of a second and takes its file lock.
 
     Storage serves every user alike: each call that reads or writes a user's data names the user.
     """
@@ -58,6 +58,7 @@ class Storage:
         from memgpt.storage.agents import AgentStore
         from memgpt.storage.attachments import AttachmentStore
         from memgpt.storage.files import FileStore
+        from memgpt.storage.mcp_servers import AgentMCPServerStore
         from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
         from memgpt.storage.templates import TemplateStore
@@ -69,6 +70,7 @@ class Storage:
         self.agents: AgentStore = AgentStore(self.metadata)
         self.messages: MessageStore = MessageStore(self.metadata)
         self.attachments: AttachmentStore = AttachmentStore(self.metadata)
+        self.mcp_servers: AgentMCPServerStore = AgentMCPServerStore(self.metadata)
         self.templates: TemplateStore = TemplateStore(self.metadata)
         self.users: UserStore = UserStore(self.metadata)
         self.turns: TurnStore = TurnStore(self.metadata)

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
+from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import AgentState, Block, utc_now
@@ -322,9 +323,9 @@ class AgentStore:
                 _write_tags(s, agent_id, fields["tags"])
 
     def delete(self, agent_id: str) -> None:
-        """The agent with its blocks, messages, tags and attachments (sources themselves stay)."""
+        """The agent with its blocks, messages, tags and attachments (sources and MCP servers themselves stay)."""
         with self._metadata.session() as s:
-            for table in (MessageRow, BlockRow, AgentSourceRow, AgentTagRow):
+            for table in (MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
@@ -338,6 +339,17 @@ class AgentStore:
         with self._metadata.session() as s:
             _write_blocks(s, agent_id, [block])
             s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(updated_at=utc_now()))
+
+    def swap_block_value(self, agent_id: str, label: str, expected: str, value: str) -> bool:
+        """Set a block's value if it still is ``expected`` (an edit made outside a step, e.g. over MCP);
+        False when it changed meanwhile and nothing was written."""
+        with self._metadata.session() as s:
+            result = s.execute(
+                update(BlockRow)
+                .where(BlockRow.agent_id == agent_id, BlockRow.label == label, BlockRow.value == expected)
+                .values(value=value)
+            )
+            return bool(result.rowcount)
 
     def commit_step(self, agent_id: str, changes: StepChanges) -> None:
         """A step is stored whole or not at all: its messages, blocks, evictions and agent fields."""

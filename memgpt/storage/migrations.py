@@ -369,6 +369,20 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _0010_agent_mcp_servers(conn: Connection) -> None:
+    """The MCP servers each agent uses (by name; the servers themselves are in the home's mcp.toml)."""
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "agent_mcp_servers",
+        meta,
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+        Column("server_name", String(64), primary_key=True),
+        Column("attached_at", DateTime(timezone=True), nullable=False),
+    )
+    meta.tables["agent_mcp_servers"].create(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -378,6 +392,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0006_users_and_api_keys", _0006_users_and_api_keys),
     ("0007_agents_for_the_api", _0007_agents_for_the_api),
     ("0008_files", _0008_files),
+    ("0010_agent_mcp_servers", _0010_agent_mcp_servers),
 ]
 
 

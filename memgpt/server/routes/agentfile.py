@@ -36,6 +36,7 @@ class ImportedOut(BaseModel):
     tools_mapped: dict[str, list[str]]
     tools_without_equivalent: list[str]
     custom_tools_not_installed: list[str]
+    mcp_servers_attached: list[str]
     notes: list[str]
 
     @classmethod
@@ -49,6 +50,7 @@ class ImportedOut(BaseModel):
             tools_mapped=imported.tools_mapped,
             tools_without_equivalent=imported.tools_without_equivalent,
             custom_tools_not_installed=imported.custom_tools,
+            mcp_servers_attached=imported.mcp_servers,
             notes=imported.notes,
         )
 
@@ -69,12 +71,17 @@ def export_file(
     max_steps: int | None = None,
 ) -> Response:
     """The agent as an Agent File (JSON text): blocks, messages (none with ``scrub_messages``), tools,
-    attached folders with their files' text, and its archival passages under the key ``memgpt``."""
+    attached folders with their files' text, its MCP servers (without secrets), and its archival passages
+    under the key ``memgpt``."""
     if use_legacy_format:
         raise UserError("the legacy agent file format is not supported; leave out use_legacy_format")
     agent = find_agent(state, user.id, agent_id)
     document = export_agent(
-        state.storage, agent, chunk_size=state.config.embedding.chunk_size, scrub_messages=scrub_messages
+        state.storage,
+        agent,
+        chunk_size=state.config.embedding.chunk_size,
+        scrub_messages=scrub_messages,
+        home=state.home,
     )
     return Response(export_text(document), media_type="application/json")
 

@@ -127,6 +127,7 @@ class _LiteLocks:
 _lite_locks = _LiteLocks()
 # What this process is, as other processes are told when they find the Lite file taken; a server says so.
 _holder = ""
+STDIO_MCP_HOLDER = "memgpt mcp serve"  # what `memgpt mcp serve` over stdio announces itself as
 
 
 def announce_holder(description: str) -> None:
@@ -147,6 +148,13 @@ def _locked_message(db_file: Path, lock_path: Path) -> str:
         return (
             f"a {holder} (pid {pid}) owns {where} while it runs: use its API, stop it, or configure a Milvus server "
             "URI (`memgpt configure --milvus-uri http://host:19530`) so several processes can share the data"
+        )
+    if holder.startswith(STDIO_MCP_HOLDER):
+        return (
+            f"{STDIO_MCP_HOLDER} (pid {pid}), the MCP server an MCP client such as Claude Desktop or Cursor started, "
+            f"holds {where} until that client quits it: quit the client (or turn memgpt off in its MCP settings) "
+            "and try again, or configure a Milvus server URI (`memgpt configure --milvus-uri http://host:19530`) so "
+            "several processes can share the data"
         )
     who = f" ({holder}, pid {pid})" if holder else (f" (pid {pid})" if pid else "")
     return f"another memgpt process{who} is using {where} — close it or use a Milvus server"

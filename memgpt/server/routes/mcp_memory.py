@@ -1,0 +1,107 @@
+"""``/mcp``: memgpt's memory as a streamable-HTTP MCP server, for the users of this server.
+
+Every request carries an API key (``Authorization: Bearer sk-...``, like the REST API); its user is the
+caller, so another user's agent is "not found" exactly as on the REST API. Which agent: ``?agent=NAME``
+(or id) in the URL, else the user's only agent (else the default given to `memgpt mcp serve --agent`).
+Mounted in `memgpt server` (one process owns Milvus Lite), or served alone by
+`memgpt mcp serve --transport http`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from fastapi import FastAPI
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from memgpt import __version__
+from memgpt.server import errors
+from memgpt.server.state import BAD_KEY, MISSING_KEY, ServerState
+from memgpt.types import User
+
+if TYPE_CHECKING:
+    from memgpt.mcp.serve import Caller
+
+PATH = "/mcp"
+_USER = "memgpt.user"  # the ASGI scope key the caller's user travels in, from _KeyAuth to the tools
+AGENT_PARAMETER = "agent"
+
+
+class _KeyAuth:
+    """The request's API key decides the user; no key, or a bad one, is a 401 before MCP sees anything."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        user = None
+        if scheme.lower() == "bearer" and token:
+            user = await anyio.to_thread.run_sync(self.state.users.authenticate, token)
+        if user is None:
+            detail = BAD_KEY if token and scheme.lower() == "bearer" else MISSING_KEY
+            await errors.error(401, detail, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self.app({**scope, _USER: user}, receive, send)
+
+
+def _caller_of(default_agent: str | None) -> Callable[[Any], Caller]:
+    from memgpt.mcp.serve import Caller
+
+    def caller(ctx: Any) -> Caller:
+        request = ctx.request_context.request
+        user: User = request.scope[_USER]
+        agent = request.query_params.get(AGENT_PARAMETER) or default_agent
+        return Caller(user.id, agent, f"add ?{AGENT_PARAMETER}=NAME to the MCP server's URL")
+
+    return caller
+
+
+def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None) -> None:
+    """Serve the memory tools at ``/mcp`` on ``app``; the SDK's request handling runs with the app's lifespan."""
+    from memgpt.mcp.serve import http_endpoint, memory_server
+
+    server = memory_server(
+        state.storage,
+        state.embedding,
+        _caller_of(default_agent),
+        guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
+    )
+    endpoint, running = http_endpoint(server)
+    app.router.routes.append(Route(PATH, endpoint=_KeyAuth(endpoint, state)))
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        async with running(), inner(application) as value:
+            yield value
+
+    app.router.lifespan_context = lifespan
+
+
+def standalone_app(state: ServerState, *, default_agent: str | None = None) -> FastAPI:
+    """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(state.close)
+
+    app = FastAPI(title="memgpt MCP", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.memgpt = state
+    errors.install(app)
+    app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
+    mount(app, state, default_agent=default_agent)
+    return app

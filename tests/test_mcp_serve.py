@@ -1,0 +1,324 @@
+"""`memgpt mcp serve`: an agent's memory as MCP tools, driven by the SDK's own client over stdio (a real
+`memgpt mcp serve` process) and over HTTP (mounted in a real server, and standalone) with API keys; what
+the client stores is what the agent's own tools then find, and a block edit is in the agent's next prompt."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import mcp
+import pytest
+from letta_client import Letta
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from memgpt.agent.manager import create_agent
+from memgpt.config import load_config
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.memory.archival import ArchivalMemory
+from memgpt.server.state import BAD_KEY, MISSING_KEY
+from memgpt.storage import Storage
+from memgpt.storage.turns import new_owner
+from memgpt.types import AgentState
+from tests.agent_rig import Rig, tool_results
+from tests.conftest import DATA, run_cli
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, free_port, use_scripted_llm
+
+TOOLS = [
+    "archival_memory_search",
+    "conversation_search",
+    "conversation_search_date",
+    "core_memory_read",
+    "list_sources",
+    "search_source",
+    "archival_memory_insert",
+    "core_memory_append",
+    "core_memory_replace",
+]
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+def new_agent(storage: Storage, model: LocalMiniLM, name: str, user_id: str) -> AgentState:
+    return create_agent(
+        storage,
+        user_id=user_id,
+        name=name,
+        persona="sam_pov",
+        human="basic",
+        model="scripted",
+        context_window=16_000,
+        embedding=model.space,
+    )
+
+
+class Session:
+    """One MCP client session; ``call`` gives (text, is_error)."""
+
+    def __init__(self, client: mcp.Client) -> None:
+        self.client = client
+
+    async def call(self, tool: str, **arguments: Any) -> tuple[str, bool]:
+        result = await self.client.call_tool(tool, arguments)
+        text = "\n".join(getattr(block, "text", "") for block in result.content)
+        return text, bool(result.is_error)
+
+    async def ok(self, tool: str, **arguments: Any) -> str:
+        text, failed = await self.call(tool, **arguments)
+        assert not failed, text
+        return text
+
+    async def refused(self, tool: str, **arguments: Any) -> str:
+        text, failed = await self.call(tool, **arguments)
+        assert failed, text
+        return text
+
+
+@asynccontextmanager
+async def stdio(home: Path, *args: str) -> AsyncIterator[Session]:
+    """A real `memgpt mcp serve` process, started the way an MCP client starts it."""
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "memgpt", "mcp", "serve", *args],
+        env={**os.environ, "MEMGPT_HOME": str(home)},
+    )
+    async with mcp.Client(stdio_client(params)) as client:
+        yield Session(client)
+
+
+@asynccontextmanager
+async def http(url: str, key: str) -> AsyncIterator[Session]:
+    client = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+    transport = streamable_http_client(url, http_client=client)
+    async with mcp.Client(transport) as client:
+        yield Session(client)
+
+
+def test_stdio_reaches_the_memory_the_agent_itself_uses(
+    home: Path, storage: Storage, model: LocalMiniLM, llm: ScriptedLLM
+) -> None:
+    owner = load_config(home).user_id
+    new_agent(storage, model, "Sam", owner)
+    for args in (
+        ("load", "directory", "--name", "notes", "--input-files", str(DATA / "philosophical_question.txt")),
+        ("attach", "--agent", "Sam", "--data-source", "notes"),
+    ):
+        assert run_cli(*args, home=home).returncode == 0
+
+    async def use() -> None:
+        async with stdio(home, "--agent", "Sam") as session:
+            assert [t.name for t in (await session.client.list_tools()).tools] == TOOLS
+            assert await session.ok("archival_memory_insert", content="The user's cat is called Miso.") == (
+                "Stored in archival memory (1 passage)."
+            )
+            found = await session.ok("archival_memory_search", query="What is the cat's name?")
+            assert found.startswith("Showing ") and "The user's cat is called Miso." in found
+            appended = await session.ok("core_memory_append", name="human", content="Has a cat named Miso.")
+            assert appended.startswith("Updated the human block (")
+            too_long = await session.refused("core_memory_append", name="human", content="x" * 3000)
+            assert "edit refused: the human block would hold" in too_long and "Nothing was changed" in too_long
+            missing = await session.refused("core_memory_replace", name="persona", old_content="nope", new_content="")
+            assert "old_content was not found in the persona block" in missing
+            core = await session.ok("core_memory_read")
+            assert core.startswith("Core memory of agent 'Sam':") and "Has a cat named Miso." in core
+            assert "xxx" not in core
+            sources = await session.ok("list_sources")
+            assert sources.startswith("notes: 1 documents, ")
+            assert sources.endswith("(attached to the agent's archival memory)")
+            passages = await session.ok("search_source", source="notes", query="who decided what success means?")
+            assert passages.startswith("Showing ") and "[philosophical_question.txt]" in passages
+            assert "no source named 'nope'" in await session.refused("search_source", source="nope", query="q")
+            assert "limit must be between 1 and 20" in await session.refused(
+                "search_source", source="notes", query="q", limit=500
+            )
+            assert await session.ok("conversation_search", query="cat") == "No results found."
+
+            # It holds the Milvus Lite file while it runs: another memgpt process is told who and what to do.
+            locked = await anyio.to_thread.run_sync(lambda: run_cli("search", "notes", "success", home=home))
+            assert locked.returncode == 1
+            assert locked.stderr.startswith("error: memgpt mcp serve (pid "), locked.stderr
+            assert "the MCP server an MCP client such as Claude Desktop or Cursor started" in locked.stderr
+            assert "quit the client" in locked.stderr and len(locked.stderr.strip().splitlines()) == 1
+
+    anyio.run(use)
+
+    # The agent's own tools find what the client stored, and its next prompt has the edited block.
+    agent = Rig(storage, model, llm, user_id=owner).open("Sam")
+    llm.add({"tool": "archival_memory_search", "args": {"query": "the cat's name", "request_heartbeat": True}})
+    llm.reply("Your cat is Miso.")
+    list(agent.send("What is my cat called?"))
+    assert "Has a cat named Miso." in llm.requests[0]["messages"][0]["content"]
+    assert "The user's cat is called Miso." in tool_results(llm.requests[1])[-1]["message"]
+
+
+def test_stdio_serves_the_only_agent_or_asks_which(home: Path, storage: Storage, model: LocalMiniLM) -> None:
+    owner = load_config(home).user_id
+
+    async def use() -> None:
+        async with stdio(home) as session:
+            nothing = await session.refused("core_memory_read")
+            assert "there are no agents yet: create one with `memgpt run`" in nothing
+            new_agent(storage, model, "Alpha", owner)  # chosen at each call: agents made meanwhile count
+            assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Alpha':")
+            new_agent(storage, model, "Beta", owner)
+            which = await session.refused("core_memory_read")
+            assert "which agent? start `memgpt mcp serve` with --agent NAME (agents: Alpha, Beta)" in which
+        # Another user's agents are never the home user's.
+        new_agent(storage, model, "Stranger", "someone-else")
+        async with stdio(home, "--agent", "Beta") as session:
+            assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Beta':")
+            # A turn holds Beta (a `memgpt server` on the same storage): an edit waits, then is refused.
+            beta = storage.agents.get(owner, "Beta")
+            assert beta is not None
+            turn = new_owner()
+            assert storage.turns.acquire(beta.id, turn, "run-elsewhere", 60)
+            busy = await session.refused("core_memory_append", name="human", content="Likes tea.")
+            assert "the agent is busy with a turn; try the edit again in a moment" in busy
+            assert "Likes tea." not in storage.agents.blocks(beta.id)[0].value
+            storage.turns.release(beta.id, turn)
+            await session.ok("core_memory_append", name="human", content="Likes tea.")
+            assert storage.turns.running_run(beta.id) is None  # the edit's own hold is gone
+
+    anyio.run(use)
+    wrong = run_cli("mcp", "serve", "--agent", "Stranger", home=home, stdin="")
+    assert wrong.returncode == 1 and wrong.stdout == ""
+    assert wrong.stderr.strip() == "error: no agent named 'Stranger' (agents: Alpha, Beta)"
+    assert "apply to --transport http" in run_cli("mcp", "serve", "--port", "9", home=home, stdin="").stderr
+
+
+def test_http_on_the_server_api_keys_decide_the_user(
+    live_server: LiveServer, model: LocalMiniLM, llm: ScriptedLLM
+) -> None:
+    storage = live_server.state.storage
+    owner_key, alice_key = live_server.key(), live_server.key("alice")
+    alice = live_server.users.by_name("alice")
+    assert alice is not None
+    sam = new_agent(storage, model, "Sam", live_server.state.owner.id)
+    new_agent(storage, model, "Ally", alice.id)
+    url = f"{live_server.url}/mcp"
+
+    async def use() -> None:
+        async with http(url, alice_key) as session:  # no ?agent=: her only agent
+            assert [t.name for t in (await session.client.list_tools()).tools] == TOOLS
+            await session.ok("archival_memory_insert", content="Alice drinks green tea every morning.")
+            await session.ok("core_memory_append", name="human", content="Drinks green tea.")
+            assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Ally':")
+        for ref in (sam.id, "Sam"):  # the owner's agent does not exist for her, by id or by name
+            async with http(f"{url}?agent={ref}", alice_key) as session:
+                assert f"no agent named '{ref}' (agents: Ally)" in await session.refused("core_memory_read")
+                assert f"no agent named '{ref}'" in await session.refused("archival_memory_search", query="tea")
+        async with http(f"{url}?agent=Sam", owner_key) as session:
+            assert await session.ok("archival_memory_search", query="green tea") == "No results found."
+            assert "green tea" not in await session.ok("core_memory_read")
+
+    anyio.run(use)
+    for headers, detail in (({}, MISSING_KEY), ({"Authorization": "Bearer sk-wrong"}, BAD_KEY)):
+        refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
+        assert refused.status_code == 401 and refused.json() == {"detail": detail}
+        assert refused.headers["www-authenticate"] == "Bearer"
+
+    # The agent's own search finds the insert; the block edit is in its next prompt; recall then has the turn.
+    ally = storage.agents.get(alice.id, "Ally")
+    assert ally is not None
+    found = ArchivalMemory(storage, model, agent_id=ally.id, user_id=alice.id)
+    assert "Alice drinks green tea every morning." in found.search("morning drink").render("results")
+    agent = Rig(storage, model, llm, user_id=alice.id).open("Ally")
+    llm.reply("Green tea, every morning.")
+    list(agent.send("What do I drink in the mornings?"))
+    assert "Drinks green tea." in llm.requests[0]["messages"][0]["content"]
+
+    async def recall() -> None:
+        async with http(url, alice_key) as session:
+            said = await session.ok("conversation_search", query="drink mornings")
+            assert "What do I drink in the mornings?" in said
+
+    anyio.run(recall)
+
+
+def test_http_standalone(home: Path, storage: Storage, model: LocalMiniLM) -> None:
+    owner = load_config(home).user_id
+    storage.users.ensure(owner, "owner")
+    _key_id, key = storage.users.create_key(owner)
+    new_agent(storage, model, "Sam", owner)
+    new_agent(storage, model, "Other", owner)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memgpt", "mcp", "serve", "--transport", "http", "--port", str(port), "--agent", "Sam"],
+        env={**os.environ, "MEMGPT_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        async def use() -> None:
+            async with http(url, key) as session:  # --agent is the default when the URL names none
+                assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Sam':")
+            async with http(f"{url}?agent=Other", key) as session:
+                assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Other':")
+
+        anyio.run(use)
+        assert httpx.post(url, json={}, headers={"Authorization": "Bearer sk-nope"}).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/agents/").status_code == 404  # only /mcp is served
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    assert f"memgpt MCP server on http://127.0.0.1:{port}/mcp" in out
+
+
+def test_http_block_edits_wait_for_the_agents_turn_on_the_server(
+    home: Path, model: LocalMiniLM, llm: ScriptedLLM
+) -> None:
+    """Mounted in `memgpt server`, a core memory edit waits for the agent's running turn (as the REST API's
+    block edits do): neither the turn's own edit of the block nor the client's is lost."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        sam = new_agent(server.state.storage, model, "Sam", server.state.owner.id)
+        note = {"name": "human", "content": "Loves sailing.", "request_heartbeat": False}
+        llm.add({"tool": "core_memory_append", "args": note, "content": "Note it.", "delay": 1.5})
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0)
+        sender = threading.Thread(target=letta.agents.messages.create, args=(sam.id,), kwargs={"input": "I sail"})
+        sender.start()
+        while not llm.requests:
+            time.sleep(0.02)
+
+        async def edit() -> None:
+            async with http(f"{server.url}/mcp?agent=Sam", key) as session:
+                await session.ok("core_memory_append", name="human", content="Drinks tea.")
+
+        anyio.run(edit)
+        assert server.state.storage.turns.running_run(sam.id) is None  # it waited for the turn to end
+        sender.join(30)
+        human = {b.label: b.value for b in server.state.storage.agents.blocks(sam.id)}["human"]
+        assert human.endswith("Loves sailing.\nDrinks tea.")
+    finally:
+        server.stop()
