@@ -24,13 +24,13 @@ URL_ENV = "MEMGPT_SERVER_URL"  # set by `memgpt server` so the Milvus Lite lock 
 THREADS = 200  # sync routes and agent turns run in worker threads; a turn holds one for its whole length
 
 
-def open_state(home: Path, config: Config) -> ServerState:
+def open_state(home: Path, config: Config, *, holder: str | None = None) -> ServerState:
     """Open the home's storage for serving. Milvus Lite is opened now, so the server owns the file (and its
-    lock says so) from the start rather than at the first request that needs it."""
+    lock says so, or names ``holder``) from the start rather than at the first request that needs it."""
     from memgpt.storage import Storage
     from memgpt.storage.milvus.client import announce_holder
 
-    announce_holder(f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
+    announce_holder(holder or f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
     storage = Storage(config, home)
     try:
         owner = storage.users.ensure(config.user_id, OWNER_NAME)
@@ -44,7 +44,7 @@ def open_state(home: Path, config: Config) -> ServerState:
 def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
     """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
     from memgpt.server.jobs import FileJobs
-    from memgpt.server.routes import admin, agentfile, agents, folders, health, messages, passages
+    from memgpt.server.routes import admin, agentfile, agents, folders, health, memory, messages, openai, passages
 
     if state is None:
         home = home or memgpt_home()
@@ -74,6 +74,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.state.file_jobs = jobs
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
-    for module in (health, admin, agentfile, agents, passages, messages, folders):
+    for module in (health, admin, agentfile, agents, passages, messages, folders, memory):
         app.include_router(module.router)
+    app.mount(openai.PREFIX, openai.create_openai_app(state))
     return app
