@@ -203,3 +203,16 @@ def test_a_busy_agent_is_a_409_conflict(server: LiveServer, llm: ScriptedLLM) ->
         thread.join(timeout=30)
     assert first["answer"].choices[0].message.content == "Slow answer."
     assert user_messages(server, agent_id) == ["one"]
+
+
+def test_a_retried_request_joins_the_turn_it_started(server: LiveServer, llm: ScriptedLLM) -> None:
+    """The openai SDK sends a timed-out request again (same body, X-Stainless-Retry-Count >= 1): the retry
+    gets the first try's answer, and the message enters memory once."""
+    agent_id = make_agent(server, "sam")
+    llm.reply("Worth the wait.", delay=3.0)
+    # the first try surely times out (the LLM alone takes 3 s); each retry joins the turn until it is over
+    client = OpenAI(base_url=f"{server.url}/openai/v1", api_key=server.key(), max_retries=6, timeout=2.0)
+    answer = client.chat.completions.create(model="sam", messages=[{"role": "user", "content": "slow one"}])
+    assert answer.choices[0].message.content == "Worth the wait."
+    assert user_messages(server, agent_id) == ["slow one"]
+    assert len(llm.requests) == 1
