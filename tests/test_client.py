@@ -233,6 +233,8 @@ def test_errors_are_memgpts_own(client: Client, sam: AgentInfo, llm: ScriptedLLM
         client.send_message(sam.id, "   ")
     with pytest.raises(UserError, match="empty"):
         client.search_archival(sam.id, "  ")
+    with pytest.raises(UserError, match="text"):
+        client.insert_archival_memory(sam.id, "")
 
     llm.reply("Slowly.", delay=2.0)
     answers: list[TurnResponse] = []

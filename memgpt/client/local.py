@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import HTTPException, Response, UploadFile
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from memgpt.client.base import Client
 from memgpt.config import Config, load_config, memgpt_home
@@ -100,6 +100,9 @@ class LocalClient(Client):
             return jsonable_encoder(ROUTES[op](self, ids, params, body))
         except HTTPException as exc:  # what a route refuses itself, as the REST client would raise it
             raise (NotFoundError if exc.status_code == 404 else UserError)(str(exc.detail)) from exc
+        except ValidationError as exc:  # a body FastAPI would have refused with 422
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise UserError(problems) from exc
 
     # -- turns -------------------------------------------------------------------------------------
     def _turn(self, agent_id: str, payload: dict[str, Any]) -> Turn:

@@ -206,7 +206,7 @@ def retrieve_model(model: Annotated[str, Path()], state: State, user: CurrentUse
 def is_background_task(messages: list[ChatMessageIn]) -> bool:
     """Open WebUI's title/tags/follow-up requests: one user message (a system prompt aside) that starts with
     ``### Task:`` and carries the conversation in ``<chat_history>``."""
-    said = [m for m in messages if m.role != "system"]
+    said = [m for m in messages if m.role not in ("system", "developer")]
     if len(said) != 1 or said[0].role != "user":
         return False
     text = said[0].text()
