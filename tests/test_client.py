@@ -28,6 +28,7 @@ from memgpt.client.types import (
 )
 from memgpt.errors import AgentBusyError, ConflictError, InputFileError, NotFoundError, UserError
 from memgpt.server.turns import Timing
+from tests.conftest import run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, use_scripted_llm
 
@@ -265,6 +266,21 @@ def test_a_servers_other_users_see_nothing_of_yours(server: LiveServer) -> None:
         bobs.create_agent("sam")  # names are per user
     with create_client(base_url=server.url, token="sk-wrong") as stranger, pytest.raises(UserError, match="API key"):
         stranger.list_agents()
+
+
+def test_the_local_client_holds_the_home_until_closed(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("The heron visits the pond.", encoding="utf-8")
+    use_scripted_llm(home, llm.url)
+    with create_client() as client:
+        client.create_agent("sam")
+        load = run_cli("load", "directory", "--name", "notes", "--input-files", str(note), home=home)
+        assert load.returncode == 1 and "(a memgpt Python client, pid" in load.stderr
+        assert "Traceback" not in load.stderr
+    assert run_cli("load", "directory", "--name", "notes", "--input-files", str(note), home=home).returncode == 0
+    with create_client(home=home) as again:
+        assert [a.name for a in again.list_agents()] == ["sam"]
+        assert [s.name for s in again.list_sources()] == ["notes"]
 
 
 def test_import_memgpt_stays_light() -> None:

@@ -6,7 +6,6 @@ as `memgpt run` does; close it (or use ``with``) to let a CLI or a server have i
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,7 +68,7 @@ class LocalClient(Client):
         from memgpt.server.jobs import FileJobs
 
         home = home or memgpt_home()
-        self.state = open_state(home, config or load_config(home), holder=f"a memgpt Python client (pid {os.getpid()})")
+        self.state = open_state(home, config or load_config(home), holder="a memgpt Python client")
         self.user = self.state.owner
         self.jobs = FileJobs(self.state)
         try:
