@@ -89,6 +89,14 @@ def test_agents_are_created_listed_found_and_deleted(client: Client) -> None:
     assert client.agent_exists(agent_name="sam") and not client.agent_exists(agent_name="nobody")
     with pytest.raises(UserError, match="already exists"):
         client.create_agent("sam")
+    with pytest.raises(UserError, match="no tool named 'fly'"):
+        client.create_agent("bird", tools=["fly"])
+    renamed = client.rename_agent(sam.id, "samuel")
+    assert renamed.name == "samuel" and renamed.memory == sam.memory
+    changed = client.update_agent(sam.id, description="the first one", tags=["a", "b"])
+    assert (changed.name, changed.description, changed.tags) == ("samuel", "the first one", ["a", "b"])
+    with pytest.raises(UserError, match="already exists"):
+        client.rename_agent(sam.id, "max")
     client.delete_agent(sam.id)
     with pytest.raises(NotFoundError):
         client.get_agent(sam.id)

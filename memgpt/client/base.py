@@ -109,6 +109,23 @@ class Client(ABC):
             return False
         return True
 
+    def update_agent(
+        self,
+        agent_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        system: str | None = None,
+        model: str | None = None,
+        tags: list[str] | None = None,
+    ) -> AgentInfo:
+        """Change only what is given (None leaves a field as it is)."""
+        body = _given({"name": name, "description": description, "system": system, "model": model, "tags": tags})
+        return AgentInfo.from_api(self.call("agents.update", {"agent_id": agent_id}, body=body))
+
+    def rename_agent(self, agent_id: str, new_name: str) -> AgentInfo:
+        return self.update_agent(agent_id, name=new_name)
+
     def delete_agent(self, agent_id: str) -> None:
         """Delete the agent with its messages and its own archival passages (attached sources stay)."""
         self.call("agents.delete", {"agent_id": agent_id})

@@ -19,7 +19,7 @@ from memgpt.client.base import Client
 from memgpt.config import Config, load_config, memgpt_home
 from memgpt.errors import BackendError, LLMError, NotFoundError, UserError
 from memgpt.server.routes import agentfile, agents, folders, memory, messages, passages
-from memgpt.server.schemas.agents import AgentCreate, BlockUpdate
+from memgpt.server.schemas.agents import AgentCreate, AgentUpdate, BlockUpdate
 from memgpt.server.schemas.folders import FolderCreate
 from memgpt.server.schemas.messages import SendRequest
 from memgpt.server.schemas.passages import PassageCreate
@@ -43,6 +43,7 @@ ROUTES: dict[str, Callable[..., Any]] = {
     "agents.list": _route(agents.list_agents),
     "agents.retrieve": _route(agents.retrieve_agent),
     "agents.delete": _route(agents.delete_agent),
+    "agents.update": _route(agents.update_agent, AgentUpdate),
     "agents.memory": _route(memory.memory_summary),
     "agents.blocks.update": _route(agents.update_block, BlockUpdate),
     "agents.messages.list": _route(messages.list_messages),

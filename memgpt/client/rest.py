@@ -26,6 +26,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "agents.list": ("GET", "/v1/agents/"),
     "agents.retrieve": ("GET", "/v1/agents/{agent_id}"),
     "agents.delete": ("DELETE", "/v1/agents/{agent_id}"),
+    "agents.update": ("PATCH", "/v1/agents/{agent_id}"),
     "agents.memory": ("GET", "/v1/agents/{agent_id}/memory"),
     "agents.blocks.update": ("PATCH", "/v1/agents/{agent_id}/core-memory/blocks/{block_label}"),
     "agents.messages.create": ("POST", "/v1/agents/{agent_id}/messages"),
