@@ -192,6 +192,16 @@ def test_sources_load_attach_search_detach_delete(client: Client, sam: AgentInfo
     [listed] = client.list_sources()
     assert listed.id == source.id and listed.passages >= 1
     assert client.get_source_id("garden") == source.id
+    assert client.get_source(source.id) == listed
+
+    later = tmp_path / "later.txt"
+    later.write_text("The fox sleeps under the old oak.", encoding="utf-8")
+    pending = client.load_file_into_source(later, source.id, blocking=False)
+    deadline = time.monotonic() + 120
+    while not pending.finished and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pending = client.get_job(pending.id, source.id)
+    assert pending.status == "completed" and pending.file_name == "later.txt"
 
     client.attach_source_to_agent(sam.id, source_name="garden")
     assert [s.id for s in client.list_attached_sources(sam.id)] == [source.id]
