@@ -216,3 +216,25 @@ def test_a_retried_request_joins_the_turn_it_started(server: LiveServer, llm: Sc
     assert answer.choices[0].message.content == "Worth the wait."
     assert user_messages(server, agent_id) == ["slow one"]
     assert len(llm.requests) == 1
+
+
+def test_a_client_leaving_mid_stream_does_not_break_the_agent(server: LiveServer, llm: ScriptedLLM) -> None:
+    agent_id = make_agent(server, "sam")
+    search_step = {"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}
+    llm.add(search_step).reply("Finished anyway.", delay=1.0)
+    body = {"model": "sam", "messages": [{"role": "user", "content": "go"}], "stream": True}
+    with httpx.stream("POST", f"{server.url}/openai/v1/chat/completions", json=body, headers=auth(server.key())) as s:
+        first = next(s.iter_lines())
+        assert first.startswith("data: ") and '"role": "assistant"' in first
+    deadline = 600
+    while deadline and "Finished anyway." not in str(server.state.storage.messages.last(agent_id, 10)):
+        threading.Event().wait(0.1)
+        deadline -= 1
+    assert deadline, "the turn did not finish after its client went away"
+    while server.state.storage.turns.running_run(agent_id) is not None and deadline:  # its lease is released
+        threading.Event().wait(0.1)
+        deadline -= 1
+    llm.reply("Still here.")
+    again = openai_client(server).chat.completions.create(model="sam", messages=[{"role": "user", "content": "hi"}])
+    assert again.choices[0].message.content == "Still here."
+    assert user_messages(server, agent_id) == ["go", "hi"]
