@@ -299,6 +299,7 @@ def test_the_local_client_holds_the_home_until_closed(home: Path, llm: ScriptedL
     with create_client(home=home) as again:
         assert [a.name for a in again.list_agents()] == ["sam"]
         assert [s.name for s in again.list_sources()] == ["notes"]
+        again.close()  # closing twice is harmless
 
 
 def test_import_memgpt_stays_light() -> None:

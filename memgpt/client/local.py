@@ -72,6 +72,7 @@ class LocalClient(Client):
         self.state = open_state(home, config or load_config(home), holder="a memgpt Python client")
         self.user = self.state.owner
         self.jobs = FileJobs(self.state)
+        self._open = True
         try:
             self.jobs.start()  # loads this process left unfinished
         except BaseException:
@@ -79,8 +80,10 @@ class LocalClient(Client):
             raise
 
     def close(self) -> None:
-        self.jobs.stop()
-        self.state.close()
+        if self._open:
+            self._open = False
+            self.jobs.stop()
+            self.state.close()
 
     def call(
         self, op: str, ids: dict[str, str] | None = None, *, params: dict[str, Any] | None = None, body: Any = None
