@@ -24,13 +24,13 @@ URL_ENV = "MEMGPT_SERVER_URL"  # set by `memgpt server` so the Milvus Lite lock 
 THREADS = 200  # sync routes and agent turns run in worker threads; a turn holds one for its whole length
 
 
-def open_state(home: Path, config: Config) -> ServerState:
+def open_state(home: Path, config: Config, *, holder: str | None = None) -> ServerState:
     """Open the home's storage for serving. Milvus Lite is opened now, so the server owns the file (and its
-    lock says so) from the start rather than at the first request that needs it."""
+    lock says so, or names ``holder``) from the start rather than at the first request that needs it."""
     from memgpt.storage import Storage
     from memgpt.storage.milvus.client import announce_holder
 
-    announce_holder(f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
+    announce_holder(holder or f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
     storage = Storage(config, home)
     try:
         owner = storage.users.ensure(config.user_id, OWNER_NAME)
@@ -52,7 +52,9 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         health,
         mcp_memory,
         mcp_servers,
+        memory,
         messages,
+        openai,
         passages,
     )
 
@@ -84,7 +86,8 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.state.file_jobs = jobs
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
-    for module in (health, admin, agentfile, agents, passages, messages, folders, mcp_servers):
+    for module in (health, admin, agentfile, agents, passages, messages, folders, memory, mcp_servers):
         app.include_router(module.router)
     mcp_memory.mount(app, state)  # /mcp: the memory tools for MCP clients
+    app.mount(openai.PREFIX, openai.create_openai_app(state))
     return app

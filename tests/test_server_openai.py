@@ -1,0 +1,240 @@
+"""The OpenAI-compatible endpoint (/openai/v1) driven by the official openai SDK, as a chat UI uses it:
+models.list, chat completions streamed and not, a history resend, Open WebUI's background tasks, another
+user's agents, errors in OpenAI's shape (401, 404, 400, busy)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from memgpt.types import Role
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, auth, use_scripted_llm
+
+TITLE_TASK = """### Task:
+Generate a concise, 3-5 word title with an emoji summarizing the chat history.
+### Output:
+JSON format: { "title": "your concise title here" }
+### Chat History:
+<chat_history>
+USER: I like green tea.
+ASSISTANT: Noted, green tea it is.
+</chat_history>"""
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def server(home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
+    running = LiveServer(home, use_scripted_llm(home, llm.url))
+    running.timing(busy_wait=0.5, retry_after=1, ping_every=0.3)
+    yield running
+    running.stop()
+
+
+def openai_client(server: LiveServer, user: str | None = None, key: str | None = None) -> OpenAI:
+    return OpenAI(base_url=f"{server.url}/openai/v1", api_key=key or server.key(user), max_retries=0)
+
+
+def make_agent(server: LiveServer, name: str, user: str | None = None) -> str:
+    key = server.key(user)
+    blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+    answer = httpx.post(f"{server.url}/v1/agents/", json={"name": name, "memory_blocks": blocks}, headers=auth(key))
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+def user_messages(server: LiveServer, agent_id: str) -> list[str]:
+    stored = server.state.storage.messages.last(agent_id, 1000)
+    return [m.content for m in stored if m.role is Role.USER and not m.name]
+
+
+def history(*turns: tuple[str, str], last: str) -> list[dict[str, Any]]:
+    said: list[dict[str, Any]] = [{"role": "system", "content": "You are a helpful assistant."}]
+    for user, assistant in turns:
+        said += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return [*said, {"role": "user", "content": last}]
+
+
+def test_models_lists_the_users_agents_only(server: LiveServer) -> None:
+    sam = make_agent(server, "sam")
+    make_agent(server, "other", user="bob")
+    models = openai_client(server).models.list()
+    assert [(m.id, m.agent_id) for m in models.data] == [("sam", sam)]  # type: ignore[attr-defined]
+    assert openai_client(server).models.retrieve(sam).id == "sam"  # the agent id is a name for it too
+    assert [m.id for m in openai_client(server, "bob").models.list().data] == ["other"]
+
+
+def test_chat_completion_sends_only_the_newest_message(server: LiveServer, llm: ScriptedLLM) -> None:
+    agent_id = make_agent(server, "sam")
+    client = openai_client(server)
+    llm.add({"tool": "conversation_search", "args": {"query": "tea", "request_heartbeat": True}, "content": "Hm."})
+    llm.reply("Hello Chad!", thought="Greet him.")
+    first = client.chat.completions.create(model="sam", messages=history(last="Hi, I like green tea."))  # type: ignore[arg-type]
+    assert first.choices[0].message.content == "Hello Chad!"
+    assert first.choices[0].message.tool_calls is None  # the agent's own tool use stays inside
+    assert first.choices[0].finish_reason == "stop"
+    assert first.object == "chat.completion" and first.model == "sam"
+    assert first.usage is not None and first.usage.total_tokens >= 0
+
+    llm.reply("Green tea, yes.")
+    resent = history(("Hi, I like green tea.", "Hello Chad!"), last="What do I like?")
+    second = client.chat.completions.create(model=agent_id, messages=resent)  # type: ignore[arg-type]
+    assert second.choices[0].message.content == "Green tea, yes."
+    assert user_messages(server, agent_id) == ["Hi, I like green tea.", "What do I like?"]
+    # the agent's LLM saw the resent history only as its own memory: one copy of each user message
+    seen = [m.get("content") for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+    assert sum("Hi, I like green tea." in str(c) for c in seen) == 1
+    assert not any("You are a helpful assistant." in str(m.get("content")) for m in llm.requests[-1]["messages"])
+
+
+def test_streamed_completion_has_chunks_usage_and_done(server: LiveServer, llm: ScriptedLLM) -> None:
+    agent_id = make_agent(server, "sam")
+    llm.add({"calls": [("send_message", {"message": "One."}), ("send_message", {"message": "Two."})]})
+    stream = openai_client(server).chat.completions.create(
+        model="sam",
+        messages=history(last="Count for me"),  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "One.\n\nTwo."
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None  # the usage chunk comes last
+    assert user_messages(server, agent_id) == ["Count for me"]
+
+    raw = httpx.post(
+        f"{server.url}/openai/v1/chat/completions",
+        json={"model": "sam", "messages": [{"role": "user", "content": "Again"}], "stream": True},
+        headers=auth(server.key()),
+    )
+    assert raw.text.rstrip().endswith("data: [DONE]")  # without a reply scripted the turn fails: an error event
+    assert '"error"' in raw.text
+
+
+def test_background_task_is_answered_statelessly(server: LiveServer, llm: ScriptedLLM) -> None:
+    agent_id = make_agent(server, "sam")
+    llm.add({"content": '{"title": "🍵 Green tea talk"}'})
+    answer = openai_client(server).chat.completions.create(
+        model="sam",
+        messages=[{"role": "user", "content": TITLE_TASK}],
+        max_completion_tokens=1000,
+    )
+    assert answer.choices[0].message.content == '{"title": "🍵 Green tea talk"}'
+    asked = llm.requests[-1]
+    assert asked["messages"] == [{"role": "user", "content": TITLE_TASK}]  # no memory, no system prompt
+    assert not asked.get("tools")
+    assert server.state.storage.messages.count(agent_id) == len(server.state.storage.messages.last(agent_id, 1000))
+    assert user_messages(server, agent_id) == []
+    assert not any("### Task:" in m.content for m in server.state.storage.messages.last(agent_id, 1000))
+
+    llm.add({"content": '{"tags": ["Food"]}'})
+    stream = openai_client(server).chat.completions.create(
+        model="sam", messages=[{"role": "user", "content": TITLE_TASK}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == '{"tags": ["Food"]}'
+    assert user_messages(server, agent_id) == []
+
+
+def test_errors_have_openais_shape(server: LiveServer) -> None:
+    make_agent(server, "sam")
+    make_agent(server, "secret", user="bob")
+    bad = OpenAI(base_url=f"{server.url}/openai/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        bad.models.list()
+    assert refused.value.status_code == 401
+    assert refused.value.code == "invalid_api_key"
+    assert refused.value.body["message"] == "invalid or revoked API key"  # type: ignore[index]
+
+    client = openai_client(server)
+    with pytest.raises(openai.NotFoundError) as missing:  # bob's agent is as missing as one never made
+        client.chat.completions.create(model="secret", messages=[{"role": "user", "content": "hi"}])
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as last_not_user:
+        client.chat.completions.create(
+            model="sam", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+        )
+    assert "end with the user's message" in last_not_user.value.message
+    with pytest.raises(openai.BadRequestError) as invalid:
+        client.chat.completions.create(model="sam", messages=[])
+    assert invalid.value.param == "messages"
+
+    raw = httpx.get(f"{server.url}/openai/v1/models")
+    assert raw.status_code == 401 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_busy_agent_is_a_409_conflict(server: LiveServer, llm: ScriptedLLM) -> None:
+    agent_id = make_agent(server, "sam")
+    llm.reply("Slow answer.", delay=2.0)
+    client = openai_client(server)
+    first: dict[str, Any] = {}
+
+    def send() -> None:
+        first["answer"] = client.chat.completions.create(model="sam", messages=[{"role": "user", "content": "one"}])
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        deadline = 50
+        while not user_messages(server, agent_id) and deadline:  # the first turn has its lease
+            threading.Event().wait(0.1)
+            deadline -= 1
+        with pytest.raises(openai.ConflictError) as busy:
+            client.chat.completions.create(model="sam", messages=[{"role": "user", "content": "two"}])
+        assert busy.value.code == "agent_busy"
+        assert busy.value.response.headers["retry-after"] == "1"
+    finally:
+        thread.join(timeout=30)
+    assert first["answer"].choices[0].message.content == "Slow answer."
+    assert user_messages(server, agent_id) == ["one"]
+
+
+def test_a_retried_request_joins_the_turn_it_started(server: LiveServer, llm: ScriptedLLM) -> None:
+    """The openai SDK sends a timed-out request again (same body, X-Stainless-Retry-Count >= 1): the retry
+    gets the first try's answer, and the message enters memory once."""
+    agent_id = make_agent(server, "sam")
+    llm.reply("Worth the wait.", delay=3.0)
+    # the first try surely times out (the LLM alone takes 3 s); each retry joins the turn until it is over
+    client = OpenAI(base_url=f"{server.url}/openai/v1", api_key=server.key(), max_retries=6, timeout=2.0)
+    answer = client.chat.completions.create(model="sam", messages=[{"role": "user", "content": "slow one"}])
+    assert answer.choices[0].message.content == "Worth the wait."
+    assert user_messages(server, agent_id) == ["slow one"]
+    assert len(llm.requests) == 1
+
+
+def test_a_client_leaving_mid_stream_does_not_break_the_agent(server: LiveServer, llm: ScriptedLLM) -> None:
+    agent_id = make_agent(server, "sam")
+    search_step = {"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}
+    llm.add(search_step).reply("Finished anyway.", delay=1.0)
+    body = {"model": "sam", "messages": [{"role": "user", "content": "go"}], "stream": True}
+    with httpx.stream("POST", f"{server.url}/openai/v1/chat/completions", json=body, headers=auth(server.key())) as s:
+        first = next(s.iter_lines())
+        assert first.startswith("data: ") and '"role": "assistant"' in first
+    deadline = 600
+    while deadline and "Finished anyway." not in str(server.state.storage.messages.last(agent_id, 10)):
+        threading.Event().wait(0.1)
+        deadline -= 1
+    assert deadline, "the turn did not finish after its client went away"
+    while server.state.storage.turns.running_run(agent_id) is not None and deadline:  # its lease is released
+        threading.Event().wait(0.1)
+        deadline -= 1
+    llm.reply("Still here.")
+    again = openai_client(server).chat.completions.create(model="sam", messages=[{"role": "user", "content": "hi"}])
+    assert again.choices[0].message.content == "Still here."
+    assert user_messages(server, agent_id) == ["go", "hi"]
