@@ -187,15 +187,24 @@ def milvus_server() -> Iterator[str]:
 @pytest.fixture
 def server_database(milvus_server: str) -> Iterator[str]:
     """A database of its own on the shared server, dropped afterwards."""
+    with milvus_database(milvus_server) as name:
+        yield name
+
+
+@contextlib.contextmanager
+def milvus_database(milvus_server: str) -> Iterator[str]:
+    """A new database on the server, its collections and itself dropped on exit; its name."""
     from pymilvus import MilvusClient
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = MilvusClient(uri=milvus_server, token=TOKEN)
     admin.create_database(name)
-    yield name
-    scoped = MilvusClient(uri=milvus_server, token=TOKEN, db_name=name)
-    for collection in scoped.list_collections():
-        scoped.drop_collection(collection)
-    scoped.close()
-    admin.drop_database(name)
-    admin.close()
+    try:
+        yield name
+    finally:
+        scoped = MilvusClient(uri=milvus_server, token=TOKEN, db_name=name)
+        for collection in scoped.list_collections():
+            scoped.drop_collection(collection)
+        scoped.close()
+        admin.drop_database(name)
+        admin.close()
