@@ -9,6 +9,7 @@ The servers are started once for the module (a start costs seconds); every test 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from tests.server_rig import ServerProcess, auth, start_servers, use_scripted_ll
 
 HANDLE = "openai-compatible/scripted"
 STEP = 0.4  # seconds the scripted LLM takes per step where turns must overlap to be tested
+HOLD = 3.0  # how long the first step of two sends that meet waits for the other's (it comes only without a lease)
 
 
 @dataclass
@@ -160,9 +162,21 @@ class TwoStepTurns:
 
     def __init__(self) -> None:
         self.spans: list[tuple[float, float]] = []
+        self.calls = 0
+        self.second_call = threading.Event()
+        self._lock = threading.Lock()
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
         start = time.monotonic()
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first:
+            # The first step waits for a second caller, or long enough for the other send to have arrived: were
+            # the turns not serialized, the other turn's first step would come now and overlap this one.
+            self.second_call.wait(HOLD)
+        else:
+            self.second_call.set()
         time.sleep(STEP)
         self.spans.append((start, time.monotonic()))
         if any(m["role"] == "tool" for m in body["messages"][_newest_user(body) :]):
@@ -210,7 +224,7 @@ def test_sends_to_one_agent_that_meet_are_serialized(cluster: Cluster, llm: Scri
         thread.join(120)
     assert answers == {"first": "re: first", "second": "re: second"}
     spans = sorted(turns.spans)
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False)), spans
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans)), spans
     # Stored: each turn whole (its user message, the search, the heartbeat, the reply), one after the other.
     stored = cluster.history(agent)
     starts = [i for i, (role, text) in enumerate(stored) if role == "user" and text in answers]
@@ -223,3 +237,72 @@ def test_sends_to_one_agent_that_meet_are_serialized(cluster: Cluster, llm: Scri
     cluster.client(servers[-1] if servers[0] is cluster.a else cluster.a).agents.messages.create(agent, input="third")
     context = [_words(m) for m in llm.requests[-1]["messages"] if m["role"] == "user" and _words(m)]
     assert context == [turns_stored[0][0][1], turns_stored[1][0][1], "third"]
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+def test_a_client_leaving_mid_stream_on_one_process_leaves_the_agent_to_the_other(
+    cluster: Cluster, llm: ScriptedLLM
+) -> None:
+    agent = cluster.agent(cluster.a)
+    llm.add(TwoStepTurns(), TwoStepTurns())  # each answers its first call with a search, so: search, then a reply
+    llm.script[1] = echo
+    key = auth(cluster.key)
+    with httpx.stream(
+        "POST", f"{cluster.a.url}/v1/agents/{agent}/messages/stream", json={"input": "go"}, headers=key, timeout=60
+    ) as stream:
+        first = next(line for line in stream.iter_lines() if line.startswith("data: "))
+        assert json.loads(first.removeprefix("data: "))["message_type"] == "reasoning_message"
+    llm.add(echo)
+    answer = cluster.client(cluster.b, timeout=120).agents.messages.create(agent, input="still there?")
+    assert answer.messages[-1].content == "re: still there?"  # B waited for A's turn to end, then ran its own
+    assert cluster.user_messages(agent) == ["go", "still there?"]
+
+
+def test_postgres_stopping_under_the_servers_is_a_503_then_they_recover(cluster: Cluster, llm: ScriptedLLM) -> None:
+    agent = cluster.agent(cluster.b)
+    key = auth(cluster.key)
+    with cluster.postgres.down():
+        for server in (cluster.a, cluster.b):
+            answer = httpx.get(f"{server.url}/v1/agents/", headers=key, timeout=60)
+            assert answer.status_code == 503, answer.text
+            detail = answer.json()["detail"]
+            assert "\\n" not in detail and "metadata database" in detail, detail
+        sent = httpx.post(f"{cluster.a.url}/v1/agents/{agent}/messages", json={"input": "lost?"}, headers=key)
+        assert sent.status_code == 503 and sent.headers.get("x-should-retry") != "false"
+    assert llm.requests == []
+    for server in (cluster.a, cluster.b):  # pool_pre_ping replaces the connections PostgreSQL closed
+        assert agent in [found["id"] for found in httpx.get(f"{server.url}/v1/agents/", headers=key).json()]
+    llm.add(echo)
+    assert cluster.client(cluster.a).agents.messages.create(agent, input="back?").messages[-1].content == "re: back?"
+    assert cluster.user_messages(agent) == ["back?"]
+
+
+def test_kill_9_of_a_process_mid_turn_the_other_serves_the_agent_at_once(cluster: Cluster, llm: ScriptedLLM) -> None:
+    """Last in the module: it kills A. The lease A's dead turn left (600 s to expire) is taken over at once,
+    since its owner is a process of this host that no longer runs."""
+    agent = cluster.agent(cluster.a)
+    llm.add({"hang": True})
+
+    def send() -> None:
+        with pytest.raises(APIError):  # the connection dies with the server
+            cluster.client(cluster.a, timeout=120).agents.messages.create(agent, input="keep me")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 60
+    while not llm.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert llm.requests, "the turn never reached the LLM"
+    os.kill(cluster.a.process.pid, signal.SIGKILL)
+    cluster.a.process.wait(30)
+    sender.join(30)
+    llm.add(echo)
+    started = time.monotonic()
+    answer = cluster.client(cluster.b, timeout=120).agents.messages.create(agent, input="still there?")
+    waited = time.monotonic() - started
+    assert answer.messages[-1].content == "re: still there?"
+    assert waited < cluster.config.server.busy_wait_seconds  # not a wait for the lease to expire
+    print(f"the next turn on B took {waited:.2f} s after A was killed mid-turn")
+    assert cluster.user_messages(agent) == ["keep me", "still there?"]
+    context = [_words(m) for m in llm.requests[-1]["messages"] if m["role"] == "user" and _words(m)]
+    assert context == ["keep me", "still there?"]
