@@ -70,11 +70,13 @@ class PostgresServer:
     process: subprocess.Popen[bytes]
     directory: Path
     port: int
-    launch: Callable[[], subprocess.Popen[bytes]]  # starts the server again on the same data and port
+    launch: Callable[[], subprocess.Popen[bytes]] | None = None  # starts it again on the same data and port
 
     @contextlib.contextmanager
     def down(self) -> Iterator[None]:
         """Stop the server ("fast shutdown": every session ends), and start it again on exit."""
+        if self.launch is None:
+            raise RuntimeError("this PostgresServer was not started by start_postgres: it cannot be restarted")
         self.process.send_signal(signal.SIGINT)
         self.process.wait(timeout=30)
         try:
