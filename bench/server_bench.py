@@ -14,7 +14,9 @@ the non-LLM routes (list agents, archival search). After the run every agent's s
 a lost message is a sent one whose user message or reply is missing.
 
 Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time,
-errors, lost messages, and p50/p95 of the two non-LLM routes under that load.
+errors, lost messages, p50/p95 of the two non-LLM routes under that load, and the server process's CPU time
+per turn (user + system, all its threads, the non-LLM routes included): on a machine shared with other work the
+latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -240,6 +243,12 @@ def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
     return f"{(ordered[round(q * (len(ordered) - 1))] - minus) * 1000:.0f}"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time the server process has used (user + system): what a turn costs whatever else runs here."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(backend: str, clients: int, turns: int, llm_ms: int) -> str:
     llm = FixedLLM(llm_ms / 1000)
     try:
@@ -249,9 +258,10 @@ def run(backend: str, clients: int, turns: int, llm_ms: int) -> str:
         ):
             agents = _make_agents(server.url, key, clients)
             asyncio.run(_load(server.url, key, agents, 1, "warm-up"))  # each agent's first turn, not measured
-            calls_before = llm.calls
+            calls_before, cpu_before = llm.calls, _cpu_seconds(server.process.pid)
             results = asyncio.run(_load(server.url, key, agents, turns, "bench"))
             calls = (llm.calls - calls_before) / max(1, len(results.turns))
+            cpu = _cpu_seconds(server.process.pid) - cpu_before
             lost = _lost(server.url, key, agents, "bench", turns)
     finally:
         llm.close()
@@ -261,7 +271,8 @@ def run(backend: str, clients: int, turns: int, llm_ms: int) -> str:
         f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
         f"{_ms(results.turns, 0.5, llm_s)} | {_ms(results.turns, 0.95, llm_s)} | {len(results.errors)} | {lost} | "
         f"{_ms(results.list_agents, 0.5)} / {_ms(results.list_agents, 0.95)} | "
-        f"{_ms(results.search, 0.5)} / {_ms(results.search, 0.95)} |"
+        f"{_ms(results.search, 0.5)} / {_ms(results.search, 0.95)} | "
+        f"{cpu * 1000 / max(1, len(results.turns)):.0f} |"
         + (f"\n\nfirst errors: {results.errors[:3]}" if results.errors else "")
     )
 
@@ -279,9 +290,9 @@ def main() -> None:
         print()
         print(
             "| backend | clients | turns | turns/s | p50 added ms | p95 added ms | errors | lost "
-            "| list agents p50/p95 ms | archival search p50/p95 ms |"
+            "| list agents p50/p95 ms | archival search p50/p95 ms | server CPU ms/turn |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
     backends = ["default", "scale"] if args.backend == "both" else [args.backend]
     for backend in backends:
         for clients in (int(n) for n in args.clients.split(",")):
