@@ -39,3 +39,7 @@ echo
 mapfile -t big < <("$VENV/bin/python" bench/vectors.py --count "${server_sizes##*,}")
 "$VENV/bin/python" bench/search_bench.py --label "milvus 2.3.5 server" --server --header \
   --vectors "${big[0]}" --queries "${big[1]}" --sizes "$server_sizes"
+echo
+clients=10,50,100
+if [ "${1:-}" = "--quick" ]; then clients=10; fi
+"$VENV/bin/python" bench/server_bench.py --clients "$clients" --header

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -149,6 +150,20 @@ def _stop_shared(info: dict[str, object]) -> None:
 def milvus_server() -> Iterator[str]:
     if _executable() is None:
         pytest.skip("milvus-server is not installed (pip install milvus==2.3.5, part of memgpt[dev] on Linux x86_64)")
+    try:
+        with shared_server() as uri:
+            yield uri
+    except _StartFailed as exc:
+        pytest.fail(str(exc))
+
+
+class _StartFailed(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def shared_server() -> Iterator[str]:
+    """The machine's one test Milvus server (started if none runs), used until exit; its URI."""
     SHARED.mkdir(exist_ok=True)
     with open(SHARED / "start.lock", "a") as mutex, open(SHARED / "users.lock", "a") as users:
         fcntl.flock(mutex, fcntl.LOCK_EX)
@@ -165,37 +180,53 @@ def milvus_server() -> Iterator[str]:
                     process, uri = start_server(data)
                 except RuntimeError as exc:
                     shutil.rmtree(data, ignore_errors=True)
-                    pytest.fail(str(exc))
+                    raise _StartFailed(str(exc)) from exc
                 info = {"pid": process.pid, "uri": uri, "data": str(data)}
                 (SHARED / "server.json").write_text(json.dumps(info))
             fcntl.flock(users, fcntl.LOCK_SH)
         finally:
             fcntl.flock(mutex, fcntl.LOCK_UN)
-        yield str(info["uri"])
-        fcntl.flock(mutex, fcntl.LOCK_EX)
         try:
-            try:
-                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted only when no other session uses it
-            except OSError:
-                return
-            _stop_shared(info)
+            yield str(info["uri"])
         finally:
-            fcntl.flock(users, fcntl.LOCK_UN)
-            fcntl.flock(mutex, fcntl.LOCK_UN)
+            fcntl.flock(mutex, fcntl.LOCK_EX)
+            try:
+                if _last_user(users):
+                    _stop_shared(info)
+            finally:
+                fcntl.flock(users, fcntl.LOCK_UN)
+                fcntl.flock(mutex, fcntl.LOCK_UN)
+
+
+def _last_user(users: IO[str]) -> bool:
+    try:
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted only when no other session uses it
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture
 def server_database(milvus_server: str) -> Iterator[str]:
     """A database of its own on the shared server, dropped afterwards."""
+    with milvus_database(milvus_server) as name:
+        yield name
+
+
+@contextlib.contextmanager
+def milvus_database(milvus_server: str) -> Iterator[str]:
+    """A new database on the server, its collections and itself dropped on exit; its name."""
     from pymilvus import MilvusClient
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = MilvusClient(uri=milvus_server, token=TOKEN)
     admin.create_database(name)
-    yield name
-    scoped = MilvusClient(uri=milvus_server, token=TOKEN, db_name=name)
-    for collection in scoped.list_collections():
-        scoped.drop_collection(collection)
-    scoped.close()
-    admin.drop_database(name)
-    admin.close()
+    try:
+        yield name
+    finally:
+        scoped = MilvusClient(uri=milvus_server, token=TOKEN, db_name=name)
+        for collection in scoped.list_collections():
+            scoped.drop_collection(collection)
+        scoped.close()
+        admin.drop_database(name)
+        admin.close()

@@ -10,6 +10,7 @@ PostgreSQL refuses to run as root, and CI runs as root: then the server runs as 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import re
@@ -20,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,20 @@ class PostgresServer:
     process: subprocess.Popen[bytes]
     directory: Path
     port: int
+    launch: Callable[[], subprocess.Popen[bytes]] | None = None  # starts it again on the same data and port
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """Stop the server ("fast shutdown": every session ends), and start it again on exit."""
+        if self.launch is None:
+            raise RuntimeError("this PostgresServer was not started by start_postgres: it cannot be restarted")
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=30)
+        try:
+            yield
+        finally:
+            self.process = self.launch()
+            _wait_until_ready(self)
 
     def url(self, database: str = "postgres", *, password: str = PASSWORD) -> str:
         """A SQLAlchemy URL on the psycopg 3 driver."""
@@ -137,8 +152,17 @@ def start_postgres(binaries: Path) -> PostgresServer:
     port = _free_port()
     command = [str(binaries / "postgres"), "-D", str(directory / "data"), "-p", str(port), "-h", "127.0.0.1"]
     command += ["-k", str(directory), *(arg for setting in _SETTINGS for arg in ("-c", setting))]
-    log = open(directory / "server.log", "wb")  # noqa: SIM115 - the server writes to it for its lifetime
-    process = subprocess.Popen(
+    launch = functools.partial(_launch, command, directory, env, as_runner)
+    server = PostgresServer(launch(), directory, port, launch)
+    _wait_until_ready(server)
+    return server
+
+
+def _launch(
+    command: list[str], directory: Path, env: dict[str, str], as_runner: dict[str, object]
+) -> subprocess.Popen[bytes]:
+    log = open(directory / "server.log", "ab")  # noqa: SIM115 - the server writes to it for its lifetime
+    return subprocess.Popen(
         command,
         cwd=directory,
         env=env,
@@ -147,9 +171,6 @@ def start_postgres(binaries: Path) -> PostgresServer:
         start_new_session=True,
         **as_runner,  # type: ignore[arg-type]
     )
-    server = PostgresServer(process, directory, port)
-    _wait_until_ready(server)
-    return server
 
 
 def _wait_until_ready(server: PostgresServer) -> None:

@@ -1,14 +1,19 @@
 """A real `memgpt server` for tests: the app served by uvicorn on a free loopback port, in this process (so
-tests can also look at its storage), plus API keys made the way `memgpt key create` makes them."""
+tests can also look at its storage), plus API keys made the way `memgpt key create` makes them; and the
+`memgpt server` command itself as child processes, for tests that need several processes or kill one."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from memgpt.config import Config, load_config, save_config
@@ -85,3 +90,66 @@ def use_scripted_llm(home: Path, llm_url: str, *, timeout: float = 30.0) -> Conf
     config.llm.timeout_seconds = timeout
     save_config(config, home)
     return config
+
+
+@dataclass
+class ServerProcess:
+    """`memgpt server` as a real child process on ``home`` (its output in ``<home>/server-<port>.log``)."""
+
+    home: Path
+    workers: int = 1
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.home / f"server-{self.port}.log"
+
+    def start(self) -> None:
+        """Launch it; ``wait_ready`` waits until it answers."""
+        env = {**os.environ, "MEMGPT_HOME": str(self.home)}
+        command = [sys.executable, "-m", "memgpt", "server", "--port", str(self.port), "--workers", str(self.workers)]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/health/").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"memgpt server did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+
+
+def start_servers(home: Path, *workers: int) -> list[ServerProcess]:
+    """One `memgpt server` per entry (with that many workers), started side by side."""
+    servers = [ServerProcess(home, n) for n in workers]
+    try:
+        for server in servers:
+            server.wait_ready()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers

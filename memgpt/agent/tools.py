@@ -6,6 +6,7 @@ documented Python function in ``~/.memgpt/tools/*.py``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -232,7 +233,14 @@ def archival_memory_search(agent: AgentContext, query: str, page: int = 0) -> st
 
 
 def builtin_tools() -> list[Tool]:
-    return [
+    """MemGPT's own tools, in a new list each call (the caller may add to it)."""
+    return list(_builtin_tools())
+
+
+@functools.cache
+def _builtin_tools() -> tuple[Tool, ...]:
+    # Made once per process: building each argument model and JSON schema costs more than a server's turn.
+    return (
         tool_from_function(send_message, wants_agent=True, heartbeat=False, ends_turn=True),
         tool_from_function(pause_heartbeats, wants_agent=True, heartbeat=False),
         *(
@@ -246,7 +254,7 @@ def builtin_tools() -> list[Tool]:
                 archival_memory_search,
             )
         ),
-    ]
+    )
 
 
 # -- user tools ---------------------------------------------------------------------------------

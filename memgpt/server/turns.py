@@ -197,6 +197,7 @@ class TurnRunner:
         )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
         self._guard = threading.Lock()
+        self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
         self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
@@ -267,11 +268,7 @@ class TurnRunner:
         state = self.state.storage.agents.by_id(request.user_id, request.agent_id)
         if state is None:
             raise NotFoundError(f"no agent with id {request.agent_id!r}")
-        try:
-            inner = create_llm(self.state.config.llm, model=state.llm_model, context_window=state.context_window)
-        except ConfigError as exc:
-            raise LLMError(f"the server's LLM is not configured ({exc})") from exc
-        meter = UsageMeter(inner)
+        meter = UsageMeter(self._llm(state.llm_model, state.context_window))
         mcp_tools, mcp_warnings = self.state.mcp().agent_tools(self.state.storage, state)
         agent, warnings = open_agent(
             self.state.storage,
@@ -285,6 +282,20 @@ class TurnRunner:
         for warning in mcp_warnings + warnings:
             logger.warning("agent %s: %s", state.id, warning)
         return agent, meter
+
+    def _llm(self, model: str, context_window: int) -> LLMClient:
+        """The process's client for this model: made once, since each holds an HTTP connection pool whose
+        set-up (an SSL context with the system's CA certificates) costs more CPU than a turn's own work."""
+        with self._guard:
+            client = self._llms.get((model, context_window))
+        if client is None:
+            try:
+                client = create_llm(self.state.config.llm, model=model, context_window=context_window)
+            except ConfigError as exc:
+                raise LLMError(f"the server's LLM is not configured ({exc})") from exc
+            with self._guard:
+                client = self._llms.setdefault((model, context_window), client)
+        return client
 
     def _earlier(self, request: TurnInput) -> Turn | None:
         """The turn a retried request's first try started, waiting for it when another process runs it."""

@@ -330,9 +330,17 @@ class AgentStore:
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
     def blocks(self, agent_id: str) -> list[Block]:
+        return self.blocks_of([agent_id])[agent_id]
+
+    def blocks_of(self, agent_ids: Sequence[str]) -> dict[str, list[Block]]:
+        """The blocks of each of these agents (by label), in one query."""
+        found: dict[str, list[Block]] = {agent_id: [] for agent_id in agent_ids}
         with self._metadata.session() as s:
-            rows = s.scalars(select(BlockRow).where(BlockRow.agent_id == agent_id).order_by(BlockRow.label))
-            return [Block(r.label, r.value, r.char_limit, r.description or "", bool(r.read_only)) for r in rows]
+            query = select(BlockRow).where(BlockRow.agent_id.in_(list(agent_ids)))
+            rows = s.scalars(query.order_by(BlockRow.agent_id, BlockRow.label))
+            for r in rows:
+                found[r.agent_id].append(Block(r.label, r.value, r.char_limit, r.description or "", bool(r.read_only)))
+        return found
 
     def save_block(self, agent_id: str, block: Block) -> None:
         """Store one block as it is now (a person's edit, outside any step)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, String, delete, select
@@ -43,14 +44,20 @@ class AttachmentStore:
 
     def source_ids(self, agent_id: str) -> list[str]:
         """The agent's attached sources, in the order they were attached."""
+        return self.source_ids_of([agent_id])[agent_id]
+
+    def source_ids_of(self, agent_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The attached sources of each of these agents, in the order they were attached, in one query."""
+        found: dict[str, list[str]] = {agent_id: [] for agent_id in agent_ids}
         with self._metadata.session() as s:
-            return list(
-                s.scalars(
-                    select(AgentSourceRow.source_id)
-                    .where(AgentSourceRow.agent_id == agent_id)
-                    .order_by(AgentSourceRow.attached_at, AgentSourceRow.source_id)
-                )
+            rows = s.execute(
+                select(AgentSourceRow.agent_id, AgentSourceRow.source_id)
+                .where(AgentSourceRow.agent_id.in_(list(agent_ids)))
+                .order_by(AgentSourceRow.attached_at, AgentSourceRow.source_id)
             )
+            for agent_id, source_id in rows:
+                found[agent_id].append(source_id)
+        return found
 
     def agent_ids(self, source_id: str) -> list[str]:
         """The agents a source is attached to, in the order they were attached."""

@@ -7,8 +7,9 @@ storage shapes only: callers get the frozen records from ``memgpt.types``.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,11 @@ class MetadataStore:
             self.engine.dispose()
             raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and its waiters poll (busy_timeout) rather than queue: with dozens
+        # of threads (a server's turns) some waited past the timeout ("database is locked"). The threads of this
+        # process take turns here instead, in order; other processes still meet the busy timeout.
+        sqlite = parsed.get_backend_name() == "sqlite"
+        self._serial: AbstractContextManager[Any] = threading.RLock() if sqlite else nullcontext()
 
     def _open_error(self, url: URL, exc: Exception) -> StorageError:
         read_only = self._read_only()
@@ -241,18 +247,19 @@ class MetadataStore:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        session = self._sessions()
-        try:
-            yield session
-            session.commit()
-        except SQLAlchemyError as exc:
-            session.rollback()
-            raise StorageError(self._read_only() or f"metadata database error: {_reason(exc)}") from exc
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        with self._serial:
+            session = self._sessions()
+            try:
+                yield session
+                session.commit()
+            except SQLAlchemyError as exc:
+                session.rollback()
+                raise StorageError(self._read_only() or f"metadata database error: {_reason(exc)}") from exc
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -5,6 +5,7 @@ Every route works on the key's user's agents only: another user's agent is a 404
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -43,11 +44,14 @@ def find_agent(state: ServerState, user_id: str, agent_id: str) -> AgentState:
 class _View:
     """Turns agents into ``AgentOut``, loading what every agent of a response shares only once."""
 
-    def __init__(self, state: ServerState, user_id: str) -> None:
+    def __init__(self, state: ServerState, user_id: str, agents: Sequence[AgentState] = ()) -> None:
         self.state = state
         self.catalog: list[Tool] = manager.tool_catalog(state.home / "tools")[0]
         self.builtin = {t.name for t in builtin_tools()}
         self.sources = {s.id: s for s in state.storage.metadata.list_sources(user_id)}
+        ids = [agent.id for agent in agents]  # a list's blocks and attachments: two queries, not two per agent
+        self.blocks = state.storage.agents.blocks_of(ids) if ids else {}
+        self.attached = state.storage.attachments.source_ids_of(ids) if ids else {}
 
     def __call__(self, agent: AgentState) -> AgentOut:
         storage, models = self.state.storage, self.state.models()
@@ -55,10 +59,11 @@ class _View:
             ToolOut.of(t.name, t.description, t.parameters, builtin=t.name in self.builtin)
             for t in manager.chosen_tools(agent, self.catalog)
         ]
-        attached = [self.sources[i] for i in storage.attachments.source_ids(agent.id) if i in self.sources]
+        source_ids = self.attached[agent.id] if agent.id in self.attached else storage.attachments.source_ids(agent.id)
+        attached = [self.sources[i] for i in source_ids if i in self.sources]
         return AgentOut.of(
             agent,
-            blocks=storage.agents.blocks(agent.id),
+            blocks=self.blocks[agent.id] if agent.id in self.blocks else storage.agents.blocks(agent.id),
             tools=tools,
             sources=[SourceOut.of(s, self.state.config.embedding) for s in attached],
             llm_config=models.llm_config(agent),
@@ -153,8 +158,9 @@ def list_agents(
         tags=tags or [],
         match_all_tags=match_all_tags,
     )
-    view = _View(state, user.id)
-    return [view(agent) for agent in state.storage.agents.page(user.id, query)]
+    agents = state.storage.agents.page(user.id, query)
+    view = _View(state, user.id, agents)
+    return [view(agent) for agent in agents]
 
 
 @router.get("/{agent_id}", response_model=AgentOut)

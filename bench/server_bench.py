@@ -1,0 +1,303 @@
+"""`memgpt server` under N concurrent clients, each with its own agent, on an LLM that answers in a fixed time.
+
+    python bench/server_bench.py [--clients 10,50,100] [--turns 5] [--backend default|scale|both] [--header]
+
+The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
+"scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
+OpenAI-compatible server in this process that answers every request with a `send_message` after
+``--llm-ms`` (200 ms): a turn is one LLM call, so what a turn takes beyond that is the server's own cost.
+
+Clients speak raw HTTP with httpx (asyncio, one connection each) rather than letta-client: the client's
+pydantic validation of every answer would take CPU from the server on the same cores and count in the
+latencies. Each client sends ``--turns`` messages one after another; meanwhile one more client loops over
+the non-LLM routes (list agents, archival search). After the run every agent's stored history is read back:
+a lost message is a sent one whose user message or reply is missing.
+
+Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time,
+errors, lost messages, p50/p95 of the two non-LLM routes under that load, and the server process's CPU time
+per turn (user + system, all its threads, the non-LLM routes included): on a machine shared with other work the
+latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from memgpt.config import save_config  # noqa: E402
+from memgpt.server.state import OWNER_NAME  # noqa: E402
+from memgpt.storage import Storage  # noqa: E402
+from tests.server_rig import ServerProcess, use_scripted_llm  # noqa: E402
+
+HANDLE = "openai-compatible/scripted"
+
+
+# -- the LLM: a fixed delay, then a reply ---------------------------------------------------------------
+class FixedLLM:
+    """An OpenAI-compatible chat server answering every request with send_message after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls = 0
+        self._lock = threading.Lock()
+        llm = self
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # 100 clients connect at once; the default backlog of 5 would add SYN retries
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: the server's LLM client reuses its connections
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                time.sleep(llm.delay)
+                with llm._lock:
+                    llm.calls += 1
+                self._send(_completion())
+
+            def do_GET(self) -> None:
+                self._send({"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "bench"}]})
+
+            def _send(self, payload: dict[str, Any]) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None: ...
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _completion() -> dict[str, Any]:
+    call = {"name": "send_message", "arguments": json.dumps({"message": "Noted."})}
+    message = {
+        "role": "assistant",
+        "content": "Acknowledge.",
+        "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:10]}", "type": "function", "function": call}],
+    }
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:10]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "scripted",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+# -- the deployments ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def deployment(backend: str, home: Path, llm: FixedLLM) -> Iterator[tuple[ServerProcess, str]]:
+    """A running `memgpt server` on ``home`` configured for ``backend``; yields it and an API key."""
+    config = use_scripted_llm(home, llm.url, timeout=120)
+    with contextlib.ExitStack() as stack:
+        if backend == "scale":
+            from tests.milvus_server import TOKEN, milvus_database, shared_server
+            from tests.postgres import find_binaries, start_postgres, stop_postgres
+
+            binaries = find_binaries()
+            if binaries is None:
+                raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
+            postgres = start_postgres(binaries)
+            stack.callback(stop_postgres, postgres)
+            config.metadata_url = stack.enter_context(postgres.database())
+            uri = stack.enter_context(shared_server())  # one Milvus server per machine: the tests' own
+            config.milvus.uri, config.milvus.token = uri, TOKEN
+            config.milvus.database = stack.enter_context(milvus_database(uri))
+        config.server.busy_wait_seconds = 60
+        save_config(config, home)
+        with Storage(config, home) as storage:
+            owner = storage.users.ensure(config.user_id, OWNER_NAME)
+            key = storage.users.create_key(owner.id)[1]
+        server = ServerProcess(home)
+        stack.callback(server.stop)
+        server.wait_ready()
+        yield server, key
+
+
+# -- the load -----------------------------------------------------------------------------------------
+@dataclass
+class Results:
+    turns: list[float] = field(default_factory=list)  # seconds per turn
+    errors: list[str] = field(default_factory=list)
+    list_agents: list[float] = field(default_factory=list)
+    search: list[float] = field(default_factory=list)
+    wall: float = 0.0
+
+
+async def _client(http: httpx.AsyncClient, agent: str, turns: int, tag: str, results: Results) -> None:
+    for number in range(turns):
+        start = time.perf_counter()
+        try:
+            answer = await http.post(f"/v1/agents/{agent}/messages", json={"input": f"{tag} message {number}"})
+            if answer.status_code != 200:
+                results.errors.append(f"{answer.status_code} {answer.text[:200]}")
+                continue
+        except httpx.HTTPError as exc:
+            results.errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        results.turns.append(time.perf_counter() - start)
+
+
+async def _observer(http: httpx.AsyncClient, agents: list[str], done: asyncio.Event, results: Results) -> None:
+    """The non-LLM routes, one after another, for as long as the turns run."""
+    number = 0
+    while not done.is_set():
+        for path, into, params in (
+            ("/v1/agents/", results.list_agents, {"limit": 50}),
+            (f"/v1/agents/{agents[number % len(agents)]}/archival-memory/search", results.search, {"query": "tea"}),
+        ):
+            start = time.perf_counter()
+            try:
+                answer = await http.get(path, params=params)
+                if answer.status_code == 200:
+                    into.append(time.perf_counter() - start)
+                else:
+                    results.errors.append(f"{path}: {answer.status_code} {answer.text[:200]}")
+            except httpx.HTTPError as exc:
+                results.errors.append(f"{path}: {type(exc).__name__}: {exc}")
+        number += 1
+
+
+async def _load(url: str, key: str, agents: list[str], turns: int, tag: str) -> Results:
+    results = Results()
+    limits = httpx.Limits(max_connections=len(agents) + 4, max_keepalive_connections=len(agents) + 4)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) as http:
+        done = asyncio.Event()
+        observer = asyncio.create_task(_observer(http, agents, done, results))
+        start = time.perf_counter()
+        await asyncio.gather(*(_client(http, agent, turns, tag, results) for agent in agents))
+        results.wall = time.perf_counter() - start
+        done.set()
+        await observer
+    return results
+
+
+def _make_agents(url: str, key: str, count: int) -> list[str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    agents = []
+    with httpx.Client(base_url=url, headers=headers, timeout=300) as http:
+        for number in range(count):
+            made = http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:8]}", "model": HANDLE})
+            made.raise_for_status()
+            agents.append(made.json()["id"])
+            if number < 10:  # something for archival search to find
+                text = {"text": "Chad likes green tea in the morning."}
+                http.post(f"/v1/agents/{agents[-1]}/archival-memory", json=text).raise_for_status()
+    return agents
+
+
+def _lost(url: str, key: str, agents: list[str], tag: str, turns: int) -> int:
+    """Sent messages whose user message or reply is not in the agent's stored history."""
+    headers = {"Authorization": f"Bearer {key}"}
+    lost = 0
+    with httpx.Client(base_url=url, headers=headers, timeout=300) as http:
+        for agent in agents:
+            items = http.get(f"/v1/agents/{agent}/messages", params={"limit": 1000, "order": "asc"}).json()
+            said = [m["content"] for m in items if m["message_type"] == "user_message"]
+            replies = sum(1 for m in items if m["message_type"] == "assistant_message")
+            sent = [f"{tag} message {n}" for n in range(turns)]
+            lost += sum(1 for text in sent if text not in said)
+            lost += max(0, len(said) - replies)
+    return lost
+
+
+def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
+    """The ``q`` quantile (nearest rank) of ``values`` seconds, less ``minus``, in milliseconds."""
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{(ordered[round(q * (len(ordered) - 1))] - minus) * 1000:.0f}"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time the server process has used (user + system): what a turn costs whatever else runs here."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(backend: str, clients: int, turns: int, llm_ms: int) -> str:
+    llm = FixedLLM(llm_ms / 1000)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-server-") as scratch,
+            deployment(backend, Path(scratch) / "home", llm) as (server, key),
+        ):
+            agents = _make_agents(server.url, key, clients)
+            asyncio.run(_load(server.url, key, agents, 1, "warm-up"))  # each agent's first turn, not measured
+            calls_before, cpu_before = llm.calls, _cpu_seconds(server.process.pid)
+            results = asyncio.run(_load(server.url, key, agents, turns, "bench"))
+            calls = (llm.calls - calls_before) / max(1, len(results.turns))
+            cpu = _cpu_seconds(server.process.pid) - cpu_before
+            lost = _lost(server.url, key, agents, "bench", turns)
+    finally:
+        llm.close()
+    llm_s = llm_ms / 1000 * calls
+    label = "Milvus Lite + SQLite" if backend == "default" else "Milvus server + PostgreSQL"
+    return (
+        f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
+        f"{_ms(results.turns, 0.5, llm_s)} | {_ms(results.turns, 0.95, llm_s)} | {len(results.errors)} | {lost} | "
+        f"{_ms(results.list_agents, 0.5)} / {_ms(results.list_agents, 0.95)} | "
+        f"{_ms(results.search, 0.5)} / {_ms(results.search, 0.95)} | "
+        f"{cpu * 1000 / max(1, len(results.turns)):.0f} |"
+        + (f"\n\nfirst errors: {results.errors[:3]}" if results.errors else "")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", default="10,50,100", help="comma-separated numbers of concurrent clients")
+    parser.add_argument("--turns", type=int, default=5, help="messages each client sends, one after another")
+    parser.add_argument("--backend", choices=["default", "scale", "both"], default="both")
+    parser.add_argument("--llm-ms", type=int, default=200, help="how long the LLM takes to answer")
+    parser.add_argument("--header", action="store_true", help="print the table's header first")
+    args = parser.parse_args()
+    if args.header:
+        print(f"### memgpt server: N clients, each its own agent, LLM answering in {args.llm_ms} ms")
+        print()
+        print(
+            "| backend | clients | turns | turns/s | p50 added ms | p95 added ms | errors | lost "
+            "| list agents p50/p95 ms | archival search p50/p95 ms | server CPU ms/turn |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+    backends = ["default", "scale"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        for clients in (int(n) for n in args.clients.split(",")):
+            print(run(backend, clients, args.turns, args.llm_ms), flush=True)
+
+
+if __name__ == "__main__":
+    main()
