@@ -56,7 +56,9 @@ if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.
 fi
 "$VENV/bin/ruff" check memgpt tests bench
 status=0
-"$VENV/bin/python" -m pytest "$@" || status=$?
+# One worker per core (MEMGPT_TEST_WORKERS overrides; 0 runs in this process). worksteal: an idle worker takes
+# queued tests from a busy one, so a few minute-long tests do not leave the other cores idle at the end.
+"$VENV/bin/python" -m pytest -n "${MEMGPT_TEST_WORKERS:-auto}" --dist worksteal "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests"
   status=0

@@ -39,10 +39,8 @@ def test_second_process_gets_the_lock_message(home: Path) -> None:
     home.mkdir(parents=True)
     holder = hold(db)
     try:
-        with pytest.raises(
-            StorageLockedError,
-            match=r"another memgpt process (\(pid \d+\) )?is using .*milvus\.db — close it or use a Milvus server",
-        ):
+        message = r"another memgpt process (\(pid \d+\) )?is using .*milvus\.db — close it or use a Milvus server"
+        with pytest.raises(StorageLockedError, match=message):
             MilvusConnection(MilvusTarget(str(db)))
         result = run_cli("load", "directory", "--name", "paper", "--input-files", str(PAPER), home=home)
         assert result.returncode == 1
