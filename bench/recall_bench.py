@@ -9,7 +9,9 @@ indexing cost per message and search latency. ``--quick`` runs the first convers
 
 A variant is one more ``Variant`` in ``VARIANTS``: a name, a search returning what the model would be
 shown (``recall_adapter.Shown``), and optionally a ``prepare`` step that builds its own index once per
-conversation. The data format and the scoring rules are in bench/recall/README.md.
+conversation. The rows go from memgpt's index before issue 11 (each message alone) through each step
+to ``conversation_search`` as the model calls it (the last row). The data format and the scoring rules
+are in bench/recall/README.md.
 """
 
 from __future__ import annotations
@@ -143,10 +145,27 @@ class Variant:
     prepare: Callable[[RecallHome], None] | None = None  # builds a variant's own index once per home
 
 
+def _single(name: str, label: str, ranking: str) -> Variant:
+    """A ranking over every message indexed alone (memgpt's index before issue 11), one message per result."""
+    return Variant(name, label, lambda home, q: home.ranked(q, ranking, index="single"), RecallHome.prepare_single)
+
+
+def _context(name: str, label: str, ranking: str, *, neighbours: bool) -> Variant:
+    """A ranking over memgpt's index (each message with its day and the message before it)."""
+    return Variant(name, label, lambda home, q: home.ranked(q, ranking, neighbours=neighbours))
+
+
 VARIANTS = [
-    Variant("dense", "dense (store search)", lambda home, q: home.dense(q)),
-    Variant("bm25", "BM25 (store keyword search)", lambda home, q: home.bm25(q)),
-    Variant("hybrid", "conversation_search (hybrid, RRF k=60)", lambda home, q: home.conversation_search(q)),
+    _single("dense-single", "dense, messages alone", "dense"),
+    _single("bm25-single", "BM25 (english analyzer), messages alone", "bm25"),
+    _single("rrf-single", "hybrid RRF k=60, messages alone", "rrf"),
+    _context("dense-context", "dense, messages in context", "dense", neighbours=False),
+    _context("bm25-context", "BM25, messages in context", "bm25", neighbours=False),
+    _context("fused-context", "hybrid normalised, messages in context", "fused", neighbours=False),
+    _context("dense-shown", "dense, in context, shown with neighbours", "dense", neighbours=True),
+    _context("bm25-shown", "BM25, in context, shown with neighbours", "bm25", neighbours=True),
+    _context("rrf-shown", "hybrid RRF k=60, in context, with neighbours", "rrf", neighbours=True),
+    Variant("search", "conversation_search (normalised, context, neighbours)", lambda h, q: h.conversation_search(q)),
 ]
 LABELS = {v.name: v.label for v in VARIANTS}
 
@@ -256,14 +275,24 @@ def report(run: Run, conversations: Sequence[Conversation]) -> None:
     console.print(
         f"Indexing (embed + write, after each reply): {run.index_seconds * 1000 / run.messages:.1f} ms per message\n"
     )
-    for name, outcomes in run.outcomes.items():
-        table = _table(f"{LABELS[name]}: by category", "category", _METRICS)
-        for category in CATEGORIES:
-            chosen = [o for o in outcomes if o.question.category == category]
-            if chosen:
-                table.add_row(category, *Scores(chosen).row())
+    for metric, test in (("any@10", lambda o: o.any_at(TOP)), ("all@10", lambda o: o.all_at(TOP))):
+        table = _table(f"{metric} by category", "variant", list(CATEGORIES))
+        for name, outcomes in run.outcomes.items():
+            cells = []
+            for category in CATEGORIES:
+                chosen = [o for o in outcomes if o.question.category == category]
+                cells.append(f"{sum(1 for o in chosen if test(o)) / len(chosen):.3f}" if chosen else "-")
+            table.add_row(LABELS[name], *cells)
         console.print(table)
         console.print()
+    final = VARIANTS[-1].name
+    table = _table(f"{LABELS[final]}: by category", "category", _METRICS)
+    for category in CATEGORIES:
+        chosen = [o for o in run.outcomes[final] if o.question.category == category]
+        if chosen:
+            table.add_row(category, *Scores(chosen).row())
+    console.print(table)
+    console.print()
 
 
 def show_misses(run: Run, variant: str, conversations: dict[str, Conversation]) -> None:
