@@ -31,7 +31,7 @@ from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import Filter, all_of, eq
-from memgpt.storage.fusion import CANDIDATES, fuse
+from memgpt.storage.fusion import CANDIDATES, Weights, fuse
 from memgpt.types import EmbeddingSpace, Message, Passage, Role, SearchHit, ToolCall
 
 # What the model sees of one message (memgpt.memory.recall.describe): "[2024-01-08 19:04:00 UTC] user: ..."
@@ -43,7 +43,7 @@ TOP = 2 * PAGE_SIZE  # what the model sees on pages 0 and 1
 RRF_K = 60  # memgpt's fusion before issue 11: Milvus's RRFRanker(60)
 
 
-def _rrf(dense: list[SearchHit], words: list[SearchHit]) -> list[SearchHit]:
+def rrf(dense: list[SearchHit], words: list[SearchHit]) -> list[SearchHit]:
     """Reciprocal-rank fusion, as Milvus's RRFRanker computes it: ranks matter, scores do not."""
     scores: dict[str, float] = {}
     hits = {h.passage.id: h for h in (*words, *dense)}
@@ -147,11 +147,19 @@ class RecallHome:
             shown += [self._ids_in(item) for item in self.recall.search(query, page).items]
         return shown
 
-    def ranked(self, query: str, ranking: str, *, index: str = "context", neighbours: bool = False) -> Shown:
+    def ranked(
+        self,
+        query: str,
+        ranking: str,
+        *,
+        index: str = "context",
+        neighbours: bool = False,
+        weights: Weights | None = None,
+    ) -> Shown:
         """The top 10 of one ranking ("dense", "bm25", "rrf" or "fused") over one index: "context" is memgpt's
         (each message with its day and the message before it), "single" each message alone (what memgpt
         indexed before issue 11; see ``prepare_single``). ``neighbours`` shows each hit with the messages
-        before and after it, as conversation_search does."""
+        before and after it, as conversation_search does; ``weights`` are the fused ranking's."""
         store = self.store if index == "context" else self.single
         depth = CANDIDATES if neighbours or ranking in ("rrf", "fused") else TOP
         dense = lambda: store.search(self.model.embed(query), limit=depth, where=self.where)  # noqa: E731
@@ -161,9 +169,9 @@ class RecallHome:
         elif ranking == "bm25":
             hits = words()
         elif ranking == "rrf":
-            hits = _rrf(dense(), words())
+            hits = rrf(dense(), words())
         else:
-            hits = fuse(dense(), words())
+            hits = fuse(dense(), words(), weights or Weights())
         if not neighbours:
             return self._ids(hits[:TOP])
         return [[m.id for m in (*r.before, r.match, *r.after)] for r in self.recall.with_neighbours(hits, TOP)]
