@@ -87,7 +87,7 @@ def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tm
         child.expect_exact("🧬 Creating new agent...")
         child.expect_exact("->  🤖 Using persona profile: 'memgpt_doc'")
         child.expect_exact("->  🧑 Using human profile: 'basic'")
-        child.expect(r"🎉 Created new agent '([A-Z][a-z]+[A-Z][a-z]+)' \(id=[0-9a-f-]{36}\)")
+        child.expect(r"🎉 Created new agent '([A-Z][a-z]+[A-Z][a-z]+)' \(id=agent-[0-9a-f-]{36}\)")
         child.expect_exact("Hit enter to begin (will request first MemGPT message)")
         child.sendline("")
         child.expect_exact("💭 Interesting, I've got a first-time user.")
@@ -331,3 +331,13 @@ def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     assert "/attach [SOURCE]   attach a data source to archival memory" in shown
     assert "/exit              leave the chat (also /quit)" in shown
     assert not llm.requests
+
+
+def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> None:
+    from tests.test_cli import run_at_width
+
+    name = "ResearchAssistantForPapers2024"  # 30 characters beside six other columns
+    llm.reply("Hello.")
+    assert run_cli("run", "--agent", name, "--message", "hi", home=home).returncode == 0
+    table = run_at_width("list", "agents", home=home, columns=80)
+    assert "…" not in table and f"│ {name} " in table
