@@ -196,7 +196,7 @@ def test_conversation_search_by_words_and_dates(any_rig: Rig) -> None:
     # message and the reply indexed with it (issue 11).
     assert by_words[0].startswith("Showing results 1-3, best first (page 0; this is the last page). Ranked by meaning")
     if agent.recall._index is not None and agent.recall._index.store.supports_hybrid:
-        assert "2 messages share words with the query" in by_words[0]
+        assert "2 of the 7 best-ranked messages share words with the query" in by_words[0]
     assert by_words[1].endswith("user: the codeword is PERIWINKLE")
     by_date = tool_results(rig.llm.requests[5])[-1]["message"]
     assert by_date.startswith("Showing 5 of 8 results (page 0 of 1):")

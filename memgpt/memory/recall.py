@@ -204,7 +204,7 @@ class RecallMemory:
             index.query_vector(query), text=keyword_query(query), limit=depth, where=where, with_text=False
         )
         results = self.with_neighbours([h for h in hits if scope.admits(h)], wanted + 1)
-        about = ranking_note(hits, depth, store.supports_hybrid) + scope.describe()
+        about = ranking_note(hits, store.supports_hybrid) + scope.describe()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)
 

@@ -94,18 +94,17 @@ def keyword_query(query: str) -> str:
     return _ORDINAL.sub(r"\1", _ISO_DAY.sub(spelled, query))
 
 
-def ranking_note(hits: Sequence[SearchHit], depth: int, hybrid: bool) -> str:
-    """How the results were ranked and how many messages share words with the query, counted among the
-    ``depth`` word-search candidates the search fetched ("at least" when it found that many)."""
+def ranking_note(hits: Sequence[SearchHit], hybrid: bool) -> str:
+    """How the results were ranked, and how many of the ranked candidates (``hits``, best first: the
+    search's whole candidate list, not one page) share words with the query."""
     if not hybrid:
         return "Ranked by meaning (this Milvus has no word search)."
     sharing = sum(1 for h in hits if h.shares_words)
-    count = f"{sharing} message shares" if sharing == 1 else f"{sharing} messages share"
-    if sharing >= depth:
-        count = f"at least {count}"
+    verb = "shares" if sharing == 1 else "share"
     return (
-        f"Ranked by meaning and by shared words (any word form; common words ignored): {count} words with the "
-        "query. Each result is a message that matched, with the messages just before and after it."
+        f"Ranked by meaning and by shared words (any word form; common words ignored): {sharing} of the "
+        f"{len(hits)} best-ranked messages {verb} words with the query. Each result is a message that matched, "
+        "with the messages just before and after it."
     )
 
 
