@@ -24,18 +24,33 @@ from memgpt.agent.manager import create_agent
 from memgpt.config import Config
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.embeddings.local import LocalMiniLM
+from memgpt.memory.messages import search_text
 from memgpt.memory.paging import PAGE_SIZE
 from memgpt.memory.recall import RecallIndex, RecallMemory
+from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import Filter, all_of, eq
-from memgpt.types import Message, Role, SearchHit, ToolCall
+from memgpt.storage.fusion import CANDIDATES, Weights, fuse
+from memgpt.types import EmbeddingSpace, Message, Passage, Role, SearchHit, ToolCall
 
 # What the model sees of one message (memgpt.memory.recall.describe): "[2024-01-08 19:04:00 UTC] user: ..."
 _SHOWN = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\] (user|assistant):")
 
 Shown = list[list[str]]  # ranked items, each the benchmark message ids it shows
 Model = EmbeddingModel
+TOP = 2 * PAGE_SIZE  # what the model sees on pages 0 and 1
+RRF_K = 60  # memgpt's fusion before issue 11: Milvus's RRFRanker(60)
+
+
+def rrf(dense: list[SearchHit], words: list[SearchHit]) -> list[SearchHit]:
+    """Reciprocal-rank fusion, as Milvus's RRFRanker computes it: ranks matter, scores do not."""
+    scores: dict[str, float] = {}
+    hits = {h.passage.id: h for h in (*words, *dense)}
+    for ranking in (dense, words):
+        for rank, hit in enumerate(ranking, 1):
+            scores[hit.passage.id] = scores.get(hit.passage.id, 0.0) + 1 / (RRF_K + rank)
+    return [SearchHit(hits[i].passage, score) for i, score in sorted(scores.items(), key=lambda kv: -kv[1])]
 
 
 def local_model() -> Model:
@@ -86,6 +101,7 @@ class RecallHome:
             self.storage, agent_id=self.state.id, user_id=self.state.user_id, index=RecallIndex(self.store, model)
         )
         self._by_stamp: dict[tuple[str, str], str] = {}
+        self.single: PassageStore | None = None  # each message alone: see prepare_single
 
     def __enter__(self) -> RecallHome:
         return self
@@ -131,11 +147,59 @@ class RecallHome:
             shown += [self._ids_in(item) for item in self.recall.search(query, page).items]
         return shown
 
-    def dense(self, query: str, pages: int = 2) -> Shown:
-        return self._ids(self.store.search(self.model.embed(query), limit=pages * PAGE_SIZE, where=self.where))
+    def ranked(
+        self,
+        query: str,
+        ranking: str,
+        *,
+        index: str = "context",
+        neighbours: bool = False,
+        weights: Weights | None = None,
+    ) -> Shown:
+        """The top 10 of one ranking ("dense", "bm25", "rrf" or "fused") over one index: "context" is memgpt's
+        (each message with its day and the message before it), "single" each message alone (what memgpt
+        indexed before issue 11; see ``prepare_single``). ``neighbours`` shows each hit with the messages
+        before and after it, as conversation_search does; ``weights`` are the fused ranking's."""
+        store = self.store if index == "context" else self.single
+        depth = CANDIDATES if neighbours or ranking in ("rrf", "fused") else TOP
+        dense = lambda: store.search(self.model.embed(query), limit=depth, where=self.where)  # noqa: E731
+        words = lambda: store.keyword_search(keyword_query(query), limit=depth, where=self.where)  # noqa: E731
+        if ranking == "dense":
+            hits = dense()
+        elif ranking == "bm25":
+            hits = words()
+        elif ranking == "rrf":
+            hits = rrf(dense(), words())
+        else:
+            hits = fuse(dense(), words(), weights or Weights())
+        if not neighbours:
+            return self._ids(hits[:TOP])
+        return [[m.id for m in (*r.before, r.match, *r.after)] for r in self.recall.with_neighbours(hits, TOP)]
 
-    def bm25(self, query: str, pages: int = 2) -> Shown:
-        return self._ids(self.store.keyword_search(query, limit=pages * PAGE_SIZE, where=self.where))
+    def prepare_single(self) -> None:
+        """Index every message alone, by its own words and vector, in a collection of its own (another
+        embedding-space name, so memgpt keeps it apart): the index memgpt had before issue 11."""
+        if self.single is not None:
+            return
+        self.single = self.storage.passages(EmbeddingSpace(f"{self.model.model_id}-single", self.model.dimensions))
+        messages = [m for m in self.storage.messages.last(self.state.id, 1_000_000) if search_text(m)]
+        vectors = self.model.embed_multi([search_text(m) for m in messages])
+        self.single.upsert(
+            [
+                Passage(
+                    id=m.id,
+                    text=search_text(m),
+                    user_id=self.state.user_id,
+                    agent_id=m.agent_id,
+                    kind="recall",
+                    created_at=m.created_at,
+                    metadata={"role": m.role.value},
+                    embedding=vector,
+                )
+                for m, vector in zip(messages, vectors, strict=True)
+            ]
+        )
+        self.single.flush()
 
     @staticmethod
     def _ids(hits: list[SearchHit]) -> Shown:

@@ -9,7 +9,9 @@ indexing cost per message and search latency. ``--quick`` runs the first convers
 
 A variant is one more ``Variant`` in ``VARIANTS``: a name, a search returning what the model would be
 shown (``recall_adapter.Shown``), and optionally a ``prepare`` step that builds its own index once per
-conversation. The data format and the scoring rules are in bench/recall/README.md.
+conversation. The rows go from memgpt's index before issue 11 (each message alone) through each step
+to ``conversation_search`` as the model calls it (the last row). The data format and the scoring rules
+are in bench/recall/README.md.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench.recall_adapter import Model, RecallHome, Shown, Turn, local_model
+from bench.retrieval_bench import archival
+from memgpt.storage.fusion import Weights
 
 DATA = Path(__file__).resolve().parent / "recall"
 CATEGORIES = ("fact", "short_answer", "paraphrase", "date", "name", "aggregation", "changed")
@@ -143,12 +147,39 @@ class Variant:
     prepare: Callable[[RecallHome], None] | None = None  # builds a variant's own index once per home
 
 
+def _single(name: str, label: str, ranking: str) -> Variant:
+    """A ranking over every message indexed alone (memgpt's index before issue 11), one message per result."""
+    return Variant(name, label, lambda home, q: home.ranked(q, ranking, index="single"), RecallHome.prepare_single)
+
+
+def _context(name: str, label: str, ranking: str, *, neighbours: bool) -> Variant:
+    """A ranking over memgpt's index (each message with its day and the message before it)."""
+    return Variant(name, label, lambda home, q: home.ranked(q, ranking, neighbours=neighbours))
+
+
 VARIANTS = [
-    Variant("dense", "dense (store search)", lambda home, q: home.dense(q)),
-    Variant("bm25", "BM25 (store keyword search)", lambda home, q: home.bm25(q)),
-    Variant("hybrid", "conversation_search (hybrid, RRF k=60)", lambda home, q: home.conversation_search(q)),
+    _single("dense-single", "dense, messages alone", "dense"),
+    _single("bm25-single", "BM25 (english analyzer), messages alone", "bm25"),
+    _single("rrf-single", "hybrid RRF k=60, messages alone", "rrf"),
+    _context("dense-context", "dense, messages in context", "dense", neighbours=False),
+    _context("bm25-context", "BM25, messages in context", "bm25", neighbours=False),
+    _context("fused-context", "hybrid normalised, messages in context", "fused", neighbours=False),
+    _context("dense-shown", "dense, in context, shown with neighbours", "dense", neighbours=True),
+    _context("bm25-shown", "BM25, in context, shown with neighbours", "bm25", neighbours=True),
+    _context("rrf-shown", "hybrid RRF k=60, in context, with neighbours", "rrf", neighbours=True),
+    Variant("search", "conversation_search (normalised, context, neighbours)", lambda h, q: h.conversation_search(q)),
 ]
-LABELS = {v.name: v.label for v in VARIANTS}
+# --sweep: conversation_search's pipeline with other fusion weights (dense 1, BM25 x), to tune them on one
+# conversation and check them on the others (the per-conversation table).
+SWEEP = [
+    Variant(
+        f"fused-k{x:g}",
+        f"hybrid normalised, BM25 weight {x:g}, with neighbours",
+        lambda home, q, x=x: home.ranked(q, "fused", neighbours=True, weights=Weights(1.0, x)),
+    )
+    for x in (0.5, 0.75, 1.5, 2.0)
+]
+LABELS = {v.name: v.label for v in (*VARIANTS, *SWEEP)}
 
 
 # -- scoring ------------------------------------------------------------------------------------------
@@ -205,10 +236,14 @@ class Scores:
 
 @dataclass
 class Run:
-    outcomes: dict[str, list[Outcome]] = field(default_factory=lambda: {v.name: [] for v in VARIANTS})
+    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
     index_seconds: float = 0.0
     messages: int = 0
     sessions: int = 0
+
+    def __post_init__(self) -> None:
+        self.outcomes = {v.name: [] for v in self.variants}
 
 
 def run_conversation(conversation: Conversation, questions: Sequence[Question], model: Model, run: Run) -> None:
@@ -220,7 +255,7 @@ def run_conversation(conversation: Conversation, questions: Sequence[Question], 
             raise RuntimeError(f"{conversation.id}: {home.indexed()} of {len(conversation.turns)} messages indexed")
         run.messages += len(conversation.turns)
         run.sessions += conversation.sessions
-        for variant in VARIANTS:
+        for variant in run.variants:
             if variant.prepare is not None:
                 variant.prepare(home)
             variant.search(home, "warm up")
@@ -256,14 +291,44 @@ def report(run: Run, conversations: Sequence[Conversation]) -> None:
     console.print(
         f"Indexing (embed + write, after each reply): {run.index_seconds * 1000 / run.messages:.1f} ms per message\n"
     )
-    for name, outcomes in run.outcomes.items():
-        table = _table(f"{LABELS[name]}: by category", "category", _METRICS)
-        for category in CATEGORIES:
-            chosen = [o for o in outcomes if o.question.category == category]
-            if chosen:
-                table.add_row(category, *Scores(chosen).row())
+    for metric, test in (("any@10", lambda o: o.any_at(TOP)), ("all@10", lambda o: o.all_at(TOP))):
+        table = _table(f"{metric} by category", "variant", list(CATEGORIES))
+        for name, outcomes in run.outcomes.items():
+            cells = []
+            for category in CATEGORIES:
+                chosen = [o for o in outcomes if o.question.category == category]
+                cells.append(f"{sum(1 for o in chosen if test(o)) / len(chosen):.3f}" if chosen else "-")
+            table.add_row(LABELS[name], *cells)
         console.print(table)
         console.print()
+    if len(conversations) > 1:
+        by_conversation(run, conversations)
+    final = VARIANTS[-1].name
+    table = _table(f"{LABELS[final]}: by category", "category", _METRICS)
+    for category in CATEGORIES:
+        chosen = [o for o in run.outcomes[final] if o.question.category == category]
+        if chosen:
+            table.add_row(category, *Scores(chosen).row())
+    console.print(table)
+    console.print()
+
+
+def by_conversation(run: Run, conversations: Sequence[Conversation]) -> None:
+    """any@10 / all@10 of each variant in each conversation: weights tuned on one must hold on the others."""
+    table = _table("any@10 / all@10 by conversation", "variant", [c.id for c in conversations])
+    for name, outcomes in run.outcomes.items():
+        cells = []
+        for conversation in conversations:
+            chosen = [o for o in outcomes if o.question.conversation == conversation.id]
+            cells.append(
+                f"{sum(o.any_at(TOP) for o in chosen) / len(chosen):.3f} / "
+                f"{sum(o.all_at(TOP) for o in chosen) / len(chosen):.3f}"
+                if chosen
+                else "-"
+            )
+        table.add_row(LABELS[name], *cells)
+    console.print(table)
+    console.print()
 
 
 def show_misses(run: Run, variant: str, conversations: dict[str, Conversation]) -> None:
@@ -303,6 +368,8 @@ def main() -> None:
     parser.add_argument("--misses", metavar="VARIANT", help="list the questions it does not fully answer in the top 10")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every ranking to this file")
     parser.add_argument("--data", type=Path, default=DATA, help="a folder in this format (default: bench/recall)")
+    parser.add_argument("--sweep", action="store_true", help="also rank with other fusion weights (see SWEEP)")
+    parser.add_argument("--no-archival", action="store_true", help="skip the archival table (bench/retrieval_bench.py)")
     args = parser.parse_args()
     try:
         files = sorted((args.data / "conversations").glob("*.json"))
@@ -316,13 +383,15 @@ def main() -> None:
     unknown = [c for c in chosen if c not in conversations]
     if unknown:
         sys.exit(f"error: no conversation {', '.join(unknown)} (have: {', '.join(conversations)})")
-    if args.misses and args.misses not in {v.name for v in VARIANTS}:
-        sys.exit(f"error: no variant {args.misses!r} (have: {', '.join(v.name for v in VARIANTS)})")
+    run = Run([*VARIANTS, *(SWEEP if args.sweep else [])])
+    if args.misses and args.misses not in run.outcomes:
+        sys.exit(f"error: no variant {args.misses!r} (have: {', '.join(run.outcomes)})")
     model = local_model()
-    run = Run()
     for name in chosen:
         run_conversation(conversations[name], [q for q in questions if q.conversation == name], model, run)
     report(run, [conversations[c] for c in chosen])
+    if not args.no_archival:
+        archival(model)
     if args.misses:
         show_misses(run, args.misses, conversations)
     if args.json:

@@ -1,9 +1,10 @@
 """Retrieval quality: dense vs BM25 vs hybrid archival search on a labelled query set.
 
-Usage: python bench/retrieval_bench.py
+Usage: python bench/retrieval_bench.py (bench/recall_bench.py prints this table too)
 Loads tests/data into Milvus Lite with the default local model, then asks every question in
 bench/retrieval_queries.json; a hit is relevant when its text contains the labelled answer.
-Prints recall@5, recall@10 and MRR@10 per mode.
+Prints recall@5, recall@10 and MRR@10 per mode: dense, BM25, reciprocal-rank fusion (memgpt's hybrid
+before issue 11) and memgpt's hybrid search (normalised-score fusion, ``memgpt.storage.fusion``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.recall_adapter import rrf
 from memgpt.config import Config
 from memgpt.data.ingest import SourceLoader
 from memgpt.data.sources import get_source, visible_passages
+from memgpt.embeddings.base import EmbeddingModel
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
+from memgpt.storage.fusion import CANDIDATES
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES = ROOT / "bench" / "retrieval_queries.json"
@@ -30,10 +34,9 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def main() -> None:
+def archival(model: EmbeddingModel) -> None:
     queries = json.loads(QUERIES.read_text())
     files = sorted({ROOT / "tests" / "data" / q["file"] for q in queries})
-    model = LocalMiniLM()
     config = Config()
     with tempfile.TemporaryDirectory() as tmp, Storage(config, Path(tmp)) as storage:
         loader = SourceLoader(
@@ -49,16 +52,19 @@ def main() -> None:
         where = visible_passages(storage, source)
         store = storage.passages(model.space)
         all_texts = [_flat(p.text) for batch in store.iterate(where) for p in batch]
-        ranks: dict[str, list[int | None]] = {"dense": [], "BM25": [], "hybrid": []}
+        ranks: dict[str, list[int | None]] = {"dense": [], "BM25": [], "hybrid RRF k=60": [], "hybrid": []}
         unanswerable = 0
         for query in queries:
             answer = _flat(query["answer"])
             if not any(answer in text for text in all_texts):
                 unanswerable += 1  # the answer was cut across two passages
             vector = model.embed(query["question"])
+            dense = store.search(vector, limit=CANDIDATES, where=where)
+            words = store.keyword_search(query["question"], limit=CANDIDATES, where=where)
             results = {
-                "dense": store.search(vector, limit=K, where=where),
-                "BM25": store.keyword_search(query["question"], limit=K, where=where),
+                "dense": dense[:K],
+                "BM25": words[:K],
+                "hybrid RRF k=60": rrf(dense, words)[:K],
                 "hybrid": store.search(vector, text=query["question"], limit=K, where=where),
             }
             for mode, hits in results.items():
@@ -75,6 +81,10 @@ def main() -> None:
         r10 = sum(1 for r in found if r) / len(found)
         mrr = sum(1 / r for r in found if r) / len(found)
         print(f"| {mode} | {r5:.3f} | {r10:.3f} | {mrr:.3f} |")
+
+
+def main() -> None:
+    archival(LocalMiniLM())
 
 
 if __name__ == "__main__":

@@ -30,9 +30,7 @@ common=(--vectors "${vectors[0]}" --queries "${vectors[1]}" --sizes "$sizes")
 "$VENV/bin/python" bench/search_bench.py --label "milvus-lite 2.5.1" --index AUTOINDEX "${common[@]}"
 PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" "${common[@]}"
 echo
-"$VENV/bin/python" bench/retrieval_bench.py
-echo
-"$VENV/bin/python" bench/recall_bench.py "${recall[@]}"
+"$VENV/bin/python" bench/recall_bench.py "${recall[@]}"  # recall and archival (retrieval_bench) quality
 echo
 echo "### Archival search on a Milvus server (HNSW; same filter and vectors)"
 echo

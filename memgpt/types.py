@@ -141,10 +141,12 @@ class Passage:
 @dataclass(frozen=True)
 class SearchHit:
     """One search result; higher ``score`` is better. Dense search: cosine similarity in [-1, 1].
-    Hybrid search: a reciprocal-rank-fusion score (about 0.01-0.04). Keyword search: BM25 relevance."""
+    Hybrid search: the weighted sum of each signal's score normalised to [0, 1] over its candidates
+    (``memgpt.storage.fusion``; 0-2 with equal weights). Keyword search: BM25 relevance, unbounded."""
 
     passage: Passage
     score: float
+    shares_words: bool = False  # hybrid and keyword search: it shares an analysed word with the query
 
 
 class Role(StrEnum):

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from memgpt.embeddings.local import LocalMiniLM
-from memgpt.memory.messages import HEARTBEAT, LOGIN, search_text, summary_line
+from memgpt.memory.messages import HEARTBEAT, LOGIN, day, search_text, summary_line
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
 from memgpt.storage.messages import MessageRow, MessageStore
@@ -46,9 +46,12 @@ def test_the_index_and_the_word_search_read_the_same_text(rig: Rig, storage: Sto
     indexed = {p.id: p.text for p in storage.passages(model.space).query(where, limit=100)}
     assert set(indexed) == {i for i, r in rows.items() if r.searchable}
     assert len(indexed) == 3  # the user's message and the two assistant messages; no tool results, no heartbeat
+    # Since issue 11 the index holds each message after its day and the end of the message before it; its own
+    # words, the last line, are the SQL search text.
     for message_id, indexed_text in indexed.items():
-        assert rows[message_id].search_text == indexed_text.lower()
-    assert sorted(indexed.values()) == [
+        assert rows[message_id].search_text == indexed_text.splitlines()[-1].lower()
+        assert indexed_text.splitlines()[0] == day(rows[message_id].created_at)
+    assert sorted(text.splitlines()[-1] for text in indexed.values()) == [
         "Answer briefly. | said: Noted, bees!",
         "I keep bees in the garden",
         "Worth remembering.",

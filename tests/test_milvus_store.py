@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from memgpt.errors import SchemaMismatchError, StorageError
-from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, not_in
+from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, all_of, between, eq, is_in, key_of, not_in
 from memgpt.storage.milvus import MilvusConnection, MilvusPassageStore, MilvusTarget
 from memgpt.types import EmbeddingSpace, Passage
 from tests.conftest import REPO
@@ -209,6 +209,102 @@ def test_a_schema_2_collection_is_migrated_on_open_keeping_kinds(connection: Mil
     assert hits[0].passage.id == "p7"
     assert all(h.passage.kind == "recall" for h in hits)
     assert store.search(unit(7), limit=3, where=eq("user_id", "bob")) == []
+
+
+def create_schema_3_collection(
+    client: Any, name: str, *, hybrid: bool, model: str = "old-model", dim: int = DIM
+) -> None:
+    """A collection as memgpt's schema 3 made it: keys beside the filtered fields, Milvus's default analyzer."""
+    from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+    description = f"memgpt passages schema=3 model={model} dim={dim} hybrid={int(hybrid)}"
+    old = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
+    old.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    old.add_field("kind", DataType.VARCHAR, max_length=16)
+    old.add_field("text", DataType.VARCHAR, max_length=65535, **({"enable_analyzer": True} if hybrid else {}))
+    old.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+    if hybrid:
+        old.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        bm25 = FunctionType.BM25
+        old.add_function(Function("text_bm25", bm25, input_field_names=["text"], output_field_names=["sparse"]))
+    for field in ("user_id", "source_id", "document_id", "agent_id"):
+        old.add_field(field, DataType.VARCHAR, max_length=64)
+    for key in ("user_key", "kind_key", "agent_key", "source_key"):
+        old.add_field(key, DataType.INT64)
+    old.add_field("chunk_index", DataType.INT64)
+    old.add_field("created_at", DataType.INT64)
+    old.add_field("metadata", DataType.JSON)
+    index = client.prepare_index_params()
+    index.add_index(field_name="embedding", index_type="FLAT", metric_type="COSINE")
+    if hybrid:
+        index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    client.create_collection(name, schema=old, index_params=index, consistency_level="Strong")
+
+
+CLIMBING = [
+    "I have been climbing for five years",
+    "How long have you been doing it?",
+    "The books I read",
+    "She reads a book",
+]
+
+
+def _row_v3(i: int, text: str) -> dict[str, object]:
+    row = {**_row_v1(i), "text": text, "kind": "recall" if i % 2 else "archival"}
+    return {**row, **{key: key_of(str(row[name])) for name, key in KEYED_FIELDS.items()}}
+
+
+def test_a_schema_3_collection_is_migrated_to_the_english_analyzer(connection: MilvusConnection) -> None:
+    client = connection.client
+    old_name = "memgpt_v3_old_model_8"
+    create_schema_3_collection(client, old_name, hybrid=connection.capabilities.bm25)
+    client.insert(old_name, [_row_v3(i, CLIMBING[i % 4]) for i in range(40)])
+    told: list[tuple[int, bool]] = []
+    store = connection.passages(
+        EmbeddingSpace("old-model", DIM), on_upgrade=lambda v: told.append((v, client.has_collection(old_name)))
+    )
+    assert told == [(3, True)]  # told before the old collection was dropped
+    assert not client.has_collection(old_name) and store.collection == "memgpt_v4_old_model_8"
+    assert (store.count(eq("kind", "archival")), store.count(eq("kind", "recall"))) == (20, 20)
+    assert store.search(unit(7), limit=1, where=eq("kind", "recall"))[0].passage.id == "p7"
+    if not store.supports_hybrid:
+        pytest.skip("this Milvus has no BM25: the copy is checked, the analyzer cannot be")
+    # The copied rows are analysed by the new schema's analyzer: word forms match, function words do not.
+    assert {h.passage.text for h in store.keyword_search("climbs", limit=40)} == {CLIMBING[0]}
+    assert {h.passage.text for h in store.keyword_search("books", limit=40)} == {CLIMBING[2], CLIMBING[3]}
+
+
+def test_an_interrupted_upgrade_keeps_the_old_collection_and_runs_again(connection: MilvusConnection) -> None:
+    client = connection.client
+    old_name = "memgpt_v3_old_model_8"
+    create_schema_3_collection(client, old_name, hybrid=connection.capabilities.bm25)
+    client.insert(old_name, [_row_v3(i, CLIMBING[i % 4]) for i in range(30)])
+
+    def crash(version: int) -> None:
+        raise RuntimeError("killed during the upgrade")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        connection.passages(EmbeddingSpace("old-model", DIM), on_upgrade=crash)
+    assert client.has_collection(old_name)  # nothing was dropped
+    store = connection.passages(EmbeddingSpace("old-model", DIM))
+    assert not client.has_collection(old_name) and store.count() == 30
+
+
+def test_the_analyzer_stems_and_drops_function_words(store: MilvusPassageStore, backend: str) -> None:
+    if not store.supports_hybrid:
+        pytest.skip(f"this Milvus ({backend}) has no BM25")
+    store.upsert([passage(i, text=text) for i, text in enumerate(CLIMBING)])
+    assert [h.passage.id for h in store.keyword_search("climbed", limit=5)] == ["p0"]
+    assert store.keyword_search("How have you been?", limit=5) == []  # only function words: nothing matches
+    assert store.keyword_search("   ", limit=5) == []
+    # "how long have you been" used to rank p1 first on its function words; now only "long" counts.
+    assert store.keyword_search("How long have you been climbing?", limit=5)[0].passage.id in {"p0", "p1"}
+    hybrid = store.search(unit(3), text="climbing books", limit=4, with_text=False)
+    assert {h.passage.id for h in hybrid} == {"p0", "p1", "p2", "p3"} and all(h.passage.text == "" for h in hybrid)
+    assert {h.passage.id for h in hybrid if h.shares_words} == {"p0", "p2", "p3"}
+    assert [h.passage.text for h in store.search(unit(3), text="climbing books", limit=4)] == [
+        dict(enumerate(CLIMBING))[int(h.passage.id[1:])] for h in hybrid
+    ]
 
 
 def _row_v1(i: int) -> dict[str, object]:

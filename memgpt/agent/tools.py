@@ -191,14 +191,22 @@ def core_memory_replace(agent: AgentContext, name: str, old_content: str, new_co
     agent.core.replace(name, old_content, new_content)
 
 
-def conversation_search(agent: AgentContext, query: str, page: int = 0) -> str:
-    """Search prior conversation history (recall memory) for messages containing all the given words.
+def conversation_search(
+    agent: AgentContext, query: str, page: int = 0, start_date: str = "", end_date: str = "", role: str = ""
+) -> str:
+    """Search prior conversation history (recall memory). Ranks every message by meaning and by the words it
+    shares with the query (any word form: "climbed" finds "climbing"; common words like "how" or "you" are
+    ignored), best first, and shows each match with the messages just before and after it.
 
     Args:
-        query: Words to look for (any case).
+        query: What to look for, as a question or as key words; a day such as "14 March" also matches
+            messages of that day.
         page: Which page of results to show; 0 is the first.
+        start_date: Only messages from this day on, formatted YYYY-MM-DD; empty for no limit.
+        end_date: Only messages up to this day, formatted YYYY-MM-DD; empty for no limit.
+        role: "user" for only what the user said, "assistant" for only what you said; empty for both.
     """
-    return agent.recall.search(query, page).render("results")
+    return agent.recall.search(query, page, start_date=start_date, end_date=end_date, role=role).render("results")
 
 
 def conversation_search_date(agent: AgentContext, start_date: str, end_date: str, page: int = 0) -> str:

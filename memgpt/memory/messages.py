@@ -61,6 +61,25 @@ def search_text(message: Message) -> str:
     return readable(message) if is_conversational(message) else ""
 
 
+# How much of the message before it an indexed message carries: its end, where the question it answers is.
+_CONTEXT_CHARS = 1000
+
+
+def day(moment: datetime) -> str:
+    """The UTC day of a moment in words, as recall indexes it: "Thursday 14 March 2024"."""
+    utc = moment.astimezone(UTC)
+    return f"{utc:%A} {utc.day} {utc:%B %Y}"
+
+
+def indexed_text(message: Message, previous: Message | None) -> str:
+    """What recall's word search matches for a conversational message: its day, the end of the message
+    before it, then its own words. A reply ("About five years now.") shares no words with the question
+    that finds it ("How long have I been climbing?"); the message it answers does, and dates otherwise
+    live only in timestamps ("What did I cook on 14 March?")."""
+    before = search_text(previous)[-_CONTEXT_CHARS:] if previous is not None else ""
+    return "\n".join(part for part in (day(message.created_at), before, search_text(message)) if part)
+
+
 def stored(message: Message) -> StoredMessage:
     """The message as storage should keep it: with its search text and whether recall search sees it."""
     return StoredMessage(message, search_text(message), is_conversational(message))

@@ -35,3 +35,26 @@ def check_page(page: int | None) -> int:
     if isinstance(page, bool) or not isinstance(page, int) or page < 0:
         raise ToolError("page must be a whole number, 0 or more")
     return page
+
+
+@dataclass(frozen=True)
+class RankedPage:
+    """A page of a search that ranks by meaning: every message has a rank, so there is no honest "N
+    results" to show. ``about`` says how the ranking was made and how many messages matched by words."""
+
+    items: list[str]
+    page: int
+    more: bool  # whether the next page has results
+    about: str = ""
+    page_size: int = PAGE_SIZE
+
+    def render(self, what: str) -> str:
+        if not self.items:
+            if self.page == 0:
+                return f"No {what} found.{' ' + self.about if self.about else ''}"
+            return f"No more {what}: page {self.page} is past the last one."
+        first = self.page * self.page_size + 1
+        last = first + len(self.items) - 1
+        tail = f"more on page {self.page + 1}" if self.more else "this is the last page"
+        header = f"Showing {what} {first}-{last}, best first (page {self.page}; {tail}). {self.about}".rstrip()
+        return "\n".join([header, *self.items])

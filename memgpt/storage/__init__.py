@@ -88,7 +88,14 @@ class Storage:
             return self._vectors
 
     def passages(self, space: EmbeddingSpace) -> PassageStore:
-        return self.vectors.passages(space)
+        return self.vectors.passages(space, on_upgrade=lambda version: self._upgraded(space, version))
+
+    def _upgraded(self, space: EmbeddingSpace, version: int) -> None:
+        """A collection of an earlier schema was copied into ``space``'s: recall entries made before schema
+        4 hold single messages, so the messages of this home's agents in that space are indexed again (with
+        their context). Runs before the old collection is dropped, so a crash here repeats the upgrade."""
+        if version < 4:
+            self.agents.unindex_messages(space)
 
     def close(self) -> None:
         with self._lock:

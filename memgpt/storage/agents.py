@@ -30,7 +30,7 @@ from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
-from memgpt.types import AgentState, Block, utc_now
+from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
 
 class AgentRow(Base):
@@ -328,6 +328,14 @@ class AgentStore:
             for table in (MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
+
+    def unindex_messages(self, space: EmbeddingSpace) -> None:
+        """Mark every message of the agents in ``space`` as not in the recall index, to be indexed again."""
+        with self._metadata.session() as s:
+            agents = select(AgentRow.id).where(
+                AgentRow.embedding_model == space.model, AgentRow.embedding_dim == space.dimensions
+            )
+            s.execute(update(MessageRow).where(MessageRow.agent_id.in_(agents)).values(indexed=False))
 
     def blocks(self, agent_id: str) -> list[Block]:
         return self.blocks_of([agent_id])[agent_id]

@@ -39,8 +39,11 @@ class PassageStore(ABC):
         where: Filter = MATCH_ALL,
         offset: int = 0,
         text: str | None = None,
+        with_text: bool = True,
     ) -> list[SearchHit]:
-        """Best passages first: by meaning, and also by the words of ``text`` where ``supports_hybrid``."""
+        """Best passages first: by meaning, and also by the words of ``text`` where ``supports_hybrid``.
+        ``with_text=False`` leaves the hits' ``passage.text`` empty, for callers that need only ids and
+        metadata (cheaper to fetch)."""
 
     @abstractmethod
     def query(self, where: Filter, *, limit: int, offset: int = 0) -> list[Passage]:

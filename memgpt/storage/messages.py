@@ -7,16 +7,22 @@ decided in ``memgpt.memory.messages`` and handed in with each message (``StoredM
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, select, update
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import Message, Role, ToolCall
+
+# How far (in sequence numbers) ``neighbours`` looks around a message in its first, shared read.
+_REACH = 4
 
 
 class MessageRow(Base):
@@ -55,7 +61,7 @@ def _calls_json(message: Message) -> str:
     return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls])
 
 
-def _message(row: MessageRow) -> Message:
+def _message(row: MessageRow | Row[Any]) -> Message:
     calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(row.tool_calls or "[]"))
     return Message(
         id=row.id,
@@ -168,10 +174,27 @@ class MessageStore:
         with self._metadata.session() as s:
             return int(s.scalar(select(func.count()).where(MessageRow.agent_id == agent_id)) or 0)
 
-    def search(self, agent_id: str, query: str, *, offset: int, limit: int) -> tuple[list[Message], int]:
-        """Searchable messages whose search text contains every word of ``query`` (any case), oldest first."""
+    def search(
+        self,
+        agent_id: str,
+        query: str,
+        *,
+        offset: int,
+        limit: int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        role: Role | None = None,
+    ) -> tuple[list[Message], int]:
+        """Searchable messages whose search text contains every word of ``query`` (any case), oldest first;
+        optionally only those between ``start`` and ``end`` (inclusive) and of one ``role``."""
         terms = [t for t in query.lower().split() if t]
         conditions = [MessageRow.search_text.like(f"%{escape_like(t)}%", escape="\\") for t in terms]
+        if start is not None:
+            conditions.append(MessageRow.created_at >= start)
+        if end is not None:
+            conditions.append(MessageRow.created_at <= end)
+        if role is not None:
+            conditions.append(MessageRow.role == role.value)
         return self._page(agent_id, conditions, offset, limit)
 
     def between(
@@ -190,12 +213,12 @@ class MessageStore:
             )
             return [_message(r) for r in rows]
 
-    def mark_indexed(self, agent_id: str, message_ids: Sequence[str]) -> None:
+    def mark_indexed(self, agent_id: str, message_ids: Sequence[str], indexed: bool = True) -> None:
         with self._metadata.session() as s:
             s.execute(
                 update(MessageRow)
                 .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
-                .values(indexed=True)
+                .values(indexed=indexed)
             )
 
     def by_id(self, agent_id: str, message_ids: Sequence[str]) -> dict[str, Message]:
@@ -204,6 +227,41 @@ class MessageStore:
                 select(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
             )
             return {r.id: _message(r) for r in rows}
+
+    def around(
+        self, agent_id: str, message_ids: Sequence[str], *, before: int = 1, after: int = 1
+    ) -> dict[str, tuple[list[Message], Message, list[Message]]]:
+        """Each message with up to ``before`` searchable messages right before it and ``after`` right after
+        it, oldest first. Ids of other agents' or unknown messages are left out."""
+        table = MessageRow.__table__
+        searchable = select(table).where(table.c.agent_id == agent_id, table.c.searchable.is_(True))
+        with self._metadata.session() as s:
+            mine = select(table).where(table.c.agent_id == agent_id, table.c.id.in_(list(message_ids)))
+            rows = {row.id: row for row in s.execute(mine)}
+            if not rows:
+                return {}
+            # One read for all: the searchable rows near each message (tool results and heartbeats may sit
+            # between them); a message whose neighbours lie farther away is read on its own.
+            reach = _REACH * max(before, after)
+            near = s.execute(
+                searchable.where(
+                    or_(*(table.c.seq.between(row.seq - reach, row.seq + reach) for row in rows.values()))
+                ).order_by(table.c.seq)
+            ).all()
+            order = [row.seq for row in near]
+            found: dict[str, tuple[list[Message], Message, list[Message]]] = {}
+            for message_id, row in rows.items():
+                start, end = bisect.bisect_left(order, row.seq), bisect.bisect_right(order, row.seq)
+                earlier = near[max(0, start - before) : start] if before else []
+                later = near[end : end + after]
+                if len(earlier) < before:
+                    query = searchable.where(table.c.seq < row.seq).order_by(table.c.seq.desc()).limit(before)
+                    earlier = list(reversed(s.execute(query).all()))
+                if len(later) < after:
+                    query = searchable.where(table.c.seq > row.seq).order_by(table.c.seq).limit(after)
+                    later = s.execute(query).all()
+                found[message_id] = ([_message(r) for r in earlier], _message(row), [_message(r) for r in later])
+        return found
 
     def _page(self, agent_id: str, conditions: list, offset: int, limit: int) -> tuple[list[Message], int]:
         where = [MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), *conditions]

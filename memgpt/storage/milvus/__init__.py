@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 # gRPC (under pymilvus) restarts its event-engine poller thread in a forked child when fork support is on,
@@ -48,10 +49,14 @@ class MilvusConnection:
     def client(self) -> Any:
         return self._client
 
-    def passages(self, space: EmbeddingSpace) -> MilvusPassageStore:
+    def passages(self, space: EmbeddingSpace, on_upgrade: Callable[[int], None] | None = None) -> MilvusPassageStore:
+        """The store of ``space``; ``on_upgrade`` applies where opening it upgrades an earlier-schema
+        collection (see ``MilvusPassageStore``)."""
         with self._lock:
             if space not in self._stores:
-                self._stores[space] = MilvusPassageStore(self._client, self.target, self.capabilities, space)
+                self._stores[space] = MilvusPassageStore(
+                    self._client, self.target, self.capabilities, space, on_upgrade
+                )
             return self._stores[space]
 
     def spaces(self) -> list[EmbeddingSpace]:

@@ -1,17 +1,21 @@
 """The passage collection's schema, how it is named and described, and upgrades from earlier versions.
 
-Schema 3 (current): every field typed; ``kind`` tells archival passages from recall messages; where the
-deployment has BM25, ``text`` is analysed and a BM25 function fills ``sparse`` for full-text and hybrid
-search. The fields searches filter on (user, kind, agent, source) each have a 64-bit key beside them
-(see ``memgpt.storage.filters``); on servers ``user_key`` is the partition key, so one user's searches
-touch only their partitions. Schema 2 lacked the keys, schema 1 also ``kind`` and ``sparse``; both are
-copied into a schema-3 collection on open.
+Schema 4 (current): every field typed; ``kind`` tells archival passages from recall messages; where the
+deployment has BM25, ``text`` is analysed by ``ANALYZER`` (English stemming, function words dropped) and a
+BM25 function fills ``sparse`` for full-text and hybrid search. The fields searches filter on (user, kind,
+agent, source) each have a 64-bit key beside them (see ``memgpt.storage.filters``); on servers
+``user_key`` is the partition key, so one user's searches touch only their partitions. Schema 3 had
+Milvus's default analyzer (no stemming, no stop words), schema 2 also lacked the keys, schema 1 also
+``kind`` and ``sparse``; all are copied into a schema-4 collection on open. The analyzer is part of the
+schema: changing ``ANALYZER`` or ``STOP_WORDS`` needs a new schema version, or old and new rows would be
+tokenised differently.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +26,7 @@ from memgpt.types import EmbeddingSpace
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ID_LENGTH = 64
 TEXT_MAX_BYTES = 65_535
 MAX_WINDOW = 16_384  # Milvus caps offset + limit of one search or query here
@@ -38,6 +42,26 @@ FIELDS = [
     "created_at",
     "metadata",
 ]
+# Words that carry no topic: questions are full of them ("how long have you been..."), and unanalysed they
+# ranked short turns made of the same function words first. Milvus's built-in "english" analyzer drops
+# only 33 words (not "how", "what", "you", "have"...); this list adds pronouns, auxiliaries, question words
+# and the pieces the standard tokenizer leaves of contractions ("didn't" -> "didn", "t"; not "don" or "won",
+# which are also a name and a verb).
+_FUNCTION_WORDS = """a about above after again against all also am an and any are as at be because been before
+being below between both but by can could did do does doing down during each either few for from further
+had has have having he her here hers herself him himself his how i if in into is it its itself just let
+me might more most must my myself neither no nor not now of off on once only or other ought our ours
+ourselves out over own same shall she should so some such than that the their theirs them themselves then
+there these they this those through to too under until up upon us very was we were what when where which
+while who whom whose why will with would yet you your yours yourself yourselves
+s t d m ll re ve didn doesn isn wasn aren weren haven hasn hadn wouldn couldn shouldn"""
+STOP_WORDS = sorted(set(_FUNCTION_WORDS.split()))
+# Tokenise on word boundaries, lower-case, drop function words, then stem ("climbing" and "climbed" match
+# "climb"). Milvus Lite 2.5.1 and servers from 2.5 accept these parameters (tested in tests/test_milvus_store.py).
+ANALYZER: dict[str, Any] = {
+    "tokenizer": "standard",
+    "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}, {"type": "stemmer", "language": "english"}],
+}
 _DESCRIPTION = re.compile(r"memgpt passages schema=(\d+) model=(.*?) dim=(\d+)(?: hybrid=([01]))?$")
 
 
@@ -53,7 +77,7 @@ def collection_name(space: EmbeddingSpace) -> str:
 def legacy_collection_names(space: EmbeddingSpace) -> list[str]:
     """Collections of earlier schemas for the same embedding space, oldest first."""
     slug = f"{_slug(space.model)}_{space.dimensions}"
-    return [f"memgpt_passages_{slug}", f"memgpt_v2_{slug}"]
+    return [f"memgpt_passages_{slug}", *(f"memgpt_v{version}_{slug}" for version in range(2, SCHEMA_VERSION))]
 
 
 @dataclass(frozen=True)
@@ -92,7 +116,7 @@ def create(client: Any, target: MilvusTarget, capabilities: Capabilities, collec
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=layout.description())
     schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
     schema.add_field("kind", DataType.VARCHAR, max_length=16)  # "archival" or "recall"
-    text_options: dict[str, Any] = {"enable_analyzer": True} if layout.hybrid else {}
+    text_options: dict[str, Any] = {"enable_analyzer": True, "analyzer_params": ANALYZER} if layout.hybrid else {}
     schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX_BYTES, **text_options)
     schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=layout.dimensions)
     if layout.hybrid:
@@ -135,12 +159,13 @@ def check(layout: Layout, collection: str, space: EmbeddingSpace) -> None:
         )
 
 
-def upgrade(client: Any, old: str, target: str, write: Any) -> int:
+def upgrade(client: Any, old: str, target: str, write: Any, before_drop: Callable[[], None] | None = None) -> int:
     """Copy an earlier-schema collection into ``target`` through ``write``, then drop it.
 
     ``write`` takes rows as read (schema 1 has no ``kind``: its passages are archival) and writes them
     in the current schema. Upserts are idempotent, so an interrupted upgrade is simply run again;
-    the old collection is dropped only once ``target`` holds at least as many passages.
+    the old collection is dropped only once ``target`` holds at least as many passages, and after
+    ``before_drop`` returned (what else must follow the upgrade happens while it can still be redone).
     """
     copied = 0
     with milvus_errors(f"upgrade collection {old}"):
@@ -160,6 +185,9 @@ def upgrade(client: Any, old: str, target: str, write: Any) -> int:
             raise SchemaMismatchError(
                 f"upgrading {old} copied {found} of {expected} passages; nothing was dropped, run memgpt again"
             )
+    if before_drop is not None:
+        before_drop()
+    with milvus_errors(f"drop collection {old}"):
         client.drop_collection(old)
     logger.warning("upgraded %d passages from %s to %s", copied, old, target)
     return copied

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from memgpt.errors import StorageError
 from memgpt.storage.base import PassageStore
-from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, key_of
+from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, is_in, key_of
+from memgpt.storage.fusion import CANDIDATES, Weights, fuse
 from memgpt.storage.milvus import schema
 from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
 from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
@@ -18,7 +20,7 @@ from memgpt.types import EmbeddingSpace, Passage, SearchHit
 logger = logging.getLogger(__name__)
 
 _WRITE_BATCH = 1000
-_RRF_K = 60  # the usual reciprocal-rank-fusion constant: ranks matter, raw scores do not
+_LIGHT = [name for name in FIELDS if name != "text"]  # what ranking and filtering need of a candidate
 _ITERATOR_BATCH = 1000
 
 
@@ -57,7 +59,7 @@ def _with_keys(row: dict[str, Any]) -> dict[str, Any]:
 def _passage(entity: dict[str, Any], fallback_id: Any = None) -> Passage:
     return Passage(
         id=str(entity.get("id", fallback_id)),
-        text=entity["text"],
+        text=entity.get("text", ""),
         user_id=entity["user_id"],
         source_id=entity["source_id"],
         document_id=entity["document_id"],
@@ -70,10 +72,10 @@ def _passage(entity: dict[str, Any], fallback_id: Any = None) -> Passage:
     )
 
 
-def _hits(results: Any, where: Filter) -> list[SearchHit]:
+def _hits(results: Any, where: Filter, *, words: bool = False) -> list[SearchHit]:
     """Search hits that pass the exact filter: searches filter on keys (see ``memgpt.storage.filters``)."""
     kept = [
-        SearchHit(_passage(hit["entity"], hit.get("id")), float(hit["distance"]))
+        SearchHit(_passage(hit["entity"], hit.get("id")), float(hit["distance"]), shares_words=words)
         for hit in results[0]
         if _passes(where, hit["entity"], hit.get("id"))
     ]
@@ -87,15 +89,26 @@ def _passes(where: Filter, entity: dict[str, Any], hit_id: Any) -> bool:
 
 
 class MilvusPassageStore(PassageStore):
-    """Passages of one embedding model. Collections of earlier schemas are upgraded on open."""
+    """Passages of one embedding model. Collections of earlier schemas are upgraded on open; ``on_upgrade``
+    is told the old schema version before the old collection is dropped (see ``schema.upgrade``)."""
 
-    def __init__(self, client: Any, target: MilvusTarget, capabilities: Capabilities, space: EmbeddingSpace) -> None:
+    weights = Weights()
+
+    def __init__(
+        self,
+        client: Any,
+        target: MilvusTarget,
+        capabilities: Capabilities,
+        space: EmbeddingSpace,
+        on_upgrade: Callable[[int], None] | None = None,
+    ) -> None:
         self._client = client
         self._target = target
         self.space = space
         self.dimensions = space.dimensions
         self.collection = schema.collection_name(space)
         self.supports_partition_key = capabilities.partition_key
+        self._on_upgrade = on_upgrade
         self.supports_hybrid = self._open(capabilities)
         self._caught_up = False  # whether a Strong search has run yet; see MilvusTarget.search_consistency
         self._has_rows = False  # known to hold a row; see _can_rank_text
@@ -109,9 +122,11 @@ class MilvusPassageStore(PassageStore):
                 for name in schema.legacy_collection_names(self.space)
                 if self._client.has_collection(name)
             ]
+        versions = {}
         for name in legacy:  # checked before anything is created, so a foreign collection changes nothing
             old = schema.read_layout(self._client, name)
             schema.check(Layout(schema.SCHEMA_VERSION, old.model, old.dimensions, False), name, self.space)
+            versions[name] = old.version
         if exists:
             layout = schema.read_layout(self._client, self.collection)
             schema.check(layout, self.collection, self.space)
@@ -121,8 +136,12 @@ class MilvusPassageStore(PassageStore):
             layout = Layout(schema.SCHEMA_VERSION, self.space.model, self.dimensions, capabilities.bm25)
             schema.create(self._client, self._target, capabilities, self.collection, layout)
         for name in legacy:
-            schema.upgrade(self._client, name, self.collection, self._write_rows)
+            schema.upgrade(self._client, name, self.collection, self._write_rows, self._before_drop(versions[name]))
         return layout.hybrid
+
+    def _before_drop(self, version: int) -> Callable[[], None] | None:
+        hook = self._on_upgrade
+        return None if hook is None else lambda: hook(version)
 
     # -- writes -------------------------------------------------------------------------------
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
@@ -174,6 +193,7 @@ class MilvusPassageStore(PassageStore):
         where: Filter = MATCH_ALL,
         offset: int = 0,
         text: str | None = None,
+        with_text: bool = True,
     ) -> list[SearchHit]:
         if len(vector) != self.dimensions:
             raise StorageError(f"query vector has dimension {len(vector)}, collection expects {self.dimensions}")
@@ -181,8 +201,15 @@ class MilvusPassageStore(PassageStore):
             return []
         if offset + limit > MAX_WINDOW:
             return self._deep(vector, limit=limit, offset=offset, where=where)
+        fields = FIELDS if with_text else _LIGHT
         if text and text.strip() and self._can_rank_text():
-            return self._hybrid(vector, text, limit=limit, offset=offset, where=where)
+            hits = self._hybrid(vector, text, limit=limit, offset=offset, where=where)
+            return self._with_texts(hits) if with_text else hits
+        return self._dense(vector, limit=limit, offset=offset, where=where, fields=fields)
+
+    def _dense(
+        self, vector: Sequence[float], *, limit: int, offset: int, where: Filter, fields: list[str] = FIELDS
+    ) -> list[SearchHit]:
         with milvus_errors("search passages"):
             results = self._client.search(
                 self.collection,
@@ -191,7 +218,7 @@ class MilvusPassageStore(PassageStore):
                 limit=limit,
                 offset=offset,
                 filter=where.keyed,
-                output_fields=FIELDS,
+                output_fields=fields,
                 search_params=self._target.search_params(offset + limit),
                 **self._read_options(),
             )
@@ -199,52 +226,33 @@ class MilvusPassageStore(PassageStore):
         return _hits(results, where)
 
     def _hybrid(self, vector: Sequence[float], text: str, *, limit: int, offset: int, where: Filter) -> list[SearchHit]:
-        """Dense and BM25 candidates fused by reciprocal rank (RRF scores: small, higher is better)."""
-        from pymilvus import AnnSearchRequest, RRFRanker
+        """Dense and BM25 candidates, each normalised and summed (see ``memgpt.storage.fusion``), without
+        their texts: a hundred candidates' texts cost more to fetch than both searches."""
+        depth = min(MAX_WINDOW, max(CANDIDATES, offset + limit))
+        dense = self._dense(vector, limit=depth, offset=0, where=where, fields=_LIGHT)
+        keyword = self._keyword(text, limit=depth, where=where, fields=_LIGHT)
+        return fuse(dense, keyword, self.weights)[offset : offset + limit]
 
-        candidates = min(MAX_WINDOW, max(64, 2 * (offset + limit)))
-        requests = [
-            AnnSearchRequest(
-                data=[list(vector)],
-                anns_field="embedding",
-                limit=candidates,
-                expr=where.keyed or None,
-                param=self._target.search_params(candidates),
-            ),
-            AnnSearchRequest(
-                data=[text],
-                anns_field="sparse",
-                limit=candidates,
-                expr=where.keyed or None,
-                param={"metric_type": "BM25"},
-            ),
-        ]
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            results = self._client.hybrid_search(
-                self.collection,
-                requests,
-                RRFRanker(_RRF_K),
-                limit=limit,
-                offset=offset,
-                output_fields=FIELDS,
-                **self._read_options(),
+    def _with_texts(self, hits: list[SearchHit]) -> list[SearchHit]:
+        if not hits:
+            return hits
+        with milvus_errors("read passage texts"):
+            rows = self._client.query(
+                self.collection, filter=is_in("id", [h.passage.id for h in hits]).expr, output_fields=["id", "text"]
             )
-            self._caught_up = True
-        except MilvusException as exc:
-            # Milvus Lite 2.5.1 fails BM25 on a collection with no text yet ("NaN or Inf value").
-            if "NaN or Inf" not in str(exc):
-                raise StorageError(f"Milvus failed to run a hybrid search: {exc}") from exc
-            return self.search(vector, limit=limit, offset=offset, where=where)
-        return _hits(results, where)
+        texts = {row["id"]: row["text"] for row in rows}
+        return [replace(h, passage=replace(h.passage, text=texts.get(h.passage.id, ""))) for h in hits]
 
     def keyword_search(self, text: str, *, limit: int, where: Filter = MATCH_ALL) -> list[SearchHit]:
-        """BM25 full-text search alone. Scores are BM25 relevance: higher is better, unbounded."""
+        """BM25 full-text search alone. Scores are BM25 relevance: higher is better, unbounded. Only
+        passages sharing an analysed word with ``text`` are found (none when it has only function words)."""
         if not self.supports_hybrid:
             raise StorageError(f"collection {self.collection} has no full-text index on this Milvus")
-        if not self._can_rank_text():
+        if limit <= 0 or not text.strip() or not self._can_rank_text():
             return []
+        return self._keyword(text, limit=min(limit, MAX_WINDOW), where=where)
+
+    def _keyword(self, text: str, *, limit: int, where: Filter, fields: list[str] = FIELDS) -> list[SearchHit]:
         with milvus_errors("run a full-text search"):
             results = self._client.search(
                 self.collection,
@@ -252,12 +260,12 @@ class MilvusPassageStore(PassageStore):
                 anns_field="sparse",
                 limit=limit,
                 filter=where.keyed,
-                output_fields=FIELDS,
+                output_fields=fields,
                 search_params={"metric_type": "BM25"},
                 **self._read_options(),
             )
         self._caught_up = True
-        return _hits(results, where)
+        return _hits(results, where, words=True)
 
     def _deep(self, vector: Sequence[float], *, limit: int, offset: int, where: Filter) -> list[SearchHit]:
         """Pages past Milvus's 16,384-result window, through a search iterator (dense ranking)."""

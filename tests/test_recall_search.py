@@ -1,0 +1,249 @@
+"""conversation_search (issue 11): messages indexed with their day and the message before them, ranked by
+meaning and stemmed words, shown with their neighbours, scoped by dates and role; the tool says so."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from memgpt.agent.manager import create_agent
+from memgpt.agent.tools import builtin_tools
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.errors import ToolError
+from memgpt.memory.messages import readable
+from memgpt.memory.paging import RankedPage
+from memgpt.memory.recall import RecallIndex, RecallMemory
+from memgpt.memory.results import keyword_query
+from memgpt.storage import Storage
+from memgpt.storage.filters import all_of, eq
+from memgpt.types import Message, Role, ToolCall
+from tests.conftest import USER
+
+START = datetime(2024, 3, 12, 19, 0, tzinfo=UTC)
+# (day offset from START, role, words): a short answer, a dated cooking distractor, small talk.
+CHAT = [
+    (0, "user", "Back from the bouldering wall, my arms are done."),
+    (0, "assistant", "Nice. How long have you been climbing?"),
+    (0, "user", "About five years now."),
+    (0, "assistant", "That's a good while. Do you climb with friends?"),
+    (0, "user", "Mostly with Jonty, a physics student."),
+    (1, "user", "I cooked a mushroom risotto tonight, it was lovely."),
+    (1, "assistant", "Risotto takes patience. What mushrooms?"),
+    (1, "user", "Chestnut ones from the market."),
+    (2, "user", "Tonight I made a green curry with tofu."),
+    (2, "assistant", "Green curry sounds great."),
+    (3, "user", "The weather was grim all day."),
+    (3, "assistant", "Sorry to hear it. Anything planned for the weekend?"),
+    (3, "user", "Probably a long run on Sunday."),
+]
+
+
+def _message(agent_id: str, index: int, day: int, role: str, text: str) -> Message:
+    when = START + timedelta(days=day, minutes=index)
+    if role == "user":
+        return Message(f"m{index:02d}", agent_id, Role.USER, text, when)
+    call = ToolCall(f"c{index}", "send_message", json.dumps({"message": text}))
+    return Message(f"m{index:02d}", agent_id, Role.ASSISTANT, "", when, tool_calls=(call,))
+
+
+@dataclass
+class Chat:
+    recall: RecallMemory
+    index: RecallIndex
+    messages: list[Message]
+
+    def ids(self, page: RankedPage) -> list[list[str]]:
+        """The messages each result shows, by id (read back from the rendered text)."""
+        by_text = {readable(m): m.id for m in self.messages}
+        said = [[line.split("] ", 1)[1].split(": ", 1)[1] for line in item.splitlines()] for item in page.items]
+        return [[by_text[words] for words in item] for item in said]
+
+
+@pytest.fixture
+def chat(storage: Storage, model: LocalMiniLM) -> Chat:
+    state = create_agent(
+        storage,
+        user_id=USER,
+        name="climber",
+        persona="sam_pov",
+        human="basic",
+        model="scripted",
+        context_window=8192,
+        embedding=model.space,
+    )
+    index = RecallIndex(storage.passages(model.space), model)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=index)
+    messages = [_message(state.id, i, *turn) for i, turn in enumerate(CHAT)]
+    for message in messages:  # as a chat writes them: indexed after every reply
+        recall.append([message])
+        if message.role is Role.ASSISTANT:
+            assert recall.sync()
+    assert recall.sync()
+    return Chat(recall, index, messages)
+
+
+def test_a_short_answer_is_found_through_the_question_it_answers_and_shown_with_it(chat: Chat) -> None:
+    page = chat.recall.search("How long have I been climbing?")
+    assert isinstance(page, RankedPage)
+    top = chat.ids(page)[0]
+    # The reply shares no word with the question; indexed after the question it answers, it is found, and
+    # whichever of the two ranks first, the result shows both.
+    assert {"m01", "m02"} <= set(top)
+    first = page.items[0].splitlines()
+    assert first[0].startswith("[2024-03-12 ")
+    assert all(line.startswith(("  before: ", "  after: ")) for line in first[1:])
+    rendered = page.render("results")
+    assert rendered.startswith("Showing results 1-5, best first (page 0; more on page 1). Ranked by meaning")
+
+
+def test_no_message_is_shown_twice_and_pages_continue_the_same_ranking(chat: Chat) -> None:
+    first, second = chat.recall.search("climbing", 0), chat.recall.search("climbing", 1)
+    shown = [m for item in chat.ids(first) + chat.ids(second) for m in item]
+    assert len(shown) == len(set(shown))
+    assert set(shown) == {m.id for m in chat.messages}  # 13 messages fit in two pages of results with neighbours
+    assert chat.recall.search("climbing", 3).render("results") == "No more results: page 3 is past the last one."
+
+
+def test_a_day_in_the_question_matches_the_messages_of_that_day(chat: Chat) -> None:
+    page = chat.recall.search("What did I cook on 14 March?")
+    assert chat.ids(page)[0][0] in {"m08", "m09"}  # the curry, not the risotto of the 13th
+    assert chat.ids(chat.recall.search("What did I cook on the 13th of March?"))[0][0] in {"m05", "m06", "m07"}
+
+
+def test_dates_and_role_narrow_the_search(chat: Chat) -> None:
+    page = chat.recall.search("food", start_date="2024-03-14", end_date="2024-03-14")
+    assert {m for item in chat.ids(page) for m in item} <= {"m07", "m08", "m09", "m10"}  # neighbours may cross the day
+    assert all(ids[0] in {"m08", "m09"} for ids in chat.ids(page))
+    assert "only from 2024-03-14 to 2024-03-14" in page.render("results")
+    mine = chat.recall.search("climbing", role="assistant")
+    assert all(ids[0] in {"m01", "m03", "m06", "m09", "m11"} for ids in chat.ids(mine))
+    assert "only assistant messages" in mine.render("results")
+    with pytest.raises(ToolError, match="role must be 'user' or 'assistant'"):
+        chat.recall.search("climbing", role="system")
+    with pytest.raises(ToolError, match="end_date is before start_date"):
+        chat.recall.search("climbing", start_date="2024-03-14", end_date="2024-03-13")
+    with pytest.raises(ToolError, match="is not a date"):
+        chat.recall.search("climbing", start_date="last tuesday")
+
+
+def test_the_sql_fallback_honours_dates_and_role(storage: Storage, chat: Chat) -> None:
+    plain = RecallMemory(storage, agent_id=chat.recall.agent_id, user_id=USER)  # no index: SQL word search
+    assert [m.id for m in storage.messages.search(plain.agent_id, "tonight", offset=0, limit=9)[0]] == ["m05", "m08"]
+    page = plain.search("tonight", start_date="2024-03-14")
+    assert page.total == 1 and page.items[0].endswith("user: Tonight I made a green curry with tofu.")
+    assert plain.search("tonight", role="assistant").total == 0
+
+
+def test_each_entry_is_indexed_with_its_day_and_the_message_before_it(
+    storage: Storage, chat: Chat, model: LocalMiniLM
+) -> None:
+    store = chat.index.store
+    where = all_of(eq("kind", "recall"), eq("agent_id", chat.recall.agent_id))
+    entries = {p.id: p for batch in store.iterate(where, with_embeddings=True) for p in batch}
+    assert entries["m02"].text.splitlines() == [
+        "Tuesday 12 March 2024",
+        "said: Nice. How long have you been climbing?",
+        "About five years now.",
+    ]
+    assert entries["m00"].text == "Tuesday 12 March 2024\nBack from the bouldering wall, my arms are done."
+    # The vector is the normalised sum of the two messages' own embeddings, whether the one before was
+    # embedded in the same batch (m01, m02 here were not) or cached or embedded again after a restart.
+    own = model.embed_multi(["said: Nice. How long have you been climbing?", "About five years now."])
+    expected = [a + b for a, b in zip(*own, strict=True)]
+    norm = math.sqrt(sum(v * v for v in expected))
+    assert entries["m02"].embedding == pytest.approx([v / norm for v in expected], abs=1e-5)
+    fresh = RecallIndex(store, model)  # nothing cached: the message before is embedded again
+    fresh.add(USER, [chat.messages[2]], {"m02": chat.messages[1]})
+    again = store.query(eq("id", "m02"), limit=1)
+    assert again and again[0].text == entries["m02"].text
+    assert next(p for b in store.iterate(eq("id", "m02"), with_embeddings=True) for p in b).embedding == pytest.approx(
+        entries["m02"].embedding, abs=1e-5
+    )
+
+
+def test_the_query_reads_days_the_way_they_are_indexed() -> None:
+    assert keyword_query("What did I cook on March 14th?") == "What did I cook on March 14?"
+    assert keyword_query("what happened on 2024-03-14") == "what happened on 14 March 2024"
+    assert keyword_query("version 2024-13-45 and the 1st") == "version 2024-13-45 and the 1"
+
+
+def test_the_tool_says_how_it_ranks_and_takes_dates_and_a_role() -> None:
+    tool = next(t for t in builtin_tools() if t.name == "conversation_search")
+    assert "containing all the given words" not in tool.description
+    assert "by meaning and by the words it shares" in tool.description
+    assert "just before and after" in tool.description
+    properties = tool.parameters["properties"]
+    assert {"start_date", "end_date", "role"} <= set(properties)
+    assert tool.parameters["required"] == ["query", "request_heartbeat"]
+
+
+def test_recall_entries_of_an_earlier_schema_are_indexed_again_with_their_context(
+    storage: Storage, model: LocalMiniLM
+) -> None:
+    from memgpt.storage.filters import KEYED_FIELDS, key_of
+    from memgpt.storage.milvus.schema import collection_name
+    from tests.test_milvus_store import create_schema_3_collection
+
+    state = create_agent(
+        storage,
+        user_id=USER,
+        name="old",
+        persona="sam_pov",
+        human="basic",
+        model="scripted",
+        context_window=8192,
+        embedding=model.space,
+    )
+    messages = [_message(state.id, i, *turn) for i, turn in enumerate(CHAT[:4])]
+    RecallMemory(storage, agent_id=state.id, user_id=USER).append(messages)
+    storage.messages.mark_indexed(state.id, [m.id for m in messages])
+    # A schema-3 home: each message indexed alone, by its own words.
+    client = storage.vectors.client
+    old = collection_name(model.space).replace("memgpt_v4_", "memgpt_v3_")
+    create_schema_3_collection(
+        client, old, hybrid=storage.vectors.capabilities.bm25, model=model.model_id, dim=model.dimensions
+    )
+    rows = []
+    for m, vector in zip(messages, model.embed_multi([readable(m) for m in messages]), strict=True):
+        row = {
+            "id": m.id,
+            "kind": "recall",
+            "text": readable(m),
+            "embedding": vector,
+            "user_id": USER,
+            "source_id": "",
+            "document_id": "",
+            "agent_id": state.id,
+            "chunk_index": 0,
+            "created_at": int(m.created_at.timestamp() * 1000),
+            "metadata": {"role": m.role.value},
+        }
+        rows.append({**row, **{key: key_of(str(row[name])) for name, key in KEYED_FIELDS.items()}})
+    client.insert(old, rows)
+
+    store = storage.passages(model.space)  # upgrades the collection: the messages are to be indexed again
+    assert not client.has_collection(old) and store.count() == 4
+    assert len(storage.messages.unindexed(state.id, 10)) == 4
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=RecallIndex(store, model))
+    assert recall.sync()
+    reindexed = store.query(eq("id", "m02"), limit=1)[0].text
+    assert reindexed.splitlines()[1] == "said: Nice. How long have you been climbing?"
+
+
+def test_edited_messages_are_indexed_again_with_the_ones_after_them(storage: Storage, chat: Chat) -> None:
+    for index, words in ((5, "I cooked a leek risotto."), (10, "The weather was lovely.")):
+        edited = chat.messages[index]
+        chat.recall.replace(Message(edited.id, edited.agent_id, Role.USER, words, edited.created_at))
+    assert [m.id for m in storage.messages.unindexed(chat.recall.agent_id, 10)] == ["m05", "m06", "m10", "m11"]
+    assert chat.recall.sync()
+    store = chat.index.store
+    text = {i: store.query(eq("id", i), limit=1)[0].text.splitlines()[1:] for i in ("m05", "m06", "m10", "m11")}
+    # Each is indexed with the message right before it, though they were indexed in one batch with a gap.
+    assert text["m05"] == ["Mostly with Jonty, a physics student.", "I cooked a leek risotto."]
+    assert text["m06"] == ["I cooked a leek risotto.", "said: Risotto takes patience. What mushrooms?"]
+    assert text["m10"] == ["said: Green curry sounds great.", "The weather was lovely."]
+    assert text["m11"][0] == "The weather was lovely."
