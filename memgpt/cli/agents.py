@@ -120,6 +120,7 @@ def run(
 
     with open_storage() as (storage, config), ExitStack() as stack:
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
+        storage.open_vectors_early()
         mcp_tools = stack.enter_context(tools_for_run(mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model)

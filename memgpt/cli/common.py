@@ -41,12 +41,16 @@ def home_and_config() -> tuple[Path, Config]:
 
 
 @contextmanager
-def open_storage() -> Iterator[tuple[Storage, Config]]:
+def open_storage(*, vectors: bool = False) -> Iterator[tuple[Storage, Config]]:
+    """The home's storage; ``vectors=True`` for a command that will use Milvus: it starts connecting now,
+    in the background, so the rest of the command's start-up overlaps it."""
     from memgpt.storage import Storage
 
     home, config = home_and_config()
     storage = Storage(config, home)
     try:
+        if vectors:
+            storage.open_vectors_early()
         yield storage, config
     finally:
         storage.close()
