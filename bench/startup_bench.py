@@ -1,0 +1,185 @@
+"""Whole-command wall time of the everyday commands, beside the work each one does.
+
+Usage: python bench/startup_bench.py [--runs 5] [--tree PATH] [--pymemgpt]
+
+Every run is a new `memgpt` process (`python -m memgpt`), as a user starts it; the commands take turns
+(run 1 of each, then run 2 of each, ...) so a burst of load on a shared machine hits them all alike.
+`load` starts from a new home each time; `search`, `list sources` and `run --message` use a home that
+already holds the seed paper and an agent. `run` talks to the scripted LLM server of the tests, which
+answers at once, so its time is memgpt's own.
+
+The work a command cannot avoid is measured in one warm process (bench/_startup_work.py): parsing,
+chunking, embedding and inserting the paper for `load`; embedding the query and searching for
+`search`. "start-up" is the whole command's median minus that work: imports, opening SQLite and Milvus
+Lite, loading the embedding model, and whatever else a new process pays.
+
+`--tree PATH` measures the memgpt package found in PATH (e.g. an older checkout exported with
+`git archive`), for before/after tables; `--pymemgpt` adds pymemgpt 0.3.25's `load` from
+bench/.venv-pymemgpt when it is installed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.scripted_llm import ScriptedLLM  # noqa: E402 - the bench runs from a checkout
+
+PAPER = ROOT / "tests" / "data" / "memgpt_research_paper.pdf"
+QUERY = "How does MemGPT manage its context window?"
+
+
+@dataclass
+class Command:
+    name: str
+    args: list[str]
+    fresh_home: bool = False  # a new, empty home for every run
+    work: str = ""  # which measured work the command contains
+    times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # user + system seconds of the process and its children
+
+
+def commands() -> list[Command]:
+    return [
+        Command("--help", ["--help"]),
+        Command("list sources", ["list", "sources"]),
+        Command("search", ["search", "paper", QUERY], work="search"),
+        Command("run --message", ["run", "--agent", "bench", "--message", "hello"], work="step"),
+        Command(
+            "load (seed paper)", ["load", "directory", "--name", "paper", f"--input-files={PAPER}"], True, "load"
+        ),
+    ]
+
+
+class Runner:
+    def __init__(self, tree: Path, scratch: Path, llm: ScriptedLLM) -> None:
+        self.tree = tree
+        self.scratch = scratch
+        self.env = {**os.environ, "PYTHONPATH": str(tree), "OPENAI_BASE_URL": llm.url, "NO_COLOR": "1"}
+        self.env.pop("OPENAI_API_KEY", None)
+        self.home = scratch / "home"
+        self._fresh = 0
+
+    def run(self, args: list[str], home: Path) -> tuple[float, float]:
+        # Run from the scratch folder: the working directory comes first on sys.path and must not
+        # shadow the tree under test.
+        before = _children_cpu()
+        began = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "memgpt", *args],
+            env={**self.env, "MEMGPT_HOME": str(home)},
+            cwd=self.scratch,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        took = time.perf_counter() - began
+        if done.returncode != 0:
+            raise SystemExit(f"`memgpt {' '.join(args)}` failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return took, _children_cpu() - before
+
+    def time(self, command: Command) -> None:
+        home = self.home
+        if command.fresh_home:
+            self._fresh += 1
+            home = self.scratch / f"fresh-{self._fresh}"
+        took, cpu = self.run(command.args, home)
+        command.times.append(took)
+        command.cpu.append(cpu)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def work(tree: Path, scratch: Path) -> dict[str, float]:
+    """The unavoidable work, measured warm in one process of the tree under test."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "_startup_work.py"), str(PAPER), QUERY],
+        env={**os.environ, "PYTHONPATH": str(tree), "MEMGPT_HOME": str(scratch / "work-home")},
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def pymemgpt_load(scratch: Path, runs: int) -> list[float] | None:
+    venv = ROOT / "bench" / ".venv-pymemgpt"
+    exe = venv / "bin" / "memgpt"
+    if not exe.exists():
+        return None
+    times = []
+    for attempt in range(runs):
+        home = scratch / f"pymemgpt-{attempt}"
+        began = time.perf_counter()
+        subprocess.run(
+            [str(exe), "load", "directory", "--name", "paper", f"--input-files={PAPER}"],
+            env={**os.environ, "HOME": str(home)},
+            cwd=scratch,
+            capture_output=True,
+            check=True,
+        )
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def row(name: str, times: list[float], cpu: list[float], work_s: float | None) -> str:
+    median = statistics.median(times)
+    spread = f"{min(times):.2f} – {max(times):.2f}"
+    cpu_s = f"{statistics.median(cpu):.2f}" if cpu else "–"
+    if work_s is None:
+        return f"| {name} | {median:.2f} | {spread} | {cpu_s} | – | – |"
+    return f"| {name} | {median:.2f} | {spread} | {cpu_s} | {work_s:.2f} | {median - work_s:.2f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tree", type=Path, default=ROOT, help="folder holding the memgpt package to measure")
+    parser.add_argument("--pymemgpt", action="store_true", help="also time pymemgpt 0.3.25's load (side venv)")
+    parser.add_argument("--skip-load", action="store_true", help="leave out `load` (the slowest to repeat)")
+    args = parser.parse_args()
+    tree = args.tree.resolve()
+    llm = ScriptedLLM()
+    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(args.runs + 5)))
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        runner = Runner(tree, scratch, llm)
+        cmds = commands()
+        runner.run(cmds[-1].args, runner.home)  # the home the other commands use: the paper and an agent
+        runner.run(cmds[3].args, runner.home)
+        timed = cmds[:-1] if args.skip_load else cmds
+        for _ in range(args.runs):
+            for command in timed:
+                runner.time(command)
+        measured = work(tree, scratch)
+        theirs = pymemgpt_load(scratch, args.runs) if args.pymemgpt else None
+    llm.close()
+
+    print(f"\n### Start-up: whole commands ({args.runs} alternating runs each, new process each)\n")
+    print("| command | median s | min – max s | CPU s | work s | start-up s |")
+    print("|---|---|---|---|---|---|")
+    for command in timed:
+        print(row(f"memgpt {command.name}", command.times, command.cpu, measured.get(command.work)))
+    if theirs is not None:
+        print(row("pymemgpt 0.3.25 load (seed paper)", theirs, [], None))
+    print("\nwork, measured warm in one process: " + ", ".join(f"{k} {v:.3f} s" for k, v in measured.items()))
+
+
+if __name__ == "__main__":
+    main()
