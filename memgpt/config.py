@@ -136,6 +136,10 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8283, ge=1, le=65535)
     max_upload_mb: float = Field(default=50, gt=0)  # largest request body (file uploads, agent files)
+    busy_wait_seconds: float = Field(default=5, ge=0)  # a send waits this long for the agent's running turn, then 409
+    # A turn's hold on its agent, renewed while it runs; a server that vanished holds its agents this long at
+    # most (a dead process on the same host is noticed at once).
+    lease_seconds: float = Field(default=30, ge=3)
 
 
 class Config(BaseModel):
@@ -195,8 +199,11 @@ def _create_first_config(home: Path) -> None:
 
     import tomli_w
 
-    home.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    except OSError as exc:
+        raise _cannot_write(config_path(home), "the configuration", exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             tomli_w.dump(Config().model_dump(mode="json"), handle)
@@ -210,6 +217,11 @@ def _create_first_config(home: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _cannot_write(path: Path, what: str, exc: OSError) -> ConfigError:
+    reason = read_only_message(path, what, HOME_REMEDY)
+    return ConfigError(reason or f"cannot write {display_path(path)}: {exc.strerror or exc}")
 
 
 def save_config(config: Config, home: Path | None = None) -> Path:
@@ -230,8 +242,7 @@ def write_private(path: Path, data: bytes, *, what: str = "the file") -> None:
         tmp.unlink(missing_ok=True)  # a leftover file would keep its own, maybe wider, permissions
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
-        reason = read_only_message(path, what, HOME_REMEDY)
-        raise ConfigError(reason or f"cannot write {display_path(path)}: {exc.strerror or exc}") from exc
+        raise _cannot_write(path, what, exc) from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)

@@ -87,7 +87,7 @@ def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tm
         child.expect_exact("🧬 Creating new agent...")
         child.expect_exact("->  🤖 Using persona profile: 'memgpt_doc'")
         child.expect_exact("->  🧑 Using human profile: 'basic'")
-        child.expect(r"🎉 Created new agent '([A-Z][a-z]+[A-Z][a-z]+)' \(id=[0-9a-f-]{36}\)")
+        child.expect(r"🎉 Created new agent '([A-Z][a-z]+[A-Z][a-z]+)' \(id=agent-[0-9a-f-]{36}\)")
         child.expect_exact("Hit enter to begin (will request first MemGPT message)")
         child.sendline("")
         child.expect_exact("💭 Interesting, I've got a first-time user.")

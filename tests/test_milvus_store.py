@@ -295,9 +295,10 @@ def test_text_search_of_an_empty_lite_collection_is_silent(tmp_path: Path) -> No
     code = (
         "import sys\n"
         "from memgpt.storage.milvus import MilvusConnection, MilvusTarget\n"
+        "from memgpt.types import EmbeddingSpace\n"
         "from memgpt.storage.filters import eq\n"
         "conn = MilvusConnection(MilvusTarget(sys.argv[1]))\n"
-        "store = conn.passages('test-model', 8)\n"
+        "store = conn.passages(EmbeddingSpace('test-model', 8))\n"
         "vector = [1.0] + [0.0] * 7\n"
         "print(store.search(vector, limit=5, text='anything', where=eq('agent_id', 'a')),\n"
         "      store.keyword_search('anything', limit=5), store.search(vector, limit=5, text='x'))\n"
@@ -313,10 +314,11 @@ def test_text_search_of_an_empty_lite_collection_is_silent(tmp_path: Path) -> No
 FORK_WHILE_CONNECTED = """
 import sys, threading
 from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+from memgpt.types import EmbeddingSpace
 import pexpect
 
 conn = MilvusConnection(MilvusTarget(sys.argv[1]))
-store = conn.passages("test-model", 8)
+store = conn.passages(EmbeddingSpace("test-model", 8))
 done = threading.Event()
 
 def busy():

@@ -48,8 +48,16 @@ PRESSURE_ALERT = (
 )
 
 
+# Why a turn ended (Letta's stop reasons of the same meaning).
+END_TURN, MAX_STEPS, CANCELLED = "end_turn", "max_steps", "cancelled"
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return f"message-{uuid.uuid4()}"
+
+
+def _never() -> bool:
+    return False
 
 
 class Agent:
@@ -80,6 +88,10 @@ class Agent:
         self._clock = clock
         self._paused_until: datetime | bool | None = False
         self._warned = False
+        # Hooks for whoever runs the turn (the server): the messages of each step once stored, and whether
+        # to stop before the next step (checked only between steps, never in the middle of one).
+        self.on_commit: Callable[[Sequence[Message]], None] | None = None
+        self.stop_requested: Callable[[], bool] = _never
 
     # -- the AgentContext the tools see -----------------------------------------------------------
     def pause_heartbeats(self, minutes: int) -> str:
@@ -94,9 +106,10 @@ class Agent:
         return until is not None and until > self._clock()
 
     # -- turns ----------------------------------------------------------------------------------
-    def send(self, text: str) -> Iterator[Event]:
-        """The person's message, then the agent's steps until it waits for the user again."""
-        yield from self._turn(self._message(Role.USER, text))
+    def send(self, text: str) -> Generator[Event, None, str]:
+        """The person's message, then the agent's steps until it waits for the user again; returns why the
+        turn ended (END_TURN, MAX_STEPS or CANCELLED)."""
+        return (yield from self._turn(self._message(Role.USER, text)))
 
     def login(self) -> Iterator[Event]:
         """The first event of a new session: the agent greets the user."""
@@ -116,8 +129,8 @@ class Agent:
         """The person asked the agent to take a step (the chat's /heartbeat)."""
         yield from self.heartbeat(USER_HEARTBEAT)
 
-    def alert(self, text: str) -> Iterator[Event]:
-        yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT))
+    def alert(self, text: str) -> Generator[Event, None, str]:
+        return (yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT)))
 
     def memory_warning(self) -> Iterator[Event]:
         """The memory-pressure alert the agent gets near a full context window, on request (/memorywarning)."""
@@ -128,17 +141,20 @@ class Agent:
             id=new_id(), agent_id=self.state.id, role=role, content=content, created_at=self._clock(), **fields
         )  # type: ignore[arg-type]
 
-    def _turn(self, opening: Message) -> Iterator[Event]:
+    def _turn(self, opening: Message) -> Generator[Event, None, str]:
         self.recall.append([opening])  # stored before any LLM call: never lost
-        yield from self._chain()
+        return (yield from self._chain())
 
-    def _chain(self) -> Iterator[Event]:
+    def _chain(self) -> Generator[Event, None, str]:
         for _ in range(self.max_steps):
+            if self.stop_requested():
+                return CANCELLED
             reason = yield from self._step()
             if reason is None:
-                return
+                return END_TURN
             self.recall.append([self._message(Role.USER, reason, name=HEARTBEAT)])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
+        return MAX_STEPS
 
     # -- editing history (the chat's /pop, /retry, /rethink, /rewrite) ---------------------------
     def pop(self, count: int) -> int:
@@ -279,6 +295,8 @@ class Agent:
             ),
         )
         self.core.changed.clear()
+        if self.on_commit is not None:
+            self.on_commit(messages)
         self.recall.sync()
         if self._paused_until is not False:
             self.state = replace(self.state, heartbeats_paused_until=self._paused_until or None)

@@ -14,14 +14,14 @@ import hashlib
 import os
 import stat
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memgpt.data.chunking import Chunker
+from memgpt.data.filerecords import FileTracker
 from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes, too_big
-from memgpt.data.sources import delete_source, validate_source_name
+from memgpt.data.sources import delete_source, new_source, validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import BackendError, InputFileError, UserError
 from memgpt.interrupts import interrupts_held
@@ -125,7 +125,10 @@ def _digest(*parts: object) -> str:
 
 
 class SourceLoader:
-    """Loads files into one of ``user_id``'s sources with one embedding model."""
+    """Loads files into one of ``user_id``'s sources with one embedding model, keeping each file's row in
+    the files table in step (so a server's folder lists what `memgpt load` loaded, and shows progress)."""
+
+    _files: FileTracker  # the current load's
 
     def __init__(
         self,
@@ -163,16 +166,7 @@ class SourceLoader:
         metadata = self.storage.metadata
         existing = metadata.get_source(self.user_id, name)
         if existing is None:
-            source = Source(
-                id=uuid.uuid4().hex,
-                name=name,
-                user_id=self.user_id,
-                embedding_model=self.model.model_id,
-                embedding_dim=self.model.dimensions,
-                created_at=utc_now(),
-                description=description,
-            )
-            return metadata.create_source(source), True
+            return metadata.create_source(new_source(self.user_id, name, self.model.space, description)), True
         if existing.status == "deleting":
             raise UserError(f"source {name!r} is being deleted; finish with `memgpt delete source {name!r} -y`")
         existing.space.ensure_same(
@@ -183,24 +177,32 @@ class SourceLoader:
         return existing, False
 
     # -- the load -----------------------------------------------------------------------------
-    def load(self, name: str, paths: Sequence[Path], *, description: str = "") -> LoadReport:
+    def load(
+        self, name: str, paths: Sequence[Path], *, description: str = "", into: Source | None = None
+    ) -> LoadReport:
+        """Load ``paths`` into the source ``name`` (created when missing), or into the source ``into``."""
         name = validate_source_name(name)
         report = LoadReport(source=name)
-        source, created = self._source(name, description)
+        source, created = (into, False) if into is not None else self._source(name, description)
+        self._files = files = FileTracker(self.storage, source)
         self.listener.files_found(len(paths))
         try:
             self._finish_deletions(source)
             for path in paths:
                 self.listener.file_started(path)
+                files.started(path)
                 try:
                     self._load_file(source, path, report)
                 except InputFileError as exc:
+                    files.failed(exc.reason)
                     report.failures.append(exc)
                     self.listener.warn(str(exc))
                 self.listener.file_finished(path)
         except BackendError as exc:
+            files.abandoned(str(exc))
             report.aborted = str(exc)
         except KeyboardInterrupt:
+            files.abandoned()
             report.interrupted = True
         if report.documents:
             self._store.flush()
@@ -231,11 +233,13 @@ class SourceLoader:
             for d in existing
         ):
             report.unchanged.append(str(path))
+            self._files.completed(sum(d.n_passages for d in existing))
             return
         twin = metadata.ready_file_with_hash(source.id, sha, self.signature)
         if twin and twin != key:
             report.duplicates.append((str(path), twin))
             self._retire([d.id for d in existing])  # this path's older content is superseded
+            self._files.duplicate(twin)
             return
         parsed = parse(path, data)
         self._check_text_size(path, parsed.units)
@@ -249,10 +253,11 @@ class SourceLoader:
 
         metadata.add_pending(documents)
         self.listener.passages_planned(len(passages))
+        self._files.planned(len(passages))
         for start in range(0, len(passages), _WRITE_WINDOW):
             window = passages[start : start + _WRITE_WINDOW]
             began = time.perf_counter()
-            vectors = self.model.embed_multi([p.text for p in window], on_progress=self.listener.passages_embedded)
+            vectors = self.model.embed_multi([p.text for p in window], on_progress=self._embedded)
             embedded = time.perf_counter()
             self._store.upsert([replace(p, embedding=v) for p, v in zip(window, vectors, strict=True)])
             report.seconds["embed"] += embedded - began
@@ -261,9 +266,14 @@ class SourceLoader:
         new_ids = [d.id for d in documents]
         metadata.publish(new_ids, [d.id for d in existing if d.id not in set(new_ids)])
         self._finish_deletions(source)
+        self._files.completed(len(passages))
         report.files_loaded += 1
         report.documents += len(documents)
         report.passages += len(passages)
+
+    def _embedded(self, count: int) -> None:
+        self.listener.passages_embedded(count)
+        self._files.embedded(count)
 
     def _check_text_size(self, path: Path, units: Sequence[TextUnit]) -> None:
         if self.max_text_bytes is None:

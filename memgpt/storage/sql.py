@@ -6,6 +6,7 @@ storage shapes only: callers get the frozen records from ``memgpt.types``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -73,6 +74,8 @@ class SourceRow(Base):
     embedding_dim: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    metadata_json: Mapped[str] = mapped_column("metadata", Text, default="{}")  # `metadata` is SQLAlchemy's
 
 
 class DocumentRow(Base):
@@ -109,6 +112,8 @@ def _source(row: SourceRow, counts: dict[str, tuple[int, int, int]] | None = Non
         passages=passages,
         incomplete_documents=incomplete,
         status=row.status,
+        instructions=row.instructions,
+        metadata=json.loads(row.metadata_json or "{}"),
     )
 
 
@@ -258,6 +263,19 @@ class MetadataStore:
             row = s.scalar(select(SourceRow).where(SourceRow.user_id == user_id, SourceRow.name == name))
             return _source(row, self._counts(s, [row.id])) if row else None
 
+    def source_by_id(self, user_id: str, source_id: str) -> Source | None:
+        """The source with this id, if it is this user's."""
+        with self.session() as s:
+            row = s.get(SourceRow, source_id)
+            return _source(row, self._counts(s, [row.id])) if row is not None and row.user_id == user_id else None
+
+    def source_with_id(self, source_id: str) -> Source | None:
+        """The source with this id whoever owns it: only for work done for its owner without a request
+        (a server's background loads); everything a user asks for goes through ``source_by_id``."""
+        with self.session() as s:
+            row = s.get(SourceRow, source_id)
+            return _source(row, self._counts(s, [row.id])) if row is not None else None
+
     def list_sources(self, user_id: str) -> list[Source]:
         with self.session() as s:
             query = select(SourceRow).where(SourceRow.user_id == user_id)
@@ -277,6 +295,8 @@ class MetadataStore:
                     embedding_dim=source.embedding_dim,
                     status="ready",
                     created_at=source.created_at,
+                    instructions=source.instructions,
+                    metadata_json=json.dumps(source.metadata),
                 )
             )
         return source
