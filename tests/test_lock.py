@@ -40,7 +40,8 @@ def test_second_process_gets_the_lock_message(home: Path) -> None:
     holder = hold(db)
     try:
         with pytest.raises(
-            StorageLockedError, match=r"another memgpt process (\(pid \d+\) )?is using .*milvus\.db — close it or use a Milvus server"
+            StorageLockedError,
+            match=r"another memgpt process (\(pid \d+\) )?is using .*milvus\.db — close it or use a Milvus server",
         ):
             MilvusConnection(MilvusTarget(str(db)))
         result = run_cli("load", "directory", "--name", "paper", "--input-files", str(PAPER), home=home)
