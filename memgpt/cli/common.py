@@ -41,16 +41,14 @@ def home_and_config() -> tuple[Path, Config]:
 
 
 @contextmanager
-def open_storage(*, vectors: bool = False) -> Iterator[tuple[Storage, Config]]:
-    """The home's storage; ``vectors=True`` for a command that will use Milvus: it starts connecting now,
-    in the background, so the rest of the command's start-up overlaps it."""
+def open_storage() -> Iterator[tuple[Storage, Config]]:
+    """The home's storage. A command that will use Milvus calls ``storage.open_vectors_early()`` once its
+    input is checked: Milvus then opens while the command loads the embedding model and reads files."""
     from memgpt.storage import Storage
 
     home, config = home_and_config()
     storage = Storage(config, home)
     try:
-        if vectors:
-            storage.open_vectors_early()
         yield storage, config
     finally:
         storage.close()

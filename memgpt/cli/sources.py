@@ -108,7 +108,8 @@ def load_directory(
     paths = collect_files(input_files or [], input_dir, recursive=recursive, extensions=wanted)
     if not paths:
         raise UserError(f"no supported files found in {input_dir}")
-    with open_storage(vectors=True) as (storage, config):
+    with open_storage() as (storage, config):
+        storage.open_vectors_early()
         model = embedding_model(config)
         with _progress() as progress:
             loader = SourceLoader(
@@ -215,8 +216,9 @@ def search(
     """Search a data source by meaning and print the best passages."""
     from memgpt.data.sources import get_source, search_source
 
-    with open_storage(vectors=True) as (storage, config):
-        found = get_source(storage, config.user_id, source)
+    with open_storage() as (storage, config):
+        found = get_source(storage, config.user_id, source)  # a wrong name fails before Milvus opens
+        storage.open_vectors_early()
         hits = search_source(storage, found, embedding_model(config), query, k=k)
     if as_json:
         rows = [
