@@ -149,3 +149,42 @@ def test_ctrl_c_while_milvus_opens_in_the_background_ends_cleanly(home: Path) ->
     holder = hold(home / "milvus.db")
     holder.kill()
     holder.wait()
+
+
+IMPORTS_IN_THREADS = """
+import sys, threading
+from pathlib import Path
+from memgpt.config import Config
+from memgpt.storage import Storage
+from memgpt.types import EmbeddingSpace
+
+seen = []
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if threading.current_thread() is not threading.main_thread():
+            seen.append(f"{threading.current_thread().name}: {name}")
+        return None
+
+sys.meta_path.insert(0, Watch())
+storage = Storage(Config(), Path(sys.argv[1]))
+storage.open_vectors_early()
+storage.passages(EmbeddingSpace("import-model", 4)).count()
+storage.close()
+print(sorted(set(seen)))
+"""
+
+
+def test_the_background_open_imports_nothing_in_its_threads(tmp_path: Path) -> None:
+    """A Ctrl-C inside the main thread's imports can leave an import lock held that only the main thread
+    may take again; a connecting thread that imported then hung `memgpt load` for good. So every module
+    the threads need is imported before they start."""
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTS_IN_THREADS, str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

@@ -27,6 +27,7 @@ from memgpt.storage.milvus.client import (
     MilvusTarget,
     connect,
     detect,
+    import_client_modules,
     milvus_errors,
     release,
     reserve,
@@ -90,7 +91,8 @@ class MilvusConnection:
 class OpeningConnection:
     """A :class:`MilvusConnection` being opened in a background thread, so that a command's own start-up
     (imports, reading files, loading the embedding model) overlaps the slowest part of opening Milvus:
-    importing pymilvus and starting the Milvus Lite server.
+    starting the Milvus Lite server and connecting to it. pymilvus is imported first, by the caller:
+    the thread imports nothing (see :func:`import_client_modules`).
 
     A Milvus Lite file that another process holds (or a read-only one) is reported here, at once. Only
     the thread waits: Ctrl-C still reaches the main thread. :meth:`wait` hands over the connection (or
@@ -100,6 +102,11 @@ class OpeningConnection:
     def __init__(self, target: MilvusTarget) -> None:
         self.target = target
         reserve(target)  # the connection takes its own hold; this one ends with the thread
+        try:
+            import_client_modules(target)  # here, not in the thread: see import_client_modules
+        except BaseException:
+            release(target)
+            raise
         self._connection: MilvusConnection | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._open, name="milvus-connect", daemon=True)

@@ -173,6 +173,7 @@ def connect(target: MilvusTarget) -> Any:
     pymilvus_logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropLiteIteratorNotice) for f in pymilvus_logger.filters):
         pymilvus_logger.addFilter(_DropLiteIteratorNotice())
+    import_client_modules(target)
     if not target.is_lite:
         return _client(target)
     db_file = Path(target.uri)
@@ -187,15 +188,32 @@ def connect(target: MilvusTarget) -> Any:
         raise
 
 
+def import_client_modules(target: MilvusTarget) -> None:
+    """Import pymilvus (and milvus-lite) in the calling thread, before any thread of ours uses them.
+
+    A thread must never import while the main thread does: a Ctrl-C that lands inside Python's import
+    machinery can leave an import lock held, which the main thread may take again but no other thread
+    can (seen: `memgpt load` hung for good, its main thread and two connecting threads each waiting on
+    an import lock, after a Ctrl-C during start-up). Imported modules are found without any lock.
+    """
+    import importlib
+
+    # gRPC imports these when the first channel is made; tests/test_background_open.py checks the list.
+    modules = ["pymilvus", "pymilvus.exceptions", "grpc._channel", "grpc._interceptor", "grpc._simple_stubs"]
+    modules += ["grpc.experimental"] + (["milvus_lite.server_manager"] if target.is_lite else [])
+    for name in modules:
+        importlib.import_module(name)
+
+
 def _start_lite_server(db_file: Path) -> threading.Thread:
-    """Start the Milvus Lite server process in a thread while pymilvus is imported (most of a second):
-    milvus-lite spends half a second after starting it just waiting to see that it did not die. The
-    client then finds it running; if it failed to start, the client tries again and reports why."""
+    """Start the Milvus Lite server process in a thread: milvus-lite spends half a second after starting
+    it just waiting to see that it did not die, while the caller can go on to create its client. The
+    client then finds it running; if it failed to start, the client tries again and reports why. The
+    modules it needs are imported already (see :func:`import_client_modules`)."""
+    from milvus_lite.server_manager import server_manager_instance
 
     def start() -> None:
         with _sigint_blocked():
-            from milvus_lite.server_manager import server_manager_instance
-
             try:
                 server_manager_instance.start_and_get_uri(str(db_file))
             except Exception:  # the client starts it again and reports why it failed
