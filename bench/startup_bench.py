@@ -1,6 +1,6 @@
 """Whole-command wall time of the everyday commands, beside the work each one does.
 
-Usage: python bench/startup_bench.py [--runs 5] [--tree PATH] [--pymemgpt]
+Usage: python bench/startup_bench.py [--runs 5] [--skip-load] [--tree [LABEL=]PATH ...]
 
 Every run is a new `memgpt` process (`python -m memgpt`), as a user starts it; the commands take turns
 (run 1 of each, then run 2 of each, ...) so a burst of load on a shared machine hits them all alike.
@@ -14,8 +14,11 @@ chunking, embedding and inserting the paper for `load`; embedding the query and 
 Lite, loading the embedding model, and whatever else a new process pays.
 
 `--tree PATH` measures the memgpt package found in PATH (e.g. an older checkout exported with
-`git archive`), for before/after tables; `--pymemgpt` adds pymemgpt 0.3.25's `load` from
-bench/.venv-pymemgpt when it is installed there.
+`git archive`); given twice, the two take turns run by run, for a before/after table. The parts table
+(bench/_startup_parts.py) times start-up's pieces in new processes of the last tree.
+
+pymemgpt 0.3.25 is not measured here: it needs lancedb<0.4, which this machine's package index no
+longer offers (its oldest is 0.14), so it cannot be installed; the README quotes the issue's figure.
 """
 
 from __future__ import annotations
@@ -105,10 +108,11 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def work(tree: Path, scratch: Path) -> dict[str, float]:
+def work(tree: Path, scratch: Path, *, with_load: bool) -> dict[str, float]:
     """The unavoidable work, measured warm in one process of the tree under test."""
+    extra = [] if with_load else ["search-only"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "_startup_work.py"), str(PAPER), QUERY],
+        [sys.executable, str(ROOT / "bench" / "_startup_work.py"), str(PAPER), QUERY, *extra],
         env={**os.environ, "PYTHONPATH": str(tree), "MEMGPT_HOME": str(scratch / "work-home")},
         cwd=scratch,
         capture_output=True,
@@ -116,26 +120,6 @@ def work(tree: Path, scratch: Path) -> dict[str, float]:
         check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def pymemgpt_load(scratch: Path, runs: int) -> list[float] | None:
-    venv = ROOT / "bench" / ".venv-pymemgpt"
-    exe = venv / "bin" / "memgpt"
-    if not exe.exists():
-        return None
-    times = []
-    for attempt in range(runs):
-        home = scratch / f"pymemgpt-{attempt}"
-        began = time.perf_counter()
-        subprocess.run(
-            [str(exe), "load", "directory", "--name", "paper", f"--input-files={PAPER}"],
-            env={**os.environ, "HOME": str(home)},
-            cwd=scratch,
-            capture_output=True,
-            check=True,
-        )
-        times.append(time.perf_counter() - began)
-    return times
 
 
 def row(name: str, times: list[float], cpu: list[float], work_s: float | None) -> str:
@@ -147,38 +131,88 @@ def row(name: str, times: list[float], cpu: list[float], work_s: float | None) -
     return f"| {name} | {median:.2f} | {spread} | {cpu_s} | {work_s:.2f} | {median - work_s:.2f} |"
 
 
+PARTS = ["cli", "milvus", "model", "sequential", "overlapped"]
+PART_NAMES = {
+    "cli": "import the CLI (all `--help` loads)",
+    "milvus": "open Milvus Lite (import pymilvus, start, connect)",
+    "model": "load the embedding model (import onnxruntime, session)",
+    "sequential": "Milvus, then the model (one after the other)",
+    "overlapped": "Milvus in the background while the model loads (now)",
+}
+
+
+def parts(runner: Runner, runs: int) -> dict[str, list[float]]:
+    """Each part of start-up in a new process of the tree under test, the parts taking turns."""
+    found: dict[str, list[float]] = {part: [] for part in PARTS}
+    script = str(ROOT / "bench" / "_startup_parts.py")
+    for _ in range(runs):
+        for part in PARTS:
+            done = subprocess.run(
+                [sys.executable, script, part, str(runner.home)],
+                env=runner.env,
+                cwd=runner.scratch,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            found[part].append(float(done.stdout.strip().splitlines()[-1]))
+    return found
+
+
+def parse_tree(value: str) -> tuple[str, Path]:
+    label, _, path = value.rpartition("=")
+    return label or Path(path).name, Path(path).resolve()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--tree", type=Path, default=ROOT, help="folder holding the memgpt package to measure")
-    parser.add_argument("--pymemgpt", action="store_true", help="also time pymemgpt 0.3.25's load (side venv)")
+    parser.add_argument(
+        "--tree",
+        type=parse_tree,
+        action="append",
+        help="[LABEL=]folder holding the memgpt package to measure; repeat it to compare checkouts, run by run",
+    )
     parser.add_argument("--skip-load", action="store_true", help="leave out `load` (the slowest to repeat)")
     args = parser.parse_args()
-    tree = args.tree.resolve()
+    trees: list[tuple[str, Path]] = args.tree or [("memgpt", ROOT)]
     llm = ScriptedLLM()
-    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(args.runs + 5)))
+    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(len(trees) * (args.runs + 5))))
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
-        runner = Runner(tree, scratch, llm)
-        cmds = commands()
-        runner.run(cmds[-1].args, runner.home)  # the home the other commands use: the paper and an agent
-        runner.run(cmds[3].args, runner.home)
-        timed = cmds[:-1] if args.skip_load else cmds
+        plans: list[tuple[str, Runner, list[Command], dict[str, float]]] = []
+        for index, (label, tree) in enumerate(trees):
+            scratch = Path(tmp) / f"tree-{index}"
+            scratch.mkdir()
+            runner = Runner(tree, scratch, llm)
+            cmds = commands()
+            runner.run(cmds[-1].args, runner.home)  # the home the other commands use: the paper and an agent
+            runner.run(cmds[3].args, runner.home)
+            plans.append((label, runner, cmds[:-1] if args.skip_load else cmds, {}))
         for _ in range(args.runs):
-            for command in timed:
-                runner.time(command)
-        measured = work(tree, scratch)
-        theirs = pymemgpt_load(scratch, args.runs) if args.pymemgpt else None
+            for position in range(len(plans[0][2])):
+                for _label, runner, timed, _work in plans:
+                    runner.time(timed[position])
+        for _label, runner, _timed, measured in plans:
+            measured.update(work(runner.tree, runner.scratch, with_load=not args.skip_load))
+        pieces = parts(plans[-1][1], args.runs)
     llm.close()
 
     print(f"\n### Start-up: whole commands ({args.runs} alternating runs each, new process each)\n")
     print("| command | median s | min – max s | CPU s | work s | start-up s |")
     print("|---|---|---|---|---|---|")
-    for command in timed:
-        print(row(f"memgpt {command.name}", command.times, command.cpu, measured.get(command.work)))
-    if theirs is not None:
-        print(row("pymemgpt 0.3.25 load (seed paper)", theirs, [], None))
-    print("\nwork, measured warm in one process: " + ", ".join(f"{k} {v:.3f} s" for k, v in measured.items()))
+    for position in range(len(plans[0][2])):
+        for label, _runner, timed, measured in plans:
+            command = timed[position]
+            name = f"memgpt {command.name}" + (f" ({label})" if len(plans) > 1 else "")
+            print(row(name, command.times, command.cpu, measured.get(command.work)))
+    for label, _runner, _timed, measured in plans:
+        done = ", ".join(f"{k} {v:.3f} s" for k, v in measured.items())
+        print(f"\nwork of {label}, measured warm in one process: {done}")
+    print(f"\n### Start-up parts ({plans[-1][0]}; {args.runs} alternating runs, each in a new process)\n")
+    print("| part | median s | min – max s |")
+    print("|---|---|---|")
+    for part, times in pieces.items():
+        print(f"| {PART_NAMES[part]} | {statistics.median(times):.2f} | {min(times):.2f} – {max(times):.2f} |")
 
 
 if __name__ == "__main__":
