@@ -11,7 +11,10 @@ corpus_mb=5
 sizes=10000,100000
 server_sizes=100000,1000000
 recall=()
-if [ "${1:-}" = "--quick" ]; then corpus_mb=0.5; sizes=10000; server_sizes=10000; recall=(--quick); fi
+startup=()
+if [ "${1:-}" = "--quick" ]; then
+  corpus_mb=0.5; sizes=10000; server_sizes=10000; recall=(--quick); startup=(--runs 3 --skip-load)
+fi
 
 LITE3="$ROOT/bench/.venv-lite3"
 if [ ! -x "$LITE3/bin/python" ]; then
@@ -21,6 +24,10 @@ fi
 
 echo "### Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 "$VENV/bin/python" bench/load_bench.py --corpus-mb "$corpus_mb"
+echo
+"$VENV/bin/python" bench/startup_bench.py "${startup[@]}"
+echo
+"$VENV/bin/python" bench/embed_bench.py
 echo
 echo "### Archival search (filtered by user and 2 of 10 sources; query embedding excluded)"
 echo

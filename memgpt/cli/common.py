@@ -42,6 +42,8 @@ def home_and_config() -> tuple[Path, Config]:
 
 @contextmanager
 def open_storage() -> Iterator[tuple[Storage, Config]]:
+    """The home's storage. A command that will use Milvus calls ``storage.open_vectors_early()`` once its
+    input is checked: Milvus then opens while the command loads the embedding model and reads files."""
     from memgpt.storage import Storage
 
     home, config = home_and_config()

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from memgpt.cli.common import YesOption, console, home_and_config, interactive
-from memgpt.config import TOOL_CHOICES, Config, display_path, is_server_uri, resolve_milvus_uri, save_config
 from memgpt.errors import ConfigError
 
 if TYPE_CHECKING:
+    # memgpt.config is imported where it is used: it brings pydantic, which `memgpt --help` need not load.
+    from memgpt.config import Config
     from memgpt.llm.probe import LLMCheck
 
 
@@ -24,6 +25,8 @@ def _ask(prompt: Any) -> Any:
 
 def _milvus(config: Config, uri: str | None, token: str | None, ask: bool, home_default: str) -> None:
     import questionary
+
+    from memgpt.config import is_server_uri
 
     if uri is None and ask:
         shown = config.milvus.uri or home_default
@@ -171,6 +174,8 @@ def _check_llm(config: Config, *, window_given: bool) -> LLMCheck:
 
 
 def _llm_options(config: Config, function_calling: str | None, tool_choice: str | None) -> None:
+    from memgpt.config import TOOL_CHOICES
+
     if function_calling is not None:
         if function_calling not in ("native", "json"):
             raise ConfigError(f"--function-calling must be native or json, not {function_calling!r}")
@@ -235,6 +240,7 @@ def configure(
     """Choose storage (Milvus Lite or a Milvus server), the embedding model and the LLM."""
     import questionary
 
+    from memgpt.config import display_path, is_server_uri, resolve_milvus_uri, save_config
     from memgpt.storage import check_milvus, milvus_target
 
     home, config = home_and_config()
@@ -296,6 +302,7 @@ def migrate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from memgpt.cli.common import confirm, err_console
+    from memgpt.config import display_path, resolve_milvus_uri, save_config
     from memgpt.storage import milvus_target
     from memgpt.storage.transfer import Transfer
 

@@ -109,6 +109,7 @@ def load_directory(
     if not paths:
         raise UserError(f"no supported files found in {input_dir}")
     with open_storage() as (storage, config):
+        storage.open_vectors_early()
         model = embedding_model(config)
         with _progress() as progress:
             loader = SourceLoader(
@@ -216,7 +217,8 @@ def search(
     from memgpt.data.sources import get_source, search_source
 
     with open_storage() as (storage, config):
-        found = get_source(storage, config.user_id, source)
+        found = get_source(storage, config.user_id, source)  # a wrong name fails before Milvus opens
+        storage.open_vectors_early()
         hits = search_source(storage, found, embedding_model(config), query, k=k)
     if as_json:
         rows = [

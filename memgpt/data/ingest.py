@@ -154,7 +154,12 @@ class SourceLoader:
         self.chunker = Chunker(model.count_tokens, size, overlap)
         self.signature = f"{model.model_id}/{model.dimensions}/c{size}/o{overlap}/l{LOADER_VERSION}"
         self.listener = listener or LoadListener()
-        self._store: PassageStore = storage.passages(model.space)
+
+    @property
+    def _store(self) -> PassageStore:
+        # Looked up when first written to, so that a connection opening in the background (see
+        # Storage.open_vectors_early) overlaps reading, parsing and embedding the first passages.
+        return self.storage.passages(self.model.space)
 
     # -- sources ------------------------------------------------------------------------------
     def _source(self, name: str, description: str) -> tuple[Source, bool]:

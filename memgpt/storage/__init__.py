@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from memgpt.storage.files import FileStore
     from memgpt.storage.mcp_servers import AgentMCPServerStore
     from memgpt.storage.messages import MessageStore
-    from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+    from memgpt.storage.milvus import MilvusConnection, MilvusTarget, OpeningConnection
     from memgpt.storage.sql import MetadataStore
     from memgpt.storage.templates import TemplateStore
     from memgpt.storage.turns import TurnStore
@@ -76,15 +76,35 @@ class Storage:
         self.turns: TurnStore = TurnStore(self.metadata)
         self.milvus_target = milvus_target(config, home)
         self._vectors: MilvusConnection | None = None
+        self._opening: OpeningConnection | None = None
         self._lock = threading.Lock()
+
+    def open_vectors_early(self) -> None:
+        """Start connecting to Milvus in the background, for a command that will need it: opening Milvus
+        Lite takes most of a second, which then overlaps the command's other start-up work. The first use
+        of :attr:`vectors` waits for it (and raises what connecting raised)."""
+        with self._lock:
+            if self._vectors is None and self._opening is None:
+                from memgpt.storage.milvus import OpeningConnection
+
+                self._opening = OpeningConnection(self.milvus_target)
 
     @property
     def vectors(self) -> MilvusConnection:
         with self._lock:
             if self._vectors is None:
-                from memgpt.storage.milvus import MilvusConnection
+                if self._opening is not None:
+                    # A Ctrl-C while waiting leaves the opening for close() to discard.
+                    opening = self._opening
+                    try:
+                        self._vectors = opening.wait()
+                    finally:
+                        if opening.done:
+                            self._opening = None
+                else:
+                    from memgpt.storage.milvus import MilvusConnection
 
-                self._vectors = MilvusConnection(self.milvus_target)
+                    self._vectors = MilvusConnection(self.milvus_target)
             return self._vectors
 
     def passages(self, space: EmbeddingSpace) -> PassageStore:
@@ -99,6 +119,9 @@ class Storage:
 
     def close(self) -> None:
         with self._lock:
+            if self._opening is not None:
+                self._opening.discard()
+                self._opening = None
             if self._vectors is not None:
                 self._vectors.close()
                 self._vectors = None

@@ -12,6 +12,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from memgpt.config import display_path
+from memgpt.errors import StorageError
+
 # gRPC (under pymilvus) restarts its event-engine poller thread in a forked child when fork support is on,
 # as it is by default. A child that then closes its inherited descriptors before exec -- pexpect, or
 # subprocess with preexec_fn -- closes the poller's epoll fd under it, and gRPC aborts that child with
@@ -25,14 +28,24 @@ from memgpt.storage.milvus.client import (
     MilvusTarget,
     connect,
     detect,
+    import_client_modules,
     milvus_errors,
     release,
+    reserve,
 )
 from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, read_layout
 from memgpt.storage.milvus.store import MilvusPassageStore
 from memgpt.types import EmbeddingSpace
 
-__all__ = ["MAX_WINDOW", "Capabilities", "MilvusConnection", "MilvusPassageStore", "MilvusTarget", "collection_name"]
+__all__ = [
+    "MAX_WINDOW",
+    "Capabilities",
+    "MilvusConnection",
+    "MilvusPassageStore",
+    "MilvusTarget",
+    "OpeningConnection",
+    "collection_name",
+]
 
 
 class MilvusConnection:
@@ -78,3 +91,56 @@ class MilvusConnection:
         release(self.target)
         with self._lock:
             self._stores.clear()
+
+
+class OpeningConnection:
+    """A :class:`MilvusConnection` being opened in a background thread, so that a command's own start-up
+    (imports, reading files, loading the embedding model) overlaps the slowest part of opening Milvus:
+    starting the Milvus Lite server and connecting to it. pymilvus is imported first, by the caller:
+    the thread imports nothing (see :func:`import_client_modules`).
+
+    A Milvus Lite file that another process holds (or a read-only one) is reported here, at once. Only
+    the thread waits: Ctrl-C still reaches the main thread. :meth:`wait` hands over the connection (or
+    raises what opening it raised); :meth:`discard` closes whatever was opened.
+    """
+
+    def __init__(self, target: MilvusTarget) -> None:
+        self.target = target
+        reserve(target)  # the connection takes its own hold; this one ends with the thread
+        try:
+            import_client_modules(target)  # here, not in the thread: see import_client_modules
+        except BaseException:
+            release(target)
+            raise
+        self._connection: MilvusConnection | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._open, name="milvus-connect", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            self._connection = MilvusConnection(self.target)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
+            self._error = exc
+        finally:
+            release(self.target)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> MilvusConnection:
+        """The opened connection, now the caller's to close; or what opening it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        connection, self._connection = self._connection, None
+        if connection is None:
+            raise StorageError(f"the connection to {display_path(self.target.uri)} was already handed over")
+        return connection
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -181,14 +181,61 @@ def connect(target: MilvusTarget) -> Any:
     pymilvus_logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropLiteIteratorNotice) for f in pymilvus_logger.filters):
         pymilvus_logger.addFilter(_DropLiteIteratorNotice())
+    import_client_modules(target)
+    if not target.is_lite:
+        return _client(target)
+    db_file = Path(target.uri)
+    _check_writable(db_file)
+    _lite_locks.acquire(db_file)  # before anything slow: a second process is told at once
+    starting = _start_lite_server(db_file)
+    try:
+        return _client(target, starting)
+    except BaseException:
+        starting.join()
+        _lite_locks.release(db_file)
+        raise
+
+
+def import_client_modules(target: MilvusTarget) -> None:
+    """Import pymilvus (and milvus-lite) in the calling thread, before any thread of ours uses them.
+
+    A thread must never import while the main thread does: a Ctrl-C that lands inside Python's import
+    machinery can leave an import lock held, which the main thread may take again but no other thread
+    can (seen: `memgpt load` hung for good, its main thread and two connecting threads each waiting on
+    an import lock, after a Ctrl-C during start-up). Imported modules are found without any lock.
+    """
+    import importlib
+
+    # gRPC imports these when the first channel is made; tests/test_background_open.py checks the list.
+    modules = ["pymilvus", "pymilvus.exceptions", "grpc._channel", "grpc._interceptor", "grpc._simple_stubs"]
+    modules += ["grpc.experimental"] + (["milvus_lite.server_manager"] if target.is_lite else [])
+    for name in modules:
+        importlib.import_module(name)
+
+
+def _start_lite_server(db_file: Path) -> threading.Thread:
+    """Start the Milvus Lite server process in a thread: milvus-lite spends half a second after starting
+    it just waiting to see that it did not die, while the caller can go on to create its client. The
+    client then finds it running; if it failed to start, the client tries again and reports why. The
+    modules it needs are imported already (see :func:`import_client_modules`)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    def start() -> None:
+        with _sigint_blocked():
+            try:
+                server_manager_instance.start_and_get_uri(str(db_file))
+            except Exception:  # the client starts it again and reports why it failed
+                logger.debug("starting Milvus Lite for %s failed", db_file, exc_info=True)
+
+    thread = threading.Thread(target=start, name="milvus-lite-start", daemon=True)
+    thread.start()
+    return thread
+
+
+def _client(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
-    where = display_path(target.uri)
-    if target.is_lite:
-        db_file = Path(target.uri)
-        _check_writable(db_file)
-        _lite_locks.acquire(db_file)
     # Milvus Lite is a local socket: client keepalive pings only earn "too_many_pings" GOAWAYs from it
     # during long loads (seen here mid-way through a 5 MB load), so they are turned off there.
     options: dict[str, Any] = {}
@@ -196,12 +243,14 @@ def connect(target: MilvusTarget) -> Any:
         options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
     elif target.database:
         options["db_name"] = target.database
+    if starting is not None:
+        starting.join()
     try:
         with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
             return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
     except MilvusException as exc:
+        where = display_path(target.uri)
         if target.is_lite:
-            _lite_locks.release(Path(target.uri))
             raise StorageLockedError(
                 f"cannot open {where}: another program is using it, or it is damaged — close the other program "
                 "or use a Milvus server"
@@ -270,6 +319,16 @@ def detect(client: Any, target: MilvusTarget) -> Capabilities:
             display_path(target.uri),
         )
     return found
+
+
+def reserve(target: MilvusTarget) -> None:
+    """Take this process's hold on a Milvus Lite file now (nothing to do for a server), so that a file
+    another process holds, or a read-only one, is reported before a connection is opened in the
+    background. Each reservation is undone by one :func:`release`."""
+    if target.is_lite:
+        db_file = Path(target.uri)
+        _check_writable(db_file)
+        _lite_locks.acquire(db_file)
 
 
 def release(target: MilvusTarget) -> None:

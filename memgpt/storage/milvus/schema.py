@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from memgpt.errors import SchemaMismatchError
+from memgpt.errors import SchemaMismatchError, StorageError
 from memgpt.storage.filters import KEYED_FIELDS
 from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
 from memgpt.types import EmbeddingSpace
@@ -138,12 +139,44 @@ def create(client: Any, target: MilvusTarget, capabilities: Capabilities, collec
     schema.add_field("created_at", DataType.INT64)  # milliseconds since the epoch, UTC
     schema.add_field("metadata", DataType.JSON)  # file name, page, role: shown, never filtered on
     index = client.prepare_index_params()
-    index.add_index(field_name="embedding", **target.index_params)
+    index.add_index(field_name="embedding", index_name="embedding", **target.index_params)
     if layout.hybrid:
-        index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        index.add_index(
+            field_name="sparse", index_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
+        )
     with milvus_errors(f"create collection {collection}"):
-        client.create_collection(collection, schema=schema, index_params=index, consistency_level="Strong")
+        client.create_collection(collection, schema=schema, consistency_level="Strong")
+        # pymilvus's own wait for an index sleeps 0.5 s before it first looks (a second per new collection,
+        # most of a first load's start-up), though an empty collection's index is ready at once.
+        client.create_index(collection, index, sync=False)
+        _wait_for_indexes(client, collection, ["embedding", "sparse"] if layout.hybrid else ["embedding"])
+        client.load_collection(collection)
     logger.info("created Milvus collection %s (%s)", collection, layout.description())
+
+
+_INDEX_WAIT_SECONDS = 120.0
+
+
+def _wait_for_indexes(client: Any, collection: str, names: list[str]) -> None:
+    """Poll until every index is built, first after milliseconds, then less and less often."""
+    deadline = time.monotonic() + _INDEX_WAIT_SECONDS
+    pause = 0.005
+    pending = list(names)
+    while pending:
+        info = client.describe_index(collection, pending[0])
+        state = str(info.get("state", "")) if info else ""
+        if state == "Finished":
+            pending.pop(0)
+            continue
+        if state == "Failed":
+            reason = info.get("index_state_fail_reason") or "no reason given"
+            raise StorageError(f"Milvus could not build the {pending[0]} index of {collection}: {reason}")
+        if time.monotonic() > deadline:
+            raise StorageError(
+                f"Milvus did not build the {pending[0]} index of {collection} within {_INDEX_WAIT_SECONDS:.0f} s"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def check(layout: Layout, collection: str, space: EmbeddingSpace) -> None:

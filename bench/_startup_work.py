@@ -1,0 +1,59 @@
+"""The work inside `memgpt load` and `memgpt search`, measured warm in one process (see startup_bench.py).
+
+Prints one JSON line: {"load": s, "search": s}, medians of 3 ("load" left out with a third argument,
+"search-only"). The model is loaded, Milvus Lite is open
+and the collection exists before anything is timed: what is left is what a command cannot skip.
+Runs against whichever memgpt package is first on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from memgpt.config import Config, memgpt_home
+from memgpt.data.ingest import SourceLoader
+from memgpt.data.sources import search_source
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.storage import Storage
+
+
+def main() -> None:
+    paper, query = Path(sys.argv[1]), sys.argv[2]
+    timed_loads = 0 if sys.argv[3:] == ["search-only"] else 3
+    config = Config()
+    model = LocalMiniLM()
+    loads: list[float] = []
+    searches: list[float] = []
+    with Storage(config, memgpt_home()) as storage:
+        loader = SourceLoader(
+            storage,
+            model,
+            user_id=config.user_id,
+            chunk_size=config.embedding.chunk_size,
+            chunk_overlap=config.embedding.chunk_overlap,
+        )
+        loader.load("paper warm-up", [paper])
+        for attempt in range(timed_loads):
+            began = time.perf_counter()
+            report = loader.load(f"paper {attempt}", [paper])
+            loads.append(time.perf_counter() - began)
+            if not report.ok:
+                raise SystemExit(f"loading {paper} failed: {report.failures}")
+        source = storage.metadata.get_source(config.user_id, "paper warm-up")
+        if source is None:
+            raise SystemExit("the loaded source is missing")
+        search_source(storage, source, model, query, k=5)
+        for _ in range(3):
+            began = time.perf_counter()
+            search_source(storage, source, model, query, k=5)
+            searches.append(time.perf_counter() - began)
+    found = {"load": statistics.median(loads)} if loads else {}
+    print(json.dumps({**found, "search": statistics.median(searches)}))
+
+
+if __name__ == "__main__":
+    main()
