@@ -24,7 +24,8 @@ class MessageRow(Base):
     __table_args__ = (
         Index("ix_messages_agent_seq", "agent_id", "seq"),
         Index("ix_messages_agent_created", "agent_id", "created_at"),
-        Index("ix_messages_agent_indexed", "agent_id", "indexed"),
+        Index("ix_messages_agent_backlog", "agent_id", "searchable", "indexed", "seq"),  # recall's unindexed
+        Index("ix_messages_agent_window", "agent_id", "in_context", "seq"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -170,13 +171,21 @@ class MessageStore:
             )
             return [_message(r) for r in rows]
 
-    def mark_indexed(self, agent_id: str, message_ids: Sequence[str]) -> None:
+    def mark_indexed(self, agent_id: str, message_ids: Sequence[str], indexed: bool = True) -> None:
         with self._metadata.session() as s:
             s.execute(
                 update(MessageRow)
                 .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
-                .values(indexed=True)
+                .values(indexed=indexed)
             )
+
+    def backlog(self, agent_id: str) -> int:
+        """How many searchable messages are not in the Milvus recall index yet."""
+        with self._metadata.session() as s:
+            query = select(func.count()).where(
+                MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), MessageRow.indexed.is_(False)
+            )
+            return int(s.scalar(query) or 0)
 
     def by_id(self, agent_id: str, message_ids: Sequence[str]) -> dict[str, Message]:
         with self._metadata.session() as s:

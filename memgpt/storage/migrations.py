@@ -229,6 +229,31 @@ def _0006_users_and_api_keys(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _0007_agent_steps(conn: Connection) -> None:
+    """What a step changes outside its messages, so an unfinished step can be undone and a dropped one
+    forgotten (``step_effects``); indexes for the context window and the recall backlog, so neither
+    scans an agent's whole history; the agent's calibrated token ratio for its model."""
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "step_effects",
+        meta,
+        Column("step_id", String(64), primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("target", String(256), primary_key=True),
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False, index=True),
+        Column("previous", Text, nullable=True),
+        Column("committed", Boolean, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    meta.tables["step_effects"].create(conn)
+    conn.execute(text("DROP INDEX ix_messages_agent_indexed"))
+    conn.execute(text("CREATE INDEX ix_messages_agent_backlog ON messages (agent_id, searchable, indexed, seq)"))
+    conn.execute(text("CREATE INDEX ix_messages_agent_window ON messages (agent_id, in_context, seq)"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN token_ratio FLOAT NOT NULL DEFAULT 1.0"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN token_ratio_model VARCHAR(256) NOT NULL DEFAULT ''"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -236,6 +261,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0004_messages_unbounded_tool_fields", _0004_messages_unbounded_tool_fields),
     ("0005_messages_searchable", _0005_messages_searchable),
     ("0006_users_and_api_keys", _0006_users_and_api_keys),
+    ("0007_agent_steps", _0007_agent_steps),
 ]
 
 
