@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from memgpt.agent.agent import Agent
 from memgpt.agent.events import FunctionCall, FunctionResult, Reply, SystemNotice, Thought
-from memgpt.agent.manager import attach_source, detach_source
+from memgpt.agent.manager import attach_source, detach_source, open_agent
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import LLMError, UserError
 from memgpt.storage import Storage
@@ -29,14 +31,18 @@ def llm() -> Iterator[ScriptedLLM]:
 
 
 @pytest.fixture
-def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
-    return Rig(storage, model, llm)
+def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Iterator[Rig]:
+    made = Rig(storage, model, llm)
+    yield made
+    made.close()
 
 
 @pytest.fixture
-def any_rig(any_storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
+def any_rig(any_storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Iterator[Rig]:
     """The agent on Milvus Lite and on the real Milvus server."""
-    return Rig(any_storage, model, llm)
+    made = Rig(any_storage, model, llm)
+    yield made
+    made.close()
 
 
 def test_a_turn_reaches_the_user_and_everything_is_recorded(rig: Rig) -> None:
@@ -282,12 +288,14 @@ def test_recall_index_catches_up_and_forgets_popped_messages(rig: Rig, storage: 
         list(agent.send(text))
     store = storage.passages(model.space)
     recall = all_of_recall(agent)
+    assert agent.recall.wait_indexed(timeout=60)  # indexing runs in the background, after each step
     assert store.count(recall) == 4  # two typed messages, two replies; no tool results or alerts
 
     with storage.metadata.session() as s:  # as if Milvus had been unreachable for these
         s.execute(update(MessageRow).values(indexed=False))
     store.delete(recall)
     reopened = rig.open()
+    assert reopened.recall.wait_indexed(timeout=60)
     assert store.count(recall) == 4 and not rig.storage.messages.unindexed(agent.state.id, 10)
     assert reopened.pop(3) == 3  # "two", its call and its tool result
     assert store.count(recall) == 2
@@ -309,6 +317,7 @@ def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
     agent = rig.create()
     rig.llm.reply("noted")
     list(agent.send("my cat is called Periwinkle"))
+    agent.close()  # its background indexing is done before the index is taken away
     with storage.metadata.session() as s:  # a message the index never got
         s.execute(update(MessageRow).values(indexed=False))
     offline = OpenAIEmbeddings("any", dimensions=model.dimensions, endpoint="http://127.0.0.1:1/v1")
@@ -363,3 +372,100 @@ def test_resolve_agent_finds_by_name_or_id_creates_and_switches_model(rig: Rig, 
     assert (renamed.name, renamed.context_window, renamed.llm_model) == ("Anna", 32_000, "bigger")
     with pytest.raises(UserError, match="already exists"):
         update_agent(rig.storage, friendly, name="Anna")
+
+
+def test_an_empty_reply_is_one_clear_notice_and_nothing_is_stored(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"content": ""})
+    events = list(agent.send("hello?"))
+    assert len(events) == 1 and isinstance(events[0], SystemNotice)
+    assert events[0].text.startswith("the model sent an empty reply: no text and no function call")
+    assert "/retry" in events[0].text
+    assert [m.content for m in rig.storage.messages.last(agent.state.id, 10)][-1] == "hello?"  # nothing after it
+
+
+def test_the_prompt_prefix_stays_the_same_from_step_to_step(rig: Rig) -> None:
+    """Only the memory statistics and the time, at the end of the system message, change between steps, so
+    a provider's prompt cache can reuse everything before them (and the messages after, but for those)."""
+    agent = rig.create()
+    rig.llm.add({"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}})
+    rig.llm.reply("first")
+    list(agent.send("one"))
+    rig.llm.reply("second")
+    list(agent.send("two"))
+    systems = [r["messages"][0]["content"] for r in rig.llm.requests]
+    volatile = systems[0].index("### Memory statistics")
+    assert "<human characters=" in systems[0][:volatile]  # core memory comes before the statistics
+    for before, after in itertools.pairwise(systems):
+        shared = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), len(before))
+        assert shared >= volatile, before[shared - 40 : shared + 40]
+    first, later = rig.llm.requests[1]["messages"], rig.llm.requests[2]["messages"]
+    assert later[1 : len(first)] == first[1:]  # the messages are sent again exactly as before
+
+
+def test_a_turn_takes_few_sql_statements(rig: Rig) -> None:
+    from sqlalchemy import event
+
+    agent = rig.create()
+    for text in ("warm", "up"):
+        rig.llm.reply("ok")
+        list(agent.send(text))
+    assert agent.recall.wait_indexed(timeout=60)
+    statements: list[str] = []
+    mine = threading.get_ident()
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if threading.get_ident() == mine:  # not the background indexing
+            statements.append(statement)
+
+    event.listen(rig.storage.metadata.engine, "before_cursor_execute", count)
+    try:
+        rig.llm.reply("counted")
+        list(agent.send("how many queries?"))
+    finally:
+        event.remove(rig.storage.metadata.engine, "before_cursor_execute", count)
+    assert len(statements) <= 6, statements  # it was 18: the window, counts and sources read at every step
+
+
+def test_retry_gives_core_memory_back_its_value_before_the_dropped_steps(rig: Rig) -> None:
+    agent = rig.create()
+    before = agent.core.get("human").value
+    append = {
+        "tool": "core_memory_append",
+        "args": {"name": "human", "content": "Loves sailing.", "request_heartbeat": True},
+    }
+    rig.llm.add(append)
+    rig.llm.reply("Noted.")
+    list(agent.send("I love sailing"))
+    rig.llm.add(append)
+    rig.llm.reply("Noted again.")
+    assert replies(list(agent.retry())) == ["Noted again."]
+    assert agent.core.get("human").value == before + "\nLoves sailing."  # once, not twice
+    assert rig.open().core.get("human").value == before + "\nLoves sailing."
+    assert agent.pop(6) == 6  # the whole retried turn but the user's message... and the user's message
+    assert agent.core.get("human").value == before
+    assert rig.open().core.get("human").value == before
+
+
+def test_opening_an_agent_with_an_unindexed_history_does_not_wait_for_it(rig: Rig) -> None:
+    from memgpt.memory.messages import stored
+    from memgpt.types import Message, Role
+
+    agent = rig.create()
+    agent.close()
+    history = [
+        Message(f"old{i:04d}", agent.state.id, Role.USER if i % 2 == 0 else Role.ASSISTANT, f"old message {i}")
+        for i in range(600)
+    ]
+    rig.storage.messages.append(agent.state.id, [stored(m) for m in history])
+    state = rig.storage.agents.get(rig.user_id, "tester")
+    assert state is not None
+    reopened, warnings = open_agent(rig.storage, state, llm=rig.client(), embedding=rig.model)
+    rig.opened.append(reopened)
+    assert rig.storage.messages.backlog(state.id) > 0  # still being indexed: open did not wait
+    assert warnings == [
+        "600 messages are not in the recall index yet; they are being indexed in the background "
+        "(conversation_search finds them by their words until then)"
+    ]
+    assert reopened.recall.wait_indexed(timeout=300)
+    assert rig.storage.messages.backlog(state.id) == 0

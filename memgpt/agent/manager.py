@@ -27,6 +27,7 @@ from memgpt.storage.agents import AgentSummary
 from memgpt.storage.filters import all_of, eq
 from memgpt.types import AgentState, Block, EmbeddingSpace, Source, utc_now
 
+LONG_BACKLOG = 500  # unindexed messages worth telling the user about (minutes of embedding on a small CPU)
 _ADJECTIVES = """Polite Brave Calm Clever Curious Gentle Happy Honest Jolly Kind Lively Lucky Merry Mighty Nimble
 Noble Patient Proud Quiet Quick Shiny Silly Sunny Swift Tidy Wise Witty Zesty Bold Bright Cosmic Daring Eager Fuzzy
 Golden Humble Jazzy Loyal Mellow Plucky Rustic Snappy Spry Stellar Velvet Vivid""".split()  # noqa: SIM905
@@ -211,10 +212,12 @@ def open_agent(
     extra_tools: Sequence[Tool] = (),
     max_steps: int = 10,
 ) -> tuple[Agent, list[str]]:
-    """A runnable agent and one-line warnings about tools that could not be loaded.
+    """A runnable agent and one-line warnings (tools that could not be loaded, a recall index still
+    catching up). Close the agent when done with it.
 
     ``extra_tools`` (for example an MCP server's) come after MemGPT's and the user's; one whose name
-    is taken already is skipped with a warning.
+    is taken already is skipped with a warning. A context window too small for the agent's fixed prompt
+    is a UserError.
     """
     state.space.ensure_same(
         embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
@@ -232,7 +235,14 @@ def open_agent(
     archival = ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
     index = RecallIndex(storage.passages(state.space), embedding)
     recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index)
-    recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
+    backlog = recall.backlog()
+    if backlog:  # a crash, an unreachable endpoint or an older memgpt left messages unindexed
+        recall.sync_later()
+    if backlog >= LONG_BACKLOG:
+        warnings.append(
+            f"{backlog:,} messages are not in the recall index yet; they are being indexed in the background "
+            "(conversation_search finds them by their words until then)"
+        )
 
     def source_names() -> list[str]:
         names = {s.id: s.name for s in storage.metadata.list_sources(state.user_id)}
@@ -248,6 +258,11 @@ def open_agent(
         max_steps=max_steps,
         source_names=source_names,
     )
+    try:
+        agent.check_window()
+    except BaseException:
+        agent.close()
+        raise
     return agent, warnings
 
 

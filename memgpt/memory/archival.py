@@ -1,6 +1,8 @@
 """Archival memory: the agent's own passages plus every attached source, searched by meaning.
 
-Attaching a source links it (a filter on its id); nothing is copied, and detaching unlinks it.
+Attaching a source links it (a filter on its id); nothing is copied, and detaching unlinks it. A
+passage an agent step inserts is recorded under the step before it is written (see
+``memgpt.storage.agents``), so a step that never commits can have it removed again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import ToolError
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage import Storage
+from memgpt.storage.agents import PASSAGE, StepEffect
 from memgpt.storage.filters import Filter, all_of, eq, is_in, not_in
 from memgpt.types import Passage, SearchHit, utc_now
 
@@ -28,6 +31,7 @@ class ArchivalMemory:
         self._store = storage.passages(model.space)
         size = min(250, model.max_input_tokens)
         self._chunker = Chunker(model.count_tokens, size, 25)
+        self.last_recorded_step = ""  # the last step this memory recorded passages under
 
     def _where(self) -> Filter:
         """The agent's own passages or those of its attached sources, fully loaded documents only."""
@@ -40,17 +44,22 @@ class ArchivalMemory:
     def count(self) -> int:
         return self._store.count(self._where())
 
-    def insert(self, content: str) -> int:
-        """Store ``content`` (split if it is longer than the model takes); returns the passage count."""
+    def insert(self, content: str, *, step_id: str = "") -> int:
+        """Store ``content`` (split if it is longer than the model takes); returns the passage count.
+        ``step_id``: the agent step inserting it, which records the passages before writing them."""
         if not content.strip():
             raise ToolError("content is empty; nothing was stored")
         chunks = self._chunker.split(content)
         vectors = self._model.embed_multi(chunks)
         now = utc_now()
-        self._store.upsert(
+        ids = [uuid.uuid4().hex for _ in chunks]
+        if step_id:
+            self._storage.agents.record_effects(self.agent_id, [StepEffect(step_id, PASSAGE, i) for i in ids])
+            self.last_recorded_step = step_id
+        self._store.insert(  # the ids are new: no old row to replace
             [
                 Passage(
-                    id=uuid.uuid4().hex,
+                    id=passage_id,
                     text=chunk,
                     user_id=self.user_id,
                     agent_id=self.agent_id,
@@ -58,10 +67,15 @@ class ArchivalMemory:
                     created_at=now,
                     embedding=vector,
                 )
-                for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True))
+                for index, (passage_id, chunk, vector) in enumerate(zip(ids, chunks, vectors, strict=True))
             ]
         )
         return len(chunks)
+
+    def remove(self, passage_ids: list[str]) -> None:
+        """Delete some of the agent's own passages (what a step that was undone or forgotten wrote)."""
+        if passage_ids:
+            self._store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", passage_ids)))
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():
