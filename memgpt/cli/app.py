@@ -77,7 +77,8 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: domain errors become one line on stderr and exit code 1, never a traceback."""
+    """Entry point: domain errors become one line on stderr and exit code 1, Ctrl-C exit code 130, never a
+    traceback."""
     from memgpt.errors import MemGPTError
 
     try:
@@ -87,3 +88,8 @@ def main() -> None:
 
         err_console.print(f"error: {exc}", markup=False)
         sys.exit(1)
+    except KeyboardInterrupt:
+        from memgpt.cli.common import err_console
+
+        err_console.print("Interrupted.", markup=False)
+        sys.exit(130)
