@@ -61,8 +61,10 @@ def encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
     return tiktoken.get_encoding(name)
 
 
+@functools.cache
 def encoding_for_model(model: str) -> tiktoken.Encoding:
-    """The model's encoding when tiktoken knows it, else cl100k_base (close for most chat models)."""
+    """The model's encoding when tiktoken knows it, else cl100k_base (close for most chat models); looked
+    up once per model (tiktoken matches the name against its prefixes every time)."""
     import tiktoken
 
     try:

@@ -164,12 +164,11 @@ class RecallMemory:
             self.sync()
 
     def wait_indexed(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for background indexing; whether the index holds every message."""
-        if self._background is None:
-            return self.sync()
-        return self._background.wait(timeout)
+        """Index what is left and wait up to ``timeout`` seconds (None: as long as it takes) for it; whether
+        the index holds every message."""
+        return self.caught_up(timeout)
 
-    def caught_up(self, timeout: float = CATCH_UP_SECONDS) -> bool:
+    def caught_up(self, timeout: float | None = CATCH_UP_SECONDS) -> bool:
         """Before a search: index what is left, waiting up to ``timeout`` seconds. False when the index is
         unreachable or still behind (a long unindexed history): the search then reads SQL, which has all."""
         if self._index is None:

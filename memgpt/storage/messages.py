@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, select, update
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
@@ -75,27 +75,31 @@ def _escape_like(term: str) -> str:
 
 
 def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage]) -> None:
-    """Append ``messages`` after the agent's last one, in the caller's transaction."""
+    """Append ``messages`` after the agent's last one, in the caller's transaction (one INSERT for all)."""
+    if not messages:
+        return
     last = s.scalar(select(func.max(MessageRow.seq)).where(MessageRow.agent_id == agent_id)) or 0
-    for offset, entry in enumerate(messages, start=1):
-        message = entry.message
-        s.add(
-            MessageRow(
-                id=message.id,
-                agent_id=agent_id,
-                seq=last + offset,
-                role=message.role.value,
-                content=message.content,
-                tool_calls=_calls_json(message),
-                tool_call_id=message.tool_call_id,
-                name=message.name,
-                created_at=message.created_at,
-                in_context=True,
-                search_text=entry.search_text.lower(),  # LIKE ignores case only for ASCII on SQLite
-                indexed=False,
-                searchable=entry.searchable,
-            )
-        )
+    s.execute(
+        insert(MessageRow),
+        [
+            {
+                "id": entry.message.id,
+                "agent_id": agent_id,
+                "seq": last + offset,
+                "role": entry.message.role.value,
+                "content": entry.message.content,
+                "tool_calls": _calls_json(entry.message),
+                "tool_call_id": entry.message.tool_call_id,
+                "name": entry.message.name,
+                "created_at": entry.message.created_at,
+                "in_context": True,
+                "search_text": entry.search_text.lower(),  # LIKE ignores case only for ASCII on SQLite
+                "indexed": False,
+                "searchable": entry.searchable,
+            }
+            for offset, entry in enumerate(messages, start=1)
+        ],
+    )
 
 
 class MessageStore:
