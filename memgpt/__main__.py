@@ -1,3 +1,3 @@
-from memgpt.cli.app import main
+from memgpt.cli import main
 
 main()

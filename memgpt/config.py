@@ -40,6 +40,32 @@ def display_path(path: Path | str) -> str:
     return "~" + text[len(home) :] if text == home or text.startswith(home + os.sep) else text
 
 
+def read_only_part(path: Path) -> Path | None:
+    """What stops this process from writing ``path`` if it is read-only: the file itself, or the folder
+    it is (or would be created) in. None when both are writable, or ``path`` is not writable for some
+    other reason."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    folder = existing if existing.is_dir() else existing.parent
+    for candidate in dict.fromkeys([existing, folder]):
+        if not os.access(candidate, os.W_OK):
+            return candidate
+    return None
+
+
+def read_only_message(path: Path, what: str, remedy: str) -> str | None:
+    """One line saying that ``what`` at ``path`` cannot be written because something is read-only."""
+    blocked = read_only_part(path)
+    if blocked is None:
+        return None
+    kind = "folder" if blocked.is_dir() else "file"
+    return f"cannot write {what} at {display_path(path)}: the {kind} {display_path(blocked)} is read-only; {remedy}"
+
+
+HOME_REMEDY = f"make it writable, or set {HOME_ENV} to a writable folder"
+
+
 def is_server_uri(uri: str) -> bool:
     return uri.strip().lower().startswith(_SERVER_SCHEMES)
 
@@ -79,6 +105,10 @@ class EmbeddingSettings(BaseModel):
     chunk_size: int = Field(default=250, ge=16)  # tokens of the embedding model's tokenizer
     chunk_overlap: int = Field(default=25, ge=0)
     batch_size: int = Field(default=0, ge=0, le=2048)  # 0 means the model's own best batch size
+    # Per-file load limits, so a stray huge file fails at once instead of embedding for hours: the local
+    # model embeds ~25 passages/s on 2 cores, and 1 MB of text makes ~1,450 passages (~1 minute).
+    max_file_mb: float = Field(default=100, gt=0)  # size on disk; a bigger file is not read
+    max_text_mb: float = Field(default=10, gt=0)  # text extracted from one file, in UTF-8
 
 
 class LLMSettings(BaseModel):
@@ -106,6 +136,10 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8283, ge=1, le=65535)
     max_upload_mb: float = Field(default=50, gt=0)  # largest request body (file uploads, agent files)
+    busy_wait_seconds: float = Field(default=5, ge=0)  # a send waits this long for the agent's running turn, then 409
+    # A turn's hold on its agent, renewed while it runs; a server that vanished holds its agents this long at
+    # most (a dead process on the same host is noticed at once).
+    lease_seconds: float = Field(default=30, ge=3)
 
 
 class Config(BaseModel):
@@ -165,8 +199,11 @@ def _create_first_config(home: Path) -> None:
 
     import tomli_w
 
-    home.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".config-", suffix=".tmp")  # owner-only, like save_config
+    except OSError as exc:
+        raise _cannot_write(config_path(home), "the configuration", exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             tomli_w.dump(Config().model_dump(mode="json"), handle)
@@ -182,22 +219,30 @@ def _create_first_config(home: Path) -> None:
             os.unlink(tmp)
 
 
+def _cannot_write(path: Path, what: str, exc: OSError) -> ConfigError:
+    reason = read_only_message(path, what, HOME_REMEDY)
+    return ConfigError(reason or f"cannot write {display_path(path)}: {exc.strerror or exc}")
+
+
 def save_config(config: Config, home: Path | None = None) -> Path:
     """Write atomically with owner-only permissions: the file may hold API keys."""
     import tomli_w
 
     home = home or memgpt_home()
     path = config_path(home)
-    write_private(path, tomli_w.dumps(config.model_dump(mode="json")).encode("utf-8"))
+    write_private(path, tomli_w.dumps(config.model_dump(mode="json")).encode("utf-8"), what="the configuration")
     return path
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes, *, what: str = "the file") -> None:
     """Replace ``path`` atomically with a file only its owner can read (0600): it may hold secrets."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a leftover file would keep its own, maybe wider, permissions
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # a leftover file would keep its own, maybe wider, permissions
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise _cannot_write(path, what, exc) from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)

@@ -26,6 +26,18 @@ class ConflictError(UserError):
     """The request clashes with what exists: a taken name, or an agent busy with another turn."""
 
 
+class AlreadyExistsError(ConflictError):
+    """A name (or file) that exists already: another try cannot help, unlike a busy agent."""
+
+
+class AgentBusyError(ConflictError):
+    """The agent is running another turn; another try after ``retry_after`` seconds may succeed."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InputFileError(UserError):
     """One input file cannot be loaded; other files still can."""
 
@@ -33,6 +45,10 @@ class InputFileError(UserError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class UnsupportedFileTypeError(UserError):
+    """A file of a kind memgpt cannot read (an upload is refused before anything is stored)."""
 
 
 class BackendError(MemGPTError):

@@ -47,6 +47,8 @@ class Source:
     passages: int = 0
     incomplete_documents: int = 0
     status: str = "ready"  # "deleting" while `memgpt delete source` runs or after it was interrupted
+    instructions: str = ""  # how an agent should use the source (Letta's folder instructions)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def space(self) -> EmbeddingSpace:
@@ -76,6 +78,44 @@ class Document:
     signature: str
     status: DocumentStatus = DocumentStatus.PENDING
     created_at: datetime = field(default_factory=utc_now)
+
+
+class FileStatus(StrEnum):
+    """Where a file is on its way into a source (Letta's ``processing_status``): waiting, being read,
+    being embedded, then visible (``completed``) or failed (``error``, with a one-line reason)."""
+
+    PENDING = "pending"
+    PARSING = "parsing"
+    EMBEDDING = "embedding"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self in (FileStatus.COMPLETED, FileStatus.ERROR)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file of a source and how its load went. ``path`` is what the loader reads (and what its documents
+    record as their file path); ``stored`` files were uploaded to a server and live under the home's
+    ``files/`` folder, the others were loaded from the user's own disk by `memgpt load`."""
+
+    id: str
+    source_id: str
+    file_name: str
+    path: str
+    stored: bool = False
+    original_file_name: str = ""
+    file_type: str = ""
+    file_size: int = 0
+    status: FileStatus = FileStatus.PENDING
+    error_message: str = ""
+    total_chunks: int = 0
+    chunks_embedded: int = 0
+    job_owner: str = ""  # the process loading it ("host:pid:nonce"); empty when nobody is
+    created_at: datetime = field(default_factory=utc_now)
+    updated_at: datetime = field(default_factory=utc_now)
 
 
 @dataclass(frozen=True)
@@ -143,11 +183,14 @@ class Message:
 
 @dataclass(frozen=True)
 class Block:
-    """A named piece of core memory, always in the prompt, limited in characters."""
+    """A named piece of core memory, always in the prompt, limited in characters. A ``read_only`` block is
+    shown to the agent but its own edits are refused (people may still change it)."""
 
     label: str
     value: str
     limit: int
+    description: str = ""
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +210,11 @@ class AgentState:
     created_at: datetime = field(default_factory=utc_now)
     summary: str = ""  # recursive summary of messages evicted from the context window
     heartbeats_paused_until: datetime | None = None
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tools: tuple[str, ...] | None = None  # the functions it may call by name; None: every one there is
+    updated_at: datetime | None = None
 
     @property
     def space(self) -> EmbeddingSpace:

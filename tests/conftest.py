@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# Before anything loads pymilvus: memgpt turns gRPC's fork support off there (see memgpt/storage/milvus),
+# and this process forks too (pexpect, in the terminal tests) while holding Milvus clients of other tests.
+import memgpt.storage.milvus  # noqa: F401
 from memgpt.config import Config, load_config, save_config
 from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
@@ -71,6 +76,19 @@ def _opened_on_metadata_backend(request: pytest.FixtureRequest) -> None:
     """Storage fixtures open after ``metadata_url`` has chosen the database, whatever the fixture order."""
     if "metadata_url" in request.fixturenames:
         request.getfixturevalue("metadata_url")
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder anyone may enter, for tests that run a command as another user (file modes do
+    not bind root). Not under pytest's own: every pytest session started as root resets that to 0o700,
+    which on a machine running several suites at once locks the other user out mid-test."""
+    path = Path(tempfile.mkdtemp(prefix="memgpt-open-"))
+    path.chmod(0o755)
+    yield path
+    for folder, _dirs, _files in os.walk(path):
+        os.chmod(folder, 0o755)  # tests leave folders read-only
+    shutil.rmtree(path)
 
 
 @pytest.fixture

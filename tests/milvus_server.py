@@ -164,6 +164,7 @@ def milvus_server() -> Iterator[str]:
                 try:
                     process, uri = start_server(data)
                 except RuntimeError as exc:
+                    shutil.rmtree(data, ignore_errors=True)
                     pytest.fail(str(exc))
                 info = {"pid": process.pid, "uri": uri, "data": str(data)}
                 (SHARED / "server.json").write_text(json.dumps(info))

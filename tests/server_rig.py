@@ -11,9 +11,10 @@ from pathlib import Path
 
 import uvicorn
 
-from memgpt.config import Config
+from memgpt.config import Config, load_config, save_config
 from memgpt.server.app import create_app, open_state
 from memgpt.server.state import ServerState
+from memgpt.server.turns import Timing
 from memgpt.storage.users import UserStore
 
 
@@ -60,6 +61,10 @@ class LiveServer:
         user = self.users.by_name(user_name) or self.users.create(user_name)
         return self.users.create_key(user.id)[1]
 
+    def timing(self, **changes: float) -> None:
+        """Shorter waits for tests (see ``memgpt.server.turns.Timing``)."""
+        self.state.turns().timing = Timing(**changes)  # type: ignore[arg-type]
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=30)
@@ -67,3 +72,16 @@ class LiveServer:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def use_scripted_llm(home: Path, llm_url: str, *, timeout: float = 30.0) -> Config:
+    """Point the home's config at the scripted LLM server (as `memgpt configure` would) and return it."""
+    config = load_config(home)
+    config.llm.provider = "openai-compatible"
+    config.llm.endpoint = llm_url
+    config.llm.model = "scripted"
+    config.llm.api_key = "test"
+    config.llm.context_window = 16_000
+    config.llm.timeout_seconds = timeout
+    save_config(config, home)
+    return config

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import random
 import shutil
 from itertools import pairwise
 from pathlib import Path
@@ -68,3 +70,50 @@ def test_invalid_sizes_are_refused(model: LocalMiniLM) -> None:
         Chunker(model.count_tokens, 8)
     with pytest.raises(ValueError, match="under half"):
         Chunker(model.count_tokens, 100, 60)
+
+
+def test_token_counts_are_exactly_the_tokenizers(model: LocalMiniLM) -> None:
+    """count_tokens sums cached counts of words and punctuation; it must equal one full tokenization."""
+    from memgpt.embeddings.local import _counting_tokenizer
+
+    rng = random.Random(7)
+    real = [normalize(parse(p, read_bytes(p)).units[0].text) for p in (DATA / "long_test.txt", DATA / "test.json")]
+    tricky = "ab cd\n\t\x1c\x1f\x85\u00a0\u2003\u3000\u200b\u0301é中文,.!?-_'\"()[]{}ÉİSS\r\x00\ufffd\U0001f600"
+    samples = [text[i : i + rng.randint(1, 3000)] for text in real for i in rng.sample(range(len(text)), 100)]
+    samples += ["".join(rng.choice(tricky) for _ in range(rng.randint(1, 300))) for _ in range(500)]
+    samples += ["x" * 5000, "ab1" * 40, "a+b/" * 300, "naïve" * 30, "é" * 101, "word " * 600]
+    tokenizer = _counting_tokenizer()
+    for text in samples:
+        assert model.count_tokens(text) == len(tokenizer.encode(text, add_special_tokens=False).ids), repr(text[:80])
+
+
+@pytest.mark.parametrize("kind", ["hex", "base64", "letters"])
+def test_text_without_spaces_is_cut_short_enough_to_store(chunker: Chunker, model: LocalMiniLM, kind: str) -> None:
+    """A blob counts as one [UNK] token per 100+ characters, so tokens alone would make one huge chunk."""
+    rng = random.Random(1)
+    blob = {
+        "hex": rng.randbytes(100_000).hex(),
+        "base64": base64.b64encode(rng.randbytes(150_000)).decode(),
+        "letters": "a" * 200_000,
+    }[kind]
+    chunks = chunker.split(f"A note before the blob. {blob} And a note after it.")
+    assert max(len(c) for c in chunks) <= 250 * 10  # at most 10 KB of UTF-8: Milvus keeps 64 KiB
+    assert max(model.count_tokens(c) for c in chunks) <= 250
+    assert "".join(chunks).count(blob[:1000]) >= 1 and chunks[-1].endswith("And a note after it.")
+
+
+def test_text_longer_than_a_block_is_cut_at_paragraph_ends(
+    chunker: Chunker, model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memgpt.data import chunking
+
+    monkeypatch.setattr(chunking, "_BLOCK_CHARS", 3000)
+    paragraphs = [f"Paragraph {i} says something about topic {i}." for i in range(400)]
+    text = "\n\n".join(paragraphs)
+    blocks = chunking._blocks(text)
+    assert "".join(blocks) == text
+    assert len(blocks) > 5 and all(len(b) <= 3000 for b in blocks)
+    assert all(b.endswith("\n\n") for b in blocks[:-1])
+    chunks = chunker.split(text)
+    assert max(model.count_tokens(c) for c in chunks) <= 250
+    assert all(any(p in c for c in chunks) for p in paragraphs)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
-from tests.conftest import DATA, PAPER, run_cli
+import pytest
+
+from tests.conftest import DATA, PAPER, REPO, run_cli
+from tests.test_embeddings import CTRL_C_DURING_IMPORT
 
 
 def test_help_and_version(home: Path) -> None:
@@ -171,3 +177,152 @@ def test_unknown_source_is_one_line(home: Path) -> None:
     result = run_cli("search", "ghost", "anything", home=home)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no source named 'ghost' (sources: none yet); create it with `memgpt load`"
+
+
+@pytest.mark.parametrize(
+    ("module", "command"),
+    [
+        ("typer", ["list", "sources"]),  # while the command modules load, before any command runs
+        ("sqlalchemy", ["list", "sources"]),  # inside a command, where Typer turns it into a silent exit
+        ("pymilvus", ["load", "directory", "--name", "s", f"--input-files={DATA / 'test.md'}"]),
+        ("onnxruntime", ["load", "directory", "--name", "s", f"--input-files={DATA / 'test.md'}"]),
+    ],
+)
+def test_ctrl_c_at_start_up_says_interrupted(home: Path, module: str, command: list[str]) -> None:
+    code = CTRL_C_DURING_IMPORT + "sys.argv = ['memgpt', *sys.argv[2:]]\nfrom memgpt.cli import main\nmain()\n"
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, module, *command], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert f"sending SIGINT while importing {module}" in result.stderr
+    assert result.returncode == 130, result.stderr
+    assert "Interrupted" in result.stderr
+    assert "Traceback" not in result.stderr and "reinstall" not in result.stderr
+
+
+def test_search_where_milvus_holds_nothing_is_quiet(home: Path) -> None:
+    """As after a fresh Milvus file: `[]` without Milvus Lite's C++ assertion or pymilvus's traceback."""
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    (home / "milvus.db").unlink()
+    result = run_cli("search", "notes", "heading", home=home)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "No passages in 'notes' match.\n"
+    assert result.stderr == ""
+
+
+def run_at_width(*args: str, home: Path, columns: int) -> str:
+    """The command's output as an 80-column terminal or a pipe would get it."""
+    env = {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": str(columns), "NO_COLOR": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "memgpt", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_tables_never_cut_the_names_people_type(home: Path) -> None:
+    source = "memgpt_research_paper_with_appendix_2024"  # 40 characters: "memgpt_research…" before
+    persona = "a_persona_with_quite_a_long_name_indeed"
+    huge = "n" * 120  # wider than the terminal: folded over lines, never cut
+    for name in (source, huge):
+        loaded = run_cli("load", "directory", "--name", name, f"--input-files={DATA / 'test.md'}", home=home)
+        assert loaded.returncode == 0, loaded.stderr
+    assert run_cli("add", "persona", "--name", persona, "--text", "I help.", home=home).returncode == 0
+
+    sources = run_at_width("list", "sources", home=home, columns=80)
+    assert "…" not in sources
+    assert any(f"│ {source} " in line for line in sources.splitlines())  # whole, on one line
+    assert "".join(line.split("│")[1].strip() for line in sources.splitlines() if line.startswith("│ n")) == huge
+    personas = run_at_width("list", "personas", home=home, columns=80)
+    assert "…" not in personas and f"│ {persona} " in personas
+    found = run_at_width("search", source, "heading", home=home, columns=80)
+    assert "…" not in found and "test.md" in found
+
+
+def run_unprivileged(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """`memgpt` as a user that file modes bind: root writes anywhere, so as root it runs as nobody
+    (``home`` must then be in ``open_tmp``)."""
+    command = [sys.executable, "-m", "memgpt", *args]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    env = {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+
+
+def make_read_only(*paths: Path) -> None:
+    """Readable by anyone (as the owner's own files are to the owner), writable by no one."""
+    for path in paths:
+        for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+            item.chmod(0o555 if item.is_dir() else 0o444)
+
+
+def test_a_read_only_home_says_which_path_and_what_to_do(open_tmp: Path) -> None:
+    home = open_tmp / "home"
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    make_read_only(home)
+    for args in (["list", "sources"], ["search", "notes", "heading"]):
+        result = run_unprivileged(*args, home=home)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"error: cannot write the metadata database at {home / 'metadata.sqlite'}: ")
+        assert "is read-only; make it writable, or set MEMGPT_HOME to a writable folder" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+    fresh = open_tmp / "locked" / "home"
+    fresh.parent.mkdir()
+    make_read_only(fresh.parent)
+    result = run_unprivileged("list", "sources", home=fresh)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot write the configuration at {fresh / 'config.toml'}: the folder {fresh.parent} is read-only; "
+        "make it writable, or set MEMGPT_HOME to a writable folder\n"
+    )
+
+
+def test_a_read_only_milvus_lite_file_says_so(open_tmp: Path) -> None:
+    home = open_tmp / "home"
+    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    for item in [home, *home.iterdir()]:  # the home stays writable for whoever runs the command
+        item.chmod(0o777 if item.is_dir() else 0o666)
+    make_read_only(home / "milvus.db")
+    result = run_unprivileged("search", "notes", "heading", home=home)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot write the Milvus Lite database at {home / 'milvus.db'}: the file {home / 'milvus.db'} is "
+        "read-only; make it writable, or choose another Milvus Lite file with `memgpt configure`\n"
+    )
+
+
+def test_bad_files_in_a_folder_cost_only_themselves(home: Path, tmp_path: Path) -> None:
+    """The fault suite's crashers through the real command: each is one line, the rest loads, exit 1."""
+    import zipfile
+
+    import docx
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DATA / "test.md", folder / "good.md")
+    (folder / "deep.json").write_text("[" * 6000 + "]" * 6000)
+    (folder / "big.csv").write_text('title,body\nlong,"' + "x" * 140_000 + '"\n')  # over 131,072
+    document = docx.Document()
+    document.add_paragraph("fine")
+    document.save(str(tmp_path / "ok.docx"))
+    with zipfile.ZipFile(tmp_path / "ok.docx") as source, zipfile.ZipFile(folder / "junk.docx", "w") as target:
+        for item in source.infolist():
+            target.writestr(item, b"<<<junk" if item.filename == "word/document.xml" else source.read(item))
+    (folder / "loop.txt").symlink_to(folder / "loop.txt")
+    os.mkfifo(folder / "pipe.txt")
+    result = run_cli("load", "directory", "--name", "mixed", f"--input-dir={folder}", home=home, timeout=600)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Loaded" in result.stdout and "and 2 documents from mixed" in result.stdout  # good.md, big.csv
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert sorted(Path(line.split(": ")[1]).name for line in warnings) == [
+        "deep.json",
+        "junk.docx",
+        "loop.txt",
+        "pipe.txt",
+    ]
+    assert "4 file(s) could not be loaded" in result.stderr

@@ -87,7 +87,7 @@ def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tm
         child.expect_exact("🧬 Creating new agent...")
         child.expect_exact("->  🤖 Using persona profile: 'memgpt_doc'")
         child.expect_exact("->  🧑 Using human profile: 'basic'")
-        child.expect(r"🎉 Created new agent '([A-Z][a-z]+[A-Z][a-z]+)' \(id=[0-9a-f-]{36}\)")
+        child.expect(r"🎉 Created new agent '([A-Z][a-z]+[A-Z][a-z]+)' \(id=agent-[0-9a-f-]{36}\)")
         child.expect_exact("Hit enter to begin (will request first MemGPT message)")
         child.sendline("")
         child.expect_exact("💭 Interesting, I've got a first-time user.")
@@ -372,3 +372,13 @@ def test_run_message_exits_1_when_the_turn_fails_and_130_when_interrupted(home: 
     assert proc.returncode == 130, err
     assert "interrupted (your message is saved; /retry lets the agent answer it)" in err
     assert "Traceback" not in err
+
+
+def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> None:
+    from tests.test_cli import run_at_width
+
+    name = "ResearchAssistantForPapers2024"  # 30 characters beside six other columns
+    llm.reply("Hello.")
+    assert run_cli("run", "--agent", name, "--message", "hi", home=home).returncode == 0
+    table = run_at_width("list", "agents", home=home, columns=80)
+    assert "…" not in table and f"│ {name} " in table

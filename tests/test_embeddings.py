@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
 from memgpt.embeddings.local import LocalMiniLM
+from tests.conftest import REPO
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -38,3 +41,36 @@ def test_matches_sentence_transformers_reference(model: LocalMiniLM) -> None:
     vector = model.embed("This is an example sentence")
     reference_head = [0.0677, 0.0634, 0.0488, 0.0793, 0.0374]
     assert vector[:5] == pytest.approx(reference_head, abs=0.02)
+
+
+# Runs in a fresh interpreter: sends itself SIGINT (a real Ctrl-C) the moment a module starts to import.
+CTRL_C_DURING_IMPORT = """
+import os, signal, sys
+
+class CtrlC:
+    def __init__(self, name):
+        self.name, self.sent = name, False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.name and not self.sent:
+            self.sent = True
+            sys.stderr.write(f"sending SIGINT while importing {fullname}\\n")
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC(sys.argv[1]))
+"""
+
+
+def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt_not_a_missing_install() -> None:
+    """onnxruntime's C extension imports numpy and turns a KeyboardInterrupt there into
+    ImportError("import numpy failed"), which read as "not installed; reinstall memgpt"."""
+    code = CTRL_C_DURING_IMPORT + (
+        "from memgpt.embeddings.local import _runtime\n"
+        "try:\n    _runtime()\nexcept KeyboardInterrupt:\n    print('KeyboardInterrupt')\n"
+        "except Exception as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, "numpy"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert "sending SIGINT while importing numpy" in out.stderr
+    assert out.stdout.strip() == "KeyboardInterrupt", out.stdout
+    assert "Traceback" not in out.stderr  # onnxruntime no longer prints the interrupted import

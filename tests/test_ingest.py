@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from memgpt.data.ingest import LoadListener, collect_files
+from memgpt.data.ingest import _WRITE_WINDOW, LoadListener, SourceLoader, collect_files
 from memgpt.data.sources import delete_source, get_source, list_sources, search_source, visible_passages
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import NotFoundError, UserError
@@ -176,3 +177,94 @@ def test_hidden_documents_are_excluded_from_search(any_storage: Storage, model: 
     hits = search_source(any_storage, source, model, "deep memory retrieval DMR task", k=30)
     assert hits and all(h.passage.document_id != page_five.id for h in hits)
     assert str(visible_passages(any_storage, source)).count(page_five.id) == 1
+
+
+def test_symlink_loops_and_special_files_in_a_folder_are_named_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.md").write_text("x")
+    (tmp_path / "sub" / "b.md").write_text("y")
+    (tmp_path / "self.md").symlink_to(tmp_path / "self.md")  # a loop with a wanted name
+    (tmp_path / "knot").symlink_to(tmp_path / "knot")  # a loop with any name is named too
+    (tmp_path / "gone.md").symlink_to(tmp_path / "missing.md")
+    (tmp_path / "gone.bin").symlink_to(tmp_path / "missing.bin")  # not wanted: skipped silently
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)  # a folder link is not followed, so it cannot loop
+    (tmp_path / "link.md").symlink_to(tmp_path / "a.md")
+    os.mkfifo(tmp_path / "pipe.md")
+    flat = collect_files(input_dir=tmp_path)
+    assert [p.name for p in flat] == ["a.md", "gone.md", "knot", "pipe.md", "self.md"]  # link.md is a.md
+    deep = collect_files(input_dir=tmp_path, recursive=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in deep) == [
+        "a.md",
+        "gone.md",
+        "knot",
+        "pipe.md",
+        "self.md",
+        "sub/b.md",
+    ]
+
+
+def test_load_names_each_problem_file_and_loads_the_rest(storage: Storage, model: LocalMiniLM, tmp_path: Path) -> None:
+    shutil.copy(DATA / "test.md", tmp_path / "good.md")
+    (tmp_path / "loop.md").symlink_to(tmp_path / "loop.md")
+    os.mkfifo(tmp_path / "pipe.md")
+    report = load(storage, model, "mixed", *collect_files(input_dir=tmp_path))
+    assert report.documents == 1
+    reasons = {Path(f.path).name: f.reason for f in report.failures}
+    assert reasons.keys() == {"loop.md", "pipe.md"}
+    assert "symlink loop" in reasons["loop.md"] and "named pipe" in reasons["pipe.md"]
+
+
+def test_a_file_over_a_load_limit_fails_alone(storage: Storage, model: LocalMiniLM, tmp_path: Path) -> None:
+    """The limits come from [embedding] max_file_mb and max_text_mb; a real 1.2 MB one-line file."""
+    big = tmp_path / "one_line.txt"
+    big.write_text("the same few words again " * 50_000)
+    small = DATA / "test.md"
+    by_text = loader(storage, model, max_text_bytes=1_000_000).load("limits", [big, small])
+    (failure,) = by_text.failures
+    assert failure.path == str(big)
+    assert "1.2 MB of text, over the limit of 1.0 MB per file; split it, or raise max_text_mb" in failure.reason
+    assert by_text.documents == 1
+    by_size = loader(storage, model, max_file_bytes=1_000_000).load("limits", [big])
+    assert "max_file_mb" in by_size.failures[0].reason
+
+
+class _InterruptAfterFirstWindow(LoadListener):
+    """Ctrl-C once the first window of passages is in Milvus and the second is being embedded."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.embedded = 0
+        self.written = 0
+
+    def passages_embedded(self, count: int) -> None:
+        self.embedded += count
+        if self.embedded > _WRITE_WINDOW:
+            source = get_source(self.storage, USER, "first")
+            self.written = milvus_count(self.storage, source.id)
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_the_first_file_removes_the_new_source_and_its_passages(
+    storage: Storage, model: LocalMiniLM, tmp_path: Path
+) -> None:
+    listener = _InterruptAfterFirstWindow(storage)
+    small = SourceLoader(storage, model, user_id=USER, chunk_size=16, chunk_overlap=0, listener=listener)  # fast
+    report = small.load("first", [DATA / "long_test.txt"])
+    assert report.interrupted
+    assert listener.written >= _WRITE_WINDOW  # passages had reached Milvus when Ctrl-C came
+    with pytest.raises(NotFoundError):
+        get_source(storage, USER, "first")
+    assert storage.passages(model.space).count() == 0  # nothing orphaned
+
+
+def test_ctrl_c_after_a_file_is_done_keeps_the_source(storage: Storage, model: LocalMiniLM) -> None:
+    class InterruptSecondFile(LoadListener):
+        def file_started(self, path: Path) -> None:
+            if path.name == "long_test.txt":
+                raise KeyboardInterrupt
+
+    report = loader(storage, model, listener=InterruptSecondFile()).load(
+        "kept", [DATA / "test.md", DATA / "long_test.txt"]
+    )
+    assert report.interrupted
+    assert get_source(storage, USER, "kept").documents == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from memgpt.config import load_config
+from memgpt.config import load_config, save_config
 from memgpt.data.sources import get_source, search_source
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
@@ -32,18 +32,19 @@ def start_load(home: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_for_pending(home: Path, proc: subprocess.Popen[str]) -> None:
-    """Until the loader has recorded documents it is still writing."""
+def wait_for_pending(home: Path, proc: subprocess.Popen[str], *, after_a_file: bool = False) -> None:
+    """Until the loader has recorded documents it is still writing; with ``after_a_file``, only once a
+    file is done before them (a source with nothing done yet is removed on Ctrl-C)."""
     db = home / "metadata.sqlite"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if db.exists():
             with sqlite3.connect(db) as conn:
                 try:
-                    pending = conn.execute("select count(*) from documents where status = 'pending'").fetchone()[0]
+                    counts = dict(conn.execute("select status, count(*) from documents group by status").fetchall())
                 except sqlite3.OperationalError:
-                    pending = 0
-            if pending:
+                    counts = {}
+            if counts.get("pending") and (counts.get("ready") or not after_a_file):
                 time.sleep(1.5)  # let some passages reach Milvus
                 return
         time.sleep(0.05)
@@ -68,7 +69,7 @@ def check_consistent(home: Path, model: LocalMiniLM, *, complete: bool) -> None:
 def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMiniLM, how: signal.Signals) -> None:
     home.mkdir(parents=True)
     proc = start_load(home)
-    wait_for_pending(home, proc)
+    wait_for_pending(home, proc, after_a_file=True)
     proc.send_signal(how)
     _out, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
@@ -81,3 +82,39 @@ def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMi
     again = run_cli("load", "directory", "--name", "big", *[f"--input-files={p}" for p in FILES], home=home)
     assert again.returncode == 0, again.stderr
     check_consistent(home, model, complete=True)
+
+
+def test_ctrl_c_during_the_first_file_leaves_no_source_behind(home: Path, model: LocalMiniLM) -> None:
+    """Ctrl-C as a terminal sends it: to the whole process group, so the Milvus Lite server gets it too."""
+    home.mkdir(parents=True)
+    config = load_config(home)
+    config.embedding.chunk_size, config.embedding.chunk_overlap = 16, 0  # small passages: windows reach Milvus
+    save_config(config, home)
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memgpt",
+            "load",
+            "directory",
+            "--name",
+            "first",
+            f"--input-files={DATA / 'long_test.txt'}",
+        ],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )
+    wait_for_pending(home, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    with Storage(load_config(home), home) as storage:
+        assert storage.metadata.list_sources(load_config(home).user_id) == []
+        with sqlite3.connect(home / "metadata.sqlite") as conn:
+            assert conn.execute("select count(*) from documents").fetchone()[0] == 0
+        assert storage.passages(model.space).count() == 0

@@ -102,6 +102,8 @@ def test_non_utf8_text_is_read_with_a_warning(tmp_path: Path, text: str, encodin
         ("junk.pdf", b"%PDF-1.4 this is not really a pdf" * 10, "not a valid PDF"),
         ("broken.json", b'{"a": 1,', "invalid JSON at line 1"),
         ("broken.docx", b"PK\x03\x04 not a zip", "not a valid .docx"),
+        ("deep.json", b"[" * 6000 + b"]" * 6000, "nested too deeply to read"),
+        ("deep.jsonl", b'{"ok": 1}\n' + b'{"a":' * 6000 + b"1" + b"}" * 6000, "line 2 is nested too deeply"),
     ],
 )
 def test_bad_files_fail_with_a_named_reason(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
@@ -132,8 +134,9 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_bytes(tmp_path)
 
 
-def test_unreadable_file_names_the_permission_problem(tmp_path: Path) -> None:
+def test_unreadable_file_names_the_permission_problem(open_tmp: Path) -> None:
     """Run as an unprivileged user when we are root, since root reads any file."""
+    tmp_path = open_tmp
     secret = tmp_path / "secret.txt"
     secret.write_text("hidden")
     secret.chmod(0o000)
@@ -143,13 +146,122 @@ def test_unreadable_file_names_the_permission_problem(tmp_path: Path) -> None:
     )
     command = [sys.executable, "-c", code, str(secret)]
     if os.geteuid() == 0:
-        os.chmod(tmp_path, 0o755)
-        for parent in tmp_path.parents:
-            if parent == Path("/"):
-                break
-            os.chmod(parent, os.stat(parent).st_mode | 0o005)
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     out = subprocess.run(
         command, capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
     assert f"{secret}: permission denied; make it readable" in out.stdout, out.stderr
+
+
+def test_json_nested_hundreds_deep_is_flattened(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"a": ' * 600 + '"bottom"' + "}" * 600)
+    (line,) = read(path).units[0].text.splitlines()
+    assert line == ".".join(["a"] * 600) + ": bottom"
+
+
+def test_a_csv_field_over_the_csv_modules_limit_is_loaded(tmp_path: Path) -> None:
+    field = "long text " * 20_000  # 200,000 characters: the csv module's default limit is 131,072
+    path = tmp_path / "big.csv"
+    path.write_text(f'title,body\nfirst,"{field}"\nsecond,short\n')
+    text = read(path).units[0].text
+    assert f"title: first; body: {field.strip()}" in text
+    assert "title: second; body: short" in text
+
+
+def test_csv_with_old_mac_line_ends_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"name,role\rada,engineer\rbob,writer\r")
+    assert read(path).units[0].text == "name: ada; role: engineer\nname: bob; role: writer"
+
+
+def test_docx_with_junk_xml_is_named(tmp_path: Path) -> None:
+    import zipfile
+
+    import docx
+
+    good = tmp_path / "good.docx"
+    document = docx.Document()
+    document.add_paragraph("fine")
+    document.save(str(good))
+    junk = tmp_path / "junk.docx"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(junk, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(item, b"<<<not xml" if item.filename == "word/document.xml" else data)
+    with pytest.raises(InputFileError, match=r"damaged \.docx: its XML is not valid") as caught:
+        read(junk)
+    assert caught.value.path == str(junk)
+
+
+def test_a_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Reading a FIFO with no writer blocks forever; run it in a child so a regression fails, not hangs."""
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    code = (
+        "import sys; from pathlib import Path; from memgpt.data.loaders import read_bytes\n"
+        "try:\n    read_bytes(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60, check=False, cwd=REPO
+    )
+    assert f"{fifo}: is a named pipe (FIFO), not a regular file" in out.stdout, out.stderr
+
+
+def test_devices_and_symlink_loops_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="is a character device, not a regular file"):
+        read_bytes(Path("/dev/null"))
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(tmp_path / "back.txt")
+    (tmp_path / "back.txt").symlink_to(loop)
+    with pytest.raises(InputFileError, match="is a symlink loop"):
+        read_bytes(loop)
+    dangling = tmp_path / "gone.txt"
+    dangling.symlink_to(tmp_path / "missing.txt")
+    with pytest.raises(InputFileError, match="is a broken symlink"):
+        read_bytes(dangling)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"word " * 300_000)  # 1.5 MB
+    with pytest.raises(InputFileError, match=r"1\.5 MB, over the limit of 1\.0 MB per file; .* max_file_mb"):
+        read_bytes(path, max_bytes=1_000_000)
+    assert read_bytes(path, max_bytes=2_000_000).startswith(b"word ")
+
+
+def test_whatever_a_parser_raises_costs_only_that_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memgpt.data import loaders
+
+    def broken(path: Path, data: bytes) -> loaders.ParsedFile:
+        raise AssertionError("a parser bug met by hostile input")
+
+    monkeypatch.setitem(loaders.READERS, ".html", broken)
+    path = tmp_path / "page.html"
+    path.write_text("<p>x</p>")
+    with pytest.raises(InputFileError, match=r"cannot read it as \.html \(AssertionError: a parser bug"):
+        read(path)
+
+
+def test_an_unreadable_subfolder_is_named(open_tmp: Path) -> None:
+    """A folder that --input-dir cannot list is one failure naming it (as an unprivileged user)."""
+    top = open_tmp / "docs"
+    (top / "private").mkdir(parents=True)
+    (top / "a.md").write_text("readable")
+    (top / "private").chmod(0o000)
+    code = (
+        "import sys; from pathlib import Path; from memgpt.data.ingest import collect_files\n"
+        "from memgpt.data.loaders import read_bytes\n"
+        "for path in collect_files(input_dir=Path(sys.argv[1]), recursive=True):\n"
+        "    try:\n        read_bytes(path); print(path.name, 'ok')\n    except Exception as e:\n        print(e)"
+    )
+    command = [sys.executable, "-c", code, str(top)]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert out.stdout.splitlines() == [
+        "a.md ok",
+        f"{top / 'private'}: is a folder that cannot be read (permission denied); make it readable",
+    ], out.stderr

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, Inspector, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from memgpt.errors import SchemaMismatchError
-from memgpt.storage import agents, attachments, messages, templates, users  # noqa: F401 - register their tables on Base
+from memgpt.storage import agents, attachments, files, messages, templates, turns, users  # noqa: F401 - register tables
 from memgpt.storage.migrations import MIGRATIONS, apply_migrations
 from memgpt.storage.sql import Base, MetadataStore, create_metadata_engine, parse_metadata_url
 
@@ -63,7 +63,7 @@ def test_migrations_build_exactly_the_orm_schema(
         assert {i.name for i in table.indexes} <= indexes, table.name
     assert inspector.get_unique_constraints("sources")[0]["column_names"] == ["user_id", "name"]
     assert {t.name for t in Base.metadata.sorted_tables} <= set(inspector.get_table_names())
-    assert len(Base.metadata.sorted_tables) == 10  # step_effects came with 0007
+    assert len(Base.metadata.sorted_tables) == 14  # step_effects came with 0009
 
     # Types, keys, indexes and cascades too: against the same database kind built from the models.
     with another_database(request, metadata_url, tmp_path) as other:

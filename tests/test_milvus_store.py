@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ from memgpt.errors import SchemaMismatchError, StorageError
 from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, not_in
 from memgpt.storage.milvus import MilvusConnection, MilvusPassageStore, MilvusTarget
 from memgpt.types import EmbeddingSpace, Passage
+from tests.conftest import REPO
 from tests.milvus_server import TOKEN
 
 DIM = 8
@@ -284,3 +287,67 @@ def test_a_row_whose_keys_collide_is_never_shown_to_the_wrong_user(store: Milvus
     deep = store._deep(unit(0), limit=10, offset=0, where=alice)  # the search-iterator path
     assert [h.passage.id for h in deep] == ["p0", "p1", "p2"]
     assert [h.passage.id for h in store.search(unit(0), limit=1, where=eq("user_id", "mallory"))] == []
+
+
+def test_text_search_of_an_empty_lite_collection_is_silent(tmp_path: Path) -> None:
+    """Milvus Lite fails BM25 on a collection without rows; its server process printed a C++ assertion and
+    pymilvus a traceback around the correct empty answer. A child process, so its stderr is all seen."""
+    code = (
+        "import sys\n"
+        "from memgpt.storage.milvus import MilvusConnection, MilvusTarget\n"
+        "from memgpt.types import EmbeddingSpace\n"
+        "from memgpt.storage.filters import eq\n"
+        "conn = MilvusConnection(MilvusTarget(sys.argv[1]))\n"
+        "store = conn.passages(EmbeddingSpace('test-model', 8))\n"
+        "vector = [1.0] + [0.0] * 7\n"
+        "print(store.search(vector, limit=5, text='anything', where=eq('agent_id', 'a')),\n"
+        "      store.keyword_search('anything', limit=5), store.search(vector, limit=5, text='x'))\n"
+        "conn.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "milvus.db")], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "[] [] []", out.stderr
+    assert out.stderr == ""
+
+
+FORK_WHILE_CONNECTED = """
+import sys, threading
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+from memgpt.types import EmbeddingSpace
+import pexpect
+
+conn = MilvusConnection(MilvusTarget(sys.argv[1]))
+store = conn.passages(EmbeddingSpace("test-model", 8))
+done = threading.Event()
+
+def busy():
+    while not done.is_set():
+        store.count()
+
+threading.Thread(target=busy, daemon=True).start()
+crashed = []
+for attempt in range(int(sys.argv[2])):
+    child = pexpect.spawn("/bin/echo", ["ok"], timeout=60)
+    output = child.read().decode(errors="replace")
+    child.close()
+    if child.signalstatus is not None or "ok" not in output:
+        crashed.append(f"spawn {attempt}: signal {child.signalstatus}: {output.strip()[:200]}")
+done.set()
+conn.close()
+print("\\n".join(crashed) or "none crashed")
+"""
+
+
+def test_a_process_holding_a_milvus_client_can_fork_children(tmp_path: Path) -> None:
+    """gRPC's fork support restarts its poller in a forked child, and a child that closes its descriptors
+    before exec (pexpect, as the pty tests use it) then aborts with "epoll_wait ... Bad file descriptor":
+    9 of 200 spawns died so before memgpt turned the support off. How `memgpt run` "died at start-up"."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_CONNECTED, str(tmp_path / "milvus.db"), "150"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert out.stdout.strip() == "none crashed", out.stdout + out.stderr

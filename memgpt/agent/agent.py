@@ -60,8 +60,16 @@ PRESSURE_ALERT = (
 )
 
 
+# Why a turn ended (Letta's stop reasons of the same meaning).
+END_TURN, MAX_STEPS, CANCELLED = "end_turn", "max_steps", "cancelled"
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return f"message-{uuid.uuid4()}"
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,11 @@ class Agent:
         self._ratio_learnt = False
         self._settled = False  # True once no step of this agent can have left uncommitted effects
 
+        # Hooks for whoever runs the turn (the server): the messages of each step once stored, and whether
+        # to stop before the next step (checked only between steps, never in the middle of one).
+        self.on_commit: Callable[[Sequence[Message]], None] | None = None
+        self.stop_requested: Callable[[], bool] = _never
+
     def close(self) -> None:
         """Let recall indexing of the last messages finish (bounded; the rest is indexed at the next open)."""
         self.recall.close()
@@ -150,9 +163,10 @@ class Agent:
         return until is not None and until > self._clock()
 
     # -- turns ----------------------------------------------------------------------------------
-    def send(self, text: str) -> Iterator[Event]:
-        """The person's message, then the agent's steps until it waits for the user again."""
-        yield from self._turn(self._message(Role.USER, text))
+    def send(self, text: str) -> Generator[Event, None, str]:
+        """The person's message, then the agent's steps until it waits for the user again; returns why the
+        turn ended (END_TURN, MAX_STEPS or CANCELLED)."""
+        return (yield from self._turn(self._message(Role.USER, text)))
 
     def login(self) -> Iterator[Event]:
         """The first event of a new session: the agent greets the user."""
@@ -172,8 +186,8 @@ class Agent:
         """The person asked the agent to take a step (the chat's /heartbeat)."""
         yield from self.heartbeat(USER_HEARTBEAT)
 
-    def alert(self, text: str) -> Iterator[Event]:
-        yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT))
+    def alert(self, text: str) -> Generator[Event, None, str]:
+        return (yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT)))
 
     def memory_warning(self) -> Iterator[Event]:
         """The memory-pressure alert the agent gets near a full context window, on request (/memorywarning)."""
@@ -184,19 +198,22 @@ class Agent:
             id=id or new_id(), agent_id=self.state.id, role=role, content=content, created_at=self._clock(), **fields
         )  # type: ignore[arg-type]
 
-    def _turn(self, opening: Message) -> Iterator[Event]:
+    def _turn(self, opening: Message) -> Generator[Event, None, str]:
         self._settle()
         self._sources_checked = False
         self._append([opening])  # stored before any LLM call: never lost
-        yield from self._chain()
+        return (yield from self._chain())
 
-    def _chain(self) -> Iterator[Event]:
+    def _chain(self) -> Generator[Event, None, str]:
         for _ in range(self.max_steps):
+            if self.stop_requested():
+                return CANCELLED
             reason = yield from self._step()
             if reason is None:
-                return
+                return END_TURN
             self._append([self._message(Role.USER, reason, name=HEARTBEAT)])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
+        return MAX_STEPS
 
     def _append(self, messages: list[Message]) -> None:
         self.recall.append(messages)
@@ -482,6 +499,8 @@ class Agent:
         self._recall_count = self._recalled() + len(messages)
         if any(c.name == "archival_memory_insert" for m in messages for c in m.tool_calls):
             self._archival_writes += 1
+        if self.on_commit is not None:
+            self.on_commit(messages)
         self.recall.sync_later()  # indexed on a background thread: the reply does not wait for embeddings
         if self._paused_until is not False:
             self.state = replace(self.state, heartbeats_paused_until=self._paused_until or None)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from memgpt.agent import prompts
 from memgpt.agent.agent import Agent
@@ -27,7 +28,10 @@ from memgpt.storage.agents import AgentSummary
 from memgpt.storage.filters import all_of, eq
 from memgpt.types import AgentState, Block, EmbeddingSpace, Source, utc_now
 
+CUSTOM = "custom"  # the persona or human of an agent made with its own block text rather than a template
+MAX_LABEL = 64  # characters of a block label
 LONG_BACKLOG = 500  # unindexed messages worth telling the user about (minutes of embedding on a small CPU)
+
 _ADJECTIVES = """Polite Brave Calm Clever Curious Gentle Happy Honest Jolly Kind Lively Lucky Merry Mighty Nimble
 Noble Patient Proud Quiet Quick Shiny Silly Sunny Swift Tidy Wise Witty Zesty Bold Bright Cosmic Daring Eager Fuzzy
 Golden Humble Jazzy Loyal Mellow Plucky Rustic Snappy Spry Stellar Velvet Vivid""".split()  # noqa: SIM905
@@ -94,28 +98,69 @@ def create_agent(
     model: str,
     context_window: int,
     embedding: EmbeddingSpace,
+    blocks: Sequence[Block] = (),
+    system: str | None = None,
+    description: str = "",
+    tags: Sequence[str] = (),
+    metadata: dict[str, Any] | None = None,
+    tools: Sequence[str] | None = None,
 ) -> AgentState:
+    """A new agent. Its core memory is ``blocks`` (label, value, limit) plus, for persona and human when
+    ``blocks`` has none, the persona and human templates named ``persona`` and ``human``. ``tools``
+    names the functions it may call (None: every one there is); ``system`` replaces MemGPT's prompt."""
     name = validate_agent_name(name)
     if storage.agents.get(user_id, name) is not None:
         raise UserError(f"an agent named {name!r} already exists; pick another name or run it with --agent")
-    persona_text = template_text(storage, user_id, "persona", persona)
-    human_text = template_text(storage, user_id, "human", human)
+    given = check_blocks(blocks)
+    missing = []
+    for kind, chosen in (("persona", persona), ("human", human)):
+        if kind not in given:
+            text = template_text(storage, user_id, kind, chosen)
+            missing.append(Block(kind, text, max(DEFAULT_LIMIT, len(text))))
+    if system is not None and not system.strip():
+        raise UserError("the system prompt cannot be empty")
+    now = utc_now()
     state = AgentState(
-        id=str(uuid.uuid4()),
+        id=f"agent-{uuid.uuid4()}",
         name=name,
         user_id=user_id,
-        persona=persona,
-        human=human,
-        system_prompt=prompts.system_prompt(),
+        persona=persona if "persona" not in given else CUSTOM,
+        human=human if "human" not in given else CUSTOM,
+        system_prompt=system if system is not None else prompts.system_prompt(),
         llm_model=model,
         context_window=context_window,
         embedding_model=embedding.model,
         embedding_dim=embedding.dimensions,
-        created_at=utc_now(),
+        created_at=now,
+        description=description,
+        tags=tuple(dict.fromkeys(tags)),
+        metadata=dict(metadata or {}),
+        tools=tuple(dict.fromkeys(tools)) if tools is not None else None,
+        updated_at=now,
     )
-    limit = max(DEFAULT_LIMIT, len(persona_text), len(human_text))
-    blocks = [Block("persona", persona_text, limit), Block("human", human_text, limit)]
-    return storage.agents.create(state, blocks)
+    ordered = [b for b in missing if b.label == "persona"] + list(blocks) + [b for b in missing if b.label == "human"]
+    return storage.agents.create(state, ordered)
+
+
+def check_blocks(blocks: Sequence[Block]) -> set[str]:
+    """The labels of ``blocks``, refused in one line when two share a label or a value exceeds its limit."""
+    labels: set[str] = set()
+    for block in blocks:
+        if not block.label.strip() or len(block.label) > MAX_LABEL or any(ord(c) < 32 for c in block.label):
+            raise UserError(f"a block label must be 1-{MAX_LABEL} characters on one line, not {block.label!r}")
+        if block.label in labels:
+            raise UserError(f"two blocks are labelled {block.label!r}; labels name blocks, so each must be unique")
+        if block.limit < 1:
+            raise UserError(f"the limit of block {block.label!r} must be a positive number of characters")
+        if len(block.value) > block.limit:
+            raise UserError(over_limit(block.limit, len(block.value)))
+        labels.add(block.label)
+    return labels
+
+
+def over_limit(limit: int, requested: int) -> str:
+    """Letta's words for a block value longer than its limit."""
+    return f"Edit failed: Exceeds {limit} character limit (requested {requested})."
 
 
 def find_agent(storage: Storage, user_id: str, ref: str) -> AgentState | None:
@@ -176,9 +221,14 @@ def update_agent(
     name: str | None = None,
     model: str | None = None,
     context_window: int | None = None,
+    system: str | None = None,
+    description: str | None = None,
+    tags: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    tools: Sequence[str] | None = None,
 ) -> AgentState:
-    """Change what may change after creation (name, LLM model, context window); returns the new state."""
-    fields: dict[str, str | int] = {}
+    """Change what may change after creation; None leaves a field as it is. Returns the new state."""
+    fields: dict[str, Any] = {}
     if name is not None and name.strip() != state.name:
         fields["name"] = validate_agent_name(name)
         if storage.agents.get(state.user_id, fields["name"]) is not None:
@@ -191,6 +241,17 @@ def update_agent(
         if context_window < 1024:
             raise UserError("the context window must be at least 1024 tokens")
         fields["context_window"] = context_window
+    if system is not None:
+        if not system.strip():
+            raise UserError("the system prompt cannot be empty")
+        fields["system_prompt"] = system
+    for key, value in (("description", description), ("metadata", metadata)):
+        if value is not None:
+            fields[key] = value
+    if tags is not None:
+        fields["tags"] = list(dict.fromkeys(tags))
+    if tools is not None:
+        fields["tools"] = list(dict.fromkeys(tools))
     storage.agents.update(state.id, **fields)
     updated = storage.agents.by_id(state.user_id, state.id)
     if updated is None:
@@ -198,8 +259,93 @@ def update_agent(
     return updated
 
 
+def update_block(
+    storage: Storage,
+    state: AgentState,
+    label: str,
+    *,
+    value: str | None = None,
+    limit: int | None = None,
+    description: str | None = None,
+    read_only: bool | None = None,
+) -> Block:
+    """A person's edit of one core memory block (None leaves a field as it is); the agent's next step sees
+    it. A value over the limit, or a limit below the value, is refused and nothing changes."""
+    block = get_block(storage, state, label)
+    changed = replace(
+        block,
+        value=block.value if value is None else value,
+        limit=block.limit if limit is None else limit,
+        description=block.description if description is None else description,
+        read_only=block.read_only if read_only is None else read_only,
+    )
+    if changed.limit < 1:
+        raise UserError(f"the limit of block {label!r} must be a positive number of characters")
+    if len(changed.value) > changed.limit:
+        if value is None:  # only the limit changed
+            raise UserError(
+                f"Edit failed: block {label!r} holds {len(changed.value)} characters, more than the new limit of "
+                f"{changed.limit}; shorten its value first (or in the same request)."
+            )
+        raise UserError(over_limit(changed.limit, len(changed.value)))
+    storage.agents.save_block(state.id, changed)
+    return changed
+
+
+def get_block(storage: Storage, state: AgentState, label: str) -> Block:
+    blocks = storage.agents.blocks(state.id)
+    for block in blocks:
+        if block.label == label:
+            return block
+    known = ", ".join(b.label for b in blocks) or "none"
+    raise NotFoundError(f"agent {state.name!r} has no core memory block {label!r} (blocks: {known})")
+
+
 def list_agents(storage: Storage, user_id: str) -> list[AgentSummary]:
     return storage.agents.list(user_id)
+
+
+def tool_catalog(tools_folder: Path | None = None) -> tuple[list[Tool], list[str]]:
+    """Every function an agent can have: MemGPT's own, then the user's from ``tools_folder``; with one-line
+    warnings about user tools that could not be loaded."""
+    tools = builtin_tools()
+    warnings: list[str] = []
+    if tools_folder is not None:
+        extra, warnings = load_user_tools(tools_folder, [t.name for t in tools])
+        tools += extra
+    return tools, warnings
+
+
+def chosen_tools(state: AgentState, catalog: Sequence[Tool]) -> list[Tool]:
+    """The tools of ``catalog`` the agent may call (all of them unless it has a choice)."""
+    if state.tools is None:
+        return list(catalog)
+    chosen = set(state.tools)
+    return [t for t in catalog if t.name in chosen]
+
+
+def agent_tools(
+    state: AgentState, *, tools_folder: Path | None = None, extra_tools: Sequence[Tool] = ()
+) -> tuple[list[Tool], list[str]]:
+    """The functions the agent may call and one-line warnings about tools that could not be loaded.
+    ``extra_tools`` (for example an MCP server's) come last; one whose name is taken already is skipped."""
+    catalog, warnings = tool_catalog(tools_folder)
+    tools = chosen_tools(state, catalog)
+    for tool in extra_tools:
+        if any(t.name == tool.name for t in tools):
+            warnings.append(f"{tool.name} is already a tool; skipped")
+        else:
+            tools.append(tool)
+    return tools, warnings
+
+
+def check_tool_names(names: Sequence[str], *, tools_folder: Path | None = None) -> list[str]:
+    """``names`` when each is a function agents can have (MemGPT's or a user tool); else a one-line UserError."""
+    known = [t.name for t in tool_catalog(tools_folder)[0]]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"no tool named {', '.join(map(repr, unknown))}; the tools are: {', '.join(known)}")
+    return list(names)
 
 
 def open_agent(
@@ -212,27 +358,11 @@ def open_agent(
     extra_tools: Sequence[Tool] = (),
     max_steps: int = 10,
 ) -> tuple[Agent, list[str]]:
-    """A runnable agent and one-line warnings (tools that could not be loaded, a recall index still
-    catching up). Close the agent when done with it.
-
-    ``extra_tools`` (for example an MCP server's) come after MemGPT's and the user's; one whose name
-    is taken already is skipped with a warning. A context window too small for the agent's fixed prompt
-    is a UserError.
-    """
-    state.space.ensure_same(
-        embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
-    )
-    tools = builtin_tools()
-    warnings: list[str] = []
-    if tools_folder is not None:
-        extra, warnings = load_user_tools(tools_folder, [t.name for t in tools])
-        tools += extra
-    for tool in extra_tools:
-        if any(t.name == tool.name for t in tools):
-            warnings.append(f"{tool.name} is already a tool; skipped")
-        else:
-            tools.append(tool)
-    archival = ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
+    """A runnable agent and one-line warnings (tools that could not be loaded, see ``agent_tools``; a recall
+    index still catching up). Close the agent when done with it. A context window too small for the
+    agent's fixed prompt is a UserError."""
+    archival = archival_memory(storage, state, embedding)
+    tools, warnings = agent_tools(state, tools_folder=tools_folder, extra_tools=extra_tools)
     index = RecallIndex(storage.passages(state.space), embedding)
     recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index)
     backlog = recall.backlog()
@@ -266,9 +396,20 @@ def open_agent(
     return agent, warnings
 
 
-def attach_source(storage: Storage, state: AgentState, source_name: str) -> tuple[Source, bool]:
-    """Link one of the agent's user's sources to its archival memory; (source, False) when it was attached already."""
-    source = get_source(storage, state.user_id, source_name)
+def archival_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel) -> ArchivalMemory:
+    """The agent's archival memory, searched with ``embedding`` (refused when the agent was made with another)."""
+    state.space.ensure_same(
+        embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
+    )
+    return ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
+
+
+def attach_source(storage: Storage, state: AgentState, source: Source | str) -> tuple[Source, bool]:
+    """Link one of the agent's user's sources (or the one named so) to its archival memory; (source, False)
+    when it was attached already."""
+    source = _users_source(storage, state, source)
+    if source.status == "deleting":
+        raise UserError(f"source {source.name!r} is being deleted; it cannot be attached")
     source.space.ensure_same(
         state.space,
         owner=f"source {source.name!r}",
@@ -278,11 +419,25 @@ def attach_source(storage: Storage, state: AgentState, source_name: str) -> tupl
     return source, storage.attachments.attach(state.id, source.id)
 
 
-def detach_source(storage: Storage, state: AgentState, source_name: str) -> Source:
-    source = get_source(storage, state.user_id, source_name)
+def detach_source(storage: Storage, state: AgentState, source: Source | str) -> Source:
+    source = _users_source(storage, state, source)
     if not storage.attachments.detach(state.id, source.id):
         raise UserError(f"source {source.name!r} is not attached to agent {state.name!r}")
     return source
+
+
+def _users_source(storage: Storage, state: AgentState, source: Source | str) -> Source:
+    if isinstance(source, str):
+        return get_source(storage, state.user_id, source)
+    if source.user_id != state.user_id:
+        raise NotFoundError(f"no source named {source.name!r}")
+    return source
+
+
+def attached_sources(storage: Storage, state: AgentState) -> list[Source]:
+    """The sources linked to the agent's archival memory, in the order they were attached."""
+    sources = {s.id: s for s in storage.metadata.list_sources(state.user_id)}
+    return [sources[i] for i in storage.attachments.source_ids(state.id) if i in sources]
 
 
 def delete_agent(storage: Storage, state: AgentState) -> int:

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import JsonOption, YesOption, confirm, console, embedding_model, interactive, open_storage
+from memgpt.cli.common import (
+    JsonOption,
+    YesOption,
+    confirm,
+    console,
+    embedding_model,
+    interactive,
+    names_table,
+    open_storage,
+)
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -176,9 +185,9 @@ def list_agents(as_json: JsonOption = False) -> None:
     if not summaries:
         console.print("No agents yet. Start one with `memgpt run`.", markup=False)
         return
-    from rich.table import Table
-
-    table = Table("Name", "Persona", "Human", "Model", "Messages", "Sources", "Created")
+    table = names_table(
+        "Name", "Persona", "Human", "Model", "Messages", "Sources", "Created", names=[s.state.name for s in summaries]
+    )
     for s in summaries:
         table.add_row(
             s.state.name,
@@ -200,9 +209,7 @@ def _list_templates(kind: str, as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps(found))
         return
-    from rich.table import Table
-
-    table = Table("Name", "Text")
+    table = names_table("Name", "Text", names=found)
     for name, text in sorted(found.items()):
         table.add_row(name, text if len(text) < 200 else text[:197] + "...")
     console.print(table)

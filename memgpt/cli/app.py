@@ -8,6 +8,7 @@ import sys
 import typer
 
 from memgpt import __version__
+from memgpt.cli import agentfile as agentfile_cli
 from memgpt.cli import agents as agents_cli
 from memgpt.cli import config as config_cli
 from memgpt.cli import mcp as mcp_cli
@@ -28,6 +29,7 @@ delete_app = typer.Typer(help="Delete an agent or a source.", no_args_is_help=Tr
 add_app = typer.Typer(help="Add a persona or a human profile.", no_args_is_help=True)
 user_app = typer.Typer(help="Users of `memgpt server` (each with their own agents and sources).", no_args_is_help=True)
 key_app = typer.Typer(help="API keys of `memgpt server` users.", no_args_is_help=True)
+export_app = typer.Typer(help="Export an agent to an Agent File (.af).", no_args_is_help=True)
 mcp_app = typer.Typer(help="MCP servers whose tools agents can use (memgpt run --mcp NAME).", no_args_is_help=True)
 
 app.command("configure")(config_cli.configure)
@@ -36,6 +38,8 @@ app.command("run")(agents_cli.run)
 app.command("attach")(agents_cli.attach)
 app.command("detach")(agents_cli.detach)
 app.command("search")(sources_cli.search)
+app.command("import")(agentfile_cli.import_file)
+export_app.command("agent")(agentfile_cli.export_agent)
 app.command("server")(server_cli.serve)
 user_app.command("create")(server_cli.user_create)
 user_app.command("list")(server_cli.user_list)
@@ -61,6 +65,7 @@ app.add_typer(add_app, name="add")
 app.add_typer(user_app, name="user")
 app.add_typer(key_app, name="key")
 app.add_typer(mcp_app, name="mcp")
+app.add_typer(export_app, name="export")
 
 
 def _version(value: bool) -> None:
@@ -77,8 +82,9 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: domain errors become one line on stderr and exit code 1, Ctrl-C exit code 130, never a
-    traceback."""
+    """Entry point: domain errors become one line on stderr and exit code 1, never a traceback;
+    Ctrl-C becomes "Interrupted" and exit code 130."""
+    from memgpt.cli import interrupted
     from memgpt.errors import MemGPTError
 
     try:
@@ -88,8 +94,11 @@ def main() -> None:
 
         err_console.print(f"error: {exc}", markup=False)
         sys.exit(1)
+    except SystemExit as exc:
+        # Typer turns a KeyboardInterrupt into a silent exit 130; a command that handled Ctrl-C itself
+        # (and said so) exits 130 without one.
+        if exc.code == 130 and exc.__context__ is not None and isinstance(exc.__context__.__cause__, KeyboardInterrupt):
+            interrupted()
+        raise
     except KeyboardInterrupt:
-        from memgpt.cli.common import err_console
-
-        err_console.print("Interrupted.", markup=False)
-        sys.exit(130)
+        interrupted()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,8 @@ from rich.console import Console
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from memgpt.config import Config
     from memgpt.embeddings import EmbeddingModel
     from memgpt.storage import Storage
@@ -71,3 +73,26 @@ def warn(message: str) -> None:
     from rich.markup import escape
 
     err_console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+# The least a column other than the names gets before names are folded: a few characters plus padding.
+_OTHER_COLUMN_ROOM = 6
+
+
+def names_table(*headers: str, names: Iterable[str], **options: Any) -> Table:
+    """A table whose first column holds names a user types (a source, an agent, a persona). No cell is
+    ever cut short with "…": cells wrap or fold. A name stays on one line while the terminal (or COLUMNS
+    when piped) leaves the other columns a little room; a longer one is folded over lines, whole."""
+    from rich.cells import cell_len
+    from rich.table import Column, Table
+
+    room = console.width - 4 - _OTHER_COLUMN_ROOM * (len(headers) - 1)
+    widths = [cell_len(name) for name in names]
+    fitting = [width for width in widths if width <= room]
+    first = Column(
+        headers[0],
+        no_wrap=len(fitting) == len(widths),
+        overflow="fold",
+        min_width=max(fitting, default=None),
+    )
+    return Table(first, *(Column(header, overflow="fold") for header in headers[1:]), **options)

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from memgpt.cli.common import JsonOption, YesOption, confirm, console, embedding_model, err_console, open_storage, warn
+from memgpt.cli.common import (
+    JsonOption,
+    YesOption,
+    confirm,
+    console,
+    embedding_model,
+    err_console,
+    names_table,
+    open_storage,
+    warn,
+)
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -108,6 +118,8 @@ def load_directory(
                 chunk_size=config.embedding.chunk_size,
                 chunk_overlap=config.embedding.chunk_overlap,
                 listener=_ProgressListener(progress),
+                max_file_bytes=int(config.embedding.max_file_mb * 1e6),
+                max_text_bytes=int(config.embedding.max_text_mb * 1e6),
             )
             report = loader.load(name, paths, description=description)
     raise typer.Exit(_summarize(report))
@@ -162,9 +174,7 @@ def list_sources(as_json: JsonOption = False) -> None:
             markup=False,
         )
         return
-    from rich.table import Table
-
-    table = Table("Name", "Documents", "Passages", "Embedding model", "Created")
+    table = names_table("Name", "Documents", "Passages", "Embedding model", "Created", names=[s.name for s in sources])
     for s in sources:
         table.add_row(
             s.name,
@@ -223,9 +233,9 @@ def search(
     if not hits:
         console.print(f"No passages in {found.name!r} match.", markup=False)
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("Score", "Document", "Text", show_lines=True)
+    table = Table("Score", Column("Document", overflow="fold"), Column("Text", overflow="fold"), show_lines=True)
     for hit in hits:
         meta = hit.passage.metadata
         where = meta.get("file_name", "?") + (f" p.{meta['page']}" if meta.get("page") else "")

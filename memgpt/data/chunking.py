@@ -26,6 +26,16 @@ def normalize(text: str) -> str:
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
 
+# A chunk holds at most this many characters per token of its budget. The MiniLM tokenizer counts any
+# word over 100 characters (a hash, base64, a minified blob) as a single [UNK] token, so by tokens alone
+# a 100 kB blob is one "token": the chunk would be longer than Milvus stores (64 KiB), and semchunk's
+# size estimates (characters per token) would go so far astray that it probes almost every cut point.
+_MAX_CHARS_PER_TOKEN = 10
+# Text longer than this is chunked block by block, cut at paragraph, line or word ends: semchunk keeps
+# a list entry per split, which for a long run without spaces is one per character.
+_BLOCK_CHARS = 1_000_000
+_BLOCK_CUTS = ("\n\n", "\n", " ")
+
 
 class Chunker:
     """Splits text into chunks of at most ``chunk_size`` tokens.
@@ -46,18 +56,28 @@ class Chunker:
         self.count_tokens = count_tokens
         self.chunk_size = chunk_size
         self.overlap = overlap
-        self._chunk: Any = semchunk.chunkerify(count_tokens, chunk_size - overlap, cache_maxsize=100_000)
+        # Not memoized by semchunk: its cache is global and keyed by the counter, so it would keep every
+        # chunker alive; the local model caches counts per word itself.
+        self._chunk: Any = semchunk.chunkerify(self.measure, chunk_size - overlap, memoize=False)
+
+    def measure(self, text: str) -> int:
+        """Tokens of ``text``, or more for text longer than ``_MAX_CHARS_PER_TOKEN`` characters a token:
+        what must fit in ``chunk_size``. Text already too long by its length is never tokenized."""
+        by_length = -(-len(text) // _MAX_CHARS_PER_TOKEN)
+        if by_length > self.chunk_size:
+            return by_length
+        return max(self.count_tokens(text), by_length)
 
     def split(self, text: str) -> list[str]:
         text = normalize(text)
         if not text:
             return []
-        pieces = [piece.strip() for piece in self._chunk(text) if piece.strip()]
+        pieces = [piece.strip() for block in _blocks(text) for piece in self._chunk(block) if piece.strip()]
         chunks = pieces[:1]
         for previous, piece in pairwise(pieces):
             tail = self._tail(previous)
             joined = f"{tail} {piece}" if tail else piece
-            chunks.append(joined if self.count_tokens(joined) <= self.chunk_size else piece)
+            chunks.append(joined if self.measure(joined) <= self.chunk_size else piece)
         return chunks
 
     def _tail(self, text: str) -> str:
@@ -67,9 +87,23 @@ class Chunker:
         for units, sep in ((_SENTENCE_SPLIT.split(text), " "), (text.split(), " ")):
             tail: list[str] = []
             for unit in reversed(units[1:]):
-                if self.count_tokens(sep.join([unit, *tail])) > self.overlap:
+                if self.measure(sep.join([unit, *tail])) > self.overlap:
                     break
                 tail.insert(0, unit)
             if tail:
                 return sep.join(tail)
         return ""
+
+
+def _blocks(text: str) -> list[str]:
+    """``text`` in pieces of at most ``_BLOCK_CHARS``, each cut after the last paragraph, line or word end
+    in it (or hard, when there is none); a text within the bound is one block."""
+    blocks: list[str] = []
+    start = 0
+    while len(text) - start > _BLOCK_CHARS:
+        limit = start + _BLOCK_CHARS
+        cut = next((at + len(sep) for sep in _BLOCK_CUTS if (at := text.rfind(sep, start + 1, limit)) > start), limit)
+        blocks.append(text[start:cut])
+        start = cut
+    blocks.append(text[start:])
+    return blocks

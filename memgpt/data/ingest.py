@@ -9,18 +9,22 @@ and running the same load again finishes it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 import time
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memgpt.data.chunking import Chunker
-from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes
-from memgpt.data.sources import validate_source_name
+from memgpt.data.filerecords import FileTracker
+from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes, too_big
+from memgpt.data.sources import delete_source, new_source, validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import BackendError, InputFileError, UserError
+from memgpt.interrupts import interrupts_held
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import is_in
@@ -68,27 +72,52 @@ def collect_files(
     extensions: Iterable[str] | None = None,
 ) -> list[Path]:
     """Files named explicitly are always taken (and fail later if unreadable); files in a directory
-    are filtered by extension and hidden files are skipped."""
+    are filtered by extension and hidden files are skipped. Symlinks to files are followed, symlinks
+    to directories are not; a symlink loop or a broken link met in the directory is taken too, so the
+    load reports it by name instead of skipping it silently (or, as before, aborting on it)."""
     wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or SUPPORTED_EXTENSIONS)}
     found: list[Path] = [p.expanduser() for p in input_files]
     if input_dir is not None:
         directory = input_dir.expanduser()
         if not directory.is_dir():
             raise UserError(f"{directory}: not a directory")
-        pattern = "**/*" if recursive else "*"
-        found.extend(
-            sorted(
-                p
-                for p in directory.glob(pattern)
-                if p.is_file()
-                and p.suffix.lower() in wanted
-                and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-            )
-        )
+        found.extend(sorted(_walk(directory, wanted, recursive)))
     unique: dict[str, Path] = {}
     for path in found:
-        unique.setdefault(str(path.resolve()), path)
+        # realpath, not Path.resolve: on Python 3.11 resolve raises on a symlink loop.
+        unique.setdefault(os.path.realpath(path), path)
     return list(unique.values())
+
+
+def _walk(directory: Path, wanted: set[str], recursive: bool) -> Iterator[Path]:
+    pending = [directory]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                listed = list(entries)
+        except OSError:
+            yield folder  # unreadable: the load names it
+            continue
+        for entry in listed:
+            if entry.name.startswith("."):
+                continue
+            path = folder / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    pending.append(path)
+            elif _to_load(path, wanted):
+                yield path
+
+
+def _to_load(path: Path, wanted: set[str]) -> bool:
+    """A file with a wanted extension; also a broken link or a pipe or device with one (the load says
+    what is wrong with it), and any symlink loop. Never a symlink to a directory."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return exc.errno == errno.ELOOP or path.suffix.lower() in wanted
+    return not stat.S_ISDIR(mode) and path.suffix.lower() in wanted
 
 
 def _digest(*parts: object) -> str:
@@ -96,7 +125,10 @@ def _digest(*parts: object) -> str:
 
 
 class SourceLoader:
-    """Loads files into one of ``user_id``'s sources with one embedding model."""
+    """Loads files into one of ``user_id``'s sources with one embedding model, keeping each file's row in
+    the files table in step (so a server's folder lists what `memgpt load` loaded, and shows progress)."""
+
+    _files: FileTracker  # the current load's
 
     def __init__(
         self,
@@ -107,8 +139,14 @@ class SourceLoader:
         chunk_size: int,
         chunk_overlap: int,
         listener: LoadListener | None = None,
+        max_file_bytes: int | None = None,
+        max_text_bytes: int | None = None,
     ) -> None:
+        """``max_file_bytes`` and ``max_text_bytes`` bound one file's size on disk and the text read
+        from it; a file over either fails alone, with a message naming the config setting."""
         self.storage = storage
+        self.max_file_bytes = max_file_bytes
+        self.max_text_bytes = max_text_bytes
         self.model = model
         self.user_id = user_id
         size = min(chunk_size, model.max_input_tokens)
@@ -123,16 +161,7 @@ class SourceLoader:
         metadata = self.storage.metadata
         existing = metadata.get_source(self.user_id, name)
         if existing is None:
-            source = Source(
-                id=uuid.uuid4().hex,
-                name=name,
-                user_id=self.user_id,
-                embedding_model=self.model.model_id,
-                embedding_dim=self.model.dimensions,
-                created_at=utc_now(),
-                description=description,
-            )
-            return metadata.create_source(source), True
+            return metadata.create_source(new_source(self.user_id, name, self.model.space, description)), True
         if existing.status == "deleting":
             raise UserError(f"source {name!r} is being deleted; finish with `memgpt delete source {name!r} -y`")
         existing.space.ensure_same(
@@ -143,34 +172,53 @@ class SourceLoader:
         return existing, False
 
     # -- the load -----------------------------------------------------------------------------
-    def load(self, name: str, paths: Sequence[Path], *, description: str = "") -> LoadReport:
+    def load(
+        self, name: str, paths: Sequence[Path], *, description: str = "", into: Source | None = None
+    ) -> LoadReport:
+        """Load ``paths`` into the source ``name`` (created when missing), or into the source ``into``."""
         name = validate_source_name(name)
         report = LoadReport(source=name)
-        source, created = self._source(name, description)
+        source, created = (into, False) if into is not None else self._source(name, description)
+        self._files = files = FileTracker(self.storage, source)
         self.listener.files_found(len(paths))
         try:
             self._finish_deletions(source)
             for path in paths:
                 self.listener.file_started(path)
+                files.started(path)
                 try:
                     self._load_file(source, path, report)
                 except InputFileError as exc:
+                    files.failed(exc.reason)
                     report.failures.append(exc)
                     self.listener.warn(str(exc))
                 self.listener.file_finished(path)
         except BackendError as exc:
+            files.abandoned(str(exc))
             report.aborted = str(exc)
         except KeyboardInterrupt:
+            files.abandoned()
             report.interrupted = True
         if report.documents:
             self._store.flush()
-        if created and not report.interrupted and not self.storage.metadata.documents(source.id):
-            self.storage.metadata.delete_source(source.id)  # never leave an empty source behind
+        if created:
+            self._drop_if_empty(source, report)
         return report
+
+    def _drop_if_empty(self, source: Source, report: LoadReport) -> None:
+        """Never leave behind a source this load created with nothing visible in it: every file failed, or
+        the load was interrupted before its first file was done (its pending passages go with it)."""
+        try:
+            # A second Ctrl-C must not cut the clean-up short; the load is already reported as interrupted.
+            with interrupts_held():
+                if not self.storage.metadata.documents_with_status(source.id, DocumentStatus.READY):
+                    delete_source(self.storage, source)
+        except BackendError as exc:
+            report.aborted = report.aborted or str(exc)
 
     def _load_file(self, source: Source, path: Path, report: LoadReport) -> None:
         started = time.perf_counter()
-        data = read_bytes(path)
+        data = read_bytes(path, self.max_file_bytes)
         sha = hashlib.sha256(data).hexdigest()
         key = str(path.resolve())
         metadata = self.storage.metadata
@@ -180,13 +228,16 @@ class SourceLoader:
             for d in existing
         ):
             report.unchanged.append(str(path))
+            self._files.completed(sum(d.n_passages for d in existing))
             return
         twin = metadata.ready_file_with_hash(source.id, sha, self.signature)
         if twin and twin != key:
             report.duplicates.append((str(path), twin))
             self._retire([d.id for d in existing])  # this path's older content is superseded
+            self._files.duplicate(twin)
             return
         parsed = parse(path, data)
+        self._check_text_size(path, parsed.units)
         for warning in parsed.warnings:
             report.warnings.append(warning)
             self.listener.warn(warning)
@@ -197,10 +248,11 @@ class SourceLoader:
 
         metadata.add_pending(documents)
         self.listener.passages_planned(len(passages))
+        self._files.planned(len(passages))
         for start in range(0, len(passages), _WRITE_WINDOW):
             window = passages[start : start + _WRITE_WINDOW]
             began = time.perf_counter()
-            vectors = self.model.embed_multi([p.text for p in window], on_progress=self.listener.passages_embedded)
+            vectors = self.model.embed_multi([p.text for p in window], on_progress=self._embedded)
             embedded = time.perf_counter()
             self._store.upsert([replace(p, embedding=v) for p, v in zip(window, vectors, strict=True)])
             report.seconds["embed"] += embedded - began
@@ -209,9 +261,21 @@ class SourceLoader:
         new_ids = [d.id for d in documents]
         metadata.publish(new_ids, [d.id for d in existing if d.id not in set(new_ids)])
         self._finish_deletions(source)
+        self._files.completed(len(passages))
         report.files_loaded += 1
         report.documents += len(documents)
         report.passages += len(passages)
+
+    def _embedded(self, count: int) -> None:
+        self.listener.passages_embedded(count)
+        self._files.embedded(count)
+
+    def _check_text_size(self, path: Path, units: Sequence[TextUnit]) -> None:
+        if self.max_text_bytes is None:
+            return
+        size = sum(len(unit.text.encode("utf-8", "surrogatepass")) for unit in units)
+        if size > self.max_text_bytes:
+            raise InputFileError(str(path), too_big(size, self.max_text_bytes, "max_text_mb", " of text"))
 
     def _plan(
         self, source: Source, path: Path, key: str, sha: str, size: int, units: Sequence[TextUnit]

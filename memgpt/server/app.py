@@ -43,12 +43,14 @@ def open_state(home: Path, config: Config) -> ServerState:
 
 def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
     """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
-    from memgpt.server.routes import admin, health
+    from memgpt.server.jobs import FileJobs
+    from memgpt.server.routes import admin, agentfile, agents, folders, health, messages, passages
 
     if state is None:
         home = home or memgpt_home()
         state = open_state(home, config or load_config(home))
     opened = state
+    jobs = FileJobs(state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -56,9 +58,11 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         try:
+            await anyio.to_thread.run_sync(jobs.start)  # loads an earlier process left unfinished
             yield
         finally:
-            opened.storage.close()
+            await anyio.to_thread.run_sync(jobs.stop)
+            opened.close()
 
     app = FastAPI(
         title="memgpt",
@@ -67,8 +71,9 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         lifespan=lifespan,
     )
     app.state.memgpt = state
+    app.state.file_jobs = jobs
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
-    for module in (health, admin):
+    for module in (health, admin, agentfile, agents, passages, messages, folders):
         app.include_router(module.router)
     return app

@@ -16,12 +16,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memgpt.errors import (
+    AgentBusyError,
+    AlreadyExistsError,
     BackendError,
     ConflictError,
     LLMError,
     MemGPTError,
     NotFoundError,
     StorageLockedError,
+    UnsupportedFileTypeError,
     UserError,
 )
 
@@ -40,6 +43,7 @@ def status_of(exc: MemGPTError) -> int:
         (NotFoundError, 404),
         (ConflictError, 409),
         (StorageLockedError, 503),
+        (UnsupportedFileTypeError, 415),
         (UserError, 400),
         (LLMError, 502),
         (BackendError, 503),
@@ -61,12 +65,18 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(AgentBusyError)
+    async def _busy(_: Request, exc: AgentBusyError) -> JSONResponse:
+        # Letta's client waits Retry-After seconds and sends again by itself (twice by default).
+        detail = {"code": "AGENT_BUSY", "message": str(exc)}
+        return error(409, detail, {"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(MemGPTError)
     async def _ours(_: Request, exc: MemGPTError) -> JSONResponse:
         status = status_of(exc)
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        return error(status, str(exc))
+        return error(status, str(exc), NO_RETRY if isinstance(exc, AlreadyExistsError) else None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,6 +18,8 @@ from memgpt.types import User
 
 if TYPE_CHECKING:
     from memgpt.embeddings.base import EmbeddingModel
+    from memgpt.server.models import ServedModels
+    from memgpt.server.turns import TurnRunner
     from memgpt.storage import Storage
     from memgpt.storage.users import UserStore
 
@@ -38,6 +40,8 @@ class ServerState:
     storage: Storage
     owner: User
     _embedding: EmbeddingModel | None = field(default=None, repr=False)
+    _models: ServedModels | None = field(default=None, repr=False)
+    _turns: TurnRunner | None = field(default=None, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -52,6 +56,32 @@ class ServerState:
 
                 self._embedding = embedding_model(self.config.embedding)
             return self._embedding
+
+    def models(self) -> ServedModels:
+        """What agents here can run on: the LLM endpoint's models and the embedding space."""
+        with self._guard:
+            if self._models is None:
+                from memgpt.server.models import ServedModels
+
+                self._models = ServedModels(self.config)
+            return self._models
+
+    def turns(self) -> TurnRunner:
+        """This process's agent turns (started on first use)."""
+        with self._guard:
+            if self._turns is None:
+                from memgpt.server.turns import TurnRunner
+
+                self._turns = TurnRunner(self)
+            return self._turns
+
+    def close(self) -> None:
+        """Let running turns finish their step, then close storage."""
+        with self._guard:
+            turns, self._turns = self._turns, None
+        if turns is not None:
+            turns.close()
+        self.storage.close()
 
 
 def server_state(request: Request) -> ServerState:

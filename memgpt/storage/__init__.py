@@ -13,10 +13,12 @@ if TYPE_CHECKING:
     from memgpt.storage.agents import AgentStore
     from memgpt.storage.attachments import AttachmentStore
     from memgpt.storage.base import PassageStore
+    from memgpt.storage.files import FileStore
     from memgpt.storage.messages import MessageStore
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget
     from memgpt.storage.sql import MetadataStore
     from memgpt.storage.templates import TemplateStore
+    from memgpt.storage.turns import TurnStore
     from memgpt.storage.users import UserStore
 
 
@@ -41,9 +43,11 @@ def check_milvus(target: MilvusTarget) -> None:
 class Storage:
     """Every store of one memgpt home, built once and safe to share between threads.
 
-    SQL stores, one per table family: ``metadata`` (sources and documents), ``agents`` (agents and their
-    blocks), ``messages``, ``attachments`` (sources linked to agents), ``templates`` (a user's personas
-    and humans) and ``users`` (a server's users and their API keys). Passages live in Milvus, connected on
+    SQL stores, one per table family: ``metadata`` (sources and documents), ``files`` (a source's files
+    and how their loads went), ``agents`` (agents and their blocks), ``messages``, ``attachments``
+    (sources linked to agents), ``templates`` (a user's personas and humans), ``users`` (a server's users
+    and their API keys) and ``turns`` (which agent runs a turn where, and a record of each turn). Passages
+    live in Milvus, connected on
     first use: listing sources needs only SQL, and opening Milvus Lite costs most of a second and takes its
     file lock.
 
@@ -53,17 +57,21 @@ class Storage:
     def __init__(self, config: Config, home: Path) -> None:
         from memgpt.storage.agents import AgentStore
         from memgpt.storage.attachments import AttachmentStore
+        from memgpt.storage.files import FileStore
         from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
         from memgpt.storage.templates import TemplateStore
+        from memgpt.storage.turns import TurnStore
         from memgpt.storage.users import UserStore
 
         self.metadata: MetadataStore = MetadataStore(config.metadata_database_url(home))
+        self.files: FileStore = FileStore(self.metadata)
         self.agents: AgentStore = AgentStore(self.metadata)
         self.messages: MessageStore = MessageStore(self.metadata)
         self.attachments: AttachmentStore = AttachmentStore(self.metadata)
         self.templates: TemplateStore = TemplateStore(self.metadata)
         self.users: UserStore = UserStore(self.metadata)
+        self.turns: TurnStore = TurnStore(self.metadata)
         self.milvus_target = milvus_target(config, home)
         self._vectors: MilvusConnection | None = None
         self._lock = threading.Lock()

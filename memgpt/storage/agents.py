@@ -10,15 +10,33 @@ committed (a crash, a kill, an error mid-step) left behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, delete, func, select, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
-from memgpt.storage.messages import MessageRow, StoredMessage, write_messages
+from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import AgentState, Block, utc_now
 
@@ -40,6 +58,10 @@ class AgentRow(Base):
     summary: Mapped[str] = mapped_column(Text)
     heartbeats_paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    description: Mapped[str] = mapped_column(Text, default="")
+    metadata_json: Mapped[str] = mapped_column("metadata", Text, default="{}")  # a JSON object
+    tools: Mapped[str | None] = mapped_column(Text, nullable=True)  # a JSON list of names; NULL: every tool
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The server's token count over ours for the model named, learnt from the usage it reports.
     token_ratio: Mapped[float] = mapped_column(Float, default=1.0)
     token_ratio_model: Mapped[str] = mapped_column(String(256), default="")
@@ -52,6 +74,16 @@ class BlockRow(Base):
     label: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     char_limit: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AgentTagRow(Base):
+    __tablename__ = "agent_tags"
+    __table_args__ = (Index("ix_agent_tags_tag", "tag"),)
+
+    agent_id: Mapped[str] = mapped_column(String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(256), primary_key=True)
 
 
 class StepEffectRow(Base):
@@ -106,10 +138,27 @@ class StepChanges:
 
 
 # What a partial update may change; everything else is fixed when the agent is created.
-UPDATABLE = frozenset({"name", "llm_model", "context_window"})
+UPDATABLE = frozenset(
+    {"name", "llm_model", "context_window", "system_prompt", "description", "metadata", "tools", "tags"}
+)
 
 
-def _state(row: AgentRow) -> AgentState:
+@dataclass(frozen=True)
+class AgentQuery:
+    """Which of a user's agents a page holds: ``after``/``before`` are agent ids (cursors) relative to the
+    order (oldest first when ``ascending``); ``query_text`` matches part of the name in any case."""
+
+    limit: int = 50
+    ascending: bool = False
+    after: str | None = None
+    before: str | None = None
+    name: str | None = None
+    query_text: str | None = None
+    tags: Collection[str] = ()
+    match_all_tags: bool = False
+
+
+def _state(row: AgentRow, tags: Sequence[str] = ()) -> AgentState:
     return AgentState(
         id=row.id,
         name=row.name,
@@ -124,12 +173,59 @@ def _state(row: AgentRow) -> AgentState:
         created_at=row.created_at,
         summary=row.summary,
         heartbeats_paused_until=row.heartbeats_paused_until,
+        description=row.description or "",
+        tags=tuple(tags),
+        metadata=json.loads(row.metadata_json or "{}"),
+        tools=tuple(json.loads(row.tools)) if row.tools is not None else None,
+        updated_at=row.updated_at,
     )
+
+
+def _tools_json(tools: Sequence[str] | None) -> str | None:
+    return None if tools is None else json.dumps(list(tools))
+
+
+def _tags_of(s: Session, agent_ids: Sequence[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    if agent_ids:
+        query = select(AgentTagRow).where(AgentTagRow.agent_id.in_(list(agent_ids))).order_by(AgentTagRow.tag)
+        for row in s.scalars(query):
+            found.setdefault(row.agent_id, []).append(row.tag)
+    return found
+
+
+def _states(s: Session, rows: Sequence[AgentRow]) -> list[AgentState]:
+    tags = _tags_of(s, [r.id for r in rows])
+    return [_state(r, tags.get(r.id, ())) for r in rows]
+
+
+def _write_tags(s: Session, agent_id: str, tags: Sequence[str]) -> None:
+    s.execute(delete(AgentTagRow).where(AgentTagRow.agent_id == agent_id))
+    for tag in dict.fromkeys(tags):
+        s.add(AgentTagRow(agent_id=agent_id, tag=tag))
 
 
 def _write_blocks(s: Session, agent_id: str, blocks: Sequence[Block]) -> None:
     for block in blocks:
-        s.merge(BlockRow(agent_id=agent_id, label=block.label, value=block.value, char_limit=block.limit))
+        s.merge(
+            BlockRow(
+                agent_id=agent_id,
+                label=block.label,
+                value=block.value,
+                char_limit=block.limit,
+                description=block.description,
+                read_only=block.read_only,
+            )
+        )
+
+
+def _beyond(row: AgentRow, later: bool) -> ColumnElement[bool]:
+    """Agents after ``row`` in creation order (``later``), or before it; the id breaks ties."""
+    if later:
+        return or_(
+            AgentRow.created_at > row.created_at, and_(AgentRow.created_at == row.created_at, AgentRow.id > row.id)
+        )
+    return or_(AgentRow.created_at < row.created_at, and_(AgentRow.created_at == row.created_at, AgentRow.id < row.id))
 
 
 class AgentStore:
@@ -139,7 +235,17 @@ class AgentStore:
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
 
-    def create(self, state: AgentState, blocks: Sequence[Block]) -> AgentState:
+    def create(
+        self,
+        state: AgentState,
+        blocks: Sequence[Block],
+        *,
+        history: Sequence[StoredMessage] = (),
+        out_of_context: Sequence[str] = (),
+        source_ids: Sequence[str] = (),
+    ) -> AgentState:
+        """A new agent with its blocks and, in the same transaction (an imported agent exists whole or not at
+        all), earlier messages (those in ``out_of_context`` only in recall) and attached sources."""
         with self._metadata.session() as s:
             s.add(
                 AgentRow(
@@ -156,22 +262,73 @@ class AgentStore:
                     summary=state.summary,
                     heartbeats_paused_until=None,
                     created_at=state.created_at,
+                    description=state.description,
+                    metadata_json=json.dumps(state.metadata),
+                    tools=_tools_json(state.tools),
+                    updated_at=state.updated_at,
                 )
             )
             s.flush()
             _write_blocks(s, state.id, blocks)
+            _write_tags(s, state.id, state.tags)
+            if history:
+                write_messages(s, state.id, history)
+                s.flush()
+            if out_of_context:
+                s.execute(
+                    update(MessageRow)
+                    .where(MessageRow.agent_id == state.id, MessageRow.id.in_(list(out_of_context)))
+                    .values(in_context=False)
+                )
+            now = utc_now()
+            for order, source_id in enumerate(source_ids):  # attached in this order
+                attached = now + timedelta(microseconds=order)
+                s.add(AgentSourceRow(agent_id=state.id, source_id=source_id, attached_at=attached))
         return state
 
     def get(self, user_id: str, name: str) -> AgentState | None:
         with self._metadata.session() as s:
             row = s.scalar(select(AgentRow).where(AgentRow.user_id == user_id, AgentRow.name == name))
-            return _state(row) if row else None
+            return _states(s, [row])[0] if row else None
 
     def by_id(self, user_id: str, agent_id: str) -> AgentState | None:
         """The agent with this id, if it is this user's."""
         with self._metadata.session() as s:
             row = s.get(AgentRow, agent_id)
-            return _state(row) if row is not None and row.user_id == user_id else None
+            return _states(s, [row])[0] if row is not None and row.user_id == user_id else None
+
+    def page(self, user_id: str, query: AgentQuery) -> list[AgentState]:
+        """One page of the user's agents in creation order; an unknown cursor gives an empty page."""
+        with self._metadata.session() as s:
+            where: list[ColumnElement[bool]] = [AgentRow.user_id == user_id]
+            for cursor, later in ((query.after, query.ascending), (query.before, not query.ascending)):
+                if cursor is None:
+                    continue
+                anchor = s.get(AgentRow, cursor)
+                if anchor is None or anchor.user_id != user_id:
+                    return []
+                where.append(_beyond(anchor, later))
+            if query.name is not None:
+                where.append(AgentRow.name == query.name)
+            if query.query_text:
+                pattern = f"%{escape_like(query.query_text.lower())}%"
+                where.append(func.lower(AgentRow.name).like(pattern, escape="\\"))
+            where += self._tag_conditions(query.tags, query.match_all_tags)
+            # A page that ends at ``before`` holds the agents closest to it: read backwards, then turn around.
+            backwards = query.before is not None and query.after is None
+            ascending = query.ascending != backwards
+            keys = [AgentRow.created_at, AgentRow.id]
+            order = keys if ascending else [k.desc() for k in keys]
+            rows = list(s.scalars(select(AgentRow).where(*where).order_by(*order).limit(query.limit)))
+            return _states(s, rows[::-1] if backwards else rows)
+
+    @staticmethod
+    def _tag_conditions(tags: Collection[str], match_all: bool) -> list[ColumnElement[bool]]:
+        if not tags:
+            return []
+        if match_all:
+            return [AgentRow.id.in_(select(AgentTagRow.agent_id).where(AgentTagRow.tag == tag)) for tag in tags]
+        return [AgentRow.id.in_(select(AgentTagRow.agent_id).where(AgentTagRow.tag.in_(list(tags))))]
 
     def names(self, user_id: str) -> set[str]:
         with self._metadata.session() as s:
@@ -189,28 +346,43 @@ class AgentStore:
                 return {agent: int(n) for agent, n in s.execute(query).all()}
 
             counts, sources = per_agent(MessageRow), per_agent(AgentSourceRow)
-            return [AgentSummary(_state(r), int(counts.get(r.id, 0)), int(sources.get(r.id, 0))) for r in rows]
+            states = _states(s, rows)
+            return [AgentSummary(st, int(counts.get(st.id, 0)), int(sources.get(st.id, 0))) for st in states]
 
-    def update(self, agent_id: str, **fields: str | int) -> None:
-        """Change some of the fields in ``UPDATABLE``."""
+    def update(self, agent_id: str, **fields: Any) -> None:
+        """Change some of the fields in ``UPDATABLE`` (``tools=None``: every tool there is), in one transaction."""
         unknown = set(fields) - UPDATABLE
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))} of an agent")
-        if fields:
-            with self._metadata.session() as s:
-                s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**fields))
+        if not fields:
+            return
+        values = {k: v for k, v in fields.items() if k not in ("metadata", "tools", "tags")}
+        if "metadata" in fields:
+            values["metadata_json"] = json.dumps(fields["metadata"])
+        if "tools" in fields:
+            values["tools"] = _tools_json(fields["tools"])
+        with self._metadata.session() as s:
+            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**values, updated_at=utc_now()))
+            if "tags" in fields:
+                _write_tags(s, agent_id, fields["tags"])
 
     def delete(self, agent_id: str) -> None:
-        """The agent with its blocks, messages and attachments (sources themselves stay)."""
+        """The agent with its blocks, messages, tags and attachments (sources themselves stay)."""
         with self._metadata.session() as s:
-            for table in (StepEffectRow, MessageRow, BlockRow, AgentSourceRow):
+            for table in (StepEffectRow, MessageRow, BlockRow, AgentSourceRow, AgentTagRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
     def blocks(self, agent_id: str) -> list[Block]:
         with self._metadata.session() as s:
             rows = s.scalars(select(BlockRow).where(BlockRow.agent_id == agent_id).order_by(BlockRow.label))
-            return [Block(r.label, r.value, r.char_limit) for r in rows]
+            return [Block(r.label, r.value, r.char_limit, r.description or "", bool(r.read_only)) for r in rows]
+
+    def save_block(self, agent_id: str, block: Block) -> None:
+        """Store one block as it is now (a person's edit, outside any step)."""
+        with self._metadata.session() as s:
+            _write_blocks(s, agent_id, [block])
+            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(updated_at=utc_now()))
 
     def commit_step(self, agent_id: str, changes: StepChanges) -> None:
         """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields."""

@@ -51,3 +51,14 @@ class AttachmentStore:
                     .order_by(AgentSourceRow.attached_at, AgentSourceRow.source_id)
                 )
             )
+
+    def agent_ids(self, source_id: str) -> list[str]:
+        """The agents a source is attached to, in the order they were attached."""
+        with self._metadata.session() as s:
+            return list(
+                s.scalars(
+                    select(AgentSourceRow.agent_id)
+                    .where(AgentSourceRow.source_id == source_id)
+                    .order_by(AgentSourceRow.attached_at, AgentSourceRow.agent_id)
+                )
+            )

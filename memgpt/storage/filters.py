@@ -156,6 +156,25 @@ def between(field: str, start: int | None = None, end: int | None = None) -> Fil
     return Filter(expr, expr, lambda e: low <= int(e.get(field, low - 1)) <= high) if expr else MATCH_ALL
 
 
+def tagged(tags: Iterable[str], *, every: bool = False) -> Filter:
+    """Passages whose ``metadata["tags"]`` list holds any of ``tags`` (all of them when ``every``); no tags
+    match everything."""
+    items = list(dict.fromkeys(tags))
+    for item in items:
+        quote(item)
+    if not items:
+        return MATCH_ALL
+    expr = f'{"json_contains_all" if every else "json_contains_any"}(metadata["tags"], {_list(items)})'
+    wanted = frozenset(items)
+
+    def matches(entity: Mapping[str, Any]) -> bool:
+        have = (entity.get("metadata") or {}).get("tags") or []
+        held = frozenset(t for t in have if isinstance(t, str)) if isinstance(have, list) else frozenset()
+        return wanted <= held if every else bool(wanted & held)
+
+    return Filter(expr, expr, matches)
+
+
 def all_of(*filters: Filter) -> Filter:
     result = MATCH_ALL
     for item in filters:

@@ -70,7 +70,7 @@ def _message(row: MessageRow) -> Message:
     )
 
 
-def _escape_like(term: str) -> str:
+def escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
@@ -149,6 +149,26 @@ class MessageStore:
                 row.searchable = entry.searchable
                 row.indexed = False  # changed text: index it again
 
+    def page(
+        self, agent_id: str, *, limit: int, ascending: bool, after: str | None = None, before: str | None = None
+    ) -> list[Message]:
+        """Up to ``limit`` messages in history order (oldest first when ``ascending``), strictly after and/or
+        before the messages with those ids in that order. An id that is not the agent's gives ``[]``.
+        With only ``before``, the page holds the messages closest to it."""
+        with self._metadata.session() as s:
+            where = [MessageRow.agent_id == agent_id]
+            for cursor, later in ((after, ascending), (before, not ascending)):
+                if cursor is None:
+                    continue
+                anchor = s.get(MessageRow, cursor)
+                if anchor is None or anchor.agent_id != agent_id:
+                    return []
+                where.append(MessageRow.seq > anchor.seq if later else MessageRow.seq < anchor.seq)
+            backwards = before is not None and after is None
+            order = MessageRow.seq if ascending != backwards else MessageRow.seq.desc()
+            rows = list(s.scalars(select(MessageRow).where(*where).order_by(order).limit(limit)))
+            return [_message(r) for r in (rows[::-1] if backwards else rows)]
+
     def count(self, agent_id: str) -> int:
         with self._metadata.session() as s:
             return int(s.scalar(select(func.count()).where(MessageRow.agent_id == agent_id)) or 0)
@@ -156,7 +176,7 @@ class MessageStore:
     def search(self, agent_id: str, query: str, *, offset: int, limit: int) -> tuple[list[Message], int]:
         """Searchable messages whose search text contains every word of ``query`` (any case), oldest first."""
         terms = [t for t in query.lower().split() if t]
-        conditions = [MessageRow.search_text.like(f"%{_escape_like(t)}%", escape="\\") for t in terms]
+        conditions = [MessageRow.search_text.like(f"%{escape_like(t)}%", escape="\\") for t in terms]
         return self._page(agent_id, conditions, offset, limit)
 
     def between(

@@ -11,6 +11,7 @@ the database itself and then re-reads the ledger, so whoever waited finds the wo
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     inspect,
     select,
     text,
@@ -229,7 +231,145 @@ def _0006_users_and_api_keys(conn: Connection) -> None:
     meta.create_all(conn)
 
 
-def _0007_agent_steps(conn: Connection) -> None:
+def _0007_agents_for_the_api(conn: Connection) -> None:
+    """What Letta's API lets people set on an agent (description, tags, metadata, its tools) and on a block
+    (description, read-only); one running turn per agent across server processes (a lease row) and a
+    record of each turn (a run) so a client's retry finds the turn it already started."""
+    for column in (
+        "description TEXT NOT NULL DEFAULT ''",
+        "metadata TEXT NOT NULL DEFAULT '{}'",
+        "tools TEXT",
+        "updated_at TIMESTAMP",
+    ):
+        conn.execute(text(f"ALTER TABLE agents ADD COLUMN {_timestamp(conn, column)}"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN description TEXT NOT NULL DEFAULT ''"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN read_only BOOLEAN NOT NULL DEFAULT FALSE"))
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "agent_tags",
+        meta,
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+        Column("tag", String(256), primary_key=True),
+        Index("ix_agent_tags_tag", "tag"),
+    )
+    Table(
+        "agent_leases",
+        meta,
+        Column("agent_id", String(64), primary_key=True),
+        Column("owner", String(256), nullable=False),
+        Column("run_id", String(64), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("cancel_requested", Boolean, nullable=False),
+    )
+    Table(
+        "agent_runs",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("agent_id", String(64), nullable=False),
+        Column("digest", String(64), nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("stop_reason", String(64), nullable=False),
+        Column("response", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("finished_at", DateTime(timezone=True), nullable=True),
+        Index("ix_agent_runs_agent_created", "agent_id", "created_at"),
+    )
+    for name in ("agent_tags", "agent_leases", "agent_runs"):
+        meta.tables[name].create(conn)
+
+
+def _timestamp(conn: Connection, column: str) -> str:
+    """A timezone-aware timestamp column in this database's words."""
+    zoned = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    return column.replace("TIMESTAMP", zoned)
+
+
+def _0008_files(conn: Connection) -> None:
+    """Files of a source with their load progress (a server's uploads and `memgpt load`'s files), and a
+    source's instructions and metadata (Letta's folders have both). Files loaded before get a row each."""
+    conn.execute(text("ALTER TABLE sources ADD COLUMN instructions TEXT NOT NULL DEFAULT ''"))
+    conn.execute(text("ALTER TABLE sources ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'"))
+    meta = MetaData()
+    Table("sources", meta, Column("id", String(64), primary_key=True))  # referenced only
+    files = Table(
+        "files",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("source_id", String(64), ForeignKey("sources.id", ondelete="CASCADE"), nullable=False),
+        Column("file_name", String(512), nullable=False),
+        Column("path", Text, nullable=False),
+        Column("stored", Boolean, nullable=False),
+        Column("original_file_name", String(512), nullable=False),
+        Column("file_type", String(128), nullable=False),
+        Column("file_size", BigInteger, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("error_message", Text, nullable=False),
+        Column("total_chunks", Integer, nullable=False),
+        Column("chunks_embedded", Integer, nullable=False),
+        Column("job_owner", String(256), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Index("ix_files_source_created", "source_id", "created_at"),
+        Index("ix_files_source_path", "source_id", "path"),
+        Index("ix_files_status", "status"),
+    )
+    files.create(conn)
+    documents = Table(
+        "documents",
+        meta,
+        Column("source_id", String(64)),
+        Column("file_path", Text),
+        Column("file_name", String(512)),
+        Column("file_size", BigInteger),
+        Column("n_passages", Integer),
+        Column("status", String(16)),
+        Column("created_at", DateTime(timezone=True)),
+    )
+    c = documents.c
+    ready, pending = c.status == "ready", c.status == "pending"
+    loaded = conn.execute(
+        select(
+            c.source_id,
+            c.file_path,
+            func.max(c.file_name),
+            func.max(c.file_size),
+            func.min(c.created_at),
+            func.coalesce(func.sum(c.n_passages).filter(ready), 0),
+            func.count().filter(ready),
+            func.count().filter(pending),
+        ).group_by(c.source_id, c.file_path)
+    ).all()
+    for source_id, path, name, size, created, chunks, n_ready, n_pending in loaded:
+        if not n_ready and not n_pending:
+            continue  # only being deleted
+        done = bool(n_ready) and not n_pending
+        conn.execute(
+            files.insert().values(
+                id=f"file-{uuid.uuid4()}",
+                source_id=source_id,
+                file_name=name,
+                path=path,
+                stored=False,
+                original_file_name=name,
+                file_type="",
+                file_size=size,
+                status="completed" if done else "error",
+                error_message="" if done else "the load was interrupted; run the same `memgpt load` again",
+                total_chunks=int(chunks or 0),
+                chunks_embedded=int(chunks or 0) if done else 0,
+                job_owner="",
+                created_at=_aware(created),
+                updated_at=_aware(created),
+            )
+        )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _0009_agent_steps(conn: Connection) -> None:
     """What a step changes outside its messages, so an unfinished step can be undone and a dropped one
     forgotten (``step_effects``); indexes for the context window and the recall backlog, so neither
     scans an agent's whole history; the agent's calibrated token ratio for its model."""
@@ -261,7 +401,9 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0004_messages_unbounded_tool_fields", _0004_messages_unbounded_tool_fields),
     ("0005_messages_searchable", _0005_messages_searchable),
     ("0006_users_and_api_keys", _0006_users_and_api_keys),
-    ("0007_agent_steps", _0007_agent_steps),
+    ("0007_agents_for_the_api", _0007_agents_for_the_api),
+    ("0008_files", _0008_files),
+    ("0009_agent_steps", _0009_agent_steps),
 ]
 
 

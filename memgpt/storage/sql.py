@@ -6,6 +6,7 @@ storage shapes only: callers get the frozen records from ``memgpt.types``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from memgpt.config import HOME_REMEDY, read_only_message
 from memgpt.errors import StorageError
 from memgpt.types import Document, DocumentStatus, Source, utc_now
 
@@ -72,6 +74,8 @@ class SourceRow(Base):
     embedding_dim: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    metadata_json: Mapped[str] = mapped_column("metadata", Text, default="{}")  # `metadata` is SQLAlchemy's
 
 
 class DocumentRow(Base):
@@ -108,6 +112,8 @@ def _source(row: SourceRow, counts: dict[str, tuple[int, int, int]] | None = Non
         passages=passages,
         incomplete_documents=incomplete,
         status=row.status,
+        instructions=row.instructions,
+        metadata=json.loads(row.metadata_json or "{}"),
     )
 
 
@@ -210,19 +216,32 @@ class MetadataStore:
         from memgpt.storage.migrations import apply_migrations
 
         parsed = parse_metadata_url(url)
+        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        self._file = Path(database) if database and database != ":memory:" else None
         try:
             self.engine = create_metadata_engine(parsed)
-        except (SQLAlchemyError, ImportError) as exc:  # an unknown dialect, or its driver is not installed
-            raise _cannot_open(parsed, exc) from exc
+        except (SQLAlchemyError, ImportError, OSError) as exc:  # an unknown dialect, no driver, a read-only home
+            raise self._open_error(parsed, exc) from exc
         try:
             apply_migrations(self.engine)
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise _cannot_open(parsed, exc) from exc
+            raise self._open_error(parsed, exc) from exc
         except BaseException:
             self.engine.dispose()
             raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _open_error(self, url: URL, exc: Exception) -> StorageError:
+        read_only = self._read_only()
+        return StorageError(read_only) if read_only else _cannot_open(url, exc)
+
+    def _read_only(self) -> str | None:
+        """SQLite writes the database file and, in WAL mode, files beside it: a read-only file or folder
+        shows only as "unable to open database file" or "attempt to write a readonly database"."""
+        if self._file is None:
+            return None
+        return read_only_message(self._file, "the metadata database", HOME_REMEDY)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -232,7 +251,7 @@ class MetadataStore:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StorageError(f"metadata database error: {_reason(exc)}") from exc
+            raise StorageError(self._read_only() or f"metadata database error: {_reason(exc)}") from exc
         except BaseException:
             session.rollback()
             raise
@@ -247,6 +266,19 @@ class MetadataStore:
         with self.session() as s:
             row = s.scalar(select(SourceRow).where(SourceRow.user_id == user_id, SourceRow.name == name))
             return _source(row, self._counts(s, [row.id])) if row else None
+
+    def source_by_id(self, user_id: str, source_id: str) -> Source | None:
+        """The source with this id, if it is this user's."""
+        with self.session() as s:
+            row = s.get(SourceRow, source_id)
+            return _source(row, self._counts(s, [row.id])) if row is not None and row.user_id == user_id else None
+
+    def source_with_id(self, source_id: str) -> Source | None:
+        """The source with this id whoever owns it: only for work done for its owner without a request
+        (a server's background loads); everything a user asks for goes through ``source_by_id``."""
+        with self.session() as s:
+            row = s.get(SourceRow, source_id)
+            return _source(row, self._counts(s, [row.id])) if row is not None else None
 
     def list_sources(self, user_id: str) -> list[Source]:
         with self.session() as s:
@@ -267,6 +299,8 @@ class MetadataStore:
                     embedding_dim=source.embedding_dim,
                     status="ready",
                     created_at=source.created_at,
+                    instructions=source.instructions,
+                    metadata_json=json.dumps(source.metadata),
                 )
             )
         return source

@@ -7,8 +7,17 @@ This package is the only place that imports pymilvus; what differs between deplo
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any
+
+# gRPC (under pymilvus) restarts its event-engine poller thread in a forked child when fork support is on,
+# as it is by default. A child that then closes its inherited descriptors before exec -- pexpect, or
+# subprocess with preexec_fn -- closes the poller's epoll fd under it, and gRPC aborts that child with
+# "epoll_wait ... Bad file descriptor" (seen: 9 of 200 pexpect spawns from a process holding a Milvus
+# Lite client). memgpt never uses gRPC in a forked child, so the support is off. It must be set before
+# grpc is first imported, and everything in memgpt that imports pymilvus is below this package.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from memgpt.storage.milvus.client import (
     Capabilities,

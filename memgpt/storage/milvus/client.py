@@ -8,13 +8,14 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from memgpt.config import display_path, is_server_uri
+from memgpt.config import display_path, is_server_uri, read_only_message
 from memgpt.errors import StorageError, StorageLockedError
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def connect(target: MilvusTarget) -> Any:
     where = display_path(target.uri)
     if target.is_lite:
         db_file = Path(target.uri)
-        db_file.parent.mkdir(parents=True, exist_ok=True)
+        _check_writable(db_file)
         _lite_locks.acquire(db_file)
     # Milvus Lite is a local socket: client keepalive pings only earn "too_many_pings" GOAWAYs from it
     # during long loads (seen here mid-way through a 5 MB load), so they are turned off there.
@@ -188,7 +189,8 @@ def connect(target: MilvusTarget) -> Any:
     elif target.database:
         options["db_name"] = target.database
     try:
-        return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
+        with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
+            return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
     except MilvusException as exc:
         if target.is_lite:
             _lite_locks.release(Path(target.uri))
@@ -197,6 +199,36 @@ def connect(target: MilvusTarget) -> Any:
                 "or use a Milvus server"
             ) from exc
         raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
+
+
+def _check_writable(db_file: Path) -> None:
+    """Milvus Lite writes its file and lock files beside it; read-only, it fails with a C++ assertion or
+    a PermissionError on a lock file, so that is checked first and said plainly."""
+    remedy = "make it writable, or choose another Milvus Lite file with `memgpt configure`"
+    try:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = read_only_message(db_file, "the Milvus Lite database", remedy)
+        raise StorageError(reason or f"cannot create the folder of {display_path(db_file)}: {exc.strerror}") from exc
+    reason = read_only_message(db_file, "the Milvus Lite database", remedy)
+    if reason:
+        raise StorageError(reason)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT while pymilvus starts the Milvus Lite server process, which inherits the mask.
+
+    A terminal's Ctrl-C goes to the whole foreground process group, and the server (a child in the
+    same group) died of it: every later Milvus call failed, including the clean-up of an interrupted
+    load. The server ends when memgpt releases the file anyway. A Ctrl-C meanwhile stays pending and
+    reaches memgpt as soon as the block ends.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _reason(exc: Exception) -> str:

@@ -98,6 +98,7 @@ class MilvusPassageStore(PassageStore):
         self.supports_partition_key = capabilities.partition_key
         self.supports_hybrid = self._open(capabilities)
         self._caught_up = False  # whether a Strong search has run yet; see MilvusTarget.search_consistency
+        self._has_rows = False  # known to hold a row; see _can_rank_text
 
     def _open(self, capabilities: Capabilities) -> bool:
         """Create or check the collection (upgrading earlier-schema ones); returns whether it has BM25."""
@@ -133,6 +134,7 @@ class MilvusPassageStore(PassageStore):
 
     def upsert(self, passages: Sequence[Passage]) -> None:
         self._write_rows([_row(p, self.dimensions) for p in passages])
+        self._has_rows = self._has_rows or bool(passages)
 
     def insert(self, passages: Sequence[Passage]) -> None:
         self._write_rows([_row(p, self.dimensions) for p in passages], replace=False)
@@ -145,6 +147,7 @@ class MilvusPassageStore(PassageStore):
         matched = self.count(where)
         with milvus_errors("delete passages"):
             self._client.delete(self.collection, filter=where.expr)
+        self._has_rows = False  # perhaps none left: count again before the next text search
         return matched
 
     def flush(self) -> None:
@@ -155,6 +158,17 @@ class MilvusPassageStore(PassageStore):
     # -- search -------------------------------------------------------------------------------
     def _read_options(self) -> dict[str, Any]:
         return self._target.search_consistency(self._caught_up)
+
+    def _can_rank_text(self) -> bool:
+        """Whether BM25 can run here. Milvus Lite 2.5.1 fails every BM25 search of a collection without
+        rows (its average document length is 0/0: "NaN or Inf value"), and its server process prints a
+        C++ assertion and pymilvus logs a traceback when it does, around what is a correct empty answer.
+        So an empty collection is never asked; once a row is seen, that is remembered until a delete."""
+        if not self.supports_hybrid:
+            return False
+        if not self._has_rows:
+            self._has_rows = self.count() > 0
+        return self._has_rows
 
     def search(
         self,
@@ -171,7 +185,7 @@ class MilvusPassageStore(PassageStore):
             return []
         if offset + limit > MAX_WINDOW:
             return self._deep(vector, limit=limit, offset=offset, where=where)
-        if text and text.strip() and self.supports_hybrid:
+        if text and text.strip() and self._can_rank_text():
             return self._hybrid(vector, text, limit=limit, offset=offset, where=where)
         with milvus_errors("search passages"):
             results = self._client.search(
@@ -233,6 +247,8 @@ class MilvusPassageStore(PassageStore):
         """BM25 full-text search alone. Scores are BM25 relevance: higher is better, unbounded."""
         if not self.supports_hybrid:
             raise StorageError(f"collection {self.collection} has no full-text index on this Milvus")
+        if not self._can_rank_text():
+            return []
         with milvus_errors("run a full-text search"):
             results = self._client.search(
                 self.collection,

@@ -1,0 +1,165 @@
+"""Background loads of uploaded files: an upload is answered at once (pending), then loaded here, one
+file at a time per process, by the same loader as `memgpt load`; its row in the files table shows the
+progress (``folders.files.retrieve`` polls it).
+
+Each loading file names the process that loads it. On start, a process takes over the loads whose process
+is gone (a crash, kill -9, a stop while files were queued): an upload is loaded again from its stored copy
+(the loader's ids make that idempotent), a `memgpt load` file is marked as an error to load again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from memgpt.data.files import load_file
+from memgpt.data.ingest import LoadListener
+from memgpt.errors import BackendError, MemGPTError
+from memgpt.owners import is_dead, is_local, this_process
+from memgpt.types import FileStatus, utc_now
+
+if TYPE_CHECKING:
+    from memgpt.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+STALE = timedelta(minutes=10)  # a load on another machine with no progress for this long is taken over
+CANCEL_WAIT_SECONDS = 60.0
+CLI_INTERRUPTED = "the load was interrupted; run the same `memgpt load` again"
+
+
+class _Stopped(BackendError):
+    """Raised inside a load (between embedding batches) to stop it: its file is being deleted, or the
+    server is shutting down."""
+
+
+class _Watch(LoadListener):
+    """Stops the load at the next batch once asked to."""
+
+    def __init__(self, jobs: FileJobs, file_id: str) -> None:
+        self.jobs = jobs
+        self.file_id = file_id
+
+    def _check(self) -> None:
+        if self.jobs.should_stop(self.file_id):
+            raise _Stopped("the load was stopped")
+
+    def file_started(self, path: Path) -> None:
+        self._check()
+
+    def passages_planned(self, count: int) -> None:
+        self._check()
+
+    def passages_embedded(self, count: int) -> None:
+        self._check()
+
+
+class FileJobs:
+    """This process's queue of file loads (one worker: embedding keeps the CPU busy anyway)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memgpt-load")
+        self._guard = threading.Condition()
+        self._queued: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._running: str | None = None
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> int:
+        """Take over the loads whose process is gone; returns how many were queued again."""
+        files = self.state.storage.files
+        me = this_process()
+        queued = 0
+        for record in files.unfinished():
+            stale = utc_now() - record.updated_at > STALE
+            gone = is_dead(record.job_owner) or (not is_local(record.job_owner) and stale)
+            if not gone or not files.claim(record.id, me, previous=record.job_owner):
+                continue
+            if record.stored and Path(record.path).is_file():
+                files.update(record.id, status=FileStatus.PENDING, chunks_embedded=0)
+                self.submit(record.id)
+                queued += 1
+            else:
+                reason = CLI_INTERRUPTED if not record.stored else "the uploaded file was lost; upload it again"
+                files.update(record.id, status=FileStatus.ERROR, error_message=reason, job_owner="")
+        if queued:
+            logger.info("loading %d file(s) an earlier server process did not finish", queued)
+        return queued
+
+    def stop(self) -> None:
+        """Stop the running load at its next batch and drop the queue; unfinished loads stay recorded as
+        this process's, so the next start takes them over."""
+        with self._guard:
+            self._stopping = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- work -----------------------------------------------------------------------------------
+    def submit(self, file_id: str) -> None:
+        with self._guard:
+            self._queued.add(file_id)
+        self._pool.submit(self._run, file_id)
+
+    def should_stop(self, file_id: str) -> bool:
+        with self._guard:
+            return self._stopping or file_id in self._cancelled
+
+    def cancel(self, file_ids: list[str]) -> None:
+        """Make sure none of these files is being loaded (before they are deleted): queued ones will not
+        start, a running one stops at its next batch and is waited for."""
+        wanted = set(file_ids)
+        if not wanted:
+            return
+        with self._guard:
+            self._cancelled |= wanted & (self._queued | {self._running})  # only what this process will load
+            self._guard.wait_for(lambda: self._running not in wanted, timeout=CANCEL_WAIT_SECONDS)
+
+    def _run(self, file_id: str) -> None:
+        with self._guard:
+            self._queued.discard(file_id)
+            if self._stopping or file_id in self._cancelled:
+                self._cancelled.discard(file_id)
+                return
+            self._running = file_id
+        try:
+            self._load(file_id)
+        except MemGPTError as exc:
+            logger.warning("loading file %s failed: %s", file_id, exc)
+        except Exception:
+            logger.exception("loading file %s failed", file_id)
+            self._fail(file_id, "internal error while loading; the server log has the details")
+        finally:
+            with self._guard:
+                self._running = None
+                self._cancelled.discard(file_id)
+                self._guard.notify_all()
+
+    def _load(self, file_id: str) -> None:
+        storage = self.state.storage
+        record = storage.files.get(file_id)
+        if record is None or record.status.finished or record.job_owner != this_process():
+            return  # deleted, done, or taken over by another process meanwhile
+        source = storage.metadata.source_with_id(record.source_id)
+        if source is None:
+            return
+        model = self.state.embedding()
+        if source.space != model.space:
+            self._fail(file_id, f"folder {source.name!r} was embedded with {source.space}, not {model.space}")
+            return
+        report = load_file(
+            storage, model, source, record, settings=self.state.config.embedding, listener=_Watch(self, file_id)
+        )
+        if report.aborted and self.should_stop(file_id) and self._stopping:
+            # Shut down midway: queue it for the next start (the loader had marked it as failed).
+            storage.files.update(file_id, status=FileStatus.PENDING, error_message="", job_owner=this_process())
+
+    def _fail(self, file_id: str, reason: str) -> None:
+        try:
+            self.state.storage.files.update(file_id, status=FileStatus.ERROR, error_message=reason, job_owner="")
+        except MemGPTError as exc:
+            logger.warning("could not record that loading file %s failed: %s", file_id, exc)
+

@@ -1,0 +1,131 @@
+"""Agent Files over HTTP: ``agents.export_file`` (the JSON text) and ``agents.import_file`` (multipart,
+Letta's form fields); both call ``memgpt.agent.agentfile``, as `memgpt export agent` and `memgpt import` do."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile
+from pydantic import BaseModel
+
+from memgpt.agent.agentfile import (
+    ImportedAgent,
+    ImportOptions,
+    export_agent,
+    export_text,
+    import_agent_file,
+    import_settings,
+)
+from memgpt.agent.agentfile_format import read_agent_file
+from memgpt.errors import UserError
+from memgpt.server.routes.agents import find_agent
+from memgpt.server.state import CurrentUser, State
+
+router = APIRouter(tags=["agents"])
+
+
+class ImportedOut(BaseModel):
+    """What became of one agent of the file (memgpt's own detail beside Letta's ``agent_ids``)."""
+
+    agent_id: str
+    name: str
+    messages: int
+    archival_passages: int
+    files: list[str]
+    tools_mapped: dict[str, list[str]]
+    tools_without_equivalent: list[str]
+    custom_tools_not_installed: list[str]
+    notes: list[str]
+
+    @classmethod
+    def of(cls, imported: ImportedAgent) -> ImportedOut:
+        return cls(
+            agent_id=imported.state.id,
+            name=imported.state.name,
+            messages=imported.messages,
+            archival_passages=imported.passages,
+            files=[f.file_name for f in imported.files],
+            tools_mapped=imported.tools_mapped,
+            tools_without_equivalent=imported.tools_without_equivalent,
+            custom_tools_not_installed=imported.custom_tools,
+            notes=imported.notes,
+        )
+
+
+class ImportResult(BaseModel):
+    agent_ids: list[str]
+    imported: list[ImportedOut]
+
+
+@router.get("/v1/agents/{agent_id}/export")
+def export_file(
+    agent_id: str,
+    state: State,
+    user: CurrentUser,
+    scrub_messages: bool = False,
+    use_legacy_format: bool = False,
+    conversation_id: str | None = None,
+    max_steps: int | None = None,
+) -> Response:
+    """The agent as an Agent File (JSON text): blocks, messages (none with ``scrub_messages``), tools,
+    attached folders with their files' text, and its archival passages under the key ``memgpt``."""
+    if use_legacy_format:
+        raise UserError("the legacy agent file format is not supported; leave out use_legacy_format")
+    agent = find_agent(state, user.id, agent_id)
+    document = export_agent(
+        state.storage, agent, chunk_size=state.config.embedding.chunk_size, scrub_messages=scrub_messages
+    )
+    return Response(export_text(document), media_type="application/json")
+
+
+def _secrets(value: str | None, field: str) -> None:
+    if value is None or not value.strip():
+        return
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise UserError(f"{field} must be a JSON object string, e.g. '{{\"KEY\": \"value\"}}'")
+
+
+@router.post("/v1/agents/import", response_model=ImportResult)
+def import_file(
+    state: State,
+    user: CurrentUser,
+    file: Annotated[UploadFile, File(description="The agent file (.af)")],
+    name: Annotated[str | None, Form()] = None,
+    override_name: Annotated[str | None, Form()] = None,
+    append_copy_suffix: Annotated[bool, Form()] = True,
+    on_name_clash: Annotated[Literal["suffix", "error"], Form(description="memgpt: a taken name")] = "suffix",
+    strip_messages: Annotated[bool, Form()] = False,
+    override_existing_tools: Annotated[bool, Form()] = True,
+    model: Annotated[str | None, Form()] = None,
+    override_model_handle: Annotated[str | None, Form()] = None,
+    embedding: Annotated[str | None, Form()] = None,
+    override_embedding_handle: Annotated[str | None, Form()] = None,
+    secrets: Annotated[str | None, Form()] = None,
+    env_vars_json: Annotated[str | None, Form()] = None,
+    project_id: Annotated[str | None, Form()] = None,
+    x_override_embedding_model: Annotated[str | None, Header()] = None,
+) -> ImportResult:
+    """Make new agents from an Agent File (Letta's or memgpt's); all of it or, on any error, nothing.
+    Tools map to MemGPT's by name; tools that carry code are never installed (the answer lists them), so
+    ``override_existing_tools`` changes nothing; ``secrets`` and ``env_vars_json`` are checked, not kept;
+    ``project_id`` is ignored. ``on_name_clash`` (memgpt's own) says what a taken name does."""
+    for handle in (embedding, override_embedding_handle, x_override_embedding_model):
+        state.models().check_embedding(handle, None)  # imported agents are embedded again with the server's
+    _secrets(secrets, "secrets")
+    _secrets(env_vars_json, "env_vars_json")
+    document = read_agent_file(file.file.read(), file.filename or "the agent file")
+    options = ImportOptions(
+        name=override_name or name,
+        copy_suffix=append_copy_suffix,
+        on_clash=on_name_clash,
+        strip_messages=strip_messages,
+        model=state.models().model_for(handle) if (handle := override_model_handle or model) else None,
+    )
+    settings = import_settings(state.home, state.config, state.embedding())
+    imported = import_agent_file(state.storage, document, user_id=user.id, settings=settings, options=options)
+    return ImportResult(agent_ids=[i.state.id for i in imported], imported=[ImportedOut.of(i) for i in imported])

@@ -1,0 +1,93 @@
+"""``/v1/agents/{agent_id}/archival-memory``: the agent's archival memory (Letta's ``agents.passages``).
+
+Listing, adding and deleting work on the agent's own passages; searching looks where the agent's own
+``archival_memory_search`` looks: its passages and those of its attached folders.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from memgpt.agent.manager import archival_memory
+from memgpt.errors import NotFoundError, UserError
+from memgpt.memory.archival import ArchivalMemory
+from memgpt.server.routes.agents import find_agent
+from memgpt.server.schemas.agents import Deleted
+from memgpt.server.schemas.passages import PassageCreate, PassageOut, SearchResponse, SearchResult, TagMatch
+from memgpt.server.state import CurrentUser, ServerState, State
+from memgpt.storage.filters import tagged
+
+router = APIRouter(prefix="/v1/agents/{agent_id}/archival-memory", tags=["archival memory"])
+
+
+def _archival(state: ServerState, user_id: str, agent_id: str) -> ArchivalMemory:
+    return archival_memory(state.storage, find_agent(state, user_id, agent_id), state.embedding())
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+@router.post("", response_model=list[PassageOut])
+@router.post("/", response_model=list[PassageOut], include_in_schema=False)
+def create_passage(agent_id: str, body: PassageCreate, state: State, user: CurrentUser) -> list[PassageOut]:
+    """Store text in the agent's archival memory (split into passages when it is long); returns them."""
+    if not body.text.strip():
+        raise UserError("text: is empty; nothing was stored")
+    archival = _archival(state, user.id, agent_id)
+    passages = archival.add(body.text, tags=body.tags or [], created_at=_utc(body.created_at))
+    config = state.models().embedding_config()
+    return [PassageOut.of(p, config) for p in passages]
+
+
+@router.get("", response_model=list[PassageOut])
+@router.get("/", response_model=list[PassageOut], include_in_schema=False)
+def list_passages(
+    agent_id: str,
+    state: State,
+    user: CurrentUser,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ascending: bool = True,
+    search: str | None = None,
+) -> list[PassageOut]:
+    """The agent's own passages, oldest first unless ``ascending=false``; ``search`` keeps those with that text."""
+    archival = _archival(state, user.id, agent_id)
+    passages = archival.own_passages(limit=limit, ascending=ascending, after=after, before=before, containing=search)
+    config = state.models().embedding_config()
+    return [PassageOut.of(p, config) for p in passages]
+
+
+@router.get("/search", response_model=SearchResponse)
+def search_passages(
+    agent_id: str,
+    state: State,
+    user: CurrentUser,
+    query: Annotated[str, Query(min_length=1)],
+    top_k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    tags: Annotated[list[str] | None, Query()] = None,
+    tag_match_mode: TagMatch = "any",
+    start_datetime: datetime | None = None,
+    end_datetime: datetime | None = None,
+) -> SearchResponse:
+    """The agent's best passages for ``query`` (its own and its folders'), by meaning and by words."""
+    if not query.strip():
+        raise UserError("query: is empty; say what to look for")
+    archival = _archival(state, user.id, agent_id)
+    also = tagged(tags or [], every=tag_match_mode == "all") & ArchivalMemory.created_between(
+        _utc(start_datetime), _utc(end_datetime)
+    )
+    hits = archival.hits(query, limit=top_k, also=also)
+    return SearchResponse(count=len(hits), results=[SearchResult.of(h) for h in hits])
+
+
+@router.delete("/{memory_id}", response_model=Deleted)
+def delete_passage(agent_id: str, memory_id: str, state: State, user: CurrentUser) -> Deleted:
+    """Delete one of the agent's own passages (a folder's passages go with their file or folder)."""
+    if not _archival(state, user.id, agent_id).delete_own(memory_id):
+        raise NotFoundError(f"the agent has no archival passage with id {memory_id!r}")
+    return Deleted(message=f"Memory id={memory_id} successfully deleted")

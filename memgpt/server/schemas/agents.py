@@ -1,0 +1,206 @@
+"""Agents and their core memory blocks, as Letta's API shows them (``AgentState``, ``Block``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memgpt.server.schemas.common import EmbeddingConfig, LlmConfig, SourceOut, ToolOut
+from memgpt.types import AgentState, Block
+
+AGENT_TYPE = "memgpt_agent"
+_BLOCK_IDS = uuid.UUID("6d656d67-7074-4000-8000-626c6f636b73")  # namespace of the stable ids of blocks
+
+
+def block_id(agent_id: str, label: str) -> str:
+    """A block's id: blocks are the agent's and known by label, so the id is derived from both."""
+    return f"block-{uuid.uuid5(_BLOCK_IDS, f'{agent_id}/{label}')}"
+
+
+class BlockOut(BaseModel):
+    """One core memory block (Letta's ``Block``; ``BlockResponse`` on the blocks routes)."""
+
+    id: str
+    label: str
+    value: str
+    limit: int
+    description: str | None = None
+    read_only: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    is_template: bool = False
+    hidden: bool = False
+
+    @classmethod
+    def of(cls, agent_id: str, block: Block) -> BlockOut:
+        return cls(
+            id=block_id(agent_id, block.label),
+            label=block.label,
+            value=block.value,
+            limit=block.limit,
+            description=block.description or None,
+            read_only=block.read_only,
+        )
+
+
+class Memory(BaseModel):
+    blocks: list[BlockOut]
+    file_blocks: list[Any] = Field(default_factory=list)
+    prompt_template: str = ""
+    agent_type: str = AGENT_TYPE
+
+
+class AgentOut(BaseModel):
+    """Letta's ``AgentState``: every field it requires, and what memgpt keeps beside them."""
+
+    id: str
+    name: str
+    agent_type: str = AGENT_TYPE
+    system: str
+    description: str | None = None
+    tags: list[str]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    blocks: list[BlockOut]
+    memory: Memory
+    llm_config: LlmConfig
+    embedding_config: EmbeddingConfig
+    model: str | None = Field(None, description="The LLM handle, provider/model")
+    embedding: str | None = Field(None, description="The embedding handle, provider/model")
+    tools: list[ToolOut]
+    sources: list[SourceOut]
+    tool_rules: list[Any] = Field(default_factory=list)
+    timezone: str = "UTC"
+    created_at: datetime
+    updated_at: datetime | None = None
+
+    @classmethod
+    def of(
+        cls,
+        state: AgentState,
+        *,
+        blocks: list[Block],
+        tools: list[ToolOut],
+        sources: list[SourceOut],
+        llm_config: LlmConfig,
+        embedding_config: EmbeddingConfig,
+    ) -> AgentOut:
+        shown = [BlockOut.of(state.id, b) for b in blocks]
+        return cls(
+            id=state.id,
+            name=state.name,
+            system=state.system_prompt,
+            description=state.description or None,
+            tags=list(state.tags),
+            metadata=state.metadata,
+            blocks=shown,
+            memory=Memory(blocks=shown),
+            llm_config=llm_config,
+            embedding_config=embedding_config,
+            model=llm_config.handle,
+            embedding=embedding_config.handle,
+            tools=tools,
+            sources=sources,
+            created_at=state.created_at,
+            updated_at=state.updated_at or state.created_at,
+        )
+
+
+class BlockIn(BaseModel):
+    """A block of a new agent (Letta's ``CreateBlock``); other keys Letta knows are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    label: str
+    value: str
+    limit: int | None = Field(None, description="Characters the block may hold; default 2000 (or the value's length)")
+    description: str | None = None
+    read_only: bool = False
+
+
+class LlmConfigIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    context_window: int | None = None
+
+
+class AgentCreate(BaseModel):
+    """``agents.create``. Keys Letta knows that memgpt has no use for (tool_rules, timezone, ...) are ignored;
+    those that would change what the agent is (block_ids, folder_ids, ...) are refused in ``refused``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    memory_blocks: list[BlockIn] | None = None
+    model: str | None = None
+    embedding: str | None = None
+    llm_config: LlmConfigIn | None = None
+    embedding_config: dict[str, Any] | None = None
+    context_window_limit: int | None = Field(None, ge=1024)
+    system: str | None = None
+    tools: list[str] | None = None
+    tool_ids: list[str] | None = None
+    include_base_tools: bool = True
+    tags: list[str] | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    agent_type: str | None = None
+
+
+class AgentUpdate(BaseModel):
+    """``agents.update``: only the keys sent change; ``null`` leaves a field as it is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    system: str | None = None
+    description: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    model: str | None = None
+    llm_config: LlmConfigIn | None = None
+    embedding: str | None = None
+    embedding_config: dict[str, Any] | None = None
+    context_window_limit: int | None = Field(None, ge=1024)
+    tool_ids: list[str] | None = None
+
+
+# Letta keys that would change an agent in ways memgpt does not do: refused rather than silently dropped.
+REFUSED = {
+    "block_ids": "shared blocks are not supported: give the agent its own memory_blocks",
+    "source_ids": "attach folders after creating the agent (agents.folders.attach)",
+    "folder_ids": "attach folders after creating the agent (agents.folders.attach)",
+    "initial_message_sequence": "an agent starts with an empty history here",
+    "message_ids": "the context window is managed by the agent itself",
+}
+
+
+def refused(body: BaseModel) -> str | None:
+    """The first key of ``body`` (sent with a value) that memgpt refuses, with why, as one line."""
+    extra = body.model_extra or {}
+    for key, why in REFUSED.items():
+        if extra.get(key):
+            return f"{key}: {why}"
+    return None
+
+
+class BlockUpdate(BaseModel):
+    """``agents.blocks.update``: only the keys sent change."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    value: str | None = None
+    limit: int | None = None
+    description: str | None = None
+    read_only: bool | None = None
+    label: str | None = None
+
+
+class Deleted(BaseModel):
+    message: str
+
+
+Order = Literal["asc", "desc"]

@@ -1,0 +1,403 @@
+"""Agent turns for the API: one at a time per agent across every server process, each in a worker thread,
+streamed step by step or collected, cancellable between steps, and found again by a client's retry.
+
+A turn holds the agent's lease (``storage.turns``) from before the agent is opened until its last step is
+stored; a renewer thread keeps the leases of this process's turns alive. The turn runs the same agent loop
+as `memgpt run`; each step's messages reach listeners as soon as the step is stored. A client that goes away
+only stops listening: the turn runs to its end (or to a cancel). letta-client resends a POST after a timeout,
+a 409 or a 5xx with ``X-Stainless-Retry-Count`` >= 1 and the same body: such a retry joins the turn its
+first try started (or gets that turn's stored answer) instead of sending the message again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from memgpt.agent.agent import END_TURN, Agent
+from memgpt.agent.manager import open_agent
+from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError
+from memgpt.llm import create_llm
+from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
+from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
+from memgpt.storage.turns import FINISHED, Run, new_owner
+from memgpt.types import Message, utc_now
+
+if TYPE_CHECKING:
+    from memgpt.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+RETRY_WINDOW = timedelta(minutes=10)  # how long a turn is remembered for a client's retry
+
+
+@dataclass
+class Timing:
+    lease_ttl: float = 30.0  # a lease not renewed for this long may be taken over (a host that vanished)
+    renew_every: float = 10.0
+    busy_wait: float = 5.0  # how long a send waits for the agent's running turn before answering 409
+    retry_after: int = 2
+    ping_every: float = 20.0  # include_pings: a ping after this long without an item (client read timeout: 60 s)
+
+
+@dataclass(frozen=True)
+class TurnInput:
+    user_id: str
+    agent_id: str
+    text: str
+    role: str  # "user", or "system" for an event the agent should know of
+    max_steps: int
+    digest: str  # of the request, so a retry is recognised
+    retry: bool
+    rendering: Rendering
+
+
+def request_digest(user_id: str, agent_id: str, path: str, body: Any) -> str:
+    text = json.dumps({"user": user_id, "agent": agent_id, "path": path, "body": body}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class UsageMeter(LLMClient):
+    """Passes calls to ``inner`` and adds up the tokens its answers report."""
+
+    def __init__(self, inner: LLMClient) -> None:
+        self.inner = inner
+        self.model, self.context_window, self.endpoint = inner.model, inner.context_window, inner.endpoint
+        self.supports_tools, self.tool_choice = inner.supports_tools, inner.tool_choice
+        self.timeout, self.deadline = inner.timeout, inner.deadline
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+
+    @property
+    def where(self) -> str:
+        return self.inner.where
+
+    def request(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], *, choice: ToolChoice, timeout: float
+    ) -> Completion:
+        return self.inner.request(messages, tools, choice=choice, timeout=timeout)
+
+    def complete(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> Completion:
+        completion = self.inner.complete(messages, tools)
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.cached_tokens += completion.cached_tokens
+        return completion
+
+
+@dataclass
+class Turn:
+    """One turn: its items (Letta messages) as the steps produce them, then how it ended. Any number of
+    listeners follow it, each from the start; the turn itself never waits for them."""
+
+    run_id: str
+    agent_id: str
+    digest: str
+    rendering: Rendering = field(default_factory=Rendering)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    stop_reason: str | None = None
+    error: tuple[str, str] | None = None  # (error_type, message) when it failed
+    usage: Usage = field(default_factory=Usage)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    def add_step(self, messages: Sequence[Message]) -> None:
+        step_id = f"step-{uuid.uuid4()}"
+        items = [
+            item.model_dump(mode="json")
+            for message in messages
+            for item in letta_messages(message, self.rendering, run_id=self.run_id, step_id=step_id)
+        ]
+        with self._lock:
+            self.items.extend(items)
+            self.steps += 1
+        self._notify()
+
+    def finish(self, stop_reason: str, usage: Usage, error: tuple[str, str] | None = None) -> None:
+        with self._lock:
+            self.usage, self.error = usage, error
+            self.stop_reason = stop_reason
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for loop, event in listeners:
+            loop.call_soon_threadsafe(event.set)
+
+    async def follow(self, ping_every: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+        """Every item from the first, as they come, until the turn is over; ``None`` is a keep-alive
+        after ``ping_every`` seconds without an item (only when asked for)."""
+        event = asyncio.Event()
+        listener = (asyncio.get_running_loop(), event)
+        with self._lock:
+            self._listeners.add(listener)
+        try:
+            sent = 0
+            while True:
+                with self._lock:
+                    fresh, over = self.items[sent:], self.done
+                for item in fresh:
+                    yield item
+                sent += len(fresh)
+                if over:
+                    return
+                try:
+                    await asyncio.wait_for(event.wait(), ping_every)
+                except TimeoutError:
+                    yield None
+                event.clear()
+        finally:
+            with self._lock:
+                self._listeners.discard(listener)
+
+    def response(self) -> LettaResponse:
+        return LettaResponse.model_validate(
+            {
+                "messages": self.items,
+                "stop_reason": StopReasonOut(stop_reason=self.stop_reason or "error"),  # type: ignore[arg-type]
+                "usage": self.usage,
+            }
+        )
+
+    @classmethod
+    def replay(cls, run: Run) -> Turn:
+        """A finished turn from its stored answer (for a retry that arrives after it ended)."""
+        stored = json.loads(run.response or "{}")
+        turn = cls(run.id, run.agent_id, run.digest, items=list(stored.get("messages", [])))
+        error = stored.get("error")
+        turn.finish(run.stop_reason or "error", Usage(**stored.get("usage", {})), tuple(error) if error else None)
+        return turn
+
+
+class TurnRunner:
+    """The turns of one server process."""
+
+    def __init__(self, state: ServerState, timing: Timing | None = None) -> None:
+        self.state = state
+        settings = state.config.server
+        self._timing = timing or Timing(
+            lease_ttl=settings.lease_seconds,
+            renew_every=settings.lease_seconds / 3,
+            busy_wait=settings.busy_wait_seconds,
+        )
+        self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
+        self._guard = threading.Lock()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
+        self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
+        self._renewer.start()
+
+    @property
+    def timing(self) -> Timing:
+        return self._timing
+
+    @timing.setter
+    def timing(self, timing: Timing) -> None:
+        self._timing = timing
+        self._wake.set()
+
+    @property
+    def _turns(self) -> Any:
+        return self.state.storage.turns
+
+    # -- starting ---------------------------------------------------------------------------------
+    def start(self, request: TurnInput) -> Turn:
+        """The turn for ``request``: a new one, or, for a client's retry, the one its first try started.
+        Blocks up to ``busy_wait`` seconds while the agent runs another turn, then raises Busy."""
+        if request.retry:
+            earlier = self._earlier(request)
+            if earlier is not None:
+                return earlier
+        run_id = f"run-{uuid.uuid4()}"
+        owner = new_owner()
+        self._take_lease(request.agent_id, owner, run_id)
+        try:
+            agent, meter = self._open(request)
+            turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
+            self._turns.start_run(Run(run_id, request.agent_id, request.digest), keep=RETRY_WINDOW)
+        except BaseException:
+            self._turns.release(request.agent_id, owner)
+            raise
+        with self._guard:
+            self._active[request.agent_id] = (turn, owner)
+        # A daemon thread: stopping the server does not wait for an LLM that hangs (a step is stored whole or not).
+        threading.Thread(
+            target=self._run, args=(turn, agent, meter, request, owner), name=f"turn-{run_id[4:12]}", daemon=True
+        ).start()
+        return turn
+
+    def _take_lease(self, agent_id: str, owner: str, run_id: str) -> None:
+        deadline = time.monotonic() + self.timing.busy_wait
+        pause = 0.05
+        while not self._turns.acquire(agent_id, owner, run_id, self.timing.lease_ttl):
+            if time.monotonic() >= deadline:
+                raise AgentBusyError(
+                    "the agent is busy with another message; send again in a moment (one turn at a time per agent)",
+                    self.timing.retry_after,
+                )
+            time.sleep(pause)
+            pause = min(0.25, pause * 2)
+
+    @contextmanager
+    def holding(self, agent_id: str) -> Iterator[None]:
+        """Hold the agent's lease for a change that must not interleave with a turn (a block edit, a delete)."""
+        owner = new_owner()
+        self._take_lease(agent_id, owner, "")
+        try:
+            yield
+        finally:
+            self._turns.release(agent_id, owner)
+
+    def _open(self, request: TurnInput) -> tuple[Agent, UsageMeter]:
+        state = self.state.storage.agents.by_id(request.user_id, request.agent_id)
+        if state is None:
+            raise NotFoundError(f"no agent with id {request.agent_id!r}")
+        try:
+            inner = create_llm(self.state.config.llm, model=state.llm_model, context_window=state.context_window)
+        except ConfigError as exc:
+            raise LLMError(f"the server's LLM is not configured ({exc})") from exc
+        meter = UsageMeter(inner)
+        agent, warnings = open_agent(
+            self.state.storage,
+            state,
+            llm=meter,
+            embedding=self.state.embedding(),
+            tools_folder=self.state.home / "tools",
+            max_steps=request.max_steps,
+        )
+        for warning in warnings:
+            logger.warning("agent %s: %s", state.id, warning)
+        return agent, meter
+
+    def _earlier(self, request: TurnInput) -> Turn | None:
+        """The turn a retried request's first try started, waiting for it when another process runs it."""
+        with self._guard:
+            active = self._active.get(request.agent_id)
+        if active is not None and active[0].digest == request.digest:
+            return active[0]
+        deadline = time.monotonic() + self.timing.busy_wait
+        while True:
+            run = self._turns.recent_run(request.agent_id, request.digest, utc_now() - RETRY_WINDOW)
+            if run is None:
+                return None
+            if run.status == FINISHED:
+                return Turn.replay(run)
+            if self._turns.running_run(request.agent_id) != run.id:
+                return None  # its process died mid-turn: the message is stored, answer it with a new turn
+            if time.monotonic() >= deadline:
+                raise AgentBusyError("the agent is still answering this message in another server process", 2)
+            time.sleep(0.1)
+
+    # -- running ----------------------------------------------------------------------------------
+    def _run(self, turn: Turn, agent: Agent, meter: UsageMeter, request: TurnInput, owner: str) -> None:
+        agent.on_commit = turn.add_step
+        agent.stop_requested = lambda: turn.cancel.is_set() or self._turns.cancel_requested(request.agent_id, owner)
+        error: tuple[str, str] | None = None
+        try:
+            events = agent.alert(request.text) if request.role == "system" else agent.send(request.text)
+            reason = _drain(events)
+        except LLMError as exc:
+            reason, error = "llm_api_error", ("llm_error", str(exc))
+        except MemGPTError as exc:
+            reason, error = "error", ("internal_error", str(exc))
+        except Exception as exc:
+            logger.exception("turn %s of agent %s failed", turn.run_id, request.agent_id)
+            reason, error = "error", ("internal_error", f"{type(exc).__name__}: the server log has the details")
+        usage = Usage(
+            prompt_tokens=meter.prompt_tokens,
+            completion_tokens=meter.completion_tokens,
+            total_tokens=meter.prompt_tokens + meter.completion_tokens,
+            cached_input_tokens=meter.cached_tokens,
+            step_count=turn.steps,
+            run_ids=[turn.run_id],
+        )
+        try:
+            stored = {**turn.response().model_dump(mode="json"), "messages": turn.items, "usage": usage.model_dump()}
+            if error:
+                stored["error"] = list(error)
+            self._turns.finish_run(turn.run_id, reason, json.dumps(stored))
+        except MemGPTError as exc:
+            logger.error("cannot record run %s: %s", turn.run_id, exc)
+        finally:
+            with self._guard:
+                if self._active.get(request.agent_id, (None,))[0] is turn:
+                    del self._active[request.agent_id]
+            # Under the lease: the last step's recall indexing (a background thread) ends before the next
+            # turn may open the agent and index the same messages.
+            agent.close()
+            try:
+                self._turns.release(request.agent_id, owner)
+            except MemGPTError as exc:  # it expires on its own
+                logger.error("cannot release the lease of agent %s: %s", request.agent_id, exc)
+            turn.finish(reason, usage, error)
+
+    def _renew_leases(self) -> None:
+        while True:
+            self._wake.wait(self.timing.renew_every)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            with self._guard:
+                held = list(self._active.items())
+            for agent_id, (turn, owner) in held:
+                try:
+                    if not self._turns.renew(agent_id, owner, self.timing.lease_ttl):
+                        logger.error("agent %s lost the lease of %s; stopping after this step", agent_id, turn.run_id)
+                        turn.cancel.set()
+                except MemGPTError as exc:
+                    logger.warning("cannot renew the lease of agent %s: %s", agent_id, exc)
+                except Exception:  # the renewer must live on, or every running turn loses its agent
+                    logger.exception("renewing the lease of agent %s failed", agent_id)
+
+    # -- cancelling -------------------------------------------------------------------------------
+    def cancel(self, agent_id: str, run_ids: Sequence[str] | None = None) -> dict[str, str]:
+        """Ask the agent's running turn (in any process; only if it is one of ``run_ids`` when given) to stop
+        after its current step; returns {run id: "cancelled"}, or {} when nothing runs."""
+        running = self._turns.running_run(agent_id)
+        if running is None or (run_ids and running not in run_ids):
+            return {}
+        with self._guard:
+            active = self._active.get(agent_id)
+        if active is not None and active[0].run_id == running:
+            active[0].cancel.set()
+        return {running: "cancelled"} if self._turns.request_cancel(agent_id) else {}
+
+    def close(self, grace: float = 10.0) -> None:
+        """Ask running turns to stop after their current step and give them ``grace`` seconds to."""
+        self._stopping.set()
+        self._wake.set()
+        with self._guard:
+            running = [turn for turn, _ in self._active.values()]
+        for turn in running:
+            turn.cancel.set()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._guard:
+                if not self._active:
+                    return
+            time.sleep(0.05)
+
+
+def _drain(events: Any) -> str:
+    """Run the agent's event generator to its end; returns why the turn ended."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return str(stop.value or END_TURN)
+

@@ -1,0 +1,231 @@
+"""Turns of agents in the metadata database: who runs one now (a lease per agent, seen by every process on
+the database) and what each turn was (a run), so a client's retry of a send finds the turn it started.
+
+A lease names its owner as ``<host>:<pid>:<token>``. It is taken with one atomic statement (an INSERT, or
+an UPDATE that only matches the stale owner it read), renewed while the turn runs and deleted at its end.
+A lease is stale when it expired, or when its owner is a process of this host that no longer runs (kill -9):
+then the next turn takes it over at once instead of waiting for the expiry.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Boolean, Index, String, Text, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.types import utc_now
+
+HOST = socket.gethostname()
+
+
+class LeaseRow(Base):
+    __tablename__ = "agent_leases"
+
+    agent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    run_id: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean)
+
+
+class RunRow(Base):
+    __tablename__ = "agent_runs"
+    __table_args__ = (Index("ix_agent_runs_agent_created", "agent_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))  # of the request that started it: retries carry the same
+    status: Mapped[str] = mapped_column(String(16))  # running, then finished
+    stop_reason: Mapped[str] = mapped_column(String(64))
+    response: Mapped[str] = mapped_column(Text)  # the finished turn's answer (JSON), for a retry to get
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+RUNNING, FINISHED = "running", "finished"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    agent_id: str
+    digest: str
+    status: str = RUNNING
+    stop_reason: str = ""
+    response: str = ""
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+def _run(row: RunRow) -> Run:
+    return Run(
+        row.id, row.agent_id, row.digest, row.status, row.stop_reason, row.response, row.created_at, row.finished_at
+    )
+
+
+# Owners whose turns run in this process right now: a lease of this pid that is not here was left behind.
+_held: set[str] = set()
+_held_guard = threading.Lock()
+
+
+def new_owner() -> str:
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:  # a killed process its parent has not reaped yet still answers kill(0)
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_stale(owner: str, expires_at: datetime, now: datetime) -> bool:
+    """Whether a lease may be taken over: expired, or its owner process on this host is gone."""
+    if expires_at <= now:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != HOST or not pid_text.isdigit():
+        return False
+    if int(pid_text) == os.getpid():
+        with _held_guard:
+            return owner not in _held
+    return not _process_alive(int(pid_text))
+
+
+class TurnStore:
+    """Leases and runs; every method is one transaction."""
+
+    def __init__(self, metadata: MetadataStore) -> None:
+        self._metadata = metadata
+
+    # -- leases -----------------------------------------------------------------------------------
+    def acquire(self, agent_id: str, owner: str, run_id: str, ttl: float) -> bool:
+        """Take the agent's lease for ``ttl`` seconds; False while another live owner holds it."""
+        now = utc_now()
+        expires = now + timedelta(seconds=ttl)
+        fresh = {"owner": owner, "run_id": run_id, "expires_at": expires, "cancel_requested": False}
+        with self._metadata.session() as s:
+            current = s.get(LeaseRow, agent_id)
+            if current is None:
+                s.add(LeaseRow(agent_id=agent_id, **fresh))
+                try:
+                    s.flush()
+                    taken = True
+                except IntegrityError:  # another process inserted it first
+                    s.rollback()
+                    taken = False
+            elif is_stale(current.owner, current.expires_at, now):
+                claimed = s.execute(
+                    update(LeaseRow)
+                    .where(LeaseRow.agent_id == agent_id, LeaseRow.owner == current.owner)
+                    .values(**fresh)
+                    .execution_options(synchronize_session=False)
+                )
+                taken = claimed.rowcount == 1
+            else:
+                taken = False
+        if taken:
+            with _held_guard:
+                _held.add(owner)
+        return taken
+
+    def renew(self, agent_id: str, owner: str, ttl: float) -> bool:
+        """Push the expiry on; False when the lease is no longer this owner's."""
+        with self._metadata.session() as s:
+            renewed = s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.agent_id == agent_id, LeaseRow.owner == owner)
+                .values(expires_at=utc_now() + timedelta(seconds=ttl))
+            )
+            return bool(renewed.rowcount)
+
+    def release(self, agent_id: str, owner: str) -> None:
+        with self._metadata.session() as s:
+            s.execute(delete(LeaseRow).where(LeaseRow.agent_id == agent_id, LeaseRow.owner == owner))
+        with _held_guard:
+            _held.discard(owner)
+
+    def running_run(self, agent_id: str) -> str | None:
+        """The id of the run that holds the agent's live lease, if any (a lease for an edit has no run)."""
+        with self._metadata.session() as s:
+            row = s.get(LeaseRow, agent_id)
+            live = row is not None and row.run_id and not is_stale(row.owner, row.expires_at, utc_now())
+            return row.run_id if live and row is not None else None
+
+    def request_cancel(self, agent_id: str) -> str | None:
+        """Ask the running turn (in whatever process) to stop at its next step; the run id, or None."""
+        run_id = self.running_run(agent_id)
+        if run_id is None:
+            return None
+        with self._metadata.session() as s:
+            s.execute(
+                update(LeaseRow).where(LeaseRow.agent_id == agent_id, LeaseRow.run_id == run_id).values(
+                    cancel_requested=True
+                )
+            )
+        return run_id
+
+    def cancel_requested(self, agent_id: str, owner: str) -> bool:
+        with self._metadata.session() as s:
+            row = s.get(LeaseRow, agent_id)
+            return row is not None and row.owner == owner and bool(row.cancel_requested)
+
+    # -- runs -------------------------------------------------------------------------------------
+    def start_run(self, run: Run, *, keep: timedelta) -> None:
+        """Record a started turn, forgetting the agent's runs older than ``keep``."""
+        now = utc_now()
+        with self._metadata.session() as s:
+            s.execute(delete(RunRow).where(RunRow.agent_id == run.agent_id, RunRow.created_at < now - keep))
+            s.add(
+                RunRow(
+                    id=run.id,
+                    agent_id=run.agent_id,
+                    digest=run.digest,
+                    status=RUNNING,
+                    stop_reason="",
+                    response="",
+                    created_at=now,
+                    finished_at=None,
+                )
+            )
+
+    def finish_run(self, run_id: str, stop_reason: str, response: str) -> None:
+        with self._metadata.session() as s:
+            s.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .values(status=FINISHED, stop_reason=stop_reason, response=response, finished_at=utc_now())
+            )
+
+    def run(self, run_id: str) -> Run | None:
+        with self._metadata.session() as s:
+            row = s.get(RunRow, run_id)
+            return _run(row) if row is not None else None
+
+    def recent_run(self, agent_id: str, digest: str, since: datetime) -> Run | None:
+        """The newest run of the agent started by a request with this digest after ``since``."""
+        with self._metadata.session() as s:
+            row = s.scalar(
+                select(RunRow)
+                .where(RunRow.agent_id == agent_id, RunRow.digest == digest, RunRow.created_at >= since)
+                .order_by(RunRow.created_at.desc())
+                .limit(1)
+            )
+            return _run(row) if row is not None else None

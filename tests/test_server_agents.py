@@ -1,0 +1,399 @@
+"""Agents, core memory blocks and archival passages through `memgpt server`, driven by Letta's own client
+(letta-client 1.12.1, validating every response strictly) against a real server and the scripted LLM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from letta_client import BadRequestError, Letta, NotFoundError
+
+from memgpt.agent.manager import attach_source
+from memgpt.embeddings.local import LocalMiniLM
+from tests.conftest import DATA, load
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, auth, use_scripted_llm
+
+HANDLE = "openai-compatible/scripted"
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def server(home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
+    running = LiveServer(home, use_scripted_llm(home, llm.url))
+    yield running
+    running.stop()
+
+
+def client(server: LiveServer, user: str | None = None) -> Letta:
+    """Letta's client as its users make it, but refusing any response that does not match its types."""
+    return Letta(base_url=server.url, api_key=server.key(user), _strict_response_validation=True, max_retries=0)
+
+
+@pytest.fixture
+def letta(server: LiveServer) -> Letta:
+    return client(server)
+
+
+def sam(letta: Letta, name: str = "sam", extra_blocks: tuple[dict[str, object], ...] = (), **more: object) -> str:
+    blocks = [{"label": "human", "value": "Name: Chad", "limit": 5000}, {"label": "persona", "value": "I am Sam."}]
+    made = letta.agents.create(name=name, memory_blocks=[*blocks, *extra_blocks], model=HANDLE, **more)  # type: ignore[arg-type]
+    return made.id
+
+
+# -- agents -------------------------------------------------------------------------------------------
+def test_create_retrieve_and_every_field_letta_requires(letta: Letta, server: LiveServer) -> None:
+    created = letta.agents.create(
+        name="sam",
+        memory_blocks=[
+            {"label": "human", "value": "Name: Chad", "limit": 5000},
+            {"label": "persona", "value": "I am Sam.", "description": "who I am", "read_only": True},
+            {"label": "project", "value": "memgpt server"},
+        ],
+        model=HANDLE,
+        embedding="local/all-MiniLM-L6-v2",
+        system="You are MemGPT, made by tests.",
+        tags=["demo", "test"],
+        description="a test agent",
+        metadata={"team": "core"},
+        tools=["archival_memory_search"],
+    )
+    assert created.id.startswith("agent-") and len(created.id) == len("agent-") + 36
+    got = letta.agents.retrieve(created.id)
+    assert got.name == "sam" and got.agent_type == "memgpt_agent"
+    assert got.system == "You are MemGPT, made by tests."
+    assert (got.description, got.tags, got.metadata) == ("a test agent", ["demo", "test"], {"team": "core"})
+    blocks = {b.label: b for b in got.memory.blocks}
+    assert set(blocks) == {"human", "persona", "project"} and [b.label for b in got.blocks] == list(blocks)
+    assert blocks["human"].limit == 5000 and blocks["project"].limit == 2000  # memgpt's default limit
+    assert blocks["persona"].read_only and blocks["persona"].description == "who I am"
+    assert all(b.id and b.id.startswith("block-") for b in got.blocks)
+    assert got.llm_config.model == "scripted" and got.llm_config.handle == HANDLE and got.model == HANDLE
+    assert got.llm_config.context_window == 16_000 and got.llm_config.to_dict()["model_endpoint_type"] == "openai"
+    assert got.embedding_config is not None and got.embedding_config.embedding_dim == 384
+    assert got.embedding == "local/all-MiniLM-L6-v2"
+    assert {t.name for t in got.tools} >= {"send_message", "archival_memory_search", "core_memory_append"}
+    assert all(t.id.startswith("tool-") and t.tool_type == "letta_core" for t in got.tools)
+    assert got.sources == [] and got.created_at is not None
+    # Stored the way the CLI's agents are: the same agent for `memgpt run`.
+    stored = server.state.storage.agents.by_id(server.state.owner.id, created.id)
+    assert stored is not None and stored.persona == "custom" and stored.system_prompt == got.system
+
+
+def test_an_agent_with_only_a_name_gets_the_servers_persona_and_human(letta: Letta) -> None:
+    agent = letta.agents.create(name="plain")
+    blocks = {b.label: b for b in agent.blocks}
+    assert set(blocks) == {"persona", "human"}
+    assert "Sam" in blocks["persona"].value and "Chad" in blocks["human"].value
+    assert agent.llm_config.model == "scripted"
+    assert len(agent.tools) == 8  # MemGPT's functions
+    unnamed = letta.agents.create()
+    assert unnamed.name and unnamed.name != "plain"
+
+
+def test_tools_can_be_chosen_and_unknown_ones_are_refused(letta: Letta) -> None:
+    only = letta.agents.create(name="quiet", tools=["send_message"], include_base_tools=False)
+    assert [t.name for t in only.tools] == ["send_message"]
+    with pytest.raises(BadRequestError, match="no tool named 'web_search'"):
+        letta.agents.create(name="x", tools=["web_search"])
+    all_ids = [t.id for t in letta.agents.create(name="full").tools]
+    updated = letta.agents.update(only.id, tool_ids=all_ids[:2])
+    assert [t.id for t in updated.tools] == all_ids[:2]
+
+
+def test_models_and_embeddings_the_server_cannot_serve_are_refused_in_one_line(letta: Letta) -> None:
+    with pytest.raises(BadRequestError) as other_provider:
+        letta.agents.create(name="a", model="anthropic/claude-sonnet-4-5")
+    assert "this server's LLM is openai-compatible" in str(other_provider.value)
+    with pytest.raises(BadRequestError) as not_served:
+        letta.agents.create(name="a", model="openai-compatible/gpt-9")
+    assert "does not serve 'gpt-9'" in str(not_served.value) and HANDLE in str(not_served.value)
+    with pytest.raises(BadRequestError) as embedding:
+        letta.agents.create(name="a", embedding="openai/text-embedding-3-small")
+    message = str(embedding.value)
+    assert "openai/text-embedding-3-small" in message and "local/all-MiniLM-L6-v2" in message
+    with pytest.raises(BadRequestError, match="1536"):
+        letta.agents.create(
+            name="a",
+            embedding_config={
+                "embedding_endpoint_type": "openai",
+                "embedding_model": "all-MiniLM-L6-v2",
+                "embedding_dim": 1536,
+            },
+        )
+    assert letta.agents.create(name="a", model="openai/scripted").llm_config.model == "scripted"
+    assert [a.name for a in letta.agents.list()] == ["a"]  # nothing half-made by the refusals
+
+
+def test_list_pages_by_cursor_in_both_orders_and_filters(letta: Letta) -> None:
+    ids = [sam(letta, f"agent-{i}", tags=["even" if i % 2 == 0 else "odd", "all"]) for i in range(5)]
+    assert [a.id for a in letta.agents.list()] == ids[::-1]  # newest first, as Letta
+    assert [a.id for a in letta.agents.list(order="asc", limit=2).items] == ids[:2]
+    assert [a.id for a in letta.agents.list(order="asc", limit=2, after=ids[1]).items] == ids[2:4]
+    assert [a.id for a in letta.agents.list(order="asc", limit=2, before=ids[4]).items] == ids[2:4]
+    assert [a.id for a in letta.agents.list(limit=2, after=ids[2]).items] == [ids[1], ids[0]]
+    assert [a.id for a in letta.agents.list(limit=2, after=ids[0]).items] == []
+    paged = letta.agents.list(limit=2, order="asc")
+    assert [a.id for a in paged] == ids  # iterating fetches the next pages until an empty one
+    assert letta.agents.list(after="agent-not-there").items == []
+    assert [a.name for a in letta.agents.list(name="agent-3")] == ["agent-3"]
+    assert [a.name for a in letta.agents.list(query_text="ENT-4")] == ["agent-4"]
+    assert [a.name for a in letta.agents.list(tags=["odd"], order="asc")] == ["agent-1", "agent-3"]
+    assert [a.name for a in letta.agents.list(tags=["odd", "even"], order="asc")] == [f"agent-{i}" for i in range(5)]
+    assert letta.agents.list(tags=["odd", "even"], match_all_tags=True).items == []
+    assert len(letta.agents.list(tags=["odd", "all"], match_all_tags=True).items) == 2
+
+
+def test_update_changes_only_what_is_sent(letta: Letta, server: LiveServer) -> None:
+    agent_id = sam(letta, tags=["a"], description="first", metadata={"k": 1})
+    before = letta.agents.retrieve(agent_id)
+    renamed = letta.agents.update(agent_id, name="sam2", description=None)  # null: left as it is
+    assert renamed.name == "sam2"
+    assert (renamed.description, renamed.tags, renamed.metadata, renamed.system) == (
+        "first",
+        ["a"],
+        {"k": 1},
+        before.system,
+    )
+    assert [b.value for b in renamed.blocks] == [b.value for b in before.blocks]
+    changed = letta.agents.update(
+        agent_id, system="New system prompt.", tags=["b", "c"], metadata={"k": 2}, model="openai-compatible/scripted"
+    )
+    assert (changed.system, changed.tags, changed.metadata, changed.name) == (
+        "New system prompt.",
+        ["b", "c"],
+        {"k": 2},
+        "sam2",
+    )
+    assert changed.updated_at is not None and changed.updated_at >= before.updated_at  # type: ignore[operator]
+    ignored = letta.agents.update(agent_id, extra_body={"timezone": "Europe/Paris", "no_such_key": 1})
+    assert ignored.name == "sam2"
+    sam(letta, "taken")
+    with pytest.raises(BadRequestError, match="already exists"):
+        letta.agents.update(agent_id, name="taken")
+    with pytest.raises(BadRequestError, match="block_ids"):
+        letta.agents.update(agent_id, block_ids=["block-1"])
+    with pytest.raises(BadRequestError, match="does not serve"):
+        letta.agents.update(agent_id, model="openai-compatible/other")
+    assert letta.agents.retrieve(agent_id).name == "sam2"
+
+
+def test_delete_removes_the_agent_its_messages_and_passages(letta: Letta, server: LiveServer, llm: ScriptedLLM) -> None:
+    agent_id = sam(letta)
+    letta.agents.passages.create(agent_id, text="Chad likes tea.")
+    llm.reply("Hi!")
+    letta.agents.messages.create(agent_id, input="hello")
+    answer = letta.agents.delete(agent_id)
+    assert answer == {"message": f"Agent id={agent_id} successfully deleted"}
+    with pytest.raises(NotFoundError):
+        letta.agents.retrieve(agent_id)
+    with pytest.raises(NotFoundError):
+        letta.agents.delete(agent_id)
+    assert server.state.storage.messages.count(agent_id) == 0
+    store = server.state.storage.passages(LocalMiniLM().space)
+    from memgpt.storage.filters import eq
+
+    assert store.count(eq("agent_id", agent_id)) == 0
+
+
+# -- core memory --------------------------------------------------------------------------------------
+def test_blocks_list_retrieve_update_and_limits(letta: Letta, llm: ScriptedLLM) -> None:
+    agent_id = sam(letta)
+    blocks = letta.agents.blocks.list(agent_id).items
+    assert [b.label for b in blocks] == ["persona", "human"]  # newest... by label, desc
+    assert [b.label for b in letta.agents.blocks.list(agent_id, order="asc").items] == ["human", "persona"]
+    assert [b.label for b in letta.agents.blocks.list(agent_id, order="asc", after=blocks[1].id).items] == ["persona"]
+    human = letta.agents.blocks.retrieve("human", agent_id=agent_id)
+    assert (human.value, human.limit) == ("Name: Chad", 5000)
+    assert letta.agents.blocks.retrieve(human.id, agent_id=agent_id).label == "human"  # by id too
+    updated = letta.agents.blocks.update("human", agent_id=agent_id, value="Name: Chad B.")
+    assert updated.value == "Name: Chad B." and updated.limit == 5000
+    with pytest.raises(BadRequestError) as too_long:
+        letta.agents.blocks.update("human", agent_id=agent_id, value="x" * 5001)
+    assert too_long.value.body == {"detail": "Edit failed: Exceeds 5000 character limit (requested 5001)."}
+    with pytest.raises(BadRequestError, match="more than the new limit of 5"):
+        letta.agents.blocks.update("human", agent_id=agent_id, limit=5)
+    both = letta.agents.blocks.update("human", agent_id=agent_id, value="Chad", limit=10)
+    assert (both.value, both.limit) == ("Chad", 10)
+    assert letta.agents.blocks.update("persona", agent_id=agent_id, limit=8000).limit == 8000
+    with pytest.raises(NotFoundError, match="no core memory block 'nothing'"):
+        letta.agents.blocks.retrieve("nothing", agent_id=agent_id)
+    # The next turn sees the edit.
+    llm.reply("Hi Chad!")
+    letta.agents.messages.create(agent_id, input="hi")
+    system = llm.requests[-1]["messages"][0]["content"]
+    assert '<human characters="4/10">\nChad\n</human>' in system
+
+
+def test_extra_blocks_are_core_memory_and_read_only_blocks_refuse_the_agents_edits(
+    letta: Letta, llm: ScriptedLLM
+) -> None:
+    agent_id = sam(letta, extra_blocks=({"label": "rules", "value": "Be brief.", "read_only": True},))
+    llm.add(
+        {
+            "tool": "core_memory_append",
+            "args": {"name": "rules", "content": "Be long.", "request_heartbeat": True},
+            "content": "Change the rules.",
+        }
+    )
+    llm.reply("I cannot.")
+    response = letta.agents.messages.create(agent_id, input="change your rules")
+    result = next(m for m in response.messages if m.message_type == "tool_return_message")
+    assert result.status == "error" and "read-only" in result.tool_return
+    assert '<rules characters="9/2000">\nBe brief.\n</rules>' in llm.requests[0]["messages"][0]["content"]
+    assert letta.agents.blocks.retrieve("rules", agent_id=agent_id).value == "Be brief."
+    # People may still change it.
+    assert letta.agents.blocks.update("rules", agent_id=agent_id, value="Be kind.").value == "Be kind."
+
+
+# -- archival memory ----------------------------------------------------------------------------------
+def test_passages_create_list_search_and_delete(letta: Letta) -> None:
+    agent_id = sam(letta)
+    old = datetime(2026, 1, 1, tzinfo=UTC)
+    made = letta.agents.passages.create(agent_id, text="Chad likes green tea.", tags=["pref", "drink"], created_at=old)
+    assert isinstance(made, list) and len(made) == 1 and made[0].id.startswith("passage-")
+    assert made[0].tags == ["pref", "drink"] and made[0].created_at == old
+    coffee = letta.agents.passages.create(agent_id, text="Chad hates coffee.", tags=["pref"])[0]
+    boat = letta.agents.passages.create(agent_id, text="Chad owns a sailing boat named Tern.")[0]
+    long_text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(200))
+    assert len(letta.agents.passages.create(agent_id, text=long_text)) > 1  # split like archival_memory_insert
+
+    listed = letta.agents.passages.list(agent_id, limit=3)
+    assert [p.id for p in listed] == [made[0].id, coffee.id, boat.id]  # oldest first by default
+    assert [p.id for p in letta.agents.passages.list(agent_id, after=coffee.id, limit=1)] == [boat.id]
+    assert letta.agents.passages.list(agent_id, ascending=False, limit=1)[0].text.startswith("Sentence")
+    assert [p.id for p in letta.agents.passages.list(agent_id, search="TEA")] == [made[0].id]
+    assert letta.agents.passages.list(agent_id, after="passage-unknown") == []
+
+    found = letta.agents.passages.search(agent_id, query="what does Chad drink", top_k=2)
+    assert found.count == 2 and len(found.results) == 2
+    assert {r.id for r in found.results} <= {made[0].id, coffee.id, boat.id}
+    assert found.results[0].timestamp.endswith("UTC+0000")
+    by_tag = letta.agents.passages.search(agent_id, query="Chad", tags=["drink", "nothing"])
+    assert [r.id for r in by_tag.results] == [made[0].id]
+    both = letta.agents.passages.search(agent_id, query="Chad", tags=["pref", "drink"], tag_match_mode="all")
+    assert [r.id for r in both.results] == [made[0].id]
+    recent = letta.agents.passages.search(
+        agent_id, query="Chad tea coffee", start_datetime=old + timedelta(days=1), tags=["pref"]
+    )
+    assert [r.id for r in recent.results] == [coffee.id]
+    early = letta.agents.passages.search(agent_id, query="Chad", end_datetime=old + timedelta(seconds=1))
+    assert [r.id for r in early.results] == [made[0].id]
+
+    assert letta.agents.passages.delete(coffee.id, agent_id=agent_id) == {
+        "message": f"Memory id={coffee.id} successfully deleted"
+    }
+    with pytest.raises(NotFoundError):
+        letta.agents.passages.delete(coffee.id, agent_id=agent_id)
+    other = sam(letta, "other")
+    with pytest.raises(NotFoundError):  # another agent's passage
+        letta.agents.passages.delete(boat.id, agent_id=other)
+    assert boat.id in {p.id for p in letta.agents.passages.list(agent_id)}
+
+
+def test_search_covers_attached_sources_but_list_and_delete_only_the_agents_own(
+    letta: Letta, server: LiveServer, model: LocalMiniLM
+) -> None:
+    agent_id = sam(letta)
+    storage, owner = server.state.storage, server.state.owner.id
+    load(storage, model, "paper", DATA / "memgpt_research_paper.pdf", user_id=owner)
+    state = storage.agents.by_id(owner, agent_id)
+    assert state is not None
+    attach_source(storage, state, "paper")
+    found = letta.agents.passages.search(agent_id, query="virtual context management", top_k=3)
+    assert found.count == 3 and all(r.source_id for r in found.results)
+    assert letta.agents.passages.list(agent_id) == []
+    with pytest.raises(NotFoundError):
+        letta.agents.passages.delete(found.results[0].id, agent_id=agent_id)
+    assert [s.name for s in letta.agents.retrieve(agent_id).sources] == ["paper"]
+
+
+# -- isolation ----------------------------------------------------------------------------------------
+def test_another_users_agents_blocks_passages_and_messages_are_404(server: LiveServer, llm: ScriptedLLM) -> None:
+    alice, bob = client(server, "alice"), client(server, "bob")
+    agent_id = sam(alice)
+    passage = alice.agents.passages.create(agent_id, text="Alice's secret.")[0]
+    llm.reply("Hi Alice")
+    alice.agents.messages.create(agent_id, input="hi")
+    mine = sam(bob, "bobs")
+    assert [a.id for a in bob.agents.list()] == [mine]
+    calls = [
+        lambda: bob.agents.retrieve(agent_id),
+        lambda: bob.agents.update(agent_id, name="stolen"),
+        lambda: bob.agents.delete(agent_id),
+        lambda: bob.agents.blocks.list(agent_id),
+        lambda: bob.agents.blocks.retrieve("human", agent_id=agent_id),
+        lambda: bob.agents.blocks.update("human", agent_id=agent_id, value="owned"),
+        lambda: bob.agents.passages.create(agent_id, text="x"),
+        lambda: bob.agents.passages.list(agent_id),
+        lambda: bob.agents.passages.search(agent_id, query="secret"),
+        lambda: bob.agents.passages.delete(passage.id, agent_id=agent_id),
+        lambda: bob.agents.passages.delete(passage.id, agent_id=mine),  # a guessed passage id on his own agent
+        lambda: bob.agents.messages.list(agent_id),
+        lambda: bob.agents.messages.create(agent_id, input="hi"),
+        lambda: bob.agents.messages.cancel(agent_id),
+    ]
+    for call in calls:
+        with pytest.raises(NotFoundError) as caught:
+            call()
+        assert caught.value.body == {"detail": f"no agent with id {agent_id!r}"} or "passage" in str(caught.value)
+    missing = httpx.get(
+        f"{server.url}/v1/agents/agent-00000000-0000-4000-8000-000000000000", headers=auth(server.key("bob"))
+    )
+    assert missing.status_code == 404 and missing.json() == {
+        "detail": "no agent with id 'agent-00000000-0000-4000-8000-000000000000'"
+    }
+    # Nothing of Alice's changed.
+    assert alice.agents.retrieve(agent_id).name == "sam"
+    assert alice.agents.blocks.retrieve("human", agent_id=agent_id).value == "Name: Chad"
+    assert [p.text for p in alice.agents.passages.list(agent_id)] == ["Alice's secret."]
+    assert len(llm.requests) == 1
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def test_bad_agent_requests_are_4xx_json_and_change_nothing(server: LiveServer, letta: Letta) -> None:
+    headers = {**auth(server.key()), "content-type": "application/json"}
+    url = f"{server.url}/v1/agents/"
+    cases = [
+        (b'{"name": ', 422),
+        (b'{"name": 42}', 422),
+        (b'{"memory_blocks": "persona"}', 422),
+        (b'{"memory_blocks": [{"label": "human"}]}', 422),
+        (
+            json.dumps({"name": "a", "memory_blocks": [{"label": "human", "value": "x" * 30, "limit": 10}]}).encode(),
+            400,
+        ),
+        (
+            json.dumps(
+                {"name": "a", "memory_blocks": [{"label": "h", "value": "1"}, {"label": "h", "value": "2"}]}
+            ).encode(),
+            400,
+        ),
+        (json.dumps({"name": "bad\nname"}).encode(), 400),
+        (json.dumps({"name": "a", "system": "  "}).encode(), 400),
+        (json.dumps({"name": "a", "folder_ids": ["source-1"]}).encode(), 400),
+        (json.dumps({"name": "a", "context_window_limit": 10}).encode(), 422),
+    ]
+    for body, status in cases:
+        answer = httpx.post(url, content=body, headers=headers)
+        assert answer.status_code == status, (body, answer.text)
+        assert "detail" in answer.json() and "Traceback" not in answer.text
+    assert letta.agents.list().items == []
+    agent_id = sam(letta)
+    bad_patch = httpx.patch(f"{url}{agent_id}", content=b'{"tags": "x"}', headers=headers)
+    assert bad_patch.status_code == 422
+    for path in ("archival-memory/search?query=", "archival-memory?limit=0", "messages?order=sideways"):
+        assert httpx.get(f"{url}{agent_id}/{path}", headers=headers).status_code == 422, path
+    blank = httpx.post(f"{url}{agent_id}/archival-memory", json={"text": "   "}, headers=headers)
+    assert blank.status_code == 400 and blank.json() == {"detail": "text: is empty; nothing was stored"}
+    assert letta.agents.retrieve(agent_id).tags == []

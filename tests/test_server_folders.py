@@ -1,0 +1,470 @@
+"""Folders, uploads, agent↔folder links and Agent Files through Letta's own client (letta-client 1.12.1)
+against a real server: uploads are answered at once and loaded in the background with progress, a folder
+attached to an agent is searched in its turns, users never see each other's folders, and a load cut short
+by kill -9 is finished on the next start."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from letta_client import APIStatusError, BadRequestError, ConflictError, Letta, NotFoundError
+
+from memgpt.config import load_config, save_config
+from memgpt.data.ingest import SourceLoader
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.memory.archival import ArchivalMemory
+from memgpt.storage.files import FileStore
+from memgpt.storage.filters import eq
+from memgpt.storage.sql import MetadataStore
+from memgpt.types import EmbeddingSpace, FileRecord, FileStatus
+from tests.conftest import DATA, PAPER, run_cli
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, auth, free_port, use_scripted_llm
+
+AGENT_FILES = DATA / "agent-files"
+SPACE = EmbeddingSpace("all-MiniLM-L6-v2", 384)
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
+    if "metadata_url" in request.fixturenames:  # the database is chosen before the server opens it
+        request.getfixturevalue("metadata_url")
+    live = LiveServer(home, use_scripted_llm(home, llm.url))
+    yield live
+    live.stop()
+
+
+def client_for(server: LiveServer, user: str | None = None) -> Letta:
+    return Letta(base_url=server.url, api_key=server.key(user))
+
+
+def wait_until_loaded(client: Letta, folder_id: str, file_id: str, timeout: float = 600) -> tuple[Any, list[Any]]:
+    """Poll the file until its load ends; the final file and every state seen on the way."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = client.folders.files.retrieve(file_id, folder_id=folder_id)
+        seen.append(current)
+        if current.processing_status in ("completed", "error"):
+            return current, seen
+        time.sleep(0.1)
+    pytest.fail(f"file {file_id} still {seen[-1].processing_status} after {timeout} s")
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_folders_are_created_listed_paged_and_deleted(server: LiveServer) -> None:
+    client = client_for(server)
+    made = [client.folders.create(name=f"f{n}", description=f"folder {n}") for n in range(5)]
+    assert all(f.id.startswith("source-") and f.embedding_config.embedding_dim == 384 for f in made)
+    assert made[0].embedding_config.handle == "local/all-MiniLM-L6-v2" and made[0].description == "folder 0"
+    assert [f.name for f in client.folders.list()] == ["f0", "f1", "f2", "f3", "f4"]  # oldest first
+    first = client.folders.list(limit=2)
+    assert [f.name for f in first.items] == ["f0", "f1"]
+    assert [f.name for f in client.folders.list(limit=2)] == ["f0", "f1", "f2", "f3", "f4"]  # iterating pages on
+    assert [f.name for f in client.folders.list(limit=2, order="desc", after=made[3].id).items] == ["f2", "f1"]
+    assert [f.name for f in client.folders.list(before=made[3].id, limit=2).items] == ["f1", "f2"]
+    assert client.folders.list(after="source-unknown").items == []
+    assert [f.id for f in client.folders.list(name="f3")] == [made[3].id]
+    assert client.folders.retrieve(made[2].id).name == "f2"
+    with_instructions = client.folders.create(name="docs", instructions="Cite the page.", metadata={"team": "a"})
+    again = client.folders.retrieve(with_instructions.id)
+    assert (again.instructions, again.metadata) == ("Cite the page.", {"team": "a"})
+
+    key = auth(server.key())
+    taken = httpx.post(f"{server.url}/v1/folders/", json={"name": "f1"}, headers=key)
+    assert taken.status_code == 409 and taken.headers["x-should-retry"] == "false"
+    assert taken.json() == {"detail": "a source named 'f1' already exists; pick another name"}
+    with pytest.raises(BadRequestError, match="not this server's embedding model 'local/all-MiniLM-L6-v2'"):
+        client.folders.create(name="openai", embedding="openai/text-embedding-3-small")
+    with pytest.raises(BadRequestError, match="not this server's embedding model"):
+        client.folders.create(name="openai", embedding_config={"embedding_model": "x", "embedding_dim": 1536,
+                                                               "embedding_endpoint_type": "openai"})
+
+    assert client.folders.delete(made[0].id) is None
+    with pytest.raises(NotFoundError, match="no source \\(folder\\) with id"):
+        client.folders.retrieve(made[0].id)
+    assert len(list(client.folders.list())) == 5
+
+
+def test_uploads_load_in_the_background_and_an_attached_folder_is_searched(
+    server: LiveServer, llm: ScriptedLLM, model: LocalMiniLM
+) -> None:
+    client = client_for(server)
+    folder = client.folders.create(name="papers")
+    started = time.monotonic()
+    paper = client.folders.files.upload(folder.id, file=PAPER.open("rb"))
+    assert time.monotonic() - started < 5  # answered at once, loaded afterwards
+    assert paper.processing_status == "pending" and paper.id.startswith("file-") and paper.source_id == folder.id
+    assert (paper.file_name, paper.file_type, paper.file_size) == (PAPER.name, "application/pdf", PAPER.stat().st_size)
+    others = [
+        client.folders.files.upload(folder.id, file=(DATA / name).open("rb"))
+        for name in ("test.md", "long_test.txt", "test.csv", "test.json", "philosophical_question.txt")
+    ]
+
+    done, seen = wait_until_loaded(client, folder.id, paper.id)
+    assert done.processing_status == "completed" and done.error_message is None
+    assert done.total_chunks == done.chunks_embedded > 50
+    statuses = [s.processing_status for s in seen]
+    assert "embedding" in statuses and statuses.index("embedding") < statuses.index("completed")
+    progress = [s.chunks_embedded for s in seen if s.processing_status == "embedding"]
+    assert progress == sorted(progress) and all(s.total_chunks == done.total_chunks for s in seen[-2:])
+    for upload in others:
+        loaded, _ = wait_until_loaded(client, folder.id, upload.id)
+        assert loaded.processing_status == "completed" and loaded.total_chunks > 0, loaded
+    listed = client.folders.files.list(folder.id)
+    assert [f.file_name for f in listed] == [PAPER.name, "test.md", "long_test.txt", "test.csv", "test.json",
+                                             "philosophical_question.txt"]
+    assert [f.id for f in client.folders.files.list(folder.id, limit=2, after=listed.items[1].id).items] == [
+        listed.items[2].id,
+        listed.items[3].id,
+    ]
+    with_text = client.folders.files.retrieve(others[0].id, folder_id=folder.id, include_content=True)
+    assert with_text.content == (DATA / "test.md").read_text(encoding="utf-8")
+    assert client.folders.retrieve(folder.id).passages == sum(f.total_chunks for f in listed)
+
+    agent = client.agents.create(name="reader")
+    assert client.agents.folders.attach(folder.id, agent_id=agent.id) is None
+    assert client.folders.agents.list(folder.id) == [agent.id]
+    assert [f.id for f in client.agents.folders.list(agent.id)] == [folder.id]
+    llm.add(
+        {
+            "tool": "archival_memory_search",
+            "args": {"query": "deep memory retrieval", "request_heartbeat": True},
+            "content": "Let me look it up.",
+        }
+    )
+    llm.reply("The paper evaluates deep memory retrieval.")
+    turn = client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "What does it test?"}])
+    (result,) = [m for m in turn.messages if m.message_type == "tool_return_message"]
+    assert result.status == "success" and PAPER.name in result.tool_return
+    assert "deep memory retrieval" in result.tool_return.lower()
+
+    archival = ArchivalMemory(server.state.storage, model, agent_id=agent.id, user_id=server.state.owner.id)
+    before = archival.count()
+    client.folders.files.delete(paper.id, folder_id=folder.id)
+    with pytest.raises(NotFoundError):
+        client.folders.files.retrieve(paper.id, folder_id=folder.id)
+    assert archival.count() == before - done.total_chunks
+    assert not (server.home / "files" / folder.id / paper.id).exists()
+    assert client.agents.folders.detach(folder.id, agent_id=agent.id) is None
+    assert client.folders.agents.list(folder.id) == [] and archival.count() == 0
+    with pytest.raises(BadRequestError, match="is not attached to agent 'reader'"):
+        client.agents.folders.detach(folder.id, agent_id=agent.id)
+
+
+def test_what_cannot_be_loaded_is_refused_or_reported_in_one_line(server: LiveServer, tmp_path: Path) -> None:
+    client = client_for(server)
+    folder = client.folders.create(name="mixed")
+    broken = client.folders.files.upload(folder.id, file=(DATA / "encrypted.pdf").open("rb"))
+    failed, _ = wait_until_loaded(client, folder.id, broken.id)
+    assert failed.processing_status == "error"
+    assert failed.error_message == "encrypted PDF (needs a password); decrypt it first"
+
+    with pytest.raises(APIStatusError) as unsupported:
+        client.folders.files.upload(folder.id, file=("tool.exe", b"MZ\x90\x00"))
+    assert unsupported.value.status_code == 415
+    assert unsupported.value.body["detail"].startswith("tool.exe: files of type '.exe' cannot be loaded; supported:")
+    with pytest.raises(BadRequestError, match=r"empty\.md: the uploaded file is empty"):
+        client.folders.files.upload(folder.id, file=("empty.md", b""))
+    key = auth(server.key())
+    url = f"{server.url}/v1/folders/{folder.id}/upload"
+    no_boundary = httpx.post(url, content=b"junk", headers={**key, "content-type": "multipart/form-data"})
+    no_file = httpx.post(url, files={"other": ("a.md", b"x")}, headers=key)
+    assert 400 <= no_boundary.status_code < 500 and "detail" in no_boundary.json()
+    assert no_file.status_code == 422 and no_file.json()["detail"][0]["loc"] == ["body", "file"]
+    bad_choice = httpx.post(url, params={"duplicate_handling": "merge"}, files={"file": ("a.md", b"x")}, headers=key)
+    assert bad_choice.status_code == 422
+    assert [f.file_name for f in client.folders.files.list(folder.id)] == ["encrypted.pdf"]
+
+    note = tmp_path / "note.md"
+    note.write_text("Miso is a cat.", encoding="utf-8")
+    first = client.folders.files.upload(folder.id, file=note.open("rb"))
+    with pytest.raises(ConflictError, match=r"file 'note\.md' already exists in folder 'mixed'"):
+        client.folders.files.upload(folder.id, file=note.open("rb"), duplicate_handling="error")
+    skipped = client.folders.files.with_raw_response.upload(folder.id, file=note.open("rb"), duplicate_handling="skip")
+    assert skipped.headers["x-upload-result"] == "skipped" and skipped.parse().id == first.id
+    suffixed = client.folders.files.upload(folder.id, file=note.open("rb"))
+    assert suffixed.file_name == "note (1).md" and suffixed.original_file_name == "note.md"
+    renamed = client.folders.files.upload(folder.id, file=note.open("rb"), name="cats.md")
+    assert renamed.file_name == "cats.md"
+    replaced = client.folders.files.upload(folder.id, file=note.open("rb"), duplicate_handling="replace")
+    assert replaced.id != first.id and replaced.file_name == "note.md"
+    with pytest.raises(NotFoundError):
+        client.folders.files.retrieve(first.id, folder_id=folder.id)
+    for upload in (suffixed, renamed, replaced):
+        assert wait_until_loaded(client, folder.id, upload.id)[0].processing_status in ("completed", "error")
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_users_never_see_each_others_folders(server: LiveServer) -> None:
+    alice, bob = client_for(server, "alice"), client_for(server, "bob")
+    folder = alice.folders.create(name="private")
+    upload = alice.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb"))
+    agent = alice.agents.create(name="alices")
+    alice.agents.folders.attach(folder.id, agent_id=agent.id)
+    bobs_folder = bob.folders.create(name="private")  # the same name is fine: names are per user
+    bobs_agent = bob.agents.create(name="bobs")
+
+    assert [f.id for f in bob.folders.list()] == [bobs_folder.id]
+    assert bob.folders.list(name="private").items[0].id == bobs_folder.id
+    attempts = [
+        lambda: bob.folders.retrieve(folder.id),
+        lambda: bob.folders.delete(folder.id),
+        lambda: bob.folders.files.list(folder.id),
+        lambda: bob.folders.files.retrieve(upload.id, folder_id=folder.id),
+        lambda: bob.folders.files.retrieve(upload.id, folder_id=bobs_folder.id),
+        lambda: bob.folders.files.delete(upload.id, folder_id=folder.id),
+        lambda: bob.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb")),
+        lambda: bob.folders.agents.list(folder.id),
+        lambda: bob.agents.folders.attach(folder.id, agent_id=bobs_agent.id),
+        lambda: bob.agents.folders.attach(bobs_folder.id, agent_id=agent.id),
+        lambda: bob.agents.folders.list(agent.id),
+        lambda: bob.agents.export_file(agent.id),
+    ]
+    for attempt in attempts:
+        with pytest.raises(NotFoundError):
+            attempt()
+    made_up = "source-00000000-0000-4000-8000-000000000000"
+    bobs_key = auth(server.key("bob"))
+    guessed = httpx.get(f"{server.url}/v1/folders/{made_up}", headers=bobs_key)
+    real = httpx.get(f"{server.url}/v1/folders/{folder.id}", headers=bobs_key)
+    assert real.status_code == guessed.status_code == 404
+    assert real.json()["detail"] == guessed.json()["detail"].replace(made_up, folder.id)
+    assert alice.folders.agents.list(folder.id) == [agent.id]
+    assert wait_until_loaded(alice, folder.id, upload.id)[0].processing_status == "completed"
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_deleting_a_folder_unlinks_it_and_removes_its_files(server: LiveServer) -> None:
+    client = client_for(server)
+    folder = client.folders.create(name="short-lived")
+    upload = client.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb"))
+    wait_until_loaded(client, folder.id, upload.id)
+    agent = client.agents.create(name="holder")
+    client.agents.folders.attach(folder.id, agent_id=agent.id)
+    client.folders.delete(folder.id)
+    assert client.agents.folders.list(agent.id).items == []
+    store = server.state.storage.passages(SPACE)
+    assert store.count(eq("source_id", folder.id)) == 0
+    assert not (server.home / "files" / folder.id).exists()
+    assert server.state.storage.files.list(folder.id) == []
+
+    # Deleted while its file loads: the load stops first, so nothing of it is written afterwards.
+    busy = client.folders.create(name="busy")
+    loading = client.folders.files.upload(busy.id, file=PAPER.open("rb"))
+    while client.folders.files.retrieve(loading.id, folder_id=busy.id).processing_status != "embedding":
+        time.sleep(0.05)
+    client.folders.delete(busy.id)
+    after = client.folders.create(name="after")
+    queued = client.folders.files.upload(after.id, file=(DATA / "test.md").open("rb"))
+    assert wait_until_loaded(client, after.id, queued.id)[0].processing_status == "completed"  # ran after it
+    assert store.count(eq("source_id", busy.id)) == 0
+    assert not (server.home / "files" / busy.id).exists()
+
+
+def test_files_loaded_with_memgpt_load_show_in_the_folder(server: LiveServer, model: LocalMiniLM) -> None:
+    storage = server.state.storage
+    loader = SourceLoader(storage, model, user_id=server.state.owner.id, chunk_size=250, chunk_overlap=25)
+    assert loader.load("from-cli", [DATA / "test.md", DATA / "test.csv"]).ok
+    client = client_for(server)
+    (folder,) = client.folders.list(name="from-cli")
+    files = client.folders.files.list(folder.id)
+    assert [(f.file_name, f.processing_status) for f in files] == [("test.md", "completed"), ("test.csv", "completed")]
+    assert files.items[0].file_path == str((DATA / "test.md").resolve())  # the user's own file, not an upload
+
+
+def test_a_folder_on_another_embedding_model_is_flagged_and_refused(server: LiveServer) -> None:
+    from memgpt.data.sources import new_source
+
+    storage = server.state.storage
+    other = storage.metadata.create_source(
+        new_source(server.state.owner.id, "openai-docs", EmbeddingSpace("text-embedding-3-small", 1536))
+    )
+    client = client_for(server)
+    shown = client.folders.retrieve(other.id)
+    assert shown.embedding_config.embedding_model == "text-embedding-3-small"
+    assert "this server embeds with all-MiniLM-L6-v2 (384 dims)" in shown.warning
+    with pytest.raises(BadRequestError, match="folder 'openai-docs' was embedded with text-embedding-3-small"):
+        client.folders.files.upload(other.id, file=(DATA / "test.md").open("rb"))
+    agent = client.agents.create(name="plain")
+    with pytest.raises(BadRequestError, match="source 'openai-docs' was embedded with text-embedding-3-small"):
+        client.agents.folders.attach(other.id, agent_id=agent.id)
+
+
+# -- Agent Files ------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_agent_files_import_and_export_through_the_client(server: LiveServer, llm: ScriptedLLM) -> None:
+    client = client_for(server)
+    ids = {}
+    for path in sorted(AGENT_FILES.glob("*.af")):
+        answer = client.agents.import_file(file=path.open("rb"))
+        (ids[path.name],) = answer.agent_ids
+        report = answer.to_dict()["imported"][0]
+        assert report["agent_id"] == ids[path.name]
+    custom = client.agents.import_file(file=(AGENT_FILES / "customer_service.af").open("rb")).to_dict()["imported"][0]
+    assert custom["name"] == "customer_service_copy_2"  # Letta's "_copy" (the default), then a free name
+    assert custom["custom_tools_not_installed"] == ["terminate_chat", "escalate", "cancel_order", "check_order_status"]
+    assert custom["tools_mapped"]["memory_insert"] == ["core_memory_append"]
+    research = client.agents.retrieve(ids["deep_research_agent.af"])
+    assert research.name == "deep-thought-research-agent_copy"
+    assert {b.label: b.limit for b in research.blocks}["research_citations"] == 5000
+
+    llm.reply("Hello from an imported agent.")
+    turn = client.agents.messages.create(ids["memgpt_agent.af"], messages=[{"role": "user", "content": "hi"}])
+    said = [m.content for m in turn.messages if m.message_type == "assistant_message"]
+    assert said == ["Hello from an imported agent."]
+
+    exported = client.agents.export_file(ids["memgpt_agent.af"])
+    assert isinstance(exported, str)
+    document = json.loads(exported)
+    assert [m["role"] for m in document["agents"][0]["messages"]][:2] == ["system", "user"]
+    back = client.agents.import_file(
+        file=("memgpt_agent.af", exported.encode()), name="round-trip", append_copy_suffix=False
+    )
+    again = client.agents.retrieve(back.agent_ids[0])
+    assert again.name == "round-trip"
+    history = client.agents.messages.list(again.id, order="asc")
+    assert [m.content for m in history if m.message_type == "assistant_message"] == said
+    scrubbed = json.loads(client.agents.export_file(again.id, scrub_messages=True))
+    assert scrubbed["agents"][0]["messages"] == []
+    with pytest.raises(BadRequestError, match="legacy agent file format is not supported"):
+        client.agents.export_file(again.id, use_legacy_format=True)
+    with pytest.raises(ConflictError, match="an agent named 'round-trip' already exists"):
+        client.agents.import_file(
+            file=("x.af", exported.encode()),
+            name="round-trip",
+            append_copy_suffix=False,
+            extra_body={"on_name_clash": "error"},
+        )
+    with pytest.raises(BadRequestError, match=r"corrupt\.af: not an agent file \(not JSON: Expecting"):
+        client.agents.import_file(file=("corrupt.af", b'{"agents": ['))
+    with pytest.raises(BadRequestError, match="not this server's embedding model"):
+        client.agents.import_file(
+            file=("x.af", exported.encode()), x_override_embedding_model="openai/text-embedding-3-small"
+        )
+    with pytest.raises(BadRequestError, match="secrets must be a JSON object string"):
+        client.agents.import_file(file=("x.af", exported.encode()), secrets="[1]")
+    before = {a.id for a in client.agents.list()}
+    assert before == {a.id for a in client.agents.list()}
+
+
+def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedLLM) -> None:
+    config = use_scripted_llm(home, llm.url)
+    config.server.max_upload_mb = 0.02  # 20,000 bytes; the smallest example file has 24,427
+    config.embedding.max_file_mb = 0.001  # the loader's own limit per file, as for `memgpt load`
+    save_config(config, home)
+    live = LiveServer(home, config)
+    try:
+        client = client_for(live)
+        with pytest.raises(APIStatusError) as refused:
+            client.agents.import_file(file=(AGENT_FILES / "memgpt_agent_with_convo.af").open("rb"))
+        assert refused.value.status_code == 413 and "server.max_upload_mb" in refused.value.body["detail"]
+        assert client.agents.list().items == []
+        folder = client.folders.create(name="small")
+        big = client.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb"))
+        failed, _ = wait_until_loaded(client, folder.id, big.id)
+        assert failed.processing_status == "error" and "max_file_mb" in failed.error_message
+    finally:
+        live.stop()
+
+
+# -- a server killed while loading ------------------------------------------------------------------
+def _start(home: Path, port: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memgpt", "server", "--port", str(port)],
+        env={**os.environ, "MEMGPT_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/").status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"server did not start: {process.stdout.read() if process.stdout else ''}")
+        time.sleep(0.2)
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) -> None:
+    created = run_cli("key", "create", home=home)
+    assert created.returncode == 0, created.stderr
+    key = next(w for w in created.stdout.split() if w.startswith("sk-"))
+    port = free_port()
+    server = _start(home, port)
+    try:
+        client = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key)
+        folder = client.folders.create(name="papers")
+        paper = client.folders.files.upload(folder.id, file=PAPER.open("rb"))
+        while True:
+            current = client.folders.files.retrieve(paper.id, folder_id=folder.id)
+            if current.processing_status == "embedding":
+                break
+            assert current.processing_status in ("pending", "parsing"), current
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    config = load_config(home)
+    metadata = MetadataStore(config.metadata_database_url(home))
+    try:
+        files = FileStore(metadata)
+        stuck = files.get(paper.id)
+        assert stuck is not None and stuck.status is FileStatus.EMBEDDING and stuck.job_owner
+        # A `memgpt load` that died too: its file is the user's own, so it is reported, not loaded again.
+        files.add(
+            FileRecord(
+                id="file-cli", source_id=folder.id, file_name="x.md", path="/nowhere/x.md",
+                status=FileStatus.EMBEDDING, job_owner="elsewhere-host:1:x",
+            )
+        )
+        files.add(
+            FileRecord(
+                id="file-cli-here", source_id=folder.id, file_name="y.md", path="/nowhere/y.md",
+                status=FileStatus.PARSING, job_owner=stuck.job_owner,
+            )
+        )
+    finally:
+        metadata.close()
+
+    server = _start(home, port)
+    try:
+        client = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key)
+        done, _ = wait_until_loaded(client, folder.id, paper.id)
+        assert done.processing_status == "completed" and done.total_chunks == done.chunks_embedded > 50
+        assert client.folders.retrieve(folder.id).passages == done.total_chunks  # nothing twice, nothing missing
+        here = client.folders.files.retrieve("file-cli-here", folder_id=folder.id)
+        assert here.processing_status == "error"
+        assert here.error_message == "the load was interrupted; run the same `memgpt load` again"
+        # Another machine's load is never known dead until it has shown no progress for a while.
+        assert client.folders.files.retrieve("file-cli", folder_id=folder.id).processing_status == "embedding"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    from memgpt.storage import Storage
+
+    with Storage(config, home) as storage:
+        assert storage.passages(SPACE).count(eq("source_id", folder.id)) == done.total_chunks

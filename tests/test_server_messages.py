@@ -1,0 +1,573 @@
+"""Turns through `memgpt server`: messages.create (collected and streamed), the history, cancel, one turn per
+agent across processes, retries, disconnects, LLM failures and a kill -9, driven by letta-client 1.12.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from letta_client import APIError, APIStatusError, ConflictError, InternalServerError, Letta, NotFoundError
+from sqlalchemy import text
+
+from memgpt.config import load_config, save_config
+from memgpt.storage import Storage
+from memgpt.types import Role
+from tests.conftest import _opened_on_metadata_backend, run_cli
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, auth, free_port, use_scripted_llm
+
+HANDLE = "openai-compatible/scripted"
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
+    _opened_on_metadata_backend(request)
+    running = LiveServer(home, use_scripted_llm(home, llm.url))
+    running.timing(busy_wait=5.0, retry_after=1, ping_every=0.3)
+    yield running
+    running.stop()
+
+
+def client(server: LiveServer, user: str | None = None, **options: Any) -> Letta:
+    options = {"_strict_response_validation": True, "max_retries": 0, **options}
+    return Letta(base_url=server.url, api_key=server.key(user), **options)
+
+
+@pytest.fixture
+def letta(server: LiveServer) -> Letta:
+    return client(server)
+
+
+@pytest.fixture
+def agent_id(letta: Letta) -> str:
+    blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+    return letta.agents.create(name="sam", memory_blocks=blocks, model=HANDLE).id  # type: ignore[arg-type]
+
+
+def search_then_reply(llm: ScriptedLLM, reply: str = "Chad likes tea.", *, delay: float = 0) -> None:
+    """A two-step turn: archival search asking for a heartbeat, then a reply (after ``delay`` seconds)."""
+    llm.add(
+        {
+            "tool": "archival_memory_search",
+            "args": {"query": "tea", "request_heartbeat": True},
+            "content": "Let me look.",
+        }
+    )
+    llm.reply(reply, thought="Found nothing; answer anyway.", delay=delay)
+
+
+def stored_roles(server: LiveServer, agent: str) -> list[tuple[str, str]]:
+    return [(m.role.value, m.content) for m in server.state.storage.messages.last(agent, 1000)]
+
+
+def user_messages(server: LiveServer, agent: str) -> list[str]:
+    return [m.content for m in server.state.storage.messages.last(agent, 1000) if m.role is Role.USER and not m.name]
+
+
+# -- one turn ---------------------------------------------------------------------------------------
+def test_a_turn_answers_with_typed_messages_usage_and_a_stop_reason(
+    letta: Letta, agent_id: str, llm: ScriptedLLM, server: LiveServer
+) -> None:
+    search_then_reply(llm)
+    response = letta.agents.messages.create(agent_id, messages=[{"role": "user", "content": "what do I like?"}])
+    kinds = [m.message_type for m in response.messages]
+    assert kinds == [
+        "reasoning_message",
+        "tool_call_message",
+        "tool_return_message",
+        "reasoning_message",
+        "assistant_message",
+    ]
+    first, call, result, thought, reply = response.messages
+    assert first.reasoning == "Let me look." and first.id == call.id and first.id.startswith("message-")
+    assert call.tool_call.name == "archival_memory_search"
+    assert json.loads(call.tool_call.arguments) == {"query": "tea", "request_heartbeat": True}
+    assert result.status == "success" and result.tool_call_id == call.tool_call.tool_call_id
+    assert json.loads(result.tool_return)["status"] == "OK"
+    assert reply.content == "Chad likes tea." and reply.id == thought.id != first.id
+    assert len({m.otid for m in response.messages}) == 5
+    assert {m.run_id for m in response.messages} == set(response.usage.run_ids)
+    assert response.stop_reason.stop_reason == "end_turn"
+    usage = response.usage
+    assert (usage.step_count, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (2, 2, 2, 4)
+    # The user's message is in the history, not in the answer.
+    assert user_messages(server, agent_id) == ["what do I like?"]
+    history = letta.agents.messages.list(agent_id, order="asc").items
+    assert history[0].message_type == "user_message" and history[0].content == "what do I like?"
+    assert [m.id for m in history if m.message_type != "user_message"] == [m.id for m in response.messages]
+
+
+def test_input_and_text_parts_and_system_events(
+    letta: Letta, agent_id: str, llm: ScriptedLLM, server: LiveServer
+) -> None:
+    llm.reply("One.").reply("Two.").reply("Noted.")
+    assert letta.agents.messages.create(agent_id, input="first").messages[-1].content == "One."
+    parts = [{"type": "text", "text": "second"}, {"type": "text", "text": "part"}]
+    assert (
+        letta.agents.messages.create(agent_id, messages=[{"role": "user", "content": parts}]).messages[-1].content
+        == "Two."
+    )
+    letta.agents.messages.create(agent_id, messages=[{"role": "system", "content": "The user went offline."}])
+    assert user_messages(server, agent_id) == ["first", "second\npart"]
+    seen = json.loads(llm.requests[-1]["messages"][-1]["content"])
+    assert seen["type"] == "system_alert" and seen["message"] == "The user went offline."
+    only = letta.agents.messages.create  # include_return_message_types filters the answer
+    llm.reply("Filtered.", thought="a thought")
+    assert [
+        m.message_type for m in only(agent_id, input="x", include_return_message_types=["assistant_message"]).messages
+    ] == ["assistant_message"]
+
+
+def test_max_steps_ends_a_turn_that_keeps_asking_for_heartbeats(letta: Letta, agent_id: str, llm: ScriptedLLM) -> None:
+    for _ in range(3):
+        llm.add({"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}})
+    response = letta.agents.messages.create(agent_id, input="loop", max_steps=2)
+    assert response.stop_reason.stop_reason == "max_steps" and response.usage.step_count == 2
+    assert len(llm.requests) == 2
+
+
+# -- streaming ------------------------------------------------------------------------------------
+def test_streaming_sends_each_step_as_it_is_stored(letta: Letta, agent_id: str, llm: ScriptedLLM) -> None:
+    search_then_reply(llm, delay=2.0)
+    start = time.monotonic()
+    arrivals: list[tuple[str, float]] = []
+    for item in letta.agents.messages.create(agent_id, input="what do I like?", streaming=True):
+        arrivals.append((item.message_type, time.monotonic() - start))
+    kinds = [k for k, _ in arrivals]
+    assert kinds == [
+        "reasoning_message",
+        "tool_call_message",
+        "tool_return_message",
+        "reasoning_message",
+        "assistant_message",
+        "stop_reason",
+        "usage_statistics",
+    ]
+    # The first step's messages came while the slow second step was still waiting for the LLM.
+    assert arrivals[3][1] - arrivals[2][1] >= 1.5, arrivals
+
+    # The other entry point, and the wire format itself.
+    llm.reply("Again.", thought="t")
+    with pytest.warns(DeprecationWarning, match="deprecated"):  # letta-client marks the older entry point deprecated
+        stream = letta.agents.messages.stream(agent_id, messages=[{"role": "user", "content": "again"}])
+    with stream:
+        assert [i.message_type for i in stream][-3:] == ["assistant_message", "stop_reason", "usage_statistics"]
+    llm.reply("Raw.")
+    raw = httpx.post(
+        f"{str(letta.base_url).rstrip('/')}/v1/agents/{agent_id}/messages",
+        json={"input": "raw", "streaming": True},
+        headers={"Authorization": f"Bearer {letta.api_key}"},
+        timeout=30,
+    )
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in raw.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert [json.loads(e.removeprefix("data: "))["message_type"] for e in events[-3:-1]] == [
+        "stop_reason",
+        "usage_statistics",
+    ]
+
+
+def test_pings_keep_a_slow_turn_alive(letta: Letta, agent_id: str, llm: ScriptedLLM, server: LiveServer) -> None:
+    llm.reply("Slow.", delay=1.5)
+    kinds = [
+        i.message_type for i in letta.agents.messages.create(agent_id, input="hi", streaming=True, include_pings=True)
+    ]
+    assert kinds.count("ping") >= 2
+    assert [k for k in kinds if k != "ping"] == ["assistant_message", "stop_reason", "usage_statistics"]
+    llm.reply("Slow again.", delay=1.0)
+    raw = httpx.post(
+        f"{server.url}/v1/agents/{agent_id}/messages/stream",
+        json={"input": "hi"},
+        headers=auth(letta.api_key),
+        timeout=30,
+    )
+    assert ": keep-alive" in raw.text and '"ping"' not in raw.text  # a comment the client skips
+
+
+# -- history --------------------------------------------------------------------------------------
+def test_history_pages_by_message_id_without_splitting_a_message(letta: Letta, agent_id: str, llm: ScriptedLLM) -> None:
+    for word in ("one", "two", "three"):
+        llm.reply(f"You said {word}.", thought=f"About {word}.")
+        letta.agents.messages.create(agent_id, input=word)
+    everything = letta.agents.messages.list(agent_id, limit=100).items
+    assert len(everything) == 9  # per turn: user, reasoning, assistant
+    assert [m.message_type for m in everything[:3]] == ["assistant_message", "reasoning_message", "user_message"]
+    assert everything[0].content == "You said three."  # newest first
+    assert [m.otid for m in letta.agents.messages.list(agent_id, limit=2)] == [m.otid for m in everything]
+    first = letta.agents.messages.list(agent_id, limit=1).items
+    assert [m.message_type for m in first] == ["assistant_message", "reasoning_message"]  # one message, whole
+    ascending = letta.agents.messages.list(agent_id, order="asc", limit=4).items
+    assert [m.message_type for m in ascending] == [
+        "user_message",
+        "reasoning_message",
+        "assistant_message",
+        "user_message",
+    ]
+    after = letta.agents.messages.list(agent_id, order="asc", after=ascending[-1].id, limit=2).items
+    assert [m.message_type for m in after] == ["reasoning_message", "assistant_message"]
+    before = letta.agents.messages.list(agent_id, order="asc", before=ascending[-1].id, limit=2).items
+    assert [m.message_type for m in before] == ["reasoning_message", "assistant_message"]
+    assert [m.content for m in letta.agents.messages.list(agent_id, include_return_message_types=["user_message"])] == [
+        "three",
+        "two",
+        "one",
+    ]
+    assert letta.agents.messages.list(agent_id, after="message-unknown").items == []
+    as_calls = letta.agents.messages.list(agent_id, limit=2, use_assistant_message=False).items
+    assert [m.message_type for m in as_calls] == ["tool_return_message", "tool_call_message", "reasoning_message"]
+
+
+# -- cancel ---------------------------------------------------------------------------------------
+def test_cancel_stops_the_turn_at_the_next_step(
+    letta: Letta, agent_id: str, llm: ScriptedLLM, server: LiveServer
+) -> None:
+    assert letta.agents.messages.cancel(agent_id) == {}  # nothing runs
+    llm.add({"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}, "delay": 1.5})
+    llm.reply("never sent")
+    answers: list[Any] = []
+    sender = threading.Thread(target=lambda: answers.append(letta.agents.messages.create(agent_id, input="go")))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not llm.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cancelled = letta.agents.messages.cancel(agent_id)
+    assert list(cancelled.values()) == ["cancelled"] and next(iter(cancelled)).startswith("run-")
+    sender.join(30)
+    response = answers[0]
+    assert response.stop_reason.stop_reason == "cancelled"
+    assert [m.message_type for m in response.messages] == ["tool_call_message", "tool_return_message"]  # step 1 whole
+    assert len(llm.requests) == 1 and response.usage.run_ids == list(cancelled)
+    llm.script.clear()
+    llm.reply("Back.")
+    assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "Back."
+
+
+# -- one turn per agent -------------------------------------------------------------------------------
+@pytest.mark.usefixtures("metadata_url")
+def test_two_sends_to_one_agent_are_serialized_never_interleaved(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    # The second send waits for the first turn; under a loaded machine that turn can outlast the 5 s default
+    # (a 409 then is right, but not what this test is about).
+    server.timing(busy_wait=60.0, retry_after=1, ping_every=0.3)
+    spans: list[tuple[float, float]] = []
+
+    def slow(body: dict[str, Any]) -> dict[str, Any]:
+        start = time.monotonic()
+        time.sleep(0.8)
+        spans.append((start, time.monotonic()))
+        said = json.loads(body["messages"][-1]["content"])["message"]
+        return {"tool": "send_message", "args": {"message": f"re: {said}"}}
+
+    llm.add(slow, slow)
+    answers: dict[str, str] = {}
+
+    def send(text: str) -> None:
+        answers[text] = letta.agents.messages.create(agent_id, input=text).messages[-1].content
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in ("first", "second")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(30)
+    assert answers == {"first": "re: first", "second": "re: second"}
+    assert spans[0][1] <= spans[1][0]  # the LLM never ran two steps of the agent at once
+    roles = stored_roles(server, agent_id)
+    firsts = [i for i, (role, text) in enumerate(roles) if role == "user" and text == "first"]
+    seconds = [i for i, (role, text) in enumerate(roles) if role == "user" and text == "second"]
+    # user, assistant, tool; then the other turn whole. Which send reaches the agent first is the threads' race
+    # (the 0.1 s head start is not a promise under load): the turns must not interleave, in either order.
+    assert sorted([firsts, seconds]) == [[0], [3]]
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    server.timing(busy_wait=0.3, retry_after=1, ping_every=0.3)
+    llm.reply("Slow answer.", delay=5.0)
+    sender = threading.Thread(target=lambda: letta.agents.messages.create(agent_id, input="slow one"))
+    sender.start()
+    while not llm.requests:
+        time.sleep(0.02)
+    raw = httpx.post(
+        f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "second"}, headers=auth(letta.api_key)
+    )
+    assert raw.status_code == 409 and raw.headers["retry-after"] == "1"
+    assert raw.json()["detail"]["code"] == "AGENT_BUSY"
+    retrying = client(server, max_retries=2)
+    start = time.monotonic()
+    with pytest.raises(ConflictError) as busy:
+        retrying.agents.messages.create(agent_id, input="third")
+    assert time.monotonic() - start >= 2  # it waited Retry-After and tried again, twice
+    assert busy.value.body["detail"]["code"] == "AGENT_BUSY"  # type: ignore[index]
+    sender.join(30)
+    assert user_messages(server, agent_id) == ["slow one"]  # the refused ones were never stored
+    llm.reply("Free again.")
+    assert letta.agents.messages.create(agent_id, input="now").messages[-1].content == "Free again."
+
+
+def test_a_turn_longer_than_its_lease_keeps_renewing_it(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    server.timing(lease_ttl=1.0, renew_every=0.2, busy_wait=0.2, retry_after=1, ping_every=0.3)
+    llm.reply("Slow answer.", delay=3.0)
+    sender = threading.Thread(target=letta.agents.messages.create, args=(agent_id,), kwargs={"input": "slow"})
+    sender.start()
+    while not llm.requests:
+        time.sleep(0.02)
+    time.sleep(1.5)  # past the lease's first expiry
+    late = httpx.post(
+        f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "late"}, headers=auth(letta.api_key)
+    )
+    assert late.status_code == 409
+    sender.join(30)
+    assert user_messages(server, agent_id) == ["slow"]
+
+
+def test_a_block_edit_during_a_turn_waits_for_it_and_is_not_overwritten(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    note = {"name": "human", "content": "Loves sailing.", "request_heartbeat": False}
+    llm.add({"tool": "core_memory_append", "args": note, "content": "Note it.", "delay": 1.5})
+    sender = threading.Thread(target=letta.agents.messages.create, args=(agent_id,), kwargs={"input": "I sail"})
+    sender.start()
+    while not llm.requests:
+        time.sleep(0.02)
+    edited = letta.agents.blocks.update("human", agent_id=agent_id, value="Name: Chad B.")
+    assert server.state.storage.turns.running_run(agent_id) is None  # it waited for the turn to end
+    sender.join(30)
+    assert edited.value == "Name: Chad B."
+    assert letta.agents.blocks.retrieve("human", agent_id=agent_id).value == "Name: Chad B."
+    history = letta.agents.messages.list(agent_id, include_return_message_types=["tool_return_message"]).items
+    assert history[0].status == "success"  # the agent's append happened first
+
+
+def test_different_agents_run_at_the_same_time(server: LiveServer, letta: Letta, llm: ScriptedLLM) -> None:
+    spans: list[tuple[float, float]] = []
+
+    def slow(_: dict[str, Any]) -> dict[str, Any]:
+        start = time.monotonic()
+        time.sleep(1.5)
+        spans.append((start, time.monotonic()))
+        return {"tool": "send_message", "args": {"message": "done"}}
+
+    llm.add(slow, slow)
+    ids = [letta.agents.create(name=n, model=HANDLE).id for n in ("a", "b")]
+    threads = [threading.Thread(target=letta.agents.messages.create, args=(i,), kwargs={"input": "go"}) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(spans) == 2
+    (a_start, a_end), (b_start, b_end) = spans
+    assert a_start < b_end and b_start < a_end  # the two turns overlapped
+
+
+# -- retries, disconnects, failures ---------------------------------------------------------------
+def test_a_clients_retry_gets_the_turn_it_started_not_a_second_one(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    llm.reply("Only once.")
+    body = {"messages": [{"role": "user", "content": "hello"}]}
+    url, headers = f"{server.url}/v1/agents/{agent_id}/messages", auth(letta.api_key)
+    first = httpx.post(url, json=body, headers=headers).json()
+    again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}).json()
+    assert again == first and len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
+
+    # A client that times out while the turn runs resends; the resends join the turn, then read its answer.
+    llm.reply("Took a while.", delay=2.5)
+    impatient = client(server, timeout=1.0, max_retries=3)
+    response = impatient.agents.messages.create(agent_id, input="slow")
+    assert response.messages[-1].content == "Took a while."
+    assert len(llm.requests) == 2 and user_messages(server, agent_id) == ["hello", "slow"]
+
+    # Sending the same words again on purpose (no retry header) is a new message.
+    llm.reply("Twice.")
+    httpx.post(url, json=body, headers=headers)
+    assert user_messages(server, agent_id) == ["hello", "slow", "hello"]
+
+
+def test_a_client_that_leaves_mid_stream_does_not_break_the_agent(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    search_then_reply(llm, "Finished anyway.", delay=1.0)
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/agents/{agent_id}/messages/stream",
+        json={"input": "go"},
+        headers=auth(letta.api_key),
+        timeout=30,
+    ) as stream:
+        first = next(line for line in stream.iter_lines() if line.startswith("data: "))
+        assert json.loads(first.removeprefix("data: "))["message_type"] == "reasoning_message"
+    deadline = time.monotonic() + 20
+    while server.state.storage.turns.running_run(agent_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    history = letta.agents.messages.list(agent_id).items
+    assert history[0].message_type == "assistant_message" and history[0].content == "Finished anyway."
+    llm.reply("Still here.")
+    assert letta.agents.messages.create(agent_id, input="hi").messages[-1].content == "Still here."
+
+
+def test_an_llm_failure_keeps_the_message_and_the_next_turn_works(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    retrying = client(server, max_retries=2)
+    llm.add({"status": 401, "message": "bad key"})
+    with pytest.raises(InternalServerError) as failed:
+        retrying.agents.messages.create(agent_id, input="are you there?")
+    assert failed.value.status_code == 502 and len(llm.requests) == 1  # not resent: x-should-retry false
+    assert "refused the API key" in str(failed.value) and "your message was stored" in str(failed.value)
+    assert user_messages(server, agent_id) == ["are you there?"]
+
+    # Failing after a first step: that step's messages and stop_reason llm_api_error.
+    llm.add({"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}})
+    llm.add({"status": 401, "message": "bad key"})
+    partial = letta.agents.messages.create(agent_id, input="search")
+    assert partial.stop_reason.stop_reason == "llm_api_error"
+    assert [m.message_type for m in partial.messages] == ["tool_call_message", "tool_return_message"]
+
+    # Streaming: the steps that happened, then the stop reason, usage and an error event.
+    llm.add({"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}})
+    llm.add({"status": 401, "message": "bad key"})
+    seen: list[str] = []
+    stream = letta.agents.messages.create(agent_id, input="stream", streaming=True)
+    with pytest.raises(APIStatusError, match="refused the API key"):
+        seen.extend(item.message_type for item in stream)
+    assert seen == ["tool_call_message", "tool_return_message", "stop_reason", "usage_statistics"]
+
+    llm.reply("Working again.")
+    assert letta.agents.messages.create(agent_id, input="now?").messages[-1].content == "Working again."
+    assert user_messages(server, agent_id) == ["are you there?", "search", "stream", "now?"]
+
+
+def test_bad_message_requests_are_4xx_and_store_nothing(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    url = f"{server.url}/v1/agents/{agent_id}/messages"
+    headers = {**auth(letta.api_key), "content-type": "application/json"}
+    cases = [
+        (b'{"input": ', 422),
+        (b'{"messages": "hi"}', 422),
+        (b'{"messages": [{"role": "user"}]}', 422),
+        (b'{"messages": [{"role": "wizard", "content": "hi"}]}', 422),
+        (b"{}", 422),
+        (b'{"messages": []}', 422),
+        (b'{"input": "hi", "max_steps": 0}', 422),
+        (b'{"input": "   "}', 400),
+        (b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}', 400),
+        (b'{"messages": [{"role": "user", "content": [{"type": "image", "source": {"url": "http://x"}}]}]}', 400),
+    ]
+    for body, status in cases:
+        answer = httpx.post(url, content=body, headers=headers)
+        assert answer.status_code == status, (body, answer.text)
+        assert "detail" in answer.json()
+    unknown = httpx.post(f"{server.url}/v1/agents/agent-nope/messages", json={"input": "hi"}, headers=headers)
+    assert unknown.status_code == 404
+    with pytest.raises(NotFoundError):
+        letta.agents.messages.list("agent-nope")
+    assert server.state.storage.messages.count(agent_id) == 0 and llm.requests == []
+
+
+# -- kill -9 ----------------------------------------------------------------------------------------
+def _start_server(home: Path, port: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "MEMGPT_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memgpt", "server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/").status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start: {process.stdout.read() if process.stdout else ''}")
+        time.sleep(0.2)
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home: Path, llm: ScriptedLLM) -> None:
+    config = use_scripted_llm(home, llm.url)
+    config.server.lease_seconds = 600  # so only the dead owner, not an expiry, can free the agent
+    save_config(config, home)
+    made = run_cli("key", "create", home=home)
+    assert made.returncode == 0, made.stderr
+    key = next(w for w in made.stdout.split() if w.startswith("sk-"))
+    port = free_port()
+    process = _start_server(home, port)
+    try:
+        letta = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key, max_retries=0)
+        agent = letta.agents.create(name="survivor", model=HANDLE).id
+        llm.add({"hang": True})
+
+        def send() -> None:
+            with pytest.raises(APIError):  # the connection dies with the server
+                letta.agents.messages.create(agent, input="keep me")
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        deadline = time.monotonic() + 30
+        while not llm.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert llm.requests, "the turn never reached the LLM"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+        sender.join(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    llm.script.clear()
+    process = _start_server(home, port)
+    try:
+        letta = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key, max_retries=0)
+        history = letta.agents.messages.list(agent, order="asc").items
+        assert [(m.message_type, m.content) for m in history] == [("user_message", "keep me")]
+        with Storage(load_config(home), home) as storage, storage.metadata.session() as session:
+            left = session.execute(text("select expires_at from agent_leases where agent_id = :a"), {"a": agent}).all()
+        # The dead turn's lease is still there and not expired yet: only its dead owner makes it stale.
+        assert len(left) == 1
+        expires = left[0][0] if isinstance(left[0][0], datetime) else datetime.fromisoformat(str(left[0][0]))
+        assert (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) > datetime.now(UTC)
+        llm.reply("I am back.")
+        answer = letta.agents.messages.create(agent, input="still there?")  # a 409 after 5 s if the lease blocked it
+        assert answer.messages[-1].content == "I am back."
+        assert [
+            m.content for m in letta.agents.messages.list(agent, include_return_message_types=["user_message"])
+        ] == [
+            "still there?",
+            "keep me",
+        ]
+    finally:
+        process.terminate()
+        process.wait(30)
+    with Storage(load_config(home), home) as storage:
+        assert storage.turns.running_run(agent) is None
