@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from memgpt.agent.context import stable_part, volatile_part
+from memgpt.agent.context import memory_part, statistics_part
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
 from memgpt.agent.window import Window
@@ -37,7 +37,7 @@ from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
 from memgpt.storage import Storage
 from memgpt.storage.agents import BLOCK, PASSAGE, StepChanges, StepEffect
-from memgpt.tokens import count_message, count_text, count_tools
+from memgpt.tokens import count_message, count_tools
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,14 @@ class _Statistics:
     sources: list[str]
 
 
+@dataclass(frozen=True)
+class _SystemMessage:
+    memory: str  # the prompt, summary and core memory it was built from
+    statistics: _Statistics  # and these statistics
+    message: ChatMessage
+    tokens: int
+
+
 class Agent:
     """A loaded agent, the only holder of its ``AgentState`` and the only writer of its messages while
     open. Not thread-safe: one turn at a time. ``close`` it (or use ``with``) to let recall indexing finish."""
@@ -129,7 +137,7 @@ class Agent:
         self._statistics: _Statistics | None = None
         self._sources_checked = False  # this turn
         self._archival_writes = 0
-        self._stable: tuple[str, int] = ("", 0)  # the system message's stable part and its tokens
+        self._system_message: _SystemMessage | None = None  # as last built
         ratio_model, ratio = storage.agents.token_ratio(state.id)
         self._ratio = ratio if ratio_model == llm.model else 1.0
         self._ratio_learnt = False
@@ -287,6 +295,7 @@ class Agent:
         self.core.restore(blocks)
         self._in_window().remove(ids)
         self._recall_count = None
+        self._system_message = None  # its recall count is out of date
         self._archival_writes += 1
 
     def _last_assistant(self, *, with_reply: bool = False) -> Message:
@@ -339,19 +348,25 @@ class Agent:
         return known
 
     def _system(self) -> tuple[ChatMessage, int]:
-        """The system message and its tokens; the stable part is counted only when it changes."""
-        stable = stable_part(self.state, self.core.render())
-        if stable != self._stable[0]:
-            self._stable = (stable, count_text(self.llm.model, stable))
+        """The system message and its tokens. As in MemGPT, it is rebuilt only when memory is modified (core
+        memory, the summary, the agent's archival writes, its attached sources), when history is edited and
+        when the agent is opened; the memory statistics and the time in it are those of that moment
+        (``[last modified: ...]``). So from step to step it stays the same to the byte, and a provider's
+        prompt cache can reuse it with the tool schemas and every message after it."""
+        memory = memory_part(self.state, self.core.render())
         statistics = self._memory_statistics()
-        volatile = volatile_part(
-            recall_count=self._recalled(),
-            archival_count=statistics.archival,
-            sources=statistics.sources,
-            now=self._clock(),
-        )
-        message: ChatMessage = {"role": "system", "content": stable + "\n" + volatile}
-        return message, self._stable[1] + count_message(self.llm.model, {"content": "\n" + volatile})
+        known = self._system_message
+        if known is None or known.memory != memory or known.statistics is not statistics:
+            content = memory + "\n" + statistics_part(
+                recall_count=self._recalled(),
+                archival_count=statistics.archival,
+                sources=statistics.sources,
+                now=self._clock(),
+            )
+            message: ChatMessage = {"role": "system", "content": content}
+            known = _SystemMessage(memory, statistics, message, count_message(self.llm.model, message))
+            self._system_message = known
+        return known.message, known.tokens
 
     def assemble(self) -> Assembled:
         """The context the LLM gets now, assembled once and measured once."""
@@ -377,6 +392,7 @@ class Agent:
     def check_window(self) -> None:
         """Refuse a window the fixed prompt (system prompt, core memory, tool schemas) leaves no room in."""
         fixed = round(self.assemble().fixed * self._ratio)
+        self._system_message = None  # the first step builds it with the statistics of its moment
         needed = fixed + self._reserve() + MIN_ROOM
         if self.state.context_window < needed:
             raise UserError(

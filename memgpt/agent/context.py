@@ -1,8 +1,8 @@
 """The system message: the agent's prompt, summary, core memory and memory statistics, rendered for the LLM.
 
 Providers reuse the longest prefix a prompt shares with the one before (llama.cpp keeps it in its KV
-cache; OpenAI and Anthropic bill a cached prefix at a fraction), so what changes every step (the time,
-the message and passage counts) comes last, after what changes only when memory is edited.
+cache; OpenAI and Anthropic bill a cached prefix at a fraction). The agent rebuilds this message only
+when memory is modified (see ``Agent._system``); the statistics, which change most often then, come last.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from memgpt.memory.messages import timestamp
 from memgpt.types import AgentState
 
 
-def stable_part(state: AgentState, core: str) -> str:
+def memory_part(state: AgentState, core: str) -> str:
     """The prompt, the summary of evicted messages and core memory: the same from step to step until
     memory is edited or messages are evicted."""
     lines = [state.system_prompt.strip(), "", "### Memory"]
@@ -32,8 +32,8 @@ def stable_part(state: AgentState, core: str) -> str:
     return "\n".join(lines)
 
 
-def volatile_part(*, recall_count: int, archival_count: int, sources: Sequence[str], now: datetime) -> str:
-    """Memory statistics and the time: different at almost every step, so last."""
+def statistics_part(*, recall_count: int, archival_count: int, sources: Sequence[str], now: datetime) -> str:
+    """Memory statistics and the time they were taken."""
     lines = [
         "",
         f"### Memory statistics [last modified: {timestamp(now)}]",
@@ -49,5 +49,5 @@ def volatile_part(*, recall_count: int, archival_count: int, sources: Sequence[s
 def system_message(
     state: AgentState, core: str, *, recall_count: int, archival_count: int, sources: Sequence[str], now: datetime
 ) -> ChatMessage:
-    volatile = volatile_part(recall_count=recall_count, archival_count=archival_count, sources=sources, now=now)
-    return {"role": "system", "content": stable_part(state, core) + "\n" + volatile}
+    statistics = statistics_part(recall_count=recall_count, archival_count=archival_count, sources=sources, now=now)
+    return {"role": "system", "content": memory_part(state, core) + "\n" + statistics}
