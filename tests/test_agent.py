@@ -474,3 +474,21 @@ def test_opening_an_agent_with_an_unindexed_history_does_not_wait_for_it(rig: Ri
     ]
     assert reopened.recall.wait_indexed(timeout=300)
     assert rig.storage.messages.backlog(state.id) == 0
+
+
+def test_a_message_too_long_for_a_milvus_row_is_indexed_and_kept_whole(rig: Rig) -> None:
+    """A message over the index's 65,535-byte text field once failed its batch for good: every later
+    message stayed unindexed. The index now gets the text cut to fit, SQL keeps all of it."""
+    from memgpt.memory.messages import stored
+    from memgpt.types import Message, Role
+
+    agent = rig.create()
+    long = "Zanzibar harbour notes. " + "é" * 80_000  # 160 kB of UTF-8
+    agent.recall.append([Message("long0001", agent.state.id, Role.USER, long)])
+    rig.storage.messages.append(agent.state.id, [stored(Message("next0001", agent.state.id, Role.USER, "after it"))])
+    assert agent.recall.wait_indexed(timeout=300)
+    assert rig.storage.messages.backlog(agent.state.id) == 0
+    store = rig.storage.passages(rig.model.space)
+    indexed = store.query(all_of(eq("agent_id", agent.state.id), eq("kind", "recall")), limit=10)
+    assert sorted(p.id for p in indexed) == ["long0001", "next0001"]
+    assert rig.storage.messages.by_id(agent.state.id, ["long0001"])["long0001"].content == long
