@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for every figure in the README's benchmark section:
 #   bash bench/run.sh            (add --quick for a 0.5 MB corpus, 10k passages, no 1M run, one recall conversation)
+# The prompt-cache figure needs a real local LLM and takes minutes per request: bench/prompt_cache_bench.py.
 # Prints markdown tables. The pure-Python Milvus Lite 3.x conflicts with the 2.5 default, so it is
 # measured from its own virtualenv in bench/.venv-lite3.
 set -euo pipefail
@@ -38,6 +39,8 @@ common=(--vectors "${vectors[0]}" --queries "${vectors[1]}" --sizes "$sizes")
 PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" "${common[@]}"
 echo
 "$VENV/bin/python" bench/recall_bench.py "${recall[@]}"  # recall and archival (retrieval_bench) quality
+echo
+"$VENV/bin/python" bench/step_bench.py --sizes "$sizes"
 echo
 echo "### Archival search on a Milvus server (HNSW; same filter and vectors)"
 echo

@@ -61,8 +61,10 @@ def encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
     return tiktoken.get_encoding(name)
 
 
+@functools.cache
 def encoding_for_model(model: str) -> tiktoken.Encoding:
-    """The model's encoding when tiktoken knows it, else cl100k_base (close for most chat models)."""
+    """The model's encoding when tiktoken knows it, else cl100k_base (close for most chat models); looked
+    up once per model (tiktoken matches the name against its prefixes every time)."""
     import tiktoken
 
     try:
@@ -77,14 +79,22 @@ def count_text(model: str, text: str) -> int:
     return len(encoding_for_model(model).encode(text, disallowed_special=()))
 
 
+def count_message(model: str, message: Mapping[str, Any]) -> int:
+    """Tokens one chat message takes: its content, its tool calls and the per-message overhead."""
+    encoding = encoding_for_model(model)
+    total = _PER_MESSAGE_TOKENS + len(encoding.encode(message.get("content") or "", disallowed_special=()))
+    if message.get("tool_calls"):
+        total += len(encoding.encode(json.dumps(message["tool_calls"]), disallowed_special=()))
+    return total
+
+
+def count_tools(model: str, tools: Sequence[ToolSpec]) -> int:
+    """Tokens the tool specs of a request take."""
+    if not tools:
+        return 0
+    return len(encoding_for_model(model).encode(json.dumps([t.openai() for t in tools]), disallowed_special=()))
+
+
 def count_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec] = ()) -> int:
     """Tokens a chat request takes: every message (content and tool calls) plus the tool specs."""
-    encoding = encoding_for_model(model)
-    total = 0
-    for message in messages:
-        total += _PER_MESSAGE_TOKENS + len(encoding.encode(message.get("content") or "", disallowed_special=()))
-        if message.get("tool_calls"):
-            total += len(encoding.encode(json.dumps(message["tool_calls"]), disallowed_special=()))
-    if tools:
-        total += len(encoding.encode(json.dumps([t.openai() for t in tools]), disallowed_special=()))
-    return total
+    return sum(count_message(model, m) for m in messages) + count_tools(model, tools)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from memgpt.agent.agent import Agent
@@ -21,6 +21,7 @@ class Rig:
     model: LocalMiniLM
     llm: ScriptedLLM
     user_id: str = USER
+    opened: list[Agent] = field(default_factory=list)
 
     def client(self, context_window: int = 16_000, timeout: float = 30.0) -> OpenAICompatible:
         client = OpenAICompatible(
@@ -51,7 +52,13 @@ class Rig:
             self.storage, state, llm=self.client(context_window, timeout), embedding=self.model, **options
         )
         assert not warnings
+        self.opened.append(agent)
         return agent
+
+    def close(self) -> None:
+        """Close every agent opened (their recall indexing finishes) before the storage closes."""
+        for agent in self.opened:
+            agent.close()
 
 
 def replies(events: list[Event]) -> list[str]:

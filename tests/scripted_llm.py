@@ -14,6 +14,7 @@ Script entries:
   {"hang": True}                                                   never answer (until the server closes)
   {"body": "<html>...", "content_type": "text/html"}               exactly this body, status 200 (or "status")
   {"json": {...}}                                                  exactly this JSON object, status 200
+  {"prompt_tokens": 3081, ...}                                     usage.prompt_tokens to report (else 1)
   a callable taking the request body and returning one of the above
 
 GET /v1/models answers from ``models``; GET /props and POST /api/show (llama.cpp's and Ollama's own
@@ -109,7 +110,7 @@ class ScriptedLLM:
             calls.append((name, json.dumps(args)))
         if "raw_tool" in entry:
             calls.append((entry["raw_tool"], entry["raw_arguments"]))
-        return 200, _completion(entry.get("content", ""), calls)
+        return 200, _completion(entry.get("content", ""), calls, entry.get("prompt_tokens", 1))
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         llm = self
@@ -144,7 +145,7 @@ class ScriptedLLM:
         return Handler
 
 
-def _completion(content: str, calls: list[tuple[str, str]]) -> dict[str, Any]:
+def _completion(content: str, calls: list[tuple[str, str]], prompt_tokens: int = 1) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = [
@@ -157,5 +158,5 @@ def _completion(content: str, calls: list[tuple[str, str]]) -> dict[str, Any]:
         "created": int(time.time()),
         "model": "scripted",
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
     }

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from memgpt.agent.agent import Agent
 from memgpt.agent.events import FunctionCall, FunctionResult, Reply, SystemNotice, Thought
-from memgpt.agent.manager import attach_source, detach_source
+from memgpt.agent.manager import attach_source, detach_source, open_agent
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import LLMError, UserError
 from memgpt.storage import Storage
@@ -29,14 +30,18 @@ def llm() -> Iterator[ScriptedLLM]:
 
 
 @pytest.fixture
-def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
-    return Rig(storage, model, llm)
+def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Iterator[Rig]:
+    made = Rig(storage, model, llm)
+    yield made
+    made.close()
 
 
 @pytest.fixture
-def any_rig(any_storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
+def any_rig(any_storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Iterator[Rig]:
     """The agent on Milvus Lite and on the real Milvus server."""
-    return Rig(any_storage, model, llm)
+    made = Rig(any_storage, model, llm)
+    yield made
+    made.close()
 
 
 def test_a_turn_reaches_the_user_and_everything_is_recorded(rig: Rig) -> None:
@@ -286,12 +291,14 @@ def test_recall_index_catches_up_and_forgets_popped_messages(rig: Rig, storage: 
         list(agent.send(text))
     store = storage.passages(model.space)
     recall = all_of_recall(agent)
+    assert agent.recall.wait_indexed(timeout=60)  # indexing runs in the background, after each step
     assert store.count(recall) == 4  # two typed messages, two replies; no tool results or alerts
 
     with storage.metadata.session() as s:  # as if Milvus had been unreachable for these
         s.execute(update(MessageRow).values(indexed=False))
     store.delete(recall)
     reopened = rig.open()
+    assert reopened.recall.wait_indexed(timeout=60)
     assert store.count(recall) == 4 and not rig.storage.messages.unindexed(agent.state.id, 10)
     assert reopened.pop(3) == 3  # "two", its call and its tool result
     assert store.count(recall) == 2
@@ -313,6 +320,7 @@ def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
     agent = rig.create()
     rig.llm.reply("noted")
     list(agent.send("my cat is called Periwinkle"))
+    agent.close()  # its background indexing is done before the index is taken away
     with storage.metadata.session() as s:  # a message the index never got
         s.execute(update(MessageRow).values(indexed=False))
     offline = OpenAIEmbeddings("any", dimensions=model.dimensions, endpoint="http://127.0.0.1:1/v1")
@@ -367,3 +375,124 @@ def test_resolve_agent_finds_by_name_or_id_creates_and_switches_model(rig: Rig, 
     assert (renamed.name, renamed.context_window, renamed.llm_model) == ("Anna", 32_000, "bigger")
     with pytest.raises(UserError, match="already exists"):
         update_agent(rig.storage, friendly, name="Anna")
+
+
+def test_an_empty_reply_is_one_clear_notice_and_nothing_is_stored(rig: Rig) -> None:
+    agent = rig.create()
+    rig.llm.add({"content": ""})
+    events = list(agent.send("hello?"))
+    assert len(events) == 1 and isinstance(events[0], SystemNotice)
+    assert events[0].text.startswith("the model sent an empty reply: no text and no function call")
+    assert "/retry" in events[0].text
+    assert [m.content for m in rig.storage.messages.last(agent.state.id, 10)][-1] == "hello?"  # nothing after it
+
+
+def test_the_system_message_changes_only_when_memory_does(rig: Rig) -> None:
+    """As in MemGPT, the system message is rebuilt only when memory is modified, with the statistics of that
+    moment: from step to step the prompt is the same to the byte, so a provider's prompt cache reuses it,
+    the tool schemas and every message after it."""
+    agent = rig.create()
+    rig.llm.add({"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}})
+    rig.llm.reply("first")
+    list(agent.send("one"))
+    rig.llm.reply("second")
+    list(agent.send("two"))
+    append = {"name": "human", "content": "Likes sailing.", "request_heartbeat": True}
+    rig.llm.add({"tool": "core_memory_append", "args": append})
+    rig.llm.reply("third")
+    list(agent.send("three"))
+    systems = [r["messages"][0]["content"] for r in rig.llm.requests]
+    assert len(set(systems[:4])) == 1  # three turns, four steps, no memory change
+    assert "1 previous messages between you and the user" in systems[3]  # as of when it was built
+    assert "Likes sailing." in systems[4]  # core memory changed: rebuilt, with the statistics of now
+    assert "13 previous messages between you and the user" in systems[4]
+    statistics = systems[4].index("### Memory statistics")
+    assert "<human characters=" in systems[4][:statistics]  # what changes most often comes last
+    first, later = rig.llm.requests[1]["messages"], rig.llm.requests[2]["messages"]
+    assert later[: len(first)] == first  # the whole earlier prompt is sent again exactly as before
+
+
+def test_a_turn_takes_few_sql_statements(rig: Rig) -> None:
+    from sqlalchemy import event
+
+    agent = rig.create()
+    for text in ("warm", "up"):
+        rig.llm.reply("ok")
+        list(agent.send(text))
+    assert agent.recall.wait_indexed(timeout=60)
+    statements: list[str] = []
+    mine = threading.get_ident()
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if threading.get_ident() == mine:  # not the background indexing
+            statements.append(statement)
+
+    event.listen(rig.storage.metadata.engine, "before_cursor_execute", count)
+    try:
+        rig.llm.reply("counted")
+        list(agent.send("how many queries?"))
+    finally:
+        event.remove(rig.storage.metadata.engine, "before_cursor_execute", count)
+    assert len(statements) <= 6, statements  # it was 18: the window, counts and sources read at every step
+
+
+def test_retry_gives_core_memory_back_its_value_before_the_dropped_steps(rig: Rig) -> None:
+    agent = rig.create()
+    before = agent.core.get("human").value
+    append = {
+        "tool": "core_memory_append",
+        "args": {"name": "human", "content": "Loves sailing.", "request_heartbeat": True},
+    }
+    rig.llm.add(append)
+    rig.llm.reply("Noted.")
+    list(agent.send("I love sailing"))
+    rig.llm.add(append)
+    rig.llm.reply("Noted again.")
+    assert replies(list(agent.retry())) == ["Noted again."]
+    assert agent.core.get("human").value == before + "\nLoves sailing."  # once, not twice
+    assert rig.open().core.get("human").value == before + "\nLoves sailing."
+    assert agent.pop(6) == 6  # the whole retried turn but the user's message... and the user's message
+    assert agent.core.get("human").value == before
+    assert rig.open().core.get("human").value == before
+
+
+def test_opening_an_agent_with_an_unindexed_history_does_not_wait_for_it(rig: Rig) -> None:
+    from memgpt.memory.messages import stored
+    from memgpt.types import Message, Role
+
+    agent = rig.create()
+    agent.close()
+    history = [
+        Message(f"old{i:04d}", agent.state.id, Role.USER if i % 2 == 0 else Role.ASSISTANT, f"old message {i}")
+        for i in range(600)
+    ]
+    rig.storage.messages.append(agent.state.id, [stored(m) for m in history])
+    state = rig.storage.agents.get(rig.user_id, "tester")
+    assert state is not None
+    reopened, warnings = open_agent(rig.storage, state, llm=rig.client(), embedding=rig.model)
+    rig.opened.append(reopened)
+    assert rig.storage.messages.backlog(state.id) > 0  # still being indexed: open did not wait
+    assert warnings == [
+        "600 messages are not in the recall index yet; they are being indexed in the background "
+        "(conversation_search finds them by their words until then)"
+    ]
+    assert reopened.recall.wait_indexed(timeout=300)
+    assert rig.storage.messages.backlog(state.id) == 0
+
+
+def test_a_message_too_long_for_a_milvus_row_is_indexed_and_kept_whole(rig: Rig) -> None:
+    """A message over the index's 65,535-byte text field once failed its batch for good: every later
+    message stayed unindexed. The index now gets the text cut to fit, SQL keeps all of it."""
+    from memgpt.memory.messages import stored
+    from memgpt.types import Message, Role
+
+    agent = rig.create()
+    long = "Zanzibar harbour notes. " + "é" * 80_000  # 160 kB of UTF-8
+    agent.recall.append([Message("long0001", agent.state.id, Role.USER, long)])
+    rig.storage.messages.append(agent.state.id, [stored(Message("next0001", agent.state.id, Role.USER, "after it"))])
+    assert agent.recall.wait_indexed(timeout=300)
+    assert rig.storage.messages.backlog(agent.state.id) == 0
+    store = rig.storage.passages(rig.model.space)
+    indexed = store.query(all_of(eq("agent_id", agent.state.id), eq("kind", "recall")), limit=10)
+    assert sorted(p.id for p in indexed) == ["long0001", "next0001"]
+    assert rig.storage.messages.by_id(agent.state.id, ["long0001"])["long0001"].content == long

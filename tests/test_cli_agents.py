@@ -16,7 +16,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from memgpt.config import load_config
+from memgpt.config import load_config, save_config
 from memgpt.storage import Storage
 from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
@@ -331,6 +331,47 @@ def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     assert "/attach [SOURCE]   attach a data source to archival memory" in shown
     assert "/exit              leave the chat (also /quit)" in shown
     assert not llm.requests
+
+
+def test_run_message_exits_1_when_the_turn_fails_and_130_when_interrupted(home: Path, llm: ScriptedLLM) -> None:
+    llm.reply("fine")
+    assert run_cli("run", "--agent", "Flaky", "--message", "hi", home=home).returncode == 0
+    config = load_config(home)
+    config.llm.timeout_seconds = 3  # the whole turn's LLM budget, retries included
+    save_config(config, home)
+
+    llm.add(*[{"status": 503, "message": "overloaded"}] * 10)
+    failed = run_cli("run", "--agent", "Flaky", "--message", "are you there?", home=home)
+    assert failed.returncode == 1, failed.stdout
+    assert "answered 503: overloaded" in failed.stderr and "your message is saved; /retry" in failed.stderr
+    llm.script.clear()
+
+    llm.add({"hang": True})
+    hung = run_cli("run", "--agent", "Flaky", "--message", "hello?", home=home)
+    assert hung.returncode == 1, hung.stdout
+    assert "did not answer within" in hung.stderr
+
+    config.llm.timeout_seconds = 120
+    save_config(config, home)
+    llm.add({"delay": 60, "tool": "send_message", "args": {"message": "too late"}})
+    asked = len(llm.requests)
+    env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memgpt", "run", "--agent", "Flaky", "--message", "wait for it"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(llm.requests) == asked and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(llm.requests) > asked, "the turn never reached the LLM"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C while the LLM thinks
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted (your message is saved; /retry lets the agent answer it)" in err
+    assert "Traceback" not in err
 
 
 def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> None:

@@ -4,13 +4,14 @@ nothing lost from recall."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from memgpt.agent.events import SystemNotice
 from memgpt.embeddings.local import LocalMiniLM
-from memgpt.errors import LLMError
+from memgpt.errors import LLMError, UserError
 from memgpt.llm.base import ToolSpec
 from memgpt.storage import Storage
 from memgpt.tokens import count_tokens
@@ -25,7 +26,9 @@ WINDOW = 6000
 @pytest.fixture
 def rig(storage: Storage, model: LocalMiniLM) -> Iterator[Rig]:
     server = ScriptedLLM()
-    yield Rig(storage, model, server)
+    made = Rig(storage, model, server)
+    yield made
+    made.close()
     server.close()
 
 
@@ -109,3 +112,58 @@ def test_unrecoverable_overflow_is_a_clear_error(rig: Rig) -> None:
     with pytest.raises(LLMError, match="nothing left to summarize"):
         list(agent.send("short"))
     assert rig.storage.messages.in_context(agent.state.id)[-1].content == "short"  # the message stays
+
+
+def server_counting_more(window: int, factor: float, overflows: list[int]) -> Callable[[dict[str, Any]], dict]:
+    """A model server whose tokenizer counts ``factor`` times ours (llama.cpp counted ~1.22x): it reports
+    that count as usage.prompt_tokens and refuses a prompt over ``window`` as a real server does."""
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        theirs = round(request_tokens(body) * factor)
+        if theirs > window:
+            overflows.append(theirs)
+            return {"status": 400, "message": f"the request exceeds the available context size ({theirs} tokens)"}
+        return {"tool": "send_message", "args": {"message": "Noted."}, "prompt_tokens": theirs}
+
+    return answer
+
+
+def test_counts_are_calibrated_from_the_server_so_eviction_comes_before_its_400(rig: Rig) -> None:
+    agent = rig.create(context_window=WINDOW)
+    overflows: list[int] = []
+    rig.llm.add(*[server_counting_more(WINDOW, 1.25, overflows)] * 200)
+    for turn in range(40):
+        list(agent.send(f"Message {turn}: " + "Here is a long story about sailing and weather. " * 20))
+    assert rig.llm.summaries, "the conversation never needed a summary"
+    assert overflows == []  # our own check evicted first, every time
+    ours = request_tokens(rig.llm.requests[-1])
+    assert agent.context_tokens() == pytest.approx(1.25 * agent.assemble().tokens, rel=0.01)
+    assert ours * 1.25 <= WINDOW
+    reopened = rig.open(context_window=WINDOW)  # the ratio is kept with the agent, for this model
+    assert reopened.context_tokens() == pytest.approx(1.25 * reopened.assemble().tokens, rel=0.01)
+
+
+def test_a_window_too_small_for_the_fixed_prompt_is_refused_in_one_line(rig: Rig) -> None:
+    with pytest.raises(UserError) as refused:
+        rig.create(context_window=3000)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("the context window of agent 'tester' (3,000 tokens) is too small: its system prompt")
+    assert "`memgpt run --context-window N`" in message
+
+
+def test_eviction_in_a_small_window_keeps_half_the_room_and_does_not_warn_again_at_once(rig: Rig) -> None:
+    window = 4096
+    agent = rig.create(context_window=window)
+    events_per_turn = []
+    for turn in range(30):
+        rig.llm.reply(f"Noted {turn}.")
+        events_per_turn.append(list(agent.send(f"Turn {turn}: " + "a long line about the weather " * 12)))
+    notices = [[e.text for e in events if isinstance(e, SystemNotice)] for events in events_per_turn]
+    summarized = [i for i, texts in enumerate(notices) if any("summarized" in t for t in texts)]
+    assert summarized, "never summarized"
+    for turn in summarized:
+        after = notices[turn + 1] if turn + 1 < len(notices) else []
+        assert not any("memory pressure" in t for t in after), (turn, notices)
+        assert not any("summarized" in t for t in after), (turn, notices)
+    assert len(rig.storage.messages.in_context(agent.state.id)) > 3  # more than the newest message is kept

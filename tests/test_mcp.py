@@ -42,8 +42,10 @@ def llm() -> Iterator[ScriptedLLM]:
 
 
 @pytest.fixture
-def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Rig:
-    return Rig(storage, model, llm)
+def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Iterator[Rig]:
+    made = Rig(storage, model, llm)
+    yield made
+    made.close()
 
 
 @pytest.fixture

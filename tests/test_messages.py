@@ -24,7 +24,9 @@ from tests.scripted_llm import ScriptedLLM
 @pytest.fixture
 def rig(storage: Storage, model: LocalMiniLM) -> Iterator[Rig]:
     server = ScriptedLLM()
-    yield Rig(storage, model, server)
+    made = Rig(storage, model, server)
+    yield made
+    made.close()
     server.close()
 
 
@@ -39,6 +41,7 @@ def test_the_index_and_the_word_search_read_the_same_text(rig: Rig, storage: Sto
     )
     rig.llm.reply("Noted, bees!", thought="Answer briefly.")
     list(agent.send("I keep bees in the garden"))
+    assert agent.recall.wait_indexed(timeout=60)  # indexing runs in the background, after each step
 
     with storage.metadata.session() as s:
         rows = {r.id: r for r in s.scalars(select(MessageRow).where(MessageRow.agent_id == agent.state.id))}

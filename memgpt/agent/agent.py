@@ -1,10 +1,18 @@
 """The MemGPT step loop.
 
 One turn: the user's message is stored first (it is never lost), then steps run until the model
-stops asking for heartbeats. Each step assembles the context window (system prompt, memory
-statistics, summary, core memory, recent messages), calls the LLM with the tools, runs the tool
+stops asking for heartbeats. Each step assembles the context window once (system prompt, summary,
+core memory, memory statistics last, recent messages), calls the LLM with the tools, runs the tool
 calls and stores the whole step in one transaction. The loop is a generator of events, so the CLI,
 streaming and a REST server can share it.
+
+A step's side effects happen once. Its messages, core memory edits and heartbeat pause commit together.
+Archival passages go to Milvus before that commit, so each is recorded under the step first; a step
+that does not commit (an error, Ctrl-C, kill -9) has them removed before the agent's next turn, and
+/retry or /pop, which forget steps, delete the passages those steps wrote and give core memory back
+the values it had before them. Recall indexing is derived from SQL and idempotent; it runs after the
+step, in the background. What a user or MCP tool does elsewhere cannot be undone: a retried step may
+call it again.
 """
 
 from __future__ import annotations
@@ -13,29 +21,33 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from memgpt.agent.context import system_message
+from memgpt.agent.context import memory_part, statistics_part
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
-from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError
+from memgpt.agent.window import Window
+from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError, UserError
 from memgpt.llm.base import ChatMessage, Completion, LLMClient
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import CoreMemory
-from memgpt.memory.messages import HEARTBEAT, LOGIN, SEND_MESSAGE, SYSTEM_ALERT, stored, timestamp, to_chat
+from memgpt.memory.messages import HEARTBEAT, LOGIN, SEND_MESSAGE, SYSTEM_ALERT, stored, timestamp
 from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
 from memgpt.storage import Storage
-from memgpt.storage.agents import StepChanges
-from memgpt.tokens import count_tokens
+from memgpt.storage.agents import BLOCK, PASSAGE, StepChanges, StepEffect
+from memgpt.tokens import count_message, count_tools
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
 logger = logging.getLogger(__name__)
 
-PRESSURE_FRACTION = 0.75  # warn the model to save what matters
-KEEP_AFTER_EVICTION = 0.5  # after a summary, recent messages fill at most this share of the window
+PRESSURE_FRACTION = 0.75  # of the room left for messages: warn the model to save what matters
+KEEP_AFTER_EVICTION = 0.5  # after a summary, recent messages fill at most this share of that room
+MIN_ROOM = 1024  # tokens a window must leave for messages after the fixed prompt and the answer
 MAX_PAUSE_MINUTES = 360
+# A server's prompt count over ours outside this range is counting something else (or is a test double).
+RATIO_RANGE = (0.5, 2.0)
 # MemGPT's protocol: why the agent gets a step the person did not ask for.
 _HIDDEN = "[This is an automated system message hidden from the user] "
 FAILED = _HIDDEN + "Function call failed, returning control"
@@ -60,8 +72,37 @@ def _never() -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Assembled:
+    """One step's context: what the LLM is sent, and its size in our tokenizer's count."""
+
+    messages: list[ChatMessage]
+    fixed: int  # the system message and the tool schemas
+    conversation: int  # the messages in the window
+
+    @property
+    def tokens(self) -> int:
+        return self.fixed + self.conversation
+
+
+@dataclass(frozen=True)
+class _Statistics:
+    key: tuple[object, ...]  # what they were computed for: attached sources, archival writes
+    archival: int
+    sources: list[str]
+
+
+@dataclass(frozen=True)
+class _SystemMessage:
+    memory: str  # the prompt, summary and core memory it was built from
+    statistics: _Statistics  # and these statistics
+    message: ChatMessage
+    tokens: int
+
+
 class Agent:
-    """A loaded agent, the only holder of its ``AgentState``. Not thread-safe: one turn at a time."""
+    """A loaded agent, the only holder of its ``AgentState`` and the only writer of its messages while
+    open. Not thread-safe: one turn at a time. ``close`` it (or use ``with``) to let recall indexing finish."""
 
     def __init__(
         self,
@@ -84,14 +125,38 @@ class Agent:
         self.core = CoreMemory(storage.agents.blocks(state.id))
         self.recall = recall or RecallMemory(storage, agent_id=state.id, user_id=state.user_id)
         self.archival = archival
+        self.step_id = ""  # the running step's id, under which a tool records what it writes outside SQL
         self._source_names = source_names
         self._clock = clock
         self._paused_until: datetime | bool | None = False
         self._warned = False
+        self._specs = [t.spec() for t in self.tools.values()]
+        self._tool_tokens = count_tools(llm.model, self._specs)
+        self._window: Window | None = None
+        self._recall_count: int | None = None
+        self._statistics: _Statistics | None = None
+        self._sources_checked = False  # this turn
+        self._archival_writes = 0
+        self._system_message: _SystemMessage | None = None  # as last built
+        ratio_model, ratio = storage.agents.token_ratio(state.id)
+        self._ratio = ratio if ratio_model == llm.model else 1.0
+        self._ratio_learnt = False
+        self._settled = False  # True once no step of this agent can have left uncommitted effects
+
         # Hooks for whoever runs the turn (the server): the messages of each step once stored, and whether
         # to stop before the next step (checked only between steps, never in the middle of one).
         self.on_commit: Callable[[Sequence[Message]], None] | None = None
         self.stop_requested: Callable[[], bool] = _never
+
+    def close(self) -> None:
+        """Let recall indexing of the last messages finish (bounded; the rest is indexed at the next open)."""
+        self.recall.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the AgentContext the tools see -----------------------------------------------------------
     def pause_heartbeats(self, minutes: int) -> str:
@@ -113,7 +178,7 @@ class Agent:
 
     def login(self) -> Iterator[Event]:
         """The first event of a new session: the agent greets the user."""
-        last = "Never (first login)" if self.recall.count() == 0 else "earlier"
+        last = "Never (first login)" if self._recalled() == 0 else "earlier"
         yield from self._turn(self._message(Role.USER, last, name=LOGIN))
 
     def heartbeat(self, reason: str) -> Iterator[Event]:
@@ -136,13 +201,15 @@ class Agent:
         """The memory-pressure alert the agent gets near a full context window, on request (/memorywarning)."""
         yield from self.alert(PRESSURE_ALERT)
 
-    def _message(self, role: Role, content: str, **fields: object) -> Message:
+    def _message(self, role: Role, content: str, *, id: str = "", **fields: object) -> Message:
         return Message(
-            id=new_id(), agent_id=self.state.id, role=role, content=content, created_at=self._clock(), **fields
+            id=id or new_id(), agent_id=self.state.id, role=role, content=content, created_at=self._clock(), **fields
         )  # type: ignore[arg-type]
 
     def _turn(self, opening: Message) -> Generator[Event, None, str]:
-        self.recall.append([opening])  # stored before any LLM call: never lost
+        self._settle()
+        self._sources_checked = False
+        self._append([opening])  # stored before any LLM call: never lost
         return (yield from self._chain())
 
     def _chain(self) -> Generator[Event, None, str]:
@@ -152,34 +219,87 @@ class Agent:
             reason = yield from self._step()
             if reason is None:
                 return END_TURN
-            self.recall.append([self._message(Role.USER, reason, name=HEARTBEAT)])
+            self._append([self._message(Role.USER, reason, name=HEARTBEAT)])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
         return MAX_STEPS
 
+    def _append(self, messages: list[Message]) -> None:
+        self.recall.append(messages)
+        self._in_window().extend(messages)
+        self._recall_count = self._recalled() + len(messages)
+
+    # -- what an unfinished step left behind ------------------------------------------------------
+    def _settle(self) -> None:
+        """Undo what steps that never committed left (a crash in an earlier process, or an error, Ctrl-C or an
+        abandoned turn in this one): their archival passages are deleted, core memory and the heartbeat
+        pause go back to what is stored."""
+        if self._settled:
+            return
+        effects = self.storage.agents.uncommitted_effects(self.state.id)
+        if effects:
+            self.archival.remove([e.target for e in effects if e.kind == PASSAGE])
+            self._archival_writes += 1
+            self.storage.agents.drop_effects(self.state.id, sorted({e.step_id for e in effects}))
+            logger.info("removed %d passages of steps that never committed", len(effects))
+        self.core = CoreMemory(self.storage.agents.blocks(self.state.id))
+        self._paused_until = False
+        self._settled = True
+
     # -- editing history (the chat's /pop, /retry, /rethink, /rewrite) ---------------------------
     def pop(self, count: int) -> int:
-        """Delete the newest ``count`` messages, never leaving a function call without its result."""
-        messages = self.storage.messages.in_context(self.state.id)
+        """Delete the newest ``count`` messages, never leaving a function call without its result; what
+        the steps among them did is undone (see ``forget``)."""
+        self._settle()
+        messages = self._in_window().messages
         cut = max(0, len(messages) - count)
         while 0 < cut < len(messages) and messages[cut].role is Role.TOOL:
             cut -= 1
-        removed = [m.id for m in messages[cut:]]
-        self.recall.remove(removed)
+        removed = messages[cut:]
+        self.forget(removed)
         return len(removed)
 
     def retry(self) -> Iterator[Event]:
-        """Drop the agent's answer to the last user message and let it answer again."""
-        messages = self.storage.messages.in_context(self.state.id)
+        """Drop the agent's answer to the last user message (and what its steps did) and let it answer again."""
+        self._settle()
+        messages = self._in_window().messages
         last_user = max((i for i, m in enumerate(messages) if m.role is Role.USER and not m.name), default=None)
         if last_user is None:
             yield SystemNotice("there is no user message to retry")
             return
-        dropped = [m.id for m in messages[last_user + 1 :]]
-        self.recall.remove(dropped)
+        self._sources_checked = False
+        self.forget(messages[last_user + 1 :])
         yield from self._chain()
 
+    def forget(self, messages: Sequence[Message]) -> None:
+        """Delete messages for good with what their steps did: the archival passages they wrote are deleted and
+        the core memory blocks they edited get the values they had before. Index entries go first and SQL
+        last, so a crash in between leaves the messages, to be forgotten again."""
+        if not messages:
+            return
+        ids = [m.id for m in messages]
+        steps = [m.id for m in messages if m.role is Role.ASSISTANT]
+        effects = self.storage.agents.effects(self.state.id, steps)
+        order = {step: i for i, step in enumerate(steps)}
+        earliest: dict[str, StepEffect] = {}
+        for effect in sorted((e for e in effects if e.kind == BLOCK), key=lambda e: order[e.step_id], reverse=True):
+            earliest[effect.target] = effect
+        blocks = [
+            replace(self.core.get(label), value=effect.previous or "")
+            for label, effect in earliest.items()
+            if label in {b.label for b in self.core.blocks}
+        ]
+        with self.recall.writing:  # no indexing of these messages while they go
+            self.recall.unindex(ids)
+            self.archival.remove([e.target for e in effects if e.kind == PASSAGE])
+            self.storage.agents.forget_steps(self.state.id, message_ids=ids, step_ids=steps, blocks=blocks)
+        self.core.restore(blocks)
+        self._in_window().remove(ids)
+        self._recall_count = None
+        self._system_message = None  # its recall count is out of date
+        self._archival_writes += 1
+
     def _last_assistant(self, *, with_reply: bool = False) -> Message:
-        for message in reversed(self.storage.messages.in_context(self.state.id)):
+        for message in reversed(self._in_window().messages):
             if message.role is Role.ASSISTANT and (
                 not with_reply or any(c.name == SEND_MESSAGE for c in message.tool_calls)
             ):
@@ -188,7 +308,7 @@ class Agent:
 
     def rethink(self, thought: str) -> None:
         """Replace the inner monologue of the latest assistant message."""
-        self.recall.replace(replace(self._last_assistant(), content=thought))
+        self._replace(replace(self._last_assistant(), content=thought))
 
     def rewrite(self, text: str) -> None:
         """Replace what the latest send_message said."""
@@ -197,57 +317,138 @@ class Agent:
             replace(c, arguments=json.dumps({"message": text}, ensure_ascii=False)) if c.name == SEND_MESSAGE else c
             for c in message.tool_calls
         )
-        self.recall.replace(replace(message, tool_calls=calls))
+        self._replace(replace(message, tool_calls=calls))
 
-    # -- one step -------------------------------------------------------------------------------
+    def _replace(self, message: Message) -> None:
+        self.recall.replace(message)
+        self._in_window().replace(message)
+
+    # -- the context window ---------------------------------------------------------------------
+    def _in_window(self) -> Window:
+        if self._window is None:
+            self._window = Window(self.llm.model, self.storage.messages.in_context(self.state.id))
+        return self._window
+
+    def _recalled(self) -> int:
+        if self._recall_count is None:
+            self._recall_count = self.recall.count()
+        return self._recall_count
+
+    def _memory_statistics(self) -> _Statistics:
+        """Archival count and attached sources, computed again only when the attachments (checked once a
+        turn) or the agent's own archival writes changed."""
+        known = self._statistics
+        if known is not None and self._sources_checked and known.key[-1] == self._archival_writes:
+            return known
+        key = (*self.storage.attachments.source_ids(self.state.id), self._archival_writes)
+        self._sources_checked = True
+        if known is None or known.key != key:
+            known = _Statistics(key, self.archival.count(), self._source_names())
+            self._statistics = known
+        return known
+
+    def _system(self) -> tuple[ChatMessage, int]:
+        """The system message and its tokens. As in MemGPT, it is rebuilt only when memory is modified (core
+        memory, the summary, the agent's archival writes, its attached sources), when history is edited and
+        when the agent is opened; the memory statistics and the time in it are those of that moment
+        (``[last modified: ...]``). So from step to step it stays the same to the byte, and a provider's
+        prompt cache can reuse it with the tool schemas and every message after it."""
+        memory = memory_part(self.state, self.core.render())
+        statistics = self._memory_statistics()
+        known = self._system_message
+        if known is None or known.memory != memory or known.statistics is not statistics:
+            content = memory + "\n" + statistics_part(
+                recall_count=self._recalled(),
+                archival_count=statistics.archival,
+                sources=statistics.sources,
+                now=self._clock(),
+            )
+            message: ChatMessage = {"role": "system", "content": content}
+            known = _SystemMessage(memory, statistics, message, count_message(self.llm.model, message))
+            self._system_message = known
+        return known.message, known.tokens
+
+    def assemble(self) -> Assembled:
+        """The context the LLM gets now, assembled once and measured once."""
+        system, system_tokens = self._system()
+        window = self._in_window()
+        return Assembled([system, *window.chats()], system_tokens + self._tool_tokens, window.tokens())
+
     def context(self) -> list[ChatMessage]:
-        messages = self.storage.messages.in_context(self.state.id)
-        system = system_message(
-            self.state,
-            self.core.render(),
-            recall_count=self.recall.count(),
-            archival_count=self.archival.count(),
-            sources=self._source_names(),
-            now=self._clock(),
-        )
-        return [system, *(to_chat(m) for m in messages)]
+        return self.assemble().messages
 
     def context_tokens(self) -> int:
-        return count_tokens(self.llm.model, self.context(), [t.spec() for t in self.tools.values()])
+        """The context's size as the LLM server counts it (our count, calibrated by what it reported)."""
+        return round(self.assemble().tokens * self._ratio)
 
     def _reserve(self) -> int:
-        """Room left for the model's answer."""
+        """Room left for the model's answer (in the server's tokens)."""
         return min(4096, self.state.context_window // 8)
 
+    def _room(self, fixed: int) -> float:
+        """What the window leaves for messages after the fixed prompt and the answer, in our tokens."""
+        return (self.state.context_window - self._reserve()) / self._ratio - fixed
+
+    def check_window(self) -> None:
+        """Refuse a window the fixed prompt (system prompt, core memory, tool schemas) leaves no room in."""
+        fixed = round(self.assemble().fixed * self._ratio)
+        self._system_message = None  # the first step builds it with the statistics of its moment
+        needed = fixed + self._reserve() + MIN_ROOM
+        if self.state.context_window < needed:
+            raise UserError(
+                f"the context window of agent {self.state.name!r} ({self.state.context_window:,} tokens) is too "
+                f"small: its system prompt, core memory and {len(self._specs)} function schemas take about "
+                f"{fixed:,} tokens, leaving too little for the conversation; give it at least {needed:,} "
+                "(`memgpt run --context-window N`, with a model that has that much)"
+            )
+
+    # -- one step -------------------------------------------------------------------------------
     def _step(self) -> Generator[Event, None, str | None]:
         """Returns why to run another step (a heartbeat), or None when the turn is over."""
-        specs = [t.spec() for t in self.tools.values()]
-        tokens = self.context_tokens()
-        if tokens + self._reserve() > self.state.context_window:
+        context = self.assemble()
+        room = self._room(context.fixed)
+        if context.conversation > room:
             yield from self.summarize()
-        elif tokens > PRESSURE_FRACTION * self.state.context_window and not self._warned:
+            context = self.assemble()
+        elif context.conversation > PRESSURE_FRACTION * room and not self._warned:
             self._warned = True
-            self.recall.append([self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
+            self._append([self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
             yield SystemNotice("memory pressure: the context window is over 75% full")
+            context = self.assemble()
         try:
-            completion = self.llm.complete(self.context(), specs)
+            completion = self.llm.complete(context.messages, self._specs)
         except ContextWindowExceededError:
             yield from self.summarize(force=True)
-            completion = self.llm.complete(self.context(), specs)
+            context = self.assemble()
+            completion = self.llm.complete(context.messages, self._specs)
+        self._learn_ratio(context.tokens, completion)
         return (yield from self._act(completion))
+
+    def _learn_ratio(self, ours: int, completion: Completion) -> None:
+        """Calibrate our token counts from the prompt tokens the server reports for the same request."""
+        if completion.prompt_tokens <= 0 or ours <= 0:
+            return
+        ratio = completion.prompt_tokens / ours
+        if RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1] and abs(ratio - self._ratio) > 0.01 * self._ratio:
+            self._ratio, self._ratio_learnt = ratio, True
 
     def _act(self, completion: Completion) -> Generator[Event, None, str | None]:
         thought = completion.content.strip()
         calls = completion.tool_calls
+        self.step_id = new_id()  # also the id of the assistant message this step stores
         if not calls:
+            if not thought:
+                yield SystemNotice(self._empty_reply(completion))
+                return None
             # A model that answers without calling send_message still reaches the user.
-            if thought:
-                yield Reply(thought)
-            self._commit([self._message(Role.ASSISTANT, completion.content)])
+            yield Reply(thought)
+            self._commit([self._message(Role.ASSISTANT, completion.content, id=self.step_id)])
             return None
         if thought:
             yield Thought(thought)
-        stored = [self._message(Role.ASSISTANT, completion.content, tool_calls=tuple(calls))]
+        self._settled = False  # from here until the commit, tools may leave effects behind
+        before = {b.label: b.value for b in self.core.blocks}
+        stored = [self._message(Role.ASSISTANT, completion.content, tool_calls=tuple(calls), id=self.step_id)]
         reason: str | None = None
         for call in calls:
             result, ok, chain = yield from self._run(call)
@@ -256,8 +457,15 @@ class Agent:
                 reason = FAILED
             elif chain and reason is None:
                 reason = CHAINED
-        self._commit(stored)
+        self._commit(stored, before)
         return reason
+
+    def _empty_reply(self, completion: Completion) -> str:
+        asked = " (asked twice)" if completion.empty_replies > 1 else ""
+        return (
+            f"the model sent an empty reply{asked}: no text and no function call, so nothing was stored; "
+            "/retry asks again (a model this small may need `memgpt configure --tool-choice send_message`)"
+        )
 
     def _run(self, call: ToolCall) -> Generator[Event, None, tuple[str, bool, bool]]:
         """Runs one call; returns the tool message content, whether it worked, and whether to chain."""
@@ -286,18 +494,30 @@ class Agent:
         envelope = {"status": "OK" if ok else "Failed", "message": text, "time": timestamp(self._clock())}
         return json.dumps(envelope, ensure_ascii=False), ok, chain
 
-    def _commit(self, messages: list[Message]) -> None:
+    def _commit(self, messages: list[Message], before: dict[str, str] | None = None) -> None:
         changed = [b for b in self.core.blocks if b.label in self.core.changed]
+        effects = [StepEffect(self.step_id, BLOCK, b.label, (before or {}).get(b.label)) for b in changed]
         self.storage.agents.commit_step(
             self.state.id,
             StepChanges(
-                messages=[stored(m) for m in messages], blocks=changed, heartbeats_paused_until=self._paused_until
+                messages=[stored(m) for m in messages],
+                blocks=changed,
+                heartbeats_paused_until=self._paused_until,
+                step_id=self.step_id if self.archival.last_recorded_step == self.step_id else "",
+                effects=effects,
+                token_ratio=(self.llm.model, self._ratio) if self._ratio_learnt else None,
             ),
         )
+        self._settled = True
+        self._ratio_learnt = False
         self.core.changed.clear()
+        self._in_window().extend(messages)
+        self._recall_count = self._recalled() + len(messages)
+        if any(c.name == "archival_memory_insert" for m in messages for c in m.tool_calls):
+            self._archival_writes += 1
         if self.on_commit is not None:
             self.on_commit(messages)
-        self.recall.sync()
+        self.recall.sync_later()  # indexed on a background thread: the reply does not wait for embeddings
         if self._paused_until is not False:
             self.state = replace(self.state, heartbeats_paused_until=self._paused_until or None)
             self._paused_until = False
@@ -305,14 +525,13 @@ class Agent:
     # -- context window management ----------------------------------------------------------------
     def summarize(self, *, force: bool = False) -> Iterator[Event]:
         """Fold the oldest messages into the summary and take them out of the window (recall keeps them)."""
-        messages = self.storage.messages.in_context(self.state.id)
-        specs = [t.spec() for t in self.tools.values()]
-        target = int(self.state.context_window * KEEP_AFTER_EVICTION)
-        base = count_tokens(self.llm.model, self.context()[:1], specs)
+        window = self._in_window()
+        messages = window.messages
+        target = KEEP_AFTER_EVICTION * self._room(self.assemble().fixed)
         keep_from = len(messages)
-        used = base
+        used = 0
         while keep_from > 0:
-            size = count_tokens(self.llm.model, [to_chat(messages[keep_from - 1])])
+            size = window.size(messages[keep_from - 1])
             if used + size > target and keep_from < len(messages):
                 break
             used += size
@@ -335,6 +554,7 @@ class Agent:
             self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary)
         )
         self.state = replace(self.state, summary=summary)
+        window.evict(len(evicted))
         self._warned = False
         yield SystemNotice(
             f"summarized {len(evicted)} older messages to free the context window; all remain searchable in recall"

@@ -30,6 +30,7 @@ from memgpt.types import AgentState, Block, EmbeddingSpace, Source, utc_now
 
 CUSTOM = "custom"  # the persona or human of an agent made with its own block text rather than a template
 MAX_LABEL = 64  # characters of a block label
+LONG_BACKLOG = 500  # unindexed messages worth telling the user about (minutes of embedding on a small CPU)
 
 _ADJECTIVES = """Polite Brave Calm Clever Curious Gentle Happy Honest Jolly Kind Lively Lucky Merry Mighty Nimble
 Noble Patient Proud Quiet Quick Shiny Silly Sunny Swift Tidy Wise Witty Zesty Bold Bright Cosmic Daring Eager Fuzzy
@@ -373,10 +374,19 @@ def open_agent(
     extra_tools: Sequence[Tool] = (),
     max_steps: int = 10,
 ) -> tuple[Agent, list[str]]:
-    """A runnable agent and one-line warnings about tools that could not be loaded (see ``agent_tools``)."""
+    """A runnable agent and one-line warnings (tools that could not be loaded, see ``agent_tools``; a recall
+    index still catching up). Close the agent when done with it. A context window too small for the
+    agent's fixed prompt is a UserError."""
     memory = open_memory(storage, state, embedding)
     tools, warnings = agent_tools(state, tools_folder=tools_folder, extra_tools=extra_tools)
-    memory.recall.sync()  # catch up on messages a crash or an unreachable endpoint left unindexed
+    backlog = memory.recall.backlog()
+    if backlog:  # a crash, an unreachable endpoint or an older memgpt left messages unindexed
+        memory.recall.sync_later()
+    if backlog >= LONG_BACKLOG:
+        warnings.append(
+            f"{backlog:,} messages are not in the recall index yet; they are being indexed in the background "
+            "(conversation_search finds them by their words until then)"
+        )
 
     def source_names() -> list[str]:
         names = {s.id: s.name for s in storage.metadata.list_sources(state.user_id)}
@@ -392,6 +402,11 @@ def open_agent(
         max_steps=max_steps,
         source_names=source_names,
     )
+    try:
+        agent.check_window()
+    except BaseException:
+        agent.close()
+        raise
     return agent, warnings
 
 

@@ -36,11 +36,13 @@ REQUEST_HEARTBEAT_DOC = (
 
 
 class AgentContext(Protocol):
-    """What a built-in tool may touch: the agent's memory and its heartbeat schedule."""
+    """What a built-in tool may touch: the agent's memory and its heartbeat schedule. ``step_id`` names the
+    running step: what a tool writes outside the step's SQL commit is recorded under it."""
 
     core: CoreMemory
     recall: RecallMemory
     archival: ArchivalMemory
+    step_id: str
 
     def pause_heartbeats(self, minutes: int) -> str: ...
 
@@ -226,7 +228,7 @@ def archival_memory_insert(agent: AgentContext, content: str) -> str:
     Args:
         content: Content to write to the memory. All unicode (including emojis) are supported.
     """
-    stored = agent.archival.insert(content)
+    stored = agent.archival.insert(content, step_id=agent.step_id)
     return f"Stored in archival memory ({stored} passage{'s' if stored != 1 else ''})."
 
 

@@ -76,22 +76,24 @@ def _resume_banner(storage: Storage, state: AgentState) -> None:
             console.print(f"[bright_black]{describe(message)}[/]", markup=True, highlight=False)
 
 
-def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> None:
-    """One message (--message), the lines piped on stdin, or the interactive chat."""
+def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> int:
+    """One message (--message), the lines piped on stdin, or the interactive chat. Returns the exit code:
+    for a message or piped lines, 1 when a turn failed and 130 when one was interrupted (Ctrl-C)."""
     from memgpt.cli.chat import play
 
     if message is not None:
         chat.handle(message)
-        return
+        return chat.exit_code
     if not interactive():
         for line in sys.stdin:
             if not chat.handle(line):
                 break
-        return
+        return chat.exit_code
     if greet:
         input("\nHit enter to begin (will request first MemGPT message)\n")
         play(agent.login())
     chat.loop()
+    return 0
 
 
 def run(
@@ -99,6 +101,9 @@ def run(
     persona: str | None = typer.Option(None, "--persona", help="Persona for a new agent (default sam_pov)."),
     human: str | None = typer.Option(None, "--human", help="Human profile for a new agent (default basic)."),
     model: str | None = typer.Option(None, "--model", help="LLM model (for a new agent, or to switch this one)."),
+    context_window: int | None = typer.Option(
+        None, "--context-window", help="Context window in tokens (for a new agent, or to change this one's)."
+    ),
     first: bool = typer.Option(False, "--first", help="You send the first message (no greeting from the agent)."),
     message: str | None = typer.Option(None, "--message", "-m", help="Send one message, print the turn, exit."),
     heartbeat_minutes: float = typer.Option(
@@ -115,7 +120,7 @@ def run(
     ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
-    from memgpt.agent.manager import open_agent, resolve_agent
+    from memgpt.agent.manager import open_agent, resolve_agent, update_agent
     from memgpt.cli.chat import Chat
     from memgpt.cli.mcp import chat_servers
     from memgpt.config import memgpt_home
@@ -128,6 +133,8 @@ def run(
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model)
         state, created = resolve_agent(storage, config.user_id, ref, new=new, model=model)
+        if context_window is not None and context_window != state.context_window:
+            state = update_agent(storage, state, context_window=context_window)
         if created:
             _created_banner(state)
         else:
@@ -143,12 +150,15 @@ def run(
             tools_folder=memgpt_home() / "tools",
             extra_tools=servers.start(state),
         )
+        stack.callback(loaded.close)  # before storage closes: recall indexing of the last turn finishes
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)
         chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes, mcp=servers)
         for source in attach or []:
             chat.attach(source)
-        _converse(chat, loaded, message=message, greet=created and not first)
+        code = _converse(chat, loaded, message=message, greet=created and not first)
+    if code:
+        raise typer.Exit(code)
 
 
 def list_agents(as_json: JsonOption = False) -> None:

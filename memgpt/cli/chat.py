@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT
-from memgpt.cli.common import console, interactive
+from memgpt.cli.common import console, err_console, interactive
 from memgpt.errors import MemGPTError, ToolError, UserError
 
 if TYPE_CHECKING:
@@ -63,12 +63,16 @@ def play(events: Iterator[Event]) -> None:
         show(event)
 
 
+FAILED, INTERRUPTED = 1, 130  # exit codes of `memgpt run --message` (and of piped lines)
+
+
 @dataclass
 class Chat:
     agent: Agent
     storage: Storage
     heartbeat_minutes: float = 0
     mcp: ChatServers | None = None
+    exit_code: int = 0  # the worst outcome so far: 0, FAILED or INTERRUPTED
 
     # -- input ----------------------------------------------------------------------------------
     def loop(self) -> None:
@@ -109,14 +113,18 @@ class Chat:
                 return self.command(text)
             play(self.agent.send(text))
         except ToolError as exc:
-            console.print(f"{exc}", markup=False)
+            self._failed(FAILED, f"{exc}")
         except UserError as exc:
-            console.print(f"error: {exc}", markup=False)
+            self._failed(FAILED, f"error: {exc}")
         except MemGPTError as exc:
-            console.print(f"error: {exc} (your message is saved; /retry to try again)", markup=False)
+            self._failed(FAILED, f"error: {exc} (your message is saved; /retry to try again)")
         except KeyboardInterrupt:
-            console.print("interrupted (your message is saved; /retry lets the agent answer it)", markup=False)
+            self._failed(INTERRUPTED, "interrupted (your message is saved; /retry lets the agent answer it)")
         return True
+
+    def _failed(self, code: int, line: str) -> None:
+        err_console.print(line, markup=False)
+        self.exit_code = max(self.exit_code, code)
 
     # -- slash commands -------------------------------------------------------------------------
     def command(self, text: str) -> bool:

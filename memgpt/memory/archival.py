@@ -1,6 +1,8 @@
 """Archival memory: the agent's own passages plus every attached source, searched by meaning.
 
-Attaching a source links it (a filter on its id); nothing is copied, and detaching unlinks it.
+Attaching a source links it (a filter on its id); nothing is copied, and detaching unlinks it. A
+passage an agent step inserts is recorded under the step before it is written (see
+``memgpt.storage.agents``), so a step that never commits can have it removed again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import ToolError
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage import Storage
+from memgpt.storage.agents import PASSAGE, StepEffect
 from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in, not_in
 from memgpt.types import Passage, SearchHit, utc_now
 
@@ -30,6 +33,7 @@ class ArchivalMemory:
         self._store = storage.passages(model.space)
         size = min(250, model.max_input_tokens)
         self._chunker = Chunker(model.count_tokens, size, 25)
+        self.last_recorded_step = ""  # the last step this memory recorded passages under
 
     def _where(self) -> Filter:
         """The agent's own passages or those of its attached sources, fully loaded documents only."""
@@ -46,13 +50,17 @@ class ArchivalMemory:
     def count(self) -> int:
         return self._store.count(self._where())
 
-    def insert(self, content: str) -> int:
-        """Store ``content`` (split if it is longer than the model takes); returns the passage count."""
-        return len(self.add(content))
+    def insert(self, content: str, *, step_id: str = "") -> int:
+        """Store ``content`` (split if it is longer than the model takes); returns the passage count.
+        ``step_id``: the agent step inserting it, which records the passages before writing them."""
+        return len(self.add(content, step_id=step_id))
 
-    def add(self, content: str, *, tags: Sequence[str] = (), created_at: datetime | None = None) -> list[Passage]:
+    def add(
+        self, content: str, *, tags: Sequence[str] = (), created_at: datetime | None = None, step_id: str = ""
+    ) -> list[Passage]:
         """Store ``content`` as the agent's own passages (split if it is longer than the model takes),
-        with ``tags`` in their metadata; returns them (without embeddings)."""
+        with ``tags`` in their metadata; returns them (without embeddings). With a ``step_id`` the
+        passages are recorded under that step before they are written (see ``memgpt.storage.agents``)."""
         if not content.strip():
             raise ToolError("content is empty; nothing was stored")
         chunks = self._chunker.split(content)
@@ -72,8 +80,17 @@ class ArchivalMemory:
             )
             for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True))
         ]
-        self._store.upsert(passages)
+        if step_id:
+            effects = [StepEffect(step_id, PASSAGE, p.id) for p in passages]
+            self._storage.agents.record_effects(self.agent_id, effects)
+            self.last_recorded_step = step_id
+        self._store.insert(passages)  # the ids are new: no old row to replace
         return [replace(p, embedding=None) for p in passages]
+
+    def remove(self, passage_ids: list[str]) -> None:
+        """Delete some of the agent's own passages (what a step that was undone or forgotten wrote)."""
+        if passage_ids:
+            self._store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", passage_ids)))
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -65,6 +65,12 @@ class CoreMemory:
                 "from the block, including punctuation and case."
             )
         return self._set(block, block.value.replace(old_content, new_content))
+
+    def restore(self, blocks: Sequence[Block]) -> None:
+        """Put blocks back as stored (the values before an undone step), not as changes to commit."""
+        for block in blocks:
+            self._blocks[block.label] = block
+            self.changed.discard(block.label)
 
     def render(self) -> str:
         parts = []

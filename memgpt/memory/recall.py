@@ -3,9 +3,9 @@
 SQL holds every message (the source of truth, and the date search). Conversational messages are also
 indexed in Milvus (``kind == "recall"``), each with its day and the message before it (``RecallIndex``),
 so ``conversation_search`` ranks them by meaning and, where the deployment has BM25, by their words, and
-shows each hit with its neighbours (``memgpt.memory.results``). Indexing runs after each step and catches
-up on anything a crash or an offline embedding endpoint left out. What a message's text is:
-``memgpt.memory.messages``.
+shows each hit with its neighbours (``memgpt.memory.results``). Indexing runs on a background thread after
+each step (a step never waits for embeddings), catches up on anything a crash or an offline embedding
+endpoint left out, and a search waits for it first. What a message's text is: ``memgpt.memory.messages``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import MemGPTError, ToolError
+from memgpt.memory.background import Background
 from memgpt.memory.messages import describe, indexed_text, search_text, stored
 from memgpt.memory.paging import PAGE_SIZE, Page, RankedPage, check_page
 from memgpt.memory.results import Result, Scope, keyword_query, parse_date, ranking_note
@@ -30,7 +31,9 @@ from memgpt.storage.fusion import CANDIDATES
 from memgpt.types import Message, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
-_INDEX_BATCH = 256
+_INDEX_BATCH = 64  # messages per pass under the write lock: a /pop waits for at most one
+CATCH_UP_SECONDS = 10.0  # a search waits this long for the index, then uses the SQL word search
+_MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole message stays in SQL
 # An embedding needs some text: an agent message with neither a thought nor words to the person (it only
 # called a tool) is indexed under this, so it still counts where the SQL record does.
 _NO_WORDS = "(empty)"
@@ -56,13 +59,14 @@ class RecallIndex:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # indexing may run on a thread
 
     def add(self, user_id: str, messages: list[Message], before: Mapping[str, Message | None]) -> None:
-        """Index ``messages``; ``before`` maps each one's id to the searchable message right before it."""
+        """Index ``messages``, replacing what an interrupted earlier pass wrote of them; ``before`` maps each
+        one's id to the searchable message right before it."""
         context = [before.get(m.id) for m in messages]
         own = self._own_vectors(list({m.id: m for m in [*messages, *filter(None, context)]}.values()))
         passages = [
             Passage(
                 id=message.id,
-                text=indexed_text(message, previous),
+                text=_fit(indexed_text(message, previous)),
                 user_id=user_id,
                 agent_id=message.agent_id,
                 kind="recall",
@@ -72,7 +76,9 @@ class RecallIndex:
             )
             for message, previous in zip(messages, context, strict=True)
         ]
-        self.store.upsert(passages)
+        # Delete, then insert: Milvus Lite's upsert scans for the old rows (~0.8 s at 100k passages).
+        self.remove(messages[0].agent_id, [m.id for m in messages])
+        self.store.insert(passages)
         self._remember({m.id: own[m.id] for m in messages})
 
     def _own_vectors(self, messages: list[Message]) -> dict[str, Vector]:
@@ -107,6 +113,16 @@ class RecallIndex:
             for message_id in message_ids:
                 self._recent.pop(message_id, None)
 
+    def remove(self, agent_id: str, message_ids: Sequence[str]) -> None:
+        if message_ids:
+            self.store.delete(all_of(eq("agent_id", agent_id), is_in("id", list(message_ids))))
+
+
+def _fit(text: str) -> str:
+    """The text cut to what one Milvus row holds (at a character boundary)."""
+    data = text.encode("utf-8")
+    return text if len(data) <= _MAX_INDEXED_BYTES else data[:_MAX_INDEXED_BYTES].decode("utf-8", "ignore")
+
 
 def _joined(own: Vector, before: Vector) -> Vector:
     total = [a + b for a, b in zip(own, before, strict=True)]
@@ -119,16 +135,31 @@ def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
 
 
 class RecallMemory:
-    """One agent's message history; ``index`` is None where only the SQL word search is wanted."""
+    """One agent's message history; ``index`` is None where only the SQL word search is wanted.
+
+    With an index, ``sync_later`` indexes on a background thread; ``close`` lets it finish."""
 
     def __init__(self, storage: Storage, *, agent_id: str, user_id: str, index: RecallIndex | None = None) -> None:
         self._messages = storage.messages
         self.agent_id = agent_id
         self.user_id = user_id
         self._index = index
+        # Held while a pass writes the index and marks messages indexed, and while messages are edited or
+        # removed: a pass never marks a message indexed under text it no longer has, nor indexes a removed one.
+        self._writing = threading.RLock()
+        self._background = Background(self.sync, f"recall indexing of agent {agent_id}") if index else None
+
+    @property
+    def writing(self) -> threading.RLock:
+        """Hold it to change or delete messages without a background indexing pass in between."""
+        return self._writing
 
     def count(self) -> int:
         return self._messages.count(self.agent_id)
+
+    def backlog(self) -> int:
+        """Messages recall search should see that are not in the index yet (0 without an index)."""
+        return self._messages.backlog(self.agent_id) if self._index is not None else 0
 
     def append(self, messages: Sequence[Message]) -> None:
         """Record messages outside a step's commit (the user's message before any LLM call, heartbeats)."""
@@ -137,12 +168,14 @@ class RecallMemory:
     def replace(self, message: Message) -> None:
         """Record a message's edited content or tool calls; the index picks the new text up at the next sync,
         for it and for the message after it (indexed with its words)."""
-        self._messages.replace(stored(message))
-        if self._index is not None:
-            self._index.forget([message.id])
-            window = self._messages.around(self.agent_id, [message.id], before=0)
-            after = window[message.id][2] if message.id in window else []
-            self._messages.mark_indexed(self.agent_id, [m.id for m in after], indexed=False)
+        with self._writing:
+            self._messages.replace(stored(message))
+            if self._index is not None:
+                self._index.forget([message.id])
+                window = self._messages.around(self.agent_id, [message.id], before=0)
+                after = window[message.id][2] if message.id in window else []
+                self._messages.mark_indexed(self.agent_id, [m.id for m in after], indexed=False)
+        self.sync_later()
 
     def _context(self, messages: list[Message]) -> dict[str, Message | None]:
         """The searchable message right before each of ``messages``: what it is indexed with."""
@@ -151,24 +184,64 @@ class RecallMemory:
 
     def remove(self, message_ids: list[str]) -> None:
         """Delete messages for good (the user's /pop and /retry), from SQL and from the index."""
-        self._messages.remove(self.agent_id, message_ids)
-        if self._index is not None and message_ids:
-            self._index.store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", message_ids)))
+        with self._writing:
+            self.unindex(message_ids)
+            self._messages.remove(self.agent_id, message_ids)
+
+    def unindex(self, message_ids: Sequence[str]) -> None:
+        """Take messages out of the index before they are deleted. They are marked unindexed first, so a
+        crash before their deletion leaves them to be indexed again, never index entries without a message."""
+        if self._index is None or not message_ids:
+            return
+        with self._writing:
+            self._messages.mark_indexed(self.agent_id, message_ids, indexed=False)
+            self._index.remove(self.agent_id, message_ids)
             self._index.forget(message_ids)
 
-    def sync(self) -> bool:
-        """Index what is not indexed yet; returns whether the index now holds every message. Failures
-        are logged and retried next time (SQL keeps all)."""
+    def sync(self, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Index what is not indexed yet, now; returns whether the index now holds every message. Failures
+        are logged and retried next time (SQL keeps all). ``stop`` is asked between batches."""
         if self._index is None:
             return False
         try:
-            while batch := self._messages.unindexed(self.agent_id, _INDEX_BATCH):
-                self._index.add(self.user_id, batch, self._context(batch))
-                self._messages.mark_indexed(self.agent_id, [m.id for m in batch])
+            while not stop():
+                with self._writing:
+                    batch = self._messages.unindexed(self.agent_id, _INDEX_BATCH)
+                    if not batch:
+                        return True
+                    self._index.add(self.user_id, batch, self._context(batch))
+                    self._messages.mark_indexed(self.agent_id, [m.id for m in batch])
         except MemGPTError as exc:
             logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
+        return False
+
+    def sync_later(self) -> None:
+        """Index new messages on the background thread (now, where there is none)."""
+        if self._background is not None:
+            self._background.request()
+        else:
+            self.sync()
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Index what is left and wait up to ``timeout`` seconds (None: as long as it takes) for it; whether
+        the index holds every message."""
+        return self.caught_up(timeout)
+
+    def caught_up(self, timeout: float | None = CATCH_UP_SECONDS) -> bool:
+        """Before a search: index what is left, waiting up to ``timeout`` seconds. False when the index is
+        unreachable or still behind (a long unindexed history): the search then reads SQL, which has all."""
+        if self._index is None:
             return False
-        return True
+        if self._background is None:
+            return self.sync()
+        self._background.request()
+        return self._background.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Let background indexing finish for up to ``timeout`` seconds, then stop it (what is left is
+        indexed when the agent is opened again)."""
+        if self._background is not None:
+            self._background.close(timeout)
 
     def search(
         self, query: str, page: int | None = 0, *, start_date: str = "", end_date: str = "", role: str = ""
@@ -179,7 +252,7 @@ class RecallMemory:
             raise ToolError("query is empty: give words to look for")
         number = check_page(page)
         scope = Scope.of(start_date, end_date, role)
-        if self._index is None or not self.sync():  # no index, or it is unreachable: SQL word search
+        if self._index is None or not self.caught_up():  # no index, or it is unreachable or behind: SQL word search
             found, total = self._messages.search(
                 self.agent_id,
                 query,

@@ -350,6 +350,9 @@ class TurnRunner:
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
                     del self._active[request.agent_id]
+            # Under the lease: the last step's recall indexing (a background thread) ends before the next
+            # turn may open the agent and index the same messages.
+            agent.close()
             try:
                 self._turns.release(request.agent_id, owner)
             except MemGPTError as exc:  # it expires on its own

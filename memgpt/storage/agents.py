@@ -1,4 +1,12 @@
-"""Agents and their core-memory blocks, in the metadata database; a step's changes commit here whole."""
+"""Agents and their core-memory blocks, in the metadata database; a step's changes commit here whole.
+
+A step may also change what no SQL transaction covers (a passage written to Milvus) and what a later
+/retry or /pop must put back (a block's earlier value): those are its effects, kept per step in
+``step_effects`` under the step's id (the id of the assistant message the step stores). A passage is
+recorded, uncommitted, before it is written; the step's commit marks its effects committed in the
+same transaction as its messages. So the uncommitted effects are exactly what steps that never
+committed (a crash, a kill, an error mid-step) left behind.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -54,6 +63,9 @@ class AgentRow(Base):
     metadata_json: Mapped[str] = mapped_column("metadata", Text, default="{}")  # a JSON object
     tools: Mapped[str | None] = mapped_column(Text, nullable=True)  # a JSON list of names; NULL: every tool
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The server's token count over ours for the model named, learnt from the usage it reports.
+    token_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    token_ratio_model: Mapped[str] = mapped_column(String(256), default="")
 
 
 class BlockRow(Base):
@@ -75,6 +87,36 @@ class AgentTagRow(Base):
     tag: Mapped[str] = mapped_column(String(256), primary_key=True)
 
 
+class StepEffectRow(Base):
+    __tablename__ = "step_effects"
+
+    step_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    target: Mapped[str] = mapped_column(String(256), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64), ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    previous: Mapped[str | None] = mapped_column(Text, nullable=True)
+    committed: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+PASSAGE, BLOCK = "passage", "block"
+
+
+@dataclass(frozen=True)
+class StepEffect:
+    """One thing a step changed outside its messages: a Milvus passage it wrote (``PASSAGE``, the
+    passage id) or a core memory block it edited (``BLOCK``, the label, with the value before)."""
+
+    step_id: str
+    kind: str
+    target: str
+    previous: str | None = None
+
+
+def _effect(row: StepEffectRow) -> StepEffect:
+    return StepEffect(row.step_id, row.kind, row.target, row.previous)
+
+
 @dataclass(frozen=True)
 class AgentSummary:
     state: AgentState
@@ -91,6 +133,9 @@ class StepChanges:
     evicted_ids: Sequence[str] = ()
     summary: str | None = None
     heartbeats_paused_until: datetime | bool | None = False  # False: unchanged
+    step_id: str = ""  # effects recorded under this id before the commit are committed with it
+    effects: Sequence[StepEffect] = ()  # block edits, recorded with the step (passages are recorded before)
+    token_ratio: tuple[str, float] | None = None  # (model, ratio) learnt this step
 
 
 # What a partial update may change; everything else is fixed when the agent is created.
@@ -325,7 +370,7 @@ class AgentStore:
     def delete(self, agent_id: str) -> None:
         """The agent with its blocks, messages, tags and attachments (sources and MCP servers themselves stay)."""
         with self._metadata.session() as s:
-            for table in (MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
+            for table in (StepEffectRow, MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
@@ -368,19 +413,108 @@ class AgentStore:
             return bool(result.rowcount)
 
     def commit_step(self, agent_id: str, changes: StepChanges) -> None:
-        """A step is stored whole or not at all: its messages, blocks, evictions and agent fields."""
+        """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields."""
         with self._metadata.session() as s:
             write_messages(s, agent_id, changes.messages)
             _write_blocks(s, agent_id, changes.blocks)
+            if changes.step_id:
+                s.execute(
+                    update(StepEffectRow)
+                    .where(StepEffectRow.agent_id == agent_id, StepEffectRow.step_id == changes.step_id)
+                    .values(committed=True)
+                )
+            _write_effects(s, agent_id, changes.effects, committed=True)
             if changes.evicted_ids:
                 s.execute(
                     update(MessageRow)
                     .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(changes.evicted_ids)))
                     .values(in_context=False)
                 )
-            row = s.get(AgentRow, agent_id)
-            if row is not None:
-                if changes.summary is not None:
-                    row.summary = changes.summary
-                if changes.heartbeats_paused_until is not False:
-                    row.heartbeats_paused_until = changes.heartbeats_paused_until  # type: ignore[assignment]
+            fields: dict[str, object] = {}
+            if changes.summary is not None:
+                fields["summary"] = changes.summary
+            if changes.heartbeats_paused_until is not False:
+                fields["heartbeats_paused_until"] = changes.heartbeats_paused_until
+            if changes.token_ratio is not None:
+                fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
+            if fields:
+                s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**fields))
+
+    def token_ratio(self, agent_id: str) -> tuple[str, float]:
+        """The model the agent's token ratio was learnt for ("" for none yet) and the ratio."""
+        with self._metadata.session() as s:
+            row = s.execute(
+                select(AgentRow.token_ratio_model, AgentRow.token_ratio).where(AgentRow.id == agent_id)
+            ).one_or_none()
+            return (row[0], float(row[1])) if row is not None else ("", 1.0)
+
+    # -- step effects -----------------------------------------------------------------------------
+    def record_effects(self, agent_id: str, effects: Sequence[StepEffect]) -> None:
+        """Write effects down before making them (a passage before it goes to Milvus), in their own
+        transaction: whatever happens next, they can be found and undone."""
+        with self._metadata.session() as s:
+            _write_effects(s, agent_id, effects, committed=False)
+
+    def uncommitted_effects(self, agent_id: str) -> list[StepEffect]:
+        """Effects of steps that never committed."""
+        with self._metadata.session() as s:
+            rows = s.scalars(
+                select(StepEffectRow).where(StepEffectRow.agent_id == agent_id, StepEffectRow.committed.is_(False))
+            )
+            return [_effect(r) for r in rows]
+
+    def effects(self, agent_id: str, step_ids: Sequence[str]) -> list[StepEffect]:
+        """The recorded effects of these steps."""
+        if not step_ids:
+            return []
+        with self._metadata.session() as s:
+            rows = s.scalars(
+                select(StepEffectRow).where(
+                    StepEffectRow.agent_id == agent_id, StepEffectRow.step_id.in_(list(step_ids))
+                )
+            )
+            return [_effect(r) for r in rows]
+
+    def drop_effects(self, agent_id: str, step_ids: Sequence[str]) -> None:
+        """Forget the effects of steps once they are undone."""
+        if step_ids:
+            with self._metadata.session() as s:
+                s.execute(
+                    delete(StepEffectRow).where(
+                        StepEffectRow.agent_id == agent_id, StepEffectRow.step_id.in_(list(step_ids))
+                    )
+                )
+
+    def forget_steps(
+        self, agent_id: str, *, message_ids: Sequence[str], step_ids: Sequence[str], blocks: Sequence[Block]
+    ) -> None:
+        """Delete messages for good with the effects of the steps among them, restoring ``blocks`` to the
+        values they had before those steps: one transaction."""
+        with self._metadata.session() as s:
+            if message_ids:
+                s.execute(
+                    delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
+                )
+            if step_ids:
+                s.execute(
+                    delete(StepEffectRow).where(
+                        StepEffectRow.agent_id == agent_id, StepEffectRow.step_id.in_(list(step_ids))
+                    )
+                )
+            _write_blocks(s, agent_id, blocks)
+
+
+def _write_effects(s: Session, agent_id: str, effects: Sequence[StepEffect], *, committed: bool) -> None:
+    now = utc_now()
+    for effect in effects:
+        s.merge(
+            StepEffectRow(
+                step_id=effect.step_id,
+                kind=effect.kind,
+                target=effect.target,
+                agent_id=agent_id,
+                previous=effect.previous,
+                committed=committed,
+                created_at=now,
+            )
+        )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, or_, select, update
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -30,7 +30,8 @@ class MessageRow(Base):
     __table_args__ = (
         Index("ix_messages_agent_seq", "agent_id", "seq"),
         Index("ix_messages_agent_created", "agent_id", "created_at"),
-        Index("ix_messages_agent_indexed", "agent_id", "indexed"),
+        Index("ix_messages_agent_backlog", "agent_id", "searchable", "indexed", "seq"),  # recall's unindexed
+        Index("ix_messages_agent_window", "agent_id", "in_context", "seq"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -80,27 +81,31 @@ def escape_like(term: str) -> str:
 
 
 def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage]) -> None:
-    """Append ``messages`` after the agent's last one, in the caller's transaction."""
+    """Append ``messages`` after the agent's last one, in the caller's transaction (one INSERT for all)."""
+    if not messages:
+        return
     last = s.scalar(select(func.max(MessageRow.seq)).where(MessageRow.agent_id == agent_id)) or 0
-    for offset, entry in enumerate(messages, start=1):
-        message = entry.message
-        s.add(
-            MessageRow(
-                id=message.id,
-                agent_id=agent_id,
-                seq=last + offset,
-                role=message.role.value,
-                content=message.content,
-                tool_calls=_calls_json(message),
-                tool_call_id=message.tool_call_id,
-                name=message.name,
-                created_at=message.created_at,
-                in_context=True,
-                search_text=entry.search_text.lower(),  # LIKE ignores case only for ASCII on SQLite
-                indexed=False,
-                searchable=entry.searchable,
-            )
-        )
+    s.execute(
+        insert(MessageRow),
+        [
+            {
+                "id": entry.message.id,
+                "agent_id": agent_id,
+                "seq": last + offset,
+                "role": entry.message.role.value,
+                "content": entry.message.content,
+                "tool_calls": _calls_json(entry.message),
+                "tool_call_id": entry.message.tool_call_id,
+                "name": entry.message.name,
+                "created_at": entry.message.created_at,
+                "in_context": True,
+                "search_text": entry.search_text.lower(),  # LIKE ignores case only for ASCII on SQLite
+                "indexed": False,
+                "searchable": entry.searchable,
+            }
+            for offset, entry in enumerate(messages, start=1)
+        ],
+    )
 
 
 class MessageStore:
@@ -220,6 +225,14 @@ class MessageStore:
                 .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
                 .values(indexed=indexed)
             )
+
+    def backlog(self, agent_id: str) -> int:
+        """How many searchable messages are not in the Milvus recall index yet."""
+        with self._metadata.session() as s:
+            query = select(func.count()).where(
+                MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), MessageRow.indexed.is_(False)
+            )
+            return int(s.scalar(query) or 0)
 
     def by_id(self, agent_id: str, message_ids: Sequence[str]) -> dict[str, Message]:
         with self._metadata.session() as s:

@@ -369,6 +369,31 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _0009_agent_steps(conn: Connection) -> None:
+    """What a step changes outside its messages, so an unfinished step can be undone and a dropped one
+    forgotten (``step_effects``); indexes for the context window and the recall backlog, so neither
+    scans an agent's whole history; the agent's calibrated token ratio for its model."""
+    meta = MetaData()
+    Table("agents", meta, Column("id", String(64), primary_key=True))  # referenced only
+    Table(
+        "step_effects",
+        meta,
+        Column("step_id", String(64), primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("target", String(256), primary_key=True),
+        Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False, index=True),
+        Column("previous", Text, nullable=True),
+        Column("committed", Boolean, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    meta.tables["step_effects"].create(conn)
+    conn.execute(text("DROP INDEX ix_messages_agent_indexed"))
+    conn.execute(text("CREATE INDEX ix_messages_agent_backlog ON messages (agent_id, searchable, indexed, seq)"))
+    conn.execute(text("CREATE INDEX ix_messages_agent_window ON messages (agent_id, in_context, seq)"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN token_ratio FLOAT NOT NULL DEFAULT 1.0"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN token_ratio_model VARCHAR(256) NOT NULL DEFAULT ''"))
+
+
 def _0010_agent_mcp_servers(conn: Connection) -> None:
     """The MCP servers each agent uses (by name; the servers themselves are in the home's mcp.toml)."""
     meta = MetaData()
@@ -392,6 +417,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0006_users_and_api_keys", _0006_users_and_api_keys),
     ("0007_agents_for_the_api", _0007_agents_for_the_api),
     ("0008_files", _0008_files),
+    ("0009_agent_steps", _0009_agent_steps),
     ("0010_agent_mcp_servers", _0010_agent_mcp_servers),
 ]
 

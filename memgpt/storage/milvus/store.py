@@ -144,15 +144,19 @@ class MilvusPassageStore(PassageStore):
         return None if hook is None else lambda: hook(version)
 
     # -- writes -------------------------------------------------------------------------------
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+    def _write_rows(self, rows: list[dict[str, Any]], *, replace: bool = True) -> None:
         keyed = [_with_keys(row) for row in rows]
+        write = self._client.upsert if replace else self._client.insert
         with milvus_errors(f"write {len(rows)} passages"):
             for start in range(0, len(keyed), _WRITE_BATCH):
-                self._client.upsert(self.collection, keyed[start : start + _WRITE_BATCH])
+                write(self.collection, keyed[start : start + _WRITE_BATCH])
 
     def upsert(self, passages: Sequence[Passage]) -> None:
         self._write_rows([_row(p, self.dimensions) for p in passages])
         self._has_rows = self._has_rows or bool(passages)
+
+    def insert(self, passages: Sequence[Passage]) -> None:
+        self._write_rows([_row(p, self.dimensions) for p in passages], replace=False)
 
     def delete(self, where: Filter) -> int:
         """Returns how many passages matched: Milvus Lite reports the deleted ids, but a server's

@@ -1,0 +1,61 @@
+"""The messages in an agent's context window, held in memory with each one's chat form and token count.
+
+A step used to read the window from SQL, render every message and count its tokens two or three times;
+now the window is read once when the agent opens and kept up to date by the agent's own writes (an
+open agent is the only writer of its messages: one turn at a time). A stored message never changes:
+/rethink and /rewrite store a new ``Message`` object, so a cache entry is valid while it holds the very
+object it was made from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from memgpt.llm.base import ChatMessage
+from memgpt.memory.messages import to_chat
+from memgpt.tokens import count_message
+from memgpt.types import Message
+
+
+class Window:
+    """The window's messages, oldest first, with their chat messages and sizes (our tokenizer's count)."""
+
+    def __init__(self, model: str, messages: Iterable[Message]) -> None:
+        self.model = model
+        self.messages: list[Message] = list(messages)
+        self._rendered: dict[str, tuple[Message, ChatMessage, int]] = {}
+
+    def _entry(self, message: Message) -> tuple[Message, ChatMessage, int]:
+        entry = self._rendered.get(message.id)
+        if entry is None or entry[0] is not message:
+            chat = to_chat(message)
+            entry = (message, chat, count_message(self.model, chat))
+            self._rendered[message.id] = entry
+        return entry
+
+    def chats(self) -> list[ChatMessage]:
+        return [self._entry(m)[1] for m in self.messages]
+
+    def size(self, message: Message) -> int:
+        return self._entry(message)[2]
+
+    def tokens(self) -> int:
+        return sum(self._entry(m)[2] for m in self.messages)
+
+    def extend(self, messages: Sequence[Message]) -> None:
+        self.messages.extend(messages)
+
+    def evict(self, count: int) -> None:
+        """The oldest ``count`` messages left the window (they stay in recall)."""
+        for message in self.messages[:count]:
+            self._rendered.pop(message.id, None)
+        del self.messages[:count]
+
+    def remove(self, message_ids: Iterable[str]) -> None:
+        gone = set(message_ids)
+        for message_id in gone:
+            self._rendered.pop(message_id, None)
+        self.messages = [m for m in self.messages if m.id not in gone]
+
+    def replace(self, message: Message) -> None:
+        self.messages = [message if m.id == message.id else m for m in self.messages]
