@@ -150,7 +150,8 @@ def test_stdio_reaches_the_memory_the_agent_itself_uses(
             assert "limit must be between 1 and 20" in await session.refused(
                 "search_source", source="notes", query="q", limit=500
             )
-            assert await session.ok("conversation_search", query="cat") == "No results found."
+            no_hits = await session.ok("conversation_search", query="cat")
+            assert no_hits.startswith("No results found.")  # then how it ranks
 
             # It holds the Milvus Lite file while it runs: another memgpt process is told who and what to do.
             locked = await anyio.to_thread.run_sync(lambda: run_cli("search", "notes", "success", home=home))
