@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,14 @@ USER = "tester"
 DATA = Path(__file__).parent / "data"
 PAPER = DATA / "memgpt_research_paper.pdf"
 REPO = Path(__file__).parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests press Ctrl-C in child processes, which inherit an ignored SIGINT and would then never see it.
+    A suite started in the background by a shell without job control (`nohup pytest &`, some CI steps)
+    ignores SIGINT; Python then leaves it ignored, so memgpt's Ctrl-C handling would go untested."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
