@@ -232,6 +232,9 @@ def _start_lite_server(db_file: Path) -> threading.Thread:
     return thread
 
 
+LITE_START_SECONDS = 60.0  # how long the Milvus Lite process may take to answer its first call
+
+
 def _client(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
@@ -245,15 +248,19 @@ def _client(target: MilvusTarget, starting: threading.Thread | None = None) -> A
         options["db_name"] = target.database
     if starting is not None:
         starting.join()
+    # A local Milvus Lite process cannot be "unreachable", only slow to start: on a loaded machine (load
+    # average ~30 on 2 cores) it took over 10 s, and a 10 s wait reported a healthy file as in use or damaged.
+    timeout = LITE_START_SECONDS if target.is_lite else 10
     try:
         with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
-            return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
+            return MilvusClient(uri=target.uri, token=target.token, timeout=timeout, **options)
     except MilvusException as exc:
         where = display_path(target.uri)
         if target.is_lite:
             raise StorageLockedError(
-                f"cannot open {where}: another program is using it, or it is damaged — close the other program "
-                "or use a Milvus server"
+                f"cannot open {where}: Milvus Lite did not answer within {timeout:.0f} s — another program may be "
+                "using the file, it may be damaged, or the machine is overloaded; close other programs or use a "
+                "Milvus server"
             ) from exc
         raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
 
