@@ -29,7 +29,7 @@ from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, Syst
 from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
 from memgpt.agent.window import Window
 from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError, UserError
-from memgpt.llm.base import ChatMessage, Completion, LLMClient
+from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolSpec
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import CoreMemory
 from memgpt.memory.messages import HEARTBEAT, LOGIN, SEND_MESSAGE, SYSTEM_ALERT, stored, timestamp
@@ -130,8 +130,9 @@ class Agent:
         self._clock = clock
         self._paused_until: datetime | bool | None = False
         self._warned = False
-        self._specs = [t.spec() for t in self.tools.values()]
-        self._tool_tokens = count_tools(llm.model, self._specs)
+        self._specs: list[ToolSpec] = []
+        self._specs_for: tuple[str, ...] | None = None  # the tool names the schemas were built for
+        self._tool_tokens = 0
         self._window: Window | None = None
         self._recall_count: int | None = None
         self._statistics: _Statistics | None = None
@@ -147,6 +148,16 @@ class Agent:
         # to stop before the next step (checked only between steps, never in the middle of one).
         self.on_commit: Callable[[Sequence[Message]], None] | None = None
         self.stop_requested: Callable[[], bool] = _never
+
+    def _tool_specs(self) -> list[ToolSpec]:
+        """The functions' schemas and their token count, built again when the tools changed (``/mcp attach``
+        and ``/mcp detach`` change ``tools`` mid-chat)."""
+        names = tuple(self.tools)
+        if names != self._specs_for:
+            self._specs = [t.spec() for t in self.tools.values()]
+            self._tool_tokens = count_tools(self.llm.model, self._specs)
+            self._specs_for = names
+        return self._specs
 
     def close(self) -> None:
         """Let recall indexing of the last messages finish (bounded; the rest is indexed at the next open)."""
@@ -372,6 +383,7 @@ class Agent:
         """The context the LLM gets now, assembled once and measured once."""
         system, system_tokens = self._system()
         window = self._in_window()
+        self._tool_specs()  # counts them
         return Assembled([system, *window.chats()], system_tokens + self._tool_tokens, window.tokens())
 
     def context(self) -> list[ChatMessage]:
@@ -397,7 +409,7 @@ class Agent:
         if self.state.context_window < needed:
             raise UserError(
                 f"the context window of agent {self.state.name!r} ({self.state.context_window:,} tokens) is too "
-                f"small: its system prompt, core memory and {len(self._specs)} function schemas take about "
+                f"small: its system prompt, core memory and {len(self._tool_specs())} function schemas take about "
                 f"{fixed:,} tokens, leaving too little for the conversation; give it at least {needed:,} "
                 "(`memgpt run --context-window N`, with a model that has that much)"
             )
@@ -416,11 +428,11 @@ class Agent:
             yield SystemNotice("memory pressure: the context window is over 75% full")
             context = self.assemble()
         try:
-            completion = self.llm.complete(context.messages, self._specs)
+            completion = self.llm.complete(context.messages, self._tool_specs())
         except ContextWindowExceededError:
             yield from self.summarize(force=True)
             context = self.assemble()
-            completion = self.llm.complete(context.messages, self._specs)
+            completion = self.llm.complete(context.messages, self._tool_specs())
         self._learn_ratio(context.tokens, completion)
         return (yield from self._act(completion))
 
