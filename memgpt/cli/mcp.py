@@ -284,21 +284,11 @@ def _serve_http(agent: str | None, host: str | None, port: int | None) -> None:
     """Only /mcp, with the API keys of `memgpt server` (which serves /mcp beside its REST API too)."""
     import uvicorn
 
-    from memgpt.cli.server import _loopback, _users
-    from memgpt.errors import UserError
+    from memgpt.cli.server import listen_address
     from memgpt.server.app import URL_ENV, open_state
     from memgpt.server.routes.mcp_memory import PATH, standalone_app
 
-    with _users() as (users, _config):
-        has_keys = users.any_active_key()
-    home, config = home_and_config()
-    host = host or config.server.host
-    port = port or config.server.port
-    if not _loopback(host) and not has_keys:
-        raise UserError(
-            f"refusing to listen on {host} while no API key exists: create one first with `memgpt key create`, "
-            "or listen on 127.0.0.1"
-        )
+    home, config, host, port, has_keys = listen_address(host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     os.environ[URL_ENV] = url
     app = standalone_app(open_state(home, config), default_agent=agent)

@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -42,6 +43,22 @@ def _users() -> Iterator[tuple[UserStore, Config]]:
         yield storage.users, config
 
 
+def listen_address(host: str | None, port: int | None) -> tuple[Path, Config, str, int, bool]:
+    """The home, its config, where to listen (the config's host and port unless given) and whether any API
+    key exists; a host other than loopback is refused while none does (nothing would keep strangers out)."""
+    with _users() as (users, _config):
+        has_keys = users.any_active_key()
+    home, config = home_and_config()
+    host = host or config.server.host
+    port = port or config.server.port
+    if not _loopback(host) and not has_keys:
+        raise UserError(
+            f"refusing to listen on {host} while no API key exists: create one first with `memgpt key create` "
+            "(or `memgpt user create NAME`), or listen on 127.0.0.1"
+        )
+    return home, config, host, port, has_keys
+
+
 def serve(
     host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1, loopback only)."),
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Port to listen on (default 8283)."),
@@ -55,16 +72,7 @@ def serve(
     from memgpt.config import is_server_uri
     from memgpt.server.app import URL_ENV, create_app, open_state
 
-    with _users() as (users, _config):
-        has_keys = users.any_active_key()
-    home, config = home_and_config()
-    host = host or config.server.host
-    port = port or config.server.port
-    if not _loopback(host) and not has_keys:
-        raise UserError(
-            f"refusing to listen on {host} while no API key exists: create one first with `memgpt key create` "
-            "(or `memgpt user create NAME`), or listen on 127.0.0.1"
-        )
+    home, config, host, port, has_keys = listen_address(host, port)
     if workers > 1 and not is_server_uri(config.milvus_uri(home)):
         raise UserError(
             "--workers needs a Milvus server: Milvus Lite lets one process open its file; configure one with "
