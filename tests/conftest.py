@@ -23,6 +23,7 @@ from memgpt.storage import Storage
 
 pytest_plugins = ["tests.milvus_server", "tests.postgres", "tests.local_llm"]
 from tests.milvus_server import TOKEN  # noqa: E402
+from tests.scripted_llm import ScriptedLLM  # noqa: E402
 from tests.server_rig import LiveServer  # noqa: E402
 
 # The user of the library-level tests; storage serves any user, the CLI passes the config's.
@@ -85,6 +86,15 @@ def _opened_on_metadata_backend(request: pytest.FixtureRequest) -> None:
     """Storage fixtures open after ``metadata_url`` has chosen the database, whatever the fixture order."""
     if "metadata_url" in request.fixturenames:
         request.getfixturevalue("metadata_url")
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    """The scripted OpenAI-compatible LLM server (tests/scripted_llm.py), for tests that talk to one; modules
+    that also point the environment at it define their own."""
+    server = ScriptedLLM()
+    yield server
+    server.close()
 
 
 @pytest.fixture

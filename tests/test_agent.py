@@ -23,13 +23,6 @@ pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on Postgre
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Iterator[Rig]:
     made = Rig(storage, model, llm)
     yield made

@@ -37,13 +37,6 @@ TIMING = Timing(busy_wait=0.5, retry_after=1, ping_every=0.3)
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def server(home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
     running = LiveServer(home, use_scripted_llm(home, llm.url))
     running.state.turns().timing = TIMING

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,6 @@ from memgpt.llm.probe import check_llm
 from tests.conftest import run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
-
-
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
 
 
 def check(provider: str, endpoint: str, model: str = "") -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,13 +31,6 @@ TOOLS = [
 ]
 HELLO = [{"role": "system", "content": "You are MemGPT."}, {"role": "user", "content": "hi"}]
 NAMED = {"type": "function", "function": {"name": "send_message"}}
-
-
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
 
 
 def client(server: ScriptedLLM, **settings: Any) -> OpenAICompatible:

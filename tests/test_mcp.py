@@ -35,13 +35,6 @@ from tests.scripted_llm import ScriptedLLM
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def rig(storage: Storage, model: LocalMiniLM, llm: ScriptedLLM) -> Iterator[Rig]:
     made = Rig(storage, model, llm)
     yield made

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ import anyio
 import anyio.to_thread
 import httpx
 import mcp
-import pytest
 from letta_client import Letta
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -49,13 +48,6 @@ TOOLS = [
     "core_memory_append",
     "core_memory_replace",
 ]
-
-
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
 
 
 def new_agent(storage: Storage, model: LocalMiniLM, name: str, user_id: str) -> AgentState:

@@ -22,13 +22,6 @@ HANDLE = "openai-compatible/scripted"
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def server(home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
     running = LiveServer(home, use_scripted_llm(home, llm.url))
     yield running

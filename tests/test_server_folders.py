@@ -36,13 +36,6 @@ SPACE = EmbeddingSpace("all-MiniLM-L6-v2", 384)
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def server(request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
     if "metadata_url" in request.fixturenames:  # the database is chosen before the server opens it
         request.getfixturevalue("metadata_url")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,13 +20,6 @@ from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, auth, use_scripted_llm
 
 SECRET = "s-" + uuid.uuid4().hex  # an environment value that must never come back from the API
-
-
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
 
 
 def client(server: LiveServer, key: str) -> Letta:

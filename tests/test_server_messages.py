@@ -31,13 +31,6 @@ HANDLE = "openai-compatible/scripted"
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def server(request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
     _opened_on_metadata_backend(request)
     running = LiveServer(home, use_scripted_llm(home, llm.url))

@@ -30,13 +30,6 @@ ASSISTANT: Noted, green tea it is.
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def server(home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
     running = LiveServer(home, use_scripted_llm(home, llm.url))
     running.timing(busy_wait=0.5, retry_after=1, ping_every=0.3)
