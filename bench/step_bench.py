@@ -5,7 +5,8 @@ For each history size: a fresh home (Milvus Lite, SQLite, the local MiniLM) hold
 many older messages in recall (out of its context window, already indexed: synthetic chat lines with
 random unit vectors, so seeding 100k messages does not take an hour of embedding), then ``--turns``
 one-step turns (the model calls send_message at once). A turn's own time is its wall time minus the time
-the LLM took (an in-process client answering from memory: microseconds). Recall indexing that runs after
+the LLM took (an in-process client answering from memory: microseconds); its CPU time is the turn thread's
+(``time.thread_time``), which moves less than wall time with the machine's load. Recall indexing that runs after
 the reply (in the background) is reported beside it, and left to finish between turns as a person's
 reading time would. SQL statements are counted per turn on the thread that runs the turn. ``open`` is
 opening the agent (tools, memory, recall catch-up) in a freshly opened home with its history indexed,
@@ -201,17 +202,19 @@ def measure(size: int, turns: int, unindexed: int, model: LocalMiniLM, root: Pat
         llm = agent.llm
         assert isinstance(llm, InstantLLM)
         own: list[float] = []
+        cpu: list[float] = []
         indexing: list[float] = []
         queries: list[int] = []
         for turn in range(turns + 3):  # the first three warm caches and are not counted
             before_llm, before_sql = llm.seconds, statements.here()
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.thread_time()
             events = list(agent.send(f"Turn {turn}: {sentence(random.Random(turn))}"))
-            wall = time.perf_counter() - began
+            wall, turn_cpu = time.perf_counter() - began, time.thread_time() - began_cpu
             waited = wait_for_index(agent)
             assert events, "the turn produced no events"
             if turn >= 3:
                 own.append(wall - (llm.seconds - before_llm))
+                cpu.append(turn_cpu)
                 indexing.append(waited)
                 queries.append(statements.here() - before_sql)
         close(agent)
@@ -231,6 +234,7 @@ def measure(size: int, turns: int, unindexed: int, model: LocalMiniLM, root: Pat
         "p50 ms": f"{statistics.median(ms):.1f}",
         "p95 ms": f"{percentile(ms, 0.95):.1f}",
         "max ms": f"{max(ms):.1f}",
+        "CPU ms (p50)": f"{1000 * statistics.median(cpu):.1f}",
         "indexing after the reply, ms (p50)": f"{1000 * statistics.median(indexing):.0f}",
         "SQL / turn": f"{statistics.median(queries):.0f}",
         "open s": f"{open_indexed:.2f}",

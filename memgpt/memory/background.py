@@ -1,8 +1,9 @@
-"""A piece of catch-up work run on a thread of its own whenever asked, so the caller never waits for it.
+"""Catch-up work for many owners at once, on one thread of its own, so no caller waits for it.
 
-Recall indexing uses it: a step asks for its messages to be indexed and returns at once; a search waits
-for the work to finish first. The thread starts at the first request and then waits for the next one
-(waking a waiting thread is cheap; starting one took milliseconds on a busy machine); ``close`` ends it.
+Recall indexing uses it, one per process: a step asks for its agent's new messages to be indexed and returns
+at once; the thread gathers what every open agent asked for during a short pause and indexes it in one pass
+(one embedding call, one Milvus insert), and a search waits for its own agent's work first. The thread starts
+at the first request and then waits for the next one.
 """
 
 from __future__ import annotations
@@ -10,87 +11,125 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-class Background:
-    """Runs ``work`` on a daemon thread after each ``request``, once more if asked again meanwhile.
 
-    ``work`` takes a function saying whether to stop early (``close`` was called) and returns whether it
-    finished everything; an exception it raises is logged and counts as not finished. Thread-safe.
-    """
+@dataclass
+class Outcome:
+    """What a pass did with the items it was given: ``finished`` ones have nothing left, ``failed`` ones wait
+    for their next request (an unreachable backend is not retried in a loop); the rest had more work than
+    the pass could take and go round again."""
 
-    def __init__(self, work: Callable[[Callable[[], bool]], bool], name: str) -> None:
+    finished: set[Hashable] = field(default_factory=set)
+    failed: set[Hashable] = field(default_factory=set)
+
+
+class Batcher(Generic[T]):
+    """Runs ``work`` on a daemon thread over the items asked for since its last pass, all of them in one call.
+
+    An item is known by ``key(item)``: asking again for an item already waiting changes nothing, so one
+    agent's work is never done twice at once. A request waits ``gather`` seconds before its pass begins (the
+    step that asked ends first, and other agents' steps join the pass); an ``urgent`` one (a search waiting
+    for it) does not. ``work`` returns an ``Outcome``; an exception it raises is logged and fails the
+    pass's items. Thread-safe."""
+
+    def __init__(
+        self, work: Callable[[list[T]], Outcome], key: Callable[[T], Hashable], name: str, gather: float = 0.0
+    ) -> None:
         self._work = work
+        self._key = key
         self._name = name
+        self._gather = gather
         self._changed = threading.Condition()
-        self._wanted = False  # asked for and not begun yet
-        self._running = False  # a pass is under way
-        self._finished = True  # what the last pass returned
-        self._closed = False
+        self._waiting: dict[Hashable, T] = {}  # asked for and not begun, in order (urgent ones first)
+        self._urgent = False
+        self._busy: set[Hashable] = set()  # in the pass under way
+        self._finished: dict[Hashable, bool] = {}  # what the last pass said of each (absent: all done)
         self._thread: threading.Thread | None = None
 
-    def request(self) -> None:
-        """Do the work soon, on the background thread."""
+    def request(self, item: T, *, urgent: bool = False) -> None:
+        """Do ``item``'s work soon, on the background thread; ``urgent``: without the gathering pause, first."""
+        key = self._key(item)
         with self._changed:
-            if self._closed:
-                return
-            self._wanted = True
+            if urgent:
+                self._waiting = {key: item, **{k: v for k, v in self._waiting.items() if k != key}}
+                self._urgent = True
+            else:
+                self._waiting[key] = item
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
-            else:
-                self._changed.notify_all()
+            self._changed.notify_all()
+
+    def _next(self) -> list[T]:
+        """The items of the next pass, once there are some and the gathering pause is over."""
+        with self._changed:
+            while not self._waiting:
+                self._changed.wait()
+            if self._gather and not self._urgent:
+                deadline = time.monotonic() + self._gather
+                while not self._urgent and (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)
+            items = list(self._waiting.values())
+            self._waiting.clear()
+            self._urgent = False
+            self._busy = {self._key(item) for item in items}
+            return items
 
     def _serve(self) -> None:
         while True:
-            with self._changed:
-                while not self._wanted and not self._closed:
-                    self._changed.wait()
-                if self._closed:
-                    return
-                self._wanted, self._running = False, True
+            items = self._next()
             try:
-                finished = self._work(self._stopping)
-            except Exception:  # a background thread has no caller to raise to: log it, report it unfinished
+                outcome = self._work(items)
+            except Exception:  # a background thread has no caller to raise to: log it, report the items unfinished
                 logger.exception("%s failed", self._name)
-                finished = False
-            with self._changed:
-                self._running = False
-                self._finished = finished
-                if not finished:
-                    self._wanted = False  # an unreachable backend is tried again at the next request, not in a loop
-                self._changed.notify_all()
+                outcome = Outcome(failed={self._key(item) for item in items})
+            self._settle(items, outcome)
 
-    def _stopping(self) -> bool:
-        return self._closed
+    def _settle(self, items: Sequence[T], outcome: Outcome) -> None:
+        with self._changed:
+            for item in items:
+                key = self._key(item)
+                if key in outcome.failed:
+                    self._finished[key] = False
+                elif key in outcome.finished:
+                    self._finished.pop(key, None)
+                else:  # more to do: round again, after what was asked meanwhile
+                    self._waiting.setdefault(key, item)
+            self._busy = set()
+            self._changed.notify_all()
 
-    def _pending(self) -> bool:
-        return self._running or (self._wanted and self._thread is not None and not self._closed)
+    def _pending(self, key: Hashable) -> bool:
+        return key in self._waiting or key in self._busy
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds (None: as long as it takes) until no work is pending; returns
-        whether the last pass finished everything (False as well when the time ran out)."""
+    def wait(self, item: T, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: as long as it takes) until ``item`` has no work pending; returns
+        whether its last pass finished everything (False as well when the time ran out)."""
+        key = self._key(item)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            while self._pending():
+            while self._pending(key):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._changed.wait(left)
-            return self._finished
+            return self._finished.get(key, True)
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Let pending work finish for up to ``timeout`` seconds, then stop after the current step of it
-        (``work`` checks the stop function between batches) and end the thread; returns whether
-        everything was done."""
-        done = self.wait(timeout)
+    def withdraw(self, item: T, timeout: float | None = None) -> bool:
+        """Let ``item``'s pending work finish for up to ``timeout`` seconds, then drop what is left of it (a pass
+        under way ends first: one batch); returns whether everything was done. The same key asked for by
+        another item since stays asked for."""
+        done = self.wait(item, timeout)
+        key = self._key(item)
         with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        return done
+            while key in self._busy:  # a pass with more to do puts it back: taken out below
+                self._changed.wait()
+            if self._waiting.get(key) is item:
+                del self._waiting[key]
+            return done and self._finished.get(key, True)

@@ -11,16 +11,19 @@ endpoint left out, and a search waits for it first. What a message's text is: ``
 from __future__ import annotations
 
 import logging
-import math
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import numpy as np
+
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import MemGPTError, ToolError
-from memgpt.memory.background import Background
+from memgpt.memory.background import Batcher, Outcome
 from memgpt.memory.messages import describe, indexed_text, search_text, stored
 from memgpt.memory.paging import PAGE_SIZE, Page, RankedPage, check_page
 from memgpt.memory.results import Result, Scope, keyword_query, parse_date, ranking_note
@@ -31,7 +34,8 @@ from memgpt.storage.fusion import CANDIDATES
 from memgpt.types import Message, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
-_INDEX_BATCH = 64  # messages per pass under the write lock: a /pop waits for at most one
+_INDEX_BATCH = 128  # messages per pass, over every agent waiting: a /pop waits for at most one pass
+_GATHER = 0.05  # seconds a step's request waits for its pass: the turn ends first, other agents' steps join
 CATCH_UP_SECONDS = 10.0  # a search waits this long for the index, then uses the SQL word search
 _MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole message stays in SQL
 # An embedding needs some text: an agent message with neither a thought nor words to the person (it only
@@ -59,11 +63,32 @@ class RecallIndex:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # indexing may run on a thread
 
     def add(self, user_id: str, messages: list[Message], before: Mapping[str, Message | None]) -> None:
-        """Index ``messages``, replacing what an interrupted earlier pass wrote of them; ``before`` maps each
+        """Index ``messages`` now, replacing what an interrupted earlier pass wrote of them; ``before`` maps each
         one's id to the searchable message right before it."""
-        context = [before.get(m.id) for m in messages]
-        own = self._own_vectors(list({m.id: m for m in [*messages, *filter(None, context)]}.values()))
-        passages = [
+        pairs = [(m, before.get(m.id)) for m in messages]
+        missing = self.uncached(pairs)
+        fresh = dict(zip([m.id for m in missing], self.model.embed_multi(_texts(missing)), strict=True))
+        _write(self.store, self.entries(user_id, pairs, fresh))
+        self.remember(pairs, fresh)
+
+    def uncached(self, pairs: Sequence[tuple[Message, Message | None]]) -> list[Message]:
+        """The messages of ``pairs`` (and those before them) whose own embedding is not cached: to embed."""
+        with self._lock:
+            wanted = {m.id: m for pair in pairs for m in pair if m is not None and m.id not in self._recent}
+        return list(wanted.values())
+
+    def entries(
+        self, user_id: str, pairs: Sequence[tuple[Message, Message | None]], fresh: Mapping[str, Vector]
+    ) -> list[Passage]:
+        """The index entries of ``pairs`` (each message with the one before it), from the own embeddings in
+        ``fresh`` or cached ones (one evicted meanwhile is embedded again)."""
+        own = dict(fresh)
+        with self._lock:
+            own.update({m.id: self._recent[m.id] for p in pairs for m in p if m is not None and m.id in self._recent})
+        late = [m for m in {m.id: m for p in pairs for m in p if m is not None}.values() if m.id not in own]
+        if late:
+            own.update(zip([m.id for m in late], self.model.embed_multi(_texts(late)), strict=True))
+        return [
             Passage(
                 id=message.id,
                 text=_fit(indexed_text(message, previous)),
@@ -74,23 +99,13 @@ class RecallIndex:
                 metadata={"role": message.role.value},
                 embedding=own[message.id] if previous is None else _joined(own[message.id], own[previous.id]),
             )
-            for message, previous in zip(messages, context, strict=True)
+            for message, previous in pairs
         ]
-        # Delete, then insert: Milvus Lite's upsert scans for the old rows (~0.8 s at 100k passages).
-        self.remove(messages[0].agent_id, [m.id for m in messages])
-        self.store.insert(passages)
-        self._remember({m.id: own[m.id] for m in messages})
 
-    def _own_vectors(self, messages: list[Message]) -> dict[str, Vector]:
+    def remember(self, pairs: Sequence[tuple[Message, Message | None]], fresh: Mapping[str, Vector]) -> None:
+        """Keep the indexed messages' own embeddings for the next batch's first message."""
         with self._lock:
-            cached = {m.id: self._recent[m.id] for m in messages if m.id in self._recent}
-        missing = [m for m in messages if m.id not in cached]
-        vectors = self.model.embed_multi([search_text(m) or _NO_WORDS for m in missing])
-        return {**cached, **dict(zip([m.id for m in missing], vectors, strict=True))}
-
-    def _remember(self, vectors: dict[str, Vector]) -> None:
-        with self._lock:
-            self._recent.update(vectors)
+            self._recent.update({m.id: fresh[m.id] for m, _ in pairs if m.id in fresh})
             while len(self._recent) > _RECENT:
                 self._recent.popitem(last=False)
 
@@ -125,9 +140,21 @@ def _fit(text: str) -> str:
 
 
 def _joined(own: Vector, before: Vector) -> Vector:
-    total = [a + b for a, b in zip(own, before, strict=True)]
-    norm = math.sqrt(sum(v * v for v in total)) or 1.0
-    return [v / norm for v in total]
+    total = np.add(own, before, dtype=np.float64)
+    norm = float(np.linalg.norm(total)) or 1.0
+    return (total / norm).tolist()
+
+
+def _texts(messages: Sequence[Message]) -> list[str]:
+    return [search_text(m) or _NO_WORDS for m in messages]
+
+
+def _write(store: PassageStore, entries: list[Passage]) -> None:
+    """Delete, then insert: Milvus Lite's upsert scans for the old rows (~0.8 s per call at 100k passages).
+    Entries a crash left between the insert and the SQL mark are replaced, never doubled."""
+    agents = sorted({p.agent_id for p in entries if p.agent_id})
+    store.delete(all_of(is_in("agent_id", agents), is_in("id", [p.id for p in entries])))
+    store.insert(entries)
 
 
 def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
@@ -137,21 +164,24 @@ def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
 class RecallMemory:
     """One agent's message history; ``index`` is None where only the SQL word search is wanted.
 
-    With an index, ``sync_later`` indexes on a background thread; ``close`` lets it finish."""
+    With an index, ``sync_later`` has the process's recall indexer (``indexer()``) index new messages on its
+    thread; ``close`` lets this agent's share finish."""
 
     def __init__(self, storage: Storage, *, agent_id: str, user_id: str, index: RecallIndex | None = None) -> None:
         self._messages = storage.messages
         self.agent_id = agent_id
         self.user_id = user_id
         self._index = index
+        # The agent's messages as the process's indexer knows them (another RecallMemory of the same agent in
+        # this process is the same work, never done twice at once).
+        self.key: Hashable = (id(storage.messages), agent_id)
         # Held while a pass writes the index and marks messages indexed, and while messages are edited or
         # removed: a pass never marks a message indexed under text it no longer has, nor indexes a removed one.
-        self._writing = threading.RLock()
-        self._background = Background(self.sync, f"recall indexing of agent {agent_id}") if index else None
+        self._writing = _writing_lock(self.key)
 
     @property
     def writing(self) -> threading.RLock:
-        """Hold it to change or delete messages without a background indexing pass in between."""
+        """Hold it to change or delete messages without an indexing pass in between."""
         return self._writing
 
     def count(self) -> int:
@@ -177,11 +207,6 @@ class RecallMemory:
                 self._messages.mark_indexed(self.agent_id, [m.id for m in after], indexed=False)
         self.sync_later()
 
-    def _context(self, messages: list[Message]) -> dict[str, Message | None]:
-        """The searchable message right before each of ``messages``: what it is indexed with."""
-        around = self._messages.around(self.agent_id, [m.id for m in messages], after=0)
-        return {m.id: (around[m.id][0] or [None])[-1] if m.id in around else None for m in messages}
-
     def remove(self, message_ids: list[str]) -> None:
         """Delete messages for good (the user's /pop and /retry), from SQL and from the index."""
         with self._writing:
@@ -198,29 +223,22 @@ class RecallMemory:
             self._index.remove(self.agent_id, message_ids)
             self._index.forget(message_ids)
 
-    def sync(self, stop: Callable[[], bool] = lambda: False) -> bool:
-        """Index what is not indexed yet, now; returns whether the index now holds every message. Failures
-        are logged and retried next time (SQL keeps all). ``stop`` is asked between batches."""
+    def sync(self) -> bool:
+        """Index what is not indexed yet, now, in this thread; returns whether the index now holds every message.
+        Failures are logged and retried next time (SQL keeps all)."""
         if self._index is None:
             return False
-        try:
-            while not stop():
-                with self._writing:
-                    batch = self._messages.unindexed(self.agent_id, _INDEX_BATCH)
-                    if not batch:
-                        return True
-                    self._index.add(self.user_id, batch, self._context(batch))
-                    self._messages.mark_indexed(self.agent_id, [m.id for m in batch])
-        except MemGPTError as exc:
-            logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
-        return False
+        while True:
+            outcome = index_pass([self])
+            if self.key in outcome.failed:
+                return False
+            if self.key in outcome.finished:
+                return True
 
     def sync_later(self) -> None:
-        """Index new messages on the background thread (now, where there is none)."""
-        if self._background is not None:
-            self._background.request()
-        else:
-            self.sync()
+        """Index new messages on the indexer's thread (now, without an index: nothing to do)."""
+        if self._index is not None:
+            indexer().request(self)
 
     def wait_indexed(self, timeout: float | None = None) -> bool:
         """Index what is left and wait up to ``timeout`` seconds (None: as long as it takes) for it; whether
@@ -232,16 +250,14 @@ class RecallMemory:
         unreachable or still behind (a long unindexed history): the search then reads SQL, which has all."""
         if self._index is None:
             return False
-        if self._background is None:
-            return self.sync()
-        self._background.request()
-        return self._background.wait(timeout)
+        indexer().request(self, urgent=True)
+        return indexer().wait(self, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Let background indexing finish for up to ``timeout`` seconds, then stop it (what is left is
+        """Let this agent's indexing finish for up to ``timeout`` seconds, then withdraw it (what is left is
         indexed when the agent is opened again)."""
-        if self._background is not None:
-            self._background.close(timeout)
+        if self._index is not None:
+            indexer().withdraw(self, timeout)
 
     def search(
         self, query: str, page: int | None = 0, *, start_date: str = "", end_date: str = "", role: str = ""
@@ -311,3 +327,104 @@ class RecallMemory:
         number = check_page(page)
         found, total = self._messages.between(self.agent_id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
         return Page([describe(m) for m in found], total, number)
+
+
+def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Outcome:
+    """Index up to ``limit`` unindexed messages of these agents (each one's oldest first, under its writing lock)
+    in one go: one embedding call per model, one delete and one insert per Milvus collection. An agent left
+    with none is finished; one whose messages could not be read, embedded or written is failed (logged;
+    SQL keeps all, and it is tried again at its next request); the rest have more to do."""
+    outcome = Outcome()
+    with ExitStack() as held:
+        work: list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]] = []
+        left = limit
+        for recall in recalls:
+            if left <= 0 or recall._index is None:
+                continue
+            held.enter_context(recall.writing)
+            try:
+                pairs = recall._messages.unindexed_with_previous(recall.agent_id, left)
+            except MemGPTError as exc:
+                _failed(outcome, [recall], exc)
+                continue
+            if len(pairs) < left:
+                outcome.finished.add(recall.key)
+            left -= len(pairs)
+            if pairs:
+                work.append((recall, recall._index, pairs))
+        fresh = _embed(work, outcome)
+        by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage]]]] = {}
+        for recall, index, pairs in work:
+            if recall.key not in outcome.failed:
+                entries = index.entries(recall.user_id, pairs, fresh)
+                by_store.setdefault(id(index.store), []).append((recall, index, entries))
+        for group in by_store.values():
+            try:
+                _write(group[0][1].store, [p for _, _, entries in group for p in entries])
+            except MemGPTError as exc:
+                _failed(outcome, [recall for recall, _, _ in group], exc)
+                continue
+            for recall, _, entries in group:
+                try:
+                    recall._messages.mark_indexed(recall.agent_id, [p.id for p in entries])
+                except MemGPTError as exc:
+                    _failed(outcome, [recall], exc)
+        for _, index, pairs in work:
+            index.remember(pairs, fresh)
+    return outcome
+
+
+def _embed(
+    work: Sequence[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]], outcome: Outcome
+) -> dict[str, Vector]:
+    """The own embeddings of every message ``work`` needs and no index has cached, one call per model."""
+    by_model: dict[int, tuple[RecallIndex, list[RecallMemory], dict[str, Message]]] = {}
+    for recall, index, pairs in work:
+        _, recalls, missing = by_model.setdefault(id(index.model), (index, [], {}))
+        recalls.append(recall)
+        missing.update({m.id: m for m in index.uncached(pairs)})
+    fresh: dict[str, Vector] = {}
+    for index, recalls, missing in by_model.values():
+        try:
+            fresh.update(zip(missing, index.model.embed_multi(_texts(list(missing.values()))), strict=True))
+        except MemGPTError as exc:
+            _failed(outcome, recalls, exc)
+    return fresh
+
+
+def _failed(outcome: Outcome, recalls: Sequence[RecallMemory], exc: MemGPTError) -> None:
+    logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
+    for recall in recalls:
+        outcome.failed.add(recall.key)
+        outcome.finished.discard(recall.key)
+
+
+_locks: dict[Hashable, threading.RLock] = {}
+_locks_guard = threading.Lock()
+_indexer: Batcher[RecallMemory] | None = None
+
+
+def _writing_lock(key: Hashable) -> threading.RLock:
+    """The one writing lock of an agent's messages in this process."""
+    with _locks_guard:
+        return _locks.setdefault(key, threading.RLock())
+
+
+def indexer() -> Batcher[RecallMemory]:
+    """The process's recall indexer: one thread that indexes what every open agent's steps asked for, in
+    passes of up to ``_INDEX_BATCH`` messages across agents."""
+    global _indexer
+    with _locks_guard:
+        if _indexer is None:
+            _indexer = Batcher(index_pass, lambda recall: recall.key, "recall indexing", gather=_GATHER)
+        return _indexer
+
+
+def _forget_in_child() -> None:
+    """A forked child has none of its parent's threads: it starts its own indexer, with fresh locks."""
+    global _indexer, _locks_guard
+    _indexer, _locks_guard = None, threading.Lock()
+    _locks.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
