@@ -55,7 +55,6 @@ def _around(owner: type, name: str, passed: Callable[[], None], *, before: bool 
 def arm(point: str, after: int) -> None:
     from memgpt.llm.openai_compat import OpenAICompatible
     from memgpt.memory.archival import ArchivalMemory
-    from memgpt.memory.recall import RecallIndex
     from memgpt.storage.agents import AgentStore
     from memgpt.storage.milvus.store import MilvusPassageStore
 
@@ -69,7 +68,7 @@ def arm(point: str, after: int) -> None:
     elif point == "step_committed":
         _around(AgentStore, "commit_step", passed, when=lambda _self, _agent, changes: bool(changes.messages))
     elif point == "recall_indexing":
-        _around(RecallIndex, "add", passed)
+        _around(MilvusPassageStore, "insert", passed, when=lambda _self, rows: rows[0].kind == "recall")
     elif point == "forgetting":
         _around(ArchivalMemory, "remove", passed, when=lambda _self, ids: bool(ids))
     else:
