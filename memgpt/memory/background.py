@@ -51,6 +51,7 @@ class Batcher(Generic[T]):
         self._urgent = False
         self._busy: set[Hashable] = set()  # in the pass under way
         self._finished: dict[Hashable, bool] = {}  # what the last pass said of each (absent: all done)
+        self._dropping: set[Hashable] = set()  # withdrawn during a pass: not to go round again
         self._thread: threading.Thread | None = None
 
     def request(self, item: T, *, urgent: bool = False) -> None:
@@ -100,7 +101,7 @@ class Batcher(Generic[T]):
                     self._finished[key] = False
                 elif key in outcome.finished:
                     self._finished.pop(key, None)
-                else:  # more to do: round again, after what was asked meanwhile
+                elif key not in self._dropping:  # more to do: round again, after what was asked meanwhile
                     self._waiting.setdefault(key, item)
             self._busy = set()
             self._changed.notify_all()
@@ -128,8 +129,10 @@ class Batcher(Generic[T]):
         done = self.wait(item, timeout)
         key = self._key(item)
         with self._changed:
-            while key in self._busy:  # a pass with more to do puts it back: taken out below
-                self._changed.wait()
             if self._waiting.get(key) is item:
                 del self._waiting[key]
+            self._dropping.add(key)
+            while key in self._busy:
+                self._changed.wait()
+            self._dropping.discard(key)
             return done and self._finished.get(key, True)

@@ -1,0 +1,155 @@
+"""Recall indexing for every open agent of a process: one pass indexes several agents' new messages with one
+embedding call and one Milvus insert; the process's indexer gathers the steps' requests into such passes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from memgpt.agent.manager import create_agent
+from memgpt.embeddings.base import Vector
+from memgpt.embeddings.local import LocalMiniLM
+from memgpt.memory.background import Batcher, Outcome
+from memgpt.memory.recall import RecallIndex, RecallMemory, index_pass
+from memgpt.storage import Storage
+from memgpt.storage.base import PassageStore
+from memgpt.storage.filters import all_of, eq
+from memgpt.types import Message, Passage, Role
+
+START = datetime(2024, 3, 12, 19, 0, tzinfo=UTC)
+
+
+class CountingModel(LocalMiniLM):
+    """The real local model, counting the calls that embed messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def embed_multi(self, texts: Sequence[str], **kwargs: object) -> list[Vector]:
+        self.calls.append(len(texts))
+        return super().embed_multi(texts)
+
+
+def _agent(storage: Storage, model: LocalMiniLM, name: str) -> str:
+    state = create_agent(
+        storage, user_id="u", name=name, persona="sam_pov", human="basic", model="scripted",
+        context_window=8192, embedding=model.space,
+    )  # fmt: skip
+    return state.id
+
+
+def _messages(agent_id: str, count: int) -> list[Message]:
+    text = "Message {} of {} about sailing."
+    return [
+        Message(f"{agent_id}-{i}", agent_id, Role.USER, text.format(i, agent_id), START + timedelta(minutes=i))
+        for i in range(count)
+    ]
+
+
+def test_one_pass_indexes_several_agents_with_one_embedding_call_and_one_insert(storage: Storage) -> None:
+    model = CountingModel()
+    store = storage.passages(model.space)
+    inserts: list[int] = []
+    original = store.insert
+
+    def counted(passages: Sequence[Passage]) -> None:
+        inserts.append(len(passages))
+        original(passages)
+
+    store.insert = counted  # type: ignore[method-assign]
+    recalls = []
+    for name in ("first", "second", "third"):
+        agent_id = _agent(storage, model, name)
+        recall = RecallMemory(storage, agent_id=agent_id, user_id="u", index=RecallIndex(store, model))
+        recall.append(_messages(agent_id, 5))
+        recalls.append(recall)
+
+    outcome = index_pass(recalls)
+    assert outcome.finished == {r.key for r in recalls} and not outcome.failed
+    assert model.calls == [15] and inserts == [15]
+    for recall in recalls:
+        where = all_of(eq("agent_id", recall.agent_id), eq("kind", "recall"))
+        entries = {p.id: p for p in store.query(where, limit=100)}
+        assert sorted(entries) == sorted(f"{recall.agent_id}-{i}" for i in range(5))
+        # Each is indexed with the message before it, as when indexed alone.
+        assert entries[f"{recall.agent_id}-3"].text.splitlines()[1] == f"Message 2 of {recall.agent_id} about sailing."
+        assert recall.backlog() == 0
+
+
+def test_a_pass_takes_at_most_its_limit_and_the_rest_is_left_for_the_next(storage: Storage, model: LocalMiniLM) -> None:
+    store: PassageStore = storage.passages(model.space)
+    ids = [_agent(storage, model, name) for name in ("busy", "quiet")]
+    recalls = [RecallMemory(storage, agent_id=i, user_id="u", index=RecallIndex(store, model)) for i in ids]
+    recalls[0].append(_messages(ids[0], 6))
+    recalls[1].append(_messages(ids[1], 2))
+
+    first = index_pass(recalls, limit=4)
+    assert not first.finished and not first.failed  # the first agent had more; the second was not reached
+    assert [r.backlog() for r in recalls] == [2, 2]
+    second = index_pass(recalls, limit=4)
+    assert second.finished == {recalls[0].key}  # the second read as many as it could take: perhaps more
+    assert [r.backlog() for r in recalls] == [0, 0]
+    assert index_pass(recalls, limit=4).finished == {r.key for r in recalls}
+
+
+def test_the_indexer_gathers_requests_into_one_pass_and_a_waiting_search_does_not_wait_for_the_pause() -> None:
+    passes: list[list[str]] = []
+
+    def work(items: list[str]) -> Outcome:
+        passes.append(sorted(items))
+        return Outcome(finished=set(items))
+
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing", gather=3.0)
+    for item in ("a", "b", "a", "c"):
+        batcher.request(item)
+    assert batcher.wait("c", timeout=10)
+    assert passes == [["a", "b", "c"]]  # one pass, each agent once
+
+    began = time.monotonic()
+    batcher.request("d", urgent=True)
+    assert batcher.wait("d", timeout=10)
+    assert time.monotonic() - began < 2.0 and passes[-1] == ["d"]
+
+
+def test_a_failed_item_waits_for_its_next_request_and_more_work_goes_round_again() -> None:
+    calls: list[list[str]] = []
+    rounds = {"long": 3}
+
+    def work(items: list[str]) -> Outcome:
+        calls.append(sorted(items))
+        outcome = Outcome(failed={"down"} & set(items))
+        for item in items:
+            if item == "long":
+                rounds["long"] -= 1
+                if rounds["long"] == 0:
+                    outcome.finished.add(item)
+        return outcome
+
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing")
+    batcher.request("down")
+    assert batcher.wait("down", timeout=10) is False
+    batcher.request("long")
+    assert batcher.wait("long", timeout=10) is True
+    assert calls.count(["long"]) == 3 and sum("down" in c for c in calls) == 1
+
+
+def test_withdrawing_an_item_drops_what_is_left_of_it() -> None:
+    started, release = threading.Event(), threading.Event()
+    seen: list[Hashable] = []
+
+    def work(items: list[str]) -> Outcome:
+        seen.extend(items)
+        started.set()
+        release.wait(10)
+        return Outcome()  # more to do, always
+
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing")
+    batcher.request("agent")
+    assert started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    assert batcher.withdraw("agent", timeout=0.05) is False  # waits for the pass under way, then drops the rest
+    time.sleep(0.2)
+    assert seen == ["agent"] and batcher.wait("agent", timeout=1)
