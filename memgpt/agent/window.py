@@ -24,6 +24,9 @@ class Window:
         self.model = model
         self.messages: list[Message] = list(messages)
         self._rendered: dict[str, tuple[Message, ChatMessage, int]] = {}
+        # The whole window's chat messages and tokens as last computed; a step only appends to them.
+        self._chats: list[ChatMessage] | None = None
+        self._tokens: int | None = None
 
     def _entry(self, message: Message) -> tuple[Message, ChatMessage, int]:
         entry = self._rendered.get(message.id)
@@ -34,28 +37,43 @@ class Window:
         return entry
 
     def chats(self) -> list[ChatMessage]:
-        return [self._entry(m)[1] for m in self.messages]
+        """The window as chat messages (the same list until the window changes: do not modify it)."""
+        if self._chats is None:
+            self._chats = [self._entry(m)[1] for m in self.messages]
+        return self._chats
 
     def size(self, message: Message) -> int:
         return self._entry(message)[2]
 
     def tokens(self) -> int:
-        return sum(self._entry(m)[2] for m in self.messages)
+        if self._tokens is None:
+            self._tokens = sum(self._entry(m)[2] for m in self.messages)
+        return self._tokens
 
     def extend(self, messages: Sequence[Message]) -> None:
         self.messages.extend(messages)
+        if self._chats is not None:
+            self._chats = [*self._chats, *(self._entry(m)[1] for m in messages)]
+        if self._tokens is not None:
+            self._tokens += sum(self._entry(m)[2] for m in messages)
+
+    def _changed(self) -> None:
+        self._chats = self._tokens = None
 
     def evict(self, count: int) -> None:
         """The oldest ``count`` messages left the window (they stay in recall)."""
         for message in self.messages[:count]:
             self._rendered.pop(message.id, None)
         del self.messages[:count]
+        self._changed()
 
     def remove(self, message_ids: Iterable[str]) -> None:
         gone = set(message_ids)
         for message_id in gone:
             self._rendered.pop(message_id, None)
         self.messages = [m for m in self.messages if m.id not in gone]
+        self._changed()
 
     def replace(self, message: Message) -> None:
         self.messages = [message if m.id == message.id else m for m in self.messages]
+        self._changed()

@@ -43,8 +43,16 @@ class AttachmentStore:
             return bool(result.rowcount)
 
     def source_ids(self, agent_id: str) -> list[str]:
-        """The agent's attached sources, in the order they were attached."""
-        return self.source_ids_of([agent_id])[agent_id]
+        """The agent's attached sources, in the order they were attached (read at every turn: a Core query)."""
+        table = AgentSourceRow.__table__
+        with self._metadata.session() as s:
+            return list(
+                s.scalars(
+                    select(table.c.source_id)
+                    .where(table.c.agent_id == agent_id)
+                    .order_by(table.c.attached_at, table.c.source_id)
+                )
+            )
 
     def source_ids_of(self, agent_ids: Sequence[str]) -> dict[str, list[str]]:
         """The attached sources of each of these agents, in the order they were attached, in one query."""

@@ -84,9 +84,12 @@ def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage])
     """Append ``messages`` after the agent's last one, in the caller's transaction (one INSERT for all)."""
     if not messages:
         return
-    last = s.scalar(select(func.max(MessageRow.seq)).where(MessageRow.agent_id == agent_id)) or 0
+    # Core statements on the table, not the ORM's: a turn writes messages twice, and the ORM's bulk insert
+    # and select paths took over half of a turn's CPU time.
+    table = MessageRow.__table__
+    last = s.scalar(select(func.max(table.c.seq)).where(table.c.agent_id == agent_id)) or 0
     s.execute(
-        insert(MessageRow.__table__),  # Core, not the ORM's bulk insert: a third of a turn's CPU went there
+        insert(table),
         [
             {
                 "id": entry.message.id,
