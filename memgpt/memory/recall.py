@@ -3,9 +3,11 @@
 SQL holds every message (the source of truth, and the date search). Conversational messages are also
 indexed in Milvus (``kind == "recall"``), each with its day and the message before it (``RecallIndex``),
 so ``conversation_search`` ranks them by meaning and, where the deployment has BM25, by their words, and
-shows each hit with its neighbours (``memgpt.memory.results``). Indexing runs on a background thread after
-each step (a step never waits for embeddings), catches up on anything a crash or an offline embedding
-endpoint left out, and a search waits for it first. What a message's text is: ``memgpt.memory.messages``.
+shows each hit with its neighbours (``memgpt.memory.results``). Indexing runs after each step on one
+thread per process (``indexer()``; a step never waits for embeddings), which gathers the new messages of
+every open agent into passes of one embedding call and one Milvus insert; it catches up on anything a crash
+or an offline embedding endpoint left out, and a search waits for its agent's share first. What a
+message's text is: ``memgpt.memory.messages``.
 """
 
 from __future__ import annotations
