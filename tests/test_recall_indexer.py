@@ -95,7 +95,7 @@ def test_a_pass_takes_at_most_its_limit_and_the_rest_is_left_for_the_next(storag
     assert index_pass(recalls, limit=4).finished == {r.key for r in recalls}
 
 
-def test_the_indexer_gathers_requests_into_one_pass_and_a_waiting_search_does_not_wait_for_the_pause() -> None:
+def test_the_indexer_gathers_requests_into_one_pass_and_who_waits_does_not_wait_for_the_pause() -> None:
     passes: list[list[str]] = []
 
     def work(items: list[str]) -> Outcome:
@@ -112,6 +112,10 @@ def test_the_indexer_gathers_requests_into_one_pass_and_a_waiting_search_does_no
     batcher.request("d", urgent=True)
     assert batcher.wait("d", timeout=10)
     assert time.monotonic() - began < 2.0 and passes[-1] == ["d"]
+    began = time.monotonic()
+    batcher.request("e")
+    assert batcher.withdraw("e", timeout=10)  # closing an agent waits for its share without the pause
+    assert time.monotonic() - began < 2.0 and passes[-1] == ["e"]
 
 
 def test_a_failed_item_waits_for_its_next_request_and_more_work_goes_round_again() -> None:

@@ -126,8 +126,12 @@ class Batcher(Generic[T]):
         """Let ``item``'s pending work finish for up to ``timeout`` seconds, then drop what is left of it (a pass
         under way ends first: one batch); returns whether everything was done. The same key asked for by
         another item since stays asked for."""
-        done = self.wait(item, timeout)
         key = self._key(item)
+        with self._changed:
+            if key in self._waiting:  # its caller waits: no gathering pause
+                self._urgent = True
+                self._changed.notify_all()
+        done = self.wait(item, timeout)
         with self._changed:
             if self._waiting.get(key) is item:
                 del self._waiting[key]
