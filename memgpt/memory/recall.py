@@ -341,7 +341,10 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
         work: list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]] = []
         left = limit
         for recall in recalls:
-            if left <= 0 or recall._index is None:
+            if recall._index is None:  # nothing to index for it
+                outcome.finished.add(recall.key)
+                continue
+            if left <= 0:
                 continue
             held.enter_context(recall.writing)
             try:
