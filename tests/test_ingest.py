@@ -295,9 +295,10 @@ def test_files_loaded_by_an_earlier_loader_version_are_read_again(
     """Passages of LOADER_VERSION 1 stay searchable; loading the same file again replaces them."""
     import memgpt.data.ingest as ingest
 
+    current = ingest.LOADER_VERSION
     monkeypatch.setattr(ingest, "LOADER_VERSION", 1)
     old = load(storage, model, "paper", PAPER)
-    monkeypatch.undo()
+    monkeypatch.setattr(ingest, "LOADER_VERSION", current)
     again = load(storage, model, "paper", PAPER)
     assert old.ok and again.ok and again.files_loaded == 1 and again.unchanged == []
     source = get_source(storage, USER, "paper")
