@@ -303,3 +303,19 @@ def test_files_loaded_by_an_earlier_loader_version_are_read_again(
     assert old.ok and again.ok and again.files_loaded == 1 and again.unchanged == []
     source = get_source(storage, USER, "paper")
     assert milvus_count(storage, source.id) == again.passages == source.passages
+
+
+def test_archival_search_results_name_the_section_once() -> None:
+    from datetime import UTC, datetime
+
+    from memgpt.memory.archival import _describe
+    from memgpt.types import Passage, SearchHit
+
+    meta = {"file_name": "paper.pdf", "page": 3, "section": "2. MemGPT > 2.2. Queue Manager"}
+    text = "Section: 2. MemGPT > 2.2. Queue Manager (page 3)\nThe queue manager evicts messages."
+    when = datetime(2024, 1, 2, tzinfo=UTC)
+    shown = _describe(SearchHit(Passage("p1", text, USER, created_at=when, metadata=meta), 1.0))
+    assert shown == (
+        "[2024-01-02 00:00:00 UTC] (paper.pdf, page 3, section: 2. MemGPT > 2.2. Queue Manager)"
+        " The queue manager evicts messages."
+    )
