@@ -1,6 +1,6 @@
 import pytest
 
-from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, not_in, quote
+from memgpt.storage.filters import MATCH_ALL, all_of, between, eq, is_in, key_of, meta_eq, not_in, quote
 
 
 def test_quote_escapes_quotes_and_backslashes() -> None:
@@ -59,3 +59,14 @@ def test_keys_are_stable_signed_64_bit() -> None:
     assert key_of("archival") == key_of("archival") != key_of("recall")
     assert all(-(2**63) <= key_of(v) < 2**63 for v in ["", "x", "é" * 100])
     assert key_of("archival") == 5421183928539397098  # stored in collections: must never change
+
+
+def test_metadata_equality_escapes_the_value_and_refuses_odd_keys() -> None:
+    hostile = 'user" or metadata["role"] == "assistant'
+    where = meta_eq("role", hostile)
+    assert where.expr == 'metadata["role"] == "user\\" or metadata[\\"role\\"] == \\"assistant"'
+    assert where.matches({"metadata": {"role": hostile}})
+    assert not where.matches({"metadata": {"role": "assistant"}}) and not where.matches({"metadata": None})
+    for key in ('role"]', "", "a b", "x" * 65):
+        with pytest.raises(ValueError, match="not a metadata key"):
+            meta_eq(key, "user")

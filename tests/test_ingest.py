@@ -268,3 +268,54 @@ def test_ctrl_c_after_a_file_is_done_keeps_the_source(storage: Storage, model: L
     )
     assert report.interrupted
     assert get_source(storage, USER, "kept").documents == 1
+
+
+def test_passages_carry_their_section_and_a_reference_list_chunks_alone(
+    storage: Storage, model: LocalMiniLM
+) -> None:
+    report = load(storage, model, "paper", PAPER)
+    source = get_source(storage, USER, "paper")
+    passages = [p for batch in storage.passages(model.space).iterate(visible_passages(storage, source)) for p in batch]
+    assert len(passages) == report.passages
+    queue = [p for p in passages if p.metadata.get("section") == "2. MemGPT (MemoryGPT) > 2.2. Queue Manager"]
+    assert {p.metadata["page"] for p in queue} == {2, 3}
+    label = "Section: 2. MemGPT (MemoryGPT) > 2.2. Queue Manager (page {})\n"
+    assert all(p.text.startswith(label.format(p.metadata["page"])) for p in queue)
+    # Label included, no passage is longer than the chunk size.
+    assert max(model.count_tokens(p.text) for p in passages) <= 250
+    references = [p for p in passages if p.metadata.get("section") == "References"]
+    assert len(references) >= 4
+    assert not any("Conclusion" in p.text or "In this paper, we introduced MemGPT" in p.text for p in references)
+    assert all(p.metadata.get("section") for p in passages)  # the paper has a heading from its first line
+
+
+def test_files_loaded_by_an_earlier_loader_version_are_read_again(
+    storage: Storage, model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passages of LOADER_VERSION 1 stay searchable; loading the same file again replaces them."""
+    import memgpt.data.ingest as ingest
+
+    current = ingest.LOADER_VERSION
+    monkeypatch.setattr(ingest, "LOADER_VERSION", 1)
+    old = load(storage, model, "paper", PAPER)
+    monkeypatch.setattr(ingest, "LOADER_VERSION", current)
+    again = load(storage, model, "paper", PAPER)
+    assert old.ok and again.ok and again.files_loaded == 1 and again.unchanged == []
+    source = get_source(storage, USER, "paper")
+    assert milvus_count(storage, source.id) == again.passages == source.passages
+
+
+def test_archival_search_results_name_the_section_once() -> None:
+    from datetime import UTC, datetime
+
+    from memgpt.memory.archival import _describe
+    from memgpt.types import Passage, SearchHit
+
+    meta = {"file_name": "paper.pdf", "page": 3, "section": "2. MemGPT > 2.2. Queue Manager"}
+    text = "Section: 2. MemGPT > 2.2. Queue Manager (page 3)\nThe queue manager evicts messages."
+    when = datetime(2024, 1, 2, tzinfo=UTC)
+    shown = _describe(SearchHit(Passage("p1", text, USER, created_at=when, metadata=meta), 1.0))
+    assert shown == (
+        "[2024-01-02 00:00:00 UTC] (paper.pdf, page 3, section: 2. MemGPT > 2.2. Queue Manager)"
+        " The queue manager evicts messages."
+    )

@@ -265,3 +265,90 @@ def test_an_unreadable_subfolder_is_named(open_tmp: Path) -> None:
         "a.md ok",
         f"{top / 'private'}: is a folder that cannot be read (permission denied); make it readable",
     ], out.stderr
+
+
+# -- sections: every unit split by the headings it falls under (issue 11) -------------------------
+def _headings(path: Path) -> list[str]:
+    return [s.heading for unit in read(path).units for s in unit.parts()]
+
+
+def test_pdf_sections_follow_the_papers_numbered_and_bold_headings() -> None:
+    units = read(PAPER).units
+    assert [s.heading for s in units[1].parts()] == [
+        "1. Introduction",  # runs on from page 1
+        "2. MemGPT (MemoryGPT)",
+        "2. MemGPT (MemoryGPT) > 2.1. Main context (prompt tokens)",
+        "2. MemGPT (MemoryGPT) > 2.2. Queue Manager",
+    ]
+    queue = units[1].parts()[-1]
+    assert queue.title == "2.2. Queue Manager" and queue.text.startswith("The queue manager manages messages")
+    headings = _headings(PAPER)
+    assert headings[:3] == ["MemGPT: Towards LLMs as Operating Systems", "Abstract", "1. Introduction"]
+    # A title in small capitals that wraps onto a second line is one heading.
+    deep = "3. Experiments > 3.1. MemGPT for conversational agents > 3.1.1. DEEP MEMORY RETRIEVAL TASK (CONSISTENCY)."
+    assert deep in headings
+    assert [s.heading for s in units[9].parts()] == ["References"]  # the reference list, on its own
+
+
+def test_a_pdf_footnote_no_longer_cuts_the_sentence_it_interrupts() -> None:
+    first = read(PAPER).units[0].text
+    # The affiliation footnote sits at the foot of the first column, inside a sentence that goes on at the
+    # top of the second: the sentence is whole and the footnote a paragraph of its own after it.
+    assert "the most widely used open-source LLMs can only support a few dozen back-and-forth messages" in first
+    assert "\n1University of California, Berkeley. Correspondence to:" in first
+    later = "".join(u.text for u in read(PAPER).units[1:])
+    assert "MemGPT: Towards LLMs as Operating Systems" not in later  # the running head, after page 1
+    assert "\ufffe" not in later and "\x02" not in later
+
+
+def test_markdown_headings_outside_code_fences(tmp_path: Path) -> None:
+    headings = _headings(DATA / "test.md")
+    assert "h1 Heading 8-) > Lists" in headings
+    assert "h1 Heading 8-) > Plugins > Footnotes" in headings  # the link in "## [Footnotes](https://...)"
+    path = tmp_path / "notes.md"
+    path.write_text(
+        "Intro line.\n\nSetext Title\n============\n\nBody.\n\n```sh\n# not a heading\n```\n\n## Sub\nMore.\n"
+    )
+    sections = read(path).units[0].parts()
+    assert [(s.heading, s.text) for s in sections] == [
+        ("", "Intro line."),
+        ("Setext Title", "Body.\n\n```sh\n# not a heading\n```"),
+        ("Setext Title > Sub", "More."),
+    ]
+
+
+def test_plain_text_titles_before_prose_are_headings() -> None:
+    headings = _headings(DATA / "long_test.txt")
+    for title in ("Early life and education", "Government formation", "Immigration policies", "Personal life"):
+        assert title in headings
+    assert "References" in headings
+    # Lines of a list or table are not headings, nor are indented lines (the reference list's entries).
+    assert not any("Minister for the Community Policies" in h or "Quirinale" in h for h in headings)
+
+
+def test_rst_titles(tmp_path: Path) -> None:
+    path = tmp_path / "guide.rst"
+    path.write_text("=====\nGuide\n=====\n\nIntro.\n\nInstall\n-------\n\nRun pip.\n\nUsage\n-----\n\nCall it.\n")
+    assert [(s.heading, s.text) for s in read(path).units[0].parts()] == [
+        ("Guide", "Intro."),
+        ("Guide > Install", "Run pip."),
+        ("Guide > Usage", "Call it."),
+    ]
+
+
+def test_docx_heading_styles(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Memory tiers", level=1)
+    document.add_paragraph("Main context is the prompt.")
+    document.add_heading("Archival storage", level=2)
+    document.add_paragraph("Passages live in Milvus.")
+    path = tmp_path / "tiers.docx"
+    document.save(str(path))
+    unit = read(path).units[0]
+    assert [(s.heading, s.text) for s in unit.parts()] == [
+        ("Memory tiers", "Main context is the prompt."),
+        ("Memory tiers > Archival storage", "Passages live in Milvus."),
+    ]
+    assert unit.text.startswith("Memory tiers\nMain context is the prompt.")

@@ -247,3 +247,24 @@ def test_edited_messages_are_indexed_again_with_the_ones_after_them(storage: Sto
     assert text["m06"] == ["I cooked a leek risotto.", "said: Risotto takes patience. What mushrooms?"]
     assert text["m10"] == ["said: Green curry sounds great.", "The weather was lovely."]
     assert text["m11"][0] == "The weather was lovely."
+
+
+def test_the_role_is_filtered_in_milvus_before_ranking(chat: Chat) -> None:
+    """Filtered after ranking, a page of one role's messages came back short when the other role's
+    messages ranked first; in the Milvus filter, every candidate ranked is of the role asked for."""
+    from memgpt.memory.results import Scope
+
+    where = all_of(eq("agent_id", chat.recall.agent_id), Scope.of(role="user").where())
+    vector = chat.index.query_vector("climbing")
+    hits = chat.index.store.search(vector, text="climbing", limit=50, where=where)
+    users = {m.id for m in chat.messages if m.role is Role.USER}
+    assert hits and {h.passage.id for h in hits} <= users
+
+
+def test_a_removed_message_is_no_longer_the_context_of_the_next(storage: Storage, chat: Chat) -> None:
+    chat.recall.remove(["m05"])
+    assert [m.id for m in storage.messages.unindexed(chat.recall.agent_id, 10)] == ["m06"]
+    assert chat.recall.sync()
+    text = chat.index.store.query(eq("id", "m06"), limit=1)[0].text.splitlines()[1:]
+    assert text == ["Mostly with Jonty, a physics student.", "said: Risotto takes patience. What mushrooms?"]
+    assert not chat.index.store.query(eq("id", "m05"), limit=1)

@@ -58,7 +58,13 @@ class Chunker:
         self.overlap = overlap
         # Not memoized by semchunk: its cache is global and keyed by the counter, so it would keep every
         # chunker alive; the local model caches counts per word itself.
-        self._chunk: Any = semchunk.chunkerify(self.measure, chunk_size - overlap, memoize=False)
+        self._chunkers: dict[int, Any] = {}
+        self._semchunk = semchunk
+
+    def _chunk(self, text: str, size: int) -> list[str]:
+        if size not in self._chunkers:
+            self._chunkers[size] = self._semchunk.chunkerify(self.measure, size - self.overlap, memoize=False)
+        return self._chunkers[size](text)
 
     def measure(self, text: str) -> int:
         """Tokens of ``text``, or more for text longer than ``_MAX_CHARS_PER_TOKEN`` characters a token:
@@ -68,16 +74,19 @@ class Chunker:
             return by_length
         return max(self.count_tokens(text), by_length)
 
-    def split(self, text: str) -> list[str]:
+    def split(self, text: str, reserve: int = 0) -> list[str]:
+        """``text`` in chunks of at most ``chunk_size - reserve`` tokens (``reserve``: room kept for a
+        label the caller puts in front of each chunk; at most half the chunk size is given up to it)."""
         text = normalize(text)
         if not text:
             return []
-        pieces = [piece.strip() for block in _blocks(text) for piece in self._chunk(block) if piece.strip()]
+        size = self.chunk_size - min(max(reserve, 0), self.chunk_size // 2)
+        pieces = [piece.strip() for block in _blocks(text) for piece in self._chunk(block, size) if piece.strip()]
         chunks = pieces[:1]
         for previous, piece in pairwise(pieces):
             tail = self._tail(previous)
             joined = f"{tail} {piece}" if tail else piece
-            chunks.append(joined if self.measure(joined) <= self.chunk_size else piece)
+            chunks.append(joined if self.measure(joined) <= size else piece)
         return chunks
 
     def _tail(self, text: str) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from memgpt.data.chunking import Chunker
 from memgpt.data.filerecords import FileTracker
 from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes, too_big
+from memgpt.data.sections import section_label
 from memgpt.data.sources import delete_source, new_source, validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import BackendError, InputFileError, UserError
@@ -289,7 +290,7 @@ class SourceLoader:
         passages: list[Passage] = []
         now = utc_now()
         for index, unit in enumerate(units):
-            chunks = self.chunker.split(unit.text)
+            chunks = self._chunks(unit)
             if not chunks:
                 continue
             doc_id = _digest(source.id, sha, self.signature, unit.unit if unit.unit is not None else index)
@@ -307,7 +308,7 @@ class SourceLoader:
                     created_at=now,
                 )
             )
-            meta = {"file_name": path.name, "file_path": key}
+            meta: dict[str, object] = {"file_name": path.name, "file_path": key}
             if unit.unit is not None:
                 meta["page"] = unit.unit
             passages.extend(
@@ -319,11 +320,25 @@ class SourceLoader:
                     document_id=doc_id,
                     chunk_index=number,
                     created_at=now,
-                    metadata=meta,
+                    metadata={**meta, "section": heading} if heading else dict(meta),
                 )
-                for number, chunk in enumerate(chunks)
+                for number, (heading, chunk) in enumerate(chunks)
             )
         return documents, passages
+
+    def _chunks(self, unit: TextUnit) -> list[tuple[str, str]]:
+        """(heading, passage text) of each chunk of ``unit``: every section is chunked on its own (a
+        chunk never spans two sections, so a reference list is never glued to the prose before it), and
+        each chunk under a heading starts with its label line (see ``section_label``)."""
+        chunks: list[tuple[str, str]] = []
+        for section in unit.parts():
+            label = section_label(section.heading, unit.unit)
+            reserve = self.model.count_tokens(label) + 1 if label else 0
+            chunks.extend(
+                (section.heading, f"{label}\n{chunk}" if label else chunk)
+                for chunk in self.chunker.split(section.text, reserve)
+            )
+        return chunks
 
     # -- cleanup ------------------------------------------------------------------------------
     def _finish_deletions(self, source: Source) -> None:

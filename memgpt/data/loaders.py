@@ -19,18 +19,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memgpt.data.pdftext import Line, page_lines, pdf_sections
+from memgpt.data.pdftext import reflow_pdf_text as reflow_pdf_text
+from memgpt.data.sections import Section, SectionBuilder, markdown_sections, plain_sections, rst_sections, unit_text
 from memgpt.errors import InputFileError
 
 logger = logging.getLogger(__name__)
 
-# Bump when extraction changes, so already loaded files are re-read on the next load.
-LOADER_VERSION = 1
+# Bump when extraction changes, so already loaded files are re-read on the next load. 2: sections
+# (passages carry their heading), PDF text by font (asides no longer cut sentences, running heads gone).
+LOADER_VERSION = 2
 
 
 @dataclass(frozen=True)
 class TextUnit:
     text: str
     unit: int | None = None  # PDF page number, 1-based
+    sections: tuple[Section, ...] = ()  # the text by heading; none when the reader found no headings
+
+    def parts(self) -> tuple[Section, ...]:
+        """The unit's sections; the whole text as one section without a heading when it has none."""
+        return self.sections or (Section("", self.text),)
+
+
+def _sectioned(sections: list[Section]) -> TextUnit:
+    """One unit from a file's sections (without them when no heading was found)."""
+    if all(not s.heading for s in sections):
+        return TextUnit(unit_text(sections))
+    return TextUnit(unit_text(sections), sections=tuple(sections))
 
 
 @dataclass
@@ -93,34 +109,6 @@ def decode_text(data: bytes, path: Path) -> tuple[str, str | None]:
 
 
 # -- formats ----------------------------------------------------------------------------------
-_SENTENCE_END = re.compile(r"[.!?:;]['\")\]]?$")
-
-
-def reflow_pdf_text(raw: str) -> str:
-    """Join a PDF page's hard line breaks into paragraphs, breaking only after sentence ends.
-
-    PDFium marks soft hyphens at line ends as U+0002 ("revolution\x02ized"); a hard hyphen at a
-    line end ("state-of-the-") is kept and joined without a space.
-    """
-    text = raw.replace("\x02", "").replace("\r\n", "\n").replace("\r", "\n")
-    paragraphs: list[str] = []
-    current = ""
-    for raw_line in text.split("\n"):
-        line = raw_line.strip()
-        if not line:
-            if current:
-                paragraphs.append(current)
-            current = ""
-            continue
-        current = f"{current}{line}" if current.endswith("-") or not current else f"{current} {line}"
-        if _SENTENCE_END.search(line):
-            paragraphs.append(current)
-            current = ""
-    if current:
-        paragraphs.append(current)
-    return "\n".join(paragraphs)
-
-
 def _pdf(path: Path, data: bytes) -> ParsedFile:
     import pypdfium2 as pdfium
 
@@ -130,23 +118,23 @@ def _pdf(path: Path, data: bytes) -> ParsedFile:
         if "password" in str(exc).lower():
             raise _fail(path, "encrypted PDF (needs a password); decrypt it first") from exc
         raise _fail(path, "not a valid PDF (corrupt or truncated)") from exc
-    units: list[TextUnit] = []
-    empty_pages = 0
+    pages: list[list[Line]] = []
     try:
         for number in range(len(pdf)):
             page = pdf[number]
             try:
-                text = reflow_pdf_text(page.get_textpage().get_text_bounded())
+                pages.append(page_lines(page.get_textpage()))
             finally:
                 page.close()
-            if text.strip():
-                units.append(TextUnit(text, unit=number + 1))
-            else:
-                empty_pages += 1
     except pdfium.PdfiumError as exc:
-        raise _fail(path, f"cannot read page {len(units) + empty_pages + 1} ({exc})") from exc
+        raise _fail(path, f"cannot read page {len(pages) + 1} ({exc})") from exc
     finally:
         pdf.close()
+    units: list[TextUnit] = []
+    for number, sections in enumerate(pdf_sections(pages), start=1):
+        if any(s.text.strip() or s.title for s in sections):
+            units.append(TextUnit(unit_text(sections), unit=number, sections=tuple(sections)))
+    empty_pages = len(pages) - len(units)
     if not units:
         raise _fail(path, "no extractable text (a scanned PDF? run OCR on it first)")
     warnings = [f"{path.name}: {empty_pages} page(s) without text were skipped"] if empty_pages else []
@@ -155,7 +143,19 @@ def _pdf(path: Path, data: bytes) -> ParsedFile:
 
 def _plain(path: Path, data: bytes) -> ParsedFile:
     text, warning = decode_text(data, path)
-    return ParsedFile([TextUnit(text)], [warning] if warning else [])
+    split = _SECTIONS.get(path.suffix.lower())
+    sections = split(text) if split else []
+    unit = _sectioned(sections) if sections else TextUnit(text)
+    return ParsedFile([unit], [warning] if warning else [])
+
+
+_SECTIONS = {
+    ".md": markdown_sections,
+    ".markdown": markdown_sections,
+    ".rst": rst_sections,
+    ".txt": plain_sections,
+    ".text": plain_sections,
+}
 
 
 def _html(path: Path, data: bytes) -> ParsedFile:
@@ -180,17 +180,33 @@ def _docx(path: Path, data: bytes) -> ParsedFile:
 
     try:
         document = docx.Document(io.BytesIO(data))
-        parts = [p.text for p in document.paragraphs if p.text.strip()]
+        builder = SectionBuilder()
+        for paragraph in document.paragraphs:
+            if not paragraph.text.strip():
+                continue
+            level = _docx_heading_level(paragraph.style.name if paragraph.style is not None else "")
+            if level:
+                builder.heading(level, paragraph.text)
+            else:
+                builder.line(paragraph.text + "\n")
         for table in document.tables:
             for row in table.rows:
                 cells = [cell.text.strip() for cell in row.cells]
                 if any(cells):
-                    parts.append(" | ".join(cells))
+                    builder.line(" | ".join(cells) + "\n")
     except XMLSyntaxError as exc:
         raise _fail(path, f"damaged .docx: its XML is not valid ({exc}); re-save it from a word processor") from exc
     except (zipfile.BadZipFile, OpcError, KeyError, ValueError) as exc:
         raise _fail(path, "not a valid .docx file (corrupt, or an old .doc saved under a new name)") from exc
-    return ParsedFile([TextUnit("\n\n".join(parts))])
+    return ParsedFile([_sectioned(builder.finish())])
+
+
+def _docx_heading_level(style: str) -> int:
+    """1 for Word's "Title" and "Heading 1", N for "Heading N"; 0 for any other style."""
+    if style == "Title":
+        return 1
+    match = re.fullmatch(r"Heading (\d)", style)
+    return int(match.group(1)) if match else 0
 
 
 def _csv(path: Path, data: bytes) -> ParsedFile:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from memgpt.data.chunking import Chunker
+from memgpt.data.sections import strip_label
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import ToolError
 from memgpt.memory.paging import PAGE_SIZE, Page, check_page
@@ -168,11 +169,16 @@ class ArchivalMemory:
 def _describe(hit: SearchHit) -> str:
     passage = hit.passage
     stamp = passage.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    origin = ""
-    if passage.metadata.get("file_name"):
+    meta = passage.metadata
+    origin, text = "", passage.text
+    if meta.get("file_name"):
+        page = meta.get("page")
+        section = str(meta.get("section") or "")
         origin = (
-            f" ({passage.metadata['file_name']}"
-            + (f", page {passage.metadata['page']}" if "page" in passage.metadata else "")
+            f" ({meta['file_name']}"
+            + (f", page {page}" if page is not None else "")
+            + (f", section: {section}" if section else "")
             + ")"
         )
-    return f"[{stamp}]{origin} {passage.text}"
+        text = strip_label(text, section, page)
+    return f"[{stamp}]{origin} {text}"

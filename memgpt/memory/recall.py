@@ -210,10 +210,25 @@ class RecallMemory:
         self.sync_later()
 
     def remove(self, message_ids: list[str]) -> None:
-        """Delete messages for good (the user's /pop and /retry), from SQL and from the index."""
+        """Delete messages for good (the user's /pop and /retry), from SQL and from the index; the message
+        after each one was indexed with its words, so it is indexed again with its new predecessor."""
         with self._writing:
+            successors = self._after(message_ids)
             self.unindex(message_ids)
             self._messages.remove(self.agent_id, message_ids)
+            if successors and self._index is not None:
+                self._messages.mark_indexed(self.agent_id, successors, indexed=False)
+        if successors and self._index is not None:
+            self.sync_later()
+
+    def _after(self, message_ids: list[str]) -> list[str]:
+        """The searchable message right after each of ``message_ids`` that is not itself among them."""
+        if self._index is None or not message_ids:
+            return []
+        gone = set(message_ids)
+        window = self._messages.around(self.agent_id, message_ids, before=0, after=len(gone) + 1)
+        found = {next((m.id for m in after if m.id not in gone), None) for _, _, after in window.values()}
+        return [message_id for message_id in found if message_id is not None]
 
     def unindex(self, message_ids: Sequence[str]) -> None:
         """Take messages out of the index before they are deleted. They are marked unindexed first, so a
@@ -290,11 +305,11 @@ class RecallMemory:
         store = index.store
         wanted = (number + 1) * PAGE_SIZE
         # Enough candidates to fill the pages up to this one however many hits fold into earlier results.
-        depth = max(CANDIDATES, wanted * 3 * (2 if scope.role else 1))
+        depth = max(CANDIDATES, wanted * 3)
         hits = store.search(
             index.query_vector(query), text=keyword_query(query), limit=depth, where=where, with_text=False
         )
-        results = self.with_neighbours([h for h in hits if scope.admits(h)], wanted + 1)
+        results = self.with_neighbours(hits, wanted + 1)
         about = ranking_note(hits, store.supports_hybrid) + scope.describe()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)

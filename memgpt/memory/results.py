@@ -14,7 +14,7 @@ from datetime import UTC, datetime, time
 
 from memgpt.errors import ToolError
 from memgpt.memory.messages import describe
-from memgpt.storage.filters import MATCH_ALL, Filter, between
+from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, meta_eq
 from memgpt.types import Message, Role, SearchHit
 
 _MATCH_CHARS = 1_000  # of the matching message shown
@@ -56,14 +56,12 @@ class Scope:
             raise ToolError(f"role must be 'user' or 'assistant' (or empty for both), not {role!r}")
         return cls(start, end, Role(wanted) if wanted else None)
 
-    def admits(self, hit: SearchHit) -> bool:
-        """Whether a recall hit has this scope's role (its dates are filtered in Milvus)."""
-        return self.role is None or hit.passage.metadata.get("role") == self.role.value
-
     def where(self) -> Filter:
+        """Dates and role as a Milvus filter: applied before ranking, so a page is never cut short."""
+        role = meta_eq("role", self.role.value) if self.role is not None else MATCH_ALL
         if self.start is None and self.end is None:
-            return MATCH_ALL
-        return between("created_at", _millis(self.start), _millis(self.end))
+            return role
+        return all_of(between("created_at", _millis(self.start), _millis(self.end)), role)
 
     def describe(self) -> str:
         parts = []

@@ -15,6 +15,7 @@ predicate (``matches``) before anyone sees them.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -154,6 +155,22 @@ def between(field: str, start: int | None = None, end: int | None = None) -> Fil
     low = start if start is not None else -(2**63)
     high = end if end is not None else 2**63 - 1
     return Filter(expr, expr, lambda e: low <= int(e.get(field, low - 1)) <= high) if expr else MATCH_ALL
+
+
+_METADATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def meta_eq(key: str, value: str) -> Filter:
+    """``metadata[key] == value``: a string stored under ``key`` in the passage's JSON metadata."""
+    if not _METADATA_KEY.fullmatch(key):
+        raise ValueError(f"{key!r} is not a metadata key (letters, digits and _ only)")
+    expr = f'metadata["{key}"] == {quote(value)}'
+
+    def matches(entity: Mapping[str, Any]) -> bool:
+        metadata = entity.get("metadata")
+        return isinstance(metadata, Mapping) and metadata.get(key) == value
+
+    return Filter(expr, expr, matches)
 
 
 def tagged(tags: Iterable[str], *, every: bool = False) -> Filter:

@@ -1,0 +1,203 @@
+"""A PDF's text by page, in sections, from PDFium's text lines and their fonts.
+
+Each line is classed by its font against the document's body text (the size most characters have):
+- a heading: a numbered title ("2.2. Queue Manager") set bold, larger or in capitals, or a short bold
+  line larger than the body ("Abstract", "References");
+- body text, joined into paragraphs that break only after sentence ends (see ``reflow_lines``);
+- an aside: smaller or larger text — footnotes, figure and table text, captions, margin stamps. An
+  aside met inside a body paragraph (a footnote at the foot of a column, a figure between two
+  columns) is held back and written after the paragraph ends, so it no longer cuts the sentence it
+  interrupted in two.
+Running heads (the same line at the top or foot of most pages) after their first appearance, and
+page numbers, are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from memgpt.data.sections import HeadingPath, Section
+
+_SENTENCE_END = re.compile(r"[.!?:;]['\")\]]?$")
+_NUMBERED = re.compile(r"^(\d{1,2}(?:\.\d{1,2}){0,4})\.?\s+\S")
+_NUMBER = re.compile(r"[∼~+\-]?\d[\d.,:/]*[%kKmMxX*]?")
+_BOLD = 600
+_SAMPLE = 12
+_MAX_HEADING_WORDS = 14
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str
+    size: float  # the font size most of its characters have
+    weight: int  # likewise the font weight (400 regular, 700 bold)
+
+
+def reflow_lines(lines: list[str]) -> list[str]:
+    """Join hard-broken lines into paragraphs, breaking only after sentence ends. PDFium marks soft
+    hyphens at line ends as U+0002 or U+FFFE ("revolution\\x02ized"); a hard hyphen at a line end
+    ("state-of-the-") is kept and joined without a space."""
+    paragraphs: list[str] = []
+    current = ""
+    for raw_line in lines:
+        line = raw_line.replace("\x02", "").replace("\ufffe", "").strip()
+        if not line:
+            if current:
+                paragraphs.append(current)
+            current = ""
+            continue
+        current = f"{current}{line}" if current.endswith("-") or not current else f"{current} {line}"
+        if _SENTENCE_END.search(line):
+            paragraphs.append(current)
+            current = ""
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+def reflow_pdf_text(raw: str) -> str:
+    """``reflow_lines`` over a page's raw text."""
+    return "\n".join(reflow_lines(raw.replace("\r\n", "\n").replace("\r", "\n").split("\n")))
+
+
+def page_lines(textpage: Any) -> list[Line]:
+    """The page's text lines with their dominant font size and weight."""
+    import pypdfium2.raw as pdfium_c
+
+    count = textpage.count_chars()
+    text = textpage.get_text_range(0, count) if count else ""
+    if len(text) != count:  # characters and text do not line up: no font information, plain lines
+        return [Line(line, 0.0, 0) for line in text.replace("\r", "").split("\n")]
+    lines: list[Line] = []
+    start = 0
+    for end in [i for i, ch in enumerate(text) if ch == "\n"] + [count]:
+        chars = [i for i in range(start, end) if not text[i].isspace()]
+        chars = chars[:: max(1, len(chars) // _SAMPLE)]  # the fonts of a few characters spread over the line
+        if chars:
+            size = Counter(round(pdfium_c.FPDFText_GetFontSize(textpage.raw, i), 1) for i in chars)
+            weight = Counter(pdfium_c.FPDFText_GetFontWeight(textpage.raw, i) for i in chars)
+            lines.append(Line(text[start:end].strip(), size.most_common(1)[0][0], weight.most_common(1)[0][0]))
+        start = end + 1
+    return lines
+
+
+def _body_size(pages: list[list[Line]]) -> float:
+    sizes: Counter[float] = Counter()
+    for lines in pages:
+        for line in lines:
+            sizes[line.size] += len(line.text)
+    return sizes.most_common(1)[0][0] if sizes else 0.0
+
+
+def _running_heads(pages: list[list[Line]]) -> set[str]:
+    """Lines that open or close at least half the pages (three or more): running heads and feet."""
+    if len(pages) < 3:
+        return set()
+    seen: Counter[str] = Counter()
+    for lines in pages:
+        ends = {re.sub(r"\d+", "#", line.text) for line in (*lines[:2], *lines[-2:])}
+        seen.update(ends)
+    return {text for text, n in seen.items() if n >= max(3, len(pages) // 2)}
+
+
+class _Classifier:
+    def __init__(self, body: float) -> None:
+        self.body = body
+
+    def heading_level(self, line: Line) -> int:
+        """The line's heading level (1 for "2.", 2 for "2.1." or an unnumbered title), 0 if it is none."""
+        words = line.text.split()
+        if not self.body or not 0 < len(words) <= _MAX_HEADING_WORDS or line.text[-1] in ",;":
+            return 0
+        bold, larger = line.weight >= _BOLD, line.size > self.body + 0.5
+        numbered = _NUMBERED.match(line.text)
+        if numbered:
+            title = line.text[numbered.end() - 1 :]
+            capitals = sum(ch.isupper() for ch in title) > 0.6 * sum(ch.isalpha() for ch in title)
+            return numbered.group(1).count(".") + 1 if bold or larger or capitals else 0
+        return 1 if bold and line.size >= self.body + 1.5 else 0
+
+    def is_body(self, line: Line) -> bool:
+        """Body-sized text that is not a table row (mostly numbers: "GPT-4 Turbo 0.857 0.828 0.767")."""
+        words = line.text.split()
+        numbers = sum(1 for word in words if _NUMBER.fullmatch(word))
+        return abs(line.size - self.body) <= 0.6 and not (len(words) >= 3 and numbers >= 0.4 * len(words))
+
+
+class _PageFlow:
+    """Lines to sections: body paragraphs in order, asides after the paragraph they interrupt."""
+
+    def __init__(self, path: HeadingPath, classifier: _Classifier) -> None:
+        self.path = path
+        self.classify = classifier
+        self.sections: list[Section] = []
+        self.title = ""
+        self.paragraphs: list[str] = []
+        self.body: list[str] = []  # lines of the body paragraph being read
+        self.asides: list[str] = []  # aside lines met inside it, held back until it ends
+        self.loose: list[str] = []  # aside lines met between paragraphs, kept in place
+        self.heading_style: tuple[float, int] | None = None
+
+    def add(self, line: Line) -> None:
+        style = (line.size, line.weight)
+        if self.heading_style == style and len(line.text.split()) <= _MAX_HEADING_WORDS // 2 and not self.body:
+            self.title = f"{self.title} {line.text}"  # a heading that wraps onto a second line
+            self.path.retitle(self.title)
+            return
+        level = self.classify.heading_level(line)
+        self.heading_style = style if level else None
+        if level:
+            self._close()
+            self.title = line.text
+            self.path.enter(level, line.text)
+            return
+        if self.classify.is_body(line):
+            self.paragraphs.extend(reflow_lines(self.loose))
+            self.loose = []
+            self.body.append(line.text)
+            if _SENTENCE_END.search(line.text):
+                self._paragraph_end()
+        else:
+            (self.asides if self.body else self.loose).append(line.text)
+
+    def _paragraph_end(self) -> None:
+        self.paragraphs.extend(reflow_lines(self.body))
+        self.paragraphs.extend(reflow_lines(self.asides))
+        self.body, self.asides = [], []
+
+    def _close(self) -> None:
+        self._paragraph_end()
+        self.paragraphs.extend(reflow_lines(self.loose))
+        self.loose = []
+        text = "\n".join(self.paragraphs)
+        if text or self.title:
+            self.sections.append(Section(self.path.path, text, self.title))
+        self.paragraphs, self.title = [], ""
+
+    def finish(self) -> list[Section]:
+        self._close()
+        return self.sections
+
+
+def pdf_sections(pages: list[list[Line]]) -> list[list[Section]]:
+    """Each page's sections; a section running on from the page before keeps its heading."""
+    classifier = _Classifier(_body_size(pages))
+    heads = _running_heads(pages)
+    path = HeadingPath()
+    seen_heads: set[str] = set()
+    result: list[list[Section]] = []
+    for lines in pages:
+        flow = _PageFlow(path, classifier)
+        for index, line in enumerate(lines):
+            shape = re.sub(r"\d+", "#", line.text)
+            if shape in heads and (shape in seen_heads or shape == "#"):
+                continue
+            seen_heads.add(shape)
+            if line.text.isdigit() and index >= len(lines) - 2:
+                continue  # a page number
+            flow.add(line)
+        result.append(flow.finish())
+    return result
