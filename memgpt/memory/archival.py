@@ -19,6 +19,7 @@ from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage import Storage
 from memgpt.storage.agents import PASSAGE, StepEffect
 from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in, not_in
+from memgpt.storage.turns import Fence
 from memgpt.types import Passage, SearchHit, utc_now
 
 
@@ -34,6 +35,7 @@ class ArchivalMemory:
         size = min(250, model.max_input_tokens)
         self._chunker = Chunker(model.count_tokens, size, 25)
         self.last_recorded_step = ""  # the last step this memory recorded passages under
+        self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
     def _where(self) -> Filter:
         """The agent's own passages or those of its attached sources, fully loaded documents only."""
@@ -82,7 +84,7 @@ class ArchivalMemory:
         ]
         if step_id:
             effects = [StepEffect(step_id, PASSAGE, p.id) for p in passages]
-            self._storage.agents.record_effects(self.agent_id, effects)
+            self._storage.agents.record_effects(self.agent_id, effects, fence=self.fence)
             self.last_recorded_step = step_id
         self._store.insert(passages)  # the ids are new: no old row to replace
         return [replace(p, embedding=None) for p in passages]

@@ -28,6 +28,7 @@ from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq, is_in
 from memgpt.storage.fusion import CANDIDATES
+from memgpt.storage.turns import Fence
 from memgpt.types import Message, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class RecallMemory:
         # removed: a pass never marks a message indexed under text it no longer has, nor indexes a removed one.
         self._writing = threading.RLock()
         self._background = Background(self.sync, f"recall indexing of agent {agent_id}") if index else None
+        self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
     @property
     def writing(self) -> threading.RLock:
@@ -163,7 +165,7 @@ class RecallMemory:
 
     def append(self, messages: Sequence[Message]) -> None:
         """Record messages outside a step's commit (the user's message before any LLM call, heartbeats)."""
-        self._messages.append(self.agent_id, [stored(m) for m in messages])
+        self._messages.append(self.agent_id, [stored(m) for m in messages], fence=self.fence)
 
     def replace(self, message: Message) -> None:
         """Record a message's edited content or tool calls; the index picks the new text up at the next sync,

@@ -30,7 +30,7 @@ from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, No
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
-from memgpt.storage.turns import FINISHED, Run, new_owner
+from memgpt.storage.turns import FINISHED, Fence, Run, new_owner
 from memgpt.types import Message, utc_now
 
 if TYPE_CHECKING:
@@ -319,6 +319,7 @@ class TurnRunner:
     # -- running ----------------------------------------------------------------------------------
     def _run(self, turn: Turn, agent: Agent, meter: UsageMeter, request: TurnInput, owner: str) -> None:
         agent.on_commit = turn.add_step
+        agent.fence = Fence(request.agent_id, owner)  # should this process stall past the lease, nothing more is stored
         agent.stop_requested = lambda: turn.cancel.is_set() or self._turns.cancel_requested(request.agent_id, owner)
         error: tuple[str, str] | None = None
         try:
