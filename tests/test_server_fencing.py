@@ -146,3 +146,18 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     assert pair.client(pair.a).agents.messages.create(agent, input="again").messages[-1].content == "A is back"
     said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
     assert any("to B" in text for text in said) and any("to A" in text for text in said)
+
+
+def test_a_passage_inserted_through_one_process_is_found_at_once_through_the_other(pair: Pair) -> None:
+    """No wait between the insert (A) and the search (B): B's search must see what A's insert returned after,
+    though B's Milvus client never saw that write (a Session read sees only its own process's writes)."""
+    a, b = pair.client(pair.a), pair.client(pair.b)
+    agent = pair.agent(pair.a)
+    assert b.agents.passages.search(agent, query="codeword").count == 0  # B has searched: its next reads are cheap
+    missed = []
+    for round_ in range(8):
+        a.agents.passages.create(agent, text=f"Codeword {round_} is aubergine-{round_}.")
+        found = b.agents.passages.search(agent, query=f"codeword {round_}", top_k=20)
+        if f"Codeword {round_} is aubergine-{round_}." not in [hit.content for hit in found.results]:
+            missed.append(round_)
+    assert missed == [], f"B's search missed A's passage of rounds {missed}"

@@ -38,15 +38,27 @@ class ArchivalMemory:
         self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
     def _where(self) -> Filter:
-        """The agent's own passages or those of its attached sources, fully loaded documents only."""
+        """The agent's own passages or those of its attached sources, fully loaded documents only. Reads
+        after it see what other processes wrote of them before (see ``memgpt.storage.marks``)."""
         sources = self._storage.attachments.source_ids(self.agent_id)
+        self._read_after([self.agent_id, *sources])
         mine = eq("agent_id", self.agent_id)
         scope = mine | is_in("source_id", sources) if sources else mine
         hidden = self._storage.metadata.hidden_document_ids(sources)
         return all_of(eq("user_id", self.user_id), eq("kind", "archival"), scope, not_in("document_id", hidden))
 
+    def _read_after(self, scope_ids: list[str]) -> None:
+        if self._store.tracks_writes:
+            self._store.read_after(self._storage.marks.newest(scope_ids))
+
+    def _written(self) -> None:
+        """Leave where the agent's passages now stand, for other processes' searches."""
+        if self._store.tracks_writes:
+            self._storage.marks.record(self.agent_id, self._store.write_mark())
+
     def _own(self) -> Filter:
         """The agent's own passages (what it stored itself), without those of attached sources."""
+        self._read_after([self.agent_id])
         return all_of(eq("user_id", self.user_id), eq("kind", "archival"), eq("agent_id", self.agent_id))
 
     def count(self) -> int:
@@ -87,12 +99,14 @@ class ArchivalMemory:
             self._storage.agents.record_effects(self.agent_id, effects, fence=self.fence)
             self.last_recorded_step = step_id
         self._store.insert(passages)  # the ids are new: no old row to replace
+        self._written()
         return [replace(p, embedding=None) for p in passages]
 
     def remove(self, passage_ids: list[str]) -> None:
         """Delete some of the agent's own passages (what a step that was undone or forgotten wrote)."""
         if passage_ids:
             self._store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", passage_ids)))
+            self._written()
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():
@@ -164,6 +178,7 @@ class ArchivalMemory:
         if self._store.count(where) == 0:
             return False
         self._store.delete(where)
+        self._written()
         return True
 
 
