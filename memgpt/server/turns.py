@@ -267,14 +267,14 @@ class TurnRunner:
         return None
 
     def _not_opened(self, turn: Turn, owner: str, exc: BaseException) -> None:
-        """The agent could not be opened: end the turn (for retries that joined it) and free the agent."""
+        """The agent could not be opened: end the turn for retries that joined it, and forget it, so that a
+        later retry tries again (the failure may pass) rather than get this answer; free the agent."""
         error = ("internal_error", str(exc) if isinstance(exc, MemGPTError) else type(exc).__name__)
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
         try:
-            stored = {"messages": [], "usage": Usage().model_dump(), "error": list(error)}
-            self._turns.finish_run(turn.run_id, "error", json.dumps(stored))
+            self._turns.forget_run(turn.run_id)
         finally:
             self._turns.release(turn.agent_id, owner)
             turn.finish("error", Usage(), error)

@@ -245,6 +245,11 @@ class TurnStore:
                 .values(status=FINISHED, stop_reason=stop_reason, response=response, finished_at=utc_now())
             )
 
+    def forget_run(self, run_id: str) -> None:
+        """Delete a run that never started (its agent could not be opened)."""
+        with self._metadata.session() as s:
+            s.execute(delete(RunRow).where(RunRow.id == run_id))
+
     def run(self, run_id: str) -> Run | None:
         with self._metadata.session() as s:
             row = s.get(RunRow, run_id)
