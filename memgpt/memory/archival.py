@@ -48,13 +48,10 @@ class ArchivalMemory:
         return all_of(eq("user_id", self.user_id), eq("kind", "archival"), scope, not_in("document_id", hidden))
 
     def _read_after(self, scope_ids: list[str]) -> None:
-        if self._store.tracks_writes:
-            self._store.read_after(self._storage.marks.newest(scope_ids))
+        self._storage.marks.catch_up(scope_ids, self._store)
 
     def _written(self) -> None:
-        """Leave where the agent's passages now stand, for other processes' searches."""
-        if self._store.tracks_writes:
-            self._storage.marks.record(self.agent_id, self._store.write_mark())
+        self._storage.marks.written(self.agent_id, self._store)
 
     def _own(self) -> Filter:
         """The agent's own passages (what it stored itself), without those of attached sources."""

@@ -16,6 +16,7 @@ from sqlalchemy import BigInteger, String, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from memgpt.storage.base import PassageStore
 from memgpt.storage.sql import Base, MetadataStore
 
 
@@ -58,3 +59,13 @@ class PassageMarks:
         with self._metadata.session() as s:
             found = s.scalar(select(func.max(PassageMarkRow.mark)).where(PassageMarkRow.scope_id.in_(list(scope_ids))))
             return int(found or 0)
+
+    def written(self, scope_id: str, store: PassageStore) -> None:
+        """After writing ``scope_id``'s passages to ``store``: leave where they stand, for other processes."""
+        if store.tracks_writes:
+            self.record(scope_id, store.write_mark())
+
+    def catch_up(self, scope_ids: Sequence[str], store: PassageStore) -> None:
+        """Before reading ``scope_ids``' passages from ``store``: see what other processes wrote of them."""
+        if store.tracks_writes:
+            store.read_after(self.newest(scope_ids))
