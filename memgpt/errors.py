@@ -38,6 +38,11 @@ class AgentBusyError(ConflictError):
         self.retry_after = retry_after
 
 
+class LeaseLostError(ConflictError):
+    """Another server process took the agent over (this one stalled past its lease): what it was doing for the
+    agent is not stored."""
+
+
 class InputFileError(UserError):
     """One input file cannot be loaded; other files still can."""
 

@@ -66,7 +66,7 @@ def arm(point: str, after: int) -> None:
     elif point == "archival_written":
         _around(MilvusPassageStore, "insert", passed, when=lambda _self, rows: rows[0].kind == "archival")
     elif point == "step_committed":
-        _around(AgentStore, "commit_step", passed, when=lambda _self, _agent, changes: bool(changes.messages))
+        _around(AgentStore, "commit_step", passed, when=lambda _self, _agent, changes, **_: bool(changes.messages))
     elif point == "recall_indexing":
         _around(MilvusPassageStore, "insert", passed, when=lambda _self, rows: rows[0].kind == "recall")
     elif point == "forgetting":

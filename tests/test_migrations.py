@@ -15,6 +15,7 @@ from memgpt.storage import (  # noqa: F401 - register their tables on Base
     agents,
     attachments,
     files,
+    marks,
     mcp_servers,
     messages,
     templates,
@@ -72,7 +73,8 @@ def test_migrations_build_exactly_the_orm_schema(
         assert {i.name for i in table.indexes} <= indexes, table.name
     assert inspector.get_unique_constraints("sources")[0]["column_names"] == ["user_id", "name"]
     assert {t.name for t in Base.metadata.sorted_tables} <= set(inspector.get_table_names())
-    assert len(Base.metadata.sorted_tables) == 15  # step_effects came with 0009, agent_mcp_servers with 0010
+    assert len(Base.metadata.sorted_tables) == 16  # step_effects came with 0009, agent_mcp_servers with 0010,
+    # passage_marks with 0014
 
     # Types, keys, indexes and cascades too: against the same database kind built from the models.
     with another_database(request, metadata_url, tmp_path) as other:

@@ -384,7 +384,7 @@ def test_a_clients_retry_gets_the_turn_it_started_not_a_second_one(
     llm.reply("Only once.")
     body = {"messages": [{"role": "user", "content": "hello"}]}
     url, headers = f"{server.url}/v1/agents/{agent_id}/messages", auth(letta.api_key)
-    first = httpx.post(url, json=body, headers=headers).json()
+    first = httpx.post(url, json=body, headers=headers, timeout=60).json()  # a first turn: seconds under load
     again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}).json()
     assert again == first and len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
 
@@ -399,6 +399,44 @@ def test_a_clients_retry_gets_the_turn_it_started_not_a_second_one(
     llm.reply("Twice.")
     httpx.post(url, json=body, headers=headers)
     assert user_messages(server, agent_id) == ["hello", "slow", "hello"]
+
+
+def test_a_retry_that_arrives_while_the_first_try_opens_the_agent_joins_its_turn(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """The first try holds the lease and is still loading the agent (a slow MCP server, a cold cache) when the
+    client gives up and resends: the resend joins that turn, rather than waiting for the lease and getting 409."""
+    server.timing(busy_wait=0.5, retry_after=1, ping_every=0.3)
+    runner = server.state.turns()
+    opening, go_on = threading.Event(), threading.Event()
+    open_agent = runner._open
+
+    def slow_open(request: Any) -> Any:  # the first try pauses here, holding the lease, until the retry came
+        opening.set()
+        go_on.wait(30)
+        return open_agent(request)
+
+    runner._open = slow_open  # type: ignore[method-assign]
+    llm.reply("Only once.")
+    body = {"messages": [{"role": "user", "content": "hello"}]}
+    url, headers = f"{server.url}/v1/agents/{agent_id}/messages", auth(letta.api_key)
+    answers: dict[str, httpx.Response] = {}
+
+    def send(name: str, extra: dict[str, str]) -> None:
+        answers[name] = httpx.post(url, json=body, headers={**headers, **extra}, timeout=60)
+
+    first = threading.Thread(target=send, args=("first", {}))
+    first.start()
+    assert opening.wait(30)
+    retry = threading.Thread(target=send, args=("retry", {"X-Stainless-Retry-Count": "1"}))
+    retry.start()
+    retry.join(3 * 0.5)  # longer than a send waits for the lease (busy_wait)
+    go_on.set()
+    first.join(30)
+    retry.join(30)
+    assert answers["retry"].status_code == 200, answers["retry"].text
+    assert answers["retry"].json() == answers["first"].json()
+    assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
 
 
 def test_a_client_that_leaves_mid_stream_does_not_break_the_agent(

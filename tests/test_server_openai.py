@@ -172,6 +172,56 @@ def test_errors_have_openais_shape(server: LiveServer) -> None:
     assert raw.status_code == 401 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
+def test_every_error_under_the_endpoint_has_openais_shape(home: Path, llm: ScriptedLLM) -> None:
+    """Also those FastAPI and the server answer before a route runs: an unknown URL, a wrong method, a body over
+    the server's limit (declared or sent in chunks), a body that is not JSON or has the wrong types."""
+    config = use_scripted_llm(home, llm.url)
+    config.server.max_upload_mb = 0.001  # 1,000 bytes
+    server = LiveServer(home, config)
+    try:
+        headers, url = auth(server.key()), f"{server.url}/openai/v1"
+        json_headers = {**headers, "content-type": "application/json"}
+
+        def chunks() -> Iterator[bytes]:
+            yield from [b" " * 500] * 3
+
+        answers = {
+            "unknown url": httpx.get(f"{url}/nope", headers=headers),
+            "wrong method": httpx.delete(f"{url}/models", headers=headers),
+            "too large": httpx.post(f"{url}/chat/completions", content=b" " * 1500, headers=json_headers),
+            "too large, chunked": httpx.post(f"{url}/chat/completions", content=chunks(), headers=json_headers),
+            "not json": httpx.post(f"{url}/chat/completions", content=b"{nope", headers=json_headers),
+            "wrong types": httpx.post(f"{url}/chat/completions", json={"model": 3, "messages": "x"}, headers=headers),
+        }
+        statuses = {name: answer.status_code for name, answer in answers.items()}
+        assert statuses == {
+            "unknown url": 404,
+            "wrong method": 405,
+            "too large": 413,
+            "too large, chunked": 413,
+            "not json": 400,
+            "wrong types": 400,
+        }
+        for name, answer in answers.items():
+            body = answer.json()
+            assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, (name, body)
+            assert body["error"]["type"] == "invalid_request_error", (name, body)
+        assert "GET /openai/v1/nope" in answers["unknown url"].json()["error"]["message"]
+        assert "server.max_upload_mb" in answers["too large"].json()["error"]["message"]
+        assert "not valid JSON" in answers["not json"].json()["error"]["message"]
+        # The rest of the server keeps Letta's shape.
+        assert set(httpx.get(f"{server.url}/v1/nope", headers=headers).json()) == {"detail"}
+        outside = httpx.post(f"{server.url}/v1/agents/", content=b" " * 1500, headers=json_headers)
+        assert outside.status_code == 413 and set(outside.json()) == {"detail"}
+
+        # And the endpoint is documented with the rest of the API.
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        assert {"/openai/v1/models", "/openai/v1/models/{model}", "/openai/v1/chat/completions"} <= set(paths)
+        assert "post" in paths["/openai/v1/chat/completions"] and "/v1/agents/" in paths
+    finally:
+        server.stop()
+
+
 def test_a_busy_agent_is_a_409_conflict(server: LiveServer, llm: ScriptedLLM) -> None:
     agent_id = make_agent(server, "sam")
     llm.reply("Slow answer.", delay=2.0)

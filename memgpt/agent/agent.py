@@ -37,6 +37,7 @@ from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
 from memgpt.storage import Storage
 from memgpt.storage.agents import BLOCK, PASSAGE, StepChanges, StepEffect
+from memgpt.storage.turns import Fence
 from memgpt.tokens import count_message, count_tools
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
@@ -148,6 +149,17 @@ class Agent:
         # to stop before the next step (checked only between steps, never in the middle of one).
         self.on_commit: Callable[[Sequence[Message]], None] | None = None
         self.stop_requested: Callable[[], bool] = _never
+        self._fence: Fence | None = None
+
+    @property
+    def fence(self) -> Fence | None:
+        """The server turn's lease on this agent: every write of the turn checks it in its own transaction, so
+        a process that stalled past its lease while another took the agent over stores nothing more."""
+        return self._fence
+
+    @fence.setter
+    def fence(self, fence: Fence | None) -> None:
+        self._fence = self.recall.fence = self.archival.fence = fence
 
     def _tool_specs(self) -> list[ToolSpec]:
         """The functions' schemas and their token count, built again when the tools changed (``/mcp attach``
@@ -519,6 +531,7 @@ class Agent:
                 effects=effects,
                 token_ratio=(self.llm.model, self._ratio) if self._ratio_learnt else None,
             ),
+            fence=self._fence,
         )
         self._settled = True
         self._ratio_learnt = False
@@ -563,7 +576,7 @@ class Agent:
             return
         summary = summarize(self.llm, self.state.summary, evicted)
         self.storage.agents.commit_step(
-            self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary)
+            self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary), fence=self._fence
         )
         self.state = replace(self.state, summary=summary)
         window.evict(len(evicted))

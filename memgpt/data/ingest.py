@@ -263,6 +263,7 @@ class SourceLoader:
             self._store.upsert([replace(p, embedding=v) for p, v in zip(window, vectors, strict=True)])
             report.seconds["embed"] += embedded - began
             report.seconds["insert"] += time.perf_counter() - embedded
+        self.storage.marks.written(source.id, self._store)  # searches in other processes see them once published
 
         new_ids = [d.id for d in documents]
         metadata.publish(new_ids, [d.id for d in existing if d.id not in set(new_ids)])

@@ -108,6 +108,7 @@ def search_source(storage: Storage, source: Source, model: EmbeddingModel, query
     if not query.strip():
         raise UserError("the search query is empty")
     store = storage.passages(source.space)
+    storage.marks.catch_up([source.id], store)
     return store.search(model.embed(query), text=query, limit=k, where=visible_passages(storage, source))
 
 

@@ -20,6 +20,7 @@ from memgpt.memory.paging import PAGE_SIZE, Page, check_page
 from memgpt.storage import Storage
 from memgpt.storage.agents import PASSAGE, StepEffect
 from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in, not_in
+from memgpt.storage.turns import Fence
 from memgpt.types import Passage, SearchHit, utc_now
 
 
@@ -35,17 +36,27 @@ class ArchivalMemory:
         size = min(250, model.max_input_tokens)
         self._chunker = Chunker(model.count_tokens, size, 25)
         self.last_recorded_step = ""  # the last step this memory recorded passages under
+        self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
     def _where(self) -> Filter:
-        """The agent's own passages or those of its attached sources, fully loaded documents only."""
+        """The agent's own passages or those of its attached sources, fully loaded documents only. Reads
+        after it see what other processes wrote of them before (see ``memgpt.storage.marks``)."""
         sources = self._storage.attachments.source_ids(self.agent_id)
+        self._read_after([self.agent_id, *sources])
         mine = eq("agent_id", self.agent_id)
         scope = mine | is_in("source_id", sources) if sources else mine
         hidden = self._storage.metadata.hidden_document_ids(sources)
         return all_of(eq("user_id", self.user_id), eq("kind", "archival"), scope, not_in("document_id", hidden))
 
+    def _read_after(self, scope_ids: list[str]) -> None:
+        self._storage.marks.catch_up(scope_ids, self._store)
+
+    def _written(self) -> None:
+        self._storage.marks.written(self.agent_id, self._store)
+
     def _own(self) -> Filter:
         """The agent's own passages (what it stored itself), without those of attached sources."""
+        self._read_after([self.agent_id])
         return all_of(eq("user_id", self.user_id), eq("kind", "archival"), eq("agent_id", self.agent_id))
 
     def count(self) -> int:
@@ -83,15 +94,17 @@ class ArchivalMemory:
         ]
         if step_id:
             effects = [StepEffect(step_id, PASSAGE, p.id) for p in passages]
-            self._storage.agents.record_effects(self.agent_id, effects)
+            self._storage.agents.record_effects(self.agent_id, effects, fence=self.fence)
             self.last_recorded_step = step_id
         self._store.insert(passages)  # the ids are new: no old row to replace
+        self._written()
         return [replace(p, embedding=None) for p in passages]
 
     def remove(self, passage_ids: list[str]) -> None:
         """Delete some of the agent's own passages (what a step that was undone or forgotten wrote)."""
         if passage_ids:
             self._store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", passage_ids)))
+            self._written()
 
     def search(self, query: str, page: int | None = 0) -> Page:
         if not query.strip():
@@ -163,6 +176,7 @@ class ArchivalMemory:
         if self._store.count(where) == 0:
             return False
         self._store.delete(where)
+        self._written()
         return True
 
 

@@ -33,6 +33,7 @@ from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq, is_in
 from memgpt.storage.fusion import CANDIDATES
+from memgpt.storage.turns import Fence
 from memgpt.types import Message, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class RecallMemory:
         # Held while a pass writes the index and marks messages indexed, and while messages are edited or
         # removed: a pass never marks a message indexed under text it no longer has, nor indexes a removed one.
         self._writing = _writing_lock(self.key)
+        self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
     @property
     def writing(self) -> threading.RLock:
@@ -195,7 +197,7 @@ class RecallMemory:
 
     def append(self, messages: Sequence[Message]) -> None:
         """Record messages outside a step's commit (the user's message before any LLM call, heartbeats)."""
-        self._messages.append(self.agent_id, [stored(m) for m in messages])
+        self._messages.append(self.agent_id, [stored(m) for m in messages], fence=self.fence)
 
     def replace(self, message: Message) -> None:
         """Record a message's edited content or tool calls; the index picks the new text up at the next sync,

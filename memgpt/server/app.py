@@ -11,8 +11,11 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.routing import BaseRoute
 
 from memgpt import __version__
 from memgpt.config import Config, load_config, memgpt_home
@@ -85,9 +88,27 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.state.memgpt = state
     app.state.file_jobs = jobs
     errors.install(app)
-    app.add_middleware(errors.BodyLimit, limit=int(state.config.server.max_upload_mb * 1_000_000))
+    # The OpenAI endpoint limits bodies itself, to answer in OpenAI's error shape.
+    app.add_middleware(errors.BodyLimit, limit=errors.body_limit(state.config), skip=(openai.PREFIX,))
     for module in (health, admin, agentfile, agents, passages, messages, folders, memory, mcp_servers):
         app.include_router(module.router)
     mcp_memory.mount(app, state)  # /mcp: the memory tools for MCP clients
     app.mount(openai.PREFIX, openai.create_openai_app(state))
+    _document(app, openai.documented_routes())
     return app
+
+
+def _document(app: FastAPI, extra: list[BaseRoute]) -> None:
+    """List ``extra`` routes (those of a mounted app, which FastAPI leaves out) in the app's OpenAPI schema."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*app.routes, *extra],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

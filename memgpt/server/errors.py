@@ -7,12 +7,14 @@ retries 408/409/429/5xx by itself, so answers that another try cannot fix carry 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memgpt.errors import (
@@ -27,6 +29,9 @@ from memgpt.errors import (
     UnsupportedFileTypeError,
     UserError,
 )
+
+if TYPE_CHECKING:
+    from memgpt.config import Config
 
 logger = logging.getLogger(__name__)
 NO_RETRY = {"x-should-retry": "false"}
@@ -92,6 +97,11 @@ def install(app: FastAPI) -> None:
         return error(500, f"internal server error ({type(exc).__name__}); the server log has the details")
 
 
+def body_limit(config: Config) -> int:
+    """The largest request body the server takes, in bytes."""
+    return int(config.server.max_upload_mb * 1_000_000)
+
+
 def _too_large(limit: int) -> StarletteHTTPException:
     return StarletteHTTPException(
         413,
@@ -104,20 +114,33 @@ class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413, whether or not a Content-Length is sent.
 
     A body that grows past the limit while being read raises an HTTPException from ``receive``, which
-    FastAPI passes through its body parsing untouched, so the error handlers above answer it."""
+    FastAPI passes through its body parsing untouched, so the error handlers of the app that reads it
+    answer it. A declared length over the limit is answered at once, by ``respond`` (an error in this
+    module's shape unless told). Paths under ``skip`` are left to a mounted app with its own BodyLimit."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        respond: Callable[[int, str], Response] | None = None,
+        skip: Sequence[str] = (),
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.respond = respond or error
+        self.skip = tuple(skip)
+
+    def _skipped(self, path: str) -> bool:
+        return any(path == prefix or path.startswith(prefix + "/") for prefix in self.skip)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._skipped(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             exc = _too_large(self.limit)
-            await error(exc.status_code, exc.detail)(scope, receive, send)
+            await self.respond(exc.status_code, exc.detail)(scope, receive, send)
             return
         seen = 0
 

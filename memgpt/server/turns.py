@@ -30,7 +30,7 @@ from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, No
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
-from memgpt.storage.turns import FINISHED, Run, new_owner
+from memgpt.storage.turns import FINISHED, Fence, Run, new_owner
 from memgpt.types import Message, utc_now
 
 if TYPE_CHECKING:
@@ -226,26 +226,37 @@ class TurnRunner:
                 return earlier
         run_id = f"run-{uuid.uuid4()}"
         owner = new_owner()
-        self._take_lease(request.agent_id, owner, run_id)
+        earlier = self._take_lease(request.agent_id, owner, run_id, retry=request if request.retry else None)
+        if earlier is not None:
+            return earlier
+        # The turn is findable (run recorded, turn active) before the agent is opened, which can take a while:
+        # a retry that comes meanwhile joins it instead of waiting for the lease.
+        turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
         try:
-            agent, meter = self._open(request)
-            turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
             self._turns.start_run(Run(run_id, request.agent_id, request.digest), keep=RETRY_WINDOW)
         except BaseException:
             self._turns.release(request.agent_id, owner)
             raise
         with self._guard:
             self._active[request.agent_id] = (turn, owner)
+        try:
+            agent, meter = self._open(request)
+        except BaseException as exc:
+            self._not_opened(turn, owner, exc)
+            raise
         # A daemon thread: stopping the server does not wait for an LLM that hangs (a step is stored whole or not).
         threading.Thread(
             target=self._run, args=(turn, agent, meter, request, owner), name=f"turn-{run_id[4:12]}", daemon=True
         ).start()
         return turn
 
-    def _take_lease(self, agent_id: str, owner: str, run_id: str) -> None:
+    def _take_lease(self, agent_id: str, owner: str, run_id: str, retry: TurnInput | None = None) -> Turn | None:
+        """Take the agent's lease (None), or, for a ``retry``, find the turn its first try started meanwhile."""
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
         while not self._turns.acquire(agent_id, owner, run_id, self.timing.lease_ttl):
+            if retry is not None and (earlier := self._earlier(retry)) is not None:
+                return earlier
             if time.monotonic() >= deadline:
                 raise AgentBusyError(
                     "the agent is busy with another message; send again in a moment (one turn at a time per agent)",
@@ -253,6 +264,20 @@ class TurnRunner:
                 )
             time.sleep(pause)
             pause = min(0.25, pause * 2)
+        return None
+
+    def _not_opened(self, turn: Turn, owner: str, exc: BaseException) -> None:
+        """The agent could not be opened: end the turn for retries that joined it, and forget it, so that a
+        later retry tries again (the failure may pass) rather than get this answer; free the agent."""
+        error = ("internal_error", str(exc) if isinstance(exc, MemGPTError) else type(exc).__name__)
+        with self._guard:
+            if self._active.get(turn.agent_id, (None,))[0] is turn:
+                del self._active[turn.agent_id]
+        try:
+            self._turns.forget_run(turn.run_id)
+        finally:
+            self._turns.release(turn.agent_id, owner)
+            turn.finish("error", Usage(), error)
 
     @contextmanager
     def holding(self, agent_id: str) -> Iterator[None]:
@@ -319,6 +344,7 @@ class TurnRunner:
     # -- running ----------------------------------------------------------------------------------
     def _run(self, turn: Turn, agent: Agent, meter: UsageMeter, request: TurnInput, owner: str) -> None:
         agent.on_commit = turn.add_step
+        agent.fence = Fence(request.agent_id, owner)  # should this process stall past the lease, nothing more is stored
         agent.stop_requested = lambda: turn.cancel.is_set() or self._turns.cancel_requested(request.agent_id, owner)
         error: tuple[str, str] | None = None
         try:

@@ -47,9 +47,11 @@ class Storage:
     SQL stores, one per table family: ``metadata`` (sources and documents), ``files`` (a source's files
     and how their loads went), ``agents`` (agents and their blocks), ``messages``, ``attachments``
     (sources linked to agents), ``mcp_servers`` (MCP servers an agent uses), ``templates`` (a user's
-    personas and humans), ``users`` (a server's users and their API keys) and ``turns`` (which agent runs
-    a turn where, and a record of each turn). Passages live in Milvus, connected on first use: listing
-    sources needs only SQL, and opening Milvus Lite costs most of a second and takes its file lock.
+    personas and humans), ``users`` (a server's users and their API keys), ``turns`` (which agent runs
+    a turn where, and a record of each turn) and ``marks`` (where each agent's and source's passages stand
+    in the vector store's history, so other processes' searches see them). Passages live in Milvus,
+    connected on first use: listing sources needs only SQL, and opening Milvus Lite costs most of a second
+    and takes its file lock.
 
     Storage serves every user alike: each call that reads or writes a user's data names the user.
     """
@@ -58,6 +60,7 @@ class Storage:
         from memgpt.storage.agents import AgentStore
         from memgpt.storage.attachments import AttachmentStore
         from memgpt.storage.files import FileStore
+        from memgpt.storage.marks import PassageMarks
         from memgpt.storage.mcp_servers import AgentMCPServerStore
         from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
@@ -74,6 +77,7 @@ class Storage:
         self.templates: TemplateStore = TemplateStore(self.metadata)
         self.users: UserStore = UserStore(self.metadata)
         self.turns: TurnStore = TurnStore(self.metadata)
+        self.marks: PassageMarks = PassageMarks(self.metadata)
         self.milvus_target = milvus_target(config, home)
         self._vectors: MilvusConnection | None = None
         self._opening: OpeningConnection | None = None

@@ -39,6 +39,7 @@ from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
 
@@ -412,9 +413,11 @@ class AgentStore:
             )
             return bool(result.rowcount)
 
-    def commit_step(self, agent_id: str, changes: StepChanges) -> None:
-        """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields."""
+    def commit_step(self, agent_id: str, changes: StepChanges, *, fence: Fence | None = None) -> None:
+        """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields;
+        with a ``fence``, only while that lease still holds the agent (else LeaseLostError, nothing stored)."""
         with self._metadata.session() as s:
+            check_fence(s, fence)
             write_messages(s, agent_id, changes.messages)
             _write_blocks(s, agent_id, changes.blocks)
             if changes.step_id:
@@ -449,10 +452,11 @@ class AgentStore:
             return (row[0], float(row[1])) if row is not None else ("", 1.0)
 
     # -- step effects -----------------------------------------------------------------------------
-    def record_effects(self, agent_id: str, effects: Sequence[StepEffect]) -> None:
+    def record_effects(self, agent_id: str, effects: Sequence[StepEffect], *, fence: Fence | None = None) -> None:
         """Write effects down before making them (a passage before it goes to Milvus), in their own
-        transaction: whatever happens next, they can be found and undone."""
+        transaction: whatever happens next, they can be found and undone. A lost ``fence`` refuses them."""
         with self._metadata.session() as s:
+            check_fence(s, fence)
             _write_effects(s, agent_id, effects, committed=False)
 
     def uncommitted_effects(self, agent_id: str) -> list[StepEffect]:

@@ -21,6 +21,8 @@ class PassageStore(ABC):
     #: Capability flags, so callers never branch on the backend's name.
     supports_hybrid: bool = False
     supports_partition_key: bool = False
+    #: Whether another process's writes may be missed for a moment unless a read names them (``read_after``).
+    tracks_writes: bool = False
 
     @abstractmethod
     def upsert(self, passages: Sequence[Passage]) -> None:
@@ -65,6 +67,15 @@ class PassageStore(ABC):
     @abstractmethod
     def count(self, where: Filter = MATCH_ALL) -> int:
         """How many passages match ``where``."""
+
+    def write_mark(self) -> int:
+        """A point in the store's history at or after every write this process made (0 where every read
+        sees every write already): another process's ``read_after`` of it sees them."""
+        return 0
+
+    def read_after(self, mark: int) -> None:  # noqa: B027 - optional hook, deliberately a no-op by default
+        """Let this process's next searches see every write up to ``mark`` (another process's
+        ``write_mark``), waiting for them where the store has not applied them yet."""
 
     def flush(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op by default
         """Make recent writes fast to search (Milvus Lite seals segments); a no-op by default."""

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import Message, Role, ToolCall
 
 # How far (in sequence numbers) ``neighbours`` looks around a message in its first, shared read.
@@ -117,8 +118,10 @@ class MessageStore:
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
 
-    def append(self, agent_id: str, messages: Sequence[StoredMessage]) -> None:
+    def append(self, agent_id: str, messages: Sequence[StoredMessage], *, fence: Fence | None = None) -> None:
+        """Add messages; with a ``fence``, only while that lease still holds the agent (else LeaseLostError)."""
         with self._metadata.session() as s:
+            check_fence(s, fence)
             write_messages(s, agent_id, messages)
 
     def in_context(self, agent_id: str) -> list[Message]:

@@ -408,6 +408,18 @@ def _0010_agent_mcp_servers(conn: Connection) -> None:
     meta.tables["agent_mcp_servers"].create(conn)
 
 
+def _0014_passage_marks(conn: Connection) -> None:
+    """The vector store's timestamp of each agent's and source's newest passage write (see storage/marks.py)."""
+    meta = MetaData()
+    Table(
+        "passage_marks",
+        meta,
+        Column("scope_id", String(64), primary_key=True),
+        Column("mark", BigInteger, nullable=False),
+    )
+    meta.tables["passage_marks"].create(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -419,6 +431,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0008_files", _0008_files),
     ("0009_agent_steps", _0009_agent_steps),
     ("0010_agent_mcp_servers", _0010_agent_mcp_servers),
+    ("0014_passage_marks", _0014_passage_marks),
 ]
 
 

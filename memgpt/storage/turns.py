@@ -19,8 +19,9 @@ from pathlib import Path
 
 from sqlalchemy import Boolean, Index, String, Text, delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from memgpt.errors import LeaseLostError
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import utc_now
 
@@ -70,6 +71,36 @@ def _run(row: RunRow) -> Run:
     return Run(
         row.id, row.agent_id, row.digest, row.status, row.stop_reason, row.response, row.created_at, row.finished_at
     )
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The lease a turn holds. Its owner names one grant of the lease (a fresh token each time it is taken, and
+    a takeover replaces it), so it is the fencing token: writes that carry it are refused once another owner
+    has the agent."""
+
+    agent_id: str
+    owner: str
+
+
+def check_fence(s: Session, fence: Fence | None) -> None:
+    """First statement of a turn's write transaction: lock the agent's lease row if ``fence`` still holds it,
+    else raise LeaseLostError. The row stays locked until the transaction ends, so a takeover (an UPDATE of
+    that row) waits for this commit and a commit after a takeover sees the new owner: never both.
+    An expired lease nobody took over yet still holds: whoever takes it next reads what this commits."""
+    if fence is None:
+        return
+    held = s.execute(
+        update(LeaseRow)
+        .where(LeaseRow.agent_id == fence.agent_id, LeaseRow.owner == fence.owner)
+        .values(owner=LeaseRow.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
+        .execution_options(synchronize_session=False)
+    )
+    if held.rowcount != 1:
+        raise LeaseLostError(
+            f"agent {fence.agent_id}: another server process took the agent over while this one stalled past its "
+            "lease; this turn's work since then is not stored (send the message again)"
+        )
 
 
 # Owners whose turns run in this process right now: a lease of this pid that is not here was left behind.
@@ -213,6 +244,11 @@ class TurnStore:
                 .where(RunRow.id == run_id)
                 .values(status=FINISHED, stop_reason=stop_reason, response=response, finished_at=utc_now())
             )
+
+    def forget_run(self, run_id: str) -> None:
+        """Delete a run that never started (its agent could not be opened)."""
+        with self._metadata.session() as s:
+            s.execute(delete(RunRow).where(RunRow.id == run_id))
 
     def run(self, run_id: str) -> Run | None:
         with self._metadata.session() as s:

@@ -23,9 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError, UserError
-from memgpt.server.errors import NO_RETRY, status_of
+from memgpt.server.errors import NO_RETRY, BodyLimit, body_limit, status_of
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.state import CurrentUser, ServerState, State
 from memgpt.server.turns import Turn, TurnInput, request_digest
@@ -37,7 +38,8 @@ PREFIX = "/openai/v1"
 TASK_MARK = "### Task:"  # how Open WebUI's background task prompts begin
 MAX_TEXT = 1_000_000  # characters of the message that enters memory
 MAX_STEPS = 10
-router = APIRouter(tags=["openai"])
+ROUTES_HINT = "the endpoint has GET /models, GET /models/{model} and POST /chat/completions"
+router = APIRouter(tags=["OpenAI-compatible (chat UIs)"])
 
 
 class ModelNotFoundError(NotFoundError):
@@ -107,6 +109,7 @@ _KINDS = {
     401: "invalid_request_error",
     403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
@@ -142,14 +145,21 @@ def _install_errors(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
         first = problems[0] if problems else {}
+        if first.get("type") == "json_invalid":
+            reason = (first.get("ctx") or {}).get("error", "")
+            at = first.get("loc", ("body", "?"))[-1]
+            return openai_error(400, f"the request body is not valid JSON ({reason} at position {at})", "invalid_json")
         param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
         message = "; ".join(f"{'.'.join(map(str, p.get('loc', ())[1:])) or 'body'}: {p.get('msg')}" for p in problems)
         return openai_error(400, message or "invalid request", "invalid_request", param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "invalid_api_key" if exc.status_code == 401 else None
-        return openai_error(exc.status_code, str(exc.detail), code, headers=dict(exc.headers or {}))
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):  # the router's own
+            message = f"{message}: {request.method} {request.url.path} ({ROUTES_HINT})"
+        return openai_error(exc.status_code, message, code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -159,14 +169,20 @@ def _install_errors(app: FastAPI) -> None:
 
 def create_openai_app(state: ServerState) -> FastAPI:
     """The endpoint as its own app (mounted at ``PREFIX``), so that its errors take OpenAI's shape."""
-    app = FastAPI(
-        title="memgpt: OpenAI-compatible endpoint",
-        description="Your agents as OpenAI chat models, for chat UIs (Open WebUI). Same API keys as /v1.",
-    )
+    # Its routes are listed in the server's own /docs (see documented_routes), so it has no docs of its own.
+    app = FastAPI(title="memgpt: OpenAI-compatible endpoint", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.memgpt = state
     _install_errors(app)
+    app.add_middleware(BodyLimit, limit=body_limit(state.config), respond=openai_error)
     app.include_router(router)
     return app
+
+
+def documented_routes() -> list[BaseRoute]:
+    """The endpoint's routes under their full paths, for the server's OpenAPI schema (/docs)."""
+    listed = APIRouter()
+    listed.include_router(router, prefix=PREFIX)
+    return list(listed.routes)
 
 
 # -- models --------------------------------------------------------------------------------------------

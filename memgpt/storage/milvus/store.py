@@ -111,6 +111,7 @@ class MilvusPassageStore(PassageStore):
         self._on_upgrade = on_upgrade
         self.supports_hybrid = self._open(capabilities)
         self._caught_up = False  # whether a Strong search has run yet; see MilvusTarget.search_consistency
+        self.tracks_writes = not target.is_lite
         self._has_rows = False  # known to hold a row; see _can_rank_text
 
     def _open(self, capabilities: Capabilities) -> bool:
@@ -173,6 +174,32 @@ class MilvusPassageStore(PassageStore):
         """Seal what was written: Milvus Lite searches growing segments much more slowly."""
         with milvus_errors("flush"):
             self._client.flush(self.collection)
+
+    # -- other processes' writes ----------------------------------------------------------------
+    def _session(self) -> tuple[str, str] | None:
+        """The key pymilvus files this process's write timestamps under (its server address and database):
+        what a Session read waits for. None on Milvus Lite, which is always consistent."""
+        if self._target.is_lite:
+            return None
+        try:  # pymilvus keeps no public handle on it; without one, searches stay Session reads
+            return self._client._get_connection().server_address, self._client._config.db_name
+        except AttributeError:
+            return None
+
+    def write_mark(self) -> int:
+        from pymilvus.client import ts_utils
+
+        session = self._session()
+        return int(ts_utils.get_collection_ts(self.collection, *session) or 0) if session else 0
+
+    def read_after(self, mark: int) -> None:
+        """Move the timestamp this process's Session reads wait for up to ``mark`` (never back): Milvus then
+        answers once it has applied everything written up to ``mark``, at once if it already has."""
+        from pymilvus.client import ts_utils
+
+        session = self._session()
+        if session and mark > 0:
+            ts_utils.update_collection_ts(self.collection, mark, *session)
 
     # -- search -------------------------------------------------------------------------------
     def _read_options(self) -> dict[str, Any]:

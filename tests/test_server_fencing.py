@@ -1,0 +1,163 @@
+"""Two `memgpt server` processes on one PostgreSQL and one Milvus server, with a short lease: what a process
+that stalls past its lease (SIGSTOP: a long GC pause, a frozen VM) may still store once it runs again. The
+other process takes the expired lease over and runs the next turn; the stalled one's writes for that agent
+carry its lease (the fencing token) and are refused, so its late step is never stored after the other's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from letta_client import Letta
+
+from memgpt.config import Config, save_config
+from memgpt.server.state import OWNER_NAME
+from memgpt.storage import Storage
+from tests.milvus_server import TOKEN, milvus_database
+from tests.postgres import PostgresServer
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import ServerProcess, auth, start_servers, use_scripted_llm
+
+HANDLE = "openai-compatible/scripted"
+LEASE = 3.0  # seconds: the shortest lease the config allows; renewed every second while a turn runs
+
+
+@dataclass
+class Pair:
+    home: Path
+    config: Config
+    llm: ScriptedLLM
+    key: str
+    a: ServerProcess
+    b: ServerProcess
+
+    def client(self, server: ServerProcess) -> Letta:
+        return Letta(base_url=server.url, api_key=self.key, max_retries=0, timeout=120)
+
+    def agent(self, server: ServerProcess) -> str:
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        made = self.client(server).agents.create(name=f"sam-{uuid.uuid4().hex[:6]}", memory_blocks=blocks, model=HANDLE)  # type: ignore[arg-type]
+        return made.id
+
+    def history(self, agent_id: str) -> list[tuple[str, str]]:
+        """(role, text) of every stored message of the agent, oldest first, read from the database itself."""
+        with Storage(self.config, self.home) as storage:
+            return [(m.role.value, m.content) for m in storage.messages.last(agent_id, 1000)]
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, milvus_server: str
+) -> Iterator[Pair]:
+    home = tmp_path_factory.mktemp("fencing") / "home"
+    llm = ScriptedLLM()
+    saved = {name: os.environ.get(name) for name in ("MEMGPT_HOME", "TIKTOKEN_CACHE_DIR")}
+    os.environ["MEMGPT_HOME"] = str(home)  # the child processes inherit them
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiktoken"))
+    try:
+        with postgres_server.database() as metadata_url, milvus_database(milvus_server) as database:
+            config = use_scripted_llm(home, llm.url)
+            config.metadata_url = metadata_url
+            config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, database, TOKEN
+            config.server.lease_seconds = LEASE
+            config.server.busy_wait_seconds = 60  # a send waits for the lease to expire rather than answer 409
+            save_config(config, home)
+            with Storage(config, home) as storage:
+                owner = storage.users.ensure(config.user_id, OWNER_NAME)
+                key = storage.users.create_key(owner.id)[1]
+            a, b = start_servers(home, 1, 1)
+            try:
+                yield Pair(home, config, llm, key, a, b)
+            finally:
+                a.stop()
+                b.stop()
+    finally:
+        llm.close()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def llm(pair: Pair) -> Iterator[ScriptedLLM]:
+    pair.llm.script.clear()
+    pair.llm.requests.clear()
+    yield pair.llm
+    pair.llm.script.clear()
+
+
+def reply(text: str) -> dict[str, Any]:
+    return {"tool": "send_message", "args": {"message": text}, "content": "Answer."}
+
+
+def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_agent_over(
+    pair: Pair, llm: ScriptedLLM
+) -> None:
+    agent = pair.agent(pair.a)
+    stopped = threading.Event()
+
+    def stop_a(_: dict[str, Any]) -> dict[str, Any]:
+        # A waits for this answer; it is stopped before it can read it, and its lease renewer with it.
+        os.kill(pair.a.process.pid, signal.SIGSTOP)
+        stopped.set()
+        return reply("late answer from A")
+
+    llm.add(stop_a)
+    answers: dict[str, Any] = {}
+
+    def send_to_a() -> None:
+        url = f"{pair.a.url}/v1/agents/{agent}/messages"
+        answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
+
+    sender = threading.Thread(target=send_to_a)
+    sender.start()
+    try:
+        assert stopped.wait(60), "A's turn never reached the LLM"
+        llm.add(reply("B's answer"))
+        started = time.monotonic()
+        answer = pair.client(pair.b).agents.messages.create(agent, input="to B")  # waits for A's lease to expire
+        assert answer.messages[-1].content == "B's answer"
+        print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
+    finally:
+        os.kill(pair.a.process.pid, signal.SIGCONT)
+    sender.join(60)
+
+    # A read its LLM answer after B's turn: its step was refused, so the agent holds B's turn after A's message.
+    stored = pair.history(agent)
+    assert [role for role, _ in stored] == ["user", "user", "assistant", "tool"], stored
+    assert not any("late answer from A" in text for _, text in stored), stored
+    refused = answers["a"]
+    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+
+    # A works again: its next turn sees everything, B's turn included.
+    llm.add(reply("A is back"))
+    assert pair.client(pair.a).agents.messages.create(agent, input="again").messages[-1].content == "A is back"
+    said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+    assert any("to B" in text for text in said) and any("to A" in text for text in said)
+
+
+def test_a_passage_inserted_through_one_process_is_found_at_once_through_the_other(pair: Pair) -> None:
+    """No wait between the insert (A) and the search (B): B's search must see what A's insert returned after,
+    though B's Milvus client never saw that write (a Session read sees only its own process's writes)."""
+    a, b = pair.client(pair.a), pair.client(pair.b)
+    agent = pair.agent(pair.a)
+    assert b.agents.passages.search(agent, query="codeword").count == 0  # B has searched: its next reads are cheap
+    missed = []
+    for round_ in range(8):
+        a.agents.passages.create(agent, text=f"Codeword {round_} is aubergine-{round_}.")
+        found = b.agents.passages.search(agent, query=f"codeword {round_}", top_k=20)
+        if f"Codeword {round_} is aubergine-{round_}." not in [hit.content for hit in found.results]:
+            missed.append(round_)
+    assert missed == [], f"B's search missed A's passage of rounds {missed}"
