@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # how long a turn is remembered for a client's retry
+CLOSE_WAIT = 15.0  # longest wait for an answered turn's recall indexing (Agent.close gives it 10 s)
+PRUNE_EVERY = 60.0  # seconds between forgetting an agent's runs older than RETRY_WINDOW (not at every turn)
 
 
 @dataclass
@@ -165,6 +167,14 @@ class Turn:
             with self._lock:
                 self._listeners.discard(listener)
 
+    def body(self) -> dict[str, Any]:
+        """``response()`` as JSON, built from the items as stored (already LettaMessage dumps) without
+        validating them again: a turn's answer is its largest object."""
+        with self._lock:
+            items = list(self.items)
+        stop = StopReasonOut(stop_reason=self.stop_reason or "error")  # type: ignore[arg-type]
+        return {"messages": items, "stop_reason": stop.model_dump(mode="json"), "usage": self.usage.model_dump()}
+
     def response(self) -> LettaResponse:
         return LettaResponse.model_validate(
             {
@@ -196,8 +206,12 @@ class TurnRunner:
             busy_wait=settings.busy_wait_seconds,
         )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
+        # Turns answered whose agent still finishes its recall indexing under the lease: lease owner -> agent id.
+        self._closing: dict[str, str] = {}
         self._guard = threading.Lock()
+        self._released = threading.Condition()  # notified when this process gives a lease back
         self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
+        self._pruned: dict[str, float] = {}  # agent id -> when this process last forgot its old runs
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
         self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
@@ -230,9 +244,9 @@ class TurnRunner:
         try:
             agent, meter = self._open(request)
             turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
-            self._turns.start_run(Run(run_id, request.agent_id, request.digest), keep=RETRY_WINDOW)
+            self._turns.start_run(Run(run_id, request.agent_id, request.digest), keep=self._prune(request.agent_id))
         except BaseException:
-            self._turns.release(request.agent_id, owner)
+            self._release(request.agent_id, owner)
             raise
         with self._guard:
             self._active[request.agent_id] = (turn, owner)
@@ -242,7 +256,20 @@ class TurnRunner:
         ).start()
         return turn
 
+    def _prune(self, agent_id: str) -> timedelta | None:
+        """RETRY_WINDOW when the agent's old runs are due to be forgotten, else None."""
+        now = time.monotonic()
+        with self._guard:
+            if now - self._pruned.get(agent_id, -PRUNE_EVERY) < PRUNE_EVERY:
+                return None
+            self._pruned[agent_id] = now
+        return RETRY_WINDOW
+
     def _take_lease(self, agent_id: str, owner: str, run_id: str) -> None:
+        # An answered turn of this process still finishing the agent's recall indexing (bounded by
+        # Agent.close) is no reason to refuse: a client sending its next message at once waits for it.
+        with self._released:
+            self._released.wait_for(lambda: agent_id not in self._closing_agents(), CLOSE_WAIT)
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
         while not self._turns.acquire(agent_id, owner, run_id, self.timing.lease_ttl):
@@ -251,8 +278,13 @@ class TurnRunner:
                     "the agent is busy with another message; send again in a moment (one turn at a time per agent)",
                     self.timing.retry_after,
                 )
-            time.sleep(pause)
+            with self._released:  # woken by a release in this process; another process's is polled for
+                self._released.wait(pause)
             pause = min(0.25, pause * 2)
+
+    def _closing_agents(self) -> set[str]:
+        with self._guard:
+            return set(self._closing.values())
 
     @contextmanager
     def holding(self, agent_id: str) -> Iterator[None]:
@@ -262,7 +294,12 @@ class TurnRunner:
         try:
             yield
         finally:
-            self._turns.release(agent_id, owner)
+            self._release(agent_id, owner)
+
+    def _release(self, agent_id: str, owner: str) -> None:
+        self._turns.release(agent_id, owner)
+        with self._released:
+            self._released.notify_all()
 
     def _open(self, request: TurnInput) -> tuple[Agent, UsageMeter]:
         state = self.state.storage.agents.by_id(request.user_id, request.agent_id)
@@ -340,7 +377,8 @@ class TurnRunner:
             run_ids=[turn.run_id],
         )
         try:
-            stored = {**turn.response().model_dump(mode="json"), "messages": turn.items, "usage": usage.model_dump()}
+            stop = StopReasonOut(stop_reason=reason)  # type: ignore[arg-type]
+            stored = {**turn.body(), "stop_reason": stop.model_dump(mode="json"), "usage": usage.model_dump()}
             if error:
                 stored["error"] = list(error)
             self._turns.finish_run(turn.run_id, reason, json.dumps(stored))
@@ -350,14 +388,19 @@ class TurnRunner:
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
                     del self._active[request.agent_id]
-            # Under the lease: the last step's recall indexing (a background thread) ends before the next
-            # turn may open the agent and index the same messages.
-            agent.close()
+                self._closing[owner] = request.agent_id
+            turn.finish(reason, usage, error)  # the client has its answer now; the run is recorded
+            # Still under the lease: the last step's recall indexing (a background thread) ends before the
+            # next turn may open the agent and index the same messages. A send meanwhile waits for the lease.
             try:
-                self._turns.release(request.agent_id, owner)
-            except MemGPTError as exc:  # it expires on its own
-                logger.error("cannot release the lease of agent %s: %s", request.agent_id, exc)
-            turn.finish(reason, usage, error)
+                agent.close()
+            finally:
+                with self._guard:
+                    del self._closing[owner]
+                try:
+                    self._release(request.agent_id, owner)
+                except MemGPTError as exc:  # it expires on its own
+                    logger.error("cannot release the lease of agent %s: %s", request.agent_id, exc)
 
     def _renew_leases(self) -> None:
         while True:
@@ -366,10 +409,11 @@ class TurnRunner:
             if self._stopping.is_set():
                 return
             with self._guard:
-                held = list(self._active.items())
-            for agent_id, (turn, owner) in held:
+                held = [(agent_id, owner, turn) for agent_id, (turn, owner) in self._active.items()]
+                held += [(agent_id, owner, None) for owner, agent_id in self._closing.items()]
+            for agent_id, owner, turn in held:
                 try:
-                    if not self._turns.renew(agent_id, owner, self.timing.lease_ttl):
+                    if not self._turns.renew(agent_id, owner, self.timing.lease_ttl) and turn is not None:
                         logger.error("agent %s lost the lease of %s; stopping after this step", agent_id, turn.run_id)
                         turn.cancel.set()
                 except MemGPTError as exc:
@@ -383,6 +427,9 @@ class TurnRunner:
         after its current step; returns {run id: "cancelled"}, or {} when nothing runs."""
         running = self._turns.running_run(agent_id)
         if running is None or (run_ids and running not in run_ids):
+            return {}
+        run = self._turns.run(running)
+        if run is not None and run.status == FINISHED:  # answered; its agent only finishes recall indexing
             return {}
         with self._guard:
             active = self._active.get(agent_id)
@@ -401,7 +448,7 @@ class TurnRunner:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._guard:
-                if not self._active:
+                if not self._active and not self._closing:
                     return
             time.sleep(0.05)
 

@@ -188,11 +188,12 @@ class TurnStore:
             return row is not None and row.owner == owner and bool(row.cancel_requested)
 
     # -- runs -------------------------------------------------------------------------------------
-    def start_run(self, run: Run, *, keep: timedelta) -> None:
-        """Record a started turn, forgetting the agent's runs older than ``keep``."""
+    def start_run(self, run: Run, *, keep: timedelta | None = None) -> None:
+        """Record a started turn; with ``keep``, forget the agent's runs older than that."""
         now = utc_now()
         with self._metadata.session() as s:
-            s.execute(delete(RunRow).where(RunRow.agent_id == run.agent_id, RunRow.created_at < now - keep))
+            if keep is not None:
+                s.execute(delete(RunRow).where(RunRow.agent_id == run.agent_id, RunRow.created_at < now - keep))
             s.add(
                 RunRow(
                     id=run.id,
