@@ -297,9 +297,11 @@ class TurnRunner:
             self._release(agent_id, owner)
 
     def _release(self, agent_id: str, owner: str) -> None:
-        self._turns.release(agent_id, owner)
-        with self._released:
-            self._released.notify_all()
+        try:
+            self._turns.release(agent_id, owner)
+        finally:
+            with self._released:
+                self._released.notify_all()
 
     def _open(self, request: TurnInput) -> tuple[Agent, UsageMeter]:
         state = self.state.storage.agents.by_id(request.user_id, request.agent_id)
