@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # how long a turn is remembered for a client's retry
-CLOSE_WAIT = 15.0  # longest wait for an answered turn's recall indexing (Agent.close gives it 10 s)
 PRUNE_EVERY = 60.0  # seconds between forgetting an agent's runs older than RETRY_WINDOW (not at every turn)
 
 
@@ -206,8 +205,6 @@ class TurnRunner:
             busy_wait=settings.busy_wait_seconds,
         )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
-        # Turns answered whose agent still finishes its recall indexing under the lease: lease owner -> agent id.
-        self._closing: dict[str, str] = {}
         self._guard = threading.Lock()
         self._released = threading.Condition()  # notified when this process gives a lease back
         self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
@@ -266,10 +263,6 @@ class TurnRunner:
         return RETRY_WINDOW
 
     def _take_lease(self, agent_id: str, owner: str, run_id: str) -> None:
-        # An answered turn of this process still finishing the agent's recall indexing (bounded by
-        # Agent.close) is no reason to refuse: a client sending its next message at once waits for it.
-        with self._released:
-            self._released.wait_for(lambda: agent_id not in self._closing_agents(), CLOSE_WAIT)
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
         while not self._turns.acquire(agent_id, owner, run_id, self.timing.lease_ttl):
@@ -281,10 +274,6 @@ class TurnRunner:
             with self._released:  # woken by a release in this process; another process's is polled for
                 self._released.wait(pause)
             pause = min(0.25, pause * 2)
-
-    def _closing_agents(self) -> set[str]:
-        with self._guard:
-            return set(self._closing.values())
 
     @contextmanager
     def holding(self, agent_id: str) -> Iterator[None]:
@@ -390,19 +379,14 @@ class TurnRunner:
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
                     del self._active[request.agent_id]
-                self._closing[owner] = request.agent_id
-            turn.finish(reason, usage, error)  # the client has its answer now; the run is recorded
-            # Still under the lease: the last step's recall indexing (a background thread) ends before the
-            # next turn may open the agent and index the same messages. A send meanwhile waits for the lease.
+            # Under the lease: the last step's recall indexing (a background thread) ends before the next
+            # turn may open the agent and index the same messages.
+            agent.close()
             try:
-                agent.close()
-            finally:
-                with self._guard:
-                    del self._closing[owner]
-                try:
-                    self._release(request.agent_id, owner)
-                except MemGPTError as exc:  # it expires on its own
-                    logger.error("cannot release the lease of agent %s: %s", request.agent_id, exc)
+                self._release(request.agent_id, owner)
+            except MemGPTError as exc:  # it expires on its own
+                logger.error("cannot release the lease of agent %s: %s", request.agent_id, exc)
+            turn.finish(reason, usage, error)
 
     def _renew_leases(self) -> None:
         while True:
@@ -411,11 +395,10 @@ class TurnRunner:
             if self._stopping.is_set():
                 return
             with self._guard:
-                held = [(agent_id, owner, turn) for agent_id, (turn, owner) in self._active.items()]
-                held += [(agent_id, owner, None) for owner, agent_id in self._closing.items()]
-            for agent_id, owner, turn in held:
+                held = list(self._active.items())
+            for agent_id, (turn, owner) in held:
                 try:
-                    if not self._turns.renew(agent_id, owner, self.timing.lease_ttl) and turn is not None:
+                    if not self._turns.renew(agent_id, owner, self.timing.lease_ttl):
                         logger.error("agent %s lost the lease of %s; stopping after this step", agent_id, turn.run_id)
                         turn.cancel.set()
                 except MemGPTError as exc:
@@ -429,9 +412,6 @@ class TurnRunner:
         after its current step; returns {run id: "cancelled"}, or {} when nothing runs."""
         running = self._turns.running_run(agent_id)
         if running is None or (run_ids and running not in run_ids):
-            return {}
-        run = self._turns.run(running)
-        if run is not None and run.status == FINISHED:  # answered; its agent only finishes recall indexing
             return {}
         with self._guard:
             active = self._active.get(agent_id)
@@ -450,7 +430,7 @@ class TurnRunner:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._guard:
-                if not self._active and not self._closing:
+                if not self._active:
                     return
             time.sleep(0.05)
 
