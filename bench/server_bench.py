@@ -1,6 +1,7 @@
 """`memgpt server` under N concurrent clients, each with its own agent, on an LLM that answers in a fixed time.
 
     python bench/server_bench.py [--clients 10,50,100] [--turns 5] [--backend default|scale|both] [--header]
+    python bench/server_bench.py --backend scale --workers 2    # several server processes on one database
 
 The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
 "scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
@@ -119,7 +120,7 @@ def _completion() -> dict[str, Any]:
 
 # -- the deployments ----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def deployment(backend: str, home: Path, llm: FixedLLM) -> Iterator[tuple[ServerProcess, str]]:
+def deployment(backend: str, home: Path, llm: FixedLLM, workers: int = 1) -> Iterator[tuple[ServerProcess, str]]:
     """A running `memgpt server` on ``home`` configured for ``backend``; yields it and an API key."""
     config = use_scripted_llm(home, llm.url, timeout=120)
     with contextlib.ExitStack() as stack:
@@ -141,7 +142,7 @@ def deployment(backend: str, home: Path, llm: FixedLLM) -> Iterator[tuple[Server
         with Storage(config, home) as storage:
             owner = storage.users.ensure(config.user_id, OWNER_NAME)
             key = storage.users.create_key(owner.id)[1]
-        server = ServerProcess(home)
+        server = ServerProcess(home, workers=workers)
         stack.callback(server.stop)
         server.wait_ready()
         yield server, key
@@ -244,17 +245,25 @@ def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time the server process has used (user + system): what a turn costs whatever else runs here."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time the server has used (user + system), its worker processes included (``--workers``): what a
+    turn costs whatever else runs here."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # the server, or a worker it started
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
-def run(backend: str, clients: int, turns: int, llm_ms: int) -> str:
+def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1) -> str:
     llm = FixedLLM(llm_ms / 1000)
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-server-") as scratch,
-            deployment(backend, Path(scratch) / "home", llm) as (server, key),
+            deployment(backend, Path(scratch) / "home", llm, workers) as (server, key),
         ):
             agents = _make_agents(server.url, key, clients)
             asyncio.run(_load(server.url, key, agents, 1, "warm-up"))  # each agent's first turn, not measured
@@ -267,6 +276,7 @@ def run(backend: str, clients: int, turns: int, llm_ms: int) -> str:
         llm.close()
     llm_s = llm_ms / 1000 * calls
     label = "Milvus Lite + SQLite" if backend == "default" else "Milvus server + PostgreSQL"
+    label += f", {workers} workers" if workers > 1 else ""
     return (
         f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
         f"{_ms(results.turns, 0.5, llm_s)} | {_ms(results.turns, 0.95, llm_s)} | {len(results.errors)} | {lost} | "
@@ -283,8 +293,11 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5, help="messages each client sends, one after another")
     parser.add_argument("--backend", choices=["default", "scale", "both"], default="both")
     parser.add_argument("--llm-ms", type=int, default=200, help="how long the LLM takes to answer")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (more than 1: --backend scale)")
     parser.add_argument("--header", action="store_true", help="print the table's header first")
     args = parser.parse_args()
+    if args.workers > 1 and args.backend != "scale":
+        parser.error("--workers above 1 needs --backend scale (Milvus Lite lets one process open its file)")
     if args.header:
         print(f"### memgpt server: N clients, each its own agent, LLM answering in {args.llm_ms} ms")
         print()
@@ -296,7 +309,7 @@ def main() -> None:
     backends = ["default", "scale"] if args.backend == "both" else [args.backend]
     for backend in backends:
         for clients in (int(n) for n in args.clients.split(",")):
-            print(run(backend, clients, args.turns, args.llm_ms), flush=True)
+            print(run(backend, clients, args.turns, args.llm_ms, args.workers), flush=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # how long a turn is remembered for a client's retry
+PRUNE_EVERY = 60.0  # seconds between forgetting an agent's runs older than RETRY_WINDOW (not at every turn)
 
 
 @dataclass
@@ -165,6 +166,14 @@ class Turn:
             with self._lock:
                 self._listeners.discard(listener)
 
+    def body(self) -> dict[str, Any]:
+        """``response()`` as JSON, built from the items as stored (already LettaMessage dumps) without
+        validating them again: a turn's answer is its largest object."""
+        with self._lock:
+            items = list(self.items)
+        stop = StopReasonOut(stop_reason=self.stop_reason or "error")  # type: ignore[arg-type]
+        return {"messages": items, "stop_reason": stop.model_dump(mode="json"), "usage": self.usage.model_dump()}
+
     def response(self) -> LettaResponse:
         return LettaResponse.model_validate(
             {
@@ -197,7 +206,9 @@ class TurnRunner:
         )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
         self._guard = threading.Lock()
+        self._released = threading.Condition()  # notified when this process gives a lease back
         self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
+        self._pruned: dict[str, float] = {}  # agent id -> when this process last forgot its old runs
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
         self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
@@ -233,9 +244,9 @@ class TurnRunner:
         # a retry that comes meanwhile joins it instead of waiting for the lease.
         turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
         try:
-            self._turns.start_run(Run(run_id, request.agent_id, request.digest), keep=RETRY_WINDOW)
+            self._turns.start_run(Run(run_id, request.agent_id, request.digest), keep=self._prune(request.agent_id))
         except BaseException:
-            self._turns.release(request.agent_id, owner)
+            self._release(request.agent_id, owner)
             raise
         with self._guard:
             self._active[request.agent_id] = (turn, owner)
@@ -250,6 +261,15 @@ class TurnRunner:
         ).start()
         return turn
 
+    def _prune(self, agent_id: str) -> timedelta | None:
+        """RETRY_WINDOW when the agent's old runs are due to be forgotten, else None."""
+        now = time.monotonic()
+        with self._guard:
+            if now - self._pruned.get(agent_id, -PRUNE_EVERY) < PRUNE_EVERY:
+                return None
+            self._pruned[agent_id] = now
+        return RETRY_WINDOW
+
     def _take_lease(self, agent_id: str, owner: str, run_id: str, retry: TurnInput | None = None) -> Turn | None:
         """Take the agent's lease (None), or, for a ``retry``, find the turn its first try started meanwhile."""
         deadline = time.monotonic() + self.timing.busy_wait
@@ -262,7 +282,8 @@ class TurnRunner:
                     "the agent is busy with another message; send again in a moment (one turn at a time per agent)",
                     self.timing.retry_after,
                 )
-            time.sleep(pause)
+            with self._released:  # woken by a release in this process; another process's is polled for
+                self._released.wait(pause)
             pause = min(0.25, pause * 2)
         return None
 
@@ -276,7 +297,7 @@ class TurnRunner:
         try:
             self._turns.forget_run(turn.run_id)
         finally:
-            self._turns.release(turn.agent_id, owner)
+            self._release(turn.agent_id, owner)
             turn.finish("error", Usage(), error)
 
     @contextmanager
@@ -287,7 +308,14 @@ class TurnRunner:
         try:
             yield
         finally:
+            self._release(agent_id, owner)
+
+    def _release(self, agent_id: str, owner: str) -> None:
+        try:
             self._turns.release(agent_id, owner)
+        finally:
+            with self._released:
+                self._released.notify_all()
 
     def _open(self, request: TurnInput) -> tuple[Agent, UsageMeter]:
         state = self.state.storage.agents.by_id(request.user_id, request.agent_id)
@@ -366,7 +394,8 @@ class TurnRunner:
             run_ids=[turn.run_id],
         )
         try:
-            stored = {**turn.response().model_dump(mode="json"), "messages": turn.items, "usage": usage.model_dump()}
+            stop = StopReasonOut(stop_reason=reason)  # type: ignore[arg-type]
+            stored = {**turn.body(), "stop_reason": stop.model_dump(mode="json"), "usage": usage.model_dump()}
             if error:
                 stored["error"] = list(error)
             self._turns.finish_run(turn.run_id, reason, json.dumps(stored))
@@ -380,7 +409,7 @@ class TurnRunner:
             # turn may open the agent and index the same messages.
             agent.close()
             try:
-                self._turns.release(request.agent_id, owner)
+                self._release(request.agent_id, owner)
             except MemGPTError as exc:  # it expires on its own
                 logger.error("cannot release the lease of agent %s: %s", request.agent_id, exc)
             turn.finish(reason, usage, error)

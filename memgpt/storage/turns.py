@@ -16,12 +16,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Boolean, Index, String, Text, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.errors import LeaseLostError
+from memgpt.errors import LeaseLostError, StorageError
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import utc_now
 
@@ -103,6 +105,8 @@ def check_fence(s: Session, fence: Fence | None) -> None:
         )
 
 
+_inserts: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # with on_conflict_do_nothing
+
 # Owners whose turns run in this process right now: a lease of this pid that is not here was left behind.
 _held: set[str] = set()
 _held_guard = threading.Lock()
@@ -152,16 +156,37 @@ class TurnStore:
         now = utc_now()
         expires = now + timedelta(seconds=ttl)
         fresh = {"owner": owner, "run_id": run_id, "expires_at": expires, "cancel_requested": False}
+        # Usually nobody holds it (a lease is deleted at its end): one INSERT that does nothing on a
+        # conflict takes it, without a failed statement in the database's log while another turn runs.
+        insert = _inserts.get(self._metadata.engine.dialect.name)
+        if insert is not None:
+            with self._metadata.session() as s:
+                added = s.execute(insert(LeaseRow).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
+                taken = added.rowcount == 1
+        else:
+            taken = self._insert(agent_id, fresh)
+        taken = taken or self._take_over(agent_id, fresh, now)
+        if taken:
+            with _held_guard:
+                _held.add(owner)
+        return taken
+
+    def _insert(self, agent_id: str, fresh: dict[str, object]) -> bool:
+        try:
+            with self._metadata.session() as s:
+                s.add(LeaseRow(agent_id=agent_id, **fresh))
+            return True
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                return False
+            raise
+
+    def _take_over(self, agent_id: str, fresh: dict[str, object], now: datetime) -> bool:
+        """Claim a lease row that exists: only when it is stale, and only the stale owner read here."""
         with self._metadata.session() as s:
             current = s.get(LeaseRow, agent_id)
-            if current is None:
-                s.add(LeaseRow(agent_id=agent_id, **fresh))
-                try:
-                    s.flush()
-                    taken = True
-                except IntegrityError:  # another process inserted it first
-                    s.rollback()
-                    taken = False
+            if current is None:  # released meanwhile: the next try inserts it
+                taken = False
             elif is_stale(current.owner, current.expires_at, now):
                 claimed = s.execute(
                     update(LeaseRow)
@@ -172,9 +197,6 @@ class TurnStore:
                 taken = claimed.rowcount == 1
             else:
                 taken = False
-        if taken:
-            with _held_guard:
-                _held.add(owner)
         return taken
 
     def renew(self, agent_id: str, owner: str, ttl: float) -> bool:
@@ -219,11 +241,12 @@ class TurnStore:
             return row is not None and row.owner == owner and bool(row.cancel_requested)
 
     # -- runs -------------------------------------------------------------------------------------
-    def start_run(self, run: Run, *, keep: timedelta) -> None:
-        """Record a started turn, forgetting the agent's runs older than ``keep``."""
+    def start_run(self, run: Run, *, keep: timedelta | None = None) -> None:
+        """Record a started turn; with ``keep``, forget the agent's runs older than that."""
         now = utc_now()
         with self._metadata.session() as s:
-            s.execute(delete(RunRow).where(RunRow.agent_id == run.agent_id, RunRow.created_at < now - keep))
+            if keep is not None:
+                s.execute(delete(RunRow).where(RunRow.agent_id == run.agent_id, RunRow.created_at < now - keep))
             s.add(
                 RunRow(
                     id=run.id,

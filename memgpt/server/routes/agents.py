@@ -47,7 +47,11 @@ class _View:
     def __init__(self, state: ServerState, user_id: str, agents: Sequence[AgentState] = ()) -> None:
         self.state = state
         self.catalog: list[Tool] = manager.tool_catalog(state.home / "tools")[0]
-        self.builtin = {t.name for t in builtin_tools()}
+        builtin = {t.name for t in builtin_tools()}
+        # Built once per response: every agent of a list shows the same few functions.
+        self.tools = {
+            t.name: ToolOut.of(t.name, t.description, t.parameters, builtin=t.name in builtin) for t in self.catalog
+        }
         self.sources = {s.id: s for s in state.storage.metadata.list_sources(user_id)}
         ids = [agent.id for agent in agents]  # a list's blocks and attachments: two queries, not two per agent
         self.blocks = state.storage.agents.blocks_of(ids) if ids else {}
@@ -55,10 +59,7 @@ class _View:
 
     def __call__(self, agent: AgentState) -> AgentOut:
         storage, models = self.state.storage, self.state.models()
-        tools = [
-            ToolOut.of(t.name, t.description, t.parameters, builtin=t.name in self.builtin)
-            for t in manager.chosen_tools(agent, self.catalog)
-        ]
+        tools = [self.tools[t.name] for t in manager.chosen_tools(agent, self.catalog)]
         source_ids = self.attached[agent.id] if agent.id in self.attached else storage.attachments.source_ids(agent.id)
         attached = [self.sources[i] for i in source_ids if i in self.sources]
         return AgentOut.of(

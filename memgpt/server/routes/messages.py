@@ -102,10 +102,9 @@ async def send_message(
     if turn.error is not None and not turn.items:
         status = 502 if turn.stop_reason == "llm_api_error" else 500
         return errors.error(status, f"{turn.error[1]} (your message was stored; the agent has not answered it)")
-    response = turn.response()
-    wanted = _wanted(body.include_return_message_types)
-    response.messages = [m for m in response.messages if wanted({"message_type": m.message_type})]
-    return response
+    answer = turn.body()  # a LettaResponse as JSON: not validated once more on the way out
+    answer["messages"] = [item for item in answer["messages"] if _wanted(body.include_return_message_types)(item)]
+    return JSONResponse(answer)
 
 
 @router.post("/stream", response_class=StreamingResponse)
@@ -130,9 +129,9 @@ def _stream(turn: Turn, body: SendRequest, state: ServerState) -> StreamingRespo
                     yield ": keep-alive\n\n"
             elif wanted(item):
                 yield _data(item)
-        final = turn.response()
-        yield _data(final.stop_reason.model_dump())
-        yield _data(final.usage.model_dump())
+        final = turn.body()
+        yield _data(final["stop_reason"])
+        yield _data(final["usage"])
         if turn.error is not None:
             kind, message = turn.error
             detail = {"message_type": "error_message", "error_type": kind, "message": message, "run_id": turn.run_id}
