@@ -22,6 +22,11 @@ DIMENSIONS = 384
 # sentence-transformers embeds at most 256 tokens, [CLS] and [SEP] included.
 MAX_SEQUENCE = 256
 _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
+# Padded tokens per batch when no batch size is configured: a passage of a full chunk (~250 tokens) goes
+# alone, short texts (queries, chat messages) go many at a time. Measured on the seed paper's 82 passages
+# (bench/embed_bench.py, 2 busy cores): one long passage per batch took the fewest CPU seconds, 8 took ~30%
+# more and 32 ~65% more (attention's activations grow with batch x length^2, likely out of cache).
+BATCH_TOKENS = 256
 
 
 @functools.cache
@@ -50,6 +55,9 @@ def _runtime() -> tuple[Any, Any]:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.inter_op_num_threads = 1
+    # ONNX Runtime's idle intra-op threads otherwise spin waiting for work between operators: on a busy
+    # machine that burnt 35–60% more CPU seconds for the same vectors and was no faster (bench/embed_bench.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(
@@ -108,8 +116,28 @@ class LocalMiniLM(EmbeddingModel):
     max_input_tokens = MAX_SEQUENCE - 2
 
     def __init__(self, batch_size: int = 0) -> None:
-        # Small batches are fastest on CPU: attention cost grows with the padded length.
+        """``batch_size`` texts per batch if given; by default batches hold up to :data:`BATCH_TOKENS`
+        padded tokens."""
         self.batch_size = batch_size or 8
+        self.batch_tokens = 0 if batch_size else BATCH_TOKENS
+
+    def batches(self, texts: Sequence[str]) -> list[list[int]]:
+        """Texts in order of their token count, grouped while a batch padded to its longest text stays
+        within ``batch_tokens`` (a text longer than that goes alone)."""
+        if not self.batch_tokens:
+            return super().batches(texts)
+        lengths = [min(self.count_tokens(text) + 2, MAX_SEQUENCE) for text in texts]  # + [CLS] and [SEP]
+        found: list[list[int]] = []
+        batch: list[int] = []
+        for index in sorted(range(len(texts)), key=lengths.__getitem__):
+            # Sorted, so this text is the batch's longest: the batch pads to its length.
+            if batch and (len(batch) + 1) * lengths[index] > self.batch_tokens:
+                found.append(batch)
+                batch = []
+            batch.append(index)
+        if batch:
+            found.append(batch)
+        return found
 
     def embed_batch(self, texts: Sequence[str]) -> list[Vector]:
         import numpy as np
