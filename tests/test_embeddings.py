@@ -101,3 +101,40 @@ def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt_not_a_missing_install() 
     assert "sending SIGINT while importing numpy" in out.stderr
     assert out.stdout.strip() == "KeyboardInterrupt", out.stdout
     assert "Traceback" not in out.stderr  # onnxruntime no longer prints the interrupted import
+
+
+LOAD_EARLY = """
+import sys, threading
+
+seen = []
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if threading.current_thread() is not threading.main_thread():
+            seen.append(f"{threading.current_thread().name}: {name}")
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+from memgpt.embeddings.local import LocalMiniLM
+
+model = LocalMiniLM()
+model.load_early()
+threads = [t.name for t in threading.enumerate()]
+import pymilvus  # what a command imports meanwhile
+vector = model.embed("This is an example sentence")
+print("embedding-load" in threads, sorted(set(seen)))
+print(" ".join(f"{v:.4f}" for v in vector[:5]))
+"""
+
+
+def test_the_model_loaded_early_in_a_thread_is_the_one_used_and_the_thread_imports_nothing() -> None:
+    """`load`, `search` and `run` build the ONNX session in a thread while pymilvus is imported; the
+    imports stay in the main thread (a thread importing meanwhile can hang for good after a Ctrl-C)."""
+    out = subprocess.run([sys.executable, "-c", LOAD_EARLY], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.strip().splitlines()
+    assert first == "True []", out.stdout
+    reference_head = [0.0677, 0.0634, 0.0488, 0.0793, 0.0374]
+    assert [float(v) for v in second.split()] == pytest.approx(reference_head, abs=0.02)

@@ -109,8 +109,9 @@ def load_directory(
     if not paths:
         raise UserError(f"no supported files found in {input_dir}")
     with open_storage() as (storage, config):
-        storage.open_vectors_early()
         model = embedding_model(config)
+        model.load_early()  # first: the model's session is built while pymilvus is imported
+        storage.open_vectors_early()
         with _progress() as progress:
             loader = SourceLoader(
                 storage,
@@ -218,8 +219,10 @@ def search(
 
     with open_storage() as (storage, config):
         found = get_source(storage, config.user_id, source)  # a wrong name fails before Milvus opens
+        model = embedding_model(config)
+        model.load_early()
         storage.open_vectors_early()
-        hits = search_source(storage, found, embedding_model(config), query, k=k)
+        hits = search_source(storage, found, model, query, k=k)
     if as_json:
         rows = [
             {

@@ -37,6 +37,10 @@ class EmbeddingModel(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as this model's tokenizer counts them (no special tokens)."""
 
+    def load_early(self) -> None:  # noqa: B027 - an optional hook: most models have nothing to load
+        """Start loading whatever embedding needs (in the background), for a caller that will embed soon.
+        Call it from the main thread. Nothing to do by default."""
+
     def batches(self, texts: Sequence[str]) -> list[list[int]]:
         """The positions of ``texts`` in the batches :meth:`embed_multi` sends: ``batch_size`` at a time, in
         order of length. Every position appears once."""

