@@ -25,8 +25,8 @@ MAX_SEQUENCE = 256
 _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
 # Padded tokens per batch when no batch size is configured: a passage of a full chunk (~250 tokens) goes
 # alone, short texts (queries, chat messages) go many at a time. Measured on the seed paper's 82 passages
-# (bench/embed_bench.py, 2 busy cores): one long passage per batch took the fewest CPU seconds, 8 took ~30%
-# more and 32 ~65% more (attention's activations grow with batch x length^2, likely out of cache).
+# (bench/embed_bench.py, 2 busy cores): one long passage per batch took the fewest CPU seconds, 8 took ~35%
+# more and 32 ~45% more (attention's activations grow with batch x length^2, likely out of cache).
 BATCH_TOKENS = 256
 
 
@@ -63,7 +63,7 @@ def _create_runtime(onnxruntime: Any, model_package: Any, tokenizer_class: Any) 
     options.intra_op_num_threads = os.cpu_count() or 1
     options.inter_op_num_threads = 1
     # ONNX Runtime's idle intra-op threads otherwise spin waiting for work between operators: on a busy
-    # machine that burnt 35–60% more CPU seconds for the same vectors and was no faster (bench/embed_bench.py).
+    # machine that burnt 40–70% more CPU seconds for the same vectors and was no faster (bench/embed_bench.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
