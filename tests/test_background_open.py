@@ -188,3 +188,42 @@ def test_the_background_open_imports_nothing_in_its_threads(tmp_path: Path) -> N
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
+
+LITE_BEFORE_PYMILVUS = """
+import sys
+from pathlib import Path
+from memgpt.config import Config
+from memgpt.storage import Storage
+from memgpt.storage.milvus import client
+
+started = []
+real_start = client._start_lite_server
+
+
+def watch(db_file):
+    started.append("pymilvus" in sys.modules)
+    return real_start(db_file)
+
+
+client._start_lite_server = watch
+storage = Storage(Config(), Path(sys.argv[1]))
+storage.open_vectors_early()
+storage.vectors.ping()
+storage.close()
+print(started)
+"""
+
+
+def test_milvus_lite_starts_before_pymilvus_is_imported(tmp_path: Path) -> None:
+    """The Lite server process boots on the other core while the main thread imports pymilvus (~0.7 CPU
+    seconds); started after it, the connection waited for both. It is started once."""
+    out = subprocess.run(
+        [sys.executable, "-c", LITE_BEFORE_PYMILVUS, str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[False]", out.stdout

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from memgpt.embeddings.local import LocalMiniLM
+from memgpt.embeddings.local import BATCH_TOKENS, MAX_SEQUENCE, LocalMiniLM, _runtime
 from tests.conftest import REPO
 
 
@@ -29,6 +29,33 @@ def test_batching_and_padding_do_not_change_vectors(model: LocalMiniLM) -> None:
     alone = [model.embed(t) for t in texts]
     for a, b in zip(together, alone, strict=True):
         assert cosine(a, b) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_batches_hold_a_token_budget_and_every_text_once(model: LocalMiniLM) -> None:
+    """By default a batch padded to its longest text holds at most BATCH_TOKENS tokens: long passages go
+    alone, short texts together, each text exactly once."""
+    texts = ["word " * n for n in (300, 3, 120, 0, 7, 250, 60, 1, 100, 5, 30)]
+    batches = model.batches(texts)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(texts)))
+    lengths = [min(model.count_tokens(t) + 2, MAX_SEQUENCE) for t in texts]
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= BATCH_TOKENS
+    assert batches[0][:5] == [3, 7, 1, 9, 4]  # the shortest first, together
+    assert [0] in batches and [5] in batches  # a full-length passage alone
+    assert len(LocalMiniLM(batch_size=4).batches(texts)) == 3  # a configured batch size is a count
+
+
+def test_token_budget_batches_give_the_vectors_fixed_batches_give(model: LocalMiniLM) -> None:
+    texts = [f"passage {n} about memory tiers and paging " * n for n in (1, 2, 5, 9, 20, 40, 3, 1)]
+    budget = model.embed_multi(texts)
+    fixed = LocalMiniLM(batch_size=8).embed_multi(texts)
+    for a, b in zip(budget, fixed, strict=True):
+        assert cosine(a, b) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_onnx_runtime_threads_do_not_spin_while_idle() -> None:
+    session, _ = _runtime()
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_token_counts_are_not_truncated(model: LocalMiniLM) -> None:
@@ -74,3 +101,40 @@ def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt_not_a_missing_install() 
     assert "sending SIGINT while importing numpy" in out.stderr
     assert out.stdout.strip() == "KeyboardInterrupt", out.stdout
     assert "Traceback" not in out.stderr  # onnxruntime no longer prints the interrupted import
+
+
+LOAD_EARLY = """
+import sys, threading
+
+seen = []
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if threading.current_thread() is not threading.main_thread():
+            seen.append(f"{threading.current_thread().name}: {name}")
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+from memgpt.embeddings.local import LocalMiniLM
+
+model = LocalMiniLM()
+model.load_early()
+threads = [t.name for t in threading.enumerate()]
+import pymilvus  # what a command imports meanwhile
+vector = model.embed("This is an example sentence")
+print("embedding-load" in threads, sorted(set(seen)))
+print(" ".join(f"{v:.4f}" for v in vector[:5]))
+"""
+
+
+def test_the_model_loaded_early_in_a_thread_is_the_one_used_and_the_thread_imports_nothing() -> None:
+    """`load`, `search` and `run` build the ONNX session in a thread while pymilvus is imported; the
+    imports stay in the main thread (a thread importing meanwhile can hang for good after a Ctrl-C)."""
+    out = subprocess.run([sys.executable, "-c", LOAD_EARLY], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.strip().splitlines()
+    assert first == "True []", out.stdout
+    reference_head = [0.0677, 0.0634, 0.0488, 0.0793, 0.0374]
+    assert [float(v) for v in second.split()] == pytest.approx(reference_head, abs=0.02)

@@ -128,7 +128,7 @@ def run(
 
     with open_storage() as (storage, config), ExitStack() as stack:
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
-        storage.open_vectors_early()
+        storage.open_vectors_early(embedding_model(config).load_early)  # a turn embeds (recall)
         servers = stack.enter_context(chat_servers(storage, mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model)

@@ -109,8 +109,8 @@ def load_directory(
     if not paths:
         raise UserError(f"no supported files found in {input_dir}")
     with open_storage() as (storage, config):
-        storage.open_vectors_early()
         model = embedding_model(config)
+        storage.open_vectors_early(model.load_early)  # the model's session is built while pymilvus is imported
         with _progress() as progress:
             loader = SourceLoader(
                 storage,
@@ -218,8 +218,9 @@ def search(
 
     with open_storage() as (storage, config):
         found = get_source(storage, config.user_id, source)  # a wrong name fails before Milvus opens
-        storage.open_vectors_early()
-        hits = search_source(storage, found, embedding_model(config), query, k=k)
+        model = embedding_model(config)
+        storage.open_vectors_early(model.load_early)
+        hits = search_source(storage, found, model, query, k=k)
     if as_json:
         rows = [
             {

@@ -37,18 +37,27 @@ class EmbeddingModel(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as this model's tokenizer counts them (no special tokens)."""
 
+    def load_early(self) -> None:  # noqa: B027 - an optional hook: most models have nothing to load
+        """Start loading whatever embedding needs (in the background), for a caller that will embed soon.
+        Call it from the main thread. Nothing to do by default."""
+
+    def batches(self, texts: Sequence[str]) -> list[list[int]]:
+        """The positions of ``texts`` in the batches :meth:`embed_multi` sends: ``batch_size`` at a time, in
+        order of length. Every position appears once."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
     def embed(self, text: str) -> Vector:
         return self.embed_multi([text])[0]
 
     def embed_multi(self, texts: Sequence[str], *, on_progress: Callable[[int], None] | None = None) -> list[Vector]:
         """Embed any number of texts in batches, reporting how many were done after each batch.
 
-        Texts are batched by length so short ones are not padded to the longest in the corpus.
+        Texts are batched by length (see :meth:`batches`) so short ones are not padded to the longest in
+        the corpus.
         """
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[Vector | None] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        for chunk in self.batches(texts):
             batch = self.embed_batch([texts[i] for i in chunk])
             if len(batch) != len(chunk):
                 raise EmbeddingError(f"{self.model_id} returned {len(batch)} vectors for {len(chunk)} texts")

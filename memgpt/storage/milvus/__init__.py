@@ -32,6 +32,7 @@ from memgpt.storage.milvus.client import (
     milvus_errors,
     release,
     reserve,
+    start_lite,
 )
 from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, read_layout
 from memgpt.storage.milvus.store import MilvusPassageStore
@@ -51,9 +52,9 @@ __all__ = [
 class MilvusConnection:
     """One client per process and target; hands out one store per embedding space, safely from any thread."""
 
-    def __init__(self, target: MilvusTarget) -> None:
+    def __init__(self, target: MilvusTarget, starting: threading.Thread | None = None) -> None:
         self.target = target
-        self._client = connect(target)
+        self._client = connect(target, starting)
         self.capabilities = detect(self._client, target)
         self._stores: dict[EmbeddingSpace, MilvusPassageStore] = {}
         self._lock = threading.Lock()  # one store per space: opening one may create or upgrade its collection
@@ -104,14 +105,22 @@ class OpeningConnection:
     raises what opening it raised); :meth:`discard` closes whatever was opened.
     """
 
-    def __init__(self, target: MilvusTarget) -> None:
+    def __init__(self, target: MilvusTarget, meanwhile: Callable[[], None] | None = None) -> None:
         self.target = target
         reserve(target)  # the connection takes its own hold; this one ends with the thread
+        starting: threading.Thread | None = None
         try:
+            # Milvus Lite's server process starts first, so it boots while pymilvus is imported.
+            starting = start_lite(target)
+            if meanwhile is not None:
+                meanwhile()  # see Storage.open_vectors_early
             import_client_modules(target)  # here, not in the thread: see import_client_modules
         except BaseException:
+            if starting is not None:
+                starting.join()  # then releasing the file stops the server it started
             release(target)
             raise
+        self._starting = starting
         self._connection: MilvusConnection | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._open, name="milvus-connect", daemon=True)
@@ -119,7 +128,7 @@ class OpeningConnection:
 
     def _open(self) -> None:
         try:
-            self._connection = MilvusConnection(self.target)
+            self._connection = MilvusConnection(self.target, self._starting)
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
             self._error = exc
         finally:

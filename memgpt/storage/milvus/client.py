@@ -175,9 +175,9 @@ class _DropLiteIteratorNotice(logging.Filter):
         return "failed to get mvccTs" not in record.getMessage()
 
 
-def connect(target: MilvusTarget) -> Any:
-    """A ``MilvusClient`` for ``target``, with failures turned into one actionable message."""
-    os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
+def connect(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
+    """A ``MilvusClient`` for ``target``, with failures turned into one actionable message. ``starting`` is
+    the Milvus Lite start :func:`start_lite` began, if the caller began one."""
     pymilvus_logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropLiteIteratorNotice) for f in pymilvus_logger.filters):
         pymilvus_logger.addFilter(_DropLiteIteratorNotice())
@@ -187,7 +187,7 @@ def connect(target: MilvusTarget) -> Any:
     db_file = Path(target.uri)
     _check_writable(db_file)
     _lite_locks.acquire(db_file)  # before anything slow: a second process is told at once
-    starting = _start_lite_server(db_file)
+    starting = starting or _start_lite_server(db_file)
     try:
         return _client(target, starting)
     except BaseException:
@@ -213,12 +213,26 @@ def import_client_modules(target: MilvusTarget) -> None:
         importlib.import_module(name)
 
 
+def start_lite(target: MilvusTarget) -> threading.Thread | None:
+    """Start the Milvus Lite server process of ``target`` now, in a thread (nothing for a server): for a
+    caller that holds the file (:func:`reserve`) and will import pymilvus next. The process then boots on
+    the other core while pymilvus is imported, instead of after it; pass the thread to :func:`connect`."""
+    if not target.is_lite:
+        return None
+    import importlib
+
+    importlib.import_module("milvus_lite.server_manager")  # in the calling thread: see import_client_modules
+    return _start_lite_server(Path(target.uri))
+
+
 def _start_lite_server(db_file: Path) -> threading.Thread:
     """Start the Milvus Lite server process in a thread: milvus-lite spends half a second after starting
     it just waiting to see that it did not die, while the caller can go on to create its client. The
     client then finds it running; if it failed to start, the client tries again and reports why. The
     modules it needs are imported already (see :func:`import_client_modules`)."""
     from milvus_lite.server_manager import server_manager_instance
+
+    os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
 
     def start() -> None:
         with _sigint_blocked():
