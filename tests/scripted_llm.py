@@ -11,6 +11,7 @@ Script entries:
   {"content": "plain text"}                                        no tool call ("" for an empty reply)
   {"status": 429} / {"status": 500}                                an error answer
   {"delay": 3.0, ...}                                              wait before answering
+  {"until": threading.Event(), ...}                                wait until the test sets the event
   {"hang": True}                                                   never answer (until the server closes)
   {"body": "<html>...", "content_type": "text/html"}               exactly this body, status 200 (or "status")
   {"json": {...}}                                                  exactly this JSON object, status 200
@@ -93,6 +94,8 @@ class ScriptedLLM:
             entry = entry(body)
         if entry.get("delay"):
             time.sleep(entry["delay"])
+        if entry.get("until") is not None:
+            entry["until"].wait(60)
         if entry.get("hang"):
             self._closed.wait()
         if "body" in entry:

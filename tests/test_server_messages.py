@@ -298,7 +298,10 @@ def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:
     server.timing(busy_wait=0.3, retry_after=1, ping_every=0.3)
-    llm.reply("Slow answer.", delay=5.0)
+    # The first turn lasts until the refused sends are done: a fixed delay was outrun under load (the third
+    # send's retries then found the agent free and started a turn the script had no answer for).
+    done_refusing = threading.Event()
+    llm.reply("Slow answer.", until=done_refusing)
     sender = threading.Thread(target=lambda: letta.agents.messages.create(agent_id, input="slow one"))
     sender.start()
     while not llm.requests:
@@ -314,6 +317,7 @@ def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
         retrying.agents.messages.create(agent_id, input="third")
     assert time.monotonic() - start >= 2  # it waited Retry-After and tried again, twice
     assert busy.value.body["detail"]["code"] == "AGENT_BUSY"  # type: ignore[index]
+    done_refusing.set()
     sender.join(30)
     assert user_messages(server, agent_id) == ["slow one"]  # the refused ones were never stored
     llm.reply("Free again.")
@@ -324,7 +328,8 @@ def test_a_turn_longer_than_its_lease_keeps_renewing_it(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:
     server.timing(lease_ttl=1.0, renew_every=0.2, busy_wait=0.2, retry_after=1, ping_every=0.3)
-    llm.reply("Slow answer.", delay=3.0)
+    answered = threading.Event()  # the turn lasts until the late send is refused, however slow the machine
+    llm.reply("Slow answer.", until=answered)
     sender = threading.Thread(target=letta.agents.messages.create, args=(agent_id,), kwargs={"input": "slow"})
     sender.start()
     while not llm.requests:
@@ -333,6 +338,7 @@ def test_a_turn_longer_than_its_lease_keeps_renewing_it(
     late = httpx.post(
         f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "late"}, headers=auth(letta.api_key)
     )
+    answered.set()
     assert late.status_code == 409
     sender.join(30)
     assert user_messages(server, agent_id) == ["slow"]
