@@ -231,7 +231,7 @@ def test_user_tools_from_the_tools_folder(home: Path, llm: ScriptedLLM) -> None:
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first")
-    assert run_cli("run", "--agent", "Sturdy", "--message", "one", home=home).returncode == 0
+    assert cli("run", "--agent", "Sturdy", "--message", "one", home=home).returncode == 0
     llm.add({"delay": 60, "tool": "send_message", "args": {"message": "never delivered"}})
     env = {**os.environ, "MEMGPT_HOME": str(home)}
     proc = subprocess.Popen(
@@ -251,7 +251,7 @@ def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path,
     contents = [m.content for m in stored_messages(home, "Sturdy")]
     assert contents[-1] == "two"  # the user's message survived the kill; no half step was stored
     llm.reply("back again")
-    after = run_cli("run", "--agent", "Sturdy", "--message", "three", home=home)
+    after = cli("run", "--agent", "Sturdy", "--message", "three", home=home)
     assert after.returncode == 0, after.stderr
     assert "🤖 back again" in after.stdout
     last_request = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
@@ -335,19 +335,19 @@ def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
 
 def test_run_message_exits_1_when_the_turn_fails_and_130_when_interrupted(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("fine")
-    assert run_cli("run", "--agent", "Flaky", "--message", "hi", home=home).returncode == 0
+    assert cli("run", "--agent", "Flaky", "--message", "hi", home=home).returncode == 0
     config = load_config(home)
     config.llm.timeout_seconds = 3  # the whole turn's LLM budget, retries included
     save_config(config, home)
 
     llm.add(*[{"status": 503, "message": "overloaded"}] * 10)
-    failed = run_cli("run", "--agent", "Flaky", "--message", "are you there?", home=home)
+    failed = cli("run", "--agent", "Flaky", "--message", "are you there?", home=home)
     assert failed.returncode == 1, failed.stdout
     assert "answered 503: overloaded" in failed.stderr and "your message is saved; /retry" in failed.stderr
     llm.script.clear()
 
     llm.add({"hang": True})
-    hung = run_cli("run", "--agent", "Flaky", "--message", "hello?", home=home)
+    hung = cli("run", "--agent", "Flaky", "--message", "hello?", home=home)
     assert hung.returncode == 1, hung.stdout
     assert "did not answer within" in hung.stderr
 
