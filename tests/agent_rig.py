@@ -11,8 +11,31 @@ from memgpt.agent.manager import create_agent, open_agent
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.llm.openai_compat import OpenAICompatible
 from memgpt.storage import Storage
+from memgpt.types import AgentState
 from tests.conftest import USER
 from tests.scripted_llm import ScriptedLLM
+
+
+def new_agent(
+    storage: Storage,
+    model: LocalMiniLM,
+    name: str,
+    user_id: str = USER,
+    *,
+    persona: str = "sam_pov",
+    context_window: int = 16_000,
+) -> AgentState:
+    """A stored agent for the scripted LLM (``model="scripted"``), embedding with ``model``."""
+    return create_agent(
+        storage,
+        user_id=user_id,
+        name=name,
+        persona=persona,
+        human="basic",
+        model="scripted",
+        context_window=context_window,
+        embedding=model.space,
+    )
 
 
 @dataclass
@@ -31,16 +54,7 @@ class Rig:
         return client
 
     def create(self, name: str = "tester", persona: str = "sam_pov", context_window: int = 16_000) -> Agent:
-        create_agent(
-            self.storage,
-            user_id=self.user_id,
-            name=name,
-            persona=persona,
-            human="basic",
-            model="scripted",
-            context_window=context_window,
-            embedding=self.model.space,
-        )
+        new_agent(self.storage, self.model, name, self.user_id, persona=persona, context_window=context_window)
         return self.open(name, context_window=context_window)
 
     def open(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -39,6 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
     ignores SIGINT; Python then leaves it ignored, so memgpt's Ctrl-C handling would go untested."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    config.addinivalue_line(
+        "markers", "long(seconds): a test that takes about that long on a quiet machine; the longest run first"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +84,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = paired
+    _long_ones_first(items)
+
+
+def _long_ones_first(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` start first, one at the head of each worker's share, the longest first, so that
+    they run beside the short ones instead of being a minute-long tail at the end.
+
+    pytest-xdist's worksteal (scripts/test.sh) gives the first of W workers the first n // W tests, the next
+    (n - that) // (W - 1), and so on; a worker that runs dry takes tests from the END of another's queue. Under
+    another scheduler the long tests still come early."""
+
+    def expected(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return float(marker.args[0]) if marker and marker.args else 0.0
+
+    longest = sorted((item for item in items if expected(item) > 0), key=expected, reverse=True)
+    if not longest:
+        return
+    rest = [item for item in items if expected(item) == 0]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    ordered: list[pytest.Item] = []
+    remaining = len(items)
+    for worker in range(workers):
+        share = remaining // (workers - worker)
+        remaining -= share
+        heads = longest[worker::workers]
+        taken = max(share - len(heads), 0)
+        ordered += heads + rest[:taken]
+        rest = rest[taken:]
+    items[:] = ordered + rest
 
 
 def _opened_on_metadata_backend(request: pytest.FixtureRequest) -> None:
@@ -172,6 +206,73 @@ def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = No
         input=stdin,
         check=False,
     )
+
+
+class _LastResort(logging.StreamHandler):  # type: ignore[type-arg]
+    """``logging.lastResort`` as a process of its own has it (pytest's handlers on the root logger displace it):
+    a warning or worse that no handler on the way from its logger to the root took (memgpt gives the MCP SDK's
+    logger a NullHandler, for one) goes to stderr as its bare message."""
+
+    def __init__(self, stream: object) -> None:
+        super().__init__(stream)  # type: ignore[arg-type]
+        self.setLevel(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.root:
+            if logger.handlers:
+                return
+            logger = logger.parent if logger.propagate else None
+        super().emit(record)
+
+
+def cli(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The `memgpt` command run in this process: the same ``main()`` as the executable, with its own stdin,
+    stdout, stderr, arguments and environment (typer's CliRunner isolation), without a start-up that imports
+    everything again (seconds of CPU each). For tests of what a command does; tests of the process itself
+    (signals, a terminal, a kill, start-up, file modes as another user) use ``run_cli``.
+
+    Its stderr also holds what a process of its own would show there: file descriptors 1 and 2 are captured
+    too (the child processes the command starts, native libraries), and a warning that no logging handler
+    took (``_LastResort``)."""
+    from typer.testing import CliRunner
+
+    from memgpt.cli import main
+
+    env = {"MEMGPT_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+    code: int = 0
+    with (
+        tempfile.TemporaryFile() as native_out,
+        tempfile.TemporaryFile() as native_err,
+        CliRunner().isolation(input=stdin, env=env) as (out, err, _mixed),
+    ):
+        last_resort = _LastResort(sys.stderr)
+        root = logging.getLogger()
+        root.addHandler(last_resort)
+        argv, sys.argv = sys.argv, ["memgpt", *args]
+        saved = os.dup(1), os.dup(2)
+        os.dup2(native_out.fileno(), 1)
+        os.dup2(native_err.fileno(), 2)
+        try:
+            main()
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                sys.stderr.write(exc.code + "\n")
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sys.argv = argv
+            root.removeHandler(last_resort)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        native_out.seek(0)
+        native_err.seek(0)
+        stdout = out.getvalue().decode() + native_out.read().decode(errors="replace")
+        stderr = err.getvalue().decode() + native_err.read().decode(errors="replace")
+    return subprocess.CompletedProcess(["memgpt", *args], code, stdout, stderr)
 
 
 @pytest.fixture

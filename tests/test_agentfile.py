@@ -30,7 +30,7 @@ from memgpt.storage.agents import StepChanges
 from memgpt.storage.filters import eq
 from memgpt.types import FileStatus, Role
 from tests.agent_rig import Rig, replies
-from tests.conftest import DATA, USER, load, run_cli
+from tests.conftest import DATA, USER, cli, load
 from tests.scripted_llm import ScriptedLLM
 
 pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
@@ -311,29 +311,29 @@ def test_an_import_that_fails_midway_leaves_nothing(
 
 def test_export_and_import_commands(home: Path, tmp_path: Path) -> None:
     target = tmp_path / "agent.af"
-    first = run_cli("import", str(AGENT_FILES / "customer_service.af"), home=home)
+    first = cli("import", str(AGENT_FILES / "customer_service.af"), home=home)
     assert first.returncode == 0, first.stderr
     assert "Imported agent 'customer_service'" in first.stdout
     assert "custom tools not installed: terminate_chat, escalate, cancel_order, check_order_status" in first.stderr
-    exported = run_cli("export", "agent", "customer_service", "-o", str(target), home=home)
+    exported = cli("export", "agent", "customer_service", "-o", str(target), home=home)
     assert exported.returncode == 0, exported.stderr
     assert f"Exported agent 'customer_service' to {target}" in exported.stdout
     assert target.stat().st_mode & 0o077 == 0  # the conversation is private
-    again = run_cli("import", str(target), "--json", home=home)
+    again = cli("import", str(target), "--json", home=home)
     assert again.returncode == 0, again.stderr
     (report,) = json.loads(again.stdout)
     assert report["name"] == "customer_service_2" and report["custom_tools_not_installed"] == []
-    clash = run_cli("import", str(target), "--name", "customer_service", "--on-clash", "error", home=home)
+    clash = cli("import", str(target), "--name", "customer_service", "--on-clash", "error", home=home)
     assert clash.returncode == 1
     expected = "error: an agent named 'customer_service' already exists; import it under another name"
     assert clash.stderr.strip() == expected
     corrupt = tmp_path / "corrupt.af"
     corrupt.write_text('{"agents": [', encoding="utf-8")
-    bad = run_cli("import", str(corrupt), home=home)
+    bad = cli("import", str(corrupt), home=home)
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith(f"error: {corrupt}: not an agent file (not JSON")
     assert len(bad.stderr.strip().splitlines()) == 1
-    missing = run_cli("export", "agent", "nobody", home=home)
+    missing = cli("export", "agent", "nobody", home=home)
     assert missing.returncode == 1 and "no agent named 'nobody'" in missing.stderr
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, PAPER, REPO, run_cli
+from tests.conftest import DATA, PAPER, REPO, cli, run_cli
 from tests.test_embeddings import CTRL_C_DURING_IMPORT
 
 
@@ -27,7 +27,7 @@ def test_help_and_version(home: Path) -> None:
 
 def test_configure_with_flags_as_in_the_seed(home: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # so "~" is a temporary folder
-    result = run_cli(
+    result = cli(
         "configure",
         "--archival-storage",
         "milvus",
@@ -75,7 +75,7 @@ def test_configure_refuses_what_cannot_work(home: Path) -> None:
             "check the endpoint, or pass --embedding-dim",
         ),
     ]:
-        result = run_cli("configure", *args, home=home)
+        result = cli("configure", *args, home=home)
         assert result.returncode == 1, args
         assert message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -89,7 +89,7 @@ def test_the_seed_load_list_search_delete(home: Path, tmp_path: Path, monkeypatc
     workdir.mkdir()
     shutil.copy(PAPER, workdir / "memgpt_research_paper.pdf")
     monkeypatch.chdir(workdir)
-    result = run_cli(
+    result = cli(
         "load", "directory", "--name", "memgpt_research_paper", "--input-files=memgpt_research_paper.pdf", home=home
     )
     assert result.returncode == 0, result.stderr
@@ -98,40 +98,40 @@ def test_the_seed_load_list_search_delete(home: Path, tmp_path: Path, monkeypatc
     passages = int(loaded[1])
     assert "Loading files" in result.stderr
 
-    listed = json.loads(run_cli("list", "sources", "--json", home=home).stdout)
+    listed = json.loads(cli("list", "sources", "--json", home=home).stdout)
     assert [(s["name"], s["documents"], s["passages"], s["embedding_model"]) for s in listed] == [
         ("memgpt_research_paper", 13, passages, "all-MiniLM-L6-v2")
     ]
-    table = run_cli("list", "sources", home=home).stdout
+    table = cli("list", "sources", home=home).stdout
     assert "memgpt_research_paper" in table and str(passages) in table
 
     found = json.loads(
-        run_cli("search", "memgpt_research_paper", "deep memory retrieval", "-k", "5", "--json", home=home).stdout
+        cli("search", "memgpt_research_paper", "deep memory retrieval", "-k", "5", "--json", home=home).stdout
     )
     assert len(found) == 5
     assert found[0]["file_name"] == "memgpt_research_paper.pdf" and 1 <= found[0]["page"] <= 13
     assert any("deep memory retrieval" in row["text"].lower() for row in found)
-    shown = run_cli("search", "memgpt_research_paper", "deep memory retrieval", home=home).stdout
+    shown = cli("search", "memgpt_research_paper", "deep memory retrieval", home=home).stdout
     assert "memgpt_research_paper.pdf p." in shown
 
-    again = run_cli(
+    again = cli(
         "load", "directory", "--name", "memgpt_research_paper", "--input-files=memgpt_research_paper.pdf", home=home
     )
     assert again.returncode == 0
     assert "Loaded 0 passages and 0 documents" in again.stdout and "unchanged" in again.stdout
 
-    refused = run_cli("delete", "source", "memgpt_research_paper", home=home)
+    refused = cli("delete", "source", "memgpt_research_paper", home=home)
     assert refused.returncode == 1 and "pass -y" in refused.stderr
-    deleted = run_cli("delete", "source", "memgpt_research_paper", "-y", home=home)
+    deleted = cli("delete", "source", "memgpt_research_paper", "-y", home=home)
     assert deleted.returncode == 0
     assert f"Deleted source 'memgpt_research_paper' and {passages} passages" in deleted.stdout
-    assert json.loads(run_cli("list", "sources", "--json", home=home).stdout) == []
+    assert json.loads(cli("list", "sources", "--json", home=home).stdout) == []
 
 
 def test_load_reports_failures_in_the_exit_code(home: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.pdf"
     bad.write_bytes(b"not a pdf at all")
-    result = run_cli(
+    result = cli(
         "load",
         "directory",
         "--name",
@@ -155,7 +155,7 @@ def test_input_dir_with_extensions(home: Path, tmp_path: Path) -> None:
     shutil.copy(DATA / "test.md", folder / "a.md")
     shutil.copy(DATA / "test.json", folder / "b.json")
     shutil.copy(DATA / "philosophical_question.txt", folder / "nested" / "c.txt")
-    result = run_cli(
+    result = cli(
         "load",
         "directory",
         "--name",
@@ -169,12 +169,12 @@ def test_input_dir_with_extensions(home: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert re.search(r"and 2 documents from dir", result.stdout)
-    missing = run_cli("load", "directory", "--name", "dir", "--input-dir", str(tmp_path / "nope"), home=home)
+    missing = cli("load", "directory", "--name", "dir", "--input-dir", str(tmp_path / "nope"), home=home)
     assert missing.returncode == 1 and "not a directory" in missing.stderr
 
 
 def test_unknown_source_is_one_line(home: Path) -> None:
-    result = run_cli("search", "ghost", "anything", home=home)
+    result = cli("search", "ghost", "anything", home=home)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no source named 'ghost' (sources: none yet); create it with `memgpt load`"
 
@@ -202,10 +202,10 @@ def test_ctrl_c_at_start_up_says_interrupted(home: Path, module: str, command: l
 
 def test_search_where_milvus_holds_nothing_is_quiet(home: Path) -> None:
     """As after a fresh Milvus file: `[]` without Milvus Lite's C++ assertion or pymilvus's traceback."""
-    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    loaded = cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
     assert loaded.returncode == 0, loaded.stderr
     (home / "milvus.db").unlink()
-    result = run_cli("search", "notes", "heading", home=home)
+    result = cli("search", "notes", "heading", home=home)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "No passages in 'notes' match.\n"
     assert result.stderr == ""
@@ -226,9 +226,9 @@ def test_tables_never_cut_the_names_people_type(home: Path) -> None:
     persona = "a_persona_with_quite_a_long_name_indeed"
     huge = "n" * 120  # wider than the terminal: folded over lines, never cut
     for name in (source, huge):
-        loaded = run_cli("load", "directory", "--name", name, f"--input-files={DATA / 'test.md'}", home=home)
+        loaded = cli("load", "directory", "--name", name, f"--input-files={DATA / 'test.md'}", home=home)
         assert loaded.returncode == 0, loaded.stderr
-    assert run_cli("add", "persona", "--name", persona, "--text", "I help.", home=home).returncode == 0
+    assert cli("add", "persona", "--name", persona, "--text", "I help.", home=home).returncode == 0
 
     sources = run_at_width("list", "sources", home=home, columns=80)
     assert "…" not in sources
@@ -314,7 +314,7 @@ def test_bad_files_in_a_folder_cost_only_themselves(home: Path, tmp_path: Path) 
             target.writestr(item, b"<<<junk" if item.filename == "word/document.xml" else source.read(item))
     (folder / "loop.txt").symlink_to(folder / "loop.txt")
     os.mkfifo(folder / "pipe.txt")
-    result = run_cli("load", "directory", "--name", "mixed", f"--input-dir={folder}", home=home, timeout=600)
+    result = cli("load", "directory", "--name", "mixed", f"--input-dir={folder}", home=home)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "Loaded" in result.stdout and "and 2 documents from mixed" in result.stdout  # good.md, big.csv

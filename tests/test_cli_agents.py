@@ -18,7 +18,7 @@ import pytest
 
 from memgpt.config import load_config, save_config
 from memgpt.storage import Storage
-from tests.conftest import DATA, PAPER, run_cli
+from tests.conftest import DATA, PAPER, cli, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
 
@@ -120,11 +120,11 @@ def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tm
 def test_no_llm_configured_is_one_line_before_anything_is_created(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    result = run_cli("run", "--agent", "x", "--message", "hi", home=home)
+    result = cli("run", "--agent", "x", "--message", "hi", home=home)
     assert result.returncode == 1
     assert result.stderr.startswith("error: no LLM configured: set OPENAI_API_KEY")
     assert len(result.stderr.strip().splitlines()) == 1
-    assert json.loads(run_cli("list", "agents", "--json", home=home).stdout) == []
+    assert json.loads(cli("list", "agents", "--json", home=home).stdout) == []
 
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
@@ -148,7 +148,7 @@ def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
             "never sent",
         ]
     )
-    result = run_cli("run", "--agent", "Piper", home=home, stdin=script)
+    result = cli("run", "--agent", "Piper", home=home, stdin=script)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "🤖 first answer" in out and "🤖 second answer" in out and "🤖 retried answer" in out
@@ -164,40 +164,40 @@ def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_agent_commands(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
-    assert run_cli("load", "directory", "--name", "notes", f"--input-files={PAPER}", home=home).returncode == 0
+    assert cli("load", "directory", "--name", "notes", f"--input-files={PAPER}", home=home).returncode == 0
     persona = tmp_path / "pirate.txt"
     persona.write_text("I am a pirate. Arr.")
-    assert run_cli("add", "persona", "--name", "pirate", "--file", str(persona), home=home).returncode == 0
-    assert run_cli("add", "human", "--name", "ann", "--text", "Name: Ann", home=home).returncode == 0
-    personas = json.loads(run_cli("list", "personas", "--json", home=home).stdout)
+    assert cli("add", "persona", "--name", "pirate", "--file", str(persona), home=home).returncode == 0
+    assert cli("add", "human", "--name", "ann", "--text", "Name: Ann", home=home).returncode == 0
+    personas = json.loads(cli("list", "personas", "--json", home=home).stdout)
     assert {"sam_pov", "memgpt_doc", "memgpt_starter", "pirate"} <= set(personas)
-    assert {"basic", "cs_phd", "ann"} <= set(json.loads(run_cli("list", "humans", "--json", home=home).stdout))
+    assert {"basic", "cs_phd", "ann"} <= set(json.loads(cli("list", "humans", "--json", home=home).stdout))
 
     llm.reply("Arr!")
-    made = run_cli("run", "--agent", "Pete", "--persona", "pirate", "--human", "ann", "--message", "hi", home=home)
+    made = cli("run", "--agent", "Pete", "--persona", "pirate", "--human", "ann", "--message", "hi", home=home)
     assert made.returncode == 0, made.stderr
     assert "I am a pirate. Arr." in llm.requests[0]["messages"][0]["content"]
     assert "Name: Ann" in llm.requests[0]["messages"][0]["content"]
 
-    attached = run_cli("attach", "--agent", "Pete", "--data-source", "notes", home=home)
+    attached = cli("attach", "--agent", "Pete", "--data-source", "notes", home=home)
     assert attached.returncode == 0 and "Attached notes (" in attached.stdout
     llm.reply("Arr again!")
-    again = run_cli("run", "--agent", "Pete", "--attach", "notes", "--message", "hi", home=home)
+    again = cli("run", "--agent", "Pete", "--attach", "notes", "--message", "hi", home=home)
     assert "notes was already attached" in again.stdout and "🤖 Arr again!" in again.stdout
-    listed = json.loads(run_cli("list", "agents", "--json", home=home).stdout)
+    listed = json.loads(cli("list", "agents", "--json", home=home).stdout)
     assert [(a["name"], a["persona"], a["human"], a["sources"]) for a in listed] == [("Pete", "pirate", "ann", 1)]
-    assert run_cli("detach", "--agent", "Pete", "--data-source", "notes", home=home).returncode == 0
-    missing = run_cli("detach", "--agent", "Pete", "--data-source", "notes", home=home)
+    assert cli("detach", "--agent", "Pete", "--data-source", "notes", home=home).returncode == 0
+    missing = cli("detach", "--agent", "Pete", "--data-source", "notes", home=home)
     assert missing.returncode == 1 and "is not attached" in missing.stderr
 
-    unknown = run_cli("run", "--agent", "Nope", "--persona", "ghost", "--message", "x", home=home)
+    unknown = cli("run", "--agent", "Nope", "--persona", "ghost", "--message", "x", home=home)
     assert unknown.returncode == 1 and "no persona named 'ghost'" in unknown.stderr
 
-    refused = run_cli("delete", "agent", "Pete", home=home)
+    refused = cli("delete", "agent", "Pete", home=home)
     assert refused.returncode == 1 and "pass -y" in refused.stderr
-    assert run_cli("delete", "agent", "Pete", "-y", home=home).returncode == 0
-    assert json.loads(run_cli("list", "agents", "--json", home=home).stdout) == []
-    assert json.loads(run_cli("list", "sources", "--json", home=home).stdout)[0]["name"] == "notes"
+    assert cli("delete", "agent", "Pete", "-y", home=home).returncode == 0
+    assert json.loads(cli("list", "agents", "--json", home=home).stdout) == []
+    assert json.loads(cli("list", "sources", "--json", home=home).stdout)[0]["name"] == "notes"
 
 
 def test_user_tools_from_the_tools_folder(home: Path, llm: ScriptedLLM) -> None:
@@ -214,7 +214,7 @@ def test_user_tools_from_the_tools_folder(home: Path, llm: ScriptedLLM) -> None:
     llm.add({"tool": "get_weather", "args": {"city": "Oslo", "days": "2", "request_heartbeat": True}})
     llm.add({"tool": "broken", "args": {"x": 1, "request_heartbeat": True}})
     llm.reply("It will be sunny.")
-    result = run_cli("run", "--agent", "Tooly", "--message", "weather in Oslo?", home=home)
+    result = cli("run", "--agent", "Tooly", "--message", "weather in Oslo?", home=home)
     assert result.returncode == 0, result.stderr
     assert "warning: " in result.stdout and "bad.py: cannot import it (SyntaxError" in result.stdout
     schema = next(t for t in llm.requests[0]["tools"] if t["function"]["name"] == "get_weather")["function"]
@@ -231,7 +231,7 @@ def test_user_tools_from_the_tools_folder(home: Path, llm: ScriptedLLM) -> None:
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first")
-    assert run_cli("run", "--agent", "Sturdy", "--message", "one", home=home).returncode == 0
+    assert cli("run", "--agent", "Sturdy", "--message", "one", home=home).returncode == 0
     llm.add({"delay": 60, "tool": "send_message", "args": {"message": "never delivered"}})
     env = {**os.environ, "MEMGPT_HOME": str(home)}
     proc = subprocess.Popen(
@@ -251,7 +251,7 @@ def test_a_kill_mid_step_keeps_the_message_and_the_agent_works_after(home: Path,
     contents = [m.content for m in stored_messages(home, "Sturdy")]
     assert contents[-1] == "two"  # the user's message survived the kill; no half step was stored
     llm.reply("back again")
-    after = run_cli("run", "--agent", "Sturdy", "--message", "three", home=home)
+    after = cli("run", "--agent", "Sturdy", "--message", "three", home=home)
     assert after.returncode == 0, after.stderr
     assert "🤖 back again" in after.stdout
     last_request = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
@@ -292,19 +292,19 @@ def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: Scri
 
 
 def test_names_are_stripped_on_lookup_and_empty_names_refused(home: Path, llm: ScriptedLLM) -> None:
-    loaded = run_cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
+    loaded = cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
     assert loaded.returncode == 0, loaded.stderr
     llm.reply("Hi!")
-    assert run_cli("run", "--agent", "Pete", "--message", "hi", home=home).returncode == 0
+    assert cli("run", "--agent", "Pete", "--message", "hi", home=home).returncode == 0
 
     llm.reply("Hi again!")
-    again = run_cli("run", "--agent", "  Pete  ", "--message", "hi", home=home)
+    again = cli("run", "--agent", "  Pete  ", "--message", "hi", home=home)
     assert again.returncode == 0, again.stderr
     assert "Using existing agent 'Pete'" in again.stdout
-    attached = run_cli("attach", "--agent", " Pete ", "--data-source", "  notes  ", home=home)
+    attached = cli("attach", "--agent", " Pete ", "--data-source", "  notes  ", home=home)
     assert attached.returncode == 0, attached.stderr
     assert "Attached notes (" in attached.stdout and "to agent 'Pete'" in attached.stdout
-    found = run_cli("search", " notes ", "memory", "--json", home=home)
+    found = cli("search", " notes ", "memory", "--json", home=home)
     assert found.returncode == 0 and json.loads(found.stdout)
 
     for args, message in [
@@ -314,17 +314,17 @@ def test_names_are_stripped_on_lookup_and_empty_names_refused(home: Path, llm: S
         (["search", "", "memory"], "error: a source name cannot be empty"),
         (["delete", "source", "  ", "-y"], "error: a source name cannot be empty"),
     ]:
-        refused = run_cli(*args, home=home)
+        refused = cli(*args, home=home)
         assert refused.returncode == 1, args
         assert refused.stderr.strip() == message, refused.stderr
-    assert [a["name"] for a in json.loads(run_cli("list", "agents", "--json", home=home).stdout)] == ["Pete"]
+    assert [a["name"] for a in json.loads(cli("list", "agents", "--json", home=home).stdout)] == ["Pete"]
     assert len(llm.requests) == 2  # the refused runs never reached the LLM
 
 
 def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     from memgpt.cli.chat import COMMANDS
 
-    result = run_cli("run", "--agent", "Helper", home=home, stdin="/help\n/quit\n/help\n")
+    result = cli("run", "--agent", "Helper", home=home, stdin="/help\n/quit\n/help\n")
     assert result.returncode == 0, result.stderr
     shown = [line for line in result.stdout.splitlines() if line.startswith("/")]
     assert [line.split()[0] for line in shown] == [c.name for c in COMMANDS]  # once: /quit ended the chat
@@ -335,19 +335,19 @@ def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
 
 def test_run_message_exits_1_when_the_turn_fails_and_130_when_interrupted(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("fine")
-    assert run_cli("run", "--agent", "Flaky", "--message", "hi", home=home).returncode == 0
+    assert cli("run", "--agent", "Flaky", "--message", "hi", home=home).returncode == 0
     config = load_config(home)
     config.llm.timeout_seconds = 3  # the whole turn's LLM budget, retries included
     save_config(config, home)
 
     llm.add(*[{"status": 503, "message": "overloaded"}] * 10)
-    failed = run_cli("run", "--agent", "Flaky", "--message", "are you there?", home=home)
+    failed = cli("run", "--agent", "Flaky", "--message", "are you there?", home=home)
     assert failed.returncode == 1, failed.stdout
     assert "answered 503: overloaded" in failed.stderr and "your message is saved; /retry" in failed.stderr
     llm.script.clear()
 
     llm.add({"hang": True})
-    hung = run_cli("run", "--agent", "Flaky", "--message", "hello?", home=home)
+    hung = cli("run", "--agent", "Flaky", "--message", "hello?", home=home)
     assert hung.returncode == 1, hung.stdout
     assert "did not answer within" in hung.stderr
 
@@ -379,6 +379,6 @@ def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> N
 
     name = "ResearchAssistantForPapers2024"  # 30 characters beside six other columns
     llm.reply("Hello.")
-    assert run_cli("run", "--agent", name, "--message", "hi", home=home).returncode == 0
+    assert cli("run", "--agent", name, "--message", "hi", home=home).returncode == 0
     table = run_at_width("list", "agents", home=home, columns=80)
     assert "…" not in table and f"│ {name} " in table

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli
 from tests.mcp_helpers import API_KEY, alive_with, fixture_command, http_fixture, time_command, wait_until
 from tests.scripted_llm import ScriptedLLM
 
@@ -33,14 +33,14 @@ def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedLLM]:
 
 
 def ok(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    result = run_cli(*args, home=home)
+    result = cli(*args, home=home)
     assert result.returncode == 0, result.stderr
     return result
 
 
 def refused(*args: str, home: Path) -> str:
     """The one-line error of a command that must fail."""
-    result = run_cli(*args, home=home)
+    result = cli(*args, home=home)
     assert result.returncode == 1, result.stdout
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

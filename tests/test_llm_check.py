@@ -16,7 +16,7 @@ from memgpt.config import LLMSettings
 from memgpt.errors import LLMError
 from memgpt.llm import ResolvedLLM, resolve_llm
 from memgpt.llm.probe import check_llm
-from tests.conftest import run_cli
+from tests.conftest import cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
 
@@ -87,18 +87,18 @@ def test_an_endpoint_that_is_down_or_not_an_llm_api(llm: ScriptedLLM) -> None:
 
 def test_configure_checks_the_llm_and_learns_its_window(llm: ScriptedLLM, home: Path) -> None:
     llm.models = [{"id": "qwen", "max_model_len": 32768}]
-    result = run_cli(
+    result = cli(
         "configure", "--llm-provider", "vllm", "--llm-endpoint", llm.url, "--llm-model", "qwen", home=home
     )
     assert result.returncode == 0, result.stderr
     assert f"LLM check: {llm.url} answered; context window 32768 from max_model_len in /models" in result.stdout
     saved = tomllib.loads((home / "config.toml").read_text())["llm"]
     assert (saved["model"], saved["context_window"], saved["tool_choice"]) == ("qwen", 32768, "")
-    pinned = run_cli("configure", "--llm-model", "qwen", "--llm-context-window", "8000", home=home)
+    pinned = cli("configure", "--llm-model", "qwen", "--llm-context-window", "8000", home=home)
     assert pinned.returncode == 0, pinned.stderr
     assert tomllib.loads((home / "config.toml").read_text())["llm"]["context_window"] == 8000
     llm.models = [{"id": "qwen"}]  # says nothing about its window: not OpenAI's 128k either
-    behind = run_cli(
+    behind = cli(
         "configure", "--llm-provider", "openai", "--llm-endpoint", llm.url, "--llm-model", "qwen", home=home
     )
     assert behind.returncode == 0, behind.stderr
@@ -114,7 +114,7 @@ def test_configure_refuses_an_llm_it_cannot_use(llm: ScriptedLLM, home: Path) ->
         (["--tool-choice", "sometimes"], "--tool-choice must be one of auto, required, auto_then_send_message"),
         (["--function-calling", "xml"], "--function-calling must be native or json, not 'xml'"),
     ]:
-        result = run_cli("configure", "--llm-provider", "vllm", "--llm-endpoint", llm.url, *args, home=home)
+        result = cli("configure", "--llm-provider", "vllm", "--llm-endpoint", llm.url, *args, home=home)
         assert result.returncode == 1, args
         assert result.stderr.startswith(f"error: {message}"), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -124,7 +124,7 @@ def test_configure_refuses_an_llm_it_cannot_use(llm: ScriptedLLM, home: Path) ->
 
 
 def test_no_llm_check_saves_offline_and_the_flags_are_kept(home: Path) -> None:
-    result = run_cli(
+    result = cli(
         "configure",
         "--llm-provider",
         "llamacpp",
@@ -147,7 +147,7 @@ def test_no_llm_check_saves_offline_and_the_flags_are_kept(home: Path) -> None:
         "json",
         "send_message",
     )
-    assert run_cli("configure", "--milvus-uri", str(home / "milvus.db"), home=home).returncode == 0  # no LLM flags
+    assert cli("configure", "--milvus-uri", str(home / "milvus.db"), home=home).returncode == 0  # no LLM flags
 
 
 def test_configure_at_a_terminal_offers_the_servers_window(llm: ScriptedLLM, tmp_path: Path) -> None:

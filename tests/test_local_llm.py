@@ -14,6 +14,8 @@ import json
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from memgpt.config import load_config, save_config
 from tests.conftest import PAPER, run_cli
 from tests.local_llm import LocalLLM, Recorder
@@ -21,6 +23,7 @@ from tests.local_llm import LocalLLM, Recorder
 SEED_QUESTION = "The paper I loaded into your archival memory is called MemGPT. Can you tell me more about it?"
 
 
+@pytest.mark.long(100)  # 35-150 s: llama.cpp reads a 2k-token prompt on two cores
 def test_one_real_turn_reaches_the_user_unescaped(local_llm: LocalLLM, home: Path) -> None:
     recorder = Recorder(local_llm.url)
     try:

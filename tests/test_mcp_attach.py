@@ -16,15 +16,15 @@ from sqlalchemy import text
 
 from memgpt.agent.agentfile import ImportSettings, export_agent, export_text, import_agent_file
 from memgpt.agent.agentfile_format import read_agent_file
-from memgpt.agent.manager import create_agent, delete_agent
+from memgpt.agent.manager import delete_agent
 from memgpt.config import EmbeddingSettings, load_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import NotFoundError, UserError
 from memgpt.mcp.pool import ServerPool, attach_server, attached_servers, detach_server
 from memgpt.mcp.registry import ServerSpec, add_server, remove_server, replace_server
 from memgpt.storage import Storage
-from memgpt.types import AgentState
-from tests.conftest import USER, run_cli
+from tests.agent_rig import new_agent
+from tests.conftest import USER, cli
 from tests.mcp_helpers import alive_with, fixture_command, stdio_spec, time_command, wait_until
 from tests.scripted_llm import ScriptedLLM
 from tests.test_cli_mcp import llm, ok  # noqa: F401 - the fixture, and a command that must succeed
@@ -33,19 +33,6 @@ from tests.test_cli_mcp import llm, ok  # noqa: F401 - the fixture, and a comman
 @pytest.fixture
 def tag() -> str:
     return "mcp-attach-" + uuid.uuid4().hex
-
-
-def new_agent(storage: Storage, model: LocalMiniLM, name: str, user_id: str = USER) -> AgentState:
-    return create_agent(
-        storage,
-        user_id=user_id,
-        name=name,
-        persona="sam_pov",
-        human="basic",
-        model="scripted",
-        context_window=16_000,
-        embedding=model.space,
-    )
 
 
 @pytest.mark.usefixtures("metadata_url")
@@ -117,7 +104,7 @@ def test_attach_and_detach_mid_chat_start_and_stop_the_server(home: Path, llm: S
 
     llm.add(answer("attached", "one"), answer("detached", "two"))
     stdin = "/mcp attach fx\nfirst\n/mcp\n/mcp detach fx\nsecond\n/mcp\n"
-    result = run_cli("run", "--agent", "Live", home=home, stdin=stdin)
+    result = cli("run", "--agent", "Live", home=home, stdin=stdin)
     assert result.returncode == 0, result.stderr
     names = [{t["function"]["name"] for t in request["tools"]} for request in llm.requests]
     assert "fx__echo" in names[0] and not any(n.startswith("fx__") for n in names[1])
@@ -131,7 +118,7 @@ def test_attach_and_detach_mid_chat_start_and_stop_the_server(home: Path, llm: S
 def test_bad_mcp_commands_and_a_removed_server_cost_one_line(home: Path, llm: ScriptedLLM) -> None:  # noqa: F811
     ok("mcp", "add", "time", "--", *time_command(), home=home)
     stdin = "/mcp attach nope\n/mcp detach time\n/mcp frob\n/mcp attach time\n/mcp attach time\n"
-    result = run_cli("run", "--agent", "Picky", home=home, stdin=stdin)
+    result = cli("run", "--agent", "Picky", home=home, stdin=stdin)
     # Each bad command is one line on stderr and the chat goes on; piped input that had errors exits 1.
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [

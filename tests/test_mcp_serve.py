@@ -24,15 +24,13 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from memgpt.agent.manager import create_agent
 from memgpt.config import load_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.server.state import BAD_KEY, MISSING_KEY
 from memgpt.storage import Storage
 from memgpt.storage.turns import new_owner
-from memgpt.types import AgentState
-from tests.agent_rig import Rig, tool_results
+from tests.agent_rig import Rig, new_agent, tool_results
 from tests.conftest import DATA, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, free_port, use_scripted_llm
@@ -48,19 +46,6 @@ TOOLS = [
     "core_memory_append",
     "core_memory_replace",
 ]
-
-
-def new_agent(storage: Storage, model: LocalMiniLM, name: str, user_id: str) -> AgentState:
-    return create_agent(
-        storage,
-        user_id=user_id,
-        name=name,
-        persona="sam_pov",
-        human="basic",
-        model="scripted",
-        context_window=16_000,
-        embedding=model.space,
-    )
 
 
 class Session:

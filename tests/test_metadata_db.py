@@ -19,7 +19,7 @@ from memgpt.storage import Storage
 from memgpt.storage.migrations import MIGRATIONS
 from memgpt.storage.sql import MetadataStore, create_metadata_engine, parse_metadata_url
 from memgpt.types import AgentState, Message, Role, Source, utc_now
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli
 from tests.postgres import PASSWORD, PostgresServer
 
 # Imports everything first, then waits for the go file, so all children open the store in the same
@@ -99,7 +99,7 @@ def test_eight_commands_on_a_new_home_all_work_as_one_user(metadata_url: str, ho
     results = start_together(commands, go, env)
     for result in results:
         assert result.returncode == 0, result.stderr[-3000:]
-    listed = json.loads(run_cli("list", "humans", "--json", home=home).stdout)
+    listed = json.loads(cli("list", "humans", "--json", home=home).stdout)
     assert {f"h{n}" for n in range(8)} <= set(listed)
 
 
@@ -143,7 +143,7 @@ def test_the_cli_says_it_in_one_line_and_hides_the_password(server: PostgresServ
     config = load_config(home)
     config.metadata_url = server.url("no_such_db").replace("+psycopg", "")  # as users paste it
     save_config(config, home)
-    result = run_cli("list", "sources", home=home)
+    result = cli("list", "sources", home=home)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f'error: PostgreSQL at 127.0.0.1:{server.port}: database "no_such_db" does not exist: create it '

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memgpt.config import load_config, save_config
-from tests.conftest import PAPER, run_cli
+from tests.conftest import PAPER, cli
 from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
 
@@ -20,14 +20,14 @@ def test_move_up_to_a_server(
     llm = ScriptedLLM()
     monkeypatch.setenv("OPENAI_BASE_URL", llm.url)
     try:
-        assert run_cli("load", "directory", "--name", "paper", f"--input-files={PAPER}", home=home).returncode == 0
+        assert cli("load", "directory", "--name", "paper", f"--input-files={PAPER}", home=home).returncode == 0
         llm.add({"tool": "archival_memory_insert", "args": {"content": "Chad keeps bees.", "request_heartbeat": True}})
         llm.reply("Noted.")
-        assert run_cli("run", "--agent", "Keeper", "--message", "I keep bees", home=home).returncode == 0
-        before = json.loads(run_cli("list", "sources", "--json", home=home).stdout)
+        assert cli("run", "--agent", "Keeper", "--message", "I keep bees", home=home).returncode == 0
+        before = json.loads(cli("list", "sources", "--json", home=home).stdout)
         lite = load_config(home).milvus_uri(home)
 
-        moved = run_cli(
+        moved = cli(
             "migrate", "--to", milvus_server, "--database", server_database, "--token", TOKEN, "-y", home=home
         )
         assert moved.returncode == 0, moved.stderr
@@ -35,23 +35,23 @@ def test_move_up_to_a_server(
         assert copied == before[0]["passages"] + 1 + 3  # the paper, the agent's memory, 3 recall entries
         config = load_config(home)
         assert (config.milvus.uri, config.milvus.database) == (milvus_server, server_database)
-        assert json.loads(run_cli("list", "sources", "--json", home=home).stdout) == before
-        found = json.loads(run_cli("search", "paper", "deep memory retrieval", "--json", home=home).stdout)
+        assert json.loads(cli("list", "sources", "--json", home=home).stdout) == before
+        found = json.loads(cli("search", "paper", "deep memory retrieval", "--json", home=home).stdout)
         assert found and found[0]["file_name"] == "memgpt_research_paper.pdf"
 
         llm.add({"tool": "archival_memory_search", "args": {"query": "bees", "request_heartbeat": True}})
         llm.reply("You keep bees.")
-        assert run_cli("run", "--agent", "Keeper", "--message", "what do I keep?", home=home).returncode == 0
+        assert cli("run", "--agent", "Keeper", "--message", "what do I keep?", home=home).returncode == 0
         result = json.loads([m for m in llm.requests[-1]["messages"] if m["role"] == "tool"][-1]["content"])
         assert "Chad keeps bees." in result["message"]
 
-        again = run_cli(
+        again = cli(
             "migrate", "--to", milvus_server, "--database", server_database, "--token", TOKEN, "-y", home=home
         )
         assert again.returncode == 1 and "already uses" in again.stderr
         config.milvus.uri, config.milvus.database = lite, ""  # back to Lite: a second run copies nothing
         save_config(config, home)
-        resumed = run_cli(
+        resumed = cli(
             "migrate", "--to", milvus_server, "--database", server_database, "--token", TOKEN, "-y", home=home
         )
         assert resumed.returncode == 0, resumed.stderr
@@ -61,18 +61,18 @@ def test_move_up_to_a_server(
 
 
 def test_unreachable_target_changes_nothing(home: Path) -> None:
-    assert run_cli("list", "sources", home=home).returncode == 0
-    result = run_cli("migrate", "--to", "http://127.0.0.1:1", "-y", home=home)
+    assert cli("list", "sources", home=home).returncode == 0
+    result = cli("migrate", "--to", "http://127.0.0.1:1", "-y", home=home)
     assert result.returncode == 1 and "cannot connect to Milvus at http://127.0.0.1:1" in result.stderr
     assert load_config(home).milvus.uri == ""
 
 
 def test_secured_server_needs_the_right_token(home: Path, milvus_server: str, server_database: str) -> None:
-    wrong = run_cli("configure", "--milvus-uri", milvus_server, "--milvus-token", "root:wrong", home=home)
+    wrong = cli("configure", "--milvus-uri", milvus_server, "--milvus-token", "root:wrong", home=home)
     assert wrong.returncode == 1
     assert wrong.stderr.startswith(f"error: cannot connect to Milvus at {milvus_server}")
     assert len(wrong.stderr.strip().splitlines()) == 1
-    right = run_cli(
+    right = cli(
         "configure",
         "--milvus-uri",
         milvus_server,

@@ -12,7 +12,7 @@ import pytest
 
 from memgpt.embeddings.openai import OpenAIEmbeddings
 from memgpt.errors import EmbeddingError
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, cli
 from tests.http_json import read_json, send_json
 
 
@@ -81,7 +81,7 @@ def test_wrong_dimension_and_errors_are_clear(server: EmbeddingServer) -> None:
 
 
 def test_configure_probes_the_dimension_and_load_uses_the_endpoint(server: EmbeddingServer, home: Path) -> None:
-    configured = run_cli(
+    configured = cli(
         "configure",
         "--embedding-provider",
         "openai",
@@ -93,7 +93,7 @@ def test_configure_probes_the_dimension_and_load_uses_the_endpoint(server: Embed
     )
     assert configured.returncode == 0, configured.stderr
     assert f"embeddings: openai nomic-embed-text at {endpoint(server)} (16 dims)" in configured.stdout
-    loaded = run_cli("load", "directory", "--name", "remote", "--input-files", str(DATA / "test.md"), home=home)
+    loaded = cli("load", "directory", "--name", "remote", "--input-files", str(DATA / "test.md"), home=home)
     assert loaded.returncode == 0, loaded.stderr
-    listed = json.loads(run_cli("list", "sources", "--json", home=home).stdout)
+    listed = json.loads(cli("list", "sources", "--json", home=home).stdout)
     assert listed[0]["embedding_model"] == "nomic-embed-text" and listed[0]["embedding_dim"] == 16

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from memgpt.config import load_config, save_config
-from tests.conftest import run_cli
+from tests.conftest import cli, run_cli
 from tests.server_rig import LiveServer, auth, free_port
 
 
@@ -114,19 +114,19 @@ def test_request_bodies_over_the_limit_are_refused(home: Path) -> None:
 
 
 def test_user_and_key_commands(home: Path) -> None:
-    created = run_cli("user", "create", "carol", home=home)
+    created = cli("user", "create", "carol", home=home)
     assert created.returncode == 0, created.stderr
     secret = next(w for w in created.stdout.split() if w.startswith("sk-"))
-    listed = json.loads(run_cli("key", "list", "--json", home=home).stdout)
+    listed = json.loads(cli("key", "list", "--json", home=home).stdout)
     assert [(k["user"], k["prefix"], k["revoked"]) for k in listed] == [("carol", secret[:12], False)]
-    assert secret not in run_cli("key", "list", home=home).stdout
-    users = json.loads(run_cli("user", "list", "--json", home=home).stdout)
+    assert secret not in cli("key", "list", home=home).stdout
+    users = json.loads(cli("user", "list", "--json", home=home).stdout)
     assert {u["name"]: u["owner"] for u in users} == {"owner": True, "carol": False}
-    assert run_cli("key", "revoke", secret[:12], home=home).returncode == 0
-    assert json.loads(run_cli("key", "list", "--json", home=home).stdout)[0]["revoked"] is True
-    again = run_cli("user", "create", "carol", home=home)
+    assert cli("key", "revoke", secret[:12], home=home).returncode == 0
+    assert json.loads(cli("key", "list", "--json", home=home).stdout)[0]["revoked"] is True
+    again = cli("user", "create", "carol", home=home)
     assert again.returncode == 1 and again.stderr.strip() == "error: a user named 'carol' already exists"
-    missing = run_cli("key", "create", "--user", "dave", home=home)
+    missing = cli("key", "create", "--user", "dave", home=home)
     assert missing.returncode == 1 and "no user named 'dave'" in missing.stderr
     assert "Traceback" not in missing.stderr + again.stderr
 

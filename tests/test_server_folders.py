@@ -6,10 +6,7 @@ by kill -9 is finished on the next start."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,7 @@ from memgpt.storage.sql import MetadataStore
 from memgpt.types import EmbeddingSpace, FileRecord, FileStatus
 from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, auth, free_port, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
 
 AGENT_FILES = DATA / "agent-files"
 SPACE = EmbeddingSpace("all-MiniLM-L6-v2", 384)
@@ -379,35 +376,15 @@ def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedL
 
 
 # -- a server killed while loading ------------------------------------------------------------------
-def _start(home: Path, port: int) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "memgpt", "server", "--port", str(port)],
-        env={**os.environ, "MEMGPT_HOME": str(home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"server did not start: {process.stdout.read() if process.stdout else ''}")
-        time.sleep(0.2)
-
-
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) -> None:
     created = run_cli("key", "create", home=home)
     assert created.returncode == 0, created.stderr
     key = next(w for w in created.stdout.split() if w.startswith("sk-"))
-    port = free_port()
-    server = _start(home, port)
+    server = ServerProcess(home)
+    server.wait_ready()
     try:
-        client = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key)
+        client = Letta(base_url=server.url, api_key=key)
         folder = client.folders.create(name="papers")
         paper = client.folders.files.upload(folder.id, file=PAPER.open("rb"))
         while True:
@@ -416,11 +393,11 @@ def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) ->
                 break
             assert current.processing_status in ("pending", "parsing"), current
             time.sleep(0.05)
-        server.send_signal(signal.SIGKILL)
-        server.wait(timeout=30)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(timeout=30)
     finally:
-        if server.poll() is None:
-            server.kill()
+        if server.process.poll() is None:
+            server.process.kill()
     config = load_config(home)
     metadata = MetadataStore(config.metadata_database_url(home))
     try:
@@ -443,9 +420,10 @@ def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) ->
     finally:
         metadata.close()
 
-    server = _start(home, port)
+    server.start()  # the same port again
+    server.wait_ready()
     try:
-        client = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key)
+        client = Letta(base_url=server.url, api_key=key)
         done, _ = wait_until_loaded(client, folder.id, paper.id)
         assert done.processing_status == "completed" and done.total_chunks == done.chunks_embedded > 50
         assert client.folders.retrieve(folder.id).passages == done.total_chunks  # nothing twice, nothing missing
@@ -455,8 +433,7 @@ def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) ->
         # Another machine's load is never known dead until it has shown no progress for a while.
         assert client.folders.files.retrieve("file-cli", folder_id=folder.id).processing_status == "embedding"
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()
     from memgpt.storage import Storage
 
     with Storage(config, home) as storage:

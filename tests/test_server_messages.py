@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from memgpt.storage import Storage
 from memgpt.types import Role
 from tests.conftest import _opened_on_metadata_backend, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, auth, free_port, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
 
 HANDLE = "openai-compatible/scripted"
 
@@ -528,28 +526,6 @@ def test_bad_message_requests_are_4xx_and_store_nothing(
 
 
 # -- kill -9 ----------------------------------------------------------------------------------------
-def _start_server(home: Path, port: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "MEMGPT_HOME": str(home)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "memgpt", "server", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start: {process.stdout.read() if process.stdout else ''}")
-        time.sleep(0.2)
-
-
 @pytest.mark.usefixtures("metadata_url")
 def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home: Path, llm: ScriptedLLM) -> None:
     config = use_scripted_llm(home, llm.url)
@@ -558,10 +534,11 @@ def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home
     made = run_cli("key", "create", home=home)
     assert made.returncode == 0, made.stderr
     key = next(w for w in made.stdout.split() if w.startswith("sk-"))
-    port = free_port()
-    process = _start_server(home, port)
+    server = ServerProcess(home)
+    server.wait_ready()
+    process = server.process
     try:
-        letta = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key, max_retries=0)
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0)
         agent = letta.agents.create(name="survivor", model=HANDLE).id
         llm.add({"hang": True})
 
@@ -583,9 +560,10 @@ def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home
             process.kill()
             process.wait(30)
     llm.script.clear()
-    process = _start_server(home, port)
+    server.start()  # the same port again
+    server.wait_ready()
     try:
-        letta = Letta(base_url=f"http://127.0.0.1:{port}", api_key=key, max_retries=0)
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0)
         history = letta.agents.messages.list(agent, order="asc").items
         assert [(m.message_type, m.content) for m in history] == [("user_message", "keep me")]
         with Storage(load_config(home), home) as storage, storage.metadata.session() as session:
@@ -604,7 +582,6 @@ def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home
             "keep me",
         ]
     finally:
-        process.terminate()
-        process.wait(30)
+        server.stop()
     with Storage(load_config(home), home) as storage:
         assert storage.turns.running_run(agent) is None
