@@ -22,6 +22,7 @@ from memgpt.config import EmbeddingSettings
 from memgpt.data.filerecords import file_key, mime_type, new_file_id
 from memgpt.data.ingest import LoadListener, LoadReport, SourceLoader
 from memgpt.data.loaders import SUPPORTED_EXTENSIONS, parse, read_bytes
+from memgpt.data.sections import strip_label
 from memgpt.data.sources import remove_stored
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import (
@@ -35,7 +36,7 @@ from memgpt.errors import (
 from memgpt.owners import this_process
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq, is_in
-from memgpt.types import DocumentStatus, EmbeddingSpace, FileRecord, FileStatus, Source
+from memgpt.types import DocumentStatus, EmbeddingSpace, FileRecord, FileStatus, Passage, Source
 
 _WORD = re.compile(r"\S+")
 UPLOADS = "files"  # the folder under the home where uploads are kept
@@ -241,10 +242,30 @@ def file_text(storage: Storage, source: Source, record: FileRecord) -> str | Non
     passages.sort(key=lambda p: (order.get(p.document_id, 0), p.chunk_index))
     pages: list[str] = []
     for doc_id in ids:
-        chunks = [p.text for p in passages if p.document_id == doc_id]
+        chunks = _unlabelled([p for p in passages if p.document_id == doc_id])
         if chunks:
             pages.append(join_chunks(chunks))
     return "\n\n".join(pages)
+
+
+def _unlabelled(passages: list[Passage]) -> list[str]:
+    """The passages' texts without the section label each one starts with; where the section changes,
+    the headings entered there go back in as lines of their own (the loader keeps them only in the labels)."""
+    chunks: list[str] = []
+    previous: list[str] = []
+    for passage in passages:
+        section = str(passage.metadata.get("section") or "")
+        page = passage.metadata.get("page")
+        text = strip_label(passage.text, section, page if isinstance(page, int) else None)
+        path = section.split(" > ") if section else []
+        if path != previous:
+            kept = 0
+            while kept < min(len(path), len(previous)) and path[kept] == previous[kept]:
+                kept += 1
+            text = "\n".join([*path[kept:], text])
+            previous = path
+        chunks.append(text)
+    return chunks
 
 
 def join_chunks(chunks: list[str], longest_overlap: int = 400, shortest_overlap: int = 3) -> str:

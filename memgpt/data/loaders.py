@@ -145,7 +145,8 @@ def _plain(path: Path, data: bytes) -> ParsedFile:
     text, warning = decode_text(data, path)
     split = _SECTIONS.get(path.suffix.lower())
     sections = split(text) if split else []
-    unit = _sectioned(sections) if sections else TextUnit(text)
+    # The unit's text stays the file's own (what a reader of the file sees); the sections only steer chunking.
+    unit = TextUnit(text, sections=tuple(sections)) if any(s.heading for s in sections) else TextUnit(text)
     return ParsedFile([unit], [warning] if warning else [])
 
 
