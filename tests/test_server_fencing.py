@@ -10,84 +10,40 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from letta_client import Letta
 
-from memgpt.config import Config, save_config
-from memgpt.server.state import OWNER_NAME
-from memgpt.storage import Storage
-from tests.milvus_server import TOKEN, milvus_database
+from memgpt.config import Config
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import ServerProcess, auth, start_servers, use_scripted_llm
+from tests.server_pair import ServerPair, server_pair
+from tests.server_rig import ServerProcess, auth
 
-HANDLE = "openai-compatible/scripted"
 LEASE = 3.0  # seconds: the shortest lease the config allows; renewed every second while a turn runs
 
 
-@dataclass
-class Pair:
-    home: Path
-    config: Config
-    llm: ScriptedLLM
-    key: str
-    a: ServerProcess
-    b: ServerProcess
+class Pair(ServerPair):
+    def client(self, server: ServerProcess, **options: Any) -> Letta:
+        return super().client(server, **{"timeout": 120, **options})
 
-    def client(self, server: ServerProcess) -> Letta:
-        return Letta(base_url=server.url, api_key=self.key, max_retries=0, timeout=120)
 
-    def agent(self, server: ServerProcess) -> str:
-        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-        made = self.client(server).agents.create(name=f"sam-{uuid.uuid4().hex[:6]}", memory_blocks=blocks, model=HANDLE)  # type: ignore[arg-type]
-        return made.id
-
-    def history(self, agent_id: str) -> list[tuple[str, str]]:
-        """(role, text) of every stored message of the agent, oldest first, read from the database itself."""
-        with Storage(self.config, self.home) as storage:
-            return [(m.role.value, m.content) for m in storage.messages.last(agent_id, 1000)]
+def _short_lease(config: Config) -> None:
+    config.server.lease_seconds = LEASE
+    config.server.busy_wait_seconds = 60  # a send waits for the lease to expire rather than answer 409
 
 
 @pytest.fixture(scope="module")
 def pair(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, milvus_server: str
 ) -> Iterator[Pair]:
-    home = tmp_path_factory.mktemp("fencing") / "home"
-    llm = ScriptedLLM()
-    saved = {name: os.environ.get(name) for name in ("MEMGPT_HOME", "TIKTOKEN_CACHE_DIR")}
-    os.environ["MEMGPT_HOME"] = str(home)  # the child processes inherit them
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiktoken"))
-    try:
-        with postgres_server.database() as metadata_url, milvus_database(milvus_server) as database:
-            config = use_scripted_llm(home, llm.url)
-            config.metadata_url = metadata_url
-            config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, database, TOKEN
-            config.server.lease_seconds = LEASE
-            config.server.busy_wait_seconds = 60  # a send waits for the lease to expire rather than answer 409
-            save_config(config, home)
-            with Storage(config, home) as storage:
-                owner = storage.users.ensure(config.user_id, OWNER_NAME)
-                key = storage.users.create_key(owner.id)[1]
-            a, b = start_servers(home, 1, 1)
-            try:
-                yield Pair(home, config, llm, key, a, b)
-            finally:
-                a.stop()
-                b.stop()
-    finally:
-        llm.close()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with server_pair(
+        tmp_path_factory, postgres_server, milvus_server, label="fencing", workers=(1, 1), configure=_short_lease
+    ) as parts:
+        yield Pair(*parts)
 
 
 @pytest.fixture

@@ -15,52 +15,29 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from letta_client import APIError, Letta
+from letta_client import APIError
 
-from memgpt.config import Config, save_config
-from memgpt.server.state import OWNER_NAME
+from memgpt.config import Config
 from memgpt.storage import Storage
 from memgpt.types import Role
-from tests.milvus_server import TOKEN, milvus_database
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import ServerProcess, auth, start_servers, use_scripted_llm
+from tests.server_pair import ServerPair, server_pair
+from tests.server_rig import ServerProcess, auth
 
-HANDLE = "openai-compatible/scripted"
 STEP = 0.4  # seconds the scripted LLM takes per step where turns must overlap to be tested
 HOLD = 3.0  # how long the first step of two sends that meet waits for the other's (it comes only without a lease)
 
 
 @dataclass
-class Cluster:
-    home: Path
-    config: Config
-    llm: ScriptedLLM
-    key: str
-    a: ServerProcess
-    b: ServerProcess
+class Cluster(ServerPair):
     postgres: PostgresServer
-
-    def client(self, server: ServerProcess, **options: Any) -> Letta:
-        return Letta(base_url=server.url, api_key=self.key, **{"max_retries": 0, **options})
-
-    def agent(self, server: ServerProcess) -> str:
-        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-        made = self.client(server).agents.create(name=f"sam-{uuid.uuid4().hex[:6]}", memory_blocks=blocks, model=HANDLE)  # type: ignore[arg-type]
-        return made.id
-
-    def history(self, agent_id: str) -> list[tuple[str, str]]:
-        """(role, text) of every stored message of the agent, oldest first, read from the database itself."""
-        with Storage(self.config, self.home) as storage:
-            return [(m.role.value, m.content) for m in storage.messages.last(agent_id, 1000)]
 
     def user_messages(self, agent_id: str) -> list[str]:
         with Storage(self.config, self.home) as storage:
@@ -68,41 +45,21 @@ class Cluster:
             return [m.content for m in found if m.role is Role.USER and not m.name]
 
 
+def _serialized(config: Config) -> None:
+    # Sends that meet here must wait for each other, however loaded the machine (the 409 after a short
+    # wait is tested in test_server_messages); only a dead owner frees a lease, never its expiry.
+    config.server.busy_wait_seconds = 60
+    config.server.lease_seconds = 600
+
+
 @pytest.fixture(scope="module")
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, milvus_server: str
 ) -> Iterator[Cluster]:
-    home = tmp_path_factory.mktemp("scale") / "home"
-    llm = ScriptedLLM()
-    saved = {name: os.environ.get(name) for name in ("MEMGPT_HOME", "TIKTOKEN_CACHE_DIR")}
-    os.environ["MEMGPT_HOME"] = str(home)  # the child processes inherit them
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiktoken"))
-    try:
-        with postgres_server.database() as metadata_url, milvus_database(milvus_server) as database:
-            config = use_scripted_llm(home, llm.url)
-            config.metadata_url = metadata_url
-            config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, database, TOKEN
-            # Sends that meet here must wait for each other, however loaded the machine (the 409 after a short
-            # wait is tested in test_server_messages); only a dead owner frees a lease, never its expiry.
-            config.server.busy_wait_seconds = 60
-            config.server.lease_seconds = 600
-            save_config(config, home)
-            with Storage(config, home) as storage:
-                owner = storage.users.ensure(config.user_id, OWNER_NAME)
-                key = storage.users.create_key(owner.id)[1]
-            a, b = start_servers(home, 1, 2)
-            try:
-                yield Cluster(home, config, llm, key, a, b, postgres_server)
-            finally:
-                a.stop()
-                b.stop()
-    finally:
-        llm.close()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with server_pair(
+        tmp_path_factory, postgres_server, milvus_server, label="scale", workers=(1, 2), configure=_serialized
+    ) as parts:
+        yield Cluster(*parts, postgres_server)
 
 
 @pytest.fixture

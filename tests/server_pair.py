@@ -1,0 +1,93 @@
+"""Two `memgpt server` processes on one PostgreSQL and one Milvus server, for the scale-out tests."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from letta_client import Letta
+
+from memgpt.config import Config, save_config
+from memgpt.server.state import OWNER_NAME
+from memgpt.storage import Storage
+from tests.milvus_server import TOKEN, milvus_database
+from tests.postgres import PostgresServer
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import ServerProcess, start_servers, use_scripted_llm
+
+SCRIPTED_HANDLE = "openai-compatible/scripted"
+
+
+@dataclass
+class ServerPair:
+    """Two `memgpt server` processes on one home (PostgreSQL + a Milvus server), the LLM they share and a key."""
+
+    home: Path
+    config: Config
+    llm: ScriptedLLM
+    key: str
+    a: ServerProcess
+    b: ServerProcess
+
+    def client(self, server: ServerProcess, **options: Any) -> Letta:
+        return Letta(base_url=server.url, api_key=self.key, **{"max_retries": 0, **options})
+
+    def agent(self, server: ServerProcess) -> str:
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        name = f"sam-{uuid.uuid4().hex[:6]}"
+        made = self.client(server).agents.create(name=name, memory_blocks=blocks, model=SCRIPTED_HANDLE)  # type: ignore[arg-type]
+        return made.id
+
+    def history(self, agent_id: str) -> list[tuple[str, str]]:
+        """(role, text) of every stored message of the agent, oldest first, read from the database itself."""
+        with Storage(self.config, self.home) as storage:
+            return [(m.role.value, m.content) for m in storage.messages.last(agent_id, 1000)]
+
+
+@contextmanager
+def server_pair(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    milvus_server: str,
+    *,
+    label: str,
+    workers: tuple[int, int],
+    configure: Callable[[Config], None],
+) -> Iterator[tuple[Path, Config, ScriptedLLM, str, ServerProcess, ServerProcess]]:
+    """Start two servers (``workers`` uvicorn workers each) on a new home whose metadata is a fresh PostgreSQL
+    database and whose vectors are a fresh database of the Milvus server; ``configure`` adjusts the config
+    first. Yields (home, config, llm, key, a, b); stops both and puts the environment back afterwards."""
+    home = tmp_path_factory.mktemp(label) / "home"
+    llm = ScriptedLLM()
+    saved = {name: os.environ.get(name) for name in ("MEMGPT_HOME", "TIKTOKEN_CACHE_DIR")}
+    os.environ["MEMGPT_HOME"] = str(home)  # the child processes inherit them
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiktoken"))
+    try:
+        with postgres_server.database() as metadata_url, milvus_database(milvus_server) as database:
+            config = use_scripted_llm(home, llm.url)
+            config.metadata_url = metadata_url
+            config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, database, TOKEN
+            configure(config)
+            save_config(config, home)
+            with Storage(config, home) as storage:
+                owner = storage.users.ensure(config.user_id, OWNER_NAME)
+                key = storage.users.create_key(owner.id)[1]
+            a, b = start_servers(home, *workers)
+            try:
+                yield home, config, llm, key, a, b
+            finally:
+                a.stop()
+                b.stop()
+    finally:
+        llm.close()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
