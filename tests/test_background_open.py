@@ -18,6 +18,7 @@ from memgpt.storage import Storage
 from memgpt.types import EmbeddingSpace, Passage
 from tests.conftest import DATA, REPO, USER, run_cli
 from tests.test_lock import hold
+from tests.thread_imports import WATCH_THREAD_IMPORTS
 
 SPACE = EmbeddingSpace("bg-model", 4)
 NOTES = DATA / "long_test.txt"
@@ -151,22 +152,12 @@ def test_ctrl_c_while_milvus_opens_in_the_background_ends_cleanly(home: Path) ->
     holder.wait()
 
 
-IMPORTS_IN_THREADS = """
-import sys, threading
+IMPORTS_IN_THREADS = WATCH_THREAD_IMPORTS + """
 from pathlib import Path
 from memgpt.config import Config
 from memgpt.storage import Storage
 from memgpt.types import EmbeddingSpace
 
-seen = []
-
-class Watch:
-    def find_spec(self, name, path=None, target=None):
-        if threading.current_thread() is not threading.main_thread():
-            seen.append(f"{threading.current_thread().name}: {name}")
-        return None
-
-sys.meta_path.insert(0, Watch())
 storage = Storage(Config(), Path(sys.argv[1]))
 storage.open_vectors_early()
 storage.passages(EmbeddingSpace("import-model", 4)).count()

@@ -8,6 +8,7 @@ import pytest
 
 from memgpt.embeddings.local import BATCH_TOKENS, MAX_SEQUENCE, LocalMiniLM, _runtime
 from tests.conftest import REPO
+from tests.thread_imports import WATCH_THREAD_IMPORTS
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -103,20 +104,7 @@ def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt_not_a_missing_install() 
     assert "Traceback" not in out.stderr  # onnxruntime no longer prints the interrupted import
 
 
-LOAD_EARLY = """
-import sys, threading
-
-seen = []
-
-
-class Watch:
-    def find_spec(self, name, path=None, target=None):
-        if threading.current_thread() is not threading.main_thread():
-            seen.append(f"{threading.current_thread().name}: {name}")
-        return None
-
-
-sys.meta_path.insert(0, Watch())
+LOAD_EARLY = WATCH_THREAD_IMPORTS + """
 from memgpt.embeddings.local import LocalMiniLM
 
 model = LocalMiniLM()
