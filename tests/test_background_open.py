@@ -152,6 +152,14 @@ def test_ctrl_c_while_milvus_opens_in_the_background_ends_cleanly(home: Path) ->
     holder.wait()
 
 
+def _child(script: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` run by a new Python on ``home`` (its argv[1]); it must exit 0."""
+    command = [sys.executable, "-c", script, str(home)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
 IMPORTS_IN_THREADS = WATCH_THREAD_IMPORTS + """
 from pathlib import Path
 from memgpt.config import Config
@@ -170,14 +178,7 @@ def test_the_background_open_imports_nothing_in_its_threads(tmp_path: Path) -> N
     """A Ctrl-C inside the main thread's imports can leave an import lock held that only the main thread
     may take again; a connecting thread that imported then hung `memgpt load` for good. So every module
     the threads need is imported before they start."""
-    out = subprocess.run(
-        [sys.executable, "-c", IMPORTS_IN_THREADS, str(tmp_path / "home")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _child(IMPORTS_IN_THREADS, tmp_path / "home")
     assert out.stdout.strip() == "[]", out.stdout
 
 
@@ -209,12 +210,5 @@ print(started)
 def test_milvus_lite_starts_before_pymilvus_is_imported(tmp_path: Path) -> None:
     """The Lite server process boots on the other core while the main thread imports pymilvus (~0.7 CPU
     seconds); started after it, the connection waited for both. It is started once."""
-    out = subprocess.run(
-        [sys.executable, "-c", LITE_BEFORE_PYMILVUS, str(tmp_path / "home")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _child(LITE_BEFORE_PYMILVUS, tmp_path / "home")
     assert out.stdout.strip() == "[False]", out.stdout
