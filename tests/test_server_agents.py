@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from letta_client import BadRequestError, Letta, NotFoundError
+from letta_client import BadRequestError, Letta, NotFoundError, UnprocessableEntityError
 
 from memgpt.agent.manager import attach_source
 from memgpt.embeddings.local import LocalMiniLM
@@ -92,6 +92,25 @@ def test_an_agent_with_only_a_name_gets_the_servers_persona_and_human(letta: Let
     assert len(agent.tools) == 8  # MemGPT's functions
     unnamed = letta.agents.create()
     assert unnamed.name and unnamed.name != "plain"
+
+
+def test_persona_and_human_texts_make_those_blocks_and_clash_with_a_block_of_the_same_label(letta: Letta) -> None:
+    """letta-client 1.12.1 has no persona=/human= keywords; pymemgpt users send them as extra fields. They were
+    silently ignored (the agent got the server's templates); now they are the texts of those blocks."""
+    made = letta.agents.create(name="told", extra_body={"persona": "I am Pat.", "human": "Name: Kim"})
+    blocks = {b.label: b for b in made.blocks}
+    assert (blocks["persona"].value, blocks["human"].value) == ("I am Pat.", "Name: Kim")
+    assert blocks["human"].limit == 2000
+    notes = [{"label": "notes", "value": "x"}]
+    one = letta.agents.create(name="half", memory_blocks=notes, extra_body={"human": "Kim"})
+    assert {b.label: b.value for b in one.blocks}["human"] == "Kim"
+    with pytest.raises(BadRequestError, match="two blocks are labelled 'persona'"):
+        letta.agents.create(
+            name="both", memory_blocks=[{"label": "persona", "value": "I am A."}], extra_body={"persona": "I am B."}
+        )
+    with pytest.raises(UnprocessableEntityError):
+        letta.agents.create(name="typed", extra_body={"persona": 5})
+    assert [a.name for a in letta.agents.list(order="asc")] == ["told", "half"]
 
 
 def test_tools_can_be_chosen_and_unknown_ones_are_refused(letta: Letta) -> None:

@@ -18,6 +18,7 @@ from memgpt.server.schemas.agents import (
     AgentCreate,
     AgentOut,
     AgentUpdate,
+    BlockIn,
     BlockOut,
     BlockUpdate,
     Deleted,
@@ -85,6 +86,10 @@ def _tool_names(state: ServerState, names: list[str] | None, ids: list[str] | No
 
 
 def _blocks(body: AgentCreate) -> list[Block]:
+    """The new agent's blocks: memory_blocks, then persona and human when sent as texts of their own (a block
+    of the same label in memory_blocks too is refused by ``manager.check_blocks``)."""
+    texts = {"persona": body.persona, "human": body.human}
+    given = [*(body.memory_blocks or []), *(BlockIn(label=k, value=v) for k, v in texts.items() if v is not None)]
     return [
         Block(
             b.label,
@@ -93,7 +98,7 @@ def _blocks(body: AgentCreate) -> list[Block]:
             b.description or "",
             b.read_only,
         )
-        for b in body.memory_blocks or []
+        for b in given
     ]
 
 

@@ -135,6 +135,10 @@ class AgentCreate(BaseModel):
 
     name: str | None = None
     memory_blocks: list[BlockIn] | None = None
+    # pymemgpt's create_agent(persona=, human=), which letta-client 1.12.1 sends only as extra_body: the texts
+    # of those blocks, as if given in memory_blocks.
+    persona: str | None = None
+    human: str | None = None
     model: str | None = None
     embedding: str | None = None
     llm_config: LlmConfigIn | None = None
