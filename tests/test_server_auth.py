@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from memgpt.config import load_config, save_config
-from tests.conftest import cli, run_cli
+from tests.conftest import DATA, cli, run_cli
 from tests.server_rig import LiveServer, auth, free_port
 
 
@@ -169,6 +169,11 @@ def test_a_running_server_owns_the_lite_file_and_the_cli_says_so(home: Path, tmp
         assert load.returncode == 1
         assert f"a memgpt server at http://127.0.0.1:{port}" in load.stderr
         assert "use its API" in load.stderr and "Traceback" not in load.stderr
+        # An import writes its agent's rows before its passages: it must stop before writing anything.
+        imported = run_cli("import", str(DATA / "agent-files" / "memgpt_agent.af"), home=home)
+        assert imported.returncode == 1
+        assert imported.stderr.strip().splitlines() == [load.stderr.strip()], imported.stderr
+        assert "No agents yet" in run_cli("list", "agents", home=home).stdout
     finally:
         server.terminate()
         server.wait(timeout=30)

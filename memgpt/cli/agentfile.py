@@ -77,7 +77,12 @@ def import_file(
     options = ImportOptions(name=name, copy_suffix=copy_suffix, on_clash=on_clash, strip_messages=strip_messages)  # type: ignore[arg-type]
     home, _ = home_and_config()
     with open_storage() as (storage, config):
-        settings = import_settings(home, config, embedding_model(config))
+        model = embedding_model(config)
+        storage.open_vectors_early(model.load_early)
+        settings = import_settings(home, config, model)
+        # An import writes its agents' rows before their passages: a Milvus it cannot use (a server owns the
+        # Lite file) must stop it before anything is written, not leave an import to take back.
+        storage.passages(settings.embedding.space)
         with _progress() as progress:
             imported = import_agent_file(
                 storage,
