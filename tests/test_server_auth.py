@@ -87,6 +87,27 @@ def test_bad_requests_are_4xx_json(live_server: LiveServer) -> None:
     assert httpx.get(f"{live_server.url}/v1/nothing-here", headers=owner).status_code == 404
 
 
+def test_an_unknown_url_says_which_and_a_base_url_ending_in_v1_is_told_so(live_server: LiveServer) -> None:
+    """A base URL with /v1 in it (as for OpenAI's SDK) made every call of both clients a bare 'Not Found'."""
+    from letta_client import Letta
+    from letta_client import NotFoundError as LettaNotFound
+
+    from memgpt import create_client
+    from memgpt.errors import NotFoundError
+
+    key = live_server.key()
+    missing = httpx.delete(f"{live_server.url}/v1/nothing-here", headers=auth(key))
+    assert missing.status_code == 404
+    assert missing.json()["detail"].startswith("Not Found: DELETE /v1/nothing-here (no such route;")
+    hint = "the base URL is the server's address, without /v1"
+    with pytest.raises(NotFoundError, match=hint):
+        create_client(base_url=f"{live_server.url}/v1", token=key).list_agents()
+    with pytest.raises(LettaNotFound, match=hint):
+        Letta(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0).agents.list()
+    known = httpx.get(f"{live_server.url}/v1/agents/agent-nope", headers=auth(key)).json()["detail"]
+    assert known == "no agent with id 'agent-nope'"  # a route's own 404 keeps its message
+
+
 def test_request_bodies_over_the_limit_are_refused(home: Path) -> None:
     config = load_config(home)
     config.server.max_upload_mb = 0.001  # 1,000 bytes

@@ -88,13 +88,23 @@ def install(app: FastAPI) -> None:
         return error(422, _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, exc.detail, dict(exc.headers or {}))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):  # the router's own
+            detail = f"{detail}: {request.method} {request.url.path} ({_route_hint(request.url.path)})"
+        return error(exc.status_code, detail, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return error(500, f"internal server error ({type(exc).__name__}); the server log has the details")
+
+
+def _route_hint(path: str) -> str:
+    hint = "no such route; the API's routes are listed at /docs"
+    if path.startswith("/v1/v1/"):  # a client given ".../v1" as its base URL, as OpenAI's SDK wants
+        hint += "; the base URL is the server's address, without /v1"
+    return hint
 
 
 def body_limit(config: Config) -> int:
