@@ -99,6 +99,9 @@ def test_an_unknown_url_says_which_and_a_base_url_ending_in_v1_is_told_so(live_s
     missing = httpx.delete(f"{live_server.url}/v1/nothing-here", headers=auth(key))
     assert missing.status_code == 404
     assert missing.json()["detail"].startswith("Not Found: DELETE /v1/nothing-here (no such route;")
+    wrong_method = httpx.put(f"{live_server.url}/v1/agents/", headers=auth(key))
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["detail"].startswith("Method Not Allowed: PUT /v1/agents/ (the route takes other")
     hint = "the base URL is the server's address, without /v1"
     with pytest.raises(NotFoundError, match=hint):
         create_client(base_url=f"{live_server.url}/v1", token=key).list_agents()

@@ -91,7 +91,7 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
         if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):  # the router's own
-            detail = f"{detail}: {request.method} {request.url.path} ({_route_hint(request.url.path)})"
+            detail = f"{detail}: {request.method} {request.url.path} ({_route_hint(request.url.path, exc.status_code)})"
         return error(exc.status_code, detail, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
@@ -100,8 +100,9 @@ def install(app: FastAPI) -> None:
         return error(500, f"internal server error ({type(exc).__name__}); the server log has the details")
 
 
-def _route_hint(path: str) -> str:
-    hint = "no such route; the API's routes are listed at /docs"
+def _route_hint(path: str, status: int) -> str:
+    hint = "no such route" if status == 404 else "the route takes other methods"
+    hint += "; the API's routes are listed at /docs"
     if path.startswith("/v1/v1/"):  # a client given ".../v1" as its base URL, as OpenAI's SDK wants
         hint += "; the base URL is the server's address, without /v1"
     return hint
