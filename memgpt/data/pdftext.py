@@ -24,6 +24,9 @@ from memgpt.data.sections import HeadingPath, Section
 _SENTENCE_END = re.compile(r"[.!?:;]['\")\]]?$")
 _NUMBERED = re.compile(r"^(\d{1,2}(?:\.\d{1,2}){0,4})\.?\s+\S")
 _NUMBER = re.compile(r"[∼~+\-]?\d[\d.,:/]*[%kKmMxX*]?")
+# A footnote's marker is set superscript against its first word ("¹University of ..."), and PDFium gives
+# it as a plain digit glued to that word ("1University"), which no search finds as "university".
+_FOOTNOTE_MARK = re.compile(r"^(\d{1,2}|[*\u2020\u2021\u00a7\u00b6])(?=[A-Z][a-z])")
 _BOLD = 600
 _SAMPLE = 12
 _MAX_HEADING_WORDS = 14
@@ -84,12 +87,13 @@ def page_lines(textpage: Any) -> list[Line]:
     return lines
 
 
-def _body_size(pages: list[list[Line]]) -> float:
-    sizes: Counter[float] = Counter()
+def _body_font(pages: list[list[Line]]) -> tuple[float, int]:
+    """The font size and weight most characters have."""
+    fonts: Counter[tuple[float, int]] = Counter()
     for lines in pages:
         for line in lines:
-            sizes[line.size] += len(line.text)
-    return sizes.most_common(1)[0][0] if sizes else 0.0
+            fonts[line.size, line.weight] += len(line.text)
+    return fonts.most_common(1)[0][0] if fonts else (0.0, 0)
 
 
 def _running_heads(pages: list[list[Line]]) -> set[str]:
@@ -104,8 +108,9 @@ def _running_heads(pages: list[list[Line]]) -> set[str]:
 
 
 class _Classifier:
-    def __init__(self, body: float) -> None:
+    def __init__(self, body: float, weight: int = 0) -> None:
         self.body = body
+        self.weight = weight  # the body's font weight; 0 when its fonts do not say
 
     def heading_level(self, line: Line) -> int:
         """The line's heading level (1 for "2.", 2 for "2.1." or an unnumbered title), 0 if it is none."""
@@ -121,9 +126,12 @@ class _Classifier:
         return 1 if bold and line.size >= self.body + 1.5 else 0
 
     def is_body(self, line: Line) -> bool:
-        """Body-sized text that is not a table row (mostly numbers: "GPT-4 Turbo 0.857 0.828 0.767")."""
+        """Body-sized text that is not a table row (mostly numbers: "GPT-4 Turbo 0.857 0.828 0.767") nor text
+        drawn inside a figure (its font gives no weight where the body's does: a chart's ticks and legend)."""
         words = line.text.split()
         numbers = sum(1 for word in words if _NUMBER.fullmatch(word))
+        if self.weight and not line.weight:
+            return False
         return abs(line.size - self.body) <= 0.6 and not (len(words) >= 3 and numbers >= 0.4 * len(words))
 
 
@@ -139,6 +147,7 @@ class _PageFlow:
         self.body: list[str] = []  # lines of the body paragraph being read
         self.asides: list[str] = []  # aside lines met inside it, held back until it ends
         self.loose: list[str] = []  # aside lines met between paragraphs, kept in place
+        self.opened = False  # whether the page's first body line was read
         self.heading_style: tuple[float, int] | None = None
 
     def add(self, line: Line) -> None:
@@ -155,13 +164,17 @@ class _PageFlow:
             self.path.enter(level, line.text)
             return
         if self.classify.is_body(line):
-            self.paragraphs.extend(reflow_lines(self.loose))
+            if self.opened:
+                self.paragraphs.extend(reflow_lines(self.loose))
+            else:  # the page's first paragraph may end a sentence the page before began: asides above it wait
+                self.asides.extend(self.loose)
+                self.opened = True
             self.loose = []
             self.body.append(line.text)
             if _SENTENCE_END.search(line.text):
                 self._paragraph_end()
         else:
-            (self.asides if self.body else self.loose).append(line.text)
+            (self.asides if self.body else self.loose).append(_FOOTNOTE_MARK.sub(r"\1 ", line.text))
 
     def _paragraph_end(self) -> None:
         self.paragraphs.extend(reflow_lines(self.body))
@@ -184,7 +197,7 @@ class _PageFlow:
 
 def pdf_sections(pages: list[list[Line]]) -> list[list[Section]]:
     """Each page's sections; a section running on from the page before keeps its heading."""
-    classifier = _Classifier(_body_size(pages))
+    classifier = _Classifier(*_body_font(pages))
     heads = _running_heads(pages)
     path = HeadingPath()
     seen_heads: set[str] = set()
