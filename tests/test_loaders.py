@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memgpt.data.loaders import parse, read_bytes, reflow_pdf_text
-from memgpt.data.pdftext import Line, pdf_sections
+from memgpt.data.pdftext import Line, pdf_sections, reflow_lines
 from memgpt.errors import InputFileError
 from tests.conftest import DATA, PAPER, REPO
 
@@ -308,6 +308,16 @@ def test_pdf_figure_text_and_asides_atop_a_page_wait_for_the_sentence_it_continu
     page = read(PAPER).units[6].text
     assert page.startswith("Izacard et al., 2021), and sampled a subset of 50 questions for evaluation.")
     assert "\n0 1 2 3 Nesting Level 0.0 0.2 0.4 0.6 0.8 1.0 Accuracy GPT-3.5 GPT-4 GPT-4 Turbo" in page
+
+
+def test_a_figure_label_on_a_body_line_no_longer_cuts_a_word_in_two() -> None:
+    # PDFium puts a chart's label on the baseline of the body line it sits next to, after the line's
+    # soft hyphen ("sub-optimal re<soft hyphen>Who won the first Nobel Prize..."): the label is a line of
+    # its own (its font is a tenth of the body's) and the hyphenated word is whole again.
+    page = read(PAPER).units[6].text
+    assert "is theoretically not limited by sub-optimal retriever performance (even if" in page
+    assert "\nWho won the first Nobel Prize in physics?\n" in page
+    assert reflow_lines(["sub-optimal re\ufffe", "triever performance."]) == ["sub-optimal retriever performance."]
 
 
 def test_pdf_flow_sets_asides_and_figure_text_apart_from_the_body() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from memgpt.data.sections import HeadingPath, Section
@@ -29,6 +30,7 @@ _NUMBER = re.compile(r"[∼~+\-]?\d[\d.,:/]*[%kKmMxX*]?")
 _FOOTNOTE_MARK = re.compile(r"^(\d{1,2}|[*\u2020\u2021\u00a7\u00b6])(?=[A-Z][a-z])")
 _BOLD = 600
 _SAMPLE = 12
+_RUN_RATIO = 2.0  # font sizes this far apart on one line are two texts (a figure's and the body's)
 _MAX_HEADING_WORDS = 14
 
 
@@ -45,14 +47,16 @@ def reflow_lines(lines: list[str]) -> list[str]:
     ("state-of-the-") is kept and joined without a space."""
     paragraphs: list[str] = []
     current = ""
+    joined = False  # the line before ended in a soft hyphen: this one goes on the same word
     for raw_line in lines:
         line = raw_line.replace("\x02", "").replace("\ufffe", "").strip()
         if not line:
             if current:
                 paragraphs.append(current)
-            current = ""
+            current, joined = "", False
             continue
-        current = f"{current}{line}" if current.endswith("-") or not current else f"{current} {line}"
+        current = f"{current}{line}" if joined or current.endswith("-") or not current else f"{current} {line}"
+        joined = raw_line.rstrip().endswith(("\x02", "\ufffe"))
         if _SENTENCE_END.search(line):
             paragraphs.append(current)
             current = ""
@@ -68,8 +72,6 @@ def reflow_pdf_text(raw: str) -> str:
 
 def page_lines(textpage: Any) -> list[Line]:
     """The page's text lines with their dominant font size and weight."""
-    import pypdfium2.raw as pdfium_c
-
     count = textpage.count_chars()
     text = textpage.get_text_range(0, count) if count else ""
     if len(text) != count:  # characters and text do not line up: no font information, plain lines
@@ -77,14 +79,42 @@ def page_lines(textpage: Any) -> list[Line]:
     lines: list[Line] = []
     start = 0
     for end in [i for i, ch in enumerate(text) if ch == "\n"] + [count]:
-        chars = [i for i in range(start, end) if not text[i].isspace()]
-        chars = chars[:: max(1, len(chars) // _SAMPLE)]  # the fonts of a few characters spread over the line
-        if chars:
-            size = Counter(round(pdfium_c.FPDFText_GetFontSize(textpage.raw, i), 1) for i in chars)
-            weight = Counter(pdfium_c.FPDFText_GetFontWeight(textpage.raw, i) for i in chars)
-            lines.append(Line(text[start:end].strip(), size.most_common(1)[0][0], weight.most_common(1)[0][0]))
+        lines.extend(_line_runs(textpage.raw, text, start, end))
         start = end + 1
     return lines
+
+
+def _font(raw: Any, index: int) -> tuple[float, int]:
+    import pypdfium2.raw as pdfium_c
+
+    return round(pdfium_c.FPDFText_GetFontSize(raw, index), 1), pdfium_c.FPDFText_GetFontWeight(raw, index)
+
+
+def _dominant(text: str, fonts: list[tuple[float, int]]) -> Line:
+    size, weight = Counter(f[0] for f in fonts), Counter(f[1] for f in fonts)
+    return Line(text.strip(), size.most_common(1)[0][0], weight.most_common(1)[0][0])
+
+
+def _line_runs(raw: Any, text: str, start: int, end: int) -> list[Line]:
+    """The line ``text[start:end]`` judged by the fonts of a few characters spread over it; or, when they are
+    of sizes at least twice apart (a figure's label that PDFium put on a body line's baseline), one line per
+    run of characters of one size, so the label can be set aside and the body line still read as body."""
+    chars = [i for i in range(start, end) if not text[i].isspace()]
+    if not chars:
+        return []
+    sample = [_font(raw, i) for i in chars[:: max(1, len(chars) // _SAMPLE)]]
+    low, high = min(f[0] for f in sample), max(f[0] for f in sample)
+    if high < _RUN_RATIO * low or low <= 0:
+        return [_dominant(text[start:end], sample)]
+    fonts = [_font(raw, i) for i in chars]
+    cuts = [0] + [n for n in range(1, len(chars)) if _apart(fonts[n - 1][0], fonts[n][0])] + [len(chars)]
+    return [
+        _dominant(text[chars[a] : chars[b] if b < len(chars) else end], fonts[a:b]) for a, b in pairwise(cuts)
+    ]
+
+
+def _apart(one: float, other: float) -> bool:
+    return max(one, other) >= _RUN_RATIO * max(min(one, other), 0.1)
 
 
 def _body_font(pages: list[list[Line]]) -> tuple[float, int]:
