@@ -59,7 +59,7 @@ def _ranks(
             "dense": dense,
             "BM25": words,
             "hybrid RRF k=60": rrf(dense, words),
-            "hybrid": store.search(vector, text=query["question"], limit=K, where=where),
+            "hybrid": store.search(vector, text=query["question"], limit=CANDIDATES, where=where),
         }
         for mode, hits in results.items():
             rank = _rank(hits, answer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -72,6 +73,13 @@ def reflow_pdf_text(raw: str) -> str:
 
 def page_lines(textpage: Any) -> list[Line]:
     """The page's text lines with their dominant font size and weight."""
+    import pypdfium2.raw as pdfium_c
+
+    raw = textpage.raw
+
+    def font(index: int) -> tuple[float, int]:
+        return round(pdfium_c.FPDFText_GetFontSize(raw, index), 1), pdfium_c.FPDFText_GetFontWeight(raw, index)
+
     count = textpage.count_chars()
     text = textpage.get_text_range(0, count) if count else ""
     if len(text) != count:  # characters and text do not line up: no font information, plain lines
@@ -79,15 +87,9 @@ def page_lines(textpage: Any) -> list[Line]:
     lines: list[Line] = []
     start = 0
     for end in [i for i, ch in enumerate(text) if ch == "\n"] + [count]:
-        lines.extend(_line_runs(textpage.raw, text, start, end))
+        lines.extend(_line_runs(font, text, start, end))
         start = end + 1
     return lines
-
-
-def _font(raw: Any, index: int) -> tuple[float, int]:
-    import pypdfium2.raw as pdfium_c
-
-    return round(pdfium_c.FPDFText_GetFontSize(raw, index), 1), pdfium_c.FPDFText_GetFontWeight(raw, index)
 
 
 def _dominant(text: str, fonts: list[tuple[float, int]]) -> Line:
@@ -95,18 +97,18 @@ def _dominant(text: str, fonts: list[tuple[float, int]]) -> Line:
     return Line(text.strip(), size.most_common(1)[0][0], weight.most_common(1)[0][0])
 
 
-def _line_runs(raw: Any, text: str, start: int, end: int) -> list[Line]:
+def _line_runs(font: Callable[[int], tuple[float, int]], text: str, start: int, end: int) -> list[Line]:
     """The line ``text[start:end]`` judged by the fonts of a few characters spread over it; or, when they are
     of sizes at least twice apart (a figure's label that PDFium put on a body line's baseline), one line per
     run of characters of one size, so the label can be set aside and the body line still read as body."""
     chars = [i for i in range(start, end) if not text[i].isspace()]
     if not chars:
         return []
-    sample = [_font(raw, i) for i in chars[:: max(1, len(chars) // _SAMPLE)]]
+    sample = [font(i) for i in chars[:: max(1, len(chars) // _SAMPLE)]]
     low, high = min(f[0] for f in sample), max(f[0] for f in sample)
     if high < _RUN_RATIO * low or low <= 0:
         return [_dominant(text[start:end], sample)]
-    fonts = [_font(raw, i) for i in chars]
+    fonts = [font(i) for i in chars]
     cuts = [0] + [n for n in range(1, len(chars)) if _apart(fonts[n - 1][0], fonts[n][0])] + [len(chars)]
     return [
         _dominant(text[chars[a] : chars[b] if b < len(chars) else end], fonts[a:b]) for a, b in pairwise(cuts)
