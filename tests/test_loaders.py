@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memgpt.data.loaders import parse, read_bytes, reflow_pdf_text
-from memgpt.data.pdftext import Line, pdf_sections, reflow_lines
+from memgpt.data.pdftext import Line, _line_runs, pdf_sections, reflow_lines
 from memgpt.errors import InputFileError
 from tests.conftest import DATA, PAPER, REPO
 
@@ -318,6 +318,21 @@ def test_a_figure_label_on_a_body_line_no_longer_cuts_a_word_in_two() -> None:
     assert "is theoretically not limited by sub-optimal retriever performance (even if" in page
     assert "\nWho won the first Nobel Prize in physics?\n" in page
     assert reflow_lines(["sub-optimal re\ufffe", "triever performance."]) == ["sub-optimal retriever performance."]
+
+
+def test_only_a_run_of_text_in_a_far_other_size_splits_a_pdf_line() -> None:
+    def runs(text: str, sizes: dict[int, float]) -> list[tuple[str, float]]:
+        lines = _line_runs(lambda i: (sizes.get(i, 10.0), 400), text, 0, len(text))
+        return [(line.text, line.size) for line in lines]
+
+    label = "sub-optimal re\ufffeWho won the first Nobel Prize?"
+    at = label.index("Who")
+    assert runs(label, dict.fromkeys(range(at, len(label)), 1.0)) == [
+        ("sub-optimal re\ufffe", 10.0),
+        ("Who won the first Nobel Prize?", 1.0),
+    ]
+    assert runs("The quick brown fox.", {0: 30.0}) == [("The quick brown fox.", 10.0)]  # a drop cap
+    assert runs("Packer 1 Sarah Wooders", {7: 4.0}) == [("Packer 1 Sarah Wooders", 10.0)]  # a mark
 
 
 def test_pdf_flow_sets_asides_and_figure_text_apart_from_the_body() -> None:

@@ -32,6 +32,7 @@ _FOOTNOTE_MARK = re.compile(r"^(\d{1,2}|[*\u2020\u2021\u00a7\u00b6])(?=[A-Z][a-z
 _BOLD = 600
 _SAMPLE = 12
 _RUN_RATIO = 2.0  # font sizes this far apart on one line are two texts (a figure's and the body's)
+_MIN_RUN = 4
 _MAX_HEADING_WORDS = 14
 
 
@@ -99,8 +100,9 @@ def _dominant(text: str, fonts: list[tuple[float, int]]) -> Line:
 
 def _line_runs(font: Callable[[int], tuple[float, int]], text: str, start: int, end: int) -> list[Line]:
     """The line ``text[start:end]`` judged by the fonts of a few characters spread over it; or, when they are
-    of sizes at least twice apart (a figure's label that PDFium put on a body line's baseline), one line per
-    run of characters of one size, so the label can be set aside and the body line still read as body."""
+    of sizes at least twice apart (a figure's label that PDFium put on a body line's baseline), split around
+    each run of at least ``_MIN_RUN`` characters of a size twice apart from the line's own, so the label can
+    be set aside and the body still read as body. Shorter runs (a drop cap, a mark) stay in the line."""
     chars = [i for i in range(start, end) if not text[i].isspace()]
     if not chars:
         return []
@@ -109,9 +111,16 @@ def _line_runs(font: Callable[[int], tuple[float, int]], text: str, start: int, 
     if high < _RUN_RATIO * low or low <= 0:
         return [_dominant(text[start:end], sample)]
     fonts = [font(i) for i in chars]
-    cuts = [0] + [n for n in range(1, len(chars)) if _apart(fonts[n - 1][0], fonts[n][0])] + [len(chars)]
+    own = Counter(f[0] for f in fonts).most_common(1)[0][0]
+    other = [_apart(own, f[0]) for f in fonts]
+    bounds = [0] + [n for n in range(1, len(chars)) if other[n] != other[n - 1]] + [len(chars)]
+    cuts = {0, len(chars)}
+    for a, b in pairwise(bounds):
+        if other[a] and b - a >= _MIN_RUN:
+            cuts.update((a, b))
+    edges = sorted(cuts)
     return [
-        _dominant(text[chars[a] : chars[b] if b < len(chars) else end], fonts[a:b]) for a, b in pairwise(cuts)
+        _dominant(text[chars[a] : chars[b] if b < len(chars) else end], fonts[a:b]) for a, b in pairwise(edges)
     ]
 
 
