@@ -129,12 +129,17 @@ def _apart(one: float, other: float) -> bool:
 
 
 def _body_font(pages: list[list[Line]]) -> tuple[float, int]:
-    """The font size and weight most characters have."""
-    fonts: Counter[tuple[float, int]] = Counter()
+    """The font size most characters have, and the weight most characters of that size have."""
+    sizes: Counter[float] = Counter()
+    weights: Counter[tuple[float, int]] = Counter()
     for lines in pages:
         for line in lines:
-            fonts[line.size, line.weight] += len(line.text)
-    return fonts.most_common(1)[0][0] if fonts else (0.0, 0)
+            sizes[line.size] += len(line.text)
+            weights[line.size, line.weight] += len(line.text)
+    if not sizes:
+        return 0.0, 0
+    size = sizes.most_common(1)[0][0]
+    return size, max((n, weight) for (s, weight), n in weights.items() if s == size)[1]
 
 
 def _running_heads(pages: list[list[Line]]) -> set[str]:
