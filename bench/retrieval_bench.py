@@ -29,6 +29,7 @@ from memgpt.embeddings.base import EmbeddingModel
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 from memgpt.storage.fusion import CANDIDATES
+from memgpt.types import SearchHit
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {
@@ -43,23 +44,48 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def _ranks(model: EmbeddingModel, store: Any, where: Any, queries: list[dict[str, str]]) -> dict[str, list[int | None]]:
+def _ranks(
+    model: EmbeddingModel, store: Any, where: Any, queries: list[dict[str, str]]
+) -> tuple[dict[str, list[int | None]], list[dict[str, list[SearchHit]]]]:
+    """Each mode's rank of the answer passage per question (None past ``K``), and each question's hits by mode."""
     ranks: dict[str, list[int | None]] = {mode: [] for mode in MODES}
+    found_hits: list[dict[str, list[SearchHit]]] = []
     for query in queries:
         answer = _flat(query["answer"])
         vector = model.embed(query["question"])
         dense = store.search(vector, limit=CANDIDATES, where=where)
         words = store.keyword_search(query["question"], limit=CANDIDATES, where=where)
         results = {
-            "dense": dense[:K],
-            "BM25": words[:K],
-            "hybrid RRF k=60": rrf(dense, words)[:K],
-            "hybrid": store.search(vector, text=query["question"], limit=K, where=where),
+            "dense": dense,
+            "BM25": words,
+            "hybrid RRF k=60": rrf(dense, words),
+            "hybrid": store.search(vector, text=query["question"], limit=CANDIDATES, where=where),
         }
         for mode, hits in results.items():
-            found = [i for i, hit in enumerate(hits) if answer in _flat(hit.passage.text)]
-            ranks[mode].append(found[0] + 1 if found else None)
-    return ranks
+            rank = _rank(hits, answer)
+            ranks[mode].append(rank if rank and rank <= K else None)
+        found_hits.append(results)
+    return ranks, found_hits
+
+
+def _rank(hits: list[SearchHit], answer: str) -> int | None:
+    return next((i + 1 for i, hit in enumerate(hits) if answer in _flat(hit.passage.text)), None)
+
+
+def _show_misses(
+    mode: str, queries: list[dict[str, str]], ranks: list[int | None], hits: list[dict[str, list[SearchHit]]]
+) -> None:
+    """Each question ``mode`` misses at top 5: where every signal ranked its answer (among its 100
+    candidates, "-" when not among them) and the passage ``mode`` ranked first."""
+    for query, rank, found in zip(queries, ranks, hits, strict=True):
+        if rank is not None and rank <= 5:
+            continue
+        answer = _flat(query["answer"])
+        signals = ", ".join(f"{name} {_rank(found[name], answer) or '-'}" for name in MODES)
+        top = found[mode][0].passage if found[mode] else None
+        print(f"  miss {query['id']}: {query['question']}\n    answer: {answer}\n    ranks: {signals}")
+        if top is not None:
+            print(f"    first: [{top.metadata.get('section', '')}] {_flat(top.text)[:160]}")
 
 
 def _table(title: str, ranks: dict[str, list[int | None]]) -> None:
@@ -95,16 +121,14 @@ def archival(model: EmbeddingModel, misses: str = "") -> None:
         all_texts = [_flat(p.text) for batch in store.iterate(where) for p in batch]
         for name, queries in sets.items():
             split = sum(1 for q in queries if not any(_flat(q["answer"]) in text for text in all_texts))
-            ranks = _ranks(model, store, where, queries)
+            ranks, hits = _ranks(model, store, where, queries)
             _table(
                 f"### Retrieval quality, {name} set ({len(queries)} labelled questions over {len(files)} files, "
                 f"{report.passages} passages; {split} answers split across passages)",
                 ranks,
             )
             if misses in ranks:
-                for query, rank in zip(queries, ranks[misses], strict=True):
-                    if rank is None or rank > 5:
-                        print(f"  miss {query['id']} (rank {rank}): {query['question']}")
+                _show_misses(misses, queries, ranks[misses], hits)
     seconds = report.seconds
     print(
         f"\nLoading: {report.passages} passages, {1000 * cpu / report.passages:.1f} ms CPU per passage "

@@ -289,6 +289,20 @@ def test_passages_carry_their_section_and_a_reference_list_chunks_alone(
     assert all(p.metadata.get("section") for p in passages)  # the paper has a heading from its first line
 
 
+def test_reference_marks_are_shown_but_not_embedded(storage: Storage, model: LocalMiniLM, tmp_path: Path) -> None:
+    text = "Letta joined the Democratic Party in 2007.[44][45] He later led it.[46]"
+    (tmp_path / "bio.txt").write_text(text)
+    load(storage, model, "bio", tmp_path / "bio.txt")
+    source = get_source(storage, USER, "bio")
+    store = storage.passages(model.space)
+    [passage] = [p for batch in store.iterate(visible_passages(storage, source), with_embeddings=True) for p in batch]
+    assert passage.text.endswith(text)  # shown (and ranked by BM25) as written
+    bare = passage.text.replace("[44][45]", "").replace("[46]", "")
+    assert passage.embedding is not None
+    similarity = sum(a * b for a, b in zip(passage.embedding, model.embed(bare), strict=True))
+    assert similarity > 0.999  # embedded without the marks
+
+
 def test_files_loaded_by_an_earlier_loader_version_are_read_again(
     storage: Storage, model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from memgpt.data.loaders import parse, read_bytes, reflow_pdf_text
+from memgpt.data.pdftext import Line, _line_runs, pdf_sections, reflow_lines
 from memgpt.errors import InputFileError
 from tests.conftest import DATA, PAPER, REPO
 
@@ -295,10 +296,64 @@ def test_a_pdf_footnote_no_longer_cuts_the_sentence_it_interrupts() -> None:
     # The affiliation footnote sits at the foot of the first column, inside a sentence that goes on at the
     # top of the second: the sentence is whole and the footnote a paragraph of its own after it.
     assert "the most widely used open-source LLMs can only support a few dozen back-and-forth messages" in first
-    assert "\n1University of California, Berkeley. Correspondence to:" in first
+    assert "\n1 University of California, Berkeley. Correspondence to:" in first  # the footnote mark unglued
     later = "".join(u.text for u in read(PAPER).units[1:])
     assert "MemGPT: Towards LLMs as Operating Systems" not in later  # the running head, after page 1
     assert "\ufffe" not in later and "\x02" not in later
+
+
+def test_pdf_figure_text_and_asides_atop_a_page_wait_for_the_sentence_it_continues() -> None:
+    # Page 7 opens with the end of a sentence begun on page 6, under a chart whose ticks and legend are
+    # body-sized text in a font without a weight: the sentence comes first, the chart's text after it.
+    page = read(PAPER).units[6].text
+    assert page.startswith("Izacard et al., 2021), and sampled a subset of 50 questions for evaluation.")
+    assert "\n0 1 2 3 Nesting Level 0.0 0.2 0.4 0.6 0.8 1.0 Accuracy GPT-3.5 GPT-4 GPT-4 Turbo" in page
+
+
+def test_a_figure_label_on_a_body_line_no_longer_cuts_a_word_in_two() -> None:
+    # PDFium puts a chart's label on the baseline of the body line it sits next to, after the line's
+    # soft hyphen ("sub-optimal re<soft hyphen>Who won the first Nobel Prize..."): the label is a line of
+    # its own (its font is a tenth of the body's) and the hyphenated word is whole again.
+    page = read(PAPER).units[6].text
+    assert "is theoretically not limited by sub-optimal retriever performance (even if" in page
+    assert "\nWho won the first Nobel Prize in physics?\n" in page
+    assert reflow_lines(["sub-optimal re\ufffe", "triever performance."]) == ["sub-optimal retriever performance."]
+
+
+def test_only_a_run_of_text_in_a_far_other_size_splits_a_pdf_line() -> None:
+    def runs(text: str, sizes: dict[int, float]) -> list[tuple[str, float]]:
+        lines = _line_runs(lambda i: (sizes.get(i, 10.0), 400), text, 0, len(text))
+        return [(line.text, line.size) for line in lines]
+
+    label = "sub-optimal re\ufffeWho won the first Nobel Prize?"
+    at = label.index("Who")
+    assert runs(label, dict.fromkeys(range(at, len(label)), 1.0)) == [
+        ("sub-optimal re\ufffe", 10.0),
+        ("Who won the first Nobel Prize?", 1.0),
+    ]
+    assert runs("The quick brown fox.", {0: 30.0}) == [("The quick brown fox.", 10.0)]  # a drop cap
+    assert runs("Packer 1 Sarah Wooders", {7: 4.0}) == [("Packer 1 Sarah Wooders", 10.0)]  # a mark
+
+
+def test_pdf_flow_sets_asides_and_figure_text_apart_from_the_body() -> None:
+    def body(text: str) -> Line:
+        return Line(text, 10.0, 400)
+
+    prose = "The method was tested on a benchmark that many earlier systems used as well, by"
+    first = [body(prose)] * 3
+    second = [
+        Line("0 1 2 3 Nesting Level", 8.0, 400),  # a figure's axis, smaller than the body
+        Line("0.0 0.5 1.0", 10.0, 0),  # its ticks, body-sized but weightless
+        Line("GPT-4 Turbo", 10.0, 0),
+        body("Smith et al., 2021), and sampled fifty questions."),
+        Line("1University of Somewhere. Correspondence to: a@b.c", 8.0, 400),
+    ]
+    pages = pdf_sections([first, second])
+    assert pages[1][0].text.split("\n") == [
+        "Smith et al., 2021), and sampled fifty questions.",
+        "0 1 2 3 Nesting Level 0.0 0.5 1.0 GPT-4 Turbo",
+        "1 University of Somewhere. Correspondence to: a@b.c",
+    ]
 
 
 def test_markdown_headings_outside_code_fences(tmp_path: Path) -> None:

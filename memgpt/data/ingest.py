@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from memgpt.data.chunking import Chunker
+from memgpt.data.chunking import Chunker, embedding_text
 from memgpt.data.filerecords import FileTracker
 from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, parse, read_bytes, too_big
 from memgpt.data.sections import section_label
@@ -258,7 +258,7 @@ class SourceLoader:
         for start in range(0, len(passages), _WRITE_WINDOW):
             window = passages[start : start + _WRITE_WINDOW]
             began = time.perf_counter()
-            vectors = self.model.embed_multi([p.text for p in window], on_progress=self._embedded)
+            vectors = self.model.embed_multi([embedding_text(p.text) for p in window], on_progress=self._embedded)
             embedded = time.perf_counter()
             self._store.upsert([replace(p, embedding=v) for p, v in zip(window, vectors, strict=True)])
             report.seconds["embed"] += embedded - began

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from memgpt.data.sections import HeadingPath, Section
@@ -24,8 +26,13 @@ from memgpt.data.sections import HeadingPath, Section
 _SENTENCE_END = re.compile(r"[.!?:;]['\")\]]?$")
 _NUMBERED = re.compile(r"^(\d{1,2}(?:\.\d{1,2}){0,4})\.?\s+\S")
 _NUMBER = re.compile(r"[∼~+\-]?\d[\d.,:/]*[%kKmMxX*]?")
+# A footnote's marker is set superscript against its first word ("¹University of ..."), and PDFium gives
+# it as a plain digit glued to that word ("1University"), which no search finds as "university".
+_FOOTNOTE_MARK = re.compile(r"^(\d{1,2}|[*\u2020\u2021\u00a7\u00b6])(?=[A-Z][a-z])")
 _BOLD = 600
 _SAMPLE = 12
+_RUN_RATIO = 2.0  # font sizes this far apart on one line are two texts (a figure's and the body's)
+_MIN_RUN = 4
 _MAX_HEADING_WORDS = 14
 
 
@@ -42,14 +49,16 @@ def reflow_lines(lines: list[str]) -> list[str]:
     ("state-of-the-") is kept and joined without a space."""
     paragraphs: list[str] = []
     current = ""
+    joined = False  # the line before ended in a soft hyphen: this one goes on the same word
     for raw_line in lines:
         line = raw_line.replace("\x02", "").replace("\ufffe", "").strip()
         if not line:
             if current:
                 paragraphs.append(current)
-            current = ""
+            current, joined = "", False
             continue
-        current = f"{current}{line}" if current.endswith("-") or not current else f"{current} {line}"
+        current = f"{current}{line}" if joined or current.endswith("-") or not current else f"{current} {line}"
+        joined = raw_line.rstrip().endswith(("\x02", "\ufffe"))
         if _SENTENCE_END.search(line):
             paragraphs.append(current)
             current = ""
@@ -67,6 +76,11 @@ def page_lines(textpage: Any) -> list[Line]:
     """The page's text lines with their dominant font size and weight."""
     import pypdfium2.raw as pdfium_c
 
+    raw = textpage.raw
+
+    def font(index: int) -> tuple[float, int]:
+        return round(pdfium_c.FPDFText_GetFontSize(raw, index), 1), pdfium_c.FPDFText_GetFontWeight(raw, index)
+
     count = textpage.count_chars()
     text = textpage.get_text_range(0, count) if count else ""
     if len(text) != count:  # characters and text do not line up: no font information, plain lines
@@ -74,22 +88,58 @@ def page_lines(textpage: Any) -> list[Line]:
     lines: list[Line] = []
     start = 0
     for end in [i for i, ch in enumerate(text) if ch == "\n"] + [count]:
-        chars = [i for i in range(start, end) if not text[i].isspace()]
-        chars = chars[:: max(1, len(chars) // _SAMPLE)]  # the fonts of a few characters spread over the line
-        if chars:
-            size = Counter(round(pdfium_c.FPDFText_GetFontSize(textpage.raw, i), 1) for i in chars)
-            weight = Counter(pdfium_c.FPDFText_GetFontWeight(textpage.raw, i) for i in chars)
-            lines.append(Line(text[start:end].strip(), size.most_common(1)[0][0], weight.most_common(1)[0][0]))
+        lines.extend(_line_runs(font, text, start, end))
         start = end + 1
     return lines
 
 
-def _body_size(pages: list[list[Line]]) -> float:
+def _dominant(text: str, fonts: list[tuple[float, int]]) -> Line:
+    size, weight = Counter(f[0] for f in fonts), Counter(f[1] for f in fonts)
+    return Line(text.strip(), size.most_common(1)[0][0], weight.most_common(1)[0][0])
+
+
+def _line_runs(font: Callable[[int], tuple[float, int]], text: str, start: int, end: int) -> list[Line]:
+    """The line ``text[start:end]`` judged by the fonts of a few characters spread over it; or, when they are
+    of sizes at least twice apart (a figure's label that PDFium put on a body line's baseline), split around
+    each run of at least ``_MIN_RUN`` characters of a size twice apart from the line's own, so the label can
+    be set aside and the body still read as body. Shorter runs (a drop cap, a mark) stay in the line."""
+    chars = [i for i in range(start, end) if not text[i].isspace()]
+    if not chars:
+        return []
+    sample = [font(i) for i in chars[:: max(1, len(chars) // _SAMPLE)]]
+    low, high = min(f[0] for f in sample), max(f[0] for f in sample)
+    if high < _RUN_RATIO * low or low <= 0:
+        return [_dominant(text[start:end], sample)]
+    fonts = [font(i) for i in chars]
+    own = Counter(f[0] for f in fonts).most_common(1)[0][0]
+    other = [_apart(own, f[0]) for f in fonts]
+    bounds = [0] + [n for n in range(1, len(chars)) if other[n] != other[n - 1]] + [len(chars)]
+    cuts = {0, len(chars)}
+    for a, b in pairwise(bounds):
+        if other[a] and b - a >= _MIN_RUN:
+            cuts.update((a, b))
+    edges = sorted(cuts)
+    return [
+        _dominant(text[chars[a] : chars[b] if b < len(chars) else end], fonts[a:b]) for a, b in pairwise(edges)
+    ]
+
+
+def _apart(one: float, other: float) -> bool:
+    return max(one, other) >= _RUN_RATIO * max(min(one, other), 0.1)
+
+
+def _body_font(pages: list[list[Line]]) -> tuple[float, int]:
+    """The font size most characters have, and the weight most characters of that size have."""
     sizes: Counter[float] = Counter()
+    weights: Counter[tuple[float, int]] = Counter()
     for lines in pages:
         for line in lines:
             sizes[line.size] += len(line.text)
-    return sizes.most_common(1)[0][0] if sizes else 0.0
+            weights[line.size, line.weight] += len(line.text)
+    if not sizes:
+        return 0.0, 0
+    size = sizes.most_common(1)[0][0]
+    return size, max((n, weight) for (s, weight), n in weights.items() if s == size)[1]
 
 
 def _running_heads(pages: list[list[Line]]) -> set[str]:
@@ -104,8 +154,9 @@ def _running_heads(pages: list[list[Line]]) -> set[str]:
 
 
 class _Classifier:
-    def __init__(self, body: float) -> None:
+    def __init__(self, body: float, weight: int = 0) -> None:
         self.body = body
+        self.weight = weight  # the body's font weight; 0 when its fonts do not say
 
     def heading_level(self, line: Line) -> int:
         """The line's heading level (1 for "2.", 2 for "2.1." or an unnumbered title), 0 if it is none."""
@@ -121,9 +172,12 @@ class _Classifier:
         return 1 if bold and line.size >= self.body + 1.5 else 0
 
     def is_body(self, line: Line) -> bool:
-        """Body-sized text that is not a table row (mostly numbers: "GPT-4 Turbo 0.857 0.828 0.767")."""
+        """Body-sized text that is not a table row (mostly numbers: "GPT-4 Turbo 0.857 0.828 0.767") nor text
+        drawn inside a figure (its font gives no weight where the body's does: a chart's ticks and legend)."""
         words = line.text.split()
         numbers = sum(1 for word in words if _NUMBER.fullmatch(word))
+        if self.weight and not line.weight:
+            return False
         return abs(line.size - self.body) <= 0.6 and not (len(words) >= 3 and numbers >= 0.4 * len(words))
 
 
@@ -139,6 +193,7 @@ class _PageFlow:
         self.body: list[str] = []  # lines of the body paragraph being read
         self.asides: list[str] = []  # aside lines met inside it, held back until it ends
         self.loose: list[str] = []  # aside lines met between paragraphs, kept in place
+        self.opened = False  # whether the page's first body line was read
         self.heading_style: tuple[float, int] | None = None
 
     def add(self, line: Line) -> None:
@@ -155,13 +210,17 @@ class _PageFlow:
             self.path.enter(level, line.text)
             return
         if self.classify.is_body(line):
-            self.paragraphs.extend(reflow_lines(self.loose))
+            if self.opened:
+                self.paragraphs.extend(reflow_lines(self.loose))
+            else:  # the page's first paragraph may end a sentence the page before began: asides above it wait
+                self.asides.extend(self.loose)
+                self.opened = True
             self.loose = []
             self.body.append(line.text)
             if _SENTENCE_END.search(line.text):
                 self._paragraph_end()
         else:
-            (self.asides if self.body else self.loose).append(line.text)
+            (self.asides if self.body else self.loose).append(_FOOTNOTE_MARK.sub(r"\1 ", line.text))
 
     def _paragraph_end(self) -> None:
         self.paragraphs.extend(reflow_lines(self.body))
@@ -184,7 +243,7 @@ class _PageFlow:
 
 def pdf_sections(pages: list[list[Line]]) -> list[list[Section]]:
     """Each page's sections; a section running on from the page before keeps its heading."""
-    classifier = _Classifier(_body_size(pages))
+    classifier = _Classifier(*_body_font(pages))
     heads = _running_heads(pages)
     path = HeadingPath()
     seen_heads: set[str] = set()
