@@ -4,6 +4,7 @@ nothing lost from recall."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -150,6 +151,17 @@ def test_a_window_too_small_for_the_fixed_prompt_is_refused_in_one_line(rig: Rig
     assert "\n" not in message
     assert message.startswith("the context window of agent 'tester' (3,000 tokens) is too small: its system prompt")
     assert "`memgpt run --context-window N`" in message
+
+
+def test_the_window_a_refusal_suggests_is_enough(rig: Rig) -> None:
+    """The room kept for the answer grows with the window, so the suggestion must count it at its own size
+    (it once said "at least 3,616" and then refused 3,616, asking for 3,693)."""
+    with pytest.raises(UserError) as refused:
+        rig.create(context_window=3000)
+    suggested = int(re.search(r"give it at least ([\d,]+)", str(refused.value)).group(1).replace(",", ""))
+    with pytest.raises(UserError, match=f"give it at least {suggested:,} "):
+        rig.create(name="one-less", context_window=suggested - 1)
+    assert rig.create(name="enough", context_window=suggested).state.context_window == suggested
 
 
 def test_eviction_in_a_small_window_keeps_half_the_room_and_does_not_warn_again_at_once(rig: Rig) -> None:

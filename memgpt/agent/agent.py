@@ -46,6 +46,20 @@ logger = logging.getLogger(__name__)
 PRESSURE_FRACTION = 0.75  # of the room left for messages: warn the model to save what matters
 KEEP_AFTER_EVICTION = 0.5  # after a summary, recent messages fill at most this share of that room
 MIN_ROOM = 1024  # tokens a window must leave for messages after the fixed prompt and the answer
+
+
+def answer_reserve(window: int) -> int:
+    """Tokens of a ``window`` kept for the model's answer."""
+    return min(4096, window // 8)
+
+
+def smallest_window(used: int) -> int:
+    """The smallest window that still has ``used`` tokens once the answer's room (which grows with the
+    window) is taken out of it."""
+    window = used + answer_reserve(used)
+    while window - answer_reserve(window) < used:
+        window += 1
+    return window
 MAX_PAUSE_MINUTES = 360
 # A server's prompt count over ours outside this range is counting something else (or is a test double).
 RATIO_RANGE = (0.5, 2.0)
@@ -407,7 +421,7 @@ class Agent:
 
     def _reserve(self) -> int:
         """Room left for the model's answer (in the server's tokens)."""
-        return min(4096, self.state.context_window // 8)
+        return answer_reserve(self.state.context_window)
 
     def _room(self, fixed: int) -> float:
         """What the window leaves for messages after the fixed prompt and the answer, in our tokens."""
@@ -417,7 +431,7 @@ class Agent:
         """Refuse a window the fixed prompt (system prompt, core memory, tool schemas) leaves no room in."""
         fixed = round(self.assemble().fixed * self._ratio)
         self._system_message = None  # the first step builds it with the statistics of its moment
-        needed = fixed + self._reserve() + MIN_ROOM
+        needed = smallest_window(fixed + MIN_ROOM)
         if self.state.context_window < needed:
             raise UserError(
                 f"the context window of agent {self.state.name!r} ({self.state.context_window:,} tokens) is too "

@@ -9,7 +9,9 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,37 +248,126 @@ def _start_lite_server(db_file: Path) -> threading.Thread:
     return thread
 
 
-LITE_START_SECONDS = 60.0  # how long the Milvus Lite process may take to answer its first call
+# A starting Milvus Lite process is waited for while it is alive and using CPU: on a loaded machine (load
+# average ~30 on 2 cores) it took tens of seconds to even create its socket. It is given up on when it exits,
+# or when it has used no CPU for LITE_STALL_SECONDS (stopped, or stuck), or after LITE_START_SECONDS in all
+# (busy without ever answering; or its CPU time cannot be read, without /proc).
+LITE_STALL_SECONDS = 30.0
+LITE_START_SECONDS = 600.0
+_LITE_ATTEMPT_SECONDS = 10.0  # one connection attempt, once its socket exists
+_LITE_POLL_SECONDS = 0.05
 
 
 def _client(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
-    # Milvus Lite is a local socket: client keepalive pings only earn "too_many_pings" GOAWAYs from it
-    # during long loads (seen here mid-way through a 5 MB load), so they are turned off there.
-    options: dict[str, Any] = {}
     if target.is_lite:
-        options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
-    elif target.database:
-        options["db_name"] = target.database
-    if starting is not None:
-        starting.join()
-    # A local Milvus Lite process cannot be "unreachable", only slow to start: on a loaded machine (load
-    # average ~30 on 2 cores) it took over 10 s, and a 10 s wait reported a healthy file as in use or damaged.
-    timeout = LITE_START_SECONDS if target.is_lite else 10
+        if starting is not None:
+            starting.join()
+        return _lite_client(target)
+    options: dict[str, Any] = {"db_name": target.database} if target.database else {}
     try:
-        with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
-            return MilvusClient(uri=target.uri, token=target.token, timeout=timeout, **options)
+        return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
     except MilvusException as exc:
-        where = display_path(target.uri)
-        if target.is_lite:
+        raise StorageError(f"cannot connect to Milvus at {display_path(target.uri)}: {_reason(exc)}") from exc
+
+
+def _lite_client(target: MilvusTarget) -> Any:
+    """A client of the Milvus Lite process serving ``target``, once it answers.
+
+    pymilvus's first call (``Connect``) is made without gRPC's wait-for-ready: before the process has
+    created its socket it fails at once ("No such file or directory"), whatever timeout is given. So the
+    socket is waited for here, and each failed attempt is followed by a look at the process.
+    """
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    where = display_path(target.uri)
+    # Client keepalive pings only earn "too_many_pings" GOAWAYs from Milvus Lite during long loads (seen
+    # here mid-way through a 5 MB load), so they are turned off.
+    options = {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}}
+    server = _lite_server(Path(target.uri))
+    watch = _StartWatch(getattr(server, "_p", None))
+    socket = Path(str(getattr(server, "_uds_path", "")))
+    failure: Exception | None = None
+    while True:
+        if not socket.name or socket.exists():
+            try:
+                with _sigint_blocked():
+                    return MilvusClient(uri=target.uri, timeout=_LITE_ATTEMPT_SECONDS, **options)
+            except MilvusException as exc:
+                failure = exc
+        problem = watch.problem()
+        if problem:
+            raise StorageLockedError(f"cannot open {where}: {problem}; try again, or use a Milvus server") from failure
+        time.sleep(_LITE_POLL_SECONDS)
+
+
+def _lite_server(db_file: Path) -> Any:
+    """milvus-lite's record of the process serving ``db_file``, starting it here if the background start
+    failed (this time a failure is reported)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    servers = getattr(server_manager_instance, "_servers", {})
+    key = str(db_file.absolute().resolve())
+    if key not in servers:
+        try:
+            with _sigint_blocked():
+                started = server_manager_instance.start_and_get_uri(str(db_file))
+        except RuntimeError as exc:  # milvus-lite refuses the file's name
+            raise StorageError(f"cannot open {display_path(db_file)}: {exc}") from exc
+        if started is None:
             raise StorageLockedError(
-                f"cannot open {where}: Milvus Lite did not answer within {timeout:.0f} s — another program may be "
-                "using the file, it may be damaged, or the machine is overloaded; close other programs or use a "
-                "Milvus server"
-            ) from exc
-        raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
+                f"cannot open {display_path(db_file)}: Milvus Lite did not start — another program may be using "
+                "the file, or the process exited at once (its own message, if any, is above); close other programs "
+                "or use a Milvus server"
+            )
+    return servers.get(key)
+
+
+class _StartWatch:
+    """Whether a starting Milvus Lite process is still worth waiting for: alive and using CPU."""
+
+    def __init__(self, process: subprocess.Popen[bytes] | None) -> None:
+        self.process = process
+        self.started = self.changed = time.monotonic()
+        self.ticks: int | None = None
+
+    def problem(self) -> str | None:
+        """Why waiting is over, or None while the process is alive and making progress."""
+        now = time.monotonic()
+        if self.process is None:  # a milvus-lite without the record memgpt reads: a fixed limit
+            return self._too_long(now, "Milvus Lite")
+        code = self.process.poll()
+        if code is not None:
+            return f"the Milvus Lite process exited (code {code}) before it answered"
+        found = _cpu_ticks(self.process.pid)
+        if found is None:
+            return self._too_long(now, f"the Milvus Lite process (pid {self.process.pid})")
+        ticks, state = found
+        if ticks != self.ticks:
+            self.ticks, self.changed = ticks, now
+        if now - self.changed < LITE_STALL_SECONDS:
+            return self._too_long(now, f"the Milvus Lite process (pid {self.process.pid})")
+        how = "is stopped and has" if state in "Tt" else "has"
+        return f"the Milvus Lite process (pid {self.process.pid}) {how} made no progress for {LITE_STALL_SECONDS:.0f} s"
+
+    def _too_long(self, now: float, what: str) -> str | None:
+        if now - self.started < LITE_START_SECONDS:
+            return None
+        return f"{what} did not answer within {LITE_START_SECONDS:.0f} s"
+
+
+def _cpu_ticks(pid: int) -> tuple[int, str] | None:
+    """The CPU time a process has used (clock ticks, all its threads and reaped children) and its state
+    letter, from /proc; None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
+    return sum(int(value) for value in fields[11:15]), fields[0]
 
 
 def _check_writable(db_file: Path) -> None:

@@ -1,0 +1,87 @@
+"""Starting Milvus Lite on a loaded machine: memgpt waits while the Milvus Lite process is alive and using
+CPU, and fails in one line only when it died or stopped making progress.
+
+The process is real: milvus-lite's own ``BIN_PATH`` points at a stand-in ``milvus`` that first behaves
+as the test needs (busy for a while, exits, stops itself) and then, where it should, becomes the real
+Milvus Lite binary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import milvus_lite
+import pytest
+
+from memgpt.errors import StorageError
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+from memgpt.storage.milvus import client as milvus_client
+
+REAL_BIN = Path(milvus_lite.__file__).parent / "lib"
+
+# The stand-in: spend BUSY seconds of CPU (a slow start on a loaded machine), then do THEN.
+STAND_IN = """#!{python}
+import os, signal, sys, time
+end = time.monotonic() + {busy}
+while time.monotonic() < end:
+    pass
+then = {then!r}
+if then == "exec":
+    os.environ["LD_LIBRARY_PATH"] = {lib!r}
+    os.execv({lib!r} + "/milvus", [{lib!r} + "/milvus", *sys.argv[1:]])
+if then == "stop":
+    with open(os.environ["STAND_IN_PID_FILE"], "w") as out:
+        out.write(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGSTOP)
+sys.exit(3)
+"""
+
+
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: float, then: str) -> Path:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "milvus"
+    script.write_text(STAND_IN.format(python=sys.executable, busy=busy, then=then, lib=str(REAL_BIN)))
+    script.chmod(0o755)
+    monkeypatch.setenv("BIN_PATH", str(folder))
+    monkeypatch.setenv("STAND_IN_PID_FILE", str(tmp_path / "stand_in.pid"))
+    monkeypatch.setattr(milvus_client, "LITE_STALL_SECONDS", 2.0)
+    return tmp_path / "data" / "milvus.db"
+
+
+def test_a_slow_start_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Busy for twice the stall limit before Milvus Lite even begins: alive and progressing all along.
+    db_file = stand_in(tmp_path, monkeypatch, busy=4.0, then="exec")
+    connection = MilvusConnection(MilvusTarget(str(db_file)))
+    try:
+        assert connection.ping() == []
+    finally:
+        connection.close()
+
+
+def test_a_process_that_dies_while_starting_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_file = stand_in(tmp_path, monkeypatch, busy=1.5, then="exit")  # past milvus-lite's own 0.5 s check
+    with pytest.raises(StorageError) as failure:
+        MilvusConnection(MilvusTarget(str(db_file)))
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "the Milvus Lite process exited (code 3) before it answered" in message, message
+    assert not (db_file.parent / f".{db_file.name}.lock").exists()  # milvus-lite's lock is given back
+
+
+def test_a_hung_process_is_reported_and_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_file = stand_in(tmp_path, monkeypatch, busy=0.7, then="stop")  # SIGSTOPs itself: alive, never progressing
+    started = time.monotonic()
+    with pytest.raises(StorageError) as failure:
+        MilvusConnection(MilvusTarget(str(db_file)))
+    waited = time.monotonic() - started
+    message = str(failure.value)
+    pid = int((tmp_path / "stand_in.pid").read_text())
+    assert "\n" not in message
+    assert f"the Milvus Lite process (pid {pid}) is stopped and has made no progress for 2 s" in message, message
+    assert waited < 30, waited
+    with pytest.raises(ProcessLookupError):  # the stopped process was ended, not left behind
+        os.kill(pid, 0)
