@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible chat server: the one fake in the test suite.
 
 It serves POST /v1/chat/completions over real HTTP, answers from a script and records every request,
-so the agent loop, the openai SDK and our retry logic all run for real. Summarization requests (no
+so the agent loop, our HTTP client and our retry logic all run for real. Summarization requests (no
 tools, our summarizer's instructions) are answered automatically, so scripts need not predict them.
 
 Script entries:
