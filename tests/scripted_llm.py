@@ -59,6 +59,7 @@ class ScriptedLLM:
         self.props: dict[str, Any] | None = None
         self.show: dict[str, Any] | None = None
         self.gets: list[str] = []
+        self.posts: list[tuple[str, dict[str, str]]] = []  # path and headers of every POST
         self._closed = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -121,6 +122,7 @@ class ScriptedLLM:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = read_json(self)
+                llm.posts.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path == "/api/show":
                     llm.gets.append(self.path)
                     self._send(*((200, llm.show) if llm.show is not None else (404, {"error": "not found"})))
