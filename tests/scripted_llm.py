@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible chat server: the one fake in the test suite.
 
 It serves POST /v1/chat/completions over real HTTP, answers from a script and records every request,
-so the agent loop, the openai SDK and our retry logic all run for real. Summarization requests (no
+so the agent loop, our HTTP client and our retry logic all run for real. Summarization requests (no
 tools, our summarizer's instructions) are answered automatically, so scripts need not predict them.
 
 Script entries:
@@ -59,6 +59,7 @@ class ScriptedLLM:
         self.props: dict[str, Any] | None = None
         self.show: dict[str, Any] | None = None
         self.gets: list[str] = []
+        self.posts: list[tuple[str, dict[str, str]]] = []  # path and headers of every POST
         self._closed = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -121,6 +122,7 @@ class ScriptedLLM:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = read_json(self)
+                llm.posts.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path == "/api/show":
                     llm.gets.append(self.path)
                     self._send(*((200, llm.show) if llm.show is not None else (404, {"error": "not found"})))

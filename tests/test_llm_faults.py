@@ -1,4 +1,4 @@
-"""Broken and weak LLMs through the real OpenAI SDK and HTTP (the scripted server): every unexpected
+"""Broken and weak LLMs through real HTTP (the scripted server): every unexpected
 reply is one clear line naming the endpoint, a hung endpoint fails within the time budget, empty
 replies are asked again under the tool-choice policy, and arguments come out as clean JSON."""
 

@@ -272,3 +272,30 @@ def test_environment_fills_in_only_what_the_config_leaves_open() -> None:
     with pytest.raises(ConfigError, match="anthropic needs an API key: set ANTHROPIC_API_KEY"):
         resolve_llm(LLMSettings(provider="anthropic"), {})
     assert isinstance(create_llm(LLMSettings(function_calling="json"), env={"OPENAI_API_KEY": "k"}), JsonFunctionClient)
+
+
+def test_requests_name_the_deployment_on_azure_and_the_organization_on_openai(llm: ScriptedLLM) -> None:
+    root = llm.url.removesuffix("/v1")
+    azure = create_llm(LLMSettings(provider="azure", endpoint=root, model="gpt-4o-mini", api_key="az-key"))
+    llm.reply("hi")
+    assert azure.complete([{"role": "user", "content": "hi"}]).content == ""
+    path, headers = llm.posts[-1]
+    assert path == "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+    assert headers["api-key"] == "az-key" and "authorization" not in headers
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": llm.url, "OPENAI_ORG_ID": "org-1"}
+    openai = create_llm(LLMSettings(provider="openai", model="gpt-4o-mini"), env=env)
+    llm.reply("hi")
+    openai.complete([{"role": "user", "content": "hi"}])
+    path, headers = llm.posts[-1]
+    assert path == "/v1/chat/completions"
+    assert headers["authorization"] == "Bearer sk-test" and headers["openai-organization"] == "org-1"
+    assert llm.requests[-1]["model"] == "gpt-4o-mini"
+
+
+def test_clients_of_one_endpoint_share_a_connection_pool(llm: ScriptedLLM) -> None:
+    from memgpt import httppool
+
+    first, second = (OpenAICompatible(model="m", context_window=4096, endpoint=llm.url) for _ in range(2))
+    other_key = OpenAICompatible(model="m", context_window=4096, endpoint=llm.url, api_key="k")
+    assert first._route()[0] is second._route()[0] is httppool.client(llm.url, {"authorization": "Bearer not-needed"})
+    assert other_key._route()[0] is not first._route()[0]

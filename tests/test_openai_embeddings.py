@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +21,8 @@ from tests.http_json import read_json, send_json
 class EmbeddingServer(ThreadingHTTPServer):
     dimension = 16
     fail_with: int | None = None
+    failures = 0  # answer this many requests with fail_with, then as usual (0: every one)
+    garbled = False  # answer 200 with no embeddings
     requests: list[dict]
 
 
@@ -28,14 +32,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = read_json(self)
         self.server.requests.append(body)
-        if self.server.fail_with:
+        if self.server.fail_with and (not self.server.failures or len(self.server.requests) <= self.server.failures):
             send_json(self, self.server.fail_with, {"error": {"message": "model not found", "type": "invalid_request"}})
+            return
+        if self.server.garbled:
+            send_json(self, 200, {"object": "list", "detail": "try again later"})
             return
         data = []
         for index, text in enumerate(body["input"]):
             vector = [0.0] * self.server.dimension
             vector[len(text) % self.server.dimension] = 1.0
-            data.append({"object": "embedding", "index": index, "embedding": vector})
+            # As OpenAI does: base64 of little-endian float32s when asked for, else a list of numbers.
+            packed = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index,
+                         "embedding": packed if body.get("encoding_format") == "base64" else vector})  # fmt: skip
         send_json(
             self,
             200,
@@ -78,6 +88,22 @@ def test_wrong_dimension_and_errors_are_clear(server: EmbeddingServer) -> None:
     server.fail_with = 404
     with pytest.raises(EmbeddingError, match="answered 404: model not found"):
         OpenAIEmbeddings("missing", dimensions=16, endpoint=endpoint(server)).embed("x")
+
+
+def test_busy_answers_are_retried_and_garbled_ones_are_one_clear_line(server: EmbeddingServer) -> None:
+    model = OpenAIEmbeddings("nomic-embed-text", dimensions=16, endpoint=endpoint(server))
+    model.sleep = lambda seconds: None  # type: ignore[method-assign]
+    server.fail_with, server.failures = 503, 2
+    assert model.embed("abc").index(1.0) == 3
+    assert len(server.requests) == 3
+    server.requests.clear()
+    server.failures = 0
+    with pytest.raises(EmbeddingError, match=r"answered 503: model not found"):
+        model.embed("abc")
+    assert len(server.requests) == model.max_retries + 1
+    server.fail_with, server.garbled = None, True
+    with pytest.raises(EmbeddingError, match=r"sent a reply that is not a list of embeddings: .*try again later"):
+        model.embed("abc")
 
 
 def test_configure_probes_the_dimension_and_load_uses_the_endpoint(server: EmbeddingServer, home: Path) -> None:

@@ -16,7 +16,7 @@ from memgpt.memory.recall import RecallIndex, RecallMemory, index_pass
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq
-from memgpt.types import Message, Passage, Role
+from memgpt.types import Message, Passage, Role, ToolCall
 
 START = datetime(2024, 3, 12, 19, 0, tzinfo=UTC)
 
@@ -157,3 +157,32 @@ def test_withdrawing_an_item_drops_what_is_left_of_it() -> None:
     assert batcher.withdraw("agent", timeout=0.05) is False  # waits for the pass under way, then drops the rest
     time.sleep(0.2)
     assert seen == ["agent"] and batcher.wait("agent", timeout=1)
+
+
+def test_an_agent_opened_again_does_not_embed_its_last_message_again(storage: Storage) -> None:
+    """A server opens an agent (and its recall index) anew for a turn: the message before the turn's first
+    one was embedded by the last turn's index and is not embedded again; nor is a message without words,
+    whose text is the same for every such message."""
+    model = CountingModel()
+    store = storage.passages(model.space)
+    agent_id = _agent(storage, model, "again")
+    history = _messages(agent_id, 4)
+
+    def turn(messages: list[Message]) -> None:
+        recall = RecallMemory(storage, agent_id=agent_id, user_id="u", index=RecallIndex(store, model))
+        recall.append(messages)
+        assert index_pass([recall]).finished == {recall.key}
+
+    turn(history[:2])
+    turn(history[2:])
+    assert model.calls == [2, 2]
+    bare = [
+        Message(f"{agent_id}-bare{i}", agent_id, Role.ASSISTANT, "", START + timedelta(hours=1, minutes=i),
+                tool_calls=(ToolCall(f"c{i}", "archival_memory_search", '{"query": "boats"}'),))
+        for i in range(3)
+    ]  # fmt: skip
+    turn(bare[:2])
+    turn(bare[2:])
+    assert model.calls == [2, 2, 1]  # "(empty)" once, and then never again
+    entries = {p.id: p for p in store.query(all_of(eq("agent_id", agent_id), eq("kind", "recall")), limit=100)}
+    assert len(entries) == 7 and entries[f"{agent_id}-bare2"].text == "Tuesday 12 March 2024"  # only its day

@@ -71,6 +71,12 @@ def resolve_llm(
     )
 
 
+def _openai_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """OpenAI's organization and project, from the variables the openai SDK reads."""
+    named = {"openai-organization": env.get("OPENAI_ORG_ID", ""), "openai-project": env.get("OPENAI_PROJECT_ID", "")}
+    return {header: value for header, value in named.items() if value}
+
+
 def create_llm(
     settings: LLMSettings, *, model: str = "", context_window: int = 0, env: Mapping[str, str] | None = None
 ) -> LLMClient:
@@ -102,6 +108,7 @@ def create_llm(
             timeout=timeout,
             deadline=settings.timeout_seconds,
             azure_api_version=settings.azure_api_version if resolved.provider == "azure" else "",
+            headers=_openai_headers(os.environ if env is None else env) if resolved.provider == "openai" else None,
         )
     if settings.function_calling == "json":
         from memgpt.llm.json_mode import JsonFunctionClient

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from memgpt.errors import LLMError, LLMRetryableError, LLMTimeoutError
+from memgpt import httppool
+from memgpt.errors import LLMRetryableError
 from memgpt.llm.arguments import load_arguments, normalise_arguments
 from memgpt.llm.base import AUTO, ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
-from memgpt.llm.replies import count, error_detail, error_in_body, json_body, looks_like_html, one_line, status_error
+from memgpt.llm.replies import count, error_in_body, json_body, one_line, post, response_error
 from memgpt.types import ToolCall
 
 API_VERSION = "2023-06-01"
@@ -71,7 +71,7 @@ class AnthropicClient(LLMClient):
         self._max_output_tokens = max_output_tokens
 
     def headers(self) -> dict[str, str]:
-        return {"x-api-key": self._api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+        return {"x-api-key": self._api_key, "anthropic-version": API_VERSION}
 
     def request(
         self,
@@ -81,8 +81,6 @@ class AnthropicClient(LLMClient):
         choice: ToolChoice = AUTO,
         timeout: float = 120.0,
     ) -> Completion:
-        import httpx
-
         system, turns = to_anthropic(messages)
         payload: dict[str, Any] = {"model": self.model, "max_tokens": self._max_output_tokens, "messages": turns}
         if system:
@@ -92,34 +90,17 @@ class AnthropicClient(LLMClient):
                 {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
             ]
             payload["tool_choice"] = _tool_choice(choice)
-        try:
-            response = httpx.post(f"{self.endpoint}/v1/messages", json=payload, headers=self.headers(), timeout=timeout)
-        except httpx.TimeoutException as exc:
-            raise LLMTimeoutError(f"{self.endpoint} did not answer within {timeout:.0f} s") from exc
-        except httpx.TransportError as exc:
-            raise LLMRetryableError(f"cannot reach {self.endpoint}: {one_line(exc)}") from exc
-        if response.status_code != 200:
-            raise _status_error(response, self.endpoint)
-        return parse_message(response.text, self.endpoint)
+        http = httppool.client(self.endpoint, self.headers())
+        status, text = post(http, "/v1/messages", payload, timeout=timeout, where=self.endpoint)
+        if status != 200:
+            raise response_error(status, text, self.endpoint)
+        return parse_message(text, self.endpoint)
 
 
 def _tool_choice(choice: ToolChoice) -> dict[str, str]:
     if choice.mode == "function":
         return {"type": "tool", "name": choice.name}
     return {"type": "any" if choice.mode == "required" else "auto"}
-
-
-def _status_error(response: Any, where: str) -> LLMError:
-    text = response.text
-    try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        body = None
-    if isinstance(body, dict):
-        detail = error_detail(body.get("error", body))
-    else:
-        detail = "an HTML page" if looks_like_html(text) else one_line(text or "no detail given")
-    return status_error(response.status_code, detail, where)
 
 
 def parse_message(text: str, where: str) -> Completion:

@@ -1,33 +1,26 @@
 """Any OpenAI-compatible chat-completions endpoint: OpenAI, Azure OpenAI, vLLM, Ollama, LM Studio,
 llama.cpp server, Groq, OpenRouter.
 
-The SDK sends the request; the reply body is read here rather than by the SDK's models, because
-real servers send truncated JSON, HTML pages, error objects with status 200 and tool calls without
-names, and each must become one clear line (``memgpt.llm.replies``).
+Plain HTTP (httpx, one pooled client per endpoint and key): our messages and tool schemas are JSON
+already, and the reply body is read here rather than by an SDK's models, because real servers send
+truncated JSON, HTML pages, error objects with status 200 and tool calls without names, and each must
+become one clear line (``memgpt.llm.replies``). The openai SDK cost ~0.65 s of imports per process and
+several ms of CPU per call validating what it sent and received.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memgpt.errors import LLMError, LLMRetryableError, LLMTimeoutError
+from memgpt import httppool
+from memgpt.errors import LLMError, LLMRetryableError
 from memgpt.llm.arguments import normalise_arguments, unescape_text
 from memgpt.llm.base import AUTO, ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
-from memgpt.llm.replies import count, error_detail, error_in_body, json_body, one_line, status_error
+from memgpt.llm.replies import count, error_in_body, json_body, one_line, post, response_error
 from memgpt.types import ToolCall
 
-
-def _detail(exc: Any) -> str:
-    """The server's own error message (the SDK passes either the error object or the whole body)."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        return error_detail(body.get("error", body))
-    response = getattr(exc, "response", None)
-    text = getattr(response, "text", "") if response is not None else ""
-    if text:
-        return "an HTML page" if text.lstrip().startswith("<") else one_line(text)
-    return one_line(getattr(exc, "message", "") or exc)
+OPENAI_ENDPOINT = "https://api.openai.com/v1"
 
 
 class OpenAICompatible(LLMClient):
@@ -41,40 +34,32 @@ class OpenAICompatible(LLMClient):
         timeout: float = 120.0,
         deadline: float = 120.0,
         azure_api_version: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """``timeout`` bounds one request, ``deadline`` one ``complete`` call with its retries."""
+        """``timeout`` bounds one request, ``deadline`` one ``complete`` call with its retries; ``headers``
+        go with every request (OpenAI's organization and project)."""
         self.model = model
         self.context_window = context_window
         self.endpoint = endpoint.rstrip("/")
         self.timeout, self.deadline = timeout, deadline
         self._api_key = api_key
         self._azure_api_version = azure_api_version
-        self._client: Any = None
+        self._headers = dict(headers or {})
 
     @property
     def where(self) -> str:
         return self.endpoint or "api.openai.com"
 
-    def _openai(self) -> Any:
-        if self._client is None:
-            import openai
-
-            if self._azure_api_version:
-                self._client = openai.AzureOpenAI(
-                    azure_endpoint=self.endpoint,
-                    api_key=self._api_key,
-                    api_version=self._azure_api_version,
-                    timeout=self.timeout,
-                    max_retries=0,
-                )
-            else:
-                self._client = openai.OpenAI(
-                    base_url=self.endpoint or None,
-                    api_key=self._api_key or "not-needed",
-                    timeout=self.timeout,
-                    max_retries=0,
-                )
-        return self._client
+    def _route(self) -> tuple[Any, str, dict[str, str] | None]:
+        """The pooled client, the chat-completions path and its query parameters. Azure names the
+        deployment (our model) in the path and the API version in the query, and takes the key as
+        ``api-key``."""
+        if self._azure_api_version:
+            http = httppool.client(f"{self.endpoint}/openai", {"api-key": self._api_key, **self._headers})
+            return http, f"/deployments/{self.model}/chat/completions", {"api-version": self._azure_api_version}
+        # Local servers need no key but some proxies insist on the header being there.
+        headers = {"authorization": f"Bearer {self._api_key or 'not-needed'}", **self._headers}
+        return httppool.client(self.endpoint or OPENAI_ENDPOINT, headers), "/chat/completions", None
 
     def request(
         self,
@@ -84,31 +69,19 @@ class OpenAICompatible(LLMClient):
         choice: ToolChoice = AUTO,
         timeout: float = 120.0,
     ) -> Completion:
-        import openai
-
-        # The body goes in extra_body, which the SDK sends as it is: passed as arguments, messages and tools
-        # are first walked against the SDK's typed parameters, ~6 ms of CPU per call here (a server's turn
-        # costs less than that of its own). Our messages and schemas are plain JSON already.
-        payload: dict[str, Any] = {"messages": [_sendable(m) for m in messages]}
+        payload: dict[str, Any] = {"model": self.model, "messages": [_sendable(m) for m in messages]}
         if tools:
             payload["tools"] = [t.openai() for t in tools]
             payload["tool_choice"] = choice.openai()
-        try:
-            raw = self._openai().chat.completions.with_raw_response.create(
-                model=self.model, messages=[], extra_body=payload, timeout=timeout
-            )
-            text = raw.text
-        except openai.APITimeoutError as exc:
-            raise LLMTimeoutError(f"{self.where} did not answer within {timeout:.0f} s") from exc
-        except openai.APIConnectionError as exc:
-            raise LLMRetryableError(f"cannot reach {self.where}: {one_line(exc.__cause__ or exc)}") from exc
-        except openai.APIStatusError as exc:
-            error = status_error(exc.status_code, _detail(exc), self.where)
-            if choice.mode == "required" and exc.status_code >= 500:
+        http, path, params = self._route()
+        status, text = post(http, path, payload, timeout=timeout, where=self.where, params=params)
+        if not 200 <= status < 300:
+            error = response_error(status, text, self.where)
+            if choice.mode == "required" and status >= 500:
                 # llama.cpp's server answers tool_choice "required" with a bare 500.
                 error = LLMError(f"{error}; this server may not support tool_choice \"required\": set "
                                  "llm.tool_choice to auto_then_send_message")
-            raise error from exc
+            raise error
         return parse_chat_completion(text, self.where)
 
 

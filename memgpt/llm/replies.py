@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError
+from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError, LLMTimeoutError
+
+if TYPE_CHECKING:
+    import httpx
 
 _OVERFLOW_HINTS = (
     "context_length_exceeded",
@@ -33,6 +37,33 @@ def one_line(text: object, limit: int = 300) -> str:
 
 def looks_like_html(text: str) -> bool:
     return text.lstrip()[:1] == "<"
+
+
+def post(
+    http: httpx.Client,
+    url: str,
+    payload: Mapping[str, Any],
+    *,
+    timeout: float,
+    where: str,
+    params: Mapping[str, str] | None = None,
+) -> tuple[int, str]:
+    """POST ``payload`` as JSON; the reply's status and text. No answer within ``timeout`` seconds is an
+    LLMTimeoutError, a failed connection an LLMRetryableError, a malformed URL an LLMError."""
+    import httpx
+
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        response = http.post(
+            url, content=body, params=params, timeout=timeout, headers={"content-type": "application/json"}
+        )
+        return response.status_code, response.text
+    except httpx.TimeoutException as exc:
+        raise LLMTimeoutError(f"{where} did not answer within {timeout:.0f} s") from exc
+    except httpx.InvalidURL as exc:
+        raise LLMError(f"{where} is not a URL memgpt can call ({one_line(exc)}): check llm.endpoint") from exc
+    except httpx.HTTPError as exc:  # refused, reset, cut off, too many redirects, undecodable
+        raise LLMRetryableError(f"cannot reach {where}: {one_line(exc)}") from exc
 
 
 def json_body(text: str, where: str) -> dict[str, Any]:
@@ -84,6 +115,20 @@ def status_error(status: int, detail: str, where: str, said: str = "") -> LLMErr
     if status == 404:
         return LLMError(f"{where} {said}: {detail} (check the endpoint and the model name)")
     return LLMError(f"{where} {said}: {detail}")
+
+
+def response_error(status: int, text: str, where: str) -> LLMError:
+    """The error for a reply with an HTTP error status, from its body: the error object's message when it
+    is JSON, else the text itself (or just "an HTML page")."""
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        body = None
+    if isinstance(body, dict):
+        detail = error_detail(body.get("error", body))
+    else:
+        detail = "an HTML page" if looks_like_html(text) else one_line(text or "no detail given")
+    return status_error(status, detail, where)
 
 
 def error_in_body(error: object, where: str) -> LLMError:

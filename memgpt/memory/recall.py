@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import ExitStack
@@ -44,7 +45,10 @@ _MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole m
 # An embedding needs some text: an agent message with neither a thought nor words to the person (it only
 # called a tool) is indexed under this, so it still counts where the SQL record does.
 _NO_WORDS = "(empty)"
-_RECENT = 64  # own embeddings kept for the next batch's first message (see RecallIndex)
+_NO_WORDS_KEY = "\0" + _NO_WORDS  # its embedding's key among the cached ones (no message id starts with NUL)
+# Own embeddings kept for the next batch's first message, per model and process (see RecallIndex): one per
+# agent active lately is what is needed; 4096 float32 vectors of 384 dimensions are 6 MB.
+_RECENT = 4096
 _QUERIES = 16  # query embeddings kept for the next page of the same search
 
 
@@ -59,24 +63,28 @@ class RecallIndex:
 
     store: PassageStore
     model: EmbeddingModel
-    # Own embeddings of the last messages indexed, by id: the next batch's first message needs its
-    # predecessor's (a miss, after a restart, embeds it again).
-    _recent: OrderedDict[str, Vector] = field(default_factory=OrderedDict, repr=False)
+    # Own embeddings of the last messages indexed, by id, shared by every index of the model in the process:
+    # the next batch's first message needs its predecessor's, and a server opens an agent (and its index)
+    # anew for a turn. A miss, after a restart or an eviction, embeds it again.
+    _recent: OrderedDict[str, np.ndarray] = field(init=False, repr=False)
     _queries: OrderedDict[str, Vector] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # indexing may run on a thread
+
+    def __post_init__(self) -> None:
+        self._recent = _recent_of(self.model)
 
     def add(self, user_id: str, messages: list[Message], before: Mapping[str, Message | None]) -> None:
         """Index ``messages`` now, replacing what an interrupted earlier pass wrote of them; ``before`` maps each
         one's id to the searchable message right before it."""
         pairs = [(m, before.get(m.id)) for m in messages]
         missing = self.uncached(pairs)
-        fresh = dict(zip([m.id for m in missing], self.model.embed_multi(_texts(missing)), strict=True))
+        fresh = dict(zip([m.id for m in missing], _embedded(self.model, missing), strict=True))
         _write(self.store, self.entries(user_id, pairs, fresh))
         self.remember(pairs, fresh)
 
     def uncached(self, pairs: Sequence[tuple[Message, Message | None]]) -> list[Message]:
         """The messages of ``pairs`` (and those before them) whose own embedding is not cached: to embed."""
-        with self._lock:
+        with _recent_lock:
             wanted = {m.id: m for pair in pairs for m in pair if m is not None and m.id not in self._recent}
         return list(wanted.values())
 
@@ -85,12 +93,12 @@ class RecallIndex:
     ) -> list[Passage]:
         """The index entries of ``pairs`` (each message with the one before it), from the own embeddings in
         ``fresh`` or cached ones (one evicted meanwhile is embedded again)."""
-        own = dict(fresh)
-        with self._lock:
+        own: dict[str, Vector | np.ndarray] = dict(fresh)
+        with _recent_lock:
             own.update({m.id: self._recent[m.id] for p in pairs for m in p if m is not None and m.id in self._recent})
         late = [m for m in {m.id: m for p in pairs for m in p if m is not None}.values() if m.id not in own]
         if late:
-            own.update(zip([m.id for m in late], self.model.embed_multi(_texts(late)), strict=True))
+            own.update(zip([m.id for m in late], _embedded(self.model, late), strict=True))
         return [
             Passage(
                 id=message.id,
@@ -100,15 +108,16 @@ class RecallIndex:
                 kind="recall",
                 created_at=message.created_at,
                 metadata={"role": message.role.value},
-                embedding=own[message.id] if previous is None else _joined(own[message.id], own[previous.id]),
+                embedding=_plain(own[message.id]) if previous is None else _joined(own[message.id], own[previous.id]),
             )
             for message, previous in pairs
         ]
 
     def remember(self, pairs: Sequence[tuple[Message, Message | None]], fresh: Mapping[str, Vector]) -> None:
         """Keep the indexed messages' own embeddings for the next batch's first message."""
-        with self._lock:
-            self._recent.update({m.id: fresh[m.id] for m, _ in pairs if m.id in fresh})
+        kept = {m.id: np.asarray(fresh[m.id], dtype=np.float32) for m, _ in pairs if m.id in fresh}
+        with _recent_lock:
+            self._recent.update(kept)
             while len(self._recent) > _RECENT:
                 self._recent.popitem(last=False)
 
@@ -127,7 +136,7 @@ class RecallIndex:
 
     def forget(self, message_ids: Sequence[str]) -> None:
         """Drop cached embeddings of messages whose text changed or that were removed."""
-        with self._lock:
+        with _recent_lock:
             for message_id in message_ids:
                 self._recent.pop(message_id, None)
 
@@ -142,21 +151,46 @@ def _fit(text: str) -> str:
     return text if len(data) <= _MAX_INDEXED_BYTES else data[:_MAX_INDEXED_BYTES].decode("utf-8", "ignore")
 
 
-def _joined(own: Vector, before: Vector) -> Vector:
+def _recent_of(model: EmbeddingModel) -> OrderedDict[str, np.ndarray]:
+    """The process's cache of own embeddings made with ``model``."""
+    with _recent_lock:
+        cache = _recents.get(model)
+        if cache is None:
+            cache = _recents[model] = OrderedDict()
+        return cache
+
+
+def _plain(vector: Vector | np.ndarray) -> Vector:
+    return vector.tolist() if isinstance(vector, np.ndarray) else vector
+
+
+def _joined(own: Vector | np.ndarray, before: Vector | np.ndarray) -> Vector:
     total = np.add(own, before, dtype=np.float64)
     norm = float(np.linalg.norm(total)) or 1.0
     return (total / norm).tolist()
 
 
-def _texts(messages: Sequence[Message]) -> list[str]:
-    return [search_text(m) or _NO_WORDS for m in messages]
+def _embedded(model: EmbeddingModel, messages: Sequence[Message]) -> list[Vector]:
+    """The messages' own embeddings, each text embedded once: messages without words (an agent's bare
+    tool call) all share the embedding of ``_NO_WORDS``, kept with the model's cached ones."""
+    texts = [search_text(m) or _NO_WORDS for m in messages]
+    recent = _recent_of(model)
+    with _recent_lock:
+        known = {_NO_WORDS: recent[_NO_WORDS_KEY].tolist()} if _NO_WORDS_KEY in recent else {}
+    wanted = [text for text in dict.fromkeys(texts) if text not in known]
+    if wanted:
+        known.update(zip(wanted, model.embed_multi(wanted), strict=True))
+    if _NO_WORDS in wanted:
+        with _recent_lock:
+            recent[_NO_WORDS_KEY] = np.asarray(known[_NO_WORDS], dtype=np.float32)
+    return [known[text] for text in texts]
 
 
 def _write(store: PassageStore, entries: list[Passage]) -> None:
     """Delete, then insert: Milvus Lite's upsert scans for the old rows (~0.8 s per call at 100k passages).
     Entries a crash left between the insert and the SQL mark are replaced, never doubled."""
     agents = sorted({p.agent_id for p in entries if p.agent_id})
-    store.delete(all_of(is_in("agent_id", agents), is_in("id", [p.id for p in entries])))
+    store.delete(all_of(is_in("agent_id", agents), is_in("id", [p.id for p in entries])), count=False)
     store.insert(entries)
 
 
@@ -408,7 +442,7 @@ def _embed(
     fresh: dict[str, Vector] = {}
     for index, recalls, missing in by_model.values():
         try:
-            fresh.update(zip(missing, index.model.embed_multi(_texts(list(missing.values()))), strict=True))
+            fresh.update(zip(missing, _embedded(index.model, list(missing.values())), strict=True))
         except MemGPTError as exc:
             _failed(outcome, recalls, exc)
     return fresh
@@ -421,6 +455,8 @@ def _failed(outcome: Outcome, recalls: Sequence[RecallMemory], exc: MemGPTError)
         outcome.finished.discard(recall.key)
 
 
+_recents: weakref.WeakKeyDictionary[EmbeddingModel, OrderedDict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+_recent_lock = threading.Lock()
 _locks: dict[Hashable, threading.RLock] = {}
 _locks_guard = threading.Lock()
 _indexer: Batcher[RecallMemory] | None = None
@@ -444,8 +480,8 @@ def indexer() -> Batcher[RecallMemory]:
 
 def _forget_in_child() -> None:
     """A forked child has none of its parent's threads: it starts its own indexer, with fresh locks."""
-    global _indexer, _locks_guard
-    _indexer, _locks_guard = None, threading.Lock()
+    global _indexer, _locks_guard, _recent_lock
+    _indexer, _locks_guard, _recent_lock = None, threading.Lock(), threading.Lock()
     _locks.clear()
 
 

@@ -36,8 +36,9 @@ class PassageStore(ABC):
         self.upsert(passages)
 
     @abstractmethod
-    def delete(self, where: Filter) -> int:
-        """Delete what ``where`` matches (never everything by accident: an empty filter is refused)."""
+    def delete(self, where: Filter, *, count: bool = True) -> int:
+        """Delete what ``where`` matches (never everything by accident: an empty filter is refused); returns
+        how many passages matched, or 0 with ``count=False`` where counting costs a query of its own."""
 
     @abstractmethod
     def search(

@@ -159,12 +159,12 @@ class MilvusPassageStore(PassageStore):
     def insert(self, passages: Sequence[Passage]) -> None:
         self._write_rows([_row(p, self.dimensions) for p in passages], replace=False)
 
-    def delete(self, where: Filter) -> int:
-        """Returns how many passages matched: Milvus Lite reports the deleted ids, but a server's
-        ``delete_count`` is 0 for filtered deletes on a partition-key collection (seen on 2.3.5)."""
+    def delete(self, where: Filter, *, count: bool = True) -> int:
+        """Returns how many passages matched (a query before the delete: Milvus Lite reports the deleted ids,
+        but a server's ``delete_count`` is 0 for filtered deletes on a partition-key collection, seen on 2.3.5)."""
         if not where.expr:
             raise StorageError("refusing to delete passages with an empty filter")
-        matched = self.count(where)
+        matched = self.count(where) if count else 0
         with milvus_errors("delete passages"):
             self._client.delete(self.collection, filter=where.expr)
         self._has_rows = False  # perhaps none left: count again before the next text search
