@@ -38,7 +38,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, write_messages
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
@@ -67,6 +67,8 @@ class AgentRow(Base):
     # The server's token count over ours for the model named, learnt from the usage it reports.
     token_ratio: Mapped[float] = mapped_column(Float, default=1.0)
     token_ratio_model: Mapped[str] = mapped_column(String(256), default="")
+    # Moved by every change to what an opened agent holds but a server turn's own writes (sql.bump_agents).
+    version: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class BlockRow(Base):
@@ -268,6 +270,7 @@ class AgentStore:
                     metadata_json=json.dumps(state.metadata),
                     tools=_tools_json(state.tools),
                     updated_at=state.updated_at,
+                    version=0,
                 )
             )
             s.flush()
@@ -364,7 +367,11 @@ class AgentStore:
         if "tools" in fields:
             values["tools"] = _tools_json(fields["tools"])
         with self._metadata.session() as s:
-            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**values, updated_at=utc_now()))
+            s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id)
+                .values(**values, updated_at=utc_now(), version=AgentRow.version + 1)
+            )
             if "tags" in fields:
                 _write_tags(s, agent_id, fields["tags"])
 
@@ -400,7 +407,11 @@ class AgentStore:
         """Store one block as it is now (a person's edit, outside any step)."""
         with self._metadata.session() as s:
             _write_blocks(s, agent_id, [block])
-            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(updated_at=utc_now()))
+            s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id)
+                .values(updated_at=utc_now(), version=AgentRow.version + 1)
+            )
 
     def swap_block_value(self, agent_id: str, label: str, expected: str, value: str) -> bool:
         """Set a block's value if it still is ``expected`` (an edit made outside a step, e.g. over MCP);
@@ -411,11 +422,14 @@ class AgentStore:
                 .where(BlockRow.agent_id == agent_id, BlockRow.label == label, BlockRow.value == expected)
                 .values(value=value)
             )
+            if result.rowcount:
+                bump_agents(s, agent_id)
             return bool(result.rowcount)
 
     def commit_step(self, agent_id: str, changes: StepChanges, *, fence: Fence | None = None) -> None:
         """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields;
-        with a ``fence``, only while that lease still holds the agent (else LeaseLostError, nothing stored)."""
+        with a ``fence``, only while that lease still holds the agent (else LeaseLostError, nothing stored).
+        Without one (a chat outside the server), the agent's version moves."""
         with self._metadata.session() as s:
             check_fence(s, fence)
             write_messages(s, agent_id, changes.messages)
@@ -442,6 +456,13 @@ class AgentStore:
                 fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
             if fields:
                 s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**fields))
+            if fence is None:  # the agents row last, as every writer does: no two transactions wait on each other
+                bump_agents(s, agent_id)
+
+    def touch(self, agent_id: str) -> None:
+        """Move the agent's version after a change stored elsewhere (its own passages in the vector store)."""
+        with self._metadata.session() as s:
+            bump_agents(s, agent_id)
 
     def token_ratio(self, agent_id: str) -> tuple[str, float]:
         """The model the agent's token ratio was learnt for ("" for none yet) and the ratio."""
@@ -458,6 +479,8 @@ class AgentStore:
         with self._metadata.session() as s:
             check_fence(s, fence)
             _write_effects(s, agent_id, effects, committed=False)
+            if fence is None:
+                bump_agents(s, agent_id)
 
     def uncommitted_effects(self, agent_id: str) -> list[StepEffect]:
         """Effects of steps that never committed."""
@@ -483,6 +506,7 @@ class AgentStore:
         """Forget the effects of steps once they are undone."""
         if step_ids:
             with self._metadata.session() as s:
+                bump_agents(s, agent_id)
                 s.execute(
                     delete(StepEffectRow).where(
                         StepEffectRow.agent_id == agent_id, StepEffectRow.step_id.in_(list(step_ids))
@@ -506,6 +530,8 @@ class AgentStore:
                     )
                 )
             _write_blocks(s, agent_id, blocks)
+            s.flush()
+            bump_agents(s, agent_id)
 
 
 def _write_effects(s: Session, agent_id: str, effects: Sequence[StepEffect], *, committed: bool) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.types import utc_now
 
 
@@ -32,6 +32,7 @@ class AttachmentStore:
             if s.get(AgentSourceRow, (agent_id, source_id)) is not None:
                 return False
             s.add(AgentSourceRow(agent_id=agent_id, source_id=source_id, attached_at=utc_now()))
+            bump_agents(s, agent_id)
             return True
 
     def detach(self, agent_id: str, source_id: str) -> bool:
@@ -40,6 +41,8 @@ class AttachmentStore:
             result = s.execute(
                 delete(AgentSourceRow).where(AgentSourceRow.agent_id == agent_id, AgentSourceRow.source_id == source_id)
             )
+            if result.rowcount:
+                bump_agents(s, agent_id)
             return bool(result.rowcount)
 
     def source_ids(self, agent_id: str) -> list[str]:

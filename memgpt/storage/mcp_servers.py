@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.types import utc_now
 
 
@@ -33,6 +33,7 @@ class AgentMCPServerStore:
             if s.get(AgentMCPServerRow, (agent_id, server_name)) is not None:
                 return False
             s.add(AgentMCPServerRow(agent_id=agent_id, server_name=server_name, attached_at=utc_now()))
+            bump_agents(s, agent_id)
             return True
 
     def detach(self, agent_id: str, server_name: str) -> bool:
@@ -43,6 +44,8 @@ class AgentMCPServerStore:
                     AgentMCPServerRow.agent_id == agent_id, AgentMCPServerRow.server_name == server_name
                 )
             )
+            if result.rowcount:
+                bump_agents(s, agent_id)
             return bool(result.rowcount)
 
     def names(self, agent_id: str) -> list[str]:

@@ -18,7 +18,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import Message, Role, ToolCall
 
@@ -119,10 +119,13 @@ class MessageStore:
         self._metadata = metadata
 
     def append(self, agent_id: str, messages: Sequence[StoredMessage], *, fence: Fence | None = None) -> None:
-        """Add messages; with a ``fence``, only while that lease still holds the agent (else LeaseLostError)."""
+        """Add messages; with a ``fence``, only while that lease still holds the agent (else LeaseLostError);
+        without one, the agent's version moves."""
         with self._metadata.session() as s:
             check_fence(s, fence)
             write_messages(s, agent_id, messages)
+            if fence is None:
+                bump_agents(s, agent_id)
 
     def in_context(self, agent_id: str) -> list[Message]:
         """The messages in the agent's context window, oldest first."""
@@ -148,6 +151,7 @@ class MessageStore:
             s.execute(
                 delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
             )
+            bump_agents(s, agent_id)
 
     def replace(self, entry: StoredMessage) -> None:
         """Store a message's new content and tool calls (the chat's /rethink and /rewrite)."""
@@ -160,6 +164,8 @@ class MessageStore:
                 row.search_text = entry.search_text.lower()
                 row.searchable = entry.searchable
                 row.indexed = False  # changed text: index it again
+                s.flush()
+                bump_agents(s, row.agent_id)
 
     def page(
         self, agent_id: str, *, limit: int, ascending: bool, after: str | None = None, before: str | None = None
