@@ -302,6 +302,11 @@ class AgentStore:
             row = s.get(AgentRow, agent_id)
             return _states(s, [row])[0] if row is not None and row.user_id == user_id else None
 
+    def belongs(self, user_id: str, agent_id: str) -> bool:
+        """Whether the agent with this id exists and is this user's (one indexed read, for a check)."""
+        with self._metadata.session() as s:
+            return s.scalar(select(AgentRow.user_id).where(AgentRow.id == agent_id)) == user_id
+
     def page(self, user_id: str, query: AgentQuery) -> list[AgentState]:
         """One page of the user's agents in creation order; an unknown cursor gives an empty page."""
         with self._metadata.session() as s:

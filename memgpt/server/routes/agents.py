@@ -37,8 +37,18 @@ def find_agent(state: ServerState, user_id: str, agent_id: str) -> AgentState:
     """The user's agent with this id; a NotFoundError (404) for anyone else's, exactly as for a missing one."""
     found = state.storage.agents.by_id(user_id, agent_id)
     if found is None:
-        raise NotFoundError(f"no agent with id {agent_id!r}")
+        raise _missing(agent_id)
     return found
+
+
+def check_agent(state: ServerState, user_id: str, agent_id: str) -> None:
+    """``find_agent`` for a route that needs only to know the agent is the user's (one indexed read)."""
+    if not state.storage.agents.belongs(user_id, agent_id):
+        raise _missing(agent_id)
+
+
+def _missing(agent_id: str) -> NotFoundError:
+    return NotFoundError(f"no agent with id {agent_id!r}")
 
 
 class _View:
