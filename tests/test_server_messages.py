@@ -467,10 +467,10 @@ def test_a_retry_that_arrives_while_the_first_try_opens_the_agent_joins_its_turn
     opening, go_on = threading.Event(), threading.Event()
     open_agent = runner._open
 
-    def slow_open(request: Any) -> Any:  # the first try pauses here, holding the lease, until the retry came
+    def slow_open(request: Any, grant: Any) -> Any:  # the first try pauses here, holding the lease, till the retry came
         opening.set()
         go_on.wait(30)
-        return open_agent(request)
+        return open_agent(request, grant)
 
     runner._open = slow_open  # type: ignore[method-assign]
     llm.reply("Only once.")
