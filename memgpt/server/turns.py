@@ -12,11 +12,9 @@ first try started (or gets that turn's stored answer) instead of sending the mes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -25,11 +23,11 @@ from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memgpt.agent.agent import END_TURN, Agent
 from memgpt.agent.manager import open_agent
+from memgpt.agent.tools import folder_signature
 from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
@@ -208,21 +206,6 @@ class _Kept:
     tools: Hashable  # the user tools folder as it was when the agent was opened
 
 
-def _folder_signature(folder: Path) -> Hashable:
-    """What tells a change in the user tools folder (files added, removed or rewritten) without reading them."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-    except OSError:
-        return ()
-    found = []
-    for entry in entries:
-        if entry.name.endswith(".py"):
-            with contextlib.suppress(OSError):
-                info = entry.stat()
-                found.append((entry.name, info.st_mtime_ns, info.st_size))
-    return tuple(found)
-
-
 class TurnRunner:
     """The turns of one server process.
 
@@ -370,7 +353,7 @@ class TurnRunner:
             and grant.version is not None
             and (kept.version + 1, kept.created_at) == (grant.version, grant.created_at)
             and kept.agent.state.user_id == request.user_id
-            and kept.tools == _folder_signature(tools)
+            and kept.tools == folder_signature(tools)
         ):
             agent = kept.agent
             meter = UsageMeter(agent.llm.inner if isinstance(agent.llm, UsageMeter) else agent.llm)
@@ -380,7 +363,7 @@ class TurnRunner:
         if state is None:
             raise NotFoundError(f"no agent with id {request.agent_id!r}")
         meter = UsageMeter(self._llm(state.llm_model, state.context_window))
-        signature = _folder_signature(tools)
+        signature = folder_signature(tools)
         servers = self.state.storage.mcp_servers.names(state.id)
         mcp_tools, mcp_warnings = self.state.mcp().tools(servers) if servers else ([], [])
         agent, warnings = open_agent(

@@ -305,7 +305,8 @@ class AgentStore:
     def belongs(self, user_id: str, agent_id: str) -> bool:
         """Whether the agent with this id exists and is this user's (one indexed read, for a check)."""
         with self._metadata.session() as s:
-            return s.scalar(select(AgentRow.user_id).where(AgentRow.id == agent_id)) == user_id
+            agents = AgentRow.__table__  # a Core query: one made for every message sent
+            return s.scalar(select(agents.c.user_id).where(agents.c.id == agent_id)) == user_id
 
     def page(self, user_id: str, query: AgentQuery) -> list[AgentState]:
         """One page of the user's agents in creation order; an unknown cursor gives an empty page."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Boolean, Index, String, Text, column, delete, select, table, update
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -55,6 +56,7 @@ class RunRow(Base):
 
 
 RUNNING, FINISHED = "running", "finished"
+_LEASES, _RUNS = LeaseRow.__table__, RunRow.__table__
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,11 @@ def check_fence(s: Session, fence: Fence | None) -> None:
     An expired lease nobody took over yet still holds: whoever takes it next reads what this commits."""
     if fence is None:
         return
+    leases = _LEASES  # Core statements on the table, here and in every statement a turn makes: the ORM's cost more
     held = s.execute(
-        update(LeaseRow)
-        .where(LeaseRow.agent_id == fence.agent_id, LeaseRow.owner == fence.owner)
-        .values(owner=LeaseRow.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
-        .execution_options(synchronize_session=False)
+        update(leases)
+        .where(leases.c.agent_id == fence.agent_id, leases.c.owner == fence.owner)
+        .values(owner=leases.c.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
     )
     if held.rowcount != 1:
         raise LeaseLostError(
@@ -188,7 +190,7 @@ class TurnStore:
         grant: Grant | None = None
         if insert is not None:
             with self._metadata.session() as s:
-                added = s.execute(insert(LeaseRow).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
+                added = s.execute(insert(_LEASES).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
                 if added.rowcount == 1:
                     grant = self._granted(s, agent_id, run, keep, now)
         else:
@@ -257,7 +259,7 @@ class TurnStore:
         with self._metadata.session() as s:
             if finished is not None:
                 self._finish_run(s, finished)
-            s.execute(delete(LeaseRow).where(LeaseRow.agent_id == agent_id, LeaseRow.owner == owner))
+            s.execute(delete(_LEASES).where(_LEASES.c.agent_id == agent_id, _LEASES.c.owner == owner))
         with _held_guard:
             _held.discard(owner)
 
@@ -283,8 +285,9 @@ class TurnStore:
 
     def cancel_requested(self, agent_id: str, owner: str) -> bool:
         with self._metadata.session() as s:
-            row = s.get(LeaseRow, agent_id)
-            return row is not None and row.owner == owner and bool(row.cancel_requested)
+            leases = _LEASES
+            query = select(leases.c.cancel_requested).where(leases.c.agent_id == agent_id, leases.c.owner == owner)
+            return bool(s.scalar(query))
 
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self, run: Run, *, keep: timedelta | None = None) -> None:
@@ -294,10 +297,11 @@ class TurnStore:
 
     @staticmethod
     def _record_run(s: Session, run: Run, keep: timedelta | None, now: datetime) -> None:
+        runs = _RUNS
         if keep is not None:
-            s.execute(delete(RunRow).where(RunRow.agent_id == run.agent_id, RunRow.created_at < now - keep))
-        s.add(
-            RunRow(
+            s.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
+        s.execute(
+            sql_insert(runs).values(
                 id=run.id,
                 agent_id=run.agent_id,
                 digest=run.digest,
@@ -316,8 +320,8 @@ class TurnStore:
     @staticmethod
     def _finish_run(s: Session, run: Run) -> None:
         s.execute(
-            update(RunRow)
-            .where(RunRow.id == run.id)
+            update(_RUNS)
+            .where(_RUNS.c.id == run.id)
             .values(status=FINISHED, stop_reason=run.stop_reason, response=run.response, finished_at=utc_now())
         )
 

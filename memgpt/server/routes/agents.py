@@ -56,7 +56,7 @@ class _View:
 
     def __init__(self, state: ServerState, user_id: str, agents: Sequence[AgentState] = ()) -> None:
         self.state = state
-        self.catalog: list[Tool] = manager.tool_catalog(state.home / "tools")[0]
+        self.catalog: list[Tool] = state.tool_catalog()
         builtin = {t.name for t in builtin_tools()}
         # Built once per response: every agent of a list shows the same few functions.
         self.tools = {
@@ -86,7 +86,7 @@ def _tool_names(state: ServerState, names: list[str] | None, ids: list[str] | No
     """Tool names from names and/or Letta tool ids (ids are derived from names); None when neither is sent."""
     if names is None and ids is None:
         return None
-    catalog = manager.tool_catalog(state.home / "tools")[0]
+    catalog = state.tool_catalog()
     by_id = {tool_id(t.name): t.name for t in catalog}
     unknown = [i for i in ids or [] if i not in by_id]
     if unknown:
