@@ -71,8 +71,13 @@ def bump_agents(s: Session, agent_ids: str | Sequence[str] | Select[Any]) -> Non
     write to what an opened agent holds (blocks, fields, messages, tools, attachments, what its archival
     memory counts) does this, except a server turn's own writes under its lease. A server process keeps an
     agent open between turns only while the version is the one it last saw (``memgpt.server.turns``)."""
-    where = _AGENTS.c.id == agent_ids if isinstance(agent_ids, str) else _AGENTS.c.id.in_(agent_ids)
-    s.execute(update(_AGENTS).where(where).values(version=_AGENTS.c.version + 1))
+    if isinstance(agent_ids, str):
+        agent_ids = [agent_ids]
+    elif isinstance(agent_ids, Select):
+        agent_ids = list(s.scalars(agent_ids))
+    # One row at a time in id order: two transactions that move the same agents lock them in the same order.
+    for agent_id in sorted(set(agent_ids)):
+        s.execute(update(_AGENTS).where(_AGENTS.c.id == agent_id).values(version=_AGENTS.c.version + 1))
 
 
 def bump_agents_of_sources(s: Session, source_ids: Sequence[str] | Select[Any]) -> None:
