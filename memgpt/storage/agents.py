@@ -37,7 +37,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
-from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, write_messages
+from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, last_seq, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
@@ -412,33 +412,48 @@ class AgentStore:
     def save_block(self, agent_id: str, block: Block) -> None:
         """Store one block as it is now (a person's edit, outside any step)."""
         with self._metadata.session() as s:
-            _write_blocks(s, agent_id, [block])
             s.execute(
                 update(AgentRow)
                 .where(AgentRow.id == agent_id)
                 .values(updated_at=utc_now(), version=AgentRow.version + 1)
             )
+            _write_blocks(s, agent_id, [block])
 
     def swap_block_value(self, agent_id: str, label: str, expected: str, value: str) -> bool:
         """Set a block's value if it still is ``expected`` (an edit made outside a step, e.g. over MCP);
         False when it changed meanwhile and nothing was written."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)  # first, as every writer: a version moved in vain costs one reopening
             result = s.execute(
                 update(BlockRow)
                 .where(BlockRow.agent_id == agent_id, BlockRow.label == label, BlockRow.value == expected)
                 .values(value=value)
             )
-            if result.rowcount:
-                bump_agents(s, agent_id)
             return bool(result.rowcount)
 
     def commit_step(self, agent_id: str, changes: StepChanges, *, fence: Fence | None = None) -> None:
         """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields;
         with a ``fence``, only while that lease still holds the agent (else LeaseLostError, nothing stored).
         Without one (a chat outside the server), the agent's version moves."""
+        fields: dict[str, object] = {}
+        if changes.summary is not None:
+            fields["summary"] = changes.summary
+        if changes.heartbeats_paused_until is not False:
+            fields["heartbeats_paused_until"] = changes.heartbeats_paused_until
+        if changes.token_ratio is not None:
+            fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
+        agents = AgentRow.__table__
         with self._metadata.session() as s:
-            check_fence(s, fence)
-            write_messages(s, agent_id, changes.messages)
+            # The lease row, then the agents row, then the rest: the order every writer keeps. Where the messages
+            # end is read by the first statement.
+            if fence is None:
+                moved = update(agents).where(agents.c.id == agent_id).values(**fields, version=agents.c.version + 1)
+                last = s.scalar(moved.returning(last_seq(agent_id)))
+            else:
+                last = check_fence(s, fence, reading=last_seq(agent_id))
+                if fields:
+                    s.execute(update(agents).where(agents.c.id == agent_id).values(**fields))
+            write_messages(s, agent_id, changes.messages, last=last or 0)
             _write_blocks(s, agent_id, changes.blocks)
             if changes.step_id:
                 s.execute(
@@ -453,17 +468,6 @@ class AgentStore:
                     .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(changes.evicted_ids)))
                     .values(in_context=False)
                 )
-            fields: dict[str, object] = {}
-            if changes.summary is not None:
-                fields["summary"] = changes.summary
-            if changes.heartbeats_paused_until is not False:
-                fields["heartbeats_paused_until"] = changes.heartbeats_paused_until
-            if changes.token_ratio is not None:
-                fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
-            if fields:
-                s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**fields))
-            if fence is None:  # the agents row last, as every writer does: no two transactions wait on each other
-                bump_agents(s, agent_id)
 
     def touch(self, agent_id: str) -> None:
         """Move the agent's version after a change stored elsewhere (its own passages in the vector store)."""
@@ -484,9 +488,9 @@ class AgentStore:
         transaction: whatever happens next, they can be found and undone. A lost ``fence`` refuses them."""
         with self._metadata.session() as s:
             check_fence(s, fence)
-            _write_effects(s, agent_id, effects, committed=False)
             if fence is None:
                 bump_agents(s, agent_id)
+            _write_effects(s, agent_id, effects, committed=False)
 
     def uncommitted_effects(self, agent_id: str) -> list[StepEffect]:
         """Effects of steps that never committed."""
@@ -525,6 +529,7 @@ class AgentStore:
         """Delete messages for good with the effects of the steps among them, restoring ``blocks`` to the
         values they had before those steps: one transaction."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)
             if message_ids:
                 s.execute(
                     delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
@@ -536,8 +541,6 @@ class AgentStore:
                     )
                 )
             _write_blocks(s, agent_id, blocks)
-            s.flush()
-            bump_agents(s, agent_id)
 
 
 def _write_effects(s: Session, agent_id: str, effects: Sequence[StepEffect], *, committed: bool) -> None:

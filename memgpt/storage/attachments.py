@@ -29,20 +29,19 @@ class AttachmentStore:
     def attach(self, agent_id: str, source_id: str) -> bool:
         """Link a source; False when it was already attached."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)  # the agents row first, as every writer
             if s.get(AgentSourceRow, (agent_id, source_id)) is not None:
                 return False
             s.add(AgentSourceRow(agent_id=agent_id, source_id=source_id, attached_at=utc_now()))
-            bump_agents(s, agent_id)
             return True
 
     def detach(self, agent_id: str, source_id: str) -> bool:
         """Unlink a source; False when it was not attached."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)
             result = s.execute(
                 delete(AgentSourceRow).where(AgentSourceRow.agent_id == agent_id, AgentSourceRow.source_id == source_id)
             )
-            if result.rowcount:
-                bump_agents(s, agent_id)
             return bool(result.rowcount)
 
     def source_ids(self, agent_id: str) -> list[str]:

@@ -30,22 +30,21 @@ class AgentMCPServerStore:
     def attach(self, agent_id: str, server_name: str) -> bool:
         """Link a server; False when it was attached already."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)  # the agents row first, as every writer
             if s.get(AgentMCPServerRow, (agent_id, server_name)) is not None:
                 return False
             s.add(AgentMCPServerRow(agent_id=agent_id, server_name=server_name, attached_at=utc_now()))
-            bump_agents(s, agent_id)
             return True
 
     def detach(self, agent_id: str, server_name: str) -> bool:
         """Unlink a server; False when it was not attached."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)
             result = s.execute(
                 delete(AgentMCPServerRow).where(
                     AgentMCPServerRow.agent_id == agent_id, AgentMCPServerRow.server_name == server_name
                 )
             )
-            if result.rowcount:
-                bump_agents(s, agent_id)
             return bool(result.rowcount)
 
     def names(self, agent_id: str) -> list[str]:

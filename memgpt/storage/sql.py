@@ -70,7 +70,9 @@ def bump_agents(s: Session, agent_ids: str | Sequence[str] | Select[Any]) -> Non
     """Move the version of these agents (an id, ids, or a query of ids) in the caller's transaction: every
     write to what an opened agent holds (blocks, fields, messages, tools, attachments, what its archival
     memory counts) does this, except a server turn's own writes under its lease. A server process keeps an
-    agent open between turns only while the version is the one it last saw (``memgpt.server.turns``)."""
+    agent open between turns only while the version is the one it last saw (``memgpt.server.turns``).
+    Writers lock rows in one order, so no two of them wait on each other: a lease row, then agents rows
+    (this, first in the transaction), then the rest."""
     if isinstance(agent_ids, str):
         agent_ids = [agent_ids]
     elif isinstance(agent_ids, Select):
@@ -78,6 +80,17 @@ def bump_agents(s: Session, agent_ids: str | Sequence[str] | Select[Any]) -> Non
     # One row at a time in id order: two transactions that move the same agents lock them in the same order.
     for agent_id in sorted(set(agent_ids)):
         s.execute(update(_AGENTS).where(_AGENTS.c.id == agent_id).values(version=_AGENTS.c.version + 1))
+
+
+def bump_agent(s: Session, agent_id: str, reading: Any = None, **values: Any) -> Any:
+    """``bump_agents`` for one agent, setting more of its columns too, and reading ``reading`` (a scalar
+    subquery) in the same statement; returns what it read."""
+    statement = update(_AGENTS).where(_AGENTS.c.id == agent_id).values(version=_AGENTS.c.version + 1, **values)
+    if reading is None:
+        s.execute(statement)
+        return None
+    row = s.execute(statement.returning(reading)).first()
+    return row[0] if row is not None else None
 
 
 def bump_agents_of_sources(s: Session, source_ids: Sequence[str] | Select[Any]) -> None:
@@ -341,8 +354,8 @@ class MetadataStore:
 
     def mark_source_deleting(self, source_id: str) -> None:
         with self.session() as s:
-            s.execute(update(SourceRow).where(SourceRow.id == source_id).values(status="deleting"))
             bump_agents_of_sources(s, [source_id])
+            s.execute(update(SourceRow).where(SourceRow.id == source_id).values(status="deleting"))
 
     def delete_source(self, source_id: str) -> None:
         with self.session() as s:

@@ -98,24 +98,36 @@ class Fence:
     owner: str
 
 
-def check_fence(s: Session, fence: Fence | None) -> None:
+def check_fence(s: Session, fence: Fence | None, reading: Any = None) -> Any:
     """First statement of a turn's write transaction: lock the agent's lease row if ``fence`` still holds it,
     else raise LeaseLostError. The row stays locked until the transaction ends, so a takeover (an UPDATE of
     that row) waits for this commit and a commit after a takeover sees the new owner: never both.
-    An expired lease nobody took over yet still holds: whoever takes it next reads what this commits."""
+    An expired lease nobody took over yet still holds: whoever takes it next reads what this commits.
+    ``reading`` (a scalar subquery) is read in the same statement and returned."""
     if fence is None:
-        return
+        return None
     leases = _LEASES  # Core statements on the table, here and in every statement a turn makes: the ORM's cost more
-    held = s.execute(
+    statement = (
         update(leases)
         .where(leases.c.agent_id == fence.agent_id, leases.c.owner == fence.owner)
         .values(owner=leases.c.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
     )
+    if reading is not None:
+        row = s.execute(statement.returning(reading)).first()
+        if row is None:
+            raise _lost(fence)
+        return row[0]
+    held = s.execute(statement)
     if held.rowcount != 1:
-        raise LeaseLostError(
-            f"agent {fence.agent_id}: another server process took the agent over while this one stalled past its "
-            "lease; this turn's work since then is not stored (send the message again)"
-        )
+        raise _lost(fence)
+    return None
+
+
+def _lost(fence: Fence) -> LeaseLostError:
+    return LeaseLostError(
+        f"agent {fence.agent_id}: another server process took the agent over while this one stalled past its "
+        "lease; this turn's work since then is not stored (send the message again)"
+    )
 
 
 def _agents() -> Any:
