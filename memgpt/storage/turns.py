@@ -200,23 +200,17 @@ class TurnStore:
         # conflict takes it, without a failed statement in the database's log while another turn runs.
         insert = _inserts.get(self._metadata.engine.dialect.name)
         grant: Grant | None = None
-        # Held here before the lease row can be seen: another thread of this process that finds the row must
-        # never take this pid's owner, not yet noted, for one a crashed turn left behind.
-        with _held_guard:
-            _held.add(owner)
-        try:
-            if insert is not None:
-                with self._metadata.session() as s:
-                    added = s.execute(insert(_LEASES).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
-                    if added.rowcount == 1:
-                        grant = self._granted(s, agent_id, run, keep, now)
-            else:
-                grant = self._insert(agent_id, fresh, run, keep, now)
-            grant = grant or self._take_over(agent_id, fresh, now, run, keep)
-        finally:
-            if grant is None:
-                with _held_guard:
-                    _held.discard(owner)
+        if insert is not None:
+            with self._metadata.session() as s:
+                added = s.execute(insert(_LEASES).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
+                if added.rowcount == 1:
+                    grant = self._granted(s, agent_id, run, keep, now)
+        else:
+            grant = self._insert(agent_id, fresh, run, keep, now)
+        grant = grant or self._take_over(agent_id, fresh, now, run, keep)
+        if grant is not None:
+            with _held_guard:
+                _held.add(owner)
         return grant
 
     def _granted(self, s: Session, agent_id: str, run: Run | None, keep: timedelta | None, now: datetime) -> Grant:
