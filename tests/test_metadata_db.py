@@ -250,3 +250,63 @@ def test_tool_call_ids_and_names_of_any_length_are_kept(storage: Storage) -> Non
     messages.append("a1", [stored(Message("m1", "a1", Role.TOOL, "{}", tool_call_id=long_id, name=long_name))])
     kept = messages.last("a1", 1)[0]
     assert (kept.tool_call_id, kept.name) == (long_id, long_name)
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_every_write_to_what_an_opened_agent_holds_moves_its_version(storage: Storage) -> None:
+    """A server keeps an agent open between turns only while its version stands still (server/turns.py), so each
+    writer of its blocks, fields, messages, tools, attachments and archival counts must move it; a turn's own
+    writes under its lease do not (taking the lease does)."""
+    from memgpt.storage.agents import StepChanges, StepEffect
+    from memgpt.storage.turns import Fence, new_owner
+    from memgpt.types import Block, Document
+
+    agents, messages = storage.agents, storage.messages
+    agents.create(_agent("a1", "versioned", utc_now()), [Block("human", "Name: Chad", 100)])
+    storage.metadata.create_source(Source("s1", "docs", "u", "m", 4, utc_now()))
+
+    def version() -> int:
+        with storage.metadata.session() as s:
+            return int(s.execute(text("select version from agents where id = 'a1'")).scalar_one())
+
+    def note(number: int) -> Message:
+        return Message(f"m{number}", "a1", Role.USER, f"note {number}")
+
+    document = Document("d1", "s1", "/f.txt", "f.txt", "0" * 64, 1, None, 1, "sig")
+    writers = {
+        "update": lambda: agents.update("a1", description="new"),
+        "save_block": lambda: agents.save_block("a1", Block("human", "Name: Chad B.", 100)),
+        "swap_block_value": lambda: agents.swap_block_value("a1", "human", "Name: Chad B.", "Name: C."),
+        "commit_step": lambda: agents.commit_step("a1", StepChanges(messages=[stored(note(1))])),
+        "record_effects": lambda: agents.record_effects("a1", [StepEffect("step-1", "passage", "p1")]),
+        "drop_effects": lambda: agents.drop_effects("a1", ["step-1"]),
+        "forget_steps": lambda: agents.forget_steps("a1", message_ids=["m1"], step_ids=[], blocks=[]),
+        "touch": lambda: agents.touch("a1"),
+        "messages.append": lambda: messages.append("a1", [stored(note(2))]),
+        "messages.replace": lambda: messages.replace(stored(note(2))),
+        "messages.remove": lambda: messages.remove("a1", ["m2"]),
+        "attach": lambda: storage.attachments.attach("a1", "s1"),
+        "publish": lambda: (storage.metadata.add_pending([document]), storage.metadata.publish(["d1"], [])),
+        "mark_source_deleting": lambda: storage.metadata.mark_source_deleting("s1"),
+        "detach": lambda: storage.attachments.detach("a1", "s1"),
+        "mcp attach": lambda: storage.mcp_servers.attach("a1", "everything"),
+        "mcp detach": lambda: storage.mcp_servers.detach("a1", "everything"),
+    }
+    for name, write in writers.items():
+        before = version()
+        write()
+        assert version() > before, name
+    storage.attachments.attach("a1", "s1")
+    before = version()
+    storage.metadata.delete_source("s1")
+    assert version() > before, "delete_source"
+
+    owner = new_owner()
+    grant = storage.turns.acquire("a1", owner, "run-1", 60)
+    assert grant is not None and grant.version == version()  # taking the lease moves it, and says to what
+    fence = Fence("a1", owner)
+    messages.append("a1", [stored(note(3))], fence=fence)
+    agents.commit_step("a1", StepChanges(messages=[stored(note(4))], summary="s"), fence=fence)
+    agents.record_effects("a1", [StepEffect("step-2", "passage", "p2")], fence=fence)
+    assert version() == grant.version  # the turn's own writes: its open agent holds them already
+    storage.turns.release("a1", owner)

@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from memgpt.config import load_config, save_config
+from memgpt.server.app import KEY_TRUST_SECONDS
+from memgpt.storage import Storage
 from tests.conftest import DATA, cli, run_cli
 from tests.server_rig import LiveServer, auth, free_port
 
@@ -39,6 +41,22 @@ def test_a_revoked_key_stops_working_at_once(live_server: LiveServer) -> None:
     url = f"{live_server.url}/v1/admin/users"
     assert httpx.get(url, headers=auth(key)).status_code == 200
     live_server.users.revoke_key(key[:12])
+    assert httpx.get(url, headers=auth(key)).status_code == 401
+
+
+def test_a_key_revoked_by_another_process_stops_working_within_the_trust_bound(
+    live_server: LiveServer, home: Path
+) -> None:
+    """The server trusts a checked key for ``trust_seconds`` (KEY_TRUST_SECONDS) without reading it again; a
+    revocation it does not see itself (`memgpt key revoke` on the same home) takes effect within that bound."""
+    assert live_server.users.trust_seconds == KEY_TRUST_SECONDS
+    live_server.users.trust_seconds = 1.0
+    key = live_server.key()
+    url = f"{live_server.url}/v1/agents/"
+    assert httpx.get(url, headers=auth(key)).status_code == 200
+    with Storage(load_config(home), home) as elsewhere:
+        elsewhere.users.revoke_key(key[:12])
+    time.sleep(1.0)
     assert httpx.get(url, headers=auth(key)).status_code == 401
 
 

@@ -18,9 +18,12 @@ import pytest
 from letta_client import APIError, APIStatusError, ConflictError, InternalServerError, Letta, NotFoundError
 from sqlalchemy import text
 
+from memgpt.agent.manager import update_agent, update_block
 from memgpt.config import load_config, save_config
+from memgpt.memory.messages import stored
+from memgpt.server import turns
 from memgpt.storage import Storage
-from memgpt.types import Role
+from memgpt.types import AgentState, Message, Role
 from tests.conftest import _opened_on_metadata_backend, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
@@ -360,6 +363,55 @@ def test_a_block_edit_during_a_turn_waits_for_it_and_is_not_overwritten(
     assert history[0].status == "success"  # the agent's append happened first
 
 
+# -- the agent kept open between turns ----------------------------------------------------------------
+def test_an_agent_stays_open_between_turns_while_nothing_else_changes_it(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[str] = []
+    real = turns.open_agent
+
+    def counted(storage: Storage, state: AgentState, **options: Any) -> Any:
+        opened.append(state.id)
+        return real(storage, state, **options)
+
+    monkeypatch.setattr(turns, "open_agent", counted)
+    for number in range(3):
+        llm.reply(f"Reply {number}.")
+        letta.agents.messages.create(agent_id, input=f"message {number}")
+    assert opened == [agent_id]  # once, for the first turn
+    said = [json.loads(m["content"]) for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+    assert [m["message"] for m in said if m["type"] == "user_message"] == [f"message {n}" for n in range(3)]
+    letta.agents.blocks.update("human", agent_id=agent_id, value="Name: Chad B.")  # a change: opened again
+    llm.reply("Hello Chad B.")
+    letta.agents.messages.create(agent_id, input="who am I?")
+    assert opened == [agent_id, agent_id]
+    assert "Name: Chad B." in llm.requests[-1]["messages"][0]["content"]
+
+
+def test_changes_made_by_another_process_between_turns_reach_the_next_prompt(
+    server: LiveServer, home: Path, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """The CLI (another process, its own Storage on the same home) edits a block, the system prompt and adds a
+    message between two turns of an agent the server keeps open: the next turn's prompt has all three."""
+    llm.reply("Hi.")
+    letta.agents.messages.create(agent_id, input="hello")
+    with Storage(load_config(home), home) as elsewhere:
+        state = elsewhere.agents.by_id(server.state.owner.id, agent_id)
+        assert state is not None
+        update_block(elsewhere, state, "human", value="Name: Chad. Drinks green tea.")
+        update_agent(elsewhere, state, system="You are Sam, a tea expert.")
+        note = Message(id="message-outside", agent_id=agent_id, role=Role.USER, content="a note from the CLI")
+        elsewhere.messages.append(agent_id, [stored(note)])
+    llm.reply("Green tea, then.")
+    letta.agents.messages.create(agent_id, input="what do I drink?")
+    prompt = llm.requests[-1]["messages"]
+    assert prompt[0]["content"].startswith("You are Sam, a tea expert.")
+    assert "Drinks green tea." in prompt[0]["content"]
+    assert any("a note from the CLI" in (m.get("content") or "") for m in prompt)
+    history = [m.content for m in server.state.storage.messages.last(agent_id, 100) if m.role is Role.USER]
+    assert history.index("a note from the CLI") < len(history) - 1  # kept in order, not lost
+
+
 def test_different_agents_run_at_the_same_time(server: LiveServer, letta: Letta, llm: ScriptedLLM) -> None:
     spans: list[tuple[float, float]] = []
 
@@ -415,10 +467,10 @@ def test_a_retry_that_arrives_while_the_first_try_opens_the_agent_joins_its_turn
     opening, go_on = threading.Event(), threading.Event()
     open_agent = runner._open
 
-    def slow_open(request: Any) -> Any:  # the first try pauses here, holding the lease, until the retry came
+    def slow_open(request: Any, grant: Any) -> Any:  # the first try pauses here, holding the lease, till the retry came
         opening.set()
         go_on.wait(30)
-        return open_agent(request)
+        return open_agent(request, grant)
 
     runner._open = slow_open  # type: ignore[method-assign]
     llm.reply("Only once.")

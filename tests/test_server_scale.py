@@ -112,6 +112,20 @@ def test_a_client_alternating_between_processes_sees_one_agent(cluster: Cluster,
     print(f"A's passage was found by B's search after {time.monotonic() - inserted:.3f} s")
 
 
+def test_a_turn_on_the_other_process_between_two_turns_here_reaches_the_next_prompt(
+    cluster: Cluster, llm: ScriptedLLM
+) -> None:
+    """A keeps the agent open after its turn; B's turn in between moves the agent's version, so A's next turn
+    opens it afresh and its prompt holds B's messages too."""
+    a, b = cluster.client(cluster.a), cluster.client(cluster.b)
+    agent = cluster.agent(cluster.a)
+    for client, text in ((a, "first on A"), (b, "then on B"), (a, "again on A")):
+        llm.add(echo)
+        client.agents.messages.create(agent, input=text)
+    said = [json.loads(m["content"]) for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+    assert [m["message"] for m in said if m["type"] == "user_message"] == ["first on A", "then on B", "again on A"]
+
+
 # -- one turn at a time per agent -------------------------------------------------------------------------
 class TwoStepTurns:
     """A scripted LLM answer for turns of two slow steps (an archival search asking for a heartbeat, then a

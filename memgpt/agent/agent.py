@@ -152,6 +152,9 @@ class Agent:
         self._recall_count: int | None = None
         self._statistics: _Statistics | None = None
         self._sources_checked = False  # this turn
+        # Whether each turn reads the attached sources again (a server process that learns of attachments
+        # otherwise turns it off)
+        self.recheck_sources = True
         self._archival_writes = 0
         self._system_message: _SystemMessage | None = None  # as last built
         ratio_model, ratio = storage.agents.token_ratio(state.id)
@@ -245,7 +248,7 @@ class Agent:
 
     def _turn(self, opening: Message) -> Generator[Event, None, str]:
         self._settle()
-        self._sources_checked = False
+        self._sources_checked = self._sources_checked and not self.recheck_sources
         self._append([opening])  # stored before any LLM call: never lost
         return (yield from self._chain())
 

@@ -6,13 +6,15 @@ documented Python function in ``~/.memgpt/tools/*.py``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import inspect
 import logging
+import os
 import re
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -268,6 +270,22 @@ def _builtin_tools() -> tuple[Tool, ...]:
 
 
 # -- user tools ---------------------------------------------------------------------------------
+def folder_signature(folder: Path) -> Hashable:
+    """What tells a change in the ``*.py`` files ``load_user_tools`` reads (added, removed or rewritten)
+    without reading them: a process that keeps loaded tools compares it before using them again."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return ()
+    found = []
+    for entry in entries:
+        if entry.name.endswith(".py"):
+            with contextlib.suppress(OSError):
+                info = entry.stat()
+                found.append((entry.name, info.st_mtime_ns, info.st_size))
+    return tuple(found)
+
+
 def load_user_tools(folder: Path, reserved: Iterable[str]) -> tuple[list[Tool], list[str]]:
     """Tools from every ``*.py`` in ``folder`` and a one-line warning for each that cannot be used."""
     tools: list[Tool] = []

@@ -53,6 +53,8 @@ class ArchivalMemory:
 
     def _written(self) -> None:
         self._storage.marks.written(self.agent_id, self._store)
+        if self.fence is None:  # outside a server turn: a server process holding the agent open sees the count move
+            self._storage.agents.touch(self.agent_id)
 
     def _own(self) -> Filter:
         """The agent's own passages (what it stored itself), without those of attached sources."""

@@ -25,6 +25,9 @@ from memgpt.server.state import OWNER_NAME, ServerState
 logger = logging.getLogger(__name__)
 URL_ENV = "MEMGPT_SERVER_URL"  # set by `memgpt server` so the Milvus Lite lock can say where the API is
 THREADS = 200  # sync routes and agent turns run in worker threads; a turn holds one for its whole length
+# A checked API key is trusted this long without reading it again: a key revoked through this server stops
+# working at once, one revoked by another process (`memgpt key revoke`, another server) within this bound.
+KEY_TRUST_SECONDS = 5.0
 
 
 def open_state(home: Path, config: Config, *, holder: str | None = None) -> ServerState:
@@ -35,6 +38,7 @@ def open_state(home: Path, config: Config, *, holder: str | None = None) -> Serv
 
     announce_holder(holder or f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
     storage = Storage(config, home)
+    storage.users.trust_seconds = KEY_TRUST_SECONDS
     try:
         owner = storage.users.ensure(config.user_id, OWNER_NAME)
         storage.vectors  # noqa: B018 - connect now: fail at start-up, and hold the Lite file while running

@@ -7,6 +7,7 @@ and every route passes that user's id down explicitly.
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -17,6 +18,7 @@ from memgpt.config import Config
 from memgpt.types import User
 
 if TYPE_CHECKING:
+    from memgpt.agent.tools import Tool
     from memgpt.embeddings.base import EmbeddingModel
     from memgpt.mcp.pool import ServerPool
     from memgpt.server.models import ServedModels
@@ -44,6 +46,7 @@ class ServerState:
     _mcp: ServerPool | None = field(default=None, repr=False)
     _models: ServedModels | None = field(default=None, repr=False)
     _turns: TurnRunner | None = field(default=None, repr=False)
+    _catalog: tuple[Hashable, list[Tool]] | None = field(default=None, repr=False)  # (tools folder signature, tools)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -67,6 +70,22 @@ class ServerState:
 
                 self._models = ServedModels(self.config)
             return self._models
+
+    def tool_catalog(self) -> list[Tool]:
+        """Every function an agent here can have (``manager.tool_catalog``), loaded again only when the user
+        tools folder changed."""
+        from memgpt.agent.manager import tool_catalog
+        from memgpt.agent.tools import folder_signature
+
+        folder = self.home / "tools"
+        signature = folder_signature(folder)
+        with self._guard:
+            if self._catalog is not None and self._catalog[0] == signature:
+                return self._catalog[1]
+        catalog = tool_catalog(folder)[0]
+        with self._guard:
+            self._catalog = (signature, catalog)
+        return catalog
 
     def turns(self) -> TurnRunner:
         """This process's agent turns (started on first use)."""

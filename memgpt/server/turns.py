@@ -18,19 +18,21 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from memgpt.agent.agent import END_TURN, Agent
 from memgpt.agent.manager import open_agent
+from memgpt.agent.tools import folder_signature
 from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
-from memgpt.storage.turns import FINISHED, Fence, Run, new_owner
+from memgpt.storage.turns import FINISHED, Fence, Grant, Run, new_owner
 from memgpt.types import Message, utc_now
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # how long a turn is remembered for a client's retry
 PRUNE_EVERY = 60.0  # seconds between forgetting an agent's runs older than RETRY_WINDOW (not at every turn)
+KEEP_OPEN = 256  # agents a process keeps open between their turns (the least recently used go first)
 
 
 @dataclass
@@ -193,8 +196,25 @@ class Turn:
         return turn
 
 
+@dataclass
+class _Kept:
+    """An agent kept open after its turn, as its storage stood at ``version`` (of the lease it ran under)."""
+
+    agent: Agent
+    version: int
+    created_at: datetime | None
+    tools: Hashable  # the user tools folder as it was when the agent was opened
+
+
 class TurnRunner:
-    """The turns of one server process."""
+    """The turns of one server process.
+
+    An agent stays open between its turns in the process that ran them (up to KEEP_OPEN agents): opening one
+    reads its rows, loads its tools and builds its prompt, several times a turn's own work. It is used again
+    only when the lease of the new turn finds the agent's version exactly one past the one its last turn ran
+    under: taking the lease moves the version, and so does every write to the agent but a turn's own (blocks,
+    fields, messages, attachments, archival passages, from any process, the CLI included). So anything else
+    that happened to the agent since, another process's turn too, makes the turn open it afresh."""
 
     def __init__(self, state: ServerState, timing: Timing | None = None) -> None:
         self.state = state
@@ -209,6 +229,7 @@ class TurnRunner:
         self._released = threading.Condition()  # notified when this process gives a lease back
         self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
         self._pruned: dict[str, float] = {}  # agent id -> when this process last forgot its old runs
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()  # agents open between turns, least recently used first
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
         self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
@@ -237,27 +258,26 @@ class TurnRunner:
                 return earlier
         run_id = f"run-{uuid.uuid4()}"
         owner = new_owner()
-        earlier = self._take_lease(request.agent_id, owner, run_id, retry=request if request.retry else None)
-        if earlier is not None:
-            return earlier
-        # The turn is findable (run recorded, turn active) before the agent is opened, which can take a while:
-        # a retry that comes meanwhile joins it instead of waiting for the lease.
+        # The run is recorded with the lease, so the turn is findable (run recorded, turn active) before the agent
+        # is opened, which can take a while: a retry that comes meanwhile joins it instead of waiting for the lease.
+        run = Run(run_id, request.agent_id, request.digest)
+        taken = self._take_lease(request.agent_id, owner, run_id, retry=request if request.retry else None, run=run)
+        if isinstance(taken, Turn):
+            return taken
         turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
-        try:
-            self._turns.start_run(Run(run_id, request.agent_id, request.digest), keep=self._prune(request.agent_id))
-        except BaseException:
-            self._release(request.agent_id, owner)
-            raise
         with self._guard:
             self._active[request.agent_id] = (turn, owner)
         try:
-            agent, meter = self._open(request)
+            agent, meter, tools = self._open(request, taken)
         except BaseException as exc:
             self._not_opened(turn, owner, exc)
             raise
         # A daemon thread: stopping the server does not wait for an LLM that hangs (a step is stored whole or not).
         threading.Thread(
-            target=self._run, args=(turn, agent, meter, request, owner), name=f"turn-{run_id[4:12]}", daemon=True
+            target=self._run,
+            args=(turn, agent, meter, request, owner, (taken, tools)),
+            name=f"turn-{run_id[4:12]}",
+            daemon=True,
         ).start()
         return turn
 
@@ -270,11 +290,18 @@ class TurnRunner:
             self._pruned[agent_id] = now
         return RETRY_WINDOW
 
-    def _take_lease(self, agent_id: str, owner: str, run_id: str, retry: TurnInput | None = None) -> Turn | None:
-        """Take the agent's lease (None), or, for a ``retry``, find the turn its first try started meanwhile."""
+    def _take_lease(
+        self, agent_id: str, owner: str, run_id: str, retry: TurnInput | None = None, run: Run | None = None
+    ) -> Grant | Turn:
+        """Take the agent's lease (recording ``run`` with it), or, for a ``retry``, find the turn its first try
+        started meanwhile."""
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
-        while not self._turns.acquire(agent_id, owner, run_id, self.timing.lease_ttl):
+        keep = self._prune(agent_id) if run is not None else None
+        while True:
+            grant = self._turns.acquire(agent_id, owner, run_id, self.timing.lease_ttl, run=run, keep=keep)
+            if grant is not None:
+                return grant
             if retry is not None and (earlier := self._earlier(retry)) is not None:
                 return earlier
             if time.monotonic() >= deadline:
@@ -285,7 +312,6 @@ class TurnRunner:
             with self._released:  # woken by a release in this process; another process's is polled for
                 self._released.wait(pause)
             pause = min(0.25, pause * 2)
-        return None
 
     def _not_opened(self, turn: Turn, owner: str, exc: BaseException) -> None:
         """The agent could not be opened: end the turn for retries that joined it, and forget it, so that a
@@ -310,31 +336,59 @@ class TurnRunner:
         finally:
             self._release(agent_id, owner)
 
-    def _release(self, agent_id: str, owner: str) -> None:
+    def _release(self, agent_id: str, owner: str, finished: Run | None = None) -> None:
         try:
-            self._turns.release(agent_id, owner)
+            self._turns.release(agent_id, owner, finished=finished)
         finally:
             with self._released:
                 self._released.notify_all()
 
-    def _open(self, request: TurnInput) -> tuple[Agent, UsageMeter]:
+    def _open(self, request: TurnInput, grant: Grant) -> tuple[Agent, UsageMeter, Hashable | None]:
+        """The agent kept open since its last turn when nothing changed it since (see the class), else opened."""
+        tools = self.state.home / "tools"
+        with self._guard:
+            kept = self._kept.pop(request.agent_id, None)  # one turn at a time uses it
+        if (
+            kept is not None
+            and grant.version is not None
+            and (kept.version + 1, kept.created_at) == (grant.version, grant.created_at)
+            and kept.agent.state.user_id == request.user_id
+            and kept.tools == folder_signature(tools)
+        ):
+            agent = kept.agent
+            meter = UsageMeter(agent.llm.inner if isinstance(agent.llm, UsageMeter) else agent.llm)
+            agent.llm, agent.max_steps = meter, request.max_steps
+            return agent, meter, kept.tools
         state = self.state.storage.agents.by_id(request.user_id, request.agent_id)
         if state is None:
             raise NotFoundError(f"no agent with id {request.agent_id!r}")
         meter = UsageMeter(self._llm(state.llm_model, state.context_window))
-        mcp_tools, mcp_warnings = self.state.mcp().agent_tools(self.state.storage, state)
+        signature = folder_signature(tools)
+        servers = self.state.storage.mcp_servers.names(state.id)
+        mcp_tools, mcp_warnings = self.state.mcp().tools(servers) if servers else ([], [])
         agent, warnings = open_agent(
             self.state.storage,
             state,
             llm=meter,
             embedding=self.state.embedding(),
-            tools_folder=self.state.home / "tools",
+            tools_folder=tools,
             extra_tools=mcp_tools,
             max_steps=request.max_steps,
         )
         for warning in mcp_warnings + warnings:
             logger.warning("agent %s: %s", state.id, warning)
-        return agent, meter
+        agent.recheck_sources = False  # attaching or detaching a source moves the version: it reopens the agent
+        # Kept after the turn only without MCP servers (whose tools may change without the agent knowing).
+        return agent, meter, (signature if not servers else None)
+
+    def _keep(self, agent: Agent, grant: Grant, tools: Hashable | None) -> None:
+        """Keep the agent open after a turn that ended cleanly under ``grant``."""
+        if tools is None or grant.version is None:
+            return
+        with self._guard:
+            self._kept[agent.state.id] = _Kept(agent, grant.version, grant.created_at, tools)
+            while len(self._kept) > KEEP_OPEN:
+                self._kept.popitem(last=False)
 
     def _llm(self, model: str, context_window: int) -> LLMClient:
         """The process's client for this model: made once, since each holds an HTTP connection pool whose
@@ -370,7 +424,15 @@ class TurnRunner:
             time.sleep(0.1)
 
     # -- running ----------------------------------------------------------------------------------
-    def _run(self, turn: Turn, agent: Agent, meter: UsageMeter, request: TurnInput, owner: str) -> None:
+    def _run(
+        self,
+        turn: Turn,
+        agent: Agent,
+        meter: UsageMeter,
+        request: TurnInput,
+        owner: str,
+        keep: tuple[Grant, Hashable | None],
+    ) -> None:
         agent.on_commit = turn.add_step
         agent.fence = Fence(request.agent_id, owner)  # should this process stall past the lease, nothing more is stored
         agent.stop_requested = lambda: turn.cancel.is_set() or self._turns.cancel_requested(request.agent_id, owner)
@@ -393,25 +455,25 @@ class TurnRunner:
             step_count=turn.steps,
             run_ids=[turn.run_id],
         )
+        stop = StopReasonOut(stop_reason=reason)  # type: ignore[arg-type]
+        stored = {**turn.body(), "stop_reason": stop.model_dump(mode="json"), "usage": usage.model_dump()}
+        if error:
+            stored["error"] = list(error)
+        finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, json.dumps(stored))
+        with self._guard:
+            if self._active.get(request.agent_id, (None,))[0] is turn:
+                del self._active[request.agent_id]
         try:
-            stop = StopReasonOut(stop_reason=reason)  # type: ignore[arg-type]
-            stored = {**turn.body(), "stop_reason": stop.model_dump(mode="json"), "usage": usage.model_dump()}
-            if error:
-                stored["error"] = list(error)
-            self._turns.finish_run(turn.run_id, reason, json.dumps(stored))
-        except MemGPTError as exc:
-            logger.error("cannot record run %s: %s", turn.run_id, exc)
-        finally:
-            with self._guard:
-                if self._active.get(request.agent_id, (None,))[0] is turn:
-                    del self._active[request.agent_id]
             # Under the lease: the last step's recall indexing (a background thread) ends before the next
             # turn may open the agent and index the same messages.
             agent.close()
+            if error is None:  # else what it holds may differ from what was stored: the next turn opens it afresh
+                self._keep(agent, *keep)
+        finally:
             try:
-                self._release(request.agent_id, owner)
-            except MemGPTError as exc:  # it expires on its own
-                logger.error("cannot release the lease of agent %s: %s", request.agent_id, exc)
+                self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
+            except MemGPTError as exc:  # the lease expires on its own
+                logger.error("cannot record run %s or release the agent's lease: %s", turn.run_id, exc)
             turn.finish(reason, usage, error)
 
     def _renew_leases(self) -> None:

@@ -37,8 +37,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
-from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, write_messages
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, last_seq, write_messages
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
@@ -67,6 +67,8 @@ class AgentRow(Base):
     # The server's token count over ours for the model named, learnt from the usage it reports.
     token_ratio: Mapped[float] = mapped_column(Float, default=1.0)
     token_ratio_model: Mapped[str] = mapped_column(String(256), default="")
+    # Moved by every change to what an opened agent holds but a server turn's own writes (sql.bump_agents).
+    version: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class BlockRow(Base):
@@ -268,6 +270,7 @@ class AgentStore:
                     metadata_json=json.dumps(state.metadata),
                     tools=_tools_json(state.tools),
                     updated_at=state.updated_at,
+                    version=0,
                 )
             )
             s.flush()
@@ -298,6 +301,12 @@ class AgentStore:
         with self._metadata.session() as s:
             row = s.get(AgentRow, agent_id)
             return _states(s, [row])[0] if row is not None and row.user_id == user_id else None
+
+    def belongs(self, user_id: str, agent_id: str) -> bool:
+        """Whether the agent with this id exists and is this user's (one indexed read, for a check)."""
+        with self._metadata.session() as s:
+            agents = AgentRow.__table__  # a Core query: one made for every message sent
+            return s.scalar(select(agents.c.user_id).where(agents.c.id == agent_id)) == user_id
 
     def page(self, user_id: str, query: AgentQuery) -> list[AgentState]:
         """One page of the user's agents in creation order; an unknown cursor gives an empty page."""
@@ -364,7 +373,11 @@ class AgentStore:
         if "tools" in fields:
             values["tools"] = _tools_json(fields["tools"])
         with self._metadata.session() as s:
-            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**values, updated_at=utc_now()))
+            s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id)
+                .values(**values, updated_at=utc_now(), version=AgentRow.version + 1)
+            )
             if "tags" in fields:
                 _write_tags(s, agent_id, fields["tags"])
 
@@ -399,13 +412,18 @@ class AgentStore:
     def save_block(self, agent_id: str, block: Block) -> None:
         """Store one block as it is now (a person's edit, outside any step)."""
         with self._metadata.session() as s:
+            s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id)
+                .values(updated_at=utc_now(), version=AgentRow.version + 1)
+            )
             _write_blocks(s, agent_id, [block])
-            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(updated_at=utc_now()))
 
     def swap_block_value(self, agent_id: str, label: str, expected: str, value: str) -> bool:
         """Set a block's value if it still is ``expected`` (an edit made outside a step, e.g. over MCP);
         False when it changed meanwhile and nothing was written."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)  # first, as every writer: a version moved in vain costs one reopening
             result = s.execute(
                 update(BlockRow)
                 .where(BlockRow.agent_id == agent_id, BlockRow.label == label, BlockRow.value == expected)
@@ -415,10 +433,27 @@ class AgentStore:
 
     def commit_step(self, agent_id: str, changes: StepChanges, *, fence: Fence | None = None) -> None:
         """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields;
-        with a ``fence``, only while that lease still holds the agent (else LeaseLostError, nothing stored)."""
+        with a ``fence``, only while that lease still holds the agent (else LeaseLostError, nothing stored).
+        Without one (a chat outside the server), the agent's version moves."""
+        fields: dict[str, object] = {}
+        if changes.summary is not None:
+            fields["summary"] = changes.summary
+        if changes.heartbeats_paused_until is not False:
+            fields["heartbeats_paused_until"] = changes.heartbeats_paused_until
+        if changes.token_ratio is not None:
+            fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
+        agents = AgentRow.__table__
         with self._metadata.session() as s:
-            check_fence(s, fence)
-            write_messages(s, agent_id, changes.messages)
+            # The lease row, then the agents row, then the rest: the order every writer keeps. Where the messages
+            # end is read by the first statement.
+            if fence is None:
+                moved = update(agents).where(agents.c.id == agent_id).values(**fields, version=agents.c.version + 1)
+                last = s.scalar(moved.returning(last_seq(agent_id)))
+            else:
+                last = check_fence(s, fence, reading=last_seq(agent_id))
+                if fields:
+                    s.execute(update(agents).where(agents.c.id == agent_id).values(**fields))
+            write_messages(s, agent_id, changes.messages, last=last or 0)
             _write_blocks(s, agent_id, changes.blocks)
             if changes.step_id:
                 s.execute(
@@ -433,15 +468,11 @@ class AgentStore:
                     .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(changes.evicted_ids)))
                     .values(in_context=False)
                 )
-            fields: dict[str, object] = {}
-            if changes.summary is not None:
-                fields["summary"] = changes.summary
-            if changes.heartbeats_paused_until is not False:
-                fields["heartbeats_paused_until"] = changes.heartbeats_paused_until
-            if changes.token_ratio is not None:
-                fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
-            if fields:
-                s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**fields))
+
+    def touch(self, agent_id: str) -> None:
+        """Move the agent's version after a change stored elsewhere (its own passages in the vector store)."""
+        with self._metadata.session() as s:
+            bump_agents(s, agent_id)
 
     def token_ratio(self, agent_id: str) -> tuple[str, float]:
         """The model the agent's token ratio was learnt for ("" for none yet) and the ratio."""
@@ -457,6 +488,8 @@ class AgentStore:
         transaction: whatever happens next, they can be found and undone. A lost ``fence`` refuses them."""
         with self._metadata.session() as s:
             check_fence(s, fence)
+            if fence is None:
+                bump_agents(s, agent_id)
             _write_effects(s, agent_id, effects, committed=False)
 
     def uncommitted_effects(self, agent_id: str) -> list[StepEffect]:
@@ -483,6 +516,7 @@ class AgentStore:
         """Forget the effects of steps once they are undone."""
         if step_ids:
             with self._metadata.session() as s:
+                bump_agents(s, agent_id)
                 s.execute(
                     delete(StepEffectRow).where(
                         StepEffectRow.agent_id == agent_id, StepEffectRow.step_id.in_(list(step_ids))
@@ -495,6 +529,7 @@ class AgentStore:
         """Delete messages for good with the effects of the steps among them, restoring ``blocks`` to the
         values they had before those steps: one transaction."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)
             if message_ids:
                 s.execute(
                     delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.types import utc_now
 
 
@@ -29,6 +29,7 @@ class AttachmentStore:
     def attach(self, agent_id: str, source_id: str) -> bool:
         """Link a source; False when it was already attached."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)  # the agents row first, as every writer
             if s.get(AgentSourceRow, (agent_id, source_id)) is not None:
                 return False
             s.add(AgentSourceRow(agent_id=agent_id, source_id=source_id, attached_at=utc_now()))
@@ -37,6 +38,7 @@ class AttachmentStore:
     def detach(self, agent_id: str, source_id: str) -> bool:
         """Unlink a source; False when it was not attached."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)
             result = s.execute(
                 delete(AgentSourceRow).where(AgentSourceRow.agent_id == agent_id, AgentSourceRow.source_id == source_id)
             )

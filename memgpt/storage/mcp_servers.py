@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.types import utc_now
 
 
@@ -30,6 +30,7 @@ class AgentMCPServerStore:
     def attach(self, agent_id: str, server_name: str) -> bool:
         """Link a server; False when it was attached already."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)  # the agents row first, as every writer
             if s.get(AgentMCPServerRow, (agent_id, server_name)) is not None:
                 return False
             s.add(AgentMCPServerRow(agent_id=agent_id, server_name=server_name, attached_at=utc_now()))
@@ -38,6 +39,7 @@ class AgentMCPServerStore:
     def detach(self, agent_id: str, server_name: str) -> bool:
         """Unlink a server; False when it was not attached."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)
             result = s.execute(
                 delete(AgentMCPServerRow).where(
                     AgentMCPServerRow.agent_id == agent_id, AgentMCPServerRow.server_name == server_name

@@ -18,7 +18,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agent, bump_agents
 from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import Message, Role, ToolCall
 
@@ -81,14 +81,22 @@ def escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage]) -> None:
-    """Append ``messages`` after the agent's last one, in the caller's transaction (one INSERT for all)."""
+def last_seq(agent_id: str) -> Any:
+    """Where the agent's messages end, as a scalar subquery (read with the statement that opens a write)."""
+    table = MessageRow.__table__
+    return select(func.max(table.c.seq)).where(table.c.agent_id == agent_id).scalar_subquery()
+
+
+def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage], *, last: int | None = None) -> None:
+    """Append ``messages`` after the agent's last one (``last``, its sequence number, when the caller read it
+    already), in the caller's transaction (one INSERT for all)."""
     if not messages:
         return
     # Core statements on the table, not the ORM's: a turn writes messages twice, and the ORM's bulk insert
     # and select paths took over half of a turn's CPU time.
     table = MessageRow.__table__
-    last = s.scalar(select(func.max(table.c.seq)).where(table.c.agent_id == agent_id)) or 0
+    if last is None:
+        last = s.scalar(select(func.max(table.c.seq)).where(table.c.agent_id == agent_id)) or 0
     s.execute(
         insert(table),
         [
@@ -119,10 +127,16 @@ class MessageStore:
         self._metadata = metadata
 
     def append(self, agent_id: str, messages: Sequence[StoredMessage], *, fence: Fence | None = None) -> None:
-        """Add messages; with a ``fence``, only while that lease still holds the agent (else LeaseLostError)."""
+        """Add messages; with a ``fence``, only while that lease still holds the agent (else LeaseLostError);
+        without one, the agent's version moves."""
         with self._metadata.session() as s:
-            check_fence(s, fence)
-            write_messages(s, agent_id, messages)
+            # One statement holds the fence (or moves the version: the agents row first, as every writer) and
+            # reads where the messages end.
+            if fence is None:
+                last = bump_agent(s, agent_id, reading=last_seq(agent_id))
+            else:
+                last = check_fence(s, fence, reading=last_seq(agent_id))
+            write_messages(s, agent_id, messages, last=last or 0)
 
     def in_context(self, agent_id: str) -> list[Message]:
         """The messages in the agent's context window, oldest first."""
@@ -145,6 +159,7 @@ class MessageStore:
     def remove(self, agent_id: str, message_ids: Sequence[str]) -> None:
         """Delete messages outright: only for the user's explicit /pop, never for eviction."""
         with self._metadata.session() as s:
+            bump_agents(s, agent_id)
             s.execute(
                 delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
             )
@@ -153,6 +168,7 @@ class MessageStore:
         """Store a message's new content and tool calls (the chat's /rethink and /rewrite)."""
         message = entry.message
         with self._metadata.session() as s:
+            bump_agents(s, message.agent_id)
             row = s.get(MessageRow, message.id)
             if row is not None and row.agent_id == message.agent_id:
                 row.content = message.content

@@ -420,6 +420,12 @@ def _0014_passage_marks(conn: Connection) -> None:
     meta.tables["passage_marks"].create(conn)
 
 
+def _0015_agent_versions(conn: Connection) -> None:
+    """A counter in each agent's row that every change to what an opened agent holds moves, so a server
+    process may keep an agent open between turns while the counter says it is current (server/turns.py)."""
+    conn.execute(text("ALTER TABLE agents ADD COLUMN version INTEGER NOT NULL DEFAULT 0"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -432,6 +438,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0009_agent_steps", _0009_agent_steps),
     ("0010_agent_mcp_servers", _0010_agent_mcp_servers),
     ("0014_passage_marks", _0014_passage_marks),
+    ("0015_agent_versions", _0015_agent_versions),
 ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,16 +21,19 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    column,
     create_engine,
     delete,
     event,
     func,
     make_url,
     select,
+    table,
     update,
 )
 from sqlalchemy.engine import URL
@@ -61,6 +64,43 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     pass
+
+
+def bump_agents(s: Session, agent_ids: str | Sequence[str] | Select[Any]) -> None:
+    """Move the version of these agents (an id, ids, or a query of ids) in the caller's transaction: every
+    write to what an opened agent holds (blocks, fields, messages, tools, attachments, what its archival
+    memory counts) does this, except a server turn's own writes under its lease. A server process keeps an
+    agent open between turns only while the version is the one it last saw (``memgpt.server.turns``).
+    Writers lock rows in one order, so no two of them wait on each other: a lease row, then agents rows
+    (this, first in the transaction), then the rest."""
+    if isinstance(agent_ids, str):
+        agent_ids = [agent_ids]
+    elif isinstance(agent_ids, Select):
+        agent_ids = list(s.scalars(agent_ids))
+    # One row at a time in id order: two transactions that move the same agents lock them in the same order.
+    for agent_id in sorted(set(agent_ids)):
+        s.execute(update(_AGENTS).where(_AGENTS.c.id == agent_id).values(version=_AGENTS.c.version + 1))
+
+
+def bump_agent(s: Session, agent_id: str, reading: Any = None, **values: Any) -> Any:
+    """``bump_agents`` for one agent, setting more of its columns too, and reading ``reading`` (a scalar
+    subquery) in the same statement; returns what it read."""
+    statement = update(_AGENTS).where(_AGENTS.c.id == agent_id).values(version=_AGENTS.c.version + 1, **values)
+    if reading is None:
+        s.execute(statement)
+        return None
+    row = s.execute(statement.returning(reading)).first()
+    return row[0] if row is not None else None
+
+
+def bump_agents_of_sources(s: Session, source_ids: Sequence[str] | Select[Any]) -> None:
+    """Move the version of the agents these sources are attached to (what their archival memory counts)."""
+    bump_agents(s, select(_LINKS.c.agent_id).where(_LINKS.c.source_id.in_(source_ids)))
+
+
+# The two columns these need, without the models (storage/agents.py and attachments.py build on this module).
+_AGENTS = table("agents", column("id"), column("version"))
+_LINKS = table("agent_sources", column("agent_id"), column("source_id"))
 
 
 class SourceRow(Base):
@@ -314,10 +354,12 @@ class MetadataStore:
 
     def mark_source_deleting(self, source_id: str) -> None:
         with self.session() as s:
+            bump_agents_of_sources(s, [source_id])
             s.execute(update(SourceRow).where(SourceRow.id == source_id).values(status="deleting"))
 
     def delete_source(self, source_id: str) -> None:
         with self.session() as s:
+            bump_agents_of_sources(s, [source_id])
             s.execute(delete(DocumentRow).where(DocumentRow.source_id == source_id))
             s.execute(delete(SourceRow).where(SourceRow.id == source_id))
 
@@ -399,6 +441,9 @@ class MetadataStore:
     def publish(self, ready_ids: list[str], retired_ids: list[str]) -> None:
         """Make a file's new documents visible and hide its old ones, in one transaction."""
         with self.session() as s:
+            changed = ready_ids + retired_ids
+            if changed:
+                bump_agents_of_sources(s, select(DocumentRow.source_id).where(DocumentRow.id.in_(changed)))
             if ready_ids:
                 s.execute(
                     update(DocumentRow).where(DocumentRow.id.in_(ready_ids)).values(status=DocumentStatus.READY.value)

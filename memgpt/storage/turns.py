@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Index, String, Text, delete, select, update
+from sqlalchemy import Boolean, Index, String, Text, column, delete, select, table, update
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -55,6 +56,7 @@ class RunRow(Base):
 
 
 RUNNING, FINISHED = "running", "finished"
+_LEASES, _RUNS = LeaseRow.__table__, RunRow.__table__
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,17 @@ def _run(row: RunRow) -> Run:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """A lease just taken, with the agent's version as the lease's transaction moved it (taking a lease moves
+    it, as every write to the agent does but a turn's own under its lease): a process that kept the agent open
+    since its own last grant, at ``version - 1``, knows nothing changed it meanwhile. ``version`` is None when
+    the agent has no row."""
+
+    version: int | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Fence:
     """The lease a turn holds. Its owner names one grant of the lease (a fresh token each time it is taken, and
     a takeover replaces it), so it is the fencing token: writes that carry it are refused once another owner
@@ -85,24 +98,41 @@ class Fence:
     owner: str
 
 
-def check_fence(s: Session, fence: Fence | None) -> None:
+def check_fence(s: Session, fence: Fence | None, reading: Any = None) -> Any:
     """First statement of a turn's write transaction: lock the agent's lease row if ``fence`` still holds it,
     else raise LeaseLostError. The row stays locked until the transaction ends, so a takeover (an UPDATE of
     that row) waits for this commit and a commit after a takeover sees the new owner: never both.
-    An expired lease nobody took over yet still holds: whoever takes it next reads what this commits."""
+    An expired lease nobody took over yet still holds: whoever takes it next reads what this commits.
+    ``reading`` (a scalar subquery) is read in the same statement and returned."""
     if fence is None:
-        return
-    held = s.execute(
-        update(LeaseRow)
-        .where(LeaseRow.agent_id == fence.agent_id, LeaseRow.owner == fence.owner)
-        .values(owner=LeaseRow.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
-        .execution_options(synchronize_session=False)
+        return None
+    leases = _LEASES  # Core statements on the table, here and in every statement a turn makes: the ORM's cost more
+    statement = (
+        update(leases)
+        .where(leases.c.agent_id == fence.agent_id, leases.c.owner == fence.owner)
+        .values(owner=leases.c.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
     )
+    if reading is not None:
+        row = s.execute(statement.returning(reading)).first()
+        if row is None:
+            raise _lost(fence)
+        return row[0]
+    held = s.execute(statement)
     if held.rowcount != 1:
-        raise LeaseLostError(
-            f"agent {fence.agent_id}: another server process took the agent over while this one stalled past its "
-            "lease; this turn's work since then is not stored (send the message again)"
-        )
+        raise _lost(fence)
+    return None
+
+
+def _lost(fence: Fence) -> LeaseLostError:
+    return LeaseLostError(
+        f"agent {fence.agent_id}: another server process took the agent over while this one stalled past its "
+        "lease; this turn's work since then is not stored (send the message again)"
+    )
+
+
+def _agents() -> Any:
+    """The agents table's id, version and created_at (storage/agents.py builds on this module)."""
+    return table("agents", column("id"), column("version"), column("created_at", UTCDateTime))
 
 
 _inserts: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # with on_conflict_do_nothing
@@ -151,53 +181,79 @@ class TurnStore:
         self._metadata = metadata
 
     # -- leases -----------------------------------------------------------------------------------
-    def acquire(self, agent_id: str, owner: str, run_id: str, ttl: float) -> bool:
-        """Take the agent's lease for ``ttl`` seconds; False while another live owner holds it."""
+    def acquire(
+        self,
+        agent_id: str,
+        owner: str,
+        run_id: str,
+        ttl: float,
+        *,
+        run: Run | None = None,
+        keep: timedelta | None = None,
+    ) -> Grant | None:
+        """Take the agent's lease for ``ttl`` seconds; None while another live owner holds it. With ``run``, the
+        turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten)."""
         now = utc_now()
         expires = now + timedelta(seconds=ttl)
         fresh = {"owner": owner, "run_id": run_id, "expires_at": expires, "cancel_requested": False}
         # Usually nobody holds it (a lease is deleted at its end): one INSERT that does nothing on a
         # conflict takes it, without a failed statement in the database's log while another turn runs.
         insert = _inserts.get(self._metadata.engine.dialect.name)
+        grant: Grant | None = None
         if insert is not None:
             with self._metadata.session() as s:
-                added = s.execute(insert(LeaseRow).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
-                taken = added.rowcount == 1
+                added = s.execute(insert(_LEASES).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
+                if added.rowcount == 1:
+                    grant = self._granted(s, agent_id, run, keep, now)
         else:
-            taken = self._insert(agent_id, fresh)
-        taken = taken or self._take_over(agent_id, fresh, now)
-        if taken:
+            grant = self._insert(agent_id, fresh, run, keep, now)
+        grant = grant or self._take_over(agent_id, fresh, now, run, keep)
+        if grant is not None:
             with _held_guard:
                 _held.add(owner)
-        return taken
+        return grant
 
-    def _insert(self, agent_id: str, fresh: dict[str, object]) -> bool:
+    def _granted(self, s: Session, agent_id: str, run: Run | None, keep: timedelta | None, now: datetime) -> Grant:
+        """In the transaction that took the lease: move the agent's version and read it, record the run."""
+        table = _agents()
+        moved = s.execute(
+            update(table)
+            .where(table.c.id == agent_id)
+            .values(version=table.c.version + 1)
+            .returning(table.c.version, table.c.created_at)
+        ).first()
+        if run is not None:
+            self._record_run(s, run, keep, now)
+        return Grant(moved[0], moved[1]) if moved is not None else Grant(None, None)
+
+    def _insert(
+        self, agent_id: str, fresh: dict[str, object], run: Run | None, keep: timedelta | None, now: datetime
+    ) -> Grant | None:
         try:
             with self._metadata.session() as s:
                 s.add(LeaseRow(agent_id=agent_id, **fresh))
-            return True
+                s.flush()
+                return self._granted(s, agent_id, run, keep, now)
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
-                return False
+                return None
             raise
 
-    def _take_over(self, agent_id: str, fresh: dict[str, object], now: datetime) -> bool:
+    def _take_over(
+        self, agent_id: str, fresh: dict[str, object], now: datetime, run: Run | None, keep: timedelta | None
+    ) -> Grant | None:
         """Claim a lease row that exists: only when it is stale, and only the stale owner read here."""
         with self._metadata.session() as s:
             current = s.get(LeaseRow, agent_id)
-            if current is None:  # released meanwhile: the next try inserts it
-                taken = False
-            elif is_stale(current.owner, current.expires_at, now):
-                claimed = s.execute(
-                    update(LeaseRow)
-                    .where(LeaseRow.agent_id == agent_id, LeaseRow.owner == current.owner)
-                    .values(**fresh)
-                    .execution_options(synchronize_session=False)
-                )
-                taken = claimed.rowcount == 1
-            else:
-                taken = False
-        return taken
+            if current is None or not is_stale(current.owner, current.expires_at, now):
+                return None  # released meanwhile (the next try inserts it), or held
+            claimed = s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.agent_id == agent_id, LeaseRow.owner == current.owner)
+                .values(**fresh)
+                .execution_options(synchronize_session=False)
+            )
+            return self._granted(s, agent_id, run, keep, now) if claimed.rowcount == 1 else None
 
     def renew(self, agent_id: str, owner: str, ttl: float) -> bool:
         """Push the expiry on; False when the lease is no longer this owner's."""
@@ -209,9 +265,13 @@ class TurnStore:
             )
             return bool(renewed.rowcount)
 
-    def release(self, agent_id: str, owner: str) -> None:
+    def release(self, agent_id: str, owner: str, *, finished: Run | None = None) -> None:
+        """Give the lease back; with ``finished`` (a run's id, stop reason and response), record the turn's end in
+        the same transaction."""
         with self._metadata.session() as s:
-            s.execute(delete(LeaseRow).where(LeaseRow.agent_id == agent_id, LeaseRow.owner == owner))
+            if finished is not None:
+                self._finish_run(s, finished)
+            s.execute(delete(_LEASES).where(_LEASES.c.agent_id == agent_id, _LEASES.c.owner == owner))
         with _held_guard:
             _held.discard(owner)
 
@@ -237,36 +297,45 @@ class TurnStore:
 
     def cancel_requested(self, agent_id: str, owner: str) -> bool:
         with self._metadata.session() as s:
-            row = s.get(LeaseRow, agent_id)
-            return row is not None and row.owner == owner and bool(row.cancel_requested)
+            leases = _LEASES
+            query = select(leases.c.cancel_requested).where(leases.c.agent_id == agent_id, leases.c.owner == owner)
+            return bool(s.scalar(query))
 
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self, run: Run, *, keep: timedelta | None = None) -> None:
         """Record a started turn; with ``keep``, forget the agent's runs older than that."""
-        now = utc_now()
         with self._metadata.session() as s:
-            if keep is not None:
-                s.execute(delete(RunRow).where(RunRow.agent_id == run.agent_id, RunRow.created_at < now - keep))
-            s.add(
-                RunRow(
-                    id=run.id,
-                    agent_id=run.agent_id,
-                    digest=run.digest,
-                    status=RUNNING,
-                    stop_reason="",
-                    response="",
-                    created_at=now,
-                    finished_at=None,
-                )
+            self._record_run(s, run, keep, utc_now())
+
+    @staticmethod
+    def _record_run(s: Session, run: Run, keep: timedelta | None, now: datetime) -> None:
+        runs = _RUNS
+        if keep is not None:
+            s.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
+        s.execute(
+            sql_insert(runs).values(
+                id=run.id,
+                agent_id=run.agent_id,
+                digest=run.digest,
+                status=RUNNING,
+                stop_reason="",
+                response="",
+                created_at=now,
+                finished_at=None,
             )
+        )
 
     def finish_run(self, run_id: str, stop_reason: str, response: str) -> None:
         with self._metadata.session() as s:
-            s.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id)
-                .values(status=FINISHED, stop_reason=stop_reason, response=response, finished_at=utc_now())
-            )
+            self._finish_run(s, Run(run_id, "", "", FINISHED, stop_reason, response))
+
+    @staticmethod
+    def _finish_run(s: Session, run: Run) -> None:
+        s.execute(
+            update(_RUNS)
+            .where(_RUNS.c.id == run.id)
+            .values(status=FINISHED, stop_reason=run.stop_reason, response=run.response, finished_at=utc_now())
+        )
 
     def forget_run(self, run_id: str) -> None:
         """Delete a run that never started (its agent could not be opened)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 import uuid
 from datetime import datetime
 
@@ -22,6 +24,7 @@ from memgpt.types import ApiKey, User, utc_now
 
 KEY_PREFIX = "sk-"
 _SHOWN = 12  # characters of a key kept in clear: "sk-" and 9 random ones
+_TRUSTED_KEYS = 10_000  # keys a server remembers as checked (all are forgotten when there are more)
 
 
 class UserRow(Base):
@@ -77,6 +80,16 @@ class UserStore:
 
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
+        # A server checks a key at every request: a key found good is trusted for ``trust_seconds`` without
+        # reading it again (0: always read). A revocation through this store (the admin routes) ends that at
+        # once; one made by another process (`memgpt key revoke`, another server) holds within the bound.
+        self.trust_seconds = 0.0
+        self._trusted: dict[bytes, tuple[User, float]] = {}  # sha-256 of the key -> (its user, trusted until)
+        self._trusted_guard = threading.Lock()
+
+    def _distrust(self) -> None:
+        with self._trusted_guard:
+            self._trusted.clear()
 
     # -- users ------------------------------------------------------------------------------------
     def ensure(self, user_id: str, name: str) -> User:
@@ -131,6 +144,7 @@ class UserStore:
                 raise NotFoundError(f"no user with id {user_id!r}")
             s.execute(update(ApiKeyRow).where(ApiKeyRow.user_id == user_id).values(revoked_at=utc_now()))
             s.delete(row)
+        self._distrust()
 
     # -- keys -------------------------------------------------------------------------------------
     def create_key(self, user_id: str, name: str = "") -> tuple[ApiKey, str]:
@@ -176,16 +190,37 @@ class UserStore:
             row = rows[0]
             if row.revoked_at is None:
                 row.revoked_at = utc_now()
-            return _key(row)
+            key = _key(row)
+        self._distrust()
+        return key
 
     def any_active_key(self) -> bool:
         with self._metadata.session() as s:
             return s.scalar(select(ApiKeyRow.id).where(ApiKeyRow.revoked_at.is_(None)).limit(1)) is not None
 
     def authenticate(self, secret: str) -> User | None:
-        """The user a key belongs to, or None for an unknown or revoked key."""
+        """The user a key belongs to, or None for an unknown or revoked key (see ``trust_seconds``)."""
         if not secret.startswith(KEY_PREFIX) or len(secret) < _SHOWN + 8:
             return None
+        if self.trust_seconds <= 0:
+            return self._authenticate(secret)
+        mark = hashlib.sha256(secret.encode("utf-8")).digest()
+        now = time.monotonic()
+        with self._trusted_guard:
+            trusted = self._trusted.get(mark)
+        if trusted is not None and trusted[1] > now:
+            return trusted[0]
+        user = self._authenticate(secret)
+        with self._trusted_guard:
+            if user is None:
+                self._trusted.pop(mark, None)
+            else:
+                if len(self._trusted) >= _TRUSTED_KEYS:
+                    self._trusted.clear()
+                self._trusted[mark] = (user, now + self.trust_seconds)
+        return user
+
+    def _authenticate(self, secret: str) -> User | None:
         digest = _digest(secret)
         with self._metadata.session() as s:
             candidates = s.scalars(

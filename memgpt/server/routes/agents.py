@@ -38,8 +38,18 @@ def find_agent(state: ServerState, user_id: str, agent_id: str) -> AgentState:
     """The user's agent with this id; a NotFoundError (404) for anyone else's, exactly as for a missing one."""
     found = state.storage.agents.by_id(user_id, agent_id)
     if found is None:
-        raise NotFoundError(f"no agent with id {agent_id!r}")
+        raise _missing(agent_id)
     return found
+
+
+def check_agent(state: ServerState, user_id: str, agent_id: str) -> None:
+    """``find_agent`` for a route that needs only to know the agent is the user's (one indexed read)."""
+    if not state.storage.agents.belongs(user_id, agent_id):
+        raise _missing(agent_id)
+
+
+def _missing(agent_id: str) -> NotFoundError:
+    return NotFoundError(f"no agent with id {agent_id!r}")
 
 
 class _View:
@@ -47,7 +57,7 @@ class _View:
 
     def __init__(self, state: ServerState, user_id: str, agents: Sequence[AgentState] = ()) -> None:
         self.state = state
-        self.catalog: list[Tool] = manager.tool_catalog(state.home / "tools")[0]
+        self.catalog: list[Tool] = state.tool_catalog()
         builtin = {t.name for t in builtin_tools()}
         # Built once per response: every agent of a list shows the same few functions.
         self.tools = {
@@ -77,7 +87,7 @@ def _tool_names(state: ServerState, names: list[str] | None, ids: list[str] | No
     """Tool names from names and/or Letta tool ids (ids are derived from names); None when neither is sent."""
     if names is None and ids is None:
         return None
-    catalog = manager.tool_catalog(state.home / "tools")[0]
+    catalog = state.tool_catalog()
     by_id = {tool_id(t.name): t.name for t in catalog}
     unknown = [i for i in ids or [] if i not in by_id]
     if unknown:

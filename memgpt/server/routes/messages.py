@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from memgpt.errors import UserError
 from memgpt.server import errors
-from memgpt.server.routes.agents import find_agent
+from memgpt.server.routes.agents import check_agent, find_agent
 from memgpt.server.schemas.agents import Order
 from memgpt.server.schemas.messages import (
     CancelRequest,
@@ -72,7 +72,7 @@ async def _start(request: Request, agent_id: str, body: SendRequest, state: Serv
     )
 
     def begin() -> Turn:
-        find_agent(state, user_id, agent_id)  # before anything else: another user's agent is a plain 404
+        check_agent(state, user_id, agent_id)  # before anything else: another user's agent is a plain 404
         return state.turns().start(turn_input)
 
     return await anyio.to_thread.run_sync(begin)
