@@ -24,10 +24,10 @@ SPACE = EmbeddingSpace("bg-model", 4)
 NOTES = DATA / "long_test.txt"
 
 
-def lite_servers() -> dict[str, object]:
-    from milvus_lite.server_manager import server_manager_instance
+def lite_servers() -> list[Path]:
+    from memgpt.storage.milvus.lite import servers
 
-    return dict(server_manager_instance._servers)
+    return servers.files()
 
 
 def test_the_background_connection_is_the_one_used_and_closing_releases_it(home: Path) -> None:
@@ -39,7 +39,7 @@ def test_the_background_connection_is_the_one_used_and_closing_releases_it(home:
     assert store.count() == 1
     assert storage.passages(SPACE) is store
     storage.close()
-    assert lite_servers() == {}
+    assert lite_servers() == []
     holder = hold(home / "milvus.db")  # fails to open if this process still held the file
     holder.kill()
     holder.wait()
@@ -50,7 +50,7 @@ def test_closing_while_the_connection_is_still_opening_releases_everything(home:
         storage = Storage(load_config(home), home)
         storage.open_vectors_early()
         storage.close()  # at once: the background thread is still importing pymilvus or starting Lite
-        assert lite_servers() == {}
+        assert lite_servers() == []
     holder = hold(home / "milvus.db")
     holder.kill()
     holder.wait()

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from memgpt.config import display_path, is_server_uri, read_only_message
 from memgpt.errors import StorageError, StorageLockedError
+from memgpt.storage.milvus import lite
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +163,7 @@ def _locked_message(db_file: Path, lock_path: Path) -> str:
 
 def _stop_lite_server(db_file: Path) -> None:
     """Stop this process's Milvus Lite server for ``db_file``; closing a client does not."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    if str(db_file.resolve()) in getattr(server_manager_instance, "_servers", {}):
-        server_manager_instance.release_server(str(db_file))
+    lite.servers.stop(db_file)
 
 
 class _DropLiteIteratorNotice(logging.Filter):
@@ -175,7 +173,7 @@ class _DropLiteIteratorNotice(logging.Filter):
         return "failed to get mvccTs" not in record.getMessage()
 
 
-def connect(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
+def connect(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
     """A ``MilvusClient`` for ``target``, with failures turned into one actionable message. ``starting`` is
     the Milvus Lite start :func:`start_lite` began, if the caller began one."""
     pymilvus_logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
@@ -208,48 +206,61 @@ def import_client_modules(target: MilvusTarget) -> None:
 
     # gRPC imports these when the first channel is made; tests/test_background_open.py checks the list.
     modules = ["pymilvus", "pymilvus.exceptions", "grpc._channel", "grpc._interceptor", "grpc._simple_stubs"]
-    modules += ["grpc.experimental"] + (["milvus_lite.server_manager"] if target.is_lite else [])
+    modules += ["grpc.experimental"]
     for name in modules:
         importlib.import_module(name)
 
 
-def start_lite(target: MilvusTarget) -> threading.Thread | None:
+def start_lite(target: MilvusTarget) -> LiteStart | None:
     """Start the Milvus Lite server process of ``target`` now, in a thread (nothing for a server): for a
     caller that holds the file (:func:`reserve`) and will import pymilvus next. The process then boots on
     the other core while pymilvus is imported, instead of after it; pass the thread to :func:`connect`."""
     if not target.is_lite:
         return None
-    import importlib
-
-    importlib.import_module("milvus_lite.server_manager")  # in the calling thread: see import_client_modules
     return _start_lite_server(Path(target.uri))
 
 
-def _start_lite_server(db_file: Path) -> threading.Thread:
-    """Start the Milvus Lite server process in a thread: milvus-lite spends half a second after starting
-    it just waiting to see that it did not die, while the caller can go on to create its client. The
-    client then finds it running; if it failed to start, the client tries again and reports why. The
-    modules it needs are imported already (see :func:`import_client_modules`)."""
-    from milvus_lite.server_manager import server_manager_instance
+class LiteStart(threading.Thread):
+    """Starts the Milvus Lite server of a file and waits until it listens: the caller meanwhile imports
+    pymilvus and creates nothing that needs the server. :meth:`server` hands it over (or raises why not)."""
 
-    os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
+    def __init__(self, db_file: Path) -> None:
+        super().__init__(name="milvus-lite-start", daemon=True)
+        self.db_file = db_file
+        self._server: lite.LiteServer | None = None
+        self._error: BaseException | None = None
 
-    def start() -> None:
+    def run(self) -> None:
+        # milvus-lite writes INFO logs into /tmp unless told otherwise; set here, before the process starts.
+        os.environ.setdefault("GLOG_minloglevel", "2")
         with _sigint_blocked():
             try:
-                server_manager_instance.start_and_get_uri(str(db_file))
-            except Exception:  # the client starts it again and reports why it failed
-                logger.debug("starting Milvus Lite for %s failed", db_file, exc_info=True)
+                self._server = lite.servers.start(self.db_file, LITE_START_SECONDS)
+            except BaseException as exc:  # noqa: BLE001 - raised by server() in the thread that waits for it
+                self._error = exc
 
-    thread = threading.Thread(target=start, name="milvus-lite-start", daemon=True)
-    thread.start()
-    return thread
+    def server(self) -> lite.LiteServer:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        if self._server is None:
+            raise StorageError(f"Milvus Lite for {display_path(self.db_file)} was never started")
+        return self._server
+
+
+def _start_lite_server(db_file: Path) -> LiteStart:
+    """Start the Milvus Lite server process in a thread, which waits until it listens while the caller goes
+    on (the modules it needs are imported already: see :func:`import_client_modules`)."""
+    lite.binary_dir()  # here, not in the thread: see import_client_modules
+    starting = LiteStart(db_file)
+    starting.start()
+    return starting
 
 
 LITE_START_SECONDS = 60.0  # how long the Milvus Lite process may take to answer its first call
 
 
-def _client(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
+def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
@@ -260,14 +271,13 @@ def _client(target: MilvusTarget, starting: threading.Thread | None = None) -> A
         options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
     elif target.database:
         options["db_name"] = target.database
-    if starting is not None:
-        starting.join()
+    uri = starting.server().uri if starting is not None else target.uri
     # A local Milvus Lite process cannot be "unreachable", only slow to start: on a loaded machine (load
     # average ~30 on 2 cores) it took over 10 s, and a 10 s wait reported a healthy file as in use or damaged.
     timeout = LITE_START_SECONDS if target.is_lite else 10
     try:
         with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
-            return MilvusClient(uri=target.uri, token=target.token, timeout=timeout, **options)
+            return MilvusClient(uri=uri, token=target.token, timeout=timeout, **options)
     except MilvusException as exc:
         where = display_path(target.uri)
         if target.is_lite:
