@@ -195,7 +195,7 @@ def connect(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
 
 
 def import_client_modules(target: MilvusTarget) -> None:
-    """Import pymilvus (and milvus-lite) in the calling thread, before any thread of ours uses them.
+    """Import pymilvus (and the gRPC modules it loads on first use) here, before any thread of ours uses them.
 
     A thread must never import while the main thread does: a Ctrl-C that lands inside Python's import
     machinery can leave an import lock held, which the main thread may take again but no other thread
