@@ -115,7 +115,7 @@ class OpeningConnection:
             starting = start_lite(target)
             if meanwhile is not None:
                 meanwhile()  # see Storage.open_vectors_early
-            import_client_modules(target)  # here, not in the thread: see import_client_modules
+            import_client_modules()  # here, not in the thread: see import_client_modules
         except BaseException:
             if starting is not None:
                 starting.join()  # then releasing the file stops the server it started

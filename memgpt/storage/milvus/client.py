@@ -179,7 +179,7 @@ def connect(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
     pymilvus_logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropLiteIteratorNotice) for f in pymilvus_logger.filters):
         pymilvus_logger.addFilter(_DropLiteIteratorNotice())
-    import_client_modules(target)
+    import_client_modules()
     if not target.is_lite:
         return _client(target)
     db_file = Path(target.uri)
@@ -194,7 +194,7 @@ def connect(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
         raise
 
 
-def import_client_modules(target: MilvusTarget) -> None:
+def import_client_modules() -> None:
     """Import pymilvus (and the gRPC modules it loads on first use) here, before any thread of ours uses them.
 
     A thread must never import while the main thread does: a Ctrl-C that lands inside Python's import
