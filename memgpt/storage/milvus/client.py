@@ -231,8 +231,6 @@ class LiteStart(threading.Thread):
         self._error: BaseException | None = None
 
     def run(self) -> None:
-        # milvus-lite writes INFO logs into /tmp unless told otherwise; set here, before the process starts.
-        os.environ.setdefault("GLOG_minloglevel", "2")
         with _sigint_blocked():
             try:
                 self._server = lite.servers.start(self.db_file, LITE_START_SECONDS)
@@ -252,6 +250,7 @@ def _start_lite_server(db_file: Path) -> LiteStart:
     """Start the Milvus Lite server process in a thread, which waits until it listens while the caller goes
     on (the modules it needs are imported already: see :func:`import_client_modules`)."""
     lite.binary_dir()  # here, not in the thread: see import_client_modules
+    os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
     starting = LiteStart(db_file)
     starting.start()
     return starting

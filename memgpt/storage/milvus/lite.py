@@ -27,6 +27,7 @@ from memgpt.config import display_path
 from memgpt.errors import StorageError, StorageLockedError
 
 _POLL_SECONDS = 0.01
+_LOCK_WAIT_SECONDS = 10.0  # for the server of a killed process to shut down (~0.1 s; more on a busy machine)
 
 
 @functools.cache
@@ -64,15 +65,7 @@ class LiteServer:
     def start(self, timeout: float) -> None:
         """Start the process and wait (up to ``timeout``) until it listens; raises if it cannot start."""
         binaries = binary_dir()
-        lock = open(self.lock_path, "a", encoding="utf-8")  # noqa: SIM115 - held while the server runs
-        try:
-            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            lock.close()
-            raise StorageLockedError(
-                f"another program is using {display_path(self.db_file)} — close it or use a Milvus server"
-            ) from exc
-        self._lock = lock
+        self._lock = self._take_lock()
         environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
         library_path = f"{binaries}:{os.environ.get('LD_LIBRARY_PATH', '')}"
         environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path)
@@ -88,6 +81,24 @@ class LiteServer:
             raise StorageError(f"cannot start Milvus Lite for {display_path(self.db_file)}: {exc.strerror}") from exc
         self._process = process
         self._wait_listening(process, timeout)
+
+    def _take_lock(self) -> IO[str]:
+        """The lock the server watches: it ends once it can take it. So after a process that held the file was
+        killed, its server holds the lock while it shuts down; that is waited out. Longer, another program
+        (not memgpt, whose own lock is taken first) uses the file."""
+        lock = open(self.lock_path, "a", encoding="utf-8")  # noqa: SIM115 - held while the server runs
+        deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return lock
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    lock.close()
+                    raise StorageLockedError(
+                        f"another program is using {display_path(self.db_file)} — close it or use a Milvus server"
+                    ) from exc
+            time.sleep(_POLL_SECONDS)
 
     def _wait_listening(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         """Until the socket exists; a process that ends first could not open the file."""
