@@ -15,6 +15,7 @@ import pytest
 from memgpt.config import load_config
 from memgpt.errors import StorageError, StorageLockedError
 from memgpt.storage import Storage
+from memgpt.storage.milvus.client import LITE_START_SECONDS
 from memgpt.types import EmbeddingSpace, Passage
 from tests.conftest import DATA, REPO, USER, run_cli
 from tests.test_lock import hold
@@ -69,6 +70,21 @@ def test_a_file_another_process_holds_is_reported_at_once(home: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lite_server_that_ends_as_it_starts_is_reported_at_once(home: Path) -> None:
+    """A file Milvus Lite cannot open (here not a database at all) ends its server at once: said so, without
+    waiting for a server that will never answer, and nothing is left running."""
+    home.mkdir(parents=True)
+    (home / "milvus.db").write_bytes(b"not a Milvus Lite file\n" * 200)
+    storage = Storage(load_config(home), home)
+    storage.open_vectors_early()
+    began = time.monotonic()
+    with pytest.raises(StorageLockedError, match=r"milvus\.db: Milvus Lite ended as it started \(exit code"):
+        storage.passages(SPACE)
+    assert time.monotonic() - began < LITE_START_SECONDS / 2
+    storage.close()
+    assert lite_servers() == []
 
 
 def test_a_failed_background_open_is_raised_where_milvus_is_first_used(home: Path) -> None:
