@@ -15,6 +15,7 @@ import pytest
 from memgpt.config import load_config
 from memgpt.errors import StorageError, StorageLockedError
 from memgpt.storage import Storage
+from memgpt.storage.milvus.client import LITE_START_SECONDS
 from memgpt.types import EmbeddingSpace, Passage
 from tests.conftest import DATA, REPO, USER, run_cli
 from tests.test_lock import hold
@@ -24,10 +25,10 @@ SPACE = EmbeddingSpace("bg-model", 4)
 NOTES = DATA / "long_test.txt"
 
 
-def lite_servers() -> dict[str, object]:
-    from milvus_lite.server_manager import server_manager_instance
+def lite_servers() -> list[Path]:
+    from memgpt.storage.milvus.lite import servers
 
-    return dict(server_manager_instance._servers)
+    return servers.files()
 
 
 def test_the_background_connection_is_the_one_used_and_closing_releases_it(home: Path) -> None:
@@ -39,7 +40,7 @@ def test_the_background_connection_is_the_one_used_and_closing_releases_it(home:
     assert store.count() == 1
     assert storage.passages(SPACE) is store
     storage.close()
-    assert lite_servers() == {}
+    assert lite_servers() == []
     holder = hold(home / "milvus.db")  # fails to open if this process still held the file
     holder.kill()
     holder.wait()
@@ -50,7 +51,7 @@ def test_closing_while_the_connection_is_still_opening_releases_everything(home:
         storage = Storage(load_config(home), home)
         storage.open_vectors_early()
         storage.close()  # at once: the background thread is still importing pymilvus or starting Lite
-        assert lite_servers() == {}
+        assert lite_servers() == []
     holder = hold(home / "milvus.db")
     holder.kill()
     holder.wait()
@@ -69,6 +70,21 @@ def test_a_file_another_process_holds_is_reported_at_once(home: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lite_server_that_ends_as_it_starts_is_reported_at_once(home: Path) -> None:
+    """A file Milvus Lite cannot open (here not a database at all) ends its server at once: said so, without
+    waiting for a server that will never answer, and nothing is left running."""
+    home.mkdir(parents=True)
+    (home / "milvus.db").write_bytes(b"not a Milvus Lite file\n" * 200)
+    storage = Storage(load_config(home), home)
+    storage.open_vectors_early()
+    began = time.monotonic()
+    with pytest.raises(StorageLockedError, match=r"milvus\.db: the Milvus Lite process exited \(code"):
+        storage.passages(SPACE)
+    assert time.monotonic() - began < LITE_START_SECONDS / 2
+    storage.close()
+    assert lite_servers() == []
 
 
 def test_a_failed_background_open_is_raised_where_milvus_is_first_used(home: Path) -> None:

@@ -1,7 +1,7 @@
 """Starting Milvus Lite on a loaded machine: memgpt waits while the Milvus Lite process is alive and using
 CPU, and fails in one line only when it died or stopped making progress.
 
-The process is real: milvus-lite's own ``BIN_PATH`` points at a stand-in ``milvus`` that first behaves
+The process is real: milvus-lite's own ``BIN_PATH`` (which memgpt honours alike) points at a stand-in ``milvus`` that first behaves
 as the test needs (busy for a while, exits, stops itself) and then, where it should, becomes the real
 Milvus Lite binary.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import milvus_lite
@@ -18,7 +19,7 @@ import pytest
 
 from memgpt.errors import StorageError
 from memgpt.storage.milvus import MilvusConnection, MilvusTarget
-from memgpt.storage.milvus import client as milvus_client
+from memgpt.storage.milvus import lite
 
 REAL_BIN = Path(milvus_lite.__file__).parent / "lib"
 
@@ -48,8 +49,15 @@ def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: float, then:
     script.chmod(0o755)
     monkeypatch.setenv("BIN_PATH", str(folder))
     monkeypatch.setenv("STAND_IN_PID_FILE", str(tmp_path / "stand_in.pid"))
-    monkeypatch.setattr(milvus_client, "LITE_STALL_SECONDS", 2.0)
+    monkeypatch.setattr(lite, "LITE_STALL_SECONDS", 2.0)
+    lite.binary_dir.cache_clear()  # looked up once per process: this test's BIN_PATH must be read
     return tmp_path / "data" / "milvus.db"
+
+
+@pytest.fixture(autouse=True)
+def _real_binary_afterwards() -> Iterator[None]:
+    yield
+    lite.binary_dir.cache_clear()  # the stand-in's BIN_PATH is gone: later tests find the real binary again
 
 
 def test_a_slow_start_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

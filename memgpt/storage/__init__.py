@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from memgpt.storage.attachments import AttachmentStore
     from memgpt.storage.base import PassageStore
     from memgpt.storage.files import FileStore
+    from memgpt.storage.marks import PassageMarks
     from memgpt.storage.mcp_servers import AgentMCPServerStore
     from memgpt.storage.messages import MessageStore
     from memgpt.storage.milvus import MilvusConnection, MilvusTarget, OpeningConnection
@@ -58,31 +60,69 @@ class Storage:
     """
 
     def __init__(self, config: Config, home: Path) -> None:
-        from memgpt.storage.agents import AgentStore
-        from memgpt.storage.attachments import AttachmentStore
         from memgpt.storage.files import FileStore
         from memgpt.storage.marks import PassageMarks
-        from memgpt.storage.mcp_servers import AgentMCPServerStore
-        from memgpt.storage.messages import MessageStore
         from memgpt.storage.sql import MetadataStore
-        from memgpt.storage.templates import TemplateStore
-        from memgpt.storage.turns import TurnStore
-        from memgpt.storage.users import UserStore
 
         self.metadata: MetadataStore = MetadataStore(config.metadata_database_url(home))
         self.files: FileStore = FileStore(self.metadata)
-        self.agents: AgentStore = AgentStore(self.metadata)
-        self.messages: MessageStore = MessageStore(self.metadata)
-        self.attachments: AttachmentStore = AttachmentStore(self.metadata)
-        self.mcp_servers: AgentMCPServerStore = AgentMCPServerStore(self.metadata)
-        self.templates: TemplateStore = TemplateStore(self.metadata)
-        self.users: UserStore = UserStore(self.metadata)
-        self.turns: TurnStore = TurnStore(self.metadata)
         self.marks: PassageMarks = PassageMarks(self.metadata)
         self.milvus_target = milvus_target(config, home)
         self._vectors: MilvusConnection | None = None
         self._opening: OpeningConnection | None = None
         self._lock = threading.Lock()
+        self._agent_stores: _AgentStores | None = None  # the stores below are made on first use
+        self._templates: TemplateStore | None = None
+        self._users: UserStore | None = None
+        self._building = threading.Lock()
+
+    # The stores of agents, users and templates are made on first use: their modules (and SQLAlchemy's
+    # PostgreSQL dialect, which turns.py needs) cost a tenth of a CPU second to import, and the commands on
+    # sources (`list sources`, `search`, `load`) never use them. The agent family is made at once: its
+    # tables refer to each other, and SQLAlchemy resolves a foreign key only to a table whose module is loaded.
+    def _agent_family(self) -> _AgentStores:
+        with self._building:
+            if self._agent_stores is None:
+                self._agent_stores = _AgentStores.of(self.metadata)
+            return self._agent_stores
+
+    @property
+    def agents(self) -> AgentStore:
+        return self._agent_family().agents
+
+    @property
+    def messages(self) -> MessageStore:
+        return self._agent_family().messages
+
+    @property
+    def attachments(self) -> AttachmentStore:
+        return self._agent_family().attachments
+
+    @property
+    def mcp_servers(self) -> AgentMCPServerStore:
+        return self._agent_family().mcp_servers
+
+    @property
+    def turns(self) -> TurnStore:
+        return self._agent_family().turns
+
+    @property
+    def templates(self) -> TemplateStore:
+        with self._building:
+            if self._templates is None:
+                from memgpt.storage.templates import TemplateStore
+
+                self._templates = TemplateStore(self.metadata)
+            return self._templates
+
+    @property
+    def users(self) -> UserStore:
+        with self._building:
+            if self._users is None:
+                from memgpt.storage.users import UserStore
+
+                self._users = UserStore(self.metadata)
+            return self._users
 
     def open_vectors_early(self, meanwhile: Callable[[], None] | None = None) -> None:
         """Start connecting to Milvus in the background, for a command that will need it: opening Milvus
@@ -141,3 +181,28 @@ class Storage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _AgentStores:
+    agents: AgentStore
+    messages: MessageStore
+    attachments: AttachmentStore
+    mcp_servers: AgentMCPServerStore
+    turns: TurnStore
+
+    @classmethod
+    def of(cls, metadata: MetadataStore) -> _AgentStores:
+        from memgpt.storage.agents import AgentStore
+        from memgpt.storage.attachments import AttachmentStore
+        from memgpt.storage.mcp_servers import AgentMCPServerStore
+        from memgpt.storage.messages import MessageStore
+        from memgpt.storage.turns import TurnStore
+
+        return cls(
+            AgentStore(metadata),
+            MessageStore(metadata),
+            AttachmentStore(metadata),
+            AgentMCPServerStore(metadata),
+            TurnStore(metadata),
+        )

@@ -25,6 +25,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from memgpt.storage.milvus.client import (
     Capabilities,
+    LiteStart,
     MilvusTarget,
     connect,
     detect,
@@ -52,7 +53,7 @@ __all__ = [
 class MilvusConnection:
     """One client per process and target; hands out one store per embedding space, safely from any thread."""
 
-    def __init__(self, target: MilvusTarget, starting: threading.Thread | None = None) -> None:
+    def __init__(self, target: MilvusTarget, starting: LiteStart | None = None) -> None:
         self.target = target
         self._client = connect(target, starting)
         self.capabilities = detect(self._client, target)
@@ -108,13 +109,13 @@ class OpeningConnection:
     def __init__(self, target: MilvusTarget, meanwhile: Callable[[], None] | None = None) -> None:
         self.target = target
         reserve(target)  # the connection takes its own hold; this one ends with the thread
-        starting: threading.Thread | None = None
+        starting: LiteStart | None = None
         try:
             # Milvus Lite's server process starts first, so it boots while pymilvus is imported.
             starting = start_lite(target)
             if meanwhile is not None:
                 meanwhile()  # see Storage.open_vectors_early
-            import_client_modules(target)  # here, not in the thread: see import_client_modules
+            import_client_modules()  # here, not in the thread: see import_client_modules
         except BaseException:
             if starting is not None:
                 starting.join()  # then releasing the file stops the server it started

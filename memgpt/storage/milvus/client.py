@@ -9,9 +9,7 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import IO, Any
 
 from memgpt.config import display_path, is_server_uri, read_only_message
 from memgpt.errors import StorageError, StorageLockedError
+from memgpt.storage.milvus import lite
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +163,7 @@ def _locked_message(db_file: Path, lock_path: Path) -> str:
 
 def _stop_lite_server(db_file: Path) -> None:
     """Stop this process's Milvus Lite server for ``db_file``; closing a client does not."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    if str(db_file.resolve()) in getattr(server_manager_instance, "_servers", {}):
-        server_manager_instance.release_server(str(db_file))
+    lite.servers.stop(db_file)
 
 
 class _DropLiteIteratorNotice(logging.Filter):
@@ -177,13 +173,13 @@ class _DropLiteIteratorNotice(logging.Filter):
         return "failed to get mvccTs" not in record.getMessage()
 
 
-def connect(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
+def connect(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
     """A ``MilvusClient`` for ``target``, with failures turned into one actionable message. ``starting`` is
     the Milvus Lite start :func:`start_lite` began, if the caller began one."""
     pymilvus_logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropLiteIteratorNotice) for f in pymilvus_logger.filters):
         pymilvus_logger.addFilter(_DropLiteIteratorNotice())
-    import_client_modules(target)
+    import_client_modules()
     if not target.is_lite:
         return _client(target)
     db_file = Path(target.uri)
@@ -198,8 +194,8 @@ def connect(target: MilvusTarget, starting: threading.Thread | None = None) -> A
         raise
 
 
-def import_client_modules(target: MilvusTarget) -> None:
-    """Import pymilvus (and milvus-lite) in the calling thread, before any thread of ours uses them.
+def import_client_modules() -> None:
+    """Import pymilvus (and the gRPC modules it loads on first use) here, before any thread of ours uses them.
 
     A thread must never import while the main thread does: a Ctrl-C that lands inside Python's import
     machinery can leave an import lock held, which the main thread may take again but no other thread
@@ -210,164 +206,86 @@ def import_client_modules(target: MilvusTarget) -> None:
 
     # gRPC imports these when the first channel is made; tests/test_background_open.py checks the list.
     modules = ["pymilvus", "pymilvus.exceptions", "grpc._channel", "grpc._interceptor", "grpc._simple_stubs"]
-    modules += ["grpc.experimental"] + (["milvus_lite.server_manager"] if target.is_lite else [])
+    modules += ["grpc.experimental"]
     for name in modules:
         importlib.import_module(name)
 
 
-def start_lite(target: MilvusTarget) -> threading.Thread | None:
+def start_lite(target: MilvusTarget) -> LiteStart | None:
     """Start the Milvus Lite server process of ``target`` now, in a thread (nothing for a server): for a
     caller that holds the file (:func:`reserve`) and will import pymilvus next. The process then boots on
     the other core while pymilvus is imported, instead of after it; pass the thread to :func:`connect`."""
     if not target.is_lite:
         return None
-    import importlib
-
-    importlib.import_module("milvus_lite.server_manager")  # in the calling thread: see import_client_modules
     return _start_lite_server(Path(target.uri))
 
 
-def _start_lite_server(db_file: Path) -> threading.Thread:
-    """Start the Milvus Lite server process in a thread: milvus-lite spends half a second after starting
-    it just waiting to see that it did not die, while the caller can go on to create its client. The
-    client then finds it running; if it failed to start, the client tries again and reports why. The
-    modules it needs are imported already (see :func:`import_client_modules`)."""
-    from milvus_lite.server_manager import server_manager_instance
+class LiteStart(threading.Thread):
+    """Starts the Milvus Lite server of a file and waits until it listens: the caller meanwhile imports
+    pymilvus and creates nothing that needs the server. :meth:`server` hands it over (or raises why not)."""
 
-    os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
+    def __init__(self, db_file: Path) -> None:
+        super().__init__(name="milvus-lite-start", daemon=True)
+        self.db_file = db_file
+        self._server: lite.LiteServer | None = None
+        self._error: BaseException | None = None
 
-    def start() -> None:
+    def run(self) -> None:
         with _sigint_blocked():
             try:
-                server_manager_instance.start_and_get_uri(str(db_file))
-            except Exception:  # the client starts it again and reports why it failed
-                logger.debug("starting Milvus Lite for %s failed", db_file, exc_info=True)
+                self._server = lite.servers.start(self.db_file, LITE_START_SECONDS)
+            except BaseException as exc:  # noqa: BLE001 - raised by server() in the thread that waits for it
+                self._error = exc
 
-    thread = threading.Thread(target=start, name="milvus-lite-start", daemon=True)
-    thread.start()
-    return thread
-
-
-# A starting Milvus Lite process is waited for while it is alive and using CPU: on a loaded machine (load
-# average ~30 on 2 cores) it took tens of seconds to even create its socket. It is given up on when it exits,
-# or when it has used no CPU for LITE_STALL_SECONDS (stopped, or stuck), or after LITE_START_SECONDS in all
-# (busy without ever answering; or its CPU time cannot be read, without /proc).
-LITE_STALL_SECONDS = 30.0
-LITE_START_SECONDS = 600.0
-_LITE_ATTEMPT_SECONDS = 10.0  # one connection attempt, once its socket exists
-_LITE_POLL_SECONDS = 0.05
+    def server(self) -> lite.LiteServer:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        if self._server is None:
+            raise StorageError(f"Milvus Lite for {display_path(self.db_file)} was never started")
+        return self._server
 
 
-def _client(target: MilvusTarget, starting: threading.Thread | None = None) -> Any:
+def _start_lite_server(db_file: Path) -> LiteStart:
+    """Start the Milvus Lite server process in a thread, which waits until it listens while the caller goes
+    on (the modules it needs are imported already: see :func:`import_client_modules`)."""
+    lite.binary_dir()  # here, not in the thread: see import_client_modules
+    os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
+    starting = LiteStart(db_file)
+    starting.start()
+    return starting
+
+
+LITE_START_SECONDS = 600.0  # the most a Milvus Lite process alive and busy may take to listen, then to answer
+
+
+def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
+    # Milvus Lite is a local socket: client keepalive pings only earn "too_many_pings" GOAWAYs from it
+    # during long loads (seen here mid-way through a 5 MB load), so they are turned off there.
+    options: dict[str, Any] = {}
     if target.is_lite:
-        if starting is not None:
-            starting.join()
-        return _lite_client(target)
-    options: dict[str, Any] = {"db_name": target.database} if target.database else {}
+        options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
+    elif target.database:
+        options["db_name"] = target.database
+    uri = starting.server().uri if starting is not None else target.uri
+    # A local Milvus Lite process cannot be "unreachable", only slow to start: on a loaded machine (load
+    # average ~30 on 2 cores) it took over 10 s, and a 10 s wait reported a healthy file as in use or damaged.
+    timeout = LITE_START_SECONDS if target.is_lite else 10
     try:
-        return MilvusClient(uri=target.uri, token=target.token, timeout=10, **options)
+        with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
+            return MilvusClient(uri=uri, token=target.token, timeout=timeout, **options)
     except MilvusException as exc:
-        raise StorageError(f"cannot connect to Milvus at {display_path(target.uri)}: {_reason(exc)}") from exc
-
-
-def _lite_client(target: MilvusTarget) -> Any:
-    """A client of the Milvus Lite process serving ``target``, once it answers.
-
-    pymilvus's first call (``Connect``) is made without gRPC's wait-for-ready: before the process has
-    created its socket it fails at once ("No such file or directory"), whatever timeout is given. So the
-    socket is waited for here, and each failed attempt is followed by a look at the process.
-    """
-    from pymilvus import MilvusClient
-    from pymilvus.exceptions import MilvusException
-
-    where = display_path(target.uri)
-    # Client keepalive pings only earn "too_many_pings" GOAWAYs from Milvus Lite during long loads (seen
-    # here mid-way through a 5 MB load), so they are turned off.
-    options = {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}}
-    server = _lite_server(Path(target.uri))
-    watch = _StartWatch(getattr(server, "_p", None))
-    socket = Path(str(getattr(server, "_uds_path", "")))
-    failure: Exception | None = None
-    while True:
-        if not socket.name or socket.exists():
-            try:
-                with _sigint_blocked():
-                    return MilvusClient(uri=target.uri, timeout=_LITE_ATTEMPT_SECONDS, **options)
-            except MilvusException as exc:
-                failure = exc
-        problem = watch.problem()
-        if problem:
-            raise StorageLockedError(f"cannot open {where}: {problem}; try again, or use a Milvus server") from failure
-        time.sleep(_LITE_POLL_SECONDS)
-
-
-def _lite_server(db_file: Path) -> Any:
-    """milvus-lite's record of the process serving ``db_file``, starting it here if the background start
-    failed (this time a failure is reported)."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    servers = getattr(server_manager_instance, "_servers", {})
-    key = str(db_file.absolute().resolve())
-    if key not in servers:
-        try:
-            with _sigint_blocked():
-                started = server_manager_instance.start_and_get_uri(str(db_file))
-        except RuntimeError as exc:  # milvus-lite refuses the file's name
-            raise StorageError(f"cannot open {display_path(db_file)}: {exc}") from exc
-        if started is None:
+        where = display_path(target.uri)
+        if target.is_lite:
             raise StorageLockedError(
-                f"cannot open {display_path(db_file)}: Milvus Lite did not start — another program may be using "
-                "the file, or the process exited at once (its own message, if any, is above); close other programs "
-                "or use a Milvus server"
-            )
-    return servers.get(key)
-
-
-class _StartWatch:
-    """Whether a starting Milvus Lite process is still worth waiting for: alive and using CPU."""
-
-    def __init__(self, process: subprocess.Popen[bytes] | None) -> None:
-        self.process = process
-        self.started = self.changed = time.monotonic()
-        self.ticks: int | None = None
-
-    def problem(self) -> str | None:
-        """Why waiting is over, or None while the process is alive and making progress."""
-        now = time.monotonic()
-        if self.process is None:  # a milvus-lite without the record memgpt reads: a fixed limit
-            return self._too_long(now, "Milvus Lite")
-        code = self.process.poll()
-        if code is not None:
-            return f"the Milvus Lite process exited (code {code}) before it answered"
-        found = _cpu_ticks(self.process.pid)
-        if found is None:
-            return self._too_long(now, f"the Milvus Lite process (pid {self.process.pid})")
-        ticks, state = found
-        if ticks != self.ticks:
-            self.ticks, self.changed = ticks, now
-        if now - self.changed < LITE_STALL_SECONDS:
-            return self._too_long(now, f"the Milvus Lite process (pid {self.process.pid})")
-        how = "is stopped and has" if state in "Tt" else "has"
-        return f"the Milvus Lite process (pid {self.process.pid}) {how} made no progress for {LITE_STALL_SECONDS:.0f} s"
-
-    def _too_long(self, now: float, what: str) -> str | None:
-        if now - self.started < LITE_START_SECONDS:
-            return None
-        return f"{what} did not answer within {LITE_START_SECONDS:.0f} s"
-
-
-def _cpu_ticks(pid: int) -> tuple[int, str] | None:
-    """The CPU time a process has used (clock ticks, all its threads and reaped children) and its state
-    letter, from /proc; None where there is no /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
-    return sum(int(value) for value in fields[11:15]), fields[0]
+                f"cannot open {where}: Milvus Lite did not answer within {timeout:.0f} s — another program may be "
+                "using the file, it may be damaged, or the machine is overloaded; close other programs or use a "
+                "Milvus server"
+            ) from exc
+        raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
 
 
 def _check_writable(db_file: Path) -> None:

@@ -1,0 +1,201 @@
+"""Milvus Lite's server process, started and stopped here rather than by the milvus-lite package.
+
+Importing any module of milvus-lite runs its ``__init__``, which imports ``pkg_resources`` just to read the
+package's version: about a tenth of a CPU second, more with many packages installed, at the start of every
+command that opens Milvus Lite. So the server binary that the package ships is found without importing the
+package, started as its own ``milvus_lite.server.Server`` starts it (the same arguments, lock file and
+library path), and pymilvus is given the server's socket (``unix:...``), so it does not import milvus-lite
+either. The server stops by itself when the lock file is let go, even if this process dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import functools
+import importlib.util
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from memgpt.config import display_path
+from memgpt.errors import StorageError, StorageLockedError
+
+_POLL_SECONDS = 0.01
+LITE_STALL_SECONDS = 30.0  # a starting process that used no CPU this long is stopped or stuck
+_LOCK_WAIT_SECONDS = 10.0  # for the server of a killed process to shut down (~0.1 s; more on a busy machine)
+
+
+@functools.cache
+def binary_dir() -> Path:
+    """milvus-lite's ``lib`` folder (the ``milvus`` binary and its libraries), found without importing it.
+    Looked up once, in the thread that starts a server's thread: looking up a package is import machinery."""
+    if os.environ.get("BIN_PATH"):  # milvus-lite's own override, honoured alike
+        return Path(os.environ["BIN_PATH"]).absolute()
+    spec = importlib.util.find_spec("milvus_lite")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        if (Path(folder) / "lib" / "milvus").exists():
+            return Path(folder) / "lib"
+    raise StorageError(
+        "Milvus Lite is not installed (the milvus-lite package): reinstall memgpt, or configure a Milvus server "
+        "URI (`memgpt configure --milvus-uri http://host:19530`)"
+    )
+
+
+class LiteServer:
+    """One Milvus Lite server process serving ``db_file`` on a Unix socket."""
+
+    def __init__(self, db_file: Path) -> None:
+        self.db_file = db_file.absolute().resolve()
+        # Where milvus-lite puts it: a Unix socket path must stay short (108 bytes), so not beside the file.
+        self.socket = Path(f"{tempfile.mktemp()}_{self.db_file.name}.sock")
+        self.lock_path = self.db_file.parent / f".{self.db_file.name}.lock"
+        self._lock: IO[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self, timeout: float) -> None:
+        """Start the process and wait (up to ``timeout``) until it listens; raises if it cannot start."""
+        binaries = binary_dir()
+        self._lock = self._take_lock()
+        environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
+        library_path = f"{binaries}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+        environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path)
+        log_level = os.environ.get("LOG_LEVEL", "ERROR")
+        try:
+            process = subprocess.Popen(
+                [str(binaries / "milvus"), str(self.db_file), self.uri, log_level, str(self.lock_path)],
+                env=environment,
+                cwd=self.db_file.parent,
+            )
+        except OSError as exc:
+            self.stop()
+            raise StorageError(f"cannot start Milvus Lite for {display_path(self.db_file)}: {exc.strerror}") from exc
+        self._process = process
+        self._wait_listening(process, timeout)
+
+    def _take_lock(self) -> IO[str]:
+        """The lock the server watches: it ends once it can take it. So after a process that held the file was
+        killed, its server holds the lock while it shuts down; that is waited out. Longer, another program
+        (not memgpt, whose own lock is taken first) uses the file."""
+        lock = open(self.lock_path, "a", encoding="utf-8")  # noqa: SIM115 - held while the server runs
+        deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return lock
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    lock.close()
+                    raise StorageLockedError(
+                        f"another program is using {display_path(self.db_file)} — close it or use a Milvus server"
+                    ) from exc
+            time.sleep(_POLL_SECONDS)
+
+    def _wait_listening(self, process: subprocess.Popen[bytes], timeout: float) -> None:
+        """Until the socket exists, while the process is alive and making progress: on a loaded machine (load
+        average ~30 on 2 cores) it took tens of seconds to even create its socket. Given up on, in one line,
+        when it ends (it could not open the file), when it used no CPU for LITE_STALL_SECONDS (stopped, or
+        stuck: it is then ended), or after ``timeout`` in all (busy without ever listening, or no /proc)."""
+        started = changed = time.monotonic()
+        ticks: int | None = None
+        where = display_path(self.db_file)
+        while not self.socket.exists():
+            now = time.monotonic()
+            code = process.poll()
+            if code is not None:
+                self.stop()
+                raise StorageLockedError(
+                    f"cannot open {where}: the Milvus Lite process exited (code {code}) before it answered — the "
+                    "file may be damaged or used by another program; close other programs or use a Milvus server"
+                )
+            found = _cpu_ticks(process.pid)
+            if found is not None and found[0] != ticks:
+                ticks, changed = found[0], now
+            problem = None
+            if found is not None and now - changed >= LITE_STALL_SECONDS:
+                how = "is stopped and has" if found[1] in "Tt" else "has"
+                problem = f"the Milvus Lite process (pid {process.pid}) {how} made no progress for {LITE_STALL_SECONDS:.0f} s"
+            elif now - started >= timeout:
+                problem = f"the Milvus Lite process (pid {process.pid}) did not start listening within {timeout:.0f} s"
+            if problem is not None:
+                process.kill()
+                self.stop()
+                raise StorageLockedError(f"cannot open {where}: {problem}; try again, or use a Milvus server")
+            time.sleep(_POLL_SECONDS)
+
+    def stop(self) -> None:
+        """Let go of the lock file, which ends the server, and wait for it; then tidy its files away."""
+        if self._lock is not None:
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=3)
+            self._process = None
+        for path in (self.socket, self.lock_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _cpu_ticks(pid: int) -> tuple[int, str] | None:
+    """The CPU time a process has used (clock ticks, its threads and reaped children) and its state letter,
+    from /proc; None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
+    return sum(int(value) for value in fields[11:15]), fields[0]
+
+
+class _Servers:
+    """This process's Milvus Lite servers, one per file."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._running: dict[Path, LiteServer] = {}
+
+    def start(self, db_file: Path, timeout: float) -> LiteServer:
+        """The server of ``db_file``, started now unless it runs already."""
+        key = db_file.absolute().resolve()
+        with self._guard:
+            if key not in self._running:
+                server = LiteServer(key)
+                server.start(timeout)
+                self._running[key] = server
+            return self._running[key]
+
+    def stop(self, db_file: Path) -> None:
+        with self._guard:
+            server = self._running.pop(db_file.absolute().resolve(), None)
+            if server is not None:
+                server.stop()
+
+    def stop_all(self) -> None:
+        with self._guard:
+            servers, self._running = list(self._running.values()), {}
+        for server in servers:
+            server.stop()
+
+    def files(self) -> list[Path]:
+        """The files whose servers run."""
+        with self._guard:
+            return sorted(self._running)
+
+
+servers = _Servers()
+atexit.register(servers.stop_all)  # the servers would end anyway; this waits for them and removes their sockets

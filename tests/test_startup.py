@@ -1,0 +1,70 @@
+"""What the everyday commands import. Each heavy module costs start-up CPU time in every new `memgpt` process
+(pymilvus with pandas ~0.8 s, SQLAlchemy ~0.25 s, pkg_resources ~0.1 s), so a command imports only what it
+uses. Checked on the modules a real `memgpt` process holds when it exits, not on timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import DATA, REPO
+
+# Runs the `memgpt` command of the remaining arguments and writes the modules it imported to argv[1].
+IMPORTED_BY = """
+import atexit, json, runpy, sys
+
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["memgpt", *sys.argv[2:]]
+runpy.run_module("memgpt", run_name="__main__", alter_sys=True)
+"""
+
+# The stores of agents, users and templates, and what only agents and the server use.
+AGENTS_ONLY = {
+    "memgpt.storage.agents",
+    "memgpt.storage.messages",
+    "memgpt.storage.turns",
+    "memgpt.storage.users",
+    "memgpt.storage.templates",
+    "memgpt.agent",
+    "memgpt.llm",
+    "memgpt.server",
+    "openai",
+    "fastapi",
+    "sqlalchemy.dialects.postgresql",
+}
+# milvus-lite's package runs pkg_resources when imported; memgpt starts its server without it.
+MILVUS_LITE_PACKAGE = {"milvus_lite", "pkg_resources"}
+VECTORS = {"pymilvus", "pandas", "grpc", "onnxruntime", "numpy", "tokenizers"}
+
+
+def imported(home: Path, out: Path, *args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED_BY, str(out), *args],
+        env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(out.read_text()))
+
+
+def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Path) -> None:
+    notes = str(DATA / "test.md")
+    load = imported(home, tmp_path / "load.json", "load", "directory", "--name", "notes", "--input-files", notes)
+    listing = imported(home, tmp_path / "list.json", "list", "sources")
+    search = imported(home, tmp_path / "search.json", "search", "notes", "what do the notes say?")
+    helping = imported(home, tmp_path / "help.json", "--help")
+
+    assert load & VECTORS == search & VECTORS == VECTORS  # the watch sees what they do import
+    for name, modules in (("load", load), ("search", search), ("list sources", listing), ("--help", helping)):
+        assert modules & AGENTS_ONLY == set(), name
+        assert modules & MILVUS_LITE_PACKAGE == set(), name
+    assert listing & VECTORS == set()  # listing reads SQL only
+    assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
