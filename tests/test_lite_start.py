@@ -1,8 +1,8 @@
 """Starting Milvus Lite on a loaded machine: memgpt waits while the Milvus Lite process is alive and using
 CPU, and fails in one line only when it died or stopped making progress.
 
-The process is real: milvus-lite's own ``BIN_PATH`` (which memgpt honours alike) points at a stand-in ``milvus`` that first behaves
-as the test needs (busy for a while, exits, stops itself) and then, where it should, becomes the real
+The process is real: milvus-lite's own ``BIN_PATH`` (which memgpt honours alike) points at a stand-in
+``milvus`` that first behaves as the test needs (busy for a while, exits, stops itself) and then, where it should, becomes the real
 Milvus Lite binary.
 """
 
@@ -18,8 +18,7 @@ import milvus_lite
 import pytest
 
 from memgpt.errors import StorageError
-from memgpt.storage.milvus import MilvusConnection, MilvusTarget
-from memgpt.storage.milvus import lite
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget, lite
 
 REAL_BIN = Path(milvus_lite.__file__).parent / "lib"
 

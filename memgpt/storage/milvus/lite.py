@@ -124,7 +124,9 @@ class LiteServer:
             problem = None
             if found is not None and now - changed >= LITE_STALL_SECONDS:
                 how = "is stopped and has" if found[1] in "Tt" else "has"
-                problem = f"the Milvus Lite process (pid {process.pid}) {how} made no progress for {LITE_STALL_SECONDS:.0f} s"
+                problem = (
+                    f"the Milvus Lite process (pid {process.pid}) {how} made no progress for {LITE_STALL_SECONDS:.0f} s"
+                )
             elif now - started >= timeout:
                 problem = f"the Milvus Lite process (pid {process.pid}) did not start listening within {timeout:.0f} s"
             if problem is not None:
