@@ -2,8 +2,8 @@
 CPU, and fails in one line only when it died or stopped making progress.
 
 The process is real: milvus-lite's own ``BIN_PATH`` (which memgpt honours alike) points at a stand-in
-``milvus`` that first behaves as the test needs (busy for a while, exits, stops itself) and then, where it should, becomes the real
-Milvus Lite binary.
+``milvus`` that first behaves as the test needs (busy for a while, exits, stops itself) and then, where it
+should, becomes the real Milvus Lite binary.
 """
 
 from __future__ import annotations
