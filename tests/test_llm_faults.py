@@ -55,7 +55,12 @@ HTML = "<!DOCTYPE html><html><head><title>Open WebUI</title></head><body>\n<div 
 @pytest.mark.parametrize(
     ("entry", "error", "message", "retried"),
     [
-        ({"body": TRUNCATED}, LLMRetryableError, "sent a reply that is not valid JSON", True),
+        (
+            {"body": TRUNCATED},
+            LLMRetryableError,
+            "sent a reply that is not valid JSON (Unterminated string starting at: character 90 of 94)",
+            True,
+        ),
         ({"body": ""}, LLMRetryableError, "sent an empty reply", True),
         ({"body": HTML, "content_type": "text/html"}, LLMError, "answered with an HTML page, not JSON", False),
         ({"body": "[1, 2]"}, LLMRetryableError, "sent JSON that is not an object", True),

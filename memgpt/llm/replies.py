@@ -80,7 +80,7 @@ def json_body(text: str, where: str) -> dict[str, Any]:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LLMRetryableError(
-            f"{where} sent a reply that is not valid JSON ({exc.msg} at character {exc.pos} of {len(text)}): "
+            f"{where} sent a reply that is not valid JSON ({exc.msg}: character {exc.pos} of {len(text)}): "
             f"{one_line(text, 80)}"
         ) from exc
     except RecursionError as exc:
