@@ -1,3 +1,3 @@
-from memgpt.cli import main
+from memgpt.cli import executable
 
-main()
+executable()

@@ -68,3 +68,44 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
         assert modules & MILVUS_LITE_PACKAGE == set(), name
     assert listing & VECTORS == set()  # listing reads SQL only
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
+
+
+# A command whose process also has a thread that is not a daemon and an atexit function, as libraries may.
+ENDING = """
+import atexit, sys, threading, time
+
+atexit.register(lambda: print("atexit ran", flush=True))
+late = threading.Thread(target=lambda: (time.sleep(0.5), sys.stdout.write("thread ended\\n")))
+late.start()
+from memgpt.cli import executable
+sys.argv = ["memgpt", *sys.argv[1:]]
+executable()
+"""
+
+
+def test_the_executable_ends_as_python_would_without_its_teardown(home: Path) -> None:
+    """`memgpt` ends its process without the interpreter's teardown (~0.4 s after a search's answer), keeping
+    what Python's exit does that matters: threads waited for, atexit functions run, output flushed (the
+    thread's line is written without a flush), the exit code of the command."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", ENDING, *args],
+            env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    fine = run("--help")
+    assert fine.returncode == 0, fine.stderr[-2000:]
+    assert "Usage" in fine.stdout
+    assert fine.stdout.rstrip().endswith("thread ended\natexit ran"), fine.stdout[-300:]
+    failed = run("search", "no-such-source", "anything")
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert "no source named 'no-such-source'" in failed.stderr
+    assert failed.stdout.rstrip().endswith("thread ended\natexit ran"), failed.stdout[-300:]
+    unknown = run("no-such-command")
+    assert unknown.returncode == 2, unknown.stderr[-2000:]
