@@ -70,9 +70,14 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
 
 
-# A command whose process also has a thread that is not a daemon and an atexit function, as libraries may.
+# A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
+# server's file-load pool is after a forced quit) and an atexit function, as libraries may.
 ENDING = """
 import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+
+pool = ThreadPoolExecutor(1)
+pool.submit(print, "pool used", flush=True).result()
 
 atexit.register(lambda: print("atexit ran", flush=True))
 late = threading.Thread(target=lambda: (time.sleep(0.5), sys.stdout.write("thread ended\\n")))
@@ -95,7 +100,7 @@ def test_the_executable_ends_as_python_would_without_its_teardown(home: Path) ->
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=120,  # waiting for the pool's idle worker without Python's thread-exit hooks never ends
             check=False,
         )
 

@@ -33,13 +33,15 @@ def executable() -> NoReturn:
     except SystemExit as exc:
         code = _exit_code(exc.code)
     try:
-        current = threading.current_thread()
-        for thread in threading.enumerate():
-            if thread is not current and not thread.daemon:
-                thread.join()
-        atexit._run_exitfuncs()  # CPython's own exit runs these here; nothing public runs them otherwise
+        # What Python's exit does first: the thread-exit hooks (an idle concurrent.futures pool's workers end
+        # through them), then waiting for every thread that is not a daemon.
+        threading._shutdown()  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
+        code = 130
+    try:
+        atexit._run_exitfuncs()  # then the atexit functions; nothing public runs them otherwise
+    except KeyboardInterrupt:
         code = 130
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe (`memgpt ... | head`): nothing to keep
