@@ -3,6 +3,7 @@ embedding call and one Milvus insert; the process's indexer gathers the steps' r
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Hashable, Sequence
@@ -186,3 +187,17 @@ def test_an_agent_opened_again_does_not_embed_its_last_message_again(storage: St
     assert model.calls == [2, 2, 1]  # "(empty)" once, and then never again
     entries = {p.id: p for p in store.query(all_of(eq("agent_id", agent_id), eq("kind", "recall")), limit=100)}
     assert len(entries) == 7 and entries[f"{agent_id}-bare2"].text == "Tuesday 12 March 2024"  # only its day
+
+
+def test_a_message_edited_elsewhere_is_embedded_again(storage: Storage) -> None:
+    """The cache of own embeddings is the process's: a message edited by another process (whose cache was
+    the one told) must not be indexed with its old text's vector, here as the predecessor of the next one."""
+    model = CountingModel()
+    store = storage.passages(model.space)
+    agent_id = _agent(storage, model, "edited")
+    first, second = _messages(agent_id, 2)
+    index = RecallIndex(store, model)
+    index.add("u", [first], {})
+    assert index.uncached([(second, first)]) == [second]  # the first one's embedding is cached
+    edited = dataclasses.replace(first, content="an entirely different first message")
+    assert index.uncached([(second, edited)]) == [second, edited]

@@ -12,6 +12,7 @@ message's text is: ``memgpt.memory.messages``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -85,7 +86,7 @@ class RecallIndex:
     def uncached(self, pairs: Sequence[tuple[Message, Message | None]]) -> list[Message]:
         """The messages of ``pairs`` (and those before them) whose own embedding is not cached: to embed."""
         with _recent_lock:
-            wanted = {m.id: m for pair in pairs for m in pair if m is not None and m.id not in self._recent}
+            wanted = {m.id: m for pair in pairs for m in pair if m is not None and _own_key(m) not in self._recent}
         return list(wanted.values())
 
     def entries(
@@ -95,7 +96,9 @@ class RecallIndex:
         ``fresh`` or cached ones (one evicted meanwhile is embedded again)."""
         own: dict[str, Vector | np.ndarray] = dict(fresh)
         with _recent_lock:
-            own.update({m.id: self._recent[m.id] for p in pairs for m in p if m is not None and m.id in self._recent})
+            for message in (m for p in pairs for m in p if m is not None):
+                if (key := _own_key(message)) in self._recent:
+                    own[message.id] = self._recent[key]
         late = [m for m in {m.id: m for p in pairs for m in p if m is not None}.values() if m.id not in own]
         if late:
             own.update(zip([m.id for m in late], _embedded(self.model, late), strict=True))
@@ -115,7 +118,7 @@ class RecallIndex:
 
     def remember(self, pairs: Sequence[tuple[Message, Message | None]], fresh: Mapping[str, Vector]) -> None:
         """Keep the indexed messages' own embeddings for the next batch's first message."""
-        kept = {m.id: np.asarray(fresh[m.id], dtype=np.float32) for m, _ in pairs if m.id in fresh}
+        kept = {_own_key(m): np.asarray(fresh[m.id], dtype=np.float32) for m, _ in pairs if m.id in fresh}
         with _recent_lock:
             self._recent.update(kept)
             while len(self._recent) > _RECENT:
@@ -136,9 +139,10 @@ class RecallIndex:
 
     def forget(self, message_ids: Sequence[str]) -> None:
         """Drop cached embeddings of messages whose text changed or that were removed."""
+        gone = set(message_ids)
         with _recent_lock:
-            for message_id in message_ids:
-                self._recent.pop(message_id, None)
+            for key in [key for key in self._recent if key.partition("\0")[0] in gone]:
+                del self._recent[key]
 
     def remove(self, agent_id: str, message_ids: Sequence[str]) -> None:
         if message_ids:
@@ -149,6 +153,13 @@ def _fit(text: str) -> str:
     """The text cut to what one Milvus row holds (at a character boundary)."""
     data = text.encode("utf-8")
     return text if len(data) <= _MAX_INDEXED_BYTES else data[:_MAX_INDEXED_BYTES].decode("utf-8", "ignore")
+
+
+def _own_key(message: Message) -> str:
+    """A message's key among the cached own embeddings: its id and what its text was when embedded, so an
+    edit made in another process (whose cache was the one told) is never indexed with the old text's vector."""
+    digest = hashlib.blake2b((search_text(message) or _NO_WORDS).encode("utf-8"), digest_size=8).hexdigest()
+    return f"{message.id}\0{digest}"
 
 
 def _recent_of(model: EmbeddingModel) -> OrderedDict[str, np.ndarray]:
