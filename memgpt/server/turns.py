@@ -460,9 +460,6 @@ class TurnRunner:
         if error:
             stored["error"] = list(error)
         finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, json.dumps(stored))
-        with self._guard:
-            if self._active.get(request.agent_id, (None,))[0] is turn:
-                del self._active[request.agent_id]
         try:
             # Under the lease: the last step's recall indexing (a background thread) ends before the next
             # turn may open the agent and index the same messages.
@@ -474,6 +471,10 @@ class TurnRunner:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
             except MemGPTError as exc:  # the lease expires on its own
                 logger.error("cannot record run %s or release the agent's lease: %s", turn.run_id, exc)
+            # Active (its lease renewed, a client's retry joining it) until the run's answer is recorded.
+            with self._guard:
+                if self._active.get(request.agent_id, (None,))[0] is turn:
+                    del self._active[request.agent_id]
             turn.finish(reason, usage, error)
 
     def _renew_leases(self) -> None:
