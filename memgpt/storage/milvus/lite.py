@@ -119,7 +119,7 @@ class LiteServer:
                     "file may be damaged or used by another program; close other programs or use a Milvus server"
                 )
             found = _cpu_ticks(process.pid)
-            if found is not None and found[0] != ticks:
+            if found is not None and (found[0] != ticks or found[1] == "D"):  # D: waiting on the disk, not stuck
                 ticks, changed = found[0], now
             problem = None
             if found is not None and now - changed >= LITE_STALL_SECONDS:
