@@ -256,7 +256,8 @@ def _start_lite_server(db_file: Path) -> LiteStart:
     return starting
 
 
-LITE_START_SECONDS = 600.0  # the most a Milvus Lite process alive and busy may take to listen, then to answer
+LITE_START_SECONDS = 600.0  # the most a Milvus Lite process alive and busy may take to listen (lite.py)
+LITE_ANSWER_SECONDS = 60.0  # then the most it may take to answer its first call
 
 
 def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
@@ -273,7 +274,7 @@ def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
     uri = starting.server().uri if starting is not None else target.uri
     # A local Milvus Lite process cannot be "unreachable", only slow to start: on a loaded machine (load
     # average ~30 on 2 cores) it took over 10 s, and a 10 s wait reported a healthy file as in use or damaged.
-    timeout = LITE_START_SECONDS if target.is_lite else 10
+    timeout = LITE_ANSWER_SECONDS if target.is_lite else 10
     try:
         with _sigint_blocked() if target.is_lite else contextlib.nullcontext():
             return MilvusClient(uri=uri, token=target.token, timeout=timeout, **options)
