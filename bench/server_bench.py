@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -239,6 +240,24 @@ def _lost(url: str, key: str, agents: list[str], tag: str, turns: int) -> int:
     return lost
 
 
+def _indexed(home: Path, pid: int, timeout: float = 120.0) -> float:
+    """Wait until recall indexing has caught up with every message (read from the SQLite metadata database;
+    0.0 at once for another database), so the CPU counted includes it; returns the seconds waited."""
+    import sqlite3
+
+    database = home / "metadata.sqlite"
+    if not database.exists():
+        return 0.0
+    start = time.perf_counter()
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as db:
+        while time.perf_counter() - start < timeout:
+            left = db.execute("SELECT count(*) FROM messages WHERE searchable AND NOT indexed").fetchone()[0]
+            if not left:
+                break
+            time.sleep(0.05)
+    return time.perf_counter() - start
+
+
 def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
     """The ``q`` quantile (nearest rank) of ``values`` seconds, less ``minus``, in milliseconds."""
     if not values:
@@ -247,21 +266,104 @@ def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
     return f"{(ordered[round(q * (len(ordered) - 1))] - minus) * 1000:.0f}"
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time the server has used (user + system), its worker processes included (``--workers``): what a
-    turn costs whatever else runs here."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+@dataclass
+class Cpu:
+    """CPU seconds (user + system) used so far: the server process, the processes it started (Milvus Lite's
+    ``milvus`` binary, or ``--workers`` processes), this process (the clients and the LLM stub), and the whole
+    machine (every process, other people's work included: only meaningful on a quiet machine)."""
+
+    server: float
+    children: float
+    bench: float
+    machine: float
+
+    @classmethod
+    def now(cls, pid: int) -> Cpu:
+        tick = os.sysconf("SC_CLK_TCK")
+        server = children = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # a process that ended meanwhile
+                continue
+            used = int(fields[11]) + int(fields[12])
+            if stat.parent.name == str(pid):
+                server += used
+            elif fields[1] == str(pid):
+                children += used
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        busy = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        machine = sum(busy) - busy[3] - busy[4]  # all but idle and iowait
+        return cls(server / tick, children / tick, usage.ru_utime + usage.ru_stime, machine / tick)
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(
+            self.server - other.server,
+            self.children - other.children,
+            self.bench - other.bench,
+            self.machine - other.machine,
+        )
+
+
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each live thread of ``pid``, by OS thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # a process that ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
             continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):  # the server, or a worker it started
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
 
 
-def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1) -> str:
+@contextlib.contextmanager
+def gil_profile(pid: int, out: Path | None, rate: int = 100) -> Iterator[dict[str, Any]]:
+    """With ``out``, py-spy samples the server's threads that hold the GIL (``--gil``) ``rate`` times a second
+    while the block runs, writing collapsed stacks to ``out``; the yielded dict then gets ``gil``, the share of
+    py-spy's samples in which a thread of the server held the GIL (1.0: its Python is the bottleneck), and
+    ``threads``, the server's CPU seconds meanwhile by thread name (Python's names, from a ``py-spy dump`` at the
+    end; "native" for threads without Python, such as ONNX Runtime's; "ended" for threads gone by then, such
+    as finished turns')."""
+    found: dict[str, Any] = {}
+    if out is None:
+        yield found
+        return
+    import re
+    import shutil
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [spy, "record", "--pid", str(pid), "--gil", "--rate", str(rate), "--format", "raw", "--output", str(out)]
+    before, process_before = _thread_cpu(pid), Cpu.now(pid).server
+    log = out.with_suffix(".log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    start = time.perf_counter()
+    try:
+        yield found
+    finally:
+        wall = time.perf_counter() - start
+        after, process_after = _thread_cpu(pid), Cpu.now(pid).server
+        process.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+        process.wait(60)
+        log.close()
+        dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, check=False).stdout
+        names = {
+            int(tid): re.sub(r"[-_ ]?\(?[0-9a-f]{6,}\)?|[-_ ]\d+$", "", name)
+            for tid, name in re.findall(r'Thread (\d+) \([^)]*\): "([^"]*)"', dump)
+        }
+        threads: dict[str, float] = {}
+        for tid, seconds in after.items():
+            name = names.get(tid, "native")
+            threads[name] = threads.get(name, 0.0) + seconds - before.get(tid, 0.0)
+        threads["ended"] = (process_after - process_before) - sum(threads.values())
+        samples = sum(int(line.rsplit(" ", 1)[1]) for line in out.read_text().splitlines() if line.strip())
+        found["gil"] = samples / max(1.0, wall * rate)
+        found["threads"] = threads
+
+
+def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1, profile: Path | None = None) -> str:
     llm = FixedLLM(llm_ms / 1000)
     try:
         with (
@@ -270,22 +372,39 @@ def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1) -
         ):
             agents = _make_agents(server.url, key, clients)
             asyncio.run(_load(server.url, key, agents, 1, "warm-up"))  # each agent's first turn, not measured
-            calls_before, cpu_before = llm.calls, _cpu_seconds(server.process.pid)
-            results = asyncio.run(_load(server.url, key, agents, turns, "bench"))
+            pid = server.process.pid
+            calls_before, cpu_before = llm.calls, Cpu.now(pid)
+            with gil_profile(pid, profile) as gil:
+                results = asyncio.run(_load(server.url, key, agents, turns, "bench"))
             calls = (llm.calls - calls_before) / max(1, len(results.turns))
-            cpu = _cpu_seconds(server.process.pid) - cpu_before
+            catch_up = _indexed(server.home, pid)
+            cpu = Cpu.now(pid) - cpu_before
             lost = _lost(server.url, key, agents, "bench", turns)
     finally:
         llm.close()
     llm_s = llm_ms / 1000 * calls
     label = "Milvus Lite + SQLite" if backend == "default" else "Milvus server + PostgreSQL"
     label += f", {workers} workers" if workers > 1 else ""
+    done = max(1, len(results.turns))
+    per_turn = [f"{seconds * 1000 / done:.0f}" for seconds in (cpu.server, cpu.children, cpu.bench, cpu.machine)]
+    cores = cpu.machine / results.wall if results.wall else 0.0
     return (
         f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
         f"{_ms(results.turns, 0.5, llm_s)} | {_ms(results.turns, 0.95, llm_s)} | {len(results.errors)} | {lost} | "
         f"{_ms(results.list_agents, 0.5)} / {_ms(results.list_agents, 0.95)} | "
         f"{_ms(results.search, 0.5)} / {_ms(results.search, 0.95)} | "
-        f"{cpu * 1000 / max(1, len(results.turns)):.0f} |"
+        f"{per_turn[0]} | {per_turn[1]} | {per_turn[2]} | {per_turn[3]} ({cores:.2f} of {os.cpu_count()}) | "
+        f"{catch_up:.1f} |"
+        + (f" GIL held {gil['gil']:.0%} of py-spy's samples ({profile}) |" if "gil" in gil else "")
+        + (
+            "\n\nserver CPU ms/turn by thread: "
+            + ", ".join(
+                f"{name} {seconds * 1000 / done:.1f}"
+                for name, seconds in sorted(gil["threads"].items(), key=lambda item: -item[1])
+            )
+            if "threads" in gil
+            else ""
+        )
         + (f"\n\nfirst errors: {results.errors[:3]}" if results.errors else "")
     )
 
@@ -298,6 +417,9 @@ def main() -> None:
     parser.add_argument("--llm-ms", type=int, default=200, help="how long the LLM takes to answer")
     parser.add_argument("--workers", type=int, default=1, help="server processes (more than 1: --backend scale)")
     parser.add_argument("--header", action="store_true", help="print the table's header first")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
+    )
     args = parser.parse_args()
     if args.workers > 1 and args.backend != "scale":
         parser.error("--workers above 1 needs --backend scale (Milvus Lite lets one process open its file)")
@@ -306,13 +428,15 @@ def main() -> None:
         print()
         print(
             "| backend | clients | turns | turns/s | p50 added ms | p95 added ms | errors | lost "
-            "| list agents p50/p95 ms | archival search p50/p95 ms | server CPU ms/turn |"
+            "| list agents p50/p95 ms | archival search p50/p95 ms | server CPU ms/turn | its children (Milvus Lite) "
+            "| bench + LLM stub | whole machine (cores busy) | recall index caught up s after |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     backends = ["default", "scale"] if args.backend == "both" else [args.backend]
     for backend in backends:
         for clients in (int(n) for n in args.clients.split(",")):
-            print(run(backend, clients, args.turns, args.llm_ms, args.workers), flush=True)
+            profile = args.profile.with_name(f"{args.profile.stem}-{clients}.txt") if args.profile else None
+            print(run(backend, clients, args.turns, args.llm_ms, args.workers, profile), flush=True)
 
 
 if __name__ == "__main__":

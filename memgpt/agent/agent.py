@@ -188,9 +188,10 @@ class Agent:
             self._specs_for = names
         return self._specs
 
-    def close(self) -> None:
-        """Let recall indexing of the last messages finish (bounded; the rest is indexed at the next open)."""
-        self.recall.close()
+    def close(self, *, wait: bool = True) -> None:
+        """Let recall indexing of the last messages finish (bounded; the rest is indexed at the next open);
+        ``wait=False``: only where another process may index the agent next (``RecallMemory.close``)."""
+        self.recall.close(wait=wait)
 
     def __enter__(self) -> Agent:
         return self

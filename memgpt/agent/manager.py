@@ -23,6 +23,7 @@ from memgpt.llm.base import LLMClient
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import DEFAULT_LIMIT
 from memgpt.memory.recall import RecallIndex, RecallMemory
+from memgpt.memory.recall import writing as recall_writing
 from memgpt.storage import Storage
 from memgpt.storage.agents import AgentSummary
 from memgpt.storage.filters import all_of, eq
@@ -457,8 +458,11 @@ def attached_sources(storage: Storage, state: AgentState) -> list[Source]:
 def delete_agent(storage: Storage, state: AgentState) -> int:
     """Delete the agent, its messages and its own archival passages (attached sources stay)."""
     store = storage.passages(state.space)
-    deleted = store.delete(all_of(eq("user_id", state.user_id), eq("agent_id", state.id)))
-    storage.agents.delete(state.id)
+    # Under the recall writing lock: an indexing pass this process still runs for the agent (a server turn does
+    # not wait for its own) ends first, so none writes index entries of deleted messages after this.
+    with recall_writing(storage, state.id):
+        deleted = store.delete(all_of(eq("user_id", state.user_id), eq("agent_id", state.id)))
+        storage.agents.delete(state.id)
     return deleted
 
 

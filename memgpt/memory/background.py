@@ -122,6 +122,21 @@ class Batcher(Generic[T]):
                 self._changed.wait(left)
             return self._finished.get(key, True)
 
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until nothing is asked for or under way (before the store the work
+        writes closes); returns whether it got there. Urgent from here: no gathering pause."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            if self._waiting:
+                self._urgent = True
+                self._changed.notify_all()
+            while self._waiting or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
     def withdraw(self, item: T, timeout: float | None = None) -> bool:
         """Let ``item``'s pending work finish for up to ``timeout`` seconds, then drop what is left of it (a pass
         under way ends first: one batch); returns whether everything was done. The same key asked for by

@@ -317,10 +317,12 @@ class RecallMemory:
         indexer().request(self, urgent=True)
         return indexer().wait(self, timeout)
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, *, wait: bool = True) -> None:
         """Let this agent's indexing finish for up to ``timeout`` seconds, then withdraw it (what is left is
-        indexed when the agent is opened again)."""
-        if self._index is not None:
+        indexed when the agent is opened again). ``wait=False``: wait only when another process may index the
+        agent next (a shared index); else the process's indexer finishes the work in its own time, a search of
+        the agent waits for it, and what a stop leaves is indexed at the next open."""
+        if self._index is not None and (wait or self._index.store.shared):
             indexer().withdraw(self, timeout)
 
     def search(
@@ -400,25 +402,7 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
     SQL keeps all, and it is tried again at its next request); the rest have more to do."""
     outcome = Outcome()
     with ExitStack() as held:
-        work: list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]] = []
-        left = limit
-        for recall in recalls:
-            if recall._index is None:  # nothing to index for it
-                outcome.finished.add(recall.key)
-                continue
-            if left <= 0:
-                continue
-            held.enter_context(recall.writing)
-            try:
-                pairs = recall._messages.unindexed_with_previous(recall.agent_id, left)
-            except MemGPTError as exc:
-                _failed(outcome, [recall], exc)
-                continue
-            if len(pairs) < left:
-                outcome.finished.add(recall.key)
-            left -= len(pairs)
-            if pairs:
-                work.append((recall, recall._index, pairs))
+        work = _unindexed(recalls, limit, outcome, held)
         fresh = _embed(work, outcome)
         by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage]]]] = {}
         for recall, index, pairs in work:
@@ -431,14 +415,52 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
             except MemGPTError as exc:
                 _failed(outcome, [recall for recall, _, _ in group], exc)
                 continue
+            by_messages: dict[int, list[tuple[RecallMemory, list[Passage]]]] = {}
             for recall, _, entries in group:
+                by_messages.setdefault(id(recall._messages), []).append((recall, entries))
+            for marks in by_messages.values():  # one statement for the agents of one database
                 try:
-                    recall._messages.mark_indexed(recall.agent_id, [p.id for p in entries])
+                    marks[0][0]._messages.mark_indexed_of({r.agent_id: [p.id for p in e] for r, e in marks})
                 except MemGPTError as exc:
-                    _failed(outcome, [recall], exc)
+                    _failed(outcome, [recall for recall, _ in marks], exc)
         for _, index, pairs in work:
             index.remember(pairs, fresh)
     return outcome
+
+
+def _unindexed(
+    recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack
+) -> list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]]:
+    """The pass's messages: up to ``limit`` unindexed ones over ``recalls`` in order, read in one transaction
+    per database, each agent's under its writing lock (held until the pass ends). Agents left with none are
+    finished; those the limit did not reach go round again."""
+    by_messages: dict[int, list[tuple[RecallMemory, RecallIndex]]] = {}
+    for recall in recalls:
+        if recall._index is None:  # nothing to index for it
+            outcome.finished.add(recall.key)
+        else:
+            by_messages.setdefault(id(recall._messages), []).append((recall, recall._index))
+    work: list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]] = []
+    for group in by_messages.values():
+        if limit <= 0:
+            break
+        for recall, _ in group:
+            held.enter_context(recall.writing)
+        try:
+            found = group[0][0]._messages.unindexed_of([recall.agent_id for recall, _ in group], limit)
+        except MemGPTError as exc:
+            _failed(outcome, [recall for recall, _ in group], exc)
+            continue
+        for recall, index in group:
+            pairs = found.get(recall.agent_id)
+            if pairs is None:  # the limit did not reach it
+                continue
+            if len(pairs) < limit:
+                outcome.finished.add(recall.key)
+            limit -= len(pairs)
+            if pairs:
+                work.append((recall, index, pairs))
+    return work
 
 
 def _embed(
@@ -479,6 +501,12 @@ def _writing_lock(key: Hashable) -> threading.RLock:
         return _locks.setdefault(key, threading.RLock())
 
 
+def writing(storage: Storage, agent_id: str) -> threading.RLock:
+    """The writing lock of an agent's messages (``RecallMemory.writing``) without opening the agent: held, no
+    indexing pass of this process is half done for it (one that starts after sees what was changed)."""
+    return _writing_lock((id(storage.messages), agent_id))
+
+
 def indexer() -> Batcher[RecallMemory]:
     """The process's recall indexer: one thread that indexes what every open agent's steps asked for, in
     passes of up to ``_INDEX_BATCH`` messages across agents."""
@@ -487,6 +515,14 @@ def indexer() -> Batcher[RecallMemory]:
         if _indexer is None:
             _indexer = Batcher(index_pass, lambda recall: recall.key, "recall indexing", gather=_GATHER)
         return _indexer
+
+
+def settle_indexing(timeout: float = 10.0) -> bool:
+    """Let this process's recall indexer finish what it was asked for (up to ``timeout`` seconds), before the
+    storage it writes closes; what is left is indexed when its agents are opened again."""
+    with _locks_guard:
+        running = _indexer
+    return running.settle(timeout) if running is not None else True
 
 
 def _forget_in_child() -> None:

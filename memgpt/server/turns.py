@@ -31,6 +31,7 @@ from memgpt.agent.tools import folder_signature
 from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
+from memgpt.memory.recall import settle_indexing
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
 from memgpt.storage.turns import FINISHED, Fence, Grant, Run, new_owner
 from memgpt.types import Message, utc_now
@@ -461,9 +462,10 @@ class TurnRunner:
             stored["error"] = list(error)
         finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, json.dumps(stored))
         try:
-            # Under the lease: the last step's recall indexing (a background thread) ends before the next
-            # turn may open the agent and index the same messages.
-            agent.close()
+            # Under the lease: where another process may take the agent's next turn (a shared index), the last
+            # step's recall indexing (a background thread) ends before that turn may index the same messages.
+            # Else nothing waits for it: this process's indexer gathers every agent's messages into larger passes.
+            agent.close(wait=False)
             if error is None:  # else what it holds may differ from what was stored: the next turn opens it afresh
                 self._keep(agent, *keep)
         finally:
@@ -520,8 +522,10 @@ class TurnRunner:
         while time.monotonic() < deadline:
             with self._guard:
                 if not self._active:
-                    return
+                    break
             time.sleep(0.05)
+        # The turns did not wait for their recall indexing (``_run``): it ends before storage closes.
+        settle_indexing(max(5.0, deadline - time.monotonic()))
 
 
 def _drain(events: Any) -> str:

@@ -23,6 +23,9 @@ class PassageStore(ABC):
     supports_partition_key: bool = False
     #: Whether another process's writes may be missed for a moment unless a read names them (``read_after``).
     tracks_writes: bool = False
+    #: Whether other processes may write the store while this one has it open (False for Milvus Lite, whose
+    #: file one process opens at a time): then work this process left running cannot meet another's.
+    shared: bool = True
 
     @abstractmethod
     def upsert(self, passages: Sequence[Passage]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,6 +75,29 @@ def _message(row: MessageRow | Row[Any]) -> Message:
         tool_call_id=row.tool_call_id,
         name=row.name,
     )
+
+
+def _unindexed(s: Session, agent_id: str, limit: int) -> list[tuple[Message, Message | None]]:
+    """See ``MessageStore.unindexed_with_previous``; in the caller's transaction."""
+    table = MessageRow.__table__
+    searchable = select(table).where(table.c.agent_id == agent_id, table.c.searchable.is_(True))
+    rows = s.execute(searchable.where(table.c.indexed.is_(False)).order_by(table.c.seq).limit(limit)).all()
+    if not rows:
+        return []
+    first, last = rows[0].seq, rows[-1].seq
+    earlier = searchable.where(table.c.seq < first).order_by(table.c.seq.desc()).limit(1)
+    near = list(s.execute(earlier).all())
+    if last - first <= _REACH * len(rows):  # mostly the batch itself (new messages): one range read
+        near += s.execute(searchable.where(table.c.seq.between(first, last)).order_by(table.c.seq)).all()
+        order = [row.seq for row in near]
+        at = [bisect.bisect_left(order, row.seq) for row in rows]
+        previous = [near[i - 1] if i else None for i in at]
+    else:  # scattered (edited messages, or the rest after a crash): each one's own read
+        previous = [
+            s.execute(searchable.where(table.c.seq < row.seq).order_by(table.c.seq.desc()).limit(1)).first()
+            for row in rows
+        ]
+    return [(_message(row), _message(p) if p else None) for row, p in zip(rows, previous, strict=True)]
 
 
 def escape_like(term: str) -> str:
@@ -236,32 +259,36 @@ class MessageStore:
     def unindexed_with_previous(self, agent_id: str, limit: int) -> list[tuple[Message, Message | None]]:
         """Up to ``limit`` searchable messages not yet in the Milvus recall index, oldest first, each with the
         searchable message right before it (what recall indexes it with), in one transaction."""
-        table = MessageRow.__table__
-        searchable = select(table).where(table.c.agent_id == agent_id, table.c.searchable.is_(True))
+        return self.unindexed_of([agent_id], limit).get(agent_id, [])
+
+    def unindexed_of(
+        self, agent_ids: Sequence[str], limit: int
+    ) -> dict[str, list[tuple[Message, Message | None]]]:
+        """``unindexed_with_previous`` of several agents in one transaction (the recall indexer's pass over every
+        agent with new messages): up to ``limit`` messages in all, taken in the agents' order; agents the
+        limit did not reach are left out."""
+        found: dict[str, list[tuple[Message, Message | None]]] = {}
         with self._metadata.session() as s:
-            rows = s.execute(searchable.where(table.c.indexed.is_(False)).order_by(table.c.seq).limit(limit)).all()
-            if not rows:
-                return []
-            first, last = rows[0].seq, rows[-1].seq
-            earlier = searchable.where(table.c.seq < first).order_by(table.c.seq.desc()).limit(1)
-            near = list(s.execute(earlier).all())
-            if last - first <= _REACH * len(rows):  # mostly the batch itself (new messages): one range read
-                near += s.execute(searchable.where(table.c.seq.between(first, last)).order_by(table.c.seq)).all()
-                order = [row.seq for row in near]
-                at = [bisect.bisect_left(order, row.seq) for row in rows]
-                previous = [near[i - 1] if i else None for i in at]
-            else:  # scattered (edited messages, or the rest after a crash): each one's own read
-                previous = [
-                    s.execute(searchable.where(table.c.seq < row.seq).order_by(table.c.seq.desc()).limit(1)).first()
-                    for row in rows
-                ]
-            return [(_message(row), _message(p) if p else None) for row, p in zip(rows, previous, strict=True)]
+            for agent_id in agent_ids:
+                if limit <= 0:
+                    break
+                found[agent_id] = _unindexed(s, agent_id, limit)
+                limit -= len(found[agent_id])
+        return found
 
     def mark_indexed(self, agent_id: str, message_ids: Sequence[str], indexed: bool = True) -> None:
+        self.mark_indexed_of({agent_id: message_ids}, indexed)
+
+    def mark_indexed_of(self, marks: Mapping[str, Sequence[str]], indexed: bool = True) -> None:
+        """``mark_indexed`` for several agents (agent id -> its message ids) in one statement."""
+        ids = [message_id for message_ids in marks.values() for message_id in message_ids]
+        if not ids:
+            return
+        table = MessageRow.__table__  # Core: the ORM's bulk update path costs several times more
         with self._metadata.session() as s:
             s.execute(
-                update(MessageRow)
-                .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
+                update(table)
+                .where(table.c.agent_id.in_(list(marks)), table.c.id.in_(ids))
                 .values(indexed=indexed)
             )
 

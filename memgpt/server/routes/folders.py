@@ -27,7 +27,7 @@ from memgpt.types import FileRecord, Source
 router = APIRouter(tags=["folders"])
 
 
-def file_jobs(request: Request) -> FileJobs:
+async def file_jobs(request: Request) -> FileJobs:
     return request.app.state.file_jobs  # type: ignore[no-any-return]
 
 
