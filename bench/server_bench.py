@@ -15,9 +15,17 @@ the non-LLM routes (list agents, archival search). After the run every agent's s
 a lost message is a sent one whose user message or reply is missing.
 
 Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time,
-errors, lost messages, p50/p95 of the two non-LLM routes under that load, and the server process's CPU time
-per turn (user + system, all its threads, the non-LLM routes included): on a machine shared with other work the
+errors, lost messages, p50/p95 of the two non-LLM routes under that load, and CPU time per turn (user + system,
+all threads, the non-LLM routes included) of the server process, of the processes it started (Milvus Lite's
+``milvus``; with ``--workers``, the workers), of this process (the clients and the LLM stub) and of the whole
+machine (with how many cores were busy: other people's work counts there too). The CPU is counted until the
+server's recall indexing has caught up with every message (SQLite only; the last column says how long after
+the load that took), so work a turn leaves for later is not missed. On a machine shared with other work the
 latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
+
+``--profile FILE`` also runs py-spy (``pip install py-spy``) on the server during each measured load: the share
+of its samples in which a server thread held the GIL, collapsed stacks of those threads in FILE-<clients>.txt,
+and the server's CPU per turn by thread name.
 """
 
 from __future__ import annotations
@@ -380,6 +388,10 @@ def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1, p
             catch_up = _indexed(server.home, pid)
             cpu = Cpu.now(pid) - cpu_before
             lost = _lost(server.url, key, agents, "bench", turns)
+            if results.errors or lost:  # what the server logged, before its home goes
+                logged = server.log.read_text(errors="replace").splitlines()
+                errors = " / ".join(line for line in logged if "Error" in line)
+                results.errors.insert(0, f"server log: {errors[-1500:]}")
     finally:
         llm.close()
     llm_s = llm_ms / 1000 * calls

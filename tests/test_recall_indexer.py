@@ -9,7 +9,7 @@ import time
 from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from memgpt.agent.manager import create_agent
+from memgpt.agent.manager import create_agent, delete_agent
 from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.background import Batcher, Outcome
@@ -201,3 +201,58 @@ def test_a_message_edited_elsewhere_is_embedded_again(storage: Storage) -> None:
     assert index.uncached([(second, first)]) == [second]  # the first one's embedding is cached
     edited = dataclasses.replace(first, content="an entirely different first message")
     assert index.uncached([(second, edited)]) == [second, edited]
+
+
+def test_settling_waits_for_the_pass_under_way_and_for_what_was_asked_meanwhile() -> None:
+    """A server's turns leave their indexing to the indexer (on Milvus Lite); before storage closes, it settles."""
+    started, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def work(items: list[str]) -> Outcome:
+        started.set()
+        release.wait(10)
+        done.extend(items)
+        return Outcome(finished=set(items))
+
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing", gather=30.0)
+    batcher.request("a", urgent=True)
+    assert started.wait(10)
+    batcher.request("b")  # asked for during the pass: settling skips its gathering pause
+    assert batcher.settle(0.1) is False
+    release.set()
+    began = time.monotonic()
+    assert batcher.settle(10) is True
+    assert time.monotonic() - began < 5 and done == ["a", "b"]
+
+
+def test_deleting_an_agent_waits_for_its_indexing_pass_so_no_entry_outlives_it(storage: Storage) -> None:
+    """A server turn does not wait for its recall indexing (Milvus Lite): an agent deleted while a pass is
+    embedding its messages must not get index entries written after its deletion."""
+    started, release = threading.Event(), threading.Event()
+
+    class SlowModel(LocalMiniLM):
+        def embed_multi(self, texts: Sequence[str], **kwargs: object) -> list[Vector]:
+            started.set()
+            release.wait(10)
+            return super().embed_multi(texts)
+
+    model = SlowModel()
+    store = storage.passages(model.space)
+    state = create_agent(
+        storage, user_id="u", name="leaving", persona="sam_pov", human="basic", model="scripted",
+        context_window=8192, embedding=model.space,
+    )  # fmt: skip
+    recall = RecallMemory(storage, agent_id=state.id, user_id="u", index=RecallIndex(store, model))
+    recall.append(_messages(state.id, 3))
+    indexing = threading.Thread(target=index_pass, args=([recall],))
+    indexing.start()
+    assert started.wait(10)
+    deleting = threading.Thread(target=delete_agent, args=(storage, state))
+    deleting.start()
+    deleting.join(0.5)
+    assert deleting.is_alive()  # waits for the pass
+    release.set()
+    indexing.join(30)
+    deleting.join(30)
+    assert storage.agents.by_id("u", state.id) is None
+    assert store.query(all_of(eq("agent_id", state.id), eq("kind", "recall")), limit=100) == []

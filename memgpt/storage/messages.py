@@ -268,12 +268,12 @@ class MessageStore:
         agent with new messages): up to ``limit`` messages in all, taken in the agents' order; agents the
         limit did not reach are left out."""
         found: dict[str, list[tuple[Message, Message | None]]] = {}
-        with self._metadata.session() as s:
-            for agent_id in agent_ids:
-                if limit <= 0:
-                    break
+        for agent_id in agent_ids:
+            if limit <= 0:
+                break
+            with self._metadata.session() as s:  # one each: others' statements wait less for SQLite's lock
                 found[agent_id] = _unindexed(s, agent_id, limit)
-                limit -= len(found[agent_id])
+            limit -= len(found[agent_id])
         return found
 
     def mark_indexed(self, agent_id: str, message_ids: Sequence[str], indexed: bool = True) -> None:
