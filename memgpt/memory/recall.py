@@ -51,6 +51,10 @@ _NO_WORDS_KEY = "\0" + _NO_WORDS  # its embedding's key among the cached ones (n
 # agent active lately is what is needed; 4096 float32 vectors of 384 dimensions are 6 MB.
 _RECENT = 4096
 _QUERIES = 16  # query embeddings kept for the next page of the same search
+# How many messages around a hit are read to find the nearest with words on each side (bare tool calls of
+# the agent may sit between them).
+_REACH = 3
+_PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against the message count
 
 
 @dataclass
@@ -336,7 +340,7 @@ class RecallMemory:
             found, total = self._messages.search(
                 self.agent_id,
                 query,
-                offset=number * PAGE_SIZE,
+                offset=self._offset(number),
                 limit=PAGE_SIZE,
                 start=scope.start,
                 end=scope.end,
@@ -345,7 +349,15 @@ class RecallMemory:
             return Page([describe(m) for m in found], total, number)
         return self._ranked(self._index, query, number, scope)
 
+    def _offset(self, number: int) -> int:
+        """Where page ``number`` starts, never past the agent's message count: a page number far past the end
+        (the model may ask for any) would overflow SQL's integers, or make Milvus rank every message."""
+        wanted = number * PAGE_SIZE
+        return wanted if wanted < _PAST_END_CHECK else min(wanted, self.count())
+
     def _ranked(self, index: RecallIndex, query: str, number: int, scope: Scope) -> RankedPage:
+        if self._offset(number) < number * PAGE_SIZE:  # past every message: nothing to rank
+            return RankedPage([], number, False)
         where = all_of(
             eq("user_id", self.user_id), eq("kind", "recall"), eq("agent_id", self.agent_id), scope.where()
         )
@@ -357,26 +369,31 @@ class RecallMemory:
             index.query_vector(query), text=keyword_query(query), limit=depth, where=where, with_text=False
         )
         results = self.with_neighbours(hits, wanted + 1)
-        about = ranking_note(hits, store.supports_hybrid) + scope.describe()
+        about = (ranking_note(hits, store.supports_hybrid) + scope.describe()).strip()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)
 
     def with_neighbours(self, hits: list[SearchHit], limit: int) -> list[Result]:
-        """Up to ``limit`` results, best first, each with the messages right before and after it; a hit
-        that an earlier result already shows is not repeated, nor is any message shown twice."""
+        """Up to ``limit`` results, best first, each with the messages with words right before and after it;
+        a hit that an earlier result already shows is not repeated, nor is any message shown twice. An agent
+        message without words (it only called a tool) is indexed like the rest but never shown: it has
+        nothing to read, so neither a result nor a neighbour."""
         shown: set[str] = set()
         results: list[Result] = []
         # Read a few hits at a time: most pages need only the first ones.
         step = limit + 3
         for start in range(0, len(hits), step):
             batch = [h.passage.id for h in hits[start : start + step] if h.passage.id not in shown]
-            windows = self._messages.around(self.agent_id, batch)
+            windows = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
             for hit_id in batch:
                 if len(results) >= limit:
                     return results
                 if hit_id in shown or hit_id not in windows:  # not shown twice; removed since it was indexed
                     continue
                 before, match, after = windows[hit_id]
+                if not search_text(match):
+                    continue
+                before, after = [m for m in before if search_text(m)][-1:], [m for m in after if search_text(m)][:1]
                 result = Result(match, _unseen(before, shown), _unseen(after, shown))
                 shown.update(m.id for m in (*result.before, match, *result.after))
                 results.append(result)
@@ -389,7 +406,7 @@ class RecallMemory:
         if end - start > timedelta(days=36_500):
             raise ToolError("that date range is too wide")
         number = check_page(page)
-        found, total = self._messages.between(self.agent_id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
+        found, total = self._messages.between(self.agent_id, start, end, offset=self._offset(number), limit=PAGE_SIZE)
         return Page([describe(m) for m in found], total, number)
 
 
