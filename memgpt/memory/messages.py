@@ -129,4 +129,7 @@ def describe(message: Message) -> str:
     """A user or assistant message as recall search results and the chat show it."""
     stamp = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     who = "user" if message.role is Role.USER else "assistant"
-    return f"[{stamp}] {who}: {readable(message)}"
+    words = readable(message)
+    if not words and message.tool_calls:  # no thought, nothing said: which tools it called is all there is
+        words = f"(called {', '.join(c.name for c in message.tool_calls)})"
+    return f"[{stamp}] {who}: {words}"

@@ -227,10 +227,7 @@ class MessageStore:
     def between(
         self, agent_id: str, start: datetime, end: datetime, *, offset: int, limit: int
     ) -> tuple[list[Message], int]:
-        """Searchable messages with words between ``start`` and ``end`` (inclusive), oldest first: an agent
-        message that only called a tool has nothing to list."""
-        between = [MessageRow.created_at >= start, MessageRow.created_at <= end, MessageRow.search_text != ""]
-        return self._page(agent_id, between, offset, limit)
+        return self._page(agent_id, [MessageRow.created_at >= start, MessageRow.created_at <= end], offset, limit)
 
     def unindexed(self, agent_id: str, limit: int) -> list[Message]:
         """Searchable messages not yet in the Milvus recall index, oldest first."""
