@@ -341,3 +341,40 @@ def test_pages_far_past_the_end_without_an_index(storage: Storage, chat: Chat) -
     assert plain.search("tonight", huge).render("results") == "No more results: there are 2, on pages 0 to 0."
     dated = plain.search_dates("2024-03-12", "2024-03-15", huge).render("results")
     assert dated == "No more results: there are 13, on pages 0 to 2."
+
+
+def test_a_bare_tool_call_between_a_message_and_its_reply_is_passed_over(storage: Storage, model: LocalMiniLM) -> None:
+    """With native tool calling the agent often calls a tool without a thought before it answers: the answer is
+    indexed with the words of the person's message, not the empty call's, and edits and removals of that
+    message reach past the call to the answer."""
+    state = create_agent(
+        storage,
+        user_id=USER,
+        name="cats",
+        persona="sam_pov",
+        human="basic",
+        model="scripted",
+        context_window=8192,
+        embedding=model.space,
+    )
+    store = storage.passages(model.space)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=RecallIndex(store, model))
+    said = _message(state.id, 0, 0, "user", "I adopted a cat called Miso.")
+    call = ToolCall("c1", "core_memory_append", json.dumps({"name": "human", "content": "Has a cat."}))
+    bare = Message("m01", state.id, Role.ASSISTANT, "", START + timedelta(minutes=1), tool_calls=(call,))
+    reply = _message(state.id, 2, 0, "assistant", "Lovely name! How old is she?")
+    recall.append([said, bare, reply])
+    assert recall.sync()
+
+    def indexed(message_id: str) -> list[str]:
+        return store.query(eq("id", message_id), limit=1)[0].text.splitlines()
+
+    day, answer = "Tuesday 12 March 2024", "said: Lovely name! How old is she?"
+    assert indexed("m02") == [day, "I adopted a cat called Miso.", answer]
+    assert indexed("m01") == [day]  # never shown: no context
+    recall.replace(Message("m00", state.id, Role.USER, "I adopted a kitten called Miso.", said.created_at))
+    assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m00", "m02"]
+    assert recall.sync() and indexed("m02")[1] == "I adopted a kitten called Miso."
+    recall.remove(["m00"])
+    assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m02"]
+    assert recall.sync() and indexed("m02") == [day, answer]

@@ -81,7 +81,7 @@ class RecallIndex:
     def add(self, user_id: str, messages: list[Message], before: Mapping[str, Message | None]) -> None:
         """Index ``messages`` now, replacing what an interrupted earlier pass wrote of them; ``before`` maps each
         one's id to the searchable message right before it."""
-        pairs = [(m, before.get(m.id)) for m in messages]
+        pairs = _in_context([(m, before.get(m.id)) for m in messages])
         missing = self.uncached(pairs)
         fresh = dict(zip([m.id for m in missing], _embedded(self.model, missing), strict=True))
         _write(self.store, self.entries(user_id, pairs, fresh))
@@ -209,6 +209,17 @@ def _write(store: PassageStore, entries: list[Passage]) -> None:
     store.insert(entries)
 
 
+def _in_context(pairs: list[tuple[Message, Message | None]]) -> list[tuple[Message, Message | None]]:
+    """Each message with the one it is indexed with: none for a message without words, which is never shown
+    (its entry is its day and the embedding of ``_NO_WORDS``)."""
+    return [(m, previous if search_text(m) else None) for m, previous in pairs]
+
+
+def _next_worded(after: Sequence[Message], gone: set[str]) -> str | None:
+    """The first of ``after`` with words and not in ``gone``: the one indexed with the words before it."""
+    return next((m.id for m in after if m.id not in gone and search_text(m)), None)
+
+
 def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
     return [m for m in messages if m.id not in shown]
 
@@ -255,9 +266,9 @@ class RecallMemory:
             self._messages.replace(stored(message))
             if self._index is not None:
                 self._index.forget([message.id])
-                window = self._messages.around(self.agent_id, [message.id], before=0)
-                after = window[message.id][2] if message.id in window else []
-                self._messages.mark_indexed(self.agent_id, [m.id for m in after], indexed=False)
+                window = self._messages.around(self.agent_id, [message.id], before=0, after=_REACH)
+                after = _next_worded(window[message.id][2], set()) if message.id in window else None
+                self._messages.mark_indexed(self.agent_id, [after] if after else [], indexed=False)
         self.sync_later()
 
     def remove(self, message_ids: list[str]) -> None:
@@ -273,12 +284,12 @@ class RecallMemory:
             self.sync_later()
 
     def _after(self, message_ids: list[str]) -> list[str]:
-        """The searchable message right after each of ``message_ids`` that is not itself among them."""
+        """The message with words right after each of ``message_ids`` that is not itself among them."""
         if self._index is None or not message_ids:
             return []
         gone = set(message_ids)
-        window = self._messages.around(self.agent_id, message_ids, before=0, after=len(gone) + 1)
-        found = {next((m.id for m in after if m.id not in gone), None) for _, _, after in window.values()}
+        window = self._messages.around(self.agent_id, message_ids, before=0, after=len(gone) + _REACH)
+        found = {_next_worded(after, gone) for _, _, after in window.values()}
         return [message_id for message_id in found if message_id is not None]
 
     def unindex(self, message_ids: Sequence[str]) -> None:
@@ -427,7 +438,7 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
                 continue
             held.enter_context(recall.writing)
             try:
-                pairs = recall._messages.unindexed_with_previous(recall.agent_id, left)
+                pairs = _in_context(recall._messages.unindexed_with_previous(recall.agent_id, left))
             except MemGPTError as exc:
                 _failed(outcome, [recall], exc)
                 continue
