@@ -129,6 +129,11 @@ def test_stdio_reaches_the_memory_the_agent_itself_uses(
             )
             no_hits = await session.ok("conversation_search", query="cat")
             assert no_hits.startswith("No results found.")  # then how it ranks
+            scoped = await session.ok("conversation_search", query="cat", start_date="2001-01-01", role="user")
+            assert scoped == "No results found. Searched only user messages, only from 2001-01-01 to now."
+            assert "role must be 'user' or 'assistant'" in await session.refused(
+                "conversation_search", query="cat", role="system"
+            )
 
             # It holds the Milvus Lite file while it runs: another memgpt process is told who and what to do.
             locked = await anyio.to_thread.run_sync(lambda: run_cli("search", "notes", "success", home=home))

@@ -21,7 +21,9 @@ from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
 from memgpt.types import Message, Role, ToolCall
+from tests.agent_rig import Rig, tool_results
 from tests.conftest import USER
+from tests.scripted_llm import ScriptedLLM
 
 START = datetime(2024, 3, 12, 19, 0, tzinfo=UTC)
 # (day offset from START, role, words): a short answer, a dated cooking distractor, small talk.
@@ -268,3 +270,111 @@ def test_a_removed_message_is_no_longer_the_context_of_the_next(storage: Storage
     text = chat.index.store.query(eq("id", "m06"), limit=1)[0].text.splitlines()[1:]
     assert text == ["Mostly with Jonty, a physics student.", "said: Risotto takes patience. What mushrooms?"]
     assert not chat.index.store.query(eq("id", "m05"), limit=1)
+
+
+def _said(result: str) -> list[str]:
+    """The words of every message a rendered result shows (after "user: " or "assistant: ")."""
+    return [line.split("] ", 1)[1].split(": ", 1)[1] for line in result.splitlines() if "] " in line]
+
+
+def test_odd_inputs_through_an_agent_turn(
+    storage: Storage, model: LocalMiniLM, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conversation_search as the model calls it: bad input is an error it can act on, odd input a page that
+    says what happened, and an agent message that only called a tool (no thought, nothing said: common with
+    native tool calling) is never shown, as a result or as a neighbour."""
+    rig = Rig(storage, model, llm)
+    try:
+        agent = rig.create()
+        remember = {"name": "human", "content": "Has a cat, Miso.", "request_heartbeat": True}
+        llm.add({"tool": "core_memory_append", "args": remember})  # no thought: a message without words
+        llm.reply("Lovely name! How old is Miso?")
+        list(agent.send("I adopted a cat called Miso."))
+        llm.reply("Noted.")
+        list(agent.send("She is two years old and loves café crème."))
+        calls = [
+            {"query": ""},
+            {"query": "the of and"},
+            {"query": "cat", "page": 10**12},
+            {"query": "cat", "page": 5},
+            {"query": "cat", "start_date": "2001-01-01", "end_date": "2001-01-02"},
+            {"query": "🐱 adopted a cat? 日本語 ☕"},
+            {"query": "cat", "start_date": "31/01/2024"},
+        ]
+        for args in calls:
+            llm.add({"tool": "conversation_search", "args": {**args, "request_heartbeat": True}})
+        every_day = {"start_date": "2020-01-01", "end_date": "2099-12-31", "request_heartbeat": True}
+        llm.add({"tool": "conversation_search_date", "args": every_day})
+        llm.reply("done")
+        store = agent.recall._index.store
+        searches: list[int] = []
+        real = store.search
+        monkeypatch.setattr(store, "search", lambda *a, **k: searches.append(k["limit"]) or real(*a, **k))
+        list(agent.send("search your memory"))
+        first = len(llm.requests) - len(calls) - 1
+        out = [tool_results(llm.requests[first + i])[-1] for i in range(len(calls) + 1)]
+        empty, stop_words, huge, past, no_day, odd, bad_date, by_date = out
+        assert empty["status"] == "Failed" and "query is empty" in empty["message"]
+        assert stop_words["status"] == "OK" and stop_words["message"].startswith("Showing results 1-")
+        assert huge["message"] == "No more results: page 1000000000000 is past the last one."
+        assert past["message"] == "No more results: page 5 is past the last one."
+        assert no_day["message"] == "No results found. Searched only from 2001-01-01 to 2001-01-02."
+        assert odd["status"] == "OK" and "I adopted a cat called Miso." in odd["message"]
+        assert bad_date["status"] == "Failed" and "'31/01/2024' is not a date: use YYYY-MM-DD" in bad_date["message"]
+        for result in (stop_words, odd):
+            assert all(_said(result["message"])), result["message"]  # no message without words
+        # The date search lists every message, and says what one without words did.
+        assert "assistant: (called core_memory_append)" in by_date["message"]
+        # The user's message is shown with the reply to it, not with the bare core_memory_append call between.
+        top = _said(odd["message"].split("\n[")[1])
+        assert top[:2] == ["I adopted a cat called Miso.", "said: Lovely name! How old is Miso?"]
+        assert len(searches) == 4  # Milvus ranked only where there was something to rank (not page 10**12)
+    finally:
+        rig.close()
+
+
+def test_pages_far_past_the_end_without_an_index(storage: Storage, chat: Chat) -> None:
+    """The SQL word search and the date search take any page number the model sends (SQLite's integers end
+    at 2**63: a page past that raised OverflowError)."""
+    plain = RecallMemory(storage, agent_id=chat.recall.agent_id, user_id=USER)
+    huge = 10**20
+    assert plain.search("tonight", huge).render("results") == "No more results: there are 2, on pages 0 to 0."
+    dated = plain.search_dates("2024-03-12", "2024-03-15", huge).render("results")
+    assert dated == "No more results: there are 13, on pages 0 to 2."
+
+
+def test_a_bare_tool_call_between_a_message_and_its_reply_is_passed_over(storage: Storage, model: LocalMiniLM) -> None:
+    """With native tool calling the agent often calls a tool without a thought before it answers: the answer is
+    indexed with the words of the person's message, not the empty call's, and edits and removals of that
+    message reach past the call to the answer."""
+    state = create_agent(
+        storage,
+        user_id=USER,
+        name="cats",
+        persona="sam_pov",
+        human="basic",
+        model="scripted",
+        context_window=8192,
+        embedding=model.space,
+    )
+    store = storage.passages(model.space)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=RecallIndex(store, model))
+    said = _message(state.id, 0, 0, "user", "I adopted a cat called Miso.")
+    call = ToolCall("c1", "core_memory_append", json.dumps({"name": "human", "content": "Has a cat."}))
+    bare = Message("m01", state.id, Role.ASSISTANT, "", START + timedelta(minutes=1), tool_calls=(call,))
+    reply = _message(state.id, 2, 0, "assistant", "Lovely name! How old is she?")
+    recall.append([said, bare, reply])
+    assert recall.sync()
+
+    def indexed(message_id: str) -> list[str]:
+        return store.query(eq("id", message_id), limit=1)[0].text.splitlines()
+
+    day, answer = "Tuesday 12 March 2024", "said: Lovely name! How old is she?"
+    assert indexed("m02") == [day, "I adopted a cat called Miso.", answer]
+    assert indexed("m01") == [day]  # never shown: no context
+    recall.replace(Message("m00", state.id, Role.USER, "I adopted a kitten called Miso.", said.created_at))
+    assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m00", "m02"]
+    assert recall.sync() and indexed("m02")[1] == "I adopted a kitten called Miso."
+    recall.remove(["m00"])
+    assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m02"]
+    assert recall.sync() and indexed("m02") == [day, answer]

@@ -174,15 +174,24 @@ def memory_server(
             stored = memory.open(ctx).archival.insert(content)
             return f"Stored in archival memory ({stored} passage{'s' if stored != 1 else ''})."
 
-    def conversation_search(query: str, ctx: Context, page: int = 0) -> str:
-        """Search everything said in the agent's conversations (recall memory) by words and meaning.
+    def conversation_search(
+        query: str, ctx: Context, page: int = 0, start_date: str = "", end_date: str = "", role: str = ""
+    ) -> str:
+        """Search everything said in the agent's conversations (recall memory), ranked by meaning and by shared
+        words (any word form; common words ignored), best first; each match is shown with the messages just
+        before and after it.
 
         Args:
-            query: Words or a phrase to look for.
+            query: What to look for, as a question or as key words; a day such as "14 March" also matches
+                messages of that day.
             page: Which page of results to show; 0 is the first.
+            start_date: Only messages from this day on, formatted YYYY-MM-DD; empty for no limit.
+            end_date: Only messages up to this day, formatted YYYY-MM-DD; empty for no limit.
+            role: "user" for only what the user said, "assistant" for only what the agent said; empty for both.
         """
         with _as_tool_errors():
-            return memory.open(ctx).recall.search(query, page).render("results")
+            found = memory.open(ctx).recall.search(query, page, start_date=start_date, end_date=end_date, role=role)
+            return found.render("results")
 
     def conversation_search_date(start_date: str, end_date: str, ctx: Context, page: int = 0) -> str:
         """List what was said in the agent's conversations between two dates, inclusive.

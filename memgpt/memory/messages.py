@@ -75,9 +75,11 @@ def indexed_text(message: Message, previous: Message | None) -> str:
     """What recall's word search matches for a conversational message: its day, the end of the message
     before it, then its own words. A reply ("About five years now.") shares no words with the question
     that finds it ("How long have I been climbing?"); the message it answers does, and dates otherwise
-    live only in timestamps ("What did I cook on 14 March?")."""
-    before = search_text(previous)[-_CONTEXT_CHARS:] if previous is not None else ""
-    return "\n".join(part for part in (day(message.created_at), before, search_text(message)) if part)
+    live only in timestamps ("What did I cook on 14 March?"). A message without words (the agent only called
+    a tool) is never shown, so it gets no context: its day is all it is indexed with."""
+    own = search_text(message)
+    before = search_text(previous)[-_CONTEXT_CHARS:] if previous is not None and own else ""
+    return "\n".join(part for part in (day(message.created_at), before, own) if part)
 
 
 def stored(message: Message) -> StoredMessage:
@@ -129,4 +131,7 @@ def describe(message: Message) -> str:
     """A user or assistant message as recall search results and the chat show it."""
     stamp = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     who = "user" if message.role is Role.USER else "assistant"
-    return f"[{stamp}] {who}: {readable(message)}"
+    words = readable(message)
+    if not words and message.tool_calls:  # no thought, nothing said: which tools it called is all there is
+        words = f"(called {', '.join(c.name for c in message.tool_calls)})"
+    return f"[{stamp}] {who}: {words}"

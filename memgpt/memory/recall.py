@@ -51,6 +51,10 @@ _NO_WORDS_KEY = "\0" + _NO_WORDS  # its embedding's key among the cached ones (n
 # agent active lately is what is needed; 4096 float32 vectors of 384 dimensions are 6 MB.
 _RECENT = 4096
 _QUERIES = 16  # query embeddings kept for the next page of the same search
+# How many messages around a hit are read to find the nearest with words on each side (bare tool calls of
+# the agent may sit between them).
+_REACH = 3
+_PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against the message count
 
 
 @dataclass
@@ -77,7 +81,7 @@ class RecallIndex:
     def add(self, user_id: str, messages: list[Message], before: Mapping[str, Message | None]) -> None:
         """Index ``messages`` now, replacing what an interrupted earlier pass wrote of them; ``before`` maps each
         one's id to the searchable message right before it."""
-        pairs = [(m, before.get(m.id)) for m in messages]
+        pairs = _in_context([(m, before.get(m.id)) for m in messages])
         missing = self.uncached(pairs)
         fresh = dict(zip([m.id for m in missing], _embedded(self.model, missing), strict=True))
         _write(self.store, self.entries(user_id, pairs, fresh))
@@ -205,6 +209,17 @@ def _write(store: PassageStore, entries: list[Passage]) -> None:
     store.insert(entries)
 
 
+def _in_context(pairs: list[tuple[Message, Message | None]]) -> list[tuple[Message, Message | None]]:
+    """Each message with the one it is indexed with: none for a message without words, which is never shown
+    (its entry is its day and the embedding of ``_NO_WORDS``)."""
+    return [(m, previous if search_text(m) else None) for m, previous in pairs]
+
+
+def _next_worded(after: Sequence[Message], gone: set[str]) -> str | None:
+    """The first of ``after`` with words and not in ``gone``: the one indexed with the words before it."""
+    return next((m.id for m in after if m.id not in gone and search_text(m)), None)
+
+
 def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
     return [m for m in messages if m.id not in shown]
 
@@ -251,9 +266,9 @@ class RecallMemory:
             self._messages.replace(stored(message))
             if self._index is not None:
                 self._index.forget([message.id])
-                window = self._messages.around(self.agent_id, [message.id], before=0)
-                after = window[message.id][2] if message.id in window else []
-                self._messages.mark_indexed(self.agent_id, [m.id for m in after], indexed=False)
+                window = self._messages.around(self.agent_id, [message.id], before=0, after=_REACH)
+                after = _next_worded(window[message.id][2], set()) if message.id in window else None
+                self._messages.mark_indexed(self.agent_id, [after] if after else [], indexed=False)
         self.sync_later()
 
     def remove(self, message_ids: list[str]) -> None:
@@ -269,12 +284,12 @@ class RecallMemory:
             self.sync_later()
 
     def _after(self, message_ids: list[str]) -> list[str]:
-        """The searchable message right after each of ``message_ids`` that is not itself among them."""
+        """The message with words right after each of ``message_ids`` that is not itself among them."""
         if self._index is None or not message_ids:
             return []
         gone = set(message_ids)
-        window = self._messages.around(self.agent_id, message_ids, before=0, after=len(gone) + 1)
-        found = {next((m.id for m in after if m.id not in gone), None) for _, _, after in window.values()}
+        window = self._messages.around(self.agent_id, message_ids, before=0, after=len(gone) + _REACH)
+        found = {_next_worded(after, gone) for _, _, after in window.values()}
         return [message_id for message_id in found if message_id is not None]
 
     def unindex(self, message_ids: Sequence[str]) -> None:
@@ -338,7 +353,7 @@ class RecallMemory:
             found, total = self._messages.search(
                 self.agent_id,
                 query,
-                offset=number * PAGE_SIZE,
+                offset=self._offset(number),
                 limit=PAGE_SIZE,
                 start=scope.start,
                 end=scope.end,
@@ -347,7 +362,15 @@ class RecallMemory:
             return Page([describe(m) for m in found], total, number)
         return self._ranked(self._index, query, number, scope)
 
+    def _offset(self, number: int) -> int:
+        """Where page ``number`` starts, never past the agent's message count: a page number far past the end
+        (the model may ask for any) would overflow SQL's integers, or make Milvus rank every message."""
+        wanted = number * PAGE_SIZE
+        return wanted if wanted < _PAST_END_CHECK else min(wanted, self.count())
+
     def _ranked(self, index: RecallIndex, query: str, number: int, scope: Scope) -> RankedPage:
+        if self._offset(number) < number * PAGE_SIZE:  # past every message: nothing to rank
+            return RankedPage([], number, False)
         where = all_of(
             eq("user_id", self.user_id), eq("kind", "recall"), eq("agent_id", self.agent_id), scope.where()
         )
@@ -359,26 +382,31 @@ class RecallMemory:
             index.query_vector(query), text=keyword_query(query), limit=depth, where=where, with_text=False
         )
         results = self.with_neighbours(hits, wanted + 1)
-        about = ranking_note(hits, store.supports_hybrid) + scope.describe()
+        about = (ranking_note(hits, store.supports_hybrid) + scope.describe()).strip()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)
 
     def with_neighbours(self, hits: list[SearchHit], limit: int) -> list[Result]:
-        """Up to ``limit`` results, best first, each with the messages right before and after it; a hit
-        that an earlier result already shows is not repeated, nor is any message shown twice."""
+        """Up to ``limit`` results, best first, each with the messages with words right before and after it;
+        a hit that an earlier result already shows is not repeated, nor is any message shown twice. An agent
+        message without words (it only called a tool) is indexed like the rest but never shown: it has
+        nothing to read, so neither a result nor a neighbour."""
         shown: set[str] = set()
         results: list[Result] = []
         # Read a few hits at a time: most pages need only the first ones.
         step = limit + 3
         for start in range(0, len(hits), step):
             batch = [h.passage.id for h in hits[start : start + step] if h.passage.id not in shown]
-            windows = self._messages.around(self.agent_id, batch)
+            windows = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
             for hit_id in batch:
                 if len(results) >= limit:
                     return results
                 if hit_id in shown or hit_id not in windows:  # not shown twice; removed since it was indexed
                     continue
                 before, match, after = windows[hit_id]
+                if not search_text(match):
+                    continue
+                before, after = [m for m in before if search_text(m)][-1:], [m for m in after if search_text(m)][:1]
                 result = Result(match, _unseen(before, shown), _unseen(after, shown))
                 shown.update(m.id for m in (*result.before, match, *result.after))
                 results.append(result)
@@ -391,7 +419,7 @@ class RecallMemory:
         if end - start > timedelta(days=36_500):
             raise ToolError("that date range is too wide")
         number = check_page(page)
-        found, total = self._messages.between(self.agent_id, start, end, offset=number * PAGE_SIZE, limit=PAGE_SIZE)
+        found, total = self._messages.between(self.agent_id, start, end, offset=self._offset(number), limit=PAGE_SIZE)
         return Page([describe(m) for m in found], total, number)
 
 
@@ -452,9 +480,10 @@ def _unindexed(
             _failed(outcome, [recall for recall, _ in group], exc)
             continue
         for recall, index in group:
-            pairs = found.get(recall.agent_id)
-            if pairs is None:  # the limit did not reach it
+            found_pairs = found.get(recall.agent_id)
+            if found_pairs is None:  # the limit did not reach it
                 continue
+            pairs = _in_context(found_pairs)
             if len(pairs) < limit:
                 outcome.finished.add(recall.key)
             limit -= len(pairs)

@@ -95,6 +95,8 @@ def keyword_query(query: str) -> str:
 def ranking_note(hits: Sequence[SearchHit], hybrid: bool) -> str:
     """How the results were ranked, and how many of the ranked candidates (``hits``, best first: the
     search's whole candidate list, not one page) share words with the query."""
+    if not hits:  # nothing in scope: there was no ranking to describe
+        return ""
     if not hybrid:
         return "Ranked by meaning (this Milvus has no word search)."
     sharing = sum(1 for h in hits if h.shares_words)

@@ -81,20 +81,21 @@ def _unindexed(s: Session, agent_id: str, limit: int) -> list[tuple[Message, Mes
     """See ``MessageStore.unindexed_with_previous``; in the caller's transaction."""
     table = MessageRow.__table__
     searchable = select(table).where(table.c.agent_id == agent_id, table.c.searchable.is_(True))
+    worded = searchable.where(table.c.search_text != "")
     rows = s.execute(searchable.where(table.c.indexed.is_(False)).order_by(table.c.seq).limit(limit)).all()
     if not rows:
         return []
     first, last = rows[0].seq, rows[-1].seq
-    earlier = searchable.where(table.c.seq < first).order_by(table.c.seq.desc()).limit(1)
+    earlier = worded.where(table.c.seq < first).order_by(table.c.seq.desc()).limit(1)
     near = list(s.execute(earlier).all())
     if last - first <= _REACH * len(rows):  # mostly the batch itself (new messages): one range read
-        near += s.execute(searchable.where(table.c.seq.between(first, last)).order_by(table.c.seq)).all()
+        near += s.execute(worded.where(table.c.seq.between(first, last)).order_by(table.c.seq)).all()
         order = [row.seq for row in near]
         at = [bisect.bisect_left(order, row.seq) for row in rows]
         previous = [near[i - 1] if i else None for i in at]
     else:  # scattered (edited messages, or the rest after a crash): each one's own read
         previous = [
-            s.execute(searchable.where(table.c.seq < row.seq).order_by(table.c.seq.desc()).limit(1)).first()
+            s.execute(worded.where(table.c.seq < row.seq).order_by(table.c.seq.desc()).limit(1)).first()
             for row in rows
         ]
     return [(_message(row), _message(p) if p else None) for row, p in zip(rows, previous, strict=True)]
@@ -258,7 +259,8 @@ class MessageStore:
 
     def unindexed_with_previous(self, agent_id: str, limit: int) -> list[tuple[Message, Message | None]]:
         """Up to ``limit`` searchable messages not yet in the Milvus recall index, oldest first, each with the
-        searchable message right before it (what recall indexes it with), in one transaction."""
+        searchable message with words right before it (what recall indexes it with; an agent message that only
+        called a tool may sit between a question and its answer), in one transaction."""
         return self.unindexed_of([agent_id], limit).get(agent_id, [])
 
     def unindexed_of(
