@@ -6,7 +6,7 @@ bench/retrieval_queries.json (the tuning set) and bench/retrieval_heldout.json (
 heading-aware loader and never tuned on); a hit is relevant when its text contains the labelled answer.
 Prints recall@5, recall@10 and MRR@10 per mode and set: dense, BM25, reciprocal-rank fusion (memgpt's
 hybrid before issue 11) and memgpt's hybrid search (normalised-score fusion, ``memgpt.storage.fusion``),
-and what loading cost per passage (parse and embed, CPU seconds).
+memgpt's hybrid recall@5 per file, and what loading cost per passage (parse and embed, CPU seconds).
 """
 
 from __future__ import annotations
@@ -99,6 +99,15 @@ def _table(title: str, ranks: dict[str, list[int | None]]) -> None:
         print(f"| {mode} | {r5:.3f} | {r10:.3f} | {mrr:.3f} |")
 
 
+def _by_file(queries: list[dict[str, str]], ranks: list[int | None]) -> None:
+    """memgpt's hybrid recall@5 per document, so a change is seen to help (or hurt) more than one file."""
+    found: dict[str, list[int]] = {}
+    for query, rank in zip(queries, ranks, strict=True):
+        found.setdefault(query["file"], []).append(1 if rank and rank <= 5 else 0)
+    parts = [f"{name} {sum(hits)}/{len(hits)}" for name, hits in sorted(found.items(), key=lambda kv: -len(kv[1]))]
+    print(f"\nhybrid recall@5 by file: {', '.join(parts)}")
+
+
 def archival(model: EmbeddingModel, misses: str = "") -> None:
     sets = {name: json.loads(path.read_text()) for name, path in SETS.items()}
     files = sorted({ROOT / "tests" / "data" / q["file"] for queries in sets.values() for q in queries})
@@ -127,6 +136,7 @@ def archival(model: EmbeddingModel, misses: str = "") -> None:
                 f"{report.passages} passages; {split} answers split across passages)",
                 ranks,
             )
+            _by_file(queries, ranks["hybrid"])
             if misses in ranks:
                 _show_misses(misses, queries, ranks[misses], hits)
     seconds = report.seconds

@@ -356,6 +356,48 @@ def test_pdf_flow_sets_asides_and_figure_text_apart_from_the_body() -> None:
     ]
 
 
+def test_a_pdf_affiliation_footnote_joins_the_title_block_it_annotates() -> None:
+    # The paper's affiliation footnote sits at the foot of the introduction's first column; its mark follows
+    # each author's name in the title block, so it is read there ("which university are the authors from?").
+    sections = read(PAPER).units[0].parts()
+    title, introduction = sections[0], next(s for s in sections if s.heading == "1. Introduction")
+    assert title.heading == "MemGPT: Towards LLMs as Operating Systems"
+    assert title.text.endswith(
+        "Joseph E. Gonzalez 1\n1 University of California, Berkeley. Correspondence to:\n"
+        "Charles Packer <cpacker@berkeley.edu>."
+    )
+    assert "University of California" not in introduction.text
+
+
+def test_only_a_first_page_footnote_marked_in_the_title_block_moves_to_it() -> None:
+    def body(text: str) -> Line:
+        return Line(text, 10.0, 400)
+
+    prose = "The method was tested on a benchmark that many earlier systems used as well, by"
+    first = [
+        Line("A Study of Things", 16.0, 700),
+        body("Ann Smith 1 Bob Jones 1"),
+        Line("1. Introduction", 10.0, 700),
+        body(prose),
+        Line("1University of Somewhere. Correspondence to:", 8.0, 400),
+        Line("Ann Smith <ann@some.where>.", 8.0, 400),
+        Line("2Code at a site.", 8.0, 400),  # a footnote, but not the title block's: it stays in place
+        body("sampling fifty questions."),
+        *[body(prose + " more.")] * 4,
+    ]
+    pages = pdf_sections([first, [body(prose + " end.")] * 3])
+    title, introduction = pages[0]
+    assert title.text.split("\n") == [
+        "Ann Smith 1 Bob Jones 1",
+        "1 University of Somewhere. Correspondence to:",
+        "Ann Smith <ann@some.where>.",
+    ]
+    assert introduction.text.split("\n")[:2] == [f"{prose} sampling fifty questions.", "2 Code at a site."]
+    # The same footnote on a later page is an ordinary footnote.
+    later = pdf_sections([[body(prose + " end.")] * 3, first[3:]])
+    assert "1 University of Somewhere. Correspondence to:" in later[1][0].text.split("\n")
+
+
 def test_markdown_headings_outside_code_fences(tmp_path: Path) -> None:
     headings = _headings(DATA / "test.md")
     assert "h1 Heading 8-) > Lists" in headings

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 # Bump when extraction changes, so already loaded files are re-read on the next load. 2: sections
 # (passages carry their heading), PDF text by font (asides no longer cut sentences, running heads gone). 3: PDF
 # figure text at body size or on a body line set aside, asides atop a page after its first paragraph, footnote
-# marks unglued; reference marks ("[44]") left out of what is embedded.
-LOADER_VERSION = 3
+# marks unglued; reference marks ("[44]") left out of what is embedded. 4: a PDF's affiliation footnote (its mark
+# follows the author names) joins the title block on page 1.
+LOADER_VERSION = 4
 
 
 @dataclass(frozen=True)

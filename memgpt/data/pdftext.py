@@ -9,7 +9,9 @@ Each line is classed by its font against the document's body text (the size most
   columns) is held back and written after the paragraph ends, so it no longer cuts the sentence it
   interrupted in two.
 Running heads (the same line at the top or foot of most pages) after their first appearance, and
-page numbers, are dropped.
+page numbers, are dropped. A footnote on the first page whose mark follows the names in the title block
+("Charles Packer 1 Sarah Wooders 1", then "1 University of California, Berkeley. Correspondence to: ...")
+is the authors' affiliation: it joins the title block, not the paragraph its foot of column happened to cut.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
@@ -29,6 +31,10 @@ _NUMBER = re.compile(r"[∼~+\-]?\d[\d.,:/]*[%kKmMxX*]?")
 # A footnote's marker is set superscript against its first word ("¹University of ..."), and PDFium gives
 # it as a plain digit glued to that word ("1University"), which no search finds as "university".
 _FOOTNOTE_MARK = re.compile(r"^(\d{1,2}|[*\u2020\u2021\u00a7\u00b6])(?=[A-Z][a-z])")
+# A footnote's first line once its mark is unglued: "1 University of ...", "* Equal contribution".
+_NOTE_START = re.compile(r"^(\d{1,2}|[*\u2020\u2021\u00a7\u00b6]) \S")
+# A mark set after a name in the title block ("Packer 1 Sarah", "Wooders 1,2", "Lin *").
+_TITLE_MARK = re.compile(r"(?<=\w )(\d{1,2}|[*\u2020\u2021\u00a7\u00b6])(?=[ ,]|$)")
 _BOLD = 600
 _SAMPLE = 12
 _RUN_RATIO = 2.0  # font sizes this far apart on one line are two texts (a figure's and the body's)
@@ -195,6 +201,8 @@ class _PageFlow:
         self.loose: list[str] = []  # aside lines met between paragraphs, kept in place
         self.opened = False  # whether the page's first body line was read
         self.heading_style: tuple[float, int] | None = None
+        self.notes: list[tuple[str, list[str]]] = []  # each footnote's mark and its lines, in page order
+        self._in_note = False  # whether the last aside line read belongs to a footnote
 
     def add(self, line: Line) -> None:
         style = (line.size, line.weight)
@@ -205,11 +213,13 @@ class _PageFlow:
         level = self.classify.heading_level(line)
         self.heading_style = style if level else None
         if level:
+            self._in_note = False
             self._close()
             self.title = line.text
             self.path.enter(level, line.text)
             return
         if self.classify.is_body(line):
+            self._in_note = False
             if self.opened:
                 self.paragraphs.extend(reflow_lines(self.loose))
             else:  # the page's first paragraph may end a sentence the page before began: asides above it wait
@@ -220,7 +230,19 @@ class _PageFlow:
             if _SENTENCE_END.search(line.text):
                 self._paragraph_end()
         else:
-            (self.asides if self.body else self.loose).append(_FOOTNOTE_MARK.sub(r"\1 ", line.text))
+            text = _FOOTNOTE_MARK.sub(r"\1 ", line.text)
+            (self.asides if self.body else self.loose).append(text)
+            self._note(text)
+
+    def _note(self, text: str) -> None:
+        """Follow footnotes: one starts at an aside line that opens with a mark and runs on over the aside
+        lines after it, until body text or a heading."""
+        start = _NOTE_START.match(text)
+        if start:
+            self.notes.append((start.group(1), [text]))
+        elif self._in_note:
+            self.notes[-1][1].append(text)
+        self._in_note = bool(start) or self._in_note
 
     def _paragraph_end(self) -> None:
         self.paragraphs.extend(reflow_lines(self.body))
@@ -258,5 +280,39 @@ def pdf_sections(pages: list[list[Line]]) -> list[list[Section]]:
             if line.text.isdigit() and index >= len(lines) - 2:
                 continue  # a page number
             flow.add(line)
-        result.append(flow.finish())
+        sections = flow.finish()
+        result.append(_affiliations_to_title(sections, flow.notes) if len(result) == 0 else sections)
     return result
+
+
+def _affiliations_to_title(sections: list[Section], notes: list[tuple[str, list[str]]]) -> list[Section]:
+    """The first page's sections with each footnote whose mark follows a name in the title block (the first
+    section, opened by a heading) moved from where it was met to the end of the title block. A note whose
+    paragraphs are not found whole in one later section stays where it is."""
+    if not sections or not sections[0].title:
+        return sections
+    marks = set(_TITLE_MARK.findall(sections[0].text))
+    moved: list[str] = []
+    kept = list(sections)
+    for mark, lines in notes:
+        paragraphs = reflow_lines(lines)
+        if mark not in marks or not paragraphs:
+            continue
+        for index in range(1, len(kept)):
+            found = kept[index].text.split("\n")
+            at = _find_run(found, paragraphs)
+            if at is not None:
+                rest = found[:at] + found[at + len(paragraphs) :]
+                kept[index] = replace(kept[index], text="\n".join(rest))
+                moved.extend(paragraphs)
+                break
+    if not moved:
+        return sections
+    title = kept[0]
+    kept[0] = replace(title, text="\n".join(part for part in (title.text, *moved) if part))
+    return [s for s in kept if s.text or s.title]
+
+
+def _find_run(items: list[str], run: list[str]) -> int | None:
+    """Where ``run`` first occurs in ``items`` as consecutive entries."""
+    return next((i for i in range(len(items) - len(run) + 1) if items[i : i + len(run)] == run), None)
