@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,10 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from letta_client import Letta
 from sqlalchemy import event, text
 
+from memgpt.server.schemas.messages import Rendering
+from memgpt.server.turns import TurnInput, TurnRunner
 from memgpt.storage import Storage
 from memgpt.storage.turns import HOST, LeaseRow, Run, new_owner
+from memgpt.types import Role
+from tests.conftest import _opened_on_metadata_backend
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, use_scripted_llm
 
 pytestmark = pytest.mark.usefixtures("metadata_url")
 
@@ -208,3 +216,57 @@ def test_a_lease_left_by_an_earlier_process_with_this_pid_is_taken_at_once(stora
     assert storage.turns.running_run("a1") is None
     assert storage.turns.acquire("a1", mine, "run-1", 60) is not None
     assert lease_owner(storage, "a1") == mine
+
+
+def test_a_retry_in_another_process_as_the_turn_ends_gets_its_answer_not_a_second_turn(
+    request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM
+) -> None:
+    """A client's retry reaches another server process: it finds the first try's run still running, and that
+    turn ends (its answer and its release one transaction) before the retry looks at the agent's lease. No lease
+    then does not mean the first try's process died: the retry gets the stored answer, the message is not sent
+    to the agent twice."""
+    _opened_on_metadata_backend(request)
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    turns = server.state.storage.turns
+    other: TurnRunner | None = None
+    try:
+        letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        agent_id = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted").id  # type: ignore[arg-type]
+        answering = threading.Event()
+
+        def answer(_: dict[str, Any]) -> dict[str, Any]:
+            assert answering.wait(30)
+            return {"tool": "send_message", "args": {"message": "Only once."}}
+
+        llm.add(answer)
+
+        def send(retry: bool) -> TurnInput:
+            user = server.state.owner.id
+            return TurnInput(user, agent_id, "hello", "user", 10, "digest-of-hello", retry, Rendering())
+
+        first = server.state.turns().start(send(retry=False))
+        running_run = turns.running_run
+
+        def first_ends_meanwhile(agent: str) -> str | None:
+            answering.set()
+            deadline = time.monotonic() + 30
+            while not first.done and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return running_run(agent)
+
+        turns.running_run = first_ends_meanwhile  # type: ignore[method-assign]
+        other = TurnRunner(server.state)  # another server process: the first try's turn is not in its memory
+        retried = other.start(send(retry=True))
+        deadline = time.monotonic() + 30
+        while not retried.done and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first.done and retried.done
+        assert retried.run_id == first.run_id and retried.body() == first.body()
+        said = [m.content for m in server.state.storage.messages.last(agent_id, 100) if m.role is Role.USER]
+        assert said == ["hello"] and len(llm.requests) == 1
+    finally:
+        vars(turns).pop("running_run", None)
+        if other is not None:
+            other.close()
+        server.stop()
