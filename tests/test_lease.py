@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,21 @@ def test_a_lease_left_by_an_earlier_process_with_this_pid_is_taken_at_once(stora
     with storage.metadata.session() as s:
         s.add(LeaseRow(agent_id="a1", owner=earlier, run_id="run-0", expires_at=far, cancel_requested=False))
     assert storage.turns.running_run("a1") is None
+    assert storage.turns.acquire("a1", mine, "run-1", 60) is not None
+    assert lease_owner(storage, "a1") == mine
+
+
+def test_a_lease_of_another_hosts_process_is_kept_until_it_expires(storage: Storage) -> None:
+    """No process of another host can be seen: its lease (a holder killed there too) waits for the expiry."""
+    with storage.metadata.session() as s:
+        expires = datetime.now(UTC) + timedelta(seconds=1)
+        elsewhere = "elsewhere:1:1:token"
+        s.add(LeaseRow(agent_id="a1", owner=elsewhere, run_id="run-0", expires_at=expires, cancel_requested=False))
+    assert storage.turns.running_run("a1") == "run-0"
+    assert storage.turns.acquire("a1", new_owner(), "run-1", 60) is None
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert storage.turns.running_run("a1") is None
+    mine = new_owner()
     assert storage.turns.acquire("a1", mine, "run-1", 60) is not None
     assert lease_owner(storage, "a1") == mine
 

@@ -149,8 +149,7 @@ def _agents() -> Any:
     return table("agents", column("id"), column("version"), column("created_at", UTCDateTime))
 
 
-_inserts: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # with on_conflict_do_nothing
-
+_inserts: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # with ON CONFLICT
 
 
 def new_owner() -> str:
@@ -159,8 +158,8 @@ def new_owner() -> str:
 
 @functools.lru_cache(maxsize=64)
 def _started(pid: int) -> str:
-    """When the process started (clock ticks since boot, from /proc), "" where that cannot be read. Only the
-    own pid is cached (a forked child has another pid); other processes are read afresh (see _alive)."""
+    """When this process (``pid`` is its own: a forked child has another) started, in clock ticks since boot
+    from /proc; "" where that cannot be read."""
     return _read_start(pid)
 
 
@@ -169,7 +168,9 @@ def _read_start(pid: int) -> str:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return ""
-    return fields[19] if len(fields) > 19 and fields[0] != "Z" else "-"  # starttime is field 22; a zombie is gone
+    if fields and fields[0] == "Z":
+        return "-"  # a zombie: killed, not yet reaped by its parent
+    return fields[19] if len(fields) > 19 else ""  # starttime is field 22
 
 
 def _alive(pid: int, started: str | None) -> bool:
@@ -183,9 +184,9 @@ def _alive(pid: int, started: str | None) -> bool:
     except PermissionError:  # someone else's process: it exists
         pass
     now = _read_start(pid)
-    if now == "-":  # a killed process its parent has not reaped yet still answers kill(0)
+    if now == "-":  # it still answers kill(0)
         return False
-    return not now or started is None or now == started
+    return not now or not started or now == started  # a start unknown on either side: the pid alone says
 
 
 def is_stale(owner: str, expires_at: datetime, now: datetime) -> bool:
