@@ -27,6 +27,7 @@ from sqlalchemy import event, text
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.turns import TurnInput, TurnRunner
 from memgpt.storage import Storage
+from memgpt.storage import turns as storage_turns
 from memgpt.storage.turns import HOST, LeaseRow, Run, new_owner
 from memgpt.types import Role
 from tests.conftest import _opened_on_metadata_backend
@@ -34,6 +35,15 @@ from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, use_scripted_llm
 
 pytestmark = pytest.mark.usefixtures("metadata_url")
+
+
+@pytest.fixture(params=["upsert", "insert"])
+def claims(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a lease is claimed: SQLite's and PostgreSQL's one INSERT .. ON CONFLICT, or what another database
+    gets (an INSERT refused while the row exists, then an UPDATE of an expired row)."""
+    if request.param == "insert":
+        monkeypatch.setattr(storage_turns, "_inserts", {})
+    return str(request.param)
 
 
 @contextmanager
@@ -91,6 +101,7 @@ def lease_owner(storage: Storage, agent_id: str) -> str | None:
         return s.execute(text("select owner from agent_leases where agent_id = :a"), {"a": agent_id}).scalar()
 
 
+@pytest.mark.usefixtures("claims")
 def test_a_lease_just_taken_is_not_taken_again_by_another_thread_of_the_process(storage: Storage) -> None:
     """Between the commit that takes the lease and acquire() returning, another send to the agent in the same
     process finds the lease held by a live owner (not one a crashed turn left) and its run running."""
@@ -130,6 +141,7 @@ def test_a_lease_taken_with_one_statement_on_a_free_agent(storage: Storage) -> N
     assert lease_owner(storage, "a1") == owner
 
 
+@pytest.mark.usefixtures("claims")
 def test_a_lease_its_owner_renews_after_a_newcomer_read_it_expired_stays_the_owners(storage: Storage) -> None:
     """The newcomer found the lease expired; its owner renewed it before the newcomer's claim: the claim must
     fail (the database decides, at the claim), or both believe they hold the agent."""
@@ -150,6 +162,7 @@ def test_a_lease_its_owner_renews_after_a_newcomer_read_it_expired_stays_the_own
     turns.release("a1", first)
 
 
+@pytest.mark.usefixtures("claims")
 def test_an_expired_lease_goes_to_exactly_one_newcomer(storage: Storage) -> None:
     turns = storage.turns
     assert turns.acquire("a1", new_owner(), "run-1", 0.1) is not None

@@ -3,12 +3,12 @@ the database) and what each turn was (a run), so a client's retry of a send find
 
 A lease names its owner as ``<host>:<pid>:<process start>:<token>``, a fresh token for every grant: the owner
 is the fencing token that renewals, releases and a turn's writes carry. The database decides who holds it:
-the lease is taken with its owner in one statement (an INSERT that does nothing when the row exists, or an
-UPDATE that only matches the stale owner it read, and, for an expired lease, only while it is still expired),
-in the same transaction as the run it is taken for; a renewal and a release match the owner. No process keeps
-a note of its own leases: a lease is stale when it expired, or when its owner process on this host no longer
-runs (kill -9; a process of the same pid that started at another time is another process), and then the next
-turn takes it over at once instead of waiting for the expiry.
+the lease is taken with its owner in one statement, in the same transaction as the run it is taken for: an
+INSERT that, when the row exists, replaces it only if it expired (decided on the row as it is then, so a
+renewal that came first wins), or, when its owner process on this host no longer runs (kill -9; a process of
+the same pid that started at another time is another process), an UPDATE that only matches the dead owner, at
+once instead of after the expiry. A renewal and a release match the owner. No process keeps a note of its
+own leases: each process's are told apart by the database row alone.
 """
 
 from __future__ import annotations
@@ -226,8 +226,8 @@ class TurnStore:
         expires = now + timedelta(seconds=ttl)
         fresh = {"owner": owner, "run_id": run_id, "expires_at": expires, "cancel_requested": False}
         insert = _inserts.get(self._metadata.engine.dialect.name)
-        if insert is None:  # another database: an INSERT, refused while the row exists
-            grant = self._insert(agent_id, fresh, run, keep, now)
+        if insert is None:  # another database: an INSERT refused while the row exists, then an expired row's UPDATE
+            grant = self._insert(agent_id, fresh, run, keep, now) or self._take_expired(agent_id, fresh, run, keep, now)
         else:
             grant = self._claim(insert(_LEASES), agent_id, fresh, run, keep, now)
         return grant or self._take_from_the_dead(agent_id, fresh, now, run, keep)
@@ -281,6 +281,16 @@ class TurnStore:
             if isinstance(exc.__cause__, IntegrityError):
                 return None
             raise
+
+    def _take_expired(
+        self, agent_id: str, fresh: dict[str, object], run: Run | None, keep: timedelta | None, now: datetime
+    ) -> Grant | None:
+        leases = _LEASES
+        with self._metadata.session() as s:
+            claimed = s.execute(
+                update(leases).where(leases.c.agent_id == agent_id, leases.c.expires_at <= now).values(**fresh)
+            )
+            return self._granted(s, agent_id, run, keep, now) if claimed.rowcount == 1 else None
 
     def _take_from_the_dead(
         self, agent_id: str, fresh: dict[str, object], now: datetime, run: Run | None, keep: timedelta | None
