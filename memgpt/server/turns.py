@@ -419,7 +419,10 @@ class TurnRunner:
             if run.status == FINISHED:
                 return Turn.replay(run)
             if self._turns.running_run(request.agent_id) != run.id:
-                return None  # its process died mid-turn: the message is stored, answer it with a new turn
+                # Its lease is gone: it ended since the run was read (its answer is recorded in the transaction that
+                # gives the lease back), or its process died mid-turn: the message is stored, answer it anew.
+                ended = self._turns.run(run.id)
+                return Turn.replay(ended) if ended is not None and ended.status == FINISHED else None
             if time.monotonic() >= deadline:
                 raise AgentBusyError("the agent is still answering this message in another server process", 2)
             time.sleep(0.1)

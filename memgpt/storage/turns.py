@@ -1,17 +1,21 @@
 """Turns of agents in the metadata database: who runs one now (a lease per agent, seen by every process on
 the database) and what each turn was (a run), so a client's retry of a send finds the turn it started.
 
-A lease names its owner as ``<host>:<pid>:<token>``. It is taken with one atomic statement (an INSERT, or
-an UPDATE that only matches the stale owner it read), renewed while the turn runs and deleted at its end.
-A lease is stale when it expired, or when its owner is a process of this host that no longer runs (kill -9):
-then the next turn takes it over at once instead of waiting for the expiry.
+A lease names its owner as ``<host>:<pid>:<process start>:<token>``, a fresh token for every grant: the owner
+is the fencing token that renewals, releases and a turn's writes carry. The database decides who holds it:
+the lease is taken with its owner in one statement, in the same transaction as the run it is taken for: an
+INSERT that, when the row exists, replaces it only if it expired (decided on the row as it is then, so a
+renewal that came first wins), or, when its owner process on this host no longer runs (kill -9; a process of
+the same pid that started at another time is another process), an UPDATE that only matches the dead owner, at
+once instead of after the expiry. A renewal and a release match the owner. No process keeps a note of its
+own leases: each process's are told apart by the database row alone.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +32,17 @@ from memgpt.errors import LeaseLostError, StorageError
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import utc_now
 
-HOST = socket.gethostname()
+
+def _place() -> str:
+    """This host, and the pid namespace on it: only processes in the same one can see each other's pids."""
+    try:
+        namespace = "".join(ch for ch in os.readlink("/proc/self/ns/pid") if ch.isdigit())
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}#{namespace}" if namespace else socket.gethostname()
+
+
+HOST = _place()
 
 
 class LeaseRow(Base):
@@ -135,43 +149,58 @@ def _agents() -> Any:
     return table("agents", column("id"), column("version"), column("created_at", UTCDateTime))
 
 
-_inserts: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # with on_conflict_do_nothing
-
-# Owners whose turns run in this process right now: a lease of this pid that is not here was left behind.
-_held: set[str] = set()
-_held_guard = threading.Lock()
+_inserts: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # with ON CONFLICT
 
 
 def new_owner() -> str:
-    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex}"
+    return f"{HOST}:{os.getpid()}:{_started(os.getpid())}:{uuid.uuid4().hex}"
 
 
-def _process_alive(pid: int) -> bool:
+@functools.lru_cache(maxsize=64)
+def _started(pid: int) -> str:
+    """When this process (``pid`` is its own: a forked child has another) started, in clock ticks since boot
+    from /proc; "" where that cannot be read."""
+    return _read_start(pid)
+
+
+def _read_start(pid: int) -> str:
+    try:  # the fields after the command name (which may hold spaces and parentheses): state is field 3
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    if fields and fields[0] == "Z":
+        return "-"  # a zombie: killed, not yet reaped by its parent
+    return fields[19] if len(fields) > 19 else ""  # starttime is field 22
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` (None: unknown) still runs."""
+    if pid == os.getpid():  # this process, or one that had its pid before (a restarted container's pid 1)
+        return started == _started(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:  # a killed process its parent has not reaped yet still answers kill(0)
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        pass
+    now = _read_start(pid)
+    if now == "-":  # it still answers kill(0)
+        return False
+    return not now or not started or now == started  # a start unknown on either side: the pid alone says
 
 
 def is_stale(owner: str, expires_at: datetime, now: datetime) -> bool:
     """Whether a lease may be taken over: expired, or its owner process on this host is gone."""
-    if expires_at <= now:
-        return True
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != HOST or not pid_text.isdigit():
+    return expires_at <= now or _gone(owner)
+
+
+def _gone(owner: str) -> bool:
+    """Whether the owner is a process of this host (and pid namespace) that no longer runs."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != HOST or not parts[1].isdigit():
         return False
-    if int(pid_text) == os.getpid():
-        with _held_guard:
-            return owner not in _held
-    return not _process_alive(int(pid_text))
+    started = parts[2] if len(parts) >= 4 else None  # an owner written before the start was part of it
+    return not _alive(int(parts[1]), started)
 
 
 class TurnStore:
@@ -196,22 +225,36 @@ class TurnStore:
         now = utc_now()
         expires = now + timedelta(seconds=ttl)
         fresh = {"owner": owner, "run_id": run_id, "expires_at": expires, "cancel_requested": False}
-        # Usually nobody holds it (a lease is deleted at its end): one INSERT that does nothing on a
-        # conflict takes it, without a failed statement in the database's log while another turn runs.
         insert = _inserts.get(self._metadata.engine.dialect.name)
-        grant: Grant | None = None
-        if insert is not None:
-            with self._metadata.session() as s:
-                added = s.execute(insert(_LEASES).values(agent_id=agent_id, **fresh).on_conflict_do_nothing())
-                if added.rowcount == 1:
-                    grant = self._granted(s, agent_id, run, keep, now)
+        if insert is None:  # another database: an INSERT refused while the row exists, then an expired row's UPDATE
+            grant = self._insert(agent_id, fresh, run, keep, now) or self._take_expired(agent_id, fresh, run, keep, now)
         else:
-            grant = self._insert(agent_id, fresh, run, keep, now)
-        grant = grant or self._take_over(agent_id, fresh, now, run, keep)
-        if grant is not None:
-            with _held_guard:
-                _held.add(owner)
-        return grant
+            grant = self._claim(insert(_LEASES), agent_id, fresh, run, keep, now)
+        return grant or self._take_from_the_dead(agent_id, fresh, now, run, keep)
+
+    def _claim(
+        self,
+        insert: Any,
+        agent_id: str,
+        fresh: dict[str, object],
+        run: Run | None,
+        keep: timedelta | None,
+        now: datetime,
+    ) -> Grant | None:
+        """One statement takes a free lease (the row is deleted at a turn's end) or an expired one, and says whether
+        it did (its RETURNING: an INSERT's rowcount is not reported on every driver, psycopg 3 through SQLAlchemy 2.1
+        says -1). While the row is locked by a turn's fenced write, it waits for that commit, then decides on what
+        it reads. Neither case leaves a failed statement in the database's log."""
+        leases = _LEASES
+        statement = (
+            insert.values(agent_id=agent_id, **fresh)
+            .on_conflict_do_update(index_elements=[leases.c.agent_id], set_=fresh, where=leases.c.expires_at <= now)
+            .returning(leases.c.agent_id)
+        )
+        with self._metadata.session() as s:
+            if s.execute(statement).first() is None:
+                return None
+            return self._granted(s, agent_id, run, keep, now)
 
     def _granted(self, s: Session, agent_id: str, run: Run | None, keep: timedelta | None, now: datetime) -> Grant:
         """In the transaction that took the lease: move the agent's version and read it, record the run."""
@@ -239,19 +282,28 @@ class TurnStore:
                 return None
             raise
 
-    def _take_over(
+    def _take_expired(
+        self, agent_id: str, fresh: dict[str, object], run: Run | None, keep: timedelta | None, now: datetime
+    ) -> Grant | None:
+        leases = _LEASES
+        with self._metadata.session() as s:
+            claimed = s.execute(
+                update(leases).where(leases.c.agent_id == agent_id, leases.c.expires_at <= now).values(**fresh)
+            )
+            return self._granted(s, agent_id, run, keep, now) if claimed.rowcount == 1 else None
+
+    def _take_from_the_dead(
         self, agent_id: str, fresh: dict[str, object], now: datetime, run: Run | None, keep: timedelta | None
     ) -> Grant | None:
-        """Claim a lease row that exists: only when it is stale, and only the stale owner read here."""
+        """Claim a lease before it expires when its owner process on this host is gone: only from the owner read
+        here (a dead process renews nothing, so its owner in the row means nothing changed it)."""
+        leases = _LEASES
         with self._metadata.session() as s:
-            current = s.get(LeaseRow, agent_id)
-            if current is None or not is_stale(current.owner, current.expires_at, now):
-                return None  # released meanwhile (the next try inserts it), or held
+            current = s.execute(select(leases.c.owner).where(leases.c.agent_id == agent_id)).first()
+            if current is None or not _gone(current.owner):
+                return None  # released meanwhile (the next try inserts it), expired (the next try claims it), or held
             claimed = s.execute(
-                update(LeaseRow)
-                .where(LeaseRow.agent_id == agent_id, LeaseRow.owner == current.owner)
-                .values(**fresh)
-                .execution_options(synchronize_session=False)
+                update(leases).where(leases.c.agent_id == agent_id, leases.c.owner == current.owner).values(**fresh)
             )
             return self._granted(s, agent_id, run, keep, now) if claimed.rowcount == 1 else None
 
@@ -272,8 +324,6 @@ class TurnStore:
             if finished is not None:
                 self._finish_run(s, finished)
             s.execute(delete(_LEASES).where(_LEASES.c.agent_id == agent_id, _LEASES.c.owner == owner))
-        with _held_guard:
-            _held.discard(owner)
 
     def running_run(self, agent_id: str) -> str | None:
         """The id of the run that holds the agent's live lease, if any (a lease for an edit has no run)."""

@@ -1,0 +1,300 @@
+"""The agent lease (storage/turns.py) at the moments that decide it, on SQLite and PostgreSQL.
+
+Each interleaving is made to happen, not hoped for: SQLAlchemy's own events pause the real code right after
+the statement or commit that matters, and the other party acts there (in the same thread: which thread acts
+does not matter to a lease, only what the database holds when it does). A lease must be granted to one owner
+at a time, whatever happens in between: another thread of the process, the holder renewing while a newcomer
+decides it expired, a holder killed with -9, a process that reuses a dead holder's pid.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from letta_client import Letta
+from sqlalchemy import event, text
+
+from memgpt.server.schemas.messages import Rendering
+from memgpt.server.turns import TurnInput, TurnRunner
+from memgpt.storage import Storage
+from memgpt.storage import turns as storage_turns
+from memgpt.storage.turns import HOST, LeaseRow, Run, new_owner
+from memgpt.types import Role
+from tests.conftest import _opened_on_metadata_backend
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, use_scripted_llm
+
+pytestmark = pytest.mark.usefixtures("metadata_url")
+
+
+@pytest.fixture(params=["upsert", "insert"])
+def claims(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a lease is claimed: SQLite's and PostgreSQL's one INSERT .. ON CONFLICT, or what another database
+    gets (an INSERT refused while the row exists, then an UPDATE of an expired row)."""
+    if request.param == "insert":
+        monkeypatch.setattr(storage_turns, "_inserts", {})
+    return str(request.param)
+
+
+@contextmanager
+def after_commit_of(storage: Storage, statement: str, action: Callable[[], None]) -> Iterator[None]:
+    """Call ``action`` once, right after the first transaction that ran a statement starting with ``statement``
+    has committed (before the code that committed it goes on)."""
+    metadata = storage.metadata
+    seen = {"ran": False, "done": False}
+
+    def executed(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if not seen["done"] and sql.lstrip().upper().startswith(statement):
+            seen["ran"] = True
+
+    def committed(_session: Any) -> None:
+        if seen["ran"] and not seen["done"]:
+            seen["done"] = True
+            action()
+
+    event.listen(metadata.engine, "after_cursor_execute", executed)
+    event.listen(metadata._sessions, "after_commit", committed)
+    try:
+        yield
+    finally:
+        event.remove(metadata.engine, "after_cursor_execute", executed)
+        event.remove(metadata._sessions, "after_commit", committed)
+    assert seen["done"], f"no transaction ran {statement!r}"
+
+
+CLAIMS = ("UPDATE AGENT_LEASES SET OWNER", "ON CONFLICT (AGENT_ID) DO UPDATE")  # what takes an existing lease
+
+
+@contextmanager
+def before_a_claim(storage: Storage, action: Callable[[], None]) -> Iterator[None]:
+    """Call ``action`` once, right before the first statement that would take over an existing lease runs:
+    whatever its process read or decided before, the database state it meets is the one ``action`` leaves."""
+    engine = storage.metadata.engine
+    seen = {"done": False}
+
+    def executing(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        said = " ".join(sql.split()).upper()
+        if not seen["done"] and any(claim in said for claim in CLAIMS):
+            seen["done"] = True
+            action()
+
+    event.listen(engine, "before_cursor_execute", executing)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", executing)
+    assert seen["done"], "no statement tried to take the lease over"
+
+
+def lease_owner(storage: Storage, agent_id: str) -> str | None:
+    with storage.metadata.session() as s:
+        return s.execute(text("select owner from agent_leases where agent_id = :a"), {"a": agent_id}).scalar()
+
+
+@pytest.mark.usefixtures("claims")
+def test_a_lease_just_taken_is_not_taken_again_by_another_thread_of_the_process(storage: Storage) -> None:
+    """Between the commit that takes the lease and acquire() returning, another send to the agent in the same
+    process finds the lease held by a live owner (not one a crashed turn left) and its run running."""
+    turns = storage.turns
+    first, second = new_owner(), new_owner()
+    meanwhile: dict[str, Any] = {}
+
+    def another_send() -> None:
+        meanwhile["grant"] = turns.acquire("a1", second, "run-2", 60, run=Run("run-2", "a1", "d2"))
+        meanwhile["running"] = turns.running_run("a1")
+
+    with after_commit_of(storage, "INSERT INTO AGENT_RUNS", another_send):  # the run is recorded with the lease
+        grant = turns.acquire("a1", first, "run-1", 60, run=Run("run-1", "a1", "d1"))
+    assert grant is not None
+    assert meanwhile["grant"] is None, "two owners were granted the lease at once"
+    assert meanwhile["running"] == "run-1", "a retry would take the running turn for a dead one and send again"
+    assert lease_owner(storage, "a1") == first
+    assert turns.renew("a1", first, 60) and not turns.renew("a1", second, 60)
+    turns.release("a1", second)  # not its lease: nothing happens
+    assert lease_owner(storage, "a1") == first
+    turns.release("a1", first)
+    assert lease_owner(storage, "a1") is None
+
+
+def test_a_lease_taken_with_one_statement_on_a_free_agent(storage: Storage) -> None:
+    """Taking a free lease is one transaction: no second one that another owner could come between."""
+    commits: list[object] = []
+    committed = commits.append  # one bound method, to remove the very listener added
+    event.listen(storage.metadata._sessions, "after_commit", committed)
+    try:
+        owner = new_owner()
+        assert storage.turns.acquire("a1", owner, "run-1", 60, run=Run("run-1", "a1", "d1")) is not None
+    finally:
+        event.remove(storage.metadata._sessions, "after_commit", committed)
+    assert len(commits) == 1
+    assert storage.turns.acquire("a1", new_owner(), "run-2", 60) is None
+    assert lease_owner(storage, "a1") == owner
+
+
+@pytest.mark.usefixtures("claims")
+def test_a_lease_its_owner_renews_after_a_newcomer_read_it_expired_stays_the_owners(storage: Storage) -> None:
+    """The newcomer found the lease expired; its owner renewed it before the newcomer's claim: the claim must
+    fail (the database decides, at the claim), or both believe they hold the agent."""
+    turns = storage.turns
+    first, second = new_owner(), new_owner()
+    assert turns.acquire("a1", first, "run-1", 0.2) is not None
+    time.sleep(0.3)
+    renewed: dict[str, bool] = {}
+
+    def owner_renews() -> None:
+        renewed["first"] = turns.renew("a1", first, 60)
+
+    with before_a_claim(storage, owner_renews):  # the newcomer found the lease expired
+        taken = turns.acquire("a1", second, "run-2", 60)
+    assert renewed["first"] is True
+    assert taken is None, "a lease its owner had just renewed was taken over"
+    assert lease_owner(storage, "a1") == first
+    turns.release("a1", first)
+
+
+@pytest.mark.usefixtures("claims")
+def test_an_expired_lease_goes_to_exactly_one_newcomer(storage: Storage) -> None:
+    turns = storage.turns
+    assert turns.acquire("a1", new_owner(), "run-1", 0.1) is not None
+    time.sleep(0.2)
+    late: dict[str, Any] = {}
+
+    def third_comes() -> None:
+        late["grant"] = turns.acquire("a1", new_owner(), "run-3", 60)
+
+    second = new_owner()
+    with before_a_claim(storage, third_comes):  # both newcomers found it expired
+        granted = turns.acquire("a1", second, "run-2", 60)
+    assert (granted is None) != (late["grant"] is None)
+    if granted is not None:
+        assert lease_owner(storage, "a1") == second
+
+
+def _holder(home: Path, agent_id: str, ttl: float) -> subprocess.Popen[str]:
+    """Another process that takes the agent's lease and sleeps holding it."""
+    code = (
+        "import sys, time\n"
+        "from memgpt.config import load_config\n"
+        "from memgpt.storage import Storage\n"
+        "from memgpt.storage.turns import new_owner\n"
+        "from pathlib import Path\n"
+        "home = Path(sys.argv[1])\n"
+        "storage = Storage(load_config(home), home)\n"
+        "owner = new_owner()\n"
+        f"assert storage.turns.acquire({agent_id!r}, owner, 'run-held', {ttl})\n"
+        "print(owner, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+
+
+def test_a_lease_of_a_live_process_is_kept_and_taken_at_once_after_kill_9(storage: Storage, home: Path) -> None:
+    holder = _holder(home, "a1", 60)
+    try:
+        owner = holder.stdout.readline().strip() if holder.stdout else ""
+        assert owner, "the holder process did not take the lease"
+        assert storage.turns.acquire("a1", new_owner(), "run-2", 60) is None  # alive: held
+        assert storage.turns.running_run("a1") == "run-held"
+    finally:
+        holder.kill()
+        holder.wait()
+    mine = new_owner()
+    assert storage.turns.running_run("a1") is None
+    assert storage.turns.acquire("a1", mine, "run-2", 60) is not None  # dead: taken at once, not after 60 s
+    assert lease_owner(storage, "a1") == mine
+
+
+def test_a_lease_left_by_an_earlier_process_with_this_pid_is_taken_at_once(storage: Storage) -> None:
+    """A restarted container runs the server with the pid its killed predecessor had (pid 1, often): that
+    predecessor's lease is not this process's, though the pid is the same."""
+    mine = new_owner()
+    host, pid, *_ = mine.split(":")
+    far = datetime(2999, 1, 1, tzinfo=UTC)
+    earlier = f"{HOST}:{os.getpid()}:0:{'0' * 32}"  # this pid, started at another time (boot)
+    assert (host, pid) == (HOST, str(os.getpid()))
+    with storage.metadata.session() as s:
+        s.add(LeaseRow(agent_id="a1", owner=earlier, run_id="run-0", expires_at=far, cancel_requested=False))
+    assert storage.turns.running_run("a1") is None
+    assert storage.turns.acquire("a1", mine, "run-1", 60) is not None
+    assert lease_owner(storage, "a1") == mine
+
+
+def test_a_lease_of_another_hosts_process_is_kept_until_it_expires(storage: Storage) -> None:
+    """No process of another host can be seen: its lease (a holder killed there too) waits for the expiry."""
+    with storage.metadata.session() as s:
+        expires = datetime.now(UTC) + timedelta(seconds=1)
+        elsewhere = "elsewhere:1:1:token"
+        s.add(LeaseRow(agent_id="a1", owner=elsewhere, run_id="run-0", expires_at=expires, cancel_requested=False))
+    assert storage.turns.running_run("a1") == "run-0"
+    assert storage.turns.acquire("a1", new_owner(), "run-1", 60) is None
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert storage.turns.running_run("a1") is None
+    mine = new_owner()
+    assert storage.turns.acquire("a1", mine, "run-1", 60) is not None
+    assert lease_owner(storage, "a1") == mine
+
+
+def test_a_retry_in_another_process_as_the_turn_ends_gets_its_answer_not_a_second_turn(
+    request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM
+) -> None:
+    """A client's retry reaches another server process: it finds the first try's run still running, and that
+    turn ends (its answer and its release one transaction) before the retry looks at the agent's lease. No lease
+    then does not mean the first try's process died: the retry gets the stored answer, the message is not sent
+    to the agent twice."""
+    _opened_on_metadata_backend(request)
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    turns = server.state.storage.turns
+    other: TurnRunner | None = None
+    try:
+        letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        agent_id = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted").id  # type: ignore[arg-type]
+        answering = threading.Event()
+
+        def answer(_: dict[str, Any]) -> dict[str, Any]:
+            assert answering.wait(30)
+            return {"tool": "send_message", "args": {"message": "Only once."}}
+
+        llm.add(answer)
+
+        def send(retry: bool) -> TurnInput:
+            user = server.state.owner.id
+            return TurnInput(user, agent_id, "hello", "user", 10, "digest-of-hello", retry, Rendering())
+
+        first = server.state.turns().start(send(retry=False))
+        running_run = turns.running_run
+
+        def first_ends_meanwhile(agent: str) -> str | None:
+            answering.set()
+            deadline = time.monotonic() + 30
+            while not first.done and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return running_run(agent)
+
+        turns.running_run = first_ends_meanwhile  # type: ignore[method-assign]
+        other = TurnRunner(server.state)  # another server process: the first try's turn is not in its memory
+        retried = other.start(send(retry=True))
+        deadline = time.monotonic() + 30
+        while not retried.done and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first.done and retried.done
+        assert retried.run_id == first.run_id and retried.body() == first.body()
+        said = [m.content for m in server.state.storage.messages.last(agent_id, 100) if m.role is Role.USER]
+        assert said == ["hello"] and len(llm.requests) == 1
+    finally:
+        vars(turns).pop("running_run", None)
+        if other is not None:
+            other.close()
+        server.stop()
