@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from memgpt.config import EmbeddingSettings
+from memgpt.embeddings import embedding_model
 from memgpt.embeddings.openai import OpenAIEmbeddings
 from memgpt.errors import EmbeddingError
 from tests.conftest import DATA, cli
@@ -24,6 +26,7 @@ class EmbeddingServer(ThreadingHTTPServer):
     failures = 0  # answer this many requests with fail_with, then as usual (0: every one)
     garbled = False  # answer 200 with no embeddings
     requests: list[dict]
+    headers: list[dict[str, str]]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -32,6 +35,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = read_json(self)
         self.server.requests.append(body)
+        self.server.headers.append({name.lower(): value for name, value in self.headers.items()})
         if self.server.fail_with and (not self.server.failures or len(self.server.requests) <= self.server.failures):
             send_json(self, self.server.fail_with, {"error": {"message": "model not found", "type": "invalid_request"}})
             return
@@ -63,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[EmbeddingServer]:
     httpd = EmbeddingServer(("127.0.0.1", 0), Handler)
-    httpd.requests = []
+    httpd.requests, httpd.headers = [], []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -104,6 +108,29 @@ def test_busy_answers_are_retried_and_garbled_ones_are_one_clear_line(server: Em
     server.fail_with, server.garbled = None, True
     with pytest.raises(EmbeddingError, match=r"sent a reply that is not a list of embeddings: .*try again later"):
         model.embed("abc")
+
+
+def test_requests_name_the_openai_organization_and_project_as_the_llm_does(
+    server: EmbeddingServer, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-1")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-1")
+    configured = cli(
+        "configure",
+        "--embedding-provider",
+        "openai",
+        "--embedding-model",
+        "org-model",
+        "--embedding-endpoint",
+        endpoint(server),
+        home=home,
+    )
+    assert configured.returncode == 0, configured.stderr
+    settings = EmbeddingSettings(provider="openai", model="org-model", endpoint=endpoint(server), dimensions=16)
+    embedding_model(settings).embed("x")
+    assert len(server.headers) == 2  # configure's dimension probe, then the model the config describes
+    for headers in server.headers:
+        assert (headers["openai-organization"], headers["openai-project"]) == ("org-1", "proj-1")
 
 
 def test_configure_probes_the_dimension_and_load_uses_the_endpoint(server: EmbeddingServer, home: Path) -> None:

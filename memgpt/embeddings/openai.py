@@ -8,7 +8,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -50,7 +50,9 @@ class OpenAIEmbeddings(EmbeddingModel):
         api_key: str = "",
         max_tokens: int = 0,
         batch_size: int = 0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """``headers`` go with every request (OpenAI's organization and project)."""
         self.model_id = model
         self.dimensions = dimensions
         self.endpoint = endpoint.rstrip("/") or None
@@ -61,6 +63,7 @@ class OpenAIEmbeddings(EmbeddingModel):
         self.max_input_tokens = limit if self.endpoint is None else int(limit * _TOKEN_MARGIN)
         self.batch_size = batch_size or 128
         self._encoding = encoding_for_model(model)
+        self._headers = dict(headers or {})
 
     @property
     def where(self) -> str:
@@ -75,7 +78,7 @@ class OpenAIEmbeddings(EmbeddingModel):
         if self.model_id.startswith("text-embedding-3"):
             payload["dimensions"] = self.dimensions
         body = json.dumps(payload, ensure_ascii=False).encode()
-        key = {"authorization": f"Bearer {self._api_key or 'not-needed'}"}
+        key = {"authorization": f"Bearer {self._api_key or 'not-needed'}", **self._headers}
         http = httppool.client(self.endpoint or _OPENAI_ENDPOINT, key)
         for retry in range(self.max_retries + 1):
             try:
