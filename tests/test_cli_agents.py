@@ -374,6 +374,28 @@ def test_run_message_exits_1_when_the_turn_fails_and_130_when_interrupted(home: 
     assert "Traceback" not in err
 
 
+def test_run_message_exits_1_when_no_answer_reached_the_user(home: Path, llm: ScriptedLLM) -> None:
+    loop = {"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}
+    llm.add(*[loop] * 10)  # `run` allows 10 steps in a row
+    limited = cli("run", "--agent", "Loopy", "--message", "search forever", home=home)
+    assert limited.returncode == 1, limited.stderr
+    assert [line for line in limited.stderr.splitlines() if line] == [
+        "error: stopped after 10 steps in a row; send a message to continue"
+    ]
+    assert "stopped after" not in limited.stdout
+    llm.add({"content": ""})
+    empty = cli("run", "--agent", "Loopy", "--message", "hello?", home=home)
+    assert empty.returncode == 1, empty.stderr
+    assert "error: the model sent an empty reply" in empty.stderr
+    llm.add(loop, {"tool": "send_message", "args": {"message": "found it"}})
+    answered = cli("run", "--agent", "Loopy", "--message", "one more", home=home)
+    assert answered.returncode == 0, answered.stderr
+    assert "found it" in answered.stdout
+    llm.add(*[loop] * 10)
+    piped = cli("run", "--agent", "Loopy", home=home, stdin="/retry\n")  # slash commands that run steps too
+    assert piped.returncode == 1 and "stopped after 10 steps" in piped.stderr
+
+
 def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> None:
     from tests.test_cli import run_at_width
 

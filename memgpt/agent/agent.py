@@ -260,7 +260,7 @@ class Agent:
             if reason is None:
                 return END_TURN
             self._append([self._message(Role.USER, reason, name=HEARTBEAT)])
-        yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
+        yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue", failed=True)
         return MAX_STEPS
 
     def _append(self, messages: list[Message]) -> None:
@@ -479,7 +479,7 @@ class Agent:
         self.step_id = new_id()  # also the id of the assistant message this step stores
         if not calls:
             if not thought:
-                yield SystemNotice(self._empty_reply(completion))
+                yield SystemNotice(self._empty_reply(completion), failed=True)
                 return None
             # A model that answers without calling send_message still reaches the user.
             yield Reply(thought)
