@@ -127,6 +127,23 @@ def test_no_llm_configured_is_one_line_before_anything_is_created(home: Path, mo
     assert json.loads(cli("list", "agents", "--json", home=home).stdout) == []
 
 
+def test_a_context_window_too_small_is_refused_before_the_agent_is_created(home: Path, llm: ScriptedLLM) -> None:
+    tiny = cli("run", "--agent", "Tiny", "--context-window", "2000", "--message", "hi", home=home)
+    assert tiny.returncode == 1
+    assert tiny.stderr.startswith("error: the context window of agent 'Tiny' (2,000 tokens) is too small")
+    assert len(tiny.stderr.strip().splitlines()) == 1
+    assert json.loads(cli("list", "agents", "--json", home=home).stdout) == []
+    llm.reply("hello")
+    assert cli("run", "--agent", "Roomy", "--message", "hi", home=home).returncode == 0
+    smaller = cli("run", "--agent", "Roomy", "--context-window", "2000", "--message", "hi", home=home)
+    assert smaller.returncode == 1 and "is too small" in smaller.stderr
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        roomy = storage.agents.get(config.user_id, "Roomy")
+    assert roomy is not None and roomy.context_window > 2000  # the refused window was not saved
+    assert len(llm.requests) == 1
+
+
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first answer", thought="first thought")
