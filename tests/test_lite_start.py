@@ -132,12 +132,7 @@ def test_the_socket_a_killed_process_left_is_removed_at_the_next_start(tmp_path:
         time.sleep(0.05)
     assert not _alive(int(pid)), "the killed process's Milvus Lite server did not end"
     assert _sockets_of(db_file) == [Path(left)]  # left behind, nothing listening on it
-    connection = MilvusConnection(MilvusTarget(str(db_file)))
-    try:
-        assert connection.ping() == []
-    finally:
-        connection.close()
-        lite.servers.stop(db_file)
+    _open_and_close(db_file)
     assert _sockets_of(db_file) == []
 
 
@@ -148,12 +143,7 @@ def test_a_socket_a_live_process_listens_on_is_never_removed(tmp_path: Path) -> 
         listener.bind(str(path))
         listener.listen()
         try:
-            connection = MilvusConnection(MilvusTarget(str(db_file)))
-            try:
-                assert connection.ping() == []
-            finally:
-                connection.close()
-                lite.servers.stop(db_file)
+            _open_and_close(db_file)
             assert path.exists()
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.connect(str(path))  # still the listener's
@@ -164,3 +154,13 @@ def test_a_socket_a_live_process_listens_on_is_never_removed(tmp_path: Path) -> 
 def _alive(pid: int) -> bool:
     found = lite._cpu_ticks(pid)
     return found is not None and found[1] != "Z"  # a zombie has ended
+
+
+def _open_and_close(db_file: Path) -> None:
+    """Open Milvus Lite on the file, use it, and stop its server."""
+    connection = MilvusConnection(MilvusTarget(str(db_file)))
+    try:
+        assert connection.ping() == []
+    finally:
+        connection.close()
+        lite.servers.stop(db_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,6 +79,12 @@ def endpoint(server: EmbeddingServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}/v1"
 
 
+def configure_endpoint(server: EmbeddingServer, model: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """`memgpt configure` for ``model`` at the test's embedding server."""
+    args = ["--embedding-provider", "openai", "--embedding-model", model, "--embedding-endpoint", endpoint(server)]
+    return cli("configure", *args, home=home)
+
+
 def test_vectors_come_back_in_input_order(server: EmbeddingServer) -> None:
     model = OpenAIEmbeddings("nomic-embed-text", dimensions=16, endpoint=endpoint(server), batch_size=2)
     vectors = model.embed_multi(["a", "bbb", "cc", "dddd", "e"])
@@ -115,16 +122,7 @@ def test_requests_name_the_openai_organization_and_project_as_the_llm_does(
 ) -> None:
     monkeypatch.setenv("OPENAI_ORG_ID", "org-1")
     monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-1")
-    configured = cli(
-        "configure",
-        "--embedding-provider",
-        "openai",
-        "--embedding-model",
-        "org-model",
-        "--embedding-endpoint",
-        endpoint(server),
-        home=home,
-    )
+    configured = configure_endpoint(server, "org-model", home)
     assert configured.returncode == 0, configured.stderr
     settings = EmbeddingSettings(provider="openai", model="org-model", endpoint=endpoint(server), dimensions=16)
     embedding_model(settings).embed("x")
@@ -134,16 +132,7 @@ def test_requests_name_the_openai_organization_and_project_as_the_llm_does(
 
 
 def test_configure_probes_the_dimension_and_load_uses_the_endpoint(server: EmbeddingServer, home: Path) -> None:
-    configured = cli(
-        "configure",
-        "--embedding-provider",
-        "openai",
-        "--embedding-model",
-        "nomic-embed-text",
-        "--embedding-endpoint",
-        endpoint(server),
-        home=home,
-    )
+    configured = configure_endpoint(server, "nomic-embed-text", home)
     assert configured.returncode == 0, configured.stderr
     assert f"embeddings: openai nomic-embed-text at {endpoint(server)} (16 dims)" in configured.stdout
     loaded = cli("load", "directory", "--name", "remote", "--input-files", str(DATA / "test.md"), home=home)
