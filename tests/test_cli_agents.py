@@ -127,6 +127,23 @@ def test_no_llm_configured_is_one_line_before_anything_is_created(home: Path, mo
     assert json.loads(cli("list", "agents", "--json", home=home).stdout) == []
 
 
+def test_a_context_window_too_small_is_refused_before_the_agent_is_created(home: Path, llm: ScriptedLLM) -> None:
+    tiny = cli("run", "--agent", "Tiny", "--context-window", "2000", "--message", "hi", home=home)
+    assert tiny.returncode == 1
+    assert tiny.stderr.startswith("error: the context window of agent 'Tiny' (2,000 tokens) is too small")
+    assert len(tiny.stderr.strip().splitlines()) == 1
+    assert json.loads(cli("list", "agents", "--json", home=home).stdout) == []
+    llm.reply("hello")
+    assert cli("run", "--agent", "Roomy", "--message", "hi", home=home).returncode == 0
+    smaller = cli("run", "--agent", "Roomy", "--context-window", "2000", "--message", "hi", home=home)
+    assert smaller.returncode == 1 and "is too small" in smaller.stderr
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        roomy = storage.agents.get(config.user_id, "Roomy")
+    assert roomy is not None and roomy.context_window > 2000  # the refused window was not saved
+    assert len(llm.requests) == 1
+
+
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first answer", thought="first thought")
@@ -372,6 +389,28 @@ def test_run_message_exits_1_when_the_turn_fails_and_130_when_interrupted(home: 
     assert proc.returncode == 130, err
     assert "interrupted (your message is saved; /retry lets the agent answer it)" in err
     assert "Traceback" not in err
+
+
+def test_run_message_exits_1_when_no_answer_reached_the_user(home: Path, llm: ScriptedLLM) -> None:
+    loop = {"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}
+    llm.add(*[loop] * 10)  # `run` allows 10 steps in a row
+    limited = cli("run", "--agent", "Loopy", "--message", "search forever", home=home)
+    assert limited.returncode == 1, limited.stderr
+    assert [line for line in limited.stderr.splitlines() if line] == [
+        "error: stopped after 10 steps in a row; send a message to continue"
+    ]
+    assert "stopped after" not in limited.stdout
+    llm.add({"content": ""})
+    empty = cli("run", "--agent", "Loopy", "--message", "hello?", home=home)
+    assert empty.returncode == 1, empty.stderr
+    assert "error: the model sent an empty reply" in empty.stderr
+    llm.add(loop, {"tool": "send_message", "args": {"message": "found it"}})
+    answered = cli("run", "--agent", "Loopy", "--message", "one more", home=home)
+    assert answered.returncode == 0, answered.stderr
+    assert "found it" in answered.stdout
+    llm.add(*[loop] * 10)
+    piped = cli("run", "--agent", "Loopy", home=home, stdin="/retry\n")  # slash commands that run steps too
+    assert piped.returncode == 1 and "stopped after 10 steps" in piped.stderr
 
 
 def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> None:

@@ -55,3 +55,42 @@ def test_server_uri_passes_through() -> None:
 def test_unusable_lite_paths_are_refused(bad: str) -> None:
     with pytest.raises(ConfigError):
         resolve_milvus_uri(bad)
+
+
+# As in a REPL or a notebook (sys.ps1), where python-dotenv looks for .env in the working folder: open Milvus Lite
+# (pymilvus is imported, and its settings module calls load_dotenv()), then ask which LLM is configured.
+DOTENV_CHILD = """
+import os, sys
+sys.ps1 = ">>> "
+from memgpt.config import LLMSettings
+from memgpt.errors import ConfigError
+from memgpt.llm import resolve_llm
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget, lite
+connection = MilvusConnection(MilvusTarget(os.path.abspath("milvus.db")))
+connection.ping()
+connection.close()
+lite.servers.stop_all()
+try:
+    print("provider", resolve_llm(LLMSettings()).provider)
+except ConfigError as exc:
+    print("refused", exc)
+print("probe", os.environ.get("MEMGPT_DOTENV_PROBE"), os.environ.get("PYTHON_DOTENV_DISABLED"))
+"""
+
+
+def test_a_dotenv_file_does_not_reach_memgpts_config_through_pymilvus(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-a-dotenv-file\nMEMGPT_DOTENV_PROBE=loaded\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY")}
+    env.update(MEMGPT_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO))
+    child = subprocess.run(
+        [sys.executable, "-c", DOTENV_CHILD], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 0, child.stderr
+    assert "refused no LLM configured" in child.stdout, child.stdout
+    assert "probe None None" in child.stdout  # nothing from the file, and python-dotenv's switch is set back

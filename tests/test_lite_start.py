@@ -9,8 +9,13 @@ should, becomes the real Milvus Lite binary.
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +97,70 @@ def test_a_hung_process_is_reported_and_ended(tmp_path: Path, monkeypatch: pytes
     assert waited < 30, waited
     with pytest.raises(ProcessLookupError):  # the stopped process was ended, not left behind
         os.kill(pid, 0)
+
+
+# Opens Milvus Lite on a file, says its server's pid and socket, then waits to be killed.
+HOLD_OPEN = """
+import sys, time
+from pathlib import Path
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget, lite
+connection = MilvusConnection(MilvusTarget(sys.argv[1]))
+connection.ping()
+server = lite.servers._running[Path(sys.argv[1]).resolve()]
+print(server._process.pid, server.socket, flush=True)
+time.sleep(600)
+"""
+
+
+def _sockets_of(db_file: Path) -> list[Path]:
+    return sorted(Path(tempfile.gettempdir()).glob(f"*_{db_file.name}.sock"))
+
+
+def test_the_socket_a_killed_process_left_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    db_file = tmp_path / f"stale-{uuid.uuid4().hex[:8]}.db"  # a name no other test's sockets share
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(db_file)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        pid, left = child.stdout.readline().split()  # type: ignore[union-attr]
+    finally:
+        # kill -9 of its process group (a killed job, a timeout): the server dies with it, before removing its socket
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(30)
+    deadline = time.monotonic() + 60
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(int(pid)), "the killed process's Milvus Lite server did not end"
+    assert _sockets_of(db_file) == [Path(left)]  # left behind, nothing listening on it
+    _open_and_close(db_file)
+    assert _sockets_of(db_file) == []
+
+
+def test_a_socket_a_live_process_listens_on_is_never_removed(tmp_path: Path) -> None:
+    db_file = tmp_path / f"live-{uuid.uuid4().hex[:8]}.db"
+    path = lite.LiteServer(db_file).socket  # where this file's server would listen
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        try:
+            _open_and_close(db_file)
+            assert path.exists()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(path))  # still the listener's
+        finally:
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    found = lite._cpu_ticks(pid)
+    return found is not None and found[1] != "Z"  # a zombie has ended
+
+
+def _open_and_close(db_file: Path) -> None:
+    """Open Milvus Lite on the file, use it, and stop its server."""
+    connection = MilvusConnection(MilvusTarget(str(db_file)))
+    try:
+        assert connection.ping() == []
+    finally:
+        connection.close()
+        lite.servers.stop(db_file)

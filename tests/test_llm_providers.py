@@ -271,6 +271,10 @@ def test_environment_fills_in_only_what_the_config_leaves_open() -> None:
         resolve_llm(LLMSettings(), {})
     with pytest.raises(ConfigError, match="anthropic needs an API key: set ANTHROPIC_API_KEY"):
         resolve_llm(LLMSettings(provider="anthropic"), {})
+    azure = LLMSettings(provider="azure", endpoint="https://mine.openai.azure.com", model="gpt-4o-mini")
+    with pytest.raises(ConfigError, match="azure needs an API key: set AZURE_OPENAI_API_KEY"):
+        resolve_llm(azure, {})
+    assert resolve_llm(azure, {"AZURE_OPENAI_API_KEY": "az"}).api_key == "az"
     assert isinstance(create_llm(LLMSettings(function_calling="json"), env={"OPENAI_API_KEY": "k"}), JsonFunctionClient)
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -310,3 +311,67 @@ def test_every_write_to_what_an_opened_agent_holds_moves_its_version(storage: St
     agents.record_effects("a1", [StepEffect("step-2", "passage", "p2")], fence=fence)
     assert version() == grant.version  # the turn's own writes: its open agent holds them already
     storage.turns.release("a1", owner)
+
+
+def test_a_delete_while_a_step_commits_waits_for_it_on_postgresql(postgres_url: str, home: Path) -> None:
+    """A step takes the agents row first, then writes its messages and evicts older ones; a delete must take
+    the agents row first too. It once deleted the messages first: then the step waited on a message row the
+    delete held, the delete on the agents row the step held, and PostgreSQL aborted one as a deadlock."""
+    import threading
+
+    from sqlalchemy import event
+
+    from memgpt.config import load_config, save_config
+    from memgpt.storage.agents import StepChanges
+    from memgpt.types import Block
+
+    config = load_config(home)
+    config.metadata_url = postgres_url
+    save_config(config, home)
+    with Storage(config, home) as storage:
+        agents = storage.agents
+        agents.create(_agent("a1", "doomed", utc_now()), [Block("human", "Name: Chad", 100)])
+        storage.messages.append("a1", [stored(Message("m0", "a1", Role.USER, "old news"))])
+        evicting, go = threading.Event(), threading.Event()
+
+        def pause_before_eviction(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            if threading.current_thread().name == "step" and statement.startswith("UPDATE messages"):
+                evicting.set()  # the step holds the agents row now
+                go.wait(30)
+
+        errors: list[BaseException] = []
+
+        def run(work: Callable[[], None]) -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                errors.append(exc)
+
+        changes = StepChanges(messages=[stored(Message("m1", "a1", Role.ASSISTANT, "new"))], evicted_ids=["m0"])
+        step = threading.Thread(target=run, args=(lambda: agents.commit_step("a1", changes),), name="step")
+        deleter = threading.Thread(target=run, args=(lambda: agents.delete("a1"),), name="delete")
+        engine = storage.metadata.engine
+        event.listen(engine, "before_cursor_execute", pause_before_eviction)
+        try:
+            step.start()
+            assert evicting.wait(30), "the step never reached its eviction"
+            deleter.start()
+            deadline = time.monotonic() + 30
+            while not _waiting_on_a_lock(storage) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _waiting_on_a_lock(storage), "the delete never waited for the step"
+        finally:
+            go.set()
+            step.join(60)
+            deleter.join(60)
+            event.remove(engine, "before_cursor_execute", pause_before_eviction)
+        assert not errors, errors  # no "deadlock detected"
+        assert agents.by_id("u", "a1") is None
+        with storage.metadata.session() as s:
+            assert s.execute(text("select count(*) from messages where agent_id = 'a1'")).scalar_one() == 0
+
+
+def _waiting_on_a_lock(storage: Storage) -> bool:
+    with storage.metadata.session() as s:
+        query = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+        return bool(s.execute(text(query)).scalar_one())

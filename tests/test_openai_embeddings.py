@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from memgpt.config import EmbeddingSettings
+from memgpt.embeddings import embedding_model
 from memgpt.embeddings.openai import OpenAIEmbeddings
 from memgpt.errors import EmbeddingError
 from tests.conftest import DATA, cli
@@ -24,6 +27,7 @@ class EmbeddingServer(ThreadingHTTPServer):
     failures = 0  # answer this many requests with fail_with, then as usual (0: every one)
     garbled = False  # answer 200 with no embeddings
     requests: list[dict]
+    headers: list[dict[str, str]]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -32,6 +36,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = read_json(self)
         self.server.requests.append(body)
+        self.server.headers.append({name.lower(): value for name, value in self.headers.items()})
         if self.server.fail_with and (not self.server.failures or len(self.server.requests) <= self.server.failures):
             send_json(self, self.server.fail_with, {"error": {"message": "model not found", "type": "invalid_request"}})
             return
@@ -63,7 +68,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[EmbeddingServer]:
     httpd = EmbeddingServer(("127.0.0.1", 0), Handler)
-    httpd.requests = []
+    httpd.requests, httpd.headers = [], []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -72,6 +77,12 @@ def server() -> Iterator[EmbeddingServer]:
 
 def endpoint(server: EmbeddingServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def configure_endpoint(server: EmbeddingServer, model: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """`memgpt configure` for ``model`` at the test's embedding server."""
+    args = ["--embedding-provider", "openai", "--embedding-model", model, "--embedding-endpoint", endpoint(server)]
+    return cli("configure", *args, home=home)
 
 
 def test_vectors_come_back_in_input_order(server: EmbeddingServer) -> None:
@@ -106,17 +117,22 @@ def test_busy_answers_are_retried_and_garbled_ones_are_one_clear_line(server: Em
         model.embed("abc")
 
 
+def test_requests_name_the_openai_organization_and_project_as_the_llm_does(
+    server: EmbeddingServer, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-1")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-1")
+    configured = configure_endpoint(server, "org-model", home)
+    assert configured.returncode == 0, configured.stderr
+    settings = EmbeddingSettings(provider="openai", model="org-model", endpoint=endpoint(server), dimensions=16)
+    embedding_model(settings).embed("x")
+    assert len(server.headers) == 2  # configure's dimension probe, then the model the config describes
+    for headers in server.headers:
+        assert (headers["openai-organization"], headers["openai-project"]) == ("org-1", "proj-1")
+
+
 def test_configure_probes_the_dimension_and_load_uses_the_endpoint(server: EmbeddingServer, home: Path) -> None:
-    configured = cli(
-        "configure",
-        "--embedding-provider",
-        "openai",
-        "--embedding-model",
-        "nomic-embed-text",
-        "--embedding-endpoint",
-        endpoint(server),
-        home=home,
-    )
+    configured = configure_endpoint(server, "nomic-embed-text", home)
     assert configured.returncode == 0, configured.stderr
     assert f"embeddings: openai nomic-embed-text at {endpoint(server)} (16 dims)" in configured.stdout
     loaded = cli("load", "directory", "--name", "remote", "--input-files", str(DATA / "test.md"), home=home)

@@ -147,6 +147,17 @@ def test_models_and_embeddings_the_server_cannot_serve_are_refused_in_one_line(l
     assert [a.name for a in letta.agents.list()] == ["a"]  # nothing half-made by the refusals
 
 
+def test_a_context_window_too_small_is_refused_before_anything_is_stored(letta: Letta) -> None:
+    with pytest.raises(BadRequestError) as refused:
+        letta.agents.create(name="tiny", model=HANDLE, context_window_limit=2000)
+    assert "the context window of agent 'tiny' (2,000 tokens) is too small" in str(refused.value)
+    assert letta.agents.list().items == []  # not created first and refused at its first message
+    agent_id = sam(letta)
+    with pytest.raises(BadRequestError, match="is too small"):
+        letta.agents.update(agent_id, context_window_limit=2000)
+    assert letta.agents.retrieve(agent_id).llm_config.context_window == 16_000
+
+
 def test_list_pages_by_cursor_in_both_orders_and_filters(letta: Letta) -> None:
     ids = [sam(letta, f"agent-{i}", tags=["even" if i % 2 == 0 else "odd", "all"]) for i in range(5)]
     assert [a.id for a in letta.agents.list()] == ids[::-1]  # newest first, as Letta

@@ -60,6 +60,22 @@ def smallest_window(used: int) -> int:
     while window - answer_reserve(window) < used:
         window += 1
     return window
+
+
+def window_refusal(state: AgentState, fixed: int, functions: int) -> str | None:
+    """Why the agent's context window is too small for its fixed prompt (system prompt, core memory and
+    ``functions`` schemas) of ``fixed`` tokens as the server counts them; None when it leaves room."""
+    needed = smallest_window(fixed + MIN_ROOM)
+    if state.context_window >= needed:
+        return None
+    return (
+        f"the context window of agent {state.name!r} ({state.context_window:,} tokens) is too "
+        f"small: its system prompt, core memory and {functions} function schemas take about "
+        f"{fixed:,} tokens, leaving too little for the conversation; give it at least {needed:,} "
+        "(`memgpt run --context-window N`, with a model that has that much)"
+    )
+
+
 MAX_PAUSE_MINUTES = 360
 # A server's prompt count over ours outside this range is counting something else (or is a test double).
 RATIO_RANGE = (0.5, 2.0)
@@ -261,7 +277,7 @@ class Agent:
             if reason is None:
                 return END_TURN
             self._append([self._message(Role.USER, reason, name=HEARTBEAT)])
-        yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue")
+        yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue", failed=True)
         return MAX_STEPS
 
     def _append(self, messages: list[Message]) -> None:
@@ -435,14 +451,9 @@ class Agent:
         """Refuse a window the fixed prompt (system prompt, core memory, tool schemas) leaves no room in."""
         fixed = round(self.assemble().fixed * self._ratio)
         self._system_message = None  # the first step builds it with the statistics of its moment
-        needed = smallest_window(fixed + MIN_ROOM)
-        if self.state.context_window < needed:
-            raise UserError(
-                f"the context window of agent {self.state.name!r} ({self.state.context_window:,} tokens) is too "
-                f"small: its system prompt, core memory and {len(self._tool_specs())} function schemas take about "
-                f"{fixed:,} tokens, leaving too little for the conversation; give it at least {needed:,} "
-                "(`memgpt run --context-window N`, with a model that has that much)"
-            )
+        refusal = window_refusal(self.state, fixed, len(self._tool_specs()))
+        if refusal:
+            raise UserError(refusal)
 
     # -- one step -------------------------------------------------------------------------------
     def _step(self) -> Generator[Event, None, str | None]:
@@ -480,7 +491,7 @@ class Agent:
         self.step_id = new_id()  # also the id of the assistant message this step stores
         if not calls:
             if not thought:
-                yield SystemNotice(self._empty_reply(completion))
+                yield SystemNotice(self._empty_reply(completion), failed=True)
                 return None
             # A model that answers without calling send_message still reaches the user.
             yield Reply(thought)

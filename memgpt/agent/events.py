@@ -32,6 +32,7 @@ class Reply:
 @dataclass(frozen=True)
 class SystemNotice:
     text: str
+    failed: bool = False  # the turn ended without an answer for the user (the step limit, an empty reply)
 
 
 Event = Thought | FunctionCall | FunctionResult | Reply | SystemNotice

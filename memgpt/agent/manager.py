@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from memgpt.agent import prompts
-from memgpt.agent.agent import Agent
+from memgpt.agent.agent import Agent, window_refusal
+from memgpt.agent.context import system_message
 from memgpt.agent.tools import Tool, builtin_tools, load_user_tools
 from memgpt.config import Config
 from memgpt.data.sources import get_source
@@ -21,12 +22,13 @@ from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import NotFoundError, UserError
 from memgpt.llm.base import LLMClient
 from memgpt.memory.archival import ArchivalMemory
-from memgpt.memory.core import DEFAULT_LIMIT
+from memgpt.memory.core import DEFAULT_LIMIT, CoreMemory
 from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.memory.recall import writing as recall_writing
 from memgpt.storage import Storage
 from memgpt.storage.agents import AgentSummary
 from memgpt.storage.filters import all_of, eq
+from memgpt.tokens import count_message, count_tools
 from memgpt.types import AgentState, Block, EmbeddingSpace, Source, utc_now
 
 CUSTOM = "custom"  # the persona or human of an agent made with its own block text rather than a template
@@ -105,10 +107,13 @@ def create_agent(
     tags: Sequence[str] = (),
     metadata: dict[str, Any] | None = None,
     tools: Sequence[str] | None = None,
+    tools_folder: Path | None = None,
 ) -> AgentState:
     """A new agent. Its core memory is ``blocks`` (label, value, limit) plus, for persona and human when
     ``blocks`` has none, the persona and human templates named ``persona`` and ``human``. ``tools``
-    names the functions it may call (None: every one there is); ``system`` replaces MemGPT's prompt."""
+    names the functions it may call (None: every one there is, with the user's from ``tools_folder``);
+    ``system`` replaces MemGPT's prompt. A context window too small for all that is refused before
+    anything is stored."""
     name = validate_agent_name(name)
     if storage.agents.get(user_id, name) is not None:
         raise UserError(f"an agent named {name!r} already exists; pick another name or run it with --agent")
@@ -140,7 +145,26 @@ def create_agent(
         updated_at=now,
     )
     ordered = [b for b in missing if b.label == "persona"] + list(blocks) + [b for b in missing if b.label == "human"]
+    check_window(storage, state, ordered, tools_folder=tools_folder)
     return storage.agents.create(state, ordered)
+
+
+def check_window(
+    storage: Storage, state: AgentState, blocks: Sequence[Block], *, tools_folder: Path | None = None
+) -> None:
+    """Refuse, before it is stored, an agent whose context window its fixed prompt (system prompt, core
+    memory ``blocks``, function schemas) leaves no room in: measured as ``Agent.check_window`` measures it
+    when the agent opens, with the memory statistics of an agent that has no messages yet."""
+    tools, _ = agent_tools(state, tools_folder=tools_folder)
+    specs = [tool.spec() for tool in tools]
+    message = system_message(
+        state, CoreMemory(list(blocks)).render(), recall_count=0, archival_count=0, sources=[], now=utc_now()
+    )
+    ratio_model, ratio = storage.agents.token_ratio(state.id)
+    ours = count_message(state.llm_model, message) + count_tools(state.llm_model, specs)
+    refusal = window_refusal(state, round(ours * (ratio if ratio_model == state.llm_model else 1.0)), len(specs))
+    if refusal:
+        raise UserError(refusal)
 
 
 def check_blocks(blocks: Sequence[Block]) -> set[str]:
@@ -188,6 +212,7 @@ class NewAgent:
     model: str
     context_window: int
     embedding: EmbeddingSpace
+    tools_folder: Path | None = None  # the user's tools, which a new agent may call too
 
 
 def resolve_agent(
@@ -208,10 +233,11 @@ def resolve_agent(
             model=model or new.model,
             context_window=new.context_window,
             embedding=new.embedding,
+            tools_folder=new.tools_folder,
         )
         return created, True
     if model and model != state.llm_model:
-        state = update_agent(storage, state, model=model)
+        state = update_agent(storage, state, model=model, tools_folder=new.tools_folder)
     return state, False
 
 
@@ -227,8 +253,10 @@ def update_agent(
     tags: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
     tools: Sequence[str] | None = None,
+    tools_folder: Path | None = None,
 ) -> AgentState:
-    """Change what may change after creation; None leaves a field as it is. Returns the new state."""
+    """Change what may change after creation; None leaves a field as it is. Returns the new state. A change
+    that leaves the context window too small for the fixed prompt is refused before anything is written."""
     fields: dict[str, Any] = {}
     if name is not None and name.strip() != state.name:
         fields["name"] = validate_agent_name(name)
@@ -253,6 +281,10 @@ def update_agent(
         fields["tags"] = list(dict.fromkeys(tags))
     if tools is not None:
         fields["tools"] = list(dict.fromkeys(tools))
+    prompt = {key: fields[key] for key in ("llm_model", "context_window", "system_prompt") if key in fields}
+    if prompt or tools is not None:
+        changed = replace(state, **prompt, tools=tuple(fields["tools"]) if tools is not None else state.tools)
+        check_window(storage, changed, storage.agents.blocks(state.id), tools_folder=tools_folder)
     storage.agents.update(state.id, **fields)
     updated = storage.agents.by_id(state.user_id, state.id)
     if updated is None:

@@ -47,16 +47,20 @@ def _choose_existing(storage: Storage, user_id: str) -> str | None:
     return next(s.state.id for s in summaries if s.state.name == chosen)
 
 
-def _new_agent(config: Config, persona: str | None, human: str | None, model: str | None) -> NewAgent:
+def _new_agent(
+    config: Config, persona: str | None, human: str | None, model: str | None, context_window: int | None
+) -> NewAgent:
     from memgpt.agent.manager import NewAgent, default_agent_settings
+    from memgpt.config import memgpt_home
 
     chosen_model, window = default_agent_settings(config, model)
     return NewAgent(
         persona=persona or config.default_persona,
         human=human or config.default_human,
         model=chosen_model,
-        context_window=window,
+        context_window=context_window or window,
         embedding=embedding_model(config).space,
+        tools_folder=memgpt_home() / "tools",
     )
 
 
@@ -131,10 +135,10 @@ def run(
         storage.open_vectors_early(embedding_model(config).load_early)  # a turn embeds (recall)
         servers = stack.enter_context(chat_servers(storage, mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
-        new = _new_agent(config, persona, human, model)
+        new = _new_agent(config, persona, human, model, context_window)
         state, created = resolve_agent(storage, config.user_id, ref, new=new, model=model)
         if context_window is not None and context_window != state.context_window:
-            state = update_agent(storage, state, context_window=context_window)
+            state = update_agent(storage, state, context_window=context_window, tools_folder=new.tools_folder)
         if created:
             _created_banner(state)
         else:

@@ -46,12 +46,16 @@ def show(event: Event) -> None:
     elif isinstance(event, FunctionResult):
         if not event.ok:
             console.print(f"[red]⚡ {escape('[function]')} {escape(event.name)} failed: {escape(event.text)}[/]")
+    elif isinstance(event, SystemNotice) and event.failed:
+        err_console.print(f"error: {event.text}", markup=False)
     elif isinstance(event, SystemNotice):
         console.print(f"[bright_black]ℹ {escape(event.text)}[/]")
 
 
-def play(events: Iterator[Event]) -> None:
-    """Show events as they come, with a spinner while the agent waits for the LLM."""
+def play(events: Iterator[Event]) -> bool:
+    """Show events as they come, with a spinner while the agent waits for the LLM; whether the turn ended
+    without an answer for the user (the step limit, an empty reply)."""
+    failed = False
     while True:
         if interactive():
             with console.status("[bright_black]thinking...[/]", spinner="dots"):
@@ -59,7 +63,8 @@ def play(events: Iterator[Event]) -> None:
         else:
             event = next(events, None)
         if event is None:
-            return
+            return failed
+        failed = failed or (isinstance(event, SystemNotice) and event.failed)
         show(event)
 
 
@@ -111,7 +116,7 @@ class Chat:
         try:
             if text.startswith("/"):
                 return self.command(text)
-            play(self.agent.send(text))
+            self.play(self.agent.send(text))
         except ToolError as exc:
             self._failed(FAILED, f"{exc}")
         except UserError as exc:
@@ -125,6 +130,12 @@ class Chat:
     def _failed(self, code: int, line: str) -> None:
         err_console.print(line, markup=False)
         self.exit_code = max(self.exit_code, code)
+
+    def play(self, events: Iterator[Event]) -> None:
+        """Show a turn; one that ended without an answer for the user (its one line is on stderr) makes
+        `run --message` and piped lines exit 1."""
+        if play(events):
+            self.exit_code = max(self.exit_code, FAILED)
 
     # -- slash commands -------------------------------------------------------------------------
     def command(self, text: str) -> bool:
@@ -273,18 +284,18 @@ COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("/memory", "", "show core memory and memory statistics", Chat.memory),
     SlashCommand("/dump", "[N]", "show the last N messages (default 10)", Chat.dump),
     SlashCommand("/pop", "[N]", "delete the last N messages (default 3)", Chat.pop),
-    SlashCommand("/retry", "", "let the agent answer your last message again", lambda c, _: play(c.agent.retry())),
+    SlashCommand("/retry", "", "let the agent answer your last message again", lambda c, _: c.play(c.agent.retry())),
     SlashCommand("/rethink", "TEXT", "replace the agent's last inner thought", Chat.rethink),
     SlashCommand("/rewrite", "TEXT", "replace the agent's last reply", Chat.rewrite),
     SlashCommand(
         "/summarize",
         "",
         "summarize older messages out of the context window now",
-        lambda c, _: play(c.agent.summarize(force=True)),
+        lambda c, _: c.play(c.agent.summarize(force=True)),
     ),
-    SlashCommand("/heartbeat", "", "send the agent a heartbeat", lambda c, _: play(c.agent.user_heartbeat())),
+    SlashCommand("/heartbeat", "", "send the agent a heartbeat", lambda c, _: c.play(c.agent.user_heartbeat())),
     SlashCommand(
-        "/memorywarning", "", "send the agent a memory-pressure warning", lambda c, _: play(c.agent.memory_warning())
+        "/memorywarning", "", "send the agent a memory-pressure warning", lambda c, _: c.play(c.agent.memory_warning())
     ),
     SlashCommand("/save", "", "save (memgpt saves after every step anyway)", Chat.save),
     SlashCommand("/help", "", "show these commands", Chat.help),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -87,10 +88,17 @@ def _probe_dimensions(config: Config) -> int:
     """Ask the endpoint once; its answer is the dimension every collection of this model gets."""
     from memgpt.embeddings.openai import OpenAIEmbeddings
     from memgpt.errors import EmbeddingError
+    from memgpt.httppool import openai_headers
 
     settings = config.embedding
     try:
-        probe = OpenAIEmbeddings(settings.model, dimensions=1, endpoint=settings.endpoint, api_key=settings.api_key)
+        probe = OpenAIEmbeddings(
+            settings.model,
+            dimensions=1,
+            endpoint=settings.endpoint,
+            api_key=settings.api_key,
+            headers=openai_headers(os.environ),
+        )
         return len(probe.embed_batch(["dimension probe"])[0])
     except EmbeddingError as exc:
         raise ConfigError(f"{exc}; check the endpoint, or pass --embedding-dim to skip this check") from exc

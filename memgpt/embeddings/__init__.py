@@ -30,7 +30,10 @@ def _create(settings: EmbeddingSettings) -> EmbeddingModel:
                 "run `memgpt configure --embedding-provider local`"
             )
         return LocalMiniLM(batch_size=settings.batch_size)
+    import os
+
     from memgpt.embeddings.openai import OpenAIEmbeddings
+    from memgpt.httppool import openai_headers
 
     return OpenAIEmbeddings(
         settings.model,
@@ -39,4 +42,5 @@ def _create(settings: EmbeddingSettings) -> EmbeddingModel:
         api_key=settings.api_key,
         max_tokens=settings.max_tokens,
         batch_size=settings.batch_size,
+        headers=openai_headers(os.environ),
     )

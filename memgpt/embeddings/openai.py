@@ -8,7 +8,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -17,6 +17,7 @@ import numpy as np
 from memgpt import httppool
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import ConfigError, EmbeddingError
+from memgpt.replytext import body_detail, one_line
 from memgpt.tokens import encoding_for_model
 
 _OPENAI_ENDPOINT = "https://api.openai.com/v1"
@@ -49,7 +50,9 @@ class OpenAIEmbeddings(EmbeddingModel):
         api_key: str = "",
         max_tokens: int = 0,
         batch_size: int = 0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """``headers`` go with every request (OpenAI's organization and project)."""
         self.model_id = model
         self.dimensions = dimensions
         self.endpoint = endpoint.rstrip("/") or None
@@ -60,6 +63,7 @@ class OpenAIEmbeddings(EmbeddingModel):
         self.max_input_tokens = limit if self.endpoint is None else int(limit * _TOKEN_MARGIN)
         self.batch_size = batch_size or 128
         self._encoding = encoding_for_model(model)
+        self._headers = dict(headers or {})
 
     @property
     def where(self) -> str:
@@ -74,7 +78,7 @@ class OpenAIEmbeddings(EmbeddingModel):
         if self.model_id.startswith("text-embedding-3"):
             payload["dimensions"] = self.dimensions
         body = json.dumps(payload, ensure_ascii=False).encode()
-        key = {"authorization": f"Bearer {self._api_key or 'not-needed'}"}
+        key = {"authorization": f"Bearer {self._api_key or 'not-needed'}", **self._headers}
         http = httppool.client(self.endpoint or _OPENAI_ENDPOINT, key)
         for retry in range(self.max_retries + 1):
             try:
@@ -83,7 +87,7 @@ class OpenAIEmbeddings(EmbeddingModel):
                 )
             except httpx.HTTPError as exc:
                 if retry == self.max_retries or isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
-                    raise EmbeddingError(f"embedding endpoint {self.where} failed: {_first_line(str(exc))}") from exc
+                    raise EmbeddingError(f"embedding endpoint {self.where} failed: {one_line(exc)}") from exc
                 self.sleep(_pause(retry, None))
                 continue
             if response.status_code == 200:
@@ -91,7 +95,7 @@ class OpenAIEmbeddings(EmbeddingModel):
             status = response.status_code
             if (status not in _RETRIED and status < 500) or retry == self.max_retries:
                 raise EmbeddingError(
-                    f"embedding endpoint {self.where} answered {response.status_code}: {_detail(response.text)}"
+                    f"embedding endpoint {self.where} answered {response.status_code}: {body_detail(response.text)}"
                 )
             self.sleep(_pause(retry, response.headers.get("retry-after")))
         raise AssertionError("unreachable")  # the loop returns or raises
@@ -112,20 +116,6 @@ def _pause(retry: int, retry_after: str | None) -> float:
     return min(0.5 * 2**retry, 8.0) * (1 - 0.25 * random.random())
 
 
-def _detail(text: str) -> str:
-    """The message of an error reply (``{"error": {"message": ...}}`` or a bare text)."""
-    try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        body = None
-    error = body.get("error", body) if isinstance(body, dict) else None
-    if isinstance(error, dict) and error.get("message"):
-        return _first_line(str(error["message"]))
-    if isinstance(error, str) and error:
-        return _first_line(error)
-    return "an HTML page" if text.lstrip().startswith("<") else _first_line(text)
-
-
 def _vectors(text: str, expected: int, where: str) -> list[Vector]:
     """The reply's vectors in input order; anything else is one clear EmbeddingError."""
     try:
@@ -134,7 +124,7 @@ def _vectors(text: str, expected: int, where: str) -> list[Vector]:
         vectors = [_vector(item["embedding"]) for item in ordered]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise EmbeddingError(
-            f"embedding endpoint {where} sent a reply that is not a list of embeddings: {_first_line(text[:200])}"
+            f"embedding endpoint {where} sent a reply that is not a list of embeddings: {one_line(text, 200)}"
         ) from exc
     if len(vectors) != expected:
         raise EmbeddingError(f"embedding endpoint {where} sent {len(vectors)} embeddings for {expected} texts")
@@ -147,7 +137,3 @@ def _vector(embedding: object) -> Vector:
     if not isinstance(embedding, list):
         raise TypeError("not an embedding")
     return [float(x) for x in embedding]
-
-
-def _first_line(text: str) -> str:
-    return (text or "").strip().splitlines()[0] if text and text.strip() else "no details"

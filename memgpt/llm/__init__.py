@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from memgpt.config import LLMSettings
 from memgpt.errors import ConfigError
+from memgpt.httppool import openai_headers
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolSpec
 from memgpt.llm.presets import PRESETS
 
@@ -54,7 +55,9 @@ def resolve_llm(
     endpoint = endpoint or preset.endpoint
     api_key = settings.api_key or (env.get(preset.api_key_env, "") if preset.api_key_env else "")
     hosted = provider in ("openai", "anthropic", "azure", "groq", "openrouter")
-    if hosted and not api_key and endpoint == preset.endpoint:
+    # A hosted API at another endpoint may be a proxy that holds the key; Azure has no default endpoint and
+    # always wants one (an empty api-key header would only earn a 401 later).
+    if not api_key and (provider == "azure" or (hosted and endpoint == preset.endpoint)):
         raise ConfigError(NO_LLM if not settings.provider else f"{provider} needs an API key: set {preset.api_key_env}")
     if not endpoint:
         raise ConfigError(f"the {provider} provider needs an endpoint: `memgpt configure --llm-endpoint URL`")
@@ -69,12 +72,6 @@ def resolve_llm(
         settings.context_window or preset.context_window,
         settings.tool_choice or preset.tool_choice,
     )
-
-
-def _openai_headers(env: Mapping[str, str]) -> dict[str, str]:
-    """OpenAI's organization and project, from the variables the openai SDK reads."""
-    named = {"openai-organization": env.get("OPENAI_ORG_ID", ""), "openai-project": env.get("OPENAI_PROJECT_ID", "")}
-    return {header: value for header, value in named.items() if value}
 
 
 def create_llm(
@@ -108,7 +105,7 @@ def create_llm(
             timeout=timeout,
             deadline=settings.timeout_seconds,
             azure_api_version=settings.azure_api_version if resolved.provider == "azure" else "",
-            headers=_openai_headers(os.environ if env is None else env) if resolved.provider == "openai" else None,
+            headers=openai_headers(os.environ if env is None else env) if resolved.provider == "openai" else None,
         )
     if settings.function_calling == "json":
         from memgpt.llm.json_mode import JsonFunctionClient

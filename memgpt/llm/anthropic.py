@@ -9,7 +9,8 @@ from memgpt import httppool
 from memgpt.errors import LLMRetryableError
 from memgpt.llm.arguments import load_arguments, normalise_arguments
 from memgpt.llm.base import AUTO, ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
-from memgpt.llm.replies import count, error_in_body, json_body, one_line, post, response_error
+from memgpt.llm.replies import count, error_in_body, json_body, post, response_error
+from memgpt.replytext import one_line
 from memgpt.types import ToolCall
 
 API_VERSION = "2023-06-01"

@@ -17,7 +17,8 @@ from memgpt import httppool
 from memgpt.errors import LLMError, LLMRetryableError
 from memgpt.llm.arguments import normalise_arguments, unescape_text
 from memgpt.llm.base import AUTO, ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
-from memgpt.llm.replies import count, error_in_body, json_body, one_line, post, response_error
+from memgpt.llm.replies import count, error_in_body, json_body, post, response_error
+from memgpt.replytext import one_line
 from memgpt.types import ToolCall
 
 OPENAI_ENDPOINT = "https://api.openai.com/v1"

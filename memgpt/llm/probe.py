@@ -16,7 +16,8 @@ from memgpt.errors import LLMError
 from memgpt.llm import ResolvedLLM
 from memgpt.llm.anthropic import API_VERSION
 from memgpt.llm.presets import PRESETS
-from memgpt.llm.replies import error_detail, json_body, one_line, status_error
+from memgpt.llm.replies import json_body, status_error
+from memgpt.replytext import body_detail, one_line
 
 _WINDOW_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length", "max_input_tokens")
 _NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)", re.MULTILINE)
@@ -68,10 +69,7 @@ def _get(http: Any, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     except httpx.TransportError as exc:
         raise LLMError(f"cannot reach {url}: {one_line(exc)}") from exc
     if response.status_code != 200:
-        try:
-            detail = error_detail(response.json())
-        except ValueError:
-            detail = "an HTML page" if response.text.lstrip().startswith("<") else one_line(response.text, 120)
+        detail = body_detail(response.text, 120)
         if response.status_code == 404:
             raise LLMError(f"{url} answered 404 ({detail}): is the endpoint the API's base URL (often ending in /v1)?")
         raise LLMError(str(status_error(response.status_code, detail, url)))

@@ -8,11 +8,11 @@ can help: 429, 5xx, a truncated body), never a traceback.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError, LLMTimeoutError
+from memgpt.replytext import NO_DETAIL, body_detail, error_detail, looks_like_html, one_line
 
 if TYPE_CHECKING:
     import httpx
@@ -26,17 +26,6 @@ _OVERFLOW_HINTS = (
     "prompt is too long",
     "context window",
 )
-_SPACES = re.compile(r"\s+")
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """``text`` on one line, cut to ``limit`` characters."""
-    flat = _SPACES.sub(" ", str(text)).strip()
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def looks_like_html(text: str) -> bool:
-    return text.lstrip()[:1] == "<"
 
 
 def post(
@@ -90,19 +79,9 @@ def json_body(text: str, where: str) -> dict[str, Any]:
     return body
 
 
-def error_detail(error: object) -> str:
-    """The message inside an error object, which servers shape in several ways."""
-    if isinstance(error, dict):
-        message = error.get("message") or error.get("error") or error.get("detail")
-        if isinstance(message, dict | list):
-            return error_detail(message)
-        return one_line(message or error.get("type") or "no detail given")
-    return one_line(error) if error not in (None, "") else "no detail given"
-
-
 def status_error(status: int, detail: str, where: str, said: str = "") -> LLMError:
     """The error for an HTTP status (or an error code inside a 200) with the server's own detail."""
-    detail = one_line(detail) or "no detail given"
+    detail = one_line(detail) or NO_DETAIL
     said = said or f"answered {status}"
     if status == 429:
         return LLMRetryableError(f"{where} {said}: {detail}")
@@ -118,17 +97,8 @@ def status_error(status: int, detail: str, where: str, said: str = "") -> LLMErr
 
 
 def response_error(status: int, text: str, where: str) -> LLMError:
-    """The error for a reply with an HTTP error status, from its body: the error object's message when it
-    is JSON, else the text itself (or just "an HTML page")."""
-    try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        body = None
-    if isinstance(body, dict):
-        detail = error_detail(body.get("error", body))
-    else:
-        detail = "an HTML page" if looks_like_html(text) else one_line(text or "no detail given")
-    return status_error(status, detail, where)
+    """The error for a reply with an HTTP error status, from its body (``memgpt.replytext.body_detail``)."""
+    return status_error(status, body_detail(text), where)
 
 
 def error_in_body(error: object, where: str) -> LLMError:

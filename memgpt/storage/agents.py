@@ -384,6 +384,10 @@ class AgentStore:
     def delete(self, agent_id: str) -> None:
         """The agent with its blocks, messages, tags and attachments (sources and MCP servers themselves stay)."""
         with self._metadata.session() as s:
+            # The agents row first, as every writer takes it (``bump_agents``), and FOR UPDATE, which also waits
+            # for a turn that has added a message (its foreign key holds the row): a step committing meanwhile
+            # finishes first. Deleting its messages first had this wait on a step that waited on it.
+            s.execute(select(AgentRow.id).where(AgentRow.id == agent_id).with_for_update())
             for table in (StepEffectRow, MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))

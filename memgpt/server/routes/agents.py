@@ -145,6 +145,7 @@ def create_agent(body: AgentCreate, state: State, user: CurrentUser) -> AgentOut
         tags=body.tags or [],
         metadata=body.metadata,
         tools=tools,
+        tools_folder=state.home / "tools",
     )
     return _View(state, user.id)(created)
 
@@ -207,6 +208,7 @@ def update_agent(agent_id: str, body: AgentUpdate, state: State, user: CurrentUs
         tags=body.tags,
         metadata=body.metadata,
         tools=_tool_names(state, None, body.tool_ids),
+        tools_folder=state.home / "tools",
     )
     return _View(state, user.id)(updated)
 

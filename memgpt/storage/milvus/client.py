@@ -204,11 +204,36 @@ def import_client_modules() -> None:
     """
     import importlib
 
+    _import_pymilvus()
     # gRPC imports these when the first channel is made; tests/test_background_open.py checks the list.
     modules = ["pymilvus", "pymilvus.exceptions", "grpc._channel", "grpc._interceptor", "grpc._simple_stubs"]
     modules += ["grpc.experimental"]
     for name in modules:
         importlib.import_module(name)
+
+
+def _import_pymilvus() -> None:
+    """Import pymilvus without the ``load_dotenv()`` its settings module runs: that would put the variables of
+    a ``.env`` file (in the working folder when run from a REPL, a notebook or a debugger, else in any folder
+    above the installed package) into this process's environment, where memgpt would take, say, its
+    OPENAI_API_KEY for the user's. python-dotenv's own switch is set just for the import."""
+    import importlib
+    import sys
+
+    if "pymilvus" in sys.modules:
+        return
+    chosen = os.environ.get(_NO_DOTENV)
+    os.environ[_NO_DOTENV] = "1"
+    try:
+        importlib.import_module("pymilvus")
+    finally:
+        if chosen is None:
+            os.environ.pop(_NO_DOTENV, None)
+        else:
+            os.environ[_NO_DOTENV] = chosen
+
+
+_NO_DOTENV = "PYTHON_DOTENV_DISABLED"  # python-dotenv >= 1.2
 
 
 def start_lite(target: MilvusTarget) -> LiteStart | None:

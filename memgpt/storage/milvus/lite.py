@@ -6,6 +6,10 @@ command that opens Milvus Lite. So the server binary that the package ships is f
 package, started as its own ``milvus_lite.server.Server`` starts it (the same arguments, lock file and
 library path), and pymilvus is given the server's socket (``unix:...``), so it does not import milvus-lite
 either. The server stops by itself when the lock file is let go, even if this process dies.
+
+A killed process leaves its server's socket file behind (the server does not remove it). So each file's server
+listens on a socket named after the file's path, and the next start, holding the file's lock, removes the one
+a killed process left once nothing listens on it: at most one such file per database, never piling up in /tmp.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import atexit
 import contextlib
 import fcntl
 import functools
+import hashlib
 import importlib.util
+import logging
 import os
+import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -25,6 +33,8 @@ from typing import IO
 
 from memgpt.config import display_path
 from memgpt.errors import StorageError, StorageLockedError
+
+logger = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.01
 LITE_STALL_SECONDS = 30.0  # a starting process that used no CPU this long is stopped or stuck
@@ -53,8 +63,10 @@ class LiteServer:
 
     def __init__(self, db_file: Path) -> None:
         self.db_file = db_file.absolute().resolve()
-        # Where milvus-lite puts it: a Unix socket path must stay short (108 bytes), so not beside the file.
-        self.socket = Path(f"{tempfile.mktemp()}_{self.db_file.name}.sock")
+        # In the temporary folder, as milvus-lite puts it: a Unix socket path must stay short (108 bytes), so not
+        # beside the file. Named after the file's path, so that the next start finds one a killed process left.
+        digest = hashlib.sha256(str(self.db_file).encode()).hexdigest()[:12]
+        self.socket = Path(tempfile.gettempdir()) / f"memgpt-{os.getuid()}-{digest}_{self.db_file.name}.sock"
         self.lock_path = self.db_file.parent / f".{self.db_file.name}.lock"
         self._lock: IO[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -67,6 +79,7 @@ class LiteServer:
         """Start the process and wait (up to ``timeout``) until it listens; raises if it cannot start."""
         binaries = binary_dir()
         self._lock = self._take_lock()
+        self._clear_stale_socket()
         environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
         library_path = f"{binaries}:{os.environ.get('LD_LIBRARY_PATH', '')}"
         environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path)
@@ -100,6 +113,22 @@ class LiteServer:
                         f"another program is using {display_path(self.db_file)} — close it or use a Milvus server"
                     ) from exc
             time.sleep(_POLL_SECONDS)
+
+    def _clear_stale_socket(self) -> None:
+        """Remove the socket a killed process's server left at this file's socket path. Called holding the file's
+        lock, so no other memgpt is starting a server for it; one that still listens there (the server of a
+        killed process that has not yet seen its lock let go) is left alone, and this server gets a name of its
+        own, as is anything at the path that is not this user's socket."""
+        try:
+            found = self.socket.lstat()
+        except FileNotFoundError:
+            return
+        if stat.S_ISSOCK(found.st_mode) and found.st_uid == os.getuid() and not _listening(self.socket):
+            with contextlib.suppress(FileNotFoundError):
+                self.socket.unlink()
+            logger.info("removed %s, left by a process that was killed", self.socket)
+        else:
+            self.socket = Path(f"{tempfile.mktemp()}_{self.db_file.name}.sock")
 
     def _wait_listening(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         """Until the socket exists, while the process is alive and making progress: on a loaded machine (load
@@ -151,6 +180,19 @@ class LiteServer:
         for path in (self.socket, self.lock_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _listening(path: Path) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path`` (anything but a refusal counts)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+        return True
 
 
 def _cpu_ticks(pid: int) -> tuple[int, str] | None:
