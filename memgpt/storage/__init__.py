@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memgpt.config import Config
+from memgpt.errors import StorageError
 from memgpt.types import EmbeddingSpace
 
 if TYPE_CHECKING:
@@ -75,8 +76,15 @@ class Storage:
         self._vectors: MilvusConnection | None = None
         self._opening: OpeningConnection | None = None
         self._lock = threading.Lock()
+        self._early_error: StorageError | None = None
         if vectors_early is not None:
-            self.open_vectors_early(meanwhile, vectors_early)
+            try:
+                self.open_vectors_early(meanwhile, vectors_early)
+            except StorageError as exc:
+                # A Milvus Lite file that is read-only or another process holds: said where Milvus is first
+                # used, as without opening it early, so the SQL stores' own errors and the command's checks
+                # (a source that does not exist) still come first.
+                self._early_error = exc
         try:
             from memgpt.storage.files import FileStore
             from memgpt.storage.marks import PassageMarks
@@ -161,6 +169,9 @@ class Storage:
     @property
     def vectors(self) -> MilvusConnection:
         with self._lock:
+            if self._early_error is not None:
+                error, self._early_error = self._early_error, None
+                raise error
             if self._vectors is None:
                 if self._opening is not None:
                     # A Ctrl-C while waiting leaves the opening for close() to discard.
