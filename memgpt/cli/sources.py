@@ -215,8 +215,9 @@ def search(
     """Search a data source by meaning and print the best passages."""
     from memgpt.data.sources import get_source, search_source
 
-    # Milvus opens from the start, so that it overlaps SQLAlchemy's import and the source's lookup (a wrong
-    # name is still told in one line, at the cost of Milvus's start).
+    # Milvus opens from the start, so that it overlaps SQLAlchemy's import and the source's lookup. A wrong
+    # name is still told in one line (at the cost of Milvus's start), after a Milvus Lite file that another
+    # process holds, if that is the case.
     with open_storage(vectors=True) as (storage, config):
         found = get_source(storage, config.user_id, source)
         model = embedding_model(config)

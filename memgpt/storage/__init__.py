@@ -76,15 +76,14 @@ class Storage:
         self._vectors: MilvusConnection | None = None
         self._opening: OpeningConnection | None = None
         self._lock = threading.Lock()
-        self._early_error: StorageError | None = None
+        early_error: StorageError | None = None
         if vectors_early is not None:
             try:
                 self.open_vectors_early(meanwhile, vectors_early)
             except StorageError as exc:
-                # A Milvus Lite file that is read-only or another process holds: said where Milvus is first
-                # used, as without opening it early, so the SQL stores' own errors and the command's checks
-                # (a source that does not exist) still come first.
-                self._early_error = exc
+                # A Milvus Lite file that is read-only or another process holds: said once the SQL stores are
+                # open, so that their own errors (a read-only home) still come first.
+                early_error = exc
         try:
             from memgpt.storage.files import FileStore
             from memgpt.storage.marks import PassageMarks
@@ -96,6 +95,9 @@ class Storage:
             raise
         self.files: FileStore = FileStore(self.metadata)
         self.marks: PassageMarks = PassageMarks(self.metadata)
+        if early_error is not None:
+            self.metadata.close()
+            raise early_error
         self._agent_stores: _AgentStores | None = None  # the stores below are made on first use
         self._templates: TemplateStore | None = None
         self._users: UserStore | None = None
@@ -169,9 +171,6 @@ class Storage:
     @property
     def vectors(self) -> MilvusConnection:
         with self._lock:
-            if self._early_error is not None:
-                error, self._early_error = self._early_error, None
-                raise error
             if self._vectors is None:
                 if self._opening is not None:
                     # A Ctrl-C while waiting leaves the opening for close() to discard.
