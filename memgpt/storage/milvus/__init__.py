@@ -156,9 +156,14 @@ class OpeningConnection:
 
     def _open(self) -> None:
         try:
-            self._connection = MilvusConnection(self.target, self._starting)
-            if self._warm is not None:
-                self._connection.warm(self._warm)
+            connection = MilvusConnection(self.target, self._starting)
+            try:
+                if self._warm is not None:
+                    connection.warm(self._warm)
+            except BaseException:
+                connection.close()  # wait() raises what happened: nobody else would close it
+                raise
+            self._connection = connection
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
             self._error = exc
         finally:
