@@ -1,9 +1,12 @@
-"""The work inside `memgpt load` and `memgpt search`, measured warm in one process (see startup_bench.py).
+"""The work inside `memgpt load`, `memgpt search` and `memgpt run --message`, measured warm in one process
+(see startup_bench.py).
 
-Prints one JSON line: {"load": s, "search": s}, medians of 3 ("load" left out with a third argument,
-"search-only"). The model is loaded, Milvus Lite is open
-and the collection exists before anything is timed: what is left is what a command cannot skip.
-Runs against whichever memgpt package is first on PYTHONPATH.
+Prints one JSON line: {"load": s, "search": s, "step": s}, medians of 3 ("load" left out with a third
+argument, "search-only"). The model is loaded, Milvus Lite is open and the collection exists before
+anything is timed: what is left is what a command cannot skip. "step" is one turn of `run --message` on an
+agent already open (an agent named "bench", created first): the message sent, the prompt built, one call to
+the LLM at OPENAI_BASE_URL (the bench's scripted server, which answers at once), the step stored and the
+turn's messages indexed in recall. Runs against whichever memgpt package is first on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -51,8 +54,34 @@ def main() -> None:
             began = time.perf_counter()
             search_source(storage, source, model, query, k=5)
             searches.append(time.perf_counter() - began)
+        steps = turns(storage, config, model)
     found = {"load": statistics.median(loads)} if loads else {}
-    print(json.dumps({**found, "search": statistics.median(searches)}))
+    print(json.dumps({**found, "search": statistics.median(searches), "step": statistics.median(steps)}))
+
+
+def turns(storage: Storage, config: Config, model: LocalMiniLM) -> list[float]:
+    """Three timed turns (after one untimed) of an open agent, each until its messages are indexed, as
+    `memgpt run --message` waits for them before it exits."""
+    from memgpt.agent.manager import NewAgent, default_agent_settings, open_agent, resolve_agent
+    from memgpt.llm import create_llm
+
+    llm_model, window = default_agent_settings(config, None)
+    new = NewAgent(config.default_persona, config.default_human, llm_model, window, model.space)
+    state, _ = resolve_agent(storage, config.user_id, "bench", new=new)
+    llm = create_llm(config.llm, model=state.llm_model, context_window=state.context_window)
+    agent, _ = open_agent(storage, state, llm=llm, embedding=model)
+    took: list[float] = []
+    try:
+        for attempt in range(4):
+            began = time.perf_counter()
+            for _ in agent.send("hello"):
+                pass
+            agent.recall.wait_indexed()
+            if attempt:
+                took.append(time.perf_counter() - began)
+    finally:
+        agent.close()
+    return took
 
 
 if __name__ == "__main__":

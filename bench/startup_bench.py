@@ -10,8 +10,9 @@ answers at once, so its time is memgpt's own.
 
 The work a command cannot avoid is measured in one warm process (bench/_startup_work.py): parsing,
 chunking, embedding and inserting the paper for `load`; embedding the query and searching for
-`search`. "start-up" is the whole command's median minus that work: imports, opening SQLite and Milvus
-Lite, loading the embedding model, and whatever else a new process pays.
+`search`; for `run --message`, the turn on an open agent (the prompt, the scripted LLM's answer, the step
+stored, its messages indexed in recall). "start-up" is the whole command's median minus that work: imports,
+opening SQLite and Milvus Lite, loading the embedding model, and whatever else a new process pays.
 
 `--tree PATH` measures the memgpt package found in PATH (e.g. an older checkout exported with
 `git archive`); given twice, the two take turns run by run, for a before/after table. The parts table
@@ -108,13 +109,13 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def work(tree: Path, scratch: Path, *, with_load: bool) -> dict[str, float]:
+def work(runner: Runner, *, with_load: bool) -> dict[str, float]:
     """The unavoidable work, measured warm in one process of the tree under test."""
     extra = [] if with_load else ["search-only"]
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "_startup_work.py"), str(PAPER), QUERY, *extra],
-        env={**os.environ, "PYTHONPATH": str(tree), "MEMGPT_HOME": str(scratch / "work-home")},
-        cwd=scratch,
+        env={**runner.env, "MEMGPT_HOME": str(runner.scratch / "work-home")},
+        cwd=runner.scratch,
         capture_output=True,
         text=True,
         check=True,
@@ -177,7 +178,9 @@ def main() -> None:
     args = parser.parse_args()
     trees: list[tuple[str, Path]] = args.tree or [("memgpt", ROOT)]
     llm = ScriptedLLM()
-    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(len(trees) * (args.runs + 5))))
+    # A reply for each run of `run --message`, the home's first turn and the four turns of the work.
+    replies = len(trees) * (args.runs + 9)
+    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(replies)))
     with tempfile.TemporaryDirectory() as tmp:
         plans: list[tuple[str, Runner, list[Command], dict[str, float]]] = []
         for index, (label, tree) in enumerate(trees):
@@ -193,7 +196,7 @@ def main() -> None:
                 for _label, runner, timed, _work in plans:
                     runner.time(timed[position])
         for _label, runner, _timed, measured in plans:
-            measured.update(work(runner.tree, runner.scratch, with_load=not args.skip_load))
+            measured.update(work(runner, with_load=not args.skip_load))
         pieces = parts(plans[-1][1], args.runs)
     llm.close()
 

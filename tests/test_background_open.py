@@ -46,6 +46,30 @@ def test_the_background_connection_is_the_one_used_and_closing_releases_it(home:
     holder.wait()
 
 
+def test_storage_for_a_space_loads_its_collection_while_the_sql_stores_open(home: Path) -> None:
+    """``Storage(vectors_early=space)`` (what `search` and `load` open) starts Milvus first and the connecting
+    thread loads the space's collection, which Milvus Lite does not do when it starts; a space without a
+    collection gets none from it (creating one is left to opening its store)."""
+    from memgpt.storage.milvus import collection_name
+
+    with Storage(load_config(home), home) as storage:
+        storage.passages(SPACE).upsert([Passage(id="p1", text="hello", embedding=[1.0, 0, 0, 0], user_id=USER)])
+    other = EmbeddingSpace("other-model", 4)
+    storage = Storage(load_config(home), home, vectors_early=SPACE)
+    try:
+        client = storage.vectors.client  # waits for the connecting thread
+        assert client.get_load_state(collection_name(SPACE))["state"].name == "Loaded"  # before any store opened
+        assert storage.passages(SPACE).count() == 1
+    finally:
+        storage.close()
+    storage = Storage(load_config(home), home, vectors_early=other)
+    try:
+        assert collection_name(other) not in storage.vectors.ping()
+    finally:
+        storage.close()
+    assert lite_servers() == []
+
+
 def test_closing_while_the_connection_is_still_opening_releases_everything(home: Path) -> None:
     for _ in range(3):
         storage = Storage(load_config(home), home)

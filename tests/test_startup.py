@@ -80,11 +80,21 @@ pool = ThreadPoolExecutor(1)
 pool.submit(print, "pool used", flush=True).result()
 
 atexit.register(lambda: print("atexit ran", flush=True))
-late = threading.Thread(target=lambda: (time.sleep(0.5), sys.stdout.write("thread ended\\n")))
+import memgpt.cli
+
+# The thread ends after the command: it waits for the command to return, however long a loaded machine takes.
+returned = threading.Event()
+command = memgpt.cli.main
+def main():
+    try:
+        command()
+    finally:
+        returned.set()
+memgpt.cli.main = main
+late = threading.Thread(target=lambda: (returned.wait(), time.sleep(0.5), sys.stdout.write("thread ended\\n")))
 late.start()
-from memgpt.cli import executable
 sys.argv = ["memgpt", *sys.argv[1:]]
-executable()
+memgpt.cli.executable()
 """
 
 

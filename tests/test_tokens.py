@@ -44,3 +44,49 @@ def test_threads_seeding_an_empty_cache_at_once_all_get_the_encoding(
             thread.join(60)
         assert not errors, errors
         assert len(list((tmp_path / f"cache{attempt}").iterdir())) == 1  # the file, no temporary one left
+
+
+SAMPLE = "MemGPT's window: 8,192 tokens — naïve façade, 東京, emoji 🙂, code `x += 1`\n\n<|endoftext|> as text."
+
+
+def test_a_decoded_encoding_is_kept_and_counts_as_tiktoken_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second process reads the decoded vocabulary (no base64 lines decoded again); tokens are identical."""
+    import tiktoken
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    encoding.cache_clear()
+    try:
+        first = encoding("o200k_base")
+        reference = tiktoken.get_encoding("o200k_base")  # tiktoken's own, from the file memgpt seeded
+        kept = list((tmp_path / "cache").glob("o200k_base.*.marshal"))
+        assert len(kept) == 1
+        encoding.cache_clear()
+        monkeypatch.setattr(
+            "tiktoken_ext.openai_public.load_tiktoken_bpe", lambda *a, **k: pytest.fail("decoded the file again")
+        )
+        second = encoding("o200k_base")
+        assert second is not first
+        for found in (first, second):
+            assert found.encode(SAMPLE, disallowed_special=()) == reference.encode(SAMPLE, disallowed_special=())
+            assert found.n_vocab == reference.n_vocab
+            assert found.special_tokens_set == reference.special_tokens_set
+    finally:
+        encoding.cache_clear()
+
+
+def test_a_damaged_decoded_encoding_is_decoded_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    encoding.cache_clear()
+    try:
+        reference = encoding("cl100k_base").encode(SAMPLE, disallowed_special=())
+        (kept,) = (tmp_path / "cache").glob("cl100k_base.*.marshal")
+        whole = kept.read_bytes()
+        for damaged in (whole[: len(whole) // 2], b"", b"\x00not marshal"):
+            kept.write_bytes(damaged)
+            encoding.cache_clear()
+            assert encoding("cl100k_base").encode(SAMPLE, disallowed_special=()) == reference
+            assert kept.read_bytes() == whole  # replaced by a good one
+    finally:
+        encoding.cache_clear()

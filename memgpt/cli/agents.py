@@ -132,7 +132,8 @@ def run(
 
     with open_storage() as (storage, config), ExitStack() as stack:
         resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
-        storage.open_vectors_early(embedding_model(config).load_early)  # a turn embeds (recall)
+        recall = embedding_model(config)  # a turn embeds (recall)
+        storage.open_vectors_early(recall.load_early, recall.space)
         servers = stack.enter_context(chat_servers(storage, mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model, context_window)

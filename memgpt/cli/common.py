@@ -41,13 +41,19 @@ def home_and_config() -> tuple[Path, Config]:
 
 
 @contextmanager
-def open_storage() -> Iterator[tuple[Storage, Config]]:
-    """The home's storage. A command that will use Milvus calls ``storage.open_vectors_early()`` once its
-    input is checked: Milvus then opens while the command loads the embedding model and reads files."""
+def open_storage(*, vectors: bool = False) -> Iterator[tuple[Storage, Config]]:
+    """The home's storage. A command that will use Milvus either passes ``vectors=True`` (once its input is
+    checked), and Milvus and the configured embedding model start loading before anything else, SQLAlchemy
+    included; or calls ``storage.open_vectors_early()`` later. Either way Milvus then opens while the
+    command goes on with its imports, its SQL and reading files."""
     from memgpt.storage import Storage
 
     home, config = home_and_config()
-    storage = Storage(config, home)
+    if vectors:
+        model = embedding_model(config)
+        storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early)
+    else:
+        storage = Storage(config, home)
     try:
         yield storage, config
     finally:

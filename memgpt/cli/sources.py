@@ -108,9 +108,8 @@ def load_directory(
     paths = collect_files(input_files or [], input_dir, recursive=recursive, extensions=wanted)
     if not paths:
         raise UserError(f"no supported files found in {input_dir}")
-    with open_storage() as (storage, config):
+    with open_storage(vectors=True) as (storage, config):
         model = embedding_model(config)
-        storage.open_vectors_early(model.load_early)  # the model's session is built while pymilvus is imported
         with _progress() as progress:
             loader = SourceLoader(
                 storage,
@@ -216,10 +215,12 @@ def search(
     """Search a data source by meaning and print the best passages."""
     from memgpt.data.sources import get_source, search_source
 
-    with open_storage() as (storage, config):
-        found = get_source(storage, config.user_id, source)  # a wrong name fails before Milvus opens
+    # Milvus opens from the start, so that it overlaps SQLAlchemy's import and the source's lookup. A wrong
+    # name is still told in one line (at the cost of Milvus's start), after a Milvus Lite file that another
+    # process holds, if that is the case.
+    with open_storage(vectors=True) as (storage, config):
+        found = get_source(storage, config.user_id, source)
         model = embedding_model(config)
-        storage.open_vectors_early(model.load_early)
         hits = search_source(storage, found, model, query, k=k)
     if as_json:
         rows = [

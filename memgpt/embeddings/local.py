@@ -192,6 +192,10 @@ class LocalMiniLM(EmbeddingModel):
         within ``batch_tokens`` (a text longer than that goes alone)."""
         if not self.batch_tokens:
             return super().batches(texts)
+        if len(texts) == 1:
+            # One text (a query, a chat message) is one batch whatever its length: counting it would load
+            # the counting tokenizer, ~30 ms of a `memgpt search` that embeds nothing else.
+            return [[0]]
         lengths = [min(self.count_tokens(text) + 2, MAX_SEQUENCE) for text in texts]  # + [CLS] and [SEP]
         found: list[list[int]] = []
         batch: list[int] = []

@@ -118,12 +118,9 @@ class MilvusPassageStore(PassageStore):
     def _open(self, capabilities: Capabilities) -> bool:
         """Create or check the collection (upgrading earlier-schema ones); returns whether it has BM25."""
         with milvus_errors(f"open collection {self.collection}"):
-            exists = self._client.has_collection(self.collection)
-            legacy = [
-                name
-                for name in schema.legacy_collection_names(self.space)
-                if self._client.has_collection(name)
-            ]
+            names = set(self._client.list_collections())  # one round trip, not one per name asked about
+        exists = self.collection in names
+        legacy = [name for name in schema.legacy_collection_names(self.space) if name in names]
         versions = {}
         for name in legacy:  # checked before anything is created, so a foreign collection changes nothing
             old = schema.read_layout(self._client, name)
