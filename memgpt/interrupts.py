@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,3 +34,23 @@ def interrupts_held() -> Iterator[HeldInterrupts]:
     finally:
         # None: the handler was installed outside Python; Python's own is the sane thing to restore.
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def keep_lost_interrupts() -> None:
+    """Python loses a Ctrl-C whose KeyboardInterrupt is raised inside a finaliser (a ``__del__`` or a weakref
+    callback, as SQLAlchemy's are): it prints "Exception ignored in ..." and goes on as if the key was never
+    pressed (a load interrupted that way ran to its end and exited 0). Such an interrupt is delivered to the
+    main thread again, where it ends the command (or is recorded by :func:`interrupts_held`) as any other."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # As if SIGINT arrived again, from another thread once this hook has returned (raised in the hook,
+            # it would be lost the same way); in another finaliser it comes back here and goes round again.
+            again = threading.Timer(0.01, _thread.interrupt_main)
+            again.daemon = True
+            again.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

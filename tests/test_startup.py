@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DATA, REPO
 
 # Runs the `memgpt` command of the remaining arguments and writes the modules it imported to argv[1].
@@ -124,3 +126,43 @@ def test_the_executable_ends_as_python_would_without_its_teardown(home: Path) ->
     assert failed.stdout.rstrip().endswith("thread ended\natexit ran"), failed.stdout[-300:]
     unknown = run("no-such-command")
     assert unknown.returncode == 2, unknown.stderr[-2000:]
+
+
+# A Ctrl-C that arrives while a finaliser runs (SQLAlchemy's weakref callbacks run often during a load).
+LOST_INTERRUPT = """
+import os, signal, time
+from memgpt.interrupts import keep_lost_interrupts
+if os.environ.get("KEEP") == "1":
+    keep_lost_interrupts()
+
+class Finalised:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # KeyboardInterrupt is raised here, inside the finaliser
+
+item = Finalised()
+del item
+try:
+    for _ in range(100):
+        time.sleep(0.01)
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("keep", ["0", "1"])
+def test_a_ctrl_c_raised_inside_a_finaliser_is_not_lost(keep: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LOST_INTERRUPT],
+        env={**os.environ, "KEEP": keep},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if keep == "1":
+        assert done.stdout.strip() == "interrupted", done.stdout + done.stderr
+        assert "Exception ignored" not in done.stderr
+    else:  # what Python does alone: the interrupt is printed and lost
+        assert done.stdout.strip() == "went on", done.stdout + done.stderr

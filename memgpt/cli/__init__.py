@@ -13,6 +13,9 @@ from typing import NoReturn
 def main() -> None:
     """The `memgpt` executable. The command modules are imported here, so that a Ctrl-C while they
     load (most of a second) ends as cleanly as one during a command."""
+    from memgpt.interrupts import keep_lost_interrupts
+
+    keep_lost_interrupts()
     try:
         from memgpt.cli.app import main as run
     except KeyboardInterrupt:
