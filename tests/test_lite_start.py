@@ -164,3 +164,36 @@ def _open_and_close(db_file: Path) -> None:
     finally:
         connection.close()
         lite.servers.stop(db_file)
+
+
+# The stand-in on a machine too loaded to give it CPU: pinned to one CPU with the idle scheduling class beside a
+# busy process of normal priority, it waits to run (state R) while its used CPU time barely moves; once the
+# competitor ends it uses CPU_SECONDS and becomes the real Milvus Lite.
+STARVED = """#!{python}
+import os, subprocess, sys, time
+busy = "import os, time\\nos.sched_setaffinity(0, {{0}})\\nend = time.monotonic() + {starve}\\n"
+competitor = subprocess.Popen([sys.executable, "-c", busy + "while time.monotonic() < end: pass"])
+os.sched_setaffinity(0, {{0}})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while time.process_time() < 0.2:
+    pass
+competitor.wait()
+os.environ["LD_LIBRARY_PATH"] = {lib!r}
+os.execv({lib!r} + "/milvus", [{lib!r} + "/milvus", *sys.argv[1:]])
+"""
+
+
+def test_a_start_starved_of_cpu_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "milvus"
+    script.write_text(STARVED.format(python=sys.executable, starve=8.0, lib=str(REAL_BIN)))
+    script.chmod(0o755)
+    monkeypatch.setenv("BIN_PATH", str(folder))
+    monkeypatch.setattr(lite, "LITE_STALL_SECONDS", 2.0)
+    lite.binary_dir.cache_clear()
+    connection = MilvusConnection(MilvusTarget(str(tmp_path / "data" / "milvus.db")))
+    try:
+        assert connection.ping() == []
+    finally:
+        connection.close()

@@ -150,6 +150,8 @@ class LiteServer:
             found = _cpu_ticks(process.pid)
             if found is not None and (found[0] != ticks or found[1] == "D"):  # D: waiting on the disk, not stuck
                 ticks, changed = found[0], now
+            if found is not None and now - changed >= LITE_STALL_SECONDS and _runnable(process.pid):
+                changed = now  # starved of CPU by a loaded machine, not stuck
             problem = None
             if found is not None and now - changed >= LITE_STALL_SECONDS:
                 how = "is stopped and has" if found[1] in "Tt" else "has"
@@ -204,6 +206,23 @@ def _cpu_ticks(pid: int) -> tuple[int, str] | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
     return sum(int(value) for value in fields[11:15]), fields[0]
+
+
+def _runnable(pid: int) -> bool:
+    """Whether a thread of the process waits only for a CPU (R) or the disk (D): on a loaded machine a process
+    may get too little CPU for its used time to move at all, without being stopped or stuck."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if stat[stat.rindex(")") + 2 :][:1] in ("R", "D"):
+            return True
+    return False
 
 
 class _Servers:
