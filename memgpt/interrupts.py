@@ -49,8 +49,11 @@ def keep_lost_interrupts() -> None:
             # it would be lost the same way); in another finaliser it comes back here and goes round again.
             again = threading.Timer(0.01, _thread.interrupt_main)
             again.daemon = True
-            again.start()
-            return
+            try:
+                again.start()
+                return
+            except RuntimeError:  # the interpreter is ending: no new thread; say it as Python would
+                pass
         previous(unraisable)
 
     sys.unraisablehook = hook

@@ -217,8 +217,9 @@ def test_a_lease_of_a_live_process_is_kept_and_taken_at_once_after_kill_9(storag
 
 
 def test_a_lease_left_by_an_earlier_process_with_this_pid_is_taken_at_once(storage: Storage) -> None:
-    """A restarted container runs the server with the pid its killed predecessor had (pid 1, often): that
-    predecessor's lease is not this process's, though the pid is the same."""
+    """A server restarted in the same pid namespace may get the pid its killed predecessor had (pids wrap
+    around): that predecessor's lease is not this process's, though the pid is the same. (A container restarted
+    gets a new pid namespace, so its predecessor's leases count as another host's and expire.)"""
     mine = new_owner()
     host, pid, *_ = mine.split(":")
     far = datetime(2999, 1, 1, tzinfo=UTC)

@@ -171,9 +171,9 @@ def _open_and_close(db_file: Path) -> None:
 # competitor ends it uses CPU_SECONDS and becomes the real Milvus Lite.
 STARVED = """#!{python}
 import os, subprocess, sys, time
-busy = "import os, time\\nos.sched_setaffinity(0, {{0}})\\nend = time.monotonic() + {starve}\\n"
+busy = "import os, time\\nos.sched_setaffinity(0, {{{cpu}}})\\nend = time.monotonic() + {starve}\\n"
 competitor = subprocess.Popen([sys.executable, "-c", busy + "while time.monotonic() < end: pass"])
-os.sched_setaffinity(0, {{0}})
+os.sched_setaffinity(0, {{{cpu}}})
 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 while time.process_time() < 0.2:
     pass
@@ -187,7 +187,8 @@ def test_a_start_starved_of_cpu_is_waited_for(tmp_path: Path, monkeypatch: pytes
     folder = tmp_path / "bin"
     folder.mkdir()
     script = folder / "milvus"
-    script.write_text(STARVED.format(python=sys.executable, starve=8.0, lib=str(REAL_BIN)))
+    cpu = min(os.sched_getaffinity(0))  # one this process may run on (a container's cpuset may leave out 0)
+    script.write_text(STARVED.format(python=sys.executable, starve=8.0, lib=str(REAL_BIN), cpu=cpu))
     script.chmod(0o755)
     monkeypatch.setenv("BIN_PATH", str(folder))
     monkeypatch.setattr(lite, "LITE_STALL_SECONDS", 2.0)

@@ -143,7 +143,7 @@ class Finalised:
 item = Finalised()
 del item
 try:
-    for _ in range(100):
+    for _ in range(300):  # the interrupt comes again from a thread 10 ms after the finaliser: up to 3 s here
         time.sleep(0.01)
     print("went on")
 except KeyboardInterrupt:

@@ -206,7 +206,7 @@ class Agent:
 
     def close(self, *, wait: bool = True) -> None:
         """Let recall indexing of the last messages finish (bounded; the rest is indexed at the next open);
-        ``wait=False``: only where another process may index the agent next (``RecallMemory.close``)."""
+        ``wait=False``: wait only where another process may index the agent next (``RecallMemory.close``)."""
         self.recall.close(wait=wait)
 
     def __enter__(self) -> Agent:

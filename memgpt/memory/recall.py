@@ -459,9 +459,9 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
 def _unindexed(
     recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack
 ) -> list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]]:
-    """The pass's messages: up to ``limit`` unindexed ones over ``recalls`` in order, read in one transaction
-    per database, each agent's under its writing lock (held until the pass ends). Agents left with none are
-    finished; those the limit did not reach go round again."""
+    """The pass's messages: up to ``limit`` unindexed ones over ``recalls`` in order, read in one call per
+    database (a transaction per agent), each agent's under its writing lock (held until the pass ends). Agents
+    left with none are finished; those the limit did not reach go round again."""
     by_messages: dict[int, list[tuple[RecallMemory, RecallIndex]]] = {}
     for recall in recalls:
         if recall._index is None:  # nothing to index for it

@@ -266,9 +266,9 @@ class MessageStore:
     def unindexed_of(
         self, agent_ids: Sequence[str], limit: int
     ) -> dict[str, list[tuple[Message, Message | None]]]:
-        """``unindexed_with_previous`` of several agents in one transaction (the recall indexer's pass over every
-        agent with new messages): up to ``limit`` messages in all, taken in the agents' order; agents the
-        limit did not reach are left out."""
+        """``unindexed_with_previous`` of several agents, each in a transaction of its own (the recall indexer's
+        pass over every agent with new messages): up to ``limit`` messages in all, taken in the agents' order;
+        agents the limit did not reach are left out."""
         found: dict[str, list[tuple[Message, Message | None]]] = {}
         for agent_id in agent_ids:
             if limit <= 0:

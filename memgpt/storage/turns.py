@@ -175,7 +175,7 @@ def _read_start(pid: int) -> str:
 
 def _alive(pid: int, started: str | None) -> bool:
     """Whether the process ``pid`` that started at ``started`` (None: unknown) still runs."""
-    if pid == os.getpid():  # this process, or one that had its pid before (a restarted container's pid 1)
+    if pid == os.getpid():  # this process, or one that had its pid before (pids wrap around)
         return started == _started(pid)
     try:
         os.kill(pid, 0)

@@ -252,13 +252,14 @@ class LiteStart(threading.Thread):
     def __init__(self, db_file: Path) -> None:
         super().__init__(name="milvus-lite-start", daemon=True)
         self.db_file = db_file
+        self._environ = dict(os.environ)  # taken here: the caller's thread may change it while this one starts
         self._server: lite.LiteServer | None = None
         self._error: BaseException | None = None
 
     def run(self) -> None:
         with _sigint_blocked():
             try:
-                self._server = lite.servers.start(self.db_file, LITE_START_SECONDS)
+                self._server = lite.servers.start(self.db_file, LITE_START_SECONDS, self._environ)
             except BaseException as exc:  # noqa: BLE001 - raised by server() in the thread that waits for it
                 self._error = exc
 

@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -75,15 +76,18 @@ class LiteServer:
     def uri(self) -> str:
         return f"unix:{self.socket}"
 
-    def start(self, timeout: float) -> None:
-        """Start the process and wait (up to ``timeout``) until it listens; raises if it cannot start."""
+    def start(self, timeout: float, environ: Mapping[str, str] | None = None) -> None:
+        """Start the process and wait (up to ``timeout``) until it listens; raises if it cannot start. Its
+        environment is ``environ`` (a copy the caller took before it started the thread this runs in: the
+        main thread may change ``os.environ`` meanwhile) or this process's."""
         binaries = binary_dir()
+        source = dict(os.environ) if environ is None else environ
         self._lock = self._take_lock()
         self._clear_stale_socket()
-        environment = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
-        library_path = f"{binaries}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+        environment = {k: v for k, v in source.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
+        library_path = f"{binaries}:{source.get('LD_LIBRARY_PATH', '')}"
         environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path)
-        log_level = os.environ.get("LOG_LEVEL", "ERROR")
+        log_level = source.get("LOG_LEVEL", "ERROR")
         try:
             process = subprocess.Popen(
                 [str(binaries / "milvus"), str(self.db_file), self.uri, log_level, str(self.lock_path)],
@@ -232,13 +236,13 @@ class _Servers:
         self._guard = threading.Lock()
         self._running: dict[Path, LiteServer] = {}
 
-    def start(self, db_file: Path, timeout: float) -> LiteServer:
-        """The server of ``db_file``, started now unless it runs already."""
+    def start(self, db_file: Path, timeout: float, environ: Mapping[str, str] | None = None) -> LiteServer:
+        """The server of ``db_file``, started now unless it runs already (see :meth:`LiteServer.start`)."""
         key = db_file.absolute().resolve()
         with self._guard:
             if key not in self._running:
                 server = LiteServer(key)
-                server.start(timeout)
+                server.start(timeout, environ)
                 self._running[key] = server
             return self._running[key]
 
