@@ -92,6 +92,51 @@ def test_a_socket_that_exists_before_it_listens_is_waited_for(tmp_path: Path, mo
         connection.close()
 
 
+# A stand-in that listens at once but greets no one for GREET_AFTER seconds (a Milvus Lite process starved of
+# CPU), then relays every connection to the real Milvus Lite, which it runs on a socket of its own.
+SLOW_GREETER = """#!{python}
+import os, socket, subprocess, sys, threading, time
+db, uri, level, lock = sys.argv[1:5]
+inner = uri.removeprefix("unix:") + ".inner"
+env = dict(os.environ, LD_LIBRARY_PATH={lib!r})
+real = subprocess.Popen([{lib!r} + "/milvus", db, "unix:" + inner, level, lock], env=env)
+outer = socket.socket(socket.AF_UNIX)
+outer.bind(uri.removeprefix("unix:"))
+outer.listen()
+time.sleep({greet_after})
+while not os.path.exists(inner):
+    time.sleep(0.01)
+
+def pump(source, sink):
+    while data := source.recv(65536):
+        sink.sendall(data)
+    sink.shutdown(socket.SHUT_WR)
+
+def relay():
+    while True:
+        client, _ = outer.accept()
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(inner)
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+threading.Thread(target=relay, daemon=True).start()
+sys.exit(real.wait())
+"""
+
+
+def test_a_server_slow_to_greet_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # gRPC's own connect timeout (20 s unless told) ended the first call long before LITE_ANSWER_SECONDS.
+    db_file = stand_in(tmp_path, monkeypatch, busy=0.0, then="exit")
+    script = tmp_path / "bin" / "milvus"
+    script.write_text(SLOW_GREETER.format(python=sys.executable, lib=str(REAL_BIN), greet_after=22))
+    connection = MilvusConnection(MilvusTarget(str(db_file)))
+    try:
+        assert connection.ping() == []
+    finally:
+        connection.close()
+
+
 def test_a_process_that_dies_while_starting_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db_file = stand_in(tmp_path, monkeypatch, busy=1.5, then="exit")  # past milvus-lite's own 0.5 s check
     with pytest.raises(StorageError) as failure:
