@@ -27,13 +27,25 @@ from memgpt.storage.milvus import MilvusConnection, MilvusTarget, lite
 
 REAL_BIN = Path(milvus_lite.__file__).parent / "lib"
 
-# The stand-in: spend BUSY seconds of CPU (a slow start on a loaded machine), then do THEN.
+# The stand-in: spend BUSY seconds of CPU (a slow start on a loaded machine), then do THEN ("bind": hold the
+# socket bound but not listening for 1.5 s of CPU, then "exec").
 STAND_IN = """#!{python}
 import os, signal, sys, time
 end = time.monotonic() + {busy}
 while time.monotonic() < end:
     pass
 then = {then!r}
+if then == "bind":  # the socket exists a while before anyone listens on it, as between gRPC's bind and listen
+    import socket
+    path = sys.argv[2].removeprefix("unix:")
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(path)
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        pass
+    bound.close()
+    os.unlink(path)
+    then = "exec"
 if then == "exec":
     os.environ["LD_LIBRARY_PATH"] = {lib!r}
     os.execv({lib!r} + "/milvus", [{lib!r} + "/milvus", *sys.argv[1:]])
@@ -67,6 +79,62 @@ def _real_binary_afterwards() -> Iterator[None]:
 def test_a_slow_start_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Busy for twice the stall limit before Milvus Lite even begins: alive and progressing all along.
     db_file = stand_in(tmp_path, monkeypatch, busy=4.0, then="exec")
+    connection = MilvusConnection(MilvusTarget(str(db_file)))
+    try:
+        assert connection.ping() == []
+    finally:
+        connection.close()
+
+
+def test_a_socket_that_exists_before_it_listens_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under load gRPC's bind and listen can be far apart; a connection in between is refused, and pymilvus
+    # gave up at once ("Milvus Lite did not answer within 60 s", after a few milliseconds).
+    db_file = stand_in(tmp_path, monkeypatch, busy=0.0, then="bind")
+    connection = MilvusConnection(MilvusTarget(str(db_file)))
+    try:
+        assert connection.ping() == []
+    finally:
+        connection.close()
+
+
+# A stand-in that listens at once but greets no one for GREET_AFTER seconds (a Milvus Lite process starved of
+# CPU), then relays every connection to the real Milvus Lite, which it runs on a socket of its own.
+SLOW_GREETER = """#!{python}
+import os, socket, subprocess, sys, threading, time
+db, uri, level, lock = sys.argv[1:5]
+inner = uri.removeprefix("unix:") + ".inner"
+env = dict(os.environ, LD_LIBRARY_PATH={lib!r})
+real = subprocess.Popen([{lib!r} + "/milvus", db, "unix:" + inner, level, lock], env=env)
+outer = socket.socket(socket.AF_UNIX)
+outer.bind(uri.removeprefix("unix:"))
+outer.listen()
+time.sleep({greet_after})
+while not os.path.exists(inner):
+    time.sleep(0.01)
+
+def pump(source, sink):
+    while data := source.recv(65536):
+        sink.sendall(data)
+    sink.shutdown(socket.SHUT_WR)
+
+def relay():
+    while True:
+        client, _ = outer.accept()
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(inner)
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+threading.Thread(target=relay, daemon=True).start()
+sys.exit(real.wait())
+"""
+
+
+def test_a_server_slow_to_greet_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # gRPC's own connect timeout (20 s unless told) ended the first call long before LITE_ANSWER_SECONDS.
+    db_file = stand_in(tmp_path, monkeypatch, busy=0.0, then="exit")
+    script = tmp_path / "bin" / "milvus"
+    script.write_text(SLOW_GREETER.format(python=sys.executable, lib=str(REAL_BIN), greet_after=22))
     connection = MilvusConnection(MilvusTarget(str(db_file)))
     try:
         assert connection.ping() == []

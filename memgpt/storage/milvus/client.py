@@ -292,9 +292,15 @@ def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
 
     # Milvus Lite is a local socket: client keepalive pings only earn "too_many_pings" GOAWAYs from it
     # during long loads (seen here mid-way through a 5 MB load), so they are turned off there.
+    # gRPC also gives up on a connection the server has not greeted within 20 s (its minimum connect timeout),
+    # well inside the first call's LITE_ANSWER_SECONDS: a Milvus Lite process starved of CPU may take longer.
     options: dict[str, Any] = {}
     if target.is_lite:
-        options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
+        options["grpc_options"] = {
+            "grpc.keepalive_time_ms": 2**31 - 1,
+            "grpc.keepalive_permit_without_calls": 0,
+            "grpc.min_reconnect_backoff_ms": int(LITE_ANSWER_SECONDS * 1000),
+        }
     elif target.database:
         options["db_name"] = target.database
     uri = starting.server().uri if starting is not None else target.uri

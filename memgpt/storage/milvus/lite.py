@@ -135,14 +135,16 @@ class LiteServer:
             self.socket = Path(f"{tempfile.mktemp()}_{self.db_file.name}.sock")
 
     def _wait_listening(self, process: subprocess.Popen[bytes], timeout: float) -> None:
-        """Until the socket exists, while the process is alive and making progress: on a loaded machine (load
-        average ~30 on 2 cores) it took tens of seconds to even create its socket. Given up on, in one line,
+        """Until the socket accepts a connection, while the process is alive and making progress: on a loaded
+        machine (load average ~30 on 2 cores) it took tens of seconds to even create its socket. That it exists
+        is not enough: gRPC binds it, then listens, and a connection between the two is refused, which pymilvus
+        reports at once as a server that is not there (seen under load as "did not answer"). Given up on, in one line,
         when it ends (it could not open the file), when it used no CPU for LITE_STALL_SECONDS (stopped, or
         stuck: it is then ended), or after ``timeout`` in all (busy without ever listening, or no /proc)."""
         started = changed = time.monotonic()
         ticks: int | None = None
         where = display_path(self.db_file)
-        while not self.socket.exists():
+        while not _accepts(self.socket):
             now = time.monotonic()
             code = process.poll()
             if code is not None:
@@ -199,6 +201,19 @@ def _listening(path: Path) -> bool:
         except OSError:
             return True
         return True
+
+
+def _accepts(path: Path) -> bool:
+    """Whether a process listens on the Unix socket ``path``: a connection is made and closed at once."""
+    if not path.exists():  # the cheap test first: this is polled every _POLL_SECONDS while the process starts
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)  # a listening socket takes the connection into its backlog without the process
+        try:
+            probe.connect(str(path))
+        except OSError:  # refused (bound, not listening yet), gone again, or a full backlog: not yet
+            return False
+    return True
 
 
 def _cpu_ticks(pid: int) -> tuple[int, str] | None:
