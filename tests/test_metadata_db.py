@@ -375,3 +375,30 @@ def _waiting_on_a_lock(storage: Storage) -> bool:
     with storage.metadata.session() as s:
         query = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
         return bool(s.execute(text(query)).scalar_one())
+
+
+def test_a_new_database_another_process_is_writing_is_waited_for(tmp_path: Path) -> None:
+    """SQLite refuses to switch a database to WAL at once, without waiting as other statements do, while another
+    connection holds a write lock on it in the old journal mode (eight processes opening a new home together
+    failed so once); the store waits as for any other lock."""
+    import sqlite3
+    import threading
+    import time
+
+    from memgpt.storage.sql import MetadataStore
+
+    path = tmp_path / "metadata.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other (x)")
+    writer.execute("BEGIN IMMEDIATE")  # a write lock, still in the rollback journal mode
+    writer.execute("INSERT INTO other VALUES (1)")
+    ended = threading.Timer(0.5, lambda: writer.execute("COMMIT"))
+    ended.start()
+    started = time.monotonic()
+    try:
+        store = MetadataStore(f"sqlite:///{path}")
+        store.engine.dispose()
+    finally:
+        ended.join()
+        writer.close()
+    assert time.monotonic() - started >= 0.4  # it waited for the writer, rather than not meeting it at all

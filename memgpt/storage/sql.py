@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -176,14 +177,35 @@ def _document(row: DocumentRow) -> Document:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL itself may wait for another process
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_MS}")  # first: switching to WAL may wait for another process
+    _journal_wal(cursor)  # readers never block the writer
     # In WAL mode NORMAL syncs at checkpoints, not at every commit: a commit survives the process being
     # killed (the OS holds the WAL) and nothing is ever corrupted, but a power cut may lose the last
     # commits. FULL's fsync per commit cost ~6 ms here, twice per agent turn.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+_BUSY_MS = 10_000
+
+
+def _journal_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting like any statement for a database another process is writing. SQLite
+    answers it "database is locked" at once, without its busy handler, while another connection holds a write
+    lock on a database not yet in WAL mode (processes opening a new home at the same moment): so it is tried
+    again for as long as the busy timeout."""
+    import sqlite3
+
+    deadline = time.monotonic() + _BUSY_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
 
 
 def parse_metadata_url(url: str) -> URL:
