@@ -212,7 +212,7 @@ def search(
     k: int = typer.Option(5, "-k", "--top-k", min=1, max=100, help="How many passages to show."),
     as_json: JsonOption = False,
 ) -> None:
-    """Search a data source by meaning and print the best passages."""
+    """Search a data source by meaning and by shared words (hybrid), and print the best passages."""
     from memgpt.data.sources import get_source, search_source
 
     # Milvus opens from the start, so that it overlaps SQLAlchemy's import and the source's lookup. A wrong
