@@ -299,3 +299,32 @@ def test_a_retry_in_another_process_as_the_turn_ends_gets_its_answer_not_a_secon
         if other is not None:
             other.close()
         server.stop()
+
+
+def test_a_turn_whose_answer_cannot_be_recorded_still_frees_the_agent(
+    request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording the run's answer and giving the lease back are one transaction; when it fails, the lease is given
+    back alone. Else this process's own lease (alive, so not taken over) kept the agent busy until it expired."""
+    from memgpt.errors import StorageError
+
+    _opened_on_metadata_backend(request)
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        agent_id = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted").id  # type: ignore[arg-type]
+        llm.reply("First.")
+        llm.reply("Second.")
+
+        def fails(_s: Any, _run: Run) -> None:
+            raise StorageError("the run's answer cannot be written")
+
+        monkeypatch.setattr(storage_turns.TurnStore, "_finish_run", staticmethod(fails))
+        letta.agents.messages.create(agent_id, messages=[{"role": "user", "content": "one"}])  # type: ignore[list-item]
+        monkeypatch.undo()
+        assert lease_owner(server.state.storage, agent_id) is None
+        second = letta.agents.messages.create(agent_id, messages=[{"role": "user", "content": "two"}])  # type: ignore[list-item]
+        assert [m.content for m in second.messages if m.message_type == "assistant_message"] == ["Second."]
+    finally:
+        server.stop()

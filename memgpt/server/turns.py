@@ -12,6 +12,7 @@ first try started (or gets that turn's stored answer) instead of sending the mes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -474,8 +475,12 @@ class TurnRunner:
         finally:
             try:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
-            except MemGPTError as exc:  # the lease expires on its own
+            except MemGPTError as exc:
                 logger.error("cannot record run %s or release the agent's lease: %s", turn.run_id, exc)
+                # The lease alone: else this live process's lease keeps the agent busy until it expires (as it
+                # does if this fails too).
+                with contextlib.suppress(MemGPTError):
+                    self._release(request.agent_id, owner)
             # Active (its lease renewed, a client's retry joining it) until the run's answer is recorded.
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
