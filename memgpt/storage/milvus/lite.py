@@ -127,7 +127,8 @@ class LiteServer:
             found = self.socket.lstat()
         except FileNotFoundError:
             return
-        if stat.S_ISSOCK(found.st_mode) and found.st_uid == os.getuid() and not _listening(self.socket):
+        # Only a refusal means nobody listens there: a socket that cannot be told is left alone.
+        if stat.S_ISSOCK(found.st_mode) and found.st_uid == os.getuid() and _connects(self.socket, 2) is False:
             with contextlib.suppress(FileNotFoundError):
                 self.socket.unlink()
             logger.info("removed %s, left by a process that was killed", self.socket)
@@ -144,7 +145,8 @@ class LiteServer:
         started = changed = time.monotonic()
         ticks: int | None = None
         where = display_path(self.db_file)
-        while not _accepts(self.socket):
+        # The cheap test first (this is polled every _POLL_SECONDS); what cannot be told is "not yet".
+        while not (self.socket.exists() and _connects(self.socket, 1.0)):
             now = time.monotonic()
             code = process.poll()
             if code is not None:
@@ -190,29 +192,18 @@ class LiteServer:
                 path.unlink()
 
 
-def _listening(path: Path) -> bool:
-    """Whether a process accepts connections on the Unix socket ``path`` (anything but a refusal counts)."""
+def _connects(path: Path, timeout: float) -> bool | None:
+    """Whether a process listens on the Unix socket ``path``, by a connection made and closed at once: True,
+    False (refused: bound but not listening yet, or nobody's; or no socket there), or None when it cannot be
+    told (a timeout, a full backlog). A listening socket takes the connection into its backlog by itself."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(2)
+        probe.settimeout(timeout)
         try:
             probe.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
             return False
         except OSError:
-            return True
-        return True
-
-
-def _accepts(path: Path) -> bool:
-    """Whether a process listens on the Unix socket ``path``: a connection is made and closed at once."""
-    if not path.exists():  # the cheap test first: this is polled every _POLL_SECONDS while the process starts
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)  # a listening socket takes the connection into its backlog without the process
-        try:
-            probe.connect(str(path))
-        except OSError:  # refused (bound, not listening yet), gone again, or a full backlog: not yet
-            return False
+            return None
     return True
 
 
