@@ -79,22 +79,14 @@ def _real_binary_afterwards() -> Iterator[None]:
 def test_a_slow_start_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Busy for twice the stall limit before Milvus Lite even begins: alive and progressing all along.
     db_file = stand_in(tmp_path, monkeypatch, busy=4.0, then="exec")
-    connection = MilvusConnection(MilvusTarget(str(db_file)))
-    try:
-        assert connection.ping() == []
-    finally:
-        connection.close()
+    _open_and_close(db_file)
 
 
 def test_a_socket_that_exists_before_it_listens_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Under load gRPC's bind and listen can be far apart; a connection in between is refused, and pymilvus
     # gave up at once ("Milvus Lite did not answer within 60 s", after a few milliseconds).
     db_file = stand_in(tmp_path, monkeypatch, busy=0.0, then="bind")
-    connection = MilvusConnection(MilvusTarget(str(db_file)))
-    try:
-        assert connection.ping() == []
-    finally:
-        connection.close()
+    _open_and_close(db_file)
 
 
 # A stand-in that listens at once but greets no one for GREET_AFTER seconds (a Milvus Lite process starved of
@@ -135,11 +127,7 @@ def test_a_server_slow_to_greet_is_waited_for(tmp_path: Path, monkeypatch: pytes
     db_file = stand_in(tmp_path, monkeypatch, busy=0.0, then="exit")
     script = tmp_path / "bin" / "milvus"
     script.write_text(SLOW_GREETER.format(python=sys.executable, lib=str(REAL_BIN), greet_after=22))
-    connection = MilvusConnection(MilvusTarget(str(db_file)))
-    try:
-        assert connection.ping() == []
-    finally:
-        connection.close()
+    _open_and_close(db_file)
 
 
 def test_a_process_that_dies_while_starting_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,17 +240,8 @@ os.execv({lib!r} + "/milvus", [{lib!r} + "/milvus", *sys.argv[1:]])
 
 
 def test_a_start_starved_of_cpu_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    script = folder / "milvus"
+    db_file = stand_in(tmp_path, monkeypatch, busy=0.0, then="exit")
     cpu = min(os.sched_getaffinity(0))  # one this process may run on (a container's cpuset may leave out 0)
+    script = tmp_path / "bin" / "milvus"
     script.write_text(STARVED.format(python=sys.executable, starve=8.0, lib=str(REAL_BIN), cpu=cpu))
-    script.chmod(0o755)
-    monkeypatch.setenv("BIN_PATH", str(folder))
-    monkeypatch.setattr(lite, "LITE_STALL_SECONDS", 2.0)
-    lite.binary_dir.cache_clear()
-    connection = MilvusConnection(MilvusTarget(str(tmp_path / "data" / "milvus.db")))
-    try:
-        assert connection.ping() == []
-    finally:
-        connection.close()
+    _open_and_close(db_file)
