@@ -20,7 +20,7 @@ from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
-from memgpt.types import Message, Role, ToolCall
+from memgpt.types import AgentState, Message, Role, ToolCall
 from tests.agent_rig import Rig, tool_results
 from tests.conftest import USER
 from tests.scripted_llm import ScriptedLLM
@@ -65,18 +65,22 @@ class Chat:
         return [[by_text[words] for words in item] for item in said]
 
 
-@pytest.fixture
-def chat(storage: Storage, model: LocalMiniLM) -> Chat:
-    state = create_agent(
+def _agent(storage: Storage, model: LocalMiniLM, name: str) -> AgentState:
+    return create_agent(
         storage,
         user_id=USER,
-        name="climber",
+        name=name,
         persona="sam_pov",
         human="basic",
         model="scripted",
         context_window=8192,
         embedding=model.space,
     )
+
+
+@pytest.fixture
+def chat(storage: Storage, model: LocalMiniLM) -> Chat:
+    state = _agent(storage, model, "climber")
     index = RecallIndex(storage.passages(model.space), model)
     recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=index)
     messages = [_message(state.id, i, *turn) for i, turn in enumerate(CHAT)]
@@ -190,16 +194,7 @@ def test_recall_entries_of_an_earlier_schema_are_indexed_again_with_their_contex
     from memgpt.storage.milvus.schema import collection_name
     from tests.test_milvus_store import create_schema_3_collection
 
-    state = create_agent(
-        storage,
-        user_id=USER,
-        name="old",
-        persona="sam_pov",
-        human="basic",
-        model="scripted",
-        context_window=8192,
-        embedding=model.space,
-    )
+    state = _agent(storage, model, "old")
     messages = [_message(state.id, i, *turn) for i, turn in enumerate(CHAT[:4])]
     RecallMemory(storage, agent_id=state.id, user_id=USER).append(messages)
     storage.messages.mark_indexed(state.id, [m.id for m in messages])
@@ -347,16 +342,7 @@ def test_a_bare_tool_call_between_a_message_and_its_reply_is_passed_over(storage
     """With native tool calling the agent often calls a tool without a thought before it answers: the answer is
     indexed with the words of the person's message, not the empty call's, and edits and removals of that
     message reach past the call to the answer."""
-    state = create_agent(
-        storage,
-        user_id=USER,
-        name="cats",
-        persona="sam_pov",
-        human="basic",
-        model="scripted",
-        context_window=8192,
-        embedding=model.space,
-    )
+    state = _agent(storage, model, "cats")
     store = storage.passages(model.space)
     recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=RecallIndex(store, model))
     said = _message(state.id, 0, 0, "user", "I adopted a cat called Miso.")
