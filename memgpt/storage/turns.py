@@ -19,7 +19,6 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Boolean, Index, String, Text, column, delete, select, table, update
@@ -29,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import LeaseLostError, StorageError
+from memgpt.procfs import stat_fields
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import utc_now
 
@@ -164,11 +164,10 @@ def _started(pid: int) -> str:
 
 
 def _read_start(pid: int) -> str:
-    try:  # the fields after the command name (which may hold spaces and parentheses): state is field 3
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = stat_fields(pid)
+    if not fields:
         return ""
-    if fields and fields[0] == "Z":
+    if fields[0] == "Z":
         return "-"  # a zombie: killed, not yet reaped by its parent
     return fields[19] if len(fields) > 19 else ""  # starttime is field 22
 

@@ -34,6 +34,7 @@ from typing import IO
 
 from memgpt.config import display_path
 from memgpt.errors import StorageError, StorageLockedError
+from memgpt.procfs import stat_fields
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +211,9 @@ def _connects(path: Path, timeout: float) -> bool | None:
 def _cpu_ticks(pid: int) -> tuple[int, str] | None:
     """The CPU time a process has used (clock ticks, its threads and reaped children) and its state letter,
     from /proc; None where there is no /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "; the command may hold spaces
     return sum(int(value) for value in fields[11:15]), fields[0]
 
 
@@ -222,15 +221,12 @@ def _runnable(pid: int) -> bool:
     """Whether a thread of the process waits only for a CPU (R) or the disk (D): on a loaded machine a process
     may get too little CPU for its used time to move at all, without being stopped or stuck."""
     try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
     except OSError:
         return False
-    for task in tasks:
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        if stat[stat.rindex(")") + 2 :][:1] in ("R", "D"):
+    for thread in threads:
+        fields = stat_fields(pid, thread)  # None: the thread ended meanwhile
+        if fields and fields[0] in ("R", "D"):
             return True
     return False
 
