@@ -247,6 +247,55 @@ def test_a_lease_of_another_hosts_process_is_kept_until_it_expires(storage: Stor
     assert lease_owner(storage, "a1") == mine
 
 
+def _clock_off(monkeypatch: pytest.MonkeyPatch) -> dict[str, timedelta]:
+    """This process's clock as storage/turns.py reads it, off by what the returned dict's "by" says."""
+    skew = {"by": timedelta(0)}
+    monkeypatch.setattr(storage_turns, "utc_now", lambda: datetime.now(UTC) + skew["by"])
+    return skew
+
+
+@pytest.mark.usefixtures("claims")
+def test_a_process_whose_clock_is_far_off_takes_no_live_lease(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts sharing a PostgreSQL have clocks of their own: a lease is judged by the database's clock, so a
+    newcomer an hour ahead finds a live lease live, and a holder an hour behind keeps its own."""
+    skew, turns = _clock_off(monkeypatch), storage.turns
+    holder = new_owner()
+    assert turns.acquire("a1", holder, "run-1", 60) is not None
+    skew["by"] = timedelta(hours=1)
+    assert turns.running_run("a1") == "run-1"
+    assert turns.acquire("a1", new_owner(), "run-2", 60) is None, "a newcomer's clock ahead took a live lease"
+    skew["by"] = -timedelta(hours=1)
+    assert turns.renew("a1", holder, 60)
+    assert turns.acquire("a1", new_owner(), "run-2", 60) is None
+    skew["by"] = timedelta(0)
+    assert turns.running_run("a1") == "run-1"
+    assert turns.acquire("a1", new_owner(), "run-2", 60) is None, "a holder's clock behind lost its lease"
+    assert lease_owner(storage, "a1") == holder
+
+
+@pytest.mark.usefixtures("claims")
+def test_a_process_whose_clock_is_far_off_keeps_no_dead_lease(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder an hour ahead that takes and renews its lease for a moment and then stops (as one on another host
+    that died: no pid to look at) holds it for that moment, not for an hour more."""
+    skew, turns = _clock_off(monkeypatch), storage.turns
+    skew["by"] = timedelta(hours=1)
+    holder = new_owner()
+    assert turns.acquire("a1", holder, "run-1", 0.3) is not None
+    assert turns.renew("a1", holder, 0.3)
+    skew["by"] = timedelta(0)
+    assert turns.acquire("a1", new_owner(), "run-2", 60) is None  # the moment is not over
+    time.sleep(0.4)
+    assert turns.running_run("a1") is None, "a holder's clock ahead kept its lease past the expiry"
+    skew["by"] = -timedelta(hours=1)  # and a newcomer's clock behind does not wait an hour either
+    mine = new_owner()
+    assert turns.acquire("a1", mine, "run-2", 60) is not None
+    assert lease_owner(storage, "a1") == mine
+
+
 def test_a_retry_in_another_process_as_the_turn_ends_gets_its_answer_not_a_second_turn(
     request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM
 ) -> None:

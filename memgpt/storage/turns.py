@@ -8,7 +8,10 @@ INSERT that, when the row exists, replaces it only if it expired (decided on the
 renewal that came first wins), or, when its owner process on this host no longer runs (kill -9; a process of
 the same pid that started at another time is another process), an UPDATE that only matches the dead owner, at
 once instead of after the expiry. A renewal and a release match the owner. No process keeps a note of its
-own leases: each process's are told apart by the database row alone.
+own leases: each process's are told apart by the database row alone. Expiry is set and judged by the
+database's clock, in the statement that acts, never by the caller's: on a PostgreSQL shared by hosts whose
+clocks differ, a newcomer's clock ahead would take live leases, a holder's clock behind would lose its own,
+and a holder's clock ahead would keep them long after it died.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Index, String, Text, column, delete, select, table, update
+from sqlalchemy import Boolean, DateTime, Index, String, Text, column, delete, func, select, table, type_coerce, update
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -188,9 +191,19 @@ def _alive(pid: int, started: str | None) -> bool:
     return not now or not started or now == started  # a start unknown on either side: the pid alone says
 
 
-def is_stale(owner: str, expires_at: datetime, now: datetime) -> bool:
-    """Whether a lease may be taken over: expired, or its owner process on this host is gone."""
-    return expires_at <= now or _gone(owner)
+def database_now(dialect: str, ahead: float = 0.0) -> Any:
+    """The database's time now, plus ``ahead`` seconds, as an SQL expression: what a lease's expiry is set and
+    judged by. PostgreSQL's clock_timestamp() is the time the statement reads it (now() is when its transaction
+    began, which may be long before, when the statement waited for a row lock); SQLite's 'now' is written in the
+    format SQLAlchemy stores datetimes in (microseconds), so the strings compare as the times do. Another
+    database gets this process's clock."""
+    if dialect == "postgresql":
+        moment = func.clock_timestamp(type_=DateTime(timezone=True)) + timedelta(seconds=ahead)
+    elif dialect == "sqlite":
+        moment = func.strftime("%Y-%m-%d %H:%M:%f000", "now", f"{ahead:+.6f} seconds")
+    else:
+        return utc_now() + timedelta(seconds=ahead)
+    return type_coerce(moment, UTCDateTime)
 
 
 def _gone(owner: str) -> bool:
@@ -221,10 +234,11 @@ class TurnStore:
     ) -> Grant | None:
         """Take the agent's lease for ``ttl`` seconds; None while another live owner holds it. With ``run``, the
         turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten)."""
-        now = utc_now()
-        expires = now + timedelta(seconds=ttl)
+        now = utc_now()  # a run's time; the lease's is the database's
+        dialect = self._metadata.engine.dialect.name
+        expires = database_now(dialect, ttl)
         fresh = {"owner": owner, "run_id": run_id, "expires_at": expires, "cancel_requested": False}
-        insert = _inserts.get(self._metadata.engine.dialect.name)
+        insert = _inserts.get(dialect)
         if insert is None:  # another database: an INSERT refused while the row exists, then an expired row's UPDATE
             grant = self._insert(agent_id, fresh, run, keep, now) or self._take_expired(agent_id, fresh, run, keep, now)
         else:
@@ -245,9 +259,10 @@ class TurnStore:
         says -1). While the row is locked by a turn's fenced write, it waits for that commit, then decides on what
         it reads. Neither case leaves a failed statement in the database's log."""
         leases = _LEASES
+        expired = leases.c.expires_at <= self._now()
         statement = (
             insert.values(agent_id=agent_id, **fresh)
-            .on_conflict_do_update(index_elements=[leases.c.agent_id], set_=fresh, where=leases.c.expires_at <= now)
+            .on_conflict_do_update(index_elements=[leases.c.agent_id], set_=fresh, where=expired)
             .returning(leases.c.agent_id)
         )
         with self._metadata.session() as s:
@@ -273,8 +288,7 @@ class TurnStore:
     ) -> Grant | None:
         try:
             with self._metadata.session() as s:
-                s.add(LeaseRow(agent_id=agent_id, **fresh))
-                s.flush()
+                s.execute(sql_insert(_LEASES).values(agent_id=agent_id, **fresh))
                 return self._granted(s, agent_id, run, keep, now)
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
@@ -287,7 +301,7 @@ class TurnStore:
         leases = _LEASES
         with self._metadata.session() as s:
             claimed = s.execute(
-                update(leases).where(leases.c.agent_id == agent_id, leases.c.expires_at <= now).values(**fresh)
+                update(leases).where(leases.c.agent_id == agent_id, leases.c.expires_at <= self._now()).values(**fresh)
             )
             return self._granted(s, agent_id, run, keep, now) if claimed.rowcount == 1 else None
 
@@ -312,7 +326,7 @@ class TurnStore:
             renewed = s.execute(
                 update(LeaseRow)
                 .where(LeaseRow.agent_id == agent_id, LeaseRow.owner == owner)
-                .values(expires_at=utc_now() + timedelta(seconds=ttl))
+                .values(expires_at=self._now(ttl))
             )
             return bool(renewed.rowcount)
 
@@ -326,10 +340,18 @@ class TurnStore:
 
     def running_run(self, agent_id: str) -> str | None:
         """The id of the run that holds the agent's live lease, if any (a lease for an edit has no run)."""
+        leases = _LEASES
+        query = select(leases.c.run_id, leases.c.owner, leases.c.expires_at > self._now()).where(
+            leases.c.agent_id == agent_id
+        )
         with self._metadata.session() as s:
-            row = s.get(LeaseRow, agent_id)
-            live = row is not None and row.run_id and not is_stale(row.owner, row.expires_at, utc_now())
-            return row.run_id if live and row is not None else None
+            row = s.execute(query).first()
+        if row is None or not row[0] or not row[2] or _gone(row[1]):  # no run, expired, or its owner is gone
+            return None
+        return str(row[0])
+
+    def _now(self, ahead: float = 0.0) -> Any:
+        return database_now(self._metadata.engine.dialect.name, ahead)
 
     def request_cancel(self, agent_id: str) -> str | None:
         """Ask the running turn (in whatever process) to stop at its next step; the run id, or None."""
