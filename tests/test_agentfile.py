@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from memgpt.agent import prompts
 from memgpt.agent.agentfile import (
@@ -23,7 +24,7 @@ from memgpt.agent.manager import attach_source, attached_sources
 from memgpt.config import EmbeddingSettings
 from memgpt.data.sources import get_source
 from memgpt.embeddings.local import LocalMiniLM
-from memgpt.errors import AlreadyExistsError, InputFileError
+from memgpt.errors import AlreadyExistsError, InputFileError, UserError
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage import Storage
 from memgpt.storage.agents import StepChanges
@@ -307,6 +308,47 @@ def test_an_import_that_fails_midway_leaves_nothing(
             options=ImportOptions(on_clash="error"),
         )
     assert _snapshot(storage, model, home) == before
+
+
+def test_an_agent_whose_window_is_too_small_is_refused_before_anything_is_written(
+    storage: Storage, model: LocalMiniLM, settings: ImportSettings, home: Path
+) -> None:
+    """An agent that could never be opened (its core memory leaves its context window no room) is refused with
+    the window check's one line before any of the file is written: its sources, files, passages, the other
+    agents, their blocks and messages."""
+    document = {
+        "agents": [
+            {
+                "id": "agent-0",
+                "name": "fits",
+                "source_ids": ["source-0"],
+                "block_ids": [],
+                "messages": [{"id": "message-0", "role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                "in_context_message_ids": ["message-0"],
+            },
+            {"id": "agent-1", "name": "crammed", "block_ids": ["block-0"]},
+        ],
+        "blocks": [{"id": "block-0", "label": "human", "value": "Chad likes long walks. " * 4000, "limit": 100_000}],
+        "sources": [{"id": "source-0", "name": "notes"}],
+        "files": [{"id": "file-0", "source_id": "source-0", "file_name": "a.md", "content": "Miso is a cat."}],
+        "memgpt": {"version": 1, "archival_passages": {"agent-0": [{"text": "kept only if it all works"}]}},
+    }
+
+    def rows() -> tuple[int, int]:
+        with storage.metadata.session() as s:
+            return (
+                s.execute(text("select count(*) from blocks")).scalar_one(),
+                s.execute(text("select count(*) from messages")).scalar_one(),
+            )
+
+    before, before_rows = _snapshot(storage, model, home), rows()
+    with pytest.raises(UserError) as caught:
+        import_agent_file(storage, read_agent_file(json.dumps(document), "big.af"), user_id=USER, settings=settings)
+    said = str(caught.value)
+    assert "the context window of agent 'crammed' (16,000 tokens) is too small" in said, said
+    assert "nothing was imported" in said and "\n" not in said
+    assert _snapshot(storage, model, home) == before
+    assert rows() == before_rows
 
 
 def test_export_and_import_commands(home: Path, tmp_path: Path) -> None:

@@ -45,7 +45,13 @@ from memgpt.agent.agentfile_format import (
     tool_entry,
 )
 from memgpt.agent.context import system_message
-from memgpt.agent.manager import attached_sources, default_agent_settings, delete_agent, validate_agent_name
+from memgpt.agent.manager import (
+    attached_sources,
+    check_window,
+    default_agent_settings,
+    delete_agent,
+    validate_agent_name,
+)
 from memgpt.agent.tools import builtin_tools
 from memgpt.config import Config, EmbeddingSettings
 from memgpt.data.files import DuplicateHandling, file_text, load_file, take_upload
@@ -285,6 +291,17 @@ class ImportedAgent:
 
 
 @dataclass
+class _Planned:
+    """One of the file's agents as it is to be written, checked before anything of the import is."""
+
+    agent: FileAgent
+    result: ImportedAgent
+    blocks: list[Block]
+    history: list[Message]
+    out_of_context: list[str]
+
+
+@dataclass
 class _Made:
     """What an import has written so far, to take back if it fails."""
 
@@ -302,17 +319,23 @@ def import_agent_file(
     options: ImportOptions = ImportOptions(),
     listener: LoadListener | None = None,
 ) -> list[ImportedAgent]:
-    """Make the file's agents for ``user_id``; if anything fails, nothing of the import stays."""
+    """Make the file's agents for ``user_id``; if anything fails, nothing of the import stays. What can be
+    refused without writing (a taken name, a context window too small for an agent's fixed prompt) is,
+    before anything is written."""
+    taken = storage.agents.names(user_id)
+    planned = []
+    for agent in document.agents:
+        plan = _plan_agent(storage, document, agent, user_id, settings, options, taken)
+        taken.add(plan.result.state.name)
+        planned.append(plan)
     made = _Made()
     try:
         sources, files, notes = _import_sources(storage, document, user_id, settings, listener, made)
-        taken = storage.agents.names(user_id)
         imported = []
-        for agent in document.agents:
-            result = _import_agent(storage, document, agent, user_id, settings, options, taken, sources, made)
-            result.files = [f for sid in agent.sources for f in files.get(sid, [])]
+        for plan in planned:
+            result = _write_agent(storage, document, plan, settings, sources, made)
+            result.files = [f for sid in plan.agent.sources for f in files.get(sid, [])]
             result.notes = notes + _file_notes(result.files) + result.notes
-            taken.add(result.state.name)
             imported.append(result)
         return imported
     except BaseException:
@@ -422,7 +445,7 @@ def _agent_name(agent: FileAgent, options: ImportOptions, taken: set[str]) -> st
     return _free(name, taken)
 
 
-def _import_agent(
+def _plan_agent(
     storage: Storage,
     document: AgentFile,
     agent: FileAgent,
@@ -430,9 +453,9 @@ def _import_agent(
     settings: ImportSettings,
     options: ImportOptions,
     taken: set[str],
-    sources: dict[str, Source],
-    made: _Made,
-) -> ImportedAgent:
+) -> _Planned:
+    """The agent to make of the file's ``agent``, refused (a UserError) when its context window is too small for
+    its fixed prompt: the agent could never be opened."""
     extras = document.extras_of(agent)
     file_model = str((agent.llm_config or {}).get("model") or "")
     model = options.model or settings.llm_model or file_model or "unknown"
@@ -470,18 +493,34 @@ def _import_agent(
         result.notes.append(f"{len(agent.tool_rules)} tool rule(s) not imported: memgpt agents have none")
     if document.groups:
         result.notes.append("multi-agent groups are not imported")
+    check_window(storage, state, blocks, tools_folder=settings.home / "tools", fix=_WINDOW_FIX)
+    return _Planned(agent, result, blocks, history, out_of_context)
+
+
+_WINDOW_FIX = "configure a model that has that much with `memgpt configure` and import again; nothing was imported"
+
+
+def _write_agent(
+    storage: Storage,
+    document: AgentFile,
+    plan: _Planned,
+    settings: ImportSettings,
+    sources: dict[str, Source],
+    made: _Made,
+) -> ImportedAgent:
+    result, state, agent = plan.result, plan.result.state, plan.agent
     made.passage_owners.append(state)
     result.passages = _restore_passages(storage, document, agent, state, settings.embedding)
     storage.agents.create(
         state,
-        blocks,
-        history=[stored(m) for m in history],
-        out_of_context=out_of_context,
+        plan.blocks,
+        history=[stored(m) for m in plan.history],
+        out_of_context=plan.out_of_context,
         source_ids=[sources[sid].id for sid in agent.sources if sid in sources],
     )
     made.agents.append(state)
     _attach_mcp_servers(storage, settings.home, document.mcp_servers_of(agent), state, result)
-    result.messages = len(history)
+    result.messages = len(plan.history)
     return result
 
 

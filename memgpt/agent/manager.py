@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from memgpt.agent import prompts
-from memgpt.agent.agent import Agent, window_refusal
+from memgpt.agent.agent import WINDOW_FIX, Agent, window_refusal
 from memgpt.agent.context import system_message
 from memgpt.agent.tools import Tool, builtin_tools, load_user_tools
 from memgpt.config import Config
@@ -150,7 +150,12 @@ def create_agent(
 
 
 def check_window(
-    storage: Storage, state: AgentState, blocks: Sequence[Block], *, tools_folder: Path | None = None
+    storage: Storage,
+    state: AgentState,
+    blocks: Sequence[Block],
+    *,
+    tools_folder: Path | None = None,
+    fix: str = WINDOW_FIX,
 ) -> None:
     """Refuse, before it is stored, an agent whose context window its fixed prompt (system prompt, core
     memory ``blocks``, function schemas) leaves no room in: measured as ``Agent.check_window`` measures it
@@ -162,7 +167,7 @@ def check_window(
     )
     ratio_model, ratio = storage.agents.token_ratio(state.id)
     ours = count_message(state.llm_model, message) + count_tools(state.llm_model, specs)
-    refusal = window_refusal(state, round(ours * (ratio if ratio_model == state.llm_model else 1.0)), len(specs))
+    refusal = window_refusal(state, round(ours * (ratio if ratio_model == state.llm_model else 1.0)), len(specs), fix)
     if refusal:
         raise UserError(refusal)
 
