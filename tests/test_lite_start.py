@@ -245,3 +245,21 @@ def test_a_start_starved_of_cpu_is_waited_for(tmp_path: Path, monkeypatch: pytes
     script = tmp_path / "bin" / "milvus"
     script.write_text(STARVED.format(python=sys.executable, starve=8.0, lib=str(REAL_BIN), cpu=cpu))
     _open_and_close(db_file)
+
+
+def test_a_start_leaves_no_log_file_in_the_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Milvus Lite's glog writes into the temporary directory (TMPDIR, else /tmp): INFO logs, and at every
+    error three files (milvus.*.INFO/WARNING/ERROR), never removed. A start leaves none there, whether it
+    works or is refused (a damaged file: its errors are logged)."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))  # where the server's glog writes; this process's is cached
+    for name in ("GLOG_minloglevel", "GLOG_logtostderr", "GLOG_log_dir"):
+        monkeypatch.delenv(name, raising=False)
+    _open_and_close(tmp_path / "good.db")
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database " * 100)
+    with pytest.raises(StorageError, match="exited"):
+        MilvusConnection(MilvusTarget(str(damaged))).ping()
+    lite.servers.stop(damaged)
+    assert sorted(p.name for p in temporary.iterdir()) == []

@@ -276,7 +276,6 @@ def _start_lite_server(db_file: Path) -> LiteStart:
     """Start the Milvus Lite server process in a thread, which waits until it listens while the caller goes
     on (the modules it needs are imported already: see :func:`import_client_modules`)."""
     lite.binary_dir()  # here, not in the thread: see import_client_modules
-    os.environ.setdefault("GLOG_minloglevel", "2")  # milvus-lite otherwise writes INFO logs into /tmp
     starting = LiteStart(db_file)
     starting.start()
     return starting

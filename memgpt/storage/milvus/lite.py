@@ -88,6 +88,10 @@ class LiteServer:
         environment = {k: v for k, v in source.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
         library_path = f"{binaries}:{source.get('LD_LIBRARY_PATH', '')}"
         environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path)
+        # Its glog would write INFO logs, and at every error three files (milvus.*.INFO/WARNING/ERROR), into
+        # the temporary directory, kept forever: errors only, to its stderr alone (where glog shows them anyway).
+        environment.setdefault("GLOG_minloglevel", "2")
+        environment.setdefault("GLOG_logtostderr", "1")
         log_level = source.get("LOG_LEVEL", "ERROR")
         try:
             process = subprocess.Popen(
