@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +21,7 @@ from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
-from memgpt.types import AgentState, Message, Role, ToolCall
+from memgpt.types import AgentState, Message, Passage, Role, ToolCall
 from tests.agent_rig import Rig, tool_results
 from tests.conftest import USER
 from tests.scripted_llm import ScriptedLLM
@@ -357,10 +358,97 @@ def test_a_bare_tool_call_between_a_message_and_its_reply_is_passed_over(storage
 
     day, answer = "Tuesday 12 March 2024", "said: Lovely name! How old is she?"
     assert indexed("m02") == [day, "I adopted a cat called Miso.", answer]
-    assert indexed("m01") == [day]  # never shown: no context
+    assert not store.query(eq("id", "m01"), limit=1)  # never shown: not indexed
+    assert storage.messages.backlog(state.id) == 0  # yet counted done
     recall.replace(Message("m00", state.id, Role.USER, "I adopted a kitten called Miso.", said.created_at))
     assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m00", "m02"]
     assert recall.sync() and indexed("m02")[1] == "I adopted a kitten called Miso."
     recall.remove(["m00"])
     assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m02"]
     assert recall.sync() and indexed("m02") == [day, answer]
+
+
+def _bare(agent_id: str, index: int, when: datetime) -> Message:
+    call = ToolCall(f"c{index}", "core_memory_append", json.dumps({"name": "human", "content": "A note."}))
+    return Message(f"m{index:03d}", agent_id, Role.ASSISTANT, "", when, tool_calls=(call,))
+
+
+def test_an_edit_reaches_past_any_number_of_bare_calls_to_the_next_message_with_words(
+    storage: Storage, model: LocalMiniLM
+) -> None:
+    """The message with words after an edited (or removed) one is indexed with the edited words, however many
+    bare tool calls sit between them (the agent may call several tools before it answers)."""
+    state = _agent(storage, model, "busy")
+    store = storage.passages(model.space)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=RecallIndex(store, model))
+    said = _message(state.id, 0, 0, "user", "I adopted a cat called Miso.")
+    calls = [_bare(state.id, i, START + timedelta(minutes=i)) for i in range(1, 7)]
+    reply = Message("m099", state.id, Role.USER, "She is two years old.", START + timedelta(minutes=9))
+    recall.append([said, *calls, reply])
+    assert recall.sync()
+    recall.replace(Message("m00", state.id, Role.USER, "I adopted a kitten called Miso.", said.created_at))
+    assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m00", "m099"]
+    assert recall.sync()
+    assert store.query(eq("id", "m099"), limit=1)[0].text.splitlines()[1] == "I adopted a kitten called Miso."
+    recall.remove(["m00"])
+    assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m099"]
+
+
+def test_a_dated_search_pages_through_every_match_though_bare_calls_share_the_day(
+    storage: Storage, model: LocalMiniLM
+) -> None:
+    """Bare tool calls are never shown: indexed, they took the ranked candidates of a search scoped to their
+    day (their entries are the day alone, which its words match best), and the pages ended early though more
+    messages matched."""
+    state = _agent(storage, model, "toolish")
+    store = storage.passages(model.space)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=RecallIndex(store, model))
+    history: list[Message] = []
+    for turn in range(12):
+        at = START + timedelta(seconds=30 * turn)
+        history.append(Message(f"m{turn:02d}", state.id, Role.USER, f"Note number {turn} about the garden.", at))
+        history += [_bare(state.id, 100 + 25 * turn + i, at + timedelta(seconds=i + 1)) for i in range(24)]
+    recall.append(history)
+    assert recall.sync()
+    worded = {m.id for m in history if m.content}
+    shown: set[str] = set()
+    number, more = 0, True
+    while more and number < 12:
+        page = recall.search("Tuesday 12 March", number, start_date="2024-03-12", end_date="2024-03-12")
+        assert isinstance(page, RankedPage)
+        shown |= {f"m{int(n):02d}" for n in re.findall(r"Note number (\d+)", "\n".join(page.items))}
+        number, more = number + 1, page.more
+    assert shown == worded
+
+
+def test_entries_earlier_versions_wrote_for_bare_calls_are_deleted(storage: Storage, model: LocalMiniLM) -> None:
+    """Migration 0018 marks the bare calls an earlier version indexed as unindexed: the next pass deletes
+    their entries and marks them done."""
+    from memgpt.storage.migrations import _0018_recall_without_bare_entries
+
+    state = _agent(storage, model, "upgraded")
+    store = storage.passages(model.space)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER, index=RecallIndex(store, model))
+    said = _message(state.id, 0, 0, "user", "I adopted a cat called Miso.")
+    bare = _bare(state.id, 1, START + timedelta(minutes=1))
+    recall.append([said, bare])
+    assert recall.sync()
+    old = Passage(
+        id=bare.id,
+        text="Tuesday 12 March 2024",
+        user_id=USER,
+        agent_id=state.id,
+        kind="recall",
+        created_at=bare.created_at,
+        metadata={"role": "assistant"},
+        embedding=model.embed("(empty)"),
+    )
+    store.insert([old])  # as an earlier version indexed it, marked indexed
+    assert store.query(eq("id", bare.id), limit=1)
+    with storage.metadata.engine.begin() as conn:
+        _0018_recall_without_bare_entries(conn)
+    assert [m.id for m in storage.messages.unindexed(state.id, 10)] == [bare.id]
+    assert recall.sync()
+    assert not store.query(eq("id", bare.id), limit=1)
+    assert store.query(eq("id", said.id), limit=1)
+    assert storage.messages.backlog(state.id) == 0

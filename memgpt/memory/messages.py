@@ -76,8 +76,7 @@ def indexed_text(message: Message, previous: Message | None) -> str:
     before it, then its own words. A reply ("About five years now.") shares no words with the question
     that finds it ("How long have I been climbing?"); the message it answers does, and dates otherwise
     live only in timestamps ("What did I cook on 14 March?"). A message without words (the agent only called
-    a tool) comes without ``previous`` (recall's ``_in_context``, which decides its vector too): its day is
-    all it is indexed with."""
+    a tool) is not indexed (recall's ``_worded``)."""
     before = search_text(previous)[-_CONTEXT_CHARS:] if previous is not None else ""
     return "\n".join(part for part in (day(message.created_at), before, search_text(message)) if part)
 

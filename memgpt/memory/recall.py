@@ -43,10 +43,6 @@ _INDEX_BATCH = 128  # messages per pass, over every agent waiting: a /pop waits 
 _GATHER = 0.05  # seconds a step's request waits for its pass: the turn ends first, other agents' steps join
 CATCH_UP_SECONDS = 10.0  # a search waits this long for the index, then uses the SQL word search
 _MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole message stays in SQL
-# An embedding needs some text: an agent message with neither a thought nor words to the person (it only
-# called a tool) is indexed under this, so it still counts where the SQL record does.
-_NO_WORDS = "(empty)"
-_NO_WORDS_KEY = "\0" + _NO_WORDS  # its embedding's key among the cached ones (no message id starts with NUL)
 # Own embeddings kept for the next batch's first message, per model and process (see RecallIndex): one per
 # agent active lately is what is needed; 4096 float32 vectors of 384 dimensions are 6 MB.
 _RECENT = 4096
@@ -80,8 +76,8 @@ class RecallIndex:
 
     def add(self, user_id: str, messages: list[Message], before: Mapping[str, Message | None]) -> None:
         """Index ``messages`` now, replacing what an interrupted earlier pass wrote of them; ``before`` maps each
-        one's id to the searchable message right before it."""
-        pairs = _in_context([(m, before.get(m.id)) for m in messages])
+        one's id to the searchable message right before it. Messages without words get no entry."""
+        pairs = _worded([(m, before.get(m.id)) for m in messages])
         missing = self.uncached(pairs)
         fresh = dict(zip([m.id for m in missing], _embedded(self.model, missing), strict=True))
         _write(self.store, self.entries(user_id, pairs, fresh))
@@ -162,7 +158,7 @@ def _fit(text: str) -> str:
 def _own_key(message: Message) -> str:
     """A message's key among the cached own embeddings: its id and what its text was when embedded, so an
     edit made in another process (whose cache was the one told) is never indexed with the old text's vector."""
-    digest = hashlib.blake2b((search_text(message) or _NO_WORDS).encode("utf-8"), digest_size=8).hexdigest()
+    digest = hashlib.blake2b(search_text(message).encode("utf-8"), digest_size=8).hexdigest()
     return f"{message.id}\0{digest}"
 
 
@@ -186,33 +182,35 @@ def _joined(own: Vector | np.ndarray, before: Vector | np.ndarray) -> Vector:
 
 
 def _embedded(model: EmbeddingModel, messages: Sequence[Message]) -> list[Vector]:
-    """The messages' own embeddings, each text embedded once: messages without words (an agent's bare
-    tool call) all share the embedding of ``_NO_WORDS``, kept with the model's cached ones."""
-    texts = [search_text(m) or _NO_WORDS for m in messages]
-    recent = _recent_of(model)
-    with _recent_lock:
-        known = {_NO_WORDS: recent[_NO_WORDS_KEY].tolist()} if _NO_WORDS_KEY in recent else {}
-    wanted = [text for text in dict.fromkeys(texts) if text not in known]
-    if wanted:
-        known.update(zip(wanted, model.embed_multi(wanted), strict=True))
-    if _NO_WORDS in wanted:
-        with _recent_lock:
-            recent[_NO_WORDS_KEY] = np.asarray(known[_NO_WORDS], dtype=np.float32)
+    """The messages' own embeddings, each text embedded once."""
+    texts = [search_text(m) for m in messages]
+    unique = list(dict.fromkeys(texts))
+    known = dict(zip(unique, model.embed_multi(unique), strict=True)) if unique else {}
     return [known[text] for text in texts]
 
 
-def _write(store: PassageStore, entries: list[Passage]) -> None:
+def _write(store: PassageStore, entries: list[Passage], bare: Sequence[Message] = ()) -> None:
     """Delete, then insert: Milvus Lite's upsert scans for the old rows (~0.8 s per call at 100k passages).
-    Entries a crash left between the insert and the SQL mark are replaced, never doubled."""
-    agents = sorted({p.agent_id for p in entries if p.agent_id})
-    store.delete(all_of(is_in("agent_id", agents), is_in("id", [p.id for p in entries])), count=False)
-    store.insert(entries)
+    Entries a crash left between the insert and the SQL mark are replaced, never doubled. Messages without
+    words (``bare``) get no entry, and lose one an earlier version wrote (see ``_worded``)."""
+    agents = sorted({p.agent_id for p in entries if p.agent_id} | {m.agent_id for m in bare})
+    ids = [p.id for p in entries] + [m.id for m in bare]
+    if ids:
+        store.delete(all_of(is_in("agent_id", agents), is_in("id", ids)), count=False)
+    if entries:
+        store.insert(entries)
 
 
-def _in_context(pairs: list[tuple[Message, Message | None]]) -> list[tuple[Message, Message | None]]:
-    """Each message with the one it is indexed with: none for a message without words, which is never shown
-    (its entry is its day and the embedding of ``_NO_WORDS``)."""
-    return [(m, previous if search_text(m) else None) for m, previous in pairs]
+def _worded(pairs: Sequence[tuple[Message, Message | None]]) -> list[tuple[Message, Message | None]]:
+    """The pairs whose message has words: only they are indexed. One without words (an agent message that
+    only called a tool) is never shown, as a result or a neighbour; an entry of its own would only take a
+    ranked candidate's place (a page came back short while more matched). Its row is marked indexed all
+    the same, so the backlog counts only what is still to index."""
+    return [(m, previous) for m, previous in pairs if search_text(m)]
+
+
+def _bare(pairs: Sequence[tuple[Message, Message | None]]) -> list[Message]:
+    return [m for m, _ in pairs if not search_text(m)]
 
 
 def _next_worded(after: Sequence[Message], gone: set[str]) -> str | None:
@@ -266,7 +264,7 @@ class RecallMemory:
             self._messages.replace(stored(message))
             if self._index is not None:
                 self._index.forget([message.id])
-                window = self._messages.around(self.agent_id, [message.id], before=0, after=_REACH)
+                window = self._messages.around(self.agent_id, [message.id], before=0, after=1, worded=True)
                 after = _next_worded(window[message.id][2], set()) if message.id in window else None
                 self._messages.mark_indexed(self.agent_id, [after] if after else [], indexed=False)
         self.sync_later()
@@ -288,7 +286,7 @@ class RecallMemory:
         if self._index is None or not message_ids:
             return []
         gone = set(message_ids)
-        window = self._messages.around(self.agent_id, message_ids, before=0, after=len(gone) + _REACH)
+        window = self._messages.around(self.agent_id, message_ids, before=0, after=len(gone) + 1, worded=True)
         found = {_next_worded(after, gone) for _, _, after in window.values()}
         return [message_id for message_id in found if message_id is not None]
 
@@ -389,8 +387,8 @@ class RecallMemory:
     def with_neighbours(self, hits: list[SearchHit], limit: int) -> list[Result]:
         """Up to ``limit`` results, best first, each with the messages with words right before and after it;
         a hit that an earlier result already shows is not repeated, nor is any message shown twice. An agent
-        message without words (it only called a tool) is indexed like the rest but never shown: it has
-        nothing to read, so neither a result nor a neighbour."""
+        message without words (it only called a tool) has nothing to read, so it is neither a result (it is
+        not indexed: see ``_worded``) nor a neighbour."""
         shown: set[str] = set()
         results: list[Result] = []
         # Read a few hits at a time: most pages need only the first ones.
@@ -432,23 +430,25 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
     with ExitStack() as held:
         work = _unindexed(recalls, limit, outcome, held)
         fresh = _embed(work, outcome)
-        by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage]]]] = {}
+        by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage], list[Message]]]] = {}
         for recall, index, pairs in work:
             if recall.key not in outcome.failed:
-                entries = index.entries(recall.user_id, pairs, fresh)
-                by_store.setdefault(id(index.store), []).append((recall, index, entries))
+                entries = index.entries(recall.user_id, _worded(pairs), fresh)
+                by_store.setdefault(id(index.store), []).append((recall, index, entries, _bare(pairs)))
         for group in by_store.values():
             try:
-                _write(group[0][1].store, [p for _, _, entries in group for p in entries])
+                entries = [p for _, _, written, _ in group for p in written]
+                _write(group[0][1].store, entries, [m for _, _, _, bare in group for m in bare])
             except MemGPTError as exc:
-                _failed(outcome, [recall for recall, _, _ in group], exc)
+                _failed(outcome, [recall for recall, _, _, _ in group], exc)
                 continue
-            by_messages: dict[int, list[tuple[RecallMemory, list[Passage]]]] = {}
-            for recall, _, entries in group:
-                by_messages.setdefault(id(recall._messages), []).append((recall, entries))
+            by_messages: dict[int, list[tuple[RecallMemory, list[str]]]] = {}
+            for recall, _, written, bare in group:
+                done = [p.id for p in written] + [m.id for m in bare]
+                by_messages.setdefault(id(recall._messages), []).append((recall, done))
             for marks in by_messages.values():  # one statement for the agents of one database
                 try:
-                    marks[0][0]._messages.mark_indexed_of({r.agent_id: [p.id for p in e] for r, e in marks})
+                    marks[0][0]._messages.mark_indexed_of({r.agent_id: done for r, done in marks})
                 except MemGPTError as exc:
                     _failed(outcome, [recall for recall, _ in marks], exc)
         for _, index, pairs in work:
@@ -480,10 +480,9 @@ def _unindexed(
             _failed(outcome, [recall for recall, _ in group], exc)
             continue
         for recall, index in group:
-            found_pairs = found.get(recall.agent_id)
-            if found_pairs is None:  # the limit did not reach it
+            pairs = found.get(recall.agent_id)
+            if pairs is None:  # the limit did not reach it
                 continue
-            pairs = _in_context(found_pairs)
             if len(pairs) < limit:
                 outcome.finished.add(recall.key)
             limit -= len(pairs)
@@ -500,7 +499,7 @@ def _embed(
     for recall, index, pairs in work:
         _, recalls, missing = by_model.setdefault(id(index.model), (index, [], {}))
         recalls.append(recall)
-        missing.update({m.id: m for m in index.uncached(pairs)})
+        missing.update({m.id: m for m in index.uncached(_worded(pairs))})
     fresh: dict[str, Vector] = {}
     for index, recalls, missing in by_model.values():
         try:

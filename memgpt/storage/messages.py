@@ -310,12 +310,15 @@ class MessageStore:
             return {r.id: _message(r) for r in rows}
 
     def around(
-        self, agent_id: str, message_ids: Sequence[str], *, before: int = 1, after: int = 1
+        self, agent_id: str, message_ids: Sequence[str], *, before: int = 1, after: int = 1, worded: bool = False
     ) -> dict[str, tuple[list[Message], Message, list[Message]]]:
         """Each message with up to ``before`` searchable messages right before it and ``after`` right after
-        it, oldest first. Ids of other agents' or unknown messages are left out."""
+        it (``worded``: only those with words, however many without sit between), oldest first. Ids of other
+        agents' or unknown messages are left out."""
         table = MessageRow.__table__
         searchable = select(table).where(table.c.agent_id == agent_id, table.c.searchable.is_(True))
+        if worded:
+            searchable = searchable.where(table.c.search_text != "")
         with self._metadata.session() as s:
             mine = select(table).where(table.c.agent_id == agent_id, table.c.id.in_(list(message_ids)))
             rows = {row.id: row for row in s.execute(mine)}
