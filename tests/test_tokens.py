@@ -90,3 +90,35 @@ def test_a_damaged_decoded_encoding_is_decoded_again(tmp_path: Path, monkeypatch
             assert kept.read_bytes() == whole  # replaced by a good one
     finally:
         encoding.cache_clear()
+
+
+def test_a_decoded_encoding_damaged_so_that_it_still_loads_is_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flipped byte inside a token still parses, and would count tokens wrongly in every later process: the
+    file's checksum says it is damaged, and it is decoded again and replaced."""
+    import marshal
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    encoding.cache_clear()
+    text = "hello world, hello again"
+    try:
+        reference = encoding("cl100k_base").encode(text)
+        (kept,) = (tmp_path / "cache").glob("cl100k_base.*.marshal")
+        whole = kept.read_bytes()
+        damaged = whole.replace(b"hello", b"jello")
+        assert damaged != whole
+
+        def parses(data: bytes) -> bool:
+            try:
+                return isinstance(marshal.loads(data), dict)
+            except (EOFError, ValueError, TypeError):
+                return False
+
+        assert parses(damaged) or parses(damaged.partition(b"\n")[2])  # whole, or after a first line of checks
+        kept.write_bytes(damaged)
+        encoding.cache_clear()
+        assert encoding("cl100k_base").encode(text) == reference
+        assert kept.read_bytes() == whole  # replaced by a good one
+    finally:
+        encoding.cache_clear()
