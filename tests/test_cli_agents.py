@@ -166,17 +166,27 @@ def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
         ]
     )
     result = cli("run", "--agent", "Piper", home=home, stdin=script)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # /nonsense did not run: the script failed, all else ran
     out = result.stdout
     assert "🤖 first answer" in out and "🤖 second answer" in out and "🤖 retried answer" in out
     assert '<persona characters="' in out and "recall: " in out
     assert "assistant: a better thought | said: a better answer" in out
     assert "Removed 3 messages" in out
-    assert "Unknown command /nonsense — type /help to see the commands" in out
+    assert "Unknown command /nonsense — type /help to see the commands" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # the only failure
     assert len(llm.requests) == 3  # "never sent" was after /exit
     assert "never sent" not in json.dumps(llm.requests)
     contents = [m.content for m in stored_messages(home, "Piper")]
     assert "again" not in contents and "hello" in contents  # /pop 3 took "again" and its retried answer
+
+
+def test_an_unknown_command_says_the_closest_and_fails_a_message(home: Path, llm: ScriptedLLM) -> None:
+    llm.reply("hello")
+    assert cli("run", "--agent", "Typo", "--message", "hi", home=home).returncode == 0
+    typo = cli("run", "--agent", "Typo", "--message", "/atach notes", home=home)
+    assert typo.returncode == 1
+    assert typo.stderr.strip() == "Unknown command /atach (did you mean /attach?) — type /help to see the commands"
+    assert len(llm.requests) == 1  # nothing was sent to the agent
 
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL

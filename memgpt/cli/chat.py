@@ -142,7 +142,9 @@ class Chat:
         name, _, argument = text.partition(" ")
         found = next((c for c in COMMANDS if name.lower() in (c.name, *c.aliases)), None)
         if found is None:
-            console.print(f"Unknown command {name} — type /help to see the commands", markup=False)
+            # A failure like any command's: piped lines and --message exit 1, so a script with a mistyped
+            # command (its work not done) does not pass for one that ran.
+            self._failed(FAILED, unknown_command(name))
             return True
         return found.run(self, argument.strip()) is not False
 
@@ -273,6 +275,16 @@ class SlashCommand:
     help: str
     run: Callable[[Chat, str], bool | None]  # returns False to end the chat
     aliases: tuple[str, ...] = ()
+
+
+def unknown_command(name: str) -> str:
+    """One line for a command that is not one: the closest command's name, if any is close, and /help."""
+    import difflib
+
+    names = [n for c in COMMANDS for n in (c.name, *c.aliases)]
+    close = difflib.get_close_matches(name.lower(), names, n=1)
+    guess = f" (did you mean {close[0]}?)" if close else ""
+    return f"Unknown command {name}{guess} — type /help to see the commands"
 
 
 COMMANDS: tuple[SlashCommand, ...] = (
