@@ -16,11 +16,11 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import ToolError
 from memgpt.memory.messages import readable
 from memgpt.memory.paging import RankedPage
-from memgpt.memory.recall import RecallIndex, RecallMemory
+from memgpt.memory.recall import NEIGHBOUR_SHARE, RecallIndex, RecallMemory, with_neighbour_scores
 from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
-from memgpt.types import AgentState, Message, Role, ToolCall
+from memgpt.types import AgentState, Message, Passage, Role, SearchHit, ToolCall
 from tests.agent_rig import Rig, tool_results
 from tests.conftest import USER
 from tests.scripted_llm import ScriptedLLM
@@ -364,3 +364,20 @@ def test_a_bare_tool_call_between_a_message_and_its_reply_is_passed_over(storage
     recall.remove(["m00"])
     assert [m.id for m in storage.messages.unindexed(state.id, 10)] == ["m02"]
     assert recall.sync() and indexed("m02") == [day, answer]
+
+
+def test_a_hit_shown_with_matching_neighbours_outranks_a_lone_hit_scored_a_little_higher() -> None:
+    said = [_message("a", i, 0, role, text) for i, (_, role, text) in enumerate(CHAT[:6])]
+    windows = {m.id: (said[max(0, i - 1) : i], m, said[i + 1 : i + 2]) for i, m in enumerate(said)}
+    fused = [  # m05 alone scores highest; m02 sits between two other hits (m01 asks, m03 follows up)
+        SearchHit(Passage(id="m05", text="", user_id=USER), 1.0),
+        SearchHit(Passage(id="m02", text="", user_id=USER), 0.9),
+        SearchHit(Passage(id="m01", text="", user_id=USER), 0.6),
+        SearchHit(Passage(id="m03", text="", user_id=USER), 0.5),
+    ]
+    ranked = with_neighbour_scores(fused, windows)
+    assert [h.passage.id for h in ranked] == ["m02", "m05", "m01", "m03"]
+    scores = {h.passage.id: h.score for h in ranked}
+    assert scores["m02"] == pytest.approx(0.9 + NEIGHBOUR_SHARE * (0.6 + 0.5))
+    assert scores["m05"] == pytest.approx(1.0)  # its neighbour m04 is no hit: nothing added
+    assert scores["m01"] == pytest.approx(0.6 + NEIGHBOUR_SHARE * 0.9)  # m00 is no hit either

@@ -20,7 +20,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import numpy as np
@@ -34,7 +34,7 @@ from memgpt.memory.results import Result, Scope, keyword_query, parse_date, rank
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq, is_in
-from memgpt.storage.fusion import CANDIDATES
+from memgpt.storage.fusion import CANDIDATES, Weights
 from memgpt.storage.turns import Fence
 from memgpt.types import Message, Passage, SearchHit
 
@@ -55,6 +55,13 @@ _QUERIES = 16  # query embeddings kept for the next page of the same search
 # the agent may sit between them).
 _REACH = 3
 _PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against the message count
+# How recall ranks (tuned on bench/recall_bench.py's `dev` conversation, checked on the other two and on the
+# archival sets; see the README). A chat message is short, so BM25 matches on one common word ("Tom", "work")
+# are many: a keyword hit keeps half its credit unless its meaning is close too (``Weights.gate``), and words
+# then weigh 1.5. Each message's score then gains this share of its shown neighbours' scores: the model reads
+# a hit with the messages around it, so a result is as good as the three messages it shows.
+RECALL_WEIGHTS = Weights(dense=1.0, keyword=1.5, gate=0.5)
+NEIGHBOUR_SHARE = 0.2
 
 
 @dataclass
@@ -224,6 +231,30 @@ def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
     return [m for m in messages if m.id not in shown]
 
 
+Windows = dict[str, tuple[list[Message], Message, list[Message]]]  # MessageStore.around: before, message, after
+
+
+def _shown_around(window: tuple[list[Message], Message, list[Message]]) -> tuple[list[Message], list[Message]]:
+    """The neighbours a result shows: the nearest message with words on each side."""
+    before, _, after = window
+    return [m for m in before if search_text(m)][-1:], [m for m in after if search_text(m)][:1]
+
+
+def with_neighbour_scores(hits: list[SearchHit], windows: Windows) -> list[SearchHit]:
+    """The hits re-ranked by their score plus ``NEIGHBOUR_SHARE`` of the scores of the neighbours their result
+    would show (0 for a neighbour that is not a hit); ties keep the fused order."""
+    scores = {h.passage.id: h.score for h in hits}
+
+    def around(hit: SearchHit) -> float:
+        window = windows.get(hit.passage.id)
+        if window is None:
+            return 0.0
+        return sum(scores.get(m.id, 0.0) for side in _shown_around(window) for m in side)
+
+    rescored = [replace(h, score=h.score + NEIGHBOUR_SHARE * around(h)) for h in hits]
+    return sorted(rescored, key=lambda h: -h.score)
+
+
 class RecallMemory:
     """One agent's message history; ``index`` is None where only the SQL word search is wanted.
 
@@ -379,34 +410,43 @@ class RecallMemory:
         # Enough candidates to fill the pages up to this one however many hits fold into earlier results.
         depth = max(CANDIDATES, wanted * 3)
         hits = store.search(
-            index.query_vector(query), text=keyword_query(query), limit=depth, where=where, with_text=False
+            index.query_vector(query),
+            text=keyword_query(query),
+            limit=depth,
+            where=where,
+            with_text=False,
+            weights=RECALL_WEIGHTS,
         )
-        results = self.with_neighbours(hits, wanted + 1)
+        windows = self._messages.around(self.agent_id, [h.passage.id for h in hits], before=_REACH, after=_REACH)
+        results = self.with_neighbours(with_neighbour_scores(hits, windows), wanted + 1, windows)
         about = (ranking_note(hits, store.supports_hybrid) + scope.describe()).strip()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)
 
-    def with_neighbours(self, hits: list[SearchHit], limit: int) -> list[Result]:
+    def with_neighbours(self, hits: list[SearchHit], limit: int, windows: Windows | None = None) -> list[Result]:
         """Up to ``limit`` results, best first, each with the messages with words right before and after it;
         a hit that an earlier result already shows is not repeated, nor is any message shown twice. An agent
         message without words (it only called a tool) is indexed like the rest but never shown: it has
-        nothing to read, so neither a result nor a neighbour."""
+        nothing to read, so neither a result nor a neighbour. ``windows``: the hits' messages and neighbours
+        as ``around`` read them, when the caller has them already."""
         shown: set[str] = set()
         results: list[Result] = []
         # Read a few hits at a time: most pages need only the first ones.
         step = limit + 3
         for start in range(0, len(hits), step):
             batch = [h.passage.id for h in hits[start : start + step] if h.passage.id not in shown]
-            windows = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
+            if windows is None or any(hit_id not in windows for hit_id in batch):
+                read = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
+                windows = {**(windows or {}), **read}
             for hit_id in batch:
                 if len(results) >= limit:
                     return results
                 if hit_id in shown or hit_id not in windows:  # not shown twice; removed since it was indexed
                     continue
-                before, match, after = windows[hit_id]
+                match = windows[hit_id][1]
                 if not search_text(match):
                     continue
-                before, after = [m for m in before if search_text(m)][-1:], [m for m in after if search_text(m)][:1]
+                before, after = _shown_around(windows[hit_id])
                 result = Result(match, _unseen(before, shown), _unseen(after, shown))
                 shown.update(m.id for m in (*result.before, match, *result.after))
                 results.append(result)
