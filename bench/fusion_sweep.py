@@ -294,6 +294,7 @@ def windowed(
     knorm: Callable[[Scored], dict[str, float]] = _minmax,
     gate: float = 1.0,
     cut: int = 0,
+    top: int = 0,
 ) -> Fusion:
     """Recall only: a message's min-max fused score plus ``lam`` x its neighbours' (what its result shows)."""
 
@@ -305,8 +306,9 @@ def windowed(
         if not _ORDER:
             return _ranked(fused, dense, bm25)
         at = {i: p for p, i in _ORDER.items()}
-        scores = {}
-        for p, f in fused.items():
+        scores = dict(fused)
+        for p in _ranked(fused, dense, bm25)[:top] if top else fused:
+            f = fused[p]
             i = _ORDER.get(p)
             around = [fused.get(at.get(j, ""), 0.0) for j in (i - 1, i + 1)] if i is not None else [0.0]
             scores[p] = f + lam * (sum(around) if mode == "sum" else max(around))
@@ -325,11 +327,11 @@ def bm25_only(dense: Scored, bm25: Scored, query: str) -> list[str]:
 
 def recall_default() -> Fusion:
     """conversation_search's ranking (memgpt.memory.recall): gated fusion, then the neighbours' share."""
-    from memgpt.memory.recall import NEIGHBOUR_SHARE, RECALL_WEIGHTS
+    from memgpt.memory.recall import NEIGHBOUR_SHARE, RECALL_WEIGHTS, RESCORED
     from memgpt.storage.fusion import CANDIDATES
 
     w = RECALL_WEIGHTS
-    return windowed(NEIGHBOUR_SHARE, w.keyword, gate=w.gate, cut=CANDIDATES)
+    return windowed(NEIGHBOUR_SHARE, w.keyword, gate=w.gate, cut=CANDIDATES, top=RESCORED)
 
 
 VARIANTS: dict[str, Fusion] = {
@@ -375,6 +377,10 @@ for _lam in (0.25, 0.5):
 for _lam in (0.15, 0.2, 0.25, 0.3, 0.4):
     for _gate, _wk in ((0.5, 1.25), (0.5, 1.5), (0.5, 1.75), (0.4, 1.5), (0.6, 1.5)):
         VARIANTS[f"G W{_lam:g} gate {_gate:g} x{_wk:g} top100"] = windowed(_lam, _wk, gate=_gate, cut=100)
+for _top in (10, 15, 20, 30, 50):
+    VARIANTS[f"T recall default, neighbours' share for the fused top {_top} only"] = windowed(
+        0.2, 1.5, gate=0.5, cut=100, top=_top
+    )
 for _bonus in (0.1, 0.25):
     VARIANTS[f"minmax + {_bonus:g} when both find it"] = sides_agree(_bonus)
 

@@ -20,7 +20,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -62,6 +62,7 @@ _PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against 
 # a hit with the messages around it, so a result is as good as the three messages it shows.
 RECALL_WEIGHTS = Weights(dense=1.0, keyword=1.5, gate=0.5)
 NEIGHBOUR_SHARE = 0.2
+RESCORED = 30  # how many of the best fused hits gain their neighbours' share (the same on every page)
 
 
 @dataclass
@@ -231,27 +232,21 @@ def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
     return [m for m in messages if m.id not in shown]
 
 
-Windows = dict[str, tuple[list[Message], Message, list[Message]]]  # MessageStore.around: before, message, after
+Neighbours = Mapping[str, tuple[str | None, str | None]]  # MessageStore.worded_neighbours: before, after
 
 
-def _shown_around(window: tuple[list[Message], Message, list[Message]]) -> tuple[list[Message], list[Message]]:
-    """The neighbours a result shows: the nearest message with words on each side."""
-    before, _, after = window
-    return [m for m in before if search_text(m)][-1:], [m for m in after if search_text(m)][:1]
+def with_neighbour_scores(
+    hits: list[SearchHit], neighbours: Neighbours, scored: Sequence[SearchHit] = ()
+) -> list[SearchHit]:
+    """``hits`` re-ranked by their score plus ``NEIGHBOUR_SHARE`` of the scores of the messages their result
+    would show beside them (``neighbours``: each hit's nearest messages with words before and after it),
+    taken from ``hits`` and ``scored`` (0 for a message in neither); ties keep the fused order."""
+    scores = {h.passage.id: h.score for h in (*scored, *hits)}
 
+    def share(hit_id: str) -> float:
+        return sum(scores.get(m, 0.0) for m in neighbours.get(hit_id, (None, None)) if m is not None)
 
-def with_neighbour_scores(hits: list[SearchHit], windows: Windows) -> list[SearchHit]:
-    """The hits re-ranked by their score plus ``NEIGHBOUR_SHARE`` of the scores of the neighbours their result
-    would show (0 for a neighbour that is not a hit); ties keep the fused order."""
-    scores = {h.passage.id: h.score for h in hits}
-
-    def around(hit: SearchHit) -> float:
-        window = windows.get(hit.passage.id)
-        if window is None:
-            return 0.0
-        return sum(scores.get(m.id, 0.0) for side in _shown_around(window) for m in side)
-
-    rescored = [replace(h, score=h.score + NEIGHBOUR_SHARE * around(h)) for h in hits]
+    rescored = [SearchHit(h.passage, h.score + NEIGHBOUR_SHARE * share(h.passage.id), h.shares_words) for h in hits]
     return sorted(rescored, key=lambda h: -h.score)
 
 
@@ -417,36 +412,34 @@ class RecallMemory:
             with_text=False,
             weights=RECALL_WEIGHTS,
         )
-        windows = self._messages.around(self.agent_id, [h.passage.id for h in hits], before=_REACH, after=_REACH)
-        results = self.with_neighbours(with_neighbour_scores(hits, windows), wanted + 1, windows)
+        best = hits[:RESCORED]  # the rest keep their fused score: below these, the share rarely lifts one far
+        neighbours = self._messages.worded_neighbours(self.agent_id, [h.passage.id for h in best])
+        results = self.with_neighbours(with_neighbour_scores(best, neighbours, hits) + hits[RESCORED:], wanted + 1)
         about = (ranking_note(hits, store.supports_hybrid) + scope.describe()).strip()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)
 
-    def with_neighbours(self, hits: list[SearchHit], limit: int, windows: Windows | None = None) -> list[Result]:
+    def with_neighbours(self, hits: list[SearchHit], limit: int) -> list[Result]:
         """Up to ``limit`` results, best first, each with the messages with words right before and after it;
         a hit that an earlier result already shows is not repeated, nor is any message shown twice. An agent
         message without words (it only called a tool) is indexed like the rest but never shown: it has
-        nothing to read, so neither a result nor a neighbour. ``windows``: the hits' messages and neighbours
-        as ``around`` read them, when the caller has them already."""
+        nothing to read, so neither a result nor a neighbour."""
         shown: set[str] = set()
         results: list[Result] = []
         # Read a few hits at a time: most pages need only the first ones.
         step = limit + 3
         for start in range(0, len(hits), step):
             batch = [h.passage.id for h in hits[start : start + step] if h.passage.id not in shown]
-            if windows is None or any(hit_id not in windows for hit_id in batch):
-                read = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
-                windows = {**(windows or {}), **read}
+            windows = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
             for hit_id in batch:
                 if len(results) >= limit:
                     return results
                 if hit_id in shown or hit_id not in windows:  # not shown twice; removed since it was indexed
                     continue
-                match = windows[hit_id][1]
+                before, match, after = windows[hit_id]
                 if not search_text(match):
                     continue
-                before, after = _shown_around(windows[hit_id])
+                before, after = [m for m in before if search_text(m)][-1:], [m for m in after if search_text(m)][:1]
                 result = Result(match, _unseen(before, shown), _unseen(after, shown))
                 shown.update(m.id for m in (*result.before, match, *result.after))
                 results.append(result)
