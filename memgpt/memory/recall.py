@@ -233,6 +233,7 @@ def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
 
 
 Neighbours = Mapping[str, tuple[str | None, str | None]]  # MessageStore.worded_neighbours: before, after
+Windows = dict[str, tuple[list[Message], Message, list[Message]]]  # MessageStore.around: before, message, after
 
 
 def with_neighbour_scores(
@@ -414,23 +415,25 @@ class RecallMemory:
         )
         best = hits[:RESCORED]  # the rest keep their fused score: below these, the share rarely lifts one far
         neighbours = self._messages.worded_neighbours(self.agent_id, [h.passage.id for h in best])
-        results = self.with_neighbours(with_neighbour_scores(best, neighbours, hits) + hits[RESCORED:], wanted + 1)
+        ranked = with_neighbour_scores(best, neighbours, hits) + hits[RESCORED:]
+        results = self.with_neighbours(ranked, wanted + 1, neighbours)
         about = (ranking_note(hits, store.supports_hybrid) + scope.describe()).strip()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)
 
-    def with_neighbours(self, hits: list[SearchHit], limit: int) -> list[Result]:
+    def with_neighbours(self, hits: list[SearchHit], limit: int, neighbours: Neighbours | None = None) -> list[Result]:
         """Up to ``limit`` results, best first, each with the messages with words right before and after it;
         a hit that an earlier result already shows is not repeated, nor is any message shown twice. An agent
         message without words (it only called a tool) is indexed like the rest but never shown: it has
-        nothing to read, so neither a result nor a neighbour."""
+        nothing to read, so neither a result nor a neighbour. ``neighbours``: the neighbours' ids of some hits,
+        already read (``MessageStore.worded_neighbours``), so only those messages are read for them."""
         shown: set[str] = set()
         results: list[Result] = []
         # Read a few hits at a time: most pages need only the first ones.
         step = limit + 3
         for start in range(0, len(hits), step):
             batch = [h.passage.id for h in hits[start : start + step] if h.passage.id not in shown]
-            windows = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
+            windows = self._windows(batch, neighbours or {})
             for hit_id in batch:
                 if len(results) >= limit:
                     return results
@@ -444,6 +447,22 @@ class RecallMemory:
                 shown.update(m.id for m in (*result.before, match, *result.after))
                 results.append(result)
         return results
+
+    def _windows(self, batch: list[str], neighbours: Neighbours) -> Windows:
+        """Each hit of ``batch`` with the messages around it: for a hit whose neighbours' ids are known, just
+        those messages; for the rest, the few searchable messages on each side (``around``)."""
+        known = [hit_id for hit_id in batch if hit_id in neighbours]
+        ids = {*known, *(m for hit_id in known for m in neighbours[hit_id] if m is not None)}
+        read = self._messages.by_id(self.agent_id, list(ids)) if known else {}
+        windows: Windows = {}
+        for hit_id in known:
+            if hit_id in read:  # else removed since it was indexed
+                before, after = (read.get(m) if m else None for m in neighbours[hit_id])
+                windows[hit_id] = ([before] if before else [], read[hit_id], [after] if after else [])
+        rest = [hit_id for hit_id in batch if hit_id not in neighbours]
+        if rest:
+            windows.update(self._messages.around(self.agent_id, rest, before=_REACH, after=_REACH))
+        return windows
 
     def search_dates(self, start_date: str, end_date: str, page: int | None = 0) -> Page:
         start, end = parse_date(start_date, end=False), parse_date(end_date, end=True)
