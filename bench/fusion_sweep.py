@@ -490,10 +490,11 @@ def report(cache: dict, names: Sequence[str], recall_metric: Callable[[Row], Row
             print(f"  {v:<{width}} {mark} {_fmt(row)}")
     winners = [v for v in names if all(table[(v, b)].beats(table[("dense", b)], table[("BM25", b)]) for b, _ in blocks)]
     print("\nvariants that beat both sides on every row:", winners)
-    ours = {b: ("recall: memgpt's conversation_search" if b.startswith("recall") else "minmax 1:1 (memgpt)") for b, _ in blocks}
+    recall, archival = "recall: memgpt's conversation_search", "minmax 1:1 (memgpt)"
+    ours = {b: recall if b.startswith("recall") else archival for b, _ in blocks}
     if all((v, b) in table for b, v in ours.items()):
         met = all(table[(v, b)].beats(table[("dense", b)], table[("BM25", b)]) for b, v in ours.items())
-        print(f"memgpt (conversation_search's fusion for recall, min-max 1:1 for archival) beats both on every row: {met}")
+        print(f"memgpt (recall: conversation_search's fusion; archival: min-max 1:1) beats both on every row: {met}")
 
 
 def _pooled(conversations: list[tuple[list[dict], list[str]]], fusion: Fusion) -> Row:
