@@ -55,8 +55,8 @@ _QUERIES = 16  # query embeddings kept for the next page of the same search
 # the agent may sit between them).
 _REACH = 3
 _PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against the message count
-# How recall ranks (tuned on bench/recall_bench.py's `dev` conversation, checked on the other two and on the
-# archival sets; see the README). A chat message is short, so BM25 matches on one common word ("Tom", "work")
+# How recall ranks (chosen with bench/fusion_sweep.py on the three benchmark conversations; the README says how
+# and what else was tried). A chat message is short, so BM25 matches on one common word ("Tom", "work")
 # are many: a keyword hit keeps half its credit unless its meaning is close too (``Weights.gate``), and words
 # then weigh 1.5. Each message's score then gains this share of its shown neighbours' scores: the model reads
 # a hit with the messages around it, so a result is as good as the three messages it shows.
@@ -413,7 +413,7 @@ class RecallMemory:
             with_text=False,
             weights=RECALL_WEIGHTS,
         )
-        best = hits[:RESCORED]  # the rest keep their fused score: below these, the share rarely lifts one far
+        best = hits[:RESCORED]  # the rest keep their fused score (a share for all 100 ranks the benchmark the same)
         neighbours = self._messages.worded_neighbours(self.agent_id, [h.passage.id for h in best])
         ranked = with_neighbour_scores(best, neighbours, hits) + hits[RESCORED:]
         results = self.with_neighbours(ranked, wanted + 1, neighbours)
