@@ -176,8 +176,9 @@ VARIANTS = [
         lambda h, q: h.conversation_search(q),
     ),
 ]
-# --sweep: conversation_search's pipeline with other fusion weights (dense 1, BM25 x), to tune them on one
-# conversation and check them on the others (the per-conversation table).
+# --sweep: the normalised pipeline with neighbours (ungated, no neighbours' share: conversation_search before
+# its current fusion) with other weights (dense 1, BM25 x), per conversation; bench/fusion_sweep.py compares
+# many more fusions on cached candidates.
 SWEEP = [
     Variant(
         f"fused-k{x:g}",
