@@ -37,6 +37,7 @@ from rich.table import Table
 
 from bench.recall_adapter import Model, RecallHome, Shown, Turn, local_model
 from bench.retrieval_bench import archival
+from memgpt.memory.recall import NEIGHBOUR_SHARE, RECALL_WEIGHTS
 from memgpt.storage.fusion import Weights
 
 DATA = Path(__file__).resolve().parent / "recall"
@@ -167,10 +168,17 @@ VARIANTS = [
     _context("dense-shown", "dense, in context, shown with neighbours", "dense", neighbours=True),
     _context("bm25-shown", "BM25, in context, shown with neighbours", "bm25", neighbours=True),
     _context("rrf-shown", "hybrid RRF k=60, in context, with neighbours", "rrf", neighbours=True),
-    Variant("search", "conversation_search (normalised, context, neighbours)", lambda h, q: h.conversation_search(q)),
+    _context("fused-shown", "hybrid normalised 1:1, in context, with neighbours", "fused", neighbours=True),
+    Variant(
+        "search",
+        f"conversation_search (BM25 x{RECALL_WEIGHTS.keyword:g} gated {RECALL_WEIGHTS.gate:g}, neighbours' share "
+        f"{NEIGHBOUR_SHARE:g}, context, neighbours)",
+        lambda h, q: h.conversation_search(q),
+    ),
 ]
-# --sweep: conversation_search's pipeline with other fusion weights (dense 1, BM25 x), to tune them on one
-# conversation and check them on the others (the per-conversation table).
+# --sweep: the normalised pipeline with neighbours (ungated, no neighbours' share: conversation_search before
+# its current fusion) with other weights (dense 1, BM25 x), per conversation; bench/fusion_sweep.py compares
+# many more fusions on cached candidates.
 SWEEP = [
     Variant(
         f"fused-k{x:g}",

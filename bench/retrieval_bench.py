@@ -2,8 +2,9 @@
 
 Usage: python bench/retrieval_bench.py [--misses MODE] (bench/recall_bench.py prints these tables too)
 Loads tests/data into Milvus Lite with the default local model, then asks every question in
-bench/retrieval_queries.json (the tuning set) and bench/retrieval_heldout.json (written before the
-heading-aware loader and never tuned on); a hit is relevant when its text contains the labelled answer.
+bench/retrieval_queries.json (the tuning set) and bench/retrieval_heldout.json (never tuned on: 40 questions
+written before the heading-aware loader, 88 more (``held2-*``) written from the documents alone and committed
+before any search ran them); a hit is relevant when its text contains the labelled answer.
 Prints recall@5, recall@10 and MRR@10 per mode and set: dense, BM25, reciprocal-rank fusion (memgpt's
 hybrid before issue 11) and memgpt's hybrid search (normalised-score fusion, ``memgpt.storage.fusion``),
 memgpt's hybrid recall@5 per file, and what loading cost per passage (parse and embed, CPU seconds).

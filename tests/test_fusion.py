@@ -40,3 +40,18 @@ def test_weights_and_degenerate_lists() -> None:
     assert [h.passage.id for h in alone] == ["a", "b"] and not any(h.shares_words for h in alone)
     assert [h.score for h in fuse(hits(("a", 0.3), ("b", 0.3)), [])] == [1.0, 1.0]  # equal scores: all best
     assert fuse([], []) == []
+
+
+def test_a_gated_keyword_hit_keeps_its_full_credit_only_when_it_is_close_in_meaning_too() -> None:
+    dense = hits(("a", 0.9), ("b", 0.5), ("c", 0.1))  # normalised: a 1, b 0.5, c 0
+    keyword = hits(("c", 8.0), ("b", 8.0), ("d", 8.0), ("x", 0.0))  # c, b and d match equally well by words
+    gated = Weights(dense=1.0, keyword=1.5, gate=0.5)
+    scores = {h.passage.id: h.score for h in fuse(dense, keyword, gated)}
+    assert scores["a"] == pytest.approx(1.0)  # no shared word: meaning alone
+    assert scores["b"] == pytest.approx(0.5 + 1.5 * 1.0 * (0.5 + 0.5 * 0.5))
+    assert scores["c"] == pytest.approx(0.0 + 1.5 * 1.0 * 0.5)  # the dense list's last: half the word credit
+    assert scores["d"] == pytest.approx(1.5 * 0.5)  # not among the dense candidates at all: the same
+    assert [h.passage.id for h in fuse(dense, keyword, gated)][:2] == ["b", "a"]
+    # Ungated (the default), a word match far in meaning counts as much as one close in meaning.
+    plain = {h.passage.id: h.score for h in fuse(dense, keyword)}
+    assert plain["c"] == pytest.approx(1.0) and plain["d"] == pytest.approx(1.0)

@@ -17,11 +17,11 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import ToolError
 from memgpt.memory.messages import readable
 from memgpt.memory.paging import RankedPage
-from memgpt.memory.recall import RecallIndex, RecallMemory
+from memgpt.memory.recall import NEIGHBOUR_SHARE, RecallIndex, RecallMemory, with_neighbour_scores
 from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
-from memgpt.types import AgentState, Message, Passage, Role, ToolCall
+from memgpt.types import AgentState, Message, Passage, Role, SearchHit, ToolCall
 from tests.agent_rig import Rig, tool_results
 from tests.conftest import USER
 from tests.scripted_llm import ScriptedLLM
@@ -452,3 +452,37 @@ def test_entries_earlier_versions_wrote_for_bare_calls_are_deleted(storage: Stor
     assert not store.query(eq("id", bare.id), limit=1)
     assert store.query(eq("id", said.id), limit=1)
     assert storage.messages.backlog(state.id) == 0
+
+
+def test_a_hit_shown_with_matching_neighbours_outranks_a_lone_hit_scored_a_little_higher() -> None:
+    said = [f"m{i:02d}" for i in range(6)]  # one conversation, in order, every message with words
+    neighbours = {m: (b, a) for b, m, a in zip([None, *said[:-1]], said, [*said[1:], None], strict=True)}
+    fused = [  # m05 alone scores highest; m02 sits between two other hits (m01 asks, m03 follows up)
+        SearchHit(Passage(id="m05", text="", user_id=USER), 1.0),
+        SearchHit(Passage(id="m02", text="", user_id=USER), 0.9),
+        SearchHit(Passage(id="m01", text="", user_id=USER), 0.6),
+        SearchHit(Passage(id="m03", text="", user_id=USER), 0.5),
+    ]
+    ranked = with_neighbour_scores(fused, neighbours)
+    assert [h.passage.id for h in ranked] == ["m02", "m05", "m01", "m03"]
+    scores = {h.passage.id: h.score for h in ranked}
+    assert scores["m02"] == pytest.approx(0.9 + NEIGHBOUR_SHARE * (0.6 + 0.5))
+    assert scores["m05"] == pytest.approx(1.0)  # its neighbour m04 is no hit: nothing added
+    assert scores["m01"] == pytest.approx(0.6 + NEIGHBOUR_SHARE * 0.9)  # m00 is no hit either
+
+
+def test_worded_neighbours_are_the_messages_a_result_shows_beside_its_hit(storage: Storage, model: LocalMiniLM) -> None:
+    state, other = _agent(storage, model, "cats"), _agent(storage, model, "dogs")
+    recall = RecallMemory(storage, agent_id=state.id, user_id=USER)
+    said = _message(state.id, 0, 0, "user", "I adopted a cat called Miso.")
+    call = ToolCall("c1", "core_memory_append", json.dumps({"name": "human", "content": "Has a cat."}))
+    bare = Message("m01", state.id, Role.ASSISTANT, "", START + timedelta(minutes=1), tool_calls=(call,))
+    reply = _message(state.id, 2, 0, "assistant", "Lovely name! How old is she?")
+    later = _message(state.id, 3, 0, "user", "Two, and very loud.")
+    recall.append([said, bare, reply, later])
+    RecallMemory(storage, agent_id=other.id, user_id=USER).append([_message(other.id, 9, 0, "user", "Woof.")])
+    found = storage.messages.worded_neighbours(state.id, ["m00", "m01", "m02", "m03", "m09", "nope"])
+    assert found == {"m00": (None, "m02"), "m01": ("m00", "m02"), "m02": ("m00", "m03"), "m03": ("m02", None)}
+    shown = recall.with_neighbours([SearchHit(Passage(id="m02", text="", user_id=USER), 1.0)], 1)[0]
+    assert ([m.id for m in shown.before], [m.id for m in shown.after]) == (["m00"], ["m03"])
+    assert storage.messages.worded_neighbours(state.id, []) == {}

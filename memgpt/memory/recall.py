@@ -34,7 +34,7 @@ from memgpt.memory.results import Result, Scope, keyword_query, parse_date, rank
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq, is_in
-from memgpt.storage.fusion import CANDIDATES
+from memgpt.storage.fusion import CANDIDATES, Weights
 from memgpt.storage.turns import Fence
 from memgpt.types import Message, Passage, SearchHit
 
@@ -51,6 +51,14 @@ _QUERIES = 16  # query embeddings kept for the next page of the same search
 # the agent may sit between them).
 _REACH = 3
 _PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against the message count
+# How recall ranks (chosen with bench/fusion_sweep.py on the three benchmark conversations; the README says how
+# and what else was tried). A chat message is short, so BM25 matches on one common word ("Tom", "work")
+# are many: a keyword hit keeps half its credit unless its meaning is close too (``Weights.gate``), and words
+# then weigh 1.5. Each message's score then gains this share of its shown neighbours' scores: the model reads
+# a hit with the messages around it, so a result is as good as the three messages it shows.
+RECALL_WEIGHTS = Weights(dense=1.0, keyword=1.5, gate=0.5)
+NEIGHBOUR_SHARE = 0.2
+RESCORED = 30  # how many of the best fused hits gain their neighbours' share (the same on every page)
 
 
 @dataclass
@@ -222,6 +230,25 @@ def _unseen(messages: list[Message], shown: set[str]) -> list[Message]:
     return [m for m in messages if m.id not in shown]
 
 
+Neighbours = Mapping[str, tuple[str | None, str | None]]  # MessageStore.worded_neighbours: before, after
+Windows = dict[str, tuple[list[Message], Message, list[Message]]]  # MessageStore.around: before, message, after
+
+
+def with_neighbour_scores(
+    hits: list[SearchHit], neighbours: Neighbours, scored: Sequence[SearchHit] = ()
+) -> list[SearchHit]:
+    """``hits`` re-ranked by their score plus ``NEIGHBOUR_SHARE`` of the scores of the messages their result
+    would show beside them (``neighbours``: each hit's nearest messages with words before and after it),
+    taken from ``hits`` and ``scored`` (0 for a message in neither); ties keep the fused order."""
+    scores = {h.passage.id: h.score for h in (*scored, *hits)}
+
+    def share(hit_id: str) -> float:
+        return sum(scores.get(m, 0.0) for m in neighbours.get(hit_id, (None, None)) if m is not None)
+
+    rescored = [SearchHit(h.passage, h.score + NEIGHBOUR_SHARE * share(h.passage.id), h.shares_words) for h in hits]
+    return sorted(rescored, key=lambda h: -h.score)
+
+
 class RecallMemory:
     """One agent's message history; ``index`` is None where only the SQL word search is wanted.
 
@@ -377,25 +404,34 @@ class RecallMemory:
         # Enough candidates to fill the pages up to this one however many hits fold into earlier results.
         depth = max(CANDIDATES, wanted * 3)
         hits = store.search(
-            index.query_vector(query), text=keyword_query(query), limit=depth, where=where, with_text=False
+            index.query_vector(query),
+            text=keyword_query(query),
+            limit=depth,
+            where=where,
+            with_text=False,
+            weights=RECALL_WEIGHTS,
         )
-        results = self.with_neighbours(hits, wanted + 1)
+        best = hits[:RESCORED]  # the rest keep their fused score (a share for all 100 ranks the benchmark the same)
+        neighbours = self._messages.worded_neighbours(self.agent_id, [h.passage.id for h in best])
+        ranked = with_neighbour_scores(best, neighbours, hits) + hits[RESCORED:]
+        results = self.with_neighbours(ranked, wanted + 1, neighbours)
         about = (ranking_note(hits, store.supports_hybrid) + scope.describe()).strip()
         more = len(results) > wanted
         return RankedPage([r.render() for r in results[number * PAGE_SIZE : wanted]], number, more, about)
 
-    def with_neighbours(self, hits: list[SearchHit], limit: int) -> list[Result]:
+    def with_neighbours(self, hits: list[SearchHit], limit: int, neighbours: Neighbours | None = None) -> list[Result]:
         """Up to ``limit`` results, best first, each with the messages with words right before and after it;
         a hit that an earlier result already shows is not repeated, nor is any message shown twice. An agent
         message without words (it only called a tool) has nothing to read, so it is neither a result (it is
-        not indexed: see ``_worded``) nor a neighbour."""
+        not indexed: see ``_worded``) nor a neighbour. ``neighbours``: the neighbours' ids of some hits,
+        already read (``MessageStore.worded_neighbours``), so only those messages are read for them."""
         shown: set[str] = set()
         results: list[Result] = []
         # Read a few hits at a time: most pages need only the first ones.
         step = limit + 3
         for start in range(0, len(hits), step):
             batch = [h.passage.id for h in hits[start : start + step] if h.passage.id not in shown]
-            windows = self._messages.around(self.agent_id, batch, before=_REACH, after=_REACH)
+            windows = self._windows(batch, neighbours or {})
             for hit_id in batch:
                 if len(results) >= limit:
                     return results
@@ -409,6 +445,22 @@ class RecallMemory:
                 shown.update(m.id for m in (*result.before, match, *result.after))
                 results.append(result)
         return results
+
+    def _windows(self, batch: list[str], neighbours: Neighbours) -> Windows:
+        """Each hit of ``batch`` with the messages around it: for a hit whose neighbours' ids are known, just
+        those messages; for the rest, the few searchable messages on each side (``around``)."""
+        known = [hit_id for hit_id in batch if hit_id in neighbours]
+        ids = {*known, *(m for hit_id in known for m in neighbours[hit_id] if m is not None)}
+        read = self._messages.by_id(self.agent_id, list(ids)) if known else {}
+        windows: Windows = {}
+        for hit_id in known:
+            if hit_id in read:  # else removed since it was indexed
+                before, after = (read.get(m) if m else None for m in neighbours[hit_id])
+                windows[hit_id] = ([before] if before else [], read[hit_id], [after] if after else [])
+        rest = [hit_id for hit_id in batch if hit_id not in neighbours]
+        if rest:
+            windows.update(self._messages.around(self.agent_id, rest, before=_REACH, after=_REACH))
+        return windows
 
     def search_dates(self, start_date: str, end_date: str, page: int | None = 0) -> Page:
         start, end = parse_date(start_date, end=False), parse_date(end_date, end=True)

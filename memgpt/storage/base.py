@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 from memgpt.storage.filters import MATCH_ALL, Filter
+from memgpt.storage.fusion import Weights
 from memgpt.types import Passage, SearchHit
 
 
@@ -53,8 +54,10 @@ class PassageStore(ABC):
         offset: int = 0,
         text: str | None = None,
         with_text: bool = True,
+        weights: Weights | None = None,
     ) -> list[SearchHit]:
-        """Best passages first: by meaning, and also by the words of ``text`` where ``supports_hybrid``.
+        """Best passages first: by meaning, and also by the words of ``text`` where ``supports_hybrid``,
+        the two fused with ``weights`` (the store's default when None; see ``memgpt.storage.fusion``).
         ``with_text=False`` leaves the hits' ``passage.text`` empty, for callers that need only ids and
         metadata (cheaper to fetch)."""
 

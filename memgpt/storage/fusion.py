@@ -23,10 +23,17 @@ CANDIDATES = 100
 
 @dataclass(frozen=True)
 class Weights:
-    """How much each signal counts; a fused score lies in [0, dense + keyword]."""
+    """How much each signal counts; a fused score lies in [0, dense + keyword].
+
+    ``gate`` below 1 makes a keyword hit's credit depend on its meaning: it keeps ``gate`` of its keyword
+    score when the dense signal gives it nothing (not among its candidates, or its last) and all of it at
+    the dense best, linearly between. Short chat messages share a common word with many questions ("Tom",
+    "work"); gated, such matches no longer push out what the dense signal found, while a match that is also
+    close in meaning counts in full (recall memory's ranking, ``memgpt.memory.recall``)."""
 
     dense: float = 1.0
     keyword: float = 1.0
+    gate: float = 1.0
 
 
 def _normalised(hits: Sequence[SearchHit]) -> dict[str, float]:
@@ -40,17 +47,16 @@ def _normalised(hits: Sequence[SearchHit]) -> dict[str, float]:
 
 
 def fuse(dense: Sequence[SearchHit], keyword: Sequence[SearchHit], weights: Weights = Weights()) -> list[SearchHit]:
-    """Every passage of either list once, best first, scored ``dense * d + keyword * k`` (see ``Weights``).
+    """Every passage of either list once, best first, scored ``dense * d + keyword * k * (gate + (1 - gate) * d)``
+    for its normalised scores d and k (see ``Weights``; with the default gate 1, ``dense * d + keyword * k``).
     A passage one list lacks gets 0 from it; ties keep the dense order, then the keyword order."""
     by_dense, by_keyword = _normalised(dense), _normalised(keyword)
     passages = {h.passage.id: h.passage for h in (*keyword, *dense)}
     order = {pid: rank for rank, pid in enumerate(dict.fromkeys([*by_dense, *by_keyword]))}
-    scored = [
-        SearchHit(
-            passage,
-            weights.dense * by_dense.get(pid, 0.0) + weights.keyword * by_keyword.get(pid, 0.0),
-            shares_words=pid in by_keyword,
-        )
-        for pid, passage in passages.items()
-    ]
+    scored = []
+    for pid, passage in passages.items():
+        meaning = by_dense.get(pid, 0.0)
+        words = by_keyword.get(pid, 0.0) * (weights.gate + (1 - weights.gate) * meaning)
+        score = weights.dense * meaning + weights.keyword * words
+        scored.append(SearchHit(passage, score, shares_words=pid in by_keyword))
     return sorted(scored, key=lambda hit: (-hit.score, order[hit.passage.id]))

@@ -347,6 +347,23 @@ class MessageStore:
                 found[message_id] = ([_message(r) for r in earlier], _message(row), [_message(r) for r in later])
         return found
 
+    def worded_neighbours(self, agent_id: str, message_ids: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        """Each message's nearest searchable messages with words before and after it, by id (None at either end
+        of the history): the neighbours a recall result shows, read without the messages themselves. Ids of
+        other agents' or unknown messages are left out."""
+        if not message_ids:
+            return {}
+        table = MessageRow.__table__
+        near = table.alias("near")
+        worded = (near.c.agent_id == agent_id, near.c.searchable.is_(True), near.c.search_text != "")
+        before = select(near.c.id).where(*worded, near.c.seq < table.c.seq).order_by(near.c.seq.desc()).limit(1)
+        after = select(near.c.id).where(*worded, near.c.seq > table.c.seq).order_by(near.c.seq).limit(1)
+        query = select(table.c.id, before.scalar_subquery(), after.scalar_subquery()).where(
+            table.c.agent_id == agent_id, table.c.id.in_(list(message_ids))
+        )
+        with self._metadata.session() as s:
+            return {row[0]: (row[1], row[2]) for row in s.execute(query)}
+
     def _page(self, agent_id: str, conditions: list, offset: int, limit: int) -> tuple[list[Message], int]:
         where = [MessageRow.agent_id == agent_id, MessageRow.searchable.is_(True), *conditions]
         with self._metadata.session() as s:

@@ -223,6 +223,7 @@ class MilvusPassageStore(PassageStore):
         offset: int = 0,
         text: str | None = None,
         with_text: bool = True,
+        weights: Weights | None = None,
     ) -> list[SearchHit]:
         if len(vector) != self.dimensions:
             raise StorageError(f"query vector has dimension {len(vector)}, collection expects {self.dimensions}")
@@ -232,7 +233,7 @@ class MilvusPassageStore(PassageStore):
             return self._deep(vector, limit=limit, offset=offset, where=where)
         fields = FIELDS if with_text else _LIGHT
         if text and text.strip() and self._can_rank_text():
-            hits = self._hybrid(vector, text, limit=limit, offset=offset, where=where)
+            hits = self._hybrid(vector, text, limit=limit, offset=offset, where=where, weights=weights or self.weights)
             return self._with_texts(hits) if with_text else hits
         return self._dense(vector, limit=limit, offset=offset, where=where, fields=fields)
 
@@ -254,13 +255,15 @@ class MilvusPassageStore(PassageStore):
         self._caught_up = True
         return _hits(results, where)
 
-    def _hybrid(self, vector: Sequence[float], text: str, *, limit: int, offset: int, where: Filter) -> list[SearchHit]:
+    def _hybrid(
+        self, vector: Sequence[float], text: str, *, limit: int, offset: int, where: Filter, weights: Weights
+    ) -> list[SearchHit]:
         """Dense and BM25 candidates, each normalised and summed (see ``memgpt.storage.fusion``), without
         their texts: a hundred candidates' texts cost more to fetch than both searches."""
         depth = min(MAX_WINDOW, max(CANDIDATES, offset + limit))
         dense = self._dense(vector, limit=depth, offset=0, where=where, fields=_LIGHT)
         keyword = self._keyword(text, limit=depth, where=where, fields=_LIGHT)
-        return fuse(dense, keyword, self.weights)[offset : offset + limit]
+        return fuse(dense, keyword, weights)[offset : offset + limit]
 
     def _with_texts(self, hits: list[SearchHit]) -> list[SearchHit]:
         if not hits:
