@@ -257,9 +257,14 @@ def test_a_supervisor_killed_leaves_nothing_that_stops_the_next_start(tmp_path: 
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(30)
         deadline = time.monotonic() + 60
-        while alive := [pid for pid in children if _running(pid)]:
-            assert time.monotonic() < deadline, f"still running after the supervisor was killed: {alive}"
-            time.sleep(0.1)
+        try:
+            while alive := [pid for pid in children if _running(pid)]:
+                assert time.monotonic() < deadline, f"still running after the supervisor was killed: {alive}"
+                time.sleep(0.1)
+        finally:
+            for pid in children:  # this test's own processes, should the assertion have failed
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
         again = ServerProcess(home, 2, port=first.port)
         try:
             again.wait_ready()
