@@ -241,9 +241,10 @@ def test_kill_9_of_a_worker_mid_turn_the_next_turn_works(workers: LiteWorkers, l
     assert len(binaries.split()) == 1, binaries  # still the supervisor's one Lite server
 
 
-def test_a_supervisor_killed_leaves_nothing_that_stops_the_next_start(tmp_path: Path) -> None:
+def test_a_supervisor_or_its_lite_server_killed_leaves_nothing_that_stops_the_next_start(tmp_path: Path) -> None:
     """SIGKILL to `memgpt server --workers 2`: its Lite server ends (its lock is let go), its workers stop by
-    themselves (else they would keep the port), and the same command on the same port starts and serves."""
+    themselves (else they would keep the port), and the same command on the same port starts and serves. SIGKILL
+    to its Lite server: it stops its workers and ends in one line, and the next start works again."""
     home = tmp_path / "home"
     llm = ScriptedLLM()
     saved = os.environ.get("MEMGPT_HOME")
@@ -252,36 +253,64 @@ def test_a_supervisor_killed_leaves_nothing_that_stops_the_next_start(tmp_path: 
         key = _start(home, llm)[1]
         first = ServerProcess(home, 2)
         first.wait_ready()
-        workers_of = subprocess.run(["pgrep", "-P", str(first.process.pid)], capture_output=True, text=True)
-        children = [int(pid) for pid in workers_of.stdout.split()]
+        children = _children(first.process.pid)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(30)
-        deadline = time.monotonic() + 60
-        try:
-            while alive := [pid for pid in children if _running(pid)]:
-                assert time.monotonic() < deadline, f"still running after the supervisor was killed: {alive}"
-                time.sleep(0.1)
-        finally:
-            for pid in children:  # this test's own processes, should the assertion have failed
-                if _running(pid):
-                    os.kill(pid, signal.SIGKILL)
+        _all_end(children)
         again = ServerProcess(home, 2, port=first.port)
         try:
             again.wait_ready()
-            llm.add(echo)
-            blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-            client = Letta(base_url=again.url, api_key=key, max_retries=0, timeout=120)
-            agent = client.agents.create(name="after", memory_blocks=blocks, model=SCRIPTED_HANDLE)  # type: ignore[arg-type]
-            assert client.agents.messages.create(agent.id, input="hi").messages[-1].content == "re: hi"
+            _serves(again, key, llm, "after")
+            children = _children(again.process.pid)
+            lite = [pid for pid in children if "lib/milvus" in Path(f"/proc/{pid}/cmdline").read_text()]
+            assert len(lite) == 1, children
+            os.kill(lite[0], signal.SIGKILL)
+            assert again.process.wait(60) == 1
+            _all_end(children)
         finally:
             again.stop()
-        assert "Traceback" not in again.log.read_text(errors="replace")
+        logged = again.log.read_text(errors="replace")
+        assert "error: the Milvus Lite server of" in logged and "ended unexpectedly" in logged, logged[-2000:]
+        assert "Traceback" not in logged
+        third = ServerProcess(home, 2, port=first.port)
+        try:
+            third.wait_ready()
+            _serves(third, key, llm, "third")
+        finally:
+            third.stop()
     finally:
         llm.close()
         if saved is None:
             os.environ.pop("MEMGPT_HOME", None)
         else:
             os.environ["MEMGPT_HOME"] = saved
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in found.stdout.split()]
+
+
+def _all_end(pids: list[int]) -> None:
+    """Wait until none of ``pids`` (this test's own processes) runs; those still running after a minute fail
+    the test, and are killed."""
+    deadline = time.monotonic() + 60
+    try:
+        while alive := [pid for pid in pids if _running(pid)]:
+            assert time.monotonic() < deadline, f"still running after their supervisor ended: {alive}"
+            time.sleep(0.1)
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _serves(server: ServerProcess, key: str, llm: ScriptedLLM, name: str) -> None:
+    llm.add(echo)
+    blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+    client = Letta(base_url=server.url, api_key=key, max_retries=0, timeout=120)
+    agent = client.agents.create(name=name, memory_blocks=blocks, model=SCRIPTED_HANDLE)  # type: ignore[arg-type]
+    assert client.agents.messages.create(agent.id, input="hi").messages[-1].content == "re: hi"
 
 
 def _running(pid: int) -> bool:

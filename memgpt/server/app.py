@@ -24,7 +24,8 @@ from fastapi.openapi.utils import get_openapi
 from starlette.routing import BaseRoute
 
 from memgpt import __version__
-from memgpt.config import Config, load_config, memgpt_home
+from memgpt.config import Config, display_path, load_config, memgpt_home
+from memgpt.errors import StorageError
 from memgpt.server import errors
 from memgpt.server.state import OWNER_NAME, ServerState
 
@@ -125,8 +126,15 @@ def supervising(home: Path, config: Config) -> Iterator[None]:
     from memgpt.storage import serving_lite
     from memgpt.storage.milvus.client import announce_holder
 
+    ended: list[int | None] = []
+
+    def lite_ended(code: int | None) -> None:  # the workers cannot serve without it: stop them all
+        ended.append(code)
+        logger.error("the Milvus Lite server ended (exit code %s): stopping the workers", code)
+        os.kill(os.getpid(), signal.SIGTERM)  # as a Ctrl-C would: uvicorn stops its workers and returns
+
     announce_holder(f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
-    with serving_lite(config, home) as lite_server:
+    with serving_lite(config, home, lite_ended) as lite_server:
         told = {SUPERVISOR_ENV: str(os.getpid())}
         if lite_server:
             told[LITE_SERVER_ENV] = json.dumps({"file": config.milvus_uri(home), "uri": lite_server})
@@ -137,6 +145,11 @@ def supervising(home: Path, config: Config) -> Iterator[None]:
         finally:
             for name in told:
                 os.environ.pop(name, None)
+    if ended:
+        raise StorageError(
+            f"the Milvus Lite server of {display_path(config.milvus_uri(home))} ended unexpectedly (exit code "
+            f"{ended[0]}), so the workers were stopped: start `memgpt server` again"
+        )
 
 
 def _served_lite(home: Path, config: Config) -> str:

@@ -40,17 +40,18 @@ def milvus_target(config: Config, home: Path, lite_server: str = "") -> MilvusTa
 
 
 @contextmanager
-def serving_lite(config: Config, home: Path) -> Iterator[str | None]:
+def serving_lite(config: Config, home: Path, on_end: Callable[[int | None], None]) -> Iterator[str | None]:
     """Run the home's Milvus Lite server for other processes while this context lasts, holding the file (see
-    ``memgpt.storage.milvus.client.serve_lite``); yields its socket for ``Storage(..., lite_server=)``. None,
-    and nothing started, where the config names a Milvus server, which every process reaches by itself."""
+    ``memgpt.storage.milvus.client.serve_lite``, ``on_end`` included); yields its socket for
+    ``Storage(..., lite_server=)``. None, and nothing started, where the config names a Milvus server, which
+    every process reaches by itself."""
     target = milvus_target(config, home)
     if not target.is_lite:
         yield None
         return
     from memgpt.storage.milvus.client import serve_lite
 
-    with serve_lite(target) as uri:
+    with serve_lite(target, on_end) as uri:
         yield uri
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -413,18 +413,29 @@ def release(target: MilvusTarget) -> None:
 
 
 @contextlib.contextmanager
-def serve_lite(target: MilvusTarget) -> Iterator[str]:
+def serve_lite(target: MilvusTarget, on_end: Callable[[int | None], None]) -> Iterator[str]:
     """Run the Milvus Lite server of ``target``'s file for other processes (`memgpt server --workers N`): this
     process takes the file's lock (other memgpt commands are told who holds it: see :func:`announce_holder`)
     and starts the server; yields its socket (``unix:...``) for them to connect to (``lite_server``), and
-    stops it at the end. Killed, this process lets go of the lock and the server ends by itself; the next
-    start removes the socket it left (``lite.LiteServer``)."""
+    stops it at the end. Should the server end before (a crash, a kill), ``on_end`` is called with its exit
+    code, from a thread of its own. Killed, this process lets go of the lock and the server ends by itself;
+    the next start removes the socket it left (``lite.LiteServer``)."""
     if not target.starts_lite:
         raise StorageError(f"{display_path(target.uri)} is not a Milvus Lite file this process can serve")
     reserve(target)
+    stopping = threading.Event()
     try:
-        yield _start_lite_server(Path(target.uri)).server().uri
+        server = _start_lite_server(Path(target.uri)).server()
+
+        def watch() -> None:
+            code = server.wait()
+            if not stopping.is_set():
+                on_end(code)
+
+        threading.Thread(target=watch, name="milvus-lite-watch", daemon=True).start()
+        yield server.uri
     finally:
+        stopping.set()
         release(target)  # the last hold: stops the server
 
 

@@ -175,6 +175,11 @@ class LiteServer:
                 raise StorageLockedError(f"cannot open {where}: {problem}; try again, or use a Milvus server")
             time.sleep(_POLL_SECONDS)
 
+    def wait(self) -> int | None:
+        """Wait until the server process ends by itself or is stopped; its exit code (None: never started)."""
+        process = self._process
+        return None if process is None else process.wait()
+
     def stop(self) -> None:
         """Let go of the lock file, which ends the server, and wait for it; then tidy its files away."""
         if self._lock is not None:
