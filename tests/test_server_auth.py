@@ -177,8 +177,11 @@ def test_server_refuses_what_would_be_unsafe_or_cannot_work(home: Path) -> None:
     exposed = run_cli("server", "--host", "0.0.0.0", "--port", str(free_port()), home=home, timeout=60)
     assert exposed.returncode == 1
     assert "refusing to listen on 0.0.0.0 while no API key exists" in exposed.stderr
-    workers = run_cli("server", "--workers", "2", "--port", str(free_port()), home=home, timeout=60)
-    assert workers.returncode == 1 and "--workers needs a Milvus server" in workers.stderr
+    # With workers too: the host is checked before anything (a Milvus Lite server for the workers) starts.
+    port = str(free_port())
+    workers = run_cli("server", "--host", "0.0.0.0", "--workers", "2", "--port", port, home=home, timeout=60)
+    assert workers.returncode == 1
+    assert "refusing to listen on 0.0.0.0 while no API key exists" in workers.stderr
     assert "Traceback" not in exposed.stderr + workers.stderr
 
 

@@ -63,36 +63,38 @@ def serve(
     host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1, loopback only)."),
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Port to listen on (default 8283)."),
     workers: int = typer.Option(
-        1, "--workers", min=1, max=64, help="Server processes (more than 1 needs a Milvus server)."
+        1, "--workers", min=1, max=64, help="Server processes (on Milvus Lite they share one Lite server)."
     ),
 ) -> None:
     """Serve agents over HTTP: Letta's /v1 API (letta-client works) and an OpenAI-compatible endpoint."""
     import uvicorn
 
-    from memgpt.config import is_server_uri
-    from memgpt.server.app import URL_ENV, create_app, open_state
+    from memgpt.server.app import URL_ENV, create_app, open_state, supervising
 
     home, config, host, port, has_keys = listen_address(host, port)
-    if workers > 1 and not is_server_uri(config.milvus_uri(home)):
-        raise UserError(
-            "--workers needs a Milvus server: Milvus Lite lets one process open its file; configure one with "
-            "`memgpt configure --milvus-uri http://host:19530` (and `memgpt migrate --to` to move your data)"
-        )
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     os.environ[URL_ENV] = url
+
+    def announce() -> None:
+        console.print(
+            f"memgpt server on {url} (API docs at {url}/docs, OpenAI-compatible at {url}/openai/v1)", markup=False
+        )
+        if not has_keys:
+            err_console.print(
+                "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
+            )
+
     if workers == 1:
         app = create_app(state=open_state(home, config))  # errors here are one line, before anything listens
-    else:
-        open_state(home, config).storage.close()  # the same check, then every worker opens its own
-    console.print(
-        f"memgpt server on {url} (API docs at {url}/docs, OpenAI-compatible at {url}/openai/v1)", markup=False
-    )
-    if not has_keys:
-        err_console.print(
-            "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
-        )
-    target: object = app if workers == 1 else "memgpt.server.app:create_app"
-    uvicorn.run(target, host=host, port=port, workers=workers, factory=workers > 1, log_level="info")  # type: ignore[arg-type]
+        announce()
+        uvicorn.run(app, host=host, port=port, log_level="info")
+        return
+    # This process holds the Milvus Lite file and runs its server while uvicorn's workers (each calling
+    # create_app) connect to it; the checks of opening the home run first here, in one line.
+    with supervising(home, config):
+        announce()
+        target = "memgpt.server.app:create_app"
+        uvicorn.run(target, host=host, port=port, workers=workers, factory=True, log_level="info")
 
 
 # -- users -----------------------------------------------------------------------------------------

@@ -1,15 +1,21 @@
 """The application factory: ``create_app()`` opens the home's storage once and mounts every router.
 
 `memgpt server` builds the app itself (one process) or lets uvicorn call ``create_app`` in each worker
-(``--workers N``); either way the home comes from ``$MEMGPT_HOME`` unless given.
+(``--workers N``); either way the home comes from ``$MEMGPT_HOME`` unless given. With workers, the supervising
+process holds what only one process may (``supervising``: the Milvus Lite file and its server) and tells its
+workers through the environment where to connect and whom to outlive no longer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +24,32 @@ from fastapi.openapi.utils import get_openapi
 from starlette.routing import BaseRoute
 
 from memgpt import __version__
-from memgpt.config import Config, load_config, memgpt_home
+from memgpt.config import Config, display_path, load_config, memgpt_home
+from memgpt.errors import StorageError
 from memgpt.server import errors
 from memgpt.server.state import OWNER_NAME, ServerState
 
 logger = logging.getLogger(__name__)
 URL_ENV = "MEMGPT_SERVER_URL"  # set by `memgpt server` so the Milvus Lite lock can say where the API is
+# Set by `memgpt server --workers N` for its workers: the Milvus Lite server it runs ({"file", "uri"}), and its pid.
+LITE_SERVER_ENV = "MEMGPT_LITE_SERVER"
+SUPERVISOR_ENV = "MEMGPT_SERVER_SUPERVISOR"
+_SUPERVISOR_POLL = 0.5  # seconds between a worker's looks at whether its supervisor still runs
 THREADS = 200  # sync routes and agent turns run in worker threads; a turn holds one for its whole length
 # A checked API key is trusted this long without reading it again: a key revoked through this server stops
 # working at once, one revoked by another process (`memgpt key revoke`, another server) within this bound.
 KEY_TRUST_SECONDS = 5.0
 
 
-def open_state(home: Path, config: Config, *, holder: str | None = None) -> ServerState:
+def open_state(home: Path, config: Config, *, holder: str | None = None, lite_server: str = "") -> ServerState:
     """Open the home's storage for serving. Milvus Lite is opened now, so the server owns the file (and its
-    lock says so, or names ``holder``) from the start rather than at the first request that needs it."""
+    lock says so, or names ``holder``) from the start rather than at the first request that needs it; or,
+    in a worker, connects to the Lite server its supervisor runs (``lite_server``, its socket)."""
     from memgpt.storage import Storage
     from memgpt.storage.milvus.client import announce_holder
 
     announce_holder(holder or f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
-    storage = Storage(config, home)
+    storage = Storage(config, home, lite_server=lite_server)
     storage.users.trust_seconds = KEY_TRUST_SECONDS
     try:
         owner = storage.users.ensure(config.user_id, OWNER_NAME)
@@ -65,9 +77,11 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         passages,
     )
 
-    if state is None:
+    if state is None:  # a worker of `memgpt server --workers N` (or a caller of its own)
         home = home or memgpt_home()
-        state = open_state(home, config or load_config(home))
+        config = config or load_config(home)
+        _end_with_supervisor()
+        state = open_state(home, config, lite_server=_served_lite(home, config))
     opened = state
     jobs = FileJobs(state)
 
@@ -100,6 +114,73 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.mount(openai.PREFIX, openai.create_openai_app(state))
     _document(app, openai.documented_routes())
     return app
+
+
+@contextmanager
+def supervising(home: Path, config: Config) -> Iterator[None]:
+    """In `memgpt server --workers N`'s own process, while its workers run: hold the home's Milvus Lite file
+    and run its server (other memgpt commands are told a server runs), and tell the workers (through the
+    environment they inherit) its socket and this process's pid. The home is opened once first, through that
+    socket, so that what is wrong with it is one line before anything listens. A Milvus server needs nothing
+    held: each worker connects by itself."""
+    from memgpt.storage import serving_lite
+    from memgpt.storage.milvus.client import announce_holder
+
+    ended: list[int | None] = []
+
+    def lite_ended(code: int | None) -> None:  # the workers cannot serve without it: stop them all
+        ended.append(code)
+        logger.error("the Milvus Lite server ended (exit code %s): stopping the workers", code)
+        os.kill(os.getpid(), signal.SIGTERM)  # as a Ctrl-C would: uvicorn stops its workers and returns
+
+    announce_holder(f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
+    with serving_lite(config, home, lite_ended) as lite_server:
+        told = {SUPERVISOR_ENV: str(os.getpid())}
+        if lite_server:
+            told[LITE_SERVER_ENV] = json.dumps({"file": config.milvus_uri(home), "uri": lite_server})
+        os.environ.update(told)
+        try:
+            open_state(home, config, lite_server=lite_server or "").storage.close()
+            yield
+        finally:
+            for name in told:
+                os.environ.pop(name, None)
+    if ended:
+        raise StorageError(
+            f"the Milvus Lite server of {display_path(config.milvus_uri(home))} ended unexpectedly (exit code "
+            f"{ended[0]}), so the workers were stopped: start `memgpt server` again"
+        )
+
+
+def _served_lite(home: Path, config: Config) -> str:
+    """The socket of the Milvus Lite server the supervisor runs for this home's file, or "" (no supervisor, a
+    Milvus server, or another file: the worker then opens its storage as one process would)."""
+    found = os.environ.get(LITE_SERVER_ENV)
+    try:
+        served = json.loads(found) if found else None
+    except ValueError:
+        served = None
+    if not isinstance(served, dict) or served.get("file") != config.milvus_uri(home):
+        return ""
+    return str(served.get("uri") or "")
+
+
+def _end_with_supervisor() -> None:
+    """In a worker: stop (as on SIGTERM) once the supervisor that started it is gone. uvicorn's workers do not
+    notice by themselves: a supervisor killed with SIGKILL left them serving the port, on a Milvus Lite server
+    that had ended with it, and the next `memgpt server` could not listen."""
+    found = os.environ.get(SUPERVISOR_ENV, "")
+    parent = os.getppid()
+    if not found.isdigit() or int(found) != parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_SUPERVISOR_POLL)
+        logger.warning("memgpt server's supervising process (pid %d) is gone: this worker stops", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def _document(app: FastAPI, extra: list[BaseRoute]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,11 +28,31 @@ if TYPE_CHECKING:
     from memgpt.storage.users import UserStore
 
 
-def milvus_target(config: Config, home: Path) -> MilvusTarget:
-    """The Milvus the config points at."""
+def milvus_target(config: Config, home: Path, lite_server: str = "") -> MilvusTarget:
+    """The Milvus the config points at; ``lite_server``: the socket of its Milvus Lite file's server that another
+    process runs (see :func:`serving_lite`)."""
     from memgpt.storage.milvus import MilvusTarget
 
-    return MilvusTarget(config.milvus_uri(home), config.milvus.token, config.milvus.database)
+    target = MilvusTarget(config.milvus_uri(home), config.milvus.token, config.milvus.database)
+    if lite_server and target.is_lite:
+        return MilvusTarget(target.uri, target.token, target.database, lite_server)
+    return target
+
+
+@contextmanager
+def serving_lite(config: Config, home: Path, on_end: Callable[[int | None], None]) -> Iterator[str | None]:
+    """Run the home's Milvus Lite server for other processes while this context lasts, holding the file (see
+    ``memgpt.storage.milvus.client.serve_lite``, ``on_end`` included); yields its socket for
+    ``Storage(..., lite_server=)``. None, and nothing started, where the config names a Milvus server, which
+    every process reaches by itself."""
+    target = milvus_target(config, home)
+    if not target.is_lite:
+        yield None
+        return
+    from memgpt.storage.milvus.client import serve_lite
+
+    with serve_lite(target, on_end) as uri:
+        yield uri
 
 
 def check_milvus(target: MilvusTarget) -> None:
@@ -67,12 +88,15 @@ class Storage:
         *,
         vectors_early: EmbeddingSpace | None = None,
         meanwhile: Callable[[], None] | None = None,
+        lite_server: str = "",
     ) -> None:
         """``vectors_early``: the embedding space of a command that will search or write passages. Milvus then
         starts opening (see :meth:`open_vectors_early`, ``meanwhile`` included) before the SQL stores are, so
         that importing SQLAlchemy (~0.2 CPU seconds) and the command's first SQL overlap connecting to Milvus
-        and loading that space's collection."""
-        self.milvus_target = milvus_target(config, home)
+        and loading that space's collection. ``lite_server``: the socket of the Milvus Lite server another process
+        runs for the home's file (a worker of `memgpt server --workers N`); this process then neither holds
+        the file nor starts a server for it."""
+        self.milvus_target = milvus_target(config, home, lite_server)
         self._vectors: MilvusConnection | None = None
         self._opening: OpeningConnection | None = None
         self._lock = threading.Lock()

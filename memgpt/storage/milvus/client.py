@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -50,10 +50,18 @@ class MilvusTarget:
     uri: str
     token: str = ""
     database: str = ""
+    # Milvus Lite only: the socket (``unix:...``) of the file's server when another process runs it (the
+    # supervisor of `memgpt server --workers N`, which holds the file's lock): connect there, start nothing.
+    lite_server: str = ""
 
     @property
     def is_lite(self) -> bool:
         return not is_server_uri(self.uri)
+
+    @property
+    def starts_lite(self) -> bool:
+        """Whether this process must hold the Lite file and start its server itself (not a served one)."""
+        return self.is_lite and not self.lite_server
 
     @property
     def index_params(self) -> dict[str, Any]:
@@ -182,6 +190,9 @@ def connect(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
     import_client_modules()
     if not target.is_lite:
         return _client(target)
+    if target.lite_server:
+        _check_served(target)
+        return _client(target)
     db_file = Path(target.uri)
     _check_writable(db_file)
     _lite_locks.acquire(db_file)  # before anything slow: a second process is told at once
@@ -240,7 +251,7 @@ def start_lite(target: MilvusTarget) -> LiteStart | None:
     """Start the Milvus Lite server process of ``target`` now, in a thread (nothing for a server): for a
     caller that holds the file (:func:`reserve`) and will import pymilvus next. The process then boots on
     the other core while pymilvus is imported, instead of after it; pass the thread to :func:`connect`."""
-    if not target.is_lite:
+    if not target.starts_lite:
         return None
     return _start_lite_server(Path(target.uri))
 
@@ -302,7 +313,7 @@ def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
         }
     elif target.database:
         options["db_name"] = target.database
-    uri = starting.server().uri if starting is not None else target.uri
+    uri = starting.server().uri if starting is not None else (target.lite_server or target.uri)
     # A local Milvus Lite process cannot be "unreachable", only slow to start: on a loaded machine (load
     # average ~30 on 2 cores) it took over 10 s, and a 10 s wait reported a healthy file as in use or damaged.
     timeout = LITE_ANSWER_SECONDS if target.is_lite else 10
@@ -386,8 +397,9 @@ def detect(client: Any, target: MilvusTarget) -> Capabilities:
 def reserve(target: MilvusTarget) -> None:
     """Take this process's hold on a Milvus Lite file now (nothing to do for a server), so that a file
     another process holds, or a read-only one, is reported before a connection is opened in the
-    background. Each reservation is undone by one :func:`release`."""
-    if target.is_lite:
+    background. Each reservation is undone by one :func:`release`. A served Lite file (``lite_server``) is
+    held by the process that serves it."""
+    if target.starts_lite:
         db_file = Path(target.uri)
         _check_writable(db_file)
         _lite_locks.acquire(db_file)
@@ -395,5 +407,43 @@ def reserve(target: MilvusTarget) -> None:
 
 def release(target: MilvusTarget) -> None:
     """Give up this process's hold on a Milvus Lite file (nothing to do for a server)."""
-    if target.is_lite:
+    if target.starts_lite:
         _lite_locks.release(Path(target.uri))
+
+
+@contextlib.contextmanager
+def serve_lite(target: MilvusTarget, on_end: Callable[[int | None], None]) -> Iterator[str]:
+    """Run the Milvus Lite server of ``target``'s file for other processes (`memgpt server --workers N`): this
+    process takes the file's lock (other memgpt commands are told who holds it: see :func:`announce_holder`)
+    and starts the server; yields its socket (``unix:...``) for them to connect to (``lite_server``), and
+    stops it at the end. Should the server end before (a crash, a kill), ``on_end`` is called with its exit
+    code, from a thread of its own. Killed, this process lets go of the lock and the server ends by itself;
+    the next start removes the socket it left (``lite.LiteServer``)."""
+    if not target.starts_lite:
+        raise StorageError(f"{display_path(target.uri)} is not a Milvus Lite file this process can serve")
+    reserve(target)
+    stopping = threading.Event()
+    try:
+        server = _start_lite_server(Path(target.uri)).server()
+
+        def watch() -> None:
+            code = server.wait()
+            if not stopping.is_set():
+                on_end(code)
+
+        threading.Thread(target=watch, name="milvus-lite-watch", daemon=True).start()
+        yield server.uri
+    finally:
+        stopping.set()
+        release(target)  # the last hold: stops the server
+
+
+def _check_served(target: MilvusTarget) -> None:
+    """A served Lite file's server must be listening: else it is said at once (its supervisor ended or is
+    ending), rather than after the minute a starting server is given to answer."""
+    path = Path(target.lite_server.removeprefix("unix:"))
+    if lite.connects(path, 2.0) is False:
+        raise StorageError(
+            f"the Milvus Lite server of {display_path(target.uri)} does not answer at {path}: the `memgpt server` "
+            "that runs it has stopped; start it again"
+        )

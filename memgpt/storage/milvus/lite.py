@@ -133,7 +133,7 @@ class LiteServer:
         except FileNotFoundError:
             return
         # Only a refusal means nobody listens there: a socket that cannot be told is left alone.
-        if stat.S_ISSOCK(found.st_mode) and found.st_uid == os.getuid() and _connects(self.socket, 2) is False:
+        if stat.S_ISSOCK(found.st_mode) and found.st_uid == os.getuid() and connects(self.socket, 2) is False:
             with contextlib.suppress(FileNotFoundError):
                 self.socket.unlink()
             logger.info("removed %s, left by a process that was killed", self.socket)
@@ -151,7 +151,7 @@ class LiteServer:
         ticks: int | None = None
         where = display_path(self.db_file)
         # The cheap test first (this is polled every _POLL_SECONDS); what cannot be told is "not yet".
-        while not (self.socket.exists() and _connects(self.socket, 1.0)):
+        while not (self.socket.exists() and connects(self.socket, 1.0)):
             now = time.monotonic()
             code = process.poll()
             if code is not None:
@@ -179,6 +179,11 @@ class LiteServer:
                 raise StorageLockedError(f"cannot open {where}: {problem}; try again, or use a Milvus server")
             time.sleep(_POLL_SECONDS)
 
+    def wait(self) -> int | None:
+        """Wait until the server process ends by itself or is stopped; its exit code (None: never started)."""
+        process = self._process
+        return None if process is None else process.wait()
+
     def stop(self) -> None:
         """Let go of the lock file, which ends the server, and wait for it; then tidy its files away."""
         if self._lock is not None:
@@ -197,7 +202,7 @@ class LiteServer:
                 path.unlink()
 
 
-def _connects(path: Path, timeout: float) -> bool | None:
+def connects(path: Path, timeout: float) -> bool | None:
     """Whether a process listens on the Unix socket ``path``, by a connection made and closed at once: True,
     False (refused: bound but not listening yet, or nobody's; or no socket there), or None when it cannot be
     told (a timeout, a full backlog). A listening socket takes the connection into its backlog by itself."""

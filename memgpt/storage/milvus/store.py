@@ -112,7 +112,7 @@ class MilvusPassageStore(PassageStore):
         self.supports_hybrid = self._open(capabilities)
         self._caught_up = False  # whether a Strong search has run yet; see MilvusTarget.search_consistency
         self.tracks_writes = not target.is_lite
-        self.shared = not target.is_lite
+        self.shared = not target.starts_lite  # a served Lite file has other processes as clients too
         self._has_rows = False  # known to hold a row; see _can_rank_text
 
     def _open(self, capabilities: Capabilities) -> bool:
