@@ -40,7 +40,10 @@ AGENTS_ONLY = {
 }
 # milvus-lite's package runs pkg_resources when imported; memgpt starts its server without it.
 MILVUS_LITE_PACKAGE = {"milvus_lite", "pkg_resources"}
-VECTORS = {"pymilvus", "pandas", "grpc", "onnxruntime", "numpy", "tokenizers"}
+VECTORS = {"pymilvus", "grpc", "onnxruntime", "numpy", "tokenizers"}
+# pymilvus's ORM binds pandas names at import and uses them only for DataFrames: memgpt leaves pandas out
+# (memgpt/storage/milvus/deferred_pandas.py).
+NEVER = {"pandas", "pyarrow"}
 
 
 def imported(home: Path, out: Path, *args: str) -> set[str]:
@@ -68,6 +71,7 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
     for name, modules in (("load", load), ("search", search), ("list sources", listing), ("--help", helping)):
         assert modules & AGENTS_ONLY == set(), name
         assert modules & MILVUS_LITE_PACKAGE == set(), name
+        assert modules & NEVER == set(), name
     assert listing & VECTORS == set()  # listing reads SQL only
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
 
@@ -166,3 +170,64 @@ def test_a_ctrl_c_raised_inside_a_finaliser_is_not_lost(keep: str) -> None:
         assert "Exception ignored" not in done.stderr
     else:  # what Python does alone: the interrupt is printed and lost
         assert done.stdout.strip() == "went on", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("backend", ["lite", "server"])
+def test_milvus_store_contract_holds_without_pandas(backend: str, request: pytest.FixtureRequest) -> None:
+    """Every pymilvus call memgpt makes (upsert, insert, search, search and query iterators, query, delete,
+    flush, describe, create and drop) works with pymilvus imported as memgpt imports it, and none imports
+    pandas: the store's contract, run in a new process whose plugin fails the session if pandas was imported.
+    (In the whole suite other tests import pymilvus, hence pandas, first.)"""
+    chosen = "lite"
+    if backend == "server":
+        request.getfixturevalue("milvus_server")  # started here; the child shares it
+        chosen = "server and (upsert or ranks or delete or iterate or pages or first_release)"
+    plugin = ["-p", "no:cacheprovider", "-p", "tests.no_pandas"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *plugin, "tests/test_milvus_store.py", "-k", chosen],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "pandas was never imported" in done.stdout
+    assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+DATAFRAME = """
+import sys, warnings
+from pathlib import Path
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+
+warnings.simplefilter("ignore")  # the ORM's deprecation notices
+connection = MilvusConnection(MilvusTarget(str(Path(sys.argv[1]) / "milvus.db")))
+assert "pandas" not in sys.modules
+import pandas
+from pymilvus import Collection, connections
+
+connections.connect("frames", uri=connection.client._config.uri)
+frame = pandas.DataFrame({"id": [1, 2, 3], "vector": [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], "text": ["a", "b", "c"]})
+collection, inserted = Collection.construct_from_dataframe("frames", frame, primary_field="id", using="frames")
+collection.create_index("vector", {"index_type": "FLAT", "metric_type": "COSINE"})
+collection.load()
+print(inserted.insert_count, sorted(row["text"] for row in collection.query("id > 1", output_fields=["text"])))
+connections.disconnect("frames")
+connection.close()
+"""
+
+
+def test_pymilvus_takes_dataframes_once_pandas_is_imported(tmp_path: Path) -> None:
+    """pymilvus imported by memgpt (pandas left out), then pandas imported by its user: the ORM's DataFrame path
+    (a collection made from a DataFrame's columns, the frame inserted, then queried) works on Milvus Lite."""
+    done = subprocess.run(
+        [sys.executable, "-c", DATAFRAME, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "3 ['b', 'c']"
