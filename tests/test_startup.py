@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, REPO
+from tests.scripted_llm import ScriptedLLM
 
 # Runs the `memgpt` command of the remaining arguments and writes the modules it imported to argv[1].
 IMPORTED_BY = """
@@ -41,15 +42,15 @@ AGENTS_ONLY = {
 # milvus-lite's package runs pkg_resources when imported; memgpt starts its server without it.
 MILVUS_LITE_PACKAGE = {"milvus_lite", "pkg_resources"}
 VECTORS = {"pymilvus", "grpc", "onnxruntime", "numpy", "tokenizers"}
-# pymilvus's ORM binds pandas names at import and uses them only for DataFrames: memgpt leaves pandas out
-# (memgpt/storage/milvus/deferred_pandas.py).
-NEVER = {"pandas", "pyarrow"}
+# pymilvus's ORM binds pandas names at import and uses them only for DataFrames, and it reads requests only for
+# Zilliz's global clusters: memgpt leaves both out (memgpt/storage/milvus/deferred.py).
+NEVER = {"pandas", "pyarrow", "requests", "urllib3"}
 
 
-def imported(home: Path, out: Path, *args: str) -> set[str]:
+def imported(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
     done = subprocess.run(
         [sys.executable, "-c", IMPORTED_BY, str(out), *args],
-        env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"},
+        env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1", **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -74,6 +75,17 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
         assert modules & NEVER == set(), name
     assert listing & VECTORS == set()  # listing reads SQL only
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
+
+
+def test_run_imports_neither_pandas_nor_requests(home: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
+    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(2)))
+    env = {"OPENAI_BASE_URL": llm.url, "OPENAI_API_KEY": ""}
+    first = imported(home, tmp_path / "first.json", "run", "--agent", "a", "--message", "hello", env=env)
+    again = imported(home, tmp_path / "again.json", "run", "--agent", "a", "--message", "hello", env=env)
+    for modules in (first, again):
+        assert modules & VECTORS == VECTORS  # the watch sees what it does import
+        assert modules & NEVER == set()
+        assert modules & MILVUS_LITE_PACKAGE == set()
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the

@@ -1,4 +1,4 @@
-"""pymilvus imported without pandas (~0.25 s of every command's start-up, most of pymilvus's import).
+"""pymilvus imported without pandas and requests (~0.25 CPU s of every command that opens Milvus).
 
 pymilvus's package ``__init__`` imports its ORM layer, whose modules bind pandas names at import time and use
 them only inside functions that memgpt never calls: ``isinstance(data, pd.DataFrame)`` checks on ORM inserts
@@ -15,6 +15,10 @@ the real one. pymilvus's modules keep the stand-ins, which resolve every name to
 and a class nothing is an instance of answers pymilvus's ``isinstance`` checks the same. Once anything has
 imported pandas, ``pd.DataFrame`` is the real class, so an ORM insert of a DataFrame works as before
 (tests/test_startup.py checks that, and that memgpt's own calls never import pandas).
+
+requests (~0.06 s with urllib3 and charset_normalizer) gets a stand-in the same way: pymilvus imports it for
+the topology of Zilliz's global clusters and reads it only when it fetches one, which memgpt never does. (A lazy
+module would not do either: on Python 3.11 an ``import`` statement reads its ``__spec__``, which loads it.)
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 # What pymilvus's modules read from pandas while they are imported (pymilvus 3.0: orm/schema.py, orm/types.py,
 # orm/collection.py, orm/partition.py, orm/prepare.py). A name not listed here imports pandas at once.
 _TYPES_NAMES = frozenset({"infer_dtype", "is_array_like", "is_float", "is_list_like", "is_scalar"})
-_STANDING_IN = ("pandas", "pandas.api.types")
+_STANDING_IN = ("pandas", "pandas.api.types", "requests")
 _lock = threading.Lock()
 
 
@@ -48,9 +52,10 @@ def _real_pandas_imported() -> bool:
 
 def _real(module: str) -> types.ModuleType:
     """The real ``module``, imported now if it is not yet (the stand-ins leave ``sys.modules`` first)."""
+    package = module.partition(".")[0]
     with _lock:
         for name in _STANDING_IN:
-            if isinstance(sys.modules.get(name), _StandIn):
+            if name.partition(".")[0] == package and isinstance(sys.modules.get(name), _StandIn):
                 del sys.modules[name]
     return importlib.import_module(module)
 
@@ -64,7 +69,8 @@ def _deferred(name: str) -> Callable[..., Any]:
 
 
 class _StandIn(types.ModuleType):
-    """``pandas`` or ``pandas.api.types`` as pymilvus's modules hold them: see the module's docstring."""
+    """``pandas``, ``pandas.api.types`` or ``requests`` as pymilvus's modules hold them: see the module's
+    docstring."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # the import system's questions (__path__, __spec__...): a plain module's answer
@@ -77,12 +83,10 @@ class _StandIn(types.ModuleType):
 
 
 @contextmanager
-def pandas_deferred() -> Iterator[None]:
-    """Import pymilvus inside this block to leave pandas out (nothing changes if pandas is imported already)."""
-    if "pandas" in sys.modules:
-        yield
-        return
-    placed = {name: _StandIn(name) for name in _STANDING_IN}
+def deferred_imports() -> Iterator[None]:
+    """Import pymilvus inside this block to leave pandas and requests out until they are used (either is left
+    alone if it is imported already)."""
+    placed = {name: _StandIn(name) for name in _STANDING_IN if name.partition(".")[0] not in sys.modules}
     with _lock:
         sys.modules.update(placed)
     try:
