@@ -86,6 +86,7 @@ def test_run_imports_neither_pandas_nor_requests(home: Path, tmp_path: Path, llm
         assert modules & VECTORS == VECTORS  # the watch sees what it does import
         assert modules & NEVER == set()
         assert modules & MILVUS_LITE_PACKAGE == set()
+        assert "sqlalchemy.dialects.postgresql" not in modules  # a SQLite home
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
