@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, REPO
+from tests.scripted_llm import ScriptedLLM
 
 # Runs the `memgpt` command of the remaining arguments and writes the modules it imported to argv[1].
 IMPORTED_BY = """
@@ -40,13 +41,16 @@ AGENTS_ONLY = {
 }
 # milvus-lite's package runs pkg_resources when imported; memgpt starts its server without it.
 MILVUS_LITE_PACKAGE = {"milvus_lite", "pkg_resources"}
-VECTORS = {"pymilvus", "pandas", "grpc", "onnxruntime", "numpy", "tokenizers"}
+VECTORS = {"pymilvus", "grpc", "onnxruntime", "numpy", "tokenizers"}
+# pymilvus's ORM binds pandas names at import and uses them only for DataFrames, and it reads requests only for
+# Zilliz's global clusters: memgpt leaves both out (memgpt/storage/milvus/deferred.py).
+NEVER = {"pandas", "pyarrow", "requests", "urllib3"}
 
 
-def imported(home: Path, out: Path, *args: str) -> set[str]:
+def imported(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
     done = subprocess.run(
         [sys.executable, "-c", IMPORTED_BY, str(out), *args],
-        env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"},
+        env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1", **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -68,8 +72,21 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
     for name, modules in (("load", load), ("search", search), ("list sources", listing), ("--help", helping)):
         assert modules & AGENTS_ONLY == set(), name
         assert modules & MILVUS_LITE_PACKAGE == set(), name
+        assert modules & NEVER == set(), name
     assert listing & VECTORS == set()  # listing reads SQL only
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
+
+
+def test_run_imports_neither_pandas_nor_requests(home: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
+    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(2)))
+    env = {"OPENAI_BASE_URL": llm.url, "OPENAI_API_KEY": ""}
+    first = imported(home, tmp_path / "first.json", "run", "--agent", "a", "--message", "hello", env=env)
+    again = imported(home, tmp_path / "again.json", "run", "--agent", "a", "--message", "hello", env=env)
+    for modules in (first, again):
+        assert modules & VECTORS == VECTORS  # the watch sees what it does import
+        assert modules & NEVER == set()
+        assert modules & MILVUS_LITE_PACKAGE == set()
+        assert "sqlalchemy.dialects.postgresql" not in modules  # a SQLite home
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
@@ -166,3 +183,64 @@ def test_a_ctrl_c_raised_inside_a_finaliser_is_not_lost(keep: str) -> None:
         assert "Exception ignored" not in done.stderr
     else:  # what Python does alone: the interrupt is printed and lost
         assert done.stdout.strip() == "went on", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("backend", ["lite", "server"])
+def test_milvus_store_contract_holds_without_pandas(backend: str, request: pytest.FixtureRequest) -> None:
+    """Every pymilvus call memgpt makes (upsert, insert, search, search and query iterators, query, delete,
+    flush, describe, create and drop) works with pymilvus imported as memgpt imports it, and none imports
+    pandas: the store's contract, run in a new process whose plugin fails the session if pandas was imported.
+    (In the whole suite other tests import pymilvus, hence pandas, first.)"""
+    chosen = "lite"
+    if backend == "server":
+        request.getfixturevalue("milvus_server")  # started here; the child shares it
+        chosen = "server and (upsert or ranks or delete or iterate or pages or first_release)"
+    plugin = ["-p", "no:cacheprovider", "-p", "tests.no_pandas"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *plugin, "tests/test_milvus_store.py", "-k", chosen],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "pandas was never imported" in done.stdout
+    assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+DATAFRAME = """
+import sys, warnings
+from pathlib import Path
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+
+warnings.simplefilter("ignore")  # the ORM's deprecation notices
+connection = MilvusConnection(MilvusTarget(str(Path(sys.argv[1]) / "milvus.db")))
+assert "pandas" not in sys.modules
+import pandas
+from pymilvus import Collection, connections
+
+connections.connect("frames", uri=connection.client._config.uri)
+frame = pandas.DataFrame({"id": [1, 2, 3], "vector": [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], "text": ["a", "b", "c"]})
+collection, inserted = Collection.construct_from_dataframe("frames", frame, primary_field="id", using="frames")
+collection.create_index("vector", {"index_type": "FLAT", "metric_type": "COSINE"})
+collection.load()
+print(inserted.insert_count, sorted(row["text"] for row in collection.query("id > 1", output_fields=["text"])))
+connections.disconnect("frames")
+connection.close()
+"""
+
+
+def test_pymilvus_takes_dataframes_once_pandas_is_imported(tmp_path: Path) -> None:
+    """pymilvus imported by memgpt (pandas left out), then pandas imported by its user: the ORM's DataFrame path
+    (a collection made from a DataFrame's columns, the frame inserted, then queried) works on Milvus Lite."""
+    done = subprocess.run(
+        [sys.executable, "-c", DATAFRAME, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "3 ['b', 'c']"

@@ -124,16 +124,21 @@ def run(
     ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
-    from memgpt.agent.manager import open_agent, resolve_agent, update_agent
-    from memgpt.cli.chat import Chat
-    from memgpt.cli.mcp import chat_servers
-    from memgpt.config import memgpt_home
-    from memgpt.llm import create_llm, resolve_llm
+    from memgpt.llm import resolve_llm
 
-    with open_storage() as (storage, config), ExitStack() as stack:
-        resolve_llm(config.llm)  # no LLM configured: stop here with one line, before creating anything
-        recall = embedding_model(config)  # a turn embeds (recall)
-        storage.open_vectors_early(recall.load_early, recall.space)
+    # No LLM configured: stop with one line before anything is created. Then Milvus (Lite's process, the
+    # agent's collection) and the embedding model start opening, a turn needs both (recall), and they load
+    # while the agent's modules and SQLAlchemy are imported below, as `search` and `load` do.
+    with (
+        open_storage(vectors=True, check=lambda config: resolve_llm(config.llm)) as (storage, config),
+        ExitStack() as stack,
+    ):
+        from memgpt.agent.manager import open_agent, resolve_agent, update_agent
+        from memgpt.cli.chat import Chat
+        from memgpt.cli.mcp import chat_servers
+        from memgpt.config import memgpt_home
+        from memgpt.llm import create_llm
+
         servers = stack.enter_context(chat_servers(storage, mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model, context_window)

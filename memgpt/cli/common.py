@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -41,14 +41,19 @@ def home_and_config() -> tuple[Path, Config]:
 
 
 @contextmanager
-def open_storage(*, vectors: bool = False) -> Iterator[tuple[Storage, Config]]:
+def open_storage(
+    *, vectors: bool = False, check: Callable[[Config], object] | None = None
+) -> Iterator[tuple[Storage, Config]]:
     """The home's storage. A command that will use Milvus either passes ``vectors=True`` (once its input is
     checked), and Milvus and the configured embedding model start loading before anything else, SQLAlchemy
     included; or calls ``storage.open_vectors_early()`` later. Either way Milvus then opens while the
-    command goes on with its imports, its SQL and reading files."""
+    command goes on with its imports, its SQL and reading files. ``check`` runs on the config before
+    anything is opened or created (``run``'s check that an LLM is configured)."""
     from memgpt.storage import Storage
 
     home, config = home_and_config()
+    if check is not None:
+        check(config)
     if vectors:
         model = embedding_model(config)
         storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early)

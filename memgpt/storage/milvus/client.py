@@ -18,6 +18,7 @@ from typing import IO, Any
 from memgpt.config import display_path, is_server_uri, read_only_message
 from memgpt.errors import StorageError, StorageLockedError
 from memgpt.storage.milvus import lite
+from memgpt.storage.milvus.deferred import deferred_imports
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,8 @@ def _import_pymilvus() -> None:
     """Import pymilvus without the ``load_dotenv()`` its settings module runs: that would put the variables of
     a ``.env`` file (in the working folder when run from a REPL, a notebook or a debugger, else in any folder
     above the installed package) into this process's environment, where memgpt would take, say, its
-    OPENAI_API_KEY for the user's. python-dotenv's own switch is set just for the import."""
+    OPENAI_API_KEY for the user's. python-dotenv's own switch is set just for the import. pandas and requests
+    are left out until used (see :mod:`memgpt.storage.milvus.deferred`)."""
     import importlib
     import sys
 
@@ -236,7 +238,8 @@ def _import_pymilvus() -> None:
     chosen = os.environ.get(_NO_DOTENV)
     os.environ[_NO_DOTENV] = "1"
     try:
-        importlib.import_module("pymilvus")
+        with deferred_imports():
+            importlib.import_module("pymilvus")
     finally:
         if chosen is None:
             os.environ.pop(_NO_DOTENV, None)
