@@ -222,18 +222,36 @@ def _open_and_close(db_file: Path) -> None:
         lite.servers.stop(db_file)
 
 
-# The stand-in on a machine too loaded to give it CPU: pinned to one CPU with the idle scheduling class beside a
-# busy process of normal priority, it waits to run (state R) while its used CPU time barely moves; once the
-# competitor ends it uses CPU_SECONDS and becomes the real Milvus Lite.
+# The stand-in on a machine too loaded to give it CPU: one of its threads, pinned to one CPU with the idle
+# scheduling class beside a busy process of normal priority there, waits to run (state R) while the process's
+# used CPU time barely moves. The competitor says when it spins on that CPU (until then the stand-in spins
+# itself, making progress: an idle-class thread alone on the CPU would use up its share at once and then wait,
+# asleep). Once the competitor ends, the main thread (normal class, any CPU: a policy and a CPU set are a
+# thread's own) becomes the real Milvus Lite, which must not inherit the starvation: at idle priority, pinned
+# beside any other busy process, it got too little CPU to answer its first call within LITE_ANSWER_SECONDS.
 STARVED = """#!{python}
-import os, subprocess, sys, time
-busy = "import os, time\\nos.sched_setaffinity(0, {{{cpu}}})\\nend = time.monotonic() + {starve}\\n"
-competitor = subprocess.Popen([sys.executable, "-c", busy + "while time.monotonic() < end: pass"])
-os.sched_setaffinity(0, {{{cpu}}})
-os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-while time.process_time() < 0.2:
-    pass
-competitor.wait()
+import os, subprocess, sys, threading, time
+busy = "import os, sys, time\\nos.sched_setaffinity(0, {{{cpu}}})\\nend = time.monotonic() + {starve}\\n"
+busy += "os.write(1, b'spinning')\\nwhile time.monotonic() < end: pass"
+competitor = subprocess.Popen([sys.executable, "-c", busy], stdout=subprocess.PIPE)
+os.set_blocking(competitor.stdout.fileno(), False)
+while True:
+    try:
+        if not os.read(competitor.stdout.fileno(), 8):
+            sys.exit(4)  # it ended without spinning
+        break
+    except BlockingIOError:
+        pass
+
+def starved():
+    os.sched_setaffinity(0, {{{cpu}}})
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    while competitor.poll() is None:
+        pass
+
+thread = threading.Thread(target=starved)
+thread.start()
+thread.join()
 os.environ["LD_LIBRARY_PATH"] = {lib!r}
 os.execv({lib!r} + "/milvus", [{lib!r} + "/milvus", *sys.argv[1:]])
 """
