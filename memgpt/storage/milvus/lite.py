@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -71,6 +72,10 @@ class LiteServer:
         digest = hashlib.sha256(str(self.db_file).encode()).hexdigest()[:12]
         self.socket = Path(tempfile.gettempdir()) / f"memgpt-{os.getuid()}-{digest}_{self.db_file.name}.sock"
         self.lock_path = self.db_file.parent / f".{self.db_file.name}.lock"
+        # Its HOME: Milvus Lite creates $HOME/.cache/milvus as it starts, and with one shared by all (~/.cache/milvus)
+        # processes starting at once raced for it: "create dir ... failed", then the first create or load of a
+        # collection failed with "Mmap manager has not been init" (2-5 of 75 starts, three of them at once).
+        self.home = self.socket.with_suffix(".home")
         self._lock: IO[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +93,8 @@ class LiteServer:
         self._clear_stale_socket()
         environment = {k: v for k, v in source.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
         library_path = f"{binaries}:{source.get('LD_LIBRARY_PATH', '')}"
-        environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path)
+        environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path, HOME=str(self.home))
+        self.home.mkdir(mode=0o700, exist_ok=True)
         # Its glog would write INFO logs, and at every error three files (milvus.*.INFO/WARNING/ERROR), into
         # the temporary directory, kept forever: errors only, to its stderr alone (where glog shows them anyway).
         environment.setdefault("GLOG_minloglevel", "2")
@@ -201,6 +207,7 @@ class LiteServer:
         for path in (self.socket, self.lock_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _wait_killed(process: subprocess.Popen[bytes]) -> None:
