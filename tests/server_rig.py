@@ -18,6 +18,7 @@ import uvicorn
 
 from memgpt.config import Config, load_config, save_config
 from memgpt.server.app import create_app, open_state
+from memgpt.server.jobs import FileJobs
 from memgpt.server.state import ServerState
 from memgpt.server.turns import Timing
 from memgpt.storage.users import UserStore
@@ -39,9 +40,8 @@ class LiveServer:
     def __post_init__(self) -> None:
         self.state = open_state(self.home, self.config)
         self.port = free_port()
-        settings = uvicorn.Config(
-            create_app(state=self.state), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
+        self.app = create_app(state=self.state)
+        settings = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(settings)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -54,6 +54,11 @@ class LiveServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def file_jobs(self) -> FileJobs:
+        """The app's queue of background file loads."""
+        return self.app.state.file_jobs  # type: ignore[no-any-return]
 
     @property
     def users(self) -> UserStore:

@@ -420,3 +420,36 @@ def test_bad_agent_requests_are_4xx_json_and_change_nothing(server: LiveServer, 
     blank = httpx.post(f"{url}{agent_id}/archival-memory", json={"text": "   "}, headers=headers)
     assert blank.status_code == 400 and blank.json() == {"detail": "text: is empty; nothing was stored"}
     assert letta.agents.retrieve(agent_id).tags == []
+
+
+def test_numbers_too_large_and_text_that_is_not_unicode_are_4xx_not_500(server: LiveServer, letta: Letta) -> None:
+    """A number past what the database column holds, or a JSON string with a lone surrogate escape (valid
+    JSON, but no Unicode text), is the client's mistake: a 4xx naming the field, and nothing stored."""
+    headers = {**auth(server.key()), "content-type": "application/json"}
+    url = f"{server.url}/v1/agents/"
+    huge = 10**20
+    creates = [
+        {"name": "a", "memory_blocks": [{"label": "human", "value": "x", "limit": huge}]},
+        {"name": "a", "context_window_limit": huge},
+        {"name": "a", "llm_config": {"context_window": huge}},
+    ]
+    for body in creates:
+        answer = httpx.post(url, json=body, headers=headers, timeout=60)
+        assert answer.status_code == 422, (body, answer.text)
+        assert "less than or equal to 2147483647" in answer.text
+    for raw in (b'{"name": "\\ud800x"}', b'{"name": "a", "memory_blocks": [{"label": "human", "value": "\\udfff"}]}'):
+        answer = httpx.post(url, content=raw, headers=headers, timeout=60)
+        assert answer.status_code == 400, (raw, answer.text)
+        assert "not valid Unicode" in answer.json()["detail"]
+    assert letta.agents.list().items == []
+    agent_id = sam(letta)
+    for path, body in (
+        (f"{agent_id}/core-memory/blocks/human", {"limit": huge}),
+        (agent_id, {"context_window_limit": huge}),
+    ):
+        assert httpx.patch(f"{url}{path}", json=body, headers=headers, timeout=60).status_code == 422, path
+    lone = b'{"input": "hi \\ud83d"}'
+    answer = httpx.post(f"{url}{agent_id}/messages", content=lone, headers=headers, timeout=60)
+    assert answer.status_code == 400 and "not valid Unicode" in answer.json()["detail"]
+    assert letta.agents.messages.list(agent_id).items == []  # the message was not stored
+    assert letta.agents.retrieve(agent_id).llm_config.context_window < huge

@@ -438,3 +438,37 @@ def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) ->
 
     with Storage(config, home) as storage:
         assert storage.passages(SPACE).count(eq("source_id", folder.id)) == done.total_chunks
+
+
+def test_an_imported_agents_files_load_in_the_background_like_uploads(server: LiveServer, llm: ScriptedLLM) -> None:
+    """An import answers once its agents exist; the files of their folders are loaded by the server's file
+    jobs, as uploads are. A large folder loaded inside the request outlasted letta-client's 60 s timeout, and
+    the client's two retries then started two more imports of the same file."""
+    client = client_for(server)
+    folder = client.folders.create(name="notes")
+    upload = client.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb"))
+    wait_until_loaded(client, folder.id, upload.id)
+    agent = client.agents.create(name="reader")
+    client.agents.folders.attach(folder.id, agent_id=agent.id)
+    exported = client.agents.export_file(agent.id)
+
+    queued: list[str] = []
+    real_submit = server.file_jobs.submit
+    server.file_jobs.submit = queued.append  # type: ignore[method-assign]
+    try:
+        answer = client.agents.import_file(file=("reader.af", exported.encode()), append_copy_suffix=False, name="r2")
+    finally:
+        server.file_jobs.submit = real_submit  # type: ignore[method-assign]
+    (new_id,) = answer.agent_ids
+    (new_folder,) = client.agents.folders.list(new_id)
+    (record,) = client.folders.files.list(new_folder.id)
+    assert record.processing_status == "pending" and queued == [record.id]  # answered before loading it
+    real_submit(record.id)
+    loaded, _ = wait_until_loaded(client, new_folder.id, record.id)
+    assert loaded.processing_status == "completed" and loaded.total_chunks == upload_chunks(client, folder.id)
+    assert client.agents.passages.search(new_id, query="markdown heading").count > 0
+
+
+def upload_chunks(client: Letta, folder_id: str) -> int:
+    (record,) = client.folders.files.list(folder_id)
+    return record.total_chunks

@@ -266,6 +266,8 @@ class ImportSettings:
     loading: EmbeddingSettings
     llm_model: str | None = None
     context_window: int = 8192
+    # False: files are only stored (pending) for the caller to load, as the server's file jobs load uploads.
+    load_files: bool = True
 
 
 def import_settings(home: Path, config: Config, embedding: EmbeddingModel) -> ImportSettings:
@@ -425,6 +427,8 @@ def _load_text(
         duplicate_handling=DuplicateHandling.SUFFIX,
         original_name=name,
     )
+    if not settings.load_files:
+        return upload.record
     load_file(storage, settings.embedding, source, upload.record, settings=settings.loading, listener=listener)
     return storage.files.get(upload.record.id) or upload.record
 

@@ -167,7 +167,7 @@ class LocalClient(Client):
     def _import(self, _: dict[str, str], params: dict[str, Any], payload: Any) -> Any:
         name, content = payload
         upload = UploadFile(io.BytesIO(content), filename=name)
-        return jsonable_encoder(agentfile.import_file(self.state, self.user, upload, **params))
+        return jsonable_encoder(agentfile.import_file(self.state, self.user, self.jobs, upload, **params))
 
 
 def _follow(turn: Turn) -> Iterator[dict[str, Any]]:

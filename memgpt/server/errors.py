@@ -87,6 +87,12 @@ def install(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error(422, _validation_detail(exc))
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def _not_unicode(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        # JSON allows a lone surrogate escape ("\\ud800"), which decodes to no Unicode text: no database or
+        # file can store it, and the first write refuses it (before anything of the request is stored).
+        return error(400, not_unicode(exc))
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
@@ -98,6 +104,12 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return error(500, f"internal server error ({type(exc).__name__}); the server log has the details")
+
+
+def not_unicode(exc: UnicodeEncodeError) -> str:
+    """What is wrong with text that has a lone surrogate, as one line."""
+    bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+    return f"the request holds text that is not valid Unicode (a lone surrogate, {bad}); send UTF-8 text"
 
 
 def _route_hint(path: str, status: int) -> str:

@@ -3,6 +3,7 @@ Letta's form fields); both call ``memgpt.agent.agentfile``, as `memgpt export ag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated, Literal
 
@@ -20,7 +21,9 @@ from memgpt.agent.agentfile import (
 from memgpt.agent.agentfile_format import read_agent_file
 from memgpt.errors import UserError
 from memgpt.server.routes.agents import find_agent
+from memgpt.server.routes.folders import Jobs
 from memgpt.server.state import CurrentUser, State
+from memgpt.types import FileStatus
 
 router = APIRouter(tags=["agents"])
 
@@ -101,6 +104,7 @@ def _secrets(value: str | None, field: str) -> None:
 def import_file(
     state: State,
     user: CurrentUser,
+    jobs: Jobs,
     file: Annotated[UploadFile, File(description="The agent file (.af)")],
     name: Annotated[str | None, Form()] = None,
     override_name: Annotated[str | None, Form()] = None,
@@ -117,7 +121,8 @@ def import_file(
     project_id: Annotated[str | None, Form()] = None,
     x_override_embedding_model: Annotated[str | None, Header()] = None,
 ) -> ImportResult:
-    """Make new agents from an Agent File (Letta's or memgpt's); all of it or, on any error, nothing.
+    """Make new agents from an Agent File (Letta's or memgpt's); all of it or, on any error, nothing. The
+    files of their folders are then loaded in the background, as uploads are.
     Tools map to MemGPT's by name; tools that carry code are never installed (the answer lists them), so
     ``override_existing_tools`` changes nothing; ``secrets`` and ``env_vars_json`` are checked, not kept;
     ``project_id`` is ignored. ``on_name_clash`` (memgpt's own) says what a taken name does."""
@@ -134,5 +139,11 @@ def import_file(
         model=state.models().model_for(handle) if (handle := override_model_handle or model) else None,
     )
     settings = import_settings(state.home, state.config, state.embedding())
+    # Files load in the background, as uploads do: a large folder would outlast the client's timeout, and its
+    # retries would start the same import again. folders.files.retrieve shows their progress.
+    settings = dataclasses.replace(settings, load_files=False)
     imported = import_agent_file(state.storage, document, user_id=user.id, settings=settings, options=options)
+    for record in {f.id: f for i in imported for f in i.files}.values():
+        if record.status is FileStatus.PENDING:
+            jobs.submit(record.id)
     return ImportResult(agent_ids=[i.state.id for i in imported], imported=[ImportedOut.of(i) for i in imported])

@@ -49,6 +49,10 @@ def _text(body: SendRequest) -> tuple[str, str]:
         raise UserError("messages: the message is empty")
     if len(text) > MAX_TEXT:
         raise UserError(f"messages: the message is longer than {MAX_TEXT:,} characters")
+    try:
+        text.encode("utf-8")  # checked here: a turn that fails to store it would be an LLM-side failure
+    except UnicodeEncodeError as exc:
+        raise UserError(f"messages: {errors.not_unicode(exc)}") from exc
     return message.role, text
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from memgpt.server.schemas.common import EmbeddingConfig, LlmConfig, SourceOut, ToolOut
+from memgpt.server.schemas.common import INT_MAX, EmbeddingConfig, LlmConfig, SourceOut, ToolOut
 from memgpt.types import AgentState, Block
 
 AGENT_TYPE = "memgpt_agent"
@@ -115,7 +115,9 @@ class BlockIn(BaseModel):
 
     label: str
     value: str
-    limit: int | None = Field(None, description="Characters the block may hold; default 2000 (or the value's length)")
+    limit: int | None = Field(
+        None, le=INT_MAX, description="Characters the block may hold; default 2000 (or the value's length)"
+    )
     description: str | None = None
     read_only: bool = False
 
@@ -124,7 +126,7 @@ class LlmConfigIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    context_window: int | None = None
+    context_window: int | None = Field(None, le=INT_MAX)
 
 
 class AgentCreate(BaseModel):
@@ -143,7 +145,7 @@ class AgentCreate(BaseModel):
     embedding: str | None = None
     llm_config: LlmConfigIn | None = None
     embedding_config: dict[str, Any] | None = None
-    context_window_limit: int | None = Field(None, ge=1024)
+    context_window_limit: int | None = Field(None, ge=1024, le=INT_MAX)
     system: str | None = None
     tools: list[str] | None = None
     tool_ids: list[str] | None = None
@@ -168,7 +170,7 @@ class AgentUpdate(BaseModel):
     llm_config: LlmConfigIn | None = None
     embedding: str | None = None
     embedding_config: dict[str, Any] | None = None
-    context_window_limit: int | None = Field(None, ge=1024)
+    context_window_limit: int | None = Field(None, ge=1024, le=INT_MAX)
     tool_ids: list[str] | None = None
 
 
@@ -197,7 +199,7 @@ class BlockUpdate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     value: str | None = None
-    limit: int | None = None
+    limit: int | None = Field(None, le=INT_MAX)
     description: str | None = None
     read_only: bool | None = None
     label: str | None = None

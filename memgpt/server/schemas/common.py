@@ -29,6 +29,8 @@ LLM_ENDPOINT_TYPES = {
 }
 LOCAL_EMBEDDING_PROVIDER = "local"
 LOCAL_EMBEDDING_TYPE = "hugging-face"  # Letta's endpoint type for a model run in-process
+# The largest whole number a request may carry where it is stored: an INTEGER column (32 bits on PostgreSQL).
+INT_MAX = 2**31 - 1
 _TOOL_IDS = uuid.UUID("6d656d67-7074-4000-8000-746f6f6c7321")  # namespace of the stable ids of tools
 
 
