@@ -32,7 +32,8 @@ def test_move_up_to_a_server(
         )
         assert moved.returncode == 0, moved.stderr
         copied = int(re.search(r"Copied (\d+) passages \(0 were there already\)", moved.stdout)[1])
-        assert copied == before[0]["passages"] + 1 + 3  # the paper, the agent's memory, 3 recall entries
+        # the paper, the agent's memory, 2 recall entries (the bare archival_memory_insert call is not indexed)
+        assert copied == before[0]["passages"] + 1 + 2
         config = load_config(home)
         assert (config.milvus.uri, config.milvus.database) == (milvus_server, server_database)
         assert json.loads(cli("list", "sources", "--json", home=home).stdout) == before
