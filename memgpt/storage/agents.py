@@ -37,7 +37,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
-from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, last_seq, write_messages
+from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
@@ -454,7 +454,7 @@ class AgentStore:
                 moved = update(agents).where(agents.c.id == agent_id).values(**fields, version=agents.c.version + 1)
                 last = s.scalar(moved.returning(last_seq(agent_id)))
             else:
-                last = check_fence(s, fence, reading=last_seq(agent_id))
+                last = check_fence(s, fence, reading=FENCED_LAST_SEQ)
                 if fields:
                     s.execute(update(agents).where(agents.c.id == agent_id).values(**fields))
             write_messages(s, agent_id, changes.messages, last=last or 0)

@@ -3,18 +3,18 @@ history, cancel a running turn. Turns themselves live in ``memgpt.server.turns``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from memgpt.errors import UserError
 from memgpt.server import errors
-from memgpt.server.routes.agents import check_agent, find_agent
+from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.agents import Order
 from memgpt.server.schemas.messages import (
     CancelRequest,
@@ -53,8 +53,9 @@ def _text(body: SendRequest) -> tuple[str, str]:
 
 
 async def _start(request: Request, agent_id: str, body: SendRequest, state: ServerState, user_id: str) -> Turn:
-    """The turn for this send (a new one, or the one a retried request started); in a worker thread, since
-    it may wait for the agent's running turn and opens the agent from storage."""
+    """The turn for this send (a new one, or the one a retried request started). It starts on the turn's own
+    thread, since it may wait for the agent's running turn and opens the agent from storage; another user's
+    agent is a 404 (read with the agent's lease)."""
     role, text = _text(body)
     raw = json.loads(await request.body() or b"{}")
     retry = request.headers.get("x-stainless-retry-count", "0").strip()
@@ -70,12 +71,7 @@ async def _start(request: Request, agent_id: str, body: SendRequest, state: Serv
             body.use_assistant_message, body.assistant_message_tool_name, body.assistant_message_tool_kwarg
         ),
     )
-
-    def begin() -> Turn:
-        check_agent(state, user_id, agent_id)  # before anything else: another user's agent is a plain 404
-        return state.turns().start(turn_input)
-
-    return await anyio.to_thread.run_sync(begin)
+    return await asyncio.wrap_future(state.turns().begin(turn_input))
 
 
 def _rendering(use: bool, name: str, kwarg: str) -> Rendering:
