@@ -114,6 +114,7 @@ class Turn:
     stop_reason: str | None = None
     error: tuple[str, str] | None = None  # (error_type, message) when it failed
     usage: Usage = field(default_factory=Usage)
+    answer: str | None = None  # ``body()`` as JSON text once it ended without an error (built once, also stored)
     cancel: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
@@ -195,6 +196,7 @@ class Turn:
         stored = json.loads(run.response or "{}")
         turn = cls(run.id, run.agent_id, run.digest, items=list(stored.get("messages", [])))
         error = stored.get("error")
+        turn.answer = run.response if run.response and not error else None
         turn.finish(run.stop_reason or "error", Usage(**stored.get("usage", {})), tuple(error) if error else None)
         return turn
 
@@ -503,7 +505,9 @@ class TurnRunner:
         stored = {**turn.body(), "stop_reason": stop.model_dump(mode="json"), "usage": usage.model_dump()}
         if error:
             stored["error"] = list(error)
-        finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, json.dumps(stored))
+        text = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+        turn.answer = None if error else text  # the answer to a send as it goes out, without a second json.dumps
+        finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, text)
         try:
             # Under the lease: where another process may take the agent's next turn (a shared index), the last
             # step's recall indexing (a background thread) ends before that turn may index the same messages.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -447,7 +448,10 @@ class AgentStore:
         if changes.token_ratio is not None:
             fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
         agents = AgentRow.__table__
-        with self._metadata.session() as s:
+        # Blocks and effects are merged by the ORM; a step without them (most) needs no ORM session set up.
+        orm = bool(changes.blocks or changes.effects)
+        opened: AbstractContextManager[Any] = self._metadata.session() if orm else self._metadata.connection()
+        with opened as s:
             # The lease row, then the agents row, then the rest: the order every writer keeps. Where the messages
             # end is read by the first statement.
             if fence is None:

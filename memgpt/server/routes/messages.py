@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from memgpt.errors import UserError
 from memgpt.server import errors
@@ -87,7 +87,7 @@ def _wanted(types: list[MessageType] | None) -> Callable[[dict[str, Any]], bool]
 @router.post("/", response_model=LettaResponse, include_in_schema=False)
 async def send_message(
     agent_id: str, body: SendRequest, request: Request, state: State, user: CurrentUser
-) -> LettaResponse | JSONResponse | StreamingResponse:
+) -> LettaResponse | Response:
     """Send a message and get the agent's turn: reasoning, tool calls and returns, assistant messages, usage and
     why it stopped. With ``streaming: true`` the same arrive as server-sent events, each step as it happens."""
     turn = await _start(request, agent_id, body, state, user.id)
@@ -98,6 +98,8 @@ async def send_message(
     if turn.error is not None and not turn.items:
         status = 502 if turn.stop_reason == "llm_api_error" else 500
         return errors.error(status, f"{turn.error[1]} (your message was stored; the agent has not answered it)")
+    if turn.answer is not None and not body.include_return_message_types:
+        return Response(turn.answer, media_type="application/json")  # as stored with the run
     answer = turn.body()  # a LettaResponse as JSON: not validated once more on the way out
     answer["messages"] = [item for item in answer["messages"] if _wanted(body.include_return_message_types)(item)]
     return JSONResponse(answer)
