@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from memgpt.storage.users import UserStore
 
 
+# Seconds an idle client connection stays open. Longer than httpx's own 5 s (letta-client's, the openai SDK's): with
+# uvicorn's default, also 5 s, a client that reused a connection just as the server closed it got a reset and its
+# message was never read (seen under load in bench/server_bench.py, as errors and lost messages).
+KEEP_ALIVE = 75
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -92,7 +98,15 @@ def serve(
             "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
         )
     target: object = app if workers == 1 else "memgpt.server.app:create_app"
-    uvicorn.run(target, host=host, port=port, workers=workers, factory=workers > 1, log_level="info")  # type: ignore[arg-type]
+    uvicorn.run(
+        target,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        workers=workers,
+        factory=workers > 1,
+        log_level="info",
+        timeout_keep_alive=KEEP_ALIVE,
+    )
 
 
 # -- users -----------------------------------------------------------------------------------------
