@@ -416,12 +416,6 @@ class TurnStore:
             )
         return run_id
 
-    def cancel_requested(self, agent_id: str, owner: str) -> bool:
-        with self._metadata.session() as s:
-            leases = _LEASES
-            query = select(leases.c.cancel_requested).where(leases.c.agent_id == agent_id, leases.c.owner == owner)
-            return bool(s.scalar(query))
-
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self, run: Run, *, keep: timedelta | None = None) -> None:
         """Record a started turn; with ``keep``, forget the agent's runs older than that."""
