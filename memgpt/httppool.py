@@ -4,16 +4,24 @@ Making an ``httpx.Client`` loads the certificate store (tens of ms of CPU) and a
 connections, so the LLM and embedding adapters ask here for one per endpoint and reuse it: a server that
 opens an agent for each turn still sends every request over a kept-alive connection. A forked child
 starts with none (a parent's connections are no use to it).
+
+``plain(client)`` sends a client's plain POSTs through the standard library's http.client instead (``KeptAlive``).
 """
 
 from __future__ import annotations
 
 import os
+import select
 import threading
+import time
+import urllib.parse
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import http.client
+
     import httpx
 
 USER_AGENT = "memgpt"
@@ -37,7 +45,114 @@ def client(base_url: str, headers: Mapping[str, str]) -> httpx.Client:
                 timeout=httpx.Timeout(120.0),
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),  # the SDK's
             )
+            kept = _plain_for(made)
+            if kept is not None:
+                _plain[made] = kept
         return made
+
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+KEEP_IDLE = 5.0  # seconds an idle connection is kept (httpx's keep-alive expiry; servers close theirs after about that)
+
+
+class KeptAlive:
+    """POSTs to one endpoint over the standard library's http.client, on connections kept open between requests
+    and shared by every thread. httpx spent ~0.65 ms more CPU a request here (under one GIL, in a server that
+    makes one a step), mostly in its connection pool's bookkeeping. It sends what the httpx client would (its
+    headers, its certificate checks) and is only made where httpx would add nothing: no proxy from the
+    environment. A redirect is not followed here: ``post`` returns None and the caller sends it through httpx."""
+
+    def __init__(self, base_url: httpx.URL, headers: Mapping[str, str]) -> None:
+        self._https = base_url.scheme == "https"
+        self._host = base_url.host
+        self._port = base_url.port or (443 if self._https else 80)
+        self._prefix = base_url.raw_path.decode("ascii").rstrip("/")
+        # The body is never compressed: nothing to decode (http.client does not).
+        self._headers = {**headers, "accept-encoding": "identity"}
+        self._ssl = None
+        if self._https:
+            import httpx
+
+            self._ssl = httpx.create_ssl_context()  # the certificates httpx would trust
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self._guard = threading.Lock()
+
+    def post(
+        self, path: str, body: bytes, headers: Mapping[str, str], params: Mapping[str, str] | None, timeout: float
+    ) -> tuple[int, str] | None:
+        """The reply's status and text, or None for a redirect. A connection the server closed while it was idle
+        is replaced once; otherwise OSError (TimeoutError when ``timeout`` passes) or http.client.HTTPException."""
+        from http.client import BadStatusLine  # imported with httpx, which made the client
+
+        stale = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, BadStatusLine)
+        target = self._prefix + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        sending = {**self._headers, **headers}
+        while True:
+            connection, reused = self._connection(timeout)
+            try:
+                connection.request("POST", target, body=body, headers=sending)
+                reply = connection.getresponse()
+                data = reply.read()
+            except stale:
+                connection.close()
+                if reused:  # closed by the server while idle, as this request went out: once more on a new one
+                    continue
+                raise
+            except BaseException:
+                connection.close()
+                raise
+            if reply.will_close:
+                connection.close()
+            else:
+                with self._guard:
+                    self._idle.append((connection, time.monotonic()))
+            if reply.status in REDIRECTS:
+                return None
+            return reply.status, data.decode(reply.headers.get_content_charset() or "utf-8", errors="replace")
+
+    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection still open (newest first), or a new one."""
+        now = time.monotonic()
+        while True:
+            with self._guard:
+                if not self._idle:
+                    break
+                connection, since = self._idle.pop()
+            sock = connection.sock
+            # Readable while idle: the server closed it (or sent what nobody asked for).
+            if sock is None or now - since > KEEP_IDLE or select.select([sock], [], [], 0)[0]:
+                connection.close()
+                continue
+            sock.settimeout(timeout)
+            connection.timeout = timeout
+            return connection, True
+        import http.client
+
+        if self._ssl is not None:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl), False
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
+
+
+_plain: weakref.WeakKeyDictionary[httpx.Client, KeptAlive] = weakref.WeakKeyDictionary()
+
+
+def plain(client: httpx.Client) -> KeptAlive | None:
+    """The POSTs of a client made by ``client()`` over http.client (``KeptAlive``); None for another client, or
+    where a proxy from the environment applies to its endpoint (httpx goes through it)."""
+    with _guard:
+        return _plain.get(client)
+
+
+def _plain_for(made: httpx.Client) -> KeptAlive | None:
+    import urllib.request
+
+    base = made.base_url
+    if base.scheme not in ("http", "https") or not base.host:
+        return None
+    proxies = urllib.request.getproxies()  # what httpx read from the environment when it made the client
+    if proxies and not urllib.request.proxy_bypass(base.host):
+        return None
+    return KeptAlive(base, dict(made.headers))
 
 
 def openai_headers(env: Mapping[str, str]) -> dict[str, str]:
@@ -51,6 +166,7 @@ def _forget_in_child() -> None:
     global _guard
     _guard = threading.Lock()
     _clients.clear()
+    _plain.clear()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

@@ -43,6 +43,8 @@ def claims(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     gets (an INSERT refused while the row exists, then an UPDATE of an expired row)."""
     if request.param == "insert":
         monkeypatch.setattr(storage_turns, "_inserts", {})
+        storage_turns._prepared.cache_clear()  # the statements are built once per dialect, from _inserts
+        request.addfinalizer(storage_turns._prepared.cache_clear)
     return str(request.param)
 
 
@@ -62,13 +64,18 @@ def after_commit_of(storage: Storage, statement: str, action: Callable[[], None]
             seen["done"] = True
             action()
 
+    def returned(_dbapi_connection: Any, _record: Any) -> None:  # a transaction outside a session, once committed
+        committed(None)
+
     event.listen(metadata.engine, "after_cursor_execute", executed)
     event.listen(metadata._sessions, "after_commit", committed)
+    event.listen(metadata.engine, "checkin", returned)
     try:
         yield
     finally:
         event.remove(metadata.engine, "after_cursor_execute", executed)
         event.remove(metadata._sessions, "after_commit", committed)
+        event.remove(metadata.engine, "checkin", returned)
     assert seen["done"], f"no transaction ran {statement!r}"
 
 
@@ -130,12 +137,12 @@ def test_a_lease_taken_with_one_statement_on_a_free_agent(storage: Storage) -> N
     """Taking a free lease is one transaction: no second one that another owner could come between."""
     commits: list[object] = []
     committed = commits.append  # one bound method, to remove the very listener added
-    event.listen(storage.metadata._sessions, "after_commit", committed)
+    event.listen(storage.metadata.engine, "commit", committed)  # a session's or a plain connection's
     try:
         owner = new_owner()
         assert storage.turns.acquire("a1", owner, "run-1", 60, run=Run("run-1", "a1", "d1")) is not None
     finally:
-        event.remove(storage.metadata._sessions, "after_commit", committed)
+        event.remove(storage.metadata.engine, "commit", committed)
     assert len(commits) == 1
     assert storage.turns.acquire("a1", new_owner(), "run-2", 60) is None
     assert lease_owner(storage, "a1") == owner

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -381,6 +384,39 @@ def test_another_users_agents_blocks_passages_and_messages_are_404(server: LiveS
     assert alice.agents.blocks.retrieve("human", agent_id=agent_id).value == "Name: Chad"
     assert [p.text for p in alice.agents.passages.list(agent_id)] == ["Alice's secret."]
     assert len(llm.requests) == 1
+
+
+def test_a_send_to_another_users_agent_while_it_answers_is_404_and_takes_nothing(
+    server: LiveServer, llm: ScriptedLLM
+) -> None:
+    """The agent's ownership is read with its lease, and on its own while another turn holds the lease: a 404,
+    never a wait for the lease and then 409; Alice's turn and her next one are untouched."""
+    alice, bob = client(server, "alice"), client(server, "bob")
+    agent_id = sam(alice)
+    answering = threading.Event()
+
+    def answer(_: dict[str, Any]) -> dict[str, Any]:
+        assert answering.wait(30)
+        return {"tool": "send_message", "args": {"message": "Later."}}
+
+    llm.add(answer)
+    llm.reply("Again.")
+    first = threading.Thread(target=alice.agents.messages.create, args=(agent_id,), kwargs={"input": "slow"})
+    first.start()
+    deadline = time.monotonic() + 30
+    while server.state.storage.turns.running_run(agent_id) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        with pytest.raises(NotFoundError) as caught:
+            bob.agents.messages.create(agent_id, input="hi")
+        assert caught.value.body == {"detail": f"no agent with id {agent_id!r}"}
+    finally:
+        answering.set()
+        first.join(30)
+    again = alice.agents.messages.create(agent_id, input="again")
+    assert [m.content for m in again.messages if m.message_type == "assistant_message"] == ["Again."]
+    said = [m.content for m in alice.agents.messages.list(agent_id, order="asc") if m.message_type == "user_message"]
+    assert said == ["slow", "again"] and len(llm.requests) == 2
 
 
 # -- bad input ----------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import select
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from memgpt.config import load_config, save_config
 from memgpt.server.app import KEY_TRUST_SECONDS
 from memgpt.storage import Storage
 from tests.conftest import DATA, cli, run_cli
-from tests.server_rig import LiveServer, auth, free_port
+from tests.server_rig import LiveServer, ServerProcess, auth, free_port
 
 
 def test_health_needs_no_key_and_ignores_one(live_server: LiveServer) -> None:
@@ -223,3 +225,27 @@ def test_a_running_server_owns_the_lite_file_and_the_cli_says_so(home: Path, tmp
         server.terminate()
         server.wait(timeout=30)
     assert "No API keys yet" in (server.stdout.read() if server.stdout else "")
+
+
+def test_an_idle_connection_outlives_the_clients_own_keep_alive(home: Path) -> None:
+    """`memgpt server` keeps an idle connection open longer than httpx's 5 s keep-alive (letta-client's, the
+    openai SDK's): a client reusing one at its 5 s never meets the server closing it (a reset, its request unread)."""
+    home.mkdir(parents=True, exist_ok=True)
+    server = ServerProcess(home)
+    server.wait_ready()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+        connection.request("GET", "/v1/health/")
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200 and not first.will_close
+        sock = connection.sock
+        time.sleep(6)
+        assert sock is not None and not select.select([sock], [], [], 0)[0]  # a close would make it readable
+        connection.request("GET", "/v1/health/")
+        again = connection.getresponse()
+        again.read()
+        assert again.status == 200 and connection.sock is sock
+        connection.close()
+    finally:
+        server.stop()

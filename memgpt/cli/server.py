@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from memgpt.storage.users import UserStore
 
 
+# Seconds an idle client connection stays open. Longer than httpx's own 5 s (letta-client's, the openai SDK's): with
+# uvicorn's default, also 5 s, a client that reused a connection just as the server closed it got a reset and its
+# message was never read (seen under load in bench/server_bench.py, as errors and lost messages).
+KEEP_ALIVE = 75
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -87,14 +93,16 @@ def serve(
     if workers == 1:
         app = create_app(state=open_state(home, config))  # errors here are one line, before anything listens
         announce()
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE)
         return
     # This process holds the Milvus Lite file and runs its server while uvicorn's workers (each calling
     # create_app) connect to it; the checks of opening the home run first here, in one line.
     with supervising(home, config):
         announce()
         target = "memgpt.server.app:create_app"
-        uvicorn.run(target, host=host, port=port, workers=workers, factory=True, log_level="info")
+        uvicorn.run(
+            target, host=host, port=port, workers=workers, factory=True, log_level="info", timeout_keep_alive=KEEP_ALIVE
+        )
 
 
 # -- users -----------------------------------------------------------------------------------------

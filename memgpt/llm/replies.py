@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from memgpt import httppool
 from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError, LLMTimeoutError
 from memgpt.replytext import NO_DETAIL, body_detail, error_detail, looks_like_html, one_line
 
@@ -38,14 +39,26 @@ def post(
     params: Mapping[str, str] | None = None,
 ) -> tuple[int, str]:
     """POST ``payload`` as JSON; the reply's status and text. No answer within ``timeout`` seconds is an
-    LLMTimeoutError, a failed connection an LLMRetryableError, a malformed URL an LLMError."""
+    LLMTimeoutError, a failed connection an LLMRetryableError, a malformed URL an LLMError. Over http.client
+    where ``httppool.plain`` has the client's endpoint (a redirect then goes through httpx, which follows it)."""
+    from http.client import HTTPException
+
     import httpx
 
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = {"content-type": "application/json"}
+    kept = httppool.plain(http)
+    if kept is not None:
+        try:
+            answer = kept.post(url, body, headers, params, timeout)
+        except TimeoutError as exc:
+            raise LLMTimeoutError(f"{where} did not answer within {timeout:.0f} s") from exc
+        except (OSError, HTTPException) as exc:  # refused, reset, cut off, a certificate refused
+            raise LLMRetryableError(f"cannot reach {where}: {one_line(exc) or type(exc).__name__}") from exc
+        if answer is not None:
+            return answer
     try:
-        response = http.post(
-            url, content=body, params=params, timeout=timeout, headers={"content-type": "application/json"}
-        )
+        response = http.post(url, content=body, params=params, timeout=timeout, headers=headers)
         return response.status_code, response.text
     except httpx.TimeoutException as exc:
         raise LLMTimeoutError(f"{where} did not answer within {timeout:.0f} s") from exc

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -113,6 +114,7 @@ class Turn:
     stop_reason: str | None = None
     error: tuple[str, str] | None = None  # (error_type, message) when it failed
     usage: Usage = field(default_factory=Usage)
+    answer: str | None = None  # ``body()`` as JSON text once it ended without an error (built once, also stored)
     cancel: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
@@ -194,6 +196,7 @@ class Turn:
         stored = json.loads(run.response or "{}")
         turn = cls(run.id, run.agent_id, run.digest, items=list(stored.get("messages", [])))
         error = stored.get("error")
+        turn.answer = run.response if run.response and not error else None
         turn.finish(run.stop_reason or "error", Usage(**stored.get("usage", {})), tuple(error) if error else None)
         return turn
 
@@ -251,9 +254,38 @@ class TurnRunner:
         return self.state.storage.turns
 
     # -- starting ---------------------------------------------------------------------------------
+    def begin(self, request: TurnInput) -> Future[Turn]:
+        """``start`` on the turn's own thread, which then runs the turn: the future gets the turn (or the error
+        that kept it from starting) as soon as it runs. An API request awaits it instead of a thread-pool hop."""
+        started: Future[Turn] = Future()
+        started.set_running_or_notify_cancel()  # a client that goes away while it starts cannot cancel it
+        # A daemon thread: stopping the server does not wait for an LLM that hangs (a step is stored whole or not).
+        threading.Thread(target=self._begin, args=(request, started), name="turn", daemon=True).start()
+        return started
+
     def start(self, request: TurnInput) -> Turn:
         """The turn for ``request``: a new one, or, for a client's retry, the one its first try started.
-        Blocks up to ``busy_wait`` seconds while the agent runs another turn, then raises Busy."""
+        Blocks up to ``busy_wait`` seconds while the agent runs another turn, then raises Busy. Another user's
+        agent is a NotFoundError."""
+        return self.begin(request).result()
+
+    def _begin(self, request: TurnInput, started: Future[Turn]) -> None:
+        try:
+            opened = self._opening(request)
+        except BaseException as exc:  # noqa: BLE001 - handed to the request waiting for it, which raises it
+            started.set_exception(exc)
+            return
+        if isinstance(opened, Turn):
+            started.set_result(opened)
+            return
+        turn, agent, meter, owner, keep = opened
+        started.set_result(turn)
+        self._run(turn, agent, meter, request, owner, keep)
+
+    def _opening(
+        self, request: TurnInput
+    ) -> Turn | tuple[Turn, Agent, UsageMeter, str, tuple[Grant, Hashable | None]]:
+        """The turn a retry joins, or a new turn with its agent opened under the lease just taken."""
         if request.retry:
             earlier = self._earlier(request)
             if earlier is not None:
@@ -263,7 +295,8 @@ class TurnRunner:
         # The run is recorded with the lease, so the turn is findable (run recorded, turn active) before the agent
         # is opened, which can take a while: a retry that comes meanwhile joins it instead of waiting for the lease.
         run = Run(run_id, request.agent_id, request.digest)
-        taken = self._take_lease(request.agent_id, owner, run_id, retry=request if request.retry else None, run=run)
+        retry = request if request.retry else None
+        taken = self._take_lease(request.agent_id, owner, run_id, retry=retry, run=run, user_id=request.user_id)
         if isinstance(taken, Turn):
             return taken
         turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
@@ -274,14 +307,7 @@ class TurnRunner:
         except BaseException as exc:
             self._not_opened(turn, owner, exc)
             raise
-        # A daemon thread: stopping the server does not wait for an LLM that hangs (a step is stored whole or not).
-        threading.Thread(
-            target=self._run,
-            args=(turn, agent, meter, request, owner, (taken, tools)),
-            name=f"turn-{run_id[4:12]}",
-            daemon=True,
-        ).start()
-        return turn
+        return turn, agent, meter, owner, (taken, tools)
 
     def _prune(self, agent_id: str) -> timedelta | None:
         """RETRY_WINDOW when the agent's old runs are due to be forgotten, else None."""
@@ -293,17 +319,30 @@ class TurnRunner:
         return RETRY_WINDOW
 
     def _take_lease(
-        self, agent_id: str, owner: str, run_id: str, retry: TurnInput | None = None, run: Run | None = None
+        self,
+        agent_id: str,
+        owner: str,
+        run_id: str,
+        retry: TurnInput | None = None,
+        run: Run | None = None,
+        user_id: str | None = None,
     ) -> Grant | Turn:
         """Take the agent's lease (recording ``run`` with it), or, for a ``retry``, find the turn its first try
-        started meanwhile."""
+        started meanwhile. With ``user_id``, another user's agent is a NotFoundError (read with the lease, or
+        once while another turn holds it), never a wait."""
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
         keep = self._prune(agent_id) if run is not None else None
+        ttl = self.timing.lease_ttl
+        checked = user_id is None
         while True:
-            grant = self._turns.acquire(agent_id, owner, run_id, self.timing.lease_ttl, run=run, keep=keep)
+            grant = self._turns.acquire(agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id)
             if grant is not None:
                 return grant
+            if not checked:
+                if not self.state.storage.agents.belongs(user_id or "", agent_id):
+                    raise NotFoundError(f"no agent with id {agent_id!r}")
+                checked = True
             if retry is not None and (earlier := self._earlier(retry)) is not None:
                 return earlier
             if time.monotonic() >= deadline:
@@ -439,8 +478,10 @@ class TurnRunner:
         keep: tuple[Grant, Hashable | None],
     ) -> None:
         agent.on_commit = turn.add_step
-        agent.fence = Fence(request.agent_id, owner)  # should this process stall past the lease, nothing more is stored
-        agent.stop_requested = lambda: turn.cancel.is_set() or self._turns.cancel_requested(request.agent_id, owner)
+        fence = Fence(request.agent_id, owner)
+        agent.fence = fence  # should this process stall past the lease, nothing more is stored
+        # A cancel from another process is read by the fenced write every step begins after (the message it answers).
+        agent.stop_requested = lambda: turn.cancel.is_set() or fence.cancelled.is_set()
         error: tuple[str, str] | None = None
         try:
             events = agent.alert(request.text) if request.role == "system" else agent.send(request.text)
@@ -464,7 +505,9 @@ class TurnRunner:
         stored = {**turn.body(), "stop_reason": stop.model_dump(mode="json"), "usage": usage.model_dump()}
         if error:
             stored["error"] = list(error)
-        finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, json.dumps(stored))
+        text = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+        turn.answer = None if error else text  # the answer to a send as it goes out, without a second json.dumps
+        finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, text)
         try:
             # Under the lease: where another process may take the agent's next turn (a shared index), the last
             # step's recall indexing (a background thread) ends before that turn may index the same messages.

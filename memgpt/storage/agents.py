@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
-from memgpt.storage.messages import MessageRow, StoredMessage, escape_like, last_seq, write_messages
+from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
@@ -447,14 +448,17 @@ class AgentStore:
         if changes.token_ratio is not None:
             fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
         agents = AgentRow.__table__
-        with self._metadata.session() as s:
+        # Blocks and effects are merged by the ORM; a step without them (most) needs no ORM session set up.
+        orm = bool(changes.blocks or changes.effects)
+        opened: AbstractContextManager[Any] = self._metadata.session() if orm else self._metadata.connection()
+        with opened as s:
             # The lease row, then the agents row, then the rest: the order every writer keeps. Where the messages
             # end is read by the first statement.
             if fence is None:
                 moved = update(agents).where(agents.c.id == agent_id).values(**fields, version=agents.c.version + 1)
                 last = s.scalar(moved.returning(last_seq(agent_id)))
             else:
-                last = check_fence(s, fence, reading=last_seq(agent_id))
+                last = check_fence(s, fence, reading=FENCED_LAST_SEQ)
                 if fields:
                     s.execute(update(agents).where(agents.c.id == agent_id).values(**fields))
             write_messages(s, agent_id, changes.messages, last=last or 0)

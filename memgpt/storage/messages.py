@@ -14,12 +14,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, func, insert, or_, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agent, bump_agents
-from memgpt.storage.turns import Fence, check_fence
+from memgpt.storage.turns import FENCE_AGENT, Fence, check_fence
 from memgpt.types import Message, Role, ToolCall
 
 # How far (in sequence numbers) ``neighbours`` looks around a message in its first, shared read.
@@ -105,13 +119,21 @@ def escape_like(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def last_seq(agent_id: str) -> Any:
+def last_seq(agent_id: Any) -> Any:
     """Where the agent's messages end, as a scalar subquery (read with the statement that opens a write)."""
     table = MessageRow.__table__
     return select(func.max(table.c.seq)).where(table.c.agent_id == agent_id).scalar_subquery()
 
 
-def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage], *, last: int | None = None) -> None:
+FENCED_LAST_SEQ = last_seq(bindparam(FENCE_AGENT))  # ``last_seq`` for ``check_fence``: built once, read by every turn
+
+
+_INSERT = insert(MessageRow.__table__)
+
+
+def write_messages(
+    s: Session | Connection, agent_id: str, messages: Sequence[StoredMessage], *, last: int | None = None
+) -> None:
     """Append ``messages`` after the agent's last one (``last``, its sequence number, when the caller read it
     already), in the caller's transaction (one INSERT for all)."""
     if not messages:
@@ -122,7 +144,7 @@ def write_messages(s: Session, agent_id: str, messages: Sequence[StoredMessage],
     if last is None:
         last = s.scalar(select(func.max(table.c.seq)).where(table.c.agent_id == agent_id)) or 0
     s.execute(
-        insert(table),
+        _INSERT,
         [
             {
                 "id": entry.message.id,
@@ -153,14 +175,14 @@ class MessageStore:
     def append(self, agent_id: str, messages: Sequence[StoredMessage], *, fence: Fence | None = None) -> None:
         """Add messages; with a ``fence``, only while that lease still holds the agent (else LeaseLostError);
         without one, the agent's version moves."""
-        with self._metadata.session() as s:
+        with self._metadata.connection() as c:  # Core statements only: no ORM session to set up (a turn's first write)
             # One statement holds the fence (or moves the version: the agents row first, as every writer) and
             # reads where the messages end.
             if fence is None:
-                last = bump_agent(s, agent_id, reading=last_seq(agent_id))
+                last = bump_agent(c, agent_id, reading=last_seq(agent_id))
             else:
-                last = check_fence(s, fence, reading=last_seq(agent_id))
-            write_messages(s, agent_id, messages, last=last or 0)
+                last = check_fence(c, fence, reading=FENCED_LAST_SEQ)
+            write_messages(c, agent_id, messages, last=last or 0)
 
     def in_context(self, agent_id: str) -> list[Message]:
         """The messages in the agent's context window, oldest first."""

@@ -37,7 +37,7 @@ from sqlalchemy import (
     table,
     update,
 )
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -83,7 +83,7 @@ def bump_agents(s: Session, agent_ids: str | Sequence[str] | Select[Any]) -> Non
         s.execute(update(_AGENTS).where(_AGENTS.c.id == agent_id).values(version=_AGENTS.c.version + 1))
 
 
-def bump_agent(s: Session, agent_id: str, reading: Any = None, **values: Any) -> Any:
+def bump_agent(s: Session | Connection, agent_id: str, reading: Any = None, **values: Any) -> Any:
     """``bump_agents`` for one agent, setting more of its columns too, and reading ``reading`` (a scalar
     subquery) in the same statement; returns what it read."""
     statement = update(_AGENTS).where(_AGENTS.c.id == agent_id).values(version=_AGENTS.c.version + 1, **values)
@@ -326,6 +326,17 @@ class MetadataStore:
                 raise
             finally:
                 session.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """``session()`` without the ORM: one transaction on a plain connection, for Core statements on a turn's
+        path (an ORM session's set-up and commit cost as much again as such a statement)."""
+        with self._serial:
+            try:
+                with self.engine.begin() as connection:
+                    yield connection
+            except SQLAlchemyError as exc:
+                raise StorageError(self._read_only() or f"metadata database error: {_reason(exc)}") from exc
 
     def close(self) -> None:
         self.engine.dispose()

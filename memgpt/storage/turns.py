@@ -20,17 +20,34 @@ import functools
 import importlib
 import os
 import socket
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Index, String, Text, column, delete, func, select, table, type_coerce, update
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Index,
+    String,
+    Text,
+    bindparam,
+    column,
+    delete,
+    func,
+    literal_column,
+    select,
+    table,
+    type_coerce,
+    update,
+)
 from sqlalchemy import insert as sql_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.errors import LeaseLostError, StorageError
+from memgpt.errors import LeaseLostError, NotFoundError, StorageError
 from memgpt.procfs import stat_fields
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import utc_now
@@ -109,35 +126,45 @@ class Grant:
 class Fence:
     """The lease a turn holds. Its owner names one grant of the lease (a fresh token each time it is taken, and
     a takeover replaces it), so it is the fencing token: writes that carry it are refused once another owner
-    has the agent."""
+    has the agent. ``cancelled`` is set when one of them finds a cancel requested on the lease (any process's
+    ``request_cancel``): every step of a turn begins after such a write, so the turn needs no query of its own."""
 
     agent_id: str
     owner: str
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
-def check_fence(s: Session, fence: Fence | None, reading: Any = None) -> Any:
+FENCE_AGENT = "fence_agent"  # the bound parameter a ``reading`` of ``check_fence`` names the agent by
+
+
+@functools.lru_cache(maxsize=8)
+def _fence_statement(reading: Any) -> Any:
+    """The fence's statement reading ``reading`` too, built once for each (building one costs more than running
+    it; Core statements on the table, here and in every statement a turn makes: the ORM's cost more)."""
+    leases = _LEASES
+    statement = (
+        update(leases)
+        .where(leases.c.agent_id == bindparam(FENCE_AGENT), leases.c.owner == bindparam("fence_owner"))
+        .values(owner=leases.c.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
+    )
+    return statement.returning(leases.c.cancel_requested, *([reading] if reading is not None else []))
+
+
+def check_fence(s: Session | Connection, fence: Fence | None, reading: Any = None) -> Any:
     """First statement of a turn's write transaction: lock the agent's lease row if ``fence`` still holds it,
     else raise LeaseLostError. The row stays locked until the transaction ends, so a takeover (an UPDATE of
     that row) waits for this commit and a commit after a takeover sees the new owner: never both.
     An expired lease nobody took over yet still holds: whoever takes it next reads what this commits.
-    ``reading`` (a scalar subquery) is read in the same statement and returned."""
+    ``reading`` (a scalar subquery built once, naming the agent by the parameter FENCE_AGENT) is read in the
+    same statement and returned. A cancel requested on the lease sets ``fence.cancelled``."""
     if fence is None:
         return None
-    leases = _LEASES  # Core statements on the table, here and in every statement a turn makes: the ORM's cost more
-    statement = (
-        update(leases)
-        .where(leases.c.agent_id == fence.agent_id, leases.c.owner == fence.owner)
-        .values(owner=leases.c.owner)  # changes nothing; takes the row lock (SQLite: the write lock)
-    )
-    if reading is not None:
-        row = s.execute(statement.returning(reading)).first()
-        if row is None:
-            raise _lost(fence)
-        return row[0]
-    held = s.execute(statement)
-    if held.rowcount != 1:
+    row = s.execute(_fence_statement(reading), {FENCE_AGENT: fence.agent_id, "fence_owner": fence.owner}).first()
+    if row is None:
         raise _lost(fence)
-    return None
+    if row[0]:
+        fence.cancelled.set()
+    return row[1] if reading is not None else None
 
 
 def _lost(fence: Fence) -> LeaseLostError:
@@ -148,14 +175,77 @@ def _lost(fence: Fence) -> LeaseLostError:
 
 
 def _agents() -> Any:
-    """The agents table's id, version and created_at (storage/agents.py builds on this module)."""
-    return table("agents", column("id"), column("version"), column("created_at", UTCDateTime))
+    """The agents table's id, user, version and created_at (storage/agents.py builds on this module)."""
+    return table("agents", column("id"), column("user_id"), column("version"), column("created_at", UTCDateTime))
 
 
 # The dialects whose INSERT has ON CONFLICT, by module, imported when a home of that dialect takes a lease rather
 # than with this module: PostgreSQL's cost ~0.07 s of every `memgpt run` on a SQLite home. A home's engine has
 # imported its own dialect's module already, so a server's threads import nothing here.
 _inserts: dict[str, str] = {"sqlite": "sqlalchemy.dialects.sqlite", "postgresql": "sqlalchemy.dialects.postgresql"}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The statements of every turn, built once per database dialect with bound parameters (building one with
+    its values in costs more CPU than running it)."""
+
+    claim: Any  # None on a database without ON CONFLICT
+    grant: Any
+    record_run: Any
+    finish_run: Any
+    release: Any
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(dialect: str) -> _Prepared:
+    leases, runs, agents = _LEASES, _RUNS, _agents()
+    fresh = {
+        "owner": bindparam("p_owner"),
+        "run_id": bindparam("p_run_id"),
+        "expires_at": database_now(dialect, bindparam("p_ttl")),
+        "cancel_requested": False,
+    }
+    module = _inserts.get(dialect)
+    claim = None
+    if module is not None:
+        claim = (
+            importlib.import_module(module)
+            .insert(leases)
+            .values(agent_id=bindparam("p_agent"), **fresh)
+            .on_conflict_do_update(
+                index_elements=[leases.c.agent_id],
+                set_=fresh,
+                where=leases.c.expires_at <= database_now(dialect),
+            )
+            .returning(leases.c.agent_id)
+        )
+    return _Prepared(
+        claim=claim,
+        grant=update(agents)
+        .where(agents.c.id == bindparam("p_agent"))
+        .values(version=agents.c.version + 1)
+        .returning(agents.c.version, agents.c.created_at, agents.c.user_id),
+        record_run=sql_insert(runs).values(
+            id=bindparam("p_run"),
+            agent_id=bindparam("p_agent"),
+            digest=bindparam("p_digest"),
+            status=RUNNING,
+            stop_reason="",
+            response="",
+            created_at=bindparam("p_now", type_=UTCDateTime),
+            finished_at=None,
+        ),
+        finish_run=update(runs)
+        .where(runs.c.id == bindparam("p_run"))
+        .values(
+            status=FINISHED,
+            stop_reason=bindparam("p_reason"),
+            response=bindparam("p_response"),
+            finished_at=bindparam("p_now", type_=UTCDateTime),
+        ),
+        release=delete(leases).where(leases.c.agent_id == bindparam("p_agent"), leases.c.owner == bindparam("p_owner")),
+    )
 
 
 def new_owner() -> str:
@@ -194,16 +284,16 @@ def _alive(pid: int, started: str | None) -> bool:
     return not now or not started or now == started  # a start unknown on either side: the pid alone says
 
 
-def database_now(dialect: str, ahead: float = 0.0) -> Any:
-    """The database's time now, plus ``ahead`` seconds, as an SQL expression: what a lease's expiry is set and
-    judged by. PostgreSQL's clock_timestamp() is the time the statement reads it (now() is when its transaction
-    began, which may be long before, when the statement waited for a row lock); SQLite's 'now' is written in the
-    format SQLAlchemy stores datetimes in (microseconds), so the strings compare as the times do. Another
-    database gets this process's clock."""
+def database_now(dialect: str, ahead: Any = 0.0) -> Any:
+    """The database's time now, plus ``ahead`` seconds (a number, or a bound parameter of one), as an SQL
+    expression: what a lease's expiry is set and judged by. PostgreSQL's clock_timestamp() is the time the
+    statement reads it (now() is when its transaction began, which may be long before, when the statement waited
+    for a row lock); SQLite's 'now' is written in the format SQLAlchemy stores datetimes in (microseconds), so the
+    strings compare as the times do. Another database gets this process's clock (``ahead`` a number)."""
     if dialect == "postgresql":
-        moment = func.clock_timestamp(type_=DateTime(timezone=True)) + timedelta(seconds=ahead)
+        moment = func.clock_timestamp(type_=DateTime(timezone=True)) + literal_column("interval '1 second'") * ahead
     elif dialect == "sqlite":
-        moment = func.strftime("%Y-%m-%d %H:%M:%f000", "now", f"{ahead:+.6f} seconds")
+        moment = func.strftime("%Y-%m-%d %H:%M:%f000", "now", func.printf("%+.6f seconds", ahead))
     else:
         return utc_now() + timedelta(seconds=ahead)
     return type_coerce(moment, UTCDateTime)
@@ -216,6 +306,24 @@ def _gone(owner: str) -> bool:
         return False
     started = parts[2] if len(parts) >= 4 else None  # an owner written before the start was part of it
     return not _alive(int(parts[1]), started)
+
+
+@dataclass(frozen=True)
+class _Take:
+    """One attempt at a lease: its owner, its run id and expiry, when it is made, the run to record with it (and
+    how old the agent's runs to forget then may be), and the user the agent must belong to."""
+
+    owner: str
+    run_id: str
+    ttl: float
+    now: datetime  # the run's time; the lease's is the database's
+    run: Run | None
+    keep: timedelta | None
+    user_id: str | None
+
+    def fresh(self, dialect: str) -> dict[str, object]:
+        expires = database_now(dialect, self.ttl)
+        return {"owner": self.owner, "run_id": self.run_id, "expires_at": expires, "cancel_requested": False}
 
 
 class TurnStore:
@@ -234,84 +342,62 @@ class TurnStore:
         *,
         run: Run | None = None,
         keep: timedelta | None = None,
+        user_id: str | None = None,
     ) -> Grant | None:
         """Take the agent's lease for ``ttl`` seconds; None while another live owner holds it. With ``run``, the
-        turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten)."""
-        now = utc_now()  # a run's time; the lease's is the database's
-        dialect = self._metadata.engine.dialect.name
-        expires = database_now(dialect, ttl)
-        fresh = {"owner": owner, "run_id": run_id, "expires_at": expires, "cancel_requested": False}
-        module = _inserts.get(dialect)
-        insert = importlib.import_module(module).insert if module else None
-        if insert is None:  # another database: an INSERT refused while the row exists, then an expired row's UPDATE
-            grant = self._insert(agent_id, fresh, run, keep, now) or self._take_expired(agent_id, fresh, run, keep, now)
+        turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten).
+        With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken."""
+        take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id)
+        prepared = _prepared(self._metadata.engine.dialect.name)
+        if prepared.claim is None:  # no ON CONFLICT: an INSERT refused while the row exists, then an UPDATE if expired
+            grant = self._insert(agent_id, take) or self._take_expired(agent_id, take)
         else:
-            grant = self._claim(insert(_LEASES), agent_id, fresh, run, keep, now)
-        return grant or self._take_from_the_dead(agent_id, fresh, now, run, keep)
+            grant = self._claim(prepared, agent_id, take)
+        return grant or self._take_from_the_dead(agent_id, take)
 
-    def _claim(
-        self,
-        insert: Any,
-        agent_id: str,
-        fresh: dict[str, object],
-        run: Run | None,
-        keep: timedelta | None,
-        now: datetime,
-    ) -> Grant | None:
+    def _claim(self, prepared: _Prepared, agent_id: str, take: _Take) -> Grant | None:
         """One statement takes a free lease (the row is deleted at a turn's end) or an expired one, and says whether
         it did (its RETURNING: an INSERT's rowcount is not reported on every driver, psycopg 3 through SQLAlchemy 2.1
         says -1). While the row is locked by a turn's fenced write, it waits for that commit, then decides on what
         it reads. Neither case leaves a failed statement in the database's log."""
-        leases = _LEASES
-        expired = leases.c.expires_at <= self._now()
-        statement = (
-            insert.values(agent_id=agent_id, **fresh)
-            .on_conflict_do_update(index_elements=[leases.c.agent_id], set_=fresh, where=expired)
-            .returning(leases.c.agent_id)
-        )
-        with self._metadata.session() as s:
-            if s.execute(statement).first() is None:
+        values = {"p_agent": agent_id, "p_owner": take.owner, "p_run_id": take.run_id, "p_ttl": take.ttl}
+        with self._metadata.connection() as c:
+            if c.execute(prepared.claim, values).first() is None:
                 return None
-            return self._granted(s, agent_id, run, keep, now)
+            return self._granted(c, agent_id, take)
 
-    def _granted(self, s: Session, agent_id: str, run: Run | None, keep: timedelta | None, now: datetime) -> Grant:
-        """In the transaction that took the lease: move the agent's version and read it, record the run."""
-        table = _agents()
-        moved = s.execute(
-            update(table)
-            .where(table.c.id == agent_id)
-            .values(version=table.c.version + 1)
-            .returning(table.c.version, table.c.created_at)
-        ).first()
-        if run is not None:
-            self._record_run(s, run, keep, now)
+    def _granted(self, c: Session | Connection, agent_id: str, take: _Take) -> Grant:
+        """In the transaction that took the lease: move the agent's version and read it, record the run. An agent
+        not ``take.user_id``'s raises NotFoundError, which undoes the transaction (the lease is not taken)."""
+        prepared = _prepared(self._metadata.engine.dialect.name)
+        moved = c.execute(prepared.grant, {"p_agent": agent_id}).first()
+        if take.user_id is not None and (moved is None or moved[2] != take.user_id):
+            raise NotFoundError(f"no agent with id {agent_id!r}")
+        if take.run is not None:
+            self._record_run(c, take.run, take.keep, take.now)
         return Grant(moved[0], moved[1]) if moved is not None else Grant(None, None)
 
-    def _insert(
-        self, agent_id: str, fresh: dict[str, object], run: Run | None, keep: timedelta | None, now: datetime
-    ) -> Grant | None:
+    def _insert(self, agent_id: str, take: _Take) -> Grant | None:
         try:
             with self._metadata.session() as s:
-                s.execute(sql_insert(_LEASES).values(agent_id=agent_id, **fresh))
-                return self._granted(s, agent_id, run, keep, now)
+                s.execute(sql_insert(_LEASES).values(agent_id=agent_id, **take.fresh(self._dialect)))
+                return self._granted(s, agent_id, take)
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
                 return None
             raise
 
-    def _take_expired(
-        self, agent_id: str, fresh: dict[str, object], run: Run | None, keep: timedelta | None, now: datetime
-    ) -> Grant | None:
+    def _take_expired(self, agent_id: str, take: _Take) -> Grant | None:
         leases = _LEASES
         with self._metadata.session() as s:
             claimed = s.execute(
-                update(leases).where(leases.c.agent_id == agent_id, leases.c.expires_at <= self._now()).values(**fresh)
+                update(leases)
+                .where(leases.c.agent_id == agent_id, leases.c.expires_at <= self._now())
+                .values(**take.fresh(self._dialect))
             )
-            return self._granted(s, agent_id, run, keep, now) if claimed.rowcount == 1 else None
+            return self._granted(s, agent_id, take) if claimed.rowcount == 1 else None
 
-    def _take_from_the_dead(
-        self, agent_id: str, fresh: dict[str, object], now: datetime, run: Run | None, keep: timedelta | None
-    ) -> Grant | None:
+    def _take_from_the_dead(self, agent_id: str, take: _Take) -> Grant | None:
         """Claim a lease before it expires when its owner process on this host is gone: only from the owner read
         here (a dead process renews nothing, so its owner in the row means nothing changed it)."""
         leases = _LEASES
@@ -319,10 +405,9 @@ class TurnStore:
             current = s.execute(select(leases.c.owner).where(leases.c.agent_id == agent_id)).first()
             if current is None or not _gone(current.owner):
                 return None  # released meanwhile (the next try inserts it), expired (the next try claims it), or held
-            claimed = s.execute(
-                update(leases).where(leases.c.agent_id == agent_id, leases.c.owner == current.owner).values(**fresh)
-            )
-            return self._granted(s, agent_id, run, keep, now) if claimed.rowcount == 1 else None
+            held = (leases.c.agent_id == agent_id, leases.c.owner == current.owner)
+            claimed = s.execute(update(leases).where(*held).values(**take.fresh(self._dialect)))
+            return self._granted(s, agent_id, take) if claimed.rowcount == 1 else None
 
     def renew(self, agent_id: str, owner: str, ttl: float) -> bool:
         """Push the expiry on; False when the lease is no longer this owner's."""
@@ -337,10 +422,10 @@ class TurnStore:
     def release(self, agent_id: str, owner: str, *, finished: Run | None = None) -> None:
         """Give the lease back; with ``finished`` (a run's id, stop reason and response), record the turn's end in
         the same transaction."""
-        with self._metadata.session() as s:
+        with self._metadata.connection() as c:
             if finished is not None:
-                self._finish_run(s, finished)
-            s.execute(delete(_LEASES).where(_LEASES.c.agent_id == agent_id, _LEASES.c.owner == owner))
+                self._finish_run(c, finished)
+            c.execute(_prepared(self._metadata.engine.dialect.name).release, {"p_agent": agent_id, "p_owner": owner})
 
     def running_run(self, agent_id: str) -> str | None:
         """The id of the run that holds the agent's live lease, if any (a lease for an edit has no run)."""
@@ -354,8 +439,12 @@ class TurnStore:
             return None
         return str(row[0])
 
+    @property
+    def _dialect(self) -> str:
+        return str(self._metadata.engine.dialect.name)
+
     def _now(self, ahead: float = 0.0) -> Any:
-        return database_now(self._metadata.engine.dialect.name, ahead)
+        return database_now(self._dialect, ahead)
 
     def request_cancel(self, agent_id: str) -> str | None:
         """Ask the running turn (in whatever process) to stop at its next step; the run id, or None."""
@@ -370,47 +459,26 @@ class TurnStore:
             )
         return run_id
 
-    def cancel_requested(self, agent_id: str, owner: str) -> bool:
-        with self._metadata.session() as s:
-            leases = _LEASES
-            query = select(leases.c.cancel_requested).where(leases.c.agent_id == agent_id, leases.c.owner == owner)
-            return bool(s.scalar(query))
-
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self, run: Run, *, keep: timedelta | None = None) -> None:
         """Record a started turn; with ``keep``, forget the agent's runs older than that."""
-        with self._metadata.session() as s:
-            self._record_run(s, run, keep, utc_now())
+        with self._metadata.connection() as c:
+            self._record_run(c, run, keep, utc_now())
 
-    @staticmethod
-    def _record_run(s: Session, run: Run, keep: timedelta | None, now: datetime) -> None:
+    def _record_run(self, c: Session | Connection, run: Run, keep: timedelta | None, now: datetime) -> None:
         runs = _RUNS
         if keep is not None:
-            s.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
-        s.execute(
-            sql_insert(runs).values(
-                id=run.id,
-                agent_id=run.agent_id,
-                digest=run.digest,
-                status=RUNNING,
-                stop_reason="",
-                response="",
-                created_at=now,
-                finished_at=None,
-            )
-        )
+            c.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
+        values = {"p_run": run.id, "p_agent": run.agent_id, "p_digest": run.digest, "p_now": now}
+        c.execute(_prepared(self._metadata.engine.dialect.name).record_run, values)
 
     def finish_run(self, run_id: str, stop_reason: str, response: str) -> None:
-        with self._metadata.session() as s:
-            self._finish_run(s, Run(run_id, "", "", FINISHED, stop_reason, response))
+        with self._metadata.connection() as c:
+            self._finish_run(c, Run(run_id, "", "", FINISHED, stop_reason, response))
 
-    @staticmethod
-    def _finish_run(s: Session, run: Run) -> None:
-        s.execute(
-            update(_RUNS)
-            .where(_RUNS.c.id == run.id)
-            .values(status=FINISHED, stop_reason=run.stop_reason, response=run.response, finished_at=utc_now())
-        )
+    def _finish_run(self, c: Connection, run: Run) -> None:
+        values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
+        c.execute(_prepared(self._metadata.engine.dialect.name).finish_run, values)
 
     def forget_run(self, run_id: str) -> None:
         """Delete a run that never started (its agent could not be opened)."""

@@ -42,12 +42,6 @@ def find_agent(state: ServerState, user_id: str, agent_id: str) -> AgentState:
     return found
 
 
-def check_agent(state: ServerState, user_id: str, agent_id: str) -> None:
-    """``find_agent`` for a route that needs only to know the agent is the user's (one indexed read)."""
-    if not state.storage.agents.belongs(user_id, agent_id):
-        raise _missing(agent_id)
-
-
 def _missing(agent_id: str) -> NotFoundError:
     return NotFoundError(f"no agent with id {agent_id!r}")
 

@@ -3,18 +3,18 @@ history, cancel a running turn. Turns themselves live in ``memgpt.server.turns``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from memgpt.errors import UserError
 from memgpt.server import errors
-from memgpt.server.routes.agents import check_agent, find_agent
+from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.agents import Order
 from memgpt.server.schemas.messages import (
     CancelRequest,
@@ -57,8 +57,9 @@ def _text(body: SendRequest) -> tuple[str, str]:
 
 
 async def _start(request: Request, agent_id: str, body: SendRequest, state: ServerState, user_id: str) -> Turn:
-    """The turn for this send (a new one, or the one a retried request started); in a worker thread, since
-    it may wait for the agent's running turn and opens the agent from storage."""
+    """The turn for this send (a new one, or the one a retried request started). It starts on the turn's own
+    thread, since it may wait for the agent's running turn and opens the agent from storage; another user's
+    agent is a 404 (read with the agent's lease)."""
     role, text = _text(body)
     raw = json.loads(await request.body() or b"{}")
     retry = request.headers.get("x-stainless-retry-count", "0").strip()
@@ -74,12 +75,7 @@ async def _start(request: Request, agent_id: str, body: SendRequest, state: Serv
             body.use_assistant_message, body.assistant_message_tool_name, body.assistant_message_tool_kwarg
         ),
     )
-
-    def begin() -> Turn:
-        check_agent(state, user_id, agent_id)  # before anything else: another user's agent is a plain 404
-        return state.turns().start(turn_input)
-
-    return await anyio.to_thread.run_sync(begin)
+    return await asyncio.wrap_future(state.turns().begin(turn_input))
 
 
 def _rendering(use: bool, name: str, kwarg: str) -> Rendering:
@@ -95,7 +91,7 @@ def _wanted(types: list[MessageType] | None) -> Callable[[dict[str, Any]], bool]
 @router.post("/", response_model=LettaResponse, include_in_schema=False)
 async def send_message(
     agent_id: str, body: SendRequest, request: Request, state: State, user: CurrentUser
-) -> LettaResponse | JSONResponse | StreamingResponse:
+) -> LettaResponse | Response:
     """Send a message and get the agent's turn: reasoning, tool calls and returns, assistant messages, usage and
     why it stopped. With ``streaming: true`` the same arrive as server-sent events, each step as it happens."""
     turn = await _start(request, agent_id, body, state, user.id)
@@ -106,6 +102,8 @@ async def send_message(
     if turn.error is not None and not turn.items:
         status = 502 if turn.stop_reason == "llm_api_error" else 500
         return errors.error(status, f"{turn.error[1]} (your message was stored; the agent has not answered it)")
+    if turn.answer is not None and not body.include_return_message_types:
+        return Response(turn.answer, media_type="application/json")  # as stored with the run
     answer = turn.body()  # a LettaResponse as JSON: not validated once more on the way out
     answer["messages"] = [item for item in answer["messages"] if _wanted(body.include_return_message_types)(item)]
     return JSONResponse(answer)

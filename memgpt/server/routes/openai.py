@@ -11,6 +11,7 @@ without its memory or tools, and never stored. Errors use OpenAI's shape, ``{"er
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -328,7 +329,7 @@ async def chat_completions(
         retry=retry.isdigit() and int(retry) > 0,
         rendering=Rendering(),
     )
-    turn = await anyio.to_thread.run_sync(state.turns().start, turn_input)
+    turn = await asyncio.wrap_future(state.turns().begin(turn_input))  # started on the turn's own thread
     reply = _Reply(turn.run_id, body.model)
     if body.stream:
         events = _turn_events(turn, reply, body.include_usage, state.turns().timing.ping_every)

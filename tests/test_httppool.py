@@ -1,0 +1,125 @@
+"""The LLM's POSTs over http.client (``httppool.KeptAlive``): kept-alive connections, one the server closed while
+idle replaced, redirects followed through httpx, and httpx alone where a proxy from the environment applies."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from memgpt import httppool
+from memgpt.llm.replies import post
+from tests.http_json import read_json, send_json
+
+
+class Endpoint:
+    """A JSON endpoint on loopback that counts the connections it accepted; ``close_after_reply`` makes it close
+    each connection after answering without saying so (as a server whose keep-alive timer ran out does)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.close_after_reply = False
+        self.seen: list[dict[str, Any]] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                endpoint.connections += 1
+
+            def do_POST(self) -> None:
+                if self.path.startswith("/old/"):  # moved: a 307 keeps the method and the body
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                    self.send_response(307)
+                    self.send_header("Location", "/v1/" + self.path.removeprefix("/old/"))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = read_json(self)
+                endpoint.seen.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                send_json(self, 200, {"echo": body})
+                if endpoint.close_after_reply:
+                    self.close_connection = True
+
+            def log_message(self, *args: object) -> None: ...
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    served = Endpoint()
+    yield served
+    served.close()
+
+
+def _client(base_url: str, monkeypatch: pytest.MonkeyPatch | None = None) -> Any:
+    """A fresh pooled client (the process's pool keeps one per endpoint and headers)."""
+    return httppool.client(base_url, {"authorization": f"Bearer test-{id(monkeypatch)}-{base_url}"})
+
+
+def test_posts_go_over_one_kept_alive_connection_with_the_clients_headers(endpoint: Endpoint) -> None:
+    http = _client(f"{endpoint.url}/v1")
+    assert httppool.plain(http) is not None
+    for number in range(3):
+        status, text = post(http, "/chat/completions", {"n": number}, timeout=10, where="the endpoint")
+        assert status == 200 and json.loads(text) == {"echo": {"n": number}}
+    assert endpoint.connections == 1
+    assert [seen["path"] for seen in endpoint.seen] == ["/v1/chat/completions"] * 3
+    headers = {name.lower(): value for name, value in endpoint.seen[0]["headers"].items()}
+    assert headers["authorization"].startswith("Bearer test-") and headers["user-agent"] == "memgpt"
+    assert headers["content-type"] == "application/json"
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(endpoint: Endpoint) -> None:
+    endpoint.close_after_reply = True
+    http = _client(f"{endpoint.url}/v1")
+    for number in range(3):
+        assert post(http, "/chat/completions", {"n": number}, timeout=10, where="the endpoint")[0] == 200
+    assert endpoint.connections == 3
+
+
+def test_a_connection_closed_as_the_request_goes_out_is_retried_once_on_a_new_one(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server closed it after the idle check (here: the check is told it is fine): the request fails on the
+    reused connection before any reply, and goes again on a new one."""
+    endpoint.close_after_reply = True
+    http = _client(f"{endpoint.url}/v1", monkeypatch)
+    assert post(http, "/chat/completions", {"n": 0}, timeout=10, where="the endpoint")[0] == 200
+    monkeypatch.setattr(httppool.select, "select", lambda *_: ([], [], []))
+    status, text = post(http, "/chat/completions", {"n": 1}, timeout=10, where="the endpoint")
+    assert status == 200 and json.loads(text) == {"echo": {"n": 1}}
+    assert [seen["body"] for seen in endpoint.seen] == [{"n": 0}, {"n": 1}]  # sent once each
+
+
+def test_a_redirect_is_followed_through_httpx(endpoint: Endpoint) -> None:
+    http = _client(f"{endpoint.url}/old")
+    status, text = post(http, "/chat/completions", {"n": 7}, timeout=10, where="the endpoint")
+    assert status == 200 and json.loads(text) == {"echo": {"n": 7}}
+    assert [seen["path"] for seen in endpoint.seen] == ["/v1/chat/completions"]
+
+
+def test_a_proxy_from_the_environment_leaves_the_endpoint_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert httppool.plain(_client("https://llm.example.com/v1", monkeypatch)) is None
+    monkeypatch.setenv("NO_PROXY", "llm.example.com")
+    assert httppool.plain(_client("https://llm.example.com/v1/", monkeypatch)) is not None
