@@ -422,9 +422,9 @@ def test_a_dated_search_pages_through_every_match_though_bare_calls_share_the_da
 
 
 def test_entries_earlier_versions_wrote_for_bare_calls_are_deleted(storage: Storage, model: LocalMiniLM) -> None:
-    """Migration 0018 marks the bare calls an earlier version indexed as unindexed: the next pass deletes
+    """Migration 0016 marks the bare calls an earlier version indexed as unindexed: the next pass deletes
     their entries and marks them done."""
-    from memgpt.storage.migrations import _0018_recall_without_bare_entries
+    from memgpt.storage.migrations import _0016_recall_without_bare_entries
 
     state = _agent(storage, model, "upgraded")
     store = storage.passages(model.space)
@@ -446,7 +446,7 @@ def test_entries_earlier_versions_wrote_for_bare_calls_are_deleted(storage: Stor
     store.insert([old])  # as an earlier version indexed it, marked indexed
     assert store.query(eq("id", bare.id), limit=1)
     with storage.metadata.engine.begin() as conn:
-        _0018_recall_without_bare_entries(conn)
+        _0016_recall_without_bare_entries(conn)
     assert [m.id for m in storage.messages.unindexed(state.id, 10)] == [bare.id]
     assert recall.sync()
     assert not store.query(eq("id", bare.id), limit=1)

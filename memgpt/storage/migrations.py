@@ -426,7 +426,7 @@ def _0015_agent_versions(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE agents ADD COLUMN version INTEGER NOT NULL DEFAULT 0"))
 
 
-def _0018_recall_without_bare_entries(conn: Connection) -> None:
+def _0016_recall_without_bare_entries(conn: Connection) -> None:
     """Messages without words (an agent message that only called a tool) are no longer in the recall index:
     marked unindexed, the next indexing pass deletes the entries earlier versions wrote for them."""
     conn.execute(text("UPDATE messages SET indexed = FALSE WHERE searchable AND search_text = '' AND indexed"))
@@ -445,7 +445,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0010_agent_mcp_servers", _0010_agent_mcp_servers),
     ("0014_passage_marks", _0014_passage_marks),
     ("0015_agent_versions", _0015_agent_versions),
-    ("0018_recall_without_bare_entries", _0018_recall_without_bare_entries),
+    ("0016_recall_without_bare_entries", _0016_recall_without_bare_entries),
 ]
 
 
