@@ -38,14 +38,14 @@ pytestmark = pytest.mark.usefixtures("metadata_url")
 
 
 @pytest.fixture(params=["upsert", "insert"])
-def claims(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def claims(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """How a lease is claimed: SQLite's and PostgreSQL's one INSERT .. ON CONFLICT, or what another database
     gets (an INSERT refused while the row exists, then an UPDATE of an expired row)."""
     if request.param == "insert":
         monkeypatch.setattr(storage_turns, "_inserts", {})
         storage_turns._prepared.cache_clear()  # the statements are built once per dialect, from _inserts
-        request.addfinalizer(storage_turns._prepared.cache_clear)
-    return str(request.param)
+    yield str(request.param)
+    storage_turns._prepared.cache_clear()
 
 
 @contextmanager
