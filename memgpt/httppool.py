@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import time
 import urllib.parse
@@ -53,6 +54,15 @@ def client(base_url: str, headers: Mapping[str, str]) -> httpx.Client:
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 KEEP_IDLE = 5.0  # seconds an idle connection is kept (httpx's keep-alive expiry; servers close theirs after about that)
+MAX_IDLE = 100  # idle connections kept at most (httpx's pool keeps as many)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has something to read (or was closed) now; poll, not select: a descriptor past 1023,
+    common in a busy server, is beyond select's reach."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 class KeptAlive:
@@ -104,11 +114,22 @@ class KeptAlive:
             if reply.will_close:
                 connection.close()
             else:
-                with self._guard:
-                    self._idle.append((connection, time.monotonic()))
+                self._keep(connection)
             if reply.status in REDIRECTS:
                 return None
             return reply.status, data.decode(reply.headers.get_content_charset() or "utf-8", errors="replace")
+
+    def _keep(self, connection: http.client.HTTPConnection) -> None:
+        """Back among the idle ones; those idle past KEEP_IDLE (oldest first), and any beyond MAX_IDLE, are
+        closed: after a burst, connections the newest-first reuse never reaches again hold no descriptors."""
+        now = time.monotonic()
+        with self._guard:
+            self._idle.append((connection, now))
+            cut = next((i for i, (_, since) in enumerate(self._idle) if now - since <= KEEP_IDLE), len(self._idle))
+            cut = max(cut, len(self._idle) - MAX_IDLE)
+            closing, self._idle[:cut] = self._idle[:cut], []
+        for old, _ in closing:
+            old.close()
 
     def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         """An idle connection still open (newest first), or a new one."""
@@ -120,7 +141,7 @@ class KeptAlive:
                 connection, since = self._idle.pop()
             sock = connection.sock
             # Readable while idle: the server closed it (or sent what nobody asked for).
-            if sock is None or now - since > KEEP_IDLE or select.select([sock], [], [], 0)[0]:
+            if sock is None or now - since > KEEP_IDLE or _readable(sock):
                 connection.close()
                 continue
             sock.settimeout(timeout)

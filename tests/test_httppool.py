@@ -3,8 +3,12 @@ idle replaced, redirects followed through httpx, and httpx alone where a proxy f
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -103,7 +107,7 @@ def test_a_connection_closed_as_the_request_goes_out_is_retried_once_on_a_new_on
     endpoint.close_after_reply = True
     http = _client(f"{endpoint.url}/v1", monkeypatch)
     assert post(http, "/chat/completions", {"n": 0}, timeout=10, where="the endpoint")[0] == 200
-    monkeypatch.setattr(httppool.select, "select", lambda *_: ([], [], []))
+    monkeypatch.setattr(httppool, "_readable", lambda _sock: False)
     status, text = post(http, "/chat/completions", {"n": 1}, timeout=10, where="the endpoint")
     assert status == 200 and json.loads(text) == {"echo": {"n": 1}}
     assert [seen["body"] for seen in endpoint.seen] == [{"n": 0}, {"n": 1}]  # sent once each
@@ -123,3 +127,46 @@ def test_a_proxy_from_the_environment_leaves_the_endpoint_to_httpx(monkeypatch: 
     assert httppool.plain(_client("https://llm.example.com/v1", monkeypatch)) is None
     monkeypatch.setenv("NO_PROXY", "llm.example.com")
     assert httppool.plain(_client("https://llm.example.com/v1/", monkeypatch)) is not None
+
+
+def test_the_idle_check_works_for_a_descriptor_past_1023(endpoint: Endpoint) -> None:
+    """A busy server holds more than 1,024 descriptors: select() refuses those with ValueError, poll() does not."""
+    with socket.create_connection(endpoint.server.server_address) as near:
+        high = socket.socket(fileno=os.dup2(near.fileno(), 1500))
+        try:
+            assert high.fileno() == 1500
+            assert httppool._readable(high) is False  # open, nothing sent: not readable
+            near.shutdown(socket.SHUT_WR)
+            endpoint.close()  # the server side goes away: readable (end of file)
+            assert httppool._readable(high) is True
+        finally:
+            high.close()
+
+
+def _connected(endpoint: Endpoint) -> http.client.HTTPConnection:
+    connection = http.client.HTTPConnection("127.0.0.1", endpoint.server.server_address[1], timeout=5)
+    connection.connect()
+    return connection
+
+
+def test_idle_connections_past_their_time_or_beyond_the_cap_are_closed(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst, the older idle connections (never reached again: the newest is reused first) are closed
+    when any connection comes back, not kept open until the process ends."""
+    pool = httppool.plain(_client(f"{endpoint.url}/v1", monkeypatch))
+    assert pool is not None
+    monkeypatch.setattr(httppool, "KEEP_IDLE", 0.2)
+    burst = [_connected(endpoint) for _ in range(3)]
+    for connection in burst:
+        pool._keep(connection)
+    time.sleep(0.3)
+    last = _connected(endpoint)
+    pool._keep(last)
+    assert [c for c, _ in pool._idle] == [last]
+    assert all(c.sock is None for c in burst)  # closed
+    monkeypatch.setattr(httppool, "MAX_IDLE", 2)
+    more = [_connected(endpoint) for _ in range(2)]
+    for connection in more:
+        pool._keep(connection)
+    assert [c for c, _ in pool._idle] == more and last.sock is None
