@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     Index,
     String,
     Text,
@@ -200,15 +201,15 @@ class _Prepared:
 @functools.lru_cache(maxsize=4)
 def _prepared(dialect: str) -> _Prepared:
     leases, runs, agents = _LEASES, _RUNS, _agents()
-    fresh = {
-        "owner": bindparam("p_owner"),
-        "run_id": bindparam("p_run_id"),
-        "expires_at": database_now(dialect, bindparam("p_ttl")),
-        "cancel_requested": False,
-    }
     module = _inserts.get(dialect)
     claim = None
-    if module is not None:
+    if module is not None:  # (another database's leases are taken by statements made each time: _Take.fresh)
+        fresh = {
+            "owner": bindparam("p_owner"),
+            "run_id": bindparam("p_run_id"),
+            "expires_at": database_now(dialect, bindparam("p_ttl")),
+            "cancel_requested": False,
+        }
         claim = (
             importlib.import_module(module)
             .insert(leases)
@@ -291,7 +292,11 @@ def database_now(dialect: str, ahead: Any = 0.0) -> Any:
     for a row lock); SQLite's 'now' is written in the format SQLAlchemy stores datetimes in (microseconds), so the
     strings compare as the times do. Another database gets this process's clock (``ahead`` a number)."""
     if dialect == "postgresql":
-        moment = func.clock_timestamp(type_=DateTime(timezone=True)) + literal_column("interval '1 second'") * ahead
+        moment = func.clock_timestamp(type_=DateTime(timezone=True))
+        if isinstance(ahead, (int, float)):
+            ahead = bindparam("lease_seconds", float(ahead), type_=Float) if ahead else None
+        if ahead is not None:
+            moment = moment + literal_column("interval '1 second'") * ahead
     elif dialect == "sqlite":
         moment = func.strftime("%Y-%m-%d %H:%M:%f000", "now", func.printf("%+.6f seconds", ahead))
     else:
@@ -348,7 +353,7 @@ class TurnStore:
         turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten).
         With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken."""
         take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id)
-        prepared = _prepared(self._metadata.engine.dialect.name)
+        prepared = _prepared(self._dialect)
         if prepared.claim is None:  # no ON CONFLICT: an INSERT refused while the row exists, then an UPDATE if expired
             grant = self._insert(agent_id, take) or self._take_expired(agent_id, take)
         else:
@@ -369,7 +374,7 @@ class TurnStore:
     def _granted(self, c: Session | Connection, agent_id: str, take: _Take) -> Grant:
         """In the transaction that took the lease: move the agent's version and read it, record the run. An agent
         not ``take.user_id``'s raises NotFoundError, which undoes the transaction (the lease is not taken)."""
-        prepared = _prepared(self._metadata.engine.dialect.name)
+        prepared = _prepared(self._dialect)
         moved = c.execute(prepared.grant, {"p_agent": agent_id}).first()
         if take.user_id is not None and (moved is None or moved[2] != take.user_id):
             raise NotFoundError(f"no agent with id {agent_id!r}")
@@ -425,7 +430,7 @@ class TurnStore:
         with self._metadata.connection() as c:
             if finished is not None:
                 self._finish_run(c, finished)
-            c.execute(_prepared(self._metadata.engine.dialect.name).release, {"p_agent": agent_id, "p_owner": owner})
+            c.execute(_prepared(self._dialect).release, {"p_agent": agent_id, "p_owner": owner})
 
     def running_run(self, agent_id: str) -> str | None:
         """The id of the run that holds the agent's live lease, if any (a lease for an edit has no run)."""
@@ -470,7 +475,7 @@ class TurnStore:
         if keep is not None:
             c.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
         values = {"p_run": run.id, "p_agent": run.agent_id, "p_digest": run.digest, "p_now": now}
-        c.execute(_prepared(self._metadata.engine.dialect.name).record_run, values)
+        c.execute(_prepared(self._dialect).record_run, values)
 
     def finish_run(self, run_id: str, stop_reason: str, response: str) -> None:
         with self._metadata.connection() as c:
@@ -478,7 +483,7 @@ class TurnStore:
 
     def _finish_run(self, c: Connection, run: Run) -> None:
         values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
-        c.execute(_prepared(self._metadata.engine.dialect.name).finish_run, values)
+        c.execute(_prepared(self._dialect).finish_run, values)
 
     def forget_run(self, run_id: str) -> None:
         """Delete a run that never started (its agent could not be opened)."""
