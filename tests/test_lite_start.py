@@ -281,3 +281,27 @@ def test_a_start_leaves_no_log_file_in_the_temporary_directory(tmp_path: Path, m
         MilvusConnection(MilvusTarget(str(damaged))).ping()
     lite.servers.stop(damaged)
     assert sorted(p.name for p in temporary.iterdir()) == []
+
+
+def test_a_home_folder_planted_at_its_path_is_refused_in_one_line_and_left_alone(tmp_path: Path) -> None:
+    """Milvus Lite's HOME sits at a known path in the shared temporary folder: a link (or another user's folder)
+    found there is never used nor emptied; the start fails in one line and lets the file go."""
+    server = lite.LiteServer(tmp_path / f"planted-{uuid.uuid4().hex[:8]}.db")
+    target = tmp_path / "someone-elses"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    server.home.symlink_to(target)
+    try:
+        with pytest.raises(StorageError, match="is not usable") as caught:
+            server.start(timeout=60)
+        assert "\n" not in str(caught.value)
+        assert (target / "keep.txt").read_text() == "mine" and server.home.is_symlink()
+    finally:
+        server.home.unlink()
+    (server.home / ".cache").mkdir(parents=True)  # what a killed process's server left: its own, made anew
+    server.start(timeout=60)  # the lock was let go
+    try:
+        assert server.home.is_dir() and oct(server.home.stat().st_mode & 0o777) == "0o700"
+    finally:
+        server.stop()
+    assert not server.home.exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -76,6 +77,7 @@ class LiteServer:
         # processes starting at once raced for it: "create dir ... failed", then the first create or load of a
         # collection failed with "Mmap manager has not been init" (2-5 of 75 starts, three of them at once).
         self.home = self.socket.with_suffix(".home")
+        self._home_made = False
         self._lock: IO[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -94,7 +96,14 @@ class LiteServer:
         environment = {k: v for k, v in source.items() if k not in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")}
         library_path = f"{binaries}:{source.get('LD_LIBRARY_PATH', '')}"
         environment.update(LD_LIBRARY_PATH=library_path, DYLD_LIBRARY_PATH=library_path, HOME=str(self.home))
-        self.home.mkdir(mode=0o700, exist_ok=True)
+        try:
+            self._fresh_home()
+        except OSError as exc:
+            self.stop()
+            raise StorageError(
+                f"cannot start Milvus Lite for {display_path(self.db_file)}: its folder {self.home} is not usable "
+                f"({exc.strerror or exc}); remove it"
+            ) from exc
         # Its glog would write INFO logs, and at every error three files (milvus.*.INFO/WARNING/ERROR), into
         # the temporary directory, kept forever: errors only, to its stderr alone (where glog shows them anyway).
         environment.setdefault("GLOG_minloglevel", "2")
@@ -111,6 +120,21 @@ class LiteServer:
             raise StorageError(f"cannot start Milvus Lite for {display_path(self.db_file)}: {exc.strerror}") from exc
         self._process = process
         self._wait_listening(process, timeout)
+
+    def _fresh_home(self) -> None:
+        """Make its HOME anew, this user's alone. Called holding the file's lock: one left there is a killed
+        process's, removed first, but only if it is this user's own folder (not a link, nor another user's, in
+        a temporary folder everyone may write to)."""
+        try:
+            found = self.home.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+                raise OSError(errno.EEXIST, "it is not a folder of this user's")
+            shutil.rmtree(self.home)
+        self.home.mkdir(mode=0o700)
+        self._home_made = True
 
     def _take_lock(self) -> IO[str]:
         """The lock the server watches: it ends once it can take it. So after a process that held the file was
@@ -207,7 +231,9 @@ class LiteServer:
         for path in (self.socket, self.lock_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        shutil.rmtree(self.home, ignore_errors=True)
+        if self._home_made:
+            shutil.rmtree(self.home, ignore_errors=True)
+            self._home_made = False
 
 
 def _wait_killed(process: subprocess.Popen[bytes]) -> None:
