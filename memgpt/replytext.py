@@ -7,9 +7,30 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 _SPACES = re.compile(r"\s+")
 NO_DETAIL = "no detail given"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def whole_text(value: Any) -> Any:
+    """``value`` (JSON as decoded) with every lone surrogate replaced by U+FFFD. JSON allows an escape such as
+    "\\ud800" on its own, which decodes to no Unicode text: no database can store it, so a reply holding one
+    would fail the step that stores it. (A pair of escapes decodes to one whole character.)"""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {whole_text(key): whole_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [whole_text(item) for item in value]
+    return value
+
+
+def may_hold_lone_surrogates(json_text: str) -> bool:
+    """Whether JSON text has a surrogate escape at all (only then need its decoded value be made whole)."""
+    return _SURROGATE_ESCAPE.search(json_text) is not None
 
 
 def one_line(text: object, limit: int = 300) -> str:

@@ -292,3 +292,17 @@ def test_reply_text_and_usage(llm: ScriptedLLM) -> None:
         assert (odd.prompt_tokens, odd.completion_tokens, odd.cached_tokens) == (0, 0, 0)
     legacy = {"choices": [{"message": {"content": None, "function_call": {"name": "f", "arguments": "{}"}}}]}
     assert parse_chat_completion(json.dumps(legacy), "here").tool_calls[0].name == "f"
+
+
+def test_lone_surrogate_escapes_in_a_reply_become_replacement_characters(llm: ScriptedLLM) -> None:
+    """JSON allows "\\ud800" alone, which decodes to no Unicode text: stored, it failed the step (no database
+    takes it). In the reply's text and in its arguments it becomes U+FFFD; a pair still makes one character."""
+    body = json.dumps(completion("half \ud800 and whole \U0001f600"))
+    assert "\\ud800" in body and "\\ud83d\\ude00" in body
+    answer = parse_chat_completion(body, "here")
+    assert answer.content == "half \ufffd and whole \U0001f600"
+    llm.add({"raw_tool": "send_message", "raw_arguments": '{"message": "odd \\udc00 one"}'})
+    call = client(llm).complete(HELLO, TOOLS).tool_calls[0]
+    assert json.loads(call.arguments) == {"message": "odd \ufffd one"}
+    call.arguments.encode("utf-8")  # storable
+    assert normalise_arguments("not json \udc80") == "not json \ufffd"  # no object: as written, but whole

@@ -16,6 +16,8 @@ import json
 import re
 from typing import Any
 
+from memgpt.replytext import whole_text
+
 _ESCAPED_QUOTE = re.compile(r"&#(?:34|39);")
 
 
@@ -47,8 +49,8 @@ def normalise_arguments(raw: object) -> str:
     the agent can tell the model what was wrong with it."""
     value = load_arguments(raw)
     if value is None:
-        return raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
-    return json.dumps(value, ensure_ascii=False)
+        return whole_text(raw) if isinstance(raw, str) else json.dumps(whole_text(raw), ensure_ascii=False)
+    return json.dumps(whole_text(value), ensure_ascii=False)  # an argument's "\\ud800" is no text to store
 
 
 def _object(text: str) -> dict[str, Any] | None:

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from memgpt import httppool
 from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError, LLMTimeoutError
-from memgpt.replytext import NO_DETAIL, body_detail, error_detail, looks_like_html, one_line
+from memgpt.replytext import (
+    NO_DETAIL,
+    body_detail,
+    error_detail,
+    looks_like_html,
+    may_hold_lone_surrogates,
+    one_line,
+    whole_text,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -89,7 +97,7 @@ def json_body(text: str, where: str) -> dict[str, Any]:
         raise LLMRetryableError(f"{where} sent JSON nested too deeply to read") from exc
     if not isinstance(body, dict):
         raise LLMRetryableError(f"{where} sent JSON that is not an object: {one_line(text, 80)}")
-    return body
+    return whole_text(body) if may_hold_lone_surrogates(text) else body
 
 
 def status_error(status: int, detail: str, where: str, said: str = "") -> LLMError:
