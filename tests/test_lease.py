@@ -53,7 +53,7 @@ def after_commit_of(storage: Storage, statement: str, action: Callable[[], None]
     """Call ``action`` once, right after the first transaction that ran a statement starting with ``statement``
     has committed (before the code that committed it goes on)."""
     metadata = storage.metadata
-    seen = {"ran": False, "done": False}
+    seen = {"ran": False, "committing": False, "done": False}
 
     def executed(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
         if not seen["done"] and sql.lstrip().upper().startswith(statement):
@@ -64,17 +64,23 @@ def after_commit_of(storage: Storage, statement: str, action: Callable[[], None]
             seen["done"] = True
             action()
 
-    def returned(_dbapi_connection: Any, _record: Any) -> None:  # a transaction outside a session, once committed
-        committed(None)
+    def committing(_conn: Any) -> None:  # a transaction outside a session: its COMMIT (not a rollback) ...
+        seen["committing"] = seen["ran"]
+
+    def returned(_dbapi_connection: Any, _record: Any) -> None:  # ... done, the connection back in the pool
+        if seen["committing"]:
+            committed(None)
 
     event.listen(metadata.engine, "after_cursor_execute", executed)
     event.listen(metadata._sessions, "after_commit", committed)
+    event.listen(metadata.engine, "commit", committing)
     event.listen(metadata.engine, "checkin", returned)
     try:
         yield
     finally:
         event.remove(metadata.engine, "after_cursor_execute", executed)
         event.remove(metadata._sessions, "after_commit", committed)
+        event.remove(metadata.engine, "commit", committing)
         event.remove(metadata.engine, "checkin", returned)
     assert seen["done"], f"no transaction ran {statement!r}"
 
