@@ -325,6 +325,40 @@ def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
     assert letta.agents.messages.create(agent_id, input="now").messages[-1].content == "Free again."
 
 
+def test_sends_past_the_opening_limit_are_refused_at_once_not_given_a_waiting_thread(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """Each send opens its turn on a thread of its own, which may wait for a busy agent: past the limit of turns
+    being opened at once a send is a 503 at once (here the limit is 1: one send waits for the busy agent)."""
+    runner = server.state.turns()
+    runner._opening_slots = threading.BoundedSemaphore(1)
+    server.timing(busy_wait=20, retry_after=1, ping_every=0.3)
+    first_done = threading.Event()
+    llm.reply("Slow answer.", until=first_done)
+    llm.reply("Second answer.")
+    first = threading.Thread(target=lambda: letta.agents.messages.create(agent_id, input="one"))
+    first.start()
+    while not llm.requests:
+        time.sleep(0.02)
+    answers: list[httpx.Response] = []
+    url, headers = f"{server.url}/v1/agents/{agent_id}/messages", auth(letta.api_key)
+    second = threading.Thread(
+        target=lambda: answers.append(httpx.post(url, json={"input": "two"}, headers=headers, timeout=60))
+    )
+    second.start()
+    deadline = time.monotonic() + 30
+    while runner._opening_slots._value:  # type: ignore[attr-defined]  # free: the second send is not waiting yet
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    refused = httpx.post(url, json={"input": "three"}, headers=headers, timeout=60)
+    assert refused.status_code == 503 and "turns already" in refused.json()["detail"]
+    first_done.set()
+    first.join(30)
+    second.join(30)
+    assert answers[0].status_code == 200
+    assert user_messages(server, agent_id) == ["one", "two"]  # the refused one was never stored
+
+
 def test_a_turn_longer_than_its_lease_keeps_renewing_it(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:

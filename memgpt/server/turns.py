@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from memgpt.agent.agent import END_TURN, Agent
 from memgpt.agent.manager import open_agent
 from memgpt.agent.tools import folder_signature
-from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError
+from memgpt.errors import AgentBusyError, BackendError, ConfigError, LLMError, MemGPTError, NotFoundError
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
 from memgpt.memory.recall import settle_indexing
@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # how long a turn is remembered for a client's retry
 PRUNE_EVERY = 60.0  # seconds between forgetting an agent's runs older than RETRY_WINDOW (not at every turn)
 KEEP_OPEN = 256  # agents a process keeps open between their turns (the least recently used go first)
+# Turns being opened at once (each on a thread of its own, which may wait ``busy_wait`` for a busy agent): past
+# this a send is refused at once (503), not given one more waiting thread.
+OPENING_LIMIT = 200
 
 
 @dataclass
@@ -235,6 +238,7 @@ class TurnRunner:
         self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
         self._pruned: dict[str, float] = {}  # agent id -> when this process last forgot its old runs
         self._kept: OrderedDict[str, _Kept] = OrderedDict()  # agents open between turns, least recently used first
+        self._opening_slots = threading.BoundedSemaphore(OPENING_LIMIT)
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
         self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
@@ -257,10 +261,16 @@ class TurnRunner:
     def begin(self, request: TurnInput) -> Future[Turn]:
         """``start`` on the turn's own thread, which then runs the turn: the future gets the turn (or the error
         that kept it from starting) as soon as it runs. An API request awaits it instead of a thread-pool hop."""
+        if not self._opening_slots.acquire(blocking=False):
+            raise BackendError(f"this server is opening {OPENING_LIMIT} turns already: send again in a moment")
         started: Future[Turn] = Future()
         started.set_running_or_notify_cancel()  # a client that goes away while it starts cannot cancel it
         # A daemon thread: stopping the server does not wait for an LLM that hangs (a step is stored whole or not).
-        threading.Thread(target=self._begin, args=(request, started), name="turn", daemon=True).start()
+        try:
+            threading.Thread(target=self._begin, args=(request, started), name="turn", daemon=True).start()
+        except BaseException:
+            self._opening_slots.release()
+            raise
         return started
 
     def start(self, request: TurnInput) -> Turn:
@@ -275,6 +285,8 @@ class TurnRunner:
         except BaseException as exc:  # noqa: BLE001 - handed to the request waiting for it, which raises it
             started.set_exception(exc)
             return
+        finally:
+            self._opening_slots.release()
         if isinstance(opened, Turn):
             started.set_result(opened)
             return
