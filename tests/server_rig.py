@@ -17,7 +17,7 @@ import httpx
 import uvicorn
 
 from memgpt.config import Config, load_config, save_config
-from memgpt.server.app import create_app, open_state
+from memgpt.server.app import KEEP_ALIVE_SECONDS, create_app, open_state
 from memgpt.server.jobs import FileJobs
 from memgpt.server.state import ServerState
 from memgpt.server.turns import Timing
@@ -41,7 +41,14 @@ class LiveServer:
         self.state = open_state(self.home, self.config)
         self.port = free_port()
         self.app = create_app(state=self.state)
-        settings = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        settings = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,  # as `memgpt server` runs it
+        )
         self._server = uvicorn.Server(settings)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

@@ -285,7 +285,7 @@ def _serve_http(agent: str | None, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from memgpt.cli.server import listen_address
-    from memgpt.server.app import URL_ENV, open_state
+    from memgpt.server.app import KEEP_ALIVE_SECONDS, URL_ENV, open_state
     from memgpt.server.routes.mcp_memory import PATH, standalone_app
 
     home, config, host, port, has_keys = listen_address(host, port)
@@ -302,4 +302,4 @@ def _serve_http(agent: str | None, host: str | None, port: int | None) -> None:
         err_console.print(
             "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
         )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS)

@@ -21,12 +21,6 @@ if TYPE_CHECKING:
     from memgpt.storage.users import UserStore
 
 
-# Seconds an idle client connection stays open. Longer than httpx's own 5 s (letta-client's, the openai SDK's): with
-# uvicorn's default, also 5 s, a client that reused a connection just as the server closed it got a reset and its
-# message was never read (seen under load in bench/server_bench.py, as errors and lost messages).
-KEEP_ALIVE = 75
-
-
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -75,7 +69,7 @@ def serve(
     """Serve agents over HTTP: Letta's /v1 API (letta-client works) and an OpenAI-compatible endpoint."""
     import uvicorn
 
-    from memgpt.server.app import URL_ENV, create_app, open_state, supervising
+    from memgpt.server.app import KEEP_ALIVE_SECONDS, URL_ENV, create_app, open_state, supervising
 
     home, config, host, port, has_keys = listen_address(host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -93,7 +87,7 @@ def serve(
     if workers == 1:
         app = create_app(state=open_state(home, config))  # errors here are one line, before anything listens
         announce()
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE)
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS)
         return
     # This process holds the Milvus Lite file and runs its server while uvicorn's workers (each calling
     # create_app) connect to it; the checks of opening the home run first here, in one line.
@@ -101,7 +95,13 @@ def serve(
         announce()
         target = "memgpt.server.app:create_app"
         uvicorn.run(
-            target, host=host, port=port, workers=workers, factory=True, log_level="info", timeout_keep_alive=KEEP_ALIVE
+            target,
+            host=host,
+            port=port,
+            workers=workers,
+            factory=True,
+            log_level="info",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
 
 

@@ -39,6 +39,11 @@ THREADS = 200  # sync routes and agent turns run in worker threads; a turn holds
 # A checked API key is trusted this long without reading it again: a key revoked through this server stops
 # working at once, one revoked by another process (`memgpt key revoke`, another server) within this bound.
 KEY_TRUST_SECONDS = 5.0
+# Seconds an idle client connection stays open (uvicorn's timeout_keep_alive, for every server memgpt runs).
+# Longer than httpx's own 5 s (letta-client's, the openai SDK's, the mcp SDK's): with uvicorn's default, also 5 s,
+# a client that reused a connection just as the server closed it got a reset and its message was never read
+# (seen under load in bench/server_bench.py, as errors and lost messages).
+KEEP_ALIVE_SECONDS = 75
 
 
 def open_state(home: Path, config: Config, *, holder: str | None = None, lite_server: str = "") -> ServerState:
