@@ -128,7 +128,8 @@ class Fence:
     """The lease a turn holds. Its owner names one grant of the lease (a fresh token each time it is taken, and
     a takeover replaces it), so it is the fencing token: writes that carry it are refused once another owner
     has the agent. ``cancelled`` is set when one of them finds a cancel requested on the lease (any process's
-    ``request_cancel``): every step of a turn begins after such a write, so the turn needs no query of its own."""
+    ``request_cancel``): every step of a turn begins after such a write, so the turn needs no query of its own.
+    A cancel requested after a step's write is seen at the next step's: at most one more step runs."""
 
     agent_id: str
     owner: str
