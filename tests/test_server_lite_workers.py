@@ -16,6 +16,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -338,3 +339,50 @@ def test_the_environment_names_the_served_file_only(workers: LiteWorkers) -> Non
             os.environ.pop(LITE_SERVER_ENV, None)
         else:
             os.environ[LITE_SERVER_ENV] = saved
+
+
+CHECK_MEETS_THE_END = """
+import sys, time
+from pathlib import Path
+from memgpt.config import load_config
+from memgpt.errors import MemGPTError
+from memgpt.server import app
+from memgpt.storage.milvus import lite
+
+real = app.open_state
+
+def checking(*args, **kwargs):  # the Lite server ends while the supervisor checks the home, before uvicorn runs
+    for server in list(lite.servers._running.values()):
+        server._process.kill()
+    time.sleep(60)
+    return real(*args, **kwargs)
+
+app.open_state = checking
+home = Path(sys.argv[1])
+try:
+    with app.supervising(home, load_config(home)):
+        print("served")
+except MemGPTError as exc:
+    print(f"error: {exc}")
+    sys.exit(1)
+"""
+
+
+def test_a_lite_server_ending_during_the_supervisors_start_up_check_is_one_line(tmp_path: Path) -> None:
+    """Its end is told by SIGTERM, which before uvicorn runs would have ended the supervisor at once, saying
+    nothing: now the one line, exit code 1, and the file let go."""
+    home = tmp_path / "home"
+    llm = ScriptedLLM()
+    try:
+        _start(home, llm)
+        env = {**os.environ, "MEMGPT_HOME": str(home)}
+        started = time.monotonic()
+        ran = subprocess.run(
+            [sys.executable, "-c", CHECK_MEETS_THE_END, str(home)], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert ran.returncode == 1, (ran.returncode, ran.stdout, ran.stderr[-2000:])
+        assert "ended unexpectedly" in ran.stdout and time.monotonic() - started < 50
+        assert "Traceback" not in ran.stderr
+        assert run_cli("list", "sources", home=home).returncode == 0  # the file was let go
+    finally:
+        llm.close()

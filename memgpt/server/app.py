@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute
 
 from memgpt import __version__
 from memgpt.config import Config, display_path, load_config, memgpt_home
-from memgpt.errors import StorageError
+from memgpt.errors import MemGPTError, StorageError
 from memgpt.server import errors
 from memgpt.server.state import OWNER_NAME, ServerState
 
@@ -121,6 +121,10 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     return app
 
 
+class _LiteEnded(Exception):
+    """Raised in the supervisor's main thread when its Milvus Lite server ended outside uvicorn's run."""
+
+
 @contextmanager
 def supervising(home: Path, config: Config) -> Iterator[None]:
     """In `memgpt server --workers N`'s own process, while its workers run: hold the home's Milvus Lite file
@@ -138,18 +142,35 @@ def supervising(home: Path, config: Config) -> Iterator[None]:
         logger.error("the Milvus Lite server ended (exit code %s): stopping the workers", code)
         os.kill(os.getpid(), signal.SIGTERM)  # as a Ctrl-C would: uvicorn stops its workers and returns
 
+    def terminated(signum: int, _frame: object) -> None:
+        # SIGTERM while uvicorn's own handler is not in place (the check below, uvicorn starting or done): for
+        # the Lite server's end, the one line below; else what SIGTERM does by default, ending the process.
+        if ended:
+            raise _LiteEnded
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
     announce_holder(f"memgpt server at {os.environ.get(URL_ENV, 'this machine')}")
-    with serving_lite(config, home, lite_ended) as lite_server:
-        told = {SUPERVISOR_ENV: str(os.getpid())}
-        if lite_server:
-            told[LITE_SERVER_ENV] = json.dumps({"file": config.milvus_uri(home), "uri": lite_server})
-        os.environ.update(told)
-        try:
-            open_state(home, config, lite_server=lite_server or "").storage.close()
-            yield
-        finally:
-            for name in told:
-                os.environ.pop(name, None)
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        with serving_lite(config, home, lite_ended) as lite_server:
+            told = {SUPERVISOR_ENV: str(os.getpid())}
+            if lite_server:
+                told[LITE_SERVER_ENV] = json.dumps({"file": config.milvus_uri(home), "uri": lite_server})
+            os.environ.update(told)
+            try:
+                open_state(home, config, lite_server=lite_server or "").storage.close()
+                yield
+            finally:
+                for name in told:
+                    os.environ.pop(name, None)
+    except _LiteEnded:
+        pass
+    except MemGPTError:
+        if not ended:
+            raise  # else the check failed because the Lite server ended: said below
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if ended:
         raise StorageError(
             f"the Milvus Lite server of {display_path(config.milvus_uri(home))} ended unexpectedly (exit code "
