@@ -70,45 +70,27 @@ def collect_recall(cache: dict) -> None:
 
 
 def collect_archival(cache: dict, sets: dict[str, Path]) -> None:
-    from memgpt.config import Config
-    from memgpt.data.ingest import SourceLoader
-    from memgpt.data.sources import get_source, visible_passages
+    from bench.retrieval_bench import flat, labelled_documents
     from memgpt.embeddings.local import LocalMiniLM
-    from memgpt.storage import Storage
     from memgpt.storage.fusion import CANDIDATES
 
     model = LocalMiniLM()
     chosen = {name: json.loads(path.read_text()) for name, path in sets.items()}
-    files = sorted({ROOT / "tests" / "data" / q["file"] for qs in chosen.values() for q in qs})
-    config = Config()
     cache["archival"] = {}
-    with tempfile.TemporaryDirectory() as tmp, Storage(config, Path(tmp)) as storage:
-        loader = SourceLoader(
-            storage,
-            model,
-            user_id=config.user_id,
-            chunk_size=config.embedding.chunk_size,
-            chunk_overlap=config.embedding.chunk_overlap,
-        )
-        report = loader.load("bench", files)
-        if not report.ok:
-            raise SystemExit(f"error: loading failed: {report.failures}")
-        source = get_source(storage, config.user_id, "bench")
-        where = visible_passages(storage, source)
-        store = storage.passages(model.space)
-        texts = {p.id: _flat(p.text) for batch in store.iterate(where) for p in batch}
+    with labelled_documents(model, chosen) as loaded:
+        store, where = loaded.store, loaded.where
         for name, queries in chosen.items():
             rows = []
             for q in queries:
                 vector = model.embed(q["question"])
                 dense = store.search(vector, limit=CANDIDATES, where=where, with_text=False)
                 words = store.keyword_search(q["question"], limit=CANDIDATES, where=where)
-                answer = _flat(q["answer"])
+                answer = flat(q["answer"])
                 rows.append(
                     {
                         "id": q["id"],
                         "question": q["question"],
-                        "relevant": [pid for pid, text in texts.items() if answer in text],
+                        "relevant": [pid for pid, text in loaded.texts.items() if answer in text],
                         "dense": [(h.passage.id, h.score) for h in dense],
                         "bm25": [(h.passage.id, h.score) for h in words],
                         "search": [
@@ -118,10 +100,6 @@ def collect_archival(cache: dict, sets: dict[str, Path]) -> None:
                 )
             cache["archival"][name] = rows
             print(f"archival {name}: {len(rows)} questions", file=sys.stderr)
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 # -- fusions --------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.recall_adapter import rrf
 from memgpt.config import Config
-from memgpt.data.ingest import SourceLoader
+from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.data.sources import get_source, visible_passages
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
+from memgpt.storage.base import PassageStore
+from memgpt.storage.filters import Filter
 from memgpt.storage.fusion import CANDIDATES
 from memgpt.types import SearchHit
 
@@ -41,7 +46,7 @@ MODES = ("dense", "BM25", "hybrid RRF k=60", "hybrid")
 K = 10
 
 
-def _flat(text: str) -> str:
+def flat(text: str) -> str:
     return " ".join(text.split())
 
 
@@ -52,7 +57,7 @@ def _ranks(
     ranks: dict[str, list[int | None]] = {mode: [] for mode in MODES}
     found_hits: list[dict[str, list[SearchHit]]] = []
     for query in queries:
-        answer = _flat(query["answer"])
+        answer = flat(query["answer"])
         vector = model.embed(query["question"])
         dense = store.search(vector, limit=CANDIDATES, where=where)
         words = store.keyword_search(query["question"], limit=CANDIDATES, where=where)
@@ -70,7 +75,7 @@ def _ranks(
 
 
 def _rank(hits: list[SearchHit], answer: str) -> int | None:
-    return next((i + 1 for i, hit in enumerate(hits) if answer in _flat(hit.passage.text)), None)
+    return next((i + 1 for i, hit in enumerate(hits) if answer in flat(hit.passage.text)), None)
 
 
 def _show_misses(
@@ -81,12 +86,12 @@ def _show_misses(
     for query, rank, found in zip(queries, ranks, hits, strict=True):
         if rank is not None and rank <= 5:
             continue
-        answer = _flat(query["answer"])
+        answer = flat(query["answer"])
         signals = ", ".join(f"{name} {_rank(found[name], answer) or '-'}" for name in MODES)
         top = found[mode][0].passage if found[mode] else None
         print(f"  miss {query['id']}: {query['question']}\n    answer: {answer}\n    ranks: {signals}")
         if top is not None:
-            print(f"    first: [{top.metadata.get('section', '')}] {_flat(top.text)[:160]}")
+            print(f"    first: [{top.metadata.get('section', '')}] {flat(top.text)[:160]}")
 
 
 def _table(title: str, ranks: dict[str, list[int | None]]) -> None:
@@ -109,8 +114,22 @@ def _by_file(queries: list[dict[str, str]], ranks: list[int | None]) -> None:
     print(f"\nhybrid recall@5 by file: {', '.join(parts)}")
 
 
-def archival(model: EmbeddingModel, misses: str = "") -> None:
-    sets = {name: json.loads(path.read_text()) for name, path in SETS.items()}
+@dataclass
+class Loaded:
+    """The labelled sets' documents loaded as one source of a temporary home: its store, the filter an agent's
+    search of it carries, every passage's text (flattened, by id), and how the load went."""
+
+    store: PassageStore
+    where: Filter
+    texts: dict[str, str]
+    files: list[Path]
+    report: LoadReport
+    cpu: float  # CPU seconds of the load
+
+
+@contextmanager
+def labelled_documents(model: EmbeddingModel, sets: dict[str, list[dict[str, str]]]) -> Iterator[Loaded]:
+    """Load every document the questions of ``sets`` ask about, as `memgpt load` would, into a temporary home."""
     files = sorted({ROOT / "tests" / "data" / q["file"] for queries in sets.values() for q in queries})
     config = Config()
     with tempfile.TemporaryDirectory() as tmp, Storage(config, Path(tmp)) as storage:
@@ -124,23 +143,30 @@ def archival(model: EmbeddingModel, misses: str = "") -> None:
         cpu = time.process_time()
         report = loader.load("bench", files)
         cpu = time.process_time() - cpu
-        assert report.ok, report.failures
-        source = get_source(storage, config.user_id, "bench")
-        where = visible_passages(storage, source)
+        if not report.ok:
+            raise SystemExit(f"error: loading failed: {report.failures}")
+        where = visible_passages(storage, get_source(storage, config.user_id, "bench"))
         store = storage.passages(model.space)
-        all_texts = [_flat(p.text) for batch in store.iterate(where) for p in batch]
+        texts = {p.id: flat(p.text) for batch in store.iterate(where) for p in batch}
+        yield Loaded(store, where, texts, files, report, cpu)
+
+
+def archival(model: EmbeddingModel, misses: str = "") -> None:
+    sets = {name: json.loads(path.read_text()) for name, path in SETS.items()}
+    with labelled_documents(model, sets) as loaded:
+        report, all_texts = loaded.report, list(loaded.texts.values())
         for name, queries in sets.items():
-            split = sum(1 for q in queries if not any(_flat(q["answer"]) in text for text in all_texts))
-            ranks, hits = _ranks(model, store, where, queries)
+            split = sum(1 for q in queries if not any(flat(q["answer"]) in text for text in all_texts))
+            ranks, hits = _ranks(model, loaded.store, loaded.where, queries)
             _table(
-                f"### Retrieval quality, {name} set ({len(queries)} labelled questions over {len(files)} files, "
-                f"{report.passages} passages; {split} answers split across passages)",
+                f"### Retrieval quality, {name} set ({len(queries)} labelled questions over {len(loaded.files)} "
+                f"files, {report.passages} passages; {split} answers split across passages)",
                 ranks,
             )
             _by_file(queries, ranks["hybrid"])
             if misses in ranks:
                 _show_misses(misses, queries, ranks[misses], hits)
-    seconds = report.seconds
+    seconds, cpu = report.seconds, loaded.cpu
     print(
         f"\nLoading: {report.passages} passages, {1000 * cpu / report.passages:.1f} ms CPU per passage "
         f"(parse {seconds['parse']:.2f} s, embed {seconds['embed']:.2f} s, insert {seconds['insert']:.2f} s wall)"
