@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from memgpt.storage import Storage
 from tests.milvus_server import TOKEN, milvus_database
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import ServerProcess, start_servers, use_scripted_llm
+from tests.server_rig import ServerProcess, environment, start_servers, use_scripted_llm
 
 SCRIPTED_HANDLE = "openai-compatible/scripted"
 
@@ -65,11 +64,13 @@ def server_pair(
     first. Yields (home, config, llm, key, a, b); stops both and puts the environment back afterwards."""
     home = tmp_path_factory.mktemp(label) / "home"
     llm = ScriptedLLM()
-    saved = {name: os.environ.get(name) for name in ("MEMGPT_HOME", "TIKTOKEN_CACHE_DIR")}
-    os.environ["MEMGPT_HOME"] = str(home)  # the child processes inherit them
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiktoken"))
+    tiktoken = str(tmp_path_factory.mktemp("tiktoken"))
     try:
-        with postgres_server.database() as metadata_url, milvus_database(milvus_server) as database:
+        with (
+            environment(MEMGPT_HOME=str(home), TIKTOKEN_CACHE_DIR=tiktoken),  # the child processes inherit them
+            postgres_server.database() as metadata_url,
+            milvus_database(milvus_server) as database,
+        ):
             config = use_scripted_llm(home, llm.url)
             config.metadata_url = metadata_url
             config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, database, TOKEN
@@ -86,8 +87,3 @@ def server_pair(
                 b.stop()
     finally:
         llm.close()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -10,7 +10,6 @@ The server is started once for the module; every test makes agents of its own.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -36,8 +35,8 @@ from memgpt.storage.milvus.lite import LiteServer
 from memgpt.types import Role
 from tests.conftest import run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import ServerProcess, use_scripted_llm
-from tests.test_server_scale import TwoStepTurns, _words, echo
+from tests.server_rig import ServerProcess, environment, use_scripted_llm
+from tests.test_server_scale import _words, assert_meeting_sends_serialized, echo
 
 SCRIPTED_HANDLE = "openai-compatible/scripted"
 CLOSE = {"Connection": "close"}  # a new connection per request: the kernel hands each to either worker
@@ -93,24 +92,18 @@ def _start(home: Path, llm: ScriptedLLM) -> tuple[Config, str]:
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteWorkers]:
     home = tmp_path_factory.mktemp("liteworkers") / "home"
     llm = ScriptedLLM()
-    saved = {name: os.environ.get(name) for name in ("MEMGPT_HOME", "TIKTOKEN_CACHE_DIR")}
-    os.environ["MEMGPT_HOME"] = str(home)
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("tiktoken"))
+    tiktoken = str(tmp_path_factory.mktemp("tiktoken"))
     try:
-        config, key = _start(home, llm)
-        server = ServerProcess(home, 2)
-        try:
-            server.wait_ready()
-            yield LiteWorkers(home, config, llm, key, server)
-        finally:
-            server.stop()
+        with environment(MEMGPT_HOME=str(home), TIKTOKEN_CACHE_DIR=tiktoken):
+            config, key = _start(home, llm)
+            server = ServerProcess(home, 2)
+            try:
+                server.wait_ready()
+                yield LiteWorkers(home, config, llm, key, server)
+            finally:
+                server.stop()
     finally:
         llm.close()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture
@@ -176,33 +169,8 @@ def test_sends_to_one_agent_that_meet_are_serialized(workers: LiteWorkers, llm: 
     """Two sends at the same moment (each on a new connection: the same worker or both): the second waits for the
     first turn, whole; nothing interleaves and nothing is lost, in storage or in the context."""
     agent = workers.agent()
-    turns = TwoStepTurns()
-    llm.add(*[turns] * 4)
-    start = threading.Barrier(2)
-    answers: dict[str, str] = {}
-
-    def send(text: str) -> None:
-        client = workers.client(timeout=120)
-        start.wait()
-        answers[text] = client.agents.messages.create(agent, input=text).messages[-1].content
-
-    threads = [threading.Thread(target=send, args=(text,)) for text in ("first", "second")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert answers == {"first": "re: first", "second": "re: second"}
-    spans = sorted(turns.spans)
-    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans)), spans
-    stored = workers.history(agent)
-    starts = [i for i, (role, text) in enumerate(stored) if role == "user" and text in answers]
-    assert len(starts) == 2 and starts[0] == 0, stored
-    for turn in (stored[starts[0] : starts[1]], stored[starts[1] :]):
-        assert [role for role, _ in turn] == ["user", "assistant", "tool", "user", "assistant", "tool"], stored
-    llm.add(echo)
-    workers.client(timeout=120).agents.messages.create(agent, input="third")
-    context = [_words(m) for m in llm.requests[-1]["messages"] if m["role"] == "user" and _words(m)]
-    assert context == [stored[starts[0]][1], stored[starts[1]][1], "third"]
+    clients = [workers.client(timeout=120) for _ in range(2)]
+    assert_meeting_sends_serialized(agent, clients, workers.client(timeout=120), workers.history, llm)
 
 
 def test_a_cli_command_on_the_home_is_told_a_server_runs(workers: LiteWorkers, tmp_path: Path) -> None:
@@ -242,14 +210,15 @@ def test_kill_9_of_a_worker_mid_turn_the_next_turn_works(workers: LiteWorkers, l
     assert len(binaries.split()) == 1, binaries  # still the supervisor's one Lite server
 
 
-def test_a_supervisor_or_its_lite_server_killed_leaves_nothing_that_stops_the_next_start(tmp_path: Path) -> None:
+def test_a_supervisor_or_its_lite_server_killed_leaves_nothing_that_stops_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL to `memgpt server --workers 2`: its Lite server ends (its lock is let go), its workers stop by
     themselves (else they would keep the port), and the same command on the same port starts and serves. SIGKILL
     to its Lite server: it stops its workers and ends in one line, and the next start works again."""
     home = tmp_path / "home"
     llm = ScriptedLLM()
-    saved = os.environ.get("MEMGPT_HOME")
-    os.environ["MEMGPT_HOME"] = str(home)
+    monkeypatch.setenv("MEMGPT_HOME", str(home))
     try:
         key = _start(home, llm)[1]
         first = ServerProcess(home, 2)
@@ -281,10 +250,6 @@ def test_a_supervisor_or_its_lite_server_killed_leaves_nothing_that_stops_the_ne
             third.stop()
     finally:
         llm.close()
-        if saved is None:
-            os.environ.pop("MEMGPT_HOME", None)
-        else:
-            os.environ["MEMGPT_HOME"] = saved
 
 
 def _children(pid: int) -> list[int]:

@@ -15,13 +15,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from letta_client import APIError
+from letta_client import APIError, Letta
 
 from memgpt.config import Config
 from memgpt.storage import Storage
@@ -29,7 +29,7 @@ from memgpt.types import Role
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
 from tests.server_pair import ServerPair, server_pair
-from tests.server_rig import ServerProcess, auth
+from tests.server_rig import auth
 
 STEP = 0.4  # seconds the scripted LLM takes per step where turns must overlap to be tested
 HOLD = 3.0  # how long the first step of two sends that meet waits for the other's (it comes only without a lease)
@@ -178,17 +178,27 @@ def test_sends_to_one_agent_that_meet_are_serialized(cluster: Cluster, llm: Scri
     waits for the first turn, whole; nothing interleaves and nothing is lost, in storage or in the context."""
     servers = [cluster.a if name == "A" else cluster.b for name in pair.split("+")]
     agent = cluster.agent(cluster.a)
+    clients = [cluster.client(server, timeout=120) for server in servers]
+    then = cluster.client(servers[-1] if servers[0] is cluster.a else cluster.a)  # the next turn: the other process
+    assert_meeting_sends_serialized(agent, clients, then, cluster.history, llm)
+
+
+def assert_meeting_sends_serialized(
+    agent: str, clients: Sequence[Letta], then: Letta, history: Callable[[str], list[tuple[str, str]]], llm: ScriptedLLM
+) -> None:
+    """Two sends to ``agent`` at the same moment, one through each of ``clients``: the second waits for the first
+    turn, whole; nothing interleaves and nothing is lost, in storage (``history``) or in the context that the next
+    turn (sent through ``then``) gives the LLM."""
     turns = TwoStepTurns()
     llm.add(*[turns] * 4)
     start = threading.Barrier(2)
     answers: dict[str, str] = {}
 
-    def send(server: ServerProcess, text: str) -> None:
-        client = cluster.client(server, timeout=120)
+    def send(client: Letta, text: str) -> None:
         start.wait()
         answers[text] = client.agents.messages.create(agent, input=text).messages[-1].content
 
-    threads = [threading.Thread(target=send, args=(s, t)) for s, t in zip(servers, ("first", "second"), strict=True)]
+    threads = [threading.Thread(target=send, args=(c, t)) for c, t in zip(clients, ("first", "second"), strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -197,15 +207,15 @@ def test_sends_to_one_agent_that_meet_are_serialized(cluster: Cluster, llm: Scri
     spans = sorted(turns.spans)
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans)), spans
     # Stored: each turn whole (its user message, the search, the heartbeat, the reply), one after the other.
-    stored = cluster.history(agent)
+    stored = history(agent)
     starts = [i for i, (role, text) in enumerate(stored) if role == "user" and text in answers]
     assert len(starts) == 2 and starts[0] == 0, stored
     turns_stored = [stored[starts[0] : starts[1]], stored[starts[1] :]]
     for turn in turns_stored:
         assert [role for role, _ in turn] == ["user", "assistant", "tool", "user", "assistant", "tool"], stored
-    # And in the agent's context: the next turn (in the other process) sends the LLM both, in stored order.
+    # And in the agent's context: the next turn sends the LLM both, in stored order.
     llm.add(echo)
-    cluster.client(servers[-1] if servers[0] is cluster.a else cluster.a).agents.messages.create(agent, input="third")
+    then.agents.messages.create(agent, input="third")
     context = [_words(m) for m in llm.requests[-1]["messages"] if m["role"] == "user" and _words(m)]
     assert context == [turns_stored[0][0][1], turns_stored[1][0][1], "third"]
 
