@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -75,7 +75,7 @@ def serve(
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     os.environ[URL_ENV] = url
 
-    def announce() -> None:
+    def serve(target: Any, **options: Any) -> None:
         console.print(
             f"memgpt server on {url} (API docs at {url}/docs, OpenAI-compatible at {url}/openai/v1)", markup=False
         )
@@ -83,26 +83,15 @@ def serve(
             err_console.print(
                 "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
             )
+        uvicorn.run(target, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS, **options)
 
     if workers == 1:
-        app = create_app(state=open_state(home, config))  # errors here are one line, before anything listens
-        announce()
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS)
+        serve(create_app(state=open_state(home, config)))  # errors opening the home: one line, before it listens
         return
     # This process holds the Milvus Lite file and runs its server while uvicorn's workers (each calling
     # create_app) connect to it; the checks of opening the home run first here, in one line.
     with supervising(home, config):
-        announce()
-        target = "memgpt.server.app:create_app"
-        uvicorn.run(
-            target,
-            host=host,
-            port=port,
-            workers=workers,
-            factory=True,
-            log_level="info",
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        )
+        serve("memgpt.server.app:create_app", workers=workers, factory=True)
 
 
 # -- users -----------------------------------------------------------------------------------------
