@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from letta_client import Letta
 
@@ -102,6 +103,74 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     assert pair.client(pair.a).agents.messages.create(agent, input="again").messages[-1].content == "A is back"
     said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
     assert any("to B" in text for text in said) and any("to A" in text for text in said)
+
+
+def _until(check: Any, what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
+    return found
+
+
+def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_the_takeover(
+    pair: Pair, llm: ScriptedLLM
+) -> None:
+    """A holder stopped with a transaction open on its lease row (its fenced write, or its renewal, between two
+    statements) holds that row's lock: a takeover's claim waits on it. The database ends such a session once it
+    idled in its transaction for the lease's length, so the claim goes on; the stopped process's write is
+    undone whole and, once it runs again, refused as fenced."""
+    agent = pair.agent(pair.a)
+    plain = pair.config.metadata_url.replace("postgresql+psycopg://", "postgresql://")
+    answers: dict[str, Any] = {}
+
+    def send_to_a() -> None:
+        url = f"{pair.a.url}/v1/agents/{agent}/messages"
+        answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
+
+    def backend_of_a(state: str) -> Any:
+        # A's session: the one whose INSERT of the user's message waits (then: idles in its transaction).
+        row = monitor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query ILIKE 'INSERT INTO messages%%' AND state = %s AND (%s <> 'active' OR wait_event_type = 'Lock')",
+            (state, state),
+        ).fetchone()
+        return row[0] if row else None
+
+    with psycopg.connect(plain, autocommit=True) as monitor:
+        sender = threading.Thread(target=send_to_a)
+        try:
+            with psycopg.connect(plain) as blocker:
+                # Every write to messages waits while this transaction runs: A's turn stores its user's message
+                # first, in the transaction its fence opened (the lease row locked), and waits here.
+                blocker.execute("LOCK TABLE messages IN EXCLUSIVE MODE")
+                sender.start()
+                _until(lambda: backend_of_a("active"), "A's turn to wait for the messages table")
+                # A's transaction holds its lease row:
+                with pytest.raises(psycopg.errors.LockNotAvailable), monitor.transaction():
+                    monitor.execute("SELECT 1 FROM agent_leases WHERE agent_id = %s FOR UPDATE NOWAIT", (agent,))
+                os.kill(pair.a.process.pid, signal.SIGSTOP)
+            # The blocker committed: A's INSERT ran, and its transaction stays open while its process is stopped.
+            _until(lambda: backend_of_a("idle in transaction"), "A's transaction to idle")
+            llm.add(reply("B's answer"))
+            started = time.monotonic()
+            answer = pair.client(pair.b, timeout=30).agents.messages.create(agent, input="to B")
+            assert answer.messages[-1].content == "B's answer"
+            print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
+        finally:
+            os.kill(pair.a.process.pid, signal.SIGCONT)
+            sender.join(60)
+
+    # A's transaction was undone whole: its user's message is not stored; its turn is refused as fenced.
+    stored = pair.history(agent)
+    assert [text for _, text in stored if "to A" in text] == [], stored
+    assert [role for role, _ in stored] == ["user", "assistant", "tool"], stored
+    refused = answers["a"]
+    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+
+    # A works again.
+    llm.add(reply("A is back"))
+    assert pair.client(pair.a).agents.messages.create(agent, input="again").messages[-1].content == "A is back"
 
 
 def test_a_passage_inserted_through_one_process_is_found_at_once_through_the_other(pair: Pair) -> None:

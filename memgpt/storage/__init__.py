@@ -113,7 +113,9 @@ class Storage:
             from memgpt.storage.marks import PassageMarks
             from memgpt.storage.sql import MetadataStore
 
-            self.metadata: MetadataStore = MetadataStore(config.metadata_database_url(home))
+            # A server's lease lasts this long: no transaction stopped midway blocks its takeover for longer.
+            url, idle = config.metadata_database_url(home), config.server.lease_seconds
+            self.metadata: MetadataStore = MetadataStore(url, idle_transaction_seconds=idle)
         except BaseException:
             self._close_vectors()
             raise

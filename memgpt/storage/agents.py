@@ -40,7 +40,7 @@ from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
-from memgpt.storage.turns import Fence, check_fence
+from memgpt.storage.turns import Fence, check_fence, fenced_write
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
 
@@ -451,7 +451,7 @@ class AgentStore:
         # Blocks and effects are merged by the ORM; a step without them (most) needs no ORM session set up.
         orm = bool(changes.blocks or changes.effects)
         opened: AbstractContextManager[Any] = self._metadata.session() if orm else self._metadata.connection()
-        with opened as s:
+        with fenced_write(self._metadata, fence), opened as s:
             # The lease row, then the agents row, then the rest: the order every writer keeps. Where the messages
             # end is read by the first statement.
             if fence is None:
@@ -494,7 +494,7 @@ class AgentStore:
     def record_effects(self, agent_id: str, effects: Sequence[StepEffect], *, fence: Fence | None = None) -> None:
         """Write effects down before making them (a passage before it goes to Milvus), in their own
         transaction: whatever happens next, they can be found and undone. A lost ``fence`` refuses them."""
-        with self._metadata.session() as s:
+        with fenced_write(self._metadata, fence), self._metadata.session() as s:
             check_fence(s, fence)
             if fence is None:
                 bump_agents(s, agent_id)

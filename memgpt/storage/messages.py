@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agent, bump_agents
-from memgpt.storage.turns import FENCE_AGENT, Fence, check_fence
+from memgpt.storage.turns import FENCE_AGENT, Fence, check_fence, fenced_write
 from memgpt.types import Message, Role, ToolCall
 
 # How far (in sequence numbers) ``neighbours`` looks around a message in its first, shared read.
@@ -175,7 +175,8 @@ class MessageStore:
     def append(self, agent_id: str, messages: Sequence[StoredMessage], *, fence: Fence | None = None) -> None:
         """Add messages; with a ``fence``, only while that lease still holds the agent (else LeaseLostError);
         without one, the agent's version moves."""
-        with self._metadata.connection() as c:  # Core statements only: no ORM session to set up (a turn's first write)
+        # Core statements only: no ORM session to set up (a turn's first write)
+        with fenced_write(self._metadata, fence), self._metadata.connection() as c:
             # One statement holds the fence (or moves the version: the agents row first, as every writer) and
             # reads where the messages end.
             if fence is None:

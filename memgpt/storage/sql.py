@@ -222,9 +222,11 @@ def parse_metadata_url(url: str) -> URL:
         ) from exc
 
 
-def create_metadata_engine(url: URL) -> Engine:
+def create_metadata_engine(url: URL, *, idle_transaction_seconds: float | None = None) -> Engine:
     """An engine with the options each database needs: SQLite waits for other processes' writes;
-    PostgreSQL checks pooled connections before use (servers restart) and gives up connecting in 10 s."""
+    PostgreSQL checks pooled connections before use (servers restart) and gives up connecting in 10 s, and with
+    ``idle_transaction_seconds`` ends a session whose transaction waited that long for its client's next
+    statement (see ``_idle_transaction_options``)."""
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -233,15 +235,31 @@ def create_metadata_engine(url: URL) -> Engine:
         return engine
     if url.get_backend_name() == "postgresql":
         defaults = {"connect_timeout": 10, "application_name": "memgpt"}
+        connect_args: dict[str, Any] = {k: v for k, v in defaults.items() if k not in url.query}
+        connect_args.update(_idle_transaction_options(url, idle_transaction_seconds))
         return create_engine(
-            url,
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=10,
-            pool_recycle=1800,
-            connect_args={k: v for k, v in defaults.items() if k not in url.query},
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, connect_args=connect_args
         )
     return create_engine(url, pool_pre_ping=True)
+
+
+def _idle_transaction_options(url: URL, seconds: float | None) -> dict[str, str]:
+    """PostgreSQL's ``idle_in_transaction_session_timeout`` for every session, added to the URL's own
+    ``options`` (one the URL sets itself is kept). A process stopped between two statements of a transaction (a
+    SIGSTOP, a frozen VM, a long pause) keeps that transaction's row locks while it is stopped; a server turn's
+    transactions lock its agent's lease row, so another process's takeover of the expired lease would wait for
+    as long as the stopped one stays stopped. Ended by the database after ``seconds`` (the lease's length), the
+    stopped transaction is undone whole and the takeover goes on; the stopped process's next statement on that
+    session fails (a fenced write then reports its lease lost). No transaction of memgpt waits for its client
+    that long while the client runs."""
+    if seconds is None:
+        return {}
+    own = url.query.get("options", "")
+    own = " ".join(own) if isinstance(own, tuple) else own
+    if "idle_in_transaction_session_timeout" in own:
+        return {}
+    setting = f"-c idle_in_transaction_session_timeout={max(1, round(seconds * 1000))}"
+    return {"options": f"{own} {setting}".strip()}
 
 
 def _reason(exc: BaseException) -> str:
@@ -275,14 +293,15 @@ def _cannot_open(url: URL, exc: Exception) -> StorageError:
 class MetadataStore:
     """Sources and documents. Every method is one transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, idle_transaction_seconds: float | None = None) -> None:
+        """``idle_transaction_seconds``: see ``create_metadata_engine`` (PostgreSQL only)."""
         from memgpt.storage.migrations import apply_migrations
 
         parsed = parse_metadata_url(url)
         database = parsed.database if parsed.get_backend_name() == "sqlite" else None
         self._file = Path(database) if database and database != ":memory:" else None
         try:
-            self.engine = create_metadata_engine(parsed)
+            self.engine = create_metadata_engine(parsed, idle_transaction_seconds=idle_transaction_seconds)
         except (SQLAlchemyError, ImportError, OSError) as exc:  # an unknown dialect, no driver, a read-only home
             raise self._open_error(parsed, exc) from exc
         try:

@@ -22,6 +22,8 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -167,6 +169,32 @@ def check_fence(s: Session | Connection, fence: Fence | None, reading: Any = Non
     if row[0]:
         fence.cancelled.set()
     return row[1] if reading is not None else None
+
+
+@contextmanager
+def fenced_write(metadata: MetadataStore, fence: Fence | None) -> Iterator[None]:
+    """Around the transaction of a write ``fence`` guards: its failure while another owner holds the lease is the
+    lease lost (LeaseLostError), not a database error. That is what a process that stopped inside the
+    transaction meets once it runs again: the database ended its session (``create_metadata_engine``'s idle
+    transaction timeout), undoing the transaction whole, so that another process could take the lease over."""
+    try:
+        yield
+    except StorageError as exc:
+        if fence is not None and _holder(metadata, fence.agent_id) not in (fence.owner, _UNKNOWN):
+            raise _lost(fence) from exc
+        raise
+
+
+_UNKNOWN = "\0unknown"
+
+
+def _holder(metadata: MetadataStore, agent_id: str) -> str | None:
+    """The owner of the agent's lease (None: nobody's), or _UNKNOWN when it cannot be read."""
+    try:
+        with metadata.connection() as c:
+            return c.execute(select(_LEASES.c.owner).where(_LEASES.c.agent_id == agent_id)).scalar()
+    except StorageError:
+        return _UNKNOWN
 
 
 def _lost(fence: Fence) -> LeaseLostError:
