@@ -3,13 +3,19 @@ embedding call and one Milvus insert; the process's indexer gathers the steps' r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 from collections.abc import Hashable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from memgpt.agent.manager import create_agent, delete_agent
+from memgpt.config import load_config, save_config
 from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.background import Batcher, Outcome
@@ -18,6 +24,7 @@ from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq
 from memgpt.types import Message, Passage, Role, ToolCall
+from tests.milvus_server import TOKEN
 
 START = datetime(2024, 3, 12, 19, 0, tzinfo=UTC)
 
@@ -257,3 +264,53 @@ def test_deleting_an_agent_waits_for_its_indexing_pass_so_no_entry_outlives_it(s
     deleting.join(30)
     assert storage.agents.by_id("u", state.id) is None
     assert store.query(all_of(eq("agent_id", state.id), eq("kind", "recall")), limit=100) == []
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_two_processes_indexing_one_agent_at_once_on_a_shared_store_leave_one_entry_per_message(
+    home: Path, milvus_server: str, server_database: str, model: LocalMiniLM
+) -> None:
+    """A search outside a lease (an MCP conversation_search, another server process's) indexes the agent's new
+    messages while its own process does: two storages on one home and one Milvus server stand for the two
+    processes (each has its own writing locks). Both passes read the same unindexed messages; were both to
+    delete and then both insert, every message would have two entries (taking two ranked places)."""
+    config = load_config(home)
+    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
+    save_config(config, home)
+    first, second = Storage(config, home), Storage(config, home)
+    try:
+        agent_id = _agent(first, model, "shared")
+        both_inserting = threading.Barrier(2, timeout=5)
+        recalls = []
+        for storage in (first, second):
+            store = storage.passages(model.space)
+            assert store.shared
+            original = store.insert
+
+            def meet(passages: Sequence[Passage], original: Any = original) -> None:
+                # Each pass has deleted its messages' old entries: both insert only once both got here.
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    both_inserting.wait()
+                original(passages)
+
+            store.insert = meet  # type: ignore[method-assign]
+            recalls.append(RecallMemory(storage, agent_id=agent_id, user_id="u", index=RecallIndex(store, model)))
+        recalls[0].append(_messages(agent_id, 6))
+        done: list[bool] = []
+        passes = [threading.Thread(target=lambda r=recall: done.append(r.sync())) for recall in recalls]
+        for thread in passes:
+            thread.start()
+        for thread in passes:
+            thread.join(60)
+        assert done == [True, True]
+        where = all_of(eq("agent_id", agent_id), eq("kind", "recall"))
+        entries = [p.id for p in first.passages(model.space).query(where, limit=100)]
+        assert sorted(entries) == sorted(f"{agent_id}-{i}" for i in range(6)), entries
+        # A query shows each id once; the entries are counted, and a search's places are taken, all the same.
+        store = first.passages(model.space)
+        assert store.count(where) == 6
+        hits = store.search(model.embed("sailing"), limit=6, where=where, text="sailing")
+        assert len(hits) == 6, [h.passage.id for h in hits]
+    finally:
+        first.close()
+        second.close()

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
@@ -33,15 +34,20 @@ from memgpt.memory.paging import PAGE_SIZE, Page, RankedPage, check_page
 from memgpt.memory.results import Result, Scope, keyword_query, parse_date, ranking_note
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
+from memgpt.storage.claims import IndexClaims
 from memgpt.storage.filters import all_of, eq, is_in
 from memgpt.storage.fusion import CANDIDATES, Weights
-from memgpt.storage.turns import Fence
+from memgpt.storage.turns import Fence, new_owner
 from memgpt.types import Message, Passage, SearchHit
 
 logger = logging.getLogger(__name__)
 _INDEX_BATCH = 128  # messages per pass, over every agent waiting: a /pop waits for at most one pass
 _GATHER = 0.05  # seconds a step's request waits for its pass: the turn ends first, other agents' steps join
 CATCH_UP_SECONDS = 10.0  # a search waits this long for the index, then uses the SQL word search
+# A pass's claim on its agents where other processes index them too (storage/claims.py): a process killed
+# mid-pass on another host holds them this long (one on this host, not at all); a pass takes far less.
+_CLAIM_SECONDS = 60.0
+_ELSEWHERE_PAUSE = 0.02  # seconds a pass that found its agents in another process's pass waits before its next
 _MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole message stays in SQL
 # Own embeddings kept for the next batch's first message, per model and process (see RecallIndex): one per
 # agent active lately is what is needed; 4096 float32 vectors of 384 dimensions are 6 MB.
@@ -266,6 +272,8 @@ class RecallMemory:
         # Held while a pass writes the index and marks messages indexed, and while messages are edited or
         # removed: a pass never marks a message indexed under text it no longer has, nor indexes a removed one.
         self._writing = _writing_lock(self.key)
+        # Where other processes index the agent too, a pass claims it first (one writer of its entries at a time).
+        self._claims = IndexClaims(storage.metadata) if index is not None and index.store.shared else None
         self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
     @property
@@ -479,8 +487,9 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
     with none is finished; one whose messages could not be read, embedded or written is failed (logged;
     SQL keeps all, and it is tried again at its next request); the rest have more to do."""
     outcome = Outcome()
+    elsewhere: set[Hashable] = set()
     with ExitStack() as held:
-        work = _unindexed(recalls, limit, outcome, held)
+        work = _unindexed(recalls, limit, outcome, held, elsewhere)
         fresh = _embed(work, outcome)
         by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage], list[Message]]]] = {}
         for recall, index, pairs in work:
@@ -505,15 +514,18 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
                     _failed(outcome, [recall for recall, _ in marks], exc)
         for _, index, pairs in work:
             index.remember(pairs, fresh)
+    if elsewhere and not work:  # they go round again: once the other process's pass is likely over
+        time.sleep(_ELSEWHERE_PAUSE)
     return outcome
 
 
 def _unindexed(
-    recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack
+    recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack, elsewhere: set[Hashable]
 ) -> list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]]:
     """The pass's messages: up to ``limit`` unindexed ones over ``recalls`` in order, read in one call per
-    database (a transaction per agent), each agent's under its writing lock (held until the pass ends). Agents
-    left with none are finished; those the limit did not reach go round again."""
+    database (a transaction per agent), each agent's under its writing lock and, where other processes index
+    it too, its claim (both held until the pass ends). Agents left with none are finished; those the limit did
+    not reach, and those another process's pass holds (added to ``elsewhere``), go round again."""
     by_messages: dict[int, list[tuple[RecallMemory, RecallIndex]]] = {}
     for recall in recalls:
         if recall._index is None:  # nothing to index for it
@@ -526,6 +538,9 @@ def _unindexed(
             break
         for recall, _ in group:
             held.enter_context(recall.writing)
+        group = _claimed(group, outcome, held, elsewhere)
+        if not group:
+            continue
         try:
             found = group[0][0]._messages.unindexed_of([recall.agent_id for recall, _ in group], limit)
         except MemGPTError as exc:
@@ -541,6 +556,33 @@ def _unindexed(
             if pairs:
                 work.append((recall, index, pairs))
     return work
+
+
+def _claimed(
+    group: list[tuple[RecallMemory, RecallIndex]], outcome: Outcome, held: ExitStack, elsewhere: set[Hashable]
+) -> list[tuple[RecallMemory, RecallIndex]]:
+    """Those of ``group`` (agents of one database) this pass may index: the ones only this process indexes, and
+    the others once claimed (given back as the pass ends). One that cannot be claimed is failed."""
+    shared = [recall for recall, _ in group if recall._claims is not None]
+    claims = shared[0]._claims if shared else None
+    if claims is None:
+        return group
+    owner = new_owner()
+    try:
+        claimed = claims.claim([recall.agent_id for recall in shared], owner, _CLAIM_SECONDS)
+    except MemGPTError as exc:
+        _failed(outcome, shared, exc)
+        return [(recall, index) for recall, index in group if recall._claims is None]
+    held.callback(_give_back, claims, claimed, owner)
+    elsewhere.update(recall.key for recall in shared if recall.agent_id not in claimed)
+    return [(recall, index) for recall, index in group if recall._claims is None or recall.agent_id in claimed]
+
+
+def _give_back(claims: IndexClaims, agent_ids: set[str], owner: str) -> None:
+    try:
+        claims.release(agent_ids, owner)
+    except MemGPTError as exc:  # they expire
+        logger.warning("cannot give back the recall indexing claims of %d agents (%s)", len(agent_ids), exc)
 
 
 def _embed(

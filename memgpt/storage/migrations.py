@@ -432,6 +432,20 @@ def _0016_recall_without_bare_entries(conn: Connection) -> None:
     conn.execute(text("UPDATE messages SET indexed = FALSE WHERE searchable AND search_text = '' AND indexed"))
 
 
+def _0017_recall_index_claims(conn: Connection) -> None:
+    """Which process writes an agent's recall index entries now, where other processes write them too (see
+    storage/claims.py)."""
+    meta = MetaData()
+    Table(
+        "recall_index_claims",
+        meta,
+        Column("agent_id", String(64), primary_key=True),
+        Column("owner", String(256), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+    )
+    meta.tables["recall_index_claims"].create(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -446,6 +460,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0014_passage_marks", _0014_passage_marks),
     ("0015_agent_versions", _0015_agent_versions),
     ("0016_recall_without_bare_entries", _0016_recall_without_bare_entries),
+    ("0017_recall_index_claims", _0017_recall_index_claims),
 ]
 
 
