@@ -24,11 +24,13 @@ import pytest
 from letta_client import Letta
 from sqlalchemy import event, text
 
+from memgpt.config import load_config
+from memgpt.errors import LeaseLostError
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.turns import TurnInput, TurnRunner
 from memgpt.storage import Storage
 from memgpt.storage import turns as storage_turns
-from memgpt.storage.turns import HOST, LeaseRow, Run, new_owner
+from memgpt.storage.turns import HOST, Fence, LeaseRow, Run, new_owner
 from memgpt.types import Role
 from tests.conftest import _opened_on_metadata_backend
 from tests.scripted_llm import ScriptedLLM
@@ -390,3 +392,51 @@ def test_a_turn_whose_answer_cannot_be_recorded_still_frees_the_agent(
         assert [m.content for m in second.messages if m.message_type == "assistant_message"] == ["Second."]
     finally:
         server.stop()
+
+
+def test_a_holder_stalled_inside_its_fenced_write_neither_blocks_the_takeover_nor_stores_it_after(
+    home: Path, metadata_url: str
+) -> None:
+    """A holder that stops between two statements of its fenced write keeps the lease row locked: a newcomer's
+    claim of the expired lease waits for that lock. PostgreSQL ends the stopped transaction once it idled for
+    the lease's length (undoing it), the claim goes on, and the holder's write, when it goes on, is refused as
+    fenced. (SQLite has no server to end it: the newcomer's write waits for the busy timeout, then fails.)"""
+    if not metadata_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: on SQLite a stopped writer holds the database's write lock until it goes on")
+    config = load_config(home)
+    config.server.lease_seconds = LEASE = 3.0
+    storage = Storage(config, home)
+    holder, stalled, go_on = new_owner(), threading.Event(), threading.Event()
+    refused: list[BaseException] = []
+
+    def stop_inside(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if threading.current_thread().name == "holder" and sql.lstrip().upper().startswith("UPDATE AGENT_LEASES"):
+            stalled.set()
+            go_on.wait(30)  # the fence is held (the row locked), the transaction open: a stopped process
+
+    def fenced_write() -> None:
+        try:
+            storage.agents.record_effects("a1", [], fence=Fence("a1", holder))
+        except LeaseLostError as exc:
+            refused.append(exc)
+
+    try:
+        assert storage.turns.acquire("a1", holder, "run-1", LEASE) is not None
+        event.listen(storage.metadata.engine, "after_cursor_execute", stop_inside)
+        writer = threading.Thread(target=fenced_write, name="holder")
+        writer.start()
+        assert stalled.wait(30)
+        started = time.monotonic()
+        newcomer = new_owner()
+        while storage.turns.acquire("a1", newcomer, "run-2", LEASE) is None:  # until the lease expired
+            time.sleep(0.1)
+        took = time.monotonic() - started
+        go_on.set()
+        writer.join(30)
+        assert took < 2 * LEASE + 2, f"the takeover waited {took:.1f} s for the stopped holder's transaction"
+        assert lease_owner(storage, "a1") == newcomer
+        assert len(refused) == 1 and "took the agent over" in str(refused[0]), refused
+    finally:
+        go_on.set()
+        event.remove(storage.metadata.engine, "after_cursor_execute", stop_inside)
+        storage.close()
