@@ -162,6 +162,23 @@ def test_urls_as_users_write_them(postgres_url: str) -> None:
         store.close()
 
 
+def test_postgresql_ends_a_transaction_left_idle_for_the_lease_length_unless_the_url_says_otherwise(
+    postgres_url: str,
+) -> None:
+    """A process stopped inside a transaction must not keep its row locks for longer than a lease lasts (see
+    tests/test_lease.py and tests/test_server_fencing.py for what that unblocks); a URL's own setting wins."""
+    own = f"{postgres_url}?options=-c%20idle_in_transaction_session_timeout%3D9s"
+    for url, expected in ((postgres_url, "3500ms"), (own, "9s")):
+        store = MetadataStore(url, idle_transaction_seconds=3.5)
+        with store.connection() as c:
+            assert c.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == expected
+        store.close()
+    store = MetadataStore(postgres_url)  # none asked for: the server's own (0, never)
+    with store.connection() as c:
+        assert c.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
+    store.close()
+
+
 def test_a_url_that_is_not_one_is_one_line() -> None:
     with pytest.raises(StorageError, match=r"^metadata_url 'not a url' is not a database URL"):
         MetadataStore("not a url")

@@ -226,7 +226,7 @@ def create_metadata_engine(url: URL, *, idle_transaction_seconds: float | None =
     """An engine with the options each database needs: SQLite waits for other processes' writes;
     PostgreSQL checks pooled connections before use (servers restart) and gives up connecting in 10 s, and with
     ``idle_transaction_seconds`` ends a session whose transaction waited that long for its client's next
-    statement (see ``_idle_transaction_options``)."""
+    statement (see ``_end_idle_transactions``)."""
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -235,31 +235,40 @@ def create_metadata_engine(url: URL, *, idle_transaction_seconds: float | None =
         return engine
     if url.get_backend_name() == "postgresql":
         defaults = {"connect_timeout": 10, "application_name": "memgpt"}
-        connect_args: dict[str, Any] = {k: v for k, v in defaults.items() if k not in url.query}
-        connect_args.update(_idle_transaction_options(url, idle_transaction_seconds))
-        return create_engine(
-            url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, connect_args=connect_args
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            pool_recycle=1800,
+            connect_args={k: v for k, v in defaults.items() if k not in url.query},
         )
+        _end_idle_transactions(engine, url, idle_transaction_seconds)
+        return engine
     return create_engine(url, pool_pre_ping=True)
 
 
-def _idle_transaction_options(url: URL, seconds: float | None) -> dict[str, str]:
-    """PostgreSQL's ``idle_in_transaction_session_timeout`` for every session, added to the URL's own
-    ``options`` (one the URL sets itself is kept). A process stopped between two statements of a transaction (a
-    SIGSTOP, a frozen VM, a long pause) keeps that transaction's row locks while it is stopped; a server turn's
-    transactions lock its agent's lease row, so another process's takeover of the expired lease would wait for
-    as long as the stopped one stays stopped. Ended by the database after ``seconds`` (the lease's length), the
-    stopped transaction is undone whole and the takeover goes on; the stopped process's next statement on that
-    session fails (a fenced write then reports its lease lost). No transaction of memgpt waits for its client
-    that long while the client runs."""
-    if seconds is None:
-        return {}
+def _end_idle_transactions(engine: Engine, url: URL, seconds: float | None) -> None:
+    """PostgreSQL's ``idle_in_transaction_session_timeout`` for every session of ``engine`` (unless the URL's
+    ``options`` set it). A process stopped between two statements of a transaction (a SIGSTOP, a frozen VM, a
+    long pause) keeps that transaction's row locks while it is stopped; a server turn's transactions lock its
+    agent's lease row, so another process's takeover of the expired lease would wait for as long as the stopped
+    one stays stopped. Ended by the database after ``seconds`` (the lease's length), the stopped transaction is
+    undone whole and the takeover goes on; the stopped process's next statement on that session fails (a fenced
+    write then reports its lease lost). No transaction of memgpt waits for its client that long while the client
+    runs. Set by a statement as each connection opens rather than as a startup option, which PgBouncer refuses."""
     own = url.query.get("options", "")
-    own = " ".join(own) if isinstance(own, tuple) else own
-    if "idle_in_transaction_session_timeout" in own:
-        return {}
-    setting = f"-c idle_in_transaction_session_timeout={max(1, round(seconds * 1000))}"
-    return {"options": f"{own} {setting}".strip()}
+    if seconds is None or "idle_in_transaction_session_timeout" in (" ".join(own) if isinstance(own, tuple) else own):
+        return
+    setting = f"SET idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
+
+    def opened(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(setting)
+        cursor.close()
+        dbapi_connection.commit()  # a session's setting: it outlives this transaction
+
+    event.listen(engine, "connect", opened)
 
 
 def _reason(exc: BaseException) -> str:
