@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from memgpt.agent.agent import END_TURN, Agent
+from memgpt.agent.agent import END_TURN, Agent, user_message
 from memgpt.agent.manager import open_agent
 from memgpt.agent.tools import folder_signature
 from memgpt.errors import AgentBusyError, BackendError, ConfigError, LLMError, MemGPTError, NotFoundError
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
+from memgpt.memory.messages import stored
 from memgpt.memory.recall import settle_indexing
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
 from memgpt.storage.turns import FINISHED, Fence, Grant, Run, new_owner
@@ -247,6 +248,19 @@ class _Threads:
                         return
 
 
+@dataclass(frozen=True)
+class _Opened:
+    """A new turn with its agent opened under its lease (``grant``), and the message it answers, stored with it."""
+
+    turn: Turn
+    agent: Agent
+    meter: UsageMeter
+    owner: str
+    opening: Message
+    grant: Grant
+    tools: Hashable | None  # the user tools folder's signature when the agent may be kept open after the turn
+
+
 @dataclass
 class _Kept:
     """An agent kept open after its turn, as its storage stood at ``version`` (of the lease it ran under)."""
@@ -334,14 +348,12 @@ class TurnRunner:
         if isinstance(opened, Turn):
             started.set_result(opened)
             return
-        turn, agent, meter, owner, keep = opened
-        started.set_result(turn)
-        self._run(turn, agent, meter, request, owner, keep)
+        started.set_result(opened.turn)
+        self._run(opened, request)
 
-    def _opening(
-        self, request: TurnInput
-    ) -> Turn | tuple[Turn, Agent, UsageMeter, str, tuple[Grant, Hashable | None]]:
-        """The turn a retry joins, or a new turn with its agent opened under the lease just taken."""
+    def _opening(self, request: TurnInput) -> Turn | _Opened:
+        """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
+        it answers stored with the lease)."""
         if request.retry:
             earlier = self._earlier(request)
             if earlier is not None:
@@ -352,7 +364,10 @@ class TurnRunner:
         # is opened, which can take a while: a retry that comes meanwhile joins it instead of waiting for the lease.
         run = Run(run_id, request.agent_id, request.digest)
         retry = request if request.retry else None
-        taken = self._take_lease(request.agent_id, owner, run_id, retry=retry, run=run, user_id=request.user_id)
+        opening = user_message(request.agent_id, request.text, alert=request.role == "system")
+        taken = self._take_lease(
+            request.agent_id, owner, run_id, retry=retry, run=run, user_id=request.user_id, message=opening
+        )
         if isinstance(taken, Turn):
             return taken
         turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
@@ -361,9 +376,9 @@ class TurnRunner:
         try:
             agent, meter, tools = self._open(request, taken)
         except BaseException as exc:
-            self._not_opened(turn, owner, exc)
+            self._not_opened(turn, owner, exc, opening.id)
             raise
-        return turn, agent, meter, owner, (taken, tools)
+        return _Opened(turn, agent, meter, owner, opening, taken, tools)
 
     def _prune(self, agent_id: str) -> timedelta | None:
         """RETRY_WINDOW when the agent's old runs are due to be forgotten, else None."""
@@ -382,17 +397,21 @@ class TurnRunner:
         retry: TurnInput | None = None,
         run: Run | None = None,
         user_id: str | None = None,
+        message: Message | None = None,
     ) -> Grant | Turn:
-        """Take the agent's lease (recording ``run`` with it), or, for a ``retry``, find the turn its first try
-        started meanwhile. With ``user_id``, another user's agent is a NotFoundError (read with the lease, or
-        once while another turn holds it), never a wait."""
+        """Take the agent's lease (recording ``run`` and ``message`` with it), or, for a ``retry``, find the turn its
+        first try started meanwhile. With ``user_id``, another user's agent is a NotFoundError (read with the lease,
+        or once while another turn holds it), never a wait."""
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
         keep = self._prune(agent_id) if run is not None else None
         ttl = self.timing.lease_ttl
         checked = user_id is None
+        record = stored(message) if message is not None else None
         while True:
-            grant = self._turns.acquire(agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id)
+            grant = self._turns.acquire(
+                agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record
+            )
             if grant is not None:
                 return grant
             if not checked:
@@ -410,15 +429,16 @@ class TurnRunner:
                 self._released.wait(pause)
             pause = min(0.25, pause * 2)
 
-    def _not_opened(self, turn: Turn, owner: str, exc: BaseException) -> None:
-        """The agent could not be opened: end the turn for retries that joined it, and forget it, so that a
-        later retry tries again (the failure may pass) rather than get this answer; free the agent."""
+    def _not_opened(self, turn: Turn, owner: str, exc: BaseException, message: str) -> None:
+        """The agent could not be opened: end the turn for retries that joined it, and forget it with the message it
+        stored, so that a later retry tries again (the failure may pass) rather than get this answer; free the
+        agent."""
         error = ("internal_error", str(exc) if isinstance(exc, MemGPTError) else type(exc).__name__)
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
         try:
-            self._turns.forget_run(turn.run_id)
+            self._turns.forget_run(turn.run_id, message)
         finally:
             self._release(turn.agent_id, owner)
             turn.finish("error", Usage(), error)
@@ -524,15 +544,8 @@ class TurnRunner:
             time.sleep(0.1)
 
     # -- running ----------------------------------------------------------------------------------
-    def _run(
-        self,
-        turn: Turn,
-        agent: Agent,
-        meter: UsageMeter,
-        request: TurnInput,
-        owner: str,
-        keep: tuple[Grant, Hashable | None],
-    ) -> None:
+    def _run(self, opened: _Opened, request: TurnInput) -> None:
+        turn, agent, meter, owner = opened.turn, opened.agent, opened.meter, opened.owner
         agent.on_commit = turn.add_step
         fence = Fence(request.agent_id, owner)
         agent.fence = fence  # should this process stall past the lease, nothing more is stored
@@ -540,8 +553,7 @@ class TurnRunner:
         agent.stop_requested = lambda: turn.cancel.is_set() or fence.cancelled.is_set()
         error: tuple[str, str] | None = None
         try:
-            events = agent.alert(request.text) if request.role == "system" else agent.send(request.text)
-            reason = _drain(events)
+            reason = _drain(agent.reply_to(opened.opening))
         except LLMError as exc:
             reason, error = "llm_api_error", ("llm_error", str(exc))
         except MemGPTError as exc:
@@ -570,7 +582,7 @@ class TurnRunner:
             # Else nothing waits for it: this process's indexer gathers every agent's messages into larger passes.
             agent.close(wait=False)
             if error is None:  # else what it holds may differ from what was stored: the next turn opens it afresh
-                self._keep(agent, *keep)
+                self._keep(agent, opened.grant, opened.tools)
         finally:
             try:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
