@@ -293,6 +293,9 @@ def test_two_sends_to_one_agent_are_serialized_never_interleaved(
     # user, assistant, tool; then the other turn whole. Which send reaches the agent first is the threads' race
     # (the 0.1 s head start is not a promise under load): the turns must not interleave, in either order.
     assert sorted([firsts, seconds]) == [[0], [3]]
+    # The message that waited is stored with the lease it waited for, and dated then: after the other turn's.
+    dates = [m.created_at for m in server.state.storage.messages.last(agent_id, 1000)]
+    assert dates == sorted(dates)
 
 
 @pytest.mark.usefixtures("metadata_url")

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -370,15 +370,17 @@ class TurnRunner:
         )
         if isinstance(taken, Turn):
             return taken
+        grant, dated = taken
+        opening = dated or opening  # as stored: dated when the lease was taken
         turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
         with self._guard:
             self._active[request.agent_id] = (turn, owner)
         try:
-            agent, meter, tools = self._open(request, taken)
+            agent, meter, tools = self._open(request, grant)
         except BaseException as exc:
             self._not_opened(turn, owner, exc, opening.id)
             raise
-        return _Opened(turn, agent, meter, owner, opening, taken, tools)
+        return _Opened(turn, agent, meter, owner, opening, grant, tools)
 
     def _prune(self, agent_id: str) -> timedelta | None:
         """RETRY_WINDOW when the agent's old runs are due to be forgotten, else None."""
@@ -398,22 +400,25 @@ class TurnRunner:
         run: Run | None = None,
         user_id: str | None = None,
         message: Message | None = None,
-    ) -> Grant | Turn:
-        """Take the agent's lease (recording ``run`` and ``message`` with it), or, for a ``retry``, find the turn its
-        first try started meanwhile. With ``user_id``, another user's agent is a NotFoundError (read with the lease,
-        or once while another turn holds it), never a wait."""
+    ) -> tuple[Grant, Message | None] | Turn:
+        """Take the agent's lease (recording ``run`` and ``message`` with it, the message dated when the lease is
+        taken: after the turn it waited for), or, for a ``retry``, find the turn its first try started meanwhile.
+        With ``user_id``, another user's agent is a NotFoundError (read with the lease, or once while another turn
+        holds it), never a wait."""
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
         keep = self._prune(agent_id) if run is not None else None
         ttl = self.timing.lease_ttl
         checked = user_id is None
-        record = stored(message) if message is not None else None
         while True:
+            if message is not None:
+                message = replace(message, created_at=utc_now())
+            record = stored(message) if message is not None else None
             grant = self._turns.acquire(
                 agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record
             )
             if grant is not None:
-                return grant
+                return grant, message
             if not checked:
                 if not self.state.storage.agents.belongs(user_id or "", agent_id):
                     raise NotFoundError(f"no agent with id {agent_id!r}")
