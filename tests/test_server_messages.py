@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from memgpt.agent.manager import update_agent, update_block
 from memgpt.config import load_config, save_config
+from memgpt.errors import BackendError
 from memgpt.memory.messages import stored
 from memgpt.server import turns
 from memgpt.storage import Storage
@@ -292,6 +293,9 @@ def test_two_sends_to_one_agent_are_serialized_never_interleaved(
     # user, assistant, tool; then the other turn whole. Which send reaches the agent first is the threads' race
     # (the 0.1 s head start is not a promise under load): the turns must not interleave, in either order.
     assert sorted([firsts, seconds]) == [[0], [3]]
+    # The message that waited is stored with the lease it waited for, and dated then: after the other turn's.
+    dates = [m.created_at for m in server.state.storage.messages.last(agent_id, 1000)]
+    assert dates == sorted(dates)
 
 
 @pytest.mark.usefixtures("metadata_url")
@@ -420,6 +424,28 @@ def test_an_agent_stays_open_between_turns_while_nothing_else_changes_it(
     letta.agents.messages.create(agent_id, input="who am I?")
     assert opened == [agent_id, agent_id]
     assert "Name: Chad B." in llm.requests[-1]["messages"][0]["content"]
+    # The message is stored with the lease, before the agent is opened: the reopened agent has it once.
+    said = [json.loads(m["content"]) for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+    mine = [m["message"] for m in said if m["type"] == "user_message"]
+    assert mine == [*(f"message {n}" for n in range(3)), "who am I?"]
+
+
+def test_a_send_whose_agent_cannot_be_opened_stores_no_message(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = turns.open_agent
+
+    def broken(storage: Storage, state: AgentState, **options: Any) -> Any:
+        raise BackendError("the embedding model cannot be loaded")
+
+    monkeypatch.setattr(turns, "open_agent", broken)
+    with pytest.raises(APIStatusError):
+        letta.agents.messages.create(agent_id, input="hello")
+    assert user_messages(server, agent_id) == []  # stored with the lease, forgotten with the run
+    monkeypatch.setattr(turns, "open_agent", real)
+    llm.reply("Hi.")
+    letta.agents.messages.create(agent_id, input="hello")  # the client sends it again: stored once
+    assert user_messages(server, agent_id) == ["hello"]
 
 
 def test_changes_made_by_another_process_between_turns_reach_the_next_prompt(

@@ -102,6 +102,19 @@ def new_id() -> str:
     return f"message-{uuid.uuid4()}"
 
 
+def user_message(agent_id: str, text: str, *, alert: bool = False) -> Message:
+    """What the person sends (``alert``: an event the agent should know of), as ``Agent.send`` and ``Agent.alert``
+    store it: for a turn that stores it itself and then has the agent answer it (``Agent.reply_to``)."""
+    return Message(
+        id=new_id(),
+        agent_id=agent_id,
+        role=Role.USER,
+        content=text,
+        created_at=utc_now(),
+        name=SYSTEM_ALERT if alert else "",
+    )
+
+
 def _never() -> bool:
     return False
 
@@ -256,6 +269,19 @@ class Agent:
 
     def alert(self, text: str) -> Generator[Event, None, str]:
         return (yield from self._turn(self._message(Role.USER, text, name=SYSTEM_ALERT)))
+
+    def reply_to(self, opening: Message) -> Generator[Event, None, str]:
+        """``send`` (or ``alert``) for a message already stored (``user_message``; the server stores it in the
+        transaction that takes the agent's lease): the agent's steps until it waits for the user again."""
+        self._settle()
+        self._sources_checked = self._sources_checked and not self.recheck_sources
+        window = self._in_window()
+        # An agent opened after the message was stored read it with its window (and with its recall count).
+        if not window.messages or window.messages[-1].id != opening.id:
+            window.extend([opening])
+            if self._recall_count is not None:
+                self._recall_count += 1
+        return (yield from self._chain())
 
     def memory_warning(self) -> Iterator[Event]:
         """The memory-pressure alert the agent gets near a full context window, on request (/memorywarning)."""

@@ -13,26 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from memgpt.agent.agent import END_TURN, Agent
+from memgpt.agent.agent import END_TURN, Agent, user_message
 from memgpt.agent.manager import open_agent
 from memgpt.agent.tools import folder_signature
 from memgpt.errors import AgentBusyError, BackendError, ConfigError, LLMError, MemGPTError, NotFoundError
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
+from memgpt.memory.messages import stored
 from memgpt.memory.recall import settle_indexing
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
 from memgpt.storage.turns import FINISHED, Fence, Grant, Run, new_owner
@@ -204,6 +207,60 @@ class Turn:
         return turn
 
 
+class _Threads:
+    """Threads for turns, each kept ``idle`` seconds after its turn for the next: a turn goes to an idle one, or
+    to a new one when none is idle, so turns never queue. Starting a thread costs ~60 µs of CPU where handing a
+    turn to a waiting one costs ~12, and the event loop that starts a thread waits until it runs (under load, until
+    it gets the GIL). Daemon threads: stopping the server does not wait for an LLM that hangs (a step is stored
+    whole or not)."""
+
+    def __init__(self, name: str, idle: float = 60.0) -> None:
+        self._name = name
+        self._idle_for = idle
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job; each job put in the queue took one of them
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        threading.Thread(target=self._serve, args=(job,), name=self._name, daemon=True).start()
+
+    def _serve(self, job: Callable[[], None]) -> None:
+        while True:
+            try:
+                job()
+            except Exception:  # a job handles its own errors; this thread must live on for the next
+                logger.exception("a %s thread's job failed", self._name)
+            with self._lock:
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=self._idle_for)
+            except queue.Empty:
+                with self._lock:  # a job put meanwhile was counted against the idle threads: this one takes it
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """A new turn with its agent opened under its lease (``grant``), and the message it answers, stored with it."""
+
+    turn: Turn
+    agent: Agent
+    meter: UsageMeter
+    owner: str
+    opening: Message
+    grant: Grant
+    tools: Hashable | None  # the user tools folder's signature when the agent may be kept open after the turn
+
+
 @dataclass
 class _Kept:
     """An agent kept open after its turn, as its storage stood at ``version`` (of the lease it ran under)."""
@@ -239,6 +296,7 @@ class TurnRunner:
         self._pruned: dict[str, float] = {}  # agent id -> when this process last forgot its old runs
         self._kept: OrderedDict[str, _Kept] = OrderedDict()  # agents open between turns, least recently used first
         self._opening_slots = threading.BoundedSemaphore(OPENING_LIMIT)
+        self._threads = _Threads("turn")
         self._stopping = threading.Event()
         self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
         self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
@@ -259,15 +317,15 @@ class TurnRunner:
 
     # -- starting ---------------------------------------------------------------------------------
     def begin(self, request: TurnInput) -> Future[Turn]:
-        """``start`` on the turn's own thread, which then runs the turn: the future gets the turn (or the error
-        that kept it from starting) as soon as it runs. An API request awaits it instead of a thread-pool hop."""
+        """``start`` on the turn's own thread (``_Threads``), which then runs the turn: the future gets the turn (or
+        the error that kept it from starting) as soon as it runs. An API request awaits it instead of a thread-pool
+        hop."""
         if not self._opening_slots.acquire(blocking=False):
             raise BackendError(f"this server is opening {OPENING_LIMIT} turns already: send again in a moment")
         started: Future[Turn] = Future()
         started.set_running_or_notify_cancel()  # a client that goes away while it starts cannot cancel it
-        # A daemon thread: stopping the server does not wait for an LLM that hangs (a step is stored whole or not).
         try:
-            threading.Thread(target=self._begin, args=(request, started), name="turn", daemon=True).start()
+            self._threads.run(functools.partial(self._begin, request, started))
         except BaseException:
             self._opening_slots.release()
             raise
@@ -290,14 +348,12 @@ class TurnRunner:
         if isinstance(opened, Turn):
             started.set_result(opened)
             return
-        turn, agent, meter, owner, keep = opened
-        started.set_result(turn)
-        self._run(turn, agent, meter, request, owner, keep)
+        started.set_result(opened.turn)
+        self._run(opened, request)
 
-    def _opening(
-        self, request: TurnInput
-    ) -> Turn | tuple[Turn, Agent, UsageMeter, str, tuple[Grant, Hashable | None]]:
-        """The turn a retry joins, or a new turn with its agent opened under the lease just taken."""
+    def _opening(self, request: TurnInput) -> Turn | _Opened:
+        """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
+        it answers stored with the lease)."""
         if request.retry:
             earlier = self._earlier(request)
             if earlier is not None:
@@ -308,18 +364,23 @@ class TurnRunner:
         # is opened, which can take a while: a retry that comes meanwhile joins it instead of waiting for the lease.
         run = Run(run_id, request.agent_id, request.digest)
         retry = request if request.retry else None
-        taken = self._take_lease(request.agent_id, owner, run_id, retry=retry, run=run, user_id=request.user_id)
+        opening = user_message(request.agent_id, request.text, alert=request.role == "system")
+        taken = self._take_lease(
+            request.agent_id, owner, run_id, retry=retry, run=run, user_id=request.user_id, message=opening
+        )
         if isinstance(taken, Turn):
             return taken
+        grant, dated = taken
+        opening = dated or opening  # as stored: dated when the lease was taken
         turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
         with self._guard:
             self._active[request.agent_id] = (turn, owner)
         try:
-            agent, meter, tools = self._open(request, taken)
+            agent, meter, tools = self._open(request, grant)
         except BaseException as exc:
-            self._not_opened(turn, owner, exc)
+            self._not_opened(turn, owner, exc, opening.id)
             raise
-        return turn, agent, meter, owner, (taken, tools)
+        return _Opened(turn, agent, meter, owner, opening, grant, tools)
 
     def _prune(self, agent_id: str) -> timedelta | None:
         """RETRY_WINDOW when the agent's old runs are due to be forgotten, else None."""
@@ -338,19 +399,26 @@ class TurnRunner:
         retry: TurnInput | None = None,
         run: Run | None = None,
         user_id: str | None = None,
-    ) -> Grant | Turn:
-        """Take the agent's lease (recording ``run`` with it), or, for a ``retry``, find the turn its first try
-        started meanwhile. With ``user_id``, another user's agent is a NotFoundError (read with the lease, or
-        once while another turn holds it), never a wait."""
+        message: Message | None = None,
+    ) -> tuple[Grant, Message | None] | Turn:
+        """Take the agent's lease (recording ``run`` and ``message`` with it, the message dated when the lease is
+        taken: after the turn it waited for), or, for a ``retry``, find the turn its first try started meanwhile.
+        With ``user_id``, another user's agent is a NotFoundError (read with the lease, or once while another turn
+        holds it), never a wait."""
         deadline = time.monotonic() + self.timing.busy_wait
         pause = 0.05
         keep = self._prune(agent_id) if run is not None else None
         ttl = self.timing.lease_ttl
         checked = user_id is None
         while True:
-            grant = self._turns.acquire(agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id)
+            if message is not None:
+                message = replace(message, created_at=utc_now())
+            record = stored(message) if message is not None else None
+            grant = self._turns.acquire(
+                agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record
+            )
             if grant is not None:
-                return grant
+                return grant, message
             if not checked:
                 if not self.state.storage.agents.belongs(user_id or "", agent_id):
                     raise NotFoundError(f"no agent with id {agent_id!r}")
@@ -366,15 +434,16 @@ class TurnRunner:
                 self._released.wait(pause)
             pause = min(0.25, pause * 2)
 
-    def _not_opened(self, turn: Turn, owner: str, exc: BaseException) -> None:
-        """The agent could not be opened: end the turn for retries that joined it, and forget it, so that a
-        later retry tries again (the failure may pass) rather than get this answer; free the agent."""
+    def _not_opened(self, turn: Turn, owner: str, exc: BaseException, message: str) -> None:
+        """The agent could not be opened: end the turn for retries that joined it, and forget it with the message it
+        stored, so that a later retry tries again (the failure may pass) rather than get this answer; free the
+        agent."""
         error = ("internal_error", str(exc) if isinstance(exc, MemGPTError) else type(exc).__name__)
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
         try:
-            self._turns.forget_run(turn.run_id)
+            self._turns.forget_run(turn.run_id, message)
         finally:
             self._release(turn.agent_id, owner)
             turn.finish("error", Usage(), error)
@@ -480,15 +549,8 @@ class TurnRunner:
             time.sleep(0.1)
 
     # -- running ----------------------------------------------------------------------------------
-    def _run(
-        self,
-        turn: Turn,
-        agent: Agent,
-        meter: UsageMeter,
-        request: TurnInput,
-        owner: str,
-        keep: tuple[Grant, Hashable | None],
-    ) -> None:
+    def _run(self, opened: _Opened, request: TurnInput) -> None:
+        turn, agent, meter, owner = opened.turn, opened.agent, opened.meter, opened.owner
         agent.on_commit = turn.add_step
         fence = Fence(request.agent_id, owner)
         agent.fence = fence  # should this process stall past the lease, nothing more is stored
@@ -496,8 +558,7 @@ class TurnRunner:
         agent.stop_requested = lambda: turn.cancel.is_set() or fence.cancelled.is_set()
         error: tuple[str, str] | None = None
         try:
-            events = agent.alert(request.text) if request.role == "system" else agent.send(request.text)
-            reason = _drain(events)
+            reason = _drain(agent.reply_to(opened.opening))
         except LLMError as exc:
             reason, error = "llm_api_error", ("llm_error", str(exc))
         except MemGPTError as exc:
@@ -526,7 +587,7 @@ class TurnRunner:
             # Else nothing waits for it: this process's indexer gathers every agent's messages into larger passes.
             agent.close(wait=False)
             if error is None:  # else what it holds may differ from what was stored: the next turn opens it afresh
-                self._keep(agent, *keep)
+                self._keep(agent, opened.grant, opened.tools)
         finally:
             try:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -54,6 +54,9 @@ from memgpt.errors import LeaseLostError, NotFoundError, StorageError
 from memgpt.procfs import stat_fields
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import utc_now
+
+if TYPE_CHECKING:
+    from memgpt.storage.messages import StoredMessage
 
 
 def _place() -> str:
@@ -209,6 +212,12 @@ def _agents() -> Any:
     return table("agents", column("id"), column("user_id"), column("version"), column("created_at", UTCDateTime))
 
 
+def _last_seq() -> Any:
+    """Where the agent ``p_agent``'s messages end (storage/messages.py builds on this module), as a scalar subquery."""
+    messages = table("messages", column("agent_id"), column("seq"))
+    return select(func.max(messages.c.seq)).where(messages.c.agent_id == bindparam("p_agent")).scalar_subquery()
+
+
 # The dialects whose INSERT has ON CONFLICT, by module, imported when a home of that dialect takes a lease rather
 # than with this module: PostgreSQL's cost ~0.07 s of every `memgpt run` on a SQLite home. A home's engine has
 # imported its own dialect's module already, so a server's threads import nothing here.
@@ -222,6 +231,7 @@ class _Prepared:
 
     claim: Any  # None on a database without ON CONFLICT
     grant: Any
+    grant_reading_last: Any  # ``grant`` reading where the agent's messages end too
     record_run: Any
     finish_run: Any
     release: Any
@@ -250,12 +260,12 @@ def _prepared(dialect: str) -> _Prepared:
             )
             .returning(leases.c.agent_id)
         )
+    grant = update(agents).where(agents.c.id == bindparam("p_agent")).values(version=agents.c.version + 1)
+    granted = (agents.c.version, agents.c.created_at, agents.c.user_id)
     return _Prepared(
         claim=claim,
-        grant=update(agents)
-        .where(agents.c.id == bindparam("p_agent"))
-        .values(version=agents.c.version + 1)
-        .returning(agents.c.version, agents.c.created_at, agents.c.user_id),
+        grant=grant.returning(*granted),
+        grant_reading_last=grant.returning(*granted, _last_seq()),
         record_run=sql_insert(runs).values(
             id=bindparam("p_run"),
             agent_id=bindparam("p_agent"),
@@ -354,6 +364,7 @@ class _Take:
     run: Run | None
     keep: timedelta | None
     user_id: str | None
+    message: StoredMessage | None = None
 
     def fresh(self, dialect: str) -> dict[str, object]:
         expires = database_now(dialect, self.ttl)
@@ -377,11 +388,13 @@ class TurnStore:
         run: Run | None = None,
         keep: timedelta | None = None,
         user_id: str | None = None,
+        message: StoredMessage | None = None,
     ) -> Grant | None:
         """Take the agent's lease for ``ttl`` seconds; None while another live owner holds it. With ``run``, the
-        turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten).
+        turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten),
+        and so is ``message``, the one the turn answers (after the agent's last; the version does not move for it).
         With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken."""
-        take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id)
+        take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id, message)
         prepared = _prepared(self._dialect)
         if prepared.claim is None:  # no ON CONFLICT: an INSERT refused while the row exists, then an UPDATE if expired
             grant = self._insert(agent_id, take) or self._take_expired(agent_id, take)
@@ -401,14 +414,20 @@ class TurnStore:
             return self._granted(c, agent_id, take)
 
     def _granted(self, c: Session | Connection, agent_id: str, take: _Take) -> Grant:
-        """In the transaction that took the lease: move the agent's version and read it, record the run. An agent
-        not ``take.user_id``'s raises NotFoundError, which undoes the transaction (the lease is not taken)."""
+        """In the transaction that took the lease: move the agent's version and read it (and where its messages end),
+        record the run and the turn's message. An agent not ``take.user_id``'s raises NotFoundError, which undoes the
+        transaction (the lease is not taken)."""
         prepared = _prepared(self._dialect)
-        moved = c.execute(prepared.grant, {"p_agent": agent_id}).first()
+        grant = prepared.grant if take.message is None else prepared.grant_reading_last
+        moved = c.execute(grant, {"p_agent": agent_id}).first()
         if take.user_id is not None and (moved is None or moved[2] != take.user_id):
             raise NotFoundError(f"no agent with id {agent_id!r}")
         if take.run is not None:
             self._record_run(c, take.run, take.keep, take.now)
+        if take.message is not None and moved is not None:
+            from memgpt.storage.messages import write_messages  # that module builds on this one
+
+            write_messages(c, agent_id, [take.message], last=moved[3] or 0)
         return Grant(moved[0], moved[1]) if moved is not None else Grant(None, None)
 
     def _insert(self, agent_id: str, take: _Take) -> Grant | None:
@@ -514,10 +533,14 @@ class TurnStore:
         values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
         c.execute(_prepared(self._dialect).finish_run, values)
 
-    def forget_run(self, run_id: str) -> None:
-        """Delete a run that never started (its agent could not be opened)."""
+    def forget_run(self, run_id: str, message: str | None = None) -> None:
+        """Delete a run that never started (its agent could not be opened), and the ``message`` (id) recorded with
+        it: a retry of the send stores it again."""
         with self._metadata.session() as s:
             s.execute(delete(RunRow).where(RunRow.id == run_id))
+            if message is not None:
+                messages = table("messages", column("id"))
+                s.execute(delete(messages).where(messages.c.id == message))
 
     def run(self, run_id: str) -> Run | None:
         with self._metadata.session() as s:
