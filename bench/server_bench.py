@@ -3,15 +3,18 @@
     python bench/server_bench.py [--clients 10,50,100] [--turns 5] [--backend default|scale|both] [--header]
     python bench/server_bench.py --backend scale --workers 2    # several server processes on one database
     python bench/server_bench.py --backend default --workers 2  # ... sharing one Milvus Lite server
+    python bench/server_bench.py --backend default --workers 2 --connections own  # a connection per client
 
 The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
 "scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
 OpenAI-compatible server in this process that answers every request with a `send_message` after
 ``--llm-ms`` (200 ms): a turn is one LLM call, so what a turn takes beyond that is the server's own cost.
 
-Clients speak raw HTTP with httpx (asyncio, one connection each) rather than letta-client: the client's
-pydantic validation of every answer would take CPU from the server on the same cores and count in the
-latencies. Each client sends ``--turns`` messages one after another; meanwhile one more client loops over
+Clients speak raw HTTP with httpx (asyncio) rather than letta-client: the client's pydantic validation of every
+answer would take CPU from the server on the same cores and count in the latencies. They share one connection
+pool, as one app driving many agents does (``--connections own``: each its own connection, as separate apps do;
+with ``--workers`` that decides whether an agent's turns stay in one worker, see ``_warm_and_load``). Each
+client sends ``--turns`` messages one after another; meanwhile one more client loops over
 the non-LLM routes (list agents, archival search). After the run every agent's stored history is read back:
 a lost message is a sent one whose user message or reply is missing.
 
@@ -21,8 +24,9 @@ all threads, the non-LLM routes included) of the server process, of the processe
 ``milvus``; with ``--workers``, the workers), of this process (the clients and the LLM stub) and of the whole
 machine (with how many cores were busy: other people's work counts there too). The CPU is counted until the
 server's recall indexing has caught up with every message (SQLite only; the last column says how long after
-the load that took), so work a turn leaves for later is not missed. On a machine shared with other work the
-latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
+the load that took), so work a turn leaves for later is not missed. With ``--workers``, a line after the row
+gives each process the server started (Milvus Lite, each worker) its CPU per turn. On a machine shared with
+other work the latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
 
 ``--profile FILE`` also runs py-spy (``pip install py-spy``) on the server during each measured load: the share
 of its samples in which a server thread held the GIL, collapsed stacks of those threads in FILE-<clients>.txt,
@@ -205,19 +209,38 @@ async def _observer(http: httpx.AsyncClient, agents: list[str], done: asyncio.Ev
         number += 1
 
 
-async def _load(url: str, key: str, agents: list[str], turns: int, tag: str) -> Results:
+async def _load(clients: list[httpx.AsyncClient], agents: list[str], turns: int, tag: str) -> Results:
+    """Each agent's ``turns`` messages through ``clients`` (one shared, or one per agent plus one for the
+    observer, the last), the observer looping meanwhile."""
     results = Results()
-    limits = httpx.Limits(max_connections=len(agents) + 4, max_keepalive_connections=len(agents) + 4)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) as http:
-        done = asyncio.Event()
-        observer = asyncio.create_task(_observer(http, agents, done, results))
-        start = time.perf_counter()
-        await asyncio.gather(*(_client(http, agent, turns, tag, results) for agent in agents))
-        results.wall = time.perf_counter() - start
-        done.set()
-        await observer
+    done = asyncio.Event()
+    observer = asyncio.create_task(_observer(clients[-1], agents, done, results))
+    start = time.perf_counter()
+    senders = clients[:-1] if len(clients) > 1 else clients * len(agents)
+    pairs = zip(senders, agents, strict=True)
+    await asyncio.gather(*(_client(http, agent, turns, tag, results) for http, agent in pairs))
+    results.wall = time.perf_counter() - start
+    done.set()
+    await observer
     return results
+
+
+async def _warm_and_load(url: str, key: str, agents: list[str], turns: int, own: bool, measuring: Any) -> Results:
+    """Each agent's first turn (opening it, not measured), then ``measuring()`` and the measured load, on the
+    same connections. ``own``: every client its own keep-alive connection, as separate apps each driving one
+    agent have (with ``--workers``, all of an agent's turns then reach the worker that accepted its
+    connection); else one pool shared by all clients, as one app driving many agents has (each request takes
+    whichever connection is free, so an agent's turns spread over the workers)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    count = len(agents) + 1 if own else 1
+    size = 1 if own else len(agents) + 4
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    async with contextlib.AsyncExitStack() as stack:
+        made = (httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
+        clients = [await stack.enter_async_context(client) for client in made]
+        await _load(clients, agents, 1, "warm-up")
+        measuring()
+        return await _load(clients, agents, turns, "bench")
 
 
 def _make_agents(url: str, key: str, count: int) -> list[str]:
@@ -279,38 +302,55 @@ def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
 class Cpu:
     """CPU seconds (user + system) used so far: the server process, the processes it started (Milvus Lite's
     ``milvus`` binary, or ``--workers`` processes), this process (the clients and the LLM stub), and the whole
-    machine (every process, other people's work included: only meaningful on a quiet machine)."""
+    machine (every process, other people's work included: only meaningful on a quiet machine). ``each``: every
+    process it started, by pid, as (command name, CPU seconds)."""
 
     server: float
     children: float
     bench: float
     machine: float
+    each: dict[int, tuple[str, float]] = field(default_factory=dict)
 
     @classmethod
     def now(cls, pid: int) -> Cpu:
         tick = os.sysconf("SC_CLK_TCK")
-        server = children = 0
+        server = 0
+        each = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
+                text = stat.read_text()
             except OSError:  # a process that ended meanwhile
                 continue
+            name, rest = text.rsplit(")", 1)
+            fields = rest.split()
             used = int(fields[11]) + int(fields[12])
             if stat.parent.name == str(pid):
                 server += used
             elif fields[1] == str(pid):
-                children += used
+                each[int(stat.parent.name)] = (name.split("(", 1)[1], used / tick)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         busy = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         machine = sum(busy) - busy[3] - busy[4]  # all but idle and iowait
-        return cls(server / tick, children / tick, usage.ru_utime + usage.ru_stime, machine / tick)
+        children = sum(seconds for _, seconds in each.values())
+        return cls(server / tick, children, usage.ru_utime + usage.ru_stime, machine / tick, each)
 
     def __sub__(self, other: Cpu) -> Cpu:
+        each = {
+            pid: (name, seconds - other.each.get(pid, (name, 0.0))[1]) for pid, (name, seconds) in self.each.items()
+        }
         return Cpu(
             self.server - other.server,
             self.children - other.children,
             self.bench - other.bench,
             self.machine - other.machine,
+            each,
+        )
+
+    def by_process(self, turns: int) -> str:
+        """The processes the server started, with their CPU in ms per turn (Milvus Lite, then the workers)."""
+        ordered = sorted(self.each.values(), key=lambda entry: (entry[0] != "milvus", -entry[1]))
+        return ", ".join(
+            f"{'Milvus Lite' if name == 'milvus' else name} {seconds * 1000 / turns:.1f}" for name, seconds in ordered
         )
 
 
@@ -372,7 +412,15 @@ def gil_profile(pid: int, out: Path | None, rate: int = 100) -> Iterator[dict[st
         found["threads"] = threads
 
 
-def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1, profile: Path | None = None) -> str:
+def run(
+    backend: str,
+    clients: int,
+    turns: int,
+    llm_ms: int,
+    workers: int = 1,
+    profile: Path | None = None,
+    own: bool = False,
+) -> str:
     llm = FixedLLM(llm_ms / 1000)
     try:
         with (
@@ -380,14 +428,19 @@ def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1, p
             deployment(backend, Path(scratch) / "home", llm, workers) as (server, key),
         ):
             agents = _make_agents(server.url, key, clients)
-            asyncio.run(_load(server.url, key, agents, 1, "warm-up"))  # each agent's first turn, not measured
             pid = server.process.pid
-            calls_before, cpu_before = llm.calls, Cpu.now(pid)
-            with gil_profile(pid, profile) as gil:
-                results = asyncio.run(_load(server.url, key, agents, turns, "bench"))
-            calls = (llm.calls - calls_before) / max(1, len(results.turns))
+            before: dict[str, Any] = {}
+            with contextlib.ExitStack() as profiling:
+
+                def measuring() -> None:  # after the warm-up: each agent's first turn opens it, not measured
+                    before.update(calls=llm.calls, cpu=Cpu.now(pid))
+                    before["gil"] = profiling.enter_context(gil_profile(pid, profile))
+
+                results = asyncio.run(_warm_and_load(server.url, key, agents, turns, own, measuring))
+            gil = before["gil"]
+            calls = (llm.calls - before["calls"]) / max(1, len(results.turns))
             catch_up = _indexed(server.home, pid)
-            cpu = Cpu.now(pid) - cpu_before
+            cpu = Cpu.now(pid) - before["cpu"]
             lost = _lost(server.url, key, agents, "bench", turns)
             if results.errors or lost:  # what the server logged, before its home goes
                 logged = server.log.read_text(errors="replace").splitlines()
@@ -398,6 +451,7 @@ def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1, p
     llm_s = llm_ms / 1000 * calls
     label = "Milvus Lite + SQLite" if backend == "default" else "Milvus server + PostgreSQL"
     label += f", {workers} workers" if workers > 1 else ""
+    label += ", a connection per client" if own else ""
     done = max(1, len(results.turns))
     per_turn = [f"{seconds * 1000 / done:.0f}" for seconds in (cpu.server, cpu.children, cpu.bench, cpu.machine)]
     cores = cpu.machine / results.wall if results.wall else 0.0
@@ -418,6 +472,7 @@ def run(backend: str, clients: int, turns: int, llm_ms: int, workers: int = 1, p
             if "threads" in gil
             else ""
         )
+        + (f"\n\nCPU ms/turn of the processes the server started: {cpu.by_process(done)}" if workers > 1 else "")
         + (f"\n\nfirst errors: {results.errors[:3]}" if results.errors else "")
     )
 
@@ -429,6 +484,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=["default", "scale", "both"], default="both")
     parser.add_argument("--llm-ms", type=int, default=200, help="how long the LLM takes to answer")
     parser.add_argument("--workers", type=int, default=1, help="server processes (`memgpt server --workers N`)")
+    parser.add_argument(
+        "--connections",
+        choices=["pooled", "own"],
+        default="pooled",
+        help="pooled: the clients share one connection pool (one app, many agents); own: each client its own",
+    )
     parser.add_argument("--header", action="store_true", help="print the table's header first")
     parser.add_argument(
         "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
@@ -447,7 +508,8 @@ def main() -> None:
     for backend in backends:
         for clients in (int(n) for n in args.clients.split(",")):
             profile = args.profile.with_name(f"{args.profile.stem}-{clients}.txt") if args.profile else None
-            print(run(backend, clients, args.turns, args.llm_ms, args.workers, profile), flush=True)
+            own = args.connections == "own"
+            print(run(backend, clients, args.turns, args.llm_ms, args.workers, profile, own), flush=True)
 
 
 if __name__ == "__main__":
