@@ -182,6 +182,7 @@ def test_unknown_source_is_one_line(home: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "command"),
     [
+        ("memgpt.interrupts", ["list", "sources"]),  # the first thing main() imports
         ("typer", ["list", "sources"]),  # while the command modules load, before any command runs
         ("sqlalchemy", ["list", "sources"]),  # inside a command, where Typer turns it into a silent exit
         ("pymilvus", ["load", "directory", "--name", "s", f"--input-files={DATA / 'test.md'}"]),

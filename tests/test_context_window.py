@@ -115,6 +115,21 @@ def test_unrecoverable_overflow_is_a_clear_error(rig: Rig) -> None:
     assert rig.storage.messages.in_context(agent.state.id)[-1].content == "short"  # the message stays
 
 
+def test_a_message_larger_than_the_window_is_refused_before_it_is_sent(rig: Rig) -> None:
+    """Sent, it came back as the server's 400 with "/retry to try again", and /retry sent it again."""
+    agent = rig.create(context_window=WINDOW)
+    rig.llm.reply("ok")
+    refused = r"more than the context window of agent .* leaves for the conversation .*it was not sent"
+    with pytest.raises(UserError, match=refused):
+        list(agent.send("lorem ipsum dolor " * 3000))
+    assert not rig.llm.requests
+    events = list(agent.send("a short one"))
+    assert [e.text for e in events if hasattr(e, "text")][-1] == "ok"
+    context = rig.storage.messages.in_context(agent.state.id)
+    typed = [m.content for m in context if m.role.value == "user" and not m.name]
+    assert typed == ["a short one"]  # the refused message was not stored
+
+
 def server_counting_more(window: int, factor: float, overflows: list[int]) -> Callable[[dict[str, Any]], dict]:
     """A model server whose tokenizer counts ``factor`` times ours (llama.cpp counted ~1.22x): it reports
     that count as usage.prompt_tokens and refuses a prompt over ``window`` as a real server does."""

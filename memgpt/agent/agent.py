@@ -247,7 +247,26 @@ class Agent:
     def send(self, text: str) -> Generator[Event, None, str]:
         """The person's message, then the agent's steps until it waits for the user again; returns why the
         turn ended (END_TURN, MAX_STEPS or CANCELLED)."""
-        return (yield from self._turn(self._message(Role.USER, text)))
+        message = self._message(Role.USER, text)
+        self._refuse_oversized(message)
+        return (yield from self._turn(message))
+
+    def _refuse_oversized(self, message: Message) -> None:
+        """A message the window cannot hold even alone is refused before it is stored or sent: the server
+        would only answer that its window is exceeded, and /retry would send the same message again."""
+        self._settle()
+        built = self._system_message is not None
+        room = self._room(self.assemble().fixed)
+        if not built:
+            self._system_message = None  # the first step builds it, counting this message among the previous ones
+        size = self._in_window().size(message)
+        if size > room:
+            raise UserError(
+                f"this message is about {round(size * self._ratio):,} tokens, more than the context window of agent "
+                f"{self.state.name!r} ({self.state.context_window:,} tokens) leaves for the conversation (about "
+                f"{max(0, round(room * self._ratio)):,}); it was not sent: shorten it, or load the text with "
+                "`memgpt load` and attach that source"
+            )
 
     def login(self) -> Iterator[Event]:
         """The first event of a new session: the agent greets the user."""

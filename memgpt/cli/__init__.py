@@ -12,11 +12,12 @@ from typing import NoReturn
 
 def main() -> None:
     """The `memgpt` executable. The command modules are imported here, so that a Ctrl-C while they
-    load (most of a second) ends as cleanly as one during a command."""
-    from memgpt.interrupts import keep_lost_interrupts
-
-    keep_lost_interrupts()
+    load (most of a second) ends as cleanly as one during a command; so does one while memgpt.interrupts
+    loads (it imports dataclasses, and with it inspect: tens of milliseconds)."""
     try:
+        from memgpt.interrupts import keep_lost_interrupts
+
+        keep_lost_interrupts()
         from memgpt.cli.app import main as run
     except KeyboardInterrupt:
         interrupted()
