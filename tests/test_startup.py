@@ -77,7 +77,9 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
 
 
-def test_run_imports_neither_pandas_nor_requests(home: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
+def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer(
+    home: Path, tmp_path: Path, llm: ScriptedLLM
+) -> None:
     llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(2)))
     env = {"OPENAI_BASE_URL": llm.url, "OPENAI_API_KEY": ""}
     first = imported(home, tmp_path / "first.json", "run", "--agent", "a", "--message", "hello", env=env)
@@ -87,6 +89,9 @@ def test_run_imports_neither_pandas_nor_requests(home: Path, tmp_path: Path, llm
         assert modules & NEVER == set()
         assert modules & MILVUS_LITE_PACKAGE == set()
         assert "sqlalchemy.dialects.postgresql" not in modules  # a SQLite home
+        # A context far from its window's limit is measured by its bytes; the tokenizer (~0.2 CPU s to build) is
+        # not needed, nor imported.
+        assert "tiktoken" not in modules
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
