@@ -77,7 +77,7 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
 
 
-def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer(
+def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer_nor_httpx(
     home: Path, tmp_path: Path, llm: ScriptedLLM
 ) -> None:
     llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(2)))
@@ -92,6 +92,8 @@ def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer(
         # A context far from its window's limit is measured by its bytes; the tokenizer (~0.2 CPU s to build) is
         # not needed, nor imported.
         assert "tiktoken" not in modules
+        # POSTs to a local http:// LLM go over http.client; httpx (~0.1 CPU s with its client) stays out.
+        assert "httpx" not in modules
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
