@@ -94,6 +94,7 @@ def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer_nor_httpx(
         assert "tiktoken" not in modules
         # POSTs to a local http:// LLM go over http.client; httpx (~0.1 CPU s with its client) stays out.
         assert "httpx" not in modules
+        assert "semchunk" not in modules  # archival memory's chunker is made at its first insert
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
