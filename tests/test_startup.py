@@ -43,8 +43,9 @@ AGENTS_ONLY = {
 MILVUS_LITE_PACKAGE = {"milvus_lite", "pkg_resources"}
 VECTORS = {"pymilvus", "grpc", "onnxruntime", "numpy", "tokenizers"}
 # pymilvus's ORM binds pandas names at import and uses them only for DataFrames, and it reads requests only for
-# Zilliz's global clusters: memgpt leaves both out (memgpt/storage/milvus/deferred.py).
-NEVER = {"pandas", "pyarrow", "requests", "urllib3"}
+# Zilliz's global clusters, dateutil only to check a timestamp string: memgpt leaves them out
+# (memgpt/storage/milvus/deferred.py).
+NEVER = {"pandas", "pyarrow", "requests", "urllib3", "dateutil"}
 
 
 def imported(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
@@ -252,3 +253,24 @@ def test_pymilvus_takes_dataframes_once_pandas_is_imported(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "3 ['b', 'c']"
+
+
+ISOPARSE = """
+import sys
+from memgpt.storage.milvus.client import import_client_modules
+
+import_client_modules()
+from pymilvus.client.utils import validate_iso_timestamp
+
+before = "dateutil" in sys.modules
+print(before, validate_iso_timestamp("2026-11-27T20:15:00+00:00"), validate_iso_timestamp("not a time"))
+print("dateutil" in sys.modules)
+"""
+
+
+def test_pymilvus_checks_timestamps_with_dateutil_imported_when_first_needed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", ISOPARSE], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True", "False", "True"]
