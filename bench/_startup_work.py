@@ -1,12 +1,13 @@
 """The work inside `memgpt load`, `memgpt search` and `memgpt run --message`, measured warm in one process
 (see startup_bench.py).
 
-Prints one JSON line: {"load": s, "search": s, "step": s}, medians of 3 ("load" left out with a third
-argument, "search-only"). The model is loaded, Milvus Lite is open and the collection exists before
-anything is timed: what is left is what a command cannot skip. "step" is one turn of `run --message` on an
-agent already open (an agent named "bench", created first): the message sent, the prompt built, one call to
-the LLM at OPENAI_BASE_URL (the bench's scripted server, which answers at once), the step stored and the
-turn's messages indexed in recall. Runs against whichever memgpt package is first on PYTHONPATH.
+Prints one JSON line: {"load": s, "search": s, "step": s}, medians (3 searches, 3 turns; a third argument
+gives the timed loads, 3 unless given, "search-only" none). The model is loaded, Milvus Lite is open and the
+collection exists before anything is timed: what is left is what a command cannot skip. "step" is one turn
+of `run --message` on an agent already open (an agent named "bench", created first): the message sent, the
+prompt built, one call to the LLM at OPENAI_BASE_URL (the bench's scripted server, which answers at once),
+the step stored and the turn's messages indexed in recall. Runs against whichever memgpt package is first
+on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from memgpt.storage import Storage
 
 def main() -> None:
     paper, query = Path(sys.argv[1]), sys.argv[2]
-    timed_loads = 0 if sys.argv[3:] == ["search-only"] else 3
+    chosen = sys.argv[3] if len(sys.argv) > 3 else "3"
+    timed_loads = 0 if chosen == "search-only" else int(chosen)
     config = Config()
     model = LocalMiniLM()
     loads: list[float] = []

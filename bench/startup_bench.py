@@ -8,11 +8,14 @@ Every run is a new `memgpt` process (`python -m memgpt`), as a user starts it; t
 already holds the seed paper and an agent. `run` talks to the scripted LLM server of the tests, which
 answers at once, so its time is memgpt's own.
 
-The work a command cannot avoid is measured in one warm process (bench/_startup_work.py): parsing,
-chunking, embedding and inserting the paper for `load`; embedding the query and searching for
-`search`; for `run --message`, the turn on an open agent (the prompt, the scripted LLM's answer, the step
-stored, its messages indexed in recall). "start-up" is the whole command's median minus that work: imports,
-opening SQLite and Milvus Lite, loading the embedding model, and whatever else a new process pays.
+The work a command cannot avoid is measured warm (bench/_startup_work.py): parsing, chunking, embedding
+and inserting the paper for `load`; embedding the query and searching for `search`; for `run --message`,
+the turn on an open agent (the prompt, the scripted LLM's answer, the step stored, its messages indexed in
+recall). "start-up" is the whole command's median minus the work's median: imports, opening SQLite and
+Milvus Lite, loading the embedding model, and whatever else a new process pays. The work is measured in a
+new process (and a new home) after each round of the commands, so it is sampled as they are: `load`'s work,
+measured in one process per tree, moved by 0.2-0.5 s between two processes of the same loading code on a
+quiet machine, so its start-up was a median less a single draw.
 
 `--tree PATH` measures the memgpt package found in PATH (e.g. an older checkout exported with
 `git archive`); given twice, the two take turns run by run, for a before/after table. The parts table
@@ -121,12 +124,12 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def work(runner: Runner, *, with_load: bool) -> dict[str, float]:
-    """The unavoidable work, measured warm in one process of the tree under test."""
-    extra = [] if with_load else ["search-only"]
+def work(runner: Runner, *, with_load: bool, round_: int) -> dict[str, float]:
+    """The unavoidable work, measured warm in a new process (and home) of the tree under test."""
+    extra = ["1"] if with_load else ["search-only"]
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "_startup_work.py"), str(PAPER), QUERY, *extra],
-        env={**runner.env, "MEMGPT_HOME": str(runner.scratch / "work-home")},
+        env={**runner.env, "MEMGPT_HOME": str(runner.scratch / f"work-home-{round_}")},
         cwd=runner.scratch,
         capture_output=True,
         text=True,
@@ -135,12 +138,13 @@ def work(runner: Runner, *, with_load: bool) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def row(name: str, times: list[float], cpu: list[float], work_s: float | None) -> str:
+def row(name: str, times: list[float], cpu: list[float], works: list[float] | None) -> str:
     median = statistics.median(times)
     spread = f"{min(times):.2f} – {max(times):.2f}"
     cpu_s = f"{statistics.median(cpu):.2f}" if cpu else "–"
-    if work_s is None:
+    if not works:
         return f"| {name} | {median:.2f} | {spread} | {cpu_s} | – | – |"
+    work_s = statistics.median(works)
     return f"| {name} | {median:.2f} | {spread} | {cpu_s} | {work_s:.2f} | {median - work_s:.2f} |"
 
 
@@ -190,11 +194,11 @@ def main() -> None:
     args = parser.parse_args()
     trees: list[tuple[str, Path]] = args.tree or [("memgpt", ROOT)]
     llm = ScriptedLLM()
-    # A reply for each run of `run --message`, the home's first turn and the four turns of the work.
-    replies = len(trees) * (args.runs + 9)
+    # A reply for each run of `run --message`, the home's first turn and the four turns of each work process.
+    replies = len(trees) * (args.runs * 5 + 9)
     llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(replies)))
     with tempfile.TemporaryDirectory() as tmp:
-        plans: list[tuple[str, Runner, list[Command], dict[str, float]]] = []
+        plans: list[tuple[str, Runner, list[Command], dict[str, list[float]]]] = []
         for index, (label, tree) in enumerate(trees):
             scratch = Path(tmp) / f"tree-{index}"
             scratch.mkdir()
@@ -203,12 +207,13 @@ def main() -> None:
             runner.run(cmds[-1].args, runner.home)  # the home the other commands use: the paper and an agent
             runner.run(cmds[3].args, runner.home)
             plans.append((label, runner, cmds[:-1] if args.skip_load else cmds, {}))
-        for _ in range(args.runs):
+        for round_ in range(args.runs):
             for position in range(len(plans[0][2])):
                 for _label, runner, timed, _work in plans:
                     runner.time(timed[position])
-        for _label, runner, _timed, measured in plans:
-            measured.update(work(runner, with_load=not args.skip_load))
+            for _label, runner, _timed, measured in plans:
+                for key, took in work(runner, with_load=not args.skip_load, round_=round_).items():
+                    measured.setdefault(key, []).append(took)
         pieces = parts(plans[-1][1], args.runs)
     llm.close()
 
@@ -221,8 +226,10 @@ def main() -> None:
             name = f"memgpt {command.name}" + (f" ({label})" if len(plans) > 1 else "")
             print(row(name, command.times, command.cpu, measured.get(command.work)))
     for label, _runner, _timed, measured in plans:
-        done = ", ".join(f"{k} {v:.3f} s" for k, v in measured.items())
-        print(f"\nwork of {label}, measured warm in one process: {done}")
+        done = ", ".join(
+            f"{k} {statistics.median(v):.3f} s ({min(v):.3f} – {max(v):.3f})" for k, v in measured.items()
+        )
+        print(f"\nwork of {label}, measured warm, median (min – max) of {args.runs} processes: {done}")
     print(f"\n### Start-up parts ({plans[-1][0]}; {args.runs} alternating runs, each in a new process)\n")
     print("| part | median s | min – max s |")
     print("|---|---|---|")

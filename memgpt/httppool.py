@@ -1,11 +1,14 @@
-"""One pooled httpx client per API endpoint and key, shared by every caller in the process.
+"""One pooled client per API endpoint and key (``Endpoint``), shared by every caller in the process.
 
 Making an ``httpx.Client`` loads the certificate store (tens of ms of CPU) and a new client opens new
 connections, so the LLM and embedding adapters ask here for one per endpoint and reuse it: a server that
 opens an agent for each turn still sends every request over a kept-alive connection. A forked child
 starts with none (a parent's connections are no use to it).
 
-``plain(client)`` sends a client's plain POSTs through the standard library's http.client instead (``KeptAlive``).
+``plain(endpoint)`` sends an endpoint's plain POSTs through the standard library's http.client instead
+(``KeptAlive``); its httpx client is made only when something needs it (a redirect, a proxy from the
+environment, an embedding request): importing httpx and making a client cost a new `memgpt run` ~0.1 CPU s
+before its first LLM request to a local http:// server.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import socket
 import threading
 import time
 import urllib.parse
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -26,29 +28,48 @@ if TYPE_CHECKING:
     import httpx
 
 USER_AGENT = "memgpt"
-_clients: dict[tuple[str, tuple[tuple[str, str], ...]], httpx.Client] = {}
+# The headers httpx sends with every request unless told otherwise (its user agent replaced by ours).
+_HTTPX_HEADERS = {"accept": "*/*", "accept-encoding": "gzip, deflate", "connection": "keep-alive"}
+
+
+class Endpoint:
+    """An API endpoint and the headers sent with every request: its httpx client (``httpx()``, made on first
+    use) and, where http.client sends what that client would, its ``KeptAlive`` POSTs."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
+        self.base_url = base_url
+        self.headers = {"user-agent": USER_AGENT, **headers}
+        self.plain = _plain_for(base_url, {**_HTTPX_HEADERS, **self.headers})
+        self._client: httpx.Client | None = None
+        self._guard = threading.Lock()
+
+    def httpx(self) -> httpx.Client:
+        """The httpx client (timeouts are given per request). Redirects are followed, as the openai SDK did."""
+        with self._guard:
+            if self._client is None:
+                import httpx
+
+                self._client = httpx.Client(
+                    base_url=self.base_url,
+                    headers=self.headers,
+                    follow_redirects=True,
+                    timeout=httpx.Timeout(120.0),
+                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),  # the SDK's
+                )
+            return self._client
+
+
+_clients: dict[tuple[str, tuple[tuple[str, str], ...]], Endpoint] = {}
 _guard = threading.Lock()
 
 
-def client(base_url: str, headers: Mapping[str, str]) -> httpx.Client:
-    """The process's client for ``base_url`` sending ``headers`` with every request (timeouts are given
-    per request). Redirects are followed, as the openai SDK did."""
+def client(base_url: str, headers: Mapping[str, str]) -> Endpoint:
+    """The process's endpoint for ``base_url`` sending ``headers`` with every request."""
     key = (base_url, tuple(sorted(headers.items())))
     with _guard:
         made = _clients.get(key)
         if made is None:
-            import httpx
-
-            made = _clients[key] = httpx.Client(
-                base_url=base_url,
-                headers={"user-agent": USER_AGENT, **headers},
-                follow_redirects=True,
-                timeout=httpx.Timeout(120.0),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),  # the SDK's
-            )
-            kept = _plain_for(made)
-            if kept is not None:
-                _plain[made] = kept
+            made = _clients[key] = Endpoint(base_url, headers)
         return made
 
 
@@ -72,11 +93,11 @@ class KeptAlive:
     headers, its certificate checks) and is only made where httpx would add nothing: no proxy from the
     environment. A redirect is not followed here: ``post`` returns None and the caller sends it through httpx."""
 
-    def __init__(self, base_url: httpx.URL, headers: Mapping[str, str]) -> None:
+    def __init__(self, base_url: urllib.parse.SplitResult, headers: Mapping[str, str]) -> None:
         self._https = base_url.scheme == "https"
-        self._host = base_url.host
+        self._host = base_url.hostname or ""
         self._port = base_url.port or (443 if self._https else 80)
-        self._prefix = base_url.raw_path.decode("ascii").rstrip("/")
+        self._prefix = base_url.path.rstrip("/")
         # The body is never compressed: nothing to decode (http.client does not).
         self._headers = {**headers, "accept-encoding": "identity"}
         self._ssl = None
@@ -92,7 +113,7 @@ class KeptAlive:
     ) -> tuple[int, str] | None:
         """The reply's status and text, or None for a redirect. A connection the server closed while it was idle
         is replaced once; otherwise OSError (TimeoutError when ``timeout`` passes) or http.client.HTTPException."""
-        from http.client import BadStatusLine  # imported with httpx, which made the client
+        from http.client import BadStatusLine
 
         stale = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, BadStatusLine)
         target = self._prefix + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
@@ -154,26 +175,29 @@ class KeptAlive:
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
 
 
-_plain: weakref.WeakKeyDictionary[httpx.Client, KeptAlive] = weakref.WeakKeyDictionary()
+def plain(endpoint: Endpoint) -> KeptAlive | None:
+    """The POSTs of an endpoint over http.client (``KeptAlive``); None where a proxy from the environment applies
+    to it (httpx goes through it) or its URL is one httpx would have to rewrite first."""
+    return endpoint.plain
 
 
-def plain(client: httpx.Client) -> KeptAlive | None:
-    """The POSTs of a client made by ``client()`` over http.client (``KeptAlive``); None for another client, or
-    where a proxy from the environment applies to its endpoint (httpx goes through it)."""
-    with _guard:
-        return _plain.get(client)
-
-
-def _plain_for(made: httpx.Client) -> KeptAlive | None:
+def _plain_for(base_url: str, headers: Mapping[str, str]) -> KeptAlive | None:
     import urllib.request
 
-    base = made.base_url
-    if base.scheme not in ("http", "https") or not base.host:
+    try:
+        base = urllib.parse.urlsplit(base_url)
+        base.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
         return None
-    proxies = urllib.request.getproxies()  # what httpx read from the environment when it made the client
-    if proxies and not urllib.request.proxy_bypass(base.host):
+    if base.scheme not in ("http", "https") or not base.hostname or not base.hostname.isascii():
         return None
-    return KeptAlive(base, dict(made.headers))
+    # httpx would encode this path, send a query or credentials the URL holds: left to it.
+    if base.query or base.username or base.path != urllib.parse.quote(base.path, safe="/%:@!$&'()*+,;="):
+        return None
+    proxies = urllib.request.getproxies()  # what httpx reads from the environment when it makes the client
+    if proxies and not urllib.request.proxy_bypass(base.hostname):
+        return None
+    return KeptAlive(base, headers)
 
 
 def openai_headers(env: Mapping[str, str]) -> dict[str, str]:
@@ -187,7 +211,6 @@ def _forget_in_child() -> None:
     global _guard
     _guard = threading.Lock()
     _clients.clear()
-    _plain.clear()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

@@ -190,3 +190,27 @@ def count_tools(model: str, tools: Sequence[ToolSpec]) -> int:
 def count_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Sequence[ToolSpec] = ()) -> int:
     """Tokens a chat request takes: every message (content and tool calls) plus the tool specs."""
     return sum(count_message(model, m) for m in messages) + count_tools(model, tools)
+
+
+# Bounds: at least as many as the counts above, for every model, at no cost. Every token of a byte-pair
+# encoding (cl100k_base, o200k_base; special tokens are never produced, ``disallowed_special=()`` encodes their
+# text as text) stands for one or more bytes of the UTF-8 text, so a text has at most as many tokens as bytes.
+# A lone surrogate, which tiktoken encodes as U+FFFD, is three bytes either way. Building the encoding costs a
+# new process ~0.2 CPU s with the GIL held; a decision that the bound already settles (a context far from its
+# window's limits) does not need it.
+def bound_text(text: str) -> int:
+    """At least ``count_text(model, text)`` for any model: the text's UTF-8 bytes."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def bound_message(message: Mapping[str, Any]) -> int:
+    """At least ``count_message(model, message)`` for any model."""
+    total = _PER_MESSAGE_TOKENS + bound_text(message.get("content") or "")
+    if message.get("tool_calls"):
+        total += bound_text(json.dumps(message["tool_calls"]))
+    return total
+
+
+def bound_tools(tools: Sequence[ToolSpec]) -> int:
+    """At least ``count_tools(model, tools)`` for any model."""
+    return bound_text(json.dumps([t.openai() for t in tools])) if tools else 0

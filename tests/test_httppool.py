@@ -129,6 +129,21 @@ def test_a_proxy_from_the_environment_leaves_the_endpoint_to_httpx(monkeypatch: 
     assert httppool.plain(_client("https://llm.example.com/v1/", monkeypatch)) is not None
 
 
+def test_urls_httpx_would_rewrite_are_left_to_it(endpoint: Endpoint) -> None:
+    """http.client sends the URL as written: credentials in it, a query, a path httpx would percent-encode or a
+    host it would IDNA-encode go through httpx, which the endpoint makes only then."""
+    for url in (
+        "http://user:secret@127.0.0.1:9/v1",
+        "http://127.0.0.1:9/v1?api-version=1",
+        "http://127.0.0.1:9/my models/v1",
+        "http://bücher.example/v1",
+        "ftp://127.0.0.1/v1",
+    ):
+        assert httppool.plain(_client(url)) is None, url
+    assert post(_client(f"{endpoint.url}/v1"), "/x", {}, timeout=10, where="the endpoint")[0] == 200
+    assert _client(f"{endpoint.url}/v1")._client is None  # no httpx client made for a plain POST
+
+
 def test_the_idle_check_works_for_a_descriptor_past_1023(endpoint: Endpoint) -> None:
     """A busy server holds more than 1,024 descriptors: select() refuses those with ValueError, poll() does not."""
     with socket.create_connection(endpoint.server.server_address) as near:

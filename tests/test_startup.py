@@ -43,8 +43,9 @@ AGENTS_ONLY = {
 MILVUS_LITE_PACKAGE = {"milvus_lite", "pkg_resources"}
 VECTORS = {"pymilvus", "grpc", "onnxruntime", "numpy", "tokenizers"}
 # pymilvus's ORM binds pandas names at import and uses them only for DataFrames, and it reads requests only for
-# Zilliz's global clusters: memgpt leaves both out (memgpt/storage/milvus/deferred.py).
-NEVER = {"pandas", "pyarrow", "requests", "urllib3"}
+# Zilliz's global clusters, dateutil only to check a timestamp string: memgpt leaves them out
+# (memgpt/storage/milvus/deferred.py).
+NEVER = {"pandas", "pyarrow", "requests", "urllib3", "dateutil"}
 
 
 def imported(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
@@ -77,7 +78,9 @@ def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Pat
     assert helping & (VECTORS | {"sqlalchemy", "pydantic"}) == set()
 
 
-def test_run_imports_neither_pandas_nor_requests(home: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
+def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer_nor_httpx(
+    home: Path, tmp_path: Path, llm: ScriptedLLM
+) -> None:
     llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(2)))
     env = {"OPENAI_BASE_URL": llm.url, "OPENAI_API_KEY": ""}
     first = imported(home, tmp_path / "first.json", "run", "--agent", "a", "--message", "hello", env=env)
@@ -87,6 +90,12 @@ def test_run_imports_neither_pandas_nor_requests(home: Path, tmp_path: Path, llm
         assert modules & NEVER == set()
         assert modules & MILVUS_LITE_PACKAGE == set()
         assert "sqlalchemy.dialects.postgresql" not in modules  # a SQLite home
+        # A context far from its window's limit is measured by its bytes; the tokenizer (~0.2 CPU s to build) is
+        # not needed, nor imported.
+        assert "tiktoken" not in modules
+        # POSTs to a local http:// LLM go over http.client; httpx (~0.1 CPU s with its client) stays out.
+        assert "httpx" not in modules
+        assert "semchunk" not in modules  # archival memory's chunker is made at its first insert
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
@@ -244,3 +253,24 @@ def test_pymilvus_takes_dataframes_once_pandas_is_imported(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "3 ['b', 'c']"
+
+
+ISOPARSE = """
+import sys
+from memgpt.storage.milvus.client import import_client_modules
+
+import_client_modules()
+from pymilvus.client.utils import validate_iso_timestamp
+
+before = "dateutil" in sys.modules
+print(before, validate_iso_timestamp("2026-11-27T20:15:00+00:00"), validate_iso_timestamp("not a time"))
+print("dateutil" in sys.modules)
+"""
+
+
+def test_pymilvus_checks_timestamps_with_dateutil_imported_when_first_needed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", ISOPARSE], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True", "False", "True"]

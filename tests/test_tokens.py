@@ -2,7 +2,16 @@ from pathlib import Path
 
 import pytest
 
-from memgpt.tokens import count_text, encoding
+from memgpt.tokens import (
+    bound_message,
+    bound_text,
+    bound_tools,
+    count_message,
+    count_text,
+    count_tools,
+    encoding,
+)
+from tests.conftest import DATA
 
 
 def test_tiktoken_works_from_an_empty_cache_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,3 +131,38 @@ def test_a_decoded_encoding_damaged_so_that_it_still_loads_is_decoded_again(
         assert kept.read_bytes() == whole  # replaced by a good one
     finally:
         encoding.cache_clear()
+
+
+HOSTILE = [
+    "",
+    " ",
+    SAMPLE,
+    "lone surrogates \ud800 and \udfff, a split pair \ud83d\ude42, 🙂🙂🙂",
+    "<|endoftext|><|fim_prefix|><|im_start|>",
+    "1 2 3 4 5 6 7 8 9 0 " * 50,
+    "\n\n\n\t\t  " * 40,
+    "東京の天気は晴れです。" * 30,
+    "ﷺ𒐫𒈙👩‍👩‍👧‍👦 " * 20,
+    "".join(chr(c) for c in range(32, 0x3000, 7)),
+]
+
+
+@pytest.mark.parametrize("model", ["gpt-4", "gpt-4o", "some-local-model"])
+def test_the_bound_is_at_least_the_count(model: str) -> None:
+    """The bound (UTF-8 bytes) decides without the tokenizer whether a context is far from its limit, so it
+    must never be under tiktoken's count: for real documents, hostile strings, messages with tool calls and
+    the tool schemas. The reason it holds: no token of either encoding is shorter than one byte."""
+    from memgpt.agent.tools import builtin_tools
+
+    vocabulary = encoding("o200k_base" if model == "gpt-4o" else "cl100k_base").token_byte_values()
+    assert min(map(len, vocabulary)) >= 1
+    documents = [p for p in sorted(DATA.glob("*")) if p.suffix in {".md", ".txt", ".csv", ".json"}]
+    texts = [*HOSTILE, *(p.read_text(encoding="utf-8") for p in documents)]
+    assert len(texts) > len(HOSTILE)
+    for text in texts:
+        assert bound_text(text) >= count_text(model, text), text[:60]
+        message = {"role": "assistant", "content": text, "tool_calls": [{"function": {"arguments": text}}]}
+        assert bound_message(message) >= count_message(model, message), text[:60]
+    specs = [tool.spec() for tool in builtin_tools()]
+    assert bound_tools(specs) >= count_tools(model, specs) > 0
+    assert bound_tools([]) == count_tools(model, []) == 0

@@ -38,7 +38,7 @@ from memgpt.memory.summarize import summarize
 from memgpt.storage import Storage
 from memgpt.storage.agents import BLOCK, PASSAGE, StepChanges, StepEffect
 from memgpt.storage.turns import Fence
-from memgpt.tokens import count_message, count_tools
+from memgpt.tokens import bound_message, bound_tools, count_message, count_tools
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
 logger = logging.getLogger(__name__)
@@ -119,13 +119,31 @@ def _never() -> bool:
     return False
 
 
-@dataclass(frozen=True)
 class Assembled:
-    """One step's context: what the LLM is sent, and its size in our tokenizer's count."""
+    """One step's context: what the LLM is sent, and its size in two measures: a bound (UTF-8 bytes, free;
+    see ``memgpt.tokens.bound_text``) and our tokenizer's exact count, taken on first use."""
 
-    messages: list[ChatMessage]
-    fixed: int  # the system message and the tool schemas
-    conversation: int  # the messages in the window
+    def __init__(self, messages: list[ChatMessage], bound: tuple[int, int], count: Callable[[], tuple[int, int]]):
+        self.messages = messages
+        # At least the fixed part's tokens (the system message and the tool schemas) and the conversation's.
+        self.fixed_bound, self.conversation_bound = bound
+        self._count = count
+        self._counted: tuple[int, int] | None = None
+
+    def _counts(self) -> tuple[int, int]:
+        if self._counted is None:
+            self._counted = self._count()
+        return self._counted
+
+    @property
+    def fixed(self) -> int:
+        """The system message and the tool schemas, in our tokenizer's count."""
+        return self._counts()[0]
+
+    @property
+    def conversation(self) -> int:
+        """The messages in the window, in our tokenizer's count."""
+        return self._counts()[1]
 
     @property
     def tokens(self) -> int:
@@ -139,12 +157,13 @@ class _Statistics:
     sources: list[str]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _SystemMessage:
     memory: str  # the prompt, summary and core memory it was built from
     statistics: _Statistics  # and these statistics
     message: ChatMessage
-    tokens: int
+    bound: int  # at least its tokens
+    tokens: int | None = None  # counted when first needed
 
 
 class Agent:
@@ -179,7 +198,8 @@ class Agent:
         self._warned = False
         self._specs: list[ToolSpec] = []
         self._specs_for: tuple[str, ...] | None = None  # the tool names the schemas were built for
-        self._tool_tokens = 0
+        self._tool_bound = 0
+        self._tool_tokens: int | None = None  # counted when first needed
         self._window: Window | None = None
         self._recall_count: int | None = None
         self._statistics: _Statistics | None = None
@@ -211,14 +231,20 @@ class Agent:
         self._fence = self.recall.fence = self.archival.fence = fence
 
     def _tool_specs(self) -> list[ToolSpec]:
-        """The functions' schemas and their token count, built again when the tools changed (``/mcp attach``
+        """The functions' schemas and their size's bound, built again when the tools changed (``/mcp attach``
         and ``/mcp detach`` change ``tools`` mid-chat)."""
         names = tuple(self.tools)
         if names != self._specs_for:
             self._specs = [t.spec() for t in self.tools.values()]
-            self._tool_tokens = count_tools(self.llm.model, self._specs)
+            self._tool_bound, self._tool_tokens = bound_tools(self._specs), None
             self._specs_for = names
         return self._specs
+
+    def _tool_count(self) -> int:
+        specs = self._tool_specs()
+        if self._tool_tokens is None:
+            self._tool_tokens = count_tools(self.llm.model, specs)
+        return self._tool_tokens
 
     def close(self, *, wait: bool = True) -> None:
         """Let recall indexing of the last messages finish (bounded; the rest is indexed at the next open);
@@ -452,8 +478,8 @@ class Agent:
             self._statistics = known
         return known
 
-    def _system(self) -> tuple[ChatMessage, int]:
-        """The system message and its tokens. As in MemGPT, it is rebuilt only when memory is modified (core
+    def _system(self) -> _SystemMessage:
+        """The system message (with its size). As in MemGPT, it is rebuilt only when memory is modified (core
         memory, the summary, the agent's archival writes, its attached sources), when history is edited and
         when the agent is opened; the memory statistics and the time in it are those of that moment
         (``[last modified: ...]``). So from step to step it stays the same to the byte, and a provider's
@@ -469,16 +495,22 @@ class Agent:
                 now=self._clock(),
             )
             message: ChatMessage = {"role": "system", "content": content}
-            known = _SystemMessage(memory, statistics, message, count_message(self.llm.model, message))
+            known = _SystemMessage(memory, statistics, message, bound_message(message))
             self._system_message = known
-        return known.message, known.tokens
+        return known
 
     def assemble(self) -> Assembled:
-        """The context the LLM gets now, assembled once and measured once."""
-        system, system_tokens = self._system()
+        """The context the LLM gets now, assembled once and measured once (its exact count only if asked)."""
+        system = self._system()
         window = self._in_window()
-        self._tool_specs()  # counts them
-        return Assembled([system, *window.chats()], system_tokens + self._tool_tokens, window.tokens())
+        self._tool_specs()
+
+        def count() -> tuple[int, int]:
+            if system.tokens is None:
+                system.tokens = count_message(self.llm.model, system.message)
+            return system.tokens + self._tool_count(), window.tokens()
+
+        return Assembled([system.message, *window.chats()], (system.bound + self._tool_bound, window.bound()), count)
 
     def context(self) -> list[ChatMessage]:
         return self.assemble().messages
@@ -495,11 +527,21 @@ class Agent:
         """What the window leaves for messages after the fixed prompt and the answer, in our tokens."""
         return (self.state.context_window - self._reserve()) / self._ratio - fixed
 
+    def _near_limit(self, context: Assembled) -> bool:
+        """Whether the conversation may be past the memory-pressure share of its room: only then do exact
+        counts decide anything. (Its tokens are at most its bound, and the room at least what the fixed
+        part's bound leaves, so a bound under that share settles it without the tokenizer.)"""
+        return context.conversation_bound > PRESSURE_FRACTION * self._room(context.fixed_bound)
+
     def check_window(self) -> None:
-        """Refuse a window the fixed prompt (system prompt, core memory, tool schemas) leaves no room in."""
-        fixed = round(self.assemble().fixed * self._ratio)
+        """Refuse a window the fixed prompt (system prompt, core memory, tool schemas) leaves no room in
+        (counted exactly only when its bound alone would be refused)."""
+        context = self.assemble()
+        functions = len(self._tool_specs())
+        refusal = window_refusal(self.state, round(context.fixed_bound * self._ratio), functions)
+        if refusal:
+            refusal = window_refusal(self.state, round(context.fixed * self._ratio), functions)
         self._system_message = None  # the first step builds it with the statistics of its moment
-        refusal = window_refusal(self.state, fixed, len(self._tool_specs()))
         if refusal:
             raise UserError(refusal)
 
@@ -507,11 +549,11 @@ class Agent:
     def _step(self) -> Generator[Event, None, str | None]:
         """Returns why to run another step (a heartbeat), or None when the turn is over."""
         context = self.assemble()
-        room = self._room(context.fixed)
-        if context.conversation > room:
+        room = self._room(context.fixed) if self._near_limit(context) else None
+        if room is not None and context.conversation > room:
             yield from self.summarize()
             context = self.assemble()
-        elif context.conversation > PRESSURE_FRACTION * room and not self._warned:
+        elif room is not None and context.conversation > PRESSURE_FRACTION * room and not self._warned:
             self._warned = True
             self._append([self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
             yield SystemNotice("memory pressure: the context window is over 75% full")
@@ -522,12 +564,18 @@ class Agent:
             yield from self.summarize(force=True)
             context = self.assemble()
             completion = self.llm.complete(context.messages, self._tool_specs())
-        self._learn_ratio(context.tokens, completion)
+        self._learn_ratio(context, completion)
         return (yield from self._act(completion))
 
-    def _learn_ratio(self, ours: int, completion: Completion) -> None:
-        """Calibrate our token counts from the prompt tokens the server reports for the same request."""
-        if completion.prompt_tokens <= 0 or ours <= 0:
+    def _learn_ratio(self, context: Assembled, completion: Completion) -> None:
+        """Calibrate our token counts from the prompt tokens the server reports for the same request, where
+        they matter: near the limit (``_near_limit``; far from it a new process need not build the tokenizer,
+        ~0.2 CPU s). That starts before the window fills: the bound passes the warning's share of the room
+        while the tokens are a fraction of it (English text takes ~4 bytes a token)."""
+        if completion.prompt_tokens <= 0 or not self._near_limit(context):
+            return
+        ours = context.tokens
+        if ours <= 0:
             return
         ratio = completion.prompt_tokens / ours
         if RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1] and abs(ratio - self._ratio) > 0.01 * self._ratio:

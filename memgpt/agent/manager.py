@@ -28,7 +28,7 @@ from memgpt.memory.recall import writing as recall_writing
 from memgpt.storage import Storage
 from memgpt.storage.agents import AgentSummary
 from memgpt.storage.filters import all_of, eq
-from memgpt.tokens import count_message, count_tools
+from memgpt.tokens import bound_message, bound_tools, count_message, count_tools
 from memgpt.types import AgentState, Block, EmbeddingSpace, Source, utc_now
 
 CUSTOM = "custom"  # the persona or human of an agent made with its own block text rather than a template
@@ -166,8 +166,12 @@ def check_window(
         state, CoreMemory(list(blocks)).render(), recall_count=0, archival_count=0, sources=[], now=utc_now()
     )
     ratio_model, ratio = storage.agents.token_ratio(state.id)
-    ours = count_message(state.llm_model, message) + count_tools(state.llm_model, specs)
-    refusal = window_refusal(state, round(ours * (ratio if ratio_model == state.llm_model else 1.0)), len(specs), fix)
+    ratio = ratio if ratio_model == state.llm_model else 1.0
+    # The bound first (no tokenizer): it is at least the count, so a window it fits needs no count.
+    refusal = window_refusal(state, round((bound_message(message) + bound_tools(specs)) * ratio), len(specs), fix)
+    if refusal:
+        ours = count_message(state.llm_model, message) + count_tools(state.llm_model, specs)
+        refusal = window_refusal(state, round(ours * ratio), len(specs), fix)
     if refusal:
         raise UserError(refusal)
 

@@ -4,7 +4,8 @@ A step used to read the window from SQL, render every message and count its toke
 now the window is read once when the agent opens and kept up to date by the agent's own writes (an
 open agent is the only writer of its messages: one turn at a time). A stored message never changes:
 /rethink and /rewrite store a new ``Message`` object, so a cache entry is valid while it holds the very
-object it was made from.
+object it was made from. Each message has a bound (its UTF-8 bytes, free) and an exact count, taken only
+when asked for: a window far from its limit needs no tokenizer (see ``memgpt.tokens.bound_text``).
 """
 
 from __future__ import annotations
@@ -13,52 +14,78 @@ from collections.abc import Iterable, Sequence
 
 from memgpt.llm.base import ChatMessage
 from memgpt.memory.messages import to_chat
-from memgpt.tokens import count_message
+from memgpt.tokens import bound_message, count_message
 from memgpt.types import Message
 
 
+class _Entry:
+    """One message's chat form, its bound and (once asked for) its exact count."""
+
+    __slots__ = ("bound", "chat", "exact", "message")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.chat = to_chat(message)
+        self.bound = bound_message(self.chat)
+        self.exact: int | None = None
+
+    def tokens(self, model: str) -> int:
+        if self.exact is None:
+            self.exact = count_message(model, self.chat)
+        return self.exact
+
+
 class Window:
-    """The window's messages, oldest first, with their chat messages and sizes (our tokenizer's count)."""
+    """The window's messages, oldest first, with their chat messages and sizes (our tokenizer's count, and a
+    bound that is at least that)."""
 
     def __init__(self, model: str, messages: Iterable[Message]) -> None:
         self.model = model
         self.messages: list[Message] = list(messages)
-        self._rendered: dict[str, tuple[Message, ChatMessage, int]] = {}
-        # The whole window's chat messages and tokens as last computed; a step only appends to them.
+        self._rendered: dict[str, _Entry] = {}
+        # The whole window's chat messages, bound and tokens as last computed; a step only appends to them.
         self._chats: list[ChatMessage] | None = None
+        self._bound: int | None = None
         self._tokens: int | None = None
 
-    def _entry(self, message: Message) -> tuple[Message, ChatMessage, int]:
+    def _entry(self, message: Message) -> _Entry:
         entry = self._rendered.get(message.id)
-        if entry is None or entry[0] is not message:
-            chat = to_chat(message)
-            entry = (message, chat, count_message(self.model, chat))
+        if entry is None or entry.message is not message:
+            entry = _Entry(message)
             self._rendered[message.id] = entry
         return entry
 
     def chats(self) -> list[ChatMessage]:
         """The window as chat messages (the same list until the window changes: do not modify it)."""
         if self._chats is None:
-            self._chats = [self._entry(m)[1] for m in self.messages]
+            self._chats = [self._entry(m).chat for m in self.messages]
         return self._chats
 
     def size(self, message: Message) -> int:
-        return self._entry(message)[2]
+        return self._entry(message).tokens(self.model)
+
+    def bound(self) -> int:
+        """At least ``tokens()``, without the tokenizer."""
+        if self._bound is None:
+            self._bound = sum(self._entry(m).bound for m in self.messages)
+        return self._bound
 
     def tokens(self) -> int:
         if self._tokens is None:
-            self._tokens = sum(self._entry(m)[2] for m in self.messages)
+            self._tokens = sum(self._entry(m).tokens(self.model) for m in self.messages)
         return self._tokens
 
     def extend(self, messages: Sequence[Message]) -> None:
         self.messages.extend(messages)
         if self._chats is not None:
-            self._chats = [*self._chats, *(self._entry(m)[1] for m in messages)]
+            self._chats = [*self._chats, *(self._entry(m).chat for m in messages)]
+        if self._bound is not None:
+            self._bound += sum(self._entry(m).bound for m in messages)
         if self._tokens is not None:
-            self._tokens += sum(self._entry(m)[2] for m in messages)
+            self._tokens += sum(self._entry(m).tokens(self.model) for m in messages)
 
     def _changed(self) -> None:
-        self._chats = self._tokens = None
+        self._chats = self._bound = self._tokens = None
 
     def evict(self, count: int) -> None:
         """The oldest ``count`` messages left the window (they stay in recall)."""

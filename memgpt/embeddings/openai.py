@@ -79,7 +79,7 @@ class OpenAIEmbeddings(EmbeddingModel):
             payload["dimensions"] = self.dimensions
         body = json.dumps(payload, ensure_ascii=False).encode()
         key = {"authorization": f"Bearer {self._api_key or 'not-needed'}", **self._headers}
-        http = httppool.client(self.endpoint or _OPENAI_ENDPOINT, key)
+        http = httppool.client(self.endpoint or _OPENAI_ENDPOINT, key).httpx()
         for retry in range(self.max_retries + 1):
             try:
                 response = http.post(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memgpt import httppool
 from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError, LLMTimeoutError
@@ -23,9 +23,6 @@ from memgpt.replytext import (
     whole_text,
 )
 
-if TYPE_CHECKING:
-    import httpx
-
 _OVERFLOW_HINTS = (
     "context_length_exceeded",
     "maximum context length",
@@ -38,7 +35,7 @@ _OVERFLOW_HINTS = (
 
 
 def post(
-    http: httpx.Client,
+    endpoint: httppool.Endpoint,
     url: str,
     payload: Mapping[str, Any],
     *,
@@ -48,14 +45,12 @@ def post(
 ) -> tuple[int, str]:
     """POST ``payload`` as JSON; the reply's status and text. No answer within ``timeout`` seconds is an
     LLMTimeoutError, a failed connection an LLMRetryableError, a malformed URL an LLMError. Over http.client
-    where ``httppool.plain`` has the client's endpoint (a redirect then goes through httpx, which follows it)."""
+    where ``httppool.plain`` has the endpoint (a redirect then goes through httpx, which follows it)."""
     from http.client import HTTPException
-
-    import httpx
 
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     headers = {"content-type": "application/json"}
-    kept = httppool.plain(http)
+    kept = httppool.plain(endpoint)
     if kept is not None:
         try:
             answer = kept.post(url, body, headers, params, timeout)
@@ -65,8 +60,10 @@ def post(
             raise LLMRetryableError(f"cannot reach {where}: {one_line(exc) or type(exc).__name__}") from exc
         if answer is not None:
             return answer
+    import httpx
+
     try:
-        response = http.post(url, content=body, params=params, timeout=timeout, headers=headers)
+        response = endpoint.httpx().post(url, content=body, params=params, timeout=timeout, headers=headers)
         return response.status_code, response.text
     except httpx.TimeoutException as exc:
         raise LLMTimeoutError(f"{where} did not answer within {timeout:.0f} s") from exc

@@ -7,6 +7,7 @@ passage an agent step inserts is recorded under the step before it is written (s
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -33,10 +34,14 @@ class ArchivalMemory:
         self.agent_id = agent_id
         self.user_id = user_id
         self._store = storage.passages(model.space)
-        size = min(250, model.max_input_tokens)
-        self._chunker = Chunker(model.count_tokens, size, 25)
         self.last_recorded_step = ""  # the last step this memory recorded passages under
         self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
+
+    @functools.cached_property
+    def _chunker(self) -> Chunker:
+        """Made at the first insert: its import of semchunk (with multiprocessing and tqdm, ~0.03 CPU s) is
+        not needed by a turn that stores nothing, as most are."""
+        return Chunker(self._model.count_tokens, min(250, self._model.max_input_tokens), 25)
 
     def _where(self) -> Filter:
         """The agent's own passages or those of its attached sources, fully loaded documents only. Reads

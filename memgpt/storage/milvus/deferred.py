@@ -19,6 +19,8 @@ imported pandas, ``pd.DataFrame`` is the real class, so an ORM insert of a DataF
 requests (~0.06 s with urllib3 and charset_normalizer) gets a stand-in the same way: pymilvus imports it for
 the topology of Zilliz's global clusters and reads it only when it fetches one, which memgpt never does. (A lazy
 module would not do either: on Python 3.11 an ``import`` statement reads its ``__spec__``, which loads it.)
+So does dateutil (~0.01-0.02 s), whose ``isoparse`` pymilvus binds at import and calls only to check a
+timestamp string a caller gives it: the name is a function that imports dateutil when called.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 # What pymilvus's modules read from pandas while they are imported (pymilvus 3.0: orm/schema.py, orm/types.py,
 # orm/collection.py, orm/partition.py, orm/prepare.py). A name not listed here imports pandas at once.
 _TYPES_NAMES = frozenset({"infer_dtype", "is_array_like", "is_float", "is_list_like", "is_scalar"})
-_STANDING_IN = ("pandas", "pandas.api.types", "requests")
+_STANDING_IN = ("pandas", "pandas.api.types", "requests", "dateutil", "dateutil.parser")
 _lock = threading.Lock()
 
 
@@ -60,17 +62,17 @@ def _real(module: str) -> types.ModuleType:
     return importlib.import_module(module)
 
 
-def _deferred(name: str) -> Callable[..., Any]:
+def _deferred(module: str, name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(_real("pandas.api.types"), name)(*args, **kwargs)
+        return getattr(_real(module), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     return call
 
 
 class _StandIn(types.ModuleType):
-    """``pandas``, ``pandas.api.types`` or ``requests`` as pymilvus's modules hold them: see the module's
-    docstring."""
+    """``pandas``, ``pandas.api.types``, ``requests`` or dateutil as pymilvus's modules hold them: see the
+    module's docstring."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # the import system's questions (__path__, __spec__...): a plain module's answer
@@ -78,14 +80,16 @@ class _StandIn(types.ModuleType):
         if self.__name__ == "pandas" and name == "DataFrame" and not _real_pandas_imported():
             return _NotImported
         if self.__name__ == "pandas.api.types" and name in _TYPES_NAMES and not _real_pandas_imported():
-            return _deferred(name)
+            return _deferred(self.__name__, name)
+        if self.__name__ == "dateutil.parser" and name == "isoparse":
+            return _deferred(self.__name__, name)
         return getattr(_real(self.__name__), name)
 
 
 @contextmanager
 def deferred_imports() -> Iterator[None]:
-    """Import pymilvus inside this block to leave pandas and requests out until they are used (either is left
-    alone if it is imported already)."""
+    """Import pymilvus inside this block to leave pandas, requests and dateutil out until they are used (each
+    is left alone if it is imported already)."""
     placed = {name: _StandIn(name) for name in _STANDING_IN if name.partition(".")[0] not in sys.modules}
     with _lock:
         sys.modules.update(placed)
