@@ -188,6 +188,11 @@ def test_the_tool_says_how_it_ranks_and_takes_dates_and_a_role() -> None:
     assert tool.parameters["required"] == ["query", "request_heartbeat"]
 
 
+def test_the_archival_tool_says_it_ranks_by_words_too() -> None:
+    tool = next(t for t in builtin_tools() if t.name == "archival_memory_search")
+    assert "by meaning and by the words it shares" in tool.description
+
+
 def test_recall_entries_of_an_earlier_schema_are_indexed_again_with_their_context(
     storage: Storage, model: LocalMiniLM
 ) -> None:
