@@ -1,7 +1,8 @@
 """Fusion variants side by side: how dense and BM25 candidates are combined, on every labelled set.
 
-Usage: python bench/fusion_sweep.py [--collect] [--cache PATH] [--set tuning|held-out|all]
-``--collect`` loads the recall conversations (bench/recall) and the archival files (tests/data) as
+Usage: python bench/fusion_sweep.py [--collect] [--cache PATH] [--set tuning|held-out|all] [--recall-held-out]
+``--collect`` loads the recall conversations (bench/recall; with ``--recall-held-out`` also the held-out
+conversation of bench/recall_heldout, reported on its own rows) and the archival files (tests/data) as
 bench/recall_bench.py and bench/retrieval_bench.py do, and keeps each question's dense and BM25
 candidates (100 each, ids and scores) in a cache file; without it the cached candidates are fused by
 every variant in ``VARIANTS`` and scored, which takes seconds, so many fusions can be compared on the
@@ -9,7 +10,8 @@ same candidates. Recall results are shown with their neighbours, as conversation
 (every benchmark message has words, so a hit's neighbours are the messages right before and after it).
 
 Prints, per variant, recall any@5 / all@5 / any@10 / all@10 / MRR@10 per conversation and overall, and
-archival recall@5 / @10 / MRR@10 per set; a variant "beats both sides" on a row when it is above
+archival recall@5 / @10 / MRR@10 per set (the held-out set also split into its first 40 questions and the 88
+written later, ``held2-*``); a variant "beats both sides" on a row when it is above
 dense and above BM25 at every k of that row.
 """
 
@@ -35,16 +37,22 @@ Fusion = Callable[[Scored, Scored, str], list[str]]
 
 
 # -- collecting candidates ------------------------------------------------------------------------------
-def collect_recall(cache: dict) -> None:
+HELD_OUT = ROOT / "bench" / "recall_heldout"  # conversations nothing in recall's ranking was chosen on
+HELD_OUT_KEY = "recall held-out"
+
+
+def collect_recall(cache: dict, data: Path | None = None, key: str = "recall") -> None:
+    """Each question's candidates for the conversations in ``data`` (default bench/recall), kept under ``key``."""
     from bench.recall_adapter import RecallHome, local_model
     from bench.recall_bench import DATA, load_conversation, load_questions
     from memgpt.memory.results import keyword_query
     from memgpt.storage.fusion import CANDIDATES
 
-    conversations = {c.id: c for c in (load_conversation(p) for p in sorted((DATA / "conversations").glob("*.json")))}
-    questions = load_questions(DATA / "questions.json", conversations)
+    data = data or DATA
+    conversations = {c.id: c for c in (load_conversation(p) for p in sorted((data / "conversations").glob("*.json")))}
+    questions = load_questions(data / "questions.json", conversations)
     model = local_model()
-    cache["recall"] = {}
+    cache[key] = {}
     for name, conversation in conversations.items():
         order = [t.id for t in conversation.turns]
         rows = []
@@ -65,8 +73,8 @@ def collect_recall(cache: dict) -> None:
                         "search": home.conversation_search(q.question),  # to check the emulation below
                     }
                 )
-        cache["recall"][name] = {"order": order, "questions": rows}
-        print(f"recall {name}: {len(rows)} questions", file=sys.stderr)
+        cache[key][name] = {"order": order, "questions": rows}
+        print(f"{key} {name}: {len(rows)} questions", file=sys.stderr)
 
 
 def collect_archival(cache: dict, sets: dict[str, Path]) -> None:
@@ -295,6 +303,24 @@ def windowed(
     return fuse
 
 
+def protected(keep: int, within: int, inner: Fusion | None = None) -> Fusion:
+    """``inner``'s ranking (default min-max 1:1), but each signal's best ``keep`` candidates are never ranked
+    below ``within``: a passage one signal ranks near the top and the other does not find is not pushed off the
+    first page by passages both rank moderately."""
+    base = inner or weighted()
+
+    def fuse(dense: Scored, bm25: Scored, query: str) -> list[str]:
+        ranking = base(dense, bm25, query)
+        for side in (dense, bm25):
+            for pid, _ in side[:keep]:
+                at = ranking.index(pid)
+                if at >= within:
+                    ranking.insert(within - 1, ranking.pop(at))
+        return ranking
+
+    return fuse
+
+
 def dense_only(dense: Scored, bm25: Scored, query: str) -> list[str]:
     return [p for p, _ in dense]
 
@@ -361,6 +387,9 @@ for _top in (10, 15, 20, 30, 50):
     )
 for _bonus in (0.1, 0.25):
     VARIANTS[f"minmax + {_bonus:g} when both find it"] = sides_agree(_bonus)
+for _keep in (1, 2, 3):
+    for _within in (3, 5, 10):
+        VARIANTS[f"minmax, each side's top {_keep} kept within the top {_within}"] = protected(_keep, _within)
 
 
 # -- scoring --------------------------------------------------------------------------------------------
@@ -427,7 +456,7 @@ def check_emulation(cache: dict) -> None:
     """The cached results of memgpt's own searches must equal the emulated ones (conversation_search: its
     ranking with neighbours; archival: min-max fusion)."""
     off = 0
-    for conversation in cache.get("recall", {}).values():
+    for conversation in (c for key in ("recall", HELD_OUT_KEY) for c in cache.get(key, {}).values()):
         fusion = recall_default()
         for r in conversation["questions"]:
             _ORDER.clear()
@@ -453,8 +482,15 @@ def report(cache: dict, names: Sequence[str], recall_metric: Callable[[Row], Row
     if "recall" in cache:
         everything = [(c["questions"], c["order"]) for c in cache["recall"].values()]
         blocks.append(("recall all", lambda f: _pooled(everything, f)))
+    for name, conversation in cache.get(HELD_OUT_KEY, {}).items():
+        blocks.append((f"{HELD_OUT_KEY} {name}", lambda f, c=conversation: recall_row(c["questions"], c["order"], f)))
     for name, rows in cache.get("archival", {}).items():
         blocks.append((f"archival {name}", lambda f, rows=rows: archival_row(rows, f)))
+        if name == "held-out":  # the first 40 (still tied with BM25 at recall@5 and @10) and the 88 written later
+            first = [r for r in rows if not r["id"].startswith("held2-")]
+            later = [r for r in rows if r["id"].startswith("held2-")]
+            blocks.append(("archival held-out, first 40", lambda f, rows=first: archival_row(rows, f)))
+            blocks.append(("archival held-out, later 88", lambda f, rows=later: archival_row(rows, f)))
     table = {(v, b): score(VARIANTS[v]) for v in names for b, score in blocks}
     print("metrics: recall any@5 all@5 any@10 all@10 MRR; archival r@5 r@10 MRR. '+' beats dense and BM25 at every")
     print("metric of the row, '=' at least ties both, '-' otherwise\n")
@@ -487,10 +523,15 @@ def main() -> None:
     parser.add_argument("--set", default="tuning", choices=("tuning", "held-out", "all"), help="archival sets")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--match", action="append", help="show only variants whose name contains this (and both sides)")
+    parser.add_argument(
+        "--recall-held-out", action="store_true", help=f"with --collect recall/all: also {HELD_OUT.relative_to(ROOT)}"
+    )
     args = parser.parse_args()
     cache = json.loads(args.cache.read_text()) if args.cache.exists() else {}
     if args.collect in ("recall", "all"):
         collect_recall(cache)
+        if args.recall_held_out:
+            collect_recall(cache, HELD_OUT, HELD_OUT_KEY)
     if args.collect in ("archival", "all"):
         sets = {
             "tuning": ROOT / "bench" / "retrieval_queries.json",

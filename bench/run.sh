@@ -39,6 +39,10 @@ common=(--vectors "${vectors[0]}" --queries "${vectors[1]}" --sizes "$sizes")
 PYTHONPATH="$ROOT" "$LITE3/bin/python" bench/search_bench.py --label "milvus-lite 3.2.2" "${common[@]}"
 echo
 "$VENV/bin/python" bench/recall_bench.py "${recall[@]}"  # recall and archival (retrieval_bench) quality
+if [ "${1:-}" != "--quick" ]; then  # the held-out conversation nothing in recall's ranking was chosen on
+  echo
+  "$VENV/bin/python" bench/recall_bench.py --data bench/recall_heldout --no-archival
+fi
 echo
 "$VENV/bin/python" bench/step_bench.py --sizes "$sizes"
 echo

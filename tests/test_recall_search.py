@@ -17,7 +17,13 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import ToolError
 from memgpt.memory.messages import readable
 from memgpt.memory.paging import RankedPage
-from memgpt.memory.recall import NEIGHBOUR_SHARE, RecallIndex, RecallMemory, with_neighbour_scores
+from memgpt.memory.recall import (
+    NEIGHBOUR_SHARE,
+    WORD_SEARCH_NOTE,
+    RecallIndex,
+    RecallMemory,
+    with_neighbour_scores,
+)
 from memgpt.memory.results import keyword_query
 from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
@@ -145,6 +151,15 @@ def test_the_sql_fallback_honours_dates_and_role(storage: Storage, chat: Chat) -
     assert plain.search("tonight", role="assistant").total == 0
 
 
+def test_the_sql_fallback_says_it_is_a_word_search(storage: Storage, chat: Chat) -> None:
+    """The tool's description tells how the ranked search works; the fallback says that it is not that one."""
+    plain = RecallMemory(storage, agent_id=chat.recall.agent_id, user_id=USER)
+    header = plain.search("tonight").render("results").splitlines()[0]
+    assert header == f"Showing 2 of 2 results (page 0 of 0). {WORD_SEARCH_NOTE}"
+    assert plain.search("Which film did I watch?").render("results") == f"No results found. {WORD_SEARCH_NOTE}"
+    assert "Word search only" not in chat.recall.search("tonight").render("results")
+
+
 def test_each_entry_is_indexed_with_its_day_and_the_message_before_it(
     storage: Storage, chat: Chat, model: LocalMiniLM
 ) -> None:
@@ -186,6 +201,11 @@ def test_the_tool_says_how_it_ranks_and_takes_dates_and_a_role() -> None:
     properties = tool.parameters["properties"]
     assert {"start_date", "end_date", "role"} <= set(properties)
     assert tool.parameters["required"] == ["query", "request_heartbeat"]
+
+
+def test_the_archival_tool_says_it_ranks_by_words_too() -> None:
+    tool = next(t for t in builtin_tools() if t.name == "archival_memory_search")
+    assert "by meaning and by the words it shares" in tool.description
 
 
 def test_recall_entries_of_an_earlier_schema_are_indexed_again_with_their_context(

@@ -9,10 +9,14 @@ PAGE_SIZE = 5
 
 @dataclass(frozen=True)
 class Page:
+    """A page of a search whose matches can be counted. ``about``: how they were found, when the tool's own
+    description would not say (recall's word search while its ranked search is unavailable)."""
+
     items: list[str]
     total: int
     page: int
     page_size: int = PAGE_SIZE
+    about: str = ""
 
     @property
     def last_page(self) -> int:
@@ -20,10 +24,11 @@ class Page:
 
     def render(self, what: str) -> str:
         if not self.total:
-            return f"No {what} found."
+            return f"No {what} found.{' ' + self.about if self.about else ''}"
         if not self.items:
             return f"No more {what}: there are {self.total}, on pages 0 to {self.last_page}."
-        header = f"Showing {len(self.items)} of {self.total} {what} (page {self.page} of {self.last_page}):"
+        header = f"Showing {len(self.items)} of {self.total} {what} (page {self.page} of {self.last_page})"
+        header += f". {self.about}" if self.about else ":"
         return "\n".join([header, *self.items])
 
 

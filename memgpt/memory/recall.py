@@ -65,6 +65,12 @@ _PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against 
 RECALL_WEIGHTS = Weights(dense=1.0, keyword=1.5, gate=0.5)
 NEIGHBOUR_SHARE = 0.2
 RESCORED = 30  # how many of the best fused hits gain their neighbours' share (the same on every page)
+# What the model is told when the ranked search cannot run (no index, or it is unreachable or behind): the
+# tool's description says how the ranked search works, and this search works differently.
+WORD_SEARCH_NOTE = (
+    "Word search only (the ranked search is unavailable or still catching up): messages that contain every "
+    "word of the query, oldest first; use few key words."
+)
 
 
 @dataclass
@@ -392,7 +398,7 @@ class RecallMemory:
                 end=scope.end,
                 role=scope.role,
             )
-            return Page([describe(m) for m in found], total, number)
+            return Page([describe(m) for m in found], total, number, about=WORD_SEARCH_NOTE)
         return self._ranked(self._index, query, number, scope)
 
     def _offset(self, number: int) -> int:
