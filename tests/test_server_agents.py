@@ -214,6 +214,18 @@ def test_update_changes_only_what_is_sent(letta: Letta, server: LiveServer) -> N
     assert letta.agents.retrieve(agent_id).name == "sam2"
 
 
+def test_a_taken_name_names_the_agent_that_has_it_and_no_cli_flag(letta: Letta) -> None:
+    """An API user cannot pass the CLI's --agent: the answer names what every interface takes, the agent's id."""
+    first, other = sam(letta, "sam"), sam(letta, "max")
+    expected = {"detail": f"an agent named 'sam' already exists ({first}); pick another name"}
+    with pytest.raises(BadRequestError) as created:
+        letta.agents.create(name="sam", model=HANDLE)
+    with pytest.raises(BadRequestError) as renamed:
+        letta.agents.update(other, name=" sam ")
+    assert created.value.body == expected and renamed.value.body == expected
+    assert [a.name for a in letta.agents.list(order="asc")] == ["sam", "max"]
+
+
 def test_delete_removes_the_agent_its_messages_and_passages(letta: Letta, server: LiveServer, llm: ScriptedLLM) -> None:
     agent_id = sam(letta)
     letta.agents.passages.create(agent_id, text="Chad likes tea.")
