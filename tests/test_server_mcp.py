@@ -43,7 +43,8 @@ def agent_of(server: LiveServer, user_name: str | None, name: str, model: LocalM
 
 def test_the_owner_registers_servers_and_every_user_sees_them_without_secrets(live_server: LiveServer) -> None:
     owner = client(live_server, live_server.key())
-    alice = client(live_server, live_server.key("alice"))
+    alice_key = live_server.key("alice")
+    alice = client(live_server, alice_key)
     command = time_command()
     created = owner.mcp_servers.create(
         server_name="time",
@@ -61,8 +62,16 @@ def test_the_owner_registers_servers_and_every_user_sees_them_without_secrets(li
             },
         )
         # Alice may look, not register: a stdio server runs commands on the server's machine.
-        with pytest.raises(PermissionDeniedError):
+        with pytest.raises(PermissionDeniedError) as refused:
             alice.mcp_servers.create(server_name="mine", config={"command": "sh", "args": ["-c", "id"]})
+        # The answer says what is refused (MCP servers), not the users-and-keys wording of /v1/admin.
+        assert refused.value.body == {
+            "detail": "only the server's owner (the home's own user) may register, change or remove MCP servers "
+            "(they run commands or reach URLs from this machine)"
+        }
+        for method in ("PATCH", "DELETE"):
+            other = httpx.request(method, f"{live_server.url}/v1/mcp-servers/time", json={}, headers=auth(alice_key))
+            assert other.status_code == 403 and "MCP servers" in other.json()["detail"], other.text
         listed = httpx.get(f"{live_server.url}/v1/mcp-servers/", headers=auth(live_server.key("alice")))
         assert listed.status_code == 200
         assert SECRET not in listed.text and API_KEY not in listed.text

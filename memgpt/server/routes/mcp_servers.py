@@ -37,7 +37,7 @@ from memgpt.server.schemas.mcp import (
     MCPServerUpdate,
     MCPToolOut,
 )
-from memgpt.server.state import AdminUser, CurrentUser, ServerState, State
+from memgpt.server.state import CurrentUser, MCPAdminUser, ServerState, State
 
 router = APIRouter(tags=["mcp"])
 
@@ -79,7 +79,7 @@ def list_servers(state: State, _: CurrentUser) -> list[MCPServerOut]:
 
 
 @router.post("/v1/mcp-servers/", response_model=MCPServerOut)
-def create_server(body: MCPServerCreate, state: State, _: AdminUser) -> MCPServerOut:
+def create_server(body: MCPServerCreate, state: State, _: MCPAdminUser) -> MCPServerOut:
     """Register a server (owner only: it runs commands on, or connects from, the server machine)."""
     spec = to_spec(body.server_name, body.config)
     add_server(state.home, spec)
@@ -92,7 +92,7 @@ def retrieve_server(server_id: str, state: State, _: CurrentUser) -> MCPServerOu
 
 
 @router.patch("/v1/mcp-servers/{server_id}", response_model=MCPServerOut)
-def update_server(server_id: str, body: MCPServerUpdate, state: State, _: AdminUser) -> MCPServerOut:
+def update_server(server_id: str, body: MCPServerUpdate, state: State, _: MCPAdminUser) -> MCPServerOut:
     """Change a server's settings; the agents that use it get the new ones at their next turn."""
     current = get_server(state.home, server_id)
     if body.server_name is not None and body.server_name != current.name:
@@ -106,7 +106,7 @@ def update_server(server_id: str, body: MCPServerUpdate, state: State, _: AdminU
 
 
 @router.delete("/v1/mcp-servers/{server_id}", status_code=204)
-def delete_server(server_id: str, state: State, _: AdminUser) -> Response:
+def delete_server(server_id: str, state: State, _: MCPAdminUser) -> Response:
     """Remove a server. Agents keep its name attached (and get a warning) until it is registered again or
     they detach it."""
     remove_server(state.home, server_id)
