@@ -88,6 +88,9 @@ FAILED = _HIDDEN + "Function call failed, returning control"
 CHAINED = _HIDDEN + "Function called using request_heartbeat=true, returning control"
 TIMED_HEARTBEAT = _HIDDEN + "Timed heartbeat: the user has been idle."
 USER_HEARTBEAT = _HIDDEN + "Heartbeat sent by the user."
+# What a heartbeat the agent never got says instead, once its turn is cancelled: the next turn's prompt then does
+# not hand the agent control it never took.
+CANCELLED_NOTE = _HIDDEN + "The turn was cancelled before this step ran: control went back to the user."
 PRESSURE_ALERT = (
     "Warning: the conversation history will soon reach its maximum length and be trimmed. Save anything "
     "important from recent messages to core or archival memory now."
@@ -273,13 +276,18 @@ class Agent:
         return (yield from self._chain())
 
     def _chain(self) -> Generator[Event, None, str]:
+        heartbeat: Message | None = None
         for _ in range(self.max_steps):
             if self.stop_requested():
+                if heartbeat is not None:
+                    # A cancel from another process is seen by the heartbeat's own (fenced) write, so it is stored.
+                    self._replace(replace(heartbeat, content=CANCELLED_NOTE))
                 return CANCELLED
             reason = yield from self._step()
             if reason is None:
                 return END_TURN
-            self._append([self._message(Role.USER, reason, name=HEARTBEAT)])
+            heartbeat = self._message(Role.USER, reason, name=HEARTBEAT)
+            self._append([heartbeat])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue", failed=True)
         return MAX_STEPS
 
