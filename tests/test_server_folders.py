@@ -355,6 +355,44 @@ def test_agent_files_import_and_export_through_the_client(server: LiveServer, ll
     assert before == {a.id for a in client.agents.list()}
 
 
+@pytest.mark.usefixtures("metadata_url")  # the runs and leases that record an import, on SQLite and on PostgreSQL
+def test_a_retried_import_answers_with_the_agent_the_first_attempt_made(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """letta-client retries an import that timed out with the same file: the retries get the first attempt's agent
+    (waiting while it runs), never a second copy. A deliberate second import still makes a copy, as in Letta."""
+    from memgpt.server.routes import agentfile as route
+
+    calls: list[float] = []
+    real = route.import_agent_file
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(2.0)  # outlasts the client's timeout below
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(route, "import_agent_file", slow)
+    retries: list[str] = []
+    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
+    impatient = Letta(
+        base_url=server.url,
+        api_key=server.key(),
+        timeout=1.5,
+        max_retries=4,
+        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
+    )
+    content = (AGENT_FILES / "memgpt_agent.af").read_bytes()
+    answer = impatient.agents.import_file(file=("memgpt_agent.af", content))
+    assert retries[0] == "0" and len(retries) >= 2, retries  # it timed out at least once and was sent again
+    assert len(calls) == 1, "a retry imported the file again"
+    (made,) = answer.agent_ids
+    assert [a.id for a in client_for(server).agents.list()] == [made]
+    again = client_for(server).agents.import_file(file=("memgpt_agent.af", content))  # on purpose: a copy
+    assert len(calls) == 2 and again.agent_ids != [made]
+    assert len(list(client_for(server).agents.list())) == 2
+
+
 def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedLLM) -> None:
     config = use_scripted_llm(home, llm.url)
     config.server.max_upload_mb = 0.02  # 20,000 bytes; the smallest example file has 24,427
