@@ -6,6 +6,7 @@ by kill -9 is finished on the next start."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from letta_client import APIStatusError, BadRequestError, ConflictError, Letta, 
 from memgpt.config import load_config, save_config
 from memgpt.data.ingest import SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
+from memgpt.errors import ConflictError as MemGPTConflictError
+from memgpt.errors import UserError
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage.files import FileStore
 from memgpt.storage.filters import eq
@@ -391,6 +394,39 @@ def test_a_retried_import_answers_with_the_agent_the_first_attempt_made(
     again = client_for(server).agents.import_file(file=("memgpt_agent.af", content))  # on purpose: a copy
     assert len(calls) == 2 and again.agent_ids != [made]
     assert len(list(client_for(server).agents.list())) == 2
+
+
+def test_a_retry_finds_what_became_of_the_import_it_repeats(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry imports anew when the first attempt failed or its process died (an import is all or nothing, so
+    nothing of it is stored), answers with a finished attempt's agents, and waits for a running one (then 409)."""
+    from memgpt.server.routes import agentfile as route
+    from memgpt.storage.turns import HOST, Run, new_owner
+
+    turns, user_id = server.state.storage.turns, server.state.owner.id
+    imports = route._Imports(turns, user_id, "d" * 64)
+    assert imports.earlier() is None  # no first attempt reached this server
+    dead = f"{HOST}:{os.getpid()}:0:{'0' * 32}"  # this pid, started at another time: a process that is gone
+    assert turns.acquire("run-dead", dead, "run-dead", 600, run=Run("run-dead", imports.key, imports.digest))
+    began = time.monotonic()
+    assert imports.earlier() is None and time.monotonic() - began < 5  # at once, not after the wait
+
+    def failing() -> route.ImportResult:
+        raise UserError("not an agent file")
+
+    with pytest.raises(UserError):
+        imports.run(failing)
+    assert imports.earlier() is None
+    done = route.ImportResult(agent_ids=["agent-1"], imported=[])
+    assert imports.run(lambda: done) == done
+    assert imports.earlier() == done
+
+    running = route._Imports(turns, user_id, "e" * 64)
+    assert turns.acquire("run-live", new_owner(), "run-live", 600, run=Run("run-live", running.key, running.digest))
+    monkeypatch.setattr(route, "RETRY_WAIT", 0.5)
+    with pytest.raises(MemGPTConflictError, match="the import this request retries is still running"):
+        running.earlier()
 
 
 def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedLLM) -> None:
