@@ -3,11 +3,13 @@ Letta's form fields); both call ``memgpt.agent.agentfile``, as `memgpt export ag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile
@@ -22,7 +24,7 @@ from memgpt.agent.agentfile import (
     import_settings,
 )
 from memgpt.agent.agentfile_format import read_agent_file
-from memgpt.errors import ConflictError, UserError
+from memgpt.errors import ConflictError, MemGPTError, UserError
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.routes.folders import Jobs
 from memgpt.server.state import CurrentUser, ServerState, State
@@ -127,25 +129,28 @@ class _Imports:
         while True:
             run = self.turns.recent_run(self.key, self.digest, utc_now() - RETRY_WINDOW)
             if run is not None and run.status != FINISHED and self.turns.running_run(run.id) != run.id:
-                run = self.turns.run(run.id)  # ended since it was read, or its process died
-                if run is None or run.status != FINISHED:
-                    return None
-            if run is None or run.status == FINISHED:
-                return ImportResult.model_validate_json(run.response) if run is not None else None
+                run = self.turns.run(run.id)  # ended since it was read (finished, or failed: forgotten), or died
+                if run is not None and run.status != FINISHED:
+                    return None  # its process died
+            if run is None:
+                return None
+            if run.status == FINISHED:
+                return ImportResult.model_validate_json(run.response)
             if time.monotonic() >= deadline:
                 raise ConflictError("the import this request retries is still running; its agents are listed when done")
             time.sleep(0.2)
 
-    def run(self, work: Any) -> ImportResult:
+    def run(self, work: Callable[[], ImportResult]) -> ImportResult:
         """``work()`` recorded as this import's run; a failure forgets the run, so a retry imports again."""
         run_id, owner = f"run-{uuid.uuid4()}", new_owner()
         run = Run(run_id, self.key, self.digest)
         self.turns.acquire(run_id, owner, run_id, RETRY_WINDOW.total_seconds(), run=run, keep=RETRY_WINDOW)
         try:
-            result: ImportResult = work()
+            result = work()
         except BaseException:
-            self.turns.release(run_id, owner)
-            self.turns.forget_run(run_id)
+            with contextlib.suppress(MemGPTError):  # the import's own error is the one to tell
+                self.turns.release(run_id, owner)
+                self.turns.forget_run(run_id)
             raise
         answer = result.model_dump_json()
         self.turns.release(run_id, owner, finished=Run(run_id, self.key, self.digest, FINISHED, "imported", answer))
