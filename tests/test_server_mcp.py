@@ -108,11 +108,15 @@ def test_bad_registrations_are_one_line_4xx_and_change_nothing(live_server: Live
         ({"server_name": "s", "config": {"server_url": "ftp://h"}}, 400, "must start with http:// or https://"),
         ({"server_name": "s", "config": {"command": "x", "env": {"BAD NAME": "v"}}}, 400, "environment variable"),
         ({"server_name": "s"}, 422, "config"),
+        # In the API's field names, not the CLI's flags (--url, --env, --header).
+        ({"server_name": "s", "config": {"command": "x", "auth_token": "t"}}, 400, "apply to a server_url, not to"),
+        ({"server_name": "s", "config": {"server_url": "http://h/mcp", "args": ["a"]}}, 400, "args and env apply to"),
     ]
     for body, status, words in cases:
         response = httpx.post(url, json=body, headers=headers)
         assert response.status_code == status, (body, response.text)
         assert words in json.dumps(response.json()["detail"]), (body, response.text)
+        assert "--" not in json.dumps(response.json()["detail"]), (body, response.text)
     assert httpx.get(url, headers=headers).json() == []
     assert not (live_server.home / "mcp.toml").exists()
     created = httpx.post(url, json={"server_name": "s", "config": {"command": "x"}}, headers=headers)

@@ -42,10 +42,28 @@ from memgpt.server.state import CurrentUser, MCPAdminUser, ServerState, State
 router = APIRouter(tags=["mcp"])
 
 
+def _transport_problem(config: MCPServerConfig) -> str | None:
+    """What makes ``config`` neither a command nor a URL, in the API's field names (the registry's own checks name
+    the CLI's flags: --url, --env, --header)."""
+    command, url = bool(config.command), bool((config.server_url or "").strip())
+    if not command and not url:
+        return "config: give the command that starts the server (command, with args and env) or its server_url"
+    if command and url:
+        return "config: give a command or a server_url, not both"
+    if url and (config.args or config.env):
+        return "config: args and env apply to a command (stdio), not to a server_url"
+    if command and (config.custom_headers or config.auth_token):
+        return "config: custom_headers and auth_token apply to a server_url, not to a command"
+    return None
+
+
 def to_spec(name: str, config: MCPServerConfig) -> ServerSpec:
     """Letta's server config as ours; one line naming the field when it does not make a server."""
     if config.mcp_server_type == "sse":
         raise UserError("SSE MCP servers are not supported: use the server's streamable HTTP URL (streamable_http)")
+    problem = _transport_problem(config)
+    if problem:
+        raise UserError(problem)
     headers = dict(config.custom_headers or {})
     if config.auth_token:
         header = (config.auth_header or "Authorization").strip()
