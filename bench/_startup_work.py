@@ -34,13 +34,7 @@ def main() -> None:
     loads: list[float] = []
     searches: list[float] = []
     with Storage(config, memgpt_home()) as storage:
-        loader = SourceLoader(
-            storage,
-            model,
-            user_id=config.user_id,
-            chunk_size=config.embedding.chunk_size,
-            chunk_overlap=config.embedding.chunk_overlap,
-        )
+        loader = SourceLoader.from_settings(storage, model, config.embedding, user_id=config.user_id)
         loader.load("paper warm-up", [paper])
         for attempt in range(timed_loads):
             began = time.perf_counter()

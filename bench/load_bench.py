@@ -31,13 +31,7 @@ def measure(name: str, files: list[Path], home: Path, model: LocalMiniLM, repeat
     config = Config()
     loads: list[tuple[float, dict[str, float], int]] = []
     with Storage(config, home) as storage:
-        loader = SourceLoader(
-            storage,
-            model,
-            user_id=config.user_id,
-            chunk_size=config.embedding.chunk_size,
-            chunk_overlap=config.embedding.chunk_overlap,
-        )
+        loader = SourceLoader.from_settings(storage, model, config.embedding, user_id=config.user_id)
         for attempt in range(repeats):
             began = time.perf_counter()
             report = loader.load(f"{name} #{attempt}", files)

@@ -133,13 +133,7 @@ def labelled_documents(model: EmbeddingModel, sets: dict[str, list[dict[str, str
     files = sorted({ROOT / "tests" / "data" / q["file"] for queries in sets.values() for q in queries})
     config = Config()
     with tempfile.TemporaryDirectory() as tmp, Storage(config, Path(tmp)) as storage:
-        loader = SourceLoader(
-            storage,
-            model,
-            user_id=config.user_id,
-            chunk_size=config.embedding.chunk_size,
-            chunk_overlap=config.embedding.chunk_overlap,
-        )
+        loader = SourceLoader.from_settings(storage, model, config.embedding, user_id=config.user_id)
         cpu = time.process_time()
         report = loader.load("bench", files)
         cpu = time.process_time() - cpu

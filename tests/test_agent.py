@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memgpt.agent.agent import Agent
+from memgpt.agent.agent import STOPPED_NOTE, Agent
 from memgpt.agent.events import FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.manager import attach_source, detach_source, open_agent
 from memgpt.embeddings.local import LocalMiniLM
@@ -257,6 +257,21 @@ def test_plain_text_answers_reach_the_user_and_runaway_chains_stop(rig: Rig) -> 
     rig.llm.add(*[{"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}] * 3)
     events = list(agent.send("loop"))
     assert isinstance(events[-1], SystemNotice) and "stopped after 3 steps" in events[-1].text
+
+
+def test_the_turn_after_a_runaway_chain_sees_its_last_heartbeat_marked_stopped(rig: Rig) -> None:
+    """The heartbeat the step past max_steps would have answered says the turn stopped, so the next turn's prompt
+    does not hand the agent control it never took."""
+    agent = rig.create()
+    agent.max_steps = 2
+    rig.llm.add(*[{"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}] * 2)
+    list(agent.send("loop"))
+    rig.llm.reply("Back.")
+    assert replies(list(agent.send("next"))) == ["Back."]
+    prompt = rig.llm.requests[-1]["messages"]
+    assert [m["role"] for m in prompt[-4:]] == ["assistant", "tool", "user", "user"]
+    assert json.loads(prompt[-2]["content"])["reason"] == STOPPED_NOTE.format(steps=2)
+    assert not any("returning control" in str(m.get("content")) for m in prompt[-4:])
 
 
 def test_function_calls_are_shown_with_their_arguments(rig: Rig) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from memgpt.config import EmbeddingSettings
 from memgpt.data.ingest import _WRITE_WINDOW, LoadListener, SourceLoader, collect_files
+from memgpt.data.loaders import LOADER_VERSION
 from memgpt.data.sources import delete_source, get_source, list_sources, search_source, visible_passages
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import NotFoundError, UserError
@@ -226,6 +228,20 @@ def test_a_file_over_a_load_limit_fails_alone(storage: Storage, model: LocalMini
     assert by_text.documents == 1
     by_size = loader(storage, model, max_file_bytes=1_000_000).load("limits", [big])
     assert "max_file_mb" in by_size.failures[0].reason
+
+
+def test_a_loader_from_the_embedding_settings_chunks_and_limits_as_they_say(
+    storage: Storage, model: LocalMiniLM, tmp_path: Path
+) -> None:
+    """`memgpt load`, the server's folders and the benches make their loader from [embedding] in one place."""
+    big = tmp_path / "one_line.txt"
+    big.write_text("the same few words again " * 50_000)
+    settings = EmbeddingSettings(chunk_size=64, chunk_overlap=8, max_text_mb=1.0)
+    configured = SourceLoader.from_settings(storage, model, settings, user_id=USER)
+    assert configured.signature.endswith(f"/c64/o8/l{LOADER_VERSION}")
+    report = configured.load("settings", [big, DATA / "test.md"])
+    assert [f.path for f in report.failures] == [str(big)] and "raise max_text_mb" in report.failures[0].reason
+    assert report.documents == 1
 
 
 class _InterruptAfterFirstWindow(LoadListener):

@@ -195,6 +195,41 @@ def test_an_expired_lease_goes_to_exactly_one_newcomer(storage: Storage) -> None
         assert lease_owner(storage, "a1") == second
 
 
+def test_another_databases_lease_is_taken_by_statements_built_once(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database other than SQLite or PostgreSQL (this one, told it is another: no ON CONFLICT, this process's
+    clock) takes a free lease, an expired one and a released one with statements built at its first lease only."""
+    monkeypatch.setattr(storage_turns.TurnStore, "_dialect", property(lambda _self: "another"))
+    storage_turns._prepared.cache_clear()
+    built = {"statements": 0}
+
+    def counted(build: Callable[..., Any]) -> Callable[..., Any]:
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            built["statements"] += 1
+            return build(*args, **kwargs)
+
+        return counting
+
+    for name in ("sql_insert", "update"):
+        monkeypatch.setattr(storage_turns, name, counted(getattr(storage_turns, name)))
+    turns = storage.turns
+    try:
+        assert turns.acquire("a1", new_owner(), "run-1", 0.1) is not None
+        first = built["statements"]
+        time.sleep(0.2)
+        second = new_owner()
+        assert turns.acquire("a1", second, "run-2", 60) is not None  # expired
+        assert turns.acquire("a1", new_owner(), "run-3", 60) is None  # held
+        turns.release("a1", second)
+        third = new_owner()
+        assert turns.acquire("a1", third, "run-4", 60) is not None  # free again
+        assert lease_owner(storage, "a1") == third
+        assert built["statements"] == first, "the fallback built its lease statements again"
+    finally:
+        storage_turns._prepared.cache_clear()
+
+
 def _holder(home: Path, agent_id: str, ttl: float) -> subprocess.Popen[str]:
     """Another process that takes the agent's lease and sleeps holding it."""
     code = (

@@ -214,6 +214,37 @@ def test_update_changes_only_what_is_sent(letta: Letta, server: LiveServer) -> N
     assert letta.agents.retrieve(agent_id).name == "sam2"
 
 
+def test_a_taken_name_names_the_agent_that_has_it_and_no_cli_flag(letta: Letta) -> None:
+    """An API user cannot pass the CLI's --agent: the answer names what every interface takes, the agent's id."""
+    first, other = sam(letta, "sam"), sam(letta, "max")
+    expected = {"detail": f"an agent named 'sam' already exists ({first}); pick another name"}
+    with pytest.raises(BadRequestError) as created:
+        letta.agents.create(name="sam", model=HANDLE)
+    with pytest.raises(BadRequestError) as renamed:
+        letta.agents.update(other, name=" sam ")
+    assert created.value.body == expected and renamed.value.body == expected
+    assert [a.name for a in letta.agents.list(order="asc")] == ["sam", "max"]
+
+
+def test_an_update_with_blocks_is_refused_naming_the_field_and_changes_nothing(letta: Letta) -> None:
+    """Letta's UpdateAgent has no memory_blocks and drops them without a word: the caller would think they took."""
+    agent_id = sam(letta)
+    before = letta.agents.retrieve(agent_id)
+    for field, sent in (("memory_blocks", [{"label": "human", "value": "Name: Bob"}]), ("human", "Name: Bob")):
+        with pytest.raises(BadRequestError) as refused:
+            letta.agents.update(agent_id, name="renamed", extra_body={field: sent})
+        detail = refused.value.body["detail"]  # type: ignore[index]
+        assert detail.startswith(f"{field}: an agent's blocks are set when it is created; change ") and (
+            "agents.blocks.update(" in detail
+        )
+    after = letta.agents.retrieve(agent_id)
+    assert after.name == "sam" and {b.label: b.value for b in after.memory.blocks} == {
+        b.label: b.value for b in before.memory.blocks
+    }
+    letta.agents.blocks.update("human", agent_id=agent_id, value="Name: Bob")  # the way the message names
+    assert letta.agents.blocks.retrieve("human", agent_id=agent_id).value == "Name: Bob"
+
+
 def test_delete_removes_the_agent_its_messages_and_passages(letta: Letta, server: LiveServer, llm: ScriptedLLM) -> None:
     agent_id = sam(letta)
     letta.agents.passages.create(agent_id, text="Chad likes tea.")

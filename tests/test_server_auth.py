@@ -70,7 +70,9 @@ def test_only_the_owner_administers_users_and_keys(live_server: LiveServer) -> N
     assert alice["name"] == "alice" and alice["key"]["key"].startswith("sk-")
     alice_key = auth(alice["key"]["key"])
     # Alice's key is valid (not 401) but she is not the owner.
-    assert httpx.get(f"{live_server.url}/v1/admin/users", headers=alice_key).status_code == 403
+    refused = httpx.get(f"{live_server.url}/v1/admin/users", headers=alice_key)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == "only the server's owner (the home's own user) may manage users and keys"
     listed = httpx.get(f"{live_server.url}/v1/admin/users", headers=owner).json()
     assert {u["name"]: u["is_owner"] for u in listed} == {"owner": True, "alice": False}
     assert "key" not in json.dumps(listed)  # keys are never listed

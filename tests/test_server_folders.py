@@ -6,6 +6,7 @@ by kill -9 is finished on the next start."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from letta_client import APIStatusError, BadRequestError, ConflictError, Letta, 
 from memgpt.config import load_config, save_config
 from memgpt.data.ingest import SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
+from memgpt.errors import ConflictError as MemGPTConflictError
+from memgpt.errors import UserError
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage.files import FileStore
 from memgpt.storage.filters import eq
@@ -353,6 +356,77 @@ def test_agent_files_import_and_export_through_the_client(server: LiveServer, ll
         client.agents.import_file(file=("x.af", exported.encode()), secrets="[1]")
     before = {a.id for a in client.agents.list()}
     assert before == {a.id for a in client.agents.list()}
+
+
+@pytest.mark.usefixtures("metadata_url")  # the runs and leases that record an import, on SQLite and on PostgreSQL
+def test_a_retried_import_answers_with_the_agent_the_first_attempt_made(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """letta-client retries an import that timed out with the same file: the retries get the first attempt's agent
+    (waiting while it runs), never a second copy. A deliberate second import still makes a copy, as in Letta."""
+    from memgpt.server.routes import agentfile as route
+
+    calls: list[float] = []
+    real = route.import_agent_file
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(2.0)  # outlasts the client's timeout below
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(route, "import_agent_file", slow)
+    retries: list[str] = []
+    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
+    impatient = Letta(
+        base_url=server.url,
+        api_key=server.key(),
+        timeout=1.5,
+        max_retries=4,
+        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
+    )
+    content = (AGENT_FILES / "memgpt_agent.af").read_bytes()
+    answer = impatient.agents.import_file(file=("memgpt_agent.af", content))
+    assert retries[0] == "0" and len(retries) >= 2, retries  # it timed out at least once and was sent again
+    assert len(calls) == 1, "a retry imported the file again"
+    (made,) = answer.agent_ids
+    assert [a.id for a in client_for(server).agents.list()] == [made]
+    again = client_for(server).agents.import_file(file=("memgpt_agent.af", content))  # on purpose: a copy
+    assert len(calls) == 2 and again.agent_ids != [made]
+    assert len(list(client_for(server).agents.list())) == 2
+
+
+def test_a_retry_finds_what_became_of_the_import_it_repeats(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry imports anew when the first attempt failed or its process died (an import is all or nothing, so
+    nothing of it is stored), answers with a finished attempt's agents, and waits for a running one (then 409)."""
+    from memgpt.server.routes import agentfile as route
+    from memgpt.storage.turns import HOST, Run, new_owner
+
+    turns, user_id = server.state.storage.turns, server.state.owner.id
+    imports = route._Imports(turns, user_id, "d" * 64)
+    assert imports.earlier() is None  # no first attempt reached this server
+    dead = f"{HOST}:{os.getpid()}:0:{'0' * 32}"  # this pid, started at another time: a process that is gone
+    assert turns.acquire("run-dead", dead, "run-dead", 600, run=Run("run-dead", imports.key, imports.digest))
+    began = time.monotonic()
+    assert imports.earlier() is None and time.monotonic() - began < 5  # at once, not after the wait
+
+    def failing() -> route.ImportResult:
+        raise UserError("not an agent file")
+
+    with pytest.raises(UserError):
+        imports.run(failing)
+    assert imports.earlier() is None
+    done = route.ImportResult(agent_ids=["agent-1"], imported=[])
+    assert imports.run(lambda: done) == done
+    assert imports.earlier() == done
+
+    running = route._Imports(turns, user_id, "e" * 64)
+    assert turns.acquire("run-live", new_owner(), "run-live", 600, run=Run("run-live", running.key, running.digest))
+    monkeypatch.setattr(route, "RETRY_WAIT", 0.5)
+    with pytest.raises(MemGPTConflictError, match="the import this request retries is still running"):
+        running.earlier()
 
 
 def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedLLM) -> None:

@@ -43,7 +43,8 @@ def agent_of(server: LiveServer, user_name: str | None, name: str, model: LocalM
 
 def test_the_owner_registers_servers_and_every_user_sees_them_without_secrets(live_server: LiveServer) -> None:
     owner = client(live_server, live_server.key())
-    alice = client(live_server, live_server.key("alice"))
+    alice_key = live_server.key("alice")
+    alice = client(live_server, alice_key)
     command = time_command()
     created = owner.mcp_servers.create(
         server_name="time",
@@ -61,8 +62,16 @@ def test_the_owner_registers_servers_and_every_user_sees_them_without_secrets(li
             },
         )
         # Alice may look, not register: a stdio server runs commands on the server's machine.
-        with pytest.raises(PermissionDeniedError):
+        with pytest.raises(PermissionDeniedError) as refused:
             alice.mcp_servers.create(server_name="mine", config={"command": "sh", "args": ["-c", "id"]})
+        # The answer says what is refused (MCP servers), not the users-and-keys wording of /v1/admin.
+        assert refused.value.body == {
+            "detail": "only the server's owner (the home's own user) may register, change or remove MCP servers "
+            "(they run commands or reach URLs from this machine)"
+        }
+        for method in ("PATCH", "DELETE"):
+            other = httpx.request(method, f"{live_server.url}/v1/mcp-servers/time", json={}, headers=auth(alice_key))
+            assert other.status_code == 403 and "MCP servers" in other.json()["detail"], other.text
         listed = httpx.get(f"{live_server.url}/v1/mcp-servers/", headers=auth(live_server.key("alice")))
         assert listed.status_code == 200
         assert SECRET not in listed.text and API_KEY not in listed.text
@@ -99,11 +108,15 @@ def test_bad_registrations_are_one_line_4xx_and_change_nothing(live_server: Live
         ({"server_name": "s", "config": {"server_url": "ftp://h"}}, 400, "must start with http:// or https://"),
         ({"server_name": "s", "config": {"command": "x", "env": {"BAD NAME": "v"}}}, 400, "environment variable"),
         ({"server_name": "s"}, 422, "config"),
+        # In the API's field names, not the CLI's flags (--url, --env, --header).
+        ({"server_name": "s", "config": {"command": "x", "auth_token": "t"}}, 400, "apply to a server_url, not to"),
+        ({"server_name": "s", "config": {"server_url": "http://h/mcp", "args": ["a"]}}, 400, "args and env apply to"),
     ]
     for body, status, words in cases:
         response = httpx.post(url, json=body, headers=headers)
         assert response.status_code == status, (body, response.text)
         assert words in json.dumps(response.json()["detail"]), (body, response.text)
+        assert "--" not in json.dumps(response.json()["detail"]), (body, response.text)
     assert httpx.get(url, headers=headers).json() == []
     assert not (live_server.home / "mcp.toml").exists()
     created = httpx.post(url, json={"server_name": "s", "config": {"command": "x"}}, headers=headers)

@@ -18,6 +18,7 @@ import pytest
 from letta_client import APIError, APIStatusError, ConflictError, InternalServerError, Letta, NotFoundError
 from sqlalchemy import text
 
+from memgpt.agent.agent import CANCELLED_NOTE
 from memgpt.agent.manager import update_agent, update_block
 from memgpt.config import load_config, save_config
 from memgpt.errors import BackendError
@@ -254,6 +255,31 @@ def test_cancel_stops_the_turn_at_the_next_step(
     llm.script.clear()
     llm.reply("Back.")
     assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "Back."
+
+
+def test_the_turn_after_a_cancel_sees_the_unanswered_heartbeat_marked_cancelled(
+    letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """The cancel is seen by the write of the heartbeat the next step would answer, so that heartbeat is stored. The
+    next turn's prompt must not hand the agent control it never took: the heartbeat says the turn was cancelled."""
+    llm.add({"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}, "delay": 1.5})
+    llm.reply("never sent")
+    sender = threading.Thread(target=lambda: letta.agents.messages.create(agent_id, input="go"))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not llm.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(letta.agents.messages.cancel(agent_id).values()) == ["cancelled"]
+    sender.join(30)
+    llm.script.clear()
+    llm.reply("Back.")
+    assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "Back."
+    prompt = llm.requests[-1]["messages"]
+    assert [m["role"] for m in prompt[-5:]] == ["user", "assistant", "tool", "user", "user"]
+    heartbeat, sent = json.loads(prompt[-2]["content"]), json.loads(prompt[-1]["content"])
+    assert heartbeat["type"] == "heartbeat" and heartbeat["reason"] == CANCELLED_NOTE
+    assert (sent["type"], sent["message"]) == ("user_message", "next")
+    assert not any("returning control" in str(m.get("content")) for m in prompt)
 
 
 # -- one turn per agent -------------------------------------------------------------------------------

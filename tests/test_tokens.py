@@ -27,6 +27,31 @@ def test_tiktoken_works_from_an_empty_cache_without_network(tmp_path: Path, monk
         encoding.cache_clear()
 
 
+def test_a_damaged_vocabulary_file_in_tiktokens_cache_is_replaced_from_the_shipped_copy_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiktoken checks the file it finds against the SHA-256 it expects and downloads it again when they differ:
+    a truncated or changed file (a full disk, an interrupted copy) must not send an offline run to the network."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    monkeypatch.setattr("tiktoken.load.read_file", lambda blobpath: pytest.fail(f"tried to download {blobpath}"))
+    encoding.cache_clear()
+    try:
+        reference = encoding("cl100k_base").encode(SAMPLE, disallowed_special=())
+        (vocabulary,) = (p for p in cache.iterdir() if p.suffix != ".marshal")
+        whole = vocabulary.read_bytes()
+        for damaged in (whole[: len(whole) // 2], whole.replace(b"aGVsbG8", b"aGVsbG9", 1), b""):
+            assert damaged != whole
+            vocabulary.write_bytes(damaged)
+            for kept in cache.glob("*.marshal"):  # a new tiktoken or Python version: the vocabulary is read again
+                kept.unlink()
+            encoding.cache_clear()
+            assert encoding("cl100k_base").encode(SAMPLE, disallowed_special=()) == reference
+            assert vocabulary.read_bytes() == whole
+    finally:
+        encoding.cache_clear()
+
+
 def test_threads_seeding_an_empty_cache_at_once_all_get_the_encoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

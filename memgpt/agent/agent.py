@@ -88,6 +88,10 @@ FAILED = _HIDDEN + "Function call failed, returning control"
 CHAINED = _HIDDEN + "Function called using request_heartbeat=true, returning control"
 TIMED_HEARTBEAT = _HIDDEN + "Timed heartbeat: the user has been idle."
 USER_HEARTBEAT = _HIDDEN + "Heartbeat sent by the user."
+# What a heartbeat the agent never gets says instead, once its turn is cancelled or out of steps: the next turn's
+# prompt then does not hand the agent control it never took.
+CANCELLED_NOTE = _HIDDEN + "The turn was cancelled before this step ran: control went back to the user"
+STOPPED_NOTE = _HIDDEN + "The turn stopped after {steps} steps in a row, before this one: control went back to the user"
 PRESSURE_ALERT = (
     "Warning: the conversation history will soon reach its maximum length and be trimmed. Save anything "
     "important from recent messages to core or archival memory now."
@@ -344,13 +348,20 @@ class Agent:
         return (yield from self._chain())
 
     def _chain(self) -> Generator[Event, None, str]:
-        for _ in range(self.max_steps):
+        heartbeat: Message | None = None
+        for step in range(self.max_steps):
             if self.stop_requested():
+                if heartbeat is not None:
+                    # A cancel from another process is seen by the heartbeat's own (fenced) write, so it is stored.
+                    self._replace(replace(heartbeat, content=CANCELLED_NOTE))
                 return CANCELLED
             reason = yield from self._step()
             if reason is None:
                 return END_TURN
-            self._append([self._message(Role.USER, reason, name=HEARTBEAT)])
+            if step == self.max_steps - 1:  # no step answers it
+                reason = STOPPED_NOTE.format(steps=self.max_steps)
+            heartbeat = self._message(Role.USER, reason, name=HEARTBEAT)
+            self._append([heartbeat])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue", failed=True)
         return MAX_STEPS
 

@@ -115,8 +115,7 @@ def create_agent(
     ``system`` replaces MemGPT's prompt. A context window too small for all that is refused before
     anything is stored."""
     name = validate_agent_name(name)
-    if storage.agents.get(user_id, name) is not None:
-        raise UserError(f"an agent named {name!r} already exists; pick another name or run it with --agent")
+    _refuse_taken(storage, user_id, name)
     given = check_blocks(blocks)
     missing = []
     for kind, chosen in (("persona", persona), ("human", human)):
@@ -250,6 +249,15 @@ def resolve_agent(
     return state, False
 
 
+def _refuse_taken(storage: Storage, user_id: str, name: str) -> None:
+    """A name the user's agents already have is refused. The message names that agent's id, which every interface
+    takes (the CLI's --agent, /v1/agents/{id}, the Python client), and no interface's own flag or path: the
+    server, the Python client and the CLI all reach this."""
+    taken = storage.agents.get(user_id, name)
+    if taken is not None:
+        raise UserError(f"an agent named {name!r} already exists ({taken.id}); pick another name")
+
+
 def update_agent(
     storage: Storage,
     state: AgentState,
@@ -269,8 +277,7 @@ def update_agent(
     fields: dict[str, Any] = {}
     if name is not None and name.strip() != state.name:
         fields["name"] = validate_agent_name(name)
-        if storage.agents.get(state.user_id, fields["name"]) is not None:
-            raise UserError(f"an agent named {fields['name']!r} already exists; pick another name")
+        _refuse_taken(storage, state.user_id, fields["name"])
     if model is not None:
         if not model.strip():
             raise UserError("the model name cannot be empty")

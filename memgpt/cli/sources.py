@@ -111,15 +111,8 @@ def load_directory(
     with open_storage(vectors=True) as (storage, config):
         model = embedding_model(config)
         with _progress() as progress:
-            loader = SourceLoader(
-                storage,
-                model,
-                user_id=config.user_id,
-                chunk_size=config.embedding.chunk_size,
-                chunk_overlap=config.embedding.chunk_overlap,
-                listener=_ProgressListener(progress),
-                max_file_bytes=int(config.embedding.max_file_mb * 1e6),
-                max_text_bytes=int(config.embedding.max_text_mb * 1e6),
+            loader = SourceLoader.from_settings(
+                storage, model, config.embedding, user_id=config.user_id, listener=_ProgressListener(progress)
             )
             report = loader.load(name, paths, description=description)
     raise typer.Exit(_summarize(report))

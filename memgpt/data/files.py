@@ -181,16 +181,7 @@ def load_file(
 ) -> LoadReport:
     """Load one recorded file into its source with the loader and limits `memgpt load` uses; its row says
     how it went."""
-    loader = SourceLoader(
-        storage,
-        model,
-        user_id=source.user_id,
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-        listener=listener,
-        max_file_bytes=int(settings.max_file_mb * 1e6),
-        max_text_bytes=int(settings.max_text_mb * 1e6),
-    )
+    loader = SourceLoader.from_settings(storage, model, settings, user_id=source.user_id, listener=listener)
     return loader.load(source.name, [Path(record.path)], into=source)
 
 

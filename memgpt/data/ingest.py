@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memgpt.data.chunking import Chunker, embedding_text
 from memgpt.data.filerecords import FileTracker
@@ -30,6 +31,9 @@ from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import is_in
 from memgpt.types import Document, DocumentStatus, Passage, Source, utc_now
+
+if TYPE_CHECKING:
+    from memgpt.config import EmbeddingSettings
 
 _WRITE_WINDOW = 256  # passages embedded and written together: bounds memory on huge files
 _DELETE_BATCH = 500
@@ -155,6 +159,29 @@ class SourceLoader:
         self.chunker = Chunker(model.count_tokens, size, overlap)
         self.signature = f"{model.model_id}/{model.dimensions}/c{size}/o{overlap}/l{LOADER_VERSION}"
         self.listener = listener or LoadListener()
+
+    @classmethod
+    def from_settings(
+        cls,
+        storage: Storage,
+        model: EmbeddingModel,
+        settings: EmbeddingSettings,
+        *,
+        user_id: str,
+        listener: LoadListener | None = None,
+    ) -> SourceLoader:
+        """The loader `memgpt load`, the server's folders and the benches use: chunking and the per-file limits
+        from config.toml's ``[embedding]``."""
+        return cls(
+            storage,
+            model,
+            user_id=user_id,
+            chunk_size=settings.chunk_size,
+            chunk_overlap=settings.chunk_overlap,
+            listener=listener,
+            max_file_bytes=int(settings.max_file_mb * 1e6),
+            max_text_bytes=int(settings.max_text_mb * 1e6),
+        )
 
     @property
     def _store(self) -> PassageStore:

@@ -7,7 +7,7 @@ and every route passes that user's id down explicitly.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -144,13 +144,21 @@ async def current_user(request: Request) -> User:
     return user  # type: ignore[no-any-return]
 
 
-async def admin_user(user: Annotated[User, Depends(current_user)], request: Request) -> User:
-    """Only the home's own user (who runs `memgpt` on the server's machine) administers it."""
-    if user.id != request.app.state.memgpt.owner.id:
-        raise HTTPException(403, "only the server's owner (the home's own user) may manage users and keys")
-    return user
+def owner_only(what: str) -> Callable[..., Awaitable[User]]:
+    """A dependency that lets only the home's own user (who runs `memgpt` on the server's machine) through;
+    anyone else gets a 403 saying what only the owner may do (``what``, e.g. "manage users and keys")."""
+
+    async def owner(user: Annotated[User, Depends(current_user)], request: Request) -> User:
+        if user.id != request.app.state.memgpt.owner.id:
+            raise HTTPException(403, f"only the server's owner (the home's own user) may {what}")
+        return user
+
+    return owner
 
 
 State = Annotated[ServerState, Depends(server_state)]
 CurrentUser = Annotated[User, Depends(current_user)]
-AdminUser = Annotated[User, Depends(admin_user)]
+AdminUser = Annotated[User, Depends(owner_only("manage users and keys"))]
+# A stdio server runs a command on the server's machine and an HTTP one makes it connect anywhere.
+MCP_OWNERS_ONLY = "register, change or remove MCP servers (they run commands or reach URLs from this machine)"
+MCPAdminUser = Annotated[User, Depends(owner_only(MCP_OWNERS_ONLY))]

@@ -229,7 +229,9 @@ class _Prepared:
     """The statements of every turn, built once per database dialect with bound parameters (building one with
     its values in costs more CPU than running it)."""
 
-    claim: Any  # None on a database without ON CONFLICT
+    claim: Any  # None on a database without ON CONFLICT, which takes a lease with the two below instead
+    insert_lease: Any  # a free lease (refused while the row exists)
+    take_expired: Any  # an expired lease
     grant: Any
     grant_reading_last: Any  # ``grant`` reading where the agent's messages end too
     record_run: Any
@@ -241,14 +243,19 @@ class _Prepared:
 def _prepared(dialect: str) -> _Prepared:
     leases, runs, agents = _LEASES, _RUNS, _agents()
     module = _inserts.get(dialect)
-    claim = None
-    if module is not None:  # (another database's leases are taken by statements made each time: _Take.fresh)
-        fresh = {
-            "owner": bindparam("p_owner"),
-            "run_id": bindparam("p_run_id"),
-            "expires_at": database_now(dialect, bindparam("p_ttl")),
-            "cancel_requested": False,
-        }
+    claim = insert_lease = take_expired = None
+    if dialect in ("sqlite", "postgresql"):
+        expires, now = database_now(dialect, bindparam("p_ttl")), database_now(dialect)
+    else:  # this process's clock (database_now), read at each call: bound values
+        expires, now = bindparam("p_expires", type_=UTCDateTime), bindparam("p_now", type_=UTCDateTime)
+    fresh = {"owner": bindparam("p_owner"), "run_id": bindparam("p_run_id"), "expires_at": expires}
+    fresh["cancel_requested"] = False
+    if module is None:
+        insert_lease = sql_insert(leases).values(agent_id=bindparam("p_agent"), **fresh)
+        take_expired = (
+            update(leases).where(leases.c.agent_id == bindparam("p_agent"), leases.c.expires_at <= now).values(**fresh)
+        )
+    else:
         claim = (
             importlib.import_module(module)
             .insert(leases)
@@ -256,7 +263,7 @@ def _prepared(dialect: str) -> _Prepared:
             .on_conflict_do_update(
                 index_elements=[leases.c.agent_id],
                 set_=fresh,
-                where=leases.c.expires_at <= database_now(dialect),
+                where=leases.c.expires_at <= now,
             )
             .returning(leases.c.agent_id)
         )
@@ -264,6 +271,8 @@ def _prepared(dialect: str) -> _Prepared:
     granted = (agents.c.version, agents.c.created_at, agents.c.user_id)
     return _Prepared(
         claim=claim,
+        insert_lease=insert_lease,
+        take_expired=take_expired,
         grant=grant.returning(*granted),
         grant_reading_last=grant.returning(*granted, _last_seq()),
         record_run=sql_insert(runs).values(
@@ -371,6 +380,15 @@ class _Take:
         return {"owner": self.owner, "run_id": self.run_id, "expires_at": expires, "cancel_requested": False}
 
 
+def _fallback_values(agent_id: str, take: _Take) -> dict[str, object]:
+    """The bound values of the fallback's statements (``_Prepared.insert_lease``, ``take_expired``); the clock's
+    are used only where the database's clock is not (another database than SQLite or PostgreSQL)."""
+    now = utc_now()
+    values = {"p_agent": agent_id, "p_owner": take.owner, "p_run_id": take.run_id, "p_ttl": take.ttl, "p_now": now}
+    values["p_expires"] = now + timedelta(seconds=take.ttl)
+    return values
+
+
 class TurnStore:
     """Leases and runs; every method is one transaction."""
 
@@ -397,7 +415,7 @@ class TurnStore:
         take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id, message)
         prepared = _prepared(self._dialect)
         if prepared.claim is None:  # no ON CONFLICT: an INSERT refused while the row exists, then an UPDATE if expired
-            grant = self._insert(agent_id, take) or self._take_expired(agent_id, take)
+            grant = self._insert(prepared, agent_id, take) or self._take_expired(prepared, agent_id, take)
         else:
             grant = self._claim(prepared, agent_id, take)
         return grant or self._take_from_the_dead(agent_id, take)
@@ -430,24 +448,19 @@ class TurnStore:
             write_messages(c, agent_id, [take.message], last=moved[3] or 0)
         return Grant(moved[0], moved[1]) if moved is not None else Grant(None, None)
 
-    def _insert(self, agent_id: str, take: _Take) -> Grant | None:
+    def _insert(self, prepared: _Prepared, agent_id: str, take: _Take) -> Grant | None:
         try:
             with self._metadata.session() as s:
-                s.execute(sql_insert(_LEASES).values(agent_id=agent_id, **take.fresh(self._dialect)))
+                s.execute(prepared.insert_lease, _fallback_values(agent_id, take))
                 return self._granted(s, agent_id, take)
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
                 return None
             raise
 
-    def _take_expired(self, agent_id: str, take: _Take) -> Grant | None:
-        leases = _LEASES
+    def _take_expired(self, prepared: _Prepared, agent_id: str, take: _Take) -> Grant | None:
         with self._metadata.session() as s:
-            claimed = s.execute(
-                update(leases)
-                .where(leases.c.agent_id == agent_id, leases.c.expires_at <= self._now())
-                .values(**take.fresh(self._dialect))
-            )
+            claimed = s.execute(prepared.take_expired, _fallback_values(agent_id, take))
             return self._granted(s, agent_id, take) if claimed.rowcount == 1 else None
 
     def _take_from_the_dead(self, agent_id: str, take: _Take) -> Grant | None:

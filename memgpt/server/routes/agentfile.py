@@ -3,9 +3,14 @@ Letta's form fields); both call ``memgpt.agent.agentfile``, as `memgpt export ag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
-from typing import Annotated, Literal
+import time
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 from pydantic import BaseModel
@@ -19,11 +24,13 @@ from memgpt.agent.agentfile import (
     import_settings,
 )
 from memgpt.agent.agentfile_format import read_agent_file
-from memgpt.errors import UserError
+from memgpt.errors import ConflictError, MemGPTError, UserError
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.routes.folders import Jobs
-from memgpt.server.state import CurrentUser, State
-from memgpt.types import FileStatus
+from memgpt.server.state import CurrentUser, ServerState, State
+from memgpt.server.turns import RETRY_WINDOW, request_digest
+from memgpt.storage.turns import FINISHED, Run, TurnStore, new_owner
+from memgpt.types import FileStatus, utc_now
 
 router = APIRouter(tags=["agents"])
 
@@ -100,6 +107,61 @@ def _secrets(value: str | None, field: str) -> None:
         raise UserError(f"{field} must be a JSON object string, e.g. '{{\"KEY\": \"value\"}}'")
 
 
+# A retried import waits this long for the attempt it repeats to end (letta-client gives up on a request at 60 s).
+RETRY_WAIT = 45.0
+
+
+class _Imports:
+    """Every API import is recorded as a run (its request's digest: the user, the file's SHA-256 and the form)
+    under a lease of its own, as a turn is, and its answer kept for ``RETRY_WINDOW``. letta-client retries an
+    import that timed out (twice, by default) with the same file and form, saying so in ``x-stainless-retry-count``:
+    the retry gets the agents the first attempt made, never a second copy. A file imported again on purpose (no
+    retry header) is a new import, as in Letta."""
+
+    def __init__(self, turns: TurnStore, user_id: str, digest: str) -> None:
+        self.turns, self.digest = turns, digest
+        self.key = f"import:{user_id}"  # the runs' "agent": one user's imports, whose old runs are forgotten together
+
+    def earlier(self) -> ImportResult | None:
+        """The answer of the attempt this request retries, waiting while it runs; None when there is none, or when it
+        failed or its process died (an import is all or nothing, so nothing of it is stored)."""
+        deadline = time.monotonic() + RETRY_WAIT
+        while True:
+            run = self.turns.recent_run(self.key, self.digest, utc_now() - RETRY_WINDOW)
+            if run is not None and run.status != FINISHED and self.turns.running_run(run.id) != run.id:
+                run = self.turns.run(run.id)  # ended since it was read (finished, or failed: forgotten), or died
+                if run is not None and run.status != FINISHED:
+                    return None  # its process died
+            if run is None:
+                return None
+            if run.status == FINISHED:
+                return ImportResult.model_validate_json(run.response)
+            if time.monotonic() >= deadline:
+                raise ConflictError("the import this request retries is still running; its agents are listed when done")
+            time.sleep(0.2)
+
+    def run(self, work: Callable[[], ImportResult]) -> ImportResult:
+        """``work()`` recorded as this import's run; a failure forgets the run, so a retry imports again."""
+        run_id, owner = f"run-{uuid.uuid4()}", new_owner()
+        run = Run(run_id, self.key, self.digest)
+        self.turns.acquire(run_id, owner, run_id, RETRY_WINDOW.total_seconds(), run=run, keep=RETRY_WINDOW)
+        try:
+            result = work()
+        except BaseException:
+            with contextlib.suppress(MemGPTError):  # the import's own error is the one to tell
+                self.turns.release(run_id, owner)
+                self.turns.forget_run(run_id)
+            raise
+        answer = result.model_dump_json()
+        self.turns.release(run_id, owner, finished=Run(run_id, self.key, self.digest, FINISHED, "imported", answer))
+        return result
+
+
+def _imports(state: ServerState, user_id: str, file: UploadFile, data: bytes, form: dict[str, Any]) -> _Imports:
+    body = {**form, "file": hashlib.sha256(data).hexdigest(), "file_name": file.filename}
+    return _Imports(state.storage.turns, user_id, request_digest(user_id, "", "/v1/agents/import", body))
+
+
 @router.post("/v1/agents/import", response_model=ImportResult)
 def import_file(
     state: State,
@@ -120,30 +182,52 @@ def import_file(
     env_vars_json: Annotated[str | None, Form()] = None,
     project_id: Annotated[str | None, Form()] = None,
     x_override_embedding_model: Annotated[str | None, Header()] = None,
+    x_stainless_retry_count: Annotated[str | None, Header()] = None,
 ) -> ImportResult:
     """Make new agents from an Agent File (Letta's or memgpt's); all of it or, on any error, nothing. The
     files of their folders are then loaded in the background, as uploads are.
     Tools map to MemGPT's by name; tools that carry code are never installed (the answer lists them), so
     ``override_existing_tools`` changes nothing; ``secrets`` and ``env_vars_json`` are checked, not kept;
-    ``project_id`` is ignored. ``on_name_clash`` (memgpt's own) says what a taken name does."""
-    for handle in (embedding, override_embedding_handle, x_override_embedding_model):
-        state.models().check_embedding(handle, None)  # imported agents are embedded again with the server's
-    _secrets(secrets, "secrets")
-    _secrets(env_vars_json, "env_vars_json")
-    document = read_agent_file(file.file.read(), file.filename or "the agent file")
-    options = ImportOptions(
-        name=override_name or name,
-        copy_suffix=append_copy_suffix,
-        on_clash=on_name_clash,
-        strip_messages=strip_messages,
-        model=state.models().model_for(handle) if (handle := override_model_handle or model) else None,
-    )
-    settings = import_settings(state.home, state.config, state.embedding())
-    # Files load in the background, as uploads do: a large folder would outlast the client's timeout, and its
-    # retries would start the same import again. folders.files.retrieve shows their progress.
-    settings = dataclasses.replace(settings, load_files=False)
-    imported = import_agent_file(state.storage, document, user_id=user.id, settings=settings, options=options)
-    for record in {f.id: f for i in imported for f in i.files}.values():
-        if record.status is FileStatus.PENDING:
-            jobs.submit(record.id)
-    return ImportResult(agent_ids=[i.state.id for i in imported], imported=[ImportedOut.of(i) for i in imported])
+    ``project_id`` is ignored. ``on_name_clash`` (memgpt's own) says what a taken name does. A retry of the same
+    import (letta-client's, after a timeout) answers with the agents the first attempt made (``_Imports``)."""
+    data = file.file.read()
+    form = {
+        "name": name,
+        "override_name": override_name,
+        "append_copy_suffix": append_copy_suffix,
+        "on_name_clash": on_name_clash,
+        "strip_messages": strip_messages,
+        "model": override_model_handle or model,
+        "embedding": [embedding, override_embedding_handle, x_override_embedding_model],
+        "secrets": [secrets, env_vars_json],
+    }
+    imports = _imports(state, user.id, file, data, form)
+    retry = (x_stainless_retry_count or "0").strip()
+    earlier = imports.earlier() if retry.isdigit() and int(retry) > 0 else None
+    if earlier is not None:
+        return earlier
+
+    def work() -> ImportResult:  # recorded from here: a retry that comes meanwhile waits for it
+        for handle in (embedding, override_embedding_handle, x_override_embedding_model):
+            state.models().check_embedding(handle, None)  # imported agents are embedded again with the server's
+        _secrets(secrets, "secrets")
+        _secrets(env_vars_json, "env_vars_json")
+        document = read_agent_file(data, file.filename or "the agent file")
+        options = ImportOptions(
+            name=override_name or name,
+            copy_suffix=append_copy_suffix,
+            on_clash=on_name_clash,
+            strip_messages=strip_messages,
+            model=state.models().model_for(handle) if (handle := override_model_handle or model) else None,
+        )
+        settings = import_settings(state.home, state.config, state.embedding())
+        # Files load in the background, as uploads do: a large folder would outlast the client's timeout, and its
+        # retries would start the same import again. folders.files.retrieve shows their progress.
+        settings = dataclasses.replace(settings, load_files=False)
+        imported = import_agent_file(state.storage, document, user_id=user.id, settings=settings, options=options)
+        for record in {f.id: f for i in imported for f in i.files}.values():
+            if record.status is FileStatus.PENDING:
+                jobs.submit(record.id)
+        return ImportResult(agent_ids=[i.state.id for i in imported], imported=[ImportedOut.of(i) for i in imported])
+
+    return imports.run(work)

@@ -15,6 +15,7 @@ from memgpt.agent.tools import Tool, builtin_tools
 from memgpt.errors import NotFoundError, UserError
 from memgpt.memory.core import DEFAULT_LIMIT
 from memgpt.server.schemas.agents import (
+    UPDATE_REFUSED,
     AgentCreate,
     AgentOut,
     AgentUpdate,
@@ -182,7 +183,7 @@ def retrieve_agent(agent_id: str, state: State, user: CurrentUser) -> AgentOut:
 @router.patch("/{agent_id}", response_model=AgentOut)
 def update_agent(agent_id: str, body: AgentUpdate, state: State, user: CurrentUser) -> AgentOut:
     """Change only the fields sent (name, system, description, tags, metadata, model, tool_ids, ...)."""
-    problem = refused(body)
+    problem = refused(body, UPDATE_REFUSED)
     if problem:
         raise UserError(problem)
     agent = find_agent(state, user.id, agent_id)

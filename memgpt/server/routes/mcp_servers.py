@@ -37,15 +37,33 @@ from memgpt.server.schemas.mcp import (
     MCPServerUpdate,
     MCPToolOut,
 )
-from memgpt.server.state import AdminUser, CurrentUser, ServerState, State
+from memgpt.server.state import CurrentUser, MCPAdminUser, ServerState, State
 
 router = APIRouter(tags=["mcp"])
+
+
+def _transport_problem(config: MCPServerConfig) -> str | None:
+    """What makes ``config`` neither a command nor a URL, in the API's field names (the registry's own checks name
+    the CLI's flags: --url, --env, --header)."""
+    command, url = bool(config.command), bool((config.server_url or "").strip())
+    if not command and not url:
+        return "config: give the command that starts the server (command, with args and env) or its server_url"
+    if command and url:
+        return "config: give a command or a server_url, not both"
+    if url and (config.args or config.env):
+        return "config: args and env apply to a command (stdio), not to a server_url"
+    if command and (config.custom_headers or config.auth_token):
+        return "config: custom_headers and auth_token apply to a server_url, not to a command"
+    return None
 
 
 def to_spec(name: str, config: MCPServerConfig) -> ServerSpec:
     """Letta's server config as ours; one line naming the field when it does not make a server."""
     if config.mcp_server_type == "sse":
         raise UserError("SSE MCP servers are not supported: use the server's streamable HTTP URL (streamable_http)")
+    problem = _transport_problem(config)
+    if problem:
+        raise UserError(problem)
     headers = dict(config.custom_headers or {})
     if config.auth_token:
         header = (config.auth_header or "Authorization").strip()
@@ -79,7 +97,7 @@ def list_servers(state: State, _: CurrentUser) -> list[MCPServerOut]:
 
 
 @router.post("/v1/mcp-servers/", response_model=MCPServerOut)
-def create_server(body: MCPServerCreate, state: State, _: AdminUser) -> MCPServerOut:
+def create_server(body: MCPServerCreate, state: State, _: MCPAdminUser) -> MCPServerOut:
     """Register a server (owner only: it runs commands on, or connects from, the server machine)."""
     spec = to_spec(body.server_name, body.config)
     add_server(state.home, spec)
@@ -92,7 +110,7 @@ def retrieve_server(server_id: str, state: State, _: CurrentUser) -> MCPServerOu
 
 
 @router.patch("/v1/mcp-servers/{server_id}", response_model=MCPServerOut)
-def update_server(server_id: str, body: MCPServerUpdate, state: State, _: AdminUser) -> MCPServerOut:
+def update_server(server_id: str, body: MCPServerUpdate, state: State, _: MCPAdminUser) -> MCPServerOut:
     """Change a server's settings; the agents that use it get the new ones at their next turn."""
     current = get_server(state.home, server_id)
     if body.server_name is not None and body.server_name != current.name:
@@ -106,7 +124,7 @@ def update_server(server_id: str, body: MCPServerUpdate, state: State, _: AdminU
 
 
 @router.delete("/v1/mcp-servers/{server_id}", status_code=204)
-def delete_server(server_id: str, state: State, _: AdminUser) -> Response:
+def delete_server(server_id: str, state: State, _: MCPAdminUser) -> Response:
     """Remove a server. Agents keep its name attached (and get a warning) until it is registered again or
     they detach it."""
     remove_server(state.home, server_id)

@@ -184,10 +184,20 @@ REFUSED = {
 }
 
 
-def refused(body: BaseModel) -> str | None:
+# An update that sends the blocks' content: Letta's UpdateAgent has no such field and drops it without a word, so
+# the caller would believe the agent's memory changed. Blocks are set at creation; a block's value changes by label.
+UPDATE_REFUSED = {
+    **REFUSED,
+    "memory_blocks": "an agent's blocks are set when it is created; change one with agents.blocks.update(label, ...)",
+    "persona": "an agent's blocks are set when it is created; change it with agents.blocks.update('persona', ...)",
+    "human": "an agent's blocks are set when it is created; change it with agents.blocks.update('human', ...)",
+}
+
+
+def refused(body: BaseModel, refusals: dict[str, str] = REFUSED) -> str | None:
     """The first key of ``body`` (sent with a value) that memgpt refuses, with why, as one line."""
     extra = body.model_extra or {}
-    for key, why in REFUSED.items():
+    for key, why in refusals.items():
         if extra.get(key):
             return f"{key}: {why}"
     return None
