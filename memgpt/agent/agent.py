@@ -286,10 +286,14 @@ class Agent:
         would only answer that its window is exceeded, and /retry would send the same message again."""
         self._settle()
         built = self._system_message is not None
-        room = self._room(self.assemble().fixed)
+        context = self.assemble()
         if not built:
             self._system_message = None  # the first step builds it, counting this message among the previous ones
-        size = self._in_window().size(message)
+        window = self._in_window()
+        if window.size_bound(message) <= self._room(context.fixed_bound):
+            return  # the bounds (at least the counts) fit: no tokenizer needed
+        room = self._room(context.fixed)
+        size = window.size(message)
         if size > room:
             raise UserError(
                 f"this message is about {round(size * self._ratio):,} tokens, more than the context window of agent "

@@ -64,6 +64,10 @@ class Window:
     def size(self, message: Message) -> int:
         return self._entry(message).tokens(self.model)
 
+    def size_bound(self, message: Message) -> int:
+        """At least ``size(message)``, without the tokenizer."""
+        return self._entry(message).bound
+
     def bound(self) -> int:
         """At least ``tokens()``, without the tokenizer."""
         if self._bound is None:
