@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from memgpt.server.turns import _Threads
@@ -59,3 +62,39 @@ def test_an_idle_thread_ends_and_a_job_given_meanwhile_still_runs() -> None:
         threads.run(done.set)
         assert done.wait(5)
         time.sleep(0.05)
+
+
+def test_an_idle_thread_holds_nothing_of_its_last_turn() -> None:
+    class Turn:
+        pass
+
+    threads = _Threads("turn-test")
+    turn = Turn()
+    gone = threading.Event()
+    weakref.finalize(turn, gone.set)
+    done = threading.Event()
+    threads.run(functools.partial(lambda t: done.set(), turn))
+    assert done.wait(5)
+    assert _wait_for(lambda: threads._idle == 1)
+    del turn
+    gc.collect()
+    assert gone.wait(5)  # freed while its thread waits for the next job
+    threads.close()
+
+
+def test_close_ends_the_idle_threads() -> None:
+    threads = _Threads("turn-test-close")
+    done = threading.Event()
+    for _ in range(3):
+        done.clear()
+        threads.run(done.set)
+        assert done.wait(5)
+    threads.run(lambda: time.sleep(0.2))
+    threads.run(lambda: time.sleep(0.2))
+    assert _wait_for(lambda: threads._idle == 2)
+    threads.close()
+
+    def alive() -> int:
+        return sum(t.name == "turn-test-close" for t in threading.enumerate())
+
+    assert _wait_for(lambda: alive() == 0, timeout=2.0)

@@ -217,7 +217,7 @@ class _Threads:
     def __init__(self, name: str, idle: float = 60.0) -> None:
         self._name = name
         self._idle_for = idle
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # None: end
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for a job; each job put in the queue took one of them
 
@@ -227,14 +227,24 @@ class _Threads:
                 self._idle -= 1
                 self._jobs.put(job)
                 return
-        threading.Thread(target=self._serve, args=(job,), name=self._name, daemon=True).start()
+        # The job goes in a list the thread empties: the Thread's own args would hold it while the thread lives.
+        threading.Thread(target=self._serve, args=([job],), name=self._name, daemon=True).start()
 
-    def _serve(self, job: Callable[[], None]) -> None:
-        while True:
+    def close(self) -> None:
+        """End the idle threads now (each would otherwise wait out its ``idle`` seconds)."""
+        with self._lock:
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)
+
+    def _serve(self, first: list[Callable[[], None]]) -> None:
+        job: Callable[[], None] | None = first.pop()
+        while job is not None:
             try:
                 job()
             except Exception:  # a job handles its own errors; this thread must live on for the next
                 logger.exception("a %s thread's job failed", self._name)
+            job = None  # an idle thread holds nothing of its last turn
             with self._lock:
                 self._idle += 1
             try:
@@ -648,6 +658,7 @@ class TurnRunner:
                 if not self._active:
                     break
             time.sleep(0.05)
+        self._threads.close()
         # The turns did not wait for their recall indexing (``_run``): it ends before storage closes.
         settle_indexing(max(5.0, deadline - time.monotonic()))
 
