@@ -353,6 +353,8 @@ class Agent:
             if self.stop_requested():
                 if heartbeat is not None:
                     # A cancel from another process is seen by the heartbeat's own (fenced) write, so it is stored.
+                    # The note is fenced too (recall carries the turn's fence): a turn cancelled because its lease
+                    # was lost (the server's renewer) and taken over meanwhile gets LeaseLostError, not a write.
                     self._replace(replace(heartbeat, content=CANCELLED_NOTE))
                 return CANCELLED
             reason = yield from self._step()
