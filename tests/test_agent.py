@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memgpt.agent.agent import STOPPED_NOTE, Agent
+from memgpt.agent.agent import FAILED, STOPPED_NOTE, Agent
 from memgpt.agent.events import FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.manager import attach_source, detach_source, open_agent
 from memgpt.embeddings.local import LocalMiniLM
@@ -272,6 +272,24 @@ def test_the_turn_after_a_runaway_chain_sees_its_last_heartbeat_marked_stopped(r
     assert [m["role"] for m in prompt[-4:]] == ["assistant", "tool", "user", "user"]
     assert json.loads(prompt[-2]["content"])["reason"] == STOPPED_NOTE.format(steps=2)
     assert not any("returning control" in str(m.get("content")) for m in prompt[-4:])
+
+
+def test_a_failed_call_the_turn_stops_after_keeps_its_failure_in_the_heartbeat(rig: Rig) -> None:
+    """The note over a heartbeat the turn never answers (out of steps, or cancelled) keeps why the heartbeat was
+    sent (a failed call), without handing the agent control it never took."""
+    agent = rig.create()
+    failed = FAILED.removesuffix(", returning control") + "; then the turn "
+    for stop, said in (("steps", "stopped after 1 steps in a row"), ("cancel", "was cancelled before this step ran")):
+        agent.max_steps = 1 if stop == "steps" else 5
+        asked = len(rig.llm.requests)
+        agent.stop_requested = lambda asked=asked, stop=stop: stop == "cancel" and len(rig.llm.requests) > asked
+        rig.llm.add({"tool": "no_such_function", "args": {}})
+        list(agent.send("go"))
+        agent.stop_requested = lambda: False
+        rig.llm.reply("Back.")
+        assert replies(list(agent.send("next"))) == ["Back."]
+        reason = json.loads(rig.llm.requests[-1]["messages"][-2]["content"])["reason"]
+        assert reason.startswith(failed) and said in reason and "returning control" not in reason, reason
 
 
 def test_function_calls_are_shown_with_their_arguments(rig: Rig) -> None:

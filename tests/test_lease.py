@@ -30,6 +30,7 @@ from memgpt.server.schemas.messages import Rendering
 from memgpt.server.turns import TurnInput, TurnRunner
 from memgpt.storage import Storage
 from memgpt.storage import turns as storage_turns
+from memgpt.storage.agents import StepEffect
 from memgpt.storage.turns import HOST, Fence, LeaseRow, Run, new_owner
 from memgpt.types import Role
 from tests.conftest import _opened_on_metadata_backend
@@ -471,6 +472,50 @@ def test_a_holder_stalled_inside_its_fenced_write_neither_blocks_the_takeover_no
         assert took < 2 * LEASE + 2, f"the takeover waited {took:.1f} s for the stopped holder's transaction"
         assert lease_owner(storage, "a1") == newcomer
         assert len(refused) == 1 and "took the agent over" in str(refused[0]), refused
+    finally:
+        go_on.set()
+        event.remove(storage.metadata.engine, "after_cursor_execute", stop_inside)
+        storage.close()
+
+
+def test_a_holder_stalled_inside_its_fenced_write_past_its_lease_with_no_takeover_is_told_its_lease_lapsed(
+    home: Path, metadata_url: str
+) -> None:
+    """A lone server process stopped inside its fenced write for longer than the lease, with nobody taking the
+    agent over: PostgreSQL ends its idle transaction, the lease row still names it. The write must fail as a lapsed
+    lease (nothing stored, said so), not with the database's "server closed the connection"."""
+    if not metadata_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite has no server to end a stopped writer's transaction")
+    config = load_config(home)
+    config.server.lease_seconds = LEASE = 1.0
+    storage = Storage(config, home)
+    holder, stalled, go_on = new_owner(), threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def stop_inside(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if threading.current_thread().name == "holder" and sql.lstrip().upper().startswith("UPDATE AGENT_LEASES"):
+            stalled.set()
+            go_on.wait(30)  # the fence is held (the row locked), the transaction open: a stopped process
+
+    def fenced_write() -> None:
+        try:
+            storage.agents.record_effects("a1", [StepEffect("step-1", "passage", "p1")], fence=Fence("a1", holder))
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            failed.append(exc)
+
+    try:
+        assert storage.turns.acquire("a1", holder, "run-1", LEASE) is not None
+        event.listen(storage.metadata.engine, "after_cursor_execute", stop_inside)
+        writer = threading.Thread(target=fenced_write, name="holder")
+        writer.start()
+        assert stalled.wait(30)
+        time.sleep(3 * LEASE + 1)  # PostgreSQL ends the transaction after it idled for the lease's length
+        go_on.set()
+        writer.join(30)
+        assert lease_owner(storage, "a1") == holder  # nobody took it over
+        assert len(failed) == 1 and isinstance(failed[0], LeaseLostError), failed
+        assert "stalled past its lease" in str(failed[0]) and "took the agent over" not in str(failed[0])
+        assert storage.agents.uncommitted_effects("a1") == []  # the write is not stored
     finally:
         go_on.set()
         event.remove(storage.metadata.engine, "after_cursor_execute", stop_inside)

@@ -326,8 +326,37 @@ def test_every_write_to_what_an_opened_agent_holds_moves_its_version(storage: St
     messages.append("a1", [stored(note(3))], fence=fence)
     agents.commit_step("a1", StepChanges(messages=[stored(note(4))], summary="s"), fence=fence)
     agents.record_effects("a1", [StepEffect("step-2", "passage", "p2")], fence=fence)
+    messages.replace(stored(note(3)), fence=fence)  # a cancelled turn's note over its heartbeat
     assert version() == grant.version  # the turn's own writes: its open agent holds them already
     storage.turns.release("a1", owner)
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_fenced_message_edit_is_refused_once_another_owner_took_the_agent_over(storage: Storage) -> None:
+    """A turn that stalled past its lease, was taken over, then saw its cancel (the lease renewer's) writes a note
+    over its last heartbeat: that edit must be refused like its steps' writes, leaving the message and the
+    agent's version as the new owner's turn knows them."""
+    from memgpt.errors import LeaseLostError
+    from memgpt.storage.turns import Fence, new_owner
+
+    storage.agents.create(_agent("a1", "fenced", utc_now()), [])
+    storage.messages.append("a1", [stored(Message("h1", "a1", Role.USER, "heartbeat", name="heartbeat"))])
+    stalled = new_owner()
+    assert storage.turns.acquire("a1", stalled, "run-1", 0.05) is not None
+    time.sleep(0.3)
+    newcomer = new_owner()
+    assert storage.turns.acquire("a1", newcomer, "run-2", 60) is not None
+
+    def version() -> int:
+        with storage.metadata.session() as s:
+            return int(s.execute(text("select version from agents where id = 'a1'")).scalar_one())
+
+    before = version()
+    note = Message("h1", "a1", Role.USER, "cancelled", name="heartbeat")
+    with pytest.raises(LeaseLostError, match="took the agent over"):
+        storage.messages.replace(stored(note), fence=Fence("a1", stalled))
+    assert [m.content for m in storage.messages.last("a1", 1)] == ["heartbeat"]
+    assert version() == before
 
 
 def test_a_delete_while_a_step_commits_waits_for_it_on_postgresql(postgres_url: str, home: Path) -> None:

@@ -92,10 +92,22 @@ USER_HEARTBEAT = _HIDDEN + "Heartbeat sent by the user."
 # prompt then does not hand the agent control it never took.
 CANCELLED_NOTE = _HIDDEN + "The turn was cancelled before this step ran: control went back to the user"
 STOPPED_NOTE = _HIDDEN + "The turn stopped after {steps} steps in a row, before this one: control went back to the user"
+
 PRESSURE_ALERT = (
     "Warning: the conversation history will soon reach its maximum length and be trimmed. Save anything "
     "important from recent messages to core or archival memory now."
 )
+
+
+def unanswered(reason: str, note: str) -> str:
+    """What the heartbeat of ``reason`` says once its turn stopped before answering it (``note``): the reason stays
+    when it tells something (a function call failed), without the control it handed back; a chained call's says
+    nothing the stored call does not."""
+    if reason == CHAINED:
+        return note
+    said = reason.removeprefix(_HIDDEN).removesuffix(", returning control")
+    told = note.removeprefix(_HIDDEN)
+    return f"{_HIDDEN}{said}; then {told[:1].lower()}{told[1:]}"
 
 
 # Why a turn ended (Letta's stop reasons of the same meaning).
@@ -357,13 +369,15 @@ class Agent:
             if self.stop_requested():
                 if heartbeat is not None:
                     # A cancel from another process is seen by the heartbeat's own (fenced) write, so it is stored.
-                    self._replace(replace(heartbeat, content=CANCELLED_NOTE))
+                    # The note is fenced too (recall carries the turn's fence): a turn cancelled because its lease
+                    # was lost (the server's renewer) and taken over meanwhile gets LeaseLostError, not a write.
+                    self._replace(replace(heartbeat, content=unanswered(heartbeat.content, CANCELLED_NOTE)))
                 return CANCELLED
             reason = yield from self._step()
             if reason is None:
                 return END_TURN
             if step == self.max_steps - 1:  # no step answers it
-                reason = STOPPED_NOTE.format(steps=self.max_steps)
+                reason = unanswered(reason, STOPPED_NOTE.format(steps=self.max_steps))
             heartbeat = self._message(Role.USER, reason, name=HEARTBEAT)
             self._append([heartbeat])
         yield SystemNotice(f"stopped after {self.max_steps} steps in a row; send a message to continue", failed=True)

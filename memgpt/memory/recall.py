@@ -302,7 +302,7 @@ class RecallMemory:
         """Record a message's edited content or tool calls; the index picks the new text up at the next sync,
         for it and for the message after it (indexed with its words)."""
         with self._writing:
-            self._messages.replace(stored(message))
+            self._messages.replace(stored(message), fence=self.fence)
             if self._index is not None:
                 self._index.forget([message.id])
                 window = self._messages.around(self.agent_id, [message.id], before=0, after=1, worded=True)

@@ -211,11 +211,16 @@ class MessageStore:
                 delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
             )
 
-    def replace(self, entry: StoredMessage) -> None:
-        """Store a message's new content and tool calls (the chat's /rethink and /rewrite)."""
+    def replace(self, entry: StoredMessage, *, fence: Fence | None = None) -> None:
+        """Store a message's new content and tool calls (the chat's /rethink and /rewrite, a turn's note over the
+        heartbeat it never answered); with a ``fence``, only while that lease still holds the agent (else
+        LeaseLostError) and without moving the agent's version, as every write of a turn under its lease."""
         message = entry.message
-        with self._metadata.session() as s:
-            bump_agents(s, message.agent_id)
+        with fenced_write(self._metadata, fence), self._metadata.session() as s:
+            if fence is None:
+                bump_agents(s, message.agent_id)
+            else:
+                check_fence(s, fence)
             row = s.get(MessageRow, message.id)
             if row is not None and row.agent_id == message.agent_id:
                 row.content = message.content

@@ -47,7 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import LeaseLostError, NotFoundError, StorageError
@@ -179,31 +179,55 @@ def fenced_write(metadata: MetadataStore, fence: Fence | None) -> Iterator[None]
     """Around the transaction of a write ``fence`` guards: its failure while another owner holds the lease is the
     lease lost (LeaseLostError), not a database error. That is what a process that stopped inside the
     transaction meets once it runs again: the database ended its session (``create_metadata_engine``'s idle
-    transaction timeout), undoing the transaction whole, so that another process could take the lease over."""
+    transaction timeout), undoing the transaction whole, so that another process could take the lease over.
+    When nobody did, the lease is still ours but lapsed (expired, or our session ended for idling past it): that
+    is a LeaseLostError too, saying so, never the bare database error."""
     try:
         yield
     except StorageError as exc:
-        if fence is not None and _holder(metadata, fence.agent_id) not in (fence.owner, _UNKNOWN):
+        if fence is None:
+            raise
+        holder, expired = _holder(metadata, fence.agent_id)
+        if holder not in (fence.owner, _UNKNOWN):
             raise _lost(fence) from exc
+        if holder == fence.owner and (expired or _disconnected(exc)):
+            raise _lapsed(fence) from exc
         raise
 
 
 _UNKNOWN = "\0unknown"
 
 
-def _holder(metadata: MetadataStore, agent_id: str) -> str | None:
-    """The owner of the agent's lease (None: nobody's), or _UNKNOWN when it cannot be read."""
+def _holder(metadata: MetadataStore, agent_id: str) -> tuple[str | None, bool]:
+    """The owner of the agent's lease (None: nobody's), or _UNKNOWN when it cannot be read; and whether the lease
+    expired (by the database's clock)."""
+    leases = _LEASES
+    expired = leases.c.expires_at <= database_now(metadata.engine.dialect.name)
     try:
         with metadata.connection() as c:
-            return c.execute(select(_LEASES.c.owner).where(_LEASES.c.agent_id == agent_id)).scalar()
+            row = c.execute(select(leases.c.owner, expired).where(leases.c.agent_id == agent_id)).first()
     except StorageError:
-        return _UNKNOWN
+        return _UNKNOWN, False
+    return (row[0], bool(row[1])) if row is not None else (None, False)
+
+
+def _disconnected(exc: StorageError) -> bool:
+    """Whether the write failed because the database ended its session (SQLAlchemy invalidated the connection)."""
+    cause = exc.__cause__
+    return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
 
 
 def _lost(fence: Fence) -> LeaseLostError:
     return LeaseLostError(
         f"agent {fence.agent_id}: another server process took the agent over while this one stalled past its "
         "lease; this turn's work since then is not stored (send the message again)"
+    )
+
+
+def _lapsed(fence: Fence) -> LeaseLostError:
+    return LeaseLostError(
+        f"agent {fence.agent_id}: this server process stalled past its lease and the database ended its "
+        "transaction; this step is not stored (the message that started the turn is kept: send it again)"
     )
 
 
