@@ -290,6 +290,7 @@ class TurnRunner:
             busy_wait=settings.busy_wait_seconds,
         )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
+        self._other: dict[str, str] = {}  # leases of other work than turns (an API import): lease id -> owner
         self._guard = threading.Lock()
         self._released = threading.Condition()  # notified when this process gives a lease back
         self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
@@ -458,6 +459,18 @@ class TurnRunner:
         finally:
             self._release(agent_id, owner)
 
+    @contextmanager
+    def renewing(self, lease_id: str, owner: str) -> Iterator[None]:
+        """Have the renewer keep a lease of other work than a turn alive (an API import, ``routes.agentfile``) while
+        it runs: it lasts ``timing.lease_ttl``, so work whose process died is seen as dead within one lease."""
+        with self._guard:
+            self._other[lease_id] = owner
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._other.pop(lease_id, None)
+
     def _release(self, agent_id: str, owner: str, finished: Run | None = None) -> None:
         try:
             self._turns.release(agent_id, owner, finished=finished)
@@ -610,16 +623,16 @@ class TurnRunner:
             if self._stopping.is_set():
                 return
             with self._guard:
-                held = list(self._active.items())
-            for agent_id, (turn, owner) in held:
+                held = [(agent_id, owner, turn) for agent_id, (turn, owner) in self._active.items()]
+                held += [(lease_id, owner, None) for lease_id, owner in self._other.items()]
+            for lease_id, owner, turn in held:
                 try:
-                    if not self._turns.renew(agent_id, owner, self.timing.lease_ttl):
-                        logger.error("agent %s lost the lease of %s; stopping after this step", agent_id, turn.run_id)
-                        turn.cancel.set()
+                    if not self._turns.renew(lease_id, owner, self.timing.lease_ttl):
+                        _lost(lease_id, turn)
                 except MemGPTError as exc:
-                    logger.warning("cannot renew the lease of agent %s: %s", agent_id, exc)
+                    logger.warning("cannot renew the lease %s: %s", lease_id, exc)
                 except Exception:  # the renewer must live on, or every running turn loses its agent
-                    logger.exception("renewing the lease of agent %s failed", agent_id)
+                    logger.exception("renewing the lease %s failed", lease_id)
 
     # -- cancelling -------------------------------------------------------------------------------
     def cancel(self, agent_id: str, run_ids: Sequence[str] | None = None) -> dict[str, str]:
@@ -650,6 +663,14 @@ class TurnRunner:
             time.sleep(0.05)
         # The turns did not wait for their recall indexing (``_run``): it ends before storage closes.
         settle_indexing(max(5.0, deadline - time.monotonic()))
+
+
+def _lost(lease_id: str, turn: Turn | None) -> None:
+    if turn is None:  # other work (an import) runs on; a retry of it may already have started it again
+        logger.error("lease %s was lost while its work ran", lease_id)
+        return
+    logger.error("agent %s lost the lease of %s; stopping after this step", lease_id, turn.run_id)
+    turn.cancel.set()
 
 
 def _drain(events: Any) -> str:
