@@ -545,21 +545,12 @@ class TurnRunner:
             active = self._active.get(request.agent_id)
         if active is not None and active[0].digest == request.digest:
             return active[0]
-        deadline = time.monotonic() + self.timing.busy_wait
-        while True:
-            run = self._turns.recent_run(request.agent_id, request.digest, utc_now() - RETRY_WINDOW)
-            if run is None:
-                return None
-            if run.status == FINISHED:
-                return Turn.replay(run)
-            if self._turns.running_run(request.agent_id) != run.id:
-                # Its lease is gone: it ended since the run was read (its answer is recorded in the transaction that
-                # gives the lease back), or its process died mid-turn: the message is stored, answer it anew.
-                ended = self._turns.run(run.id)
-                return Turn.replay(ended) if ended is not None and ended.status == FINISHED else None
-            if time.monotonic() >= deadline:
-                raise AgentBusyError("the agent is still answering this message in another server process", 2)
-            time.sleep(0.1)
+        try:
+            run = self._turns.retried_run(request.agent_id, request.digest, RETRY_WINDOW, self.timing.busy_wait)
+        except TimeoutError:
+            raise AgentBusyError("the agent is still answering this message in another server process", 2) from None
+        # None: there is none, or its process died mid-turn: the message is stored, answer it anew.
+        return Turn.replay(run) if run is not None else None
 
     # -- running ----------------------------------------------------------------------------------
     def _run(self, opened: _Opened, request: TurnInput) -> None:

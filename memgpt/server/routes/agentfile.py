@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -30,7 +29,7 @@ from memgpt.server.routes.folders import Jobs
 from memgpt.server.state import CurrentUser, ServerState, State
 from memgpt.server.turns import RETRY_WINDOW, TurnRunner, request_digest
 from memgpt.storage.turns import FINISHED, Run, new_owner
-from memgpt.types import FileStatus, utc_now
+from memgpt.types import FileStatus
 
 router = APIRouter(tags=["agents"])
 
@@ -125,20 +124,12 @@ class _Imports:
     def earlier(self) -> ImportResult | None:
         """The answer of the attempt this request retries, waiting while it runs; None when there is none, or when it
         failed or its process died (an import is all or nothing, so nothing of it is stored)."""
-        deadline = time.monotonic() + RETRY_WAIT
-        while True:
-            run = self.turns.recent_run(self.key, self.digest, utc_now() - RETRY_WINDOW)
-            if run is not None and run.status != FINISHED and self.turns.running_run(run.id) != run.id:
-                run = self.turns.run(run.id)  # ended since it was read (finished, or failed: forgotten), or died
-                if run is not None and run.status != FINISHED:
-                    return None  # its process died
-            if run is None:
-                return None
-            if run.status == FINISHED:
-                return ImportResult.model_validate_json(run.response)
-            if time.monotonic() >= deadline:
-                raise ConflictError("the import this request retries is still running; its agents are listed when done")
-            time.sleep(0.2)
+        try:
+            run = self.turns.retried_run(self.key, self.digest, RETRY_WINDOW, RETRY_WAIT, own_lease=True)
+        except TimeoutError:
+            still = "the import this request retries is still running; its agents are listed when done"
+            raise ConflictError(still) from None
+        return ImportResult.model_validate_json(run.response) if run is not None else None
 
     def run(self, work: Callable[[], ImportResult]) -> ImportResult:
         """``work()`` recorded as this import's run; a failure forgets the run, so a retry imports again."""
