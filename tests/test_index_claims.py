@@ -61,3 +61,17 @@ def test_a_claim_of_a_process_gone_from_this_host_is_taken_at_once(claims: Index
     assert claims.claim(["a", "b"], gone, 60) == {"a", "b"}
     assert claims.claim(["a"], alive, 60) == {"a"}
     assert owners(storage) == {"a": alive, "b": gone}
+
+
+def test_a_renewed_claim_outlives_its_first_expiry_and_one_taken_meanwhile_is_not_renewed(
+    claims: IndexClaims, storage: Storage
+) -> None:
+    first, second = new_owner(), new_owner()
+    assert claims.claim(["a", "b"], first, 0.4) == {"a", "b"}
+    assert claims.renew(["a"], first, 60) == {"a"}
+    time.sleep(0.5)
+    assert claims.claim(["a", "b"], second, 60) == {"b"}  # "b" expired; "a" was renewed
+    assert claims.renew(["a", "b"], first, 60) == {"a"}  # "b" is the second's now: lost
+    claims.release({"b"}, second)
+    assert claims.renew(["b"], first, 60) == set()  # given back by its new owner: still not the first's
+    assert owners(storage) == {"a": first}

@@ -18,6 +18,7 @@ from memgpt.agent.manager import create_agent, delete_agent
 from memgpt.config import load_config, save_config
 from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
+from memgpt.memory import recall as recall_module
 from memgpt.memory.background import Batcher, Outcome
 from memgpt.memory.recall import RecallIndex, RecallMemory, index_pass
 from memgpt.storage import Storage
@@ -314,3 +315,62 @@ def test_two_processes_indexing_one_agent_at_once_on_a_shared_store_leave_one_en
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_pass_that_outlived_its_claim_leaves_the_agent_to_the_pass_that_took_it(
+    home: Path, milvus_server: str, server_database: str, model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass slower than its claim (a slow embedding endpoint) finds the agent taken by another process's pass
+    once the claim expired: it must not delete and insert alongside that pass (two entries of each message)."""
+    monkeypatch.setattr(recall_module, "_CLAIM_SECONDS", 3.0)
+    config = load_config(home)
+    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
+    save_config(config, home)
+    slow, taker = Storage(config, home), Storage(config, home)
+    try:
+        agent_id = _agent(slow, model, "outlived")
+        slow_inserted = threading.Event()
+        recalls = []
+        for storage in (slow, taker):
+            store = storage.passages(model.space)
+            original = store.insert
+
+            def insert(passages: Sequence[Passage], original: Any = original, mine: Storage = storage) -> None:
+                if mine is taker:  # it has deleted: the slow pass, were it to write now, deletes and inserts too
+                    slow_inserted.wait(2.0)
+                original(passages)
+                if mine is slow:
+                    slow_inserted.set()
+
+            store.insert = insert  # type: ignore[method-assign]
+            recalls.append(RecallMemory(storage, agent_id=agent_id, user_id="u", index=RecallIndex(store, model)))
+        recalls[0].append(_messages(agent_id, 4))
+        messages = recalls[0]._messages
+        read = messages.unindexed_of
+        stalled = threading.Event()
+
+        def stall(*args: Any, **kwargs: Any) -> Any:
+            found = read(*args, **kwargs)
+            if not stalled.is_set():  # the first pass only, holding its claim: the claim expires meanwhile
+                stalled.set()
+                time.sleep(4.5)
+            return found
+
+        monkeypatch.setattr(messages, "unindexed_of", stall)
+        done: list[bool] = []
+        passes = [threading.Thread(target=lambda r=recall: done.append(r.sync())) for recall in recalls]
+        passes[0].start()
+        assert stalled.wait(30)  # the slow pass claims first; the other waits for the claim to expire
+        passes[1].start()
+        for thread in passes:
+            thread.join(60)
+        assert done == [True, True]
+        where = all_of(eq("agent_id", agent_id), eq("kind", "recall"))
+        store = slow.passages(model.space)
+        assert store.count(where) == 4
+        hits = store.search(model.embed("sailing"), limit=8, where=where, text="sailing")
+        assert sorted(h.passage.id for h in hits) == sorted(f"{agent_id}-{i}" for i in range(4))
+    finally:
+        slow.close()
+        taker.close()

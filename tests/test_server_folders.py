@@ -5,17 +5,20 @@ by kill -9 is finished on the next start."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from letta_client import APIStatusError, BadRequestError, ConflictError, Letta, NotFoundError
+from sqlalchemy import select
 
 from memgpt.config import load_config, save_config
 from memgpt.data.ingest import SourceLoader
@@ -26,7 +29,7 @@ from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage.files import FileStore
 from memgpt.storage.filters import eq
 from memgpt.storage.sql import MetadataStore
-from memgpt.types import EmbeddingSpace, FileRecord, FileStatus
+from memgpt.types import EmbeddingSpace, FileRecord, FileStatus, utc_now
 from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
@@ -405,7 +408,7 @@ def test_a_retry_finds_what_became_of_the_import_it_repeats(
     from memgpt.storage.turns import HOST, Run, new_owner
 
     turns, user_id = server.state.storage.turns, server.state.owner.id
-    imports = route._Imports(turns, user_id, "d" * 64)
+    imports = route._Imports(server.state.turns(), user_id, "d" * 64)
     assert imports.earlier() is None  # no first attempt reached this server
     dead = f"{HOST}:{os.getpid()}:0:{'0' * 32}"  # this pid, started at another time: a process that is gone
     assert turns.acquire("run-dead", dead, "run-dead", 600, run=Run("run-dead", imports.key, imports.digest))
@@ -422,11 +425,39 @@ def test_a_retry_finds_what_became_of_the_import_it_repeats(
     assert imports.run(lambda: done) == done
     assert imports.earlier() == done
 
-    running = route._Imports(turns, user_id, "e" * 64)
+    running = route._Imports(server.state.turns(), user_id, "e" * 64)
     assert turns.acquire("run-live", new_owner(), "run-live", 600, run=Run("run-live", running.key, running.digest))
     monkeypatch.setattr(route, "RETRY_WAIT", 0.5)
     with pytest.raises(MemGPTConflictError, match="the import this request retries is still running"):
         running.earlier()
+
+
+def test_an_import_holds_a_lease_of_the_servers_length_renewed_while_it_runs(server: LiveServer) -> None:
+    """A retry takes an attempt whose lease is gone for a dead one: the lease lasts ``lease_ttl`` (a process that
+    died is seen within one lease, not the whole retry window) and is renewed while a longer import runs."""
+    from memgpt.server.routes import agentfile as route
+    from memgpt.storage.turns import _LEASES
+
+    runner = server.state.turns()
+    runner.timing = dataclasses.replace(runner.timing, lease_ttl=1.0, renew_every=0.2)
+    imports = route._Imports(runner, server.state.owner.id, "f" * 64)
+    done = route.ImportResult(agent_ids=["agent-1"], imported=[])
+    seen: list[tuple[str | None, float]] = []
+
+    def work() -> route.ImportResult:
+        time.sleep(2.0)  # twice the lease
+        turns = server.state.storage.turns
+        run = turns.recent_run(imports.key, imports.digest, utc_now() - timedelta(minutes=1))
+        assert run is not None
+        with server.state.storage.metadata.connection() as c:
+            expires = c.execute(select(_LEASES.c.expires_at).where(_LEASES.c.agent_id == run.id)).scalar_one()
+        seen.append((turns.running_run(run.id), (expires - utc_now()).total_seconds()))
+        return done
+
+    assert imports.run(work) == done
+    ((running, left),) = seen
+    assert running is not None, "the import's lease expired while it ran"
+    assert left <= 1.0, f"the lease runs {left:.0f} s more: a dead import would block retries that long"
 
 
 def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedLLM) -> None:

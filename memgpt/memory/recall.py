@@ -45,7 +45,10 @@ _INDEX_BATCH = 128  # messages per pass, over every agent waiting: a /pop waits 
 _GATHER = 0.05  # seconds a step's request waits for its pass: the turn ends first, other agents' steps join
 CATCH_UP_SECONDS = 10.0  # a search waits this long for the index, then uses the SQL word search
 # A pass's claim on its agents where other processes index them too (storage/claims.py): a process killed
-# mid-pass on another host holds them this long (one on this host, not at all); a pass takes far less.
+# mid-pass on another host holds them this long (one on this host, not at all). The pass renews it right before
+# its delete and insert and writes only the agents it still holds, so a pass slower than this (a slow embedding
+# endpoint) loses its agents rather than writes them alongside the pass that took them; only the delete and
+# insert of one batch must take less.
 _CLAIM_SECONDS = 60.0
 _ELSEWHERE_PAUSE = 0.02  # seconds a pass that found its agents in another process's pass waits before its next
 _MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole message stays in SQL
@@ -493,13 +496,14 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
     with none is finished; one whose messages could not be read, embedded or written is failed (logged;
     SQL keeps all, and it is tried again at its next request); the rest have more to do."""
     outcome = Outcome()
-    elsewhere: set[Hashable] = set()
+    claimed = _Claimed()
     with ExitStack() as held:
-        work = _unindexed(recalls, limit, outcome, held, elsewhere)
+        work = _unindexed(recalls, limit, outcome, held, claimed)
         fresh = _embed(work, outcome)
+        lost = claimed.lost(outcome)
         by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage], list[Message]]]] = {}
         for recall, index, pairs in work:
-            if recall.key not in outcome.failed:
+            if recall.key not in outcome.failed and recall.key not in lost:
                 entries = index.entries(recall.user_id, _worded(pairs), fresh)
                 by_store.setdefault(id(index.store), []).append((recall, index, entries, _bare(pairs)))
         for group in by_store.values():
@@ -520,18 +524,18 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
                     _failed(outcome, [recall for recall, _ in marks], exc)
         for _, index, pairs in work:
             index.remember(pairs, fresh)
-    if elsewhere and not work:  # they go round again: once the other process's pass is likely over
+    if claimed.elsewhere and not work:  # they go round again: once the other process's pass is likely over
         time.sleep(_ELSEWHERE_PAUSE)
     return outcome
 
 
 def _unindexed(
-    recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack, elsewhere: set[Hashable]
+    recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack, claimed: _Claimed
 ) -> list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]]:
     """The pass's messages: up to ``limit`` unindexed ones over ``recalls`` in order, read in one call per
     database (a transaction per agent), each agent's under its writing lock and, where other processes index
     it too, its claim (both held until the pass ends). Agents left with none are finished; those the limit did
-    not reach, and those another process's pass holds (added to ``elsewhere``), go round again."""
+    not reach, and those another process's pass holds (``claimed.elsewhere``), go round again."""
     by_messages: dict[int, list[tuple[RecallMemory, RecallIndex]]] = {}
     for recall in recalls:
         if recall._index is None:  # nothing to index for it
@@ -544,7 +548,7 @@ def _unindexed(
             break
         for recall, _ in group:
             held.enter_context(recall.writing)
-        group = _claimed(group, outcome, held, elsewhere)
+        group = _claimed(group, outcome, held, claimed)
         if not group:
             continue
         try:
@@ -564,8 +568,32 @@ def _unindexed(
     return work
 
 
+@dataclass
+class _Claimed:
+    """A pass's claims (``_claimed``): the agents each claim owner holds where other processes index them too,
+    and the agents another process's pass held."""
+
+    owners: dict[str, tuple[IndexClaims, list[RecallMemory]]] = field(default_factory=dict)
+    elsewhere: set[Hashable] = field(default_factory=set)
+
+    def lost(self, outcome: Outcome) -> set[Hashable]:
+        """Renew the claims before the pass writes; returns the agents no longer held (their claim expired and
+        another pass took it): not written, not finished, they go round again. One not renewed is failed."""
+        lost: set[Hashable] = set()
+        for owner, (claims, recalls) in self.owners.items():
+            try:
+                held = claims.renew([recall.agent_id for recall in recalls], owner, _CLAIM_SECONDS)
+            except MemGPTError as exc:
+                _failed(outcome, recalls, exc)
+                continue
+            lost.update(recall.key for recall in recalls if recall.agent_id not in held)
+        outcome.finished.difference_update(lost)
+        self.elsewhere.update(lost)
+        return lost
+
+
 def _claimed(
-    group: list[tuple[RecallMemory, RecallIndex]], outcome: Outcome, held: ExitStack, elsewhere: set[Hashable]
+    group: list[tuple[RecallMemory, RecallIndex]], outcome: Outcome, held: ExitStack, claimed: _Claimed
 ) -> list[tuple[RecallMemory, RecallIndex]]:
     """Those of ``group`` (agents of one database) this pass may index: the ones only this process indexes, and
     the others once claimed (given back as the pass ends). One that cannot be claimed is failed."""
@@ -575,13 +603,14 @@ def _claimed(
         return group
     owner = new_owner()
     try:
-        claimed = claims.claim([recall.agent_id for recall in shared], owner, _CLAIM_SECONDS)
+        mine = claims.claim([recall.agent_id for recall in shared], owner, _CLAIM_SECONDS)
     except MemGPTError as exc:
         _failed(outcome, shared, exc)
         return [(recall, index) for recall, index in group if recall._claims is None]
-    held.callback(_give_back, claims, claimed, owner)
-    elsewhere.update(recall.key for recall in shared if recall.agent_id not in claimed)
-    return [(recall, index) for recall, index in group if recall._claims is None or recall.agent_id in claimed]
+    held.callback(_give_back, claims, mine, owner)
+    claimed.elsewhere.update(recall.key for recall in shared if recall.agent_id not in mine)
+    claimed.owners[owner] = (claims, [recall for recall in shared if recall.agent_id in mine])
+    return [(recall, index) for recall, index in group if recall._claims is None or recall.agent_id in mine]
 
 
 def _give_back(claims: IndexClaims, agent_ids: set[str], owner: str) -> None:

@@ -300,6 +300,7 @@ class TurnRunner:
             busy_wait=settings.busy_wait_seconds,
         )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
+        self._other: dict[str, str] = {}  # leases of other work than turns (an API import): lease id -> owner
         self._guard = threading.Lock()
         self._released = threading.Condition()  # notified when this process gives a lease back
         self._llms: dict[tuple[str, int], LLMClient] = {}  # (model, context window) -> client, shared by turns
@@ -468,6 +469,18 @@ class TurnRunner:
         finally:
             self._release(agent_id, owner)
 
+    @contextmanager
+    def renewing(self, lease_id: str, owner: str) -> Iterator[None]:
+        """Have the renewer keep a lease of other work than a turn alive (an API import, ``routes.agentfile``) while
+        it runs: it lasts ``timing.lease_ttl``, so work whose process died is seen as dead within one lease."""
+        with self._guard:
+            self._other[lease_id] = owner
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._other.pop(lease_id, None)
+
     def _release(self, agent_id: str, owner: str, finished: Run | None = None) -> None:
         try:
             self._turns.release(agent_id, owner, finished=finished)
@@ -542,21 +555,12 @@ class TurnRunner:
             active = self._active.get(request.agent_id)
         if active is not None and active[0].digest == request.digest:
             return active[0]
-        deadline = time.monotonic() + self.timing.busy_wait
-        while True:
-            run = self._turns.recent_run(request.agent_id, request.digest, utc_now() - RETRY_WINDOW)
-            if run is None:
-                return None
-            if run.status == FINISHED:
-                return Turn.replay(run)
-            if self._turns.running_run(request.agent_id) != run.id:
-                # Its lease is gone: it ended since the run was read (its answer is recorded in the transaction that
-                # gives the lease back), or its process died mid-turn: the message is stored, answer it anew.
-                ended = self._turns.run(run.id)
-                return Turn.replay(ended) if ended is not None and ended.status == FINISHED else None
-            if time.monotonic() >= deadline:
-                raise AgentBusyError("the agent is still answering this message in another server process", 2)
-            time.sleep(0.1)
+        try:
+            run = self._turns.retried_run(request.agent_id, request.digest, RETRY_WINDOW, self.timing.busy_wait)
+        except TimeoutError:
+            raise AgentBusyError("the agent is still answering this message in another server process", 2) from None
+        # None: there is none, or its process died mid-turn: the message is stored, answer it anew.
+        return Turn.replay(run) if run is not None else None
 
     # -- running ----------------------------------------------------------------------------------
     def _run(self, opened: _Opened, request: TurnInput) -> None:
@@ -620,16 +624,16 @@ class TurnRunner:
             if self._stopping.is_set():
                 return
             with self._guard:
-                held = list(self._active.items())
-            for agent_id, (turn, owner) in held:
+                held = [(agent_id, owner, turn) for agent_id, (turn, owner) in self._active.items()]
+                held += [(lease_id, owner, None) for lease_id, owner in self._other.items()]
+            for lease_id, owner, turn in held:
                 try:
-                    if not self._turns.renew(agent_id, owner, self.timing.lease_ttl):
-                        logger.error("agent %s lost the lease of %s; stopping after this step", agent_id, turn.run_id)
-                        turn.cancel.set()
+                    if not self._turns.renew(lease_id, owner, self.timing.lease_ttl):
+                        _lost(lease_id, turn)
                 except MemGPTError as exc:
-                    logger.warning("cannot renew the lease of agent %s: %s", agent_id, exc)
+                    logger.warning("cannot renew the lease %s: %s", lease_id, exc)
                 except Exception:  # the renewer must live on, or every running turn loses its agent
-                    logger.exception("renewing the lease of agent %s failed", agent_id)
+                    logger.exception("renewing the lease %s failed", lease_id)
 
     # -- cancelling -------------------------------------------------------------------------------
     def cancel(self, agent_id: str, run_ids: Sequence[str] | None = None) -> dict[str, str]:
@@ -661,6 +665,14 @@ class TurnRunner:
         self._threads.close()
         # The turns did not wait for their recall indexing (``_run``): it ends before storage closes.
         settle_indexing(max(5.0, deadline - time.monotonic()))
+
+
+def _lost(lease_id: str, turn: Turn | None) -> None:
+    if turn is None:  # other work (an import) runs on; a retry of it may already have started it again
+        logger.error("lease %s was lost while its work ran", lease_id)
+        return
+    logger.error("agent %s lost the lease of %s; stopping after this step", lease_id, turn.run_id)
+    turn.cancel.set()
 
 
 def _drain(events: Any) -> str:

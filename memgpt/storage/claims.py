@@ -109,6 +109,17 @@ class IndexClaims:
                     taken.add(agent_id)
         return taken
 
+    def renew(self, agent_ids: Collection[str], owner: str, ttl: float) -> set[str]:
+        """Extend ``owner``'s claims on these agents by ``ttl`` seconds from now; returns the agents it still holds
+        (one it no longer holds was taken by another pass once it expired, or that pass gave it back already)."""
+        wanted = sorted(set(agent_ids))
+        if not wanted:
+            return set()
+        mine = (CLAIMS.c.agent_id.in_(wanted), CLAIMS.c.owner == owner)
+        with self._metadata.connection() as c:
+            c.execute(update(CLAIMS).where(*mine).values(expires_at=database_now(self._dialect, ttl)))
+            return set(c.execute(select(CLAIMS.c.agent_id).where(*mine)).scalars())
+
     def release(self, agent_ids: Collection[str], owner: str) -> None:
         if agent_ids:
             with self._metadata.connection() as c:

@@ -21,6 +21,7 @@ import importlib
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -594,3 +595,24 @@ class TurnStore:
                 .limit(1)
             )
             return _run(row) if row is not None else None
+
+    def retried_run(
+        self, agent_id: str, digest: str, window: timedelta, wait: float, *, own_lease: bool = False
+    ) -> Run | None:
+        """The finished run a retried request repeats (the agent's newest with this digest in the last ``window``),
+        waiting up to ``wait`` seconds while it runs (TimeoutError after); None when there is none, or it ended
+        without an answer (it failed and was forgotten, or its process died). A turn's run holds the agent's lease;
+        with ``own_lease``, the run holds a lease of its own id (an API import's)."""
+        deadline = time.monotonic() + wait
+        while True:
+            run = self.recent_run(agent_id, digest, utc_now() - window)
+            if run is None or run.status == FINISHED:
+                return run
+            if self.running_run(run.id if own_lease else agent_id) != run.id:
+                # Its lease is gone: it ended since the run was read (its answer is recorded in the transaction that
+                # gives the lease back), or its process died.
+                ended = self.run(run.id)
+                return ended if ended is not None and ended.status == FINISHED else None
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run.id} is still running")
+            time.sleep(0.1)

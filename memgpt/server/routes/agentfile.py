@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -28,9 +27,9 @@ from memgpt.errors import ConflictError, MemGPTError, UserError
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.routes.folders import Jobs
 from memgpt.server.state import CurrentUser, ServerState, State
-from memgpt.server.turns import RETRY_WINDOW, request_digest
-from memgpt.storage.turns import FINISHED, Run, TurnStore, new_owner
-from memgpt.types import FileStatus, utc_now
+from memgpt.server.turns import RETRY_WINDOW, TurnRunner, request_digest
+from memgpt.storage.turns import FINISHED, Run, new_owner
+from memgpt.types import FileStatus
 
 router = APIRouter(tags=["agents"])
 
@@ -118,35 +117,29 @@ class _Imports:
     the retry gets the agents the first attempt made, never a second copy. A file imported again on purpose (no
     retry header) is a new import, as in Letta."""
 
-    def __init__(self, turns: TurnStore, user_id: str, digest: str) -> None:
-        self.turns, self.digest = turns, digest
+    def __init__(self, runner: TurnRunner, user_id: str, digest: str) -> None:
+        self.runner, self.turns, self.digest = runner, runner.state.storage.turns, digest
         self.key = f"import:{user_id}"  # the runs' "agent": one user's imports, whose old runs are forgotten together
 
     def earlier(self) -> ImportResult | None:
         """The answer of the attempt this request retries, waiting while it runs; None when there is none, or when it
         failed or its process died (an import is all or nothing, so nothing of it is stored)."""
-        deadline = time.monotonic() + RETRY_WAIT
-        while True:
-            run = self.turns.recent_run(self.key, self.digest, utc_now() - RETRY_WINDOW)
-            if run is not None and run.status != FINISHED and self.turns.running_run(run.id) != run.id:
-                run = self.turns.run(run.id)  # ended since it was read (finished, or failed: forgotten), or died
-                if run is not None and run.status != FINISHED:
-                    return None  # its process died
-            if run is None:
-                return None
-            if run.status == FINISHED:
-                return ImportResult.model_validate_json(run.response)
-            if time.monotonic() >= deadline:
-                raise ConflictError("the import this request retries is still running; its agents are listed when done")
-            time.sleep(0.2)
+        try:
+            run = self.turns.retried_run(self.key, self.digest, RETRY_WINDOW, RETRY_WAIT, own_lease=True)
+        except TimeoutError:
+            still = "the import this request retries is still running; its agents are listed when done"
+            raise ConflictError(still) from None
+        return ImportResult.model_validate_json(run.response) if run is not None else None
 
     def run(self, work: Callable[[], ImportResult]) -> ImportResult:
         """``work()`` recorded as this import's run; a failure forgets the run, so a retry imports again."""
         run_id, owner = f"run-{uuid.uuid4()}", new_owner()
         run = Run(run_id, self.key, self.digest)
-        self.turns.acquire(run_id, owner, run_id, RETRY_WINDOW.total_seconds(), run=run, keep=RETRY_WINDOW)
+        # A lease of the server's length, renewed while the import runs: a retry sees a dead attempt within one lease.
+        self.turns.acquire(run_id, owner, run_id, self.runner.timing.lease_ttl, run=run, keep=RETRY_WINDOW)
         try:
-            result = work()
+            with self.runner.renewing(run_id, owner):
+                result = work()
         except BaseException:
             with contextlib.suppress(MemGPTError):  # the import's own error is the one to tell
                 self.turns.release(run_id, owner)
@@ -159,7 +152,7 @@ class _Imports:
 
 def _imports(state: ServerState, user_id: str, file: UploadFile, data: bytes, form: dict[str, Any]) -> _Imports:
     body = {**form, "file": hashlib.sha256(data).hexdigest(), "file_name": file.filename}
-    return _Imports(state.storage.turns, user_id, request_digest(user_id, "", "/v1/agents/import", body))
+    return _Imports(state.turns(), user_id, request_digest(user_id, "", "/v1/agents/import", body))
 
 
 @router.post("/v1/agents/import", response_model=ImportResult)
