@@ -444,6 +444,55 @@ def test_the_system_message_changes_only_when_memory_does(rig: Rig) -> None:
     assert later[: len(first)] == first  # the whole earlier prompt is sent again exactly as before
 
 
+def test_a_new_open_sends_the_same_system_message_until_memory_changes(rig: Rig, model: LocalMiniLM) -> None:
+    """Each `memgpt run --message` and each agent the server opens anew sends the system message the last step
+    was sent, to the byte, while memory is unchanged (the LLM server's prompt cache keeps serving it and the
+    tool schemas after it); a core memory edit, an attached source and a summary each change it."""
+
+    def turn(text: str, *script: dict) -> str:
+        agent = rig.open()
+        rig.llm.add(*script, {"tool": "send_message", "args": {"message": "ok"}})
+        list(agent.send(text))
+        agent.close()
+        return rig.llm.requests[-1]["messages"][0]["content"]
+
+    rig.create().close()
+    first = turn("one")
+    assert turn("two") == first  # without the stored one: 3 more previous messages and a new time
+    append = {"name": "human", "content": "Likes sailing.", "request_heartbeat": True}
+    edited = turn("three", {"tool": "core_memory_append", "args": append})
+    assert "Likes sailing." in edited and edited != first
+    assert turn("four") == edited
+    load(rig.storage, model, "notes", DATA / "test.md")
+    attach_source(rig.storage, rig.storage.agents.get(rig.user_id, "tester"), "notes")
+    attached = turn("five")
+    assert "Data sources attached to your archival memory: notes" in attached
+    assert turn("six") == attached
+    agent = rig.open()
+    list(agent.summarize(force=True))
+    agent.close()
+    summarized = turn("seven")
+    assert rig.llm.summary_text in summarized and summarized != attached
+    assert turn("eight") == summarized
+
+
+def test_an_edit_of_history_rebuilds_the_stored_system_message(rig: Rig) -> None:
+    """/pop (and /retry) forget messages the stored system message counts: the next open builds it anew."""
+    agent = rig.create()
+    for text in ("one", "two"):
+        rig.llm.reply("ok")
+        list(agent.send(text))
+    agent.close()
+    before = rig.llm.requests[-1]["messages"][0]["content"]
+    popped = rig.open()
+    assert popped.pop(2) == 2
+    popped.close()
+    rig.llm.reply("ok")
+    list(rig.open().send("three"))
+    after = rig.llm.requests[-1]["messages"][0]["content"]
+    assert after != before and after.split("### Memory statistics")[0] == before.split("### Memory statistics")[0]
+
+
 def test_a_turn_takes_few_sql_statements(rig: Rig) -> None:
     from sqlalchemy import event
 

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from memgpt.config import load_config
 from memgpt.storage import Storage
-from memgpt.storage.agents import PASSAGE, StepEffectRow
+from memgpt.storage.agents import PASSAGE, AgentRow, StepEffectRow
 from memgpt.storage.filters import all_of, eq
 from memgpt.types import Role
 from tests.conftest import REPO, run_cli
@@ -134,3 +134,30 @@ def test_a_kill_while_retry_forgets_the_old_answer(home: Path, llm: ScriptedLLM)
     retried = run_cli("run", "--agent", AGENT, home=home, stdin=f"/retry\n{NEXT}\n")
     assert retried.returncode == 0, retried.stderr
     check_exactly_once(home)
+
+
+def stored_system(home: Path) -> str | None:
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        state = storage.agents.get(config.user_id, AGENT)
+        assert state is not None
+        with storage.metadata.session() as s:
+            stored = s.scalar(select(AgentRow.last_system).where(AgentRow.id == state.id))
+        return json.loads(stored)["content"] if stored else None
+
+
+def test_runs_in_a_row_send_the_system_message_their_last_committed_step_was_sent(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """Each `memgpt run --message` sends the system message of the last committed step again, to the byte (the
+    LLM server's prompt cache keeps it); it is stored with that step, so a step killed before it commits
+    leaves none behind."""
+    crashing_run(home, "llm_answered", "--message", NEXT)
+    assert stored_system(home) is None  # its step never committed
+    sent = []
+    for _ in range(2):
+        done = run_cli("run", "--agent", AGENT, "--message", NEXT, home=home)
+        assert done.returncode == 0, done.stderr
+        sent.append(llm.requests[-1]["messages"][0]["content"])
+        assert stored_system(home) == sent[0]
+    assert sent[1] == sent[0]

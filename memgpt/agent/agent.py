@@ -179,7 +179,33 @@ class _SystemMessage:
     statistics: _Statistics  # and these statistics
     message: ChatMessage
     bound: int  # at least its tokens
+    recall_count: int  # and the recall count and time it shows
+    at: datetime
     tokens: int | None = None  # counted when first needed
+
+    def stored(self) -> str:
+        """As ``StepChanges.last_system`` keeps it."""
+        content = self.message["content"]
+        return json.dumps({"content": content, "recall": self.recall_count, "at": self.at.isoformat()})
+
+
+def _system_content(memory: str, statistics: _Statistics, recall_count: int, at: datetime) -> str:
+    statistics_text = statistics_part(
+        recall_count=recall_count, archival_count=statistics.archival, sources=statistics.sources, now=at
+    )
+    return memory + "\n" + statistics_text
+
+
+def _stored_system(text: str | None) -> tuple[str, int, datetime] | None:
+    """The content, recall count and time of a stored system message; None for none (or one not understood,
+    which is built anew)."""
+    if not text:
+        return None
+    try:
+        stored = json.loads(text)
+        return str(stored["content"]), int(stored["recall"]), datetime.fromisoformat(stored["at"])
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 class Agent:
@@ -225,7 +251,10 @@ class Agent:
         self.recheck_sources = True
         self._archival_writes = 0
         self._system_message: _SystemMessage | None = None  # as last built
-        ratio_model, ratio = storage.agents.token_ratio(state.id)
+        ratio_model, ratio, last_system = storage.agents.step_facts(state.id)
+        # The system message the last step (of any process) was sent, reused while memory is what it was built from
+        self._last_system = _stored_system(last_system)
+        self._system_stored = self._last_system[0] if self._last_system else None  # the content stored now
         self._ratio = ratio if ratio_model == llm.model else 1.0
         self._ratio_learnt = False
         self._settled = False  # True once no step of this agent can have left uncommitted effects
@@ -455,7 +484,8 @@ class Agent:
         self.core.restore(blocks)
         self._in_window().remove(ids)
         self._recall_count = None
-        self._system_message = None  # its recall count is out of date
+        self._system_message = self._last_system = None  # its recall count is out of date
+        self._system_stored = None  # forget_steps cleared it
         self._archival_writes += 1
 
     def _last_assistant(self, *, with_reply: bool = False) -> Message:
@@ -517,16 +547,30 @@ class Agent:
         statistics = self._memory_statistics()
         known = self._system_message
         if known is None or known.memory != memory or known.statistics is not statistics:
-            content = memory + "\n" + statistics_part(
-                recall_count=self._recalled(),
-                archival_count=statistics.archival,
-                sources=statistics.sources,
-                now=self._clock(),
+            known = self._reused_system(memory, statistics) or self._built_system(
+                memory, statistics, self._recalled(), self._clock()
             )
-            message: ChatMessage = {"role": "system", "content": content}
-            known = _SystemMessage(memory, statistics, message, bound_message(message))
             self._system_message = known
         return known
+
+    def _built_system(
+        self, memory: str, statistics: _Statistics, recall_count: int, at: datetime, *, content: str = ""
+    ) -> _SystemMessage:
+        content = content or _system_content(memory, statistics, recall_count, at)
+        message: ChatMessage = {"role": "system", "content": content}
+        return _SystemMessage(memory, statistics, message, bound_message(message), recall_count, at)
+
+    def _reused_system(self, memory: str, statistics: _Statistics) -> _SystemMessage | None:
+        """The system message an earlier process's last step was sent, while it is what building it now would
+        give but for the recall count and time in it (as within a process): memory, archival count and sources
+        unchanged. Once memory changed, messages are built anew."""
+        if self._last_system is None:
+            return None
+        content, recall_count, at = self._last_system
+        if _system_content(memory, statistics, recall_count, at) == content:
+            return self._built_system(memory, statistics, recall_count, at, content=content)
+        self._last_system = None
+        return None
 
     def assemble(self) -> Assembled:
         """The context the LLM gets now, assembled once and measured once (its exact count only if asked)."""
@@ -673,6 +717,9 @@ class Agent:
         return json.dumps(envelope, ensure_ascii=False), ok, chain
 
     def _commit(self, messages: list[Message], before: dict[str, str] | None = None) -> None:
+        sent = self._system_message  # the one this step was sent: stored with the step when the agent's row
+        # holds another (so a crash never splits the two, and a new process sends it again to the byte)
+        unstored = sent.stored() if sent and sent.message["content"] != self._system_stored else None
         changed = [b for b in self.core.blocks if b.label in self.core.changed]
         effects = [StepEffect(self.step_id, BLOCK, b.label, (before or {}).get(b.label)) for b in changed]
         self.storage.agents.commit_step(
@@ -684,9 +731,12 @@ class Agent:
                 step_id=self.step_id if self.archival.last_recorded_step == self.step_id else "",
                 effects=effects,
                 token_ratio=(self.llm.model, self._ratio) if self._ratio_learnt else None,
+                last_system=unstored,
             ),
             fence=self._fence,
         )
+        if unstored is not None:
+            self._system_stored = sent.message["content"] if sent else None
         self._settled = True
         self._ratio_learnt = False
         self.core.changed.clear()

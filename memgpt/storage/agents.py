@@ -68,6 +68,9 @@ class AgentRow(Base):
     # The server's token count over ours for the model named, learnt from the usage it reports.
     token_ratio: Mapped[float] = mapped_column(Float, default=1.0)
     token_ratio_model: Mapped[str] = mapped_column(String(256), default="")
+    # The system message the agent's last committed step was sent, with what it was built from (a JSON object;
+    # NULL: none yet, or history was edited since): a new process reuses it while memory is what it was.
+    last_system: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Moved by every change to what an opened agent holds but a server turn's own writes (sql.bump_agents).
     version: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -140,6 +143,7 @@ class StepChanges:
     step_id: str = ""  # effects recorded under this id before the commit are committed with it
     effects: Sequence[StepEffect] = ()  # block edits, recorded with the step (passages are recorded before)
     token_ratio: tuple[str, float] | None = None  # (model, ratio) learnt this step
+    last_system: str | None = None  # the system message the step was sent, when not stored yet (a JSON object)
 
 
 # What a partial update may change; everything else is fixed when the agent is created.
@@ -447,6 +451,8 @@ class AgentStore:
             fields["heartbeats_paused_until"] = changes.heartbeats_paused_until
         if changes.token_ratio is not None:
             fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
+        if changes.last_system is not None:
+            fields["last_system"] = changes.last_system
         agents = AgentRow.__table__
         # Blocks and effects are merged by the ORM; a step without them (most) needs no ORM session set up.
         orm = bool(changes.blocks or changes.effects)
@@ -484,11 +490,19 @@ class AgentStore:
 
     def token_ratio(self, agent_id: str) -> tuple[str, float]:
         """The model the agent's token ratio was learnt for ("" for none yet) and the ratio."""
+        model, ratio, _ = self.step_facts(agent_id)
+        return model, ratio
+
+    def step_facts(self, agent_id: str) -> tuple[str, float, str | None]:
+        """What an opened agent's steps start from: its token ratio's model and value (see ``token_ratio``)
+        and the system message its last step was sent (``StepChanges.last_system``; None for none)."""
         with self._metadata.session() as s:
             row = s.execute(
-                select(AgentRow.token_ratio_model, AgentRow.token_ratio).where(AgentRow.id == agent_id)
+                select(AgentRow.token_ratio_model, AgentRow.token_ratio, AgentRow.last_system).where(
+                    AgentRow.id == agent_id
+                )
             ).one_or_none()
-            return (row[0], float(row[1])) if row is not None else ("", 1.0)
+            return (row[0], float(row[1]), row[2]) if row is not None else ("", 1.0, None)
 
     # -- step effects -----------------------------------------------------------------------------
     def record_effects(self, agent_id: str, effects: Sequence[StepEffect], *, fence: Fence | None = None) -> None:
@@ -538,6 +552,8 @@ class AgentStore:
         values they had before those steps: one transaction."""
         with self._metadata.session() as s:
             bump_agents(s, agent_id)
+            # The stored system message counts the forgotten messages: the next step builds it anew.
+            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(last_system=None))
             if message_ids:
                 s.execute(
                     delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))

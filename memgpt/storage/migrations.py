@@ -446,6 +446,12 @@ def _0017_recall_index_claims(conn: Connection) -> None:
     meta.tables["recall_index_claims"].create(conn)
 
 
+def _0018_agents_last_system(conn: Connection) -> None:
+    """The system message each agent's last step was sent, so that the next process sends it again to the byte
+    while memory is unchanged and the LLM server's prompt cache keeps serving it (agent/agent.py ``_system``)."""
+    conn.execute(text("ALTER TABLE agents ADD COLUMN last_system TEXT"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -461,6 +467,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0015_agent_versions", _0015_agent_versions),
     ("0016_recall_without_bare_entries", _0016_recall_without_bare_entries),
     ("0017_recall_index_claims", _0017_recall_index_claims),
+    ("0018_agents_last_system", _0018_agents_last_system),
 ]
 
 
