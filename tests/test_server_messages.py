@@ -635,6 +635,22 @@ def test_an_llm_failure_keeps_the_message_and_the_next_turn_works(
     assert user_messages(server, agent_id) == ["are you there?", "search", "stream", "now?"]
 
 
+def test_a_message_larger_than_the_window_is_refused_with_400_and_not_stored(
+    server: LiveServer, letta: Letta, llm: ScriptedLLM
+) -> None:
+    """Stored and answered, it went over the window, got the LLM's 400, then sat in every later turn's window."""
+    made = letta.agents.create(name="small", model=HANDLE, context_window_limit=6000)  # type: ignore[arg-type]
+    url, headers = f"{server.url}/v1/agents/{made.id}/messages", auth(letta.api_key)
+    answer = httpx.post(url, json={"input": "lorem ipsum dolor " * 3000}, headers=headers, timeout=60)
+    assert answer.status_code == 400, answer.text
+    detail = answer.json()["detail"]
+    assert "more than the context window" in detail and "6,000 tokens" in detail and "it was not sent" in detail
+    assert llm.requests == [] and server.state.storage.messages.count(made.id) == 0
+    llm.reply("ok")
+    assert letta.agents.messages.create(made.id, input="a short one").messages[-1].content == "ok"
+    assert user_messages(server, made.id) == ["a short one"]
+
+
 def test_bad_message_requests_are_4xx_and_store_nothing(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:

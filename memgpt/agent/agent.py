@@ -281,6 +281,11 @@ class Agent:
         self._refuse_oversized(message)
         return (yield from self._turn(message))
 
+    def refuse_oversized(self, message: Message) -> None:
+        """UserError when ``message`` is larger than the room the window leaves (``send``'s check), for a turn that
+        stores the message itself and then has the agent answer it (the server's, before ``reply_to``)."""
+        self._refuse_oversized(message)
+
     def _refuse_oversized(self, message: Message) -> None:
         """A message the window cannot hold even alone is refused before it is stored or sent: the server
         would only answer that its window is exceeded, and /retry would send the same message again."""

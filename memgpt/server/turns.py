@@ -377,6 +377,8 @@ class TurnRunner:
             self._active[request.agent_id] = (turn, owner)
         try:
             agent, meter, tools = self._open(request, grant)
+            # Refused before the LLM sees it (Agent.send's check): the message goes with the run (_not_opened).
+            agent.refuse_oversized(opening)
         except BaseException as exc:
             self._not_opened(turn, owner, exc, opening.id)
             raise
