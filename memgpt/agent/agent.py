@@ -330,8 +330,9 @@ class Agent:
         self._settle()
         self._sources_checked = self._sources_checked and not self.recheck_sources
         window = self._in_window()
-        # An agent opened after the message was stored read it with its window (and with its recall count).
-        if not window.messages or window.messages[-1].id != opening.id:
+        # An agent opened after the message was stored read it with its window (and with its recall count), the
+        # steps a process that died mid-turn stored after it too (a retry of that turn goes on from them).
+        if not window.messages or all(m.id != opening.id for m in reversed(window.messages)):
             window.extend([opening])
             if self._recall_count is not None:
                 self._recall_count += 1
