@@ -635,6 +635,22 @@ def test_an_llm_failure_keeps_the_message_and_the_next_turn_works(
     assert user_messages(server, agent_id) == ["are you there?", "search", "stream", "now?"]
 
 
+def test_a_message_larger_than_the_window_is_refused_with_400_and_not_stored(
+    server: LiveServer, letta: Letta, llm: ScriptedLLM
+) -> None:
+    """Stored and answered, it went over the window, got the LLM's 400, then sat in every later turn's window."""
+    made = letta.agents.create(name="small", model=HANDLE, context_window_limit=6000)  # type: ignore[arg-type]
+    url, headers = f"{server.url}/v1/agents/{made.id}/messages", auth(letta.api_key)
+    answer = httpx.post(url, json={"input": "lorem ipsum dolor " * 3000}, headers=headers, timeout=60)
+    assert answer.status_code == 400, answer.text
+    detail = answer.json()["detail"]
+    assert "more than the context window" in detail and "6,000 tokens" in detail and "it was not sent" in detail
+    assert llm.requests == [] and server.state.storage.messages.count(made.id) == 0
+    llm.reply("ok")
+    assert letta.agents.messages.create(made.id, input="a short one").messages[-1].content == "ok"
+    assert user_messages(server, made.id) == ["a short one"]
+
+
 def test_bad_message_requests_are_4xx_and_store_nothing(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:
@@ -723,3 +739,62 @@ def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home
         server.stop()
     with Storage(load_config(home), home) as storage:
         assert storage.turns.running_run(agent) is None
+
+
+@pytest.mark.usefixtures("metadata_url")
+@pytest.mark.parametrize("steps_stored", [0, 1])
+def test_a_retry_after_kill_9_mid_turn_answers_the_stored_message_not_a_second_copy(
+    home: Path, llm: ScriptedLLM, steps_stored: int
+) -> None:
+    """Killed in its first step, or after a step was stored (the retry goes on from it)."""
+    config = use_scripted_llm(home, llm.url)
+    config.server.lease_seconds = 600  # so only the dead owner, not an expiry, can free the agent
+    save_config(config, home)
+    made = run_cli("key", "create", home=home)
+    assert made.returncode == 0, made.stderr
+    key = next(w for w in made.stdout.split() if w.startswith("sk-"))
+    server = ServerProcess(home)
+    server.wait_ready()
+    process = server.process
+    body = {"input": "keep me once"}
+    try:
+        agent = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="once", model=HANDLE).id
+        url = f"{server.url}/v1/agents/{agent}/messages"
+        if steps_stored:
+            llm.add({"tool": "archival_memory_search", "args": {"query": "tea", "request_heartbeat": True}})
+        llm.add({"hang": True})
+
+        def send() -> None:
+            with pytest.raises(httpx.HTTPError):  # the connection dies with the server
+                httpx.post(url, json=body, headers=auth(key), timeout=120)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        deadline = time.monotonic() + 30
+        while len(llm.requests) <= steps_stored and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(llm.requests) > steps_stored, "the turn never reached the hanging step"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+        sender.join(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    llm.script.clear()
+    server.start()  # the same port again
+    server.wait_ready()
+    try:
+        llm.reply("Answered once.")
+        # letta-client's retry of the send whose connection died: the same body with X-Stainless-Retry-Count.
+        retried = httpx.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["messages"][-1]["content"] == "Answered once."
+        with Storage(load_config(home), home) as storage:
+            mine = [m for m in storage.messages.last(agent, 1000) if m.role is Role.USER and not m.name]
+            assert [m.content for m in mine] == ["keep me once"]
+            # The prompt of the retried turn held the message once too.
+            said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+            assert sum("keep me once" in str(c) for c in said) == 1, said
+    finally:
+        server.stop()

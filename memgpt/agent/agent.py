@@ -322,6 +322,11 @@ class Agent:
         self._refuse_oversized(message)
         return (yield from self._turn(message))
 
+    def refuse_oversized(self, message: Message) -> None:
+        """UserError when ``message`` is larger than the room the window leaves (``send``'s check), for a turn that
+        stores the message itself and then has the agent answer it (the server's, before ``reply_to``)."""
+        self._refuse_oversized(message)
+
     def _refuse_oversized(self, message: Message) -> None:
         """A message the window cannot hold even alone is refused before it is stored or sent: the server
         would only answer that its window is exceeded, and /retry would send the same message again."""
@@ -370,8 +375,9 @@ class Agent:
         self._settle()
         self._sources_checked = self._sources_checked and not self.recheck_sources
         window = self._in_window()
-        # An agent opened after the message was stored read it with its window (and with its recall count).
-        if not window.messages or window.messages[-1].id != opening.id:
+        # An agent opened after the message was stored read it with its window (and with its recall count), the
+        # steps a process that died mid-turn stored after it too (a retry of that turn goes on from them).
+        if not window.messages or all(m.id != opening.id for m in reversed(window.messages)):
             window.extend([opening])
             if self._recall_count is not None:
                 self._recall_count += 1

@@ -365,29 +365,46 @@ class TurnRunner:
     def _opening(self, request: TurnInput) -> Turn | _Opened:
         """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
         it answers stored with the lease)."""
+        dead: Run | None = None
         if request.retry:
             earlier = self._earlier(request)
-            if earlier is not None:
+            if isinstance(earlier, Turn):
                 return earlier
-        run_id = f"run-{uuid.uuid4()}"
+            dead = earlier
         owner = new_owner()
-        # The run is recorded with the lease, so the turn is findable (run recorded, turn active) before the agent
-        # is opened, which can take a while: a retry that comes meanwhile joins it instead of waiting for the lease.
-        run = Run(run_id, request.agent_id, request.digest)
-        retry = request if request.retry else None
         opening = user_message(request.agent_id, request.text, alert=request.role == "system")
+        if dead is not None:
+            # Its process died mid-turn: this turn goes on with its run, answering the message it stored.
+            run_id, run = dead.id, None
+            opening = replace(opening, id=_message_id(run_id))
+            kept = self.state.storage.messages.by_id(request.agent_id, [opening.id]).get(opening.id)
+        else:
+            # The run is recorded with the lease, so the turn is findable (run recorded, turn active) before the agent
+            # is opened, which can take a while: a retry that comes meanwhile joins it instead of waiting for the lease.
+            run_id, kept = f"run-{uuid.uuid4()}", None
+            run = Run(run_id, request.agent_id, request.digest)
+            opening = replace(opening, id=_message_id(run_id))  # so that a retry after a crash finds it
+        retry = request if request.retry else None
         taken = self._take_lease(
-            request.agent_id, owner, run_id, retry=retry, run=run, user_id=request.user_id, message=opening
+            request.agent_id,
+            owner,
+            run_id,
+            retry=retry,
+            run=run,
+            user_id=request.user_id,
+            message=opening if kept is None else None,
         )
         if isinstance(taken, Turn):
             return taken
         grant, dated = taken
-        opening = dated or opening  # as stored: dated when the lease was taken
+        opening = kept or dated or opening  # as stored: dated when the lease was taken
         turn = Turn(run_id, request.agent_id, request.digest, request.rendering)
         with self._guard:
             self._active[request.agent_id] = (turn, owner)
         try:
             agent, meter, tools = self._open(request, grant)
+            # Refused before the LLM sees it (Agent.send's check): the message goes with the run (_not_opened).
+            agent.refuse_oversized(opening)
         except BaseException as exc:
             self._not_opened(turn, owner, exc, opening.id)
             raise
@@ -434,8 +451,8 @@ class TurnRunner:
                 if not self.state.storage.agents.belongs(user_id or "", agent_id):
                     raise NotFoundError(f"no agent with id {agent_id!r}")
                 checked = True
-            if retry is not None and (earlier := self._earlier(retry)) is not None:
-                return earlier
+            if retry is not None and isinstance(earlier := self._earlier(retry), Turn):
+                return earlier  # (a run whose process died: its lease is taken from the dead by the next try)
             if time.monotonic() >= deadline:
                 raise AgentBusyError(
                     "the agent is busy with another message; send again in a moment (one turn at a time per agent)",
@@ -549,8 +566,9 @@ class TurnRunner:
                 client = self._llms.setdefault((model, context_window), client)
         return client
 
-    def _earlier(self, request: TurnInput) -> Turn | None:
-        """The turn a retried request's first try started, waiting for it when another process runs it."""
+    def _earlier(self, request: TurnInput) -> Turn | Run | None:
+        """The turn a retried request's first try started, waiting for it when another process runs it; its run when
+        its process died mid-turn (its message is stored: the retry answers that one)."""
         with self._guard:
             active = self._active.get(request.agent_id)
         if active is not None and active[0].digest == request.digest:
@@ -559,8 +577,9 @@ class TurnRunner:
             run = self._turns.retried_run(request.agent_id, request.digest, RETRY_WINDOW, self.timing.busy_wait)
         except TimeoutError:
             raise AgentBusyError("the agent is still answering this message in another server process", 2) from None
-        # None: there is none, or its process died mid-turn: the message is stored, answer it anew.
-        return Turn.replay(run) if run is not None else None
+        if run is None or run.status != FINISHED:
+            return run  # none, or its process died mid-turn: its message is stored, the retry answers it
+        return Turn.replay(run)
 
     # -- running ----------------------------------------------------------------------------------
     def _run(self, opened: _Opened, request: TurnInput) -> None:
@@ -673,6 +692,11 @@ def _lost(lease_id: str, turn: Turn | None) -> None:
         return
     logger.error("agent %s lost the lease of %s; stopping after this step", lease_id, turn.run_id)
     turn.cancel.set()
+
+
+def _message_id(run_id: str) -> str:
+    """The id of the message a run answers, stored with the run: the run's own, so a retry finds it."""
+    return f"message-{run_id.removeprefix('run-')}"
 
 
 def _drain(events: Any) -> str:

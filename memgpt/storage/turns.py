@@ -599,10 +599,10 @@ class TurnStore:
     def retried_run(
         self, agent_id: str, digest: str, window: timedelta, wait: float, *, own_lease: bool = False
     ) -> Run | None:
-        """The finished run a retried request repeats (the agent's newest with this digest in the last ``window``),
-        waiting up to ``wait`` seconds while it runs (TimeoutError after); None when there is none, or it ended
-        without an answer (it failed and was forgotten, or its process died). A turn's run holds the agent's lease;
-        with ``own_lease``, the run holds a lease of its own id (an API import's)."""
+        """The run a retried request repeats (the agent's newest with this digest in the last ``window``), waiting up
+        to ``wait`` seconds while it runs (TimeoutError after): finished, or not when its process died mid-run; None
+        when there is none (or it failed and was forgotten). A turn's run holds the agent's lease; with ``own_lease``,
+        the run holds a lease of its own id (an API import's)."""
         deadline = time.monotonic() + wait
         while True:
             run = self.recent_run(agent_id, digest, utc_now() - window)
@@ -611,8 +611,7 @@ class TurnStore:
             if self.running_run(run.id if own_lease else agent_id) != run.id:
                 # Its lease is gone: it ended since the run was read (its answer is recorded in the transaction that
                 # gives the lease back), or its process died.
-                ended = self.run(run.id)
-                return ended if ended is not None and ended.status == FINISHED else None
+                return self.run(run.id)
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"run {run.id} is still running")
             time.sleep(0.1)

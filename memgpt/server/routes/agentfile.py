@@ -129,7 +129,8 @@ class _Imports:
         except TimeoutError:
             still = "the import this request retries is still running; its agents are listed when done"
             raise ConflictError(still) from None
-        return ImportResult.model_validate_json(run.response) if run is not None else None
+        finished = run is not None and run.status == FINISHED
+        return ImportResult.model_validate_json(run.response) if finished else None
 
     def run(self, work: Callable[[], ImportResult]) -> ImportResult:
         """``work()`` recorded as this import's run; a failure forgets the run, so a retry imports again."""
