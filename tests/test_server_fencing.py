@@ -96,7 +96,7 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     assert [role for role, _ in stored] == ["user", "user", "assistant", "tool"], stored
     assert not any("late answer from A" in text for _, text in stored), stored
     refused = answers["a"]
-    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+    assert refused.status_code == 409 and "the message is not stored" in refused.json()["detail"], refused.text
 
     # A works again: its next turn sees everything, B's turn included.
     llm.add(reply("A is back"))
@@ -117,14 +117,15 @@ def _holds_its_lease_row(monitor: psycopg.Connection[Any], agent: str) -> None:
     """Another transaction holds the agent's lease row: a claim of it (an upsert, as a takeover's) waits. That sees
     an uncommitted insert of the row as well as a lock on a committed one (``SELECT ... FOR UPDATE NOWAIT`` sees
     only the latter); lock_timeout's end raises LockNotAvailable as NOWAIT does. The upsert is rolled back."""
-    with pytest.raises(psycopg.errors.LockNotAvailable), monitor.transaction():
+    upsert = (
+        "INSERT INTO agent_leases (agent_id, owner, run_id, expires_at, cancel_requested)"
+        " VALUES (%s, 'monitor', 'monitor', now(), false)"
+        " ON CONFLICT (agent_id) DO UPDATE SET owner = agent_leases.owner"
+    )
+    with monitor.transaction(force_rollback=True):
         monitor.execute("SET LOCAL lock_timeout = '300ms'")
-        monitor.execute(
-            "INSERT INTO agent_leases (agent_id, owner, run_id, expires_at, cancel_requested)"
-            " VALUES (%s, 'monitor', 'monitor', now(), false)"
-            " ON CONFLICT (agent_id) DO UPDATE SET owner = agent_leases.owner",
-            (agent,),
-        )
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            monitor.execute(upsert, (agent,))
 
 
 def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_the_takeover(
@@ -175,12 +176,12 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
             os.kill(pair.a.process.pid, signal.SIGCONT)
             sender.join(60)
 
-    # A's transaction was undone whole: its user's message is not stored; its turn is refused as fenced.
+    # A's claim was undone whole: its user's message is not stored, and A says so (a conflict: send it again).
     stored = pair.history(agent)
     assert [text for _, text in stored if "to A" in text] == [], stored
     assert [role for role, _ in stored] == ["user", "assistant", "tool"], stored
     refused = answers["a"]
-    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+    assert refused.status_code == 409 and "the message is not stored" in refused.json()["detail"], refused.text
 
     # A works again.
     llm.add(reply("A is back"))
