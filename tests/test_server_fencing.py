@@ -96,7 +96,7 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     assert [role for role, _ in stored] == ["user", "user", "assistant", "tool"], stored
     assert not any("late answer from A" in text for _, text in stored), stored
     refused = answers["a"]
-    assert refused.status_code == 409 and "the message is not stored" in refused.json()["detail"], refused.text
+    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
 
     # A works again: its next turn sees everything, B's turn included.
     llm.add(reply("A is back"))
