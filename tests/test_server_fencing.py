@@ -113,13 +113,29 @@ def _until(check: Any, what: str, timeout: float = 60) -> Any:
     return found
 
 
+def _holds_its_lease_row(monitor: psycopg.Connection[Any], agent: str) -> None:
+    """Another transaction holds the agent's lease row: a claim of it (an upsert, as a takeover's) waits. That sees
+    an uncommitted insert of the row as well as a lock on a committed one (``SELECT ... FOR UPDATE NOWAIT`` sees
+    only the latter); lock_timeout's end raises LockNotAvailable as NOWAIT does. The upsert is rolled back."""
+    upsert = (
+        "INSERT INTO agent_leases (agent_id, owner, run_id, expires_at, cancel_requested)"
+        " VALUES (%s, 'monitor', 'monitor', now(), false)"
+        " ON CONFLICT (agent_id) DO UPDATE SET owner = agent_leases.owner"
+    )
+    with monitor.transaction(force_rollback=True):
+        monitor.execute("SET LOCAL lock_timeout = '300ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            monitor.execute(upsert, (agent,))
+
+
 def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_the_takeover(
     pair: Pair, llm: ScriptedLLM
 ) -> None:
-    """A holder stopped with a transaction open on its lease row (its fenced write, or its renewal, between two
-    statements) holds that row's lock: a takeover's claim waits on it. The database ends such a session once it
-    idled in its transaction for the lease's length, so the claim goes on; the stopped process's write is
-    undone whole and, once it runs again, refused as fenced."""
+    """A holder stopped with a transaction open on its lease row holds that row's lock (or, when it inserted the
+    row, its key): a takeover's claim waits on it. Here A stops inside the transaction that claims the lease and
+    stores the user's message with it. The database ends such a session once it idled in its transaction for the
+    lease's length, so B's claim goes on; A's claim is undone whole (its message is not stored) and, once A runs
+    again, it answers that the message was not stored and is to be sent again."""
     agent = pair.agent(pair.a)
     plain = pair.config.metadata_url.replace("postgresql+psycopg://", "postgresql://")
     answers: dict[str, Any] = {}
@@ -129,7 +145,8 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
         answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
 
     def backend_of_a(state: str) -> Any:
-        # A's session: the one whose INSERT of the user's message waits (then: idles in its transaction).
+        # A's session: the one whose INSERT of the user's message (in its lease claim's transaction) waits, then
+        # idles in its transaction.
         row = monitor.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND query ILIKE 'INSERT INTO messages%%' AND state = %s AND (%s <> 'active' OR wait_event_type = 'Lock')",
@@ -142,13 +159,11 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
         try:
             with psycopg.connect(plain) as blocker:
                 # Every write to messages waits while this transaction runs: A's turn stores its user's message
-                # first, in the transaction its fence opened (the lease row locked), and waits here.
+                # in the transaction that claims its lease (the lease row inserted, uncommitted), and waits here.
                 blocker.execute("LOCK TABLE messages IN EXCLUSIVE MODE")
                 sender.start()
                 _until(lambda: backend_of_a("active"), "A's turn to wait for the messages table")
-                # A's transaction holds its lease row:
-                with pytest.raises(psycopg.errors.LockNotAvailable), monitor.transaction():
-                    monitor.execute("SELECT 1 FROM agent_leases WHERE agent_id = %s FOR UPDATE NOWAIT", (agent,))
+                _holds_its_lease_row(monitor, agent)
                 os.kill(pair.a.process.pid, signal.SIGSTOP)
             # The blocker committed: A's INSERT ran, and its transaction stays open while its process is stopped.
             _until(lambda: backend_of_a("idle in transaction"), "A's transaction to idle")
@@ -161,12 +176,12 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
             os.kill(pair.a.process.pid, signal.SIGCONT)
             sender.join(60)
 
-    # A's transaction was undone whole: its user's message is not stored; its turn is refused as fenced.
+    # A's claim was undone whole: its user's message is not stored, and A says so (a conflict: send it again).
     stored = pair.history(agent)
     assert [text for _, text in stored if "to A" in text] == [], stored
     assert [role for role, _ in stored] == ["user", "assistant", "tool"], stored
     refused = answers["a"]
-    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+    assert refused.status_code == 409 and "the message is not stored" in refused.json()["detail"], refused.text
 
     # A works again.
     llm.add(reply("A is back"))

@@ -232,6 +232,13 @@ def _lapsed(fence: Fence) -> LeaseLostError:
     )
 
 
+def _unclaimed(agent_id: str) -> LeaseLostError:
+    return LeaseLostError(
+        f"agent {agent_id}: this server process stalled while it took the agent's lease and the database ended its "
+        "transaction; the message is not stored (send it again)"
+    )
+
+
 def _agents() -> Any:
     """The agents table's id, user, version and created_at (storage/agents.py builds on this module)."""
     return table("agents", column("id"), column("user_id"), column("version"), column("created_at", UTCDateTime))
@@ -439,11 +446,19 @@ class TurnStore:
         With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken."""
         take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id, message)
         prepared = _prepared(self._dialect)
-        if prepared.claim is None:  # no ON CONFLICT: an INSERT refused while the row exists, then an UPDATE if expired
-            grant = self._insert(prepared, agent_id, take) or self._take_expired(prepared, agent_id, take)
-        else:
-            grant = self._claim(prepared, agent_id, take)
-        return grant or self._take_from_the_dead(agent_id, take)
+        try:
+            if prepared.claim is None:  # no ON CONFLICT: an INSERT refused while the row exists, then an UPDATE
+                grant = self._insert(prepared, agent_id, take) or self._take_expired(prepared, agent_id, take)
+            else:
+                grant = self._claim(prepared, agent_id, take)
+            return grant or self._take_from_the_dead(agent_id, take)
+        except StorageError as exc:
+            # A process that stalled inside its claim's transaction (say, stopped while it stored the message) finds
+            # its session ended by the database (the idle transaction timeout), the claim undone whole: the lease is
+            # not its owner's (a fresh token), so nothing of the claim is stored, the message neither.
+            if _disconnected(exc) and _holder(self._metadata, agent_id)[0] not in (owner, _UNKNOWN):
+                raise _unclaimed(agent_id) from exc
+            raise
 
     def _claim(self, prepared: _Prepared, agent_id: str, take: _Take) -> Grant | None:
         """One statement takes a free lease (the row is deleted at a turn's end) or an expired one, and says whether
