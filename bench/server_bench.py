@@ -230,15 +230,23 @@ async def _warm_and_load(url: str, key: str, agents: list[str], turns: int, own:
     same connections. ``own``: every client its own keep-alive connection, as separate apps each driving one
     agent have (with ``--workers``, all of an agent's turns then reach the worker that accepted its
     connection); else one pool shared by all clients, as one app driving many agents has (each request takes
-    whichever connection is free, so an agent's turns spread over the workers)."""
+    whichever connection is free, so an agent's turns spread over the workers). The shared pool is opened anew
+    for the measured load, as before ``--connections`` existed: reused from the warm-up, at 100 clients it stalled
+    some requests ~4.5 s and cost the bench 14 ms CPU a turn (2026-11-27, cause not found; see the README)."""
     headers = {"Authorization": f"Bearer {key}"}
     count = len(agents) + 1 if own else 1
     size = 1 if own else len(agents) + 4
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+
+    def made() -> list[httpx.AsyncClient]:
+        return [httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count)]
+
     async with contextlib.AsyncExitStack() as stack:
-        made = (httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
-        clients = [await stack.enter_async_context(client) for client in made]
+        clients = [await stack.enter_async_context(client) for client in made()]
         await _load(clients, agents, 1, "warm-up")
+        if not own:
+            await stack.aclose()
+            clients = [await stack.enter_async_context(client) for client in made()]
         measuring()
         return await _load(clients, agents, turns, "bench")
 

@@ -128,13 +128,15 @@ def work(runner: Runner, *, with_load: bool, round_: int) -> dict[str, float]:
     """The unavoidable work, measured warm in a new process (and home) of the tree under test."""
     extra = ["1"] if with_load else ["search-only"]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "_startup_work.py"), str(PAPER), QUERY, *extra],
+        [sys.executable, str(runner.tree / "bench" / "_startup_work.py"), str(PAPER), QUERY, *extra],  # the tree's own
         env={**runner.env, "MEMGPT_HOME": str(runner.scratch / f"work-home-{round_}")},
         cwd=runner.scratch,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"the work of {runner.tree} failed (exit {done.returncode}): {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
