@@ -430,6 +430,29 @@ def test_a_turn_whose_answer_cannot_be_recorded_still_frees_the_agent(
         server.stop()
 
 
+@contextmanager
+def _holder_stalled_in_its_fenced_write(storage: Storage, write: Callable[[], None]) -> Iterator[None]:
+    """``write`` (a fenced write) on a thread that stops right after its fence's UPDATE of the lease row (the row
+    locked, the transaction open: a stopped process) while the block runs; then it goes on and is joined."""
+    stalled, go_on = threading.Event(), threading.Event()
+
+    def stop_inside(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if threading.current_thread().name == "holder" and sql.lstrip().upper().startswith("UPDATE AGENT_LEASES"):
+            stalled.set()
+            go_on.wait(30)
+
+    event.listen(storage.metadata.engine, "after_cursor_execute", stop_inside)
+    writer = threading.Thread(target=write, name="holder")
+    try:
+        writer.start()
+        assert stalled.wait(30)
+        yield
+    finally:
+        go_on.set()
+        writer.join(30)
+        event.remove(storage.metadata.engine, "after_cursor_execute", stop_inside)
+
+
 def test_a_holder_stalled_inside_its_fenced_write_neither_blocks_the_takeover_nor_stores_it_after(
     home: Path, metadata_url: str
 ) -> None:
@@ -442,13 +465,8 @@ def test_a_holder_stalled_inside_its_fenced_write_neither_blocks_the_takeover_no
     config = load_config(home)
     config.server.lease_seconds = LEASE = 3.0
     storage = Storage(config, home)
-    holder, stalled, go_on = new_owner(), threading.Event(), threading.Event()
+    holder = new_owner()
     refused: list[BaseException] = []
-
-    def stop_inside(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
-        if threading.current_thread().name == "holder" and sql.lstrip().upper().startswith("UPDATE AGENT_LEASES"):
-            stalled.set()
-            go_on.wait(30)  # the fence is held (the row locked), the transaction open: a stopped process
 
     def fenced_write() -> None:
         try:
@@ -458,23 +476,16 @@ def test_a_holder_stalled_inside_its_fenced_write_neither_blocks_the_takeover_no
 
     try:
         assert storage.turns.acquire("a1", holder, "run-1", LEASE) is not None
-        event.listen(storage.metadata.engine, "after_cursor_execute", stop_inside)
-        writer = threading.Thread(target=fenced_write, name="holder")
-        writer.start()
-        assert stalled.wait(30)
-        started = time.monotonic()
-        newcomer = new_owner()
-        while storage.turns.acquire("a1", newcomer, "run-2", LEASE) is None:  # until the lease expired
-            time.sleep(0.1)
-        took = time.monotonic() - started
-        go_on.set()
-        writer.join(30)
+        with _holder_stalled_in_its_fenced_write(storage, fenced_write):
+            started = time.monotonic()
+            newcomer = new_owner()
+            while storage.turns.acquire("a1", newcomer, "run-2", LEASE) is None:  # until the lease expired
+                time.sleep(0.1)
+            took = time.monotonic() - started
         assert took < 2 * LEASE + 2, f"the takeover waited {took:.1f} s for the stopped holder's transaction"
         assert lease_owner(storage, "a1") == newcomer
         assert len(refused) == 1 and "took the agent over" in str(refused[0]), refused
     finally:
-        go_on.set()
-        event.remove(storage.metadata.engine, "after_cursor_execute", stop_inside)
         storage.close()
 
 
@@ -489,13 +500,8 @@ def test_a_holder_stalled_inside_its_fenced_write_past_its_lease_with_no_takeove
     config = load_config(home)
     config.server.lease_seconds = LEASE = 1.0
     storage = Storage(config, home)
-    holder, stalled, go_on = new_owner(), threading.Event(), threading.Event()
+    holder = new_owner()
     failed: list[BaseException] = []
-
-    def stop_inside(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
-        if threading.current_thread().name == "holder" and sql.lstrip().upper().startswith("UPDATE AGENT_LEASES"):
-            stalled.set()
-            go_on.wait(30)  # the fence is held (the row locked), the transaction open: a stopped process
 
     def fenced_write() -> None:
         try:
@@ -505,18 +511,11 @@ def test_a_holder_stalled_inside_its_fenced_write_past_its_lease_with_no_takeove
 
     try:
         assert storage.turns.acquire("a1", holder, "run-1", LEASE) is not None
-        event.listen(storage.metadata.engine, "after_cursor_execute", stop_inside)
-        writer = threading.Thread(target=fenced_write, name="holder")
-        writer.start()
-        assert stalled.wait(30)
-        time.sleep(3 * LEASE + 1)  # PostgreSQL ends the transaction after it idled for the lease's length
-        go_on.set()
-        writer.join(30)
+        with _holder_stalled_in_its_fenced_write(storage, fenced_write):
+            time.sleep(3 * LEASE + 1)  # PostgreSQL ends the transaction after it idled for the lease's length
         assert lease_owner(storage, "a1") == holder  # nobody took it over
         assert len(failed) == 1 and isinstance(failed[0], LeaseLostError), failed
         assert "stalled past its lease" in str(failed[0]) and "took the agent over" not in str(failed[0])
         assert storage.agents.uncommitted_effects("a1") == []  # the write is not stored
     finally:
-        go_on.set()
-        event.remove(storage.metadata.engine, "after_cursor_execute", stop_inside)
         storage.close()
