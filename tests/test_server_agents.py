@@ -358,6 +358,43 @@ def test_passages_create_list_search_and_delete(letta: Letta) -> None:
     assert boat.id in {p.id for p in letta.agents.passages.list(agent_id)}
 
 
+@pytest.mark.usefixtures("metadata_url")  # the run that records the insert, on SQLite and on PostgreSQL
+def test_a_retried_passages_create_stores_the_text_once(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long text takes a while to embed; letta-client gives up on it after its timeout and sends it again (twice,
+    by default) while the server still works on it. The retries answer with the passages the first attempt made,
+    never a second copy; the same text sent again on purpose is stored again, as in Letta."""
+    from memgpt.memory.archival import ArchivalMemory
+
+    calls: list[float] = []
+    real = ArchivalMemory.add
+
+    def slow(self: ArchivalMemory, *args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(2.0)  # outlasts the client's timeout below
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArchivalMemory, "add", slow)
+    letta = client(server)
+    agent_id = sam(letta)
+    retries: list[str] = []
+    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
+    impatient = Letta(
+        base_url=server.url,
+        api_key=server.key(),
+        timeout=1.5,
+        max_retries=4,
+        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
+    )
+    made = impatient.agents.passages.create(agent_id, text="Chad likes green tea.", tags=["pref"])
+    assert retries[0] == "0" and len(retries) >= 2, retries  # it timed out at least once and was sent again
+    assert len(calls) == 1, "a retry stored the text again"
+    assert [p.id for p in letta.agents.passages.list(agent_id)] == [p.id for p in made]
+    again = letta.agents.passages.create(agent_id, text="Chad likes green tea.", tags=["pref"])  # on purpose
+    assert len(calls) == 2 and [p.id for p in again] != [p.id for p in made]
+    assert len(letta.agents.passages.list(agent_id)) == 2
+
+
 def test_search_covers_attached_sources_but_list_and_delete_only_the_agents_own(
     letta: Letta, server: LiveServer, model: LocalMiniLM
 ) -> None:

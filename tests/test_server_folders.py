@@ -404,6 +404,7 @@ def test_a_retry_finds_what_became_of_the_import_it_repeats(
 ) -> None:
     """A retry imports anew when the first attempt failed or its process died (an import is all or nothing, so
     nothing of it is stored), answers with a finished attempt's agents, and waits for a running one (then 409)."""
+    from memgpt.server import retried
     from memgpt.server.routes import agentfile as route
     from memgpt.storage.turns import HOST, Run, new_owner
 
@@ -427,7 +428,7 @@ def test_a_retry_finds_what_became_of_the_import_it_repeats(
 
     running = route._Imports(server.state.turns(), user_id, "e" * 64)
     assert turns.acquire("run-live", new_owner(), "run-live", 600, run=Run("run-live", running.key, running.digest))
-    monkeypatch.setattr(route, "RETRY_WAIT", 0.5)
+    monkeypatch.setattr(retried, "RETRY_WAIT", 0.5)
     with pytest.raises(MemGPTConflictError, match="the import this request retries is still running"):
         running.earlier()
 

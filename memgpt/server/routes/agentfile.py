@@ -3,16 +3,13 @@ Letta's form fields); both call ``memgpt.agent.agentfile``, as `memgpt export ag
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import uuid
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from memgpt.agent.agentfile import (
     ImportedAgent,
@@ -23,12 +20,12 @@ from memgpt.agent.agentfile import (
     import_settings,
 )
 from memgpt.agent.agentfile_format import read_agent_file
-from memgpt.errors import ConflictError, MemGPTError, UserError
+from memgpt.errors import UserError
+from memgpt.server.retried import RetriedWrite, is_retry
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.routes.folders import Jobs
 from memgpt.server.state import CurrentUser, ServerState, State
-from memgpt.server.turns import RETRY_WINDOW, TurnRunner, request_digest
-from memgpt.storage.turns import FINISHED, Run, new_owner
+from memgpt.server.turns import TurnRunner, request_digest
 from memgpt.types import FileStatus
 
 router = APIRouter(tags=["agents"])
@@ -106,49 +103,16 @@ def _secrets(value: str | None, field: str) -> None:
         raise UserError(f"{field} must be a JSON object string, e.g. '{{\"KEY\": \"value\"}}'")
 
 
-# A retried import waits this long for the attempt it repeats to end (letta-client gives up on a request at 60 s).
-RETRY_WAIT = 45.0
-
-
-class _Imports:
-    """Every API import is recorded as a run (its request's digest: the user, the file's SHA-256 and the form)
-    under a lease of its own, as a turn is, and its answer kept for ``RETRY_WINDOW``. letta-client retries an
-    import that timed out (twice, by default) with the same file and form, saying so in ``x-stainless-retry-count``:
-    the retry gets the agents the first attempt made, never a second copy. A file imported again on purpose (no
-    retry header) is a new import, as in Letta."""
+class _Imports(RetriedWrite[ImportResult]):
+    """Every API import is recorded as a run (its request's digest: the user, the file's SHA-256 and the form), as
+    ``memgpt.server.retried`` describes: letta-client's retry of an import that timed out gets the agents the first
+    attempt made, never a second copy. A file imported again on purpose (no retry header) is a new import, as in
+    Letta. An import is all or nothing, so a retry of one that failed or died imports again."""
 
     def __init__(self, runner: TurnRunner, user_id: str, digest: str) -> None:
-        self.runner, self.turns, self.digest = runner, runner.state.storage.turns, digest
-        self.key = f"import:{user_id}"  # the runs' "agent": one user's imports, whose old runs are forgotten together
-
-    def earlier(self) -> ImportResult | None:
-        """The answer of the attempt this request retries, waiting while it runs; None when there is none, or when it
-        failed or its process died (an import is all or nothing, so nothing of it is stored)."""
-        try:
-            run = self.turns.retried_run(self.key, self.digest, RETRY_WINDOW, RETRY_WAIT, own_lease=True)
-        except TimeoutError:
-            still = "the import this request retries is still running; its agents are listed when done"
-            raise ConflictError(still) from None
-        finished = run is not None and run.status == FINISHED
-        return ImportResult.model_validate_json(run.response) if finished else None
-
-    def run(self, work: Callable[[], ImportResult]) -> ImportResult:
-        """``work()`` recorded as this import's run; a failure forgets the run, so a retry imports again."""
-        run_id, owner = f"run-{uuid.uuid4()}", new_owner()
-        run = Run(run_id, self.key, self.digest)
-        # A lease of the server's length, renewed while the import runs: a retry sees a dead attempt within one lease.
-        self.turns.acquire(run_id, owner, run_id, self.runner.timing.lease_ttl, run=run, keep=RETRY_WINDOW)
-        try:
-            with self.runner.renewing(run_id, owner):
-                result = work()
-        except BaseException:
-            with contextlib.suppress(MemGPTError):  # the import's own error is the one to tell
-                self.turns.release(run_id, owner)
-                self.turns.forget_run(run_id)
-            raise
-        answer = result.model_dump_json()
-        self.turns.release(run_id, owner, finished=Run(run_id, self.key, self.digest, FINISHED, "imported", answer))
-        return result
+        still = "the import this request retries is still running; its agents are listed when done"
+        # The runs' key: one user's imports, whose old runs are forgotten together.
+        super().__init__(runner, f"import:{user_id}", digest, TypeAdapter(ImportResult), still)
 
 
 def _imports(state: ServerState, user_id: str, file: UploadFile, data: bytes, form: dict[str, Any]) -> _Imports:
@@ -196,8 +160,7 @@ def import_file(
         "secrets": [secrets, env_vars_json],
     }
     imports = _imports(state, user.id, file, data, form)
-    retry = (x_stainless_retry_count or "0").strip()
-    earlier = imports.earlier() if retry.isdigit() and int(retry) > 0 else None
+    earlier = imports.earlier() if is_retry(x_stainless_retry_count) else None
     if earlier is not None:
         return earlier
 

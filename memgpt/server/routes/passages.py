@@ -9,18 +9,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from pydantic import TypeAdapter
 
 from memgpt.agent.manager import archival_memory
 from memgpt.errors import NotFoundError, UserError
 from memgpt.memory.archival import ArchivalMemory
+from memgpt.server.retried import RetriedWrite, is_retry
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.agents import Deleted
 from memgpt.server.schemas.passages import PassageCreate, PassageOut, SearchResponse, SearchResult, TagMatch
 from memgpt.server.state import CurrentUser, ServerState, State
+from memgpt.server.turns import request_digest
 from memgpt.storage.filters import tagged
 
 router = APIRouter(prefix="/v1/agents/{agent_id}/archival-memory", tags=["archival memory"])
+_ANSWER = TypeAdapter(list[PassageOut])
 
 
 def _archival(state: ServerState, user_id: str, agent_id: str) -> ArchivalMemory:
@@ -33,14 +37,32 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 @router.post("", response_model=list[PassageOut])
 @router.post("/", response_model=list[PassageOut], include_in_schema=False)
-def create_passage(agent_id: str, body: PassageCreate, state: State, user: CurrentUser) -> list[PassageOut]:
-    """Store text in the agent's archival memory (split into passages when it is long); returns them."""
+def create_passage(
+    agent_id: str,
+    body: PassageCreate,
+    state: State,
+    user: CurrentUser,
+    x_stainless_retry_count: Annotated[str | None, Header()] = None,
+) -> list[PassageOut]:
+    """Store text in the agent's archival memory (split into passages when it is long); returns them. A long text
+    may outlast letta-client's timeout: its retry answers with the passages the first attempt stored, never a
+    second copy (``memgpt.server.retried``); the same text sent again on purpose is stored again, as in Letta."""
     if not body.text.strip():
         raise UserError("text: is empty; nothing was stored")
     archival = _archival(state, user.id, agent_id)
-    passages = archival.add(body.text, tags=body.tags or [], created_at=_utc(body.created_at))
-    config = state.models().embedding_config()
-    return [PassageOut.of(p, config) for p in passages]
+    digest = request_digest(user.id, agent_id, "/v1/agents/archival-memory", body.model_dump(mode="json"))
+    still = "the insert this request retries is still running; list the passages when it is done"
+    write = RetriedWrite(state.turns(), f"passages:{agent_id}", digest, _ANSWER, still)
+    earlier = write.earlier() if is_retry(x_stainless_retry_count) else None
+    if earlier is not None:
+        return earlier
+
+    def work() -> list[PassageOut]:
+        passages = archival.add(body.text, tags=body.tags or [], created_at=_utc(body.created_at))
+        config = state.models().embedding_config()
+        return [PassageOut.of(p, config) for p in passages]
+
+    return write.run(work)
 
 
 @router.get("", response_model=list[PassageOut])

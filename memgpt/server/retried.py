@@ -1,0 +1,68 @@
+"""Writes that letta-client may send twice: it gives up on a request after its timeout (60 s by default) and sends
+it again (twice, by default), saying so in ``X-Stainless-Retry-Count``, while the server may still be working on
+the first attempt. A write whose work can outlast that (an API import, a long text added to archival memory) is
+recorded as a run, under a lease of its own as a turn is, with its answer kept for ``RETRY_WINDOW``: a retry with
+the same body gets the first attempt's answer, waiting while it runs, and nothing is written twice."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from pydantic import TypeAdapter
+
+from memgpt.errors import ConflictError, MemGPTError
+from memgpt.server.turns import RETRY_WINDOW, TurnRunner
+from memgpt.storage.turns import FINISHED, Run, new_owner
+
+# A retry waits this long for the attempt it repeats to end (letta-client gives up on a request at 60 s).
+RETRY_WAIT = 45.0
+
+T = TypeVar("T")
+
+
+def is_retry(header: str | None) -> bool:
+    """Whether ``X-Stainless-Retry-Count`` says the request is a client's retry."""
+    count = (header or "0").strip()
+    return count.isdigit() and int(count) > 0
+
+
+class RetriedWrite(Generic[T]):
+    """A write recorded under ``key`` (whose runs older than the window are forgotten together) and ``digest``
+    (the request: the user, the path and the body); ``answer`` turns its result into stored JSON and back."""
+
+    def __init__(
+        self, runner: TurnRunner, key: str, digest: str, answer: TypeAdapter[T], still_running: str
+    ) -> None:
+        self.runner, self.turns = runner, runner.state.storage.turns
+        self.key, self.digest, self.answer, self.still_running = key, digest, answer, still_running
+
+    def earlier(self) -> T | None:
+        """The answer of the attempt this request retries, waiting while it runs; None when there is none, or when it
+        failed or its process died (then nothing of it was answered, and the retry does the work)."""
+        try:
+            run = self.turns.retried_run(self.key, self.digest, RETRY_WINDOW, RETRY_WAIT, own_lease=True)
+        except TimeoutError:
+            raise ConflictError(self.still_running) from None
+        finished = run is not None and run.status == FINISHED
+        return self.answer.validate_json(run.response) if finished and run is not None else None
+
+    def run(self, work: Callable[[], T]) -> T:
+        """``work()`` recorded as this write's run; a failure forgets the run, so a retry does the work again."""
+        run_id, owner = f"run-{uuid.uuid4()}", new_owner()
+        run = Run(run_id, self.key, self.digest)
+        # A lease of the server's length, renewed while the work runs: a retry sees a dead attempt within one lease.
+        self.turns.acquire(run_id, owner, run_id, self.runner.timing.lease_ttl, run=run, keep=RETRY_WINDOW)
+        try:
+            with self.runner.renewing(run_id, owner):
+                result = work()
+        except BaseException:
+            with contextlib.suppress(MemGPTError):  # the work's own error is the one to tell
+                self.turns.release(run_id, owner)
+                self.turns.forget_run(run_id)
+            raise
+        stored = self.answer.dump_json(result).decode("utf-8")
+        self.turns.release(run_id, owner, finished=Run(run_id, self.key, self.digest, FINISHED, "done", stored))
+        return result
