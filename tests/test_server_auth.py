@@ -18,6 +18,7 @@ from memgpt.server.app import KEY_TRUST_SECONDS
 from memgpt.storage import Storage
 from tests.conftest import DATA, cli, run_cli
 from tests.server_rig import LiveServer, ServerProcess, auth, free_port
+from tests.test_cli import run_at_width
 
 
 def test_health_needs_no_key_and_ignores_one(live_server: LiveServer) -> None:
@@ -166,6 +167,11 @@ def test_user_and_key_commands(home: Path) -> None:
     listed = json.loads(cli("key", "list", "--json", home=home).stdout)
     assert [(k["user"], k["prefix"], k["revoked"]) for k in listed] == [("carol", secret[:12], False)]
     assert secret not in cli("key", "list", home=home).stdout
+    # The ids `key revoke` and `--user` take are whole in an 80-column terminal or a pipe, never "key-3f2…".
+    narrow = run_at_width("key", "list", home=home, columns=80)
+    assert "…" not in narrow and f"│ {listed[0]['id']} " in narrow
+    users_narrow = run_at_width("user", "list", home=home, columns=80)
+    assert "…" not in users_narrow and "│ carol " in users_narrow  # ids too long for the width fold, whole
     users = json.loads(cli("user", "list", "--json", home=home).stdout)
     assert {u["name"]: u["owner"] for u in users} == {"owner": True, "carol": False}
     assert cli("key", "revoke", secret[:12], home=home).returncode == 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from memgpt.cli.common import JsonOption, console, err_console, home_and_config, open_storage
+from memgpt.cli.common import JsonOption, console, err_console, home_and_config, names_table, open_storage
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -124,11 +124,9 @@ def user_list(as_json: JsonOption = False) -> None:
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    from rich.table import Table
-
-    table = Table("Name", "Id", "Keys", "Created")
-    for row, user in zip(rows, found, strict=True):
-        name = f"{user.name} (owner)" if row["owner"] else user.name
+    names = [f"{user.name} (owner)" if row["owner"] else user.name for row, user in zip(rows, found, strict=True)]
+    table = names_table("Name", "Id", "Keys", "Created", names=names)
+    for name, row, user in zip(names, rows, found, strict=True):
         table.add_row(name, user.id, str(row["active_keys"]), user.created_at.astimezone().strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
@@ -169,9 +167,8 @@ def key_list(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    from rich.table import Table
-
-    table = Table("Id", "User", "Name", "Key", "Last used", "Status")
+    # The id is what `memgpt key revoke` takes: never cut, as names are not.
+    table = names_table("Id", "User", "Name", "Key", "Last used", "Status", names=[row["id"] for row in rows])
     for row in rows:
         used = str(row["last_used_at"] or "never")[:16].replace("T", " ")
         table.add_row(
