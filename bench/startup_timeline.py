@@ -3,7 +3,9 @@
 Usage: python bench/startup_timeline.py [--runs 3] [--tree PATH] [--top 25] [-- ARGS...]
 
 Without ARGS it times `memgpt run --agent bench --message hello` against the scripted LLM of the tests (which
-answers at once), on a new home whose agent is made first, untimed. Each run is a new `memgpt` process (the
+answers at once), on a new home whose agent is made first, untimed (the command is run once first); with
+--fresh every run has a new home and nothing runs first (e.g. `-- load directory --name paper
+--input-files=tests/data/memgpt_research_paper.pdf`). Each run is a new `memgpt` process (the
 executable, as a user starts it); a thread of its own samples the main thread every 2 ms: its stack, and from
 /proc (Linux) its CPU time and its time spent runnable but waiting for a CPU (the run queue). What is left,
 ``asleep`` = wall − CPU − run queue, is time the main thread waited for something: the GIL held by another
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tree", type=Path, default=ROOT, help="folder holding the memgpt package to measure")
     parser.add_argument("--top", type=int, default=25, help="rows to print")
+    parser.add_argument("--fresh", action="store_true", help="a new home for each run, none made first (for load)")
     parser.add_argument("args", nargs="*", help="the command (default: run --agent bench --message hello)")
     options = parser.parse_args()
     args = options.args or ["run", "--agent", "bench", "--message", "hello"]
@@ -134,12 +137,14 @@ def main() -> None:
         scratch = Path(tmp)
         env = {**os.environ, "MEMGPT_HOME": str(scratch / "home"), "OPENAI_BASE_URL": llm.url, "NO_COLOR": "1"}
         env.pop("OPENAI_API_KEY", None)
-        subprocess.run(  # the agent, and the home's first start (migrations, the collection), untimed
-            [sys.executable, "-m", "memgpt", *args], env={**env, "PYTHONPATH": str(options.tree)}, cwd=scratch,
-            capture_output=True, check=True,
-        )
+        if not options.fresh:
+            subprocess.run(  # the agent, and the home's first start (migrations, the collection), untimed
+                [sys.executable, "-m", "memgpt", *args], env={**env, "PYTHONPATH": str(options.tree)}, cwd=scratch,
+                capture_output=True, check=True,
+            )
         for n in range(options.runs):
-            for name, row in run_once(options.tree, env, scratch, args, n).items():
+            home = {"MEMGPT_HOME": str(scratch / f"home-{n}")} if options.fresh else {}
+            for name, row in run_once(options.tree, {**env, **home}, scratch, args, n).items():
                 for i in range(3):
                     totals[name][i] += row[i] / options.runs
     llm.close()

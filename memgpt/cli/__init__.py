@@ -15,6 +15,7 @@ from typing import NoReturn
 STARTUP_COLLECTION_PAUSE = 5.0
 _collection = threading.Lock()
 _collection_paused = False
+_collection_timer: threading.Timer | None = None
 
 
 def main() -> None:
@@ -68,28 +69,31 @@ def _pause_collection() -> None:
     held, freeing almost nothing. Only the executable pauses it (tests call :func:`main` in their own process), and
     a timer turns it back on after ``STARTUP_COLLECTION_PAUSE`` seconds should a command never call
     :func:`startup_over`."""
-    global _collection_paused
+    global _collection_paused, _collection_timer
     with _collection:
         if _collection_paused or not gc.isenabled():
             return
         gc.disable()
         _collection_paused = True
-    timer = threading.Timer(STARTUP_COLLECTION_PAUSE, startup_over)
-    timer.daemon = True
-    timer.start()
+        _collection_timer = threading.Timer(STARTUP_COLLECTION_PAUSE, startup_over)
+        _collection_timer.daemon = True
+        _collection_timer.start()
 
 
 def startup_over() -> None:
     """The command's imports are done and its work begins: the garbage collector runs again (if the executable
     paused it), first freezing what start-up made (modules, classes, the stores just opened) so that no later
     collection walks those objects again. Called by every command before its work, more than once at no cost."""
-    global _collection_paused
+    global _collection_paused, _collection_timer
     with _collection:
         if not _collection_paused:
             return
         _collection_paused = False
         gc.freeze()
         gc.enable()
+        if _collection_timer is not None:
+            _collection_timer.cancel()  # no-op when it is the timer that calls
+            _collection_timer = None
 
 
 def _exit_code(code: object) -> int:
