@@ -274,3 +274,93 @@ def test_pymilvus_checks_timestamps_with_dateutil_imported_when_first_needed() -
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["False", "True", "False", "True"]
+
+
+# Runs the `memgpt` executable of the remaining arguments and writes to argv[1] whether the garbage collector ran
+# while SQLAlchemy was imported, and at exit. The timer that turns it back on is set out of reach: the command
+# itself must say that its start-up is over.
+COLLECTOR = """
+import atexit, gc, json, sys
+import memgpt.cli
+
+memgpt.cli.STARTUP_COLLECTION_PAUSE = 3600
+out, seen = sys.argv[1], {}
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sqlalchemy":
+            seen.setdefault("importing sqlalchemy", gc.isenabled())
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+state = lambda: {**seen, "at exit": gc.isenabled(), "frozen": gc.get_freeze_count()}
+atexit.register(lambda: open(out, "w").write(json.dumps(state())))
+sys.argv = ["memgpt", *sys.argv[2:]]
+memgpt.cli.executable()
+"""
+
+
+def collector(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", COLLECTOR, str(out), *args],
+        env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1", **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(out.read_text()))
+
+
+def test_the_garbage_collector_is_paused_for_start_up_and_runs_for_the_work(
+    home: Path, tmp_path: Path, llm: ScriptedLLM
+) -> None:
+    """Start-up's imports make objects that live as long as the process; collecting over them cost `run --message`
+    ~0.13 CPU s. The executable pauses the collector until the command's stores are open, then freezes what start-up
+    made and collects again: a chat or a load that runs for hours frees its cycles as before."""
+    llm.add({"tool": "send_message", "args": {"message": "hi"}})
+    env = {"OPENAI_BASE_URL": llm.url, "OPENAI_API_KEY": ""}
+    running = collector(home, tmp_path / "run.json", "run", "--agent", "a", "--message", "hello", env=env)
+    listing = collector(home, tmp_path / "list.json", "list", "sources")
+    for found in (running, listing):
+        assert found["importing sqlalchemy"] is False, found
+        assert found["at exit"] is True, found
+        assert isinstance(found["frozen"], int) and found["frozen"] > 10_000, found
+    helping = collector(home, tmp_path / "help.json", "--help")  # no work: the process ends paused
+    assert helping["at exit"] is False, helping
+
+
+PAUSED_FOR_GOOD = """
+import gc, time
+import memgpt.cli
+
+memgpt.cli.STARTUP_COLLECTION_PAUSE = 0.2
+memgpt.cli._pause_collection()
+paused = not gc.isenabled()
+time.sleep(2)
+print(paused, gc.isenabled())
+"""
+
+
+def test_the_collector_runs_again_even_if_a_command_never_says_its_start_up_is_over() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PAUSED_FOR_GOOD], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
+
+
+def test_main_called_in_the_callers_own_process_leaves_its_collector_alone(home: Path) -> None:
+    """Tests (and any caller of ``memgpt.cli.main``) keep their collector: only the executable pauses it."""
+    import gc
+
+    from tests.conftest import cli
+
+    assert gc.isenabled()
+    done = cli("list", "sources", home=home)
+    assert done.returncode == 0, done.stderr
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from memgpt.cli import startup_over
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def open_storage(
         storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early)
     else:
         storage = Storage(config, home)
+    startup_over()
     try:
         yield storage, config
     finally:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from memgpt.cli import startup_over
 from memgpt.cli.common import YesOption, console, home_and_config, interactive
 from memgpt.errors import ConfigError
 
@@ -307,6 +308,7 @@ def migrate(
     yes: YesOption = False,
 ) -> None:
     """Copy every passage to another Milvus (e.g. from Milvus Lite to a server), then switch to it."""
+    startup_over()  # a long copy collects its garbage as it goes
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from memgpt.cli.common import confirm, err_console

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from memgpt.cli import startup_over
 from memgpt.cli.common import console, embedding_model, home_and_config, interactive
 
 if TYPE_CHECKING:
@@ -250,6 +251,7 @@ def serve(
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="HTTP: port to listen on (default 8283)."),
 ) -> None:
     """Serve an agent's memory to MCP clients (Claude Desktop, Cursor...): archival, recall, core memory, sources."""
+    startup_over()  # a process that runs for days collects its garbage from the start
     if transport is Transport.http:
         _serve_http(agent, host, port)
         return

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from memgpt.cli import startup_over
 from memgpt.cli.common import JsonOption, console, err_console, home_and_config, names_table, open_storage
 from memgpt.errors import UserError
 
@@ -67,6 +68,7 @@ def serve(
     ),
 ) -> None:
     """Serve agents over HTTP: Letta's /v1 API (letta-client works) and an OpenAI-compatible endpoint."""
+    startup_over()  # a process that runs for days collects its garbage from the start
     import uvicorn
 
     from memgpt.server.app import KEEP_ALIVE_SECONDS, URL_ENV, create_app, open_state, supervising

@@ -1,0 +1,161 @@
+"""Where the main thread of one `memgpt` command spends its start-up: CPU, waiting for a CPU, or asleep.
+
+Usage: python bench/startup_timeline.py [--runs 3] [--tree PATH] [--top 25] [-- ARGS...]
+
+Without ARGS it times `memgpt run --agent bench --message hello` against the scripted LLM of the tests (which
+answers at once), on a new home whose agent is made first, untimed (the command is run once first); with
+--fresh every run has a new home and nothing runs first (e.g. `-- load directory --name paper
+--input-files=tests/data/memgpt_research_paper.pdf`). Each run is a new `memgpt` process (the
+executable, as a user starts it); a thread of its own samples the main thread every 2 ms: its stack, and from
+/proc (Linux) its CPU time and its time spent runnable but waiting for a CPU (the run queue). What is left,
+``asleep`` = wall − CPU − run queue, is time the main thread waited for something: the GIL held by another
+thread, a lock, a socket (Milvus, the LLM), the disk. On a shared machine the run-queue column grows with the
+load and CPU much less; asleep grows too wherever the main thread waits for another thread that itself waits
+for a CPU (a thread's start, the GIL, the recall indexer at exit), so only a quiet machine gives its true size.
+(The sampling thread takes the GIL every 2 ms itself, a little of the asleep time.)
+
+Samples are labelled by what the main thread was doing: importing (the package being imported, and the memgpt
+module that imported it) or else memgpt's innermost function; the table sums each label over the runs and
+divides by their number. Totals cover the process from the sampler's start to the command's end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.scripted_llm import ScriptedLLM  # noqa: E402 - the bench runs from a checkout
+
+# Runs in the timed process: argv[1] is where the samples go, the rest is the command.
+SAMPLER = r"""
+import atexit, json, sys, threading, time
+
+out = sys.argv[1]
+main_id = threading.get_ident()
+stat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+
+
+def sched():
+    with open(stat) as f:
+        cpu, queued, _ = f.read().split()
+    return int(cpu) / 1e9, int(queued) / 1e9
+
+
+samples, running = [], [True]
+
+
+def sample():
+    while running[0]:
+        frame, stack = sys._current_frames().get(main_id), []
+        while frame is not None:
+            stack.append((frame.f_code.co_filename, frame.f_code.co_name))
+            frame = frame.f_back
+        samples.append((time.perf_counter(), *sched(), stack[::-1]))
+        time.sleep(0.002)
+
+
+def write():
+    running[0] = False
+    samples.append((time.perf_counter(), *sched(), []))
+    with open(out, "w") as f:
+        json.dump(list(samples), f)
+
+
+atexit.register(write)
+threading.Thread(target=sample, daemon=True, name="timeline").start()
+import memgpt.cli
+
+sys.argv = ["memgpt", *sys.argv[2:]]
+memgpt.cli.executable()
+"""
+
+
+def label(stack: list[list[str]]) -> str:
+    """What a sample's main thread was doing."""
+    ours = [f"{Path(path).stem}.{name}" for path, name in stack if f"{os.sep}memgpt{os.sep}" in path]
+    if any("importlib._bootstrap" in path for path, _ in stack):
+        importing = [path for path, name in stack if name == "<module>"][1:]  # the first is the sampler
+        theirs = next((p for p in importing if f"{os.sep}memgpt{os.sep}" not in p), None)
+        if theirs is None:
+            return f"import memgpt modules (from {ours[-1] if ours else '?'})"
+        package = theirs.split("site-packages" + os.sep)[-1].split(os.sep)[0] if "site-packages" in theirs else theirs
+        package = Path(package).stem if "site-packages" in theirs else f"stdlib {Path(theirs).stem}"
+        return f"import {package} (from {ours[-1] if ours else 'start'})"
+    if ours:
+        return ours[-1]
+    return f"({stack[-1][1]})" if stack else "(end)"
+
+
+def timeline(samples: list[list]) -> dict[str, list[float]]:
+    """Wall, CPU and run-queue seconds of each label, from one process's samples."""
+    found: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for before, after in itertools.pairwise(samples):
+        row = found[label(after[3])]
+        for i in range(3):
+            row[i] += after[i] - before[i]
+    return found
+
+
+def run_once(tree: Path, env: dict[str, str], scratch: Path, args: list[str], n: int) -> dict[str, list[float]]:
+    out = scratch / f"samples-{n}.json"
+    done = subprocess.run(
+        [sys.executable, "-c", SAMPLER, str(out), *args],
+        env={**env, "PYTHONPATH": str(tree)},
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"`memgpt {' '.join(args)}` failed ({done.returncode}): {done.stderr[-2000:]}")
+    return timeline(json.loads(out.read_text()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tree", type=Path, default=ROOT, help="folder holding the memgpt package to measure")
+    parser.add_argument("--top", type=int, default=25, help="rows to print")
+    parser.add_argument("--fresh", action="store_true", help="a new home for each run, none made first (for load)")
+    parser.add_argument("args", nargs="*", help="the command (default: run --agent bench --message hello)")
+    options = parser.parse_args()
+    args = options.args or ["run", "--agent", "bench", "--message", "hello"]
+    llm = ScriptedLLM()
+    llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(options.runs + 1)))
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        env = {**os.environ, "MEMGPT_HOME": str(scratch / "home"), "OPENAI_BASE_URL": llm.url, "NO_COLOR": "1"}
+        env.pop("OPENAI_API_KEY", None)
+        if not options.fresh:
+            subprocess.run(  # the agent, and the home's first start (migrations, the collection), untimed
+                [sys.executable, "-m", "memgpt", *args], env={**env, "PYTHONPATH": str(options.tree)}, cwd=scratch,
+                capture_output=True, check=True,
+            )
+        for n in range(options.runs):
+            home = {"MEMGPT_HOME": str(scratch / f"home-{n}")} if options.fresh else {}
+            for name, row in run_once(options.tree, {**env, **home}, scratch, args, n).items():
+                for i in range(3):
+                    totals[name][i] += row[i] / options.runs
+    llm.close()
+    wall, cpu, queued = (sum(row[i] for row in totals.values()) for i in range(3))
+    print(f"\n### Main thread of `memgpt {' '.join(args)}` ({options.runs} runs, mean ms a run)\n")
+    print("| doing | CPU ms | asleep ms | run queue ms | wall ms |")
+    print("|---|---|---|---|---|")
+    ranked = sorted(totals.items(), key=lambda item: -(item[1][0] - item[1][2]))  # CPU + asleep
+    for name, (w, c, q) in [("**all**", (wall, cpu, queued)), *ranked[: options.top]]:
+        print(f"| {name} | {1000 * c:.0f} | {1000 * (w - c - q):.0f} | {1000 * q:.0f} | {1000 * w:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
