@@ -4,6 +4,7 @@
     python bench/server_bench.py --backend scale --workers 2    # several server processes on one database
     python bench/server_bench.py --backend default --workers 2  # ... sharing one Milvus Lite server
     python bench/server_bench.py --backend default --workers 2 --connections own  # a connection per client
+    python bench/server_bench.py --backend default --clients 100 --client httpx  # httpx 0.28's pool stalling
 
 The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
 "scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
