@@ -4,16 +4,23 @@
     python bench/server_bench.py --backend scale --workers 2    # several server processes on one database
     python bench/server_bench.py --backend default --workers 2  # ... sharing one Milvus Lite server
     python bench/server_bench.py --backend default --workers 2 --connections own  # a connection per client
+    python bench/server_bench.py --backend default --clients 100 --client httpx  # httpx 0.28's pool stalling
 
 The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
 "scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
 OpenAI-compatible server in this process that answers every request with a `send_message` after
 ``--llm-ms`` (200 ms): a turn is one LLM call, so what a turn takes beyond that is the server's own cost.
 
-Clients speak raw HTTP with httpx (asyncio) rather than letta-client: the client's pydantic validation of every
+Clients speak raw HTTP with httpx2 (asyncio) rather than letta-client: the client's pydantic validation of every
 answer would take CPU from the server on the same cores and count in the latencies. They share one connection
 pool, as one app driving many agents does (``--connections own``: each its own connection, as separate apps do;
-with ``--workers`` that decides whether an agent's turns stay in one worker, see ``_warm_and_load``). Each
+with ``--workers`` that decides whether an agent's turns stay in one worker, see ``_warm_and_load``).
+``--client httpx`` drives them with httpx 0.28 instead: its pool (httpcore 1.0.9) hands the same idle connection
+to every request that arrives before the first of them starts on it; the others find it busy and start over, each
+time going through every connection for every waiting request. A burst of requests on a warm pool then spins the
+client's event loop: at 100 clients the bench used 11 ms CPU a turn against 2 and some turns waited ~5 s, until
+the idle connections no request could get expired (httpcore issues 822, 1035, 1110; the server is not involved).
+httpx2's pool (pydantic's fork of httpx, which openai and mcp use) keeps a connection it gave to a request. Each
 client sends ``--turns`` messages one after another; meanwhile one more client loops over
 the non-LLM routes (list agents, archival search). After the run every agent's stored history is read back:
 a lost message is a sent one whose user message or reply is missing.
@@ -53,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -175,7 +183,11 @@ class Results:
     wall: float = 0.0
 
 
-async def _client(http: httpx.AsyncClient, agent: str, turns: int, tag: str, results: Results) -> None:
+CLIENTS = {"httpx2": httpx2, "httpx": httpx}  # --client: the HTTP library of the load's clients
+HTTP_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
+
+
+async def _client(http: Any, agent: str, turns: int, tag: str, results: Results) -> None:
     for number in range(turns):
         start = time.perf_counter()
         try:
@@ -183,13 +195,13 @@ async def _client(http: httpx.AsyncClient, agent: str, turns: int, tag: str, res
             if answer.status_code != 200:
                 results.errors.append(f"{answer.status_code} {answer.text[:200]}")
                 continue
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             results.errors.append(f"{type(exc).__name__}: {exc}")
             continue
         results.turns.append(time.perf_counter() - start)
 
 
-async def _observer(http: httpx.AsyncClient, agents: list[str], done: asyncio.Event, results: Results) -> None:
+async def _observer(http: Any, agents: list[str], done: asyncio.Event, results: Results) -> None:
     """The non-LLM routes, one after another, for as long as the turns run."""
     number = 0
     while not done.is_set():
@@ -204,12 +216,12 @@ async def _observer(http: httpx.AsyncClient, agents: list[str], done: asyncio.Ev
                     into.append(time.perf_counter() - start)
                 else:
                     results.errors.append(f"{path}: {answer.status_code} {answer.text[:200]}")
-            except httpx.HTTPError as exc:
+            except HTTP_ERRORS as exc:
                 results.errors.append(f"{path}: {type(exc).__name__}: {exc}")
         number += 1
 
 
-async def _load(clients: list[httpx.AsyncClient], agents: list[str], turns: int, tag: str) -> Results:
+async def _load(clients: list[Any], agents: list[str], turns: int, tag: str) -> Results:
     """Each agent's ``turns`` messages through ``clients`` (one shared, or one per agent plus one for the
     observer, the last), the observer looping meanwhile."""
     results = Results()
@@ -225,28 +237,24 @@ async def _load(clients: list[httpx.AsyncClient], agents: list[str], turns: int,
     return results
 
 
-async def _warm_and_load(url: str, key: str, agents: list[str], turns: int, own: bool, measuring: Any) -> Results:
+async def _warm_and_load(
+    url: str, key: str, agents: list[str], turns: int, own: bool, client: str, measuring: Any
+) -> Results:
     """Each agent's first turn (opening it, not measured), then ``measuring()`` and the measured load, on the
     same connections. ``own``: every client its own keep-alive connection, as separate apps each driving one
     agent have (with ``--workers``, all of an agent's turns then reach the worker that accepted its
     connection); else one pool shared by all clients, as one app driving many agents has (each request takes
-    whichever connection is free, so an agent's turns spread over the workers). The shared pool is opened anew
-    for the measured load, as before ``--connections`` existed: reused from the warm-up, at 100 clients it stalled
-    some requests ~4.5 s and cost the bench 14 ms CPU a turn (2026-11-27, cause not found; see the README)."""
+    whichever connection is free, so an agent's turns spread over the workers). ``client``: the HTTP library
+    (``CLIENTS``; with httpx the pool kept from the warm-up stalls, see the module's docstring)."""
     headers = {"Authorization": f"Bearer {key}"}
+    library = CLIENTS[client]
     count = len(agents) + 1 if own else 1
     size = 1 if own else len(agents) + 4
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-
-    def made() -> list[httpx.AsyncClient]:
-        return [httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count)]
-
+    limits = library.Limits(max_connections=size, max_keepalive_connections=size)
+    made = (library.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(client) for client in made()]
+        clients = [await stack.enter_async_context(http) for http in made]
         await _load(clients, agents, 1, "warm-up")
-        if not own:
-            await stack.aclose()
-            clients = [await stack.enter_async_context(client) for client in made()]
         measuring()
         return await _load(clients, agents, turns, "bench")
 
@@ -254,7 +262,7 @@ async def _warm_and_load(url: str, key: str, agents: list[str], turns: int, own:
 def _make_agents(url: str, key: str, count: int) -> list[str]:
     headers = {"Authorization": f"Bearer {key}"}
     agents = []
-    with httpx.Client(base_url=url, headers=headers, timeout=300) as http:
+    with httpx2.Client(base_url=url, headers=headers, timeout=300) as http:
         for number in range(count):
             made = http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:8]}", "model": HANDLE})
             made.raise_for_status()
@@ -269,7 +277,7 @@ def _lost(url: str, key: str, agents: list[str], tag: str, turns: int) -> int:
     """Sent messages whose user message or reply is not in the agent's stored history."""
     headers = {"Authorization": f"Bearer {key}"}
     lost = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=300) as http:
+    with httpx2.Client(base_url=url, headers=headers, timeout=300) as http:
         for agent in agents:
             items = http.get(f"/v1/agents/{agent}/messages", params={"limit": 1000, "order": "asc"}).json()
             said = [m["content"] for m in items if m["message_type"] == "user_message"]
@@ -428,6 +436,7 @@ def run(
     workers: int = 1,
     profile: Path | None = None,
     own: bool = False,
+    client: str = "httpx2",
 ) -> str:
     llm = FixedLLM(llm_ms / 1000)
     try:
@@ -444,7 +453,7 @@ def run(
                     before.update(calls=llm.calls, cpu=Cpu.now(pid))
                     before["gil"] = profiling.enter_context(gil_profile(pid, profile))
 
-                results = asyncio.run(_warm_and_load(server.url, key, agents, turns, own, measuring))
+                results = asyncio.run(_warm_and_load(server.url, key, agents, turns, own, client, measuring))
             gil = before["gil"]
             calls = (llm.calls - before["calls"]) / max(1, len(results.turns))
             catch_up = _indexed(server.home, pid)
@@ -460,8 +469,9 @@ def run(
     label = "Milvus Lite + SQLite" if backend == "default" else "Milvus server + PostgreSQL"
     label += f", {workers} workers" if workers > 1 else ""
     label += ", a connection per client" if own else ""
+    label += f", clients on {client}" if client != "httpx2" else ""
     done = max(1, len(results.turns))
-    per_turn = [f"{seconds * 1000 / done:.0f}" for seconds in (cpu.server, cpu.children, cpu.bench, cpu.machine)]
+    per_turn = [f"{seconds * 1000 / done:.1f}" for seconds in (cpu.server, cpu.children, cpu.bench, cpu.machine)]
     cores = cpu.machine / results.wall if results.wall else 0.0
     return (
         f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
@@ -498,6 +508,12 @@ def main() -> None:
         default="pooled",
         help="pooled: the clients share one connection pool (one app, many agents); own: each client its own",
     )
+    parser.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="httpx2",
+        help="the clients' HTTP library (httpx: its pool stalls under bursts, see the docstring)",
+    )
     parser.add_argument("--header", action="store_true", help="print the table's header first")
     parser.add_argument(
         "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
@@ -517,7 +533,7 @@ def main() -> None:
         for clients in (int(n) for n in args.clients.split(",")):
             profile = args.profile.with_name(f"{args.profile.stem}-{clients}.txt") if args.profile else None
             own = args.connections == "own"
-            print(run(backend, clients, args.turns, args.llm_ms, args.workers, profile, own), flush=True)
+            print(run(backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client), flush=True)
 
 
 if __name__ == "__main__":

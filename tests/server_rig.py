@@ -172,6 +172,13 @@ class ServerProcess:
                 self.process.wait(30)
 
 
+def http_stack(pid: int) -> set[str]:
+    """Which of uvicorn's fast parts process ``pid`` has loaded (the shared objects it maps): "httptools" (the C
+    HTTP parser uvicorn uses instead of pure-Python h11) and "uvloop" (the libuv event loop instead of asyncio's)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {name for name in ("httptools", "uvloop") if f"/{name}/" in maps}
+
+
 def start_servers(home: Path, *workers: int) -> list[ServerProcess]:
     """One `memgpt server` per entry (with that many workers), started side by side."""
     servers = [ServerProcess(home, n) for n in workers]

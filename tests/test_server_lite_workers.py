@@ -35,7 +35,7 @@ from memgpt.storage.milvus.lite import LiteServer
 from memgpt.types import Role
 from tests.conftest import run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import ServerProcess, environment, use_scripted_llm
+from tests.server_rig import ServerProcess, environment, http_stack, use_scripted_llm
 from tests.test_server_scale import _words, assert_meeting_sends_serialized, echo
 
 SCRIPTED_HANDLE = "openai-compatible/scripted"
@@ -181,6 +181,15 @@ def test_a_cli_command_on_the_home_is_told_a_server_runs(workers: LiteWorkers, t
     assert f"a memgpt server at {workers.server.url}" in load.stderr, load.stderr
     assert f"(pid {workers.server.process.pid})" in load.stderr and "use its API" in load.stderr
     assert "Traceback" not in load.stderr
+
+
+def test_each_worker_speaks_http_with_httptools_on_uvloop(workers: LiteWorkers) -> None:
+    """uvicorn's workers pick its C HTTP parser and libuv event loop by themselves, as one process does."""
+    spawned = [
+        pid for pid in _children(workers.server.process.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    assert len(spawned) == 2, spawned
+    assert [http_stack(pid) for pid in spawned] == [{"httptools", "uvloop"}] * 2
 
 
 def test_kill_9_of_a_worker_mid_turn_the_next_turn_works(workers: LiteWorkers, llm: ScriptedLLM) -> None:
