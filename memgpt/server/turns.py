@@ -122,6 +122,7 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     answer: str | None = None  # ``body()`` as JSON text once it ended without an error (built once, also stored)
     cancel: threading.Event = field(default_factory=threading.Event)
+    releasing: bool = False  # its lease is being given back: a renewal that finds it gone lost nothing
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
 
@@ -470,6 +471,7 @@ class TurnRunner:
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
+        turn.releasing = True
         try:
             self._turns.forget_run(turn.run_id, message)
         finally:
@@ -614,6 +616,7 @@ class TurnRunner:
         text = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
         turn.answer = None if error else text  # the answer to a send as it goes out, without a second json.dumps
         finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, text)
+        turn.releasing = True
         try:
             # Under the lease: where another process may take the agent's next turn (a shared index), the last
             # step's recall indexing (a background thread) ends before that turn may index the same messages.
@@ -647,12 +650,21 @@ class TurnRunner:
                 held += [(lease_id, owner, None) for lease_id, owner in self._other.items()]
             for lease_id, owner, turn in held:
                 try:
-                    if not self._turns.renew(lease_id, owner, self.timing.lease_ttl):
+                    renewed = self._turns.renew(lease_id, owner, self.timing.lease_ttl)
+                    if not renewed and self._holds(lease_id, owner, turn):
                         _lost(lease_id, turn)
                 except MemGPTError as exc:
                     logger.warning("cannot renew the lease %s: %s", lease_id, exc)
                 except Exception:  # the renewer must live on, or every running turn loses its agent
                     logger.exception("renewing the lease %s failed", lease_id)
+
+    def _holds(self, lease_id: str, owner: str, turn: Turn | None) -> bool:
+        """Whether a lease the renewer found gone was lost: not when its work ended since the renewer listed it (a
+        turn that gives its lease back, the import that took it off the list)."""
+        if turn is not None:
+            return not turn.releasing
+        with self._guard:
+            return self._other.get(lease_id) == owner
 
     # -- cancelling -------------------------------------------------------------------------------
     def cancel(self, agent_id: str, run_ids: Sequence[str] | None = None) -> dict[str, str]:
