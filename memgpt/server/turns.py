@@ -616,7 +616,6 @@ class TurnRunner:
         text = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
         turn.answer = None if error else text  # the answer to a send as it goes out, without a second json.dumps
         finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, text)
-        turn.releasing = True
         try:
             # Under the lease: where another process may take the agent's next turn (a shared index), the last
             # step's recall indexing (a background thread) ends before that turn may index the same messages.
@@ -625,6 +624,7 @@ class TurnRunner:
             if error is None:  # else what it holds may differ from what was stored: the next turn opens it afresh
                 self._keep(agent, opened.grant, opened.tools)
         finally:
+            turn.releasing = True  # (after the wait for recall indexing above, during which the lease must hold)
             try:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
             except MemGPTError as exc:
