@@ -409,6 +409,39 @@ def test_a_turn_longer_than_its_lease_keeps_renewing_it(
     assert user_messages(server, agent_id) == ["slow"]
 
 
+def test_a_renewal_that_finds_a_lease_given_back_meanwhile_is_not_a_lost_lease(
+    server: LiveServer, agent_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The renewer lists the running turns, then renews their leases one by one: a turn that gave its lease back
+    in between is not one whose lease was lost (was: an error logged and its cancel set, under load every round)."""
+    runner = server.state.turns()
+    storage = server.state.storage
+    ending = turns.Turn("run-ending", agent_id, "digest")
+    ending.releasing = True  # as ``_run`` marks it before its release; the row is gone, the entry not yet
+    lost = turns.Turn("run-lost", agent_id + "-gone", "digest")  # a turn whose lease nobody holds any more
+    owner = turns.new_owner()
+    assert storage.turns.acquire(agent_id, owner, ending.run_id, 30) is not None
+    storage.turns.release(agent_id, owner)
+    with runner._guard:
+        runner._active[agent_id] = (ending, owner)
+        runner._active[lost.agent_id] = (lost, turns.new_owner())
+    try:
+        with caplog.at_level("ERROR", logger="memgpt.server.turns"):
+            server.timing(lease_ttl=30.0, renew_every=0.05, busy_wait=5.0, retry_after=2, ping_every=20.0)
+            deadline = time.monotonic() + 30
+            while not lost.cancel.is_set():  # a lease gone while its turn still holds it: lost, as before
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            time.sleep(0.2)  # a few more rounds
+    finally:
+        with runner._guard:
+            for turn in (ending, lost):
+                runner._active.pop(turn.agent_id, None)
+    assert not ending.cancel.is_set()
+    assert [r.getMessage() for r in caplog.records if "run-ending" in r.getMessage()] == []
+    assert any("run-lost" in r.getMessage() for r in caplog.records)
+
+
 def test_a_block_edit_during_a_turn_waits_for_it_and_is_not_overwritten(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:

@@ -71,11 +71,12 @@ class OpenAICompatible(LLMClient):
         timeout: float = 120.0,
     ) -> Completion:
         payload: dict[str, Any] = {"model": self.model, "messages": [_sendable(m) for m in messages]}
+        encoded: dict[str, str] = {}
         if tools:
-            payload["tools"] = [t.openai() for t in tools]
+            encoded["tools"] = "[" + ",".join(t.openai_json() for t in tools) + "]"
             payload["tool_choice"] = choice.openai()
         http, path, params = self._route()
-        status, text = post(http, path, payload, timeout=timeout, where=self.where, params=params)
+        status, text = post(http, path, payload, timeout=timeout, where=self.where, params=params, encoded=encoded)
         if not 200 <= status < 300:
             error = response_error(status, text, self.where)
             if choice.mode == "required" and status >= 500:

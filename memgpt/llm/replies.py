@@ -42,13 +42,19 @@ def post(
     timeout: float,
     where: str,
     params: Mapping[str, str] | None = None,
+    encoded: Mapping[str, str] | None = None,
 ) -> tuple[int, str]:
-    """POST ``payload`` as JSON; the reply's status and text. No answer within ``timeout`` seconds is an
-    LLMTimeoutError, a failed connection an LLMRetryableError, a malformed URL an LLMError. Over http.client
-    where ``httppool.plain`` has the endpoint (a redirect then goes through httpx, which follows it)."""
+    """POST ``payload`` as JSON, plus the members in ``encoded`` (name -> JSON text already made); the reply's
+    status and text. No answer within ``timeout`` seconds is an LLMTimeoutError, a failed connection an
+    LLMRetryableError, a malformed URL an LLMError. Over http.client where ``httppool.plain`` has the endpoint (a
+    redirect then goes through httpx, which follows it)."""
     from http.client import HTTPException
 
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    if encoded:
+        members = ",".join(f"{json.dumps(name)}:{value}" for name, value in encoded.items())
+        text = f"{text[:-1]},{members}}}" if payload else f"{{{members}}}"
+    body = text.encode()
     headers = {"content-type": "application/json"}
     kept = httppool.plain(endpoint)
     if kept is not None:

@@ -122,6 +122,7 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     answer: str | None = None  # ``body()`` as JSON text once it ended without an error (built once, also stored)
     cancel: threading.Event = field(default_factory=threading.Event)
+    releasing: bool = False  # its lease is being given back: a renewal that finds it gone lost nothing
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
 
@@ -470,6 +471,7 @@ class TurnRunner:
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
+        turn.releasing = True
         try:
             self._turns.forget_run(turn.run_id, message)
         finally:
@@ -622,6 +624,7 @@ class TurnRunner:
             if error is None:  # else what it holds may differ from what was stored: the next turn opens it afresh
                 self._keep(agent, opened.grant, opened.tools)
         finally:
+            turn.releasing = True  # (after the wait for recall indexing above, during which the lease must hold)
             try:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
             except MemGPTError as exc:
@@ -647,12 +650,21 @@ class TurnRunner:
                 held += [(lease_id, owner, None) for lease_id, owner in self._other.items()]
             for lease_id, owner, turn in held:
                 try:
-                    if not self._turns.renew(lease_id, owner, self.timing.lease_ttl):
+                    renewed = self._turns.renew(lease_id, owner, self.timing.lease_ttl)
+                    if not renewed and self._holds(lease_id, owner, turn):
                         _lost(lease_id, turn)
                 except MemGPTError as exc:
                     logger.warning("cannot renew the lease %s: %s", lease_id, exc)
                 except Exception:  # the renewer must live on, or every running turn loses its agent
                     logger.exception("renewing the lease %s failed", lease_id)
+
+    def _holds(self, lease_id: str, owner: str, turn: Turn | None) -> bool:
+        """Whether a lease the renewer found gone was lost: not when its work ended since the renewer listed it (a
+        turn that gives its lease back, the import that took it off the list)."""
+        if turn is not None:
+            return not turn.releasing
+        with self._guard:
+            return self._other.get(lease_id) == owner
 
     # -- cancelling -------------------------------------------------------------------------------
     def cancel(self, agent_id: str, run_ids: Sequence[str] | None = None) -> dict[str, str]:

@@ -8,6 +8,7 @@ decided in ``memgpt.memory.messages`` and handed in with each message (``StoredM
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,27 +92,41 @@ def _message(row: MessageRow | Row[Any]) -> Message:
     )
 
 
-def _unindexed(s: Session, agent_id: str, limit: int) -> list[tuple[Message, Message | None]]:
-    """See ``MessageStore.unindexed_with_previous``; in the caller's transaction."""
-    table = MessageRow.__table__
-    searchable = select(table).where(table.c.agent_id == agent_id, table.c.searchable.is_(True))
+@functools.lru_cache(maxsize=1)
+def _unindexed_statements() -> tuple[Any, Any, Any]:
+    """The statements of ``_unindexed``, built once with bound parameters (building a select costs more CPU than
+    running it, and the recall indexer runs them for every agent with new messages): the agent's unindexed
+    searchable messages; the worded ones from the last before ``p_seq`` to ``p_last``; the last worded one before
+    ``p_seq``."""
+    table, near = MessageRow.__table__, MessageRow.__table__.alias("near")
+    agent, seq = bindparam("p_agent"), bindparam("p_seq")
+    searchable = select(table).where(table.c.agent_id == agent, table.c.searchable.is_(True))
     worded = searchable.where(table.c.search_text != "")
-    rows = s.execute(searchable.where(table.c.indexed.is_(False)).order_by(table.c.seq).limit(limit)).all()
+    rows = searchable.where(table.c.indexed.is_(False)).order_by(table.c.seq).limit(bindparam("p_limit"))
+    earlier = (
+        select(func.max(near.c.seq))
+        .where(near.c.agent_id == agent, near.c.searchable.is_(True), near.c.search_text != "", near.c.seq < seq)
+        .scalar_subquery()
+    )
+    span = worded.where(table.c.seq.between(func.coalesce(earlier, seq), bindparam("p_last"))).order_by(table.c.seq)
+    before = worded.where(table.c.seq < seq).order_by(table.c.seq.desc()).limit(1)
+    return rows, span, before
+
+
+def _unindexed(c: Connection, agent_id: str, limit: int) -> list[tuple[Message, Message | None]]:
+    """See ``MessageStore.unindexed_with_previous``; in the caller's transaction."""
+    unindexed, span, before = _unindexed_statements()
+    rows = c.execute(unindexed, {"p_agent": agent_id, "p_limit": limit}).all()
     if not rows:
         return []
     first, last = rows[0].seq, rows[-1].seq
-    earlier = worded.where(table.c.seq < first).order_by(table.c.seq.desc()).limit(1)
-    near = list(s.execute(earlier).all())
     if last - first <= _REACH * len(rows):  # mostly the batch itself (new messages): one range read
-        near += s.execute(worded.where(table.c.seq.between(first, last)).order_by(table.c.seq)).all()
+        near = c.execute(span, {"p_agent": agent_id, "p_seq": first, "p_last": last}).all()
         order = [row.seq for row in near]
         at = [bisect.bisect_left(order, row.seq) for row in rows]
         previous = [near[i - 1] if i else None for i in at]
     else:  # scattered (edited messages, or the rest after a crash): each one's own read
-        previous = [
-            s.execute(worded.where(table.c.seq < row.seq).order_by(table.c.seq.desc()).limit(1)).first()
-            for row in rows
-        ]
+        previous = [c.execute(before, {"p_agent": agent_id, "p_seq": row.seq}).first() for row in rows]
     return [(_message(row), _message(p) if p else None) for row, p in zip(rows, previous, strict=True)]
 
 
@@ -301,8 +316,8 @@ class MessageStore:
         for agent_id in agent_ids:
             if limit <= 0:
                 break
-            with self._metadata.session() as s:  # one each: others' statements wait less for SQLite's lock
-                found[agent_id] = _unindexed(s, agent_id, limit)
+            with self._metadata.connection() as c:  # one each: others' statements wait less for SQLite's lock
+                found[agent_id] = _unindexed(c, agent_id, limit)
             limit -= len(found[agent_id])
         return found
 

@@ -155,7 +155,29 @@ class MilvusPassageStore(PassageStore):
         self._has_rows = self._has_rows or bool(passages)
 
     def insert(self, passages: Sequence[Passage]) -> None:
-        self._write_rows([_row(p, self.dimensions) for p in passages], replace=False)
+        rows = [_with_keys(_row(p, self.dimensions)) for p in passages]
+        with milvus_errors(f"write {len(rows)} passages"):
+            for start in range(0, len(rows), _WRITE_BATCH):
+                self._insert_columns(rows[start : start + _WRITE_BATCH])
+
+    def _insert_columns(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` as one list of values per field: pymilvus turns a list of rows into its request field by
+        field and value by value with checks on each (~60 us a row of this schema, against ~25 for columns; recall
+        indexing inserts every message). MilvusClient has rows only, so this goes through its connection handler
+        as its own ``insert`` does (the same database, the schema it caches), and through ``insert`` where a
+        pymilvus without those is installed."""
+        client = self._client
+        try:
+            handler, context = client._get_connection(), client._generate_call_context()
+            schema, _ = handler._get_schema(self.collection, context=context)
+        except AttributeError:
+            client.insert(self.collection, rows)
+            return
+        if not rows:
+            return
+        fields = [f for f in schema["fields"] if not f.get("is_function_output")]  # BM25's sparse is computed
+        columns = [{"name": f["name"], "type": f["type"], "values": [row[f["name"]] for row in rows]} for f in fields]
+        handler.batch_insert(self.collection, columns, context=context, schema=schema)
 
     def delete(self, where: Filter, *, count: bool = True) -> int:
         """Returns how many passages matched (a query before the delete: Milvus Lite reports the deleted ids,
