@@ -710,6 +710,13 @@ def kill_9_in_a_turn(
     sender.join(30)
 
 
+def restart(server: ServerProcess, llm: ScriptedLLM) -> None:
+    """The killed server started again, on the same port, without what was left of the LLM's script (the hang)."""
+    llm.script.clear()
+    server.start()  # the same port again
+    server.wait_ready()
+
+
 def reap(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
@@ -732,9 +739,7 @@ def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home
         kill_9_in_a_turn(process, llm, send, steps_before=0)
     finally:
         reap(process)
-    llm.script.clear()
-    server.start()  # the same port again
-    server.wait_ready()
+    restart(server, llm)
     try:
         letta = Letta(base_url=server.url, api_key=key, max_retries=0)
         history = letta.agents.messages.list(agent, order="asc").items
@@ -783,9 +788,7 @@ def test_a_retry_after_kill_9_mid_turn_answers_the_stored_message_not_a_second_c
         kill_9_in_a_turn(process, llm, send, steps_before=steps_stored)
     finally:
         reap(process)
-    llm.script.clear()
-    server.start()  # the same port again
-    server.wait_ready()
+    restart(server, llm)
     try:
         llm.reply("Answered once.")
         # letta-client's retry of the send whose connection died: the same body with X-Stainless-Retry-Count.
