@@ -1,4 +1,4 @@
-"""Ctrl-C during a step that must not be cut in half: held until the step is done."""
+"""Ctrl-C during a step that must not be cut in half: held until the step is done; SIGTERM taken as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -29,11 +29,45 @@ def interrupts_held() -> Iterator[HeldInterrupts]:
         held.received = True
 
     previous = signal.signal(signal.SIGINT, note)
+    terminating = signal.getsignal(signal.SIGTERM) is _terminated  # SIGTERM is a Ctrl-C here: held as well
+    if terminating:
+        signal.signal(signal.SIGTERM, note)
     try:
         yield held
     finally:
         # None: the handler was installed outside Python; Python's own is the sane thing to restore.
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if terminating:
+            signal.signal(signal.SIGTERM, _terminated)
+
+
+@dataclass
+class Termination:
+    received: bool = False
+
+
+_termination = Termination()
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    _termination.received = True
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[Termination]:
+    """Within the block, SIGTERM (``kill``, a service manager's stop, a CI job's timeout) ends the work as Ctrl-C
+    does, a KeyboardInterrupt in the main thread, so it gets Ctrl-C's clean-up rather than an end mid-write;
+    ``received`` says whether it came. SIGTERM's own action (the end of the process) is restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield Termination()
+        return
+    _termination.received = False
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield _termination
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def keep_lost_interrupts() -> None:

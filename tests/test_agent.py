@@ -124,7 +124,7 @@ def test_archival_insert_and_search_page_without_caching(any_rig: Rig) -> None:
     first = tool_results(rig.llm.requests[1])[-1]["message"]
     again = tool_results(rig.llm.requests[3])[-1]["message"]
     assert first == "No results found."
-    assert again.startswith("Showing 1 of 1 results (page 0 of 0):")
+    assert again.startswith("Showing results 1-1, best first (page 0; this is the last page). Ranked by meaning")
     assert "Chad's favourite colour is teal." in again
     assert "1 total memories are stored in archival memory" in rig.llm.requests[3]["messages"][0]["content"]
 
@@ -150,9 +150,9 @@ def test_attached_source_is_searched_and_paged_then_detached(any_rig: Rig, model
     list(agent.send("What does the paper evaluate?"))
     page0 = tool_results(rig.llm.requests[1])[-1]["message"]
     page1 = tool_results(rig.llm.requests[2])[-1]["message"]
-    last = (report.passages - 1) // 5
-    assert page0.startswith(f"Showing 5 of {report.passages} results (page 0 of {last}):")
-    assert page1.startswith(f"Showing 5 of {report.passages} results (page 1 of {last}):")
+    assert report.passages > 11
+    assert page0.startswith("Showing results 1-5, best first (page 0; more on page 1). Ranked by meaning")
+    assert page1.startswith("Showing results 6-10, best first (page 1; more on page 2). Ranked by meaning")
     assert "memgpt_research_paper.pdf, page" in page0
     assert "deep memory retrieval" in (page0 + page1).lower()
     assert (
@@ -164,6 +164,29 @@ def test_attached_source_is_searched_and_paged_then_detached(any_rig: Rig, model
     assert agent.archival.count() == 0
     source_passages = storage.passages(model.space).count(eq("kind", "archival"))
     assert source_passages == report.passages  # the source is intact
+
+
+def test_archival_search_header_counts_word_matches_not_every_passage(any_rig: Rig) -> None:
+    """Issue 11: every passage in scope has a rank by meaning, so the header says how many of the ranked
+    passages share words with the query (any word form) and whether there is more, never "5 of <all>"."""
+    agent = any_rig.create()
+    for text in ["Chad likes teal.", "Teal is a colour.", "The cat sleeps.", "Rain fell all day.", "Bread rises."]:
+        agent.archival.insert(text)
+    agent.archival.insert("A sixth note about nothing much.")
+    first = agent.archival.search("teal", 0).render("results").splitlines()
+    hybrid = agent.archival._store.supports_hybrid
+    assert first[0].startswith("Showing results 1-5, best first (page 0; more on page 1). Ranked by meaning")
+    if hybrid:
+        assert first[0].endswith("2 of the 6 best-ranked passages share words with the query.")
+        assert {first[1].split("] ", 1)[1], first[2].split("] ", 1)[1]} == {"Chad likes teal.", "Teal is a colour."}
+    else:
+        assert first[0].endswith("Ranked by meaning (this Milvus has no word search).")
+    second = agent.archival.search("teal", 1).render("results").splitlines()
+    assert second[0].startswith("Showing results 6-6, best first (page 1; this is the last page).")
+    assert len(second) == 2
+    assert agent.archival.search("teal", 2).render("results") == "No more results: page 2 is past the last one."
+    huge = agent.archival.search("teal", 10**12).render("results")
+    assert huge == f"No more results: page {10**12} is past the last one."
 
 
 def test_conversation_search_by_words_and_dates(any_rig: Rig) -> None:

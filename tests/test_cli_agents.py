@@ -110,7 +110,7 @@ def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tm
 
     results = [json.loads(m["content"]) for m in seen["request"]["messages"] if m["role"] == "tool"]
     found = results[-1]["message"]
-    assert found.startswith("Showing 5 of")
+    assert found.startswith("Showing results 1-5, best first (page 0; more on page 1). Ranked by meaning")
     assert "memgpt_research_paper.pdf, page" in found
     assert re.search(r"virtual context|memory|LLM", found)
     user_turn = [m for m in seen["request"]["messages"] if m["role"] == "user"]

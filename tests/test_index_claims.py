@@ -4,17 +4,19 @@ INSERT, per agent)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from memgpt.storage import Storage
+from memgpt.storage import Storage, expiring
 from memgpt.storage import claims as storage_claims
 from memgpt.storage.claims import IndexClaims
-from memgpt.storage.turns import HOST, new_owner
+from memgpt.storage.expiring import HOST, new_owner
 
 pytestmark = pytest.mark.usefixtures("metadata_url")
 
@@ -22,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("metadata_url")
 @pytest.fixture(params=["upsert", "separate"])
 def claims(request: pytest.FixtureRequest, storage: Storage, monkeypatch: pytest.MonkeyPatch) -> Iterator[IndexClaims]:
     if request.param == "separate":
-        monkeypatch.setattr(storage_claims, "_inserts", {})
-    storage_claims._claim_statement.cache_clear()  # built once per dialect, from _inserts
+        monkeypatch.setattr(expiring, "_ON_CONFLICT", {})
+    storage_claims._claim_statement.cache_clear()  # built once per dialect, from expiring._ON_CONFLICT
     yield IndexClaims(storage.metadata)
     storage_claims._claim_statement.cache_clear()
 
@@ -75,3 +77,16 @@ def test_a_renewed_claim_outlives_its_first_expiry_and_one_taken_meanwhile_is_no
     claims.release({"b"}, second)
     assert claims.renew(["b"], first, 60) == set()  # given back by its new owner: still not the first's
     assert owners(storage) == {"a": first}
+
+
+def test_storage_modules_share_the_claim_rule_through_public_names() -> None:
+    """A claim's rule (owner, clock, ON CONFLICT) lives in storage/expiring.py, which the lease and these claims
+    both use: no storage module reaches into another's private names (claims.py once imported turns.py's)."""
+    storage_dir = Path(storage_claims.__file__).parent
+    private = []
+    for path in sorted(storage_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("memgpt."):
+                names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                private += [f"{path.name}: {node.module}.{name}" for name in names]
+    assert private == []

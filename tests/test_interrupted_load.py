@@ -65,7 +65,7 @@ def check_consistent(home: Path, model: LocalMiniLM, *, complete: bool) -> None:
             assert source.documents == 14
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMiniLM, how: signal.Signals) -> None:
     home.mkdir(parents=True)
     proc = start_load(home)
@@ -74,6 +74,9 @@ def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMi
     _out, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
         assert proc.returncode == 130
+        assert "Interrupted" in err and "Traceback" not in err
+    elif how == signal.SIGTERM:  # taken as Ctrl-C
+        assert proc.returncode == 128 + signal.SIGTERM
         assert "Interrupted" in err and "Traceback" not in err
     else:
         assert proc.returncode == -signal.SIGKILL
@@ -84,8 +87,8 @@ def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMi
     check_consistent(home, model, complete=True)
 
 
-def test_ctrl_c_during_the_first_file_leaves_no_source_behind(home: Path, model: LocalMiniLM) -> None:
-    """Ctrl-C as a terminal sends it: to the whole process group, so the Milvus Lite server gets it too."""
+def start_first_load(home: Path) -> subprocess.Popen[str]:
+    """A load of one file into a new source, in small passages (windows reach Milvus), once it is writing them."""
     home.mkdir(parents=True)
     config = load_config(home)
     config.embedding.chunk_size, config.embedding.chunk_overlap = 16, 0  # small passages: windows reach Milvus
@@ -109,12 +112,33 @@ def test_ctrl_c_during_the_first_file_leaves_no_source_behind(home: Path, model:
         start_new_session=True,  # its own process group, as a shell gives a command
     )
     wait_for_pending(home, proc)
-    os.killpg(proc.pid, signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "Interrupted" in err and "Traceback" not in err
+    return proc
+
+
+def check_nothing_left(home: Path, model: LocalMiniLM) -> None:
     with Storage(load_config(home), home) as storage:
         assert storage.metadata.list_sources(load_config(home).user_id) == []
         with sqlite3.connect(home / "metadata.sqlite") as conn:
             assert conn.execute("select count(*) from documents").fetchone()[0] == 0
         assert storage.passages(model.space).count() == 0
+
+
+def test_ctrl_c_during_the_first_file_leaves_no_source_behind(home: Path, model: LocalMiniLM) -> None:
+    """Ctrl-C as a terminal sends it: to the whole process group, so the Milvus Lite server gets it too."""
+    proc = start_first_load(home)
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    check_nothing_left(home, model)
+
+
+def test_sigterm_during_the_first_file_leaves_no_source_behind(home: Path, model: LocalMiniLM) -> None:
+    """SIGTERM (``kill``, a service manager's stop, a CI timeout) to the load's process is taken as Ctrl-C: the
+    source it created is removed, not left listed with 0 documents; the exit code is SIGTERM's (128 + 15)."""
+    proc = start_first_load(home)
+    os.kill(proc.pid, signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Interrupted: nothing half-loaded is visible" in err and "Traceback" not in err
+    check_nothing_left(home, model)

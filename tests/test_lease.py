@@ -28,10 +28,11 @@ from memgpt.config import load_config
 from memgpt.errors import LeaseLostError
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.turns import TurnInput, TurnRunner
-from memgpt.storage import Storage
+from memgpt.storage import Storage, expiring
 from memgpt.storage import turns as storage_turns
 from memgpt.storage.agents import StepEffect
-from memgpt.storage.turns import HOST, Fence, LeaseRow, Run, new_owner
+from memgpt.storage.expiring import HOST, new_owner
+from memgpt.storage.turns import Fence, LeaseRow, Run
 from memgpt.types import Role
 from tests.conftest import _opened_on_metadata_backend
 from tests.scripted_llm import ScriptedLLM
@@ -45,8 +46,8 @@ def claims(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     """How a lease is claimed: SQLite's and PostgreSQL's one INSERT .. ON CONFLICT, or what another database
     gets (an INSERT refused while the row exists, then an UPDATE of an expired row)."""
     if request.param == "insert":
-        monkeypatch.setattr(storage_turns, "_inserts", {})
-        storage_turns._prepared.cache_clear()  # the statements are built once per dialect, from _inserts
+        monkeypatch.setattr(expiring, "_ON_CONFLICT", {})
+        storage_turns._prepared.cache_clear()  # the statements are built once per dialect, from expiring._ON_CONFLICT
     yield str(request.param)
     storage_turns._prepared.cache_clear()
 
@@ -301,7 +302,8 @@ def test_a_lease_of_another_hosts_process_is_kept_until_it_expires(storage: Stor
 def _clock_off(monkeypatch: pytest.MonkeyPatch) -> dict[str, timedelta]:
     """This process's clock as storage/turns.py reads it, off by what the returned dict's "by" says."""
     skew = {"by": timedelta(0)}
-    monkeypatch.setattr(storage_turns, "utc_now", lambda: datetime.now(UTC) + skew["by"])
+    for module in (storage_turns, expiring):  # its runs' times; the claim's clock on a database without its own
+        monkeypatch.setattr(module, "utc_now", lambda: datetime.now(UTC) + skew["by"])
     return skew
 
 

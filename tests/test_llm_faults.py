@@ -160,16 +160,35 @@ def test_a_hung_endpoint_fails_within_the_deadline_saying_so(llm: ScriptedLLM) -
     attempts = len(llm.requests)
     assert attempts >= 2
     assert re.fullmatch(
-        rf"{re.escape(llm.url)} did not answer within [23] s \({attempts} attempts\); "
+        rf"{re.escape(llm.url)} did not answer within 2\.5 s \({attempts} attempts\); "
         r"check the server or raise llm\.timeout_seconds",
         str(raised.value),
     )
 
 
+def test_attempts_that_each_hung_name_the_bound_of_one_attempt(
+    llm: ScriptedLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retries given up with time left: the message names the configured bound of one attempt, not the time spent;
+    so does the warning of each retry (it said "within 0 s" for a bound under a second)."""
+    llm.add(*[{"hang": True}] * 3)
+    hung = create_llm(
+        LLMSettings(provider="vllm", model="m", endpoint=llm.url, timeout_seconds=30, attempt_timeout_seconds=0.4)
+    )
+    hung.backoff_seconds, hung.max_retries = 0.05, 1
+    with pytest.raises(LLMTimeoutError) as raised:
+        hung.complete(HELLO, TOOLS)
+    assert str(raised.value) == (
+        f"{llm.url} did not answer within 0.4 s at any of 2 attempts; "
+        "check the server or raise llm.attempt_timeout_seconds"
+    )
+    assert f"LLM call failed ({llm.url} did not answer within 0.4 s); retrying" in caplog.text
+
+
 def test_one_request_may_use_the_whole_budget_by_default(llm: ScriptedLLM) -> None:
     llm.add({"hang": True})
     hung = create_llm(LLMSettings(provider="vllm", model="m", endpoint=llm.url, timeout_seconds=1.5))
-    with pytest.raises(LLMTimeoutError, match=r"did not answer within \d s \(1 attempt\); check the server"):
+    with pytest.raises(LLMTimeoutError, match=r"did not answer within 1\.5 s \(1 attempt\); check the server"):
         hung.complete(HELLO, TOOLS)
     defaults = create_llm(LLMSettings(), env={"OPENAI_API_KEY": "k"})
     assert defaults.deadline <= 120 and defaults.timeout <= defaults.deadline

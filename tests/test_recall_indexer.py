@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -267,6 +267,20 @@ def test_deleting_an_agent_waits_for_its_indexing_pass_so_no_entry_outlives_it(s
     assert store.query(all_of(eq("agent_id", state.id), eq("kind", "recall")), limit=100) == []
 
 
+@contextlib.contextmanager
+def two_processes(home: Path, milvus_server: str, server_database: str) -> Iterator[tuple[Storage, Storage]]:
+    """Two storages on one home and one Milvus server, standing for two processes (each has its own writing locks)."""
+    config = load_config(home)
+    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
+    save_config(config, home)
+    first, second = Storage(config, home), Storage(config, home)
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
 @pytest.mark.usefixtures("metadata_url")
 def test_two_processes_indexing_one_agent_at_once_on_a_shared_store_leave_one_entry_per_message(
     home: Path, milvus_server: str, server_database: str, model: LocalMiniLM
@@ -275,11 +289,7 @@ def test_two_processes_indexing_one_agent_at_once_on_a_shared_store_leave_one_en
     messages while its own process does: two storages on one home and one Milvus server stand for the two
     processes (each has its own writing locks). Both passes read the same unindexed messages; were both to
     delete and then both insert, every message would have two entries (taking two ranked places)."""
-    config = load_config(home)
-    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
-    save_config(config, home)
-    first, second = Storage(config, home), Storage(config, home)
-    try:
+    with two_processes(home, milvus_server, server_database) as (first, second):
         agent_id = _agent(first, model, "shared")
         both_inserting = threading.Barrier(2, timeout=5)
         recalls = []
@@ -312,9 +322,6 @@ def test_two_processes_indexing_one_agent_at_once_on_a_shared_store_leave_one_en
         assert store.count(where) == 6
         hits = store.search(model.embed("sailing"), limit=6, where=where, text="sailing")
         assert len(hits) == 6, [h.passage.id for h in hits]
-    finally:
-        first.close()
-        second.close()
 
 
 @pytest.mark.usefixtures("metadata_url")
@@ -324,11 +331,7 @@ def test_a_pass_that_outlived_its_claim_leaves_the_agent_to_the_pass_that_took_i
     """A pass slower than its claim (a slow embedding endpoint) finds the agent taken by another process's pass
     once the claim expired: it must not delete and insert alongside that pass (two entries of each message)."""
     monkeypatch.setattr(recall_module, "_CLAIM_SECONDS", 3.0)
-    config = load_config(home)
-    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
-    save_config(config, home)
-    slow, taker = Storage(config, home), Storage(config, home)
-    try:
+    with two_processes(home, milvus_server, server_database) as (slow, taker):
         agent_id = _agent(slow, model, "outlived")
         slow_inserted = threading.Event()
         recalls = []
@@ -371,6 +374,3 @@ def test_a_pass_that_outlived_its_claim_leaves_the_agent_to_the_pass_that_took_i
         assert store.count(where) == 4
         hits = store.search(model.embed("sailing"), limit=8, where=where, text="sailing")
         assert sorted(h.passage.id for h in hits) == sorted(f"{agent_id}-{i}" for i in range(4))
-    finally:
-        slow.close()
-        taker.close()

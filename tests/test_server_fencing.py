@@ -59,6 +59,21 @@ def reply(text: str) -> dict[str, Any]:
     return {"tool": "send_message", "args": {"message": text}, "content": "Answer."}
 
 
+def send_to_a(pair: Pair, agent: str, answers: dict[str, Any]) -> None:
+    """A turn through A, its answer kept in ``answers["a"]``."""
+    url = f"{pair.a.url}/v1/agents/{agent}/messages"
+    answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
+
+
+def b_takes_over(pair: Pair, llm: ScriptedLLM, agent: str, **options: Any) -> None:
+    """A turn through B on the agent A holds while it is stopped: it gets the agent once A's hold ends."""
+    llm.add(reply("B's answer"))
+    started = time.monotonic()
+    answer = pair.client(pair.b, **options).agents.messages.create(agent, input="to B")
+    assert answer.messages[-1].content == "B's answer"
+    print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
+
+
 def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_agent_over(
     pair: Pair, llm: ScriptedLLM
 ) -> None:
@@ -74,19 +89,11 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     llm.add(stop_a)
     answers: dict[str, Any] = {}
 
-    def send_to_a() -> None:
-        url = f"{pair.a.url}/v1/agents/{agent}/messages"
-        answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
-
-    sender = threading.Thread(target=send_to_a)
+    sender = threading.Thread(target=send_to_a, args=(pair, agent, answers))
     sender.start()
     try:
         assert stopped.wait(60), "A's turn never reached the LLM"
-        llm.add(reply("B's answer"))
-        started = time.monotonic()
-        answer = pair.client(pair.b).agents.messages.create(agent, input="to B")  # waits for A's lease to expire
-        assert answer.messages[-1].content == "B's answer"
-        print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
+        b_takes_over(pair, llm, agent)  # waits for A's lease to expire
     finally:
         os.kill(pair.a.process.pid, signal.SIGCONT)
     sender.join(60)
@@ -140,10 +147,6 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
     plain = pair.config.metadata_url.replace("postgresql+psycopg://", "postgresql://")
     answers: dict[str, Any] = {}
 
-    def send_to_a() -> None:
-        url = f"{pair.a.url}/v1/agents/{agent}/messages"
-        answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
-
     def backend_of_a(state: str) -> Any:
         # A's session: the one whose INSERT of the user's message (in its lease claim's transaction) waits, then
         # idles in its transaction.
@@ -155,7 +158,7 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
         return row[0] if row else None
 
     with psycopg.connect(plain, autocommit=True) as monitor:
-        sender = threading.Thread(target=send_to_a)
+        sender = threading.Thread(target=send_to_a, args=(pair, agent, answers))
         try:
             with psycopg.connect(plain) as blocker:
                 # Every write to messages waits while this transaction runs: A's turn stores its user's message
@@ -167,11 +170,7 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
                 os.kill(pair.a.process.pid, signal.SIGSTOP)
             # The blocker committed: A's INSERT ran, and its transaction stays open while its process is stopped.
             _until(lambda: backend_of_a("idle in transaction"), "A's transaction to idle")
-            llm.add(reply("B's answer"))
-            started = time.monotonic()
-            answer = pair.client(pair.b, timeout=30).agents.messages.create(agent, input="to B")
-            assert answer.messages[-1].content == "B's answer"
-            print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
+            b_takes_over(pair, llm, agent, timeout=30)
         finally:
             os.kill(pair.a.process.pid, signal.SIGCONT)
             sender.join(60)

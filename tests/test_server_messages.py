@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -713,8 +714,8 @@ def test_bad_message_requests_are_4xx_and_store_nothing(
 
 
 # -- kill -9 ----------------------------------------------------------------------------------------
-@pytest.mark.usefixtures("metadata_url")
-def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home: Path, llm: ScriptedLLM) -> None:
+def keyed_server(home: Path, llm: ScriptedLLM) -> tuple[ServerProcess, str]:
+    """A server process on ``home``, ready, whose leases only a dead owner frees (not an expiry), and an API key."""
     config = use_scripted_llm(home, llm.url)
     config.server.lease_seconds = 600  # so only the dead owner, not an expiry, can free the agent
     save_config(config, home)
@@ -723,6 +724,41 @@ def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home
     key = next(w for w in made.stdout.split() if w.startswith("sk-"))
     server = ServerProcess(home)
     server.wait_ready()
+    return server, key
+
+
+def kill_9_in_a_turn(
+    process: subprocess.Popen[bytes], llm: ScriptedLLM, send: Callable[[], None], steps_before: int
+) -> None:
+    """``send`` on a thread; once the turn has asked the LLM past ``steps_before`` steps (the next one hangs),
+    kill -9 the server ``process``, then wait for it and for the sender."""
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 30
+    while len(llm.requests) <= steps_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(llm.requests) > steps_before, "the turn never reached the hanging step"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(30)
+    sender.join(30)
+
+
+def restart(server: ServerProcess, llm: ScriptedLLM) -> None:
+    """The killed server started again, on the same port, without what was left of the LLM's script (the hang)."""
+    llm.script.clear()
+    server.start()  # the same port again
+    server.wait_ready()
+
+
+def reap(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(30)
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home: Path, llm: ScriptedLLM) -> None:
+    server, key = keyed_server(home, llm)
     process = server.process
     try:
         letta = Letta(base_url=server.url, api_key=key, max_retries=0)
@@ -733,22 +769,10 @@ def test_kill_9_mid_turn_then_restart_keeps_the_message_and_the_agent_works(home
             with pytest.raises(APIError):  # the connection dies with the server
                 letta.agents.messages.create(agent, input="keep me")
 
-        sender = threading.Thread(target=send)
-        sender.start()
-        deadline = time.monotonic() + 30
-        while not llm.requests and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert llm.requests, "the turn never reached the LLM"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(30)
-        sender.join(30)
+        kill_9_in_a_turn(process, llm, send, steps_before=0)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
-    llm.script.clear()
-    server.start()  # the same port again
-    server.wait_ready()
+        reap(process)
+    restart(server, llm)
     try:
         letta = Letta(base_url=server.url, api_key=key, max_retries=0)
         history = letta.agents.messages.list(agent, order="asc").items
@@ -780,14 +804,7 @@ def test_a_retry_after_kill_9_mid_turn_answers_the_stored_message_not_a_second_c
     home: Path, llm: ScriptedLLM, steps_stored: int
 ) -> None:
     """Killed in its first step, or after a step was stored (the retry goes on from it)."""
-    config = use_scripted_llm(home, llm.url)
-    config.server.lease_seconds = 600  # so only the dead owner, not an expiry, can free the agent
-    save_config(config, home)
-    made = run_cli("key", "create", home=home)
-    assert made.returncode == 0, made.stderr
-    key = next(w for w in made.stdout.split() if w.startswith("sk-"))
-    server = ServerProcess(home)
-    server.wait_ready()
+    server, key = keyed_server(home, llm)
     process = server.process
     body = {"input": "keep me once"}
     try:
@@ -801,22 +818,10 @@ def test_a_retry_after_kill_9_mid_turn_answers_the_stored_message_not_a_second_c
             with pytest.raises(httpx.HTTPError):  # the connection dies with the server
                 httpx.post(url, json=body, headers=auth(key), timeout=120)
 
-        sender = threading.Thread(target=send)
-        sender.start()
-        deadline = time.monotonic() + 30
-        while len(llm.requests) <= steps_stored and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(llm.requests) > steps_stored, "the turn never reached the hanging step"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(30)
-        sender.join(30)
+        kill_9_in_a_turn(process, llm, send, steps_before=steps_stored)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
-    llm.script.clear()
-    server.start()  # the same port again
-    server.wait_ready()
+        reap(process)
+    restart(server, llm)
     try:
         llm.reply("Answered once.")
         # letta-client's retry of the send whose connection died: the same body with X-Stainless-Retry-Count.

@@ -236,8 +236,8 @@ def archival_memory_insert(agent: AgentContext, content: str) -> str:
 
 def archival_memory_search(agent: AgentContext, query: str, page: int = 0) -> str:
     """Search archival memory (including attached data sources). Ranks every passage by meaning and by the words it
-    shares with the query (any word form; common words like "what" or "the" are ignored), best first. Page through
-    results for more.
+    shares with the query (any word form; common words like "what" or "the" are ignored), best first; the header
+    says how many of the best-ranked passages share words with the query. Page through results for more.
 
     Args:
         query: What to look for, as a phrase or question.

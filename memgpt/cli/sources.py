@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,7 @@ def load_directory(
 ) -> None:
     """Load files into a data source: parse, chunk, embed and store them in Milvus."""
     from memgpt.data.ingest import SourceLoader, collect_files
+    from memgpt.interrupts import terminate_as_interrupt
 
     if not input_files and input_dir is None:
         raise UserError("give --input-files FILE (repeatable) or --input-dir DIR")
@@ -108,14 +110,15 @@ def load_directory(
     paths = collect_files(input_files or [], input_dir, recursive=recursive, extensions=wanted)
     if not paths:
         raise UserError(f"no supported files found in {input_dir}")
-    with open_storage(vectors=True) as (storage, config):
+    with terminate_as_interrupt() as terminated, open_storage(vectors=True) as (storage, config):
         model = embedding_model(config)
         with _progress() as progress:
             loader = SourceLoader.from_settings(
                 storage, model, config.embedding, user_id=config.user_id, listener=_ProgressListener(progress)
             )
             report = loader.load(name, paths, description=description)
-    raise typer.Exit(_summarize(report))
+    code = _summarize(report)
+    raise typer.Exit(128 + signal.SIGTERM if code == 130 and terminated.received else code)
 
 
 def _summarize(report: LoadReport) -> int:

@@ -61,7 +61,7 @@ def post(
         try:
             answer = kept.post(url, body, headers, params, timeout)
         except TimeoutError as exc:
-            raise LLMTimeoutError(f"{where} did not answer within {timeout:.0f} s") from exc
+            raise LLMTimeoutError(f"{where} did not answer within {_seconds(timeout)} s") from exc
         except (OSError, HTTPException) as exc:  # refused, reset, cut off, a certificate refused
             raise LLMRetryableError(f"cannot reach {where}: {one_line(exc) or type(exc).__name__}") from exc
         if answer is not None:
@@ -72,11 +72,16 @@ def post(
         response = endpoint.httpx().post(url, content=body, params=params, timeout=timeout, headers=headers)
         return response.status_code, response.text
     except httpx.TimeoutException as exc:
-        raise LLMTimeoutError(f"{where} did not answer within {timeout:.0f} s") from exc
+        raise LLMTimeoutError(f"{where} did not answer within {_seconds(timeout)} s") from exc
     except httpx.InvalidURL as exc:
         raise LLMError(f"{where} is not a URL memgpt can call ({one_line(exc)}): check llm.endpoint") from exc
     except httpx.HTTPError as exc:  # refused, reset, cut off, too many redirects, undecodable
         raise LLMRetryableError(f"cannot reach {where}: {one_line(exc)}") from exc
+
+
+def _seconds(value: float) -> str:
+    """A request's time bound as a message says it: "120", "2.5", "0.4" (never "0" for a bound under a second)."""
+    return f"{value:.2g}" if value < 1 else f"{value:.1f}".removesuffix(".0")
 
 
 def json_body(text: str, where: str) -> dict[str, Any]:

@@ -153,8 +153,9 @@ def memory_server(
                 return _describe_block(edit_stored(storage, agent_id, change), "Updated")
 
     def archival_memory_search(query: str, ctx: Context, page: int = 0) -> str:
-        """Search the agent's archival memory (its saved notes and attached data sources) by meaning.
-        Results come 5 to a page; ask for page 1, 2... for more.
+        """Search the agent's archival memory (its saved notes and attached data sources) by meaning and by
+        shared words, best first; the header says how many of the best-ranked passages share words with the
+        query. Results come 5 to a page; ask for page 1, 2... for more.
 
         Args:
             query: What to look for, as a phrase or question.

@@ -17,10 +17,11 @@ from memgpt.data.chunking import Chunker
 from memgpt.data.sections import strip_label
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import ToolError
-from memgpt.memory.paging import PAGE_SIZE, Page, check_page
+from memgpt.memory.paging import PAGE_SIZE, PAST_END_CHECK, RankedPage, check_page, ranking_note
 from memgpt.storage import Storage
 from memgpt.storage.agents import PASSAGE, StepEffect
 from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in, not_in
+from memgpt.storage.fusion import CANDIDATES
 from memgpt.storage.turns import Fence
 from memgpt.types import Passage, SearchHit, utc_now
 
@@ -113,16 +114,37 @@ class ArchivalMemory:
             self._store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", passage_ids)))
             self._written()
 
-    def search(self, query: str, page: int | None = 0) -> Page:
+    def search(self, query: str, page: int | None = 0) -> RankedPage:
+        """A page of the best passages for ``query``, ranked by meaning and words (see ``hits``). Every passage
+        in scope has a rank by meaning, so there is no honest "N results": the page says how many of the
+        best-ranked candidates share words with the query (``ranking_note``) and whether a next page has more."""
         if not query.strip():
             raise ToolError("query is empty: describe what to look for")
         number = check_page(page)
         where = self._where()
-        total = self._store.count(where)
-        if total == 0:
-            return Page([], 0, number)
-        hits = self.hits(query, limit=PAGE_SIZE, offset=number * PAGE_SIZE, where=where)
-        return Page([_describe(h) for h in hits], total, number)
+        start = number * PAGE_SIZE
+        if start >= PAST_END_CHECK and start >= self._store.count(where):  # a page far past the end: nothing to rank
+            return RankedPage([], number, False)
+        # The same candidates the hybrid ranking fuses for any page within them, without texts: the page's are read.
+        hits = self._store.search(
+            self._model.embed(query),
+            text=query,
+            limit=max(CANDIDATES, start + PAGE_SIZE + 1),
+            where=where,
+            with_text=False,
+        )
+        shown = self._with_texts(hits[start : start + PAGE_SIZE])
+        about = ranking_note(hits, self._store.supports_hybrid, "passages")
+        more = len(hits) > start + PAGE_SIZE
+        return RankedPage([_describe(h) for h in shown], number, more, about)
+
+    def _with_texts(self, hits: list[SearchHit]) -> list[SearchHit]:
+        """``hits`` with their passages read in full (one removed since it was ranked is left out)."""
+        if not hits:
+            return hits
+        ids = [h.passage.id for h in hits]
+        passages = {p.id: p for p in self._store.query(is_in("id", ids), limit=len(ids))}
+        return [replace(h, passage=passages[h.passage.id]) for h in hits if h.passage.id in passages]
 
     def hits(
         self,

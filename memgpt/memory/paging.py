@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from memgpt.types import SearchHit
+
 PAGE_SIZE = 5
+PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against the count of what is searched
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,19 @@ class RankedPage:
         tail = f"more on page {self.page + 1}" if self.more else "this is the last page"
         header = f"Showing {what} {first}-{last}, best first (page {self.page}; {tail}). {self.about}".rstrip()
         return "\n".join([header, *self.items])
+
+
+def ranking_note(hits: Sequence[SearchHit], hybrid: bool, what: str) -> str:
+    """How a ranked search ranked, and how many of its ranked candidates (``hits``, best first: the search's
+    whole candidate list, not one page) share words with the query: in a hybrid search every item in scope
+    has a rank by meaning, so those are its matches by words. ``what``: the items, plural ("passages")."""
+    if not hits:  # nothing in scope: there was no ranking to describe
+        return ""
+    if not hybrid:
+        return "Ranked by meaning (this Milvus has no word search)."
+    sharing = sum(1 for h in hits if h.shares_words)
+    verb = "shares" if sharing == 1 else "share"
+    return (
+        f"Ranked by meaning and by shared words (any word form; common words ignored): {sharing} of the "
+        f"{len(hits)} best-ranked {what} {verb} words with the query."
+    )

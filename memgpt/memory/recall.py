@@ -30,7 +30,7 @@ from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import MemGPTError, ToolError
 from memgpt.memory.background import Batcher, Outcome
 from memgpt.memory.messages import describe, indexed_text, search_text, stored
-from memgpt.memory.paging import PAGE_SIZE, Page, RankedPage, check_page
+from memgpt.memory.paging import PAGE_SIZE, PAST_END_CHECK, Page, RankedPage, check_page
 from memgpt.memory.results import Result, Scope, keyword_query, parse_date, ranking_note
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
@@ -64,7 +64,6 @@ _QUERIES = 16  # query embeddings kept for the next page of the same search
 # How many messages around a hit are read to find the nearest with words on each side (bare tool calls of
 # the agent may sit between them).
 _REACH = 3
-_PAST_END_CHECK = 1_000  # from this offset on, a page is first checked against the message count
 # How recall ranks (chosen with bench/fusion_sweep.py on the three benchmark conversations; the README says how
 # and what else was tried). A chat message is short, so BM25 matches on one common word ("Tom", "work")
 # are many: a keyword hit keeps half its credit unless its meaning is close too (``Weights.gate``), and words
@@ -413,7 +412,7 @@ class RecallMemory:
         """Where page ``number`` starts, never past the agent's message count: a page number far past the end
         (the model may ask for any) would overflow SQL's integers, or make Milvus rank every message."""
         wanted = number * PAGE_SIZE
-        return wanted if wanted < _PAST_END_CHECK else min(wanted, self.count())
+        return wanted if wanted < PAST_END_CHECK else min(wanted, self.count())
 
     def _ranked(self, index: RecallIndex, query: str, number: int, scope: Scope) -> RankedPage:
         if self._offset(number) < number * PAGE_SIZE:  # past every message: nothing to rank

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, time
 
 from memgpt.errors import ToolError
 from memgpt.memory.messages import describe
+from memgpt.memory.paging import ranking_note as ranked_by
 from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, meta_eq
 from memgpt.types import Message, Role, SearchHit
 
@@ -94,18 +95,11 @@ def keyword_query(query: str) -> str:
 
 def ranking_note(hits: Sequence[SearchHit], hybrid: bool) -> str:
     """How the results were ranked, and how many of the ranked candidates (``hits``, best first: the
-    search's whole candidate list, not one page) share words with the query."""
-    if not hits:  # nothing in scope: there was no ranking to describe
-        return ""
-    if not hybrid:
-        return "Ranked by meaning (this Milvus has no word search)."
-    sharing = sum(1 for h in hits if h.shares_words)
-    verb = "shares" if sharing == 1 else "share"
-    return (
-        f"Ranked by meaning and by shared words (any word form; common words ignored): {sharing} of the "
-        f"{len(hits)} best-ranked messages {verb} words with the query. Each result is a message that matched, "
-        "with the messages just before and after it."
-    )
+    search's whole candidate list, not one page) share words with the query (``paging.ranking_note``)."""
+    note = ranked_by(hits, hybrid, "messages")
+    if not note or not hybrid:
+        return note
+    return f"{note} Each result is a message that matched, with the messages just before and after it."
 
 
 @dataclass(frozen=True)
@@ -125,4 +119,3 @@ class Result:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-

@@ -7,13 +7,13 @@ outside its lease: MCP's conversation_search, another server process's search) b
 messages; both deleting before either inserts left two entries of each message, which took two of a search's
 places. So a pass on a shared index first claims its agents here, in one statement, and gives the claims back
 when it ends: an agent another pass holds is left to that pass. A claim expires (a process killed mid-pass),
-and one whose owner process on this host is gone is taken at once, as a lease is (``memgpt.storage.turns``).
+and one whose owner process on this host is gone is taken at once, as a lease is: the rule of every claim with
+an expiry (``memgpt.storage.expiring``).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
@@ -24,8 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from memgpt.errors import StorageError
+from memgpt.storage.expiring import claim_statement, database_now, owner_gone
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
-from memgpt.storage.turns import _gone, _inserts, database_now  # as a lease's: one rule
 
 
 class IndexClaimRow(Base):
@@ -42,15 +42,7 @@ CLAIMS = IndexClaimRow.__table__
 @functools.lru_cache(maxsize=4)
 def _claim_statement(dialect: str) -> Any:
     """Insert each agent's claim, or take one that expired; returns the agents claimed (None: no ON CONFLICT)."""
-    module = _inserts.get(dialect)
-    if module is None:
-        return None
-    claim = importlib.import_module(module).insert(CLAIMS)
-    return claim.on_conflict_do_update(
-        index_elements=[CLAIMS.c.agent_id],
-        set_={"owner": claim.excluded.owner, "expires_at": claim.excluded.expires_at},
-        where=CLAIMS.c.expires_at <= database_now(dialect),
-    ).returning(CLAIMS.c.agent_id)
+    return claim_statement(dialect, CLAIMS, CLAIMS.c.agent_id, fresh={"owner": None, "expires_at": None})
 
 
 class IndexClaims:
@@ -102,7 +94,7 @@ class IndexClaims:
         taken = set()
         with self._metadata.connection() as c:
             held = c.execute(select(CLAIMS.c.agent_id, CLAIMS.c.owner).where(CLAIMS.c.agent_id.in_(agent_ids)))
-            for agent_id, dead in [(row[0], row[1]) for row in held if _gone(row[1])]:
+            for agent_id, dead in [(row[0], row[1]) for row in held if owner_gone(row[1])]:
                 fresh = {"owner": owner, "expires_at": database_now(self._dialect, ttl)}
                 mine = (CLAIMS.c.agent_id == agent_id, CLAIMS.c.owner == dead)
                 if c.execute(update(CLAIMS).where(*mine).values(**fresh)).rowcount:

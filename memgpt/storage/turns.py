@@ -17,12 +17,8 @@ and a holder's clock ahead would keep them long after it died.
 from __future__ import annotations
 
 import functools
-import importlib
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
-    DateTime,
-    Float,
     Index,
     String,
     Text,
@@ -40,10 +34,8 @@ from sqlalchemy import (
     column,
     delete,
     func,
-    literal_column,
     select,
     table,
-    type_coerce,
     update,
 )
 from sqlalchemy import insert as sql_insert
@@ -52,24 +44,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import LeaseLostError, NotFoundError, StorageError
-from memgpt.procfs import stat_fields
+from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
+from memgpt.storage.expiring import claim_statement, database_now, owner_gone
+from memgpt.storage.expiring import new_owner as new_owner
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
 from memgpt.types import utc_now
 
 if TYPE_CHECKING:
     from memgpt.storage.messages import StoredMessage
-
-
-def _place() -> str:
-    """This host, and the pid namespace on it: only processes in the same one can see each other's pids."""
-    try:
-        namespace = "".join(ch for ch in os.readlink("/proc/self/ns/pid") if ch.isdigit())
-    except OSError:
-        namespace = ""
-    return f"{socket.gethostname()}#{namespace}" if namespace else socket.gethostname()
-
-
-HOST = _place()
 
 
 class LeaseRow(Base):
@@ -250,12 +232,6 @@ def _last_seq() -> Any:
     return select(func.max(messages.c.seq)).where(messages.c.agent_id == bindparam("p_agent")).scalar_subquery()
 
 
-# The dialects whose INSERT has ON CONFLICT, by module, imported when a home of that dialect takes a lease rather
-# than with this module: PostgreSQL's cost ~0.07 s of every `memgpt run` on a SQLite home. A home's engine has
-# imported its own dialect's module already, so a server's threads import nothing here.
-_inserts: dict[str, str] = {"sqlite": "sqlalchemy.dialects.sqlite", "postgresql": "sqlalchemy.dialects.postgresql"}
-
-
 @dataclass(frozen=True)
 class _Prepared:
     """The statements of every turn, built once per database dialect with bound parameters (building one with
@@ -274,7 +250,6 @@ class _Prepared:
 @functools.lru_cache(maxsize=4)
 def _prepared(dialect: str) -> _Prepared:
     leases, runs, agents = _LEASES, _RUNS, _agents()
-    module = _inserts.get(dialect)
     claim = insert_lease = take_expired = None
     if dialect in ("sqlite", "postgresql"):
         expires, now = database_now(dialect, bindparam("p_ttl")), database_now(dialect)
@@ -282,22 +257,13 @@ def _prepared(dialect: str) -> _Prepared:
         expires, now = bindparam("p_expires", type_=UTCDateTime), bindparam("p_now", type_=UTCDateTime)
     fresh = {"owner": bindparam("p_owner"), "run_id": bindparam("p_run_id"), "expires_at": expires}
     fresh["cancel_requested"] = False
-    if module is None:
+    claim = claim_statement(
+        dialect, leases, leases.c.agent_id, values={"agent_id": bindparam("p_agent"), **fresh}, fresh=fresh
+    )
+    if claim is None:
         insert_lease = sql_insert(leases).values(agent_id=bindparam("p_agent"), **fresh)
         take_expired = (
             update(leases).where(leases.c.agent_id == bindparam("p_agent"), leases.c.expires_at <= now).values(**fresh)
-        )
-    else:
-        claim = (
-            importlib.import_module(module)
-            .insert(leases)
-            .values(agent_id=bindparam("p_agent"), **fresh)
-            .on_conflict_do_update(
-                index_elements=[leases.c.agent_id],
-                set_=fresh,
-                where=leases.c.expires_at <= now,
-            )
-            .returning(leases.c.agent_id)
         )
     grant = update(agents).where(agents.c.id == bindparam("p_agent")).values(version=agents.c.version + 1)
     granted = (agents.c.version, agents.c.created_at, agents.c.user_id)
@@ -327,70 +293,6 @@ def _prepared(dialect: str) -> _Prepared:
         ),
         release=delete(leases).where(leases.c.agent_id == bindparam("p_agent"), leases.c.owner == bindparam("p_owner")),
     )
-
-
-def new_owner() -> str:
-    return f"{HOST}:{os.getpid()}:{_started(os.getpid())}:{uuid.uuid4().hex}"
-
-
-@functools.lru_cache(maxsize=64)
-def _started(pid: int) -> str:
-    """When this process (``pid`` is its own: a forked child has another) started, in clock ticks since boot
-    from /proc; "" where that cannot be read."""
-    return _read_start(pid)
-
-
-def _read_start(pid: int) -> str:
-    fields = stat_fields(pid)
-    if not fields:
-        return ""
-    if fields[0] == "Z":
-        return "-"  # a zombie: killed, not yet reaped by its parent
-    return fields[19] if len(fields) > 19 else ""  # starttime is field 22
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    """Whether the process ``pid`` that started at ``started`` (None: unknown) still runs."""
-    if pid == os.getpid():  # this process, or one that had its pid before (pids wrap around)
-        return started == _started(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        pass
-    now = _read_start(pid)
-    if now == "-":  # it still answers kill(0)
-        return False
-    return not now or not started or now == started  # a start unknown on either side: the pid alone says
-
-
-def database_now(dialect: str, ahead: Any = 0.0) -> Any:
-    """The database's time now, plus ``ahead`` seconds (a number, or a bound parameter of one), as an SQL
-    expression: what a lease's expiry is set and judged by. PostgreSQL's clock_timestamp() is the time the
-    statement reads it (now() is when its transaction began, which may be long before, when the statement waited
-    for a row lock); SQLite's 'now' is written in the format SQLAlchemy stores datetimes in (microseconds), so the
-    strings compare as the times do. Another database gets this process's clock (``ahead`` a number)."""
-    if dialect == "postgresql":
-        moment = func.clock_timestamp(type_=DateTime(timezone=True))
-        if isinstance(ahead, (int, float)):
-            ahead = bindparam("lease_seconds", float(ahead), type_=Float) if ahead else None
-        if ahead is not None:
-            moment = moment + literal_column("interval '1 second'") * ahead
-    elif dialect == "sqlite":
-        moment = func.strftime("%Y-%m-%d %H:%M:%f000", "now", func.printf("%+.6f seconds", ahead))
-    else:
-        return utc_now() + timedelta(seconds=ahead)
-    return type_coerce(moment, UTCDateTime)
-
-
-def _gone(owner: str) -> bool:
-    """Whether the owner is a process of this host (and pid namespace) that no longer runs."""
-    parts = owner.split(":")
-    if len(parts) < 3 or parts[0] != HOST or not parts[1].isdigit():
-        return False
-    started = parts[2] if len(parts) >= 4 else None  # an owner written before the start was part of it
-    return not _alive(int(parts[1]), started)
 
 
 @dataclass(frozen=True)
@@ -509,7 +411,7 @@ class TurnStore:
         leases = _LEASES
         with self._metadata.session() as s:
             current = s.execute(select(leases.c.owner).where(leases.c.agent_id == agent_id)).first()
-            if current is None or not _gone(current.owner):
+            if current is None or not owner_gone(current.owner):
                 return None  # released meanwhile (the next try inserts it), expired (the next try claims it), or held
             held = (leases.c.agent_id == agent_id, leases.c.owner == current.owner)
             claimed = s.execute(update(leases).where(*held).values(**take.fresh(self._dialect)))
@@ -541,7 +443,7 @@ class TurnStore:
         )
         with self._metadata.session() as s:
             row = s.execute(query).first()
-        if row is None or not row[0] or not row[2] or _gone(row[1]):  # no run, expired, or its owner is gone
+        if row is None or not row[0] or not row[2] or owner_gone(row[1]):  # no run, expired, or its owner is gone
             return None
         return str(row[0])
 
@@ -559,9 +461,9 @@ class TurnStore:
             return None
         with self._metadata.session() as s:
             s.execute(
-                update(LeaseRow).where(LeaseRow.agent_id == agent_id, LeaseRow.run_id == run_id).values(
-                    cancel_requested=True
-                )
+                update(LeaseRow)
+                .where(LeaseRow.agent_id == agent_id, LeaseRow.run_id == run_id)
+                .values(cancel_requested=True)
             )
         return run_id
 
