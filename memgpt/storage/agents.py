@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
@@ -387,7 +388,8 @@ class AgentStore:
                 _write_tags(s, agent_id, fields["tags"])
 
     def delete(self, agent_id: str) -> None:
-        """The agent with its blocks, messages, tags and attachments (sources and MCP servers themselves stay)."""
+        """The agent with its blocks, messages, tags and attachments, its turns' runs and leases, its recall indexing
+        claim and passage mark, in one transaction (sources and MCP servers themselves stay)."""
         with self._metadata.session() as s:
             # The agents row first, as every writer takes it (``bump_agents``), and FOR UPDATE, which also waits
             # for a turn that has added a message (its foreign key holds the row): a step committing meanwhile
@@ -395,6 +397,9 @@ class AgentStore:
             s.execute(select(AgentRow.id).where(AgentRow.id == agent_id).with_for_update())
             for table in (StepEffectRow, MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
+            # Rows that name the agent without a foreign key (other processes write them, some outside a lease).
+            for forget in (turns.forget_agent, claims.forget_agent, marks.forget_agent):
+                forget(s, agent_id)
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
     def unindex_messages(self, space: EmbeddingSpace) -> None:
