@@ -72,6 +72,8 @@ class AgentRow(Base):
     # The system message the agent's last committed step was sent, with what it was built from (a JSON object;
     # NULL: none yet, or history was edited since): a new process reuses it while memory is what it was.
     last_system: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Whether the memory-pressure alert was sent since the last summary (the agent warns once per summary).
+    pressure_alerted: Mapped[bool] = mapped_column(Boolean, default=False)
     # Moved by every change to what an opened agent holds but a server turn's own writes (sql.bump_agents).
     version: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -145,6 +147,17 @@ class StepChanges:
     effects: Sequence[StepEffect] = ()  # block edits, recorded with the step (passages are recorded before)
     token_ratio: tuple[str, float] | None = None  # (model, ratio) learnt this step
     last_system: str | None = None  # the system message the step was sent, when not stored yet (a JSON object)
+    pressure_alerted: bool | None = None  # True: the memory-pressure alert was sent; False: a summary reset it
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What an opened agent's steps start from, as its last committed step left it."""
+
+    ratio_model: str = ""  # the model its token ratio was learnt for ("" for none yet; see ``token_ratio``)
+    ratio: float = 1.0
+    last_system: str | None = None  # the system message its last step was sent (``StepChanges.last_system``)
+    pressure_alerted: bool = False  # ``StepChanges.pressure_alerted``
 
 
 # What a partial update may change; everything else is fixed when the agent is created.
@@ -458,6 +471,8 @@ class AgentStore:
             fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
         if changes.last_system is not None:
             fields["last_system"] = changes.last_system
+        if changes.pressure_alerted is not None:
+            fields["pressure_alerted"] = changes.pressure_alerted
         agents = AgentRow.__table__
         # Blocks and effects are merged by the ORM; a step without them (most) needs no ORM session set up.
         orm = bool(changes.blocks or changes.effects)
@@ -495,19 +510,18 @@ class AgentStore:
 
     def token_ratio(self, agent_id: str) -> tuple[str, float]:
         """The model the agent's token ratio was learnt for ("" for none yet) and the ratio."""
-        model, ratio, _ = self.step_facts(agent_id)
-        return model, ratio
+        facts = self.step_facts(agent_id)
+        return facts.ratio_model, facts.ratio
 
-    def step_facts(self, agent_id: str) -> tuple[str, float, str | None]:
-        """What an opened agent's steps start from: its token ratio's model and value (see ``token_ratio``)
-        and the system message its last step was sent (``StepChanges.last_system``; None for none)."""
+    def step_facts(self, agent_id: str) -> StepFacts:
+        """What an opened agent's steps start from (one query)."""
         with self._metadata.session() as s:
             row = s.execute(
-                select(AgentRow.token_ratio_model, AgentRow.token_ratio, AgentRow.last_system).where(
-                    AgentRow.id == agent_id
-                )
+                select(
+                    AgentRow.token_ratio_model, AgentRow.token_ratio, AgentRow.last_system, AgentRow.pressure_alerted
+                ).where(AgentRow.id == agent_id)
             ).one_or_none()
-            return (row[0], float(row[1]), row[2]) if row is not None else ("", 1.0, None)
+            return StepFacts(row[0], float(row[1]), row[2], bool(row[3])) if row is not None else StepFacts()
 
     # -- step effects -----------------------------------------------------------------------------
     def record_effects(self, agent_id: str, effects: Sequence[StepEffect], *, fence: Fence | None = None) -> None:
