@@ -109,7 +109,10 @@ def forget_agent(c: Session | Connection, agent_id: str) -> None:
     ids = list(c.execute(select(runs.c.id).where(keyed)).scalars())
     # The runs before the leases, as a write's release takes them (its run's end, then its lease).
     c.execute(delete(runs).where(keyed))
-    c.execute(delete(leases).where(leases.c.agent_id.in_([agent_id, *ids])))
+    # A lease a write holds locked now is left to its holder, whose release deletes it: that write takes the lease
+    # row before the agents row, which this transaction holds already (waiting for it was a deadlock).
+    free = select(leases.c.agent_id).where(leases.c.agent_id.in_([agent_id, *ids])).with_for_update(skip_locked=True)
+    c.execute(delete(leases).where(leases.c.agent_id.in_(free)))
 
 
 @dataclass(frozen=True)
