@@ -431,3 +431,32 @@ def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> N
     assert cli("run", "--agent", name, "--message", "hi", home=home).returncode == 0
     table = run_at_width("list", "agents", home=home, columns=80)
     assert "…" not in table and f"│ {name} " in table
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_the_memory_pressure_alert_is_sent_once_a_summary_not_once_a_process(home: Path, llm: ScriptedLLM) -> None:
+    """Each `run --message` is a process of its own: the one after the process that sent the alert (the context
+    still past 75% of the window, no summary since) does not send it again."""
+    story = "Here is a long story about sailing and weather. "
+    outputs = []
+    for turn in range(15):
+        llm.reply(f"Noted {turn}.")
+        message = f"{turn}: {story * (25 if turn < 2 else 5)}"  # short ones near 75%: no summary for a while after
+        result = run_cli("run", "--agent", "Full", "--context-window", "4096", "--message", message, home=home)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+        if "memory pressure" in result.stdout:
+            break
+    assert "memory pressure" in outputs[-1], outputs
+    assert not any("summarized" in out for out in outputs), outputs
+    for turn in range(2):
+        llm.reply(f"Noted again {turn}.")
+        again = run_cli("run", "--agent", "Full", "--message", f"and {turn}", home=home)
+        assert again.returncode == 0, again.stderr
+        assert "memory pressure" not in again.stdout and "summarized" not in again.stdout, again.stdout
+    alerts = [
+        m
+        for m in llm.requests[-1]["messages"]
+        if m["role"] == "user" and json.loads(m["content"]).get("type") == "system_alert"
+    ]
+    assert len(alerts) == 1, alerts  # the one the first process sent, still in the window

@@ -194,3 +194,17 @@ def test_eviction_in_a_small_window_keeps_half_the_room_and_does_not_warn_again_
         assert not any("memory pressure" in t for t in after), (turn, notices)
         assert not any("summarized" in t for t in after), (turn, notices)
     assert len(rig.storage.messages.in_context(agent.state.id)) > 3  # more than the newest message is kept
+
+
+def test_the_stored_alert_flag_follows_the_alerts_and_the_summaries(rig: Rig) -> None:
+    """Stored with the agent for the next process: set with the memory-pressure alert, cleared by a summary."""
+    agent = rig.create(context_window=4096)
+    expected, seen = False, []
+    for turn in range(30):
+        rig.llm.reply(f"Noted {turn}.")
+        for event in agent.send(f"Turn {turn}: " + "a long line about the weather " * 12):
+            if isinstance(event, SystemNotice) and ("memory pressure" in event.text or "summarized" in event.text):
+                expected = "memory pressure" in event.text
+                seen.append(expected)
+        assert rig.storage.agents.step_facts(agent.state.id).pressure_alerted is expected, turn
+    assert True in seen and False in seen, seen

@@ -417,6 +417,67 @@ def test_a_delete_while_a_step_commits_waits_for_it_on_postgresql(postgres_url: 
             assert s.execute(text("select count(*) from messages where agent_id = 'a1'")).scalar_one() == 0
 
 
+def test_a_delete_beside_a_turns_fenced_write_is_no_deadlock_on_postgresql(postgres_url: str, home: Path) -> None:
+    """A delete outside a lease (`memgpt delete agent` while a server runs a turn of the agent) takes the agents row
+    first; the turn's write holds the lease row, then needs the agents row. The delete also deletes the agent's
+    lease: waiting for that row there was a deadlock (PostgreSQL aborts one). It leaves a lease another transaction
+    holds to its holder, whose release deletes it; the turn's write fails as it did before (the agent is gone)."""
+    import threading
+
+    from sqlalchemy import event
+
+    from memgpt.config import load_config, save_config
+    from memgpt.storage.agents import StepChanges
+    from memgpt.storage.turns import Fence, new_owner
+
+    config = load_config(home)
+    config.metadata_url = postgres_url
+    save_config(config, home)
+    with Storage(config, home) as storage:
+        agents = storage.agents
+        agents.create(_agent("a1", "doomed", utc_now()), [])
+        owner = new_owner()
+        assert storage.turns.acquire("a1", owner, "run-1", 60) is not None
+        fenced, go = threading.Event(), threading.Event()
+
+        def pause_after_the_fence(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            if threading.current_thread().name == "step" and statement.startswith("INSERT INTO messages"):
+                fenced.set()  # the step holds the lease row now, not yet the agents row
+                go.wait(30)
+
+        errors: dict[str, BaseException] = {}
+
+        def run(name: str, work: Callable[[], None]) -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                errors[name] = exc
+
+        changes = StepChanges(messages=[stored(Message("m1", "a1", Role.ASSISTANT, "new"))])
+        step_work = lambda: agents.commit_step("a1", changes, fence=Fence("a1", owner))  # noqa: E731
+        step = threading.Thread(target=run, args=("step", step_work), name="step")
+        deleter = threading.Thread(target=run, args=("delete", lambda: agents.delete("a1")), name="delete")
+        engine = storage.metadata.engine
+        event.listen(engine, "before_cursor_execute", pause_after_the_fence)
+        try:
+            step.start()
+            assert fenced.wait(30), "the step never reached its messages"
+            deleter.start()
+            deleter.join(5)  # it waits for nothing the step holds
+        finally:
+            go.set()
+            step.join(60)
+            deleter.join(60)
+            event.remove(engine, "before_cursor_execute", pause_after_the_fence)
+        assert "delete" not in errors, errors
+        assert "deadlock" not in str(errors.get("step", "")).lower(), errors
+        assert agents.by_id("u", "a1") is None
+        storage.turns.release("a1", owner)
+        with storage.metadata.session() as s:
+            for table in ("messages", "agent_leases", "agent_runs"):
+                assert s.execute(text(f"select count(*) from {table} where agent_id = 'a1'")).scalar_one() == 0, table
+
+
 def _waiting_on_a_lock(storage: Storage) -> bool:
     with storage.metadata.session() as s:
         query = "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"

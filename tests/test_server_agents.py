@@ -17,6 +17,7 @@ from letta_client import BadRequestError, Letta, NotFoundError, UnprocessableEnt
 
 from memgpt.agent.manager import attach_source
 from memgpt.embeddings.local import LocalMiniLM
+from memgpt.storage import Storage
 from tests.conftest import DATA, load
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, auth, use_scripted_llm
@@ -261,6 +262,81 @@ def test_delete_removes_the_agent_its_messages_and_passages(letta: Letta, server
     from memgpt.storage.filters import eq
 
     assert store.count(eq("agent_id", agent_id)) == 0
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_delete_leaves_no_row_of_the_agent_in_any_table(letta: Letta, server: LiveServer, llm: ScriptedLLM) -> None:
+    """Every row that names the agent goes with it: its turns' runs, and what processes that died left behind (a
+    lease, a recall indexing claim, a passage mark, a write recorded under ``passages:<agent id>`` with its
+    lease); another agent's rows stay."""
+    from memgpt.storage.claims import IndexClaims
+    from memgpt.storage.turns import Run, new_owner
+
+    storage = server.state.storage
+    agent_id, other = sam(letta), sam(letta, name="bob")
+    letta.agents.passages.create(agent_id, text="Chad likes tea.")
+    for someone in (agent_id, other):
+        llm.reply("Hi!")
+        letta.agents.messages.create(someone, input="hello")
+        dead = Run(f"run-{someone}", f"passages:{someone}", "digest")  # its process died while it wrote
+        storage.turns.acquire(dead.id, new_owner(), dead.id, 3600, run=dead)
+        IndexClaims(storage.metadata).claim([someone], new_owner(), 3600)
+        storage.marks.record(someone, 12345)
+    storage.turns.acquire(agent_id, new_owner(), "", 0.01)  # a turn's lease that expired with its process
+    time.sleep(0.05)
+    before, others = _rows_naming(storage, agent_id), _rows_naming(storage, other)
+    for table in ("agents", "blocks", "messages", "agent_runs", "agent_leases", "recall_index_claims", "passage_marks"):
+        assert before.get(table), (table, before)
+    letta.agents.delete(agent_id)
+    assert _rows_naming(storage, agent_id) == {}
+    assert _rows_naming(storage, other) == others
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_a_delete_while_a_turn_runs_is_409_agent_busy_and_deletes_nothing(
+    letta: Letta, server: LiveServer, llm: ScriptedLLM
+) -> None:
+    server.timing(busy_wait=0.3, retry_after=1, ping_every=0.3)
+    agent_id = sam(letta)
+    answered = threading.Event()
+    llm.reply("Slow answer.", until=answered)
+    sender = threading.Thread(target=lambda: letta.agents.messages.create(agent_id, input="slow one"))
+    sender.start()
+    while not llm.requests:
+        time.sleep(0.02)
+    during = _rows_naming(server.state.storage, agent_id)
+    raw = httpx.delete(f"{server.url}/v1/agents/{agent_id}", headers=auth(letta.api_key))
+    assert raw.status_code == 409 and raw.json()["detail"]["code"] == "AGENT_BUSY"
+    assert _rows_naming(server.state.storage, agent_id) == during
+    answered.set()
+    sender.join(30)
+    letta.agents.delete(agent_id)
+    assert _rows_naming(server.state.storage, agent_id) == {}
+
+
+def _rows_naming(storage: Storage, agent_id: str) -> dict[str, int]:
+    """Per table, the rows with a text column that is the agent's id, a key of it (``<kind>:<agent id>``) or the id
+    of one of its runs (a write's lease is named by its run)."""
+    from sqlalchemy import String, Text, func, inspect, or_, select, table
+    from sqlalchemy import column as sa_column
+
+    engine = storage.metadata.engine
+    with engine.connect() as c:
+        tables = {name: inspect(c).get_columns(name) for name in inspect(c).get_table_names()}
+        runs = table("agent_runs", sa_column("id"), sa_column("agent_id"))
+        keyed = (runs.c.agent_id == agent_id) | runs.c.agent_id.endswith(f":{agent_id}", autoescape=True)
+        names = [agent_id, *c.execute(select(runs.c.id).where(keyed)).scalars()]
+        found = {}
+        for name, columns in tables.items():
+            texts = [sa_column(col["name"]) for col in columns if isinstance(col["type"], (String, Text))]
+            if not texts:
+                continue
+            rows = table(name, *texts)
+            naming = [col.in_(names) | col.endswith(f":{agent_id}", autoescape=True) for col in rows.c]
+            count = c.execute(select(func.count()).select_from(rows).where(or_(*naming))).scalar_one()
+            if count:
+                found[name] = count
+    return found
 
 
 # -- core memory --------------------------------------------------------------------------------------

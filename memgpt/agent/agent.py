@@ -237,7 +237,6 @@ class Agent:
         self._source_names = source_names
         self._clock = clock
         self._paused_until: datetime | bool | None = False
-        self._warned = False
         self._specs: list[ToolSpec] = []
         self._specs_for: tuple[str, ...] | None = None  # the tool names the schemas were built for
         self._tool_bound = 0
@@ -251,11 +250,13 @@ class Agent:
         self.recheck_sources = True
         self._archival_writes = 0
         self._system_message: _SystemMessage | None = None  # as last built
-        ratio_model, ratio, last_system = storage.agents.step_facts(state.id)
+        facts = storage.agents.step_facts(state.id)
         # The system message the last step (of any process) was sent, reused while memory is what it was built from
-        self._last_system = _stored_system(last_system)
+        self._last_system = _stored_system(facts.last_system)
         self._system_stored = self._last_system[0] if self._last_system else None  # the content stored now
-        self._ratio = ratio if ratio_model == llm.model else 1.0
+        self._ratio = facts.ratio if facts.ratio_model == llm.model else 1.0
+        # Sent the memory-pressure alert since the last summary (by any process): it is sent once per summary.
+        self._warned = facts.pressure_alerted
         self._ratio_learnt = False
         self._settled = False  # True once no step of this agent can have left uncommitted effects
 
@@ -633,8 +634,7 @@ class Agent:
             yield from self.summarize()
             context = self.assemble()
         elif room is not None and context.conversation > PRESSURE_FRACTION * room and not self._warned:
-            self._warned = True
-            self._append([self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)])
+            self._alert_pressure()
             yield SystemNotice("memory pressure: the context window is over 75% full")
             context = self.assemble()
         try:
@@ -645,6 +645,15 @@ class Agent:
             completion = self.llm.complete(context.messages, self._tool_specs())
         self._learn_ratio(context, completion)
         return (yield from self._act(completion))
+
+    def _alert_pressure(self) -> None:
+        """Store the memory-pressure alert and that it was sent, in one transaction."""
+        alert = self._message(Role.USER, PRESSURE_ALERT, name=SYSTEM_ALERT)
+        changes = StepChanges(messages=[stored(alert)], pressure_alerted=True)
+        self.storage.agents.commit_step(self.state.id, changes, fence=self._fence)
+        self._warned = True
+        self._in_window().extend([alert])
+        self._recall_count = self._recalled() + 1
 
     def _learn_ratio(self, context: Assembled, completion: Completion) -> None:
         """Calibrate our token counts from the prompt tokens the server reports for the same request, where
@@ -785,9 +794,8 @@ class Agent:
                 )
             return
         summary = summarize(self.llm, self.state.summary, evicted)
-        self.storage.agents.commit_step(
-            self.state.id, StepChanges(evicted_ids=[m.id for m in evicted], summary=summary), fence=self._fence
-        )
+        changes = StepChanges(evicted_ids=[m.id for m in evicted], summary=summary, pressure_alerted=False)
+        self.storage.agents.commit_step(self.state.id, changes, fence=self._fence)
         self.state = replace(self.state, summary=summary)
         window.evict(len(evicted))
         self._warned = False

@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
@@ -73,6 +74,8 @@ class AgentRow(Base):
     # The system message the agent's last committed step was sent, with what it was built from (a JSON object;
     # NULL: none yet, or history was edited since): a new process reuses it while memory is what it was.
     last_system: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Whether the memory-pressure alert was sent since the last summary (the agent warns once per summary).
+    pressure_alerted: Mapped[bool] = mapped_column(Boolean, default=False)
     # Moved by every change to what an opened agent holds but a server turn's own writes (sql.bump_agents).
     version: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -146,6 +149,17 @@ class StepChanges:
     effects: Sequence[StepEffect] = ()  # block edits, recorded with the step (passages are recorded before)
     token_ratio: tuple[str, float] | None = None  # (model, ratio) learnt this step
     last_system: str | None = None  # the system message the step was sent, when not stored yet (a JSON object)
+    pressure_alerted: bool | None = None  # True: the memory-pressure alert was sent; False: a summary reset it
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What an opened agent's steps start from, as its last committed step left it."""
+
+    ratio_model: str = ""  # the model its token ratio was learnt for ("" for none yet; see ``token_ratio``)
+    ratio: float = 1.0
+    last_system: str | None = None  # the system message its last step was sent (``StepChanges.last_system``)
+    pressure_alerted: bool = False  # ``StepChanges.pressure_alerted``
 
 
 @functools.lru_cache(maxsize=16)
@@ -398,7 +412,8 @@ class AgentStore:
                 _write_tags(s, agent_id, fields["tags"])
 
     def delete(self, agent_id: str) -> None:
-        """The agent with its blocks, messages, tags and attachments (sources and MCP servers themselves stay)."""
+        """The agent with its blocks, messages, tags and attachments, its turns' runs and leases, its recall indexing
+        claim and passage mark, in one transaction (sources and MCP servers themselves stay)."""
         with self._metadata.session() as s:
             # The agents row first, as every writer takes it (``bump_agents``), and FOR UPDATE, which also waits
             # for a turn that has added a message (its foreign key holds the row): a step committing meanwhile
@@ -406,6 +421,9 @@ class AgentStore:
             s.execute(select(AgentRow.id).where(AgentRow.id == agent_id).with_for_update())
             for table in (StepEffectRow, MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
+            # Rows that name the agent without a foreign key (other processes write them, some outside a lease).
+            for forget in (turns.forget_agent, claims.forget_agent, marks.forget_agent):
+                forget(s, agent_id)
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
 
     def unindex_messages(self, space: EmbeddingSpace) -> None:
@@ -464,6 +482,8 @@ class AgentStore:
             fields["token_ratio_model"], fields["token_ratio"] = changes.token_ratio
         if changes.last_system is not None:
             fields["last_system"] = changes.last_system
+        if changes.pressure_alerted is not None:
+            fields["pressure_alerted"] = changes.pressure_alerted
         agents = AgentRow.__table__
         # Blocks and effects are merged by the ORM; a step without them (most) needs no ORM session set up.
         orm = bool(changes.blocks or changes.effects)
@@ -502,19 +522,18 @@ class AgentStore:
 
     def token_ratio(self, agent_id: str) -> tuple[str, float]:
         """The model the agent's token ratio was learnt for ("" for none yet) and the ratio."""
-        model, ratio, _ = self.step_facts(agent_id)
-        return model, ratio
+        facts = self.step_facts(agent_id)
+        return facts.ratio_model, facts.ratio
 
-    def step_facts(self, agent_id: str) -> tuple[str, float, str | None]:
-        """What an opened agent's steps start from: its token ratio's model and value (see ``token_ratio``)
-        and the system message its last step was sent (``StepChanges.last_system``; None for none)."""
+    def step_facts(self, agent_id: str) -> StepFacts:
+        """What an opened agent's steps start from (one query)."""
         with self._metadata.session() as s:
             row = s.execute(
-                select(AgentRow.token_ratio_model, AgentRow.token_ratio, AgentRow.last_system).where(
-                    AgentRow.id == agent_id
-                )
+                select(
+                    AgentRow.token_ratio_model, AgentRow.token_ratio, AgentRow.last_system, AgentRow.pressure_alerted
+                ).where(AgentRow.id == agent_id)
             ).one_or_none()
-            return (row[0], float(row[1]), row[2]) if row is not None else ("", 1.0, None)
+            return StepFacts(row[0], float(row[1]), row[2], bool(row[3])) if row is not None else StepFacts()
 
     # -- step effects -----------------------------------------------------------------------------
     def record_effects(self, agent_id: str, effects: Sequence[StepEffect], *, fence: Fence | None = None) -> None:

@@ -20,8 +20,9 @@ from typing import Any
 
 from sqlalchemy import String, delete, select, update
 from sqlalchemy import insert as sql_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import StorageError
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
@@ -37,6 +38,11 @@ class IndexClaimRow(Base):
 
 
 CLAIMS = IndexClaimRow.__table__
+
+
+def forget_agent(c: Session | Connection, agent_id: str) -> None:
+    """In the transaction that deletes the agent: its claim (a pass's that its process left behind when it died)."""
+    c.execute(delete(CLAIMS).where(CLAIMS.c.agent_id == agent_id))
 
 
 @functools.lru_cache(maxsize=4)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, String, func, select, update
+from sqlalchemy import BigInteger, String, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.storage.base import PassageStore
 from memgpt.storage.sql import Base, MetadataStore
@@ -25,6 +25,11 @@ class PassageMarkRow(Base):
 
     scope_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # an agent's or a source's id
     mark: Mapped[int] = mapped_column(BigInteger)  # the vector store's timestamp of its newest write
+
+
+def forget_agent(s: Session, agent_id: str) -> None:
+    """In the transaction that deletes the agent: the mark of its passages' newest write."""
+    s.execute(delete(PassageMarkRow).where(PassageMarkRow.scope_id == agent_id))
 
 
 class PassageMarks:

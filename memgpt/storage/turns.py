@@ -82,6 +82,21 @@ RUNNING, FINISHED = "running", "finished"
 _LEASES, _RUNS = LeaseRow.__table__, RunRow.__table__
 
 
+def forget_agent(c: Session | Connection, agent_id: str) -> None:
+    """In the transaction that deletes the agent: its runs and lease, and the runs recorded under a key of it
+    (``<kind>:<agent id>``, a write of the agent's other than a turn, e.g. ``passages:<agent id>``) with the
+    leases of their own ids such a write holds while it runs (left behind when its process died)."""
+    runs, leases = _RUNS, _LEASES
+    keyed = (runs.c.agent_id == agent_id) | runs.c.agent_id.endswith(f":{agent_id}", autoescape=True)
+    ids = list(c.execute(select(runs.c.id).where(keyed)).scalars())
+    # The runs before the leases, as a write's release takes them (its run's end, then its lease).
+    c.execute(delete(runs).where(keyed))
+    # A lease a write holds locked now is left to its holder, whose release deletes it: that write takes the lease
+    # row before the agents row, which this transaction holds already (waiting for it was a deadlock).
+    free = select(leases.c.agent_id).where(leases.c.agent_id.in_([agent_id, *ids])).with_for_update(skip_locked=True)
+    c.execute(delete(leases).where(leases.c.agent_id.in_(free)))
+
+
 @dataclass(frozen=True)
 class Run:
     id: str
