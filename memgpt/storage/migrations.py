@@ -452,7 +452,7 @@ def _0018_agents_last_system(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE agents ADD COLUMN last_system TEXT"))
 
 
-def _0022_agents_pressure_alerted(conn: Connection) -> None:
+def _0019_agents_pressure_alerted(conn: Connection) -> None:
     """Whether each agent was sent the memory-pressure alert since its last summary, so that a new process (each
     `memgpt run --message`, a server that opens the agent again) does not send it again (agent/agent.py)."""
     conn.execute(text("ALTER TABLE agents ADD COLUMN pressure_alerted BOOLEAN NOT NULL DEFAULT FALSE"))
@@ -474,7 +474,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0016_recall_without_bare_entries", _0016_recall_without_bare_entries),
     ("0017_recall_index_claims", _0017_recall_index_claims),
     ("0018_agents_last_system", _0018_agents_last_system),
-    ("0022_agents_pressure_alerted", _0022_agents_pressure_alerted),
+    ("0019_agents_pressure_alerted", _0019_agents_pressure_alerted),
 ]
 
 
