@@ -95,8 +95,11 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     stored = pair.history(agent)
     assert [role for role, _ in stored] == ["user", "user", "assistant", "tool"], stored
     assert not any("late answer from A" in text for _, text in stored), stored
+    # A conflict, as a lease lost while the send took it; a retry would only be given this answer again.
     refused = answers["a"]
-    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+    assert refused.status_code == 409 and "took the agent over" in refused.json()["detail"], refused.text
+    assert "the message is (the agent's next turn sees it)" in refused.json()["detail"], refused.text
+    assert refused.headers["x-should-retry"] == "false"
 
     # A works again: its next turn sees everything, B's turn included.
     llm.add(reply("A is back"))
@@ -198,7 +201,9 @@ def test_a_process_stopped_inside_its_steps_fenced_write_does_not_block_the_take
 ) -> None:
     """As above, but A holds the lease already and stops inside its step's fenced write (the lease row locked by
     its fence): B's claim waits on that lock until the database ends A's idle transaction; A's step is undone whole
-    and, once A runs again, refused as fenced. The user's message A stored with its lease stays."""
+    and, once A runs again, refused as fenced. The user's message A stored with its lease stays. The step writes
+    its messages with one executemany, which psycopg pipelined, ending it with a Flush after which PostgreSQL's
+    idle transaction timeout was off: B waited for as long as A stayed stopped (storage/pg_cursor.py)."""
     agent = pair.agent(pair.a)
     plain = pair.config.metadata_url.replace("postgresql+psycopg://", "postgresql://")
     answers: dict[str, Any] = {}
@@ -238,7 +243,7 @@ def test_a_process_stopped_inside_its_steps_fenced_write_does_not_block_the_take
     assert [role for role, _ in stored] == ["user", "user", "assistant", "tool"], stored
     assert not any("late answer from A" in text for _, text in stored), stored
     refused = answers["a"]
-    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+    assert refused.status_code == 409 and "took the agent over" in refused.json()["detail"], refused.text
 
     # A works again.
     llm.add(reply("A is back"))
