@@ -100,6 +100,13 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     assert refused.status_code == 409 and "took the agent over" in refused.json()["detail"], refused.text
     assert "the message is (the agent's next turn sees it)" in refused.json()["detail"], refused.text
     assert refused.headers["x-should-retry"] == "false"
+    retried = httpx.post(
+        f"{pair.a.url}/v1/agents/{agent}/messages",
+        json={"input": "to A"},
+        headers={**auth(pair.key), "X-Stainless-Retry-Count": "1"},
+        timeout=60,
+    )
+    assert (retried.status_code, retried.json()) == (409, refused.json()), retried.text
 
     # A works again: its next turn sees everything, B's turn included.
     llm.add(reply("A is back"))
