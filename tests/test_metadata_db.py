@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -176,6 +177,76 @@ def test_postgresql_ends_a_transaction_left_idle_for_the_lease_length_unless_the
     store = MetadataStore(postgres_url)  # none asked for: the server's own (0, never)
     with store.connection() as c:
         assert c.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
+    store.close()
+
+
+# Writes two rows with one call (an executemany, as a turn writes its step's messages) in a transaction, as a
+# session of a server with a 1 s lease; says whether it stored them.
+EXECUTEMANY_IN_A_TRANSACTION = """
+import sys
+from sqlalchemy import text
+from memgpt.errors import StorageError
+from memgpt.storage.sql import MetadataStore
+store = MetadataStore(sys.argv[1], idle_transaction_seconds=1.0)
+try:
+    with store.connection() as c:
+        c.execute(text("INSERT INTO stall_probe (id) VALUES (:id)"), [{"id": 1}, {"id": 2}])
+        print("inserted", flush=True)
+    print("stored", flush=True)
+except StorageError as exc:
+    print(f"refused: {exc}", flush=True)
+"""
+
+
+def test_postgresql_ends_a_transaction_stopped_inside_a_many_row_write(postgres_url: str) -> None:
+    """psycopg's pipelined executemany ends with a Sync and then a Flush, and PostgreSQL's idle transaction timeout
+    is off after a Flush until the next Sync: a process stopped inside such a write kept its transaction (and the
+    lease row a turn's transaction locks) for as long as it stayed stopped. Here it waits for a table lock inside
+    the write, is stopped there, the lock goes: its session must end once it idled for the timeout, undoing it."""
+    import psycopg
+
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    MetadataStore(postgres_url).close()  # the tables first: the child's own opening must not wait for the lock
+    with psycopg.connect(plain, autocommit=True) as monitor, psycopg.connect(plain) as blocker:
+        monitor.execute("CREATE TABLE stall_probe (id integer PRIMARY KEY)")
+        blocker.execute("LOCK TABLE stall_probe IN EXCLUSIVE MODE")  # the child's INSERT waits for it
+        child = subprocess.Popen(
+            [sys.executable, "-c", EXECUTEMANY_IN_A_TRANSACTION, postgres_url], cwd=REPO, stdout=subprocess.PIPE,
+            text=True,
+        )
+        session = "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE %s"
+        try:
+            deadline = time.monotonic() + 60
+            while not (row := monitor.execute(session + " AND wait_event_type = 'Lock'", ("INSERT%",)).fetchone()):
+                assert child.poll() is None and time.monotonic() < deadline, "the child's INSERT never waited"
+                time.sleep(0.05)
+            backend = row[0]
+            os.kill(child.pid, signal.SIGSTOP)
+            blocker.commit()  # its INSERT runs now; its transaction stays open while it is stopped
+            stopped = time.monotonic()
+            alive = "SELECT state FROM pg_stat_activity WHERE pid = %s"
+            while (state := monitor.execute(alive, (backend,)).fetchone()) is not None:
+                # The timeout is 1 s; the rest is for a loaded machine. Without the fix it stays forever.
+                assert time.monotonic() - stopped < 15, f"the stopped child's session is still {state[0]!r}"
+                time.sleep(0.1)
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+            out, _ = child.communicate(timeout=60)
+        # Undone whole: no row stored, and the child, running again, is told so.
+        assert monitor.execute("SELECT count(*) FROM stall_probe").fetchone() == (0,)
+    assert "stored" not in out.splitlines() and "refused: metadata database error" in out, out
+
+
+def test_a_many_row_write_on_postgresql_reports_every_row_it_changed(postgres_url: str) -> None:
+    """memgpt's PostgreSQL sessions run an executemany one statement at a time (above): its rowcount is still the
+    sum of its statements', which SQLAlchemy checks an ORM flush of several rows against."""
+    store = MetadataStore(postgres_url)
+    with store.connection() as c:
+        c.execute(text("CREATE TABLE probe (id integer PRIMARY KEY, v integer)"))
+        c.execute(text("INSERT INTO probe (id, v) VALUES (:id, 0)"), [{"id": i} for i in range(5)])
+        changed = c.execute(text("UPDATE probe SET v = 1 WHERE id = :id"), [{"id": 1}, {"id": 3}, {"id": 9}])
+        assert changed.rowcount == 2
+        assert c.execute(text("SELECT count(*) FROM probe WHERE v = 1")).scalar() == 2
     store.close()
 
 

@@ -102,8 +102,18 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     stored = pair.history(agent)
     assert [role for role, _ in stored] == ["user", "user", "assistant", "tool"], stored
     assert not any("late answer from A" in text for _, text in stored), stored
+    # A conflict, as a lease lost while the send took it; a retry would only be given this answer again.
     refused = answers["a"]
-    assert refused.status_code == 500 and "took the agent over" in refused.json()["detail"], refused.text
+    assert refused.status_code == 409 and "took the agent over" in refused.json()["detail"], refused.text
+    assert "the message is (the agent's next turn sees it)" in refused.json()["detail"], refused.text
+    assert refused.headers["x-should-retry"] == "false"
+    retried = httpx.post(
+        f"{pair.a.url}/v1/agents/{agent}/messages",
+        json={"input": "to A"},
+        headers={**auth(pair.key), "X-Stainless-Retry-Count": "1"},
+        timeout=60,
+    )
+    assert (retried.status_code, retried.json()) == (409, refused.json()), retried.text
 
     # A works again: its next turn sees everything, B's turn included.
     llm.add(reply("A is back"))
@@ -118,6 +128,16 @@ def _until(check: Any, what: str, timeout: float = 60) -> Any:
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.05)
     return found
+
+
+def _inserting_messages(monitor: psycopg.Connection[Any], state: str) -> Any:
+    """The session whose INSERT into messages is in ``state`` ("active": waiting for a lock), or None."""
+    row = monitor.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query ILIKE 'INSERT INTO messages%%' AND state = %s AND (%s <> 'active' OR wait_event_type = 'Lock')",
+        (state, state),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def _holds_its_lease_row(monitor: psycopg.Connection[Any], agent: str) -> None:
@@ -150,12 +170,7 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
     def backend_of_a(state: str) -> Any:
         # A's session: the one whose INSERT of the user's message (in its lease claim's transaction) waits, then
         # idles in its transaction.
-        row = monitor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND query ILIKE 'INSERT INTO messages%%' AND state = %s AND (%s <> 'active' OR wait_event_type = 'Lock')",
-            (state, state),
-        ).fetchone()
-        return row[0] if row else None
+        return _inserting_messages(monitor, state)
 
     with psycopg.connect(plain, autocommit=True) as monitor:
         sender = threading.Thread(target=send_to_a, args=(pair, agent, answers))
@@ -181,6 +196,60 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
     assert [role for role, _ in stored] == ["user", "assistant", "tool"], stored
     refused = answers["a"]
     assert refused.status_code == 409 and "the message is not stored" in refused.json()["detail"], refused.text
+
+    # A works again.
+    llm.add(reply("A is back"))
+    assert pair.client(pair.a).agents.messages.create(agent, input="again").messages[-1].content == "A is back"
+
+
+def test_a_process_stopped_inside_its_steps_fenced_write_does_not_block_the_takeover(
+    pair: Pair, llm: ScriptedLLM
+) -> None:
+    """As above, but A holds the lease already and stops inside its step's fenced write (the lease row locked by
+    its fence): B's claim waits on that lock until the database ends A's idle transaction; A's step is undone whole
+    and, once A runs again, refused as fenced. The user's message A stored with its lease stays. The step writes
+    its messages with one executemany, which psycopg pipelined, ending it with a Flush after which PostgreSQL's
+    idle transaction timeout was off: B waited for as long as A stayed stopped (storage/pg_cursor.py)."""
+    agent = pair.agent(pair.a)
+    plain = pair.config.metadata_url.replace("postgresql+psycopg://", "postgresql://")
+    answers: dict[str, Any] = {}
+
+    with psycopg.connect(plain, autocommit=True) as monitor, psycopg.connect(plain) as blocker:
+
+        def lock_messages(_: dict[str, Any]) -> dict[str, Any]:
+            # While A waits for this answer (its lease taken): every write to messages waits, A's step's included.
+            blocker.execute("LOCK TABLE messages IN EXCLUSIVE MODE")
+            return reply("late answer from A")
+
+        def send_to_a() -> None:
+            url = f"{pair.a.url}/v1/agents/{agent}/messages"
+            answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
+
+        llm.add(lock_messages)
+        sender = threading.Thread(target=send_to_a)
+        try:
+            sender.start()
+            _until(lambda: _inserting_messages(monitor, "active"), "A's step write to wait for the messages table")
+            _holds_its_lease_row(monitor, agent)
+            os.kill(pair.a.process.pid, signal.SIGSTOP)
+            blocker.commit()  # A's INSERT runs; its transaction stays open while its process is stopped
+            _until(lambda: _inserting_messages(monitor, "idle in transaction"), "A's transaction to idle")
+            llm.add(reply("B's answer"))
+            started = time.monotonic()
+            answer = pair.client(pair.b, timeout=30).agents.messages.create(agent, input="to B")
+            assert answer.messages[-1].content == "B's answer"
+            print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
+        finally:
+            blocker.rollback()
+            os.kill(pair.a.process.pid, signal.SIGCONT)
+            sender.join(60)
+
+    # A's step was undone whole: its user's message (stored with its lease) stays, its answer is not stored.
+    stored = pair.history(agent)
+    assert [role for role, _ in stored] == ["user", "user", "assistant", "tool"], stored
+    assert not any("late answer from A" in text for _, text in stored), stored
+    refused = answers["a"]
+    assert refused.status_code == 409 and "took the agent over" in refused.json()["detail"], refused.text
 
     # A works again.
     llm.add(reply("A is back"))

@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Any
 from memgpt.agent.agent import END_TURN, Agent, user_message
 from memgpt.agent.manager import open_agent
 from memgpt.agent.tools import folder_signature
-from memgpt.errors import AgentBusyError, BackendError, ConfigError, LLMError, MemGPTError, NotFoundError
+from memgpt.errors import (
+    AgentBusyError,
+    BackendError,
+    ConfigError,
+    LeaseLostError,
+    LLMError,
+    MemGPTError,
+    NotFoundError,
+)
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
 from memgpt.memory.messages import stored
@@ -106,6 +114,9 @@ class UsageMeter(LLMClient):
         return completion
 
 
+LEASE_LOST = "lease_lost"  # a turn's error code when this process lost the agent's lease mid-turn (a 409)
+
+
 @dataclass
 class Turn:
     """One turn: its items (Letta messages) as the steps produce them, then how it ended. Any number of
@@ -129,6 +140,16 @@ class Turn:
     @property
     def done(self) -> bool:
         return self.stop_reason is not None
+
+    def failure(self) -> tuple[int, str, str]:
+        """A failed turn that answered nothing, as its send answers it: the HTTP status, the error's code and the
+        text. A lease lost mid-turn is a conflict (409), as one lost while the send took the lease: its text says
+        what is stored. Any other failure came after the user's message was stored."""
+        kind, message = self.error or ("internal_error", "the turn failed")
+        if kind == LEASE_LOST:
+            return 409, kind, message
+        status = 502 if self.stop_reason == "llm_api_error" else 500
+        return status, kind, f"{message} (your message was stored; the agent has not answered it)"
 
     def add_step(self, messages: Sequence[Message]) -> None:
         step_id = f"step-{uuid.uuid4()}"
@@ -596,6 +617,8 @@ class TurnRunner:
             reason = _drain(agent.reply_to(opened.opening))
         except LLMError as exc:
             reason, error = "llm_api_error", ("llm_error", str(exc))
+        except LeaseLostError as exc:
+            reason, error = "error", (LEASE_LOST, str(exc))
         except MemGPTError as exc:
             reason, error = "error", ("internal_error", str(exc))
         except Exception as exc:

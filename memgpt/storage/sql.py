@@ -234,14 +234,15 @@ def create_metadata_engine(url: URL, *, idle_transaction_seconds: float | None =
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.get_backend_name() == "postgresql":
+        from memgpt.storage.pg_cursor import StatementByStatementCursor
+
         defaults = {"connect_timeout": 10, "application_name": "memgpt"}
+        connect_args: dict[str, Any] = {k: v for k, v in defaults.items() if k not in url.query}
+        # The idle transaction timeout below holds only between statements that each end with a Sync: psycopg's
+        # pipelined executemany leaves it off (see pg_cursor).
+        connect_args["cursor_factory"] = StatementByStatementCursor
         engine = create_engine(
-            url,
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=10,
-            pool_recycle=1800,
-            connect_args={k: v for k, v in defaults.items() if k not in url.query},
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, connect_args=connect_args
         )
         _end_idle_transactions(engine, url, idle_transaction_seconds)
         return engine
@@ -256,7 +257,8 @@ def _end_idle_transactions(engine: Engine, url: URL, seconds: float | None) -> N
     one stays stopped. Ended by the database after ``seconds`` (the lease's length), the stopped transaction is
     undone whole and the takeover goes on; the stopped process's next statement on that session fails (a fenced
     write then reports its lease lost). No transaction of memgpt waits for its client that long while the client
-    runs. Set by a statement as each connection opens rather than as a startup option, which PgBouncer refuses."""
+    runs. Set by a statement as each connection opens rather than as a startup option, which PgBouncer refuses.
+    PostgreSQL arms it only as it answers a Sync: the sessions' cursor never leaves a Flush after one (pg_cursor)."""
     own = url.query.get("options", "")
     if seconds is None or "idle_in_transaction_session_timeout" in (" ".join(own) if isinstance(own, tuple) else own):
         return

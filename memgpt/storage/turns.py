@@ -215,24 +215,25 @@ def _disconnected(exc: StorageError) -> bool:
     return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
 
 
+# One family of answers (a 409 each, see server/turns.py): what stalled, what the database did, what is stored.
 def _lost(fence: Fence) -> LeaseLostError:
     return LeaseLostError(
-        f"agent {fence.agent_id}: another server process took the agent over while this one stalled past its "
-        "lease; this turn's work since then is not stored (send the message again)"
+        f"agent {fence.agent_id}: this server process stalled past its lease and another one took the agent over; "
+        "this turn's steps since then are not stored, the message is (the agent's next turn sees it)"
     )
 
 
 def _lapsed(fence: Fence) -> LeaseLostError:
     return LeaseLostError(
         f"agent {fence.agent_id}: this server process stalled past its lease and the database ended its "
-        "transaction; this step is not stored (the message that started the turn is kept: send it again)"
+        "transaction; this step is not stored, the message is (the agent's next turn sees it)"
     )
 
 
 def _unclaimed(agent_id: str) -> LeaseLostError:
     return LeaseLostError(
-        f"agent {agent_id}: this server process stalled while it took the agent's lease and the database ended its "
-        "transaction; the message is not stored (send it again)"
+        f"agent {agent_id}: this server process stalled past its lease while it took the agent over and the database "
+        "ended its transaction; the message is not stored (send it again)"
     )
 
 

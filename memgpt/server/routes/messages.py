@@ -100,8 +100,9 @@ async def send_message(
     async for _ in turn.follow():
         pass
     if turn.error is not None and not turn.items:
-        status = 502 if turn.stop_reason == "llm_api_error" else 500
-        return errors.error(status, f"{turn.error[1]} (your message was stored; the agent has not answered it)")
+        status, _, detail = turn.failure()
+        # A lost lease's turn is recorded as failed: a retry of the send gets the same answer.
+        return errors.error(status, detail, errors.NO_RETRY if status == 409 else None)
     if turn.answer is not None and not body.include_return_message_types:
         return Response(turn.answer, media_type="application/json")  # as stored with the run
     answer = turn.body()  # a LettaResponse as JSON: not validated once more on the way out

@@ -338,8 +338,10 @@ async def chat_completions(
         pass
     replies = _replies(turn.items)
     if turn.error is not None and not replies:
-        status = 502 if turn.stop_reason == "llm_api_error" else 500
-        return openai_error(status, f"{turn.error[1]} (your message was stored; the agent has not answered it)")
+        status, code, detail = turn.failure()
+        if status == 409:  # a lost lease: the turn is recorded as failed, a retry gets the same answer
+            return openai_error(status, detail, code, headers=NO_RETRY)
+        return openai_error(status, detail)
     usage = _usage(turn.usage.prompt_tokens, turn.usage.completion_tokens)
     return JSONResponse(reply.completion("\n\n".join(replies), _finish_reason(turn.stop_reason), usage))
 
@@ -366,9 +368,9 @@ async def _turn_events(turn: Turn, reply: _Reply, include_usage: bool, ping_ever
             yield reply.chunk({"content": text if sent == 0 else f"\n\n{text}"})
             sent += 1
     if turn.error is not None and sent == 0:
-        kind = "upstream_error" if turn.stop_reason == "llm_api_error" else "server_error"
-        message = f"{turn.error[1]} (your message was stored; the agent has not answered it)"
-        yield _data({"error": {"message": message, "type": kind, "param": None, "code": turn.error[0]}})
+        status, code, message = turn.failure()
+        kind = _KINDS.get(status, "server_error")
+        yield _data({"error": {"message": message, "type": kind, "param": None, "code": code}})
     else:
         yield reply.chunk({}, _finish_reason(turn.stop_reason))
         if include_usage:
