@@ -451,3 +451,141 @@ def test_a_process_holding_a_milvus_client_can_fork_children(tmp_path: Path) -> 
         cwd=REPO,
     )
     assert out.stdout.strip() == "none crashed", out.stdout + out.stderr
+
+
+class _Spy:
+    """Counts calls of one MilvusClient write method and passes them on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, client: Any, name: str) -> None:
+        self.calls = 0
+        real = getattr(client, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(client, name, counted)
+
+
+def _read_back(store: MilvusPassageStore, count: int) -> None:
+    """Every inserted passage once, with its fields and vector as written."""
+    assert store.count() == count
+    found = {p.id: p for p in store.query(MATCH_ALL, limit=count + 10)}
+    assert sorted(found) == sorted(f"p{i}" for i in range(count))
+    for i in range(count):
+        got, want = found[f"p{i}"], passage(i)
+        assert (got.text, got.document_id, got.chunk_index, got.metadata) == (
+            want.text,
+            want.document_id,
+            want.chunk_index,
+            want.metadata,
+        )
+        assert got.created_at == want.created_at
+    assert [h.passage.id for h in store.search(unit(7), limit=1)] == ["p7"]
+
+
+def test_insert_sends_columns_not_rows(store: MilvusPassageStore) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        inserts = _Spy(patch, store._client, "insert")
+        upserts = _Spy(patch, store._client, "upsert")
+        store.insert([passage(i) for i in range(12)])
+        store.insert([passage(i) for i in range(12, 25)])
+        assert (inserts.calls, upserts.calls) == (0, 0)  # the column path, not MilvusClient's row insert
+    _read_back(store, 25)
+
+
+class _Reshaped:
+    """The connection handler as a pymilvus release with other internals would show it to memgpt's column
+    insert: the attributes given are replaced; everything else, MilvusClient's own insert and upsert
+    included, is the real handler's."""
+
+    def __init__(self, real: Any, **replaced: Any) -> None:
+        self._real = real
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _schema_as_dict(real: Any) -> _Reshaped:
+    return _Reshaped(real, _get_schema=lambda name, **kwargs: real._get_schema(name, **kwargs)[0])
+
+
+def _field_type_renamed(real: Any) -> _Reshaped:
+    def renamed(name: str, **kwargs: Any) -> tuple[dict[str, Any], int]:
+        found, stamp = real._get_schema(name, **kwargs)
+        fields = [{("data_type" if k == "type" else k): v for k, v in f.items()} for f in found["fields"]]
+        return {**found, "fields": fields}, stamp
+
+    return _Reshaped(real, _get_schema=renamed)
+
+
+def _batch_insert_without_schema_keyword(real: Any) -> _Reshaped:
+    def narrower(collection_name: str, entities: list[Any], partition_name: Any = None, context: Any = None) -> Any:
+        return real.batch_insert(collection_name, entities, partition_name, context=context)
+
+    return _Reshaped(real, batch_insert=narrower)
+
+
+def _batch_insert_result_reshaped(real: Any) -> _Reshaped:
+    """Fails after the rows are written: the fallback must not write them twice."""
+
+    def written_then_failed(*args: Any, **kwargs: Any) -> Any:
+        real.batch_insert(*args, **kwargs)
+        raise TypeError("MutationResult takes no argument 'response'")
+
+    return _Reshaped(real, batch_insert=written_then_failed)
+
+
+@pytest.mark.parametrize(
+    ("change", "fallback"),
+    [
+        (_schema_as_dict, "insert"),
+        (_field_type_renamed, "insert"),
+        (_batch_insert_without_schema_keyword, "upsert"),
+        (_batch_insert_result_reshaped, "upsert"),
+    ],
+)
+def test_insert_falls_back_to_rows_when_pymilvus_changes_shape(
+    store: MilvusPassageStore, change: Any, fallback: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The column insert uses MilvusClient internals; a pymilvus release that shapes them otherwise gets the
+    row insert (one warning), never a traceback on every insert, and never a row lost or written twice."""
+    reshaped = change(store._client._get_connection())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store._client, "_get_connection", lambda: reshaped)
+        spies = {name: _Spy(patch, store._client, name) for name in ("insert", "upsert")}
+        with caplog.at_level("WARNING", logger="memgpt.storage.milvus.store"):
+            store.insert([passage(i) for i in range(12)])
+            assert spies[fallback].calls == 1
+            store.insert([passage(i) for i in range(12, 25)])  # straight to rows: the column path is not tried
+        assert spies["insert"].calls == (2 if fallback == "insert" else 1)
+        assert len([r for r in caplog.records if "inserts rows from now on" in r.getMessage()]) == 1
+    _read_back(store, 25)
+
+
+def test_insert_with_a_stale_cached_schema_refreshes_it(store: MilvusPassageStore) -> None:
+    """pymilvus signals a cached schema that is not the collection's with DataNotMatchException; the column
+    insert then clears it and inserts through MilvusClient, whose own insert retries with a fresh one."""
+    from pymilvus.client.cache import GlobalCache
+    from pymilvus.orm.types import DataType
+
+    handler, context = store._client._get_connection(), store._client._generate_call_context()
+    key = (handler.server_address, context.get_db_name(), store.collection)
+    fresh, _ = handler._get_schema(store.collection, context=context)
+    stale = [{**f, "type": DataType.INT64} if f["name"] == "embedding" else f for f in fresh["fields"]]
+    GlobalCache.schema.set(*key, {**fresh, "fields": stale})
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            inserts = _Spy(patch, store._client, "insert")
+            store.insert([passage(i) for i in range(25)])
+            assert inserts.calls == 1
+        cached = GlobalCache.schema.get(*key)
+        assert cached is None or cached["fields"] == fresh["fields"]
+        with pytest.MonkeyPatch.context() as patch:
+            inserts = _Spy(patch, store._client, "insert")
+            store.insert([passage(i) for i in range(25, 30)])
+            assert inserts.calls == 0  # the column path again: a stale schema says nothing about pymilvus
+    finally:
+        GlobalCache.schema.invalidate(*key)
+    _read_back(store, 30)

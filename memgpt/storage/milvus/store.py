@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -22,6 +23,25 @@ logger = logging.getLogger(__name__)
 _WRITE_BATCH = 1000
 _LIGHT = [name for name in FIELDS if name != "text"]  # what ranking and filtering need of a candidate
 _ITERATOR_BATCH = 1000
+# What a pymilvus whose internals changed shape raises in the column insert (see _insert_columns)
+_OTHER_SHAPES = (AttributeError, TypeError, ValueError, KeyError)
+
+
+def _pymilvus_version() -> str:
+    import pymilvus
+
+    return str(getattr(pymilvus, "__version__", "?"))
+
+
+@functools.cache
+def _schema_mismatches() -> tuple[type[Exception], ...]:
+    """How pymilvus (3.0.2) says the schema it cached is not the collection's: DataNotMatchException before
+    sending, SchemaMismatchRetryableException from the server. Looked up by name: a release without one of
+    them must not fail every insert on an import."""
+    from pymilvus import exceptions
+
+    names = ("DataNotMatchException", "SchemaMismatchRetryableException")
+    return tuple(getattr(exceptions, name) for name in names if hasattr(exceptions, name))
 
 
 def _to_millis(moment: datetime) -> int:
@@ -114,6 +134,7 @@ class MilvusPassageStore(PassageStore):
         self.tracks_writes = not target.is_lite
         self.shared = not target.starts_lite  # a served Lite file has other processes as clients too
         self._has_rows = False  # known to hold a row; see _can_rank_text
+        self._by_columns = True  # see _insert_columns
 
     def _open(self, capabilities: Capabilities) -> bool:
         """Create or check the collection (upgrading earlier-schema ones); returns whether it has BM25."""
@@ -164,20 +185,50 @@ class MilvusPassageStore(PassageStore):
         """Insert ``rows`` as one list of values per field: pymilvus turns a list of rows into its request field by
         field and value by value with checks on each (~60 us a row of this schema, against ~25 for columns; recall
         indexing inserts every message). MilvusClient has rows only, so this goes through its connection handler
-        as its own ``insert`` does (the same database, the schema it caches), and through ``insert`` where a
-        pymilvus without those is installed."""
-        client = self._client
-        try:
-            handler, context = client._get_connection(), client._generate_call_context()
-            schema, _ = handler._get_schema(self.collection, context=context)
-        except AttributeError:
-            client.insert(self.collection, rows)
-            return
+        as its own ``insert`` does (the same database, the schema it caches). Those internals may change in any
+        pymilvus release: where they are missing or shaped otherwise, this store inserts rows from then on."""
         if not rows:
             return
-        fields = [f for f in schema["fields"] if not f.get("is_function_output")]  # BM25's sparse is computed
-        columns = [{"name": f["name"], "type": f["type"], "values": [row[f["name"]] for row in rows]} for f in fields]
-        handler.batch_insert(self.collection, columns, context=context, schema=schema)
+        client = self._client
+        if not self._by_columns:
+            client.insert(self.collection, rows)
+            return
+        try:  # nothing is sent before the columns are built
+            handler, context = client._get_connection(), client._generate_call_context()
+            schema, _ = handler._get_schema(self.collection, context=context)
+            fields = [f for f in schema["fields"] if not f.get("is_function_output")]  # BM25's sparse is computed
+            columns = [{"name": f["name"], "type": f["type"], "values": [r[f["name"]] for r in rows]} for f in fields]
+        except _OTHER_SHAPES as exc:
+            self._insert_rows_from_now(exc)
+            client.insert(self.collection, rows)
+            return
+        try:
+            handler.batch_insert(self.collection, columns, context=context, schema=schema)
+        except _schema_mismatches():
+            # nothing was written: pymilvus's own insert clears the cached schema and retries once on these
+            # (retry_on_schema_mismatch), which batch_insert lacks; so does this
+            self._forget_schema(handler, context)
+            client.insert(self.collection, rows)
+        except _OTHER_SHAPES as exc:  # perhaps raised after the rows were written: upsert replaces them by id
+            self._insert_rows_from_now(exc)
+            client.upsert(self.collection, rows)
+
+    def _insert_rows_from_now(self, exc: Exception) -> None:
+        self._by_columns = False
+        logger.warning(
+            "pymilvus %s is shaped otherwise than memgpt's column insert expects (%s: %s); collection %s inserts"
+            " rows from now on, which is slower",
+            _pymilvus_version(),
+            type(exc).__name__,
+            exc,
+            self.collection,
+        )
+
+    def _forget_schema(self, handler: Any, context: Any) -> None:
+        try:
+            handler._invalidate_schema(self.collection, db_name=context.get_db_name())
+        except AttributeError:  # client.insert still clears it on its own schema-mismatch retry
+            logger.debug("pymilvus has no _invalidate_schema; its insert refreshes the schema itself")
 
     def delete(self, where: Filter, *, count: bool = True) -> int:
         """Returns how many passages matched (a query before the delete: Milvus Lite reports the deleted ids,
