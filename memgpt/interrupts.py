@@ -25,8 +25,10 @@ def interrupts_held() -> Iterator[HeldInterrupts]:
         yield held
         return
 
-    def note(_signum: int, _frame: object) -> None:
+    def note(signum: int, _frame: object) -> None:
         held.received = True
+        if signum == signal.SIGTERM:  # held, yet the command still ends with SIGTERM's code
+            _termination.received = True
 
     previous = signal.signal(signal.SIGINT, note)
     terminating = signal.getsignal(signal.SIGTERM) is _terminated  # SIGTERM is a Ctrl-C here: held as well
@@ -52,6 +54,12 @@ _termination = Termination()
 def _terminated(_signum: int, _frame: object) -> None:
     _termination.received = True
     raise KeyboardInterrupt
+
+
+def termination_received() -> bool:
+    """Whether a SIGTERM was taken as Ctrl-C (by :func:`terminate_as_interrupt`, or held by
+    :func:`interrupts_held` within it): the command that it ends then exits with SIGTERM's code, 143."""
+    return _termination.received
 
 
 @contextmanager

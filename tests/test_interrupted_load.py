@@ -87,18 +87,55 @@ def test_interrupted_load_is_invisible_then_completed(home: Path, model: LocalMi
     check_consistent(home, model, complete=True)
 
 
-def start_first_load(home: Path) -> subprocess.Popen[str]:
-    """A load of one file into a new source, in small passages (windows reach Milvus), once it is writing them."""
+# `memgpt` with one step paused at a known point, so that a signal lands there and not a moment earlier or later:
+# argv[1] is written once the step is reached, which then waits for argv[2] to exist before going on.
+PAUSED_MEMGPT = """
+import sys, time
+from pathlib import Path
+
+reached, go, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+
+def paused(real):
+    def step_paused(*args, **kwargs):
+        reached.write_text(step)
+        for _ in range(1200):
+            if go.exists():
+                break
+            time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    return step_paused
+
+
+if step == "open":  # while open_storage opens the home, before the loader starts
+    from memgpt.storage import sql
+
+    sql.MetadataStore.__init__ = paused(sql.MetadataStore.__init__)
+else:  # "cleanup": the removal of a source an interrupted load created, which holds Ctrl-C (and SIGTERM)
+    from memgpt.data import ingest
+
+    ingest.delete_source = paused(ingest.delete_source)
+sys.argv = ["memgpt", *sys.argv[4:]]
+from memgpt.cli import executable
+
+executable()
+"""
+
+
+def start_first_load(home: Path, pause: str = "", *, wait: bool = True) -> subprocess.Popen[str]:
+    """A load of one file into a new source, in small passages (windows reach Milvus), once it is writing them
+    (with ``wait``). ``pause`` names a step of PAUSED_MEMGPT to stop at."""
     home.mkdir(parents=True)
     config = load_config(home)
     config.embedding.chunk_size, config.embedding.chunk_overlap = 16, 0  # small passages: windows reach Milvus
     save_config(config, home)
     env = {**os.environ, "MEMGPT_HOME": str(home)}
+    paused = ["-c", PAUSED_MEMGPT, str(home / "reached"), str(home / "go"), pause] if pause else ["-m", "memgpt"]
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "memgpt",
+            *paused,
             "load",
             "directory",
             "--name",
@@ -111,8 +148,17 @@ def start_first_load(home: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a shell gives a command
     )
-    wait_for_pending(home, proc)
+    if wait:
+        wait_for_pending(home, proc)
     return proc
+
+
+def wait_for_pause(home: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 180
+    while not (home / "reached").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the load never reached its pause: {proc.communicate(timeout=60)[1]}")
+        time.sleep(0.05)
 
 
 def check_nothing_left(home: Path, model: LocalMiniLM) -> None:
@@ -138,6 +184,33 @@ def test_sigterm_during_the_first_file_leaves_no_source_behind(home: Path, model
     source it created is removed, not left listed with 0 documents; the exit code is SIGTERM's (128 + 15)."""
     proc = start_first_load(home)
     os.kill(proc.pid, signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Interrupted: nothing half-loaded is visible" in err and "Traceback" not in err
+    check_nothing_left(home, model)
+
+
+def test_sigterm_while_the_home_opens_exits_with_sigterms_code(home: Path, model: LocalMiniLM) -> None:
+    """SIGTERM before the loader runs (open_storage takes 1-2.5 s: Milvus Lite, the metadata database) ends the
+    load as Ctrl-C would, and with SIGTERM's code, not Ctrl-C's 130."""
+    proc = start_first_load(home, "open", wait=False)
+    wait_for_pause(home, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    (home / "go").touch()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Interrupted" in err and "Traceback" not in err
+    check_nothing_left(home, model)
+
+
+def test_sigterm_during_the_clean_up_of_a_ctrl_c_exits_with_sigterms_code(home: Path, model: LocalMiniLM) -> None:
+    """A SIGTERM while the clean-up after a Ctrl-C runs is held until the clean-up is done (as a second Ctrl-C is),
+    and the load then exits with SIGTERM's code."""
+    proc = start_first_load(home, "cleanup")
+    os.kill(proc.pid, signal.SIGINT)
+    wait_for_pause(home, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    (home / "go").touch()
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Interrupted: nothing half-loaded is visible" in err and "Traceback" not in err

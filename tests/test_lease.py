@@ -33,7 +33,7 @@ from memgpt.storage import turns as storage_turns
 from memgpt.storage.agents import StepEffect
 from memgpt.storage.expiring import HOST, new_owner
 from memgpt.storage.turns import Fence, LeaseRow, Run
-from memgpt.types import Role
+from memgpt.types import AgentState, Role
 from tests.conftest import _opened_on_metadata_backend
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, use_scripted_llm
@@ -521,3 +521,44 @@ def test_a_holder_stalled_inside_its_fenced_write_past_its_lease_with_no_takeove
         assert storage.agents.uncommitted_effects("a1") == []  # the write is not stored
     finally:
         storage.close()
+
+
+def test_a_lease_a_dead_holder_left_of_a_deleted_agent_goes_at_the_next_prune(storage: Storage) -> None:
+    """An agent's delete skips a lease row its holder has locked (PostgreSQL's SKIP LOCKED; on SQLite the holder
+    took it just after the delete, from the agent read before): when that holder dies before its release, the row,
+    a claim and a run it left are swept the next time a turn forgets its agent's old runs. An expired lease of an
+    agent that still exists stays: nobody took it over yet, so it still holds."""
+    dead = f"{HOST}:999999999:0:{'0' * 32}"
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    for agent_id in ("gone", "kept"):
+        storage.agents.create(AgentState(agent_id, agent_id, "u", "sam", "basic", "s", "m", 8000, "m", 4), [])
+    with storage.metadata.session() as s:
+        s.add(LeaseRow(agent_id="kept", owner=dead, run_id="run-kept", expires_at=past, cancel_requested=False))
+    postgres = storage.metadata.engine.dialect.name == "postgresql"
+
+    def leave_behind() -> None:  # what the dead holder wrote before it died: a lease with its run, a claim
+        with storage.metadata.session() as s:
+            s.add(LeaseRow(agent_id="gone", owner=dead, run_id="run-gone", expires_at=past, cancel_requested=False))
+            s.execute(text("insert into recall_index_claims values ('gone', :o, :t)"), {"o": dead, "t": past})
+        storage.turns.start_run(Run("run-gone", "gone", "d"))
+        storage.turns.start_run(Run("run-write", "passages:gone", "d"))
+
+    if postgres:
+        leave_behind()
+        with storage.metadata.engine.connect() as holder:  # locks the lease row, as a fenced write does
+            holder.execute(text("select * from agent_leases where agent_id = 'gone' for update"))
+            storage.agents.delete("gone")
+            holder.rollback()  # the holder dies: its release never comes
+        assert lease_owner(storage, "gone") == dead
+        storage.turns.start_run(Run("run-gone", "gone", "d"))  # forget_agent deleted these; a late holder's
+        storage.turns.start_run(Run("run-write", "passages:gone", "d"))
+    else:
+        storage.agents.delete("gone")
+        leave_behind()
+    storage.turns.acquire("other", new_owner(), "run-1", 60, run=Run("run-1", "other", "d"), keep=timedelta(minutes=10))
+    assert lease_owner(storage, "gone") is None
+    assert lease_owner(storage, "kept") == dead
+    with storage.metadata.session() as s:
+        assert s.execute(text("select count(*) from recall_index_claims")).scalar() == 0
+        runs = s.execute(text("select id from agent_runs order by id")).scalars().all()
+    assert runs == ["run-1"]

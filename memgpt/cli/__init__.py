@@ -107,6 +107,8 @@ def _exit_code(code: object) -> int:
 
 
 def interrupted() -> NoReturn:
-    """How every Ctrl-C ends that no command handled itself: one line and the shell's code for SIGINT."""
+    """How every Ctrl-C ends that no command handled itself: one line and the shell's code for SIGINT, or for
+    SIGTERM (143 = 128 + 15) when it was a SIGTERM taken as Ctrl-C, e.g. one while `memgpt load` opens the home."""
     sys.stderr.write("Interrupted\n")
-    sys.exit(130)
+    interrupts = sys.modules.get("memgpt.interrupts")  # not imported yet: no SIGTERM was taken as Ctrl-C
+    sys.exit(143 if interrupts is not None and interrupts.termination_received() else 130)

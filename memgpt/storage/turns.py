@@ -44,6 +44,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import LeaseLostError, NotFoundError, StorageError
+from memgpt.storage.claims import CLAIMS
 from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
 from memgpt.storage.expiring import new_owner as new_owner
@@ -95,6 +96,44 @@ def forget_agent(c: Session | Connection, agent_id: str) -> None:
     # row before the agents row, which this transaction holds already (waiting for it was a deadlock).
     free = select(leases.c.agent_id).where(leases.c.agent_id.in_([agent_id, *ids])).with_for_update(skip_locked=True)
     c.execute(delete(leases).where(leases.c.agent_id.in_(free)))
+
+
+def sweep_deleted_agents(c: Session | Connection, dialect: str) -> None:
+    """What agents deleted since left behind, swept where an agent's old runs are forgotten: an agent's delete skips
+    a lease row its holder has locked (:func:`forget_agent`) and leaves it to that holder's release, and a lease, run
+    or recall indexing claim can be taken for an agent just deleted (by a process that read it before); a holder
+    that died first left its row for good, as nothing takes a lease or claim of an agent that is gone. Leases and
+    claims go once expired (a live holder's are left to its release); a lease keyed by a write's run (see
+    :func:`forget_agent`) is its agent's while that run is recorded. Runs go that no lease row names."""
+    runs, leases = _RUNS, _LEASES
+    agents = select(_agents().c.id)
+    now = database_now(dialect)
+    # A row locked now (its holder writing past its expiry) is skipped, not waited for, as forget_agent does.
+    orphaned = leases.c.agent_id.not_in(agents) & leases.c.agent_id.not_in(select(runs.c.id))
+    free = select(leases.c.agent_id).where(orphaned, leases.c.expires_at <= now).with_for_update(skip_locked=True)
+    c.execute(delete(leases).where(leases.c.agent_id.in_(free)))
+    lapsed = (CLAIMS.c.agent_id.not_in(agents), CLAIMS.c.expires_at <= now)
+    c.execute(
+        delete(CLAIMS).where(
+            CLAIMS.c.agent_id.in_(select(CLAIMS.c.agent_id).where(*lapsed).with_for_update(skip_locked=True))
+        )
+    )
+    keyed_agent = _after_colon(dialect, runs.c.agent_id)
+    gone = runs.c.agent_id.not_in(agents) & runs.c.id.not_in(select(leases.c.run_id))
+    if keyed_agent is not None:  # a write's run under ``<kind>:<agent id>``: its agent's
+        gone &= keyed_agent.not_in(agents)
+    else:  # no way to read the agent out of the key here: only the runs of turns
+        gone &= ~runs.c.agent_id.contains(":", autoescape=True)
+    c.execute(delete(runs).where(gone))
+
+
+def _after_colon(dialect: str, key: Any) -> Any:
+    """What follows the first ':' of ``key`` (the whole key when it has none), as SQL; None where not known how."""
+    if dialect == "sqlite":
+        return func.substr(key, func.instr(key, ":") + 1)
+    if dialect == "postgresql":
+        return func.substr(key, func.strpos(key, ":") + 1)
+    return None
 
 
 @dataclass(frozen=True)
@@ -493,6 +532,7 @@ class TurnStore:
         runs = _RUNS
         if keep is not None:
             c.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
+            sweep_deleted_agents(c, self._dialect)
         values = {"p_run": run.id, "p_agent": run.agent_id, "p_digest": run.digest, "p_now": now}
         c.execute(_prepared(self._dialect).record_run, values)
 
