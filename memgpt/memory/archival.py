@@ -133,18 +133,10 @@ class ArchivalMemory:
             where=where,
             with_text=False,
         )
-        shown = self._with_texts(hits[start : start + PAGE_SIZE])
+        shown = self._store.with_texts(hits[start : start + PAGE_SIZE])
         about = ranking_note(hits, self._store.supports_hybrid, "passages")
         more = len(hits) > start + PAGE_SIZE
         return RankedPage([_describe(h) for h in shown], number, more, about)
-
-    def _with_texts(self, hits: list[SearchHit]) -> list[SearchHit]:
-        """``hits`` with their passages read in full (one removed since it was ranked is left out)."""
-        if not hits:
-            return hits
-        ids = [h.passage.id for h in hits]
-        passages = {p.id: p for p in self._store.query(is_in("id", ids), limit=len(ids))}
-        return [replace(h, passage=passages[h.passage.id]) for h in hits if h.passage.id in passages]
 
     def hits(
         self,
