@@ -28,6 +28,12 @@ class PassageStore(ABC):
     #: file one process opens at a time): then work this process left running cannot meet another's.
     shared: bool = True
 
+    @property
+    def search_window(self) -> int | None:
+        """How deep (offset + limit) a search ranks by meaning and by words; past it the store ranks by
+        meaning alone (None: no such limit)."""
+        return None
+
     @abstractmethod
     def upsert(self, passages: Sequence[Passage]) -> None:
         """Insert or replace passages in one atomic batch. Every passage must carry an embedding."""

@@ -225,6 +225,11 @@ class MilvusPassageStore(PassageStore):
     def _read_options(self) -> dict[str, Any]:
         return self._target.search_consistency(self._caught_up)
 
+    @property
+    def search_window(self) -> int | None:
+        """Milvus caps offset + limit of one search; deeper pages go through a search iterator (``_deep``)."""
+        return MAX_WINDOW
+
     def _can_rank_text(self) -> bool:
         """Whether BM25 can run here. Milvus Lite 2.5.1 fails every BM25 search of a collection without
         rows (its average document length is 0/0: "NaN or Inf value"), and its server process prints a
