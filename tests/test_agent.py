@@ -189,6 +189,50 @@ def test_archival_search_header_counts_word_matches_not_every_passage(any_rig: R
     assert huge == f"No more results: page {10**12} is past the last one."
 
 
+def test_archival_pages_past_the_search_window_keep_one_page_ranked_by_meaning(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past Milvus's search window (16,384 results; 20 here) the store ranks by meaning alone through a search
+    iterator: archival search asks it for one page (and a hit more) at its offset, never every hit before it,
+    and the header says the page is ranked by meaning, not how many best-ranked passages share words."""
+    import memgpt.storage.milvus.store as milvus_store
+
+    monkeypatch.setattr(milvus_store, "MAX_WINDOW", 20)
+    agent = rig.create()
+    for i in range(30):
+        agent.archival.insert(f"Note {i}: the teal kettle number {i} sits on shelf {i % 7}.")
+    store = agent.archival._store
+    asked: list[tuple[int, int, int]] = []
+    search = store.search
+
+    def spy(vector: list[float], *, limit: int, offset: int = 0, **kwargs: object) -> object:
+        found = search(vector, limit=limit, offset=offset, **kwargs)  # type: ignore[arg-type]
+        asked.append((limit, offset, len(found)))
+        return found
+
+    monkeypatch.setattr(store, "search", spy)
+    within = agent.archival.search("teal kettle", 2).render("results").splitlines()  # results 11-15: 11+5 <= 20
+    assert asked == [(20, 0, 20)]
+    if store.supports_hybrid:
+        assert within[0].endswith("of the 20 best-ranked passages share words with the query.")
+    asked.clear()
+    deep = agent.archival.search("teal kettle", 3).render("results").splitlines()  # results 16-20, 21 > 20
+    assert asked == [(6, 15, 6)]  # one page and one hit more, not the 21 best with their texts
+    assert deep[0].startswith("Showing results 16-20, best first (page 3; more on page 4). Ranked by meaning (")
+    if store.supports_hybrid:
+        assert deep[0].endswith(
+            "(this Milvus ranks by shared words only among its 20 best-ranked passages; this page is past them)."
+        )
+    else:
+        assert deep[0].endswith("Ranked by meaning (this Milvus has no word search).")
+    assert "share words" not in deep[0]
+    assert len(deep) == 6 and all("teal kettle" in line for line in deep[1:])
+    last = agent.archival.search("teal kettle", 5).render("results").splitlines()
+    assert last[0].startswith("Showing results 26-30, best first (page 5; this is the last page). Ranked by meaning (")
+    shown = [line.split("Note ", 1)[1].split(":")[0] for page in (deep, last) for line in page[1:]]
+    assert len(set(shown)) == 10  # no passage twice
+
+
 def test_conversation_search_by_words_and_dates(any_rig: Rig) -> None:
     rig = any_rig
     agent = rig.create()

@@ -351,6 +351,19 @@ def test_pages_past_the_search_window(store: MilvusPassageStore) -> None:
     assert [h.passage.id for h in deep] == [f"p{i}" for i in range(10, 15)]
 
 
+def test_texts_read_after_ranking_leave_out_a_passage_removed_since(store: MilvusPassageStore) -> None:
+    """A search without texts, then its hits' texts read: a passage deleted in between is left out (there is
+    nothing of it to show), never shown with an empty text; the others keep their rank order."""
+    store.upsert([passage(i) for i in range(4)])
+    hits = store.search(unit(0), limit=4, with_text=False)
+    assert [h.passage.text for h in hits] == ["", "", "", ""]
+    store.delete(eq("id", "p1"))
+    read = store.with_texts(hits)
+    assert [h.passage.id for h in read] == ["p0", "p2", "p3"]
+    assert [h.passage.text for h in read] == [passage(i).text for i in (0, 2, 3)]
+    assert store.with_texts([]) == []
+
+
 @pytest.mark.parametrize(
     ("version", "bm25", "partition_key"),
     [

@@ -17,7 +17,14 @@ from memgpt.data.chunking import Chunker
 from memgpt.data.sections import strip_label
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import ToolError
-from memgpt.memory.paging import PAGE_SIZE, PAST_END_CHECK, RankedPage, check_page, ranking_note
+from memgpt.memory.paging import (
+    PAGE_SIZE,
+    PAST_END_CHECK,
+    RankedPage,
+    check_page,
+    deep_ranking_note,
+    ranking_note,
+)
 from memgpt.storage import Storage
 from memgpt.storage.agents import PASSAGE, StepEffect
 from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in, not_in
@@ -125,26 +132,32 @@ class ArchivalMemory:
         start = number * PAGE_SIZE
         if start >= PAST_END_CHECK and start >= self._store.count(where):  # a page far past the end: nothing to rank
             return RankedPage([], number, False)
+        window = self._store.search_window
+        if window is not None and start + PAGE_SIZE + 1 > window:  # past the hybrid window: one page, by meaning
+            return self._deep_page(query, number, where, window)
         # The same candidates the hybrid ranking fuses for any page within them, without texts: the page's are read.
         hits = self._store.search(
             self._model.embed(query),
             text=query,
-            limit=max(CANDIDATES, start + PAGE_SIZE + 1),
+            limit=min(max(CANDIDATES, start + PAGE_SIZE + 1), window or CANDIDATES),
             where=where,
             with_text=False,
         )
-        shown = self._with_texts(hits[start : start + PAGE_SIZE])
+        shown = self._store.with_texts(hits[start : start + PAGE_SIZE])
         about = ranking_note(hits, self._store.supports_hybrid, "passages")
         more = len(hits) > start + PAGE_SIZE
         return RankedPage([_describe(h) for h in shown], number, more, about)
 
-    def _with_texts(self, hits: list[SearchHit]) -> list[SearchHit]:
-        """``hits`` with their passages read in full (one removed since it was ranked is left out)."""
-        if not hits:
-            return hits
-        ids = [h.passage.id for h in hits]
-        passages = {p.id: p for p in self._store.query(is_in("id", ids), limit=len(ids))}
-        return [replace(h, passage=passages[h.passage.id]) for h in hits if h.passage.id in passages]
+    def _deep_page(self, query: str, number: int, where: Filter, window: int) -> RankedPage:
+        """Page ``number``, past the ``window`` the store ranks by meaning and words in: it ranks by meaning
+        alone there, and only this page (and one more hit, to tell whether there is a next) is kept."""
+        hits = self.hits(query, limit=PAGE_SIZE + 1, offset=number * PAGE_SIZE, where=where)
+        if self._store.supports_hybrid:
+            about = deep_ranking_note(window, "passages") if hits else ""
+        else:
+            about = ranking_note(hits, False, "passages")
+        more = len(hits) > PAGE_SIZE
+        return RankedPage([_describe(h) for h in hits[:PAGE_SIZE]], number, more, about)
 
     def hits(
         self,

@@ -83,3 +83,11 @@ def ranking_note(hits: Sequence[SearchHit], hybrid: bool, what: str) -> str:
         f"Ranked by meaning and by shared words (any word form; common words ignored): {sharing} of the "
         f"{len(hits)} best-ranked {what} {verb} words with the query."
     )
+
+
+def deep_ranking_note(window: int, what: str) -> str:
+    """How a page past a hybrid store's ``window`` (its ``search_window``) was ranked: by meaning alone."""
+    return (
+        f"Ranked by meaning (this Milvus ranks by shared words only among its {window:,} best-ranked {what}; "
+        "this page is past them)."
+    )

@@ -28,6 +28,12 @@ class PassageStore(ABC):
     #: file one process opens at a time): then work this process left running cannot meet another's.
     shared: bool = True
 
+    @property
+    def search_window(self) -> int | None:
+        """How deep (offset + limit) a search ranks by meaning and by words; past it the store ranks by
+        meaning alone (None: no such limit)."""
+        return None
+
     @abstractmethod
     def upsert(self, passages: Sequence[Passage]) -> None:
         """Insert or replace passages in one atomic batch. Every passage must carry an embedding."""
@@ -59,7 +65,12 @@ class PassageStore(ABC):
         """Best passages first: by meaning, and also by the words of ``text`` where ``supports_hybrid``,
         the two fused with ``weights`` (the store's default when None; see ``memgpt.storage.fusion``).
         ``with_text=False`` leaves the hits' ``passage.text`` empty, for callers that need only ids and
-        metadata (cheaper to fetch)."""
+        metadata (cheaper to fetch); ``with_texts`` reads them for the few that are shown."""
+
+    @abstractmethod
+    def with_texts(self, hits: Sequence[SearchHit]) -> list[SearchHit]:
+        """``hits`` (from ``search(with_text=False)``) with their passages' texts read, in the same order. A
+        passage removed since it was ranked is left out: there is nothing of it to show."""
 
     @abstractmethod
     def query(self, where: Filter, *, limit: int, offset: int = 0) -> list[Passage]:

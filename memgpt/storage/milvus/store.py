@@ -276,6 +276,11 @@ class MilvusPassageStore(PassageStore):
     def _read_options(self) -> dict[str, Any]:
         return self._target.search_consistency(self._caught_up)
 
+    @property
+    def search_window(self) -> int | None:
+        """Milvus caps offset + limit of one search; deeper pages go through a search iterator (``_deep``)."""
+        return MAX_WINDOW
+
     def _can_rank_text(self) -> bool:
         """Whether BM25 can run here. Milvus Lite 2.5.1 fails every BM25 search of a collection without
         rows (its average document length is 0/0: "NaN or Inf value"), and its server process prints a
@@ -307,7 +312,7 @@ class MilvusPassageStore(PassageStore):
         fields = FIELDS if with_text else _LIGHT
         if text and text.strip() and self._can_rank_text():
             hits = self._hybrid(vector, text, limit=limit, offset=offset, where=where, weights=weights or self.weights)
-            return self._with_texts(hits) if with_text else hits
+            return self.with_texts(hits) if with_text else hits
         return self._dense(vector, limit=limit, offset=offset, where=where, fields=fields)
 
     def _dense(
@@ -338,15 +343,15 @@ class MilvusPassageStore(PassageStore):
         keyword = self._keyword(text, limit=depth, where=where, fields=_LIGHT)
         return fuse(dense, keyword, weights)[offset : offset + limit]
 
-    def _with_texts(self, hits: list[SearchHit]) -> list[SearchHit]:
+    def with_texts(self, hits: Sequence[SearchHit]) -> list[SearchHit]:
         if not hits:
-            return hits
+            return []
         with milvus_errors("read passage texts"):
             rows = self._client.query(
                 self.collection, filter=is_in("id", [h.passage.id for h in hits]).expr, output_fields=["id", "text"]
             )
         texts = {row["id"]: row["text"] for row in rows}
-        return [replace(h, passage=replace(h.passage, text=texts.get(h.passage.id, ""))) for h in hits]
+        return [replace(h, passage=replace(h.passage, text=texts[h.passage.id])) for h in hits if h.passage.id in texts]
 
     def keyword_search(self, text: str, *, limit: int, where: Filter = MATCH_ALL) -> list[SearchHit]:
         """BM25 full-text search alone. Scores are BM25 relevance: higher is better, unbounded. Only
