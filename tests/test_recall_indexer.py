@@ -170,6 +170,30 @@ def test_withdrawing_an_item_drops_what_is_left_of_it() -> None:
     assert seen == ["agent"] and batcher.wait("agent", timeout=1)
 
 
+def test_a_waiter_gives_an_item_another_process_holds_its_patience_and_no_longer() -> None:
+    """An item another process does the work of (its claim) goes round again; a withdraw with no patience stops
+    waiting at the first pass that found it so, a wait with some patience once that much time has passed since
+    the first one did, and neither trusts a pass begun before it: the claim may have been let go since."""
+    held = threading.Event()
+    held.set()
+
+    def work(items: list[str]) -> Outcome:
+        return Outcome(elsewhere=set(items)) if held.is_set() else Outcome(finished=set(items))
+
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing")
+    batcher.request("agent")
+    started = time.monotonic()
+    assert batcher.withdraw("agent", timeout=10, patience=0.0) is False
+    assert time.monotonic() - started < 1.0
+    batcher.request("agent", urgent=True)
+    started = time.monotonic()
+    assert batcher.wait("agent", timeout=10, patience=1.5) is False
+    assert 0.5 < time.monotonic() - started < 3.0  # from the first pass that found it held: the withdraw's
+    held.clear()  # let go: the next pass does the work, and a wait waits for it
+    batcher.request("agent", urgent=True)
+    assert batcher.wait("agent", timeout=10, patience=0.0) is True
+
+
 def test_an_agent_opened_again_does_not_embed_its_last_message_again(storage: Storage) -> None:
     """A server opens an agent (and its recall index) anew for a turn: the message before the turn's first
     one was embedded by the last turn's index and is not embedded again; nor is a message without words,
