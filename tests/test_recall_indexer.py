@@ -18,11 +18,13 @@ from memgpt.agent.manager import create_agent, delete_agent
 from memgpt.config import load_config, save_config
 from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
-from memgpt.memory import recall as recall_module
 from memgpt.memory.background import Batcher, Outcome
-from memgpt.memory.recall import RecallIndex, RecallMemory, index_pass
+from memgpt.memory.paging import Page, RankedPage
+from memgpt.memory.recall import WORD_SEARCH_NOTE, RecallIndex, RecallMemory, index_pass
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
+from memgpt.storage.claims import IndexClaims
+from memgpt.storage.expiring import new_owner
 from memgpt.storage.filters import all_of, eq
 from memgpt.types import Message, Passage, Role, ToolCall
 from tests.milvus_server import TOKEN
@@ -166,6 +168,30 @@ def test_withdrawing_an_item_drops_what_is_left_of_it() -> None:
     assert batcher.withdraw("agent", timeout=0.05) is False  # waits for the pass under way, then drops the rest
     time.sleep(0.2)
     assert seen == ["agent"] and batcher.wait("agent", timeout=1)
+
+
+def test_a_waiter_gives_an_item_another_process_holds_its_patience_and_no_longer() -> None:
+    """An item another process does the work of (its claim) goes round again; a withdraw with no patience stops
+    waiting at the first pass that found it so, a wait with some patience once that much time has passed since
+    the first one did, and neither trusts a pass begun before it: the claim may have been let go since."""
+    held = threading.Event()
+    held.set()
+
+    def work(items: list[str]) -> Outcome:
+        return Outcome(elsewhere=set(items)) if held.is_set() else Outcome(finished=set(items))
+
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing")
+    batcher.request("agent")
+    started = time.monotonic()
+    assert batcher.withdraw("agent", timeout=10, patience=0.0) is False
+    assert time.monotonic() - started < 1.0
+    batcher.request("agent", urgent=True)
+    started = time.monotonic()
+    assert batcher.wait("agent", timeout=10, patience=1.5) is False
+    assert 0.5 < time.monotonic() - started < 3.0  # from the first pass that found it held: the withdraw's
+    held.clear()  # let go: the next pass does the work, and a wait waits for it
+    batcher.request("agent", urgent=True)
+    assert batcher.wait("agent", timeout=10, patience=0.0) is True
 
 
 def test_an_agent_opened_again_does_not_embed_its_last_message_again(storage: Storage) -> None:
@@ -330,8 +356,8 @@ def test_a_pass_that_outlived_its_claim_leaves_the_agent_to_the_pass_that_took_i
 ) -> None:
     """A pass slower than its claim (a slow embedding endpoint) finds the agent taken by another process's pass
     once the claim expired: it must not delete and insert alongside that pass (two entries of each message)."""
-    monkeypatch.setattr(recall_module, "_CLAIM_SECONDS", 3.0)
     with two_processes(home, milvus_server, server_database) as (slow, taker):
+        slow.claim_seconds = taker.claim_seconds = 3.0  # a lease's length (config.server.lease_seconds)
         agent_id = _agent(slow, model, "outlived")
         slow_inserted = threading.Event()
         recalls = []
@@ -374,3 +400,41 @@ def test_a_pass_that_outlived_its_claim_leaves_the_agent_to_the_pass_that_took_i
         assert store.count(where) == 4
         hits = store.search(model.embed("sailing"), limit=8, where=where, text="sailing")
         assert sorted(h.passage.id for h in hits) == sorted(f"{agent_id}-{i}" for i in range(4))
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_turn_never_waits_for_an_agent_a_stopped_process_holds_and_its_claim_lasts_a_lease(
+    home: Path, milvus_server: str, server_database: str, model: LocalMiniLM
+) -> None:
+    """A server process stopped (SIGSTOP, a frozen VM) mid-pass holds its claim on the agent: the process that
+    took the agent over had each turn's end wait 10 s for its indexing (``close``), a search 10 s more. Now a turn
+    ends without waiting, a search waits briefly and finds the messages by words; once the claim expires (a
+    lease's length), they are indexed, one entry each."""
+    with two_processes(home, milvus_server, server_database) as (stopped, other):
+        assert other.claim_seconds == load_config(home).server.lease_seconds
+        other.claim_seconds = 3.0  # the shortest lease the config allows
+        agent_id = _agent(stopped, model, "held")
+        held = IndexClaims(stopped.metadata, 6.0)
+        assert held.claim([agent_id], new_owner(), held.seconds) == {agent_id}  # its pass, then SIGSTOP
+        expires = time.monotonic() + held.seconds
+        index = RecallIndex(other.passages(model.space), model)
+        recall = RecallMemory(other, agent_id=agent_id, user_id="u", index=index)
+        recall.append(_messages(agent_id, 4))
+        started = time.monotonic()
+        recall.sync_later()  # a step's end
+        recall.close(wait=False)  # the turn's end, under the lease
+        closed = time.monotonic() - started
+        assert closed < 1.5, f"the turn's end waited {closed:.2f} s for the other process's claim"
+        started = time.monotonic()
+        found = recall.search("sailing")
+        searched = time.monotonic() - started
+        assert searched < 4.0, f"the search waited {searched:.2f} s"
+        assert isinstance(found, Page) and found.about == WORD_SEARCH_NOTE and found.total == 4, found
+        time.sleep(max(0.0, expires - time.monotonic()))
+        assert recall.wait_indexed(30)
+        where = all_of(eq("agent_id", agent_id), eq("kind", "recall"))
+        store = other.passages(model.space)
+        assert store.count(where) == 4
+        ranked = recall.search("sailing")
+        shown = "\n".join(ranked.items) if isinstance(ranked, RankedPage) else ""
+        assert all(f"Message {i} of" in shown for i in range(4)), ranked  # ranked, with its neighbours

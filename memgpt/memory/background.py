@@ -28,6 +28,9 @@ class Outcome:
 
     finished: set[Hashable] = field(default_factory=set)
     failed: set[Hashable] = field(default_factory=set)
+    # Not done because another process does that work now (it holds the item's claim): they go round again, but
+    # a waiter that gives such an item ``patience`` stops waiting for it (``Batcher.wait``).
+    elsewhere: set[Hashable] = field(default_factory=set)
 
 
 class Batcher(Generic[T]):
@@ -52,6 +55,8 @@ class Batcher(Generic[T]):
         self._busy: set[Hashable] = set()  # in the pass under way
         self._finished: dict[Hashable, bool] = {}  # what the last pass said of each (absent: all done)
         self._dropping: set[Hashable] = set()  # withdrawn during a pass: not to go round again
+        # Since when passes have found each in another process's hands, and when the last one did.
+        self._elsewhere: dict[Hashable, tuple[float, float]] = {}
         self._thread: threading.Thread | None = None
 
     def request(self, item: T, *, urgent: bool = False) -> None:
@@ -95,8 +100,13 @@ class Batcher(Generic[T]):
 
     def _settle(self, items: Sequence[T], outcome: Outcome) -> None:
         with self._changed:
+            now = time.monotonic()
             for item in items:
                 key = self._key(item)
+                if key in outcome.elsewhere:
+                    self._elsewhere[key] = (self._elsewhere.get(key, (now, now))[0], now)
+                else:
+                    self._elsewhere.pop(key, None)
                 if key in outcome.failed:
                     self._finished[key] = False
                 elif key in outcome.finished:
@@ -109,14 +119,22 @@ class Batcher(Generic[T]):
     def _pending(self, key: Hashable) -> bool:
         return key in self._waiting or key in self._busy
 
-    def wait(self, item: T, timeout: float | None = None) -> bool:
+    def wait(self, item: T, timeout: float | None = None, *, patience: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: as long as it takes) until ``item`` has no work pending; returns
-        whether its last pass finished everything (False as well when the time ran out)."""
+        whether its last pass finished everything (False as well when the time ran out). ``patience``: wait no
+        longer once passes have found the item in another process's hands (``Outcome.elsewhere``) for that many
+        seconds (0: at once), the last of them begun after this wait: that process does the work, or this one
+        once it lets go."""
         key = self._key(item)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        begun = time.monotonic()
+        deadline = None if timeout is None else begun + timeout
         with self._changed:
             while self._pending(key):
                 left = None if deadline is None else deadline - time.monotonic()
+                seen = self._elsewhere.get(key)
+                if patience is not None and seen is not None and seen[1] >= begun:
+                    given = seen[0] + patience - time.monotonic()
+                    left = given if left is None else min(left, given)
                 if left is not None and left <= 0:
                     return False
                 self._changed.wait(left)
@@ -137,16 +155,16 @@ class Batcher(Generic[T]):
                 self._changed.wait(left)
             return True
 
-    def withdraw(self, item: T, timeout: float | None = None) -> bool:
-        """Let ``item``'s pending work finish for up to ``timeout`` seconds, then drop what is left of it (a pass
-        under way ends first: one batch); returns whether everything was done. The same key asked for by
-        another item since stays asked for."""
+    def withdraw(self, item: T, timeout: float | None = None, *, patience: float | None = None) -> bool:
+        """Let ``item``'s pending work finish for up to ``timeout`` seconds (and ``patience``, as ``wait``'s),
+        then drop what is left of it (a pass under way ends first: one batch); returns whether everything was
+        done. The same key asked for by another item since stays asked for."""
         key = self._key(item)
         with self._changed:
             if key in self._waiting:  # its caller waits: no gathering pause
                 self._urgent = True
                 self._changed.notify_all()
-        done = self.wait(item, timeout)
+        done = self.wait(item, timeout, patience=patience)
         with self._changed:
             if self._waiting.get(key) is item:
                 del self._waiting[key]

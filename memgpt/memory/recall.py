@@ -49,12 +49,15 @@ _INDEX_BATCH = 128  # messages per pass, over every agent waiting: a /pop waits 
 # gathered ~7-18 agents at 50 clients). Nothing waits for it: a search asks urgently (no pause), a stop settles.
 _GATHER = 0.25
 CATCH_UP_SECONDS = 10.0  # a search waits this long for the index, then uses the SQL word search
-# A pass's claim on its agents where other processes index them too (storage/claims.py): a process killed
-# mid-pass on another host holds them this long (one on this host, not at all). The pass renews it right before
-# its delete and insert and writes only the agents it still holds, so a pass slower than this (a slow embedding
-# endpoint) loses its agents rather than writes them alongside the pass that took them; only the delete and
-# insert of one batch must take less.
-_CLAIM_SECONDS = 60.0
+# A pass's claim on its agents where other processes index them too (storage/claims.py) lasts as long as a
+# server's lease (Storage.claim_seconds): a process killed mid-pass on another host, or one stopped (SIGSTOP, a
+# frozen VM), holds them this long (one killed on this host, not at all). The pass renews it right before its
+# delete and insert and writes only the agents it still holds, so a pass slower than this (a slow embedding
+# endpoint) keeps its agents unless another pass took them meanwhile, and then loses them rather than writes them
+# alongside that pass; only the delete and insert of one batch must take less. Nothing waits for another
+# process's claim long: a turn's end not at all (``close``), a search ``_ELSEWHERE_PATIENCE`` seconds (then the
+# SQL word search); what that process leaves unindexed is indexed at the agent's next request once it lets go.
+_ELSEWHERE_PATIENCE = 2.0
 _ELSEWHERE_PAUSE = 0.02  # seconds a pass that found its agents in another process's pass waits before its next
 _MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole message stays in SQL
 # Own embeddings kept for the next batch's first message, per model and process (see RecallIndex): one per
@@ -286,7 +289,8 @@ class RecallMemory:
         # removed: a pass never marks a message indexed under text it no longer has, nor indexes a removed one.
         self._writing = _writing_lock(self.key)
         # Where other processes index the agent too, a pass claims it first (one writer of its entries at a time).
-        self._claims = IndexClaims(storage.metadata) if index is not None and index.store.shared else None
+        shared = index is not None and index.store.shared
+        self._claims = IndexClaims(storage.metadata, storage.claim_seconds) if shared else None
         self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
     @property
@@ -376,15 +380,16 @@ class RecallMemory:
         if self._index is None:
             return False
         indexer().request(self, urgent=True)
-        return indexer().wait(self, timeout)
+        return indexer().wait(self, timeout, patience=_ELSEWHERE_PATIENCE)
 
     def close(self, timeout: float = 10.0, *, wait: bool = True) -> None:
         """Let this agent's indexing finish for up to ``timeout`` seconds, then withdraw it (what is left is
         indexed when the agent is opened again). ``wait=False``: wait only when another process may index the
         agent next (a shared index); else the process's indexer finishes the work in its own time, a search of
-        the agent waits for it, and what a stop leaves is indexed at the next open."""
+        the agent waits for it, and what a stop leaves is indexed at the next open. Never for an agent another
+        process's pass holds (its claim): that pass, or the next one once it lets go, indexes the messages."""
         if self._index is not None and (wait or self._index.store.shared):
-            indexer().withdraw(self, timeout)
+            indexer().withdraw(self, timeout, patience=0.0)
 
     def search(
         self, query: str, page: int | None = 0, *, start_date: str = "", end_date: str = "", role: str = ""
@@ -528,6 +533,7 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
                     _failed(outcome, [recall for recall, _ in marks], exc)
         for _, index, pairs in work:
             index.remember(pairs, fresh)
+    outcome.elsewhere = set(claimed.elsewhere)
     if claimed.elsewhere and not work:  # they go round again: once the other process's pass is likely over
         time.sleep(_ELSEWHERE_PAUSE)
     return outcome
@@ -586,7 +592,7 @@ class _Claimed:
         lost: set[Hashable] = set()
         for owner, (claims, recalls) in self.owners.items():
             try:
-                held = claims.renew([recall.agent_id for recall in recalls], owner, _CLAIM_SECONDS)
+                held = claims.renew([recall.agent_id for recall in recalls], owner, claims.seconds)
             except MemGPTError as exc:
                 _failed(outcome, recalls, exc)
                 continue
@@ -607,7 +613,7 @@ def _claimed(
         return group
     owner = new_owner()
     try:
-        mine = claims.claim([recall.agent_id for recall in shared], owner, _CLAIM_SECONDS)
+        mine = claims.claim([recall.agent_id for recall in shared], owner, claims.seconds)
     except MemGPTError as exc:
         _failed(outcome, shared, exc)
         return [(recall, index) for recall, index in group if recall._claims is None]

@@ -116,6 +116,9 @@ class Storage:
             # A server's lease lasts this long: no transaction stopped midway blocks its takeover for longer.
             url, idle = config.metadata_database_url(home), config.server.lease_seconds
             self.metadata: MetadataStore = MetadataStore(url, idle_transaction_seconds=idle)
+            # A recall indexing pass's claim on an agent (storage/claims.py) lasts as long as a lease: a process
+            # stopped holding one keeps others from indexing that agent no longer than from taking it over.
+            self.claim_seconds: float = idle
         except BaseException:
             self._close_vectors()
             raise

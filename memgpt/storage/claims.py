@@ -55,8 +55,10 @@ class IndexClaims:
     """Claims on agents' recall indexing; every method is one transaction (but for databases without ON
     CONFLICT, where each agent's claim is its own)."""
 
-    def __init__(self, metadata: MetadataStore) -> None:
+    def __init__(self, metadata: MetadataStore, seconds: float = 60.0) -> None:
+        """``seconds``: how long its users' claims last (the ``ttl`` they give ``claim`` and ``renew``)."""
         self._metadata = metadata
+        self.seconds = seconds
 
     @property
     def _dialect(self) -> str:
