@@ -44,8 +44,13 @@ def endless(agent: AgentContext, ratio: float = float("inf")) -> str:
     return str(ratio)
 
 
+def private(agent: AgentContext, text: str, _hidden: str = "") -> str:
+    """A name pydantic keeps out of the schema: pydantic writes the schema."""
+    return text
+
+
 MADE_HERE: list[Callable[..., Any]] = [plain, defaults, mixed]
-BY_PYDANTIC: list[Callable[..., Any]] = [optional, endless]
+BY_PYDANTIC: list[Callable[..., Any]] = [optional, endless, private]
 
 
 def _made(function: Callable[..., Any], heartbeat: bool) -> Tool:

@@ -135,7 +135,7 @@ def _plain_schema(fields: dict[str, Any]) -> dict[str, Any] | None:
     required: list[str] = []
     for name, (annotation, default) in fields.items():
         kind = _PLAIN_TYPES.get(annotation) if isinstance(annotation, type) else None
-        if kind is None:
+        if kind is None or name.startswith("_") or hasattr(BaseModel, name):  # pydantic treats those names apart
             return None
         if default is ...:
             properties[name] = {"type": kind}
