@@ -96,6 +96,8 @@ def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer_nor_httpx(
         # POSTs to a local http:// LLM go over http.client; httpx (~0.1 CPU s with its client) stays out.
         assert "httpx" not in modules
         assert "semchunk" not in modules  # archival memory's chunker is made at its first insert
+        # An agent without MCP servers reads no registry (a pydantic model) and makes no MCP tools (~5 ms).
+        assert modules & {"memgpt.mcp.registry", "memgpt.mcp.tools", "mcp"} == set()
 
 
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the

@@ -224,10 +224,13 @@ def chat_servers(storage: Storage, for_run: Sequence[str]) -> Iterator[ChatServe
     """The MCP servers of one `memgpt run`; an unknown --mcp name stops it before anything starts, and
     every server started is stopped when it ends."""
     from memgpt.mcp.pool import ServerPool
-    from memgpt.mcp.registry import load_servers, pick_servers
 
     home = _home()
-    names = [spec.name for spec in pick_servers(load_servers(home), for_run)] if for_run else []
+    names: list[str] = []
+    if for_run:
+        from memgpt.mcp.registry import load_servers, pick_servers
+
+        names = [spec.name for spec in pick_servers(load_servers(home), for_run)]
     pool = ServerPool(home, retry_seconds=0)  # a person asked: always try again
     try:
         yield ChatServers(pool, storage, names)

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memgpt.errors import ConfigError, UserError
-from memgpt.mcp.registry import ServerSpec, load_servers, pick_servers
 
 if TYPE_CHECKING:
     from memgpt.agent.tools import Tool
     from memgpt.mcp.client import MCPClients
+    from memgpt.mcp.registry import ServerSpec
     from memgpt.storage import Storage
     from memgpt.types import AgentState
 
@@ -41,6 +41,8 @@ def attached_servers(storage: Storage, state: AgentState) -> list[str]:
 
 def attach_server(storage: Storage, home: Path, state: AgentState, name: str) -> tuple[ServerSpec, bool]:
     """Attach an added MCP server to the agent; (its spec, False) when it was attached already."""
+    from memgpt.mcp.registry import load_servers, pick_servers
+
     spec = pick_servers(load_servers(home), [name.strip()])[0]
     return spec, storage.mcp_servers.attach(state.id, spec.name)
 
@@ -93,11 +95,12 @@ class ServerPool:
     def tools(self, names: Iterable[str], reserved: Iterable[str] = ()) -> tuple[list[Tool], list[str]]:
         """The tools of the named servers (started now when needed) and a one-line warning for each
         server that cannot be offered."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:  # most agents have no servers: the registry's and the tools' modules stay unimported
+            return [], []
+        from memgpt.mcp.registry import load_servers
         from memgpt.mcp.tools import mcp_tools
 
-        wanted = list(dict.fromkeys(names))
-        if not wanted:
-            return [], []
         try:
             registry = load_servers(self.home)
         except ConfigError as exc:

@@ -73,7 +73,7 @@ def adapt(clients: MCPClients, remote: RemoteTool, name: str) -> Tool:
         return output.text
 
     description = remote.description.strip() or f"Tool {remote.name} of the MCP server {remote.server}."
-    return Tool(name, description, _parameters(remote.input_schema), _PassThrough, call)
+    return Tool(name, description, _parameters(remote.input_schema), lambda: _PassThrough, call)
 
 
 def mcp_tools(
