@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,9 +49,10 @@ VECTORS = {"pymilvus", "grpc", "onnxruntime", "numpy", "tokenizers"}
 NEVER = {"pandas", "pyarrow", "requests", "urllib3", "dateutil"}
 
 
-def imported(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
+def probed(script: str, home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """What ``script`` (run as ``python -c script OUT memgpt-args...``) wrote to ``out`` as JSON."""
     done = subprocess.run(
-        [sys.executable, "-c", IMPORTED_BY, str(out), *args],
+        [sys.executable, "-c", script, str(out), *args],
         env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1", **(env or {})},
         cwd=REPO,
         capture_output=True,
@@ -59,7 +61,11 @@ def imported(home: Path, out: Path, *args: str, env: dict[str, str] | None = Non
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return set(json.loads(out.read_text()))
+    return json.loads(out.read_text())
+
+
+def imported(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
+    return set(probed(IMPORTED_BY, home, out, *args, env=env))
 
 
 def test_commands_on_sources_import_only_what_they_use(home: Path, tmp_path: Path) -> None:
@@ -305,17 +311,7 @@ memgpt.cli.executable()
 
 
 def collector(home: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", COLLECTOR, str(out), *args],
-        env={**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1", **(env or {})},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return dict(json.loads(out.read_text()))
+    return dict(probed(COLLECTOR, home, out, *args, env=env))
 
 
 def test_the_garbage_collector_is_paused_for_start_up_and_runs_for_the_work(
