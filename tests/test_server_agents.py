@@ -471,6 +471,48 @@ def test_a_retried_passages_create_stores_the_text_once(server: LiveServer, monk
     assert len(letta.agents.passages.list(agent_id)) == 2
 
 
+@pytest.mark.usefixtures("metadata_url")  # the kept run's lease taken again, on SQLite and on PostgreSQL
+def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_once(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus takes a long text in batches; when it refuses the second, the first is stored already and the request
+    fails with a 503, which letta-client sends again by itself. The retry rewrites the passages the failed try wrote
+    (their ids derive from its run), so each is there once; its answer lists them all."""
+    from memgpt.storage.milvus import store
+
+    monkeypatch.setattr(store, "_WRITE_BATCH", 2)
+    real = store.MilvusPassageStore._insert_columns
+    batches: list[int] = []
+
+    def refuse_the_second(self: store.MilvusPassageStore, rows: list[dict[str, Any]]) -> None:
+        batches.append(len(rows))
+        if len(batches) == 2:
+            from pymilvus.exceptions import MilvusException
+
+            raise MilvusException(message="the second batch is refused")
+        real(self, rows)
+
+    monkeypatch.setattr(store.MilvusPassageStore, "_insert_columns", refuse_the_second)
+    letta = client(server)
+    agent_id = sam(letta)
+    retries: list[str] = []
+    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
+    retrying = Letta(
+        base_url=server.url,
+        api_key=server.key(),
+        max_retries=2,
+        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
+    )
+    long_text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(200))
+    made = retrying.agents.passages.create(agent_id, text=long_text)
+    assert retries[:2] == ["0", "1"], retries  # the first try failed and was sent again
+    stored = letta.agents.passages.list(agent_id, limit=1000)
+    assert len(made) > 2 and len(stored) == len(made), "the retry stored a second copy of what the failed try wrote"
+    assert batches == [2, 2], batches  # the retry rewrote (upserted) the rows: no insert of its own
+    texts = {p.id: p.text for p in stored}
+    assert [texts.get(p.id) for p in made] == [p.text for p in made]
+
+
 def test_search_covers_attached_sources_but_list_and_delete_only_the_agents_own(
     letta: Letta, server: LiveServer, model: LocalMiniLM
 ) -> None:
