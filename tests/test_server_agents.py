@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +23,9 @@ from letta_client import BadRequestError, Letta, NotFoundError, UnprocessableEnt
 from memgpt.agent.manager import attach_source
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
-from tests.conftest import DATA, load
+from tests.conftest import DATA, load, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, auth, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
 
 HANDLE = "openai-compatible/scripted"
 
@@ -511,6 +516,78 @@ def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_onc
     assert batches == [2, 2], batches  # the retry rewrote (upserted) the rows: no insert of its own
     texts = {p.id: p.text for p in stored}
     assert [texts.get(p.id) for p in made] == [p.text for p in made]
+
+
+# `memgpt server` whose Milvus writes go two passages a batch, each batch 0.2 s: a long insert lasts long enough
+# for the test to see it half done and kill the process then.
+_SLOW_INSERTS = """
+import sys, time
+from memgpt.storage.milvus import store
+store._WRITE_BATCH = 2
+real = store.MilvusPassageStore._insert_columns
+def slow(self, rows):
+    real(self, rows)
+    time.sleep(0.2)
+store.MilvusPassageStore._insert_columns = slow
+from memgpt.cli import executable
+executable()
+"""
+
+
+class _SlowInserts(ServerProcess):
+    def start(self) -> None:
+        env = {**os.environ, "MEMGPT_HOME": str(self.home)}
+        command = [sys.executable, "-c", _SLOW_INSERTS, "server", "--port", str(self.port)]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_a_retry_of_a_passages_create_whose_server_was_killed_midway_stores_each_passage_once(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """kill -9 of the server while it writes a long text's passages: the run it recorded is unfinished, its lease's
+    owner dead. letta-client's retry, to the restarted server, redoes the work as that run, rewriting the passages
+    the dead try wrote (same ids) instead of adding a second copy."""
+    use_scripted_llm(home, llm.url)
+    created = run_cli("key", "create", home=home)
+    assert created.returncode == 0, created.stderr
+    key = next(w for w in created.stdout.split() if w.startswith("sk-"))
+    body = {"text": " ".join(f"Sentence {i} about the harbour and the weather." for i in range(600))}
+    slow = _SlowInserts(home)
+    slow.wait_ready()
+    try:
+        agent_id = sam(Letta(base_url=slow.url, api_key=key, max_retries=0))
+        url = f"{slow.url}/v1/agents/{agent_id}/archival-memory"
+
+        def first_try() -> None:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.post(url, json=body, headers=auth(key), timeout=120)
+
+        threading.Thread(target=first_try, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not (seen := httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()):
+            assert time.monotonic() < deadline, "the insert wrote nothing in 60 s"
+            time.sleep(0.05)
+        slow.process.send_signal(signal.SIGKILL)
+        slow.process.wait(timeout=30)
+    finally:
+        if slow.process.poll() is None:
+            slow.process.kill()
+    server = ServerProcess(home)
+    server.wait_ready()
+    try:
+        url = f"{server.url}/v1/agents/{agent_id}/archival-memory"
+        before = httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()
+        retried = httpx.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
+        assert retried.status_code == 200, retried.text
+        made = retried.json()
+        stored = httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()
+    finally:
+        server.stop()
+    print(f"seen before the kill: {len(seen)}, after the restart: {len(before)}, of {len(made)}")
+    assert 0 < len(before) < len(made), (len(seen), len(before), len(made))  # killed halfway, some rows stored
+    assert len(stored) == len(made), "the retry stored a second copy of what the killed try wrote"
+    assert {p["id"]: p["text"] for p in stored} == {p["id"]: p["text"] for p in made}
 
 
 def test_search_covers_attached_sources_but_list_and_delete_only_the_agents_own(
