@@ -516,6 +516,43 @@ def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_onc
     assert batches == [2, 2], batches  # the retry rewrote (upserted) the rows: no insert of its own
     texts = {p.id: p.text for p in stored}
     assert [texts.get(p.id) for p in made] == [p.text for p in made]
+    from sqlalchemy import select
+
+    from memgpt.storage.turns import _RUNS
+
+    with server.state.storage.metadata.connection() as c:
+        (run,) = c.execute(select(_RUNS).where(_RUNS.c.agent_id == f"passages:{agent_id}")).all()
+    assert run.status == "finished" and json.loads(run.response) == [p.id for p in made]  # ids, not the texts
+
+
+def test_two_retries_of_one_failed_write_redo_it_once(server: LiveServer) -> None:
+    """Retries of a write that failed redo it as its run; one that comes while another redoes it is told so (409)."""
+    from pydantic import TypeAdapter
+
+    from memgpt.errors import ConflictError
+    from memgpt.server.retried import RetriedWrite
+
+    def write() -> RetriedWrite[list[str]]:
+        return RetriedWrite(server.state.turns(), "passages:x", "a" * 64, TypeAdapter(list[str]), "still running")
+
+    failed = write()
+
+    def refused() -> list[str]:
+        raise ConflictError("refused")
+
+    with pytest.raises(ConflictError, match="refused"):
+        failed.run(refused)
+    first, second = write(), write()
+    assert first.earlier() is None and second.earlier() is None
+    assert first.attempt == second.attempt == failed.attempt and first.again and second.again
+
+    def redo() -> list[str]:
+        with pytest.raises(ConflictError, match="still running"):
+            second.run(lambda: ["passage-2"])
+        return ["passage-1"]
+
+    assert first.run(redo) == ["passage-1"]
+    assert write().earlier() == ["passage-1"]
 
 
 # `memgpt server` whose Milvus writes go two passages a batch, each batch 0.2 s: a long insert lasts long enough
