@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +23,9 @@ from letta_client import BadRequestError, Letta, NotFoundError, UnprocessableEnt
 from memgpt.agent.manager import attach_source
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
-from tests.conftest import DATA, load
+from tests.conftest import DATA, load, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, auth, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
 
 HANDLE = "openai-compatible/scripted"
 
@@ -469,6 +474,157 @@ def test_a_retried_passages_create_stores_the_text_once(server: LiveServer, monk
     again = letta.agents.passages.create(agent_id, text="Chad likes green tea.", tags=["pref"])  # on purpose
     assert len(calls) == 2 and [p.id for p in again] != [p.id for p in made]
     assert len(letta.agents.passages.list(agent_id)) == 2
+
+
+@pytest.mark.usefixtures("metadata_url")  # the kept run's lease taken again, on SQLite and on PostgreSQL
+def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_once(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus takes a long text in batches; when it refuses the second, the first is stored already and the request
+    fails with a 503, which letta-client sends again by itself. The retry rewrites the passages the failed try wrote
+    (their ids derive from its run), so each is there once; its answer lists them all."""
+    from memgpt.storage.milvus import store
+
+    monkeypatch.setattr(store, "_WRITE_BATCH", 2)
+    real = store.MilvusPassageStore._insert_columns
+    batches: list[int] = []
+
+    def refuse_the_second(self: store.MilvusPassageStore, rows: list[dict[str, Any]]) -> None:
+        batches.append(len(rows))
+        if len(batches) == 2:
+            from pymilvus.exceptions import MilvusException
+
+            raise MilvusException(message="the second batch is refused")
+        real(self, rows)
+
+    monkeypatch.setattr(store.MilvusPassageStore, "_insert_columns", refuse_the_second)
+    letta = client(server)
+    agent_id = sam(letta)
+    retries: list[str] = []
+    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
+    retrying = Letta(
+        base_url=server.url,
+        api_key=server.key(),
+        max_retries=2,
+        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
+    )
+    long_text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(200))
+    made = retrying.agents.passages.create(agent_id, text=long_text)
+    assert retries[:2] == ["0", "1"], retries  # the first try failed and was sent again
+    stored = letta.agents.passages.list(agent_id, limit=1000)
+    assert len(made) > 2 and len(stored) == len(made), "the retry stored a second copy of what the failed try wrote"
+    assert batches == [2, 2], batches  # the retry rewrote (upserted) the rows: no insert of its own
+    texts = {p.id: p.text for p in stored}
+    assert [texts.get(p.id) for p in made] == [p.text for p in made]
+    from sqlalchemy import select
+
+    from memgpt.storage.turns import _RUNS
+
+    with server.state.storage.metadata.connection() as c:
+        (run,) = c.execute(select(_RUNS).where(_RUNS.c.agent_id == f"passages:{agent_id}")).all()
+    assert run.status == "finished" and json.loads(run.response) == [p.id for p in made]  # ids, not the texts
+
+
+def test_two_retries_of_one_failed_write_redo_it_once(server: LiveServer) -> None:
+    """Retries of a write that failed redo it as its run; one that comes while another redoes it is told so (409)."""
+    from pydantic import TypeAdapter
+
+    from memgpt.errors import ConflictError
+    from memgpt.server.retried import RetriedWrite
+
+    def write() -> RetriedWrite[list[str]]:
+        return RetriedWrite(server.state.turns(), "passages:x", "a" * 64, TypeAdapter(list[str]), "still running")
+
+    failed = write()
+
+    def refused() -> list[str]:
+        raise ConflictError("refused")
+
+    with pytest.raises(ConflictError, match="refused"):
+        failed.run(refused)
+    first, second = write(), write()
+    assert first.earlier() is None and second.earlier() is None
+    assert first.attempt == second.attempt == failed.attempt and first.again and second.again
+
+    def redo() -> list[str]:
+        with pytest.raises(ConflictError, match="still running"):
+            second.run(lambda: ["passage-2"])
+        return ["passage-1"]
+
+    assert first.run(redo) == ["passage-1"]
+    assert write().earlier() == ["passage-1"]
+
+
+# `memgpt server` whose Milvus writes go two passages a batch, each batch 0.2 s: a long insert lasts long enough
+# for the test to see it half done and kill the process then.
+_SLOW_INSERTS = """
+import sys, time
+from memgpt.storage.milvus import store
+store._WRITE_BATCH = 2
+real = store.MilvusPassageStore._insert_columns
+def slow(self, rows):
+    real(self, rows)
+    time.sleep(0.2)
+store.MilvusPassageStore._insert_columns = slow
+from memgpt.cli import executable
+executable()
+"""
+
+
+class _SlowInserts(ServerProcess):
+    def start(self) -> None:
+        env = {**os.environ, "MEMGPT_HOME": str(self.home)}
+        command = [sys.executable, "-c", _SLOW_INSERTS, "server", "--port", str(self.port)]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_a_retry_of_a_passages_create_whose_server_was_killed_midway_stores_each_passage_once(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """kill -9 of the server while it writes a long text's passages: the run it recorded is unfinished, its lease's
+    owner dead. letta-client's retry, to the restarted server, redoes the work as that run, rewriting the passages
+    the dead try wrote (same ids) instead of adding a second copy."""
+    use_scripted_llm(home, llm.url)
+    created = run_cli("key", "create", home=home)
+    assert created.returncode == 0, created.stderr
+    key = next(w for w in created.stdout.split() if w.startswith("sk-"))
+    body = {"text": " ".join(f"Sentence {i} about the harbour and the weather." for i in range(600))}
+    slow = _SlowInserts(home)
+    slow.wait_ready()
+    try:
+        agent_id = sam(Letta(base_url=slow.url, api_key=key, max_retries=0))
+        url = f"{slow.url}/v1/agents/{agent_id}/archival-memory"
+
+        def first_try() -> None:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.post(url, json=body, headers=auth(key), timeout=120)
+
+        threading.Thread(target=first_try, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not (seen := httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()):
+            assert time.monotonic() < deadline, "the insert wrote nothing in 60 s"
+            time.sleep(0.05)
+        slow.process.send_signal(signal.SIGKILL)
+        slow.process.wait(timeout=30)
+    finally:
+        if slow.process.poll() is None:
+            slow.process.kill()
+    server = ServerProcess(home)
+    server.wait_ready()
+    try:
+        url = f"{server.url}/v1/agents/{agent_id}/archival-memory"
+        before = httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()
+        retried = httpx.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
+        assert retried.status_code == 200, retried.text
+        made = retried.json()
+        stored = httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()
+    finally:
+        server.stop()
+    print(f"seen before the kill: {len(seen)}, after the restart: {len(before)}, of {len(made)}")
+    assert 0 < len(before) < len(made), (len(seen), len(before), len(made))  # killed halfway, some rows stored
+    assert len(stored) == len(made), "the retry stored a second copy of what the killed try wrote"
+    assert {p["id"]: p["text"] for p in stored} == {p["id"]: p["text"] for p in made}
 
 
 def test_search_covers_attached_sources_but_list_and_delete_only_the_agents_own(

@@ -32,6 +32,13 @@ from memgpt.storage.fusion import CANDIDATES
 from memgpt.storage.turns import Fence
 from memgpt.types import Passage, SearchHit, utc_now
 
+_IDS = uuid.UUID("5c0e3a52-8f1d-4f57-9d0e-6b1a2f0c7d41")  # the namespace of passage ids derived from an attempt's
+
+
+def passage_id(attempt: str, index: int) -> str:
+    """The id of chunk ``index`` of the text an ``attempt`` (a retried write's run) stores: the same in its retries."""
+    return f"passage-{uuid.uuid5(_IDS, f'{attempt}:{index}')}"
+
 
 class ArchivalMemory:
     """One agent's archival memory, in ``model``'s embedding space (the agent's, checked when it is opened)."""
@@ -83,11 +90,21 @@ class ArchivalMemory:
         return len(self.add(content, step_id=step_id))
 
     def add(
-        self, content: str, *, tags: Sequence[str] = (), created_at: datetime | None = None, step_id: str = ""
+        self,
+        content: str,
+        *,
+        tags: Sequence[str] = (),
+        created_at: datetime | None = None,
+        step_id: str = "",
+        attempt: str = "",
+        again: bool = False,
     ) -> list[Passage]:
         """Store ``content`` as the agent's own passages (split if it is longer than the model takes),
         with ``tags`` in their metadata; returns them (without embeddings). With a ``step_id`` the
-        passages are recorded under that step before they are written (see ``memgpt.storage.agents``)."""
+        passages are recorded under that step before they are written (see ``memgpt.storage.agents``).
+        With an ``attempt`` (the run of a write a client may retry) their ids derive from it and the chunk's
+        position, so a retry of it that redoes the work (``again``: an earlier try failed or died, perhaps after
+        writing some) rewrites the same rows instead of adding a second copy."""
         if not content.strip():
             raise ToolError("content is empty; nothing was stored")
         chunks = self._chunker.split(content)
@@ -96,7 +113,7 @@ class ArchivalMemory:
         metadata = {"tags": list(dict.fromkeys(tags))} if tags else {}
         passages = [
             Passage(
-                id=f"passage-{uuid.uuid4()}",
+                id=passage_id(attempt, index) if attempt else f"passage-{uuid.uuid4()}",
                 text=chunk,
                 user_id=self.user_id,
                 agent_id=self.agent_id,
@@ -111,9 +128,20 @@ class ArchivalMemory:
             effects = [StepEffect(step_id, PASSAGE, p.id) for p in passages]
             self._storage.agents.record_effects(self.agent_id, effects, fence=self.fence)
             self.last_recorded_step = step_id
-        self._store.insert(passages)  # the ids are new: no old row to replace
+        if again:
+            self._store.upsert(passages)  # an earlier try may have written some of these ids
+        else:
+            self._store.insert(passages)  # the ids are new: no old row to replace
         self._written()
         return [replace(p, embedding=None) for p in passages]
+
+    def own_by_ids(self, passage_ids: Sequence[str]) -> list[Passage]:
+        """The agent's own passages of these ids (those that are still stored), in the order given."""
+        if not passage_ids:
+            return []
+        where = self._own() & is_in("id", list(passage_ids))
+        found = {p.id: p for batch in self._store.iterate(where) for p in batch}
+        return [found[i] for i in passage_ids if i in found]
 
     def remove(self, passage_ids: list[str]) -> None:
         """Delete some of the agent's own passages (what a step that was undone or forgotten wrote)."""

@@ -2,7 +2,12 @@
 it again (twice, by default), saying so in ``X-Stainless-Retry-Count``, while the server may still be working on
 the first attempt. A write whose work can outlast that (an API import, a long text added to archival memory) is
 recorded as a run, under a lease of its own as a turn is, with its answer kept for ``RETRY_WINDOW``: a retry with
-the same body gets the first attempt's answer, waiting while it runs, and nothing is written twice."""
+the same body gets the first attempt's answer, waiting while it runs, and nothing is written twice.
+
+An attempt that failed (say, Milvus refused its second batch) or whose process died may have written part of its
+work. Its run is kept, unfinished: a retry redoes the work under the same run (``attempt``, with ``again`` set), and
+the work derives what it writes from that id (a passage's id from the run and the chunk's position), so the retry
+rewrites the same rows instead of adding a second copy."""
 
 from __future__ import annotations
 
@@ -38,30 +43,38 @@ class RetriedWrite(Generic[T]):
     ) -> None:
         self.runner, self.turns = runner, runner.state.storage.turns
         self.key, self.digest, self.answer, self.still_running = key, digest, answer, still_running
+        self.attempt = f"run-{uuid.uuid4()}"  # the run this request's work is recorded as: an earlier try's to redo
+        self.again = False  # whether that run is an earlier try's (which failed or died, perhaps midway)
 
     def earlier(self) -> T | None:
         """The answer of the attempt this request retries, waiting while it runs; None when there is none, or when it
-        failed or its process died (then nothing of it was answered, and the retry does the work)."""
+        failed or its process died (then nothing of it was answered, and the retry redoes the work as that run)."""
         try:
             run = self.turns.retried_run(self.key, self.digest, RETRY_WINDOW, RETRY_WAIT, own_lease=True)
         except TimeoutError:
             raise ConflictError(self.still_running) from None
-        finished = run is not None and run.status == FINISHED
-        return self.answer.validate_json(run.response) if finished and run is not None else None
+        if run is None:
+            return None
+        if run.status == FINISHED:
+            return self.answer.validate_json(run.response)
+        self.attempt, self.again = run.id, True
+        return None
 
     def run(self, work: Callable[[], T]) -> T:
-        """``work()`` recorded as this write's run; a failure forgets the run, so a retry does the work again."""
-        run_id, owner = f"run-{uuid.uuid4()}", new_owner()
-        run = Run(run_id, self.key, self.digest)
+        """``work()`` recorded as this write's run (``attempt``); a failure leaves the run unfinished, so a retry
+        redoes the work as the same run."""
+        run_id, owner = self.attempt, new_owner()
         # A lease of the server's length, renewed while the work runs: a retry sees a dead attempt within one lease.
-        self.turns.acquire(run_id, owner, run_id, self.runner.timing.lease_ttl, run=run, keep=RETRY_WINDOW)
+        # An earlier try's run is recorded already; its lease is free (released, or its owner died).
+        run = None if self.again else Run(run_id, self.key, self.digest)
+        if self.turns.acquire(run_id, owner, run_id, self.runner.timing.lease_ttl, run=run, keep=RETRY_WINDOW) is None:
+            raise ConflictError(self.still_running)  # another retry of the same try took it first
         try:
             with self.runner.renewing(run_id, owner):
                 result = work()
         except BaseException:
             with contextlib.suppress(MemGPTError):  # the work's own error is the one to tell
                 self.turns.release(run_id, owner)
-                self.turns.forget_run(run_id)
             raise
         stored = self.answer.dump_json(result).decode("utf-8")
         self.turns.release(run_id, owner, finished=Run(run_id, self.key, self.digest, FINISHED, "done", stored))

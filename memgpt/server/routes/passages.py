@@ -22,9 +22,10 @@ from memgpt.server.schemas.passages import PassageCreate, PassageOut, SearchResp
 from memgpt.server.state import CurrentUser, ServerState, State
 from memgpt.server.turns import request_digest
 from memgpt.storage.filters import tagged
+from memgpt.types import Passage
 
 router = APIRouter(prefix="/v1/agents/{agent_id}/archival-memory", tags=["archival memory"])
-_ANSWER = TypeAdapter(list[PassageOut])
+_ANSWER = TypeAdapter(list[str])  # the passages' ids: their texts are read back for a retry's answer
 
 
 def _archival(state: ServerState, user_id: str, agent_id: str) -> ArchivalMemory:
@@ -46,23 +47,27 @@ def create_passage(
 ) -> list[PassageOut]:
     """Store text in the agent's archival memory (split into passages when it is long); returns them. A long text
     may outlast letta-client's timeout: its retry answers with the passages the first attempt stored, never a
-    second copy (``memgpt.server.retried``); the same text sent again on purpose is stored again, as in Letta."""
+    second copy (``memgpt.server.retried``: a retry of a try that failed midway rewrites the passages it wrote, whose
+    ids derive from its run); the same text sent again on purpose is stored again, as in Letta."""
     if not body.text.strip():
         raise UserError("text: is empty; nothing was stored")
     archival = _archival(state, user.id, agent_id)
+    config = state.models().embedding_config()
     digest = request_digest(user.id, agent_id, "/v1/agents/archival-memory", body.model_dump(mode="json"))
     still = "the insert this request retries is still running; list the passages when it is done"
     write = RetriedWrite(state.turns(), f"passages:{agent_id}", digest, _ANSWER, still)
     earlier = write.earlier() if is_retry(x_stainless_retry_count) else None
     if earlier is not None:
-        return earlier
+        return [PassageOut.of(p, config) for p in archival.own_by_ids(earlier)]
+    made: list[Passage] = []
 
-    def work() -> list[PassageOut]:
-        passages = archival.add(body.text, tags=body.tags or [], created_at=_utc(body.created_at))
-        config = state.models().embedding_config()
-        return [PassageOut.of(p, config) for p in passages]
+    def work() -> list[str]:
+        tags, moment = body.tags or [], _utc(body.created_at)
+        made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt, again=write.again))
+        return [p.id for p in made]
 
-    return write.run(work)
+    write.run(work)
+    return [PassageOut.of(p, config) for p in made]
 
 
 @router.get("", response_model=list[PassageOut])
