@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -24,6 +25,24 @@ from memgpt.server.jobs import FileJobs
 from memgpt.server.state import ServerState
 from memgpt.server.turns import Timing
 from memgpt.storage.users import UserStore
+
+
+def retrying_letta(server: LiveServer, *, max_retries: int, timeout: float | None = None) -> tuple[Any, list[str]]:
+    """letta-client for the server's owner, retrying by itself as it does by default, and the
+    X-Stainless-Retry-Count of every request it sent ("0" for a first try)."""
+    from letta_client import Letta
+
+    sent: list[str] = []
+    hooks = {"request": [lambda r: sent.append(r.headers.get("x-stainless-retry-count", "0"))]}
+    options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    letta = Letta(
+        base_url=server.url,
+        api_key=server.key(),
+        max_retries=max_retries,
+        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
+        **options,
+    )
+    return letta, sent
 
 
 def free_port() -> int:

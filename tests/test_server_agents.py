@@ -25,7 +25,7 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 from tests.conftest import DATA, load, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, retrying_letta, use_scripted_llm
 
 HANDLE = "openai-compatible/scripted"
 
@@ -458,15 +458,7 @@ def test_a_retried_passages_create_stores_the_text_once(server: LiveServer, monk
     monkeypatch.setattr(ArchivalMemory, "add", slow)
     letta = client(server)
     agent_id = sam(letta)
-    retries: list[str] = []
-    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
-    impatient = Letta(
-        base_url=server.url,
-        api_key=server.key(),
-        timeout=1.5,
-        max_retries=4,
-        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
-    )
+    impatient, retries = retrying_letta(server, max_retries=4, timeout=1.5)
     made = impatient.agents.passages.create(agent_id, text="Chad likes green tea.", tags=["pref"])
     assert retries[0] == "0" and len(retries) >= 2, retries  # it timed out at least once and was sent again
     assert len(calls) == 1, "a retry stored the text again"
@@ -500,14 +492,7 @@ def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_onc
     monkeypatch.setattr(store.MilvusPassageStore, "_insert_columns", refuse_the_second)
     letta = client(server)
     agent_id = sam(letta)
-    retries: list[str] = []
-    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
-    retrying = Letta(
-        base_url=server.url,
-        api_key=server.key(),
-        max_retries=2,
-        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
-    )
+    retrying, retries = retrying_letta(server, max_retries=2)
     long_text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(200))
     made = retrying.agents.passages.create(agent_id, text=long_text)
     assert retries[:2] == ["0", "1"], retries  # the first try failed and was sent again

@@ -32,7 +32,7 @@ from memgpt.storage.sql import MetadataStore
 from memgpt.types import EmbeddingSpace, FileRecord, FileStatus, utc_now
 from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, retrying_letta, use_scripted_llm
 
 AGENT_FILES = DATA / "agent-files"
 SPACE = EmbeddingSpace("all-MiniLM-L6-v2", 384)
@@ -379,15 +379,7 @@ def test_a_retried_import_answers_with_the_agent_the_first_attempt_made(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(route, "import_agent_file", slow)
-    retries: list[str] = []
-    hooks = {"request": [lambda r: retries.append(r.headers.get("x-stainless-retry-count", "0"))]}
-    impatient = Letta(
-        base_url=server.url,
-        api_key=server.key(),
-        timeout=1.5,
-        max_retries=4,
-        http_client=httpx.Client(event_hooks=hooks),  # type: ignore[arg-type]
-    )
+    impatient, retries = retrying_letta(server, max_retries=4, timeout=1.5)
     content = (AGENT_FILES / "memgpt_agent.af").read_bytes()
     answer = impatient.agents.import_file(file=("memgpt_agent.af", content))
     assert retries[0] == "0" and len(retries) >= 2, retries  # it timed out at least once and was sent again
