@@ -22,6 +22,7 @@ from letta_client import BadRequestError, Letta, NotFoundError, UnprocessableEnt
 
 from memgpt.agent.manager import attach_source
 from memgpt.embeddings.local import LocalMiniLM
+from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage import Storage
 from tests.conftest import DATA, load, run_cli
 from tests.scripted_llm import ScriptedLLM
@@ -468,6 +469,17 @@ def test_a_retried_passages_create_stores_the_text_once(server: LiveServer, monk
     assert len(letta.agents.passages.list(agent_id)) == 2
 
 
+def test_a_stalled_first_try_writing_after_its_retry_leaves_one_copy(server: LiveServer, model: LocalMiniLM) -> None:
+    """A first try whose lease ran out while it was stopped (its retry redid the write meanwhile) goes on and writes
+    the same derived ids after the retry did: each passage is stored once (Milvus keeps both rows of an insert)."""
+    agent_id = sam(client(server))
+    archival = ArchivalMemory(server.state.storage, model, agent_id=agent_id, user_id=server.state.owner.id)
+    text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(200))
+    retried = archival.add(text, attempt="run-stalled")  # the retry, the first to write
+    archival.add(text, attempt="run-stalled")  # the stalled first try, going on
+    assert len(retried) > 1 and archival.count() == len(retried)
+
+
 @pytest.mark.usefixtures("metadata_url")  # the kept run's lease taken again, on SQLite and on PostgreSQL
 def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_once(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch
@@ -475,21 +487,23 @@ def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_onc
     """Milvus takes a long text in batches; when it refuses the second, the first is stored already and the request
     fails with a 503, which letta-client sends again by itself. The retry rewrites the passages the failed try wrote
     (their ids derive from its run), so each is there once; its answer lists them all."""
+    from pymilvus import MilvusClient
+
     from memgpt.storage.milvus import store
 
     monkeypatch.setattr(store, "_WRITE_BATCH", 2)
-    real = store.MilvusPassageStore._insert_columns
+    real = MilvusClient.upsert  # a write a client may retry is upserted, each try (memory/archival.py)
     batches: list[int] = []
 
-    def refuse_the_second(self: store.MilvusPassageStore, rows: list[dict[str, Any]]) -> None:
-        batches.append(len(rows))
+    def refuse_the_second(self: MilvusClient, collection_name: str, data: list[dict[str, Any]], **kwargs: Any) -> Any:
+        batches.append(len(data))
         if len(batches) == 2:
             from pymilvus.exceptions import MilvusException
 
             raise MilvusException(message="the second batch is refused")
-        real(self, rows)
+        return real(self, collection_name, data, **kwargs)
 
-    monkeypatch.setattr(store.MilvusPassageStore, "_insert_columns", refuse_the_second)
+    monkeypatch.setattr(MilvusClient, "upsert", refuse_the_second)
     letta = client(server)
     agent_id = sam(letta)
     retrying, retries = retrying_letta(server, max_retries=2)
@@ -498,7 +512,8 @@ def test_a_retry_of_a_passages_create_that_failed_midway_stores_each_passage_onc
     assert retries[:2] == ["0", "1"], retries  # the first try failed and was sent again
     stored = letta.agents.passages.list(agent_id, limit=1000)
     assert len(made) > 2 and len(stored) == len(made), "the retry stored a second copy of what the failed try wrote"
-    assert batches == [2, 2], batches  # the retry rewrote (upserted) the rows: no insert of its own
+    # the failed try's two batches (the second refused), then the retry's upserts of every passage
+    assert batches == [2] * (2 + len(made) // 2), batches
     texts = {p.id: p.text for p in stored}
     assert [texts.get(p.id) for p in made] == [p.text for p in made]
     from sqlalchemy import select
@@ -546,11 +561,13 @@ _SLOW_INSERTS = """
 import sys, time
 from memgpt.storage.milvus import store
 store._WRITE_BATCH = 2
-real = store.MilvusPassageStore._insert_columns
-def slow(self, rows):
-    real(self, rows)
+from pymilvus import MilvusClient
+real = MilvusClient.upsert
+def slow(self, collection_name, data, **kwargs):
+    done = real(self, collection_name, data, **kwargs)
     time.sleep(0.2)
-store.MilvusPassageStore._insert_columns = slow
+    return done
+MilvusClient.upsert = slow
 from memgpt.cli import executable
 executable()
 """

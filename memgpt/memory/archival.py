@@ -97,14 +97,13 @@ class ArchivalMemory:
         created_at: datetime | None = None,
         step_id: str = "",
         attempt: str = "",
-        again: bool = False,
     ) -> list[Passage]:
         """Store ``content`` as the agent's own passages (split if it is longer than the model takes),
         with ``tags`` in their metadata; returns them (without embeddings). With a ``step_id`` the
         passages are recorded under that step before they are written (see ``memgpt.storage.agents``).
         With an ``attempt`` (the run of a write a client may retry) their ids derive from it and the chunk's
-        position, so a retry of it that redoes the work (``again``: an earlier try failed or died, perhaps after
-        writing some) rewrites the same rows instead of adding a second copy."""
+        position, and they are upserted: a retry that redoes the work (an earlier try failed or died, perhaps after
+        writing some) and a stalled try that goes on after it both rewrite the same rows, never a second copy."""
         if not content.strip():
             raise ToolError("content is empty; nothing was stored")
         chunks = self._chunker.split(content)
@@ -128,8 +127,8 @@ class ArchivalMemory:
             effects = [StepEffect(step_id, PASSAGE, p.id) for p in passages]
             self._storage.agents.record_effects(self.agent_id, effects, fence=self.fence)
             self.last_recorded_step = step_id
-        if again:
-            self._store.upsert(passages)  # an earlier try may have written some of these ids
+        if attempt:  # another try of the same write (a retry, or a stalled first try going on) may write these ids
+            self._store.upsert(passages)
         else:
             self._store.insert(passages)  # the ids are new: no old row to replace
         self._written()

@@ -133,7 +133,8 @@ class Batcher(Generic[T]):
                 left = None if deadline is None else deadline - time.monotonic()
                 seen = self._elsewhere.get(key)
                 if patience is not None and seen is not None and seen[1] >= begun:
-                    given = seen[0] + patience - time.monotonic()
+                    # from this wait's start at the earliest: a claim seen before a withdraw is a new one now
+                    given = max(seen[0], begun) + patience - time.monotonic()
                     left = given if left is None else min(left, given)
                 if left is not None and left <= 0:
                     return False

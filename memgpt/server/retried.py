@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from memgpt.errors import ConflictError, MemGPTError
 from memgpt.server.turns import RETRY_WINDOW, TurnRunner
@@ -56,7 +56,13 @@ class RetriedWrite(Generic[T]):
         if run is None:
             return None
         if run.status == FINISHED:
-            return self.answer.validate_json(run.response)
+            try:
+                return self.answer.validate_json(run.response)
+            except ValidationError:  # recorded by an earlier memgpt in another shape (an upgrade within the window)
+                raise ConflictError(
+                    "the write this request retries was made before the server was upgraded: check what it stored"
+                    " before sending it again"
+                ) from None
         self.attempt, self.again = run.id, True
         return None
 

@@ -124,7 +124,7 @@ def sweep_deleted_agents(c: Session | Connection, dialect: str) -> None:
         gone &= keyed_agent.not_in(agents)
     else:  # no way to read the agent out of the key here: only the runs of turns
         gone &= ~runs.c.agent_id.contains(":", autoescape=True)
-    c.execute(delete(runs).where(gone))
+    c.execute(delete(runs).where(runs.c.id.in_(select(runs.c.id).where(gone).with_for_update(skip_locked=True))))
 
 
 def _after_colon(dialect: str, key: Any) -> Any:

@@ -63,7 +63,7 @@ def create_passage(
 
     def work() -> list[str]:
         tags, moment = body.tags or [], _utc(body.created_at)
-        made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt, again=write.again))
+        made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt))
         return [p.id for p in made]
 
     write.run(work)
