@@ -16,8 +16,11 @@ from typing import Any
 import pexpect
 import pytest
 
+from memgpt.agent.agent import answer_reserve
 from memgpt.config import load_config, save_config
+from memgpt.llm.base import ToolSpec
 from memgpt.storage import Storage
+from memgpt.tokens import count_message, count_tools
 from tests.conftest import DATA, PAPER, cli, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
@@ -433,27 +436,62 @@ def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> N
     assert "…" not in table and f"│ {name} " in table
 
 
+PRESSURE_WINDOW = 6144  # room for messages ~3,100 tokens: 25% of it (~770) is far more than what follows the alert
+# An answer (the call of send_message and its result) may take this many tokens more than an earlier one: a scripted
+# call's id ("call_" and 10 random hex digits) takes 5-12 tokens, and "Noted again N." is a word longer than "Noted N.".
+ANSWER_SLACK = 8
+
+
+def conversation_and_room(request: dict[str, Any], window: int) -> tuple[list[int], int]:
+    """A request's conversation messages in our tokenizer's count (what the agent compared with its room before
+    sending it), and the room: the window less the answer's reserve and the system message and tool schemas
+    (the scripted LLM reports 1 prompt token, so the agent's ratio to the server's count stays 1)."""
+    tools = [
+        ToolSpec(t["function"]["name"], t["function"]["description"], t["function"]["parameters"])
+        for t in request.get("tools", [])
+    ]
+    system, *conversation = request["messages"]
+    fixed = count_message("scripted", system) + count_tools("scripted", tools)
+    return [count_message("scripted", m) for m in conversation], window - answer_reserve(window) - fixed
+
+
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_the_memory_pressure_alert_is_sent_once_a_summary_not_once_a_process(home: Path, llm: ScriptedLLM) -> None:
-    """Each `run --message` is a process of its own: the one after the process that sent the alert (the context
-    still past 75% of the window, no summary since) does not send it again."""
+    """Each `run --message` is a process of its own: the ones after the one that sent the alert (the context
+    still past 75% of the window, no summary since) do not send it again.
+
+    The two turns after the alert must fit in the 25% of the room left above the alert's threshold. In a 4096
+    window that is 326 tokens, and the alert (~60) with two short turns (~120 each: the JSON envelope, the tool
+    call and its result) took all but 0-25 of them, by the random tool call ids: it flaked. Here the band is
+    ~770 tokens and the counts are read from the requests: what the turns need is asserted to fit, with room."""
     story = "Here is a long story about sailing and weather. "
     outputs = []
-    for turn in range(15):
+    for turn in range(12):  # in this process (the same main(); a process each took ~5 s): up to the alert
         llm.reply(f"Noted {turn}.")
-        message = f"{turn}: {story * (25 if turn < 2 else 5)}"  # short ones near 75%: no summary for a while after
-        result = run_cli("run", "--agent", "Full", "--context-window", "4096", "--message", message, home=home)
+        message = f"{turn}: {story * (50 if turn < 3 else 5)}"  # then steps of ~170 tokens: a small overshoot
+        result = cli(
+            "run", "--agent", "Full", "--context-window", str(PRESSURE_WINDOW), "--message", message, home=home
+        )
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
         if "memory pressure" in result.stdout:
             break
     assert "memory pressure" in outputs[-1], outputs
     assert not any("summarized" in out for out in outputs), outputs
+    # The request the alert went with: [..., the last answer (call, result), the message, the alert].
+    sizes, room = conversation_and_room(llm.requests[-1], PRESSURE_WINDOW)
+    crossed, alert, message, answer = sum(sizes[:-1]), sizes[-1], sizes[-2], sizes[-4] + sizes[-3] + ANSWER_SLACK
+    assert 0.75 * room < crossed <= 0.75 * room + 200, (crossed, room)  # the step that crossed was a small one
+    # The second short turn is checked with the alert, two answers and two messages (shorter than this one) more.
+    needed = crossed + alert + 2 * answer + 2 * message
+    assert needed <= room - 100, (crossed, alert, answer, message, needed, room)
     for turn in range(2):
         llm.reply(f"Noted again {turn}.")
         again = run_cli("run", "--agent", "Full", "--message", f"and {turn}", home=home)
         assert again.returncode == 0, again.stderr
         assert "memory pressure" not in again.stdout and "summarized" not in again.stdout, again.stdout
+    sizes, last_room = conversation_and_room(llm.requests[-1], PRESSURE_WINDOW)
+    assert 0.75 * last_room < sum(sizes) <= min(needed, last_room), (sizes, needed, last_room)
     alerts = [
         m
         for m in llm.requests[-1]["messages"]
