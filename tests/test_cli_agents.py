@@ -466,9 +466,13 @@ def test_the_memory_pressure_alert_is_sent_once_a_summary_not_once_a_process(hom
     ~770 tokens and the counts are read from the requests: what the turns need is asserted to fit, with room."""
     story = "Here is a long story about sailing and weather. "
     outputs = []
+    at, room = 0, PRESSURE_WINDOW  # the conversation's tokens at the last step, and the room it had
     for turn in range(12):  # in this process (the same main(); a process each took ~5 s): up to the alert
         llm.reply(f"Noted {turn}.")
-        message = f"{turn}: {story * (50 if turn < 3 else 5)}"  # then steps of ~170 tokens: a small overshoot
+        # Steps of ~620 tokens (an answer and 50 stories) while a short step could follow before 75% of the room,
+        # then of ~170 (5 stories): the step that crosses it overshoots little.
+        long = at + 620 + 170 < 0.75 * room
+        message = f"{turn}: {story * (50 if long else 5)}"
         result = cli(
             "run", "--agent", "Full", "--context-window", str(PRESSURE_WINDOW), "--message", message, home=home
         )
@@ -476,6 +480,8 @@ def test_the_memory_pressure_alert_is_sent_once_a_summary_not_once_a_process(hom
         outputs.append(result.stdout)
         if "memory pressure" in result.stdout:
             break
+        sizes, room = conversation_and_room(llm.requests[-1], PRESSURE_WINDOW)
+        at = sum(sizes)
     assert "memory pressure" in outputs[-1], outputs
     assert not any("summarized" in out for out in outputs), outputs
     # The request the alert went with: [..., the last answer (call, result), the message, the alert].
