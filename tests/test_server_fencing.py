@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,6 +76,26 @@ def b_takes_over(pair: Pair, llm: ScriptedLLM, agent: str, **options: Any) -> No
     print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
 
 
+def _stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state T in /proc)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            continue
+    return bool(states) and all(state == "T" for state in states)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP ``process`` and wait until it is stopped. kill() returns before that: the kernel stops a process's
+    threads as each is next scheduled, once the thread the signal woke has started the group stop; on a loaded
+    machine A's step thread went on for some milliseconds after kill() returned, through the write the test had
+    just let go and its commit, before A stopped (seen: CI's "waited 60 s for A's transaction to idle")."""
+    os.kill(process.pid, signal.SIGSTOP)
+    _until(lambda: _stopped(process.pid), f"process {process.pid} to stop", timeout=10)
+
+
 def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_agent_over(
     pair: Pair, llm: ScriptedLLM
 ) -> None:
@@ -82,7 +104,7 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
 
     def stop_a(_: dict[str, Any]) -> dict[str, Any]:
         # A waits for this answer; it is stopped before it can read it, and its lease renewer with it.
-        os.kill(pair.a.process.pid, signal.SIGSTOP)
+        stop(pair.a.process)
         stopped.set()
         return reply("late answer from A")
 
@@ -140,6 +162,21 @@ def _inserting_messages(monitor: psycopg.Connection[Any], state: str) -> Any:
     return row[0] if row else None
 
 
+def _ended_while_idle_in_its_transaction(monitor: psycopg.Connection[Any], postgres: PostgresServer, pid: int) -> bool:
+    """Whether the stopped process's session ``pid``, whose write waited, ran it and now idles in its transaction
+    (True), or was ended by PostgreSQL's idle transaction timeout once it had (the server's log says so: True), or
+    still runs its write (False). That it committed instead (its process was not stopped) fails at once."""
+    row = monitor.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    if row is None:
+        log = (postgres.directory / "server.log").read_text(errors="replace")
+        ended = [line for line in log.splitlines() if f"[{pid}] FATAL:" in line]
+        assert any("idle-in-transaction timeout" in line for line in ended), f"session {pid} ended: {ended}"
+        return True
+    state, query = row
+    assert state in ("active", "idle in transaction"), f"session {pid} is {state!r} after {query!r}"
+    return bool(state == "idle in transaction")
+
+
 def _holds_its_lease_row(monitor: psycopg.Connection[Any], agent: str) -> None:
     """Another transaction holds the agent's lease row: a claim of it (an upsert, as a takeover's) waits. That sees
     an uncommitted insert of the row as well as a lock on a committed one (``SELECT ... FOR UPDATE NOWAIT`` sees
@@ -156,7 +193,7 @@ def _holds_its_lease_row(monitor: psycopg.Connection[Any], agent: str) -> None:
 
 
 def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_the_takeover(
-    pair: Pair, llm: ScriptedLLM
+    pair: Pair, llm: ScriptedLLM, postgres_server: PostgresServer
 ) -> None:
     """A holder stopped with a transaction open on its lease row holds that row's lock (or, when it inserted the
     row, its key): a takeover's claim waits on it. Here A stops inside the transaction that claims the lease and
@@ -168,8 +205,7 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
     answers: dict[str, Any] = {}
 
     def backend_of_a(state: str) -> Any:
-        # A's session: the one whose INSERT of the user's message (in its lease claim's transaction) waits, then
-        # idles in its transaction.
+        # A's session: the one whose INSERT of the user's message (in its lease claim's transaction) waits.
         return _inserting_messages(monitor, state)
 
     with psycopg.connect(plain, autocommit=True) as monitor:
@@ -180,11 +216,13 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
                 # in the transaction that claims its lease (the lease row inserted, uncommitted), and waits here.
                 blocker.execute("LOCK TABLE messages IN EXCLUSIVE MODE")
                 sender.start()
-                _until(lambda: backend_of_a("active"), "A's turn to wait for the messages table")
+                a_session = _until(lambda: backend_of_a("active"), "A's turn to wait for the messages table")
                 _holds_its_lease_row(monitor, agent)
-                os.kill(pair.a.process.pid, signal.SIGSTOP)
-            # The blocker committed: A's INSERT ran, and its transaction stays open while its process is stopped.
-            _until(lambda: backend_of_a("idle in transaction"), "A's transaction to idle")
+                stop(pair.a.process)
+            # The blocker committed: A's INSERT ran, and its transaction stays open while its process is stopped
+            # (until PostgreSQL ends it: seen ended or idle, not required to be caught in its seconds of idling).
+            idled = _ended_while_idle_in_its_transaction
+            _until(lambda: idled(monitor, postgres_server, a_session), "A's transaction to idle")
             b_takes_over(pair, llm, agent, timeout=30)
         finally:
             os.kill(pair.a.process.pid, signal.SIGCONT)
@@ -203,7 +241,7 @@ def test_a_process_stopped_inside_a_transaction_on_the_lease_row_does_not_block_
 
 
 def test_a_process_stopped_inside_its_steps_fenced_write_does_not_block_the_takeover(
-    pair: Pair, llm: ScriptedLLM
+    pair: Pair, llm: ScriptedLLM, postgres_server: PostgresServer
 ) -> None:
     """As above, but A holds the lease already and stops inside its step's fenced write (the lease row locked by
     its fence): B's claim waits on that lock until the database ends A's idle transaction; A's step is undone whole
@@ -229,11 +267,14 @@ def test_a_process_stopped_inside_its_steps_fenced_write_does_not_block_the_take
         sender = threading.Thread(target=send_to_a)
         try:
             sender.start()
-            _until(lambda: _inserting_messages(monitor, "active"), "A's step write to wait for the messages table")
+            a_session = _until(
+                lambda: _inserting_messages(monitor, "active"), "A's step write to wait for the messages table"
+            )
             _holds_its_lease_row(monitor, agent)
-            os.kill(pair.a.process.pid, signal.SIGSTOP)
+            stop(pair.a.process)
             blocker.commit()  # A's INSERT runs; its transaction stays open while its process is stopped
-            _until(lambda: _inserting_messages(monitor, "idle in transaction"), "A's transaction to idle")
+            idled = _ended_while_idle_in_its_transaction
+            _until(lambda: idled(monitor, postgres_server, a_session), "A's transaction to idle")
             llm.add(reply("B's answer"))
             started = time.monotonic()
             answer = pair.client(pair.b, timeout=30).agents.messages.create(agent, input="to B")
