@@ -60,8 +60,8 @@ def open_storage(
         storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early)
     else:
         storage = Storage(config, home)
-    startup_over()
     try:
+        startup_over()  # inside: whatever it raises (a Ctrl-C), the storage just opened is closed
         yield storage, config
     finally:
         storage.close()
