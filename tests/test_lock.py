@@ -233,3 +233,19 @@ def test_a_wait_that_is_not_a_number_is_one_line(home: Path) -> None:
     result = run_with(("search", "paper", "memory"), home=home, wait="soon")
     assert result.returncode == 1
     assert result.stderr.strip() == "error: MEMGPT_LOCK_WAIT='soon': give a number of seconds (0 refuses at once)"
+
+
+def test_migrate_waits_for_another_command_too(home: Path) -> None:
+    """`memgpt migrate` opens the Lite file itself (not through open_storage): it waits and names the holder alike."""
+    home.mkdir(parents=True)
+    holder = hold_as(home / "milvus.db", "memgpt run")
+    try:
+        result = run_with(("migrate", "--to", "http://127.0.0.1:9", "-y"), home=home, wait="1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == WAITING.format(pid=holder.pid, command="memgpt run")
+    assert lines[1].startswith(f"error: another memgpt process (memgpt run, pid {holder.pid}) is still using ")
+    assert len(lines) == 2
