@@ -249,3 +249,24 @@ def test_migrate_waits_for_another_command_too(home: Path) -> None:
     assert lines[0] == WAITING.format(pid=holder.pid, command="memgpt run")
     assert lines[1].startswith(f"error: another memgpt process (memgpt run, pid {holder.pid}) is still using ")
     assert len(lines) == 2
+
+
+def test_a_delete_refused_for_the_lite_file_leaves_the_source_whole(home: Path, tmp_path: Path) -> None:
+    """`memgpt delete source` while a server holds the file: refused before anything changes, so the source is
+    neither hidden nor reported as partly deleted afterwards."""
+    note = tmp_path / "note.txt"
+    note.write_text("A source that stays whole when its delete is refused.\n", encoding="utf-8")
+    loaded = run_with(("load", "directory", "--name", "notes", "--input-files", str(note)), home=home, wait="0")
+    assert loaded.returncode == 0, loaded.stderr
+    holder = hold_as(home / "milvus.db", "memgpt server at http://127.0.0.1:8283")
+    try:
+        refused = run_with(("delete", "source", "notes", "-y"), home=home, wait="0")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode == 1 and "use its API" in refused.stderr
+    listed = run_with(("list", "sources", "--json"), home=home, wait="0")
+    assert listed.returncode == 0, listed.stderr
+    [source] = json.loads(listed.stdout)
+    assert (source["name"], source["passages"], source["status"]) == ("notes", 1, "ready")
+    assert listed.stderr == ""
