@@ -187,7 +187,9 @@ def _lock_or_wait(handle: IO[str], db_file: Path, lock_path: Path) -> None:
             return
         except OSError as exc:
             pid, holder = _holder_of(lock_path)
-            if waiting is None or waiting.seconds <= 0 or _holds_while_running(holder):
+            # Only a lock held by another process is waited for, not one the file system cannot take (ENOLCK).
+            held = isinstance(exc, BlockingIOError)
+            if waiting is None or waiting.seconds <= 0 or not held or _holds_while_running(holder):
                 raise StorageLockedError(_locked_message(db_file, pid, holder)) from exc
             now = time.monotonic()
             deadline = now + waiting.seconds if deadline is None else deadline
