@@ -233,6 +233,29 @@ def test_archival_pages_past_the_search_window_keep_one_page_ranked_by_meaning(
     assert len(set(shown)) == 10  # no passage twice
 
 
+def test_archival_pages_past_the_fused_candidates_of_a_store_without_a_window(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passage store with no search window (``search_window`` None: PassageStore's "no such limit") ranks any
+    page whole: results 101-110 are shown, not "page 20 is past the last one" because the fusion's 100
+    candidates were taken for a cap."""
+    from memgpt.storage.milvus.store import MilvusPassageStore
+
+    monkeypatch.setattr(MilvusPassageStore, "search_window", property(lambda _store: None))
+    agent = rig.create()
+    for i in range(110):
+        agent.archival.insert(f"Note {i}: the teal kettle number {i} sits on shelf {i % 7}.")
+    assert agent.archival._store.search_window is None
+    last_full = agent.archival.search("teal kettle", 19).render("results").splitlines()
+    assert last_full[0].startswith("Showing results 96-100, best first (page 19; more on page 20).")
+    deeper = agent.archival.search("teal kettle", 20).render("results").splitlines()
+    assert deeper[0].startswith("Showing results 101-105, best first (page 20; more on page 21).")
+    last = agent.archival.search("teal kettle", 21).render("results").splitlines()
+    assert last[0].startswith("Showing results 106-110, best first (page 21; this is the last page).")
+    assert [len(page) for page in (last_full, deeper, last)] == [6, 6, 6]
+    assert all("teal kettle" in line for page in (last_full, deeper, last) for line in page[1:])
+
+
 def test_conversation_search_by_words_and_dates(any_rig: Rig) -> None:
     rig = any_rig
     agent = rig.create()

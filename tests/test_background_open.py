@@ -252,3 +252,23 @@ def test_milvus_lite_starts_before_pymilvus_is_imported(tmp_path: Path) -> None:
     seconds); started after it, the connection waited for both. It is started once."""
     out = _child(LITE_BEFORE_PYMILVUS, tmp_path / "home")
     assert out.stdout.strip() == "[False]", out.stdout
+
+
+def test_a_ctrl_c_as_a_command_says_its_start_up_is_over_closes_what_it_opened(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``open_storage`` opens the home, then says start-up is over (the collector runs again, freezing what start-up
+    made: tens of milliseconds at full size). A Ctrl-C that lands there still closes the storage: the Milvus Lite
+    file is let go and its server stopped, rather than held until the process ends."""
+    from memgpt.cli import common
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "startup_over", interrupted)
+    with pytest.raises(KeyboardInterrupt), common.open_storage(vectors=True):
+        pytest.fail("the command's body ran")
+    assert lite_servers() == []
+    holder = hold(home / "milvus.db")  # fails to open if this process still held the file
+    holder.kill()
+    holder.wait()

@@ -1,7 +1,11 @@
-"""Milvus Lite allows one process per file: the second gets one actionable line, not a traceback."""
+"""Milvus Lite allows one process per file: a second memgpt command waits a bounded time for another command
+(saying so), and otherwise gets one actionable line, not a traceback; a server's file is refused at once."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +15,7 @@ import pytest
 
 from memgpt.errors import StorageLockedError
 from memgpt.storage.milvus import MilvusConnection, MilvusTarget
-from tests.conftest import PAPER, run_cli
+from tests.conftest import PAPER
 
 HOLDER = """
 import sys, time
@@ -42,7 +46,8 @@ def test_second_process_gets_the_lock_message(home: Path) -> None:
         message = r"another memgpt process (\(pid \d+\) )?is using .*milvus\.db — close it or use a Milvus server"
         with pytest.raises(StorageLockedError, match=message):
             MilvusConnection(MilvusTarget(str(db)))
-        result = run_cli("load", "directory", "--name", "paper", "--input-files", str(PAPER), home=home)
+        args = ("load", "directory", "--name", "paper", "--input-files", str(PAPER))
+        result = run_with(args, home=home, wait="0")
         assert result.returncode == 1
         assert "another memgpt process" in result.stderr and "is using" in result.stderr
         assert "Traceback" not in result.stderr
@@ -61,3 +66,207 @@ def test_closing_releases_the_lock_for_other_processes(home: Path) -> None:
     holder = hold(db)  # would fail to open if our process still held the lock
     holder.kill()
     holder.wait()
+
+
+# A memgpt command that holds the home's Milvus Lite file (announced as the CLI announces `memgpt load directory`)
+# until told to let go on its stdin.
+COMMAND_HOLDER = """
+import sys
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+from memgpt.storage.milvus.client import command_holding
+with command_holding(sys.argv[2], None):
+    conn = MilvusConnection(MilvusTarget(sys.argv[1]))
+    conn.ping()
+    print("holding", flush=True)
+    sys.stdin.readline()
+    conn.close()
+print("released", flush=True)
+"""
+
+
+def hold_as(db: Path, description: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COMMAND_HOLDER, str(db), description],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "holding":
+        proc.kill()
+        pytest.fail("the holder process never opened the database")
+    return proc
+
+
+def cli_env(home: Path, wait: str) -> dict[str, str]:
+    return {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1", "MEMGPT_LOCK_WAIT": wait}
+
+
+def run_with(args: tuple[str, ...], *, home: Path, wait: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memgpt", *args],
+        env=cli_env(home, wait),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_cli(args: tuple[str, ...], *, home: Path, wait: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "memgpt", *args],
+        env=cli_env(home, wait),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+WAITING = "waiting for the other memgpt command (pid {pid}: {command}) to finish — Ctrl-C to stop"
+
+
+def test_a_command_waits_for_another_command_then_goes_on(home: Path, tmp_path: Path) -> None:
+    """`memgpt load` while another command holds the file: it says once whom it waits for, waits (here until the
+    holder lets go, however long that takes within the bound), then does its work."""
+    home.mkdir(parents=True)
+    note = tmp_path / "note.txt"
+    note.write_text("Milvus Lite is one process's file; a second command waits its turn.\n", encoding="utf-8")
+    holder = hold_as(home / "milvus.db", "memgpt run")
+    try:
+        waiter = start_cli(("load", "directory", "--name", "notes", "--input-files", str(note)), home=home, wait="600")
+        assert waiter.stderr is not None
+        line = waiter.stderr.readline().strip()
+        assert line == WAITING.format(pid=holder.pid, command="memgpt run")
+        assert waiter.poll() is None  # still waiting: the holder has not let go
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        out, err = waiter.communicate(timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waiter.returncode == 0, err
+    assert "Loaded 1 passages and 1 documents from notes" in out
+    assert "waiting" not in err and "Traceback" not in err
+
+
+def test_a_real_command_is_named_and_the_wait_is_bounded(home: Path) -> None:
+    """A real `memgpt load` holds the file (stopped mid-way, so it holds it as long as the test needs): `memgpt
+    search` names it and its pid, waits MEMGPT_LOCK_WAIT seconds, then refuses in one line; the load goes on."""
+    home.mkdir(parents=True)
+    loading = start_cli(("load", "directory", "--name", "paper", "--input-files", str(PAPER)), home=home, wait="0")
+    lock = home / ".milvus.db.memgpt.lock"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and loading.poll() is None:
+            try:
+                if json.loads(lock.read_text(encoding="utf-8") or "{}").get("pid") == loading.pid:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"`memgpt load` never held the file: {loading.communicate()}")
+        os.kill(loading.pid, signal.SIGSTOP)
+        try:
+            result = run_with(("search", "paper", "memory"), home=home, wait="1")
+        finally:
+            os.kill(loading.pid, signal.SIGCONT)
+        out, err = loading.communicate(timeout=300)
+    finally:
+        loading.kill()
+        loading.wait()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == WAITING.format(pid=loading.pid, command="memgpt load directory")
+    assert lines[1].startswith(f"error: another memgpt process (memgpt load directory, pid {loading.pid}) is still ")
+    assert "milvus.db after 1 s — try again once it has finished, set MEMGPT_LOCK_WAIT=SECONDS to wait" in lines[1]
+    assert len(lines) == 2
+    assert loading.returncode == 0, err
+    assert "Loaded" in out
+
+
+@pytest.mark.parametrize("server", ["memgpt server at http://127.0.0.1:8283", "memgpt mcp serve"])
+def test_a_server_holding_the_file_is_refused_at_once(home: Path, server: str) -> None:
+    """A server holds the file for as long as it runs: no wait, however long one may be, just what to do."""
+    home.mkdir(parents=True)
+    holder = hold_as(home / "milvus.db", server)
+    try:
+        result = run_with(("search", "paper", "memory"), home=home, wait="100000", timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "waiting" not in lines[0]
+    assert f"(pid {holder.pid})" in lines[0] and ("use its API" in lines[0] or "quit the client" in lines[0])
+
+
+def test_ctrl_c_while_waiting_stops_cleanly(home: Path) -> None:
+    home.mkdir(parents=True)
+    holder = hold_as(home / "milvus.db", "memgpt load directory")
+    try:
+        waiter = start_cli(("search", "paper", "memory"), home=home, wait="600")
+        assert waiter.stderr is not None
+        assert waiter.stderr.readline().startswith("waiting for the other memgpt command")
+        waiter.send_signal(signal.SIGINT)
+        _, err = waiter.communicate(timeout=120)
+        assert waiter.returncode == 130
+        assert err.strip() == "Interrupted"
+        # It let go of what it had opened: once the holder lets go, another command gets the file at once.
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+        result = run_with(("search", "paper", "memory"), home=home, wait="0")
+        assert result.stderr.strip() == (
+            "error: no source named 'paper' (sources: none yet); create it with `memgpt load`"
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_wait_that_is_not_a_number_is_one_line(home: Path) -> None:
+    result = run_with(("search", "paper", "memory"), home=home, wait="soon")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: MEMGPT_LOCK_WAIT='soon': give a number of seconds (0 refuses at once)"
+
+
+def test_migrate_waits_for_another_command_too(home: Path) -> None:
+    """`memgpt migrate` opens the Lite file itself (not through open_storage): it waits and names the holder alike."""
+    home.mkdir(parents=True)
+    holder = hold_as(home / "milvus.db", "memgpt run")
+    try:
+        result = run_with(("migrate", "--to", "http://127.0.0.1:9", "-y"), home=home, wait="1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == WAITING.format(pid=holder.pid, command="memgpt run")
+    assert lines[1].startswith(f"error: another memgpt process (memgpt run, pid {holder.pid}) is still using ")
+    assert len(lines) == 2
+
+
+def test_a_delete_refused_for_the_lite_file_leaves_the_source_whole(home: Path, tmp_path: Path) -> None:
+    """`memgpt delete source` while a server holds the file: refused before anything changes, so the source is
+    neither hidden nor reported as partly deleted afterwards."""
+    note = tmp_path / "note.txt"
+    note.write_text("A source that stays whole when its delete is refused.\n", encoding="utf-8")
+    loaded = run_with(("load", "directory", "--name", "notes", "--input-files", str(note)), home=home, wait="0")
+    assert loaded.returncode == 0, loaded.stderr
+    holder = hold_as(home / "milvus.db", "memgpt server at http://127.0.0.1:8283")
+    try:
+        refused = run_with(("delete", "source", "notes", "-y"), home=home, wait="0")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode == 1 and "use its API" in refused.stderr
+    listed = run_with(("list", "sources", "--json"), home=home, wait="0")
+    assert listed.returncode == 0, listed.stderr
+    [source] = json.loads(listed.stdout)
+    assert (source["name"], source["passages"], source["status"]) == ("notes", 1, "ready")
+    assert listed.stderr == ""

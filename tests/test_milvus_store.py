@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -550,6 +551,44 @@ def _batch_insert_result_reshaped(real: Any) -> _Reshaped:
     return _Reshaped(real, batch_insert=written_then_failed)
 
 
+def _as_pymilvus_wraps_it(change: Any) -> Any:
+    """``change`` with its batch_insert inside pymilvus's own error handler, as the real method is: an error of
+    another shape raised in it comes out as MilvusException("Unexpected error ..."), logged as an ERROR."""
+
+    def wrapped(real: Any) -> _Reshaped:
+        from pymilvus.decorators import error_handler
+
+        reshaped = change(real)
+        reshaped.batch_insert = error_handler(func_name="batch_insert")(reshaped.batch_insert)
+        return reshaped
+
+    return wrapped
+
+
+class _PymilvusRecords(logging.Handler):
+    """What pymilvus logs to its own console handler (its loggers do not propagate: caplog never sees them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def errors(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def pymilvus_records() -> Iterator[_PymilvusRecords]:
+    records = _PymilvusRecords()
+    logging.getLogger("pymilvus").addHandler(records)
+    try:
+        yield records
+    finally:
+        logging.getLogger("pymilvus").removeHandler(records)
+
+
 @pytest.mark.parametrize(
     ("change", "fallback"),
     [
@@ -557,13 +596,20 @@ def _batch_insert_result_reshaped(real: Any) -> _Reshaped:
         (_field_type_renamed, "insert"),
         (_batch_insert_without_schema_keyword, "upsert"),
         (_batch_insert_result_reshaped, "upsert"),
+        (_as_pymilvus_wraps_it(_batch_insert_without_schema_keyword), "upsert"),
+        (_as_pymilvus_wraps_it(_batch_insert_result_reshaped), "upsert"),
     ],
 )
 def test_insert_falls_back_to_rows_when_pymilvus_changes_shape(
-    store: MilvusPassageStore, change: Any, fallback: str, caplog: pytest.LogCaptureFixture
+    store: MilvusPassageStore,
+    change: Any,
+    fallback: str,
+    caplog: pytest.LogCaptureFixture,
+    pymilvus_records: _PymilvusRecords,
 ) -> None:
     """The column insert uses MilvusClient internals; a pymilvus release that shapes them otherwise gets the
-    row insert (one warning), never a traceback on every insert, and never a row lost or written twice."""
+    row insert (one warning), never a traceback on every insert, and never a row lost or written twice; nor
+    the ERROR pymilvus logs for the failure that memgpt handles."""
     reshaped = change(store._client._get_connection())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store._client, "_get_connection", lambda: reshaped)
@@ -574,12 +620,16 @@ def test_insert_falls_back_to_rows_when_pymilvus_changes_shape(
             store.insert([passage(i) for i in range(12, 25)])  # straight to rows: the column path is not tried
         assert spies["insert"].calls == (2 if fallback == "insert" else 1)
         assert len([r for r in caplog.records if "inserts rows from now on" in r.getMessage()]) == 1
+    assert pymilvus_records.errors() == []
     _read_back(store, 25)
 
 
-def test_insert_with_a_stale_cached_schema_refreshes_it(store: MilvusPassageStore) -> None:
+def test_insert_with_a_stale_cached_schema_refreshes_it(
+    store: MilvusPassageStore, pymilvus_records: _PymilvusRecords
+) -> None:
     """pymilvus signals a cached schema that is not the collection's with DataNotMatchException; the column
-    insert then clears it and inserts through MilvusClient, whose own insert retries with a fresh one."""
+    insert then clears it and inserts through MilvusClient, whose own insert retries with a fresh one. pymilvus's
+    "RPC error: [batch_insert]" ERROR (with its traceback) for what is handled so is not shown."""
     from pymilvus.client.cache import GlobalCache
     from pymilvus.orm.types import DataType
 
@@ -602,3 +652,26 @@ def test_insert_with_a_stale_cached_schema_refreshes_it(store: MilvusPassageStor
     finally:
         GlobalCache.schema.invalidate(*key)
     _read_back(store, 30)
+    assert pymilvus_records.errors() == []
+
+
+def test_a_column_insert_failure_memgpt_does_not_handle_is_still_logged_by_pymilvus(
+    store: MilvusPassageStore, pymilvus_records: _PymilvusRecords
+) -> None:
+    """Only what the column insert handles is kept quiet: a failure it raises keeps pymilvus's ERROR too."""
+    from pymilvus.decorators import error_handler
+    from pymilvus.exceptions import MilvusException
+
+    store.insert([passage(0)])
+    reshaped = _Reshaped(store._client._get_connection())
+    failure = MilvusException(message="the server refused it")
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    reshaped.batch_insert = error_handler(func_name="batch_insert")(refused)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store._client, "_get_connection", lambda: reshaped)
+        with pytest.raises(StorageError, match="the server refused it"):
+            store.insert([passage(1)])
+    assert [m.startswith("RPC error: [batch_insert]") for m in pymilvus_records.errors()] == [True]

@@ -88,9 +88,11 @@ def startup_over() -> None:
     with _collection:
         if not _collection_paused:
             return
-        _collection_paused = False
+        # Said over only once the collector runs: a Ctrl-C landing before would otherwise leave it off for good
+        # (the timer's call would find start-up over); freezing and enabling twice costs nothing.
         gc.freeze()
         gc.enable()
+        _collection_paused = False
         if _collection_timer is not None:
             _collection_timer.cancel()  # no-op when it is the timer that calls
             _collection_timer = None

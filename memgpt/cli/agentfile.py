@@ -64,7 +64,7 @@ def import_file(
     """Import the agents of an Agent File (.af), Letta's or memgpt's: a new agent each, all or nothing."""
     from memgpt.agent.agentfile import ImportOptions, import_agent_file, import_settings
     from memgpt.agent.agentfile_format import read_agent_file
-    from memgpt.cli.sources import _progress, _ProgressListener
+    from memgpt.cli.progress import ProgressListener, load_progress
     from memgpt.errors import UserError
 
     if on_clash not in ("suffix", "error"):
@@ -83,14 +83,14 @@ def import_file(
         # An import writes its agents' rows before their passages: a Milvus it cannot use (a server owns the
         # Lite file) must stop it before anything is written, not leave an import to take back.
         storage.passages(settings.embedding.space)
-        with _progress() as progress:
+        with load_progress() as progress:
             imported = import_agent_file(
                 storage,
                 document,
                 user_id=config.user_id,
                 settings=settings,
                 options=options,
-                listener=_ProgressListener(progress),
+                listener=ProgressListener(progress),
             )
     if as_json:
         console.print_json(json.dumps([_as_dict(i) for i in imported]))

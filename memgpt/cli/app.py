@@ -85,12 +85,27 @@ def _root(
     """Stateful LLM agents with tiered memory; archival memory and data sources in Milvus."""
 
 
+def command_words(arguments: list[str]) -> list[str]:
+    """The words of ``arguments`` that name the command (["load", "directory"]), none of its values."""
+    groups = {info.name for info in app.registered_groups}
+    words: list[str] = []
+    for argument in arguments:
+        if argument.startswith("-"):
+            break
+        words.append(argument)
+        if len(words) == (2 if words[0] in groups else 1):
+            break
+    return words
+
+
 def main() -> None:
     """Entry point: domain errors become one line on stderr and exit code 1, never a traceback;
     Ctrl-C becomes "Interrupted" and exit code 130."""
     from memgpt.cli import interrupted
+    from memgpt.cli.common import name_command
     from memgpt.errors import MemGPTError
 
+    name_command(command_words(sys.argv[1:]))
     try:
         app()
     except MemGPTError as exc:

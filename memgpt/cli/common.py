@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from memgpt.config import Config
     from memgpt.embeddings import EmbeddingModel
     from memgpt.storage import Storage
+    from memgpt.storage.milvus.client import LockWait
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -49,22 +50,66 @@ def open_storage(
     checked), and Milvus and the configured embedding model start loading before anything else, SQLAlchemy
     included; or calls ``storage.open_vectors_early()`` later. Either way Milvus then opens while the
     command goes on with its imports, its SQL and reading files. ``check`` runs on the config before
-    anything is opened or created (``run``'s check that an LLM is configured)."""
+    anything is opened or created (``run``'s check that an LLM is configured). A Milvus Lite file another
+    memgpt command holds is waited for (see :func:`lock_wait`), which is said once on stderr."""
     from memgpt.storage import Storage
+    from memgpt.storage.milvus.client import command_holding
 
     home, config = home_and_config()
     if check is not None:
         check(config)
-    if vectors:
-        model = embedding_model(config)
-        storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early)
-    else:
-        storage = Storage(config, home)
-    startup_over()
+    with command_holding(command_name(), lock_wait()):
+        if vectors:
+            model = embedding_model(config)
+            storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early)
+        else:
+            storage = Storage(config, home)
+        try:
+            startup_over()  # inside: whatever it raises (a Ctrl-C), the storage just opened is closed
+            yield storage, config
+        finally:
+            storage.close()
+
+
+# How long a command waits for another memgpt command (not a server) that holds the home's Milvus Lite file.
+LOCK_WAIT_ENV = "MEMGPT_LOCK_WAIT"
+LOCK_WAIT_SECONDS = 60.0
+
+
+def lock_wait() -> LockWait:
+    """Wait up to ``MEMGPT_LOCK_WAIT`` seconds (default 60; 0 refuses at once) for a Milvus Lite file another
+    memgpt command holds, telling the user once on stderr."""
+    import os
+
+    from memgpt.errors import ConfigError
+    from memgpt.storage.milvus.client import LockWait
+
+    raw = os.environ.get(LOCK_WAIT_ENV, "").strip()
     try:
-        yield storage, config
-    finally:
-        storage.close()
+        seconds = float(raw) if raw else LOCK_WAIT_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise ConfigError(f"{LOCK_WAIT_ENV}={raw!r}: give a number of seconds (0 refuses at once)")
+    return LockWait(
+        seconds,
+        lambda line: err_console.print(line, markup=False),
+        longer=f"set {LOCK_WAIT_ENV}=SECONDS to wait longer",
+    )
+
+
+def command_name() -> str:
+    """The command being run, as other processes are told ("memgpt load directory"): its words, no values."""
+    return _command
+
+
+def name_command(words: Iterable[str]) -> None:
+    """Set what :func:`command_name` says: the words of the command line that name the command."""
+    global _command
+    _command = " ".join(["memgpt", *words])
+
+
+_command = "memgpt"
 
 
 def embedding_model(config: Config) -> EmbeddingModel:

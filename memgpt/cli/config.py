@@ -311,9 +311,10 @@ def migrate(
     startup_over()  # a long copy collects its garbage as it goes
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from memgpt.cli.common import confirm, err_console
+    from memgpt.cli.common import command_name, confirm, err_console, lock_wait
     from memgpt.config import display_path, resolve_milvus_uri, save_config
     from memgpt.storage import milvus_target
+    from memgpt.storage.milvus.client import command_holding
     from memgpt.storage.transfer import Transfer
 
     home, config = home_and_config()
@@ -323,7 +324,7 @@ def migrate(
     here, there = milvus_target(config, home), milvus_target(moved, home)
     if (there.uri, there.database) == (here.uri, here.database):
         raise ConfigError(f"memgpt already uses {display_path(there.uri)}")
-    with Transfer(here, there) as transfer:
+    with command_holding(command_name(), lock_wait()), Transfer(here, there) as transfer:
         total = sum(transfer.plan().values())
         question = f"Copy {total} passages from {display_path(here.uri)} to {display_path(there.uri)} and switch to it?"
         if not confirm(question, assume_yes=yes):

@@ -20,70 +20,11 @@ from memgpt.cli.common import (
     open_storage,
     warn,
 )
+from memgpt.cli.progress import ProgressListener, load_progress
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
     from memgpt.data.ingest import LoadReport
-
-
-class _ProgressListener:
-    """Draws the seed's "Loading files" bar plus a bar for passages as they are embedded."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.files: TaskID | None = None
-        self.passages: TaskID | None = None
-
-    def files_found(self, count: int) -> None:
-        self.files = self.progress.add_task("Loading files", total=count, unit="file")
-
-    def file_started(self, path: Path) -> None: ...
-
-    def passages_planned(self, count: int) -> None:
-        if self.passages is None:
-            self.passages = self.progress.add_task("Embedding passages", total=0, unit="passage")
-        task = self.progress.tasks[self.passages]
-        self.progress.update(self.passages, total=(task.total or 0) + count)
-
-    def passages_embedded(self, count: int) -> None:
-        if self.passages is not None:
-            self.progress.advance(self.passages, count)
-
-    def file_finished(self, path: Path) -> None:
-        if self.files is not None:
-            self.progress.advance(self.files)
-
-    def warn(self, message: str) -> None:
-        from rich.markup import escape
-
-        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
-
-
-def _progress() -> Progress:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}:"),
-        TaskProgressColumn(),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("["),
-        TimeElapsedColumn(),
-        TextColumn("<"),
-        TimeRemainingColumn(),
-        TextColumn("]"),
-        console=err_console,
-    )
 
 
 def load_directory(
@@ -112,9 +53,9 @@ def load_directory(
         raise UserError(f"no supported files found in {input_dir}")
     with terminate_as_interrupt() as terminated, open_storage(vectors=True) as (storage, config):
         model = embedding_model(config)
-        with _progress() as progress:
+        with load_progress() as progress:
             loader = SourceLoader.from_settings(
-                storage, model, config.embedding, user_id=config.user_id, listener=_ProgressListener(progress)
+                storage, model, config.embedding, user_id=config.user_id, listener=ProgressListener(progress)
             )
             report = loader.load(name, paths, description=description)
     code = _summarize(report)

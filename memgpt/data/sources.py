@@ -114,10 +114,11 @@ def search_source(storage: Storage, source: Source, model: EmbeddingModel, query
 
 def delete_source(storage: Storage, source: Source) -> int:
     """Hide the source, delete its passages, then its rows (its files' and its links to agents go with
-    it), then the files a server stored for it; rerunning finishes an interrupted delete."""
+    it), then the files a server stored for it; rerunning finishes an interrupted delete. Milvus is opened first:
+    one that cannot be (a Milvus Lite file another process holds) leaves the source as it was, not half-deleted."""
+    store = storage.passages(source.space)
     storage.metadata.mark_source_deleting(source.id)
     uploads = [Path(f.path).parent for f in storage.files.list(source.id) if f.stored]
-    store = storage.passages(source.space)
     deleted = store.delete(all_of(eq("user_id", source.user_id), eq("source_id", source.id)))
     storage.metadata.delete_source(source.id)
     remove_stored(uploads)

@@ -163,10 +163,12 @@ class ArchivalMemory:
         if window is not None and start + PAGE_SIZE + 1 > window:  # past the hybrid window: one page, by meaning
             return self._deep_page(query, number, where, window)
         # The same candidates the hybrid ranking fuses for any page within them, without texts: the page's are read.
+        # A deeper page widens them to itself (and a hit more, to tell whether there is a next), up to the window.
+        depth = max(CANDIDATES, start + PAGE_SIZE + 1)
         hits = self._store.search(
             self._model.embed(query),
             text=query,
-            limit=min(max(CANDIDATES, start + PAGE_SIZE + 1), window or CANDIDATES),
+            limit=depth if window is None else min(depth, window),
             where=where,
             with_text=False,
         )

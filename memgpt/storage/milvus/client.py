@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,17 @@ class MilvusTarget:
         return {"consistency_level": "Session" if caught_up else "Strong"}
 
 
+@dataclass(frozen=True)
+class LockWait:
+    """How a command waits for another memgpt command that holds its Milvus Lite file: up to ``seconds``, told to
+    the user once per holder through ``notify`` (one line). Servers and `memgpt mcp serve` over stdio hold the
+    file for as long as they run, so they are never waited for: refused at once, with what to do instead."""
+
+    seconds: float
+    notify: Callable[[str], None]
+    longer: str = ""  # how to wait longer, told when the wait ran out
+
+
 class _LiteLocks:
     """memgpt's own per-file lock for Milvus Lite, shared by every connection in this process.
 
@@ -111,10 +123,10 @@ class _LiteLocks:
             path = db_file.parent / f".{db_file.name}.memgpt.lock"
             handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
+                _lock_or_wait(handle, db_file, path)
+            except BaseException:  # a Ctrl-C while waiting included
                 handle.close()
-                raise StorageLockedError(_locked_message(db_file, path)) from exc
+                raise
             handle.truncate(0)  # say who holds it, for the message another process prints
             handle.write(json.dumps({"pid": os.getpid(), "holder": _holder}))
             handle.flush()
@@ -137,6 +149,9 @@ class _LiteLocks:
 _lite_locks = _LiteLocks()
 # What this process is, as other processes are told when they find the Lite file taken; a server says so.
 _holder = ""
+# How this process waits for a Lite file another memgpt command holds (see command_holding); None: it does not.
+_waiting: LockWait | None = None
+_LOCK_POLL_SECONDS = 0.1
 STDIO_MCP_HOLDER = "memgpt mcp serve"  # what `memgpt mcp serve` over stdio announces itself as
 
 
@@ -146,14 +161,75 @@ def announce_holder(description: str) -> None:
     _holder = description
 
 
-def _locked_message(db_file: Path, lock_path: Path) -> str:
-    where = display_path(db_file)
+@contextlib.contextmanager
+def command_holding(description: str, wait: LockWait | None) -> Iterator[None]:
+    """While this lasts, a Milvus Lite file this process takes is described to others as ``description`` (a
+    command, e.g. "memgpt load directory"), and a file another memgpt command holds is waited for as ``wait``
+    says. What was announced before is restored at the end (a command run inside a test's process)."""
+    global _holder, _waiting
+    previous = _holder, _waiting
+    _holder, _waiting = description, wait
+    try:
+        yield
+    finally:
+        _holder, _waiting = previous
+
+
+def _lock_or_wait(handle: IO[str], db_file: Path, lock_path: Path) -> None:
+    """Take the ``flock`` on ``handle``, waiting for another memgpt command that holds it as :data:`_waiting`
+    says (nothing is waited for without it, nor for a server); raises the one line that says who holds it."""
+    waiting = _waiting
+    deadline: float | None = None
+    told: tuple[object, str] | None = None
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            pid, holder = _holder_of(lock_path)
+            # Only a lock held by another process is waited for, not one the file system cannot take (ENOLCK).
+            held = isinstance(exc, BlockingIOError)
+            if waiting is None or waiting.seconds <= 0 or not held or _holds_while_running(holder):
+                raise StorageLockedError(_locked_message(db_file, pid, holder)) from exc
+            now = time.monotonic()
+            deadline = now + waiting.seconds if deadline is None else deadline
+            if now >= deadline:
+                raise StorageLockedError(_still_locked_message(db_file, pid, holder, waiting)) from exc
+        if (pid, holder) != told:  # once, and again should another command take the file meanwhile
+            what = f" (pid {pid}: {holder})" if holder else (f" (pid {pid})" if pid else "")
+            waiting.notify(f"waiting for the other memgpt command{what} to finish — Ctrl-C to stop")
+            told = (pid, holder)
+        time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _holder_of(lock_path: Path) -> tuple[object, str]:
+    """The pid and description the process holding the lock wrote into it (None and "" where not, or not yet)."""
     try:
         note = json.loads(lock_path.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
         note = {}
-    holder = str(note.get("holder") or "") if isinstance(note, dict) else ""
-    pid = note.get("pid") if isinstance(note, dict) else None
+    if not isinstance(note, dict):
+        return None, ""
+    return note.get("pid"), str(note.get("holder") or "")
+
+
+def _holds_while_running(holder: str) -> bool:
+    """A server, or `memgpt mcp serve` over stdio: it holds the file until stopped, so waiting would not help."""
+    return holder.startswith(("memgpt server", STDIO_MCP_HOLDER))
+
+
+def _still_locked_message(db_file: Path, pid: object, holder: str, waiting: LockWait) -> str:
+    who = f" ({holder}, pid {pid})" if holder else (f" (pid {pid})" if pid else "")
+    longer = f", {waiting.longer}," if waiting.longer else ""
+    return (
+        f"another memgpt process{who} is still using {display_path(db_file)} after {waiting.seconds:.0f} s — try "
+        f"again once it has finished{longer} or configure a Milvus server URI "
+        "(`memgpt configure --milvus-uri http://host:19530`) so several processes can share the data"
+    )
+
+
+def _locked_message(db_file: Path, pid: object, holder: str) -> str:
+    where = display_path(db_file)
     if holder.startswith("memgpt server"):
         return (
             f"a {holder} (pid {pid}) owns {where} while it runs: use its API, stop it, or configure a Milvus server "

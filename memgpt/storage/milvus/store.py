@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,6 +27,58 @@ _LIGHT = [name for name in FIELDS if name != "text"]  # what ranking and filteri
 _ITERATOR_BATCH = 1000
 # What a pymilvus whose internals changed shape raises in the column insert (see _insert_columns)
 _OTHER_SHAPES = (AttributeError, TypeError, ValueError, KeyError)
+
+
+def _shape_change(exc: Exception) -> Exception | None:
+    """The error of a pymilvus whose internals changed shape, if ``exc`` is one: raised as it is, or as the
+    MilvusException("Unexpected error ...") that pymilvus's own error handler makes of it inside its methods."""
+    if isinstance(exc, _OTHER_SHAPES):
+        return exc
+    from pymilvus.exceptions import MilvusException
+
+    if isinstance(exc, MilvusException) and isinstance(exc.__cause__, _OTHER_SHAPES):
+        return exc.__cause__
+    return None
+
+
+class _HeldLogs(logging.Filter):
+    """Holds back what pymilvus logs in a thread during a call of its whose failure memgpt handles: its error
+    handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."), which a user saw
+    before the column insert fell back to rows as intended. Only the thread that asked, only during that call;
+    the caller says them after all (:meth:`emit`) when it does not handle the failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: dict[int, list[logging.LogRecord]] = {}
+        self._installed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = self._held.get(threading.get_ident())
+        if held is None:
+            return True
+        held.append(record)
+        return False
+
+    @contextlib.contextmanager
+    def held(self, into: list[logging.LogRecord]) -> Iterator[None]:
+        if not self._installed:
+            logging.getLogger(_PYMILVUS_ERRORS).addFilter(self)
+            self._installed = True
+        thread = threading.get_ident()
+        self._held[thread] = into
+        try:
+            yield
+        finally:
+            del self._held[thread]
+
+    @staticmethod
+    def emit(records: list[logging.LogRecord]) -> None:
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+
+
+_PYMILVUS_ERRORS = "pymilvus.decorators"  # the logger of pymilvus's error handler and retries
+_pymilvus_logs = _HeldLogs()
 
 
 def _pymilvus_version() -> str:
@@ -202,16 +256,27 @@ class MilvusPassageStore(PassageStore):
             self._insert_rows_from_now(exc)
             client.insert(self.collection, rows)
             return
+        held: list[logging.LogRecord] = []
         try:
-            handler.batch_insert(self.collection, columns, context=context, schema=schema)
-        except _schema_mismatches():
+            with _pymilvus_logs.held(held):
+                handler.batch_insert(self.collection, columns, context=context, schema=schema)
+            return
+        except _schema_mismatches() as exc:
             # nothing was written: pymilvus's own insert clears the cached schema and retries once on these
             # (retry_on_schema_mismatch), which batch_insert lacks; so does this
+            logger.debug(
+                "the column insert into %s met a stale cached schema (%s); inserting rows", self.collection, exc
+            )
             self._forget_schema(handler, context)
-            client.insert(self.collection, rows)
-        except _OTHER_SHAPES as exc:  # perhaps raised after the rows were written: upsert replaces them by id
-            self._insert_rows_from_now(exc)
-            client.upsert(self.collection, rows)
+            retry = client.insert
+        except Exception as exc:
+            changed = _shape_change(exc)
+            if changed is None:  # not handled here: what pymilvus logged about it is said after all
+                _pymilvus_logs.emit(held)
+                raise
+            self._insert_rows_from_now(changed)
+            retry = client.upsert  # perhaps raised after the rows were written: upsert replaces them by id
+        retry(self.collection, rows)
 
     def _insert_rows_from_now(self, exc: Exception) -> None:
         self._by_columns = False
