@@ -1,17 +1,22 @@
 """memgpt's local embedding (LocalMiniLM.embed_multi) against raw ONNX Runtime loops on the same passages.
 
-Usage: python bench/embed_bench.py [--repeats 3]
+Usage: python bench/embed_bench.py [--repeats 3] [--chat 600]
 The passages are the seed paper's, chunked as `memgpt load` chunks them. Each raw loop runs the model
 file memgpt ships with the tokenizer memgpt uses, sorted by length as memgpt batches, and varies only
 the batch size, ONNX Runtime's intra-op threads and whether idle threads spin
 (``session.intra_op.allow_spinning``; memgpt turns it off, ONNX Runtime's default is on). Wall and CPU
 seconds are medians of ``repeats``; the loops take turns, so a burst of load hits them alike.
+
+``--chat N`` then embeds N chat messages (3-40 words) in passes of 40 as a server's recall indexer does (memgpt's
+batches, memgpt's session options) on 1 and on 2 intra-op threads: a server's session runs on 1
+(``memgpt.embeddings.local.use_threads``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -25,7 +30,7 @@ import numpy as np
 from memgpt.config import Config
 from memgpt.data.chunking import Chunker
 from memgpt.data.loaders import parse
-from memgpt.embeddings.local import MAX_SEQUENCE, LocalMiniLM, _runtime
+from memgpt.embeddings.local import MAX_SEQUENCE, LocalMiniLM, _create_runtime, _import_runtime, _runtime
 
 PAPER = Path(__file__).resolve().parent.parent / "tests" / "data" / "memgpt_research_paper.pdf"
 
@@ -65,6 +70,51 @@ def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], 
     return run
 
 
+def chat_messages(count: int) -> list[str]:
+    """``count`` chat-like messages of 3-40 words, the same every run."""
+    rng = random.Random(7)
+    words = " ".join(passages(LocalMiniLM())[:20]).split()
+    return [" ".join(rng.choices(words, k=rng.randint(3, 40))) for _ in range(count)]
+
+
+def chat_loop(model: LocalMiniLM, threads: int) -> Callable[[Sequence[str]], None]:
+    """memgpt's batches of each pass of 40 messages, on a session made as memgpt makes it, on ``threads``."""
+    session, tokenizer = _create_runtime(*_import_runtime(), threads)
+
+    def run(texts: Sequence[str]) -> None:
+        for start in range(0, len(texts), 40):
+            gathered = texts[start : start + 40]
+            for batch in model.batches(gathered):
+                encodings = tokenizer.encode_batch([gathered[i] for i in batch])
+                ids = np.array([e.ids for e in encodings], dtype=np.int64)
+                mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+                session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+
+    return run
+
+
+def chat(model: LocalMiniLM, count: int, repeats: int) -> None:
+    texts = chat_messages(count)
+    tokens = sum(min(model.count_tokens(t) + 2, MAX_SEQUENCE) for t in texts)
+    loops = {threads: chat_loop(model, threads) for threads in (1, 2)}
+    walls: dict[int, list[float]] = {threads: [] for threads in loops}
+    cpus: dict[int, list[float]] = {threads: [] for threads in loops}
+    for run in loops.values():
+        run(texts[:40])  # warm up
+    for _ in range(repeats):
+        for threads, run in loops.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(texts)
+            walls[threads].append(time.perf_counter() - wall)
+            cpus[threads].append(time.process_time() - cpu)
+    print(f"\n### Embedding {count} chat messages ({tokens} tokens) in passes of 40, {os.cpu_count()} cores\n")
+    print("| intra-op threads | wall s | CPU s | CPU ms a message |")
+    print("|---|---|---|---|")
+    for threads in loops:
+        wall, cpu = statistics.median(walls[threads]), statistics.median(cpus[threads])
+        print(f"| {threads} | {wall:.2f} | {cpu:.2f} | {cpu * 1000 / count:.2f} |")
+
+
 # (threads, batch, spinning): ONNX Runtime's defaults at memgpt's former batch of 8, then the knobs one by one.
 RAW = [(2, 8, True), (2, 8, False), (2, 1, True), (2, 1, False), (2, 2, False), (2, 32, False), (1, 1, False)]
 
@@ -72,8 +122,13 @@ RAW = [(2, 8, True), (2, 8, False), (2, 1, True), (2, 1, False), (2, 2, False), 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chat", type=int, default=0, help="also embed this many chat messages on 1 and 2 threads")
+    parser.add_argument("--chat-only", action="store_true", help="only the chat messages")
     args = parser.parse_args()
     model = LocalMiniLM()
+    if args.chat_only:
+        chat(model, args.chat or 600, args.repeats)
+        return
     texts = passages(model)
     tokens = [min(model.count_tokens(t) + 2, MAX_SEQUENCE) for t in texts]
     cores = os.cpu_count() or 1
@@ -101,6 +156,8 @@ def main() -> None:
     for name in loops:
         wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
         print(f"{name} | {wall:.2f} | {cpu:.2f} | {len(texts) / wall:.0f} |")
+    if args.chat:
+        chat(model, args.chat, args.repeats)
 
 
 if __name__ == "__main__":
