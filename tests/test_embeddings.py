@@ -3,7 +3,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -127,32 +126,3 @@ def test_the_model_loaded_early_in_a_thread_is_the_one_used_and_the_thread_impor
     assert first == "True []", out.stdout
     reference_head = [0.0677, 0.0634, 0.0488, 0.0793, 0.0374]
     assert [float(v) for v in second.split()] == pytest.approx(reference_head, abs=0.02)
-
-
-SERVER_EMBEDS = """
-import sys
-from pathlib import Path
-from pathlib import Path
-
-from memgpt.config import load_config
-from memgpt.embeddings import local
-from memgpt.server.app import open_state
-
-home = Path(sys.argv[1])
-state = open_state(home, load_config(home))
-try:
-    state.embedding().embed("What a server process embeds: recall indexing of every agent's messages")
-    session, _ = local._runtime()
-    print(session.get_session_options().intra_op_num_threads, local.use_threads(2))
-finally:
-    state.storage.close()
-"""
-
-
-def test_a_server_process_embeds_on_one_onnx_thread(home: Path) -> None:
-    """Its embeddings run beside turns that keep the cores busy: a second intra-op thread costs CPU and gains
-    nothing (``local.use_threads``); once the session exists, its threads stay as they are."""
-    code = [sys.executable, "-c", SERVER_EMBEDS, str(home)]
-    out = subprocess.run(code, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["1", "False"], out.stdout

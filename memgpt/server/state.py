@@ -59,10 +59,7 @@ class ServerState:
         with self._guard:
             if self._embedding is None:
                 from memgpt.embeddings import embedding_model
-                from memgpt.embeddings.local import use_threads
 
-                # Its embeddings run beside the turns, which keep every core busy under load: one ONNX thread.
-                use_threads(1)
                 self._embedding = embedding_model(self.config.embedding)
             return self._embedding
 
