@@ -20,6 +20,7 @@ from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import EmbeddingError
 from memgpt.memory.background import Batcher, Outcome
+from memgpt.memory.messages import stored
 from memgpt.memory.paging import Page, RankedPage
 from memgpt.memory.recall import WORD_SEARCH_NOTE, RecallIndex, RecallMemory, index_pass
 from memgpt.storage import Storage
@@ -401,6 +402,37 @@ def test_a_pass_that_outlived_its_claim_leaves_the_agent_to_the_pass_that_took_i
         assert store.count(where) == 4
         hits = store.search(model.embed("sailing"), limit=8, where=where, text="sailing")
         assert sorted(h.passage.id for h in hits) == sorted(f"{agent_id}-{i}" for i in range(4))
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_message_another_process_edits_during_a_pass_is_left_to_index_with_its_new_text(
+    home: Path, milvus_server: str, server_database: str, model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass (a search outside the agent's lease: MCP's conversation_search in its own process) read the agent's
+    new messages; meanwhile the turn that holds the agent, in another process, edits one of them (/rethink,
+    /rewrite: its text changes, it is marked unindexed). The pass indexed the old text and then marked the message
+    indexed: the edit was never indexed. The message stays unindexed, and the next pass indexes its new text."""
+    with two_processes(home, milvus_server, server_database) as (searching, editing):
+        agent_id = _agent(searching, model, "edited")
+        store = searching.passages(model.space)
+        recall = RecallMemory(searching, agent_id=agent_id, user_id="u", index=RecallIndex(store, model))
+        messages = _messages(agent_id, 3)
+        recall.append(messages)
+        read = searching.messages.unindexed_of
+
+        def edited_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            found = read(*args, **kwargs)
+            editing.messages.replace(stored(dataclasses.replace(messages[1], content="Knitting, not sailing.")))
+            return found
+
+        monkeypatch.setattr(searching.messages, "unindexed_of", edited_meanwhile)
+        index_pass([recall])
+        assert recall.backlog() == 1  # the edited one
+        monkeypatch.setattr(searching.messages, "unindexed_of", read)
+        assert index_pass([recall]).finished == {recall.key}
+        assert recall.backlog() == 0
+        entries = {p.id: p.text for p in store.query(all_of(eq("agent_id", agent_id), eq("kind", "recall")), limit=100)}
+        assert "Knitting, not sailing." in entries[messages[1].id], entries
 
 
 class SlowModel(LocalMiniLM):

@@ -512,8 +512,9 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
     SQL keeps all, and it is tried again at its next request); the rest have more to do."""
     outcome = Outcome()
     claimed = _Claimed()
+    read: dict[str, str] = {}  # each message's search text as read: it is marked indexed only if still that
     with ExitStack() as held:
-        work = _unindexed(recalls, limit, outcome, held, claimed)
+        work = _unindexed(recalls, limit, outcome, held, claimed, read)
         fresh = _embed(work, outcome, claimed)
         lost = claimed.lost(outcome)
         by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage], list[Message]]]] = {}
@@ -528,13 +529,13 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
             except MemGPTError as exc:
                 _failed(outcome, [recall for recall, _, _, _ in group], exc)
                 continue
-            by_messages: dict[int, list[tuple[RecallMemory, list[str]]]] = {}
+            by_messages: dict[int, list[tuple[RecallMemory, dict[str, str]]]] = {}
             for recall, _, written, bare in group:
-                done = [p.id for p in written] + [m.id for m in bare]
+                done = {i: read[i] for i in [p.id for p in written] + [m.id for m in bare]}
                 by_messages.setdefault(id(recall._messages), []).append((recall, done))
             for marks in by_messages.values():  # one statement for the agents of one database
                 try:
-                    marks[0][0]._messages.mark_indexed_of({r.agent_id: done for r, done in marks})
+                    marks[0][0]._messages.mark_indexed_as_read({r.agent_id: done for r, done in marks})
                 except MemGPTError as exc:
                     _failed(outcome, [recall for recall, _ in marks], exc)
         for _, index, pairs in work:
@@ -546,7 +547,12 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
 
 
 def _unindexed(
-    recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack, claimed: _Claimed
+    recalls: Sequence[RecallMemory],
+    limit: int,
+    outcome: Outcome,
+    held: ExitStack,
+    claimed: _Claimed,
+    read: dict[str, str],
 ) -> list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]]:
     """The pass's messages: up to ``limit`` unindexed ones over ``recalls`` in order, read in one call per
     database (a transaction per agent), each agent's under its writing lock and, where other processes index
@@ -568,7 +574,7 @@ def _unindexed(
         if not group:
             continue
         try:
-            found = group[0][0]._messages.unindexed_of([recall.agent_id for recall, _ in group], limit)
+            found = group[0][0]._messages.unindexed_of([recall.agent_id for recall, _ in group], limit, read)
         except MemGPTError as exc:
             _failed(outcome, [recall for recall, _ in group], exc)
             continue
