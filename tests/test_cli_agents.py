@@ -8,21 +8,27 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pexpect
 import pytest
+from letta_client import Letta
 
 from memgpt.agent.agent import answer_reserve
 from memgpt.config import load_config, save_config
 from memgpt.llm.base import ToolSpec
+from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
 from memgpt.tokens import count_message, count_tools
 from tests.conftest import DATA, PAPER, cli, run_cli
+from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import ServerProcess, auth, use_scripted_llm
 from tests.test_configure_interactive import question
 
 SEED_QUESTION = "The paper I loaded into your archival memory is called MemGPT. Can you tell me more about it?"
@@ -504,3 +510,81 @@ def test_the_memory_pressure_alert_is_sent_once_a_summary_not_once_a_process(hom
         if m["role"] == "user" and json.loads(m["content"]).get("type") == "system_alert"
     ]
     assert len(alerts) == 1, alerts  # the one the first process sent, still in the window
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
+    home: Path, llm: ScriptedLLM, milvus_server: str, server_database: str
+) -> None:
+    """`memgpt delete agent` while a `memgpt server` process on the same home (a Milvus server for the vectors) runs
+    a turn of that agent: it deleted the agent under the turn, whose next write then failed. It holds the agent's
+    lease, as the server's own delete does: it waits for the turn up to the server's busy wait, else says in one
+    line that the agent is busy and deletes nothing."""
+    config = use_scripted_llm(home, llm.url)
+    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
+    config.server.busy_wait_seconds = 1
+    save_config(config, home)
+    with Storage(config, home) as storage:
+        key = storage.users.create_key(storage.users.ensure(config.user_id, OWNER_NAME).id)[1]
+    server = ServerProcess(home)
+    try:
+        server.wait_ready()
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        agent = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(
+            name="sam", memory_blocks=blocks, model="openai-compatible/scripted"
+        )  # type: ignore[arg-type]
+
+        def turn(gate: threading.Event, answers: list[httpx.Response]) -> threading.Thread:
+            """A turn of the agent in the server, its LLM call held until ``gate`` is set."""
+            llm.add({"tool": "send_message", "args": {"message": "Hello, Chad."}, "content": "Greet.", "until": gate})
+            asked = len(llm.requests)
+            url = f"{server.url}/v1/agents/{agent.id}/messages"
+            running = threading.Thread(
+                target=lambda: answers.append(httpx.post(url, json={"input": "Hi"}, headers=auth(key), timeout=120))
+            )
+            running.start()
+            deadline = time.monotonic() + 60
+            while len(llm.requests) == asked and time.monotonic() < deadline:  # the turn is in its LLM call
+                time.sleep(0.05)
+            return running
+
+        def exists() -> bool:
+            with Storage(config, home) as storage:
+                return storage.agents.get(config.user_id, "sam") is not None
+
+        gate, answers = threading.Event(), []
+        running = turn(gate, answers)
+        refused = run_cli("delete", "agent", "sam", "--yes", home=home)
+        gate.set()
+        running.join(60)
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        assert refused.stderr.strip() == (
+            "error: agent 'sam' is busy with a turn (memgpt server); nothing deleted: try again in a moment"
+        ), refused.stderr
+        assert answers[0].status_code == 200, answers[0].text
+        assert exists()
+
+        config.server.busy_wait_seconds = 60  # the CLI's wait; the server keeps the one it started with
+        save_config(config, home)
+        gate, answers = threading.Event(), []
+        running = turn(gate, answers)
+        env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
+        command = [sys.executable, "-m", "memgpt", "delete", "agent", "sam", "--yes"]
+        deleting = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(4.0)
+            assert deleting.poll() is None, deleting.communicate()  # it waits for the turn
+            assert exists()
+            gate.set()
+            running.join(60)
+            out, err = deleting.communicate(timeout=60)
+        finally:
+            if deleting.poll() is None:
+                deleting.kill()
+        assert deleting.returncode == 0, err
+        assert out.strip() == "Deleted agent 'sam' and 0 archival passages"  # its recall index entries not counted
+        assert answers[0].status_code == 200, answers[0].text
+        assert "Hello, Chad." in answers[0].text
+        assert not exists()
+    finally:
+        server.stop()

@@ -18,7 +18,9 @@ from memgpt.agent.manager import create_agent, delete_agent
 from memgpt.config import load_config, save_config
 from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
+from memgpt.errors import EmbeddingError
 from memgpt.memory.background import Batcher, Outcome
+from memgpt.memory.messages import stored
 from memgpt.memory.paging import Page, RankedPage
 from memgpt.memory.recall import WORD_SEARCH_NOTE, RecallIndex, RecallMemory, index_pass
 from memgpt.storage import Storage
@@ -400,6 +402,97 @@ def test_a_pass_that_outlived_its_claim_leaves_the_agent_to_the_pass_that_took_i
         assert store.count(where) == 4
         hits = store.search(model.embed("sailing"), limit=8, where=where, text="sailing")
         assert sorted(h.passage.id for h in hits) == sorted(f"{agent_id}-{i}" for i in range(4))
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_message_another_process_edits_during_a_pass_is_left_to_index_with_its_new_text(
+    home: Path, milvus_server: str, server_database: str, model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass (a search outside the agent's lease: MCP's conversation_search in its own process) read the agent's
+    new messages; meanwhile the turn that holds the agent, in another process, edits one of them (/rethink,
+    /rewrite: its text changes, it is marked unindexed). The pass indexed the old text and then marked the message
+    indexed: the edit was never indexed. The message stays unindexed, and the next pass indexes its new text."""
+    with two_processes(home, milvus_server, server_database) as (searching, editing):
+        agent_id = _agent(searching, model, "edited")
+        store = searching.passages(model.space)
+        recall = RecallMemory(searching, agent_id=agent_id, user_id="u", index=RecallIndex(store, model))
+        messages = _messages(agent_id, 3)
+        recall.append(messages)
+        read = searching.messages.unindexed_of
+
+        def edited_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            found = read(*args, **kwargs)
+            editing.messages.replace(stored(dataclasses.replace(messages[1], content="Knitting, not sailing.")))
+            return found
+
+        monkeypatch.setattr(searching.messages, "unindexed_of", edited_meanwhile)
+        index_pass([recall])
+        assert recall.backlog() == 1  # the edited one
+        monkeypatch.setattr(searching.messages, "unindexed_of", read)
+        assert index_pass([recall]).finished == {recall.key}
+        assert recall.backlog() == 0
+        entries = {p.id: p.text for p in store.query(all_of(eq("agent_id", agent_id), eq("kind", "recall")), limit=100)}
+        assert "Knitting, not sailing." in entries[messages[1].id], entries
+
+
+class SlowModel(LocalMiniLM):
+    """The real local model at a slow CPU's or endpoint's pace (``pace`` seconds a text), counting the texts it
+    embeds; once ``stop`` is set it fails (an endpoint gone), which ends a pass that would go on for ever."""
+
+    def __init__(self, pace: float, stop: threading.Event) -> None:
+        super().__init__()
+        self.pace, self.stop, self.texts = pace, stop, 0
+
+    def embed_multi(self, texts: Sequence[str], **kwargs: object) -> list[Vector]:
+        if self.stop.is_set():
+            raise EmbeddingError("stopped by the test")
+        time.sleep(self.pace * len(texts))
+        self.texts += len(texts)
+        return super().embed_multi(texts)
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_two_processes_whose_passes_outlast_a_claim_index_a_backlog_once_not_taking_it_from_each_other(
+    home: Path, milvus_server: str, server_database: str
+) -> None:
+    """An agent with a backlog (an import, a long conversation indexed late) on a slow CPU: a pass's embedding
+    takes longer than its claim. The pass took its claim once and lost it while it embedded: the other process's
+    pass took it over, embedded the same messages, lost it the same way, and so on for ever (neither wrote). A pass
+    keeps its claim while it embeds: the backlog is embedded once, and indexed once."""
+    # 5 s of embedding and more (the model's own time), against a claim of 4 s; the pass's first part (16 texts) takes
+    # well under that, on a busy machine too.
+    count, pace, claim = 120, 0.04, 4.0
+    stop = threading.Event()
+    with two_processes(home, milvus_server, server_database) as (first, second):
+        models = [SlowModel(pace, stop), SlowModel(pace, stop)]  # each process has its own embedding cache
+        for model in models:
+            model.embed_multi(["loaded before the passes"])  # the model's load is not the pace this test sets
+            model.texts = 0
+        agent_id = _agent(first, models[0], "backlog")
+        recalls = []
+        for storage, model in zip((first, second), models, strict=True):
+            storage.claim_seconds = claim
+            index = RecallIndex(storage.passages(model.space), model)
+            recalls.append(RecallMemory(storage, agent_id=agent_id, user_id="u", index=index))
+        recalls[0].append(_messages(agent_id, count))
+        done: list[bool] = []
+        passes = [threading.Thread(target=lambda r=r: done.append(r.sync()), daemon=True) for r in recalls]
+        for thread in passes:
+            thread.start()
+            time.sleep(0.3)  # the first claims the agent; the second waits for the claim
+        deadline = time.monotonic() + 40
+        for thread in passes:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stop.set()  # a livelock's passes now fail and end
+        for thread in passes:
+            thread.join(30)
+        embedded = [m.texts for m in models]
+        assert done == [True, True], f"indexed: {done}; texts embedded by each process: {embedded}"
+        assert sum(embedded) == count, embedded  # each message embedded once, by one process
+        where = all_of(eq("agent_id", agent_id), eq("kind", "recall"))
+        store = first.passages(models[0].space)
+        assert store.count(where) == count
+        assert recalls[0].backlog() == 0
 
 
 @pytest.mark.usefixtures("metadata_url")

@@ -145,6 +145,106 @@ def test_background_task_is_answered_statelessly(server: LiveServer, llm: Script
     assert user_messages(server, agent_id) == []
 
 
+CHAT = (("I like green tea.", "Noted, green tea it is."),)
+# What other chat UIs send for their own default background prompts (their instruction's opening words as their
+# sources have them, the rest of each instruction abridged), and where they put it.
+UI_BACKGROUND: dict[str, list[dict[str, Any]]] = {
+    "LibreChat title": [
+        {
+            "role": "user",
+            "content": "Provide a concise, 5-word-or-less title for the conversation, using its same language. "
+            "Only return the title itself.\n\nConversation:\nUser: I like green tea.\nAI: Noted, green tea it is.",
+        }
+    ],
+    "LibreChat structured title": [
+        {
+            "role": "user",
+            "content": "Analyze this conversation and provide:\n1. The detected language of the conversation\n"
+            "2. A concise title in the detected language\n\nUser: I like green tea.\nAI: Noted.",
+        }
+    ],
+    "LibreChat title before 0.7.6": [
+        {
+            "role": "system",
+            "content": 'Please generate a concise, 5-word-or-less title for the conversation.\n\n||>User:\n"I like '
+            'green tea."\n||>Response:\n"Noted."\n\n||>Title:',
+        }
+    ],
+    "LobeChat topic": [
+        {"role": "system", "content": "You are a professional conversation summarizer. Generate a concise title."},
+        {"role": "user", "content": "user: I like green tea.\nassistant: Noted, green tea it is."},
+    ],
+    "Chatbox name": [
+        {
+            "role": "user",
+            "content": "Name the conversation based on the chat records.\nPlease provide a concise name.\n\n"
+            "```\nI like green tea.\n\n---------\n\nNoted, green tea it is.\n```",
+        }
+    ],
+    "NextChat topic": history(
+        *CHAT, last="Please generate a four to five word title summarizing our conversation without any lead-in."
+    ),
+    "NextChat summary": [
+        *history(*CHAT, last="And I like it hot.")[:-1],
+        {"role": "system", "content": "Summarize the discussion briefly in 200 words or less for future context."},
+    ],
+    "SillyTavern summary": [
+        *history(*CHAT, last="And I like it hot."),
+        {"role": "system", "content": "[Pause your roleplay. Summarize the most important facts so far.]"},
+    ],
+}
+
+
+@pytest.mark.parametrize("ui", sorted(UI_BACKGROUND))
+def test_other_chat_uis_background_requests_are_answered_statelessly(
+    server: LiveServer, llm: ScriptedLLM, ui: str
+) -> None:
+    """LibreChat's, LobeChat's, Chatbox's, NextChat's and SillyTavern's titles and summaries were stored as the
+    person's messages (or, with the instruction as the last, system message, refused with a 400)."""
+    agent_id = make_agent(server, "sam")
+    llm.add({"content": "Green Tea Talk"})
+    sent = UI_BACKGROUND[ui]
+    answer = openai_client(server).chat.completions.create(model="sam", messages=sent)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "Green Tea Talk"
+    asked = llm.requests[-1]
+    assert asked["messages"] == sent and not asked.get("tools")  # the agent's LLM alone: no memory, no tools
+    assert user_messages(server, agent_id) == []
+
+
+def test_a_header_marks_a_background_request_either_way_and_a_look_alike_message_is_remembered(
+    server: LiveServer, llm: ScriptedLLM
+) -> None:
+    agent_id = make_agent(server, "sam")
+    client = openai_client(server)
+    llm.add({"content": "Tea Questions"})
+    marked = client.chat.completions.create(
+        model="sam", messages=history(last="Make a title."), extra_headers={"X-Memgpt-Background": "true"}
+    )  # type: ignore[arg-type]
+    assert marked.choices[0].message.content == "Tea Questions" and not llm.requests[-1].get("tools")
+    assert user_messages(server, agent_id) == []
+
+    # A person's message that begins as a UI's instruction does: the client says it is one to remember.
+    look_alike = "Name the conversation based on the chat records, please: what would you call it?"
+    llm.reply("Tea talk.")
+    kept = client.chat.completions.create(
+        model="sam", messages=history(last=look_alike), extra_headers={"x-memgpt-background": "false"}
+    )  # type: ignore[arg-type]
+    assert kept.choices[0].message.content == "Tea talk." and llm.requests[-1].get("tools")
+    # Nor is a message that only mentions a UI's words dropped.
+    mentions = "How does Open WebUI's ### Task: prompt with <chat_history> work?"
+    llm.reply("It sends the chat along.")
+    client.chat.completions.create(model="sam", messages=history(last=mentions))  # type: ignore[arg-type]
+    assert user_messages(server, agent_id) == [look_alike, mentions]
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="sam", messages=history(last="Hi"), extra_headers={"X-Memgpt-Background": "maybe"}
+        )  # type: ignore[arg-type]
+    said = "X-Memgpt-Background: 'maybe' is neither true nor false (true: answer without memory, store nothing)"
+    assert refused.value.body["message"] == said  # type: ignore[index]
+    assert user_messages(server, agent_id) == [look_alike, mentions]
+
+
 def test_errors_have_openais_shape(server: LiveServer) -> None:
     make_agent(server, "sam")
     make_agent(server, "secret", user="bob")

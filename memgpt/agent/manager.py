@@ -504,14 +504,17 @@ def attached_sources(storage: Storage, state: AgentState) -> list[Source]:
 
 
 def delete_agent(storage: Storage, state: AgentState) -> int:
-    """Delete the agent, its messages and its own archival passages (attached sources stay)."""
+    """Delete the agent, its messages and its own archival passages (attached sources stay); returns how many
+    archival passages it had (its recall index entries, also deleted, are not counted: they are its messages)."""
     store = storage.passages(state.space)
+    mine = (eq("user_id", state.user_id), eq("agent_id", state.id))
     # Under the recall writing lock: an indexing pass this process still runs for the agent (a server turn does
     # not wait for its own) ends first, so none writes index entries of deleted messages after this.
     with recall_writing(storage, state.id):
-        deleted = store.delete(all_of(eq("user_id", state.user_id), eq("agent_id", state.id)))
+        archival = store.count(all_of(*mine, eq("kind", "archival")))
+        store.delete(all_of(*mine), count=False)
         storage.agents.delete(state.id)
-    return deleted
+    return archival
 
 
 def default_agent_settings(config: Config, model: str | None) -> tuple[str, int]:

@@ -282,7 +282,12 @@ def delete_agent(name: str = typer.Argument(..., help="Name of the agent."), yes
         if not confirm(f"Delete agent {state.name!r} and all its memories?", assume_yes=yes):
             console.print("Nothing deleted.")
             return
-        passages = remove(storage, state)
+        # The agent's lease, as the server's delete takes it: a turn running in a `memgpt server` process ends
+        # first (waited for up to the server's busy wait), never has the agent deleted under it.
+        busy = f"agent {state.name!r} is busy with a turn (memgpt server); nothing deleted: try again in a moment"
+        settings = config.server
+        with storage.turns.holding(state.id, settings.lease_seconds, settings.busy_wait_seconds, busy=busy):
+            passages = remove(storage, state)
     console.print(f"Deleted agent {state.name!r} and {passages} archival passages", markup=False)
 
 

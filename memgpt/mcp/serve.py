@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from memgpt.data.sources import get_source
 from memgpt.data.sources import list_sources as sources_of
 from memgpt.data.sources import search_source as search_in
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import AgentBusyError, MemGPTError, NotFoundError, UserError
+from memgpt.errors import MemGPTError, NotFoundError, UserError
 from memgpt.memory.core import CoreMemory, edit_stored
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Block
@@ -90,18 +89,10 @@ def _as_tool_errors() -> Iterator[None]:
 def lease_guard(storage: Storage, agent_id: str, *, wait: float = BUSY_WAIT) -> Iterator[None]:
     """Hold the agent's turn lease (the one `memgpt server` turns take, in SQL) for a block edit, so that a
     turn running elsewhere on the same storage neither overwrites the edit nor is overwritten by it."""
-    from memgpt.storage.turns import new_owner
-
-    owner = new_owner()
-    deadline = time.monotonic() + wait
-    while not storage.turns.acquire(agent_id, owner, "", LEASE_SECONDS):
-        if time.monotonic() >= deadline:
-            raise AgentBusyError("the agent is busy with a turn; try the edit again in a moment", 2)
-        time.sleep(0.1)
-    try:
+    with storage.turns.holding(
+        agent_id, LEASE_SECONDS, wait, busy="the agent is busy with a turn; try the edit again in a moment"
+    ):
         yield
-    finally:
-        storage.turns.release(agent_id, owner)
 
 
 def _describe_block(block: Block, verb: str) -> str:

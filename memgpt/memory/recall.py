@@ -51,13 +51,19 @@ _GATHER = 0.25
 CATCH_UP_SECONDS = 10.0  # a search waits this long for the index, then uses the SQL word search
 # A pass's claim on its agents where other processes index them too (storage/claims.py) lasts as long as a
 # server's lease (Storage.claim_seconds): a process killed mid-pass on another host, or one stopped (SIGSTOP, a
-# frozen VM), holds them this long (one killed on this host, not at all). The pass renews it right before its
-# delete and insert and writes only the agents it still holds, so a pass slower than this (a slow embedding
-# endpoint) keeps its agents unless another pass took them meanwhile, and then loses them rather than writes them
-# alongside that pass; only the delete and insert of one batch must take less. Nothing waits for another
+# frozen VM), holds them this long (one killed on this host, not at all). A pass embeds in parts each sized to take
+# about ``_PART_SHARE`` of the claim (measured on the part before), and renews its claims before a part once a
+# ``_PART_SHARE`` of the claim went by since it last did, so a pass slower than the claim (a backlog of 128 messages
+# on a slow CPU or endpoint) keeps its agents: when it outlived its claim at once, another process's pass took the
+# agents over, embedded them again and lost them the same way, each taking over from the other for ever. An agent
+# lost all the same (a part far slower than the one before) is not embedded further, and the pass renews once more
+# right before its delete and insert and writes only the agents it still holds, rather than alongside the pass
+# that took them; only the delete and insert of one batch must take less than a claim. Nothing waits for another
 # process's claim long: a turn's end not at all (``close``), a search ``_ELSEWHERE_PATIENCE`` seconds (then the
 # SQL word search); what that process leaves unindexed is indexed at the agent's next request once it lets go.
 _ELSEWHERE_PATIENCE = 2.0
+_PART_SHARE = 0.25
+_FIRST_PART = 16  # texts embedded before a pass with claims knows how long one takes (a turn's few: all at once)
 _ELSEWHERE_PAUSE = 0.02  # seconds a pass that found its agents in another process's pass waits before its next
 _MAX_INDEXED_BYTES = 60_000  # under the Milvus text field's 65,535; the whole message stays in SQL
 # Own embeddings kept for the next batch's first message, per model and process (see RecallIndex): one per
@@ -506,9 +512,10 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
     SQL keeps all, and it is tried again at its next request); the rest have more to do."""
     outcome = Outcome()
     claimed = _Claimed()
+    read: dict[str, str] = {}  # each message's search text as read: it is marked indexed only if still that
     with ExitStack() as held:
-        work = _unindexed(recalls, limit, outcome, held, claimed)
-        fresh = _embed(work, outcome)
+        work = _unindexed(recalls, limit, outcome, held, claimed, read)
+        fresh = _embed(work, outcome, claimed)
         lost = claimed.lost(outcome)
         by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage], list[Message]]]] = {}
         for recall, index, pairs in work:
@@ -522,13 +529,13 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
             except MemGPTError as exc:
                 _failed(outcome, [recall for recall, _, _, _ in group], exc)
                 continue
-            by_messages: dict[int, list[tuple[RecallMemory, list[str]]]] = {}
+            by_messages: dict[int, list[tuple[RecallMemory, dict[str, str]]]] = {}
             for recall, _, written, bare in group:
-                done = [p.id for p in written] + [m.id for m in bare]
+                done = {i: read[i] for i in [p.id for p in written] + [m.id for m in bare]}
                 by_messages.setdefault(id(recall._messages), []).append((recall, done))
             for marks in by_messages.values():  # one statement for the agents of one database
                 try:
-                    marks[0][0]._messages.mark_indexed_of({r.agent_id: done for r, done in marks})
+                    marks[0][0]._messages.mark_indexed_as_read({r.agent_id: done for r, done in marks})
                 except MemGPTError as exc:
                     _failed(outcome, [recall for recall, _ in marks], exc)
         for _, index, pairs in work:
@@ -540,7 +547,12 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
 
 
 def _unindexed(
-    recalls: Sequence[RecallMemory], limit: int, outcome: Outcome, held: ExitStack, claimed: _Claimed
+    recalls: Sequence[RecallMemory],
+    limit: int,
+    outcome: Outcome,
+    held: ExitStack,
+    claimed: _Claimed,
+    read: dict[str, str],
 ) -> list[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]]:
     """The pass's messages: up to ``limit`` unindexed ones over ``recalls`` in order, read in one call per
     database (a transaction per agent), each agent's under its writing lock and, where other processes index
@@ -562,7 +574,7 @@ def _unindexed(
         if not group:
             continue
         try:
-            found = group[0][0]._messages.unindexed_of([recall.agent_id for recall, _ in group], limit)
+            found = group[0][0]._messages.unindexed_of([recall.agent_id for recall, _ in group], limit, read)
         except MemGPTError as exc:
             _failed(outcome, [recall for recall, _ in group], exc)
             continue
@@ -581,22 +593,42 @@ def _unindexed(
 @dataclass
 class _Claimed:
     """A pass's claims (``_claimed``): the agents each claim owner holds where other processes index them too,
-    and the agents another process's pass held."""
+    when it last took or renewed them (``time.monotonic``), and the agents another process's pass held."""
 
     owners: dict[str, tuple[IndexClaims, list[RecallMemory]]] = field(default_factory=dict)
+    renewed: dict[str, float] = field(default_factory=dict)
     elsewhere: set[Hashable] = field(default_factory=set)
+
+    @property
+    def seconds(self) -> float | None:
+        """How long the shortest of the pass's claims lasts (None: it holds none)."""
+        return min((claims.seconds for claims, _ in self.owners.values()), default=None)
+
+    def kept(self, outcome: Outcome) -> set[Hashable]:
+        """Between parts of the pass's embedding: renew the claims once ``_PART_SHARE`` of their length went by
+        since they last were; returns the agents lost meanwhile (``lost``)."""
+        now = time.monotonic()
+        due = [o for o, (claims, _) in self.owners.items() if now - self.renewed[o] >= claims.seconds * _PART_SHARE]
+        return self._renew(due, outcome)
 
     def lost(self, outcome: Outcome) -> set[Hashable]:
         """Renew the claims before the pass writes; returns the agents no longer held (their claim expired and
         another pass took it): not written, not finished, they go round again. One not renewed is failed."""
+        return self._renew(list(self.owners), outcome)
+
+    def _renew(self, owners: list[str], outcome: Outcome) -> set[Hashable]:
         lost: set[Hashable] = set()
-        for owner, (claims, recalls) in self.owners.items():
+        for owner in owners:
+            claims, recalls = self.owners[owner]
             try:
                 held = claims.renew([recall.agent_id for recall in recalls], owner, claims.seconds)
             except MemGPTError as exc:
                 _failed(outcome, recalls, exc)
+                self.owners[owner] = (claims, [])
                 continue
+            self.renewed[owner] = time.monotonic()
             lost.update(recall.key for recall in recalls if recall.agent_id not in held)
+            self.owners[owner] = (claims, [recall for recall in recalls if recall.agent_id in held])
         outcome.finished.difference_update(lost)
         self.elsewhere.update(lost)
         return lost
@@ -620,6 +652,7 @@ def _claimed(
     held.callback(_give_back, claims, mine, owner)
     claimed.elsewhere.update(recall.key for recall in shared if recall.agent_id not in mine)
     claimed.owners[owner] = (claims, [recall for recall in shared if recall.agent_id in mine])
+    claimed.renewed[owner] = time.monotonic()
     return [(recall, index) for recall, index in group if recall._claims is None or recall.agent_id in mine]
 
 
@@ -631,9 +664,12 @@ def _give_back(claims: IndexClaims, agent_ids: set[str], owner: str) -> None:
 
 
 def _embed(
-    work: Sequence[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]], outcome: Outcome
+    work: Sequence[tuple[RecallMemory, RecallIndex, list[tuple[Message, Message | None]]]],
+    outcome: Outcome,
+    claimed: _Claimed,
 ) -> dict[str, Vector]:
-    """The own embeddings of every message ``work`` needs and no index has cached, one call per model."""
+    """The own embeddings of every message ``work`` needs and no index has cached, one call per model (in parts,
+    where the pass holds claims: ``_in_parts``)."""
     by_model: dict[int, tuple[RecallIndex, list[RecallMemory], dict[str, Message]]] = {}
     for recall, index, pairs in work:
         _, recalls, missing = by_model.setdefault(id(index.model), (index, [], {}))
@@ -642,9 +678,34 @@ def _embed(
     fresh: dict[str, Vector] = {}
     for index, recalls, missing in by_model.values():
         try:
-            fresh.update(zip(missing, _embedded(index.model, list(missing.values())), strict=True))
+            if claimed.seconds is None:
+                fresh.update(zip(missing, _embedded(index.model, list(missing.values())), strict=True))
+            else:
+                fresh.update(_in_parts(index.model, recalls, list(missing.values()), claimed, outcome))
         except MemGPTError as exc:
             _failed(outcome, recalls, exc)
+    return fresh
+
+
+def _in_parts(
+    model: EmbeddingModel, recalls: Sequence[RecallMemory], messages: list[Message], claimed: _Claimed, outcome: Outcome
+) -> dict[str, Vector]:
+    """The own embeddings of ``messages`` (of ``recalls``' agents), in parts each sized to take ``_PART_SHARE`` of
+    the pass's claims at the pace of the part before, with the claims renewed between parts when due; the messages
+    of an agent whose claim was lost meanwhile (or could not be renewed) are not embedded."""
+    budget = (claimed.seconds or 0.0) * _PART_SHARE
+    fresh: dict[str, Vector] = {}
+    size, left = _FIRST_PART, messages
+    while left:
+        part, left = left[:size], left[size:]
+        started = time.monotonic()
+        fresh.update(zip([m.id for m in part], _embedded(model, part), strict=True))
+        took = time.monotonic() - started
+        if left:
+            dropped = claimed.kept(outcome) | outcome.failed
+            gone = {recall.agent_id for recall in recalls if recall.key in dropped}
+            left = [m for m in left if m.agent_id not in gone]
+            size = max(1, int(budget * len(part) / took)) if took > 0 else len(left)
     return fresh
 
 

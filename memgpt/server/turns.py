@@ -46,7 +46,7 @@ from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, Tool
 from memgpt.memory.messages import stored
 from memgpt.memory.recall import settle_indexing
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
-from memgpt.storage.turns import FINISHED, Fence, Grant, Run, new_owner
+from memgpt.storage.turns import BUSY_EDIT, FINISHED, Fence, Grant, Run, lease_tries, new_owner
 from memgpt.types import Message, utc_now
 
 if TYPE_CHECKING:
@@ -455,12 +455,11 @@ class TurnRunner:
         taken: after the turn it waited for), or, for a ``retry``, find the turn its first try started meanwhile.
         With ``user_id``, another user's agent is a NotFoundError (read with the lease, or once while another turn
         holds it), never a wait."""
-        deadline = time.monotonic() + self.timing.busy_wait
-        pause = 0.05
         keep = self._prune(agent_id) if run is not None else None
         ttl = self.timing.lease_ttl
         checked = user_id is None
-        while True:
+        busy = "the agent is busy with another message; send again in a moment (one turn at a time per agent)"
+        for _ in lease_tries(self.timing.busy_wait, busy, self.timing.retry_after, self._await_release):
             if message is not None:
                 message = replace(message, created_at=utc_now())
             record = stored(message) if message is not None else None
@@ -475,14 +474,12 @@ class TurnRunner:
                 checked = True
             if retry is not None and isinstance(earlier := self._earlier(retry), Turn):
                 return earlier  # (a run whose process died: its lease is taken from the dead by the next try)
-            if time.monotonic() >= deadline:
-                raise AgentBusyError(
-                    "the agent is busy with another message; send again in a moment (one turn at a time per agent)",
-                    self.timing.retry_after,
-                )
-            with self._released:  # woken by a release in this process; another process's is polled for
-                self._released.wait(pause)
-            pause = min(0.25, pause * 2)
+        raise AssertionError("lease_tries ends only by raising")  # pragma: no cover
+
+    def _await_release(self, seconds: float) -> None:
+        """Wait up to ``seconds``, woken by a release in this process; another process's is polled for."""
+        with self._released:
+            self._released.wait(seconds)
 
     def _not_opened(self, turn: Turn, owner: str, exc: BaseException, message: str) -> None:
         """The agent could not be opened: end the turn for retries that joined it, and forget it with the message it
@@ -500,14 +497,19 @@ class TurnRunner:
             turn.finish("error", Usage(), error)
 
     @contextmanager
-    def holding(self, agent_id: str) -> Iterator[None]:
-        """Hold the agent's lease for a change that must not interleave with a turn (a block edit, a delete)."""
-        owner = new_owner()
-        self._take_lease(agent_id, owner, "")
+    def holding(self, agent_id: str, busy: str = BUSY_EDIT) -> Iterator[None]:
+        """Hold the agent's lease for a change that must not interleave with a turn (a block edit, a delete): what
+        the CLI and MCP do too (``TurnStore.holding``), with this server's timing."""
+        timing = self.timing
         try:
-            yield
+            with self._turns.holding(
+                agent_id, timing.lease_ttl, timing.busy_wait, busy=busy, retry_after=timing.retry_after,
+                pause=self._await_release,
+            ):  # fmt: skip
+                yield
         finally:
-            self._release(agent_id, owner)
+            with self._released:
+                self._released.notify_all()
 
     @contextmanager
     def renewing(self, lease_id: str, owner: str) -> Iterator[None]:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Row
@@ -113,12 +114,16 @@ def _unindexed_statements() -> tuple[Any, Any, Any]:
     return rows, span, before
 
 
-def _unindexed(c: Connection, agent_id: str, limit: int) -> list[tuple[Message, Message | None]]:
-    """See ``MessageStore.unindexed_with_previous``; in the caller's transaction."""
+def _unindexed(
+    c: Connection, agent_id: str, limit: int, texts: dict[str, str] | None = None
+) -> list[tuple[Message, Message | None]]:
+    """See ``MessageStore.unindexed_of``; in the caller's transaction."""
     unindexed, span, before = _unindexed_statements()
     rows = c.execute(unindexed, {"p_agent": agent_id, "p_limit": limit}).all()
     if not rows:
         return []
+    if texts is not None:
+        texts.update((row.id, row.search_text) for row in rows)
     first, last = rows[0].seq, rows[-1].seq
     if last - first <= _REACH * len(rows):  # mostly the batch itself (new messages): one range read
         near = c.execute(span, {"p_agent": agent_id, "p_seq": first, "p_last": last}).all()
@@ -307,17 +312,18 @@ class MessageStore:
         return self.unindexed_of([agent_id], limit).get(agent_id, [])
 
     def unindexed_of(
-        self, agent_ids: Sequence[str], limit: int
+        self, agent_ids: Sequence[str], limit: int, texts: dict[str, str] | None = None
     ) -> dict[str, list[tuple[Message, Message | None]]]:
         """``unindexed_with_previous`` of several agents, each in a transaction of its own (the recall indexer's
         pass over every agent with new messages): up to ``limit`` messages in all, taken in the agents' order;
-        agents the limit did not reach are left out."""
+        agents the limit did not reach are left out. ``texts`` gets each unindexed message's search text as
+        read (by id), for ``mark_indexed_as_read``."""
         found: dict[str, list[tuple[Message, Message | None]]] = {}
         for agent_id in agent_ids:
             if limit <= 0:
                 break
             with self._metadata.connection() as c:  # one each: others' statements wait less for SQLite's lock
-                found[agent_id] = _unindexed(c, agent_id, limit)
+                found[agent_id] = _unindexed(c, agent_id, limit, texts)
             limit -= len(found[agent_id])
         return found
 
@@ -335,6 +341,21 @@ class MessageStore:
                 update(table)
                 .where(table.c.agent_id.in_(list(marks)), table.c.id.in_(ids))
                 .values(indexed=indexed)
+            )
+
+    def mark_indexed_as_read(self, marks: Mapping[str, Mapping[str, str]]) -> None:
+        """Mark messages indexed (agent id -> message id -> its search text as ``unindexed_of`` read it) in one
+        statement, each only if its text is still that one: a message another process edited meanwhile (its
+        text changed, and it was marked unindexed) stays unindexed, to be indexed with its new text."""
+        rows = [(message_id, text) for texts in marks.values() for message_id, text in texts.items()]
+        if not rows:
+            return
+        table = MessageRow.__table__
+        with self._metadata.session() as s:
+            s.execute(
+                update(table)
+                .where(table.c.agent_id.in_(list(marks)), tuple_(table.c.id, table.c.search_text).in_(rows))
+                .values(indexed=True)
             )
 
     def backlog(self, agent_id: str) -> int:

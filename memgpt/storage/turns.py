@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,7 +43,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.errors import LeaseLostError, NotFoundError, StorageError
+from memgpt.errors import AgentBusyError, LeaseLostError, NotFoundError, StorageError
 from memgpt.storage.claims import CLAIMS
 from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
@@ -378,6 +378,25 @@ def _fallback_values(agent_id: str, take: _Take) -> dict[str, object]:
     return values
 
 
+BUSY_EDIT = "the agent is busy with a turn; try again in a moment"
+
+
+def lease_tries(
+    wait: float, busy: str, retry_after: int = 2, pause: Callable[[float], None] = time.sleep
+) -> Iterator[None]:
+    """One step per try to take an agent's lease that another turn may hold: the first at once, each next one after
+    a pause from 0.05 s growing to 0.25 s (``pause`` waits it: a server's wakes early at a release in its process);
+    once ``wait`` seconds went by, AgentBusyError(``busy``, ``retry_after``). The caller stops at the lease taken."""
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        yield
+        if time.monotonic() >= deadline:
+            raise AgentBusyError(busy, retry_after)
+        pause(delay)
+        delay = min(0.25, delay * 2)
+
+
 class TurnStore:
     """Leases and runs; every method is one transaction."""
 
@@ -471,6 +490,30 @@ class TurnStore:
             held = (leases.c.agent_id == agent_id, leases.c.owner == current.owner)
             claimed = s.execute(update(leases).where(*held).values(**take.fresh(self._dialect)))
             return self._granted(s, agent_id, take) if claimed.rowcount == 1 else None
+
+    @contextmanager
+    def holding(
+        self,
+        agent_id: str,
+        ttl: float,
+        wait: float,
+        *,
+        busy: str = BUSY_EDIT,
+        retry_after: int = 2,
+        pause: Callable[[float], None] = time.sleep,
+    ) -> Iterator[str]:
+        """Hold the agent's lease (with no run) for a change that must not interleave with a turn of any process
+        (a block edit, a delete), from the server, the CLI or MCP alike: waits up to ``wait`` seconds for a running
+        turn (``lease_tries``), then raises AgentBusyError(``busy``) and changes nothing. Yields the lease's owner;
+        the lease lasts ``ttl`` seconds unless renewed."""
+        owner = new_owner()
+        for _ in lease_tries(wait, busy, retry_after, pause):
+            if self.acquire(agent_id, owner, "", ttl) is not None:
+                break
+        try:
+            yield owner
+        finally:
+            self.release(agent_id, owner)
 
     def renew(self, agent_id: str, owner: str, ttl: float) -> bool:
         """Push the expiry on; False when the lease is no longer this owner's."""

@@ -4,9 +4,9 @@
 ``POST /chat/completions`` talks to the agent named by ``model``. Chat UIs resend the whole conversation
 every time, so only the newest user message enters the agent's memory, through the same turn runner as
 ``/v1`` (one turn per agent at a time); the answer is the text the agent sent with send_message, and none
-of its tool use appears as ``tool_calls``. Open WebUI's background tasks (titles, tags, follow-ups: one user
-message starting ``### Task:`` with the chat in ``<chat_history>``) are answered by the agent's LLM alone,
-without its memory or tools, and never stored. Errors use OpenAI's shape, ``{"error": {...}}``.
+of its tool use appears as ``tool_calls``. Chat UIs' background requests (titles, tags, follow-ups, summaries:
+``memgpt.server.ui_tasks`` says which) are answered by the agent's LLM alone, without its memory or tools, and
+never stored. Errors use OpenAI's shape, ``{"error": {...}}``.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from memgpt.server.errors import NO_RETRY, BodyLimit, body_limit, status_of
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.state import CurrentUser, ServerState, State
 from memgpt.server.turns import Turn, TurnInput, request_digest
+from memgpt.server.ui_tasks import background_shape
 from memgpt.storage.agents import AgentQuery
 from memgpt.types import AgentState
 
 logger = logging.getLogger(__name__)
 PREFIX = "/openai/v1"
-TASK_MARK = "### Task:"  # how Open WebUI's background task prompts begin
 MAX_TEXT = 1_000_000  # characters of the message that enters memory
 MAX_STEPS = 10
 ROUTES_HINT = "the endpoint has GET /models, GET /models/{model} and POST /chat/completions"
@@ -220,16 +220,6 @@ def retrieve_model(model: Annotated[str, Path()], state: State, user: CurrentUse
 
 
 # -- chat ----------------------------------------------------------------------------------------------
-def is_background_task(messages: list[ChatMessageIn]) -> bool:
-    """Open WebUI's title/tags/follow-up requests: one user message (a system prompt aside) that starts with
-    ``### Task:`` and carries the conversation in ``<chat_history>``."""
-    said = [m for m in messages if m.role not in ("system", "developer")]
-    if len(said) != 1 or said[0].role != "user":
-        return False
-    text = said[0].text()
-    return text.lstrip().startswith(TASK_MARK) and "<chat_history>" in text
-
-
 def newest_user_text(messages: list[ChatMessageIn]) -> str:
     """The message that enters memory: the conversation's last one, which must be the user's."""
     last = messages[-1]
@@ -311,7 +301,7 @@ async def chat_completions(
     """Send the conversation's newest user message to the agent named by ``model`` and answer with what the
     agent said (streamed as chat.completion.chunk events with ``stream: true``)."""
     agent = await anyio.to_thread.run_sync(find_model, state, user.id, body.model)
-    if is_background_task(body.messages):
+    if background_shape(body.messages, request.headers) is not None:
         text, usage = await anyio.to_thread.run_sync(_answer_task, state, agent, body.messages)
         reply = _Reply(f"task-{int(time.time() * 1000)}", body.model)
         if not body.stream:
