@@ -120,7 +120,7 @@ class OpeningConnection:
     starting the Milvus Lite server and connecting to it. pymilvus is imported first, by the caller:
     the thread imports nothing (see :func:`import_client_modules`).
 
-    ``warm``, the embedding space the command will use, has its collection loaded in that thread too (see
+    ``warm``, the embedding space the command will use, has its store opened in that thread too (see
     :meth:`MilvusConnection.warm`).
 
     A Milvus Lite file that another process holds (or a read-only one) is reported here, at once. Only
