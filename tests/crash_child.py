@@ -11,6 +11,8 @@ point. The points wrap memgpt's own functions from outside, so memgpt carries no
     step_committed   a step's SQL transaction committed, the next step has not begun
     recall_indexing  a recall indexing pass wrote to Milvus, SQL does not know yet (background thread)
     forgetting       /retry or /pop deleted the dropped steps' passages from Milvus, not their rows from SQL
+    collection_made  a new Milvus collection exists, its indexes are not made yet (the connecting thread)
+    collection_primed a new collection's primer row is written, not deleted yet (see schema.PRIMER_ID)
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def arm(point: str, after: int) -> None:
         _around(MilvusPassageStore, "insert", passed, when=lambda _self, rows: rows[0].kind == "recall")
     elif point == "forgetting":
         _around(ArchivalMemory, "remove", passed, when=lambda _self, ids: bool(ids))
+    elif point == "collection_made":
+        from pymilvus import MilvusClient
+
+        _around(MilvusClient, "create_index", passed, before=True)
+    elif point == "collection_primed":
+        from pymilvus import MilvusClient
+
+        from memgpt.storage.milvus.schema import PRIMER_ID
+
+        _around(MilvusClient, "delete", passed, before=True, when=lambda *_a, **k: k.get("ids") == [PRIMER_ID])
     else:
         raise SystemExit(f"unknown CRASH_AT point {point!r}")
 

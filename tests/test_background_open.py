@@ -49,7 +49,7 @@ def test_the_background_connection_is_the_one_used_and_closing_releases_it(home:
 def test_storage_for_a_space_loads_its_collection_while_the_sql_stores_open(home: Path) -> None:
     """``Storage(vectors_early=space)`` (what `search` and `load` open) starts Milvus first and the connecting
     thread loads the space's collection, which Milvus Lite does not do when it starts; a space without a
-    collection gets none from it (creating one is left to opening its store)."""
+    collection gets one made there (and primed: see schema.PRIMER_ID), as a new home's first load needs."""
     from memgpt.storage.milvus import collection_name
 
     with Storage(load_config(home), home) as storage:
@@ -64,7 +64,9 @@ def test_storage_for_a_space_loads_its_collection_while_the_sql_stores_open(home
         storage.close()
     storage = Storage(load_config(home), home, vectors_early=other)
     try:
-        assert collection_name(other) not in storage.vectors.ping()
+        client = storage.vectors.client
+        assert client.get_load_state(collection_name(other))["state"].name == "Loaded"  # before any store opened
+        assert storage.passages(other).count() == 0
     finally:
         storage.close()
     assert lite_servers() == []

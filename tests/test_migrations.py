@@ -158,23 +158,56 @@ def test_a_database_from_a_newer_memgpt_is_refused_in_one_line(metadata_url: str
         MetadataStore(metadata_url)
 
 
-def test_a_failing_migration_leaves_nothing_half_done(metadata_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A migration and its ledger row commit together: DDL included, on SQLite as on PostgreSQL."""
+@pytest.mark.parametrize("database", ["new", "existing"])
+def test_a_failing_migration_leaves_nothing_half_done(
+    metadata_url: str, monkeypatch: pytest.MonkeyPatch, database: str
+) -> None:
+    """A migration and its ledger row commit together: DDL included, on SQLite as on PostgreSQL. A new
+    database takes all of them in one transaction, so nothing at all is left; an existing one keeps those
+    applied before the failing one."""
     import memgpt.storage.migrations as migrations
 
     def breaks_halfway(conn: Connection) -> None:
         conn.execute(text("CREATE TABLE half_done (id INTEGER PRIMARY KEY)"))
         conn.execute(text("INSERT INTO agents_that_do_not_exist VALUES (1)"))
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, ("0999_breaks_halfway", breaks_halfway)])
     engine = engine_for(metadata_url)
+    if database == "existing":
+        apply_migrations(engine)
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, ("0999_breaks_halfway", breaks_halfway)])
     with pytest.raises(SQLAlchemyError):
         apply_migrations(engine)
-    inspector = inspect(engine)
-    assert "half_done" not in inspector.get_table_names()
-    with engine.connect() as conn:
-        ledger = sorted(conn.scalars(text("select name from schema_migrations")))
-    assert ledger == [name for name, _ in MIGRATIONS]  # the ones before it stay applied
+    tables = inspect(engine).get_table_names()
+    assert "half_done" not in tables
+    if database == "new":
+        assert tables == []
+    else:
+        with engine.connect() as conn:
+            ledger = sorted(conn.scalars(text("select name from schema_migrations")))
+        assert ledger == [name for name, _ in MIGRATIONS]  # the ones before it stay applied
     monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
-    assert apply_migrations(engine) == []
+    assert apply_migrations(engine) == ([] if database == "existing" else [name for name, _ in MIGRATIONS])
     engine.dispose()
+
+
+def test_a_new_database_in_one_transaction_equals_one_upgraded_a_migration_at_a_time(
+    metadata_url: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new database gets every migration in one transaction, an existing one a transaction each: both end up
+    with the same tables, columns, types, keys, indexes and cascades, on SQLite as on PostgreSQL -- also for
+    migrations added later, which this builds both ways."""
+    import memgpt.storage.migrations as migrations
+
+    at_once = engine_for(metadata_url)
+    assert apply_migrations(at_once) == [name for name, _ in MIGRATIONS]
+    with another_database(request, metadata_url, tmp_path) as other:
+        stepwise = engine_for(other)
+        for applied in range(1, len(MIGRATIONS) + 1):
+            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:applied])
+            assert apply_migrations(stepwise) == [MIGRATIONS[applied - 1][0]]
+        one, each = inspect(at_once), inspect(stepwise)
+        assert sorted(one.get_table_names()) == sorted(each.get_table_names())
+        for table in one.get_table_names():
+            assert schema(one, at_once, table) == schema(each, stepwise, table), table
+        stepwise.dispose()
+    at_once.dispose()

@@ -93,9 +93,9 @@ class Storage:
         """``vectors_early``: the embedding space of a command that will search or write passages. Milvus then
         starts opening (see :meth:`open_vectors_early`, ``meanwhile`` included) before the SQL stores are, so
         that importing SQLAlchemy (~0.2 CPU seconds) and the command's first SQL overlap connecting to Milvus
-        and loading that space's collection. ``lite_server``: the socket of the Milvus Lite server another process
-        runs for the home's file (a worker of `memgpt server --workers N`); this process then neither holds
-        the file nor starts a server for it."""
+        and opening that space's collection (making it in a new home). ``lite_server``: the socket of the Milvus
+        Lite server another process runs for the home's file (a worker of `memgpt server --workers N`); this
+        process then neither holds the file nor starts a server for it."""
         self.milvus_target = milvus_target(config, home, lite_server)
         self._vectors: MilvusConnection | None = None
         self._opening: OpeningConnection | None = None
@@ -188,7 +188,8 @@ class Storage:
         of :attr:`vectors` waits for it (and raises what connecting raised). ``meanwhile`` runs once the
         Milvus Lite file is known to be free and writable, just before pymilvus is imported: work to start
         in a thread of its own during that import (e.g. ``EmbeddingModel.load_early``). ``space``, the
-        embedding space the command will use, has its collection loaded in the background as well."""
+        embedding space the command will use, has its store opened in the background as well: its collection
+        loaded, or made where there is none (see MilvusConnection.warm)."""
         with self._lock:
             if self._vectors is None and self._opening is None:
                 from memgpt.storage.milvus import OpeningConnection

@@ -36,7 +36,7 @@ from memgpt.storage.milvus.client import (
     reserve,
     start_lite,
 )
-from memgpt.storage.milvus.schema import MAX_WINDOW, SCHEMA_VERSION, collection_name, read_layout
+from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, legacy_collection_names, read_layout
 from memgpt.storage.milvus.store import MilvusPassageStore
 from memgpt.types import EmbeddingSpace
 
@@ -78,22 +78,20 @@ class MilvusConnection:
             return self._stores[space]
 
     def warm(self, space: EmbeddingSpace) -> None:
-        """Load the collection of ``space`` into the server's memory if it exists and is memgpt's, current
-        schema: what opening its store would wait for first (Milvus Lite loads nothing when it starts; ~0.1 s
-        for the seed paper). Run in the connecting thread, so it overlaps the command's own start-up. Anything
-        else -- no collection yet, an earlier schema to upgrade, a foreign one -- is left to opening the store,
-        which says what is wrong; so is a failure here, which opening the store meets again."""
-        name = collection_name(space)
+        """Open the store of ``space`` (see :meth:`passages`): load its collection into the server's memory
+        (Milvus Lite loads nothing when it starts; ~0.1 s for the seed paper), or create it where there is none
+        yet -- a new home's first `memgpt load` or `memgpt run`, whose ~0.2-0.5 s of creating and priming the
+        collection (see ``schema.PRIMER_ID``) then overlap the command's own start-up. Run in the connecting
+        thread. Left to opening the store in the command, which says what is wrong: collections of an earlier
+        schema to upgrade (the upgrade's hook is the command's), and any failure here -- a foreign collection,
+        another embedding space, Milvus refusing."""
         try:
-            if name not in self.ping():
+            names = self.ping()
+            if any(name in names for name in legacy_collection_names(space)):
                 return
-            layout = read_layout(self._client, name)
-            if layout.version != SCHEMA_VERSION or layout.space != space:
-                return
-            with milvus_errors(f"load collection {name}"):
-                self._client.load_collection(name)
+            self.passages(space)
         except StorageError as exc:
-            logger.debug("warming %s failed (left to opening its store): %s", name, exc)
+            logger.debug("opening the store of %s failed (left to the command): %s", space, exc)
 
     def spaces(self) -> list[EmbeddingSpace]:
         """The embedding space of every memgpt passage collection here, first-release ones included."""
@@ -122,7 +120,7 @@ class OpeningConnection:
     starting the Milvus Lite server and connecting to it. pymilvus is imported first, by the caller:
     the thread imports nothing (see :func:`import_client_modules`).
 
-    ``warm``, the embedding space the command will use, has its collection loaded in that thread too (see
+    ``warm``, the embedding space the command will use, has its store opened in that thread too (see
     :meth:`MilvusConnection.warm`).
 
     A Milvus Lite file that another process holds (or a read-only one) is reported here, at once. Only

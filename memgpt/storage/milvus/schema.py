@@ -138,20 +138,76 @@ def create(client: Any, target: MilvusTarget, capabilities: Capabilities, collec
     schema.add_field("chunk_index", DataType.INT64)
     schema.add_field("created_at", DataType.INT64)  # milliseconds since the epoch, UTC
     schema.add_field("metadata", DataType.JSON)  # file name, page, role: shown, never filtered on
+    with milvus_errors(f"create collection {collection}"):
+        client.create_collection(collection, schema=schema, consistency_level="Strong")
+        _create_indexes(client, target, collection, _index_names(layout))
+        client.load_collection(collection)
+        if target.starts_lite:
+            _prime(client, collection, layout)
+    logger.info("created Milvus collection %s (%s)", collection, layout.description())
+
+
+def _index_names(layout: Layout) -> list[str]:
+    return ["embedding", "sparse"] if layout.hybrid else ["embedding"]
+
+
+def _create_indexes(client: Any, target: MilvusTarget, collection: str, names: list[str]) -> None:
     index = client.prepare_index_params()
-    index.add_index(field_name="embedding", index_name="embedding", **target.index_params)
-    if layout.hybrid:
+    if "embedding" in names:
+        index.add_index(field_name="embedding", index_name="embedding", **target.index_params)
+    if "sparse" in names:
         index.add_index(
             field_name="sparse", index_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
         )
-    with milvus_errors(f"create collection {collection}"):
-        client.create_collection(collection, schema=schema, consistency_level="Strong")
-        # pymilvus's own wait for an index sleeps 0.5 s before it first looks (a second per new collection,
-        # most of a first load's start-up), though an empty collection's index is ready at once.
-        client.create_index(collection, index, sync=False)
-        _wait_for_indexes(client, collection, ["embedding", "sparse"] if layout.hybrid else ["embedding"])
+    # pymilvus's own wait for an index sleeps 0.5 s before it first looks (a second per new collection,
+    # most of a first load's start-up), though an empty collection's index is ready at once.
+    client.create_index(collection, index, sync=False)
+    _wait_for_indexes(client, collection, names)
+
+
+# The id of the one row a new Milvus Lite collection is primed with (written, then deleted at once). Milvus
+# Lite 2.5.1 makes the first write to a loaded collection wait ~0.1-0.3 s, mostly asleep (its own CPU ~30 ms),
+# whatever is written and however long after the load; later writes take milliseconds. Made as the collection
+# is, in the background connection of a command (see MilvusConnection.warm), that wait overlaps the command's
+# own start-up instead of delaying the first load's first passages. A deleted row changes no count and no
+# BM25 statistic (checked in tests/test_milvus_store.py); one a crash left behind is deleted on the next open.
+PRIMER_ID = "memgpt-collection-primer"
+
+
+def _prime(client: Any, collection: str, layout: Layout) -> None:
+    row: dict[str, Any] = {
+        "id": PRIMER_ID,
+        "kind": "primer",
+        "text": "",
+        "embedding": [1.0] + [0.0] * (layout.dimensions - 1),  # a unit vector: COSINE refuses a zero one
+        "user_id": "",
+        "source_id": "",
+        "document_id": "",
+        "agent_id": "",
+        "chunk_index": 0,
+        "created_at": 0,
+        "metadata": {},
+    }
+    row.update({key: 0 for key in KEYED_FIELDS.values()})
+    client.insert(collection, [row])
+    client.delete(collection, ids=[PRIMER_ID])
+
+
+def repair(client: Any, target: MilvusTarget, collection: str, layout: Layout) -> None:
+    """Finish what a process killed while creating ``collection`` left undone (Milvus Lite files this process
+    holds alone): indexes not yet made -- Milvus Lite loads and writes such a collection, but every search
+    then fails with "index not found" -- and a primer row not yet deleted. Nothing else writes to a
+    collection before its creation is over, so both are safe to redo. Leaves the collection loaded."""
+    if not target.starts_lite:
+        return
+    with milvus_errors(f"open collection {collection}"):
+        missing = [name for name in _index_names(layout) if name not in set(client.list_indexes(collection))]
+        if missing:
+            logger.warning("creating the %s index of %s, which an interrupted set-up left out", missing, collection)
+            _create_indexes(client, target, collection, missing)
         client.load_collection(collection)
-    logger.info("created Milvus collection %s (%s)", collection, layout.description())
+        if client.get(collection, ids=[PRIMER_ID], output_fields=["id"]):
+            client.delete(collection, ids=[PRIMER_ID])
 
 
 _INDEX_WAIT_SECONDS = 120.0

@@ -204,8 +204,11 @@ class MilvusPassageStore(PassageStore):
         if exists:
             layout = schema.read_layout(self._client, self.collection)
             schema.check(layout, self.collection, self.space)
-            with milvus_errors(f"load collection {self.collection}"):
-                self._client.load_collection(self.collection)
+            if self._target.starts_lite:
+                schema.repair(self._client, self._target, self.collection, layout)  # loads it too
+            else:
+                with milvus_errors(f"load collection {self.collection}"):
+                    self._client.load_collection(self.collection)
         else:
             layout = Layout(schema.SCHEMA_VERSION, self.space.model, self.dimensions, capabilities.bm25)
             schema.create(self._client, self._target, capabilities, self.collection, layout)
