@@ -14,7 +14,9 @@ import pytest
 from letta_client import APIStatusError, Letta
 
 from memgpt.config import load_config, save_config
+from memgpt.storage.filters import eq
 from memgpt.types import Role
+from tests.conftest import DATA
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, auth, use_scripted_llm
@@ -157,3 +159,27 @@ def test_postgres_down_mid_stream_ends_the_stream_with_an_error_then_the_agent_w
     assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "after"
     assert time.monotonic() - back < 10
     assert user_messages(server, agent_id) == ["go", "next"]
+
+
+def test_postgres_restarted_while_an_upload_loads_then_the_load_is_done_again_once_each(
+    server: LiveServer, letta: Letta, postgres_server: PostgresServer
+) -> None:
+    """The background load cannot record how it ended while PostgreSQL is down: it is loaded again once the
+    database answers (as a load a dead process left is), not left showing `embedding` for as long as the server
+    runs; each of its passages is stored once."""
+    folder = letta.folders.create(name="docs").id
+    upload = letta.folders.files.upload(folder, file=(DATA / "memgpt_research_paper.pdf").open("rb"))
+    deadline = time.monotonic() + 120
+    while (file := letta.folders.files.retrieve(upload.id, folder_id=folder)).chunks_embedded in (None, 0):
+        assert file.processing_status not in ("completed", "error") and time.monotonic() < deadline, file
+        time.sleep(0.05)
+    with postgres_server.down():
+        time.sleep(2)
+    deadline = time.monotonic() + 120
+    while (file := letta.folders.files.retrieve(upload.id, folder_id=folder)).processing_status != "completed":
+        assert file.processing_status != "error" and time.monotonic() < deadline, file
+        time.sleep(0.2)
+    source = server.state.storage.metadata.source_with_id(folder)
+    assert source is not None
+    stored = server.state.storage.passages(source.space).count(eq("source_id", folder))
+    assert stored == file.total_chunks == file.chunks_embedded
