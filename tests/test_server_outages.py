@@ -77,6 +77,7 @@ def test_postgres_restarted_while_the_llm_thinks(
             answer["ok"] = letta.agents.messages.create(agent_id, input="during")
         except APIStatusError as exc:
             answer["error"] = (exc.status_code, exc.body)
+            answer["retry"] = exc.response.headers.get("x-should-retry")
 
     sender = threading.Thread(target=send)
     sender.start()
@@ -108,6 +109,7 @@ def test_postgres_down_as_a_step_is_stored_answers_503_and_frees_the_agent_once_
             answer["ok"] = letta.agents.messages.create(agent_id, input="during")
         except APIStatusError as exc:
             answer["error"] = (exc.status_code, exc.body)
+            answer["retry"] = exc.response.headers.get("x-should-retry")
 
     sender = threading.Thread(target=send)
     sender.start()
@@ -119,6 +121,7 @@ def test_postgres_down_as_a_step_is_stored_answers_503_and_frees_the_agent_once_
         sender.join(60)
     status, body = answer["error"]  # type: ignore[misc]
     assert status == 503, body
+    assert answer["retry"] == "false"  # the turn is recorded as failed: a retry would get the same answer
     assert "your message was stored" in str(body) and "metadata database" in str(body)
     llm.reply("after")
     back = time.monotonic()
