@@ -272,9 +272,9 @@ def test_delete_removes_the_agent_its_messages_and_passages(letta: Letta, server
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_delete_leaves_no_row_of_the_agent_in_any_table(letta: Letta, server: LiveServer, llm: ScriptedLLM) -> None:
-    """Every row that names the agent goes with it (but its place as a paging cursor): its turns' runs, and what processes that died left behind (a
-    lease, a recall indexing claim, a passage mark, a write recorded under ``passages:<agent id>`` with its
-    lease); another agent's rows stay."""
+    """Every row that names the agent goes with it but its place as a paging cursor: its turns' runs, and what
+    processes that died left behind (a lease, a recall indexing claim, a passage mark, a write recorded under
+    ``passages:<agent id>`` with its lease); another agent's rows stay."""
     from memgpt.storage.claims import IndexClaims
     from memgpt.storage.turns import Run, new_owner
 

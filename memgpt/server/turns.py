@@ -762,4 +762,3 @@ def _drain(events: Any) -> str:
             next(events)
         except StopIteration as stop:
             return str(stop.value or END_TURN)
-
