@@ -62,3 +62,27 @@ def test_a_deleted_agent_is_still_a_cursor_in_both_orders_but_only_for_its_user(
     bob.agents.delete(bobs[1])
     assert alice.agents.list(after=bobs[1]).items == []
     assert alice.agents.list(after="agent-00000000-0000-0000-0000-000000000000").items == []  # never existed
+
+
+def test_deleting_every_folder_while_iterating_the_list_deletes_them_all(server: LiveServer) -> None:
+    letta = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+    made = [letta.folders.create(name=f"f{i:03d}").id for i in range(60)]
+    deleted = []
+    for folder in letta.folders.list():  # pages of 50: the second is asked for after a folder just deleted
+        letta.folders.delete(folder.id)
+        deleted.append(folder.id)
+    assert sorted(deleted) == sorted(made)
+    assert letta.folders.list(limit=1000).items == []
+
+
+def test_a_deleted_folder_is_still_a_cursor_in_both_orders_but_only_for_its_user(server: LiveServer) -> None:
+    alice = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+    bob = Letta(base_url=server.url, api_key=server.key("bob"), max_retries=0)
+    made = [alice.folders.create(name=f"f{i:02d}").id for i in range(8)]
+    alice.folders.delete(made[3])
+    assert [f.id for f in alice.folders.list(after=made[3]).items] == made[4:]
+    assert [f.id for f in alice.folders.list(after=made[3], order="desc").items] == made[:3][::-1]
+    assert [f.id for f in alice.folders.list(before=made[3], limit=2).items] == made[1:3]
+    assert [f.id for f in alice.folders.list(before=made[3], order="desc").items] == made[4:][::-1]
+    assert bob.folders.list(after=made[3]).items == []
+    assert alice.folders.list(after="source-00000000-0000-0000-0000-000000000000").items == []

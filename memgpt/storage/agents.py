@@ -42,7 +42,7 @@ from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
+from memgpt.storage.sql import CURSOR_KEPT, Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence, fenced_write
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
@@ -101,9 +101,6 @@ class DeletedAgentRow(Base):
     user_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-
-
-CURSOR_KEPT = timedelta(days=1)  # how long a deleted agent still places a page (its cursor)
 
 
 class AgentTagRow(Base):

@@ -459,8 +459,8 @@ def _0019_agents_pressure_alerted(conn: Connection) -> None:
 
 
 def _0021_deleted_agents(conn: Connection) -> None:
-    """Where each recently deleted agent stood in its user's list, so that it stays a paging cursor (see
-    storage/agents.py ``DeletedAgentRow``)."""
+    """Where each recently deleted agent and source stood in its user's list, so that it stays a paging cursor
+    (see storage/agents.py ``DeletedAgentRow``, storage/sql.py ``DeletedSourceRow``)."""
     meta = MetaData()
     Table(
         "deleted_agents",
@@ -471,6 +471,16 @@ def _0021_deleted_agents(conn: Connection) -> None:
         Column("deleted_at", DateTime(timezone=True), nullable=False, index=True),
     )
     meta.tables["deleted_agents"].create(conn)
+    Table(
+        "deleted_sources",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("user_id", String(64), nullable=False),
+        Column("name", String(256), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("deleted_at", DateTime(timezone=True), nullable=False, index=True),
+    )
+    meta.tables["deleted_sources"].create(conn)
 
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
