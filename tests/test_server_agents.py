@@ -272,9 +272,9 @@ def test_delete_removes_the_agent_its_messages_and_passages(letta: Letta, server
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_delete_leaves_no_row_of_the_agent_in_any_table(letta: Letta, server: LiveServer, llm: ScriptedLLM) -> None:
-    """Every row that names the agent goes with it: its turns' runs, and what processes that died left behind (a
-    lease, a recall indexing claim, a passage mark, a write recorded under ``passages:<agent id>`` with its
-    lease); another agent's rows stay."""
+    """Every row that names the agent goes with it but its place as a paging cursor: its turns' runs, and what
+    processes that died left behind (a lease, a recall indexing claim, a passage mark, a write recorded under
+    ``passages:<agent id>`` with its lease); another agent's rows stay."""
     from memgpt.storage.claims import IndexClaims
     from memgpt.storage.turns import Run, new_owner
 
@@ -294,7 +294,8 @@ def test_delete_leaves_no_row_of_the_agent_in_any_table(letta: Letta, server: Li
     for table in ("agents", "blocks", "messages", "agent_runs", "agent_leases", "recall_index_claims", "passage_marks"):
         assert before.get(table), (table, before)
     letta.agents.delete(agent_id)
-    assert _rows_naming(storage, agent_id) == {}
+    # But where it stood in its user's list (its id, user and creation time): a client paging on stays in place.
+    assert _rows_naming(storage, agent_id) == {"deleted_agents": 1}
     assert _rows_naming(storage, other) == others
 
 
@@ -317,7 +318,7 @@ def test_a_delete_while_a_turn_runs_is_409_agent_busy_and_deletes_nothing(
     answered.set()
     sender.join(30)
     letta.agents.delete(agent_id)
-    assert _rows_naming(server.state.storage, agent_id) == {}
+    assert _rows_naming(server.state.storage, agent_id) == {"deleted_agents": 1}  # its place as a paging cursor
 
 
 def _rows_naming(storage: Storage, agent_id: str) -> dict[str, int]:

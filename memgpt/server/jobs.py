@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 STALE = timedelta(minutes=10)  # a load on another machine with no progress for this long is taken over
 CANCEL_WAIT_SECONDS = 60.0
 CLI_INTERRUPTED = "the load was interrupted; run the same `memgpt load` again"
+# A load that ended without its row saying how (the metadata database was out of reach, so the file still shows as
+# loading) is tried again after this many seconds, doubled each time up to RETRY_MAX_DELAY, RETRY_ATTEMPTS times.
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 30.0
+RETRY_ATTEMPTS = 30
 
 
 class _Stopped(BackendError):
@@ -68,6 +73,7 @@ class FileJobs:
         self._cancelled: set[str] = set()
         self._running: str | None = None
         self._stopping = False
+        self._timers: set[threading.Timer] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> int:
@@ -96,13 +102,16 @@ class FileJobs:
         this process's, so the next start takes them over."""
         with self._guard:
             self._stopping = True
+            timers, self._timers = self._timers, set()
+        for timer in timers:
+            timer.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- work -----------------------------------------------------------------------------------
-    def submit(self, file_id: str) -> None:
+    def submit(self, file_id: str, attempt: int = 0) -> None:
         with self._guard:
             self._queued.add(file_id)
-        self._pool.submit(self._run, file_id)
+        self._pool.submit(self._run, file_id, attempt)
 
     def should_stop(self, file_id: str) -> bool:
         with self._guard:
@@ -118,7 +127,7 @@ class FileJobs:
             self._cancelled |= wanted & (self._queued | {self._running})  # only what this process will load
             self._guard.wait_for(lambda: self._running not in wanted, timeout=CANCEL_WAIT_SECONDS)
 
-    def _run(self, file_id: str) -> None:
+    def _run(self, file_id: str, attempt: int = 0) -> None:
         with self._guard:
             self._queued.discard(file_id)
             if self._stopping or file_id in self._cancelled:
@@ -126,7 +135,7 @@ class FileJobs:
                 return
             self._running = file_id
         try:
-            self._load(file_id)
+            self._load(file_id, again=attempt > 0)
         except MemGPTError as exc:
             logger.warning("loading file %s failed: %s", file_id, exc)
         except Exception:
@@ -135,14 +144,51 @@ class FileJobs:
         finally:
             with self._guard:
                 self._running = None
+                stopped = self._stopping or file_id in self._cancelled
                 self._cancelled.discard(file_id)
                 self._guard.notify_all()
+        if not stopped and self._unsettled(file_id):
+            self._again_later(file_id, attempt + 1)
 
-    def _load(self, file_id: str) -> None:
+    def _unsettled(self, file_id: str) -> bool:
+        """Whether a load that ended left its file's row saying it still loads here: its end could not be recorded
+        (the metadata database was out of reach), and nobody else would ever load it while this process lives."""
+        try:
+            record = self.state.storage.files.get(file_id)
+        except MemGPTError:
+            return True
+        return record is not None and not record.status.finished and record.job_owner == this_process()
+
+    def _again_later(self, file_id: str, attempt: int) -> None:
+        if attempt > RETRY_ATTEMPTS:
+            logger.error("gave up loading file %s after %d tries", file_id, RETRY_ATTEMPTS)
+            self._fail(file_id, "the load failed while the server's storage was out of reach; upload the file again")
+            return
+        delay = min(RETRY_FIRST_DELAY * 2 ** (attempt - 1), RETRY_MAX_DELAY)
+        logger.warning("loading file %s again in %g s (its end could not be stored)", file_id, delay)
+
+        def again() -> None:
+            with self._guard:
+                self._timers.discard(timer)
+                if self._stopping:
+                    return
+            self.submit(file_id, attempt)
+
+        timer = threading.Timer(delay, again)
+        timer.daemon = True
+        with self._guard:
+            if self._stopping:
+                return
+            self._timers.add(timer)
+        timer.start()
+
+    def _load(self, file_id: str, *, again: bool = False) -> None:
         storage = self.state.storage
         record = storage.files.get(file_id)
         if record is None or record.status.finished or record.job_owner != this_process():
             return  # deleted, done, or taken over by another process meanwhile
+        if again:  # from its stored copy, as a load a dead process left (the loader's ids make that idempotent)
+            storage.files.update(file_id, status=FileStatus.PENDING, chunks_embedded=0)
         source = storage.metadata.source_with_id(record.source_id)
         if source is None:
             return
@@ -162,4 +208,3 @@ class FileJobs:
             self.state.storage.files.update(file_id, status=FileStatus.ERROR, error_message=reason, job_owner="")
         except MemGPTError as exc:
             logger.warning("could not record that loading file %s failed: %s", file_id, exc)
-

@@ -6,6 +6,7 @@ must be real: an unknown cursor gives ``[]`` (never the first page again, which 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
@@ -21,20 +22,33 @@ def page(
     before: str | None = None,
     limit: int | None = None,
     order: Order = "asc",
+    place: Callable[[str], int | None] | None = None,
 ) -> list[T]:
     """One page of ``items`` (given oldest first). ``before`` alone pages backwards: the ``limit`` items
-    just before the cursor."""
+    just before the cursor. ``place`` tells where a cursor that is not among the items stood (how many of them
+    come before it: a deleted item), or None."""
     ordered = list(items) if order == "asc" else list(reversed(items))
     ids = [key(item) for item in ordered]
-    start, end = 0, len(ordered)
+    n = len(ordered)
+
+    def position(cursor: str) -> float | None:
+        """The cursor's index in ``ordered``; halfway between two items for one that is gone."""
+        if cursor in ids:
+            return float(ids.index(cursor))
+        at = place(cursor) if place is not None else None
+        if at is None:
+            return None
+        return at - 0.5 if order == "asc" else n - at - 0.5
+
+    start, end = 0, n
     if after is not None:
-        if after not in ids:
+        if (found := position(after)) is None:
             return []
-        start = ids.index(after) + 1
+        start = math.floor(found) + 1
     if before is not None:
-        if before not in ids:
+        if (found := position(before)) is None:
             return []
-        end = ids.index(before)
+        end = math.ceil(found)
     window = ordered[start:end]
     if limit is None:
         return window

@@ -12,7 +12,6 @@ first try started (or gets that turn's stored answer) instead of sending the mes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import json
@@ -115,6 +114,9 @@ class UsageMeter(LLMClient):
 
 
 LEASE_LOST = "lease_lost"  # a turn's error code when this process lost the agent's lease mid-turn (a 409)
+# A turn's error code when something it stands on failed (the metadata database, Milvus, the embedding model): a 503,
+# as the same failure outside a turn is.
+UNAVAILABLE = "backend_unavailable"
 
 
 @dataclass
@@ -148,7 +150,7 @@ class Turn:
         kind, message = self.error or ("internal_error", "the turn failed")
         if kind == LEASE_LOST:
             return 409, kind, message
-        status = 502 if self.stop_reason == "llm_api_error" else 500
+        status = 502 if self.stop_reason == "llm_api_error" else 503 if kind == UNAVAILABLE else 500
         return status, kind, f"{message} (your message was stored; the agent has not answered it)"
 
     def add_step(self, messages: Sequence[Message]) -> None:
@@ -621,6 +623,8 @@ class TurnRunner:
             reason, error = "llm_api_error", ("llm_error", str(exc))
         except LeaseLostError as exc:
             reason, error = "error", (LEASE_LOST, str(exc))
+        except BackendError as exc:
+            reason, error = "error", (UNAVAILABLE, str(exc))
         except MemGPTError as exc:
             reason, error = "error", ("internal_error", str(exc))
         except Exception as exc:
@@ -653,16 +657,33 @@ class TurnRunner:
             try:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
             except MemGPTError as exc:
-                logger.error("cannot record run %s or release the agent's lease: %s", turn.run_id, exc)
-                # The lease alone: else this live process's lease keeps the agent busy until it expires (as it
-                # does if this fails too).
-                with contextlib.suppress(MemGPTError):
-                    self._release(request.agent_id, owner)
+                logger.error("cannot record run %s or release the agent's lease (trying again): %s", turn.run_id, exc)
+                turn.finish(reason, usage, error)  # the client hears now; the lease is given back once it can be
+                self._release_when_possible(request.agent_id, owner, finished)
             # Active (its lease renewed, a client's retry joining it) until the run's answer is recorded.
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
                     del self._active[request.agent_id]
-            turn.finish(reason, usage, error)
+            if not turn.done:
+                turn.finish(reason, usage, error)
+
+    def _release_when_possible(self, agent_id: str, owner: str, finished: Run) -> None:
+        """Give back a lease (recording its run's end) whose release failed, the metadata database out of reach:
+        tried again until it works, the lease's length at most (then it lapses by itself). Else this live process's
+        lease would keep the agent busy for that long after the database is back."""
+        deadline = time.monotonic() + self.timing.lease_ttl
+        pause = 0.05
+        while not self._stopping.wait(pause):
+            try:
+                self._release(agent_id, owner, finished)
+            except MemGPTError as exc:
+                if time.monotonic() >= deadline:
+                    logger.error("gave up releasing the lease of agent %s (it lapses by itself): %s", agent_id, exc)
+                    return
+                pause = min(2 * pause, 1.0)
+            else:
+                logger.warning("released the lease of agent %s and recorded run %s", agent_id, finished.id)
+                return
 
     def _renew_leases(self) -> None:
         while True:
@@ -743,4 +764,3 @@ def _drain(events: Any) -> str:
             next(events)
         except StopIteration as stop:
             return str(stop.value or END_TURN)
-

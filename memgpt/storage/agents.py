@@ -42,7 +42,7 @@ from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
+from memgpt.storage.sql import CURSOR_KEPT, Base, MetadataStore, UTCDateTime, bump_agents
 from memgpt.storage.turns import Fence, check_fence, fenced_write
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
@@ -89,6 +89,18 @@ class BlockRow(Base):
     char_limit: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(Text, default="")
     read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DeletedAgentRow(Base):
+    """Where a deleted agent stood in its user's list, kept for ``CURSOR_KEPT``: a client's next page is asked for
+    after the last agent it was given, which a loop deleting each agent it is given has just deleted."""
+
+    __tablename__ = "deleted_agents"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class AgentTagRow(Base):
@@ -253,7 +265,7 @@ def _write_blocks(s: Session, agent_id: str, blocks: Sequence[Block]) -> None:
         )
 
 
-def _beyond(row: AgentRow, later: bool) -> ColumnElement[bool]:
+def _beyond(row: AgentRow | DeletedAgentRow, later: bool) -> ColumnElement[bool]:
     """Agents after ``row`` in creation order (``later``), or before it; the id breaks ties."""
     if later:
         return or_(
@@ -339,13 +351,14 @@ class AgentStore:
             return s.scalar(select(agents.c.user_id).where(agents.c.id == agent_id)) == user_id
 
     def page(self, user_id: str, query: AgentQuery) -> list[AgentState]:
-        """One page of the user's agents in creation order; an unknown cursor gives an empty page."""
+        """One page of the user's agents in creation order; a cursor may be an agent deleted within ``CURSOR_KEPT``,
+        an unknown one gives an empty page."""
         with self._metadata.session() as s:
             where: list[ColumnElement[bool]] = [AgentRow.user_id == user_id]
             for cursor, later in ((query.after, query.ascending), (query.before, not query.ascending)):
                 if cursor is None:
                     continue
-                anchor = s.get(AgentRow, cursor)
+                anchor = s.get(AgentRow, cursor) or s.get(DeletedAgentRow, cursor)
                 if anchor is None or anchor.user_id != user_id:
                     return []
                 where.append(_beyond(anchor, later))
@@ -418,13 +431,19 @@ class AgentStore:
             # The agents row first, as every writer takes it (``bump_agents``), and FOR UPDATE, which also waits
             # for a turn that has added a message (its foreign key holds the row): a step committing meanwhile
             # finishes first. Deleting its messages first had this wait on a step that waited on it.
-            s.execute(select(AgentRow.id).where(AgentRow.id == agent_id).with_for_update())
+            row = s.execute(
+                select(AgentRow.user_id, AgentRow.created_at).where(AgentRow.id == agent_id).with_for_update()
+            ).first()
             for table in (StepEffectRow, MessageRow, BlockRow, AgentSourceRow, AgentTagRow, AgentMCPServerRow):
                 s.execute(delete(table).where(table.agent_id == agent_id))
             # Rows that name the agent without a foreign key (other processes write them, some outside a lease).
             for forget in (turns.forget_agent, claims.forget_agent, marks.forget_agent):
                 forget(s, agent_id)
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
+            if row is not None:  # it stays a cursor for a while; older ones are forgotten here
+                now = utc_now()
+                s.execute(delete(DeletedAgentRow).where(DeletedAgentRow.deleted_at < now - CURSOR_KEPT))
+                s.merge(DeletedAgentRow(id=agent_id, user_id=row.user_id, created_at=row.created_at, deleted_at=now))
 
     def unindex_messages(self, space: EmbeddingSpace) -> None:
         """Mark every message of the agents in ``space`` as not in the recall index, to be indexed again."""

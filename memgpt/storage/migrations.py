@@ -459,6 +459,31 @@ def _0019_agents_pressure_alerted(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE agents ADD COLUMN pressure_alerted BOOLEAN NOT NULL DEFAULT FALSE"))
 
 
+def _0021_deleted_agents(conn: Connection) -> None:
+    """Where each recently deleted agent and source stood in its user's list, so that it stays a paging cursor
+    (see storage/agents.py ``DeletedAgentRow``, storage/sql.py ``DeletedSourceRow``)."""
+    meta = MetaData()
+    Table(
+        "deleted_agents",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("user_id", String(64), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("deleted_at", DateTime(timezone=True), nullable=False, index=True),
+    )
+    meta.tables["deleted_agents"].create(conn)
+    Table(
+        "deleted_sources",
+        meta,
+        Column("id", String(64), primary_key=True),
+        Column("user_id", String(64), nullable=False),
+        Column("name", String(256), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("deleted_at", DateTime(timezone=True), nullable=False, index=True),
+    )
+    meta.tables["deleted_sources"].create(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -476,6 +501,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0017_recall_index_claims", _0017_recall_index_claims),
     ("0018_agents_last_system", _0018_agents_last_system),
     ("0019_agents_pressure_alerted", _0019_agents_pressure_alerted),
+    ("0021_deleted_agents", _0021_deleted_agents),
 ]
 
 

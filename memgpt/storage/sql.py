@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,23 @@ class SourceRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     instructions: Mapped[str] = mapped_column(Text, default="")
     metadata_json: Mapped[str] = mapped_column("metadata", Text, default="{}")  # `metadata` is SQLAlchemy's
+
+
+class DeletedSourceRow(Base):
+    """Where a deleted source stood in its user's list (oldest first, by creation time then name), kept for
+    ``CURSOR_KEPT``: a client's next page of folders is asked for after the last one it was given, which a loop
+    deleting each folder it is given has just deleted."""
+
+    __tablename__ = "deleted_sources"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+CURSOR_KEPT = timedelta(days=1)  # how long a deleted agent or source still places a page (its cursor)
 
 
 class DocumentRow(Base):
@@ -424,7 +441,22 @@ class MetadataStore:
         with self.session() as s:
             bump_agents_of_sources(s, [source_id])
             s.execute(delete(DocumentRow).where(DocumentRow.source_id == source_id))
+            row = s.get(SourceRow, source_id)
             s.execute(delete(SourceRow).where(SourceRow.id == source_id))
+            if row is not None:  # it stays a cursor for a while; older ones are forgotten here
+                now = utc_now()
+                s.execute(delete(DeletedSourceRow).where(DeletedSourceRow.deleted_at < now - CURSOR_KEPT))
+                s.merge(
+                    DeletedSourceRow(
+                        id=source_id, user_id=row.user_id, name=row.name, created_at=row.created_at, deleted_at=now
+                    )
+                )
+
+    def deleted_source(self, user_id: str, source_id: str) -> tuple[datetime, str] | None:
+        """Where a source of this user deleted within ``CURSOR_KEPT`` stood: its creation time and name."""
+        with self.session() as s:
+            row = s.get(DeletedSourceRow, source_id)
+            return (row.created_at, row.name) if row is not None and row.user_id == user_id else None
 
     @staticmethod
     def _counts(s: Session, source_ids: list[str]) -> dict[str, tuple[int, int, int]]:

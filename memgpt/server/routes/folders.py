@@ -57,7 +57,12 @@ def list_folders(
     sources = list_sources(state.storage, user.id)
     if name is not None:
         sources = [s for s in sources if s.name == name.strip()]
-    chosen = page(sources, key=lambda s: s.id, after=after, before=before, limit=limit, order=order)
+
+    def place(cursor: str) -> int | None:  # a folder deleted since it was listed (a loop deleting each one)
+        gone = state.storage.metadata.deleted_source(user.id, cursor)
+        return None if gone is None else sum((s.created_at, s.name) < gone for s in sources)
+
+    chosen = page(sources, key=lambda s: s.id, after=after, before=before, limit=limit, order=order, place=place)
     return [_folder(state, s) for s in chosen]
 
 

@@ -101,8 +101,8 @@ async def send_message(
         pass
     if turn.error is not None and not turn.items:
         status, _, detail = turn.failure()
-        # A lost lease's turn is recorded as failed: a retry of the send gets the same answer.
-        return errors.error(status, detail, errors.NO_RETRY if status == 409 else None)
+        # The turn is recorded as failed (a lost lease too): a retry of the send gets the same answer.
+        return errors.error(status, detail, errors.NO_RETRY)
     if turn.answer is not None and not body.include_return_message_types:
         return Response(turn.answer, media_type="application/json")  # as stored with the run
     answer = turn.body()  # a LettaResponse as JSON: not validated once more on the way out

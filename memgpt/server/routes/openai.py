@@ -329,9 +329,8 @@ async def chat_completions(
     replies = _replies(turn.items)
     if turn.error is not None and not replies:
         status, code, detail = turn.failure()
-        if status == 409:  # a lost lease: the turn is recorded as failed, a retry gets the same answer
-            return openai_error(status, detail, code, headers=NO_RETRY)
-        return openai_error(status, detail)
+        # The turn is recorded as failed (a lost lease too): a retry gets the same answer.
+        return openai_error(status, detail, code if status == 409 else None, headers=NO_RETRY)
     usage = _usage(turn.usage.prompt_tokens, turn.usage.completion_tokens)
     return JSONResponse(reply.completion("\n\n".join(replies), _finish_reason(turn.stop_reason), usage))
 

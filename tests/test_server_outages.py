@@ -1,0 +1,188 @@
+"""`memgpt server` while what it stands on fails: PostgreSQL stopped and started again between turns and in the
+middle of one, driven by letta-client against a real server, a real PostgreSQL and the scripted LLM."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from letta_client import APIStatusError, Letta
+
+from memgpt.config import load_config, save_config
+from memgpt.storage.filters import eq
+from memgpt.types import Role
+from tests.conftest import DATA
+from tests.postgres import PostgresServer
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, auth, use_scripted_llm
+
+HANDLE = "openai-compatible/scripted"
+
+
+@pytest.fixture
+def server(home: Path, llm: ScriptedLLM, postgres_url: str) -> Iterator[LiveServer]:
+    config = use_scripted_llm(home, llm.url)
+    config.metadata_url = postgres_url
+    save_config(config, home)
+    running = LiveServer(home, load_config(home))
+    running.timing(busy_wait=2.0, retry_after=1, ping_every=0.3)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def letta(server: LiveServer) -> Letta:
+    return Letta(base_url=server.url, api_key=server.key(), _strict_response_validation=True, max_retries=0)
+
+
+@pytest.fixture
+def agent_id(letta: Letta) -> str:
+    blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+    return letta.agents.create(name="sam", memory_blocks=blocks, model=HANDLE).id  # type: ignore[arg-type]
+
+
+def user_messages(server: LiveServer, agent: str) -> list[str]:
+    return [m.content for m in server.state.storage.messages.last(agent, 1000) if m.role is Role.USER and not m.name]
+
+
+def test_postgres_restarted_between_turns(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
+) -> None:
+    llm.reply("one")
+    assert letta.agents.messages.create(agent_id, input="first").messages[-1].content == "one"
+    with postgres_server.down():
+        with pytest.raises(APIStatusError) as down:
+            letta.agents.messages.create(agent_id, input="while down")
+        print("DOWN:", down.value.status_code, down.value.body)
+        assert down.value.status_code == 503
+    llm.reply("two")
+    assert letta.agents.messages.create(agent_id, input="second").messages[-1].content == "two"
+    assert user_messages(server, agent_id) == ["first", "second"]
+
+
+def test_postgres_restarted_while_the_llm_thinks(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
+) -> None:
+    go_on = threading.Event()
+    llm.reply("answered", until=go_on)
+    answer: dict[str, object] = {}
+
+    def send() -> None:
+        try:
+            answer["ok"] = letta.agents.messages.create(agent_id, input="during")
+        except APIStatusError as exc:
+            answer["error"] = (exc.status_code, exc.body)
+            answer["retry"] = exc.response.headers.get("x-should-retry")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 20
+    while not llm.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with postgres_server.down():
+        pass
+    go_on.set()
+    sender.join(60)
+    print("ANSWER:", answer)
+    llm.reply("after")
+    after = letta.agents.messages.create(agent_id, input="next")
+    assert after.messages[-1].content == "after"
+    print(user_messages(server, agent_id))
+
+
+def test_postgres_down_as_a_step_is_stored_answers_503_and_frees_the_agent_once_it_is_back(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
+) -> None:
+    """The turn cannot store its step nor give its lease back: the send says so with a 503 (a dependency is down,
+    not a bug), and the lease is given back as soon as PostgreSQL answers again, not left to expire (30 s)."""
+    go_on = threading.Event()
+    llm.reply("never stored", until=go_on)
+    answer: dict[str, object] = {}
+
+    def send() -> None:
+        try:
+            answer["ok"] = letta.agents.messages.create(agent_id, input="during")
+        except APIStatusError as exc:
+            answer["error"] = (exc.status_code, exc.body)
+            answer["retry"] = exc.response.headers.get("x-should-retry")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 20
+    while not llm.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with postgres_server.down():
+        go_on.set()
+        sender.join(60)
+    status, body = answer["error"]  # type: ignore[misc]
+    assert status == 503, body
+    assert answer["retry"] == "false"  # the turn is recorded as failed: a retry would get the same answer
+    assert "your message was stored" in str(body) and "metadata database" in str(body)
+    llm.reply("after")
+    back = time.monotonic()
+    assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "after"
+    assert time.monotonic() - back < 10  # not the 30 s of a lease left to expire
+    assert user_messages(server, agent_id) == ["during", "next"]
+    assert "never stored" not in str(server.state.storage.messages.last(agent_id, 100))  # its step was not stored
+
+
+def test_postgres_down_mid_stream_ends_the_stream_with_an_error_then_the_agent_works(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
+) -> None:
+    go_on = threading.Event()
+    llm.add({"tool": "archival_memory_search", "args": {"query": "tea", "request_heartbeat": True}, "content": "Look."})
+    llm.reply("never stored", until=go_on)
+    lines: list[str] = []
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/agents/{agent_id}/messages/stream",
+        json={"input": "go"},
+        headers=auth(letta.api_key),
+        timeout=60,
+    ) as stream:
+        events = stream.iter_lines()
+        for line in events:
+            lines.append(line)
+            if len(llm.requests) >= 2:
+                break
+        with postgres_server.down():
+            go_on.set()
+            lines += [line for line in events if line]
+    data = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
+    assert lines[-1] == "data: [DONE]"
+    assert {"message_type": "stop_reason", "stop_reason": "error"} in data
+    assert data[-1]["message_type"] == "error_message" and "metadata database" in data[-1]["message"]
+    llm.reply("after")
+    back = time.monotonic()
+    assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "after"
+    assert time.monotonic() - back < 10
+    assert user_messages(server, agent_id) == ["go", "next"]
+
+
+def test_postgres_restarted_while_an_upload_loads_then_the_load_is_done_again_once_each(
+    server: LiveServer, letta: Letta, postgres_server: PostgresServer
+) -> None:
+    """The background load cannot record how it ended while PostgreSQL is down: it is loaded again once the
+    database answers (as a load a dead process left is), not left showing `embedding` for as long as the server
+    runs; each of its passages is stored once."""
+    folder = letta.folders.create(name="docs").id
+    upload = letta.folders.files.upload(folder, file=(DATA / "memgpt_research_paper.pdf").open("rb"))
+    deadline = time.monotonic() + 120
+    while (file := letta.folders.files.retrieve(upload.id, folder_id=folder)).chunks_embedded in (None, 0):
+        assert file.processing_status not in ("completed", "error") and time.monotonic() < deadline, file
+        time.sleep(0.05)
+    with postgres_server.down():
+        time.sleep(2)
+    deadline = time.monotonic() + 120
+    while (file := letta.folders.files.retrieve(upload.id, folder_id=folder)).processing_status != "completed":
+        assert file.processing_status != "error" and time.monotonic() < deadline, file
+        time.sleep(0.2)
+    source = server.state.storage.metadata.source_with_id(folder)
+    assert source is not None
+    stored = server.state.storage.passages(source.space).count(eq("source_id", folder))
+    assert stored == file.total_chunks == file.chunks_embedded
