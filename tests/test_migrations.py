@@ -75,7 +75,7 @@ def test_migrations_build_exactly_the_orm_schema(
     assert inspector.get_unique_constraints("sources")[0]["column_names"] == ["user_id", "name"]
     assert {t.name for t in Base.metadata.sorted_tables} <= set(inspector.get_table_names())
     assert len(Base.metadata.sorted_tables) == 19  # step_effects came with 0009, agent_mcp_servers with 0010,
-    # passage_marks with 0014, recall_index_claims with 0017, deleted_agents and deleted_sources with 0021
+    # passage_marks with 0014, recall_index_claims with 0017, deleted_agents and deleted_sources with 0020
 
     # Types, keys, indexes and cascades too: against the same database kind built from the models.
     with another_database(request, metadata_url, tmp_path) as other:

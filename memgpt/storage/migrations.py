@@ -459,7 +459,7 @@ def _0019_agents_pressure_alerted(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE agents ADD COLUMN pressure_alerted BOOLEAN NOT NULL DEFAULT FALSE"))
 
 
-def _0021_deleted_agents(conn: Connection) -> None:
+def _0020_deleted_agents(conn: Connection) -> None:
     """Where each recently deleted agent and source stood in its user's list, so that it stays a paging cursor
     (see storage/agents.py ``DeletedAgentRow``, storage/sql.py ``DeletedSourceRow``)."""
     meta = MetaData()
@@ -501,7 +501,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0017_recall_index_claims", _0017_recall_index_claims),
     ("0018_agents_last_system", _0018_agents_last_system),
     ("0019_agents_pressure_alerted", _0019_agents_pressure_alerted),
-    ("0021_deleted_agents", _0021_deleted_agents),
+    ("0020_deleted_agents", _0020_deleted_agents),
 ]
 
 
