@@ -23,6 +23,7 @@ from memgpt.storage.sql import MetadataStore, create_metadata_engine, parse_meta
 from memgpt.types import AgentState, Message, Role, Source, utc_now
 from tests.conftest import REPO, cli
 from tests.postgres import PASSWORD, PostgresServer
+from tests.processes import stop
 
 # Imports everything first, then waits for the go file, so all children open the store in the same
 # few milliseconds; then each writes a row, as a command would.
@@ -211,7 +212,9 @@ def test_postgresql_ends_a_transaction_stopped_inside_a_many_row_write(postgres_
         monitor.execute("CREATE TABLE stall_probe (id integer PRIMARY KEY)")
         blocker.execute("LOCK TABLE stall_probe IN EXCLUSIVE MODE")  # the child's INSERT waits for it
         child = subprocess.Popen(
-            [sys.executable, "-c", EXECUTEMANY_IN_A_TRANSACTION, postgres_url], cwd=REPO, stdout=subprocess.PIPE,
+            [sys.executable, "-c", EXECUTEMANY_IN_A_TRANSACTION, postgres_url],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
             text=True,
         )
         session = "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE %s"
@@ -221,7 +224,7 @@ def test_postgresql_ends_a_transaction_stopped_inside_a_many_row_write(postgres_
                 assert child.poll() is None and time.monotonic() < deadline, "the child's INSERT never waited"
                 time.sleep(0.05)
             backend = row[0]
-            os.kill(child.pid, signal.SIGSTOP)
+            stop(child)  # every thread of it: kill() returns before that
             blocker.commit()  # its INSERT runs now; its transaction stays open while it is stopped
             stopped = time.monotonic()
             alive = "SELECT state FROM pg_stat_activity WHERE pid = %s"

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +20,7 @@ from letta_client import Letta
 
 from memgpt.config import Config
 from tests.postgres import PostgresServer
+from tests.processes import stop
 from tests.scripted_llm import ScriptedLLM
 from tests.server_pair import ServerPair, server_pair
 from tests.server_rig import ServerProcess, auth
@@ -74,26 +73,6 @@ def b_takes_over(pair: Pair, llm: ScriptedLLM, agent: str, **options: Any) -> No
     answer = pair.client(pair.b, **options).agents.messages.create(agent, input="to B")
     assert answer.messages[-1].content == "B's answer"
     print(f"B took the agent over {time.monotonic() - started:.2f} s after A stopped (lease {LEASE} s)")
-
-
-def _stopped(pid: int) -> bool:
-    """Whether every thread of process ``pid`` is stopped (state T in /proc)."""
-    states = []
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
-            continue
-    return bool(states) and all(state == "T" for state in states)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGSTOP ``process`` and wait until it is stopped. kill() returns before that: the kernel stops a process's
-    threads as each is next scheduled, once the thread the signal woke has started the group stop; on a loaded
-    machine A's step thread went on for some milliseconds after kill() returned, through the write the test had
-    just let go and its commit, before A stopped (seen: CI's "waited 60 s for A's transaction to idle")."""
-    os.kill(process.pid, signal.SIGSTOP)
-    _until(lambda: _stopped(process.pid), f"process {process.pid} to stop", timeout=10)
 
 
 def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_agent_over(
