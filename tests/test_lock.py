@@ -345,13 +345,14 @@ def _ended_pid() -> int:
 
 
 @pytest.mark.parametrize("note", ["", "dead server"])
-def test_a_holder_not_named_yet_is_read_again(tmp_path: Path, note: str) -> None:
+def test_a_holder_not_named_yet_is_read_again(tmp_path: Path, note: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lock is taken before its holder writes its note, over what it found: nothing (the last holder cleared
     it) or the note of a process killed while it held the file (here a server, which is refused at once). The
     waiter reads it again until it names a live process, then says once whom it waits for."""
     db = tmp_path / "milvus.db"
     found = note_of(_ended_pid(), "memgpt server at http://127.0.0.1:8283") if note else ""
     lines: list[str] = []
+    monkeypatch.setattr(client, "_NOTE_SECONDS", 600.0)  # however slow this thread is to write it
     with held_lock(db, found) as holder:
 
         def holder_goes_on() -> None:
