@@ -194,18 +194,24 @@ def load(storage: Storage, model: LocalMiniLM, name: str, *paths: Path, user_id:
     return loader(storage, model, user_id=user_id).load(name, list(paths))
 
 
-def run_cli(*args: str, home: Path, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real `memgpt` command in a child process, with no terminal."""
-    env = {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+def run_cli(
+    *args: str, home: Path, timeout: float = 300, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real `memgpt` command in a child process, with no terminal; ``env``: variables set for it besides."""
     return subprocess.run(
         [sys.executable, "-m", "memgpt", *args],
-        env=env,
+        env={**cli_env(home), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
         input=stdin,
         check=False,
     )
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    """The environment the `memgpt` command runs in (run_cli), with ``home`` as its MEMGPT_HOME."""
+    return {**os.environ, "MEMGPT_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
 
 
 class _LastResort(logging.StreamHandler):  # type: ignore[type-arg]

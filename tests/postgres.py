@@ -31,7 +31,15 @@ USER = "memgpt"
 PASSWORD = "memgpt-test-password"
 # Durability is not what these tests check: without fsync a database is created in milliseconds.
 # Sessions default to a zone with a half-hour offset, so anything that assumes UTC shows up.
-_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "timezone=Asia/Kolkata")
+# log_line_prefix: PostgreSQL 15's default, set so tests that read server.log for a session's "[pid] FATAL:" lines
+# do not depend on it
+_SETTINGS = (
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "timezone=Asia/Kolkata",
+    "log_line_prefix=%m [%p] ",
+)
 
 
 def find_binaries() -> Path | None:

@@ -202,7 +202,9 @@ def _child(script: str, home: Path) -> subprocess.CompletedProcess[str]:
     return out
 
 
-IMPORTS_IN_THREADS = WATCH_THREAD_IMPORTS + """
+IMPORTS_IN_THREADS = (
+    WATCH_THREAD_IMPORTS
+    + """
 from pathlib import Path
 from memgpt.config import Config
 from memgpt.storage import Storage
@@ -214,6 +216,7 @@ storage.passages(EmbeddingSpace("import-model", 4)).count()
 storage.close()
 print(sorted(set(seen)))
 """
+)
 
 
 def test_the_background_open_imports_nothing_in_its_threads(tmp_path: Path) -> None:

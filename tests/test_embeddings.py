@@ -104,7 +104,9 @@ def test_ctrl_c_while_onnxruntime_loads_is_an_interrupt_not_a_missing_install() 
     assert "Traceback" not in out.stderr  # onnxruntime no longer prints the interrupted import
 
 
-LOAD_EARLY = WATCH_THREAD_IMPORTS + """
+LOAD_EARLY = (
+    WATCH_THREAD_IMPORTS
+    + """
 from memgpt.embeddings.local import LocalMiniLM
 
 model = LocalMiniLM()
@@ -115,6 +117,7 @@ vector = model.embed("This is an example sentence")
 print("embedding-load" in threads, sorted(set(seen)))
 print(" ".join(f"{v:.4f}" for v in vector[:5]))
 """
+)
 
 
 def test_the_model_loaded_early_in_a_thread_is_the_one_used_and_the_thread_imports_nothing() -> None:

@@ -748,3 +748,61 @@ def test_a_lite_collection_whose_creation_was_cut_short_is_finished_on_open(tmp_
         assert store.count() == 5
     finally:
         second.close()
+
+
+def test_a_data_error_in_the_column_insert_does_not_switch_to_rows(
+    store: MilvusPassageStore, caplog: pytest.LogCaptureFixture, pymilvus_records: _PymilvusRecords
+) -> None:
+    """A ValueError inside batch_insert may be the data's, not a pymilvus of another shape: when the row retry
+    fails as well, the insert fails as it is (pymilvus's ERROR said) and the store keeps its column insert, with
+    no warning that it inserts rows from now on."""
+    from pymilvus.decorators import error_handler
+    from pymilvus.exceptions import MilvusException
+
+    reshaped = _Reshaped(store._client._get_connection())
+
+    def bad_value(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a value the collection does not take")
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise MilvusException(message="the server refused the rows too")
+
+    reshaped.batch_insert = error_handler(func_name="batch_insert")(bad_value)
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING", logger="memgpt.storage.milvus.store"):
+        patch.setattr(store._client, "_get_connection", lambda: reshaped)
+        patch.setattr(store._client, "upsert", refused)
+        with pytest.raises(StorageError, match="the server refused the rows too"):
+            store.insert([passage(0)])
+    assert [r.getMessage() for r in caplog.records if "inserts rows from now on" in r.getMessage()] == []
+    assert [m.startswith("Unexpected error: [batch_insert]") for m in pymilvus_records.errors()] == [True]
+    with pytest.MonkeyPatch.context() as patch:
+        spies = {name: _Spy(patch, store._client, name) for name in ("insert", "upsert")}
+        store.insert([passage(i) for i in range(12)])
+        assert (spies["insert"].calls, spies["upsert"].calls) == (0, 0)  # still the column insert
+    _read_back(store, 12)
+
+
+def test_pymilvus_lines_below_error_pass_while_its_errors_are_held(
+    store: MilvusPassageStore, caplog: pytest.LogCaptureFixture, pymilvus_records: _PymilvusRecords
+) -> None:
+    """Only pymilvus's ERRORs of a failure memgpt handles are kept from the user (and logged at DEBUG); what it
+    logs below that meanwhile, a retry line say, is shown as ever."""
+    retry = "[batch_insert] retry:1, cost: 0.01s, reason: <_MultiThreadedRendezvous: StatusCode.UNAVAILABLE>"
+
+    def reshape(real: Any) -> _Reshaped:
+        def retried_then_reshaped(*args: Any, **kwargs: Any) -> Any:
+            logging.getLogger("pymilvus.decorators").warning(retry)
+            raise TypeError("MutationResult takes no argument 'response'")
+
+        return _Reshaped(real, batch_insert=retried_then_reshaped)
+
+    reshaped = _as_pymilvus_wraps_it(reshape)(store._client._get_connection())
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("DEBUG", logger="memgpt.storage.milvus.store"):
+        patch.setattr(store._client, "_get_connection", lambda: reshaped)
+        store.insert([passage(i) for i in range(12)])
+    assert [r.getMessage() for r in pymilvus_records.records if r.levelno >= logging.WARNING] == [retry]
+    handled = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "handled here" in r.getMessage()
+    ]
+    assert len(handled) == 1 and "Unexpected error: [batch_insert]" in handled[0], handled
+    _read_back(store, 12)

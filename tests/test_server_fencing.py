@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -147,13 +148,23 @@ def _ended_while_idle_in_its_transaction(monitor: psycopg.Connection[Any], postg
     still runs its write (False). That it committed instead (its process was not stopped) fails at once."""
     row = monitor.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
     if row is None:
-        log = (postgres.directory / "server.log").read_text(errors="replace")
-        ended = [line for line in log.splitlines() if f"[{pid}] FATAL:" in line]
+        # Only what the log gained during this test: a backend pid is reused, and the server serves the session.
+        log = (postgres.directory / "server.log").read_bytes()[_log_start[postgres.directory] :]
+        ended = [line for line in log.decode(errors="replace").splitlines() if f"[{pid}] FATAL:" in line]
         assert any("idle-in-transaction timeout" in line for line in ended), f"session {pid} ended: {ended}"
         return True
     state, query = row
     assert state in ("active", "idle in transaction"), f"session {pid} is {state!r} after {query!r}"
     return bool(state == "idle in transaction")
+
+
+_log_start: dict[Path, int] = {}  # the size of each PostgreSQL's server.log as the running test started
+
+
+@pytest.fixture(autouse=True)
+def _log_from_the_start(postgres_server: PostgresServer) -> None:
+    """Record where PostgreSQL's log stands as each test starts (see _ended_while_idle_in_its_transaction)."""
+    _log_start[postgres_server.directory] = (postgres_server.directory / "server.log").stat().st_size
 
 
 def _holds_its_lease_row(monitor: psycopg.Connection[Any], agent: str) -> None:

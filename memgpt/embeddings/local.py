@@ -67,9 +67,7 @@ def _create_runtime(onnxruntime: Any, model_package: Any, tokenizer_class: Any) 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(
-        str(model_package.model_path()), options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(str(model_package.model_path()), options, providers=["CPUExecutionProvider"])
     return session, tokenizer
 
 

@@ -107,43 +107,72 @@ class _LiteLocks:
     milvus-lite locks ``.<name>.lock`` itself, but a process that fails to open the file deletes that
     lock file on its way out, letting a third process in. Our lock file is never deleted, and a
     ``flock`` on it is held for as long as this process has the database open.
+
+    ``_guard`` covers only the table of held files, never a wait: a thread waiting for a file another process
+    holds waits under that file's own gate, so other threads take and let go of other files meanwhile.
     """
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._held: dict[str, tuple[IO[str], int]] = {}
+        self._gates: dict[str, threading.Lock] = {}  # one a file: its opening and its last release
+
+    def _held_again(self, key: str) -> bool:
+        """Count one more hold on ``key`` if this process holds it already (the caller holds ``_guard``)."""
+        if key not in self._held:
+            return False
+        handle, count = self._held[key]
+        self._held[key] = (handle, count + 1)
+        return True
 
     def acquire(self, db_file: Path) -> None:
         key = str(db_file)
         with self._guard:
-            if key in self._held:
-                handle, count = self._held[key]
-                self._held[key] = (handle, count + 1)
+            if self._held_again(key):
                 return
+            gate = self._gates.setdefault(key, threading.Lock())
+        with gate:  # a second thread opening this file waits for the first (a flock of ours would refuse it)
+            with self._guard:
+                if self._held_again(key):
+                    return
             path = db_file.parent / f".{db_file.name}.memgpt.lock"
             handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open
             try:
                 _lock_or_wait(handle, db_file, path)
+                handle.truncate(0)  # say who holds it, for the message another process prints
+                handle.write(json.dumps({"pid": os.getpid(), "holder": _holder}))
+                handle.flush()
             except BaseException:  # a Ctrl-C while waiting included
                 handle.close()
                 raise
-            handle.truncate(0)  # say who holds it, for the message another process prints
-            handle.write(json.dumps({"pid": os.getpid(), "holder": _holder}))
-            handle.flush()
-            self._held[key] = (handle, 1)
+            with self._guard:
+                self._held[key] = (handle, 1)
 
     def release(self, db_file: Path) -> None:
         key = str(db_file)
         with self._guard:
             if key not in self._held:
                 return
-            handle, count = self._held.pop(key)
+            handle, count = self._held[key]
             if count > 1:
                 self._held[key] = (handle, count - 1)
                 return
-            _stop_lite_server(db_file)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            gate = self._gates[key]
+        with gate:  # no thread of this process takes the file again before it is let go
+            with self._guard:
+                if key not in self._held:
+                    return
+                handle, count = self._held.pop(key)
+                if count > 1:
+                    self._held[key] = (handle, count - 1)
+                    return
+            try:
+                _stop_lite_server(db_file)
+            finally:
+                handle.truncate(0)  # no note of a holder that has gone (see _holder_of)
+                handle.flush()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
 
 
 _lite_locks = _LiteLocks()
@@ -177,40 +206,65 @@ def command_holding(description: str, wait: LockWait | None) -> Iterator[None]:
 
 def _lock_or_wait(handle: IO[str], db_file: Path, lock_path: Path) -> None:
     """Take the ``flock`` on ``handle``, waiting for another memgpt command that holds it as :data:`_waiting`
-    says (nothing is waited for without it, nor for a server); raises the one line that says who holds it."""
+    says (nothing is waited for without it, nor for a server); raises the one line that says who holds it.
+    A holder writes its note only after taking the lock: until the note names a live process, who holds it is
+    not known yet, and it is read again (up to :data:`_NOTE_SECONDS`) before anything is told or refused."""
     waiting = _waiting
     deadline: float | None = None
+    unknown_until: float | None = None
     told: tuple[object, str] | None = None
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except OSError as exc:
-            pid, holder = _holder_of(lock_path)
             # Only a lock held by another process is waited for, not one the file system cannot take (ENOLCK).
             held = isinstance(exc, BlockingIOError)
+            pid, holder = _holder_of(lock_path)
+            now = time.monotonic()
+            if held and pid is None:
+                unknown_until = now + _NOTE_SECONDS if unknown_until is None else unknown_until
+                if now < unknown_until:
+                    time.sleep(_LOCK_POLL_SECONDS)
+                    continue
             if waiting is None or waiting.seconds <= 0 or not held or _holds_while_running(holder):
                 raise StorageLockedError(_locked_message(db_file, pid, holder)) from exc
-            now = time.monotonic()
             deadline = now + waiting.seconds if deadline is None else deadline
             if now >= deadline:
                 raise StorageLockedError(_still_locked_message(db_file, pid, holder, waiting)) from exc
         if (pid, holder) != told:  # once, and again should another command take the file meanwhile
-            what = f" (pid {pid}: {holder})" if holder else (f" (pid {pid})" if pid else "")
-            waiting.notify(f"waiting for the other memgpt command{what} to finish — Ctrl-C to stop")
+            who = _who(pid, holder, pid_first=True)
+            waiting.notify(f"waiting for the other memgpt command{who} to finish — Ctrl-C to stop")
             told = (pid, holder)
         time.sleep(_LOCK_POLL_SECONDS)
 
 
-def _holder_of(lock_path: Path) -> tuple[object, str]:
-    """The pid and description the process holding the lock wrote into it (None and "" where not, or not yet)."""
+# How long a lock held by a process whose note is not there yet (or is a dead process's) is read again: a holder
+# writes its note right after taking the lock, so this only bounds a holder that never writes one.
+_NOTE_SECONDS = 2.0
+
+
+def _holder_of(lock_path: Path) -> tuple[int | None, str]:
+    """The pid and description the process holding the lock wrote into it: None and "" where there is no note
+    yet, or the note is a process's that has ended (one killed while holding it left it behind)."""
     try:
         note = json.loads(lock_path.read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
         note = {}
-    if not isinstance(note, dict):
+    pid = note.get("pid") if isinstance(note, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or not _alive(pid):
         return None, ""
-    return note.get("pid"), str(note.get("holder") or "")
+    return pid, str(note.get("holder") or "")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # PermissionError: alive, as another user's
+    return pid > 0
 
 
 def _holds_while_running(holder: str) -> bool:
@@ -218,11 +272,24 @@ def _holds_while_running(holder: str) -> bool:
     return holder.startswith(("memgpt server", STDIO_MCP_HOLDER))
 
 
+def _who(pid: object, holder: str, *, pid_first: bool = False) -> str:
+    """`` (memgpt run, pid 12)`` (`` (pid 12: memgpt run)`` in the line that says it waits), `` (pid 12)``, or
+    nothing: the process that holds a Lite file, as far as its note tells."""
+    if holder:
+        return f" (pid {pid}: {holder})" if pid_first else f" ({holder}, pid {pid})"
+    return f" (pid {pid})" if pid else ""
+
+
+def _seconds(seconds: float) -> str:
+    """A wait as said to the user: 60 s, 1.5 s, 0.4 s (not "0 s" for a wait under one)."""
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.2g}"
+
+
 def _still_locked_message(db_file: Path, pid: object, holder: str, waiting: LockWait) -> str:
-    who = f" ({holder}, pid {pid})" if holder else (f" (pid {pid})" if pid else "")
     longer = f", {waiting.longer}," if waiting.longer else ""
     return (
-        f"another memgpt process{who} is still using {display_path(db_file)} after {waiting.seconds:.0f} s — try "
+        f"another memgpt process{_who(pid, holder)} is still using {display_path(db_file)} after "
+        f"{_seconds(waiting.seconds)} s — try "
         f"again once it has finished{longer} or configure a Milvus server URI "
         "(`memgpt configure --milvus-uri http://host:19530`) so several processes can share the data"
     )
@@ -242,8 +309,7 @@ def _locked_message(db_file: Path, pid: object, holder: str) -> str:
             "and try again, or configure a Milvus server URI (`memgpt configure --milvus-uri http://host:19530`) so "
             "several processes can share the data"
         )
-    who = f" ({holder}, pid {pid})" if holder else (f" (pid {pid})" if pid else "")
-    return f"another memgpt process{who} is using {where} — close it or use a Milvus server"
+    return f"another memgpt process{_who(pid, holder)} is using {where} — close it or use a Milvus server"
 
 
 def _stop_lite_server(db_file: Path) -> None:

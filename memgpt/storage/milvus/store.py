@@ -42,10 +42,11 @@ def _shape_change(exc: Exception) -> Exception | None:
 
 
 class _HeldLogs(logging.Filter):
-    """Holds back what pymilvus logs in a thread during a call of its whose failure memgpt handles: its error
-    handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."), which a user saw
-    before the column insert fell back to rows as intended. Only the thread that asked, only during that call;
-    the caller says them after all (:meth:`emit`) when it does not handle the failure."""
+    """Holds back the errors pymilvus logs in a thread during a call of its whose failure memgpt handles: its
+    error handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."), which a user
+    saw before the column insert fell back to rows as intended. Only ERROR and above (its retry lines and the like
+    pass), only the thread that asked, only during that call; the caller says them after all (:meth:`emit`) when
+    it does not handle the failure, and logs them at DEBUG (:meth:`handled`) when it does."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,7 +55,7 @@ class _HeldLogs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         held = self._held.get(threading.get_ident())
-        if held is None:
+        if held is None or record.levelno < logging.ERROR:
             return True
         held.append(record)
         return False
@@ -75,6 +76,11 @@ class _HeldLogs(logging.Filter):
     def emit(records: list[logging.LogRecord]) -> None:
         for record in records:
             logging.getLogger(record.name).handle(record)
+
+    @staticmethod
+    def handled(records: list[logging.LogRecord]) -> None:
+        for record in records:
+            logger.debug("handled here, as pymilvus logged it: %s", record.getMessage(), exc_info=record.exc_info)
 
 
 _PYMILVUS_ERRORS = "pymilvus.decorators"  # the logger of pymilvus's error handler and retries
@@ -256,8 +262,8 @@ class MilvusPassageStore(PassageStore):
             fields = [f for f in schema["fields"] if not f.get("is_function_output")]  # BM25's sparse is computed
             columns = [{"name": f["name"], "type": f["type"], "values": [r[f["name"]] for r in rows]} for f in fields]
         except _OTHER_SHAPES as exc:
-            self._insert_rows_from_now(exc)
             client.insert(self.collection, rows)
+            self._insert_rows_from_now(exc)  # once the rows went in: a data error is no change of shape
             return
         held: list[logging.LogRecord] = []
         try:
@@ -270,16 +276,22 @@ class MilvusPassageStore(PassageStore):
             logger.debug(
                 "the column insert into %s met a stale cached schema (%s); inserting rows", self.collection, exc
             )
+            _pymilvus_logs.handled(held)
             self._forget_schema(handler, context)
-            retry = client.insert
+            client.insert(self.collection, rows)
+            return
         except Exception as exc:
             changed = _shape_change(exc)
             if changed is None:  # not handled here: what pymilvus logged about it is said after all
                 _pymilvus_logs.emit(held)
                 raise
-            self._insert_rows_from_now(changed)
-            retry = client.upsert  # perhaps raised after the rows were written: upsert replaces them by id
-        retry(self.collection, rows)
+            try:  # perhaps raised after the rows were written: upsert replaces them by id
+                client.upsert(self.collection, rows)
+            except Exception:  # rows fail too: the data, not pymilvus's shape; the column insert stays
+                _pymilvus_logs.emit(held)
+                raise
+        _pymilvus_logs.handled(held)
+        self._insert_rows_from_now(changed)  # only now: the rows went in where the columns did not
 
     def _insert_rows_from_now(self, exc: Exception) -> None:
         self._by_columns = False
