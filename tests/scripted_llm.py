@@ -24,10 +24,10 @@ routes) answer from ``props`` and ``show`` when set, else 404.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,11 +46,22 @@ class Raw:
 
     body: str
     content_type: str
+
+
 SUMMARY_PREFIX = SUMMARY_INSTRUCTIONS.split("{")[0]
+
+# Tool call ids are "call_" and 10 decimal digits: this server's number in the process (4) and its call's (6).
+# The tokenizers split digits in threes, so every such id is the same number of tokens (34 with its JSON
+# envelope in cl100k_base and o200k_base), where 10 random hex digits took 5-12 (33-40): a test near a token
+# threshold passed or failed by the ids drawn. Unique within a server and across the servers of a process.
+_SERVERS = itertools.count(1)
 
 
 class ScriptedLLM:
     def __init__(self) -> None:
+        self._number = next(_SERVERS) % 10_000
+        self._serial = itertools.count(1)
+        self._serial_lock = threading.Lock()  # requests are answered on threads of their own
         self.script: deque[Entry] = deque()
         self.requests: list[dict[str, Any]] = []
         self.summaries: list[dict[str, Any]] = []
@@ -86,7 +97,7 @@ class ScriptedLLM:
         system = body["messages"][0].get("content") or ""
         if not body.get("tools") and system.startswith(SUMMARY_PREFIX):
             self.summaries.append(body)
-            return 200, _completion(self.summary_text, [])
+            return 200, _completion(self._id("chatcmpl-"), self.summary_text, [])
         self.requests.append(body)
         if not self.script:
             return 500, {"error": {"message": "the test script has no more answers", "type": "server_error"}}
@@ -114,7 +125,13 @@ class ScriptedLLM:
             calls.append((name, json.dumps(args)))
         if "raw_tool" in entry:
             calls.append((entry["raw_tool"], entry["raw_arguments"]))
-        return 200, _completion(entry.get("content", ""), calls, entry.get("prompt_tokens", 1))
+        named = [(self._id("call_"), *call) for call in calls]
+        return 200, _completion(self._id("chatcmpl-"), entry.get("content", ""), named, entry.get("prompt_tokens", 1))
+
+    def _id(self, prefix: str) -> str:
+        """The next id of this server's answers: ``prefix``, its number in the process and the answer's."""
+        with self._serial_lock:
+            return f"{prefix}{self._number:04d}{next(self._serial) % 1_000_000:06d}"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         llm = self
@@ -150,15 +167,17 @@ class ScriptedLLM:
         return Handler
 
 
-def _completion(content: str, calls: list[tuple[str, str]], prompt_tokens: int = 1) -> dict[str, Any]:
+def _completion(
+    completion_id: str, content: str, calls: list[tuple[str, str, str]], prompt_tokens: int = 1
+) -> dict[str, Any]:
+    """A chat completion of ``content`` and ``calls`` (each an id, a function's name and its arguments)."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = [
-            {"id": f"call_{uuid.uuid4().hex[:10]}", "type": "function", "function": {"name": n, "arguments": a}}
-            for n, a in calls
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a in calls
         ]
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:10]}",
+        "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": "scripted",

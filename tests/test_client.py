@@ -248,7 +248,10 @@ def test_errors_are_memgpts_own(client: Client, sam: AgentInfo, llm: ScriptedLLM
     with pytest.raises(UserError, match="text"):
         client.insert_archival_memory(sam.id, "")
 
-    llm.reply("Slowly.", delay=2.0)
+    # The first turn's LLM answers once the second message was refused (it answered after 2 s: a loaded
+    # machine's slower second request found the agent free).
+    answered = threading.Event()
+    llm.reply("Slowly.", until=answered)
     answers: list[TurnResponse] = []
     thread = threading.Thread(target=lambda: answers.append(client.send_message(sam.id, "one")))
     thread.start()
@@ -260,6 +263,7 @@ def test_errors_are_memgpts_own(client: Client, sam: AgentInfo, llm: ScriptedLLM
             client.send_message(sam.id, "two")
         assert busy.value.retry_after == 1
     finally:
+        answered.set()
         thread.join(timeout=30)
     assert answers[0].assistant_messages == ["Slowly."]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from letta_client import Letta
-from sqlalchemy import event, text
+from sqlalchemy import event, text, update
 
 from memgpt.config import load_config
 from memgpt.errors import LeaseLostError
@@ -285,13 +285,19 @@ def test_a_lease_left_by_an_earlier_process_with_this_pid_is_taken_at_once(stora
 
 
 def test_a_lease_of_another_hosts_process_is_kept_until_it_expires(storage: Storage) -> None:
-    """No process of another host can be seen: its lease (a holder killed there too) waits for the expiry."""
+    """No process of another host can be seen: its lease (a holder killed there too) waits for the expiry.
+
+    Its expiry is an hour away while the test checks that it holds (it was 1 s away: a loaded machine's pause
+    of a second before those checks expired it), then brought to a moment away, and waited out."""
+    elsewhere = "elsewhere:1:1:token"
     with storage.metadata.session() as s:
-        expires = datetime.now(UTC) + timedelta(seconds=1)
-        elsewhere = "elsewhere:1:1:token"
-        s.add(LeaseRow(agent_id="a1", owner=elsewhere, run_id="run-0", expires_at=expires, cancel_requested=False))
+        far = datetime.now(UTC) + timedelta(hours=1)
+        s.add(LeaseRow(agent_id="a1", owner=elsewhere, run_id="run-0", expires_at=far, cancel_requested=False))
     assert storage.turns.running_run("a1") == "run-0"
     assert storage.turns.acquire("a1", new_owner(), "run-1", 60) is None
+    with storage.metadata.session() as s:
+        expires = datetime.now(UTC) + timedelta(seconds=0.3)
+        s.execute(update(LeaseRow).where(LeaseRow.agent_id == "a1").values(expires_at=expires))
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
     assert storage.turns.running_run("a1") is None
     mine = new_owner()
@@ -333,16 +339,24 @@ def test_a_process_whose_clock_is_far_off_keeps_no_dead_lease(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A holder an hour ahead that takes and renews its lease for a moment and then stops (as one on another host
-    that died: no pid to look at) holds it for that moment, not for an hour more."""
+    that died: no pid to look at) holds it for that moment, not for an hour more.
+
+    The moment is 2 s: at 0.3 s a loaded machine's pause between the renewal and the newcomer's look (two
+    statements in a row) ended it first. Its end is waited for, not slept past."""
     skew, turns = _clock_off(monkeypatch), storage.turns
     skew["by"] = timedelta(hours=1)
-    holder = new_owner()
-    assert turns.acquire("a1", holder, "run-1", 0.3) is not None
-    assert turns.renew("a1", holder, 0.3)
+    holder, moment = new_owner(), 2.0
+    assert turns.acquire("a1", holder, "run-1", moment) is not None
+    renewing = time.monotonic()
+    assert turns.renew("a1", holder, moment)
     skew["by"] = timedelta(0)
-    assert turns.acquire("a1", new_owner(), "run-2", 60) is None  # the moment is not over
-    time.sleep(0.4)
-    assert turns.running_run("a1") is None, "a holder's clock ahead kept its lease past the expiry"
+    taken = turns.acquire("a1", new_owner(), "run-2", 60)
+    looked = time.monotonic() - renewing
+    assert taken is None, f"the lease renewed for {moment} s was free {looked:.2f} s after"  # the moment is not over
+    deadline = renewing + 30  # far less than the hour the holder's clock is ahead
+    while turns.running_run("a1") is not None:
+        assert time.monotonic() < deadline, "a holder's clock ahead kept its lease past the expiry"
+        time.sleep(0.05)
     skew["by"] = -timedelta(hours=1)  # and a newcomer's clock behind does not wait an hour either
     mine = new_owner()
     assert turns.acquire("a1", mine, "run-2", 60) is not None

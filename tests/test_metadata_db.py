@@ -574,8 +574,8 @@ def test_a_new_database_another_process_is_writing_is_waited_for(tmp_path: Path)
     writer.execute("BEGIN IMMEDIATE")  # a write lock, still in the rollback journal mode
     writer.execute("INSERT INTO other VALUES (1)")
     ended = threading.Timer(0.5, lambda: writer.execute("COMMIT"))
+    started = time.monotonic()  # before the timer's start: a pause between the two must not shorten the wait seen
     ended.start()
-    started = time.monotonic()
     try:
         store = MetadataStore(f"sqlite:///{path}")
         store.engine.dispose()

@@ -89,6 +89,10 @@ def test_close_ends_the_idle_threads() -> None:
         done.clear()
         threads.run(done.set)
         assert done.wait(5)
+        # Its thread is idle again before the next job: one that has not counted itself so yet (paused on a
+        # loaded machine between the job and that) left the next to a new thread, and with three idle threads
+        # the two below left one or three idle, never two.
+        assert _wait_for(lambda: threads._idle == 1)
     threads.run(lambda: time.sleep(0.2))
     threads.run(lambda: time.sleep(0.2))
     assert _wait_for(lambda: threads._idle == 2)
