@@ -696,3 +696,50 @@ def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says
         assert "Hello again, Chad." in json.dumps(llm.requests[-1]["messages"])
     finally:
         server.stop()
+
+
+def test_a_typed_message_the_busy_agent_did_not_get_is_put_back_at_the_prompt(
+    home: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """The chat in a terminal while another process holds the agent's lease past the busy wait (here this test's):
+    one line says it waits, one that the message was not sent, and the text is back at the prompt: Enter sends it
+    once the agent is free."""
+    llm.reply("Hello.")
+    assert run_cli("run", "--agent", "sam", "--message", "hi", home=home).returncode == 0
+    config = load_config(home)
+    config.server.busy_wait_seconds = 1
+    save_config(config, home)
+    llm.reply("Got your kept words.")
+    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    with Storage(config, home) as storage:
+        state = storage.agents.get(config.user_id, "sam")
+        assert state is not None
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "memgpt", "run", "--agent", "sam"],
+            env=env,
+            encoding="utf-8",
+            timeout=60,
+            dimensions=(50, 200),
+            cwd=str(tmp_path),
+        )
+        try:
+            child.expect_exact("> Enter your message:")
+            with storage.turns.holding(state.id, 60, 0):
+                child.sendline("kept words")
+                child.expect_exact(f"waiting for the agent's turn in another memgpt process (pid {os.getpid()})...")
+                child.expect_exact(
+                    f"error: the agent is busy with a turn in another memgpt process (pid {os.getpid()}); "
+                    "your message was not sent (it is back at the prompt)"
+                )
+                child.expect_exact("> Enter your message: kept words")
+            child.send("\r")
+            child.expect_exact("🤖 Got your kept words.")
+            child.expect_exact("> Enter your message:")
+            child.sendline("/exit")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+    sent = [m for m in stored_messages(home, "sam") if "kept words" in (m.content or "")]
+    assert len(sent) == 1, sent
+    assert len(llm.requests) == 2
