@@ -210,13 +210,13 @@ class Chat:
                 where = holder[0] if holder else _pid_of(turns.holder(agent_id))
                 busy = f"the agent is busy with a turn in another memgpt process{where}"
                 raise AgentBusyError(busy, exc.retry_after) from None
-            self._held = True
             grant = held.grant
             seen = (grant.version - 1, grant.created_at) if grant.version is not None else None
             if seen is None or seen != leases.version:  # changed since by another process: opened afresh
                 old = self.agent
                 old.close()
                 self.agent = leases.reopen(old)
+            self._held = True  # (a Ctrl-C from here on may come after the turn stored the message)
             self.agent.fence = Fence(agent_id, held.owner)
             clean = False
             try:
@@ -229,8 +229,9 @@ class Chat:
                 self.agent.close(wait=False)
                 # After a turn that failed, what the open agent holds may differ from what was stored: the next
                 # one opens it afresh.
-                ok = clean and grant.version is not None
-                leases.version = (grant.version, grant.created_at) if ok else None  # type: ignore[assignment]
+                leases.version = None
+                if clean and grant.version is not None:
+                    leases.version = (grant.version, grant.created_at)
 
     def _failed(self, code: int, line: str) -> None:
         err_console.print(line, markup=False)
