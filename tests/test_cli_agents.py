@@ -588,3 +588,158 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
         assert not exists()
     finally:
         server.stop()
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says_it_was_not_sent(
+    home: Path, llm: ScriptedLLM, milvus_server: str, server_database: str
+) -> None:
+    """`memgpt run --message` while a `memgpt server` process on the same home (a Milvus server for the vectors) runs
+    a turn of that agent: it took no lease, so its turn ran between the server's steps (its message stored before
+    the server's answer) with the agent as it opened it (the server's turn unseen by its LLM). It holds the agent's
+    lease for its turn, as the server's turns do: it waits for the server's turn up to the busy wait (one line
+    saying so), opens the agent afresh since that turn moved it, and answers after it; past the wait it says in one
+    line that the message was not sent, and stores nothing."""
+    config = use_scripted_llm(home, llm.url)
+    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
+    config.server.busy_wait_seconds = 1
+    save_config(config, home)
+    with Storage(config, home) as storage:
+        key = storage.users.create_key(storage.users.ensure(config.user_id, OWNER_NAME).id)[1]
+    server = ServerProcess(home)
+    try:
+        server.wait_ready()
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        agent = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(
+            name="sam", memory_blocks=blocks, model="openai-compatible/scripted"
+        )  # type: ignore[arg-type]
+
+        def turn(gate: threading.Event, answers: list[httpx.Response], said: str) -> threading.Thread:
+            """A turn of the agent in the server, its LLM call held until ``gate`` is set."""
+            llm.add({"tool": "send_message", "args": {"message": said}, "content": "Greet.", "until": gate})
+            asked = len(llm.requests)
+            url = f"{server.url}/v1/agents/{agent.id}/messages"
+            running = threading.Thread(
+                target=lambda: answers.append(httpx.post(url, json={"input": "Hi"}, headers=auth(key), timeout=120))
+            )
+            running.start()
+            deadline = time.monotonic() + 60
+            while len(llm.requests) == asked and time.monotonic() < deadline:  # the turn is in its LLM call
+                time.sleep(0.05)
+            return running
+
+        def users_said() -> list[str]:
+            return [m.content for m in stored_messages(home, "sam") if m.role.value == "user"]
+
+        def lines(stderr: str) -> list[str]:
+            """The lines on stderr but Milvus 2.3's note that it has no BM25 (the fixture's server)."""
+            return [line for line in stderr.strip().splitlines() if "has no BM25 full-text search" not in line]
+
+        gate, answers = threading.Event(), []
+        running = turn(gate, answers, "Hello, Chad.")
+        llm.reply("Not this one.")  # what the refused message would have been answered with
+        refused = run_cli("run", "--agent", "sam", "--message", "refused words", home=home)
+        gate.set()
+        running.join(60)
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        pid = server.process.pid
+        assert lines(refused.stderr) == [
+            f"waiting for the agent's turn in another memgpt process (pid {pid})...",
+            f"error: the agent is busy with a turn in another memgpt process (pid {pid}); "
+            "your message was not sent: send it again",
+        ], refused.stderr
+        assert answers[0].status_code == 200, answers[0].text
+        assert not any("refused words" in said for said in users_said())
+        llm.requests.clear()
+        llm.script.clear()
+
+        config.server.busy_wait_seconds = 60  # the CLI's wait; the server keeps the one it started with
+        save_config(config, home)
+        gate, answers = threading.Event(), []
+        running = turn(gate, answers, "Hello again, Chad.")
+        llm.reply("Noted, after your greeting.")
+        env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
+        command = [sys.executable, "-m", "memgpt", "run", "--agent", "sam", "--message", "second words"]
+        sending = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said_on_stderr: list[str] = []
+        reader = threading.Thread(target=lambda: said_on_stderr.extend(sending.stderr or []), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 50  # (the held LLM call answers after 60 s anyway)
+            while (
+                len(llm.requests) < 2
+                and not any("waiting for the agent's turn" in line for line in said_on_stderr)
+                and sending.poll() is None
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)  # the CLI opens the agent (seconds), then waits for the lease or asks its LLM
+            time.sleep(1.0)
+            assert len(llm.requests) == 1, llm.requests[-1]  # it waits for the server's turn
+            gate.set()
+            running.join(60)
+            out = sending.communicate(timeout=60)[0]
+            reader.join(10)
+            err = "".join(said_on_stderr)
+        finally:
+            if sending.poll() is None:
+                sending.kill()
+        assert sending.returncode == 0, err
+        assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
+        assert "Noted, after your greeting." in out
+        assert answers[0].status_code == 200, answers[0].text
+        # Its message after the server's turn's answer, never between that turn's steps.
+        history = [repr(m) for m in stored_messages(home, "sam")]
+        greeted = next(i for i, text in enumerate(history) if "Hello again, Chad." in text)
+        second = next(i for i, text in enumerate(history) if "second words" in text)
+        assert greeted < second, history
+        # The CLI's LLM saw the server's turn: the agent was opened afresh after it.
+        assert "Hello again, Chad." in json.dumps(llm.requests[-1]["messages"])
+    finally:
+        server.stop()
+
+
+def test_a_typed_message_the_busy_agent_did_not_get_is_put_back_at_the_prompt(
+    home: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """The chat in a terminal while another process holds the agent's lease past the busy wait (here this test's):
+    one line says it waits, one that the message was not sent, and the text is back at the prompt: Enter sends it
+    once the agent is free."""
+    llm.reply("Hello.")
+    assert run_cli("run", "--agent", "sam", "--message", "hi", home=home).returncode == 0
+    config = load_config(home)
+    config.server.busy_wait_seconds = 1
+    save_config(config, home)
+    llm.reply("Got your kept words.")
+    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    with Storage(config, home) as storage:
+        state = storage.agents.get(config.user_id, "sam")
+        assert state is not None
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "memgpt", "run", "--agent", "sam"],
+            env=env,
+            encoding="utf-8",
+            timeout=60,
+            dimensions=(50, 200),
+            cwd=str(tmp_path),
+        )
+        try:
+            child.expect_exact("> Enter your message:")
+            with storage.turns.holding(state.id, 60, 0):
+                child.sendline("kept words")
+                child.expect_exact(f"waiting for the agent's turn in another memgpt process (pid {os.getpid()})...")
+                child.expect_exact(
+                    f"error: the agent is busy with a turn in another memgpt process (pid {os.getpid()}); "
+                    "your message was not sent (it is back at the prompt)"
+                )
+                child.expect_exact("> Enter your message: kept words")
+            child.send("\r")
+            child.expect_exact("🤖 Got your kept words.")
+            child.expect_exact("> Enter your message:")
+            child.sendline("/exit")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+    sent = [m for m in stored_messages(home, "sam") if "kept words" in (m.content or "")]
+    assert len(sent) == 1, sent
+    assert len(llm.requests) == 2

@@ -143,6 +143,18 @@ def test_a_lease_just_taken_is_not_taken_again_by_another_thread_of_the_process(
     assert lease_owner(storage, "a1") is None
 
 
+def test_a_lease_held_for_a_turn_of_memgpt_run_is_renewed_while_held_and_given_back_after(storage: Storage) -> None:
+    """`memgpt run` holds the agent's lease for each turn with ``TurnStore.holding(renew_every=...)``: a turn that
+    runs longer than the lease keeps it (a newcomer finds it held, never a second turn between its steps), and it is
+    given back when the turn ends."""
+    turns = storage.turns
+    with turns.holding("a1", 1.0, 0, renew_every=0.2) as held:
+        time.sleep(2.5)
+        assert turns.acquire("a1", new_owner(), "", 60) is None
+        assert lease_owner(storage, "a1") == held.owner
+    assert lease_owner(storage, "a1") is None
+
+
 def test_a_lease_taken_with_one_statement_on_a_free_agent(storage: Storage) -> None:
     """Taking a free lease is one transaction: no second one that another owner could come between."""
     commits: list[object] = []

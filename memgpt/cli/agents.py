@@ -20,7 +20,7 @@ from memgpt.cli.common import (
     names_table,
     open_storage,
 )
-from memgpt.errors import UserError
+from memgpt.errors import NotFoundError, UserError
 
 if TYPE_CHECKING:
     from memgpt.agent.agent import Agent
@@ -83,8 +83,6 @@ def _resume_banner(storage: Storage, state: AgentState) -> None:
 def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> int:
     """One message (--message), the lines piped on stdin, or the interactive chat. Returns the exit code:
     for a message or piped lines, 1 when a turn failed and 130 when one was interrupted (Ctrl-C)."""
-    from memgpt.cli.chat import play
-
     if message is not None:
         chat.handle(message)
         return chat.exit_code
@@ -95,7 +93,7 @@ def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> 
         return chat.exit_code
     if greet:
         input("\nHit enter to begin (will request first MemGPT message)\n")
-        play(agent.login())
+        chat.step(lambda agent: agent.login())
     chat.loop()
     return 0
 
@@ -134,7 +132,7 @@ def run(
         ExitStack() as stack,
     ):
         from memgpt.agent.manager import open_agent, resolve_agent, update_agent
-        from memgpt.cli.chat import Chat
+        from memgpt.cli.chat import Chat, Leases
         from memgpt.cli.mcp import chat_servers
         from memgpt.config import memgpt_home
         from memgpt.llm import create_llm
@@ -152,6 +150,26 @@ def run(
                 console.print("(--persona and --human only apply to new agents)", markup=False)
             _resume_banner(storage, state)
         llm = create_llm(config.llm, model=state.llm_model, context_window=state.context_window)
+        # Read before the agent is: a change stored meanwhile (or a turn running now) makes the first turn open it
+        # afresh (``Leases``).
+        version = storage.turns.settled_version(state.id)
+
+        def reopen(old: Agent) -> Agent:
+            fresh = storage.agents.by_id(config.user_id, old.state.id)
+            if fresh is None:
+                raise NotFoundError(f"agent {old.state.name!r} was deleted meanwhile")
+            agent, warnings = open_agent(
+                storage,
+                fresh,
+                llm=old.llm,
+                embedding=embedding_model(config),
+                tools_folder=memgpt_home() / "tools",
+                extra_tools=servers.start(fresh),
+            )
+            for warning in warnings:
+                console.print(f"warning: {warning}", markup=False)
+            return agent
+
         loaded, warnings = open_agent(
             storage,
             state,
@@ -160,10 +178,12 @@ def run(
             tools_folder=memgpt_home() / "tools",
             extra_tools=servers.start(state),
         )
-        stack.callback(loaded.close)  # before storage closes: recall indexing of the last turn finishes
         for warning in warnings:
             console.print(f"warning: {warning}", markup=False)
-        chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes, mcp=servers)
+        # Each turn and edit holds the agent's lease, as a `memgpt server` turn does (one turn at a time per agent).
+        leases = Leases(config.server.lease_seconds, config.server.busy_wait_seconds, reopen, version)
+        chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes, mcp=servers, leases=leases)
+        stack.callback(lambda: chat.agent.close())  # before storage closes: recall indexing of the last turn finishes
         for source in attach or []:
             chat.attach(source)
         code = _converse(chat, loaded, message=message, greet=created and not first)

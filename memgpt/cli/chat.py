@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.markup import escape
 
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT
 from memgpt.cli.common import console, err_console, interactive
-from memgpt.errors import MemGPTError, ToolError, UserError
+from memgpt.errors import AgentBusyError, MemGPTError, ToolError, UserError
 
 if TYPE_CHECKING:
     from memgpt.agent.agent import Agent
@@ -69,6 +73,20 @@ def play(events: Iterator[Event]) -> bool:
 
 
 FAILED, INTERRUPTED = 1, 130  # exit codes of `memgpt run --message` (and of piped lines)
+T = TypeVar("T")
+
+
+@dataclass
+class Leases:
+    """How the chat takes the agent's lease for each turn and edit, as a `memgpt server` turn does (the database's
+    lock, seen by every process): ``TurnStore.holding`` with the server's lease and busy wait. ``version`` is the
+    agent's (version, created_at) as the open agent last saw it stored; a lease whose grant is not one past it
+    means another process (a server's turn, an edit) changed the agent since, and ``reopen`` opens it afresh."""
+
+    lease_seconds: float
+    busy_wait_seconds: float
+    reopen: Callable[[Agent], Agent]  # closes nothing: the chat closes the old agent first
+    version: tuple[int, datetime | None] | None
 
 
 @dataclass
@@ -78,12 +96,17 @@ class Chat:
     heartbeat_minutes: float = 0
     mcp: ChatServers | None = None
     exit_code: int = 0  # the worst outcome so far: 0, FAILED or INTERRUPTED
+    leases: Leases | None = None  # None: no lease is taken (a chat nobody else can reach)
+    unsent: str | None = None  # a typed message the busy agent did not get: put back at the next prompt
+    at_prompt: bool = False  # an interactive chat (else --message or piped lines: nothing to put back)
+    _held: bool = False
 
     # -- input ----------------------------------------------------------------------------------
     def loop(self) -> None:
         from prompt_toolkit import PromptSession
 
         session: PromptSession[str] = PromptSession()
+        self.at_prompt = True
         while True:
             try:
                 line = self._read(session)
@@ -91,7 +114,8 @@ class Chat:
                 console.print("Bye.")
                 return
             if line is None:
-                play(self.agent.timed_heartbeat())
+                with contextlib.suppress(AgentBusyError):  # another process's turn runs now: not needed then
+                    self.step(lambda agent: agent.timed_heartbeat())
                 continue
             if not self.handle(line):
                 return
@@ -100,8 +124,11 @@ class Chat:
         """A line from the user, or None when a timed heartbeat is due first."""
         timeout = self.heartbeat_minutes * 60 if self.heartbeat_minutes > 0 else None
 
+        default, self.unsent = self.unsent or "", None
+
         async def ask() -> str:
-            return await asyncio.wait_for(session.prompt_async(PROMPT), timeout)  # type: ignore[attr-defined]
+            asked = session.prompt_async(PROMPT, default=default)  # type: ignore[attr-defined]
+            return await asyncio.wait_for(asked, timeout)
 
         try:
             return asyncio.run(ask())
@@ -116,7 +143,9 @@ class Chat:
         try:
             if text.startswith("/"):
                 return self.command(text)
-            self.play(self.agent.send(text))
+            self.step(lambda agent: agent.send(text))
+        except AgentBusyError as exc:
+            self._not_sent(text, FAILED, f"error: {exc}")
         except ToolError as exc:
             self._failed(FAILED, f"{exc}")
         except UserError as exc:
@@ -124,8 +153,85 @@ class Chat:
         except MemGPTError as exc:
             self._failed(FAILED, f"error: {exc} (your message is saved; /retry to try again)")
         except KeyboardInterrupt:
-            self._failed(INTERRUPTED, "interrupted (your message is saved; /retry lets the agent answer it)")
+            if not self._held:  # while it waited for another process's turn: nothing was stored
+                self._not_sent(text, INTERRUPTED, "interrupted while waiting for the agent's turn")
+            else:
+                self._failed(INTERRUPTED, "interrupted (your message is saved; /retry lets the agent answer it)")
         return True
+
+    def _not_sent(self, text: str, code: int, why: str) -> None:
+        """A line the agent never got: said so, and put back at the prompt (a command is said not run)."""
+        if text.startswith("/"):
+            what = f"{text.split()[0]} was not run"
+        elif self.at_prompt:
+            self.unsent, what = text, "your message was not sent (it is back at the prompt)"
+        else:
+            what = "your message was not sent: send it again"
+        self._failed(code, f"{why}; {what}")
+
+    def step(self, turn: Callable[[Agent], Iterator[Event]]) -> None:
+        """Play a turn of the agent (``turn`` starts it) under the agent's lease."""
+        with self._leased():
+            self.play(turn(self.agent))
+
+    def edit(self, change: Callable[[Agent], T]) -> T:
+        """Make a change of the agent's messages under its lease."""
+        with self._leased():
+            return change(self.agent)
+
+    @contextmanager
+    def _leased(self) -> Iterator[None]:
+        """Hold the agent's lease while a turn or edit runs (renewed meanwhile), the open agent made current first
+        and its writes fenced by the lease; waits for another process's turn up to the busy wait, one line saying
+        so, then AgentBusyError naming that process."""
+        leases = self.leases
+        if leases is None:
+            yield
+            return
+        from memgpt.storage.turns import Fence
+
+        turns, agent_id = self.storage.turns, self.agent.state.id
+        holder: list[str] = []
+
+        def pause(seconds: float) -> None:
+            if not holder:
+                holder.append(_pid_of(turns.holder(agent_id)))
+                err_console.print(f"waiting for the agent's turn in another memgpt process{holder[0]}...", markup=False)
+            time.sleep(seconds)
+
+        ttl = leases.lease_seconds
+        self._held = False
+        with ExitStack() as stack:
+            try:
+                held = stack.enter_context(
+                    turns.holding(agent_id, ttl, leases.busy_wait_seconds, pause=pause, renew_every=ttl / 3)
+                )
+            except AgentBusyError as exc:
+                where = holder[0] if holder else _pid_of(turns.holder(agent_id))
+                busy = f"the agent is busy with a turn in another memgpt process{where}"
+                raise AgentBusyError(busy, exc.retry_after) from None
+            grant = held.grant
+            seen = (grant.version - 1, grant.created_at) if grant.version is not None else None
+            if seen is None or seen != leases.version:  # changed since by another process: opened afresh
+                old = self.agent
+                old.close()
+                self.agent = leases.reopen(old)
+            self._held = True  # (a Ctrl-C from here on may come after the turn stored the message)
+            self.agent.fence = Fence(agent_id, held.owner)
+            clean = False
+            try:
+                yield
+                clean = True
+            finally:
+                self.agent.fence = None
+                # Under the lease, as a server turn: the last step's recall indexing ends before another process's
+                # turn may index the same messages (where the index is shared).
+                self.agent.close(wait=False)
+                # After a turn that failed, what the open agent holds may differ from what was stored: the next
+                # one opens it afresh.
+                leases.version = None
+                if clean and grant.version is not None:
+                    leases.version = (grant.version, grant.created_at)
 
     def _failed(self, code: int, line: str) -> None:
         err_console.print(line, markup=False)
@@ -250,20 +356,26 @@ class Chat:
         console.print("Saved (memgpt also saves after every step).")
 
     def pop(self, argument: str) -> None:
-        removed = self.agent.pop(int(argument) if argument.isdigit() else 3)
+        removed = self.edit(lambda agent: agent.pop(int(argument) if argument.isdigit() else 3))
         console.print(f"Removed {removed} messages", markup=False)
 
     def rethink(self, argument: str) -> None:
         if not argument:
             raise UserError("/rethink needs the new thought: /rethink TEXT")
-        self.agent.rethink(argument)
+        self.edit(lambda agent: agent.rethink(argument))
         console.print("Changed the last thought", markup=False)
 
     def rewrite(self, argument: str) -> None:
         if not argument:
             raise UserError("/rewrite needs the new reply: /rewrite TEXT")
-        self.agent.rewrite(argument)
+        self.edit(lambda agent: agent.rewrite(argument))
         console.print("Changed the last reply", markup=False)
+
+
+def _pid_of(owner: str | None) -> str:
+    """ " (pid N)" for a lease's owner (``<host>:<pid>:<start>:<token>``), "" when not known."""
+    parts = (owner or "").split(":")
+    return f" (pid {parts[1]})" if len(parts) >= 4 and parts[1].isdigit() else ""
 
 
 @dataclass(frozen=True)
@@ -296,18 +408,25 @@ COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("/memory", "", "show core memory and memory statistics", Chat.memory),
     SlashCommand("/dump", "[N]", "show the last N messages (default 10)", Chat.dump),
     SlashCommand("/pop", "[N]", "delete the last N messages (default 3)", Chat.pop),
-    SlashCommand("/retry", "", "let the agent answer your last message again", lambda c, _: c.play(c.agent.retry())),
+    SlashCommand(
+        "/retry", "", "let the agent answer your last message again", lambda c, _: c.step(lambda agent: agent.retry())
+    ),
     SlashCommand("/rethink", "TEXT", "replace the agent's last inner thought", Chat.rethink),
     SlashCommand("/rewrite", "TEXT", "replace the agent's last reply", Chat.rewrite),
     SlashCommand(
         "/summarize",
         "",
         "summarize older messages out of the context window now",
-        lambda c, _: c.play(c.agent.summarize(force=True)),
+        lambda c, _: c.step(lambda agent: agent.summarize(force=True)),
     ),
-    SlashCommand("/heartbeat", "", "send the agent a heartbeat", lambda c, _: c.play(c.agent.user_heartbeat())),
     SlashCommand(
-        "/memorywarning", "", "send the agent a memory-pressure warning", lambda c, _: c.play(c.agent.memory_warning())
+        "/heartbeat", "", "send the agent a heartbeat", lambda c, _: c.step(lambda agent: agent.user_heartbeat())
+    ),
+    SlashCommand(
+        "/memorywarning",
+        "",
+        "send the agent a memory-pressure warning",
+        lambda c, _: c.step(lambda agent: agent.memory_warning()),
     ),
     SlashCommand("/save", "", "save (memgpt saves after every step anyway)", Chat.save),
     SlashCommand("/help", "", "show these commands", Chat.help),

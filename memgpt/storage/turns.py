@@ -166,6 +166,14 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class Held:
+    """A lease ``TurnStore.holding`` holds: its owner (the fencing token of the holder's writes) and its grant."""
+
+    owner: str
+    grant: Grant
+
+
+@dataclass(frozen=True)
 class Fence:
     """The lease a turn holds. Its owner names one grant of the lease (a fresh token each time it is taken, and
     a takeover replaces it), so it is the fencing token: writes that carry it are refused once another owner
@@ -501,19 +509,62 @@ class TurnStore:
         busy: str = BUSY_EDIT,
         retry_after: int = 2,
         pause: Callable[[float], None] = time.sleep,
-    ) -> Iterator[str]:
+        renew_every: float | None = None,
+    ) -> Iterator[Held]:
         """Hold the agent's lease (with no run) for a change that must not interleave with a turn of any process
-        (a block edit, a delete), from the server, the CLI or MCP alike: waits up to ``wait`` seconds for a running
-        turn (``lease_tries``), then raises AgentBusyError(``busy``) and changes nothing. Yields the lease's owner;
-        the lease lasts ``ttl`` seconds unless renewed."""
+        (a block edit, a delete, a turn of `memgpt run`), from the server, the CLI or MCP alike: waits up to
+        ``wait`` seconds for a running turn (``lease_tries``), then raises AgentBusyError(``busy``) and changes
+        nothing. Yields the lease's owner and grant; the lease lasts ``ttl`` seconds, renewed every
+        ``renew_every`` seconds (by a thread of its own) while held when that is given."""
         owner = new_owner()
+        grant: Grant | None = None
         for _ in lease_tries(wait, busy, retry_after, pause):
-            if self.acquire(agent_id, owner, "", ttl) is not None:
+            grant = self.acquire(agent_id, owner, "", ttl)
+            if grant is not None:
                 break
+        assert grant is not None
+        done = threading.Event()
+        renewer = None
+        if renew_every is not None:
+            renewer = threading.Thread(
+                target=self._renew_until, args=(agent_id, owner, ttl, renew_every, done), name="lease-renewer",
+                daemon=True,
+            )  # fmt: skip
+            renewer.start()
         try:
-            yield owner
+            yield Held(owner, grant)
         finally:
+            done.set()
+            if renewer is not None:
+                renewer.join()
             self.release(agent_id, owner)
+
+    def _renew_until(self, agent_id: str, owner: str, ttl: float, every: float, done: threading.Event) -> None:
+        """Renew a held lease every ``every`` seconds until ``done``; a lease found gone is left so: the holder's
+        next fenced write is refused (LeaseLostError)."""
+        while not done.wait(every):
+            try:
+                if not self.renew(agent_id, owner, ttl):
+                    return
+            except StorageError:  # the database is away for now: the next renewal tries again
+                continue
+
+    def settled_version(self, agent_id: str) -> tuple[int, datetime | None] | None:
+        """The agent's version and creation time (what a Grant reports) when nobody holds its lease, read in one
+        statement; None while someone does (a turn's own writes do not move the version, so what is read during
+        a turn does not tell its steps apart) or when the agent is gone. An agent opened after this read is
+        current when the next grant is one past it."""
+        agents, leases = _agents(), _LEASES
+        held = select(leases.c.agent_id).where(leases.c.agent_id == agent_id).exists()
+        query = select(agents.c.version, agents.c.created_at, held).where(agents.c.id == agent_id)
+        with self._metadata.connection() as c:
+            row = c.execute(query).first()
+        return (int(row[0]), row[1]) if row is not None and not row[2] else None
+
+    def holder(self, agent_id: str) -> str | None:
+        """The owner of the agent's lease now (None: nobody's, or it cannot be read)."""
+        holder = _holder(self._metadata, agent_id)[0]
+        return None if holder == _UNKNOWN else holder
 
     def renew(self, agent_id: str, owner: str, ttl: float) -> bool:
         """Push the expiry on; False when the lease is no longer this owner's."""
