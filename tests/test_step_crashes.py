@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from memgpt.config import load_config
+from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 from memgpt.storage.agents import PASSAGE, AgentRow, StepEffectRow
 from memgpt.storage.filters import all_of, eq
@@ -161,3 +162,27 @@ def test_runs_in_a_row_send_the_system_message_their_last_committed_step_was_sen
         sent.append(llm.requests[-1]["messages"][0]["content"])
         assert stored_system(home) == sent[0]
     assert sent[1] == sent[0]
+
+
+@pytest.mark.parametrize("backend", ["lite", "server"], indirect=True)
+def test_a_first_run_killed_while_its_collection_is_made_leaves_recall_searchable(
+    home: Path, llm: ScriptedLLM, backend: str, model: LocalMiniLM
+) -> None:
+    """The recall index shares the embedding space's collection with archival passages; a first `memgpt run`
+    killed while making it (before its indexes) leaves it to the next run to finish, on Lite and on a server."""
+    crashing_run(home, "collection_made", "--message", NEXT)
+    done = run_cli("run", "--agent", AGENT, "--message", NEXT, home=home)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "🤖 It is teal." in done.stdout
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        state = storage.agents.get(config.user_id, AGENT)
+        assert state is not None
+        messages = storage.messages.last(state.id, 1000)
+        store = storage.passages(state.space)
+        recall = all_of(eq("agent_id", state.id), eq("kind", "recall"))
+        indexed = sorted(p.id for p in store.query(recall, limit=1000))
+        searchable = sorted(m.id for m in messages if m.role is Role.ASSISTANT or (m.role is Role.USER and not m.name))
+        assert indexed == searchable and indexed
+        hits = store.search(model.embed_batch([NEXT])[0], limit=1, where=recall)
+        assert len(hits) == 1 and hits[0].passage.text.endswith(NEXT)  # recall texts begin with their date

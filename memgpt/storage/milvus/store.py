@@ -210,17 +210,30 @@ class MilvusPassageStore(PassageStore):
         if exists:
             layout = schema.read_layout(self._client, self.collection)
             schema.check(layout, self.collection, self.space)
-            if self._target.starts_lite:
+            if self._target.is_lite:
                 schema.repair(self._client, self._target, self.collection, layout)  # loads it too
             else:
-                with milvus_errors(f"load collection {self.collection}"):
-                    self._client.load_collection(self.collection)
+                self._load(layout)
         else:
             layout = Layout(schema.SCHEMA_VERSION, self.space.model, self.dimensions, capabilities.bm25)
             schema.create(self._client, self._target, capabilities, self.collection, layout)
         for name in legacy:
             schema.upgrade(self._client, name, self.collection, self._write_rows, self._before_drop(versions[name]))
         return layout.hybrid
+
+    def _load(self, layout: Layout) -> None:
+        """Load the collection, finishing it first where a process killed while creating it left an index out
+        (the server then refuses the load; see ``schema.repair``)."""
+        records: list[logging.LogRecord] = []
+        try:
+            with _pymilvus_logs.held(records):
+                self._client.load_collection(self.collection)
+        except Exception as exc:
+            if not schema.index_missing(exc):
+                _HeldLogs.emit(records)
+                with milvus_errors(f"load collection {self.collection}"):
+                    raise
+            schema.repair(self._client, self._target, self.collection, layout)
 
     def _before_drop(self, version: int) -> Callable[[], None] | None:
         hook = self._on_upgrade
