@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,7 +14,7 @@ from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, is_in, key_of
 from memgpt.storage.fusion import CANDIDATES, Weights, fuse
 from memgpt.storage.milvus import schema
-from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
+from memgpt.storage.milvus.client import Capabilities, HeldLogs, MilvusTarget, milvus_errors
 from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
 from memgpt.types import EmbeddingSpace, Passage, SearchHit
 
@@ -41,44 +39,9 @@ def _shape_change(exc: Exception) -> Exception | None:
     return None
 
 
-class _HeldLogs(logging.Filter):
-    """Holds back what pymilvus logs in a thread during a call of its whose failure memgpt handles: its error
-    handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."), which a user saw
-    before the column insert fell back to rows as intended. Only the thread that asked, only during that call;
-    the caller says them after all (:meth:`emit`) when it does not handle the failure."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._held: dict[int, list[logging.LogRecord]] = {}
-        self._installed = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        held = self._held.get(threading.get_ident())
-        if held is None:
-            return True
-        held.append(record)
-        return False
-
-    @contextlib.contextmanager
-    def held(self, into: list[logging.LogRecord]) -> Iterator[None]:
-        if not self._installed:
-            logging.getLogger(_PYMILVUS_ERRORS).addFilter(self)
-            self._installed = True
-        thread = threading.get_ident()
-        self._held[thread] = into
-        try:
-            yield
-        finally:
-            del self._held[thread]
-
-    @staticmethod
-    def emit(records: list[logging.LogRecord]) -> None:
-        for record in records:
-            logging.getLogger(record.name).handle(record)
-
-
-_PYMILVUS_ERRORS = "pymilvus.decorators"  # the logger of pymilvus's error handler and retries
-_pymilvus_logs = _HeldLogs()
+# pymilvus's error handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."),
+# which a user saw before the column insert fell back to rows as intended: held during that call (_insert_columns).
+_pymilvus_logs = HeldLogs("pymilvus.decorators")
 
 
 def _pymilvus_version() -> str:
