@@ -86,3 +86,17 @@ def test_a_listed_agent_is_the_json_its_retrieve_answers(server: LiveServer) -> 
     for item in items:
         assert item == httpx.get(f"{server.url}/v1/agents/{item['id']}", headers=headers).json()
     assert items[1]["tools"][0]["metadata_"] == {}
+
+
+def test_a_page_of_folders_costs_the_same_statements_whatever_its_size(server: LiveServer) -> None:
+    letta = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+    made = [letta.folders.create(name=f"f{i:02d}").id for i in range(25)]
+    letta.folders.list(limit=1)
+    counts = {}
+    for size in (2, 20):
+        with statements(server) as seen:
+            page = letta.folders.list(limit=size, after=made[0])
+        assert len(page.items) == size
+        counts[size] = len(seen)
+    assert counts[20] == counts[2], counts
+    assert counts[20] <= 10, counts
