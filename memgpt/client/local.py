@@ -6,6 +6,7 @@ as `memgpt run` does; close it (or use ``with``) to let a CLI or a server have i
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -100,7 +101,10 @@ class LocalClient(Client):
         try:
             if op in special:
                 return special[op](ids, params, body)
-            return jsonable_encoder(ROUTES[op](self, ids, params, body))
+            answer = ROUTES[op](self, ids, params, body)
+            if isinstance(answer, Response):  # a route that serializes its own answer (agents.list)
+                return json.loads(answer.body)
+            return jsonable_encoder(answer)
         except HTTPException as exc:  # what a route refuses itself, as the REST client would raise it
             raise (NotFoundError if exc.status_code == 404 else UserError)(str(exc.detail)) from exc
         except ValidationError as exc:  # a body FastAPI would have refused with 422
@@ -152,9 +156,7 @@ class LocalClient(Client):
     def _upload(self, ids: dict[str, str], params: dict[str, Any], payload: Any) -> Any:
         name, content = payload
         upload = UploadFile(io.BytesIO(content), filename=name)
-        out = folders.upload_file(
-            ids["folder_id"], self.state, self.user, self.jobs, Response(), upload, **params
-        )
+        out = folders.upload_file(ids["folder_id"], self.state, self.user, self.jobs, Response(), upload, **params)
         return jsonable_encoder(out)
 
     def _delete_folder(self, ids: dict[str, str], _: dict[str, Any], __: Any) -> None:
@@ -181,4 +183,3 @@ def _follow(turn: Turn) -> Iterator[dict[str, Any]]:
         if over:
             return
         time.sleep(POLL)
-

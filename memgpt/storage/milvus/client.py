@@ -511,14 +511,89 @@ def _reason(exc: Exception) -> str:
     return str(message).strip().splitlines()[0] if message else type(exc).__name__
 
 
+class HeldLogs(logging.Filter):
+    """Holds back what one pymilvus logger logs in a thread during a call of pymilvus whose failure memgpt
+    handles, so that a handled failure is said once, in memgpt's own line, not again as pymilvus's ERROR or
+    WARNING with a traceback. Only the thread that asked, only during that call; the caller says them after all
+    (:meth:`emit`) when it does not handle the failure. A call held inside another's hands what it says after
+    all on to the outer one, and logs them at DEBUG (:meth:`handled`) when it handles it. ``level``: the records
+    held (below it pass, e.g. pymilvus's retry lines)."""
+
+    def __init__(self, logger_name: str, *, level: int = logging.NOTSET) -> None:
+        super().__init__()
+        self.logger_name = logger_name
+        self.level = level
+        self._held: dict[int, list[logging.LogRecord]] = {}
+        self._installed = False
+        self._guard = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = self._held.get(threading.get_ident())
+        if held is None or record.levelno < self.level:
+            return True
+        held.append(record)
+        return False
+
+    @contextlib.contextmanager
+    def held(self, into: list[logging.LogRecord]) -> Iterator[None]:
+        with self._guard:
+            if not self._installed:
+                logging.getLogger(self.logger_name).addFilter(self)
+                self._installed = True
+        thread = threading.get_ident()
+        outer = self._held.get(thread)
+        self._held[thread] = into
+        try:
+            yield
+        finally:
+            if outer is None:
+                del self._held[thread]
+            else:
+                self._held[thread] = outer
+
+    @staticmethod
+    def emit(records: list[logging.LogRecord]) -> None:
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+
+    @staticmethod
+    def handled(records: list[logging.LogRecord]) -> None:
+        for record in records:
+            logger.debug("handled here, as pymilvus logged it: %s", record.getMessage(), exc_info=record.exc_info)
+
+
+# pymilvus 3's connection manager logs "Connection recovery failed" as a WARNING with a traceback on every call
+# made while a Milvus server is down, before the call's own error, which memgpt says in one line (a StorageError).
+# Its error handler's ERROR of the call ("RPC error: [query], ...", logger pymilvus.decorators) is left as it is.
+_connection_logs = HeldLogs("pymilvus.client.connection_manager")
+
+
+def _said_by_memgpt(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is pymilvus's report of a failure that memgpt reports itself as a StorageError."""
+    return record.name == _connection_logs.logger_name and record.msg == "Connection recovery failed"
+
+
 @contextlib.contextmanager
 def milvus_errors(action: str) -> Iterator[None]:
+    """A pymilvus error becomes a StorageError saying what failed. pymilvus's "Connection recovery failed" of that
+    failure (see ``_said_by_memgpt``) is then not logged beside it; anything else it logged is, and all it logged
+    during any other outcome is said as it would have been."""
     from pymilvus.exceptions import MilvusException
 
+    held: list[logging.LogRecord] = []
     try:
-        yield
+        with _connection_logs.held(held):
+            yield
     except MilvusException as exc:
+        said = [r for r in held if _said_by_memgpt(r)]
+        if said:
+            logger.debug("pymilvus logged %d failure(s) of its own while failing to %s", len(said), action)
+        HeldLogs.emit([r for r in held if not _said_by_memgpt(r)])
         raise StorageError(f"Milvus failed to {action}: {_reason(exc)}") from exc
+    except BaseException:
+        HeldLogs.emit(held)
+        raise
+    HeldLogs.emit(held)
 
 
 # milvus-lite 2.5.1 answers no version call; it has BM25 and no partitions.

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,7 +14,7 @@ from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, is_in, key_of
 from memgpt.storage.fusion import CANDIDATES, Weights, fuse
 from memgpt.storage.milvus import schema
-from memgpt.storage.milvus.client import Capabilities, MilvusTarget, milvus_errors
+from memgpt.storage.milvus.client import Capabilities, HeldLogs, MilvusTarget, milvus_errors
 from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
 from memgpt.types import EmbeddingSpace, Passage, SearchHit
 
@@ -41,50 +39,10 @@ def _shape_change(exc: Exception) -> Exception | None:
     return None
 
 
-class _HeldLogs(logging.Filter):
-    """Holds back the errors pymilvus logs in a thread during a call of its whose failure memgpt handles: its
-    error handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."), which a user
-    saw before the column insert fell back to rows as intended. Only ERROR and above (its retry lines and the like
-    pass), only the thread that asked, only during that call; the caller says them after all (:meth:`emit`) when
-    it does not handle the failure, and logs them at DEBUG (:meth:`handled`) when it does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._held: dict[int, list[logging.LogRecord]] = {}
-        self._installed = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        held = self._held.get(threading.get_ident())
-        if held is None or record.levelno < logging.ERROR:
-            return True
-        held.append(record)
-        return False
-
-    @contextlib.contextmanager
-    def held(self, into: list[logging.LogRecord]) -> Iterator[None]:
-        if not self._installed:
-            logging.getLogger(_PYMILVUS_ERRORS).addFilter(self)
-            self._installed = True
-        thread = threading.get_ident()
-        self._held[thread] = into
-        try:
-            yield
-        finally:
-            del self._held[thread]
-
-    @staticmethod
-    def emit(records: list[logging.LogRecord]) -> None:
-        for record in records:
-            logging.getLogger(record.name).handle(record)
-
-    @staticmethod
-    def handled(records: list[logging.LogRecord]) -> None:
-        for record in records:
-            logger.debug("handled here, as pymilvus logged it: %s", record.getMessage(), exc_info=record.exc_info)
-
-
-_PYMILVUS_ERRORS = "pymilvus.decorators"  # the logger of pymilvus's error handler and retries
-_pymilvus_logs = _HeldLogs()
+# pymilvus's error handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."),
+# which a user saw before the column insert fell back to rows as intended: its ERRORs (not its retry lines) are
+# held during the calls whose failure memgpt handles (_insert_columns, _load).
+_pymilvus_logs = HeldLogs("pymilvus.decorators", level=logging.ERROR)
 
 
 def _pymilvus_version() -> str:
@@ -230,7 +188,7 @@ class MilvusPassageStore(PassageStore):
                 self._client.load_collection(self.collection)
         except Exception as exc:
             if not schema.index_missing(exc):
-                _HeldLogs.emit(records)
+                HeldLogs.emit(records)
                 with milvus_errors(f"load collection {self.collection}"):
                     raise
             schema.repair(self._client, self._target, self.collection, layout)

@@ -1,0 +1,108 @@
+"""A Milvus server that stops answering (its address cut by a relay between memgpt and a real Milvus server):
+memgpt's StorageError of each failed call is not accompanied by pymilvus's "Connection recovery failed" WARNING
+with a traceback; pymilvus's ERROR of the call itself, and what it logs during an error memgpt does not handle,
+still show."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from memgpt.errors import StorageError
+from memgpt.storage.milvus import MilvusConnection, MilvusTarget
+from memgpt.storage.milvus.client import milvus_errors
+from memgpt.types import EmbeddingSpace
+from tests.milvus_server import TOKEN
+
+DIM = 8
+
+
+class Relay:
+    """Forwards a loopback port to the Milvus server until :meth:`cut`, which closes every connection and
+    the port, as a server that went down does."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accepting thread, which a close alone leaves listening
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
+@pytest.fixture
+def relay(milvus_server: str) -> Iterator[Relay]:
+    running = Relay(milvus_server)
+    yield running
+    running.cut()
+
+
+def test_a_milvus_server_gone_is_one_storage_error_without_pymilvus_tracebacks(
+    relay: Relay, server_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = MilvusConnection(MilvusTarget(relay.uri, TOKEN, database=server_database))
+    try:
+        store = connection.passages(EmbeddingSpace("test-model", DIM))
+        assert store.count() == 0
+        relay.cut()
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG), pytest.raises(StorageError, match="Milvus failed to count passages"):
+            store.count()
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("pymilvus") and r.levelno >= logging.INFO]
+        assert "Connection recovery failed" not in said
+        # pymilvus's own ERROR of the failed call stays (test_milvus_store: a failure memgpt raises keeps it)
+        assert [m.split(",")[0] for m in said] == ["RPC error: [query]"]
+    finally:
+        connection.close()
+
+
+def _fail_in_pymilvus_then_elsewhere() -> None:
+    try:
+        raise OSError("gone")
+    except OSError:
+        logging.getLogger("pymilvus.client.connection_manager").warning("Connection recovery failed", exc_info=True)
+    raise RuntimeError("not pymilvus's")
+
+
+def test_what_pymilvus_logs_during_an_error_memgpt_does_not_handle_is_still_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError), milvus_errors("count passages"):
+        _fail_in_pymilvus_then_elsewhere()
+    assert [(r.getMessage(), r.exc_info is not None) for r in caplog.records] == [("Connection recovery failed", True)]
