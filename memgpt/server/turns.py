@@ -657,9 +657,12 @@ class TurnRunner:
             try:
                 self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
             except MemGPTError as exc:
-                logger.error("cannot record run %s or release the agent's lease (trying again): %s", turn.run_id, exc)
-                turn.finish(reason, usage, error)  # the client hears now; the lease is given back once it can be
-                self._release_when_possible(request.agent_id, owner, finished)
+                logger.error("cannot record run %s or release the agent's lease: %s", turn.run_id, exc)
+                try:  # the lease alone: else this live process's lease keeps the agent busy until it expires
+                    self._release(request.agent_id, owner)
+                except MemGPTError:  # the database is out of reach
+                    turn.finish(reason, usage, error)  # the client hears now; the lease is given back once it can be
+                    self._release_when_possible(request.agent_id, owner, finished)
             # Active (its lease renewed, a client's retry joining it) until the run's answer is recorded.
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
