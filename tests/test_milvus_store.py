@@ -797,7 +797,7 @@ def test_pymilvus_lines_below_error_pass_while_its_errors_are_held(
         return _Reshaped(real, batch_insert=retried_then_reshaped)
 
     reshaped = _as_pymilvus_wraps_it(reshape)(store._client._get_connection())
-    with pytest.MonkeyPatch.context() as patch, caplog.at_level("DEBUG", logger="memgpt.storage.milvus.store"):
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("DEBUG", logger="memgpt.storage.milvus"):
         patch.setattr(store._client, "_get_connection", lambda: reshaped)
         store.insert([passage(i) for i in range(12)])
     assert [r.getMessage() for r in pymilvus_records.records if r.levelno >= logging.WARNING] == [retry]
