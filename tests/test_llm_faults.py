@@ -148,17 +148,19 @@ def test_a_refused_connection_names_the_endpoint() -> None:
 
 # -- bounded time --------------------------------------------------------------------------------
 def test_a_hung_endpoint_fails_within_the_deadline_saying_so(llm: ScriptedLLM) -> None:
-    llm.add(*[{"hang": True}] * 10)
+    llm.add(*[{"hang": True}] * 20)
     hung = create_llm(
         LLMSettings(provider="vllm", model="m", endpoint=llm.url, timeout_seconds=2.5, attempt_timeout_seconds=0.7)
     )
-    hung.backoff_seconds = 0.05
+    hung.backoff_seconds, hung.max_retries = 0.05, 19  # retries alone would go on for 20 x 0.7 = 14 s
     started = time.monotonic()
     with pytest.raises(LLMTimeoutError) as raised:
         hung.complete(HELLO, TOOLS)
-    assert time.monotonic() - started < 3.5
+    # The budget stops it: at most the attempts 2.5 s holds (each hangs 0.7 s), and well before the retries would
+    # end (a generous bound: a loaded machine only makes the attempts, not their number, longer).
+    assert time.monotonic() - started < 2.5 + 4
     attempts = len(llm.requests)
-    assert attempts >= 2
+    assert 2 <= attempts <= 2.5 // 0.7 + 1
     assert re.fullmatch(
         rf"{re.escape(llm.url)} did not answer within 2\.5 s \({attempts} attempts\); "
         r"check the server or raise llm\.timeout_seconds",
@@ -195,13 +197,13 @@ def test_one_request_may_use_the_whole_budget_by_default(llm: ScriptedLLM) -> No
 
 
 def test_retries_stop_when_the_budget_is_spent(llm: ScriptedLLM) -> None:
-    llm.add(*[{"status": 503, "delay": 0.3}] * 30)
-    busy = client(llm, deadline=3.0, max_retries=20)
+    llm.add(*[{"status": 503, "delay": 0.3}] * 40)
+    busy = client(llm, deadline=3.0, max_retries=39)  # retries alone would go on for 40 x 0.3 = 12 s
     started = time.monotonic()
     with pytest.raises(LLMRetryableError, match=r"answered 503: scripted error \(gave up after \d+ attempts in \d s\)"):
         busy.complete(HELLO, TOOLS)
-    assert time.monotonic() - started < 3.5
-    assert 2 <= len(llm.requests) < 20
+    assert time.monotonic() - started < 3.0 + 4  # generous: a loaded machine makes each attempt longer, not more
+    assert 2 <= len(llm.requests) <= 3.0 // 0.3 + 1  # each takes 0.3 s at least
 
 
 # -- tool-choice policy --------------------------------------------------------------------------
