@@ -288,7 +288,7 @@ def _lapsed(fence: Fence) -> LeaseLostError:
 def _unclaimed(agent_id: str, holder: str) -> LeaseLostError:
     return LeaseLostError(
         f"agent {agent_id}: {holder} stalled past its lease while it took the agent over and the database "
-        "ended its transaction; nothing of this turn is stored, the message neither (send it again)"
+        "ended its transaction; the message is not stored (send it again)"
     )
 
 
