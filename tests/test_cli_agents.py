@@ -24,6 +24,7 @@ from memgpt.config import load_config, save_config
 from memgpt.llm.base import ToolSpec
 from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
+from memgpt.storage.turns import new_owner
 from memgpt.tokens import count_message, count_tools
 from tests.conftest import DATA, PAPER, cli, run_cli
 from tests.milvus_server import TOKEN
@@ -696,6 +697,56 @@ def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says
         assert "Hello again, Chad." in json.dumps(llm.requests[-1]["messages"])
     finally:
         server.stop()
+
+
+def test_memgpt_run_stalled_past_its_lease_says_so_naming_itself_and_stores_nothing_more(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """`memgpt run` holds the agent's lease for its turn, renewed while it runs (the LeaseRenewer the server's turns
+    use too). Stopped (SIGSTOP) inside its LLM call past the lease, it has the agent taken over by another process;
+    going on, its step is refused: one line in the wording of the server's 409, naming this memgpt run process (not
+    "this server process"), saying what is stored: its message, not the step."""
+    llm.reply("Hello.")
+    assert run_cli("run", "--agent", "sam", "--message", "hi", home=home).returncode == 0
+    config = load_config(home)
+    config.server.lease_seconds = 3  # (the least allowed) renewed every second while the turn runs
+    save_config(config, home)
+    gate = threading.Event()
+    llm.add({"tool": "send_message", "args": {"message": "Too late."}, "content": "Answer.", "until": gate})
+    env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
+    command = [sys.executable, "-m", "memgpt", "run", "--agent", "sam", "--message", "stalled words"]
+    sending = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(llm.requests) < 2 and sending.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the CLI opens the agent, takes its lease, stores the message and asks its LLM
+        assert len(llm.requests) == 2, sending.poll()
+        os.kill(sending.pid, signal.SIGSTOP)
+        with Storage(config, home) as storage:
+            state = storage.agents.get(config.user_id, "sam")
+            assert state is not None
+            taker = new_owner()
+            deadline = time.monotonic() + 30
+            while storage.turns.acquire(state.id, taker, "", 60) is None:  # free once its lease expired
+                assert time.monotonic() < deadline, "the stopped memgpt run's lease did not expire"
+                time.sleep(0.2)
+            os.kill(sending.pid, signal.SIGCONT)
+            gate.set()
+            out, err = sending.communicate(timeout=60)
+            storage.turns.release(state.id, taker)
+    finally:
+        gate.set()
+        if sending.poll() is None:
+            os.kill(sending.pid, signal.SIGCONT)
+            sending.kill()
+    assert sending.returncode == 1, (out, err)
+    assert err.strip().splitlines() == [
+        f"error: agent {state.id}: this memgpt run process stalled past its lease and another process took the "
+        "agent over; this turn's steps since then are not stored, the message is (the agent's next turn sees it)"
+    ], err
+    history = [m.content or "" for m in stored_messages(home, "sam")]
+    assert sum("stalled words" in text for text in history) == 1, history
+    assert not any("Too late." in text for text in history), history
 
 
 def test_a_typed_message_the_busy_agent_did_not_get_is_put_back_at_the_prompt(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from memgpt.storage import Storage
 
 PROMPT = "> Enter your message: "
+HOLDER = "this memgpt run process"  # the process a LeaseLostError names (the server says "this server process")
 _MEMORY_VERBS = {
     "archival_memory_search": "searching memory with",
     "conversation_search": "searching memory with",
@@ -204,7 +205,9 @@ class Chat:
         with ExitStack() as stack:
             try:
                 held = stack.enter_context(
-                    turns.holding(agent_id, ttl, leases.busy_wait_seconds, pause=pause, renew_every=ttl / 3)
+                    turns.holding(
+                        agent_id, ttl, leases.busy_wait_seconds, pause=pause, renew_every=ttl / 3, holder=HOLDER
+                    )
                 )
             except AgentBusyError as exc:
                 where = holder[0] if holder else _pid_of(turns.holder(agent_id))
@@ -217,7 +220,7 @@ class Chat:
                 old.close()
                 self.agent = leases.reopen(old)
             self._held = True  # (a Ctrl-C from here on may come after the turn stored the message)
-            self.agent.fence = Fence(agent_id, held.owner)
+            self.agent.fence = Fence(agent_id, held.owner, holder=HOLDER)
             clean = False
             try:
                 yield

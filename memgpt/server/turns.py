@@ -45,7 +45,7 @@ from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, Tool
 from memgpt.memory.messages import stored
 from memgpt.memory.recall import settle_indexing
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
-from memgpt.storage.turns import BUSY_EDIT, FINISHED, Fence, Grant, Run, lease_tries, new_owner
+from memgpt.storage.turns import BUSY_EDIT, FINISHED, Fence, Grant, LeaseRenewer, Run, lease_tries, new_owner
 from memgpt.types import Message, utc_now
 
 if TYPE_CHECKING:
@@ -333,9 +333,10 @@ class TurnRunner:
         self._opening_slots = threading.BoundedSemaphore(OPENING_LIMIT)
         self._threads = _Threads("turn")
         self._stopping = threading.Event()
-        self._wake = threading.Event()  # the renewer's sleep ends early on a new timing or at close
-        self._renewer = threading.Thread(target=self._renew_leases, name="lease-renewer", daemon=True)
-        self._renewer.start()
+        self._renewer = LeaseRenewer(
+            lambda lease_id, owner, ttl: self._turns.renew(lease_id, owner, ttl), self._leases,
+            lambda: (self.timing.lease_ttl, self.timing.renew_every), self._gone,
+        )  # fmt: skip
 
     @property
     def timing(self) -> Timing:
@@ -344,7 +345,7 @@ class TurnRunner:
     @timing.setter
     def timing(self, timing: Timing) -> None:
         self._timing = timing
-        self._wake.set()
+        self._renewer.wake()  # its sleep ends early on a new timing
 
     @property
     def _turns(self) -> Any:
@@ -688,24 +689,16 @@ class TurnRunner:
                 logger.warning("released the lease of agent %s and recorded run %s", agent_id, finished.id)
                 return
 
-    def _renew_leases(self) -> None:
-        while True:
-            self._wake.wait(self.timing.renew_every)
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            with self._guard:
-                held = [(agent_id, owner, turn) for agent_id, (turn, owner) in self._active.items()]
-                held += [(lease_id, owner, None) for lease_id, owner in self._other.items()]
-            for lease_id, owner, turn in held:
-                try:
-                    renewed = self._turns.renew(lease_id, owner, self.timing.lease_ttl)
-                    if not renewed and self._holds(lease_id, owner, turn):
-                        _lost(lease_id, turn)
-                except MemGPTError as exc:
-                    logger.warning("cannot renew the lease %s: %s", lease_id, exc)
-                except Exception:  # the renewer must live on, or every running turn loses its agent
-                    logger.exception("renewing the lease %s failed", lease_id)
+    def _leases(self) -> list[tuple[str, str, Turn | None]]:
+        """The leases the renewer keeps alive: each running turn's, and those of other work (``renewing``)."""
+        with self._guard:
+            held: list[tuple[str, str, Turn | None]] = [(a, owner, turn) for a, (turn, owner) in self._active.items()]
+            held += [(lease_id, owner, None) for lease_id, owner in self._other.items()]
+        return held
+
+    def _gone(self, lease_id: str, owner: str, turn: Turn | None) -> None:
+        if self._holds(lease_id, owner, turn):
+            _lost(lease_id, turn)
 
     def _holds(self, lease_id: str, owner: str, turn: Turn | None) -> bool:
         """Whether a lease the renewer found gone was lost: not when its work ended since the renewer listed it (a
@@ -731,7 +724,7 @@ class TurnRunner:
     def close(self, grace: float = 10.0) -> None:
         """Ask running turns to stop after their current step and give them ``grace`` seconds to."""
         self._stopping.set()
-        self._wake.set()
+        self._renewer.close(wait=False)
         with self._guard:
             running = [turn for turn, _ in self._active.values()]
         for turn in running:

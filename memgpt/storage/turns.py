@@ -17,6 +17,7 @@ and a holder's clock ahead would keep them long after it died.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.errors import AgentBusyError, LeaseLostError, NotFoundError, StorageError
+from memgpt.errors import AgentBusyError, LeaseLostError, MemGPTError, NotFoundError, StorageError
 from memgpt.storage.claims import CLAIMS
 from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
@@ -53,6 +54,8 @@ from memgpt.types import utc_now
 
 if TYPE_CHECKING:
     from memgpt.storage.messages import StoredMessage
+
+logger = logging.getLogger(__name__)
 
 
 class LeaseRow(Base):
@@ -173,6 +176,9 @@ class Held:
     grant: Grant
 
 
+SERVER_PROCESS = "this server process"  # a Fence's holder unless it says another
+
+
 @dataclass(frozen=True)
 class Fence:
     """The lease a turn holds. Its owner names one grant of the lease (a fresh token each time it is taken, and
@@ -184,6 +190,7 @@ class Fence:
     agent_id: str
     owner: str
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    holder: str = SERVER_PROCESS  # who holds it, as a refused write names it ("this memgpt run process")
 
 
 FENCE_AGENT = "fence_agent"  # the bound parameter a ``reading`` of ``check_fence`` names the agent by
@@ -262,24 +269,25 @@ def _disconnected(exc: StorageError) -> bool:
     return isinstance(cause, DBAPIError) and bool(cause.connection_invalidated)
 
 
-# One family of answers (a 409 each, see server/turns.py): what stalled, what the database did, what is stored.
+# One family of answers (the server's 409s, see server/turns.py; the CLI's one line): who stalled (the process
+# that holds the lease: ``Fence.holder``), what the database did, what is stored.
 def _lost(fence: Fence) -> LeaseLostError:
     return LeaseLostError(
-        f"agent {fence.agent_id}: this server process stalled past its lease and another one took the agent over; "
+        f"agent {fence.agent_id}: {fence.holder} stalled past its lease and another process took the agent over; "
         "this turn's steps since then are not stored, the message is (the agent's next turn sees it)"
     )
 
 
 def _lapsed(fence: Fence) -> LeaseLostError:
     return LeaseLostError(
-        f"agent {fence.agent_id}: this server process stalled past its lease and the database ended its "
+        f"agent {fence.agent_id}: {fence.holder} stalled past its lease and the database ended its "
         "transaction; this step is not stored, the message is (the agent's next turn sees it)"
     )
 
 
-def _unclaimed(agent_id: str) -> LeaseLostError:
+def _unclaimed(agent_id: str, holder: str) -> LeaseLostError:
     return LeaseLostError(
-        f"agent {agent_id}: this server process stalled past its lease while it took the agent over and the database "
+        f"agent {agent_id}: {holder} stalled past its lease while it took the agent over and the database "
         "ended its transaction; the message is not stored (send it again)"
     )
 
@@ -405,6 +413,53 @@ def lease_tries(
         delay = min(0.25, delay * 2)
 
 
+class LeaseRenewer:
+    """A thread that renews leases (``renew``: TurnStore.renew) every ``timing()[1]`` seconds for ``timing()[0]``
+    more: the leases ``held()`` lists at each round, as (lease id, owner, what it is for). A lease found gone is
+    passed to ``gone`` with the same three. The server's turns (one renewer for all of a process's leases) and
+    ``TurnStore.holding`` (a CLI turn, one lease) use it. ``wake`` starts a round early (a new timing); ``close``
+    ends the thread."""
+
+    def __init__(
+        self,
+        renew: Callable[[str, str, float], bool],
+        held: Callable[[], list[tuple[str, str, Any]]],
+        timing: Callable[[], tuple[float, float]],
+        gone: Callable[[str, str, Any], None],
+    ) -> None:
+        self._renew, self._held, self._timing, self._gone = renew, held, timing, gone
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self, *, wait: bool = True) -> None:
+        """End the thread: no renewal starts after this; with ``wait``, one under way ends first."""
+        self._stopping = True
+        self._wake.set()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._timing()[1])
+            self._wake.clear()
+            if self._stopping:
+                return
+            ttl = self._timing()[0]
+            for lease_id, owner, what in self._held():
+                try:
+                    if not self._renew(lease_id, owner, ttl):
+                        self._gone(lease_id, owner, what)
+                except MemGPTError as exc:  # the database is away for now: the next round tries again
+                    logger.warning("cannot renew the lease %s: %s", lease_id, exc)
+                except Exception:  # the renewer must live on, or every lease it keeps is lost
+                    logger.exception("renewing the lease %s failed", lease_id)
+
+
 class TurnStore:
     """Leases and runs; every method is one transaction."""
 
@@ -423,6 +478,7 @@ class TurnStore:
         keep: timedelta | None = None,
         user_id: str | None = None,
         message: StoredMessage | None = None,
+        holder: str = SERVER_PROCESS,
     ) -> Grant | None:
         """Take the agent's lease for ``ttl`` seconds; None while another live owner holds it. With ``run``, the
         turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten),
@@ -441,7 +497,7 @@ class TurnStore:
             # its session ended by the database (the idle transaction timeout), the claim undone whole: the lease is
             # not its owner's (a fresh token), so nothing of the claim is stored, the message neither.
             if _disconnected(exc) and _holder(self._metadata, agent_id)[0] not in (owner, _UNKNOWN):
-                raise _unclaimed(agent_id) from exc
+                raise _unclaimed(agent_id, holder) from exc
             raise
 
     def _claim(self, prepared: _Prepared, agent_id: str, take: _Take) -> Grant | None:
@@ -510,44 +566,33 @@ class TurnStore:
         retry_after: int = 2,
         pause: Callable[[float], None] = time.sleep,
         renew_every: float | None = None,
+        holder: str = SERVER_PROCESS,
     ) -> Iterator[Held]:
         """Hold the agent's lease (with no run) for a change that must not interleave with a turn of any process
         (a block edit, a delete, a turn of `memgpt run`), from the server, the CLI or MCP alike: waits up to
         ``wait`` seconds for a running turn (``lease_tries``), then raises AgentBusyError(``busy``) and changes
         nothing. Yields the lease's owner and grant; the lease lasts ``ttl`` seconds, renewed every
-        ``renew_every`` seconds (by a thread of its own) while held when that is given."""
+        ``renew_every`` seconds (by a LeaseRenewer of its own) while held when that is given. ``holder`` names the
+        process in a LeaseLostError."""
         owner = new_owner()
         grant: Grant | None = None
         for _ in lease_tries(wait, busy, retry_after, pause):
-            grant = self.acquire(agent_id, owner, "", ttl)
+            grant = self.acquire(agent_id, owner, "", ttl, holder=holder)
             if grant is not None:
                 break
         assert grant is not None
-        done = threading.Event()
+        held = [(agent_id, owner, None)]
         renewer = None
         if renew_every is not None:
-            renewer = threading.Thread(
-                target=self._renew_until, args=(agent_id, owner, ttl, renew_every, done), name="lease-renewer",
-                daemon=True,
-            )  # fmt: skip
-            renewer.start()
+            every = renew_every
+            # A lease found gone is left so (no more renewals): the holder's next fenced write is refused.
+            renewer = LeaseRenewer(self.renew, lambda: list(held), lambda: (ttl, every), lambda *_: held.clear())
         try:
             yield Held(owner, grant)
         finally:
-            done.set()
             if renewer is not None:
-                renewer.join()
+                renewer.close()
             self.release(agent_id, owner)
-
-    def _renew_until(self, agent_id: str, owner: str, ttl: float, every: float, done: threading.Event) -> None:
-        """Renew a held lease every ``every`` seconds until ``done``; a lease found gone is left so: the holder's
-        next fenced write is refused (LeaseLostError)."""
-        while not done.wait(every):
-            try:
-                if not self.renew(agent_id, owner, ttl):
-                    return
-            except StorageError:  # the database is away for now: the next renewal tries again
-                continue
 
     def settled_version(self, agent_id: str) -> tuple[int, datetime | None] | None:
         """The agent's version and creation time (what a Grant reports) when nobody holds its lease, read in one
