@@ -26,7 +26,7 @@ from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
 from memgpt.storage.turns import new_owner
 from memgpt.tokens import count_message, count_tools
-from tests.conftest import DATA, PAPER, cli, run_cli
+from tests.conftest import DATA, PAPER, cli, cli_env, run_cli
 from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import ServerProcess, auth, use_scripted_llm
@@ -513,6 +513,11 @@ def test_the_memory_pressure_alert_is_sent_once_a_summary_not_once_a_process(hom
     assert len(alerts) == 1, alerts  # the one the first process sent, still in the window
 
 
+def lines(stderr: str) -> list[str]:
+    """The lines on stderr but Milvus 2.3's note that it has no BM25 (the fixture's server)."""
+    return [line for line in stderr.strip().splitlines() if "has no BM25 full-text search" not in line]
+
+
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
     home: Path, llm: ScriptedLLM, milvus_server: str, server_database: str
@@ -559,9 +564,11 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
         gate.set()
         running.join(60)
         assert refused.returncode == 1, (refused.stdout, refused.stderr)
-        assert refused.stderr.strip() == (
-            "error: agent 'sam' is busy with a turn (memgpt server); nothing deleted: try again in a moment"
-        ), refused.stderr
+        pid = server.process.pid
+        assert lines(refused.stderr) == [
+            f"waiting for the agent's turn in another memgpt process (pid {pid})...",
+            "error: agent 'sam' is busy with a turn (memgpt server); nothing deleted: try again in a moment",
+        ], refused.stderr
         assert answers[0].status_code == 200, answers[0].text
         assert exists()
 
@@ -569,20 +576,36 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
         save_config(config, home)
         gate, answers = threading.Event(), []
         running = turn(gate, answers)
-        env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
         command = [sys.executable, "-m", "memgpt", "delete", "agent", "sam", "--yes"]
-        deleting = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deleting = subprocess.Popen(
+            command, env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        said_on_stderr: list[str] = []
+        reader = threading.Thread(target=lambda: said_on_stderr.extend(deleting.stderr or []), daemon=True)
+        reader.start()
         try:
-            time.sleep(4.0)
-            assert deleting.poll() is None, deleting.communicate()  # it waits for the turn
-            assert exists()
+            deadline = time.monotonic() + 50  # (the held LLM call answers after 60 s anyway)
+            while (
+                not any("waiting for the agent's turn" in line for line in said_on_stderr)
+                and deleting.poll() is None
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)  # the CLI starts and opens the agent (seconds), then waits for the lease
+            assert deleting.poll() is None, deleting.communicate()  # it waits for the turn ...
+            assert lines("".join(said_on_stderr)) == [
+                f"waiting for the agent's turn in another memgpt process (pid {pid})..."
+            ]
+            assert exists()  # ... having deleted nothing
             gate.set()
             running.join(60)
-            out, err = deleting.communicate(timeout=60)
+            out = deleting.communicate(timeout=60)[0]
+            reader.join(10)
+            err = "".join(said_on_stderr)
         finally:
             if deleting.poll() is None:
                 deleting.kill()
         assert deleting.returncode == 0, err
+        assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
         assert out.strip() == "Deleted agent 'sam' and 0 archival passages"  # its recall index entries not counted
         assert answers[0].status_code == 200, answers[0].text
         assert "Hello, Chad." in answers[0].text
@@ -631,10 +654,6 @@ def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says
 
         def users_said() -> list[str]:
             return [m.content for m in stored_messages(home, "sam") if m.role.value == "user"]
-
-        def lines(stderr: str) -> list[str]:
-            """The lines on stderr but Milvus 2.3's note that it has no BM25 (the fixture's server)."""
-            return [line for line in stderr.strip().splitlines() if "has no BM25 full-text search" not in line]
 
         gate, answers = threading.Event(), []
         running = turn(gate, answers, "Hello, Chad.")

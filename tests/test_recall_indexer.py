@@ -532,3 +532,40 @@ def test_a_turn_never_waits_for_an_agent_a_stopped_process_holds_and_its_claim_l
         ranked = recall.search("sailing")
         shown = "\n".join(ranked.items) if isinstance(ranked, RankedPage) else ""
         assert all(f"Message {i} of" in shown for i in range(4)), ranked  # ranked, with its neighbours
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_an_agent_whose_claim_is_lost_between_embedding_parts_is_neither_written_nor_marked(
+    home: Path, milvus_server: str, server_database: str
+) -> None:
+    """The pass's claim expires during its first part of embedding and another process's pass claims the agent:
+    the first pass then embeds none of the rest, writes none of the agent's entries and marks nothing indexed
+    (the new owner does)."""
+    claim = 2.0
+    with two_processes(home, milvus_server, server_database) as (first, second):
+        agent_id = _agent(first, LocalMiniLM(), "lost")
+
+        class TakenDuringFirstPart(LocalMiniLM):
+            calls = 0
+
+            def embed_multi(self, texts: Sequence[str], **kwargs: object) -> list[Vector]:
+                type(self).calls += 1
+                if type(self).calls == 1:
+                    time.sleep(claim + 0.5)  # the claim expires ...
+                    taken = IndexClaims(second.metadata, 60).claim([agent_id], new_owner(), 60)
+                    assert taken == {agent_id}  # ... and the other process's pass takes it
+                return super().embed_multi(texts)
+
+        model = TakenDuringFirstPart()
+        first.claim_seconds = claim
+        recall = RecallMemory(
+            first, agent_id=agent_id, user_id="u", index=RecallIndex(first.passages(model.space), model)
+        )
+        recall.append(_messages(agent_id, 40))
+        TakenDuringFirstPart.calls = 0
+        before = recall.backlog()
+        outcome = index_pass([recall])
+        assert TakenDuringFirstPart.calls == 1  # the rest was not embedded
+        assert first.passages(model.space).count(all_of(eq("agent_id", agent_id), eq("kind", "recall"))) == 0
+        assert recall.backlog() == before
+        assert recall.key in outcome.elsewhere and recall.key not in outcome.finished

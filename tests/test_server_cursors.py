@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from letta_client import Letta
+from sqlalchemy import select
 
 from memgpt.config import load_config
+from memgpt.storage.agents import DeletedAgentRow
+from memgpt.storage.sql import CURSOR_KEPT, DeletedSourceRow
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, use_scripted_llm
 
@@ -86,3 +90,23 @@ def test_a_deleted_folder_is_still_a_cursor_in_both_orders_but_only_for_its_user
     assert [f.id for f in alice.folders.list(before=made[3], order="desc").items] == made[4:][::-1]
     assert bob.folders.list(after=made[3]).items == []
     assert alice.folders.list(after="source-00000000-0000-0000-0000-000000000000").items == []
+
+
+def test_a_deletion_older_than_its_day_is_no_cursor_even_before_the_next_deletion_forgets_it(
+    server: LiveServer,
+) -> None:
+    """A tombstone older than ``CURSOR_KEPT`` is forgotten only inside the next deletion; until then the lookups
+    treat it as unknown, as before tombstones were kept."""
+    alice = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+    agents = make_agents(alice, 3)
+    folders = [alice.folders.create(name=f"f{i}").id for i in range(3)]
+    alice.agents.delete(agents[1])
+    alice.folders.delete(folders[1])
+    assert [a.id for a in alice.agents.list(after=agents[1], order="asc").items] == agents[2:]  # within its day
+    assert [f.id for f in alice.folders.list(after=folders[1]).items] == folders[2:]
+    with server.state.storage.metadata.session() as s:
+        for table in (DeletedAgentRow, DeletedSourceRow):
+            for row in s.scalars(select(table)):
+                row.deleted_at -= CURSOR_KEPT + timedelta(minutes=1)
+    assert alice.agents.list(after=agents[1], order="asc").items == []
+    assert alice.folders.list(after=folders[1]).items == []

@@ -26,6 +26,7 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import ConflictError as MemGPTConflictError
 from memgpt.errors import UserError
 from memgpt.memory.archival import ArchivalMemory
+from memgpt.owners import this_process
 from memgpt.storage.files import FileStore
 from memgpt.storage.filters import eq
 from memgpt.storage.sql import MetadataStore
@@ -570,3 +571,42 @@ def test_an_imported_agents_files_load_in_the_background_like_uploads(server: Li
 def upload_chunks(client: Letta, folder_id: str) -> int:
     (record,) = client.folders.files.list(folder_id)
     return record.total_chunks
+
+
+def test_a_load_another_process_took_over_is_neither_reset_nor_failed_by_this_one(server: LiveServer) -> None:
+    """Between this process reading that it loads the file and writing the file's row, another host took the load
+    over (its claim): the re-load's reset to pending and a failed load's error are written only while this process
+    still loads the file."""
+    client = client_for(server)
+    folder = client.folders.create(name="taken")
+    files = server.state.storage.files
+    mine, theirs = this_process(), "elsewhere-host:1:x"
+    for file_id in ("file-reloaded", "file-failed"):
+        files.add(
+            FileRecord(
+                id=file_id,
+                source_id=folder.id,
+                file_name=f"{file_id}.md",
+                path=f"/nowhere/{file_id}.md",
+                status=FileStatus.EMBEDDING,
+                job_owner=mine,
+            )
+        )
+    read = files.get
+
+    def read_then_taken(file_id: str) -> FileRecord | None:
+        record = read(file_id)
+        assert files.claim(file_id, theirs, previous=mine)  # the other host's takeover, right after the read
+        return record
+
+    files.get = read_then_taken  # type: ignore[method-assign]
+    try:
+        server.file_jobs._load("file-reloaded", again=True)
+    finally:
+        del files.get
+    assert files.claim("file-failed", theirs, previous=mine)
+    server.file_jobs._fail("file-failed", "gave up")
+    for file_id in ("file-reloaded", "file-failed"):
+        record = files.get(file_id)
+        assert record is not None
+        assert (record.status, record.job_owner, record.error_message) == (FileStatus.EMBEDDING, theirs, ""), file_id

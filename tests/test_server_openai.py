@@ -245,6 +245,26 @@ def test_a_header_marks_a_background_request_either_way_and_a_look_alike_message
     assert user_messages(server, agent_id) == [look_alike, mentions]
 
 
+def test_a_persons_message_in_a_conversation_that_begins_as_a_uis_instruction_is_remembered(
+    server: LiveServer, llm: ScriptedLLM
+) -> None:
+    """Open WebUI's and LibreChat's instructions come alone, the chat inside them: the same words as a message
+    of a conversation are the person's. Nor is LibreChat's opening followed by anything with "title" in it one."""
+    agent_id = make_agent(server, "sam")
+    client = openai_client(server)
+    said = [
+        "### Task: review my notes, pasted as <chat_history>tea, coffee</chat_history>",
+        "Provide a concise, 5-word-or-less title for the conversation we had about my thesis, please.",
+        "Analyze this conversation and provide: a subtitle for my essay",
+    ]
+    for words in said[:2]:
+        llm.reply("Noted.")
+        client.chat.completions.create(model="sam", messages=history(*CHAT, last=words))  # type: ignore[arg-type]
+    llm.reply("Noted.")
+    client.chat.completions.create(model="sam", messages=[{"role": "user", "content": said[2]}])
+    assert user_messages(server, agent_id) == said
+
+
 def test_errors_have_openais_shape(server: LiveServer) -> None:
     make_agent(server, "sam")
     make_agent(server, "secret", user="bob")

@@ -12,6 +12,7 @@ import typer
 
 from memgpt.cli.common import (
     JsonOption,
+    TurnWait,
     YesOption,
     confirm,
     console,
@@ -306,7 +307,10 @@ def delete_agent(name: str = typer.Argument(..., help="Name of the agent."), yes
         # first (waited for up to the server's busy wait), never has the agent deleted under it.
         busy = f"agent {state.name!r} is busy with a turn (memgpt server); nothing deleted: try again in a moment"
         settings = config.server
-        with storage.turns.holding(state.id, settings.lease_seconds, settings.busy_wait_seconds, busy=busy):
+        pause = TurnWait(storage.turns, state.id)  # one line while it waits
+        with storage.turns.holding(
+            state.id, settings.lease_seconds, settings.busy_wait_seconds, busy=busy, pause=pause
+        ):
             passages = remove(storage, state)
     console.print(f"Deleted agent {state.name!r} and {passages} archival passages", markup=False)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from rich.markup import escape
 
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT
-from memgpt.cli.common import console, err_console, interactive
+from memgpt.cli.common import TurnWait, console, err_console, interactive
 from memgpt.errors import AgentBusyError, MemGPTError, ToolError, UserError
 
 if TYPE_CHECKING:
@@ -192,14 +191,7 @@ class Chat:
         from memgpt.storage.turns import Fence
 
         turns, agent_id = self.storage.turns, self.agent.state.id
-        holder: list[str] = []
-
-        def pause(seconds: float) -> None:
-            if not holder:
-                holder.append(_pid_of(turns.holder(agent_id)))
-                err_console.print(f"waiting for the agent's turn in another memgpt process{holder[0]}...", markup=False)
-            time.sleep(seconds)
-
+        pause = TurnWait(turns, agent_id)
         ttl = leases.lease_seconds
         self._held = False
         with ExitStack() as stack:
@@ -210,8 +202,7 @@ class Chat:
                     )
                 )
             except AgentBusyError as exc:
-                where = holder[0] if holder else _pid_of(turns.holder(agent_id))
-                busy = f"the agent is busy with a turn in another memgpt process{where}"
+                busy = f"the agent is busy with a turn in another memgpt process{pause.where()}"
                 raise AgentBusyError(busy, exc.retry_after) from None
             grant = held.grant
             seen = (grant.version - 1, grant.created_at) if grant.version is not None else None
@@ -373,12 +364,6 @@ class Chat:
             raise UserError("/rewrite needs the new reply: /rewrite TEXT")
         self.edit(lambda agent: agent.rewrite(argument))
         console.print("Changed the last reply", markup=False)
-
-
-def _pid_of(owner: str | None) -> str:
-    """ " (pid N)" for a lease's owner (``<host>:<pid>:<start>:<token>``), "" when not known."""
-    parts = (owner or "").split(":")
-    return f" (pid {parts[1]})" if len(parts) >= 4 and parts[1].isdigit() else ""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from memgpt.embeddings import EmbeddingModel
     from memgpt.storage import Storage
     from memgpt.storage.milvus.client import LockWait
+    from memgpt.storage.turns import TurnStore
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -96,6 +98,28 @@ def lock_wait() -> LockWait:
         lambda line: err_console.print(line, markup=False),
         longer=f"set {LOCK_WAIT_ENV}=SECONDS to wait longer",
     )
+
+
+class TurnWait:
+    """The pause of a wait for an agent's lease (``TurnStore.holding``'s ``pause``): the first one says so in one
+    line on stderr, naming the process whose turn holds it (``where``)."""
+
+    def __init__(self, turns: TurnStore, agent_id: str) -> None:
+        self._turns, self._agent_id = turns, agent_id
+        self._where: str | None = None
+
+    def __call__(self, seconds: float) -> None:
+        if self._where is None:
+            self._where = self.where()
+            err_console.print(f"waiting for the agent's turn in another memgpt process{self._where}...", markup=False)
+        time.sleep(seconds)
+
+    def where(self) -> str:
+        """ " (pid N)" of the process holding the agent's lease (as first seen while waiting), "" when not known."""
+        if self._where is not None:
+            return self._where
+        parts = (self._turns.holder(self._agent_id) or "").split(":")  # <host>:<pid>:<start>:<token>
+        return f" (pid {parts[1]})" if len(parts) >= 4 and parts[1].isdigit() else ""
 
 
 def command_name() -> str:

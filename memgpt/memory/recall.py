@@ -593,11 +593,13 @@ def _unindexed(
 @dataclass
 class _Claimed:
     """A pass's claims (``_claimed``): the agents each claim owner holds where other processes index them too,
-    when it last took or renewed them (``time.monotonic``), and the agents another process's pass held."""
+    when it last took or renewed them (``time.monotonic``), the agents another process's pass held, and those
+    whose claim the pass lost (at any renewal: ``gone``)."""
 
     owners: dict[str, tuple[IndexClaims, list[RecallMemory]]] = field(default_factory=dict)
     renewed: dict[str, float] = field(default_factory=dict)
     elsewhere: set[Hashable] = field(default_factory=set)
+    gone: set[Hashable] = field(default_factory=set)
 
     @property
     def seconds(self) -> float | None:
@@ -613,8 +615,10 @@ class _Claimed:
 
     def lost(self, outcome: Outcome) -> set[Hashable]:
         """Renew the claims before the pass writes; returns the agents no longer held (their claim expired and
-        another pass took it): not written, not finished, they go round again. One not renewed is failed."""
-        return self._renew(list(self.owners), outcome)
+        another pass took it), whether lost now or between parts of the embedding: not written, not finished,
+        they go round again. One not renewed is failed."""
+        self._renew(list(self.owners), outcome)
+        return set(self.gone)
 
     def _renew(self, owners: list[str], outcome: Outcome) -> set[Hashable]:
         lost: set[Hashable] = set()
@@ -631,6 +635,7 @@ class _Claimed:
             self.owners[owner] = (claims, [recall for recall in recalls if recall.agent_id in held])
         outcome.finished.difference_update(lost)
         self.elsewhere.update(lost)
+        self.gone.update(lost)
         return lost
 
 

@@ -187,8 +187,10 @@ class FileJobs:
         record = storage.files.get(file_id)
         if record is None or record.status.finished or record.job_owner != this_process():
             return  # deleted, done, or taken over by another process meanwhile
-        if again:  # from its stored copy, as a load a dead process left (the loader's ids make that idempotent)
-            storage.files.update(file_id, status=FileStatus.PENDING, chunks_embedded=0)
+        # Again: from its stored copy, as a load a dead process left (the loader's ids make that idempotent).
+        pending = {"status": FileStatus.PENDING, "chunks_embedded": 0}
+        if again and not storage.files.update(file_id, if_owner=this_process(), **pending):
+            return  # taken over by another process since it was read
         source = storage.metadata.source_with_id(record.source_id)
         if source is None:
             return
@@ -204,7 +206,10 @@ class FileJobs:
             storage.files.update(file_id, status=FileStatus.PENDING, error_message="", job_owner=this_process())
 
     def _fail(self, file_id: str, reason: str) -> None:
+        """Record that this process's load of the file failed, unless another process has taken the load over."""
         try:
-            self.state.storage.files.update(file_id, status=FileStatus.ERROR, error_message=reason, job_owner="")
+            self.state.storage.files.update(
+                file_id, if_owner=this_process(), status=FileStatus.ERROR, error_message=reason, job_owner=""
+            )
         except MemGPTError as exc:
             logger.warning("could not record that loading file %s failed: %s", file_id, exc)

@@ -36,13 +36,16 @@ class Said(Protocol):
 @dataclass(frozen=True)
 class Shape:
     """A UI's background request: its instruction message begins with ``opening`` (and holds ``also``, when set),
-    and is the request's ``last`` message (of any role), or a ``system`` (or developer) message of it."""
+    and is the request's ``last`` message (of any role), or a ``system`` (or developer) message of it. ``alone``:
+    the UI sends the instruction with the chat inside it, as the request's only message (system ones aside), so a
+    person's message in a conversation that begins with the same words is never taken for it."""
 
     ui: str
     what: str
     opening: str
     where: Literal["last", "system"]
     also: str = ""
+    alone: bool = False
 
     def matches(self, text: str) -> bool:
         folded = text.lstrip().casefold()
@@ -53,10 +56,17 @@ class Shape:
 KNOWN: tuple[Shape, ...] = (
     # Titles, tags, follow-ups, search queries: the chat in <chat_history> (its RAG prompt, a real message, also
     # begins "### Task:", with the person's words in <user_query>: it has no <chat_history>).
-    Shape("Open WebUI", "titles, tags, follow-up questions", "### Task:", "last", also="<chat_history>"),
-    Shape("LibreChat", "titles", "Provide a concise, 5-word-or-less title for the conversation", "last"),
-    Shape("LibreChat", "titles (structured)", "Analyze this conversation and provide:", "last", also="title"),
-    Shape("LibreChat", "titles (before 0.7.6)", "Please generate ", "last", also="||>Title:"),
+    Shape("Open WebUI", "titles, tags, follow-up questions", "### Task:", "last", also="<chat_history>", alone=True),
+    Shape("LibreChat", "titles", "Provide a concise, 5-word-or-less title for the conversation", "last", alone=True),
+    Shape(
+        "LibreChat",
+        "titles (structured)",
+        "Analyze this conversation and provide:\n1. The detected language of the conversation",
+        "last",
+        also="A concise title in the detected language",
+        alone=True,
+    ),
+    Shape("LibreChat", "titles (before 0.7.6)", "Please generate ", "last", also="||>Title:", alone=True),
     Shape("LobeChat", "topic titles", "You are a professional conversation summarizer", "system"),
     Shape("Chatbox", "conversation names", "Name the conversation based on the chat records", "last"),
     Shape("Chatbox", "conversation names", "Name the conversation based on the chat records", "system"),
@@ -81,8 +91,9 @@ def background_shape(messages: Sequence[Said], headers: Mapping[str, str]) -> Sh
         return None
     last = messages[-1].text()
     systems = [m.text() for m in messages if m.role in ("system", "developer")]
+    alone = all(m.role in ("system", "developer") for m in messages[:-1])
     for shape in KNOWN:
-        if shape.where == "last" and shape.matches(last):
+        if shape.where == "last" and shape.matches(last) and (alone or not shape.alone):
             return shape
         if shape.where == "system" and any(shape.matches(text) for text in systems):
             return shape

@@ -42,7 +42,7 @@ from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
-from memgpt.storage.sql import CURSOR_KEPT, Base, MetadataStore, UTCDateTime, bump_agents
+from memgpt.storage.sql import Base, MetadataStore, Tombstone, UTCDateTime, bump_agents, bury, tombstone
 from memgpt.storage.turns import Fence, check_fence, fenced_write
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
@@ -91,16 +91,11 @@ class BlockRow(Base):
     read_only: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-class DeletedAgentRow(Base):
+class DeletedAgentRow(Tombstone, Base):
     """Where a deleted agent stood in its user's list, kept for ``CURSOR_KEPT``: a client's next page is asked for
     after the last agent it was given, which a loop deleting each agent it is given has just deleted."""
 
     __tablename__ = "deleted_agents"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class AgentTagRow(Base):
@@ -358,7 +353,7 @@ class AgentStore:
             for cursor, later in ((query.after, query.ascending), (query.before, not query.ascending)):
                 if cursor is None:
                     continue
-                anchor = s.get(AgentRow, cursor) or s.get(DeletedAgentRow, cursor)
+                anchor = s.get(AgentRow, cursor) or tombstone(s, DeletedAgentRow, cursor, user_id)
                 if anchor is None or anchor.user_id != user_id:
                     return []
                 where.append(_beyond(anchor, later))
@@ -440,10 +435,10 @@ class AgentStore:
             for forget in (turns.forget_agent, claims.forget_agent, marks.forget_agent):
                 forget(s, agent_id)
             s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
-            if row is not None:  # it stays a cursor for a while; older ones are forgotten here
+            if row is not None:  # it stays a cursor for a while
                 now = utc_now()
-                s.execute(delete(DeletedAgentRow).where(DeletedAgentRow.deleted_at < now - CURSOR_KEPT))
-                s.merge(DeletedAgentRow(id=agent_id, user_id=row.user_id, created_at=row.created_at, deleted_at=now))
+                gone = DeletedAgentRow(id=agent_id, user_id=row.user_id, created_at=row.created_at, deleted_at=now)
+                bury(s, gone)
 
     def unindex_messages(self, space: EmbeddingSpace) -> None:
         """Mark every message of the agents in ``space`` as not in the recall index, to be indexed again."""

@@ -126,15 +126,18 @@ class FileStore:
             rows = s.scalars(select(FileRow).where(FileRow.status.not_in(finished)).order_by(FileRow.created_at))
             return [_record(r) for r in rows]
 
-    def update(self, file_id: str, **fields: str | int) -> None:
-        """Record a load's progress: some of ``PROGRESS_FIELDS``."""
+    def update(self, file_id: str, *, if_owner: str | None = None, **fields: str | int) -> bool:
+        """Record a load's progress: some of ``PROGRESS_FIELDS``; with ``if_owner``, only while that process still
+        loads the file (another may have taken the load over). False when no row was changed."""
         unknown = set(fields) - PROGRESS_FIELDS
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))} of a file")
         if isinstance(fields.get("status"), FileStatus):
             fields["status"] = fields["status"].value  # type: ignore[union-attr]
+        where = [FileRow.id == file_id] + ([FileRow.job_owner == if_owner] if if_owner is not None else [])
         with self._metadata.session() as s:
-            s.execute(update(FileRow).where(FileRow.id == file_id).values(**fields, updated_at=utc_now()))
+            result = s.execute(update(FileRow).where(*where).values(**fields, updated_at=utc_now()))
+            return bool(result.rowcount)
 
     def claim(self, file_id: str, owner: str, *, previous: str) -> bool:
         """Make ``owner`` the process loading the file if ``previous`` still is; False when another

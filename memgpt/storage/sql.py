@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -120,21 +120,45 @@ class SourceRow(Base):
     metadata_json: Mapped[str] = mapped_column("metadata", Text, default="{}")  # `metadata` is SQLAlchemy's
 
 
-class DeletedSourceRow(Base):
+CURSOR_KEPT = timedelta(days=1)  # how long a deleted agent or source still places a page (its cursor)
+
+
+class Tombstone:
+    """The columns of a deleted agent's or source's row kept for ``CURSOR_KEPT`` (``bury``, ``tombstone``)."""
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+_Buried = TypeVar("_Buried", bound=Tombstone)
+
+
+def bury(s: Session, tombstone: Tombstone) -> None:
+    """Write a tombstone (its ``deleted_at`` is now); those of its table older than ``CURSOR_KEPT`` are forgotten."""
+    table = type(tombstone)
+    s.execute(delete(table).where(table.deleted_at < tombstone.deleted_at - CURSOR_KEPT))
+    s.merge(tombstone)
+
+
+def tombstone(s: Session, table: type[_Buried], row_id: str, user_id: str) -> _Buried | None:
+    """The user's tombstone of this id, if written within ``CURSOR_KEPT`` (an older one not yet forgotten by
+    ``bury`` is no cursor any more)."""
+    row = s.get(table, row_id)
+    if row is None or row.user_id != user_id or row.deleted_at < utc_now() - CURSOR_KEPT:
+        return None
+    return row
+
+
+class DeletedSourceRow(Tombstone, Base):
     """Where a deleted source stood in its user's list (oldest first, by creation time then name), kept for
     ``CURSOR_KEPT``: a client's next page of folders is asked for after the last one it was given, which a loop
     deleting each folder it is given has just deleted."""
 
     __tablename__ = "deleted_sources"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(256))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-
-
-CURSOR_KEPT = timedelta(days=1)  # how long a deleted agent or source still places a page (its cursor)
 
 
 class DocumentRow(Base):
@@ -443,20 +467,17 @@ class MetadataStore:
             s.execute(delete(DocumentRow).where(DocumentRow.source_id == source_id))
             row = s.get(SourceRow, source_id)
             s.execute(delete(SourceRow).where(SourceRow.id == source_id))
-            if row is not None:  # it stays a cursor for a while; older ones are forgotten here
-                now = utc_now()
-                s.execute(delete(DeletedSourceRow).where(DeletedSourceRow.deleted_at < now - CURSOR_KEPT))
-                s.merge(
-                    DeletedSourceRow(
-                        id=source_id, user_id=row.user_id, name=row.name, created_at=row.created_at, deleted_at=now
-                    )
+            if row is not None:  # it stays a cursor for a while
+                gone = DeletedSourceRow(
+                    id=source_id, user_id=row.user_id, name=row.name, created_at=row.created_at, deleted_at=utc_now()
                 )
+                bury(s, gone)
 
     def deleted_source(self, user_id: str, source_id: str) -> tuple[datetime, str] | None:
         """Where a source of this user deleted within ``CURSOR_KEPT`` stood: its creation time and name."""
         with self.session() as s:
-            row = s.get(DeletedSourceRow, source_id)
-            return (row.created_at, row.name) if row is not None and row.user_id == user_id else None
+            row = tombstone(s, DeletedSourceRow, source_id, user_id)
+            return (row.created_at, row.name) if row is not None else None
 
     @staticmethod
     def _counts(s: Session, source_ids: list[str]) -> dict[str, tuple[int, int, int]]:
