@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from letta_client import Letta
 
 from memgpt.agent.agent import answer_reserve
-from memgpt.config import load_config, save_config
+from memgpt.config import Config, load_config, save_config
 from memgpt.llm.base import ToolSpec
 from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
@@ -518,14 +519,53 @@ def lines(stderr: str) -> list[str]:
     return [line for line in stderr.strip().splitlines() if "has no BM25 full-text search" not in line]
 
 
-@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
-def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
-    home: Path, llm: ScriptedLLM, milvus_server: str, server_database: str
-) -> None:
-    """`memgpt delete agent` while a `memgpt server` process on the same home (a Milvus server for the vectors) runs
-    a turn of that agent: it deleted the agent under the turn, whose next write then failed. It holds the agent's
-    lease, as the server's own delete does: it waits for the turn up to the server's busy wait, else says in one
-    line that the agent is busy and deletes nothing."""
+@dataclass
+class _ServerTurns:
+    """A `memgpt server` process on ``home`` (a Milvus server for the vectors, busy wait 1 s) with one agent, "sam",
+    whose turns the test holds in their LLM call: for a CLI command to meet a turn of another process."""
+
+    home: Path
+    config: Config
+    llm: ScriptedLLM
+    server: ServerProcess
+    key: str
+    agent_id: str
+
+    def turn(
+        self, gate: threading.Event, answers: list[httpx.Response], said: str = "Hello, Chad."
+    ) -> threading.Thread:
+        """A turn of the agent in the server, its LLM call held until ``gate`` is set."""
+        self.llm.add({"tool": "send_message", "args": {"message": said}, "content": "Greet.", "until": gate})
+        asked = len(self.llm.requests)
+        url = f"{self.server.url}/v1/agents/{self.agent_id}/messages"
+        headers = auth(self.key)
+        running = threading.Thread(
+            target=lambda: answers.append(httpx.post(url, json={"input": "Hi"}, headers=headers, timeout=120))
+        )
+        running.start()
+        deadline = time.monotonic() + 60
+        while len(self.llm.requests) == asked and time.monotonic() < deadline:  # the turn is in its LLM call
+            time.sleep(0.05)
+        return running
+
+    def busy_wait(self, seconds: float) -> None:
+        """The CLI's wait for a turn; the server keeps the one it started with."""
+        self.config.server.busy_wait_seconds = seconds
+        save_config(self.config, self.home)
+
+    def start_cli(self, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+        """`memgpt ARGS` started, and the lines of its stderr as a thread reads them."""
+        command = [sys.executable, "-m", "memgpt", *args]
+        started = subprocess.Popen(
+            command, env=cli_env(self.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        said: list[str] = []
+        threading.Thread(target=lambda: said.extend(started.stderr or []), daemon=True).start()
+        return started, said
+
+
+@pytest.fixture
+def server_turns(home: Path, llm: ScriptedLLM, milvus_server: str, server_database: str) -> Iterator[_ServerTurns]:
     config = use_scripted_llm(home, llm.url)
     config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
     config.server.busy_wait_seconds = 1
@@ -539,84 +579,73 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
         agent = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(
             name="sam", memory_blocks=blocks, model="openai-compatible/scripted"
         )  # type: ignore[arg-type]
-
-        def turn(gate: threading.Event, answers: list[httpx.Response]) -> threading.Thread:
-            """A turn of the agent in the server, its LLM call held until ``gate`` is set."""
-            llm.add({"tool": "send_message", "args": {"message": "Hello, Chad."}, "content": "Greet.", "until": gate})
-            asked = len(llm.requests)
-            url = f"{server.url}/v1/agents/{agent.id}/messages"
-            running = threading.Thread(
-                target=lambda: answers.append(httpx.post(url, json={"input": "Hi"}, headers=auth(key), timeout=120))
-            )
-            running.start()
-            deadline = time.monotonic() + 60
-            while len(llm.requests) == asked and time.monotonic() < deadline:  # the turn is in its LLM call
-                time.sleep(0.05)
-            return running
-
-        def exists() -> bool:
-            with Storage(config, home) as storage:
-                return storage.agents.get(config.user_id, "sam") is not None
-
-        gate, answers = threading.Event(), []
-        running = turn(gate, answers)
-        refused = run_cli("delete", "agent", "sam", "--yes", home=home)
-        gate.set()
-        running.join(60)
-        assert refused.returncode == 1, (refused.stdout, refused.stderr)
-        pid = server.process.pid
-        assert lines(refused.stderr) == [
-            f"waiting for the agent's turn in another memgpt process (pid {pid})...",
-            "error: agent 'sam' is busy with a turn (memgpt server); nothing deleted: try again in a moment",
-        ], refused.stderr
-        assert answers[0].status_code == 200, answers[0].text
-        assert exists()
-
-        config.server.busy_wait_seconds = 60  # the CLI's wait; the server keeps the one it started with
-        save_config(config, home)
-        gate, answers = threading.Event(), []
-        running = turn(gate, answers)
-        command = [sys.executable, "-m", "memgpt", "delete", "agent", "sam", "--yes"]
-        deleting = subprocess.Popen(
-            command, env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        said_on_stderr: list[str] = []
-        reader = threading.Thread(target=lambda: said_on_stderr.extend(deleting.stderr or []), daemon=True)
-        reader.start()
-        try:
-            deadline = time.monotonic() + 50  # (the held LLM call answers after 60 s anyway)
-            while (
-                not any("waiting for the agent's turn" in line for line in said_on_stderr)
-                and deleting.poll() is None
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.1)  # the CLI starts and opens the agent (seconds), then waits for the lease
-            assert deleting.poll() is None, deleting.communicate()  # it waits for the turn ...
-            assert lines("".join(said_on_stderr)) == [
-                f"waiting for the agent's turn in another memgpt process (pid {pid})..."
-            ]
-            assert exists()  # ... having deleted nothing
-            gate.set()
-            running.join(60)
-            out = deleting.communicate(timeout=60)[0]
-            reader.join(10)
-            err = "".join(said_on_stderr)
-        finally:
-            if deleting.poll() is None:
-                deleting.kill()
-        assert deleting.returncode == 0, err
-        assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
-        assert out.strip() == "Deleted agent 'sam' and 0 archival passages"  # its recall index entries not counted
-        assert answers[0].status_code == 200, answers[0].text
-        assert "Hello, Chad." in answers[0].text
-        assert not exists()
+        yield _ServerTurns(home, config, llm, server, key, agent.id)
     finally:
         server.stop()
 
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
+    home: Path, server_turns: _ServerTurns
+) -> None:
+    """`memgpt delete agent` while a `memgpt server` process on the same home (a Milvus server for the vectors) runs
+    a turn of that agent: it deleted the agent under the turn, whose next write then failed. It holds the agent's
+    lease, as the server's own delete does: it waits for the turn up to the server's busy wait, else says in one
+    line that the agent is busy and deletes nothing."""
+    config, pid = server_turns.config, server_turns.server.process.pid
+
+    def exists() -> bool:
+        with Storage(config, home) as storage:
+            return storage.agents.get(config.user_id, "sam") is not None
+
+    gate, answers = threading.Event(), []
+    running = server_turns.turn(gate, answers)
+    refused = run_cli("delete", "agent", "sam", "--yes", home=home)
+    gate.set()
+    running.join(60)
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert lines(refused.stderr) == [
+        f"waiting for the agent's turn in another memgpt process (pid {pid})...",
+        "error: agent 'sam' is busy with a turn (memgpt server); nothing deleted: try again in a moment",
+    ], refused.stderr
+    assert answers[0].status_code == 200, answers[0].text
+    assert exists()
+
+    server_turns.busy_wait(60)
+    gate, answers = threading.Event(), []
+    running = server_turns.turn(gate, answers)
+    deleting, said_on_stderr = server_turns.start_cli("delete", "agent", "sam", "--yes")
+    try:
+        deadline = time.monotonic() + 50  # (the held LLM call answers after 60 s anyway)
+        while (
+            not any("waiting for the agent's turn" in line for line in said_on_stderr)
+            and deleting.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)  # the CLI starts and opens the agent (seconds), then waits for the lease
+        assert deleting.poll() is None, deleting.communicate()  # it waits for the turn ...
+        assert lines("".join(said_on_stderr)) == [
+            f"waiting for the agent's turn in another memgpt process (pid {pid})..."
+        ]
+        assert exists()  # ... having deleted nothing
+        gate.set()
+        running.join(60)
+        out = deleting.communicate(timeout=60)[0]
+        err = "".join(said_on_stderr)
+    finally:
+        if deleting.poll() is None:
+            deleting.kill()
+    assert deleting.returncode == 0, err
+    assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
+    assert out.strip() == "Deleted agent 'sam' and 0 archival passages"  # its recall index entries not counted
+    assert answers[0].status_code == 200, answers[0].text
+    assert "Hello, Chad." in answers[0].text
+    assert not exists()
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says_it_was_not_sent(
-    home: Path, llm: ScriptedLLM, milvus_server: str, server_database: str
+    home: Path, llm: ScriptedLLM, server_turns: _ServerTurns
 ) -> None:
     """`memgpt run --message` while a `memgpt server` process on the same home (a Milvus server for the vectors) runs
     a turn of that agent: it took no lease, so its turn ran between the server's steps (its message stored before
@@ -624,98 +653,62 @@ def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says
     lease for its turn, as the server's turns do: it waits for the server's turn up to the busy wait (one line
     saying so), opens the agent afresh since that turn moved it, and answers after it; past the wait it says in one
     line that the message was not sent, and stores nothing."""
-    config = use_scripted_llm(home, llm.url)
-    config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, server_database, TOKEN
-    config.server.busy_wait_seconds = 1
-    save_config(config, home)
-    with Storage(config, home) as storage:
-        key = storage.users.create_key(storage.users.ensure(config.user_id, OWNER_NAME).id)[1]
-    server = ServerProcess(home)
+    pid = server_turns.server.process.pid
+
+    def users_said() -> list[str]:
+        return [m.content for m in stored_messages(home, "sam") if m.role.value == "user"]
+
+    gate, answers = threading.Event(), []
+    running = server_turns.turn(gate, answers, "Hello, Chad.")
+    llm.reply("Not this one.")  # what the refused message would have been answered with
+    refused = run_cli("run", "--agent", "sam", "--message", "refused words", home=home)
+    gate.set()
+    running.join(60)
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert lines(refused.stderr) == [
+        f"waiting for the agent's turn in another memgpt process (pid {pid})...",
+        f"error: the agent is busy with a turn in another memgpt process (pid {pid}); "
+        "your message was not sent: send it again",
+    ], refused.stderr
+    assert answers[0].status_code == 200, answers[0].text
+    assert not any("refused words" in said for said in users_said())
+    llm.requests.clear()
+    llm.script.clear()
+
+    server_turns.busy_wait(60)
+    gate, answers = threading.Event(), []
+    running = server_turns.turn(gate, answers, "Hello again, Chad.")
+    llm.reply("Noted, after your greeting.")
+    sending, said_on_stderr = server_turns.start_cli("run", "--agent", "sam", "--message", "second words")
     try:
-        server.wait_ready()
-        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-        agent = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(
-            name="sam", memory_blocks=blocks, model="openai-compatible/scripted"
-        )  # type: ignore[arg-type]
-
-        def turn(gate: threading.Event, answers: list[httpx.Response], said: str) -> threading.Thread:
-            """A turn of the agent in the server, its LLM call held until ``gate`` is set."""
-            llm.add({"tool": "send_message", "args": {"message": said}, "content": "Greet.", "until": gate})
-            asked = len(llm.requests)
-            url = f"{server.url}/v1/agents/{agent.id}/messages"
-            running = threading.Thread(
-                target=lambda: answers.append(httpx.post(url, json={"input": "Hi"}, headers=auth(key), timeout=120))
-            )
-            running.start()
-            deadline = time.monotonic() + 60
-            while len(llm.requests) == asked and time.monotonic() < deadline:  # the turn is in its LLM call
-                time.sleep(0.05)
-            return running
-
-        def users_said() -> list[str]:
-            return [m.content for m in stored_messages(home, "sam") if m.role.value == "user"]
-
-        gate, answers = threading.Event(), []
-        running = turn(gate, answers, "Hello, Chad.")
-        llm.reply("Not this one.")  # what the refused message would have been answered with
-        refused = run_cli("run", "--agent", "sam", "--message", "refused words", home=home)
+        deadline = time.monotonic() + 50  # (the held LLM call answers after 60 s anyway)
+        while (
+            len(llm.requests) < 2
+            and not any("waiting for the agent's turn" in line for line in said_on_stderr)
+            and sending.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)  # the CLI opens the agent (seconds), then waits for the lease or asks its LLM
+        time.sleep(1.0)
+        assert len(llm.requests) == 1, llm.requests[-1]  # it waits for the server's turn
         gate.set()
         running.join(60)
-        assert refused.returncode == 1, (refused.stdout, refused.stderr)
-        pid = server.process.pid
-        assert lines(refused.stderr) == [
-            f"waiting for the agent's turn in another memgpt process (pid {pid})...",
-            f"error: the agent is busy with a turn in another memgpt process (pid {pid}); "
-            "your message was not sent: send it again",
-        ], refused.stderr
-        assert answers[0].status_code == 200, answers[0].text
-        assert not any("refused words" in said for said in users_said())
-        llm.requests.clear()
-        llm.script.clear()
-
-        config.server.busy_wait_seconds = 60  # the CLI's wait; the server keeps the one it started with
-        save_config(config, home)
-        gate, answers = threading.Event(), []
-        running = turn(gate, answers, "Hello again, Chad.")
-        llm.reply("Noted, after your greeting.")
-        env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
-        command = [sys.executable, "-m", "memgpt", "run", "--agent", "sam", "--message", "second words"]
-        sending = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        said_on_stderr: list[str] = []
-        reader = threading.Thread(target=lambda: said_on_stderr.extend(sending.stderr or []), daemon=True)
-        reader.start()
-        try:
-            deadline = time.monotonic() + 50  # (the held LLM call answers after 60 s anyway)
-            while (
-                len(llm.requests) < 2
-                and not any("waiting for the agent's turn" in line for line in said_on_stderr)
-                and sending.poll() is None
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.1)  # the CLI opens the agent (seconds), then waits for the lease or asks its LLM
-            time.sleep(1.0)
-            assert len(llm.requests) == 1, llm.requests[-1]  # it waits for the server's turn
-            gate.set()
-            running.join(60)
-            out = sending.communicate(timeout=60)[0]
-            reader.join(10)
-            err = "".join(said_on_stderr)
-        finally:
-            if sending.poll() is None:
-                sending.kill()
-        assert sending.returncode == 0, err
-        assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
-        assert "Noted, after your greeting." in out
-        assert answers[0].status_code == 200, answers[0].text
-        # Its message after the server's turn's answer, never between that turn's steps.
-        history = [repr(m) for m in stored_messages(home, "sam")]
-        greeted = next(i for i, text in enumerate(history) if "Hello again, Chad." in text)
-        second = next(i for i, text in enumerate(history) if "second words" in text)
-        assert greeted < second, history
-        # The CLI's LLM saw the server's turn: the agent was opened afresh after it.
-        assert "Hello again, Chad." in json.dumps(llm.requests[-1]["messages"])
+        out = sending.communicate(timeout=60)[0]
+        err = "".join(said_on_stderr)
     finally:
-        server.stop()
+        if sending.poll() is None:
+            sending.kill()
+    assert sending.returncode == 0, err
+    assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
+    assert "Noted, after your greeting." in out
+    assert answers[0].status_code == 200, answers[0].text
+    # Its message after the server's turn's answer, never between that turn's steps.
+    history = [repr(m) for m in stored_messages(home, "sam")]
+    greeted = next(i for i, text in enumerate(history) if "Hello again, Chad." in text)
+    second = next(i for i, text in enumerate(history) if "second words" in text)
+    assert greeted < second, history
+    # The CLI's LLM saw the server's turn: the agent was opened afresh after it.
+    assert "Hello again, Chad." in json.dumps(llm.requests[-1]["messages"])
 
 
 def test_memgpt_run_stalled_past_its_lease_says_so_naming_itself_and_stores_nothing_more(
