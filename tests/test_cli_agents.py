@@ -806,3 +806,33 @@ def test_a_typed_message_the_busy_agent_did_not_get_is_put_back_at_the_prompt(
     sent = [m for m in stored_messages(home, "sam") if "kept words" in (m.content or "")]
     assert len(sent) == 1, sent
     assert len(llm.requests) == 2
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_a_chat_opens_its_agent_once_across_its_own_writes(
+    home: Path, tmp_path: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's chat: `/attach` a source, then questions (and a `/pop`). The chat's own writes move the agent's
+    version under its lease; the next turn must not take them for another process's change and open the agent
+    afresh (it did after `/attach` and `/pop`: a wait for the last turn's recall indexing, MCP servers started
+    again, warnings said again)."""
+    from memgpt.agent import manager
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The codeword of the expedition is aubergine.\n")
+    assert cli("load", "directory", "--name", "notes", f"--input-files={notes}", home=home).returncode == 0
+    opened: list[str] = []
+    real = manager.open_agent
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append("open")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "open_agent", counted)
+    for answer in ("First.", "Second.", "Third."):
+        llm.reply(answer)
+    script = "/attach notes\nfirst question\n/pop 3\nsecond question\nthird question\n/exit\n"
+    result = cli("run", "--agent", "Seedy", home=home, stdin=script)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "Attached notes" in result.stdout and "🤖 Third." in result.stdout, result.stdout
+    assert opened == ["open"], result.stdout

@@ -159,10 +159,13 @@ def run(
             fresh = storage.agents.by_id(config.user_id, old.state.id)
             if fresh is None:
                 raise NotFoundError(f"agent {old.state.name!r} was deleted meanwhile")
+            same_model = (fresh.llm_model, fresh.context_window) == (old.state.llm_model, old.state.context_window)
             agent, warnings = open_agent(
                 storage,
                 fresh,
-                llm=old.llm,
+                llm=old.llm
+                if same_model
+                else create_llm(config.llm, model=fresh.llm_model, context_window=fresh.context_window),
                 embedding=embedding_model(config),
                 tools_folder=memgpt_home() / "tools",
                 extra_tools=servers.start(fresh),

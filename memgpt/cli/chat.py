@@ -225,7 +225,10 @@ class Chat:
                 # one opens it afresh.
                 leases.version = None
                 if clean and grant.version is not None:
-                    leases.version = (grant.version, grant.created_at)
+                    # As stored now, under the lease: the chat's own writes (an attached source, removed messages)
+                    # may have moved it, and the open agent holds them.
+                    with contextlib.suppress(MemGPTError):  # unread: the next turn opens the agent afresh
+                        leases.version = turns.version(agent_id)
 
     def _failed(self, code: int, line: str) -> None:
         err_console.print(line, markup=False)
@@ -283,7 +286,8 @@ class Chat:
             return
         with Progress(console=console, transient=False) as progress:
             task = progress.add_task("Attaching", total=1)
-            source, fresh = attach_source(self.storage, state, name)
+            # Under the agent's lease, as the chat's other writes: its version moves with it (see ``_leased``).
+            source, fresh = self.edit(lambda agent: attach_source(self.storage, agent.state, name))
             progress.advance(task)
         if fresh:
             console.print(f"Attached {source.name} ({source.passages} passages) to archival memory", markup=False)
@@ -299,7 +303,7 @@ class Chat:
         names = [by_id[i] for i in self.storage.attachments.source_ids(state.id) if i in by_id]
         name = self._pick(names, argument, "Select data source to detach", "No data sources are attached.")
         if name is not None:
-            source = detach_source(self.storage, state, name)
+            source = self.edit(lambda agent: detach_source(self.storage, agent.state, name))
             console.print(f"Detached {source.name}", markup=False)
 
     def mcp_servers(self, argument: str) -> None:
@@ -322,10 +326,11 @@ class Chat:
         chosen = self._pick(self.mcp.choices(self.agent, attaching), name.strip(), question, empty)
         if chosen is None:
             return
+        mcp = self.mcp
         if attaching:
-            self.mcp.attach(self.agent, chosen)
+            self.edit(lambda agent: mcp.attach(agent, chosen))
         else:
-            self.mcp.detach(self.agent, chosen)
+            self.edit(lambda agent: mcp.detach(agent, chosen))
 
     def memory(self, _: str) -> None:
         agent = self.agent

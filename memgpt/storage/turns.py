@@ -606,6 +606,15 @@ class TurnStore:
             row = c.execute(query).first()
         return (int(row[0]), row[1]) if row is not None and not row[2] else None
 
+    def version(self, agent_id: str) -> tuple[int, datetime | None] | None:
+        """The agent's version and creation time as stored now (None: the agent is gone). Read by the lease's holder
+        after its own writes (which may move it: attaching a source, removing messages), it is what the holder's
+        open agent holds: the next grant one past it says nobody else changed the agent since."""
+        agents = _agents()
+        with self._metadata.connection() as c:
+            row = c.execute(select(agents.c.version, agents.c.created_at).where(agents.c.id == agent_id)).first()
+        return (int(row[0]), row[1]) if row is not None else None
+
     def holder(self, agent_id: str) -> str | None:
         """The owner of the agent's lease now (None: nobody's, or it cannot be read)."""
         holder = _holder(self._metadata, agent_id)[0]
