@@ -606,7 +606,8 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
     assert refused.returncode == 1, (refused.stdout, refused.stderr)
     assert lines(refused.stderr) == [
         f"waiting for the agent's turn in another memgpt process (pid {pid})...",
-        "error: agent 'sam' is busy with a turn (memgpt server); nothing deleted: try again in a moment",
+        f"error: agent 'sam' is busy with a turn in another memgpt process (pid {pid}); nothing deleted: "
+        "try again in a moment",
     ], refused.stderr
     assert answers[0].status_code == 200, answers[0].text
     assert exists()

@@ -21,7 +21,7 @@ from memgpt.cli.common import (
     names_table,
     open_storage,
 )
-from memgpt.errors import NotFoundError, UserError
+from memgpt.errors import AgentBusyError, NotFoundError, UserError
 
 if TYPE_CHECKING:
     from memgpt.agent.agent import Agent
@@ -308,13 +308,15 @@ def delete_agent(name: str = typer.Argument(..., help="Name of the agent."), yes
             return
         # The agent's lease, as the server's delete takes it: a turn running in a `memgpt server` process ends
         # first (waited for up to the server's busy wait), never has the agent deleted under it.
-        busy = f"agent {state.name!r} is busy with a turn (memgpt server); nothing deleted: try again in a moment"
         settings = config.server
         pause = TurnWait(storage.turns, state.id)  # one line while it waits
-        with storage.turns.holding(
-            state.id, settings.lease_seconds, settings.busy_wait_seconds, busy=busy, pause=pause
-        ):
-            passages = remove(storage, state)
+        try:
+            with storage.turns.holding(state.id, settings.lease_seconds, settings.busy_wait_seconds, pause=pause):
+                passages = remove(storage, state)
+        except AgentBusyError as exc:  # (a server's turn, a chat's, an edit's: the holder's pid as waited for)
+            where = pause.where()
+            busy = f"agent {state.name!r} is busy with a turn in another memgpt process{where}; nothing deleted"
+            raise AgentBusyError(f"{busy}: try again in a moment", exc.retry_after) from None
     console.print(f"Deleted agent {state.name!r} and {passages} archival passages", markup=False)
 
 
