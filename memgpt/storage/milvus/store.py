@@ -191,6 +191,7 @@ class MilvusPassageStore(PassageStore):
                 HeldLogs.emit(records)
                 with milvus_errors(f"load collection {self.collection}"):
                     raise
+            HeldLogs.handled(records)
             schema.repair(self._client, self._target, self.collection, layout)
 
     def _before_drop(self, version: int) -> Callable[[], None] | None:
