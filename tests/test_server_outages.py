@@ -52,6 +52,28 @@ def user_messages(server: LiveServer, agent: str) -> list[str]:
     return [m.content for m in server.state.storage.messages.last(agent, 1000) if m.role is Role.USER and not m.name]
 
 
+def _send_held(
+    letta: Letta, agent_id: str, llm: ScriptedLLM, reply: str, go_on: threading.Event, answer: dict[str, object]
+) -> threading.Thread:
+    """A send in a thread whose LLM answer ``reply`` waits for ``go_on``; returned once the LLM was asked. ``answer``
+    gets "ok" (the turn) or "error" (status, body) and "retry" (the x-should-retry header)."""
+    llm.reply(reply, until=go_on)
+
+    def send() -> None:
+        try:
+            answer["ok"] = letta.agents.messages.create(agent_id, input="during")
+        except APIStatusError as exc:
+            answer["error"] = (exc.status_code, exc.body)
+            answer["retry"] = exc.response.headers.get("x-should-retry")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 20
+    while not llm.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sender
+
+
 def test_postgres_restarted_between_turns(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
 ) -> None:
@@ -69,22 +91,8 @@ def test_postgres_restarted_between_turns(
 def test_postgres_restarted_while_the_llm_thinks(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
 ) -> None:
-    go_on = threading.Event()
-    llm.reply("answered", until=go_on)
-    answer: dict[str, object] = {}
-
-    def send() -> None:
-        try:
-            answer["ok"] = letta.agents.messages.create(agent_id, input="during")
-        except APIStatusError as exc:
-            answer["error"] = (exc.status_code, exc.body)
-            answer["retry"] = exc.response.headers.get("x-should-retry")
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    deadline = time.monotonic() + 20
-    while not llm.requests and time.monotonic() < deadline:
-        time.sleep(0.05)
+    go_on, answer = threading.Event(), {}
+    sender = _send_held(letta, agent_id, llm, "answered", go_on, answer)
     with postgres_server.down():
         pass
     go_on.set()
@@ -107,22 +115,8 @@ def test_postgres_down_as_a_step_is_stored_answers_503_and_frees_the_agent_once_
 ) -> None:
     """The turn cannot store its step nor give its lease back: the send says so with a 503 (a dependency is down,
     not a bug), and the lease is given back as soon as PostgreSQL answers again, not left to expire (30 s)."""
-    go_on = threading.Event()
-    llm.reply("never stored", until=go_on)
-    answer: dict[str, object] = {}
-
-    def send() -> None:
-        try:
-            answer["ok"] = letta.agents.messages.create(agent_id, input="during")
-        except APIStatusError as exc:
-            answer["error"] = (exc.status_code, exc.body)
-            answer["retry"] = exc.response.headers.get("x-should-retry")
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    deadline = time.monotonic() + 20
-    while not llm.requests and time.monotonic() < deadline:
-        time.sleep(0.05)
+    go_on, answer = threading.Event(), {}
+    sender = _send_held(letta, agent_id, llm, "never stored", go_on, answer)
     with postgres_server.down():
         go_on.set()
         sender.join(60)
