@@ -111,13 +111,14 @@ def _sample(raw: object, number: int, names: bool) -> Sample:
     for index, qa in enumerate(raw.get("qa") or [], 1):
         try:
             category = CATEGORIES[int(qa["category"])]
-            cited = [d for entry in qa.get("evidence") or [] for d in _DIA.findall(str(entry))]
+            entries = [str(entry) for entry in qa.get("evidence") or []]
             answer = qa.get("answer", qa.get("adversarial_answer", ""))
             question = str(qa["question"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{name}: question {index} is not in locomo10.json's layout ({exc!r})") from exc
         evidence: list[str] = []
-        for dia in cited:
+        sample.dropped += [(question, entry) for entry in entries if not _DIA.search(entry)]
+        for dia in (d for entry in entries for d in _DIA.findall(entry)):
             if f"{name}:{dia}" not in known:
                 sample.dropped.append((question, dia))
             elif f"{name}:{dia}" not in evidence:

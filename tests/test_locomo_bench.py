@@ -19,7 +19,7 @@ SAMPLE = [
             {
                 "question": "Which instruments does Ben play?",
                 "answer": "cello, banjo",
-                "evidence": ["D1:4", "D2:2; D9:9"],
+                "evidence": ["D1:4", "D2:2; D9:9", "D"],
                 "category": 1,
             },
             {"question": "Would Ana like a zoo?", "answer": "Likely yes", "evidence": [], "category": 3},
@@ -82,14 +82,19 @@ def test_reads_speakers_dates_photos_and_evidence(tmp_path: Path) -> None:
         "Which instruments does Ben play?",
         "Where did Ana see a lighthouse?",
     }
-    # "D2:2; D9:9" is two ids in one entry; D9:9 names no turn: dropped and listed.
+    # "D2:2; D9:9" is two ids in one entry; D9:9 names no turn and "D" no id: dropped and listed.
     assert asked["Which instruments does Ben play?"].evidence == (("tiny:D1:4",), ("tiny:D2:2",))
-    assert sample.dropped == [("Which instruments does Ben play?", "D9:9")]
+    assert sample.dropped == [("Which instruments does Ben play?", "D"), ("Which instruments does Ben play?", "D9:9")]
     assert sample.unasked == 1
     assert asked["Where did Ana see a lighthouse?"].category == "5 adversarial"
     assert asked["Where did Ana see a lighthouse?"].answer == "a lighthouse"
     [plain] = load_samples(tmp_path / "tiny.json", names=False)
     assert plain.conversation.turns[2].text == "I adopted a tortoise yesterday, his name is Pebble."
+    # A session dated before the last one ended continues a minute after it: times keep increasing.
+    early = json.loads(json.dumps(SAMPLE))
+    early[0]["conversation"]["session_2_date_time"] = "1:57 pm on 8 May, 2023"
+    [overlap] = load_samples(_write(tmp_path / "early.json", early))
+    assert overlap.conversation.turns[4].at == datetime(2023, 5, 8, 14, 0, tzinfo=UTC)
 
 
 def test_bad_file_names_the_sample_and_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
