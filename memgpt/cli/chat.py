@@ -205,8 +205,7 @@ class Chat:
                 busy = f"the agent is busy with a turn in another memgpt process{pause.where()}"
                 raise AgentBusyError(busy, exc.retry_after) from None
             grant = held.grant
-            seen = (grant.version - 1, grant.created_at) if grant.version is not None else None
-            if seen is None or seen != leases.version:  # changed since by another process: opened afresh
+            if not grant.follows(leases.version):  # changed since by another process: opened afresh
                 old = self.agent
                 old.close()
                 self.agent = leases.reopen(old)

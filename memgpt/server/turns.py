@@ -540,8 +540,7 @@ class TurnRunner:
             kept = self._kept.pop(request.agent_id, None)  # one turn at a time uses it
         if (
             kept is not None
-            and grant.version is not None
-            and (kept.version + 1, kept.created_at) == (grant.version, grant.created_at)
+            and grant.follows((kept.version, kept.created_at))
             and kept.agent.state.user_id == request.user_id
             and kept.tools == folder_signature(tools)
         ):

@@ -167,6 +167,13 @@ class Grant:
     version: int | None
     created_at: datetime | None
 
+    def follows(self, seen: tuple[int, datetime | None] | None) -> bool:
+        """Whether this grant is the next after ``seen`` (the agent's version and creation time as an open agent last
+        saw it stored): nothing else changed the agent meanwhile, so that open agent is current."""
+        if seen is None or self.version is None:
+            return False
+        return (seen[0] + 1, seen[1]) == (self.version, self.created_at)
+
 
 @dataclass(frozen=True)
 class Held:
