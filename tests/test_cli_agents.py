@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,12 @@ from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import ServerProcess, auth, use_scripted_llm
 from tests.test_configure_interactive import question
+
+
+def held_by(pid: int) -> str:
+    """How a wait for an agent's lease names the process holding it: its pid and host."""
+    return f"(pid {pid} on host {socket.gethostname()})"
+
 
 SEED_QUESTION = "The paper I loaded into your archival memory is called MemGPT. Can you tell me more about it?"
 
@@ -605,8 +612,8 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
     running.join(60)
     assert refused.returncode == 1, (refused.stdout, refused.stderr)
     assert lines(refused.stderr) == [
-        f"waiting for the agent's turn in another memgpt process (pid {pid})...",
-        f"error: agent 'sam' is busy with a turn in another memgpt process (pid {pid}); nothing deleted: "
+        f"waiting for the agent's turn in another memgpt process {held_by(pid)}...",
+        f"error: agent 'sam' is busy with a turn in another memgpt process {held_by(pid)}; nothing deleted: "
         "try again in a moment",
     ], refused.stderr
     assert answers[0].status_code == 200, answers[0].text
@@ -626,7 +633,7 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
             time.sleep(0.1)  # the CLI starts and opens the agent (seconds), then waits for the lease
         assert deleting.poll() is None, deleting.communicate()  # it waits for the turn ...
         assert lines("".join(said_on_stderr)) == [
-            f"waiting for the agent's turn in another memgpt process (pid {pid})..."
+            f"waiting for the agent's turn in another memgpt process {held_by(pid)}..."
         ]
         assert exists()  # ... having deleted nothing
         gate.set()
@@ -637,7 +644,7 @@ def test_delete_agent_waits_for_a_server_turn_of_the_agent_or_says_it_is_busy(
         if deleting.poll() is None:
             deleting.kill()
     assert deleting.returncode == 0, err
-    assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
+    assert lines(err) == [f"waiting for the agent's turn in another memgpt process {held_by(pid)}..."], err
     assert out.strip() == "Deleted agent 'sam' and 0 archival passages"  # its recall index entries not counted
     assert answers[0].status_code == 200, answers[0].text
     assert "Hello, Chad." in answers[0].text
@@ -667,8 +674,8 @@ def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says
     running.join(60)
     assert refused.returncode == 1, (refused.stdout, refused.stderr)
     assert lines(refused.stderr) == [
-        f"waiting for the agent's turn in another memgpt process (pid {pid})...",
-        f"error: the agent is busy with a turn in another memgpt process (pid {pid}); "
+        f"waiting for the agent's turn in another memgpt process {held_by(pid)}...",
+        f"error: the agent is busy with a turn in another memgpt process {held_by(pid)}; "
         "your message was not sent: send it again",
     ], refused.stderr
     assert answers[0].status_code == 200, answers[0].text
@@ -700,7 +707,7 @@ def test_run_message_waits_for_a_server_turn_of_the_agent_and_reopens_it_or_says
         if sending.poll() is None:
             sending.kill()
     assert sending.returncode == 0, err
-    assert lines(err) == [f"waiting for the agent's turn in another memgpt process (pid {pid})..."], err
+    assert lines(err) == [f"waiting for the agent's turn in another memgpt process {held_by(pid)}..."], err
     assert "Noted, after your greeting." in out
     assert answers[0].status_code == 200, answers[0].text
     # Its message after the server's turn's answer, never between that turn's steps.
@@ -791,9 +798,9 @@ def test_a_typed_message_the_busy_agent_did_not_get_is_put_back_at_the_prompt(
             child.expect_exact("> Enter your message:")
             with storage.turns.holding(state.id, 60, 0):
                 child.sendline("kept words")
-                child.expect_exact(f"waiting for the agent's turn in another memgpt process (pid {os.getpid()})...")
+                child.expect_exact(f"waiting for the agent's turn in another memgpt process {held_by(os.getpid())}...")
                 child.expect_exact(
-                    f"error: the agent is busy with a turn in another memgpt process (pid {os.getpid()}); "
+                    f"error: the agent is busy with a turn in another memgpt process {held_by(os.getpid())}; "
                     "your message was not sent (it is back at the prompt)"
                 )
                 child.expect_exact("> Enter your message: kept words")

@@ -25,6 +25,7 @@ import pytest
 from letta_client import Letta
 from sqlalchemy import event, text, update
 
+from memgpt.cli.common import TurnWait
 from memgpt.config import load_config
 from memgpt.errors import LeaseLostError
 from memgpt.server.schemas.messages import Rendering
@@ -316,6 +317,16 @@ def test_a_lease_of_another_hosts_process_is_kept_until_it_expires(storage: Stor
     mine = new_owner()
     assert storage.turns.acquire("a1", mine, "run-1", 60) is not None
     assert lease_owner(storage, "a1") == mine
+
+
+def test_a_wait_for_a_lease_names_the_holders_host_with_its_pid(storage: Storage) -> None:
+    """A PostgreSQL home is shared by processes of several hosts: the line of a wait for the agent's lease (``memgpt
+    run``, ``memgpt delete agent``) names the holder's host beside its pid, which alone names no process."""
+    elsewhere = "db-client-2#4026531836:4242:1:token"  # <host>#<pid namespace>:<pid>:<start>:<token>
+    assert storage.turns.acquire("a1", elsewhere, "", 60) is not None
+    assert TurnWait(storage.turns, "a1").where() == " (pid 4242 on host db-client-2)"
+    storage.turns.release("a1", elsewhere)
+    assert TurnWait(storage.turns, "a1").where() == ""  # nobody holds it
 
 
 def _clock_off(monkeypatch: pytest.MonkeyPatch) -> dict[str, timedelta]:

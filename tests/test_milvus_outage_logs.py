@@ -1,7 +1,9 @@
-"""A Milvus server that stops answering (its address cut by a relay between memgpt and a real Milvus server):
-memgpt's StorageError of each failed call is not accompanied by pymilvus's "Connection recovery failed" WARNING
-with a traceback; pymilvus's ERROR of the call itself, and what it logs during an error memgpt does not handle,
-still show."""
+"""A Milvus server that stops answering (its address cut by a relay between memgpt and a real Milvus server: the
+test server is one per machine, shared by every test session running, so it is not stopped): memgpt's StorageError
+of each failed call is not accompanied by pymilvus's "Connection recovery failed" WARNING with a traceback, nor by
+its ERROR of the call ("RPC error: [query], ..." with a traceback in its text); both go to DEBUG. What pymilvus logs
+during an error memgpt does not handle, and its ERROR of a call a server that answers refused
+(test_milvus_store), still show."""
 
 from __future__ import annotations
 
@@ -82,12 +84,14 @@ def test_a_milvus_server_gone_is_one_storage_error_without_pymilvus_tracebacks(
         assert store.count() == 0
         relay.cut()
         caplog.clear()
-        with caplog.at_level(logging.DEBUG), pytest.raises(StorageError, match="Milvus failed to count passages"):
-            store.count()
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(2):  # each failed call
+                with pytest.raises(StorageError, match="Milvus failed to count passages"):
+                    store.count()
         said = [r.getMessage() for r in caplog.records if r.name.startswith("pymilvus") and r.levelno >= logging.INFO]
-        assert "Connection recovery failed" not in said
-        # pymilvus's own ERROR of the failed call stays (test_milvus_store: a failure memgpt raises keeps it)
-        assert [m.split(",")[0] for m in said] == ["RPC error: [query]"]
+        assert said == []  # neither "Connection recovery failed" nor "RPC error: [query], ..." with its traceback
+        kept = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+        assert sum("as pymilvus logged it: RPC error: [query]" in m for m in kept) == 2  # at DEBUG, for a developer
     finally:
         connection.close()
 

@@ -114,12 +114,18 @@ def test_postgres_down_as_a_step_is_stored_answers_503_and_frees_the_agent_once_
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
 ) -> None:
     """The turn cannot store its step nor give its lease back: the send says so with a 503 (a dependency is down,
-    not a bug), and the lease is given back as soon as PostgreSQL answers again, not left to expire (30 s)."""
+    not a bug), and the lease is given back as soon as PostgreSQL answers again, not left to expire (30 s), by the
+    storage's background releases: the turn's thread is free for the next turn at once, not busy retrying."""
     go_on, answer = threading.Event(), {}
     sender = _send_held(letta, agent_id, llm, "never stored", go_on, answer)
     with postgres_server.down():
         go_on.set()
         sender.join(60)
+        threads = server.state.turns()._threads  # the turn's thread: idle again (waiting for a next turn) ...
+        deadline = time.monotonic() + 5
+        while threads._idle < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threads._idle == 1, "the turn's thread is still busy"  # ... while PostgreSQL is still down
     status, body = answer["error"]  # type: ignore[misc]
     assert status == 503, body
     assert answer["retry"] == "false"  # the turn is recorded as failed: a retry would get the same answer

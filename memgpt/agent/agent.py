@@ -265,6 +265,10 @@ class Agent:
         self.on_commit: Callable[[Sequence[Message]], None] | None = None
         self.stop_requested: Callable[[], bool] = _never
         self._fence: Fence | None = None
+        # The message the last turn answers (its first, a user's or an event's) once built, and whether its store
+        # returned: a turn that failed says by them whether its message was kept (the chat's one line).
+        self.opening: Message | None = None
+        self.opening_stored = False
 
     @property
     def fence(self) -> Fence | None:
@@ -396,7 +400,9 @@ class Agent:
     def _turn(self, opening: Message) -> Generator[Event, None, str]:
         self._settle()
         self._sources_checked = self._sources_checked and not self.recheck_sources
+        self.opening, self.opening_stored = opening, False
         self._append([opening])  # stored before any LLM call: never lost
+        self.opening_stored = True
         return (yield from self._chain())
 
     def _chain(self) -> Generator[Event, None, str]:

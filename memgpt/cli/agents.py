@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from memgpt.agent.manager import NewAgent
     from memgpt.cli.chat import Chat
     from memgpt.config import Config
+    from memgpt.llm.base import LLMClient
     from memgpt.storage import Storage
     from memgpt.types import AgentState
 
@@ -155,35 +156,28 @@ def run(
         # afresh (``Leases``).
         version = storage.turns.settled_version(state.id)
 
-        def reopen(old: Agent) -> Agent:
-            fresh = storage.agents.by_id(config.user_id, old.state.id)
-            if fresh is None:
-                raise NotFoundError(f"agent {old.state.name!r} was deleted meanwhile")
-            same_model = (fresh.llm_model, fresh.context_window) == (old.state.llm_model, old.state.context_window)
+        def opened(stored: AgentState, llm: LLMClient) -> Agent:
             agent, warnings = open_agent(
                 storage,
-                fresh,
-                llm=old.llm
-                if same_model
-                else create_llm(config.llm, model=fresh.llm_model, context_window=fresh.context_window),
+                stored,
+                llm=llm,
                 embedding=embedding_model(config),
                 tools_folder=memgpt_home() / "tools",
-                extra_tools=servers.start(fresh),
+                extra_tools=servers.start(stored),
             )
             for warning in warnings:
                 console.print(f"warning: {warning}", markup=False)
             return agent
 
-        loaded, warnings = open_agent(
-            storage,
-            state,
-            llm=llm,
-            embedding=embedding_model(config),
-            tools_folder=memgpt_home() / "tools",
-            extra_tools=servers.start(state),
-        )
-        for warning in warnings:
-            console.print(f"warning: {warning}", markup=False)
+        def reopen(old: Agent) -> Agent:
+            fresh = storage.agents.by_id(config.user_id, old.state.id)
+            if fresh is None:
+                raise NotFoundError(f"agent {old.state.name!r} was deleted meanwhile")
+            if (fresh.llm_model, fresh.context_window) == (old.state.llm_model, old.state.context_window):
+                return opened(fresh, old.llm)
+            return opened(fresh, create_llm(config.llm, model=fresh.llm_model, context_window=fresh.context_window))
+
+        loaded = opened(state, llm)
         # Each turn and edit holds the agent's lease, as a `memgpt server` turn does (one turn at a time per agent).
         leases = Leases(config.server.lease_seconds, config.server.busy_wait_seconds, reopen, version)
         chat = Chat(loaded, storage, heartbeat_minutes=heartbeat_minutes, mcp=servers, leases=leases)

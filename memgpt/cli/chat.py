@@ -99,7 +99,9 @@ class Chat:
     leases: Leases | None = None  # None: no lease is taken (a chat nobody else can reach)
     unsent: str | None = None  # a typed message the busy agent did not get: put back at the next prompt
     at_prompt: bool = False  # an interactive chat (else --message or piped lines: nothing to put back)
-    _held: bool = False
+    # Where the line being handled got to: None, no turn or edit started (a command that only reads); False, waiting
+    # for the agent's lease (nothing stored); True, the turn or edit runs.
+    _held: bool | None = None
 
     # -- input ----------------------------------------------------------------------------------
     def loop(self) -> None:
@@ -140,6 +142,8 @@ class Chat:
         text = line.strip()
         if not text:
             return True
+        self._held = None
+        self.agent.opening = None
         try:
             if text.startswith("/"):
                 return self.command(text)
@@ -151,23 +155,55 @@ class Chat:
         except UserError as exc:
             self._failed(FAILED, f"error: {exc}")
         except MemGPTError as exc:
-            self._failed(FAILED, f"error: {exc} (your message is saved; /retry to try again)")
+            self._unfinished(text, FAILED, f"error: {exc}", "/retry to try again")
         except KeyboardInterrupt:
-            if not self._held:  # while it waited for another process's turn: nothing was stored
+            if self._held is False:  # while it waited for another process's turn: nothing was stored
                 self._not_sent(text, INTERRUPTED, "interrupted while waiting for the agent's turn")
             else:
-                self._failed(INTERRUPTED, "interrupted (your message is saved; /retry lets the agent answer it)")
+                self._unfinished(text, INTERRUPTED, "interrupted", "/retry lets the agent answer it")
         return True
 
-    def _not_sent(self, text: str, code: int, why: str) -> None:
+    def _unfinished(self, text: str, code: int, why: str, retry: str) -> None:
+        """A message or command that failed or was interrupted once started: what it left, as it is."""
+        if text.startswith("/"):
+            name = text.split()[0]
+            if code != INTERRUPTED:
+                self._failed(code, why)
+            elif self._held is None:  # it took no lease: it only reads
+                self._failed(code, f"{why} ({name} changed nothing)")
+            else:
+                self._failed(code, f"{why} ({name} stopped; what it stored before is kept)")
+            return
+        saved = self._saved(text)
+        if saved is False:  # it failed before its message was stored (the lease, the agent's opening)
+            self._not_sent(text, code, why, "saved")
+        elif saved:
+            self._failed(code, f"{why} (your message is saved; {retry})")
+        else:
+            self._failed(code, f"{why} (your message may not be saved: the database did not say; /dump shows it)")
+
+    def _saved(self, text: str) -> bool | None:
+        """Whether the message ``text``, whose turn failed, is stored; None when the database cannot tell now."""
+        agent = self.agent  # (as reopened under the lease: its turn built the message)
+        opening = agent.opening
+        if opening is None or opening.content != text:
+            return False
+        if agent.opening_stored:
+            return True
+        try:  # its store failed: perhaps after the database committed it
+            return opening.id in self.storage.messages.by_id(agent.state.id, [opening.id])
+        except MemGPTError:
+            return None
+
+    def _not_sent(self, text: str, code: int, why: str, what: str = "sent") -> None:
         """A line the agent never got: said so, and put back at the prompt (a command is said not run)."""
         if text.startswith("/"):
-            what = f"{text.split()[0]} was not run"
+            said = f"{text.split()[0]} was not run"
         elif self.at_prompt:
-            self.unsent, what = text, "your message was not sent (it is back at the prompt)"
+            self.unsent, said = text, f"your message was not {what} (it is back at the prompt)"
         else:
-            what = "your message was not sent: send it again"
-        self._failed(code, f"{why}; {what}")
+            said = f"your message was not {what}: send it again"
+        self._failed(code, f"{why}; {said}")
 
     def step(self, turn: Callable[[Agent], Iterator[Event]]) -> None:
         """Play a turn of the agent (``turn`` starts it) under the agent's lease."""
@@ -185,7 +221,9 @@ class Chat:
         and its writes fenced by the lease; waits for another process's turn up to the busy wait, one line saying
         so, then AgentBusyError naming that process."""
         leases = self.leases
+        self._held = False  # (until it runs: a Ctrl-C meanwhile stored nothing)
         if leases is None:
+            self._held = True
             yield
             return
         from memgpt.storage.turns import Fence
@@ -193,7 +231,6 @@ class Chat:
         turns, agent_id = self.storage.turns, self.agent.state.id
         pause = TurnWait(turns, agent_id)
         ttl = leases.lease_seconds
-        self._held = False
         with ExitStack() as stack:
             try:
                 held = stack.enter_context(
@@ -205,8 +242,7 @@ class Chat:
                 busy = f"the agent is busy with a turn in another memgpt process{pause.where()}"
                 raise AgentBusyError(busy, exc.retry_after) from None
             grant = held.grant
-            seen = (grant.version - 1, grant.created_at) if grant.version is not None else None
-            if seen is None or seen != leases.version:  # changed since by another process: opened afresh
+            if not grant.follows(leases.version):  # changed since by another process: opened afresh
                 old = self.agent
                 old.close()
                 self.agent = leases.reopen(old)

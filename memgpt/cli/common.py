@@ -115,11 +115,15 @@ class TurnWait:
         time.sleep(seconds)
 
     def where(self) -> str:
-        """ " (pid N)" of the process holding the agent's lease (as first seen while waiting), "" when not known."""
+        """ " (pid N on host H)" of the process holding the agent's lease (as first seen while waiting), "" when not
+        known: a PostgreSQL home is shared by processes of several hosts, where a pid alone names no process."""
         if self._where is not None:
             return self._where
         parts = (self._turns.holder(self._agent_id) or "").split(":")  # <host>:<pid>:<start>:<token>
-        return f" (pid {parts[1]})" if len(parts) >= 4 and parts[1].isdigit() else ""
+        if len(parts) < 4 or not parts[1].isdigit():
+            return ""
+        host = parts[0].split("#")[0]  # <host name>#<pid namespace> (storage.expiring)
+        return f" (pid {parts[1]} on host {host})" if host else f" (pid {parts[1]})"
 
 
 def command_name() -> str:

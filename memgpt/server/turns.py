@@ -332,7 +332,6 @@ class TurnRunner:
         self._kept: OrderedDict[str, _Kept] = OrderedDict()  # agents open between turns, least recently used first
         self._opening_slots = threading.BoundedSemaphore(OPENING_LIMIT)
         self._threads = _Threads("turn")
-        self._stopping = threading.Event()
         self._renewer = LeaseRenewer(
             lambda lease_id, owner, ttl: self._turns.renew(lease_id, owner, ttl), self._leases,
             lambda: (self.timing.lease_ttl, self.timing.renew_every), self._gone,
@@ -530,8 +529,12 @@ class TurnRunner:
         try:
             self._turns.release(agent_id, owner, finished=finished)
         finally:
-            with self._released:
-                self._released.notify_all()
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Wake the sends of this process that wait for a lease (``_await_release``): one was given back."""
+        with self._released:
+            self._released.notify_all()
 
     def _open(self, request: TurnInput, grant: Grant) -> tuple[Agent, UsageMeter, Hashable | None]:
         """The agent kept open since its last turn when nothing changed it since (see the class), else opened."""
@@ -540,8 +543,7 @@ class TurnRunner:
             kept = self._kept.pop(request.agent_id, None)  # one turn at a time uses it
         if (
             kept is not None
-            and grant.version is not None
-            and (kept.version + 1, kept.created_at) == (grant.version, grant.created_at)
+            and grant.follows((kept.version, kept.created_at))
             and kept.agent.state.user_id == request.user_id
             and kept.tools == folder_signature(tools)
         ):
@@ -662,32 +664,21 @@ class TurnRunner:
                 try:  # the lease alone: else this live process's lease keeps the agent busy until it expires
                     self._release(request.agent_id, owner)
                 except MemGPTError:  # the database is out of reach
-                    turn.finish(reason, usage, error)  # the client hears now; the lease is given back once it can be
-                    self._release_when_possible(request.agent_id, owner, finished)
+                    turn.finish(reason, usage, error)  # the client hears now; the lease is given back once it can be,
+                    # in the background: this thread is free for the next turn at once
+                    self._turns.release_later(
+                        request.agent_id,
+                        owner,
+                        finished=finished,
+                        within=self.timing.lease_ttl,
+                        then=self._wake_waiters,
+                    )
             # Active (its lease renewed, a client's retry joining it) until the run's answer is recorded.
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
                     del self._active[request.agent_id]
             if not turn.done:
                 turn.finish(reason, usage, error)
-
-    def _release_when_possible(self, agent_id: str, owner: str, finished: Run) -> None:
-        """Give back a lease (recording its run's end) whose release failed, the metadata database out of reach:
-        tried again until it works, the lease's length at most (then it lapses by itself). Else this live process's
-        lease would keep the agent busy for that long after the database is back."""
-        deadline = time.monotonic() + self.timing.lease_ttl
-        pause = 0.05
-        while not self._stopping.wait(pause):
-            try:
-                self._release(agent_id, owner, finished)
-            except MemGPTError as exc:
-                if time.monotonic() >= deadline:
-                    logger.error("gave up releasing the lease of agent %s (it lapses by itself): %s", agent_id, exc)
-                    return
-                pause = min(2 * pause, 1.0)
-            else:
-                logger.warning("released the lease of agent %s and recorded run %s", agent_id, finished.id)
-                return
 
     def _leases(self) -> list[tuple[str, str, Turn | None]]:
         """The leases the renewer keeps alive: each running turn's, and those of other work (``renewing``)."""
@@ -723,7 +714,6 @@ class TurnRunner:
 
     def close(self, grace: float = 10.0) -> None:
         """Ask running turns to stop after their current step and give them ``grace`` seconds to."""
-        self._stopping.set()
         self._renewer.close(wait=False)
         with self._guard:
             running = [turn for turn, _ in self._active.values()]

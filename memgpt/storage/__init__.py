@@ -228,6 +228,8 @@ class Storage:
 
     def close(self) -> None:
         self._close_vectors()
+        if self._agent_stores is not None:
+            self._agent_stores.turns.close()  # leases left to give back (the database was away): a last try
         self.metadata.close()
 
     def _close_vectors(self) -> None:

@@ -167,6 +167,13 @@ class Grant:
     version: int | None
     created_at: datetime | None
 
+    def follows(self, seen: tuple[int, datetime | None] | None) -> bool:
+        """Whether this grant is the next after ``seen`` (the agent's version and creation time as an open agent last
+        saw it stored): nothing else changed the agent meanwhile, so that open agent is current."""
+        if seen is None or self.version is None:
+            return False
+        return (seen[0] + 1, seen[1]) == (self.version, self.created_at)
+
 
 @dataclass(frozen=True)
 class Held:
@@ -460,11 +467,112 @@ class LeaseRenewer:
                     logger.exception("renewing the lease %s failed", lease_id)
 
 
+@dataclass(frozen=True)
+class _Unreleased:
+    owner: str
+    finished: Run | None  # the run whose end the release records
+    deadline: float  # time.monotonic() past which the lease has lapsed by itself
+    then: Callable[[], None] | None  # called once it is given back
+
+
+class LaterReleases:
+    """Leases whose release failed (the metadata database out of reach), given back by a thread of their own as soon
+    as the database answers again, tried for the lease's length at most (then it lapses by itself): else a live
+    process's lease keeps its agent busy that long after the database is back, and the process's own next turn of
+    the agent (`memgpt run`'s next message) waits for it, naming this process. The thread runs while there are
+    leases to give back, never in the caller's way (the server's turn thread, the chat's prompt); the process's next
+    take of the agent's lease tries its release first (``TurnStore.acquire``)."""
+
+    def __init__(self, release: Callable[[str, str, Run | None], None]) -> None:
+        self._release = release
+        self._pending: dict[str, dict[str, _Unreleased]] = {}  # agent id -> owner -> what to give back
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(
+        self, agent_id: str, owner: str, finished: Run | None, within: float, then: Callable[[], None] | None
+    ) -> None:
+        with self._lock:
+            self._pending.setdefault(agent_id, {})[owner] = _Unreleased(
+                owner, finished, time.monotonic() + within, then
+            )
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="lease-releaser", daemon=True)
+                self._thread.start()
+
+    def pending(self, agent_id: str) -> bool:
+        return agent_id in self._pending  # (a read of the dict: no lock for the usual case, nothing pending)
+
+    def retry(self, agent_id: str) -> bool:
+        """Try to give back the agent's leases left to give back now; whether none is left."""
+        with self._lock:
+            mine = list(self._pending.get(agent_id, {}).values())
+        return all([self._try(agent_id, unreleased) for unreleased in mine])  # each tried
+
+    def close(self) -> None:
+        """One last try of each (the thread ends): a lease left is taken from this process once it is gone (by a
+        process of its host), or lapses."""
+        with self._lock:
+            self._closed = True
+            agents = list(self._pending)
+        self._wake.set()
+        for agent_id in agents:
+            self.retry(agent_id)
+
+    def _try(self, agent_id: str, unreleased: _Unreleased) -> bool:
+        """Give one lease back; whether it is done with (given back, or given up at its deadline)."""
+        try:
+            self._release(agent_id, unreleased.owner, unreleased.finished)
+        except MemGPTError as exc:
+            if time.monotonic() < unreleased.deadline:
+                return False
+            if self._forget(agent_id, unreleased):
+                logger.error("gave up giving back the lease of agent %s (it lapses by itself): %s", agent_id, exc)
+            return True
+        if self._forget(agent_id, unreleased):
+            ran = f" and recorded run {unreleased.finished.id}" if unreleased.finished is not None else ""
+            logger.info("gave back the lease of agent %s%s", agent_id, ran)
+            if unreleased.then is not None:
+                unreleased.then()
+        return True
+
+    def _forget(self, agent_id: str, unreleased: _Unreleased) -> bool:
+        """Take it off the list; False when another thread did first."""
+        with self._lock:
+            mine = self._pending.get(agent_id, {})
+            if mine.get(unreleased.owner) is not unreleased:
+                return False
+            del mine[unreleased.owner]
+            if not mine:
+                del self._pending[agent_id]
+            return True
+
+    def _run(self) -> None:
+        pause = 0.05
+        while True:
+            self._wake.wait(pause)
+            with self._lock:
+                agents = list(self._pending)
+                if not agents or self._closed:
+                    self._thread = None
+                    return
+            for agent_id in agents:
+                self.retry(agent_id)
+            pause = min(2 * pause, 1.0)
+
+
 class TurnStore:
     """Leases and runs; every method is one transaction."""
 
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
+        self._later = LaterReleases(lambda agent_id, owner, finished: self.release(agent_id, owner, finished=finished))
+
+    def close(self) -> None:
+        """Give back what is left to give back (``release_later``) one last time; the process is done with leases."""
+        self._later.close()
 
     # -- leases -----------------------------------------------------------------------------------
     def acquire(
@@ -484,6 +592,8 @@ class TurnStore:
         turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten),
         and so is ``message``, the one the turn answers (after the agent's last; the version does not move for it).
         With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken."""
+        if self._later.pending(agent_id):  # this process's own lease, left to give back: at once if it can
+            self._later.retry(agent_id)
         take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id, message)
         prepared = _prepared(self._dialect)
         try:
@@ -592,7 +702,11 @@ class TurnStore:
         finally:
             if renewer is not None:
                 renewer.close()
-            self.release(agent_id, owner)
+            try:
+                self.release(agent_id, owner)
+            except MemGPTError as exc:  # what the lease was held for is done (or failed with its own error, said)
+                logger.info("cannot give back the lease of agent %s now (%s); trying again meanwhile", agent_id, exc)
+                self.release_later(agent_id, owner, within=ttl)
 
     def settled_version(self, agent_id: str) -> tuple[int, datetime | None] | None:
         """The agent's version and creation time (what a Grant reports) when nobody holds its lease, read in one
@@ -637,6 +751,19 @@ class TurnStore:
             if finished is not None:
                 self._finish_run(c, finished)
             c.execute(_prepared(self._dialect).release, {"p_agent": agent_id, "p_owner": owner})
+
+    def release_later(
+        self,
+        agent_id: str,
+        owner: str,
+        *,
+        within: float,
+        finished: Run | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """``release`` that failed (the database out of reach), tried again in the background until it works, for
+        ``within`` seconds (the lease's length: then it lapses by itself); ``then`` is called once it worked."""
+        self._later.add(agent_id, owner, finished, within, then)
 
     def running_run(self, agent_id: str) -> str | None:
         """The id of the run that holds the agent's live lease, if any (a lease for an edit has no run)."""

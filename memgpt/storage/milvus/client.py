@@ -563,32 +563,38 @@ class HeldLogs(logging.Filter):
 
 
 # pymilvus 3's connection manager logs "Connection recovery failed" as a WARNING with a traceback on every call
-# made while a Milvus server is down, before the call's own error, which memgpt says in one line (a StorageError).
-# Its error handler's ERROR of the call ("RPC error: [query], ...", logger pymilvus.decorators) is left as it is.
+# made while a Milvus server is down, and its error handler the call's ERROR, a traceback in its text ("RPC error:
+# [query], ...", logger pymilvus.decorators), before the call's own error, which memgpt says in one line (a
+# StorageError). Both are held during every call (the ERRORs only: its retry lines pass); see ``_said_by_memgpt``.
 _connection_logs = HeldLogs("pymilvus.client.connection_manager")
+_call_logs = HeldLogs("pymilvus.decorators", level=logging.ERROR)
 
 
-def _said_by_memgpt(record: logging.LogRecord) -> bool:
-    """Whether ``record`` is pymilvus's report of a failure that memgpt reports itself as a StorageError."""
-    return record.name == _connection_logs.logger_name and record.msg == "Connection recovery failed"
+def _said_by_memgpt(held: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    """What of ``held`` (logged by pymilvus during a call that failed) memgpt's StorageError says: the failed
+    recovery of a server out of reach, and then the call's ERROR too (the server was out of reach: the StorageError
+    says what failed and why). The call's ERROR of a server that answered (a refusal, a bad request) is left."""
+    recovery = [r for r in held if r.name == _connection_logs.logger_name and r.msg == "Connection recovery failed"]
+    if not recovery:
+        return []
+    return recovery + [r for r in held if r.name == _call_logs.logger_name]
 
 
 @contextlib.contextmanager
 def milvus_errors(action: str) -> Iterator[None]:
-    """A pymilvus error becomes a StorageError saying what failed. pymilvus's "Connection recovery failed" of that
-    failure (see ``_said_by_memgpt``) is then not logged beside it; anything else it logged is, and all it logged
+    """A pymilvus error becomes a StorageError saying what failed. What pymilvus logged of that failure (see
+    ``_said_by_memgpt``) is then not logged beside it but at DEBUG; anything else it logged is, and all it logged
     during any other outcome is said as it would have been."""
     from pymilvus.exceptions import MilvusException
 
     held: list[logging.LogRecord] = []
     try:
-        with _connection_logs.held(held):
+        with _connection_logs.held(held), _call_logs.held(held):
             yield
     except MilvusException as exc:
-        said = [r for r in held if _said_by_memgpt(r)]
-        if said:
-            logger.debug("pymilvus logged %d failure(s) of its own while failing to %s", len(said), action)
-        HeldLogs.emit([r for r in held if not _said_by_memgpt(r)])
+        said = _said_by_memgpt(held)
+        HeldLogs.handled(said)
+        HeldLogs.emit([r for r in held if r not in said])
         raise StorageError(f"Milvus failed to {action}: {_reason(exc)}") from exc
     except BaseException:
         HeldLogs.emit(held)

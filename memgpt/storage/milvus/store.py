@@ -14,7 +14,7 @@ from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, is_in, key_of
 from memgpt.storage.fusion import CANDIDATES, Weights, fuse
 from memgpt.storage.milvus import schema
-from memgpt.storage.milvus.client import Capabilities, HeldLogs, MilvusTarget, milvus_errors
+from memgpt.storage.milvus.client import Capabilities, HeldLogs, MilvusTarget, _call_logs, milvus_errors
 from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
 from memgpt.types import EmbeddingSpace, Passage, SearchHit
 
@@ -42,7 +42,7 @@ def _shape_change(exc: Exception) -> Exception | None:
 # pymilvus's error handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."),
 # which a user saw before the column insert fell back to rows as intended: its ERRORs (not its retry lines) are
 # held during the calls whose failure memgpt handles (_insert_columns, _load).
-_pymilvus_logs = HeldLogs("pymilvus.decorators", level=logging.ERROR)
+_pymilvus_logs = _call_logs  # (one filter on the logger: a hold inside milvus_errors' hands on to it)
 
 
 def _pymilvus_version() -> str:
@@ -188,8 +188,8 @@ class MilvusPassageStore(PassageStore):
                 self._client.load_collection(self.collection)
         except Exception as exc:
             if not schema.index_missing(exc):
-                HeldLogs.emit(records)
                 with milvus_errors(f"load collection {self.collection}"):
+                    HeldLogs.emit(records)  # to milvus_errors, which says them unless its StorageError does
                     raise
             HeldLogs.handled(records)
             schema.repair(self._client, self._target, self.collection, layout)
