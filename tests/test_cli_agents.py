@@ -162,6 +162,25 @@ def test_a_context_window_too_small_is_refused_before_the_agent_is_created(home:
     assert len(llm.requests) == 1
 
 
+def test_a_model_the_endpoint_does_not_serve_is_refused_before_the_agent_is_made_or_switched(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """`--model` was stored unchecked: the agent kept a model its endpoint does not serve and every later turn
+    failed (the server's agent creation already refused it)."""
+    llm.reply("hello")
+    assert cli("run", "--agent", "Sam", "--model", "scripted", "--message", "hi", home=home).returncode == 0
+    for agent in ("Sam", "New"):
+        refused = cli("run", "--agent", agent, "--model", "nope", "--message", "hi", home=home)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            f"error: --model: {llm.url} does not serve the model 'nope'; it serves: scripted; nothing was changed"
+        )
+    assert [(a["name"], a["model"]) for a in json.loads(cli("list", "agents", "--json", home=home).stdout)] == [
+        ("Sam", "scripted")
+    ]
+    assert len(llm.requests) == 1
+
+
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_piped_commands_and_history_edits(home: Path, llm: ScriptedLLM) -> None:
     llm.reply("first answer", thought="first thought")

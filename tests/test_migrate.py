@@ -85,3 +85,19 @@ def test_secured_server_needs_the_right_token(home: Path, milvus_server: str, se
     )
     assert right.returncode == 0, right.stderr
     assert f"(Milvus server, database {server_database})" in right.stdout
+
+
+def test_a_refused_token_and_a_missing_database_are_said_as_such(home: Path, milvus_server: str) -> None:
+    """pymilvus says "server unavailable" for a server that refused the token, and a database the server lacks
+    came with pymilvus's ERROR and its traceback before memgpt's line."""
+    for token, said in [("root:wrong", "it refused the token (auth check failure"), ("", "it needs a token")]:
+        result = cli("configure", "--milvus-uri", milvus_server, "--milvus-token", token, "--no-llm-check", home=home)
+        assert result.returncode == 1
+        assert said in result.stderr and "--milvus-token" in result.stderr, result.stderr
+        assert "server unavailable" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    args = ("--milvus-uri", milvus_server, "--milvus-token", TOKEN, "--milvus-database", "nosuchdb", "--no-llm-check")
+    missing = cli("configure", *args, home=home)
+    assert missing.returncode == 1
+    assert f"error: Milvus at {milvus_server} has no database 'nosuchdb'" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr and "RPC error" not in missing.stderr
+    assert load_config(home).milvus.uri == ""  # nothing was saved

@@ -283,7 +283,7 @@ def test_errors_have_openais_shape(server: LiveServer) -> None:
         client.chat.completions.create(
             model="sam", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
         )
-    assert "end with the user's message" in last_not_user.value.message
+    assert "messages: the last message is 'assistant', not 'user'; end with" in last_not_user.value.message
     with pytest.raises(openai.BadRequestError) as invalid:
         client.chat.completions.create(model="sam", messages=[])
     assert invalid.value.param == "messages"

@@ -49,6 +49,24 @@ def _choose_existing(storage: Storage, user_id: str) -> str | None:
     return next(s.state.id for s in summaries if s.state.name == chosen)
 
 
+def _check_model(config: Config, model: str) -> None:
+    """Refuse ``--model`` when the endpoint lists its models and this is not one of them, before an agent is made
+    or switched to it (it kept the model, and every later turn failed); as the server's agent creation does.
+    An endpoint that cannot be asked now is left to the turn to report."""
+    from dataclasses import replace
+
+    from memgpt.errors import LLMError
+    from memgpt.llm import resolve_llm
+    from memgpt.llm.probe import check_llm
+
+    try:
+        found = check_llm(replace(resolve_llm(config.llm), model=model))
+    except LLMError:
+        return
+    if found.problem:
+        raise UserError(f"--model: {found.problem}; nothing was changed")
+
+
 def _new_agent(
     config: Config, persona: str | None, human: str | None, model: str | None, context_window: int | None
 ) -> NewAgent:
@@ -142,6 +160,8 @@ def run(
         servers = stack.enter_context(chat_servers(storage, mcp or []))  # stopped before storage closes
         ref = agent if agent is not None else _choose_existing(storage, config.user_id)
         new = _new_agent(config, persona, human, model, context_window)
+        if model is not None:
+            _check_model(config, model)
         state, created = resolve_agent(storage, config.user_id, ref, new=new, model=model)
         if context_window is not None and context_window != state.context_window:
             state = update_agent(storage, state, context_window=context_window, tools_folder=new.tools_folder)

@@ -225,7 +225,7 @@ def newest_user_text(messages: list[ChatMessageIn]) -> str:
     last = messages[-1]
     if last.role != "user":
         raise UserError(
-            f"messages: the last message is the {last.role!r}'s; end with the user's message (only it is sent "
+            f"messages: the last message is {last.role!r}, not 'user'; end with the user's message (only it is sent "
             "to the agent, which remembers the rest of the conversation itself)"
         )
     part = last.unsupported_part()

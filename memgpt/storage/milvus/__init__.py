@@ -26,6 +26,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from memgpt.storage.milvus.client import (
     Capabilities,
+    HeldLogs,
     LiteStart,
     MilvusTarget,
     connect,
@@ -37,7 +38,7 @@ from memgpt.storage.milvus.client import (
     start_lite,
 )
 from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, legacy_collection_names, read_layout
-from memgpt.storage.milvus.store import MilvusPassageStore
+from memgpt.storage.milvus.store import MilvusPassageStore, _pymilvus_logs
 from memgpt.types import EmbeddingSpace
 
 logger = logging.getLogger(__name__)
@@ -102,9 +103,24 @@ class MilvusConnection:
         return sorted(found)
 
     def ping(self) -> list[str]:
-        """Round-trip to the server; returns the collection names."""
-        with milvus_errors("list collections"):
-            return list(self._client.list_collections())
+        """Round-trip to the server; returns the collection names. A database the target names that the server
+        does not have is one line saying so, not also pymilvus's ERROR of the call with its traceback."""
+        records: list[logging.LogRecord] = []
+        try:
+            with _pymilvus_logs.held(records):
+                names = list(self._client.list_collections())
+        except Exception as exc:
+            if not (self.target.database and _database_missing(exc)):
+                HeldLogs.emit(records)
+                with milvus_errors("list collections"):
+                    raise
+            HeldLogs.handled(records)
+            raise StorageError(
+                f"Milvus at {display_path(self.target.uri)} has no database '{self.target.database}': create it "
+                "there, or leave --milvus-database out to use its default database"
+            ) from exc
+        HeldLogs.emit(records)
+        return names
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing is best effort; the process may be exiting
@@ -186,3 +202,8 @@ class OpeningConnection:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _database_missing(exc: BaseException) -> bool:
+    """Whether a pymilvus error says the database asked for does not exist (Milvus's code 800)."""
+    return getattr(exc, "code", None) == 800 or "database not found" in str(getattr(exc, "message", "") or exc)

@@ -473,7 +473,32 @@ def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
                 "using the file, it may be damaged, or the machine is overloaded; close other programs or use a "
                 "Milvus server"
             ) from exc
+        refused = _refused_credentials(exc)
+        if refused is not None:
+            problem = "it refused the token" if target.token else "it needs a token"
+            raise StorageError(
+                f"cannot connect to Milvus at {where}: {problem} ({refused}); give one it accepts, user:password or "
+                "an API key (--milvus-token, or `memgpt migrate --token`)"
+            ) from exc
         raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
+
+
+def _refused_credentials(exc: BaseException) -> str | None:
+    """The server's reason when connecting failed because it refused the credentials, else None. pymilvus says
+    only "Fail connecting to server ..., illegal connection params or server unavailable" (the words of a server
+    that is down); the gRPC error it raised from, in the exception's chain, says UNAUTHENTICATED and why."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = getattr(cause, "code", None)
+        status = code() if callable(code) else None
+        if getattr(status, "name", None) == "UNAUTHENTICATED":
+            details = getattr(cause, "details", None)
+            said = details() if callable(details) else None
+            return str(said or "unauthenticated").strip()
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _check_writable(db_file: Path) -> None:
