@@ -14,6 +14,8 @@ turn's text is "Name: text" (``--no-names``: the text alone), and a shared photo
 " [shares a photo: <blip_caption>]". Every question with evidence is asked as its own words, pages 0 and 1
 (the top 10); each evidence dia_id is one item to find (recall_bench's scoring: any@k, all@k, MRR@10).
 Evidence ids that name no turn are dropped and listed; questions left without evidence are not asked.
+The rows run from memgpt's index before issue 11 (each message alone: dense, BM25, hybrid RRF k=60; but with
+today's English analyzer) to conversation_search, so the issue's own baseline can be checked on this data.
 
 Measure only: nothing in conversation_search may be tuned on this data (it is a hold-out).
 """
@@ -49,9 +51,20 @@ from bench.recall_bench import (
 # LoCoMo's category numbers, named after their questions (the paper's order differs from the file's numbers).
 CATEGORIES = {1: "1 multi-hop", 2: "2 temporal", 3: "3 open-domain", 4: "4 single-hop", 5: "5 adversarial"}
 GOAL = {"any@5": 0.70, "all@5": 0.55, "any@10": 0.85, "all@10": 0.72}  # issue 11, through conversation_search
-# recall_bench's rankings: memgpt's index (each message with its day and the message before it), dense or BM25
-# alone, one message per result and shown with neighbours; then conversation_search as the model calls it.
-CHOSEN = ("dense-context", "bm25-context", "dense-shown", "bm25-shown", "search")
+# recall_bench's rankings: memgpt's index before issue 11 (each message alone: dense, BM25, hybrid RRF k=60, the
+# issue's "memgpt today" row) to calibrate against the issue's own figures; memgpt's index (each message with its
+# day and the message before it), dense or BM25 alone, one message per result and shown with neighbours; then
+# conversation_search as the model calls it.
+CHOSEN = (
+    "dense-single",
+    "bm25-single",
+    "rrf-single",
+    "dense-context",
+    "bm25-context",
+    "dense-shown",
+    "bm25-shown",
+    "search",
+)
 TURN_GAP = timedelta(minutes=1)
 _DIA = re.compile(r"D\d+:\d+")
 _SESSION = re.compile(r"session_(\d+)")

@@ -126,3 +126,13 @@ def test_conversation_search_finds_the_evidence(tmp_path: Path) -> None:
     instruments = by_question["Which instruments does Ben play?"]
     assert len(instruments.ranks) == 2 and instruments.all_at(10)
     assert Scores(run.outcomes["search"]).row()[:2] == ["3", "1.000"]
+
+
+def test_report_has_the_rows_before_issue_11(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The rows issue 11's own baseline is compared with: each message indexed alone, dense, BM25 and hybrid RRF."""
+    main(["--data", str(_write(tmp_path / "tiny.json", SAMPLE))])
+    out = capsys.readouterr().out
+    alone = ("dense", "BM25 (english analyzer)", "hybrid RRF k=60")
+    for label in alone:
+        assert f"| {label}, messages alone" in out
+    assert "| conversation_search" in out
