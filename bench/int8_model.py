@@ -115,9 +115,9 @@ def mixed(model: Path) -> None:
 
     print("| passages | queries | set | dense r@5 | dense r@10 | hybrid r@5 | hybrid r@10 |")
     print("|---|---|---|---|---|---|---|")
-    for passages_name, passage_model in (("shipped", old), ("dyn int8", NewPassages())):
+    for passages_name, passage_model in (("shipped", old), (model.name, NewPassages())):
         with rb.labelled_documents(passage_model, sets) as loaded:
-            for query_name, query_model in (("shipped", old), ("dyn int8", NewQueries())):
+            for query_name, query_model in (("shipped", old), (model.name, NewQueries())):
                 for name, queries in sets.items():
                     ranks, _ = rb._ranks(query_model, loaded.store, loaded.where, queries)
                     cells = []
