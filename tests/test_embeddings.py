@@ -1,12 +1,25 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from memgpt.embeddings.local import BATCH_TOKENS, MAX_SEQUENCE, LocalMiniLM, _runtime
+from memgpt.embeddings.local import (
+    BATCH_TOKENS,
+    MAX_SEQUENCE,
+    MODEL_FILE,
+    MODEL_SHA256,
+    LocalMiniLM,
+    _create_runtime,
+    _import_runtime,
+    _runtime,
+)
+from memgpt.errors import EmbeddingError
 from tests.conftest import REPO
 from tests.thread_imports import WATCH_THREAD_IMPORTS
 
@@ -24,12 +37,19 @@ def test_vectors_are_unit_length_and_meaningful(model: LocalMiniLM) -> None:
     assert cosine(cat, kitten) > cosine(cat, stocks) + 0.3
 
 
-def test_batching_and_padding_do_not_change_vectors(model: LocalMiniLM) -> None:
+# The int8 model quantizes each MatMul's input with one scale for the whole batch, so a text's vector depends a
+# little on the texts it is batched with: cosine >= 0.98 between batches (measured 0.986 at worst below), where
+# the fp32 model gave the same vector to 1e-4.
+SAME_TEXT_OTHER_BATCH = 0.98
+
+
+def test_batching_and_padding_barely_change_vectors(model: LocalMiniLM) -> None:
     texts = ["short", "a much longer sentence about virtual context management in operating systems " * 3]
     together = model.embed_multi(texts)
     alone = [model.embed(t) for t in texts]
     for a, b in zip(together, alone, strict=True):
-        assert cosine(a, b) == pytest.approx(1.0, abs=1e-4)
+        assert cosine(a, b) >= SAME_TEXT_OTHER_BATCH
+    assert model.embed(texts[0]) == alone[0]  # the same batch gives the same vector
 
 
 def test_batches_hold_a_token_budget_and_every_text_once(model: LocalMiniLM) -> None:
@@ -51,12 +71,48 @@ def test_token_budget_batches_give_the_vectors_fixed_batches_give(model: LocalMi
     budget = model.embed_multi(texts)
     fixed = LocalMiniLM(batch_size=8).embed_multi(texts)
     for a, b in zip(budget, fixed, strict=True):
-        assert cosine(a, b) == pytest.approx(1.0, abs=1e-4)
+        assert cosine(a, b) >= SAME_TEXT_OTHER_BATCH
 
 
 def test_onnx_runtime_threads_do_not_spin_while_idle() -> None:
     session, _ = _runtime()
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_the_model_file_is_the_int8_build_memgpt_ships() -> None:
+    """memgpt loads its own file: the int8 one scripts/build_embedding_model.py builds (its README records the
+    sha256), not the earlier file whose weights ONNX Runtime folded back into fp32 (sha256 8199be6f...)."""
+    assert MODEL_FILE.parent.name == "all-MiniLM-L6-v2"
+    assert hashlib.sha256(MODEL_FILE.read_bytes()).hexdigest() == MODEL_SHA256
+    assert MODEL_SHA256 in (MODEL_FILE.parent / "README.md").read_text()
+    session, _ = _runtime()
+    assert Path(session._model_path) == MODEL_FILE
+
+
+def test_int8_matmuls_do_not_saturate_on_x86_without_vnni() -> None:
+    """Without VNNI, x86's uint8 x int8 products saturate in pairs at int16 (vectors at cosine ~0.97 of the fp32
+    ones, bench/int8_model.py saturation): ONNX Runtime uses exact uint8 x uint8 there when this is on."""
+    session, _ = _runtime()
+    assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+
+
+def test_vectors_stay_close_to_the_fp32_model(model: LocalMiniLM) -> None:
+    """Fixed sentences (one word to a full passage, code, German, numbers) against the fp32 file's vectors
+    (tests/data/minilm_reference.json, from bench/int8_model.py reference): each embedded alone, as a query is,
+    within cosine 0.98 (measured 0.982-0.996); all in memgpt's batches, as messages and passages are, within
+    0.97 (measured 0.973 for "ok" among the short ones, 0.99 for the rest)."""
+    reference = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
+    expected = [[v / math.sqrt(sum(x * x for x in vector)) for v in vector] for vector in reference["vectors"]]
+    batched = model.embed_multi(reference["sentences"])
+    for text, batch_vector, fp32 in zip(reference["sentences"], batched, expected, strict=True):
+        assert cosine(model.embed(text), fp32) >= 0.98, text
+        assert cosine(batch_vector, fp32) >= 0.97, text
+
+
+def test_a_missing_model_file_is_one_clear_error(tmp_path: Path) -> None:
+    onnxruntime, tokenizer_class = _import_runtime()
+    with pytest.raises(EmbeddingError, match=r"model file .*missing\.onnx is missing; reinstall memgpt"):
+        _create_runtime(onnxruntime, tokenizer_class, tmp_path / "missing.onnx")
 
 
 def test_token_counts_are_not_truncated(model: LocalMiniLM) -> None:

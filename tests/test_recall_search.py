@@ -31,6 +31,7 @@ from memgpt.types import AgentState, Message, Passage, Role, SearchHit, ToolCall
 from tests.agent_rig import Rig, tool_results
 from tests.conftest import USER
 from tests.scripted_llm import ScriptedLLM
+from tests.test_embeddings import SAME_TEXT_OTHER_BATCH, cosine
 
 START = datetime(2024, 3, 12, 19, 0, tzinfo=UTC)
 # (day offset from START, role, words): a short answer, a dated cooking distractor, small talk.
@@ -173,18 +174,19 @@ def test_each_entry_is_indexed_with_its_day_and_the_message_before_it(
     ]
     assert entries["m00"].text == "Tuesday 12 March 2024\nBack from the bouldering wall, my arms are done."
     # The vector is the normalised sum of the two messages' own embeddings, whether the one before was
-    # embedded in the same batch (m01, m02 here were not) or cached or embedded again after a restart.
+    # embedded in the same batch (m01, m02 here were not) or cached or embedded again after a restart. The int8
+    # model gives a text a slightly different vector in another batch (cosine >= 0.98, tests/test_embeddings.py),
+    # so "the same" is cosine >= 0.98 here; the reply's own vector alone is at ~0.83 of the sum.
     own = model.embed_multi(["said: Nice. How long have you been climbing?", "About five years now."])
     expected = [a + b for a, b in zip(*own, strict=True)]
     norm = math.sqrt(sum(v * v for v in expected))
-    assert entries["m02"].embedding == pytest.approx([v / norm for v in expected], abs=1e-5)
+    assert cosine(entries["m02"].embedding, [v / norm for v in expected]) >= SAME_TEXT_OTHER_BATCH
     fresh = RecallIndex(store, model)  # nothing cached: the message before is embedded again
     fresh.add(USER, [chat.messages[2]], {"m02": chat.messages[1]})
     again = store.query(eq("id", "m02"), limit=1)
     assert again and again[0].text == entries["m02"].text
-    assert next(p for b in store.iterate(eq("id", "m02"), with_embeddings=True) for p in b).embedding == pytest.approx(
-        entries["m02"].embedding, abs=1e-5
-    )
+    vector = next(p for b in store.iterate(eq("id", "m02"), with_embeddings=True) for p in b).embedding
+    assert cosine(vector, entries["m02"].embedding) >= SAME_TEXT_OTHER_BATCH
 
 
 def test_the_query_reads_days_the_way_they_are_indexed() -> None:

