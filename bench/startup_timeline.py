@@ -17,6 +17,11 @@ for a CPU (a thread's start, the GIL, the recall indexer at exit), so only a qui
 Samples are labelled by what the main thread was doing: importing (the package being imported, and the memgpt
 module that imported it) or else memgpt's innermost function; the table sums each label over the runs and
 divides by their number. Totals cover the process from the sampler's start to the command's end.
+
+A second table gives the CPU seconds of each thread of the process by its Python name (ONNX Runtime's and
+gRPC's own threads are "not a Python thread"; the sampler's is "timeline"), read from /proc every 50 ms and at
+the end (a thread that ends between two reads loses up to 50 ms), and of the child processes (Milvus Lite's
+server): what burns CPU beside the main thread, e.g. rich's refresh thread drawing the progress bars.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from tests.scripted_llm import ScriptedLLM  # noqa: E402 - the bench runs from a
 
 # Runs in the timed process: argv[1] is where the samples go, the rest is the command.
 SAMPLER = r"""
-import atexit, json, sys, threading, time
+import atexit, json, os, resource, sys, threading, time
 
 out = sys.argv[1]
 main_id = threading.get_ident()
@@ -52,23 +57,50 @@ def sched():
 
 
 samples, running = [], [True]
+threads, names = {}, {}  # CPU seconds last read of each thread (by native id), and its Python name
+
+
+def thread_cpu():
+    for t in threading.enumerate():
+        # A thread a library left unnamed ("Thread-6") goes by its class (rich.live._RefreshThread) if it has one.
+        kind = type(t)
+        unnamed = t.name.startswith("Thread-") and kind is not threading.Thread
+        names.setdefault(t.native_id, f"{kind.__module__}.{kind.__qualname__}" if unnamed else t.name)
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        threads[int(task)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sample():
+    n = 0
     while running[0]:
         frame, stack = sys._current_frames().get(main_id), []
         while frame is not None:
             stack.append((frame.f_code.co_filename, frame.f_code.co_name))
             frame = frame.f_back
         samples.append((time.perf_counter(), *sched(), stack[::-1]))
+        n += 1
+        if n % 25 == 0:
+            thread_cpu()
         time.sleep(0.002)
 
 
 def write():
     running[0] = False
     samples.append((time.perf_counter(), *sched(), []))
+    thread_cpu()
+    per_thread = {}
+    for task, cpu in threads.items():
+        name = names.get(task) or ("MainThread" if task == os.getpid() else "(not a Python thread)")
+        per_thread[name] = per_thread.get(name, 0.0) + cpu
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    per_thread["(child processes: Milvus Lite's server)"] = children.ru_utime + children.ru_stime
     with open(out, "w") as f:
-        json.dump(list(samples), f)
+        json.dump({"samples": list(samples), "threads": per_thread}, f)
 
 
 atexit.register(write)
@@ -106,7 +138,9 @@ def timeline(samples: list[list]) -> dict[str, list[float]]:
     return found
 
 
-def run_once(tree: Path, env: dict[str, str], scratch: Path, args: list[str], n: int) -> dict[str, list[float]]:
+def run_once(
+    tree: Path, env: dict[str, str], scratch: Path, args: list[str], n: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     out = scratch / f"samples-{n}.json"
     done = subprocess.run(
         [sys.executable, "-c", SAMPLER, str(out), *args],
@@ -118,7 +152,8 @@ def run_once(tree: Path, env: dict[str, str], scratch: Path, args: list[str], n:
     )
     if done.returncode != 0:
         raise SystemExit(f"`memgpt {' '.join(args)}` failed ({done.returncode}): {done.stderr[-2000:]}")
-    return timeline(json.loads(out.read_text()))
+    found = json.loads(out.read_text())
+    return timeline(found["samples"]), found["threads"]
 
 
 def main() -> None:
@@ -133,20 +168,27 @@ def main() -> None:
     llm = ScriptedLLM()
     llm.add(*({"tool": "send_message", "args": {"message": "hi"}} for _ in range(options.runs + 1)))
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    per_thread: dict[str, float] = defaultdict(float)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         env = {**os.environ, "MEMGPT_HOME": str(scratch / "home"), "OPENAI_BASE_URL": llm.url, "NO_COLOR": "1"}
         env.pop("OPENAI_API_KEY", None)
         if not options.fresh:
             subprocess.run(  # the agent, and the home's first start (migrations, the collection), untimed
-                [sys.executable, "-m", "memgpt", *args], env={**env, "PYTHONPATH": str(options.tree)}, cwd=scratch,
-                capture_output=True, check=True,
+                [sys.executable, "-m", "memgpt", *args],
+                env={**env, "PYTHONPATH": str(options.tree)},
+                cwd=scratch,
+                capture_output=True,
+                check=True,
             )
         for n in range(options.runs):
             home = {"MEMGPT_HOME": str(scratch / f"home-{n}")} if options.fresh else {}
-            for name, row in run_once(options.tree, {**env, **home}, scratch, args, n).items():
+            rows, cpu = run_once(options.tree, {**env, **home}, scratch, args, n)
+            for name, row in rows.items():
                 for i in range(3):
                     totals[name][i] += row[i] / options.runs
+            for name, seconds in cpu.items():
+                per_thread[name] += seconds / options.runs
     llm.close()
     wall, cpu, queued = (sum(row[i] for row in totals.values()) for i in range(3))
     print(f"\n### Main thread of `memgpt {' '.join(args)}` ({options.runs} runs, mean ms a run)\n")
@@ -155,6 +197,12 @@ def main() -> None:
     ranked = sorted(totals.items(), key=lambda item: -(item[1][0] - item[1][2]))  # CPU + asleep
     for name, (w, c, q) in [("**all**", (wall, cpu, queued)), *ranked[: options.top]]:
         print(f"| {name} | {1000 * c:.0f} | {1000 * (w - c - q):.0f} | {1000 * q:.0f} | {1000 * w:.0f} |")
+    print(f"\n### CPU of each thread, and of the child processes (mean ms a run, {options.runs} runs)\n")
+    print("| thread | CPU ms |")
+    print("|---|---|")
+    print(f"| **all** | {1000 * sum(per_thread.values()):.0f} |")
+    for name, seconds in sorted(per_thread.items(), key=lambda item: -item[1]):
+        print(f"| {name} | {1000 * seconds:.0f} |")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,31 @@ def test_run_imports_neither_pandas_nor_requests_nor_the_tokenizer_nor_httpx(
         assert modules & {"memgpt.mcp.registry", "memgpt.mcp.tools", "mcp"} == set()
 
 
+# Runs the `memgpt` command of the remaining arguments and writes the classes of the threads it started to argv[1].
+THREADS_STARTED = """
+import atexit, json, runpy, sys, threading
+
+out, started, start = sys.argv[1], [], threading.Thread.start
+def record(thread):
+    started.append(f"{type(thread).__module__}.{type(thread).__qualname__}")
+    start(thread)
+threading.Thread.start = record
+atexit.register(lambda: open(out, "w").write(json.dumps(started)))
+sys.argv = ["memgpt", *sys.argv[2:]]
+runpy.run_module("memgpt", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_load_off_a_terminal_draws_its_bars_without_a_refresh_thread(home: Path, tmp_path: Path) -> None:
+    """Off a terminal rich prints the bars once, at their end: a thread redrawing them ten times a second
+    only took CPU from the embedding. (test_cli checks the bars are still printed.)"""
+    notes = str(DATA / "test.md")
+    started = probed(
+        THREADS_STARTED, home, tmp_path / "threads.json", "load", "directory", "--name", "notes", "--input-files", notes
+    )
+    assert [name for name in started if name.startswith("rich.")] == []
+
+
 # A command whose process also has a thread that is not a daemon, an idle thread pool never shut down (as the
 # server's file-load pool is after a forced quit) and an atexit function, as libraries may.
 ENDING = """

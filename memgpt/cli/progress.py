@@ -67,4 +67,8 @@ def load_progress() -> Progress:
         TimeRemainingColumn(),
         TextColumn("]"),
         console=err_console,
+        # Off a terminal rich draws the bars once, when they stop, so redrawing them ten times a second in
+        # a thread only burnt CPU beside the embedding (~0.15 CPU s of a `memgpt load` of the seed paper,
+        # busy machine): the final bars are printed just the same without it.
+        auto_refresh=err_console.is_terminal and not err_console.is_dumb_terminal,
     )
