@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -58,15 +60,22 @@ PARTS: list[tuple[type, str, str]] = [
 ]
 
 
-def _timed(spent: Counter[str], calls: Counter[str], label: str, function: Callable[..., Any]) -> Callable[..., Any]:
+def _add(spent: Counter[str], calls: Counter[str], longest: dict[str, float], label: str, seconds: float) -> None:
+    spent[label] += seconds
+    calls[label] += 1
+    longest[label] = max(longest.get(label, 0.0), seconds)
+
+
+def _timed(
+    spent: Counter[str], calls: Counter[str], longest: dict[str, float], label: str, function: Callable[..., Any]
+) -> Callable[..., Any]:
     @functools.wraps(function)
     def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.thread_time()
         try:
             return function(*args, **kwargs)
         finally:
-            spent[label] += time.thread_time() - start
-            calls[label] += 1
+            _add(spent, calls, longest, label, time.thread_time() - start)
 
     return timed
 
@@ -80,8 +89,9 @@ def _statement(statement: Any) -> str:
 def measure(turns: int, agents: int) -> None:
     spent: Counter[str] = Counter()
     calls: Counter[str] = Counter()
+    longest: dict[str, float] = {}  # the most one call took
     for owner, name, label in PARTS:
-        setattr(owner, name, _timed(spent, calls, label, getattr(owner, name)))
+        setattr(owner, name, _timed(spent, calls, longest, label, getattr(owner, name)))
     execute = sqlalchemy.engine.base.Connection.execute
 
     def counted(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
@@ -89,11 +99,19 @@ def measure(turns: int, agents: int) -> None:
         try:
             return execute(self, statement, *args, **kwargs)
         finally:
-            label = _statement(statement)
-            spent[label] += time.thread_time() - start
-            calls[label] += 1
+            _add(spent, calls, longest, _statement(statement), time.thread_time() - start)
 
     sqlalchemy.engine.base.Connection.execute = counted  # type: ignore[method-assign]
+    collecting: dict[int, float] = {}  # thread id -> when its collection began
+
+    def collection(phase: str, info: dict[str, int]) -> None:  # Python's garbage collector, in whatever thread
+        if phase == "start":
+            collecting[threading.get_ident()] = time.thread_time()
+        elif (began := collecting.pop(threading.get_ident(), None)) is not None:
+            label = f"garbage collection, generation {info['generation']} (any thread)"
+            _add(spent, calls, longest, label, time.thread_time() - began)
+
+    gc.callbacks.append(collection)
     llm = FixedLLM(0.0)
     with tempfile.TemporaryDirectory(prefix="bench-turn-parts-") as scratch:
         home = Path(scratch) / "home"
@@ -123,6 +141,7 @@ def measure(turns: int, agents: int) -> None:
                 turn(agent, -1 - number)
             spent.clear()
             calls.clear()
+            longest.clear()
             process = time.process_time()
             for number in range(turns):
                 turn(ids[number % len(ids)], number)
@@ -133,16 +152,18 @@ def measure(turns: int, agents: int) -> None:
     labels = [label for _, _, label in PARTS] + sorted(
         (k for k in spent if k.startswith("SQL")), key=lambda k: -spent[k]
     )
+    labels += sorted(k for k in spent if k.startswith("garbage"))
     print(f"### A server turn's parts: thread CPU ms a turn, {turns} turns one at a time over {agents} agents")
     print()
-    print("| part | ms a turn | calls a turn |")
-    print("|---|---|---|")
+    print("| part | ms a turn | calls a turn | the longest call, ms |")
+    print("|---|---|---|---|")
     for label in labels:
         if calls[label]:
-            print(f"| {label} | {spent[label] * 1000 / turns:.3f} | {calls[label] / turns:.1f} |")
+            share, count, most = spent[label] * 1000 / turns, calls[label] / turns, longest[label] * 1000
+            print(f"| {label} | {share:.3f} | {count:.1f} | {most:.1f} |")
     sql = sum(seconds for label, seconds in spent.items() if label.startswith("SQL"))
-    print(f"| SQL statements, all (SQLAlchemy's execute, transactions aside) | {sql * 1000 / turns:.3f} | |")
-    print(f"| this process, all threads (the LLM stub and recall indexing too) | {process * 1000 / turns:.3f} | |")
+    print(f"| SQL statements, all (SQLAlchemy's execute, transactions aside) | {sql * 1000 / turns:.3f} | | |")
+    print(f"| this process, all threads (the LLM stub and recall indexing too) | {process * 1000 / turns:.3f} | | |")
 
 
 def main() -> None:
