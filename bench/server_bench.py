@@ -41,7 +41,9 @@ other work the latencies say little, but the CPU a turn costs, against the cores
 
 ``--profile FILE`` also runs py-spy (``pip install py-spy``) on the server during each measured load: the share
 of its samples in which a server thread held the GIL, collapsed stacks of those threads in FILE-<clients>.txt,
-and the server's CPU per turn by thread name.
+and the server's CPU per turn by thread name. Sampling stops the server each time, so a turn then costs more CPU
+(~15 ms against ~9 at 50 clients on a busy machine): ``--threads`` gives the CPU per turn by thread name alone,
+without sampling (py-spy names the threads once, at the end).
 """
 
 from __future__ import annotations
@@ -407,15 +409,16 @@ def _thread_cpu(pid: int) -> dict[int, float]:
 
 
 @contextlib.contextmanager
-def gil_profile(pid: int, out: Path | None, rate: int = 100) -> Iterator[dict[str, Any]]:
+def gil_profile(pid: int, out: Path | None, rate: int = 100, *, by_thread: bool = False) -> Iterator[dict[str, Any]]:
     """With ``out``, py-spy samples the server's threads that hold the GIL (``--gil``) ``rate`` times a second
     while the block runs, writing collapsed stacks to ``out``; the yielded dict then gets ``gil``, the share of
     py-spy's samples in which a thread of the server held the GIL (1.0: its Python is the bottleneck), and
     ``threads``, the server's CPU seconds meanwhile by thread name (Python's names, from a ``py-spy dump`` at the
     end; "native" for threads without Python, such as ONNX Runtime's; "ended" for threads gone by then, such
-    as finished turns')."""
+    as finished turns'). With ``by_thread`` and no ``out``: ``threads`` only, without py-spy sampling meanwhile
+    (sampling stops the server ``rate`` times a second: with it a turn took ~1.7 times the CPU)."""
     found: dict[str, Any] = {}
-    if out is None:
+    if out is None and not by_thread:
         yield found
         return
     import re
@@ -423,19 +426,23 @@ def gil_profile(pid: int, out: Path | None, rate: int = 100) -> Iterator[dict[st
     import subprocess
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    command = [spy, "record", "--pid", str(pid), "--gil", "--rate", str(rate), "--format", "raw", "--output", str(out)]
     before, process_before = _thread_cpu(pid), Cpu.now(pid).server
-    log = out.with_suffix(".log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    sampling = None
+    if out is not None:
+        command = [spy, "record", "--pid", str(pid), "--gil", "--rate", str(rate), "--format", "raw"]
+        command += ["--output", str(out)]
+        log = out.with_suffix(".log").open("w")
+        sampling = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log)
     start = time.perf_counter()
     try:
         yield found
     finally:
         wall = time.perf_counter() - start
         after, process_after = _thread_cpu(pid), Cpu.now(pid).server
-        process.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
-        process.wait(60)
-        log.close()
+        if sampling is not None:
+            sampling[0].send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+            sampling[0].wait(60)
+            sampling[1].close()
         dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, check=False).stdout
         names = {
             int(tid): re.sub(r"[-_ ]?\(?[0-9a-f]{6,}\)?|[-_ ]\d+$", "", name)
@@ -446,8 +453,9 @@ def gil_profile(pid: int, out: Path | None, rate: int = 100) -> Iterator[dict[st
             name = names.get(tid, "native")
             threads[name] = threads.get(name, 0.0) + seconds - before.get(tid, 0.0)
         threads["ended"] = (process_after - process_before) - sum(threads.values())
-        samples = sum(int(line.rsplit(" ", 1)[1]) for line in out.read_text().splitlines() if line.strip())
-        found["gil"] = samples / max(1.0, wall * rate)
+        if out is not None:
+            samples = sum(int(line.rsplit(" ", 1)[1]) for line in out.read_text().splitlines() if line.strip())
+            found["gil"] = samples / max(1.0, wall * rate)
         found["threads"] = threads
 
 
@@ -461,6 +469,7 @@ def run(
     own: bool = False,
     client: str = "httpx2",
     words: int = 0,
+    by_thread: bool = False,
 ) -> str:
     llm = FixedLLM(llm_ms / 1000, words)
     try:
@@ -475,7 +484,7 @@ def run(
 
                 def measuring() -> None:  # after the warm-up: each agent's first turn opens it, not measured
                     before.update(calls=llm.calls, cpu=Cpu.now(pid))
-                    before["gil"] = profiling.enter_context(gil_profile(pid, profile))
+                    before["gil"] = profiling.enter_context(gil_profile(pid, profile, by_thread=by_thread))
 
                 loading = _warm_and_load(server.url, key, agents, turns, own, client, measuring, words)
                 results = asyncio.run(loading)
@@ -513,6 +522,9 @@ def run(
                 f"{name} {seconds * 1000 / done:.1f}"
                 for name, seconds in sorted(gil["threads"].items(), key=lambda item: -item[1])
             )
+            # The observer's routes are plain functions: they run on AnyIO's worker threads, as nothing of a send does.
+            + f" (the non-LLM routes answered {len(results.list_agents) + len(results.search)} requests meanwhile,"
+            " on the AnyIO worker threads)"
             if "threads" in gil
             else ""
         )
@@ -547,6 +559,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
     )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="the server's CPU per turn by thread, without --profile's sampling (which slows the server)",
+    )
     args = parser.parse_args()
     if args.header:
         print(f"### memgpt server: N clients, each its own agent, LLM answering in {args.llm_ms} ms")
@@ -562,7 +579,10 @@ def main() -> None:
         for clients in (int(n) for n in args.clients.split(",")):
             profile = args.profile.with_name(f"{args.profile.stem}-{clients}.txt") if args.profile else None
             own = args.connections == "own"
-            row = run(backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client, args.words)
+            row = run(
+                backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client, args.words,
+                by_thread=args.threads,
+            )  # fmt: skip
             print(row, flush=True)
 
 

@@ -71,7 +71,7 @@ def serve(
     startup_over()  # a process that runs for days collects its garbage from the start
     import uvicorn
 
-    from memgpt.server.app import KEEP_ALIVE_SECONDS, URL_ENV, create_app, open_state, supervising
+    from memgpt.server.app import KEEP_ALIVE_SECONDS, URL_ENV, create_app, freeze_startup, open_state, supervising
 
     home, config, host, port, has_keys = listen_address(host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -88,7 +88,9 @@ def serve(
         uvicorn.run(target, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS, **options)
 
     if workers == 1:
-        serve(create_app(state=open_state(home, config)))  # errors opening the home: one line, before it listens
+        app = create_app(state=open_state(home, config))  # errors opening the home: one line, before it listens
+        freeze_startup()
+        serve(app)
         return
     # This process holds the Milvus Lite file and runs its server while uvicorn's workers (each calling
     # create_app) connect to it; the checks of opening the home run first here, in one line.

@@ -8,6 +8,7 @@ workers through the environment where to connect and whom to outlive no longer.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ KEY_TRUST_SECONDS = 5.0
 # a client that reused a connection just as the server closed it got a reset and its message was never read
 # (seen under load in bench/server_bench.py, as errors and lost messages).
 KEEP_ALIVE_SECONDS = 75
+YOUNG_COLLECTION = 10_000  # allocations between collections of the youngest generation in a server (``freeze_startup``)
 
 
 def open_state(home: Path, config: Config, *, holder: str | None = None, lite_server: str = "") -> ServerState:
@@ -87,6 +89,9 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         config = config or load_config(home)
         _end_with_supervisor()
         state = open_state(home, config, lite_server=_served_lite(home, config))
+        worker = True
+    else:
+        worker = False  # the caller's app (`memgpt server` with one process freezes after this, tests do not)
     opened = state
     jobs = FileJobs(state)
 
@@ -120,7 +125,23 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     mcp_memory.mount(app, state)  # /mcp: the memory tools for MCP clients
     app.mount(openai.PREFIX, openai.create_openai_app(state))
     _document(app, openai.documented_routes())
+    if worker:
+        freeze_startup()
     return app
+
+
+def freeze_startup() -> None:
+    """A server's start-up is over (its storage open, its app built): what it made so far stays for the process's
+    life, so no later garbage collection walks it (``gc.freeze``; `memgpt server` froze what its imports made,
+    ``startup_over``, before it opened the home). And the youngest generation is collected every YOUNG_COLLECTION
+    allocations instead of Python's 700, and the oldest (a walk of all that lives) comes as many times more seldom.
+    Measured at 50 clients (bench/server_bench.py, one run each on a busy machine,
+    provisional): the server's garbage collections took 0.72 s of CPU over a run of ~550 turns, 0.60 s with the
+    freeze, 0.39 s with both (a full collection took ~130-160 ms each time)."""
+    gc.collect()  # what start-up left as garbage is freed, not frozen
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION, middle, oldest)
 
 
 class _LiteEnded(Exception):
