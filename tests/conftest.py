@@ -25,7 +25,7 @@ from memgpt.storage import Storage
 pytest_plugins = ["tests.milvus_server", "tests.postgres", "tests.local_llm"]
 from tests.milvus_server import TOKEN  # noqa: E402
 from tests.scripted_llm import ScriptedLLM  # noqa: E402
-from tests.server_rig import LiveServer  # noqa: E402
+from tests.server_rig import LiveServer, use_scripted_llm  # noqa: E402
 
 # The user of the library-level tests; storage serves any user, the CLI passes the config's.
 USER = "tester"
@@ -285,5 +285,15 @@ def cli(*args: str, home: Path, stdin: str | None = None) -> subprocess.Complete
 def live_server(home: Path) -> Iterator[LiveServer]:
     """A real server (uvicorn, loopback) on this test's home; see tests/server_rig.py."""
     server = LiveServer(home, load_config(home))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scripted_server(request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
+    """A real server (as ``live_server``) whose agents' LLM is this test's scripted one (``llm``); on the metadata
+    database the test chose, if it uses ``metadata_url``."""
+    _opened_on_metadata_backend(request)
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
     yield server
     server.stop()
