@@ -446,6 +446,7 @@ def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
     with storage.metadata.session() as s:  # a message the index never got
         s.execute(update(MessageRow).values(indexed=False))
     offline = OpenAIEmbeddings("any", dimensions=model.dimensions, endpoint="http://127.0.0.1:1/v1")
+    offline.sleep = lambda seconds: None  # type: ignore[method-assign]  # its retries' backoff (~7 s a call) unwaited
     store = storage.passages(model.space)
     index = RecallIndex(store, offline)
     recall = RecallMemory(storage, agent_id=agent.state.id, user_id=agent.state.user_id, index=index)
