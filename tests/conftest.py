@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import pytest
 import memgpt.storage.milvus  # noqa: F401
 from memgpt.config import Config, load_config, save_config
 from memgpt.data.ingest import LoadReport, SourceLoader
+from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 
@@ -176,6 +177,28 @@ def any_storage(request: pytest.FixtureRequest, backend: str, home: Path) -> Ite
 @pytest.fixture(scope="session")
 def model() -> LocalMiniLM:
     return LocalMiniLM()
+
+
+class RememberingMiniLM(LocalMiniLM):
+    """The local model, but a batch of texts it embedded before (the very same batch, in the same order) is
+    answered with the vectors it computed then: the model's own vectors, computed once a session."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, ...], list[Vector]] = {}
+
+    def embed_batch(self, texts: Sequence[str]) -> list[Vector]:
+        key = tuple(texts)
+        if key not in self._seen:
+            self._seen[key] = super().embed_batch(texts)
+        return [list(vector) for vector in self._seen[key]]
+
+
+@pytest.fixture(scope="session")
+def remembering_model() -> LocalMiniLM:
+    """For tests that load the same files again and again (the seed paper: ~20 loads, on each backend), where
+    the vectors are not what is tested: embedding them, most of a load's CPU, is done once a session."""
+    return RememberingMiniLM()
 
 
 def loader(storage: Storage, model: LocalMiniLM, *, user_id: str = USER, **kwargs: object) -> SourceLoader:
