@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,13 +19,14 @@ import pytest
 import memgpt.storage.milvus  # noqa: F401
 from memgpt.config import Config, load_config, save_config
 from memgpt.data.ingest import LoadReport, SourceLoader
+from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
 
 pytest_plugins = ["tests.milvus_server", "tests.postgres", "tests.local_llm"]
 from tests.milvus_server import TOKEN  # noqa: E402
 from tests.scripted_llm import ScriptedLLM  # noqa: E402
-from tests.server_rig import LiveServer  # noqa: E402
+from tests.server_rig import LiveServer, use_scripted_llm  # noqa: E402
 
 # The user of the library-level tests; storage serves any user, the CLI passes the config's.
 USER = "tester"
@@ -178,6 +179,28 @@ def model() -> LocalMiniLM:
     return LocalMiniLM()
 
 
+class RememberingMiniLM(LocalMiniLM):
+    """The local model, but a batch of texts it embedded before (the very same batch, in the same order) is
+    answered with the vectors it computed then: the model's own vectors, computed once a session."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, ...], list[Vector]] = {}
+
+    def embed_batch(self, texts: Sequence[str]) -> list[Vector]:
+        key = tuple(texts)
+        if key not in self._seen:
+            self._seen[key] = super().embed_batch(texts)
+        return [list(vector) for vector in self._seen[key]]
+
+
+@pytest.fixture(scope="session")
+def remembering_model() -> LocalMiniLM:
+    """For tests that load the same files again and again (the seed paper: ~20 loads, on each backend), where
+    the vectors are not what is tested: embedding them, most of a load's CPU, is done once a session."""
+    return RememberingMiniLM()
+
+
 def loader(storage: Storage, model: LocalMiniLM, *, user_id: str = USER, **kwargs: object) -> SourceLoader:
     config = load_config(Path(os.environ["MEMGPT_HOME"]))
     return SourceLoader(
@@ -285,5 +308,15 @@ def cli(*args: str, home: Path, stdin: str | None = None) -> subprocess.Complete
 def live_server(home: Path) -> Iterator[LiveServer]:
     """A real server (uvicorn, loopback) on this test's home; see tests/server_rig.py."""
     server = LiveServer(home, load_config(home))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scripted_server(request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM) -> Iterator[LiveServer]:
+    """A real server (as ``live_server``) whose agents' LLM is this test's scripted one (``llm``); on the metadata
+    database the test chose, if it uses ``metadata_url``."""
+    _opened_on_metadata_backend(request)
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
     yield server
     server.stop()

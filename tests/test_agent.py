@@ -129,9 +129,11 @@ def test_archival_insert_and_search_page_without_caching(any_rig: Rig) -> None:
     assert "1 total memories are stored in archival memory" in rig.llm.requests[3]["messages"][0]["content"]
 
 
-def test_attached_source_is_searched_and_paged_then_detached(any_rig: Rig, model: LocalMiniLM) -> None:
+def test_attached_source_is_searched_and_paged_then_detached(
+    any_rig: Rig, model: LocalMiniLM, remembering_model: LocalMiniLM
+) -> None:
     rig, storage = any_rig, any_rig.storage
-    report = load(storage, model, "memgpt_research_paper", PAPER)
+    report = load(storage, remembering_model, "memgpt_research_paper", PAPER)
     agent = rig.create(persona="memgpt_doc")
     _source, fresh = attach_source(storage, agent.state, "memgpt_research_paper")
     assert fresh and not attach_source(storage, agent.state, "memgpt_research_paper")[1]
@@ -446,6 +448,7 @@ def test_recall_search_falls_back_to_sql_words_while_the_index_is_unreachable(
     with storage.metadata.session() as s:  # a message the index never got
         s.execute(update(MessageRow).values(indexed=False))
     offline = OpenAIEmbeddings("any", dimensions=model.dimensions, endpoint="http://127.0.0.1:1/v1")
+    offline.sleep = lambda seconds: None  # type: ignore[method-assign]  # its retries' backoff (~7 s a call) unwaited
     store = storage.passages(model.space)
     index = RecallIndex(store, offline)
     recall = RecallMemory(storage, agent_id=agent.state.id, user_id=agent.state.user_id, index=index)

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,27 @@ def stored_messages(home: Path, agent: str) -> list[Any]:
         return storage.messages.last(state.id, 1000)
 
 
+@contextmanager
+def chat_in_a_terminal(
+    home: Path, cwd: Path, *args: str, timeout: int = 60, columns: int = 200
+) -> Iterator[pexpect.spawn]:
+    """`memgpt run ARGS` in a real terminal (a pty, 50 rows), closed when the block ends."""
+    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "memgpt", "run", *args],
+        env=env,
+        encoding="utf-8",
+        timeout=timeout,
+        dimensions=(50, columns),
+        cwd=str(cwd),
+    )
+    try:
+        yield child
+    finally:
+        child.close()
+
+
 def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
     loaded = run_cli("load", "directory", "--name", "memgpt_research_paper", f"--input-files={PAPER}", home=home)
     assert loaded.returncode == 0, loaded.stderr
@@ -89,17 +111,7 @@ def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tm
     )
     llm.add(answer_from_search)
 
-    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "memgpt", "run", "--persona", "memgpt_doc"],
-        env=env,
-        encoding="utf-8",
-        timeout=90,
-        dimensions=(50, 220),
-        cwd=str(tmp_path),
-    )
-    try:
+    with chat_in_a_terminal(home, tmp_path, "--persona", "memgpt_doc", timeout=90, columns=220) as child:
         child.expect(question("Would you like to select an existing agent?"))
         child.sendline("n")
         child.expect_exact("🧬 Creating new agent...")
@@ -123,8 +135,6 @@ def test_the_seed_chat_end_to_end_in_a_terminal(home: Path, llm: ScriptedLLM, tm
         child.expect_exact("> Enter your message:")
         child.sendline("/exit")
         child.expect(pexpect.EOF)
-    finally:
-        child.close()
 
     results = [json.loads(m["content"]) for m in seen["request"]["messages"] if m["role"] == "tool"]
     found = results[-1]["message"]
@@ -228,7 +238,8 @@ def test_an_unknown_command_says_the_closest_and_fails_a_message(home: Path, llm
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_agent_commands(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
-    assert cli("load", "directory", "--name", "notes", f"--input-files={PAPER}", home=home).returncode == 0
+    # A small file: the test is about what is attached and listed, not what the file holds (the paper: a long load).
+    assert cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home).returncode == 0
     persona = tmp_path / "pirate.txt"
     persona.write_text("I am a pirate. Arr.")
     assert cli("add", "persona", "--name", "pirate", "--file", str(persona), home=home).returncode == 0
@@ -332,24 +343,12 @@ def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: Scri
         }
     )
     llm.add({"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."})
-    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "memgpt", "run", "--agent", "Idle", "--first", "--heartbeat-minutes", "0.03"],
-        env=env,
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(50, 200),
-        cwd=str(tmp_path),
-    )
-    try:
+    with chat_in_a_terminal(home, tmp_path, "--agent", "Idle", "--first", "--heartbeat-minutes", "0.03") as child:
         child.expect_exact("💭 The user is idle; I'll make a note.")
         child.expect_exact("💭 Let them be for an hour.")
         time.sleep(5)  # paused: no further heartbeat may reach the LLM
         child.sendline("/exit")
         child.expect(pexpect.EOF)
-    finally:
-        child.close()
     assert len(llm.requests) == 2
     beat = json.loads(llm.requests[0]["messages"][-1]["content"])
     assert beat["type"] == "heartbeat" and "Timed heartbeat" in beat["reason"]
@@ -800,20 +799,10 @@ def test_a_typed_message_the_busy_agent_did_not_get_is_put_back_at_the_prompt(
     config.server.busy_wait_seconds = 1
     save_config(config, home)
     llm.reply("Got your kept words.")
-    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
     with Storage(config, home) as storage:
         state = storage.agents.get(config.user_id, "sam")
         assert state is not None
-        child = pexpect.spawn(
-            sys.executable,
-            ["-m", "memgpt", "run", "--agent", "sam"],
-            env=env,
-            encoding="utf-8",
-            timeout=60,
-            dimensions=(50, 200),
-            cwd=str(tmp_path),
-        )
-        try:
+        with chat_in_a_terminal(home, tmp_path, "--agent", "sam") as child:
             child.expect_exact("> Enter your message:")
             with storage.turns.holding(state.id, 60, 0):
                 child.sendline("kept words")
@@ -828,8 +817,6 @@ def test_a_typed_message_the_busy_agent_did_not_get_is_put_back_at_the_prompt(
             child.expect_exact("> Enter your message:")
             child.sendline("/exit")
             child.expect(pexpect.EOF)
-        finally:
-            child.close()
     sent = [m for m in stored_messages(home, "sam") if "kept words" in (m.content or "")]
     assert len(sent) == 1, sent
     assert len(llm.requests) == 2

@@ -26,8 +26,8 @@ def milvus_count(storage: Storage, source_id: str) -> int:
     return storage.passages(EmbeddingSpace("all-MiniLM-L6-v2", 384)).count(eq("source_id", source_id))
 
 
-def test_the_seed_paper(any_storage: Storage, model: LocalMiniLM) -> None:
-    report = load(any_storage, model, "memgpt_research_paper", PAPER)
+def test_the_seed_paper(any_storage: Storage, model: LocalMiniLM, remembering_model: LocalMiniLM) -> None:
+    report = load(any_storage, remembering_model, "memgpt_research_paper", PAPER)
     assert report.ok
     assert report.documents == 13
     assert 60 <= report.passages <= 120
@@ -43,21 +43,21 @@ def test_the_seed_paper(any_storage: Storage, model: LocalMiniLM) -> None:
     assert 1 <= top.metadata["page"] <= 13
 
 
-def test_reload_is_a_no_op_and_never_duplicates(any_storage: Storage, model: LocalMiniLM) -> None:
-    first = load(any_storage, model, "paper", PAPER)
-    again = load(any_storage, model, "paper", PAPER)
+def test_reload_is_a_no_op_and_never_duplicates(any_storage: Storage, remembering_model: LocalMiniLM) -> None:
+    first = load(any_storage, remembering_model, "paper", PAPER)
+    again = load(any_storage, remembering_model, "paper", PAPER)
     assert again.ok and again.passages == 0 and again.unchanged == [str(PAPER)]
     source = get_source(any_storage, USER, "paper")
     assert milvus_count(any_storage, source.id) == first.passages == source.passages
 
 
 def test_same_content_under_another_name_is_not_loaded_twice(
-    storage: Storage, model: LocalMiniLM, tmp_path: Path
+    storage: Storage, remembering_model: LocalMiniLM, tmp_path: Path
 ) -> None:
     copy = tmp_path / "renamed.pdf"
     shutil.copy(PAPER, copy)
-    first = load(storage, model, "paper", PAPER)
-    second = load(storage, model, "paper", copy)
+    first = load(storage, remembering_model, "paper", PAPER)
+    second = load(storage, remembering_model, "paper", copy)
     assert second.passages == 0 and second.duplicates == [(str(copy), str(PAPER.resolve()))]
     assert get_source(storage, USER, "paper").passages == first.passages
 
@@ -171,8 +171,10 @@ def test_collect_files_filters_directories(tmp_path: Path) -> None:
         collect_files(input_dir=tmp_path / "a.pdf")
 
 
-def test_hidden_documents_are_excluded_from_search(any_storage: Storage, model: LocalMiniLM) -> None:
-    load(any_storage, model, "paper", PAPER)
+def test_hidden_documents_are_excluded_from_search(
+    any_storage: Storage, model: LocalMiniLM, remembering_model: LocalMiniLM
+) -> None:
+    load(any_storage, remembering_model, "paper", PAPER)
     source = get_source(any_storage, USER, "paper")
     page_five = next(d for d in any_storage.metadata.documents(source.id) if d.unit == 5)
     any_storage.metadata.publish([], [page_five.id])  # as if a replacement were half done
@@ -287,9 +289,9 @@ def test_ctrl_c_after_a_file_is_done_keeps_the_source(storage: Storage, model: L
 
 
 def test_passages_carry_their_section_and_a_reference_list_chunks_alone(
-    storage: Storage, model: LocalMiniLM
+    storage: Storage, model: LocalMiniLM, remembering_model: LocalMiniLM
 ) -> None:
-    report = load(storage, model, "paper", PAPER)
+    report = load(storage, remembering_model, "paper", PAPER)
     source = get_source(storage, USER, "paper")
     passages = [p for batch in storage.passages(model.space).iterate(visible_passages(storage, source)) for p in batch]
     assert len(passages) == report.passages
@@ -320,16 +322,16 @@ def test_reference_marks_are_shown_but_not_embedded(storage: Storage, model: Loc
 
 
 def test_files_loaded_by_an_earlier_loader_version_are_read_again(
-    storage: Storage, model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
+    storage: Storage, remembering_model: LocalMiniLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Passages of LOADER_VERSION 1 stay searchable; loading the same file again replaces them."""
     import memgpt.data.ingest as ingest
 
     current = ingest.LOADER_VERSION
     monkeypatch.setattr(ingest, "LOADER_VERSION", 1)
-    old = load(storage, model, "paper", PAPER)
+    old = load(storage, remembering_model, "paper", PAPER)
     monkeypatch.setattr(ingest, "LOADER_VERSION", current)
-    again = load(storage, model, "paper", PAPER)
+    again = load(storage, remembering_model, "paper", PAPER)
     assert old.ok and again.ok and again.files_loaded == 1 and again.unchanged == []
     source = get_source(storage, USER, "paper")
     assert milvus_count(storage, source.id) == again.passages == source.passages

@@ -33,47 +33,6 @@ time.sleep(120)
 """
 
 
-def hold(db: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.stdout.readline().strip() == "holding":
-            return proc
-    proc.kill()
-    pytest.fail("the holder process never opened the database")
-
-
-def test_second_process_gets_the_lock_message(home: Path) -> None:
-    db = home / "milvus.db"
-    home.mkdir(parents=True)
-    holder = hold(db)
-    try:
-        message = r"another memgpt process (\(pid \d+\) )?is using .*milvus\.db — close it or use a Milvus server"
-        with pytest.raises(StorageLockedError, match=message):
-            MilvusConnection(MilvusTarget(str(db)))
-        args = ("load", "directory", "--name", "paper", "--input-files", str(PAPER))
-        result = run_with(args, home=home, wait="0")
-        assert result.returncode == 1
-        assert "another memgpt process" in result.stderr and "is using" in result.stderr
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_closing_releases_the_lock_for_other_processes(home: Path) -> None:
-    db = home / "milvus.db"
-    home.mkdir(parents=True)
-    conn = MilvusConnection(MilvusTarget(str(db)))
-    conn.ping()
-    conn.close()
-    holder = hold(db)  # would fail to open if our process still held the lock
-    holder.kill()
-    holder.wait()
-
-
 # A memgpt command that holds the home's Milvus Lite file (announced as the CLI announces `memgpt load directory`)
 # until told to let go on its stdin.
 COMMAND_HOLDER = """
@@ -90,18 +49,48 @@ print("released", flush=True)
 """
 
 
-def hold_as(db: Path, description: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", COMMAND_HOLDER, str(db), description],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "holding":
+@contextlib.contextmanager
+def holding(db: Path, description: str | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the Milvus Lite file ``db`` while the block runs (killed at its end): a memgpt
+    command announced as ``description`` (COMMAND_HOLDER), or with none, a bare connection (HOLDER)."""
+    script = [HOLDER, str(db)] if description is None else [COMMAND_HOLDER, str(db), description]
+    proc = subprocess.Popen([sys.executable, "-c", *script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        said = proc.stdout.readline()
+        while said and said.strip() != "holding":  # (anything the libraries print first)
+            said = proc.stdout.readline()
+        if said.strip() != "holding":
+            pytest.fail("the holder process never opened the database")
+        yield proc
+    finally:
         proc.kill()
-        pytest.fail("the holder process never opened the database")
-    return proc
+        proc.wait()
+
+
+def test_second_process_gets_the_lock_message(home: Path) -> None:
+    db = home / "milvus.db"
+    home.mkdir(parents=True)
+    with holding(db):
+        message = r"another memgpt process (\(pid \d+\) )?is using .*milvus\.db — close it or use a Milvus server"
+        with pytest.raises(StorageLockedError, match=message):
+            MilvusConnection(MilvusTarget(str(db)))
+        args = ("load", "directory", "--name", "paper", "--input-files", str(PAPER))
+        result = run_with(args, home=home, wait="0")
+        assert result.returncode == 1
+        assert "another memgpt process" in result.stderr and "is using" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_closing_releases_the_lock_for_other_processes(home: Path) -> None:
+    db = home / "milvus.db"
+    home.mkdir(parents=True)
+    conn = MilvusConnection(MilvusTarget(str(db)))
+    conn.ping()
+    conn.close()
+    with holding(db):  # would fail to open if our process still held the lock
+        pass
 
 
 def run_with(args: tuple[str, ...], *, home: Path, wait: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -127,8 +116,7 @@ def test_a_command_waits_for_another_command_then_goes_on(home: Path, tmp_path: 
     home.mkdir(parents=True)
     note = tmp_path / "note.txt"
     note.write_text("Milvus Lite is one process's file; a second command waits its turn.\n", encoding="utf-8")
-    holder = hold_as(home / "milvus.db", "memgpt run")
-    try:
+    with holding(home / "milvus.db", "memgpt run") as holder:
         waiter = start_cli(("load", "directory", "--name", "notes", "--input-files", str(note)), home=home, wait="600")
         assert waiter.stderr is not None
         line = waiter.stderr.readline().strip()
@@ -139,9 +127,6 @@ def test_a_command_waits_for_another_command_then_goes_on(home: Path, tmp_path: 
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "released"
         out, err = waiter.communicate(timeout=300)
-    finally:
-        holder.kill()
-        holder.wait()
     assert waiter.returncode == 0, err
     assert "Loaded 1 passages and 1 documents from notes" in out
     assert "waiting" not in err and "Traceback" not in err
@@ -187,12 +172,8 @@ def test_a_real_command_is_named_and_the_wait_is_bounded(home: Path) -> None:
 def test_a_server_holding_the_file_is_refused_at_once(home: Path, server: str) -> None:
     """A server holds the file for as long as it runs: no wait, however long one may be, just what to do."""
     home.mkdir(parents=True)
-    holder = hold_as(home / "milvus.db", server)
-    try:
+    with holding(home / "milvus.db", server) as holder:
         result = run_with(("search", "paper", "memory"), home=home, wait="100000", timeout=120)
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "waiting" not in lines[0]
@@ -201,8 +182,7 @@ def test_a_server_holding_the_file_is_refused_at_once(home: Path, server: str) -
 
 def test_ctrl_c_while_waiting_stops_cleanly(home: Path) -> None:
     home.mkdir(parents=True)
-    holder = hold_as(home / "milvus.db", "memgpt load directory")
-    try:
+    with holding(home / "milvus.db", "memgpt load directory"):
         waiter = start_cli(("search", "paper", "memory"), home=home, wait="600")
         assert waiter.stderr is not None
         assert waiter.stderr.readline().startswith("waiting for the other memgpt command")
@@ -210,9 +190,6 @@ def test_ctrl_c_while_waiting_stops_cleanly(home: Path) -> None:
         _, err = waiter.communicate(timeout=120)
         assert waiter.returncode == 130
         assert err.strip() == "Interrupted"  # what it lets go of: see test_ctrl_c_in_the_wait_lets_go_of_the_file
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_wait_that_is_not_a_number_is_one_line(home: Path) -> None:
@@ -224,12 +201,8 @@ def test_a_wait_that_is_not_a_number_is_one_line(home: Path) -> None:
 def test_migrate_waits_for_another_command_too(home: Path) -> None:
     """`memgpt migrate` opens the Lite file itself (not through open_storage): it waits and names the holder alike."""
     home.mkdir(parents=True)
-    holder = hold_as(home / "milvus.db", "memgpt run")
-    try:
+    with holding(home / "milvus.db", "memgpt run") as holder:
         result = run_with(("migrate", "--to", "http://127.0.0.1:9", "-y"), home=home, wait="1")
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0] == WAITING.format(pid=holder.pid, command="memgpt run")
@@ -244,12 +217,8 @@ def test_a_delete_refused_for_the_lite_file_leaves_the_source_whole(home: Path, 
     note.write_text("A source that stays whole when its delete is refused.\n", encoding="utf-8")
     loaded = run_with(("load", "directory", "--name", "notes", "--input-files", str(note)), home=home, wait="0")
     assert loaded.returncode == 0, loaded.stderr
-    holder = hold_as(home / "milvus.db", "memgpt server at http://127.0.0.1:8283")
-    try:
+    with holding(home / "milvus.db", "memgpt server at http://127.0.0.1:8283"):
         refused = run_with(("delete", "source", "notes", "-y"), home=home, wait="0")
-    finally:
-        holder.kill()
-        holder.wait()
     assert refused.returncode == 1 and "use its API" in refused.stderr
     listed = run_with(("list", "sources", "--json"), home=home, wait="0")
     assert listed.returncode == 0, listed.stderr

@@ -25,57 +25,85 @@ from tests.conftest import REPO, cli
 from tests.postgres import PASSWORD, PostgresServer
 from tests.processes import stop
 
-# Imports everything first, then waits for the go file, so all children open the store in the same
-# few milliseconds; then each writes a row, as a command would.
+# Each child opens the store and writes a row, as a command would.
 OPEN_STORE = """
-import os, sys, time
 from memgpt.storage.sql import MetadataStore
 from memgpt.types import Source, utc_now
-url, go, n = sys.argv[1], sys.argv[2], sys.argv[3]
-open(f"{go}.{n}.ready", "w").close()
-while not os.path.exists(go):
-    time.sleep(0.001)
-store = MetadataStore(url)
-store.create_source(Source(f"id{n}", f"s{n}", "u", "m", 4, utc_now()))
-store.close()
+
+def child(n, url):
+    store = MetadataStore(url)
+    store.create_source(Source(f"id{n}", f"s{n}", "u", "m", 4, utc_now()))
+    store.close()
 """
 
+# Each child runs a memgpt command ("{n}" in its arguments: the child's number).
 RUN_CLI = """
-import os, sys, time
 from memgpt.cli.app import main
-import memgpt.storage.agents  # loaded lazily by the command: imported before the start line, not after
-go, n = sys.argv[1], sys.argv[2]
-open(f"{go}.{n}.ready", "w").close()
-while not os.path.exists(go):
-    time.sleep(0.001)
-sys.argv = ["memgpt", *sys.argv[3:]]
-main()
+# What the command loads lazily, imported before they go.
+import memgpt.agent.manager, memgpt.storage.agents, memgpt.storage.migrations, memgpt.storage.milvus
+import sqlalchemy.dialects.postgresql, sqlalchemy.dialects.sqlite
+
+def child(n, *args):
+    sys.argv = ["memgpt", *(arg.replace("{n}", str(n)) for arg in args)]
+    main()
+"""
+
+# One process imports what the children run (CHILD: a ``child(n, *args)``), forks them and lets them all go at
+# once (the end of a pipe they wait on closed). Each child is a process of its own, with its own connections,
+# files and exit code; its stdout and stderr go to ``<RESULTS>.<n>.out`` and ``.err``; the exit codes are printed
+# in order. The imports, most of a command's CPU, are paid once rather than once a child (eight times that took
+# ~50 s of the suite on two cores), and the children meet within moments of each other, not across seconds of
+# imports of their own.
+TOGETHER = """
+import os, sys
+{child}
+results, count, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+go_read, go_write = os.pipe()
+children = []
+for n in range(count):
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_write)
+        for fd, suffix in ((1, "out"), (2, "err")):
+            os.dup2(os.open(f"{{results}}.{{n}}.{{suffix}}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+        os.read(go_read, 1)  # the end of the pipe: every child at once
+        child(n, *args)
+        sys.exit(0)
+    children.append(pid)
+os.close(go_read)
+os.close(go_write)
+for pid in children:
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
-def start_together(commands: list[list[str]], go: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
-    """Start children that each write ``<go>.<n>.ready`` once imported, then release them all at once."""
-    children = [
-        subprocess.Popen(c, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for c in commands
+def start_together(
+    child: str, count: int, args: list[str], results: Path, env: dict[str, str]
+) -> list[subprocess.CompletedProcess[str]]:
+    """``count`` processes running ``child`` (see TOGETHER) from the same moment; their exit codes and output."""
+    script = TOGETHER.format(child=child)
+    forker = subprocess.run(
+        [sys.executable, "-c", script, str(results), str(count), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert forker.returncode == 0, forker.stderr[-3000:]
+    codes = [int(code) for code in forker.stdout.split()]
+    assert len(codes) == count, forker.stdout
+    return [
+        subprocess.CompletedProcess(
+            [str(n)], code, Path(f"{results}.{n}.out").read_text(), Path(f"{results}.{n}.err").read_text()
+        )
+        for n, code in enumerate(codes)
     ]
-    deadline = time.monotonic() + 120
-    while len(list(go.parent.glob(f"{go.name}.*.ready"))) < len(children):
-        if time.monotonic() > deadline or any(c.poll() is not None for c in children):
-            break  # a child died early: its exit code and stderr say why below
-        time.sleep(0.01)
-    go.touch()
-    results = []
-    for child in children:
-        out, err = child.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(child.args, child.returncode, out, err))
-    return results
 
 
 def test_eight_processes_open_a_new_database_at_the_same_moment(metadata_url: str, tmp_path: Path) -> None:
-    go = tmp_path / "go"
-    commands = [[sys.executable, "-c", OPEN_STORE, metadata_url, str(go), str(n)] for n in range(8)]
-    results = start_together(commands, go, dict(os.environ))
+    results = start_together(OPEN_STORE, 8, [metadata_url], tmp_path / "child", dict(os.environ))
     for result in results:
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stderr == ""
@@ -94,12 +122,8 @@ def test_eight_commands_on_a_new_home_all_work_as_one_user(metadata_url: str, ho
     if metadata_url.startswith("sqlite"):
         assert not (home / "config.toml").exists()  # a truly new home: config and database both
     env = {**os.environ, "MEMGPT_HOME": str(home), "NO_COLOR": "1"}
-    go = tmp_path / "go"
-    commands = [
-        [sys.executable, "-c", RUN_CLI, str(go), str(n), "add", "human", "--name", f"h{n}", "--text", "x"]
-        for n in range(8)
-    ]
-    results = start_together(commands, go, env)
+    command = ["add", "human", "--name", "h{n}", "--text", "x"]
+    results = start_together(RUN_CLI, 8, command, tmp_path / "child", env)
     for result in results:
         assert result.returncode == 0, result.stderr[-3000:]
     listed = json.loads(cli("list", "humans", "--json", home=home).stdout)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memgpt.config import load_config, save_config
-from tests.conftest import PAPER, cli
+from tests.conftest import DATA, cli
 from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
 
@@ -20,7 +20,8 @@ def test_move_up_to_a_server(
     llm = ScriptedLLM()
     monkeypatch.setenv("OPENAI_BASE_URL", llm.url)
     try:
-        assert cli("load", "directory", "--name", "paper", f"--input-files={PAPER}", home=home).returncode == 0
+        notes = DATA / "test.md"  # small: copied in one batch of 1,000, as the paper's 92 passages were
+        assert cli("load", "directory", "--name", "notes", f"--input-files={notes}", home=home).returncode == 0
         llm.add({"tool": "archival_memory_insert", "args": {"content": "Chad keeps bees.", "request_heartbeat": True}})
         llm.reply("Noted.")
         assert cli("run", "--agent", "Keeper", "--message", "I keep bees", home=home).returncode == 0
@@ -32,13 +33,13 @@ def test_move_up_to_a_server(
         )
         assert moved.returncode == 0, moved.stderr
         copied = int(re.search(r"Copied (\d+) passages \(0 were there already\)", moved.stdout)[1])
-        # the paper, the agent's memory, 2 recall entries (the bare archival_memory_insert call is not indexed)
+        # the notes, the agent's memory, 2 recall entries (the bare archival_memory_insert call is not indexed)
         assert copied == before[0]["passages"] + 1 + 2
         config = load_config(home)
         assert (config.milvus.uri, config.milvus.database) == (milvus_server, server_database)
         assert json.loads(cli("list", "sources", "--json", home=home).stdout) == before
-        found = json.loads(cli("search", "paper", "deep memory retrieval", "--json", home=home).stdout)
-        assert found and found[0]["file_name"] == "memgpt_research_paper.pdf"
+        found = json.loads(cli("search", "notes", "heading", "--json", home=home).stdout)
+        assert found and found[0]["file_name"] == "test.md"
 
         llm.add({"tool": "archival_memory_search", "args": {"query": "bees", "request_heartbeat": True}})
         llm.reply("You keep bees.")

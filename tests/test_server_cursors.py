@@ -4,30 +4,21 @@ deletes each item has just deleted. Real server, SQLite and PostgreSQL, letta-cl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from letta_client import Letta
 from sqlalchemy import select
 
-from memgpt.config import load_config
 from memgpt.storage.agents import DeletedAgentRow
 from memgpt.storage.sql import CURSOR_KEPT, DeletedSourceRow
-from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, use_scripted_llm
+from tests.server_rig import LiveServer
 
 HANDLE = "openai-compatible/scripted"
 
 
-@pytest.fixture
-def server(home: Path, llm: ScriptedLLM, metadata_url: str) -> Iterator[LiveServer]:
-    use_scripted_llm(home, llm.url)
-    running = LiveServer(home, load_config(home))
-    yield running
-    running.stop()
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 
 
 def make_agents(letta: Letta, count: int, prefix: str = "a") -> list[str]:
@@ -37,8 +28,8 @@ def make_agents(letta: Letta, count: int, prefix: str = "a") -> list[str]:
     return [agent.id for agent in letta.agents.list(limit=1000, order="asc").items]
 
 
-def test_deleting_every_agent_while_iterating_the_list_deletes_them_all(server: LiveServer) -> None:
-    letta = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+def test_deleting_every_agent_while_iterating_the_list_deletes_them_all(scripted_server: LiveServer) -> None:
+    letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
     made = make_agents(letta, 120)
     assert len(made) == 120
     deleted = []
@@ -49,9 +40,9 @@ def test_deleting_every_agent_while_iterating_the_list_deletes_them_all(server: 
     assert letta.agents.list(limit=1000).items == []
 
 
-def test_a_deleted_agent_is_still_a_cursor_in_both_orders_but_only_for_its_user(server: LiveServer) -> None:
-    alice = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
-    bob = Letta(base_url=server.url, api_key=server.key("bob"), max_retries=0)
+def test_a_deleted_agent_is_still_a_cursor_in_both_orders_but_only_for_its_user(scripted_server: LiveServer) -> None:
+    alice = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
+    bob = Letta(base_url=scripted_server.url, api_key=scripted_server.key("bob"), max_retries=0)
     made = make_agents(alice, 12)
     bobs = make_agents(bob, 3, "b")
     alice.agents.delete(made[5])
@@ -68,8 +59,8 @@ def test_a_deleted_agent_is_still_a_cursor_in_both_orders_but_only_for_its_user(
     assert alice.agents.list(after="agent-00000000-0000-0000-0000-000000000000").items == []  # never existed
 
 
-def test_deleting_every_folder_while_iterating_the_list_deletes_them_all(server: LiveServer) -> None:
-    letta = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+def test_deleting_every_folder_while_iterating_the_list_deletes_them_all(scripted_server: LiveServer) -> None:
+    letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
     made = [letta.folders.create(name=f"f{i:03d}").id for i in range(60)]
     deleted = []
     for folder in letta.folders.list():  # pages of 50: the second is asked for after a folder just deleted
@@ -79,9 +70,9 @@ def test_deleting_every_folder_while_iterating_the_list_deletes_them_all(server:
     assert letta.folders.list(limit=1000).items == []
 
 
-def test_a_deleted_folder_is_still_a_cursor_in_both_orders_but_only_for_its_user(server: LiveServer) -> None:
-    alice = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
-    bob = Letta(base_url=server.url, api_key=server.key("bob"), max_retries=0)
+def test_a_deleted_folder_is_still_a_cursor_in_both_orders_but_only_for_its_user(scripted_server: LiveServer) -> None:
+    alice = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
+    bob = Letta(base_url=scripted_server.url, api_key=scripted_server.key("bob"), max_retries=0)
     made = [alice.folders.create(name=f"f{i:02d}").id for i in range(8)]
     alice.folders.delete(made[3])
     assert [f.id for f in alice.folders.list(after=made[3]).items] == made[4:]
@@ -93,18 +84,18 @@ def test_a_deleted_folder_is_still_a_cursor_in_both_orders_but_only_for_its_user
 
 
 def test_a_deletion_older_than_its_day_is_no_cursor_even_before_the_next_deletion_forgets_it(
-    server: LiveServer,
+    scripted_server: LiveServer,
 ) -> None:
     """A tombstone older than ``CURSOR_KEPT`` is forgotten only inside the next deletion; until then the lookups
     treat it as unknown, as before tombstones were kept."""
-    alice = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+    alice = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
     agents = make_agents(alice, 3)
     folders = [alice.folders.create(name=f"f{i}").id for i in range(3)]
     alice.agents.delete(agents[1])
     alice.folders.delete(folders[1])
     assert [a.id for a in alice.agents.list(after=agents[1], order="asc").items] == agents[2:]  # within its day
     assert [f.id for f in alice.folders.list(after=folders[1]).items] == folders[2:]
-    with server.state.storage.metadata.session() as s:
+    with scripted_server.state.storage.metadata.session() as s:
         for table in (DeletedAgentRow, DeletedSourceRow):
             for row in s.scalars(select(table)):
                 row.deleted_at -= CURSOR_KEPT + timedelta(minutes=1)

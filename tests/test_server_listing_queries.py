@@ -8,26 +8,18 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 from letta_client import Letta
 from sqlalchemy import event
 
-from memgpt.config import load_config
-from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, use_scripted_llm
+from tests.server_rig import LiveServer
 
 HANDLE = "openai-compatible/scripted"
 
 
-@pytest.fixture
-def server(home: Path, llm: ScriptedLLM, metadata_url: str) -> Iterator[LiveServer]:
-    use_scripted_llm(home, llm.url)
-    running = LiveServer(home, load_config(home))
-    yield running
-    running.stop()
+pytestmark = pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 
 
 @contextmanager
@@ -48,8 +40,8 @@ def statements(server: LiveServer) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", count)
 
 
-def test_a_page_of_agents_costs_the_same_statements_whatever_its_size(server: LiveServer) -> None:
-    letta = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+def test_a_page_of_agents_costs_the_same_statements_whatever_its_size(scripted_server: LiveServer) -> None:
+    letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
     folder = letta.folders.create(name="notes")
     with ThreadPoolExecutor(4) as pool:
         made = list(pool.map(lambda i: letta.agents.create(name=f"a{i:03d}", model=HANDLE, tags=["t"]).id, range(40)))
@@ -58,7 +50,7 @@ def test_a_page_of_agents_costs_the_same_statements_whatever_its_size(server: Li
     letta.agents.list(limit=1)  # anything done once per server (a tool catalog) done before counting
     counts = {}
     for size in (2, 37):
-        with statements(server) as seen:
+        with statements(scripted_server) as seen:
             page = letta.agents.list(limit=size, order="asc")
         assert len(page.items) == size
         counts[size] = len(seen)
@@ -66,35 +58,35 @@ def test_a_page_of_agents_costs_the_same_statements_whatever_its_size(server: Li
     assert counts[37] <= 10, counts
 
 
-def test_a_listed_agent_is_the_json_its_retrieve_answers(server: LiveServer) -> None:
+def test_a_listed_agent_is_the_json_its_retrieve_answers(scripted_server: LiveServer) -> None:
     """The list is serialized by the route itself (not FastAPI's response_model pass): each item must be what
     retrieving that agent answers, aliases (a tool's metadata_), non-ASCII text and floats alike."""
     import httpx
 
-    letta = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+    letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
     folder = letta.folders.create(name="ü notes")
     made = letta.agents.create(
         name="zoë 中", model=HANDLE, tags=["t", "ü"], metadata={"x": 0.1, "big": 1e300, "n": None}, description="d"
     )
     letta.agents.create(name="plain", model=HANDLE)
     letta.agents.folders.attach(folder.id, agent_id=made.id)
-    headers = {"Authorization": f"Bearer {server.key('alice')}"}
-    listed = httpx.get(f"{server.url}/v1/agents/", headers=headers)
+    headers = {"Authorization": f"Bearer {scripted_server.key('alice')}"}
+    listed = httpx.get(f"{scripted_server.url}/v1/agents/", headers=headers)
     assert listed.headers["content-type"] == "application/json"
     items = listed.json()
     assert len(items) == 2
     for item in items:
-        assert item == httpx.get(f"{server.url}/v1/agents/{item['id']}", headers=headers).json()
+        assert item == httpx.get(f"{scripted_server.url}/v1/agents/{item['id']}", headers=headers).json()
     assert items[1]["tools"][0]["metadata_"] == {}
 
 
-def test_a_page_of_folders_costs_the_same_statements_whatever_its_size(server: LiveServer) -> None:
-    letta = Letta(base_url=server.url, api_key=server.key("alice"), max_retries=0)
+def test_a_page_of_folders_costs_the_same_statements_whatever_its_size(scripted_server: LiveServer) -> None:
+    letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
     made = [letta.folders.create(name=f"f{i:02d}").id for i in range(25)]
     letta.folders.list(limit=1)
     counts = {}
     for size in (2, 20):
-        with statements(server) as seen:
+        with statements(scripted_server) as seen:
             page = letta.folders.list(limit=size, after=made[0])
         assert len(page.items) == size
         counts[size] = len(seen)
