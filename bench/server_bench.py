@@ -22,8 +22,9 @@ time going through every connection for every waiting request. A burst of reques
 client's event loop: at 100 clients the bench used 11 ms CPU a turn against 2 and some turns waited ~5 s, until
 the idle connections no request could get expired (httpcore issues 822, 1035, 1110; the server is not involved).
 httpx2's pool (pydantic's fork of httpx, which openai and mcp use) keeps a connection it gave to a request. Each
-client sends ``--turns`` messages one after another; meanwhile one more client loops over
-the non-LLM routes (list agents, archival search). After the run every agent's stored history is read back:
+client sends ``--turns`` messages one after another; meanwhile one more client samples
+the non-LLM routes (list agents, archival search), pausing ``--observer-pause`` (0.2 s) between requests.
+After the run every agent's stored history is read back:
 a lost message is a sent one whose user message or reply is missing. The messages are a few words ("bench message
 3") and every reply is "Noted." unless ``--words N``: then each message and each reply has N more words (a chat's
 size), so recall indexing embeds what a chat would (each message's embedding costs CPU in proportion to its tokens;
@@ -209,6 +210,9 @@ class Results:
 
 CLIENTS = {"httpx2": httpx2, "httpx": httpx}  # --client: the HTTP library of the load's clients
 HTTP_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
+# The observer samples the non-LLM routes under the clients' load; with no pause it is one more client sending
+# back to back (~20 ms of server CPU a request: at 10 clients a third of the server's CPU, at 50 about a tenth).
+OBSERVER_PAUSE = 0.2
 
 
 async def _client(http: Any, agent: str, turns: int, tag: str, results: Results, words: int) -> None:
@@ -226,8 +230,8 @@ async def _client(http: Any, agent: str, turns: int, tag: str, results: Results,
         results.turns.append(time.perf_counter() - start)
 
 
-async def _observer(http: Any, agents: list[str], done: asyncio.Event, results: Results) -> None:
-    """The non-LLM routes, one after another, for as long as the turns run."""
+async def _observer(http: Any, agents: list[str], done: asyncio.Event, results: Results, pause: float) -> None:
+    """The non-LLM routes, one after another with ``pause`` seconds between them, for as long as the turns run."""
     number = 0
     while not done.is_set():
         for path, into, params in (
@@ -243,15 +247,20 @@ async def _observer(http: Any, agents: list[str], done: asyncio.Event, results: 
                     results.errors.append(f"{path}: {answer.status_code} {answer.text[:200]}")
             except HTTP_ERRORS as exc:
                 results.errors.append(f"{path}: {type(exc).__name__}: {exc}")
+            if pause:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), pause)
         number += 1
 
 
-async def _load(clients: list[Any], agents: list[str], turns: int, tag: str, words: int) -> Results:
+async def _load(
+    clients: list[Any], agents: list[str], turns: int, tag: str, words: int, pause: float = OBSERVER_PAUSE
+) -> Results:
     """Each agent's ``turns`` messages through ``clients`` (one shared, or one per agent plus one for the
     observer, the last), the observer looping meanwhile."""
     results = Results()
     done = asyncio.Event()
-    observer = asyncio.create_task(_observer(clients[-1], agents, done, results))
+    observer = asyncio.create_task(_observer(clients[-1], agents, done, results, pause))
     start = time.perf_counter()
     senders = clients[:-1] if len(clients) > 1 else clients * len(agents)
     pairs = zip(senders, agents, strict=True)
@@ -263,7 +272,15 @@ async def _load(clients: list[Any], agents: list[str], turns: int, tag: str, wor
 
 
 async def _warm_and_load(
-    url: str, key: str, agents: list[str], turns: int, own: bool, client: str, measuring: Any, words: int = 0
+    url: str,
+    key: str,
+    agents: list[str],
+    turns: int,
+    own: bool,
+    client: str,
+    measuring: Any,
+    words: int = 0,
+    pause: float = OBSERVER_PAUSE,
 ) -> Results:
     """Each agent's first turn (opening it, not measured), then ``measuring()`` and the measured load, on the
     same connections. ``own``: every client its own keep-alive connection, as separate apps each driving one
@@ -279,9 +296,9 @@ async def _warm_and_load(
     made = (library.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(http) for http in made]
-        await _load(clients, agents, 1, "warm-up", words)
+        await _load(clients, agents, 1, "warm-up", words, pause)
         measuring()
-        return await _load(clients, agents, turns, "bench", words)
+        return await _load(clients, agents, turns, "bench", words, pause)
 
 
 def _make_agents(url: str, key: str, count: int) -> list[str]:
@@ -470,6 +487,7 @@ def run(
     client: str = "httpx2",
     words: int = 0,
     by_thread: bool = False,
+    pause: float = OBSERVER_PAUSE,
 ) -> str:
     llm = FixedLLM(llm_ms / 1000, words)
     try:
@@ -486,7 +504,7 @@ def run(
                     before.update(calls=llm.calls, cpu=Cpu.now(pid))
                     before["gil"] = profiling.enter_context(gil_profile(pid, profile, by_thread=by_thread))
 
-                loading = _warm_and_load(server.url, key, agents, turns, own, client, measuring, words)
+                loading = _warm_and_load(server.url, key, agents, turns, own, client, measuring, words, pause)
                 results = asyncio.run(loading)
             gil = before["gil"]
             calls = (llm.calls - before["calls"]) / max(1, len(results.turns))
@@ -555,6 +573,12 @@ def main() -> None:
     parser.add_argument(
         "--words", type=int, default=0, help="words added to every message and reply (0: a few words, 'Noted.')"
     )
+    parser.add_argument(
+        "--observer-pause",
+        type=float,
+        default=OBSERVER_PAUSE,
+        help="seconds between the non-LLM route requests sampled during the load (0: back to back)",
+    )
     parser.add_argument("--header", action="store_true", help="print the table's header first")
     parser.add_argument(
         "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
@@ -581,7 +605,7 @@ def main() -> None:
             own = args.connections == "own"
             row = run(
                 backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client, args.words,
-                by_thread=args.threads,
+                by_thread=args.threads, pause=args.observer_pause,
             )  # fmt: skip
             print(row, flush=True)
 
