@@ -53,6 +53,13 @@ def _ready(uri: str) -> bool:
         return False
 
 
+# Milvus standalone's parts find each other through etcd, each at the address it registers there: with its
+# `<part>.ip` empty (the package's config template) that is the machine's first non-loopback address (here the
+# VM's, 192.0.2.2), so they dialed each other there ("failed to connect 192.0.2.2:53100": a part dialing root
+# coordination). Pinned to loopback, they neither depend on that interface nor advertise it.
+_COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
+
+
 def start_server(data: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start `milvus-server` (authentication on) and wait until it answers; raises RuntimeError."""
     executable = _executable()
@@ -72,6 +79,7 @@ def start_server(data: Path, port: int | None = None) -> tuple[subprocess.Popen[
             "true",
             "--extra-config",
             "proxy.timeTickInterval=20",
+            *(arg for part in _COMPONENTS for arg in ("--extra-config", f"{part}.ip=127.0.0.1")),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -21,6 +21,24 @@ def thread_states(pid: int) -> list[str]:
     return states
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, reaped children's included) used so far by process ``pid`` and every live process
+    under it; 0.0 once it is gone."""
+    tree, parents = {pid}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # a process that ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    grew = True
+    while grew:
+        below = {child for child, (parent, _) in parents.items() if parent in tree}
+        grew = not below <= tree
+        tree |= below
+    return sum(parents[p][1] for p in tree if p in parents) / os.sysconf("SC_CLK_TCK")
+
+
 def stopped(pid: int) -> bool:
     """Whether every thread of process ``pid`` is stopped (state T)."""
     states = thread_states(pid)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from letta_client import Letta
 
-from memgpt.config import Config, save_config
+from memgpt.config import Config, ServerSettings, save_config
 from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
 from tests.milvus_server import TOKEN, milvus_database
@@ -45,8 +45,17 @@ class ServerPair:
 
     def history(self, agent_id: str) -> list[tuple[str, str]]:
         """(role, text) of every stored message of the agent, oldest first, read from the database itself."""
-        with Storage(self.config, self.home) as storage:
+        with _test_storage(self.config, self.home) as storage:
             return [(m.role.value, m.content) for m in storage.messages.last(agent_id, 1000)]
+
+
+def _test_storage(config: Config, home: Path) -> Storage:
+    """The pytest process's own storage of the servers' home, with the default lease's idle transaction timeout
+    (30 s) whatever lease ``configure`` gave the servers: PostgreSQL ends a session whose transaction waits that
+    long for its client, and on a machine at load ~20 a gen-2 GC of the pytest process (~0.1 CPU s) took 3-4.4 s:
+    with the servers' 3 s one, such a pause inside the migrations' transaction of the new database (70 statements)
+    ends it, and the fixture's set-up fails."""
+    return Storage(config.model_copy(update={"server": ServerSettings()}), home)
 
 
 @contextmanager
@@ -76,7 +85,7 @@ def server_pair(
             config.milvus.uri, config.milvus.database, config.milvus.token = milvus_server, database, TOKEN
             configure(config)
             save_config(config, home)
-            with Storage(config, home) as storage:
+            with _test_storage(config, home) as storage:  # migrates the new database
                 owner = storage.users.ensure(config.user_id, OWNER_NAME)
                 key = storage.users.create_key(owner.id)[1]
             a, b = start_servers(home, *workers)

@@ -25,6 +25,7 @@ from memgpt.server.jobs import FileJobs
 from memgpt.server.state import ServerState
 from memgpt.server.turns import Timing
 from memgpt.storage.users import UserStore
+from tests.processes import cpu_seconds
 
 
 def retrying_letta(server: LiveServer, *, max_retries: int, timeout: float | None = None) -> tuple[Any, list[str]]:
@@ -169,16 +170,39 @@ class ServerProcess:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait until it answers. It failed once it exited, or once ``timeout`` seconds went by in which its processes
+        used no CPU (they wait for something that does not come), or after ``5 * timeout`` seconds in all. Not a
+        fixed ``timeout``: a start costs ~3 CPU seconds, and at load ~33 on this 2-core machine two servers
+        starting side by side took 159 and 162 s to answer (the fencing pair's set-up failed at 120)."""
+        started = last_progress = looked = time.monotonic()
+        used = 0.0
         while True:
             try:
                 if httpx.get(f"{self.url}/v1/health/").status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            now = time.monotonic()
+            if now - looked >= 2:  # reading /proc costs CPU too: not at every poll
+                looked, cpu = now, cpu_seconds(self.process.pid)
+                if cpu > used:
+                    used, last_progress = cpu, now
+            why = (
+                f"it exited with code {self.process.returncode}"
+                if self.process.poll() is not None
+                else f"its processes used no CPU for {timeout:.0f} s"
+                if now - last_progress > timeout
+                else f"it did not answer within {5 * timeout:.0f} s"
+                if now - started > 5 * timeout
+                else ""
+            )
+            if why:
                 self.stop()
-                raise RuntimeError(f"memgpt server did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+                load = os.getloadavg()[0]
+                raise RuntimeError(
+                    f"memgpt server did not start: {why} ({used:.1f} CPU s, {now - started:.0f} s, load {load:.1f}):\n"
+                    f"{self.log.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.1)
 
     def stop(self) -> None:

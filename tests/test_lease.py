@@ -479,6 +479,23 @@ class _Stall:
 STALL_LIMIT = 90.0  # seconds a stopped holder stays stopped at most: far past what PostgreSQL should take to end it
 
 
+def _storage_and_holders(home: Path, lease: float) -> tuple[Storage, Storage]:
+    """The test's own storage (the default lease's idle transaction timeout, 30 s), which migrates the new
+    database, and the stopped holder's, opened after it with a ``lease``-long one: PostgreSQL ends any session of
+    that storage whose transaction waits ``lease`` for its client. On a machine at load ~20 a gen-2 GC of the
+    pytest process (~0.1 CPU s) took 3-4.4 s, and one landing inside the migrations' transaction (70 statements)
+    ended it ("terminating connection due to idle-in-transaction timeout") when the test opened one storage with
+    the short lease for everything. Only the holder's write is meant to idle."""
+    config = load_config(home)
+    storage = Storage(config, home)
+    config.server.lease_seconds = lease
+    try:
+        return storage, Storage(config, home)
+    except BaseException:
+        storage.close()
+        raise
+
+
 @contextmanager
 def _holder_stalled_in_its_fenced_write(storage: Storage, write: Callable[[], None]) -> Iterator[_Stall]:
     """``write`` (a fenced write) on a thread that stops right after its fence's UPDATE of the lease row (the row
@@ -514,21 +531,19 @@ def test_a_holder_stalled_inside_its_fenced_write_neither_blocks_the_takeover_no
     fenced. (SQLite has no server to end it: the newcomer's write waits for the busy timeout, then fails.)"""
     if not metadata_url.startswith("postgresql"):
         pytest.skip("PostgreSQL only: on SQLite a stopped writer holds the database's write lock until it goes on")
-    config = load_config(home)
-    config.server.lease_seconds = LEASE = 3.0
-    storage = Storage(config, home)
+    storage, holders = _storage_and_holders(home, LEASE := 3.0)
     holder = new_owner()
     refused: list[BaseException] = []
 
     def fenced_write() -> None:
         try:
-            storage.agents.record_effects("a1", [], fence=Fence("a1", holder))
+            holders.agents.record_effects("a1", [], fence=Fence("a1", holder))
         except LeaseLostError as exc:
             refused.append(exc)
 
     try:
         assert storage.turns.acquire("a1", holder, "run-1", LEASE) is not None
-        with _holder_stalled_in_its_fenced_write(storage, fenced_write) as stall:
+        with _holder_stalled_in_its_fenced_write(holders, fenced_write) as stall:
             newcomer = new_owner()
             while storage.turns.acquire("a1", newcomer, "run-2", LEASE) is None:  # until the lease expired
                 time.sleep(0.1)
@@ -538,6 +553,7 @@ def test_a_holder_stalled_inside_its_fenced_write_neither_blocks_the_takeover_no
         assert lease_owner(storage, "a1") == newcomer
         assert len(refused) == 1 and "took the agent over" in str(refused[0]), refused
     finally:
+        holders.close()
         storage.close()
 
 
@@ -551,21 +567,19 @@ def test_a_holder_stalled_inside_its_fenced_write_past_its_lease_with_no_takeove
         pytest.skip("PostgreSQL only: SQLite has no server to end a stopped writer's transaction")
     import psycopg
 
-    config = load_config(home)
-    config.server.lease_seconds = LEASE = 1.0
-    storage = Storage(config, home)
+    storage, holders = _storage_and_holders(home, LEASE := 1.0)
     holder = new_owner()
     failed: list[BaseException] = []
 
     def fenced_write() -> None:
         try:
-            storage.agents.record_effects("a1", [StepEffect("step-1", "passage", "p1")], fence=Fence("a1", holder))
+            holders.agents.record_effects("a1", [StepEffect("step-1", "passage", "p1")], fence=Fence("a1", holder))
         except Exception as exc:  # noqa: BLE001 - handed to the test
             failed.append(exc)
 
     try:
         assert storage.turns.acquire("a1", holder, "run-1", LEASE) is not None
-        with _holder_stalled_in_its_fenced_write(storage, fenced_write) as stall:
+        with _holder_stalled_in_its_fenced_write(holders, fenced_write) as stall:
             # PostgreSQL ends the transaction after it idled for the lease's length: until its session is gone.
             plain = metadata_url.replace("postgresql+psycopg://", "postgresql://")
             with psycopg.connect(plain, autocommit=True) as monitor:
@@ -578,6 +592,7 @@ def test_a_holder_stalled_inside_its_fenced_write_past_its_lease_with_no_takeove
         assert "stalled past its lease" in str(failed[0]) and "took the agent over" not in str(failed[0])
         assert storage.agents.uncommitted_effects("a1") == []  # the write is not stored
     finally:
+        holders.close()
         storage.close()
 
 
