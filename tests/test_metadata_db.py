@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -206,6 +207,30 @@ def test_postgresql_ends_a_transaction_left_idle_for_the_lease_length_unless_the
     with store.connection() as c:
         assert c.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
     store.close()
+
+
+def test_a_new_databases_migrations_outlast_a_pause_longer_than_the_lease(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sessions of a 1 s lease end transactions idle for 1 s; a new database's migrations are one transaction,
+    and a pause of this process between two of its statements (a garbage collection under load) must not end it."""
+    from memgpt.storage import migrations
+
+    first_name, first = migrations.MIGRATIONS[0]
+
+    def paused(conn: Any) -> None:
+        first(conn)
+        time.sleep(2.0)  # idle in the migrations' transaction, twice the sessions' limit
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [(first_name, paused), *migrations.MIGRATIONS[1:]])
+    store = MetadataStore(postgres_url, idle_transaction_seconds=1.0)
+    try:
+        with store.connection() as c:
+            applied = c.execute(text("SELECT count(*) FROM schema_migrations")).scalar()
+            assert applied == len(migrations.MIGRATIONS)
+            assert c.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "1s"
+    finally:
+        store.close()
 
 
 # Writes two rows with one call (an executemany, as a turn writes its step's messages) in a transaction, as a

@@ -550,6 +550,11 @@ def _pending(applied: set[str]) -> list[tuple[str, Callable[[Connection], None]]
 
 # Any fixed number: PostgreSQL advisory locks are per database, so this only serializes memgpt's migrations.
 _ADVISORY_LOCK_KEY = 0x6D656D677074  # "memgpt"
+# The migrations' own idle-in-transaction limit. A metadata engine ends transactions idle for a lease's length
+# (sql._end_idle_transactions: 3 s at the shortest), and a new database's migrations are one transaction of ~70
+# statements: one garbage collection of a loaded process between two of them (3-4 s seen at load ~22) ended it,
+# and the open failed. A stopped migrator still gives the lock up after this long.
+_MIGRATION_IDLE_LIMIT = "60s"
 
 
 @contextmanager
@@ -561,6 +566,7 @@ def _migration_lock(engine: Engine) -> Iterator[Connection]:
         return
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
+            conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{_MIGRATION_IDLE_LIMIT}'"))
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
         yield conn
 
