@@ -850,3 +850,60 @@ def test_a_chat_opens_its_agent_once_across_its_own_writes(
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "Attached notes" in result.stdout and "🤖 Third." in result.stdout, result.stdout
     assert opened == ["open"], result.stdout
+
+
+@pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
+def test_a_ctrl_c_during_a_timed_heartbeat_says_so_in_one_line_and_the_chat_goes_on(
+    home: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """A real Ctrl-C in the terminal while a timed heartbeat's second step waits for the LLM (its first step asked
+    for it): one line says it was interrupted, no traceback, the chat's prompt comes back, the agent's lease is given
+    back at once (another process can take it), and what the first step stored is kept, nothing of the second."""
+    go_on = threading.Event()
+    llm.add(
+        {
+            "tool": "archival_memory_insert",
+            "args": {"content": "The user went quiet.", "request_heartbeat": True},
+            "content": "The user is idle; I'll make a note.",
+        },
+        {"until": go_on, "tool": "send_message", "args": {"message": "never shown"}},
+        {"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."},
+    )
+    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "memgpt", "run", "--agent", "Idle", "--first", "--heartbeat-minutes", "0.03"],
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 200),
+        cwd=str(tmp_path),
+    )
+    try:
+        child.expect_exact("💭 The user is idle; I'll make a note.")
+        deadline = time.monotonic() + 30
+        while len(llm.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(llm.requests) == 2, "the heartbeat's second step never reached the LLM"
+        child.sendintr()
+        child.expect_exact("interrupted (the timed heartbeat stopped; what it stored before is kept)")
+        child.expect_exact("> Enter your message:")
+        config = load_config(home)
+        with Storage(config, home) as storage:
+            state = storage.agents.get(config.user_id, "Idle")
+            assert state is not None
+            with storage.turns.holding(state.id, 30, 0):  # free now: else AgentBusyError at once
+                pass
+        go_on.set()
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+        out = child.before or ""
+    finally:
+        go_on.set()
+        child.close()
+    assert "Traceback" not in out, out
+    assert child.exitstatus == 0, out
+    stored = stored_messages(home, "Idle")
+    assert "The user is idle; I'll make a note." in [m.content for m in stored]  # the first step, kept
+    called = [call.name for m in stored for call in m.tool_calls]
+    assert "send_message" not in called, called  # nothing of the interrupted step

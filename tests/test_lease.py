@@ -635,3 +635,34 @@ def test_a_lease_a_dead_holder_left_of_a_deleted_agent_goes_at_the_next_prune(st
         assert s.execute(text("select count(*) from recall_index_claims")).scalar() == 0
         runs = s.execute(text("select id from agent_runs order by id")).scalars().all()
     assert runs == ["run-1"]
+
+
+def test_a_release_left_for_later_is_given_up_at_its_deadline_said_once_and_its_thread_ends(
+    storage: Storage, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``release_later`` while PostgreSQL stays stopped past ``within``: the background thread gives up (the lease
+    lapses by itself), says so in one logged error, calls no ``then`` and ends, while the database is still down;
+    nothing is tried after it (the lease is still its owner's once PostgreSQL is back)."""
+    if storage.metadata.engine.dialect.name != "postgresql":
+        pytest.skip("a database kept unreachable: the PostgreSQL server is stopped")
+    postgres_server = request.getfixturevalue("postgres_server")
+    turns, owner = storage.turns, new_owner()
+    assert turns.acquire("a1", owner, "", 60) is not None
+    given_back: list[bool] = []
+
+    def releasers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "lease-releaser"]
+
+    with caplog.at_level("INFO", logger="memgpt.storage.turns"), postgres_server.down():
+        turns.release_later("a1", owner, within=1.0, then=lambda: given_back.append(True))
+        assert releasers(), "no thread gives the lease back"
+        deadline = time.monotonic() + 15
+        while releasers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not releasers(), "the thread giving the lease back never ended"
+        gave_up = [r for r in caplog.records if r.getMessage().startswith("gave up giving back the lease of agent a1")]
+        assert len(gave_up) == 1 and gave_up[0].levelname == "ERROR", caplog.text
+    time.sleep(1.5)  # (a thread still trying would give it back now)
+    assert lease_owner(storage, "a1") == owner
+    assert not given_back
+    turns.release("a1", owner)

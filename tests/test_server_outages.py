@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from letta_client import APIStatusError, Letta
+from sqlalchemy import event
 
 from memgpt.config import load_config, save_config
 from memgpt.storage.filters import eq
@@ -193,3 +194,47 @@ def test_postgres_restarted_while_an_upload_loads_then_the_load_is_done_again_on
     assert source is not None
     stored = server.state.storage.passages(source.space).count(eq("source_id", folder))
     assert stored == file.total_chunks == file.chunks_embedded
+
+
+def test_postgres_down_as_the_agent_opens_answers_503_and_frees_the_agent_once_it_is_back(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, postgres_server: PostgresServer
+) -> None:
+    """PostgreSQL stops after a send took the agent's lease, as the agent is read to open it: the run cannot be
+    forgotten nor the lease given back. The send gets a 503 naming the database (not the failed release's error),
+    and the lease is given back as soon as PostgreSQL answers again (``release_later``), not left to expire (30 s)."""
+    engine = server.state.storage.metadata.engine
+    reached, stopped = threading.Event(), threading.Event()
+
+    def before(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if not reached.is_set() and statement.lstrip().upper().startswith("SELECT") and "FROM agents" in statement:
+            reached.set()
+            stopped.wait(60)  # (the statement then runs on a connection PostgreSQL closed)
+
+    answer: dict[str, object] = {}
+
+    def send() -> None:
+        try:
+            answer["ok"] = letta.agents.messages.create(agent_id, input="during")
+        except APIStatusError as exc:
+            answer["error"] = (exc.status_code, exc.body)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert reached.wait(30), "the send never read its agent"
+        with postgres_server.down():
+            stopped.set()
+            sender.join(60)
+            assert not sender.is_alive()
+    finally:
+        stopped.set()
+        event.remove(engine, "before_cursor_execute", before)
+    status, body = answer["error"]  # type: ignore[misc]
+    assert status == 503, body
+    assert "metadata database" in str(body), body
+    assert not llm.requests  # the agent never opened
+    llm.reply("after")
+    back = time.monotonic()
+    assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "after"
+    assert time.monotonic() - back < 10  # not the 30 s of a lease left to expire

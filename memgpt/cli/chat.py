@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from memgpt.storage import Storage
 
 PROMPT = "> Enter your message: "
+TIMED_HEARTBEAT = "the timed heartbeat"  # how a line names it (it is sent after --heartbeat-minutes idle)
 HOLDER = "this memgpt run process"  # the process a LeaseLostError names (the server says "this server process")
 _MEMORY_VERBS = {
     "archival_memory_search": "searching memory with",
@@ -115,9 +116,8 @@ class Chat:
             except (EOFError, KeyboardInterrupt):
                 console.print("Bye.")
                 return
-            if line is None:
-                with contextlib.suppress(AgentBusyError):  # another process's turn runs now: not needed then
-                    self.step(lambda agent: agent.timed_heartbeat())
+            if line is None:  # as a line: a failure or a Ctrl-C in it is one line, and the chat goes on
+                self._attempt(TIMED_HEARTBEAT, self._timed_heartbeat, TIMED_HEARTBEAT)
                 continue
             if not self.handle(line):
                 return
@@ -142,31 +142,39 @@ class Chat:
         text = line.strip()
         if not text:
             return True
+        if text.startswith("/"):
+            return self._attempt(text, lambda: self.command(text), text.split()[0])
+        return self._attempt(text, lambda: self.step(lambda agent: agent.send(text)))
+
+    def _timed_heartbeat(self) -> None:
+        with contextlib.suppress(AgentBusyError):  # another process's turn runs now: not needed then
+            self.step(lambda agent: agent.timed_heartbeat())
+
+    def _attempt(self, text: str, work: Callable[[], bool | None], name: str | None = None) -> bool:
+        """Run a message (``name`` None) or a command (``name`` says it); a failure or a Ctrl-C is one line saying
+        what it left. False when the chat should end."""
         self._held = None
         self.agent.opening = None
         try:
-            if text.startswith("/"):
-                return self.command(text)
-            self.step(lambda agent: agent.send(text))
+            return work() is not False
         except AgentBusyError as exc:
-            self._not_sent(text, FAILED, f"error: {exc}")
+            self._not_sent(text, FAILED, f"error: {exc}", name=name)
         except ToolError as exc:
             self._failed(FAILED, f"{exc}")
         except UserError as exc:
             self._failed(FAILED, f"error: {exc}")
         except MemGPTError as exc:
-            self._unfinished(text, FAILED, f"error: {exc}", "/retry to try again")
+            self._unfinished(text, FAILED, f"error: {exc}", "/retry to try again", name)
         except KeyboardInterrupt:
             if self._held is False:  # while it waited for another process's turn: nothing was stored
-                self._not_sent(text, INTERRUPTED, "interrupted while waiting for the agent's turn")
+                self._not_sent(text, INTERRUPTED, "interrupted while waiting for the agent's turn", name=name)
             else:
-                self._unfinished(text, INTERRUPTED, "interrupted", "/retry lets the agent answer it")
+                self._unfinished(text, INTERRUPTED, "interrupted", "/retry lets the agent answer it", name)
         return True
 
-    def _unfinished(self, text: str, code: int, why: str, retry: str) -> None:
+    def _unfinished(self, text: str, code: int, why: str, retry: str, name: str | None) -> None:
         """A message or command that failed or was interrupted once started: what it left, as it is."""
-        if text.startswith("/"):
-            name = text.split()[0]
+        if name is not None:
             if code != INTERRUPTED:
                 self._failed(code, why)
             elif self._held is None:  # it took no lease: it only reads
@@ -195,10 +203,10 @@ class Chat:
         except MemGPTError:
             return None
 
-    def _not_sent(self, text: str, code: int, why: str, what: str = "sent") -> None:
-        """A line the agent never got: said so, and put back at the prompt (a command is said not run)."""
-        if text.startswith("/"):
-            said = f"{text.split()[0]} was not run"
+    def _not_sent(self, text: str, code: int, why: str, what: str = "sent", *, name: str | None = None) -> None:
+        """A line the agent never got: said so, and put back at the prompt (a command, ``name``, is said not run)."""
+        if name is not None:
+            said = f"{name} was not run"
         elif self.at_prompt:
             self.unsent, said = text, f"your message was not {what} (it is back at the prompt)"
         else:

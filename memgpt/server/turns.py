@@ -493,9 +493,17 @@ class TurnRunner:
                 del self._active[turn.agent_id]
         turn.releasing = True
         try:
-            self._turns.forget_run(turn.run_id, message)
+            try:
+                self._turns.forget_run(turn.run_id, message)
+            except MemGPTError as forgot:  # the database out of reach: the run and its message stay (a retry of
+                # the send answers that message, as for a process that died mid-turn)
+                logger.error("cannot forget run %s of agent %s: %s", turn.run_id, turn.agent_id, forgot)
+            try:
+                self._release(turn.agent_id, owner)
+            except MemGPTError as unreleased:  # given back once the database answers (else it lapses by itself)
+                logger.info("cannot give back the lease of agent %s now (%s)", turn.agent_id, unreleased)
+                self._turns.release_later(turn.agent_id, owner, within=self.timing.lease_ttl, then=self._wake_waiters)
         finally:
-            self._release(turn.agent_id, owner)
             turn.finish("error", Usage(), error)
 
     @contextmanager
