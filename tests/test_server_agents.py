@@ -347,6 +347,16 @@ def _rows_naming(storage: Storage, agent_id: str) -> dict[str, int]:
 
 
 # -- core memory --------------------------------------------------------------------------------------
+def test_an_agent_whose_block_is_over_its_limit_is_refused_naming_the_block(letta: Letta) -> None:
+    with pytest.raises(BadRequestError) as too_long:
+        sam(letta, extra_blocks=({"label": "notes", "value": "x" * 11, "limit": 10},))
+    assert too_long.value.body == {
+        "detail": "Edit failed: Exceeds 10 character limit (requested 11) in block 'notes'; "
+        "shorten its value or raise its limit."
+    }
+    assert letta.agents.list().items == []  # nothing was made
+
+
 def test_blocks_list_retrieve_update_and_limits(letta: Letta, llm: ScriptedLLM) -> None:
     agent_id = sam(letta)
     blocks = letta.agents.blocks.list(agent_id).items
@@ -360,7 +370,10 @@ def test_blocks_list_retrieve_update_and_limits(letta: Letta, llm: ScriptedLLM) 
     assert updated.value == "Name: Chad B." and updated.limit == 5000
     with pytest.raises(BadRequestError) as too_long:
         letta.agents.blocks.update("human", agent_id=agent_id, value="x" * 5001)
-    assert too_long.value.body == {"detail": "Edit failed: Exceeds 5000 character limit (requested 5001)."}
+    assert too_long.value.body == {
+        "detail": "Edit failed: Exceeds 5000 character limit (requested 5001) in block 'human'; "
+        "shorten its value or raise its limit."
+    }
     with pytest.raises(BadRequestError, match="more than the new limit of 5"):
         letta.agents.blocks.update("human", agent_id=agent_id, limit=5)
     both = letta.agents.blocks.update("human", agent_id=agent_id, value="Chad", limit=10)
