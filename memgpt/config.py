@@ -136,6 +136,13 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8283, ge=1, le=65535)
     max_upload_mb: float = Field(default=50, gt=0)  # largest request body (file uploads, agent files)
+    # The most text one archival insert (Letta's passages.create) takes, in UTF-8. It is embedded within the
+    # request (the local model does ~1 MB a minute on 2 cores) and letta-client gives up after 60 s: a longer
+    # text belongs in a folder, whose file loads run as jobs.
+    max_passage_mb: float = Field(default=0.5, gt=0)
+    # How long a stopping server waits for requests still running (an insert being embedded, a turn) before it
+    # cuts them; a cut insert stores nothing and a cut turn is crash-safe as a killed process is.
+    shutdown_seconds: float = Field(default=10, gt=0)
     busy_wait_seconds: float = Field(default=5, ge=0)  # a send waits this long for the agent's running turn, then 409
     # A turn's hold on its agent, renewed while it runs; a server that vanished holds its agents this long at
     # most (a dead process on the same host is noticed at once).

@@ -127,6 +127,13 @@ def test_stdio_reaches_the_memory_the_agent_itself_uses(
             assert "limit must be between 1 and 20" in await session.refused(
                 "search_source", source="notes", query="q", limit=500
             )
+            # Arguments of the wrong type or missing: one line naming the argument, not pydantic's dump.
+            schema = "; the tool's input schema lists its arguments"
+            wrong = await session.refused("search_source", source="notes", query="q", limit="many")
+            bad_int = "Input should be a valid integer, unable to parse string as an integer"
+            assert wrong == f"search_source: argument 'limit': {bad_int}{schema}"
+            no_query = await session.refused("search_source", source="notes")
+            assert no_query == f"search_source: argument 'query': Field required{schema}"
             no_hits = await session.ok("conversation_search", query="cat")
             assert no_hits.startswith("No results found.")  # then how it ranks
             scoped = await session.ok("conversation_search", query="cat", start_date="2001-01-01", role="user")

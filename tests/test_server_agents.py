@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from letta_client import BadRequestError, Letta, NotFoundError, UnprocessableEntityError
+from letta_client import APIStatusError, BadRequestError, Letta, NotFoundError, UnprocessableEntityError
 
 from memgpt.agent.manager import attach_source
+from memgpt.config import save_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage import Storage
@@ -347,6 +348,16 @@ def _rows_naming(storage: Storage, agent_id: str) -> dict[str, int]:
 
 
 # -- core memory --------------------------------------------------------------------------------------
+def test_an_agent_whose_block_is_over_its_limit_is_refused_naming_the_block(letta: Letta) -> None:
+    with pytest.raises(BadRequestError) as too_long:
+        sam(letta, extra_blocks=({"label": "notes", "value": "x" * 11, "limit": 10},))
+    assert too_long.value.body == {
+        "detail": "Edit failed: Exceeds 10 character limit (requested 11) in block 'notes'; "
+        "shorten its value or raise its limit."
+    }
+    assert letta.agents.list().items == []  # nothing was made
+
+
 def test_blocks_list_retrieve_update_and_limits(letta: Letta, llm: ScriptedLLM) -> None:
     agent_id = sam(letta)
     blocks = letta.agents.blocks.list(agent_id).items
@@ -360,7 +371,10 @@ def test_blocks_list_retrieve_update_and_limits(letta: Letta, llm: ScriptedLLM) 
     assert updated.value == "Name: Chad B." and updated.limit == 5000
     with pytest.raises(BadRequestError) as too_long:
         letta.agents.blocks.update("human", agent_id=agent_id, value="x" * 5001)
-    assert too_long.value.body == {"detail": "Edit failed: Exceeds 5000 character limit (requested 5001)."}
+    assert too_long.value.body == {
+        "detail": "Edit failed: Exceeds 5000 character limit (requested 5001) in block 'human'; "
+        "shorten its value or raise its limit."
+    }
     with pytest.raises(BadRequestError, match="more than the new limit of 5"):
         letta.agents.blocks.update("human", agent_id=agent_id, limit=5)
     both = letta.agents.blocks.update("human", agent_id=agent_id, value="Chad", limit=10)
@@ -628,6 +642,79 @@ def test_a_retry_of_a_passages_create_whose_server_was_killed_midway_stores_each
     assert 0 < len(before) < len(made), (len(seen), len(before), len(made))  # killed halfway, some rows stored
     assert len(stored) == len(made), "the retry stored a second copy of what the killed try wrote"
     assert {p["id"]: p["text"] for p in stored} == {p["id"]: p["text"] for p in made}
+
+
+def test_a_text_over_the_insert_limit_is_refused_at_once_naming_the_field_and_the_limit(letta: Letta) -> None:
+    """A long text would be embedded within the request, past letta-client's 60 s; it is refused before any work."""
+    agent_id = sam(letta)
+    started = time.monotonic()
+    with pytest.raises(APIStatusError) as refused:
+        letta.agents.passages.create(agent_id, text="Sentence about the harbour. " * 25_000)  # 0.7 MB
+    assert refused.value.status_code == 413
+    assert refused.value.body == {
+        "detail": "text: 0.7 MB is more than one insert takes (0.5 MB, server.max_passage_mb in the server's "
+        "config.toml); send it in parts, or upload it as a file to a folder (loaded as a job)"
+    }
+    assert time.monotonic() - started < 10  # refused, not embedded first (0.7 MB takes ~40 s on 2 quiet cores)
+    assert letta.agents.passages.list(agent_id) == []
+
+
+def test_a_stopped_server_exits_in_bounded_time_while_an_insert_is_embedding_and_stores_nothing_of_it(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """SIGTERM while a long insert is being embedded: the insert ends at its next embedding batch with a 503 (the
+    client is told nothing was stored) and the server exits; after a restart nothing of it is stored and the agent
+    takes inserts as before. (The server waited for the insert to finish: 16 minutes for 10 MB.)"""
+    config = use_scripted_llm(home, llm.url)
+    config.server.max_passage_mb = 2  # let in a text that takes minutes to embed
+    config.server.shutdown_seconds = 2
+    save_config(config, home)
+    created = run_cli("key", "create", home=home)
+    assert created.returncode == 0, created.stderr
+    key = next(w for w in created.stdout.split() if w.startswith("sk-"))
+    body = {"text": " ".join(f"Sentence {i} about the harbour and the weather." for i in range(30_000))}  # 1.5 MB
+    server = ServerProcess(home)
+    server.wait_ready()
+    try:
+        agent_id = sam(Letta(base_url=server.url, api_key=key, max_retries=0))
+        url = f"{server.url}/v1/agents/{agent_id}/archival-memory"
+
+        answers: list[httpx.Response] = []
+
+        def insert() -> None:
+            with contextlib.suppress(httpx.TransportError):
+                answers.append(httpx.post(url, json=body, headers=auth(key), timeout=None))  # it never gives up
+
+        sending = threading.Thread(target=insert, daemon=True)
+        sending.start()
+        time.sleep(3)  # the text is split and being embedded (~1 minute on 2 quiet cores, minutes on a busy one)
+        stopped = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"memgpt server did not exit within 40 s of SIGTERM:\n{server.log.read_text()[-2000:]}")
+        took = time.monotonic() - stopped
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    print(f"exited {took:.1f} s after SIGTERM")
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    sending.join(timeout=10)
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (503, {"detail": "the server is stopping: nothing was stored; send the text again when it is back"})
+    ]
+    again = ServerProcess(home)
+    again.wait_ready()
+    try:
+        letta = Letta(base_url=again.url, api_key=key, max_retries=0)
+        assert letta.agents.passages.list(agent_id) == []  # nothing half-written
+        assert [p.text for p in letta.agents.passages.create(agent_id, text="The harbour is quiet.")] == [
+            "The harbour is quiet."
+        ]
+    finally:
+        again.stop()
 
 
 def test_search_covers_attached_sources_but_list_and_delete_only_the_agents_own(

@@ -287,6 +287,9 @@ def test_errors_have_openais_shape(server: LiveServer) -> None:
     with pytest.raises(openai.BadRequestError) as invalid:
         client.chat.completions.create(model="sam", messages=[])
     assert invalid.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as many:  # one answer per turn: never a silent single choice
+        client.chat.completions.create(model="sam", messages=[{"role": "user", "content": "hi"}], n=2)
+    assert many.value.param == "n" and "n: 2 choices asked for; an agent answers a turn once" in many.value.message
 
     raw = httpx.get(f"{server.url}/openai/v1/models")
     assert raw.status_code == 401 and set(raw.json()["error"]) == {"message", "type", "param", "code"}

@@ -186,14 +186,17 @@ def check_blocks(blocks: Sequence[Block]) -> set[str]:
         if block.limit < 1:
             raise UserError(f"the limit of block {block.label!r} must be a positive number of characters")
         if len(block.value) > block.limit:
-            raise UserError(over_limit(block.limit, len(block.value)))
+            raise UserError(over_limit(block.label, block.limit, len(block.value)))
         labels.add(block.label)
     return labels
 
 
-def over_limit(limit: int, requested: int) -> str:
-    """Letta's words for a block value longer than its limit."""
-    return f"Edit failed: Exceeds {limit} character limit (requested {requested})."
+def over_limit(label: str, limit: int, requested: int) -> str:
+    """Letta's words for a block value longer than its limit, naming the block."""
+    return (
+        f"Edit failed: Exceeds {limit} character limit (requested {requested}) in block {label!r}; "
+        "shorten its value or raise its limit."
+    )
 
 
 def find_agent(storage: Storage, user_id: str, ref: str) -> AgentState | None:
@@ -336,7 +339,7 @@ def update_block(
                 f"Edit failed: block {label!r} holds {len(changed.value)} characters, more than the new limit of "
                 f"{changed.limit}; shorten its value first (or in the same request)."
             )
-        raise UserError(over_limit(changed.limit, len(changed.value)))
+        raise UserError(over_limit(label, changed.limit, len(changed.value)))
     storage.agents.save_block(state.id, changed)
     return changed
 

@@ -85,7 +85,15 @@ def serve(
             err_console.print(
                 "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
             )
-        uvicorn.run(target, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS, **options)
+        uvicorn.run(
+            target,
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=config.server.shutdown_seconds,  # then running requests are cut
+            **options,
+        )
 
     if workers == 1:
         app = create_app(state=open_state(home, config))  # errors opening the home: one line, before it listens

@@ -25,6 +25,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
+from pydantic import ValidationError
 
 from memgpt import __version__
 from memgpt.agent.manager import AgentMemory, get_agent, open_memory
@@ -276,11 +277,34 @@ def memory_server(
     return MCPServer(NAME, version=__version__, instructions=INSTRUCTIONS, tools=tools, log_level="WARNING")
 
 
+class _MemoryTool(Tool):
+    """An SDK tool whose argument errors are one line naming the argument: the SDK passes on pydantic's
+    multi-line dump with a link to its docs, which a client's model reads as noise."""
+
+    async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
+        try:
+            return await super().run(arguments, context, convert_result)
+        except MCPToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise MCPToolError(argument_problem(self.name, exc.__cause__)) from exc.__cause__
+            raise
+
+
+def argument_problem(tool: str, exc: ValidationError) -> str:
+    """The first thing wrong with a tool call's arguments, as one line naming the argument."""
+    problems = exc.errors()
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"]) or "arguments"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"{tool}: argument {where!r}: {message}{more}; the tool's input schema lists its arguments"
+
+
 def _tool(function: Callable[..., str], *, read_only: bool, destructive: bool = False) -> Tool:
     """``function`` as an MCP tool described by its docstring: the text before ``Args:`` describes the
     tool, each argument's line describes the argument (as for the agent's own tools)."""
     description, arguments = parse_docstring(inspect.getdoc(function) or "")
-    tool = Tool.from_function(
+    tool = _MemoryTool.from_function(
         function,
         description=description,
         annotations=ToolAnnotations(read_only_hint=read_only, destructive_hint=destructive, open_world_hint=False),

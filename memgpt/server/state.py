@@ -49,6 +49,8 @@ class ServerState:
     _turns: TurnRunner | None = field(default=None, repr=False)
     _catalog: tuple[Hashable, list[Tool]] | None = field(default=None, repr=False)  # (tools folder signature, tools)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Set when the server stops (its requests' time is up): long work in request threads checks it and ends.
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def users(self) -> UserStore:

@@ -82,6 +82,7 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessageIn] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    n: int | None = None  # choices wanted: an agent answers a turn once, so only 1 is served
 
     @property
     def include_usage(self) -> bool:
@@ -300,6 +301,9 @@ async def chat_completions(
 ) -> JSONResponse | StreamingResponse:
     """Send the conversation's newest user message to the agent named by ``model`` and answer with what the
     agent said (streamed as chat.completion.chunk events with ``stream: true``)."""
+    if body.n is not None and body.n != 1:
+        message = f"n: {body.n} choices asked for; an agent answers a turn once, so only n=1 is served (leave n out)"
+        return openai_error(400, message, "invalid_request", "n")
     agent = await anyio.to_thread.run_sync(find_model, state, user.id, body.model)
     if background_shape(body.messages, request.headers) is not None:
         text, usage = await anyio.to_thread.run_sync(_answer_task, state, agent, body.messages)

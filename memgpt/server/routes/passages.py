@@ -6,14 +6,16 @@ Listing, adding and deleting work on the agent's own passages; searching looks w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from pydantic import TypeAdapter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memgpt.agent.manager import archival_memory
-from memgpt.errors import NotFoundError, UserError
+from memgpt.errors import BackendError, NotFoundError, UserError
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.server.retried import RetriedWrite, is_retry
 from memgpt.server.routes.agents import find_agent
@@ -30,6 +32,27 @@ _ANSWER = TypeAdapter(list[str])  # the passages' ids: their texts are read back
 
 def _archival(state: ServerState, user_id: str, agent_id: str) -> ArchivalMemory:
     return archival_memory(state.storage, find_agent(state, user_id, agent_id), state.embedding())
+
+
+def _refuse_long(state: ServerState, text: str) -> None:
+    """A text longer than ``server.max_passage_mb`` is refused before any work: embedding it would outlast the
+    client's timeout (and hold a stopping server)."""
+    limit = state.config.server.max_passage_mb
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > limit * 1_000_000:
+        raise StarletteHTTPException(
+            413,
+            f"text: {size / 1_000_000:.1f} MB is more than one insert takes ({limit:g} MB, server.max_passage_mb "
+            "in the server's config.toml); send it in parts, or upload it as a file to a folder (loaded as a job)",
+        )
+
+
+def _stop_when_stopping(state: ServerState) -> Callable[[int], None]:
+    def check(_: int) -> None:
+        if state.stopping.is_set():
+            raise BackendError("the server is stopping: nothing was stored; send the text again when it is back")
+
+    return check
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -51,6 +74,7 @@ def create_passage(
     ids derive from its run); the same text sent again on purpose is stored again, as in Letta."""
     if not body.text.strip():
         raise UserError("text: is empty; nothing was stored")
+    _refuse_long(state, body.text)
     archival = _archival(state, user.id, agent_id)
     config = state.models().embedding_config()
     digest = request_digest(user.id, agent_id, "/v1/agents/archival-memory", body.model_dump(mode="json"))
@@ -63,7 +87,8 @@ def create_passage(
 
     def work() -> list[str]:
         tags, moment = body.tags or [], _utc(body.created_at)
-        made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt))
+        stop = _stop_when_stopping(state)
+        made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt, on_progress=stop))
         return [p.id for p in made]
 
     write.run(work)
