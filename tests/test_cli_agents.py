@@ -354,6 +354,29 @@ def test_timed_heartbeats_wake_an_idle_agent_unless_paused(home: Path, llm: Scri
     assert beat["type"] == "heartbeat" and "Timed heartbeat" in beat["reason"]
 
 
+@pytest.mark.parametrize("half", [0.0, 0.3])
+def test_what_is_typed_as_a_timed_heartbeat_comes_is_kept(
+    home: Path, llm: ScriptedLLM, tmp_path: Path, half: float
+) -> None:
+    """A 0.6 s heartbeat (paused: each one a quick step without the LLM). A line sent just before the heartbeat's
+    prompt gave up is taken (the prompt waits up to 1 s for a cursor report pexpect never answers: cancelled
+    meanwhile, the sent line was lost), and a half-typed line is neither lost nor cut short by the heartbeat."""
+    llm.add({"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."})
+    with chat_in_a_terminal(home, tmp_path, "--agent", "Idle", "--first", "--heartbeat-minutes", "0.01") as child:
+        child.expect_exact("💭 Let them be for an hour.")
+        for _ in range(4):
+            time.sleep(half)
+            child.sendline("/memory")
+            child.expect_exact("recall: ", timeout=10)
+        child.send("/memo")
+        time.sleep(2)  # three heartbeat intervals with the line half-typed
+        child.sendline("ry")
+        child.expect_exact("recall: ", timeout=10)
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    assert len(llm.requests) == 1  # only the first heartbeat's: "ry" (or "/memo") never went to the agent
+
+
 def test_names_are_stripped_on_lookup_and_empty_names_refused(home: Path, llm: ScriptedLLM) -> None:
     loaded = cli("load", "directory", "--name", "notes", f"--input-files={DATA / 'test.md'}", home=home)
     assert loaded.returncode == 0, loaded.stderr

@@ -19,6 +19,8 @@ from memgpt.cli.common import TurnWait, console, err_console, interactive
 from memgpt.errors import AgentBusyError, MemGPTError, ToolError, UserError
 
 if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
     from memgpt.agent.agent import Agent
     from memgpt.cli.mcp import ChatServers
     from memgpt.storage import Storage
@@ -122,20 +124,34 @@ class Chat:
             if not self.handle(line):
                 return
 
-    def _read(self, session: object) -> str | None:
-        """A line from the user, or None when a timed heartbeat is due first."""
+    def _read(self, session: PromptSession[str]) -> str | None:
+        """A line from the user, or None when a timed heartbeat is due first: after a whole interval in which
+        the line did not change (a heartbeat waits while the user types). Text left in the line when the
+        heartbeat comes (or typed as it came) is put back at the next prompt: typed text is never lost."""
         timeout = self.heartbeat_minutes * 60 if self.heartbeat_minutes > 0 else None
 
         default, self.unsent = self.unsent or "", None
 
-        async def ask() -> str:
-            asked = session.prompt_async(PROMPT, default=default)  # type: ignore[attr-defined]
-            return await asyncio.wait_for(asked, timeout)
-
-        try:
-            return asyncio.run(ask())
-        except TimeoutError:
+        async def ask() -> str | None:
+            asked = asyncio.ensure_future(session.prompt_async(PROMPT, default=default))
+            seen = default
+            while True:
+                done, _ = await asyncio.wait({asked}, timeout=timeout)
+                # Sent already, the prompt still ending (it waits up to 1 s for the terminal's cursor report):
+                # cancelled now, the line would be lost.
+                if done or (session.app.future is not None and session.app.future.done()):
+                    return await asked
+                typed = session.default_buffer.text
+                if not typed or typed == seen:  # idle for an interval: the heartbeat is due
+                    break
+                seen = typed
+            asked.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                return await asked  # (the line was sent as the heartbeat came: it wins)
+            self.unsent = session.default_buffer.text or None  # (the prompt's line outlives it)
             return None
+
+        return asyncio.run(ask())
 
     def handle(self, line: str) -> bool:
         """Run one message or command; False when the chat should end."""
