@@ -635,3 +635,28 @@ def test_a_lease_a_dead_holder_left_of_a_deleted_agent_goes_at_the_next_prune(st
         assert s.execute(text("select count(*) from recall_index_claims")).scalar() == 0
         runs = s.execute(text("select id from agent_runs order by id")).scalars().all()
     assert runs == ["run-1"]
+
+
+def test_a_release_left_for_later_that_fails_unexpectedly_is_tried_again(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background releaser takes any failure of a try (not only the database out of reach) as a failed try and
+    tries again: a failure it did not expect ended its thread for good, and the lease stayed until it lapsed."""
+    owner = new_owner()
+    assert storage.turns.acquire("a1", owner, "", 60) is not None
+    failed, given_back = threading.Event(), threading.Event()
+
+    def fails_once(*_: Any) -> None:
+        if threading.current_thread().name == "lease-releaser" and not failed.is_set():
+            failed.set()
+            raise RuntimeError("not the database's")
+
+    event.listen(storage.metadata.engine, "before_cursor_execute", fails_once)
+    try:
+        storage.turns.release_later("a1", owner, within=60, then=given_back.set)
+        assert failed.wait(30)
+        assert given_back.wait(30), "the releaser's thread ended at the unexpected failure"
+    finally:
+        event.remove(storage.metadata.engine, "before_cursor_execute", fails_once)
+    assert lease_owner(storage, "a1") is None
+    assert any("giving back the lease of agent a1 failed" in r.getMessage() for r in caplog.records)

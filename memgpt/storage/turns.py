@@ -525,7 +525,9 @@ class LaterReleases:
         """Give one lease back; whether it is done with (given back, or given up at its deadline)."""
         try:
             self._release(agent_id, unreleased.owner, unreleased.finished)
-        except MemGPTError as exc:
+        except Exception as exc:  # any failure is a failed try: the thread must live on
+            if not isinstance(exc, MemGPTError):
+                logger.exception("giving back the lease of agent %s failed (tried again)", agent_id)
             if time.monotonic() < unreleased.deadline:
                 return False
             if self._forget(agent_id, unreleased):
@@ -550,17 +552,22 @@ class LaterReleases:
             return True
 
     def _run(self) -> None:
-        pause = 0.05
-        while True:
-            self._wake.wait(pause)
+        try:
+            pause = 0.05
+            while True:
+                self._wake.wait(pause)
+                with self._lock:
+                    agents = list(self._pending)
+                    if not agents or self._closed:
+                        self._thread = None  # under the lock: an add() from now on starts another
+                        return
+                for agent_id in agents:
+                    self.retry(agent_id)
+                pause = min(2 * pause, 1.0)
+        finally:  # ended by anything else: the next add() starts another
             with self._lock:
-                agents = list(self._pending)
-                if not agents or self._closed:
+                if self._thread is threading.current_thread():
                     self._thread = None
-                    return
-            for agent_id in agents:
-                self.retry(agent_id)
-            pause = min(2 * pause, 1.0)
 
 
 class TurnStore:
