@@ -660,3 +660,30 @@ def test_a_release_left_for_later_that_fails_unexpectedly_is_tried_again(
         event.remove(storage.metadata.engine, "before_cursor_execute", fails_once)
     assert lease_owner(storage, "a1") is None
     assert any("giving back the lease of agent a1 failed" in r.getMessage() for r in caplog.records)
+
+
+def test_closing_with_the_database_out_of_reach_tries_the_leases_left_for_a_bounded_time(storage: Storage) -> None:
+    """A process that closes while the database does not answer (each try waiting a connect timeout) gives up its
+    last tries at a total deadline: one try of each of N agents took N connect timeouts."""
+    from sqlalchemy.exc import OperationalError
+
+    agents = [f"a{i}" for i in range(5)]
+    owners = {agent_id: new_owner() for agent_id in agents}
+    for agent_id, owner in owners.items():
+        assert storage.turns.acquire(agent_id, owner, "", 60) is not None
+    closing_tries: list[str] = []
+
+    def out_of_reach(*_: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            closing_tries.append("try")
+            time.sleep(0.6)  # a connect timeout, shortened
+        raise OperationalError("connect", {}, Exception("timeout expired"))
+
+    event.listen(storage.metadata.engine, "before_cursor_execute", out_of_reach)
+    try:
+        for agent_id, owner in owners.items():
+            storage.turns.release_later(agent_id, owner, within=60)
+        storage.turns._later.close(within=1.0)
+    finally:
+        event.remove(storage.metadata.engine, "before_cursor_execute", out_of_reach)
+    assert 1 <= len(closing_tries) <= 2, f"{len(closing_tries)} tries of {len(agents)} agents, past the deadline"

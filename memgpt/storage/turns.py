@@ -475,6 +475,9 @@ class _Unreleased:
     then: Callable[[], None] | None  # called once it is given back
 
 
+CLOSE_WITHIN = 5.0  # seconds: LaterReleases.close starts no try after this (one try may take a connect timeout)
+
+
 class LaterReleases:
     """Leases whose release failed (the metadata database out of reach), given back by a thread of their own as soon
     as the database answers again, tried for the lease's length at most (then it lapses by itself): else a live
@@ -511,14 +514,23 @@ class LaterReleases:
             mine = list(self._pending.get(agent_id, {}).values())
         return all([self._try(agent_id, unreleased) for unreleased in mine])  # each tried
 
-    def close(self) -> None:
-        """One last try of each (the thread ends): a lease left is taken from this process once it is gone (by a
-        process of its host), or lapses."""
+    def close(self, within: float = CLOSE_WITHIN) -> None:
+        """One last try of each (the thread ends), none started after ``within`` seconds: with the database out of
+        reach by timeout (PostgreSQL's connect_timeout, 10 s) a try of each of N agents took ~10*N s. A lease left is
+        taken from this process once it is gone (by a process of its host), or lapses."""
         with self._lock:
             self._closed = True
             agents = list(self._pending)
         self._wake.set()
-        for agent_id in agents:
+        deadline = time.monotonic() + within
+        for tried, agent_id in enumerate(agents):
+            if tried and time.monotonic() >= deadline:
+                logger.warning(
+                    "left %d agents' leases to lapse by themselves: the database did not answer within %.0f s",
+                    len(agents) - tried,
+                    within,
+                )
+                return
             self.retry(agent_id)
 
     def _try(self, agent_id: str, unreleased: _Unreleased) -> bool:
