@@ -666,3 +666,112 @@ def test_a_release_left_for_later_is_given_up_at_its_deadline_said_once_and_its_
     assert lease_owner(storage, "a1") == owner
     assert not given_back
     turns.release("a1", owner)
+
+
+def test_a_release_left_for_later_that_fails_unexpectedly_is_tried_again(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background releaser takes any failure of a try (not only the database out of reach) as a failed try and
+    tries again: a failure it did not expect ended its thread for good, and the lease stayed until it lapsed."""
+    owner = new_owner()
+    assert storage.turns.acquire("a1", owner, "", 60) is not None
+    failed, given_back = threading.Event(), threading.Event()
+
+    def fails_once(*_: Any) -> None:
+        if threading.current_thread().name == "lease-releaser" and not failed.is_set():
+            failed.set()
+            raise RuntimeError("not the database's")
+
+    event.listen(storage.metadata.engine, "before_cursor_execute", fails_once)
+    try:
+        storage.turns.release_later("a1", owner, within=60, then=given_back.set)
+        assert failed.wait(30)
+        assert given_back.wait(30), "the releaser's thread ended at the unexpected failure"
+    finally:
+        event.remove(storage.metadata.engine, "before_cursor_execute", fails_once)
+    assert lease_owner(storage, "a1") is None
+    assert any("giving back the lease of agent a1 failed" in r.getMessage() for r in caplog.records)
+
+
+def test_closing_with_the_database_out_of_reach_tries_the_leases_left_for_a_bounded_time(storage: Storage) -> None:
+    """A process that closes while the database does not answer (each try waiting a connect timeout) gives up its
+    last tries at a total deadline: one try of each of N agents took N connect timeouts."""
+    from sqlalchemy.exc import OperationalError
+
+    agents = [f"a{i}" for i in range(5)]
+    owners = {agent_id: new_owner() for agent_id in agents}
+    for agent_id, owner in owners.items():
+        assert storage.turns.acquire(agent_id, owner, "", 60) is not None
+    closing_tries: list[str] = []
+
+    def out_of_reach(*_: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            closing_tries.append("try")
+            time.sleep(0.6)  # a connect timeout, shortened
+        raise OperationalError("connect", {}, Exception("timeout expired"))
+
+    event.listen(storage.metadata.engine, "before_cursor_execute", out_of_reach)
+    try:
+        for agent_id, owner in owners.items():
+            storage.turns.release_later(agent_id, owner, within=60)
+        storage.turns._later.close(within=1.0)
+    finally:
+        event.remove(storage.metadata.engine, "before_cursor_execute", out_of_reach)
+    assert 1 <= len(closing_tries) <= 2, f"{len(closing_tries)} tries of {len(agents)} agents, past the deadline"
+
+
+def test_a_turn_whose_answer_is_recorded_later_is_not_run_again_by_a_retry(
+    request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's answer and the lease fail to be recorded together, the lease alone is given back: the run's end is
+    recorded in the background once the database takes it. Meanwhile a client's retry in this process joins the
+    answered turn, and after it one in another process reads the recorded answer: left "running" with no lease,
+    the run read as one whose process died mid-turn and the retry ran the turn again (the message answered twice)."""
+    from memgpt.errors import StorageError
+
+    _opened_on_metadata_backend(request)
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    turns = server.state.storage.turns
+    other: TurnRunner | None = None
+    try:
+        letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
+        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+        agent_id = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted").id  # type: ignore[arg-type]
+        llm.reply("Only once.")
+
+        def send(retry: bool) -> TurnInput:
+            return TurnInput(
+                server.state.owner.id, agent_id, "hello", "user", 10, "digest-of-hello", retry, Rendering()
+            )
+
+        def fails(_s: Any, _run: Run) -> None:
+            raise StorageError("the run's answer cannot be written")
+
+        def done(turn: Any) -> None:
+            deadline = time.monotonic() + 30
+            while not turn.done and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert turn.done
+
+        monkeypatch.setattr(storage_turns.TurnStore, "_finish_run", staticmethod(fails))
+        first = server.state.turns().start(send(retry=False))
+        done(first)
+        assert lease_owner(server.state.storage, agent_id) is None
+        retried = server.state.turns().start(send(retry=True))
+        done(retried)
+        assert retried.run_id == first.run_id and retried.body() == first.body()
+        monkeypatch.undo()
+        deadline = time.monotonic() + 30
+        while (run := turns.run(first.run_id)) is not None and run.status != storage_turns.FINISHED:
+            assert time.monotonic() < deadline, "the run's end was never recorded"
+            time.sleep(0.05)
+        other = TurnRunner(server.state)  # another server process: the first try's turn is not in its memory
+        again = other.start(send(retry=True))
+        done(again)
+        assert again.run_id == first.run_id and again.body() == first.body()
+        said = [m.content for m in server.state.storage.messages.last(agent_id, 100) if m.role is Role.USER]
+        assert said == ["hello"] and len(llm.requests) == 1
+    finally:
+        if other is not None:
+            other.close()
+        server.stop()

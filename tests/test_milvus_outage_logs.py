@@ -110,3 +110,23 @@ def test_what_pymilvus_logs_during_an_error_memgpt_does_not_handle_is_still_said
     with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError), milvus_errors("count passages"):
         _fail_in_pymilvus_then_elsewhere()
     assert [(r.getMessage(), r.exc_info is not None) for r in caplog.records] == [("Connection recovery failed", True)]
+
+
+def test_a_ping_of_a_milvus_server_gone_is_one_storage_error_without_pymilvus_tracebacks(
+    relay: Relay, server_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = MilvusConnection(MilvusTarget(relay.uri, TOKEN, database=server_database))
+    try:
+        connection.ping()
+        relay.cut()
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(2):  # each failed call
+                with pytest.raises(StorageError, match="Milvus failed to list collections"):
+                    connection.ping()
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("pymilvus") and r.levelno >= logging.INFO]
+        assert said == []  # neither "Connection recovery failed" nor "RPC error: [list_collections]" with traceback
+        kept = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+        assert sum("as pymilvus logged it: RPC error: [list_collections]" in m for m in kept) == 2
+    finally:
+        connection.close()

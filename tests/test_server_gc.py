@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +38,36 @@ def test_a_worker_freezes_what_its_start_up_made(home: Path) -> None:
         assert gc.get_threshold()[0] == YOUNG_COLLECTION
     finally:
         app.state.memgpt.close()
+
+
+# `memgpt server` in a child process up to uvicorn's run, which reports the child's collector instead of listening.
+_SERVE_UNTIL_LISTENING = textwrap.dedent(
+    """
+    import gc, sys
+    import uvicorn
+    def listening(*_args, **_options):
+        print("collector", gc.get_freeze_count(), gc.get_threshold()[0], flush=True)
+    uvicorn.run = listening
+    sys.argv = ["memgpt", "server", "--port", "8999"]
+    from memgpt.cli import executable
+    executable()
+    """
+)
+
+
+def test_memgpt_server_with_one_process_freezes_what_its_start_up_made(home: Path) -> None:
+    """`memgpt server` (one process) builds its app itself, not with uvicorn's factory: it freezes its start-up and
+    raises the young generation's threshold too, before it listens."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_UNTIL_LISTENING],
+        env={**os.environ, "MEMGPT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    said = [line.split() for line in done.stdout.splitlines() if line.startswith("collector ")]
+    assert done.returncode == 0 and len(said) == 1, done.stdout + done.stderr
+    frozen, young = int(said[0][1]), int(said[0][2])
+    assert young == YOUNG_COLLECTION, "the young generation's threshold was not raised"
+    assert frozen > 10_000

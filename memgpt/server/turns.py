@@ -324,6 +324,7 @@ class TurnRunner:
             busy_wait=settings.busy_wait_seconds,
         )
         self._active: dict[str, tuple[Turn, str]] = {}  # agent id -> (turn, lease owner)
+        self._finishing: dict[str, Turn] = {}  # run id -> a done turn whose run's end is left to record
         self._other: dict[str, str] = {}  # leases of other work than turns (an API import): lease id -> owner
         self._guard = threading.Lock()
         self._released = threading.Condition()  # notified when this process gives a lease back
@@ -539,6 +540,11 @@ class TurnRunner:
         finally:
             self._wake_waiters()
 
+    def _finished(self, turn: Turn) -> None:
+        """The run's end of ``turn`` was recorded in the background: a retry reads it from the database now."""
+        with self._guard:
+            self._finishing.pop(turn.run_id, None)
+
     def _wake_waiters(self) -> None:
         """Wake the sends of this process that wait for a lease (``_await_release``): one was given back."""
         with self._released:
@@ -609,8 +615,13 @@ class TurnRunner:
         its process died mid-turn (its message is stored: the retry answers that one)."""
         with self._guard:
             active = self._active.get(request.agent_id)
+            finishing = [
+                t for t in self._finishing.values() if (t.agent_id, t.digest) == (request.agent_id, request.digest)
+            ]
         if active is not None and active[0].digest == request.digest:
             return active[0]
+        if finishing:  # answered; its run's end is recorded in the background (the database was away)
+            return finishing[0]
         try:
             run = self._turns.retried_run(request.agent_id, request.digest, RETRY_WINDOW, self.timing.busy_wait)
         except TimeoutError:
@@ -681,7 +692,12 @@ class TurnRunner:
                         within=self.timing.lease_ttl,
                         then=self._wake_waiters,
                     )
-            # Active (its lease renewed, a client's retry joining it) until the run's answer is recorded.
+                else:  # the run's end, left "running" with no lease, reads as a died turn that a retry runs again
+                    with self._guard:
+                        self._finishing[turn.run_id] = turn
+                    self._turns.finish_run_later(finished, then=lambda: self._finished(turn))
+            # Active (its lease renewed, a client's retry joining it) until its lease is given back; a client's retry
+            # in this process joins it (``_finishing``) until the run's answer is recorded.
             with self._guard:
                 if self._active.get(request.agent_id, (None,))[0] is turn:
                     del self._active[request.agent_id]

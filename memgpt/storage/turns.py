@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -473,6 +474,10 @@ class _Unreleased:
     finished: Run | None  # the run whose end the release records
     deadline: float  # time.monotonic() past which the lease has lapsed by itself
     then: Callable[[], None] | None  # called once it is given back
+    lease: bool = True  # False: the lease was given back; only the run's end (``finished``) is left to record
+
+
+CLOSE_WITHIN = 5.0  # seconds: LaterReleases.close starts no try after this (one try may take a connect timeout)
 
 
 class LaterReleases:
@@ -483,8 +488,9 @@ class LaterReleases:
     leases to give back, never in the caller's way (the server's turn thread, the chat's prompt); the process's next
     take of the agent's lease tries its release first (``TurnStore.acquire``)."""
 
-    def __init__(self, release: Callable[[str, str, Run | None], None]) -> None:
+    def __init__(self, release: Callable[[str, str, Run | None], None], finish: Callable[[Run], None]) -> None:
         self._release = release
+        self._finish = finish
         self._pending: dict[str, dict[str, _Unreleased]] = {}  # agent id -> owner -> what to give back
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -492,11 +498,18 @@ class LaterReleases:
         self._closed = False
 
     def add(
-        self, agent_id: str, owner: str, finished: Run | None, within: float, then: Callable[[], None] | None
+        self,
+        agent_id: str,
+        owner: str,
+        finished: Run | None,
+        within: float,
+        then: Callable[[], None] | None,
+        *,
+        lease: bool = True,
     ) -> None:
         with self._lock:
             self._pending.setdefault(agent_id, {})[owner] = _Unreleased(
-                owner, finished, time.monotonic() + within, then
+                owner, finished, time.monotonic() + within, then, lease
             )
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="lease-releaser", daemon=True)
@@ -511,21 +524,35 @@ class LaterReleases:
             mine = list(self._pending.get(agent_id, {}).values())
         return all([self._try(agent_id, unreleased) for unreleased in mine])  # each tried
 
-    def close(self) -> None:
-        """One last try of each (the thread ends): a lease left is taken from this process once it is gone (by a
-        process of its host), or lapses."""
+    def close(self, within: float = CLOSE_WITHIN) -> None:
+        """One last try of each (the thread ends), none started after ``within`` seconds: with the database out of
+        reach by timeout (PostgreSQL's connect_timeout, 10 s) a try of each of N agents took ~10*N s. A lease left is
+        taken from this process once it is gone (by a process of its host), or lapses."""
         with self._lock:
             self._closed = True
             agents = list(self._pending)
         self._wake.set()
-        for agent_id in agents:
+        deadline = time.monotonic() + within
+        for tried, agent_id in enumerate(agents):
+            if tried and time.monotonic() >= deadline:
+                logger.warning(
+                    "left %d agents' leases to lapse by themselves: the database did not answer within %.0f s",
+                    len(agents) - tried,
+                    within,
+                )
+                return
             self.retry(agent_id)
 
     def _try(self, agent_id: str, unreleased: _Unreleased) -> bool:
         """Give one lease back; whether it is done with (given back, or given up at its deadline)."""
         try:
-            self._release(agent_id, unreleased.owner, unreleased.finished)
-        except MemGPTError as exc:
+            if unreleased.lease:
+                self._release(agent_id, unreleased.owner, unreleased.finished)
+            elif unreleased.finished is not None:
+                self._finish(unreleased.finished)
+        except Exception as exc:  # any failure is a failed try: the thread must live on
+            if not isinstance(exc, MemGPTError):
+                logger.exception("giving back the lease of agent %s failed (tried again)", agent_id)
             if time.monotonic() < unreleased.deadline:
                 return False
             if self._forget(agent_id, unreleased):
@@ -533,7 +560,10 @@ class LaterReleases:
             return True
         if self._forget(agent_id, unreleased):
             ran = f" and recorded run {unreleased.finished.id}" if unreleased.finished is not None else ""
-            logger.info("gave back the lease of agent %s%s", agent_id, ran)
+            if unreleased.lease:
+                logger.info("gave back the lease of agent %s%s", agent_id, ran)
+            else:
+                logger.info("recorded run %s of agent %s", unreleased.finished and unreleased.finished.id, agent_id)
             if unreleased.then is not None:
                 unreleased.then()
         return True
@@ -550,17 +580,22 @@ class LaterReleases:
             return True
 
     def _run(self) -> None:
-        pause = 0.05
-        while True:
-            self._wake.wait(pause)
+        try:
+            pause = 0.05
+            while True:
+                self._wake.wait(pause)
+                with self._lock:
+                    agents = list(self._pending)
+                    if not agents or self._closed:
+                        self._thread = None  # under the lock: an add() from now on starts another
+                        return
+                for agent_id in agents:
+                    self.retry(agent_id)
+                pause = min(2 * pause, 1.0)
+        finally:  # ended by anything else: the next add() starts another
             with self._lock:
-                agents = list(self._pending)
-                if not agents or self._closed:
+                if self._thread is threading.current_thread():
                     self._thread = None
-                    return
-            for agent_id in agents:
-                self.retry(agent_id)
-            pause = min(2 * pause, 1.0)
 
 
 class TurnStore:
@@ -568,7 +603,10 @@ class TurnStore:
 
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
-        self._later = LaterReleases(lambda agent_id, owner, finished: self.release(agent_id, owner, finished=finished))
+        self._later = LaterReleases(
+            lambda agent_id, owner, finished: self.release(agent_id, owner, finished=finished),
+            lambda run: self.finish_run(run.id, run.stop_reason, run.response),
+        )
 
     def close(self) -> None:
         """Give back what is left to give back (``release_later``) one last time; the process is done with leases."""
@@ -764,6 +802,13 @@ class TurnStore:
         """``release`` that failed (the database out of reach), tried again in the background until it works, for
         ``within`` seconds (the lease's length: then it lapses by itself); ``then`` is called once it worked."""
         self._later.add(agent_id, owner, finished, within, then)
+
+    def finish_run_later(self, finished: Run, then: Callable[[], None] | None = None) -> None:
+        """Record the end of a run whose lease was given back without it (its transaction failed): in the
+        background, by run id (idempotent, unfenced), until it is recorded or the process closes -- past the
+        lease's length, as a run left "running" with no lease reads as one whose process died mid-turn, and a
+        client's retry would run the turn again. ``then`` is called once it is recorded."""
+        self._later.add(finished.agent_id, f"run {finished.id}", finished, math.inf, then, lease=False)
 
     def running_run(self, agent_id: str) -> str | None:
         """The id of the run that holds the agent's live lease, if any (a lease for an edit has no run)."""

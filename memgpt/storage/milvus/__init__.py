@@ -106,20 +106,22 @@ class MilvusConnection:
         """Round-trip to the server; returns the collection names. A database the target names that the server
         does not have is one line saying so, not also pymilvus's ERROR of the call with its traceback."""
         records: list[logging.LogRecord] = []
-        try:
-            with _pymilvus_logs.held(records):
-                names = list(self._client.list_collections())
-        except Exception as exc:
-            if not (self.target.database and _database_missing(exc)):
-                HeldLogs.emit(records)
-                with milvus_errors("list collections"):
+        # The whole call under milvus_errors (as store._load): its hold takes pymilvus's "Connection recovery
+        # failed" WARNING of a server out of reach, and the call's ERROR replayed here goes to that hold too.
+        with milvus_errors("list collections"):
+            try:
+                with _pymilvus_logs.held(records):
+                    names = list(self._client.list_collections())
+            except Exception as exc:
+                if not (self.target.database and _database_missing(exc)):
+                    HeldLogs.emit(records)  # to milvus_errors, which says them unless its StorageError does
                     raise
-            HeldLogs.handled(records)
-            raise StorageError(
-                f"Milvus at {display_path(self.target.uri)} has no database '{self.target.database}': create it "
-                "there, or leave --milvus-database out to use its default database"
-            ) from exc
-        HeldLogs.emit(records)
+                HeldLogs.handled(records)
+                raise StorageError(
+                    f"Milvus at {display_path(self.target.uri)} has no database '{self.target.database}': create "
+                    "it there, or leave --milvus-database out to use its default database"
+                ) from exc
+            HeldLogs.emit(records)
         return names
 
     def close(self) -> None:
