@@ -246,6 +246,14 @@ def test_another_databases_lease_is_taken_by_statements_built_once(
         storage_turns._prepared.cache_clear()
 
 
+def _sam(server: LiveServer) -> tuple[Letta, str]:
+    """letta-client on ``server`` (no retries: each test decides what is sent again) and a new agent "sam"."""
+    letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
+    blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
+    agent = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted")  # type: ignore[arg-type]
+    return letta, agent.id
+
+
 def _holder(home: Path, agent_id: str, ttl: float) -> subprocess.Popen[str]:
     """Another process that takes the agent's lease and sleeps holding it."""
     code = (
@@ -399,9 +407,7 @@ def test_a_retry_in_another_process_as_the_turn_ends_gets_its_answer_not_a_secon
     turns = server.state.storage.turns
     other: TurnRunner | None = None
     try:
-        letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
-        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-        agent_id = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted").id  # type: ignore[arg-type]
+        _, agent_id = _sam(server)
         answering = threading.Event()
 
         def answer(_: dict[str, Any]) -> dict[str, Any]:
@@ -451,9 +457,7 @@ def test_a_turn_whose_answer_cannot_be_recorded_still_frees_the_agent(
     _opened_on_metadata_backend(request)
     server = LiveServer(home, use_scripted_llm(home, llm.url))
     try:
-        letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
-        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-        agent_id = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted").id  # type: ignore[arg-type]
+        letta, agent_id = _sam(server)
         llm.reply("First.")
         llm.reply("Second.")
 
@@ -734,9 +738,7 @@ def test_a_turn_whose_answer_is_recorded_later_is_not_run_again_by_a_retry(
     turns = server.state.storage.turns
     other: TurnRunner | None = None
     try:
-        letta = Letta(base_url=server.url, api_key=server.key(), max_retries=0)
-        blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-        agent_id = letta.agents.create(name="sam", memory_blocks=blocks, model="openai-compatible/scripted").id  # type: ignore[arg-type]
+        _, agent_id = _sam(server)
         llm.reply("Only once.")
 
         def send(retry: bool) -> TurnInput:
