@@ -44,6 +44,7 @@ from bench.recall_bench import (
     Scores,
     _table,
     console,
+    print_overall,
     run_conversation,
     write_json,
 )
@@ -170,19 +171,11 @@ _SUBSETS: list[tuple[str, Callable[[Question], bool]]] = [
 
 def report(run: Run, samples: Sequence[Sample], labels: dict[str, str]) -> None:
     turns = sum(len(s.conversation.turns) for s in samples)
-    overall = _table(
+    title = (
         f"LoCoMo {', '.join(s.conversation.id for s in samples)}: {turns} turns, "
-        f"{run.sessions} sessions, questions with evidence",
-        "variant",
-        [*_METRICS, "search p50 ms", "search p95 ms"],
+        f"{run.sessions} sessions, questions with evidence"
     )
-    for name, outcomes in run.outcomes.items():
-        p50, p95 = Scores(outcomes).latency()
-        overall.add_row(labels[name], *Scores(outcomes).row(), f"{p50:.1f}", f"{p95:.1f}")
-    console.print(overall)
-    console.print(
-        f"Indexing (embed + write, after each agent turn): {run.index_seconds * 1000 / run.messages:.1f} ms a turn"
-    )
+    print_overall(run, title, labels, "after each agent turn; a turn")
     console.print("Goal (issue 11, conversation_search): " + ", ".join(f"{k} {v:.2f}" for k, v in GOAL.items()) + "\n")
     for name in run.outcomes:
         table = _table(f"{labels[name]}: by category", "questions", _METRICS)

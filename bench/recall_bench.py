@@ -285,20 +285,23 @@ def _table(title: str, first: str, columns: list[str]) -> Table:
     return table
 
 
-def report(run: Run, conversations: Sequence[Conversation]) -> None:
-    names = ", ".join(c.id for c in conversations)
-    overall = _table(
-        f"Recall over {len(conversations)} conversations ({names}): {run.messages} messages, {run.sessions} sessions",
-        "variant",
-        [*_METRICS, "search p50 ms", "search p95 ms"],
-    )
+def print_overall(run: Run, title: str, labels: dict[str, str], indexing: str) -> None:
+    """Each variant's scores and search latency over every question, then the indexing cost ``indexing`` names."""
+    overall = _table(title, "variant", [*_METRICS, "search p50 ms", "search p95 ms"])
     for name, outcomes in run.outcomes.items():
         p50, p95 = Scores(outcomes).latency()
-        overall.add_row(LABELS[name], *Scores(outcomes).row(), f"{p50:.1f}", f"{p95:.1f}")
+        overall.add_row(labels[name], *Scores(outcomes).row(), f"{p50:.1f}", f"{p95:.1f}")
     console.print(overall)
-    console.print(
-        f"Indexing (embed + write, after each reply): {run.index_seconds * 1000 / run.messages:.1f} ms per message\n"
+    console.print(f"Indexing (embed + write, {indexing}): {run.index_seconds * 1000 / run.messages:.1f} ms")
+
+
+def report(run: Run, conversations: Sequence[Conversation]) -> None:
+    names = ", ".join(c.id for c in conversations)
+    title = (
+        f"Recall over {len(conversations)} conversations ({names}): {run.messages} messages, {run.sessions} sessions"
     )
+    print_overall(run, title, LABELS, "after each reply; a message")
+    console.print()
     for metric, test in (("any@10", lambda o: o.any_at(TOP)), ("all@10", lambda o: o.all_at(TOP))):
         table = _table(f"{metric} by category", "variant", list(CATEGORIES))
         for name, outcomes in run.outcomes.items():
