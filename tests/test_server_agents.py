@@ -484,6 +484,42 @@ def test_a_retried_passages_create_stores_the_text_once(server: LiveServer, monk
     assert len(letta.agents.passages.list(agent_id)) == 2
 
 
+@pytest.mark.xfail(strict=True, reason="a retry that finds no run of its first try yet stores the text again (flakes3)")
+@pytest.mark.usefixtures("metadata_url")
+def test_a_retry_that_overtakes_its_first_try_stores_the_text_once(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try is held up before it records its run (a busy server: in the suite at a load of 30 it was, for
+    more than letta-client's timeout); the client sends it again, and the retry finds no run to wait for. It makes
+    a run of its own (another id, so other passage ids), and the first try, going on, makes its own: the text is
+    stored twice. The order is set by events, not by time."""
+    from memgpt.server.retried import RetriedWrite
+
+    real = RetriedWrite.run
+    held, retried = threading.Event(), threading.Event()
+
+    def overtaken(self: RetriedWrite[Any], work: Any) -> Any:
+        if not held.is_set():  # the first try: held up until its retry answered
+            held.set()
+            assert retried.wait(60)
+        return real(self, work)
+
+    monkeypatch.setattr(RetriedWrite, "run", overtaken)
+    letta = client(server)
+    agent_id = sam(letta)
+    url, key = f"{server.url}/v1/agents/{agent_id}/archival-memory", server.key()
+    body = {"text": "Chad likes green tea.", "tags": ["pref"]}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=auth(key), timeout=120)))
+    first.start()
+    assert held.wait(60)
+    again = httpx.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
+    retried.set()
+    first.join(120)
+    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
+    assert [p.id for p in letta.agents.passages.list(agent_id)] == [p["id"] for p in again.json()]
+
+
 def test_a_stalled_first_try_writing_after_its_retry_leaves_one_copy(server: LiveServer, model: LocalMiniLM) -> None:
     """A first try whose lease ran out while it was stopped (its retry redid the write meanwhile) goes on and writes
     the same derived ids after the retry did: each passage is stored once (Milvus keeps both rows of an insert)."""

@@ -19,8 +19,8 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -515,7 +515,8 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
     read: dict[str, str] = {}  # each message's search text as read: it is marked indexed only if still that
     with ExitStack() as held:
         work = _unindexed(recalls, limit, outcome, held, claimed, read)
-        fresh = _embed(work, outcome, claimed)
+        with claimed.keeping(outcome):
+            fresh = _embed(work, outcome, claimed)
         lost = claimed.lost(outcome)
         by_store: dict[int, list[tuple[RecallMemory, RecallIndex, list[Passage], list[Message]]]] = {}
         for recall, index, pairs in work:
@@ -600,6 +601,32 @@ class _Claimed:
     renewed: dict[str, float] = field(default_factory=dict)
     elsewhere: set[Hashable] = field(default_factory=set)
     gone: set[Hashable] = field(default_factory=set)
+    # Held by whoever renews: the pass between parts, or ``keeping``'s thread while a part is embedded.
+    guard: threading.RLock = field(default_factory=threading.RLock)
+
+    @contextmanager
+    def keeping(self, outcome: Outcome) -> Iterator[None]:
+        """While the pass embeds: renew its claims from a thread of their own when due, so a part far slower than
+        the one before (a busy machine: the embedding thread starved for longer than a claim) does not lose them
+        to another process's pass, which would embed the same messages again. A stopped process renews nothing
+        (its thread stops too): its claims expire as before."""
+        seconds = self.seconds
+        if seconds is None:
+            yield
+            return
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(seconds * _PART_SHARE):
+                self._renew(list(self.owners), outcome)
+
+        thread = threading.Thread(target=renew, name="recall claims", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     @property
     def seconds(self) -> float | None:
@@ -609,9 +636,10 @@ class _Claimed:
     def kept(self, outcome: Outcome) -> set[Hashable]:
         """Between parts of the pass's embedding: renew the claims once ``_PART_SHARE`` of their length went by
         since they last were; returns the agents lost meanwhile (``lost``)."""
-        now = time.monotonic()
-        due = [o for o, (claims, _) in self.owners.items() if now - self.renewed[o] >= claims.seconds * _PART_SHARE]
-        return self._renew(due, outcome)
+        with self.guard:
+            now = time.monotonic()
+            due = [o for o, (claims, _) in self.owners.items() if now - self.renewed[o] >= claims.seconds * _PART_SHARE]
+            return self._renew(due, outcome)
 
     def lost(self, outcome: Outcome) -> set[Hashable]:
         """Renew the claims before the pass writes; returns the agents no longer held (their claim expired and
@@ -621,6 +649,10 @@ class _Claimed:
         return set(self.gone)
 
     def _renew(self, owners: list[str], outcome: Outcome) -> set[Hashable]:
+        with self.guard:
+            return self._renew_held(owners, outcome)
+
+    def _renew_held(self, owners: list[str], outcome: Outcome) -> set[Hashable]:
         lost: set[Hashable] = set()
         for owner in owners:
             claims, recalls = self.owners[owner]
@@ -688,7 +720,8 @@ def _embed(
             else:
                 fresh.update(_in_parts(index.model, recalls, list(missing.values()), claimed, outcome))
         except MemGPTError as exc:
-            _failed(outcome, recalls, exc)
+            with claimed.guard:  # ``keeping``'s thread may fail some too
+                _failed(outcome, recalls, exc)
     return fresh
 
 
@@ -707,7 +740,8 @@ def _in_parts(
         fresh.update(zip([m.id for m in part], _embedded(model, part), strict=True))
         took = time.monotonic() - started
         if left:
-            dropped = claimed.kept(outcome) | outcome.failed
+            with claimed.guard:  # those ``keeping``'s thread found lost too
+                dropped = claimed.kept(outcome) | claimed.gone | set(outcome.failed)
             gone = {recall.agent_id for recall in recalls if recall.key in dropped}
             left = [m for m in left if m.agent_id not in gone]
             size = max(1, int(budget * len(part) / took)) if took > 0 else len(left)
