@@ -18,7 +18,7 @@ from memgpt.storage import Storage
 from memgpt.storage.milvus.client import LITE_START_SECONDS
 from memgpt.types import EmbeddingSpace, Passage
 from tests.conftest import DATA, REPO, USER, run_cli
-from tests.test_lock import hold
+from tests.test_lock import holding
 from tests.thread_imports import WATCH_THREAD_IMPORTS
 
 SPACE = EmbeddingSpace("bg-model", 4)
@@ -41,9 +41,8 @@ def test_the_background_connection_is_the_one_used_and_closing_releases_it(home:
     assert storage.passages(SPACE) is store
     storage.close()
     assert lite_servers() == []
-    holder = hold(home / "milvus.db")  # fails to open if this process still held the file
-    holder.kill()
-    holder.wait()
+    with holding(home / "milvus.db"):  # fails to open if this process still held the file
+        pass
 
 
 def test_storage_for_a_space_loads_its_collection_while_the_sql_stores_open(home: Path) -> None:
@@ -78,22 +77,17 @@ def test_closing_while_the_connection_is_still_opening_releases_everything(home:
         storage.open_vectors_early()
         storage.close()  # at once: the background thread is still importing pymilvus or starting Lite
         assert lite_servers() == []
-    holder = hold(home / "milvus.db")
-    holder.kill()
-    holder.wait()
+    with holding(home / "milvus.db"):  # fails to open if this process still held the file
+        pass
 
 
 def test_a_file_another_process_holds_is_reported_at_once(home: Path) -> None:
     home.mkdir(parents=True)
-    holder = hold(home / "milvus.db")
-    try:
+    with holding(home / "milvus.db"):
         storage = Storage(load_config(home), home)
         with pytest.raises(StorageLockedError, match="another memgpt process"):
             storage.open_vectors_early()  # from the calling thread, before any thread starts: not at the first use
         storage.close()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_lite_server_that_ends_as_it_starts_is_reported_at_once(home: Path) -> None:
@@ -187,9 +181,8 @@ def test_ctrl_c_while_milvus_opens_in_the_background_ends_cleanly(home: Path) ->
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert run_cli("list", "sources", home=home).stdout.count("notes") == 0  # nothing half-loaded stays
-    holder = hold(home / "milvus.db")
-    holder.kill()
-    holder.wait()
+    with holding(home / "milvus.db"):  # fails to open if this process still held the file
+        pass
 
 
 def _child(script: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -272,6 +265,5 @@ def test_a_ctrl_c_as_a_command_says_its_start_up_is_over_closes_what_it_opened(
     with pytest.raises(KeyboardInterrupt), common.open_storage(vectors=True):
         pytest.fail("the command's body ran")
     assert lite_servers() == []
-    holder = hold(home / "milvus.db")  # fails to open if this process still held the file
-    holder.kill()
-    holder.wait()
+    with holding(home / "milvus.db"):  # fails to open if this process still held the file
+        pass

@@ -29,6 +29,7 @@ from memgpt.storage.milvus.client import (
     HeldLogs,
     LiteStart,
     MilvusTarget,
+    call_logs,
     connect,
     detect,
     import_client_modules,
@@ -38,7 +39,7 @@ from memgpt.storage.milvus.client import (
     start_lite,
 )
 from memgpt.storage.milvus.schema import MAX_WINDOW, collection_name, legacy_collection_names, read_layout
-from memgpt.storage.milvus.store import MilvusPassageStore, _pymilvus_logs
+from memgpt.storage.milvus.store import MilvusPassageStore
 from memgpt.types import EmbeddingSpace
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class MilvusConnection:
         # failed" WARNING of a server out of reach, and the call's ERROR replayed here goes to that hold too.
         with milvus_errors("list collections"):
             try:
-                with _pymilvus_logs.held(records):
+                with call_logs.held(records):
                     names = list(self._client.list_collections())
             except Exception as exc:
                 if not (self.target.database and _database_missing(exc)):

@@ -592,7 +592,7 @@ class HeldLogs(logging.Filter):
 # [query], ...", logger pymilvus.decorators), before the call's own error, which memgpt says in one line (a
 # StorageError). Both are held during every call (the ERRORs only: its retry lines pass); see ``_said_by_memgpt``.
 _connection_logs = HeldLogs("pymilvus.client.connection_manager")
-_call_logs = HeldLogs("pymilvus.decorators", level=logging.ERROR)
+call_logs = HeldLogs("pymilvus.decorators", level=logging.ERROR)
 
 
 def _said_by_memgpt(held: list[logging.LogRecord]) -> list[logging.LogRecord]:
@@ -602,7 +602,7 @@ def _said_by_memgpt(held: list[logging.LogRecord]) -> list[logging.LogRecord]:
     recovery = [r for r in held if r.name == _connection_logs.logger_name and r.msg == "Connection recovery failed"]
     if not recovery:
         return []
-    return recovery + [r for r in held if r.name == _call_logs.logger_name]
+    return recovery + [r for r in held if r.name == call_logs.logger_name]
 
 
 @contextlib.contextmanager
@@ -614,7 +614,7 @@ def milvus_errors(action: str) -> Iterator[None]:
 
     held: list[logging.LogRecord] = []
     try:
-        with _connection_logs.held(held), _call_logs.held(held):
+        with _connection_logs.held(held), call_logs.held(held):
             yield
     except MilvusException as exc:
         said = _said_by_memgpt(held)

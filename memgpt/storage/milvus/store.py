@@ -14,7 +14,7 @@ from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, is_in, key_of
 from memgpt.storage.fusion import CANDIDATES, Weights, fuse
 from memgpt.storage.milvus import schema
-from memgpt.storage.milvus.client import Capabilities, HeldLogs, MilvusTarget, _call_logs, milvus_errors
+from memgpt.storage.milvus.client import Capabilities, HeldLogs, MilvusTarget, call_logs, milvus_errors
 from memgpt.storage.milvus.schema import FIELDS, MAX_WINDOW, TEXT_MAX_BYTES, Layout
 from memgpt.types import EmbeddingSpace, Passage, SearchHit
 
@@ -42,7 +42,6 @@ def _shape_change(exc: Exception) -> Exception | None:
 # pymilvus's error handler logs every failure as an ERROR with a traceback ("RPC error: [batch_insert], ..."),
 # which a user saw before the column insert fell back to rows as intended: its ERRORs (not its retry lines) are
 # held during the calls whose failure memgpt handles (_insert_columns, _load).
-_pymilvus_logs = _call_logs  # (one filter on the logger: a hold inside milvus_errors' hands on to it)
 
 
 def _pymilvus_version() -> str:
@@ -184,7 +183,7 @@ class MilvusPassageStore(PassageStore):
         (the server then refuses the load; see ``schema.repair``)."""
         records: list[logging.LogRecord] = []
         try:
-            with _pymilvus_logs.held(records):
+            with call_logs.held(records):
                 self._client.load_collection(self.collection)
         except Exception as exc:
             if not schema.index_missing(exc):
@@ -239,7 +238,7 @@ class MilvusPassageStore(PassageStore):
             return
         held: list[logging.LogRecord] = []
         try:
-            with _pymilvus_logs.held(held):
+            with call_logs.held(held):
                 handler.batch_insert(self.collection, columns, context=context, schema=schema)
             return
         except _schema_mismatches() as exc:
@@ -248,21 +247,21 @@ class MilvusPassageStore(PassageStore):
             logger.debug(
                 "the column insert into %s met a stale cached schema (%s); inserting rows", self.collection, exc
             )
-            _pymilvus_logs.handled(held)
+            call_logs.handled(held)
             self._forget_schema(handler, context)
             client.insert(self.collection, rows)
             return
         except Exception as exc:
             changed = _shape_change(exc)
             if changed is None:  # not handled here: what pymilvus logged about it is said after all
-                _pymilvus_logs.emit(held)
+                call_logs.emit(held)
                 raise
             try:  # perhaps raised after the rows were written: upsert replaces them by id
                 client.upsert(self.collection, rows)
             except Exception:  # rows fail too: the data, not pymilvus's shape; the column insert stays
-                _pymilvus_logs.emit(held)
+                call_logs.emit(held)
                 raise
-        _pymilvus_logs.handled(held)
+        call_logs.handled(held)
         self._insert_rows_from_now(changed)  # only now: the rows went in where the columns did not
 
     def _insert_rows_from_now(self, exc: Exception) -> None:
