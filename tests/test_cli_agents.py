@@ -23,12 +23,18 @@ import pytest
 from letta_client import Letta
 
 from memgpt.agent.agent import answer_reserve
+from memgpt.agent.manager import open_memory
 from memgpt.config import Config, load_config, save_config
+from memgpt.embeddings.local import LocalMiniLM
 from memgpt.llm.base import ToolSpec
+from memgpt.memory.messages import search_text
+from memgpt.memory.recall import WORD_SEARCH_NOTE
 from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
+from memgpt.storage.filters import all_of, eq
 from memgpt.storage.turns import new_owner
 from memgpt.tokens import count_message, count_tools
+from tests.agent_rig import tool_results
 from tests.conftest import DATA, PAPER, cli, cli_env, run_cli
 from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
@@ -480,6 +486,41 @@ def test_run_message_exits_1_when_no_answer_reached_the_user(home: Path, llm: Sc
     llm.add(*[loop] * 10)
     piped = cli("run", "--agent", "Loopy", home=home, stdin="/retry\n")  # slash commands that run steps too
     assert piped.returncode == 1 and "stopped after 10 steps" in piped.stderr
+
+
+def test_run_message_leaves_recall_indexing_to_the_next_search_which_sees_every_message(
+    home: Path, llm: ScriptedLLM, model: LocalMiniLM
+) -> None:
+    """`run --message` loads no embedding model for a turn that does not embed (test_startup): its messages stay in
+    the recall backlog (SQL marks them unindexed), and the next search of the agent, in another process, indexes
+    them first and ranks them by meaning; nothing is lost or indexed twice."""
+    llm.reply("Noted!")
+    told = run_cli("run", "--agent", "Kit", "--message", "My cat is called Biscuit and loves sardines.", home=home)
+    assert told.returncode == 0, told.stderr
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        state = storage.agents.get(config.user_id, "Kit")
+        assert state is not None
+        assert storage.messages.backlog(state.id) >= 2  # the user's message and the reply: not indexed
+
+    # No word of the query is in the message: only the ranked search (the index) finds it.
+    llm.add({"tool": "conversation_search", "args": {"query": "what is the name of my pet", "request_heartbeat": True}})
+    llm.reply("Biscuit.")
+    asked = run_cli("run", "--agent", "Kit", "--message", "Do you remember my pet?", home=home)
+    assert asked.returncode == 0, asked.stderr
+    found = tool_results(llm.requests[-1])[-1]
+    assert found["status"] == "OK", found
+    assert "My cat is called Biscuit" in found["message"] and "said: Noted!" in found["message"]
+    assert WORD_SEARCH_NOTE not in found["message"]
+
+    with Storage(config, home) as storage:  # what that turn stored after its search is indexed at the next one
+        recall = open_memory(storage, state, model).recall
+        assert recall.wait_indexed(60)
+        assert storage.messages.backlog(state.id) == 0
+        worded = [m for m in storage.messages.last(state.id, 1000) if search_text(m)]
+        entries = storage.passages(state.space).count(all_of(eq("kind", "recall"), eq("agent_id", state.id)))
+        assert entries == len(worded) == 4  # every message with words (two turns: two said, two replies), once
+        recall.close()
 
 
 def test_list_agents_never_cuts_an_agent_name(home: Path, llm: ScriptedLLM) -> None:

@@ -409,11 +409,13 @@ class AgentMemory:
     archival: ArchivalMemory
 
 
-def open_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel) -> AgentMemory:
-    """The agent's memory with ``embedding``, which must be the model its memory was written with."""
+def open_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel, *, eager: bool = True) -> AgentMemory:
+    """The agent's memory with ``embedding``, which must be the model its memory was written with; ``eager``:
+    new messages are indexed in recall as they are stored (else left to the next catch-up: ``RecallMemory``)."""
     archival = archival_memory(storage, state, embedding)
     index = RecallIndex(storage.passages(state.space), embedding)
-    return AgentMemory(RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index), archival)
+    recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index, eager=eager)
+    return AgentMemory(recall, archival)
 
 
 def open_agent(
@@ -425,13 +427,15 @@ def open_agent(
     tools_folder: Path | None = None,
     extra_tools: Sequence[Tool] = (),
     max_steps: int = 10,
+    eager: bool = True,
 ) -> tuple[Agent, list[str]]:
     """A runnable agent and one-line warnings (tools that could not be loaded, see ``agent_tools``; a recall
     index still catching up). Close the agent when done with it. A context window too small for the
-    agent's fixed prompt is a UserError."""
-    memory = open_memory(storage, state, embedding)
+    agent's fixed prompt is a UserError. ``eager=False``: recall indexing is left to the next search (or eager
+    opening), for a process that runs a turn and ends (see ``RecallMemory``)."""
+    memory = open_memory(storage, state, embedding, eager=eager)
     tools, warnings = agent_tools(state, tools_folder=tools_folder, extra_tools=extra_tools)
-    backlog = memory.recall.backlog()
+    backlog = memory.recall.backlog() if eager else 0
     if backlog:  # a crash, an unreachable endpoint or an older memgpt left messages unindexed
         memory.recall.sync_later()
     if backlog >= LONG_BACKLOG:

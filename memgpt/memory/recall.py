@@ -281,13 +281,25 @@ class RecallMemory:
     """One agent's message history; ``index`` is None where only the SQL word search is wanted.
 
     With an index, ``sync_later`` has the process's recall indexer (``indexer()``) index new messages on its
-    thread; ``close`` lets this agent's share finish."""
+    thread; ``close`` lets this agent's share finish. ``eager=False`` (a process that runs one turn and ends, as
+    `memgpt run --message` does) leaves new messages to the backlog instead: SQL marks them unindexed, and the
+    next search of the agent (``caught_up``, in any process) or the next eager opening indexes them first, so
+    the process never loads the embedding model unless a tool embeds."""
 
-    def __init__(self, storage: Storage, *, agent_id: str, user_id: str, index: RecallIndex | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        agent_id: str,
+        user_id: str,
+        index: RecallIndex | None = None,
+        eager: bool = True,
+    ) -> None:
         self._messages = storage.messages
         self.agent_id = agent_id
         self.user_id = user_id
         self._index = index
+        self.eager = eager
         # The agent's messages as the process's indexer knows them (another RecallMemory of the same agent in
         # this process is the same work, never done twice at once).
         self.key: Hashable = (id(storage.messages), agent_id)
@@ -371,8 +383,9 @@ class RecallMemory:
                 return True
 
     def sync_later(self) -> None:
-        """Index new messages on the indexer's thread (now, without an index: nothing to do)."""
-        if self._index is not None:
+        """Index new messages on the indexer's thread (without an index, or not ``eager``: nothing to do; the
+        backlog is caught up before the next search)."""
+        if self._index is not None and self.eager:
             indexer().request(self)
 
     def wait_indexed(self, timeout: float | None = None) -> bool:
@@ -385,6 +398,9 @@ class RecallMemory:
         unreachable or still behind (a long unindexed history): the search then reads SQL, which has all."""
         if self._index is None:
             return False
+        # Its imports here, in the caller's thread (the indexer's would otherwise make them: see ``load_early``),
+        # for a process that loaded no model yet (not ``eager``); nothing once it is loaded.
+        self._index.model.load_early()
         indexer().request(self, urgent=True)
         return indexer().wait(self, timeout, patience=_ELSEWHERE_PATIENCE)
 
