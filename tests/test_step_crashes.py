@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from memgpt.agent.manager import open_memory
 from memgpt.config import load_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.storage import Storage
@@ -119,7 +120,10 @@ def check_exactly_once(home: Path) -> None:
 def test_a_kill_at_any_point_of_a_step_then_retry_stores_the_fact_once(
     home: Path, llm: ScriptedLLM, point: str, after: int
 ) -> None:
-    crashing_run(home, point, "--message", REMEMBER, after=after)
+    if point == "recall_indexing":  # a chat indexes as it goes (`run --message` leaves it to the next search)
+        crashing_run(home, point, stdin=f"{REMEMBER}\n", after=after)
+    else:
+        crashing_run(home, point, "--message", REMEMBER, after=after)
 
     retried = run_cli("run", "--agent", AGENT, home=home, stdin=f"/retry\n{NEXT}\n")
     assert retried.returncode == 0, retried.stderr
@@ -169,7 +173,8 @@ def test_a_first_run_killed_while_its_collection_is_made_leaves_recall_searchabl
     home: Path, llm: ScriptedLLM, backend: str, model: LocalMiniLM
 ) -> None:
     """The recall index shares the embedding space's collection with archival passages; a first `memgpt run`
-    killed while making it (before its indexes) leaves it to the next run to finish, on Lite and on a server."""
+    killed while making it (before its indexes) leaves it to the next run to finish, on Lite and on a server.
+    (`run --message` leaves its messages to the next search, which indexes them here.)"""
     crashing_run(home, "collection_made", "--message", NEXT)
     done = run_cli("run", "--agent", AGENT, "--message", NEXT, home=home)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
@@ -178,6 +183,9 @@ def test_a_first_run_killed_while_its_collection_is_made_leaves_recall_searchabl
     with Storage(config, home) as storage:
         state = storage.agents.get(config.user_id, AGENT)
         assert state is not None
+        caught_up = open_memory(storage, state, model).recall
+        assert caught_up.wait_indexed(60)
+        caught_up.close()
         messages = storage.messages.last(state.id, 1000)
         store = storage.passages(state.space)
         recall = all_of(eq("agent_id", state.id), eq("kind", "recall"))

@@ -146,11 +146,11 @@ def run(
 
     # No LLM configured: stop with one line before anything is created. Then Milvus (Lite's process, the
     # agent's collection) starts opening, as `search` and `load` do: opening the agent counts its archival
-    # passages. An interactive chat indexes each turn's messages in recall as it goes, so its embedding model
-    # loads meanwhile too. A single message or piped lines (a script, a process that ends after its turns)
-    # leave them to the next search of the agent, which indexes them first (``RecallMemory``): the model loads
-    # only if a tool embeds (searching, inserting), ~0.2 CPU s saved a turn that does not.
-    eager = message is None and interactive()
+    # passages. A chat (at a terminal, or lines piped in) indexes each turn's messages in recall as it goes, so
+    # its embedding model loads meanwhile too. One --message, a process that ends after its turn, leaves them
+    # to the next search of the agent, which indexes them first (``RecallMemory``), or to the next chat's
+    # opening: the model loads only if a tool embeds (searching, inserting), ~0.2 CPU s saved a turn that does not.
+    eager = message is None
     with (
         open_storage(vectors=True, embeds=eager, check=lambda config: resolve_llm(config.llm)) as (storage, config),
         ExitStack() as stack,
