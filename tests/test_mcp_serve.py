@@ -107,6 +107,8 @@ def test_stdio_reaches_the_memory_the_agent_itself_uses(
             assert await session.ok("archival_memory_insert", content="The user's cat is called Miso.") == (
                 "Stored in archival memory (1 passage)."
             )
+            long_text = await session.refused("archival_memory_insert", content="Miso the cat. " * 50_000)
+            assert "content: 0.7 MB is more than one insert takes (0.5 MB, server.max_passage_mb" in long_text
             found = await session.ok("archival_memory_search", query="What is the cat's name?")
             assert found.startswith("Showing ") and "The user's cat is called Miso." in found
             appended = await session.ok("core_memory_append", name="human", content="Has a cat named Miso.")
@@ -210,6 +212,14 @@ def test_http_on_the_server_api_keys_decide_the_user(
         async with http(url, alice_key) as session:  # no ?agent=: her only agent
             assert [t.name for t in (await session.client.list_tools()).tools] == TOOLS
             await session.ok("archival_memory_insert", content="Alice drinks green tea every morning.")
+            # A text over server.max_passage_mb is refused before it is embedded (~40 s for 0.7 MB), as on REST.
+            started = time.monotonic()
+            too_long = await session.refused("archival_memory_insert", content="Sentence about the harbour. " * 25_000)
+            assert too_long == (
+                "Error executing tool archival_memory_insert: content: 0.7 MB is more than one insert takes (0.5 MB, "
+                "server.max_passage_mb in the server's config.toml); nothing was stored: send it in parts"
+            )
+            assert time.monotonic() - started < 10
             await session.ok("core_memory_append", name="human", content="Drinks green tea.")
             assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Ally':")
         for ref in (sam.id, "Sam"):  # the owner's agent does not exist for her, by id or by name
@@ -230,6 +240,7 @@ def test_http_on_the_server_api_keys_decide_the_user(
     ally = storage.agents.get(alice.id, "Ally")
     assert ally is not None
     found = ArchivalMemory(storage, model, agent_id=ally.id, user_id=alice.id)
+    assert found.count() == 1  # the long text stored nothing
     assert "Alice drinks green tea every morning." in found.search("morning drink").render("results")
     agent = Rig(storage, model, llm, user_id=alice.id).open("Ally")
     llm.reply("Green tea, every morning.")

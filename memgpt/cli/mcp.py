@@ -280,7 +280,12 @@ def _serve_stdio(agent: str | None) -> None:
         if agent is not None:
             agent = get_agent(storage, config.user_id, agent).name  # a wrong name fails now, in one line
         caller = Caller(config.user_id, agent, "start `memgpt mcp serve` with --agent NAME")
-        server = memory_server(storage, lambda: embedding_model(config), lambda _ctx: caller)
+        server = memory_server(
+            storage,
+            lambda: embedding_model(config),
+            lambda _ctx: caller,
+            max_insert_mb=config.server.max_passage_mb,
+        )
         with suppress(KeyboardInterrupt):  # Ctrl-C in a terminal: stop quietly
             anyio.run(run_stdio, server)
 

@@ -35,6 +35,7 @@ from memgpt.data.sources import list_sources as sources_of
 from memgpt.data.sources import search_source as search_in
 from memgpt.embeddings.base import EmbeddingModel
 from memgpt.errors import MemGPTError, NotFoundError, UserError
+from memgpt.memory.archival import over_insert_limit
 from memgpt.memory.core import CoreMemory, edit_stored
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Block
@@ -130,11 +131,13 @@ def memory_server(
     embedding: Callable[[], EmbeddingModel],
     caller: Callable[[Context], Caller],
     *,
+    max_insert_mb: float,
     guard: Guard | None = None,
 ) -> MCPServer:
-    """The MCP server with the memory tools; ``caller`` says who asks for each call. Block edits wait for
-    the agent's running turn under ``guard`` (default: its lease in ``storage``; a server passes its own
-    turns' hold) and are refused after a few seconds, as the REST API's are."""
+    """The MCP server with the memory tools; ``caller`` says who asks for each call. An insert takes at most
+    ``max_insert_mb`` of text (``server.max_passage_mb``, as the REST API's). Block edits wait for the agent's
+    running turn under ``guard`` (default: its lease in ``storage``; a server passes its own turns' hold) and
+    are refused after a few seconds, as the REST API's are."""
     memory = _Memory(storage, embedding, caller)
     hold: Guard = guard or (lambda agent_id: lease_guard(storage, agent_id))
 
@@ -164,6 +167,9 @@ def memory_server(
             content: The text to remember.
         """
         with _as_tool_errors():
+            problem = over_insert_limit(content, max_insert_mb, "content")
+            if problem is not None:  # refused before any work: embedding it would outlast the client's timeout
+                raise UserError(f"{problem}; nothing was stored: send it in parts")
             stored = memory.open(ctx).archival.insert(content)
             return f"Stored in archival memory ({stored} passage{'s' if stored != 1 else ''})."
 

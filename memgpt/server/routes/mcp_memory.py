@@ -75,6 +75,7 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
         state.storage,
         state.embedding,
         _caller_of(default_agent),
+        max_insert_mb=state.config.server.max_passage_mb,
         guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
     )
     endpoint, running = http_endpoint(server)
