@@ -23,6 +23,7 @@ from letta_client import Letta
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 from memgpt.config import load_config
 from memgpt.embeddings.local import LocalMiniLM
@@ -88,6 +89,12 @@ async def http(url: str, key: str) -> AsyncIterator[Session]:
     transport = streamable_http_client(url, http_client=client)
     async with mcp.Client(transport) as client:
         yield Session(client)
+
+
+def leaves(group: BaseExceptionGroup[MCPError]) -> list[MCPError]:
+    return [
+        e for inner in group.exceptions for e in (leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    ]
 
 
 def test_stdio_reaches_the_memory_the_agent_itself_uses(
@@ -233,8 +240,24 @@ def test_http_on_the_server_api_keys_decide_the_user(
     anyio.run(use)
     for headers, detail in (({}, MISSING_KEY), ({"Authorization": "Bearer sk-wrong"}, BAD_KEY)):
         refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
-        assert refused.status_code == 401 and refused.json() == {"detail": detail}
+        assert refused.status_code == 401 and refused.json() == {
+            "detail": detail,  # as the REST API says it
+            "jsonrpc": "2.0",  # and as a JSON-RPC error, which the mcp SDK shows
+            "id": None,
+            "error": {"code": -32001, "message": detail},
+        }
         assert refused.headers["www-authenticate"] == "Bearer"
+
+    async def bad_key() -> list[str]:  # the SDK's client says what was wrong, not "Server returned an error response"
+        said: list[str] = []
+        try:
+            async with http(url, "sk-wrong"):
+                pass
+        except* MCPError as refused:  # (in the SDK's task groups' exception groups)
+            said = [error.message for error in leaves(refused)]
+        return said
+
+    assert set(anyio.run(bad_key)) == {BAD_KEY}
 
     # The agent's own search finds the insert; the block edit is in its next prompt; recall then has the turn.
     ally = storage.agents.get(alice.id, "Ally")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import FastAPI
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
 PATH = "/mcp"
 _USER = "memgpt.user"  # the ASGI scope key the caller's user travels in, from _KeyAuth to the tools
 AGENT_PARAMETER = "agent"
+UNAUTHORIZED = -32001  # the JSON-RPC error code of a refused key (a server-defined one: JSON-RPC has none for it)
+
+
+def _refused(detail: str) -> ASGIApp:
+    """The 401 of a missing or bad key: ``detail`` as the REST API says it, and as a JSON-RPC error, which the mcp
+    SDK's client reads from an error status's JSON body and shows (else it says "Server returned an error response").
+    The request's id is not read (its body is not, before the key is checked): ``null``, which the SDK allows."""
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": UNAUTHORIZED, "message": detail}, "detail": detail}
+    return JSONResponse(body, status_code=401, headers={**errors.NO_RETRY, "WWW-Authenticate": "Bearer"})
 
 
 class _KeyAuth:
@@ -50,7 +60,7 @@ class _KeyAuth:
             user = await anyio.to_thread.run_sync(self.state.users.authenticate, token)
         if user is None:
             detail = BAD_KEY if token and scheme.lower() == "bearer" else MISSING_KEY
-            await errors.error(401, detail, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            await _refused(detail)(scope, receive, send)
             return
         await self.app({**scope, _USER: user}, receive, send)
 
