@@ -5,6 +5,7 @@ the client stores is what the agent's own tools then find, and a block edit is i
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,13 +20,14 @@ import anyio
 import anyio.to_thread
 import httpx
 import mcp
+import pytest
 from letta_client import Letta
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from memgpt.config import load_config
+from memgpt.config import load_config, save_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.server.state import BAD_KEY, MISSING_KEY
@@ -316,6 +318,72 @@ def test_http_standalone(home: Path, storage: Storage, model: LocalMiniLM) -> No
         process.terminate()
         out, _ = process.communicate(timeout=30)
     assert f"memgpt MCP server on http://127.0.0.1:{port}/mcp" in out
+
+
+def test_http_standalone_stops_in_bounded_time_while_an_insert_is_embedding(
+    home: Path, storage: Storage, model: LocalMiniLM
+) -> None:
+    """SIGTERM to `memgpt mcp serve --transport http` while an insert is being embedded: it waited for the insert
+    without limit (minutes); now the insert ends at its next embedding batch, telling the client nothing was stored,
+    and what still runs is cut after server.shutdown_seconds, as in `memgpt server`."""
+    config = load_config(home)
+    config.server.max_passage_mb = 2  # let in a text that takes minutes to embed
+    config.server.shutdown_seconds = 2
+    save_config(config, home)
+    owner = config.user_id
+    storage.users.ensure(owner, "owner")
+    _key_id, key = storage.users.create_key(owner)
+    sam = new_agent(storage, model, "Sam", owner)
+    port = free_port()
+    log = home / "mcp-serve.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "memgpt", "mcp", "serve", "--transport", "http", "--port", str(port)],
+            env={**os.environ, "MEMGPT_HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(30_000))  # 1.5 MB
+    answers: list[tuple[str, bool]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
+                time.sleep(0.1)
+
+        async def insert() -> None:
+            async with http(f"http://127.0.0.1:{port}/mcp", key) as session:
+                answers.append(await session.call("archival_memory_insert", content=text))
+
+        sending = threading.Thread(target=lambda: anyio.run(insert), daemon=True)
+        sending.start()
+        time.sleep(5)  # the text is split and being embedded (~1 minute on 2 quiet cores, minutes on a busy one)
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"memgpt mcp serve did not exit within 40 s of SIGTERM:\n{log.read_text()[-2000:]}")
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+    sending.join(timeout=10)
+    said = log.read_text(errors="replace")
+    print(f"exited {took:.1f} s after SIGTERM; answered: {answers}")
+    # Which ends the insert depends on the machine's load: its next embedding batch (the client is told), or, when
+    # the model's loading, the splitting or one batch outlasts server.shutdown_seconds, uvicorn's cut (not told).
+    if answers:
+        stopping = "the server is stopping: nothing was stored; send the text again when it is back"
+        assert answers == [(f"Error executing tool archival_memory_insert: {stopping}", True)]
+        assert "Traceback" not in said, said[-3000:]
+    else:
+        assert said.count("Traceback") == 1 and "timeout graceful shutdown exceeded" in said, said[-3000:]
+    assert ArchivalMemory(storage, model, agent_id=sam.id, user_id=owner).count() == 0
 
 
 def test_http_block_edits_wait_for_the_agents_turn_on_the_server(

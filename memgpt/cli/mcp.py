@@ -312,4 +312,11 @@ def _serve_http(agent: str | None, host: str | None, port: int | None) -> None:
         err_console.print(
             "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
         )
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=config.server.shutdown_seconds,  # then running requests are cut (`memgpt server`'s)
+    )

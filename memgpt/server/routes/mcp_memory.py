@@ -87,6 +87,7 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
         _caller_of(default_agent),
         max_insert_mb=state.config.server.max_passage_mb,
         guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
+        stopping=state.stopping,  # an insert being embedded ends at its next batch when the server stops
     )
     endpoint, running = http_endpoint(server)
     app.router.routes.append(Route(PATH, endpoint=_KeyAuth(endpoint, state)))
@@ -101,13 +102,18 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
 
 
 def standalone_app(state: ServerState, *, default_agent: str | None = None) -> FastAPI:
-    """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app."""
+    """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app. Told to stop, it
+    stops as `memgpt server` does: an insert being embedded ends at its next batch, storing nothing, and uvicorn cuts
+    what still runs after ``server.shutdown_seconds``."""
+    from memgpt.server.app import stopping_on_signals
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
+            stopping_on_signals(state.stopping)
             yield
         finally:
+            state.stopping.set()
             await anyio.to_thread.run_sync(state.close)
 
     app = FastAPI(title="memgpt MCP", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
