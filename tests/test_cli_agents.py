@@ -242,6 +242,38 @@ def test_an_unknown_command_says_the_closest_and_fails_a_message(home: Path, llm
     assert len(llm.requests) == 1  # nothing was sent to the agent
 
 
+def test_adding_a_persona_or_human_of_a_taken_name_asks_first(home: Path) -> None:
+    """`memgpt add persona --name sam_pov` replaced the shipped persona (for every new agent) without a word."""
+    shipped = json.loads(cli("list", "personas", "--json", home=home).stdout)["sam_pov"]
+    refused = cli("add", "persona", "--name", "sam_pov", "--text", "I am someone else.", home=home)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip() == (
+        "error: Replace the persona 'sam_pov' shipped with memgpt (new agents get yours)? — not a terminal, "
+        "so nothing was done; pass -y to confirm"
+    )
+    assert json.loads(cli("list", "personas", "--json", home=home).stdout)["sam_pov"] == shipped
+    assert cli("add", "human", "--name", "ann", "--text", "Name: Ann", home=home).returncode == 0
+    again = cli("add", "human", "--name", " ann ", "--text", "Name: Someone", home=home)  # the stripped name
+    assert again.returncode == 1 and "Replace your human 'ann'?" in again.stderr and "pass -y" in again.stderr
+    assert json.loads(cli("list", "humans", "--json", home=home).stdout)["ann"] == "Name: Ann"
+    # In a terminal it asks; "no" changes nothing.
+    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    asked = ["-m", "memgpt", "add", "persona", "--name", "sam_pov", "--text", "I am someone else."]
+    child = pexpect.spawn(sys.executable, asked, env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    try:
+        child.expect(question("Replace the persona 'sam_pov' shipped with memgpt (new agents get yours)?"))
+        child.send("n")
+        child.expect_exact("Nothing changed.")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert json.loads(cli("list", "personas", "--json", home=home).stdout)["sam_pov"] == shipped
+    for kind, name, text in (("persona", "sam_pov", "I am someone else."), ("human", "ann", "Name: Someone")):
+        replaced = cli("add", kind, "--name", name, "--text", text, "-y", home=home)
+        assert replaced.returncode == 0 and replaced.stdout.strip() == f"Saved {kind} '{name}'"
+        assert json.loads(cli("list", f"{kind}s", "--json", home=home).stdout)[name] == text
+
+
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_agent_commands(home: Path, llm: ScriptedLLM, tmp_path: Path) -> None:
     # A small file: the test is about what is attached and listed, not what the file holds (the paper: a long load).

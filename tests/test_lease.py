@@ -697,6 +697,42 @@ def test_a_release_left_for_later_that_fails_unexpectedly_is_tried_again(
     assert any("giving back the lease of agent a1 failed" in r.getMessage() for r in caplog.records)
 
 
+def test_a_follow_up_that_fails_after_a_later_release_neither_ends_the_releaser_nor_reaches_a_taker(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ``then`` of a lease given back later (the server wakes its waiters) raised out of the releaser: its thread
+    ended with the other agents' leases still to give back (kept until they lapsed), and a take of the agent, which
+    tries its release first, got the follow-up's error."""
+    from sqlalchemy.exc import OperationalError
+
+    owners = {agent_id: new_owner() for agent_id in ("a1", "a2", "a3")}
+    for agent_id, owner in owners.items():
+        assert storage.turns.acquire(agent_id, owner, "", 60) is not None
+    database_back, given_back = threading.Event(), threading.Event()
+
+    def away(*_: Any) -> None:  # the database out of reach for the releaser until all three are left to it
+        if threading.current_thread().name == "lease-releaser" and not database_back.is_set():
+            raise OperationalError("connect", {}, Exception("timeout expired"))
+
+    def fails() -> None:
+        raise RuntimeError("a follow-up's bug")
+
+    event.listen(storage.metadata.engine, "before_cursor_execute", away)
+    try:
+        storage.turns.release_later("a1", owners["a1"], within=60, then=fails)  # given back first, in the thread
+        storage.turns.release_later("a2", owners["a2"], within=60, then=given_back.set)
+        storage.turns.release_later("a3", owners["a3"], within=60, then=fails)
+        time.sleep(0.2)  # the releaser has tried (and failed) at least once
+        database_back.set()
+        assert given_back.wait(30), "the releaser's thread ended at a1's failed follow-up"
+        assert storage.turns.acquire("a3", new_owner(), "", 60) is not None  # its release first, then the take
+    finally:
+        event.remove(storage.metadata.engine, "before_cursor_execute", away)
+    assert lease_owner(storage, "a1") is None and lease_owner(storage, "a2") is None
+    failed = [r for r in caplog.records if "its follow-up failed" in r.getMessage()]
+    assert len(failed) >= 1 and failed[0].exc_info is not None, caplog.text
+
+
 def test_closing_with_the_database_out_of_reach_tries_the_leases_left_for_a_bounded_time(storage: Storage) -> None:
     """A process that closes while the database does not answer (each try waiting a connect timeout) gives up its
     last tries at a total deadline: one try of each of N agents took N connect timeouts."""

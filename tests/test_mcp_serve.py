@@ -5,6 +5,7 @@ the client stores is what the agent's own tools then find, and a block edit is i
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,12 +20,14 @@ import anyio
 import anyio.to_thread
 import httpx
 import mcp
+import pytest
 from letta_client import Letta
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
-from memgpt.config import load_config
+from memgpt.config import load_config, save_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.server.state import BAD_KEY, MISSING_KEY
@@ -90,6 +93,12 @@ async def http(url: str, key: str) -> AsyncIterator[Session]:
         yield Session(client)
 
 
+def leaves(group: BaseExceptionGroup[MCPError]) -> list[MCPError]:
+    return [
+        e for inner in group.exceptions for e in (leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    ]
+
+
 def test_stdio_reaches_the_memory_the_agent_itself_uses(
     home: Path, storage: Storage, model: LocalMiniLM, llm: ScriptedLLM
 ) -> None:
@@ -107,6 +116,8 @@ def test_stdio_reaches_the_memory_the_agent_itself_uses(
             assert await session.ok("archival_memory_insert", content="The user's cat is called Miso.") == (
                 "Stored in archival memory (1 passage)."
             )
+            long_text = await session.refused("archival_memory_insert", content="Miso the cat. " * 50_000)
+            assert "content: 0.7 MB is more than one insert takes (0.5 MB, server.max_passage_mb" in long_text
             found = await session.ok("archival_memory_search", query="What is the cat's name?")
             assert found.startswith("Showing ") and "The user's cat is called Miso." in found
             appended = await session.ok("core_memory_append", name="human", content="Has a cat named Miso.")
@@ -210,6 +221,14 @@ def test_http_on_the_server_api_keys_decide_the_user(
         async with http(url, alice_key) as session:  # no ?agent=: her only agent
             assert [t.name for t in (await session.client.list_tools()).tools] == TOOLS
             await session.ok("archival_memory_insert", content="Alice drinks green tea every morning.")
+            # A text over server.max_passage_mb is refused before it is embedded (~40 s for 0.7 MB), as on REST.
+            started = time.monotonic()
+            too_long = await session.refused("archival_memory_insert", content="Sentence about the harbour. " * 25_000)
+            assert too_long == (
+                "Error executing tool archival_memory_insert: content: 0.7 MB is more than one insert takes (0.5 MB, "
+                "server.max_passage_mb in the server's config.toml); nothing was stored: send it in parts"
+            )
+            assert time.monotonic() - started < 10
             await session.ok("core_memory_append", name="human", content="Drinks green tea.")
             assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Ally':")
         for ref in (sam.id, "Sam"):  # the owner's agent does not exist for her, by id or by name
@@ -223,13 +242,30 @@ def test_http_on_the_server_api_keys_decide_the_user(
     anyio.run(use)
     for headers, detail in (({}, MISSING_KEY), ({"Authorization": "Bearer sk-wrong"}, BAD_KEY)):
         refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
-        assert refused.status_code == 401 and refused.json() == {"detail": detail}
+        assert refused.status_code == 401 and refused.json() == {
+            "detail": detail,  # as the REST API says it
+            "jsonrpc": "2.0",  # and as a JSON-RPC error, which the mcp SDK shows
+            "id": None,
+            "error": {"code": -32001, "message": detail},
+        }
         assert refused.headers["www-authenticate"] == "Bearer"
+
+    async def bad_key() -> list[str]:  # the SDK's client says what was wrong, not "Server returned an error response"
+        said: list[str] = []
+        try:
+            async with http(url, "sk-wrong"):
+                pass
+        except* MCPError as refused:  # (in the SDK's task groups' exception groups)
+            said = [error.message for error in leaves(refused)]
+        return said
+
+    assert set(anyio.run(bad_key)) == {BAD_KEY}
 
     # The agent's own search finds the insert; the block edit is in its next prompt; recall then has the turn.
     ally = storage.agents.get(alice.id, "Ally")
     assert ally is not None
     found = ArchivalMemory(storage, model, agent_id=ally.id, user_id=alice.id)
+    assert found.count() == 1  # the long text stored nothing
     assert "Alice drinks green tea every morning." in found.search("morning drink").render("results")
     agent = Rig(storage, model, llm, user_id=alice.id).open("Ally")
     llm.reply("Green tea, every morning.")
@@ -282,6 +318,72 @@ def test_http_standalone(home: Path, storage: Storage, model: LocalMiniLM) -> No
         process.terminate()
         out, _ = process.communicate(timeout=30)
     assert f"memgpt MCP server on http://127.0.0.1:{port}/mcp" in out
+
+
+def test_http_standalone_stops_in_bounded_time_while_an_insert_is_embedding(
+    home: Path, storage: Storage, model: LocalMiniLM
+) -> None:
+    """SIGTERM to `memgpt mcp serve --transport http` while an insert is being embedded: it waited for the insert
+    without limit (minutes); now the insert ends at its next embedding batch, telling the client nothing was stored,
+    and what still runs is cut after server.shutdown_seconds, as in `memgpt server`."""
+    config = load_config(home)
+    config.server.max_passage_mb = 2  # let in a text that takes minutes to embed
+    config.server.shutdown_seconds = 2
+    save_config(config, home)
+    owner = config.user_id
+    storage.users.ensure(owner, "owner")
+    _key_id, key = storage.users.create_key(owner)
+    sam = new_agent(storage, model, "Sam", owner)
+    port = free_port()
+    log = home / "mcp-serve.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "memgpt", "mcp", "serve", "--transport", "http", "--port", str(port)],
+            env={**os.environ, "MEMGPT_HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(30_000))  # 1.5 MB
+    answers: list[tuple[str, bool]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
+                time.sleep(0.1)
+
+        async def insert() -> None:
+            async with http(f"http://127.0.0.1:{port}/mcp", key) as session:
+                answers.append(await session.call("archival_memory_insert", content=text))
+
+        sending = threading.Thread(target=lambda: anyio.run(insert), daemon=True)
+        sending.start()
+        time.sleep(5)  # the text is split and being embedded (~1 minute on 2 quiet cores, minutes on a busy one)
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"memgpt mcp serve did not exit within 40 s of SIGTERM:\n{log.read_text()[-2000:]}")
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+    sending.join(timeout=10)
+    said = log.read_text(errors="replace")
+    print(f"exited {took:.1f} s after SIGTERM; answered: {answers}")
+    # Which ends the insert depends on the machine's load: its next embedding batch (the client is told), or, when
+    # the model's loading, the splitting or one batch outlasts server.shutdown_seconds, uvicorn's cut (not told).
+    if answers:
+        stopping = "the server is stopping: nothing was stored; send the text again when it is back"
+        assert answers == [(f"Error executing tool archival_memory_insert: {stopping}", True)]
+        assert "Traceback" not in said, said[-3000:]
+    else:
+        assert said.count("Traceback") == 1 and "timeout graceful shutdown exceeded" in said, said[-3000:]
+    assert ArchivalMemory(storage, model, agent_id=sam.id, user_id=owner).count() == 0
 
 
 def test_http_block_edits_wait_for_the_agents_turn_on_the_server(

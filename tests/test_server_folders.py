@@ -30,7 +30,7 @@ from memgpt.owners import this_process
 from memgpt.storage.files import FileStore
 from memgpt.storage.filters import eq
 from memgpt.storage.sql import MetadataStore
-from memgpt.types import EmbeddingSpace, FileRecord, FileStatus, utc_now
+from memgpt.types import DocumentStatus, EmbeddingSpace, FileRecord, FileStatus, utc_now
 from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, retrying_letta, use_scripted_llm
@@ -205,8 +205,17 @@ def test_what_cannot_be_loaded_is_refused_or_reported_in_one_line(server: LiveSe
     assert replaced.id != first.id and replaced.file_name == "note.md"
     with pytest.raises(NotFoundError):
         client.folders.files.retrieve(first.id, folder_id=folder.id)
+    # Each copy loads as a file of its own (as in Letta), never failed as "same content as note.md": its passages
+    # are its own, so deleting one copy leaves the others searchable.
     for upload in (suffixed, renamed, replaced):
-        assert wait_until_loaded(client, folder.id, upload.id)[0].processing_status in ("completed", "error")
+        done = wait_until_loaded(client, folder.id, upload.id)[0]
+        assert (done.processing_status, done.error_message, done.total_chunks) == ("completed", None, 1)
+    store = server.state.storage.passages(SPACE)
+    assert store.count(eq("source_id", folder.id)) == 3
+    client.folders.files.delete(replaced.id, folder_id=folder.id)
+    assert store.count(eq("source_id", folder.id)) == 2
+    documents = server.state.storage.metadata.documents(folder.id)
+    assert sorted(d.file_name for d in documents if d.status is DocumentStatus.READY) == ["cats.md", "note (1).md"]
 
 
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL

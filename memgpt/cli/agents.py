@@ -282,7 +282,8 @@ def list_humans(as_json: JsonOption = False) -> None:
     _list_templates("human", as_json)
 
 
-def _add_template(kind: str, name: str, text: str | None, file: Path | None) -> None:
+def _add_template(kind: str, name: str, text: str | None, file: Path | None, yes: bool) -> None:
+    from memgpt.agent import prompts
     from memgpt.agent.manager import save_template
 
     if (text is None) == (file is None):
@@ -293,6 +294,17 @@ def _add_template(kind: str, name: str, text: str | None, file: Path | None) -> 
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{file}: cannot read it as UTF-8 text ({exc})") from exc
     with open_storage() as (storage, config):
+        name = name.strip()
+        # Replacing one (a shipped one is shadowed for every new agent) is a choice, as deleting is: -y or a yes.
+        if storage.templates.get(config.user_id, kind, name) is not None:
+            question = f"Replace your {kind} {name!r}?"
+        elif name in prompts.shipped(kind):
+            question = f"Replace the {kind} {name!r} shipped with memgpt (new agents get yours)?"
+        else:
+            question = ""
+        if question and not confirm(question, assume_yes=yes):
+            console.print("Nothing changed.")
+            return
         saved = save_template(storage, config.user_id, kind, name, text or "")
     console.print(f"Saved {kind} '{saved}'", markup=False)
 
@@ -301,18 +313,20 @@ def add_persona(
     name: str = typer.Option(..., "--name", help="Name of the persona."),
     text: str | None = typer.Option(None, "--text", help="The persona text."),
     file: Path | None = typer.Option(None, "--file", help="A text file with the persona."),
+    yes: YesOption = False,
 ) -> None:
-    """Add (or replace) a persona."""
-    _add_template("persona", name, text, file)
+    """Add a persona (replacing one of that name asks first; -y replaces it)."""
+    _add_template("persona", name, text, file, yes)
 
 
 def add_human(
     name: str = typer.Option(..., "--name", help="Name of the human profile."),
     text: str | None = typer.Option(None, "--text", help="The profile text."),
     file: Path | None = typer.Option(None, "--file", help="A text file with the profile."),
+    yes: YesOption = False,
 ) -> None:
-    """Add (or replace) a human profile."""
-    _add_template("human", name, text, file)
+    """Add a human profile (replacing one of that name asks first; -y replaces it)."""
+    _add_template("human", name, text, file, yes)
 
 
 def delete_agent(name: str = typer.Argument(..., help="Name of the agent."), yes: YesOption = False) -> None:

@@ -280,7 +280,12 @@ def _serve_stdio(agent: str | None) -> None:
         if agent is not None:
             agent = get_agent(storage, config.user_id, agent).name  # a wrong name fails now, in one line
         caller = Caller(config.user_id, agent, "start `memgpt mcp serve` with --agent NAME")
-        server = memory_server(storage, lambda: embedding_model(config), lambda _ctx: caller)
+        server = memory_server(
+            storage,
+            lambda: embedding_model(config),
+            lambda _ctx: caller,
+            max_insert_mb=config.server.max_passage_mb,
+        )
         with suppress(KeyboardInterrupt):  # Ctrl-C in a terminal: stop quietly
             anyio.run(run_stdio, server)
 
@@ -307,4 +312,11 @@ def _serve_http(agent: str | None, host: str | None, port: int | None) -> None:
         err_console.print(
             "No API keys yet: every request needs one. Create one with `memgpt key create`.", markup=False
         )
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=config.server.shutdown_seconds,  # then running requests are cut (`memgpt server`'s)
+    )

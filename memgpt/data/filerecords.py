@@ -97,7 +97,8 @@ class FileTracker:
 
     def duplicate(self, twin: str) -> None:
         """The file has the same content as another file of the source, so nothing was loaded for it. A row
-        made by this load goes again (as `memgpt load` says, it was skipped); an upload's says why it failed."""
+        made by this load goes again (as `memgpt load` says, it was skipped); an older one says why it failed (a file
+        `memgpt load` loaded before, now a copy of another; uploads are loaded as copies, see ``SourceLoader.load``)."""
         if self._current is None:
             return
         if self._created and not self._current.stored:

@@ -182,7 +182,7 @@ def load_file(
     """Load one recorded file into its source with the loader and limits `memgpt load` uses; its row says
     how it went."""
     loader = SourceLoader.from_settings(storage, model, settings, user_id=source.user_id, listener=listener)
-    return loader.load(source.name, [Path(record.path)], into=source)
+    return loader.load(source.name, [Path(record.path)], into=source, copies=True)  # each upload is its own
 
 
 def get_file(storage: Storage, source: Source, file_id: str) -> FileRecord:

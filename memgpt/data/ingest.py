@@ -159,6 +159,7 @@ class SourceLoader:
         self.chunker = Chunker(model.count_tokens, size, overlap)
         self.signature = f"{model.model_id}/{model.dimensions}/c{size}/o{overlap}/l{LOADER_VERSION}"
         self.listener = listener or LoadListener()
+        self._copies = False  # set by each load
 
     @classmethod
     def from_settings(
@@ -206,13 +207,23 @@ class SourceLoader:
 
     # -- the load -----------------------------------------------------------------------------
     def load(
-        self, name: str, paths: Sequence[Path], *, description: str = "", into: Source | None = None
+        self,
+        name: str,
+        paths: Sequence[Path],
+        *,
+        description: str = "",
+        into: Source | None = None,
+        copies: bool = False,
     ) -> LoadReport:
-        """Load ``paths`` into the source ``name`` (created when missing), or into the source ``into``."""
+        """Load ``paths`` into the source ``name`` (created when missing), or into the source ``into``. A file
+        with the content of one already in the source is skipped as a duplicate, unless ``copies``: then it is
+        loaded as a file of its own (a folder's uploads, as in Letta: "note (1).txt" is searched and deleted
+        apart from "note.txt")."""
         name = validate_source_name(name)
         report = LoadReport(source=name)
         source, created = (into, False) if into is not None else self._source(name, description)
         self._files = files = FileTracker(self.storage, source)
+        self._copies = copies
         self.listener.files_found(len(paths))
         try:
             self._finish_deletions(source)
@@ -263,7 +274,7 @@ class SourceLoader:
             report.unchanged.append(str(path))
             self._files.completed(sum(d.n_passages for d in existing))
             return
-        twin = metadata.ready_file_with_hash(source.id, sha, self.signature)
+        twin = None if self._copies else metadata.ready_file_with_hash(source.id, sha, self.signature)
         if twin and twin != key:
             report.duplicates.append((str(path), twin))
             self._retire([d.id for d in existing])  # this path's older content is superseded
@@ -321,7 +332,10 @@ class SourceLoader:
             chunks = self._chunks(unit)
             if not chunks:
                 continue
-            doc_id = _digest(source.id, sha, self.signature, unit.unit if unit.unit is not None else index)
+            # The ids derive from the content (the same after a crash); a copy's from its path too, else it would
+            # take over the documents and passages of the file it copies.
+            copy = (key,) if self._copies else ()
+            doc_id = _digest(source.id, sha, self.signature, unit.unit if unit.unit is not None else index, *copy)
             documents.append(
                 Document(
                     id=doc_id,

@@ -34,7 +34,8 @@ from memgpt.data.sources import get_source
 from memgpt.data.sources import list_sources as sources_of
 from memgpt.data.sources import search_source as search_in
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import MemGPTError, NotFoundError, UserError
+from memgpt.errors import BackendError, MemGPTError, NotFoundError, UserError
+from memgpt.memory.archival import over_insert_limit
 from memgpt.memory.core import CoreMemory, edit_stored
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Block
@@ -96,6 +97,16 @@ def lease_guard(storage: Storage, agent_id: str, *, wait: float = BUSY_WAIT) -> 
         yield
 
 
+def _stop_when(stopping: threading.Event | None) -> Callable[[int], None]:
+    """An insert's progress check: once ``stopping`` is set it ends, before anything is written."""
+
+    def check(_: int) -> None:
+        if stopping is not None and stopping.is_set():
+            raise BackendError("the server is stopping: nothing was stored; send the text again when it is back")
+
+    return check
+
+
 def _describe_block(block: Block, verb: str) -> str:
     return f"{verb} the {block.label} block ({len(block.value)}/{block.limit} characters):\n{block.value}"
 
@@ -130,11 +141,15 @@ def memory_server(
     embedding: Callable[[], EmbeddingModel],
     caller: Callable[[Context], Caller],
     *,
+    max_insert_mb: float,
     guard: Guard | None = None,
+    stopping: threading.Event | None = None,
 ) -> MCPServer:
-    """The MCP server with the memory tools; ``caller`` says who asks for each call. Block edits wait for
-    the agent's running turn under ``guard`` (default: its lease in ``storage``; a server passes its own
-    turns' hold) and are refused after a few seconds, as the REST API's are."""
+    """The MCP server with the memory tools; ``caller`` says who asks for each call. An insert takes at most
+    ``max_insert_mb`` of text (``server.max_passage_mb``, as the REST API's) and, once ``stopping`` is set (a server
+    told to stop), ends at its next embedding batch with nothing stored. Block edits wait for the agent's running
+    turn under ``guard`` (default: its lease in ``storage``; a server passes its own turns' hold) and are refused
+    after a few seconds, as the REST API's are."""
     memory = _Memory(storage, embedding, caller)
     hold: Guard = guard or (lambda agent_id: lease_guard(storage, agent_id))
 
@@ -164,7 +179,10 @@ def memory_server(
             content: The text to remember.
         """
         with _as_tool_errors():
-            stored = memory.open(ctx).archival.insert(content)
+            problem = over_insert_limit(content, max_insert_mb, "content")
+            if problem is not None:  # refused before any work: embedding it would outlast the client's timeout
+                raise UserError(f"{problem}; nothing was stored: send it in parts")
+            stored = len(memory.open(ctx).archival.add(content, on_progress=_stop_when(stopping)))
             return f"Stored in archival memory ({stored} passage{'s' if stored != 1 else ''})."
 
     def conversation_search(

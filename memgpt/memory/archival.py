@@ -40,6 +40,18 @@ def passage_id(attempt: str, index: int) -> str:
     return f"passage-{uuid.uuid5(_IDS, f'{attempt}:{index}')}"
 
 
+def over_insert_limit(text: str, limit_mb: float, field: str) -> str | None:
+    """Why ``text`` is too long for one insert (``server.max_passage_mb``: it is embedded within the request, which
+    a client gives up on after a minute), naming ``field``; None when it is not. The REST API and MCP say the same."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size <= limit_mb * 1_000_000:
+        return None
+    return (
+        f"{field}: {size / 1_000_000:.1f} MB is more than one insert takes ({limit_mb:g} MB, server.max_passage_mb "
+        "in the server's config.toml)"
+    )
+
+
 class ArchivalMemory:
     """One agent's archival memory, in ``model``'s embedding space (the agent's, checked when it is opened)."""
 

@@ -102,7 +102,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         try:
             await anyio.to_thread.run_sync(jobs.start)  # loads an earlier process left unfinished
-            _stopping_on_signals(opened.stopping)
+            stopping_on_signals(opened.stopping)
             yield
         finally:
             opened.stopping.set()  # an insert still embedding ends at its next batch, so the process can exit
@@ -216,7 +216,7 @@ def _served_lite(home: Path, config: Config) -> str:
     return str(served.get("uri") or "")
 
 
-def _stopping_on_signals(stopping: threading.Event) -> None:
+def stopping_on_signals(stopping: threading.Event) -> None:
     """Set ``stopping`` the moment uvicorn is told to stop (SIGINT, SIGTERM), before it waits for the requests still
     running: an insert being embedded ends at its next batch with a 503 and nothing stored, rather than holding the
     server (it held one 16 minutes) or being cut by the shutdown timeout with a traceback in the log. Called during

@@ -565,7 +565,10 @@ class LaterReleases:
             else:
                 logger.info("recorded run %s of agent %s", unreleased.finished and unreleased.finished.id, agent_id)
             if unreleased.then is not None:
-                unreleased.then()
+                try:
+                    unreleased.then()
+                except Exception:  # the caller's, not the release's: the thread lives on for the other leases
+                    logger.exception("after giving back the lease of agent %s, its follow-up failed", agent_id)
         return True
 
     def _forget(self, agent_id: str, unreleased: _Unreleased) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import FastAPI
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
 PATH = "/mcp"
 _USER = "memgpt.user"  # the ASGI scope key the caller's user travels in, from _KeyAuth to the tools
 AGENT_PARAMETER = "agent"
+UNAUTHORIZED = -32001  # the JSON-RPC error code of a refused key (a server-defined one: JSON-RPC has none for it)
+
+
+def _refused(detail: str) -> ASGIApp:
+    """The 401 of a missing or bad key: ``detail`` as the REST API says it, and as a JSON-RPC error, which the mcp
+    SDK's client reads from an error status's JSON body and shows (else it says "Server returned an error response").
+    The request's id is not read (its body is not, before the key is checked): ``null``, which the SDK allows."""
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": UNAUTHORIZED, "message": detail}, "detail": detail}
+    return JSONResponse(body, status_code=401, headers={**errors.NO_RETRY, "WWW-Authenticate": "Bearer"})
 
 
 class _KeyAuth:
@@ -50,7 +60,7 @@ class _KeyAuth:
             user = await anyio.to_thread.run_sync(self.state.users.authenticate, token)
         if user is None:
             detail = BAD_KEY if token and scheme.lower() == "bearer" else MISSING_KEY
-            await errors.error(401, detail, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            await _refused(detail)(scope, receive, send)
             return
         await self.app({**scope, _USER: user}, receive, send)
 
@@ -75,7 +85,9 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
         state.storage,
         state.embedding,
         _caller_of(default_agent),
+        max_insert_mb=state.config.server.max_passage_mb,
         guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
+        stopping=state.stopping,  # an insert being embedded ends at its next batch when the server stops
     )
     endpoint, running = http_endpoint(server)
     app.router.routes.append(Route(PATH, endpoint=_KeyAuth(endpoint, state)))
@@ -90,13 +102,18 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
 
 
 def standalone_app(state: ServerState, *, default_agent: str | None = None) -> FastAPI:
-    """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app."""
+    """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app. Told to stop, it
+    stops as `memgpt server` does: an insert being embedded ends at its next batch, storing nothing, and uvicorn cuts
+    what still runs after ``server.shutdown_seconds``."""
+    from memgpt.server.app import stopping_on_signals
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
+            stopping_on_signals(state.stopping)
             yield
         finally:
+            state.stopping.set()
             await anyio.to_thread.run_sync(state.close)
 
     app = FastAPI(title="memgpt MCP", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)

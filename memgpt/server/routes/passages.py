@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memgpt.agent.manager import archival_memory
 from memgpt.errors import BackendError, NotFoundError, UserError
-from memgpt.memory.archival import ArchivalMemory
+from memgpt.memory.archival import ArchivalMemory, over_insert_limit
 from memgpt.server.retried import RetriedWrite, is_retry
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.agents import Deleted
@@ -37,13 +37,10 @@ def _archival(state: ServerState, user_id: str, agent_id: str) -> ArchivalMemory
 def _refuse_long(state: ServerState, text: str) -> None:
     """A text longer than ``server.max_passage_mb`` is refused before any work: embedding it would outlast the
     client's timeout (and hold a stopping server)."""
-    limit = state.config.server.max_passage_mb
-    size = len(text.encode("utf-8", errors="surrogatepass"))
-    if size > limit * 1_000_000:
+    problem = over_insert_limit(text, state.config.server.max_passage_mb, "text")
+    if problem is not None:
         raise StarletteHTTPException(
-            413,
-            f"text: {size / 1_000_000:.1f} MB is more than one insert takes ({limit:g} MB, server.max_passage_mb "
-            "in the server's config.toml); send it in parts, or upload it as a file to a folder (loaded as a job)",
+            413, f"{problem}; send it in parts, or upload it as a file to a folder (loaded as a job)"
         )
 
 
