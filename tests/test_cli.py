@@ -296,6 +296,29 @@ def test_a_read_only_milvus_lite_file_says_so(open_tmp: Path) -> None:
     )
 
 
+def test_hostile_file_names_are_named_in_one_line_and_cost_only_themselves(home: Path, tmp_path: Path) -> None:
+    """A name with a newline and a terminal escape is written out in its one warning line (it split the line,
+    and the raw ESC recoloured the terminal); a name that is not UTF-8 (Latin-1 bytes) is refused alone (its
+    name crashed the whole load with a UnicodeEncodeError traceback, and nothing loaded)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DATA / "test.md", folder / "good.md")
+    (folder / "bad\nname\x1b[31m.json").write_text("{not json")
+    Path(os.fsdecode(bytes(folder) + b"/caf\xe9.md")).write_text("a note about the cafe")
+    result = cli("load", "directory", "--name", "hostile", f"--input-dir={folder}", home=home)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "\x1b" not in result.stderr
+    warnings = sorted(line for line in result.stderr.splitlines() if line.startswith("warning: "))
+    assert warnings == [
+        f"warning: {folder}/bad\\nname\\x1b[31m.json: invalid JSON at line 1, column 2: Expecting property name "
+        "enclosed in double quotes",
+        f"warning: {folder}/caf\\xe9.md: its name is not valid UTF-8; rename it (e.g. `convmv -f latin1 -t utf-8`)",
+    ]
+    assert "2 file(s) could not be loaded" in result.stderr
+    [source] = json.loads(cli("list", "sources", "--json", home=home).stdout)
+    assert source["name"] == "hostile" and source["documents"] == 1  # good.md
+
+
 def test_bad_files_in_a_folder_cost_only_themselves(home: Path, tmp_path: Path) -> None:
     """The fault suite's crashers through the real command: each is one line, the rest loads, exit 1."""
     import zipfile

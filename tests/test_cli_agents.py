@@ -445,6 +445,23 @@ def test_names_are_stripped_on_lookup_and_empty_names_refused(home: Path, llm: S
     assert len(llm.requests) == 2  # the refused runs never reached the LLM
 
 
+def test_square_brackets_in_the_history_are_shown_as_written_when_the_agent_is_resumed(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """Resuming an agent shows its last messages; a message with "[/]" in it twice (rich's closing tag) made
+    every later `memgpt run --agent` of that agent crash with rich's MarkupError, and "[red]" vanished."""
+    said = "code: xs[/] + ys[/] and [red]text[/red] in C:\\temp\\"
+    llm.reply(said)
+    assert cli("run", "--agent", "Pete", "--message", "say [/] twice [/] and [bold]this", home=home).returncode == 0
+
+    llm.reply("again")
+    resumed = cli("run", "--agent", "Pete", "--message", "hi", home=home)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert any(line.endswith("] user: say [/] twice [/] and [bold]this") for line in lines), resumed.stdout
+    assert any(line.endswith(f"] assistant: said: {said}") for line in lines), resumed.stdout
+
+
 def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     from memgpt.cli.chat import COMMANDS
 

@@ -351,6 +351,19 @@ def test_odd_inputs_through_an_agent_turn(
         rig.close()
 
 
+def test_a_long_message_is_cut_in_the_word_and_date_searches_as_in_the_ranked_one(storage: Storage, chat: Chat) -> None:
+    """The SQL word search (the index behind or unreachable) and the date search showed a message whole: a
+    1 MB reply came back as a 1 MB tool result, over the context window, summarized away unseen."""
+    day_before = START - timedelta(days=1)
+    long = Message("m99", chat.recall.agent_id, Role.USER, "zanzibar " + "lorem ipsum " * 100_000, day_before)
+    chat.recall.append([long])
+    plain = RecallMemory(storage, agent_id=chat.recall.agent_id, user_id=USER)
+    for page in (plain.search("zanzibar"), plain.search_dates("2024-03-11", "2024-03-11")):
+        [shown] = page.items
+        assert shown.startswith("[2024-03-11 19:00:00 UTC] user: zanzibar lorem ipsum")
+        assert len(shown) <= 1_000 and shown.endswith("…"), len(shown)
+
+
 def test_pages_far_past_the_end_without_an_index(storage: Storage, chat: Chat) -> None:
     """The SQL word search and the date search take any page number the model sends (SQLite's integers end
     at 2**63: a page past that raised OverflowError)."""

@@ -92,12 +92,14 @@ def _created_banner(state: AgentState) -> None:
 
 
 def _resume_banner(storage: Storage, state: AgentState) -> None:
+    from rich.markup import escape
+
     from memgpt.memory.messages import describe, is_conversational
 
     console.print(f"\n🔁 Using existing agent '{state.name}' (id={state.id})", markup=False)
     for message in storage.messages.last(state.id, 6):
-        if is_conversational(message):
-            console.print(f"[bright_black]{describe(message)}[/]", markup=True, highlight=False)
+        if is_conversational(message):  # the words as written: "[/]" or "[red]" in them are text, not markup
+            console.print(f"[bright_black]{escape(describe(message))}[/]", markup=True, highlight=False)
 
 
 def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> int:

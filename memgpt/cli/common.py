@@ -158,10 +158,21 @@ def confirm(question: str, *, assume_yes: bool) -> bool:
     return bool(questionary.confirm(question, default=False).ask())
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters written out (a newline as ``\\n``, ESC as ``\\x1b``): a file
+    named with a newline or a terminal escape sequence is named in one line, and never moves the cursor,
+    recolours the terminal or sets its title."""
+    return "".join(_written_out(c) if c < " " or "\x7f" <= c <= "\x9f" else c for c in text)
+
+
+def _written_out(c: str) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or f"\\x{ord(c):02x}"
+
+
 def warn(message: str) -> None:
     from rich.markup import escape
 
-    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    err_console.print(f"[yellow]warning:[/yellow] {escape(one_line(message))}")
 
 
 # The least a column other than the names gets before names are folded: a few characters plus padding.

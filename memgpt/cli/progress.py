@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memgpt.cli.common import err_console
+from memgpt.cli.common import err_console, one_line
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -41,7 +41,7 @@ class ProgressListener:
     def warn(self, message: str) -> None:
         from rich.markup import escape
 
-        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(one_line(message))}")
 
 
 def load_progress() -> Progress:

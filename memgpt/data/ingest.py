@@ -125,6 +125,18 @@ def _to_load(path: Path, wanted: set[str]) -> bool:
     return not stat.S_ISDIR(mode) and path.suffix.lower() in wanted
 
 
+def _check_name(path: Path) -> None:
+    """A path whose bytes are not UTF-8 (a Latin-1 name from an old archive: Python keeps the bytes as lone
+    surrogates) cannot be stored as text in the metadata database nor in Milvus: it crashed the whole load
+    with a UnicodeEncodeError. Refused alone, named as its bytes read."""
+    try:
+        os.path.realpath(path).encode()
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        fix = "rename it (e.g. `convmv -f latin1 -t utf-8`)"
+        raise InputFileError(shown, f"its name is not valid UTF-8; {fix}") from None
+
+
 def _digest(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
@@ -229,6 +241,13 @@ class SourceLoader:
             self._finish_deletions(source)
             for path in paths:
                 self.listener.file_started(path)
+                try:
+                    _check_name(path)
+                except InputFileError as exc:  # before its row: the database cannot hold the name
+                    report.failures.append(exc)
+                    self.listener.warn(str(exc))
+                    self.listener.file_finished(path)
+                    continue
                 files.started(path)
                 try:
                     self._load_file(source, path, report)

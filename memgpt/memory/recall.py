@@ -29,7 +29,7 @@ import numpy as np
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import MemGPTError, ToolError
 from memgpt.memory.background import Batcher, Outcome
-from memgpt.memory.messages import describe, indexed_text, search_text, stored
+from memgpt.memory.messages import indexed_text, search_text, stored
 from memgpt.memory.paging import PAGE_SIZE, PAST_END_CHECK, Page, RankedPage, check_page
 from memgpt.memory.results import Result, Scope, keyword_query, parse_date, ranking_note
 from memgpt.storage import Storage
@@ -432,7 +432,9 @@ class RecallMemory:
                 end=scope.end,
                 role=scope.role,
             )
-            return Page([describe(m) for m in found], total, number, about=WORD_SEARCH_NOTE)
+            # Each message cut as the ranked search shows it: a 1 MB message came back whole, a tool result
+            # over the window, summarized away before the model saw it.
+            return Page([Result(m).render() for m in found], total, number, about=WORD_SEARCH_NOTE)
         return self._ranked(self._index, query, number, scope)
 
     def _offset(self, number: int) -> int:
@@ -518,7 +520,7 @@ class RecallMemory:
             raise ToolError("that date range is too wide")
         number = check_page(page)
         found, total = self._messages.between(self.agent_id, start, end, offset=self._offset(number), limit=PAGE_SIZE)
-        return Page([describe(m) for m in found], total, number)
+        return Page([Result(m).render() for m in found], total, number)
 
 
 def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Outcome:
