@@ -52,7 +52,7 @@ def test_a_stop_mid_turn_ends_in_bounded_time_and_letta_clients_retry_gets_the_m
     try:
         agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
         llm.add({"delay": 100.0, "tool": "send_message", "args": {"message": "Too late."}})
-        # letta-client as an application uses it, retrying by itself (enough tries to span the server's restart on a busy machine).
+        # letta-client as an application uses it, retrying by itself (tries enough to span a restart on a busy machine).
         letta = Letta(base_url=server.url, api_key=key, max_retries=30, http_client=httpx.Client(event_hooks=hooks))
 
         def send() -> None:
