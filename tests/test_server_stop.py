@@ -21,7 +21,7 @@ from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
 from memgpt.types import Role
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import ServerProcess, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
 
 pytestmark = pytest.mark.usefixtures("metadata_url")
 
@@ -106,3 +106,41 @@ def test_a_stop_mid_turn_ends_in_bounded_time_and_letta_clients_retry_gets_the_m
         assert sum(1 for role, _ in stored if role is Role.ASSISTANT) == 1, stored
     said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
     assert sum("keep me" in str(c) for c in said) == 1, said
+
+
+@pytest.mark.parametrize("route", ["letta", "openai"])
+def test_a_cut_turns_send_is_a_503_to_send_again_and_a_send_after_the_stop_stores_nothing(
+    home: Path, llm: ScriptedLLM, route: str
+) -> None:
+    """The answers of the stop above, on both endpoints, in-process (``TurnRunner.stop`` as the signal calls it)."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.add({"delay": 30.0, "tool": "send_message", "args": {"message": "Too late."}})
+        if route == "letta":
+            url, body = f"{server.url}/v1/agents/{agent_id}/messages", {"input": "keep me"}
+        else:
+            url = f"{server.url}/openai/v1/chat/completions"
+            body = {"model": agent_id, "messages": [{"role": "user", "content": "keep me"}]}
+        answers: list[httpx.Response] = []
+        sent = auth(key)
+        sender = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=sent, timeout=60)))
+        sender.start()
+        deadline = time.monotonic() + 30
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the turn never asked the LLM"
+            time.sleep(0.05)
+        server.state.turns().stop(0.5)
+        sender.join(timeout=30)
+        (answer,) = answers
+        assert answer.status_code == 503, answer.text
+        assert answer.headers.get("retry-after") == "2" and "x-should-retry" not in answer.headers
+        assert "your message is stored" in answer.text and "again" in answer.text
+        assert server.state.storage.turns.holder(agent_id) is None
+        later = httpx.post(url, json=body, headers=auth(key), timeout=60)
+        assert later.status_code == 503 and "nothing was stored" in later.text, later.text
+        stored = [(m.role, m.content) for m in server.state.storage.messages.last(agent_id, 100)]
+        assert stored == [(Role.USER, "keep me")]
+    finally:
+        server.stop()
