@@ -386,6 +386,15 @@ class Agent:
             window.extend([opening])
             if self._recall_count is not None:
                 self._recall_count += 1
+        else:
+            since = list(window.messages)
+            since = since[next(i for i in range(len(since) - 1, -1, -1) if since[i].id == opening.id) + 1 :]
+            if _turn_over(since):
+                # A process that died after storing the turn's last step, before recording the turn's end (kill -9
+                # there, then a retry of the send): the steps stored are the answer, not a second one.
+                if self.on_commit is not None:
+                    self.on_commit(since)
+                return END_TURN
         return (yield from self._chain())
 
     def memory_warning(self) -> Iterator[Event]:
@@ -808,3 +817,25 @@ class Agent:
         yield SystemNotice(
             f"summarized {len(evicted)} older messages to free the context window; all remain searchable in recall"
         )
+
+
+def _turn_over(since: Sequence[Message]) -> bool:
+    """Whether the steps stored after a turn's message (``since``) ended the turn, by the rule ``_act`` follows: its
+    last step called no function, or each call it made worked and asked for no heartbeat (and no heartbeat came
+    after it)."""
+    last = next((i for i in range(len(since) - 1, -1, -1) if since[i].role is Role.ASSISTANT), None)
+    if last is None or any(m.role is Role.USER for m in since[last + 1 :]):
+        return False
+    step = since[last]
+    if not step.tool_calls:
+        return bool(step.content.strip())
+    results = {m.tool_call_id: m.content for m in since[last + 1 :] if m.role is Role.TOOL}
+    for call in step.tool_calls:
+        try:
+            worked = json.loads(results[call.id]).get("status") == "OK"
+            chained = bool(parse_arguments(call.arguments).get(REQUEST_HEARTBEAT))
+        except (KeyError, ValueError, AttributeError, ToolError):
+            return False
+        if not worked or chained:
+            return False
+    return True

@@ -103,6 +103,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         try:
             await anyio.to_thread.run_sync(jobs.start)  # loads an earlier process left unfinished
             stopping_on_signals(opened.stopping)
+            threading.Thread(target=opened.stop_turns_when_told, name="stop-turns", daemon=True).start()
             yield
         finally:
             opened.stopping.set()  # an insert still embedding ends at its next batch, so the process can exit

@@ -33,6 +33,9 @@ MISSING_KEY = (
     "`memgpt user create NAME` on the server's machine)"
 )
 BAD_KEY = "invalid or revoked API key"
+# Seconds of ``server.shutdown_seconds`` (at most a quarter) kept, once running turns are cut, to answer their
+# requests; and the most a stopping server then waits for its recall indexing.
+STOP_MARGIN = 2.0
 
 
 @dataclass
@@ -99,12 +102,28 @@ class ServerState:
                 self._turns = TurnRunner(self)
             return self._turns
 
+    def turn_grace(self) -> float:
+        """How long a stopping server lets running turns end by themselves before it cuts them (``TurnRunner.stop``):
+        ``server.shutdown_seconds`` (uvicorn's wait for running requests) less the time to answer their requests."""
+        seconds = self.config.server.shutdown_seconds
+        return seconds - min(STOP_MARGIN, seconds / 4)
+
+    def stop_turns_when_told(self) -> None:
+        """Wait until the server is told to stop (``stopping``), then stop its turns (``TurnRunner.stop``), while
+        uvicorn waits for the requests that follow them: so they are answered within ``server.shutdown_seconds``."""
+        self.stopping.wait()
+        with self._guard:
+            turns = self._turns
+        if turns is not None:
+            turns.stop(self.turn_grace())
+
     def close(self) -> None:
-        """Let running turns finish their step, stop the agents' MCP servers, then close storage."""
+        """Stop running turns (unless done already: ``stop_turns_when_told``), stop the agents' MCP servers, then
+        close storage."""
         with self._guard:
             turns, self._turns = self._turns, None
         if turns is not None:
-            turns.close()
+            turns.close(self.turn_grace(), settle=STOP_MARGIN)
         self.stop_mcp()
         self.storage.close()
 

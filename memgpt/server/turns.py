@@ -117,6 +117,17 @@ LEASE_LOST = "lease_lost"  # a turn's error code when this process lost the agen
 # A turn's error code when something it stands on failed (the metadata database, Milvus, the embedding model): a 503,
 # as the same failure outside a turn is.
 UNAVAILABLE = "backend_unavailable"
+# A turn's error code when the server stopped before the turn ended (``TurnRunner.stop``): a 503 that letta-client
+# sends again, and the retry answers the message (its run is left unfinished, as a killed process's is).
+SERVER_STOPPING = "server_stopping"
+STOPPED_MID_TURN = (
+    "the server stopped before the agent answered: your message is stored, and sending this request again (letta-client"
+    " does so by itself) gets it answered"
+)
+
+
+class _Stopping(Exception):
+    """Raised where a turn would begin a step once the server stops (``TurnRunner.stop``)."""
 
 
 @dataclass
@@ -136,6 +147,7 @@ class Turn:
     answer: str | None = None  # ``body()`` as JSON text once it ended without an error (built once, also stored)
     cancel: threading.Event = field(default_factory=threading.Event)
     releasing: bool = False  # its lease is being given back: a renewal that finds it gone lost nothing
+    cut: bool = False  # ended by the server's stop (``TurnRunner._cut``): its run stays unfinished for a retry
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
 
@@ -150,6 +162,8 @@ class Turn:
         kind, message = self.error or ("internal_error", "the turn failed")
         if kind == LEASE_LOST:
             return 409, kind, message
+        if kind == SERVER_STOPPING:
+            return 503, kind, message
         status = 502 if self.stop_reason == "llm_api_error" else 503 if kind == UNAVAILABLE else 500
         return status, kind, f"{message} (your message was stored; the agent has not answered it)"
 
@@ -166,7 +180,10 @@ class Turn:
         self._notify()
 
     def finish(self, stop_reason: str, usage: Usage, error: tuple[str, str] | None = None) -> None:
+        """End the turn; once only (the first end stands: a turn's thread and the server's stop may both end it)."""
         with self._lock:
+            if self.stop_reason is not None:
+                return
             self.usage, self.error = usage, error
             self.stop_reason = stop_reason
         self._notify()
@@ -332,6 +349,8 @@ class TurnRunner:
         self._pruned: dict[str, float] = {}  # agent id -> when this process last forgot its old runs
         self._kept: OrderedDict[str, _Kept] = OrderedDict()  # agents open between turns, least recently used first
         self._opening_slots = threading.BoundedSemaphore(OPENING_LIMIT)
+        self._stopped = threading.Event()  # the server stops: no turn begins another step (``stop``)
+        self._stopping = threading.Lock()  # held while ``stop`` runs
         self._threads = _Threads("turn")
         self._renewer = LeaseRenewer(
             lambda lease_id, owner, ttl: self._turns.renew(lease_id, owner, ttl), self._leases,
@@ -356,6 +375,8 @@ class TurnRunner:
         """``start`` on the turn's own thread (``_Threads``), which then runs the turn: the future gets the turn (or
         the error that kept it from starting) as soon as it runs. An API request awaits it instead of a thread-pool
         hop."""
+        if self._stopped.is_set():
+            raise BackendError("the server is stopping: nothing was stored; send the message again when it is back")
         if not self._opening_slots.acquire(blocking=False):
             raise BackendError(f"this server is opening {OPENING_LIMIT} turns already: send again in a moment")
         started: Future[Turn] = Future()
@@ -636,11 +657,12 @@ class TurnRunner:
         agent.on_commit = turn.add_step
         fence = Fence(request.agent_id, owner)
         agent.fence = fence  # should this process stall past the lease, nothing more is stored
-        # A cancel from another process is read by the fenced write every step begins after (the message it answers).
-        agent.stop_requested = lambda: turn.cancel.is_set() or fence.cancelled.is_set()
+        agent.stop_requested = self._stop_requested(turn, fence)
         error: tuple[str, str] | None = None
         try:
             reason = _drain(agent.reply_to(opened.opening))
+        except _Stopping:
+            reason, error = "error", (SERVER_STOPPING, STOPPED_MID_TURN)
         except LLMError as exc:
             reason, error = "llm_api_error", ("llm_error", str(exc))
         except LeaseLostError as exc:
@@ -652,6 +674,15 @@ class TurnRunner:
         except Exception as exc:
             logger.exception("turn %s of agent %s failed", turn.run_id, request.agent_id)
             reason, error = "error", ("internal_error", f"{type(exc).__name__}: the server log has the details")
+        if error is not None and (turn.cut or error[0] == SERVER_STOPPING):
+            # Stopped by the server's stop (a write after its cut fails on the lease it gave back): no failure is
+            # recorded, so the run stays unfinished and a retry answers the message. (A turn that ended by itself
+            # meanwhile is recorded below as any other.)
+            try:
+                agent.close(wait=False)
+            finally:
+                self._cut(turn, owner)
+            return
         usage = Usage(
             prompt_tokens=meter.prompt_tokens,
             completion_tokens=meter.completion_tokens,
@@ -704,6 +735,18 @@ class TurnRunner:
             if not turn.done:
                 turn.finish(reason, usage, error)
 
+    def _stop_requested(self, turn: Turn, fence: Fence) -> Callable[[], bool]:
+        """What the agent asks before each step of ``turn``: whether it is cancelled (a cancel from another process is
+        read by the fenced write every step begins after: the message it answers, or the step before). Once the server
+        stops, no step begins: the turn ends as cut (``stop``), its run left for a retry."""
+
+        def requested() -> bool:
+            if self._stopped.is_set():
+                raise _Stopping
+            return turn.cancel.is_set() or fence.cancelled.is_set()
+
+        return requested
+
     def _leases(self) -> list[tuple[str, str, Turn | None]]:
         """The leases the renewer keeps alive: each running turn's, and those of other work (``renewing``)."""
         with self._guard:
@@ -736,22 +779,55 @@ class TurnRunner:
             active[0].cancel.set()
         return {running: "cancelled"} if self._turns.request_cancel(agent_id) else {}
 
-    def close(self, grace: float = 10.0) -> None:
-        """Ask running turns to stop after their current step and give them ``grace`` seconds to."""
-        self._renewer.close(wait=False)
-        with self._guard:
-            running = [turn for turn, _ in self._active.values()]
-        for turn in running:
-            turn.cancel.set()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+    def stop(self, grace: float) -> None:
+        """The server stops: running turns get ``grace`` seconds to end by themselves, then each is cut (``_cut``) and
+        no turn of this process begins another step. A step that ends later is stored only if it was being committed
+        as the turn was cut (the lease given back refuses any later write): a step is stored whole or not at all.
+        Once; a second caller waits for the first. It was: ask each turn to stop after its step and wait for that,
+        and the server waited for an LLM that did not answer as long as its timeout allowed."""
+        with self._stopping:
+            if self._stopped.is_set():
+                return
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                with self._guard:
+                    if not self._active:
+                        break
+                time.sleep(0.05)
+            self._stopped.set()
             with self._guard:
-                if not self._active:
-                    break
-            time.sleep(0.05)
+                running = list(self._active.values())
+            for turn, owner in running:
+                self._cut(turn, owner)
+
+    def _cut(self, turn: Turn, owner: str) -> None:
+        """End a turn the server's stop interrupts, as a kill would leave it but without the wait: the user's message
+        stays stored and the run unfinished, so letta-client's retry of the send (told 503, here once the server is
+        back or in another process) answers the message, going on from the steps stored; the lease is given back now,
+        so that retry takes the agent at once. Nothing when the turn ended meanwhile."""
+        with turn._lock:
+            if turn.cut or turn.stop_reason is not None:
+                return
+            turn.cut = True
+        turn.releasing = True  # a renewal that finds the lease gone lost nothing
+        with self._guard:
+            if self._active.get(turn.agent_id, (None,))[0] is turn:
+                del self._active[turn.agent_id]
+        try:
+            self._release(turn.agent_id, owner)
+        except MemGPTError as exc:  # it lapses (at once for the next process on this host: its owner is gone)
+            logger.warning("cannot give back the lease of agent %s as the server stops: %s", turn.agent_id, exc)
+        usage = Usage(step_count=turn.steps, run_ids=[turn.run_id])
+        turn.finish("error", usage, (SERVER_STOPPING, STOPPED_MID_TURN))
+
+    def close(self, grace: float = 10.0, settle: float = 5.0) -> None:
+        """``stop`` (unless done already), then end this process's turn machinery."""
+        self.stop(grace)
+        self._renewer.close(wait=False)
         self._threads.close()
-        # The turns did not wait for their recall indexing (``_run``): it ends before storage closes.
-        settle_indexing(max(5.0, deadline - time.monotonic()))
+        # The turns did not wait for their recall indexing (``_run``): it ends before storage closes (what is left is
+        # indexed when the agent is opened again).
+        settle_indexing(settle)
 
 
 def _lost(lease_id: str, turn: Turn | None) -> None:

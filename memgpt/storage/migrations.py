@@ -12,6 +12,8 @@ them all in that one transaction; an existing one takes them one transaction eac
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from memgpt.errors import SchemaMismatchError
 
@@ -484,6 +486,8 @@ def _0020_deleted_agents(conn: Connection) -> None:
     meta.tables["deleted_sources"].create(conn)
 
 
+logger = logging.getLogger(__name__)
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -517,18 +521,29 @@ def apply_migrations(engine: Engine) -> list[str]:
     if not _pending(_applied(engine)):
         return []  # the common case: one read, no lock
     applied_now: list[str] = []
+    ended = 0  # times another process ended this one's migrations' session as stalled (``_end_stalled_migrator``)
     while True:
-        with _migration_lock(engine) as conn:
-            _ledger_metadata.create_all(conn)  # checks first, inside the lock
-            applied = set(conn.scalars(select(LEDGER.c.name)))
-            pending = _pending(applied)
-            if not pending:
-                return applied_now
-            batch = pending if not applied else pending[:1]
-            for _name, migrate in batch:
-                migrate(conn)
-            now = datetime.now(UTC)
-            conn.execute(LEDGER.insert(), [{"name": name, "applied_at": now} for name, _ in batch])
+        try:
+            with _migration_lock(engine) as conn:
+                _ledger_metadata.create_all(conn)  # checks first, inside the lock
+                applied = set(conn.scalars(select(LEDGER.c.name)))
+                pending = _pending(applied)
+                if not pending:
+                    return applied_now
+                batch = pending if not applied else pending[:1]
+                for _name, migrate in batch:
+                    migrate(conn)
+                now = datetime.now(UTC)
+                conn.execute(LEDGER.insert(), [{"name": name, "applied_at": now} for name, _ in batch])
+        except DBAPIError as exc:
+            # Ended by the database, the transaction undone whole: what the ledger says (read again under the lock)
+            # is what is applied, so the next try goes on from it; e.g. after a pause here the next process took
+            # for a stopped migrator.
+            ended += 1
+            if not exc.connection_invalidated or ended > 3:
+                raise
+            logger.info("the migrations' session was ended (%s): trying again", exc.orig)
+            continue
         applied_now.extend(name for name, _ in batch)
 
 
@@ -555,6 +570,13 @@ _ADVISORY_LOCK_KEY = 0x6D656D677074  # "memgpt"
 # statements: one garbage collection of a loaded process between two of them (3-4 s seen at load ~22) ended it,
 # and the open failed. A stopped migrator still gives the lock up after this long.
 _MIGRATION_IDLE_LIMIT = "60s"
+# A process waiting for the migration lock ends the session holding it once that session has waited this long for its
+# client inside its transaction: a stopped process (SIGSTOP, a frozen VM) held the next one for the whole idle limit
+# (60.6 s measured). Ended, the transaction is undone whole (a new database's migrations are one); a holder that was
+# only paused (a garbage collection under load: 3-4 s seen) tries again from what the ledger says, so nothing is
+# applied twice or on top of a half-done try. (A killed process's session ends at once: its socket closes.)
+_STALLED_MIGRATOR = 10.0
+_WAIT_POLL = 0.1  # seconds between a waiting process's tries to take the lock
 
 
 @contextmanager
@@ -567,8 +589,40 @@ def _migration_lock(engine: Engine) -> Iterator[Connection]:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{_MIGRATION_IDLE_LIMIT}'"))
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+            taking = text("SELECT pg_try_advisory_xact_lock(:key)")
+            while not conn.execute(taking, {"key": _ADVISORY_LOCK_KEY}).scalar():
+                _end_stalled_migrator(engine)
+                time.sleep(_WAIT_POLL)
         yield conn
+
+
+# The session holding the migration lock (an advisory lock on a bigint: its high and low 32 bits in classid and
+# objid, objsubid 1) in this database, when it has idled in its transaction for _STALLED_MIGRATOR seconds.
+_END_STALLED = text(
+    """
+    SELECT pg_terminate_backend(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :high AND l.objid = :low AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND a.state = 'idle in transaction'
+      AND a.state_change < clock_timestamp() - make_interval(secs => :stalled)
+    """
+)
+
+
+def _end_stalled_migrator(engine: Engine) -> None:
+    """End the session of a migrator stalled inside its transaction (see _STALLED_MIGRATOR), from a session of its
+    own (the waiting transaction stays clean). Not allowed to (another role's session): the wait goes on, up to the
+    holder's idle limit."""
+    key = {"high": _ADVISORY_LOCK_KEY >> 32, "low": _ADVISORY_LOCK_KEY & 0xFFFFFFFF, "stalled": _STALLED_MIGRATOR}
+    try:
+        with engine.connect() as other:
+            ended = other.execute(_END_STALLED, key).scalars().all()
+            other.commit()
+    except SQLAlchemyError as exc:
+        logger.debug("cannot end a stalled migrator's session: %s", exc)
+        return
+    if any(ended):
+        logger.warning("ended the session of a process stalled inside the migrations for %.0f s", _STALLED_MIGRATOR)
 
 
 @contextmanager

@@ -99,8 +99,10 @@ async def send_message(
         return _stream(turn, body, state)
     async for _ in turn.follow():
         pass
-    if turn.error is not None and not turn.items:
+    if turn.error is not None and (not turn.items or turn.cut):
         status, _, detail = turn.failure()
+        if turn.cut:  # the server stopped mid-turn: a retry of the send (letta-client's own) answers the message
+            return errors.error(status, detail, {"Retry-After": str(state.turns().timing.retry_after)})
         # The turn is recorded as failed (a lost lease too): a retry of the send gets the same answer.
         return errors.error(status, detail, errors.NO_RETRY)
     if turn.answer is not None and not body.include_return_message_types:

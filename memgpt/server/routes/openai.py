@@ -331,8 +331,10 @@ async def chat_completions(
     async for _ in turn.follow():
         pass
     replies = _replies(turn.items)
-    if turn.error is not None and not replies:
+    if turn.error is not None and (not replies or turn.cut):
         status, code, detail = turn.failure()
+        if turn.cut:  # the server stopped mid-turn: a retry (the SDK's own) answers the message
+            return openai_error(status, detail, None, headers={"Retry-After": str(state.turns().timing.retry_after)})
         # The turn is recorded as failed (a lost lease too): a retry gets the same answer.
         return openai_error(status, detail, code if status == 409 else None, headers=NO_RETRY)
     usage = _usage(turn.usage.prompt_tokens, turn.usage.completion_tokens)

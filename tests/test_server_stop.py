@@ -1,0 +1,146 @@
+"""A `memgpt server` told to stop (SIGTERM, as Ctrl-C, a service manager or uvicorn's supervisor send) while a turn
+waits on a slow LLM: it exits within ``server.shutdown_seconds``, the user's message stays stored, nothing of the cut
+step is, the agent's lease is given back, and letta-client's own retry of the send, to the restarted server, gets the
+message answered once. Real server processes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from letta_client import Letta
+
+from memgpt.config import load_config, save_config
+from memgpt.server.state import OWNER_NAME
+from memgpt.storage import Storage
+from memgpt.types import Role
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
+
+pytestmark = pytest.mark.usefixtures("metadata_url")
+
+HANDLE = "openai-compatible/scripted"
+SHUTDOWN_SECONDS = 10.0  # the default
+LLM_TIMEOUT = 120.0  # the default: the stop used to wait for it
+
+
+def keyed_server(home: Path, llm: ScriptedLLM) -> tuple[ServerProcess, str]:
+    config = use_scripted_llm(home, llm.url, timeout=LLM_TIMEOUT)
+    config.server.shutdown_seconds = SHUTDOWN_SECONDS
+    save_config(config, home)
+    with Storage(config, home) as storage:
+        owner = storage.users.ensure(config.user_id, OWNER_NAME)
+        key = storage.users.create_key(owner.id)[1]
+    server = ServerProcess(home)
+    server.wait_ready()
+    return server, key
+
+
+def test_a_stop_mid_turn_ends_in_bounded_time_and_letta_clients_retry_gets_the_message_answered_once(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    server, key = keyed_server(home, llm)
+    statuses: list[int] = []
+    hooks: dict[str, Any] = {"response": [lambda r: statuses.append(r.status_code)]}
+    answers: list[Any] = []
+    try:
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.add({"delay": 100.0, "tool": "send_message", "args": {"message": "Too late."}})
+        # letta-client as an application uses it, retrying by itself (tries enough to span a restart on a busy machine).
+        letta = Letta(base_url=server.url, api_key=key, max_retries=30, http_client=httpx.Client(event_hooks=hooks))
+
+        def send() -> None:
+            try:
+                answers.append(letta.agents.messages.create(agent_id, input="keep me"))
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                answers.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the turn never asked the LLM"
+            time.sleep(0.05)
+        told = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=LLM_TIMEOUT + 30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"memgpt server did not exit:\n{server.log.read_text()[-3000:]}")
+        took = time.monotonic() - told
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    print(f"exited {took:.1f} s after SIGTERM (shutdown_seconds {SHUTDOWN_SECONDS})")
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert took < SHUTDOWN_SECONDS + 3, log[-3000:]  # the process's own teardown after uvicorn's wait: ~1 s
+    assert statuses == [503], statuses  # told to send again, not cut off
+    config = load_config(home)
+    with Storage(config, home) as storage:
+        # The message stays, nothing of the cut step is stored, and the agent is free for any process at once.
+        assert [(m.role, m.content) for m in storage.messages.last(agent_id, 100)] == [(Role.USER, "keep me")]
+        assert storage.turns.holder(agent_id) is None
+
+    llm.script.clear()
+    llm.reply("Answered once.")
+    server.start()  # the same port: letta-client's next try reaches it
+    try:
+        server.wait_ready()
+        sender.join(timeout=120)
+        assert len(answers) == 1 and not isinstance(answers[0], Exception), answers
+        assert [m.content for m in answers[0].messages if m.message_type == "assistant_message"] == ["Answered once."]
+        assert statuses[0] == 503 and statuses[-1] == 200, statuses
+    finally:
+        server.stop()
+    with Storage(config, home) as storage:
+        stored = [(m.role, m.content) for m in storage.messages.last(agent_id, 100) if m.role is not Role.TOOL]
+        typed = [content for role, content in stored if role is Role.USER and "keep me" in content]
+        assert typed == ["keep me"]
+        assert sum(1 for role, _ in stored if role is Role.ASSISTANT) == 1, stored
+    said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "user"]
+    assert sum("keep me" in str(c) for c in said) == 1, said
+
+
+@pytest.mark.parametrize("route", ["letta", "openai"])
+def test_a_cut_turns_send_is_a_503_to_send_again_and_a_send_after_the_stop_stores_nothing(
+    home: Path, llm: ScriptedLLM, route: str
+) -> None:
+    """The answers of the stop above, on both endpoints, in-process (``TurnRunner.stop`` as the signal calls it)."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.add({"delay": 30.0, "tool": "send_message", "args": {"message": "Too late."}})
+        if route == "letta":
+            url, body = f"{server.url}/v1/agents/{agent_id}/messages", {"input": "keep me"}
+        else:
+            url = f"{server.url}/openai/v1/chat/completions"
+            body = {"model": agent_id, "messages": [{"role": "user", "content": "keep me"}]}
+        answers: list[httpx.Response] = []
+        sent = auth(key)
+        sender = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=sent, timeout=60)))
+        sender.start()
+        deadline = time.monotonic() + 30
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the turn never asked the LLM"
+            time.sleep(0.05)
+        server.state.turns().stop(0.5)
+        sender.join(timeout=30)
+        (answer,) = answers
+        assert answer.status_code == 503, answer.text
+        assert answer.headers.get("retry-after") == "2" and "x-should-retry" not in answer.headers
+        assert "your message is stored" in answer.text and "again" in answer.text
+        assert server.state.storage.turns.holder(agent_id) is None
+        later = httpx.post(url, json=body, headers=auth(key), timeout=60)
+        assert later.status_code == 503 and "nothing was stored" in later.text, later.text
+        stored = [(m.role, m.content) for m in server.state.storage.messages.last(agent_id, 100)]
+        assert stored == [(Role.USER, "keep me")]
+    finally:
+        server.stop()
