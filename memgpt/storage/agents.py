@@ -42,7 +42,7 @@ from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
-from memgpt.storage.sql import Base, MetadataStore, Tombstone, UTCDateTime, bump_agents, bury, tombstone
+from memgpt.storage.sql import Base, MetadataStore, Tombstone, UTCDateTime, bump_agents, bury, direct, tombstone
 from memgpt.storage.turns import Fence, check_fence, fenced_write
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
@@ -169,7 +169,7 @@ class StepFacts:
     pressure_alerted: bool = False  # ``StepChanges.pressure_alerted``
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache  # one per set of fields (a few dozen at most): each is a key of ``direct``'s
 def _fields_update(names: tuple[str, ...]) -> Any:
     """The UPDATE of these agent fields a fenced step makes, built once per set of fields with bound parameters
     (``p_agent``, ``p_<field>``): building one costs more CPU than running it, and a step makes one."""
@@ -512,7 +512,7 @@ class AgentStore:
                 last = check_fence(s, fence, reading=FENCED_LAST_SEQ)
                 if fields:  # most steps: last_system (the recall count it shows moves every step)
                     values = {"p_agent": agent_id, **{f"p_{name}": value for name, value in fields.items()}}
-                    s.execute(_fields_update(tuple(fields)), values)
+                    direct(_fields_update(tuple(fields)), s).first(s, values)
             write_messages(s, agent_id, changes.messages, last=last or 0)
             _write_blocks(s, agent_id, changes.blocks)
             if changes.step_id:

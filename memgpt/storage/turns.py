@@ -50,7 +50,7 @@ from memgpt.storage.claims import CLAIMS
 from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
 from memgpt.storage.expiring import new_owner as new_owner
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, direct
 from memgpt.types import utc_now
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def check_fence(s: Session | Connection, fence: Fence | None, reading: Any = Non
     same statement and returned. A cancel requested on the lease sets ``fence.cancelled``."""
     if fence is None:
         return None
-    row = s.execute(_fence_statement(reading), {FENCE_AGENT: fence.agent_id, "fence_owner": fence.owner}).first()
+    row = direct(_fence_statement(reading), s).first(s, {FENCE_AGENT: fence.agent_id, "fence_owner": fence.owner})
     if row is None:
         raise _lost(fence)
     if row[0]:
@@ -655,7 +655,7 @@ class TurnStore:
         it reads. Neither case leaves a failed statement in the database's log."""
         values = {"p_agent": agent_id, "p_owner": take.owner, "p_run_id": take.run_id, "p_ttl": take.ttl}
         with self._metadata.connection() as c:
-            if c.execute(prepared.claim, values).first() is None:
+            if direct(prepared.claim, c).first(c, values) is None:
                 return None
             return self._granted(c, agent_id, take)
 
@@ -665,7 +665,7 @@ class TurnStore:
         transaction (the lease is not taken)."""
         prepared = _prepared(self._dialect)
         grant = prepared.grant if take.message is None else prepared.grant_reading_last
-        moved = c.execute(grant, {"p_agent": agent_id}).first()
+        moved = direct(grant, c).first(c, {"p_agent": agent_id})
         if take.user_id is not None and (moved is None or moved[2] != take.user_id):
             raise NotFoundError(f"no agent with id {agent_id!r}")
         if take.run is not None:
@@ -788,7 +788,7 @@ class TurnStore:
         with self._metadata.connection() as c:
             if finished is not None:
                 self._finish_run(c, finished)
-            c.execute(_prepared(self._dialect).release, {"p_agent": agent_id, "p_owner": owner})
+            direct(_prepared(self._dialect).release, c).first(c, {"p_agent": agent_id, "p_owner": owner})
 
     def release_later(
         self,
@@ -854,7 +854,7 @@ class TurnStore:
             c.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
             sweep_deleted_agents(c, self._dialect)
         values = {"p_run": run.id, "p_agent": run.agent_id, "p_digest": run.digest, "p_now": now}
-        c.execute(_prepared(self._dialect).record_run, values)
+        direct(_prepared(self._dialect).record_run, c).first(c, values)
 
     def finish_run(self, run_id: str, stop_reason: str, response: str) -> None:
         with self._metadata.connection() as c:
@@ -862,7 +862,7 @@ class TurnStore:
 
     def _finish_run(self, c: Connection, run: Run) -> None:
         values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
-        c.execute(_prepared(self._dialect).finish_run, values)
+        direct(_prepared(self._dialect).finish_run, c).first(c, values)
 
     def forget_run(self, run_id: str, message: str | None = None) -> None:
         """Delete a run that never started (its agent could not be opened), and the ``message`` (id) recorded with
