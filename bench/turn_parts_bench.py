@@ -56,8 +56,8 @@ PARTS: list[tuple[type, str, str]] = [
     (OpenAICompatible, "request", "  the LLM call (HTTP, JSON)"),
     (Agent, "_commit", "  the step's commit"),
     (AgentStore, "commit_step", "    AgentStore.commit_step"),
-    (Turn, "add_step", "  the step's Letta messages"),
-    (TurnRunner, "_release", "  giving the lease back (with the run's answer)"),
+    (Turn, "step_items", "  the step's Letta messages"),
+    (TurnRunner, "_release", "  giving the lease back (with the run's answer), when not in the last step's commit"),
 ]
 
 

@@ -234,6 +234,28 @@ def check_fence(s: Session | Connection, fence: Fence | None, reading: Any = Non
     return row[1] if reading is not None else None
 
 
+def give_back(
+    c: Session | Connection, agent_id: str, owner: str, finished: Run | None = None, *, dialect: str = ""
+) -> None:
+    """In the caller's transaction: with ``finished``, record that run's end (its stop reason and response), then
+    give the lease back (deleted if ``owner`` holds it). ``TurnStore.release``, and a turn's last step's commit
+    (``AgentStore.commit_step``, after its fence: one transaction fewer a turn). ``dialect``: the database's name
+    (``c``'s unless given)."""
+    dialect = dialect or _dialect_of(c)
+    if finished is not None:
+        _record_end(c, finished, dialect)
+    direct(_prepared(dialect).release, c).first(c, {"p_agent": agent_id, "p_owner": owner})
+
+
+def _record_end(c: Session | Connection, run: Run, dialect: str) -> None:
+    values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
+    direct(_prepared(dialect).finish_run, c).first(c, values)
+
+
+def _dialect_of(c: Session | Connection) -> str:
+    return str((c.dialect if isinstance(c, Connection) else c.get_bind().dialect).name)
+
+
 @contextmanager
 def fenced_write(metadata: MetadataStore, fence: Fence | None) -> Iterator[None]:
     """Around the transaction of a write ``fence`` guards: its failure while another owner holds the lease is the
@@ -786,9 +808,7 @@ class TurnStore:
         """Give the lease back; with ``finished`` (a run's id, stop reason and response), record the turn's end in
         the same transaction."""
         with self._metadata.connection() as c:
-            if finished is not None:
-                self._finish_run(c, finished)
-            direct(_prepared(self._dialect).release, c).first(c, {"p_agent": agent_id, "p_owner": owner})
+            give_back(c, agent_id, owner, finished, dialect=self._dialect)
 
     def release_later(
         self,
@@ -861,8 +881,7 @@ class TurnStore:
             self._finish_run(c, Run(run_id, "", "", FINISHED, stop_reason, response))
 
     def _finish_run(self, c: Connection, run: Run) -> None:
-        values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
-        direct(_prepared(self._dialect).finish_run, c).first(c, values)
+        _record_end(c, run, self._dialect)
 
     def forget_run(self, run_id: str, message: str | None = None) -> None:
         """Delete a run that never started (its agent could not be opened), and the ``message`` (id) recorded with
