@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from letta_client import APIError, APIStatusError, ConflictError, InternalServerError, Letta, NotFoundError
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from memgpt.agent.agent import CANCELLED_NOTE
 from memgpt.agent.manager import update_agent, update_block
@@ -488,6 +488,37 @@ def test_an_agent_stays_open_between_turns_while_nothing_else_changes_it(
     said = [json.loads(m["content"]) for m in llm.requests[-1]["messages"] if m["role"] == "user"]
     mine = [m["message"] for m in said if m["type"] == "user_message"]
     assert mine == [*(f"message {n}" for n in range(3)), "who am I?"]
+
+
+def test_a_turns_last_step_records_its_answer_and_gives_the_lease_back_in_its_own_commit(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """A turn of an agent kept open makes two transactions: the lease taken with its run and its message, then its
+    step stored with the run's answer and the lease given back (no third for the release). From that commit on the
+    run is finished and the agent free: a process killed right after it leaves no running run for a retry to
+    answer a second time."""
+    llm.reply("Warm.")
+    letta.agents.messages.create(agent_id, input="warm up")  # opens the agent (its reads are not a turn's)
+    engine = server.state.storage.metadata.engine
+    commits: list[str] = []
+
+    def committed(_conn: Any) -> None:
+        if threading.current_thread().name == "turn":
+            commits.append("commit")
+
+    event.listen(engine, "commit", committed)
+    try:
+        llm.reply("Hi.")
+        response = letta.agents.messages.create(agent_id, input="hello")
+    finally:
+        event.remove(engine, "commit", committed)
+    assert len(commits) == 2, commits
+    run = server.state.storage.turns.run(response.usage.run_ids[0])
+    assert run is not None and run.status == "finished" and run.stop_reason == "end_turn"
+    stored_answer = json.loads(run.response)
+    assert [m["id"] for m in stored_answer["messages"]] == [m.id for m in response.messages]
+    assert stored_answer["usage"]["step_count"] == response.usage.step_count == 1
+    assert server.state.storage.turns.holder(agent_id) is None
 
 
 def test_a_send_whose_agent_cannot_be_opened_stores_no_message(

@@ -37,7 +37,7 @@ from memgpt.memory.recall import RecallMemory
 from memgpt.memory.summarize import summarize
 from memgpt.storage import Storage
 from memgpt.storage.agents import BLOCK, PASSAGE, StepChanges, StepEffect
-from memgpt.storage.turns import Fence
+from memgpt.storage.turns import Fence, Run
 from memgpt.tokens import bound_message, bound_tools, count_message, count_tools
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
@@ -263,6 +263,9 @@ class Agent:
         # Hooks for whoever runs the turn (the server): the messages of each step once stored, and whether
         # to stop before the next step (checked only between steps, never in the middle of one).
         self.on_commit: Callable[[Sequence[Message]], None] | None = None
+        # Called before the commit of a step that ends the turn with its messages: a run returned is recorded as
+        # ended, and the turn's lease given back, in that commit (a server turn: one transaction fewer).
+        self.finish_turn: Callable[[Sequence[Message]], Run | None] | None = None
         self.stop_requested: Callable[[], bool] = _never
         self._fence: Fence | None = None
         # The message the last turn answers (its first, a user's or an event's) once built, and whether its store
@@ -694,7 +697,7 @@ class Agent:
                 return None
             # A model that answers without calling send_message still reaches the user.
             yield Reply(thought)
-            self._commit([self._message(Role.ASSISTANT, completion.content, id=self.step_id)])
+            self._commit([self._message(Role.ASSISTANT, completion.content, id=self.step_id)], last=True)
             return None
         if thought:
             yield Thought(thought)
@@ -709,7 +712,7 @@ class Agent:
                 reason = FAILED
             elif chain and reason is None:
                 reason = CHAINED
-        self._commit(stored, before)
+        self._commit(stored, before, last=reason is None)
         return reason
 
     def _empty_reply(self, completion: Completion) -> str:
@@ -746,7 +749,7 @@ class Agent:
         envelope = {"status": "OK" if ok else "Failed", "message": text, "time": timestamp(self._clock())}
         return json.dumps(envelope, ensure_ascii=False), ok, chain
 
-    def _commit(self, messages: list[Message], before: dict[str, str] | None = None) -> None:
+    def _commit(self, messages: list[Message], before: dict[str, str] | None = None, *, last: bool = False) -> None:
         sent = self._system_message  # the one this step was sent: stored with the step when the agent's row
         # holds another (so a crash never splits the two, and a new process sends it again to the byte)
         unstored = sent.stored() if sent and sent.message["content"] != self._system_stored else None
@@ -764,6 +767,7 @@ class Agent:
                 last_system=unstored,
             ),
             fence=self._fence,
+            finished=self.finish_turn(messages) if last and self.finish_turn is not None else None,
         )
         if unstored is not None:
             self._system_stored = sent.message["content"] if sent else None

@@ -404,13 +404,19 @@ class RecallMemory:
         indexer().request(self, urgent=True)
         return indexer().wait(self, timeout, patience=_ELSEWHERE_PATIENCE)
 
+    @property
+    def waits_at_close(self) -> bool:
+        """Whether ``close(wait=False)`` waits for this agent's indexing (a shared index): a turn holds its lease
+        until then."""
+        return self._index is not None and self._index.store.shared
+
     def close(self, timeout: float = 10.0, *, wait: bool = True) -> None:
         """Let this agent's indexing finish for up to ``timeout`` seconds, then withdraw it (what is left is
         indexed when the agent is opened again). ``wait=False``: wait only when another process may index the
         agent next (a shared index); else the process's indexer finishes the work in its own time, a search of
         the agent waits for it, and what a stop leaves is indexed at the next open. Never for an agent another
         process's pass holds (its claim): that pass, or the next one once it lets go, indexes the messages."""
-        if self._index is not None and (wait or self._index.store.shared):
+        if self._index is not None and (wait or self.waits_at_close):
             indexer().withdraw(self, timeout, patience=0.0)
 
     def search(

@@ -167,13 +167,19 @@ class Turn:
         status = 502 if self.stop_reason == "llm_api_error" else 503 if kind == UNAVAILABLE else 500
         return status, kind, f"{message} (your message was stored; the agent has not answered it)"
 
-    def add_step(self, messages: Sequence[Message]) -> None:
+    def step_items(self, messages: Sequence[Message]) -> list[dict[str, Any]]:
+        """A step's items (its stored messages as Letta messages), as ``add_step`` adds them."""
         step_id = f"step-{uuid.uuid4()}"
-        items = [
+        return [
             item.model_dump(mode="json")
             for message in messages
             for item in letta_messages(message, self.rendering, run_id=self.run_id, step_id=step_id)
         ]
+
+    def add_step(self, messages: Sequence[Message], items: list[dict[str, Any]] | None = None) -> None:
+        """A step stored: its items (``step_items``, unless built already) reach the listeners."""
+        if items is None:
+            items = self.step_items(messages)
         with self._lock:
             self.items.extend(items)
             self.steps += 1
@@ -654,27 +660,15 @@ class TurnRunner:
     # -- running ----------------------------------------------------------------------------------
     def _run(self, opened: _Opened, request: TurnInput) -> None:
         turn, agent, meter, owner = opened.turn, opened.agent, opened.meter, opened.owner
-        agent.on_commit = turn.add_step
         fence = Fence(request.agent_id, owner)
+        ending = _Ending(turn, agent, meter, request)
+        agent.on_commit, agent.finish_turn = ending.committed, ending.finish_turn
         agent.fence = fence  # should this process stall past the lease, nothing more is stored
         agent.stop_requested = self._stop_requested(turn, fence)
-        error: tuple[str, str] | None = None
-        try:
-            reason = _drain(agent.reply_to(opened.opening))
-        except _Stopping:
-            reason, error = "error", (SERVER_STOPPING, STOPPED_MID_TURN)
-        except LLMError as exc:
-            reason, error = "llm_api_error", ("llm_error", str(exc))
-        except LeaseLostError as exc:
-            reason, error = "error", (LEASE_LOST, str(exc))
-        except BackendError as exc:
-            reason, error = "error", (UNAVAILABLE, str(exc))
-        except MemGPTError as exc:
-            reason, error = "error", ("internal_error", str(exc))
-        except Exception as exc:
-            logger.exception("turn %s of agent %s failed", turn.run_id, request.agent_id)
-            reason, error = "error", ("internal_error", f"{type(exc).__name__}: the server log has the details")
-        if error is not None and (turn.cut or error[0] == SERVER_STOPPING):
+        reason, error = _replied(agent, opened.opening, turn.run_id)
+        agent.finish_turn = None
+        ended = ending.ended
+        if ended is None and error is not None and (turn.cut or error[0] == SERVER_STOPPING):
             # Stopped by the server's stop (a write after its cut fails on the lease it gave back): no failure is
             # recorded, so the run stays unfinished and a retry answers the message. (A turn that ended by itself
             # meanwhile is recorded below as any other.)
@@ -683,21 +677,14 @@ class TurnRunner:
             finally:
                 self._cut(turn, owner)
             return
-        usage = Usage(
-            prompt_tokens=meter.prompt_tokens,
-            completion_tokens=meter.completion_tokens,
-            total_tokens=meter.prompt_tokens + meter.completion_tokens,
-            cached_input_tokens=meter.cached_tokens,
-            step_count=turn.steps,
-            run_ids=[turn.run_id],
-        )
-        stop = StopReasonOut(stop_reason=reason)  # type: ignore[arg-type]
-        stored = {**turn.body(), "stop_reason": stop.model_dump(mode="json"), "usage": usage.model_dump()}
-        if error:
-            stored["error"] = list(error)
-        text = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+        if ended is not None:  # its answer is stored (an error after that commit reaches this send alone)
+            finished, usage = ended
+            text = finished.response
+        else:
+            usage = _usage(meter, turn, turn.steps)
+            text = _answer(turn, reason, usage, error)
+            finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, text)
         turn.answer = None if error else text  # the answer to a send as it goes out, without a second json.dumps
-        finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, text)
         try:
             # Under the lease: where another process may take the agent's next turn (a shared index), the last
             # step's recall indexing (a background thread) ends before that turn may index the same messages.
@@ -708,7 +695,10 @@ class TurnRunner:
         finally:
             turn.releasing = True  # (after the wait for recall indexing above, during which the lease must hold)
             try:
-                self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
+                if ended is not None:  # given back by the last step's commit
+                    self._wake_waiters()
+                else:
+                    self._release(request.agent_id, owner, finished)  # the run's answer and the lease: one transaction
             except MemGPTError as exc:
                 logger.error("cannot record run %s or release the agent's lease: %s", turn.run_id, exc)
                 try:  # the lease alone: else this live process's lease keeps the agent busy until it expires
@@ -828,6 +818,87 @@ class TurnRunner:
         # The turns did not wait for their recall indexing (``_run``): it ends before storage closes (what is left is
         # indexed when the agent is opened again).
         settle_indexing(settle)
+
+
+class _Ending:
+    """The step that ends a server turn records the run's answer and gives the lease back in its own commit (one
+    transaction fewer a turn: ``Agent.finish_turn``), unless the agent's recall indexing must end under the lease
+    (a shared index: ``TurnRunner._run`` gives it back after that)."""
+
+    def __init__(self, turn: Turn, agent: Agent, meter: UsageMeter, request: TurnInput) -> None:
+        self._turn, self._agent, self._meter, self._request = turn, agent, meter, request
+        self._last: tuple[Run, Usage, list[dict[str, Any]]] | None = None  # built for that commit
+        self.ended: tuple[Run, Usage] | None = None  # ... once it committed
+
+    def finish_turn(self, messages: Sequence[Message]) -> Run | None:
+        turn, request = self._turn, self._request
+        if self._agent.recall.waits_at_close:
+            return None
+        items = turn.step_items(messages)
+        usage = _usage(self._meter, turn, turn.steps + 1)
+        run = Run(
+            turn.run_id,
+            request.agent_id,
+            request.digest,
+            FINISHED,
+            END_TURN,
+            _answer(turn, END_TURN, usage, None, items),
+        )
+        turn.releasing = True  # (the renewer may find the lease gone from that commit on)
+        self._last = (run, usage, items)
+        return run
+
+    def committed(self, messages: Sequence[Message]) -> None:
+        """``Agent.on_commit``: the step's items reach the turn's listeners."""
+        if self._last is None:
+            self._turn.add_step(messages)
+            return
+        run, usage, items = self._last
+        self._last, self.ended = None, (run, usage)
+        self._turn.add_step(messages, items)
+
+
+def _replied(agent: Agent, opening: Message, run_id: str) -> tuple[str, tuple[str, str] | None]:
+    """Run a turn's steps: its stop reason, and its error (code, one line) if it failed."""
+    try:
+        return _drain(agent.reply_to(opening)), None
+    except _Stopping:
+        return "error", (SERVER_STOPPING, STOPPED_MID_TURN)
+    except LLMError as exc:
+        return "llm_api_error", ("llm_error", str(exc))
+    except LeaseLostError as exc:
+        return "error", (LEASE_LOST, str(exc))
+    except BackendError as exc:
+        return "error", (UNAVAILABLE, str(exc))
+    except MemGPTError as exc:
+        return "error", ("internal_error", str(exc))
+    except Exception as exc:
+        logger.exception("turn %s of agent %s failed", run_id, agent.state.id)
+        return "error", ("internal_error", f"{type(exc).__name__}: the server log has the details")
+
+
+def _usage(meter: UsageMeter, turn: Turn, steps: int) -> Usage:
+    return Usage(
+        prompt_tokens=meter.prompt_tokens,
+        completion_tokens=meter.completion_tokens,
+        total_tokens=meter.prompt_tokens + meter.completion_tokens,
+        cached_input_tokens=meter.cached_tokens,
+        step_count=steps,
+        run_ids=[turn.run_id],
+    )
+
+
+def _answer(
+    turn: Turn, reason: str, usage: Usage, error: tuple[str, str] | None, more: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The turn's answer as stored with its run (JSON): its items (and ``more``, a step's not added yet)."""
+    body = turn.body()
+    stop = StopReasonOut(stop_reason=reason)  # type: ignore[arg-type]
+    stored = {**body, "messages": [*body["messages"], *more], "stop_reason": stop.model_dump(mode="json")}
+    stored["usage"] = usage.model_dump()
+    if error:
+        stored["error"] = list(error)
+    return json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
 
 
 def _lost(lease_id: str, turn: Turn | None) -> None:

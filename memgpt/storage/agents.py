@@ -42,8 +42,8 @@ from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
-from memgpt.storage.sql import Base, MetadataStore, Tombstone, UTCDateTime, bump_agents, bury, tombstone
-from memgpt.storage.turns import Fence, check_fence, fenced_write
+from memgpt.storage.sql import Base, MetadataStore, Tombstone, UTCDateTime, bump_agents, bury, direct, tombstone
+from memgpt.storage.turns import Fence, Run, check_fence, fenced_write, give_back
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 
 
@@ -169,7 +169,7 @@ class StepFacts:
     pressure_alerted: bool = False  # ``StepChanges.pressure_alerted``
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache  # one per set of fields (a few dozen at most): each is a key of ``direct``'s
 def _fields_update(names: tuple[str, ...]) -> Any:
     """The UPDATE of these agent fields a fenced step makes, built once per set of fields with bound parameters
     (``p_agent``, ``p_<field>``): building one costs more CPU than running it, and a step makes one."""
@@ -483,10 +483,13 @@ class AgentStore:
             )
             return bool(result.rowcount)
 
-    def commit_step(self, agent_id: str, changes: StepChanges, *, fence: Fence | None = None) -> None:
+    def commit_step(
+        self, agent_id: str, changes: StepChanges, *, fence: Fence | None = None, finished: Run | None = None
+    ) -> None:
         """A step is stored whole or not at all: its messages, blocks, effects, evictions and agent fields;
         with a ``fence``, only while that lease still holds the agent (else LeaseLostError, nothing stored).
-        Without one (a chat outside the server), the agent's version moves."""
+        Without one (a chat outside the server), the agent's version moves. With ``fence`` and ``finished`` (the
+        turn's last step), the run's end is recorded and the lease given back in the same transaction."""
         fields: dict[str, object] = {}
         if changes.summary is not None:
             fields["summary"] = changes.summary
@@ -512,7 +515,7 @@ class AgentStore:
                 last = check_fence(s, fence, reading=FENCED_LAST_SEQ)
                 if fields:  # most steps: last_system (the recall count it shows moves every step)
                     values = {"p_agent": agent_id, **{f"p_{name}": value for name, value in fields.items()}}
-                    s.execute(_fields_update(tuple(fields)), values)
+                    direct(_fields_update(tuple(fields)), s).first(s, values)
             write_messages(s, agent_id, changes.messages, last=last or 0)
             _write_blocks(s, agent_id, changes.blocks)
             if changes.step_id:
@@ -528,6 +531,8 @@ class AgentStore:
                     .where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(changes.evicted_ids)))
                     .values(in_context=False)
                 )
+            if fence is not None and finished is not None:  # the lease row last, as TurnStore.release
+                give_back(s, agent_id, fence.owner, finished)
 
     def touch(self, agent_id: str) -> None:
         """Move the agent's version after a change stored elsewhere (its own passages in the vector store)."""

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agent, bump_agents
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agent, bump_agents, direct
 from memgpt.storage.turns import FENCE_AGENT, Fence, check_fence, fenced_write
 from memgpt.types import Message, Role, ToolCall
 
@@ -148,7 +148,14 @@ def last_seq(agent_id: Any) -> Any:
 FENCED_LAST_SEQ = last_seq(bindparam(FENCE_AGENT))  # ``last_seq`` for ``check_fence``: built once, read by every turn
 
 
-_INSERT = insert(MessageRow.__table__)
+_COLUMNS = (
+    "id", "agent_id", "seq", "role", "content", "tool_calls", "tool_call_id", "name", "created_at", "in_context",
+    "search_text", "indexed", "searchable",
+)  # fmt: skip
+# Bound by name, each through its column's type: run as a ``Direct`` (a turn writes messages twice).
+_INSERT = insert(MessageRow.__table__).values(
+    {name: bindparam(name, type_=MessageRow.__table__.c[name].type) for name in _COLUMNS}
+)
 
 
 def write_messages(
@@ -163,8 +170,8 @@ def write_messages(
     table = MessageRow.__table__
     if last is None:
         last = s.scalar(select(func.max(table.c.seq)).where(table.c.agent_id == agent_id)) or 0
-    s.execute(
-        _INSERT,
+    direct(_INSERT, s).many(
+        s,
         [
             {
                 "id": entry.message.id,

@@ -50,7 +50,7 @@ from memgpt.storage.claims import CLAIMS
 from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
 from memgpt.storage.expiring import new_owner as new_owner
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, direct
 from memgpt.types import utc_now
 
 if TYPE_CHECKING:
@@ -226,12 +226,34 @@ def check_fence(s: Session | Connection, fence: Fence | None, reading: Any = Non
     same statement and returned. A cancel requested on the lease sets ``fence.cancelled``."""
     if fence is None:
         return None
-    row = s.execute(_fence_statement(reading), {FENCE_AGENT: fence.agent_id, "fence_owner": fence.owner}).first()
+    row = direct(_fence_statement(reading), s).first(s, {FENCE_AGENT: fence.agent_id, "fence_owner": fence.owner})
     if row is None:
         raise _lost(fence)
     if row[0]:
         fence.cancelled.set()
     return row[1] if reading is not None else None
+
+
+def give_back(
+    c: Session | Connection, agent_id: str, owner: str, finished: Run | None = None, *, dialect: str = ""
+) -> None:
+    """In the caller's transaction: with ``finished``, record that run's end (its stop reason and response), then
+    give the lease back (deleted if ``owner`` holds it). ``TurnStore.release``, and a turn's last step's commit
+    (``AgentStore.commit_step``, after its fence: one transaction fewer a turn). ``dialect``: the database's name
+    (``c``'s unless given)."""
+    dialect = dialect or _dialect_of(c)
+    if finished is not None:
+        _record_end(c, finished, dialect)
+    direct(_prepared(dialect).release, c).first(c, {"p_agent": agent_id, "p_owner": owner})
+
+
+def _record_end(c: Session | Connection, run: Run, dialect: str) -> None:
+    values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
+    direct(_prepared(dialect).finish_run, c).first(c, values)
+
+
+def _dialect_of(c: Session | Connection) -> str:
+    return str((c.dialect if isinstance(c, Connection) else c.get_bind().dialect).name)
 
 
 @contextmanager
@@ -658,7 +680,7 @@ class TurnStore:
         it reads. Neither case leaves a failed statement in the database's log."""
         values = {"p_agent": agent_id, "p_owner": take.owner, "p_run_id": take.run_id, "p_ttl": take.ttl}
         with self._metadata.connection() as c:
-            if c.execute(prepared.claim, values).first() is None:
+            if direct(prepared.claim, c).first(c, values) is None:
                 return None
             return self._granted(c, agent_id, take)
 
@@ -668,7 +690,7 @@ class TurnStore:
         transaction (the lease is not taken)."""
         prepared = _prepared(self._dialect)
         grant = prepared.grant if take.message is None else prepared.grant_reading_last
-        moved = c.execute(grant, {"p_agent": agent_id}).first()
+        moved = direct(grant, c).first(c, {"p_agent": agent_id})
         if take.user_id is not None and (moved is None or moved[2] != take.user_id):
             raise NotFoundError(f"no agent with id {agent_id!r}")
         if take.run is not None:
@@ -789,9 +811,7 @@ class TurnStore:
         """Give the lease back; with ``finished`` (a run's id, stop reason and response), record the turn's end in
         the same transaction."""
         with self._metadata.connection() as c:
-            if finished is not None:
-                self._finish_run(c, finished)
-            c.execute(_prepared(self._dialect).release, {"p_agent": agent_id, "p_owner": owner})
+            give_back(c, agent_id, owner, finished, dialect=self._dialect)
 
     def release_later(
         self,
@@ -857,15 +877,14 @@ class TurnStore:
             c.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
             sweep_deleted_agents(c, self._dialect)
         values = {"p_run": run.id, "p_agent": run.agent_id, "p_digest": run.digest, "p_now": now}
-        c.execute(_prepared(self._dialect).record_run, values)
+        direct(_prepared(self._dialect).record_run, c).first(c, values)
 
     def finish_run(self, run_id: str, stop_reason: str, response: str) -> None:
         with self._metadata.connection() as c:
             self._finish_run(c, Run(run_id, "", "", FINISHED, stop_reason, response))
 
     def _finish_run(self, c: Connection, run: Run) -> None:
-        values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
-        c.execute(_prepared(self._dialect).finish_run, values)
+        _record_end(c, run, self._dialect)
 
     def forget_run(self, run_id: str, message: str | None = None) -> None:
         """Delete a run that never started (its agent could not be opened), and the ``message`` (id) recorded with
