@@ -426,6 +426,23 @@ def test_a_retry_finds_what_became_of_the_import_it_repeats(
         running.earlier()
 
 
+@pytest.mark.usefixtures("metadata_url")
+def test_a_finished_imports_run_outlives_other_writes_for_its_retry(server: LiveServer) -> None:
+    """An import's run is keyed by its user (``import:<user id>``), not by an agent: another write's record, which
+    forgets the runs of deleted agents, leaves it, so a late retry still gets its agents rather than a copy."""
+    from pydantic import TypeAdapter
+
+    from memgpt.server.retried import RetriedWrite
+    from memgpt.server.routes import agentfile as route
+
+    runner, user_id = server.state.turns(), server.state.owner.id
+    done = route.ImportResult(agent_ids=["agent-1"], imported=[])
+    assert route._Imports(runner, user_id, "c" * 64).run(lambda: done) == done
+    other = RetriedWrite(runner, "passages:gone", "b" * 64, TypeAdapter(list[str]), "still running")
+    assert other.run(lambda: ["passage-1"]) == ["passage-1"]  # recorded with a sweep of what deleted agents left
+    assert route._Imports(runner, user_id, "c" * 64).earlier() == done  # (a retry's look for its first try)
+
+
 def test_an_import_holds_a_lease_of_the_servers_length_renewed_while_it_runs(server: LiveServer) -> None:
     """A retry takes an attempt whose lease is gone for a dead one: the lease lasts ``lease_ttl`` (a process that
     died is seen within one lease, not the whole retry window) and is renewed while a longer import runs."""

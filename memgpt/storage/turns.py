@@ -108,7 +108,8 @@ def sweep_deleted_agents(c: Session | Connection, dialect: str) -> None:
     or recall indexing claim can be taken for an agent just deleted (by a process that read it before); a holder
     that died first left its row for good, as nothing takes a lease or claim of an agent that is gone. Leases and
     claims go once expired (a live holder's are left to its release); a lease keyed by a write's run (see
-    :func:`forget_agent`) is its agent's while that run is recorded. Runs go that no lease row names."""
+    :func:`forget_agent`) is its agent's while that run is recorded. Runs go that no lease row names; a write's run
+    keyed by a user (``import:<user id>``, an API import's) is its user's, not an agent's."""
     runs, leases = _RUNS, _LEASES
     agents = select(_agents().c.id)
     now = database_now(dialect)
@@ -124,8 +125,8 @@ def sweep_deleted_agents(c: Session | Connection, dialect: str) -> None:
     )
     keyed_agent = _after_colon(dialect, runs.c.agent_id)
     gone = runs.c.agent_id.not_in(agents) & runs.c.id.not_in(select(leases.c.run_id))
-    if keyed_agent is not None:  # a write's run under ``<kind>:<agent id>``: its agent's
-        gone &= keyed_agent.not_in(agents)
+    if keyed_agent is not None:  # a write's run under ``<kind>:<agent id>``: its agent's (an import's: its user's)
+        gone &= keyed_agent.not_in(agents) & keyed_agent.not_in(select(table("users", column("id")).c.id))
     else:  # no way to read the agent out of the key here: only the runs of turns
         gone &= ~runs.c.agent_id.contains(":", autoescape=True)
     c.execute(delete(runs).where(runs.c.id.in_(select(runs.c.id).where(gone).with_for_update(skip_locked=True))))
