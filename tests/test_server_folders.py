@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -390,6 +391,41 @@ def test_a_retried_import_answers_with_the_agent_the_first_attempt_made(
     again = client_for(server).agents.import_file(file=("memgpt_agent.af", content))  # on purpose: a copy
     assert len(calls) == 2 and again.agent_ids != [made]
     assert len(list(client_for(server).agents.list())) == 2
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_retry_that_overtakes_its_first_try_imports_once(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first try of an import is held up before it records its run; the retry, finding none, imports, and the
+    first try answers with the retry's agents rather than importing a second copy. Ordered by events, not time."""
+    from memgpt.server.retried import RetriedWrite
+
+    real = RetriedWrite.run
+    held, retried = threading.Event(), threading.Event()
+
+    def overtaken(self: RetriedWrite[Any], work: Any) -> Any:
+        if not held.is_set():  # the first try: held up until its retry answered
+            held.set()
+            assert retried.wait(60)
+        return real(self, work)
+
+    monkeypatch.setattr(RetriedWrite, "run", overtaken)
+    url, headers = f"{server.url}/v1/agents/import", auth(server.key())
+    content = (AGENT_FILES / "memgpt_agent.af").read_bytes()
+
+    def send(extra: dict[str, str]) -> httpx.Response:
+        files = {"file": ("memgpt_agent.af", content)}
+        return httpx.post(url, files=files, headers={**headers, **extra}, timeout=120)
+
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(send({})))
+    first.start()
+    assert held.wait(60)
+    again = send({"X-Stainless-Retry-Count": "1"})
+    retried.set()
+    first.join(120)
+    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
+    assert answers[0].json() == again.json()
+    assert [a.id for a in client_for(server).agents.list()] == again.json()["agent_ids"]
 
 
 def test_a_retry_finds_what_became_of_the_import_it_repeats(

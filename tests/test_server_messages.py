@@ -615,6 +615,47 @@ def test_a_retry_that_arrives_while_the_first_try_opens_the_agent_joins_its_turn
     assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
 
 
+def _data_lines(answer: httpx.Response) -> list[str]:
+    """A stream's events (not its keep-alive comments), or a JSON answer's body."""
+    if answer.headers["content-type"].startswith("text/event-stream"):
+        return [line for line in answer.text.splitlines() if line.startswith("data: ")]
+    return [json.dumps(answer.json(), sort_keys=True)]
+
+
+@pytest.mark.usefixtures("metadata_url")  # the waiting run and its taking, on SQLite and on PostgreSQL
+@pytest.mark.parametrize("path", ["messages", "messages/stream"])
+def test_a_retry_that_overtakes_its_first_try_sends_the_message_once(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, path: str
+) -> None:
+    """The first try is held up before it records its run (a busy server, past the client's timeout); the client
+    sends it again and the retry, finding no run, runs the turn. The first try, going on, answers with that turn
+    instead of storing the message a second time. The order is set by events, not by time."""
+    runner = server.state.turns()
+    take_lease = runner._take_lease
+    held, retried = threading.Event(), threading.Event()
+
+    def held_up(*args: Any, **kwargs: Any) -> Any:
+        if not held.is_set():  # the first try: held up until its retry answered
+            held.set()
+            assert retried.wait(60)
+        return take_lease(*args, **kwargs)
+
+    runner._take_lease = held_up  # type: ignore[method-assign]
+    llm.reply("Only once.")
+    url, headers = f"{server.url}/v1/agents/{agent_id}/{path}", auth(letta.api_key)
+    body = {"messages": [{"role": "user", "content": "hello"}]}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=headers, timeout=60)))
+    first.start()
+    assert held.wait(60)
+    again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
+    retried.set()
+    first.join(60)
+    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
+    assert "Only once." in again.text and _data_lines(answers[0]) == _data_lines(again)
+    assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
+
+
 def test_a_client_that_leaves_mid_stream_does_not_break_the_agent(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:

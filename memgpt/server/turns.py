@@ -45,7 +45,18 @@ from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, Tool
 from memgpt.memory.messages import stored
 from memgpt.memory.recall import settle_indexing
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
-from memgpt.storage.turns import BUSY_EDIT, FINISHED, Fence, Grant, LeaseRenewer, Run, lease_tries, new_owner
+from memgpt.storage.turns import (
+    BUSY_EDIT,
+    FINISHED,
+    Arrival,
+    Fence,
+    Grant,
+    LeaseRenewer,
+    Run,
+    RunExists,
+    lease_tries,
+    new_owner,
+)
 from memgpt.types import Message, utc_now
 
 if TYPE_CHECKING:
@@ -79,6 +90,9 @@ class TurnInput:
     digest: str  # of the request, so a retry is recognised
     retry: bool
     rendering: Rendering
+    # time.monotonic() when this process began to handle the request (``retried.Arrivals``; None: when it started):
+    # a first try that a retry overtook answers with the retry's turn (``memgpt.storage.turns.Arrival``)
+    arrived: float | None = None
 
 
 def request_digest(user_id: str, agent_id: str, path: str, body: Any) -> str:
@@ -389,7 +403,14 @@ class TurnRunner:
 
     def _opening(self, request: TurnInput) -> Turn | _Opened:
         """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
-        it answers stored with the lease)."""
+        it answers stored with the lease). A first try that a retry overtook (see ``Arrival``) and a retry whose first
+        try recorded its run meanwhile go on as a retry does, to the run that stands for the request."""
+        try:
+            return self._opening_once(request)
+        except RunExists:
+            return self._opening_once(replace(request, retry=True))
+
+    def _opening_once(self, request: TurnInput) -> Turn | _Opened:
         dead: Run | None = None
         if request.retry:
             earlier = self._earlier(request)
@@ -410,6 +431,7 @@ class TurnRunner:
             run = Run(run_id, request.agent_id, request.digest)
             opening = replace(opening, id=_message_id(run_id))  # so that a retry after a crash finds it
         retry = request if request.retry else None
+        arrived = time.monotonic() if request.arrived is None else request.arrived
         taken = self._take_lease(
             request.agent_id,
             owner,
@@ -418,6 +440,7 @@ class TurnRunner:
             run=run,
             user_id=request.user_id,
             message=opening if kept is None else None,
+            arrival=Arrival(arrived, request.retry, RETRY_WINDOW) if run is not None else None,
         )
         if isinstance(taken, Turn):
             return taken
@@ -453,11 +476,13 @@ class TurnRunner:
         run: Run | None = None,
         user_id: str | None = None,
         message: Message | None = None,
+        arrival: Arrival | None = None,
     ) -> tuple[Grant, Message | None] | Turn:
         """Take the agent's lease (recording ``run`` and ``message`` with it, the message dated when the lease is
         taken: after the turn it waited for), or, for a ``retry``, find the turn its first try started meanwhile.
         With ``user_id``, another user's agent is a NotFoundError (read with the lease, or once while another turn
-        holds it), never a wait."""
+        holds it), never a wait. With ``arrival``, RunExists when another run stands for the request (a first try's
+        that a retry overtook: taken by it)."""
         keep = self._prune(agent_id) if run is not None else None
         ttl = self.timing.lease_ttl
         checked = user_id is None
@@ -467,10 +492,14 @@ class TurnRunner:
                 message = replace(message, created_at=utc_now())
             record = stored(message) if message is not None else None
             grant = self._turns.acquire(
-                agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record
+                agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record, arrival=arrival
             )
             if grant is not None:
                 return grant, message
+            if run is not None and arrival is not None and not arrival.retry:  # a retry's turn, holding the lease?
+                taken = self._turns.take_waiting(agent_id, run.digest, arrival)
+                if taken is not None:
+                    raise RunExists(taken)
             if not checked:
                 if not self.state.storage.agents.belongs(user_id or "", agent_id):
                     raise NotFoundError(f"no agent with id {agent_id!r}")
