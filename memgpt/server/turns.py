@@ -522,17 +522,18 @@ class TurnRunner:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
         turn.releasing = True
+        forget = (turn.run_id, message)
         try:
-            try:
-                self._turns.forget_run(turn.run_id, message)
-            except MemGPTError as forgot:  # the database out of reach: the run and its message stay (a retry of
-                # the send answers that message, as for a process that died mid-turn)
-                logger.error("cannot forget run %s of agent %s: %s", turn.run_id, turn.agent_id, forgot)
-            try:
-                self._release(turn.agent_id, owner)
-            except MemGPTError as unreleased:  # given back once the database answers (else it lapses by itself)
+            try:  # the run and its message go with the lease, in one transaction
+                self._release(turn.agent_id, owner, forget=forget)
+            except MemGPTError as unreleased:
+                # The database out of reach: all three go once it answers, while the lease is still this process's;
+                # past that the lease lapses and the run and message stay (a retry of the send answers that message,
+                # as for a process that died mid-turn; the agent's next turn sees it).
                 logger.info("cannot give back the lease of agent %s now (%s)", turn.agent_id, unreleased)
-                self._turns.release_later(turn.agent_id, owner, within=self.timing.lease_ttl, then=self._wake_waiters)
+                self._turns.release_later(
+                    turn.agent_id, owner, within=self.timing.lease_ttl, then=self._wake_waiters, forget=forget
+                )
         finally:
             turn.finish("error", Usage(), error)
 
@@ -563,9 +564,11 @@ class TurnRunner:
             with self._guard:
                 self._other.pop(lease_id, None)
 
-    def _release(self, agent_id: str, owner: str, finished: Run | None = None) -> None:
+    def _release(
+        self, agent_id: str, owner: str, finished: Run | None = None, forget: tuple[str, str] | None = None
+    ) -> None:
         try:
-            self._turns.release(agent_id, owner, finished=finished)
+            self._turns.release(agent_id, owner, finished=finished, forget=forget)
         finally:
             self._wake_waiters()
 

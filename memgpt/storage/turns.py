@@ -206,6 +206,13 @@ class _NotRecorded(Exception):
     """Raised in a run's transaction to undo it (``Arrival``): a run stands for the request already."""
 
 
+def _forget_run(c: Session | Connection, run_id: str, message: str | None) -> None:
+    c.execute(delete(_RUNS).where(_RUNS.c.id == run_id))
+    if message is not None:
+        messages = table("messages", column("id"))
+        c.execute(delete(messages).where(messages.c.id == message))
+
+
 def _run(row: RunRow) -> Run:
     return Run(
         row.id, row.agent_id, row.digest, row.status, row.stop_reason, row.response, row.created_at, row.finished_at
@@ -562,6 +569,7 @@ class _Unreleased:
     deadline: float  # time.monotonic() past which the lease has lapsed by itself
     then: Callable[[], None] | None  # called once it is given back
     lease: bool = True  # False: the lease was given back; only the run's end (``finished``) is left to record
+    forget: tuple[str, str] | None = None  # a run and its message to delete with the release (``TurnStore.release``)
 
 
 CLOSE_WITHIN = 5.0  # seconds: LaterReleases.close starts no try after this (one try may take a connect timeout)
@@ -575,7 +583,11 @@ class LaterReleases:
     leases to give back, never in the caller's way (the server's turn thread, the chat's prompt); the process's next
     take of the agent's lease tries its release first (``TurnStore.acquire``)."""
 
-    def __init__(self, release: Callable[[str, str, Run | None], None], finish: Callable[[Run], None]) -> None:
+    def __init__(
+        self,
+        release: Callable[[str, str, Run | None, tuple[str, str] | None], None],
+        finish: Callable[[Run], None],
+    ) -> None:
         self._release = release
         self._finish = finish
         self._pending: dict[str, dict[str, _Unreleased]] = {}  # agent id -> owner -> what to give back
@@ -593,10 +605,11 @@ class LaterReleases:
         then: Callable[[], None] | None,
         *,
         lease: bool = True,
+        forget: tuple[str, str] | None = None,
     ) -> None:
         with self._lock:
             self._pending.setdefault(agent_id, {})[owner] = _Unreleased(
-                owner, finished, time.monotonic() + within, then, lease
+                owner, finished, time.monotonic() + within, then, lease, forget
             )
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="lease-releaser", daemon=True)
@@ -634,7 +647,7 @@ class LaterReleases:
         """Give one lease back; whether it is done with (given back, or given up at its deadline)."""
         try:
             if unreleased.lease:
-                self._release(agent_id, unreleased.owner, unreleased.finished)
+                self._release(agent_id, unreleased.owner, unreleased.finished, unreleased.forget)
             elif unreleased.finished is not None:
                 self._finish(unreleased.finished)
         except Exception as exc:  # any failure is a failed try: the thread must live on
@@ -691,7 +704,7 @@ class TurnStore:
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
         self._later = LaterReleases(
-            lambda agent_id, owner, finished: self.release(agent_id, owner, finished=finished),
+            lambda agent_id, owner, finished, forget: self.release(agent_id, owner, finished=finished, forget=forget),
             lambda run: self.finish_run(run.id, run.stop_reason, run.response),
         )
 
@@ -895,13 +908,18 @@ class TurnStore:
             )
             return bool(renewed.rowcount)
 
-    def release(self, agent_id: str, owner: str, *, finished: Run | None = None) -> None:
+    def release(
+        self, agent_id: str, owner: str, *, finished: Run | None = None, forget: tuple[str, str] | None = None
+    ) -> None:
         """Give the lease back; with ``finished`` (a run's id, stop reason and response), record the turn's end in
-        the same transaction."""
+        the same transaction; with ``forget`` (a run's id and its message's), delete that run and message in it, when
+        the lease was still ``owner``'s (else another turn may have seen the message since: it stays)."""
         with self._metadata.connection() as c:
             if finished is not None:
                 self._finish_run(c, finished)
-            c.execute(_prepared(self._dialect).release, {"p_agent": agent_id, "p_owner": owner})
+            released = c.execute(_prepared(self._dialect).release, {"p_agent": agent_id, "p_owner": owner})
+            if forget is not None and released.rowcount == 1:
+                _forget_run(c, *forget)
 
     def release_later(
         self,
@@ -911,10 +929,11 @@ class TurnStore:
         within: float,
         finished: Run | None = None,
         then: Callable[[], None] | None = None,
+        forget: tuple[str, str] | None = None,
     ) -> None:
         """``release`` that failed (the database out of reach), tried again in the background until it works, for
         ``within`` seconds (the lease's length: then it lapses by itself); ``then`` is called once it worked."""
-        self._later.add(agent_id, owner, finished, within, then)
+        self._later.add(agent_id, owner, finished, within, then, forget=forget)
 
     def finish_run_later(self, finished: Run, then: Callable[[], None] | None = None) -> None:
         """Record the end of a run whose lease was given back without it (its transaction failed): in the
@@ -990,15 +1009,6 @@ class TurnStore:
     def _finish_run(self, c: Connection, run: Run) -> None:
         values = {"p_run": run.id, "p_reason": run.stop_reason, "p_response": run.response, "p_now": utc_now()}
         c.execute(_prepared(self._dialect).finish_run, values)
-
-    def forget_run(self, run_id: str, message: str | None = None) -> None:
-        """Delete a run that never started (its agent could not be opened), and the ``message`` (id) recorded with
-        it: a retry of the send stores it again."""
-        with self._metadata.session() as s:
-            s.execute(delete(RunRow).where(RunRow.id == run_id))
-            if message is not None:
-                messages = table("messages", column("id"))
-                s.execute(delete(messages).where(messages.c.id == message))
 
     def run(self, run_id: str) -> Run | None:
         with self._metadata.session() as s:
