@@ -188,8 +188,11 @@ class Arrival:
     window: timedelta  # how far back a retry looks for its first try's run
     serialize: bool = False  # the run holds no lease its first try or retry also takes
 
-    def ago(self) -> float:
-        return -(time.monotonic() - self.arrived)
+    def values(self) -> dict[str, object]:
+        """The bound values that say when it arrived: seconds before the statement's time (on another database than
+        SQLite or PostgreSQL, this process's clock then)."""
+        ago = -(time.monotonic() - self.arrived)
+        return {"p_ago": ago, "p_arrived": utc_now() + timedelta(seconds=ago)}
 
 
 class RunExists(ConflictError):
@@ -412,7 +415,10 @@ def _prepared(dialect: str) -> _Prepared:
     granted = (agents.c.version, agents.c.created_at, agents.c.user_id)
     other = runs.alias("other")  # the request's other runs, read in a statement that writes a run
     same = (other.c.agent_id == bindparam("p_agent"), other.c.digest == bindparam("p_digest"))
-    arrived = database_now(dialect, bindparam("p_ago", type_=Float))  # the first try's arrival, the database's clock
+    # The first try's arrival by the database's clock (another database's: this process's, a bound value).
+    ours = dialect not in ("sqlite", "postgresql")
+    ago = bindparam("p_ago", type_=Float)
+    arrived = bindparam("p_arrived", type_=UTCDateTime) if ours else database_now(dialect, ago)
     waiting = (*same, other.c.waiting_since > arrived)
     run_values = (
         bindparam("p_run", type_=String),
@@ -425,7 +431,7 @@ def _prepared(dialect: str) -> _Prepared:
         null(),
     )
     columns = ["id", "agent_id", "digest", "status", "stop_reason", "response", "created_at", "finished_at"]
-    recorded = select(*run_values, database_now(dialect) if dialect in ("sqlite", "postgresql") else bindparam("p_now"))
+    recorded = select(*run_values, bindparam("p_now") if ours else database_now(dialect))
     since = other.c.created_at >= bindparam("p_since", type_=UTCDateTime)
     first = select(other.c.id).where(*waiting).order_by(other.c.waiting_since).limit(1)
     return _Prepared(
@@ -754,7 +760,7 @@ class TurnStore:
         """For a first try (``key``: the agent, or a write's key): take the earliest run of its request's retry waiting
         since after it arrived (see ``Arrival``); its id, None when there is none."""
         with self._metadata.connection() as c:
-            values = {"p_agent": key, "p_digest": digest, "p_ago": arrival.ago()}
+            values = {"p_agent": key, "p_digest": digest, **arrival.values()}
             return c.execute(_prepared(self._dialect).take_waiting, values).scalar()
 
     def _acquire(self, agent_id: str, take: _Take, holder: str) -> Grant | None:
@@ -998,7 +1004,8 @@ class TurnStore:
         if arrival.retry:
             statement, values["p_since"] = prepared.record_retry, now - arrival.window
         else:
-            statement, values["p_ago"] = prepared.record_first_try, arrival.ago()
+            statement = prepared.record_first_try
+            values.update(arrival.values())
         if c.execute(statement, values).first() is None:
             raise _NotRecorded
 
