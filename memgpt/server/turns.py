@@ -405,10 +405,12 @@ class TurnRunner:
         """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
         it answers stored with the lease). A first try that a retry overtook (see ``Arrival``) and a retry whose first
         try recorded its run meanwhile go on as a retry does, to the run that stands for the request."""
-        try:
-            return self._opening_once(request)
-        except RunExists:
-            return self._opening_once(replace(request, retry=True))
+        for _ in range(3):  # (a run found, then gone before it was joined: forgotten, its agent not opened)
+            try:
+                return self._opening_once(request)
+            except RunExists:
+                request = replace(request, retry=True)
+        return self._opening_once(request)
 
     def _opening_once(self, request: TurnInput) -> Turn | _Opened:
         dead: Run | None = None
