@@ -176,7 +176,7 @@ class Arrival:
 
     When the first try arrived is judged on one clock, the database's: the statement reads the database's time
     less the seconds since ``arrived`` (this process's monotonic clock), so hosts whose clocks differ agree. The
-    request's arrival is when this process began to handle it (``server.app.Arrivals``, before its body is read):
+    request's arrival is when this process began to handle it (``server.retried.Arrivals``, before its body is read):
     the client sends the retry only after it gave the first try up, so the first try arrived before its retry's run
     was recorded, unless its process had not even begun to handle it by then (it then works too: the limit). A
     retry whose first try never reached a server (the connection failed) leaves a run waiting that a deliberate
