@@ -484,7 +484,6 @@ def test_a_retried_passages_create_stores_the_text_once(server: LiveServer, monk
     assert len(letta.agents.passages.list(agent_id)) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a retry that finds no run of its first try yet stores the text again (flakes3)")
 @pytest.mark.usefixtures("metadata_url")
 def test_a_retry_that_overtakes_its_first_try_stores_the_text_once(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch

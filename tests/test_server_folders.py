@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -401,6 +402,41 @@ def test_a_retried_import_answers_with_the_agent_the_first_attempt_made(
     assert len(list(client_for(server).agents.list())) == 2
 
 
+@pytest.mark.usefixtures("metadata_url")
+def test_a_retry_that_overtakes_its_first_try_imports_once(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first try of an import is held up before it records its run; the retry, finding none, imports, and the
+    first try answers with the retry's agents rather than importing a second copy. Ordered by events, not time."""
+    from memgpt.server.retried import RetriedWrite
+
+    real = RetriedWrite.run
+    held, retried = threading.Event(), threading.Event()
+
+    def overtaken(self: RetriedWrite[Any], work: Any) -> Any:
+        if not held.is_set():  # the first try: held up until its retry answered
+            held.set()
+            assert retried.wait(60)
+        return real(self, work)
+
+    monkeypatch.setattr(RetriedWrite, "run", overtaken)
+    url, headers = f"{server.url}/v1/agents/import", auth(server.key())
+    content = (AGENT_FILES / "memgpt_agent.af").read_bytes()
+
+    def send(extra: dict[str, str]) -> httpx.Response:
+        files = {"file": ("memgpt_agent.af", content)}
+        return httpx.post(url, files=files, headers={**headers, **extra}, timeout=120)
+
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(send({})))
+    first.start()
+    assert held.wait(60)
+    again = send({"X-Stainless-Retry-Count": "1"})
+    retried.set()
+    first.join(120)
+    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
+    assert answers[0].json() == again.json()
+    assert [a.id for a in client_for(server).agents.list()] == again.json()["agent_ids"]
+
+
 def test_a_retry_finds_what_became_of_the_import_it_repeats(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -433,6 +469,23 @@ def test_a_retry_finds_what_became_of_the_import_it_repeats(
     monkeypatch.setattr(retried, "RETRY_WAIT", 0.5)
     with pytest.raises(MemGPTConflictError, match="the import this request retries is still running"):
         running.earlier()
+
+
+@pytest.mark.usefixtures("metadata_url")
+def test_a_finished_imports_run_outlives_other_writes_for_its_retry(server: LiveServer) -> None:
+    """An import's run is keyed by its user (``import:<user id>``), not by an agent: another write's record, which
+    forgets the runs of deleted agents, leaves it, so a late retry still gets its agents rather than a copy."""
+    from pydantic import TypeAdapter
+
+    from memgpt.server.retried import RetriedWrite
+    from memgpt.server.routes import agentfile as route
+
+    runner, user_id = server.state.turns(), server.state.owner.id
+    done = route.ImportResult(agent_ids=["agent-1"], imported=[])
+    assert route._Imports(runner, user_id, "c" * 64).run(lambda: done) == done
+    other = RetriedWrite(runner, "passages:gone", "b" * 64, TypeAdapter(list[str]), "still running")
+    assert other.run(lambda: ["passage-1"]) == ["passage-1"]  # recorded with a sweep of what deleted agents left
+    assert route._Imports(runner, user_id, "c" * 64).earlier() == done  # (a retry's look for its first try)
 
 
 def test_an_import_holds_a_lease_of_the_servers_length_renewed_while_it_runs(server: LiveServer) -> None:

@@ -3,6 +3,7 @@ agent across processes, retries, disconnects, LLM failures and a kill -9, driven
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from sqlalchemy import event, text
 from memgpt.agent.agent import CANCELLED_NOTE
 from memgpt.agent.manager import update_agent, update_block
 from memgpt.config import load_config, save_config
-from memgpt.errors import BackendError
+from memgpt.errors import BackendError, StorageError
 from memgpt.memory.messages import stored
 from memgpt.server import turns
 from memgpt.storage import Storage
@@ -539,6 +540,57 @@ def test_a_send_whose_agent_cannot_be_opened_stores_no_message(
     assert user_messages(server, agent_id) == ["hello"]
 
 
+@pytest.mark.usefixtures("metadata_url")
+def test_a_send_whose_agent_cannot_be_opened_while_the_database_is_away_leaves_no_message_once_it_is_back(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent cannot be opened, and the database is away while the turn is undone: its run, its message and its
+    lease go together once the database answers (the lease still this process's), not the lease alone."""
+    metadata, runner = server.state.storage.metadata, server.state.turns()
+    away: set[int] = set()  # the threads that find the database away
+    real_connection, real_session = metadata.connection, metadata.session
+
+    @contextlib.contextmanager
+    def connection() -> Iterator[Any]:
+        if threading.get_ident() in away:
+            raise StorageError("metadata database error: connection refused")
+        with real_connection() as c:
+            yield c
+
+    @contextlib.contextmanager
+    def session() -> Iterator[Any]:
+        if threading.get_ident() in away:
+            raise StorageError("metadata database error: connection refused")
+        with real_session() as s:
+            yield s
+
+    def broken(storage: Storage, state: AgentState, **options: Any) -> Any:
+        away.add(threading.get_ident())  # the turn's thread: the database is away until the turn is undone
+        raise BackendError("the embedding model cannot be loaded")
+
+    not_opened = runner._not_opened
+
+    def undone(*args: Any) -> None:
+        try:
+            not_opened(*args)
+        finally:
+            away.discard(threading.get_ident())
+
+    monkeypatch.setattr(metadata, "connection", connection)
+    monkeypatch.setattr(metadata, "session", session)
+    monkeypatch.setattr(turns, "open_agent", broken)
+    runner._not_opened = undone  # type: ignore[method-assign]
+    with pytest.raises(APIStatusError):
+        letta.agents.messages.create(agent_id, input="hello")
+    deadline = time.monotonic() + 20
+    while server.state.storage.turns.holder(agent_id) is not None:  # given back in the background
+        assert time.monotonic() < deadline, "the lease was not given back"
+        time.sleep(0.05)
+    assert user_messages(server, agent_id) == []  # forgotten with the run, in the release's transaction
+    with server.state.storage.metadata.connection() as c:
+        assert c.execute(text("select count(*) from agent_runs where agent_id = :a"), {"a": agent_id}).scalar() == 0
+
+
 def test_changes_made_by_another_process_between_turns_reach_the_next_prompt(
     server: LiveServer, home: Path, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:
@@ -643,6 +695,47 @@ def test_a_retry_that_arrives_while_the_first_try_opens_the_agent_joins_its_turn
     retry.join(30)
     assert answers["retry"].status_code == 200, answers["retry"].text
     assert answers["retry"].json() == answers["first"].json()
+    assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
+
+
+def _data_lines(answer: httpx.Response) -> list[str]:
+    """A stream's events (not its keep-alive comments), or a JSON answer's body."""
+    if answer.headers["content-type"].startswith("text/event-stream"):
+        return [line for line in answer.text.splitlines() if line.startswith("data: ")]
+    return [json.dumps(answer.json(), sort_keys=True)]
+
+
+@pytest.mark.usefixtures("metadata_url")  # the waiting run and its taking, on SQLite and on PostgreSQL
+@pytest.mark.parametrize("path", ["messages", "messages/stream"])
+def test_a_retry_that_overtakes_its_first_try_sends_the_message_once(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, path: str
+) -> None:
+    """The first try is held up before it records its run (a busy server, past the client's timeout); the client
+    sends it again and the retry, finding no run, runs the turn. The first try, going on, answers with that turn
+    instead of storing the message a second time. The order is set by events, not by time."""
+    runner = server.state.turns()
+    take_lease = runner._take_lease
+    held, retried = threading.Event(), threading.Event()
+
+    def held_up(*args: Any, **kwargs: Any) -> Any:
+        if not held.is_set():  # the first try: held up until its retry answered
+            held.set()
+            assert retried.wait(60)
+        return take_lease(*args, **kwargs)
+
+    runner._take_lease = held_up  # type: ignore[method-assign]
+    llm.reply("Only once.")
+    url, headers = f"{server.url}/v1/agents/{agent_id}/{path}", auth(letta.api_key)
+    body = {"messages": [{"role": "user", "content": "hello"}]}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=headers, timeout=60)))
+    first.start()
+    assert held.wait(60)
+    again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
+    retried.set()
+    first.join(60)
+    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
+    assert "Only once." in again.text and _data_lines(answers[0]) == _data_lines(again)
     assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
 
 

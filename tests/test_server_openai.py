@@ -384,6 +384,38 @@ def test_a_retried_request_joins_the_turn_it_started(server: LiveServer, llm: Sc
     assert len(llm.requests) == 1
 
 
+@pytest.mark.usefixtures("metadata_url")  # the waiting run and its taking, on SQLite and on PostgreSQL
+def test_a_retry_that_overtakes_its_first_try_sends_the_message_once(server: LiveServer, llm: ScriptedLLM) -> None:
+    """The first try is held up before it records its run; the retry, finding none, runs the turn, and the first
+    try answers with that turn rather than storing the message again. The order is set by events, not by time."""
+    agent_id = make_agent(server, "sam")
+    runner = server.state.turns()
+    take_lease = runner._take_lease
+    held, retried = threading.Event(), threading.Event()
+
+    def held_up(*args: Any, **kwargs: Any) -> Any:
+        if not held.is_set():  # the first try: held up until its retry answered
+            held.set()
+            assert retried.wait(60)
+        return take_lease(*args, **kwargs)
+
+    runner._take_lease = held_up  # type: ignore[method-assign]
+    llm.reply("Only once.")
+    url, headers = f"{server.url}/openai/v1/chat/completions", auth(server.key())
+    body = {"model": "sam", "messages": [{"role": "user", "content": "hello"}]}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=headers, timeout=60)))
+    first.start()
+    assert held.wait(60)
+    again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
+    retried.set()
+    first.join(60)
+    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
+    said = [a.json()["choices"][0]["message"]["content"] for a in (answers[0], again)]
+    assert said == ["Only once.", "Only once."]
+    assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
+
+
 def test_a_client_leaving_mid_stream_does_not_break_the_agent(server: LiveServer, llm: ScriptedLLM) -> None:
     agent_id = make_agent(server, "sam")
     search_step = {"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}

@@ -70,6 +70,7 @@ def open_state(home: Path, config: Config, *, holder: str | None = None, lite_se
 def create_app(home: Path | None = None, config: Config | None = None, *, state: ServerState | None = None) -> FastAPI:
     """The API on ``home`` (default ``$MEMGPT_HOME``); pass an opened ``state`` to share one."""
     from memgpt.server.jobs import FileJobs
+    from memgpt.server.retried import Arrivals
     from memgpt.server.routes import (
         admin,
         agentfile,
@@ -121,6 +122,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     errors.install(app)
     # The OpenAI endpoint limits bodies itself, to answer in OpenAI's error shape.
     app.add_middleware(errors.BodyLimit, limit=errors.body_limit(state.config), skip=(openai.PREFIX,))
+    app.add_middleware(Arrivals)  # the outermost: when a request arrived, for a first try its retry overtook
     # A request is matched against the routes in this order, router by router: sends, the busiest, come first
     # (after the health check), not after the 23 routes of five routers: matching a send took 50 µs, now 12.
     for module in (health, messages, admin, agentfile, agents, passages, folders, memory, mcp_servers):

@@ -45,7 +45,18 @@ from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, Tool
 from memgpt.memory.messages import stored
 from memgpt.memory.recall import settle_indexing
 from memgpt.server.schemas.messages import LettaResponse, Rendering, StopReasonOut, Usage, letta_messages
-from memgpt.storage.turns import BUSY_EDIT, FINISHED, Fence, Grant, LeaseRenewer, Run, lease_tries, new_owner
+from memgpt.storage.turns import (
+    BUSY_EDIT,
+    FINISHED,
+    Arrival,
+    Fence,
+    Grant,
+    LeaseRenewer,
+    Run,
+    RunExists,
+    lease_tries,
+    new_owner,
+)
 from memgpt.types import Message, utc_now
 
 if TYPE_CHECKING:
@@ -79,6 +90,9 @@ class TurnInput:
     digest: str  # of the request, so a retry is recognised
     retry: bool
     rendering: Rendering
+    # time.monotonic() when this process began to handle the request (``retried.Arrivals``; None: when it started):
+    # a first try that a retry overtook answers with the retry's turn (``memgpt.storage.turns.Arrival``)
+    arrived: float | None = None
 
 
 def request_digest(user_id: str, agent_id: str, path: str, body: Any) -> str:
@@ -416,7 +430,16 @@ class TurnRunner:
 
     def _opening(self, request: TurnInput) -> Turn | _Opened:
         """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
-        it answers stored with the lease)."""
+        it answers stored with the lease). A first try that a retry overtook (see ``Arrival``) and a retry whose first
+        try recorded its run meanwhile go on as a retry does, to the run that stands for the request."""
+        for _ in range(3):  # (a run found, then gone before it was joined: forgotten, its agent not opened)
+            try:
+                return self._opening_once(request)
+            except RunExists:
+                request = replace(request, retry=True)
+        return self._opening_once(request)
+
+    def _opening_once(self, request: TurnInput) -> Turn | _Opened:
         dead: Run | None = None
         if request.retry:
             earlier = self._earlier(request)
@@ -437,6 +460,7 @@ class TurnRunner:
             run = Run(run_id, request.agent_id, request.digest)
             opening = replace(opening, id=_message_id(run_id))  # so that a retry after a crash finds it
         retry = request if request.retry else None
+        arrived = time.monotonic() if request.arrived is None else request.arrived
         taken = self._take_lease(
             request.agent_id,
             owner,
@@ -445,6 +469,7 @@ class TurnRunner:
             run=run,
             user_id=request.user_id,
             message=opening if kept is None else None,
+            arrival=Arrival(arrived, request.retry, RETRY_WINDOW) if run is not None else None,
         )
         if isinstance(taken, Turn):
             return taken
@@ -480,11 +505,13 @@ class TurnRunner:
         run: Run | None = None,
         user_id: str | None = None,
         message: Message | None = None,
+        arrival: Arrival | None = None,
     ) -> tuple[Grant, Message | None] | Turn:
         """Take the agent's lease (recording ``run`` and ``message`` with it, the message dated when the lease is
         taken: after the turn it waited for), or, for a ``retry``, find the turn its first try started meanwhile.
         With ``user_id``, another user's agent is a NotFoundError (read with the lease, or once while another turn
-        holds it), never a wait."""
+        holds it), never a wait. With ``arrival``, RunExists when another run stands for the request (a first try's
+        that a retry overtook: taken by it)."""
         keep = self._prune(agent_id) if run is not None else None
         ttl = self.timing.lease_ttl
         checked = user_id is None
@@ -494,10 +521,14 @@ class TurnRunner:
                 message = replace(message, created_at=utc_now())
             record = stored(message) if message is not None else None
             grant = self._turns.acquire(
-                agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record
+                agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record, arrival=arrival
             )
             if grant is not None:
                 return grant, message
+            if run is not None and arrival is not None and not arrival.retry:  # a retry's turn, holding the lease?
+                taken = self._turns.take_waiting(agent_id, run.digest, arrival)
+                if taken is not None:
+                    raise RunExists(taken)
             if not checked:
                 if not self.state.storage.agents.belongs(user_id or "", agent_id):
                     raise NotFoundError(f"no agent with id {agent_id!r}")
@@ -520,17 +551,18 @@ class TurnRunner:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
         turn.releasing = True
+        forget = (turn.run_id, message)
         try:
-            try:
-                self._turns.forget_run(turn.run_id, message)
-            except MemGPTError as forgot:  # the database out of reach: the run and its message stay (a retry of
-                # the send answers that message, as for a process that died mid-turn)
-                logger.error("cannot forget run %s of agent %s: %s", turn.run_id, turn.agent_id, forgot)
-            try:
-                self._release(turn.agent_id, owner)
-            except MemGPTError as unreleased:  # given back once the database answers (else it lapses by itself)
+            try:  # the run and its message go with the lease, in one transaction
+                self._release(turn.agent_id, owner, forget=forget)
+            except MemGPTError as unreleased:
+                # The database out of reach: all three go once it answers, while the lease is still this process's;
+                # past that the lease lapses and the run and message stay (a retry of the send answers that message,
+                # as for a process that died mid-turn; the agent's next turn sees it).
                 logger.info("cannot give back the lease of agent %s now (%s)", turn.agent_id, unreleased)
-                self._turns.release_later(turn.agent_id, owner, within=self.timing.lease_ttl, then=self._wake_waiters)
+                self._turns.release_later(
+                    turn.agent_id, owner, within=self.timing.lease_ttl, then=self._wake_waiters, forget=forget
+                )
         finally:
             turn.finish("error", Usage(), error)
 
@@ -561,9 +593,11 @@ class TurnRunner:
             with self._guard:
                 self._other.pop(lease_id, None)
 
-    def _release(self, agent_id: str, owner: str, finished: Run | None = None) -> None:
+    def _release(
+        self, agent_id: str, owner: str, finished: Run | None = None, forget: tuple[str, str] | None = None
+    ) -> None:
         try:
-            self._turns.release(agent_id, owner, finished=finished)
+            self._turns.release(agent_id, owner, finished=finished, forget=forget)
         finally:
             self._wake_waiters()
 

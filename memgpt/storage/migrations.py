@@ -486,6 +486,12 @@ def _0020_deleted_agents(conn: Connection) -> None:
     meta.tables["deleted_sources"].create(conn)
 
 
+def _0021_runs_waiting_for_their_first_try(conn: Connection) -> None:
+    """When a client's retry recorded its run without finding one of its first try (held up before it recorded its
+    own, see storage/turns.py ``Arrival``): by the database's clock, cleared once that first try takes the run."""
+    conn.execute(text(f"ALTER TABLE agent_runs ADD COLUMN {_timestamp(conn, 'waiting_since TIMESTAMP')}"))
+
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
@@ -506,6 +512,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0018_agents_last_system", _0018_agents_last_system),
     ("0019_agents_pressure_alerted", _0019_agents_pressure_alerted),
     ("0020_deleted_agents", _0020_deleted_agents),
+    ("0021_runs_waiting_for_their_first_try", _0021_runs_waiting_for_their_first_try),
 ]
 
 

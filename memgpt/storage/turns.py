@@ -29,13 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
+    Float,
     Index,
     String,
     Text,
     bindparam,
     column,
     delete,
+    exists,
     func,
+    literal,
+    null,
     select,
     table,
     update,
@@ -45,7 +49,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.errors import AgentBusyError, LeaseLostError, MemGPTError, NotFoundError, StorageError
+from memgpt.errors import AgentBusyError, ConflictError, LeaseLostError, MemGPTError, NotFoundError, StorageError
 from memgpt.storage.claims import CLAIMS
 from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
@@ -81,6 +85,9 @@ class RunRow(Base):
     response: Mapped[str] = mapped_column(Text)  # the finished turn's answer (JSON), for a retry to get
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # By the database's clock: when a client's retry recorded this run without finding one of its first try, which
+    # takes it (and clears this) instead of running (``Arrival``).
+    waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 RUNNING, FINISHED = "running", "finished"
@@ -108,7 +115,8 @@ def sweep_deleted_agents(c: Session | Connection, dialect: str) -> None:
     or recall indexing claim can be taken for an agent just deleted (by a process that read it before); a holder
     that died first left its row for good, as nothing takes a lease or claim of an agent that is gone. Leases and
     claims go once expired (a live holder's are left to its release); a lease keyed by a write's run (see
-    :func:`forget_agent`) is its agent's while that run is recorded. Runs go that no lease row names."""
+    :func:`forget_agent`) is its agent's while that run is recorded. Runs go that no lease row names; a write's run
+    keyed by a user (``import:<user id>``, an API import's) is its user's, not an agent's."""
     runs, leases = _RUNS, _LEASES
     agents = select(_agents().c.id)
     now = database_now(dialect)
@@ -124,8 +132,8 @@ def sweep_deleted_agents(c: Session | Connection, dialect: str) -> None:
     )
     keyed_agent = _after_colon(dialect, runs.c.agent_id)
     gone = runs.c.agent_id.not_in(agents) & runs.c.id.not_in(select(leases.c.run_id))
-    if keyed_agent is not None:  # a write's run under ``<kind>:<agent id>``: its agent's
-        gone &= keyed_agent.not_in(agents)
+    if keyed_agent is not None:  # a write's run under ``<kind>:<agent id>``: its agent's (an import's: its user's)
+        gone &= keyed_agent.not_in(agents) & keyed_agent.not_in(select(table("users", column("id")).c.id))
     else:  # no way to read the agent out of the key here: only the runs of turns
         gone &= ~runs.c.agent_id.contains(":", autoescape=True)
     c.execute(delete(runs).where(runs.c.id.in_(select(runs.c.id).where(gone).with_for_update(skip_locked=True))))
@@ -150,6 +158,62 @@ class Run:
     response: str = ""
     created_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How a request that a client may retry (letta-client: the same body, ``X-Stainless-Retry-Count`` >= 1) records
+    its run, so that a retry that overtakes its first try does not do the work twice.
+
+    A first try may be held up before it records its run (a busy process: longer than the client's timeout), and its
+    retry then finds no run to wait for. Such a retry records its run as *waiting* (``waiting_since``, the database's
+    clock). A first try records its own run only when no run of the same request (key and digest) waits since after
+    the first try arrived; else it takes the earliest such run (clearing its ``waiting_since``, so one first try
+    takes each) and answers with it instead of working. A retry records a run only when there is none of the request
+    within ``window``; else it answers with that one. Each check is made in the transaction that records the run,
+    serialized with the other's: a turn's by the agent's lease row both take, a write with a lease of its own
+    (``serialize``) by a PostgreSQL advisory lock on the digest (SQLite runs one write transaction at a time).
+
+    When the first try arrived is judged on one clock, the database's: the statement reads the database's time
+    less the seconds since ``arrived`` (this process's monotonic clock), so hosts whose clocks differ agree. The
+    request's arrival is when this process began to handle it (``server.retried.Arrivals``, before its body is read):
+    the client sends the retry only after it gave the first try up, so the first try arrived before its retry's run
+    was recorded, unless its process had not even begun to handle it by then (it then works too: the limit). A
+    retry whose first try never reached a server (the connection failed) leaves a run waiting that a deliberate
+    send of the same body that arrived before it would take: with no idempotency key from the client, the two
+    cannot be told apart."""
+
+    arrived: float  # time.monotonic() when this process began to handle the request
+    retry: bool  # a client's retry that found no run of its first try
+    window: timedelta  # how far back a retry looks for its first try's run
+    serialize: bool = False  # the run holds no lease its first try or retry also takes
+
+    def values(self) -> dict[str, object]:
+        """The bound values that say when it arrived: seconds before the statement's time (on another database than
+        SQLite or PostgreSQL, this process's clock then)."""
+        ago = -(time.monotonic() - self.arrived)
+        return {"p_ago": ago, "p_arrived": utc_now() + timedelta(seconds=ago)}
+
+
+class RunExists(ConflictError):
+    """A run was not recorded: one stands for the request already. For a first try, ``run_id`` is the run its retry
+    started, now this first try's to answer with; for a retry (``run_id`` None), its first try recorded one
+    meanwhile, which it finds as it finds any."""
+
+    def __init__(self, run_id: str | None) -> None:
+        super().__init__(f"run {run_id} stands for this request already")
+        self.run_id = run_id
+
+
+class _NotRecorded(Exception):
+    """Raised in a run's transaction to undo it (``Arrival``): a run stands for the request already."""
+
+
+def _forget_run(c: Session | Connection, run_id: str, message: str | None) -> None:
+    c.execute(delete(_RUNS).where(_RUNS.c.id == run_id))
+    if message is not None:
+        messages = table("messages", column("id"))
+        c.execute(delete(messages).where(messages.c.id == message))
 
 
 def _run(row: RunRow) -> Run:
@@ -344,6 +408,9 @@ class _Prepared:
     grant: Any
     grant_reading_last: Any  # ``grant`` reading where the agent's messages end too
     record_run: Any
+    record_first_try: Any  # record_run unless a run of the request's retry waits since after it arrived
+    record_retry: Any  # record_run, as waiting, unless a run of the request was recorded within the window
+    take_waiting: Any  # the earliest such waiting run, taken by the first try (its id returned)
     finish_run: Any
     release: Any
 
@@ -368,6 +435,27 @@ def _prepared(dialect: str) -> _Prepared:
         )
     grant = update(agents).where(agents.c.id == bindparam("p_agent")).values(version=agents.c.version + 1)
     granted = (agents.c.version, agents.c.created_at, agents.c.user_id)
+    other = runs.alias("other")  # the request's other runs, read in a statement that writes a run
+    same = (other.c.agent_id == bindparam("p_agent"), other.c.digest == bindparam("p_digest"))
+    # The first try's arrival by the database's clock (another database's: this process's, a bound value).
+    ours = dialect not in ("sqlite", "postgresql")
+    ago = bindparam("p_ago", type_=Float)
+    arrived = bindparam("p_arrived", type_=UTCDateTime) if ours else database_now(dialect, ago)
+    waiting = (*same, other.c.waiting_since > arrived)
+    run_values = (
+        bindparam("p_run", type_=String),
+        bindparam("p_agent", type_=String),
+        bindparam("p_digest", type_=String),
+        literal(RUNNING, String),
+        literal("", String),
+        literal("", Text),
+        bindparam("p_now", type_=UTCDateTime),
+        null(),
+    )
+    columns = ["id", "agent_id", "digest", "status", "stop_reason", "response", "created_at", "finished_at"]
+    recorded = select(*run_values, bindparam("p_now") if ours else database_now(dialect))
+    since = other.c.created_at >= bindparam("p_since", type_=UTCDateTime)
+    first = select(other.c.id).where(*waiting).order_by(other.c.waiting_since).limit(1)
     return _Prepared(
         claim=claim,
         insert_lease=insert_lease,
@@ -384,6 +472,17 @@ def _prepared(dialect: str) -> _Prepared:
             created_at=bindparam("p_now", type_=UTCDateTime),
             finished_at=None,
         ),
+        record_first_try=sql_insert(runs)
+        .from_select(columns, select(*run_values).where(~exists(select(other.c.id).where(*waiting))))
+        .returning(runs.c.id),
+        record_retry=sql_insert(runs)
+        .from_select([*columns, "waiting_since"], recorded.where(~exists(select(other.c.id).where(*same, since))))
+        .returning(runs.c.id),
+        take_waiting=update(runs)
+        .where(runs.c.id == first.with_for_update(skip_locked=True).scalar_subquery())
+        .where(runs.c.waiting_since.is_not(None))
+        .values(waiting_since=None)
+        .returning(runs.c.id),
         finish_run=update(runs)
         .where(runs.c.id == bindparam("p_run"))
         .values(
@@ -409,6 +508,7 @@ class _Take:
     keep: timedelta | None
     user_id: str | None
     message: StoredMessage | None = None
+    arrival: Arrival | None = None  # how ``run`` is recorded against the request's other tries
 
     def fresh(self, dialect: str) -> dict[str, object]:
         expires = database_now(dialect, self.ttl)
@@ -497,6 +597,7 @@ class _Unreleased:
     deadline: float  # time.monotonic() past which the lease has lapsed by itself
     then: Callable[[], None] | None  # called once it is given back
     lease: bool = True  # False: the lease was given back; only the run's end (``finished``) is left to record
+    forget: tuple[str, str] | None = None  # a run and its message to delete with the release (``TurnStore.release``)
 
 
 CLOSE_WITHIN = 5.0  # seconds: LaterReleases.close starts no try after this (one try may take a connect timeout)
@@ -510,7 +611,11 @@ class LaterReleases:
     leases to give back, never in the caller's way (the server's turn thread, the chat's prompt); the process's next
     take of the agent's lease tries its release first (``TurnStore.acquire``)."""
 
-    def __init__(self, release: Callable[[str, str, Run | None], None], finish: Callable[[Run], None]) -> None:
+    def __init__(
+        self,
+        release: Callable[[str, str, Run | None, tuple[str, str] | None], None],
+        finish: Callable[[Run], None],
+    ) -> None:
         self._release = release
         self._finish = finish
         self._pending: dict[str, dict[str, _Unreleased]] = {}  # agent id -> owner -> what to give back
@@ -528,10 +633,11 @@ class LaterReleases:
         then: Callable[[], None] | None,
         *,
         lease: bool = True,
+        forget: tuple[str, str] | None = None,
     ) -> None:
         with self._lock:
             self._pending.setdefault(agent_id, {})[owner] = _Unreleased(
-                owner, finished, time.monotonic() + within, then, lease
+                owner, finished, time.monotonic() + within, then, lease, forget
             )
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="lease-releaser", daemon=True)
@@ -569,7 +675,7 @@ class LaterReleases:
         """Give one lease back; whether it is done with (given back, or given up at its deadline)."""
         try:
             if unreleased.lease:
-                self._release(agent_id, unreleased.owner, unreleased.finished)
+                self._release(agent_id, unreleased.owner, unreleased.finished, unreleased.forget)
             elif unreleased.finished is not None:
                 self._finish(unreleased.finished)
         except Exception as exc:  # any failure is a failed try: the thread must live on
@@ -629,7 +735,7 @@ class TurnStore:
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
         self._later = LaterReleases(
-            lambda agent_id, owner, finished: self.release(agent_id, owner, finished=finished),
+            lambda agent_id, owner, finished, forget: self.release(agent_id, owner, finished=finished, forget=forget),
             lambda run: self.finish_run(run.id, run.stop_reason, run.response),
         )
 
@@ -650,14 +756,40 @@ class TurnStore:
         user_id: str | None = None,
         message: StoredMessage | None = None,
         holder: str = SERVER_PROCESS,
+        arrival: Arrival | None = None,
     ) -> Grant | None:
         """Take the agent's lease for ``ttl`` seconds; None while another live owner holds it. With ``run``, the
         turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten),
         and so is ``message``, the one the turn answers (after the agent's last; the version does not move for it).
-        With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken."""
+        With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken. With ``arrival``,
+        RunExists when another run stands for the request (see ``Arrival``): nothing is taken, nothing recorded."""
         if self._later.pending(agent_id):  # this process's own lease, left to give back: at once if it can
             self._later.retry(agent_id)
-        take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id, message)
+        if run is None or arrival is None:
+            take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id, message)
+            return self._acquire(agent_id, take, holder)
+        for _ in range(10):
+            take = _Take(owner, run_id, float(ttl), utc_now(), run, keep, user_id, message, arrival)
+            try:
+                return self._acquire(agent_id, take, holder)
+            except _NotRecorded:
+                if arrival.retry:
+                    raise RunExists(None) from None
+            taken = self.take_waiting(run.agent_id, run.digest, arrival)
+            if taken is not None:
+                raise RunExists(taken)
+            # another first try took the waiting run between the two transactions: record this one's own
+        raise ConflictError("retries of this request keep starting runs of their own; send it again in a moment")
+
+    def take_waiting(self, key: str, digest: str, arrival: Arrival) -> str | None:
+        """For a first try (``key``: the agent, or a write's key): take the earliest run of its request's retry waiting
+        since after it arrived (see ``Arrival``); its id, None when there is none."""
+        with self._metadata.connection() as c:
+            values = {"p_agent": key, "p_digest": digest, **arrival.values()}
+            return c.execute(_prepared(self._dialect).take_waiting, values).scalar()
+
+    def _acquire(self, agent_id: str, take: _Take, holder: str) -> Grant | None:
+        owner = take.owner
         prepared = _prepared(self._dialect)
         try:
             if prepared.claim is None:  # no ON CONFLICT: an INSERT refused while the row exists, then an UPDATE
@@ -694,7 +826,7 @@ class TurnStore:
         if take.user_id is not None and (moved is None or moved[2] != take.user_id):
             raise NotFoundError(f"no agent with id {agent_id!r}")
         if take.run is not None:
-            self._record_run(c, take.run, take.keep, take.now)
+            self._record_run(c, take.run, take.keep, take.now, take.arrival)
         if take.message is not None and moved is not None:
             from memgpt.storage.messages import write_messages  # that module builds on this one
 
@@ -807,11 +939,21 @@ class TurnStore:
             )
             return bool(renewed.rowcount)
 
-    def release(self, agent_id: str, owner: str, *, finished: Run | None = None) -> None:
+    def release(
+        self, agent_id: str, owner: str, *, finished: Run | None = None, forget: tuple[str, str] | None = None
+    ) -> None:
         """Give the lease back; with ``finished`` (a run's id, stop reason and response), record the turn's end in
-        the same transaction."""
+        the same transaction; with ``forget`` (a run's id and its message's), delete that run and message in it, when
+        the lease was still ``owner``'s (else another turn may have seen the message since: it stays)."""
         with self._metadata.connection() as c:
-            give_back(c, agent_id, owner, finished, dialect=self._dialect)
+            if forget is None:
+                give_back(c, agent_id, owner, finished, dialect=self._dialect)
+                return
+            if finished is not None:
+                self._finish_run(c, finished)
+            released = c.execute(_prepared(self._dialect).release, {"p_agent": agent_id, "p_owner": owner})
+            if released.rowcount == 1:
+                _forget_run(c, *forget)
 
     def release_later(
         self,
@@ -821,10 +963,11 @@ class TurnStore:
         within: float,
         finished: Run | None = None,
         then: Callable[[], None] | None = None,
+        forget: tuple[str, str] | None = None,
     ) -> None:
         """``release`` that failed (the database out of reach), tried again in the background until it works, for
         ``within`` seconds (the lease's length: then it lapses by itself); ``then`` is called once it worked."""
-        self._later.add(agent_id, owner, finished, within, then)
+        self._later.add(agent_id, owner, finished, within, then, forget=forget)
 
     def finish_run_later(self, finished: Run, then: Callable[[], None] | None = None) -> None:
         """Record the end of a run whose lease was given back without it (its transaction failed): in the
@@ -871,13 +1014,28 @@ class TurnStore:
         with self._metadata.connection() as c:
             self._record_run(c, run, keep, utc_now())
 
-    def _record_run(self, c: Session | Connection, run: Run, keep: timedelta | None, now: datetime) -> None:
+    def _record_run(
+        self, c: Session | Connection, run: Run, keep: timedelta | None, now: datetime, arrival: Arrival | None = None
+    ) -> None:
+        """Record ``run``; with ``arrival``, only when no other run stands for the request (else _NotRecorded)."""
         runs = _RUNS
         if keep is not None:
             c.execute(delete(runs).where(runs.c.agent_id == run.agent_id, runs.c.created_at < now - keep))
             sweep_deleted_agents(c, self._dialect)
-        values = {"p_run": run.id, "p_agent": run.agent_id, "p_digest": run.digest, "p_now": now}
-        direct(_prepared(self._dialect).record_run, c).first(c, values)
+        values: dict[str, object] = {"p_run": run.id, "p_agent": run.agent_id, "p_digest": run.digest, "p_now": now}
+        prepared = _prepared(self._dialect)
+        if arrival is None:
+            direct(prepared.record_run, c).first(c, values)
+            return
+        if arrival.serialize and self._dialect == "postgresql":  # until this transaction ends (SQLite: one at a time)
+            c.execute(select(func.pg_advisory_xact_lock(func.hashtext(run.digest))))
+        if arrival.retry:
+            statement, values["p_since"] = prepared.record_retry, now - arrival.window
+        else:
+            statement = prepared.record_first_try
+            values.update(arrival.values())
+        if direct(statement, c).first(c, values) is None:
+            raise _NotRecorded
 
     def finish_run(self, run_id: str, stop_reason: str, response: str) -> None:
         with self._metadata.connection() as c:
@@ -885,15 +1043,6 @@ class TurnStore:
 
     def _finish_run(self, c: Connection, run: Run) -> None:
         _record_end(c, run, self._dialect)
-
-    def forget_run(self, run_id: str, message: str | None = None) -> None:
-        """Delete a run that never started (its agent could not be opened), and the ``message`` (id) recorded with
-        it: a retry of the send stores it again."""
-        with self._metadata.session() as s:
-            s.execute(delete(RunRow).where(RunRow.id == run_id))
-            if message is not None:
-                messages = table("messages", column("id"))
-                s.execute(delete(messages).where(messages.c.id == message))
 
     def run(self, run_id: str) -> Run | None:
         with self._metadata.session() as s:

@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Header, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 from pydantic import BaseModel, TypeAdapter
 
 from memgpt.agent.agentfile import (
@@ -21,7 +21,7 @@ from memgpt.agent.agentfile import (
 )
 from memgpt.agent.agentfile_format import read_agent_file
 from memgpt.errors import UserError
-from memgpt.server.retried import RetriedWrite, is_retry
+from memgpt.server.retried import RetriedWrite, arrived, is_retry
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.routes.folders import Jobs
 from memgpt.server.state import CurrentUser, ServerState, State
@@ -109,19 +109,26 @@ class _Imports(RetriedWrite[ImportResult]):
     attempt made, never a second copy. A file imported again on purpose (no retry header) is a new import, as in
     Letta. An import is all or nothing, so a retry of one that failed or died imports again."""
 
-    def __init__(self, runner: TurnRunner, user_id: str, digest: str) -> None:
+    def __init__(
+        self, runner: TurnRunner, user_id: str, digest: str, *, arrived: float | None = None, retry: bool = False
+    ) -> None:
         still = "the import this request retries is still running; its agents are listed when done"
         # The runs' key: one user's imports, whose old runs are forgotten together.
-        super().__init__(runner, f"import:{user_id}", digest, TypeAdapter(ImportResult), still)
+        key, answer = f"import:{user_id}", TypeAdapter(ImportResult)
+        super().__init__(runner, key, digest, answer, still, arrived=arrived, retry=retry)
 
 
-def _imports(state: ServerState, user_id: str, file: UploadFile, data: bytes, form: dict[str, Any]) -> _Imports:
+def _imports(
+    state: ServerState, user_id: str, file: UploadFile, data: bytes, form: dict[str, Any], request: Request, retry: bool
+) -> _Imports:
     body = {**form, "file": hashlib.sha256(data).hexdigest(), "file_name": file.filename}
-    return _Imports(state.turns(), user_id, request_digest(user_id, "", "/v1/agents/import", body))
+    digest = request_digest(user_id, "", "/v1/agents/import", body)
+    return _Imports(state.turns(), user_id, digest, arrived=arrived(request.scope), retry=retry)
 
 
 @router.post("/v1/agents/import", response_model=ImportResult)
 def import_file(
+    request: Request,
     state: State,
     user: CurrentUser,
     jobs: Jobs,
@@ -159,8 +166,9 @@ def import_file(
         "embedding": [embedding, override_embedding_handle, x_override_embedding_model],
         "secrets": [secrets, env_vars_json],
     }
-    imports = _imports(state, user.id, file, data, form)
-    earlier = imports.earlier() if is_retry(x_stainless_retry_count) else None
+    retry = is_retry(x_stainless_retry_count)
+    imports = _imports(state, user.id, file, data, form, request, retry)
+    earlier = imports.earlier() if retry else None
     if earlier is not None:
         return earlier
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from memgpt.errors import UserError
 from memgpt.server import errors
+from memgpt.server.retried import arrived
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.agents import Order
 from memgpt.server.schemas.messages import (
@@ -74,6 +75,7 @@ async def _start(request: Request, agent_id: str, body: SendRequest, state: Serv
         rendering=_rendering(
             body.use_assistant_message, body.assistant_message_tool_name, body.assistant_message_tool_kwarg
         ),
+        arrived=arrived(request.scope),
     )
     return await asyncio.wrap_future(state.turns().begin(turn_input))
 

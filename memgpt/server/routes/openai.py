@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute
 
 from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError, UserError
 from memgpt.server.errors import NO_RETRY, BodyLimit, body_limit, status_of
+from memgpt.server.retried import arrived
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.state import CurrentUser, ServerState, State
 from memgpt.server.turns import Turn, TurnInput, request_digest
@@ -322,6 +323,7 @@ async def chat_completions(
         digest=request_digest(user.id, agent.id, request.url.path, json.loads(await request.body() or b"{}")),
         retry=retry.isdigit() and int(retry) > 0,
         rendering=Rendering(),
+        arrived=arrived(request.scope),
     )
     turn = await asyncio.wrap_future(state.turns().begin(turn_input))  # started on the turn's own thread
     reply = _Reply(turn.run_id, body.model)

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memgpt.agent.manager import archival_memory
 from memgpt.errors import BackendError, NotFoundError, UserError
 from memgpt.memory.archival import ArchivalMemory, over_insert_limit
-from memgpt.server.retried import RetriedWrite, is_retry
+from memgpt.server.retried import RetriedWrite, arrived, is_retry
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.agents import Deleted
 from memgpt.server.schemas.passages import PassageCreate, PassageOut, SearchResponse, SearchResult, TagMatch
@@ -61,6 +61,7 @@ def _utc(moment: datetime | None) -> datetime | None:
 def create_passage(
     agent_id: str,
     body: PassageCreate,
+    request: Request,
     state: State,
     user: CurrentUser,
     x_stainless_retry_count: Annotated[str | None, Header()] = None,
@@ -76,8 +77,11 @@ def create_passage(
     config = state.models().embedding_config()
     digest = request_digest(user.id, agent_id, "/v1/agents/archival-memory", body.model_dump(mode="json"))
     still = "the insert this request retries is still running; list the passages when it is done"
-    write = RetriedWrite(state.turns(), f"passages:{agent_id}", digest, _ANSWER, still)
-    earlier = write.earlier() if is_retry(x_stainless_retry_count) else None
+    retry = is_retry(x_stainless_retry_count)
+    write = RetriedWrite(
+        state.turns(), f"passages:{agent_id}", digest, _ANSWER, still, arrived=arrived(request.scope), retry=retry
+    )
+    earlier = write.earlier() if retry else None
     if earlier is not None:
         return [PassageOut.of(p, config) for p in archival.own_by_ids(earlier)]
     made: list[Passage] = []
@@ -88,7 +92,9 @@ def create_passage(
         made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt, on_progress=stop))
         return [p.id for p in made]
 
-    write.run(work)
+    ids = write.run(work)
+    if not made:  # the run of this request's retry answered it (it overtook this first try)
+        made.extend(archival.own_by_ids(ids))
     return [PassageOut.of(p, config) for p in made]
 
 
