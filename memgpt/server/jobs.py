@@ -30,6 +30,7 @@ STALE = timedelta(minutes=10)  # a load on another machine with no progress for 
 # How often a running process looks for loads whose process died since (another server process, killed): without
 # it such a load waited, shown as loading, until some server process started again.
 SWEEP_SECONDS = 30.0
+SWEEP_THREAD = "memgpt-load-sweep"
 CANCEL_WAIT_SECONDS = 60.0
 CLI_INTERRUPTED = "the load was interrupted; run the same `memgpt load` again"
 # A load that ended without its row saying how (the metadata database was out of reach, so the file still shows as
@@ -85,7 +86,7 @@ class FileJobs:
         """Take over the loads whose process is gone, then again every ``SWEEP_SECONDS`` while this process runs;
         returns how many were queued again now."""
         queued = self._take_over()
-        self._sweeper = threading.Thread(target=self._sweep, name="memgpt-load-sweep", daemon=True)
+        self._sweeper = threading.Thread(target=self._sweep, name=SWEEP_THREAD, daemon=True)
         self._sweeper.start()
         return queued
 
