@@ -18,7 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
-from letta_client import APIStatusError, BadRequestError, Letta, NotFoundError, UnprocessableEntityError
+from letta_client import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    Letta,
+    NotFoundError,
+    UnprocessableEntityError,
+)
 
 from memgpt.agent.manager import attach_source
 from memgpt.config import save_config
@@ -156,6 +163,20 @@ def test_models_and_embeddings_the_server_cannot_serve_are_refused_in_one_line(l
         )
     assert letta.agents.create(name="a", model="openai/scripted").llm_config.model == "scripted"
     assert [a.name for a in letta.agents.list()] == ["a"]  # nothing half-made by the refusals
+
+
+def test_models_list_gives_the_handles_agents_create_takes(letta: Letta, llm: ScriptedLLM) -> None:
+    # A Letta user looks the handles up with client.models.list() / models.embeddings.list() (were 404s).
+    llm.models = [{"id": "scripted"}, {"id": "bigger"}]
+    listed = letta.models.list()
+    assert [m.handle for m in listed] == [HANDLE, "openai-compatible/bigger"]
+    assert (listed[0].name, listed[0].provider_type, listed[0].max_context_window) == ("scripted", "openai", 16_000)
+    (embedding,) = letta.models.embeddings.list()
+    assert (embedding.handle, embedding.embedding_dim) == ("local/all-MiniLM-L6-v2", 384)
+    made = letta.agents.create(name="picked", model=listed[1].handle, embedding=embedding.handle)
+    assert (made.llm_config.model, made.embedding_config.embedding_model) == ("bigger", "all-MiniLM-L6-v2")
+    with pytest.raises(AuthenticationError):
+        Letta(base_url=str(letta.base_url), api_key="sk-wrong", max_retries=0).models.list()
 
 
 def test_a_context_window_too_small_is_refused_before_anything_is_stored(letta: Letta) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -193,6 +194,21 @@ def test_server_refuses_what_would_be_unsafe_or_cannot_work(home: Path) -> None:
     assert workers.returncode == 1
     assert "refusing to listen on 0.0.0.0 while no API key exists" in workers.stderr
     assert "Traceback" not in exposed.stderr + workers.stderr
+
+
+def test_a_port_in_use_is_one_line_before_anything_starts(home: Path) -> None:
+    """It printed the banner (the server runs at URL), opened the home, then uvicorn's own ERROR line, exit code 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli("server", "--port", str(port), home=home, timeout=60)
+    assert busy.returncode == 1, busy.stdout + busy.stderr
+    assert busy.stderr.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port}: the address is in use (another server?); "
+        "stop it or pick another --port"
+    )
+    assert "memgpt server on" not in busy.stdout
 
 
 def test_a_running_server_owns_the_lite_file_and_the_cli_says_so(home: Path, tmp_path: Path) -> None:

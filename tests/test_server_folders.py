@@ -9,6 +9,8 @@ import dataclasses
 import json
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from memgpt.errors import ConflictError as MemGPTConflictError
 from memgpt.errors import UserError
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.owners import this_process
+from memgpt.server import jobs
 from memgpt.storage.files import FileStore
 from memgpt.storage.filters import eq
 from memgpt.storage.sql import MetadataStore
@@ -599,6 +602,34 @@ def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) ->
 
     with Storage(config, home) as storage:
         assert storage.passages(SPACE).count(eq("source_id", folder.id)) == done.total_chunks
+
+
+def test_a_load_whose_process_died_is_taken_over_by_a_running_server(
+    home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two server processes share a home; the one loading an upload is killed and not started again. The other,
+    running all along, finishes the load (it looked for such loads only when it started: the file showed
+    `embedding` until some server process started)."""
+    monkeypatch.setattr(jobs, "SWEEP_SECONDS", 0.2, raising=False)  # without a sweep: fail by waiting
+    live = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        client = client_for(live)
+        folder = client.folders.create(name="papers")
+        upload = client.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb"))
+        done, _ = wait_until_loaded(client, folder.id, upload.id)
+        passages = client.folders.retrieve(folder.id).passages
+        assert done.processing_status == "completed" and passages == done.total_chunks > 0
+        finished = subprocess.Popen(["true"])  # a process of this machine that no longer runs: the killed server
+        finished.wait()
+        dead = f"{socket.gethostname()}:{finished.pid}:killed"
+        # As the killed process left it: midway, and its own (the kill left no trace but the row).
+        live.state.storage.files.update(upload.id, status=FileStatus.EMBEDDING, chunks_embedded=2, job_owner=dead)
+
+        again, _ = wait_until_loaded(client, folder.id, upload.id, timeout=60)
+        assert again.processing_status == "completed" and again.chunks_embedded == again.total_chunks
+        assert client.folders.retrieve(folder.id).passages == passages  # loaded again in place: nothing twice
+    finally:
+        live.stop()
 
 
 def test_an_imported_agents_files_load_in_the_background_like_uploads(server: LiveServer, llm: ScriptedLLM) -> None:

@@ -803,6 +803,7 @@ def test_a_message_larger_than_the_window_is_refused_with_400_and_not_stored(
     assert answer.status_code == 400, answer.text
     detail = answer.json()["detail"]
     assert "more than the context window" in detail and "6,000 tokens" in detail and "it was not sent" in detail
+    assert "upload it to a folder" in detail  # what an API user can do (was only `memgpt load`, a CLI command)
     assert llm.requests == [] and server.state.storage.messages.count(made.id) == 0
     llm.reply("ok")
     assert letta.agents.messages.create(made.id, input="a short one").messages[-1].content == "ok"

@@ -352,8 +352,8 @@ class Agent:
             raise UserError(
                 f"this message is about {round(size * self._ratio):,} tokens, more than the context window of agent "
                 f"{self.state.name!r} ({self.state.context_window:,} tokens) leaves for the conversation (about "
-                f"{max(0, round(room * self._ratio)):,}); it was not sent: shorten it, or load the text with "
-                "`memgpt load` and attach that source"
+                f"{max(0, round(room * self._ratio)):,}); it was not sent: shorten it, or put the text in a source and "
+                "attach that (`memgpt load`; over the API, upload it to a folder)"
             )
 
     def login(self) -> Iterator[Event]:

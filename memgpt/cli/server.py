@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -34,6 +35,27 @@ def _loopback(host: str) -> bool:
             return False
 
 
+def _check_free(host: str, port: int) -> None:
+    """UserError (one line) when ``host:port`` cannot be listened on, before the home is opened and the banner says
+    the server runs: uvicorn found out only after start-up, printed its own error and exited with code 3."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _name, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed port is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = (
+                "the address is in use (another server?); stop it or pick another --port"
+                if exc.errno == errno.EADDRINUSE
+                else exc.strerror
+            )
+            raise UserError(f"cannot listen on {host}:{port}: {why}") from None
+
+
 @contextmanager
 def _users() -> Iterator[tuple[UserStore, Config]]:
     """The home's user store (the home's own user always exists in it) and its config."""
@@ -57,6 +79,7 @@ def listen_address(host: str | None, port: int | None) -> tuple[Path, Config, st
             f"refusing to listen on {host} while no API key exists: create one first with `memgpt key create` "
             "(or `memgpt user create NAME`), or listen on 127.0.0.1"
         )
+    _check_free(host, port)
     return home, config, host, port, has_keys
 
 

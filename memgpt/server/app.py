@@ -81,6 +81,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         mcp_servers,
         memory,
         messages,
+        models,
         openai,
         passages,
     )
@@ -125,7 +126,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     app.add_middleware(Arrivals)  # the outermost: when a request arrived, for a first try its retry overtook
     # A request is matched against the routes in this order, router by router: sends, the busiest, come first
     # (after the health check), not after the 23 routes of five routers: matching a send took 50 µs, now 12.
-    for module in (health, messages, admin, agentfile, agents, passages, folders, memory, mcp_servers):
+    for module in (health, messages, admin, agentfile, agents, passages, folders, memory, mcp_servers, models):
         app.include_router(module.router)
     mcp_memory.mount(app, state)  # /mcp: the memory tools for MCP clients
     app.mount(openai.PREFIX, openai.create_openai_app(state))

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 STALE = timedelta(minutes=10)  # a load on another machine with no progress for this long is taken over
+# How often a running process looks for loads whose process died since (another server process, killed): without
+# it such a load waited, shown as loading, until some server process started again.
+SWEEP_SECONDS = 30.0
+SWEEP_THREAD = "memgpt-load-sweep"
 CANCEL_WAIT_SECONDS = 60.0
 CLI_INTERRUPTED = "the load was interrupted; run the same `memgpt load` again"
 # A load that ended without its row saying how (the metadata database was out of reach, so the file still shows as
@@ -74,10 +78,29 @@ class FileJobs:
         self._running: str | None = None
         self._stopping = False
         self._timers: set[threading.Timer] = set()
+        self._swept = threading.Event()  # set: the sweeper ends
+        self._sweeper: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> int:
-        """Take over the loads whose process is gone; returns how many were queued again."""
+        """Take over the loads whose process is gone, then again every ``SWEEP_SECONDS`` while this process runs;
+        returns how many were queued again now."""
+        queued = self._take_over()
+        self._sweeper = threading.Thread(target=self._sweep, name=SWEEP_THREAD, daemon=True)
+        self._sweeper.start()
+        return queued
+
+    def _sweep(self) -> None:
+        while not self._swept.wait(SWEEP_SECONDS):
+            try:
+                self._take_over()
+            except Exception as exc:  # noqa: BLE001 - the database away, say: the next sweep tries again
+                logger.warning("cannot look for file loads a stopped process left: %s", exc)
+
+    def _take_over(self) -> int:
+        with self._guard:
+            if self._stopping:
+                return 0
         files = self.state.storage.files
         me = this_process()
         queued = 0
@@ -105,6 +128,9 @@ class FileJobs:
             timers, self._timers = self._timers, set()
         for timer in timers:
             timer.cancel()
+        self._swept.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=CANCEL_WAIT_SECONDS)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- work -----------------------------------------------------------------------------------

@@ -99,6 +99,10 @@ class ServedModels:
                 "agents here embed with that one; leave embedding out or ask for it"
             )
 
+    def served(self) -> tuple[str, ...]:
+        """The models the LLM endpoint lists (none when it does not say, or cannot be asked right now)."""
+        return self._served(self.llm()) or ()
+
     def _served(self, resolved: ResolvedLLM) -> tuple[str, ...] | None:
         """The endpoint's models (None when it does not say, or cannot be asked right now)."""
         with self._guard:
