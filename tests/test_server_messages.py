@@ -19,6 +19,7 @@ import pytest
 from letta_client import APIError, APIStatusError, ConflictError, InternalServerError, Letta, NotFoundError
 from sqlalchemy import text
 
+from memgpt import tokens
 from memgpt.agent.agent import CANCELLED_NOTE
 from memgpt.agent.manager import update_agent, update_block
 from memgpt.config import load_config, save_config
@@ -139,6 +140,25 @@ def test_max_steps_ends_a_turn_that_keeps_asking_for_heartbeats(letta: Letta, ag
     response = letta.agents.messages.create(agent_id, input="loop", max_steps=2)
     assert response.stop_reason.stop_reason == "max_steps" and response.usage.step_count == 2
     assert len(llm.requests) == 2
+
+
+def test_the_first_turn_loads_the_tokenizer_on_a_thread_of_its_own(
+    scripted_server: LiveServer, llm: ScriptedLLM
+) -> None:
+    """A server needs its model's tokenizer once an agent's context nears its window; loading it holds the GIL
+    ~0.4 s, so it is loaded in the background at the process's first turn, not by a turn under load that happens
+    to need it first. (The first turn here is far from its window: without the warm-up it never loads.)"""
+    tokens.encoding_for_model.cache_clear()  # as in a new server process
+    letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key(), max_retries=0)
+    agent = letta.agents.create(name="sam", model=HANDLE).id  # type: ignore[arg-type]
+    assert tokens.encoding_for_model.cache_info().currsize == 0, "creating an agent loaded the tokenizer"
+    llm.reply("Hi.")
+    assert letta.agents.messages.create(agent, input="hello").stop_reason.stop_reason == "end_turn"
+    deadline = time.monotonic() + 30
+    while tokens.encoding_for_model.cache_info().currsize == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tokens.encoding_for_model.cache_info().currsize == 1, "the server's tokenizer was not loaded"
+    assert tokens.encoding_for_model("scripted") is tokens.encoding_for_model("scripted")
 
 
 # -- streaming ------------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class ServerState:
                 from memgpt.server.turns import TurnRunner
 
                 self._turns = TurnRunner(self)
+                _warm_tokenizer(self.config.llm.model)
             return self._turns
 
     def close(self) -> None:
@@ -164,3 +165,12 @@ AdminUser = Annotated[User, Depends(owner_only("manage users and keys"))]
 # A stdio server runs a command on the server's machine and an HTTP one makes it connect anywhere.
 MCP_OWNERS_ONLY = "register, change or remove MCP servers (they run commands or reach URLs from this machine)"
 MCPAdminUser = Annotated[User, Depends(owner_only(MCP_OWNERS_ONLY))]
+
+
+def _warm_tokenizer(model: str) -> None:
+    """Load the tokenizer of the server's default model (``tokens.encoding_for_model``) on a thread of its own, at
+    the first turn. A turn needs it once an agent's context nears its window (before that the free bound settles
+    it), and loading it holds the GIL ~0.4 s: every request of the process waited that long, mid-load."""
+    from memgpt.tokens import encoding_for_model
+
+    threading.Thread(target=encoding_for_model, args=(model,), name="tokenizer warm-up", daemon=True).start()
