@@ -6,8 +6,10 @@ and every route passes that user's id down explicitly.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -49,6 +51,7 @@ class ServerState:
     _turns: TurnRunner | None = field(default=None, repr=False)
     _catalog: tuple[Hashable, list[Tool]] | None = field(default=None, repr=False)  # (tools folder signature, tools)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _key_checks: dict[str, Future[User | None]] = field(default_factory=dict, repr=False)  # API key -> its check
     # Set when the server stops (its requests' time is up): long work in request threads checks it and ends.
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -100,6 +103,30 @@ class ServerState:
                 _warm_tokenizer(self.config.llm.model)
             return self._turns
 
+    async def check_key(self, token: str) -> User | None:
+        """``users.authenticate(token)`` on a worker thread, one check of a key at a time: the requests that come
+        while it runs wait for its answer. When a key's trust (``trust_seconds``) lapsed under load, every request
+        in flight with it read the key on a thread of its own (37 reads in one profiled 50-client run)."""
+        with self._guard:
+            running = self._key_checks.get(token)
+            if running is None:
+                self._key_checks[token] = mine = Future()
+                mine.set_running_or_notify_cancel()  # a waiter that goes away cannot cancel it for the others
+        if running is not None:
+            return await asyncio.wrap_future(running)
+        # The thread answers the check for every waiter, even if this request is cancelled meanwhile.
+        await anyio.to_thread.run_sync(self._check_key, token, mine)
+        return mine.result()
+
+    def _check_key(self, token: str, check: Future[User | None]) -> None:
+        try:
+            check.set_result(self.users.authenticate(token))
+        except BaseException as exc:  # noqa: BLE001 - every waiter raises it
+            check.set_exception(exc)
+        finally:
+            with self._guard:
+                self._key_checks.pop(token, None)
+
     def close(self) -> None:
         """Let running turns finish their step, stop the agents' MCP servers, then close storage."""
         with self._guard:
@@ -140,8 +167,8 @@ async def current_user(request: Request) -> User:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, MISSING_KEY, headers={"WWW-Authenticate": "Bearer"})
-    users = request.app.state.memgpt.users
-    user = users.trusted(token) or await anyio.to_thread.run_sync(users.authenticate, token)
+    state: ServerState = request.app.state.memgpt
+    user = state.users.trusted(token) or await state.check_key(token)
     if user is None:
         raise HTTPException(401, BAD_KEY, headers={"WWW-Authenticate": "Bearer"})
     return user  # type: ignore[no-any-return]
