@@ -79,6 +79,9 @@ class TurnInput:
     digest: str  # of the request, so a retry is recognised
     retry: bool
     rendering: Rendering
+    # Answered once the turn is over (not streamed): ``begin``'s future then gets the turn when it has ended, so the
+    # request's event loop wakes once for it, not also when it starts and at each step.
+    collected: bool = False
 
 
 def request_digest(user_id: str, agent_id: str, path: str, body: Any) -> str:
@@ -354,8 +357,8 @@ class TurnRunner:
     # -- starting ---------------------------------------------------------------------------------
     def begin(self, request: TurnInput) -> Future[Turn]:
         """``start`` on the turn's own thread (``_Threads``), which then runs the turn: the future gets the turn (or
-        the error that kept it from starting) as soon as it runs. An API request awaits it instead of a thread-pool
-        hop."""
+        the error that kept it from starting) as soon as it runs, or once it ended for a ``collected`` one (a turn
+        a retry joins: as soon as it is found). An API request awaits it instead of a thread-pool hop."""
         if not self._opening_slots.acquire(blocking=False):
             raise BackendError(f"this server is opening {OPENING_LIMIT} turns already: send again in a moment")
         started: Future[Turn] = Future()
@@ -384,8 +387,13 @@ class TurnRunner:
         if isinstance(opened, Turn):
             started.set_result(opened)
             return
-        started.set_result(opened.turn)
-        self._run(opened, request)
+        if not request.collected:
+            started.set_result(opened.turn)
+        try:
+            self._run(opened, request)
+        finally:
+            if request.collected:
+                started.set_result(opened.turn)
 
     def _opening(self, request: TurnInput) -> Turn | _Opened:
         """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
