@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import pytest
 from memgpt.config import load_config, save_config
 from memgpt.server.app import KEY_TRUST_SECONDS
 from memgpt.storage import Storage
+from memgpt.types import User
 from tests.conftest import DATA, cli, run_cli
 from tests.server_rig import LiveServer, ServerProcess, auth, free_port, http_stack
 from tests.test_cli import run_at_width
@@ -62,6 +64,34 @@ def test_a_key_revoked_by_another_process_stops_working_within_the_trust_bound(
         elsewhere.users.revoke_key(key[:12])
     time.sleep(1.0)
     assert httpx.get(url, headers=auth(key)).status_code == 401
+
+
+def test_requests_that_come_while_a_key_is_checked_wait_for_that_check(
+    live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One check of a key at a time: when its trust lapsed under load, every request in flight read the key from the
+    database on a thread of its own. Here each read takes 0.5 s more, so all the requests come during the first."""
+    key = live_server.key()
+    users = live_server.users
+    reads: list[str] = []  # the keys read
+    read = users._authenticate
+
+    def slow_read(secret: str) -> User | None:
+        reads.append(secret)
+        time.sleep(0.5)
+        return read(secret)
+
+    monkeypatch.setattr(users, "_authenticate", slow_read)
+    url = f"{live_server.url}/v1/agents/"
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: httpx.get(url, headers=auth(key)).status_code, range(8)))
+    assert codes == [200] * 8
+    assert len(reads) == 1, f"{len(reads)} reads of one key"
+    revoked = live_server.key()
+    users.revoke_key(revoked[:12])
+    with ThreadPoolExecutor(4) as pool:  # a refusal is shared too, and trusted by none
+        assert list(pool.map(lambda _: httpx.get(url, headers=auth(revoked)).status_code, range(4))) == [401] * 4
+    assert httpx.get(url, headers=auth(revoked)).status_code == 401
 
 
 def test_only_the_owner_administers_users_and_keys(live_server: LiveServer) -> None:

@@ -18,14 +18,18 @@ from typing import Any
 import httpx
 import pytest
 from letta_client import APIError, APIStatusError, ConflictError, InternalServerError, Letta, NotFoundError
+from openai import OpenAI
 from sqlalchemy import event, text
 
+from memgpt import tokens
 from memgpt.agent.agent import CANCELLED_NOTE
 from memgpt.agent.manager import update_agent, update_block
 from memgpt.config import load_config, save_config
 from memgpt.errors import BackendError, StorageError
 from memgpt.memory.messages import stored
 from memgpt.server import turns
+from memgpt.server.schemas.messages import Rendering
+from memgpt.server.turns import TurnInput
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Message, Role
 from tests.conftest import _opened_on_metadata_backend, run_cli
@@ -140,6 +144,53 @@ def test_max_steps_ends_a_turn_that_keeps_asking_for_heartbeats(letta: Letta, ag
     response = letta.agents.messages.create(agent_id, input="loop", max_steps=2)
     assert response.stop_reason.stop_reason == "max_steps" and response.usage.step_count == 2
     assert len(llm.requests) == 2
+
+
+def test_a_send_that_is_not_streamed_is_handed_its_turn_once_it_is_over(
+    server: LiveServer, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """A streamed send gets its turn as soon as it starts, to follow its steps; one that is not streamed gets it
+    when it is over, so the request's event loop wakes once for the turn (not also when it starts and at each
+    step: under load each wake-up also waits for the GIL)."""
+    runner = server.state.turns()
+    user = server.state.owner.id
+    for collected in (False, True):
+        search_then_reply(llm, delay=0.5)
+        send = TurnInput(user, agent_id, "tea?", "user", 10, f"digest-{collected}", False, Rendering(), collected)
+        turn = runner.begin(send).result(timeout=30)
+        assert turn.done is collected, f"collected={collected}: handed the turn {'before' if collected else 'after'}"
+        if not collected:
+            while not turn.done:
+                time.sleep(0.05)
+        assert turn.stop_reason == "end_turn" and turn.steps == 2
+    # letta-client's send and the openai SDK's completion, neither streamed, answer with the whole turn.
+    search_then_reply(llm, "Chad likes tea.")
+    answer = client(server).agents.messages.create(agent_id, input="what do I like?")
+    assert [m.message_type for m in answer.messages][-1] == "assistant_message", answer.messages
+    assert answer.messages[-1].content == "Chad likes tea." and answer.usage.step_count == 2
+    llm.reply("Green, mostly.")
+    openai = OpenAI(base_url=f"{server.url}/openai/v1", api_key=server.key(), max_retries=0)
+    completion = openai.chat.completions.create(model=agent_id, messages=[{"role": "user", "content": "which tea?"}])
+    assert completion.choices[0].message.content == "Green, mostly."
+
+
+def test_the_first_turn_loads_the_tokenizer_on_a_thread_of_its_own(
+    scripted_server: LiveServer, llm: ScriptedLLM
+) -> None:
+    """A server needs its model's tokenizer once an agent's context nears its window; loading it holds the GIL
+    ~0.4 s, so it is loaded in the background at the process's first turn, not by a turn under load that happens
+    to need it first. (The first turn here is far from its window: without the warm-up it never loads.)"""
+    tokens.encoding_for_model.cache_clear()  # as in a new server process
+    letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key(), max_retries=0)
+    agent = letta.agents.create(name="sam", model=HANDLE).id  # type: ignore[arg-type]
+    assert tokens.encoding_for_model.cache_info().currsize == 0, "creating an agent loaded the tokenizer"
+    llm.reply("Hi.")
+    assert letta.agents.messages.create(agent, input="hello").stop_reason.stop_reason == "end_turn"
+    deadline = time.monotonic() + 30
+    while tokens.encoding_for_model.cache_info().currsize == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tokens.encoding_for_model.cache_info().currsize == 1, "the server's tokenizer was not loaded"
+    assert tokens.encoding_for_model("scripted") is tokens.encoding_for_model("scripted")
 
 
 # -- streaming ------------------------------------------------------------------------------------

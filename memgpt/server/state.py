@@ -6,8 +6,10 @@ and every route passes that user's id down explicitly.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -52,6 +54,7 @@ class ServerState:
     _turns: TurnRunner | None = field(default=None, repr=False)
     _catalog: tuple[Hashable, list[Tool]] | None = field(default=None, repr=False)  # (tools folder signature, tools)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _key_checks: dict[str, Future[User | None]] = field(default_factory=dict, repr=False)  # API key -> its check
     # Set when the server stops (its requests' time is up): long work in request threads checks it and ends.
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -100,6 +103,7 @@ class ServerState:
                 from memgpt.server.turns import TurnRunner
 
                 self._turns = TurnRunner(self)
+                _warm_tokenizer(self.config.llm.model)
             return self._turns
 
     def turn_grace(self) -> float:
@@ -116,6 +120,30 @@ class ServerState:
             turns = self._turns
         if turns is not None:
             turns.stop(self.turn_grace())
+
+    async def check_key(self, token: str) -> User | None:
+        """``users.authenticate(token)`` on a worker thread, one check of a key at a time: the requests that come
+        while it runs wait for its answer. When a key's trust (``trust_seconds``) lapsed under load, every request
+        in flight with it read the key on a thread of its own (37 reads in one profiled 50-client run)."""
+        with self._guard:
+            running = self._key_checks.get(token)
+            if running is None:
+                self._key_checks[token] = mine = Future()
+                mine.set_running_or_notify_cancel()  # a waiter that goes away cannot cancel it for the others
+        if running is not None:
+            return await asyncio.wrap_future(running)
+        # The thread answers the check for every waiter, even if this request is cancelled meanwhile.
+        await anyio.to_thread.run_sync(self._check_key, token, mine)
+        return mine.result()
+
+    def _check_key(self, token: str, check: Future[User | None]) -> None:
+        try:
+            check.set_result(self.users.authenticate(token))
+        except BaseException as exc:  # noqa: BLE001 - every waiter raises it
+            check.set_exception(exc)
+        finally:
+            with self._guard:
+                self._key_checks.pop(token, None)
 
     def close(self) -> None:
         """Stop running turns (unless done already: ``stop_turns_when_told``), stop the agents' MCP servers, then
@@ -158,8 +186,8 @@ async def current_user(request: Request) -> User:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, MISSING_KEY, headers={"WWW-Authenticate": "Bearer"})
-    users = request.app.state.memgpt.users
-    user = users.trusted(token) or await anyio.to_thread.run_sync(users.authenticate, token)
+    state: ServerState = request.app.state.memgpt
+    user = state.users.trusted(token) or await state.check_key(token)
     if user is None:
         raise HTTPException(401, BAD_KEY, headers={"WWW-Authenticate": "Bearer"})
     return user  # type: ignore[no-any-return]
@@ -183,3 +211,12 @@ AdminUser = Annotated[User, Depends(owner_only("manage users and keys"))]
 # A stdio server runs a command on the server's machine and an HTTP one makes it connect anywhere.
 MCP_OWNERS_ONLY = "register, change or remove MCP servers (they run commands or reach URLs from this machine)"
 MCPAdminUser = Annotated[User, Depends(owner_only(MCP_OWNERS_ONLY))]
+
+
+def _warm_tokenizer(model: str) -> None:
+    """Load the tokenizer of the server's default model (``tokens.encoding_for_model``) on a thread of its own, at
+    the first turn. A turn needs it once an agent's context nears its window (before that the free bound settles
+    it), and loading it holds the GIL ~0.4 s: every request of the process waited that long, mid-load."""
+    from memgpt.tokens import encoding_for_model
+
+    threading.Thread(target=encoding_for_model, args=(model,), name="tokenizer warm-up", daemon=True).start()

@@ -12,6 +12,7 @@ first try started (or gets that turn's stored answer) instead of sending the mes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -22,7 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -93,6 +94,9 @@ class TurnInput:
     # time.monotonic() when this process began to handle the request (``retried.Arrivals``; None: when it started):
     # a first try that a retry overtook answers with the retry's turn (``memgpt.storage.turns.Arrival``)
     arrived: float | None = None
+    # Answered once the turn is over (not streamed): ``begin``'s future then gets the turn when it has ended, so the
+    # request's event loop wakes once for it, not also when it starts and at each step.
+    collected: bool = False
 
 
 def request_digest(user_id: str, agent_id: str, path: str, body: Any) -> str:
@@ -164,10 +168,20 @@ class Turn:
     cut: bool = False  # ended by the server's stop (``TurnRunner._cut``): its run stays unfinished for a retry
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
+    _when_done: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
         return self.stop_reason is not None
+
+    def when_done(self, call: Callable[[], None]) -> None:
+        """Call ``call`` once the turn has ended (now if it has), on the thread that ends it: its own, or the
+        server's stop cutting it while the turn's thread still waits on the LLM."""
+        with self._lock:
+            if self.stop_reason is None:
+                self._when_done.append(call)
+                return
+        call()
 
     def failure(self) -> tuple[int, str, str]:
         """A failed turn that answered nothing, as its send answers it: the HTTP status, the error's code and the
@@ -206,7 +220,10 @@ class Turn:
                 return
             self.usage, self.error = usage, error
             self.stop_reason = stop_reason
+            calls, self._when_done = self._when_done, []
         self._notify()
+        for call in calls:
+            call()
 
     def _notify(self) -> None:
         with self._lock:
@@ -393,8 +410,8 @@ class TurnRunner:
     # -- starting ---------------------------------------------------------------------------------
     def begin(self, request: TurnInput) -> Future[Turn]:
         """``start`` on the turn's own thread (``_Threads``), which then runs the turn: the future gets the turn (or
-        the error that kept it from starting) as soon as it runs. An API request awaits it instead of a thread-pool
-        hop."""
+        the error that kept it from starting) as soon as it runs, or once it ended for a ``collected`` one (a turn
+        a retry joins: as soon as it is found). An API request awaits it instead of a thread-pool hop."""
         if self._stopped.is_set():
             raise BackendError("the server is stopping: nothing was stored; send the message again when it is back")
         if not self._opening_slots.acquire(blocking=False):
@@ -425,8 +442,15 @@ class TurnRunner:
         if isinstance(opened, Turn):
             started.set_result(opened)
             return
-        started.set_result(opened.turn)
-        self._run(opened, request)
+        turn = opened.turn
+        if request.collected:  # once it ended: by itself, or cut by the server's stop while it waits on the LLM
+            turn.when_done(functools.partial(_hand, started, turn))
+        else:
+            started.set_result(turn)
+        try:
+            self._run(opened, request)
+        finally:
+            _hand(started, turn)  # (when it ended without a finish: an error the turn's thread did not expect)
 
     def _opening(self, request: TurnInput) -> Turn | _Opened:
         """The turn a retry joins, or a new turn with its agent opened under the lease just taken (and the message
@@ -890,6 +914,12 @@ class _Ending:
         run, usage, items = self._last
         self._last, self.ended = None, (run, usage)
         self._turn.add_step(messages, items)
+
+
+def _hand(started: Future[Turn], turn: Turn) -> None:
+    """Give a ``collected`` turn to the request waiting for it (``begin``), unless given already."""
+    with contextlib.suppress(InvalidStateError):
+        started.set_result(turn)
 
 
 def _replied(agent: Agent, opening: Message, run_id: str) -> tuple[str, tuple[str, str] | None]:

@@ -57,10 +57,13 @@ def _text(body: SendRequest) -> tuple[str, str]:
     return message.role, text
 
 
-async def _start(request: Request, agent_id: str, body: SendRequest, state: ServerState, user_id: str) -> Turn:
+async def _start(
+    request: Request, agent_id: str, body: SendRequest, state: ServerState, user_id: str, *, collected: bool = False
+) -> Turn:
     """The turn for this send (a new one, or the one a retried request started). It starts on the turn's own
     thread, since it may wait for the agent's running turn and opens the agent from storage; another user's
-    agent is a 404 (read with the agent's lease)."""
+    agent is a 404 (read with the agent's lease). ``collected``: answered once the turn is over (not streamed),
+    which is when a new turn is returned (``TurnInput.collected``)."""
     role, text = _text(body)
     raw = json.loads(await request.body() or b"{}")
     retry = request.headers.get("x-stainless-retry-count", "0").strip()
@@ -76,6 +79,7 @@ async def _start(request: Request, agent_id: str, body: SendRequest, state: Serv
             body.use_assistant_message, body.assistant_message_tool_name, body.assistant_message_tool_kwarg
         ),
         arrived=arrived(request.scope),
+        collected=collected,
     )
     return await asyncio.wrap_future(state.turns().begin(turn_input))
 
@@ -96,11 +100,12 @@ async def send_message(
 ) -> LettaResponse | Response:
     """Send a message and get the agent's turn: reasoning, tool calls and returns, assistant messages, usage and
     why it stopped. With ``streaming: true`` the same arrive as server-sent events, each step as it happens."""
-    turn = await _start(request, agent_id, body, state, user.id)
+    turn = await _start(request, agent_id, body, state, user.id, collected=not body.streaming)
     if body.streaming:
         return _stream(turn, body, state)
-    async for _ in turn.follow():
-        pass
+    if not turn.done:  # a retry that joined a running turn
+        async for _ in turn.follow():
+            pass
     if turn.error is not None and (not turn.items or turn.cut):
         status, _, detail = turn.failure()
         if turn.cut:  # the server stopped mid-turn: a retry of the send (letta-client's own) answers the message

@@ -324,14 +324,16 @@ async def chat_completions(
         retry=retry.isdigit() and int(retry) > 0,
         rendering=Rendering(),
         arrived=arrived(request.scope),
+        collected=not body.stream,
     )
-    turn = await asyncio.wrap_future(state.turns().begin(turn_input))  # started on the turn's own thread
+    turn = await asyncio.wrap_future(state.turns().begin(turn_input))  # on the turn's own thread (ended if collected)
     reply = _Reply(turn.run_id, body.model)
     if body.stream:
         events = _turn_events(turn, reply, body.include_usage, state.turns().timing.ping_every)
         return StreamingResponse(events, media_type="text/event-stream", headers=_HEADERS)
-    async for _ in turn.follow():
-        pass
+    if not turn.done:  # a retry that joined a running turn
+        async for _ in turn.follow():
+            pass
     replies = _replies(turn.items)
     if turn.error is not None and (not replies or turn.cut):
         status, code, detail = turn.failure()
