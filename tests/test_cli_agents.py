@@ -462,6 +462,37 @@ def test_square_brackets_in_the_history_are_shown_as_written_when_the_agent_is_r
     assert any(line.endswith(f"] assistant: said: {said}") for line in lines), resumed.stdout
 
 
+def test_terminal_escapes_in_names_and_texts_are_written_out_in_every_output(
+    home: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """A file name, a passage, a source or agent name and a message holding a terminal escape sequence (ESC [,
+    or its one-character form 0x9b, which names may hold) are shown as written, the ESC as "\\x1b": printed raw
+    by `memgpt search`, `list sources` and the resume banner, they recoloured the terminal. NO_COLOR is set,
+    so any ESC in the output came from the data."""
+    red = "\x1b[31m"
+    note = tmp_path / f"red{red}note.md"
+    harbour = "The lighthouse stands at the harbour, white and tall, seen from every boat in the bay. " * 4
+    note.write_text(f"# Colours\n\nThe {red}crimson{red} lighthouse. {harbour}\n")  # under 1% control: text
+    source = "csi\x9b31mnotes"
+    assert cli("load", "directory", "--name", source, f"--input-files={note}", home=home).returncode == 0
+
+    found = cli("search", source, "lighthouse", home=home)
+    listed = cli("list", "sources", home=home)
+    llm.reply(f"a {red}red{red} reply")
+    assert cli("run", "--agent", "Csi\x9bPete", "--message", f"say {red}red", home=home).returncode == 0
+    llm.reply("again")
+    resumed = cli("run", "--agent", "Csi\x9bPete", "--message", "hi", home=home)
+
+    for result in (found, listed, resumed):
+        assert result.returncode == 0, result.stderr
+        shown = result.stdout + result.stderr
+        assert "\x1b" not in shown and "\x9b" not in shown, shown
+    assert "red\\x1b[31mnote.md" in found.stdout and "The \\x1b[31mcrimson\\x1b[31m lighthouse" in found.stdout
+    assert "csi\\x9b31mnotes" in listed.stdout
+    assert "Using existing agent 'Csi\\x9bPete'" in resumed.stdout
+    assert "user: say \\x1b[31mred" in resumed.stdout and "a \\x1b[31mred\\x1b[31m reply" in resumed.stdout
+
+
 def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     from memgpt.cli.chat import COMMANDS
 
