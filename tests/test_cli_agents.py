@@ -493,6 +493,28 @@ def test_terminal_escapes_in_names_and_texts_are_written_out_in_every_output(
     assert "user: say \\x1b[31mred" in resumed.stdout and "a \\x1b[31mred\\x1b[31m reply" in resumed.stdout
 
 
+def test_resuming_an_agent_shows_each_of_its_last_messages_cut_short(home: Path, llm: ScriptedLLM) -> None:
+    """The resume banner printed each of the last messages whole: a 200,000-character reply came back in full on
+    every `memgpt run --agent`. Each is cut at 1,000 characters or 20 lines, saying how much was left out."""
+    from memgpt.cli.agents import RESUMED_CHARS
+
+    long_reply = "word " * 40_000
+    llm.reply(long_reply)
+    lines = "\n".join(f"line {n}" for n in range(100))
+    assert cli("run", "--agent", "Long", "--message", lines, home=home).returncode == 0
+    llm.reply("short")
+    resumed = cli("run", "--agent", "Long", "--message", "hi", home=home)
+    assert resumed.returncode == 0, resumed.stderr
+    banner = resumed.stdout.split("Using existing agent", 1)[1]
+    assert len(banner) < 4 * RESUMED_CHARS, len(banner)
+    [cut] = [line for line in banner.splitlines() if "assistant: said: word word" in line]
+    assert cut.endswith(" more characters not shown]"), cut[-200:]
+    shown = len(cut) - len(cut.split("] assistant: ", 1)[0])
+    left = int(cut.rsplit("[", 1)[1].split(" ")[0].replace(",", ""))
+    assert left > len(long_reply) - RESUMED_CHARS and shown < RESUMED_CHARS + 100
+    assert "line 19 … [" in banner and "line 20" not in banner  # 20 lines, "line 0" to "line 19"
+
+
 def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     from memgpt.cli.chat import COMMANDS
 
