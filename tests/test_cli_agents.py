@@ -515,6 +515,33 @@ def test_resuming_an_agent_shows_each_of_its_last_messages_cut_short(home: Path,
     assert "line 19 … [" in banner and "line 20" not in banner  # 20 lines, "line 0" to "line 19"
 
 
+def test_configure_refuses_the_context_window_run_would_refuse_with_the_same_minimum(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """`memgpt configure --llm-context-window 1500` was saved, and every `memgpt run` then refused its first agent.
+    Configure refuses it now, with run's minimum and words; that minimum is saved, and run takes it."""
+    run_refusal = cli("run", "--agent", "Small", "--context-window", "1500", "--message", "hi", home=home)
+    assert run_refusal.returncode == 1
+    needed = int(re.search(r"give it at least ([\d,]+) \(", run_refusal.stderr)[1].replace(",", ""))  # type: ignore[index]
+    assert needed > 1500
+
+    refused = cli("configure", "--llm-context-window", "1500", "--no-llm-check", home=home)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: the context window of a new agent (1,500 tokens) is too small: "
+        + run_refusal.stderr.split(" is too small: ", 1)[1].split(f"{needed:,} (", 1)[0]
+        + f"{needed:,} (--llm-context-window N, with a model that has that much)"
+    )
+    assert cli("configure", "--llm-context-window", str(needed - 1), "--no-llm-check", home=home).returncode == 1
+    assert load_config(home).llm.context_window != needed - 1
+
+    assert cli("configure", "--llm-context-window", str(needed), "--no-llm-check", home=home).returncode == 0
+    assert load_config(home).llm.context_window == needed
+    llm.reply("hello")
+    result = cli("run", "--agent", "Small", "--message", "hi", home=home)
+    assert result.returncode == 0, result.stderr
+
+
 def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     from memgpt.cli.chat import COMMANDS
 
