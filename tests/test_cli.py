@@ -149,6 +149,28 @@ def test_load_reports_failures_in_the_exit_code(home: Path, tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
+def test_a_load_that_loads_nothing_says_so_and_makes_no_source(home: Path, tmp_path: Path) -> None:
+    """An empty file and a blank one, alone: it said "Loaded 0 passages and 0 documents from e" of a source that
+    `list sources` then did not show. Now one line says nothing was loaded and no source made; exit 1."""
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / "blank.md").write_text("\n  \n")
+    files = [f"--input-files={tmp_path / name}" for name in ("empty.md", "blank.md")]
+    result = cli("load", "directory", "--name", "e", *files, home=home)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(("warning: ", "Loading files"))]
+    assert errors == [
+        "error: nothing loaded: 2 file(s) could not be loaded (warnings above), so source 'e' was not created"
+    ]
+    assert json.loads(cli("list", "sources", "--json", home=home).stdout) == []
+
+    # Into a source that exists, the same files leave it as it was, and the usual summary says so.
+    assert cli("load", "directory", "--name", "e", f"--input-files={DATA / 'test.md'}", home=home).returncode == 0
+    again = cli("load", "directory", "--name", "e", *files, home=home)
+    assert again.returncode == 1 and "Loaded 0 passages and 0 documents from e" in again.stdout
+    assert "2 file(s) could not be loaded (warnings above)" in again.stderr
+
+
 def test_input_dir_with_extensions(home: Path, tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     (folder / "nested").mkdir(parents=True)

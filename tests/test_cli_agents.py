@@ -462,6 +462,86 @@ def test_square_brackets_in_the_history_are_shown_as_written_when_the_agent_is_r
     assert any(line.endswith(f"] assistant: said: {said}") for line in lines), resumed.stdout
 
 
+def test_terminal_escapes_in_names_and_texts_are_written_out_in_every_output(
+    home: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """A file name, a passage, a source or agent name and a message holding a terminal escape sequence (ESC [,
+    or its one-character form 0x9b, which names may hold) are shown as written, the ESC as "\\x1b": printed raw
+    by `memgpt search`, `list sources` and the resume banner, they recoloured the terminal. NO_COLOR is set,
+    so any ESC in the output came from the data."""
+    red = "\x1b[31m"
+    note = tmp_path / f"red{red}note.md"
+    harbour = "The lighthouse stands at the harbour, white and tall, seen from every boat in the bay. " * 4
+    note.write_text(f"# Colours\n\nThe {red}crimson{red} lighthouse. {harbour}\n")  # under 1% control: text
+    source = "csi\x9b31mnotes"
+    assert cli("load", "directory", "--name", source, f"--input-files={note}", home=home).returncode == 0
+
+    found = cli("search", source, "lighthouse", home=home)
+    listed = cli("list", "sources", home=home)
+    llm.reply(f"a {red}red{red} reply")
+    assert cli("run", "--agent", "Csi\x9bPete", "--message", f"say {red}red", home=home).returncode == 0
+    llm.reply("again")
+    resumed = cli("run", "--agent", "Csi\x9bPete", "--message", "hi", home=home)
+
+    for result in (found, listed, resumed):
+        assert result.returncode == 0, result.stderr
+        shown = result.stdout + result.stderr
+        assert "\x1b" not in shown and "\x9b" not in shown, shown
+    assert "red\\x1b[31mnote.md" in found.stdout and "The \\x1b[31mcrimson\\x1b[31m lighthouse" in found.stdout
+    assert "csi\\x9b31mnotes" in listed.stdout
+    assert "Using existing agent 'Csi\\x9bPete'" in resumed.stdout
+    assert "user: say \\x1b[31mred" in resumed.stdout and "a \\x1b[31mred\\x1b[31m reply" in resumed.stdout
+
+
+def test_resuming_an_agent_shows_each_of_its_last_messages_cut_short(home: Path, llm: ScriptedLLM) -> None:
+    """The resume banner printed each of the last messages whole: a 200,000-character reply came back in full on
+    every `memgpt run --agent`. Each is cut at 1,000 characters or 20 lines, saying how much was left out."""
+    from memgpt.cli.agents import RESUMED_CHARS
+
+    long_reply = "word " * 40_000
+    llm.reply(long_reply)
+    lines = "\n".join(f"line {n}" for n in range(100))
+    assert cli("run", "--agent", "Long", "--message", lines, home=home).returncode == 0
+    llm.reply("short")
+    resumed = cli("run", "--agent", "Long", "--message", "hi", home=home)
+    assert resumed.returncode == 0, resumed.stderr
+    banner = resumed.stdout.split("Using existing agent", 1)[1]
+    assert len(banner) < 4 * RESUMED_CHARS, len(banner)
+    [cut] = [line for line in banner.splitlines() if "assistant: said: word word" in line]
+    assert cut.endswith(" more characters not shown]"), cut[-200:]
+    shown = len(cut) - len(cut.split("] assistant: ", 1)[0])
+    left = int(cut.rsplit("[", 1)[1].split(" ")[0].replace(",", ""))
+    assert left > len(long_reply) - RESUMED_CHARS and shown < RESUMED_CHARS + 100
+    assert "line 19 … [" in banner and "line 20" not in banner  # 20 lines, "line 0" to "line 19"
+
+
+def test_configure_refuses_the_context_window_run_would_refuse_with_the_same_minimum(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """`memgpt configure --llm-context-window 1500` was saved, and every `memgpt run` then refused its first agent.
+    Configure refuses it now, with run's minimum and words; that minimum is saved, and run takes it."""
+    run_refusal = cli("run", "--agent", "Small", "--context-window", "1500", "--message", "hi", home=home)
+    assert run_refusal.returncode == 1
+    needed = int(re.search(r"give it at least ([\d,]+) \(", run_refusal.stderr)[1].replace(",", ""))  # type: ignore[index]
+    assert needed > 1500
+
+    refused = cli("configure", "--llm-context-window", "1500", "--no-llm-check", home=home)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: the context window of a new agent (1,500 tokens) is too small: "
+        + run_refusal.stderr.split(" is too small: ", 1)[1].split(f"{needed:,} (", 1)[0]
+        + f"{needed:,} (--llm-context-window N, with a model that has that much)"
+    )
+    assert cli("configure", "--llm-context-window", str(needed - 1), "--no-llm-check", home=home).returncode == 1
+    assert load_config(home).llm.context_window != needed - 1
+
+    assert cli("configure", "--llm-context-window", str(needed), "--no-llm-check", home=home).returncode == 0
+    assert load_config(home).llm.context_window == needed
+    llm.reply("hello")
+    result = cli("run", "--agent", "Small", "--message", "hi", home=home)
+    assert result.returncode == 0, result.stderr
+
+
 def test_help_lists_every_slash_command(home: Path, llm: ScriptedLLM) -> None:
     from memgpt.cli.chat import COMMANDS
 

@@ -65,15 +65,17 @@ def smallest_window(used: int) -> int:
 WINDOW_FIX = "`memgpt run --context-window N`, with a model that has that much"
 
 
-def window_refusal(state: AgentState, fixed: int, functions: int, fix: str = WINDOW_FIX) -> str | None:
+def window_refusal(
+    state: AgentState, fixed: int, functions: int, fix: str = WINDOW_FIX, subject: str | None = None
+) -> str | None:
     """Why the agent's context window is too small for its fixed prompt (system prompt, core memory and
     ``functions`` schemas) of ``fixed`` tokens as the server counts them; None when it leaves room. ``fix``
-    says how to give it more."""
+    says how to give it more; ``subject`` names the agent (default: "agent 'its name'")."""
     needed = smallest_window(fixed + MIN_ROOM)
     if state.context_window >= needed:
         return None
     return (
-        f"the context window of agent {state.name!r} ({state.context_window:,} tokens) is too "
+        f"the context window of {subject or f'agent {state.name!r}'} ({state.context_window:,} tokens) is too "
         f"small: its system prompt, core memory and {functions} function schemas take about "
         f"{fixed:,} tokens, leaving too little for the conversation; give it at least {needed:,} ({fix})"
     )

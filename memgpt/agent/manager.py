@@ -155,10 +155,12 @@ def check_window(
     *,
     tools_folder: Path | None = None,
     fix: str = WINDOW_FIX,
+    subject: str | None = None,
 ) -> None:
     """Refuse, before it is stored, an agent whose context window its fixed prompt (system prompt, core
     memory ``blocks``, function schemas) leaves no room in: measured as ``Agent.check_window`` measures it
-    when the agent opens, with the memory statistics of an agent that has no messages yet."""
+    when the agent opens, with the memory statistics of an agent that has no messages yet. ``subject`` names
+    the agent in the refusal (see :func:`window_refusal`)."""
     tools, _ = agent_tools(state, tools_folder=tools_folder)
     specs = [tool.spec() for tool in tools]
     message = system_message(
@@ -167,12 +169,39 @@ def check_window(
     ratio_model, ratio = storage.agents.token_ratio(state.id)
     ratio = ratio if ratio_model == state.llm_model else 1.0
     # The bound first (no tokenizer): it is at least the count, so a window it fits needs no count.
-    refusal = window_refusal(state, round((bound_message(message) + bound_tools(specs)) * ratio), len(specs), fix)
+    bound = round((bound_message(message) + bound_tools(specs)) * ratio)
+    refusal = window_refusal(state, bound, len(specs), fix, subject)
     if refusal:
         ours = count_message(state.llm_model, message) + count_tools(state.llm_model, specs)
-        refusal = window_refusal(state, round(ours * ratio), len(specs), fix)
+        refusal = window_refusal(state, round(ours * ratio), len(specs), fix, subject)
     if refusal:
         raise UserError(refusal)
+
+
+def check_new_window(storage: Storage, user_id: str, new: NewAgent, *, fix: str) -> None:
+    """Refuse a context window too small for a new agent made as ``new`` says (its persona and human templates,
+    MemGPT's prompt, every function): the window `memgpt run` would refuse at its first agent, with the same
+    minimum and words, told before (by `memgpt configure`). ``fix`` says how to give it more."""
+    blocks = [
+        Block(kind, text, max(DEFAULT_LIMIT, len(text)))
+        for kind, text in (
+            ("persona", template_text(storage, user_id, "persona", new.persona)),
+            ("human", template_text(storage, user_id, "human", new.human)),
+        )
+    ]
+    state = AgentState(
+        id=f"agent-{uuid.uuid4()}",
+        name="",
+        user_id=user_id,
+        persona=new.persona,
+        human=new.human,
+        system_prompt=prompts.system_prompt(),
+        llm_model=new.model,
+        context_window=new.context_window,
+        embedding_model=new.embedding.model,
+        embedding_dim=new.embedding.dimensions,
+    )
+    check_window(storage, state, blocks, tools_folder=new.tools_folder, fix=fix, subject="a new agent")
 
 
 def check_blocks(blocks: Sequence[Block]) -> set[str]:

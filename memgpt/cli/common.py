@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from memgpt.errors import UserError
 
 if TYPE_CHECKING:
     from rich.table import Table
+    from rich.text import Text
 
     from memgpt.config import Config
     from memgpt.embeddings import EmbeddingModel
@@ -24,8 +26,19 @@ if TYPE_CHECKING:
     from memgpt.storage.milvus.client import LockWait
     from memgpt.storage.turns import TurnStore
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class TerminalConsole(Console):
+    """A rich Console for text users and models wrote: every string it prints, a table cell as much as a
+    line, has its control characters written out (ESC as ``\\x1b``, see :func:`one_line`) but for the
+    newlines and tabs that lay text out. A file name or a passage holding ``\\x1b[31m`` is shown as
+    written; it never recolours the terminal, moves the cursor or sets its title."""
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        return super().render_str(_outside_layout(text), **options)
+
+
+console = TerminalConsole(highlight=False, soft_wrap=True)
+err_console = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
 
 # Options several commands take, defined once: `as_json: JsonOption = False`.
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -162,10 +175,21 @@ def one_line(text: str) -> str:
     """``text`` with its control characters written out (a newline as ``\\n``, ESC as ``\\x1b``): a file
     named with a newline or a terminal escape sequence is named in one line, and never moves the cursor,
     recolours the terminal or sets its title."""
-    return "".join(_written_out(c) if c < " " or "\x7f" <= c <= "\x9f" else c for c in text)
+    return _CONTROL.sub(_written_out, text)
 
 
-def _written_out(c: str) -> str:
+def _outside_layout(text: str) -> str:
+    """``text`` with the control characters other than newline and tab written out (as :func:`one_line`)."""
+    return _CONTROL_BUT_LAYOUT.sub(_written_out, text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (0x9b is CSI, as ESC [ is)
+# A CR of a CRLF line end is left to rich, which drops it.
+_CONTROL_BUT_LAYOUT = re.compile("\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _written_out(match: re.Match[str]) -> str:
+    c = match.group()
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or f"\\x{ord(c):02x}"
 
 

@@ -13,6 +13,8 @@ from memgpt.errors import ConfigError
 
 if TYPE_CHECKING:
     # memgpt.config is imported where it is used: it brings pydantic, which `memgpt --help` need not load.
+    from pathlib import Path
+
     from memgpt.config import Config
     from memgpt.llm.probe import LLMCheck
 
@@ -182,6 +184,40 @@ def _check_llm(config: Config, *, window_given: bool) -> LLMCheck:
     return checked
 
 
+def _check_window(config: Config, home: Path, *, given: bool) -> None:
+    """A context window too small for the first agent `memgpt run` makes is refused here, with run's minimum and
+    words, when it was given (--llm-context-window, or typed in); one the LLM server said is only warned of."""
+    from memgpt.agent.manager import NewAgent, check_new_window, default_agent_settings
+    from memgpt.cli.common import warn
+    from memgpt.errors import UserError
+    from memgpt.storage import Storage
+    from memgpt.types import EmbeddingSpace
+
+    try:
+        model, window = default_agent_settings(config, None)
+    except ConfigError:  # a hosted provider without its API key yet: the window as configured
+        model, window = config.llm.model, config.llm.context_window
+    if not window:
+        return
+    emb = config.embedding
+    new = NewAgent(
+        persona=config.default_persona,
+        human=config.default_human,
+        model=model,
+        context_window=window,
+        embedding=EmbeddingSpace(emb.model, emb.dimensions),
+        tools_folder=home / "tools",
+    )
+    fix = "--llm-context-window N, with a model that has that much"
+    with Storage(config, home) as storage:
+        try:
+            check_new_window(storage, config.user_id, new, fix=fix)
+        except UserError as exc:
+            if given:
+                raise ConfigError(str(exc)) from None
+            warn(f"{exc}; `memgpt run` will refuse it")
+
+
 def _llm_options(config: Config, function_calling: str | None, tool_choice: str | None) -> None:
     from memgpt.config import TOOL_CHOICES
 
@@ -274,6 +310,8 @@ def configure(
     llm_flags = (llm_provider, llm_model, llm_endpoint, llm_context_window, function_calling, tool_choice)
     check = not no_llm_check and (ask or any(flag is not None for flag in llm_flags))
     checked = _llm(config, llm_provider, llm_model, llm_endpoint, llm_context_window, ask, check=check)
+    if llm_context_window is not None or ask or (checked is not None and checked.context_window):
+        _check_window(config, home, given=llm_context_window is not None or ask)
 
     target = milvus_target(config, home)
     check_milvus(target)  # a bad URI or token fails here, not in the middle of a load

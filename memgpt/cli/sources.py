@@ -63,6 +63,14 @@ def load_directory(
 
 
 def _summarize(report: LoadReport) -> int:
+    if report.dropped and report.failures and not (report.aborted or report.interrupted):
+        # Not "Loaded 0 passages and 0 documents from NAME" of a source that is not there.
+        err_console.print(
+            f"error: nothing loaded: {len(report.failures)} file(s) could not be loaded (warnings above), so "
+            f"source {report.source!r} was not created",
+            markup=False,
+        )
+        return 1
     console.print(
         f"Loaded {report.passages} passages and {report.documents} documents from {report.source}",
         markup=False,

@@ -51,6 +51,7 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
     aborted: str = ""  # why the load stopped early (embedding endpoint or storage failure)
     interrupted: bool = False
+    dropped: bool = False  # the source this load created was deleted again: nothing in it was loaded
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("parse", "embed", "insert"), 0.0))
 
     @property
@@ -276,6 +277,7 @@ class SourceLoader:
             with interrupts_held():
                 if not self.storage.metadata.documents_with_status(source.id, DocumentStatus.READY):
                     delete_source(self.storage, source)
+                    report.dropped = True
         except BackendError as exc:
             report.aborted = report.aborted or str(exc)
 
