@@ -87,7 +87,7 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
         _caller_of(default_agent),
         max_insert_mb=state.config.server.max_passage_mb,
         guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
-        stopping=state.stopping,  # an insert being embedded ends at its next batch when the server stops
+        stopping=state.stopping,  # an insert being split or embedded ends when the server stops
     )
     endpoint, running = http_endpoint(server)
     app.router.routes.append(Route(PATH, endpoint=_KeyAuth(endpoint, state)))
@@ -103,7 +103,7 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
 
 def standalone_app(state: ServerState, *, default_agent: str | None = None) -> FastAPI:
     """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app. Told to stop, it
-    stops as `memgpt server` does: an insert being embedded ends at its next batch, storing nothing, and uvicorn cuts
+    stops as `memgpt server` does: an insert being split or embedded ends at once, storing nothing, and uvicorn cuts
     what still runs after ``server.shutdown_seconds``."""
     from memgpt.server.app import stopping_on_signals
 
