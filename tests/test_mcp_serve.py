@@ -4,6 +4,7 @@ the client stores is what the agent's own tools then find, and a block edit is i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,46 @@ def test_http_on_the_server_api_keys_decide_the_user(
             assert "What do I drink in the mornings?" in said
 
     anyio.run(recall)
+
+
+def test_http_a_body_over_the_limit_says_why_in_the_sdk(home: Path, model: LocalMiniLM) -> None:
+    """A request body over server.max_upload_mb is refused with 413 before MCP sees it: the mcp SDK's client said
+    "Server returned an error response"; it now shows the limit, which the body carries as a JSON-RPC error too (as a
+    refused key's 401 does), whether the size is declared or found while the body is read."""
+    config = load_config(home)
+    config.server.max_upload_mb = 0.05
+    save_config(config, home)
+    server = LiveServer(home, load_config(home))
+    try:
+        key = server.key()
+        new_agent(server.state.storage, model, "Sam", server.state.owner.id)
+        url = f"{server.url}/mcp"
+        limit = "request body is larger than the server's limit of 0.05 MB (server.max_upload_mb in the server's "
+        limit += "config.toml)"
+
+        async def insert() -> str:
+            async with http(url, key) as session:
+                await session.ok("core_memory_read")  # small requests go through
+                with pytest.raises(MCPError) as refused:
+                    await session.call("archival_memory_insert", content="The harbour. " * 5_000)  # 65 kB
+                return refused.value.error.message
+
+        assert anyio.run(insert) == limit
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "core_memory_read"}}
+        headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+        big = json.dumps({**call, "padding": "x" * 60_000}).encode()
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: the limit is found while the body is read
+            yield from (big[i : i + 10_000] for i in range(0, len(big), 10_000))
+
+        for content in (big, chunked()):
+            answer = httpx.post(url, content=content, headers={**headers, "Content-Type": "application/json"})
+            assert (answer.status_code, answer.json()) == (
+                413,
+                {"detail": limit, "jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": limit}},
+            )
+    finally:
+        server.stop()
 
 
 def test_http_standalone(home: Path, storage: Storage, model: LocalMiniLM) -> None:
