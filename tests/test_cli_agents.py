@@ -1008,3 +1008,31 @@ def test_a_ctrl_c_during_a_timed_heartbeat_says_so_in_one_line_and_the_chat_goes
     assert "The user is idle; I'll make a note." in [m.content for m in stored]  # the first step, kept
     called = [call.name for m in stored for call in m.tool_calls]
     assert "send_message" not in called, called  # nothing of the interrupted step
+
+
+def test_keys_typed_during_a_timed_heartbeat_are_not_echoed_among_its_output(
+    home: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """A line typed while a timed heartbeat's step runs (it comes unasked) was echoed raw by the terminal among the
+    agent's output, before the next prompt took it; now only that prompt shows it, and runs it."""
+    go_on = threading.Event()
+    pause = {"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."}
+    llm.add({"until": go_on, **pause})
+    try:
+        with chat_in_a_terminal(home, tmp_path, "--agent", "Idle", "--first", "--heartbeat-minutes", "0.01") as child:
+            deadline = time.monotonic() + 30
+            while not llm.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert llm.requests, "the timed heartbeat never reached the LLM"
+            child.sendline("/memory")  # typed while the heartbeat's step waits for the LLM
+            time.sleep(0.5)  # (a terminal echoes at once)
+            go_on.set()
+            child.expect_exact("💭 Let them be for an hour.")
+            assert "/memory" not in (child.before or "")
+            child.expect_exact("/memory")  # at the next prompt, which takes it
+            child.expect_exact("recall: ", timeout=10)
+            child.sendline("/exit")
+            child.expect(pexpect.EOF)
+    finally:
+        go_on.set()
+    assert len(llm.requests) == 1
