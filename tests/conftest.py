@@ -33,6 +33,11 @@ USER = "tester"
 DATA = Path(__file__).parent / "data"
 PAPER = DATA / "memgpt_research_paper.pdf"
 REPO = Path(__file__).parent.parent
+# The environment of a child in a pexpect terminal. pexpect never answers the cursor position report (CPR) that
+# prompt_toolkit asks for at every prompt, so each prompt waited for it as it ended (up to 1 s, until the 2 s it gives
+# a terminal to answer at all ran out); terminals people use answer at once. PROMPT_TOOLKIT_NO_CPR=1 is prompt_toolkit's
+# own switch for a terminal that does not answer (its vt100 output's responds_to_cpr).
+TERMINAL = {"TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -117,3 +117,26 @@ def test_text_longer_than_a_block_is_cut_at_paragraph_ends(
     chunks = chunker.split(text)
     assert max(model.count_tokens(c) for c in chunks) <= 250
     assert all(any(p in c for c in chunks) for p in paragraphs)
+
+
+def test_a_check_is_called_all_along_a_split_and_its_error_ends_it(chunker: Chunker) -> None:
+    """A stopping server's insert checks while its text is split: a 1.5 MB text took 3.8 s to split at load 26 (more
+    than server.shutdown_seconds in a test), with no check before its first embedding batch."""
+    text = " ".join(f"Sentence {i} about the harbour and the weather." for i in range(3_000))  # 150 kB
+    calls: list[None] = []
+    chunks = chunker.split(text, check=lambda: calls.append(None))
+    assert chunks == chunker.split(text)  # the check changes nothing of the chunks
+    assert len(calls) > 2 * len(chunks)  # many times a chunk: never long between two
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_the_tenth() -> None:
+        calls.append(None)
+        if len(calls) == 10:
+            raise Stop
+
+    calls.clear()
+    with pytest.raises(Stop):
+        chunker.split(text, check=stop_at_the_tenth)
+    assert len(calls) == 10

@@ -35,7 +35,7 @@ from memgpt.storage.filters import all_of, eq
 from memgpt.storage.turns import new_owner
 from memgpt.tokens import count_message, count_tools
 from tests.agent_rig import tool_results
-from tests.conftest import DATA, PAPER, cli, cli_env, run_cli
+from tests.conftest import DATA, PAPER, TERMINAL, cli, cli_env, run_cli
 from tests.milvus_server import TOKEN
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import ServerProcess, auth, use_scripted_llm
@@ -70,10 +70,13 @@ def stored_messages(home: Path, agent: str) -> list[Any]:
 
 @contextmanager
 def chat_in_a_terminal(
-    home: Path, cwd: Path, *args: str, timeout: int = 60, columns: int = 200
+    home: Path, cwd: Path, *args: str, timeout: int = 60, columns: int = 200, cpr: bool = False
 ) -> Iterator[pexpect.spawn]:
-    """`memgpt run ARGS` in a real terminal (a pty, 50 rows), closed when the block ends."""
-    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    """`memgpt run ARGS` in a real terminal (a pty, 50 rows), closed when the block ends. With ``cpr`` prompt_toolkit
+    asks for the cursor position at each prompt, which pexpect never answers (see ``TERMINAL``)."""
+    env = {**os.environ, "MEMGPT_HOME": str(home), **TERMINAL}
+    if cpr:
+        env.pop("PROMPT_TOOLKIT_NO_CPR")
     child = pexpect.spawn(
         sys.executable,
         ["-m", "memgpt", "run", *args],
@@ -257,7 +260,7 @@ def test_adding_a_persona_or_human_of_a_taken_name_asks_first(home: Path) -> Non
     assert again.returncode == 1 and "Replace your human 'ann'?" in again.stderr and "pass -y" in again.stderr
     assert json.loads(cli("list", "humans", "--json", home=home).stdout)["ann"] == "Name: Ann"
     # In a terminal it asks; "no" changes nothing.
-    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    env = {**os.environ, "MEMGPT_HOME": str(home), **TERMINAL}
     asked = ["-m", "memgpt", "add", "persona", "--name", "sam_pov", "--text", "I am someone else."]
     child = pexpect.spawn(sys.executable, asked, env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
     try:
@@ -400,7 +403,9 @@ def test_what_is_typed_as_a_timed_heartbeat_comes_is_kept(
     prompt gave up is taken (the prompt waits up to 1 s for a cursor report pexpect never answers: cancelled
     meanwhile, the sent line was lost), and a half-typed line is neither lost nor cut short by the heartbeat."""
     llm.add({"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."})
-    with chat_in_a_terminal(home, tmp_path, "--agent", "Idle", "--first", "--heartbeat-minutes", "0.01") as child:
+    # With the cursor report asked for: the wait for it is where a heartbeat cancelled the prompt and lost the line.
+    chat = chat_in_a_terminal(home, tmp_path, "--agent", "Idle", "--first", "--heartbeat-minutes", "0.01", cpr=True)
+    with chat as child:
         child.expect_exact("💭 Let them be for an hour.")
         for _ in range(4):
             time.sleep(half)
@@ -1062,7 +1067,7 @@ def test_a_ctrl_c_during_a_timed_heartbeat_says_so_in_one_line_and_the_chat_goes
         {"until": go_on, "tool": "send_message", "args": {"message": "never shown"}},
         {"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."},
     )
-    env = {**os.environ, "MEMGPT_HOME": str(home), "TERM": "xterm"}
+    env = {**os.environ, "MEMGPT_HOME": str(home), **TERMINAL}
     child = pexpect.spawn(
         sys.executable,
         ["-m", "memgpt", "run", "--agent", "Idle", "--first", "--heartbeat-minutes", "0.03"],
@@ -1100,3 +1105,31 @@ def test_a_ctrl_c_during_a_timed_heartbeat_says_so_in_one_line_and_the_chat_goes
     assert "The user is idle; I'll make a note." in [m.content for m in stored]  # the first step, kept
     called = [call.name for m in stored for call in m.tool_calls]
     assert "send_message" not in called, called  # nothing of the interrupted step
+
+
+def test_keys_typed_during_a_timed_heartbeat_are_not_echoed_among_its_output(
+    home: Path, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """A line typed while a timed heartbeat's step runs (it comes unasked) was echoed raw by the terminal among the
+    agent's output, before the next prompt took it; now only that prompt shows it, and runs it."""
+    go_on = threading.Event()
+    pause = {"tool": "pause_heartbeats", "args": {"minutes": 60}, "content": "Let them be for an hour."}
+    llm.add({"until": go_on, **pause})
+    try:
+        with chat_in_a_terminal(home, tmp_path, "--agent", "Idle", "--first", "--heartbeat-minutes", "0.01") as child:
+            deadline = time.monotonic() + 30
+            while not llm.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert llm.requests, "the timed heartbeat never reached the LLM"
+            child.sendline("/memory")  # typed while the heartbeat's step waits for the LLM
+            time.sleep(0.5)  # (a terminal echoes at once)
+            go_on.set()
+            child.expect_exact("💭 Let them be for an hour.")
+            assert "/memory" not in (child.before or "")
+            child.expect_exact("/memory")  # at the next prompt, which takes it
+            child.expect_exact("recall: ", timeout=10)
+            child.sendline("/exit")
+            child.expect(pexpect.EOF)
+    finally:
+        go_on.set()
+    assert len(llm.requests) == 1

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pexpect
 
+from tests.conftest import TERMINAL
+
 PROMPT_TIMEOUT = 60
 _ESCAPES = r"(?:\x1b\[[0-9;?]*[A-Za-z]|\s)*"
 
@@ -20,7 +22,7 @@ def question(text: str) -> str:
 
 
 def test_prompts_in_the_seeds_words(tmp_path: Path) -> None:
-    env = {**os.environ, "HOME": str(tmp_path), "MEMGPT_HOME": str(tmp_path / ".memgpt"), "TERM": "xterm"}
+    env = {**os.environ, "HOME": str(tmp_path), "MEMGPT_HOME": str(tmp_path / ".memgpt"), **TERMINAL}
     child = pexpect.spawn(
         sys.executable,
         ["-m", "memgpt", "configure", "--no-llm-check"],  # no Ollama runs here; test_llm_check covers the check

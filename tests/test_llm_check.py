@@ -16,7 +16,7 @@ from memgpt.config import LLMSettings
 from memgpt.errors import LLMError
 from memgpt.llm import ResolvedLLM, resolve_llm
 from memgpt.llm.probe import check_llm
-from tests.conftest import cli
+from tests.conftest import TERMINAL, cli
 from tests.scripted_llm import ScriptedLLM
 from tests.test_configure_interactive import question
 
@@ -152,7 +152,7 @@ def test_no_llm_check_saves_offline_and_the_flags_are_kept(home: Path) -> None:
 
 def test_configure_at_a_terminal_offers_the_servers_window(llm: ScriptedLLM, tmp_path: Path) -> None:
     llm.models = [{"id": "qwen", "max_model_len": 32768}]
-    env = {**os.environ, "HOME": str(tmp_path), "MEMGPT_HOME": str(tmp_path / ".memgpt"), "TERM": "xterm"}
+    env = {**os.environ, "HOME": str(tmp_path), "MEMGPT_HOME": str(tmp_path / ".memgpt"), **TERMINAL}
     child = pexpect.spawn(
         sys.executable, ["-m", "memgpt", "configure"], env=env, encoding="utf-8", timeout=60, dimensions=(40, 200)
     )

@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from letta_client import APIStatusError, Letta
+from mcp.shared.exceptions import MCPError
 from sqlalchemy import event
 
 from memgpt.config import load_config, save_config
@@ -21,6 +23,7 @@ from tests.conftest import DATA
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, auth, use_scripted_llm
+from tests.test_mcp_serve import http, leaves
 
 HANDLE = "openai-compatible/scripted"
 
@@ -238,3 +241,35 @@ def test_postgres_down_as_the_agent_opens_answers_503_and_frees_the_agent_once_i
     back = time.monotonic()
     assert letta.agents.messages.create(agent_id, input="next").messages[-1].content == "after"
     assert time.monotonic() - back < 10  # not the 30 s of a lease left to expire
+
+
+def test_mcp_while_postgres_is_down_says_why_in_the_sdk(server: LiveServer, postgres_server: PostgresServer) -> None:
+    """A key not yet trusted cannot be checked while PostgreSQL is down: /mcp answers 503 as the REST API does, and
+    the mcp SDK's client shows why (it said "Server returned an error response"), from the JSON-RPC error the body
+    carries too; once PostgreSQL is back the same key works."""
+    key, url = server.key(), f"{server.url}/mcp"
+
+    async def connect() -> list[str]:
+        said: list[str] = []
+        try:
+            async with http(url, key) as session:
+                await session.client.list_tools()
+        except* MCPError as refused:  # (in the SDK's task groups' exception groups)
+            said = [error.message for error in leaves(refused)]
+        return said
+
+    with postgres_server.down():
+        said = anyio.run(connect)
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        answer = httpx.post(url, json=ping, headers={**auth(key), "Accept": "application/json, text/event-stream"})
+    assert answer.status_code == 503, answer.text
+    detail = answer.json()["detail"]
+    assert answer.json() == {
+        "detail": detail,
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32603, "message": detail},
+    }
+    print(detail)
+    assert said == [detail] and "Server returned an error response" not in detail
+    assert anyio.run(connect) == []

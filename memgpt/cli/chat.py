@@ -38,6 +38,34 @@ _MEMORY_VERBS = {
 }
 
 
+@contextmanager
+def _unechoed() -> Iterator[None]:
+    """Keys typed at the terminal are not echoed while the block runs (a timed heartbeat's step, which comes
+    unasked): the terminal echoed them raw among the agent's output, before the next prompt took them and showed
+    them in its line. The terminal keeps them for that prompt; Ctrl-C still interrupts."""
+    import sys
+
+    try:
+        import termios
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        fd = sys.stdin.fileno()
+        before = termios.tcgetattr(fd)
+    except (termios.error, OSError, ValueError):  # not a terminal
+        yield
+        return
+    quiet = list(before)
+    quiet[3] &= ~termios.ECHO  # the local modes; not TCSAFLUSH, which would drop what was typed
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(fd, termios.TCSANOW, before)
+
+
 def show(event: Event) -> None:
     if isinstance(event, Thought):
         console.print(f"[italic bright_black]💭 {escape(event.text)}[/]")
@@ -163,7 +191,7 @@ class Chat:
         return self._attempt(text, lambda: self.step(lambda agent: agent.send(text)))
 
     def _timed_heartbeat(self) -> None:
-        with contextlib.suppress(AgentBusyError):  # another process's turn runs now: not needed then
+        with contextlib.suppress(AgentBusyError), _unechoed():  # AgentBusyError: another process's turn runs now
             self.step(lambda agent: agent.timed_heartbeat())
 
     def _attempt(self, text: str, work: Callable[[], bool | None], name: str | None = None) -> bool:

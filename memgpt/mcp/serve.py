@@ -97,10 +97,10 @@ def lease_guard(storage: Storage, agent_id: str, *, wait: float = BUSY_WAIT) -> 
         yield
 
 
-def _stop_when(stopping: threading.Event | None) -> Callable[[int], None]:
-    """An insert's progress check: once ``stopping`` is set it ends, before anything is written."""
+def _stop_when(stopping: threading.Event | None) -> Callable[[], None]:
+    """An insert's check: once ``stopping`` is set it ends, before anything is written."""
 
-    def check(_: int) -> None:
+    def check() -> None:
         if stopping is not None and stopping.is_set():
             raise BackendError("the server is stopping: nothing was stored; send the text again when it is back")
 
@@ -147,9 +147,9 @@ def memory_server(
 ) -> MCPServer:
     """The MCP server with the memory tools; ``caller`` says who asks for each call. An insert takes at most
     ``max_insert_mb`` of text (``server.max_passage_mb``, as the REST API's) and, once ``stopping`` is set (a server
-    told to stop), ends at its next embedding batch with nothing stored. Block edits wait for the agent's running
-    turn under ``guard`` (default: its lease in ``storage``; a server passes its own turns' hold) and are refused
-    after a few seconds, as the REST API's are."""
+    told to stop), ends at once (it checks while splitting and between embedding batches) with nothing stored. Block
+    edits wait for the agent's running turn under ``guard`` (default: its lease in ``storage``; a server passes its
+    own turns' hold) and are refused after a few seconds, as the REST API's are."""
     memory = _Memory(storage, embedding, caller)
     hold: Guard = guard or (lambda agent_id: lease_guard(storage, agent_id))
 
@@ -182,7 +182,7 @@ def memory_server(
             problem = over_insert_limit(content, max_insert_mb, "content")
             if problem is not None:  # refused before any work: embedding it would outlast the client's timeout
                 raise UserError(f"{problem}; nothing was stored: send it in parts")
-            stored = len(memory.open(ctx).archival.add(content, on_progress=_stop_when(stopping)))
+            stored = len(memory.open(ctx).archival.add(content, check=_stop_when(stopping)))
             return f"Stored in archival memory ({stored} passage{'s' if stored != 1 else ''})."
 
     def conversation_search(

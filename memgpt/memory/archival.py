@@ -109,7 +109,7 @@ class ArchivalMemory:
         created_at: datetime | None = None,
         step_id: str = "",
         attempt: str = "",
-        on_progress: Callable[[int], None] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> list[Passage]:
         """Store ``content`` as the agent's own passages (split if it is longer than the model takes),
         with ``tags`` in their metadata; returns them (without embeddings). With a ``step_id`` the
@@ -117,12 +117,16 @@ class ArchivalMemory:
         With an ``attempt`` (the run of a write a client may retry) their ids derive from it and the chunk's
         position, and they are upserted: a retry that redoes the work (an earlier try failed or died, perhaps after
         writing some) and a stalled try that goes on after it both rewrite the same rows, never a second copy.
-        ``on_progress`` is told after each embedding batch; an error it raises stops the add before anything is
-        written."""
+        ``check`` is called all along the work before the write (while the text is split, before the embedding
+        and after each embedding batch); an error it raises stops the add before anything is written."""
         if not content.strip():
             raise ToolError("content is empty; nothing was stored")
-        chunks = self._chunker.split(content)
-        vectors = self._model.embed_multi(chunks, on_progress=on_progress)
+        chunks = self._chunker.split(content, check=check)
+        if check is None:
+            vectors = self._model.embed_multi(chunks)
+        else:
+            check()  # before the batches are planned (every chunk's tokens counted) and the model perhaps loaded
+            vectors = self._model.embed_multi(chunks, on_progress=lambda _done: check())
         moment = created_at or utc_now()
         metadata = {"tags": list(dict.fromkeys(tags))} if tags else {}
         passages = [

@@ -108,7 +108,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
             threading.Thread(target=opened.stop_turns_when_told, name="stop-turns", daemon=True).start()
             yield
         finally:
-            opened.stopping.set()  # an insert still embedding ends at its next batch, so the process can exit
+            opened.stopping.set()  # an insert still splitting or embedding ends at once, so the process can exit
             await anyio.to_thread.run_sync(jobs.stop)
             opened.close()
 
@@ -222,7 +222,7 @@ def _served_lite(home: Path, config: Config) -> str:
 
 def stopping_on_signals(stopping: threading.Event) -> None:
     """Set ``stopping`` the moment uvicorn is told to stop (SIGINT, SIGTERM), before it waits for the requests still
-    running: an insert being embedded ends at its next batch with a 503 and nothing stored, rather than holding the
+    running: an insert being split or embedded ends at once with a 503 and nothing stored, rather than holding the
     server (it held one 16 minutes) or being cut by the shutdown timeout with a traceback in the log. Called during
     startup, when uvicorn's own handlers are in place; an app served from a thread other than the main one (as in
     tests) takes no signals."""

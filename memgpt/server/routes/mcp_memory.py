@@ -9,6 +9,7 @@ Mounted in `memgpt server` (one process owns Milvus Lite), or served alone by
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memgpt import __version__
 from memgpt.server import errors
@@ -31,14 +32,69 @@ PATH = "/mcp"
 _USER = "memgpt.user"  # the ASGI scope key the caller's user travels in, from _KeyAuth to the tools
 AGENT_PARAMETER = "agent"
 UNAUTHORIZED = -32001  # the JSON-RPC error code of a refused key (a server-defined one: JSON-RPC has none for it)
+INVALID_REQUEST, INTERNAL_ERROR = -32600, -32603  # JSON-RPC's own: the request's fault (4xx), or the server's (5xx)
+
+
+def _as_jsonrpc(detail: str, code: int) -> dict[str, Any]:
+    """An error ``detail`` as the REST API says it (``{"detail"}``) and as a JSON-RPC error, which the mcp SDK's client
+    reads from an error status's JSON body and shows (else it says "Server returned an error response"). The
+    request's id is not known (its body may not have been read): ``null``, which the SDK allows."""
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": detail}, "detail": detail}
 
 
 def _refused(detail: str) -> ASGIApp:
-    """The 401 of a missing or bad key: ``detail`` as the REST API says it, and as a JSON-RPC error, which the mcp
-    SDK's client reads from an error status's JSON body and shows (else it says "Server returned an error response").
-    The request's id is not read (its body is not, before the key is checked): ``null``, which the SDK allows."""
-    body = {"jsonrpc": "2.0", "id": None, "error": {"code": UNAUTHORIZED, "message": detail}, "detail": detail}
+    """The 401 of a missing or bad key (the body is not read before the key is checked)."""
+    body = _as_jsonrpc(detail, UNAUTHORIZED)
     return JSONResponse(body, status_code=401, headers={**errors.NO_RETRY, "WWW-Authenticate": "Bearer"})
+
+
+class _JsonRpcErrors:
+    """Outside the app's other middleware, for ``/mcp`` only: an error status answered in the REST API's shape
+    (``{"detail": ...}``: a body over the size limit, 413; a database that is down, 503; ...) also carries the detail
+    as a JSON-RPC error, as a refused key's 401 does, so the mcp SDK's client shows it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != PATH:
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None  # an error's start, held until its body is known
+        body = b""
+
+        async def sending(message: Message) -> None:
+            nonlocal held, body
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                kind = dict(message.get("headers") or []).get(b"content-type", b"")
+                if kind.startswith(b"application/json"):
+                    held = message
+                    return
+            if held is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            body += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            body = _with_jsonrpc_error(body, held["status"])
+            headers = [(k, v) for k, v in held.get("headers") or [] if k != b"content-length"]
+            await send({**held, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, sending)
+
+
+def _with_jsonrpc_error(body: bytes, status: int) -> bytes:
+    """``body`` with the JSON-RPC error added when it is the REST API's ``{"detail": ...}`` (and not one already)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(parsed, dict) or "detail" not in parsed or "jsonrpc" in parsed:
+        return body
+    detail = parsed["detail"]
+    message = detail if isinstance(detail, str) else json.dumps(detail)
+    return json.dumps(_as_jsonrpc(message, INTERNAL_ERROR if status >= 500 else INVALID_REQUEST)).encode()
 
 
 class _KeyAuth:
@@ -87,10 +143,12 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
         _caller_of(default_agent),
         max_insert_mb=state.config.server.max_passage_mb,
         guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
-        stopping=state.stopping,  # an insert being embedded ends at its next batch when the server stops
+        stopping=state.stopping,  # an insert being split or embedded ends when the server stops
     )
     endpoint, running = http_endpoint(server)
     app.router.routes.append(Route(PATH, endpoint=_KeyAuth(endpoint, state)))
+    # Added after the app's BodyLimit: the last added is the outermost, so it sees BodyLimit's 413 too.
+    app.add_middleware(_JsonRpcErrors)
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -103,7 +161,7 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
 
 def standalone_app(state: ServerState, *, default_agent: str | None = None) -> FastAPI:
     """Only ``/mcp`` (for `memgpt mcp serve --transport http`); the state closes with the app. Told to stop, it
-    stops as `memgpt server` does: an insert being embedded ends at its next batch, storing nothing, and uvicorn cuts
+    stops as `memgpt server` does: an insert being split or embedded ends at once, storing nothing, and uvicorn cuts
     what still runs after ``server.shutdown_seconds``."""
     from memgpt.server.app import stopping_on_signals
 

@@ -44,8 +44,8 @@ def _refuse_long(state: ServerState, text: str) -> None:
         )
 
 
-def _stop_when_stopping(state: ServerState) -> Callable[[int], None]:
-    def check(_: int) -> None:
+def _stop_when_stopping(state: ServerState) -> Callable[[], None]:
+    def check() -> None:
         if state.stopping.is_set():
             raise BackendError("the server is stopping: nothing was stored; send the text again when it is back")
 
@@ -89,7 +89,7 @@ def create_passage(
     def work() -> list[str]:
         tags, moment = body.tags or [], _utc(body.created_at)
         stop = _stop_when_stopping(state)
-        made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt, on_progress=stop))
+        made.extend(archival.add(body.text, tags=tags, created_at=moment, attempt=write.attempt, check=stop))
         return [p.id for p in made]
 
     ids = write.run(work)
