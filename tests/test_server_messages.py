@@ -156,7 +156,8 @@ def test_a_send_that_is_not_streamed_is_handed_its_turn_once_it_is_over(
     user = server.state.owner.id
     for collected in (False, True):
         search_then_reply(llm, delay=0.5)
-        send = TurnInput(user, agent_id, "tea?", "user", 10, f"digest-{collected}", False, Rendering(), collected)
+        digest = f"digest-{collected}"
+        send = TurnInput(user, agent_id, "tea?", "user", 10, digest, False, Rendering(), collected=collected)
         turn = runner.begin(send).result(timeout=30)
         assert turn.done is collected, f"collected={collected}: handed the turn {'before' if collected else 'after'}"
         if not collected:

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +91,7 @@ class TurnInput:
     digest: str  # of the request, so a retry is recognised
     retry: bool
     rendering: Rendering
+    _: KW_ONLY  # (both below default: a positional value meant for one would land in the other)
     # time.monotonic() when this process began to handle the request (``retried.Arrivals``; None: when it started):
     # a first try that a retry overtook answers with the retry's turn (``memgpt.storage.turns.Arrival``)
     arrived: float | None = None
