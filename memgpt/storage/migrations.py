@@ -484,6 +484,14 @@ def _0020_deleted_agents(conn: Connection) -> None:
     meta.tables["deleted_sources"].create(conn)
 
 
+def _0027_agents_archival_count(conn: Connection) -> None:
+    """The count of each agent's own archival passages, kept in SQL so that opening an agent (its prompt shows
+    the count) needs no vector store; existing agents are counted once, when next opened (storage/agents.py)."""
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_version INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_count INTEGER"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_counted INTEGER"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
     ("0002_agents", _0002_agents),
@@ -502,6 +510,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0018_agents_last_system", _0018_agents_last_system),
     ("0019_agents_pressure_alerted", _0019_agents_pressure_alerted),
     ("0020_deleted_agents", _0020_deleted_agents),
+    ("0027_agents_archival_count", _0027_agents_archival_count),
 ]
 
 
