@@ -103,7 +103,8 @@ def test_the_prompt_counts_tool_inserts_and_attached_sources(home: Path, llm: Sc
 
 
 # Adds a passage to the agent's archival memory as `memgpt server`'s passages.create does (no step), then adds
-# another and is killed with SIGKILL right after Milvus stored it, before SQL hears of it.
+# another and is killed with SIGKILL right after Milvus stored it, before SQL hears of it. With "reader", the
+# agent's own passages are counted (as another process opening it would) while that write is open.
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
@@ -121,6 +122,9 @@ archival = ArchivalMemory(storage, LocalMiniLM(), agent_id=state.id, user_id=sta
 archival.add("Chad owns a sailing boat named Tern.", attempt="first")
 upsert = MilvusPassageStore.upsert
 def killed(self, rows):
+    if sys.argv[2] == "reader":  # another process opening the agent counts now, before the passage is stored
+        reader = ArchivalMemory(storage, LocalMiniLM(), agent_id=state.id, user_id=state.user_id)
+        assert reader.own_count() == 1
     upsert(self, rows)
     os.kill(os.getpid(), signal.SIGKILL)
 MilvusPassageStore.upsert = killed
@@ -128,10 +132,13 @@ archival.add("Chad hates coffee.", attempt="second")
 """
 
 
-def test_a_kill_between_the_milvus_write_and_sql_leaves_no_wrong_count(home: Path, llm: ScriptedLLM) -> None:
+@pytest.mark.parametrize("meanwhile", ["", "reader"])
+def test_a_kill_between_the_milvus_write_and_sql_leaves_no_wrong_count(
+    home: Path, llm: ScriptedLLM, meanwhile: str
+) -> None:
     assert shown(home, llm) == 0
     child = subprocess.run(
-        [sys.executable, "-c", KILLED_WRITER, AGENT],
+        [sys.executable, "-c", KILLED_WRITER, AGENT, meanwhile],
         cwd=REPO,
         env={**os.environ, "MEMGPT_HOME": str(home)},
         capture_output=True,
@@ -141,5 +148,5 @@ def test_a_kill_between_the_milvus_write_and_sql_leaves_no_wrong_count(home: Pat
     )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert in_milvus(home) == 2  # the second passage is stored: SQL's count of 1 must not be taken
+    assert shown(home, llm) == 2  # counted again in Milvus: the kept count is not taken
     assert shown(home, llm) == 2
-    assert shown(home, llm) == 2  # counted again once, and kept

@@ -91,7 +91,7 @@ class ArchivalMemory:
         yield
         self._storage.marks.written(self.agent_id, self._store)
         # Outside a server turn a server process holding the agent open sees the count move (its version).
-        self._storage.agents.archival_writing(self.agent_id, touch=self.fence is None)
+        self._storage.agents.archival_writing(self.agent_id, ended=True, touch=self.fence is None)
         self.own_count()
 
     def _own(self) -> Filter:
@@ -113,7 +113,7 @@ class ArchivalMemory:
         if known is not None:
             return known
         counted = self._store.count(self._own())
-        self._storage.agents.keep_archival_count(self.agent_id, counted, version)
+        self._storage.agents.keep_archival_count(self.agent_id, counted, version, open_for=self._storage.claim_seconds)
         return counted
 
     def insert(self, content: str, *, step_id: str = "") -> int:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    case,
     delete,
     func,
     or_,
@@ -85,6 +86,9 @@ class AgentRow(Base):
     archival_version: Mapped[int] = mapped_column(Integer, default=0)
     archival_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     archival_counted: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Writes of its passages begun and not ended (one a process died in never ends) and when the latest began.
+    archival_writes_open: Mapped[int] = mapped_column(Integer, default=0)
+    archival_write_began: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class BlockRow(Base):
@@ -320,6 +324,7 @@ class AgentStore:
                     archival_version=0,
                     archival_count=own_passages,
                     archival_counted=0,
+                    archival_writes_open=0,
                 )
             )
             s.flush()
@@ -547,17 +552,25 @@ class AgentStore:
             bump_agents(s, agent_id)
 
     # -- the count of the agent's own archival passages ----------------------------------------------
-    def archival_writing(self, agent_id: str, *, touch: bool = False) -> None:
-        """Called just before and just after each write of the agent's own passages to the vector store: a count
-        kept before the write, or made while it went on, is no longer taken (``archival_count``), and one made
-        after it is kept only if no write began meanwhile. A crash between the write and the call after it
-        leaves the count to be made again by the next process that asks. ``touch``: also move the agent's
-        version (``touch``), in the same transaction."""
+    def archival_writing(self, agent_id: str, *, ended: bool = False, touch: bool = False) -> None:
+        """Called just before (``ended=False``) and just after (``ended=True``) each write of the agent's own
+        passages to the vector store. Both move the version, so a count kept before the write, or made while it
+        went on, is no longer taken (``archival_count``). A count made while another process's write is open is
+        not kept (``keep_archival_count``): were that process to die between its write and the call after it,
+        the count would miss its passages for good. ``touch``: also move the agent's version (``touch``)."""
+        values: dict[str, Any] = {"archival_version": AgentRow.archival_version + 1}
+        if ended:
+            values["archival_writes_open"] = case(
+                (AgentRow.archival_writes_open > 0, AgentRow.archival_writes_open - 1), else_=0
+            )
+        else:
+            values["archival_writes_open"] = AgentRow.archival_writes_open + 1
+            values["archival_write_began"] = utc_now()
         with self._metadata.session() as s:
             s.execute(
                 update(AgentRow)
                 .where(AgentRow.id == agent_id)
-                .values(archival_version=AgentRow.archival_version + 1)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
             if touch:
@@ -577,12 +590,23 @@ class AgentStore:
         version, count, counted = int(row[0]), row[1], row[2]
         return (int(count) if count is not None and counted == version else None), version
 
-    def keep_archival_count(self, agent_id: str, count: int, version: int) -> None:
-        """Keep ``count``, begun when ``archival_count`` gave ``version``, unless a write began since."""
+    def keep_archival_count(self, agent_id: str, count: int, version: int, *, open_for: float) -> None:
+        """Keep ``count``, begun when ``archival_count`` gave ``version``, unless a write began since or one is
+        open: one that began less than ``open_for`` seconds ago (a lease's length; an older one is taken to be
+        of a process that died, whose passages the count saw, as it was made after)."""
+        stale = utc_now() - timedelta(seconds=open_for)
         with self._metadata.session() as s:
             s.execute(
                 update(AgentRow)
-                .where(AgentRow.id == agent_id, AgentRow.archival_version == version)
+                .where(
+                    AgentRow.id == agent_id,
+                    AgentRow.archival_version == version,
+                    or_(
+                        AgentRow.archival_writes_open == 0,
+                        AgentRow.archival_write_began.is_(None),
+                        AgentRow.archival_write_began < stale,
+                    ),
+                )
                 .values(archival_count=count, archival_counted=version)
                 .execution_options(synchronize_session=False)
             )

@@ -490,6 +490,8 @@ def _0027_agents_archival_count(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE agents ADD COLUMN archival_version INTEGER NOT NULL DEFAULT 0"))
     conn.execute(text("ALTER TABLE agents ADD COLUMN archival_count INTEGER"))
     conn.execute(text("ALTER TABLE agents ADD COLUMN archival_counted INTEGER"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_writes_open INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text(f"ALTER TABLE agents ADD COLUMN {_timestamp(conn, 'archival_write_began TIMESTAMP')}"))
 
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
