@@ -433,7 +433,7 @@ def test_extra_blocks_are_core_memory_and_read_only_blocks_refuse_the_agents_edi
 
 
 # -- archival memory ----------------------------------------------------------------------------------
-def test_passages_create_list_search_and_delete(letta: Letta) -> None:
+def test_passages_create_list_search_and_delete(letta: Letta, server: LiveServer) -> None:
     agent_id = sam(letta)
     old = datetime(2026, 1, 1, tzinfo=UTC)
     made = letta.agents.passages.create(agent_id, text="Chad likes green tea.", tags=["pref", "drink"], created_at=old)
@@ -475,6 +475,9 @@ def test_passages_create_list_search_and_delete(letta: Letta) -> None:
     with pytest.raises(NotFoundError):  # another agent's passage
         letta.agents.passages.delete(boat.id, agent_id=other)
     assert boat.id in {p.id for p in letta.agents.passages.list(agent_id)}
+    # The count an agent's prompt shows is kept in SQL beside each write (test_archival_count), deletes included.
+    kept, _ = server.state.storage.agents.archival_count(agent_id)
+    assert kept == len(letta.agents.passages.list(agent_id, limit=1000))
 
 
 @pytest.mark.usefixtures("metadata_url")  # the run that records the insert, on SQLite and on PostgreSQL

@@ -174,8 +174,9 @@ def test_a_first_run_killed_while_its_collection_is_made_leaves_recall_searchabl
 ) -> None:
     """The recall index shares the embedding space's collection with archival passages; a first `memgpt run`
     killed while making it (before its indexes) leaves it to the next run to finish, on Lite and on a server.
-    (`run --message` leaves its messages to the next search, which indexes them here.)"""
-    crashing_run(home, "collection_made", "--message", NEXT)
+    The first run is a chat (a line piped in), which opens Milvus at once; `run --message` opens it only for a
+    tool, and leaves its messages to the next search, which indexes them here."""
+    crashing_run(home, "collection_made", stdin=f"{NEXT}\n")
     done = run_cli("run", "--agent", AGENT, "--message", NEXT, home=home)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "🤖 It is teal." in done.stdout

@@ -521,6 +521,7 @@ def _write_agent(
         history=[stored(m) for m in plan.history],
         out_of_context=plan.out_of_context,
         source_ids=[sources[sid].id for sid in agent.sources if sid in sources],
+        own_passages=result.passages,
     )
     made.agents.append(state)
     _attach_mcp_servers(storage, settings.home, document.mcp_servers_of(agent), state, result)

@@ -27,6 +27,7 @@ from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.memory.recall import writing as recall_writing
 from memgpt.storage import Storage
 from memgpt.storage.agents import AgentSummary
+from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq
 from memgpt.tokens import bound_message, bound_tools, count_message, count_tools
 from memgpt.types import AgentState, Block, EmbeddingSpace, Source, utc_now
@@ -440,9 +441,12 @@ class AgentMemory:
 
 def open_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel, *, eager: bool = True) -> AgentMemory:
     """The agent's memory with ``embedding``, which must be the model its memory was written with; ``eager``:
-    new messages are indexed in recall as they are stored (else left to the next catch-up: ``RecallMemory``)."""
-    archival = archival_memory(storage, state, embedding)
-    index = RecallIndex(storage.passages(state.space), embedding)
+    new messages are indexed in recall as they are stored, and Milvus is opened now. Else they are left to the
+    next catch-up (``RecallMemory``), and Milvus opens only if a tool (or undoing a step) uses it: the archival
+    count the agent's prompt shows is read from SQL."""
+    store = storage.passages(state.space) if eager else storage.passages_at_first_use(state.space)
+    archival = archival_memory(storage, state, embedding, store=store)
+    index = RecallIndex(store, embedding)
     recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index, eager=eager)
     return AgentMemory(recall, archival)
 
@@ -495,12 +499,15 @@ def open_agent(
     return agent, warnings
 
 
-def archival_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel) -> ArchivalMemory:
-    """The agent's archival memory, searched with ``embedding`` (refused when the agent was made with another)."""
+def archival_memory(
+    storage: Storage, state: AgentState, embedding: EmbeddingModel, *, store: PassageStore | None = None
+) -> ArchivalMemory:
+    """The agent's archival memory, searched with ``embedding`` (refused when the agent was made with another);
+    ``store``: its passage store, if not ``storage.passages`` (see ``open_memory``)."""
     state.space.ensure_same(
         embedding.space, owner=f"the memory of agent {state.name!r}", fix="switch back with `memgpt configure`"
     )
-    return ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id)
+    return ArchivalMemory(storage, embedding, agent_id=state.id, user_id=state.user_id, store=store)
 
 
 def attach_source(storage: Storage, state: AgentState, source: Source | str) -> tuple[Source, bool]:

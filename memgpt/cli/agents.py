@@ -167,15 +167,16 @@ def run(
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
     from memgpt.llm import resolve_llm
 
-    # No LLM configured: stop with one line before anything is created. Then Milvus (Lite's process, the
-    # agent's collection) starts opening, as `search` and `load` do: opening the agent counts its archival
-    # passages. A chat (at a terminal, or lines piped in) indexes each turn's messages in recall as it goes, so
-    # its embedding model loads meanwhile too. One --message, a process that ends after its turn, leaves them
-    # to the next search of the agent, which indexes them first (``RecallMemory``), or to the next chat's
-    # opening: the model loads only if a tool embeds (searching, inserting), ~0.2 CPU s saved a turn that does not.
+    # No LLM configured: stop with one line before anything is created. A chat (at a terminal, or lines piped
+    # in) indexes each turn's messages in recall as it goes, so Milvus (Lite's process, the agent's collection)
+    # starts opening and its embedding model loading at once, as for `search` and `load`. One --message, a process
+    # that ends after its turn, leaves them to the next search of the agent, which indexes them first
+    # (``RecallMemory``), or to the next chat's opening; its prompt's archival count is read from SQL, so Milvus
+    # opens and the model loads only if a tool needs them (searching, inserting): ~0.35 CPU s saved a turn that
+    # does not.
     eager = message is None
     with (
-        open_storage(vectors=True, embeds=eager, check=lambda config: resolve_llm(config.llm)) as (storage, config),
+        open_storage(vectors=eager, check=lambda config: resolve_llm(config.llm)) as (storage, config),
         ExitStack() as stack,
     ):
         from memgpt.agent.manager import open_agent, resolve_agent, update_agent

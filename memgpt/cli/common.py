@@ -59,12 +59,11 @@ def home_and_config() -> tuple[Path, Config]:
 
 @contextmanager
 def open_storage(
-    *, vectors: bool = False, embeds: bool = True, check: Callable[[Config], object] | None = None
+    *, vectors: bool = False, check: Callable[[Config], object] | None = None
 ) -> Iterator[tuple[Storage, Config]]:
     """The home's storage. A command that will use Milvus either passes ``vectors=True`` (once its input is
-    checked), and Milvus and the configured embedding model (unless ``embeds`` is False: a command that may
-    never embed, which loads it at first use) start loading before anything else, SQLAlchemy included; or
-    calls ``storage.open_vectors_early()`` later. Either way Milvus then opens while the
+    checked), and Milvus and the configured embedding model start loading before anything else, SQLAlchemy
+    included; or calls ``storage.open_vectors_early()`` later. Either way Milvus then opens while the
     command goes on with its imports, its SQL and reading files. ``check`` runs on the config before
     anything is opened or created (``run``'s check that an LLM is configured). A Milvus Lite file another
     memgpt command holds is waited for (see :func:`lock_wait`), which is said once on stderr."""
@@ -77,7 +76,7 @@ def open_storage(
     with command_holding(command_name(), lock_wait()):
         if vectors:
             model = embedding_model(config)
-            storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early if embeds else None)
+            storage = Storage(config, home, vectors_early=model.space, meanwhile=model.load_early)
         else:
             storage = Storage(config, home)
         try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -27,6 +28,7 @@ from memgpt.memory.paging import (
 )
 from memgpt.storage import Storage
 from memgpt.storage.agents import PASSAGE, StepEffect
+from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in, not_in
 from memgpt.storage.fusion import CANDIDATES
 from memgpt.storage.turns import Fence
@@ -55,12 +57,21 @@ def over_insert_limit(text: str, limit_mb: float, field: str) -> str | None:
 class ArchivalMemory:
     """One agent's archival memory, in ``model``'s embedding space (the agent's, checked when it is opened)."""
 
-    def __init__(self, storage: Storage, model: EmbeddingModel, *, agent_id: str, user_id: str) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        model: EmbeddingModel,
+        *,
+        agent_id: str,
+        user_id: str,
+        store: PassageStore | None = None,
+    ) -> None:
+        """``store``: the passage store of ``model``'s space (default: ``storage.passages``, which opens Milvus)."""
         self._storage = storage
         self._model = model
         self.agent_id = agent_id
         self.user_id = user_id
-        self._store = storage.passages(model.space)
+        self._store = store if store is not None else storage.passages(model.space)
         self.last_recorded_step = ""  # the last step this memory recorded passages under
         self.fence: Fence | None = None  # the lease of the server turn that holds the agent: its writes carry it
 
@@ -83,10 +94,17 @@ class ArchivalMemory:
     def _read_after(self, scope_ids: list[str]) -> None:
         self._storage.marks.catch_up(scope_ids, self._store)
 
-    def _written(self) -> None:
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around each write of the agent's own passages: the count kept in SQL is put aside before it (a crash
+        during or after the write leaves it to be counted again) and made again after it, while the vector
+        store is open, so that the next opening of the agent reads it from SQL (see ``AgentStore.archival_writing``)."""
+        self._storage.agents.archival_writing(self.agent_id)
+        yield
         self._storage.marks.written(self.agent_id, self._store)
-        if self.fence is None:  # outside a server turn: a server process holding the agent open sees the count move
-            self._storage.agents.touch(self.agent_id)
+        # Outside a server turn a server process holding the agent open sees the count move (its version).
+        self._storage.agents.archival_writing(self.agent_id, ended=True, touch=self.fence is None)
+        self.own_count()
 
     def _own(self) -> Filter:
         """The agent's own passages (what it stored itself), without those of attached sources."""
@@ -94,7 +112,21 @@ class ArchivalMemory:
         return all_of(eq("user_id", self.user_id), eq("kind", "archival"), eq("agent_id", self.agent_id))
 
     def count(self) -> int:
-        return self._store.count(self._where())
+        """The passages a search of archival memory ranks: the agent's own (counted in SQL, see ``own_count``)
+        and those of the fully loaded documents of its attached sources (their passage counts in SQL, as
+        `memgpt list sources` shows them). No vector store is opened unless the own count must be made again."""
+        sources = self._storage.attachments.source_ids(self.agent_id)
+        return self.own_count() + self._storage.metadata.ready_passages(sources)
+
+    def own_count(self) -> int:
+        """How many passages of its own the agent has: the count kept in SQL, else counted in the vector store
+        now (and kept unless a write began meanwhile)."""
+        known, version = self._storage.agents.archival_count(self.agent_id)
+        if known is not None:
+            return known
+        counted = self._store.count(self._own())
+        self._storage.agents.keep_archival_count(self.agent_id, counted, version, open_for=self._storage.claim_seconds)
+        return counted
 
     def insert(self, content: str, *, step_id: str = "") -> int:
         """Store ``content`` (split if it is longer than the model takes); returns the passage count.
@@ -146,11 +178,11 @@ class ArchivalMemory:
             effects = [StepEffect(step_id, PASSAGE, p.id) for p in passages]
             self._storage.agents.record_effects(self.agent_id, effects, fence=self.fence)
             self.last_recorded_step = step_id
-        if attempt:  # another try of the same write (a retry, or a stalled first try going on) may write these ids
-            self._store.upsert(passages)
-        else:
-            self._store.insert(passages)  # the ids are new: no old row to replace
-        self._written()
+        with self._writing():
+            if attempt:  # another try of the same write (a retry, or a stalled first try going on) may write these ids
+                self._store.upsert(passages)
+            else:
+                self._store.insert(passages)  # the ids are new: no old row to replace
         return [replace(p, embedding=None) for p in passages]
 
     def own_by_ids(self, passage_ids: Sequence[str]) -> list[Passage]:
@@ -164,8 +196,8 @@ class ArchivalMemory:
     def remove(self, passage_ids: list[str]) -> None:
         """Delete some of the agent's own passages (what a step that was undone or forgotten wrote)."""
         if passage_ids:
-            self._store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", passage_ids)))
-            self._written()
+            with self._writing():
+                self._store.delete(all_of(eq("agent_id", self.agent_id), is_in("id", passage_ids)))
 
     def search(self, query: str, page: int | None = 0) -> RankedPage:
         """A page of the best passages for ``query``, ranked by meaning and words (see ``hits``). Every passage
@@ -265,8 +297,8 @@ class ArchivalMemory:
         where = self._own() & eq("id", passage_id)
         if self._store.count(where) == 0:
             return False
-        self._store.delete(where)
-        self._written()
+        with self._writing():
+            self._store.delete(where)
         return True
 
 

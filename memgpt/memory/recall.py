@@ -23,8 +23,7 @@ from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import MemGPTError, ToolError
@@ -39,6 +38,9 @@ from memgpt.storage.filters import all_of, eq, is_in
 from memgpt.storage.fusion import CANDIDATES, Weights
 from memgpt.storage.turns import Fence, new_owner
 from memgpt.types import Message, Passage, SearchHit
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 _INDEX_BATCH = 128  # messages per pass, over every agent waiting: a /pop waits for at most one pass
@@ -154,6 +156,8 @@ class RecallIndex:
 
     def remember(self, pairs: Sequence[tuple[Message, Message | None]], fresh: Mapping[str, Vector]) -> None:
         """Keep the indexed messages' own embeddings for the next batch's first message."""
+        import numpy as np  # here: a process that indexes nothing (`memgpt run --message`) never imports it
+
         kept = {_own_key(m): np.asarray(fresh[m.id], dtype=np.float32) for m, _ in pairs if m.id in fresh}
         with _recent_lock:
             self._recent.update(kept)
@@ -208,10 +212,12 @@ def _recent_of(model: EmbeddingModel) -> OrderedDict[str, np.ndarray]:
 
 
 def _plain(vector: Vector | np.ndarray) -> Vector:
-    return vector.tolist() if isinstance(vector, np.ndarray) else vector
+    return vector.tolist() if hasattr(vector, "tolist") else vector  # an ndarray (without importing numpy)
 
 
 def _joined(own: Vector | np.ndarray, before: Vector | np.ndarray) -> Vector:
+    import numpy as np
+
     total = np.add(own, before, dtype=np.float64)
     norm = float(np.linalg.norm(total)) or 1.0
     return (total / norm).tolist()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from memgpt.config import Config
 from memgpt.errors import StorageError
@@ -219,6 +220,13 @@ class Storage:
     def passages(self, space: EmbeddingSpace) -> PassageStore:
         return self.vectors.passages(space, on_upgrade=lambda version: self._upgraded(space, version))
 
+    def passages_at_first_use(self, space: EmbeddingSpace) -> PassageStore:
+        """The store of ``space`` as :meth:`passages` gives it, but Milvus opens only when the store is first used
+        (pymilvus's import, Milvus Lite's start and the connection: ~0.15-0.2 CPU s), for a process that may
+        never need it (`memgpt run --message`, whose turn most often neither searches nor stores). What opening
+        it raises is raised by that first use."""
+        return cast("PassageStore", _AtFirstUse(self, space))
+
     def _upgraded(self, space: EmbeddingSpace, version: int) -> None:
         """A collection of an earlier schema was copied into ``space``'s: recall entries made before schema
         4 hold single messages, so the messages of this home's agents in that space are indexed again (with
@@ -246,6 +254,23 @@ class Storage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _AtFirstUse:
+    """See :meth:`Storage.passages_at_first_use`. ``shared`` is known without opening anything."""
+
+    def __init__(self, storage: Storage, space: EmbeddingSpace) -> None:
+        self._storage, self._space = storage, space
+        self.shared = not storage.milvus_target.starts_lite  # as MilvusPassageStore says it
+
+    @functools.cached_property
+    def _store(self) -> PassageStore:
+        return self._storage.passages(self._space)  # one store per space and process, however often asked
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._store, name)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    case,
     delete,
     func,
     or_,
@@ -78,6 +79,16 @@ class AgentRow(Base):
     pressure_alerted: Mapped[bool] = mapped_column(Boolean, default=False)
     # Moved by every change to what an opened agent holds but a server turn's own writes (sql.bump_agents).
     version: Mapped[int] = mapped_column(Integer, default=0)
+    # How many archival passages of its own the agent has in the vector store, kept here so that opening it
+    # (its prompt shows the count) needs no vector store: ``archival_count`` is valid only while
+    # ``archival_counted`` equals ``archival_version``, which every write of its passages moves before and after
+    # writing (see ``archival_writing``). NULL: not counted since the column came (an agent of an older memgpt).
+    archival_version: Mapped[int] = mapped_column(Integer, default=0)
+    archival_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    archival_counted: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Writes of its passages begun and not ended (one a process died in never ends) and when the latest began.
+    archival_writes_open: Mapped[int] = mapped_column(Integer, default=0)
+    archival_write_began: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class BlockRow(Base):
@@ -284,9 +295,11 @@ class AgentStore:
         history: Sequence[StoredMessage] = (),
         out_of_context: Sequence[str] = (),
         source_ids: Sequence[str] = (),
+        own_passages: int = 0,
     ) -> AgentState:
         """A new agent with its blocks and, in the same transaction (an imported agent exists whole or not at
-        all), earlier messages (those in ``out_of_context`` only in recall) and attached sources."""
+        all), earlier messages (those in ``out_of_context`` only in recall) and attached sources. ``own_passages``:
+        the archival passages of its own already written (an imported agent's), its first archival count."""
         with self._metadata.session() as s:
             s.add(
                 AgentRow(
@@ -308,6 +321,10 @@ class AgentStore:
                     tools=_tools_json(state.tools),
                     updated_at=state.updated_at,
                     version=0,
+                    archival_version=0,
+                    archival_count=own_passages,
+                    archival_counted=0,
+                    archival_writes_open=0,
                 )
             )
             s.flush()
@@ -538,6 +555,66 @@ class AgentStore:
         """Move the agent's version after a change stored elsewhere (its own passages in the vector store)."""
         with self._metadata.session() as s:
             bump_agents(s, agent_id)
+
+    # -- the count of the agent's own archival passages ----------------------------------------------
+    def archival_writing(self, agent_id: str, *, ended: bool = False, touch: bool = False) -> None:
+        """Called just before (``ended=False``) and just after (``ended=True``) each write of the agent's own
+        passages to the vector store. Both move the version, so a count kept before the write, or made while it
+        went on, is no longer taken (``archival_count``). A count made while another process's write is open is
+        not kept (``keep_archival_count``): were that process to die between its write and the call after it,
+        the count would miss its passages for good. ``touch``: also move the agent's version (``touch``)."""
+        values: dict[str, Any] = {"archival_version": AgentRow.archival_version + 1}
+        if ended:
+            values["archival_writes_open"] = case(
+                (AgentRow.archival_writes_open > 0, AgentRow.archival_writes_open - 1), else_=0
+            )
+        else:
+            values["archival_writes_open"] = AgentRow.archival_writes_open + 1
+            values["archival_write_began"] = utc_now()
+        with self._metadata.session() as s:
+            s.execute(
+                update(AgentRow)
+                .where(AgentRow.id == agent_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if touch:
+                bump_agents(s, agent_id)
+
+    def archival_count(self, agent_id: str) -> tuple[int | None, int]:
+        """The kept count of the agent's own archival passages (None when it must be counted again) and the
+        version to hand to ``keep_archival_count`` with a count made now."""
+        with self._metadata.session() as s:
+            row = s.execute(
+                select(AgentRow.archival_version, AgentRow.archival_count, AgentRow.archival_counted).where(
+                    AgentRow.id == agent_id
+                )
+            ).one_or_none()
+        if row is None:
+            return None, 0
+        version, count, counted = int(row[0]), row[1], row[2]
+        return (int(count) if count is not None and counted == version else None), version
+
+    def keep_archival_count(self, agent_id: str, count: int, version: int, *, open_for: float) -> None:
+        """Keep ``count``, begun when ``archival_count`` gave ``version``, unless a write began since or one is
+        open: one that began less than ``open_for`` seconds ago (a lease's length; an older one is taken to be
+        of a process that died, whose passages the count saw, as it was made after)."""
+        stale = utc_now() - timedelta(seconds=open_for)
+        with self._metadata.session() as s:
+            s.execute(
+                update(AgentRow)
+                .where(
+                    AgentRow.id == agent_id,
+                    AgentRow.archival_version == version,
+                    or_(
+                        AgentRow.archival_writes_open == 0,
+                        AgentRow.archival_write_began.is_(None),
+                        AgentRow.archival_write_began < stale,
+                    ),
+                )
+                .values(archival_count=count, archival_counted=version)
+                .execution_options(synchronize_session=False)
+            )
 
     def token_ratio(self, agent_id: str) -> tuple[str, float]:
         """The model the agent's token ratio was learnt for ("" for none yet) and the ratio."""

@@ -492,7 +492,18 @@ def _0021_runs_waiting_for_their_first_try(conn: Connection) -> None:
     conn.execute(text(f"ALTER TABLE agent_runs ADD COLUMN {_timestamp(conn, 'waiting_since TIMESTAMP')}"))
 
 
+def _0022_agents_archival_count(conn: Connection) -> None:
+    """The count of each agent's own archival passages, kept in SQL so that opening an agent (its prompt shows
+    the count) needs no vector store; existing agents are counted once, when next opened (storage/agents.py)."""
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_version INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_count INTEGER"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_counted INTEGER"))
+    conn.execute(text("ALTER TABLE agents ADD COLUMN archival_writes_open INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text(f"ALTER TABLE agents ADD COLUMN {_timestamp(conn, 'archival_write_began TIMESTAMP')}"))
+
+
 logger = logging.getLogger(__name__)
+
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_sources_and_documents", _0001_sources_and_documents),
@@ -513,6 +524,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0019_agents_pressure_alerted", _0019_agents_pressure_alerted),
     ("0020_deleted_agents", _0020_deleted_agents),
     ("0021_runs_waiting_for_their_first_try", _0021_runs_waiting_for_their_first_try),
+    ("0022_agents_archival_count", _0022_agents_archival_count),
 ]
 
 

@@ -604,6 +604,19 @@ class MetadataStore:
                 .limit(1)
             )
 
+    def ready_passages(self, source_ids: Iterable[str]) -> int:
+        """How many passages the fully loaded documents of these sources have (what a search of them sees)."""
+        ids = list(source_ids)
+        if not ids:
+            return 0
+        with self.session() as s:
+            total = s.scalar(
+                select(func.coalesce(func.sum(DocumentRow.n_passages), 0)).where(
+                    DocumentRow.source_id.in_(ids), DocumentRow.status == DocumentStatus.READY.value
+                )
+            )
+            return int(total or 0)
+
     def hidden_document_ids(self, source_ids: Iterable[str]) -> list[str]:
         """Documents whose passages may sit in Milvus but must not be seen (loading or being deleted)."""
         ids = list(source_ids)
