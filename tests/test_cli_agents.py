@@ -34,6 +34,7 @@ from memgpt.storage import Storage
 from memgpt.storage.filters import all_of, eq
 from memgpt.storage.turns import new_owner
 from memgpt.tokens import count_message, count_tools
+from tests import web
 from tests.agent_rig import tool_results
 from tests.conftest import DATA, PAPER, TERMINAL, cli, cli_env, run_cli
 from tests.milvus_server import TOKEN
@@ -763,7 +764,7 @@ class _ServerTurns:
         url = f"{self.server.url}/v1/agents/{self.agent_id}/messages"
         headers = auth(self.key)
         running = threading.Thread(
-            target=lambda: answers.append(httpx.post(url, json={"input": "Hi"}, headers=headers, timeout=120))
+            target=lambda: answers.append(web.post(url, json={"input": "Hi"}, headers=headers, timeout=120))
         )
         running.start()
         deadline = time.monotonic() + 60

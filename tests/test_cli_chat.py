@@ -91,13 +91,13 @@ def test_a_turn_whose_lease_cannot_be_given_back_frees_the_agent_for_the_next_li
     err = capsys.readouterr().err
     assert err.rstrip().endswith("(your message is saved; /retry to try again)"), err
     llm.reply("after")
-    started = time.monotonic()
     pg_chat.handle("next")
-    took = time.monotonic() - started
     out, err = capsys.readouterr()
+    # At once: its first try took the lease. Had the lease been left held, each try after the first pauses, and the
+    # first pause says "waiting for the agent's turn" (then, after the busy wait, the line is not sent, no "after").
+    # Observed as that order of events, not as a time against the busy wait, which a loaded machine can pass.
     assert "waiting for the agent's turn" not in err, err
     assert "after" in out, (out, err)
-    assert took < BUSY_WAIT, took
     assert pg_chat.exit_code == FAILED  # ("during" failed)
     assert _user_messages(pg_chat) == ["hi", "during", "next"]
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import httpx
 import mcp
 import pytest
 from letta_client import Letta
@@ -34,6 +33,7 @@ from memgpt.memory.archival import ArchivalMemory
 from memgpt.server.state import BAD_KEY, MISSING_KEY
 from memgpt.storage import Storage
 from memgpt.storage.turns import new_owner
+from tests import web
 from tests.agent_rig import Rig, new_agent, tool_results
 from tests.conftest import DATA, run_cli
 from tests.scripted_llm import ScriptedLLM
@@ -242,7 +242,7 @@ def test_http_on_the_server_api_keys_decide_the_user(
 
     anyio.run(use)
     for headers, detail in (({}, MISSING_KEY), ({"Authorization": "Bearer sk-wrong"}, BAD_KEY)):
-        refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
+        refused = web.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
         assert refused.status_code == 401 and refused.json() == {
             "detail": detail,  # as the REST API says it
             "jsonrpc": "2.0",  # and as a JSON-RPC error, which the mcp SDK shows
@@ -312,7 +312,7 @@ def test_http_a_body_over_the_limit_says_why_in_the_sdk(home: Path, model: Local
             yield from (big[i : i + 10_000] for i in range(0, len(big), 10_000))
 
         for content in (big, chunked()):
-            answer = httpx.post(url, content=content, headers={**headers, "Content-Type": "application/json"})
+            answer = web.post(url, content=content, headers={**headers, "Content-Type": "application/json"})
             assert (answer.status_code, answer.json()) == (
                 413,
                 {"detail": limit, "jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": limit}},
@@ -353,8 +353,8 @@ def test_http_standalone(home: Path, storage: Storage, model: LocalMiniLM) -> No
                 assert (await session.ok("core_memory_read")).startswith("Core memory of agent 'Other':")
 
         anyio.run(use)
-        assert httpx.post(url, json={}, headers={"Authorization": "Bearer sk-nope"}).status_code == 401
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/agents/").status_code == 404  # only /mcp is served
+        assert web.post(url, json={}, headers={"Authorization": "Bearer sk-nope"}).status_code == 401
+        assert web.get(f"http://127.0.0.1:{port}/v1/agents/").status_code == 404  # only /mcp is served
     finally:
         process.terminate()
         out, _ = process.communicate(timeout=30)

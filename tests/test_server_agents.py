@@ -33,6 +33,7 @@ from memgpt.config import save_config
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage import Storage
+from tests import web
 from tests.conftest import DATA, load, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, retrying_letta, use_scripted_llm
@@ -335,7 +336,7 @@ def test_a_delete_while_a_turn_runs_is_409_agent_busy_and_deletes_nothing(
     while not llm.requests:
         time.sleep(0.02)
     during = _rows_naming(server.state.storage, agent_id)
-    raw = httpx.delete(f"{server.url}/v1/agents/{agent_id}", headers=auth(letta.api_key))
+    raw = web.delete(f"{server.url}/v1/agents/{agent_id}", headers=auth(letta.api_key))
     assert raw.status_code == 409 and raw.json()["detail"]["code"] == "AGENT_BUSY"
     assert _rows_naming(server.state.storage, agent_id) == during
     answered.set()
@@ -534,10 +535,10 @@ def test_a_retry_that_overtakes_its_first_try_stores_the_text_once(
     url, key = f"{server.url}/v1/agents/{agent_id}/archival-memory", server.key()
     body = {"text": "Chad likes green tea.", "tags": ["pref"]}
     answers: list[httpx.Response] = []
-    first = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=auth(key), timeout=120)))
+    first = threading.Thread(target=lambda: answers.append(web.post(url, json=body, headers=auth(key), timeout=120)))
     first.start()
     assert held.wait(60)
-    again = httpx.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
+    again = web.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
     retried.set()
     first.join(120)
     assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
@@ -675,11 +676,11 @@ def test_a_retry_of_a_passages_create_whose_server_was_killed_midway_stores_each
 
         def first_try() -> None:
             with contextlib.suppress(httpx.TransportError):
-                httpx.post(url, json=body, headers=auth(key), timeout=120)
+                web.post(url, json=body, headers=auth(key), timeout=120)
 
         threading.Thread(target=first_try, daemon=True).start()
         deadline = time.monotonic() + 60
-        while not (seen := httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()):
+        while not (seen := web.get(url, params={"limit": 1000}, headers=auth(key)).json()):
             assert time.monotonic() < deadline, "the insert wrote nothing in 60 s"
             time.sleep(0.05)
         slow.process.send_signal(signal.SIGKILL)
@@ -691,11 +692,11 @@ def test_a_retry_of_a_passages_create_whose_server_was_killed_midway_stores_each
     server.wait_ready()
     try:
         url = f"{server.url}/v1/agents/{agent_id}/archival-memory"
-        before = httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()
-        retried = httpx.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
+        before = web.get(url, params={"limit": 1000}, headers=auth(key)).json()
+        retried = web.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
         assert retried.status_code == 200, retried.text
         made = retried.json()
-        stored = httpx.get(url, params={"limit": 1000}, headers=auth(key)).json()
+        stored = web.get(url, params={"limit": 1000}, headers=auth(key)).json()
     finally:
         server.stop()
     print(f"seen before the kill: {len(seen)}, after the restart: {len(before)}, of {len(made)}")
@@ -744,7 +745,7 @@ def test_a_stopped_server_exits_in_bounded_time_while_an_insert_is_embedding_and
 
         def insert() -> None:
             with contextlib.suppress(httpx.TransportError):
-                answers.append(httpx.post(url, json=body, headers=auth(key), timeout=None))  # it never gives up
+                answers.append(web.post(url, json=body, headers=auth(key), timeout=None))  # it never gives up
 
         sending = threading.Thread(target=insert, daemon=True)
         sending.start()
@@ -830,7 +831,7 @@ def test_another_users_agents_blocks_passages_and_messages_are_404(server: LiveS
         with pytest.raises(NotFoundError) as caught:
             call()
         assert caught.value.body == {"detail": f"no agent with id {agent_id!r}"} or "passage" in str(caught.value)
-    missing = httpx.get(
+    missing = web.get(
         f"{server.url}/v1/agents/agent-00000000-0000-4000-8000-000000000000", headers=auth(server.key("bob"))
     )
     assert missing.status_code == 404 and missing.json() == {
@@ -901,16 +902,16 @@ def test_bad_agent_requests_are_4xx_json_and_change_nothing(server: LiveServer, 
         (json.dumps({"name": "a", "context_window_limit": 10}).encode(), 422),
     ]
     for body, status in cases:
-        answer = httpx.post(url, content=body, headers=headers)
+        answer = web.post(url, content=body, headers=headers)
         assert answer.status_code == status, (body, answer.text)
         assert "detail" in answer.json() and "Traceback" not in answer.text
     assert letta.agents.list().items == []
     agent_id = sam(letta)
-    bad_patch = httpx.patch(f"{url}{agent_id}", content=b'{"tags": "x"}', headers=headers)
+    bad_patch = web.patch(f"{url}{agent_id}", content=b'{"tags": "x"}', headers=headers)
     assert bad_patch.status_code == 422
     for path in ("archival-memory/search?query=", "archival-memory?limit=0", "messages?order=sideways"):
-        assert httpx.get(f"{url}{agent_id}/{path}", headers=headers).status_code == 422, path
-    blank = httpx.post(f"{url}{agent_id}/archival-memory", json={"text": "   "}, headers=headers)
+        assert web.get(f"{url}{agent_id}/{path}", headers=headers).status_code == 422, path
+    blank = web.post(f"{url}{agent_id}/archival-memory", json={"text": "   "}, headers=headers)
     assert blank.status_code == 400 and blank.json() == {"detail": "text: is empty; nothing was stored"}
     assert letta.agents.retrieve(agent_id).tags == []
 
@@ -927,11 +928,11 @@ def test_numbers_too_large_and_text_that_is_not_unicode_are_4xx_not_500(server: 
         {"name": "a", "llm_config": {"context_window": huge}},
     ]
     for body in creates:
-        answer = httpx.post(url, json=body, headers=headers, timeout=60)
+        answer = web.post(url, json=body, headers=headers, timeout=60)
         assert answer.status_code == 422, (body, answer.text)
         assert "less than or equal to 2147483647" in answer.text
     for raw in (b'{"name": "\\ud800x"}', b'{"name": "a", "memory_blocks": [{"label": "human", "value": "\\udfff"}]}'):
-        answer = httpx.post(url, content=raw, headers=headers, timeout=60)
+        answer = web.post(url, content=raw, headers=headers, timeout=60)
         assert answer.status_code == 400, (raw, answer.text)
         assert "not valid Unicode" in answer.json()["detail"]
     assert letta.agents.list().items == []
@@ -940,9 +941,9 @@ def test_numbers_too_large_and_text_that_is_not_unicode_are_4xx_not_500(server: 
         (f"{agent_id}/core-memory/blocks/human", {"limit": huge}),
         (agent_id, {"context_window_limit": huge}),
     ):
-        assert httpx.patch(f"{url}{path}", json=body, headers=headers, timeout=60).status_code == 422, path
+        assert web.patch(f"{url}{path}", json=body, headers=headers, timeout=60).status_code == 422, path
     lone = b'{"input": "hi \\ud83d"}'
-    answer = httpx.post(f"{url}{agent_id}/messages", content=lone, headers=headers, timeout=60)
+    answer = web.post(f"{url}{agent_id}/messages", content=lone, headers=headers, timeout=60)
     assert answer.status_code == 400 and "not valid Unicode" in answer.json()["detail"]
     assert letta.agents.messages.list(agent_id).items == []  # the message was not stored
     assert letta.agents.retrieve(agent_id).llm_config.context_window < huge

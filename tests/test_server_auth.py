@@ -19,6 +19,7 @@ from memgpt.config import load_config, save_config
 from memgpt.server.app import KEY_TRUST_SECONDS
 from memgpt.storage import Storage
 from memgpt.types import User
+from tests import web
 from tests.conftest import DATA, cli, run_cli
 from tests.server_rig import LiveServer, ServerProcess, auth, free_port, http_stack
 from tests.test_cli import run_at_width
@@ -26,28 +27,28 @@ from tests.test_cli import run_at_width
 
 def test_health_needs_no_key_and_ignores_one(live_server: LiveServer) -> None:
     for headers in ({}, auth("sk-not-a-key")):
-        response = httpx.get(f"{live_server.url}/v1/health/", headers=headers)
+        response = web.get(f"{live_server.url}/v1/health/", headers=headers)
         assert response.status_code == 200
         assert response.json()["status"] == "ok"
 
 
 def test_every_other_request_needs_a_valid_key(live_server: LiveServer) -> None:
     url = f"{live_server.url}/v1/admin/users"
-    missing = httpx.get(url)
+    missing = web.get(url)
     assert missing.status_code == 401
     assert "Authorization: Bearer" in missing.json()["detail"]
     assert missing.headers["x-should-retry"] == "false"
     for bad in ("sk-not-a-key", "Bearer", live_server.key()[:-1] + "x", "x" * 5000):
-        assert httpx.get(url, headers=auth(bad)).status_code == 401, bad
-    assert httpx.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
+        assert web.get(url, headers=auth(bad)).status_code == 401, bad
+    assert web.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
 
 
 def test_a_revoked_key_stops_working_at_once(live_server: LiveServer) -> None:
     key = live_server.key()
     url = f"{live_server.url}/v1/admin/users"
-    assert httpx.get(url, headers=auth(key)).status_code == 200
+    assert web.get(url, headers=auth(key)).status_code == 200
     live_server.users.revoke_key(key[:12])
-    assert httpx.get(url, headers=auth(key)).status_code == 401
+    assert web.get(url, headers=auth(key)).status_code == 401
 
 
 def test_a_key_revoked_by_another_process_stops_working_within_the_trust_bound(
@@ -59,11 +60,11 @@ def test_a_key_revoked_by_another_process_stops_working_within_the_trust_bound(
     live_server.users.trust_seconds = 1.0
     key = live_server.key()
     url = f"{live_server.url}/v1/agents/"
-    assert httpx.get(url, headers=auth(key)).status_code == 200
+    assert web.get(url, headers=auth(key)).status_code == 200
     with Storage(load_config(home), home) as elsewhere:
         elsewhere.users.revoke_key(key[:12])
     time.sleep(1.0)
-    assert httpx.get(url, headers=auth(key)).status_code == 401
+    assert web.get(url, headers=auth(key)).status_code == 401
 
 
 def test_requests_that_come_while_a_key_is_checked_wait_for_that_check(
@@ -84,41 +85,41 @@ def test_requests_that_come_while_a_key_is_checked_wait_for_that_check(
     monkeypatch.setattr(users, "_authenticate", slow_read)
     url = f"{live_server.url}/v1/agents/"
     with ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(lambda _: httpx.get(url, headers=auth(key)).status_code, range(8)))
+        codes = list(pool.map(lambda _: web.get(url, headers=auth(key)).status_code, range(8)))
     assert codes == [200] * 8
     assert len(reads) == 1, f"{len(reads)} reads of one key"
     revoked = live_server.key()
     users.revoke_key(revoked[:12])
     with ThreadPoolExecutor(4) as pool:  # a refusal is shared too, and trusted by none
-        assert list(pool.map(lambda _: httpx.get(url, headers=auth(revoked)).status_code, range(4))) == [401] * 4
-    assert httpx.get(url, headers=auth(revoked)).status_code == 401
+        assert list(pool.map(lambda _: web.get(url, headers=auth(revoked)).status_code, range(4))) == [401] * 4
+    assert web.get(url, headers=auth(revoked)).status_code == 401
 
 
 def test_only_the_owner_administers_users_and_keys(live_server: LiveServer) -> None:
     owner = auth(live_server.key())
-    created = httpx.post(f"{live_server.url}/v1/admin/users", json={"name": "alice"}, headers=owner)
+    created = web.post(f"{live_server.url}/v1/admin/users", json={"name": "alice"}, headers=owner)
     assert created.status_code == 201, created.text
     alice = created.json()
     assert alice["name"] == "alice" and alice["key"]["key"].startswith("sk-")
     alice_key = auth(alice["key"]["key"])
     # Alice's key is valid (not 401) but she is not the owner.
-    refused = httpx.get(f"{live_server.url}/v1/admin/users", headers=alice_key)
+    refused = web.get(f"{live_server.url}/v1/admin/users", headers=alice_key)
     assert refused.status_code == 403
     assert refused.json()["detail"] == "only the server's owner (the home's own user) may manage users and keys"
-    listed = httpx.get(f"{live_server.url}/v1/admin/users", headers=owner).json()
+    listed = web.get(f"{live_server.url}/v1/admin/users", headers=owner).json()
     assert {u["name"]: u["is_owner"] for u in listed} == {"owner": True, "alice": False}
     assert "key" not in json.dumps(listed)  # keys are never listed
-    extra = httpx.post(f"{live_server.url}/v1/admin/users/alice/keys", json={"name": "laptop"}, headers=owner)
+    extra = web.post(f"{live_server.url}/v1/admin/users/alice/keys", json={"name": "laptop"}, headers=owner)
     assert extra.status_code == 201
-    keys = httpx.get(f"{live_server.url}/v1/admin/users/{alice['id']}/keys", headers=owner).json()
+    keys = web.get(f"{live_server.url}/v1/admin/users/{alice['id']}/keys", headers=owner).json()
     assert sorted(k["name"] for k in keys) == ["first key", "laptop"]
     assert all("digest" not in k and "key" not in k for k in keys)
-    revoked = httpx.delete(f"{live_server.url}/v1/admin/keys/{alice['key']['id']}", headers=owner)
+    revoked = web.delete(f"{live_server.url}/v1/admin/keys/{alice['key']['id']}", headers=owner)
     assert revoked.status_code == 200 and revoked.json()["revoked_at"]
-    assert httpx.get(f"{live_server.url}/v1/admin/users", headers=alice_key).status_code == 401
-    duplicate = httpx.post(f"{live_server.url}/v1/admin/users", json={"name": "alice"}, headers=owner)
+    assert web.get(f"{live_server.url}/v1/admin/users", headers=alice_key).status_code == 401
+    duplicate = web.post(f"{live_server.url}/v1/admin/users", json={"name": "alice"}, headers=owner)
     assert duplicate.status_code == 400 and "already exists" in duplicate.json()["detail"]
-    unknown = httpx.get(f"{live_server.url}/v1/admin/users/nobody/keys", headers=owner)
+    unknown = web.get(f"{live_server.url}/v1/admin/users/nobody/keys", headers=owner)
     assert unknown.status_code == 404
 
 
@@ -134,11 +135,11 @@ def test_keys_are_stored_as_digests_only(live_server: LiveServer) -> None:
 def test_bad_requests_are_4xx_json(live_server: LiveServer) -> None:
     owner = auth(live_server.key())
     url = f"{live_server.url}/v1/admin/users"
-    broken = httpx.post(url, content=b'{"name": ', headers={**owner, "content-type": "application/json"})
+    broken = web.post(url, content=b'{"name": ', headers={**owner, "content-type": "application/json"})
     assert broken.status_code == 422 and broken.json()["detail"][0]["type"] == "json_invalid"
-    wrong = httpx.post(url, json={"name": 42}, headers=owner)
+    wrong = web.post(url, json={"name": 42}, headers=owner)
     assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "name"]
-    assert httpx.get(f"{live_server.url}/v1/nothing-here", headers=owner).status_code == 404
+    assert web.get(f"{live_server.url}/v1/nothing-here", headers=owner).status_code == 404
 
 
 def test_an_unknown_url_says_which_and_a_base_url_ending_in_v1_is_told_so(live_server: LiveServer) -> None:
@@ -150,10 +151,10 @@ def test_an_unknown_url_says_which_and_a_base_url_ending_in_v1_is_told_so(live_s
     from memgpt.errors import NotFoundError
 
     key = live_server.key()
-    missing = httpx.delete(f"{live_server.url}/v1/nothing-here", headers=auth(key))
+    missing = web.delete(f"{live_server.url}/v1/nothing-here", headers=auth(key))
     assert missing.status_code == 404
     assert missing.json()["detail"].startswith("Not Found: DELETE /v1/nothing-here (no such route;")
-    wrong_method = httpx.put(f"{live_server.url}/v1/agents/", headers=auth(key))
+    wrong_method = web.put(f"{live_server.url}/v1/agents/", headers=auth(key))
     assert wrong_method.status_code == 405
     assert wrong_method.json()["detail"].startswith("Method Not Allowed: PUT /v1/agents/ (the route takes other")
     hint = "the base URL is the server's address, without /v1"
@@ -161,7 +162,7 @@ def test_an_unknown_url_says_which_and_a_base_url_ending_in_v1_is_told_so(live_s
         create_client(base_url=f"{live_server.url}/v1", token=key).list_agents()
     with pytest.raises(LettaNotFound, match=hint):
         Letta(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0).agents.list()
-    known = httpx.get(f"{live_server.url}/v1/agents/agent-nope", headers=auth(key)).json()["detail"]
+    known = web.get(f"{live_server.url}/v1/agents/agent-nope", headers=auth(key)).json()["detail"]
     assert known == "no agent with id 'agent-nope'"  # a route's own 404 keeps its message
 
 
@@ -174,7 +175,7 @@ def test_request_bodies_over_the_limit_are_refused(home: Path) -> None:
         owner = auth(server.key())
         url = f"{server.url}/v1/admin/users"
         big = {"name": "x" * 2000}
-        declared = httpx.post(url, json=big, headers=owner)
+        declared = web.post(url, json=big, headers=owner)
         assert declared.status_code == 413
         assert "server.max_upload_mb" in declared.json()["detail"]
 
@@ -184,9 +185,9 @@ def test_request_bodies_over_the_limit_are_refused(home: Path) -> None:
                 yield b"y" * 100
             yield b'"}'
 
-        streamed = httpx.post(url, content=chunks(), headers={**owner, "content-type": "application/json"})
+        streamed = web.post(url, content=chunks(), headers={**owner, "content-type": "application/json"})
         assert streamed.status_code == 413
-        assert httpx.post(url, json={"name": "small"}, headers=owner).status_code == 201
+        assert web.post(url, json={"name": "small"}, headers=owner).status_code == 201
     finally:
         server.stop()
 

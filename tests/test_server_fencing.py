@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from letta_client import Letta
 
 from memgpt.config import Config
+from tests import web
 from tests.postgres import PostgresServer
 from tests.processes import stop
 from tests.scripted_llm import ScriptedLLM
@@ -64,7 +64,7 @@ def reply(text: str) -> dict[str, Any]:
 def send_to_a(pair: Pair, agent: str, answers: dict[str, Any]) -> None:
     """A turn through A, its answer kept in ``answers["a"]``."""
     url = f"{pair.a.url}/v1/agents/{agent}/messages"
-    answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
+    answers["a"] = web.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
 
 
 def b_takes_over(pair: Pair, llm: ScriptedLLM, agent: str, **options: Any) -> None:
@@ -109,7 +109,7 @@ def test_a_process_paused_past_its_lease_stores_nothing_once_another_took_the_ag
     assert refused.status_code == 409 and "took the agent over" in refused.json()["detail"], refused.text
     assert "the message is (the agent's next turn sees it)" in refused.json()["detail"], refused.text
     assert refused.headers["x-should-retry"] == "false"
-    retried = httpx.post(
+    retried = web.post(
         f"{pair.a.url}/v1/agents/{agent}/messages",
         json={"input": "to A"},
         headers={**auth(pair.key), "X-Stainless-Retry-Count": "1"},
@@ -251,7 +251,7 @@ def test_a_process_stopped_inside_its_steps_fenced_write_does_not_block_the_take
 
         def send_to_a() -> None:
             url = f"{pair.a.url}/v1/agents/{agent}/messages"
-            answers["a"] = httpx.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
+            answers["a"] = web.post(url, json={"input": "to A"}, headers=auth(pair.key), timeout=120)
 
         llm.add(lock_messages)
         sender = threading.Thread(target=send_to_a)

@@ -35,6 +35,7 @@ from memgpt.storage.files import FileStore
 from memgpt.storage.filters import eq
 from memgpt.storage.sql import MetadataStore
 from memgpt.types import DocumentStatus, EmbeddingSpace, FileRecord, FileStatus, utc_now
+from tests import web
 from tests.conftest import DATA, PAPER, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, retrying_letta, use_scripted_llm
@@ -89,7 +90,7 @@ def test_folders_are_created_listed_paged_and_deleted(server: LiveServer) -> Non
     assert (again.instructions, again.metadata) == ("Cite the page.", {"team": "a"})
 
     key = auth(server.key())
-    taken = httpx.post(f"{server.url}/v1/folders/", json={"name": "f1"}, headers=key)
+    taken = web.post(f"{server.url}/v1/folders/", json={"name": "f1"}, headers=key)
     assert taken.status_code == 409 and taken.headers["x-should-retry"] == "false"
     assert taken.json() == {"detail": "a source named 'f1' already exists; pick another name"}
     with pytest.raises(BadRequestError, match="not this server's embedding model 'local/all-MiniLM-L6-v2'"):
@@ -186,11 +187,11 @@ def test_what_cannot_be_loaded_is_refused_or_reported_in_one_line(server: LiveSe
         client.folders.files.upload(folder.id, file=("empty.md", b""))
     key = auth(server.key())
     url = f"{server.url}/v1/folders/{folder.id}/upload"
-    no_boundary = httpx.post(url, content=b"junk", headers={**key, "content-type": "multipart/form-data"})
-    no_file = httpx.post(url, files={"other": ("a.md", b"x")}, headers=key)
+    no_boundary = web.post(url, content=b"junk", headers={**key, "content-type": "multipart/form-data"})
+    no_file = web.post(url, files={"other": ("a.md", b"x")}, headers=key)
     assert 400 <= no_boundary.status_code < 500 and "detail" in no_boundary.json()
     assert no_file.status_code == 422 and no_file.json()["detail"][0]["loc"] == ["body", "file"]
-    bad_choice = httpx.post(url, params={"duplicate_handling": "merge"}, files={"file": ("a.md", b"x")}, headers=key)
+    bad_choice = web.post(url, params={"duplicate_handling": "merge"}, files={"file": ("a.md", b"x")}, headers=key)
     assert bad_choice.status_code == 422
     assert [f.file_name for f in client.folders.files.list(folder.id)] == ["encrypted.pdf"]
 
@@ -253,8 +254,8 @@ def test_users_never_see_each_others_folders(server: LiveServer) -> None:
             attempt()
     made_up = "source-00000000-0000-4000-8000-000000000000"
     bobs_key = auth(server.key("bob"))
-    guessed = httpx.get(f"{server.url}/v1/folders/{made_up}", headers=bobs_key)
-    real = httpx.get(f"{server.url}/v1/folders/{folder.id}", headers=bobs_key)
+    guessed = web.get(f"{server.url}/v1/folders/{made_up}", headers=bobs_key)
+    real = web.get(f"{server.url}/v1/folders/{folder.id}", headers=bobs_key)
     assert real.status_code == guessed.status_code == 404
     assert real.json()["detail"] == guessed.json()["detail"].replace(made_up, folder.id)
     assert alice.folders.agents.list(folder.id) == [agent.id]
@@ -426,7 +427,7 @@ def test_a_retry_that_overtakes_its_first_try_imports_once(server: LiveServer, m
 
     def send(extra: dict[str, str]) -> httpx.Response:
         files = {"file": ("memgpt_agent.af", content)}
-        return httpx.post(url, files=files, headers={**headers, **extra}, timeout=120)
+        return web.post(url, files=files, headers={**headers, **extra}, timeout=120)
 
     answers: list[httpx.Response] = []
     first = threading.Thread(target=lambda: answers.append(send({})))

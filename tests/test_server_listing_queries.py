@@ -15,6 +15,7 @@ from letta_client import Letta
 from sqlalchemy import event
 
 from memgpt.server.jobs import SWEEP_THREAD
+from tests import web
 from tests.server_rig import LiveServer
 
 HANDLE = "openai-compatible/scripted"
@@ -64,7 +65,6 @@ def test_a_page_of_agents_costs_the_same_statements_whatever_its_size(scripted_s
 def test_a_listed_agent_is_the_json_its_retrieve_answers(scripted_server: LiveServer) -> None:
     """The list is serialized by the route itself (not FastAPI's response_model pass): each item must be what
     retrieving that agent answers, aliases (a tool's metadata_), non-ASCII text and floats alike."""
-    import httpx
 
     letta = Letta(base_url=scripted_server.url, api_key=scripted_server.key("alice"), max_retries=0)
     folder = letta.folders.create(name="ü notes")
@@ -74,12 +74,12 @@ def test_a_listed_agent_is_the_json_its_retrieve_answers(scripted_server: LiveSe
     letta.agents.create(name="plain", model=HANDLE)
     letta.agents.folders.attach(folder.id, agent_id=made.id)
     headers = {"Authorization": f"Bearer {scripted_server.key('alice')}"}
-    listed = httpx.get(f"{scripted_server.url}/v1/agents/", headers=headers)
+    listed = web.get(f"{scripted_server.url}/v1/agents/", headers=headers)
     assert listed.headers["content-type"] == "application/json"
     items = listed.json()
     assert len(items) == 2
     for item in items:
-        assert item == httpx.get(f"{scripted_server.url}/v1/agents/{item['id']}", headers=headers).json()
+        assert item == web.get(f"{scripted_server.url}/v1/agents/{item['id']}", headers=headers).json()
     assert items[1]["tools"][0]["metadata_"] == {}
 
 

@@ -7,13 +7,13 @@ import json
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 from letta_client import Letta, NotFoundError, PermissionDeniedError
 
 from memgpt.agent.manager import create_agent
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.types import AgentState
+from tests import web
 from tests.agent_rig import tool_results
 from tests.mcp_helpers import API_KEY, alive_with, fixture_command, http_fixture, time_command, wait_until
 from tests.scripted_llm import ScriptedLLM
@@ -70,9 +70,9 @@ def test_the_owner_registers_servers_and_every_user_sees_them_without_secrets(li
             "(they run commands or reach URLs from this machine)"
         }
         for method in ("PATCH", "DELETE"):
-            other = httpx.request(method, f"{live_server.url}/v1/mcp-servers/time", json={}, headers=auth(alice_key))
+            other = web.request(method, f"{live_server.url}/v1/mcp-servers/time", json={}, headers=auth(alice_key))
             assert other.status_code == 403 and "MCP servers" in other.json()["detail"], other.text
-        listed = httpx.get(f"{live_server.url}/v1/mcp-servers/", headers=auth(live_server.key("alice")))
+        listed = web.get(f"{live_server.url}/v1/mcp-servers/", headers=auth(live_server.key("alice")))
         assert listed.status_code == 200
         assert SECRET not in listed.text and API_KEY not in listed.text
         shapes = {s["server_name"]: s for s in listed.json()}
@@ -113,20 +113,20 @@ def test_bad_registrations_are_one_line_4xx_and_change_nothing(live_server: Live
         ({"server_name": "s", "config": {"server_url": "http://h/mcp", "args": ["a"]}}, 400, "args and env apply to"),
     ]
     for body, status, words in cases:
-        response = httpx.post(url, json=body, headers=headers)
+        response = web.post(url, json=body, headers=headers)
         assert response.status_code == status, (body, response.text)
         assert words in json.dumps(response.json()["detail"]), (body, response.text)
         assert "--" not in json.dumps(response.json()["detail"]), (body, response.text)
-    assert httpx.get(url, headers=headers).json() == []
+    assert web.get(url, headers=headers).json() == []
     assert not (live_server.home / "mcp.toml").exists()
-    created = httpx.post(url, json={"server_name": "s", "config": {"command": "x"}}, headers=headers)
+    created = web.post(url, json={"server_name": "s", "config": {"command": "x"}}, headers=headers)
     assert created.status_code == 200
-    again = httpx.post(url, json={"server_name": "s", "config": {"command": "y"}}, headers=headers)
+    again = web.post(url, json={"server_name": "s", "config": {"command": "y"}}, headers=headers)
     assert again.status_code == 400 and "exists" in again.json()["detail"]
-    renamed = httpx.patch(f"{url}s", json={"server_name": "t", "config": {"command": "x"}}, headers=headers)
+    renamed = web.patch(f"{url}s", json={"server_name": "t", "config": {"command": "x"}}, headers=headers)
     assert renamed.status_code == 400 and "register it under the new name" in renamed.json()["detail"]
-    assert httpx.get(f"{url}nope", headers=headers).status_code == 404
-    assert httpx.get(url).status_code == 401
+    assert web.get(f"{url}nope", headers=headers).status_code == 404
+    assert web.get(url).status_code == 401
 
 
 def test_users_attach_servers_to_their_own_agents_only(live_server: LiveServer, model: LocalMiniLM) -> None:
@@ -138,30 +138,30 @@ def test_users_attach_servers_to_their_own_agents_only(live_server: LiveServer, 
         server_name="time", config={"command": command[0], "args": command[1:]}
     )
     base = f"{live_server.url}/v1/agents"
-    attached = httpx.patch(f"{base}/{alice_agent.id}/mcp-servers/attach/time", headers=auth(alice_key))
+    attached = web.patch(f"{base}/{alice_agent.id}/mcp-servers/attach/time", headers=auth(alice_key))
     assert attached.status_code == 200, attached.text
     assert [s["server_name"] for s in attached.json()["mcp_servers"]] == ["time"]
-    again = httpx.patch(f"{base}/Ally/mcp-servers/attach/time", headers=auth(alice_key))  # by name; once
+    again = web.patch(f"{base}/Ally/mcp-servers/attach/time", headers=auth(alice_key))  # by name; once
     assert [s["server_name"] for s in again.json()["mcp_servers"]] == ["time"]
 
     # Another user's agent is not found, by id or by name, exactly like a missing one.
     for ref in (owner_agent.id, "Sam", "agent-" + str(uuid.uuid4())):
         for verb in ("attach", "detach"):
-            refused = httpx.patch(f"{base}/{ref}/mcp-servers/{verb}/time", headers=auth(alice_key))
+            refused = web.patch(f"{base}/{ref}/mcp-servers/{verb}/time", headers=auth(alice_key))
             assert refused.status_code == 404, (ref, verb)
-        assert httpx.get(f"{base}/{ref}/mcp-servers", headers=auth(alice_key)).status_code == 404
+        assert web.get(f"{base}/{ref}/mcp-servers", headers=auth(alice_key)).status_code == 404
     assert live_server.state.storage.mcp_servers.names(owner_agent.id) == []
 
-    unknown = httpx.patch(f"{base}/Ally/mcp-servers/attach/nope", headers=auth(alice_key))
+    unknown = web.patch(f"{base}/Ally/mcp-servers/attach/nope", headers=auth(alice_key))
     assert unknown.status_code == 404 and "no MCP server named 'nope'" in unknown.json()["detail"]
-    not_attached = httpx.patch(f"{base}/{owner_agent.id}/mcp-servers/detach/time", headers=auth(owner_key))
+    not_attached = web.patch(f"{base}/{owner_agent.id}/mcp-servers/detach/time", headers=auth(owner_key))
     assert not_attached.status_code == 400 and "is not attached to agent 'Sam'" in not_attached.json()["detail"]
 
     # Removed from the registry: still attached by name (shown as missing) until detached.
     client(live_server, owner_key).mcp_servers.delete("time")
-    listed = httpx.get(f"{base}/{alice_agent.id}/mcp-servers", headers=auth(alice_key)).json()
+    listed = web.get(f"{base}/{alice_agent.id}/mcp-servers", headers=auth(alice_key)).json()
     assert listed == {"agent_id": alice_agent.id, "mcp_servers": [], "missing": ["time"]}
-    detached = httpx.patch(f"{base}/{alice_agent.id}/mcp-servers/detach/time", headers=auth(alice_key))
+    detached = web.patch(f"{base}/{alice_agent.id}/mcp-servers/detach/time", headers=auth(alice_key))
     assert detached.status_code == 200 and detached.json()["missing"] == []
 
 
@@ -185,7 +185,7 @@ def test_a_turn_on_the_server_calls_the_agents_mcp_tools(home: Path, model: Loca
             server_name="fx", config={"command": command[0], "args": command[1:]}
         )
         attach = f"{server.url}/v1/agents/{alice_agent.id}/mcp-servers/attach/fx"
-        assert httpx.patch(attach, headers=auth(alice_key)).status_code == 200
+        assert web.patch(attach, headers=auth(alice_key)).status_code == 200
 
         alice = client(server, alice_key)
         llm.add({"tool": "fx__echo", "args": {"text": "hello from the server", "request_heartbeat": True}})

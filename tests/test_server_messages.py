@@ -32,6 +32,7 @@ from memgpt.server.schemas.messages import Rendering
 from memgpt.server.turns import TurnInput
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Message, Role
+from tests import web
 from tests.conftest import _opened_on_metadata_backend, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
@@ -221,7 +222,7 @@ def test_streaming_sends_each_step_as_it_is_stored(letta: Letta, agent_id: str, 
     with stream:
         assert [i.message_type for i in stream][-3:] == ["assistant_message", "stop_reason", "usage_statistics"]
     llm.reply("Raw.")
-    raw = httpx.post(
+    raw = web.post(
         f"{str(letta.base_url).rstrip('/')}/v1/agents/{agent_id}/messages",
         json={"input": "raw", "streaming": True},
         headers={"Authorization": f"Bearer {letta.api_key}"},
@@ -244,7 +245,7 @@ def test_pings_keep_a_slow_turn_alive(letta: Letta, agent_id: str, llm: Scripted
     assert kinds.count("ping") >= 2
     assert [k for k in kinds if k != "ping"] == ["assistant_message", "stop_reason", "usage_statistics"]
     llm.reply("Slow again.", delay=1.0)
-    raw = httpx.post(
+    raw = web.post(
         f"{server.url}/v1/agents/{agent_id}/messages/stream",
         json={"input": "hi"},
         headers=auth(letta.api_key),
@@ -391,9 +392,7 @@ def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
     sender.start()
     while not llm.requests:
         time.sleep(0.02)
-    raw = httpx.post(
-        f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "second"}, headers=auth(letta.api_key)
-    )
+    raw = web.post(f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "second"}, headers=auth(letta.api_key))
     assert raw.status_code == 409 and raw.headers["retry-after"] == "1"
     assert raw.json()["detail"]["code"] == "AGENT_BUSY"
     retrying = client(server, max_retries=2)
@@ -427,14 +426,14 @@ def test_sends_past_the_opening_limit_are_refused_at_once_not_given_a_waiting_th
     answers: list[httpx.Response] = []
     url, headers = f"{server.url}/v1/agents/{agent_id}/messages", auth(letta.api_key)
     second = threading.Thread(
-        target=lambda: answers.append(httpx.post(url, json={"input": "two"}, headers=headers, timeout=60))
+        target=lambda: answers.append(web.post(url, json={"input": "two"}, headers=headers, timeout=60))
     )
     second.start()
     deadline = time.monotonic() + 30
     while runner._opening_slots._value:  # type: ignore[attr-defined]  # free: the second send is not waiting yet
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    refused = httpx.post(url, json={"input": "three"}, headers=headers, timeout=60)
+    refused = web.post(url, json={"input": "three"}, headers=headers, timeout=60)
     assert refused.status_code == 503 and "turns already" in refused.json()["detail"]
     first_done.set()
     first.join(30)
@@ -454,9 +453,7 @@ def test_a_turn_longer_than_its_lease_keeps_renewing_it(
     while not llm.requests:
         time.sleep(0.02)
     time.sleep(1.5)  # past the lease's first expiry
-    late = httpx.post(
-        f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "late"}, headers=auth(letta.api_key)
-    )
+    late = web.post(f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "late"}, headers=auth(letta.api_key))
     answered.set()
     assert late.status_code == 409
     sender.join(30)
@@ -695,8 +692,8 @@ def test_a_clients_retry_gets_the_turn_it_started_not_a_second_one(
     llm.reply("Only once.")
     body = {"messages": [{"role": "user", "content": "hello"}]}
     url, headers = f"{server.url}/v1/agents/{agent_id}/messages", auth(letta.api_key)
-    first = httpx.post(url, json=body, headers=headers, timeout=60).json()  # a first turn: seconds under load
-    again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}).json()
+    first = web.post(url, json=body, headers=headers, timeout=60).json()  # a first turn: seconds under load
+    again = web.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}).json()
     assert again == first and len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
 
     # A client that times out while the turn runs resends; the resends join the turn, then read its answer.
@@ -708,7 +705,7 @@ def test_a_clients_retry_gets_the_turn_it_started_not_a_second_one(
 
     # Sending the same words again on purpose (no retry header) is a new message.
     llm.reply("Twice.")
-    httpx.post(url, json=body, headers=headers)
+    web.post(url, json=body, headers=headers)
     assert user_messages(server, agent_id) == ["hello", "slow", "hello"]
 
 
@@ -734,7 +731,7 @@ def test_a_retry_that_arrives_while_the_first_try_opens_the_agent_joins_its_turn
     answers: dict[str, httpx.Response] = {}
 
     def send(name: str, extra: dict[str, str]) -> None:
-        answers[name] = httpx.post(url, json=body, headers={**headers, **extra}, timeout=60)
+        answers[name] = web.post(url, json=body, headers={**headers, **extra}, timeout=60)
 
     first = threading.Thread(target=send, args=("first", {}))
     first.start()
@@ -780,10 +777,10 @@ def test_a_retry_that_overtakes_its_first_try_sends_the_message_once(
     url, headers = f"{server.url}/v1/agents/{agent_id}/{path}", auth(letta.api_key)
     body = {"messages": [{"role": "user", "content": "hello"}]}
     answers: list[httpx.Response] = []
-    first = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=headers, timeout=60)))
+    first = threading.Thread(target=lambda: answers.append(web.post(url, json=body, headers=headers, timeout=60)))
     first.start()
     assert held.wait(60)
-    again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
+    again = web.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
     retried.set()
     first.join(60)
     assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
@@ -795,7 +792,7 @@ def test_a_client_that_leaves_mid_stream_does_not_break_the_agent(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:
     search_then_reply(llm, "Finished anyway.", delay=1.0)
-    with httpx.stream(
+    with web.stream(
         "POST",
         f"{server.url}/v1/agents/{agent_id}/messages/stream",
         json={"input": "go"},
@@ -851,7 +848,7 @@ def test_a_message_larger_than_the_window_is_refused_with_400_and_not_stored(
     """Stored and answered, it went over the window, got the LLM's 400, then sat in every later turn's window."""
     made = letta.agents.create(name="small", model=HANDLE, context_window_limit=6000)  # type: ignore[arg-type]
     url, headers = f"{server.url}/v1/agents/{made.id}/messages", auth(letta.api_key)
-    answer = httpx.post(url, json={"input": "lorem ipsum dolor " * 3000}, headers=headers, timeout=60)
+    answer = web.post(url, json={"input": "lorem ipsum dolor " * 3000}, headers=headers, timeout=60)
     assert answer.status_code == 400, answer.text
     detail = answer.json()["detail"]
     assert "more than the context window" in detail and "6,000 tokens" in detail and "it was not sent" in detail
@@ -880,10 +877,10 @@ def test_bad_message_requests_are_4xx_and_store_nothing(
         (b'{"messages": [{"role": "user", "content": [{"type": "image", "source": {"url": "http://x"}}]}]}', 400),
     ]
     for body, status in cases:
-        answer = httpx.post(url, content=body, headers=headers)
+        answer = web.post(url, content=body, headers=headers)
         assert answer.status_code == status, (body, answer.text)
         assert "detail" in answer.json()
-    unknown = httpx.post(f"{server.url}/v1/agents/agent-nope/messages", json={"input": "hi"}, headers=headers)
+    unknown = web.post(f"{server.url}/v1/agents/agent-nope/messages", json={"input": "hi"}, headers=headers)
     assert unknown.status_code == 404
     with pytest.raises(NotFoundError):
         letta.agents.messages.list("agent-nope")
@@ -993,7 +990,7 @@ def test_a_retry_after_kill_9_mid_turn_answers_the_stored_message_not_a_second_c
 
         def send() -> None:
             with pytest.raises(httpx.HTTPError):  # the connection dies with the server
-                httpx.post(url, json=body, headers=auth(key), timeout=120)
+                web.post(url, json=body, headers=auth(key), timeout=120)
 
         kill_9_in_a_turn(process, llm, send, steps_before=steps_stored)
     finally:
@@ -1002,7 +999,7 @@ def test_a_retry_after_kill_9_mid_turn_answers_the_stored_message_not_a_second_c
     try:
         llm.reply("Answered once.")
         # letta-client's retry of the send whose connection died: the same body with X-Stainless-Retry-Count.
-        retried = httpx.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
+        retried = web.post(url, json=body, headers={**auth(key), "X-Stainless-Retry-Count": "1"}, timeout=120)
         assert retried.status_code == 200, retried.text
         assert retried.json()["messages"][-1]["content"] == "Answered once."
         with Storage(load_config(home), home) as storage:

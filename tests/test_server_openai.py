@@ -15,6 +15,7 @@ import pytest
 from openai import OpenAI
 
 from memgpt.types import Role
+from tests import web
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, auth, use_scripted_llm
 
@@ -44,7 +45,7 @@ def openai_client(server: LiveServer, user: str | None = None, key: str | None =
 def make_agent(server: LiveServer, name: str, user: str | None = None) -> str:
     key = server.key(user)
     blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
-    answer = httpx.post(f"{server.url}/v1/agents/", json={"name": name, "memory_blocks": blocks}, headers=auth(key))
+    answer = web.post(f"{server.url}/v1/agents/", json={"name": name, "memory_blocks": blocks}, headers=auth(key))
     assert answer.status_code == 200, answer.text
     return str(answer.json()["id"])
 
@@ -112,7 +113,7 @@ def test_streamed_completion_has_chunks_usage_and_done(server: LiveServer, llm: 
     assert chunks[-1].choices == [] and chunks[-1].usage is not None  # the usage chunk comes last
     assert user_messages(server, agent_id) == ["Count for me"]
 
-    raw = httpx.post(
+    raw = web.post(
         f"{server.url}/openai/v1/chat/completions",
         json={"model": "sam", "messages": [{"role": "user", "content": "Again"}], "stream": True},
         headers=auth(server.key()),
@@ -291,7 +292,7 @@ def test_errors_have_openais_shape(server: LiveServer) -> None:
         client.chat.completions.create(model="sam", messages=[{"role": "user", "content": "hi"}], n=2)
     assert many.value.param == "n" and "n: 2 choices asked for; an agent answers a turn once" in many.value.message
 
-    raw = httpx.get(f"{server.url}/openai/v1/models")
+    raw = web.get(f"{server.url}/openai/v1/models")
     assert raw.status_code == 401 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
@@ -309,12 +310,12 @@ def test_every_error_under_the_endpoint_has_openais_shape(home: Path, llm: Scrip
             yield from [b" " * 500] * 3
 
         answers = {
-            "unknown url": httpx.get(f"{url}/nope", headers=headers),
-            "wrong method": httpx.delete(f"{url}/models", headers=headers),
-            "too large": httpx.post(f"{url}/chat/completions", content=b" " * 1500, headers=json_headers),
-            "too large, chunked": httpx.post(f"{url}/chat/completions", content=chunks(), headers=json_headers),
-            "not json": httpx.post(f"{url}/chat/completions", content=b"{nope", headers=json_headers),
-            "wrong types": httpx.post(f"{url}/chat/completions", json={"model": 3, "messages": "x"}, headers=headers),
+            "unknown url": web.get(f"{url}/nope", headers=headers),
+            "wrong method": web.delete(f"{url}/models", headers=headers),
+            "too large": web.post(f"{url}/chat/completions", content=b" " * 1500, headers=json_headers),
+            "too large, chunked": web.post(f"{url}/chat/completions", content=chunks(), headers=json_headers),
+            "not json": web.post(f"{url}/chat/completions", content=b"{nope", headers=json_headers),
+            "wrong types": web.post(f"{url}/chat/completions", json={"model": 3, "messages": "x"}, headers=headers),
         }
         statuses = {name: answer.status_code for name, answer in answers.items()}
         assert statuses == {
@@ -333,12 +334,12 @@ def test_every_error_under_the_endpoint_has_openais_shape(home: Path, llm: Scrip
         assert "server.max_upload_mb" in answers["too large"].json()["error"]["message"]
         assert "not valid JSON" in answers["not json"].json()["error"]["message"]
         # The rest of the server keeps Letta's shape.
-        assert set(httpx.get(f"{server.url}/v1/nope", headers=headers).json()) == {"detail"}
-        outside = httpx.post(f"{server.url}/v1/agents/", content=b" " * 1500, headers=json_headers)
+        assert set(web.get(f"{server.url}/v1/nope", headers=headers).json()) == {"detail"}
+        outside = web.post(f"{server.url}/v1/agents/", content=b" " * 1500, headers=json_headers)
         assert outside.status_code == 413 and set(outside.json()) == {"detail"}
 
         # And the endpoint is documented with the rest of the API.
-        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        paths = web.get(f"{server.url}/openapi.json").json()["paths"]
         assert {"/openai/v1/models", "/openai/v1/models/{model}", "/openai/v1/chat/completions"} <= set(paths)
         assert "post" in paths["/openai/v1/chat/completions"] and "/v1/agents/" in paths
     finally:
@@ -404,10 +405,10 @@ def test_a_retry_that_overtakes_its_first_try_sends_the_message_once(server: Liv
     url, headers = f"{server.url}/openai/v1/chat/completions", auth(server.key())
     body = {"model": "sam", "messages": [{"role": "user", "content": "hello"}]}
     answers: list[httpx.Response] = []
-    first = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=headers, timeout=60)))
+    first = threading.Thread(target=lambda: answers.append(web.post(url, json=body, headers=headers, timeout=60)))
     first.start()
     assert held.wait(60)
-    again = httpx.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
+    again = web.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
     retried.set()
     first.join(60)
     assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
@@ -421,7 +422,7 @@ def test_a_client_leaving_mid_stream_does_not_break_the_agent(server: LiveServer
     search_step = {"tool": "archival_memory_search", "args": {"query": "x", "request_heartbeat": True}}
     llm.add(search_step).reply("Finished anyway.", delay=1.0)
     body = {"model": "sam", "messages": [{"role": "user", "content": "go"}], "stream": True}
-    with httpx.stream("POST", f"{server.url}/openai/v1/chat/completions", json=body, headers=auth(server.key())) as s:
+    with web.stream("POST", f"{server.url}/openai/v1/chat/completions", json=body, headers=auth(server.key())) as s:
         first = next(s.iter_lines())
         assert first.startswith("data: ") and '"role": "assistant"' in first
     deadline = 600

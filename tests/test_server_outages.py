@@ -10,15 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 from letta_client import APIStatusError, Letta
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import event
 
 from memgpt.config import load_config, save_config
+from memgpt.data import filerecords
 from memgpt.storage.filters import eq
 from memgpt.types import Role
+from tests import web
 from tests.conftest import DATA
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
@@ -149,7 +150,7 @@ def test_postgres_down_mid_stream_ends_the_stream_with_an_error_then_the_agent_w
     llm.add({"tool": "archival_memory_search", "args": {"query": "tea", "request_heartbeat": True}, "content": "Look."})
     llm.reply("never stored", until=go_on)
     lines: list[str] = []
-    with httpx.stream(
+    with web.stream(
         "POST",
         f"{server.url}/v1/agents/{agent_id}/messages/stream",
         json={"input": "go"},
@@ -176,19 +177,34 @@ def test_postgres_down_mid_stream_ends_the_stream_with_an_error_then_the_agent_w
 
 
 def test_postgres_restarted_while_an_upload_loads_then_the_load_is_done_again_once_each(
-    server: LiveServer, letta: Letta, postgres_server: PostgresServer
+    server: LiveServer, letta: Letta, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The background load cannot record how it ended while PostgreSQL is down: it is loaded again once the
     database answers (as a load a dead process left is), not left showing `embedding` for as long as the server
-    runs; each of its passages is stored once."""
-    folder = letta.folders.create(name="docs").id
-    upload = letta.folders.files.upload(folder, file=(DATA / "memgpt_research_paper.pdf").open("rb"))
-    deadline = time.monotonic() + 120
-    while (file := letta.folders.files.retrieve(upload.id, folder_id=folder)).chunks_embedded in (None, 0):
-        assert file.processing_status not in ("completed", "error") and time.monotonic() < deadline, file
-        time.sleep(0.05)
-    with postgres_server.down():
-        time.sleep(2)
+    runs; each of its passages is stored once. The load is held at its first progress write (after its first batch
+    of embeddings, more to come) until PostgreSQL is down: mid-load whatever the machine's speed, so a small file
+    does (the 650 KB paper took 26 s alone, over 120 s at load 25)."""
+    monkeypatch.setattr(filerecords, "_PROGRESS_EVERY", 0.0)  # a progress write after each batch
+    engine = server.state.storage.metadata.engine
+    reached, stopped = threading.Event(), threading.Event()
+
+    def before(conn: object, cursor: object, statement: str, *args: object) -> None:
+        progress = statement.lstrip().upper().startswith("UPDATE FILES") and "status" not in statement
+        if progress and "chunks_embedded" in statement and not reached.is_set():
+            reached.set()
+            stopped.wait(60)  # (the statement then runs on a connection PostgreSQL closed)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        folder = letta.folders.create(name="docs").id
+        upload = letta.folders.files.upload(folder, file=(DATA / "long_test.txt").open("rb"))
+        assert reached.wait(120), "the load never wrote its progress"
+        with postgres_server.down():
+            stopped.set()
+            time.sleep(2)
+    finally:
+        stopped.set()
+        event.remove(engine, "before_cursor_execute", before)
     deadline = time.monotonic() + 120
     while (file := letta.folders.files.retrieve(upload.id, folder_id=folder)).processing_status != "completed":
         assert file.processing_status != "error" and time.monotonic() < deadline, file
@@ -197,6 +213,7 @@ def test_postgres_restarted_while_an_upload_loads_then_the_load_is_done_again_on
     assert source is not None
     stored = server.state.storage.passages(source.space).count(eq("source_id", folder))
     assert stored == file.total_chunks == file.chunks_embedded
+    assert file.total_chunks > 8  # more than the batch held: the load was stopped part way
 
 
 def test_postgres_down_as_the_agent_opens_answers_503_and_frees_the_agent_once_it_is_back(
@@ -261,7 +278,7 @@ def test_mcp_while_postgres_is_down_says_why_in_the_sdk(server: LiveServer, post
     with postgres_server.down():
         said = anyio.run(connect)
         ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-        answer = httpx.post(url, json=ping, headers={**auth(key), "Accept": "application/json, text/event-stream"})
+        answer = web.post(url, json=ping, headers={**auth(key), "Accept": "application/json, text/event-stream"})
     assert answer.status_code == 503, answer.text
     detail = answer.json()["detail"]
     assert answer.json() == {

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from letta_client import APIError, Letta
 
 from memgpt.config import Config
 from memgpt.storage import Storage
 from memgpt.types import Role
+from tests import web
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
 from tests.server_pair import ServerPair, server_pair
@@ -228,7 +228,7 @@ def test_a_client_leaving_mid_stream_on_one_process_leaves_the_agent_to_the_othe
     llm.add(TwoStepTurns(), TwoStepTurns())  # each answers its first call with a search, so: search, then a reply
     llm.script[1] = echo
     key = auth(cluster.key)
-    with httpx.stream(
+    with web.stream(
         "POST", f"{cluster.a.url}/v1/agents/{agent}/messages/stream", json={"input": "go"}, headers=key, timeout=60
     ) as stream:
         first = next(line for line in stream.iter_lines() if line.startswith("data: "))
@@ -244,15 +244,15 @@ def test_postgres_stopping_under_the_servers_is_a_503_then_they_recover(cluster:
     key = auth(cluster.key)
     with cluster.postgres.down():
         for server in (cluster.a, cluster.b):
-            answer = httpx.get(f"{server.url}/v1/agents/", headers=key, timeout=60)
+            answer = web.get(f"{server.url}/v1/agents/", headers=key, timeout=60)
             assert answer.status_code == 503, answer.text
             detail = answer.json()["detail"]
             assert "\\n" not in detail and "metadata database" in detail, detail
-        sent = httpx.post(f"{cluster.a.url}/v1/agents/{agent}/messages", json={"input": "lost?"}, headers=key)
+        sent = web.post(f"{cluster.a.url}/v1/agents/{agent}/messages", json={"input": "lost?"}, headers=key)
         assert sent.status_code == 503 and sent.headers.get("x-should-retry") != "false"
     assert llm.requests == []
     for server in (cluster.a, cluster.b):  # pool_pre_ping replaces the connections PostgreSQL closed
-        assert agent in [found["id"] for found in httpx.get(f"{server.url}/v1/agents/", headers=key).json()]
+        assert agent in [found["id"] for found in web.get(f"{server.url}/v1/agents/", headers=key).json()]
     llm.add(echo)
     assert cluster.client(cluster.a).agents.messages.create(agent, input="back?").messages[-1].content == "re: back?"
     assert cluster.user_messages(agent) == ["back?"]

@@ -20,6 +20,7 @@ from memgpt.config import load_config, save_config
 from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
 from memgpt.types import Role
+from tests import web
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
 
@@ -125,7 +126,7 @@ def test_a_cut_turns_send_is_a_503_to_send_again_and_a_send_after_the_stop_store
             body = {"model": agent_id, "messages": [{"role": "user", "content": "keep me"}]}
         answers: list[httpx.Response] = []
         sent = auth(key)
-        sender = threading.Thread(target=lambda: answers.append(httpx.post(url, json=body, headers=sent, timeout=60)))
+        sender = threading.Thread(target=lambda: answers.append(web.post(url, json=body, headers=sent, timeout=60)))
         sender.start()
         deadline = time.monotonic() + 30
         while not llm.requests:
@@ -138,7 +139,7 @@ def test_a_cut_turns_send_is_a_503_to_send_again_and_a_send_after_the_stop_store
         assert answer.headers.get("retry-after") == "2" and "x-should-retry" not in answer.headers
         assert "your message is stored" in answer.text and "again" in answer.text
         assert server.state.storage.turns.holder(agent_id) is None
-        later = httpx.post(url, json=body, headers=auth(key), timeout=60)
+        later = web.post(url, json=body, headers=auth(key), timeout=60)
         assert later.status_code == 503 and "nothing was stored" in later.text, later.text
         stored = [(m.role, m.content) for m in server.state.storage.messages.last(agent_id, 100)]
         assert stored == [(Role.USER, "keep me")]
