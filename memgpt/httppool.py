@@ -5,25 +5,27 @@ connections, so the LLM and embedding adapters ask here for one per endpoint and
 opens an agent for each turn still sends every request over a kept-alive connection. A forked child
 starts with none (a parent's connections are no use to it).
 
-``plain(endpoint)`` sends an endpoint's plain POSTs through the standard library's http.client instead
-(``KeptAlive``); its httpx client is made only when something needs it (a redirect, a proxy from the
+``plain(endpoint)`` sends an endpoint's plain POSTs on kept-alive sockets of its own, their responses read by
+httptools (``KeptAlive``), instead; its httpx client is made only when something needs it (a redirect, a proxy from the
 environment, an embedding request): importing httpx and making a client cost a new `memgpt run` ~0.1 CPU s
 before its first LLM request to a local http:// server.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 import select
 import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import http.client
+    import ssl
 
     import httpx
 
@@ -34,7 +36,7 @@ _HTTPX_HEADERS = {"accept": "*/*", "accept-encoding": "gzip, deflate", "connecti
 
 class Endpoint:
     """An API endpoint and the headers sent with every request: its httpx client (``httpx()``, made on first
-    use) and, where http.client sends what that client would, its ``KeptAlive`` POSTs."""
+    use) and, where ``KeptAlive`` sends what that client would, its POSTs there."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
         self.base_url = base_url
@@ -86,93 +88,193 @@ def _readable(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
+class _Reply:
+    """One response as httptools' parser hands it over (its callbacks), the body kept whole."""
+
+    __slots__ = ("body", "done", "headers", "keep_alive", "parser", "until_close")
+
+    def __init__(self) -> None:
+        self.parser: Any = None
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.keep_alive = False
+        self.until_close = False  # no length and not chunked: the body ends with the connection
+        self.done = False
+
+    def on_message_begin(self) -> None:  # again after an interim (1xx) response: that one is dropped
+        self.headers, self.body, self.until_close = {}, [], False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        self.until_close = (
+            status >= 200
+            and status not in (204, 304)
+            and b"content-length" not in self.headers
+            and b"chunked" not in self.headers.get(b"transfer-encoding", b"").lower()
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() >= 200:
+            self.done = True
+
+    def charset(self) -> str:
+        """The content type's charset if Python knows it, else UTF-8 (what JSON is)."""
+        kind = self.headers.get(b"content-type", b"").decode("latin-1")
+        for parameter in kind.split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "charset":
+                try:
+                    return codecs.lookup(value.strip().strip('"')).name
+                except LookupError:
+                    break
+        return "utf-8"
+
+
+_URL_CONTROL = re.compile("[\x00-\x20\x7f]")  # what http.client refuses in a request's target
+_HEADER_CONTROL = re.compile("[\r\n\x00]")  # what would end a header line early
+
+
 class KeptAlive:
-    """POSTs to one endpoint over the standard library's http.client, on connections kept open between requests
-    and shared by every thread. httpx spent ~0.65 ms more CPU a request here (under one GIL, in a server that
-    makes one a step), mostly in its connection pool's bookkeeping. It sends what the httpx client would (its
-    headers, its certificate checks) and is only made where httpx would add nothing: no proxy from the
-    environment. A redirect is not followed here: ``post`` returns None and the caller sends it through httpx."""
+    """POSTs to one endpoint on sockets kept open between requests and shared by every thread, each response read
+    by httptools' parser (uvicorn's C HTTP parser, already a dependency). httpx spent ~0.65 ms more CPU a request
+    here (under one GIL, in a server that makes one a step), mostly in its connection pool's bookkeeping, and the
+    standard library's http.client ~0.25 ms parsing the response's headers through the email package. It sends
+    what the httpx client would (its headers, its certificate checks) and is only made where httpx would add
+    nothing: no proxy from the environment. A redirect is not followed here: ``post`` returns None and the caller
+    sends it through httpx."""
 
     def __init__(self, base_url: urllib.parse.SplitResult, headers: Mapping[str, str]) -> None:
         self._https = base_url.scheme == "https"
         self._host = base_url.hostname or ""
         self._port = base_url.port or (443 if self._https else 80)
         self._prefix = base_url.path.rstrip("/")
-        # The body is never compressed: nothing to decode (http.client does not).
+        host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 address in brackets
+        # The Host header as http.client sends it: the port only when it is not the scheme's.
+        self._host_header = host if self._port == (443 if self._https else 80) else f"{host}:{self._port}"
+        # The body is never compressed: nothing to decode.
         self._headers = {**headers, "accept-encoding": "identity"}
-        self._ssl = None
+        self._ssl: ssl.SSLContext | None = None
         if self._https:
             import httpx
 
             self._ssl = httpx.create_ssl_context()  # the certificates httpx would trust
-        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self._idle: list[tuple[socket.socket, float]] = []
         self._guard = threading.Lock()
 
     def post(
         self, path: str, body: bytes, headers: Mapping[str, str], params: Mapping[str, str] | None, timeout: float
     ) -> tuple[int, str] | None:
         """The reply's status and text, or None for a redirect. A connection the server closed while it was idle
-        is replaced once; otherwise OSError (TimeoutError when ``timeout`` passes) or http.client.HTTPException."""
-        from http.client import BadStatusLine
+        is replaced once; otherwise OSError (TimeoutError when ``timeout`` passes) or http.client.HTTPException
+        (a reply that is not HTTP, or cut off)."""
+        import http.client
 
-        stale = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, BadStatusLine)
+        stale = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.BadStatusLine)
         target = self._prefix + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        sending = {**self._headers, **headers}
+        request = self._request(target, body, headers)
         while True:
-            connection, reused = self._connection(timeout)
+            sock, reused = self._connection(timeout)
             try:
-                connection.request("POST", target, body=body, headers=sending)
-                reply = connection.getresponse()
-                data = reply.read()
+                reply = _exchange(sock, request)
             except stale:
-                connection.close()
+                sock.close()
                 if reused:  # closed by the server while idle, as this request went out: once more on a new one
                     continue
                 raise
             except BaseException:
-                connection.close()
+                sock.close()
                 raise
-            if reply.will_close:
-                connection.close()
+            if reply.keep_alive and not reply.until_close:
+                self._keep(sock)
             else:
-                self._keep(connection)
-            if reply.status in REDIRECTS:
+                sock.close()
+            status = reply.parser.get_status_code()
+            if status in REDIRECTS:
                 return None
-            return reply.status, data.decode(reply.headers.get_content_charset() or "utf-8", errors="replace")
+            return status, b"".join(reply.body).decode(reply.charset(), errors="replace")
 
-    def _keep(self, connection: http.client.HTTPConnection) -> None:
+    def _request(self, target: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+        """The request's bytes; what http.client refuses is refused here too (InvalidURL, ValueError)."""
+        import http.client
+
+        if _URL_CONTROL.search(target):
+            raise http.client.InvalidURL(f"URL can't contain control characters. {target!r}")
+        lines = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}"]
+        for name, value in {**self._headers, **headers}.items():
+            if _HEADER_CONTROL.search(name) or _HEADER_CONTROL.search(value) or ":" in name:
+                raise ValueError(f"Invalid header {name!r}")
+            lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    def _keep(self, sock: socket.socket) -> None:
         """Back among the idle ones; those idle past KEEP_IDLE (oldest first), and any beyond MAX_IDLE, are
         closed: after a burst, connections the newest-first reuse never reaches again hold no descriptors."""
         now = time.monotonic()
         with self._guard:
-            self._idle.append((connection, now))
+            self._idle.append((sock, now))
             cut = next((i for i, (_, since) in enumerate(self._idle) if now - since <= KEEP_IDLE), len(self._idle))
             cut = max(cut, len(self._idle) - MAX_IDLE)
             closing, self._idle[:cut] = self._idle[:cut], []
         for old, _ in closing:
             old.close()
 
-    def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, timeout: float) -> tuple[socket.socket, bool]:
         """An idle connection still open (newest first), or a new one."""
         now = time.monotonic()
         while True:
             with self._guard:
                 if not self._idle:
                     break
-                connection, since = self._idle.pop()
-            sock = connection.sock
+                sock, since = self._idle.pop()
             # Readable while idle: the server closed it (or sent what nobody asked for).
-            if sock is None or now - since > KEEP_IDLE or _readable(sock):
-                connection.close()
+            if sock.fileno() < 0 or now - since > KEEP_IDLE or _readable(sock):
+                sock.close()
                 continue
             sock.settimeout(timeout)
-            connection.timeout = timeout
-            return connection, True
-        import http.client
+            return sock, True
+        sock = socket.create_connection((self._host, self._port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client: the request goes at once
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self._host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, False
 
-        if self._ssl is not None:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl), False
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
+
+def _exchange(sock: socket.socket, request: bytes) -> _Reply:
+    """Send ``request`` on ``sock`` and read its whole response."""
+    import http.client
+
+    import httptools
+
+    sock.sendall(request)
+    reply = _Reply()
+    parser = reply.parser = httptools.HttpResponseParser(reply)
+    received = False
+    while not reply.done:
+        chunk = sock.recv(65536)
+        if not chunk:
+            if not received:
+                raise http.client.RemoteDisconnected("Remote end closed connection without response")
+            if reply.until_close:
+                return reply
+            raise http.client.IncompleteRead(b"".join(reply.body))
+        received = True
+        try:
+            parser.feed_data(chunk)
+        except httptools.HttpParserError as exc:
+            raise http.client.HTTPException(f"not an HTTP reply: {exc}") from exc
+    return reply
 
 
 def plain(endpoint: Endpoint) -> KeptAlive | None:

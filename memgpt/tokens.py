@@ -185,6 +185,15 @@ def count_message(model: str, message: Mapping[str, Any]) -> int:
     return total
 
 
+@functools.lru_cache(maxsize=512)
+def count_system(model: str, content: str) -> int:
+    """``count_message`` of a system message with this content, kept per model and content (the 512 last): a
+    server opens an agent anew for each turn and its system message is most often the one the last turn sent
+    (memory and statistics unchanged), which counting again cost ~0.18 ms a step near the window. The count is
+    the tokenizer's own, so it stays exact."""
+    return count_message(model, {"role": "system", "content": content})
+
+
 def count_tools(model: str, tools: Sequence[ToolSpec]) -> int:
     """Tokens the tool specs of a request take."""
     if not tools:

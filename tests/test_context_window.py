@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from memgpt import tokens
 from memgpt.agent.events import SystemNotice
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import LLMError, UserError
@@ -208,3 +209,29 @@ def test_the_stored_alert_flag_follows_the_alerts_and_the_summaries(rig: Rig) ->
                 seen.append(expected)
         assert rig.storage.agents.step_facts(agent.state.id).pressure_alerted is expected, turn
     assert True in seen and False in seen, seen
+
+
+def test_a_reopened_agent_does_not_count_the_system_message_it_last_sent_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server opens an agent anew for each turn; the system message is most often the one the last turn sent,
+    and counting it again cost a step near the window ~0.18 ms. Its count is kept (the same exact count)."""
+    agent = rig.create(context_window=WINDOW)
+    rig.llm.reply("Noted.")
+    list(agent.send("hello"))
+    system = agent.assemble().messages[0]["content"]
+    fixed = agent.assemble().fixed
+    encoding = tokens.encoding_for_model("scripted")
+    encoded: list[str] = []
+    real = encoding.encode
+
+    def spying(text: str, **options: Any) -> list[int]:
+        encoded.append(text)
+        return real(text, **options)
+
+    monkeypatch.setattr(encoding, "encode", spying)
+    reopened = rig.open(context_window=WINDOW)
+    assembled = reopened.assemble()
+    assert assembled.messages[0]["content"] == system  # the same message, as the last step sent it
+    assert assembled.fixed == fixed
+    assert system not in encoded, "the system message was counted again"

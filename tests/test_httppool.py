@@ -1,9 +1,9 @@
-"""The LLM's POSTs over http.client (``httppool.KeptAlive``): kept-alive connections, one the server closed while
-idle replaced, redirects followed through httpx, and httpx alone where a proxy from the environment applies."""
+"""The LLM's POSTs on sockets of their own, responses read by httptools (``httppool.KeptAlive``): kept-alive
+connections, one the server closed while idle replaced, chunked and read-to-the-end bodies, replies cut off or not
+HTTP refused as such, redirects followed through httpx, and httpx alone where a proxy from the environment applies."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from memgpt import httppool
+from memgpt.errors import LLMRetryableError
 from memgpt.llm.replies import post
 from tests.http_json import read_json, send_json
 
@@ -158,10 +159,8 @@ def test_the_idle_check_works_for_a_descriptor_past_1023(endpoint: Endpoint) -> 
             high.close()
 
 
-def _connected(endpoint: Endpoint) -> http.client.HTTPConnection:
-    connection = http.client.HTTPConnection("127.0.0.1", endpoint.server.server_address[1], timeout=5)
-    connection.connect()
-    return connection
+def _connected(endpoint: Endpoint) -> socket.socket:
+    return socket.create_connection(endpoint.server.server_address, timeout=5)
 
 
 def test_idle_connections_past_their_time_or_beyond_the_cap_are_closed(
@@ -179,9 +178,94 @@ def test_idle_connections_past_their_time_or_beyond_the_cap_are_closed(
     last = _connected(endpoint)
     pool._keep(last)
     assert [c for c, _ in pool._idle] == [last]
-    assert all(c.sock is None for c in burst)  # closed
+    assert all(c.fileno() == -1 for c in burst)  # closed
     monkeypatch.setattr(httppool, "MAX_IDLE", 2)
     more = [_connected(endpoint) for _ in range(2)]
     for connection in more:
         pool._keep(connection)
-    assert [c for c, _ in pool._idle] == more and last.sock is None
+    assert [c for c, _ in pool._idle] == more and last.fileno() == -1
+
+
+class Raw:
+    """A loopback server answering each request (read up to its body's end) with the next of ``replies``, bytes
+    as given; None closes the connection instead. It counts the connections it accepted."""
+
+    def __init__(self, replies: list[bytes | None]) -> None:
+        self.replies = replies
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while self.replies:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                while self.replies:
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        got = conn.recv(65536)
+                        if not got:
+                            break
+                        head += got
+                    if not head:
+                        break
+                    top, _, rest = head.partition(b"\r\n\r\n")
+                    length = int(top.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    while len(rest) < length:
+                        rest += conn.recv(65536)
+                    reply = self.replies.pop(0)
+                    if reply is None:
+                        break
+                    conn.sendall(reply)
+                    sized = b"content-length" in reply.lower() or b"chunked" in reply.lower()
+                    if b"connection: close" in reply.lower() or not sized:
+                        break
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_chunked_read_to_the_end_and_latin_1_bodies_are_read_whole() -> None:
+    raw = Raw(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n',
+            b'HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset="ISO-8859-1"\r\nContent-Length: 4\r\n\r\ncaf\xe9',
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nto the end",
+        ]
+    )
+    try:
+        http = _client(f"{raw.url}/v1")
+        assert post(http, "/x", {}, timeout=10, where="the endpoint") == (200, '{"a": 1}')
+        assert post(http, "/x", {}, timeout=10, where="the endpoint") == (200, "caf\u00e9")
+        assert raw.connections == 1  # kept alive through the chunked and the sized replies
+        assert post(http, "/x", {}, timeout=10, where="the endpoint") == (500, "to the end")
+        assert httppool.plain(http)._idle == []  # type: ignore[union-attr]  # ended with the connection: not kept
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"cut',
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        None,
+    ],
+    ids=["cut-off", "not-http", "closed"],
+)
+def test_a_reply_cut_off_not_http_or_missing_on_a_new_connection_is_a_retryable_error(reply: bytes | None) -> None:
+    raw = Raw([reply])
+    try:
+        with pytest.raises(LLMRetryableError, match="cannot reach the endpoint"):
+            post(_client(f"{raw.url}/v1"), "/x", {}, timeout=10, where="the endpoint")
+    finally:
+        raw.close()

@@ -38,7 +38,7 @@ from memgpt.memory.summarize import summarize
 from memgpt.storage import Storage
 from memgpt.storage.agents import BLOCK, PASSAGE, StepChanges, StepEffect
 from memgpt.storage.turns import Fence, Run
-from memgpt.tokens import bound_message, bound_tools, count_message, count_tools
+from memgpt.tokens import bound_message, bound_tools, count_system, count_tools
 from memgpt.types import AgentState, Message, Role, ToolCall, utc_now
 
 logger = logging.getLogger(__name__)
@@ -607,7 +607,7 @@ class Agent:
 
         def count() -> tuple[int, int]:
             if system.tokens is None:
-                system.tokens = count_message(self.llm.model, system.message)
+                system.tokens = count_system(self.llm.model, system.message["content"] or "")
             return system.tokens + self._tool_count(), window.tokens()
 
         return Assembled([system.message, *window.chats()], (system.bound + self._tool_bound, window.bound()), count)

@@ -46,8 +46,8 @@ def post(
 ) -> tuple[int, str]:
     """POST ``payload`` as JSON, plus the members in ``encoded`` (name -> JSON text already made); the reply's
     status and text. No answer within ``timeout`` seconds is an LLMTimeoutError, a failed connection an
-    LLMRetryableError, a malformed URL an LLMError. Over http.client where ``httppool.plain`` has the endpoint (a
-    redirect then goes through httpx, which follows it)."""
+    LLMRetryableError, a malformed URL an LLMError. Over ``httppool.KeptAlive`` where ``httppool.plain`` has the
+    endpoint (a redirect then goes through httpx, which follows it)."""
     from http.client import HTTPException
 
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
