@@ -240,3 +240,50 @@ def test_a_stop_answers_every_cut_turn_first_and_waits_one_failed_release_at_mos
             time.sleep(0.05)
     finally:
         server.stop()
+
+
+def test_a_send_waiting_for_the_agent_when_the_server_stops_is_refused_with_nothing_stored(
+    home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second send waits for the agent's lease while the first turn runs; the stop cuts that turn and gives its lease
+    back: the waiting send is refused (503, nothing stored), not given the lease to store its message and be cut."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.add({"delay": 30.0, "tool": "send_message", "args": {"message": "Too late."}})
+        runner = server.state.turns()
+        waiting = threading.Event()
+        await_release = runner._await_release
+
+        def awaiting(seconds: float) -> None:
+            waiting.set()
+            await_release(seconds)
+
+        monkeypatch.setattr(runner, "_await_release", awaiting)
+        url = f"{server.url}/v1/agents/{agent_id}/messages"
+        answers: dict[str, httpx.Response] = {}
+
+        def send(text: str) -> None:
+            answers[text] = httpx.post(url, json={"input": text}, headers=auth(key), timeout=60)
+
+        first = threading.Thread(target=send, args=("keep me",))
+        first.start()
+        deadline = time.monotonic() + 30
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the turn never asked the LLM"
+            time.sleep(0.05)
+        second = threading.Thread(target=send, args=("and me?",))
+        second.start()
+        assert waiting.wait(30), "the second send never waited for the agent"
+        runner.stop(0)
+        first.join(30)
+        second.join(30)
+        assert answers["keep me"].status_code == 503 and "your message is stored" in answers["keep me"].text
+        assert answers["and me?"].status_code == 503, answers["and me?"].text
+        assert "nothing was stored" in answers["and me?"].text, answers["and me?"].text
+        stored = [(m.role, m.content) for m in server.state.storage.messages.last(agent_id, 100)]
+        assert stored == [(Role.USER, "keep me")]
+        assert server.state.storage.turns.holder(agent_id) is None
+    finally:
+        server.stop()
