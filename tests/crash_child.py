@@ -9,6 +9,8 @@ point. The points wrap memgpt's own functions from outside, so memgpt carries no
     llm_answered     the LLM answered, nothing of the step has run yet
     archival_written an archival passage is in Milvus, the step is not committed
     step_committed   a step's SQL transaction committed, the next step has not begun
+    end_unrecorded   a server turn's last step committed without its run's end, left to record after the turn as
+                     where the recall index is shared (``RecallMemory.waits_at_close``), which is not recorded yet
     recall_indexing  a recall indexing pass wrote to Milvus, SQL does not know yet (background thread)
     forgetting       /retry or /pop deleted the dropped steps' passages from Milvus, not their rows from SQL
     collection_made  a new Milvus collection exists, its indexes are not made yet (the connecting thread)
@@ -68,6 +70,11 @@ def arm(point: str, after: int) -> None:
     elif point == "archival_written":
         _around(MilvusPassageStore, "insert", passed, when=lambda _self, rows: rows[0].kind == "archival")
     elif point == "step_committed":
+        _around(AgentStore, "commit_step", passed, when=lambda _self, _agent, changes, **_: bool(changes.messages))
+    elif point == "end_unrecorded":
+        from memgpt.memory.recall import RecallMemory
+
+        RecallMemory.waits_at_close = property(lambda _self: True)  # type: ignore[method-assign,assignment]
         _around(AgentStore, "commit_step", passed, when=lambda _self, _agent, changes, **_: bool(changes.messages))
     elif point == "recall_indexing":
         _around(MilvusPassageStore, "insert", passed, when=lambda _self, rows: rows[0].kind == "recall")

@@ -28,6 +28,7 @@ from sqlalchemy import event, text, update
 from memgpt.cli.common import TurnWait
 from memgpt.config import load_config
 from memgpt.errors import LeaseLostError
+from memgpt.memory.recall import RecallMemory
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.turns import TurnInput, TurnRunner
 from memgpt.storage import Storage, expiring
@@ -447,24 +448,32 @@ def test_a_retry_in_another_process_as_the_turn_ends_gets_its_answer_not_a_secon
         server.stop()
 
 
+def _end_recorded_after_the_turn_and_failing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn's run's end left out of its last step's commit, to be recorded with the lease's release after the turn
+    (as where the agent's recall index is shared: ``_Ending``), and that record failing (until ``monkeypatch.undo``).
+    Only the commit's record (``storage.turns.give_back``) would otherwise be tried, and the fallback never ran."""
+    from memgpt.errors import StorageError
+
+    def fails(_c: Any, run: Run, _dialect: str) -> None:
+        raise StorageError(f"the answer of run {run.id} cannot be written")
+
+    monkeypatch.setattr(RecallMemory, "waits_at_close", property(lambda _self: True))
+    monkeypatch.setattr(storage_turns, "_record_end", fails)
+
+
 def test_a_turn_whose_answer_cannot_be_recorded_still_frees_the_agent(
     request: pytest.FixtureRequest, home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Recording the run's answer and giving the lease back are one transaction; when it fails, the lease is given
-    back alone. Else this process's own lease (alive, so not taken over) kept the agent busy until it expired."""
-    from memgpt.errors import StorageError
-
+    back alone. Else this process's own lease (alive, so not taken over) kept the agent busy until it expired. (A
+    turn whose end its last step's commit does not record: ``_end_recorded_after_the_turn_and_failing``.)"""
     _opened_on_metadata_backend(request)
     server = LiveServer(home, use_scripted_llm(home, llm.url))
     try:
         letta, agent_id = _sam(server)
         llm.reply("First.")
         llm.reply("Second.")
-
-        def fails(_s: Any, _run: Run) -> None:
-            raise StorageError("the run's answer cannot be written")
-
-        monkeypatch.setattr(storage_turns.TurnStore, "_finish_run", staticmethod(fails))
+        _end_recorded_after_the_turn_and_failing(monkeypatch)
         letta.agents.messages.create(agent_id, messages=[{"role": "user", "content": "one"}])  # type: ignore[list-item]
         monkeypatch.undo()
         assert lease_owner(server.state.storage, agent_id) is None
@@ -767,8 +776,6 @@ def test_a_turn_whose_answer_is_recorded_later_is_not_run_again_by_a_retry(
     recorded in the background once the database takes it. Meanwhile a client's retry in this process joins the
     answered turn, and after it one in another process reads the recorded answer: left "running" with no lease,
     the run read as one whose process died mid-turn and the retry ran the turn again (the message answered twice)."""
-    from memgpt.errors import StorageError
-
     _opened_on_metadata_backend(request)
     server = LiveServer(home, use_scripted_llm(home, llm.url))
     turns = server.state.storage.turns
@@ -782,16 +789,13 @@ def test_a_turn_whose_answer_is_recorded_later_is_not_run_again_by_a_retry(
                 server.state.owner.id, agent_id, "hello", "user", 10, "digest-of-hello", retry, Rendering()
             )
 
-        def fails(_s: Any, _run: Run) -> None:
-            raise StorageError("the run's answer cannot be written")
-
         def done(turn: Any) -> None:
             deadline = time.monotonic() + 30
             while not turn.done and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert turn.done
 
-        monkeypatch.setattr(storage_turns.TurnStore, "_finish_run", staticmethod(fails))
+        _end_recorded_after_the_turn_and_failing(monkeypatch)
         first = server.state.turns().start(send(retry=False))
         done(first)
         assert lease_owner(server.state.storage, agent_id) is None

@@ -40,7 +40,9 @@ class CrashingServer(ServerProcess):
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.parametrize("point", ["llm_answered", "step_committed"])
+# step_committed: the last step's commit recorded the run's end too (the retry gets the stored answer); end_unrecorded:
+# it did not (a shared recall index): the retry finds the run unfinished, and the steps stored are its answer.
+@pytest.mark.parametrize("point", ["llm_answered", "step_committed", "end_unrecorded"])
 def test_a_kill_at_a_point_of_a_turn_then_letta_clients_retry_answers_once(
     home: Path, llm: ScriptedLLM, point: str
 ) -> None:

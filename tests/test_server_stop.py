@@ -15,10 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from letta_client import Letta
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from memgpt.config import load_config, save_config
+from memgpt.server import turns as server_turns
 from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
+from memgpt.storage import turns as storage_turns
 from memgpt.types import Role
 from tests import web
 from tests.scripted_llm import ScriptedLLM
@@ -143,5 +147,144 @@ def test_a_cut_turns_send_is_a_503_to_send_again_and_a_send_after_the_stop_store
         assert later.status_code == 503 and "nothing was stored" in later.text, later.text
         stored = [(m.role, m.content) for m in server.state.storage.messages.last(agent_id, 100)]
         assert stored == [(Role.USER, "keep me")]
+    finally:
+        server.stop()
+
+
+def test_a_stop_landing_after_the_last_steps_commit_leaves_the_answered_turn_alone(
+    home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn's last step's commit recorded its run's end and gave the lease back (``_Ending``); the stop lands
+    before the turn's thread ends it: the send gets its answer, not a 503 for a message that was answered."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.reply("Answered.")
+        add_step = server_turns.Turn.add_step
+
+        def stepped(turn: Any, messages: Any, items: Any = None) -> None:
+            add_step(turn, messages, items)
+            if items is not None:  # the last step, committed with the run's end and the lease
+                server.state.turns().stop(0)  # the signal's stop, landing now (on a thread of its own in a server)
+
+        monkeypatch.setattr(server_turns.Turn, "add_step", stepped)
+        answer = httpx.post(
+            f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "hi"}, headers=auth(key), timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
+            "Answered."
+        ]
+        with server.state.storage.metadata.connection() as c:
+            runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
+        assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, "end_turn")]
+        assert server.state.storage.turns.holder(agent_id) is None
+    finally:
+        server.stop()
+
+
+SLOW = 2.0  # seconds a lease's release waits for the database before it fails (a connect timeout, 10 s, shortened)
+
+
+def test_a_stop_answers_every_cut_turn_first_and_waits_one_failed_release_at_most(home: Path, llm: ScriptedLLM) -> None:
+    """Three turns cut while the database is away (each try of a release waits, then fails): every send is answered
+    (503) at once, before any release is tried, and the stop tries one release, not one per turn: the others are left
+    to the background, which gives them all back once the database answers. It was: each cut turn answered after
+    its own release, the last one after three timeouts."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0)
+        agents = [letta.agents.create(name=f"a{i}", model=HANDLE).id for i in range(3)]
+        for _ in agents:
+            llm.add({"delay": 30.0, "tool": "send_message", "args": {"message": "Too late."}})
+        answered: list[tuple[float, int]] = []
+
+        def send(agent_id: str) -> None:
+            url = f"{server.url}/v1/agents/{agent_id}/messages"
+            status = httpx.post(url, json={"input": "x"}, headers=auth(key), timeout=60).status_code
+            answered.append((time.monotonic(), status))
+
+        senders = [threading.Thread(target=send, args=(a,)) for a in agents]
+        for sender in senders:
+            sender.start()
+        deadline = time.monotonic() + 30
+        while len(llm.requests) < len(agents):
+            assert time.monotonic() < deadline, "the turns never asked the LLM"
+            time.sleep(0.05)
+        engine = server.state.storage.metadata.engine
+        tries: list[float] = []
+
+        def away(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "DELETE FROM agent_leases" in statement:
+                tries.append(time.monotonic())
+                time.sleep(SLOW)
+                raise OperationalError(statement, {}, Exception("timeout expired"))
+
+        event.listen(engine, "before_cursor_execute", away)
+        try:
+            told = time.monotonic()
+            server.state.turns().stop(0)
+            stopped = time.monotonic() - told
+            for sender in senders:
+                sender.join(30)
+            stop_tries = [t for t in tries if t - told < stopped]
+        finally:
+            event.remove(engine, "before_cursor_execute", away)
+        assert [status for _, status in answered] == [503] * len(agents)
+        assert max(at - told for at, _ in answered) < SLOW, [at - told for at, _ in answered]
+        assert len(stop_tries) == 1 and stopped < 2 * SLOW, (len(stop_tries), stopped)
+        deadline = time.monotonic() + 30  # given back by the background once the database answers
+        while any(server.state.storage.turns.holder(a) is not None for a in agents):
+            assert time.monotonic() < deadline, "a cut turn's lease was never given back"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_a_send_waiting_for_the_agent_when_the_server_stops_is_refused_with_nothing_stored(
+    home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second send waits for the agent's lease while the first turn runs; the stop cuts that turn and gives its lease
+    back: the waiting send is refused (503, nothing stored), not given the lease to store its message and be cut."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.add({"delay": 30.0, "tool": "send_message", "args": {"message": "Too late."}})
+        runner = server.state.turns()
+        waiting = threading.Event()
+        await_release = runner._await_release
+
+        def awaiting(seconds: float) -> None:
+            waiting.set()
+            await_release(seconds)
+
+        monkeypatch.setattr(runner, "_await_release", awaiting)
+        url = f"{server.url}/v1/agents/{agent_id}/messages"
+        answers: dict[str, httpx.Response] = {}
+
+        def send(text: str) -> None:
+            answers[text] = httpx.post(url, json={"input": text}, headers=auth(key), timeout=60)
+
+        first = threading.Thread(target=send, args=("keep me",))
+        first.start()
+        deadline = time.monotonic() + 30
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the turn never asked the LLM"
+            time.sleep(0.05)
+        second = threading.Thread(target=send, args=("and me?",))
+        second.start()
+        assert waiting.wait(30), "the second send never waited for the agent"
+        runner.stop(0)
+        first.join(30)
+        second.join(30)
+        assert answers["keep me"].status_code == 503 and "your message is stored" in answers["keep me"].text
+        assert answers["and me?"].status_code == 503, answers["and me?"].text
+        assert "nothing was stored" in answers["and me?"].text, answers["and me?"].text
+        stored = [(m.role, m.content) for m in server.state.storage.messages.last(agent_id, 100)]
+        assert stored == [(Role.USER, "keep me")]
+        assert server.state.storage.turns.holder(agent_id) is None
     finally:
         server.stop()

@@ -145,6 +145,15 @@ STOPPED_MID_TURN = (
 )
 
 
+# A send refused as the server stops. A retry's first try may have stored its message (a turn the stop cut): it is
+# answered when the retry is sent again.
+_STOPPING_NEW = "the server is stopping: nothing was stored; send the message again when it is back"
+_STOPPING_RETRY = (
+    "the server is stopping: nothing more was stored (your message is, if an earlier try stored it); send this request"
+    " again when it is back and the message is answered once"
+)
+
+
 class _Stopping(Exception):
     """Raised where a turn would begin a step once the server stops (``TurnRunner.stop``)."""
 
@@ -167,6 +176,9 @@ class Turn:
     cancel: threading.Event = field(default_factory=threading.Event)
     releasing: bool = False  # its lease is being given back: a renewal that finds it gone lost nothing
     cut: bool = False  # ended by the server's stop (``TurnRunner._cut``): its run stays unfinished for a retry
+    # Its run's end was recorded (and its lease given back) by its last step's commit (``_Ending``): answered, it ends
+    # by itself, and the server's stop leaves it alone (cut, it answered 503 after the answer was stored).
+    recorded: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
     _when_done: list[Callable[[], None]] = field(default_factory=list)
@@ -414,7 +426,7 @@ class TurnRunner:
         the error that kept it from starting) as soon as it runs, or once it ended for a ``collected`` one (a turn
         a retry joins: as soon as it is found). An API request awaits it instead of a thread-pool hop."""
         if self._stopped.is_set():
-            raise BackendError("the server is stopping: nothing was stored; send the message again when it is back")
+            raise BackendError(_STOPPING_RETRY if request.retry else _STOPPING_NEW)
         if not self._opening_slots.acquire(blocking=False):
             raise BackendError(f"this server is opening {OPENING_LIMIT} turns already: send again in a moment")
         started: Future[Turn] = Future()
@@ -542,6 +554,8 @@ class TurnRunner:
         checked = user_id is None
         busy = "the agent is busy with another message; send again in a moment (one turn at a time per agent)"
         for _ in lease_tries(self.timing.busy_wait, busy, self.timing.retry_after, self._await_release):
+            if self._stopped.is_set():  # (a send that waited for the agent: its turn would be cut at once)
+                raise BackendError(_STOPPING_NEW if message is not None else _STOPPING_RETRY)
             if message is not None:
                 message = replace(message, created_at=utc_now())
             record = stored(message) if message is not None else None
@@ -846,28 +860,45 @@ class TurnRunner:
             self._stopped.set()
             with self._guard:
                 running = list(self._active.values())
-            for turn, owner in running:
-                self._cut(turn, owner)
+            # Every cut turn answers first, then the leases go back: each release is a round trip (a connect timeout,
+            # 10 s, with PostgreSQL away), and the sends waited for all those before theirs.
+            self._give_back_cut([(turn.agent_id, owner) for turn, owner in running if self._cut_turn(turn)])
 
     def _cut(self, turn: Turn, owner: str) -> None:
         """End a turn the server's stop interrupts, as a kill would leave it but without the wait: the user's message
         stays stored and the run unfinished, so letta-client's retry of the send (told 503, here once the server is
         back or in another process) answers the message, going on from the steps stored; the lease is given back now,
-        so that retry takes the agent at once. Nothing when the turn ended meanwhile."""
+        so that retry takes the agent at once. Nothing when the turn ended meanwhile, or its end is recorded."""
+        if self._cut_turn(turn):
+            self._give_back_cut([(turn.agent_id, owner)])
+
+    def _cut_turn(self, turn: Turn) -> bool:
+        """``_cut`` but the lease: the turn answers (503) now; whether it was cut (its lease is then to give back)."""
         with turn._lock:
-            if turn.cut or turn.stop_reason is not None:
-                return
+            if turn.cut or turn.recorded or turn.stop_reason is not None:
+                return False
             turn.cut = True
         turn.releasing = True  # a renewal that finds the lease gone lost nothing
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
-        try:
-            self._release(turn.agent_id, owner)
-        except MemGPTError as exc:  # it lapses (at once for the next process on this host: its owner is gone)
-            logger.warning("cannot give back the lease of agent %s as the server stops: %s", turn.agent_id, exc)
         usage = Usage(step_count=turn.steps, run_ids=[turn.run_id])
         turn.finish("error", usage, (SERVER_STOPPING, STOPPED_MID_TURN))
+        return True
+
+    def _give_back_cut(self, leases: Sequence[tuple[str, str]]) -> None:
+        """Give back the leases of cut turns (agent id, owner), in order, until one fails: that one and the rest are
+        left to the background (``release_later``; ``TurnStore.close`` tries them once more, for a bounded time), so
+        the stop waits one round trip to a database that is away, not one per turn."""
+        for given, (agent_id, owner) in enumerate(leases):
+            try:
+                self._release(agent_id, owner)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure: the rest must still be handed on
+                logger.warning("cannot give back the lease of agent %s as the server stops: %s", agent_id, exc)
+            for agent_left, owner_left in leases[given:]:  # else they lapse (at once for this host's next process)
+                self._turns.release_later(agent_left, owner_left, within=self.timing.lease_ttl, then=self._wake_waiters)
+            return
 
     def close(self, grace: float = 10.0, settle: float = 5.0) -> None:
         """``stop`` (unless done already), then end this process's turn machinery."""
@@ -914,6 +945,8 @@ class _Ending:
             return
         run, usage, items = self._last
         self._last, self.ended = None, (run, usage)
+        with self._turn._lock:  # (as ``TurnRunner._cut`` reads it: one or the other)
+            self._turn.recorded = True
         self._turn.add_step(messages, items)
 
 
