@@ -33,8 +33,9 @@ def test_move_up_to_a_server(
         )
         assert moved.returncode == 0, moved.stderr
         copied = int(re.search(r"Copied (\d+) passages \(0 were there already\)", moved.stdout)[1])
-        # the notes, the agent's memory, 2 recall entries (the bare archival_memory_insert call is not indexed)
-        assert copied == before[0]["passages"] + 1 + 2
+        # the notes and the agent's memory; `run --message` left its turn's recall entries to recall's backlog
+        # (indexed by the agent's next conversation_search or chat, into whichever Milvus the home then uses)
+        assert copied == before[0]["passages"] + 1
         config = load_config(home)
         assert (config.milvus.uri, config.milvus.database) == (milvus_server, server_database)
         assert json.loads(cli("list", "sources", "--json", home=home).stdout) == before

@@ -5,6 +5,7 @@ as `memgpt run` does; close it (or use ``with``) to let a CLI or a server have i
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import time
@@ -15,6 +16,7 @@ from typing import Any
 from fastapi import HTTPException, Response, UploadFile
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
 
 from memgpt.client.base import Client
 from memgpt.config import Config, load_config, memgpt_home
@@ -32,8 +34,13 @@ POLL = 0.02  # seconds between looks at a running turn
 def _route(function: Callable[..., Any], body: type[BaseModel] | None = None) -> Callable[..., Any]:
     """An operation that calls ``function`` with the ids and params as its keyword arguments."""
 
+    # A route that reads its request (when it arrived: ``memgpt.server.retried.arrived``) gets one that just did.
+    wants_request = "request" in inspect.signature(function).parameters
+
     def run(client: LocalClient, ids: dict[str, str], params: dict[str, Any], payload: Any) -> Any:
-        extra = {"body": body.model_validate(payload)} if body is not None else {}
+        extra: dict[str, Any] = {"body": body.model_validate(payload)} if body is not None else {}
+        if wants_request:
+            extra["request"] = _arriving()
         return function(**ids, **params, **extra, state=client.state, user=client.user)
 
     return run
@@ -169,7 +176,15 @@ class LocalClient(Client):
     def _import(self, _: dict[str, str], params: dict[str, Any], payload: Any) -> Any:
         name, content = payload
         upload = UploadFile(io.BytesIO(content), filename=name)
-        return jsonable_encoder(agentfile.import_file(self.state, self.user, self.jobs, upload, **params))
+        imported = agentfile.import_file(
+            request=_arriving(), state=self.state, user=self.user, jobs=self.jobs, file=upload, **params
+        )
+        return jsonable_encoder(imported)
+
+
+def _arriving() -> Request:
+    """A request for a route that reads when its request arrived (``memgpt.server.retried.arrived``): now."""
+    return Request({"type": "http", "headers": []})
 
 
 def _follow(turn: Turn) -> Iterator[dict[str, Any]]:
