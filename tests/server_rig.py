@@ -129,6 +129,34 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def overtaken_send(server: LiveServer, url: str, body: dict[str, Any], headers: dict[str, str]) -> list[httpx.Response]:
+    """POST ``body`` to ``url`` twice as a client whose retry overtakes its first try: the first try is held up
+    before it takes the agent's lease (so before it records its run) until its retry (``X-Stainless-Retry-Count``
+    1) has been answered. The order is set by events, not by time. The answers: the first try's, the retry's."""
+    from tests import web
+
+    runner = server.state.turns()
+    take_lease = runner._take_lease
+    held, retried = threading.Event(), threading.Event()
+
+    def held_up(*args: Any, **kwargs: Any) -> Any:
+        if not held.is_set():  # the first try: held up until its retry answered
+            held.set()
+            assert retried.wait(60)
+        return take_lease(*args, **kwargs)
+
+    runner._take_lease = held_up  # type: ignore[method-assign]
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(web.post(url, json=body, headers=headers, timeout=60)))
+    first.start()
+    assert held.wait(60)
+    again = web.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
+    retried.set()
+    first.join(60)
+    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
+    return [answers[0], again]
+
+
 def use_scripted_llm(home: Path, llm_url: str, *, timeout: float = 30.0) -> Config:
     """Point the home's config at the scripted LLM server (as `memgpt configure` would) and return it."""
     config = load_config(home)

@@ -35,7 +35,7 @@ from memgpt.types import AgentState, Message, Role
 from tests import web
 from tests.conftest import _opened_on_metadata_backend, run_cli
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, ServerProcess, auth, use_scripted_llm
+from tests.server_rig import LiveServer, ServerProcess, auth, overtaken_send, use_scripted_llm
 
 HANDLE = "openai-compatible/scripted"
 
@@ -762,29 +762,11 @@ def test_a_retry_that_overtakes_its_first_try_sends_the_message_once(
     """The first try is held up before it records its run (a busy server, past the client's timeout); the client
     sends it again and the retry, finding no run, runs the turn. The first try, going on, answers with that turn
     instead of storing the message a second time. The order is set by events, not by time."""
-    runner = server.state.turns()
-    take_lease = runner._take_lease
-    held, retried = threading.Event(), threading.Event()
-
-    def held_up(*args: Any, **kwargs: Any) -> Any:
-        if not held.is_set():  # the first try: held up until its retry answered
-            held.set()
-            assert retried.wait(60)
-        return take_lease(*args, **kwargs)
-
-    runner._take_lease = held_up  # type: ignore[method-assign]
     llm.reply("Only once.")
     url, headers = f"{server.url}/v1/agents/{agent_id}/{path}", auth(letta.api_key)
     body = {"messages": [{"role": "user", "content": "hello"}]}
-    answers: list[httpx.Response] = []
-    first = threading.Thread(target=lambda: answers.append(web.post(url, json=body, headers=headers, timeout=60)))
-    first.start()
-    assert held.wait(60)
-    again = web.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
-    retried.set()
-    first.join(60)
-    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
-    assert "Only once." in again.text and _data_lines(answers[0]) == _data_lines(again)
+    first, again = overtaken_send(server, url, body, headers)
+    assert "Only once." in again.text and _data_lines(first) == _data_lines(again)
     assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
 
 

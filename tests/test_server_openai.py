@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -17,7 +16,7 @@ from openai import OpenAI
 from memgpt.types import Role
 from tests import web
 from tests.scripted_llm import ScriptedLLM
-from tests.server_rig import LiveServer, auth, use_scripted_llm
+from tests.server_rig import LiveServer, auth, overtaken_send, use_scripted_llm
 
 TITLE_TASK = """### Task:
 Generate a concise, 3-5 word title with an emoji summarizing the chat history.
@@ -390,29 +389,11 @@ def test_a_retry_that_overtakes_its_first_try_sends_the_message_once(server: Liv
     """The first try is held up before it records its run; the retry, finding none, runs the turn, and the first
     try answers with that turn rather than storing the message again. The order is set by events, not by time."""
     agent_id = make_agent(server, "sam")
-    runner = server.state.turns()
-    take_lease = runner._take_lease
-    held, retried = threading.Event(), threading.Event()
-
-    def held_up(*args: Any, **kwargs: Any) -> Any:
-        if not held.is_set():  # the first try: held up until its retry answered
-            held.set()
-            assert retried.wait(60)
-        return take_lease(*args, **kwargs)
-
-    runner._take_lease = held_up  # type: ignore[method-assign]
     llm.reply("Only once.")
     url, headers = f"{server.url}/openai/v1/chat/completions", auth(server.key())
     body = {"model": "sam", "messages": [{"role": "user", "content": "hello"}]}
-    answers: list[httpx.Response] = []
-    first = threading.Thread(target=lambda: answers.append(web.post(url, json=body, headers=headers, timeout=60)))
-    first.start()
-    assert held.wait(60)
-    again = web.post(url, json=body, headers={**headers, "X-Stainless-Retry-Count": "1"}, timeout=60)
-    retried.set()
-    first.join(60)
-    assert again.status_code == 200 and answers and answers[0].status_code == 200, (again.text, answers)
-    said = [a.json()["choices"][0]["message"]["content"] for a in (answers[0], again)]
+    first, again = overtaken_send(server, url, body, headers)
+    said = [a.json()["choices"][0]["message"]["content"] for a in (first, again)]
     assert said == ["Only once.", "Only once."]
     assert len(llm.requests) == 1 and user_messages(server, agent_id) == ["hello"]
 
