@@ -100,6 +100,18 @@ def leaves(group: BaseExceptionGroup[MCPError]) -> list[MCPError]:
     ]
 
 
+
+def _wait_for_port(process: subprocess.Popen[Any], port: int) -> None:
+    """Until ``memgpt mcp serve --transport http`` (``process``) takes connections on ``port``."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
+            time.sleep(0.1)
+
 def test_stdio_reaches_the_memory_the_agent_itself_uses(
     home: Path, storage: Storage, model: LocalMiniLM, llm: ScriptedLLM
 ) -> None:
@@ -336,14 +348,7 @@ def test_http_standalone(home: Path, storage: Storage, model: LocalMiniLM) -> No
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
-                time.sleep(0.1)
+        _wait_for_port(process, port)
         url = f"http://127.0.0.1:{port}/mcp"
 
         async def use() -> None:
@@ -392,14 +397,7 @@ def test_http_standalone_stops_in_bounded_time_while_an_insert_is_embedding(
         return "onnxruntime" in Path(f"/proc/{process.pid}/maps").read_text()
 
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
-                time.sleep(0.1)
+        _wait_for_port(process, port)
         assert not model_loaded()
 
         async def insert() -> None:
