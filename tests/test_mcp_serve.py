@@ -100,7 +100,6 @@ def leaves(group: BaseExceptionGroup[MCPError]) -> list[MCPError]:
     ]
 
 
-
 def _wait_for_port(process: subprocess.Popen[Any], port: int) -> None:
     """Until ``memgpt mcp serve --transport http`` (``process``) takes connections on ``port``."""
     deadline = time.monotonic() + 120
@@ -111,6 +110,7 @@ def _wait_for_port(process: subprocess.Popen[Any], port: int) -> None:
         except OSError:
             assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
             time.sleep(0.1)
+
 
 def test_stdio_reaches_the_memory_the_agent_itself_uses(
     home: Path, storage: Storage, model: LocalMiniLM, llm: ScriptedLLM
