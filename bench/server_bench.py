@@ -52,18 +52,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import random
 import resource
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -74,98 +70,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.fixed_llm import FixedLLM  # noqa: E402
+from bench.fixed_llm import words as _words  # noqa: E402
 from memgpt.config import save_config  # noqa: E402
 from memgpt.server.state import OWNER_NAME  # noqa: E402
 from memgpt.storage import Storage  # noqa: E402
 from tests.server_rig import ServerProcess, use_scripted_llm  # noqa: E402
 
 HANDLE = "openai-compatible/scripted"
-# Words the messages and replies of ``--words`` are drawn from.
-VOCABULARY = """we could meet on tuesday after work near the station and talk about the garden project my sister
-wants to plant tomatoes basil and roses before the summer holiday if the weather stays warm enough remember that
-the invoice for the new bicycle is due next month so maybe keep some budget aside for the concert tickets too""".split()  # noqa: SIM905
-
-
-def _words(count: int, seed: str | None = None) -> str:
-    """``count`` words of VOCABULARY, the same ones for the same ``seed`` (None: any)."""
-    rng = random.Random(seed) if seed is not None else random
-    return " ".join(rng.choices(VOCABULARY, k=count))
 
 
 def message_text(tag: str, number: int, agent: str, words: int) -> str:
     """The text an agent's ``number``-th message of the load ``tag`` carries (``words`` more words than its tag)."""
     text = f"{tag} message {number}"
     return f"{text}: {_words(words, f'{agent}/{text}')}" if words else text
-
-
-# -- the LLM: a fixed delay, then a reply ---------------------------------------------------------------
-class FixedLLM:
-    """An OpenAI-compatible chat server answering every request with send_message after ``delay`` seconds."""
-
-    def __init__(self, delay: float, words: int = 0) -> None:
-        self.delay = delay
-        self.words = words  # a reply of this many words (each different) instead of "Noted."
-        self.calls = 0
-        self._lock = threading.Lock()
-        llm = self
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 1024  # 100 clients connect at once; the default backlog of 5 would add SYN retries
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive: the server's LLM client reuses its connections
-            # Headers and body go out in two writes: with Nagle's algorithm the body waited for the client's
-            # delayed ACK, ~40 ms per call that counted as the server's own time.
-            disable_nagle_algorithm = True
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                time.sleep(llm.delay)
-                with llm._lock:
-                    llm.calls += 1
-                self._send(_completion(_words(llm.words) if llm.words else "Noted."))
-
-            def do_GET(self) -> None:
-                self._send({"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "bench"}]})
-
-            def _send(self, payload: dict[str, Any]) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None: ...
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _completion(reply: str) -> dict[str, Any]:
-    call = {"name": "send_message", "arguments": json.dumps({"message": reply})}
-    message = {
-        "role": "assistant",
-        "content": "Acknowledge.",
-        "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:10]}", "type": "function", "function": call}],
-    }
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:10]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": "scripted",
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
 
 
 # -- the deployments ----------------------------------------------------------------------------------
@@ -359,20 +277,22 @@ def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
 @dataclass
 class Cpu:
     """CPU seconds (user + system) used so far: the server process, the processes it started (Milvus Lite's
-    ``milvus`` binary, or ``--workers`` processes), this process (the clients and the LLM stub), and the whole
-    machine (every process, other people's work included: only meaningful on a quiet machine). ``each``: every
-    process it started, by pid, as (command name, CPU seconds)."""
+    ``milvus`` binary, or ``--workers`` processes), this process (the clients), the LLM stub's process
+    (``bench/fixed_llm.py``), and the whole machine (every process, other people's work included: only
+    meaningful on a quiet machine). ``each``: every process the server started, by pid, as (command name, CPU
+    seconds)."""
 
     server: float
     children: float
     bench: float
     machine: float
     each: dict[int, tuple[str, float]] = field(default_factory=dict)
+    llm: float = 0.0
 
     @classmethod
-    def now(cls, pid: int) -> Cpu:
+    def now(cls, pid: int, llm_pid: int | None = None) -> Cpu:
         tick = os.sysconf("SC_CLK_TCK")
-        server = 0
+        server = llm = 0
         each = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -384,13 +304,15 @@ class Cpu:
             used = int(fields[11]) + int(fields[12])
             if stat.parent.name == str(pid):
                 server += used
+            elif stat.parent.name == str(llm_pid):
+                llm += used
             elif fields[1] == str(pid):
                 each[int(stat.parent.name)] = (name.split("(", 1)[1], used / tick)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         busy = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         machine = sum(busy) - busy[3] - busy[4]  # all but idle and iowait
         children = sum(seconds for _, seconds in each.values())
-        return cls(server / tick, children, usage.ru_utime + usage.ru_stime, machine / tick, each)
+        return cls(server / tick, children, usage.ru_utime + usage.ru_stime, machine / tick, each, llm / tick)
 
     def __sub__(self, other: Cpu) -> Cpu:
         each = {
@@ -402,6 +324,7 @@ class Cpu:
             self.bench - other.bench,
             self.machine - other.machine,
             each,
+            self.llm - other.llm,
         )
 
     def by_process(self, turns: int) -> str:
@@ -488,51 +411,63 @@ def run(
     words: int = 0,
     by_thread: bool = False,
     pause: float = OBSERVER_PAUSE,
+    floor: bool = False,
 ) -> str:
-    llm = FixedLLM(llm_ms / 1000, words)
+    """One row of the table; ``floor``: against ``bench/fixed_llm.py --standin`` in place of `memgpt server`
+    (no server, no LLM stub: a process that answers a send after ``llm_ms``), the bench's own floor."""
+    llm = FixedLLM(llm_ms / 1000, words, standin=floor)
+    lost: int | None = None
+    catch_up: float | None = None
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-server-") as scratch,
-            deployment(backend, Path(scratch) / "home", llm, workers) as (server, key),
-        ):
-            agents = _make_agents(server.url, key, clients)
-            pid = server.process.pid
+        with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch, contextlib.ExitStack() as serving:
+            if floor:
+                url, key, pid, llm_pid = llm.base, "floor", llm.pid, None
+            else:
+                server, key = serving.enter_context(deployment(backend, Path(scratch) / "home", llm, workers))
+                url, pid, llm_pid = server.url, server.process.pid, llm.pid
+            agents = _make_agents(url, key, clients)
             before: dict[str, Any] = {}
             with contextlib.ExitStack() as profiling:
 
                 def measuring() -> None:  # after the warm-up: each agent's first turn opens it, not measured
-                    before.update(calls=llm.calls, cpu=Cpu.now(pid))
+                    before.update(calls=llm.calls, cpu=Cpu.now(pid, llm_pid))
                     before["gil"] = profiling.enter_context(gil_profile(pid, profile, by_thread=by_thread))
 
-                loading = _warm_and_load(server.url, key, agents, turns, own, client, measuring, words, pause)
+                loading = _warm_and_load(url, key, agents, turns, own, client, measuring, words, pause)
                 results = asyncio.run(loading)
             gil = before["gil"]
             calls = (llm.calls - before["calls"]) / max(1, len(results.turns))
-            catch_up = _indexed(server.home, pid)
-            cpu = Cpu.now(pid) - before["cpu"]
-            lost = _lost(server.url, key, agents, "bench", turns, words)
-            if results.errors or lost:  # what the server logged, before its home goes
-                logged = server.log.read_text(errors="replace").splitlines()
-                errors = " / ".join(line for line in logged if "Error" in line)
-                results.errors.insert(0, f"server log: {errors[-1500:]}")
+            if not floor:
+                catch_up = _indexed(server.home, pid)
+            cpu = Cpu.now(pid, llm_pid) - before["cpu"]
+            if not floor:
+                lost = _lost(url, key, agents, "bench", turns, words)
+                if results.errors or lost:  # what the server logged, before its home goes
+                    logged = server.log.read_text(errors="replace").splitlines()
+                    errors = " / ".join(line for line in logged if "Error" in line)
+                    results.errors.insert(0, f"server log: {errors[-1500:]}")
     finally:
         llm.close()
     llm_s = llm_ms / 1000 * calls
     label = "Milvus Lite + SQLite" if backend == "default" else "Milvus server + PostgreSQL"
+    label = f"floor: a stand-in answering in {llm_ms} ms" if floor else label
     label += f", {workers} workers" if workers > 1 else ""
     label += ", a connection per client" if own else ""
     label += f", clients on {client}" if client != "httpx2" else ""
     label += f", messages and replies +{words} words" if words else ""
     done = max(1, len(results.turns))
-    per_turn = [f"{seconds * 1000 / done:.1f}" for seconds in (cpu.server, cpu.children, cpu.bench, cpu.machine)]
+    used = (cpu.server, cpu.children, cpu.bench, cpu.llm, cpu.machine)
+    per_turn = [f"{seconds * 1000 / done:.1f}" for seconds in used]
+    per_turn[3] = "-" if floor else per_turn[3]  # the stand-in is both: its CPU is in the server's column
     cores = cpu.machine / results.wall if results.wall else 0.0
+    lost_ = "-" if lost is None else str(lost)
     return (
         f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
-        f"{_ms(results.turns, 0.5, llm_s)} | {_ms(results.turns, 0.95, llm_s)} | {len(results.errors)} | {lost} | "
+        f"{_ms(results.turns, 0.5, llm_s)} | {_ms(results.turns, 0.95, llm_s)} | {len(results.errors)} | {lost_} | "
         f"{_ms(results.list_agents, 0.5)} / {_ms(results.list_agents, 0.95)} | "
         f"{_ms(results.search, 0.5)} / {_ms(results.search, 0.95)} | "
-        f"{per_turn[0]} | {per_turn[1]} | {per_turn[2]} | {per_turn[3]} ({cores:.2f} of {os.cpu_count()}) | "
-        f"{catch_up:.1f} |"
+        f"{' | '.join(per_turn[:4])} | {per_turn[4]} ({cores:.2f} of {os.cpu_count()}) | "
+        f"{'-' if catch_up is None else f'{catch_up:.1f}'} |"
         + (f" GIL held {gil['gil']:.0%} of py-spy's samples ({profile}) |" if "gil" in gil else "")
         + (
             "\n\nserver CPU ms/turn by thread: "
@@ -579,6 +514,11 @@ def main() -> None:
         default=OBSERVER_PAUSE,
         help="seconds between the non-LLM route requests sampled during the load (0: back to back)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="the bench's own floor: a stand-in that only waits --llm-ms in place of the server (and the LLM)",
+    )
     parser.add_argument("--header", action="store_true", help="print the table's header first")
     parser.add_argument(
         "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
@@ -595,17 +535,20 @@ def main() -> None:
         print(
             "| backend | clients | turns | turns/s | p50 added ms | p95 added ms | errors | lost "
             "| list agents p50/p95 ms | archival search p50/p95 ms | server CPU ms/turn | its children (Milvus Lite) "
-            "| bench + LLM stub | whole machine (cores busy) | recall index caught up s after |"
+            "| bench's clients | LLM stub | whole machine (cores busy) | recall index caught up s after |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.floor and (args.profile or args.threads or args.workers > 1):
+        parser.error("--floor has no server to profile or run workers of")
     backends = ["default", "scale"] if args.backend == "both" else [args.backend]
+    backends = ["default"] if args.floor else backends
     for backend in backends:
         for clients in (int(n) for n in args.clients.split(",")):
             profile = args.profile.with_name(f"{args.profile.stem}-{clients}.txt") if args.profile else None
             own = args.connections == "own"
             row = run(
                 backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client, args.words,
-                by_thread=args.threads, pause=args.observer_pause,
+                by_thread=args.threads, pause=args.observer_pause, floor=args.floor,
             )  # fmt: skip
             print(row, flush=True)
 
