@@ -52,17 +52,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json as _json
 import os
 import resource
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpcore2
 import httpx
 import httpx2
 
@@ -126,8 +129,66 @@ class Results:
     wall: float = 0.0
 
 
-CLIENTS = {"httpx2": httpx2, "httpx": httpx}  # --client: the HTTP library of the load's clients
-HTTP_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
+class _Answer:
+    __slots__ = ("content", "status_code")
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code, self.content = status_code, content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+class CorePool:
+    """httpcore2's connection pool (the one httpx2's client sends through) without httpx2's client around it:
+    ``post`` and ``get`` as the load calls them. At 50 clients on a stand-in that only waits (``--floor``) the
+    client layer (merging URLs, the request and response models, auth, redirects, hooks) was about a third of the
+    clients' CPU a turn, which they take from the server on the same cores."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], limits: Any, timeout: float) -> None:
+        self._base = base_url.rstrip("/")
+        self._headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+        self._posting = [*self._headers, (b"content-type", b"application/json")]
+        self._timeout = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
+        self._pool = httpcore2.AsyncConnectionPool(
+            max_connections=limits.max_connections, max_keepalive_connections=limits.max_keepalive_connections
+        )
+
+    async def __aenter__(self) -> CorePool:
+        await self._pool.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._pool.__aexit__(*exc)  # type: ignore[arg-type]
+
+    async def post(self, path: str, json: Any) -> _Answer:
+        body = _json.dumps(json).encode()
+        got = await self._pool.request(
+            "POST", self._base + path, headers=self._posting, content=body, extensions=self._timeout
+        )
+        return _Answer(got.status, got.content)
+
+    async def get(self, path: str, params: dict[str, Any]) -> _Answer:
+        url = f"{self._base}{path}?{urllib.parse.urlencode(params)}"
+        got = await self._pool.request("GET", url, headers=self._headers, extensions=self._timeout)
+        return _Answer(got.status, got.content)
+
+
+# --client: the HTTP library of the load's clients, as (AsyncClient-like class, Limits)
+CLIENTS = {
+    "httpcore2": (CorePool, httpx2.Limits),
+    "httpx2": (httpx2.AsyncClient, httpx2.Limits),
+    "httpx": (httpx.AsyncClient, httpx.Limits),
+}
+HTTP_ERRORS = (
+    httpx.HTTPError,
+    httpx2.HTTPError,
+    httpcore2.TimeoutException,
+    httpcore2.NetworkError,
+    httpcore2.ProtocolError,
+    httpcore2.PoolTimeout,
+)
 # The observer samples the non-LLM routes under the clients' load; with no pause it is one more client sending
 # back to back (~20 ms of server CPU a request: at 10 clients a third of the server's CPU, at 50 about a tenth).
 OBSERVER_PAUSE = 0.2
@@ -207,11 +268,11 @@ async def _warm_and_load(
     whichever connection is free, so an agent's turns spread over the workers). ``client``: the HTTP library
     (``CLIENTS``; with httpx the pool kept from the warm-up stalls, see the module's docstring)."""
     headers = {"Authorization": f"Bearer {key}"}
-    library = CLIENTS[client]
+    made_by, limited = CLIENTS[client]
     count = len(agents) + 1 if own else 1
     size = 1 if own else len(agents) + 4
-    limits = library.Limits(max_connections=size, max_keepalive_connections=size)
-    made = (library.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
+    limits = limited(max_connections=size, max_keepalive_connections=size)
+    made = (made_by(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(http) for http in made]
         await _load(clients, agents, 1, "warm-up", words, pause)
@@ -399,6 +460,16 @@ def gil_profile(pid: int, out: Path | None, rate: int = 100, *, by_thread: bool 
         found["threads"] = threads
 
 
+def _event_loop() -> Any:
+    """uvloop's event loop where there is one (not on Windows), as the server's: the clients' loop then costs
+    less of the CPU the server needs."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run(
     backend: str,
     clients: int,
@@ -407,7 +478,7 @@ def run(
     workers: int = 1,
     profile: Path | None = None,
     own: bool = False,
-    client: str = "httpx2",
+    client: str = "httpcore2",
     words: int = 0,
     by_thread: bool = False,
     pause: float = OBSERVER_PAUSE,
@@ -434,7 +505,8 @@ def run(
                     before["gil"] = profiling.enter_context(gil_profile(pid, profile, by_thread=by_thread))
 
                 loading = _warm_and_load(url, key, agents, turns, own, client, measuring, words, pause)
-                results = asyncio.run(loading)
+                with asyncio.Runner(loop_factory=_event_loop()) as runner:
+                    results = runner.run(loading)
             gil = before["gil"]
             calls = (llm.calls - before["calls"]) / max(1, len(results.turns))
             if not floor:
@@ -453,7 +525,7 @@ def run(
     label = f"floor: a stand-in answering in {llm_ms} ms" if floor else label
     label += f", {workers} workers" if workers > 1 else ""
     label += ", a connection per client" if own else ""
-    label += f", clients on {client}" if client != "httpx2" else ""
+    label += f", clients on {client}" if client != "httpcore2" else ""
     label += f", messages and replies +{words} words" if words else ""
     done = max(1, len(results.turns))
     used = (cpu.server, cpu.children, cpu.bench, cpu.llm, cpu.machine)
@@ -502,7 +574,7 @@ def main() -> None:
     parser.add_argument(
         "--client",
         choices=sorted(CLIENTS),
-        default="httpx2",
+        default="httpcore2",
         help="the clients' HTTP library (httpx: its pool stalls under bursts, see the docstring)",
     )
     parser.add_argument(
