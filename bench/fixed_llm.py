@@ -142,8 +142,8 @@ def serve(fd: int, app: App) -> None:
     sock = socket.socket(fileno=fd)
     config = uvicorn.Config(
         app,
-        loop="uvloop",
-        http="httptools",
+        loop="auto",  # uvloop and httptools where installed (not on Windows), as `memgpt server`
+        http="auto",
         lifespan="off",
         access_log=False,
         log_level="warning",

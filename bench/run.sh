@@ -55,3 +55,5 @@ echo
 clients=10,50,100
 if [ "${1:-}" = "--quick" ]; then clients=10; fi
 "$VENV/bin/python" bench/server_bench.py --clients "$clients" --header
+# The bench's own floor in the same table: its clients against a stand-in that only waits (no server, no LLM).
+"$VENV/bin/python" bench/server_bench.py --clients "$clients" --floor

@@ -6,23 +6,39 @@
     python bench/server_bench.py --backend default --workers 2 --connections own  # a connection per client
     python bench/server_bench.py --backend default --clients 100 --client httpx  # httpx 0.28's pool stalling
     python bench/server_bench.py --backend default --clients 50 --words 30  # chat-sized messages and replies
+    python bench/server_bench.py --floor [--clients 10,50,100]  # the bench's own floor: no server, no LLM
 
 The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
 "scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
-OpenAI-compatible server in this process that answers every request with a `send_message` after
-``--llm-ms`` (200 ms): a turn is one LLM call, so what a turn takes beyond that is the server's own cost.
+OpenAI-compatible server (``bench/fixed_llm.py``: uvicorn, a plain ASGI callable) in a process of its own that
+answers every request with a `send_message` after ``--llm-ms`` (200 ms): a turn is one LLM call, so what a turn
+takes beyond that is the server's own cost, plus the bench's floor (below). Until 2026-11-28 the LLM was a
+thread-per-connection server inside the bench's process, under one GIL with the clients: its replies and the
+clients' reading of answers waited on each other's Python.
 
-Clients speak raw HTTP with httpx2 (asyncio) rather than letta-client: the client's pydantic validation of every
-answer would take CPU from the server on the same cores and count in the latencies. They share one connection
-pool, as one app driving many agents does (``--connections own``: each its own connection, as separate apps do;
-with ``--workers`` that decides whether an agent's turns stay in one worker, see ``_warm_and_load``).
+The floor: ``--floor`` runs the same clients against ``bench/fixed_llm.py --standin``, a process that does nothing
+but answer each send after ``--llm-ms`` (with a body shaped and sized as the server's) and the other routes at
+once, in place of the server and the LLM. Its "added" latency is what the bench adds by itself: the clients'
+Python (one event loop: 50 answers arriving together are read one after another), loopback HTTP, and the
+scheduler's delays when other work shares the cores. A server row's added latency less the floor's at the same
+clients is what the server adds; on a machine shared with other work the floor itself moves by hundreds of
+milliseconds (at 50 clients, load 13-15 on 2 cores: p50 73-218 ms), so read both from the same quiet minutes.
+
+Clients speak raw HTTP through httpcore2's connection pool (the one httpx2 sends through; ``CorePool``) on uvloop's
+event loop, rather than letta-client: the client's pydantic validation of every answer would take CPU from the
+server on the same cores and count in the latencies. httpx2's client layer around that pool (URL merging,
+request and response models, auth, redirects, hooks) cost about a third of the clients' CPU a turn (at 50 clients
+on ``--floor``, busy machine: 1.0-1.5 ms a turn against 1.4-1.8; ``--client httpx2`` keeps it for comparison).
+They share one connection pool, as one app driving many agents does (``--connections own``: each its own
+connection, as separate apps do; with ``--workers`` that decides whether an agent's turns stay in one worker, see
+``_warm_and_load``).
 ``--client httpx`` drives them with httpx 0.28 instead: its pool (httpcore 1.0.9) hands the same idle connection
 to every request that arrives before the first of them starts on it; the others find it busy and start over, each
 time going through every connection for every waiting request. A burst of requests on a warm pool then spins the
 client's event loop: at 100 clients the bench used 11 ms CPU a turn against 2 and some turns waited ~5 s, until
 the idle connections no request could get expired (httpcore issues 822, 1035, 1110; the server is not involved).
-httpx2's pool (pydantic's fork of httpx, which openai and mcp use) keeps a connection it gave to a request. Each
-client sends ``--turns`` messages one after another; meanwhile one more client samples
+httpx2's pool (httpcore2: pydantic's fork of httpx, which openai and mcp use) keeps a connection it gave to a
+request. Each client sends ``--turns`` messages one after another; meanwhile one more client samples
 the non-LLM routes (list agents, archival search), pausing ``--observer-pause`` (0.2 s) between requests.
 After the run every agent's stored history is read back:
 a lost message is a sent one whose user message or reply is missing. The messages are a few words ("bench message
@@ -33,8 +49,8 @@ a pass embeds a text it holds twice once, so identical replies cost one embeddin
 Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time,
 errors, lost messages, p50/p95 of the two non-LLM routes under that load, and CPU time per turn (user + system,
 all threads, the non-LLM routes included) of the server process, of the processes it started (Milvus Lite's
-``milvus``; with ``--workers``, the workers), of this process (the clients and the LLM stub) and of the whole
-machine (with how many cores were busy: other people's work counts there too). The CPU is counted until the
+``milvus``; with ``--workers``, the workers), of this process (the clients), of the LLM stub's process and of the
+whole machine (with how many cores were busy: other people's work counts there too). The CPU is counted until the
 server's recall indexing has caught up with every message (SQLite only; the last column says how long after
 the load that took), so work a turn leaves for later is not missed. With ``--workers``, a line after the row
 gives each process the server started (Milvus Lite, each worker) its CPU per turn. On a machine shared with

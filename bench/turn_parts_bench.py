@@ -3,7 +3,7 @@
     python bench/turn_parts_bench.py [--turns 300] [--agents 20]
 
 The server's app (Milvus Lite + SQLite, on a new home) runs in this process with an OpenAI-compatible LLM that
-answers at once (bench/server_bench.py's FixedLLM); each turn goes through ``TurnRunner.start`` as a send's does,
+answers at once (bench/fixed_llm.py, its own process); each turn goes through ``TurnRunner.start`` as a send's does,
 one after another over ``--agents`` agents (each opened by a first turn before measuring). The parts of a turn
 (taking the lease, the LLM call, the step's commit, giving the lease back, ...) and every SQL statement the turn
 runs are timed with ``time.thread_time`` around them: CPU of the calling thread, inclusive (a part's figure
@@ -176,7 +176,7 @@ def measure(turns: int, agents: int) -> None:
             print(f"| {label} | {share:.3f} | {count:.1f} | {most:.1f} |")
     sql = sum(seconds for label, seconds in spent.items() if label.startswith("SQL"))
     print(f"| SQL statements, all (SQLAlchemy's and direct, transactions aside) | {sql * 1000 / turns:.3f} | | |")
-    print(f"| this process, all threads (the LLM stub and recall indexing too) | {process * 1000 / turns:.3f} | | |")
+    print(f"| this process, all threads (recall indexing too; not the LLM) | {process * 1000 / turns:.3f} | | |")
 
 
 def main() -> None:
