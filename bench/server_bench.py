@@ -46,15 +46,16 @@ a lost message is a sent one whose user message or reply is missing. The message
 size), so recall indexing embeds what a chat would (each message's embedding costs CPU in proportion to its tokens;
 a pass embeds a text it holds twice once, so identical replies cost one embedding a pass).
 
-Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time,
-errors, lost messages, p50/p95 of the two non-LLM routes under that load, and CPU time per turn (user + system,
-all threads, the non-LLM routes included) of the server process, of the processes it started (Milvus Lite's
-``milvus``; with ``--workers``, the workers), of this process (the clients), of the LLM stub's process and of the
-whole machine (with how many cores were busy: other people's work counts there too). The CPU is counted until the
-server's recall indexing has caught up with every message (SQLite only; the last column says how long after
-the load that took), so work a turn leaves for later is not missed. With ``--workers``, a line after the row
-gives each process the server started (Milvus Lite, each worker) its CPU per turn. On a machine shared with
-other work the latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
+Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time, errors,
+lost messages, p50/p95 of the two non-LLM routes under that load, and CPU time per turn (user + system, all threads,
+the non-LLM routes included) of the server process, of the processes it started (Milvus Lite's ``milvus``; with
+``--workers``, the workers), of this process (the clients), of the LLM stub's process and of the whole machine (with
+how many cores were busy: other people's work counts there too). The CPU is counted until the server's recall
+indexing has caught up with every message (SQLite only; the last column says how long after the load that took), so
+work a turn leaves for later is not missed; the cores busy are over that same span (until 2026-11-28 over the load's
+time alone, which overstated them by the catching up's share). With ``--workers``, a line after the row gives each
+process the server started (Milvus Lite, each worker) its CPU per turn. On a machine shared with other work the
+latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
 
 ``--profile FILE`` also runs py-spy (``pip install py-spy``) on the server during each measured load: the share
 of its samples in which a server thread held the GIL, collapsed stacks of those threads in FILE-<clients>.txt,
@@ -517,7 +518,7 @@ def run(
             with contextlib.ExitStack() as profiling:
 
                 def measuring() -> None:  # after the warm-up: each agent's first turn opens it, not measured
-                    before.update(calls=llm.calls, cpu=Cpu.now(pid, llm_pid))
+                    before.update(calls=llm.calls, cpu=Cpu.now(pid, llm_pid), at=time.perf_counter())
                     before["gil"] = profiling.enter_context(gil_profile(pid, profile, by_thread=by_thread))
 
                 loading = _warm_and_load(url, key, agents, turns, own, client, measuring, words, pause)
@@ -528,6 +529,7 @@ def run(
             if not floor:
                 catch_up = _indexed(server.home, pid)
             cpu = Cpu.now(pid, llm_pid) - before["cpu"]
+            span = time.perf_counter() - before["at"]  # the load and the indexing's catching up: what cpu covers
             if not floor:
                 lost = _lost(url, key, agents, "bench", turns, words)
                 if results.errors or lost:  # what the server logged, before its home goes
@@ -547,7 +549,7 @@ def run(
     used = (cpu.server, cpu.children, cpu.bench, cpu.llm, cpu.machine)
     per_turn = [f"{seconds * 1000 / done:.1f}" for seconds in used]
     per_turn[3] = "-" if floor else per_turn[3]  # the stand-in is both: its CPU is in the server's column
-    cores = cpu.machine / results.wall if results.wall else 0.0
+    cores = cpu.machine / span if span else 0.0
     lost_ = "-" if lost is None else str(lost)
     return (
         f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
