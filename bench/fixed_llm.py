@@ -21,10 +21,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -163,7 +166,9 @@ class FixedLLM:
         self.port = listener.getsockname()[1]
         command = [sys.executable, str(Path(__file__).resolve()), "--fd", str(listener.fileno())]
         command += ["--delay", str(delay), "--words", str(words)] + (["--standin"] if standin else [])
-        self.process = subprocess.Popen(command, pass_fds=(listener.fileno(),))
+        # Its stdin is a pipe only this process holds: when this process ends, however it ends, the stub sees
+        # the pipe close and ends too (no stub left listening after a killed bench).
+        self.process = subprocess.Popen(command, pass_fds=(listener.fileno(),), stdin=subprocess.PIPE)
         listener.close()  # the child has its own copy
         self.calls  # noqa: B018 - waits until it answers (or fails if it died)
 
@@ -194,12 +199,21 @@ class FixedLLM:
                 time.sleep(0.05)
 
     def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
         self.process.terminate()
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _end_with_parent() -> None:
+    """SIGTERM to this process (uvicorn's graceful exit) once stdin, the bench's pipe, closes."""
+    while sys.stdin.buffer.read(65536):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main() -> None:
@@ -209,6 +223,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=0, help="words in each reply (0: 'Noted.')")
     parser.add_argument("--standin", action="store_true", help="also answer the server's routes (the floor)")
     args = parser.parse_args()
+    threading.Thread(target=_end_with_parent, daemon=True).start()
     with contextlib.suppress(KeyboardInterrupt):
         serve(args.fd, App(args.delay, args.words, args.standin))
 
