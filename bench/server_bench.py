@@ -22,7 +22,11 @@ once, in place of the server and the LLM. Its "added" latency is what the bench 
 Python (one event loop: 50 answers arriving together are read one after another), loopback HTTP, and the
 scheduler's delays when other work shares the cores. A server row's added latency less the floor's at the same
 clients is what the server adds; on a machine shared with other work the floor itself moves by hundreds of
-milliseconds (at 50 clients, load 13-15 on 2 cores: p50 73-218 ms), so read both from the same quiet minutes.
+milliseconds (2026-11-28, 2 cores with a load of 10-22 from other work: at 50 clients p50 32-599 ms over nine runs,
+most 70-180; at 10 clients 22-52), so read both from the same quiet minutes. The clients cost ~1-1.5 ms CPU a
+turn there: 50 answers arriving together take ~50-75 ms of one event loop to read (the median one about half
+that), an estimate of what a quiet machine's floor keeps at 50 clients, not a measurement (the machine was not
+quiet while this was written).
 
 Clients speak raw HTTP through httpcore2's connection pool (the one httpx2 sends through; ``CorePool``) on uvloop's
 event loop, rather than letta-client: the client's pydantic validation of every answer would take CPU from the
