@@ -1,6 +1,6 @@
 """Where the main thread of one `memgpt` command spends its start-up: CPU, waiting for a CPU, or asleep.
 
-Usage: python bench/startup_timeline.py [--runs 3] [--tree PATH] [--top 25] [-- ARGS...]
+Usage: python bench/startup_timeline.py [--runs 3] [--tree PATH] [--top 25] [--fresh | --home PATH] [-- ARGS...]
 
 Without ARGS it times `memgpt run --agent bench --message hello` against the scripted LLM of the tests (which
 answers at once), on a new home whose agent is made first, untimed (the command is run once first); with
@@ -162,6 +162,9 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=ROOT, help="folder holding the memgpt package to measure")
     parser.add_argument("--top", type=int, default=25, help="rows to print")
     parser.add_argument("--fresh", action="store_true", help="a new home for each run, none made first (for load)")
+    parser.add_argument(
+        "--home", type=Path, help="an existing home to run in, as it is (e.g. one holding the seed paper, for search)"
+    )
     parser.add_argument("args", nargs="*", help="the command (default: run --agent bench --message hello)")
     options = parser.parse_args()
     args = options.args or ["run", "--agent", "bench", "--message", "hello"]
@@ -171,9 +174,10 @@ def main() -> None:
     per_thread: dict[str, float] = defaultdict(float)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        env = {**os.environ, "MEMGPT_HOME": str(scratch / "home"), "OPENAI_BASE_URL": llm.url, "NO_COLOR": "1"}
+        home = options.home.resolve() if options.home else scratch / "home"
+        env = {**os.environ, "MEMGPT_HOME": str(home), "OPENAI_BASE_URL": llm.url, "NO_COLOR": "1"}
         env.pop("OPENAI_API_KEY", None)
-        if not options.fresh:
+        if not options.fresh and not options.home:
             subprocess.run(  # the agent, and the home's first start (migrations, the collection), untimed
                 [sys.executable, "-m", "memgpt", *args],
                 env={**env, "PYTHONPATH": str(options.tree)},
@@ -182,8 +186,8 @@ def main() -> None:
                 check=True,
             )
         for n in range(options.runs):
-            home = {"MEMGPT_HOME": str(scratch / f"home-{n}")} if options.fresh else {}
-            rows, cpu = run_once(options.tree, {**env, **home}, scratch, args, n)
+            fresh = {"MEMGPT_HOME": str(scratch / f"home-{n}")} if options.fresh else {}
+            rows, cpu = run_once(options.tree, {**env, **fresh}, scratch, args, n)
             for name, row in rows.items():
                 for i in range(3):
                     totals[name][i] += row[i] / options.runs

@@ -392,3 +392,49 @@ def test_main_called_in_the_callers_own_process_leaves_its_collector_alone(home:
     assert done.returncode == 0, done.stderr
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_command_builds_only_its_own_click_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """typer turns each registered command into click's form at every start: a command names itself, so only it
+    (or its whole group) is built; `--help` and a misspelt command still see them all."""
+    import typer.main
+
+    from tests.conftest import cli
+
+    built: list[str] = []
+    convert = typer.main.get_command_from_info
+
+    def recorded(command_info: Any, **kwargs: Any) -> Any:
+        built.append(command_info.name)
+        return convert(command_info, **kwargs)
+
+    monkeypatch.setattr(typer.main, "get_command_from_info", recorded)
+    assert cli("list", "sources", home=home).returncode == 0
+    assert built == ["sources"]  # the list group whole would be agents, sources, personas, humans
+    built.clear()
+    assert cli("list", "--help", home=home).returncode == 0
+    assert sorted(built) == ["agents", "humans", "personas", "sources"]
+    built.clear()
+    assert cli("--help", home=home).returncode == 0
+    assert len(built) > 20
+
+
+def test_the_named_command_alone_behaves_as_in_the_whole_app() -> None:
+    """Help and usage errors of :func:`memgpt.cli.app.app_for`'s app are the whole app's, word for word."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from memgpt.cli.app import app, app_for
+
+    whole = typer.main.get_command(app)
+    arguments = [[], ["--help"], ["--version"], ["serch"], ["load"], ["load", "dir"], ["list", "nope"], ["search"]]
+    arguments += [["search", "a", "b", "-k", "0"], ["search", "--bogus"], ["search", "--version"], ["run", "--agent"]]
+    arguments += [["list", "sourcs"], ["list", "sources", "--bogus"], ["load", "directory"], ["key", "revoke"]]
+    for name, command in whole.commands.items():  # type: ignore[attr-defined]
+        arguments.append([name, "--help"])
+        arguments += [[name, sub, "--help"] for sub in getattr(command, "commands", {})]
+    runner = CliRunner()
+    for words in arguments:
+        expected, got = runner.invoke(app, words), runner.invoke(app_for(words), words)
+        assert (got.exit_code, got.output) == (expected.exit_code, expected.output), words
+    assert len(typer.main.get_command(app_for(["search", "notes", "query"])).commands) == 1  # type: ignore[attr-defined]
