@@ -28,7 +28,7 @@ from memgpt import __version__
 from memgpt.config import Config, display_path, load_config, memgpt_home
 from memgpt.errors import MemGPTError, StorageError
 from memgpt.server import errors
-from memgpt.server.state import OWNER_NAME, ServerState
+from memgpt.server.state import NO_TELEMETRY, OWNER_NAME, ServerState
 
 logger = logging.getLogger(__name__)
 URL_ENV = "MEMGPT_SERVER_URL"  # set by `memgpt server` so the Milvus Lite lock can say where the API is
@@ -117,6 +117,7 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
         version=__version__,
         description="Stateful LLM agents with tiered memory (Letta's /v1 API shape; an OpenAI-compatible endpoint).",
         lifespan=lifespan,
+        telemetry=NO_TELEMETRY,
     )
     app.state.memgpt = state
     app.state.file_jobs = jobs
