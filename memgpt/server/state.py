@@ -182,6 +182,12 @@ class ServerState:
 # dependency per request that cost more than what they do (all of it in memory but a key's check every
 # KEY_TRUST_SECONDS, which goes to a thread).
 async def server_state(request: Request) -> ServerState:
+    return served(request)
+
+
+def served(request: Request) -> ServerState:
+    """The server's state, for a route that reads it itself rather than through the ``State`` dependency: a send
+    (the busiest route), where each dependency FastAPI resolves costs the event loop more than what it does."""
     return request.app.state.memgpt  # type: ignore[no-any-return]
 
 
