@@ -26,7 +26,7 @@ from memgpt.server.schemas.messages import (
     SendRequest,
     letta_messages,
 )
-from memgpt.server.state import CurrentUser, ServerState, State
+from memgpt.server.state import CurrentUser, ServerState, State, served
 from memgpt.server.turns import Turn, TurnInput, request_digest
 from memgpt.types import utc_now
 
@@ -65,7 +65,7 @@ async def _start(
     agent is a 404 (read with the agent's lease). ``collected``: answered once the turn is over (not streamed),
     which is when a new turn is returned (``TurnInput.collected``)."""
     role, text = _text(body)
-    raw = json.loads(await request.body() or b"{}")
+    raw = await request.json()  # as FastAPI parsed it for ``body`` (kept by the request): not parsed again
     retry = request.headers.get("x-stainless-retry-count", "0").strip()
     turn_input = TurnInput(
         user_id=user_id,
@@ -73,7 +73,7 @@ async def _start(
         text=text,
         role=role,
         max_steps=body.max_steps,
-        digest=request_digest(user_id, agent_id, request.url.path, raw),
+        digest=request_digest(user_id, agent_id, request.scope["path"], raw),  # (``request.url`` builds a URL)
         retry=retry.isdigit() and int(retry) > 0,
         rendering=_rendering(
             body.use_assistant_message, body.assistant_message_tool_name, body.assistant_message_tool_kwarg
@@ -96,10 +96,11 @@ def _wanted(types: list[MessageType] | None) -> Callable[[dict[str, Any]], bool]
 @router.post("", response_model=LettaResponse)
 @router.post("/", response_model=LettaResponse, include_in_schema=False)
 async def send_message(
-    agent_id: str, body: SendRequest, request: Request, state: State, user: CurrentUser
+    agent_id: str, body: SendRequest, request: Request, user: CurrentUser
 ) -> LettaResponse | Response:
     """Send a message and get the agent's turn: reasoning, tool calls and returns, assistant messages, usage and
     why it stopped. With ``streaming: true`` the same arrive as server-sent events, each step as it happens."""
+    state = served(request)
     turn = await _start(request, agent_id, body, state, user.id, collected=not body.streaming)
     if body.streaming:
         return _stream(turn, body, state)
@@ -120,10 +121,9 @@ async def send_message(
 
 
 @router.post("/stream", response_class=StreamingResponse)
-async def stream_message(
-    agent_id: str, body: SendRequest, request: Request, state: State, user: CurrentUser
-) -> StreamingResponse:
+async def stream_message(agent_id: str, body: SendRequest, request: Request, user: CurrentUser) -> StreamingResponse:
     """Send a message and follow the turn as server-sent events (Letta's ``agents.messages.stream``)."""
+    state = served(request)
     return _stream(await _start(request, agent_id, body, state, user.id), body, state)
 
 

@@ -30,7 +30,7 @@ from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, No
 from memgpt.server.errors import NO_RETRY, BodyLimit, body_limit, status_of
 from memgpt.server.retried import arrived
 from memgpt.server.schemas.messages import Rendering
-from memgpt.server.state import CurrentUser, ServerState, State
+from memgpt.server.state import NO_TELEMETRY, CurrentUser, ServerState, State
 from memgpt.server.turns import Turn, TurnInput, request_digest
 from memgpt.server.ui_tasks import background_shape
 from memgpt.storage.agents import AgentQuery
@@ -173,7 +173,13 @@ def _install_errors(app: FastAPI) -> None:
 def create_openai_app(state: ServerState) -> FastAPI:
     """The endpoint as its own app (mounted at ``PREFIX``), so that its errors take OpenAI's shape."""
     # Its routes are listed in the server's own /docs (see documented_routes), so it has no docs of its own.
-    app = FastAPI(title="memgpt: OpenAI-compatible endpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="memgpt: OpenAI-compatible endpoint",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=NO_TELEMETRY,
+    )
     app.state.memgpt = state
     _install_errors(app)
     app.add_middleware(BodyLimit, limit=body_limit(state.config), respond=openai_error)
