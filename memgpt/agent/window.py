@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from memgpt.llm.base import ChatMessage
+from memgpt.llm.base import ChatMessage, EncodedChat
 from memgpt.memory.messages import to_chat
 from memgpt.tokens import bound_message, count_message
 from memgpt.types import Message
@@ -25,7 +25,7 @@ class _Entry:
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        self.chat = to_chat(message)
+        self.chat = EncodedChat(to_chat(message))  # its JSON text made once, for every request it is in
         self.bound = bound_message(self.chat)
         self.exact: int | None = None
 
