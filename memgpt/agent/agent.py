@@ -387,7 +387,7 @@ class Agent:
         window = self._in_window()
         # An agent opened after the message was stored read it with its window (and with its recall count), the
         # steps a process that died mid-turn stored after it too (a retry of that turn goes on from them).
-        if not window.messages or all(m.id != opening.id for m in reversed(window.messages)):
+        if not window.holds(opening.id):
             window.extend([opening])
             if self._recall_count is not None:
                 self._recall_count += 1
