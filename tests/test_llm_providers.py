@@ -15,7 +15,7 @@ from memgpt.config import LLMSettings
 from memgpt.errors import ConfigError, ContextWindowExceededError, LLMError, LLMRetryableError
 from memgpt.llm import create_llm, resolve_llm
 from memgpt.llm.anthropic import AnthropicClient, to_anthropic
-from memgpt.llm.base import ToolSpec
+from memgpt.llm.base import EncodedChat, ToolChoice, ToolSpec
 from memgpt.llm.json_mode import JsonFunctionClient, extract_json
 from memgpt.llm.openai_compat import OpenAICompatible
 from tests.http_json import read_json, send_json, send_raw
@@ -303,3 +303,61 @@ def test_clients_of_one_endpoint_share_a_connection_pool(llm: ScriptedLLM) -> No
     other_key = OpenAICompatible(model="m", context_window=4096, endpoint=llm.url, api_key="k")
     assert first._route()[0] is second._route()[0] is httppool.client(llm.url, {"authorization": "Bearer not-needed"})
     assert other_key._route()[0] is not first._route()[0]
+
+
+class _RawStandIn(ThreadingHTTPServer):
+    raw_bodies: list[bytes]
+
+
+def test_a_request_body_is_the_whole_payload_encoded_even_with_kept_message_texts() -> None:
+    """The body is made of each message's JSON text, kept on an EncodedChat from earlier requests: it must be the
+    bytes encoding the whole payload gives (a provider's prompt cache matches a prefix to the byte), and a kept
+    text must not outlive a change to its message."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server: _RawStandIn
+
+        def do_POST(self) -> None:
+            self.server.raw_bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            reply = {"choices": [{"message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+            send_json(self, 200, reply)
+
+        def log_message(self, *args: object) -> None: ...
+
+    server = _RawStandIn(("127.0.0.1", 0), Handler)
+    server.raw_bodies = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = OpenAICompatible(
+            model="mödel", context_window=4096, endpoint=f"http://127.0.0.1:{server.server_address[1]}/v1"
+        )
+        call = {"id": "c1", "type": "function", "function": {"name": "send_message", "arguments": '{"message":"é"}'}}
+        system = EncodedChat(role="system", content='Persona: "Sam" — naïve\n\u2028 tab\t')
+        messages: list[dict[str, Any]] = [
+            system,
+            {"role": "user", "content": "hi ☃"},
+            EncodedChat(role="assistant", content=None, tool_calls=[call]),  # sent with content ""
+            EncodedChat(role="tool", tool_call_id="c1", content='{"status":"OK"}'),
+        ]
+
+        def expected(choice: Any) -> bytes:
+            payload = {
+                "model": "mödel",
+                "messages": [{**m, "content": m["content"] or ""} for m in messages],
+                "tool_choice": choice,
+                "tools": [t.openai() for t in TOOLS],
+            }
+            return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+        client.request(messages, TOOLS, choice=ToolChoice.function("send_message"), timeout=10)
+        assert server.raw_bodies[-1] == expected({"type": "function", "function": {"name": "send_message"}})
+        system["content"] = "Persona: changed"  # core memory edited: the kept text goes with it
+        del messages[3]["tool_call_id"]
+        messages[1] = EncodedChat(role="user", content="again")
+        client.request(messages, TOOLS, choice=ToolChoice(), timeout=10)
+        assert server.raw_bodies[-1] == expected("auto")
+        client.request(messages[:2], (), choice=ToolChoice(), timeout=10)
+        assert json.loads(server.raw_bodies[-1]) == {"model": "mödel", "messages": messages[:2]}
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -29,7 +29,7 @@ from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, Syst
 from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
 from memgpt.agent.window import Window
 from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError, UserError
-from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolSpec
+from memgpt.llm.base import ChatMessage, Completion, EncodedChat, LLMClient, ToolSpec
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import CoreMemory
 from memgpt.memory.messages import HEARTBEAT, LOGIN, SEND_MESSAGE, SYSTEM_ALERT, stored, timestamp
@@ -387,7 +387,7 @@ class Agent:
         window = self._in_window()
         # An agent opened after the message was stored read it with its window (and with its recall count), the
         # steps a process that died mid-turn stored after it too (a retry of that turn goes on from them).
-        if not window.messages or all(m.id != opening.id for m in reversed(window.messages)):
+        if not window.holds(opening.id):
             window.extend([opening])
             if self._recall_count is not None:
                 self._recall_count += 1
@@ -584,7 +584,7 @@ class Agent:
         self, memory: str, statistics: _Statistics, recall_count: int, at: datetime, *, content: str = ""
     ) -> _SystemMessage:
         content = content or _system_content(memory, statistics, recall_count, at)
-        message: ChatMessage = {"role": "system", "content": content}
+        message: ChatMessage = EncodedChat(role="system", content=content)  # its JSON text made once
         return _SystemMessage(memory, statistics, message, bound_message(message), recall_count, at)
 
     def _reused_system(self, memory: str, statistics: _Statistics) -> _SystemMessage | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from memgpt.llm.base import ChatMessage
+from memgpt.llm.base import ChatMessage, EncodedChat
 from memgpt.memory.messages import to_chat
 from memgpt.tokens import bound_message, count_message
 from memgpt.types import Message
@@ -25,7 +25,7 @@ class _Entry:
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        self.chat = to_chat(message)
+        self.chat = EncodedChat(to_chat(message))  # its JSON text made once, for every request it is in
         self.bound = bound_message(self.chat)
         self.exact: int | None = None
 
@@ -47,6 +47,7 @@ class Window:
         self._chats: list[ChatMessage] | None = None
         self._bound: int | None = None
         self._tokens: int | None = None
+        self._ids: set[str] | None = None  # the messages' ids, once asked (``holds``)
 
     def _entry(self, message: Message) -> _Entry:
         entry = self._rendered.get(message.id)
@@ -54,6 +55,13 @@ class Window:
             entry = _Entry(message)
             self._rendered[message.id] = entry
         return entry
+
+    def holds(self, message_id: str) -> bool:
+        """Whether the message of this id is in the window (a set's look-up: a turn asks it of its new message,
+        which is most often not there, and a scan went through the whole window each turn)."""
+        if self._ids is None:
+            self._ids = {m.id for m in self.messages}
+        return message_id in self._ids
 
     def chats(self) -> list[ChatMessage]:
         """The window as chat messages (the same list until the window changes: do not modify it)."""
@@ -81,6 +89,8 @@ class Window:
 
     def extend(self, messages: Sequence[Message]) -> None:
         self.messages.extend(messages)
+        if self._ids is not None:
+            self._ids.update(m.id for m in messages)
         if self._chats is not None:
             self._chats = [*self._chats, *(self._entry(m).chat for m in messages)]
         if self._bound is not None:
@@ -89,7 +99,7 @@ class Window:
             self._tokens += sum(self._entry(m).tokens(self.model) for m in messages)
 
     def _changed(self) -> None:
-        self._chats = self._bound = self._tokens = None
+        self._chats = self._bound = self._tokens = self._ids = None
 
     def evict(self, count: int) -> None:
         """The oldest ``count`` messages left the window (they stay in recall)."""

@@ -18,6 +18,67 @@ logger = logging.getLogger(__name__)
 
 ChatMessage = dict[str, Any]  # OpenAI chat format: role, content, tool_calls, tool_call_id, name
 
+
+def encode_json(value: object) -> str:
+    """JSON text as a request body holds it: compact, non-ASCII as itself."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class EncodedChat(dict[str, Any]):
+    """A chat message that keeps its JSON text (``chat_json``) once made: an agent sends the same system message
+    and window messages in every step's request, and encoding them again each time was the largest part of a
+    request's CPU. Changing it through the dict's own methods drops the text; do not change what it holds
+    (its ``tool_calls`` list)."""
+
+    __slots__ = ("_json",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._json: str | None = None
+
+    def json(self) -> str:
+        if self._json is None:
+            self._json = encode_json(self)
+        return self._json
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._json = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._json = None
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> EncodedChat:  # type: ignore[override,misc]
+        self._json = None
+        return super().__ior__(other)  # type: ignore[return-value]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._json = None
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._json = None
+        return super().setdefault(key, default)
+
+    def pop(self, *args: Any) -> Any:
+        self._json = None
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._json = None
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._json = None
+        super().clear()
+
+
+def chat_json(message: ChatMessage) -> str:
+    """``encode_json(message)``, made once for an ``EncodedChat``."""
+    return message.json() if isinstance(message, EncodedChat) else encode_json(message)
+
+
 REPLY_TOOL = "send_message"  # the function a recovering tool-choice policy names
 
 

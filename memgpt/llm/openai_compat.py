@@ -16,7 +16,7 @@ from typing import Any
 from memgpt import httppool
 from memgpt.errors import LLMError, LLMRetryableError
 from memgpt.llm.arguments import normalise_arguments, unescape_text
-from memgpt.llm.base import AUTO, ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
+from memgpt.llm.base import AUTO, ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec, chat_json, encode_json
 from memgpt.llm.replies import count, error_in_body, json_body, post, response_error
 from memgpt.replytext import one_line
 from memgpt.types import ToolCall
@@ -70,13 +70,17 @@ class OpenAICompatible(LLMClient):
         choice: ToolChoice = AUTO,
         timeout: float = 120.0,
     ) -> Completion:
-        payload: dict[str, Any] = {"model": self.model, "messages": [_sendable(m) for m in messages]}
-        encoded: dict[str, str] = {}
+        # The body as JSON text made of parts kept from earlier requests (each message's and tool's text): the same
+        # bytes as encoding {model, messages, tool_choice, tools} whole, for a fraction of the CPU.
+        encoded = {
+            "model": encode_json(self.model),
+            "messages": "[" + ",".join(chat_json(_sendable(m)) for m in messages) + "]",
+        }
         if tools:
+            encoded["tool_choice"] = encode_json(choice.openai())
             encoded["tools"] = "[" + ",".join(t.openai_json() for t in tools) + "]"
-            payload["tool_choice"] = choice.openai()
         http, path, params = self._route()
-        status, text = post(http, path, payload, timeout=timeout, where=self.where, params=params, encoded=encoded)
+        status, text = post(http, path, {}, timeout=timeout, where=self.where, params=params, encoded=encoded)
         if not 200 <= status < 300:
             error = response_error(status, text, self.where)
             if choice.mode == "required" and status >= 500:

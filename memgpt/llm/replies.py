@@ -50,7 +50,7 @@ def post(
     endpoint (a redirect then goes through httpx, which follows it)."""
     from http.client import HTTPException
 
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":")) if payload or not encoded else "{}"
     if encoded:
         members = ",".join(f"{json.dumps(name)}:{value}" for name, value in encoded.items())
         text = f"{text[:-1]},{members}}}" if payload else f"{{{members}}}"
