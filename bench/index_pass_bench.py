@@ -68,12 +68,18 @@ def _children_cpu() -> float:
     return total / tick
 
 
-def _turn(agent_id: str, number: int, at: datetime, words: int, rng: random.Random) -> list[Message]:
+def _turn(agent_id: str, who: int, number: int, at: datetime, words: int, rng: random.Random) -> list[Message]:
     extra = " ".join(rng.choice(WORDS) for _ in range(words))
     said = f"Noted. {extra}".strip()
     call = ToolCall(f"call-{agent_id}-{number}", "send_message", f'{{"message": "{said}"}}')
     return [
-        Message(f"{agent_id}-u{number}", agent_id, Role.USER, f"bench message {number} {extra}".strip(), at),
+        Message(
+            f"{agent_id}-u{number}",
+            agent_id,
+            Role.USER,
+            f"bench message {number} from client {who} {extra}".strip(),
+            at,
+        ),
         Message(f"{agent_id}-a{number}", agent_id, Role.ASSISTANT, "", at, tool_calls=(call,)),
         Message(f"{agent_id}-t{number}", agent_id, Role.TOOL, '{"status": "OK"}', at, tool_call_id=call.id),
     ]
@@ -105,6 +111,7 @@ def main() -> None:
             recalls.append(recall)
         start = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
         turns = {r.agent_id: 0 for r in recalls}
+        who = {r.agent_id: i for i, r in enumerate(recalls)}  # each client's messages differ, as a chat's do
         profiler = cProfile.Profile() if args.profile else None
         cpu = wall = milvus = embedding = 0.0
         indexed = 0
@@ -113,7 +120,7 @@ def main() -> None:
             for recall in chosen:
                 turns[recall.agent_id] += 1
                 at = start + timedelta(seconds=number)
-                recall.append(_turn(recall.agent_id, turns[recall.agent_id], at, args.words, rng))
+                recall.append(_turn(recall.agent_id, who[recall.agent_id], turns[recall.agent_id], at, args.words, rng))
             milvus_before = _children_cpu()  # not in the pass's CPU: reading /proc costs some
             before = (time.thread_time(), time.perf_counter(), model.seconds)
             if profiler is not None and number >= 2:

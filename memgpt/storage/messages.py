@@ -28,7 +28,6 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Row
@@ -165,6 +164,17 @@ def _unindexed(
         return found
 
     return [(message(row), message(p) if p else None) for row, p in zip(rows, previous, strict=True)]
+
+
+_MARK_AS_READ = (
+    update(MessageRow.__table__)
+    .where(
+        MessageRow.__table__.c.id == bindparam("p_id"),
+        MessageRow.__table__.c.agent_id == bindparam("p_agent"),
+        MessageRow.__table__.c.search_text == bindparam("p_text"),
+    )
+    .values(indexed=True)
+)
 
 
 def escape_like(term: str) -> str:
@@ -380,18 +390,18 @@ class MessageStore:
 
     def mark_indexed_as_read(self, marks: Mapping[str, Mapping[str, str]]) -> None:
         """Mark messages indexed (agent id -> message id -> its search text as ``unindexed_of`` read it) in one
-        statement, each only if its text is still that one: a message another process edited meanwhile (its
-        text changed, and it was marked unindexed) stays unindexed, to be indexed with its new text."""
-        rows = [(message_id, text) for texts in marks.values() for message_id, text in texts.items()]
-        if not rows:
-            return
-        table = MessageRow.__table__
-        with self._metadata.session() as s:
-            s.execute(
-                update(table)
-                .where(table.c.agent_id.in_(list(marks)), tuple_(table.c.id, table.c.search_text).in_(rows))
-                .values(indexed=True)
-            )
+        transaction, each only if its text is still that one: a message another process edited meanwhile (its
+        text changed, and it was marked unindexed) stays unindexed, to be indexed with its new text. One statement
+        of a fixed shape for every message (the driver's executemany): compiled once, where a statement naming
+        them all took SQLAlchemy longer to build and compile than the database to run."""
+        rows = [
+            {"p_agent": agent_id, "p_id": message_id, "p_text": text}
+            for agent_id, texts in marks.items()
+            for message_id, text in texts.items()
+        ]
+        if rows:
+            with self._metadata.connection() as c:
+                direct(_MARK_AS_READ, c).many(c, rows)
 
     def backlog(self, agent_id: str) -> int:
         """How many searchable messages are not in the Milvus recall index yet."""
