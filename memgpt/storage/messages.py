@@ -28,7 +28,6 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Row
@@ -93,15 +92,37 @@ def _message(row: MessageRow | Row[Any]) -> Message:
     )
 
 
+# What ``_unindexed`` reads of each message: a ``Message``'s fields (``_read``), its sequence number and search text.
+_READ = ("id", "agent_id", "role", "content", "tool_calls", "tool_call_id", "name", "created_at", "seq", "search_text")
+_SEQ, _TEXT = _READ.index("seq"), _READ.index("search_text")
+
+
+def _read(row: tuple[Any, ...]) -> Message:
+    """The message of a row of ``_READ``'s columns."""
+    calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in json.loads(row[4] or "[]"))
+    return Message(
+        id=row[0],
+        agent_id=row[1],
+        role=Role(row[2]),
+        content=row[3],
+        created_at=row[7],
+        tool_calls=calls,
+        tool_call_id=row[5],
+        name=row[6],
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def _unindexed_statements() -> tuple[Any, Any, Any]:
-    """The statements of ``_unindexed``, built once with bound parameters (building a select costs more CPU than
-    running it, and the recall indexer runs them for every agent with new messages): the agent's unindexed
-    searchable messages; the worded ones from the last before ``p_seq`` to ``p_last``; the last worded one before
-    ``p_seq``."""
+    """The statements of ``_unindexed``, built once with bound parameters and run as ``Direct`` ones (the recall
+    indexer runs them for every agent with new messages; SQLAlchemy's execution of one cost more CPU than the
+    database's): the agent's unindexed searchable messages; the worded ones from the last before ``p_seq`` to
+    ``p_last``; the last worded one before ``p_seq``."""
     table, near = MessageRow.__table__, MessageRow.__table__.alias("near")
     agent, seq = bindparam("p_agent"), bindparam("p_seq")
-    searchable = select(table).where(table.c.agent_id == agent, table.c.searchable.is_(True))
+    searchable = select(*[table.c[name] for name in _READ]).where(
+        table.c.agent_id == agent, table.c.searchable.is_(True)
+    )
     worded = searchable.where(table.c.search_text != "")
     rows = searchable.where(table.c.indexed.is_(False)).order_by(table.c.seq).limit(bindparam("p_limit"))
     earlier = (
@@ -119,20 +140,41 @@ def _unindexed(
 ) -> list[tuple[Message, Message | None]]:
     """See ``MessageStore.unindexed_of``; in the caller's transaction."""
     unindexed, span, before = _unindexed_statements()
-    rows = c.execute(unindexed, {"p_agent": agent_id, "p_limit": limit}).all()
+    rows = direct(unindexed, c).rows(c, {"p_agent": agent_id, "p_limit": limit})
     if not rows:
         return []
     if texts is not None:
-        texts.update((row.id, row.search_text) for row in rows)
-    first, last = rows[0].seq, rows[-1].seq
+        texts.update((row[0], row[_TEXT]) for row in rows)
+    first, last = rows[0][_SEQ], rows[-1][_SEQ]
     if last - first <= _REACH * len(rows):  # mostly the batch itself (new messages): one range read
-        near = c.execute(span, {"p_agent": agent_id, "p_seq": first, "p_last": last}).all()
-        order = [row.seq for row in near]
-        at = [bisect.bisect_left(order, row.seq) for row in rows]
+        near = direct(span, c).rows(c, {"p_agent": agent_id, "p_seq": first, "p_last": last})
+        order = [row[_SEQ] for row in near]
+        at = [bisect.bisect_left(order, row[_SEQ]) for row in rows]
         previous = [near[i - 1] if i else None for i in at]
     else:  # scattered (edited messages, or the rest after a crash): each one's own read
-        previous = [c.execute(before, {"p_agent": agent_id, "p_seq": row.seq}).first() for row in rows]
-    return [(_message(row), _message(p) if p else None) for row, p in zip(rows, previous, strict=True)]
+        reading = direct(before, c)
+        previous = [next(iter(reading.rows(c, {"p_agent": agent_id, "p_seq": row[_SEQ]})), None) for row in rows]
+    # A message read twice (the batch's own, before another of it) is one Message.
+    made: dict[str, Message] = {}
+
+    def message(row: tuple[Any, ...]) -> Message:
+        found = made.get(row[0])
+        if found is None:
+            found = made[row[0]] = _read(row)
+        return found
+
+    return [(message(row), message(p) if p else None) for row, p in zip(rows, previous, strict=True)]
+
+
+_MARK_AS_READ = (
+    update(MessageRow.__table__)
+    .where(
+        MessageRow.__table__.c.id == bindparam("p_id"),
+        MessageRow.__table__.c.agent_id == bindparam("p_agent"),
+        MessageRow.__table__.c.search_text == bindparam("p_text"),
+    )
+    .values(indexed=True)
+)
 
 
 def escape_like(term: str) -> str:
@@ -234,9 +276,7 @@ class MessageStore:
         """Delete messages outright: only for the user's explicit /pop, never for eviction."""
         with self._metadata.session() as s:
             bump_agents(s, agent_id)
-            s.execute(
-                delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids)))
-            )
+            s.execute(delete(MessageRow).where(MessageRow.agent_id == agent_id, MessageRow.id.in_(list(message_ids))))
 
     def replace(self, entry: StoredMessage, *, fence: Fence | None = None) -> None:
         """Store a message's new content and tool calls (the chat's /rethink and /rewrite, a turn's note over the
@@ -345,25 +385,23 @@ class MessageStore:
         table = MessageRow.__table__  # Core: the ORM's bulk update path costs several times more
         with self._metadata.session() as s:
             s.execute(
-                update(table)
-                .where(table.c.agent_id.in_(list(marks)), table.c.id.in_(ids))
-                .values(indexed=indexed)
+                update(table).where(table.c.agent_id.in_(list(marks)), table.c.id.in_(ids)).values(indexed=indexed)
             )
 
     def mark_indexed_as_read(self, marks: Mapping[str, Mapping[str, str]]) -> None:
         """Mark messages indexed (agent id -> message id -> its search text as ``unindexed_of`` read it) in one
-        statement, each only if its text is still that one: a message another process edited meanwhile (its
-        text changed, and it was marked unindexed) stays unindexed, to be indexed with its new text."""
-        rows = [(message_id, text) for texts in marks.values() for message_id, text in texts.items()]
-        if not rows:
-            return
-        table = MessageRow.__table__
-        with self._metadata.session() as s:
-            s.execute(
-                update(table)
-                .where(table.c.agent_id.in_(list(marks)), tuple_(table.c.id, table.c.search_text).in_(rows))
-                .values(indexed=True)
-            )
+        transaction, each only if its text is still that one: a message another process edited meanwhile (its
+        text changed, and it was marked unindexed) stays unindexed, to be indexed with its new text. One statement
+        of a fixed shape for every message (the driver's executemany): compiled once, where a statement naming
+        them all took SQLAlchemy longer to build and compile than the database to run."""
+        rows = [
+            {"p_agent": agent_id, "p_id": message_id, "p_text": text}
+            for agent_id, texts in marks.items()
+            for message_id, text in texts.items()
+        ]
+        if rows:
+            with self._metadata.connection() as c:
+                direct(_MARK_AS_READ, c).many(c, rows)
 
     def backlog(self, agent_id: str) -> int:
         """How many searchable messages are not in the Milvus recall index yet."""

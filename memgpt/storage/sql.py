@@ -363,7 +363,10 @@ class Direct:
             for name, bind in binds.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         )
-        returned = getattr(statement, "exported_columns", None) if getattr(statement, "_returning", ()) else None
+        if isinstance(statement, Select):  # its rows (``all``)
+            returned = statement.selected_columns
+        else:
+            returned = getattr(statement, "exported_columns", None) if getattr(statement, "_returning", ()) else None
         self._results = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in (returned or ())
         )
@@ -382,6 +385,12 @@ class Direct:
             return None
         row = zip(self._results, rows[0], strict=True)
         return tuple([value if process is None else process(value) for process, value in row])
+
+    def rows(self, c: Session | Connection, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run it with ``values`` in the caller's transaction; every row it returns (a SELECT's, or RETURNING's)."""
+        rows = self._run(c, self._parameters(values), many=False)
+        results = self._results
+        return [tuple([v if p is None else p(v) for p, v in zip(results, row, strict=True)]) for row in rows]
 
     def many(self, c: Session | Connection, values: list[dict[str, Any]]) -> None:
         """Run it once for each of ``values`` (the driver's executemany), in the caller's transaction."""
