@@ -342,6 +342,31 @@ def test_postgres_restarted_under_load_is_503_then_nothing_lost_or_twice(faulty:
         assert answer.messages[-1].content == "re: after"
 
 
+def test_an_upload_while_milvus_is_away_is_loaded_once_it_is_back(faulty: Faulty) -> None:
+    """The uploaded file is kept by the server: a load that Milvus's absence stopped is tried again (as one that
+    PostgreSQL's did), not left failed for the user to upload again."""
+    b = faulty.client(faulty.b, timeout=120)
+    folder = b.folders.create(name="blip")
+    faulty.relay.cut()
+    try:
+        upload = b.folders.files.upload(folder.id, file=(DATA / "long_test.txt").open("rb"))
+        deadline = time.monotonic() + 120
+        while not (seen := b.folders.files.retrieve(upload.id, folder_id=folder.id)).error_message:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.1)
+        assert "Milvus failed" in seen.error_message, seen
+    finally:
+        faulty.relay.reopen()
+    while (done := b.folders.files.retrieve(upload.id, folder_id=folder.id)).processing_status not in (
+        "completed",
+        "error",
+    ):
+        assert time.monotonic() < deadline, done
+        time.sleep(0.2)
+    assert done.processing_status == "completed", done
+    assert b.folders.retrieve(folder.id).passages == done.total_chunks == done.chunks_embedded > 0
+
+
 # -- bad input on the scale backend ------------------------------------------------------------------------
 def test_bad_input_and_another_users_ids_on_the_scale_backend(faulty: Faulty, llm: ScriptedLLM) -> None:
     agent = faulty.agent(faulty.a)
