@@ -210,8 +210,11 @@ class Load:
 
     def run(self, name: str, server: ServerProcess, kind: str) -> None:
         """Plain HTTP (no retry) for ``passage`` and ``turn``; letta-client with its default retries (two, on a 503
-        or a lost connection) for ``letta-passage`` and ``letta-turn``."""
+        or a lost connection) for ``letta-passage`` and ``letta-turn``. The turns to agent ``name`` come through both
+        processes: plain ones through its own, letta-client's through the other."""
         agent = self.agents[name]
+        if kind == "letta-turn":
+            server = self.faulty.b if server is self.faulty.a else self.faulty.a
         letta = Letta(base_url=server.url, api_key=self.faulty.key, timeout=120)
         n = 0
         with httpx.Client(timeout=120, headers=auth(self.faulty.key)) as http:
@@ -279,6 +282,10 @@ def _check_load(faulty: Faulty, load: Load) -> dict[str, Counter[int]]:
         assert all(n == 1 for n in users.values()), [t for t, n in users.items() if n > 1]
         turns_ok = {t for t in ok if "turn-" in t and f"-{name}-" in t}
         assert turns_ok <= set(users), sorted(turns_ok - set(users))
+        # Turns never interleave: each stored user message is followed by its step (the reply and its return).
+        history = [role for role, _ in faulty.history(agent)]
+        steps = "".join({"user": "u", "assistant": "a", "tool": "t"}.get(role, "?") for role in history)
+        assert set(steps.split("u")[1:]) <= {"at"}, steps
         refused = {t for _, t, status, _ in load.answers if status != 200}
         print(name, "refused but stored:", sorted(refused & (set(stored) | set(users))))
     details = Counter(json.loads(body)["detail"] for _, _, status, body in load.answers if status != 200)
@@ -303,7 +310,10 @@ def test_milvus_stopped_and_restarted_under_load_is_503_then_nothing_lost_or_twi
         time.sleep(6)
     counts = _check_load(faulty, load)
     late = [t - back for t, a in zip(load.times, load.answers, strict=True) if a[2] != 200 and t > back]
-    print(f"Milvus away: {counts} ({down} answers before it came back); refusals after: {late}")
+    print(
+        f"Milvus away: {counts} ({down} answers before it came back); refusals after it was back: {len(late)},"
+        f" the last {max(late, default=0):.2f} s after"
+    )
     took = [
         got - sent for (_, _, status, _), (sent, got) in zip(load.answers, load.spans, strict=True) if status != 200
     ]
