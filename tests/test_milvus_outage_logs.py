@@ -37,6 +37,11 @@ class Relay:
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def reopen(self) -> None:
+        """Listen again on the same address after :meth:`cut`, as a server started again does."""
+        self.listener = socket.create_server(("127.0.0.1", int(self.uri.rsplit(":", 1)[1])))
+        threading.Thread(target=self._accept, daemon=True).start()
+
     def _accept(self) -> None:
         while True:
             try:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import event
 
 from memgpt.config import load_config, save_config
 from memgpt.data import filerecords
+from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage.filters import eq
 from memgpt.types import Role
 from tests import web
@@ -290,3 +292,34 @@ def test_mcp_while_postgres_is_down_says_why_in_the_sdk(server: LiveServer, post
     print(detail)
     assert said == [detail] and "Server returned an error response" not in detail
     assert anyio.run(connect) == []
+
+
+def test_postgres_down_once_a_passage_is_stored_answers_it_and_it_is_stored_once(
+    server: LiveServer, letta: Letta, agent_id: str, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert's passages are stored; only its run's record (for a client's retry) cannot be: a 503 there told a
+    client that resends on a 503 (curl, a plain HTTP client) to store the text a second time. It answers the
+    passages it stored, and the run's record is written once PostgreSQL is back."""
+    key = auth(server.key())
+    original, outage = ArchivalMemory.add, postgres_server.down()
+
+    def add_then_lose_postgres(self: ArchivalMemory, *args: Any, **kwargs: Any) -> Any:
+        made = original(self, *args, **kwargs)
+        outage.__enter__()
+        return made
+
+    monkeypatch.setattr(ArchivalMemory, "add", add_then_lose_postgres)
+    try:
+        answer = web.post(f"{server.url}/v1/agents/{agent_id}/archival-memory", json={"text": "kept"}, headers=key)
+    finally:
+        outage.__exit__(None, None, None)
+    monkeypatch.undo()
+    assert answer.status_code == 200, answer.text
+    assert [p["text"] for p in answer.json()] == ["kept"]
+    assert [p.text for p in letta.agents.passages.list(agent_id)] == ["kept"]
+    # Its record was written once PostgreSQL was back: a client's retry of it is answered with it, not stored again.
+    retry = {**key, "x-stainless-retry-count": "1"}
+    again = web.post(f"{server.url}/v1/agents/{agent_id}/archival-memory", json={"text": "kept"}, headers=retry)
+    assert again.status_code == 200, again.text
+    assert [(p["id"], p["text"]) for p in again.json()] == [(p["id"], p["text"]) for p in answer.json()]
+    assert [p.text for p in letta.agents.passages.list(agent_id)] == ["kept"]

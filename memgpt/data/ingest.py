@@ -25,7 +25,7 @@ from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, 
 from memgpt.data.sections import section_label
 from memgpt.data.sources import delete_source, new_source, validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import BackendError, InputFileError, UserError
+from memgpt.errors import BackendError, InputFileError, StorageError, UserError
 from memgpt.interrupts import interrupts_held
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
@@ -50,6 +50,7 @@ class LoadReport:
     failures: list[InputFileError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     aborted: str = ""  # why the load stopped early (embedding endpoint or storage failure)
+    storage_away: bool = False  # it stopped because storage failed (Milvus or the metadata database): worth again
     interrupted: bool = False
     dropped: bool = False  # the source this load created was deleted again: nothing in it was loaded
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("parse", "embed", "insert"), 0.0))
@@ -260,6 +261,7 @@ class SourceLoader:
         except BackendError as exc:
             files.abandoned(str(exc))
             report.aborted = str(exc)
+            report.storage_away = isinstance(exc, StorageError) and not isinstance(exc, UserError)
         except KeyboardInterrupt:
             files.abandoned()
             report.interrupted = True

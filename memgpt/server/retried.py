@@ -16,6 +16,7 @@ how it is decided and where it holds). When a request arrived is noted by ``Arri
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from memgpt.errors import ConflictError, MemGPTError
 from memgpt.server.turns import RETRY_WINDOW, TurnRunner
 from memgpt.storage.turns import FINISHED, Arrival, Run, RunExists, new_owner
+
+logger = logging.getLogger(__name__)
 
 # A retry waits this long for the attempt it repeats to end (letta-client gives up on a request at 60 s).
 RETRY_WAIT = 45.0
@@ -127,5 +130,14 @@ class RetriedWrite(Generic[T]):
                 self.turns.release(run_id, owner)
             raise
         stored = self.answer.dump_json(result).decode("utf-8")
-        self.turns.release(run_id, owner, finished=Run(run_id, self.key, self.digest, FINISHED, "done", stored))
+        finished = Run(run_id, self.key, self.digest, FINISHED, "done", stored)
+        try:
+            self.turns.release(run_id, owner, finished=finished)
+        except MemGPTError as unrecorded:
+            # The work is stored; only its record for a retry is not (the database out of reach). Answer it: a 503
+            # told a client that resends on one (curl, any plain HTTP client) to store it a second time. The record
+            # is written once the database answers, within the lease; past that the run reads as one that died,
+            # and a retry redoes it as the same run, rewriting the same rows.
+            logger.info("cannot record the end of run %s now (%s): answered, recorded later", run_id, unrecorded)
+            self.turns.release_later(run_id, owner, within=ttl, finished=finished)
         return result
