@@ -5,11 +5,14 @@ message answered once. Real server processes, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,13 @@ def keyed_server(home: Path, llm: ScriptedLLM, workers: int = 1) -> tuple[Server
     return server, key
 
 
-def stopped_in_bound(server: ServerProcess) -> float:
-    """SIGTERM to the server (its supervisor, with workers), as a service manager sends it: the seconds it took to
-    exit, which must be within ``shutdown_seconds`` and its own teardown, with no traceback in its log."""
+def stopped_in_bound(server: ServerProcess, meanwhile: Callable[[], None] = lambda: None) -> float:
+    """SIGTERM to the server (its supervisor, with workers), as a service manager sends it, then ``meanwhile()``: the
+    seconds it took to exit, which must be within ``shutdown_seconds`` and its own teardown, with no traceback in its
+    log."""
     told = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
+    meanwhile()
     try:
         server.process.wait(timeout=LLM_TIMEOUT + 30)
     except subprocess.TimeoutExpired:
@@ -122,6 +127,55 @@ def test_a_stop_with_workers_cuts_every_workers_turns_and_exits_within_the_bound
         assert said == ["Answered."]
     finally:
         server.stop()
+
+
+def lite_pid(pid: int) -> int:
+    """The Milvus Lite server process that `memgpt server` (pid) runs for its home."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if "milvus" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+            return int(child)
+    raise AssertionError(f"memgpt server {pid} runs no Milvus Lite process")
+
+
+def test_a_request_with_no_stop_check_of_its_own_is_cut_within_the_bound_with_a_json_503(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """A passages search waiting on a stalled Milvus (its Lite process stopped with SIGSTOP) as the server is told to
+    stop: uvicorn cuts it after ``shutdown_seconds``; the client gets a 503 in JSON saying the server stopped (send
+    again), the process exits within the bound, and the log holds no traceback. It was: a plain-text 500 "Internal
+    Server Error" and the cancel's traceback in the log."""
+    server, key = keyed_server(home, llm)
+    answers: list[httpx.Response] = []
+    lite = 0
+    try:
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0)
+        agent_id = letta.agents.create(name="sam", model=HANDLE).id
+        passages = f"{server.url}/v1/agents/{agent_id}/archival-memory"
+        assert web.post(passages, json={"text": "The sky is blue."}, headers=auth(key)).status_code == 200
+        lite = lite_pid(server.process.pid)
+        os.kill(lite, signal.SIGSTOP)
+        search = threading.Thread(
+            target=lambda: answers.append(web.get(f"{passages}/search", params={"query": "sky"}, headers=auth(key))),
+            daemon=True,
+        )
+        search.start()
+        time.sleep(1.0)  # (the search waits on Milvus whenever the signal lands: the server cuts it at the bound)
+
+        def answered() -> None:  # then Milvus may go on: the server's teardown waits 2 s for a Lite process to end
+            search.join(timeout=SHUTDOWN_SECONDS + 30)
+            os.kill(lite, signal.SIGCONT)
+
+        took = stopped_in_bound(server, answered)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            if lite:
+                os.kill(lite, signal.SIGCONT)
+        server.stop()
+    assert took >= SHUTDOWN_SECONDS - 1, took  # cut by the bound, not answered before it
+    (answer,) = answers
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"] == "application/json" and answer.headers.get("retry-after") == "2"
+    assert "server stopped before this request finished" in answer.json()["detail"], answer.text
 
 
 def test_a_cut_streaming_send_ends_with_an_error_event_and_the_agent_answers_after_a_restart(
