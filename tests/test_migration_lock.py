@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from memgpt.config import load_config, save_config
 from memgpt.storage.migrations import MIGRATIONS
 from memgpt.storage.sql import MetadataStore
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 from tests.processes import stop
 
 # Opens a new database's metadata store as any command does, pausing after the first migration (inside the
@@ -85,3 +87,30 @@ def test_the_next_process_goes_on_promptly_after_a_migrator_dies_or_stops(postgr
     print(f"{signal.Signals(how).name}: the next open took {took:.2f} s")
     assert names == sorted(name for name, _ in MIGRATIONS)  # each once: the primary key says so too
     assert took < 20  # _STALLED_MIGRATOR and the migrations themselves
+
+
+def test_a_command_meeting_a_stopped_migrator_on_sqlite_says_which_process_holds_the_home(home: Path) -> None:
+    """SQLite: a migrator stopped (SIGSTOP) inside the migrations' transaction (BEGIN EXCLUSIVE) holds the home's
+    database until it goes on or ends: another command waits its busy timeout, then says in one line which process
+    holds it and what to do, not "database is locked". Let go, the migrator finishes and the command works."""
+    save_config(load_config(home), home)
+    child = migrator(f"sqlite:///{home / 'metadata.sqlite'}")
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        stop(child)
+        told = run_cli("user", "create", "bob", home=home, timeout=120)
+        os.kill(child.pid, signal.SIGCONT)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "opened\n"
+        assert child.wait(30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert told.returncode != 0 and "Traceback" not in told.stderr, told.stderr
+    lines = told.stderr.strip().splitlines()
+    assert len(lines) == 1, told.stderr
+    line = lines[0]
+    assert f"held by process {child.pid} (stopped: " in line and f"kill -CONT {child.pid}" in line, line
+    assert run_cli("user", "create", "bob", home=home).returncode == 0

@@ -5,10 +5,14 @@ message answered once. Real server processes, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +39,195 @@ SHUTDOWN_SECONDS = 10.0  # the default
 LLM_TIMEOUT = 120.0  # the default: the stop used to wait for it
 
 
-def keyed_server(home: Path, llm: ScriptedLLM) -> tuple[ServerProcess, str]:
+def keyed_server(home: Path, llm: ScriptedLLM, workers: int = 1) -> tuple[ServerProcess, str]:
     config = use_scripted_llm(home, llm.url, timeout=LLM_TIMEOUT)
     config.server.shutdown_seconds = SHUTDOWN_SECONDS
     save_config(config, home)
     with Storage(config, home) as storage:
         owner = storage.users.ensure(config.user_id, OWNER_NAME)
         key = storage.users.create_key(owner.id)[1]
-    server = ServerProcess(home)
+    server = ServerProcess(home, workers)
     server.wait_ready()
     return server, key
+
+
+def stopped_in_bound(server: ServerProcess, meanwhile: Callable[[], None] = lambda: None) -> float:
+    """SIGTERM to the server (its supervisor, with workers), as a service manager sends it, then ``meanwhile()``: the
+    seconds it took to exit, which must be within ``shutdown_seconds`` and its own teardown, with no traceback in its
+    log."""
+    told = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    meanwhile()
+    try:
+        server.process.wait(timeout=LLM_TIMEOUT + 30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        pytest.fail(f"memgpt server did not exit:\n{server.log.read_text()[-3000:]}")
+    took = time.monotonic() - told
+    print(f"exited {took:.1f} s after SIGTERM (shutdown_seconds {SHUTDOWN_SECONDS})")
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert took < SHUTDOWN_SECONDS + 3, log[-3000:]  # the process's own teardown after uvicorn's wait: ~1 s
+    return took
+
+
+def lease_pids(home: Path, agent_ids: list[str]) -> dict[str, int]:
+    """The pid of the process whose turn holds each agent's lease now (the lease owner is host:pid:token)."""
+    with Storage(load_config(home), home) as storage, storage.metadata.connection() as c:
+        rows = c.exec_driver_sql("SELECT agent_id, owner FROM agent_leases").fetchall()
+    return {agent: int(owner.split(":")[1]) for agent, owner in rows if agent in agent_ids}
+
+
+def test_a_stop_with_workers_cuts_every_workers_turns_and_exits_within_the_bound(home: Path, llm: ScriptedLLM) -> None:
+    """`memgpt server --workers 2` told to stop while turns hang on the LLM in both workers: the supervisor exits
+    within ``shutdown_seconds``, every send gets 503 (``server_stopping``), each message stays stored with nothing
+    else, every lease is given back, and the agents answer once the server is back."""
+    server, key = keyed_server(home, llm, workers=2)
+    close = {**auth(key), "Connection": "close"}  # a connection per request: the kernel hands each to either worker
+    answers: list[httpx.Response] = []
+    agents: list[str] = []
+    try:
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0, default_headers={"Connection": "close"})
+        # Sends until turns hang in both workers (which worker takes a connection is the kernel's choice).
+        while len(set(lease_pids(home, agents).values())) < 2:
+            assert len(agents) < 12, f"every send went to one worker: {lease_pids(home, agents)}"
+            agent_id = letta.agents.create(name=f"a{len(agents)}", model=HANDLE).id
+            llm.add({"delay": 100.0, "tool": "send_message", "args": {"message": "Too late."}})
+            url = f"{server.url}/v1/agents/{agent_id}/messages"
+            threading.Thread(
+                target=lambda url=url: answers.append(web.post(url, json={"input": "keep me"}, headers=close)),
+                daemon=True,
+            ).start()
+            agents.append(agent_id)
+            deadline = time.monotonic() + 60
+            while agent_id not in lease_pids(home, agents) or len(llm.requests) < len(agents):
+                assert time.monotonic() < deadline, "the turn never asked the LLM"
+                time.sleep(0.05)
+        stopped_in_bound(server)
+    finally:
+        server.stop()
+    deadline = time.monotonic() + 30
+    while len(answers) < len(agents) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [a.status_code for a in answers] == [503] * len(agents), [a.text for a in answers]
+    assert all("server_stopping" in a.text or "your message is stored" in a.text for a in answers), answers[0].text
+    with Storage(load_config(home), home) as storage:
+        for agent_id in agents:
+            assert [(m.role, m.content) for m in storage.messages.last(agent_id, 100)] == [(Role.USER, "keep me")]
+            assert storage.turns.holder(agent_id) is None
+
+    llm.script.clear()
+    llm.reply("Answered.")
+    server.start()
+    try:
+        server.wait_ready()
+        again = web.post(f"{server.url}/v1/agents/{agents[0]}/messages", json={"input": "hello"}, headers=close)
+        assert again.status_code == 200, again.text
+        said = [m["content"] for m in again.json()["messages"] if m["message_type"] == "assistant_message"]
+        assert said == ["Answered."]
+    finally:
+        server.stop()
+
+
+def lite_pid(pid: int) -> int:
+    """The Milvus Lite server process that `memgpt server` (pid) runs for its home."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if "milvus" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+            return int(child)
+    raise AssertionError(f"memgpt server {pid} runs no Milvus Lite process")
+
+
+def test_a_request_with_no_stop_check_of_its_own_is_cut_within_the_bound_with_a_json_503(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """A passages search waiting on a stalled Milvus (its Lite process stopped with SIGSTOP) as the server is told to
+    stop: uvicorn cuts it after ``shutdown_seconds``; the client gets a 503 in JSON saying the server stopped (send
+    again), the process exits within the bound, and the log holds no traceback. It was: a plain-text 500 "Internal
+    Server Error" and the cancel's traceback in the log."""
+    server, key = keyed_server(home, llm)
+    answers: list[httpx.Response] = []
+    lite = 0
+    try:
+        letta = Letta(base_url=server.url, api_key=key, max_retries=0)
+        agent_id = letta.agents.create(name="sam", model=HANDLE).id
+        passages = f"{server.url}/v1/agents/{agent_id}/archival-memory"
+        assert web.post(passages, json={"text": "The sky is blue."}, headers=auth(key)).status_code == 200
+        lite = lite_pid(server.process.pid)
+        os.kill(lite, signal.SIGSTOP)
+        search = threading.Thread(
+            target=lambda: answers.append(web.get(f"{passages}/search", params={"query": "sky"}, headers=auth(key))),
+            daemon=True,
+        )
+        search.start()
+        time.sleep(1.0)  # (the search waits on Milvus whenever the signal lands: the server cuts it at the bound)
+
+        def answered() -> None:  # then Milvus may go on: the server's teardown waits 2 s for a Lite process to end
+            search.join(timeout=SHUTDOWN_SECONDS + 30)
+            os.kill(lite, signal.SIGCONT)
+
+        took = stopped_in_bound(server, answered)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            if lite:
+                os.kill(lite, signal.SIGCONT)
+        server.stop()
+    assert took >= SHUTDOWN_SECONDS - 1, took  # cut by the bound, not answered before it
+    (answer,) = answers
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"] == "application/json" and answer.headers.get("retry-after") == "2"
+    assert "server stopped before this request finished" in answer.json()["detail"], answer.text
+
+
+def test_a_cut_streaming_send_ends_with_an_error_event_and_the_agent_answers_after_a_restart(
+    home: Path, llm: ScriptedLLM
+) -> None:
+    """A streamed send whose turn the stop cuts: the stream ends with its stop reason, an ``error`` event saying
+    ``server_stopping`` (the message stored, send again) and ``[DONE]``, not a dropped connection; the message stays
+    stored alone, the lease is given back, and the agent's next turn after a restart answers it."""
+    server, key = keyed_server(home, llm)
+    events: list[str] = []
+    try:
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.add({"delay": 100.0, "tool": "send_message", "args": {"message": "Too late."}})
+        url = f"{server.url}/v1/agents/{agent_id}/messages/stream"
+
+        def follow() -> None:
+            with httpx.stream("POST", url, json={"input": "keep me"}, headers=auth(key), timeout=web.TIMEOUT) as r:
+                events.append(str(r.status_code))
+                events.extend(r.iter_lines())
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the turn never asked the LLM"
+            time.sleep(0.05)
+        stopped_in_bound(server)
+        reader.join(timeout=30)
+    finally:
+        server.stop()
+    lines = [line for line in events if line]
+    assert lines[0] == "200", lines
+    datas = [json.loads(line.removeprefix("data: ")) for line in lines[1:-1] if line.startswith("data: {")]
+    assert {"message_type": "stop_reason", "stop_reason": "error"} in datas, lines
+    assert lines[-3:-1] == ["event: error", lines[-2]] and lines[-1] == "data: [DONE]", lines
+    error = json.loads(lines[-2].removeprefix("data: "))
+    assert error["error_type"] == "server_stopping" and "your message is stored" in error["message"], error
+    with Storage(load_config(home), home) as storage:
+        assert [(m.role, m.content) for m in storage.messages.last(agent_id, 100)] == [(Role.USER, "keep me")]
+        assert storage.turns.holder(agent_id) is None
+
+    llm.script.clear()
+    llm.reply("Answered.")
+    server.start()
+    try:
+        server.wait_ready()
+        again = web.post(f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "hello"}, headers=auth(key))
+        assert again.status_code == 200, again.text
+        said = [m["content"] for m in again.json()["messages"] if m["message_type"] == "assistant_message"]
+        assert said == ["Answered."]
+    finally:
+        server.stop()
 
 
 def test_a_stop_mid_turn_ends_in_bounded_time_and_letta_clients_retry_gets_the_message_answered_once(
@@ -163,9 +346,9 @@ def test_a_stop_landing_after_the_last_steps_commit_leaves_the_answered_turn_alo
         llm.reply("Answered.")
         add_step = server_turns.Turn.add_step
 
-        def stepped(turn: Any, messages: Any, items: Any = None) -> None:
-            add_step(turn, messages, items)
-            if items is not None:  # the last step, committed with the run's end and the lease
+        def stepped(turn: Any, messages: Any, items: Any = None, **last: Any) -> None:
+            add_step(turn, messages, items, **last)
+            if last.get("recorded"):  # the last step, committed with the run's end and the lease
                 server.state.turns().stop(0)  # the signal's stop, landing now (on a thread of its own in a server)
 
         monkeypatch.setattr(server_turns.Turn, "add_step", stepped)
@@ -180,6 +363,144 @@ def test_a_stop_landing_after_the_last_steps_commit_leaves_the_answered_turn_alo
             runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
         assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, "end_turn")]
         assert server.state.storage.turns.holder(agent_id) is None
+    finally:
+        server.stop()
+
+
+def cut_during(runner: Any, hold: Any) -> tuple[Any, list[Any]]:
+    """A wrapper of ``hold`` (a callable of the turn's thread) that, on its first call, stops the server (``stop(0)``,
+    on a thread of its own as the signal's) and holds the turn's thread until the stop has looked at the turn, then
+    goes on: the stop lands at that instant whatever the machine's speed. Returns it and what the stop saw of the
+    turn."""
+    cut_turn = runner._cut_turn
+    looked, seen = threading.Event(), []
+
+    def watched(turn: Any, **how: Any) -> Any:
+        verdict = cut_turn(turn, **how)
+        seen.append(verdict)
+        looked.set()
+        return verdict
+
+    runner._cut_turn = watched
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        result = hold(*args, **kwargs)
+        if not runner._stopped.is_set():  # (the first call)
+            threading.Thread(target=runner.stop, args=(0,), daemon=True).start()
+            assert looked.wait(30), "the stop never looked at the turn"
+        return result
+
+    return held, seen
+
+
+def test_a_stop_landing_while_the_last_steps_commit_takes_effect_answers_the_stored_answer(
+    home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop lands after the last step's commit (the run's end and the lease with it) took effect in the database
+    and before the turn's thread heard of it: the send gets the answer stored, not a 503. It was: the stop saw the turn
+    unrecorded, cut it (503: "send again") while its answer was stored."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.reply("Answered.")
+        agents = server.state.storage.agents
+        commit_step = agents.commit_step
+        held, seen = cut_during(server.state.turns(), commit_step)
+        last = lambda *a, **k: (held if k.get("finished") else commit_step)(*a, **k)  # noqa: E731 - (its run's end)
+        monkeypatch.setattr(agents, "commit_step", last)
+        answer = httpx.post(
+            f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "hi"}, headers=auth(key), timeout=60
+        )
+        assert seen, "the stop did not land in the commit"
+        assert answer.status_code == 200, answer.text
+        assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
+            "Answered."
+        ]
+        with server.state.storage.metadata.connection() as c:
+            runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
+        assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, "end_turn")]
+        assert server.state.storage.turns.holder(agent_id) is None
+    finally:
+        server.stop()
+
+
+def test_a_stop_landing_as_a_turn_out_of_steps_records_its_end_answers_the_stored_answer(
+    home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn that ended without its last step recording the run's end (out of steps here; cancelled, or on a shared
+    index, alike) records it with the lease after the turn (``_release(finished)``); the stop lands just before that:
+    the send gets the answer its steps stored, and the run's end is recorded. It was: cut, 503, and the turn's thread
+    recorded the answer right after."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        llm.add({"tool": "send_message", "args": {"message": "Step one.", "request_heartbeat": True}})
+        runner = server.state.turns()
+        release = runner._release
+        held, seen = cut_during(runner, lambda: None)
+        monkeypatch.setattr(runner, "_release", lambda *a, **k: (held() if len(a) > 2 else None, release(*a, **k))[1])
+        answer = httpx.post(
+            f"{server.url}/v1/agents/{agent_id}/messages",
+            json={"input": "hi", "max_steps": 1},
+            headers=auth(key),
+            timeout=60,
+        )
+        assert seen, f"the stop did not land before the run's end was recorded: {answer.text}"
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["stop_reason"]["stop_reason"] == "max_steps"
+        assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
+            "Step one."
+        ]
+        with server.state.storage.metadata.connection() as c:
+            runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
+        assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, "max_steps")]
+        assert server.state.storage.turns.holder(agent_id) is None
+    finally:
+        server.stop()
+
+
+def test_an_llm_answering_after_the_cut_stores_nothing_of_the_503s_turn(
+    home: Path, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LLM answers after the stop cut the turn (its send told 503) and before the stop gave the lease back: the
+    step that would end the turn is not stored, so a 503 always means the answer is not (a retry answers the message
+    once). It was: that last step committed under the lease still held, an answer stored for a send told 503."""
+    server = LiveServer(home, use_scripted_llm(home, llm.url))
+    try:
+        key = server.key()
+        agent_id = Letta(base_url=server.url, api_key=key, max_retries=0).agents.create(name="sam", model=HANDLE).id
+        answering = threading.Event()
+        llm.add({"until": answering, "tool": "send_message", "args": {"message": "Too late."}})
+        runner = server.state.turns()
+        replied, give_back = threading.Event(), runner._give_back_cut
+        stepped = server_turns._replied
+        monkeypatch.setattr(server_turns, "_replied", lambda *a: (stepped(*a), replied.set())[0])
+
+        def given_back(leases: Any) -> None:  # the LLM answers now, and the turn's thread is done with it
+            answering.set()
+            assert replied.wait(30)
+            give_back(leases)
+
+        monkeypatch.setattr(runner, "_give_back_cut", given_back)
+        answers: list[httpx.Response] = []
+        url, sent = f"{server.url}/v1/agents/{agent_id}/messages", auth(key)
+        sender = threading.Thread(target=lambda: answers.append(web.post(url, json={"input": "keep me"}, headers=sent)))
+        sender.start()
+        deadline = time.monotonic() + 30
+        while not llm.requests:
+            assert time.monotonic() < deadline, "the turn never asked the LLM"
+            time.sleep(0.05)
+        runner.stop(0)
+        sender.join(timeout=30)
+        assert [a.status_code for a in answers] == [503], [a.text for a in answers]
+        stored = [(m.role, m.content) for m in server.state.storage.messages.last(agent_id, 100)]
+        assert stored == [(Role.USER, "keep me")]
+        assert server.state.storage.turns.holder(agent_id) is None
+        with server.state.storage.metadata.connection() as c:
+            runs = c.exec_driver_sql("SELECT status FROM agent_runs").fetchall()
+        assert storage_turns.FINISHED not in [r[0] for r in runs], runs
     finally:
         server.stop()
 

@@ -124,7 +124,8 @@ def create_app(home: Path | None = None, config: Config | None = None, *, state:
     errors.install(app)
     # The OpenAI endpoint limits bodies itself, to answer in OpenAI's error shape.
     app.add_middleware(errors.BodyLimit, limit=errors.body_limit(state.config), skip=(openai.PREFIX,))
-    app.add_middleware(Arrivals)  # the outermost: when a request arrived, for a first try its retry overtook
+    app.add_middleware(Arrivals)  # when a request arrived, for a first try its retry overtook
+    app.add_middleware(errors.CutAtStop, stopping=state.stopping)  # the outermost: a 503 for what uvicorn cuts
     # A request is matched against the routes in this order, router by router: sends, the busiest, come first
     # (after the health check), not after the 23 routes of five routers: matching a send took 50 µs, now 12.
     # Those two routers' routes go on the app's own router (``_add_routes``), the others are included.

@@ -6,7 +6,10 @@ retries 408/409/429/5xx by itself, so answers that another try cannot fix carry 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +134,35 @@ def _too_large(limit: int) -> StarletteHTTPException:
         f"request body is larger than the server's limit of {limit / 1_000_000:g} MB "
         "(server.max_upload_mb in the server's config.toml)",
     )
+
+
+STOPPED = (
+    "the server stopped before this request finished (it ran past server.shutdown_seconds): send it again when the"
+    " server is back"
+)
+
+
+class CutAtStop:
+    """A request still running ``server.shutdown_seconds`` after the server was told to stop (``stopping``), one with
+    no stop check of its own (a slow upload, a search waiting on a stalled Milvus), is cancelled by uvicorn: it answers
+    503 in this module's shape, with Retry-After (and logs one line, no traceback). It was: uvicorn's own 500 "Internal
+    Server Error" in plain text and the cancel's traceback in the log. A request whose answer had begun (a stream) just
+    ends. The outermost middleware: a coroutine frame more per request, nothing else."""
+
+    def __init__(self, app: ASGIApp, stopping: threading.Event) -> None:
+        self.app = app
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or not self.stopping.is_set():
+                raise
+            logger.warning("%s %s: cut, still running as the server stopped", scope.get("method"), scope.get("path"))
+            response = error(503, STOPPED, {"Retry-After": "2", "Connection": "close"})
+            with contextlib.suppress(RuntimeError):  # its answer had begun: the connection closes
+                await response(scope, receive, send)
 
 
 class BodyLimit:

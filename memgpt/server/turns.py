@@ -27,7 +27,7 @@ from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from memgpt.agent.agent import END_TURN, Agent, user_message
 from memgpt.agent.manager import open_agent
@@ -154,6 +154,11 @@ _STOPPING_RETRY = (
 )
 
 
+# How long the server's stop waits for a turn's last step's commit under way (``Turn.ending``) before it cuts the turn:
+# within ``state.STOP_MARGIN``, which answers the requests of the turns it cuts.
+SETTLE_SECONDS = 1.0
+
+
 class _Stopping(Exception):
     """Raised where a turn would begin a step once the server stops (``TurnRunner.stop``)."""
 
@@ -179,6 +184,13 @@ class Turn:
     # Its run's end was recorded (and its lease given back) by its last step's commit (``_Ending``): answered, it ends
     # by itself, and the server's stop leaves it alone (cut, it answered 503 after the answer was stored).
     recorded: bool = False
+    # Its last step's commit is under way (``_Ending.finish_turn`` on): the stop waits for it (``SETTLE_SECONDS`` at
+    # most) rather than answer 503 for an answer that commit may store.
+    ending: bool = False
+    # All its steps are stored (its answer is: a last step committed without the run's end, or a turn cancelled or out
+    # of steps) and its run's end is to be recorded with its lease: a stop from then on answers it with this and
+    # records it (``TurnRunner.stop``).
+    answered: tuple[Run, Usage] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
     _when_done: list[Callable[[], None]] = field(default_factory=list)
@@ -217,13 +229,28 @@ class Turn:
             for item in letta_messages(message, self.rendering, run_id=self.run_id, step_id=step_id)
         ]
 
-    def add_step(self, messages: Sequence[Message], items: list[dict[str, Any]] | None = None) -> None:
-        """A step stored: its items (``step_items``, unless built already) reach the listeners."""
+    def add_step(
+        self,
+        messages: Sequence[Message],
+        items: list[dict[str, Any]] | None = None,
+        *,
+        last: tuple[Run, Usage] | None = None,
+        recorded: bool = False,
+    ) -> None:
+        """A step stored: its items (``step_items``, unless built already) reach the listeners. ``last``: the turn's
+        last step, whose commit ``recorded`` its run's end (or left it to record: ``answered``), with the items, so
+        that the server's stop sees both or neither."""
         if items is None:
             items = self.step_items(messages)
         with self._lock:
             self.items.extend(items)
             self.steps += 1
+            if last is not None:
+                self.ending = False
+                if recorded:
+                    self.recorded = True
+                else:
+                    self.answered = last
         self._notify()
 
     def finish(self, stop_reason: str, usage: Usage, error: tuple[str, str] | None = None) -> None:
@@ -740,6 +767,9 @@ class TurnRunner:
         agent.stop_requested = self._stop_requested(turn, fence)
         reason, error = _replied(agent, opened.opening, turn.run_id)
         agent.finish_turn = None
+        with turn._lock:
+            turn.ending = False  # (its last commit failed, if it did not reach ``_Ending.committed``)
+            answered = turn.answered
         ended = ending.ended
         if ended is None and error is not None and (turn.cut or error[0] == SERVER_STOPPING):
             # Stopped by the server's stop (a write after its cut fails on the lease it gave back): no failure is
@@ -753,10 +783,17 @@ class TurnRunner:
         if ended is not None:  # its answer is stored (an error after that commit reaches this send alone)
             finished, usage = ended
             text = finished.response
+        elif answered is not None:  # its last step is stored, its run's end is recorded below
+            finished, usage = answered
+            text = finished.response
         else:
             usage = _usage(meter, turn, turn.steps)
             text = _answer(turn, reason, usage, error)
             finished = Run(turn.run_id, request.agent_id, request.digest, FINISHED, reason, text)
+            if error is None:  # cancelled or out of steps: all it stored is its answer (a stop from now on gives it)
+                with turn._lock:
+                    if not turn.cut:
+                        turn.answered = (finished, usage)
         turn.answer = None if error else text  # the answer to a send as it goes out, without a second json.dumps
         try:
             # Under the lease: where another process may take the agent's next turn (a shared index), the last
@@ -844,10 +881,14 @@ class TurnRunner:
 
     def stop(self, grace: float) -> None:
         """The server stops: running turns get ``grace`` seconds to end by themselves, then each is cut (``_cut``) and
-        no turn of this process begins another step. A step that ends later is stored only if it was being committed
-        as the turn was cut (the lease given back refuses any later write): a step is stored whole or not at all.
-        Once; a second caller waits for the first. It was: ask each turn to stop after its step and wait for that,
-        and the server waited for an LLM that did not answer as long as its timeout allowed."""
+        no turn of this process begins another step or its last step's commit. A turn whose last step is being
+        committed is waited for (``SETTLE_SECONDS`` at most: a commit takes milliseconds unless the database is away)
+        and one whose answer is stored is answered with it, not cut: a send gets 503 only when its answer is not
+        stored as the reply is written (bar a commit still undecided after that wait). A step that ends later is
+        stored only if it was being committed as the turn was cut (the lease given back refuses any later write): a
+        step is stored whole or not at all. Once; a second caller waits for the first. It was: ask each turn to stop
+        after its step and wait for that, and the server waited for an LLM that did not answer as long as its timeout
+        allowed."""
         with self._stopping:
             if self._stopped.is_set():
                 return
@@ -862,42 +903,74 @@ class TurnRunner:
                 running = list(self._active.values())
             # Every cut turn answers first, then the leases go back: each release is a round trip (a connect timeout,
             # 10 s, with PostgreSQL away), and the sends waited for all those before theirs.
-            self._give_back_cut([(turn.agent_id, owner) for turn, owner in running if self._cut_turn(turn)])
+            leases: list[tuple[str, str, Run | None]] = []
+            settled_by = time.monotonic() + SETTLE_SECONDS
+            while running:
+                waiting = []
+                for turn, owner in running:
+                    cut = self._cut_turn(turn, wait=time.monotonic() < settled_by)
+                    if cut == "committing":
+                        waiting.append((turn, owner))
+                    elif cut is not None:
+                        leases.append((turn.agent_id, owner, None if cut == "cut" else cut))
+                running = waiting
+                if running:
+                    time.sleep(0.005)
+            self._give_back_cut(leases)
 
     def _cut(self, turn: Turn, owner: str) -> None:
         """End a turn the server's stop interrupts, as a kill would leave it but without the wait: the user's message
         stays stored and the run unfinished, so letta-client's retry of the send (told 503, here once the server is
         back or in another process) answers the message, going on from the steps stored; the lease is given back now,
         so that retry takes the agent at once. Nothing when the turn ended meanwhile, or its end is recorded."""
-        if self._cut_turn(turn):
-            self._give_back_cut([(turn.agent_id, owner)])
+        if self._cut_turn(turn, wait=False) is not None:
+            self._give_back_cut([(turn.agent_id, owner, None)])
 
-    def _cut_turn(self, turn: Turn) -> bool:
-        """``_cut`` but the lease: the turn answers (503) now; whether it was cut (its lease is then to give back)."""
+    def _cut_turn(self, turn: Turn, *, wait: bool) -> Run | Literal["cut", "committing"] | None:
+        """``_cut`` but the lease: the turn answers now, and the lease is then to give back (what it returns, unless
+        None: nothing to do, the turn ended or its end is recorded). Cut, it answers 503 ("cut"). A turn whose answer
+        is stored answers with it, the run's end to record with the lease (that Run). One whose last step's commit is
+        under way is left to it when ``wait`` ("committing"), else cut (that commit's outcome is not known)."""
         with turn._lock:
             if turn.cut or turn.recorded or turn.stop_reason is not None:
-                return False
-            turn.cut = True
+                return None
+            if turn.ending and wait:
+                return "committing"
+            answered = turn.answered
+            turn.cut = answered is None
         turn.releasing = True  # a renewal that finds the lease gone lost nothing
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
+        if answered is not None:
+            finished, usage = answered
+            turn.answer = finished.response
+            turn.finish(finished.stop_reason or END_TURN, usage)
+            return finished
         usage = Usage(step_count=turn.steps, run_ids=[turn.run_id])
         turn.finish("error", usage, (SERVER_STOPPING, STOPPED_MID_TURN))
-        return True
+        return "cut"
 
-    def _give_back_cut(self, leases: Sequence[tuple[str, str]]) -> None:
-        """Give back the leases of cut turns (agent id, owner), in order, until one fails: that one and the rest are
-        left to the background (``release_later``; ``TurnStore.close`` tries them once more, for a bounded time), so
-        the stop waits one round trip to a database that is away, not one per turn."""
-        for given, (agent_id, owner) in enumerate(leases):
+    def _give_back_cut(self, leases: Sequence[tuple[str, str, Run | None]]) -> None:
+        """Give back the leases of cut turns (agent id, owner, the run's end to record if answered), in order, until
+        one fails: that one and the rest are left to the background (``release_later``; ``TurnStore.close`` tries them
+        once more, for a bounded time), so the stop waits one round trip to a database that is away, not one per
+        turn."""
+        for given, (agent_id, owner, finished) in enumerate(leases):
             try:
-                self._release(agent_id, owner)
+                self._release(agent_id, owner, finished)
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure: the rest must still be handed on
                 logger.warning("cannot give back the lease of agent %s as the server stops: %s", agent_id, exc)
-            for agent_left, owner_left in leases[given:]:  # else they lapse (at once for this host's next process)
-                self._turns.release_later(agent_left, owner_left, within=self.timing.lease_ttl, then=self._wake_waiters)
+            # (else they lapse: at once for this host's next process)
+            for agent_left, owner_left, finished_left in leases[given:]:
+                self._turns.release_later(
+                    agent_left,
+                    owner_left,
+                    finished=finished_left,
+                    within=self.timing.lease_ttl,
+                    then=self._wake_waiters,
+                )
             return
 
     def close(self, grace: float = 10.0, settle: float = 5.0) -> None:
@@ -918,12 +991,17 @@ class _Ending:
     def __init__(self, turn: Turn, agent: Agent, meter: UsageMeter, request: TurnInput) -> None:
         self._turn, self._agent, self._meter, self._request = turn, agent, meter, request
         self._last: tuple[Run, Usage, list[dict[str, Any]]] | None = None  # built for that commit
-        self.ended: tuple[Run, Usage] | None = None  # ... once it committed
+        self._recording = False  # ... which records the run's end
+        self.ended: tuple[Run, Usage] | None = None  # ... once it committed it
 
     def finish_turn(self, messages: Sequence[Message]) -> Run | None:
+        """Before the last step's commit (``Agent.finish_turn``): the run's end it records, if it does. A turn the
+        server's stop cut stores no more (``_Stopping``); else the stop waits for this commit (``Turn.ending``)."""
         turn, request = self._turn, self._request
-        if self._agent.recall.waits_at_close:
-            return None
+        with turn._lock:
+            if turn.cut:
+                raise _Stopping
+            turn.ending = True
         items = turn.step_items(messages)
         usage = _usage(self._meter, turn, turn.steps + 1)
         run = Run(
@@ -934,8 +1012,11 @@ class _Ending:
             END_TURN,
             _answer(turn, END_TURN, usage, None, items),
         )
-        turn.releasing = True  # (the renewer may find the lease gone from that commit on)
         self._last = (run, usage, items)
+        if self._agent.recall.waits_at_close:  # its end is recorded once the indexing ended (``TurnRunner._run``)
+            return None
+        turn.releasing = True  # (the renewer may find the lease gone from that commit on)
+        self._recording = True
         return run
 
     def committed(self, messages: Sequence[Message]) -> None:
@@ -944,10 +1025,11 @@ class _Ending:
             self._turn.add_step(messages)
             return
         run, usage, items = self._last
-        self._last, self.ended = None, (run, usage)
-        with self._turn._lock:  # (as ``TurnRunner._cut`` reads it: one or the other)
-            self._turn.recorded = True
-        self._turn.add_step(messages, items)
+        self._last = None
+        if self._recording:
+            self.ended = (run, usage)
+        # (as ``TurnRunner.stop`` reads it: the items and the turn's state together)
+        self._turn.add_step(messages, items, last=(run, usage), recorded=self._recording)
 
 
 def _hand(started: Future[Turn], turn: Turn) -> None:

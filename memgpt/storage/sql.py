@@ -43,6 +43,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from memgpt.config import HOME_REMEDY, read_only_message
 from memgpt.errors import StorageError
+from memgpt.procfs import describe, lock_holders
 from memgpt.types import Document, DocumentStatus, Source, utc_now
 
 
@@ -465,8 +466,29 @@ class MetadataStore:
         self._serial: AbstractContextManager[Any] = threading.RLock() if sqlite else nullcontext()
 
     def _open_error(self, url: URL, exc: Exception) -> StorageError:
-        read_only = self._read_only()
-        return StorageError(read_only) if read_only else _cannot_open(url, exc)
+        said = self._read_only() or self._locked(exc)
+        return StorageError(said) if said else _cannot_open(url, exc)
+
+    def _failure(self, exc: SQLAlchemyError) -> str:
+        """The one line a failed statement is told as."""
+        return self._read_only() or self._locked(exc) or f"metadata database error: {_reason(exc)}"
+
+    def _locked(self, exc: Exception) -> str | None:
+        """SQLite's "database is locked" once its wait (busy_timeout) ran out: which process holds the file, and what
+        to do about it (one stopped inside a write, a migration say, holds it until it goes on or ends)."""
+        if self._file is None or "database is locked" not in _reason(exc):
+            return None
+        holders = lock_holders([self._file, Path(f"{self._file}-wal"), Path(f"{self._file}-shm")])
+        if not holders:
+            return None
+        pid = holders[0]
+        command, stopped = describe(pid)
+        todo = f"resume it (kill -CONT {pid}) or end it" if stopped else "let it finish or end it"
+        state = "stopped" if stopped else "running"
+        return (
+            f"the metadata database {self._file} is held by process {pid} ({state}: {command}) longer than this command"
+            f" waits ({_BUSY_MS // 1000} s): {todo}, then run this again"
+        )
 
     def _read_only(self) -> str | None:
         """SQLite writes the database file and, in WAL mode, files beside it: a read-only file or folder
@@ -484,7 +506,7 @@ class MetadataStore:
                 session.commit()
             except SQLAlchemyError as exc:
                 session.rollback()
-                raise StorageError(self._read_only() or f"metadata database error: {_reason(exc)}") from exc
+                raise StorageError(self._failure(exc)) from exc
             except BaseException:
                 session.rollback()
                 raise
@@ -500,7 +522,7 @@ class MetadataStore:
                 with self.engine.begin() as connection:
                     yield connection
             except SQLAlchemyError as exc:
-                raise StorageError(self._read_only() or f"metadata database error: {_reason(exc)}") from exc
+                raise StorageError(self._failure(exc)) from exc
 
     def close(self) -> None:
         self.engine.dispose()
