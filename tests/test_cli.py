@@ -372,3 +372,18 @@ def test_bad_files_in_a_folder_cost_only_themselves(home: Path, tmp_path: Path) 
         "pipe.txt",
     ]
     assert "4 file(s) could not be loaded" in result.stderr
+
+
+def test_json_output_escapes_c1_controls(home: Path, tmp_path: Path) -> None:
+    """`--json` writes DEL and C1 controls (0x9b is CSI to a terminal) as JSON escapes, as it does C0 ones (was:
+    raw), and still decodes to the text as loaded."""
+    text = "The lighthouse keeper \x9b31m wrote\nabout the lighthouse \x85 and the sea, café"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "c1.txt").write_text(text, encoding="utf-8")
+    loaded = cli("load", "directory", "--name", "c1", f"--input-dir={tmp_path / 'docs'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    result = cli("search", "c1", "lighthouse", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout), result.stdout
+    assert "\\u009b31m" in result.stdout and "café" in result.stdout  # other non-ASCII text stays as it is
+    assert json.loads(result.stdout)[0]["text"] == text
