@@ -208,6 +208,26 @@ def _written_out(match: re.Match[str]) -> str:
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or f"\\x{ord(c):02x}"
 
 
+# How much of each message the resume banner and /dump show: a 1 MB reply was printed whole on every resume.
+SHOWN_CHARS = 1_000
+SHOWN_LINES = 20
+
+
+def shortened(text: str) -> str:
+    """``text`` up to SHOWN_CHARS characters or SHOWN_LINES lines, saying how many characters were left out."""
+    end = min(len(text), SHOWN_CHARS)
+    newline = -1
+    for _ in range(SHOWN_LINES):
+        newline = text.find("\n", newline + 1, end)
+        if newline < 0:
+            break
+    else:
+        end = newline
+    if end >= len(text):
+        return text
+    return f"{text[:end].rstrip()} … [{len(text) - end:,} more characters not shown]"
+
+
 def warn(message: str) -> None:
     from rich.markup import escape
 
