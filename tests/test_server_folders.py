@@ -357,6 +357,14 @@ def test_agent_files_import_and_export_through_the_client(server: LiveServer, ll
     assert scrubbed["agents"][0]["messages"] == []
     with pytest.raises(BadRequestError, match="legacy agent file format is not supported"):
         client.agents.export_file(again.id, use_legacy_format=True)
+    # A name given is used as given (append_copy_suffix defaults to True: it names the file's agent "..._copy"),
+    # ``name`` before the deprecated ``override_name``; a taken one gets "_2" (Letta's names need not be unique).
+    renamed = client.agents.import_file(file=("memgpt_agent.af", exported.encode()), override_name="renamed")
+    assert client.agents.retrieve(renamed.agent_ids[0]).name == "renamed"
+    both = client.agents.import_file(file=("m.af", exported.encode()), name="by-name", override_name="not-this")
+    assert client.agents.retrieve(both.agent_ids[0]).name == "by-name"
+    taken = client.agents.import_file(file=("memgpt_agent.af", exported.encode()), override_name="renamed")
+    assert client.agents.retrieve(taken.agent_ids[0]).name == "renamed_2"
     with pytest.raises(ConflictError, match="an agent named 'round-trip' already exists"):
         client.agents.import_file(
             file=("x.af", exported.encode()),
