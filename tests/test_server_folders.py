@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -157,6 +158,20 @@ def test_uploads_load_in_the_background_and_an_attached_folder_is_searched(
     (result,) = [m for m in turn.messages if m.message_type == "tool_return_message"]
     assert result.status == "success" and PAPER.name in result.tool_return
     assert "deep memory retrieval" in result.tool_return.lower()
+
+    # Every passage id the API gives is Letta's shape (a folder's were 32 bare hex digits) and is taken back.
+    own = client.agents.passages.create(agent.id, text="My own note on deep memory retrieval benchmarks.")
+    found = client.agents.passages.search(agent.id, query="deep memory retrieval", top_k=20).results
+    assert own[0].id in {r.id for r in found} and any(r.source_id == folder.id for r in found)
+    assert all(re.fullmatch(r"passage-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", r.id) for r in found), found
+    from_folder = next(r for r in found if r.source_id == folder.id)
+    refused = rf"passage '{from_folder.id}' is part of file '.+' of folder {folder.id}"
+    with pytest.raises(BadRequestError, match=refused):
+        client.agents.passages.delete(from_folder.id, agent_id=agent.id)
+    client.agents.passages.delete(own[0].id, agent_id=agent.id)
+    assert own[0].id not in {r.id for r in client.agents.passages.search(agent.id, query="own note").results}
+    with pytest.raises(NotFoundError):
+        client.agents.passages.delete(own[0].id, agent_id=agent.id)
 
     archival = ArchivalMemory(server.state.storage, model, agent_id=agent.id, user_id=server.state.owner.id)
     before = archival.count()
