@@ -238,7 +238,8 @@ def test_key_revoke_by_a_start_says_what_is_wrong(home: Path) -> None:
     for other in ("sk-AbX1", "sk-ab_1d"):
         assert cli("key", "revoke", other, home=home).stderr == f"error: no API key {other!r}\n"
     assert cli("key", "revoke", prefixes[0][:-1], home=home).returncode == 0
-    assert cli("key", "revoke", listed[1]["id"][:9], home=home).returncode == 0
+    other = next(k["id"] for k in listed if k["prefix"] != prefixes[0])
+    assert cli("key", "revoke", other[:9], home=home).returncode == 0
     assert all(k["revoked"] for k in json.loads(cli("key", "list", "--json", home=home).stdout))
 
 
