@@ -430,6 +430,16 @@ def _thread_cpu(pid: int) -> dict[int, float]:
     return found
 
 
+def py_spy() -> str:
+    """The py-spy executable (on PATH or next to this Python), or exit with one line saying how to get it."""
+    import shutil
+
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("server_bench: --threads and --profile need py-spy: pip install py-spy")
+    return found
+
+
 @contextlib.contextmanager
 def gil_profile(pid: int, out: Path | None, rate: int = 100, *, by_thread: bool = False) -> Iterator[dict[str, Any]]:
     """With ``out``, py-spy samples the server's threads that hold the GIL (``--gil``) ``rate`` times a second
@@ -444,10 +454,9 @@ def gil_profile(pid: int, out: Path | None, rate: int = 100, *, by_thread: bool 
         yield found
         return
     import re
-    import shutil
     import subprocess
 
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    spy = py_spy()
     before, process_before = _thread_cpu(pid), Cpu.now(pid).server
     sampling = None
     if out is not None:
@@ -623,6 +632,8 @@ def main() -> None:
         help="the server's CPU per turn by thread, without --profile's sampling (which slows the server)",
     )
     args = parser.parse_args()
+    if args.threads or args.profile:
+        py_spy()  # before minutes of load, not after them
     if args.header:
         print(f"### memgpt server: N clients, each its own agent, LLM answering in {args.llm_ms} ms")
         print()

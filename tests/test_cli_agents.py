@@ -502,7 +502,7 @@ def test_terminal_escapes_in_names_and_texts_are_written_out_in_every_output(
 def test_resuming_an_agent_shows_each_of_its_last_messages_cut_short(home: Path, llm: ScriptedLLM) -> None:
     """The resume banner printed each of the last messages whole: a 200,000-character reply came back in full on
     every `memgpt run --agent`. Each is cut at 1,000 characters or 20 lines, saying how much was left out."""
-    from memgpt.cli.agents import RESUMED_CHARS
+    from memgpt.cli.common import SHOWN_CHARS
 
     long_reply = "word " * 40_000
     llm.reply(long_reply)
@@ -512,13 +512,18 @@ def test_resuming_an_agent_shows_each_of_its_last_messages_cut_short(home: Path,
     resumed = cli("run", "--agent", "Long", "--message", "hi", home=home)
     assert resumed.returncode == 0, resumed.stderr
     banner = resumed.stdout.split("Using existing agent", 1)[1]
-    assert len(banner) < 4 * RESUMED_CHARS, len(banner)
+    assert len(banner) < 4 * SHOWN_CHARS, len(banner)
     [cut] = [line for line in banner.splitlines() if "assistant: said: word word" in line]
     assert cut.endswith(" more characters not shown]"), cut[-200:]
     shown = len(cut) - len(cut.split("] assistant: ", 1)[0])
     left = int(cut.rsplit("[", 1)[1].split(" ")[0].replace(",", ""))
-    assert left > len(long_reply) - RESUMED_CHARS and shown < RESUMED_CHARS + 100
+    assert left > len(long_reply) - SHOWN_CHARS and shown < SHOWN_CHARS + 100
     assert "line 19 … [" in banner and "line 20" not in banner  # 20 lines, "line 0" to "line 19"
+    # /dump cuts them as the banner does (it printed them whole): the banner and /dump show the reply once each.
+    dumped = cli("run", "--agent", "Long", home=home, stdin="/dump 6\n/exit")
+    assert dumped.returncode == 0, dumped.stderr
+    assert len(dumped.stdout) < 8 * SHOWN_CHARS, len(dumped.stdout)
+    assert dumped.stdout.count(cut.split("assistant: ", 1)[1]) == 2
 
 
 def test_configure_refuses_the_context_window_run_would_refuse_with_the_same_minimum(

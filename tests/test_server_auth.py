@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from memgpt.config import load_config, save_config
 from memgpt.server.app import KEY_TRUST_SECONDS
@@ -213,6 +214,33 @@ def test_user_and_key_commands(home: Path) -> None:
     missing = cli("key", "create", "--user", "dave", home=home)
     assert missing.returncode == 1 and "no user named 'dave'" in missing.stderr
     assert "Traceback" not in missing.stderr + again.stderr
+
+
+def test_key_revoke_by_a_start_says_what_is_wrong(home: Path) -> None:
+    """A start of a key's prefix or id names it when unique; too short or ambiguous is one line saying which
+    (was: "no API key" for both)."""
+    for _ in "ab":
+        assert cli("key", "create", home=home).returncode == 0
+    with Storage(load_config(home), home) as storage, storage.metadata.session() as s:
+        # Two prefixes sharing their first 5 random characters, as keys would by chance one day.
+        s.execute(sa.text("UPDATE api_keys SET prefix = 'sk-Ab_1d' || substr(prefix, 9)"))
+    listed = json.loads(cli("key", "list", "--json", home=home).stdout)
+    prefixes = sorted(k["prefix"] for k in listed)
+    assert len(prefixes) == 2 and all(p.startswith("sk-Ab_1d") for p in prefixes)
+    short = cli("key", "revoke", "sk-Ab", home=home)
+    assert short.returncode == 1
+    assert short.stderr == "error: 'sk-Ab' is too short to name a key: give at least 4 characters after 'sk-'\n"
+    ambiguous = cli("key", "revoke", "sk-Ab_1", home=home)
+    assert ambiguous.returncode == 1 and len(ambiguous.stderr.splitlines()) == 1
+    assert ambiguous.stderr.startswith("error: 'sk-Ab_1' matches 2 keys: ")
+    assert all(f"{p}..." in ambiguous.stderr for p in prefixes) and "give more of it" in ambiguous.stderr
+    # "_" is no wildcard, and case counts (SQLite's LIKE ignores it).
+    for other in ("sk-AbX1", "sk-ab_1d"):
+        assert cli("key", "revoke", other, home=home).stderr == f"error: no API key {other!r}\n"
+    assert cli("key", "revoke", prefixes[0][:-1], home=home).returncode == 0
+    other = next(k["id"] for k in listed if k["prefix"] != prefixes[0])
+    assert cli("key", "revoke", other[:9], home=home).returncode == 0
+    assert all(k["revoked"] for k in json.loads(cli("key", "list", "--json", home=home).stdout))
 
 
 def test_server_refuses_what_would_be_unsafe_or_cannot_work(home: Path) -> None:

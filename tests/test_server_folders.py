@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -157,6 +158,20 @@ def test_uploads_load_in_the_background_and_an_attached_folder_is_searched(
     (result,) = [m for m in turn.messages if m.message_type == "tool_return_message"]
     assert result.status == "success" and PAPER.name in result.tool_return
     assert "deep memory retrieval" in result.tool_return.lower()
+
+    # Every passage id the API gives is Letta's shape (a folder's were 32 bare hex digits) and is taken back.
+    own = client.agents.passages.create(agent.id, text="My own note on deep memory retrieval benchmarks.")
+    found = client.agents.passages.search(agent.id, query="deep memory retrieval", top_k=20).results
+    assert own[0].id in {r.id for r in found} and any(r.source_id == folder.id for r in found)
+    assert all(re.fullmatch(r"passage-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", r.id) for r in found), found
+    from_folder = next(r for r in found if r.source_id == folder.id)
+    refused = rf"passage '{from_folder.id}' is part of file '.+' of folder {folder.id}"
+    with pytest.raises(BadRequestError, match=refused):
+        client.agents.passages.delete(from_folder.id, agent_id=agent.id)
+    client.agents.passages.delete(own[0].id, agent_id=agent.id)
+    assert own[0].id not in {r.id for r in client.agents.passages.search(agent.id, query="own note").results}
+    with pytest.raises(NotFoundError):
+        client.agents.passages.delete(own[0].id, agent_id=agent.id)
 
     archival = ArchivalMemory(server.state.storage, model, agent_id=agent.id, user_id=server.state.owner.id)
     before = archival.count()
@@ -357,6 +372,14 @@ def test_agent_files_import_and_export_through_the_client(server: LiveServer, ll
     assert scrubbed["agents"][0]["messages"] == []
     with pytest.raises(BadRequestError, match="legacy agent file format is not supported"):
         client.agents.export_file(again.id, use_legacy_format=True)
+    # A name given is used as given (append_copy_suffix defaults to True: it names the file's agent "..._copy"),
+    # ``name`` before the deprecated ``override_name``; a taken one gets "_2" (Letta's names need not be unique).
+    renamed = client.agents.import_file(file=("memgpt_agent.af", exported.encode()), override_name="renamed")
+    assert client.agents.retrieve(renamed.agent_ids[0]).name == "renamed"
+    both = client.agents.import_file(file=("m.af", exported.encode()), name="by-name", override_name="not-this")
+    assert client.agents.retrieve(both.agent_ids[0]).name == "by-name"
+    taken = client.agents.import_file(file=("memgpt_agent.af", exported.encode()), override_name="renamed")
+    assert client.agents.retrieve(taken.agent_ids[0]).name == "renamed_2"
     with pytest.raises(ConflictError, match="an agent named 'round-trip' already exists"):
         client.agents.import_file(
             file=("x.af", exported.encode()),

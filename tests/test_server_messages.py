@@ -992,3 +992,22 @@ def test_a_retry_after_kill_9_mid_turn_answers_the_stored_message_not_a_second_c
             assert sum("keep me once" in str(c) for c in said) == 1, said
     finally:
         server.stop()
+
+
+def test_reset_starts_the_context_over_and_recall_keeps_every_message(
+    letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """letta-client's messages.reset (was: 404): the next turn's request holds no earlier message (the server kept
+    the agent open since its last turn: it reads it again), and recall still has them all."""
+    llm.reply("Noted: tea.").reply("Hello again.")
+    letta.agents.messages.create(agent_id, input="remember that I like tea")
+    assert any("I like tea" in str(m.get("content")) for m in llm.requests[-1]["messages"])
+    reset = letta.agents.messages.reset(agent_id, add_default_initial_messages=True)
+    assert reset is not None and reset.id == agent_id
+    letta.agents.messages.create(agent_id, input="hi")
+    sent = llm.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"] and "I like tea" not in json.dumps(sent)
+    said = [m.content for m in letta.agents.messages.list(agent_id, order="asc") if m.message_type == "user_message"]
+    assert said == ["remember that I like tea", "hi"]
+    with pytest.raises(NotFoundError):
+        letta.agents.messages.reset("agent-00000000-0000-4000-8000-000000000000")

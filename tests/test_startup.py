@@ -438,3 +438,53 @@ def test_the_named_command_alone_behaves_as_in_the_whole_app() -> None:
         expected, got = runner.invoke(app, words), runner.invoke(app_for(words), words)
         assert (got.exit_code, got.output) == (expected.exit_code, expected.output), words
     assert len(typer.main.get_command(app_for(["search", "notes", "query"])).commands) == 1  # type: ignore[attr-defined]
+
+
+CONFIGURE_LLM = ["--no-prompt", "--no-llm-check", "--llm-provider", "openai-compatible", "--llm-model", "m"]
+CONFIGURE_LLM += ["--llm-endpoint", "http://127.0.0.1:9/v1"]
+
+
+def test_configure_with_a_window_that_surely_fits_neither_imports_the_agent_nor_makes_the_database(
+    home: Path, tmp_path: Path
+) -> None:
+    """A window given to `memgpt configure` was checked by building a new agent's prompt: the agent's code
+    imported (~1 CPU s, SQLAlchemy with it) and metadata.sqlite created, for any window. One far over the
+    shipped texts needs neither; a tighter one is still checked as `memgpt run` would."""
+    roomy = imported(home, tmp_path / "roomy.json", "configure", *CONFIGURE_LLM, "--llm-context-window", "32000")
+    assert "memgpt.agent.agent" not in roomy and "sqlalchemy" not in roomy
+    assert not (home / "metadata.sqlite").exists()
+    tight = imported(home, tmp_path / "tight.json", "configure", *CONFIGURE_LLM, "--llm-context-window", "8000")
+    assert "memgpt.agent.agent" in tight and (home / "metadata.sqlite").exists()
+
+
+def test_the_sure_fit_margin_covers_every_shipped_persona_and_human() -> None:
+    """``SURE_FIT_MARGIN`` over the texts' bytes is at least the window `memgpt run` asks of a new agent (its bound:
+    no tokenizer can count more), with the largest memory statistics."""
+    import uuid
+
+    from memgpt.agent import prompts
+    from memgpt.agent.agent import MIN_ROOM, smallest_window
+    from memgpt.agent.context import system_message
+    from memgpt.agent.manager import agent_tools
+    from memgpt.cli.config import SURE_FIT_MARGIN
+    from memgpt.memory.core import DEFAULT_LIMIT, CoreMemory
+    from memgpt.tokens import bound_message, bound_tools
+    from memgpt.types import AgentState, Block, utc_now
+
+    for persona, persona_text in prompts.shipped("persona").items():
+        for human, human_text in prompts.shipped("human").items():
+            state = AgentState(
+                id=f"agent-{uuid.uuid4()}", name="", user_id="u", persona=persona, human=human,
+                system_prompt=prompts.system_prompt(), llm_model="m", context_window=1, embedding_model="e",
+                embedding_dim=384,
+            )  # fmt: skip
+            blocks = [Block(kind, text, max(DEFAULT_LIMIT, len(text))) for kind, text in
+                      (("persona", persona_text), ("human", human_text))]  # fmt: skip
+            big = 10**12
+            message = system_message(
+                state, CoreMemory(blocks).render(), recall_count=big, archival_count=big, sources=[], now=utc_now()
+            )
+            specs = [t.spec() for t in agent_tools(state)[0]]
+            needed = smallest_window(bound_message(message) + bound_tools(specs) + MIN_ROOM)
+            texts = sum(len(t.encode("utf-8")) for t in (prompts.system_prompt(), persona_text, human_text))
+            assert needed <= texts + SURE_FIT_MARGIN, (persona, human, needed - texts)

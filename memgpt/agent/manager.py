@@ -26,7 +26,7 @@ from memgpt.memory.core import DEFAULT_LIMIT, CoreMemory
 from memgpt.memory.recall import RecallIndex, RecallMemory
 from memgpt.memory.recall import writing as recall_writing
 from memgpt.storage import Storage
-from memgpt.storage.agents import AgentSummary
+from memgpt.storage.agents import AgentSummary, StepChanges
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import all_of, eq
 from memgpt.tokens import bound_message, bound_tools, count_message, count_tools
@@ -544,6 +544,16 @@ def attached_sources(storage: Storage, state: AgentState) -> list[Source]:
     """The sources linked to the agent's archival memory, in the order they were attached."""
     sources = {s.id: s for s in storage.metadata.list_sources(state.user_id)}
     return [sources[i] for i in storage.attachments.source_ids(state.id) if i in sources]
+
+
+def reset_messages(storage: Storage, state: AgentState) -> int:
+    """Start the agent's context over as a new agent's (Letta's ``messages.reset``): every message leaves the
+    context window and the summary of earlier ones goes; all stay in recall, searchable (Letta deletes them: in
+    MemGPT recall is every message, and the agent can still find what was said). Returns how many left the
+    window. The agent's version moves, so a process holding it open reads it again."""
+    ids = [m.id for m in storage.messages.in_context(state.id)]
+    storage.agents.commit_step(state.id, StepChanges(evicted_ids=ids, summary="", pressure_alerted=False))
+    return len(ids)
 
 
 def delete_agent(storage: Storage, state: AgentState) -> int:

@@ -20,6 +20,7 @@ from memgpt.cli.common import (
     interactive,
     names_table,
     open_storage,
+    shortened,
 )
 from memgpt.errors import AgentBusyError, NotFoundError, UserError
 
@@ -99,28 +100,8 @@ def _resume_banner(storage: Storage, state: AgentState) -> None:
     console.print(f"\n🔁 Using existing agent '{state.name}' (id={state.id})", markup=False)
     for message in storage.messages.last(state.id, 6):
         if is_conversational(message):  # the words as written: "[/]" or "[red]" in them are text, not markup
-            shown = escape(_shortened(describe(message)))
+            shown = escape(shortened(describe(message)))
             console.print(f"[bright_black]{shown}[/]", markup=True, highlight=False)
-
-
-# How much of each message the resume banner shows: a 1 MB reply was printed whole on every resume.
-RESUMED_CHARS = 1_000
-RESUMED_LINES = 20
-
-
-def _shortened(text: str) -> str:
-    """``text`` up to RESUMED_CHARS characters or RESUMED_LINES lines, saying how many characters were left out."""
-    end = min(len(text), RESUMED_CHARS)
-    newline = -1
-    for _ in range(RESUMED_LINES):
-        newline = text.find("\n", newline + 1, end)
-        if newline < 0:
-            break
-    else:
-        end = newline
-    if end >= len(text):
-        return text
-    return f"{text[:end].rstrip()} … [{len(text) - end:,} more characters not shown]"
 
 
 def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> int:

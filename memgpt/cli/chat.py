@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT
-from memgpt.cli.common import TurnWait, console, err_console, interactive
+from memgpt.cli.common import TurnWait, console, err_console, interactive, shortened
 from memgpt.errors import AgentBusyError, MemGPTError, ToolError, UserError
 
 if TYPE_CHECKING:
@@ -435,7 +435,7 @@ class Chat:
         count = int(argument) if argument.isdigit() else 10
         for message in self.storage.messages.last(self.agent.state.id, count):
             if message.role.value in ("user", "assistant"):
-                console.print(describe(message), markup=False)
+                console.print(shortened(describe(message)), markup=False)
             else:
                 console.print(f"  ↳ {message.name}: {message.content[:300]}", markup=False)
 

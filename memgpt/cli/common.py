@@ -36,6 +36,21 @@ class TerminalConsole(Console):
     def render_str(self, text: str, **options: Any) -> Text:
         return super().render_str(_outside_layout(text), **options)
 
+    def print_json(self, json: str | None = None, *, data: Any = None, highlight: bool = True, **options: Any) -> None:
+        """As rich prints JSON, with DEL and the C1 controls escaped (``\\u009b``) as JSON escapes C0 ones:
+        rich writes them raw, and 0x9b is CSI to a terminal. The output decodes to the same data."""
+        from rich.highlighter import JSONHighlighter
+        from rich.json import JSON
+        from rich.text import Text
+
+        options["highlight"] = False  # highlighted below, once escaped
+        rendered = JSON(json, **options) if json is not None else JSON.from_data(data, **options)
+        text = _DEL_AND_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", rendered.text.plain)
+        rendered.text = JSONHighlighter()(text) if highlight else Text(text)
+        rendered.text.no_wrap = True
+        rendered.text.overflow = None
+        self.print(rendered, soft_wrap=True)
+
 
 console = TerminalConsole(highlight=False, soft_wrap=True)
 err_console = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
@@ -182,6 +197,7 @@ def _outside_layout(text: str) -> str:
     return _CONTROL_BUT_LAYOUT.sub(_written_out, text)
 
 
+_DEL_AND_C1 = re.compile("[\x7f-\x9f]")  # JSON escapes C0 itself
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (0x9b is CSI, as ESC [ is)
 # A CR of a CRLF line end is left to rich, which drops it.
 _CONTROL_BUT_LAYOUT = re.compile("\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -190,6 +206,26 @@ _CONTROL_BUT_LAYOUT = re.compile("\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]
 def _written_out(match: re.Match[str]) -> str:
     c = match.group()
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or f"\\x{ord(c):02x}"
+
+
+# How much of each message the resume banner and /dump show: a 1 MB reply was printed whole on every resume.
+SHOWN_CHARS = 1_000
+SHOWN_LINES = 20
+
+
+def shortened(text: str) -> str:
+    """``text`` up to SHOWN_CHARS characters or SHOWN_LINES lines, saying how many characters were left out."""
+    end = min(len(text), SHOWN_CHARS)
+    newline = -1
+    for _ in range(SHOWN_LINES):
+        newline = text.find("\n", newline + 1, end)
+        if newline < 0:
+            break
+    else:
+        end = newline
+    if end >= len(text):
+        return text
+    return f"{text[:end].rstrip()} … [{len(text) - end:,} more characters not shown]"
 
 
 def warn(message: str) -> None:

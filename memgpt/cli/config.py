@@ -184,9 +184,37 @@ def _check_llm(config: Config, *, window_given: bool) -> LLMCheck:
     return checked
 
 
+# A window this many tokens over the UTF-8 bytes of a new agent's texts (system prompt, persona, human) surely fits
+# the rest of its fixed prompt (MemGPT's function schemas, core memory's markup, the memory statistics) with the
+# room `memgpt run` asks for: ~9,300 for the shipped ones (tests/test_startup.py checks it on each). Configure then
+# neither imports the agent's code (~1 CPU s, SQLAlchemy with it) nor creates metadata.sqlite.
+SURE_FIT_MARGIN = 12_000
+
+
+def _surely_fits(config: Config, home: Path) -> bool:
+    """Whether the configured window fits a new agent's fixed prompt by :data:`SURE_FIT_MARGIN`, told without
+    opening the metadata database: only with the shipped persona and human (a home without its database has no
+    others) and no user tools."""
+    from memgpt.agent import prompts
+
+    window = config.llm.context_window
+    if not window or config.metadata_url or (home / "metadata.sqlite").exists() or any((home / "tools").glob("*.py")):
+        return False
+    persona, human = (
+        prompts.shipped("persona").get(config.default_persona),
+        prompts.shipped("human").get(config.default_human),
+    )
+    if persona is None or human is None:
+        return False
+    texts = (prompts.system_prompt(), persona, human)
+    return window >= sum(len(t.encode("utf-8")) for t in texts) + SURE_FIT_MARGIN
+
+
 def _check_window(config: Config, home: Path, *, given: bool) -> None:
     """A context window too small for the first agent `memgpt run` makes is refused here, with run's minimum and
     words, when it was given (--llm-context-window, or typed in); one the LLM server said is only warned of."""
+    if _surely_fits(config, home):
+        return
     from memgpt.agent.manager import NewAgent, check_new_window, default_agent_settings
     from memgpt.cli.common import warn
     from memgpt.errors import UserError

@@ -292,6 +292,12 @@ class ArchivalMemory:
             window = [p for p in window if needle in p.text.lower()]
         return window[-limit:] if before is not None and after is None else window[:limit]
 
+    def visible_by_id(self, passage_ids: Sequence[str]) -> Passage | None:
+        """The first passage of these ids that a search of the agent's archival memory sees (its own or an
+        attached folder's), or None."""
+        found = [p for batch in self._store.iterate(self._where() & is_in("id", list(passage_ids))) for p in batch]
+        return replace(found[0], embedding=None) if found else None
+
     def delete_own(self, passage_id: str) -> bool:
         """Delete one of the agent's own passages; False when it has none with that id."""
         where = self._own() & eq("id", passage_id)

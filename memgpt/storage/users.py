@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, String, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import NotFoundError, StorageError, UserError
 from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
@@ -24,6 +24,7 @@ from memgpt.types import ApiKey, User, utc_now
 
 KEY_PREFIX = "sk-"
 _SHOWN = 12  # characters of a key kept in clear: "sk-" and 9 random ones
+_MIN_START = 4  # random characters a start of a key's id or prefix needs to name it in `memgpt key revoke`
 _TRUSTED_KEYS = 10_000  # keys a server remembers as checked (all are forgotten when there are more)
 
 
@@ -179,20 +180,41 @@ class UserStore:
             return [_key(r) for r in s.scalars(query)]
 
     def revoke_key(self, key_id: str, *, user_id: str | None = None) -> ApiKey:
-        """Revoke a key by id or by its shown prefix (only the user's own when ``user_id`` is given)."""
+        """Revoke a key by its id or shown prefix, or a unique start of either (only the user's own when
+        ``user_id`` is given)."""
         with self._metadata.session() as s:
-            query = select(ApiKeyRow).where((ApiKeyRow.id == key_id) | (ApiKeyRow.prefix == key_id))
-            if user_id is not None:
-                query = query.where(ApiKeyRow.user_id == user_id)
-            rows = s.scalars(query).all()
-            if len(rows) != 1:
-                raise NotFoundError(f"no API key {key_id!r}" if not rows else f"{key_id!r} names several keys")
-            row = rows[0]
+            row = self._one_key(s, key_id, user_id)
             if row.revoked_at is None:
                 row.revoked_at = utc_now()
             key = _key(row)
         self._distrust()
         return key
+
+    @staticmethod
+    def _one_key(s: Session, key_id: str, user_id: str | None) -> ApiKeyRow:
+        """The one key ``key_id`` names: its id or shown prefix, or a start of either with at least
+        ``_MIN_START`` characters after "key-" / "sk-" (a UserError names what is wrong otherwise)."""
+        key_id = key_id.removesuffix("...")  # as `memgpt key list` shows a prefix
+        scope = [ApiKeyRow.user_id == user_id] if user_id is not None else []
+        rows = s.scalars(select(ApiKeyRow).where((ApiKeyRow.id == key_id) | (ApiKeyRow.prefix == key_id), *scope)).all()
+        if not rows:
+            start = next((k for k in ("key-", KEY_PREFIX) if key_id.startswith(k)), None)
+            if start is None:
+                raise NotFoundError(f"no API key {key_id!r}: give its id (key-...) or its prefix (sk-...)")
+            if len(key_id) - len(start) < _MIN_START:
+                raise UserError(
+                    f"{key_id!r} is too short to name a key: give at least {_MIN_START} characters after {start!r}"
+                )
+            column = ApiKeyRow.id if start == "key-" else ApiKeyRow.prefix
+            # LIKE ignores case on SQLite: the exact comparison is Python's.
+            found = s.scalars(select(ApiKeyRow).where(column.startswith(key_id, autoescape=True), *scope)).all()
+            rows = [r for r in found if (r.id if start == "key-" else r.prefix).startswith(key_id)]
+        if not rows:
+            raise NotFoundError(f"no API key {key_id!r}")
+        if len(rows) > 1:
+            shown = ", ".join(sorted(f"{r.prefix}... ({r.id})" for r in rows))
+            raise UserError(f"{key_id!r} matches {len(rows)} keys: {shown}; give more of it")
+        return rows[0]
 
     def any_active_key(self) -> bool:
         with self._metadata.session() as s:

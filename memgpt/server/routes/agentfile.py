@@ -179,8 +179,10 @@ def import_file(
         _secrets(env_vars_json, "env_vars_json")
         document = read_agent_file(data, file.filename or "the agent file")
         options = ImportOptions(
-            name=override_name or name,
-            copy_suffix=append_copy_suffix,
+            # As Letta: ``name`` before the deprecated ``override_name``; a name given is used as given, without
+            # "_copy" (which the default append_copy_suffix=True would add: letta-client omits it).
+            name=name or override_name,
+            copy_suffix=append_copy_suffix and not (name or override_name),
             on_clash=on_name_clash,
             strip_messages=strip_messages,
             model=state.models().model_for(handle) if (handle := override_model_handle or model) else None,

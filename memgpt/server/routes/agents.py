@@ -25,6 +25,7 @@ from memgpt.server.schemas.agents import (
     BlockUpdate,
     Deleted,
     Order,
+    ResetMessages,
     block_id,
     refused,
 )
@@ -223,6 +224,17 @@ def delete_agent(agent_id: str, state: State, user: CurrentUser) -> Deleted:
     with state.turns().holding(agent.id):
         manager.delete_agent(state.storage, agent)
     return Deleted(message=f"Agent id={agent.id} successfully deleted")
+
+
+@router.patch("/{agent_id}/reset-messages", response_model=AgentOut)
+def reset_messages(agent_id: str, state: State, user: CurrentUser, body: ResetMessages | None = None) -> AgentOut:
+    """Letta's ``messages.reset``: the agent's context starts over as a new agent's; its messages stay in recall
+    (``manager.reset_messages``). A new memgpt agent has no initial messages, so ``add_default_initial_messages``
+    adds none. Waits for a running turn of the agent."""
+    agent = find_agent(state, user.id, agent_id)
+    with state.turns().holding(agent.id):
+        manager.reset_messages(state.storage, agent)
+    return _View(state, user.id)(find_agent(state, user.id, agent_id))
 
 
 # -- core memory ------------------------------------------------------------------------------------

@@ -20,7 +20,14 @@ from memgpt.memory.archival import ArchivalMemory, over_insert_limit
 from memgpt.server.retried import RetriedWrite, arrived, is_retry
 from memgpt.server.routes.agents import find_agent
 from memgpt.server.schemas.agents import Deleted
-from memgpt.server.schemas.passages import PassageCreate, PassageOut, SearchResponse, SearchResult, TagMatch
+from memgpt.server.schemas.passages import (
+    PassageCreate,
+    PassageOut,
+    SearchResponse,
+    SearchResult,
+    TagMatch,
+    stored_passage_ids,
+)
 from memgpt.server.state import CurrentUser, ServerState, State
 from memgpt.server.turns import request_digest
 from memgpt.storage.filters import tagged
@@ -142,7 +149,16 @@ def search_passages(
 
 @router.delete("/{memory_id}", response_model=Deleted)
 def delete_passage(agent_id: str, memory_id: str, state: State, user: CurrentUser) -> Deleted:
-    """Delete one of the agent's own passages (a folder's passages go with their file or folder)."""
-    if not _archival(state, user.id, agent_id).delete_own(memory_id):
-        raise NotFoundError(f"the agent has no archival passage with id {memory_id!r}")
-    return Deleted(message=f"Memory id={memory_id} successfully deleted")
+    """Delete one of the agent's own passages. A folder's passages go with their file or folder: one of them is
+    refused, naming its file (deleting one would leave the file's loaded passages short of what it records)."""
+    archival = _archival(state, user.id, agent_id)
+    stored = stored_passage_ids(memory_id)
+    if any(archival.delete_own(candidate) for candidate in stored):
+        return Deleted(message=f"Memory id={memory_id} successfully deleted")
+    found = archival.visible_by_id(stored)
+    if found is not None and found.source_id:
+        raise UserError(
+            f"passage {memory_id!r} is part of file {found.metadata.get('file_name', '?')!r} of folder "
+            f"{found.source_id}: delete that file (folders.files.delete) or detach the folder instead"
+        )
+    raise NotFoundError(f"the agent has no archival passage with id {memory_id!r}")

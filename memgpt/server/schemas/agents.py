@@ -220,3 +220,9 @@ class Deleted(BaseModel):
 
 
 Order = Literal["asc", "desc"]
+
+
+class ResetMessages(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    add_default_initial_messages: bool = False  # a new memgpt agent has none: nothing is added

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -9,6 +10,32 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memgpt.server.schemas.common import EmbeddingConfig
 from memgpt.types import Passage, SearchHit
+
+PASSAGE_PREFIX = "passage-"
+
+
+def api_passage_id(stored: str) -> str:
+    """A passage's id as Letta shapes it ("passage-" and a UUID). The agent's own passages are stored so; a
+    folder's are stored under 32 hex digits (derived from their document, so that a reload rewrites them in
+    place), which are written as a UUID's: :func:`stored_passage_ids` reads them back."""
+    if stored.startswith(PASSAGE_PREFIX):
+        return stored
+    try:
+        return f"{PASSAGE_PREFIX}{uuid.UUID(hex=stored)}"
+    except ValueError:
+        return f"{PASSAGE_PREFIX}{stored}"
+
+
+def stored_passage_ids(given: str) -> list[str]:
+    """The stored ids an id the API took may name (see :func:`api_passage_id`): itself, and a folder passage's."""
+    found = [given]
+    rest = given.removeprefix(PASSAGE_PREFIX)
+    try:
+        found.append(uuid.UUID(rest).hex)
+    except ValueError:
+        if rest != given:
+            found.append(rest)
+    return found
 
 
 def _tags(passage: Passage) -> list[str]:
@@ -32,7 +59,7 @@ class PassageOut(BaseModel):
     @classmethod
     def of(cls, passage: Passage, embedding_config: EmbeddingConfig) -> PassageOut:
         return cls(
-            id=passage.id,
+            id=api_passage_id(passage.id),
             text=passage.text,
             created_at=passage.created_at,
             updated_at=passage.created_at,
@@ -65,7 +92,7 @@ class SearchResult(BaseModel):
     def of(cls, hit: SearchHit) -> SearchResult:
         passage = hit.passage
         return cls(
-            id=passage.id,
+            id=api_passage_id(passage.id),
             content=passage.text,
             timestamp=passage.created_at.astimezone(UTC).strftime("%Y-%m-%d %I:%M:%S %p UTC%z"),
             tags=_tags(passage),
