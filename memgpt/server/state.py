@@ -7,6 +7,7 @@ and every route passes that user's id down explicitly.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Future
@@ -16,12 +17,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import anyio.to_thread
 from fastapi import Depends, HTTPException, Request
-from fastapi.telemetry import TelemetryConfig
 
 from memgpt.config import Config
 from memgpt.types import User
 
 if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig  # FastAPI >= 0.16x; older ones take telemetry= as an extra
+
     from memgpt.agent.tools import Tool
     from memgpt.embeddings.base import EmbeddingModel
     from memgpt.mcp.pool import ServerPool
@@ -38,8 +40,11 @@ MISSING_KEY = (
 BAD_KEY = "invalid or revoked API key"
 # FastAPI's OpenTelemetry spans and metrics, off: memgpt sets up no OpenTelemetry provider, so they recorded nothing,
 # yet FastAPI asked the global providers whether one was set up on every request (~4% of the event loop's CPU at
-# 50 clients, py-spy). For the app (``create_app``) and the OpenAI-compatible app it mounts.
-NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+# 50 clients, py-spy). For the app (``create_app``) and the OpenAI-compatible app it mounts. MEMGPT_SERVER_TELEMETRY=1
+# keeps FastAPI's own (for a process that sets up an OpenTelemetry provider of its own, e.g. by auto-instrumentation).
+NO_TELEMETRY: TelemetryConfig = (
+    {} if os.environ.get("MEMGPT_SERVER_TELEMETRY") == "1" else {"tracing": False, "metrics": False, "logs": False}
+)
 # Seconds of ``server.shutdown_seconds`` (at most a quarter) kept, once running turns are cut, to answer their
 # requests; and the most a stopping server then waits for its recall indexing.
 STOP_MARGIN = 2.0
