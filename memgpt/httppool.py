@@ -91,13 +91,14 @@ def _readable(sock: socket.socket) -> bool:
 class _Reply:
     """One response as httptools' parser hands it over (its callbacks), the body kept whole."""
 
-    __slots__ = ("body", "done", "headers", "keep_alive", "parser", "until_close")
+    __slots__ = ("body", "done", "headers", "keep_alive", "parser", "status", "until_close")
 
     def __init__(self) -> None:
         self.parser: Any = None
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
         self.keep_alive = False
+        self.status = 0
         self.until_close = False  # no length and not chunked: the body ends with the connection
         self.done = False
 
@@ -108,7 +109,7 @@ class _Reply:
         self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        status = self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
         self.until_close = (
             status >= 200
@@ -121,7 +122,7 @@ class _Reply:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() >= 200:
+        if self.status >= 200:
             self.done = True
 
     def charset(self) -> str:
@@ -195,7 +196,7 @@ class KeptAlive:
                 self._keep(sock)
             else:
                 sock.close()
-            status = reply.parser.get_status_code()
+            status = reply.status
             if status in REDIRECTS:
                 return None
             return status, b"".join(reply.body).decode(reply.charset(), errors="replace")
@@ -261,20 +262,26 @@ def _exchange(sock: socket.socket, request: bytes) -> _Reply:
     reply = _Reply()
     parser = reply.parser = httptools.HttpResponseParser(reply)
     received = False
-    while not reply.done:
-        chunk = sock.recv(65536)
-        if not chunk:
-            if not received:
-                raise http.client.RemoteDisconnected("Remote end closed connection without response")
-            if reply.until_close:
-                return reply
-            raise http.client.IncompleteRead(b"".join(reply.body))
-        received = True
-        try:
-            parser.feed_data(chunk)
-        except httptools.HttpParserError as exc:
-            raise http.client.HTTPException(f"not an HTTP reply: {exc}") from exc
-    return reply
+    try:
+        while not reply.done:
+            chunk = sock.recv(65536)
+            if not chunk:
+                if not received:
+                    raise http.client.RemoteDisconnected("Remote end closed connection without response")
+                if reply.until_close:
+                    return reply
+                raise http.client.IncompleteRead(b"".join(reply.body))
+            received = True
+            try:
+                parser.feed_data(chunk)
+            except httptools.HttpParserError as exc:
+                raise http.client.HTTPException(f"not an HTTP reply: {exc}") from exc
+        return reply
+    finally:
+        # The parser holds the reply (its callbacks) and the reply the parser: a cycle, only the cyclic garbage
+        # collector freed it (~9 objects an LLM call, a third of what a server's young collections found as garbage
+        # at 50 clients). Broken here, they go when the last reference does.
+        reply.parser = None
 
 
 def plain(endpoint: Endpoint) -> KeptAlive | None:

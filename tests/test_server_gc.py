@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from memgpt.server import collector as collector_module
 from memgpt.server.app import YOUNG_COLLECTION, create_app
 
 
@@ -21,6 +23,7 @@ def collector() -> Iterator[None]:
     """The test process's collector as it was, after the test."""
     threshold = gc.get_threshold()
     yield
+    collector_module.uninstall()
     gc.unfreeze()
     gc.set_threshold(*threshold)
 
@@ -71,3 +74,20 @@ def test_memgpt_server_with_one_process_freezes_what_its_start_up_made(home: Pat
     frozen, young = int(said[0][1]), int(said[0][2])
     assert young == YOUNG_COLLECTION, "the young generation's threshold was not raised"
     assert frozen > 10_000
+
+
+@pytest.mark.usefixtures("collector")
+def test_memgpt_gc_stats_writes_what_the_collections_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MEMGPT_GC_STATS=<file>`` (for measuring): the collections per generation, their CPU and what a full one
+    walked, written to the file after a full collection; unset, nothing is counted."""
+    stats = tmp_path / "gc.json"
+    assert collector_module.install() is None  # off by default
+    monkeypatch.setenv(collector_module.STATS_ENV, str(stats))
+    counting = collector_module.install()
+    assert counting is not None
+    kept = [[i] for i in range(1_000)]
+    gc.collect()
+    written = json.loads(stats.read_text())
+    assert written["collections"][2] >= 1 and written["cpu_seconds"][2] > 0
+    assert written["walked_by_last_full"] >= len(kept)
+    assert dict(written["walked_types"])["list"] >= len(kept)

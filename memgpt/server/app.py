@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 from memgpt import __version__
 from memgpt.config import Config, display_path, load_config, memgpt_home
 from memgpt.errors import MemGPTError, StorageError
-from memgpt.server import errors
+from memgpt.server import collector, errors
 from memgpt.server.state import NO_TELEMETRY, OWNER_NAME, ServerState
 
 logger = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ def freeze_startup() -> None:
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION, middle, oldest)
+    collector.install()  # with MEMGPT_GC_STATS=<file>: what its collections cost, written there
 
 
 class _LiteEnded(Exception):
