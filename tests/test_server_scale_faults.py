@@ -363,7 +363,8 @@ def _returns(answer: httpx.Response) -> list[str]:
 
 def test_turns_while_milvus_is_away_answer_and_are_found_once_it_is_back(faulty: Faulty, llm: ScriptedLLM) -> None:
     """A turn that uses no archival tool needs no Milvus: to an agent its process keeps open, and to one it opens
-    now (the archival count its prompt shows is kept in SQL); conversation_search says what SQL's word search finds.
+    now (the archival count its prompt shows is kept in SQL: after a passage write Milvus failed, the count kept
+    last); conversation_search says what SQL's word search finds.
     Once Milvus is back, what was said meanwhile is indexed and ranked by conversation_search."""
     kept, fresh = faulty.agent(faulty.a), faulty.agent(faulty.a)
     llm.add(echo)
@@ -373,6 +374,11 @@ def test_turns_while_milvus_is_away_answer_and_are_found_once_it_is_back(faulty:
     faulty.relay.cut()
     try:
         llm.add(echo, echo, look, echo)
+        # A passage write begun and never ended (it failed in Milvus, or its process died) leaves the count kept in
+        # SQL unsure: ``fresh``, opened on b now, shows the count kept last.
+        with _test_storage(faulty.config, faulty.home) as storage:
+            storage.agents.archival_writing(fresh)
+            assert storage.agents.archival_count(fresh)[0] is None
         for server, agent in ((faulty.a, kept), (faulty.b, fresh)):  # b never opened ``fresh``
             answer = _turn(faulty, server, agent, f"the {word} while away")
             assert answer.status_code == 200, answer.text
