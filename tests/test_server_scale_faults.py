@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -350,6 +351,57 @@ def test_postgres_restarted_under_load_is_503_then_nothing_lost_or_twice(faulty:
         llm.add(echo)
         answer = faulty.client(server, timeout=120).agents.messages.create(agents["B"], input="after")
         assert answer.messages[-1].content == "re: after"
+
+
+def _turn(faulty: Faulty, server: ServerProcess, agent: str, text: str) -> httpx.Response:
+    return web.post(f"{server.url}/v1/agents/{agent}/messages", json={"input": text}, headers=auth(faulty.key))
+
+
+def _returns(answer: httpx.Response) -> list[str]:
+    return [str(m.get("tool_return")) for m in answer.json()["messages"] if m["message_type"] == "tool_return_message"]
+
+
+def test_turns_while_milvus_is_away_answer_and_are_found_once_it_is_back(faulty: Faulty, llm: ScriptedLLM) -> None:
+    """A turn that uses no archival tool needs no Milvus: to an agent its process keeps open, and to one it opens
+    now (the archival count its prompt shows is kept in SQL: after a passage write Milvus failed, the count kept
+    last); conversation_search says what SQL's word search finds.
+    Once Milvus is back, what was said meanwhile is indexed and ranked by conversation_search."""
+    kept, fresh = faulty.agent(faulty.a), faulty.agent(faulty.a)
+    llm.add(echo)
+    assert _turn(faulty, faulty.a, kept, "hello before").status_code == 200  # process a keeps it open
+    word = f"zebra{uuid.uuid4().hex[:8]}"
+    look = {"tool": "conversation_search", "args": {"query": word, "request_heartbeat": True}, "content": "Look."}
+    faulty.relay.cut()
+    try:
+        llm.add(echo, echo, look, echo)
+        # A passage write begun and never ended (it failed in Milvus, or its process died) leaves the count kept in
+        # SQL unsure: ``fresh``, opened on b now, shows the count kept last.
+        with _test_storage(faulty.config, faulty.home) as storage:
+            storage.agents.archival_writing(fresh)
+            assert storage.agents.archival_count(fresh)[0] is None
+        for server, agent in ((faulty.a, kept), (faulty.b, fresh)):  # b never opened ``fresh``
+            answer = _turn(faulty, server, agent, f"the {word} while away")
+            assert answer.status_code == 200, answer.text
+        answer = _turn(faulty, faulty.b, fresh, "what did I say?")
+        assert answer.status_code == 200, answer.text
+        assert [word in r and "Word search only" in r for r in _returns(answer)] == [True], _returns(answer)
+    finally:
+        faulty.relay.reopen()
+    for agent in (kept, fresh):
+        assert f"the {word} while away" in faulty.user_messages(agent)
+    # Back as process a sees it (its gRPC channel reconnects with a backoff of its own: a call may fail meanwhile).
+    deadline = time.monotonic() + 60
+    url = f"{faulty.a.url}/v1/agents/{fresh}/archival-memory"
+    while (listed := web.get(url, headers=auth(faulty.key))).status_code != 200:
+        assert listed.status_code == 503 and time.monotonic() < deadline, listed.text
+        time.sleep(0.2)
+    llm.add(look, echo)
+    answer = _turn(faulty, faulty.a, fresh, "and now?")
+    assert answer.status_code == 200, answer.text
+    found = _returns(answer)
+    assert len(found) == 1 and word in found[0] and "Word search only" not in found[0], found
+    with _test_storage(faulty.config, faulty.home) as storage:
+        assert storage.messages.unindexed(fresh, 1000) == []
 
 
 def test_an_upload_while_milvus_is_away_is_loaded_once_it_is_back(faulty: Faulty) -> None:

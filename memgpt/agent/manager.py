@@ -439,12 +439,21 @@ class AgentMemory:
     archival: ArchivalMemory
 
 
-def open_memory(storage: Storage, state: AgentState, embedding: EmbeddingModel, *, eager: bool = True) -> AgentMemory:
+def open_memory(
+    storage: Storage,
+    state: AgentState,
+    embedding: EmbeddingModel,
+    *,
+    eager: bool = True,
+    vectors_at_first_use: bool | None = None,
+) -> AgentMemory:
     """The agent's memory with ``embedding``, which must be the model its memory was written with; ``eager``:
-    new messages are indexed in recall as they are stored, and Milvus is opened now. Else they are left to the
-    next catch-up (``RecallMemory``), and Milvus opens only if a tool (or undoing a step) uses it: the archival
-    count the agent's prompt shows is read from SQL."""
-    store = storage.passages(state.space) if eager else storage.passages_at_first_use(state.space)
+    new messages are indexed in recall as they are stored (on the indexer's thread). Else they are left to the
+    next catch-up (``RecallMemory``). ``vectors_at_first_use`` (default: not ``eager``): Milvus opens only if a
+    tool (or undoing a step, or the indexer) uses it, not now: the archival count the agent's prompt shows is
+    read from SQL, so an agent opens and a turn that uses no archival tool runs while Milvus is away."""
+    lazy = not eager if vectors_at_first_use is None else vectors_at_first_use
+    store = storage.passages_at_first_use(state.space) if lazy else storage.passages(state.space)
     archival = archival_memory(storage, state, embedding, store=store)
     index = RecallIndex(store, embedding)
     recall = RecallMemory(storage, agent_id=state.id, user_id=state.user_id, index=index, eager=eager)
@@ -461,12 +470,14 @@ def open_agent(
     extra_tools: Sequence[Tool] = (),
     max_steps: int = 10,
     eager: bool = True,
+    vectors_at_first_use: bool | None = None,
 ) -> tuple[Agent, list[str]]:
     """A runnable agent and one-line warnings (tools that could not be loaded, see ``agent_tools``; a recall
     index still catching up). Close the agent when done with it. A context window too small for the
     agent's fixed prompt is a UserError. ``eager=False``: recall indexing is left to the next search (or eager
-    opening), for a process that runs a turn and ends (see ``RecallMemory``)."""
-    memory = open_memory(storage, state, embedding, eager=eager)
+    opening), for a process that runs a turn and ends (see ``RecallMemory``). ``vectors_at_first_use``: see
+    ``open_memory``."""
+    memory = open_memory(storage, state, embedding, eager=eager, vectors_at_first_use=vectors_at_first_use)
     tools, warnings = agent_tools(state, tools_folder=tools_folder, extra_tools=extra_tools)
     backlog = memory.recall.backlog() if eager else 0
     if backlog:  # a crash, an unreachable endpoint or an older memgpt left messages unindexed

@@ -8,6 +8,7 @@ passage an agent step inserts is recorded under the step before it is written (s
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from memgpt.data.chunking import Chunker
 from memgpt.data.sections import strip_label
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import ToolError
+from memgpt.errors import StorageError, ToolError
 from memgpt.memory.paging import (
     PAGE_SIZE,
     PAST_END_CHECK,
@@ -33,6 +34,8 @@ from memgpt.storage.filters import MATCH_ALL, Filter, all_of, between, eq, is_in
 from memgpt.storage.fusion import CANDIDATES
 from memgpt.storage.turns import Fence
 from memgpt.types import Passage, SearchHit, utc_now
+
+logger = logging.getLogger(__name__)
 
 _IDS = uuid.UUID("5c0e3a52-8f1d-4f57-9d0e-6b1a2f0c7d41")  # the namespace of passage ids derived from an attempt's
 
@@ -120,11 +123,25 @@ class ArchivalMemory:
 
     def own_count(self) -> int:
         """How many passages of its own the agent has: the count kept in SQL, else counted in the vector store
-        now (and kept unless a write began meanwhile)."""
+        now (and kept unless a write began meanwhile). While the vector store cannot count (Milvus is away, and a
+        write that failed there left the kept count unsure), the count kept last: the agent's prompt shows it, so a
+        turn that uses no archival tool still runs; it is counted again the next time it is asked."""
         known, version = self._storage.agents.archival_count(self.agent_id)
         if known is not None:
             return known
-        counted = self._store.count(self._own())
+        try:
+            counted = self._store.count(self._own())
+        except StorageError as exc:
+            last = self._storage.agents.last_archival_count(self.agent_id)
+            if last is None:
+                raise
+            logger.info(
+                "agent %s: its archival passages cannot be counted now (%s); the last count is %d",
+                self.agent_id,
+                exc,
+                last,
+            )
+            return last
         self._storage.agents.keep_archival_count(self.agent_id, counted, version, open_for=self._storage.claim_seconds)
         return counted
 

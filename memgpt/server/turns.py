@@ -707,6 +707,7 @@ class TurnRunner:
             tools_folder=tools,
             extra_tools=mcp_tools,
             max_steps=request.max_steps,
+            vectors_at_first_use=True,  # a turn that uses no archival tool runs while Milvus is away
         )
         for warning in mcp_warnings + warnings:
             logger.warning("agent %s: %s", state.id, warning)

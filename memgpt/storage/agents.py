@@ -595,6 +595,13 @@ class AgentStore:
         version, count, counted = int(row[0]), row[1], row[2]
         return (int(count) if count is not None and counted == version else None), version
 
+    def last_archival_count(self, agent_id: str) -> int | None:
+        """The count of the agent's own archival passages kept last, even one a write since may have made stale
+        (None: never counted)."""
+        with self._metadata.session() as s:
+            count = s.scalar(select(AgentRow.archival_count).where(AgentRow.id == agent_id))
+        return None if count is None else int(count)
+
     def keep_archival_count(self, agent_id: str, count: int, version: int, *, open_for: float) -> None:
         """Keep ``count``, begun when ``archival_count`` gave ``version``, unless a write began since or one is
         open: one that began less than ``open_for`` seconds ago (a lease's length; an older one is taken to be
