@@ -367,17 +367,19 @@ def test_a_stop_landing_after_the_last_steps_commit_leaves_the_answered_turn_alo
         server.stop()
 
 
-def cut_during(runner: Any, hold: Any) -> tuple[Any, list[Any]]:
+def cut_during(runner: Any, hold: Any) -> tuple[Any, Callable[[], list[Any]]]:
     """A wrapper of ``hold`` (a callable of the turn's thread) that, on its first call, stops the server (``stop(0)``,
     on a thread of its own as the signal's) and holds the turn's thread until the stop has looked at the turn, then
     goes on: the stop lands at that instant whatever the machine's speed. Returns it and what the stop saw of the
-    turn."""
+    turn (its verdicts, ``_cut_turn``'s), read once it looked: the send may be answered before that is recorded (a
+    turn the stop answers gets its answer from ``_cut_turn`` itself, on the stop's thread, which records the verdict
+    only after; a loaded machine let the test read nothing there)."""
     cut_turn = runner._cut_turn
-    looked, seen = threading.Event(), []
+    looked, verdicts = threading.Event(), []
 
     def watched(turn: Any, **how: Any) -> Any:
         verdict = cut_turn(turn, **how)
-        seen.append(verdict)
+        verdicts.append(verdict)
         looked.set()
         return verdict
 
@@ -389,6 +391,10 @@ def cut_during(runner: Any, hold: Any) -> tuple[Any, list[Any]]:
             threading.Thread(target=runner.stop, args=(0,), daemon=True).start()
             assert looked.wait(30), "the stop never looked at the turn"
         return result
+
+    def seen() -> list[Any]:
+        looked.wait(30)  # (set by then unless the stop never looked: ``held`` failed the turn already)
+        return list(verdicts)
 
     return held, seen
 
@@ -412,7 +418,7 @@ def test_a_stop_landing_while_the_last_steps_commit_takes_effect_answers_the_sto
         answer = httpx.post(
             f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "hi"}, headers=auth(key), timeout=60
         )
-        assert seen, "the stop did not land in the commit"
+        assert seen()[:1] == ["committing"], "the stop did not land in the commit"
         assert answer.status_code == 200, answer.text
         assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
             "Answered."
@@ -440,14 +446,23 @@ def test_a_stop_landing_as_a_turn_out_of_steps_records_its_end_answers_the_store
         runner = server.state.turns()
         release = runner._release
         held, seen = cut_during(runner, lambda: None)
-        monkeypatch.setattr(runner, "_release", lambda *a, **k: (held() if len(a) > 2 else None, release(*a, **k))[1])
+
+        def released(agent_id: str, owner: str, finished: Any = None, forget: Any = None) -> None:
+            if finished is not None:  # the run's end, recorded with the lease (the turn's thread's call; the stop's)
+                held()
+            release(agent_id, owner, finished, forget)
+
+        monkeypatch.setattr(runner, "_release", released)
         answer = httpx.post(
             f"{server.url}/v1/agents/{agent_id}/messages",
             json={"input": "hi", "max_steps": 1},
             headers=auth(key),
             timeout=60,
         )
-        assert seen, f"the stop did not land before the run's end was recorded: {answer.text}"
+        verdicts = seen()
+        assert verdicts, f"the stop did not land before the run's end was recorded: {answer.text}"
+        # the stop answered the turn with the answer its steps stored (a Run), not cut it ("cut")
+        assert [getattr(v, "stop_reason", v) for v in verdicts[:1]] == ["max_steps"], verdicts
         assert answer.status_code == 200, answer.text
         assert answer.json()["stop_reason"]["stop_reason"] == "max_steps"
         assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
