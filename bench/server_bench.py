@@ -383,7 +383,7 @@ def _log_errors(log: Path) -> str:
     it answered with a 4xx or 5xx (the last 1500 characters), or that there was nothing of the kind."""
     lines = log.read_text(errors="replace").splitlines()[1:]  # the first says where it listens
     said = [line for line in lines if not line.startswith("INFO:") or re.search(r'" [45]\d\d ', line)]
-    return " / ".join(said)[-1500:] if said else "no line but INFO lines of requests answered 1xx-3xx"
+    return " / ".join(said)[-1500:] if said else "nothing but INFO lines, no request answered 4xx or 5xx"
 
 
 def _ms(values: list[float], q: float, minus: float = 0.0) -> str:

@@ -61,3 +61,29 @@ def test_lost_counts_only_what_the_bench_sent_past_a_memory_pressure_alert(home:
     finally:
         llm.close()
     assert lost == [f"{agents[0]} {text[7]!r}: not stored", f"{agents[0]} {text[8]!r}: stored, no reply after it"]
+
+
+def test_the_server_log_excerpt_says_what_went_wrong_or_that_nothing_did(tmp_path: Path) -> None:
+    """What the bench prints of the server's log when a send failed or a message was lost: uvicorn's ERROR lines
+    and the traceback under them, and the requests answered 4xx/5xx, not the 2xx ones; never an empty excerpt
+    (was: the lines holding "Error", which a log of 2xx answers has none of, and ERROR or a traceback's lines
+    need not hold)."""
+    log = tmp_path / "server.log"
+    log.write_text(
+        "memgpt server on http://127.0.0.1:1 (API docs at http://127.0.0.1:1/docs)\n"
+        "INFO:     Started server process [1]\n"
+        'INFO:     127.0.0.1:2 - "POST /v1/agents/a/messages HTTP/1.1" 200 OK\n'
+        'INFO:     127.0.0.1:2 - "POST /v1/agents/a/messages HTTP/1.1" 503 Service Unavailable\n'
+        "ERROR:    Exception in ASGI application\n"
+        "Traceback (most recent call last):\n"
+        "  sqlite3.OperationalError: database is locked\n"
+    )
+    excerpt = server_bench._log_errors(log)
+    assert excerpt.split(" / ") == [
+        'INFO:     127.0.0.1:2 - "POST /v1/agents/a/messages HTTP/1.1" 503 Service Unavailable',
+        "ERROR:    Exception in ASGI application",
+        "Traceback (most recent call last):",
+        "  sqlite3.OperationalError: database is locked",
+    ]
+    log.write_text("memgpt server on http://127.0.0.1:1\n" + 'INFO:     1 - "GET / HTTP/1.1" 200 OK\n' * 3)
+    assert server_bench._log_errors(log) == "nothing but INFO lines, no request answered 4xx or 5xx"
