@@ -45,10 +45,11 @@ httpx2's pool (httpcore2: pydantic's fork of httpx, which openai and mcp use) ke
 request. Each client sends ``--turns`` messages one after another; meanwhile one more client samples
 the non-LLM routes (list agents, archival search), pausing ``--observer-pause`` (0.2 s) between requests.
 After the run every agent's stored history is read back:
-a lost message is a sent one whose user message or reply is missing. The messages are a few words ("bench message
-3") and every reply is "Noted." unless ``--words N``: then each message and each reply has N more words (a chat's
-size), so recall indexing embeds what a chat would (each message's embedding costs CPU in proportion to its tokens;
-a pass embeds a text it holds twice once, so identical replies cost one embedding a pass).
+a lost message is a sent one whose user message or reply is missing (the first few are printed after the row, as
+are the first errors, and then what the server logged; its home is then kept). The messages are a few words
+("bench message 3") and every reply is "Noted." unless ``--words N``: then each message and each reply has N more
+words (a chat's size), so recall indexing embeds what a chat would (each message's embedding costs CPU in
+proportion to its tokens; a pass embeds a text it holds twice once, so identical replies cost one embedding a pass).
 
 Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time, errors,
 lost messages, p50/p95 of the two non-LLM routes under that load, and CPU time per turn (user + system, all threads,
@@ -75,7 +76,9 @@ import asyncio
 import contextlib
 import json as _json
 import os
+import re
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -296,9 +299,11 @@ async def _warm_and_load(
     made = (made_by(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(http) for http in made]
-        await _load(clients, agents, 1, "warm-up", words, pause)
+        warm = await _load(clients, agents, 1, "warm-up", words, pause)
         measuring()
-        return await _load(clients, agents, turns, "bench", words, pause)
+        results = await _load(clients, agents, turns, "bench", words, pause)
+        results.errors[:0] = [f"warm-up: {error}" for error in warm.errors]
+        return results
 
 
 def _make_agents(url: str, key: str, count: int) -> list[str]:
@@ -315,18 +320,43 @@ def _make_agents(url: str, key: str, count: int) -> list[str]:
     return agents
 
 
-def _lost(url: str, key: str, agents: list[str], tag: str, turns: int, words: int) -> int:
-    """Sent messages whose user message or reply is not in the agent's stored history."""
+def _history(http: httpx2.Client, agent: str) -> list[dict[str, Any]]:
+    """The agent's whole stored history, oldest first, page after page (one page holds at most 1000 items: a
+    turn is three, the user message, a reasoning and an assistant message, so one page ended after ~330 turns)."""
+    items: list[dict[str, Any]] = []
+    while True:
+        params: dict[str, Any] = {"limit": 1000, "order": "asc"} | ({"after": items[-1]["id"]} if items else {})
+        page = http.get(f"/v1/agents/{agent}/messages", params=params)
+        page.raise_for_status()
+        if not page.json():
+            return items
+        items += page.json()
+
+
+def _lost(url: str, key: str, agents: list[str], tag: str, turns: int, words: int) -> list[str]:
+    """Each message the bench sent (the warm-up's and the load's) that is not in the agent's stored history, or
+    is with no assistant message after it before the next one the bench sent, as "agent 'text': what is
+    missing". Only the texts the bench sent are paired with replies: the history also shows, as user messages,
+    what the server itself told the agent (the memory-pressure alert, {"type": "system_alert", ...}, stored once
+    the context is 75% full: after ~100 turns of the bench's chat, then again after each trim), which no reply
+    of their own follows (until 2026-11-28 they counted as lost: one per alert)."""
     headers = {"Authorization": f"Bearer {key}"}
-    lost = 0
+    lost = []
     with httpx2.Client(base_url=url, headers=headers, timeout=300) as http:
         for agent in agents:
-            items = http.get(f"/v1/agents/{agent}/messages", params={"limit": 1000, "order": "asc"}).json()
-            said = [m["content"] for m in items if m["message_type"] == "user_message"]
-            replies = sum(1 for m in items if m["message_type"] == "assistant_message")
-            sent = [message_text(tag, n, agent, words) for n in range(turns)]
-            lost += sum(1 for text in sent if text not in said)
-            lost += max(0, len(said) - replies)
+            sent = [message_text("warm-up", 0, agent, words)]
+            sent += [message_text(tag, number, agent, words) for number in range(turns)]
+            wanted = set(sent)
+            replied: dict[str, int] = {}  # a sent text stored: how many assistant messages follow it
+            current = None
+            for item in _history(http, agent):
+                if item["message_type"] == "user_message" and item["content"] in wanted:
+                    current = item["content"]
+                    replied.setdefault(current, 0)
+                elif item["message_type"] == "assistant_message" and current is not None:
+                    replied[current] += 1
+            lost += [f"{agent} {text!r}: not stored" for text in sent if text not in replied]
+            lost += [f"{agent} {text!r}: stored, no reply after it" for text in sent if replied.get(text) == 0]
     return lost
 
 
@@ -346,6 +376,14 @@ def _indexed(home: Path, pid: int, timeout: float = 120.0) -> float:
                 break
             time.sleep(0.05)
     return time.perf_counter() - start
+
+
+def _log_errors(log: Path) -> str:
+    """What the server logged beyond answering requests: every line but uvicorn's INFO lines, and the requests
+    it answered with a 4xx or 5xx (the last 1500 characters), or that there was nothing of the kind."""
+    lines = log.read_text(errors="replace").splitlines()[1:]  # the first says where it listens
+    said = [line for line in lines if not line.startswith("INFO:") or re.search(r'" [45]\d\d ', line)]
+    return " / ".join(said)[-1500:] if said else "nothing but INFO lines, no request answered 4xx or 5xx"
 
 
 def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
@@ -453,7 +491,6 @@ def gil_profile(pid: int, out: Path | None, rate: int = 100, *, by_thread: bool 
     if out is None and not by_thread:
         yield found
         return
-    import re
     import subprocess
 
     spy = py_spy()
@@ -517,14 +554,16 @@ def run(
     """One row of the table; ``floor``: against ``bench/fixed_llm.py --standin`` in place of `memgpt server`
     (no server, no LLM stub: a process that answers a send after ``llm_ms``), the bench's own floor."""
     llm = FixedLLM(llm_ms / 1000, words, standin=floor)
-    lost: int | None = None
+    lost: list[str] | None = None
     catch_up: float | None = None
+    logged: str | None = None  # what the server logged, when a send failed or a message was lost
+    scratch = Path(tempfile.mkdtemp(prefix="bench-server-"))
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch, contextlib.ExitStack() as serving:
+        with contextlib.ExitStack() as serving:
             if floor:
                 url, key, pid, llm_pid = llm.base, "floor", llm.pid, None
             else:
-                server, key = serving.enter_context(deployment(backend, Path(scratch) / "home", llm, workers))
+                server, key = serving.enter_context(deployment(backend, scratch / "home", llm, workers))
                 url, pid, llm_pid = server.url, server.process.pid, llm.pid
             agents = _make_agents(url, key, clients)
             before: dict[str, Any] = {}
@@ -545,12 +584,12 @@ def run(
             span = time.perf_counter() - before["at"]  # the load and the indexing's catching up: what cpu covers
             if not floor:
                 lost = _lost(url, key, agents, "bench", turns, words)
-                if results.errors or lost:  # what the server logged, before its home goes
-                    logged = server.log.read_text(errors="replace").splitlines()
-                    errors = " / ".join(line for line in logged if "Error" in line)
-                    results.errors.insert(0, f"server log: {errors[-1500:]}")
+                if results.errors or lost:
+                    logged = _log_errors(server.log)
     finally:
         llm.close()
+        if logged is None:
+            shutil.rmtree(scratch, ignore_errors=True)
     llm_s = llm_ms / 1000 * calls
     label = "Milvus Lite + SQLite" if backend == "default" else "Milvus server + PostgreSQL"
     label = f"floor: a stand-in answering in {llm_ms} ms" if floor else label
@@ -563,7 +602,7 @@ def run(
     per_turn = [f"{seconds * 1000 / done:.1f}" for seconds in used]
     per_turn[3] = "-" if floor else per_turn[3]  # the stand-in is both: its CPU is in the server's column
     cores = cpu.machine / span if span else 0.0
-    lost_ = "-" if lost is None else str(lost)
+    lost_ = "-" if lost is None else str(len(lost))
     return (
         f"| {label} | {clients} | {len(results.turns)} | {len(results.turns) / results.wall:.1f} | "
         f"{_ms(results.turns, 0.5, llm_s)} | {_ms(results.turns, 0.95, llm_s)} | {len(results.errors)} | {lost_} | "
@@ -586,6 +625,8 @@ def run(
         )
         + (f"\n\nCPU ms/turn of the processes the server started: {cpu.by_process(done)}" if workers > 1 else "")
         + (f"\n\nfirst errors: {results.errors[:3]}" if results.errors else "")
+        + (f"\n\nfirst lost: {lost[:3]}" if lost else "")
+        + (f"\n\nserver log ({server.log}, kept): {logged}" if logged is not None else "")
     )
 
 
