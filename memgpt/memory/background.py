@@ -209,11 +209,19 @@ class Batcher(Generic[T]):
 _running: weakref.WeakSet[Batcher[object]] = weakref.WeakSet()  # the batchers whose thread started
 _exit_guard = threading.Lock()
 _exit_registered = False
+_exit_finalizes = True
+
+
+def exit_without_finalizing() -> None:
+    """The process ends with ``os._exit`` (the CLI's executable) after its atexit functions: no finalization ends
+    its daemon threads, so its exit need not wait for a pass under way (it stops them from beginning another)."""
+    global _exit_finalizes
+    _exit_finalizes = False
 
 
 def _close_all() -> None:
     for batcher in list(_running):
-        if not batcher.close():
+        if not batcher.close(EXIT_WAIT_SECONDS if _exit_finalizes else 0.0) and _exit_finalizes:
             logger.warning("%s did not end within %.0f s of the process's exit", batcher._name, EXIT_WAIT_SECONDS)
 
 
