@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Hashable, Iterator, Sequence
@@ -262,6 +265,41 @@ def test_settling_waits_for_the_pass_under_way_and_for_what_was_asked_meanwhile(
     began = time.monotonic()
     assert batcher.settle(10) is True
     assert time.monotonic() - began < 5 and done == ["a", "b"]
+
+
+def test_a_process_exiting_during_a_pass_in_onnx_runtime_waits_for_it_and_exits_cleanly() -> None:
+    """The indexer's thread is a daemon: a process (pytest, `memgpt server`) whose interpreter finalized while a pass
+    was inside ONNX Runtime's ``run`` aborted after all its work was done: "terminate called without an active
+    exception", exit code 134 (the daemon thread is ended by ``pthread_exit`` as it takes the GIL back). The exit
+    waits for the pass under way, and begins no other."""
+    script = textwrap.dedent(
+        """
+        import threading
+        import time
+        from memgpt.embeddings.local import LocalMiniLM
+        from memgpt.memory.background import Batcher, Outcome
+
+        model, inside = LocalMiniLM(), threading.Event()
+        model.embed_batch(["warm"])
+
+        def work(items):
+            ends = time.monotonic() + 2.0  # a pass of many embedding calls
+            while time.monotonic() < ends:
+                inside.set()
+                model.embed_batch(["some text to embed " * 20] * 8)
+            return Outcome(finished=set(items))
+
+        batcher = Batcher(work, lambda item: item, "test indexing")
+        batcher.request("a")
+        assert inside.wait(30)
+        batcher.request("b")  # asked for during the pass: no pass begins once the exit waits
+        time.sleep(0.5)  # well into the pass: inside ONNX Runtime most of the time
+        print("exiting", flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "exiting\n" and "terminate called" not in done.stderr, done.stderr[-2000:]
 
 
 def test_deleting_an_agent_waits_for_its_indexing_pass_so_no_entry_outlives_it(storage: Storage) -> None:

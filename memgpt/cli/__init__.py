@@ -52,6 +52,9 @@ def executable() -> NoReturn:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         code = 130
+    background = sys.modules.get("memgpt.memory.background")
+    if background is not None:  # (imported only if a command indexed)
+        background.exit_without_finalizing()
     try:
         atexit._run_exitfuncs()  # then the atexit functions; nothing public runs them otherwise
     except KeyboardInterrupt:

@@ -8,9 +8,12 @@ at the first request and then waits for the next one.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -18,6 +21,10 @@ from typing import Generic, TypeVar
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# How long the process's exit waits for a pass under way (one embedding call and one Milvus insert, well under
+# a second unless the machine is starved).
+EXIT_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Batcher(Generic[T]):
         # Since when passes have found each in another process's hands, and when the last one did.
         self._elsewhere: dict[Hashable, tuple[float, float]] = {}
         self._thread: threading.Thread | None = None
+        self._closing = False  # the process is exiting: no pass begins any more
 
     def request(self, item: T, *, urgent: bool = False) -> None:
         """Do ``item``'s work soon, on the background thread; ``urgent``: without the gathering pause, first."""
@@ -71,12 +79,14 @@ class Batcher(Generic[T]):
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
+                _running.add(self)
+                _close_at_exit()
             self._changed.notify_all()
 
     def _next(self) -> list[T]:
         """The items of the next pass, once there are some and the gathering pause is over."""
         with self._changed:
-            while not self._waiting:
+            while self._closing or not self._waiting:
                 self._changed.wait()
             if self._gather and not self._urgent:
                 deadline = time.monotonic() + self._gather
@@ -156,6 +166,26 @@ class Batcher(Generic[T]):
                 self._changed.wait(left)
             return True
 
+    def close(self, timeout: float = EXIT_WAIT_SECONDS) -> bool:
+        """Begin no more passes and wait up to ``timeout`` seconds for the one under way to end; returns whether
+        it did. For the process's exit (``_close_all``): the thread is a daemon, and a daemon thread still in native
+        code (ONNX Runtime's ``run``, a gRPC call, both with the GIL let go) when the interpreter finalizes is ended
+        by ``pthread_exit`` as it takes the GIL back, an unwind through C++ frames that may not unwind: the process
+        aborted ("terminate called without an active exception", exit code 134) after its work was done. What is
+        left undone is indexed when its agents are opened again."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+            if self._thread is None or not self._thread.is_alive():  # (a forked child has none of its parent's)
+                return True
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
     def withdraw(self, item: T, timeout: float | None = None, *, patience: float | None = None) -> bool:
         """Let ``item``'s pending work finish for up to ``timeout`` seconds (and ``patience``, as ``wait``'s),
         then drop what is left of it (a pass under way ends first: one batch); returns whether everything was
@@ -174,3 +204,42 @@ class Batcher(Generic[T]):
                 self._changed.wait()
             self._dropping.discard(key)
             return done and self._finished.get(key, True)
+
+
+_running: weakref.WeakSet[Batcher[object]] = weakref.WeakSet()  # the batchers whose thread started
+_exit_guard = threading.Lock()
+_exit_registered = False
+_exit_finalizes = True
+
+
+def exit_without_finalizing() -> None:
+    """The process ends with ``os._exit`` (the CLI's executable) after its atexit functions: no finalization ends
+    its daemon threads, so its exit need not wait for a pass under way (it stops them from beginning another)."""
+    global _exit_finalizes
+    _exit_finalizes = False
+
+
+def _close_all() -> None:
+    for batcher in list(_running):
+        if not batcher.close(EXIT_WAIT_SECONDS if _exit_finalizes else 0.0) and _exit_finalizes:
+            logger.warning("%s did not end within %.0f s of the process's exit", batcher._name, EXIT_WAIT_SECONDS)
+
+
+def _close_at_exit() -> None:
+    """Register ``_close_all`` at exit when the first batcher's thread starts: after the modules storage imports
+    registered theirs (a Milvus Lite server's stop), so it runs before them (atexit runs the last one first)."""
+    global _exit_registered
+    with _exit_guard:
+        if not _exit_registered:
+            _exit_registered = True
+            atexit.register(_close_all)
+
+
+def _forget_in_child() -> None:
+    """A forked child has none of its parent's threads (nor may it take their locks): it waits for none at exit."""
+    global _exit_guard
+    _exit_guard = threading.Lock()
+    _running.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
