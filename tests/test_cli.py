@@ -387,17 +387,3 @@ def test_json_output_escapes_c1_controls(home: Path, tmp_path: Path) -> None:
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout), result.stdout
     assert "\\u009b31m" in result.stdout and "café" in result.stdout  # other non-ASCII text stays as it is
     assert json.loads(result.stdout)[0]["text"] == text
-
-
-def test_search_table_shows_a_passage_on_one_line(home: Path, tmp_path: Path) -> None:
-    """A passage's line breaks are marked (↵) in the table, not laid out: a row as tall as the passage left the
-    Document column empty but for its first line. `--json` keeps them."""
-    (tmp_path / "notes.txt").write_text("The lighthouse keeper\n\n  wrote\r\nthree lines\n", encoding="utf-8")
-    loaded = cli("load", "directory", "--name", "nl", f"--input-files={tmp_path / 'notes.txt'}", home=home)
-    assert loaded.returncode == 0, loaded.stderr
-    table = run_at_width("search", "nl", "lighthouse", home=home, columns=200)
-    [row] = [line for line in table.splitlines() if "notes.txt" in line]
-    assert "│ The lighthouse keeper ↵ wrote ↵ three lines │" in row, table
-    assert len([line for line in table.splitlines() if line.startswith("│")]) == 1, table
-    found = json.loads(cli("search", "nl", "lighthouse", "--json", home=home).stdout)
-    assert "\n" in found[0]["text"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,11 +151,6 @@ def delete_source(name: str = typer.Argument(..., help="Name of the source."), y
     console.print(f"Deleted source {source.name!r} and {deleted} passages", markup=False)
 
 
-# A passage is shown on one line (folded to the column's width), its line breaks marked: a row a screen tall
-# left the Document column empty but for its first line. --json keeps the text as it is.
-_LINE_BREAKS = re.compile(r"[ \t]*\r?\n[ \t\r\n]*")
-
-
 def search(
     source: str = typer.Argument(..., help="Name of the source."),
     query: str = typer.Argument(..., help="What to look for."),
@@ -194,5 +188,5 @@ def search(
     for hit in hits:
         meta = hit.passage.metadata
         where = meta.get("file_name", "?") + (f" p.{meta['page']}" if meta.get("page") else "")
-        table.add_row(f"{hit.score:.3f}", where, _LINE_BREAKS.sub(" ↵ ", hit.passage.text.strip(" \t\r\n")))
+        table.add_row(f"{hit.score:.3f}", where, hit.passage.text)
     console.print(table)
