@@ -797,8 +797,11 @@ def test_search_covers_attached_sources_but_list_and_delete_only_the_agents_own(
     found = letta.agents.passages.search(agent_id, query="virtual context management", top_k=3)
     assert found.count == 3 and all(r.source_id for r in found.results)
     assert letta.agents.passages.list(agent_id) == []
-    with pytest.raises(NotFoundError):
+    with pytest.raises(BadRequestError) as refused:  # a folder's passage: its file and folder named, nothing deleted
         letta.agents.passages.delete(found.results[0].id, agent_id=agent_id)
+    assert "memgpt_research_paper.pdf" in str(refused.value) and "folders.files.delete" in str(refused.value)
+    again = letta.agents.passages.search(agent_id, query="virtual context management", top_k=3)
+    assert [r.id for r in again.results] == [r.id for r in found.results]
     assert [s.name for s in letta.agents.retrieve(agent_id).sources] == ["paper"]
 
 
