@@ -367,15 +367,18 @@ def test_a_stop_landing_after_the_last_steps_commit_leaves_the_answered_turn_alo
             f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "hi"}, headers=auth(key), timeout=60
         )
         assert answer.status_code == 200, answer.text
-        assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
-            "Answered."
-        ]
-        with server.state.storage.metadata.connection() as c:
-            runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
-        assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, "end_turn")]
-        assert server.state.storage.turns.holder(agent_id) is None
+        answered_and_ended(server, agent_id, answer, "Answered.", "end_turn")
     finally:
         server.stop()
+
+
+def answered_and_ended(server: LiveServer, agent_id: str, answer: httpx.Response, said: str, stop: str) -> None:
+    """The send was answered ``said``, its run recorded FINISHED with ``stop`` as the only run, the lease free."""
+    assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [said]
+    with server.state.storage.metadata.connection() as c:
+        runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
+    assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, stop)]
+    assert server.state.storage.turns.holder(agent_id) is None
 
 
 def cut_during(runner: Any, hold: Any) -> tuple[Any, Callable[[], list[Any]]]:
@@ -431,13 +434,7 @@ def test_a_stop_landing_while_the_last_steps_commit_takes_effect_answers_the_sto
         )
         assert seen()[:1] == ["committing"], "the stop did not land in the commit"
         assert answer.status_code == 200, answer.text
-        assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
-            "Answered."
-        ]
-        with server.state.storage.metadata.connection() as c:
-            runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
-        assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, "end_turn")]
-        assert server.state.storage.turns.holder(agent_id) is None
+        answered_and_ended(server, agent_id, answer, "Answered.", "end_turn")
     finally:
         server.stop()
 
@@ -476,13 +473,7 @@ def test_a_stop_landing_as_a_turn_out_of_steps_records_its_end_answers_the_store
         assert [getattr(v, "stop_reason", v) for v in verdicts[:1]] == ["max_steps"], verdicts
         assert answer.status_code == 200, answer.text
         assert answer.json()["stop_reason"]["stop_reason"] == "max_steps"
-        assert [m["content"] for m in answer.json()["messages"] if m["message_type"] == "assistant_message"] == [
-            "Step one."
-        ]
-        with server.state.storage.metadata.connection() as c:
-            runs = c.exec_driver_sql("SELECT status, stop_reason FROM agent_runs").fetchall()
-        assert [tuple(r) for r in runs] == [(storage_turns.FINISHED, "max_steps")]
-        assert server.state.storage.turns.holder(agent_id) is None
+        answered_and_ended(server, agent_id, answer, "Step one.", "max_steps")
     finally:
         server.stop()
 
