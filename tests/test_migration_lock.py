@@ -53,6 +53,16 @@ def migrator(url: str) -> subprocess.Popen[str]:
     return child
 
 
+def let_go(child: subprocess.Popen[str]) -> None:
+    """Resumes a stopped migrator and lets it finish: it opens the store and exits 0."""
+    assert child.stdin is not None and child.stdout is not None
+    os.kill(child.pid, signal.SIGCONT)
+    child.stdin.write("\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == "opened\n"
+    assert child.wait(30) == 0
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["kill-9", "stopped"])
 def test_the_next_process_goes_on_promptly_after_a_migrator_dies_or_stops(postgres_url: str, how: int) -> None:
     """kill -9: its session ends with its socket (1.4 s, the next process's own migrations included). Stopped: its
@@ -75,11 +85,7 @@ def test_the_next_process_goes_on_promptly_after_a_migrator_dies_or_stops(postgr
         finally:
             store.close()
         if how == signal.SIGSTOP:
-            os.kill(child.pid, signal.SIGCONT)
-            child.stdin.write("\n")
-            child.stdin.flush()
-            assert child.stdout.readline() == "opened\n"
-            assert child.wait(30) == 0
+            let_go(child)
     finally:
         if child.poll() is None:
             child.kill()
@@ -99,11 +105,7 @@ def test_a_command_meeting_a_stopped_migrator_on_sqlite_says_which_process_holds
     try:
         stop(child)
         told = run_cli("user", "create", "bob", home=home, timeout=120)
-        os.kill(child.pid, signal.SIGCONT)
-        child.stdin.write("\n")
-        child.stdin.flush()
-        assert child.stdout.readline() == "opened\n"
-        assert child.wait(30) == 0
+        let_go(child)
     finally:
         if child.poll() is None:
             child.kill()
