@@ -15,6 +15,7 @@ from letta_client import Letta
 from memgpt.config import Config, ServerSettings, save_config
 from memgpt.server.state import OWNER_NAME
 from memgpt.storage import Storage
+from memgpt.types import Role
 from tests.milvus_server import TOKEN, milvus_database
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
@@ -37,6 +38,12 @@ class ServerPair:
     def client(self, server: ServerProcess, **options: Any) -> Letta:
         return Letta(base_url=server.url, api_key=self.key, **{"max_retries": 0, **options})
 
+    def user_messages(self, agent_id: str) -> list[str]:
+        """What the user said to ``agent_id``, as stored (alerts and other named messages left out)."""
+        with _test_storage(self.config, self.home) as storage:
+            found = storage.messages.last(agent_id, 1000)
+            return [m.content for m in found if m.role is Role.USER and not m.name]
+
     def agent(self, server: ServerProcess) -> str:
         blocks = [{"label": "human", "value": "Name: Chad"}, {"label": "persona", "value": "I am Sam."}]
         name = f"sam-{uuid.uuid4().hex[:6]}"
@@ -56,6 +63,13 @@ def _test_storage(config: Config, home: Path) -> Storage:
     with the servers' 3 s one, such a pause inside the migrations' transaction of the new database (70 statements)
     ends it, and the fixture's set-up fails."""
     return Storage(config.model_copy(update={"server": ServerSettings()}), home)
+
+
+def serialized(config: Config) -> None:
+    """Sends that meet must wait for each other, however loaded the machine (the 409 after a short wait is tested
+    in test_server_messages); only a dead owner frees a lease, never its expiry."""
+    config.server.busy_wait_seconds = 60
+    config.server.lease_seconds = 600
 
 
 @contextmanager

@@ -22,13 +22,10 @@ from typing import Any
 import pytest
 from letta_client import APIError, Letta
 
-from memgpt.config import Config
-from memgpt.storage import Storage
-from memgpt.types import Role
 from tests import web
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
-from tests.server_pair import ServerPair, server_pair
+from tests.server_pair import ServerPair, serialized, server_pair
 from tests.server_rig import auth
 
 STEP = 0.4  # seconds the scripted LLM takes per step where turns must overlap to be tested
@@ -39,25 +36,13 @@ HOLD = 3.0  # how long the first step of two sends that meet waits for the other
 class Cluster(ServerPair):
     postgres: PostgresServer
 
-    def user_messages(self, agent_id: str) -> list[str]:
-        with Storage(self.config, self.home) as storage:
-            found = storage.messages.last(agent_id, 1000)
-            return [m.content for m in found if m.role is Role.USER and not m.name]
-
-
-def _serialized(config: Config) -> None:
-    # Sends that meet here must wait for each other, however loaded the machine (the 409 after a short
-    # wait is tested in test_server_messages); only a dead owner frees a lease, never its expiry.
-    config.server.busy_wait_seconds = 60
-    config.server.lease_seconds = 600
-
 
 @pytest.fixture(scope="module")
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, milvus_server: str
 ) -> Iterator[Cluster]:
     with server_pair(
-        tmp_path_factory, postgres_server, milvus_server, label="scale", workers=(1, 2), configure=_serialized
+        tmp_path_factory, postgres_server, milvus_server, label="scale", workers=(1, 2), configure=serialized
     ) as parts:
         yield Cluster(*parts, postgres_server)
 

@@ -25,13 +25,11 @@ from openai import OpenAI
 
 from memgpt import create_client
 from memgpt.client.types import UserMessage
-from memgpt.config import Config
-from memgpt.types import Role
 from tests import web
 from tests.conftest import DATA
 from tests.postgres import PostgresServer
 from tests.scripted_llm import ScriptedLLM
-from tests.server_pair import ServerPair, _test_storage, server_pair
+from tests.server_pair import ServerPair, _test_storage, serialized, server_pair
 from tests.server_rig import ServerProcess, auth
 from tests.test_milvus_outage_logs import Relay
 
@@ -41,16 +39,6 @@ class Faulty(ServerPair):
     postgres: PostgresServer
     relay: Relay
 
-    def user_messages(self, agent_id: str) -> list[str]:
-        with _test_storage(self.config, self.home) as storage:
-            found = storage.messages.last(agent_id, 1000)
-            return [m.content for m in found if m.role is Role.USER and not m.name]
-
-
-def _serialized(config: Config) -> None:
-    config.server.busy_wait_seconds = 60
-    config.server.lease_seconds = 600
-
 
 @pytest.fixture(scope="module")
 def faulty(
@@ -59,7 +47,7 @@ def faulty(
     relay = Relay(milvus_server)
     try:
         with server_pair(
-            tmp_path_factory, postgres_server, relay.uri, label="faults", workers=(1, 1), configure=_serialized
+            tmp_path_factory, postgres_server, relay.uri, label="faults", workers=(1, 1), configure=serialized
         ) as parts:
             yield Faulty(*parts, postgres_server, relay)
     finally:
