@@ -12,7 +12,8 @@ accepts them); GET /calls answers how many chat completions it has served.
 measure itself against a server that does nothing but wait (its floor): POST /v1/agents/{id}/messages after the
 same delay (an answer shaped and sized as the server's); at once POST /v1/agents/ and
 POST /v1/agents/{id}/archival-memory (a new id), GET /v1/agents/ and GET /v1/agents/{id}/archival-memory/search
-(empty lists).
+(empty lists); GET /times answers when it received, woke for and had answered each send, by agent, and how late
+its event loop woke from 10 ms sleeps meanwhile (the bench's account of where its floor's time goes).
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ class App:
         self.words = words  # a reply of this many words (each different) instead of "Noted."
         self.standin = standin
         self.calls = 0
+        # With ``standin``: each send's (received, woke, answered) on the machine's monotonic clock (the one
+        # time.perf_counter reads, the same in every process), by agent, in the order they came; and this
+        # loop's lag (how late a 10 ms sleep woke), for GET /times: where the floor's added latency goes.
+        self.times: dict[str, list[tuple[float, float, float]]] = {}
+        self.lag: list[tuple[float, float]] = []
+        self._lagging: asyncio.Task[None] | None = None
 
     def _reply(self) -> str:
         return words(self.words) if self.words else "Noted."
@@ -109,6 +116,8 @@ class App:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == "/calls":
             payload: Any = {"calls": self.calls}
+        elif method == "GET" and path == "/times":
+            payload = {"sends": self.times, "lag": self.lag}
         elif method == "GET" and path.endswith("/models"):
             payload = {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "bench"}]}
         elif method == "POST" and path.endswith("/chat/completions"):
@@ -116,9 +125,16 @@ class App:
             self.calls += 1
             payload = completion(self._reply())
         elif self.standin and method == "POST" and path.startswith("/v1/agents/") and path.endswith("/messages"):
+            received = time.perf_counter()
+            if self._lagging is None:
+                self._lagging = asyncio.create_task(loop_lag(self.lag))
             await asyncio.sleep(self.delay)
+            woke = time.perf_counter()
             self.calls += 1
-            payload = _sent(path.split("/")[3], self._reply())
+            agent = path.split("/")[3]
+            await _answer(send, 200, _sent(agent, self._reply()))
+            self.times.setdefault(agent, []).append((received, woke, time.perf_counter()))
+            return
         elif self.standin and method == "POST" and path == "/v1/agents/":
             payload = {"id": f"agent-{uuid.uuid4()}"}
         elif self.standin and method == "POST" and path.endswith("/archival-memory"):
@@ -129,6 +145,16 @@ class App:
             await _answer(send, 404, {"detail": f"{method} {path}: not a route of the bench's LLM"})
             return
         await _answer(send, 200, payload)
+
+
+async def loop_lag(into: list[tuple[float, float]], every: float = 0.01) -> None:
+    """How late this event loop wakes from sleeps of ``every`` seconds, as (woke at, seconds late) appended to
+    ``into`` until cancelled."""
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(every)
+        woke = time.perf_counter()
+        into.append((woke, woke - start - every))
 
 
 async def _answer(send: Send, status: int, payload: Any) -> None:

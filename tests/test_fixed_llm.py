@@ -27,7 +27,7 @@ def test_memgpt_reads_a_send_message_of_the_asked_words_and_the_stub_counts_it()
 
 
 def test_the_standin_answers_a_send_as_the_server_and_the_routes_the_bench_uses() -> None:
-    llm = FixedLLM(0.0, standin=True)
+    llm = FixedLLM(0.05, standin=True)
     try:
         with httpx2.Client(base_url=llm.base, timeout=30) as http:
             agent = http.post("/v1/agents/", json={"name": "a"}).json()["id"]
@@ -40,6 +40,11 @@ def test_the_standin_answers_a_send_as_the_server_and_the_routes_the_bench_uses(
             assert http.get(f"/v1/agents/{agent}/archival-memory/search", params={"query": "tea"}).status_code == 200
             assert http.post(f"/v1/agents/{agent}/archival-memory", json={"text": "x"}).status_code == 200
         assert llm.calls == 1  # the send, not the other routes
+        times = httpx2.get(f"{llm.base}/times", timeout=30).json()  # where the floor's time goes
+        ((received, woke, answered),) = times["sends"][agent]
+        # uvloop's timers count whole milliseconds: a sleep can end up to 1 ms early (0.3 ms seen under load)
+        assert received + 0.049 <= woke <= answered
+        assert all(isinstance(late, float) for _, late in times["lag"])
     finally:
         llm.close()
 
