@@ -7,6 +7,7 @@
     python bench/server_bench.py --backend default --clients 100 --client httpx  # httpx 0.28's pool stalling
     python bench/server_bench.py --backend default --clients 50 --words 30  # chat-sized messages and replies
     python bench/server_bench.py --floor [--clients 10,50,100]  # the bench's own floor: no server, no LLM
+    python bench/server_bench.py --floor --client-processes 1  # the clients on one event loop (before 2026-11-28)
 
 The real `memgpt server` command runs as a child process on a new home; "default" is Milvus Lite + SQLite,
 "scale" is PostgreSQL + a Milvus server (both started here, as the tests start them). The LLM is an
@@ -17,25 +18,38 @@ thread-per-connection server inside the bench's process, under one GIL with the 
 clients' reading of answers waited on each other's Python.
 
 The floor: ``--floor`` runs the same clients against ``bench/fixed_llm.py --standin``, a process that does nothing
-but answer each send after ``--llm-ms`` (with a body shaped and sized as the server's) and the other routes at
-once, in place of the server and the LLM. Its "added" latency is what the bench adds by itself: the clients'
-Python (one event loop: 50 answers arriving together are read one after another), loopback HTTP, and the
-scheduler's delays when other work shares the cores. A server row's added latency less the floor's at the same
-clients is what the server adds; on a machine shared with other work the floor itself moves by hundreds of
-milliseconds (2026-11-28, 2 cores with a load of 10-22 from other work: at 50 clients p50 32-599 ms over nine runs,
-most 70-180; at 10 clients 22-52), so read both from the same quiet minutes. The clients cost ~1-1.5 ms CPU a
-turn there: 50 answers arriving together take ~50-75 ms of one event loop to read (the median one about half
-that), an estimate of what a quiet machine's floor keeps at 50 clients, not a measurement (the machine was not
-quiet while this was written).
+but answer each send after ``--llm-ms`` (with a body shaped and sized as the server's) and the other routes at once,
+in place of the server and the LLM. Its "added" latency is what the bench adds by itself: the clients' Python (an
+event loop reads the answers arriving together one after another), loopback HTTP, and the scheduler's delays when
+other work shares the cores. A server row's added latency less the floor's at the same clients is what the server
+adds; on a machine shared with other work the floor itself moves by hundreds of milliseconds (2026-11-28, 2 cores
+with a load of 10-22 from other work: at 50 clients p50 32-599 ms over nine runs, most 70-180; at 10 clients 22-52),
+so read both from the same quiet minutes. Where the floor's time goes is printed under its row: the stand-in notes
+when it received each send, woke from its sleep and had answered (``GET /times``, on the machine's monotonic clock,
+the clients' too), so the added time splits into the request's way (the clients sending, loopback, the stand-in
+taking it), the sleep's overshoot, the stand-in's answering, and the answer's way (loopback, a client loop reading
+it); and how late each event loop woke from 10 ms sleeps. Under every row: how late the clients' loops woke, and how
+long a turn they waited for a core while ready to run (Linux's schedstat; summed over the clients' processes). On
+the busy machine of 2026-11-28 (load 13-21, one event loop for the clients): the stand-in's loop was rarely late
+(p50 0-4 ms) and answered in under 1 ms, the sleep overshot by 1-7 ms (p50; uvloop's timers count whole
+milliseconds, so one can also end up to ~0.3 ms early: left as it is, a second sleep to make up for it costs a
+wake-up more), and the rest was the clients' side: their loop was ready but waiting for a core for 1.5 s of a 2 s
+load (``nice`` gave it nothing: the kernel groups processes by session, autogroup), and it woke up to 200-470 ms
+late. So the clients are spread over ``--client-processes`` (2) processes, each its own event loop (uvloop's) with
+its share of the agents and connections, started together after the warm-up: a burst of answers is read by two loops
+at once, and one loop's process waiting for a core holds up half the clients. At 50 clients, floor p50 / p95 added
+ms with one process 94-297 / 148-551, with two 48-161 / 122-363 (five pairs of runs, one after the other, the two
+processes' lower in each; provisional: busy machine); the clients' CPU a turn 1.0-1.4 ms against 0.9-1.3.
 
 Clients speak raw HTTP through httpcore2's connection pool (the one httpx2 sends through; ``CorePool``) on uvloop's
-event loop, rather than letta-client: the client's pydantic validation of every answer would take CPU from the
-server on the same cores and count in the latencies. httpx2's client layer around that pool (URL merging,
-request and response models, auth, redirects, hooks) cost about a third of the clients' CPU a turn (at 50 clients
-on ``--floor``, busy machine: 1.0-1.5 ms a turn against 1.4-1.8; ``--client httpx2`` keeps it for comparison).
-They share one connection pool, as one app driving many agents does (``--connections own``: each its own
-connection, as separate apps do; with ``--workers`` that decides whether an agent's turns stay in one worker, see
-``_warm_and_load``).
+event loops (one a process of the clients), rather than letta-client: the client's pydantic validation of every
+answer would take CPU from the server on the same cores and count in the latencies. httpx2's client layer around
+that pool (URL merging, request and response models, auth, redirects, hooks) cost about a third of the clients' CPU
+a turn (at 50 clients on ``--floor``, busy machine: 1.0-1.5 ms a turn against 1.4-1.8; ``--client httpx2`` keeps
+it for comparison).
+The clients of a process share one connection pool, as one app driving many agents does (two processes: two
+such apps; ``--connections own``: each its own connection, as separate apps do; with ``--workers`` that decides
+whether an agent's turns stay in one worker, see ``_warm_and_load``).
 ``--client httpx`` drives them with httpx 0.28 instead: its pool (httpcore 1.0.9) hands the same idle connection
 to every request that arrives before the first of them starts on it; the others find it busy and start over, each
 time going through every connection for every waiting request. A burst of requests on a warm pool then spins the
@@ -54,13 +68,14 @@ proportion to its tokens; a pass embeds a text it holds twice once, so identical
 Prints one markdown row per (backend, clients): turns/s, p50/p95 of a turn's latency above the LLM's time, errors,
 lost messages, p50/p95 of the two non-LLM routes under that load, and CPU time per turn (user + system, all threads,
 the non-LLM routes included) of the server process, of the processes it started (Milvus Lite's ``milvus``; with
-``--workers``, the workers), of this process (the clients), of the LLM stub's process and of the whole machine (with
-how many cores were busy: other people's work counts there too). The CPU is counted until the server's recall
-indexing has caught up with every message (SQLite only; the last column says how long after the load that took), so
-work a turn leaves for later is not missed; the cores busy are over that same span (until 2026-11-28 over the load's
-time alone, which overstated them by the catching up's share). With ``--workers``, a line after the row gives each
-process the server started (Milvus Lite, each worker) its CPU per turn. On a machine shared with other work the
-latencies say little, but the CPU a turn costs, against the cores there are, bounds turns/s.
+``--workers``, the workers), of the clients (their processes, during the measured load), of the LLM stub's process
+and of the whole machine (with how many cores were busy: other people's work counts there too). The CPU is counted
+until the server's recall indexing has caught up with every message (SQLite only; the last column says how long
+after the load that took), so work a turn leaves for later is not missed; the cores busy are over that same span
+(until 2026-11-28 over the load's time alone, which overstated them by the catching up's share). With
+``--workers``, a line after the row gives each process the server started (Milvus Lite, each worker) its CPU per
+turn. On a machine shared with other work the latencies say little, but the CPU a turn costs, against the cores
+there are, bounds turns/s.
 
 ``--profile FILE`` also runs py-spy (``pip install py-spy``) on the server during each measured load: the share
 of its samples in which a server thread held the GIL, collapsed stacks of those threads in FILE-<clients>.txt,
@@ -87,7 +102,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpcore2
 import httpx
@@ -97,12 +112,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.fixed_llm import FixedLLM  # noqa: E402
+from bench.fixed_llm import FixedLLM, loop_lag  # noqa: E402
 from bench.fixed_llm import words as _words  # noqa: E402
-from memgpt.config import save_config  # noqa: E402
-from memgpt.server.state import OWNER_NAME  # noqa: E402
-from memgpt.storage import Storage  # noqa: E402
-from tests.server_rig import ServerProcess, use_scripted_llm  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.server_rig import ServerProcess
 
 HANDLE = "openai-compatible/scripted"
 
@@ -117,6 +131,13 @@ def message_text(tag: str, number: int, agent: str, words: int) -> str:
 @contextlib.contextmanager
 def deployment(backend: str, home: Path, llm: FixedLLM, workers: int = 1) -> Iterator[tuple[ServerProcess, str]]:
     """A running `memgpt server` on ``home`` configured for ``backend``; yields it and an API key."""
+    # Here, not at the top: the processes of the clients (``--client-processes``) import this module and need
+    # none of memgpt (its imports cost them seconds to start and to end, on a busy machine).
+    from memgpt.config import save_config
+    from memgpt.server.state import OWNER_NAME
+    from memgpt.storage import Storage
+    from tests.server_rig import ServerProcess, use_scripted_llm
+
     config = use_scripted_llm(home, llm.url, timeout=120)
     with contextlib.ExitStack() as stack:
         if backend == "scale":
@@ -151,6 +172,27 @@ class Results:
     list_agents: list[float] = field(default_factory=list)
     search: list[float] = field(default_factory=list)
     wall: float = 0.0
+    spans: list[tuple[str, float, float]] = field(default_factory=list)  # (agent, sent, answered) of each turn
+    lag: list[tuple[float, float]] = field(default_factory=list)  # the clients' loop: (at, late) per 10 ms sleep
+    cpu: float = 0.0  # the clients' CPU seconds (user + system) during the measured load, every process's
+    waited: float = 0.0  # seconds the clients' event loops were ready to run but waited for a core meanwhile
+
+    def add(self, other: Results) -> None:
+        """``other``'s turns, errors and samples with these (the clients of another process, same load)."""
+        for name in ("turns", "errors", "list_agents", "search", "spans", "lag"):
+            getattr(self, name).extend(getattr(other, name))
+        self.wall, self.cpu, self.waited = max(self.wall, other.wall), self.cpu + other.cpu, self.waited + other.waited
+
+
+def _spent() -> tuple[float, float]:
+    """This process's CPU seconds so far, and how long its main thread (the event loop's) has waited for a core
+    while ready to run (Linux's schedstat; 0.0 elsewhere)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        waited = int(Path("/proc/self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        waited = 0.0
+    return usage.ru_utime + usage.ru_stime, waited
 
 
 class _Answer:
@@ -216,6 +258,8 @@ HTTP_ERRORS = (
 # The observer samples the non-LLM routes under the clients' load; with no pause it is one more client sending
 # back to back (~20 ms of server CPU a request: at 10 clients a third of the server's CPU, at 50 about a tenth).
 OBSERVER_PAUSE = 0.2
+# --client-processes: how many processes the clients are spread over, each its own event loop (see the docstring).
+CLIENT_PROCESSES = 2
 
 
 async def _client(http: Any, agent: str, turns: int, tag: str, results: Results, words: int) -> None:
@@ -230,7 +274,9 @@ async def _client(http: Any, agent: str, turns: int, tag: str, results: Results,
         except HTTP_ERRORS as exc:
             results.errors.append(f"{type(exc).__name__}: {exc}")
             continue
-        results.turns.append(time.perf_counter() - start)
+        end = time.perf_counter()
+        results.turns.append(end - start)
+        results.spans.append((agent, start, end))
 
 
 async def _observer(http: Any, agents: list[str], done: asyncio.Event, results: Results, pause: float) -> None:
@@ -257,20 +303,31 @@ async def _observer(http: Any, agents: list[str], done: asyncio.Event, results: 
 
 
 async def _load(
-    clients: list[Any], agents: list[str], turns: int, tag: str, words: int, pause: float = OBSERVER_PAUSE
+    clients: list[Any],
+    agents: list[str],
+    turns: int,
+    tag: str,
+    words: int,
+    pause: float = OBSERVER_PAUSE,
+    observe: bool = True,
 ) -> Results:
     """Each agent's ``turns`` messages through ``clients`` (one shared, or one per agent plus one for the
-    observer, the last), the observer looping meanwhile."""
+    observer, the last), the observer looping meanwhile (``observe``: in one process of the clients' only)."""
     results = Results()
     done = asyncio.Event()
-    observer = asyncio.create_task(_observer(clients[-1], agents, done, results, pause))
+    observer = asyncio.create_task(_observer(clients[-1], agents, done, results, pause)) if observe else None
+    lagging = asyncio.create_task(loop_lag(results.lag))
     start = time.perf_counter()
     senders = clients[:-1] if len(clients) > 1 else clients * len(agents)
     pairs = zip(senders, agents, strict=True)
     await asyncio.gather(*(_client(http, agent, turns, tag, results, words) for http, agent in pairs))
     results.wall = time.perf_counter() - start
     done.set()
-    await observer
+    lagging.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lagging
+    if observer is not None:
+        await observer
     return results
 
 
@@ -284,6 +341,7 @@ async def _warm_and_load(
     measuring: Any,
     words: int = 0,
     pause: float = OBSERVER_PAUSE,
+    observe: bool = True,
 ) -> Results:
     """Each agent's first turn (opening it, not measured), then ``measuring()`` and the measured load, on the
     same connections. ``own``: every client its own keep-alive connection, as separate apps each driving one
@@ -299,11 +357,94 @@ async def _warm_and_load(
     made = (made_by(base_url=url, headers=headers, limits=limits, timeout=300) for _ in range(count))
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(http) for http in made]
-        warm = await _load(clients, agents, 1, "warm-up", words, pause)
+        warm = await _load(clients, agents, 1, "warm-up", words, pause, observe)
         measuring()
-        results = await _load(clients, agents, turns, "bench", words, pause)
+        cpu, waited = _spent()
+        results = await _load(clients, agents, turns, "bench", words, pause, observe)
+        cpu_after, waited_after = _spent()
+        results.cpu, results.waited = cpu_after - cpu, waited_after - waited
         results.errors[:0] = [f"warm-up: {error}" for error in warm.errors]
         return results
+
+
+def _client_process(pipe: Any, *args: Any) -> None:
+    """One process of the clients (``--client-processes``): ``_warm_and_load(*args)`` on its own event loop,
+    telling the bench through ``pipe`` when its warm-up is done and waiting for the word to start the load,
+    then sending it the Results."""
+
+    def measuring() -> None:
+        pipe.send("warmed")
+        pipe.recv()
+
+    with asyncio.Runner(loop_factory=_event_loop()) as runner:
+        pipe.send(runner.run(_warm_and_load(*args[:6], measuring, *args[6:])))
+
+
+def _run_clients(
+    url: str,
+    key: str,
+    agents: list[str],
+    turns: int,
+    own: bool,
+    client: str,
+    measuring: Any,
+    words: int,
+    pause: float,
+    processes: int = 1,
+    ending: contextlib.ExitStack | None = None,
+) -> Results:
+    """The load (``_warm_and_load``) from ``processes`` processes, each its own event loop (uvloop's) driving its
+    share of the agents (every ``processes``-th), the first of them with the observer: all warm up, then
+    ``measuring()``, then all start the measured load together. With 1, on this process's own loop. The
+    processes end on their own once they have sent their results; ``ending`` (if given) waits for them when it
+    closes, after the CPU is counted (on a busy machine an interpreter's exit took a second or more)."""
+    processes = min(processes, len(agents))
+    if processes <= 1:
+        with asyncio.Runner(loop_factory=_event_loop()) as runner:
+            return runner.run(_warm_and_load(url, key, agents, turns, own, client, measuring, words, pause))
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # not fork: this process has threads (the server's log)
+    pipes: list[Any] = []
+    children: list[Any] = []
+
+    def join() -> None:
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+
+    try:
+        for number in range(processes):
+            share = agents[number::processes]
+            mine, theirs = context.Pipe()
+            args = (theirs, url, key, share, turns, own, client, words, pause, number == 0)
+            child = context.Process(target=_client_process, args=args, daemon=True)
+            child.start()
+            children.append(child)
+            theirs.close()
+            pipes.append(mine)
+        for pipe in pipes:
+            if pipe.recv() != "warmed":
+                raise RuntimeError("a process of the bench's clients did not warm up")
+        measuring()
+        for pipe in pipes:
+            pipe.send("go")
+        results = Results()
+        for pipe in pipes:
+            results.add(pipe.recv())
+    except EOFError:
+        join()
+        codes = [child.exitcode for child in children]
+        raise RuntimeError(f"a process of the bench's clients ended early (exit codes {codes})") from None
+    except BaseException:
+        join()
+        raise
+    if ending is not None:
+        ending.callback(join)
+    else:
+        join()
+    return results
 
 
 def _make_agents(url: str, key: str, count: int) -> list[str]:
@@ -386,6 +527,42 @@ def _log_errors(log: Path) -> str:
     return " / ".join(said)[-1500:] if said else "nothing but INFO lines, no request answered 4xx or 5xx"
 
 
+def _floor_parts(base: str, results: Results, delay: float) -> str:
+    """Where the floor's added latency goes, from the stand-in's times of each send (``GET /times``) paired
+    with the clients' (an agent's sends are one after another: its n-th measured turn is its n-th send after
+    the warm-up's), all on the machine's monotonic clock: p50/p95 ms of the request's way (the clients
+    sending, loopback, the stand-in's loop taking it), the sleep's overshoot, the stand-in's answering, and the
+    answer's way (loopback, the clients' loop reading it); and how late each loop woke from 10 ms sleeps."""
+    times = httpx2.get(f"{base}/times", timeout=30).json()
+    by_agent: dict[str, list[tuple[float, float]]] = {}
+    for agent, sent, answered in results.spans:
+        by_agent.setdefault(agent, []).append((sent, answered))
+    parts: dict[str, list[float]] = {"request": [], "sleep overshoot": [], "answering": [], "answer": []}
+    for agent, spans in by_agent.items():
+        stood_in = times["sends"][agent][-len(spans) :]
+        for (sent, answered), (received, woke, replied) in zip(spans, stood_in, strict=True):
+            parts["request"].append(received - sent)
+            parts["sleep overshoot"].append(woke - received - delay)
+            parts["answering"].append(replied - woke)
+            parts["answer"].append(answered - replied)
+    first, last = min(s for _, s, _ in results.spans), max(e for _, _, e in results.spans)
+    lag = [late for at, late in times["lag"] if first <= at <= last]
+    return (
+        "floor's added ms p50/p95: "
+        + ", ".join(f"{name} {_ms(values, 0.5)}/{_ms(values, 0.95)}" for name, values in parts.items())
+        + f"; the stand-in's loop late ms p50/p95/max {_ms(lag, 0.5)}/{_ms(lag, 0.95)}/{_ms(lag, 1.0)}"
+    )
+
+
+def _clients_line(results: Results) -> str:
+    """How late the clients' event loops woke from 10 ms sleeps, and how long they waited for a core a turn."""
+    lag = [late for _, late in results.lag]
+    return (
+        f"clients' loops late ms p50/p95/max {_ms(lag, 0.5)}/{_ms(lag, 0.95)}/{_ms(lag, 1.0)}, ready to run but"
+        f" waiting for a core {results.waited * 1000 / max(1, len(results.turns)):.1f} ms a turn"
+    )
+
+
 def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
     """The ``q`` quantile (nearest rank) of ``values`` seconds, less ``minus``, in milliseconds."""
     if not values:
@@ -397,7 +574,8 @@ def _ms(values: list[float], q: float, minus: float = 0.0) -> str:
 @dataclass
 class Cpu:
     """CPU seconds (user + system) used so far: the server process, the processes it started (Milvus Lite's
-    ``milvus`` binary, or ``--workers`` processes), this process (the clients), the LLM stub's process
+    ``milvus`` binary, or ``--workers`` processes), this process (the table's clients column is ``Results.cpu``:
+    the clients' processes during the load), the LLM stub's process
     (``bench/fixed_llm.py``), and the whole machine (every process, other people's work included: only
     meaningful on a quiet machine). ``each``: every process the server started, by pid, as (command name, CPU
     seconds)."""
@@ -550,6 +728,7 @@ def run(
     by_thread: bool = False,
     pause: float = OBSERVER_PAUSE,
     floor: bool = False,
+    client_processes: int = 1,
 ) -> str:
     """One row of the table; ``floor``: against ``bench/fixed_llm.py --standin`` in place of `memgpt server`
     (no server, no LLM stub: a process that answers a send after ``llm_ms``), the bench's own floor."""
@@ -557,6 +736,7 @@ def run(
     lost: list[str] | None = None
     catch_up: float | None = None
     logged: str | None = None  # what the server logged, when a send failed or a message was lost
+    parts: str | None = None  # with ``floor``: where its added latency goes
     scratch = Path(tempfile.mkdtemp(prefix="bench-server-"))
     try:
         with contextlib.ExitStack() as serving:
@@ -573,13 +753,15 @@ def run(
                     before.update(calls=llm.calls, cpu=Cpu.now(pid, llm_pid), at=time.perf_counter())
                     before["gil"] = profiling.enter_context(gil_profile(pid, profile, by_thread=by_thread))
 
-                loading = _warm_and_load(url, key, agents, turns, own, client, measuring, words, pause)
-                with asyncio.Runner(loop_factory=_event_loop()) as runner:
-                    results = runner.run(loading)
+                results = _run_clients(
+                    url, key, agents, turns, own, client, measuring, words, pause, client_processes, serving
+                )  # fmt: skip
             gil = before["gil"]
             calls = (llm.calls - before["calls"]) / max(1, len(results.turns))
             if not floor:
                 catch_up = _indexed(server.home, pid)
+            else:
+                parts = _floor_parts(url, results, llm_ms / 1000)
             cpu = Cpu.now(pid, llm_pid) - before["cpu"]
             span = time.perf_counter() - before["at"]  # the load and the indexing's catching up: what cpu covers
             if not floor:
@@ -598,7 +780,7 @@ def run(
     label += f", clients on {client}" if client != "httpcore2" else ""
     label += f", messages and replies +{words} words" if words else ""
     done = max(1, len(results.turns))
-    used = (cpu.server, cpu.children, cpu.bench, cpu.llm, cpu.machine)
+    used = (cpu.server, cpu.children, results.cpu, cpu.llm, cpu.machine)
     per_turn = [f"{seconds * 1000 / done:.1f}" for seconds in used]
     per_turn[3] = "-" if floor else per_turn[3]  # the stand-in is both: its CPU is in the server's column
     cores = cpu.machine / span if span else 0.0
@@ -623,6 +805,7 @@ def run(
             if "threads" in gil
             else ""
         )
+        + f"\n\n{parts + '; ' if parts else ''}{_clients_line(results)}"
         + (f"\n\nCPU ms/turn of the processes the server started: {cpu.by_process(done)}" if workers > 1 else "")
         + (f"\n\nfirst errors: {results.errors[:3]}" if results.errors else "")
         + (f"\n\nfirst lost: {lost[:3]}" if lost else "")
@@ -663,6 +846,12 @@ def main() -> None:
         action="store_true",
         help="the bench's own floor: a stand-in that only waits --llm-ms in place of the server (and the LLM)",
     )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=CLIENT_PROCESSES,
+        help="processes the clients are spread over, each its own event loop (the observer in the first; default 2)",
+    )
     parser.add_argument("--header", action="store_true", help="print the table's header first")
     parser.add_argument(
         "--profile", type=Path, help="py-spy (--gil) the server during each measured load into FILE-<clients>.txt"
@@ -684,6 +873,8 @@ def main() -> None:
             "| bench's clients | LLM stub | whole machine (cores busy) | recall index caught up s after |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.client_processes < 1:
+        parser.error("--client-processes must be 1 or more")
     if args.floor and (args.profile or args.threads or args.workers > 1):
         parser.error("--floor has no server to profile or run workers of")
     backends = ["default", "scale"] if args.backend == "both" else [args.backend]
@@ -695,6 +886,7 @@ def main() -> None:
             row = run(
                 backend, clients, args.turns, args.llm_ms, args.workers, profile, own, args.client, args.words,
                 by_thread=args.threads, pause=args.observer_pause, floor=args.floor,
+                client_processes=args.client_processes,
             )  # fmt: skip
             print(row, flush=True)
 

@@ -87,3 +87,20 @@ def test_the_server_log_excerpt_says_what_went_wrong_or_that_nothing_did(tmp_pat
     ]
     log.write_text("memgpt server on http://127.0.0.1:1\n" + 'INFO:     1 - "GET / HTTP/1.1" 200 OK\n' * 3)
     assert server_bench._log_errors(log) == "nothing but INFO lines, no request answered 4xx or 5xx"
+
+
+def test_the_floor_from_two_client_processes_counts_every_turn_and_says_where_its_time_goes() -> None:
+    """``--floor`` with the clients spread over two processes (each its own event loop, the observer in the
+    first): every agent's turns are counted once, none failed, the observer sampled, and the lines under the row
+    split the added time into its parts (the stand-in's times paired with the clients') and say how long the
+    clients' loops waited for a core."""
+    row = server_bench.run("default", 5, 3, 50, floor=True, client_processes=2)
+    cells = [cell.strip() for cell in row.split("\n", 1)[0].split("|")[1:-1]]
+    assert cells[1:3] == ["5", "15"]  # clients, turns
+    assert cells[6:8] == ["0", "-"]  # errors, lost (no server to lose any)
+    assert cells[8] != "- / -"  # list agents: the observer ran
+    assert float(cells[12]) > 0  # the clients' CPU, counted in their own processes
+    parts, clients = row.split("\n\n")[1].split("; clients' loops late")
+    assert parts.startswith("floor's added ms p50/p95: request ")
+    assert "answer " in parts and "the stand-in's loop late" in parts
+    assert "waiting for a core" in clients
