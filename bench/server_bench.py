@@ -35,11 +35,15 @@ the busy machine of 2026-11-28 (load 13-21, one event loop for the clients): the
 milliseconds, so one can also end up to ~0.3 ms early: left as it is, a second sleep to make up for it costs a
 wake-up more), and the rest was the clients' side: their loop was ready but waiting for a core for 1.5 s of a 2 s
 load (``nice`` gave it nothing: the kernel groups processes by session, autogroup), and it woke up to 200-470 ms
-late. So the clients are spread over ``--client-processes`` (2) processes, each its own event loop (uvloop's) with
-its share of the agents and connections, started together after the warm-up: a burst of answers is read by two loops
-at once, and one loop's process waiting for a core holds up half the clients. At 50 clients, floor p50 / p95 added
-ms with one process 94-297 / 148-551, with two 48-161 / 122-363 (five pairs of runs, one after the other, the two
-processes' lower in each; provisional: busy machine); the clients' CPU a turn 1.0-1.4 ms against 0.9-1.3.
+late; the sends reached the stand-in, and its answers left it, in clusters of 10-50 within 0-60 ms (each time the
+clients' process got a core back), which one loop then read one after another at ~1 ms of Python each. So the
+clients are spread over ``--client-processes`` (2) processes, each its own event loop (uvloop's) with its share of
+the agents and connections, started together after the warm-up: a burst of answers is read by two loops at once, and
+one loop's process waiting for a core holds up half the clients. At 50 clients, floor p50 / p95 added ms with one
+process 94-297 / 148-551, with two 48-161 / 122-363 (seven pairs of runs, one after the other, the two processes'
+lower in each; provisional: busy machine); the clients' CPU a turn 1.0-1.4 ms against 0.9-1.3. Against the server
+(default backend, the same minutes) the p50 added moved with the machine more than with the split: 198-442 ms with
+one, 305-339 with two (three runs each).
 
 Clients speak raw HTTP through httpcore2's connection pool (the one httpx2 sends through; ``CorePool``) on uvloop's
 event loops (one a process of the clients), rather than letta-client: the client's pydantic validation of every
