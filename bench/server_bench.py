@@ -40,10 +40,10 @@ clients' process got a core back), which one loop then read one after another at
 clients are spread over ``--client-processes`` (2) processes, each its own event loop (uvloop's) with its share of
 the agents and connections, started together after the warm-up: a burst of answers is read by two loops at once, and
 one loop's process waiting for a core holds up half the clients. At 50 clients, floor p50 / p95 added ms with one
-process 94-297 / 148-551, with two 48-161 / 122-363 (seven pairs of runs, one after the other, the two processes'
-lower in each; provisional: busy machine); the clients' CPU a turn 1.0-1.4 ms against 0.9-1.3. Against the server
-(default backend, the same minutes) the p50 added moved with the machine more than with the split: 198-442 ms with
-one, 305-339 with two (three runs each).
+process 94-297 / 148-551, with two 48-172 / 122-363 (eight pairs of runs, one after the other, the two processes'
+p50 lower in seven; provisional: busy machine); the clients' CPU a turn 1.0-1.4 ms against 0.9-1.3. Against the
+server (default backend, the same minutes) the p50 added moved with the machine more than with the split: 198-459 ms
+with one, 305-469 with two (four runs each, load 16-25).
 
 Clients speak raw HTTP through httpcore2's connection pool (the one httpx2 sends through; ``CorePool``) on uvloop's
 event loops (one a process of the clients), rather than letta-client: the client's pydantic validation of every
