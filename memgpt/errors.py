@@ -5,6 +5,11 @@
 The CLI prints either as one line; neither should ever surface as a traceback.
 """
 
+# The response header in which `memgpt server` names the class of one of these it answers with, so that memgpt's
+# REST client raises the very class the local client raises (an AlreadyExistsError, not just the ConflictError a
+# 409 stands for).
+ERROR_CLASS_HEADER = "x-memgpt-error"
+
 
 class MemGPTError(Exception):
     """Root of every error memgpt raises on purpose."""

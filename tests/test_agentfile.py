@@ -368,7 +368,7 @@ def test_export_and_import_commands(home: Path, tmp_path: Path) -> None:
     clash = cli("import", str(target), "--name", "customer_service", "--on-clash", "error", home=home)
     assert clash.returncode == 1
     expected = "error: an agent named 'customer_service' already exists; import it under another name"
-    assert clash.stderr.strip() == expected
+    assert clash.stderr == expected + "\n"  # one line: no empty one before it where bars would have been drawn
     corrupt = tmp_path / "corrupt.af"
     corrupt.write_text('{"agents": [', encoding="utf-8")
     bad = cli("import", str(corrupt), home=home)

@@ -26,7 +26,15 @@ from memgpt.client.types import (
     TurnResponse,
     UserMessage,
 )
-from memgpt.errors import AgentBusyError, ConflictError, InputFileError, NotFoundError, UserError
+from memgpt.errors import (
+    AgentBusyError,
+    AlreadyExistsError,
+    ConflictError,
+    InputFileError,
+    NotFoundError,
+    UnsupportedFileTypeError,
+    UserError,
+)
 from memgpt.server.turns import Timing
 from tests.conftest import run_cli
 from tests.scripted_llm import ScriptedLLM
@@ -266,6 +274,25 @@ def test_errors_are_memgpts_own(client: Client, sam: AgentInfo, llm: ScriptedLLM
         answered.set()
         thread.join(timeout=30)
     assert answers[0].assistant_messages == ["Slowly."]
+
+
+def test_both_clients_raise_the_same_class_of_error(client: Client, tmp_path: Path) -> None:
+    """Code written against one client catches the same exceptions from the other: over REST the server names
+    the class (found trying a taken name, a .bin upload and a broken agent file on both: the REST client raised
+    their 409/415/400 as ConflictError/UserError/UserError)."""
+    source = client.create_source("docs")
+    with pytest.raises(ConflictError) as taken:
+        client.create_source("docs")
+    assert type(taken.value) is AlreadyExistsError
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(UserError) as unreadable:
+        client.load_file_into_source(tmp_path / "blob.bin", source.id)
+    assert type(unreadable.value) is UnsupportedFileTypeError and "blob.bin" in str(unreadable.value)
+    (tmp_path / "broken.af").write_text('{"agents": [', encoding="utf-8")
+    with pytest.raises(UserError) as broken:
+        client.import_agent(tmp_path / "broken.af")
+    assert type(broken.value) is InputFileError and broken.value.path == "broken.af"
+    assert broken.value.reason.startswith("not an agent file")
 
 
 def test_a_servers_other_users_see_nothing_of_yours(server: LiveServer) -> None:

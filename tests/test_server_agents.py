@@ -919,6 +919,19 @@ def test_bad_agent_requests_are_4xx_json_and_change_nothing(server: LiveServer, 
     assert letta.agents.retrieve(agent_id).tags == []
 
 
+def test_collections_answer_with_or_without_a_trailing_slash(server: LiveServer, letta: Letta) -> None:
+    """`curl -H ... /v1/agents` is a list, as /v1/agents/ (letta-client's path) is: not an empty 307 that curl shows
+    as nothing (found trying the API by hand: /v1/folders and /v1/health answered, /v1/agents redirected)."""
+    headers = {**auth(server.key()), "content-type": "application/json"}
+    made = web.post(f"{server.url}/v1/agents", json={"name": "sam", "model": HANDLE}, headers=headers)
+    assert made.status_code == 200, made.text
+    for path in ("agents", "folders", "models", "mcp-servers", "health"):
+        answer = web.get(f"{server.url}/v1/{path}", headers=headers)
+        assert answer.status_code == 200, (path, answer.status_code, answer.headers.get("location"))
+        assert answer.json() == web.get(f"{server.url}/v1/{path}/", headers=headers).json(), path
+    assert [a.name for a in letta.agents.list()] == ["sam"]
+
+
 def test_numbers_too_large_and_text_that_is_not_unicode_are_4xx_not_500(server: LiveServer, letta: Letta) -> None:
     """A number past what the database column holds, or a JSON string with a lone surrogate escape (valid
     JSON, but no Unicode text), is the client's mistake: a 4xx naming the field, and nothing stored."""

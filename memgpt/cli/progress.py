@@ -56,7 +56,15 @@ def load_progress() -> Progress:
         TimeRemainingColumn,
     )
 
-    return Progress(
+    class Bars(Progress):
+        def stop(self) -> None:
+            if self.tasks:
+                super().stop()
+            else:  # nothing was loaded (an agent file without files, an import refused): no empty line either
+                self.live.transient = True
+                self.live.stop()
+
+    return Bars(
         TextColumn("{task.description}:"),
         TaskProgressColumn(),
         BarColumn(),

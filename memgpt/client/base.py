@@ -292,7 +292,8 @@ class Client(ABC):
 
     def import_agent(self, agent_file: str | Path, *, name: str | None = None) -> AgentInfo:
         """A new agent from an Agent File (a path, or the JSON text itself; Letta's files work too), named
-        ``name`` (refused when taken) or as in the file (with a suffix when taken)."""
+        ``name`` (refused when taken) or, as Letta's import names it, the file's name with ``_copy`` (``_copy_2``
+        when that is taken), whether or not the file's own name is free."""
         text = str(agent_file)
         if not text.lstrip().startswith("{"):
             path = Path(agent_file)

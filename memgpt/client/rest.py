@@ -10,8 +10,10 @@ from urllib.parse import quote
 
 import httpx
 
+from memgpt import errors
 from memgpt.client.base import Client
 from memgpt.errors import (
+    ERROR_CLASS_HEADER,
     AgentBusyError,
     BackendError,
     ConflictError,
@@ -136,6 +138,9 @@ def error_of(status: int, detail: Any, headers: httpx.Headers | dict[str, str]) 
     if isinstance(detail, list):  # FastAPI's list of problems with the request
         detail = "; ".join(f"{'.'.join(map(str, p.get('loc', [])[1:]))}: {p.get('msg')}" for p in detail)
     message = str(detail)
+    named = _named(str(headers.get(ERROR_CLASS_HEADER, "")), message)
+    if named is not None:
+        return named
     if status == 404:
         return NotFoundError(message)
     if status == 409:
@@ -147,3 +152,14 @@ def error_of(status: int, detail: Any, headers: httpx.Headers | dict[str, str]) 
     if 400 <= status < 500:
         return UserError(message)
     return BackendError(f"the server failed ({status}): {message}")
+
+
+def _named(name: str, message: str) -> MemGPTError | None:
+    """The error of ours the server named (``ERROR_CLASS_HEADER``), as the local client would raise it."""
+    kind = getattr(errors, name, None) if name.isidentifier() else None
+    if not isinstance(kind, type) or not issubclass(kind, MemGPTError) or issubclass(kind, AgentBusyError):
+        return None
+    if issubclass(kind, errors.InputFileError):  # "path: reason"
+        path, _, reason = message.partition(": ")
+        return kind(path, reason)
+    return kind(message)

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memgpt.errors import (
+    ERROR_CLASS_HEADER,
     AgentBusyError,
     AlreadyExistsError,
     BackendError,
@@ -84,7 +85,8 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        return error(status, str(exc), NO_RETRY if isinstance(exc, AlreadyExistsError) else None)
+        headers = {ERROR_CLASS_HEADER: type(exc).__name__, **(NO_RETRY if isinstance(exc, AlreadyExistsError) else {})}
+        return error(status, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

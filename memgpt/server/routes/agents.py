@@ -110,6 +110,7 @@ def _blocks(body: AgentCreate) -> list[Block]:
 
 
 @router.post("/", response_model=AgentOut)
+@router.post("", response_model=AgentOut, include_in_schema=False)
 def create_agent(body: AgentCreate, state: State, user: CurrentUser) -> AgentOut:
     """Create an agent. memory_blocks become its core memory (persona and human default to the server's
     templates); model is a handle of this server's LLM; embedding must be this server's embedding model."""
@@ -151,6 +152,7 @@ _AGENT_LIST = TypeAdapter(list[AgentOut])
 
 
 @router.get("/", response_model=list[AgentOut])
+@router.get("", response_model=list[AgentOut], include_in_schema=False)
 def list_agents(
     state: State,
     user: CurrentUser,

@@ -92,11 +92,13 @@ def to_spec(name: str, config: MCPServerConfig) -> ServerSpec:
 
 
 @router.get("/v1/mcp-servers/", response_model=list[MCPServerOut])
+@router.get("/v1/mcp-servers", response_model=list[MCPServerOut], include_in_schema=False)
 def list_servers(state: State, _: CurrentUser) -> list[MCPServerOut]:
     return [MCPServerOut.of(spec) for spec in load_servers(state.home).values()]
 
 
 @router.post("/v1/mcp-servers/", response_model=MCPServerOut)
+@router.post("/v1/mcp-servers", response_model=MCPServerOut, include_in_schema=False)
 def create_server(body: MCPServerCreate, state: State, _: MCPAdminUser) -> MCPServerOut:
     """Register a server (owner only: it runs commands on, or connects from, the server machine)."""
     spec = to_spec(body.server_name, body.config)

@@ -59,6 +59,7 @@ class EmbeddingModelOut(BaseModel):
 
 
 @router.get("/", response_model=list[ModelOut])
+@router.get("", response_model=list[ModelOut], include_in_schema=False)
 def list_models(state: State, user: CurrentUser) -> list[ModelOut]:
     """The configured model first, then the others its endpoint lists; empty while the server has no LLM."""
     models = state.models()
