@@ -74,21 +74,26 @@ def after_commit_of(storage: Storage, statement: str, action: Callable[[], None]
     def committing(_conn: Any) -> None:  # a transaction outside a session: its COMMIT (not a rollback) ...
         seen["committing"] = seen["ran"]
 
-    def returned(_dbapi_connection: Any, _record: Any) -> None:  # ... done, the connection back in the pool
+    plain = metadata.connection
+
+    @contextmanager
+    def connection() -> Iterator[Any]:  # ... done as the transaction's block is left (SQLite's connection is kept)
+        with plain() as c:
+            yield c
         if seen["committing"]:
             committed(None)
 
     event.listen(metadata.engine, "after_cursor_execute", executed)
     event.listen(metadata._sessions, "after_commit", committed)
     event.listen(metadata.engine, "commit", committing)
-    event.listen(metadata.engine, "checkin", returned)
+    setattr(metadata, "connection", connection)  # noqa: B010 (the store's own method, for this block)
     try:
         yield
     finally:
         event.remove(metadata.engine, "after_cursor_execute", executed)
         event.remove(metadata._sessions, "after_commit", committed)
         event.remove(metadata.engine, "commit", committing)
-        event.remove(metadata.engine, "checkin", returned)
+        delattr(metadata, "connection")
     assert seen["done"], f"no transaction ran {statement!r}"
 
 

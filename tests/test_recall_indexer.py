@@ -136,6 +136,33 @@ def test_the_indexer_gathers_requests_into_one_pass_and_who_waits_does_not_wait_
     assert time.monotonic() - began < 30 and passes[-1] == ["e"]
 
 
+def test_requests_while_items_wait_do_not_wake_the_indexer_unless_urgent() -> None:
+    """A server's every step asks for indexing: only the first request of a pass (and an urgent one) wakes the
+    indexer's thread; the others, during its gathering pause, join the pass without waking it."""
+    passes: list[list[str]] = []
+    wakes: list[str] = []
+
+    class Counted(threading.Condition):
+        def notify_all(self) -> None:
+            wakes.append("notify")
+            super().notify_all()
+
+    def work(items: list[str]) -> Outcome:
+        passes.append(sorted(items))
+        return Outcome(finished=set(items))
+
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing", gather=60.0)
+    batcher._changed = Counted()
+    items = [f"agent-{n:02}" for n in range(20)]
+    for item in items:
+        batcher.request(item)
+    assert wakes == ["notify"]  # the first: the thread waited for an item
+    batcher.request("urgent", urgent=True)  # a search waiting for it: the pause ends at once
+    assert wakes == ["notify", "notify"]
+    assert batcher.wait("urgent", timeout=30)
+    assert passes == [sorted([*items, "urgent"])]
+
+
 def test_a_failed_item_waits_for_its_next_request_and_more_work_goes_round_again() -> None:
     calls: list[list[str]] = []
     rounds = {"long": 3}

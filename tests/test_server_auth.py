@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import select
 import socket
 import subprocess
@@ -318,6 +319,10 @@ def test_the_server_speaks_http_with_httptools_on_uvloop(home: Path) -> None:
     server.wait_ready()
     try:
         assert http_stack(server.process.pid) == {"httptools", "uvloop"}
+        # uvicorn's access line, made by memgpt's formatter (memgpt/server/access_log.py)
+        assert re.search(
+            r'^INFO:     127\.0\.0\.1:\d+ - "GET /v1/health/ HTTP/1\.1" 200 OK$', server.log.read_text(), re.M
+        )
     finally:
         server.stop()
 

@@ -71,6 +71,10 @@ class Batcher(Generic[T]):
         """Do ``item``'s work soon, on the background thread; ``urgent``: without the gathering pause, first."""
         key = self._key(item)
         with self._changed:
+            # Only the thread's wait for a first item and its gathering pause (for an urgent item) need waking: a
+            # wake for each request (a server's every step) cost the thread a GIL switch and a wait set up anew.
+            # A pass under way looks at what is waiting when it ends; no other wait ends by an item added.
+            wake = urgent or not self._waiting
             if urgent:
                 self._waiting = {key: item, **{k: v for k, v in self._waiting.items() if k != key}}
                 self._urgent = True
@@ -81,7 +85,8 @@ class Batcher(Generic[T]):
                 self._thread.start()
                 _running.add(self)
                 _close_at_exit()
-            self._changed.notify_all()
+            if wake:
+                self._changed.notify_all()
 
     def _next(self) -> list[T]:
         """The items of the next pass, once there are some and the gathering pause is over."""

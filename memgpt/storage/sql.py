@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -464,6 +464,12 @@ class MetadataStore:
         # process take turns here instead, in order; other processes still meet the busy timeout.
         sqlite = parsed.get_backend_name() == "sqlite"
         self._serial: AbstractContextManager[Any] = threading.RLock() if sqlite else nullcontext()
+        # On a SQLite file, whose transactions in this process run one at a time (``_serial``), ``connection``'s
+        # transactions share one connection kept open, for any thread (the driver's thread check is off for a file,
+        # as for SQLAlchemy's pool): a pool checkout and return cost ~100 µs a transaction, more than a turn's
+        # statements, and a turn makes two. ``check_same_thread`` in the URL keeps the pool.
+        self._keep = sqlite and self._file is not None and "check_same_thread" not in parsed.query
+        self._kept: Connection | None = None
 
     def _open_error(self, url: URL, exc: Exception) -> StorageError:
         said = self._read_only() or self._locked(exc)
@@ -518,13 +524,38 @@ class MetadataStore:
         """``session()`` without the ORM: one transaction on a plain connection, for Core statements on a turn's
         path (an ORM session's set-up and commit cost as much again as such a statement)."""
         with self._serial:
+            kept = self._kept
+            if not self._keep or (kept is not None and kept.in_transaction()):  # (nested: a connection of its own)
+                try:
+                    with self.engine.begin() as connection:
+                        yield connection
+                except SQLAlchemyError as exc:
+                    raise StorageError(self._failure(exc)) from exc
+                return
             try:
-                with self.engine.begin() as connection:
-                    yield connection
+                if kept is None:
+                    kept = self._kept = self.engine.connect()
+                with kept.begin():
+                    yield kept
             except SQLAlchemyError as exc:
+                self._let_go(kept)
                 raise StorageError(self._failure(exc)) from exc
+            except BaseException:
+                if kept is not None and (kept.in_transaction() or kept.invalidated):  # (its rollback did not end it)
+                    self._let_go(kept)
+                raise
+
+    def _let_go(self, kept: Connection | None) -> None:
+        """After a failed transaction: the kept connection back to the pool (or discarded, if it was invalidated),
+        the next transaction on a fresh one."""
+        if kept is not None and self._kept is kept:
+            self._kept = None
+            with suppress(SQLAlchemyError):
+                kept.close()
 
     def close(self) -> None:
+        with self._serial:
+            self._let_go(self._kept)
         self.engine.dispose()
 
     # -- sources ------------------------------------------------------------------------------
