@@ -448,6 +448,7 @@ class MetadataStore:
             self.engine.dispose()
             raise
         self._session_factory: sessionmaker[Session] | None = None  # made at the first session(): see the module
+        self._making_sessions = threading.Lock()
         # SQLite has one writer at a time, and its waiters poll (busy_timeout) rather than queue: with dozens
         # of threads (a server's turns) some waited past the timeout ("database is locked"). The threads of this
         # process take turns here instead, in order; other processes still meet the busy timeout.
@@ -493,7 +494,7 @@ class MetadataStore:
         if factory is None:
             from sqlalchemy.orm import sessionmaker
 
-            with self._serial:
+            with self._making_sessions:
                 if self._session_factory is None:
                     self._session_factory = sessionmaker(self.engine, expire_on_commit=False)
                 factory = self._session_factory
