@@ -24,7 +24,8 @@ from memgpt.storage import (  # noqa: F401 - register their tables on Base
     users,
 )
 from memgpt.storage.migrations import MIGRATIONS, apply_migrations
-from memgpt.storage.sql import Base, MetadataStore, create_metadata_engine, parse_metadata_url
+from memgpt.storage.orm import Base
+from memgpt.storage.sql import MetadataStore, create_metadata_engine, parse_metadata_url
 
 pytestmark = pytest.mark.usefixtures("metadata_url")
 

@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 from letta_client import Letta
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from memgpt.storage.agents import DeletedAgentRow
-from memgpt.storage.sql import CURSOR_KEPT, DeletedSourceRow
+from memgpt.storage.sql import CURSOR_KEPT, DELETED_SOURCES
 from tests.server_rig import LiveServer
 
 HANDLE = "openai-compatible/scripted"
@@ -96,8 +96,14 @@ def test_a_deletion_older_than_its_day_is_no_cursor_even_before_the_next_deletio
     assert [a.id for a in alice.agents.list(after=agents[1], order="asc").items] == agents[2:]  # within its day
     assert [f.id for f in alice.folders.list(after=folders[1]).items] == folders[2:]
     with scripted_server.state.storage.metadata.session() as s:
-        for table in (DeletedAgentRow, DeletedSourceRow):
-            for row in s.scalars(select(table)):
-                row.deleted_at -= CURSOR_KEPT + timedelta(minutes=1)
+        for row in s.scalars(select(DeletedAgentRow)):
+            row.deleted_at -= CURSOR_KEPT + timedelta(minutes=1)
+    with scripted_server.state.storage.metadata.connection() as c:
+        for source_id, deleted_at in c.execute(select(DELETED_SOURCES.c.id, DELETED_SOURCES.c.deleted_at)).all():
+            c.execute(
+                update(DELETED_SOURCES)
+                .where(DELETED_SOURCES.c.id == source_id)
+                .values(deleted_at=deleted_at - CURSOR_KEPT - timedelta(minutes=1))
+            )
     assert alice.agents.list(after=agents[1], order="asc").items == []
     assert alice.folders.list(after=folders[1]).items == []

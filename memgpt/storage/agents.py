@@ -43,7 +43,8 @@ from memgpt.storage import claims, marks, turns
 from memgpt.storage.attachments import AgentSourceRow
 from memgpt.storage.mcp_servers import AgentMCPServerRow
 from memgpt.storage.messages import FENCED_LAST_SEQ, MessageRow, StoredMessage, escape_like, last_seq, write_messages
-from memgpt.storage.sql import Base, MetadataStore, Tombstone, UTCDateTime, bump_agents, bury, direct, tombstone
+from memgpt.storage.orm import Base, Tombstone, bury, tombstone
+from memgpt.storage.sql import MetadataStore, UTCDateTime, bump_agents, direct
 from memgpt.storage.turns import Fence, Run, check_fence, fenced_write, give_back
 from memgpt.types import AgentState, Block, EmbeddingSpace, utc_now
 

@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agents
+from memgpt.storage.orm import Base
+from memgpt.storage.sql import MetadataStore, UTCDateTime, bump_agents
 from memgpt.types import utc_now
 
 

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import StorageError
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.orm import Base
+from memgpt.storage.sql import MetadataStore, UTCDateTime
 
 
 class IndexClaimRow(Base):

@@ -7,45 +7,58 @@ a person asks about a file: its name, type and size, and where its load is (Lett
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, delete, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    Row,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.sql import METADATA, MetadataStore, UTCDateTime
 from memgpt.types import FileRecord, FileStatus, utc_now
 
-
-class FileRow(Base):
-    __tablename__ = "files"
-    __table_args__ = (
-        Index("ix_files_source_created", "source_id", "created_at"),
-        Index("ix_files_source_path", "source_id", "path"),
-        Index("ix_files_status", "status"),
-    )
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    source_id: Mapped[str] = mapped_column(String(64), ForeignKey("sources.id", ondelete="CASCADE"))
-    file_name: Mapped[str] = mapped_column(String(512))
-    path: Mapped[str] = mapped_column(Text)
-    stored: Mapped[bool] = mapped_column(Boolean)
-    original_file_name: Mapped[str] = mapped_column(String(512))
-    file_type: Mapped[str] = mapped_column(String(128))
-    file_size: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))
-    error_message: Mapped[str] = mapped_column(Text)
-    total_chunks: Mapped[int] = mapped_column(Integer)
-    chunks_embedded: Mapped[int] = mapped_column(Integer)
-    job_owner: Mapped[str] = mapped_column(String(256))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+# A Core table, as the other tables of the commands on sources: see memgpt.storage.sql.
+FILES = Table(
+    "files",
+    METADATA,
+    Column("id", String(64), primary_key=True),
+    Column("source_id", String(64), ForeignKey("sources.id", ondelete="CASCADE"), nullable=False),
+    Column("file_name", String(512), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("stored", Boolean, nullable=False),
+    Column("original_file_name", String(512), nullable=False),
+    Column("file_type", String(128), nullable=False),
+    Column("file_size", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("total_chunks", Integer, nullable=False),
+    Column("chunks_embedded", Integer, nullable=False),
+    Column("job_owner", String(256), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_files_source_created", "source_id", "created_at"),
+    Index("ix_files_source_path", "source_id", "path"),
+    Index("ix_files_status", "status"),
+)
 
 
 # What a load may change on a file as it goes.
 PROGRESS_FIELDS = frozenset({"status", "error_message", "total_chunks", "chunks_embedded", "job_owner", "file_size"})
 
 
-def _record(row: FileRow) -> FileRecord:
+def _record(row: Row[Any]) -> FileRecord:
     return FileRecord(
         id=row.id,
         source_id=row.source_id,
@@ -73,9 +86,9 @@ class FileStore:
         self._metadata = metadata
 
     def add(self, record: FileRecord) -> FileRecord:
-        with self._metadata.session() as s:
-            s.add(
-                FileRow(
+        with self._metadata.connection() as c:
+            c.execute(
+                insert(FILES).values(
                     id=record.id,
                     source_id=record.source_id,
                     file_name=record.file_name,
@@ -96,34 +109,34 @@ class FileStore:
         return record
 
     def get(self, file_id: str) -> FileRecord | None:
-        with self._metadata.session() as s:
-            row = s.get(FileRow, file_id)
+        with self._metadata.connection() as c:
+            row = c.execute(select(FILES).where(FILES.c.id == file_id)).first()
             return _record(row) if row is not None else None
 
     def by_path(self, source_id: str, path: str) -> FileRecord | None:
         """The source's file read from ``path`` (the newest, should there be several)."""
-        with self._metadata.session() as s:
-            row = s.scalar(
-                select(FileRow)
-                .where(FileRow.source_id == source_id, FileRow.path == path)
-                .order_by(FileRow.created_at.desc(), FileRow.id.desc())
+        with self._metadata.connection() as c:
+            row = c.execute(
+                select(FILES)
+                .where(FILES.c.source_id == source_id, FILES.c.path == path)
+                .order_by(FILES.c.created_at.desc(), FILES.c.id.desc())
                 .limit(1)
-            )
+            ).first()
             return _record(row) if row is not None else None
 
     def list(self, source_id: str) -> list[FileRecord]:
         """The source's files, oldest first."""
-        with self._metadata.session() as s:
-            rows = s.scalars(
-                select(FileRow).where(FileRow.source_id == source_id).order_by(FileRow.created_at, FileRow.id)
+        with self._metadata.connection() as c:
+            rows = c.execute(
+                select(FILES).where(FILES.c.source_id == source_id).order_by(FILES.c.created_at, FILES.c.id)
             )
             return [_record(r) for r in rows]
 
     def unfinished(self) -> list[FileRecord]:
         """Every user's files whose load has not ended (queued, or cut short by a crash)."""
         finished = [FileStatus.COMPLETED.value, FileStatus.ERROR.value]
-        with self._metadata.session() as s:
-            rows = s.scalars(select(FileRow).where(FileRow.status.not_in(finished)).order_by(FileRow.created_at))
+        with self._metadata.connection() as c:
+            rows = c.execute(select(FILES).where(FILES.c.status.not_in(finished)).order_by(FILES.c.created_at))
             return [_record(r) for r in rows]
 
     def update(self, file_id: str, *, if_owner: str | None = None, **fields: str | int) -> bool:
@@ -134,18 +147,18 @@ class FileStore:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))} of a file")
         if isinstance(fields.get("status"), FileStatus):
             fields["status"] = fields["status"].value  # type: ignore[union-attr]
-        where = [FileRow.id == file_id] + ([FileRow.job_owner == if_owner] if if_owner is not None else [])
-        with self._metadata.session() as s:
-            result = s.execute(update(FileRow).where(*where).values(**fields, updated_at=utc_now()))
+        where = [FILES.c.id == file_id] + ([FILES.c.job_owner == if_owner] if if_owner is not None else [])
+        with self._metadata.connection() as c:
+            result = c.execute(update(FILES).where(*where).values(**fields, updated_at=utc_now()))
             return bool(result.rowcount)
 
     def claim(self, file_id: str, owner: str, *, previous: str) -> bool:
         """Make ``owner`` the process loading the file if ``previous`` still is; False when another
         process took it first."""
-        with self._metadata.session() as s:
-            result = s.execute(
-                update(FileRow)
-                .where(FileRow.id == file_id, FileRow.job_owner == previous)
+        with self._metadata.connection() as c:
+            result = c.execute(
+                update(FILES)
+                .where(FILES.c.id == file_id, FILES.c.job_owner == previous)
                 .values(job_owner=owner, updated_at=utc_now())
             )
             return bool(result.rowcount)
@@ -153,5 +166,5 @@ class FileStore:
     def delete(self, file_ids: Sequence[str]) -> None:
         if not file_ids:
             return
-        with self._metadata.session() as s:
-            s.execute(delete(FileRow).where(FileRow.id.in_(list(file_ids))))
+        with self._metadata.connection() as c:
+            c.execute(delete(FILES).where(FILES.c.id.in_(list(file_ids))))

@@ -11,25 +11,31 @@ wait only when that write is younger than a time tick.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, String, delete, func, select, update
+from sqlalchemy import BigInteger, Column, String, Table, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from memgpt.errors import StorageError
 from memgpt.storage.base import PassageStore
-from memgpt.storage.sql import Base, MetadataStore
+from memgpt.storage.sql import METADATA, MetadataStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# A Core table, as the other tables of the commands on sources: see memgpt.storage.sql.
+MARKS = Table(
+    "passage_marks",
+    METADATA,
+    Column("scope_id", String(64), primary_key=True),  # an agent's or a source's id
+    Column("mark", BigInteger, nullable=False),  # the vector store's timestamp of its newest write
+)
 
 
-class PassageMarkRow(Base):
-    __tablename__ = "passage_marks"
-
-    scope_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # an agent's or a source's id
-    mark: Mapped[int] = mapped_column(BigInteger)  # the vector store's timestamp of its newest write
-
-
-def forget_agent(s: Session, agent_id: str) -> None:
+def forget_agent(s: Session | Connection, agent_id: str) -> None:
     """In the transaction that deletes the agent: the mark of its passages' newest write."""
-    s.execute(delete(PassageMarkRow).where(PassageMarkRow.scope_id == agent_id))
+    s.execute(delete(MARKS).where(MARKS.c.scope_id == agent_id))
 
 
 class PassageMarks:
@@ -40,29 +46,26 @@ class PassageMarks:
         """``scope_id``'s passages were written at ``mark`` (kept only if newer than what is recorded)."""
         if mark <= 0:
             return
-        for _ in range(2):  # a second try when another process inserted the row first
-            with self._metadata.session() as s:
-                moved = s.execute(
-                    update(PassageMarkRow)
-                    .where(PassageMarkRow.scope_id == scope_id, PassageMarkRow.mark < mark)
-                    .values(mark=mark)
-                    .execution_options(synchronize_session=False)
-                )
-                if moved.rowcount or s.get(PassageMarkRow, scope_id) is not None:
-                    return
-                s.add(PassageMarkRow(scope_id=scope_id, mark=mark))
-                try:
-                    s.flush()
-                    return
-                except IntegrityError:
-                    s.rollback()
+        for attempt in range(2):  # a second try when another process inserted the row first
+            try:
+                with self._metadata.connection() as c:
+                    moved = c.execute(
+                        update(MARKS).where(MARKS.c.scope_id == scope_id, MARKS.c.mark < mark).values(mark=mark)
+                    )
+                    if moved.rowcount or c.scalar(select(MARKS.c.mark).where(MARKS.c.scope_id == scope_id)) is not None:
+                        return
+                    c.execute(insert(MARKS).values(scope_id=scope_id, mark=mark))  # the transaction's last statement
+                return
+            except StorageError as exc:
+                if attempt or not isinstance(exc.__cause__, IntegrityError):
+                    raise
 
     def newest(self, scope_ids: Sequence[str]) -> int:
         """The newest mark among ``scope_ids`` (0 when none was written)."""
         if not scope_ids:
             return 0
-        with self._metadata.session() as s:
-            found = s.scalar(select(func.max(PassageMarkRow.mark)).where(PassageMarkRow.scope_id.in_(list(scope_ids))))
+        with self._metadata.connection() as c:
+            found = c.scalar(select(func.max(MARKS.c.mark)).where(MARKS.c.scope_id.in_(list(scope_ids))))
             return int(found or 0)
 
     def written(self, scope_id: str, store: PassageStore) -> None:

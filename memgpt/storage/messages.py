@@ -33,7 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, bump_agent, bump_agents, direct
+from memgpt.storage.orm import Base
+from memgpt.storage.sql import MetadataStore, UTCDateTime, bump_agent, bump_agents, direct
 from memgpt.storage.turns import FENCE_AGENT, Fence, check_fence, fenced_write
 from memgpt.types import Message, Role, ToolCall
 

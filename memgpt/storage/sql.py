@@ -2,6 +2,11 @@
 
 SQLite in the home folder by default; the same code runs on PostgreSQL given a URL. Rows here are
 storage shapes only: callers get the frozen records from ``memgpt.types``.
+
+Sources, documents, files and passage marks are SQLAlchemy Core tables run on plain connections: the commands
+on sources (`memgpt load`, `search`, `list sources`) never import SQLAlchemy's ORM (~0.08 CPU s of each such
+process). The agent family's models are ORM classes on the same ``METADATA`` (``memgpt.storage.orm``), and
+``MetadataStore.session()`` imports the ORM at its first use.
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     DateTime,
     Engine,
     ForeignKey,
     Index,
     Integer,
+    MetaData,
+    Row,
     Select,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -32,6 +41,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     make_url,
     select,
     table,
@@ -39,12 +49,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from memgpt.config import HOME_REMEDY, read_only_message
 from memgpt.errors import StorageError
 from memgpt.procfs import describe, lock_holders
 from memgpt.types import Document, DocumentStatus, Source, utc_now
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -64,11 +76,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Base(DeclarativeBase):
-    pass
+# Every table of the metadata database: the Core tables here and in files.py and marks.py, and the ORM models of
+# memgpt.storage.orm's Base (whose foreign keys name the sources table).
+METADATA = MetaData()
 
 
-def bump_agents(s: Session, agent_ids: str | Sequence[str] | Select[Any]) -> None:
+def bump_agents(s: Session | Connection, agent_ids: str | Sequence[str] | Select[Any]) -> None:
     """Move the version of these agents (an id, ids, or a query of ids) in the caller's transaction: every
     write to what an opened agent holds (blocks, fields, messages, tools, attachments, what its archival
     memory counts) does this, except a server turn's own writes under its lease. A server process keeps an
@@ -95,7 +108,7 @@ def bump_agent(s: Session | Connection, agent_id: str, reading: Any = None, **va
     return row[0] if row is not None else None
 
 
-def bump_agents_of_sources(s: Session, source_ids: Sequence[str] | Select[Any]) -> None:
+def bump_agents_of_sources(s: Session | Connection, source_ids: Sequence[str] | Select[Any]) -> None:
     """Move the version of the agents these sources are attached to (what their archival memory counts)."""
     bump_agents(s, select(_LINKS.c.agent_id).where(_LINKS.c.source_id.in_(source_ids)))
 
@@ -105,84 +118,60 @@ _AGENTS = table("agents", column("id"), column("version"))
 _LINKS = table("agent_sources", column("agent_id"), column("source_id"))
 
 
-class SourceRow(Base):
-    __tablename__ = "sources"
-    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_sources_user_name"),)
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(64), index=True)
-    name: Mapped[str] = mapped_column(String(256))
-    description: Mapped[str] = mapped_column(Text, default="")
-    embedding_model: Mapped[str] = mapped_column(String(256))
-    embedding_dim: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="ready")
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
-    instructions: Mapped[str] = mapped_column(Text, default="")
-    metadata_json: Mapped[str] = mapped_column("metadata", Text, default="{}")  # `metadata` is SQLAlchemy's
+SOURCES = Table(
+    "sources",
+    METADATA,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("name", String(256), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("embedding_model", String(256), nullable=False),
+    Column("embedding_dim", Integer, nullable=False),
+    Column("status", String(16), nullable=False, default="ready"),
+    Column("created_at", UTCDateTime, nullable=False, default=utc_now),
+    Column("instructions", Text, nullable=False, default=""),
+    Column("metadata", Text, nullable=False, default="{}", key="metadata_json"),  # `metadata` is SQLAlchemy's
+    UniqueConstraint("user_id", "name", name="uq_sources_user_name"),
+)
 
 
 CURSOR_KEPT = timedelta(days=1)  # how long a deleted agent or source still places a page (its cursor)
 
 
-class Tombstone:
-    """The columns of a deleted agent's or source's row kept for ``CURSOR_KEPT`` (``bury``, ``tombstone``)."""
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-
-
-_Buried = TypeVar("_Buried", bound=Tombstone)
-
-
-def bury(s: Session, tombstone: Tombstone) -> None:
-    """Write a tombstone (its ``deleted_at`` is now); those of its table older than ``CURSOR_KEPT`` are forgotten."""
-    table = type(tombstone)
-    s.execute(delete(table).where(table.deleted_at < tombstone.deleted_at - CURSOR_KEPT))
-    s.merge(tombstone)
+# Where a deleted source stood in its user's list (oldest first, by creation time then name), kept for
+# ``CURSOR_KEPT``: a client's next page of folders is asked for after the last one it was given, which a loop
+# deleting each folder it is given has just deleted. The columns of memgpt.storage.orm's Tombstone, and the name.
+DELETED_SOURCES = Table(
+    "deleted_sources",
+    METADATA,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("deleted_at", UTCDateTime, nullable=False, index=True),
+    Column("name", String(256), nullable=False),
+)
 
 
-def tombstone(s: Session, table: type[_Buried], row_id: str, user_id: str) -> _Buried | None:
-    """The user's tombstone of this id, if written within ``CURSOR_KEPT`` (an older one not yet forgotten by
-    ``bury`` is no cursor any more)."""
-    row = s.get(table, row_id)
-    if row is None or row.user_id != user_id or row.deleted_at < utc_now() - CURSOR_KEPT:
-        return None
-    return row
+DOCUMENTS = Table(
+    "documents",
+    METADATA,
+    Column("id", String(64), primary_key=True),
+    Column("source_id", String(64), ForeignKey("sources.id", ondelete="CASCADE"), nullable=False),
+    Column("file_path", Text, nullable=False),
+    Column("file_name", String(512), nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("file_size", BigInteger, nullable=False),
+    Column("unit", Integer, nullable=True),  # PDF page number, 1-based
+    Column("n_passages", Integer, nullable=False),
+    Column("signature", String(128), nullable=False),  # how it was chunked and embedded
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, default=utc_now),
+    Index("ix_documents_source_status", "source_id", "status"),
+    Index("ix_documents_source_file", "source_id", "file_path"),
+)
 
 
-class DeletedSourceRow(Tombstone, Base):
-    """Where a deleted source stood in its user's list (oldest first, by creation time then name), kept for
-    ``CURSOR_KEPT``: a client's next page of folders is asked for after the last one it was given, which a loop
-    deleting each folder it is given has just deleted."""
-
-    __tablename__ = "deleted_sources"
-
-    name: Mapped[str] = mapped_column(String(256))
-
-
-class DocumentRow(Base):
-    __tablename__ = "documents"
-    __table_args__ = (
-        Index("ix_documents_source_status", "source_id", "status"),
-        Index("ix_documents_source_file", "source_id", "file_path"),
-    )
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    source_id: Mapped[str] = mapped_column(String(64), ForeignKey("sources.id", ondelete="CASCADE"))
-    file_path: Mapped[str] = mapped_column(Text)
-    file_name: Mapped[str] = mapped_column(String(512))
-    file_sha256: Mapped[str] = mapped_column(String(64))
-    file_size: Mapped[int] = mapped_column(BigInteger)
-    unit: Mapped[int | None] = mapped_column(Integer, nullable=True)  # PDF page number, 1-based
-    n_passages: Mapped[int] = mapped_column(Integer)
-    signature: Mapped[str] = mapped_column(String(128))  # how it was chunked and embedded
-    status: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
-
-
-def _source(row: SourceRow, counts: dict[str, tuple[int, int, int]] | None = None) -> Source:
+def _source(row: Row[Any], counts: dict[str, tuple[int, int, int]] | None = None) -> Source:
     documents, passages, incomplete = (counts or {}).get(row.id, (0, 0, 0))
     return Source(
         id=row.id,
@@ -197,11 +186,11 @@ def _source(row: SourceRow, counts: dict[str, tuple[int, int, int]] | None = Non
         incomplete_documents=incomplete,
         status=row.status,
         instructions=row.instructions,
-        metadata=json.loads(row.metadata_json or "{}"),
+        metadata=json.loads(row._mapping[SOURCES.c.metadata_json] or "{}"),
     )
 
 
-def _document(row: DocumentRow) -> Document:
+def _document(row: Row[Any]) -> Document:
     return Document(
         id=row.id,
         source_id=row.source_id,
@@ -398,7 +387,7 @@ class Direct:
         self._run(c, [self._parameters(v) for v in values], many=True)
 
     def _run(self, c: Session | Connection, parameters: Any, *, many: bool) -> list[Any]:
-        connection = c.connection() if isinstance(c, Session) else c
+        connection = c if isinstance(c, Connection) else c.connection()
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         sql = self.sql
         # As SQLAlchemy's own execution asks (reading a listener-less Connection's events costs more than a statement).
@@ -458,7 +447,8 @@ class MetadataStore:
         except BaseException:
             self.engine.dispose()
             raise
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._session_factory: sessionmaker[Session] | None = None  # made at the first session(): see the module
+        self._making_sessions = threading.Lock()
         # SQLite has one writer at a time, and its waiters poll (busy_timeout) rather than queue: with dozens
         # of threads (a server's turns) some waited past the timeout ("database is locked"). The threads of this
         # process take turns here instead, in order; other processes still meet the busy timeout.
@@ -503,10 +493,26 @@ class MetadataStore:
             return None
         return read_only_message(self._file, "the metadata database", HOME_REMEDY)
 
+    @property
+    def _sessions(self) -> sessionmaker[Session]:
+        """The ORM's sessions of this database, made at first use (importing the ORM): see the module."""
+        factory = self._session_factory
+        if factory is None:
+            from sqlalchemy.orm import sessionmaker
+
+            with self._making_sessions:
+                if self._session_factory is None:
+                    self._session_factory = sessionmaker(self.engine, expire_on_commit=False)
+                factory = self._session_factory
+        return factory
+
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """One transaction in an ORM session (the agent family's models); the tables of this module, files.py and
+        marks.py are read and written through :meth:`connection`."""
+        sessions = self._sessions
         with self._serial:
-            session = self._sessions()
+            session = sessions()
             try:
                 yield session
                 session.commit()
@@ -560,34 +566,34 @@ class MetadataStore:
 
     # -- sources ------------------------------------------------------------------------------
     def get_source(self, user_id: str, name: str) -> Source | None:
-        with self.session() as s:
-            row = s.scalar(select(SourceRow).where(SourceRow.user_id == user_id, SourceRow.name == name))
-            return _source(row, self._counts(s, [row.id])) if row else None
+        with self.connection() as c:
+            row = c.execute(select(SOURCES).where(SOURCES.c.user_id == user_id, SOURCES.c.name == name)).first()
+            return _source(row, self._counts(c, [row.id])) if row else None
 
     def source_by_id(self, user_id: str, source_id: str) -> Source | None:
         """The source with this id, if it is this user's."""
-        with self.session() as s:
-            row = s.get(SourceRow, source_id)
-            return _source(row, self._counts(s, [row.id])) if row is not None and row.user_id == user_id else None
+        with self.connection() as c:
+            row = c.execute(select(SOURCES).where(SOURCES.c.id == source_id)).first()
+            return _source(row, self._counts(c, [row.id])) if row is not None and row.user_id == user_id else None
 
     def source_with_id(self, source_id: str) -> Source | None:
         """The source with this id whoever owns it: only for work done for its owner without a request
         (a server's background loads); everything a user asks for goes through ``source_by_id``."""
-        with self.session() as s:
-            row = s.get(SourceRow, source_id)
-            return _source(row, self._counts(s, [row.id])) if row is not None else None
+        with self.connection() as c:
+            row = c.execute(select(SOURCES).where(SOURCES.c.id == source_id)).first()
+            return _source(row, self._counts(c, [row.id])) if row is not None else None
 
     def list_sources(self, user_id: str) -> list[Source]:
-        with self.session() as s:
-            query = select(SourceRow).where(SourceRow.user_id == user_id)
-            rows = s.scalars(query.order_by(SourceRow.created_at, SourceRow.name)).all()
-            counts = self._counts(s, [r.id for r in rows])
+        with self.connection() as c:
+            query = select(SOURCES).where(SOURCES.c.user_id == user_id)
+            rows = c.execute(query.order_by(SOURCES.c.created_at, SOURCES.c.name)).all()
+            counts = self._counts(c, [r.id for r in rows])
             return [_source(r, counts) for r in rows]
 
     def create_source(self, source: Source) -> Source:
-        with self.session() as s:
-            s.add(
-                SourceRow(
+        with self.connection() as c:
+            c.execute(
+                insert(SOURCES).values(
                     id=source.id,
                     user_id=source.user_id,
                     name=source.name,
@@ -603,65 +609,74 @@ class MetadataStore:
         return source
 
     def mark_source_deleting(self, source_id: str) -> None:
-        with self.session() as s:
-            bump_agents_of_sources(s, [source_id])
-            s.execute(update(SourceRow).where(SourceRow.id == source_id).values(status="deleting"))
+        with self.connection() as c:
+            bump_agents_of_sources(c, [source_id])
+            c.execute(update(SOURCES).where(SOURCES.c.id == source_id).values(status="deleting"))
 
     def delete_source(self, source_id: str) -> None:
-        with self.session() as s:
-            bump_agents_of_sources(s, [source_id])
-            s.execute(delete(DocumentRow).where(DocumentRow.source_id == source_id))
-            row = s.get(SourceRow, source_id)
-            s.execute(delete(SourceRow).where(SourceRow.id == source_id))
-            if row is not None:  # it stays a cursor for a while
-                gone = DeletedSourceRow(
-                    id=source_id, user_id=row.user_id, name=row.name, created_at=row.created_at, deleted_at=utc_now()
+        with self.connection() as c:
+            bump_agents_of_sources(c, [source_id])
+            c.execute(delete(DOCUMENTS).where(DOCUMENTS.c.source_id == source_id))
+            row = c.execute(select(SOURCES).where(SOURCES.c.id == source_id)).first()
+            c.execute(delete(SOURCES).where(SOURCES.c.id == source_id))
+            if row is not None:  # it stays a cursor for a while; older tombstones are forgotten (as orm.bury)
+                now = utc_now()
+                c.execute(
+                    delete(DELETED_SOURCES).where(
+                        (DELETED_SOURCES.c.deleted_at < now - CURSOR_KEPT) | (DELETED_SOURCES.c.id == source_id)
+                    )
                 )
-                bury(s, gone)
+                c.execute(
+                    insert(DELETED_SOURCES).values(
+                        id=source_id, user_id=row.user_id, name=row.name, created_at=row.created_at, deleted_at=now
+                    )
+                )
 
     def deleted_source(self, user_id: str, source_id: str) -> tuple[datetime, str] | None:
         """Where a source of this user deleted within ``CURSOR_KEPT`` stood: its creation time and name."""
-        with self.session() as s:
-            row = tombstone(s, DeletedSourceRow, source_id, user_id)
-            return (row.created_at, row.name) if row is not None else None
+        with self.connection() as c:
+            row = c.execute(select(DELETED_SOURCES).where(DELETED_SOURCES.c.id == source_id)).first()
+            if row is None or row.user_id != user_id or row.deleted_at < utc_now() - CURSOR_KEPT:
+                return None
+            return (row.created_at, row.name)
 
     @staticmethod
-    def _counts(s: Session, source_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    def _counts(c: Connection, source_ids: list[str]) -> dict[str, tuple[int, int, int]]:
         if not source_ids:
             return {}
-        ready = DocumentRow.status == DocumentStatus.READY.value
-        rows = s.execute(
+        ready = DOCUMENTS.c.status == DocumentStatus.READY.value
+        rows = c.execute(
             select(
-                DocumentRow.source_id,
+                DOCUMENTS.c.source_id,
                 func.count().filter(ready),
-                func.coalesce(func.sum(DocumentRow.n_passages).filter(ready), 0),
-                func.count().filter(DocumentRow.status == DocumentStatus.PENDING.value),
+                func.coalesce(func.sum(DOCUMENTS.c.n_passages).filter(ready), 0),
+                func.count().filter(DOCUMENTS.c.status == DocumentStatus.PENDING.value),
             )
-            .where(DocumentRow.source_id.in_(source_ids))
-            .group_by(DocumentRow.source_id)
+            .where(DOCUMENTS.c.source_id.in_(source_ids))
+            .group_by(DOCUMENTS.c.source_id)
         ).all()
         return {sid: (int(docs), int(passages), int(pending)) for sid, docs, passages, pending in rows}
 
     # -- documents ----------------------------------------------------------------------------
     def documents(self, source_id: str, *, file_path: str | None = None) -> list[Document]:
-        with self.session() as s:
-            query = select(DocumentRow).where(DocumentRow.source_id == source_id)
+        with self.connection() as c:
+            query = select(DOCUMENTS).where(DOCUMENTS.c.source_id == source_id)
             if file_path is not None:
-                query = query.where(DocumentRow.file_path == file_path)
+                query = query.where(DOCUMENTS.c.file_path == file_path)
             # NULLs sort first on SQLite and last on PostgreSQL unless told; id breaks ties between versions
-            query = query.order_by(DocumentRow.file_path, DocumentRow.unit.asc().nulls_first(), DocumentRow.id)
-            return [_document(r) for r in s.scalars(query)]
+            query = query.order_by(DOCUMENTS.c.file_path, DOCUMENTS.c.unit.asc().nulls_first(), DOCUMENTS.c.id)
+            return [_document(r) for r in c.execute(query)]
 
     def ready_file_with_hash(self, source_id: str, sha256: str, signature: str) -> str | None:
         """The path of an already loaded file with this content, if any."""
-        with self.session() as s:
-            return s.scalar(
-                select(DocumentRow.file_path)
+        with self.connection() as c:
+            return c.scalar(
+                select(DOCUMENTS.c.file_path)
                 .where(
-                    DocumentRow.source_id == source_id,
-                    DocumentRow.file_sha256 == sha256,
-                    DocumentRow.signature == signature,
-                    DocumentRow.status == DocumentStatus.READY.value,
+                    DOCUMENTS.c.source_id == source_id,
+                    DOCUMENTS.c.file_sha256 == sha256,
+                    DOCUMENTS.c.signature == signature,
+                    DOCUMENTS.c.status == DocumentStatus.READY.value,
                 )
                 .limit(1)
             )
@@ -671,10 +686,10 @@ class MetadataStore:
         ids = list(source_ids)
         if not ids:
             return 0
-        with self.session() as s:
-            total = s.scalar(
-                select(func.coalesce(func.sum(DocumentRow.n_passages), 0)).where(
-                    DocumentRow.source_id.in_(ids), DocumentRow.status == DocumentStatus.READY.value
+        with self.connection() as c:
+            total = c.scalar(
+                select(func.coalesce(func.sum(DOCUMENTS.c.n_passages), 0)).where(
+                    DOCUMENTS.c.source_id.in_(ids), DOCUMENTS.c.status == DocumentStatus.READY.value
                 )
             )
             return int(total or 0)
@@ -684,61 +699,67 @@ class MetadataStore:
         ids = list(source_ids)
         if not ids:
             return []
-        with self.session() as s:
+        with self.connection() as c:
             return list(
-                s.scalars(
-                    select(DocumentRow.id).where(
-                        DocumentRow.source_id.in_(ids), DocumentRow.status != DocumentStatus.READY.value
+                c.scalars(
+                    select(DOCUMENTS.c.id).where(
+                        DOCUMENTS.c.source_id.in_(ids), DOCUMENTS.c.status != DocumentStatus.READY.value
                     )
                 )
             )
 
     def add_pending(self, documents: Iterable[Document]) -> None:
-        """Record documents before their passages are written, so a crash leaves them hidden."""
-        with self.session() as s:
-            for doc in documents:
-                s.merge(
-                    DocumentRow(
-                        id=doc.id,
-                        source_id=doc.source_id,
-                        file_path=doc.file_path,
-                        file_name=doc.file_name,
-                        file_sha256=doc.file_sha256,
-                        file_size=doc.file_size,
-                        unit=doc.unit,
-                        n_passages=doc.n_passages,
-                        signature=doc.signature,
-                        status=DocumentStatus.PENDING.value,
-                        created_at=doc.created_at,
-                    )
-                )
+        """Record documents before their passages are written, so a crash leaves them hidden. A document already
+        recorded (the same id: a load taken up again) is written over, as the ORM's merge did."""
+        rows = [
+            {
+                "id": doc.id,
+                "source_id": doc.source_id,
+                "file_path": doc.file_path,
+                "file_name": doc.file_name,
+                "file_sha256": doc.file_sha256,
+                "file_size": doc.file_size,
+                "unit": doc.unit,
+                "n_passages": doc.n_passages,
+                "signature": doc.signature,
+                "status": DocumentStatus.PENDING.value,
+                "created_at": doc.created_at,
+            }
+            for doc in documents
+        ]
+        if not rows:
+            return
+        with self.connection() as c:
+            ids = [row["id"] for row in rows]
+            c.execute(delete(DOCUMENTS).where(DOCUMENTS.c.id.in_(ids)))
+            c.execute(insert(DOCUMENTS), rows)
 
     def publish(self, ready_ids: list[str], retired_ids: list[str]) -> None:
         """Make a file's new documents visible and hide its old ones, in one transaction."""
-        with self.session() as s:
+        with self.connection() as c:
             changed = ready_ids + retired_ids
             if changed:
-                bump_agents_of_sources(s, select(DocumentRow.source_id).where(DocumentRow.id.in_(changed)))
+                bump_agents_of_sources(c, select(DOCUMENTS.c.source_id).where(DOCUMENTS.c.id.in_(changed)))
             if ready_ids:
-                s.execute(
-                    update(DocumentRow).where(DocumentRow.id.in_(ready_ids)).values(status=DocumentStatus.READY.value)
+                c.execute(
+                    update(DOCUMENTS).where(DOCUMENTS.c.id.in_(ready_ids)).values(status=DocumentStatus.READY.value)
                 )
             if retired_ids:
-                s.execute(
-                    update(DocumentRow)
-                    .where(DocumentRow.id.in_(retired_ids))
+                c.execute(
+                    update(DOCUMENTS)
+                    .where(DOCUMENTS.c.id.in_(retired_ids))
                     .values(status=DocumentStatus.DELETING.value)
                 )
 
     def documents_with_status(self, source_id: str, status: DocumentStatus) -> list[Document]:
-        with self.session() as s:
-            rows = s.scalars(
-                select(DocumentRow).where(DocumentRow.source_id == source_id, DocumentRow.status == status.value)
+        with self.connection() as c:
+            rows = c.execute(
+                select(DOCUMENTS).where(DOCUMENTS.c.source_id == source_id, DOCUMENTS.c.status == status.value)
             )
             return [_document(r) for r in rows]
 
     def delete_documents(self, ids: list[str]) -> None:
         if not ids:
             return
-        with self.session() as s:
-            s.execute(delete(DocumentRow).where(DocumentRow.id.in_(ids)))
+        with self.connection() as c:
+            c.execute(delete(DOCUMENTS).where(DOCUMENTS.c.id.in_(ids)))

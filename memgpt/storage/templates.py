@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.orm import Base
+from memgpt.storage.sql import MetadataStore, UTCDateTime
 from memgpt.types import utc_now
 
 

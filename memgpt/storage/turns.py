@@ -54,7 +54,8 @@ from memgpt.storage.claims import CLAIMS
 from memgpt.storage.expiring import HOST as HOST  # a lease's owner rule, clock and claim: the module's to share
 from memgpt.storage.expiring import claim_statement, database_now, owner_gone
 from memgpt.storage.expiring import new_owner as new_owner
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime, direct
+from memgpt.storage.orm import Base
+from memgpt.storage.sql import MetadataStore, UTCDateTime, direct
 from memgpt.types import utc_now
 
 if TYPE_CHECKING:

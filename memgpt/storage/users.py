@@ -19,7 +19,8 @@ from sqlalchemy import ForeignKey, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from memgpt.errors import NotFoundError, StorageError, UserError
-from memgpt.storage.sql import Base, MetadataStore, UTCDateTime
+from memgpt.storage.orm import Base
+from memgpt.storage.sql import MetadataStore, UTCDateTime
 from memgpt.types import ApiKey, User, utc_now
 
 KEY_PREFIX = "sk-"
