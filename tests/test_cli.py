@@ -387,3 +387,16 @@ def test_json_output_escapes_c1_controls(home: Path, tmp_path: Path) -> None:
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout), result.stdout
     assert "\\u009b31m" in result.stdout and "café" in result.stdout  # other non-ASCII text stays as it is
     assert json.loads(result.stdout)[0]["text"] == text
+
+
+def test_a_console_prints_at_the_width_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """memgpt's consoles are made once, as memgpt.cli.common is imported, and rich fixed their width from the
+    COLUMNS of that moment: a pytest-xdist worker inherits COLUMNS=80 (GNU readline sets it in the controller
+    when pytest imports it), so every in-process ``cli()`` there printed at 80 columns though it sets 200."""
+    from memgpt.cli.common import TerminalConsole
+
+    monkeypatch.setenv("COLUMNS", "80")
+    made = TerminalConsole(highlight=False, soft_wrap=True)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert made.width == 200
+    assert TerminalConsole(width=50).width == 50  # a width given stays

@@ -31,7 +31,19 @@ class TerminalConsole(Console):
     """A rich Console for text users and models wrote: every string it prints, a table cell as much as a
     line, has its control characters written out (ESC as ``\\x1b``, see :func:`one_line`) but for the
     newlines and tabs that lay text out. A file name or a passage holding ``\\x1b[31m`` is shown as
-    written; it never recolours the terminal, moves the cursor or sets its title."""
+    written; it never recolours the terminal, moves the cursor or sets its title.
+
+    Its size is the terminal's (or COLUMNS and LINES) when it prints, not when it was made: rich fixes the
+    size from COLUMNS and LINES in the environment of the moment a console is made, and these two are made
+    once, as this module is imported. A command run in a process whose environment changed since (the tests'
+    in-process ``cli()``, which sets COLUMNS=200) printed at the width of the import: 80 in a pytest-xdist
+    worker, which inherits the COLUMNS=80 and LINES=24 that GNU readline sets in the controller's C
+    environment when pytest imports it (python/cpython#46927)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._width = options.get("width")
+        self._height = options.get("height")
 
     def render_str(self, text: str, **options: Any) -> Text:
         return super().render_str(_outside_layout(text), **options)
