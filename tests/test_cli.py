@@ -259,8 +259,17 @@ def test_tables_never_cut_the_names_people_type(home: Path) -> None:
     assert "".join(line.split("│")[1].strip() for line in sources.splitlines() if line.startswith("│ n")) == huge
     personas = run_at_width("list", "personas", home=home, columns=80)
     assert "…" not in personas and f"│ {persona} " in personas
-    found = run_at_width("search", source, "heading", home=home, columns=80)
-    assert "…" not in found and "test.md" in found
+    found = run_at_width("search", source, "heading", home=home, columns=80).splitlines()
+    assert column(found, 1) and set(column(found, 1)) == {"test.md"}, found  # passages end in "…"; names never
+    assert all(len(line) <= 80 for line in found) and any(cell.endswith("…") for cell in column(found, 2)), found
+
+    (home.parent / "notes.txt").write_text("The lighthouse keeper\n\n  wrote\r\nthree lines\n", encoding="utf-8")
+    loaded = cli("load", "directory", "--name", "nl", f"--input-files={home.parent / 'notes.txt'}", home=home)
+    assert loaded.returncode == 0, loaded.stderr
+    table = cli("search", "nl", "lighthouse", home=home).stdout.splitlines()  # in this process, at COLUMNS=200
+    assert column(table, 2) == ["The lighthouse keeper ↵ wrote ↵ three lines"], table
+    found_json = json.loads(cli("search", "nl", "lighthouse", "--json", home=home).stdout)
+    assert "\n" in found_json[0]["text"] and "↵" not in found_json[0]["text"]  # --json keeps the text as it is
 
 
 def run_unprivileged(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -387,3 +396,77 @@ def test_json_output_escapes_c1_controls(home: Path, tmp_path: Path) -> None:
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stdout), result.stdout
     assert "\\u009b31m" in result.stdout and "café" in result.stdout  # other non-ASCII text stays as it is
     assert json.loads(result.stdout)[0]["text"] == text
+
+
+def test_a_console_prints_at_the_width_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """memgpt's consoles are made once, as memgpt.cli.common is imported, and rich fixed their width from the
+    COLUMNS of that moment: a pytest-xdist worker inherits COLUMNS=80 (GNU readline sets it in the controller
+    when pytest imports it), so every in-process ``cli()`` there printed at 80 columns though it sets 200."""
+    from memgpt.cli.common import TerminalConsole
+
+    monkeypatch.setenv("COLUMNS", "80")
+    made = TerminalConsole(highlight=False, soft_wrap=True)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert made.width == 200
+    assert TerminalConsole(width=50).width == 50  # a width given stays
+
+
+def rendered(table: object, width: int) -> list[str]:
+    """``table`` as memgpt's console prints it at ``width`` columns, line by line."""
+    import io
+
+    from memgpt.cli.common import TerminalConsole
+
+    out = io.StringIO()
+    TerminalConsole(file=out, width=width, highlight=False, soft_wrap=True).print(table)
+    return out.getvalue().splitlines()
+
+
+def column(lines: list[str], index: int) -> list[str]:
+    """The cells of a table's column ``index``, one per line of the table's body."""
+    return [line.split("│")[index + 1].strip() for line in lines if line.startswith("│")]
+
+
+def test_search_table_shows_each_passage_on_one_line_and_each_file_name_whole() -> None:
+    """A passage is one line of the table, its line breaks marked (↵) and its end cut with "…" at the table's
+    edge (a passage a screen tall made a row as tall, the Document column empty beside it); the file name is
+    never cut: on one line while the table leaves the passages a few characters, folded over lines, whole, at
+    any narrower width. Control characters and rich markup in a passage are shown as written."""
+    from memgpt.cli.sources import hits_table
+    from memgpt.types import Passage, SearchHit
+
+    long_name = "memgpt_research_paper_with_appendix_2024.pdf"
+    text = "The lighthouse keeper\n\n  wrote\r\nthree [bold]lines[/bold]\tand \x1b[31m" + " more" * 100 + "\n"
+    hits = [
+        SearchHit(Passage("a", text, "u", metadata={"file_name": long_name, "page": 12}), 0.912),
+        SearchHit(Passage("b", "short\none", "u", metadata={"file_name": "a.md"}), 0.5),
+    ]
+    one_line = "The lighthouse keeper ↵ wrote ↵ three [bold]lines[/bold] and \\x1b[31m more more"
+    for width in (200, 120, 80, 60, 40, 24):
+        lines = rendered(hits_table(hits, width=width), width)
+        assert all(len(line) <= width for line in lines), (width, lines)
+        names, texts = column(lines, 1), column(lines, 2)
+        if width >= 80:  # the name fits beside 8 characters of passage: one line per hit
+            assert names == [f"{long_name} p.12", "a.md"] and len(texts) == 2, lines
+            assert texts[0].startswith(one_line[: len(texts[0]) - 1]) and texts[0].endswith("…"), lines
+            assert texts[1] == "short ↵ one", lines
+        else:  # folded, whole
+            assert "".join(names) == f"{long_name}p.12a.md", (width, lines)  # its space wraps
+            assert texts[0].endswith("…") and [cell for cell in texts if cell] == [texts[0], texts[-1]], lines
+        assert "…" not in "".join(names) and "\x1b" not in "\n".join(lines)
+    assert one_line in "".join(column(rendered(hits_table(hits, width=500), 500), 2))
+
+
+@pytest.mark.parametrize("width", [12, 30, 50, 80, 200])
+def test_list_tables_never_cut_a_name_at_any_width(width: int) -> None:
+    from memgpt.cli.common import names_table
+
+    names = ["memgpt_research_paper_with_appendix_2024", "n" * 120, "s"]
+    table = names_table("Name", "Documents", "Created", names=names, width=width)
+    for name in names:
+        table.add_row(name, "3", "2026-11-28 14:35")
+    lines = rendered(table, width)
+    cells = column(lines, 0)
+    assert "…" not in "".join(cells) and "".join(cells) == "".join(names), lines
+    if width >= 80:
+        assert cells[0] == names[0], lines  # fits: on one line

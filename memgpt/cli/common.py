@@ -17,7 +17,7 @@ from memgpt.cli import startup_over
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from rich.table import Column, Table
     from rich.text import Text
 
     from memgpt.config import Config
@@ -31,7 +31,19 @@ class TerminalConsole(Console):
     """A rich Console for text users and models wrote: every string it prints, a table cell as much as a
     line, has its control characters written out (ESC as ``\\x1b``, see :func:`one_line`) but for the
     newlines and tabs that lay text out. A file name or a passage holding ``\\x1b[31m`` is shown as
-    written; it never recolours the terminal, moves the cursor or sets its title."""
+    written; it never recolours the terminal, moves the cursor or sets its title.
+
+    Its size is the terminal's (or COLUMNS and LINES) when it prints, not when it was made: rich fixes the
+    size from COLUMNS and LINES in the environment of the moment a console is made, and these two are made
+    once, as this module is imported. A command run in a process whose environment changed since (the tests'
+    in-process ``cli()``, which sets COLUMNS=200) printed at the width of the import: 80 in a pytest-xdist
+    worker, which inherits the COLUMNS=80 and LINES=24 that GNU readline sets in the controller's C
+    environment when pytest imports it (python/cpython#46927)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._width = options.get("width")
+        self._height = options.get("height")
 
     def render_str(self, text: str, **options: Any) -> Text:
         return super().render_str(_outside_layout(text), **options)
@@ -238,20 +250,25 @@ def warn(message: str) -> None:
 _OTHER_COLUMN_ROOM = 6
 
 
-def names_table(*headers: str, names: Iterable[str], **options: Any) -> Table:
+def names_table(*headers: str, names: Iterable[str], width: int | None = None, **options: Any) -> Table:
     """A table whose first column holds names a user types (a source, an agent, a persona). No cell is
     ever cut short with "…": cells wrap or fold. A name stays on one line while the terminal (or COLUMNS
-    when piped) leaves the other columns a little room; a longer one is folded over lines, whole."""
-    from rich.cells import cell_len
+    when piped; ``width`` if given) leaves the other columns a little room; a longer one is folded over
+    lines, whole."""
     from rich.table import Column, Table
 
-    room = console.width - 4 - _OTHER_COLUMN_ROOM * (len(headers) - 1)
+    others = _OTHER_COLUMN_ROOM * (len(headers) - 1)
+    first = names_column(headers[0], names, room=(console.width if width is None else width) - 4 - others)
+    return Table(first, *(Column(header, overflow="fold") for header in headers[1:]), **options)
+
+
+def names_column(header: str, names: Iterable[str], *, room: int) -> Column:
+    """A table column of names a user types, never cut short: each stays on one line while it is at most
+    ``room`` characters wide (the table's width less the other columns' and the borders'); a longer one
+    is folded over lines, whole."""
+    from rich.cells import cell_len
+    from rich.table import Column
+
     widths = [cell_len(name) for name in names]
     fitting = [width for width in widths if width <= room]
-    first = Column(
-        headers[0],
-        no_wrap=len(fitting) == len(widths),
-        overflow="fold",
-        min_width=max(fitting, default=None),
-    )
-    return Table(first, *(Column(header, overflow="fold") for header in headers[1:]), **options)
+    return Column(header, no_wrap=len(fitting) == len(widths), overflow="fold", min_width=max(fitting, default=None))

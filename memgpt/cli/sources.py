@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,9 @@ from memgpt.cli.common import (
     console,
     embedding_model,
     err_console,
+    names_column,
     names_table,
+    one_line,
     open_storage,
     warn,
 )
@@ -24,7 +28,10 @@ from memgpt.cli.progress import ProgressListener, load_progress
 from memgpt.errors import UserError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from memgpt.data.ingest import LoadReport
+    from memgpt.types import SearchHit
 
 
 def load_directory(
@@ -182,11 +189,31 @@ def search(
     if not hits:
         console.print(f"No passages in {found.name!r} match.", markup=False)
         return
-    from rich.table import Column, Table
+    console.print(hits_table(hits, width=console.width))
 
-    table = Table("Score", Column("Document", overflow="fold"), Column("Text", overflow="fold"), show_lines=True)
+
+# A passage's line breaks, with the blanks around them, shown as one mark.
+_LINE_BREAK = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t\r\n]*")
+_SCORE_ROOM = 8  # "0.123" and its column's padding and border
+_TEXT_ROOM = 6  # the least the passages' column keeps before file names fold
+
+
+def hits_table(hits: Sequence[SearchHit], *, width: int) -> Table:
+    """The table `memgpt search` prints at ``width`` columns: each passage on one line, its line breaks
+    marked (↵) and its end cut with "…" where the line ends (a passage of a screen's height made a row as
+    tall, all but its first line empty beside it; `--json` has the whole text). A file name is never cut
+    (the name a user types to find the file): it stays on one line while the table leaves the passages a
+    few characters, and is folded over lines, whole, beyond that."""
+    from rich.table import Table
+    from rich.text import Text
+
+    wheres = []
     for hit in hits:
         meta = hit.passage.metadata
-        where = meta.get("file_name", "?") + (f" p.{meta['page']}" if meta.get("page") else "")
-        table.add_row(f"{hit.score:.3f}", where, hit.passage.text)
-    console.print(table)
+        wheres.append(one_line(meta.get("file_name", "?") + (f" p.{meta['page']}" if meta.get("page") else "")))
+    document = names_column("Document", wheres, room=width - 4 - _SCORE_ROOM - _TEXT_ROOM)
+    table = Table("Score", document, "Text", show_lines=not document.no_wrap)
+    for hit, where in zip(hits, wheres, strict=True):
+        text = one_line(_LINE_BREAK.sub(" ↵ ", hit.passage.text.strip()).replace("\t", " "))
+        table.add_row(f"{hit.score:.3f}", Text(where), Text(text, no_wrap=True, overflow="ellipsis"))
+    return table
