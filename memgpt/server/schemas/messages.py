@@ -176,7 +176,10 @@ class LettaResponse(BaseModel):
 
 
 class Rendering(BaseModel):
-    """How tool calls read: send_message calls as ``assistant_message`` (Letta's ``use_assistant_message``)."""
+    """How tool calls read: send_message calls as ``assistant_message`` (Letta's ``use_assistant_message``).
+    Frozen: one is shared by every send that asks the same (``routes.messages._rendering``)."""
+
+    model_config = ConfigDict(frozen=True)
 
     use_assistant_message: bool = True
     tool_name: str = SEND_MESSAGE
