@@ -31,6 +31,7 @@ from memgpt.errors import (
     StorageLockedError,
     UnsupportedFileTypeError,
     UserError,
+    public_message,
 )
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        return error(status, str(exc), NO_RETRY if isinstance(exc, AlreadyExistsError) else None)
+        return error(status, public_message(exc), NO_RETRY if isinstance(exc, AlreadyExistsError) else None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
