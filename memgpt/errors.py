@@ -3,7 +3,13 @@
 ``UserError``: the person running memgpt must fix something (input, config, another process).
 ``BackendError``: something we depend on failed while running (storage, embedding endpoint).
 The CLI prints either as one line; neither should ever surface as a traceback.
+
+A server's client is told a ``BackendError`` (or any other failure of the server's own) by its class's ``public``
+line, not by its message: that names hosts, paths, a process's command line, an upstream service's reply, which are
+for the server's log and its owner. A ``UserError``'s message is the client's (it names the field to fix).
 """
+
+from typing import ClassVar
 
 # The response header in which `memgpt server` names the class of one of these it answers with, so that memgpt's
 # REST client raises the very class the local client raises (an AlreadyExistsError, not just the ConflictError a
@@ -14,9 +20,19 @@ ERROR_CLASS_HEADER = "x-memgpt-error"
 class MemGPTError(Exception):
     """Root of every error memgpt raises on purpose."""
 
+    # What a server tells its client in place of the message (see the module); None: the message is for the client.
+    public: ClassVar[str | None] = "the server failed; its log has the details"
+
+
+def public_message(exc: MemGPTError) -> str:
+    """The line a server's client is told for ``exc``: its class's ``public`` line, or its own message."""
+    return exc.public or str(exc)
+
 
 class UserError(MemGPTError):
     """The user can fix this: the message says how."""
+
+    public = None
 
 
 class ConfigError(UserError):
@@ -64,9 +80,19 @@ class UnsupportedFileTypeError(UserError):
 class BackendError(MemGPTError):
     """A dependency failed while running."""
 
+    public = "a service this server depends on failed; its log has the details"
+
+
+class UnavailableError(BackendError):
+    """The server cannot take the request now (it is stopping, or opening too many turns): a line for the client."""
+
+    public = None
+
 
 class StorageError(BackendError):
     """Milvus or the metadata database refused or failed an operation."""
+
+    public = "the server's storage (its metadata database or Milvus) failed or is out of reach; its log has the details"
 
 
 class StorageLockedError(StorageError, UserError):
@@ -80,13 +106,25 @@ class SchemaMismatchError(StorageError, UserError):
 class EmbeddingError(BackendError):
     """The embedding model failed or returned vectors of the wrong shape."""
 
+    public = "the server's embedding model failed; its log has the details"
+
 
 class MCPServerError(BackendError):
     """An MCP server could not be started or reached, or broke the protocol."""
 
+    public = "an MCP server could not be started or reached, or answered wrongly; the server's log has the details"
+
 
 class LLMError(BackendError):
     """The LLM endpoint failed in a way retrying did not fix."""
+
+    public = "the server's LLM endpoint failed; the server's log has the details"
+
+
+class LLMKeyError(LLMError):
+    """The LLM endpoint refused the API key (401, 403)."""
+
+    public = "the server's LLM endpoint refused the API key it was given; the server's log has the details"
 
 
 class LLMRetryableError(LLMError):
@@ -96,9 +134,13 @@ class LLMRetryableError(LLMError):
 class LLMTimeoutError(LLMRetryableError):
     """The endpoint did not answer in time."""
 
+    public = "the server's LLM endpoint did not answer in time"
+
 
 class ContextWindowExceededError(LLMError):
     """The provider refused the request as longer than the model's context window."""
+
+    public = "the LLM refused the request as longer than the model's context window"
 
 
 class ToolError(MemGPTError):

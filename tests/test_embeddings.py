@@ -203,3 +203,27 @@ def test_the_model_loaded_early_in_a_thread_is_the_one_used_and_the_thread_impor
     assert first == "True []", out.stdout
     reference_head = [0.0677, 0.0634, 0.0488, 0.0793, 0.0374]
     assert [float(v) for v in second.split()] == pytest.approx(reference_head, abs=0.02)
+
+
+def test_a_process_exiting_while_a_daemon_thread_embeds_waits_for_the_call_and_exits_cleanly() -> None:
+    """A server's turn threads are daemons: a process finalizing while one was inside ONNX Runtime's ``run`` (a
+    turn embedding its archival search's query, say) aborted after its work was done: "terminate called without
+    an active exception", exit code 134 (the thread is ended by ``pthread_exit`` as it takes the GIL back). The
+    exit waits for the call under way, and the thread begins no other."""
+    script = (
+        "import threading, time\n"
+        "from memgpt.embeddings.local import LocalMiniLM\n"
+        "model, inside = LocalMiniLM(), threading.Event()\n"
+        "model.embed_batch(['warm'])\n"
+        "def turn():\n"
+        "    while True:\n"
+        "        inside.set()\n"
+        "        model.embed_batch(['some text to embed ' * 20] * 8)\n"
+        "threading.Thread(target=turn, name='memgpt-turn', daemon=True).start()\n"
+        "assert inside.wait(30)\n"
+        "time.sleep(0.3)  # inside ONNX Runtime most of the time\n"
+        "print('exiting', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "exiting\n" and "terminate called" not in done.stderr, done.stderr[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from memgpt.agent.manager import create_agent, delete_agent
 from memgpt.config import load_config, save_config
 from memgpt.embeddings.base import Vector
 from memgpt.embeddings.local import LocalMiniLM
-from memgpt.errors import EmbeddingError
+from memgpt.errors import EmbeddingError, StorageError
 from memgpt.memory.background import Batcher, Outcome
 from memgpt.memory.messages import stored
 from memgpt.memory.paging import Page, RankedPage
@@ -110,6 +111,36 @@ def test_a_pass_takes_at_most_its_limit_and_the_rest_is_left_for_the_next(storag
     assert second.finished == {recalls[0].key}  # the second read as many as it could take: perhaps more
     assert [r.backlog() for r in recalls] == [0, 0]
     assert index_pass(recalls, limit=4).finished == {r.key for r in recalls}
+
+
+def test_an_outage_is_logged_once_and_its_end_once_not_at_every_pass(
+    storage: Storage, model: LocalMiniLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Milvus is away every turn's pass fails: its warning is logged at the first failure and once more when
+    a pass writes again, not at every turn."""
+    store: PassageStore = storage.passages(model.space)
+    agent_id = _agent(storage, model, "outage")
+    recall = RecallMemory(storage, agent_id=agent_id, user_id="u", index=RecallIndex(store, model))
+    recall.append(_messages(agent_id, 8)[6:])
+    assert index_pass([recall]).finished == {recall.key}  # (ends any outage an earlier test left in this process)
+    original = store.insert
+
+    def away(passages: Sequence[Passage]) -> None:
+        raise StorageError("cannot connect to Milvus at localhost:19530: connection refused")
+
+    store.insert = away  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="memgpt.memory.recall")
+    caplog.clear()
+    for turn in range(3):
+        recall.append(_messages(agent_id, 6)[2 * turn : 2 * turn + 2])
+        assert index_pass([recall]).failed == {recall.key}
+    store.insert = original  # type: ignore[method-assign]
+    assert index_pass([recall]).finished == {recall.key} and recall.backlog() == 0
+    assert index_pass([recall]).finished == {recall.key}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert said[0].startswith("recall messages not indexed yet (cannot connect to Milvus"), said
+    assert said[1].startswith("recall indexing works again"), said
 
 
 def test_the_indexer_gathers_requests_into_one_pass_and_who_waits_does_not_wait_for_the_pause() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from letta_client import APIError, APIStatusError, ConflictError, InternalServerError, Letta, NotFoundError
+from openai import InternalServerError as OpenAIServerError
 from openai import OpenAI
 from sqlalchemy import event, text
 
@@ -822,6 +824,38 @@ def test_an_llm_failure_keeps_the_message_and_the_next_turn_works(
     llm.reply("Working again.")
     assert letta.agents.messages.create(agent_id, input="now?").messages[-1].content == "Working again."
     assert user_messages(server, agent_id) == ["are you there?", "search", "stream", "now?"]
+
+
+def test_a_failed_turn_tells_its_client_the_errors_public_line_and_logs_the_detail(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A turn's failure reached the client as the error's own text: the LLM endpoint's URL and what it answered
+    (a busy database's holder, with its pid and command line, likewise). The client gets the class's fixed line
+    (streamed or not, and on the OpenAI endpoint); the server's log has the detail."""
+    secret = "key sk-live-1234 is not valid for org acme-internal"
+    caplog.set_level(logging.WARNING, logger="memgpt.server")
+    told: list[str] = []
+    llm.add({"status": 401, "message": secret})
+    with pytest.raises(InternalServerError) as failed:
+        letta.agents.messages.create(agent_id, input="are you there?")
+    told.append(str(failed.value.body))
+    llm.add({"status": 401, "message": secret})
+    streamed = web.post(
+        f"{server.url}/v1/agents/{agent_id}/messages/stream", json={"input": "hi"}, headers=auth(server.key())
+    )
+    errors = [line for line in streamed.text.splitlines() if line.startswith("data: {") and "error_type" in line]
+    assert len(errors) == 1, streamed.text
+    told.append(errors[0])
+    llm.add({"status": 401, "message": secret})
+    openai = OpenAI(base_url=f"{server.url}/openai/v1", api_key=server.key(), max_retries=0)
+    with pytest.raises(OpenAIServerError) as refused:
+        openai.chat.completions.create(model=agent_id, messages=[{"role": "user", "content": "hello?"}])
+    told.append(str(refused.value))
+    for line in told:
+        assert "the server's LLM endpoint refused the API key" in line, told
+        assert secret not in line and llm.url not in line and "127.0.0.1" not in line, told
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert logged.count(secret) >= 3, logged
 
 
 def test_a_message_larger_than_the_window_is_refused_with_400_and_not_stored(

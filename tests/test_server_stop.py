@@ -78,6 +78,30 @@ def lease_pids(home: Path, agent_ids: list[str]) -> dict[str, int]:
     return {agent: int(owner.split(":")[1]) for agent, owner in rows if agent in agent_ids}
 
 
+def kept_then_answered_after_a_restart(
+    home: Path, server: ServerProcess, llm: ScriptedLLM, agent_ids: list[str], headers: dict[str, str]
+) -> None:
+    """After a stop that cut a turn of each of ``agent_ids``: each agent has the user's message stored alone and its
+    lease free, and once ``server`` is started again the first agent's next send is answered."""
+    with Storage(load_config(home), home) as storage:
+        for agent_id in agent_ids:
+            assert [(m.role, m.content) for m in storage.messages.last(agent_id, 100)] == [(Role.USER, "keep me")]
+            assert storage.turns.holder(agent_id) is None
+
+    llm.script.clear()
+    llm.reply("Answered.")
+    server.start()
+    try:
+        server.wait_ready()
+        url = f"{server.url}/v1/agents/{agent_ids[0]}/messages"
+        again = web.post(url, json={"input": "hello"}, headers=headers)
+        assert again.status_code == 200, again.text
+        said = [m["content"] for m in again.json()["messages"] if m["message_type"] == "assistant_message"]
+        assert said == ["Answered."]
+    finally:
+        server.stop()
+
+
 def test_a_stop_with_workers_cuts_every_workers_turns_and_exits_within_the_bound(home: Path, llm: ScriptedLLM) -> None:
     """`memgpt server --workers 2` told to stop while turns hang on the LLM in both workers: the supervisor exits
     within ``shutdown_seconds``, every send gets 503 (``server_stopping``), each message stays stored with nothing
@@ -111,22 +135,7 @@ def test_a_stop_with_workers_cuts_every_workers_turns_and_exits_within_the_bound
         time.sleep(0.05)
     assert [a.status_code for a in answers] == [503] * len(agents), [a.text for a in answers]
     assert all("server_stopping" in a.text or "your message is stored" in a.text for a in answers), answers[0].text
-    with Storage(load_config(home), home) as storage:
-        for agent_id in agents:
-            assert [(m.role, m.content) for m in storage.messages.last(agent_id, 100)] == [(Role.USER, "keep me")]
-            assert storage.turns.holder(agent_id) is None
-
-    llm.script.clear()
-    llm.reply("Answered.")
-    server.start()
-    try:
-        server.wait_ready()
-        again = web.post(f"{server.url}/v1/agents/{agents[0]}/messages", json={"input": "hello"}, headers=close)
-        assert again.status_code == 200, again.text
-        said = [m["content"] for m in again.json()["messages"] if m["message_type"] == "assistant_message"]
-        assert said == ["Answered."]
-    finally:
-        server.stop()
+    kept_then_answered_after_a_restart(home, server, llm, agents, close)
 
 
 def lite_pid(pid: int) -> int:
@@ -213,21 +222,7 @@ def test_a_cut_streaming_send_ends_with_an_error_event_and_the_agent_answers_aft
     assert lines[-3:-1] == ["event: error", lines[-2]] and lines[-1] == "data: [DONE]", lines
     error = json.loads(lines[-2].removeprefix("data: "))
     assert error["error_type"] == "server_stopping" and "your message is stored" in error["message"], error
-    with Storage(load_config(home), home) as storage:
-        assert [(m.role, m.content) for m in storage.messages.last(agent_id, 100)] == [(Role.USER, "keep me")]
-        assert storage.turns.holder(agent_id) is None
-
-    llm.script.clear()
-    llm.reply("Answered.")
-    server.start()
-    try:
-        server.wait_ready()
-        again = web.post(f"{server.url}/v1/agents/{agent_id}/messages", json={"input": "hello"}, headers=auth(key))
-        assert again.status_code == 200, again.text
-        said = [m["content"] for m in again.json()["messages"] if m["message_type"] == "assistant_message"]
-        assert said == ["Answered."]
-    finally:
-        server.stop()
+    kept_then_answered_after_a_restart(home, server, llm, [agent_id], auth(key))
 
 
 def test_a_stop_mid_turn_ends_in_bounded_time_and_letta_clients_retry_gets_the_message_answered_once(

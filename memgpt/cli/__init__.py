@@ -52,9 +52,10 @@ def executable() -> NoReturn:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         code = 130
-    background = sys.modules.get("memgpt.memory.background")
-    if background is not None:  # (imported only if a command indexed)
-        background.exit_without_finalizing()
+    for name in ("memgpt.memory.background", "memgpt.native_calls"):  # (imported only if a command indexed, embedded)
+        waiting = sys.modules.get(name)
+        if waiting is not None:
+            waiting.exit_without_finalizing()
     try:
         atexit._run_exitfuncs()  # then the atexit functions; nothing public runs them otherwise
     except KeyboardInterrupt:

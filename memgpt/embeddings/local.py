@@ -19,6 +19,7 @@ from typing import Any
 from memgpt.embeddings.base import EmbeddingModel, Vector
 from memgpt.errors import EmbeddingError
 from memgpt.interrupts import interrupts_held
+from memgpt.native_calls import guarded
 
 MODEL_ID = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -243,7 +244,8 @@ class LocalMiniLM(EmbeddingModel):
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = session.run(None, feeds)[0]
+        with guarded():  # (a daemon thread's call, a server turn's, must not be cut by the process's exit)
+            hidden = session.run(None, feeds)[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from memgpt import httppool
-from memgpt.errors import ContextWindowExceededError, LLMError, LLMRetryableError, LLMTimeoutError
+from memgpt.errors import ContextWindowExceededError, LLMError, LLMKeyError, LLMRetryableError, LLMTimeoutError
 from memgpt.replytext import (
     NO_DETAIL,
     body_detail,
@@ -119,7 +119,7 @@ def status_error(status: int, detail: str, where: str, said: str = "") -> LLMErr
     if status >= 500:
         return LLMRetryableError(f"{where} {said}: {detail}")
     if status in (401, 403):
-        return LLMError(f"{where} refused the API key ({status}): {detail}")
+        return LLMKeyError(f"{where} refused the API key ({status}): {detail}")
     if status == 404:
         return LLMError(f"{where} {said}: {detail} (check the endpoint and the model name)")
     return LLMError(f"{where} {said}: {detail}")

@@ -34,7 +34,7 @@ from memgpt.data.sources import get_source
 from memgpt.data.sources import list_sources as sources_of
 from memgpt.data.sources import search_source as search_in
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import BackendError, MemGPTError, NotFoundError, UserError
+from memgpt.errors import MemGPTError, NotFoundError, UnavailableError, UserError
 from memgpt.memory.archival import over_insert_limit
 from memgpt.memory.core import CoreMemory, edit_stored
 from memgpt.storage import Storage
@@ -102,7 +102,7 @@ def _stop_when(stopping: threading.Event | None) -> Callable[[], None]:
 
     def check() -> None:
         if stopping is not None and stopping.is_set():
-            raise BackendError("the server is stopping: nothing was stored; send the text again when it is back")
+            raise UnavailableError("the server is stopping: nothing was stored; send the text again when it is back")
 
     return check
 

@@ -579,6 +579,8 @@ def index_pass(recalls: Sequence[RecallMemory], limit: int = _INDEX_BATCH) -> Ou
                     marks[0][0]._messages.mark_indexed_as_read({r.agent_id: done for r, done in marks})
                 except MemGPTError as exc:
                     _failed(outcome, [recall for recall, _ in marks], exc)
+                else:
+                    _indexing_again()
         for _, index, pairs in work:
             index.remember(pairs, fresh)
     outcome.elsewhere = set(claimed.elsewhere)
@@ -788,11 +790,37 @@ def _in_parts(
     return fresh
 
 
+# Whether recall indexing is failing (Milvus or the embedding model away): its warning is logged once an outage, at
+# its first failure, not at every turn's pass; and once when a pass writes again.
+_outage = False
+_outage_lock = threading.Lock()
+
+
 def _failed(outcome: Outcome, recalls: Sequence[RecallMemory], exc: MemGPTError) -> None:
-    logger.warning("recall messages not indexed yet (%s); word search still finds them", exc)
+    global _outage
+    with _outage_lock:
+        first, _outage = not _outage, True
+    if first:
+        logger.warning(
+            "recall messages not indexed yet (%s); word search still finds them, and they are indexed once this "
+            "passes (said once until then)", exc,
+        )  # fmt: skip
+    else:
+        logger.debug("recall messages not indexed yet (%s)", exc)
     for recall in recalls:
         outcome.failed.add(recall.key)
         outcome.finished.discard(recall.key)
+
+
+def _indexing_again() -> None:
+    """A pass wrote its entries and marked its messages: an outage ``_failed`` logged is over."""
+    global _outage
+    if not _outage:  # (the usual case, without the lock)
+        return
+    with _outage_lock:
+        was, _outage = _outage, False
+    if was:
+        logger.warning("recall indexing works again: the messages left unindexed are being indexed")
 
 
 _recents: weakref.WeakKeyDictionary[EmbeddingModel, OrderedDict[str, np.ndarray]] = weakref.WeakKeyDictionary()

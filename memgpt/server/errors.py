@@ -32,6 +32,7 @@ from memgpt.errors import (
     StorageLockedError,
     UnsupportedFileTypeError,
     UserError,
+    public_message,
 )
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
         headers = {ERROR_CLASS_HEADER: type(exc).__name__, **(NO_RETRY if isinstance(exc, AlreadyExistsError) else {})}
-        return error(status, str(exc), headers)
+        return error(status, public_message(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

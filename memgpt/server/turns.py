@@ -40,6 +40,8 @@ from memgpt.errors import (
     LLMError,
     MemGPTError,
     NotFoundError,
+    UnavailableError,
+    public_message,
 )
 from memgpt.llm import create_llm
 from memgpt.llm.base import ChatMessage, Completion, LLMClient, ToolChoice, ToolSpec
@@ -453,9 +455,9 @@ class TurnRunner:
         the error that kept it from starting) as soon as it runs, or once it ended for a ``collected`` one (a turn
         a retry joins: as soon as it is found). An API request awaits it instead of a thread-pool hop."""
         if self._stopped.is_set():
-            raise BackendError(_STOPPING_RETRY if request.retry else _STOPPING_NEW)
+            raise UnavailableError(_STOPPING_RETRY if request.retry else _STOPPING_NEW)
         if not self._opening_slots.acquire(blocking=False):
-            raise BackendError(f"this server is opening {OPENING_LIMIT} turns already: send again in a moment")
+            raise UnavailableError(f"this server is opening {OPENING_LIMIT} turns already: send again in a moment")
         started: Future[Turn] = Future()
         started.set_running_or_notify_cancel()  # a client that goes away while it starts cannot cancel it
         try:
@@ -582,7 +584,7 @@ class TurnRunner:
         busy = "the agent is busy with another message; send again in a moment (one turn at a time per agent)"
         for _ in lease_tries(self.timing.busy_wait, busy, self.timing.retry_after, self._await_release):
             if self._stopped.is_set():  # (a send that waited for the agent: its turn would be cut at once)
-                raise BackendError(_STOPPING_NEW if message is not None else _STOPPING_RETRY)
+                raise UnavailableError(_STOPPING_NEW if message is not None else _STOPPING_RETRY)
             if message is not None:
                 message = replace(message, created_at=utc_now())
             record = stored(message) if message is not None else None
@@ -612,7 +614,10 @@ class TurnRunner:
         """The agent could not be opened: end the turn for retries that joined it, and forget it with the message it
         stored, so that a later retry tries again (the failure may pass) rather than get this answer; free the
         agent."""
-        error = ("internal_error", str(exc) if isinstance(exc, MemGPTError) else type(exc).__name__)
+        if isinstance(exc, MemGPTError):  # the route's handler logs it (and tells the send's client the same line)
+            error = ("internal_error", public_message(exc))
+        else:
+            error = ("internal_error", f"{type(exc).__name__}: the server log has the details")
         with self._guard:
             if self._active.get(turn.agent_id, (None,))[0] is turn:
                 del self._active[turn.agent_id]
@@ -1046,16 +1051,24 @@ def _replied(agent: Agent, opening: Message, run_id: str) -> tuple[str, tuple[st
     except _Stopping:
         return "error", (SERVER_STOPPING, STOPPED_MID_TURN)
     except LLMError as exc:
-        return "llm_api_error", ("llm_error", str(exc))
+        _failed_turn(run_id, agent, exc)
+        return "llm_api_error", ("llm_error", public_message(exc))
     except LeaseLostError as exc:
         return "error", (LEASE_LOST, str(exc))
     except BackendError as exc:
-        return "error", (UNAVAILABLE, str(exc))
+        _failed_turn(run_id, agent, exc)
+        return "error", (UNAVAILABLE, public_message(exc))
     except MemGPTError as exc:
-        return "error", ("internal_error", str(exc))
+        _failed_turn(run_id, agent, exc)
+        return "error", ("internal_error", public_message(exc))
     except Exception as exc:
         logger.exception("turn %s of agent %s failed", run_id, agent.state.id)
         return "error", ("internal_error", f"{type(exc).__name__}: the server log has the details")
+
+
+def _failed_turn(run_id: str, agent: Agent, exc: MemGPTError) -> None:
+    """Log what failed the turn: its client is told only the class's line (``public_message``)."""
+    logger.warning("turn %s of agent %s failed: %s: %s", run_id, agent.state.id, type(exc).__name__, exc)
 
 
 def _usage(meter: UsageMeter, turn: Turn, steps: int) -> Usage:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
-from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError, UserError
+from memgpt.errors import AgentBusyError, ConfigError, LLMError, MemGPTError, NotFoundError, UserError, public_message
 from memgpt.server.errors import NO_RETRY, BodyLimit, body_limit, status_of
 from memgpt.server.retried import arrived
 from memgpt.server.schemas.messages import Rendering
@@ -142,7 +142,7 @@ def _install_errors(app: FastAPI) -> None:
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
         code = "model_not_found" if isinstance(exc, ModelNotFoundError) else None
-        return openai_error(status, str(exc), code)
+        return openai_error(status, public_message(exc), code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memgpt.agent.manager import archival_memory
-from memgpt.errors import BackendError, NotFoundError, UserError
+from memgpt.errors import NotFoundError, UnavailableError, UserError
 from memgpt.memory.archival import ArchivalMemory, over_insert_limit
 from memgpt.server.retried import RetriedWrite, arrived, is_retry
 from memgpt.server.routes.agents import find_agent
@@ -54,7 +54,7 @@ def _refuse_long(state: ServerState, text: str) -> None:
 def _stop_when_stopping(state: ServerState) -> Callable[[], None]:
     def check() -> None:
         if state.stopping.is_set():
-            raise BackendError("the server is stopping: nothing was stored; send the text again when it is back")
+            raise UnavailableError("the server is stopping: nothing was stored; send the text again when it is back")
 
     return check
 
