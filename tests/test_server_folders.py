@@ -25,7 +25,7 @@ from letta_client import APIStatusError, BadRequestError, ConflictError, Letta, 
 from sqlalchemy import select
 
 from memgpt.config import load_config, save_config
-from memgpt.data.ingest import SourceLoader
+from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import ConflictError as MemGPTConflictError
 from memgpt.errors import UserError
@@ -727,3 +727,35 @@ def test_a_load_another_process_took_over_is_neither_reset_nor_failed_by_this_on
         record = files.get(file_id)
         assert record is not None
         assert (record.status, record.job_owner, record.error_message) == (FileStatus.EMBEDDING, theirs, ""), file_id
+
+
+def test_a_storage_away_retry_does_not_take_back_a_load_another_process_took_over(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This process's load stopped because storage went away, and meanwhile another process's sweep took the load
+    over: the "try again" write (status pending, this process's retry) must not take the file back, or both
+    processes load it."""
+    client = client_for(server)
+    folder = client.folders.create(name="taken-back")
+    files = server.state.storage.files
+    mine, theirs = this_process(), "elsewhere-host:1:x"
+    files.add(
+        FileRecord(
+            id="file-away",
+            source_id=folder.id,
+            file_name="away.md",
+            path="/nowhere/away.md",
+            status=FileStatus.EMBEDDING,
+            job_owner=mine,
+        )
+    )
+
+    def taken_over_while_storage_away(*args: Any, **kwargs: Any) -> LoadReport:
+        assert files.claim("file-away", theirs, previous=mine)  # the other host's sweep, while this load ran
+        return LoadReport(source=folder.name, aborted="Milvus went away", storage_away=True)
+
+    monkeypatch.setattr(jobs, "load_file", taken_over_while_storage_away)
+    server.file_jobs._load("file-away")
+    record = files.get("file-away")
+    assert record is not None
+    assert (record.status, record.job_owner, record.error_message) == (FileStatus.EMBEDDING, theirs, "")

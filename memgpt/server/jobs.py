@@ -229,13 +229,14 @@ class FileJobs:
         )
         if report.aborted and self.should_stop(file_id) and self._stopping:
             # Shut down midway: queue it for the next start (the loader had marked it as failed).
-            storage.files.update(file_id, status=FileStatus.PENDING, error_message="", job_owner=this_process())
+            storage.files.update(file_id, if_owner=this_process(), status=FileStatus.PENDING, error_message="")
         elif report.storage_away and not self.should_stop(file_id):
             # Milvus (or the metadata database) went away midway: the upload is kept, so the load is tried again
             # (``_unsettled``, then ``_again_later``, which gives up after RETRY_ATTEMPTS) rather than left failed for
             # the user to upload again; the row says why meanwhile.
             again = f"{report.aborted}; trying again"
-            storage.files.update(file_id, status=FileStatus.PENDING, error_message=again, job_owner=this_process())
+            # Only while this process still loads it: a sweep elsewhere may have taken it over meanwhile.
+            storage.files.update(file_id, if_owner=this_process(), status=FileStatus.PENDING, error_message=again)
 
     def _fail(self, file_id: str, reason: str) -> None:
         """Record that this process's load of the file failed, unless another process has taken the load over."""
