@@ -64,6 +64,11 @@ class StorageError(BackendError):
     """Milvus or the metadata database refused or failed an operation."""
 
 
+class StorageUnavailable(StorageError):
+    """Milvus or the metadata database could not be reached (refused, timed out, disconnected, locked by another
+    writer): the same operation may succeed later. Every other StorageError fails the same way again."""
+
+
 class StorageLockedError(StorageError, UserError):
     """Milvus Lite allows one process per database file."""
 

@@ -25,7 +25,7 @@ from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, 
 from memgpt.data.sections import section_label
 from memgpt.data.sources import delete_source, new_source, validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import BackendError, InputFileError, StorageError, UserError
+from memgpt.errors import BackendError, InputFileError, StorageUnavailable, UserError
 from memgpt.interrupts import interrupts_held
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
@@ -261,7 +261,7 @@ class SourceLoader:
         except BackendError as exc:
             files.abandoned(str(exc))
             report.aborted = str(exc)
-            report.storage_away = isinstance(exc, StorageError) and not isinstance(exc, UserError)
+            report.storage_away = isinstance(exc, StorageUnavailable)  # not one that fails the same way every time
         except KeyboardInterrupt:
             files.abandoned()
             report.interrupted = True

@@ -38,11 +38,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, Dialect
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from memgpt.config import HOME_REMEDY, read_only_message
-from memgpt.errors import StorageError
+from memgpt.errors import StorageError, StorageUnavailable
 from memgpt.procfs import describe, lock_holders
 from memgpt.types import Document, DocumentStatus, Source, utc_now
 
@@ -315,6 +315,18 @@ def _end_idle_transactions(engine: Engine, url: URL, seconds: float | None) -> N
     event.listen(engine, "connect", opened)
 
 
+def _unreachable(exc: SQLAlchemyError) -> bool:
+    """The database was out of reach rather than the statement wrong: a dropped or refused connection (any
+    OperationalError of PostgreSQL's driver), or SQLite's "database is locked"."""
+    if isinstance(exc, DisconnectionError) or getattr(exc, "connection_invalidated", False):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if "database is locked" in _reason(exc):
+        return True
+    return type(getattr(exc, "orig", None)).__module__.split(".")[0] == "psycopg"
+
+
 def _reason(exc: BaseException) -> str:
     """The driver's own first line, without SQLAlchemy's statement and background link."""
     text = str(getattr(exc, "orig", None) or exc).strip()
@@ -473,6 +485,14 @@ class MetadataStore:
         """The one line a failed statement is told as."""
         return self._read_only() or self._locked(exc) or f"metadata database error: {_reason(exc)}"
 
+    def _error(self, exc: SQLAlchemyError) -> StorageError:
+        """A failed statement as a StorageError; StorageUnavailable when the database was out of reach (the
+        connection dropped or refused, or SQLite's writer lock held past the wait), which may pass."""
+        said = self._failure(exc)
+        if self._read_only() is None and _unreachable(exc):
+            return StorageUnavailable(said)
+        return StorageError(said)
+
     def _locked(self, exc: Exception) -> str | None:
         """SQLite's "database is locked" once its wait (busy_timeout) ran out: which process holds the file, and what
         to do about it (one stopped inside a write, a migration say, holds it until it goes on or ends)."""
@@ -506,7 +526,7 @@ class MetadataStore:
                 session.commit()
             except SQLAlchemyError as exc:
                 session.rollback()
-                raise StorageError(self._failure(exc)) from exc
+                raise self._error(exc) from exc
             except BaseException:
                 session.rollback()
                 raise
@@ -522,7 +542,7 @@ class MetadataStore:
                 with self.engine.begin() as connection:
                     yield connection
             except SQLAlchemyError as exc:
-                raise StorageError(self._failure(exc)) from exc
+                raise self._error(exc) from exc
 
     def close(self) -> None:
         self.engine.dispose()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from memgpt.config import display_path, is_server_uri, read_only_message
-from memgpt.errors import StorageError, StorageLockedError
+from memgpt.errors import StorageError, StorageLockedError, StorageUnavailable
 from memgpt.storage.milvus import lite
 from memgpt.storage.milvus.deferred import deferred_imports
 
@@ -480,7 +480,7 @@ def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
                 f"cannot connect to Milvus at {where}: {problem} ({refused}); give one it accepts, user:password or "
                 "an API key (--milvus-token, or `memgpt migrate --token`)"
             ) from exc
-        raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
+        raise StorageUnavailable(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
 
 
 def _refused_credentials(exc: BaseException) -> str | None:
@@ -529,6 +529,26 @@ def _sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Milvus was out of reach (gRPC UNAVAILABLE or DEADLINE_EXCEEDED anywhere in the exception's chain, or
+    pymilvus's own MilvusUnavailableException), rather than the call refused (DataNotMatch, a schema error):
+    only then may the same call succeed later."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__name__ == "MilvusUnavailableException":
+            return True
+        code = getattr(cause, "code", None)
+        status = code() if callable(code) else None
+        if getattr(status, "name", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    # pymilvus (3.0.2) after its own retries: "Fail connecting to server ... server unavailable", "Retry timeout".
+    said = _reason(exc).lower() if isinstance(exc, Exception) else ""
+    return any(words in said for words in ("server unavailable", "fail connecting", "retry timeout", "deadline"))
 
 
 def _reason(exc: Exception) -> str:
@@ -620,7 +640,8 @@ def milvus_errors(action: str) -> Iterator[None]:
         said = _said_by_memgpt(held)
         HeldLogs.handled(said)
         HeldLogs.emit([r for r in held if r not in said])
-        raise StorageError(f"Milvus failed to {action}: {_reason(exc)}") from exc
+        kind = StorageUnavailable if _unreachable(exc) else StorageError
+        raise kind(f"Milvus failed to {action}: {_reason(exc)}") from exc
     except BaseException:
         HeldLogs.emit(held)
         raise
