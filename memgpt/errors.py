@@ -69,6 +69,13 @@ class StorageUnavailable(StorageError):
     writer): the same operation may succeed later. Every other StorageError fails the same way again."""
 
 
+class MetadataBusyError(StorageUnavailable):
+    """SQLite's metadata database stayed locked past the wait. The message names a process holding it (its pid
+    and command line): fit for the CLI's user, not for an API caller, whom the server answers in general."""
+
+    public = "metadata database busy, try again"
+
+
 class StorageLockedError(StorageError, UserError):
     """Milvus Lite allows one process per database file."""
 

@@ -27,6 +27,7 @@ from memgpt.errors import (
     ConflictError,
     LLMError,
     MemGPTError,
+    MetadataBusyError,
     NotFoundError,
     StorageLockedError,
     UnsupportedFileTypeError,
@@ -84,7 +85,9 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        return error(status, str(exc), NO_RETRY if isinstance(exc, AlreadyExistsError) else None)
+        # The busy line names another process's pid and command line: the log has it, an API caller does not.
+        said = exc.public if isinstance(exc, MetadataBusyError) else str(exc)
+        return error(status, said, NO_RETRY if isinstance(exc, AlreadyExistsError) else None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -42,7 +42,7 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from memgpt.config import HOME_REMEDY, read_only_message
-from memgpt.errors import StorageError, StorageUnavailable
+from memgpt.errors import MetadataBusyError, StorageError, StorageUnavailable
 from memgpt.procfs import describe, lock_holders
 from memgpt.types import Document, DocumentStatus, Source, utc_now
 
@@ -478,8 +478,11 @@ class MetadataStore:
         self._serial: AbstractContextManager[Any] = threading.RLock() if sqlite else nullcontext()
 
     def _open_error(self, url: URL, exc: Exception) -> StorageError:
-        said = self._read_only() or self._locked(exc)
-        return StorageError(said) if said else _cannot_open(url, exc)
+        said = self._read_only()
+        if said:
+            return StorageError(said)
+        locked = self._locked(exc)
+        return MetadataBusyError(locked) if locked else _cannot_open(url, exc)
 
     def _failure(self, exc: SQLAlchemyError) -> str:
         """The one line a failed statement is told as."""
@@ -489,6 +492,8 @@ class MetadataStore:
         """A failed statement as a StorageError; StorageUnavailable when the database was out of reach (the
         connection dropped or refused, or SQLite's writer lock held past the wait), which may pass."""
         said = self._failure(exc)
+        if self._read_only() is None and self._locked(exc) == said:
+            return MetadataBusyError(said)
         if self._read_only() is None and _unreachable(exc):
             return StorageUnavailable(said)
         return StorageError(said)
@@ -503,11 +508,12 @@ class MetadataStore:
             return None
         pid = holders[0]
         command, stopped = describe(pid)
-        todo = f"resume it (kill -CONT {pid}) or end it" if stopped else "let it finish or end it"
+        # In WAL mode the process found may be a healthy peer that was writing just then: "e.g.", not "the culprit".
+        todo = f"resume it (kill -CONT {pid}) or end it" if stopped else "if it stays busy, let it finish or end it"
         state = "stopped" if stopped else "running"
         return (
-            f"the metadata database {self._file} is held by process {pid} ({state}: {command}) longer than this command"
-            f" waits ({_BUSY_MS // 1000} s): {todo}, then run this again"
+            f"the metadata database {self._file} stayed locked longer than this command waits ({_BUSY_MS // 1000} s),"
+            f" held by process {pid} ({state}: {command}) and perhaps others: {todo}, then run this again"
         )
 
     def _read_only(self) -> str | None:
