@@ -157,6 +157,7 @@ def test_a_request_with_no_stop_check_of_its_own_is_cut_within_the_bound_with_a_
         assert web.post(passages, json={"text": "The sky is blue."}, headers=auth(key)).status_code == 200
         lite = lite_pid(server.process.pid)
         os.kill(lite, signal.SIGSTOP)
+
         def request() -> None:
             if method == "GET":
                 answers.append(web.get(f"{passages}/search", params={"query": "sky"}, headers=auth(key)))
