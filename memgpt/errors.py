@@ -84,6 +84,10 @@ class SchemaMismatchError(StorageError, UserError):
     """Stored data was written with a schema or embedding model this build cannot use."""
 
 
+class WrongDimensionError(StorageError, UserError):
+    """A vector of another size than its collection's: the embedding model's configured dimensions are wrong."""
+
+
 class EmbeddingError(BackendError):
     """The embedding model failed or returned vectors of the wrong shape."""
 
