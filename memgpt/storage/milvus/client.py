@@ -531,24 +531,36 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+# What says Milvus was out of reach rather than that it refused the call, by code, never by message: gRPC's status
+# codes (an RpcError's code(); pymilvus keeps it as the code of the MilvusException it raises after its retries),
+# and the integer code 2, pymilvus's Status.CONNECT_FAILED ("Fail connecting to server ...", raised when its
+# reconnect after a cut finds no server) and Milvus's own "service unavailable" (merr).
+_AWAY_GRPC = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+_AWAY_CODE = 2
+
+
 def _unreachable(exc: BaseException) -> bool:
-    """Milvus was out of reach (gRPC UNAVAILABLE or DEADLINE_EXCEEDED anywhere in the exception's chain, or
-    pymilvus's own MilvusUnavailableException), rather than the call refused (DataNotMatch, a schema error):
-    only then may the same call succeed later."""
+    """Milvus was out of reach (see ``_AWAY_GRPC`` and ``_AWAY_CODE``, anywhere in the exception's chain, or pymilvus's
+    own MilvusUnavailableException), rather than the call refused (DataNotMatch, a schema error, a wrong dimension,
+    a text too long): only then may the same call succeed later."""
     seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        cause = chain.pop()
+        if cause is None or id(cause) in seen:
+            continue
         seen.add(id(cause))
         if type(cause).__name__ == "MilvusUnavailableException":
             return True
         code = getattr(cause, "code", None)
-        status = code() if callable(code) else None
-        if getattr(status, "name", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        code = code() if callable(code) else code  # grpc.RpcError.code() or MilvusException.code
+        if getattr(code, "name", None) in _AWAY_GRPC:  # a grpc.StatusCode
             return True
-        cause = cause.__cause__ or cause.__context__
-    # pymilvus (3.0.2) after its own retries: "Fail connecting to server ... server unavailable", "Retry timeout".
-    said = _reason(exc).lower() if isinstance(exc, Exception) else ""
-    return any(words in said for words in ("server unavailable", "fail connecting", "retry timeout", "deadline"))
+        if isinstance(code, int) and code == _AWAY_CODE:
+            return True
+        # Both links: pymilvus re-raises with ``raise e from e``, whose __cause__ is the exception itself.
+        chain += [cause.__cause__, cause.__context__]
+    return False
 
 
 def _reason(exc: Exception) -> str:
