@@ -228,15 +228,17 @@ class SourceLoader:
         description: str = "",
         into: Source | None = None,
         copies: bool = False,
+        keep_owner: bool = False,
     ) -> LoadReport:
         """Load ``paths`` into the source ``name`` (created when missing), or into the source ``into``. A file
         with the content of one already in the source is skipped as a duplicate, unless ``copies``: then it is
         loaded as a file of its own (a folder's uploads, as in Letta: "note (1).txt" is searched and deleted
-        apart from "note.txt")."""
+        apart from "note.txt"). With ``keep_owner``, a load that stops early leaves its file's row owned by this
+        process (see ``FileTracker``)."""
         name = validate_source_name(name)
         report = LoadReport(source=name)
         source, created = (into, False) if into is not None else self._source(name, description)
-        self._files = files = FileTracker(self.storage, source)
+        self._files = files = FileTracker(self.storage, source, keep_owner=keep_owner)
         self._copies = copies
         self.listener.files_found(len(paths))
         try:
