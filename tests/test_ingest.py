@@ -366,5 +366,6 @@ def test_a_store_refusal_that_fails_the_same_way_again_is_not_storage_away(
     broken = Truncating.__new__(Truncating)
     broken.__dict__.update(model.__dict__)
     report = loader(storage, broken).load("refused", [DATA / "test.md"])
-    assert "dimension 100, expected 384 for all-MiniLM-L6-v2" in report.aborted and "`memgpt configure`" in report.aborted
+    assert "dimension 100, expected 384 for all-MiniLM-L6-v2" in report.aborted
+    assert "`memgpt configure`" in report.aborted
     assert not report.storage_away
