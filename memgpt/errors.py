@@ -95,12 +95,28 @@ class StorageError(BackendError):
     public = "the server's storage (its metadata database or Milvus) failed or is out of reach; its log has the details"
 
 
+class StorageUnavailable(StorageError):
+    """Milvus or the metadata database could not be reached (refused, timed out, disconnected, locked by another
+    writer): the same operation may succeed later. Every other StorageError fails the same way again."""
+
+
+class MetadataBusyError(StorageUnavailable):
+    """SQLite's metadata database stayed locked past the wait. The message names a process holding it (its pid
+    and command line): fit for the CLI's user, not for an API caller, whom the server answers in general."""
+
+    public = "metadata database busy, try again"
+
+
 class StorageLockedError(StorageError, UserError):
     """Milvus Lite allows one process per database file."""
 
 
 class SchemaMismatchError(StorageError, UserError):
     """Stored data was written with a schema or embedding model this build cannot use."""
+
+
+class WrongDimensionError(StorageError, UserError):
+    """A vector of another size than its collection's: the embedding model's configured dimensions are wrong."""
 
 
 class EmbeddingError(BackendError):

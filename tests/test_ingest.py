@@ -351,3 +351,21 @@ def test_archival_search_results_name_the_section_once() -> None:
         "[2024-01-02 00:00:00 UTC] (paper.pdf, page 3, section: 2. MemGPT > 2.2. Queue Manager)"
         " The queue manager evicts messages."
     )
+
+
+def test_a_store_refusal_that_fails_the_same_way_again_is_not_storage_away(
+    storage: Storage, model: LocalMiniLM
+) -> None:
+    """Milvus refusing what it was given (here: vectors of the wrong dimension that got past the model's own check)
+    fails the same way every time: the server must not retry it as "storage away" for ~12 minutes."""
+
+    class Truncating(LocalMiniLM):
+        def embed_multi(self, texts, *, on_progress=None):  # type: ignore[no-untyped-def]
+            return [v[:100] for v in model.embed_multi(texts, on_progress=on_progress)]
+
+    broken = Truncating.__new__(Truncating)
+    broken.__dict__.update(model.__dict__)
+    report = loader(storage, broken).load("refused", [DATA / "test.md"])
+    assert "dimension 100, expected 384 for all-MiniLM-L6-v2" in report.aborted
+    assert "`memgpt configure`" in report.aborted
+    assert not report.storage_away

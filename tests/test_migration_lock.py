@@ -116,3 +116,36 @@ def test_a_command_meeting_a_stopped_migrator_on_sqlite_says_which_process_holds
     line = lines[0]
     assert f"held by process {child.pid} (stopped: " in line and f"kill -CONT {child.pid}" in line, line
     assert run_cli("user", "create", "bob", home=home).returncode == 0
+
+
+def test_the_server_answers_a_busy_metadata_database_without_naming_the_process(home: Path) -> None:
+    """The busy line names another process's pid and command line: the CLI says it (above), but the server
+    answers any API user a generic 503 and keeps the detail for its log."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from memgpt.errors import MetadataBusyError
+    from memgpt.server.errors import install
+
+    database = home / "metadata.sqlite"
+    save_config(load_config(home), home)
+    child = migrator(f"sqlite:///{database}")
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        stop(child)
+        with pytest.raises(MetadataBusyError) as met:
+            MetadataStore(f"sqlite:///{database}")
+    finally:
+        child.kill()
+        child.wait(10)
+    assert f"held by process {child.pid} (stopped: " in str(met.value)
+    app = FastAPI()
+    install(app)
+
+    @app.get("/busy")
+    def busy() -> None:
+        raise met.value
+
+    answer = TestClient(app).get("/busy")
+    assert (answer.status_code, answer.json()) == (503, {"detail": "metadata database busy, try again"})
+    assert str(child.pid) not in answer.text and "python" not in answer.text

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memgpt.errors import StorageError
+from memgpt.errors import StorageError, StorageUnavailable
 from memgpt.storage.milvus import MilvusConnection, MilvusTarget
 from memgpt.storage.milvus.client import milvus_errors
 from memgpt.types import EmbeddingSpace
@@ -91,12 +91,17 @@ def test_a_milvus_server_gone_is_one_storage_error_without_pymilvus_tracebacks(
         caplog.clear()
         with caplog.at_level(logging.DEBUG):
             for _ in range(2):  # each failed call
-                with pytest.raises(StorageError, match="Milvus failed to count passages"):
+                # Out of reach, not refused: a load meeting it is tried again later (StorageUnavailable).
+                with pytest.raises(StorageUnavailable, match="Milvus failed to count passages"):
                     store.count()
         said = [r.getMessage() for r in caplog.records if r.name.startswith("pymilvus") and r.levelno >= logging.INFO]
         assert said == []  # neither "Connection recovery failed" nor "RPC error: [query], ..." with its traceback
         kept = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
         assert sum("as pymilvus logged it: RPC error: [query]" in m for m in kept) == 2  # at DEBUG, for a developer
+        # What a load meets first (its store opened after the cut): pymilvus's reconnect finds no server (its
+        # "Fail connecting to server", code CONNECT_FAILED): out of reach too, so the server loads it again later.
+        with pytest.raises(StorageUnavailable, match=r"Milvus failed to open collection .*Fail connecting to server"):
+            connection.passages(EmbeddingSpace("other-model", DIM))
     finally:
         connection.close()
 
@@ -123,11 +128,17 @@ def test_a_ping_of_a_milvus_server_gone_is_one_storage_error_without_pymilvus_tr
     connection = MilvusConnection(MilvusTarget(relay.uri, TOKEN, database=server_database))
     try:
         connection.ping()
+        # A call the answering server refuses (here: a collection it does not have) fails the same way every time:
+        # a plain StorageError in one line, not StorageUnavailable (a load meeting it is not tried again).
+        refusal = pytest.raises(StorageError, match=r"^Milvus failed to query nothing: [^\n]*$")
+        with refusal as refused, milvus_errors("query nothing"):
+            connection.client.query(collection_name="memgpt_no_such_collection", filter="id != ''")
+        assert not isinstance(refused.value, StorageUnavailable)
         relay.cut()
         caplog.clear()
         with caplog.at_level(logging.DEBUG):
             for _ in range(2):  # each failed call
-                with pytest.raises(StorageError, match="Milvus failed to list collections"):
+                with pytest.raises(StorageUnavailable, match="Milvus failed to list collections"):
                     connection.ping()
         said = [r.getMessage() for r in caplog.records if r.name.startswith("pymilvus") and r.levelno >= logging.INFO]
         assert said == []  # neither "Connection recovery failed" nor "RPC error: [list_collections]" with traceback

@@ -388,7 +388,7 @@ def test_a_row_whose_keys_collide_is_never_shown_to_the_wrong_user(store: Milvus
     from memgpt.storage.milvus.store import _row, _with_keys
 
     store.upsert([passage(i, user_id="alice") for i in range(3)])
-    forged = _with_keys(_row(passage(99, user_id="mallory", embedding=unit(0)), DIM))
+    forged = _with_keys(_row(passage(99, user_id="mallory", embedding=unit(0)), store.space))
     forged["user_key"] = key_of("alice")
     store._client.upsert(store.collection, [forged])
     alice = eq("user_id", "alice")

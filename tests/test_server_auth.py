@@ -116,8 +116,15 @@ def test_only_the_owner_administers_users_and_keys(live_server: LiveServer) -> N
     keys = web.get(f"{live_server.url}/v1/admin/users/{alice['id']}/keys", headers=owner).json()
     assert sorted(k["name"] for k in keys) == ["first key", "laptop"]
     assert all("digest" not in k and "key" not in k for k in keys)
+    # A truncated id or prefix (a script's cut value) revokes nothing: the route takes whole ones only.
+    for start in (alice["key"]["id"][:-1], alice["key"]["key"][:10]):
+        cut = web.delete(f"{live_server.url}/v1/admin/keys/{start}", headers=owner)
+        assert cut.status_code == 404 and "whole" in cut.json()["detail"], cut.text
+    assert web.get(f"{live_server.url}/v1/agents/", headers=alice_key).status_code == 200
     revoked = web.delete(f"{live_server.url}/v1/admin/keys/{alice['key']['id']}", headers=owner)
     assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    again = web.delete(f"{live_server.url}/v1/admin/keys/{alice['key']['id']}", headers=owner)  # a retried DELETE
+    assert again.status_code == 200 and again.json()["revoked_at"] == revoked.json()["revoked_at"]
     assert web.get(f"{live_server.url}/v1/admin/users", headers=alice_key).status_code == 401
     duplicate = web.post(f"{live_server.url}/v1/admin/users", json={"name": "alice"}, headers=owner)
     assert duplicate.status_code == 400 and "already exists" in duplicate.json()["detail"]
@@ -349,3 +356,17 @@ def test_an_idle_connection_outlives_the_clients_own_keep_alive(home: Path) -> N
         connection.close()
     finally:
         server.stop()
+
+
+def test_key_revoke_by_a_start_prefers_the_active_key_and_says_when_one_was_revoked_already(home: Path) -> None:
+    """Two keys share a start and one is revoked: the start names the active one. Revoking a revoked key says so."""
+    for _ in "ab":
+        assert cli("key", "create", home=home).returncode == 0
+    with Storage(load_config(home), home) as storage, storage.metadata.session() as s:
+        s.execute(sa.text("UPDATE api_keys SET prefix = 'sk-Ab_1d' || substr(prefix, 9)"))
+    prefixes = sorted(k["prefix"] for k in json.loads(cli("key", "list", "--json", home=home).stdout))
+    assert cli("key", "revoke", prefixes[0], home=home).returncode == 0
+    told = cli("key", "revoke", "sk-Ab_1", home=home)
+    assert told.returncode == 0 and f"({prefixes[1]}...)" in told.stdout, told.stdout + told.stderr
+    again = cli("key", "revoke", prefixes[0], home=home)
+    assert again.returncode == 0 and f"({prefixes[0]}...) was already revoked (" in again.stdout, again.stdout

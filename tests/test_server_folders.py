@@ -25,7 +25,7 @@ from letta_client import APIStatusError, BadRequestError, ConflictError, Letta, 
 from sqlalchemy import select
 
 from memgpt.config import load_config, save_config
-from memgpt.data.ingest import SourceLoader
+from memgpt.data.ingest import LoadReport, SourceLoader
 from memgpt.embeddings.local import LocalMiniLM
 from memgpt.errors import ConflictError as MemGPTConflictError
 from memgpt.errors import UserError
@@ -727,3 +727,93 @@ def test_a_load_another_process_took_over_is_neither_reset_nor_failed_by_this_on
         record = files.get(file_id)
         assert record is not None
         assert (record.status, record.job_owner, record.error_message) == (FileStatus.EMBEDDING, theirs, ""), file_id
+
+
+def test_a_storage_away_retry_does_not_take_back_a_load_another_process_took_over(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This process's load stopped because storage went away, and meanwhile another process's sweep took the load
+    over: the "try again" write (status pending, this process's retry) must not take the file back, or both
+    processes load it."""
+    client = client_for(server)
+    folder = client.folders.create(name="taken-back")
+    files = server.state.storage.files
+    mine, theirs = this_process(), "elsewhere-host:1:x"
+    files.add(
+        FileRecord(
+            id="file-away",
+            source_id=folder.id,
+            file_name="away.md",
+            path="/nowhere/away.md",
+            status=FileStatus.EMBEDDING,
+            job_owner=mine,
+        )
+    )
+
+    def taken_over_while_storage_away(*args: Any, **kwargs: Any) -> LoadReport:
+        assert files.claim("file-away", theirs, previous=mine)  # the other host's sweep, while this load ran
+        return LoadReport(source=folder.name, aborted="Milvus went away", storage_away=True)
+
+    monkeypatch.setattr(jobs, "load_file", taken_over_while_storage_away)
+    server.file_jobs._load("file-away")
+    record = files.get("file-away")
+    assert record is not None
+    assert (record.status, record.job_owner, record.error_message) == (FileStatus.EMBEDDING, theirs, "")
+
+
+def test_a_load_storage_went_away_from_is_kept_and_loaded_again(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus out of reach midway through a real load (its first write fails as StorageUnavailable): the row stays
+    this process's, pending with why ("...; trying again"), and the retry loads it; the loader must not let the row
+    go, or the retry's write (fenced by the owner) changes nothing and the upload ends 'error'."""
+    from memgpt.errors import StorageUnavailable
+    from memgpt.storage.milvus.store import MilvusPassageStore
+
+    upsert = MilvusPassageStore.upsert
+    cuts: list[int] = []
+
+    def away_once(store: MilvusPassageStore, passages: Any) -> None:
+        if not cuts:
+            cuts.append(len(passages))
+            raise StorageUnavailable("Milvus failed to upsert passages: Fail connecting to server")
+        upsert(store, passages)
+
+    monkeypatch.setattr(MilvusPassageStore, "upsert", away_once)
+    files = server.state.storage.files
+    retries: list[FileRecord | None] = []
+    again_later = server.file_jobs._again_later
+
+    def seen_then_again(file_id: str, attempt: int) -> None:
+        retries.append(files.get(file_id))  # the row as the retry finds it
+        again_later(file_id, attempt)
+
+    monkeypatch.setattr(server.file_jobs, "_again_later", seen_then_again)
+    client = client_for(server)
+    folder = client.folders.create(name="away")
+    upload = client.folders.files.upload(folder.id, file=(DATA / "test.md").open("rb"))
+    done, _ = wait_until_loaded(client, folder.id, upload.id, timeout=120)
+    assert cuts and len(retries) == 1 and retries[0] is not None
+    assert (retries[0].status, retries[0].job_owner) == (FileStatus.PENDING, this_process())
+    assert retries[0].error_message == "Milvus failed to upsert passages: Fail connecting to server; trying again"
+    assert done.processing_status == "completed" and done.error_message is None, done
+    assert done.total_chunks == done.chunks_embedded > 0
+    record = files.get(upload.id)
+    assert record is not None and record.job_owner == ""
+
+
+def test_a_load_the_server_stops_midway_is_queued_for_the_next_start(server: LiveServer) -> None:
+    """The server stops while a file is embedding: the row is left pending and this process's (which the next
+    start takes over, as after a kill -9), not 'error' -- the loader must not let the row go before the stop's
+    write (fenced by the owner) queues it."""
+    client = client_for(server)
+    folder = client.folders.create(name="stopped")
+    paper = client.folders.files.upload(folder.id, file=PAPER.open("rb"))
+    deadline = time.monotonic() + 120
+    while (current := client.folders.files.retrieve(paper.id, folder_id=folder.id)).processing_status != "embedding":
+        assert current.processing_status in ("pending", "parsing") and time.monotonic() < deadline, current
+        time.sleep(0.05)
+    server.file_jobs.stop()  # as the server's shutdown does: the load stops at its next batch
+    record = server.state.storage.files.get(paper.id)
+    assert record is not None
+    assert (record.status, record.job_owner, record.error_message) == (FileStatus.PENDING, this_process(), "")

@@ -146,13 +146,16 @@ def lite_pid(pid: int) -> int:
     raise AssertionError(f"memgpt server {pid} runs no Milvus Lite process")
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
 def test_a_request_with_no_stop_check_of_its_own_is_cut_within_the_bound_with_a_json_503(
-    home: Path, llm: ScriptedLLM
+    home: Path, llm: ScriptedLLM, method: str
 ) -> None:
     """A passages search waiting on a stalled Milvus (its Lite process stopped with SIGSTOP) as the server is told to
     stop: uvicorn cuts it after ``shutdown_seconds``; the client gets a 503 in JSON saying the server stopped (send
     again), the process exits within the bound, and the log holds no traceback. It was: a plain-text 500 "Internal
-    Server Error" and the cancel's traceback in the log."""
+    Server Error" and the cancel's traceback in the log. A write (POST: an insert waiting on the stalled Milvus) may
+    still finish in its thread, so its 503 says check first and carries ``x-should-retry: false``: letta-client's
+    own resend could otherwise make a second one."""
     server, key = keyed_server(home, llm)
     answers: list[httpx.Response] = []
     lite = 0
@@ -163,10 +166,14 @@ def test_a_request_with_no_stop_check_of_its_own_is_cut_within_the_bound_with_a_
         assert web.post(passages, json={"text": "The sky is blue."}, headers=auth(key)).status_code == 200
         lite = lite_pid(server.process.pid)
         os.kill(lite, signal.SIGSTOP)
-        search = threading.Thread(
-            target=lambda: answers.append(web.get(f"{passages}/search", params={"query": "sky"}, headers=auth(key))),
-            daemon=True,
-        )
+
+        def request() -> None:
+            if method == "GET":
+                answers.append(web.get(f"{passages}/search", params={"query": "sky"}, headers=auth(key)))
+            else:
+                answers.append(web.post(passages, json={"text": "The sky is green."}, headers=auth(key)))
+
+        search = threading.Thread(target=request, daemon=True)
         search.start()
         time.sleep(1.0)  # (the search waits on Milvus whenever the signal lands: the server cuts it at the bound)
 
@@ -185,6 +192,10 @@ def test_a_request_with_no_stop_check_of_its_own_is_cut_within_the_bound_with_a_
     assert answer.status_code == 503, answer.text
     assert answer.headers["content-type"] == "application/json" and answer.headers.get("retry-after") == "2"
     assert "server stopped before this request finished" in answer.json()["detail"], answer.text
+    if method == "GET":
+        assert "x-should-retry" not in answer.headers
+    else:
+        assert answer.headers.get("x-should-retry") == "false" and "check before" in answer.json()["detail"]
 
 
 def test_a_cut_streaming_send_ends_with_an_error_event_and_the_agent_answers_after_a_restart(

@@ -221,5 +221,9 @@ def key_list(
 def key_revoke(key: str = typer.Argument(..., help="Key id (key-...) or the key's shown prefix (sk-...).")) -> None:
     """Revoke an API key: requests with it are refused from now on."""
     with _users() as (users, _config):
-        revoked = users.revoke_key(key.strip())
-    console.print(f"Revoked key {revoked.id} ({revoked.prefix}...)", markup=False)
+        revoked, newly = users.revoke_key(key.strip(), starts=True)
+    if newly:
+        console.print(f"Revoked key {revoked.id} ({revoked.prefix}...)", markup=False)
+    else:
+        when = revoked.revoked_at.isoformat(timespec="seconds") if revoked.revoked_at else "before"
+        console.print(f"Key {revoked.id} ({revoked.prefix}...) was already revoked ({when})", markup=False)

@@ -37,8 +37,11 @@ def mime_type(name: str) -> str:
 class FileTracker:
     """One load's file rows: the current file's status and progress. Only the loader calls it."""
 
-    def __init__(self, storage: Storage, source: Source) -> None:
+    def __init__(self, storage: Storage, source: Source, *, keep_owner: bool = False) -> None:
         self._files = storage.files
+        # A load that stops (``abandoned``) leaves its row this process's: its caller decides what comes next (the
+        # server's file jobs try it again, or queue it for the next start, fenced by the owner).
+        self._keep_owner = keep_owner
         self._source = source
         self._current: FileRecord | None = None
         self._created = False
@@ -113,11 +116,11 @@ class FileTracker:
     def abandoned(self, reason: str = INTERRUPTED) -> None:
         """The load stopped (endpoint or storage failure, Ctrl-C): say so if the database still answers."""
         try:
-            self.failed(reason)
+            self._finish(status=FileStatus.ERROR, error_message=reason, release=not self._keep_owner)
         except StorageError as exc:
             logger.warning("could not record that the load of %s stopped: %s", self._current, exc)
 
-    def _finish(self, **fields: str | int) -> None:
+    def _finish(self, *, release: bool = True, **fields: str | int) -> None:
         if self._current is not None:
-            self._files.update(self._current.id, job_owner="", **fields)
+            self._files.update(self._current.id, **({"job_owner": ""} if release else {}), **fields)
             self._current = None

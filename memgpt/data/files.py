@@ -178,11 +178,13 @@ def load_file(
     *,
     settings: EmbeddingSettings,
     listener: LoadListener | None = None,
+    keep_owner: bool = False,
 ) -> LoadReport:
     """Load one recorded file into its source with the loader and limits `memgpt load` uses; its row says
-    how it went."""
+    how it went (``keep_owner``: see ``SourceLoader.load``)."""
     loader = SourceLoader.from_settings(storage, model, settings, user_id=source.user_id, listener=listener)
-    return loader.load(source.name, [Path(record.path)], into=source, copies=True)  # each upload is its own
+    # Each upload is its own file.
+    return loader.load(source.name, [Path(record.path)], into=source, copies=True, keep_owner=keep_owner)
 
 
 def get_file(storage: Storage, source: Source, file_id: str) -> FileRecord:

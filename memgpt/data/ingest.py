@@ -25,7 +25,7 @@ from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, 
 from memgpt.data.sections import section_label
 from memgpt.data.sources import delete_source, new_source, validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import BackendError, InputFileError, StorageError, UserError
+from memgpt.errors import BackendError, InputFileError, StorageUnavailable, UserError
 from memgpt.interrupts import interrupts_held
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
@@ -228,15 +228,17 @@ class SourceLoader:
         description: str = "",
         into: Source | None = None,
         copies: bool = False,
+        keep_owner: bool = False,
     ) -> LoadReport:
         """Load ``paths`` into the source ``name`` (created when missing), or into the source ``into``. A file
         with the content of one already in the source is skipped as a duplicate, unless ``copies``: then it is
         loaded as a file of its own (a folder's uploads, as in Letta: "note (1).txt" is searched and deleted
-        apart from "note.txt")."""
+        apart from "note.txt"). With ``keep_owner``, a load that stops early leaves its file's row owned by this
+        process (see ``FileTracker``)."""
         name = validate_source_name(name)
         report = LoadReport(source=name)
         source, created = (into, False) if into is not None else self._source(name, description)
-        self._files = files = FileTracker(self.storage, source)
+        self._files = files = FileTracker(self.storage, source, keep_owner=keep_owner)
         self._copies = copies
         self.listener.files_found(len(paths))
         try:
@@ -261,7 +263,7 @@ class SourceLoader:
         except BackendError as exc:
             files.abandoned(str(exc))
             report.aborted = str(exc)
-            report.storage_away = isinstance(exc, StorageError) and not isinstance(exc, UserError)
+            report.storage_away = isinstance(exc, StorageUnavailable)  # not one that fails the same way every time
         except KeyboardInterrupt:
             files.abandoned()
             report.interrupted = True

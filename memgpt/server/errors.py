@@ -145,6 +145,12 @@ STOPPED = (
 )
 
 
+STOPPED_WRITE = (
+    "the server stopped before this request finished (it ran past server.shutdown_seconds); it may still have been"
+    " done: check before sending it again when the server is back"
+)
+
+
 class CutAtStop:
     """A request still running ``server.shutdown_seconds`` after the server was told to stop (``stopping``), one with
     no stop check of its own (a slow upload, a search waiting on a stalled Milvus), is cancelled by uvicorn: it answers
@@ -163,7 +169,12 @@ class CutAtStop:
             if scope["type"] != "http" or not self.stopping.is_set():
                 raise
             logger.warning("%s %s: cut, still running as the server stopped", scope.get("method"), scope.get("path"))
-            response = error(503, STOPPED, {"Retry-After": "2", "Connection": "close"})
+            if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+                response = error(503, STOPPED, {"Retry-After": "2", "Connection": "close"})
+            else:
+                # A write (create an agent, an upload) may still finish in its thread: a client's automatic resend
+                # could make a second one, so letta-client / stainless are told not to (x-should-retry: false).
+                response = error(503, STOPPED_WRITE, {**NO_RETRY, "Retry-After": "2", "Connection": "close"})
             with contextlib.suppress(RuntimeError):  # its answer had begun: the connection closes
                 await response(scope, receive, send)
 

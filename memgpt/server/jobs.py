@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memgpt.data.filerecords import INTERRUPTED
 from memgpt.data.files import load_file
 from memgpt.data.ingest import LoadListener
 from memgpt.errors import BackendError, MemGPTError
@@ -224,18 +225,30 @@ class FileJobs:
         if source.space != model.space:
             self._fail(file_id, f"folder {source.name!r} was embedded with {source.space}, not {model.space}")
             return
+        # keep_owner: a load that stops early leaves the row this process's (the loader marks it failed), so that the
+        # writes below can be fenced by the owner: a sweep elsewhere may have taken the load over meanwhile.
         report = load_file(
-            storage, model, source, record, settings=self.state.config.embedding, listener=_Watch(self, file_id)
+            storage,
+            model,
+            source,
+            record,
+            settings=self.state.config.embedding,
+            listener=_Watch(self, file_id),
+            keep_owner=True,
         )
+        if not (report.aborted or report.interrupted):
+            return
         if report.aborted and self.should_stop(file_id) and self._stopping:
             # Shut down midway: queue it for the next start (the loader had marked it as failed).
-            storage.files.update(file_id, status=FileStatus.PENDING, error_message="", job_owner=this_process())
+            storage.files.update(file_id, if_owner=this_process(), status=FileStatus.PENDING, error_message="")
         elif report.storage_away and not self.should_stop(file_id):
             # Milvus (or the metadata database) went away midway: the upload is kept, so the load is tried again
             # (``_unsettled``, then ``_again_later``, which gives up after RETRY_ATTEMPTS) rather than left failed for
             # the user to upload again; the row says why meanwhile.
             again = f"{report.aborted}; trying again"
-            storage.files.update(file_id, status=FileStatus.PENDING, error_message=again, job_owner=this_process())
+            storage.files.update(file_id, if_owner=this_process(), status=FileStatus.PENDING, error_message=again)
+        else:  # failed for good (or cancelled): let the row go, saying why
+            self._fail(file_id, report.aborted or INTERRUPTED)
 
     def _fail(self, file_id: str, reason: str) -> None:
         """Record that this process's load of the file failed, unless another process has taken the load over."""

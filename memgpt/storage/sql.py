@@ -48,10 +48,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, Dialect
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, SQLAlchemyError
 
 from memgpt.config import HOME_REMEDY, read_only_message
-from memgpt.errors import StorageError
+from memgpt.errors import MetadataBusyError, StorageError, StorageUnavailable
 from memgpt.procfs import describe, lock_holders
 from memgpt.types import Document, DocumentStatus, Source, utc_now
 
@@ -304,6 +304,18 @@ def _end_idle_transactions(engine: Engine, url: URL, seconds: float | None) -> N
     event.listen(engine, "connect", opened)
 
 
+def _unreachable(exc: SQLAlchemyError) -> bool:
+    """The database was out of reach rather than the statement wrong: a dropped or refused connection (any
+    OperationalError of PostgreSQL's driver), or SQLite's "database is locked"."""
+    if isinstance(exc, DisconnectionError) or getattr(exc, "connection_invalidated", False):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if "database is locked" in _reason(exc):
+        return True
+    return type(getattr(exc, "orig", None)).__module__.split(".")[0] == "psycopg"
+
+
 def _reason(exc: BaseException) -> str:
     """The driver's own first line, without SQLAlchemy's statement and background link."""
     text = str(getattr(exc, "orig", None) or exc).strip()
@@ -462,12 +474,25 @@ class MetadataStore:
         self._kept: Connection | None = None
 
     def _open_error(self, url: URL, exc: Exception) -> StorageError:
-        said = self._read_only() or self._locked(exc)
-        return StorageError(said) if said else _cannot_open(url, exc)
+        said = self._read_only()
+        if said:
+            return StorageError(said)
+        locked = self._locked(exc)
+        return MetadataBusyError(locked) if locked else _cannot_open(url, exc)
 
     def _failure(self, exc: SQLAlchemyError) -> str:
         """The one line a failed statement is told as."""
         return self._read_only() or self._locked(exc) or f"metadata database error: {_reason(exc)}"
+
+    def _error(self, exc: SQLAlchemyError) -> StorageError:
+        """A failed statement as a StorageError; StorageUnavailable when the database was out of reach (the
+        connection dropped or refused, or SQLite's writer lock held past the wait), which may pass."""
+        said = self._failure(exc)
+        if self._read_only() is None and self._locked(exc) == said:
+            return MetadataBusyError(said)
+        if self._read_only() is None and _unreachable(exc):
+            return StorageUnavailable(said)
+        return StorageError(said)
 
     def _locked(self, exc: Exception) -> str | None:
         """SQLite's "database is locked" once its wait (busy_timeout) ran out: which process holds the file, and what
@@ -479,11 +504,12 @@ class MetadataStore:
             return None
         pid = holders[0]
         command, stopped = describe(pid)
-        todo = f"resume it (kill -CONT {pid}) or end it" if stopped else "let it finish or end it"
+        # In WAL mode the process found may be a healthy peer that was writing just then: "e.g.", not "the culprit".
+        todo = f"resume it (kill -CONT {pid}) or end it" if stopped else "if it stays busy, let it finish or end it"
         state = "stopped" if stopped else "running"
         return (
-            f"the metadata database {self._file} is held by process {pid} ({state}: {command}) longer than this command"
-            f" waits ({_BUSY_MS // 1000} s): {todo}, then run this again"
+            f"the metadata database {self._file} stayed locked longer than this command waits ({_BUSY_MS // 1000} s),"
+            f" held by process {pid} ({state}: {command}) and perhaps others: {todo}, then run this again"
         )
 
     def _read_only(self) -> str | None:
@@ -518,7 +544,7 @@ class MetadataStore:
                 session.commit()
             except SQLAlchemyError as exc:
                 session.rollback()
-                raise StorageError(self._failure(exc)) from exc
+                raise self._error(exc) from exc
             except BaseException:
                 session.rollback()
                 raise
@@ -536,7 +562,7 @@ class MetadataStore:
                     with self.engine.begin() as connection:
                         yield connection
                 except SQLAlchemyError as exc:
-                    raise StorageError(self._failure(exc)) from exc
+                    raise self._error(exc) from exc
                 return
             try:
                 if kept is None:
@@ -545,7 +571,7 @@ class MetadataStore:
                     yield kept
             except SQLAlchemyError as exc:
                 self._let_go(kept)
-                raise StorageError(self._failure(exc)) from exc
+                raise self._error(exc) from exc
             except BaseException:
                 if kept is not None and (kept.in_transaction() or kept.invalidated):  # (its rollback did not end it)
                     self._let_go(kept)

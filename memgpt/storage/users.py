@@ -180,24 +180,29 @@ class UserStore:
                 query = query.where(ApiKeyRow.user_id == user_id)
             return [_key(r) for r in s.scalars(query)]
 
-    def revoke_key(self, key_id: str, *, user_id: str | None = None) -> ApiKey:
-        """Revoke a key by its id or shown prefix, or a unique start of either (only the user's own when
-        ``user_id`` is given)."""
+    def revoke_key(self, key_id: str, *, user_id: str | None = None, starts: bool = False) -> tuple[ApiKey, bool]:
+        """Revoke a key by its id or shown prefix (only the user's own when ``user_id`` is given); with ``starts``
+        (the CLI, where a person reads the answer) also a unique start of either. The key, and False when it had
+        been revoked already."""
         with self._metadata.session() as s:
-            row = self._one_key(s, key_id, user_id)
-            if row.revoked_at is None:
+            row = self._one_key(s, key_id, user_id, starts=starts)
+            newly = row.revoked_at is None
+            if newly:
                 row.revoked_at = utc_now()
             key = _key(row)
         self._distrust()
-        return key
+        return key, newly
 
     @staticmethod
-    def _one_key(s: Session, key_id: str, user_id: str | None) -> ApiKeyRow:
-        """The one key ``key_id`` names: its id or shown prefix, or a start of either with at least
-        ``_MIN_START`` characters after "key-" / "sk-" (a UserError names what is wrong otherwise)."""
+    def _one_key(s: Session, key_id: str, user_id: str | None, *, starts: bool) -> ApiKeyRow:
+        """The one key ``key_id`` names: its id or shown prefix, or (``starts``) a start of either with at least
+        ``_MIN_START`` characters after "key-" / "sk-", an active key before revoked ones (a UserError names what
+        is wrong otherwise). A truncated id in a script must not revoke whichever key it happens to start."""
         key_id = key_id.removesuffix("...")  # as `memgpt key list` shows a prefix
         scope = [ApiKeyRow.user_id == user_id] if user_id is not None else []
         rows = s.scalars(select(ApiKeyRow).where((ApiKeyRow.id == key_id) | (ApiKeyRow.prefix == key_id), *scope)).all()
+        if not rows and not starts:
+            raise NotFoundError(f"no API key {key_id!r}: give its whole id (key-...) or its whole prefix (sk-...)")
         if not rows:
             start = next((k for k in ("key-", KEY_PREFIX) if key_id.startswith(k)), None)
             if start is None:
@@ -210,6 +215,8 @@ class UserStore:
             # LIKE ignores case on SQLite: the exact comparison is Python's.
             found = s.scalars(select(ApiKeyRow).where(column.startswith(key_id, autoescape=True), *scope)).all()
             rows = [r for r in found if (r.id if start == "key-" else r.prefix).startswith(key_id)]
+            active = [r for r in rows if r.revoked_at is None]
+            rows = active if len(active) == 1 else rows
         if not rows:
             raise NotFoundError(f"no API key {key_id!r}")
         if len(rows) > 1:

@@ -39,4 +39,6 @@ def create_key(user_id: str, body: KeyCreate, state: State, _: AdminUser) -> Cre
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
 def revoke_key(key_id: str, state: State, _: AdminUser) -> KeyOut:
-    return KeyOut.of(state.users.revoke_key(key_id))
+    # Its whole id or prefix only: a truncated value in a script must not revoke whichever key it starts.
+    # An already revoked key answers as it is (revoked_at says when), so a retried DELETE is not an error.
+    return KeyOut.of(state.users.revoke_key(key_id)[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from memgpt.config import display_path, is_server_uri, read_only_message
-from memgpt.errors import StorageError, StorageLockedError
+from memgpt.errors import StorageError, StorageLockedError, StorageUnavailable
 from memgpt.storage.milvus import lite
 from memgpt.storage.milvus.deferred import deferred_imports
 
@@ -480,7 +480,7 @@ def _client(target: MilvusTarget, starting: LiteStart | None = None) -> Any:
                 f"cannot connect to Milvus at {where}: {problem} ({refused}); give one it accepts, user:password or "
                 "an API key (--milvus-token, or `memgpt migrate --token`)"
             ) from exc
-        raise StorageError(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
+        raise StorageUnavailable(f"cannot connect to Milvus at {where}: {_reason(exc)}") from exc
 
 
 def _refused_credentials(exc: BaseException) -> str | None:
@@ -529,6 +529,38 @@ def _sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# What says Milvus was out of reach rather than that it refused the call, by code, never by message: gRPC's status
+# codes (an RpcError's code(); pymilvus keeps it as the code of the MilvusException it raises after its retries),
+# and the integer code 2, pymilvus's Status.CONNECT_FAILED ("Fail connecting to server ...", raised when its
+# reconnect after a cut finds no server) and Milvus's own "service unavailable" (merr).
+_AWAY_GRPC = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+_AWAY_CODE = 2
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Milvus was out of reach (see ``_AWAY_GRPC`` and ``_AWAY_CODE``, anywhere in the exception's chain, or pymilvus's
+    own MilvusUnavailableException), rather than the call refused (DataNotMatch, a schema error, a wrong dimension,
+    a text too long): only then may the same call succeed later."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        cause = chain.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if type(cause).__name__ == "MilvusUnavailableException":
+            return True
+        code = getattr(cause, "code", None)
+        code = code() if callable(code) else code  # grpc.RpcError.code() or MilvusException.code
+        if getattr(code, "name", None) in _AWAY_GRPC:  # a grpc.StatusCode
+            return True
+        if isinstance(code, int) and code == _AWAY_CODE:
+            return True
+        # Both links: pymilvus re-raises with ``raise e from e``, whose __cause__ is the exception itself.
+        chain += [cause.__cause__, cause.__context__]
+    return False
 
 
 def _reason(exc: Exception) -> str:
@@ -620,7 +652,8 @@ def milvus_errors(action: str) -> Iterator[None]:
         said = _said_by_memgpt(held)
         HeldLogs.handled(said)
         HeldLogs.emit([r for r in held if r not in said])
-        raise StorageError(f"Milvus failed to {action}: {_reason(exc)}") from exc
+        kind = StorageUnavailable if _unreachable(exc) else StorageError
+        raise kind(f"Milvus failed to {action}: {_reason(exc)}") from exc
     except BaseException:
         HeldLogs.emit(held)
         raise

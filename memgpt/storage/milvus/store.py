@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from memgpt.errors import StorageError
+from memgpt.errors import StorageError, WrongDimensionError
 from memgpt.storage.base import PassageStore
 from memgpt.storage.filters import KEYED_FIELDS, MATCH_ALL, Filter, is_in, key_of
 from memgpt.storage.fusion import CANDIDATES, Weights, fuse
@@ -67,10 +67,15 @@ def _to_millis(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _row(passage: Passage, dimensions: int) -> dict[str, Any]:
+def _row(passage: Passage, space: EmbeddingSpace) -> dict[str, Any]:
+    dimensions = space.dimensions
     if passage.embedding is None or len(passage.embedding) != dimensions:
         got = "none" if passage.embedding is None else len(passage.embedding)
-        raise StorageError(f"passage {passage.id} has an embedding of dimension {got}, expected {dimensions}")
+        # The same every time: a UserError, so a load is not retried as if Milvus were away.
+        raise WrongDimensionError(
+            f"passage {passage.id} has an embedding of dimension {got}, expected {dimensions} for {space.model}: the"
+            " embedding model answers in another size; set its dimensions in `memgpt configure`"
+        )
     if len(passage.text.encode("utf-8")) > TEXT_MAX_BYTES:
         raise StorageError(f"passage {passage.id} is longer than {TEXT_MAX_BYTES} bytes; chunk it first")
     return {
@@ -206,11 +211,11 @@ class MilvusPassageStore(PassageStore):
                 write(self.collection, keyed[start : start + _WRITE_BATCH])
 
     def upsert(self, passages: Sequence[Passage]) -> None:
-        self._write_rows([_row(p, self.dimensions) for p in passages])
+        self._write_rows([_row(p, self.space) for p in passages])
         self._has_rows = self._has_rows or bool(passages)
 
     def insert(self, passages: Sequence[Passage]) -> None:
-        rows = [_with_keys(_row(p, self.dimensions)) for p in passages]
+        rows = [_with_keys(_row(p, self.space)) for p in passages]
         with milvus_errors(f"write {len(rows)} passages"):
             for start in range(0, len(rows), _WRITE_BATCH):
                 self._insert_columns(rows[start : start + _WRITE_BATCH])
