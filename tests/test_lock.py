@@ -22,6 +22,8 @@ from memgpt.errors import StorageLockedError
 from memgpt.storage.milvus import MilvusConnection, MilvusTarget, client
 from memgpt.storage.milvus.client import LockWait, command_holding
 from tests.conftest import PAPER, cli_env, run_cli
+from tests.scripted_llm import ScriptedLLM
+from tests.server_rig import use_scripted_llm
 
 HOLDER = """
 import sys, time
@@ -352,3 +354,25 @@ def test_a_wait_under_a_second_is_said_as_it_is(tmp_path: Path) -> None:
     ):
         client.reserve(MilvusTarget(str(db)))
     assert client._lite_locks._held == {}
+
+
+@pytest.mark.parametrize("server", ["memgpt server at http://127.0.0.1:8283", "memgpt mcp serve"])
+def test_run_message_is_refused_at_once_while_a_server_holds_the_file(
+    home: Path, llm: ScriptedLLM, server: str
+) -> None:
+    """`memgpt run --message` opens Milvus only when a tool needs it: while a server held the Lite file it ran its turn
+    and only an archival tool call failed inside it. It is refused at start, in the one line `search` says, from the
+    lock's note (Milvus never opened), and stores nothing; once the server has let go it runs."""
+    use_scripted_llm(home, llm.url)
+    llm.reply("Hello.")
+    assert run_with(("run", "--agent", "sam", "--message", "hi"), home=home, wait="0").returncode == 0
+    with holding(home / "milvus.db", server) as holder:
+        refused = run_with(("run", "--agent", "sam", "--message", "refused words"), home=home, wait="0")
+    assert refused.returncode == 1 and refused.stdout == ""
+    [line] = refused.stderr.strip().splitlines()
+    assert f"(pid {holder.pid})" in line and ("use its API" in line or "quit the client" in line), line
+    assert len(llm.requests) == 1  # (the first run's one turn)
+    llm.reply("Hello again.")
+    again = run_with(("run", "--agent", "sam", "--message", "now"), home=home, wait="0")
+    assert again.returncode == 0 and "Hello again." in again.stdout, again.stderr
+    assert "refused words" not in again.stdout  # (the resumed agent's last messages, shown)

@@ -181,6 +181,26 @@ def test_models_list_gives_the_handles_agents_create_takes(letta: Letta, llm: Sc
         Letta(base_url=str(letta.base_url), api_key="sk-wrong", max_retries=0).models.list()
 
 
+def test_what_an_agent_cannot_do_is_refused_naming_the_field_never_ignored(letta: Letta) -> None:
+    """Letta's agent_type other than memgpt_agent, tool_rules and response_format would make another agent than
+    the one made: a 400 naming the field, nothing created. Letta's defaults (what letta-client sends) and an
+    agent_type of memgpt_agent still create one."""
+    rule = {"tool_name": "send_message", "type": "exit_loop"}
+    for fields, said in (
+        ({"agent_type": "letta_v1_agent"}, "agent_type: 'letta_v1_agent' is not supported"),
+        ({"tool_rules": [rule]}, "tool_rules: not supported"),
+        ({"response_format": {"type": "json_object"}}, "response_format: not supported"),
+    ):
+        with pytest.raises(BadRequestError) as refused:
+            letta.agents.create(name="other", model=HANDLE, **fields)  # type: ignore[arg-type]
+        assert said in str(refused.value), fields
+    assert letta.agents.list().items == []
+    made = letta.agents.create(name="sam", model=HANDLE, agent_type="memgpt_agent", tool_rules=[])
+    assert made.agent_type == "memgpt_agent"
+    with pytest.raises(BadRequestError, match="tool_rules: not supported"):
+        letta.agents.update(made.id, tool_rules=[rule])  # type: ignore[list-item]
+
+
 def test_a_context_window_too_small_is_refused_before_anything_is_stored(letta: Letta) -> None:
     with pytest.raises(BadRequestError) as refused:
         letta.agents.create(name="tiny", model=HANDLE, context_window_limit=2000)

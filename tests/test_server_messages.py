@@ -284,7 +284,12 @@ def test_history_pages_by_message_id_without_splitting_a_message(letta: Letta, a
         "two",
         "one",
     ]
-    assert letta.agents.messages.list(agent_id, after="message-unknown").items == []
+    # The end of the history is an empty page; a mistyped cursor is a 404 naming it (as Letta's), not the end.
+    assert letta.agents.messages.list(agent_id, order="asc", after=everything[0].id).items == []
+    for cursor in ("after", "before"):
+        with pytest.raises(NotFoundError) as missing:
+            letta.agents.messages.list(agent_id, **{cursor: "message-unknown"})  # type: ignore[arg-type]
+        assert missing.value.body == {"detail": f"{cursor}='message-unknown': no message of this agent has that id"}
     as_calls = letta.agents.messages.list(agent_id, limit=2, use_assistant_message=False).items
     assert [m.message_type for m in as_calls] == ["tool_return_message", "tool_call_message", "reasoning_message"]
 

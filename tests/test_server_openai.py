@@ -290,6 +290,15 @@ def test_errors_have_openais_shape(server: LiveServer) -> None:
     with pytest.raises(openai.BadRequestError) as many:  # one answer per turn: never a silent single choice
         client.chat.completions.create(model="sam", messages=[{"role": "user", "content": "hi"}], n=2)
     assert many.value.param == "n" and "n: 2 choices asked for; an agent answers a turn once" in many.value.message
+    for kind in ("json_object", "json_schema"):  # an agent's reply is its own words: never silently not JSON
+        shape: Any = {"type": kind} if kind == "json_object" else {"type": kind, "json_schema": {"name": "x"}}
+        with pytest.raises(openai.BadRequestError) as as_json:
+            client.chat.completions.create(
+                model="sam", messages=[{"role": "user", "content": "hi"}], response_format=shape
+            )
+        assert as_json.value.param == "response_format" and f"response_format: {kind!r} is not supported" in str(
+            as_json.value.message
+        )
 
     raw = web.get(f"{server.url}/openai/v1/models")
     assert raw.status_code == 401 and set(raw.json()["error"]) == {"message", "type", "param", "code"}

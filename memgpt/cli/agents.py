@@ -122,6 +122,19 @@ def _converse(chat: Chat, agent: Agent, *, message: str | None, greet: bool) -> 
     return 0
 
 
+def _check_run(config: Config) -> None:
+    """Before anything is opened: an LLM is configured, and no server holds the home's Milvus Lite file. A server
+    owns that file while it runs, so an archival tool call would fail inside the turn; said at once instead, in the
+    one line the commands that open Milvus at start say (a home with a Milvus server URI is shared by all)."""
+    from memgpt.config import memgpt_home
+    from memgpt.llm import resolve_llm
+    from memgpt.storage import milvus_target
+    from memgpt.storage.milvus.client import refuse_if_served
+
+    resolve_llm(config.llm)
+    refuse_if_served(milvus_target(config, memgpt_home()))
+
+
 def run(
     agent: str | None = typer.Option(None, "--agent", help="Agent to chat with; created if it does not exist."),
     persona: str | None = typer.Option(None, "--persona", help="Persona for a new agent (default sam_pov)."),
@@ -146,18 +159,16 @@ def run(
     ),
 ) -> None:
     """Chat with an agent in the terminal (or send one message with --message, or lines on stdin)."""
-    from memgpt.llm import resolve_llm
-
-    # No LLM configured: stop with one line before anything is created. A chat (at a terminal, or lines piped
-    # in) indexes each turn's messages in recall as it goes, so Milvus (Lite's process, the agent's collection)
-    # starts opening and its embedding model loading at once, as for `search` and `load`. One --message, a process
-    # that ends after its turn, leaves them to the next search of the agent, which indexes them first
-    # (``RecallMemory``), or to the next chat's opening; its prompt's archival count is read from SQL, so Milvus
-    # opens and the model loads only if a tool needs them (searching, inserting): ~0.35 CPU s saved a turn that
-    # does not.
+    # No LLM configured, or a server owns the Milvus Lite file: stop with one line before anything is created. A
+    # chat (at a terminal, or lines piped in) indexes each turn's messages in recall as it goes, so Milvus (Lite's
+    # process, the agent's collection) starts opening and its embedding model loading at once, as for `search` and
+    # `load`. One --message, a process that ends after its turn, leaves them to the next search of the agent, which
+    # indexes them first (``RecallMemory``), or to the next chat's opening; its prompt's archival count is read from
+    # SQL, so Milvus opens and the model loads only if a tool needs them (searching, inserting): ~0.35 CPU s saved a
+    # turn that does not.
     eager = message is None
     with (
-        open_storage(vectors=eager, check=lambda config: resolve_llm(config.llm)) as (storage, config),
+        open_storage(vectors=eager, check=_check_run) as (storage, config),
         ExitStack() as stack,
     ):
         from memgpt.agent.manager import open_agent, resolve_agent, update_agent

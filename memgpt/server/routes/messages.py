@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from memgpt.errors import UserError
+from memgpt.errors import NotFoundError, UserError
 from memgpt.server import errors
 from memgpt.server.retried import arrived
 from memgpt.server.routes.agents import find_agent
@@ -199,7 +199,17 @@ def list_messages(
         if len(batch) < limit or count >= limit:
             break
         lower, upper = (lower, batch[0].id) if backwards else (batch[-1].id, upper)
+    if not groups:  # a cursor that is not one of the agent's messages is a 404 (as Letta's), not the end of history
+        _check_cursors(state, agent.id, after=after, before=before)
     return [item for group in (groups[::-1] if backwards else groups) for item in group]
+
+
+def _check_cursors(state: ServerState, agent_id: str, **cursors: str | None) -> None:
+    given = {name: cursor for name, cursor in cursors.items() if cursor is not None}
+    found = state.storage.messages.by_id(agent_id, list(given.values())) if given else {}
+    for name, cursor in given.items():
+        if cursor not in found:
+            raise NotFoundError(f"{name}={cursor!r}: no message of this agent has that id")
 
 
 @router.post("/cancel")

@@ -84,6 +84,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = None  # choices wanted: an agent answers a turn once, so only 1 is served
+    response_format: dict[str, Any] | None = None  # only {"type": "text"}: the agent's reply is its own words
 
     @property
     def include_usage(self) -> bool:
@@ -318,6 +319,13 @@ async def chat_completions(
         if not body.stream:
             return JSONResponse(reply.completion(text, "stop", usage))
         return StreamingResponse(_task_events(reply, text, usage, body.include_usage), media_type="text/event-stream")
+    kind = (body.response_format or {}).get("type", "text")
+    if kind != "text":  # a chat UI's background task (above) is answered as text whatever it asks
+        message = (
+            f"response_format: {kind!r} is not supported: the agent answers in its own words (its send_message), so "
+            "only 'text' is served; leave response_format out, or ask for JSON in the message"
+        )
+        return openai_error(400, message, "invalid_request", "response_format")
     text = newest_user_text(body.messages)
     retry = request.headers.get("x-stainless-retry-count", "0").strip()
     turn_input = TurnInput(

@@ -130,8 +130,9 @@ class LlmConfigIn(BaseModel):
 
 
 class AgentCreate(BaseModel):
-    """``agents.create``. Keys Letta knows that memgpt has no use for (tool_rules, timezone, ...) are ignored;
-    those that would change what the agent is (block_ids, folder_ids, ...) are refused in ``refused``."""
+    """``agents.create``. Keys Letta knows that memgpt has no use for (timezone, hidden, ...) are ignored; those
+    that would change what the agent is or does (block_ids, tool_rules, agent_type other than memgpt_agent, ...)
+    are refused in ``refused``."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -181,6 +182,9 @@ REFUSED = {
     "folder_ids": "attach folders after creating the agent (agents.folders.attach)",
     "initial_message_sequence": "an agent starts with an empty history here",
     "message_ids": "the context window is managed by the agent itself",
+    "tool_rules": "not supported: the agent chooses its tools as MemGPT does (send_message answers, a heartbeat "
+    "request goes on); leave tool_rules out",
+    "response_format": "not supported: the agent answers in its own words (send_message); leave it out",
 }
 
 
@@ -195,7 +199,11 @@ UPDATE_REFUSED = {
 
 
 def refused(body: BaseModel, refusals: dict[str, str] = REFUSED) -> str | None:
-    """The first key of ``body`` (sent with a value) that memgpt refuses, with why, as one line."""
+    """The first key of ``body`` (sent with a value) that memgpt refuses, with why, as one line: an agent_type
+    other than the one memgpt runs is one (Letta's letta_v1_agent, react_agent, ... run other loops)."""
+    kind = getattr(body, "agent_type", None) or (body.model_extra or {}).get("agent_type")
+    if kind is not None and kind != AGENT_TYPE:
+        return f"agent_type: {kind!r} is not supported: this server runs MemGPT agents ({AGENT_TYPE!r}); leave it out"
     extra = body.model_extra or {}
     for key, why in refusals.items():
         if extra.get(key):

@@ -272,6 +272,26 @@ def _holds_while_running(holder: str) -> bool:
     return holder.startswith(("memgpt server", STDIO_MCP_HOLDER))
 
 
+def refuse_if_served(target: MilvusTarget) -> None:
+    """Raise the one line :func:`_locked_message` says when a server (or `memgpt mcp serve` over stdio) holds
+    ``target``'s Milvus Lite file, read from its lock's note without opening Milvus: for a command that opens the
+    file only when it needs it (`memgpt run --message`), which would otherwise start and fail inside a turn."""
+    if not target.starts_lite:
+        return
+    db_file = Path(target.uri)
+    lock_path = db_file.parent / f".{db_file.name}.memgpt.lock"
+    pid, holder = _holder_of(lock_path)
+    if pid is None or pid == os.getpid() or not _holds_while_running(holder):
+        return
+    try:  # the note is a holder's that still holds the lock (not one a killed process left to a reused pid)
+        with open(lock_path, encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StorageLockedError(_locked_message(db_file, pid, holder)) from None
+    except OSError:
+        return  # no lock file, or one the file system cannot lock: opening the file says what is wrong
+
+
 def _who(pid: object, holder: str, *, pid_first: bool = False) -> str:
     """`` (memgpt run, pid 12)`` (`` (pid 12: memgpt run)`` in the line that says it waits), `` (pid 12)``, or
     nothing: the process that holds a Lite file, as far as its note tells."""
