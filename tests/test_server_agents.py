@@ -34,7 +34,7 @@ from memgpt.embeddings.local import LocalMiniLM
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.storage import Storage
 from tests import web
-from tests.conftest import DATA, load, run_cli
+from tests.conftest import DATA, cli, load
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, retrying_letta, use_scripted_llm
 
@@ -684,7 +684,7 @@ def test_a_retry_of_a_passages_create_whose_server_was_killed_midway_stores_each
     owner dead. letta-client's retry, to the restarted server, redoes the work as that run, rewriting the passages
     the dead try wrote (same ids) instead of adding a second copy."""
     use_scripted_llm(home, llm.url)
-    created = run_cli("key", "create", home=home)
+    created = cli("key", "create", home=home)  # in this process: not a start-up of its own (~2 CPU s)
     assert created.returncode == 0, created.stderr
     key = next(w for w in created.stdout.split() if w.startswith("sk-"))
     body = {"text": " ".join(f"Sentence {i} about the harbour and the weather." for i in range(600))}
@@ -751,7 +751,7 @@ def test_a_stopped_server_exits_in_bounded_time_while_an_insert_is_embedding_and
     config.server.max_passage_mb = 2  # let in a text that takes minutes to embed
     config.server.shutdown_seconds = 600
     save_config(config, home)
-    created = run_cli("key", "create", home=home)
+    created = cli("key", "create", home=home)  # in this process: not a start-up of its own (~2 CPU s)
     assert created.returncode == 0, created.stderr
     key = next(w for w in created.stdout.split() if w.startswith("sk-"))
     body = {"text": " ".join(f"Sentence {i} about the harbour and the weather." for i in range(30_000))}  # 1.5 MB

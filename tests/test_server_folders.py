@@ -37,7 +37,7 @@ from memgpt.storage.filters import eq
 from memgpt.storage.sql import MetadataStore
 from memgpt.types import DocumentStatus, EmbeddingSpace, FileRecord, FileStatus, utc_now
 from tests import web
-from tests.conftest import DATA, PAPER, run_cli
+from tests.conftest import DATA, PAPER, cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, retrying_letta, use_scripted_llm
 
@@ -566,7 +566,7 @@ def test_bodies_and_files_over_the_limits_are_refused(home: Path, llm: ScriptedL
 # -- a server killed while loading ------------------------------------------------------------------
 @pytest.mark.usefixtures("metadata_url")  # on SQLite and on PostgreSQL
 def test_a_load_cut_short_by_kill_9_is_finished_on_the_next_start(home: Path) -> None:
-    created = run_cli("key", "create", home=home)
+    created = cli("key", "create", home=home)  # in this process: not a start-up of its own (~2 CPU s)
     assert created.returncode == 0, created.stderr
     key = next(w for w in created.stdout.split() if w.startswith("sk-"))
     server = ServerProcess(home)
