@@ -158,7 +158,10 @@ def freeze_startup() -> None:
     allocations instead of Python's 700, and the oldest (a walk of all that lives) comes as many times more seldom.
     Measured at 50 clients (bench/server_bench.py, one run each on a busy machine,
     provisional): the server's garbage collections took 0.72 s of CPU over a run of ~550 turns, 0.60 s with the
-    freeze, 0.39 s with both (a full collection took ~130-160 ms each time)."""
+    freeze, 0.39 s with both (a full collection took ~130-160 ms each time). The GIL's switch interval stays
+    Python's 5 ms: set to 0.2 ms in the server (issue 9's GIL convoy hypothesis) it gave p50 added 65-150 ms
+    (median 101 over 11 runs) against 43-153 (median 93 over 12) at 50 clients, alternating, at the same server CPU
+    a turn, with the turn threads preempted more often (busy machine, load 4-12, 2026-11-28, provisional)."""
     gc.collect()  # what start-up left as garbage is freed, not frozen
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
