@@ -28,6 +28,7 @@ from sqlalchemy import event, text, update
 from memgpt.cli.common import TurnWait
 from memgpt.config import load_config
 from memgpt.errors import LeaseLostError
+from memgpt.memory.messages import stored
 from memgpt.memory.recall import RecallMemory
 from memgpt.server.schemas.messages import Rendering
 from memgpt.server.turns import TurnInput, TurnRunner
@@ -36,7 +37,7 @@ from memgpt.storage import turns as storage_turns
 from memgpt.storage.agents import StepEffect
 from memgpt.storage.expiring import HOST, new_owner
 from memgpt.storage.turns import Fence, LeaseRow, Run
-from memgpt.types import AgentState, Role
+from memgpt.types import AgentState, Message, Role
 from tests.conftest import _opened_on_metadata_backend
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, use_scripted_llm
@@ -149,6 +150,29 @@ def test_a_lease_just_taken_is_not_taken_again_by_another_thread_of_the_process(
     assert lease_owner(storage, "a1") == first
     turns.release("a1", first)
     assert lease_owner(storage, "a1") is None
+
+
+def test_a_message_taken_with_the_lease_is_dated_then_and_never_before_the_agents_latest(storage: Storage) -> None:
+    """The message a turn stores with its lease is dated in that transaction (not when it was handed over, which may
+    be long before a claim that waited), and never before the agent's latest message, which another process, its
+    clock ahead of this one's, may have dated: the agent's messages' dates never go backwards in stored order."""
+    storage.agents.create(AgentState("a1", "a1", "u", "sam", "basic", "s", "m", 8000, "m", 4), [])
+    handed = datetime.now(UTC) - timedelta(hours=1)  # made long before the claim
+    message = Message("m-1", "a1", Role.USER, "hi", handed)
+    before = datetime.now(UTC)
+    owner = new_owner()
+    grant = storage.turns.acquire("a1", owner, "run-1", 60, run=Run("run-1", "a1", "d1"), message=stored(message))
+    assert grant is not None and grant.dated is not None and grant.dated >= before
+    first = grant.dated
+    storage.turns.release("a1", owner)
+    ahead = datetime.now(UTC) + timedelta(hours=1)  # another process's clock, an hour ahead
+    storage.messages.append("a1", [stored(Message("m-2", "a1", Role.ASSISTANT, "hello", ahead))])
+    owner, later = new_owner(), stored(Message("m-3", "a1", Role.USER, "again", datetime.now(UTC)))
+    grant = storage.turns.acquire("a1", owner, "run-2", 60, run=Run("run-2", "a1", "d2"), message=later)
+    assert grant is not None and grant.dated == ahead
+    storage.turns.release("a1", owner)
+    stored_dates = [(m.id, m.created_at) for m in storage.messages.last("a1", 10)]
+    assert stored_dates == [("m-1", first), ("m-2", ahead), ("m-3", ahead)]
 
 
 def test_a_lease_held_for_a_turn_of_memgpt_run_is_renewed_while_held_and_given_back_after(storage: Storage) -> None:

@@ -387,6 +387,57 @@ def test_two_sends_to_one_agent_are_serialized_never_interleaved(
 
 
 @pytest.mark.usefixtures("metadata_url")
+def test_a_send_held_up_before_its_claim_is_dated_after_the_turn_it_waited_for(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The waiting send's claim may succeed long after it was made (on PostgreSQL it blocks on the lease row while
+    # the other turn's last step commits and gives the lease back; any process may be descheduled meanwhile): the
+    # second send is held up here in its claim until the first turn has stored its steps (dated after) and ended.
+    server.timing(busy_wait=60.0, retry_after=1, ping_every=0.3)
+    runner = server.state.turns()
+    claim = runner._turns.acquire
+    claiming, first_done = threading.Event(), threading.Event()
+
+    def held_up(agent: str, *args: Any, **kwargs: Any) -> Any:
+        record = kwargs.get("message")
+        if record is not None and record.message.content == "second":
+            claiming.set()
+            assert first_done.wait(30)
+        return claim(agent, *args, **kwargs)
+
+    monkeypatch.setattr(runner._turns, "acquire", held_up)
+    go = threading.Event()
+    llm.reply("re: first", until=go).reply("re: second")
+    answers: dict[str, Any] = {}
+
+    def send(text: str) -> None:
+        answers[text] = letta.agents.messages.create(agent_id, input=text).messages
+
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    while not llm.requests:  # the first turn's message is stored, its step is at the LLM
+        time.sleep(0.02)
+    second = threading.Thread(target=send, args=("second",))
+    second.start()
+    assert claiming.wait(30)
+    go.set()  # the first turn's step is dated from here on, after the second send's claim began
+    first.join(30)
+    first_done.set()
+    second.join(30)
+    assert [m[-1].content for m in (answers["first"], answers["second"])] == ["re: first", "re: second"]
+    stored_messages = server.state.storage.messages.last(agent_id, 1000)
+    assert [(m.role.value, m.content) for m in stored_messages if m.role is Role.USER] == [
+        ("user", "first"),
+        ("user", "second"),
+    ]
+    dates = [m.created_at for m in stored_messages]
+    assert dates == sorted(dates)
+    # The turn answers the message as stored: the second turn's steps are dated after it.
+    opened = next(m for m in stored_messages if m.content == "second")
+    assert all(m.date >= opened.created_at for m in answers["second"])
+
+
+@pytest.mark.usefixtures("metadata_url")
 def test_a_send_while_a_long_turn_runs_gets_409_agent_busy(
     server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
 ) -> None:

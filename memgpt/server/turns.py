@@ -60,7 +60,7 @@ from memgpt.storage.turns import (
     lease_tries,
     new_owner,
 )
-from memgpt.types import Message, utc_now
+from memgpt.types import Message
 
 if TYPE_CHECKING:
     from memgpt.server.state import ServerState
@@ -573,26 +573,25 @@ class TurnRunner:
         message: Message | None = None,
         arrival: Arrival | None = None,
     ) -> tuple[Grant, Message | None] | Turn:
-        """Take the agent's lease (recording ``run`` and ``message`` with it, the message dated when the lease is
-        taken: after the turn it waited for), or, for a ``retry``, find the turn its first try started meanwhile.
-        With ``user_id``, another user's agent is a NotFoundError (read with the lease, or once while another turn
-        holds it), never a wait. With ``arrival``, RunExists when another run stands for the request (a first try's
-        that a retry overtook: taken by it)."""
+        """Take the agent's lease (recording ``run`` and ``message`` with it, the message dated in the transaction
+        that takes the lease: after the turn it waited for stored its messages, never before the agent's latest),
+        or, for a ``retry``, find the turn its first try started meanwhile. With ``user_id``, another user's agent is
+        a NotFoundError (read with the lease, or once while another turn holds it), never a wait. With ``arrival``,
+        RunExists when another run stands for the request (a first try's that a retry overtook: taken by it)."""
         keep = self._prune(agent_id) if run is not None else None
         ttl = self.timing.lease_ttl
         checked = user_id is None
         busy = "the agent is busy with another message; send again in a moment (one turn at a time per agent)"
+        record = stored(message) if message is not None else None  # (its search text does not hold its date)
         for _ in lease_tries(self.timing.busy_wait, busy, self.timing.retry_after, self._await_release):
             if self._stopped.is_set():  # (a send that waited for the agent: its turn would be cut at once)
                 raise UnavailableError(_STOPPING_NEW if message is not None else _STOPPING_RETRY)
-            if message is not None:
-                message = replace(message, created_at=utc_now())
-            record = stored(message) if message is not None else None
             grant = self._turns.acquire(
                 agent_id, owner, run_id, ttl, run=run, keep=keep, user_id=user_id, message=record, arrival=arrival
             )
-            if grant is not None:
-                return grant, message
+            if grant is not None:  # the message as stored: dated in the transaction that took the lease
+                dated = message if message is None or grant.dated is None else replace(message, created_at=grant.dated)
+                return grant, dated
             if run is not None and arrival is not None and not arrival.retry:  # a retry's turn, holding the lease?
                 taken = self._turns.take_waiting(agent_id, run.digest, arrival)
                 if taken is not None:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -232,6 +232,7 @@ class Grant:
 
     version: int | None
     created_at: datetime | None
+    dated: datetime | None = None  # when the message taken with the lease (``acquire``'s) is dated, as stored
 
     def follows(self, seen: tuple[int, datetime | None] | None) -> bool:
         """Whether this grant is the next after ``seen`` (the agent's version and creation time as an open agent last
@@ -398,6 +399,14 @@ def _last_seq() -> Any:
     return select(func.max(messages.c.seq)).where(messages.c.agent_id == bindparam("p_agent")).scalar_subquery()
 
 
+def _last_dated() -> Any:
+    """When the agent ``p_agent``'s latest message is dated, as a scalar subquery: a message stored after the others
+    is dated no earlier (another process's clock may be ahead of this one's)."""
+    messages = table("messages", column("agent_id"), column("created_at", UTCDateTime))
+    latest = select(func.max(messages.c.created_at)).where(messages.c.agent_id == bindparam("p_agent"))
+    return latest.scalar_subquery()
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """The statements of every turn, built once per database dialect with bound parameters (building one with
@@ -407,7 +416,7 @@ class _Prepared:
     insert_lease: Any  # a free lease (refused while the row exists)
     take_expired: Any  # an expired lease
     grant: Any
-    grant_reading_last: Any  # ``grant`` reading where the agent's messages end too
+    grant_reading_last: Any  # ``grant`` reading where the agent's messages end (last seq, latest date) too
     record_run: Any
     record_first_try: Any  # record_run unless a run of the request's retry waits since after it arrived
     record_retry: Any  # record_run, as waiting, unless a run of the request was recorded within the window
@@ -462,7 +471,7 @@ def _prepared(dialect: str) -> _Prepared:
         insert_lease=insert_lease,
         take_expired=take_expired,
         grant=grant.returning(*granted),
-        grant_reading_last=grant.returning(*granted, _last_seq()),
+        grant_reading_last=grant.returning(*granted, _last_seq(), _last_dated()),
         record_run=sql_insert(runs).values(
             id=bindparam("p_run"),
             agent_id=bindparam("p_agent"),
@@ -761,7 +770,8 @@ class TurnStore:
     ) -> Grant | None:
         """Take the agent's lease for ``ttl`` seconds; None while another live owner holds it. With ``run``, the
         turn is recorded in the same transaction (and with ``keep``, the agent's runs older than that are forgotten),
-        and so is ``message``, the one the turn answers (after the agent's last; the version does not move for it).
+        and so is ``message``, the one the turn answers (after the agent's last; the version does not move for it),
+        dated in that transaction (``Grant.dated``: the date it was handed with is not kept).
         With ``user_id``, an agent that is not that user's is a NotFoundError and nothing is taken. With ``arrival``,
         RunExists when another run stands for the request (see ``Arrival``): nothing is taken, nothing recorded."""
         if self._later.pending(agent_id):  # this process's own lease, left to give back: at once if it can
@@ -831,7 +841,12 @@ class TurnStore:
         if take.message is not None and moved is not None:
             from memgpt.storage.messages import write_messages  # that module builds on this one
 
-            write_messages(c, agent_id, [take.message], last=moved[3] or 0)
+            # Dated now, the lease ours: after the turn it may have waited for stored its last messages (dated before
+            # that turn gave the lease back), and never before the agent's latest message.
+            dated = max(utc_now(), moved[4]) if moved[4] is not None else utc_now()
+            entry = replace(take.message, message=replace(take.message.message, created_at=dated))
+            write_messages(c, agent_id, [entry], last=moved[3] or 0)
+            return Grant(moved[0], moved[1], dated)
         return Grant(moved[0], moved[1]) if moved is not None else Grant(None, None)
 
     def _insert(self, prepared: _Prepared, agent_id: str, take: _Take) -> Grant | None:
