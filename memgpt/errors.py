@@ -25,7 +25,10 @@ class MemGPTError(Exception):
 
 
 def public_message(exc: MemGPTError) -> str:
-    """The line a server's client is told for ``exc``: its class's ``public`` line, or its own message."""
+    """The line a server's client is told for ``exc``: a UserError's own message (it names what to fix, even when
+    the class is a StorageError too), else its class's ``public`` line, else its message."""
+    if isinstance(exc, UserError):
+        return str(exc)
     return exc.public or str(exc)
 
 
