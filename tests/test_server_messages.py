@@ -35,6 +35,7 @@ from memgpt.server.turns import TurnInput
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Message, Role
 from tests import web
+from tests.agent_rig import tool_results
 from tests.conftest import _opened_on_metadata_backend, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, overtaken_send, use_scripted_llm
@@ -1050,3 +1051,29 @@ def test_reset_starts_the_context_over_and_recall_keeps_every_message(
     assert said == ["remember that I like tea", "hi"]
     with pytest.raises(NotFoundError):
         letta.agents.messages.reset("agent-00000000-0000-4000-8000-000000000000")
+
+
+def test_a_tools_failure_of_ours_reaches_the_llm_and_the_client_by_its_public_line(
+    letta: Letta, llm: ScriptedLLM, server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StorageError inside a tool names a host: a server writes its public line into the tool message (sent to
+    the LLM, stored, returned to the client) and logs the detail; the CLI shows it all (test_cli_agents)."""
+    tools = server.state.home / "tools"
+    tools.mkdir(parents=True, exist_ok=True)
+    (tools / "lookup.py").write_text(
+        "from memgpt.errors import StorageError\n\n"
+        "def lookup(key: str) -> str:\n"
+        '    """Look a key up.\n\n    Args:\n        key: The key.\n    """\n'
+        '    raise StorageError("postgresql://memgpt@10.9.8.7:5432/meta refused the connection")\n'
+    )
+    agent = letta.agents.create(name="looker", model=HANDLE).id  # type: ignore[arg-type]
+    llm.add({"tool": "lookup", "args": {"key": "k", "request_heartbeat": True}})
+    llm.reply("It failed.")
+    with caplog.at_level(logging.WARNING):
+        response = letta.agents.messages.create(agent, input="look k up")
+    result = next(m for m in response.messages if m.message_type == "tool_return_message")
+    told = f"Error: {StorageError.public}"
+    assert json.loads(result.tool_return)["message"] == told
+    assert tool_results(llm.requests[1])[-1]["message"] == told
+    assert "10.9.8.7" not in json.dumps([m.content for m in server.state.storage.messages.last(agent, 100)])
+    assert "10.9.8.7" in caplog.text  # the server's log has the detail
