@@ -652,7 +652,7 @@ def test_a_sqlite_files_plain_transactions_keep_one_connection_and_a_failed_one_
     try:
         with metadata.connection() as c:
             c.execute(text("create table t (a integer primary key)"))
-        event.listen(metadata.engine, "checkout", lambda *_: counted(None))
+        event.listen(metadata.engine, "checkout", lambda dbapi, *_: counted(dbapi))
 
         def insert(a: int) -> None:
             with metadata.connection() as c:
@@ -665,8 +665,11 @@ def test_a_sqlite_files_plain_transactions_keep_one_connection_and_a_failed_one_
             assert s.execute(text("select count(*) from t")).scalar() == 20
         checkouts.clear()
 
+        failed: list[object] = []
+
         def refused() -> None:
             with metadata.connection() as c:
+                failed.append(c.connection.dbapi_connection)
                 c.execute(text("insert into t values (20)"))
                 c.execute(text("insert into t values (0)"))  # refused: the transaction is undone, 20 with it
 
@@ -677,5 +680,9 @@ def test_a_sqlite_files_plain_transactions_keep_one_connection_and_a_failed_one_
                 assert inner is not c
             assert c.execute(text("select count(*) from t where a = 20")).scalar() == 0
         assert len(checkouts) == 2  # a fresh one after the failure, one for the nested transaction
+        with metadata.session() as s, metadata.session() as again:  # (every connection the pool holds now)
+            s.execute(text("select 1")), again.execute(text("select 1"))
+        # The failed one was discarded, not given back to the pool: its state (a read snapshot) is never reused.
+        assert failed and failed[0] not in checkouts
     finally:
         metadata.close()

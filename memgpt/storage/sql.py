@@ -577,17 +577,19 @@ class MetadataStore:
                     self._let_go(kept)
                 raise
 
-    def _let_go(self, kept: Connection | None) -> None:
-        """After a failed transaction: the kept connection back to the pool (or discarded, if it was invalidated),
-        the next transaction on a fresh one."""
+    def _let_go(self, kept: Connection | None, *, failed: bool = True) -> None:
+        """After a failed transaction: the kept connection discarded (not given back to the pool, where its state, a
+        read snapshot its rollback may not have ended, could serve another transaction), the next on a fresh one."""
         if kept is not None and self._kept is kept:
             self._kept = None
             with suppress(SQLAlchemyError):
+                if failed:
+                    kept.invalidate()
                 kept.close()
 
     def close(self) -> None:
         with self._serial:
-            self._let_go(self._kept)
+            self._let_go(self._kept, failed=False)
         self.engine.dispose()
 
     # -- sources ------------------------------------------------------------------------------
