@@ -686,3 +686,29 @@ def test_a_sqlite_files_plain_transactions_keep_one_connection_and_a_failed_one_
         assert failed and failed[0] not in checkouts
     finally:
         metadata.close()
+
+
+def test_a_locked_database_looks_for_its_holder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telling "database is locked" as a MetadataBusyError scans /proc for the lock's holder (``lock_holders``) once,
+    not once for the line and again for its class."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from memgpt.errors import MetadataBusyError
+    from memgpt.storage import sql
+
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'metadata.sqlite'}")
+    scans: list[list[Path]] = []
+
+    def holders(paths: list[Path]) -> list[int]:
+        scans.append(paths)
+        return [os.getppid()]  # a live process, as if it held the lock
+
+    monkeypatch.setattr(sql, "lock_holders", holders)
+    try:
+        error = metadata._error(OperationalError("insert", {}, sqlite3.OperationalError("database is locked")))
+        assert isinstance(error, MetadataBusyError) and f"held by process {os.getppid()}" in str(error)
+        assert len(scans) == 1
+    finally:
+        metadata.close()
