@@ -360,6 +360,38 @@ def test_a_process_exiting_during_a_pass_in_onnx_runtime_waits_for_it_and_exits_
     assert done.stdout == "exiting\n" and "terminate called" not in done.stderr, done.stderr[-2000:]
 
 
+def test_a_process_exit_waits_once_not_once_for_the_indexer_and_again_for_native_calls() -> None:
+    """A pass stuck inside a native call at exit: the indexer's ``_close_all`` and then ``native_calls``' wait share
+    one deadline (EXIT_WAIT_SECONDS, here 2 s), rather than waiting that long each (30 s + 30 s)."""
+    script = textwrap.dedent(
+        """
+        import atexit, threading, time
+        marks = {}
+        atexit.register(lambda: print(f"waited {time.monotonic() - marks['exit']:.2f}", flush=True))  # runs last
+        from memgpt import native_calls
+        from memgpt.memory import background
+        native_calls.EXIT_WAIT_SECONDS = background.EXIT_WAIT_SECONDS = 2.0
+        inside = threading.Event()
+
+        def work(items):
+            with native_calls.guarded():
+                inside.set()
+                threading.Event().wait()  # a native call that never ends
+            return background.Outcome(finished=set(items))
+
+        batcher = background.Batcher(work, lambda item: item, "test indexing")
+        batcher.request("a")
+        assert inside.wait(30)
+        atexit.register(lambda: marks.setdefault("exit", time.monotonic()))  # runs first
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    waited = float(done.stdout.split()[-1])
+    assert 1.9 <= waited < 3.0, done.stdout  # once (~2 s), not twice (~4 s)
+    assert "test indexing did not end within 2 s" in done.stderr and "1 native calls did not end" in done.stderr
+
+
 def test_deleting_an_agent_waits_for_its_indexing_pass_so_no_entry_outlives_it(storage: Storage) -> None:
     """A server turn does not wait for its recall indexing (Milvus Lite): an agent deleted while a pass is
     embedding its messages must not get index entries written after its deletion."""
