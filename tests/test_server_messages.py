@@ -864,6 +864,19 @@ def test_a_failed_turn_tells_its_client_the_errors_public_line_and_logs_the_deta
     assert logged.count(secret) >= 3, logged
 
 
+def test_an_llm_4xx_the_client_can_fix_tells_it_the_status_and_the_model_not_the_endpoint(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """The LLM endpoint's 404 for the model set on the agent: the client is told the status and the model (which it
+    set and can change), not the endpoint's URL nor its reply."""
+    llm.add({"status": 404, "message": "model 'scripted' not found at /srv/models"})
+    with pytest.raises(APIStatusError) as failed:
+        letta.agents.messages.create(agent_id, input="are you there?")
+    told = str(failed.value.body)
+    assert "answered 404 for model 'scripted': check the agent's model" in told, told
+    assert llm.url not in told and "127.0.0.1" not in told and "/srv/models" not in told, told
+
+
 def test_a_message_larger_than_the_window_is_refused_with_400_and_not_stored(
     server: LiveServer, letta: Letta, llm: ScriptedLLM
 ) -> None:
