@@ -116,8 +116,8 @@ def test_a_pass_takes_at_most_its_limit_and_the_rest_is_left_for_the_next(storag
 def test_an_outage_is_logged_once_and_its_end_once_not_at_every_pass(
     storage: Storage, model: LocalMiniLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """While Milvus is away every turn's pass fails: its warning is logged at the first failure and once more when
-    a pass writes again, not at every turn."""
+    """While Milvus is away every turn's pass fails: its warning is logged at the first failure, once more when it
+    fails otherwise (another error class), and once when a pass writes again, not at every turn."""
     store: PassageStore = storage.passages(model.space)
     agent_id = _agent(storage, model, "outage")
     recall = RecallMemory(storage, agent_id=agent_id, user_id="u", index=RecallIndex(store, model))
@@ -134,13 +134,27 @@ def test_an_outage_is_logged_once_and_its_end_once_not_at_every_pass(
     for turn in range(3):
         recall.append(_messages(agent_id, 6)[2 * turn : 2 * turn + 2])
         assert index_pass([recall]).failed == {recall.key}
+    # Then it fails otherwise (Milvus back, the embedding endpoint away): that is said too, once.
+    embed = model.embed_batch
+
+    def endpoint_away(texts: Sequence[str]) -> list[Vector]:
+        raise EmbeddingError("embedding endpoint http://localhost:8080 refused the connection")
+
+    model.embed_batch = endpoint_away  # type: ignore[method-assign]
     store.insert = original  # type: ignore[method-assign]
+    try:
+        for turn in range(2):
+            recall.append(_messages(agent_id, 12)[8 + 2 * turn : 10 + 2 * turn])
+            assert index_pass([recall]).failed == {recall.key}
+    finally:
+        model.embed_batch = embed  # type: ignore[method-assign]
     assert index_pass([recall]).finished == {recall.key} and recall.backlog() == 0
     assert index_pass([recall]).finished == {recall.key}
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said
+    assert len(said) == 3, said
     assert said[0].startswith("recall messages not indexed yet (cannot connect to Milvus"), said
-    assert said[1].startswith("recall indexing works again"), said
+    assert said[1].startswith("recall messages not indexed yet (embedding endpoint"), said
+    assert said[2].startswith("recall indexing works again"), said
 
 
 def test_the_indexer_gathers_requests_into_one_pass_and_who_waits_does_not_wait_for_the_pause() -> None:
