@@ -23,10 +23,17 @@ class MemGPTError(Exception):
     # What a server tells its client in place of the message (see the module); None: the message is for the client.
     public: ClassVar[str | None] = "the server failed; its log has the details"
 
+    def public_line(self) -> str | None:
+        """``public``, for this error (a class may say more, what its client may know: see ``LLMRequestError``)."""
+        return self.public
+
 
 def public_message(exc: MemGPTError) -> str:
-    """The line a server's client is told for ``exc``: its class's ``public`` line, or its own message."""
-    return exc.public or str(exc)
+    """The line a server's client is told for ``exc``: a UserError's own message (it names what to fix, even when
+    the class is a StorageError too), else its class's ``public`` line, else its message."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    return exc.public_line() or str(exc)
 
 
 class UserError(MemGPTError):
@@ -141,6 +148,24 @@ class LLMKeyError(LLMError):
     """The LLM endpoint refused the API key (401, 403)."""
 
     public = "the server's LLM endpoint refused the API key it was given; the server's log has the details"
+
+
+class LLMRequestError(LLMError):
+    """The LLM endpoint refused the request itself (a 4xx other than 401, 403 and 429: a model it does not know, a
+    parameter it does not take): the client may be the one to fix it (the model set on its agent), so it is told the
+    status and the model, not the endpoint's URL or reply."""
+
+    def __init__(self, message: str, *, status: int, model: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.model = model
+
+    def public_line(self) -> str:
+        model = f" for model {self.model!r}" if self.model else ""
+        return (
+            f"the server's LLM endpoint answered {self.status}{model}: check the agent's model; "
+            "the server's log has the details"
+        )
 
 
 class LLMRetryableError(LLMError):

@@ -5,7 +5,8 @@ When the interpreter finalizes, a daemon thread taking the GIL back after a nati
 pass: the process aborted ("terminate called without an active exception", exit code 134) after its work was done.
 Any daemon thread can be inside such a call at exit: a server's turn thread embedding a query or passages, the
 recall indexer's. So such calls run inside :func:`guarded`, and the process's exit (an atexit function) lets none
-begin in a daemon thread any more and waits, ``EXIT_WAIT_SECONDS`` at most, for those under way. A daemon thread
+begin in a daemon thread any more and waits for those under way until ``exit_deadline`` (``EXIT_WAIT_SECONDS`` from the
+first exit function's wait, which the recall indexer's shares). A daemon thread
 that would begin one waits instead, for good: the process is ending. The atexit function is registered when this
 module is imported (with the embedding model's), before the recall indexer's (``memory.background``, registered
 when its thread starts), so it runs after that one: an indexing pass under way ends with all its embedding calls.
@@ -26,14 +27,25 @@ from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
-# How long the process's exit waits for the native calls under way (an embedding call is well under a second
-# unless the machine is starved).
+# How long the process's exit waits, in all, for the native calls under way and the recall indexer's pass (an
+# embedding call is well under a second unless the machine is starved).
 EXIT_WAIT_SECONDS = 30.0
 
 _changed = threading.Condition()
 _inside = 0  # calls under way
 _closing = False  # the process is exiting: no daemon thread begins a call
 _finalizes = True
+_exit_deadline: float | None = None
+
+
+def exit_deadline() -> float:
+    """When (``time.monotonic``) the process's exit stops waiting for work under way: ``EXIT_WAIT_SECONDS`` after the
+    first of its atexit functions that asks (the recall indexer's ``_close_all``, then ``_wait_at_exit``), so that
+    they share that wait rather than each waiting as long."""
+    global _exit_deadline
+    if _exit_deadline is None:  # (atexit functions run one at a time, on one thread)
+        _exit_deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    return _exit_deadline
 
 
 @contextmanager
@@ -60,18 +72,20 @@ def exit_without_finalizing() -> None:
     _finalizes = False
 
 
-def _wait_at_exit(timeout: float = EXIT_WAIT_SECONDS) -> bool:
-    """Let no daemon thread begin a call, and wait up to ``timeout`` seconds for those under way; returns whether
+def _wait_at_exit() -> bool:
+    """Let no daemon thread begin a call, and wait until ``exit_deadline`` for those under way; returns whether
     none is left."""
     global _closing
-    deadline = time.monotonic() + (timeout if _finalizes else 0.0)
+    deadline = exit_deadline() if _finalizes else time.monotonic()
     with _changed:
         _closing = True
         while _inside:
             left = deadline - time.monotonic()
             if left <= 0:
                 if _finalizes:
-                    logger.warning("%d native calls did not end within %.0f s of the process's exit", _inside, timeout)
+                    logger.warning(
+                        "%d native calls did not end within %.0f s of the process's exit", _inside, EXIT_WAIT_SECONDS
+                    )
                 return False
             _changed.wait(left)
     return True
@@ -79,9 +93,10 @@ def _wait_at_exit(timeout: float = EXIT_WAIT_SECONDS) -> bool:
 
 def _forget_in_child() -> None:
     """A forked child has none of its parent's threads (nor may it take their locks)."""
-    global _changed, _inside
+    global _changed, _inside, _exit_deadline
     _changed = threading.Condition()
     _inside = 0
+    _exit_deadline = None
 
 
 atexit.register(_wait_at_exit)

@@ -191,3 +191,23 @@ def test_files_loaded_before_the_files_table_get_rows(metadata_url: str) -> None
     ]
     assert tuple(instructions) == ("", "{}")
     engine.dispose()
+
+
+def test_a_kept_loads_end_does_not_overwrite_a_row_another_process_took_over(
+    storage: Storage, model: LocalMiniLM
+) -> None:
+    """A server's load (``keep_owner``) that stops after another process took its file over (the lease lapsed)
+    leaves the row to that process: its end is written only while the row is still this process's."""
+    from memgpt.data.filerecords import FileTracker
+    from memgpt.owners import this_process
+
+    source = create_source(storage, USER, "taken", model.space)
+    tracker = FileTracker(storage, source, keep_owner=True)
+    tracker.started(DATA / "test.md")
+    record = storage.files.list(source.id)[0]
+    assert record.job_owner == this_process()
+    assert storage.files.claim(record.id, "elsewhere-host:1:x", previous=this_process())
+    tracker.abandoned("Milvus failed to upsert passages")
+    after = storage.files.get(record.id)
+    assert after is not None
+    assert (after.status, after.job_owner, after.error_message) == (FileStatus.PARSING, "elsewhere-host:1:x", "")

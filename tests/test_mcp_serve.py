@@ -35,7 +35,7 @@ from memgpt.storage import Storage
 from memgpt.storage.turns import new_owner
 from tests import web
 from tests.agent_rig import Rig, new_agent, tool_results
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, USER, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, free_port, use_scripted_llm
 
@@ -457,3 +457,32 @@ def test_http_block_edits_wait_for_the_agents_turn_on_the_server(
         assert human.endswith("Loves sailing.\nDrinks tea.")
     finally:
         server.stop()
+
+
+def test_a_failure_of_ours_is_told_in_full_over_stdio_and_by_its_public_line_over_http(
+    storage: Storage, model: LocalMiniLM
+) -> None:
+    """An embedding endpoint's failure names its host: the home's own user (stdio) is told it, an API key's holder
+    (HTTP, ``public_errors``) only the class's public line, as REST tells it; a UserError is told in full to both."""
+    from memgpt.errors import EmbeddingError
+    from memgpt.mcp.serve import Caller, memory_server
+
+    new_agent(storage, model, "Sam")
+
+    def broken() -> LocalMiniLM:
+        raise EmbeddingError("http://10.1.2.3:8080/embed refused: connection refused")
+
+    async def said(public: bool) -> tuple[str, str]:
+        caller = Caller(USER, None, "name one")
+        server = memory_server(storage, broken, lambda _ctx: caller, max_insert_mb=0.5, public_errors=public)
+        async with mcp.Client(server) as client:
+            session = Session(client)
+            failed = await session.refused("archival_memory_search", query="tea")
+            wrong = await session.refused("search_source", source="docs", query="tea", limit=99)
+            return failed, wrong
+
+    local, local_wrong = anyio.run(said, False)
+    remote, remote_wrong = anyio.run(said, True)
+    assert "10.1.2.3" in local
+    assert "10.1.2.3" not in remote and EmbeddingError.public is not None and EmbeddingError.public in remote
+    assert local_wrong == remote_wrong and "limit must be between 1 and 20" in remote_wrong

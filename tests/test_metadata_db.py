@@ -652,7 +652,7 @@ def test_a_sqlite_files_plain_transactions_keep_one_connection_and_a_failed_one_
     try:
         with metadata.connection() as c:
             c.execute(text("create table t (a integer primary key)"))
-        event.listen(metadata.engine, "checkout", lambda *_: counted(None))
+        event.listen(metadata.engine, "checkout", lambda dbapi, *_: counted(dbapi))
 
         def insert(a: int) -> None:
             with metadata.connection() as c:
@@ -665,8 +665,11 @@ def test_a_sqlite_files_plain_transactions_keep_one_connection_and_a_failed_one_
             assert s.execute(text("select count(*) from t")).scalar() == 20
         checkouts.clear()
 
+        failed: list[object] = []
+
         def refused() -> None:
             with metadata.connection() as c:
+                failed.append(c.connection.dbapi_connection)
                 c.execute(text("insert into t values (20)"))
                 c.execute(text("insert into t values (0)"))  # refused: the transaction is undone, 20 with it
 
@@ -677,5 +680,35 @@ def test_a_sqlite_files_plain_transactions_keep_one_connection_and_a_failed_one_
                 assert inner is not c
             assert c.execute(text("select count(*) from t where a = 20")).scalar() == 0
         assert len(checkouts) == 2  # a fresh one after the failure, one for the nested transaction
+        with metadata.session() as s, metadata.session() as again:  # (every connection the pool holds now)
+            s.execute(text("select 1")), again.execute(text("select 1"))
+        # The failed one was discarded, not given back to the pool: its state (a read snapshot) is never reused.
+        assert failed and failed[0] not in checkouts
+    finally:
+        metadata.close()
+
+
+def test_a_locked_database_looks_for_its_holder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telling "database is locked" as a MetadataBusyError scans /proc for the lock's holder (``lock_holders``) once,
+    not once for the line and again for its class."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from memgpt.errors import MetadataBusyError
+    from memgpt.storage import sql
+
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'metadata.sqlite'}")
+    scans: list[list[Path]] = []
+
+    def holders(paths: list[Path]) -> list[int]:
+        scans.append(paths)
+        return [os.getppid()]  # a live process, as if it held the lock
+
+    monkeypatch.setattr(sql, "lock_holders", holders)
+    try:
+        error = metadata._error(OperationalError("insert", {}, sqlite3.OperationalError("database is locked")))
+        assert isinstance(error, MetadataBusyError) and f"held by process {os.getppid()}" in str(error)
+        assert len(scans) == 1
     finally:
         metadata.close()

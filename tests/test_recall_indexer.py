@@ -116,8 +116,8 @@ def test_a_pass_takes_at_most_its_limit_and_the_rest_is_left_for_the_next(storag
 def test_an_outage_is_logged_once_and_its_end_once_not_at_every_pass(
     storage: Storage, model: LocalMiniLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """While Milvus is away every turn's pass fails: its warning is logged at the first failure and once more when
-    a pass writes again, not at every turn."""
+    """While Milvus is away every turn's pass fails: its warning is logged at the first failure, once more when it
+    fails otherwise (another error class), and once when a pass writes again, not at every turn."""
     store: PassageStore = storage.passages(model.space)
     agent_id = _agent(storage, model, "outage")
     recall = RecallMemory(storage, agent_id=agent_id, user_id="u", index=RecallIndex(store, model))
@@ -134,13 +134,27 @@ def test_an_outage_is_logged_once_and_its_end_once_not_at_every_pass(
     for turn in range(3):
         recall.append(_messages(agent_id, 6)[2 * turn : 2 * turn + 2])
         assert index_pass([recall]).failed == {recall.key}
+    # Then it fails otherwise (Milvus back, the embedding endpoint away): that is said too, once.
+    embed = model.embed_batch
+
+    def endpoint_away(texts: Sequence[str]) -> list[Vector]:
+        raise EmbeddingError("embedding endpoint http://localhost:8080 refused the connection")
+
+    model.embed_batch = endpoint_away  # type: ignore[method-assign]
     store.insert = original  # type: ignore[method-assign]
+    try:
+        for turn in range(2):
+            recall.append(_messages(agent_id, 12)[8 + 2 * turn : 10 + 2 * turn])
+            assert index_pass([recall]).failed == {recall.key}
+    finally:
+        model.embed_batch = embed  # type: ignore[method-assign]
     assert index_pass([recall]).finished == {recall.key} and recall.backlog() == 0
     assert index_pass([recall]).finished == {recall.key}
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said
+    assert len(said) == 3, said
     assert said[0].startswith("recall messages not indexed yet (cannot connect to Milvus"), said
-    assert said[1].startswith("recall indexing works again"), said
+    assert said[1].startswith("recall messages not indexed yet (embedding endpoint"), said
+    assert said[2].startswith("recall indexing works again"), said
 
 
 def test_the_indexer_gathers_requests_into_one_pass_and_who_waits_does_not_wait_for_the_pause() -> None:
@@ -358,6 +372,38 @@ def test_a_process_exiting_during_a_pass_in_onnx_runtime_waits_for_it_and_exits_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "exiting\n" and "terminate called" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_process_exit_waits_once_not_once_for_the_indexer_and_again_for_native_calls() -> None:
+    """A pass stuck inside a native call at exit: the indexer's ``_close_all`` and then ``native_calls``' wait share
+    one deadline (EXIT_WAIT_SECONDS, here 2 s), rather than waiting that long each (30 s + 30 s)."""
+    script = textwrap.dedent(
+        """
+        import atexit, threading, time
+        marks = {}
+        atexit.register(lambda: print(f"waited {time.monotonic() - marks['exit']:.2f}", flush=True))  # runs last
+        from memgpt import native_calls
+        from memgpt.memory import background
+        native_calls.EXIT_WAIT_SECONDS = background.EXIT_WAIT_SECONDS = 2.0
+        inside = threading.Event()
+
+        def work(items):
+            with native_calls.guarded():
+                inside.set()
+                threading.Event().wait()  # a native call that never ends
+            return background.Outcome(finished=set(items))
+
+        batcher = background.Batcher(work, lambda item: item, "test indexing")
+        batcher.request("a")
+        assert inside.wait(30)
+        atexit.register(lambda: marks.setdefault("exit", time.monotonic()))  # runs first
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    waited = float(done.stdout.split()[-1])
+    assert 1.9 <= waited < 3.0, done.stdout  # once (~2 s), not twice (~4 s)
+    assert "test indexing did not end within 2 s" in done.stderr and "1 native calls did not end" in done.stderr
 
 
 def test_deleting_an_agent_waits_for_its_indexing_pass_so_no_entry_outlives_it(storage: Storage) -> None:

@@ -35,6 +35,7 @@ from memgpt.server.turns import TurnInput
 from memgpt.storage import Storage
 from memgpt.types import AgentState, Message, Role
 from tests import web
+from tests.agent_rig import tool_results
 from tests.conftest import _opened_on_metadata_backend, run_cli
 from tests.scripted_llm import ScriptedLLM
 from tests.server_rig import LiveServer, ServerProcess, auth, overtaken_send, use_scripted_llm
@@ -914,6 +915,19 @@ def test_a_failed_turn_tells_its_client_the_errors_public_line_and_logs_the_deta
     assert logged.count(secret) >= 3, logged
 
 
+def test_an_llm_4xx_the_client_can_fix_tells_it_the_status_and_the_model_not_the_endpoint(
+    server: LiveServer, letta: Letta, agent_id: str, llm: ScriptedLLM
+) -> None:
+    """The LLM endpoint's 404 for the model set on the agent: the client is told the status and the model (which it
+    set and can change), not the endpoint's URL nor its reply."""
+    llm.add({"status": 404, "message": "model 'scripted' not found at /srv/models"})
+    with pytest.raises(APIStatusError) as failed:
+        letta.agents.messages.create(agent_id, input="are you there?")
+    told = str(failed.value.body)
+    assert "answered 404 for model 'scripted': check the agent's model" in told, told
+    assert llm.url not in told and "127.0.0.1" not in told and "/srv/models" not in told, told
+
+
 def test_a_message_larger_than_the_window_is_refused_with_400_and_not_stored(
     server: LiveServer, letta: Letta, llm: ScriptedLLM
 ) -> None:
@@ -1101,3 +1115,29 @@ def test_reset_starts_the_context_over_and_recall_keeps_every_message(
     assert said == ["remember that I like tea", "hi"]
     with pytest.raises(NotFoundError):
         letta.agents.messages.reset("agent-00000000-0000-4000-8000-000000000000")
+
+
+def test_a_tools_failure_of_ours_reaches_the_llm_and_the_client_by_its_public_line(
+    letta: Letta, llm: ScriptedLLM, server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StorageError inside a tool names a host: a server writes its public line into the tool message (sent to
+    the LLM, stored, returned to the client) and logs the detail; the CLI shows it all (test_cli_agents)."""
+    tools = server.state.home / "tools"
+    tools.mkdir(parents=True, exist_ok=True)
+    (tools / "lookup.py").write_text(
+        "from memgpt.errors import StorageError\n\n"
+        "def lookup(key: str) -> str:\n"
+        '    """Look a key up.\n\n    Args:\n        key: The key.\n    """\n'
+        '    raise StorageError("postgresql://memgpt@10.9.8.7:5432/meta refused the connection")\n'
+    )
+    agent = letta.agents.create(name="looker", model=HANDLE).id  # type: ignore[arg-type]
+    llm.add({"tool": "lookup", "args": {"key": "k", "request_heartbeat": True}})
+    llm.reply("It failed.")
+    with caplog.at_level(logging.WARNING):
+        response = letta.agents.messages.create(agent, input="look k up")
+    result = next(m for m in response.messages if m.message_type == "tool_return_message")
+    told = f"Error: {StorageError.public}"
+    assert json.loads(result.tool_return)["message"] == told
+    assert tool_results(llm.requests[1])[-1]["message"] == told
+    assert "10.9.8.7" not in json.dumps([m.content for m in server.state.storage.messages.last(agent, 100)])
+    assert "10.9.8.7" in caplog.text  # the server's log has the detail

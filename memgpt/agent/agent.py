@@ -28,7 +28,7 @@ from memgpt.agent.context import memory_part, statistics_part
 from memgpt.agent.events import Event, FunctionCall, FunctionResult, Reply, SystemNotice, Thought
 from memgpt.agent.tools import REQUEST_HEARTBEAT, Tool, parse_arguments
 from memgpt.agent.window import Window
-from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError, UserError
+from memgpt.errors import ContextWindowExceededError, LLMError, MemGPTError, ToolError, UserError, public_message
 from memgpt.llm.base import ChatMessage, Completion, EncodedChat, LLMClient, ToolSpec
 from memgpt.memory.archival import ArchivalMemory
 from memgpt.memory.core import CoreMemory
@@ -250,6 +250,10 @@ class Agent:
         # Whether each turn reads the attached sources again (a server process that learns of attachments
         # otherwise turns it off)
         self.recheck_sources = True
+        # Whether a tool's failure of ours (storage, embedding...) is written into its tool message by its public
+        # line (``public_message``), the detail logged: a server's, whose messages go to the LLM and to its API's
+        # clients, which a host, path or pid in them must not reach. The CLI's user is shown all of it.
+        self.public_errors = False
         self._archival_writes = 0
         self._system_message: _SystemMessage | None = None  # as last built
         facts = storage.agents.step_facts(state.id)
@@ -739,7 +743,9 @@ class Agent:
         except ToolError as exc:
             text, ok = f"Error: {exc}", False
         except MemGPTError as exc:  # storage or embedding trouble inside a tool: the model may retry
-            text, ok = f"Error: {exc}", False
+            if self.public_errors and public_message(exc) != str(exc):
+                logger.warning("tool %s failed: %s: %s", call.name, type(exc).__name__, exc)
+            text, ok = f"Error: {public_message(exc) if self.public_errors else exc}", False
         except Exception as exc:
             logger.exception("tool %s raised", call.name)
             text, ok = f"Error: {type(exc).__name__}: {exc}", False

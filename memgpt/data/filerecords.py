@@ -122,5 +122,8 @@ class FileTracker:
 
     def _finish(self, *, release: bool = True, **fields: str | int) -> None:
         if self._current is not None:
-            self._files.update(self._current.id, **({"job_owner": ""} if release else {}), **fields)
+            # A kept row (a server's load) is written only while it is still this process's: another that took the
+            # load over (this one stalled past its lease) owns it now.
+            owner = this_process() if self._keep_owner else None
+            self._files.update(self._current.id, if_owner=owner, **({"job_owner": ""} if release else {}), **fields)
             self._current = None

@@ -179,12 +179,15 @@ def load_file(
     settings: EmbeddingSettings,
     listener: LoadListener | None = None,
     keep_owner: bool = False,
+    public_errors: bool = False,
 ) -> LoadReport:
     """Load one recorded file into its source with the loader and limits `memgpt load` uses; its row says
-    how it went (``keep_owner``: see ``SourceLoader.load``)."""
+    how it went (``keep_owner``, ``public_errors``: see ``SourceLoader.load``)."""
     loader = SourceLoader.from_settings(storage, model, settings, user_id=source.user_id, listener=listener)
     # Each upload is its own file.
-    return loader.load(source.name, [Path(record.path)], into=source, copies=True, keep_owner=keep_owner)
+    return loader.load(
+        source.name, [Path(record.path)], into=source, copies=True, keep_owner=keep_owner, public_errors=public_errors
+    )
 
 
 def get_file(storage: Storage, source: Source, file_id: str) -> FileRecord:

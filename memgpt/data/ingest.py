@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -25,7 +26,7 @@ from memgpt.data.loaders import LOADER_VERSION, SUPPORTED_EXTENSIONS, TextUnit, 
 from memgpt.data.sections import section_label
 from memgpt.data.sources import delete_source, new_source, validate_source_name
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import BackendError, InputFileError, StorageUnavailable, UserError
+from memgpt.errors import BackendError, InputFileError, StorageUnavailable, UserError, public_message
 from memgpt.interrupts import interrupts_held
 from memgpt.storage import Storage
 from memgpt.storage.base import PassageStore
@@ -34,6 +35,8 @@ from memgpt.types import Document, DocumentStatus, Passage, Source, utc_now
 
 if TYPE_CHECKING:
     from memgpt.config import EmbeddingSettings
+
+logger = logging.getLogger(__name__)
 
 _WRITE_WINDOW = 256  # passages embedded and written together: bounds memory on huge files
 _DELETE_BATCH = 500
@@ -229,12 +232,15 @@ class SourceLoader:
         into: Source | None = None,
         copies: bool = False,
         keep_owner: bool = False,
+        public_errors: bool = False,
     ) -> LoadReport:
         """Load ``paths`` into the source ``name`` (created when missing), or into the source ``into``. A file
         with the content of one already in the source is skipped as a duplicate, unless ``copies``: then it is
         loaded as a file of its own (a folder's uploads, as in Letta: "note (1).txt" is searched and deleted
         apart from "note.txt"). With ``keep_owner``, a load that stops early leaves its file's row owned by this
-        process (see ``FileTracker``)."""
+        process (see ``FileTracker``). With ``public_errors`` (a server's load, whose rows its API's clients read) a
+        failure that stops it is told by its public line (``public_message``) in the rows and ``aborted``, and its
+        detail logged; `memgpt load` shows its user all of it."""
         name = validate_source_name(name)
         report = LoadReport(source=name)
         source, created = (into, False) if into is not None else self._source(name, description)
@@ -261,8 +267,10 @@ class SourceLoader:
                     self.listener.warn(str(exc))
                 self.listener.file_finished(path)
         except BackendError as exc:
-            files.abandoned(str(exc))
-            report.aborted = str(exc)
+            report.aborted = public_message(exc) if public_errors else str(exc)
+            if report.aborted != str(exc):
+                logger.warning("loading into source %s stopped: %s: %s", source.id, type(exc).__name__, exc)
+            files.abandoned(report.aborted)
             report.storage_away = isinstance(exc, StorageUnavailable)  # not one that fails the same way every time
         except KeyboardInterrupt:
             files.abandoned()

@@ -94,7 +94,7 @@ class AnthropicClient(LLMClient):
         http = httppool.client(self.endpoint, self.headers())
         status, text = post(http, "/v1/messages", payload, timeout=timeout, where=self.endpoint)
         if status != 200:
-            raise response_error(status, text, self.endpoint)
+            raise response_error(status, text, self.endpoint, self.model)
         return parse_message(text, self.endpoint)
 
 

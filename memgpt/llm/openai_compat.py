@@ -82,7 +82,7 @@ class OpenAICompatible(LLMClient):
         http, path, params = self._route()
         status, text = post(http, path, {}, timeout=timeout, where=self.where, params=params, encoded=encoded)
         if not 200 <= status < 300:
-            error = response_error(status, text, self.where)
+            error = response_error(status, text, self.where, self.model)
             if choice.mode == "required" and status >= 500:
                 # llama.cpp's server answers tool_choice "required" with a bare 500.
                 error = LLMError(f"{error}; this server may not support tool_choice \"required\": set "

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from memgpt import httppool
-from memgpt.errors import ContextWindowExceededError, LLMError, LLMKeyError, LLMRetryableError, LLMTimeoutError
+from memgpt.errors import (
+    ContextWindowExceededError,
+    LLMError,
+    LLMKeyError,
+    LLMRequestError,
+    LLMRetryableError,
+    LLMTimeoutError,
+)
 from memgpt.replytext import (
     NO_DETAIL,
     body_detail,
@@ -108,8 +115,9 @@ def json_body(text: str, where: str) -> dict[str, Any]:
     return whole_text(body) if may_hold_lone_surrogates(text) else body
 
 
-def status_error(status: int, detail: str, where: str, said: str = "") -> LLMError:
-    """The error for an HTTP status (or an error code inside a 200) with the server's own detail."""
+def status_error(status: int, detail: str, where: str, said: str = "", model: str = "") -> LLMError:
+    """The error for an HTTP status (or an error code inside a 200) with the server's own detail; ``model``: the
+    one asked for (an ``LLMRequestError`` names it to a server's client)."""
     detail = one_line(detail) or NO_DETAIL
     said = said or f"answered {status}"
     if status == 429:
@@ -120,14 +128,15 @@ def status_error(status: int, detail: str, where: str, said: str = "") -> LLMErr
         return LLMRetryableError(f"{where} {said}: {detail}")
     if status in (401, 403):
         return LLMKeyError(f"{where} refused the API key ({status}): {detail}")
-    if status == 404:
-        return LLMError(f"{where} {said}: {detail} (check the endpoint and the model name)")
+    hint = " (check the endpoint and the model name)" if status == 404 else ""
+    if 400 <= status < 500:
+        return LLMRequestError(f"{where} {said}: {detail}{hint}", status=status, model=model)
     return LLMError(f"{where} {said}: {detail}")
 
 
-def response_error(status: int, text: str, where: str) -> LLMError:
+def response_error(status: int, text: str, where: str, model: str = "") -> LLMError:
     """The error for a reply with an HTTP error status, from its body (``memgpt.replytext.body_detail``)."""
-    return status_error(status, body_detail(text), where)
+    return status_error(status, body_detail(text), where, model=model)
 
 
 def error_in_body(error: object, where: str) -> LLMError:

@@ -34,7 +34,7 @@ from memgpt.data.sources import get_source
 from memgpt.data.sources import list_sources as sources_of
 from memgpt.data.sources import search_source as search_in
 from memgpt.embeddings.base import EmbeddingModel
-from memgpt.errors import MemGPTError, NotFoundError, UnavailableError, UserError
+from memgpt.errors import MemGPTError, NotFoundError, UnavailableError, UserError, public_message
 from memgpt.memory.archival import over_insert_limit
 from memgpt.memory.core import CoreMemory, edit_stored
 from memgpt.storage import Storage
@@ -79,12 +79,17 @@ def choose_agent(storage: Storage, caller: Caller) -> AgentState:
 
 
 @contextmanager
-def _as_tool_errors() -> Iterator[None]:
-    """Our one-line errors become the tool's error result (the client's model reads them)."""
+def _as_tool_errors(public: bool) -> Iterator[None]:
+    """Our one-line errors become the tool's error result (the client's model reads them). With ``public`` (served
+    over HTTP, to an API key's holder) a failure of ours is told by its public line and its detail is logged; over
+    stdio the caller is the home's own user, who is told all of it."""
     try:
         yield
     except MemGPTError as exc:
-        raise MCPToolError(str(exc)) from exc
+        if not public or isinstance(exc, UserError):
+            raise MCPToolError(str(exc)) from exc
+        logger.warning("MCP tool failed: %s: %s", type(exc).__name__, exc)
+        raise MCPToolError(public_message(exc)) from exc
 
 
 @contextmanager
@@ -144,17 +149,19 @@ def memory_server(
     max_insert_mb: float,
     guard: Guard | None = None,
     stopping: threading.Event | None = None,
+    public_errors: bool = False,
 ) -> MCPServer:
     """The MCP server with the memory tools; ``caller`` says who asks for each call. An insert takes at most
     ``max_insert_mb`` of text (``server.max_passage_mb``, as the REST API's) and, once ``stopping`` is set (a server
     told to stop), ends at once (it checks while splitting and between embedding batches) with nothing stored. Block
     edits wait for the agent's running turn under ``guard`` (default: its lease in ``storage``; a server passes its
-    own turns' hold) and are refused after a few seconds, as the REST API's are."""
+    own turns' hold) and are refused after a few seconds, as the REST API's are. With ``public_errors`` (served over
+    HTTP) a failure that is not the caller's is told by its public line only (``public_message``), as REST's are."""
     memory = _Memory(storage, embedding, caller)
     hold: Guard = guard or (lambda agent_id: lease_guard(storage, agent_id))
 
     def edit(ctx: Context, change: Callable[[CoreMemory], Block]) -> str:
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             agent_id = memory.agent(ctx).id
             with hold(agent_id):
                 return _describe_block(edit_stored(storage, agent_id, change), "Updated")
@@ -168,7 +175,7 @@ def memory_server(
             query: What to look for, as a phrase or question.
             page: Which page of results to show; 0 is the first.
         """
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             return memory.open(ctx).archival.search(query, page).render("results")
 
     def archival_memory_insert(content: str, ctx: Context) -> str:
@@ -178,7 +185,7 @@ def memory_server(
         Args:
             content: The text to remember.
         """
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             problem = over_insert_limit(content, max_insert_mb, "content")
             if problem is not None:  # refused before any work: embedding it would outlast the client's timeout
                 raise UserError(f"{problem}; nothing was stored: send it in parts")
@@ -200,7 +207,7 @@ def memory_server(
             end_date: Only messages up to this day, formatted YYYY-MM-DD; empty for no limit.
             role: "user" for only what the user said, "assistant" for only what the agent said; empty for both.
         """
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             found = memory.open(ctx).recall.search(query, page, start_date=start_date, end_date=end_date, role=role)
             return found.render("results")
 
@@ -212,13 +219,13 @@ def memory_server(
             end_date: Last day to include, formatted YYYY-MM-DD.
             page: Which page of results to show; 0 is the first.
         """
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             return memory.open(ctx).recall.search_dates(start_date, end_date, page).render("results")
 
     def core_memory_read(ctx: Context) -> str:
         """Show the agent's core memory: the blocks always in its prompt (such as persona and human), each
         with its size and character limit."""
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             state = memory.agent(ctx)
             return f"Core memory of agent {state.name!r}:\n" + CoreMemory(storage.agents.blocks(state.id)).render()
 
@@ -246,7 +253,7 @@ def memory_server(
     def list_sources(ctx: Context) -> str:
         """List the data sources (loaded documents) of the agent's user, and which are attached to the
         agent's archival memory."""
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             state = memory.agent(ctx)
             attached = set(storage.attachments.source_ids(state.id))
             lines = [
@@ -264,7 +271,7 @@ def memory_server(
             query: What to look for, as a phrase or question.
             limit: How many passages to show (1-20).
         """
-        with _as_tool_errors():
+        with _as_tool_errors(public_errors):
             if not 1 <= limit <= MAX_SOURCE_HITS:
                 raise UserError(f"limit must be between 1 and {MAX_SOURCE_HITS}")
             state = memory.agent(ctx)

@@ -18,12 +18,15 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+# (imported first: its atexit function then runs after ``_close_all``, registered when a batcher's thread starts)
+from memgpt import native_calls
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# How long the process's exit waits for a pass under way (one embedding call and one Milvus insert, well under
-# a second unless the machine is starved).
+# How long ``close`` waits for a pass under way by default (one embedding call and one Milvus insert, well under
+# a second unless the machine is starved); the process's exit shares ``native_calls.exit_deadline`` instead.
 EXIT_WAIT_SECONDS = 30.0
 
 
@@ -225,9 +228,14 @@ def exit_without_finalizing() -> None:
 
 
 def _close_all() -> None:
+    """At exit: every batcher's pass under way ends, or the exit's shared deadline passes (``exit_deadline``: the
+    native calls' wait after this one has what is left of it, not as long again)."""
+    deadline = native_calls.exit_deadline() if _exit_finalizes else 0.0
     for batcher in list(_running):
-        if not batcher.close(EXIT_WAIT_SECONDS if _exit_finalizes else 0.0) and _exit_finalizes:
-            logger.warning("%s did not end within %.0f s of the process's exit", batcher._name, EXIT_WAIT_SECONDS)
+        if not batcher.close(max(0.0, deadline - time.monotonic())) and _exit_finalizes:
+            logger.warning(
+                "%s did not end within %.0f s of the process's exit", batcher._name, native_calls.EXIT_WAIT_SECONDS
+            )
 
 
 def _close_at_exit() -> None:

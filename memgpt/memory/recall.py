@@ -790,20 +790,21 @@ def _in_parts(
     return fresh
 
 
-# Whether recall indexing is failing (Milvus or the embedding model away): its warning is logged once an outage, at
-# its first failure, not at every turn's pass; and once when a pass writes again.
-_outage = False
+# The class of the error recall indexing fails with (Milvus or the embedding model away), None while it works: its
+# warning is logged once an outage, at its first failure, not at every turn's pass, and again when the error's class
+# changes (Milvus back, the embedding model away now); and once when a pass writes again.
+_outage: type[MemGPTError] | None = None
 _outage_lock = threading.Lock()
 
 
 def _failed(outcome: Outcome, recalls: Sequence[RecallMemory], exc: MemGPTError) -> None:
     global _outage
     with _outage_lock:
-        first, _outage = not _outage, True
+        first, _outage = _outage is not type(exc), type(exc)
     if first:
         logger.warning(
             "recall messages not indexed yet (%s); word search still finds them, and they are indexed once this "
-            "passes (said once until then)", exc,
+            "passes (said once until then, or until it fails otherwise)", exc,
         )  # fmt: skip
     else:
         logger.debug("recall messages not indexed yet (%s)", exc)
@@ -815,11 +816,11 @@ def _failed(outcome: Outcome, recalls: Sequence[RecallMemory], exc: MemGPTError)
 def _indexing_again() -> None:
     """A pass wrote its entries and marked its messages: an outage ``_failed`` logged is over."""
     global _outage
-    if not _outage:  # (the usual case, without the lock)
+    if _outage is None:  # (the usual case, without the lock)
         return
     with _outage_lock:
-        was, _outage = _outage, False
-    if was:
+        was, _outage = _outage, None
+    if was is not None:
         logger.warning("recall indexing works again: the messages left unindexed are being indexed")
 
 

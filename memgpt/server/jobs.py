@@ -235,6 +235,7 @@ class FileJobs:
             settings=self.state.config.embedding,
             listener=_Watch(self, file_id),
             keep_owner=True,
+            public_errors=True,  # the row's error_message is its clients': no host, path or pid in it
         )
         if not (report.aborted or report.interrupted):
             return

@@ -716,6 +716,7 @@ class TurnRunner:
         for warning in mcp_warnings + warnings:
             logger.warning("agent %s: %s", state.id, warning)
         agent.recheck_sources = False  # attaching or detaching a source moves the version: it reopens the agent
+        agent.public_errors = True  # a tool's failure of ours reaches the LLM and the API's clients by its public line
         # Kept after the turn only without MCP servers (whose tools may change without the agent knowing).
         return agent, meter, (signature if not servers else None)
 

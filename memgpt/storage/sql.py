@@ -480,19 +480,18 @@ class MetadataStore:
         locked = self._locked(exc)
         return MetadataBusyError(locked) if locked else _cannot_open(url, exc)
 
-    def _failure(self, exc: SQLAlchemyError) -> str:
-        """The one line a failed statement is told as."""
-        return self._read_only() or self._locked(exc) or f"metadata database error: {_reason(exc)}"
-
     def _error(self, exc: SQLAlchemyError) -> StorageError:
-        """A failed statement as a StorageError; StorageUnavailable when the database was out of reach (the
-        connection dropped or refused, or SQLite's writer lock held past the wait), which may pass."""
-        said = self._failure(exc)
-        if self._read_only() is None and self._locked(exc) == said:
-            return MetadataBusyError(said)
-        if self._read_only() is None and _unreachable(exc):
-            return StorageUnavailable(said)
-        return StorageError(said)
+        """A failed statement as a StorageError, in one line; StorageUnavailable when the database was out of reach
+        (the connection dropped or refused, or SQLite's writer lock held past the wait), which may pass. The lock's
+        holder is looked for once (``_locked`` scans /proc)."""
+        read_only = self._read_only()
+        if read_only:
+            return StorageError(read_only)
+        locked = self._locked(exc)
+        if locked:
+            return MetadataBusyError(locked)
+        said = f"metadata database error: {_reason(exc)}"
+        return StorageUnavailable(said) if _unreachable(exc) else StorageError(said)
 
     def _locked(self, exc: Exception) -> str | None:
         """SQLite's "database is locked" once its wait (busy_timeout) ran out: which process holds the file, and what
@@ -577,17 +576,19 @@ class MetadataStore:
                     self._let_go(kept)
                 raise
 
-    def _let_go(self, kept: Connection | None) -> None:
-        """After a failed transaction: the kept connection back to the pool (or discarded, if it was invalidated),
-        the next transaction on a fresh one."""
+    def _let_go(self, kept: Connection | None, *, failed: bool = True) -> None:
+        """After a failed transaction: the kept connection discarded (not given back to the pool, where its state, a
+        read snapshot its rollback may not have ended, could serve another transaction), the next on a fresh one."""
         if kept is not None and self._kept is kept:
             self._kept = None
             with suppress(SQLAlchemyError):
+                if failed:
+                    kept.invalidate()
                 kept.close()
 
     def close(self) -> None:
         with self._serial:
-            self._let_go(self._kept)
+            self._let_go(self._kept, failed=False)
         self.engine.dispose()
 
     # -- sources ------------------------------------------------------------------------------

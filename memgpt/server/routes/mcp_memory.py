@@ -144,6 +144,7 @@ def mount(app: FastAPI, state: ServerState, *, default_agent: str | None = None)
         max_insert_mb=state.config.server.max_passage_mb,
         guard=lambda agent_id: state.turns().holding(agent_id),  # block edits wait for the agent's turn
         stopping=state.stopping,  # an insert being split or embedded ends when the server stops
+        public_errors=True,  # an API key's holder is told what REST tells it, not hosts, paths or pids
     )
     endpoint, running = http_endpoint(server)
     app.router.routes.append(Route(PATH, endpoint=_KeyAuth(endpoint, state)))
