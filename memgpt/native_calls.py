@@ -67,9 +67,16 @@ def guarded() -> Iterator[None]:
 
 def exit_without_finalizing() -> None:
     """The process ends with ``os._exit`` (the CLI's executable) after its atexit functions: no finalization cuts
-    its daemon threads, so its exit does not wait for their calls (it still lets none begin)."""
+    its daemon threads, so its exit does not wait for their calls (it still lets none begin), nor for the recall
+    indexer's pass (``memory.background`` asks ``finalizes``)."""
     global _finalizes
     _finalizes = False
+
+
+def finalizes() -> bool:
+    """Whether the process's exit finalizes the interpreter (not ``exit_without_finalizing``): then what runs at
+    exit waits for work under way in daemon threads, until ``exit_deadline``."""
+    return _finalizes
 
 
 def _wait_at_exit() -> bool:

@@ -52,10 +52,9 @@ def executable() -> NoReturn:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         code = 130
-    for name in ("memgpt.memory.background", "memgpt.native_calls"):  # (imported only if a command indexed, embedded)
-        waiting = sys.modules.get(name)
-        if waiting is not None:
-            waiting.exit_without_finalizing()
+    native_calls = sys.modules.get("memgpt.native_calls")  # (imported only if a command embedded or indexed)
+    if native_calls is not None:
+        native_calls.exit_without_finalizing()  # (the recall indexer's exit asks it too)
     try:
         atexit._run_exitfuncs()  # then the atexit functions; nothing public runs them otherwise
     except KeyboardInterrupt:

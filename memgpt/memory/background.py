@@ -217,22 +217,16 @@ class Batcher(Generic[T]):
 _running: weakref.WeakSet[Batcher[object]] = weakref.WeakSet()  # the batchers whose thread started
 _exit_guard = threading.Lock()
 _exit_registered = False
-_exit_finalizes = True
-
-
-def exit_without_finalizing() -> None:
-    """The process ends with ``os._exit`` (the CLI's executable) after its atexit functions: no finalization ends
-    its daemon threads, so its exit need not wait for a pass under way (it stops them from beginning another)."""
-    global _exit_finalizes
-    _exit_finalizes = False
 
 
 def _close_all() -> None:
     """At exit: every batcher's pass under way ends, or the exit's shared deadline passes (``exit_deadline``: the
-    native calls' wait after this one has what is left of it, not as long again)."""
-    deadline = native_calls.exit_deadline() if _exit_finalizes else 0.0
+    native calls' wait after this one has what is left of it, not as long again). A process that ends with
+    ``os._exit`` (``native_calls.exit_without_finalizing``) waits for none: it only stops them beginning another."""
+    finalizes = native_calls.finalizes()
+    deadline = native_calls.exit_deadline() if finalizes else 0.0
     for batcher in list(_running):
-        if not batcher.close(max(0.0, deadline - time.monotonic())) and _exit_finalizes:
+        if not batcher.close(max(0.0, deadline - time.monotonic())) and finalizes:
             logger.warning(
                 "%s did not end within %.0f s of the process's exit", batcher._name, native_calls.EXIT_WAIT_SECONDS
             )
