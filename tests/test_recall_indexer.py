@@ -249,6 +249,34 @@ def test_withdrawing_an_item_drops_what_is_left_of_it() -> None:
     assert seen == ["agent"] and batcher.wait("agent", timeout=1)
 
 
+def test_a_wait_trusts_no_pass_begun_before_it_even_when_that_pass_ends_after() -> None:
+    """A pass that looked (and found the item in another process's hands) before the claim was let go, but ended
+    after a wait began, is not that wait's: with no patience the wait still waits for the next pass, which does the
+    work. (Under load the pass's end fell after the wait's start and the wait gave up: a flaky test before.)"""
+    looked, go_on, held = threading.Event(), threading.Event(), threading.Event()
+    held.set()
+
+    def work(items: list[str]) -> Outcome:
+        if not held.is_set():
+            return Outcome(finished=set(items))
+        looked.set()
+        go_on.wait(30)  # the pass ends only once the wait below has begun
+        return Outcome(elsewhere=set(items))
+
+    # (the gathering pause holds the next pass back until the wait has seen the first one end)
+    batcher: Batcher[str] = Batcher(work, lambda item: item, "test indexing", gather=1.0)
+    batcher.request("agent", urgent=True)
+    assert looked.wait(30)
+    held.clear()  # let go after that pass looked
+    ending = threading.Timer(0.3, go_on.set)
+    ending.start()
+    try:
+        assert batcher.wait("agent", timeout=30, patience=0.0) is True
+    finally:
+        ending.cancel()
+        go_on.set()
+
+
 def test_a_waiter_gives_an_item_another_process_holds_its_patience_and_no_longer() -> None:
     """An item another process does the work of (its claim) goes round again; a withdraw with no patience stops
     waiting at the first pass that found it so, a wait with some patience once that much time has passed since

@@ -65,8 +65,10 @@ class Batcher(Generic[T]):
         self._busy: set[Hashable] = set()  # in the pass under way
         self._finished: dict[Hashable, bool] = {}  # what the last pass said of each (absent: all done)
         self._dropping: set[Hashable] = set()  # withdrawn during a pass: not to go round again
-        # Since when passes have found each in another process's hands, and when the last one did.
+        # Since when passes have found each in another process's hands, and when the last of them began (a wait
+        # trusts only a pass begun after it: one begun before may have looked before the claim was let go).
         self._elsewhere: dict[Hashable, tuple[float, float]] = {}
+        self._began = 0.0  # when the pass under way took its items
         self._thread: threading.Thread | None = None
         self._closing = False  # the process is exiting: no pass begins any more
 
@@ -104,6 +106,7 @@ class Batcher(Generic[T]):
             self._waiting.clear()
             self._urgent = False
             self._busy = {self._key(item) for item in items}
+            self._began = time.monotonic()
             return items
 
     def _serve(self) -> None:
@@ -122,7 +125,7 @@ class Batcher(Generic[T]):
             for item in items:
                 key = self._key(item)
                 if key in outcome.elsewhere:
-                    self._elsewhere[key] = (self._elsewhere.get(key, (now, now))[0], now)
+                    self._elsewhere[key] = (self._elsewhere.get(key, (now, now))[0], self._began)
                 else:
                     self._elsewhere.pop(key, None)
                 if key in outcome.failed:
